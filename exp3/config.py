@@ -1,0 +1,316 @@
+"""The one validated experiment config: pydantic models, layering and resolution.
+
+Layering (later wins): pydantic defaults -> config file(s) -> CLI overrides (`key.sub=value`).
+A config file may start with `base: other.yaml` (relative to itself) to be a small override
+diff of another file, e.g. `configs/smoke.yaml` over `configs/exp3.yaml`.
+Every model uses `extra="forbid"`: an unknown key is an error that names the key.
+
+The defaults here and `configs/exp3.yaml` must agree; a test checks that they do.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from exp3.fileio import atomic_write_text, stable_hash
+
+SESSION_SUFFIXES: tuple[str, ...] = (
+    "S1_clean_train",
+    "S2_occ_train",
+    "S3_mask_backbone_early",
+    "S4_mask_backbone_late",
+    "S5_mask_neck",
+    "S6_mask_head",
+)
+"""The six sessions, in their fixed order. A session's full name is `<MODEL>__<suffix>`."""
+
+MASKING_SITES: tuple[str, ...] = ("backbone_early", "backbone_late", "neck", "head")
+"""Masking sites in network order; S3..S6 map onto them one to one."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded or validated; the message is one line with the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    """Where the images come from: the embedded synthetic generator or a user `data.yaml`."""
+
+    kind: Literal["synthetic", "yaml"] = "synthetic"
+    preset: Literal["smoke", "full"] = "full"
+    synthetic_seed: int = 0
+    data_yaml: Path | None = None
+
+    @model_validator(mode="after")
+    def _yaml_needs_path(self) -> "DatasetConfig":
+        if self.kind == "yaml" and self.data_yaml is None:
+            raise ValueError("dataset.kind is 'yaml' but dataset.data_yaml is not set: give the path of your data.yaml")
+        return self
+
+
+class ModelConfig(_Strict):
+    """One detector: its architecture yaml (Ultralytics name or path), optional local weights, epochs."""
+
+    architecture: str
+    weights: Path | None = None
+    epochs: int = Field(gt=0)
+
+    @property
+    def family(self) -> Literal["detect", "rtdetr"]:
+        """`rtdetr` for RT-DETR architectures, `detect` for YOLO ones."""
+        return "rtdetr" if "rtdetr" in self.architecture.lower() else "detect"
+
+
+def _default_models() -> dict[str, ModelConfig]:
+    return {
+        "yolov8m": ModelConfig(architecture="yolov8m.yaml", weights=None, epochs=100),
+        "rtdetr-l": ModelConfig(architecture="rtdetr-l.yaml", weights=None, epochs=100),
+    }
+
+
+class TrainConfig(_Strict):
+    """The only training args exp3 may set; `None` leaves Ultralytics' default in force."""
+
+    batch: int | None = Field(default=None, gt=0)
+    imgsz: int | None = Field(default=None, ge=32)
+    device: str | None = None
+    workers: int | None = Field(default=None, ge=0)
+
+
+class OcclusionConfig(_Strict):
+    """Parameters of the fixed occluded test suite and of S2's occluded train set."""
+
+    mode: Literal["object", "random"] = "object"
+    coverage: tuple[float, float] = (0.3, 0.5)
+    fills: tuple[Literal["mean", "gray", "noise", "texture"], ...] = ("mean", "noise", "texture")
+    random_rects: tuple[int, int] = (1, 3)
+    random_area: tuple[float, float] = (0.02, 0.15)
+    output_format: Literal["png", "jpg"] = "png"
+    seed: int = 0
+    train_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("coverage", "random_area")
+    @classmethod
+    def _fraction_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"{list(value)} is not a range 0 < low <= high < 1")
+        return value
+
+    @field_validator("random_rects")
+    @classmethod
+    def _count_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high:
+            raise ValueError(f"{list(value)} is not a range 1 <= low <= high")
+        return value
+
+    @field_validator("fills")
+    @classmethod
+    def _some_fill(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one of mean, gray, noise, texture")
+        return value
+
+
+class MaskingConfig(_Strict):
+    """Training-only internal activation masking used by S3..S6 (see docs/masking.md)."""
+
+    mode: Literal["channel", "spatial", "channel+spatial"] = "channel"
+    p_apply: float = Field(default=0.5, ge=0.0, le=1.0)
+    p_channels: float = Field(default=0.15, ge=0.0, lt=1.0)
+    p_spatial: float = Field(default=0.1, ge=0.0, lt=1.0)
+    block_fraction: float = Field(default=0.15, gt=0.0, le=1.0)
+    rescale: Literal["dropout", "none"] = "dropout"
+    schedule: Literal["constant", "linear_ramp"] = "linear_ramp"
+    ramp_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    """Thresholds of the ingredient-list and detection-level metrics."""
+
+    conf: float = Field(default=0.25, ge=0.0, le=1.0)
+    match_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class FailureConfig(_Strict):
+    """What the flow does when a session fails."""
+
+    policy: Literal["continue", "stop"] = "continue"
+    retries: int = Field(default=1, ge=0, le=5)
+    oom_halve_batch: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """The whole experiment. `python -m exp3.config show --config FILE` prints it resolved."""
+
+    name: str = "exp3"
+    output_root: Path = Path("runs/exp3")
+    dataset: DatasetConfig = DatasetConfig()
+    models: dict[str, ModelConfig] = Field(default_factory=_default_models)
+    sessions: tuple[str, ...] = SESSION_SUFFIXES
+    train: TrainConfig = TrainConfig()
+    occlusion: OcclusionConfig = OcclusionConfig()
+    masking: MaskingConfig = MaskingConfig()
+    eval: EvalConfig = EvalConfig()
+    failure: FailureConfig = FailureConfig()
+    seed: int = 0
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        if not value:
+            raise ValueError("needs at least one model, e.g. {yolov8m: {architecture: yolov8m.yaml, epochs: 100}}")
+        for name in value:
+            if "__" in name or "/" in name:
+                raise ValueError(f"model name {name!r} may not contain '__' or '/': rename it")
+        return value
+
+    @field_validator("sessions")
+    @classmethod
+    def _known_sessions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for session in value:
+            if session not in SESSION_SUFFIXES:
+                raise ValueError(f"unknown session {session!r}: use one of {', '.join(SESSION_SUFFIXES)}")
+        return value
+
+    def fingerprint(self) -> str:
+        """12-hex hash of the resolved config (paths as strings)."""
+        return stable_hash(self.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and layering
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_config_layers(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file, following `base:` links; returns the merged raw mapping."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"config file {str(path)!r} inherits from itself through 'base:': break the cycle")
+    data = _read_yaml_mapping(path)
+    base_name = data.pop("base", None)
+    if base_name is None:
+        return data
+    base_path = (path.parent / str(base_name)).resolve()
+    return _deep_merge(read_config_layers(base_path, (*_seen, path)), data)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`a.b=value` -> {"a": {"b": value}}; the value is parsed as YAML (`1`, `[a, b]`, `null`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE: write e.g. train.batch=8")
+    key, raw_value = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key: write e.g. train.batch=8")
+    try:
+        value = yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        value = raw_value
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key {location!r}: remove it or check the spelling against configs/exp3.yaml"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: invalid value for {location!r} ({first.get('input')!r}): {message}"
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a raw mapping into an `ExperimentConfig`; raise `ConfigError` (one line) if bad."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults -> file at `path` (following `base:`) -> `overrides` (`key.sub=value` strings)."""
+    raw: dict[str, Any] = {} if path is None else read_config_layers(Path(path))
+    for override in overrides or []:
+        raw = _deep_merge(raw, parse_override(override))
+    return build_config(raw, source=str(path) if path is not None else "config")
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (JSON-mode dump: paths and tuples become plain values)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def write_resolved_config(config: ExperimentConfig, directory: str | Path) -> Path:
+    """Write `config_resolved.yaml` into `directory` atomically; returns its path."""
+    return atomic_write_text(Path(directory) / "config_resolved.yaml", config_to_yaml(config))
+
+
+def resolve_output_root(config: ExperimentConfig, relative_to: Path | None = None) -> Path:
+    """Absolute output root (relative roots are taken from `relative_to`, default the cwd)."""
+    root = config.output_root
+    return root if root.is_absolute() else (relative_to or Path.cwd()) / root
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m exp3.config", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the resolved config as YAML")
+    show.add_argument("--config", type=Path, default=None)
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(config_to_yaml(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

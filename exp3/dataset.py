@@ -1,0 +1,371 @@
+"""Datasets: read any Ultralytics YOLO `data.yaml`, audit it, fingerprint it, and the CLI.
+
+    python -m exp3.dataset synth --out DIR [--preset smoke|full] [--seed N]
+    python -m exp3.dataset audit --data X.yaml [--json report.json]
+
+A split in `data.yaml` may be a directory of images, a `.txt` file listing images, or a list
+of either (as in Ultralytics). Labels live beside images with `/images/` replaced by
+`/labels/` and the suffix replaced by `.txt` (Ultralytics' `img2label_paths` rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from exp3.fileio import atomic_write_json, sha256_bytes
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+REQUIRED_SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message is one line naming the value and the fix."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed data.yaml: absolute root, split -> list of sources, class names by index."""
+
+    yaml_path: Path
+    root: Path
+    splits: dict[str, list[Path]]
+    names: list[str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _names_list(names: Any, yaml_path: Path) -> list[str]:
+    if isinstance(names, list) and names:
+        return [str(name) for name in names]
+    if isinstance(names, dict) and names:
+        try:
+            indices = sorted(int(key) for key in names)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{str(yaml_path)!r}: 'names' keys must be class indices 0..N-1") from None
+        if indices != list(range(len(indices))):
+            raise DatasetError(f"{str(yaml_path)!r}: 'names' indices {indices} must be 0..{len(indices) - 1} with no gaps")
+        return [str(names[key]) for key in sorted(names, key=int)]
+    raise DatasetError(f"{str(yaml_path)!r}: 'names' is missing or empty: list the class names, e.g. names: [tomato, egg]")
+
+
+def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
+    """Parse a YOLO data.yaml into a `DataSpec`; raise `DatasetError` with the fix if it is bad."""
+    yaml_path = Path(path).absolute()
+    if not yaml_path.is_file():
+        raise DatasetError(f"dataset yaml {str(yaml_path)!r} does not exist: pass the path of your data.yaml")
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise DatasetError(f"dataset yaml {str(yaml_path)!r} is not valid YAML: fix its syntax") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"dataset yaml {str(yaml_path)!r} must be a mapping with path/train/val/test/names")
+    root_value = data.get("path")
+    root = Path(str(root_value)) if root_value else yaml_path.parent
+    if not root.is_absolute():
+        root = (yaml_path.parent / root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {str(root)!r} (from 'path:' in {yaml_path.name}) does not exist: fix 'path:'")
+    splits: dict[str, list[Path]] = {}
+    for split in REQUIRED_SPLITS:
+        value = data.get(split)
+        if value in (None, ""):
+            continue
+        entries = value if isinstance(value, list) else [value]
+        splits[split] = [Path(str(entry)) if Path(str(entry)).is_absolute() else root / str(entry) for entry in entries]
+    return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=_names_list(data.get("names"), yaml_path))
+
+
+def label_path_for(image_path: Path) -> Path:
+    """The YOLO label file of an image: last `/images/` component -> `/labels/`, suffix -> `.txt`."""
+    parts = list(image_path.parts)
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] == "images":
+            parts[index] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def list_split_images(spec: DataSpec, split: str) -> list[Path]:
+    """Sorted image paths of `split`; raise `DatasetError` if a source does not exist."""
+    if split not in spec.splits:
+        raise DatasetError(f"{str(spec.yaml_path)!r} has no '{split}:' split: add it (exp3 needs train, val and test)")
+    images: list[Path] = []
+    for source in spec.splits[split]:
+        if source.is_dir():
+            images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif source.is_file() and source.suffix == ".txt":
+            for line in source.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    entry = Path(line.strip())
+                    images.append(entry if entry.is_absolute() else (source.parent / entry).resolve())
+        else:
+            raise DatasetError(f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
+    return sorted(images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Auditing
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of the audit."""
+
+    kind: str
+    split: str
+    file: str
+    detail: str
+
+
+BLOCKING_KINDS: dict[str, str] = {
+    "missing_split": "add the split to data.yaml (exp3 evaluates on test and selects checkpoints on val)",
+    "missing_split_source": "fix the split's path in data.yaml",
+    "empty_split": "put images in the split or point it at the right folder",
+    "class_id_out_of_range": "fix the label or add the class to 'names'",
+    "malformed_label_line": "each line must be 'class cx cy w h' with 5 numbers",
+    "box_out_of_bounds": "box centre/size must lie in [0, 1] (normalised xywh) with w, h > 0",
+    "corrupt_image": "re-export or remove the image",
+    "image_id_shared_across_splits": "rename or move the image so each id lives in one split (leakage)",
+    "duplicate_image_across_splits": "remove the duplicate: the same picture in two splits leaks test data",
+}
+WARNING_KINDS: dict[str, str] = {
+    "image_without_label": "fine for background images; otherwise add its label file",
+    "label_without_image": "delete the orphan label or restore its image",
+}
+
+
+@dataclass
+class AuditReport:
+    """Everything the audit found; `blocking` is True if any blocking problem was found."""
+
+    data_yaml: str
+    names: list[str]
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(problem.kind for problem in self.problems))
+
+    @property
+    def blocking(self) -> bool:
+        return any(problem.kind in BLOCKING_KINDS for problem in self.problems)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "data_yaml": self.data_yaml,
+            "names": self.names,
+            "fingerprint": self.fingerprint,
+            "blocking": self.blocking,
+            "counts": self.counts,
+            "splits": self.splits,
+            "problems": [asdict(problem) for problem in self.problems],
+        }
+
+    def summary_lines(self) -> list[str]:
+        """One line per problem kind: severity, kind, count, an example and the fix."""
+        lines = []
+        by_kind: dict[str, list[Problem]] = defaultdict(list)
+        for problem in self.problems:
+            by_kind[problem.kind].append(problem)
+        for kind, found in sorted(by_kind.items(), key=lambda item: (item[0] not in BLOCKING_KINDS, item[0])):
+            severity = "error" if kind in BLOCKING_KINDS else "warning"
+            fix = BLOCKING_KINDS.get(kind) or WARNING_KINDS[kind]
+            example = found[0]
+            where = f"{example.split}:{example.file}" if example.file else example.split
+            lines.append(f"{severity}: {kind}: {len(found)} (e.g. {where} {example.detail}) -> {fix}")
+        return lines
+
+
+def parse_label_text(text: str) -> tuple[list[tuple[int, float, float, float, float]], list[tuple[int, str]]]:
+    """YOLO label text -> (rows (cls, cx, cy, w, h), malformed (line number, reason)).
+
+    Rows are returned as parsed (range checks are the caller's); line numbers start at 1.
+    Segment labels (more than 5 values) are accepted, their box is not checked here.
+    """
+    rows: list[tuple[int, float, float, float, float]] = []
+    malformed: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 5:
+            malformed.append((number, f"{len(fields)} values"))
+            continue
+        try:
+            class_value = float(fields[0])
+            values = [float(value) for value in fields[1:5]]
+        except ValueError:
+            malformed.append((number, f"non-numeric {line.strip()!r}"))
+            continue
+        if class_value != int(class_value):
+            malformed.append((number, f"class {fields[0]!r} is not an integer"))
+            continue
+        rows.append((int(class_value), values[0], values[1], values[2], values[3]))
+    return rows, malformed
+
+
+def _box_in_bounds(cx: float, cy: float, w: float, h: float, tolerance: float = 1e-6) -> bool:
+    low, high = -tolerance, 1.0 + tolerance
+    return (
+        0.0 < w <= high and 0.0 < h <= high and low <= cx - w / 2 and cx + w / 2 <= high
+        and low <= cy - h / 2 and cy + h / 2 <= high
+    )
+
+
+def _image_problem(path: Path) -> str | None:
+    """None if the image decodes fully, else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return str(error).splitlines()[0][:120] or type(error).__name__
+    return None
+
+
+def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
+    """Audit a YOLO dataset; never raises for data problems (they go into the report).
+
+    Raises `DatasetError` only when the yaml itself cannot be read.
+    """
+    spec = read_data_yaml(data_yaml)
+    report = AuditReport(data_yaml=str(spec.yaml_path), names=spec.names)
+    fingerprint = hashlib.sha256("\n".join(spec.names).encode())
+    split_of_id: dict[str, str] = {}
+    split_of_sha: dict[str, str] = {}
+    for split in REQUIRED_SPLITS:
+        if split not in spec.splits:
+            report.problems.append(Problem("missing_split", split, "", f"no '{split}:' in data.yaml"))
+            continue
+        try:
+            images = list_split_images(spec, split)
+        except DatasetError as error:
+            report.problems.append(Problem("missing_split_source", split, "", str(error)))
+            continue
+        if not images:
+            report.problems.append(Problem("empty_split", split, "", "no images found"))
+        stats = {"images": len(images), "labelled_images": 0, "instances": 0, "instances_per_class": Counter()}
+        for image in images:
+            relative = os.path.relpath(image, spec.root)
+            image_bytes = image.read_bytes()
+            image_sha = sha256_bytes(image_bytes)
+            reason = _image_problem(image)
+            if reason is not None:
+                report.problems.append(Problem("corrupt_image", split, relative, reason))
+            image_id = image.stem
+            if image_id in split_of_id and split_of_id[image_id] != split:
+                report.problems.append(Problem("image_id_shared_across_splits", split, relative,
+                                               f"id {image_id!r} also in {split_of_id[image_id]}"))
+            split_of_id.setdefault(image_id, split)
+            if image_sha in split_of_sha and split_of_sha[image_sha] != split:
+                report.problems.append(Problem("duplicate_image_across_splits", split, relative,
+                                               f"same bytes as an image in {split_of_sha[image_sha]}"))
+            split_of_sha.setdefault(image_sha, split)
+            label = label_path_for(image)
+            label_bytes = label.read_bytes() if label.is_file() else b""
+            fingerprint.update(f"{split}/{relative}:{image_sha}:{sha256_bytes(label_bytes)}\n".encode())
+            if not label.is_file():
+                report.problems.append(Problem("image_without_label", split, relative, "no label file"))
+                continue
+            stats["labelled_images"] += 1
+            rows, malformed = parse_label_text(label_bytes.decode("utf-8", errors="replace"))
+            label_relative = os.path.relpath(label, spec.root)
+            for number, why in malformed:
+                report.problems.append(Problem("malformed_label_line", split, f"{label_relative}:{number}", why))
+            for number, (class_id, cx, cy, w, h) in enumerate(rows, start=1):
+                if not 0 <= class_id < len(spec.names):
+                    report.problems.append(Problem("class_id_out_of_range", split, f"{label_relative}",
+                                                   f"class {class_id}, names has {len(spec.names)}"))
+                if not _box_in_bounds(cx, cy, w, h):
+                    report.problems.append(Problem("box_out_of_bounds", split, f"{label_relative}",
+                                                   f"box {cx:g} {cy:g} {w:g} {h:g}"))
+                stats["instances_per_class"][class_id] += 1
+            stats["instances"] += len(rows)
+        image_labels = {label_path_for(image) for image in images}
+        for source in spec.splits[split]:
+            label_dir = label_path_for(source / "x.jpg").parent if source.is_dir() else None
+            if label_dir is None or not label_dir.is_dir():
+                continue
+            for label in sorted(label_dir.rglob("*.txt")):
+                if label not in image_labels:
+                    report.problems.append(Problem("label_without_image", split,
+                                                   os.path.relpath(label, spec.root), "no image with this stem"))
+        stats["instances_per_class"] = {spec.names[k] if 0 <= k < len(spec.names) else str(k): v
+                                        for k, v in sorted(stats["instances_per_class"].items())}
+        report.splits[split] = stats
+    report.fingerprint = fingerprint.hexdigest()[:16]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from exp3.synth import build_synthetic_dataset
+
+    counts = None
+    if args.counts:
+        try:
+            train, val, test = (int(value) for value in args.counts.split(","))
+        except ValueError:
+            raise ValueError(f"--counts {args.counts!r} is not TRAIN,VAL,TEST: write e.g. --counts 16,8,8") from None
+        counts = {"train": train, "val": val, "test": test}
+    data_yaml = build_synthetic_dataset(args.out, preset=args.preset, seed=args.seed, counts=counts,
+                                        image_size=args.image_size, workers=args.workers)
+    print(data_yaml)
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    report = audit_dataset(args.data)
+    if args.json is not None:
+        atomic_write_json(args.json, report.to_json())
+    for line in report.summary_lines():
+        print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
+    totals = ", ".join(f"{split} {stats['images']} images / {stats['instances']} boxes"
+                       for split, stats in report.splits.items())
+    verdict = "BLOCKED" if report.blocking else "OK"
+    print(f"audit {verdict}: {report.data_yaml} ({totals}); fingerprint {report.fingerprint}")
+    return 1 if report.blocking else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m exp3.dataset`."""
+    parser = argparse.ArgumentParser(prog="python -m exp3.dataset", description="exp3 datasets: synth and audit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    synth = sub.add_parser("synth", help="generate the embedded synthetic ingredient dataset")
+    synth.add_argument("--out", type=Path, required=True, help="new or empty directory")
+    synth.add_argument("--preset", default="smoke", help="smoke (128 px, 16/8/8) or full (640 px, 800/200/200)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--counts", default=None, help="override images per split: TRAIN,VAL,TEST")
+    synth.add_argument("--image-size", type=int, default=None, help="override the preset's image side (px)")
+    synth.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    audit = sub.add_parser("audit", help="check a YOLO data.yaml before any long training")
+    audit.add_argument("--data", type=Path, required=True)
+    audit.add_argument("--json", type=Path, default=None, help="write the full report here")
+    args = parser.parse_args(argv)
+    try:
+        return _cmd_synth(args) if args.command == "synth" else _cmd_audit(args)
+    except (DatasetError, ValueError, FileExistsError, PermissionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""Shared fixtures: offline Ultralytics settings in a temp dir and one tiny real dataset."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from exp3.offline import apply_offline_environment
+
+# Before any test imports ultralytics: no network, settings and fonts in a throw-away dir.
+_OFFLINE_ROOT = Path(tempfile.mkdtemp(prefix="exp3-tests-"))
+apply_offline_environment(_OFFLINE_ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke preset at 96 px: 8 train / 4 val / 4 test images, built once per test session."""
+    from exp3.synth import build_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("tiny-data") / "synthetic"
+    return build_synthetic_dataset(out, preset="smoke", seed=0, counts={"train": 8, "val": 4, "test": 4},
+                                   image_size=96)

@@ -1,0 +1,89 @@
+"""Config: defaults == configs/exp3.yaml, layering, strictness, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exp3.config import ConfigError, ExperimentConfig, load_config, write_resolved_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_exp3_yaml_equals_builtin_defaults() -> None:
+    assert load_config(REPO / "configs" / "exp3.yaml") == ExperimentConfig()
+
+
+def test_smoke_is_a_small_diff_over_exp3() -> None:
+    smoke = load_config(REPO / "configs" / "smoke.yaml")
+    full = load_config(REPO / "configs" / "exp3.yaml")
+    assert smoke.dataset.preset == "smoke" and full.dataset.preset == "full"
+    assert {name: model.epochs for name, model in smoke.models.items()} == {"yolov8m": 1, "rtdetr-l": 1}
+    assert smoke.models["yolov8m"].architecture == "yolov8m.yaml"  # inherited, not restated
+    assert smoke.sessions == full.sessions and len(smoke.sessions) == 6
+    assert smoke.masking == full.masking and smoke.occlusion == full.occlusion
+
+
+def test_cli_overrides_win_over_file() -> None:
+    config = load_config(REPO / "configs" / "smoke.yaml", ["train.batch=2", "models.yolov8m.epochs=3",
+                                                           "occlusion.fills=[gray]"])
+    assert config.train.batch == 2
+    assert config.models["yolov8m"].epochs == 3
+    assert config.models["rtdetr-l"].epochs == 1
+    assert config.occlusion.fills == ("gray",)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs" / "smoke.yaml")
+    written = write_resolved_config(config, tmp_path / "run")
+    assert load_config(written) == config
+    assert config.fingerprint() == load_config(written).fingerprint()
+    assert config.fingerprint() != load_config(written, ["seed=1"]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "needle"),
+    [
+        ("traing: {batch: 2}\n", [], "unknown config key 'traing'"),
+        ("train: {batchsize: 2}\n", [], "unknown config key 'train.batchsize'"),
+        ("train: [1, 2\n", [], "is not valid YAML"),
+        ("- a\n- b\n", [], "must hold a mapping"),
+        ("sessions: [S7_magic]\n", [], "unknown session 'S7_magic'"),
+        ("masking: {p_channels: 1.5}\n", [], "masking.p_channels"),
+        ("dataset: {kind: yaml}\n", [], "dataset.data_yaml is not set"),
+        ("{}\n", ["train.batch"], "is not KEY=VALUE"),
+        ("occlusion: {coverage: [0.6, 0.2]}\n", [], "occlusion.coverage"),
+    ],
+)
+def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, overrides)
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
+
+
+def test_missing_file_and_base_cycle(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_config_cli_exits_non_zero_on_bad_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochz: 3\n")
+    result = subprocess.run([sys.executable, "-m", "exp3.config", "show", "--config", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "epochz" in result.stderr
+    good = subprocess.run([sys.executable, "-m", "exp3.config", "show", "--config", str(REPO / "configs/smoke.yaml")],
+                          capture_output=True, text=True, check=True)
+    assert yaml.safe_load(good.stdout)["train"]["imgsz"] == 64

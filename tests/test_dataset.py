@@ -1,0 +1,159 @@
+"""Dataset audit: a clean dataset passes, each planted defect is caught with the right severity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from exp3.dataset import DatasetError, audit_dataset, label_path_for, list_split_images, read_data_yaml
+
+
+@pytest.fixture()
+def dataset(tiny_data_yaml: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny dataset; returns its data.yaml."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data_yaml.parent, root)
+    spec = yaml.safe_load(tiny_data_yaml.read_text())
+    spec["path"] = str(root)
+    (root / "data.yaml").write_text(yaml.safe_dump(spec))
+    return root / "data.yaml"
+
+
+def _first_label(root: Path, split: str = "train") -> Path:
+    return sorted((root / "labels" / split).glob("*.txt"))[0]
+
+
+def _delete_label(root: Path) -> None:
+    _first_label(root).unlink()
+
+
+def _orphan_label(root: Path) -> None:
+    (root / "labels" / "val" / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+
+
+def _bad_class(root: Path) -> None:
+    with _first_label(root).open("a") as handle:
+        handle.write("42 0.5 0.5 0.1 0.1\n")
+
+
+def _malformed(root: Path) -> None:
+    with _first_label(root).open("a") as handle:
+        handle.write("3 0.5 0.5\n")
+
+
+def _out_of_bounds(root: Path) -> None:
+    with _first_label(root).open("a") as handle:
+        handle.write("1 0.95 0.5 0.2 0.1\n")
+
+
+def _corrupt_image(root: Path) -> None:
+    image = sorted((root / "images" / "test").glob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes()[:200])
+
+
+def _shared_id(root: Path) -> None:
+    source = sorted((root / "images" / "val").glob("*.jpg"))[0]
+    shutil.copyfile(source, root / "images" / "train" / source.name)
+    shutil.copyfile(label_path_for(source), root / "labels" / "train" / f"{source.stem}.txt")
+
+
+def _missing_test(root: Path) -> None:
+    spec = yaml.safe_load((root / "data.yaml").read_text())
+    del spec["test"]
+    (root / "data.yaml").write_text(yaml.safe_dump(spec))
+
+
+DEFECTS: dict[str, tuple[Callable[[Path], None], bool]] = {
+    "image_without_label": (_delete_label, False),
+    "label_without_image": (_orphan_label, False),
+    "class_id_out_of_range": (_bad_class, True),
+    "malformed_label_line": (_malformed, True),
+    "box_out_of_bounds": (_out_of_bounds, True),
+    "corrupt_image": (_corrupt_image, True),
+    "image_id_shared_across_splits": (_shared_id, True),
+    "missing_split": (_missing_test, True),
+}
+
+
+def test_clean_dataset_passes(dataset: Path) -> None:
+    report = audit_dataset(dataset)
+    assert report.problems == [] and not report.blocking
+    assert report.splits["train"]["images"] == 8 and report.splits["test"]["images"] == 4
+    assert report.splits["train"]["instances"] > 8
+    assert len(report.fingerprint) == 16
+
+
+def test_fingerprint_changes_with_content(dataset: Path) -> None:
+    before = audit_dataset(dataset).fingerprint
+    label = _first_label(dataset.parent)
+    label.write_text(label.read_text().replace("0.", "0.0", 1))
+    assert audit_dataset(dataset).fingerprint != before
+
+
+@pytest.mark.parametrize("kind", sorted(DEFECTS))
+def test_each_planted_defect_is_caught(dataset: Path, kind: str) -> None:
+    plant, blocking = DEFECTS[kind]
+    plant(dataset.parent)
+    report = audit_dataset(dataset)
+    assert report.counts.get(kind, 0) >= 1, report.counts
+    assert report.blocking is blocking
+    if kind == "image_id_shared_across_splits":
+        assert "duplicate_image_across_splits" in report.counts  # identical bytes too
+
+
+def test_cli_exit_codes_summary_lines_and_json(dataset: Path, tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "exp3.dataset", "audit", "--data", str(dataset)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "audit OK" in ok.stdout
+    _bad_class(dataset.parent)
+    _out_of_bounds(dataset.parent)
+    _out_of_bounds(dataset.parent)
+    report_path = tmp_path / "report.json"
+    bad = subprocess.run([sys.executable, "-m", "exp3.dataset", "audit", "--data", str(dataset),
+                          "--json", str(report_path)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    error_lines = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 2  # one line per problem kind, not per problem
+    assert any("box_out_of_bounds: 2" in line for line in error_lines)
+    report = json.loads(report_path.read_text())
+    assert report["blocking"] is True and report["counts"]["class_id_out_of_range"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (None, "does not exist"),
+        ("path: [unclosed\n", "not valid YAML"),
+        ("path: /definitely/not/here\ntrain: images/train\nnames: [a]\n", "dataset root"),
+        ("train: images/train\n", "'names' is missing"),
+    ],
+)
+def test_bad_data_yaml_is_one_line_error(tmp_path: Path, text: str | None, needle: str) -> None:
+    path = tmp_path / "data.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(DatasetError) as caught:
+        read_data_yaml(path)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+    result = subprocess.run([sys.executable, "-m", "exp3.dataset", "audit", "--data", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and needle in result.stderr
+
+
+def test_list_file_splits_and_label_paths(dataset: Path) -> None:
+    root = dataset.parent
+    images = sorted((root / "images" / "val").glob("*.jpg"))
+    (root / "val.txt").write_text("\n".join(f"./images/val/{p.name}" for p in images) + "\n")
+    spec = yaml.safe_load(dataset.read_text())
+    spec["val"] = "val.txt"
+    dataset.write_text(yaml.safe_dump(spec))
+    listed = list_split_images(read_data_yaml(dataset), "val")
+    assert [p.name for p in listed] == [p.name for p in images]
+    assert label_path_for(Path("/d/images/x/images/a.jpg")) == Path("/d/images/x/labels/a.txt")
