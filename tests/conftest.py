@@ -22,3 +22,15 @@ def tiny_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-data") / "synthetic"
     return build_synthetic_dataset(out, preset="smoke", seed=0, counts={"train": 8, "val": 4, "test": 4},
                                    image_size=96)
+
+
+@pytest.fixture(scope="session")
+def tiny_yolo_checkpoint(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`last.pt` of yolov8n.yaml trained 1 epoch at imgsz 64 on the tiny dataset (plain Ultralytics)."""
+    from ultralytics import YOLO
+
+    project = tmp_path_factory.mktemp("tiny-train")
+    YOLO("yolov8n.yaml").train(data=str(tiny_data_yaml), epochs=1, imgsz=64, batch=4, device="cpu", amp=False,
+                               workers=0, plots=False, project=str(project), name="run", exist_ok=True,
+                               verbose=False)
+    return project / "run" / "weights" / "last.pt"

@@ -1,0 +1,70 @@
+"""Provenance for every result: exp3 version, git commit and dirty flag, package versions, device.
+
+Pure reads of the environment; nothing here changes state. Missing tools (no git, no CUDA)
+give `None` fields, never an exception: provenance must not stop a run.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import exp3
+
+TRACKED_PACKAGES: tuple[str, ...] = (
+    "ultralytics", "torch", "torchvision", "numpy", "prefect", "pydantic", "scipy", "pandas", "pillow",
+    "opencv-python", "altair", "vl-convert-python",
+)
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package (None if not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(repo: Path = _REPO) -> dict[str, Any]:
+    """{"commit": sha or None, "dirty": bool or None} of the exp3 checkout."""
+    def _git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def device_description(device: str | None = None) -> dict[str, Any]:
+    """Name of the compute device a run used: CUDA device name(s) or the CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available() and (device is None or str(device) not in {"cpu", "mps"})
+    if cuda:
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return {"type": "cuda", "names": names, "cuda": torch.version.cuda}
+    return {"type": "cpu", "names": [platform.processor() or platform.machine()], "cuda": None}
+
+
+def collect_provenance(device: str | None = None) -> dict[str, Any]:
+    """Everything above in one JSON-ready dict."""
+    return {
+        "exp3_version": exp3.__version__,
+        "git": git_state(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "device": device_description(device),
+    }
