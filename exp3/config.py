@@ -46,7 +46,7 @@ class DatasetConfig(_Strict):
 
     kind: Literal["synthetic", "yaml"] = "synthetic"
     preset: Literal["smoke", "full"] = "full"
-    synthetic_seed: int = 0
+    synthetic_seed: int = Field(default=0, ge=0)
     data_yaml: Path | None = None
 
     @model_validator(mode="after")
@@ -94,7 +94,7 @@ class OcclusionConfig(_Strict):
     random_rects: tuple[int, int] = (1, 3)
     random_area: tuple[float, float] = (0.02, 0.15)
     output_format: Literal["png", "jpg"] = "png"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     train_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @field_validator("coverage", "random_area")
@@ -132,7 +132,7 @@ class MaskingConfig(_Strict):
     rescale: Literal["dropout", "none"] = "dropout"
     schedule: Literal["constant", "linear_ramp"] = "linear_ramp"
     ramp_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
 
 class EvalConfig(_Strict):
@@ -163,7 +163,7 @@ class ExperimentConfig(_Strict):
     masking: MaskingConfig = MaskingConfig()
     eval: EvalConfig = EvalConfig()
     failure: FailureConfig = FailureConfig()
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
 
     @field_validator("models")
     @classmethod

@@ -67,8 +67,12 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
         raise DatasetError(f"dataset yaml {str(yaml_path)!r} does not exist: pass the path of your data.yaml")
     try:
         data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise DatasetError(f"dataset yaml {str(yaml_path)!r} is not valid YAML: fix its syntax") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DatasetError(f"dataset yaml {str(yaml_path)!r} is not valid YAML{where}: fix its syntax") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"dataset yaml {str(yaml_path)!r} is not UTF-8 text: pass a YOLO data.yaml") from None
     if not isinstance(data, dict):
         raise DatasetError(f"dataset yaml {str(yaml_path)!r} must be a mapping with path/train/val/test/names")
     root_value = data.get("path")

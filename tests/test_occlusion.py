@@ -1,0 +1,347 @@
+"""exp3.occlusion on a tiny real YOLO dataset (PIL-drawn JPEGs, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from exp3.config import OcclusionConfig
+from exp3.fileio import sha256_file
+from exp3.occlusion import (
+    FILLS,
+    MEAN_RGB,
+    OcclusionError,
+    build_occluded_train_set,
+    build_occlusion_suite,
+    covered_fractions,
+    image_rng,
+    occlude_image,
+    rect_mask,
+    verify_occlusion_suite,
+    yolo_to_xyxy,
+)
+
+SIZE = 96
+NAMES = ["apple", "banana", "carrot"]
+
+
+def _labels_for(index: int) -> list[tuple[int, float, float, float, float]]:
+    """1-3 non-overlapping boxes (class, cx, cy, w, h normalised), each >= 28 px a side at 96 px."""
+    slots = [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75)]
+    count = 1 + index % 3
+    return [(k % len(NAMES), cx, cy, 0.30 + 0.05 * ((index + k) % 3), 0.32) for k, (cx, cy) in enumerate(slots[:count])]
+
+
+def _make_image(path: Path, index: int, labels: list[tuple[int, float, float, float, float]]) -> None:
+    rng = np.random.default_rng(index)
+    pixels = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    for class_id, cx, cy, w, h in labels:
+        box = [(cx - w / 2) * SIZE, (cy - h / 2) * SIZE, (cx + w / 2) * SIZE, (cy + h / 2) * SIZE]
+        draw.rectangle(box, fill=((80 * class_id) % 256, 200, 40))
+    image.save(path, format="JPEG", quality=90)
+
+
+def make_yolo_dataset(root: Path, counts: dict[str, int] | None = None) -> Path:
+    """A YOLO dataset under root (images/<split>, labels/<split>); returns its data.yaml."""
+    counts = counts or {"train": 6, "val": 3, "test": 6}
+    index = 0
+    for split, count in counts.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for _ in range(count):
+            labels = _labels_for(index)
+            _make_image(root / "images" / split / f"{split}_{index:03d}.jpg", index, labels)
+            lines = [f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}" for c, cx, cy, w, h in labels]
+            (root / "labels" / split / f"{split}_{index:03d}.txt").write_text("\n".join(lines) + "\n")
+            index += 1
+    data_yaml = root / "data.yaml"
+    payload = {"path": str(root), "train": "images/train", "val": "images/val", "test": "images/test", "names": NAMES}
+    data_yaml.write_text(yaml.safe_dump(payload))
+    return data_yaml
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """relative path -> (sha256, mtime_ns) of every file under root."""
+    files = (p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): (sha256_file(p), p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_yolo_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="module")
+def suite(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_occlusion_suite(dataset, tmp_path_factory.mktemp("suites"), OcclusionConfig(), workers=1)
+
+
+def _manifest(suite_dir: Path) -> dict:
+    return json.loads((suite_dir / "manifest.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Suite layout, determinism, never-overwrite
+
+
+def test_suite_layout_and_clean_copies_are_byte_identical(suite: Path, dataset: Path) -> None:
+    assert suite.name.startswith("occ-") and len(suite.name) == len("occ-") + 12
+    manifest = _manifest(suite)
+    assert manifest["generator_version"] and manifest["global_seed"] == 0
+    assert [entry["id"] for entry in manifest["images"]] == sorted(f"test_{i:03d}" for i in range(9, 15))
+    for entry in manifest["images"]:
+        source = Path(entry["source_image"])
+        clean = suite / entry["clean_image"]
+        assert clean.read_bytes() == source.read_bytes()
+        assert sha256_file(clean) == entry["source_sha256"]
+        assert sha256_file(suite / entry["occluded_image"]) == entry["output_sha256"]
+        label = dataset.parent / "labels" / "test" / f"{entry['id']}.txt"
+        for split in ("test_clean", "test_occ_fixed"):
+            assert (suite / split / "labels" / f"{entry['id']}.txt").read_bytes() == label.read_bytes()
+        assert entry["fill"] in FILLS and entry["occluders"]
+        assert len(entry["seed"]) == 3
+    for split in ("test_clean", "test_occ_fixed"):
+        data = yaml.safe_load((suite / f"{split}.yaml").read_text())
+        assert Path(data["path"]) == suite / split and data["train"] == data["val"] == data["test"] == "images"
+        assert list(data["names"].values()) == NAMES
+    assert verify_occlusion_suite(suite) == []
+
+
+def test_occluded_differs_from_clean_only_inside_occluders(suite: Path) -> None:
+    for entry in _manifest(suite)["images"]:
+        clean = np.array(Image.open(suite / entry["clean_image"]).convert("RGB"))
+        occluded = np.array(Image.open(suite / entry["occluded_image"]))
+        mask = rect_mask([tuple(o["xyxy"]) for o in entry["occluders"]], entry["width"], entry["height"])
+        assert np.array_equal(clean[~mask], occluded[~mask])  # png output is lossless
+        if entry["fill"] == "mean":
+            assert (occluded[mask] == MEAN_RGB).all()
+
+
+def test_object_mode_covers_target_fraction_of_isolated_boxes(suite: Path) -> None:
+    low, high = OcclusionConfig().coverage
+    fractions = []
+    for entry in _manifest(suite)["images"]:
+        for box in entry["boxes"]:
+            side = min(box["xyxy"][2] - box["xyxy"][0], box["xyxy"][3] - box["xyxy"][1])
+            tolerance = 1.0 / side  # one pixel row/column of the box
+            assert low - tolerance <= box["covered_fraction"] <= high + tolerance
+            assert abs(box["covered_fraction"] - box["target_coverage"]) <= tolerance
+            fractions.append(box["covered_fraction"])
+    assert len(fractions) >= 6
+
+
+def test_build_twice_writes_nothing_and_workers_do_not_matter(suite: Path, dataset: Path, tmp_path: Path) -> None:
+    before = tree_snapshot(suite.parent)
+    assert build_occlusion_suite(dataset, suite.parent, OcclusionConfig(), workers=2) == suite
+    assert tree_snapshot(suite.parent) == before  # same files, same bytes, same mtimes
+    other = build_occlusion_suite(dataset, tmp_path, OcclusionConfig(), workers=2)  # fresh build, 2 workers
+    assert other.name == suite.name
+    first, second = _manifest(suite), _manifest(other)
+    for manifest in (first, second):  # the split yamls hold the suite's absolute path, so they differ
+        manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.endswith(".yaml")}
+    assert first == second
+    same_bytes = lambda root: {k: v[0] for k, v in tree_snapshot(root).items() if k.count("/") == 2}  # noqa: E731
+    assert same_bytes(other) == same_bytes(suite) and len(same_bytes(suite)) == 4 * 6
+
+
+def test_different_parameters_make_a_new_suite_and_leave_the_old_one(suite: Path, dataset: Path) -> None:
+    before = tree_snapshot(suite)
+    config = OcclusionConfig(mode="random", fills=("gray", "noise"), output_format="jpg", seed=3)
+    other = build_occlusion_suite(dataset, suite.parent, config, workers=1)
+    assert other != suite and other.parent == suite.parent
+    assert tree_snapshot(suite) == before
+    assert verify_occlusion_suite(other) == []
+    manifest = _manifest(other)
+    for entry in manifest["images"]:
+        assert entry["occluded_image"].endswith(".jpg") and entry["fill"] in ("gray", "noise")
+        assert 1 <= len(entry["occluders"]) <= 3
+        assert all(box["target_coverage"] is None and 0.0 <= box["covered_fraction"] <= 1.0 for box in entry["boxes"])
+    # train_fraction only concerns S2: it does not change the test suite
+    assert build_occlusion_suite(dataset, suite.parent, OcclusionConfig(train_fraction=0.9), workers=1) == suite
+
+
+def test_verify_detects_flipped_byte_missing_and_extra_files(suite: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / suite.name
+    shutil.copytree(suite, copy)
+    # a copy at a new place: hashes fine, but the yamls point at the old place
+    assert all("moved" in problem for problem in verify_occlusion_suite(copy))
+    for split in ("test_clean", "test_occ_fixed"):
+        data = yaml.safe_load((copy / f"{split}.yaml").read_text())
+        data["path"] = str(copy / split)
+        (copy / f"{split}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    problems = verify_occlusion_suite(copy)
+    assert problems == ["modified file test_clean.yaml", "modified file test_occ_fixed.yaml"]
+    shutil.rmtree(copy)
+    shutil.copytree(suite, copy)
+    target = next((copy / "test_occ_fixed" / "images").iterdir())
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    missing = next((copy / "test_clean" / "labels").iterdir())
+    missing.unlink()
+    (copy / "test_clean" / "images" / "stray.jpg").write_bytes(b"x")
+    (copy / "test_clean" / "labels.cache").write_bytes(b"ultralytics cache")  # tolerated
+    problems = [p for p in verify_occlusion_suite(copy) if "moved" not in p]
+    rel = lambda p: p.relative_to(copy).as_posix()  # noqa: E731
+    assert sorted(problems) == sorted(
+        [f"modified file {rel(target)}", f"missing file {rel(missing)}", "extra file test_clean/images/stray.jpg"]
+    )
+
+
+def test_damaged_existing_suite_is_reported_not_rebuilt(dataset: Path, tmp_path: Path) -> None:
+    config = OcclusionConfig(fills=("gray",))
+    built = build_occlusion_suite(dataset, tmp_path, config, workers=1)
+    victim = next((built / "test_occ_fixed" / "images").iterdir())
+    victim.write_bytes(b"broken")
+    with pytest.raises(OcclusionError, match="fails verification: modified file"):
+        build_occlusion_suite(dataset, tmp_path, config, workers=1)
+    assert victim.read_bytes() == b"broken"
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no temp dirs left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def test_covered_fraction_is_exact_for_fractional_boxes() -> None:
+    mask = rect_mask([(10, 10, 20, 20)], 40, 40)
+    boxes = np.array([[10.0, 10.0, 20.0, 20.0], [5.5, 10.0, 20.0, 20.0], [30.0, 30.0, 30.0, 35.0]])
+    assert covered_fractions(mask, boxes) == [1.0, round(10 / 14.5, 6), None]
+    assert yolo_to_xyxy(np.array([[0.5, 0.5, 1.2, 0.5]]), 100, 40).tolist() == [[0.0, 10.0, 100.0, 30.0]]
+
+
+def test_occlude_image_is_deterministic_per_seed_and_stream() -> None:
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    boxes = np.array([[8.0, 8.0, 40.0, 40.0]])
+    config = OcclusionConfig(fills=("noise",))
+    first = occlude_image(image, boxes, config, image_rng(0, 1, "a"))
+    again = occlude_image(image, boxes, config, image_rng(0, 1, "a"))
+    other_stream = occlude_image(image, boxes, config, image_rng(0, 2, "a"))
+    assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+    assert first[1]["occluders"] != other_stream[1]["occluders"]
+
+
+def test_unknown_fill_lists_the_allowed_names() -> None:
+    config = OcclusionConfig().model_copy(update={"fills": ("sparkle",)})  # bypasses validation on purpose
+    with pytest.raises(ValueError, match="use one of mean, gray, noise, texture"):
+        occlude_image(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4)), config, image_rng(0, 1, "x"))
+
+
+# ---------------------------------------------------------------------------------------------
+# S2's occluded train set
+
+
+def test_train_set_uses_a_disjoint_stream_and_respects_train_fraction(
+    dataset: Path, suite: Path, tmp_path: Path
+) -> None:
+    data_yaml = build_occluded_train_set(dataset, tmp_path, OcclusionConfig(train_fraction=1.0), workers=1)
+    train_dir = data_yaml.parent
+    assert train_dir.name.startswith("occtrain-") and verify_occlusion_suite(train_dir) == []
+    data = yaml.safe_load(data_yaml.read_text())
+    assert data["train"] == "train/images" and Path(data["path"]) == train_dir
+    assert data["val"] == [str(dataset.parent / "images" / "val")]  # the original, clean val split
+    assert data["test"] == [str(dataset.parent / "images" / "test")]
+    train_entries = _manifest(train_dir)["images"]
+    assert all(entry["occluded"] for entry in train_entries)
+    assert {entry["seed"][1] for entry in train_entries} != {entry["seed"][1] for entry in _manifest(suite)["images"]}
+    # same image id under both streams -> different occluders (shown on one id present in both)
+    image = np.zeros((96, 96, 3), np.uint8)
+    boxes = np.array([[10.0, 10.0, 80.0, 80.0]])
+    test_record = occlude_image(image, boxes, OcclusionConfig(fills=("gray",)), image_rng(0, 1, "img"))[1]
+    train_record = occlude_image(image, boxes, OcclusionConfig(fills=("gray",)), image_rng(0, 2, "img"))[1]
+    assert test_record["occluders"] != train_record["occluders"]
+    # a fraction of the train set occluded, decided per image; the rest byte-identical copies
+    big = make_yolo_dataset(tmp_path / "big", {"train": 40, "val": 1, "test": 1})
+    half_config = OcclusionConfig(train_fraction=0.5, fills=("gray",))
+    half = build_occluded_train_set(big, tmp_path / "s2", half_config, workers=1)
+    entries = _manifest(half.parent)["images"]
+    occluded = [entry for entry in entries if entry["occluded"]]
+    assert 10 <= len(occluded) <= 30
+    for entry in entries:
+        if not entry["occluded"]:
+            assert (half.parent / entry["clean_image"]).read_bytes() == Path(entry["source_image"]).read_bytes()
+    labels = sorted(p.name for p in (half.parent / "train" / "labels").iterdir())
+    assert len(labels) == 40
+    assert build_occluded_train_set(big, tmp_path / "s2", half_config, workers=2) == half
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear line, non-zero exit, nothing written
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "exp3.occlusion", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_yaml", "does not exist: pass the path of your data.yaml"),
+        ("malformed_yaml", "is not valid YAML at line"),
+        ("missing_dataset", "does not exist: fix 'path:'"),
+        ("unknown_class", "class id 7 is not in names"),
+    ],
+)
+def test_bad_input_raises_one_line_and_writes_nothing(case: str, expected: str, tmp_path: Path) -> None:
+    data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 2})
+    if case == "missing_yaml":
+        data_yaml = tmp_path / "nope.yaml"
+    elif case == "malformed_yaml":
+        data_yaml.write_text("path: [unclosed\nnames: {0: a\n")
+    elif case == "missing_dataset":
+        data_yaml.write_text(yaml.safe_dump({"path": str(tmp_path / "gone"), "test": "images/test", "names": NAMES}))
+    elif case == "unknown_class":
+        next((tmp_path / "data" / "labels" / "test").iterdir()).write_text("7 0.5 0.5 0.2 0.2\n")
+    out = tmp_path / "out"
+    with pytest.raises(OcclusionError, match=expected):
+        build_occlusion_suite(data_yaml, out, OcclusionConfig(), workers=1)
+    assert not out.exists()
+    result = _cli("build", "--data", str(data_yaml), "--out", str(out))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and expected in result.stderr
+    assert not out.exists()
+
+
+def test_undecodable_image_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:
+    data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 3})
+    next((tmp_path / "data" / "images" / "test").iterdir()).write_bytes(b"not a jpeg")
+    out = tmp_path / "out" / "suites"
+    with pytest.raises(OcclusionError, match="cannot be decoded"):
+        build_occlusion_suite(data_yaml, out, OcclusionConfig(), workers=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_dir_is_one_line_error(dataset: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match="is not writable"):
+        build_occlusion_suite(dataset, blocker / "suites", OcclusionConfig(), workers=1)
+    result = _cli("build", "--data", str(dataset), "--out", str(blocker / "suites"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: output directory")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_cli_build_and_verify_round_trip(dataset: Path, tmp_path: Path) -> None:
+    result = _cli("build", "--data", str(dataset), "--out", str(tmp_path), "--set", "fills=[gray]", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    suite_dir = Path(result.stdout.strip())
+    assert _cli("verify", str(suite_dir)).returncode == 0
+    (suite_dir / "extra.txt").write_text("x")
+    failed = _cli("verify", str(suite_dir))
+    assert failed.returncode == 1 and "extra file extra.txt" in failed.stdout
+    bad = _cli("build", "--data", str(dataset), "--out", str(tmp_path), "--set", "coverage=[0.6,0.2]")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "coverage" in bad.stderr
