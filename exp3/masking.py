@@ -1,0 +1,592 @@
+"""Training-only internal masking: zero channels or DropBlock-style regions of one network site.
+
+Three layers, after timm's `drop.py`:
+
+* pure functions build and apply masks: `channel_keep_mask`, `spatial_keep_mask`,
+  `mask_features` (masks are built under `torch.no_grad()` from an explicit `torch.Generator`);
+* `FeatureMasker` / `HeadInputMasker` are thin, picklable hook objects: they store the
+  hyperparameters, gate themselves (`module.training and torch.is_grad_enabled()`), follow
+  the schedule and count what they did;
+* `attach_internal_masking(model, site, spec)` resolves the site on an Ultralytics detection
+  model (`resolve_masking_sites`) and registers the hook; the returned `MaskingHandle` sets
+  the schedule progress, reads per-site statistics and removes the hooks.
+
+Call order, as a training loop sees it::
+
+    handle = attach_internal_masking(model, "neck", MaskingConfig())
+    for epoch in range(epochs):
+        handle.reseed(epoch)                          # per-epoch streams: a resumed run redraws the same masks
+        for i, batch in enumerate(loader):
+            handle.set_progress((epoch + i / len(loader)) / epochs)   # drives the linear ramp
+            loss = model(batch); loss.backward(); ...
+        stats = handle.read_stats(reset=True)         # per site: batches, masked share, zeroed share
+    handle.remove()
+
+`python -m exp3.masking sites --model yolov8m.yaml --imgsz 640` prints each site's layer index,
+module type and feature shape. The reasoning behind every choice is in docs/masking.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from exp3.config import MASKING_SITES, MaskingConfig
+from exp3.fileio import stable_int
+
+MASKING_MODES: tuple[str, ...] = ("channel", "spatial", "channel+spatial")
+"""What a masked batch loses: whole channels, contiguous spatial blocks, or both."""
+
+NECK_BLOCK_TYPES: tuple[str, ...] = (
+    "C2f",
+    "C3k2",
+    "RepC3",
+    "C3",
+    "C3x",
+    "C2fAttn",
+    "C2fCIB",
+    "C2fPSA",
+    "A2C2f",
+    "RepNCSPELAN4",
+    "ELAN1",
+)
+"""Module types that count as the first neck fusion block (YOLOv8/v9/v10/11/12, RT-DETR)."""
+
+_SPEC_ALLOWED: dict[str, str] = {
+    "mode": "one of " + ", ".join(MASKING_MODES),
+    "p_apply": "a probability in [0, 1]",
+    "p_channels": "a fraction in [0, 1)",
+    "p_spatial": "a fraction in [0, 1)",
+    "block_fraction": "a fraction of the feature map side in (0, 1]",
+    "rescale": "one of dropout, none",
+    "schedule": "one of constant, linear_ramp",
+    "ramp_fraction": "a fraction of training in [0, 1]",
+    "seed": "an integer",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def as_masking_config(spec: MaskingConfig | Mapping[str, Any]) -> MaskingConfig:
+    """Validate `spec` into a `MaskingConfig`; a bad field raises one-line `ValueError` with the allowed values."""
+    if isinstance(spec, MaskingConfig):
+        return spec
+    try:
+        return MaskingConfig.model_validate(dict(spec))
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        allowed = _SPEC_ALLOWED.get(field, "a field of MaskingConfig: " + ", ".join(_SPEC_ALLOWED))
+        raise ValueError(f"invalid masking {field}={first.get('input')!r}: use {allowed}") from None
+
+
+def check_site(site: str) -> str:
+    """Return `site` if it is a known masking site, else raise `ValueError` listing them."""
+    if site not in MASKING_SITES:
+        raise ValueError(f"unknown masking site {site!r}: use one of {', '.join(MASKING_SITES)}")
+    return site
+
+
+def check_mode(mode: str) -> str:
+    """Return `mode` if it is a known masking mode, else raise `ValueError` listing them."""
+    if mode not in MASKING_MODES:
+        raise ValueError(f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
+    return mode
+
+
+def check_drop_fraction(name: str, value: float) -> float:
+    """Return `value` if it is a drop fraction in [0, 1), else raise `ValueError` naming `name`."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} is outside [0, 1): use a fraction such as 0.15")
+    return value
+
+
+def block_size(height: int, width: int, block_fraction: float) -> tuple[int, int]:
+    """Block side in cells for an `height` x `width` map: `round(block_fraction * side)`, at least 1.
+
+    The same fraction gives a 12 x 12 block on an 80 x 80 map (P3 at imgsz 640) and 3 x 3 on
+    20 x 20 (P5), so a site masks the same share of the image at every resolution.
+    """
+    if not 0.0 < block_fraction <= 1.0:
+        raise ValueError(f"block_fraction={block_fraction!r} cannot fit the feature map: use a value in (0, 1]")
+    return max(1, round(block_fraction * height)), max(1, round(block_fraction * width))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure mask functions
+
+
+@torch.no_grad()
+def channel_keep_mask(
+    batch: int, channels: int, p: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Keep mask (N, C, 1, 1) float32 with exactly `round(p * C)` zeroed channels per sample.
+
+    An exact count (not Bernoulli per channel) keeps the dropped share equal to the request
+    on every sample, even for 48-channel maps where Bernoulli noise would be +-5 points.
+    """
+    check_drop_fraction("p_channels", p)
+    dropped = round(p * channels)
+    if dropped == 0:
+        return torch.ones((batch, channels, 1, 1), device=device)
+    scores = torch.rand((batch, channels), generator=generator, device=device)
+    threshold = scores.kthvalue(dropped, dim=1, keepdim=True).values
+    return (scores > threshold).float().view(batch, channels, 1, 1)
+
+
+@torch.no_grad()
+def spatial_keep_mask(
+    batch: int,
+    height: int,
+    width: int,
+    p: float,
+    block: tuple[int, int],
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """DropBlock keep mask (N, 1, H, W) float32, shared by all channels of a sample.
+
+    Block seeds are drawn on the map padded by `block - 1` cells, so every cell can be hit by
+    exactly `bh * bw` seed positions and blocks may be clipped at the border (as occluders are).
+    The seed rate `gamma = 1 - (1 - p) ** (1 / (bh * bw))` then makes every cell dropped with
+    probability exactly `p`, overlaps included (torchvision's and timm's gamma overshoot-correct
+    only for non-overlapping blocks and fall short of `p` as it grows).
+    """
+    check_drop_fraction("p_spatial", p)
+    block_h, block_w = block
+    if not (1 <= block_h <= height and 1 <= block_w <= width):
+        raise ValueError(
+            f"block {block_h}x{block_w} cannot fit a {height}x{width} feature map: use block_fraction in (0, 1]"
+        )
+    if p == 0.0:
+        return torch.ones((batch, 1, height, width), device=device)
+    seed_rate = 1.0 - (1.0 - p) ** (1.0 / (block_h * block_w))
+    noise = torch.rand((batch, 1, height + block_h - 1, width + block_w - 1), generator=generator, device=device)
+    dropped = F.max_pool2d((noise < seed_rate).float(), kernel_size=(block_h, block_w), stride=1)
+    return 1.0 - dropped
+
+
+def mask_features(
+    x: torch.Tensor,
+    mode: str,
+    p_channels: float,
+    p_spatial: float,
+    block_fraction: float,
+    rescale: str,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """Mask a feature map; returns `(masked (N, C, H, W), zeroed share)`.
+
+    `x` is (N, C, H, W) and is never modified (Ultralytics caches layer outputs): the result is a
+    new tensor, or `x` itself when the rates round to nothing. `rescale="dropout"` multiplies kept
+    activations by `1 / ((1 - p_channels_realised) * (1 - p_spatial))` so their expectation is
+    unchanged and BatchNorm statistics match eval mode; `"none"` leaves them as they are. The
+    zeroed share (a float, or a () float32 tensor on x's device when spatial masking is involved)
+    is the mean over samples of the fraction of (C, H, W) cells set to zero.
+    """
+    check_mode(mode)
+    if rescale not in ("dropout", "none"):
+        raise ValueError(f"unknown rescale {rescale!r}: use one of dropout, none")
+    if x.ndim != 4:
+        raise ValueError(f"masking needs a (N, C, H, W) feature map, got shape {tuple(x.shape)}: pick another site")
+    check_drop_fraction("p_channels", p_channels)
+    check_drop_fraction("p_spatial", p_spatial)
+    batch, channels, height, width = x.shape
+    parts = mode.split("+")
+    with torch.no_grad():
+        mask: torch.Tensor | None = None
+        kept_channels, scale = 1.0, 1.0
+        dropped_channels = round(p_channels * channels) if "channel" in parts else 0
+        if dropped_channels:
+            mask = channel_keep_mask(batch, channels, p_channels, generator, x.device)
+            kept_channels = 1.0 - dropped_channels / channels  # exact on every sample
+            scale /= kept_channels
+        kept: torch.Tensor | float = kept_channels
+        if "spatial" in parts and p_spatial > 0.0:
+            block = block_size(height, width, block_fraction)
+            cells = spatial_keep_mask(batch, height, width, p_spatial, block, generator, x.device)
+            kept = kept_channels * cells.mean(dim=(1, 2, 3)).mean()  # channel and cell masks are independent
+            mask = cells if mask is None else mask * cells
+            scale /= 1.0 - p_spatial
+        if mask is None:
+            return x, 0.0
+        if rescale == "dropout":
+            mask.mul_(scale)
+    return x * mask.to(x.dtype), 1.0 - kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook objects
+
+
+@dataclass
+class SiteStats:
+    """Counters of one site since the last reset (training forward passes only)."""
+
+    batches: int = 0
+    masked_batches: int = 0
+    zeroed_sum: torch.Tensor | float = 0.0
+    inactive_calls: int = 0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """JSON-able summary: shares in [0, 1]; `zeroed_share` averages over all batches."""
+        zeroed = float(self.zeroed_sum)
+        return {
+            "batches": self.batches,
+            "masked_batches": self.masked_batches,
+            "masked_share": self.masked_batches / self.batches if self.batches else 0.0,
+            "zeroed_share": zeroed / self.batches if self.batches else 0.0,
+            "zeroed_share_when_masked": zeroed / self.masked_batches if self.masked_batches else 0.0,
+            "inactive_calls": self.inactive_calls,
+        }
+
+
+class FeatureMasker:
+    """Forward hook that masks a layer's output (N, C, H, W) during training only.
+
+    Picklable (no lambdas, generators pickle); a no-op returning `None` (output unchanged)
+    when the module is in eval mode, gradients are disabled, the batch's `p_apply` coin says
+    no, or the scheduled drop rates are zero. Masks come from this object's own generators
+    (one per device) and its own `random.Random` coin, never from the global RNGs.
+    """
+
+    def __init__(self, site: str, spec: MaskingConfig) -> None:
+        self.site = check_site(site)
+        self.spec = as_masking_config(spec)
+        self.progress = 0.0
+        self.stats = SiteStats()
+        self.reseed(0)
+
+    def reseed(self, epoch: int) -> None:
+        """Restart this site's random streams at a seed derived from (spec.seed, site, epoch)."""
+        self._stream_seed = stable_int(f"{self.spec.seed}:{self.site}:{epoch}")
+        self._coin = random.Random(self._stream_seed)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] (fractional epochs / epochs); drives the linear ramp."""
+        self.progress = min(max(float(progress), 0.0), 1.0)
+
+    def strength(self) -> float:
+        """Schedule factor in [0, 1] applied to `p_channels` and `p_spatial` (not to `p_apply`)."""
+        if self.spec.schedule == "constant" or self.spec.ramp_fraction == 0.0:
+            return 1.0
+        return min(1.0, self.progress / self.spec.ramp_fraction)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._stream_seed)
+        return self._generators[key]
+
+    def _active(self, module: nn.Module) -> bool:
+        if module.training and torch.is_grad_enabled():
+            return True
+        self.stats.inactive_calls += 1
+        return False
+
+    def _draw(self) -> tuple[float, float] | None:
+        """Count a training batch; return this batch's (p_channels, p_spatial) or None if unmasked."""
+        self.stats.batches += 1
+        strength = self.strength()
+        p_channels = self.spec.p_channels * strength if "channel" in self.spec.mode else 0.0
+        p_spatial = self.spec.p_spatial * strength if "spatial" in self.spec.mode else 0.0
+        if self._coin.random() >= self.spec.p_apply or (p_channels == 0.0 and p_spatial == 0.0):
+            return None
+        self.stats.masked_batches += 1
+        return p_channels, p_spatial
+
+    def _mask(self, x: torch.Tensor, rates: tuple[float, float], share_weight: float) -> torch.Tensor:
+        p_channels, p_spatial = rates
+        masked, zeroed = mask_features(
+            x,
+            self.spec.mode,
+            p_channels,
+            p_spatial,
+            self.spec.block_fraction,
+            self.spec.rescale,
+            self._generator(x.device),
+        )
+        self.stats.zeroed_sum = self.stats.zeroed_sum + zeroed * share_weight
+        return masked
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+        if not self._active(module):
+            return None
+        rates = self._draw()
+        return None if rates is None else self._mask(output, rates, 1.0)
+
+
+class HeadInputMasker(FeatureMasker):
+    """Forward pre-hook that masks every feature map the head receives (its `.f` inputs).
+
+    Works for `Detect(x: list)` and `RTDETRDecoder(x: list, batch)`: returns
+    `(new_list, *args[1:])`, so targets for RT-DETR denoising pass through untouched. One
+    `p_apply` coin per forward covers all levels; the zeroed share is their average.
+    """
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:  # type: ignore[override]
+        if not self._active(module):
+            return None
+        rates = self._draw()
+        if rates is None:
+            return None
+        features = list(args[0])
+        weight = 1.0 / len(features)
+        return ([self._mask(level, rates, weight) for level in features], *args[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sites
+
+
+def detection_model(model: Any) -> nn.Module:
+    """The Ultralytics `DetectionModel` inside `model` (a YOLO/RTDETR wrapper, DDP or compiled module)."""
+    candidate = model
+    for _ in range(4):
+        candidate = getattr(candidate, "module", candidate)  # DistributedDataParallel
+        candidate = getattr(candidate, "_orig_mod", candidate)  # torch.compile
+        layers = getattr(candidate, "model", None)
+        if isinstance(getattr(candidate, "yaml", None), dict) and isinstance(layers, nn.Sequential):
+            return candidate
+        if layers is None:
+            break
+        candidate = layers
+    raise TypeError(
+        f"{type(model).__name__} is not an Ultralytics detection model: pass YOLO(...).model or the trainer's model"
+    )
+
+
+def _layer_listing(layers: nn.Sequential) -> str:
+    return ", ".join(f"{index}:{type(layer).__name__}" for index, layer in enumerate(layers))
+
+
+def resolve_masking_sites(model: Any) -> dict[str, int]:
+    """Layer index of each site, found from the graph (RESEARCH.md section 9), not hard-coded.
+
+    * backbone_early: the smallest backbone layer a later layer reads explicitly (the P3 skip);
+    * backbone_late: the last backbone layer (`len(yaml["backbone"]) - 1`, SPPF/C2PSA/HGBlock);
+    * neck: the first fusion block (`NECK_BLOCK_TYPES`) after the first Concat past the backbone;
+    * head: the last layer (Detect / RTDETRDecoder), masked on its inputs by a pre-hook.
+
+    yolov8m gives 4/9/12/22, yolo11n 4/10/13/23, rtdetr-l 3/9/16/28. Raises `ValueError`
+    listing the model's layers when a rule finds nothing.
+    """
+    net = detection_model(model)
+    layers = net.model
+    backbone_length = len(net.yaml.get("backbone", []))
+
+    def fail(site: str, reason: str) -> ValueError:
+        return ValueError(
+            f"cannot resolve masking site {site!r} in {type(net).__name__} ({reason}); layers: {_layer_listing(layers)}"
+        )
+
+    if not 0 < backbone_length < len(layers):
+        raise fail("backbone_late", f"yaml backbone has {backbone_length} layers")
+    referenced = set()
+    for index, layer in enumerate(layers):
+        sources = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
+        referenced.update(index + source if source < 0 else source for source in sources if source != -1)
+    skips = sorted(index for index in referenced if index < backbone_length - 1)
+    if not skips:
+        raise fail("backbone_early", "no later layer reads a backbone layer before the last one")
+    concats = [index for index in range(backbone_length, len(layers)) if type(layers[index]).__name__ == "Concat"]
+    if not concats:
+        raise fail("neck", "no Concat after the backbone")
+    fusion = [
+        index
+        for index in range(concats[0] + 1, len(layers))
+        if type(layers[index]).__name__ in NECK_BLOCK_TYPES
+    ]
+    if not fusion:
+        raise fail("neck", f"no {'/'.join(NECK_BLOCK_TYPES)} block after Concat {concats[0]}")
+    return {
+        "backbone_early": skips[0],
+        "backbone_late": backbone_length - 1,
+        "neck": fusion[0],
+        "head": len(layers) - 1,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Attaching
+
+
+class MaskingHandle:
+    """What `attach_internal_masking` returns: schedule control, statistics, removal."""
+
+    def __init__(self, maskers: dict[str, FeatureMasker], indices: dict[str, int], module_types: dict[str, str]):
+        self.maskers = maskers
+        self.indices = indices
+        self.module_types = module_types
+        self._hooks: list[RemovableHandle] = []
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress in [0, 1] for every site's schedule."""
+        for masker in self.maskers.values():
+            masker.set_progress(progress)
+
+    def reseed(self, epoch: int) -> None:
+        """Restart every site's random streams for `epoch` (same epoch, same masks)."""
+        for masker in self.maskers.values():
+            masker.reseed(epoch)
+
+    def read_stats(self, reset: bool = True) -> dict[str, dict[str, float | int | str]]:
+        """Per site: index, module, batches, masked_batches, masked_share, zeroed_share(_when_masked), ...
+
+        `zeroed_share` is the mean over training batches (unmasked ones count as 0) of the share
+        of activations set to zero; `inactive_calls` counts hook calls skipped in eval/no-grad.
+        """
+        report: dict[str, dict[str, float | int | str]] = {}
+        for site, masker in self.maskers.items():
+            report[site] = {
+                "index": self.indices[site],
+                "module": self.module_types[site],
+                "strength": masker.strength(),
+                **masker.stats.as_dict(),
+            }
+            if reset:
+                masker.stats = SiteStats()
+        return report
+
+    def remove(self) -> None:
+        """Unregister every hook (idempotent)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def attach_internal_masking(
+    model: Any, site: str | Sequence[str], spec: MaskingConfig | Mapping[str, Any]
+) -> MaskingHandle:
+    """Register training-only masking at `site` (or several sites) of an Ultralytics detection model.
+
+    `model` is a `DetectionModel`/`RTDETRDetectionModel` (or a wrapper of one); attach to the
+    model that is trained, after any EMA/deepcopy has been made. Progress starts at 0: with
+    `schedule="linear_ramp"` nothing is masked until `handle.set_progress(...)` is called.
+    """
+    sites = [site] if isinstance(site, str) else list(site)
+    for name in sites:
+        check_site(name)
+    config = as_masking_config(spec)
+    net = detection_model(model)
+    indices = resolve_masking_sites(net)
+    chosen = {name: indices[name] for name in sites}
+    maskers: dict[str, FeatureMasker] = {}
+    handle = MaskingHandle(maskers, chosen, {name: type(net.model[i]).__name__ for name, i in chosen.items()})
+    for name, index in chosen.items():
+        layer = net.model[index]
+        if name == "head":
+            maskers[name] = HeadInputMasker(name, config)
+            handle._hooks.append(layer.register_forward_pre_hook(maskers[name]))
+        else:
+            maskers[name] = FeatureMasker(name, config)
+            handle._hooks.append(layer.register_forward_hook(maskers[name]))
+    return handle
+
+
+def strip_masking_hooks(module: nn.Module) -> int:
+    """Remove every masking hook found anywhere in `module` (e.g. an EMA deep-copied with hooks); returns the count."""
+    removed = 0
+    for submodule in module.modules():
+        for hooks, extras in (
+            (submodule._forward_hooks, (submodule._forward_hooks_with_kwargs, submodule._forward_hooks_always_called)),
+            (submodule._forward_pre_hooks, (submodule._forward_pre_hooks_with_kwargs,)),
+        ):
+            for key in [key for key, hook in hooks.items() if isinstance(hook, FeatureMasker)]:
+                del hooks[key]
+                for extra in extras:
+                    extra.pop(key, None)
+                removed += 1
+    return removed
+
+
+def count_masking_hooks(module: nn.Module) -> int:
+    """Number of masking hooks registered anywhere in `module`."""
+    return sum(
+        isinstance(hook, FeatureMasker)
+        for submodule in module.modules()
+        for hook in (*submodule._forward_hooks.values(), *submodule._forward_pre_hooks.values())
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspection CLI
+
+
+def build_detection_model(architecture: str, nc: int | None = None) -> nn.Module:
+    """An untrained `DetectionModel` (or `RTDETRDetectionModel` if the name holds "rtdetr") from a yaml."""
+    from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
+
+    model_class = RTDETRDetectionModel if "rtdetr" in architecture.lower() else DetectionModel
+    return model_class(architecture, nc=nc, verbose=False)
+
+
+class _ShapeRecorder:
+    """Hook remembering tensor shapes: a forward hook records the output, a pre-hook the (list) input."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any = None) -> None:
+        seen = output if output is not None else args[0]
+        tensors = seen if isinstance(seen, (list, tuple)) else [seen]
+        self.shapes = [tuple(t.shape) for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def site_feature_shapes(model: Any, imgsz: int = 640) -> dict[str, dict[str, Any]]:
+    """Each site's index, module type and masked feature shape(s) from one dummy (1, 3, imgsz, imgsz) forward."""
+    net = detection_model(model)
+    indices = resolve_masking_sites(net)
+    recorders = {site: _ShapeRecorder() for site in indices}
+    hooks = [
+        net.model[index].register_forward_pre_hook(recorders[site])
+        if site == "head"
+        else net.model[index].register_forward_hook(recorders[site])
+        for site, index in indices.items()
+    ]
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, imgsz, imgsz, device=next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return {
+        site: {"index": index, "module": type(net.model[index]).__name__, "shapes": recorders[site].shapes}
+        for site, index in indices.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m exp3.masking sites --model yolov8m.yaml [--imgsz 640]`."""
+    parser = argparse.ArgumentParser(prog="python -m exp3.masking", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sites = sub.add_parser("sites", help="print each masking site's layer index, module type and feature shape")
+    sites.add_argument("--model", required=True, help="architecture yaml, e.g. yolov8m.yaml or rtdetr-l.yaml")
+    sites.add_argument("--imgsz", type=int, default=640, help="square input side in pixels for the dummy forward")
+    args = parser.parse_args(argv)
+    model = build_detection_model(args.model)
+    print(f"{args.model} at imgsz {args.imgsz}")
+    print(f"{'site':<15}{'index':>6}  {'module':<15}feature shape(s) (N, C, H, W)")
+    for site, info in site_feature_shapes(model, args.imgsz).items():
+        shapes = ", ".join(str(shape) for shape in info["shapes"])
+        print(f"{site:<15}{info['index']:>6}  {info['module']:<15}{shapes}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Ultralytics trainers that train with internal masking: `MaskedDetectionTrainer`, `MaskedRTDETRTrainer`.
+
+The masking settings (sites + `MaskingConfig`) never go through `train(**kwargs)` (Ultralytics
+validates those). They live in a small JSON file whose path is in the environment variable
+`EXP3_MASKING_SPEC`; the trainer copies it into `<save_dir>/masking_spec.json`, so a resume in
+a fresh process finds it even without the variable::
+
+    path = write_masking_settings(run_dir / "masking_spec.json", "neck", MaskingConfig())
+    os.environ[MASKING_SPEC_ENV] = str(path)
+    YOLO("yolov8m.yaml").train(data=..., trainer=MaskedDetectionTrainer, amp=False)
+    YOLO(last_pt).train(resume=True, trainer=MaskedDetectionTrainer)   # keeps masking
+
+Module-level classes plus an environment variable also survive Ultralytics' DDP launcher,
+which imports `type(trainer)` by reference in fresh worker processes that inherit the env.
+
+Lifecycle (what the overrides below do, in order)::
+
+    __init__            read settings (env var, else the run's saved copy on resume), register callbacks
+    _setup_train        super() builds model, EMA, optimizer (and loads last.pt on resume)
+                        -> attach masking to unwrap_model(self.model) AFTER the EMA deepcopy
+    on_train_epoch_start   reseed the site streams for this epoch
+    on_train_batch_start   set schedule progress = (epoch + batch / batches) / epochs
+    on_train_epoch_end     read + reset per-site stats, write <save_dir>/masking_stats.json atomically
+    validate / save_model  strip any masking hook from the EMA first (safeguard: NaN recovery
+                           rebuilds the EMA from the hooked training model)
+    _do_train finally   remove the hooks
+
+Validation, prediction and checkpoints use the EMA, which never carries a hook, and the hooks
+themselves only act in training mode with gradients enabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ultralytics.models.rtdetr.train import RTDETRTrainer
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from exp3.config import MaskingConfig
+from exp3.fileio import atomic_write_json
+from exp3.masking import MaskingHandle, as_masking_config, attach_internal_masking, check_site, strip_masking_hooks
+
+MASKING_SPEC_ENV = "EXP3_MASKING_SPEC"
+"""Environment variable holding the path of the masking settings JSON file."""
+
+MASKING_SPEC_FILENAME = "masking_spec.json"
+"""The settings copy a masked run keeps in its `save_dir` (read back on resume)."""
+
+MASKING_STATS_FILENAME = "masking_stats.json"
+"""Per-epoch, per-site masking statistics a masked run writes into its `save_dir`."""
+
+
+@dataclass(frozen=True)
+class MaskingSettings:
+    """Where to mask (one or more sites) and how (`MaskingConfig`)."""
+
+    sites: tuple[str, ...]
+    spec: MaskingConfig
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"sites": [...], "spec": {...}}`, the on-disk form."""
+        return {"sites": list(self.sites), "spec": self.spec.model_dump(mode="json")}
+
+
+def masking_settings(site: str | list[str] | tuple[str, ...], spec: MaskingConfig | dict[str, Any]) -> MaskingSettings:
+    """Validated settings; a bad site or spec field raises a one-line `ValueError`."""
+    sites = (site,) if isinstance(site, str) else tuple(site)
+    if not sites:
+        raise ValueError("no masking site given: pass one of backbone_early, backbone_late, neck, head")
+    return MaskingSettings(tuple(check_site(name) for name in sites), as_masking_config(spec))
+
+
+def write_masking_settings(
+    path: str | os.PathLike[str], site: str | list[str] | tuple[str, ...], spec: MaskingConfig | dict[str, Any]
+) -> Path:
+    """Validate and write the settings JSON a masked trainer reads via `EXP3_MASKING_SPEC`; returns the path."""
+    return atomic_write_json(path, masking_settings(site, spec).to_json())
+
+
+def read_masking_settings(path: str | os.PathLike[str]) -> MaskingSettings:
+    """Read settings written by `write_masking_settings`."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"masking settings {str(file)!r} do not exist: write them with exp3.trainers.write_masking_settings"
+        )
+    payload = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(payload, dict) or set(payload) != {"sites", "spec"}:
+        raise ValueError(f"masking settings {str(file)!r} must hold exactly 'sites' and 'spec': rewrite them")
+    return masking_settings(payload["sites"], payload["spec"])
+
+
+def _on_train_epoch_start(trainer: Any) -> None:
+    trainer.masking_epoch_start()
+
+
+def _on_train_batch_start(trainer: Any) -> None:
+    trainer.masking_batch_start()
+
+
+def _on_train_epoch_end(trainer: Any) -> None:
+    trainer.masking_epoch_end()
+
+
+class _MaskingTrainerMixin:
+    """Adds training-only internal masking to an Ultralytics detection trainer (see module docstring).
+
+    Mixed in before `DetectionTrainer`/`RTDETRTrainer`, whose attributes (`save_dir`, `resume`,
+    `model`, `ema`, `epoch`, `epochs`, `train_loader`, `start_epoch`) it uses.
+    """
+
+    masking_settings: MaskingSettings
+    masking_handle: MaskingHandle | None
+    masking_history: dict[int, dict[str, Any]]
+
+    def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
+        super().__init__(cfg, overrides, _callbacks)
+        self.masking_settings = self._load_masking_settings()
+        self.masking_handle = None
+        self.masking_history = {}
+        self._masking_batch = 0
+        self.add_callback("on_train_epoch_start", _on_train_epoch_start)
+        self.add_callback("on_train_batch_start", _on_train_batch_start)
+        self.add_callback("on_train_epoch_end", _on_train_epoch_end)
+
+    def _load_masking_settings(self) -> MaskingSettings:
+        saved = Path(self.save_dir) / MASKING_SPEC_FILENAME
+        env_path = os.environ.get(MASKING_SPEC_ENV)
+        if env_path:
+            settings = read_masking_settings(env_path)
+            if self.resume and saved.is_file() and read_masking_settings(saved) != settings:
+                LOGGER.warning(f"{MASKING_SPEC_ENV} settings differ from the resumed run's {saved}: using {env_path}")
+        elif self.resume and saved.is_file():
+            settings = read_masking_settings(saved)
+        else:
+            raise RuntimeError(
+                f"{type(self).__name__} has no masking settings: write them with "
+                f"exp3.trainers.write_masking_settings(path, site, spec) and set {MASKING_SPEC_ENV}=path"
+            )
+        if RANK in {-1, 0}:
+            atomic_write_json(saved, settings.to_json())
+        return settings
+
+    def _setup_train(self) -> None:
+        super()._setup_train()
+        self.masking_handle = attach_internal_masking(
+            unwrap_model(self.model), self.masking_settings.sites, self.masking_settings.spec
+        )
+        stats_file = Path(self.save_dir) / MASKING_STATS_FILENAME
+        if self.resume and stats_file.is_file():
+            earlier = json.loads(stats_file.read_text(encoding="utf-8")).get("epochs", [])
+            self.masking_history = {row["epoch"]: row for row in earlier if row["epoch"] < self.start_epoch}
+        LOGGER.info(
+            f"Internal masking at {', '.join(f'{s}={i}' for s, i in self.masking_handle.indices.items())}: "
+            f"{self.masking_settings.spec.model_dump(mode='json')}"
+        )
+
+    def _do_train(self) -> None:
+        try:
+            super()._do_train()
+        finally:
+            if self.masking_handle is not None:
+                self.masking_handle.remove()
+
+    def masking_epoch_start(self) -> None:
+        """Reseed the site streams for this epoch and drop counts from an interrupted attempt."""
+        self._masking_batch = 0
+        if self.masking_handle is not None:
+            self.masking_handle.reseed(self.epoch)
+            self.masking_handle.read_stats(reset=True)
+
+    def masking_batch_start(self) -> None:
+        """Set schedule progress to fractional epochs / epochs for the batch about to run."""
+        if self.masking_handle is None:
+            return
+        batches = max(len(self.train_loader), 1)
+        self.masking_handle.set_progress((self.epoch + self._masking_batch / batches) / self.epochs)
+        self._masking_batch += 1
+
+    def masking_epoch_end(self) -> None:
+        """Record this epoch's per-site statistics and write `masking_stats.json` (rank 0)."""
+        if self.masking_handle is None:
+            return
+        self.masking_history[self.epoch] = {"epoch": self.epoch, "sites": self.masking_handle.read_stats(reset=True)}
+        if RANK in {-1, 0}:
+            atomic_write_json(
+                Path(self.save_dir) / MASKING_STATS_FILENAME,
+                {
+                    **self.masking_settings.to_json(),
+                    "epochs": [self.masking_history[epoch] for epoch in sorted(self.masking_history)],
+                },
+            )
+
+    def validate(self) -> Any:
+        if self.ema is not None:
+            strip_masking_hooks(self.ema.ema)
+        return super().validate()
+
+    def save_model(self) -> Any:
+        if self.ema is not None:
+            strip_masking_hooks(self.ema.ema)
+        return super().save_model()
+
+
+class MaskedDetectionTrainer(_MaskingTrainerMixin, DetectionTrainer):
+    """YOLO `DetectionTrainer` with training-only internal masking read from `EXP3_MASKING_SPEC`."""
+
+
+class MaskedRTDETRTrainer(_MaskingTrainerMixin, RTDETRTrainer):
+    """`RTDETRTrainer` with training-only internal masking read from `EXP3_MASKING_SPEC`."""
