@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_occlusion.py [--images 200] [--repeats 3] [--workers 2] [--format png]
 
 Both sides use the same images, output format, encoder settings, worker count and process-pool
-start method (`exp3.occlusion.process_pool_context()`):
+start method (`exp3.parallel.process_pool_context()`):
 - suite: `build_occlusion_suite` end to end (scan + hash, test_clean copies, occlusion, encode,
   manifest, flush to disk, rename), into a fresh output directory each repeat;
 - floor: a process pool that reads each image, decodes it and writes it re-encoded.
@@ -28,58 +28,27 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 
-import numpy as np
-import yaml
-from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp3.config import OcclusionConfig  # noqa: E402
+from exp3.parallel import process_pool_context  # noqa: E402
+from exp3.synth import build_synthetic_dataset  # noqa: E402
 from exp3.occlusion import (  # noqa: E402
     OUTPUT_SUFFIXES,
     build_occlusion_suite,
     decode_image,
     encode_image,
-    process_pool_context,
 )
 
 SCRATCH = Path(__file__).resolve().parent / ".scratch" / "bench_occlusion"
 SIZE = 640
-DATASET_VERSION = "1"
 
 
 def make_dataset(root: Path, count: int) -> Path:
-    """`count` deterministic 640x640 JPEGs (textured background, 3-8 filled shapes = boxes); data.yaml."""
-    marker = root / f".complete-v{DATASET_VERSION}-{count}"
-    data_yaml = root / "data.yaml"
-    if marker.exists():
-        return data_yaml
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "images" / "test").mkdir(parents=True)
-    (root / "labels" / "test").mkdir(parents=True)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    for index in range(count):
-        rng = np.random.default_rng(index)
-        channels = [(xx * rng.uniform(0.1, 0.4)) % 256, (yy * rng.uniform(0.1, 0.4)) % 256, (xx + yy) % 256]
-        base = np.stack(channels, axis=-1)
-        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(image)
-        lines = []
-        for _ in range(int(rng.integers(3, 9))):
-            w, h = rng.integers(40, 260, size=2)
-            x0, y0 = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
-            color = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x0 + w, y0 + h], fill=color)
-            cx, cy = (x0 + w / 2) / SIZE, (y0 + h / 2) / SIZE
-            lines.append(f"{int(rng.integers(0, 5))} {cx:.6f} {cy:.6f} {w / SIZE:.6f} {h / SIZE:.6f}")
-        image.save(root / "images" / "test" / f"img_{index:04d}.jpg", format="JPEG", quality=90)
-        (root / "labels" / "test" / f"img_{index:04d}.txt").write_text("\n".join(lines) + "\n")
-    payload = {"path": str(root), "train": "images/test", "val": "images/test", "test": "images/test"}
-    payload["names"] = list("abcde")
-    data_yaml.write_text(yaml.safe_dump(payload))
-    marker.write_text("ok\n")
-    return data_yaml
+    """`count` test images of exp3's embedded ingredient dataset (640x640 JPEG, 1-8 boxes each)."""
+    return build_synthetic_dataset(root / f"synth-{count}", preset="full", seed=0,
+                                   counts={"train": 1, "val": 1, "test": count}, workers=2)
 
 
 def _copy_one(job: tuple[str, str, str]) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from exp3.fileio import atomic_write_json, sha256_bytes
+from exp3.fileio import atomic_write_json, sha256_bytes, sha256_file
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -249,7 +249,6 @@ def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
     """
     spec = read_data_yaml(data_yaml)
     report = AuditReport(data_yaml=str(spec.yaml_path), names=spec.names)
-    fingerprint = hashlib.sha256("\n".join(spec.names).encode())
     split_of_id: dict[str, str] = {}
     split_of_sha: dict[str, str] = {}
     for split in REQUIRED_SPLITS:
@@ -281,13 +280,11 @@ def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
                                                f"same bytes as an image in {split_of_sha[image_sha]}"))
             split_of_sha.setdefault(image_sha, split)
             label = label_path_for(image)
-            label_bytes = label.read_bytes() if label.is_file() else b""
-            fingerprint.update(f"{split}/{relative}:{image_sha}:{sha256_bytes(label_bytes)}\n".encode())
             if not label.is_file():
                 report.problems.append(Problem("image_without_label", split, relative, "no label file"))
                 continue
             stats["labelled_images"] += 1
-            rows, malformed = parse_label_text(label_bytes.decode("utf-8", errors="replace"))
+            rows, malformed = parse_label_text(label.read_text(encoding="utf-8", errors="replace"))
             label_relative = os.path.relpath(label, spec.root)
             for number, why in malformed:
                 report.problems.append(Problem("malformed_label_line", split, f"{label_relative}:{number}", why))
@@ -312,8 +309,29 @@ def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
         stats["instances_per_class"] = {spec.names[k] if 0 <= k < len(spec.names) else str(k): v
                                         for k, v in sorted(stats["instances_per_class"].items())}
         report.splits[split] = stats
-    report.fingerprint = fingerprint.hexdigest()[:16]
+    report.fingerprint = dataset_fingerprint(spec)
     return report
+
+
+def dataset_fingerprint(spec: DataSpec) -> str:
+    """16-hex content hash of a dataset: class names + every split's (path, image sha256, label sha256).
+
+    Any changed, added or removed image or label changes it; moving the dataset does not.
+    Splits whose sources are missing are skipped (the audit reports them).
+    """
+    digest = hashlib.sha256("\n".join(spec.names).encode())
+    for split in REQUIRED_SPLITS:
+        if split not in spec.splits:
+            continue
+        try:
+            images = list_split_images(spec, split)
+        except DatasetError:
+            continue
+        for image in images:
+            label = label_path_for(image)
+            label_sha = sha256_file(label) if label.is_file() else "-"
+            digest.update(f"{split}/{os.path.relpath(image, spec.root)}:{sha256_file(image)}:{label_sha}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import ctypes
 import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import sys
@@ -50,6 +49,7 @@ from pydantic import ValidationError
 
 from exp3.config import ConfigError, OcclusionConfig, load_config
 from exp3.dataset import DataSpec, DatasetError, label_path_for, list_split_images, read_data_yaml
+from exp3.parallel import process_pool_context
 from exp3.fileio import (
     atomic_write_json,
     canonical_json,
@@ -579,19 +579,6 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         boxes=_box_entries(source, boxes_xyxy, record),
     )
     return entry, files
-
-
-def process_pool_context() -> multiprocessing.context.BaseContext:
-    """The workers' multiprocessing context: forkserver (preloading this module) where available, else spawn.
-
-    Not fork: forking a threaded caller (a Prefect flow runs tasks in threads) can deadlock the
-    child. Like any spawn/forkserver pool, a calling script needs an `if __name__ == "__main__":` guard.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["exp3.occlusion"])  # takes effect if the server is not running yet
-    return context
 
 
 def _run_tasks(tasks: list[_ImageTask], workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -33,6 +33,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from exp3.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, sha256_bytes
+from exp3.parallel import process_pool_context
 
 GENERATOR_VERSION = "synth-1"
 
@@ -494,7 +495,7 @@ def build_synthetic_dataset(
         tasks = [(staging, spec["seed"], split, index, spec["image_size"])
                  for split in SPLITS for index in range(spec["counts"][split])]  # type: ignore[index]
         if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
                 rows = list(pool.map(_write_sample, tasks, chunksize=8))
         else:
             rows = [_write_sample(task) for task in tasks]

@@ -1,0 +1,266 @@
+"""Training one session under the defaults policy, in its own subprocess.
+
+Policy: Ultralytics defaults for everything, except what `training_overrides` returns
+(`epochs`, one constant per model; `batch`/`imgsz`/`device`/`workers`/`seed` only where the config
+sets them) plus the data and output locations. Both are recorded, together with the effective
+args Ultralytics resolved and the optimizer `optimizer=auto` picked.
+
+Each training runs as `python -m exp3.train --plan plan.json` (repeated in-process training leaks
+memory and cross-talks), stdout/stderr captured to the session's `logs/train.log`:
+
+    plan_training(...)  -> TrainPlan (pure)            parent process
+    run_training(plan)  -> exit code, log              parent process
+    _train_worker(plan) -> weights/, train_info.json   child process (Ultralytics runs here)
+
+Resume: if the session's own `train/weights/last.pt` exists and is unfinished, the worker
+resumes from it (never from another session's checkpoint) with the same trainer class, so
+masking is re-attached; a finished `last.pt` counts as trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Literal
+
+from exp3.config import ExperimentConfig
+from exp3.fileio import atomic_write_json
+from exp3.sessions import Session
+
+Family = Literal["detect", "rtdetr"]
+CheckpointState = Literal["missing", "partial", "finished"]
+
+TRAINER_CLASSES: dict[tuple[str, bool], str] = {
+    ("detect", False): "ultralytics.models.yolo.detect:DetectionTrainer",
+    ("detect", True): "exp3.trainers:MaskedDetectionTrainer",
+    ("rtdetr", False): "ultralytics.models.rtdetr.train:RTDETRTrainer",
+    ("rtdetr", True): "exp3.trainers:MaskedRTDETRTrainer",
+}
+"""(model family, masked?) -> "module:Class" of the Ultralytics trainer the worker uses."""
+
+MODEL_CLASSES: dict[str, str] = {"detect": "ultralytics:YOLO", "rtdetr": "ultralytics:RTDETR"}
+TRAIN_RUN_NAME = "train"
+"""Ultralytics' run folder inside the session folder: <session>/train/weights/{last,best}.pt."""
+TRAIN_INFO_FILENAME = "train_info.json"
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything the worker needs, JSON-serialisable."""
+
+    session: str
+    family: Family
+    source: str
+    pretrained: bool
+    weights_note: str | None
+    overrides: dict[str, Any]
+    locations: dict[str, Any]
+    masking_site: str | None
+    masking_spec: dict[str, Any] | None
+    output_root: str
+    run_dir: str
+
+    @property
+    def last_pt(self) -> Path:
+        return Path(self.run_dir) / "weights" / "last.pt"
+
+    @property
+    def best_pt(self) -> Path:
+        return Path(self.run_dir) / "weights" / "best.pt"
+
+
+def _load_symbol(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
+def training_overrides(config: ExperimentConfig, model_name: str) -> dict[str, Any]:
+    """The Ultralytics args exp3 changes from their defaults for `model_name` (and nothing else)."""
+    overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs}
+    for key in ("batch", "imgsz", "device", "workers"):
+        value = getattr(config.train, key)
+        if value is not None:
+            overrides[key] = value
+    if config.seed != 0:  # Ultralytics' default seed is 0
+        overrides["seed"] = config.seed
+    return overrides
+
+
+def resolve_model_source(config: ExperimentConfig, model_name: str) -> tuple[str, bool, str | None]:
+    """(source for YOLO()/RTDETR(), pretrained?, note). Local .pt when configured and present, else yaml."""
+    model = config.models[model_name]
+    if model.weights is not None:
+        weights = Path(model.weights).expanduser()
+        if weights.is_file():
+            return str(weights.absolute()), True, None
+        return model.architecture, False, (f"weights {str(weights)!r} not found: training {model.architecture} "
+                                           "from scratch (pretrained: false)")
+    return model.architecture, False, f"no weights configured: training {model.architecture} from scratch"
+
+
+def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: Path, session_dir: Path,
+                  output_root: Path) -> TrainPlan:
+    """Pure: the training plan of one session (data = clean or S2 occluded data.yaml)."""
+    source, pretrained, note = resolve_model_source(config, session.model)
+    site = session.masking_site
+    return TrainPlan(
+        session=session.name,
+        family=config.models[session.model].family,
+        source=source,
+        pretrained=pretrained,
+        weights_note=note,
+        overrides=training_overrides(config, session.model),
+        locations={"data": str(train_data_yaml), "project": str(session_dir), "name": TRAIN_RUN_NAME,
+                   "exist_ok": True},
+        masking_site=site,
+        masking_spec=config.masking.model_dump(mode="json") if site else None,
+        output_root=str(output_root),
+        run_dir=str(session_dir / TRAIN_RUN_NAME),
+    )
+
+
+def checkpoint_state(last_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
+    """Whether `last.pt` is missing, an unfinished (resumable) or a finished training; plus its epoch info."""
+    if not last_pt.is_file():
+        return "missing", {}
+    import torch
+
+    checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
+    epoch = int(checkpoint.get("epoch", -1))
+    epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
+    info = {"epoch": epoch, "epochs": epochs}
+    finished = epoch < 0 or checkpoint.get("optimizer") is None or epoch + 1 >= epochs
+    return ("finished" if finished else "partial"), info
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side
+
+
+@dataclass
+class TrainOutcome:
+    """What the parent learns from one training subprocess."""
+
+    returncode: int
+    wall_s: float
+    resumed_from_epoch: int | None
+    log_path: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_training(plan: TrainPlan, logs_dir: Path, env: dict[str, str] | None = None) -> TrainOutcome:
+    """Run the worker for `plan` in a subprocess; append its output to `logs_dir/train.log`."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
+    state, info = checkpoint_state(plan.last_pt)
+    resumed_from = info.get("epoch") if state == "partial" else None
+    log_path = logs_dir / "train.log"
+    start = time.perf_counter()
+    with open(log_path, "ab") as log:
+        log.write(f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                  f"(last.pt: {state}) ====\n".encode())
+        log.flush()
+        result = subprocess.run([sys.executable, "-m", "exp3.train", "--plan", str(plan_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
+    outcome_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return TrainOutcome(result.returncode, round(time.perf_counter() - start, 2), resumed_from, str(log_path),
+                        outcome_info)
+
+
+def log_tail(log_path: str | Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log (progress-bar carriage returns folded)."""
+    path = Path(log_path)
+    if not path.is_file():
+        return ""
+    text = path.read_bytes()[-200_000:].decode("utf-8", errors="replace").replace("\r", "\n")
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side (runs in the subprocess)
+
+
+def _optimizer_summary(trainer: Any, requested: str | None) -> dict[str, Any]:
+    optimizer = trainer.optimizer
+    group = optimizer.param_groups[0] if optimizer is not None and optimizer.param_groups else {}
+    return {"name": type(optimizer).__name__ if optimizer is not None else None, "requested": requested,
+            "lr0": group.get("initial_lr", group.get("lr")),
+            "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
+
+
+def _train_worker(plan: TrainPlan) -> int:
+    from exp3.offline import apply_offline_environment
+
+    apply_offline_environment(plan.output_root)
+    if plan.masking_site is not None:
+        from exp3.trainers import MASKING_SPEC_ENV, write_masking_settings
+
+        settings = write_masking_settings(Path(plan.run_dir).parent / "masking_spec.json", plan.masking_site,
+                                          plan.masking_spec or {})
+        os.environ[MASKING_SPEC_ENV] = str(settings)
+    trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
+    model_class = _load_symbol(MODEL_CLASSES[plan.family])
+    state, info = checkpoint_state(plan.last_pt)
+    if state == "finished":
+        print(f"exp3: {plan.last_pt} is a finished training (epoch info {info}): nothing to train")
+        return 0
+    captured: dict[str, Any] = {}
+
+    def _on_pretrain_routine_start(trainer: Any) -> None:
+        captured["requested"] = {"optimizer": trainer.args.optimizer, "amp": trainer.args.amp}  # before Ultralytics resolves them
+
+    def _on_train_start(trainer: Any) -> None:
+        captured["optimizer"] = _optimizer_summary(trainer, captured.get("requested", {}).get("optimizer"))
+        captured["amp"] = bool(getattr(trainer, "amp", False))
+        captured["device"] = str(trainer.device)
+        captured["start_epoch"] = int(trainer.start_epoch)
+
+    def _on_train_end(trainer: Any) -> None:
+        captured["effective_args"] = {key: (str(value) if isinstance(value, Path) else value)
+                                      for key, value in vars(trainer.args).items()}
+        captured["epochs_completed"] = int(trainer.epoch) + 1
+
+    if plan.weights_note:
+        print(f"WARNING exp3: {plan.weights_note}")
+    start = time.perf_counter()
+    if state == "partial":
+        print(f"exp3: resuming {plan.session} from its own {plan.last_pt} ({info})")
+        model = model_class(str(plan.last_pt))
+    else:
+        model = model_class(plan.source)
+    model.add_callback("on_pretrain_routine_start", _on_pretrain_routine_start)
+    model.add_callback("on_train_start", _on_train_start)
+    model.add_callback("on_train_end", _on_train_end)
+    if state == "partial":
+        model.train(resume=True, trainer=trainer_class)
+    else:
+        model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
+    captured.update({"wall_s": round(time.perf_counter() - start, 2), "trainer": trainer_class.__name__,
+                     "resumed_from": info.get("epoch") if state == "partial" else None})
+    info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
+    earlier = json.loads(info_path.read_text()) if info_path.is_file() and state == "partial" else {}
+    atomic_write_json(info_path, {**captured, "attempts": earlier.get("attempts", 0) + 1,
+                                  "optimizer": captured.get("optimizer") or earlier.get("optimizer")})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m exp3.train --plan plan.json`: the training subprocess."""
+    parser = argparse.ArgumentParser(prog="python -m exp3.train", description="exp3 training worker")
+    parser.add_argument("--plan", type=Path, required=True)
+    args = parser.parse_args(argv)
+    plan = TrainPlan(**json.loads(args.plan.read_text(encoding="utf-8")))
+    return _train_worker(plan)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

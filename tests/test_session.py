@@ -1,0 +1,163 @@
+"""One session end to end on tiny real workloads: folder contents, skip, crash + resume, failure, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exp3.config import load_config
+from exp3.fileio import sha256_file
+from exp3.session import DONE_MARKER, FAILED_MARKER, SessionFailed, run_session, session_dir
+from exp3.sessions import Session
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = {"models": {"yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1},
+                             "rtdetr-l": {"architecture": "rtdetr-l.yaml", "epochs": 1}}}
+
+
+def _write_config(path: Path, root: Path, extra: dict | None = None) -> Path:
+    payload = {"base": str(REPO / "configs" / "smoke.yaml"), "output_root": str(root), **TINY_OVERRIDES, **(extra or {})}
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    """Runs yolov8n S1, S2, S3 and rtdetr-l S6 once; returns (output root, metrics by session name)."""
+    root = tmp_path_factory.mktemp("sessions")
+    config = load_config(_write_config(root / "config.yaml", root / "out"))
+    output = root / "out"
+    sessions = [Session("yolov8n", "S1_clean_train"), Session("yolov8n", "S2_occ_train"),
+                Session("yolov8n", "S3_mask_backbone_early"), Session("rtdetr-l", "S6_mask_head")]
+    return output, {s.name: run_session(config, s, output) for s in sessions}
+
+
+def test_session_folder_is_complete_and_self_describing(grid) -> None:
+    output, metrics = grid
+    folder = output / "yolov8n" / "yolov8n__S1_clean_train"
+    for name in ("metrics.json", "predictions_test_clean.json", "predictions_test_occ_fixed.json",
+                 "config_resolved.yaml", "train/weights/best.pt", "train/weights/last.pt", "logs/train.log",
+                 "eval/test_clean", "eval/test_occ_fixed", DONE_MARKER):
+        assert (folder / name).exists(), name
+    done = json.loads((folder / DONE_MARKER).read_text())
+    assert done["metrics_sha256"] == sha256_file(folder / "metrics.json")
+    m = metrics["yolov8n__S1_clean_train"]
+    assert m["schema_version"] == 1 and m["status"] == "done"
+    assert m["training"]["overrides"] == {"epochs": 1, "batch": 4, "imgsz": 64, "device": "cpu", "workers": 0}
+    assert m["training"]["pretrained"] is False and "from scratch" in m["training"]["weights_note"]
+    assert m["training"]["requested"]["optimizer"] == "auto" and m["training"]["optimizer"]["name"] == "AdamW"
+    assert m["training"]["effective_args"]["epochs"] == 1 and m["checkpoint"]["which"] == "best.pt"
+    assert m["masking"] is None
+    for split in ("test_clean", "test_occ_fixed"):
+        block = m["splits"][split]
+        assert set(block["ingredient"]) == {"micro", "macro", "samples"}
+        assert {"precision", "recall", "f1", "tp", "fp", "fn"} <= set(block["detection"])
+        assert 0.0 <= block["map50_95"] <= block["map50"] <= 1.0
+        predictions = json.loads((folder / f"predictions_{split}.json").read_text())
+        assert len(predictions["images"]) == 8 and predictions["split"] == split
+    assert set(m["robustness"]) >= {"rF1_micro", "rmAP50", "rmAP50_95"}
+    assert m["data"]["suite_id"].startswith("occ-") and len(m["data"]["dataset_fingerprint"]) == 16
+    provenance = m["provenance"]
+    assert provenance["exp3_version"] and provenance["packages"]["ultralytics"] and provenance["device"]["names"]
+    assert "commit" in provenance["git"] and "dirty" in provenance["git"]
+
+
+def test_sessions_share_one_suite_and_train_on_their_own_data(grid) -> None:
+    _, metrics = grid
+    suites = {m["data"]["suite_id"] for m in metrics.values()}
+    assert len(suites) == 1
+    s1, s2 = metrics["yolov8n__S1_clean_train"], metrics["yolov8n__S2_occ_train"]
+    assert s1["training"]["train_images"] == "clean" and s2["training"]["train_images"] == "occluded"
+    assert "occtrain-" in s2["training"]["train_data_yaml"] and "occtrain-" not in s1["training"]["train_data_yaml"]
+    clean_ids = [r["image_id"] for r in json.loads(Path(
+        session_dir(grid[0], Session("yolov8n", "S1_clean_train")) / "predictions_test_clean.json").read_text())["images"]]
+    occ_ids = [r["image_id"] for r in json.loads(Path(
+        session_dir(grid[0], Session("yolov8n", "S1_clean_train")) / "predictions_test_occ_fixed.json").read_text())["images"]]
+    assert clean_ids == occ_ids  # the same test images, clean and occluded
+
+
+def test_masked_sessions_record_masking_that_fired(grid) -> None:
+    _, metrics = grid
+    for name, site in (("yolov8n__S3_mask_backbone_early", "backbone_early"), ("rtdetr-l__S6_mask_head", "head")):
+        masking = metrics[name]["masking"]
+        assert masking["site"] == site
+        epoch0 = masking["stats"]["epochs"][0]["sites"][site]
+        assert epoch0["batches"] == 4  # 16 train images / batch 4: the hook saw every training batch, no more
+        assert metrics[name]["training"]["trainer"].startswith("Masked")
+    assert metrics["rtdetr-l__S6_mask_head"]["training"]["family"] == "rtdetr"
+
+
+def test_done_session_is_skipped_without_work(grid, tmp_path: Path) -> None:
+    output, metrics = grid
+    folder = output / "yolov8n" / "yolov8n__S1_clean_train"
+    best = folder / "train" / "weights" / "best.pt"
+    before = best.stat().st_mtime_ns
+    config = load_config(_write_config(tmp_path / "c.yaml", output))
+    start = time.perf_counter()
+    again = run_session(config, Session("yolov8n", "S1_clean_train"), output)
+    assert time.perf_counter() - start < 2.0
+    assert again == json.loads((folder / "metrics.json").read_text()) and best.stat().st_mtime_ns == before
+
+
+def test_killed_session_resumes_from_its_own_last_pt_with_masking(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    config_path = _write_config(tmp_path / "c.yaml", output, {"models": {"yolov8n": {"architecture": "yolov8n.yaml",
+                                                                                    "epochs": 3}}})
+    command = [sys.executable, "-m", "exp3.session", "--config", str(config_path), "--model", "yolov8n",
+               "--session", "S4_mask_backbone_late"]
+    folder = output / "yolov8n" / "yolov8n__S4_mask_backbone_late"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not (folder / "train" / "weights" / "last.pt").exists() and time.time() < deadline:
+        assert process.poll() is None, "session ended before its first checkpoint"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the session and its training subprocess, like a power cut
+    process.wait()
+    assert not (folder / DONE_MARKER).exists()
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["resumed_from_epoch"] is not None
+    assert metrics["training"]["trainer"] == "MaskedDetectionTrainer"
+    epochs = [row["epoch"] for row in metrics["masking"]["stats"]["epochs"]]
+    assert epochs == [0, 1, 2]  # masking ran in every epoch, before and after the crash
+    assert all(row["sites"]["backbone_late"]["batches"] > 0 for row in metrics["masking"]["stats"]["epochs"])
+
+
+def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    config = load_config(_write_config(tmp_path / "c.yaml", output, {"models": {"yolov8n": {
+        "architecture": "yolov8n.yaml", "weights": str(broken), "epochs": 1}}}))
+    with pytest.raises(SessionFailed, match="training exited with code"):
+        run_session(config, Session("yolov8n", "S1_clean_train"), output)
+    folder = output / "yolov8n" / "yolov8n__S1_clean_train"
+    failed = json.loads((folder / FAILED_MARKER).read_text())
+    assert "training exited" in failed["error"] and failed["train_log_tail"]
+    assert not (folder / DONE_MARKER).exists() and not (folder / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "yolov8n", "--session", "S7_magic"], "unknown session 'yolov8n__S7_magic'"),
+        (["--model", "yolov9z", "--session", "S1_clean_train"], "unknown model 'yolov9z'"),
+        (["--model", "yolov8n", "--session", "S1_clean_train", "--set", "train.batchsize=2"], "unknown config key"),
+    ],
+)
+def test_bad_cli_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
+    output = tmp_path / "out"
+    config_path = _write_config(tmp_path / "c.yaml", output)
+    result = subprocess.run([sys.executable, "-m", "exp3.session", "--config", str(config_path), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and needle in result.stderr and result.stderr.count("\n") == 1
+    assert not output.exists()
