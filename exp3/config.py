@@ -163,6 +163,7 @@ class ExperimentConfig(_Strict):
     masking: MaskingConfig = MaskingConfig()
     eval: EvalConfig = EvalConfig()
     failure: FailureConfig = FailureConfig()
+    gpus: tuple[int, ...] = ()
     seed: int = Field(default=0, ge=0)
 
     @field_validator("models")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.context
+import signal
+import sys
 
 PRELOADED_MODULES: list[str] = ["exp3.occlusion", "exp3.synth"]
 """Imported once in the fork server, so each worker starts without re-importing numpy/PIL."""
@@ -20,3 +23,16 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOADED_MODULES)  # takes effect if the server is not running yet
     return context
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux; no-op elsewhere).
+
+    A `kill -9` of the flow then also ends its session and training subprocesses, so a re-run
+    never finds an orphan still writing into the session it is about to resume.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -32,18 +32,20 @@ from typing import Any, Literal
 
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
+from exp3.parallel import die_with_parent
 from exp3.sessions import Session
 
 Family = Literal["detect", "rtdetr"]
-CheckpointState = Literal["missing", "partial", "finished"]
+CheckpointState = Literal["missing", "partial", "finished", "corrupt"]
 
 TRAINER_CLASSES: dict[tuple[str, bool], str] = {
-    ("detect", False): "ultralytics.models.yolo.detect:DetectionTrainer",
+    ("detect", False): "exp3.trainers:SafeDetectionTrainer",
     ("detect", True): "exp3.trainers:MaskedDetectionTrainer",
-    ("rtdetr", False): "ultralytics.models.rtdetr.train:RTDETRTrainer",
+    ("rtdetr", False): "exp3.trainers:SafeRTDETRTrainer",
     ("rtdetr", True): "exp3.trainers:MaskedRTDETRTrainer",
 }
-"""(model family, masked?) -> "module:Class" of the Ultralytics trainer the worker uses."""
+"""(model family, masked?) -> "module:Class" of the trainer the worker uses: Ultralytics' own,
+with atomic checkpoint writes, plus masking for S3-S6 (exp3/trainers.py)."""
 
 MODEL_CLASSES: dict[str, str] = {"detect": "ultralytics:YOLO", "rtdetr": "ultralytics:RTDETR"}
 TRAIN_RUN_NAME = "train"
@@ -127,12 +129,15 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
 
 
 def checkpoint_state(last_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
-    """Whether `last.pt` is missing, an unfinished (resumable) or a finished training; plus its epoch info."""
+    """Whether `last.pt` is missing, unreadable, an unfinished (resumable) or a finished training; plus epoch info."""
     if not last_pt.is_file():
         return "missing", {}
     import torch
 
-    checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is "corrupt"
+        return "corrupt", {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
     epoch = int(checkpoint.get("epoch", -1))
     epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
     info = {"epoch": epoch, "epochs": epochs}
@@ -168,9 +173,11 @@ def run_training(plan: TrainPlan, logs_dir: Path, env: dict[str, str] | None = N
                   f"(last.pt: {state}) ====\n".encode())
         log.flush()
         result = subprocess.run([sys.executable, "-m", "exp3.train", "--plan", str(plan_path)],
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                preexec_fn=die_with_parent)
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     outcome_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    resumed_from = outcome_info.get("resumed_from", resumed_from)  # the worker knows best (corrupt last.pt)
     return TrainOutcome(result.returncode, round(time.perf_counter() - start, 2), resumed_from, str(log_path),
                         outcome_info)
 
@@ -197,6 +204,23 @@ def _optimizer_summary(trainer: Any, requested: str | None) -> dict[str, Any]:
             "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
 
 
+def _recover_from_corrupt_last(plan: TrainPlan, info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
+    """Quarantine an unreadable last.pt (kept as last.pt.corrupt-<time>); resume from the session's own
+    best.pt if that is a readable unfinished checkpoint, else start this session's training afresh."""
+    quarantine = plan.last_pt.with_name(f"last.pt.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(plan.last_pt, quarantine)
+    print(f"WARNING exp3: {plan.last_pt} is unreadable ({info.get('error')}); moved to {quarantine.name}")
+    state, best_info = checkpoint_state(plan.best_pt)
+    if state == "partial":
+        import shutil
+
+        shutil.copyfile(plan.best_pt, plan.last_pt)
+        print(f"WARNING exp3: resuming from this session's best.pt instead ({best_info})")
+        return "partial", best_info
+    print("WARNING exp3: no resumable checkpoint left: training this session from the start")
+    return "missing", {}
+
+
 def _train_worker(plan: TrainPlan) -> int:
     from exp3.offline import apply_offline_environment
 
@@ -210,6 +234,8 @@ def _train_worker(plan: TrainPlan) -> int:
     trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
     model_class = _load_symbol(MODEL_CLASSES[plan.family])
     state, info = checkpoint_state(plan.last_pt)
+    if state == "corrupt":
+        state, info = _recover_from_corrupt_last(plan, info)
     if state == "finished":
         print(f"exp3: {plan.last_pt} is a finished training (epoch info {info}): nothing to train")
         return 0

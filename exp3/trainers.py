@@ -208,9 +208,44 @@ class _MaskingTrainerMixin:
         return super().save_model()
 
 
-class MaskedDetectionTrainer(_MaskingTrainerMixin, DetectionTrainer):
+class _AtomicCheckpointMixin:
+    """Writes `last.pt` / `best.pt` atomically: a crash mid-save leaves the previous file intact.
+
+    Ultralytics writes checkpoints in place (`Path.write_bytes`), so a `kill -9` during a save
+    leaves a truncated `last.pt` that cannot be resumed. Here `save_model` writes to temporary
+    siblings, fsyncs them and `os.replace`s them over the real names. Nothing else changes.
+    """
+
+    last: Path
+    best: Path
+
+    def save_model(self) -> Any:
+        final = {"last": self.last, "best": self.best}
+        temporary = {name: path.with_name(f".{path.name}.tmp") for name, path in final.items()}
+        self.last, self.best = temporary["last"], temporary["best"]
+        try:
+            result = super().save_model()  # type: ignore[misc]
+        finally:
+            self.last, self.best = final["last"], final["best"]
+        for name, tmp in temporary.items():
+            if tmp.exists():
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, final[name])
+        return result
+
+
+class SafeDetectionTrainer(_AtomicCheckpointMixin, DetectionTrainer):
+    """Ultralytics' `DetectionTrainer`, unchanged except for atomic checkpoint writes."""
+
+
+class SafeRTDETRTrainer(_AtomicCheckpointMixin, RTDETRTrainer):
+    """Ultralytics' `RTDETRTrainer`, unchanged except for atomic checkpoint writes."""
+
+
+class MaskedDetectionTrainer(_MaskingTrainerMixin, _AtomicCheckpointMixin, DetectionTrainer):
     """YOLO `DetectionTrainer` with training-only internal masking read from `EXP3_MASKING_SPEC`."""
 
 
-class MaskedRTDETRTrainer(_MaskingTrainerMixin, RTDETRTrainer):
+class MaskedRTDETRTrainer(_MaskingTrainerMixin, _AtomicCheckpointMixin, RTDETRTrainer):
     """`RTDETRTrainer` with training-only internal masking read from `EXP3_MASKING_SPEC`."""

@@ -36,17 +36,55 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict
     config = load_config(_write_config(root / "config.yaml", root / "out"))
     output = root / "out"
     sessions = [Session("yolov8n", "S1_clean_train"), Session("yolov8n", "S2_occ_train"),
-                Session("yolov8n", "S3_mask_backbone_early"), Session("rtdetr-l", "S6_mask_head")]
+                Session("yolov8n", "S3_mask_backbone_early"), Session("rtdetr-l", "S1_clean_train"),
+                Session("rtdetr-l", "S6_mask_head")]
     return output, {s.name: run_session(config, s, output) for s in sessions}
+
+
+SESSION_FILES = ("metrics.json", "predictions_test_clean.json", "predictions_test_occ_fixed.json",
+                 "config_resolved.yaml", "train_plan.json", "train/weights/best.pt", "train/weights/last.pt",
+                 "train/train_info.json", "train/args.yaml", "logs/train.log", "eval/test_clean", "eval/test_occ_fixed",
+                 DONE_MARKER)
+
+
+@pytest.mark.parametrize("name", ["yolov8n__S1_clean_train", "yolov8n__S3_mask_backbone_early",
+                                  "rtdetr-l__S1_clean_train", "rtdetr-l__S6_mask_head"])
+def test_every_file_for_masked_and_unmasked_sessions_of_both_families(grid, name: str) -> None:
+    output, _ = grid
+    folder = output / name.split("__")[0] / name
+    missing = [f for f in SESSION_FILES if not (folder / f).exists()]
+    assert missing == []
+    masked = "mask" in name
+    assert (folder / "train" / "masking_stats.json").is_file() is masked
+    assert not (folder / FAILED_MARKER).exists()
+
+
+@pytest.mark.parametrize("name", ["yolov8n__S1_clean_train", "rtdetr-l__S6_mask_head"])
+def test_metrics_match_plain_ultralytics_val_and_predictions_file(grid, name: str, tmp_path: Path) -> None:
+    from ultralytics import RTDETR, YOLO
+
+    from exp3.metrics import records_from_json, summarize_split
+
+    output, metrics = grid
+    m = metrics[name]
+    folder = output / name.split("__")[0] / name
+    best = folder / "train" / "weights" / "best.pt"
+    model_class = RTDETR if m["training"]["family"] == "rtdetr" else YOLO
+    for split in ("test_clean", "test_occ_fixed"):
+        plain = model_class(str(best)).val(data=str(Path(m["data"]["suite_dir"]) / f"{split}.yaml"), split="test",
+                                           batch=4, device="cpu", plots=False, verbose=False,
+                                           project=str(tmp_path), name=split)
+        assert m["splits"][split]["map50"] == pytest.approx(float(plain.box.map50), abs=1e-9)
+        assert m["splits"][split]["map50_95"] == pytest.approx(float(plain.box.map), abs=1e-9)
+        records = records_from_json(json.loads((folder / f"predictions_{split}.json").read_text())["images"])
+        again = summarize_split(records, num_classes=10, conf=m["eval"]["conf"], match_iou=m["eval"]["match_iou"])
+        assert again["ingredient"] == m["splits"][split]["ingredient"]
+        assert again["detection"] == m["splits"][split]["detection"]
 
 
 def test_session_folder_is_complete_and_self_describing(grid) -> None:
     output, metrics = grid
     folder = output / "yolov8n" / "yolov8n__S1_clean_train"
-    for name in ("metrics.json", "predictions_test_clean.json", "predictions_test_occ_fixed.json",
-                 "config_resolved.yaml", "train/weights/best.pt", "train/weights/last.pt", "logs/train.log",
-                 "eval/test_clean", "eval/test_occ_fixed", DONE_MARKER):
-        assert (folder / name).exists(), name
     done = json.loads((folder / DONE_MARKER).read_text())
     assert done["metrics_sha256"] == sha256_file(folder / "metrics.json")
     m = metrics["yolov8n__S1_clean_train"]
@@ -161,3 +199,16 @@ def test_bad_cli_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list
                             capture_output=True, text=True)
     assert result.returncode == 2 and needle in result.stderr and result.stderr.count("\n") == 1
     assert not output.exists()
+
+
+def test_truncated_last_pt_is_quarantined_and_training_recovers(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output))
+    folder = output / "yolov8n" / "yolov8n__S1_clean_train"
+    weights = folder / "train" / "weights"
+    weights.mkdir(parents=True)
+    (weights / "last.pt").write_bytes(b"PK\x03\x04 truncated by a power cut")
+    metrics = run_session(config, Session("yolov8n", "S1_clean_train"), output)
+    assert metrics["status"] == "done"
+    assert len(list(weights.glob("last.pt.corrupt-*"))) == 1  # kept for inspection, not deleted
+    assert "is unreadable" in (folder / "logs" / "train.log").read_text()

@@ -1,0 +1,37 @@
+"""Process environment for a flow run, set BEFORE `import prefect` (Prefect reads it at import).
+
+- `PREFECT_HOME` inside the output root, so the run's database, logs and persisted results
+  live with the results they describe (and a Colab/Drive root carries them across reconnects);
+- a generous ephemeral-server start-up timeout (a cold start took ~24 s on 2 cores);
+- Ultralytics offline settings (see exp3.offline);
+- orphaned ephemeral API servers left by a `kill -9` of an earlier run on this root are ended.
+
+Explicit settings in the environment win: a user's `PREFECT_API_URL` (a real server or
+Prefect Cloud) or `PREFECT_HOME` is never overridden.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from exp3.offline import apply_offline_environment
+from exp3.runlock import reap_orphaned_prefect_servers
+
+STARTUP_TIMEOUT_S = "180"
+
+
+def prefect_home(output_root: Path) -> Path:
+    """Where Prefect keeps its state for runs on `output_root`."""
+    return Path(output_root).absolute() / ".prefect"
+
+
+def configure_flow_environment(output_root: Path) -> list[int]:
+    """Set the variables above for this process and its children; return pids of reaped orphans."""
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(prefect_home(output_root))))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", STARTUP_TIMEOUT_S)
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: no telemetry
+    apply_offline_environment(output_root)
+    home.mkdir(parents=True, exist_ok=True)
+    return reap_orphaned_prefect_servers(home)

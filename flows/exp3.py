@@ -1,0 +1,309 @@
+"""exp3 as a Prefect flow: audit -> occlusion suite -> 12 x train_and_eval -> report.
+
+    python flows/exp3.py --smoke                 # all 12 sessions, 1 epoch, embedded dataset
+    python flows/exp3.py --config configs/exp3.yaml [--models yolov8m] [--sessions S1_clean_train S3_mask_neck]
+    python flows/exp3.py --smoke --dry-run       # the grid, each session's cache key and state; trains nothing
+    python flows/exp3.py --sanity                # 1 model x 2 sessions twice: the second run must skip both
+    python flows/exp3.py --smoke --rerun-failed  # also run sessions that have a FAILED marker
+
+Crash safety: a session's result is cached under a key built from everything it depends on
+(exp3.grid.session_cache_key) and trusted only while its DONE marker matches its metrics.json;
+anything else runs again, resuming from the session's own last.pt. Run the same command
+after a crash, a reboot or a `kill -9`: finished sessions are skipped, the rest continue.
+The tasks are thin: each calls one library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+from pathlib import Path
+from typing import Any
+
+# This file shares its name with the `exp3` package: keep flows/ off sys.path so `import exp3`
+# finds the library (Python and Prefect's loader both put a script's folder first on sys.path).
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
+SANITY_SESSIONS = ("S1_clean_train", "S3_mask_backbone_early")
+
+
+def _cli_config(argv: list[str]) -> tuple[Any, argparse.Namespace]:
+    """Parse the command line and load the config (before Prefect is imported)."""
+    from exp3.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python flows/exp3.py", description="Run the exp3 grid as a Prefect flow.")
+    parser.add_argument("--config", type=Path, default=None, help="experiment config (default configs/exp3.yaml)")
+    parser.add_argument("--smoke", action="store_true", help="configs/smoke.yaml: 12 sessions x 1 epoch")
+    parser.add_argument("--sanity", action="store_true", help="1 model x 2 sessions, run twice; PASS if skipped")
+    parser.add_argument("--models", nargs="+", default=None, help="only these models")
+    parser.add_argument("--sessions", nargs="+", default=None, help="only these sessions (e.g. S1_clean_train)")
+    parser.add_argument("--dry-run", action="store_true", help="print the grid with keys and states; train nothing")
+    parser.add_argument("--rerun-failed", action="store_true", help="run sessions with a FAILED marker again")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    if args.config is not None and (args.smoke or args.sanity):
+        parser.error("--config cannot be combined with --smoke/--sanity (they choose configs/smoke.yaml)")
+    path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or REPO / "configs" / "exp3.yaml")
+    overrides = list(args.overrides)
+    if args.sanity:
+        overrides.append("output_root=runs/exp3-sanity")
+    return load_config(path, overrides), args
+
+
+if __name__ == "__main__":
+    from exp3.config import ConfigError, resolve_output_root
+    from exp3.flowenv import configure_flow_environment
+
+    try:
+        _CONFIG, _ARGS = _cli_config(sys.argv[1:])
+    except ConfigError as _error:
+        print(f"error: {_error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_flow_environment(resolve_output_root(_CONFIG))  # before `import prefect`
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact  # noqa: E402
+from prefect.artifacts import update_progress_artifact  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from exp3.config import ExperimentConfig, resolve_output_root, write_resolved_config  # noqa: E402
+from exp3.grid import select_sessions, session_cache_key  # noqa: E402
+from exp3.runner import (  # noqa: E402
+    SessionError,
+    failure_record,
+    is_out_of_memory,
+    oom_retry_overrides,
+    run_session_subprocess,
+)
+from exp3.runlock import RootLock  # noqa: E402
+from exp3.session import PreparedData, is_done, session_dir  # noqa: E402
+from exp3.sessions import Session  # noqa: E402
+
+STOP_MARKER = ".stop-requested"
+_GPU_POOL: "queue.Queue[int | None]" = queue.Queue()
+
+
+def _cache_key_from_parameters(context: Any, parameters: dict[str, Any]) -> str:
+    """The key is computed by the flow (exp3.grid.session_cache_key) and passed in."""
+    return parameters["cache_key"]
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only errors marked transient (CUDA out of memory)."""
+    return isinstance(state.data, SessionError) and state.data.transient
+
+
+@task(name="audit-dataset")
+def audit_dataset_task(data_yaml: str) -> dict[str, Any]:
+    """Audit the dataset; fail the flow before any training if it has blocking problems."""
+    from exp3.dataset import audit_dataset
+
+    report = audit_dataset(data_yaml)
+    if report.blocking:
+        raise ValueError(f"dataset {data_yaml} fails the audit: " + " | ".join(report.summary_lines())
+                         + " (run python -m exp3.dataset audit --data ... for the full report)")
+    return {"fingerprint": report.fingerprint, "counts": report.counts}
+
+
+@task(name="prepare-data")
+def prepare_data_task(config: ExperimentConfig, output_root: str) -> dict[str, Any]:
+    """Embedded dataset (first use), fixed occlusion suite and S2 train set: built once, verified after."""
+    from dataclasses import asdict
+
+    from exp3.session import prepare_data
+
+    return asdict(prepare_data(config, Path(output_root)))
+
+
+@task(name="train_and_eval", persist_result=True, cache_key_fn=_cache_key_from_parameters)
+def train_and_eval(config_path: str, model: str, suffix: str, output_root: str, cache_key: str,
+                   epochs: int, batch: int | None, oom_halve_batch: bool, stop_on_failure: bool,
+                   skip_as_failed: bool = False) -> dict[str, Any]:
+    """One session in its own subprocess (`python -m exp3.session`), with a progress artifact."""
+    from prefect.runtime import task_run
+
+    root, session = Path(output_root), Session(model, suffix)
+    previous = failure_record(session_dir(root, session))
+    if skip_as_failed and previous is not None:
+        raise SessionError(f"{session.name}: failed in an earlier run ({previous.get('error')}); "
+                           "not re-run without --rerun-failed")
+    if (root / STOP_MARKER).exists():
+        raise SessionError(f"{session.name}: not run, an earlier session failed and failure.policy is 'stop'")
+    extra: tuple[str, ...] = ()
+    if task_run.run_count > 1 and oom_halve_batch and is_out_of_memory(previous):
+        extra = oom_retry_overrides(batch)
+        get_run_logger().warning(f"{session.name}: out of memory last attempt, retrying with {extra[0]}")
+    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{session.name.lower().replace('_', '-')}",
+                                           description=f"{session.name}: epochs done / {epochs}")
+
+    def _progress(done: int, total: int) -> None:
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
+
+    gpu = _GPU_POOL.get()
+    try:
+        run = run_session_subprocess(Path(config_path), session, root, gpu=gpu, extra_overrides=extra,
+                                     on_progress=_progress, epochs_total=epochs)
+    except SessionError:
+        if stop_on_failure:
+            (root / STOP_MARKER).touch()
+        raise
+    finally:
+        _GPU_POOL.put(gpu)
+    return {"session": run.session, "status": run.status, "ran": run.ran, "wall_s": run.wall_s,
+            "folder": run.folder, "extra_overrides": list(run.extra_overrides)}
+
+
+@task(name="report")
+def report_task(output_root: str, models: list[str]) -> dict[str, Any]:
+    """Summary tables, plots and report.md from the session folders (also for a partial grid)."""
+    from exp3.report import build_report
+
+    result = build_report(Path(output_root), models=models)
+    return {"summary_csv": str(result.summary_csv), "rows": result.rows, "plots": [str(p) for p in result.plots],
+            "report_md": str(result.report_md)}
+
+
+def _publish_artifacts(report: dict[str, Any]) -> None:
+    rows = [{key: row.get(key) for key in ("model", "session", "split", "status", "map50", "map50_95",
+                                          "f1_micro", "f1_samples", "rF1_micro")} for row in report["rows"]]
+    create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
+    plots = "\n".join(f"- `{path}`" for path in report["plots"])
+    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 results\n\nReport: `{report['report_md']}`\n\n"
+                                                       f"Summary: `{report['summary_csv']}`\n\nPlots:\n{plots}\n")
+
+
+@flow(name="exp3", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] | None = None,
+              sessions: list[str] | None = None, rerun_failed: bool = False) -> dict[str, Any]:
+    """Audit, build the occlusion suite once, run the grid, then always report.
+
+    Ends Failed (after reporting) if any session failed.
+    """
+    logger = get_run_logger()
+    root = resolve_output_root(config)
+    config = config.model_copy(update={"output_root": root})
+    grid = select_sessions(config, models, sessions)
+    with RootLock(root, command="exp3 flow") as lock:
+        if lock.took_over:
+            logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
+        (root / STOP_MARKER).unlink(missing_ok=True)
+        config_path = write_resolved_config(config, root)
+        prepared = PreparedData(**prepare_data_task(config, str(root)))
+        audit_dataset_task(prepared.data_yaml)
+        for gpu in config.gpus or (None,):
+            _GPU_POOL.put(gpu)
+        futures = {}
+        for session in grid:
+            folder = session_dir(root, session)
+            key = session_cache_key(config, session, prepared.dataset_fingerprint, prepared.suite_id)
+            failed_before = failure_record(folder) is not None and not rerun_failed
+            options = {"task_run_name": session.name, "refresh_cache": not is_done(folder),
+                       "retries": 0 if failed_before else config.failure.retries,
+                       "retry_condition_fn": _retry_if_transient, "result_storage": root / ".prefect" / "results"}
+            if failed_before:
+                logger.warning(f"{session.name} has a FAILED marker: not re-run (use --rerun-failed)")
+            futures[session.name] = train_and_eval.with_options(**options).submit(
+                config_path=str(config_path), model=session.model, suffix=session.suffix, output_root=str(root),
+                cache_key=key if not failed_before else f"{key}-failed", epochs=config.models[session.model].epochs,
+                batch=config.train.batch, oom_halve_batch=config.failure.oom_halve_batch,
+                stop_on_failure=config.failure.policy == "stop", skip_as_failed=failed_before)
+        outcome: dict[str, Any] = {}
+        for name, future in futures.items():
+            future.wait()
+            state = future.state
+            result = future.result(raise_on_failure=False)
+            outcome[name] = {"state": state.name, "ran": result.get("ran") if isinstance(result, dict) else None,
+                             "error": None if not state.is_failed() else str(result)}
+        _drain(_GPU_POOL)
+        report = report_task(str(root), list(dict.fromkeys(s.model for s in grid)))
+        _publish_artifacts(report)
+    failed = [name for name, entry in outcome.items() if entry["error"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(outcome)} sessions failed: {', '.join(failed)} "
+                           f"(FAILED markers under {root}; fix and re-run with --rerun-failed)")
+    return outcome
+
+
+def _drain(pool: "queue.Queue[int | None]") -> None:
+    while not pool.empty():
+        pool.get_nowait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _dry_run(config: ExperimentConfig, args: argparse.Namespace) -> int:
+    from exp3.dataset import dataset_fingerprint, read_data_yaml
+    from exp3.grid import grid_status
+    from exp3.runlock import root_is_live
+
+    root = resolve_output_root(config)
+    grid = select_sessions(config, args.models, args.sessions)
+    suites = sorted((root / "suites").glob("occ-*")) if (root / "suites").is_dir() else []
+    data_dir = root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
+    data_yaml = Path(config.dataset.data_yaml) if config.dataset.kind == "yaml" else data_dir / "data.yaml"
+    ready = data_yaml.is_file() and bool(suites)
+    fingerprint = dataset_fingerprint(read_data_yaml(data_yaml)) if ready else None
+    print(f"exp3 dry run: {len(grid)} sessions under {root}"
+          + ("" if ready else " (data/suite not built yet: keys appear after the first run prepares them)"))
+    for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root))):
+        key = session_cache_key(config, session, fingerprint, suites[-1].name) if ready else "-"
+        print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  {key}")
+    return 0
+
+
+def _train_headers(root: Path, session: Session) -> int:
+    log = session_dir(root, session) / "logs" / "train.log"
+    return log.read_text(errors="replace").count("==== exp3 train") if log.is_file() else 0
+
+
+def _sanity(config: ExperimentConfig) -> int:
+    """Run 1 model x 2 sessions twice; PASS if the second run trained and evaluated nothing."""
+    model = next(iter(config.models))
+    grid = [Session(model, suffix) for suffix in SANITY_SESSIONS]
+    root = resolve_output_root(config)
+    first = exp3_flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))
+    headers_first = {s.name: _train_headers(root, s) for s in grid}
+    second = exp3_flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))
+    headers_second = {s.name: _train_headers(root, s) for s in grid}
+    skipped = all(entry["state"] == "Cached" or entry["ran"] is False for entry in second.values())
+    untouched = headers_first == headers_second and all(is_done(session_dir(root, s)) for s in grid)
+    verdict = "PASS" if skipped and untouched else "FAIL"
+    print(json.dumps({"first_run": first, "second_run": second, "train_attempts": headers_second}, indent=2))
+    print(f"sanity {verdict}: second run {'skipped' if skipped else 'did NOT skip'} both sessions; "
+          f"training attempts per session {headers_second}")
+    return 0 if verdict == "PASS" else 1
+
+
+def main(config: ExperimentConfig, args: argparse.Namespace) -> int:
+    """Entry point after the environment is set (see the `__main__` block at the top)."""
+    from exp3.runlock import RootBusy, RootLock, root_is_live
+
+    try:
+        select_sessions(config, args.models, args.sessions)  # validate names before anything runs
+        root = resolve_output_root(config)
+        if not args.dry_run and root_is_live(root):
+            RootLock(root).acquire()  # raises RootBusy naming the live run
+        if args.dry_run:
+            return _dry_run(config, args)
+        if args.sanity:
+            return _sanity(config)
+        state = exp3_flow(config=config, models=args.models, sessions=args.sessions,
+                          rerun_failed=args.rerun_failed, return_state=True)
+    except (ValueError, RootBusy) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    if state.is_failed():
+        print(f"exp3: flow ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(f"exp3: all sessions done; results under {resolve_output_root(config)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(_CONFIG, _ARGS))

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Crash-safe overnight wrapper: re-invokes the flow until every session is DONE or FAILED
+# (at most EXP3_MAX_ATTEMPTS times), logs each attempt, then rebuilds the report.
+#
+#   ./run_experiment3.sh --config configs/exp3.yaml      # any flows/exp3.py options
+#   EXP3_MAX_ATTEMPTS=5 ./run_experiment3.sh --smoke
+set -uo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python}"
+MAX_ATTEMPTS="${EXP3_MAX_ATTEMPTS:-3}"
+ROOT="$("$PYTHON" - "$@" <<'PY'
+import sys
+sys.argv = ["flows/exp3.py", *sys.argv[1:]]
+from pathlib import Path
+from exp3.config import load_config, resolve_output_root
+args = sys.argv[1:]
+path = "configs/smoke.yaml" if ("--smoke" in args or "--sanity" in args) else (
+    args[args.index("--config") + 1] if "--config" in args else "configs/exp3.yaml")
+sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+print(resolve_output_root(load_config(Path(path), sets)))
+PY
+)" || { echo "run_experiment3: cannot read the config" >&2; exit 2; }
+mkdir -p "$ROOT/logs"
+status=1
+for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
+  log="$ROOT/logs/flow-attempt-$(date +%Y%m%d-%H%M%S)-$attempt.log"
+  echo "run_experiment3: attempt $attempt/$MAX_ATTEMPTS -> $log"
+  "$PYTHON" flows/exp3.py "$@" >"$log" 2>&1
+  status=$?
+  echo "run_experiment3: attempt $attempt exited $status"
+  [ "$status" -eq 0 ] && break
+  [ "$status" -eq 2 ] && { tail -n 1 "$log" >&2; exit 2; }          # bad input: retrying cannot help
+  if "$PYTHON" -m exp3.status --root "$ROOT" | tail -n 1 | grep -qvE 'pending|partial|running'; then
+    echo "run_experiment3: every session is DONE or FAILED; not retrying"
+    break
+  fi
+done
+"$PYTHON" -m exp3.report --root "$ROOT" || echo "run_experiment3: report failed (see above)" >&2
+"$PYTHON" -m exp3.status --root "$ROOT"
+exit "$status"

@@ -1,0 +1,121 @@
+"""The Prefect flow for real: `python flows/exp3.py` in a subprocess on tiny workloads.
+
+Covers: --sanity (second run skips both sessions), failure policies continue/stop with the
+report still written, kill -9 mid-run then re-run (each finished session trained once, the
+interrupted one resumed, no orphans), a live root refused, and bad CLI input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FLOW = REPO / "flows" / "exp3.py"
+
+
+def _flow(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(FLOW), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _config(tmp_path: Path, models: dict, **extra: object) -> Path:
+    payload = {"base": str(REPO / "configs" / "smoke.yaml"), "output_root": str(tmp_path / "out"),
+               "models": models, "sessions": ["S1_clean_train"], **extra}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def _train_attempts(folder: Path) -> int:
+    log = folder / "logs" / "train.log"
+    return log.read_text(errors="replace").count("==== exp3 train") if log.is_file() else 0
+
+
+def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
+    result = _flow(tmp_path, "--sanity", "--set", "models.yolov8m.architecture=yolov8n.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sanity PASS" in result.stdout
+    root = tmp_path / "runs" / "exp3-sanity"
+    for session in ("yolov8m__S1_clean_train", "yolov8m__S3_mask_backbone_early"):
+        assert (root / "yolov8m" / session / "DONE").is_file()
+        assert _train_attempts(root / "yolov8m" / session) == 1
+    assert (root / "summary_metrics.csv").is_file() and list((root / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize("policy", ["continue", "stop"])
+def test_failure_policy(tmp_path: Path, policy: str) -> None:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"garbage, not a checkpoint")
+    models = {"broken": {"architecture": "yolov8n.yaml", "weights": str(broken), "epochs": 1},
+              "yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1}}
+    config = _config(tmp_path, models, failure={"policy": policy})
+    result = _flow(tmp_path, "--config", str(config), "--models", "broken", "yolov8n")
+    assert result.returncode == 1, result.stderr[-3000:]
+    root = tmp_path / "out"
+    assert (root / "broken" / "broken__S1_clean_train" / "FAILED").is_file()
+    good_done = (root / "yolov8n" / "yolov8n__S1_clean_train" / "DONE").is_file()
+    assert good_done is (policy == "continue")
+    summary = (root / "summary_metrics.csv").read_text()  # the report runs in both cases
+    assert "broken" in summary and "failed" in summary
+    if policy == "continue":
+        assert "yolov8n,S1_clean_train" in summary.replace('"', "") or "yolov8n__S1_clean_train" in summary
+
+
+def test_kill_9_then_rerun_trains_each_session_once(tmp_path: Path) -> None:
+    models = {"yolov8n": {"architecture": "yolov8n.yaml", "epochs": 2}}
+    config = _config(tmp_path, models, sessions=["S1_clean_train", "S3_mask_backbone_early"])
+    root = tmp_path / "out"
+    first = root / "yolov8n" / "yolov8n__S1_clean_train"
+    second = root / "yolov8n" / "yolov8n__S3_mask_backbone_early"
+    process = subprocess.Popen([sys.executable, str(FLOW), "--config", str(config), "--models", "yolov8n"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (second / "train" / "weights" / "last.pt").exists() and time.time() < deadline:
+        assert process.poll() is None, "flow ended before the kill"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)  # the flow process only: its children must die with it
+    process.wait()
+    time.sleep(1.0)
+    leftovers = subprocess.run(["pgrep", "-f", f"exp3.session --config {root}"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "a session subprocess outlived the killed flow"
+    assert (first / "DONE").is_file() and not (second / "DONE").is_file()
+    rerun = _flow(tmp_path, "--config", str(config), "--models", "yolov8n")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _train_attempts(first) == 1  # finished before the kill: not retrained
+    assert _train_attempts(second) == 2  # interrupted: resumed once
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["training"]["resumed_from_epoch"] is not None
+    assert [row["epoch"] for row in metrics["masking"]["stats"]["epochs"]] == [0, 1]
+
+
+def test_bad_input_and_live_root(tmp_path: Path) -> None:
+    bad = _flow(tmp_path, "--smoke", "--models", "yolov9")
+    assert bad.returncode == 2 and "unknown model(s) yolov9" in bad.stderr and bad.stderr.count("\n") == 1
+    bad = _flow(tmp_path, "--smoke", "--sessions", "S7_magic")
+    assert bad.returncode == 2 and "unknown session 'S7_magic'" in bad.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("train: {batchsize: 3}\n")
+    bad = _flow(tmp_path, "--config", str(config))
+    assert bad.returncode == 2 and "unknown config key 'train.batchsize'" in bad.stderr
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from exp3.runlock import RootLock; RootLock(Path(sys.argv[1])).acquire(); "
+                               "time.sleep(120)", str(tmp_path / "runs" / "exp3-smoke")])
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "runs" / "exp3-smoke" / ".exp3.lock").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        busy = _flow(tmp_path, "--smoke")
+        assert busy.returncode == 2 and "is in use by pid" in busy.stderr
+        assert not (tmp_path / "runs" / "exp3-smoke" / "yolov8m").exists()
+    finally:
+        holder.kill()
+        holder.wait()
