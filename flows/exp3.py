@@ -163,13 +163,16 @@ def report_task(output_root: str, models: list[str]) -> dict[str, Any]:
     from exp3.report import build_report
 
     result = build_report(Path(output_root), models=models)
-    return {"summary_csv": str(result.summary_csv), "rows": result.rows, "plots": [str(p) for p in result.plots],
-            "report_md": str(result.report_md)}
+    columns = ["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
+               "ingredient_samples_f1", "detection_f1", "rF1_micro"]
+    rows = json.loads(result.summary[columns].to_json(orient="records"))
+    return {"summary_csv": str(Path(output_root) / "summary_metrics.csv"), "rows": rows,
+            "plots": [str(p) for p in result.files if p.suffix == ".png"],
+            "report_md": str(Path(output_root) / "report.md")}
 
 
 def _publish_artifacts(report: dict[str, Any]) -> None:
-    rows = [{key: row.get(key) for key in ("model", "session", "split", "status", "map50", "map50_95",
-                                          "f1_micro", "f1_samples", "rF1_micro")} for row in report["rows"]]
+    rows = report["rows"]
     create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
     plots = "\n".join(f"- `{path}`" for path in report["plots"])
     create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 results\n\nReport: `{report['report_md']}`\n\n"

@@ -1,0 +1,218 @@
+"""Altair charts of the exp3 report: each function takes a tidy DataFrame and returns a chart.
+
+Nothing is computed here: `exp3.report` builds the frames (one row per bar / cell / interval) and
+these functions only map columns to marks. Every chart uses the same session order
+(`SESSION_LABELS`, S1..S6) and the same model colours (`model_colors(models)`), so a model keeps
+its colour from chart to chart. `save_chart` writes a PNG (vl-convert, offline) and an
+interactive HTML file (Vega libraries inlined, so it opens without internet).
+
+Frame contracts (columns):
+    bar frame       model, session_label, value, ci_low, ci_high, status_text
+    map frame       model, session_label, split, value, status_text
+    heatmap frame   session_label, split, class_name, f1, f1_text
+    diff frame      model, session_label, reference, difference, ci_low, ci_high, p_bh_text
+`status_text` is "" for a done session and "failed" / "missing" / ... otherwise; `value` is NaN
+for those (no bar drawn, the status is written at the baseline instead).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+from exp3.config import SESSION_SUFFIXES
+from exp3.fileio import atomic_write_bytes, atomic_write_text
+
+SESSION_LABELS: dict[str, str] = {
+    "S1_clean_train": "S1 clean",
+    "S2_occ_train": "S2 occluded-train",
+    "S3_mask_backbone_early": "S3 mask backbone-early",
+    "S4_mask_backbone_late": "S4 mask backbone-late",
+    "S5_mask_neck": "S5 mask neck",
+    "S6_mask_head": "S6 mask head",
+}
+"""Short axis label of each session, in the fixed order of `SESSION_SUFFIXES`."""
+SESSION_ORDER: list[str] = [SESSION_LABELS[suffix] for suffix in SESSION_SUFFIXES]
+SPLIT_LABELS: dict[str, str] = {"test_clean": "test_clean (clean images)",
+                                "test_occ_fixed": "test_occ_fixed (occluded copies)"}
+MODEL_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")
+"""Colours given to models in the order of the report's model list (Tableau-like, colour-blind aware)."""
+PNG_SCALE = 2
+"""vl-convert scale factor: 2 gives crisp PNGs for reports and slides."""
+
+# Two-line session labels: "S3" on the first line, "mask backbone-early" on the second.
+_SESSION_LABEL_EXPR = "[substring(datum.label, 0, 2), substring(datum.label, 3)]"
+_FONT_SIZE = 12
+_SESSION_STEP = 130
+"""Pixels per session on x: the widest label line ("mask backbone-early") needs ~125 px at 12 px."""
+
+
+def model_colors(models: list[str], shown: list[str] | None = None) -> alt.Scale:
+    """The one colour scale of all charts: models[i] -> MODEL_PALETTE[i % len].
+
+    `shown` (a subset of `models`) limits the legend to the models a chart draws while keeping
+    each model's colour; default: all `models`.
+    """
+    shown = list(models) if shown is None else [model for model in models if model in shown]
+    return alt.Scale(domain=shown, range=[MODEL_PALETTE[models.index(model) % len(MODEL_PALETTE)] for model in shown])
+
+
+def _shown_models(frame: pd.DataFrame, models: list[str]) -> list[str]:
+    """The report's models that appear in `frame`, in report order (a lookup, not a computation)."""
+    present = set(frame["model"])
+    return [model for model in models if model in present] or list(models)
+
+
+def _session_x(title: str = "session") -> alt.X:
+    return alt.X("session_label:N", title=title, sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
+                 axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=_FONT_SIZE,
+                               titleFontSize=_FONT_SIZE + 1, labelLimit=200))
+
+
+def _y(title: str, field: str = "value", domain: tuple[float, float] | None = (0.0, 1.0)) -> alt.Y:
+    scale = alt.Scale(domain=list(domain)) if domain else alt.Scale(zero=True)
+    return alt.Y(f"{field}:Q", title=title, scale=scale,
+                 axis=alt.Axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1, grid=True))
+
+
+def _title(text: str, subtitle: str | None = None) -> alt.TitleParams:
+    return alt.TitleParams(text=text, subtitle=subtitle or "", fontSize=15, subtitleFontSize=12, anchor="start")
+
+
+def session_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_title: str,
+                      subtitle: str | None = None, y_domain: tuple[float, float] | None = (0.0, 1.0),
+                      reference_line: float | None = None, reference_label: str | None = None) -> alt.LayerChart:
+    """Bars per session (x, fixed S1..S6 order), one bar per model side by side (xOffset), CI error bars.
+
+    Args:
+        frame: bar frame (module docstring), one row per model x session; with several models it is
+            the grouped chart (e.g. 12 bars for 2 models), with one model a plain 6-bar chart.
+        models: the report's model list (fixes colours and the order of the bars within a group).
+        reference_line: draw a dashed horizontal rule at this value (e.g. 1.0 for rF1), labelled
+            `reference_label` at the right end.
+    """
+    shown = _shown_models(frame, models)
+    colour = alt.Color("model:N", title="model", scale=model_colors(models, shown),
+                       legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+    offset = alt.XOffset("model:N", sort=shown, scale=alt.Scale(domain=shown))
+    tooltip = [alt.Tooltip("model:N"), alt.Tooltip("session_label:N", title="session"),
+               alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
+               alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
+               alt.Tooltip("status_text:N", title="status")]
+    base = alt.Chart(frame).encode(x=_session_x(), xOffset=offset)
+    bars = base.mark_bar(clip=True).encode(y=_y(y_title, domain=y_domain), color=colour, tooltip=tooltip)
+    errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y="ci_low:Q", y2="ci_high:Q")
+    caps_low = base.mark_tick(color="black", thickness=1.5, size=8).encode(y="ci_low:Q")
+    caps_high = base.mark_tick(color="black", thickness=1.5, size=8).encode(y="ci_high:Q")
+    values = base.mark_text(dy=-8, fontSize=10, baseline="bottom").encode(
+        y=alt.Y("label_y:Q"), text=alt.Text("value:Q", format=".2f"))
+    status = base.mark_text(dy=-4, fontSize=11, baseline="bottom", angle=0, color="#B22222").encode(
+        y=alt.datum(0), text="status_text:N")
+    layers: list[alt.Chart] = [bars, errors, caps_low, caps_high, values, status]
+    width_per_session = max(_SESSION_STEP, 60 + 45 * len(shown))
+    if reference_line is not None:
+        one_row = alt.InlineData(values=[{"reference": reference_line}])   # drawn once, not once per bar
+        layers.append(alt.Chart(one_row).mark_rule(strokeDash=[5, 4], color="gray").encode(y="reference:Q"))
+        layers.append(alt.Chart(one_row).mark_text(align="right", baseline="bottom", dy=-3, fontSize=11,
+                                                   color="dimgray")
+                      .encode(x=alt.value(width_per_session * len(SESSION_ORDER) - 4), y="reference:Q",
+                              text=alt.value(reference_label or f"{reference_line:g}")))
+    return (alt.layer(*layers, data=frame)
+            .transform_calculate(label_y="isValid(datum.ci_high) ? datum.ci_high : datum.value")
+            .properties(title=_title(title, subtitle), width=width_per_session * len(SESSION_ORDER), height=320))
+
+
+def split_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_title: str,
+                    subtitle: str | None = None) -> alt.FacetChart:
+    """Bars per session for one model, one panel per split (e.g. mAP50-95 on each split).
+
+    Args:
+        frame: map frame (module docstring), one row per session x split for one model.
+    """
+    colour = alt.Color("model:N", scale=model_colors(models, _shown_models(frame, models)), legend=None)
+    base = alt.Chart().encode(x=_session_x())
+    bars = base.mark_bar().encode(y=_y(y_title), color=colour,
+                                  tooltip=["session_label:N", "split:N", alt.Tooltip("value:Q", format=".3f")])
+    values = base.mark_text(dy=-4, fontSize=10, baseline="bottom").encode(
+        y="value:Q", text=alt.Text("value:Q", format=".3f"))
+    status = base.mark_text(dy=-4, fontSize=11, baseline="bottom", color="#B22222").encode(
+        y=alt.datum(0), text="status_text:N")
+    return (alt.layer(bars, values, status, data=frame)
+            .properties(width=_SESSION_STEP * len(SESSION_ORDER), height=240)
+            .facet(row=alt.Row("split:N", title=None, sort=list(SPLIT_LABELS),
+                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
+                                                 labelAnchor="start", labelExpr=_split_label_expr())))
+            .properties(title=_title(title, subtitle)))
+
+
+def _split_label_expr() -> str:
+    cases = " : ".join(f"datum.label == '{split}' ? '{label}'" for split, label in SPLIT_LABELS.items())
+    return f"{cases} : datum.label"
+
+
+def class_heatmap(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
+    """Per-class ingredient F1 (colour and text) by session (x) and class (y), one panel per split.
+
+    Args:
+        frame: heatmap frame (module docstring), one row per session x split x class of one model.
+    """
+    base = alt.Chart().encode(
+        x=alt.X("session_label:N", title="session", sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
+                axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=11, orient="bottom")),
+        y=alt.Y("class_name:N", title="class", sort=None, axis=alt.Axis(labelFontSize=11)))
+    cells = base.mark_rect(stroke="white", strokeWidth=1).encode(
+        color=alt.Color("f1:Q", title="ingredient F1", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
+                        legend=alt.Legend(orient="right", gradientLength=200)),
+        tooltip=["class_name:N", "session_label:N", "split:N", alt.Tooltip("f1:Q", format=".3f"), "support:Q"])
+    text = base.mark_text(fontSize=10).encode(
+        text="f1_text:N", color=alt.condition("datum.f1 > 0.6", alt.value("black"), alt.value("white")))
+    return (alt.layer(cells, text, data=frame)
+            .properties(width=_SESSION_STEP * len(SESSION_ORDER), height=alt.Step(22))
+            .facet(row=alt.Row("split:N", title=None, sort=list(SPLIT_LABELS),
+                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
+                                                 labelAnchor="start", labelExpr=_split_label_expr())))
+            .properties(title=_title(title, subtitle)))
+
+
+def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title: str,
+                     subtitle: str | None = None) -> alt.FacetChart:
+    """Forest plot: difference vs a reference session (x) per session (y, S1..S6), CI bars, one panel per reference.
+
+    Args:
+        frame: diff frame (module docstring), one row per model x session x reference.
+    """
+    colour = alt.Color("model:N", title="model", scale=model_colors(models),
+                       legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+    y = alt.Y("session_label:N", title=None, sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
+              axis=alt.Axis(labelFontSize=_FONT_SIZE, labelLimit=220))
+    offset = alt.YOffset("model:N", sort=list(models), scale=alt.Scale(domain=list(models)))
+    base = alt.Chart().encode(y=y, yOffset=offset, color=colour)
+    tooltip = ["model:N", "session_label:N", "reference:N", alt.Tooltip("difference:Q", format="+.3f"),
+               alt.Tooltip("ci_low:Q", format="+.3f"), alt.Tooltip("ci_high:Q", format="+.3f"), "p_bh_text:N"]
+    intervals = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title=x_title), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=60).encode(x="difference:Q", tooltip=tooltip)
+    # p text on the far side of the interval from zero, so it never crosses the zero line
+    labels_right = base.mark_text(align="left", dx=6, fontSize=10).encode(
+        x="ci_high:Q", text="p_bh_text:N").transform_filter("datum.difference >= 0")
+    labels_left = base.mark_text(align="right", dx=-6, fontSize=10).encode(
+        x="ci_low:Q", text="p_bh_text:N").transform_filter("datum.difference < 0")
+    zero = alt.Chart(alt.InlineData(values=[{"zero": 0}])).mark_rule(color="gray", strokeDash=[4, 3]).encode(
+        x="zero:Q")
+    return (alt.layer(zero, intervals, points, labels_right, labels_left, data=frame)
+            .properties(width=330, height=alt.Step(16))
+            .facet(column=alt.Column("reference:N", title=None, header=alt.Header(labelFontSize=13,
+                                                                                  labelFontWeight="bold")))
+            .properties(title=_title(title, subtitle)))
+
+
+def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path]:
+    """Write `<path>.png` (vl-convert, scale PNG_SCALE) and `<path>.html` (interactive, inlined), atomically."""
+    import vl_convert
+
+    spec = chart.to_dict()
+    png = atomic_write_bytes(path_without_suffix.with_suffix(".png"), vl_convert.vegalite_to_png(spec, scale=PNG_SCALE))
+    html = atomic_write_text(path_without_suffix.with_suffix(".html"),
+                             vl_convert.vegalite_to_html(spec, bundle=True))
+    return [png, html]

@@ -1,0 +1,734 @@
+"""Rebuild the exp3 report from session folders: tables, statistics, charts and report.md.
+
+    python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2]
+
+The flow's final task calls `build_report(root, models)`; it reads only the session folders
+(`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
+
+    <root>/summary_metrics.csv|json   one row per model x session x split (seed mean when several seeds)
+    <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
+    <root>/comparisons.csv|json       one row per model x split x session x reference (S1, S2)
+    <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
+    <root>/plots/*.png|html           charts (exp3.plots)
+    <root>/report.md                  tables, charts and headline findings written from the data
+
+A session's status: `done` (valid DONE marker), `failed` (FAILED marker: its error is kept),
+`incomplete` (a folder without DONE or FAILED: running, or killed mid-way) or `missing` (no folder).
+Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
+summary status is `done` when every seed is, `partial` when some are. Columns: docs/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from exp3 import stats
+from exp3.config import SESSION_SUFFIXES
+from exp3.fileio import atomic_write_json, atomic_write_text
+from exp3.plots import SESSION_LABELS
+
+SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
+REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
+"""Every session is compared with these two: the clean baseline and the occluded-training anchor."""
+KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")
+"""Discovered models are listed in this order first, then alphabetically (fixes colours in charts)."""
+SEED_PATTERN = re.compile(r"^(?P<name>.+)__seed(?P<seed>\d+)$")
+
+INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
+                                            for score in ("precision", "recall", "f1"))
+DETECTION_COLUMNS: tuple[str, ...] = ("detection_precision", "detection_recall", "detection_f1")
+ROBUSTNESS_COLUMNS: tuple[str, ...] = ("rF1_micro", "rF1_samples", "rF1_macro", "rF1_detection", "rmAP50", "rmAP50_95")
+METRIC_COLUMNS: tuple[str, ...] = ("n_images", "conf", "map50", "map50_95", *INGREDIENT_COLUMNS, *DETECTION_COLUMNS,
+                                   *ROBUSTNESS_COLUMNS, "train_wall_s", "eval_wall_s", "epochs_completed")
+"""Numeric columns read from metrics.json (per split; the r* columns are per session, repeated on both splits)."""
+SPREAD_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "map50", "map50_95", "rF1_micro",
+                                   "rmAP50_95")
+"""Headline metrics that get `_std`, `_min`, `_max` columns across seeds in summary_metrics."""
+ID_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "split", "status", "error")
+
+
+# ----------------------------------------------------------------------------- discovery and loading
+
+@dataclass(frozen=True)
+class SessionRun:
+    """One session folder (or the absence of one) as read from disk.
+
+    Attributes:
+        status: done | failed | incomplete | missing.
+        seed: from the `__seed<N>` folder suffix, else metrics.json["seeds"]["train"], else None.
+        metrics: the parsed metrics.json of a done session, else None.
+    """
+
+    model: str
+    suffix: str
+    seed: int | None
+    folder: Path
+    status: str
+    error: str | None = None
+    metrics: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def parse_session_folder_name(name: str) -> tuple[str, str, int | None] | None:
+    """`<model>__<suffix>[__seed<N>]` -> (model, suffix, seed or None); None if `name` is not a session folder."""
+    seed: int | None = None
+    match = SEED_PATTERN.match(name)
+    if match:
+        name, seed = match["name"], int(match["seed"])
+    model, separator, suffix = name.rpartition("__")
+    if not separator or not model or suffix not in SESSION_SUFFIXES:
+        return None
+    return model, suffix, seed
+
+
+def order_models(models: Iterable[str]) -> list[str]:
+    """Known models first (KNOWN_MODEL_ORDER), then the rest alphabetically, without duplicates."""
+    unique = set(models)
+    return [model for model in KNOWN_MODEL_ORDER if model in unique] + sorted(unique - set(KNOWN_MODEL_ORDER))
+
+
+def discover_models(root: Path) -> list[str]:
+    """Models under `root`: every directory `<root>/<model>/` holding at least one `<model>__S*` session folder."""
+    found = []
+    for child in sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []:
+        for grandchild in child.iterdir():
+            parsed = parse_session_folder_name(grandchild.name) if grandchild.is_dir() else None
+            if parsed and parsed[0] == child.name:
+                found.append(child.name)
+                break
+    return order_models(found)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_session_run(folder: Path, model: str, suffix: str, seed: int | None) -> SessionRun:
+    """Read one session folder's markers and metrics.json into a `SessionRun`."""
+    from exp3.session import DONE_MARKER, FAILED_MARKER, is_done
+
+    if not folder.is_dir():
+        return SessionRun(model, suffix, seed, folder, "missing", "no session folder")
+    if is_done(folder):
+        metrics = _read_json(folder / "metrics.json")
+        if isinstance(metrics, dict):
+            if seed is None and isinstance(metrics.get("seeds"), dict) and metrics["seeds"].get("train") is not None:
+                seed = int(metrics["seeds"]["train"])
+            return SessionRun(model, suffix, seed, folder, "done", None, metrics)
+    failed = _read_json(folder / FAILED_MARKER)
+    if (folder / FAILED_MARKER).is_file():
+        error = failed.get("error") if isinstance(failed, dict) else None
+        return SessionRun(model, suffix, seed, folder, "failed", error or "FAILED marker without an error message")
+    detail = "DONE marker does not match metrics.json" if (folder / DONE_MARKER).is_file() else \
+        "no DONE or FAILED marker (still running, or killed mid-way)"
+    return SessionRun(model, suffix, seed, folder, "incomplete", detail)
+
+
+def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None) -> list[SessionRun]:
+    """Every model x session (x seed) of the grid, in model, session, seed order; absent folders as `missing`.
+
+    Args:
+        seeds: expected seeds; with several, folders are `<model>__<suffix>__seed<N>` and an absent
+            seed is `missing`. None: whatever folders exist (a session without any folder is missing).
+    """
+    runs: list[SessionRun] = []
+    multi_seed = seeds is not None and len(seeds) > 1
+    for model in models:
+        model_dir = root / model
+        present: dict[str, list[tuple[int | None, Path]]] = {suffix: [] for suffix in SESSION_SUFFIXES}
+        if model_dir.is_dir():
+            for folder in sorted(model_dir.iterdir()):
+                parsed = parse_session_folder_name(folder.name) if folder.is_dir() else None
+                if parsed and parsed[0] == model:
+                    present[parsed[1]].append((parsed[2], folder))
+        for suffix in SESSION_SUFFIXES:
+            folders = sorted(present[suffix], key=lambda item: -1 if item[0] is None else item[0])
+            if multi_seed:
+                assert seeds is not None
+                by_seed = {seed: path for seed, path in folders}
+                folders = [(seed, by_seed.get(seed, model_dir / f"{model}__{suffix}__seed{seed}")) for seed in seeds]
+            elif not folders:
+                seed = seeds[0] if seeds else None
+                folders = [(seed, model_dir / f"{model}__{suffix}")]
+            runs.extend(load_session_run(path, model, suffix, seed) for seed, path in folders)
+    return runs
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def split_row(run: SessionRun, split: str) -> dict[str, Any]:
+    """One summary_by_seed row: identifiers, status and every METRIC_COLUMNS value (NaN when not done)."""
+    row: dict[str, Any] = {"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
+                           "split": split, "status": run.status, "error": run.error or "",
+                           "seed": math.nan if run.seed is None else run.seed, "folder": str(run.folder)}
+    row.update({column: math.nan for column in METRIC_COLUMNS})
+    metrics = run.metrics
+    if metrics is None:
+        return row
+    part = (metrics.get("splits") or {}).get(split) or {}
+    ingredient = part.get("ingredient") or {}
+    row.update({"n_images": _number(part.get("n_images")), "conf": _number(part.get("conf")),
+                "map50": _number(part.get("map50")), "map50_95": _number(part.get("map50_95")),
+                "eval_wall_s": _number(part.get("eval_wall_s"))})
+    for average in ("micro", "macro", "samples"):
+        for score in ("precision", "recall", "f1"):
+            row[f"ingredient_{average}_{score}"] = _number((ingredient.get(average) or {}).get(score))
+    for score in ("precision", "recall", "f1"):
+        row[f"detection_{score}"] = _number((part.get("detection") or {}).get(score))
+    robustness = metrics.get("robustness") or {}
+    row.update({column: _number(robustness.get(column)) for column in ROBUSTNESS_COLUMNS})
+    training = metrics.get("training") or {}
+    row["train_wall_s"] = _number(training.get("wall_s"))
+    row["epochs_completed"] = _number(training.get("epochs_completed"))
+    return row
+
+
+def by_seed_table(runs: list[SessionRun]) -> pd.DataFrame:
+    """summary_by_seed: one row per run x split, in grid order."""
+    return pd.DataFrame([split_row(run, split) for run in runs for split in SPLITS])
+
+
+def _combined_status(statuses: list[str]) -> str:
+    if all(status == "done" for status in statuses):
+        return "done"
+    if "done" in statuses:
+        return "partial"
+    for status in ("failed", "incomplete"):
+        if status in statuses:
+            return status
+    return "missing"
+
+
+def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
+    """summary_metrics: one row per model x session x split; metrics are the mean over done seeds.
+
+    Adds `n_seeds` (expected or found), `n_seeds_done`, `seeds` ("0;1;2") and, for SPREAD_COLUMNS,
+    `<col>_std` (ddof 1, NaN below 2 done seeds), `<col>_min`, `<col>_max`.
+    """
+    rows = []
+    for (model, session, split), group in by_seed.groupby(["model", "session", "split"], sort=False):
+        done = group[group["status"] == "done"]
+        seeds = [int(seed) for seed in group["seed"] if not pd.isna(seed)]
+        errors = [(f"seed {int(seed)}: {error}" if len(group) > 1 and not pd.isna(seed) else error)
+                  for seed, error, status in zip(group["seed"], group["error"], group["status"])
+                  if status != "done" and error]
+        row: dict[str, Any] = {"model": model, "session": session, "session_label": SESSION_LABELS[session],
+                               "split": split, "status": _combined_status(list(group["status"])),
+                               "error": "; ".join(errors), "n_seeds": len(group), "n_seeds_done": len(done),
+                               "seeds": ";".join(str(seed) for seed in seeds)}
+        for column in METRIC_COLUMNS:
+            row[column] = float(done[column].mean()) if len(done) else math.nan
+        for column in SPREAD_COLUMNS:
+            values = done[column].astype(float)
+            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{column}_min"] = float(values.min()) if len(values) else math.nan
+            row[f"{column}_max"] = float(values.max()) if len(values) else math.nan
+        row["folder"] = ";".join(group["folder"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
+    """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds)."""
+    rows = []
+    for run in runs:
+        for split in SPLITS:
+            part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
+            for entry in part.get("per_class") or []:
+                rows.append({"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
+                             "split": split, "seed": run.seed, "class_id": int(entry["class_id"]),
+                             "class_name": str(entry.get("name", entry["class_id"])), "f1": _number(entry.get("f1")),
+                             "support": _number(entry.get("support"))})
+    columns = ["model", "session", "session_label", "split", "class_id", "class_name", "f1", "support", "n_seeds"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(["model", "session", "session_label", "split", "class_id", "class_name"], sort=False)
+    table = grouped.agg(f1=("f1", "mean"), support=("support", "mean"), n_seeds=("f1", "size")).reset_index()
+    return table[columns]
+
+
+# ----------------------------------------------------------------------------- per-image counts and statistics
+
+def image_counts(run: SessionRun, split: str) -> pd.DataFrame | None:
+    """Per-image ingredient (tp, fp, fn) of one done run and split, recomputed from predictions_<split>.json
+    at the session's conf; an (N, 3) frame indexed by image_id, or None when the file is absent."""
+    from exp3.metrics import ingredient_sets, records_from_json
+
+    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
+    payload = _read_json(run.folder / f"predictions_{split}.json")
+    if run.status != "done" or not isinstance(payload, dict) or not part.get("num_classes"):
+        return None
+    records = records_from_json(payload.get("images") or [])
+    if not records:
+        return None
+    gt, pred = ingredient_sets(records, int(part["num_classes"]), float(part.get("conf", 0.25)))
+    counts = np.stack([(gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)], axis=1)
+    return pd.DataFrame(counts, columns=["tp", "fp", "fn"], index=[record.image_id for record in records])
+
+
+def pooled_counts(runs: list[SessionRun], split: str) -> pd.DataFrame | None:
+    """Counts of one session summed over its done seeds, on the images every seed has (None if none)."""
+    frames = [frame for frame in (image_counts(run, split) for run in runs if run.status == "done")
+              if frame is not None]
+    if not frames:
+        return None
+    common = frames[0].index
+    for frame in frames[1:]:
+        common = common.intersection(frame.index, sort=False)
+    return sum(frame.loc[common] for frame in frames) if len(common) else None
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    common = a.index.intersection(b.index, sort=False)
+    return (a.loc[common].to_numpy(), b.loc[common].to_numpy()) if len(common) else None
+
+
+def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: int = stats.DEFAULT_RESAMPLES,
+                      n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                      seed: int = stats.DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bootstrap intervals per session and paired comparisons vs S1 / S2 (module docstring of exp3.stats).
+
+    Returns:
+        (intervals, comparisons).
+        intervals: one row per model x session x split: ingredient_micro_f1_ci_low/high (F1 of the
+            pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images.
+        comparisons: one row per model x split x session x reference (session != reference):
+            difference (session - reference, micro F1), ci_low, ci_high, p_value, p_bh (BH over
+            all rows of the table), n_images; NaN where either side has no counts.
+    """
+    grouped: dict[tuple[str, str], list[SessionRun]] = {}
+    for run in runs:
+        grouped.setdefault((run.model, run.suffix), []).append(run)
+    counts = {(model, suffix, split): pooled_counts(grouped.get((model, suffix), []), split)
+              for model in models for suffix in SESSION_SUFFIXES for split in SPLITS}
+    interval_rows, comparison_rows = [], []
+    for model in models:
+        for suffix in SESSION_SUFFIXES:
+            clean, occluded = counts[(model, suffix, "test_clean")], counts[(model, suffix, "test_occ_fixed")]
+            robust = _paired(occluded, clean) if clean is not None and occluded is not None else None
+            ratio = stats.bootstrap_ratio_interval(*robust, n_resamples=n_resamples, seed=seed) if robust else None
+            for split in SPLITS:
+                own = counts[(model, suffix, split)]
+                interval = stats.bootstrap_f1_interval(own.to_numpy(), n_resamples=n_resamples, seed=seed) \
+                    if own is not None else None
+                interval_rows.append({
+                    "model": model, "session": suffix, "split": split,
+                    "ingredient_micro_f1_ci_low": interval.low if interval else math.nan,
+                    "ingredient_micro_f1_ci_high": interval.high if interval else math.nan,
+                    "rF1_micro_ci_low": ratio.low if ratio else math.nan,
+                    "rF1_micro_ci_high": ratio.high if ratio else math.nan,
+                    "ci_images": len(own) if own is not None else 0})
+        for split in SPLITS:
+            for reference in REFERENCES:
+                for suffix in SESSION_SUFFIXES:
+                    if suffix == reference:
+                        continue
+                    a, b = counts[(model, suffix, split)], counts[(model, reference, split)]
+                    pair = _paired(a, b) if a is not None and b is not None else None
+                    result = stats.compare_paired(*pair, n_resamples=n_resamples, n_permutations=n_permutations,
+                                                  seed=seed) if pair else None
+                    comparison_rows.append({
+                        "model": model, "split": split, "session": suffix, "session_label": SESSION_LABELS[suffix],
+                        "reference": reference,
+                        "difference": result.difference.estimate if result else math.nan,
+                        "ci_low": result.difference.low if result else math.nan,
+                        "ci_high": result.difference.high if result else math.nan,
+                        "p_value": result.p_value if result else math.nan,
+                        "n_images": result.n_images if result else 0})
+    comparisons = pd.DataFrame(comparison_rows)
+    comparisons["p_bh"] = stats.benjamini_hochberg(comparisons["p_value"].to_numpy()) if len(comparisons) else []
+    return pd.DataFrame(interval_rows), comparisons
+
+
+def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+    """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R."""
+    keys = ["model", "session", "split"]
+    merged = summary.merge(intervals, on=keys, how="left")
+    for reference in REFERENCES:
+        short = reference.split("_")[0]
+        part = comparisons[comparisons["reference"] == reference][keys + ["difference", "ci_low", "ci_high",
+                                                                          "p_value", "p_bh"]]
+        part = part.rename(columns={"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
+                                    "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}",
+                                    "p_bh": f"p_bh_vs_{short}"})
+        merged = merged.merge(part, on=keys, how="left")
+    return merged
+
+
+# ----------------------------------------------------------------------------- tidy frames for the charts
+
+def _status_text(status: str) -> str:
+    return "" if status == "done" else status
+
+
+def bar_frame(summary: pd.DataFrame, split: str, value: str, models: list[str],
+              ci: tuple[str, str] | None = None) -> pd.DataFrame:
+    """One row per model x session (all six, all `models`) for `session_bar_chart`.
+
+    Columns: model, session_label, value, ci_low, ci_high, status_text (value NaN for a not-done session).
+    """
+    part = summary[(summary["split"] == split) & summary["model"].isin(models)]
+    frame = pd.DataFrame({
+        "model": part["model"], "session_label": part["session_label"],
+        "value": part[value].where(part["n_seeds_done"] > 0),
+        "ci_low": part[ci[0]] if ci else math.nan, "ci_high": part[ci[1]] if ci else math.nan,
+        "status_text": part["status"].map(_status_text)})
+    return frame.reset_index(drop=True)
+
+
+def split_frame(summary: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
+    """One row per session x split of one model for `split_bar_chart`."""
+    part = summary[summary["model"] == model]
+    return pd.DataFrame({"model": part["model"], "session_label": part["session_label"], "split": part["split"],
+                         "value": part[value], "status_text": part["status"].map(_status_text)}).reset_index(drop=True)
+
+
+def heatmap_frame(per_class: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One row per session x split x class of one model for `class_heatmap` (classes in class_id order)."""
+    part = per_class[per_class["model"] == model].sort_values(["class_id"], kind="stable")
+    return pd.DataFrame({"session_label": part["session_label"], "split": part["split"],
+                         "class_name": part["class_name"], "f1": part["f1"], "support": part["support"],
+                         "f1_text": part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}"),
+                         }).reset_index(drop=True)
+
+
+def _p_text(p_bh: float) -> str:
+    if pd.isna(p_bh):
+        return ""
+    return "p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}"
+
+
+def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -> pd.DataFrame:
+    """One row per model x session x reference on `split` for `difference_chart` (done pairs only)."""
+    part = comparisons[(comparisons["split"] == split) & comparisons["model"].isin(models)
+                       & comparisons["difference"].notna()]
+    return pd.DataFrame({"model": part["model"], "session_label": part["session_label"],
+                         "reference": "vs " + part["reference"].map(SESSION_LABELS),
+                         "difference": part["difference"], "ci_low": part["ci_low"], "ci_high": part["ci_high"],
+                         "p_bh_text": part["p_bh"].map(_p_text)}).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- charts
+
+def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],
+                 plots_dir: Path) -> list[Path]:
+    """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
+    from exp3 import plots
+
+    f1_ci = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high")
+    ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
+    written: list[Path] = []
+    for split, tag in (("test_occ_fixed", "occ"), ("test_clean", "clean")):
+        written += plots.save_chart(plots.session_bar_chart(
+            bar_frame(summary, split, "ingredient_micro_f1", models, f1_ci), models,
+            title=f"Ingredient F1 (micro) on {split}, all models", y_title=f"ingredient F1 (micro), {split}",
+            subtitle=ci_note), plots_dir / f"f1_{tag}_by_model")
+        for model in models:
+            written += plots.save_chart(plots.session_bar_chart(
+                bar_frame(summary, split, "ingredient_micro_f1", [model], f1_ci), models,
+                title=f"Ingredient F1 (micro) on {split}: {model}", y_title=f"ingredient F1 (micro), {split}",
+                subtitle=ci_note), plots_dir / f"f1_{tag}_{model}")
+        written += plots.save_chart(plots.difference_chart(
+            difference_frame(comparisons, split, models), models,
+            title=f"Ingredient F1 (micro) difference vs S1 and vs S2 on {split}",
+            x_title=f"F1 difference (session - reference), {split}",
+            subtitle="points: difference; lines: 95% paired bootstrap CI; text: BH-adjusted permutation p"),
+            plots_dir / f"f1_diff_{tag}")
+    written += plots.save_chart(plots.session_bar_chart(
+        bar_frame(summary, "test_occ_fixed", "rF1_micro", models, ("rF1_micro_ci_low", "rF1_micro_ci_high")), models,
+        title="Robustness rF1 = F1(test_occ_fixed) / F1(test_clean), micro ingredient F1",
+        y_title="rF1 (occluded / clean)", y_domain=(0.0, 1.2), reference_line=1.0,
+        reference_label="1.0 = no loss under occlusion",
+        subtitle="1.0 = occlusion costs nothing; error bars: 95% bootstrap CI, images paired across the splits"),
+        plots_dir / "robustness_rF1")
+    for model in models:
+        written += plots.save_chart(plots.split_bar_chart(
+            split_frame(summary, model, "map50_95"), models, title=f"mAP50-95 on each test split: {model}",
+            y_title="mAP50-95", subtitle="COCO-style mAP from Ultralytics' validator"), plots_dir / f"map50_95_{model}")
+        heat = heatmap_frame(per_class, model)
+        if len(heat):
+            written += plots.save_chart(plots.class_heatmap(
+                heat, title=f"Per-class ingredient F1 by session: {model}",
+                subtitle="one panel per test split; blank column = session not done"),
+                plots_dir / f"per_class_f1_{model}")
+    return written
+
+
+# ----------------------------------------------------------------------------- report.md
+
+def _fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _interval(row: pd.Series, low: str, high: str, signed: bool = False) -> str:
+    if pd.isna(row[low]) or pd.isna(row[high]):
+        return ""
+    return f" [{_fmt(row[low], signed=signed)}, {_fmt(row[high], signed=signed)}]"
+
+
+def _p(value: float) -> str:
+    return "n/a" if pd.isna(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table of a small frame (strings as given)."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(value).replace("|", "/") for value in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The report.md table of one split: formatted strings, one row per model x session."""
+    rows = []
+    for _, row in summary[summary["split"] == split].iterrows():
+        seeds = f" (n={row['n_seeds_done']})" if row["n_seeds"] > 1 else ""
+        rows.append({
+            "model": row["model"], "session": row["session_label"], "status": row["status"] + seeds,
+            "F1 micro [95% CI]": _fmt(row["ingredient_micro_f1"]) + _interval(row, "ingredient_micro_f1_ci_low",
+                                                                               "ingredient_micro_f1_ci_high"),
+            "F1 samples": _fmt(row["ingredient_samples_f1"]), "F1 macro": _fmt(row["ingredient_macro_f1"]),
+            "det F1": _fmt(row["detection_f1"]), "mAP50": _fmt(row["map50"]), "mAP50-95": _fmt(row["map50_95"]),
+            "rF1 [95% CI]": _fmt(row["rF1_micro"]) + _interval(row, "rF1_micro_ci_low", "rF1_micro_ci_high"),
+            "vs S1 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S1"]) else
+            f"{_fmt(row['diff_vs_S1'], signed=True)}{_interval(row, 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)}, "
+            f"{_p(row['p_bh_vs_S1'])}",
+            "vs S2 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S2"]) else
+            f"{_fmt(row['diff_vs_S2'], signed=True)}{_interval(row, 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}, "
+            f"{_p(row['p_bh_vs_S2'])}",
+            "train s": _fmt(row["train_wall_s"], 0), "eval s": _fmt(row["eval_wall_s"], 1)})
+    return pd.DataFrame(rows)
+
+
+def status_grid(summary: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Model x session table of statuses (from the test_clean rows; both splits share a status)."""
+    part = summary[summary["split"] == SPLITS[0]]
+    return pd.DataFrame([{"model": model, **{SESSION_LABELS[suffix]: status for suffix, status in
+                                             zip(part[part["model"] == model]["session"],
+                                                 part[part["model"] == model]["status"])}}
+                         for model in models])
+
+
+def _ci_text(row: pd.Series, value: str, low: str, high: str, signed: bool = False) -> str:
+    return f"{_fmt(row[value], signed=signed)}{_interval(row, low, high, signed)}"
+
+
+def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
+    return bool(row[low] > 0 or row[high] < 0)
+
+
+def headline_findings(summary: pd.DataFrame, models: list[str]) -> list[str]:
+    """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness."""
+    occ = summary[summary["split"] == "test_occ_fixed"].set_index(["model", "session"])
+    findings: list[str] = []
+    done_models = []
+    for model in models:
+        rows = occ.loc[model] if model in occ.index.get_level_values(0) else pd.DataFrame()
+        done = rows[rows["n_seeds_done"] > 0] if len(rows) else rows
+        not_done = [f"{SESSION_LABELS[suffix]} ({row['status']})" for suffix, row in rows.iterrows()
+                    if row["n_seeds_done"] == 0]
+        prefix = f"**{model}**"
+        if not len(done):
+            findings.append(f"{prefix}: no session is done yet; nothing to report.")
+            continue
+        done_models.append(model)
+        if not_done:
+            findings.append(f"{prefix}: partial grid, {len(done)} of {len(rows)} sessions done; not done: "
+                            f"{', '.join(not_done)}. Findings below use the done sessions only.")
+        s1 = done.loc["S1_clean_train"] if "S1_clean_train" in done.index else None
+        s2 = done.loc["S2_occ_train"] if "S2_occ_train" in done.index else None
+        if s1 is not None and s2 is not None and not pd.isna(s2["diff_vs_S1"]):
+            supported = _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high")
+            verdict = ("a difference the interval supports" if supported
+                       else "the interval includes 0, so the data do not establish a difference")
+            findings.append(f"{prefix}: training on occluded images (S2) vs clean training (S1) on test_occ_fixed: "
+                            f"F1 {_fmt(s2['ingredient_micro_f1'])} vs {_fmt(s1['ingredient_micro_f1'])}, difference "
+                            f"{_ci_text(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
+                            f"(p_BH {_p(s2['p_bh_vs_S1'])}); {verdict}.")
+        masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
+        if len(masking):
+            best_suffix, best = masking.index[0], masking.iloc[0]
+            text = (f"{prefix}: best masking site on test_occ_fixed: {SESSION_LABELS[best_suffix]}, F1 "
+                    + _ci_text(best, "ingredient_micro_f1", "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
+            if s2 is not None and not pd.isna(best["diff_vs_S2"]):
+                text += f"; vs S2 {_ci_text(best, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}"
+                if _excludes_zero(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
+                    text += " (below S2)" if best["diff_vs_S2"] < 0 else " (above S2)"
+                else:
+                    text += " (the interval includes 0: not distinguishable from S2 on these images)"
+            if s1 is not None and s2 is not None:
+                gap = s2["ingredient_micro_f1"] - s1["ingredient_micro_f1"]
+                if gap > 0 and _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
+                    closed = (best["ingredient_micro_f1"] - s1["ingredient_micro_f1"]) / gap
+                    text += f"; it closes {100 * closed:.0f}% of the S1 -> S2 gap (point estimate)"
+            if len(masking) > 1:
+                second_suffix, second = masking.index[1], masking.iloc[1]
+                overlap = (best["ingredient_micro_f1_ci_low"] <= second["ingredient_micro_f1_ci_high"])
+                if overlap or pd.isna(best["ingredient_micro_f1_ci_low"]):
+                    text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[second_suffix]} "
+                             f"(F1 {_fmt(second['ingredient_micro_f1'])}): "
+                             "the ranking of masking sites is not established")
+            if len(masking) < 4:
+                text += f" (only {len(masking)} of 4 masking sessions done)"
+            findings.append(text + ".")
+        robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
+        if len(robust):
+            top_suffix, top = robust.index[0], robust.iloc[0]
+            findings.append(f"{prefix}: most robust session (highest rF1 = F1 occluded / F1 clean): "
+                            f"{SESSION_LABELS[top_suffix]}, rF1 "
+                            f"{_ci_text(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}.")
+        else:
+            findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")
+    if len(done_models) > 1:
+        s1_rows = occ[occ.index.get_level_values(1) == "S1_clean_train"]
+        scores = {model: s1_rows.loc[(model, "S1_clean_train"), "ingredient_micro_f1"] for model in done_models
+                  if (model, "S1_clean_train") in s1_rows.index}
+        scores = {model: score for model, score in scores.items() if not pd.isna(score)}
+        if len(scores) > 1:
+            ranked = sorted(scores.items(), key=lambda item: -item[1])
+            findings.append("Across models, clean-trained (S1) F1 on test_occ_fixed: "
+                            + ", ".join(f"{model} {_fmt(score)}" for model, score in ranked)
+                            + " (separate models: see the per-session intervals before reading a ranking).")
+    return findings
+
+
+def render_markdown(result: "ReportResult") -> str:
+    """report.md: status grid, headline findings, one table per split, failures, charts, method."""
+    summary, root = result.summary, result.root
+    failures = summary[(summary["split"] == SPLITS[0]) & (summary["status"] != "done")]
+    lines = [f"# exp3 report: {root.name}", "",
+             f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
+             "recomputed from them. Columns and methods: docs/report.md.", "",
+             "## Grid status", "", markdown_table(status_grid(summary, result.models)), "",
+             "## Headline findings", "", *[f"- {finding}" for finding in headline_findings(summary, result.models)], "",
+             "F1 = micro ingredient F1 at the session's confidence threshold. Intervals: 95% percentile bootstrap "
+             f"over test images ({result.n_resamples} resamples, seed {result.seed}); p_BH: paired permutation test "
+             "of the F1 difference, Benjamini-Hochberg over all comparisons in this report. Overlapping intervals "
+             "do not by themselves mean no difference; the paired difference interval is the one to read.", ""]
+    for split in SPLITS[::-1]:
+        lines += [f"## {split}", "", markdown_table(split_table(summary, split)), ""]
+    if len(failures):
+        lines += ["## Sessions not done", ""]
+        lines += [f"- {row['model']} {row['session_label']}: {row['status']}"
+                  + (f": {row['error']}" if row["error"] else "") for _, row in failures.iterrows()]
+        lines.append("")
+    lines += ["## Charts", ""]
+    for path in result.files:
+        if path.suffix == ".png" and path.parent.name == "plots":
+            lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
+                      f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
+    lines += ["## Files", "", "- `summary_metrics.csv` / `.json`: one row per model x session x split",
+              "- `summary_by_seed.csv` / `.json`: one row per session folder x split",
+              "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 with CIs and p-values",
+              "- `per_class_f1.csv`: per-class ingredient F1", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+@dataclass
+class ReportResult:
+    """What `build_report` produced: the tables (also written to disk) and every file written."""
+
+    root: Path
+    models: list[str]
+    summary: pd.DataFrame
+    by_seed: pd.DataFrame
+    comparisons: pd.DataFrame
+    per_class: pd.DataFrame
+    files: list[Path]
+    n_resamples: int
+    seed: int
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Sessions per status (model x session, counted once, not per split)."""
+        return self.summary[self.summary["split"] == SPLITS[0]]["status"].value_counts().to_dict()
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records", double_precision=15))
+
+
+def build_report(root: Path, models: list[str] | None = None, seeds: list[int] | None = None,
+                 n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                 seed: int = stats.DEFAULT_SEED, charts: bool = True) -> ReportResult:
+    """Rebuild every report file under `root` from its session folders (see the module docstring).
+
+    Args:
+        root: the experiment's output root (holds `<model>/<model>__<suffix>/` folders).
+        models: models to report, in order; None discovers them (`discover_models`). Listed models
+            without folders appear with status `missing`.
+        seeds: expected training seeds (several: `__seed<N>` folders); None takes what exists.
+        charts: False skips the PNG/HTML charts (tables and report.md only).
+
+    Raises:
+        FileNotFoundError: `root` is not a directory, or no model is given and none is found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"report root {str(root)!r} is not a directory: pass the experiment's output_root")
+    models = discover_models(root) if models is None else list(dict.fromkeys(models))
+    if not models:
+        raise FileNotFoundError(f"no session folders under {str(root)!r} (expected <model>/<model>__S1_clean_train/ "
+                                "...): pass --models to report an empty grid, or check --root")
+    runs = scan_sessions(root, models, seeds)
+    by_seed = by_seed_table(runs)
+    intervals, comparisons = statistics_tables(runs, models, n_resamples, n_permutations, seed)
+    summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
+    per_class = per_class_table(runs)
+    files = []
+    for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons)):
+        files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
+        files.append(atomic_write_json(root / f"{name}.json", _records(frame)))
+    files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
+    if charts:
+        files += write_charts(summary, comparisons, per_class, models, root / "plots")
+    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed)
+    result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m exp3.report --root DIR [--models M ...] [--seeds N ...] [--no-charts]`."""
+    parser = argparse.ArgumentParser(prog="python -m exp3.report",
+                                     description="rebuild the exp3 report from session folders")
+    parser.add_argument("--root", type=Path, required=True, help="the experiment's output root, e.g. runs/exp3")
+    parser.add_argument("--models", nargs="+", default=None, help="models to report (default: discovered)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="expected training seeds (default: found)")
+    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--no-charts", action="store_true", help="tables and report.md only")
+    args = parser.parse_args(argv)
+    try:
+        if args.resamples < 1:
+            raise ValueError(f"--resamples {args.resamples}: pass a positive count such as 2000")
+        result = build_report(args.root, args.models, args.seeds, n_resamples=args.resamples,
+                              charts=not args.no_charts)
+    except (FileNotFoundError, ValueError, PermissionError) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(result.status_counts.items()))
+    print(f"report: {len(result.models)} model(s), sessions {counts} -> {result.root / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""exp3.report on a fixture tree of synthetic session folders with known values.
+
+The tree: two models x six sessions, 20 test images, 4 classes. Image i has the ground-truth set
+{class i % 4}; a session "hits" the first `h` images (predicts exactly the GT class) and predicts
+nothing on the rest, so its micro ingredient F1 is 2h / (N + h) exactly. yolov8m's S4 is FAILED and
+its S5 has no folder; everything else is done. The files go through exp3.metrics.summarize_split
+and exp3.session.robustness, so they are consistent with what a real session writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from exp3 import report
+from exp3.config import SESSION_SUFFIXES
+from exp3.fileio import atomic_write_json, sha256_file
+from exp3.metrics import ImageRecord, records_to_json, summarize_split
+from exp3.session import robustness
+
+N_IMAGES = 20
+CLASS_NAMES = ["tomato", "carrot", "onion", "egg"]
+MODELS = ["yolov8m", "rtdetr-l"]
+HITS: dict[str, dict[str, tuple[int, int]]] = {
+    # suffix -> (hits on test_clean, hits on test_occ_fixed)
+    "yolov8m": {"S1_clean_train": (20, 10), "S2_occ_train": (20, 16), "S3_mask_backbone_early": (20, 12),
+                "S6_mask_head": (18, 10)},
+    "rtdetr-l": {"S1_clean_train": (19, 8), "S2_occ_train": (19, 15), "S3_mask_backbone_early": (19, 9),
+                 "S4_mask_backbone_late": (18, 11), "S5_mask_neck": (19, 13), "S6_mask_head": (17, 8)},
+}
+
+
+def hit_records(n_images: int, hits: int) -> list[ImageRecord]:
+    """Image i: GT {i % C}; the first `hits` images predict the GT class (conf 0.9), the rest nothing."""
+    records = []
+    for index in range(n_images):
+        cls = index % len(CLASS_NAMES)
+        predicted = index < hits
+        records.append(ImageRecord(image_id=f"img_{index:03d}", gt_classes=[cls], gt_boxes=[[10, 10, 50, 50]],
+                                   pred_classes=[cls] if predicted else [],
+                                   pred_boxes=[[10, 10, 50, 50]] if predicted else [],
+                                   pred_conf=[0.9] if predicted else []))
+    return records
+
+
+def map_value(model: str, suffix: str, split: str) -> float:
+    """A known, distinct mAP50-95 per cell."""
+    return round(0.1 * (1 + MODELS.index(model)) + 0.01 * SESSION_SUFFIXES.index(suffix)
+                 + (0.0 if split == "test_clean" else 0.05), 4)
+
+
+def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, int], seed: int = 0,
+                       n_images: int = N_IMAGES) -> dict:
+    """A done session folder: predictions_<split>.json, metrics.json (session schema subset), DONE."""
+    splits = {}
+    for split, split_hits in zip(("test_clean", "test_occ_fixed"), hits):
+        records = hit_records(n_images, split_hits)
+        atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 1, "session": f"{model}__{suffix}",
+                                                                 "split": split, "images": records_to_json(records)})
+        summary = summarize_split(records, num_classes=len(CLASS_NAMES), conf=0.25, class_names=CLASS_NAMES)
+        splits[split] = {"map50": map_value(model, suffix, split) + 0.2, "map50_95": map_value(model, suffix, split),
+                         "eval_wall_s": 2.5, **summary}
+    metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model,
+               "suffix": suffix, "training": {"wall_s": 100.0 + SESSION_SUFFIXES.index(suffix), "epochs_completed": 3},
+               "eval": {"conf": 0.25, "match_iou": 0.5, "wall_s": 5.0}, "splits": splits,
+               "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
+               "seeds": {"train": seed, "masking": 0, "occlusion": 0, "synthetic": 0}}
+    path = atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {"session": f"{model}__{suffix}", "metrics_sha256": sha256_file(path)})
+    return metrics
+
+
+def write_failed_session(folder: Path, model: str, suffix: str, error: str) -> None:
+    atomic_write_json(folder / "FAILED", {"session": f"{model}__{suffix}", "error": error, "traceback": "Traceback ...",
+                                          "train_log_tail": "", "time": "2026-01-01T00:00:00+0000"})
+
+
+def build_fixture_tree(root: Path) -> Path:
+    """The tree of the module docstring under `root`."""
+    for model, sessions in HITS.items():
+        for suffix, hits in sessions.items():
+            write_done_session(root / model / f"{model}__{suffix}", model, suffix, hits)
+    write_failed_session(root / "yolov8m" / "yolov8m__S4_mask_backbone_late", "yolov8m", "S4_mask_backbone_late",
+                         "RuntimeError: CUDA out of memory")
+    (root / "not_a_model").mkdir()           # ignored by discovery
+    return root
+
+
+def expected_f1(hits: int, n_images: int = N_IMAGES) -> float:
+    return 2 * hits / (n_images + hits)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> report.ReportResult:
+    root = build_fixture_tree(tmp_path_factory.mktemp("exp3-report"))
+    return report.build_report(root, n_resamples=500, n_permutations=2000)
+
+
+def test_discovery_orders_known_models_and_ignores_other_dirs(built: report.ReportResult) -> None:
+    assert report.discover_models(built.root) == ["yolov8m", "rtdetr-l"]
+    assert report.parse_session_folder_name("rtdetr-l__S2_occ_train__seed3") == ("rtdetr-l", "S2_occ_train", 3)
+    assert report.parse_session_folder_name("rtdetr-l__S9_other") is None
+
+
+def test_summary_csv_has_every_cell_with_status_and_exact_values(built: report.ReportResult) -> None:
+    table = pd.read_csv(built.root / "summary_metrics.csv", keep_default_na=False, na_values=[""], dtype={"seeds": str})
+    assert len(table) == len(MODELS) * 6 * 2
+    assert list(table["model"].unique()) == MODELS
+    assert list(table["session"].iloc[:12:2]) == list(SESSION_SUFFIXES)
+    cell = table.set_index(["model", "session", "split"])
+    assert cell.loc[("yolov8m", "S4_mask_backbone_late", "test_clean"), "status"] == "failed"
+    assert cell.loc[("yolov8m", "S4_mask_backbone_late", "test_clean"), "error"] == "RuntimeError: CUDA out of memory"
+    assert cell.loc[("yolov8m", "S5_mask_neck", "test_occ_fixed"), "status"] == "missing"
+    assert math.isnan(cell.loc[("yolov8m", "S5_mask_neck", "test_occ_fixed"), "ingredient_micro_f1"])
+    assert (table["status"] == "done").sum() == 2 * 10
+    for model, sessions in HITS.items():
+        for suffix, (clean_hits, occ_hits) in sessions.items():
+            clean, occ = cell.loc[(model, suffix, "test_clean")], cell.loc[(model, suffix, "test_occ_fixed")]
+            assert clean["ingredient_micro_f1"] == pytest.approx(expected_f1(clean_hits))
+            assert occ["ingredient_micro_f1"] == pytest.approx(expected_f1(occ_hits))
+            assert occ["ingredient_micro_recall"] == pytest.approx(occ_hits / N_IMAGES)
+            assert occ["map50_95"] == pytest.approx(map_value(model, suffix, "test_occ_fixed"))
+            assert occ["rF1_micro"] == pytest.approx(expected_f1(occ_hits) / expected_f1(clean_hits))
+            assert clean["train_wall_s"] == 100.0 + SESSION_SUFFIXES.index(suffix)
+            assert clean["n_seeds_done"] == 1 and str(clean["seeds"]) == "0"
+            assert clean["ingredient_micro_f1_ci_low"] <= clean["ingredient_micro_f1"] + 1e-12
+            assert clean["ingredient_micro_f1_ci_high"] >= clean["ingredient_micro_f1"] - 1e-12
+    json_rows = json.loads((built.root / "summary_metrics.json").read_text())
+    assert len(json_rows) == len(table)
+
+
+def test_comparisons_pair_sessions_on_images(built: report.ReportResult) -> None:
+    comparisons = built.comparisons.set_index(["model", "split", "session", "reference"])
+    same = comparisons.loc[("yolov8m", "test_clean", "S3_mask_backbone_early", "S1_clean_train")]
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
+    better = comparisons.loc[("rtdetr-l", "test_occ_fixed", "S2_occ_train", "S1_clean_train")]
+    assert better["difference"] == pytest.approx(expected_f1(15) - expected_f1(8))
+    # 7 images differ (8..14), all in S2's favour: the exact sign-flip p is 2 / 2**7
+    assert better["ci_low"] > 0 and better["p_value"] == pytest.approx(2 / 2**7, abs=0.006)
+    failed = comparisons.loc[("yolov8m", "test_occ_fixed", "S4_mask_backbone_late", "S1_clean_train")]
+    assert math.isnan(failed["difference"]) and math.isnan(failed["p_bh"])
+    assert (comparisons["p_bh"].dropna() >= comparisons["p_value"].dropna() - 1e-12).all()
+    assert len(comparisons) == len(MODELS) * 2 * 2 * 5
+
+
+def test_twelve_bar_chart_spec_has_twelve_rows(built: report.ReportResult) -> None:
+    from exp3.plots import session_bar_chart
+
+    frame = report.bar_frame(built.summary, "test_occ_fixed", "ingredient_micro_f1", MODELS,
+                             ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
+    spec = session_bar_chart(frame, MODELS, title="t", y_title="y").to_dict()
+    datasets = list(spec["datasets"].values())
+    assert len(datasets) == 1 and len(datasets[0]) == 12
+    assert sum(row["value"] is not None for row in datasets[0]) == 10         # failed + missing: no bar
+    assert {row["status_text"] for row in datasets[0]} == {"", "failed", "missing"}
+    html = (built.root / "plots" / "f1_occ_by_model.html").read_text()
+    assert "xOffset" in html and "<html" in html.lower()
+
+
+def test_charts_are_valid_non_trivial_pngs(built: report.ReportResult) -> None:
+    plots = built.root / "plots"
+    expected = {"f1_occ_by_model", "f1_clean_by_model", "robustness_rF1", "f1_diff_occ", "f1_diff_clean",
+                *(f"{kind}_{model}" for kind in ("f1_occ", "f1_clean", "map50_95", "per_class_f1") for model in MODELS)}
+    assert {path.stem for path in plots.glob("*.png")} == expected
+    for path in plots.glob("*.png"):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert len(data) > 10_000, path
+        assert path.with_suffix(".html").is_file()
+
+
+def test_report_md_names_failures_and_findings(built: report.ReportResult) -> None:
+    text = (built.root / "report.md").read_text()
+    assert "RuntimeError: CUDA out of memory" in text
+    assert "partial grid, 4 of 6 sessions done" in text
+    assert "best masking site on test_occ_fixed: S5 mask neck" in text          # rtdetr-l: 13 hits
+    assert "plots/f1_occ_by_model.png" in text
+    assert "## Headline findings" in text
+
+
+def test_explicit_models_show_unknown_model_as_missing(tmp_path: Path) -> None:
+    root = build_fixture_tree(tmp_path)
+    result = report.build_report(root, models=["yolov8m", "yolov8n"], n_resamples=50, n_permutations=100,
+                                 charts=False)
+    assert len(result.summary) == 2 * 6 * 2
+    assert set(result.summary[result.summary["model"] == "yolov8n"]["status"]) == {"missing"}
+    assert "no session is done yet" in (root / "report.md").read_text()
+
+
+def test_multi_seed_reports_mean_and_spread(tmp_path: Path) -> None:
+    for seed, hits in ((0, (20, 10)), (1, (20, 14))):
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__S1_clean_train__seed{seed}", "yolov8m",
+                           "S1_clean_train", hits, seed=seed)
+    write_failed_session(tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed0", "yolov8m", "S2_occ_train", "boom")
+    write_done_session(tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1", "yolov8m", "S2_occ_train", (20, 16),
+                       seed=1)
+    result = report.build_report(tmp_path, seeds=[0, 1, 2], n_resamples=50, n_permutations=100, charts=False)
+    by_seed, summary = result.by_seed, result.summary.set_index(["session", "split"])
+    assert len(by_seed) == 6 * 3 * 2
+    s1 = summary.loc[("S1_clean_train", "test_occ_fixed")]
+    values = [expected_f1(10), expected_f1(14)]
+    assert s1["status"] == "partial" and s1["n_seeds"] == 3 and s1["n_seeds_done"] == 2 and s1["seeds"] == "0;1;2"
+    assert s1["ingredient_micro_f1"] == pytest.approx(sum(values) / 2)
+    assert s1["ingredient_micro_f1_std"] == pytest.approx(pd.Series(values).std())
+    assert (s1["ingredient_micro_f1_min"], s1["ingredient_micro_f1_max"]) == pytest.approx(tuple(values))
+    s2 = summary.loc[("S2_occ_train", "test_clean")]
+    assert s2["status"] == "partial" and "seed 0: boom" in s2["error"] and "seed 2: no session folder" in s2["error"]
+    assert summary.loc[("S3_mask_backbone_early", "test_clean"), "status"] == "missing"
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main(["--root", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: report root")
+    assert report.main(["--root", str(tmp_path)]) == 2                     # empty root: no models
+    assert "--models" in capsys.readouterr().err
+    build_fixture_tree(tmp_path)
+    assert report.main(["--root", str(tmp_path), "--no-charts", "--resamples", "50"]) == 0
+    assert "10 done" in capsys.readouterr().out
+
+
+def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:
+    folder = tmp_path / "yolov8m" / "yolov8m__S1_clean_train"
+    write_done_session(folder, "yolov8m", "S1_clean_train", (20, 10))
+    (folder / "DONE").unlink()                                        # e.g. killed before the marker
+    run = report.load_session_run(folder, "yolov8m", "S1_clean_train", None)
+    assert run.status == "incomplete" and "no DONE or FAILED marker" in (run.error or "")

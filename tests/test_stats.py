@@ -1,0 +1,109 @@
+"""exp3.stats against cases with known answers (and scipy's own permutation test)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from exp3 import stats
+from exp3.metrics import prf_from_counts
+
+
+def _random_counts(n_images: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4, size=(n_images, 3))
+
+
+def test_micro_f1_matches_metrics_prf_on_summed_counts() -> None:
+    counts = _random_counts(50, seed=1)
+    expected = prf_from_counts(*counts.sum(axis=0))[2]
+    assert stats.micro_f1(counts) == pytest.approx(float(expected))
+    assert stats.micro_f1(np.zeros((5, 3))) == 1.0   # nothing to find, nothing claimed
+
+
+def test_bootstrap_interval_of_a_constant_is_that_constant() -> None:
+    counts = np.tile([2, 1, 1], (40, 1))                 # every image F1 = 4 / 6
+    interval = stats.bootstrap_f1_interval(counts)
+    assert interval.estimate == pytest.approx(2 / 3)
+    assert interval.low == pytest.approx(2 / 3) and interval.high == pytest.approx(2 / 3)
+    mean = stats.bootstrap_mean_interval(np.full(25, 0.4))
+    assert (mean.estimate, mean.low, mean.high) == pytest.approx((0.4, 0.4, 0.4))
+
+
+def test_bootstrap_is_reproducible_and_covers_the_estimate() -> None:
+    counts = _random_counts(200, seed=2)
+    first, second = stats.bootstrap_f1_interval(counts, seed=7), stats.bootstrap_f1_interval(counts, seed=7)
+    assert first == second
+    assert first.low < first.estimate < first.high
+    assert first.high - first.low < 0.2
+
+
+def test_identical_sessions_differ_by_zero_with_p_one() -> None:
+    counts = _random_counts(60, seed=3)
+    result = stats.compare_paired(counts, counts.copy())
+    assert result.difference.estimate == 0.0
+    assert result.difference.contains(0.0)
+    assert result.p_value == 1.0
+    assert stats.paired_permutation_pvalue(counts[:8], counts[:8].copy()) == 1.0   # exact path too
+
+
+def test_a_session_better_on_every_image_gets_a_tiny_p_and_a_positive_interval() -> None:
+    worse = np.tile([1, 1, 1], (40, 1))
+    better = np.tile([2, 0, 0], (40, 1))
+    result = stats.compare_paired(better, worse)
+    assert result.difference.estimate == pytest.approx(1.0 - 0.5)
+    assert result.difference.low > 0
+    assert result.p_value < 0.001
+    assert stats.compare_paired(worse, better).difference.high < 0
+
+
+def test_permutation_pvalue_equals_scipy_exact_test() -> None:
+    a, b = _random_counts(10, seed=4), _random_counts(10, seed=5)
+    table = np.concatenate([a, b])
+
+    def difference(rows_a: np.ndarray, rows_b: np.ndarray, axis: int) -> np.ndarray:
+        rows_a, rows_b = np.moveaxis(rows_a, axis, -1), np.moveaxis(rows_b, axis, -1)
+        return stats.micro_f1(table[rows_a.astype(int)]) - stats.micro_f1(table[rows_b.astype(int)])
+
+    expected = scipy_stats.permutation_test((np.arange(10.0), np.arange(10.0, 20.0)), difference,
+                                            permutation_type="samples", vectorized=True).pvalue
+    assert stats.paired_permutation_pvalue(a, b) == pytest.approx(expected)   # 2**10 <= 9999: both exact
+
+
+def test_permutation_pvalue_close_to_scipy_random_test() -> None:
+    a, b = _random_counts(40, seed=6), _random_counts(40, seed=8)
+    table = np.concatenate([a, b])
+
+    def difference(rows_a: np.ndarray, rows_b: np.ndarray, axis: int) -> np.ndarray:
+        rows_a, rows_b = np.moveaxis(rows_a, axis, -1), np.moveaxis(rows_b, axis, -1)
+        return stats.micro_f1(table[rows_a.astype(int)]) - stats.micro_f1(table[rows_b.astype(int)])
+
+    expected = scipy_stats.permutation_test((np.arange(40.0), np.arange(40.0, 80.0)), difference,
+                                            permutation_type="samples", vectorized=True, n_resamples=50000,
+                                            rng=np.random.default_rng(0)).pvalue
+    assert stats.paired_permutation_pvalue(a, b, n_resamples=50000) == pytest.approx(expected, abs=0.015)
+
+
+def test_benjamini_hochberg_matches_hand_computation_and_keeps_nan() -> None:
+    # sorted 0.01, 0.03, 0.04, 0.20 -> raw 0.04, 0.06, 0.0533, 0.20 -> running min from the top
+    adjusted = stats.benjamini_hochberg(np.array([0.01, 0.04, np.nan, 0.03, 0.20]))
+    np.testing.assert_allclose(adjusted, [0.04, 0.16 / 3, np.nan, 0.16 / 3, 0.20])
+
+
+def test_ratio_interval_of_identical_splits_is_one() -> None:
+    counts = _random_counts(30, seed=9)
+    interval = stats.bootstrap_ratio_interval(counts, counts.copy())
+    assert (interval.estimate, interval.low, interval.high) == pytest.approx((1.0, 1.0, 1.0))
+    nothing_found = np.tile([0, 0, 2], (30, 1))
+    assert np.isnan(stats.bootstrap_ratio_interval(counts, nothing_found).estimate)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 2)), np.zeros((0, 3)), -np.ones((3, 3))])
+def test_bad_counts_raise_with_the_fix(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="pass"):
+        stats.bootstrap_f1_interval(bad)
+
+
+def test_unaligned_pairs_raise() -> None:
+    with pytest.raises(ValueError, match="align"):
+        stats.compare_paired(np.ones((3, 3)), np.ones((4, 3)))
