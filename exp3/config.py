@@ -2,7 +2,9 @@
 
 Layering (later wins): pydantic defaults -> config file(s) -> CLI overrides (`key.sub=value`).
 A config file may start with `base: other.yaml` (relative to itself) to be a small override
-diff of another file, e.g. `configs/smoke.yaml` over `configs/exp3.yaml`.
+diff of another file, e.g. `configs/smoke.yaml` over `configs/exp3.yaml`; mappings merge key
+by key. The `models:` a file lists are the models that run; an entry named like a default
+(yolov8m, rtdetr-l) inherits the default's fields it leaves out.
 Every model uses `extra="forbid"`: an unknown key is an error that names the key.
 
 The defaults here and `configs/exp3.yaml` must agree; a test checks that they do.
@@ -164,7 +166,17 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     failure: FailureConfig = FailureConfig()
     gpus: tuple[int, ...] = ()
-    seed: int = Field(default=0, ge=0)
+    seeds: tuple[int, ...] = (0,)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_known_models(cls, data: Any) -> Any:
+        """A model named like a default (yolov8m, rtdetr-l) inherits the default's fields it does not set."""
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            defaults = {name: model.model_dump(mode="json") for name, model in _default_models().items()}
+            data = {**data, "models": {name: {**defaults[name], **entry} if name in defaults and isinstance(entry, dict)
+                                       else entry for name, entry in data["models"].items()}}
+        return data
 
     @field_validator("models")
     @classmethod
@@ -174,6 +186,13 @@ class ExperimentConfig(_Strict):
         for name in value:
             if "__" in name or "/" in name:
                 raise ValueError(f"model name {name!r} may not contain '__' or '/': rename it")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or len(set(value)) != len(value) or min(value) < 0:
+            raise ValueError(f"{list(value)} must be a non-empty list of distinct seeds >= 0, e.g. [0, 1, 2]")
         return value
 
     @field_validator("sessions")
@@ -272,7 +291,7 @@ def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Defaults -> file at `path` (following `base:`) -> `overrides` (`key.sub=value` strings)."""
-    raw: dict[str, Any] = {} if path is None else read_config_layers(Path(path))
+    raw: dict[str, Any] = ExperimentConfig().model_dump(mode="json") if path is None else read_config_layers(Path(path))
     for override in overrides or []:
         raw = _deep_merge(raw, parse_override(override))
     return build_config(raw, source=str(path) if path is not None else "config")

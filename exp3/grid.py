@@ -34,7 +34,7 @@ def session_config_view(config: ExperimentConfig, session: Session) -> dict[str,
         "eval": config.eval.model_dump(mode="json"),
         "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction"}),
         "dataset": config.dataset.model_dump(mode="json"),
-        "seed": config.seed,
+        "seed": session.training_seed(config.seeds),
     }
     if session.masking_site is not None:
         view["masking"] = config.masking.model_dump(mode="json")
@@ -62,7 +62,7 @@ def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions
     suffixes = config.sessions
     if sessions:
         suffixes = tuple(parse_session(s.split("__")[-1], chosen_models).suffix for s in sessions)
-    return session_grid(chosen_models, suffixes)
+    return session_grid(chosen_models, suffixes, config.seeds)
 
 
 @dataclass(frozen=True)

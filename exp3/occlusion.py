@@ -635,8 +635,6 @@ def _donor_pool(images: Sequence[_SourceImage]) -> tuple[TextureDonor, ...]:
 def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_SourceImage], split: str) -> None:
     if not isinstance(workers, int) or workers < 1:
         raise OcclusionError(f"workers={workers!r} must be an integer >= 1: pass --workers 2")
-    if config.seed < 0:
-        raise OcclusionError(f"occlusion.seed={config.seed} must be >= 0: pick a non-negative seed")
     if "texture" in config.fills and len(images) < 2:
         raise OcclusionError(f"texture fill needs >= 2 images in the {split} split: drop texture from occlusion.fills")
 

@@ -82,6 +82,8 @@ def run_session_subprocess(
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "exp3.session", "--config", str(config_path), "--model", session.model,
                "--session", session.suffix]
+    if session.seed is not None:
+        command += ["--seed", str(session.seed)]
     for override in extra_overrides:
         command += ["--set", override]
     env = dict(os.environ)

@@ -224,15 +224,16 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         },
         "masking": None if session.masking_site is None else {
             "site": session.masking_site,
-            "spec": config.masking.model_dump(mode="json"),
+            "spec": plan.masking_spec,
             "stats": _read_json(run_dir / "masking_stats.json"),
         },
         "eval": {"conf": config.eval.conf, "match_iou": config.eval.match_iou, "wall_s": round(eval_wall, 3)},
         "splits": splits,
         "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
         "data": asdict(prepared),
-        "seeds": {"train": config.seed, "masking": config.masking.seed, "occlusion": config.occlusion.seed,
-                  "synthetic": config.dataset.synthetic_seed},
+        "seeds": {"train": session.training_seed(config.seeds),
+                  "masking": None if plan.masking_spec is None else plan.masking_spec["seed"],
+                  "occlusion": config.occlusion.seed, "synthetic": config.dataset.synthetic_seed},
         "config_fingerprint": config.fingerprint(),
         "provenance": collect_provenance(config.train.device),
     }
@@ -249,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="experiment config (default: built-in defaults)")
     parser.add_argument("--model", required=True, help="a model name from the config, e.g. yolov8m")
     parser.add_argument("--session", required=True, help="S1_clean_train ... S6_mask_head, or <model>__<session>")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (one of the config's seeds; "
+                        "with several seeds the folder gets __seed<N>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:
@@ -257,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown model {args.model!r}: configured models are {', '.join(config.models)}")
         session = parse_session(args.session if "__" in args.session else f"{args.model}__{args.session}",
                                 [args.model])
+        if args.seed is not None:
+            session = Session(session.model, session.suffix, args.seed)
+        if session.seed is not None and session.seed not in config.seeds:
+            raise ConfigError(f"seed {session.seed} is not in the config's seeds {list(config.seeds)}: add it or pick one")
+        if len(config.seeds) == 1 and session.seed is not None:
+            session = Session(session.model, session.suffix)  # single-seed grids have no seed in folder names
         output_root = resolve_output_root(config)
         metrics = run_session(config, session, output_root)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, SessionFailed) as error:

@@ -31,16 +31,25 @@ TRAIN_IMAGES_OF_SESSION: dict[str, Literal["clean", "occluded"]] = {
 }
 
 
+SEED_PREFIX = "seed"
+
+
 @dataclass(frozen=True)
 class Session:
-    """One cell of the grid."""
+    """One cell of the grid. `seed` is None in a single-seed grid (the name then has no seed part)."""
 
     model: str
     suffix: str
+    seed: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.model}{SESSION_SEPARATOR}{self.suffix}"
+        base = f"{self.model}{SESSION_SEPARATOR}{self.suffix}"
+        return base if self.seed is None else f"{base}{SESSION_SEPARATOR}{SEED_PREFIX}{self.seed}"
+
+    def training_seed(self, seeds: tuple[int, ...]) -> int:
+        """The Ultralytics seed this session trains with (the only seed of a single-seed grid)."""
+        return seeds[0] if self.seed is None else self.seed
 
     @property
     def masking_site(self) -> str | None:
@@ -56,6 +65,10 @@ def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
 
     Raises ValueError naming the allowed values.
     """
+    seed: int | None = None
+    head, separator, tail = text.rpartition(SESSION_SEPARATOR)
+    if separator and tail.startswith(SEED_PREFIX) and tail[len(SEED_PREFIX):].isdigit():
+        text, seed = head, int(tail[len(SEED_PREFIX):])
     model, separator, suffix = text.rpartition(SESSION_SEPARATOR)
     if not separator:
         model, suffix = "", text
@@ -68,9 +81,15 @@ def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
         model = models[0]
     if model not in models:
         raise ValueError(f"unknown model {model!r} in session {text!r}: configured models are {', '.join(models)}")
-    return Session(model=model, suffix=suffix)
+    return Session(model=model, suffix=suffix, seed=seed)
 
 
-def session_grid(models: list[str] | tuple[str, ...], suffixes: tuple[str, ...] = SESSION_SUFFIXES) -> list[Session]:
-    """Model x session in the fixed order: all sessions of the first model, then the next."""
-    return [Session(model, suffix) for model in models for suffix in SESSION_SUFFIXES if suffix in suffixes]
+def session_grid(models: list[str] | tuple[str, ...], suffixes: tuple[str, ...] = SESSION_SUFFIXES,
+                 seeds: tuple[int, ...] = (0,)) -> list[Session]:
+    """Model x session (x seed) in the fixed order: all sessions of the first model, then the next.
+
+    With one seed, sessions carry `seed=None` (folder names without a seed part).
+    """
+    per_seed: tuple[int | None, ...] = (None,) if len(seeds) == 1 else tuple(seeds)
+    return [Session(model, suffix, seed) for model in models for suffix in SESSION_SUFFIXES if suffix in suffixes
+            for seed in per_seed]

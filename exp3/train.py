@@ -83,15 +83,15 @@ def _load_symbol(path: str) -> Any:
     return getattr(import_module(module), name)
 
 
-def training_overrides(config: ExperimentConfig, model_name: str) -> dict[str, Any]:
-    """The Ultralytics args exp3 changes from their defaults for `model_name` (and nothing else)."""
+def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
+    """The Ultralytics args exp3 changes from their defaults for `model_name` at training `seed`."""
     overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs}
     for key in ("batch", "imgsz", "device", "workers"):
         value = getattr(config.train, key)
         if value is not None:
             overrides[key] = value
-    if config.seed != 0:  # Ultralytics' default seed is 0
-        overrides["seed"] = config.seed
+    if seed != 0:  # Ultralytics' default seed is 0
+        overrides["seed"] = seed
     return overrides
 
 
@@ -118,14 +118,21 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
         source=source,
         pretrained=pretrained,
         weights_note=note,
-        overrides=training_overrides(config, session.model),
+        overrides=training_overrides(config, session.model, session.training_seed(config.seeds)),
         locations={"data": str(train_data_yaml), "project": str(session_dir), "name": TRAIN_RUN_NAME,
                    "exist_ok": True},
         masking_site=site,
-        masking_spec=config.masking.model_dump(mode="json") if site else None,
+        masking_spec=masking_spec_for(config, session) if site else None,
         output_root=str(output_root),
         run_dir=str(session_dir / TRAIN_RUN_NAME),
     )
+
+
+def masking_spec_for(config: ExperimentConfig, session: Session) -> dict[str, Any]:
+    """The session's masking spec: the config's, with its generator seed offset by the training seed."""
+    spec = config.masking.model_dump(mode="json")
+    spec["seed"] = config.masking.seed + session.training_seed(config.seeds)
+    return spec
 
 
 def checkpoint_state(last_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:

@@ -120,13 +120,13 @@ def prepare_data_task(config: ExperimentConfig, output_root: str) -> dict[str, A
 
 
 @task(name="train_and_eval", persist_result=True, cache_key_fn=_cache_key_from_parameters)
-def train_and_eval(config_path: str, model: str, suffix: str, output_root: str, cache_key: str,
+def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, output_root: str, cache_key: str,
                    epochs: int, batch: int | None, oom_halve_batch: bool, stop_on_failure: bool,
                    skip_as_failed: bool = False) -> dict[str, Any]:
     """One session in its own subprocess (`python -m exp3.session`), with a progress artifact."""
     from prefect.runtime import task_run
 
-    root, session = Path(output_root), Session(model, suffix)
+    root, session = Path(output_root), Session(model, suffix, seed)
     previous = failure_record(session_dir(root, session))
     if skip_as_failed and previous is not None:
         raise SessionError(f"{session.name}: failed in an earlier run ({previous.get('error')}); "
@@ -158,11 +158,11 @@ def train_and_eval(config_path: str, model: str, suffix: str, output_root: str, 
 
 
 @task(name="report")
-def report_task(output_root: str, models: list[str]) -> dict[str, Any]:
+def report_task(output_root: str, models: list[str], seeds: list[int]) -> dict[str, Any]:
     """Summary tables, plots and report.md from the session folders (also for a partial grid)."""
     from exp3.report import build_report
 
-    result = build_report(Path(output_root), models=models)
+    result = build_report(Path(output_root), models=models, seeds=seeds)
     columns = ["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
                "ingredient_samples_f1", "detection_f1", "rF1_micro"]
     rows = json.loads(result.summary[columns].to_json(orient="records"))
@@ -210,7 +210,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] |
             if failed_before:
                 logger.warning(f"{session.name} has a FAILED marker: not re-run (use --rerun-failed)")
             futures[session.name] = train_and_eval.with_options(**options).submit(
-                config_path=str(config_path), model=session.model, suffix=session.suffix, output_root=str(root),
+                config_path=str(config_path), model=session.model, suffix=session.suffix, seed=session.seed,
+                output_root=str(root),
                 cache_key=key if not failed_before else f"{key}-failed", epochs=config.models[session.model].epochs,
                 batch=config.train.batch, oom_halve_batch=config.failure.oom_halve_batch,
                 stop_on_failure=config.failure.policy == "stop", skip_as_failed=failed_before)
@@ -222,7 +223,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] |
             outcome[name] = {"state": state.name, "ran": result.get("ran") if isinstance(result, dict) else None,
                              "error": None if not state.is_failed() else str(result)}
         _drain(_GPU_POOL)
-        report = report_task(str(root), list(dict.fromkeys(s.model for s in grid)))
+        report = report_task(str(root), list(dict.fromkeys(s.model for s in grid)), list(config.seeds))
         _publish_artifacts(report)
     failed = [name for name, entry in outcome.items() if entry["error"]]
     if failed:

@@ -42,7 +42,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     written = write_resolved_config(config, tmp_path / "run")
     assert load_config(written) == config
     assert config.fingerprint() == load_config(written).fingerprint()
-    assert config.fingerprint() != load_config(written, ["seed=1"]).fingerprint()
+    assert config.fingerprint() != load_config(written, ["seeds=[1]"]).fingerprint()
 
 
 @pytest.mark.parametrize(
@@ -57,6 +57,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("dataset: {kind: yaml}\n", [], "dataset.data_yaml is not set"),
         ("{}\n", ["train.batch"], "is not KEY=VALUE"),
         ("occlusion: {coverage: [0.6, 0.2]}\n", [], "occlusion.coverage"),
+        ("seeds: [1, 1]\n", [], "distinct seeds"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:

@@ -1,0 +1,164 @@
+"""Generate both Colab notebooks from one definition, so they never drift.
+
+    python notebooks/build_notebooks.py            # rewrite notebooks/*.ipynb
+    python notebooks/build_notebooks.py --check    # exit 1 if a committed notebook differs
+
+The notebooks hold no logic of their own: they install exp3, optionally put the output root on
+Google Drive (so a reconnect resumes from it), run `flows/exp3.py` exactly as the CLI does,
+and display `summary_metrics.csv` and the plots. Every setting is in the first code cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+NOTEBOOKS: dict[str, dict[str, str]] = {
+    "experiment3_full.ipynb": {
+        "title": "exp3: the full occlusion-robustness experiment (YOLOv8m + RT-DETR-l, 12 sessions)",
+        "config": "configs/exp3.yaml",
+        "output_root": "runs/exp3",
+        "epochs": "None",
+        "note": "Needs a GPU runtime (Runtime > Change runtime type > GPU). Hours per session on a T4.",
+    },
+    "experiment3_smoketest_1epoch.ipynb": {
+        "title": "exp3 smoke test: the same pipeline, 12 sessions x 1 epoch on the embedded dataset",
+        "config": "configs/smoke.yaml",
+        "output_root": "runs/exp3-smoke",
+        "epochs": "1",
+        "note": "Runs on CPU or GPU in minutes; checks the wiring, not the science.",
+    },
+}
+
+CONFIG_CELL = '''# ---- Settings: the only cell to edit ----------------------------------------------------
+import os
+
+CONFIG = "{config}"                      # experiment config (see configs/)
+DATA_YAML = None                         # your YOLO data.yaml (train/val/test); None = embedded synthetic dataset
+OUTPUT_ROOT = os.environ.get("EXP3_NB_OUTPUT_ROOT", "{output_root}")  # moved to Google Drive below on Colab
+MODELS = os.environ.get("EXP3_NB_MODELS", "yolov8m rtdetr-l").split()   # any of the config's models
+SESSIONS = os.environ.get("EXP3_NB_SESSIONS", "").split() or None       # None = all six sessions
+EPOCHS = {epochs}                        # None = the config's epochs; an int overrides it for every model
+USE_GPU = True                           # False = train on CPU
+USE_DRIVE = True                         # Colab: keep OUTPUT_ROOT on Google Drive so a reconnect resumes
+REPO_URL = None                          # Colab: git URL of your exp3 copy; None = already inside a checkout
+EXTRA_SETTINGS = os.environ.get("EXP3_NB_SET", "").split()              # extra KEY=VALUE config overrides
+'''
+
+INSTALL_CELL = '''# ---- Install (Colab) or locate the checkout ----------------------------------------------
+import subprocess
+import sys
+from pathlib import Path
+
+IN_COLAB = "google.colab" in sys.modules  # Colab imports it before any cell runs
+if IN_COLAB and REPO_URL and not Path("exp3/flows/exp3.py").exists():
+    subprocess.run(["git", "clone", REPO_URL, "exp3"], check=True)
+for candidate in (Path.cwd(), Path.cwd().parent, Path("exp3")):
+    if (candidate / "flows" / "exp3.py").exists():
+        os.chdir(candidate.resolve())
+        break
+else:
+    raise FileNotFoundError("no exp3 checkout found: set REPO_URL or start the notebook inside the repository")
+if IN_COLAB:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
+print("exp3 checkout:", Path.cwd())
+'''
+
+DRIVE_CELL = '''# ---- Colab: output root on Google Drive (survives disconnects; re-run the next cell to resume) ----
+if IN_COLAB and USE_DRIVE:
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    OUTPUT_ROOT = str(Path("/content/drive/MyDrive") / OUTPUT_ROOT)
+print("output root:", OUTPUT_ROOT)
+'''
+
+RUN_CELL = '''# ---- Run the flow (crash-safe: after a disconnect, run this cell again) ---------------------
+command = [sys.executable, "flows/exp3.py", "--config", CONFIG, "--set", f"output_root={OUTPUT_ROOT}",
+           "--models", *MODELS]
+if SESSIONS:
+    command += ["--sessions", *SESSIONS]
+if DATA_YAML:
+    command += ["--set", "dataset.kind=yaml", "--set", f"dataset.data_yaml={DATA_YAML}"]
+if EPOCHS is not None:
+    command += [arg for model in MODELS for arg in ("--set", f"models.{model}.epochs={EPOCHS}")]
+if not USE_GPU:
+    command += ["--set", "train.device=cpu"]
+for setting in EXTRA_SETTINGS:
+    command += ["--set", setting]
+print(" ".join(command))
+run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+print("\\n".join(run.stdout.splitlines()[-25:]))
+print("flow exit code:", run.returncode, "(0 = every session done; 1 = some failed, see the table)")
+'''
+
+STATUS_CELL = '''# ---- Where the grid stands (safe while a run is going) -------------------------------------
+print(subprocess.run([sys.executable, "-m", "exp3.status", "--root", OUTPUT_ROOT], capture_output=True,
+                     text=True).stdout)
+'''
+
+TABLE_CELL = '''# ---- Summary table --------------------------------------------------------------------------
+import pandas as pd
+
+summary = pd.read_csv(Path(OUTPUT_ROOT) / "summary_metrics.csv")
+summary[["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
+         "ingredient_samples_f1", "detection_f1", "rF1_micro"]]
+'''
+
+PLOTS_CELL = '''# ---- Plots ------------------------------------------------------------------------------------
+from IPython.display import Image, display
+
+for png in sorted((Path(OUTPUT_ROOT) / "plots").glob("*.png")):
+    print(png.name)
+    display(Image(filename=str(png), width=900))
+'''
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    """One notebook from `NOTEBOOKS[name]`."""
+    spec = NOTEBOOKS[name]
+    cells = [
+        nbformat.v4.new_markdown_cell(f"# {spec['title']}\n\n{spec['note']}\n\nEdit the settings cell, then run "
+                                      "all cells. Generated by `notebooks/build_notebooks.py`: edit that, not this."),
+        nbformat.v4.new_code_cell(CONFIG_CELL.format(**spec)),
+        nbformat.v4.new_code_cell(INSTALL_CELL),
+        nbformat.v4.new_code_cell(DRIVE_CELL),
+        nbformat.v4.new_code_cell(RUN_CELL),
+        nbformat.v4.new_code_cell(STATUS_CELL),
+        nbformat.v4.new_code_cell(TABLE_CELL),
+        nbformat.v4.new_code_cell(PLOTS_CELL),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                         "language_info": {"name": "python"}, "accelerator": "GPU", "colab": {"provenance": []}}
+    for index, cell in enumerate(notebook.cells):
+        cell["id"] = f"cell-{index}"
+    return notebook
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a committed notebook is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for name in NOTEBOOKS:
+        text = nbformat.writes(build(name)) + "\n"
+        path = HERE / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"error: out of date: {', '.join(stale)}: run python notebooks/build_notebooks.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

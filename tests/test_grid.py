@@ -1,0 +1,73 @@
+"""Grid selection, seeds, cache keys and on-disk status (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exp3.config import ExperimentConfig, load_config
+from exp3.grid import select_sessions, session_cache_key, session_status
+from exp3.sessions import Session, parse_session
+from exp3.train import masking_spec_for, training_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_grid_order_and_selection() -> None:
+    config = ExperimentConfig()
+    names = [s.name for s in select_sessions(config, None, None)]
+    assert len(names) == 12 and names[0] == "yolov8m__S1_clean_train" and names[-1] == "rtdetr-l__S6_mask_head"
+    picked = select_sessions(config, ["rtdetr-l"], ["S3_mask_backbone_early", "yolov8m__S1_clean_train"])
+    assert [s.name for s in picked] == ["rtdetr-l__S1_clean_train", "rtdetr-l__S3_mask_backbone_early"]
+    with pytest.raises(ValueError, match="configured models are yolov8m, rtdetr-l"):
+        select_sessions(config, ["yolo9"], None)
+
+
+def test_several_seeds_expand_the_grid_and_name_folders() -> None:
+    config = load_config(REPO / "configs" / "smoke.yaml", ["seeds=[0, 1, 2]"])
+    grid = select_sessions(config, ["yolov8m"], ["S3_mask_backbone_early"])
+    assert [s.name for s in grid] == [f"yolov8m__S3_mask_backbone_early__seed{n}" for n in (0, 1, 2)]
+    assert parse_session(grid[1].name, ["yolov8m"]) == grid[1]
+    assert training_overrides(config, "yolov8m", grid[0].training_seed(config.seeds)).get("seed") is None
+    assert training_overrides(config, "yolov8m", grid[2].training_seed(config.seeds))["seed"] == 2
+    assert masking_spec_for(config, grid[1])["seed"] == config.masking.seed + 1
+    keys = {session_cache_key(config, s, "fp", "occ-x") for s in grid}
+    assert len(keys) == 3
+    single = select_sessions(load_config(REPO / "configs" / "smoke.yaml"), ["yolov8m"], ["S1_clean_train"])
+    assert single == [Session("yolov8m", "S1_clean_train")] and single[0].name == "yolov8m__S1_clean_train"
+
+
+def test_cache_key_depends_on_what_the_session_depends_on() -> None:
+    base = ExperimentConfig()
+    s1, s2, s5 = Session("yolov8m", "S1_clean_train"), Session("yolov8m", "S2_occ_train"), Session("yolov8m", "S5_mask_neck")
+
+    def key(config: ExperimentConfig, session: Session, fingerprint: str = "fp", suite: str = "occ-a") -> str:
+        return session_cache_key(config, session, fingerprint, suite)
+
+    masked = base.model_copy(update={"masking": base.masking.model_copy(update={"p_channels": 0.2})})
+    assert key(masked, s5) != key(base, s5) and key(masked, s1) == key(base, s1)
+    fraction = base.model_copy(update={"occlusion": base.occlusion.model_copy(update={"train_fraction": 0.9})})
+    assert key(fraction, s2) != key(base, s2) and key(fraction, s1) == key(base, s1)
+    policy = base.model_copy(update={"failure": base.failure.model_copy(update={"policy": "stop"})})
+    assert key(policy, s1) == key(base, s1)
+    epochs = load_config(None, ["models.yolov8m.epochs=5"])
+    assert key(epochs, s1) != key(base, s1) and key(epochs, Session("rtdetr-l", "S1_clean_train")) == key(
+        base, Session("rtdetr-l", "S1_clean_train"))
+    assert key(base, s1, fingerprint="other") != key(base, s1) and key(base, s1, suite="occ-b") != key(base, s1)
+
+
+def test_status_from_files(tmp_path: Path) -> None:
+    folder = tmp_path / "m__S1_clean_train"
+    assert session_status(folder, root_live=False, epochs_total=3).state == "pending"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "results.csv").write_text("epoch,time\n1,10.0\n2,20.0\n")
+    (folder / "train" / "weights").mkdir()
+    (folder / "train" / "weights" / "last.pt").write_bytes(b"x")
+    partial = session_status(folder, root_live=False, epochs_total=3)
+    assert partial.state == "partial" and partial.epochs_done == 2 and partial.eta_s == pytest.approx(10.0)
+    assert session_status(folder, root_live=True, epochs_total=3).state == "running"
+    (folder / "FAILED").write_text(json.dumps({"error": "boom"}))
+    failed = session_status(folder, root_live=False, epochs_total=3)
+    assert failed.state == "failed" and failed.error == "boom"

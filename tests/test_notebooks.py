@@ -1,0 +1,39 @@
+"""Colab notebooks: generated from one script (no drift), and the smoke notebook runs headless."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+
+
+def test_committed_notebooks_match_their_generator() -> None:
+    result = subprocess.run([sys.executable, str(NOTEBOOKS / "build_notebooks.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_smoke_notebook_executes_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output_root = tmp_path / "nb-out"
+    monkeypatch.setenv("EXP3_NB_OUTPUT_ROOT", str(output_root))
+    monkeypatch.setenv("EXP3_NB_MODELS", "yolov8m")
+    monkeypatch.setenv("EXP3_NB_SESSIONS", "S1_clean_train")
+    monkeypatch.setenv("EXP3_NB_SET", "models.yolov8m.architecture=yolov8n.yaml")  # tiny, for CI time
+    notebook = nbformat.read(NOTEBOOKS / "experiment3_smoketest_1epoch.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "flow exit code: 0" in text
+    assert (output_root / "yolov8m" / "yolov8m__S1_clean_train" / "DONE").is_file()
+    tables = [o for o in outputs if o.get("output_type") == "execute_result" and "text/html" in o.get("data", {})]
+    assert tables and "S1_clean_train" in tables[0]["data"]["text/html"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # the summary charts, shown inline
