@@ -785,14 +785,20 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     def extra_files(final_dir: Path) -> dict[str, str]:
         return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in ("test_clean", "test_occ_fixed")}
 
-    manifest_extra = {
+    manifest_extra = _manifest_extra(config, Path(data_yaml), "test", names, images, donors)
+    subdirs = [f"{split}/{part}" for split in ("test_clean", "test_occ_fixed") for part in ("images", "labels")]
+    return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+
+
+def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names: list[str],
+                    images: Sequence[_SourceImage], donors: Sequence[TextureDonor]) -> dict[str, Any]:
+    """Manifest fields beyond the identity: seed, source, class names, texture donors."""
+    return {
         "global_seed": config.seed,
-        "source": {"data_yaml": str(Path(data_yaml).resolve()), "split": "test", "num_images": len(images)},
+        "source": {"data_yaml": str(data_yaml.resolve()), "split": split, "num_images": len(images)},
         "names": names,
         "texture_donors": [donor.image_id for donor in donors] if "texture" in config.fills else [],
     }
-    subdirs = [f"{split}/{part}" for split in ("test_clean", "test_occ_fixed") for part in ("images", "labels")]
-    return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
 
 
 def _absolute_split(data_yaml: Path, split: str) -> list[str] | None:
@@ -847,12 +853,7 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         payload["names"] = dict(enumerate(names))
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
-    manifest_extra = {
-        "global_seed": config.seed,
-        "source": {"data_yaml": str(data_yaml.resolve()), "split": "train", "num_images": len(images)},
-        "names": names,
-        "texture_donors": [donor.image_id for donor in donors] if "texture" in config.fills else [],
-    }
+    manifest_extra = _manifest_extra(config, data_yaml, "train", names, images, donors)
     subdirs = ["train/images", "train/labels"]
     suite = _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
     return suite / "data.yaml"

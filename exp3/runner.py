@@ -97,14 +97,17 @@ def run_session_subprocess(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    preexec_fn=die_with_parent)
         reported = -1
-        while process.poll() is None:
-            time.sleep(POLL_S if on_progress else 0.2)
-            if on_progress is not None and epochs_total:
+        while True:
+            try:
+                process.wait(timeout=POLL_S)  # returns the moment the session ends
+                break
+            except subprocess.TimeoutExpired:
                 done = len(results_rows(folder))
-                if done != reported:
+                if on_progress is not None and epochs_total and done != reported:
                     on_progress(done, epochs_total)
                     reported = done
-    wall = round(time.perf_counter() - start, 2)
+        wall = round(time.perf_counter() - start, 2)
+        log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
     if process.returncode == 0 and is_done(folder):
         if on_progress is not None and epochs_total:
             on_progress(epochs_total, epochs_total)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ if __name__ == "__main__":
         raise SystemExit(2) from None
     configure_flow_environment(resolve_output_root(_CONFIG))  # before `import prefect`
 
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import allow_failure, flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact  # noqa: E402
 from prefect.artifacts import update_progress_artifact  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -84,7 +83,6 @@ from exp3.session import PreparedData, is_done, session_dir  # noqa: E402
 from exp3.sessions import Session  # noqa: E402
 
 STOP_MARKER = ".stop-requested"
-_GPU_POOL: "queue.Queue[int | None]" = queue.Queue()
 
 
 def _cache_key_from_parameters(context: Any, parameters: dict[str, Any]) -> str:
@@ -119,11 +117,43 @@ def prepare_data_task(config: ExperimentConfig, output_root: str) -> dict[str, A
     return asdict(prepare_data(config, Path(output_root)))
 
 
-@task(name="train_and_eval", persist_result=True, cache_key_fn=_cache_key_from_parameters)
+def _run_with_progress(config_path: Path, session: Session, root: Path, epochs: int, gpu: int | None,
+                       extra: tuple[str, ...]) -> dict[str, Any]:
+    """`run_session_subprocess` with a Prefect progress artifact updated every epoch."""
+    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{session.name.lower().replace('_', '-')}",
+                                           description=f"{session.name}: epochs done / {epochs}")
+
+    def _progress(done: int, total: int) -> None:
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
+
+    run = run_session_subprocess(config_path, session, root, gpu=gpu, extra_overrides=extra, on_progress=_progress,
+                                 epochs_total=epochs)
+    return {"session": run.session, "status": run.status, "ran": run.ran, "wall_s": run.wall_s,
+            "folder": run.folder, "extra_overrides": list(run.extra_overrides)}
+
+
+def _run_via_deployment(deployment: str, config_path: Path, session: Session, extra: tuple[str, ...]) -> dict[str, Any]:
+    """Run the session as its own flow run of `deployment` (on a GPU work pool) and wait for it."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(name=deployment, timeout=None, flow_run_name=session.name,
+                              parameters={"config_file": str(config_path), "model": session.model,
+                                          "suffix": session.suffix, "seed": session.seed,
+                                          "extra_overrides": list(extra)})
+    if not flow_run.state or not flow_run.state.is_completed():
+        state = flow_run.state.name if flow_run.state else "unknown"
+        raise SessionError(f"{session.name}: flow run {flow_run.name} of {deployment} ended {state}")
+    return {"session": session.name, "status": "done", "ran": True, "wall_s": flow_run.total_run_time.total_seconds(),
+            "folder": "", "extra_overrides": list(extra), "flow_run": str(flow_run.id)}
+
+
+@task(name="train_and_eval", persist_result=True, result_serializer="json",
+      cache_key_fn=_cache_key_from_parameters)
 def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, output_root: str, cache_key: str,
                    epochs: int, batch: int | None, oom_halve_batch: bool, stop_on_failure: bool,
-                   skip_as_failed: bool = False) -> dict[str, Any]:
-    """One session in its own subprocess (`python -m exp3.session`), with a progress artifact."""
+                   skip_as_failed: bool = False, deployment: str | None = None,
+                   gpu: int | None = None) -> dict[str, Any]:
+    """One session: a subprocess here (`python -m exp3.session`), or a flow run of `deployment`."""
     from prefect.runtime import task_run
 
     root, session = Path(output_root), Session(model, suffix, seed)
@@ -131,30 +161,20 @@ def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, 
     if skip_as_failed and previous is not None:
         raise SessionError(f"{session.name}: failed in an earlier run ({previous.get('error')}); "
                            "not re-run without --rerun-failed")
-    if (root / STOP_MARKER).exists():
-        raise SessionError(f"{session.name}: not run, an earlier session failed and failure.policy is 'stop'")
     extra: tuple[str, ...] = ()
     if task_run.run_count > 1 and oom_halve_batch and is_out_of_memory(previous):
         extra = oom_retry_overrides(batch)
         get_run_logger().warning(f"{session.name}: out of memory last attempt, retrying with {extra[0]}")
-    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{session.name.lower().replace('_', '-')}",
-                                           description=f"{session.name}: epochs done / {epochs}")
-
-    def _progress(done: int, total: int) -> None:
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
-
-    gpu = _GPU_POOL.get()
+    if (root / STOP_MARKER).exists():
+        raise SessionError(f"{session.name}: not run, an earlier session failed and failure.policy is 'stop'")
     try:
-        run = run_session_subprocess(Path(config_path), session, root, gpu=gpu, extra_overrides=extra,
-                                     on_progress=_progress, epochs_total=epochs)
+        if deployment:
+            return _run_via_deployment(deployment, Path(config_path), session, extra)
+        return _run_with_progress(Path(config_path), session, root, epochs, gpu, extra)
     except SessionError:
         if stop_on_failure:
             (root / STOP_MARKER).touch()
         raise
-    finally:
-        _GPU_POOL.put(gpu)
-    return {"session": run.session, "status": run.status, "ran": run.ran, "wall_s": run.wall_s,
-            "folder": run.folder, "extra_overrides": list(run.extra_overrides)}
 
 
 @task(name="report")
@@ -179,15 +199,30 @@ def _publish_artifacts(report: dict[str, Any]) -> None:
                                                        f"Summary: `{report['summary_csv']}`\n\nPlots:\n{plots}\n")
 
 
-@flow(name="exp3", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] | None = None,
-              sessions: list[str] | None = None, rerun_failed: bool = False) -> dict[str, Any]:
+MAX_PARALLEL_SESSIONS = 16
+"""Thread slots for session tasks; the real limit is the number of lanes (one per GPU, or one)."""
+
+
+@flow(name="exp3", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_SESSIONS), log_prints=True)
+def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | None = None,
+              overrides: list[str] | None = None, models: list[str] | None = None,
+              sessions: list[str] | None = None, rerun_failed: bool = False,
+              fan_out_deployment: str | None = None, fan_out_width: int = 2) -> dict[str, Any]:
     """Audit, build the occlusion suite once, run the grid, then always report.
 
+    `config_file` (+ `overrides`), when given, replaces `config` (deployments use it).
+    `fan_out_deployment` ("exp3-session/exp3-session") runs each session as a flow run of that
+    deployment on its work pool, at most `fan_out_width` at a time, instead of a local subprocess.
     Ends Failed (after reporting) if any session failed.
     """
+    from exp3.config import load_config
+    from exp3.offline import apply_offline_environment
+
     logger = get_run_logger()
+    if config_file is not None:
+        config = load_config(config_file, overrides)
     root = resolve_output_root(config)
+    apply_offline_environment(root)
     config = config.model_copy(update={"output_root": root})
     grid = select_sessions(config, models, sessions)
     with RootLock(root, command="exp3 flow") as lock:
@@ -197,10 +232,13 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] |
         config_path = write_resolved_config(config, root)
         prepared = PreparedData(**prepare_data_task(config, str(root)))
         audit_dataset_task(prepared.data_yaml)
-        for gpu in config.gpus or (None,):
-            _GPU_POOL.put(gpu)
+        # Lanes: session i runs on lane i % n after the previous session of its lane, whatever that
+        # one's outcome (allow_failure); a lane is a GPU, or the single device, or a fan-out slot.
+        lanes: tuple[int | None, ...] = (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,))
+        lane_tail: dict[int, Any] = {}
         futures = {}
-        for session in grid:
+        for index, session in enumerate(grid):
+            lane = index % len(lanes)
             folder = session_dir(root, session)
             key = session_cache_key(config, session, prepared.dataset_fingerprint, prepared.suite_id)
             failed_before = failure_record(folder) is not None and not rerun_failed
@@ -209,12 +247,13 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] |
                        "retry_condition_fn": _retry_if_transient, "result_storage": root / ".prefect" / "results"}
             if failed_before:
                 logger.warning(f"{session.name} has a FAILED marker: not re-run (use --rerun-failed)")
-            futures[session.name] = train_and_eval.with_options(**options).submit(
+            wait_for = [allow_failure(lane_tail[lane])] if lane in lane_tail else []
+            futures[session.name] = lane_tail[lane] = train_and_eval.with_options(**options).submit(
                 config_path=str(config_path), model=session.model, suffix=session.suffix, seed=session.seed,
-                output_root=str(root),
-                cache_key=key if not failed_before else f"{key}-failed", epochs=config.models[session.model].epochs,
+                output_root=str(root), cache_key=key, epochs=config.models[session.model].epochs,
                 batch=config.train.batch, oom_halve_batch=config.failure.oom_halve_batch,
-                stop_on_failure=config.failure.policy == "stop", skip_as_failed=failed_before)
+                stop_on_failure=config.failure.policy == "stop", skip_as_failed=failed_before,
+                deployment=fan_out_deployment, gpu=lanes[lane], wait_for=wait_for)
         outcome: dict[str, Any] = {}
         for name, future in futures.items():
             future.wait()
@@ -222,7 +261,6 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] |
             result = future.result(raise_on_failure=False)
             outcome[name] = {"state": state.name, "ran": result.get("ran") if isinstance(result, dict) else None,
                              "error": None if not state.is_failed() else str(result)}
-        _drain(_GPU_POOL)
         report = report_task(str(root), list(dict.fromkeys(s.model for s in grid)), list(config.seeds))
         _publish_artifacts(report)
     failed = [name for name, entry in outcome.items() if entry["error"]]
@@ -232,9 +270,20 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), models: list[str] |
     return outcome
 
 
-def _drain(pool: "queue.Queue[int | None]") -> None:
-    while not pool.empty():
-        pool.get_nowait()
+@flow(name="exp3-session", log_prints=True)
+def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | None = None,
+                      extra_overrides: list[str] | None = None) -> dict[str, Any]:
+    """One session as its own flow run (the per-session deployment the parent flow fans out to).
+
+    The GPU is the worker's: start one worker per GPU with CUDA_VISIBLE_DEVICES set.
+    """
+    from exp3.config import load_config
+
+    config = load_config(config_file)
+    root = resolve_output_root(config)
+    session = Session(model, suffix, seed)
+    return _run_with_progress(Path(config_file), session, root, config.models[model].epochs, None,
+                              tuple(extra_overrides or ()))
 
 
 # ---------------------------------------------------------------------------------------------
