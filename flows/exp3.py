@@ -24,6 +24,8 @@ from typing import Any
 # This file shares its name with the `exp3` package: keep flows/ off sys.path so `import exp3`
 # finds the library (Python and Prefect's loader both put a script's folder first on sys.path).
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+if __name__ == "exp3":  # Prefect's loader registers a script under its file stem: give the name back
+    del sys.modules[__name__]
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"

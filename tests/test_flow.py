@@ -119,3 +119,26 @@ def test_bad_input_and_live_root(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path) -> None:
+    """Workers load `flows/exp3.py:exp3_flow` by path, which registers the script as `exp3`."""
+    code = ("from prefect.flows import load_flow_from_entrypoint as load; "
+            "a = load('flows/exp3.py:exp3_flow'); b = load('flows/exp3.py:exp3_session_flow'); "
+            "import exp3.config; print(a.name, b.name, exp3.config.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PREFECT_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-3:] == ["exp3", "exp3-session", "exp3.config"]
+
+
+def test_prefect_yaml_deployments_point_at_real_flows() -> None:
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in spec["deployments"]}
+    assert {"exp3-full", "exp3-smoke", "exp3-full-fanout", "exp3-session"} <= set(names)
+    assert names["exp3-full"]["schedules"][0]["active"] is False  # shipped inactive
+    assert names["exp3-full-fanout"]["parameters"]["fan_out_deployment"] == "exp3-session/exp3-session"
+    assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $EXP3_REPO }}"
+    for deployment in spec["deployments"]:
+        config_file = deployment.get("parameters", {}).get("config_file")
+        assert config_file is None or (REPO / config_file).is_file()
