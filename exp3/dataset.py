@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from collections import Counter, defaultdict
@@ -332,6 +333,28 @@ def dataset_fingerprint(spec: DataSpec) -> str:
             label_sha = sha256_file(label) if label.is_file() else "-"
             digest.update(f"{split}/{os.path.relpath(image, spec.root)}:{sha256_file(image)}:{label_sha}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> dict[str, Any]:
+    """The audit report (JSON form) of the dataset as it is now, computed once per content.
+
+    Cached as `<cache_dir>/audit-<fingerprint>.json`: any change to an image or label changes
+    the fingerprint and so runs the audit again. Raises `DatasetError` (one line per problem
+    kind, joined) if the dataset has blocking problems.
+    """
+    spec = read_data_yaml(data_yaml)
+    cached = Path(cache_dir) / f"audit-{dataset_fingerprint(spec)}.json"
+    if cached.is_file():
+        report = json.loads(cached.read_text(encoding="utf-8"))
+    else:
+        audit = audit_dataset(data_yaml)
+        report = {**audit.to_json(), "summary_lines": audit.summary_lines()}
+        atomic_write_json(cached, report)
+    if report["blocking"]:
+        errors = [line for line in report["summary_lines"] if line.startswith("error")]
+        raise DatasetError(f"dataset {str(spec.yaml_path)!r} fails the audit: {' | '.join(errors)} "
+                           f"(full report: python -m exp3.dataset audit --data {spec.yaml_path})")
+    return report
 
 
 # ---------------------------------------------------------------------------------------------

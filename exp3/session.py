@@ -8,8 +8,9 @@ Session folder `<output_root>/<model>/<model>__<session>/`:
     config_resolved.yaml          the config this session ran with
     train_plan.json               what the training subprocess was asked to do
     train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
-                                  train_info.json, masking_spec.json + masking_stats.json (S3-S6)
-    eval/<split>/                 Ultralytics' validation plots per split
+                                  training plots, train_info.json, masking_stats.json (S3-S6)
+    weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
+    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint per split
     predictions_test_clean.json   per-image records (see exp3.evaluate)
     predictions_test_occ_fixed.json
     metrics.json                  schema in docs/schema.md
@@ -86,11 +87,15 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path) -> Path:
 
 
 def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
-    """Dataset, fixed occlusion suite and S2's occluded train set (each idempotent and verified)."""
-    from exp3.dataset import dataset_fingerprint, read_data_yaml
+    """Dataset, its audit, fixed occlusion suite and S2's occluded train set (each idempotent, verified).
+
+    Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
+    """
+    from exp3.dataset import audit_once, dataset_fingerprint, read_data_yaml
     from exp3.occlusion import build_occluded_train_set, build_occlusion_suite
 
     data_yaml = dataset_yaml(config, output_root)
+    audit_once(data_yaml, output_root / "audits")
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
     return PreparedData(
@@ -177,6 +182,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     from exp3.provenance import collect_provenance
     from exp3.train import checkpoint_state, plan_training, run_training
 
+    previous_failure = _read_json(folder / FAILED_MARKER)
     (folder / FAILED_MARKER).unlink(missing_ok=True)
     write_resolved_config(config, folder)
     prepared = prepare_data(config, output_root)
@@ -189,12 +195,13 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     if state != "finished":
         raise SessionFailed(f"training stopped early ({epoch_info}); run the session again to resume")
     checkpoint = plan.best_pt if plan.best_pt.is_file() else plan.last_pt
+    _link_weights(Path(plan.run_dir) / "weights", folder / "weights")
     names = read_data_yaml(prepared.data_yaml).names
     splits: dict[str, Any] = {}
     eval_wall = 0.0
     for split in SPLITS:
         evaluation = evaluate_split(checkpoint, prepared.split_yaml(split), plan.family, output_root,
-                                    folder / "eval" / split, batch=config.train.batch, device=config.train.device)
+                                    folder / "plots" / split, batch=config.train.batch, device=config.train.device)
         atomic_write_json(folder / f"predictions_{split}.json",
                           {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
                            "checkpoint": str(checkpoint), "images": evaluation.records})
@@ -219,6 +226,8 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
             "overrides": plan.overrides,
             "locations": plan.locations,
             "resumed_from_epoch": outcome.resumed_from_epoch,
+            "previous_failure": None if previous_failure is None else {
+                key: previous_failure.get(key) for key in ("error", "time")},
             "wall_s": outcome.wall_s,
             **{key: outcome.info.get(key) for key in TRAIN_INFO_KEYS},
         },
@@ -242,6 +251,22 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
                                              "exp3_version": __version__,
                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return metrics
+
+
+def _link_weights(source: Path, target: Path) -> None:
+    """`target/{best,last}.pt` as hard links to the trained files (a copy across file systems)."""
+    import os
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", "last.pt"):
+        if not (source / name).is_file():
+            continue
+        (target / name).unlink(missing_ok=True)
+        try:
+            os.link(source / name, target / name)
+        except OSError:
+            shutil.copy2(source / name, target / name)
 
 
 def main(argv: list[str] | None = None) -> int:

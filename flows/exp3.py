@@ -97,16 +97,21 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.data, SessionError) and state.data.transient
 
 
-@task(name="audit-dataset")
-def audit_dataset_task(data_yaml: str) -> dict[str, Any]:
-    """Audit the dataset; fail the flow before any training if it has blocking problems."""
-    from exp3.dataset import audit_dataset
+@task(name="dataset")
+def dataset_task(config: ExperimentConfig, output_root: str) -> str:
+    """The data.yaml: the embedded synthetic dataset (generated on first use) or the user's."""
+    from exp3.session import dataset_yaml
 
-    report = audit_dataset(data_yaml)
-    if report.blocking:
-        raise ValueError(f"dataset {data_yaml} fails the audit: " + " | ".join(report.summary_lines())
-                         + " (run python -m exp3.dataset audit --data ... for the full report)")
-    return {"fingerprint": report.fingerprint, "counts": report.counts}
+    return str(dataset_yaml(config, Path(output_root)))
+
+
+@task(name="audit-dataset")
+def audit_dataset_task(data_yaml: str, output_root: str) -> dict[str, Any]:
+    """Audit the dataset (once per content); fail the flow before anything is built if it is bad."""
+    from exp3.dataset import audit_once
+
+    report = audit_once(data_yaml, Path(output_root) / "audits")
+    return {"fingerprint": report["fingerprint"], "counts": report["counts"]}
 
 
 @task(name="prepare-data")
@@ -232,8 +237,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
         (root / STOP_MARKER).unlink(missing_ok=True)
         config_path = write_resolved_config(config, root)
+        audit_dataset_task(dataset_task(config, str(root)), str(root))
         prepared = PreparedData(**prepare_data_task(config, str(root)))
-        audit_dataset_task(prepared.data_yaml)
         # Lanes: session i runs on lane i % n after the previous session of its lane, whatever that
         # one's outcome (allow_failure); a lane is a GPU, or the single device, or a fan-out slot.
         lanes: tuple[int | None, ...] = (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,))

@@ -43,8 +43,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict
 
 SESSION_FILES = ("metrics.json", "predictions_test_clean.json", "predictions_test_occ_fixed.json",
                  "config_resolved.yaml", "train_plan.json", "train/weights/best.pt", "train/weights/last.pt",
-                 "train/train_info.json", "train/args.yaml", "logs/train.log", "eval/test_clean", "eval/test_occ_fixed",
-                 DONE_MARKER)
+                 "train/train_info.json", "train/args.yaml", "logs/train.log", "plots/test_clean",
+                 "plots/test_occ_fixed", "weights/best.pt", "weights/last.pt", DONE_MARKER)
 
 
 @pytest.mark.parametrize("name", ["yolov8n__S1_clean_train", "yolov8n__S3_mask_backbone_early",
@@ -85,6 +85,7 @@ def test_metrics_match_plain_ultralytics_val_and_predictions_file(grid, name: st
 def test_session_folder_is_complete_and_self_describing(grid) -> None:
     output, metrics = grid
     folder = output / "yolov8n" / "yolov8n__S1_clean_train"
+    assert (folder / "weights" / "best.pt").stat().st_ino == (folder / "train" / "weights" / "best.pt").stat().st_ino
     done = json.loads((folder / DONE_MARKER).read_text())
     assert done["metrics_sha256"] == sha256_file(folder / "metrics.json")
     m = metrics["yolov8n__S1_clean_train"]
@@ -182,6 +183,31 @@ def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> Non
     failed = json.loads((folder / FAILED_MARKER).read_text())
     assert "training exited" in failed["error"] and failed["train_log_tail"]
     assert not (folder / DONE_MARKER).exists() and not (folder / "metrics.json").exists()
+    fixed = load_config(_write_config(tmp_path / "c2.yaml", output))  # weights removed: trains from the yaml
+    metrics = run_session(fixed, Session("yolov8n", "S1_clean_train"), output)
+    assert "training exited" in metrics["training"]["previous_failure"]["error"]  # the failure stays on record
+    assert not (folder / FAILED_MARKER).exists()
+
+
+def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: Path, tiny_data_yaml: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_yaml.parent, data)
+    spec = yaml.safe_load(tiny_data_yaml.read_text())
+    spec["path"] = str(data)
+    (data / "data.yaml").write_text(yaml.safe_dump(spec))
+    label = sorted((data / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "99 0.5 0.5 0.1 0.1\n")
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output, {"dataset": {
+        "kind": "yaml", "data_yaml": str(data / "data.yaml")}}))
+    with pytest.raises(SessionFailed, match="fails the audit: error: class_id_out_of_range"):
+        run_session(config, Session("yolov8n", "S1_clean_train"), output)
+    failed = json.loads((output / "yolov8n" / "yolov8n__S1_clean_train" / FAILED_MARKER).read_text())
+    assert "class_id_out_of_range" in failed["error"]
+    assert not (output / "suites").exists()  # nothing built from a bad dataset
+    assert len(list((output / "audits").glob("audit-*.json"))) == 1
 
 
 @pytest.mark.parametrize(
