@@ -626,6 +626,23 @@ def _suite_name(identity: dict[str, Any]) -> str:
     return prefix + stable_hash(identity)
 
 
+def _suite_identity(config: OcclusionConfig, images: Sequence[_SourceImage]) -> dict[str, Any]:
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "kind": SUITE_KIND,
+        "stream": STREAM_TEST_SUITE,
+        "parameters": suite_parameters(config),
+        "source_fingerprint": source_fingerprint(images),
+        "references": None,
+    }
+
+
+def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
+    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing)."""
+    _, images = _scan_split(Path(data_yaml), "test")
+    return _suite_name(_suite_identity(config, images))
+
+
 def _donor_pool(images: Sequence[_SourceImage]) -> tuple[TextureDonor, ...]:
     """The `TEXTURE_DONOR_POOL` images with the smallest stable_int(id): a fixed, content-free choice."""
     chosen = sorted(images, key=lambda image: (stable_int(image.image_id), image.image_id))[:TEXTURE_DONOR_POOL]
@@ -769,14 +786,7 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     """
     names, images = _scan_split(Path(data_yaml), "test")
     _check_inputs(config, workers, images, "test")
-    identity = {
-        "generator_version": GENERATOR_VERSION,
-        "kind": SUITE_KIND,
-        "stream": STREAM_TEST_SUITE,
-        "parameters": suite_parameters(config),
-        "source_fingerprint": source_fingerprint(images),
-        "references": None,
-    }
+    identity = _suite_identity(config, images)
     donors = _donor_pool(images)
 
     def tasks_for(build_dir: Path) -> list[_ImageTask]:

@@ -300,19 +300,20 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
 def _dry_run(config: ExperimentConfig, args: argparse.Namespace) -> int:
     from exp3.dataset import dataset_fingerprint, read_data_yaml
     from exp3.grid import grid_status
+    from exp3.occlusion import occlusion_suite_name
     from exp3.runlock import root_is_live
 
     root = resolve_output_root(config)
     grid = select_sessions(config, args.models, args.sessions)
-    suites = sorted((root / "suites").glob("occ-*")) if (root / "suites").is_dir() else []
     data_dir = root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
     data_yaml = Path(config.dataset.data_yaml) if config.dataset.kind == "yaml" else data_dir / "data.yaml"
-    ready = data_yaml.is_file() and bool(suites)
+    ready = data_yaml.is_file()  # the synthetic dataset exists after the first run; a user's always
     fingerprint = dataset_fingerprint(read_data_yaml(data_yaml)) if ready else None
+    suite = occlusion_suite_name(data_yaml, config.occlusion) if ready else None
     print(f"exp3 dry run: {len(grid)} sessions under {root}"
-          + ("" if ready else " (data/suite not built yet: keys appear after the first run prepares them)"))
+          + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
     for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root))):
-        key = session_cache_key(config, session, fingerprint, suites[-1].name) if ready else "-"
+        key = session_cache_key(config, session, fingerprint, suite) if ready else "-"
         print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  {key}")
     return 0
 

@@ -49,6 +49,12 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
         assert (root / "yolov8m" / session / "DONE").is_file()
         assert _train_attempts(root / "yolov8m" / session) == 1
     assert (root / "summary_metrics.csv").is_file() and list((root / "plots").glob("*.png"))
+    dry = _flow(tmp_path, "--sanity", "--dry-run", "--set", "models.yolov8m.architecture=yolov8n.yaml",
+                "--models", "yolov8m", "--sessions", "S1_clean_train", "S3_mask_backbone_early")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    keys = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith("  yolov8m__")]
+    assert len(keys) == 2 and all((root / ".prefect" / "results" / key).is_file() for key in keys)
+    assert all(" done " in line for line in dry.stdout.splitlines() if line.startswith("  yolov8m__"))
 
 
 @pytest.mark.parametrize("policy", ["continue", "stop"])
