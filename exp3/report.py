@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 from exp3 import stats
 from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, atomic_write_text
+from exp3.sessions import SESSION_SEPARATOR, parse_session
 from exp3.plots import SESSION_LABELS
 
 SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
@@ -42,7 +42,6 @@ REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
 """Every session is compared with these two: the clean baseline and the occluded-training anchor."""
 KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")
 """Discovered models are listed in this order first, then alphabetically (fixes colours in charts)."""
-SEED_PATTERN = re.compile(r"^(?P<name>.+)__seed(?P<seed>\d+)$")
 
 INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
                                             for score in ("precision", "recall", "f1"))
@@ -80,14 +79,14 @@ class SessionRun:
 
 def parse_session_folder_name(name: str) -> tuple[str, str, int | None] | None:
     """`<model>__<suffix>[__seed<N>]` -> (model, suffix, seed or None); None if `name` is not a session folder."""
-    seed: int | None = None
-    match = SEED_PATTERN.match(name)
-    if match:
-        name, seed = match["name"], int(match["seed"])
-    model, separator, suffix = name.rpartition("__")
-    if not separator or not model or suffix not in SESSION_SUFFIXES:
+    if SESSION_SEPARATOR not in name:
         return None
-    return model, suffix, seed
+    model = name.split(SESSION_SEPARATOR, 1)[0]  # model names never contain the separator (config check)
+    try:
+        session = parse_session(name, [model])
+    except ValueError:
+        return None
+    return session.model, session.suffix, session.seed
 
 
 def order_models(models: Iterable[str]) -> list[str]:

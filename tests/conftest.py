@@ -24,6 +24,21 @@ def tiny_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    image_size=96)
 
 
+@pytest.fixture()
+def writable_data_yaml(tiny_data_yaml: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny dataset that a test may damage; returns its data.yaml."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "data-copy"
+    shutil.copytree(tiny_data_yaml.parent, root)
+    spec = yaml.safe_load(tiny_data_yaml.read_text())
+    spec["path"] = str(root)
+    (root / "data.yaml").write_text(yaml.safe_dump(spec))
+    return root / "data.yaml"
+
+
 @pytest.fixture(scope="session")
 def tiny_yolo_checkpoint(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`last.pt` of yolov8n.yaml trained 1 epoch at imgsz 64 on the tiny dataset (plain Ultralytics)."""

@@ -16,14 +16,9 @@ from exp3.dataset import DatasetError, audit_dataset, label_path_for, list_split
 
 
 @pytest.fixture()
-def dataset(tiny_data_yaml: Path, tmp_path: Path) -> Path:
+def dataset(writable_data_yaml: Path) -> Path:
     """A private, writable copy of the tiny dataset; returns its data.yaml."""
-    root = tmp_path / "copy"
-    shutil.copytree(tiny_data_yaml.parent, root)
-    spec = yaml.safe_load(tiny_data_yaml.read_text())
-    spec["path"] = str(root)
-    (root / "data.yaml").write_text(yaml.safe_dump(spec))
-    return root / "data.yaml"
+    return writable_data_yaml
 
 
 def _first_label(root: Path, split: str = "train") -> Path:

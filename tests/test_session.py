@@ -189,14 +189,9 @@ def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> Non
     assert not (folder / FAILED_MARKER).exists()
 
 
-def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: Path, tiny_data_yaml: Path) -> None:
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data_yaml.parent, data)
-    spec = yaml.safe_load(tiny_data_yaml.read_text())
-    spec["path"] = str(data)
-    (data / "data.yaml").write_text(yaml.safe_dump(spec))
+def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: Path,
+                                                                      writable_data_yaml: Path) -> None:
+    data = writable_data_yaml.parent
     label = sorted((data / "labels" / "train").glob("*.txt"))[0]
     label.write_text(label.read_text() + "99 0.5 0.5 0.1 0.1\n")
     output = tmp_path / "out"
