@@ -57,30 +57,28 @@ def test_a_session_better_on_every_image_gets_a_tiny_p_and_a_positive_interval()
     assert stats.compare_paired(worse, better).difference.high < 0
 
 
-def test_permutation_pvalue_equals_scipy_exact_test() -> None:
-    a, b = _random_counts(10, seed=4), _random_counts(10, seed=5)
+def _scipy_paired_pvalue(a: np.ndarray, b: np.ndarray, **options: object) -> float:
+    """scipy's paired ('samples') permutation test of the micro-F1 difference, on row indices."""
+    n = len(a)
     table = np.concatenate([a, b])
 
     def difference(rows_a: np.ndarray, rows_b: np.ndarray, axis: int) -> np.ndarray:
         rows_a, rows_b = np.moveaxis(rows_a, axis, -1), np.moveaxis(rows_b, axis, -1)
         return stats.micro_f1(table[rows_a.astype(int)]) - stats.micro_f1(table[rows_b.astype(int)])
 
-    expected = scipy_stats.permutation_test((np.arange(10.0), np.arange(10.0, 20.0)), difference,
-                                            permutation_type="samples", vectorized=True).pvalue
+    return scipy_stats.permutation_test((np.arange(float(n)), np.arange(float(n), 2.0 * n)), difference,
+                                        permutation_type="samples", vectorized=True, **options).pvalue
+
+
+def test_permutation_pvalue_equals_scipy_exact_test() -> None:
+    a, b = _random_counts(10, seed=4), _random_counts(10, seed=5)
+    expected = _scipy_paired_pvalue(a, b)
     assert stats.paired_permutation_pvalue(a, b) == pytest.approx(expected)   # 2**10 <= 9999: both exact
 
 
 def test_permutation_pvalue_close_to_scipy_random_test() -> None:
     a, b = _random_counts(40, seed=6), _random_counts(40, seed=8)
-    table = np.concatenate([a, b])
-
-    def difference(rows_a: np.ndarray, rows_b: np.ndarray, axis: int) -> np.ndarray:
-        rows_a, rows_b = np.moveaxis(rows_a, axis, -1), np.moveaxis(rows_b, axis, -1)
-        return stats.micro_f1(table[rows_a.astype(int)]) - stats.micro_f1(table[rows_b.astype(int)])
-
-    expected = scipy_stats.permutation_test((np.arange(40.0), np.arange(40.0, 80.0)), difference,
-                                            permutation_type="samples", vectorized=True, n_resamples=50000,
-                                            rng=np.random.default_rng(0)).pvalue
+    expected = _scipy_paired_pvalue(a, b, n_resamples=50000, rng=np.random.default_rng(0))
     assert stats.paired_permutation_pvalue(a, b, n_resamples=50000) == pytest.approx(expected, abs=0.015)
 
 
