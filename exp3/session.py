@@ -91,16 +91,16 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
 
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """
-    from exp3.dataset import audit_once, dataset_fingerprint, read_data_yaml
+    from exp3.dataset import audit_once
     from exp3.occlusion import build_occluded_train_set, build_occlusion_suite
 
     data_yaml = dataset_yaml(config, output_root)
-    audit_once(data_yaml, output_root / "audits")
+    audit = audit_once(data_yaml, output_root / "audits")
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
     return PreparedData(
         data_yaml=str(data_yaml),
-        dataset_fingerprint=dataset_fingerprint(read_data_yaml(data_yaml)),
+        dataset_fingerprint=audit["fingerprint"],  # computed by the audit: no second pass over the files
         suite_dir=str(suite),
         suite_id=suite.name,
         suite_manifest_sha256=sha256_file(suite / "manifest.json"),

@@ -171,22 +171,19 @@ def run_training(plan: TrainPlan, logs_dir: Path, env: dict[str, str] | None = N
     """Run the worker for `plan` in a subprocess; append its output to `logs_dir/train.log`."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     plan_path = atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
-    state, info = checkpoint_state(plan.last_pt)
-    resumed_from = info.get("epoch") if state == "partial" else None
     log_path = logs_dir / "train.log"
     start = time.perf_counter()
     with open(log_path, "ab") as log:
-        log.write(f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                  f"(last.pt: {state}) ====\n".encode())
+        log.write(f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.flush()
         result = subprocess.run([sys.executable, "-m", "exp3.train", "--plan", str(plan_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 preexec_fn=die_with_parent)
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     outcome_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    resumed_from = outcome_info.get("resumed_from", resumed_from)  # the worker knows best (corrupt last.pt)
-    return TrainOutcome(result.returncode, round(time.perf_counter() - start, 2), resumed_from, str(log_path),
-                        outcome_info)
+    # The worker inspects last.pt (and recovers a corrupt one); its train_info.json says what it resumed from.
+    return TrainOutcome(result.returncode, round(time.perf_counter() - start, 2), outcome_info.get("resumed_from"),
+                        str(log_path), outcome_info)
 
 
 def log_tail(log_path: str | Path, lines: int = 40) -> str:

@@ -59,7 +59,7 @@ def test_layout_labels_and_classes(tmp_path: Path) -> None:
     assert max(counts) >= 4  # multi-object scenes
 
 
-def test_objects_overlap_but_stay_visible() -> None:
+def test_objects_partially_overlap() -> None:
     overlaps = 0
     for index in range(40):
         _, objects = compose_image(np.random.default_rng([0, 9, index]), 256)
