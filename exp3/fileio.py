@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -55,9 +56,27 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     return atomic_write_text(path, canonical_json(payload, indent=2) + "\n")
 
 
+def json_safe(payload: Any) -> Any:
+    """`payload` with every non-finite float (NaN, +-Infinity) replaced by None, recursively.
+
+    exp3's JSON files hold strict JSON only: an undefined number is `null` (docs/schema.md),
+    never the `NaN`/`Infinity` literals that Python's json module would otherwise write and that
+    strict parsers (JavaScript, jq, `json.loads(..., parse_constant=...)`) reject.
+    """
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, dict):
+        return {key: json_safe(value) for key, value in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [json_safe(value) for value in payload]
+    if hasattr(payload, "item") and getattr(payload, "ndim", None) == 0:  # numpy scalar
+        return json_safe(payload.item())
+    return payload
+
+
 def canonical_json(payload: Any, indent: int | None = None) -> str:
-    """JSON with sorted keys and no NaN surprises; `default=str` turns Paths into strings."""
-    return json.dumps(payload, sort_keys=True, indent=indent, default=str, allow_nan=True)
+    """Strict JSON (`json_safe`: NaN -> null) with sorted keys; `default=str` turns Paths into strings."""
+    return json.dumps(json_safe(payload), sort_keys=True, indent=indent, default=str, allow_nan=False)
 
 
 def sha256_bytes(data: bytes) -> str:
