@@ -59,10 +59,15 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """One detector: its architecture yaml (Ultralytics name or path), optional local weights, epochs."""
+    """One detector: its architecture yaml, the weights it starts from (exp3/weights.py), epochs.
+
+    `weights`: a local `.pt` path, an Ultralytics asset name (`yolov8m.pt`, resolved like
+    Ultralytics does), or None = train the architecture from scratch on purpose. Weights that
+    cannot be found stop the run before any session starts; they never become a from-scratch run.
+    """
 
     architecture: str
-    weights: Path | None = None
+    weights: str | None = None
     epochs: int = Field(gt=0)
 
     @property
@@ -73,8 +78,8 @@ class ModelConfig(_Strict):
 
 def _default_models() -> dict[str, ModelConfig]:
     return {
-        "yolov8m": ModelConfig(architecture="yolov8m.yaml", weights=None, epochs=100),
-        "rtdetr-l": ModelConfig(architecture="rtdetr-l.yaml", weights=None, epochs=100),
+        "yolov8m": ModelConfig(architecture="yolov8m.yaml", weights="yolov8m.pt", epochs=100),
+        "rtdetr-l": ModelConfig(architecture="rtdetr-l.yaml", weights="rtdetr-l.pt", epochs=100),
     }
 
 
@@ -85,6 +90,12 @@ class TrainConfig(_Strict):
     imgsz: int | None = Field(default=None, ge=32)
     device: str | None = None
     workers: int | None = Field(default=None, ge=0)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_as_text(cls, value: Any) -> Any:
+        """`device: 0` (YAML int) or `0,1` mean the same to Ultralytics as the string: accept both."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class OcclusionConfig(_Strict):
@@ -167,6 +178,7 @@ class ExperimentConfig(_Strict):
     failure: FailureConfig = FailureConfig()
     gpus: tuple[int, ...] = ()
     seeds: tuple[int, ...] = (0,)
+    download_weights: bool = False
 
     @model_validator(mode="before")
     @classmethod

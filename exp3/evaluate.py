@@ -1,17 +1,27 @@
-"""Evaluate a checkpoint on one split in ONE inference pass: Ultralytics mAP + per-image predictions.
+"""Evaluate a checkpoint on one split: Ultralytics' mAP and the detections `predict` would give.
 
-The runner (Ultralytics' validator) owns the loop, eval mode and `no_grad`; exp3 only adds a
-recording step to `update_metrics`, which sees every image's post-NMS predictions and its
-ground truth. So the mAP50 / mAP50-95 reported here are exactly what `YOLO(ckpt).val(...)`
-reports on the same split and args, and the predictions come from that very pass.
+Two consumers, two definitions, each taken from Ultralytics itself:
+
+- **mAP50 / mAP50-95** come from Ultralytics' validator (`model.val(...)`): its rect batches,
+  multi-label NMS at conf 0.001. They equal `YOLO(ckpt).val(split=...)` exactly.
+- **Per-image predictions** (ingredient sets, detection-level P/R/F1) come from `model.predict`
+  over the same image files: the application (a meal planner) calls `predict`, whose NMS keeps
+  one class per box (`multi_label=False`) with its default IoU 0.7 and `max_det` 300, on its own
+  letterbox. Recording the validator's multi-label output instead would let a box's second class
+  add a false ingredient (YOLO), and RT-DETR (no NMS) would not be compared like for like.
+
+`predict` runs once with `conf=RECORD_CONF` (below every threshold exp3 applies); a threshold
+`t >= RECORD_CONF` applied afterwards keeps exactly the boxes `predict(conf=t)` returns, since
+NMS only ever suppresses a box in favour of a higher-scoring one. Ground truth comes from the
+validator's pass (its labels, scaled back to original pixels), so both halves describe the same
+files. The two passes cost one extra forward pass per image; they cannot be merged without
+giving up one of the two definitions (the validator pads rect batches by half a stride, so its
+inputs differ from `predict`'s).
 
 Recorded per image (original-image pixel coordinates, xyxy):
     {"image_id": str, "width": int, "height": int,
      "gt_classes": [G] int, "gt_boxes": [G][4] float,
      "pred_classes": [P] int, "pred_boxes": [P][4] float, "pred_conf": [P] float}
-Predictions are those Ultralytics' validation keeps (conf >= 0.001, multi-label NMS, at most
-`max_det` per image); the ingredient threshold (`eval.conf`) is applied afterwards by
-`exp3.metrics`, so the threshold can change without re-running inference.
 
 No exp3 code runs inside the model: the checkpoint is loaded with plain Ultralytics and masking
 hooks are never attached here.
@@ -27,10 +37,13 @@ from typing import Any, Literal
 from exp3.offline import apply_offline_environment
 
 Family = Literal["detect", "rtdetr"]
+RECORD_CONF = 0.01
+"""Confidence floor of the recorded predictions: below every threshold exp3 applies (primary 0.25,
+val-chosen thresholds from a 0.01 grid), so any of them can be applied to the file afterwards."""
 
 
 def _recording_mixin(base: type) -> type:
-    """A subclass of the validator `base` that records per-image predictions and ground truth."""
+    """A subclass of the validator `base` that records every image's file and ground truth (original pixels)."""
     from ultralytics.utils import ops
 
     class Recording(base):  # type: ignore[misc, valid-type]
@@ -39,23 +52,20 @@ def _recording_mixin(base: type) -> type:
             self.records: list[dict[str, Any]] = []
 
         def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-            for index, pred in enumerate(preds):
+            for index in range(len(preds)):
                 pbatch = self._prepare_batch(index, batch)
                 height, width = (int(v) for v in pbatch["ori_shape"])
                 gt_boxes = pbatch["bboxes"]
                 if len(gt_boxes):
                     gt_boxes = ops.scale_boxes(pbatch["imgsz"], gt_boxes.clone(), pbatch["ori_shape"],
                                                ratio_pad=pbatch["ratio_pad"])
-                scaled = self.scale_preds(self._prepare_pred(dict(pred)), pbatch)
                 self.records.append({
                     "image_id": Path(pbatch["im_file"]).stem,
+                    "im_file": str(pbatch["im_file"]),
                     "width": width,
                     "height": height,
                     "gt_classes": [int(c) for c in pbatch["cls"].tolist()],
                     "gt_boxes": [[round(float(v), 2) for v in box] for box in gt_boxes.tolist()],
-                    "pred_classes": [int(c) for c in scaled["cls"].tolist()],
-                    "pred_boxes": [[round(float(v), 2) for v in box] for box in scaled["bboxes"].tolist()],
-                    "pred_conf": [round(float(c), 5) for c in scaled["conf"].tolist()],
                 })
             super().update_metrics(preds, batch)
 
@@ -66,7 +76,7 @@ def _recording_mixin(base: type) -> type:
 
 @dataclass
 class SplitEvaluation:
-    """Result of one pass over one split."""
+    """mAP of the validator pass and the merged per-image records of one split."""
 
     split_yaml: str
     map50: float
@@ -91,27 +101,50 @@ def _model_and_validator(checkpoint: Path, family: Family) -> tuple[Any, type]:
     raise ValueError(f"unknown model family {family!r}: use 'detect' (YOLO) or 'rtdetr'")
 
 
+def predict_records(model: Any, image_files: list[str], imgsz: int | None = None, batch: int | None = None,
+                    device: str | None = None) -> dict[str, dict[str, list]]:
+    """`model.predict` over `image_files` at conf RECORD_CONF, everything else predict's defaults.
+
+    Returns {image id (file stem): {"pred_classes": [P], "pred_boxes": [P][4] (xyxy original pixels),
+    "pred_conf": [P]}}; confidences are kept unrounded so a later threshold reproduces `predict`.
+    """
+    overrides: dict[str, Any] = {"conf": RECORD_CONF, "verbose": False, "stream": True, "save": False}
+    for key, value in (("imgsz", imgsz), ("batch", batch), ("device", device)):
+        if value is not None:
+            overrides[key] = value
+    found: dict[str, dict[str, list]] = {}
+    for result in model.predict(source=list(image_files), **overrides):
+        boxes = result.boxes
+        found[Path(result.path).stem] = {
+            "pred_classes": [int(c) for c in boxes.cls.tolist()],
+            "pred_boxes": [[round(float(v), 2) for v in box] for box in boxes.xyxy.tolist()],
+            "pred_conf": [float(c) for c in boxes.conf.tolist()],
+        }
+    return found
+
+
 def evaluate_split(
     checkpoint: str | Path,
     split_yaml: str | Path,
     family: Family,
     output_root: str | Path,
     save_dir: str | Path,
+    split: str = "test",
     imgsz: int | None = None,
     batch: int | None = None,
     device: str | None = None,
 ) -> SplitEvaluation:
-    """Run one validation pass of `checkpoint` over the `test` split of `split_yaml`.
+    """mAP (validator pass) and predict-equivalent per-image records of `checkpoint` on `split` of `split_yaml`.
 
     `imgsz`/`batch`/`device` None = Ultralytics' defaults (imgsz from the checkpoint's training
-    args). Plots and Ultralytics' own files go under `save_dir`. Returns mAPs and the records.
+    args, for both passes). Plots and Ultralytics' own files go under `save_dir`.
     """
     checkpoint, split_yaml = Path(checkpoint), Path(split_yaml)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist: train the session first")
     apply_offline_environment(output_root)
     model, validator = _model_and_validator(checkpoint, family)
-    overrides: dict[str, Any] = {"data": str(split_yaml), "split": "test", "plots": True, "verbose": False,
+    overrides: dict[str, Any] = {"data": str(split_yaml), "split": split, "plots": True, "verbose": False,
                                  "project": str(Path(save_dir).parent), "name": Path(save_dir).name,
                                  "exist_ok": True}
     for key, value in (("imgsz", imgsz), ("batch", batch), ("device", device)):
@@ -125,8 +158,13 @@ def evaluate_split(
     model.add_callback("on_val_end", _keep_validator)
     start = time.perf_counter()
     metrics = model.val(validator=validator, **overrides)
+    ground_truth = sorted(captured["validator"].records, key=lambda record: record["image_id"])
+    predicted = predict_records(model, [record["im_file"] for record in ground_truth], imgsz, batch, device)
     wall_s = time.perf_counter() - start
-    active = captured["validator"]
+    records = []
+    for record in ground_truth:
+        record.pop("im_file")
+        records.append({**record, **predicted[record["image_id"]]})
     names = metrics.names
     per_class = {names[int(c)]: round(float(metrics.box.maps[int(c)]), 6) for c in metrics.box.ap_class_index}
     return SplitEvaluation(
@@ -134,7 +172,7 @@ def evaluate_split(
         map50=float(metrics.box.map50),
         map50_95=float(metrics.box.map),
         per_class_map50_95=per_class,
-        records=sorted(active.records, key=lambda record: record["image_id"]),
+        records=records,
         wall_s=round(wall_s, 3),
         speed_ms_per_image={key: round(float(value), 3) for key, value in metrics.speed.items()},
     )

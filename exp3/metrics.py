@@ -10,8 +10,12 @@ is the classes with at least one detection of confidence >= `conf`, the *ground-
 classes in the label file. Over an (N images, C classes) pair of boolean matrices:
 
 - micro:   P = sum|pred & gt| / sum|pred|, R = sum|pred & gt| / sum|gt| over all images;
-- macro:   per-class P/R/F1, then the unweighted mean over *all* `num_classes` classes
-           (scikit-learn's `labels=range(num_classes)`), including classes absent from the split;
+- macro:   per-class P/R/F1, then the unweighted mean over the classes *present* in the split's
+           ground truth or predictions (scikit-learn's `labels=` the classes seen in y_true or
+           y_pred). A class nobody has and nobody predicts says nothing about the model; counting
+           it as a perfect 1.0 (the empty-set rule) gave a model that predicts nothing a macro F1
+           of 0.10 on a 10-class smoke split and 0.25 on an 80-class dataset. No class present:
+           macro is undefined (None in JSON);
 - samples: per-image P/R/F1, then the mean over images (mean of per-image F1, not F1 of means).
 
 These are scikit-learn's multilabel `precision_recall_fscore_support` averages, with one fixed
@@ -57,6 +61,8 @@ DEFAULT_MATCH_IOU = 0.5
 """IoU a detection needs with a same-class GT box to count as a true positive."""
 DEFAULT_CONF_GRID: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(1, 20))
 """Thresholds of the F1-vs-conf curve: 0.05, 0.10, ..., 0.95."""
+THRESHOLD_SEARCH_GRID: tuple[float, ...] = tuple(round(0.01 * step, 2) for step in range(1, 100))
+"""Candidates of the val-chosen threshold: 0.01, 0.02, ..., 0.99 (recorded predictions start at 0.01)."""
 
 EMPTY_BOTH_SCORE = 1.0
 """Score of a 0/0 ratio when tp = fp = fn = 0 (nothing to find, nothing claimed): a perfect answer."""
@@ -293,15 +299,28 @@ def ingredient_prf(gt: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, floa
 
     Returns:
         {"micro" | "macro" | "samples": {"precision", "recall", "f1"}} as floats in [0, 1].
-        macro averages over all C columns; samples averages over all N rows.
+        macro averages over the columns present in gt or pred (NaN when none is); samples
+        averages over all N rows.
     """
     _check_sets(gt, pred)
     micro = prf_from_counts(*_set_counts(gt, pred, axis=None))
     per_class = per_class_prf(gt, pred)
-    macro = (per_class["precision"], per_class["recall"], per_class["f1"])
+    present = present_classes(gt, pred)
+    macro = (per_class["precision"][present], per_class["recall"][present], per_class["f1"][present])
     samples = per_image_prf(gt, pred)
-    return {name: {"precision": float(np.mean(p)), "recall": float(np.mean(r)), "f1": float(np.mean(f))}
+    return {name: {"precision": _mean(p), "recall": _mean(r), "f1": _mean(f)}
             for name, (p, r, f) in (("micro", micro), ("macro", macro), ("samples", samples))}
+
+
+def present_classes(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(C,) bool: classes in some image's ground truth or predicted set (the macro average's label set)."""
+    _check_sets(gt, pred)
+    return gt.any(axis=0) | pred.any(axis=0)
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean of a non-empty array as float; NaN for an empty one (an undefined average)."""
+    return float(np.mean(values)) if np.size(values) else math.nan
 
 
 def f1_vs_conf(records: Sequence[ImageRecord], num_classes: int,
@@ -437,6 +456,7 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
     gt, pred = ingredient_sets(records, num_classes, conf)
     names = list(class_names) if class_names is not None else [str(class_id) for class_id in range(num_classes)]
     per_class = per_class_prf(gt, pred)
+    present = present_classes(gt, pred)
     image_precision, image_recall, image_f1 = per_image_prf(gt, pred)
     return {
         "n_images": len(records),
@@ -444,7 +464,7 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
         "conf": conf,
         "match_iou": match_iou,
         "ingredient": ingredient_prf(gt, pred),
-        "per_class": [{"class_id": class_id, "name": names[class_id],
+        "per_class": [{"class_id": class_id, "name": names[class_id], "present": bool(present[class_id]),
                        **{key: values[class_id].item() for key, values in per_class.items()}}
                       for class_id in range(num_classes)],
         "per_image": {"image_id": [record.image_id for record in records], "precision": image_precision.tolist(),
@@ -452,3 +472,35 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
         "detection": detection_prf(records, conf, match_iou),
         "f1_vs_conf": f1_vs_conf(records, num_classes, conf_grid),
     }
+
+
+def operating_point(records: Sequence[ImageRecord], num_classes: int, conf: float,
+                    match_iou: float = DEFAULT_MATCH_IOU) -> dict[str, Any]:
+    """Ingredient and detection metrics of one split at threshold `conf`.
+
+    Returns:
+        {"conf": float, "ingredient": {"micro" | "macro" | "samples": {"precision", "recall", "f1"}},
+         "detection": {"precision", "recall", "f1", "tp", "fp", "fn"}}.
+    """
+    return {"conf": conf, "ingredient": ingredient_prf(*ingredient_sets(records, num_classes, conf)),
+            "detection": detection_prf(records, conf, match_iou)}
+
+
+def choose_threshold(val_records: Sequence[ImageRecord], num_classes: int,
+                     grid: Sequence[float] = THRESHOLD_SEARCH_GRID, prefer: float = DEFAULT_CONF) -> dict[str, float]:
+    """The confidence threshold that maximises ingredient micro F1 on the clean *val* split.
+
+    The secondary operating point of a session (docs/thresholds.md): each session gets its own
+    threshold, so a session whose scores are merely shifted (calibration) is not mistaken for a
+    more or less robust one. Never call this on a test split. Ties go to the threshold nearest
+    `prefer` (the primary threshold): a session moves off the default only where that helps on val,
+    and a model that finds nothing keeps the default.
+
+    Returns:
+        {"conf": chosen threshold, "val_micro_f1": micro F1 on val at it}.
+    """
+    curve = f1_vs_conf(val_records, num_classes, grid)
+    f1 = np.asarray(curve["micro_f1"])
+    tied = np.flatnonzero(f1 == f1.max())
+    best = int(tied[np.argmin(np.abs(np.asarray(curve["conf"])[tied] - prefer))])
+    return {"conf": float(curve["conf"][best]), "val_micro_f1": float(curve["micro_f1"][best])}

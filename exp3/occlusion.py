@@ -10,9 +10,14 @@ The generator is a handful of pure functions in the imagecorruptions manner:
   ground-truth box, "random" places random rectangles anywhere), returning integer pixel
   rectangles `(x0, y0, x1, y1)`, half-open, in the image's pixel grid;
 - a *fill* per fill type (`FILLS`: "mean", "gray", "noise", "texture"), returning the pixels of
-  one rectangle as `(h, w, 3)` uint8 RGB;
+  one rectangle as `(h, w, 3)` uint8 RGB; "texture" is cut from the *background* of another image
+  of the split (never within `TEXTURE_BOX_MARGIN` px of a labelled box), so an occluder never adds
+  an unlabelled piece of an object;
 - `occlude_image`, which draws one fill per image, plans the rectangles, paints them and measures
   the fraction of every ground-truth box actually covered by the union of all rectangles.
+
+Labels are never changed, so every box must stay findable: in every mode no box may end up more
+than `MAX_BOX_COVERAGE` covered; planners re-draw, shrink or drop an occluder that would exceed it.
 
 Every random draw comes from a per-image generator
 `np.random.default_rng([seed, stream, stable_int(image_id)])`; the stream is `STREAM_TEST_SUITE`
@@ -20,7 +25,8 @@ for the test suite and `STREAM_S2_TRAIN` for S2's train set, so the two never sh
 Nothing touches a global RNG, and the output does not depend on the worker count.
 
 Suites are content-addressed: `occ-<hash12>` (test suite) and `occtrain-<hash12>` (S2 train set)
-where the hash covers the generator version, the parameters and the source fingerprint. A suite
+where the hash covers the generator version, the algorithm constants (`algorithm_constants`), the
+parameters and the source fingerprint, so a suite of an older algorithm is never reused. A suite
 is built in a temporary sibling directory, its manifest written last, then renamed into place;
 an existing suite is verified and reused, never overwritten. See docs/occlusion.md.
 """
@@ -60,8 +66,13 @@ from exp3.fileio import (
     stable_int,
 )
 
-GENERATOR_VERSION = "1"
-"""Bump whenever a change alters any output byte or manifest field: it is part of the suite hash."""
+GENERATOR_VERSION = "2"
+"""Bump whenever a change alters any output byte or manifest field: it is part of the suite hash.
+
+History: "1" cut texture anywhere in a donor (ingredient pieces included) and let random
+rectangles hide a box completely; "2" cuts texture from donor background only and caps every
+box's covered fraction at `MAX_BOX_COVERAGE`. Suites of different versions never share a name.
+"""
 
 STREAM_TEST_SUITE = 1
 """RNG stream of the fixed test suite (`test_occ_fixed`)."""
@@ -75,6 +86,26 @@ GRAY_RGB: tuple[int, int, int] = (114, 114, 114)
 
 TEXTURE_DONOR_POOL = 8
 """Texture patches come from this many donor images of the same split (never the image itself)."""
+TEXTURE_BOX_MARGIN = 2
+"""Donor pixels (at the donor's resolution) around every donor label box that texture crops also
+avoid, so JPEG ringing and 6-decimal label rounding cannot leak object pixels into a patch."""
+
+MAX_BOX_COVERAGE = 0.9
+"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders.
+
+One rule for every mode, the test suite and S2's train set alike. Labels are never dropped (the
+clean and occluded test copies keep identical object lists, so results pair image by image), so
+no occluder may hide a box so completely that its label asks for an object nobody can see: an
+occluder placement that would push any box above the cap is re-drawn or shrunk (`PLACEMENT_*`),
+or dropped. A candidate for `occlusion.max_box_coverage` in the config.
+"""
+PLACEMENT_ATTEMPTS = 16
+"""Uniform positions tried per occluder size before the occluder shrinks (rejection sampling)."""
+PLACEMENT_SHRINK = 0.8
+"""Factor applied to an occluder's width and height when no position of its size keeps the cap."""
+PLACEMENT_SIZES = 5
+"""Sizes tried per occluder (sides x 1, 0.8, 0.64, 0.51, 0.41); if none fits, it is dropped."""
+
 ASPECT_RANGE: tuple[float, float] = (1 / 3, 3.0)
 """Width/height ratio range of an occluder, sampled log-uniformly (widened only if a box forces it)."""
 
@@ -243,52 +274,80 @@ def _rect_of_area(
 
 def object_rects(
     boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
-) -> tuple[list[Rect], list[float | None]]:
+) -> tuple[list[Rect], list[float | None], int]:
     """One rectangle inside every box covering a target fraction (drawn from `config.coverage`) of it.
 
     The rectangle lies within the box's whole pixels, so for an isolated box the covered fraction is
-    the target up to one pixel row or column. Returns (rects, per-box target coverage). Four draws
-    per box, always, so a box never shifts the stream of the boxes after it.
+    the target up to one pixel row or column. Where boxes overlap, a box's rectangle is placed (or
+    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Returns (rects,
+    per-box target coverage, number of rectangles dropped by the cap). Per box, always
+    `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS` draws, so a box never shifts the stream of the
+    boxes after it.
     """
     low, high = config.coverage
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    mask = np.zeros((height, width), dtype=bool)
+    coverage = box_coverages(mask, boxes)
     rects: list[Rect] = []
     targets: list[float | None] = []
-    for x0, y0, x1, y1 in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4):
+    dropped = 0
+    for x0, y0, x1, y1 in boxes:
         target = float(rng.uniform(low, high))
-        aspect_draw, u, v = (float(value) for value in rng.random(3))
+        aspect_draw = float(rng.random())
+        draws = rng.random((PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2))
         targets.append(target)
         ix0, iy0, ix1, iy1 = math.ceil(x0), math.ceil(y0), math.floor(x1), math.floor(y1)
         inner_w, inner_h = ix1 - ix0, iy1 - iy0
         if inner_w < 1 or inner_h < 1:
             continue  # box thinner than one whole pixel: nothing to place; its covered fraction says so
-        rect_w, rect_h = _rect_of_area(target * (x1 - x0) * (y1 - y0), inner_w, inner_h, aspect_draw)
-        rx0 = ix0 + int(u * (inner_w - rect_w + 1))
-        ry0 = iy0 + int(v * (inner_h - rect_h + 1))
-        rects.append((rx0, ry0, rx0 + rect_w, ry0 + rect_h))
-    return rects, targets
+        size = _rect_of_area(target * (x1 - x0) * (y1 - y0), inner_w, inner_h, aspect_draw)
+        rect = _place(size, (ix0, iy0, ix1, iy1), draws, mask, boxes, coverage)
+        if rect is None:
+            dropped += 1
+            continue
+        rects.append(rect)
+        coverage = _paint_and_measure(mask, rect, boxes)
+    return rects, targets, dropped
 
 
 def random_rects(
     boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
-) -> tuple[list[Rect], list[float | None]]:
+) -> tuple[list[Rect], list[float | None], int]:
     """`config.random_rects` rectangles of `config.random_area` x image area each, anywhere in the image.
 
-    Returns (rects, per-box targets), the targets all None: random mode aims at no box.
+    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds
+    `MAX_BOX_COVERAGE`. Returns (rects, per-box targets, number dropped by the cap), the targets all
+    None: random mode aims at no box. Draws: the count, then per rectangle always
+    `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS`.
     """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     count = int(rng.integers(config.random_rects[0], config.random_rects[1] + 1))
+    mask = np.zeros((height, width), dtype=bool)
+    coverage = box_coverages(mask, boxes)
     rects: list[Rect] = []
+    dropped = 0
     for _ in range(count):
         area = float(rng.uniform(*config.random_area)) * width * height
-        aspect_draw, u, v = (float(value) for value in rng.random(3))
-        rect_w, rect_h = _rect_of_area(area, width, height, aspect_draw)
-        rx0, ry0 = int(u * (width - rect_w + 1)), int(v * (height - rect_h + 1))
-        rects.append((rx0, ry0, rx0 + rect_w, ry0 + rect_h))
-    return rects, [None] * len(np.asarray(boxes_xyxy).reshape(-1, 4))
+        aspect_draw = float(rng.random())
+        draws = rng.random((PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2))
+        rect = _place(_rect_of_area(area, width, height, aspect_draw), (0, 0, width, height), draws, mask, boxes,
+                      coverage)
+        if rect is None:
+            dropped += 1
+            continue
+        rects.append(rect)
+        coverage = _paint_and_measure(mask, rect, boxes)
+    return rects, [None] * len(boxes), dropped
 
 
-Planner = Callable[[np.ndarray, OcclusionConfig, np.random.Generator, int, int], tuple[list[Rect], list[float | None]]]
+Planner = Callable[
+    [np.ndarray, OcclusionConfig, np.random.Generator, int, int], tuple[list[Rect], list[float | None], int]
+]
 PLANNERS: dict[str, Planner] = {"object": object_rects, "random": random_rects}
-"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> (rects, per-box targets)."""
+"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> (rects, per-box targets, dropped).
+
+Every planner places its rectangles with `_place`, so `MAX_BOX_COVERAGE` holds in every mode
+(`occlude_image` checks it again)."""
 
 
 def rect_mask(rects: Sequence[Rect], width: int, height: int) -> np.ndarray:
@@ -305,49 +364,157 @@ def _pixel_weights(low: float, high: float, start: int, stop: int) -> np.ndarray
     return np.clip(np.minimum(edges + 1, high) - np.maximum(edges, low), 0.0, 1.0)
 
 
-def covered_fractions(mask: np.ndarray, boxes_xyxy: np.ndarray) -> list[float | None]:
-    """Fraction of each box's area (float pixel xyxy) covered by `mask`; None for a zero-area box.
+def _covered_share(mask: np.ndarray, box: np.ndarray, window: Rect, invert: bool = False) -> float:
+    """Share of `box`'s area (float pixel xyxy, area > 0) inside `window` where `mask` is True (False if invert)."""
+    x0, y0, x1, y1 = box
+    wx0, wy0 = max(window[0], math.floor(x0), 0), max(window[1], math.floor(y0), 0)
+    wx1, wy1 = min(window[2], math.ceil(x1)), min(window[3], math.ceil(y1))
+    if wx0 >= wx1 or wy0 >= wy1:
+        return 0.0
+    cells = mask[wy0:wy1, wx0:wx1]
+    cells = (~cells if invert else cells).astype(np.float64)
+    covered = _pixel_weights(y0, y1, wy0, wy1) @ cells @ _pixel_weights(x0, x1, wx0, wx1)
+    return float(covered / ((x1 - x0) * (y1 - y0)))
+
+
+def box_coverages(mask: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """(N,) float64 share of each box's area (float pixel xyxy) covered by `mask` ((H, W) bool); NaN if zero-area.
 
     Exact for fractional box edges: every pixel counts with the share of it inside the box.
     """
-    fractions: list[float | None] = []
-    for x0, y0, x1, y1 in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4):
-        area = (x1 - x0) * (y1 - y0)
-        if area <= 0:
-            fractions.append(None)
-            continue
-        ix0, iy0, ix1, iy1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
-        window = mask[iy0:iy1, ix0:ix1].astype(np.float64)
-        covered = _pixel_weights(y0, y1, iy0, iy1) @ window @ _pixel_weights(x0, x1, ix0, ix1)
-        fractions.append(round(float(covered / area), 6))
-    return fractions
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    whole = (0, 0, mask.shape[1], mask.shape[0])
+    return np.array(
+        [_covered_share(mask, box, whole) if (box[2] - box[0]) * (box[3] - box[1]) > 0 else math.nan for box in boxes],
+        dtype=np.float64,
+    )
+
+
+def covered_fractions(mask: np.ndarray, boxes_xyxy: np.ndarray) -> list[float | None]:
+    """`box_coverages` rounded to 6 decimals, None for a zero-area box: the manifest's `covered_fraction`."""
+    return [None if math.isnan(value) else round(float(value), 6) for value in box_coverages(mask, boxes_xyxy)]
+
+
+def _keeps_cap(mask: np.ndarray, rect: Rect, boxes: np.ndarray, coverage: np.ndarray) -> bool:
+    """Whether painting `rect` onto `mask` leaves every box's covered fraction <= MAX_BOX_COVERAGE."""
+    x0, y0, x1, y1 = rect
+    touched = np.flatnonzero(
+        (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0) & ~np.isnan(coverage)
+    )
+    return all(
+        coverage[index] + _covered_share(mask, boxes[index], rect, invert=True) <= MAX_BOX_COVERAGE
+        for index in touched
+    )
+
+
+def _place(
+    size: tuple[int, int],
+    region: Rect,
+    draws: np.ndarray,
+    mask: np.ndarray,
+    boxes: np.ndarray,
+    coverage: np.ndarray,
+) -> Rect | None:
+    """Where a (w, h) pixel occluder goes inside `region` without pushing any box above the cap; None = dropped.
+
+    `draws` is a (PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2) block of uniform [0, 1) numbers, consumed
+    in order: size step s scales both sides by PLACEMENT_SHRINK**s (rounded, >= 1 px); attempt (u, v)
+    puts the top-left corner at region + (int(u * (free width + 1)), int(v * (free height + 1))).
+    The first placement after which every box's covered fraction (`coverage` by `mask`, (N,), NaN
+    for zero-area boxes, plus what the rectangle adds) is <= MAX_BOX_COVERAGE wins: a uniform draw
+    conditioned on the cap (rejection sampling). `boxes`: (N, 4) float pixel xyxy.
+    """
+    rx0, ry0, rx1, ry1 = region
+    width, height = size
+    for step in range(PLACEMENT_SIZES):
+        rect_w = min(max(round(width * PLACEMENT_SHRINK**step), 1), rx1 - rx0)
+        rect_h = min(max(round(height * PLACEMENT_SHRINK**step), 1), ry1 - ry0)
+        for u, v in draws[step]:
+            x0 = rx0 + int(u * (rx1 - rx0 - rect_w + 1))
+            y0 = ry0 + int(v * (ry1 - ry0 - rect_h + 1))
+            rect = (x0, y0, x0 + rect_w, y0 + rect_h)
+            if _keeps_cap(mask, rect, boxes, coverage):
+                return rect
+    return None
+
+
+def _paint_and_measure(mask: np.ndarray, rect: Rect, boxes: np.ndarray) -> np.ndarray:
+    """Paint `rect` onto `mask` in place; return the boxes' covered fractions (`box_coverages`) afterwards."""
+    x0, y0, x1, y1 = rect
+    mask[y0:y1, x0:x1] = True
+    return box_coverages(mask, boxes)
 
 
 # ---------------------------------------------------------------------------------------------
 # Fills: one pure function per fill type -> (patch (h, w, 3) uint8 RGB, info for the manifest)
 
 
-_DONOR_CACHE: dict[tuple[str, str], np.ndarray] = {}
+_DONOR_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
 _DONOR_CACHE_LIMIT = TEXTURE_DONOR_POOL
+
+
+def background_mask(boxes_xyxy: np.ndarray, width: int, height: int, margin: int = TEXTURE_BOX_MARGIN) -> np.ndarray:
+    """(H, W) bool: True where a pixel lies at least `margin` pixels away from every box.
+
+    `boxes_xyxy`: (N, 4) float pixel xyxy. A pixel [j, j+1) touching a box's closed extent counts as
+    inside it (fractional edges round outwards), then every box grows by `margin` pixels a side.
+    """
+    free = np.ones((height, width), dtype=bool)
+    for x0, y0, x1, y1 in np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4):
+        cols = slice(max(math.floor(x0) - margin, 0), max(math.ceil(x1) + margin, 0))
+        rows = slice(max(math.floor(y0) - margin, 0), max(math.ceil(y1) + margin, 0))
+        free[rows, cols] = False
+    return free
+
+
+def background_windows(occupied_sums: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops free of occupied pixels.
+
+    `occupied_sums`: (H + 1, W + 1) summed-area table of the occupied (non-background) pixels, zero
+    first row and column. Empty (0 rows or columns) when the crop is larger than the image.
+    """
+    total_h, total_w = occupied_sums.shape[0] - 1, occupied_sums.shape[1] - 1
+    if height > total_h or width > total_w:
+        return np.zeros((max(total_h - height + 1, 0), max(total_w - width + 1, 0)), dtype=bool)
+    s = occupied_sums
+    inside = s[height:, width:] - s[:-height, width:] - s[height:, :-width] + s[:-height, :-width]
+    return inside == 0
 
 
 @dataclass(frozen=True)
 class TextureDonor:
-    """An image texture patches are cut from; its pixels are decoded once per process and cached."""
+    """An image texture patches are cut from: its background only, never a labelled object.
+
+    Its pixels and the summed-area table of its box pixels are computed once per process and cached.
+    """
 
     image_id: str
     path: str
     sha256: str
+    boxes: tuple[tuple[float, float, float, float], ...]
+    """The donor's label boxes, normalised (cx, cy, w, h) to [0, 1] of its width/height."""
 
-    def pixels(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, as `decode_image` returns it."""
-        key = (self.path, self.sha256)
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        key = (self.path, self.sha256, self.boxes)
         cached = _DONOR_CACHE.get(key)
         if cached is None:
             if len(_DONOR_CACHE) >= _DONOR_CACHE_LIMIT:
                 _DONOR_CACHE.clear()
-            cached = _DONOR_CACHE[key] = decode_image(Path(self.path).read_bytes(), self.path)
+            pixels = decode_image(Path(self.path).read_bytes(), self.path)
+            height, width = pixels.shape[:2]
+            occupied = ~background_mask(yolo_to_xyxy(np.array(self.boxes), width, height), width, height)
+            sums = np.zeros((height + 1, width + 1), dtype=np.int32 if height * width < 2**31 else np.int64)
+            sums[1:, 1:] = occupied.cumsum(axis=0).cumsum(axis=1)
+            cached = _DONOR_CACHE[key] = (pixels, sums)
         return cached
+
+    def pixels(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, as `decode_image` returns it."""
+        return self._decoded()[0]
+
+    def background_windows(self, height: int, width: int) -> np.ndarray:
+        """`background_windows` of this donor: where a height x width crop holds background only."""
+        return background_windows(self._decoded()[1], height, width)
 
 
 def fill_mean(
@@ -374,23 +541,34 @@ def fill_noise(
 def fill_texture(
     height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """A patch cut at a random offset from a randomly chosen donor image (tiled if the donor is smaller)."""
+    """A background-only crop of a donor image: no pixel lies within `TEXTURE_BOX_MARGIN` of a donor box.
+
+    Draws a starting donor, then tries the donors in cyclic order from it; the first with any
+    height x width window free of boxes gives the crop, its top-left corner drawn uniformly among
+    all free windows. If no donor has one, the tile halves (both sides, rounded up) and the search
+    repeats; the patch is then that smaller background crop tiled to height x width. Only if no
+    donor has a single background pixel is the patch flat `MEAN_RGB`. Manifest info:
+    `{donor: id, crop_xyxy: [x0, y0, x1, y1]}` (half-open donor pixels), both None for the mean fallback.
+    """
     if not donors:
         raise OcclusionError(
             "texture fill has no donor image (a split needs >= 2 images): drop texture from occlusion.fills"
         )
-    donor = donors[int(rng.integers(len(donors)))]
-    pixels = donor.pixels()
-    donor_h, donor_w = pixels.shape[:2]
-    off_y = int(rng.integers(max(donor_h - height, 0) + 1))
-    off_x = int(rng.integers(max(donor_w - width, 0) + 1))
-    if height <= donor_h and width <= donor_w:
-        patch = pixels[off_y : off_y + height, off_x : off_x + width]
-    else:
-        rows = (off_y + np.arange(height)) % donor_h
-        cols = (off_x + np.arange(width)) % donor_w
-        patch = pixels[rows[:, None], cols[None, :]]
-    return patch, {"donor": donor.image_id, "offset_xy": [off_x, off_y]}
+    start = int(rng.integers(len(donors)))
+    order = [*donors[start:], *donors[:start]]
+    tile_h, tile_w = height, width
+    while True:
+        for donor in order:
+            free = np.flatnonzero(donor.background_windows(tile_h, tile_w))
+            if free.size:
+                windows_w = donor.pixels().shape[1] - tile_w + 1
+                y0, x0 = divmod(int(free[int(rng.integers(free.size))]), windows_w)
+                crop = donor.pixels()[y0 : y0 + tile_h, x0 : x0 + tile_w]
+                patch = np.tile(crop, (-(-height // tile_h), -(-width // tile_w), 1))[:height, :width]
+                return patch, {"donor": donor.image_id, "crop_xyxy": [x0, y0, x0 + tile_w, y0 + tile_h]}
+        if tile_h == tile_w == 1:
+            return np.full((height, width, 3), MEAN_RGB, dtype=np.uint8), {"donor": None, "crop_xyxy": None}
+        tile_h, tile_w = -(-tile_h // 2), -(-tile_w // 2)
 
 
 Fill = Callable[[int, int, np.random.Generator, Sequence[TextureDonor]], tuple[np.ndarray, dict[str, Any]]]
@@ -467,12 +645,21 @@ def occlude_image(
 
     Draw order (part of the format): fill type, then the planner's draws, then each rectangle's fill.
     Returns (occluded image, record) with record = {fill, occluders: [{xyxy, ...fill info}],
-    target_coverage: [per box], covered_fraction: [per box, by the union of all occluders]}.
+    dropped_occluders: how many the `MAX_BOX_COVERAGE` cap removed, target_coverage: [per box],
+    covered_fraction: [per box, by the union of all occluders, never above `MAX_BOX_COVERAGE`]}.
     """
     height, width = image.shape[:2]
     fill_name = config.fills[int(rng.integers(len(config.fills)))]
     fill = _lookup(FILLS, fill_name, "fill")
-    rects, targets = _lookup(PLANNERS, config.mode, "occlusion mode")(boxes_xyxy, config, rng, width, height)
+    planner = _lookup(PLANNERS, config.mode, "occlusion mode")
+    rects, targets, dropped = planner(boxes_xyxy, config, rng, width, height)
+    mask = rect_mask(rects, width, height)
+    over = [value for value in box_coverages(mask, boxes_xyxy) if value > MAX_BOX_COVERAGE + 1e-9]  # float noise
+    if over:
+        raise OcclusionError(
+            f"planner {config.mode!r} covered a box to {max(over):.4f} > MAX_BOX_COVERAGE {MAX_BOX_COVERAGE}: "
+            "place its rectangles with _place"
+        )
     occluded = image.copy()
     occluders: list[dict[str, Any]] = []
     for x0, y0, x1, y1 in rects:
@@ -482,8 +669,9 @@ def occlude_image(
     record = {
         "fill": fill_name,
         "occluders": occluders,
+        "dropped_occluders": dropped,
         "target_coverage": [None if t is None else round(t, 6) for t in targets],
-        "covered_fraction": covered_fractions(rect_mask(rects, width, height), boxes_xyxy),
+        "covered_fraction": covered_fractions(mask, boxes_xyxy),
     }
     return occluded, record
 
@@ -576,6 +764,7 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         height=height,
         fill=record["fill"],
         occluders=record["occluders"],
+        dropped_occluders=record["dropped_occluders"],
         boxes=_box_entries(source, boxes_xyxy, record),
     )
     return entry, files
@@ -615,10 +804,36 @@ def train_set_parameters(config: OcclusionConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def algorithm_constants() -> dict[str, Any]:
+    """The module constants that shape a suite's bytes, hashed into its identity next to GENERATOR_VERSION.
+
+    A tuned constant therefore makes a new suite name even if nobody bumps the version.
+    """
+    return {
+        "aspect_range": list(ASPECT_RANGE),
+        "gray_rgb": list(GRAY_RGB),
+        "jpeg_quality": JPEG_QUALITY,
+        "max_box_coverage": MAX_BOX_COVERAGE,
+        "mean_rgb": list(MEAN_RGB),
+        "placement_attempts": PLACEMENT_ATTEMPTS,
+        "placement_shrink": PLACEMENT_SHRINK,
+        "placement_sizes": PLACEMENT_SIZES,
+        "png_compress_level": PNG_COMPRESS_LEVEL,
+        "texture_box_margin": TEXTURE_BOX_MARGIN,
+        "texture_donor_pool": TEXTURE_DONOR_POOL,
+    }
+
+
+_IDENTITY_KEYS = ("generator_version", "algorithm", "kind", "stream", "parameters", "source_fingerprint", "references")
+
+
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The hashed identity of a suite, as stored in its manifest."""
-    keys = ("generator_version", "kind", "stream", "parameters", "source_fingerprint", "references")
-    return {key: manifest.get(key) for key in keys}
+    """The hashed identity of a suite, as stored in its manifest.
+
+    Generator version 1 manifests have no `algorithm`; it is left out (not hashed as null) so
+    that such an old suite still verifies under its own name, which no new build produces.
+    """
+    return {key: manifest.get(key) for key in _IDENTITY_KEYS if key != "algorithm" or key in manifest}
 
 
 def _suite_name(identity: dict[str, Any]) -> str:
@@ -629,6 +844,7 @@ def _suite_name(identity: dict[str, Any]) -> str:
 def _suite_identity(config: OcclusionConfig, images: Sequence[_SourceImage]) -> dict[str, Any]:
     return {
         "generator_version": GENERATOR_VERSION,
+        "algorithm": algorithm_constants(),
         "kind": SUITE_KIND,
         "stream": STREAM_TEST_SUITE,
         "parameters": suite_parameters(config),
@@ -638,7 +854,11 @@ def _suite_identity(config: OcclusionConfig, images: Sequence[_SourceImage]) -> 
 
 
 def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
-    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing)."""
+    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing).
+
+    Hashes GENERATOR_VERSION and `algorithm_constants()` with the parameters and the source
+    fingerprint: a suite built by another generator version never has this name.
+    """
     _, images = _scan_split(Path(data_yaml), "test")
     return _suite_name(_suite_identity(config, images))
 
@@ -646,7 +866,10 @@ def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
 def _donor_pool(images: Sequence[_SourceImage]) -> tuple[TextureDonor, ...]:
     """The `TEXTURE_DONOR_POOL` images with the smallest stable_int(id): a fixed, content-free choice."""
     chosen = sorted(images, key=lambda image: (stable_int(image.image_id), image.image_id))[:TEXTURE_DONOR_POOL]
-    return tuple(TextureDonor(image.image_id, str(image.image_path), image.image_sha256) for image in chosen)
+    return tuple(
+        TextureDonor(image.image_id, str(image.image_path), image.image_sha256, tuple(row[1:] for row in image.labels))
+        for image in chosen
+    )
 
 
 def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_SourceImage], split: str) -> None:
@@ -654,6 +877,11 @@ def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_Sourc
         raise OcclusionError(f"workers={workers!r} must be an integer >= 1: pass --workers 2")
     if "texture" in config.fills and len(images) < 2:
         raise OcclusionError(f"texture fill needs >= 2 images in the {split} split: drop texture from occlusion.fills")
+    if config.mode == "object" and config.coverage[1] > MAX_BOX_COVERAGE:
+        raise OcclusionError(
+            f"occlusion.coverage {list(config.coverage)} exceeds MAX_BOX_COVERAGE {MAX_BOX_COVERAGE}: "
+            f"keep its upper end <= {MAX_BOX_COVERAGE}"
+        )
 
 
 def _split_yaml(split_dir: Path, names: list[str]) -> str:
@@ -845,6 +1073,7 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     references = {"val": val, "test": _absolute_split(data_yaml, "test")}
     identity = {
         "generator_version": GENERATOR_VERSION,
+        "algorithm": algorithm_constants(),
         "kind": TRAIN_SET_KIND,
         "stream": STREAM_S2_TRAIN,
         "parameters": train_set_parameters(config),

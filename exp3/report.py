@@ -7,7 +7,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
 
     <root>/summary_metrics.csv|json   one row per model x session x split (seed mean when several seeds)
     <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
-    <root>/comparisons.csv|json       one row per model x split x session x reference (S1, S2)
+    <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
     <root>/plots/*.png|html           charts (exp3.plots)
     <root>/report.md                  tables, charts and headline findings written from the data
@@ -46,14 +46,35 @@ KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")
 INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
                                             for score in ("precision", "recall", "f1"))
 DETECTION_COLUMNS: tuple[str, ...] = ("detection_precision", "detection_recall", "detection_f1")
+VAL_COLUMNS: tuple[str, ...] = ("conf_val", "ingredient_micro_f1_at_val", "ingredient_samples_f1_at_val",
+                                "detection_f1_at_val")
+"""The secondary operating point: each session's threshold chosen on the clean val split and the test metrics
+at it (`splits[split]["at_val_threshold"]`; NaN when metrics.json predates it)."""
 ROBUSTNESS_COLUMNS: tuple[str, ...] = ("rF1_micro", "rF1_samples", "rF1_macro", "rF1_detection", "rmAP50", "rmAP50_95")
 METRIC_COLUMNS: tuple[str, ...] = ("n_images", "conf", "map50", "map50_95", *INGREDIENT_COLUMNS, *DETECTION_COLUMNS,
-                                   *ROBUSTNESS_COLUMNS, "train_wall_s", "eval_wall_s", "epochs_completed")
+                                   *VAL_COLUMNS, *ROBUSTNESS_COLUMNS, "train_wall_s", "eval_wall_s",
+                                   "epochs_completed")
 """Numeric columns read from metrics.json (per split; the r* columns are per session, repeated on both splits)."""
 SPREAD_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "map50", "map50_95", "rF1_micro",
                                    "rmAP50_95")
 """Headline metrics that get `_std`, `_min`, `_max` columns across seeds in summary_metrics."""
 ID_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "split", "status", "error")
+
+THRESHOLDS: tuple[str, ...] = ("primary", "val")
+"""Operating points of the comparisons: `primary` = the split's `conf` (0.25), `val` = each session's own
+threshold chosen on the clean val split (`at_val_threshold.conf`)."""
+PAIRED_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "detection_f1")
+"""Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.stats)."""
+POINT_METRICS: tuple[str, ...] = ("map50", "map50_95")
+"""Metrics without one (yet): their differences are point estimates, no interval, no p."""
+METRIC_LABELS: dict[str, str] = {"ingredient_micro_f1": "ingredient micro F1",
+                                 "ingredient_samples_f1": "ingredient samples F1", "detection_f1": "detection F1",
+                                 "map50": "mAP50", "map50_95": "mAP50-95"}
+VAL_PLAN: tuple[tuple[str, str], ...] = (("S2_occ_train", "S1_clean_train"),)
+"""(session, reference) rows compared at the val-chosen threshold (the primary threshold compares all)."""
+COMPARISON_COLUMNS: tuple[str, ...] = ("model", "split", "metric", "threshold", "session", "session_label",
+                                       "reference", "pair", "conf", "reference_conf", "difference", "ci_low",
+                                       "ci_high", "p_value", "bh_family", "p_bh", "n_images")
 
 
 # ----------------------------------------------------------------------------- discovery and loading
@@ -188,6 +209,12 @@ def split_row(run: SessionRun, split: str) -> dict[str, Any]:
             row[f"ingredient_{average}_{score}"] = _number((ingredient.get(average) or {}).get(score))
     for score in ("precision", "recall", "f1"):
         row[f"detection_{score}"] = _number((part.get("detection") or {}).get(score))
+    at_val = part.get("at_val_threshold") or {}
+    row.update({"conf_val": _number(threshold_conf(metrics, split, "val")),
+                "ingredient_micro_f1_at_val": _number(((at_val.get("ingredient") or {}).get("micro") or {}).get("f1")),
+                "ingredient_samples_f1_at_val": _number(((at_val.get("ingredient") or {}).get("samples") or {})
+                                                        .get("f1")),
+                "detection_f1_at_val": _number((at_val.get("detection") or {}).get("f1"))})
     robustness = metrics.get("robustness") or {}
     row.update({column: _number(robustness.get(column)) for column in ROBUSTNESS_COLUMNS})
     training = metrics.get("training") or {}
@@ -263,38 +290,176 @@ def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- per-image counts and statistics
 
-def image_counts(run: SessionRun, split: str) -> pd.DataFrame | None:
-    """Per-image ingredient (tp, fp, fn) of one done run and split, recomputed from predictions_<split>.json
-    at the session's conf; an (N, 3) frame indexed by image_id, or None when the file is absent."""
-    from exp3.metrics import ingredient_sets, records_from_json
+IMAGE_COUNT_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "ingredient_micro_f1": ("ingredient_tp", "ingredient_fp", "ingredient_fn"),
+    "detection_f1": ("detection_tp", "detection_fp", "detection_fn")}
+"""Per-image (tp, fp, fn) columns of `image_scores` behind each pooled (micro) F1."""
+IMAGE_MEAN_COLUMNS: dict[str, str] = {"ingredient_samples_f1": "ingredient_f1"}
+"""Per-image score columns of `image_scores` whose mean over images is the metric (samples F1)."""
 
-    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
-    payload = _read_json(run.folder / f"predictions_{split}.json")
-    if run.status != "done" or not isinstance(payload, dict) or not part.get("num_classes"):
+
+def threshold_conf(metrics: dict[str, Any] | None, split: str, threshold: str = "primary") -> float | None:
+    """The confidence threshold of one operating point of a session and split, or None when not recorded.
+
+    `primary`: `splits[split]["conf"]` (0.25 when absent, the evaluation default). `val`:
+    `splits[split]["at_val_threshold"]["conf"]`, else `thresholds["val_chosen"]` (absent in old files).
+    """
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
+    part = ((metrics or {}).get("splits") or {}).get(split) or {}
+    if threshold == "primary":
+        value = part.get("conf", 0.25)
+    else:
+        value = (part.get("at_val_threshold") or {}).get("conf")
+        if value is None:
+            value = ((metrics or {}).get("thresholds") or {}).get("val_chosen")
+    number = _number(value)
+    return number if math.isfinite(number) else None
+
+
+def load_records(run: SessionRun, split: str) -> list[Any] | None:
+    """The `ImageRecord`s of a done run's predictions_<split>.json, or None when absent or empty."""
+    from exp3.metrics import records_from_json
+
+    payload = _read_json(run.folder / f"predictions_{split}.json") if run.status == "done" else None
+    if not isinstance(payload, dict):
         return None
-    records = records_from_json(payload.get("images") or [])
+    return records_from_json(payload.get("images") or []) or None
+
+
+def image_scores(records: list[Any], num_classes: int, conf: float, match_iou: float) -> pd.DataFrame:
+    """Per-image counts and scores of one split at threshold `conf`, indexed by image_id.
+
+    Returns:
+        (N, 7) frame: ingredient_tp/fp/fn (ingredient sets, `exp3.metrics.ingredient_sets`),
+        ingredient_f1 (per-image F1, whose mean is the samples F1) and detection_tp/fp/fn
+        (`exp3.metrics.detection_counts` at `conf` and `match_iou`).
+    """
+    from exp3.metrics import detection_counts, ingredient_sets, prf_from_counts
+
+    gt, pred = ingredient_sets(records, num_classes, conf)
+    tp, fp, fn = (gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)
+    detection = np.array([detection_counts(record, conf, match_iou) for record in records],
+                         dtype=np.int64).reshape(-1, 3)
+    return pd.DataFrame({"ingredient_tp": tp, "ingredient_fp": fp, "ingredient_fn": fn,
+                         "ingredient_f1": prf_from_counts(tp, fp, fn)[2], "detection_tp": detection[:, 0],
+                         "detection_fp": detection[:, 1], "detection_fn": detection[:, 2]},
+                        index=[record.image_id for record in records])
+
+
+def run_image_scores(run: SessionRun, split: str, threshold: str = "primary",
+                     records: list[Any] | None = None) -> pd.DataFrame | None:
+    """`image_scores` of one done run at one operating point (`threshold_conf`), None when it lacks what is needed.
+
+    `records`: the split's records when already loaded (`load_records`), to read the file once.
+    """
+    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
+    conf = threshold_conf(run.metrics, split, threshold)
+    if run.status != "done" or not part.get("num_classes") or conf is None:
+        return None
+    records = load_records(run, split) if records is None else records
     if not records:
         return None
-    gt, pred = ingredient_sets(records, int(part["num_classes"]), float(part.get("conf", 0.25)))
-    counts = np.stack([(gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)], axis=1)
-    return pd.DataFrame(counts, columns=["tp", "fp", "fn"], index=[record.image_id for record in records])
+    match_iou = _number(part.get("match_iou", ((run.metrics or {}).get("eval") or {}).get("match_iou", 0.5)))
+    return image_scores(records, int(part["num_classes"]), conf, match_iou if math.isfinite(match_iou) else 0.5)
 
 
-def pooled_counts(runs: list[SessionRun], split: str) -> pd.DataFrame | None:
-    """Counts of one session summed over its done seeds, on the images every seed has (None if none)."""
-    frames = [frame for frame in (image_counts(run, split) for run in runs if run.status == "done")
-              if frame is not None]
+def pool_image_scores(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
+    """One session's seeds pooled on the images every seed has: counts summed, per-image F1 averaged.
+
+    Summed counts give the pooled micro / detection F1; the averaged per-image F1 has the seed mean
+    of the samples F1 as its mean. None when there is no frame or no common image.
+    """
     if not frames:
         return None
     common = frames[0].index
     for frame in frames[1:]:
         common = common.intersection(frame.index, sort=False)
-    return sum(frame.loc[common] for frame in frames) if len(common) else None
+    if not len(common):
+        return None
+    total = sum(frame.loc[common] for frame in frames)
+    total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
+    return total
+
+
+def pooled_counts(runs: list[SessionRun], split: str) -> pd.DataFrame | None:
+    """Ingredient (tp, fp, fn) of one session at its primary conf, summed over done seeds (None if none)."""
+    pooled = pool_image_scores([frame for frame in (run_image_scores(run, split) for run in runs)
+                                if frame is not None])
+    if pooled is None:
+        return None
+    return pooled[list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])].set_axis(["tp", "fp", "fn"], axis=1)
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     common = a.index.intersection(b.index, sort=False)
     return (a.loc[common].to_numpy(), b.loc[common].to_numpy()) if len(common) else None
+
+
+def compare_metric(metric: str, a: pd.DataFrame | None, b: pd.DataFrame | None,
+                   n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                   seed: int = stats.DEFAULT_SEED) -> stats.PairedComparison | None:
+    """Session a minus session b on `metric` (one of PAIRED_METRICS), paired on their common image ids.
+
+    `a`, `b`: `image_scores`-like frames (None: not available -> None). Micro and detection F1:
+    `stats.compare_paired` on the per-image counts; samples F1: `stats.compare_paired_means` on
+    the per-image F1.
+    """
+    if metric not in PAIRED_METRICS:
+        raise ValueError(f"metric {metric!r} has no per-image decomposition; pass one of {', '.join(PAIRED_METRICS)}")
+    if a is None or b is None:
+        return None
+    options = {"n_resamples": n_resamples, "n_permutations": n_permutations, "seed": seed}
+    if metric in IMAGE_MEAN_COLUMNS:
+        column = IMAGE_MEAN_COLUMNS[metric]
+        pair = _paired(a[[column]], b[[column]])
+        return stats.compare_paired_means(pair[0][:, 0], pair[1][:, 0], **options) if pair else None
+    columns = list(IMAGE_COUNT_COLUMNS[metric])
+    pair = _paired(a[columns], b[columns])
+    return stats.compare_paired(*pair, **options) if pair else None
+
+
+def pair_key(session: str, reference: str) -> str:
+    """The unordered pair of two sessions, in S1..S6 order: `S1_clean_train|S2_occ_train` for either reading."""
+    first, second = sorted((session, reference), key=SESSION_SUFFIXES.index)
+    return f"{first}|{second}"
+
+
+def comparison_plan(threshold: str) -> list[tuple[str, str]]:
+    """(session, reference) rows of one model x split: every session vs S1 and vs S2 at the primary
+    threshold (S1 vs S2 and S2 vs S1 both listed, one test), VAL_PLAN at the val-chosen threshold."""
+    if threshold == "val":
+        return list(VAL_PLAN)
+    return [(suffix, reference) for reference in REFERENCES for suffix in SESSION_SUFFIXES if suffix != reference]
+
+
+def bh_tests(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The input of Benjamini-Hochberg: one row per distinct test, i.e. per bh_family x model x split x pair.
+
+    Rows without a p-value (mAP, not-done sessions) are no test. The two readings of one pair
+    (S2 vs S1, S1 vs S2) share a p-value and appear here once.
+    """
+    keys = ["bh_family", "model", "split", "pair"]
+    tested = comparisons[comparisons["p_value"].notna() & (comparisons["bh_family"] != "")]
+    return tested.drop_duplicates(keys)[keys + ["p_value"]].reset_index(drop=True)
+
+
+def adjust_p_values(comparisons: pd.DataFrame) -> np.ndarray:
+    """p_bh of every comparisons row: BH within each bh_family over `bh_tests` (distinct pairs), NaN for no test."""
+    tests = bh_tests(comparisons)
+    adjusted = []
+    for _, family in tests.groupby("bh_family", sort=False):
+        adjusted.append(family.assign(p_bh=stats.benjamini_hochberg(family["p_value"].to_numpy())))
+    keys = ["bh_family", "model", "split", "pair"]
+    if not adjusted:
+        return np.full(len(comparisons), np.nan)
+    lookup = pd.concat(adjusted)[keys + ["p_bh"]]
+    return comparisons[keys].merge(lookup, on=keys, how="left")["p_bh"].to_numpy(dtype=np.float64)
+
+
+def _mean_of(values: list[float]) -> float:
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: int = stats.DEFAULT_RESAMPLES,
@@ -306,25 +471,50 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
         (intervals, comparisons).
         intervals: one row per model x session x split: ingredient_micro_f1_ci_low/high (F1 of the
             pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images.
-        comparisons: one row per model x split x session x reference (session != reference):
-            difference (session - reference, micro F1), ci_low, ci_high, p_value, p_bh (BH over
-            all rows of the table), n_images; NaN where either side has no counts.
+        comparisons: COMPARISON_COLUMNS, one row per model x split x metric x threshold x (session,
+            reference) of `comparison_plan`: difference (session - reference), ci_low/high, p_value;
+            PAIRED_METRICS at both thresholds, POINT_METRICS (mAP: difference only, NaN interval and
+            p) at `primary`. `pair` names the unordered pair; both readings of a pair carry one test
+            (negated difference, same p). p_bh: BH within `bh_family` = "<metric>@<threshold>"
+            over distinct pairs of every model and split (`bh_tests`). NaN where a side is missing.
     """
     grouped: dict[tuple[str, str], list[SessionRun]] = {}
     for run in runs:
         grouped.setdefault((run.model, run.suffix), []).append(run)
-    counts = {(model, suffix, split): pooled_counts(grouped.get((model, suffix), []), split)
-              for model in models for suffix in SESSION_SUFFIXES for split in SPLITS}
+    scores: dict[tuple[str, str, str, str], pd.DataFrame | None] = {}
+    confs: dict[tuple[str, str, str, str], float] = {}
+    points: dict[tuple[str, str, str], dict[str, float]] = {}
+    for model in models:
+        for suffix in SESSION_SUFFIXES:
+            done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
+            for split in SPLITS:
+                rows = [split_row(run, split) for run in done]
+                points[(model, suffix, split)] = {column: _mean_of([row[column] for row in rows])
+                                                  for column in (*POINT_METRICS, "n_images")}
+                frames: dict[str, list[pd.DataFrame]] = {threshold: [] for threshold in THRESHOLDS}
+                used: dict[str, list[float]] = {threshold: [] for threshold in THRESHOLDS}
+                for run in done:
+                    records = load_records(run, split)
+                    for threshold in THRESHOLDS if records else ():
+                        frame = run_image_scores(run, split, threshold, records)
+                        if frame is not None:
+                            frames[threshold].append(frame)
+                            used[threshold].append(threshold_conf(run.metrics, split, threshold) or math.nan)
+                for threshold in THRESHOLDS:
+                    scores[(model, suffix, split, threshold)] = pool_image_scores(frames[threshold])
+                    confs[(model, suffix, split, threshold)] = _mean_of(used[threshold])
+    count_columns = list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])
     interval_rows, comparison_rows = [], []
     for model in models:
         for suffix in SESSION_SUFFIXES:
-            clean, occluded = counts[(model, suffix, "test_clean")], counts[(model, suffix, "test_occ_fixed")]
-            robust = _paired(occluded, clean) if clean is not None and occluded is not None else None
+            clean, occluded = (scores[(model, suffix, split, "primary")] for split in ("test_clean", "test_occ_fixed"))
+            robust = _paired(occluded[count_columns], clean[count_columns]) \
+                if clean is not None and occluded is not None else None
             ratio = stats.bootstrap_ratio_interval(*robust, n_resamples=n_resamples, seed=seed) if robust else None
             for split in SPLITS:
-                own = counts[(model, suffix, split)]
-                interval = stats.bootstrap_f1_interval(own.to_numpy(), n_resamples=n_resamples, seed=seed) \
-                    if own is not None else None
+                own = scores[(model, suffix, split, "primary")]
+                interval = stats.bootstrap_f1_interval(own[count_columns].to_numpy(), n_resamples=n_resamples,
+                                                       seed=seed) if own is not None else None
                 interval_rows.append({
                     "model": model, "session": suffix, "split": split,
                     "ingredient_micro_f1_ci_low": interval.low if interval else math.nan,
@@ -333,35 +523,59 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                     "rF1_micro_ci_high": ratio.high if ratio else math.nan,
                     "ci_images": len(own) if own is not None else 0})
         for split in SPLITS:
-            for reference in REFERENCES:
-                for suffix in SESSION_SUFFIXES:
-                    if suffix == reference:
-                        continue
-                    a, b = counts[(model, suffix, split)], counts[(model, reference, split)]
-                    pair = _paired(a, b) if a is not None and b is not None else None
-                    result = stats.compare_paired(*pair, n_resamples=n_resamples, n_permutations=n_permutations,
-                                                  seed=seed) if pair else None
-                    comparison_rows.append({
-                        "model": model, "split": split, "session": suffix, "session_label": SESSION_LABELS[suffix],
-                        "reference": reference,
-                        "difference": result.difference.estimate if result else math.nan,
-                        "ci_low": result.difference.low if result else math.nan,
-                        "ci_high": result.difference.high if result else math.nan,
-                        "p_value": result.p_value if result else math.nan,
-                        "n_images": result.n_images if result else 0})
-    comparisons = pd.DataFrame(comparison_rows)
-    comparisons["p_bh"] = stats.benjamini_hochberg(comparisons["p_value"].to_numpy()) if len(comparisons) else []
+            for threshold in THRESHOLDS:
+                metrics = PAIRED_METRICS + (POINT_METRICS if threshold == "primary" else ())
+                for metric in metrics:
+                    done_pairs: dict[str, tuple[str, stats.PairedComparison | None]] = {}
+                    for suffix, reference in comparison_plan(threshold):
+                        key = pair_key(suffix, reference)
+                        row = {"model": model, "split": split, "metric": metric, "threshold": threshold,
+                               "session": suffix, "session_label": SESSION_LABELS[suffix], "reference": reference,
+                               "pair": key, "conf": math.nan, "reference_conf": math.nan,
+                               "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                               "p_value": math.nan, "bh_family": "", "n_images": 0}
+                        if metric in POINT_METRICS:
+                            a, b = points[(model, suffix, split)], points[(model, reference, split)]
+                            row.update(difference=a[metric] - b[metric],
+                                       n_images=0 if math.isnan(a["n_images"]) else int(a["n_images"]))
+                            comparison_rows.append(row)
+                            continue
+                        if key in done_pairs:                       # the other reading of a pair: one test
+                            first, result = done_pairs[key]
+                            result = result if first == suffix or result is None else stats.reversed_comparison(result)
+                        else:
+                            result = compare_metric(metric, scores[(model, suffix, split, threshold)],
+                                                    scores[(model, reference, split, threshold)], n_resamples,
+                                                    n_permutations, seed)
+                            done_pairs[key] = (suffix, result)
+                        row.update(conf=confs[(model, suffix, split, threshold)],
+                                   reference_conf=confs[(model, reference, split, threshold)],
+                                   bh_family=f"{metric}@{threshold}")
+                        if result is not None:
+                            row.update(difference=result.difference.estimate, ci_low=result.difference.low,
+                                       ci_high=result.difference.high, p_value=result.p_value,
+                                       n_images=result.n_images)
+                        comparison_rows.append(row)
+    comparisons = pd.DataFrame(comparison_rows, columns=[c for c in COMPARISON_COLUMNS if c != "p_bh"])
+    comparisons.insert(COMPARISON_COLUMNS.index("p_bh"), "p_bh", adjust_p_values(comparisons))
     return pd.DataFrame(interval_rows), comparisons
 
 
+def primary_f1(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the headline comparisons: ingredient micro F1 at the primary threshold."""
+    return comparisons[(comparisons["metric"] == "ingredient_micro_f1") & (comparisons["threshold"] == "primary")]
+
+
 def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
-    """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R."""
+    """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R
+    (ingredient micro F1 at the primary threshold; the other metrics are in comparisons)."""
     keys = ["model", "session", "split"]
     merged = summary.merge(intervals, on=keys, how="left")
+    headline = primary_f1(comparisons)
     for reference in REFERENCES:
         short = reference.split("_")[0]
-        part = comparisons[comparisons["reference"] == reference][keys + ["difference", "ci_low", "ci_high",
-                                                                          "p_value", "p_bh"]]
+        part = headline[headline["reference"] == reference][keys + ["difference", "ci_low", "ci_high",
+                                                                    "p_value", "p_bh"]]
         part = part.rename(columns={"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
                                     "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}",
                                     "p_bh": f"p_bh_vs_{short}"})
@@ -413,9 +627,10 @@ def _p_text(p_bh: float) -> str:
 
 
 def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -> pd.DataFrame:
-    """One row per model x session x reference on `split` for `difference_chart` (done pairs only)."""
-    part = comparisons[(comparisons["split"] == split) & comparisons["model"].isin(models)
-                       & comparisons["difference"].notna()]
+    """One row per model x session x reference on `split` for `difference_chart` (done pairs only; ingredient
+    micro F1 at the primary threshold, `primary_f1`)."""
+    headline = primary_f1(comparisons)
+    part = headline[(headline["split"] == split) & headline["model"].isin(models) & headline["difference"].notna()]
     return pd.DataFrame({"model": part["model"], "session_label": part["session_label"],
                          "reference": "vs " + part["reference"].map(SESSION_LABELS),
                          "difference": part["difference"], "ci_low": part["ci_low"], "ci_high": part["ci_high"],
@@ -517,6 +732,56 @@ def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> pd.DataFrame:
+    """report.md table of one split at each session's val-chosen threshold (done sessions; empty when no
+    session records one): threshold, the three F1s there, and S2 vs S1 micro F1 at those thresholds."""
+    part = summary[(summary["split"] == split) & (summary["n_seeds_done"] > 0)]
+    if part["conf_val"].isna().all():
+        return pd.DataFrame()
+    session, reference = VAL_PLAN[0]
+    rows = []
+    for _, row in part.iterrows():
+        versus = comparison_metrics(comparisons, row["model"], split, session, reference, "val") \
+            .get("ingredient_micro_f1") if row["session"] == session else None
+        rows.append({
+            "model": row["model"], "session": row["session_label"], "conf (val)": _fmt(row["conf_val"], 2),
+            "F1 micro": _fmt(row["ingredient_micro_f1_at_val"]), "F1 samples": _fmt(row["ingredient_samples_f1_at_val"]),
+            "det F1": _fmt(row["detection_f1_at_val"]),
+            "F1 micro (primary)": _fmt(row["ingredient_micro_f1"]),
+            f"{_short(session)} - {_short(reference)} [95% CI], p_BH": "" if versus is None else
+            f"{_ci_text(versus, 'difference', 'ci_low', 'ci_high', True)}, {_p(versus['p_bh'])}"})
+    return pd.DataFrame(rows)
+
+
+def _reading(metric: str, row: pd.Series) -> str:
+    verdict = _verdict(row)
+    if verdict is None:
+        return "point estimate, no CI" if metric in POINT_METRICS else "n/a"
+    return "CI includes 0" if verdict == 0 else "CI excludes 0"
+
+
+def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S2_occ_train",
+                 reference: str = "S1_clean_train") -> pd.DataFrame:
+    """report.md table of `session` - `reference` on every metric: one row per model x split x threshold x metric."""
+    rows = []
+    for model in models:
+        for split in SPLITS[::-1]:
+            for threshold in THRESHOLDS:
+                found = comparison_metrics(comparisons, model, split, session, reference, threshold)
+                for metric in (*PAIRED_METRICS, *POINT_METRICS):
+                    if metric not in found:
+                        continue
+                    row = found[metric]
+                    rows.append({"model": model, "split": split,
+                                 "threshold": "val-chosen" if threshold == "val" else
+                                 ("n/a (mAP)" if metric in POINT_METRICS else f"conf {_fmt(row['conf'], 2)}"),
+                                 "metric": METRIC_LABELS[metric],
+                                 f"{_short(session)} - {_short(reference)} [95% CI]":
+                                     _ci_text(row, "difference", "ci_low", "ci_high", True),
+                                 "p": _p(row["p_value"]), "p_BH": _p(row["p_bh"]), "reading": _reading(metric, row)})
+    return pd.DataFrame(rows)
+
+
 def status_grid(summary: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     """Model x session table of statuses (from the test_clean rows; both splits share a status)."""
     part = summary[summary["split"] == SPLITS[0]]
@@ -534,8 +799,113 @@ def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
     return bool(row[low] > 0 or row[high] < 0)
 
 
-def headline_findings(summary: pd.DataFrame, models: list[str]) -> list[str]:
-    """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness."""
+def _short(suffix: str) -> str:
+    return suffix.split("_")[0]
+
+
+def _verdict(row: pd.Series) -> int | None:
+    """+1 / -1 when the difference's 95% interval lies above / below 0, 0 when it contains 0, None without one."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return None
+    return 1 if row["ci_low"] > 0 else (-1 if row["ci_high"] < 0 else 0)
+
+
+def comparison_metrics(comparisons: pd.DataFrame, model: str, split: str, session: str, reference: str,
+                       threshold: str = "primary") -> dict[str, pd.Series]:
+    """metric -> comparisons row of one session vs reference (the rows with a difference only)."""
+    part = comparisons[(comparisons["model"] == model) & (comparisons["split"] == split)
+                       & (comparisons["session"] == session) & (comparisons["reference"] == reference)
+                       & (comparisons["threshold"] == threshold) & comparisons["difference"].notna()]
+    return {row["metric"]: row for _, row in part.iterrows()}
+
+
+def _metric_text(metric: str, row: pd.Series) -> str:
+    if metric in POINT_METRICS:
+        return f"{METRIC_LABELS[metric]} {_fmt(row['difference'], signed=True)}"
+    return f"{METRIC_LABELS[metric]} {_ci_text(row, 'difference', 'ci_low', 'ci_high', True)}"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _verb(count: int, singular: str, plural: str) -> str:
+    return singular if count == 1 else plural
+
+
+def agreement_finding(model: str, split: str, session: str, reference: str, rows: dict[str, pd.Series]) -> str | None:
+    """One sentence: do the metrics agree on `session` vs `reference`?
+
+    A metric with an interval (PAIRED_METRICS, all F1s) shows a difference when its 95% paired
+    interval excludes 0; the metrics agree when all of them give the same answer (same side of 0,
+    or all containing 0). mAP differences are point estimates without an interval: listed, never
+    counted as showing or not showing a difference (noted when they point against the F1s).
+    `rows`: `comparison_metrics`. None when no metric has an interval.
+    """
+    verdicts = {metric: _verdict(rows[metric]) for metric in PAIRED_METRICS if metric in rows}
+    verdicts = {metric: verdict for metric, verdict in verdicts.items() if verdict is not None}
+    if not verdicts:
+        return None
+    text = {metric: _metric_text(metric, row) for metric, row in rows.items()}
+    shown = [metric for metric, verdict in verdicts.items() if verdict != 0]
+    quiet = [metric for metric, verdict in verdicts.items() if verdict == 0]
+    a, b = _short(session), _short(reference)
+    if len(set(verdicts.values())) == 1:
+        agreement = "agree"
+        listed = ", ".join(text[metric] for metric in verdicts)
+        body = f"{'each' if shown else 'no'} F1 shows a difference ({listed})"
+    else:
+        agreement = "disagree"
+        up = [metric for metric in shown if verdicts[metric] > 0]
+        down = [metric for metric in shown if verdicts[metric] < 0]
+        if up and down:
+            parts = [f"{_join([text[m] for m in up])} {_verb(len(up), 'shows', 'show')} {a} above {b}",
+                     f"{_join([text[m] for m in down])} {_verb(len(down), 'shows', 'show')} {a} below {b}"]
+        else:
+            parts = [f"{_join([text[m] for m in shown])} {_verb(len(shown), 'shows', 'show')} a difference"]
+        if quiet:
+            parts.append(f"{_join([text[m] for m in quiet])} {_verb(len(quiet), 'does', 'do')} not")
+        body = "; ".join(parts)
+    maps = [metric for metric in POINT_METRICS if metric in rows]
+    tail = ""
+    if maps:
+        tail = (f"; {', '.join(text[m] for m in maps)} ({_verb(len(maps), 'point estimate', 'point estimates')}, "
+                "no CI: not decidable")
+        signs = {verdicts[metric] for metric in shown}
+        if len(signs) == 1:
+            direction = signs.pop()
+            against = [METRIC_LABELS[m] for m in maps if np.sign(rows[m]["difference"]) == -direction]
+            if against:
+                tail += f"; {_join(against)} {_verb(len(against), 'points', 'point')} the other way"
+        tail += ")"
+    return f"**{model}**: metrics {agreement} on {a} vs {b} ({split}): {body}{tail}."
+
+
+def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = "test_occ_fixed") -> str | None:
+    """S2 vs S1 micro F1 at each session's val-chosen threshold next to the primary one (None if not available)."""
+    session, reference = VAL_PLAN[0]
+    at_val = comparison_metrics(comparisons, model, split, session, reference, "val").get("ingredient_micro_f1")
+    primary = comparison_metrics(comparisons, model, split, session, reference).get("ingredient_micro_f1")
+    if at_val is None:
+        return None
+    a, b = _short(session), _short(reference)
+    text = (f"**{model}**: at each session's val-chosen threshold ({a} {_fmt(at_val['conf'], 2)}, {b} "
+            f"{_fmt(at_val['reference_conf'], 2)}), {a} vs {b} on {split}: ingredient micro F1 "
+            f"{_ci_text(at_val, 'difference', 'ci_low', 'ci_high', True)} (p_BH {_p(at_val['p_bh'])})")
+    if primary is not None:
+        same = _verdict(at_val) == _verdict(primary)
+        text += (f"; at conf {_fmt(primary['conf'], 2)}: {_ci_text(primary, 'difference', 'ci_low', 'ci_high', True)}"
+                 + ("; same conclusion" if same else "; the threshold changes the conclusion"))
+    return text + "."
+
+
+def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame | None = None) -> list[str]:
+    """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness.
+
+    With `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
+    splits) and on the best masking session vs S1 and vs S2 (test_occ_fixed), and S2 vs S1 at the
+    val-chosen thresholds (`val_threshold_finding`).
+    """
     occ = summary[summary["split"] == "test_occ_fixed"].set_index(["model", "session"])
     findings: list[str] = []
     done_models = []
@@ -562,6 +932,13 @@ def headline_findings(summary: pd.DataFrame, models: list[str]) -> list[str]:
                             f"F1 {_fmt(s2['ingredient_micro_f1'])} vs {_fmt(s1['ingredient_micro_f1'])}, difference "
                             f"{_ci_text(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
                             f"(p_BH {_p(s2['p_bh_vs_S1'])}); {verdict}.")
+        if comparisons is not None and s1 is not None and s2 is not None:
+            for split in SPLITS[::-1]:
+                sentence = agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
+                    comparisons, model, split, "S2_occ_train", "S1_clean_train"))
+                findings += [sentence] if sentence else []
+            sentence = val_threshold_finding(comparisons, model)
+            findings += [sentence] if sentence else []
         masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
         if len(masking):
             best_suffix, best = masking.index[0], masking.iloc[0]
@@ -588,6 +965,11 @@ def headline_findings(summary: pd.DataFrame, models: list[str]) -> list[str]:
             if len(masking) < 4:
                 text += f" (only {len(masking)} of 4 masking sessions done)"
             findings.append(text + ".")
+            for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
+                if comparisons is not None and row is not None:
+                    sentence = agreement_finding(model, "test_occ_fixed", best_suffix, reference, comparison_metrics(
+                        comparisons, model, "test_occ_fixed", best_suffix, reference))
+                    findings += [sentence] if sentence else []
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
         if len(robust):
             top_suffix, top = robust.index[0], robust.iloc[0]
@@ -610,20 +992,37 @@ def headline_findings(summary: pd.DataFrame, models: list[str]) -> list[str]:
 
 
 def render_markdown(result: "ReportResult") -> str:
-    """report.md: status grid, headline findings, one table per split, failures, charts, method."""
+    """report.md: status grid, headline findings, per split the table at the primary and at the val-chosen
+    threshold, S2 vs S1 on every metric, failures, charts, files."""
     summary, root = result.summary, result.root
     failures = summary[(summary["split"] == SPLITS[0]) & (summary["status"] != "done")]
     lines = [f"# exp3 report: {root.name}", "",
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md.", "",
              "## Grid status", "", markdown_table(status_grid(summary, result.models)), "",
-             "## Headline findings", "", *[f"- {finding}" for finding in headline_findings(summary, result.models)], "",
+             "## Headline findings", "",
+             *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)], "",
              "F1 = micro ingredient F1 at the session's confidence threshold. Intervals: 95% percentile bootstrap "
              f"over test images ({result.n_resamples} resamples, seed {result.seed}); p_BH: paired permutation test "
-             "of the F1 difference, Benjamini-Hochberg over all comparisons in this report. Overlapping intervals "
-             "do not by themselves mean no difference; the paired difference interval is the one to read.", ""]
+             "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
+             "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
+             "when its paired 95% interval excludes 0; mAP has no per-image decomposition, so its differences are "
+             "point estimates without an interval. Overlapping intervals do not by themselves mean no difference; "
+             "the paired difference interval is the one to read.", ""]
     for split in SPLITS[::-1]:
-        lines += [f"## {split}", "", markdown_table(split_table(summary, split)), ""]
+        confs = ", ".join(_fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
+        lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
+                  markdown_table(split_table(summary, split)), "", f"### {split} at the val-chosen threshold", ""]
+        at_val = val_table(summary, result.comparisons, split)
+        lines += ["Each session's own threshold, chosen to maximise ingredient micro F1 on the clean val split "
+                  "(a secondary operating point; S2 - S1 recomputed per image at those thresholds):", "",
+                  markdown_table(at_val), ""] if len(at_val) else \
+            ["n/a: no done session records a val-chosen threshold (metrics.json predates it).", ""]
+    by_metric = metric_table(result.comparisons, result.models)
+    if len(by_metric):
+        lines += ["## S2 vs S1 on every metric", "",
+                  "Does the occluded-training effect depend on the metric? Paired intervals and p-values for the "
+                  "F1s; mAP as a point estimate.", "", markdown_table(by_metric), ""]
     if len(failures):
         lines += ["## Sessions not done", ""]
         lines += [f"- {row['model']} {row['session_label']}: {row['status']}"
@@ -636,7 +1035,8 @@ def render_markdown(result: "ReportResult") -> str:
                       f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
     lines += ["## Files", "", "- `summary_metrics.csv` / `.json`: one row per model x session x split",
               "- `summary_by_seed.csv` / `.json`: one row per session folder x split",
-              "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 with CIs and p-values",
+              "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 per metric and threshold, with CIs "
+              "and p-values",
               "- `per_class_f1.csv`: per-class ingredient F1", ""]
     return "\n".join(lines)
 

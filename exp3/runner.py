@@ -7,7 +7,6 @@ Python so it can be tested and reused without Prefect.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from exp3.grid import results_rows
+from exp3.layout import SessionPaths
 from exp3.parallel import die_with_parent
-from exp3.session import FAILED_MARKER, is_done, session_dir
 from exp3.sessions import Session
 
 POLL_S = 5.0
@@ -44,13 +43,13 @@ class SessionRun:
     ran: bool
     wall_s: float
     folder: str
-    extra_overrides: tuple[str, ...] = ()
+    retry_batch: int | None = None
+    moved_aside: str | None = None
 
 
 def failure_record(folder: Path) -> dict | None:
     """The session's FAILED marker (parsed), or None."""
-    marker = folder / FAILED_MARKER
-    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    return SessionPaths(folder).failure()
 
 
 def is_out_of_memory(record: dict | None) -> bool:
@@ -61,37 +60,53 @@ def is_out_of_memory(record: dict | None) -> bool:
     return any(pattern in text for pattern in OOM_PATTERNS)
 
 
-def oom_retry_overrides(batch: int | None) -> tuple[str, ...]:
-    """`--set` overrides for the out-of-memory retry: half the batch (at least 1)."""
-    return (f"train.batch={max(1, (batch or DEFAULT_BATCH) // 2)}",)
+def oom_retry_batch(batch: int | None) -> int:
+    """The batch of an out-of-memory retry: half the configured (or Ultralytics' default) batch, at least 1."""
+    return max(1, (batch or DEFAULT_BATCH) // 2)
+
+
+def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
+    """Move a folder made under other inputs to `<root>/stale/` (under the session lock); return where."""
+    if paths.state(cache_key) != "stale":
+        return None
+    with paths.session_lock("exp3 flow"):
+        return paths.move_aside() if paths.state(cache_key) == "stale" else None
 
 
 def run_session_subprocess(
     config_path: Path,
     session: Session,
     output_root: Path,
+    cache_key: str,
     gpu: int | None = None,
-    extra_overrides: tuple[str, ...] = (),
+    retry_batch: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     epochs_total: int | None = None,
 ) -> SessionRun:
-    """Run the session CLI; raise `SessionError` (transient if out of memory) when it fails."""
-    folder = session_dir(output_root, session)
-    if is_done(folder):
+    """Run the session CLI unless it is done under `cache_key`; raise `SessionError` (transient if out of memory).
+
+    A folder made under other inputs is moved aside first (the session then trains from scratch).
+    """
+    paths = SessionPaths.of(output_root, session)
+    folder = paths.folder
+    if paths.is_done(cache_key):
         return SessionRun(session.name, "done", False, 0.0, str(folder))
-    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    moved = move_aside_if_stale(paths, cache_key)
+    paths.logs.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "exp3.session", "--config", str(config_path), "--model", session.model,
                "--session", session.suffix]
     if session.seed is not None:
         command += ["--seed", str(session.seed)]
-    for override in extra_overrides:
-        command += ["--set", override]
+    if retry_batch is not None:
+        command += ["--retry-batch", str(retry_batch)]
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         command += ["--set", "train.device=0"]
     start = time.perf_counter()
-    with open(folder / "logs" / "session.log", "ab") as log:
+    with open(paths.logs / "session.log", "ab") as log:
+        if moved is not None:
+            log.write(f"\n==== results made under other inputs moved aside to {moved} ====\n".encode())
         log.write(f"\n==== {' '.join(command)} ====\n".encode())
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -108,10 +123,14 @@ def run_session_subprocess(
                     reported = done
         wall = round(time.perf_counter() - start, 2)
         log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
-    if process.returncode == 0 and is_done(folder):
+    if process.returncode == 0 and paths.is_done(cache_key):
         if on_progress is not None and epochs_total:
             on_progress(epochs_total, epochs_total)
-        return SessionRun(session.name, "done", True, wall, str(folder), extra_overrides)
+        return SessionRun(session.name, "done", True, wall, str(folder), retry_batch,
+                          None if moved is None else str(moved))
+    if process.returncode == 0:
+        raise SessionError(f"{session.name}: the session finished under another key than {cache_key} "
+                           f"(see {folder / 'inputs.json'}): report this as a bug")
     record = failure_record(folder) or {}
     error = record.get("error") or f"session exited with code {process.returncode}"
-    raise SessionError(f"{session.name}: {error} (logs in {folder / 'logs'})", transient=is_out_of_memory(record))
+    raise SessionError(f"{session.name}: {error} (logs in {paths.logs})", transient=is_out_of_memory(record))

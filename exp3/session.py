@@ -5,21 +5,27 @@ metrics, and a self-describing session folder.
 
 Session folder `<output_root>/<model>/<model>__<session>/`:
 
+    inputs.json                   SessionInputs and their key (exp3/identity.py), written before training
     config_resolved.yaml          the config this session ran with
     train_plan.json               what the training subprocess was asked to do
     train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
                                   training plots, train_info.json, masking_stats.json (S3-S6)
     weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
     plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint per split
+    predictions_val.json          per-image records of the clean val split (threshold choice only)
     predictions_test_clean.json   per-image records (see exp3.evaluate)
     predictions_test_occ_fixed.json
     metrics.json                  schema in docs/schema.md
     logs/train.log                the training subprocess's stdout + stderr (all attempts)
-    DONE | FAILED                 marker (JSON): DONE holds metrics.json's sha256
+    DONE | FAILED                 marker (JSON): DONE holds metrics.json's sha256 and the inputs' key
 
-A session with a valid DONE marker is skipped; one with a partial `train/weights/last.pt`
-resumes from it. Checkpoint evaluated: `best.pt` (selected on the clean `val` split, the same
-for all six sessions), falling back to `last.pt` only if `best.pt` is missing.
+A session with a valid DONE marker made under the same inputs (same key) is skipped; a folder
+made under other inputs is `stale`: moved aside to `<root>/stale/` (kept, named in the log) and
+the session trains again from scratch. A partial `train/weights/last.pt` of the same inputs is
+resumed. Checkpoint evaluated: `best.pt` (selected on the clean `val` split, the same for all
+six sessions), falling back to `last.pt` only if `best.pt` is missing. Operating points: the
+primary threshold `eval.conf` (predict's 0.25) and each session's own threshold chosen on the
+clean val split (docs/thresholds.md).
 """
 
 from __future__ import annotations
@@ -36,15 +42,19 @@ from typing import Any
 from exp3 import __version__
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
 from exp3.fileio import atomic_write_json, sha256_file
+from exp3.identity import SessionInputs, session_inputs
+from exp3.layout import DONE_MARKER, FAILED_MARKER, SessionPaths  # noqa: F401 - markers re-exported
 from exp3.sessions import Session, parse_session
+from exp3.runlock import LockBusy
+from exp3.weights import ResolvedWeights, resolve_weights
 
 SCHEMA_VERSION = 1
 SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
+VAL_SPLIT = "val"
+"""The clean val split of the dataset: checkpoint selection (Ultralytics) and the val-chosen threshold."""
 TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "epochs_completed", "effective_args",
-                                    "trainer", "attempts")
+                                    "trainer", "attempts", "attempt_wall_s")
 """Keys of the training subprocess's train_info.json copied into metrics.json's `training` block."""
-DONE_MARKER = "DONE"
-FAILED_MARKER = "FAILED"
 CHECKPOINT_CHOICE = ("best.pt: the epoch with the best fitness (0.1 mAP50 + 0.9 mAP50-95) on the clean val "
                      "split, chosen the same way for all six sessions; the test splits never influence it")
 
@@ -70,8 +80,14 @@ class PreparedData:
 
 
 def session_dir(output_root: Path, session: Session) -> Path:
-    """`<output_root>/<model>/<model>__<suffix>`."""
-    return output_root / session.model / session.name
+    """`<output_root>/<model>/<model>__<suffix>` (SessionPaths owns the layout)."""
+    return SessionPaths.of(output_root, session).folder
+
+
+def resolve_model_weights(config: ExperimentConfig, model_name: str) -> ResolvedWeights:
+    """The weights `model_name` starts from, or `WeightsError` (exp3/weights.py)."""
+    model = config.models[model_name]
+    return resolve_weights(model_name, model.architecture, model.weights, download=config.download_weights)
 
 
 def dataset_yaml(config: ExperimentConfig, output_root: Path) -> Path:
@@ -109,85 +125,135 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
     )
 
 
-def is_done(folder: Path) -> bool:
-    """True if `folder` has a DONE marker whose recorded sha256 matches its metrics.json."""
-    marker, metrics = folder / DONE_MARKER, folder / "metrics.json"
-    if not marker.is_file() or not metrics.is_file():
-        return False
-    try:
-        recorded = json.loads(marker.read_text(encoding="utf-8")).get("metrics_sha256")
-    except (json.JSONDecodeError, AttributeError):
-        return False
-    return recorded == sha256_file(metrics)
+def session_key(config: ExperimentConfig, session: Session, output_root: Path) -> str:
+    """The cache key of `session` (prepares and verifies the data, resolves the weights)."""
+    from exp3.offline import apply_offline_environment
+
+    apply_offline_environment(output_root)
+    weights = resolve_model_weights(config, session.model)
+    prepared = prepare_data(config, output_root)
+    return session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256).key
+
+
+def is_done(folder: Path, key: str | None = None) -> bool:
+    """True if `folder` has a DONE marker matching its metrics.json (and made under `key`, when given)."""
+    return SessionPaths(folder).is_done(key)
 
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _split_metrics(evaluation: Any, config: ExperimentConfig, names: list[str]) -> dict[str, Any]:
-    from exp3.metrics import records_from_json, summarize_split
+def _split_metrics(evaluation: Any, records: list[Any], config: ExperimentConfig, names: list[str],
+                   val_conf: float) -> dict[str, Any]:
+    from exp3.metrics import operating_point, summarize_split
 
-    summary = summarize_split(records_from_json(evaluation.records), num_classes=len(names), conf=config.eval.conf,
+    summary = summarize_split(records, num_classes=len(names), conf=config.eval.conf,
                               match_iou=config.eval.match_iou, class_names=names)
     return {"map50": evaluation.map50, "map50_95": evaluation.map50_95,
             "per_class_map50_95": evaluation.per_class_map50_95, "eval_wall_s": evaluation.wall_s,
-            "speed_ms_per_image": evaluation.speed_ms_per_image, **summary}
+            "speed_ms_per_image": evaluation.speed_ms_per_image, **summary,
+            "at_val_threshold": operating_point(records, len(names), val_conf, config.eval.match_iou)}
 
 
-def robustness(clean: dict[str, Any], occluded: dict[str, Any]) -> dict[str, float]:
-    """rX = X(test_occ_fixed) / X(test_clean) for the headline metrics (NaN if clean is 0)."""
+def robustness(clean: dict[str, Any], occluded: dict[str, Any]) -> dict[str, float | None]:
+    """rX = X(test_occ_fixed) / X(test_clean) for the headline metrics (None if clean is 0 or undefined)."""
     from exp3.metrics import robustness_ratio
 
+    def ratio(occ: float | None, cln: float | None) -> float | None:
+        if occ is None or cln is None:
+            return None
+        value = robustness_ratio(occ, cln)
+        return None if value != value else value  # NaN -> None (undefined)
+
     return {
-        "rF1_micro": robustness_ratio(occluded["ingredient"]["micro"]["f1"], clean["ingredient"]["micro"]["f1"]),
-        "rF1_samples": robustness_ratio(occluded["ingredient"]["samples"]["f1"], clean["ingredient"]["samples"]["f1"]),
-        "rF1_macro": robustness_ratio(occluded["ingredient"]["macro"]["f1"], clean["ingredient"]["macro"]["f1"]),
-        "rmAP50": robustness_ratio(occluded["map50"], clean["map50"]),
-        "rmAP50_95": robustness_ratio(occluded["map50_95"], clean["map50_95"]),
-        "rF1_detection": robustness_ratio(occluded["detection"]["f1"], clean["detection"]["f1"]),
+        "rF1_micro": ratio(occluded["ingredient"]["micro"]["f1"], clean["ingredient"]["micro"]["f1"]),
+        "rF1_samples": ratio(occluded["ingredient"]["samples"]["f1"], clean["ingredient"]["samples"]["f1"]),
+        "rF1_macro": ratio(occluded["ingredient"]["macro"]["f1"], clean["ingredient"]["macro"]["f1"]),
+        "rmAP50": ratio(occluded["map50"], clean["map50"]),
+        "rmAP50_95": ratio(occluded["map50_95"], clean["map50_95"]),
+        "rF1_detection": ratio(occluded["detection"]["f1"], clean["detection"]["f1"]),
     }
 
 
-def run_session(config: ExperimentConfig, session: Session, output_root: Path) -> dict[str, Any]:
+def run_session(config: ExperimentConfig, session: Session, output_root: Path,
+                retry_batch: int | None = None) -> dict[str, Any]:
     """Run (or skip, or resume) one session; return its metrics.json payload.
 
-    Raises `SessionFailed` after writing a FAILED marker with the error and the log tail.
+    `retry_batch`: the batch of an out-of-memory retry (what really runs, recorded as such; the
+    session's inputs and key stay those of the config). Raises `SessionFailed` after writing a
+    FAILED marker with the error and the log tail; `WeightsError` / `DatasetError` before
+    anything is written when the configured inputs cannot be had.
     """
-    folder = session_dir(output_root, session)
-    if is_done(folder):
-        return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    folder.mkdir(parents=True, exist_ok=True)
-    logs = folder / "logs"
-    try:
-        return _run_session_steps(config, session, output_root, folder, logs)
-    except Exception as error:  # noqa: BLE001 - every failure must leave a FAILED marker
-        from exp3.train import log_tail
-
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
-        atomic_write_json(folder / FAILED_MARKER, {
-            "session": session.name, "error": message, "traceback": traceback.format_exc(),
-            "train_log_tail": log_tail(logs / "train.log"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-        raise SessionFailed(f"{session.name} failed: {message} (see {folder / FAILED_MARKER})") from error
-
-
-def _run_session_steps(config: ExperimentConfig, session: Session, output_root: Path, folder: Path,
-                       logs: Path) -> dict[str, Any]:
     from exp3.offline import apply_offline_environment
 
+    paths = SessionPaths.of(output_root, session)
     apply_offline_environment(output_root)
-    from exp3.dataset import read_data_yaml
+    weights = resolve_model_weights(config, session.model)  # WeightsError: nothing written, nothing trained
+    paths.folder.parent.mkdir(parents=True, exist_ok=True)
+    with paths.session_lock("python -m exp3.session"):
+        try:
+            prepared = prepare_data(config, output_root)
+        except Exception as error:
+            _write_failure(paths, session, error)
+            raise SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})") from error
+        inputs = session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256)
+        if paths.is_done(inputs.key):
+            return json.loads(paths.metrics.read_text(encoding="utf-8"))
+        if paths.state(inputs.key) == "stale":
+            moved = paths.move_aside()
+            print(f"exp3: {session.name}: results made under other inputs (key {paths_key_text(moved)}) moved "
+                  f"aside to {moved}; training again from scratch under key {inputs.key}")
+        paths.folder.mkdir(parents=True, exist_ok=True)
+        paths.write_inputs(inputs.model_dump(mode="json"), inputs.key)
+        try:
+            return _run_session_steps(config, session, output_root, paths, prepared, weights, inputs, retry_batch)
+        except Exception as error:  # noqa: BLE001 - every failure must leave a FAILED marker
+            _write_failure(paths, session, error)
+            raise SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})") from error
+
+
+def paths_key_text(folder: Path) -> str:
+    """The key recorded in a (moved) session folder, or 'unknown' for folders from before keys."""
+    return SessionPaths(folder).recorded_key() or "unknown"
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def _write_failure(paths: SessionPaths, session: Session, error: BaseException) -> None:
+    from exp3.train import log_tail
+
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.failed_marker, {
+        "session": session.name, "error": _one_line(error), "traceback": traceback.format_exc(),
+        "train_log_tail": log_tail(paths.logs / "train.log"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+def _evaluate(checkpoint: Path, split_yaml: Path, split: str, family: str, config: ExperimentConfig,
+              output_root: Path, save_dir: Path) -> Any:
     from exp3.evaluate import evaluate_split
+
+    return evaluate_split(checkpoint, split_yaml, family, output_root, save_dir, split=split,
+                          batch=config.train.batch, device=config.train.device)
+
+
+def _run_session_steps(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
+                       prepared: PreparedData, weights: ResolvedWeights, inputs: SessionInputs,
+                       retry_batch: int | None) -> dict[str, Any]:
+    from exp3.dataset import read_data_yaml
+    from exp3.metrics import choose_threshold, records_from_json
     from exp3.provenance import collect_provenance
     from exp3.train import checkpoint_state, plan_training, run_training
 
-    previous_failure = _read_json(folder / FAILED_MARKER)
-    (folder / FAILED_MARKER).unlink(missing_ok=True)
+    folder, logs = paths.folder, paths.logs
+    previous_failure = paths.failure()
+    paths.failed_marker.unlink(missing_ok=True)
     write_resolved_config(config, folder)
-    prepared = prepare_data(config, output_root)
     train_yaml = Path(prepared.s2_data_yaml if session.train_images == "occluded" else prepared.data_yaml)
-    plan = plan_training(config, session, train_yaml, folder, output_root)
+    plan = plan_training(config, session, train_yaml, folder, output_root, weights, retry_batch)
     outcome = run_training(plan, logs)
     if outcome.returncode != 0:
         raise SessionFailed(f"training exited with code {outcome.returncode}; see {outcome.log_path}")
@@ -197,16 +263,28 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     checkpoint = plan.best_pt if plan.best_pt.is_file() else plan.last_pt
     _link_weights(Path(plan.run_dir) / "weights", folder / "weights")
     names = read_data_yaml(prepared.data_yaml).names
-    splits: dict[str, Any] = {}
     eval_wall = 0.0
+    val = _evaluate(checkpoint, Path(prepared.data_yaml), VAL_SPLIT, plan.family, config, output_root,
+                    folder / "plots" / VAL_SPLIT)
+    atomic_write_json(paths.predictions(VAL_SPLIT), {"schema_version": SCHEMA_VERSION, "session": session.name,
+                                                     "split": VAL_SPLIT, "checkpoint": str(checkpoint),
+                                                     "images": val.records})
+    eval_wall += val.wall_s
+    val_records = records_from_json(val.records)
+    chosen = choose_threshold(val_records, len(names))
+    splits: dict[str, Any] = {}
     for split in SPLITS:
-        evaluation = evaluate_split(checkpoint, prepared.split_yaml(split), plan.family, output_root,
-                                    folder / "plots" / split, batch=config.train.batch, device=config.train.device)
-        atomic_write_json(folder / f"predictions_{split}.json",
+        evaluation = _evaluate(checkpoint, prepared.split_yaml(split), "test", plan.family, config, output_root,
+                               folder / "plots" / split)
+        atomic_write_json(paths.predictions(split),
                           {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
                            "checkpoint": str(checkpoint), "images": evaluation.records})
-        splits[split] = _split_metrics(evaluation, config, names)
+        splits[split] = _split_metrics(evaluation, records_from_json(evaluation.records), config, names,
+                                       chosen["conf"])
         eval_wall += evaluation.wall_s
+    from exp3.metrics import ingredient_prf, ingredient_sets
+
+    val_at_primary = ingredient_prf(*ingredient_sets(val_records, len(names), config.eval.conf))["micro"]["f1"]
     run_dir = Path(plan.run_dir)
     metrics = {
         "schema_version": SCHEMA_VERSION,
@@ -215,20 +293,25 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         "model": session.model,
         "suffix": session.suffix,
         "experiment": config.name,
+        "cache_key": inputs.key,
+        "inputs": inputs.model_dump(mode="json"),
         "checkpoint": {"path": str(checkpoint), "which": checkpoint.name, "why": CHECKPOINT_CHOICE},
         "training": {
             "family": plan.family,
             "source": plan.source,
-            "pretrained": plan.pretrained,
-            "weights_note": plan.weights_note,
+            "pretrained": weights.pretrained,
+            "weights": {"configured": weights.configured, "path": weights.source if weights.pretrained else None,
+                        "sha256": weights.sha256, "origin": weights.origin},
             "train_images": session.train_images,
             "train_data_yaml": str(train_yaml),
             "overrides": plan.overrides,
+            "oom_retry_batch": retry_batch,
             "locations": plan.locations,
             "resumed_from_epoch": outcome.resumed_from_epoch,
             "previous_failure": None if previous_failure is None else {
                 key: previous_failure.get(key) for key in ("error", "time")},
-            "wall_s": outcome.wall_s,
+            "wall_s": outcome.info.get("wall_s_total", outcome.wall_s),
+            "ran": outcome.info.get("ran"),
             **{key: outcome.info.get(key) for key in TRAIN_INFO_KEYS},
         },
         "masking": None if session.masking_site is None else {
@@ -236,7 +319,12 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
             "spec": plan.masking_spec,
             "stats": _read_json(run_dir / "masking_stats.json"),
         },
-        "eval": {"conf": config.eval.conf, "match_iou": config.eval.match_iou, "wall_s": round(eval_wall, 3)},
+        "eval": {"conf": config.eval.conf, "match_iou": config.eval.match_iou, "wall_s": round(eval_wall, 3),
+                 "predictions": "model.predict (one class per box, predict's NMS defaults); mAP: model.val"},
+        "thresholds": {"primary": config.eval.conf, "val_chosen": chosen["conf"],
+                       "criterion": "ingredient micro F1 on the clean val split",
+                       "val_f1_at_val_chosen": chosen["val_micro_f1"], "val_f1_at_primary": val_at_primary,
+                       "val_map50": val.map50, "val_map50_95": val.map50_95},
         "splits": splits,
         "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
         "data": asdict(prepared),
@@ -246,10 +334,9 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         "config_fingerprint": config.fingerprint(),
         "provenance": collect_provenance(config.train.device),
     }
-    metrics_path = atomic_write_json(folder / "metrics.json", metrics)
-    atomic_write_json(folder / DONE_MARKER, {"session": session.name, "metrics_sha256": sha256_file(metrics_path),
-                                             "exp3_version": __version__,
-                                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    atomic_write_json(paths.metrics, metrics)
+    paths.write_done(inputs.key, {"session": session.name, "exp3_version": __version__,
+                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return metrics
 
 
@@ -278,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="training seed (one of the config's seeds; "
                         "with several seeds the folder gets __seed<N>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--retry-batch", type=int, default=None, metavar="N",
+                        help="out-of-memory retry: train with batch N (recorded; the session's key is unchanged)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
@@ -292,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(config.seeds) == 1 and session.seed is not None:
             session = Session(session.model, session.suffix)  # single-seed grids have no seed in folder names
         output_root = resolve_output_root(config)
-        metrics = run_session(config, session, output_root)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, SessionFailed) as error:
+        metrics = run_session(config, session, output_root, retry_batch=args.retry_batch)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, SessionFailed,
+            LockBusy) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 1 if isinstance(error, SessionFailed) else 2
     clean, occluded = metrics["splits"]["test_clean"], metrics["splits"]["test_occ_fixed"]

@@ -23,6 +23,12 @@ bootstrap the *samples* F1, a different metric).
   (scipy's generic loop took 0.35 s per test at N = 200; this takes ~10 ms). Tied per-image scores
   are harmless: identical sessions give p = 1 exactly.
 - Many comparisons: Benjamini-Hochberg via `scipy.stats.false_discovery_control` (NaNs kept).
+  Which p-values form one family is the caller's decision (exp3.report: distinct unordered pairs).
+
+Other metrics use the same pairing and the same machinery: the pooled *detection* F1 is
+`micro_f1` of per-image box counts (`exp3.metrics.detection_counts`), and the *samples* F1 (the
+mean of per-image F1) is compared with `compare_paired_means`: the bootstrap of a mean difference
+and the paired (sign-flip) permutation test of it.
 """
 
 from __future__ import annotations
@@ -202,7 +208,11 @@ def paired_permutation_pvalue(counts_a: np.ndarray, counts_b: np.ndarray,
     shift = masks.astype(np.float64) @ (b - a).astype(np.float64)          # (P, 3)
     total_a, total_b = a.sum(axis=0).astype(np.float64), b.sum(axis=0).astype(np.float64)
     null = micro_f1((total_a + shift)[:, None, :]) - micro_f1((total_b - shift)[:, None, :])   # (P,)
-    observed = float(micro_f1(a) - micro_f1(b))
+    return _two_sided_p(null, float(micro_f1(a) - micro_f1(b)), exact)
+
+
+def _two_sided_p(null: np.ndarray, observed: float, exact: bool) -> float:
+    """2 * min(P(null <= observed), P(null >= observed)), capped at 1; (k + 1) / (P + 1) unless exact."""
     tolerance = 1e-12 * max(1.0, abs(observed))
     less, greater = np.sum(null <= observed + tolerance), np.sum(null >= observed - tolerance)
     if exact:
@@ -219,6 +229,74 @@ def compare_paired(counts_a: np.ndarray, counts_b: np.ndarray, confidence: float
     a, b = _aligned(counts_a, counts_b)
     return PairedComparison(difference=paired_difference_interval(a, b, confidence, n_resamples, seed),
                             p_value=paired_permutation_pvalue(a, b, n_permutations, seed), n_images=len(a))
+
+
+def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
+    """Return `values` as (N,) float64 per-image scores; raise ValueError naming the fix otherwise."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} has shape {array.shape} or non-finite entries; pass an (N,) array of finite "
+                         "per-image scores, N >= 1")
+    return array
+
+
+def _aligned_scores(values_a: np.ndarray, values_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = check_scores(values_a, "values_a"), check_scores(values_b, "values_b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores differ in shape {a.shape} vs {b.shape}; align both on the same image ids")
+    return a, b
+
+
+def paired_mean_difference_interval(values_a: np.ndarray, values_b: np.ndarray,
+                                    confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
+                                    seed: int = DEFAULT_SEED) -> Interval:
+    """Paired bootstrap interval of mean(a) - mean(b); both (N,) per-image scores (e.g. per-image F1).
+
+    The same (B, N) indices as `paired_difference_interval` for the same N and seed, so intervals
+    of different metrics of one comparison resample the same images.
+    """
+    a, b = _aligned_scores(values_a, values_b)
+    difference = a - b
+    draws = difference[bootstrap_indices(len(a), n_resamples, seed)].mean(axis=1)      # (B,)
+    low, high = _percentiles(draws, confidence)
+    return Interval(float(difference.mean()), low, high)
+
+
+def paired_mean_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray,
+                                   n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
+    """Two-sided paired permutation p-value of mean(a) - mean(b) (the sign-flip test of the differences).
+
+    Swapping a and b on an image flips the sign of its difference d = a - b, so a permutation's
+    statistic is (sum(d) - 2 * mask @ d) / N: one (P, N) @ (N,) product, same masks and p rule as
+    `paired_permutation_pvalue` (the null of scipy's `permutation_type="samples"`).
+    """
+    a, b = _aligned_scores(values_a, values_b)
+    difference = a - b
+    if not np.any(difference):
+        return 1.0
+    masks, exact = swap_masks(len(a), n_resamples, seed)
+    null = (difference.sum() - 2.0 * (masks.astype(np.float64) @ difference)) / len(a)      # (P,)
+    return _two_sided_p(null, float(difference.mean()), exact)
+
+
+def compare_paired_means(values_a: np.ndarray, values_b: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
+                         n_resamples: int = DEFAULT_RESAMPLES, n_permutations: int = DEFAULT_PERMUTATIONS,
+                         seed: int = DEFAULT_SEED) -> PairedComparison:
+    """Difference a - b of mean per-image scores (e.g. samples F1) with paired bootstrap interval and p."""
+    a, b = _aligned_scores(values_a, values_b)
+    return PairedComparison(difference=paired_mean_difference_interval(a, b, confidence, n_resamples, seed),
+                            p_value=paired_mean_permutation_pvalue(a, b, n_permutations, seed), n_images=len(a))
+
+
+def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
+    """b - a from the result of a - b: the estimate and interval negated, the same (two-sided) p.
+
+    One test, two readings: a report that lists both "S2 vs S1" and "S1 vs S2" uses this so
+    that both rows carry one p-value (and count once in a multiple-comparison family).
+    """
+    difference = comparison.difference
+    return PairedComparison(Interval(0.0 - difference.estimate, 0.0 - difference.high, 0.0 - difference.low),
+                            comparison.p_value, comparison.n_images)           # 0.0 - x: no "-0.000" in the text
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """`python -m exp3.status --root runs/exp3`: the grid as a matrix, read from the files on disk.
 
 The grid comes from `<root>/config_resolved.yaml` (written by the flow at start) when present,
-else from the session folders found under the root. Nothing is written, nothing is locked: it
+else from the session folders found under the root; `<root>/plan.json` (the flow's cache keys)
+tells a folder made under other inputs (`STALE`: it will be moved aside and re-run). Nothing is written, nothing is locked: it
 is safe to run while the experiment runs.
 """
 
@@ -12,12 +13,12 @@ import sys
 from pathlib import Path
 
 from exp3.config import ConfigError, ExperimentConfig, SESSION_SUFFIXES, load_config
-from exp3.grid import SessionStatus, grid_status
+from exp3.grid import SessionStatus, grid_status, read_plan
 from exp3.runlock import root_is_live
 from exp3.sessions import Session
 
-STATE_SYMBOLS: dict[str, str] = {"done": "done", "failed": "FAILED", "running": "running", "partial": "partial",
-                                 "pending": "pending"}
+STATE_SYMBOLS: dict[str, str] = {"done": "done", "failed": "FAILED", "stale": "STALE", "running": "running",
+                                 "partial": "partial", "pending": "pending"}
 
 
 def _format_seconds(seconds: float | None) -> str:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     live = root_is_live(args.root)
     if config is not None:
-        rows = grid_status(config, args.root, sessions, live)
+        rows = grid_status(config, args.root, sessions, live, read_plan(args.root))
     else:
         from exp3.grid import session_status
         from exp3.session import session_dir

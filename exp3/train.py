@@ -32,8 +32,10 @@ from typing import Any, Literal
 
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
+from exp3.layout import TRAIN_RUN_NAME
 from exp3.parallel import die_with_parent
 from exp3.sessions import Session
+from exp3.weights import ResolvedWeights
 
 Family = Literal["detect", "rtdetr"]
 CheckpointState = Literal["missing", "partial", "finished", "corrupt"]
@@ -48,9 +50,9 @@ TRAINER_CLASSES: dict[tuple[str, bool], str] = {
 with atomic checkpoint writes, plus masking for S3-S6 (exp3/trainers.py)."""
 
 MODEL_CLASSES: dict[str, str] = {"detect": "ultralytics:YOLO", "rtdetr": "ultralytics:RTDETR"}
-TRAIN_RUN_NAME = "train"
-"""Ultralytics' run folder inside the session folder: <session>/train/weights/{last,best}.pt."""
 TRAIN_INFO_FILENAME = "train_info.json"
+RESUME_OVERRIDABLE: tuple[str, ...] = ("batch", "imgsz", "device", "workers")
+"""Args a resumed training takes from the plan instead of the checkpoint (Ultralytics allows these)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,6 @@ class TrainPlan:
     family: Family
     source: str
     pretrained: bool
-    weights_note: str | None
     overrides: dict[str, Any]
     locations: dict[str, Any]
     masking_site: str | None
@@ -95,30 +96,23 @@ def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0)
     return overrides
 
 
-def resolve_model_source(config: ExperimentConfig, model_name: str) -> tuple[str, bool, str | None]:
-    """(source for YOLO()/RTDETR(), pretrained?, note). Local .pt when configured and present, else yaml."""
-    model = config.models[model_name]
-    if model.weights is not None:
-        weights = Path(model.weights).expanduser()
-        if weights.is_file():
-            return str(weights.absolute()), True, None
-        return model.architecture, False, (f"weights {str(weights)!r} not found: training {model.architecture} "
-                                           "from scratch (pretrained: false)")
-    return model.architecture, False, f"no weights configured: training {model.architecture} from scratch"
-
-
 def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: Path, session_dir: Path,
-                  output_root: Path) -> TrainPlan:
-    """Pure: the training plan of one session (data = clean or S2 occluded data.yaml)."""
-    source, pretrained, note = resolve_model_source(config, session.model)
+                  output_root: Path, weights: ResolvedWeights, retry_batch: int | None = None) -> TrainPlan:
+    """Pure: the training plan of one session (data = clean or S2 occluded data.yaml).
+
+    `retry_batch` (out-of-memory retry) replaces the batch; it is what really runs, so it is what
+    the plan, Ultralytics' args and metrics.json's `overrides` say.
+    """
     site = session.masking_site
+    overrides = training_overrides(config, session.model, session.training_seed(config.seeds))
+    if retry_batch is not None:
+        overrides["batch"] = retry_batch
     return TrainPlan(
         session=session.name,
         family=config.models[session.model].family,
-        source=source,
-        pretrained=pretrained,
-        weights_note=note,
-        overrides=training_overrides(config, session.model, session.training_seed(config.seeds)),
+        source=weights.source,
+        pretrained=weights.pretrained,
+        overrides=overrides,
         locations={"data": str(train_data_yaml), "project": str(session_dir), "name": TRAIN_RUN_NAME,
                    "exist_ok": True},
         masking_site=site,
@@ -243,7 +237,18 @@ def _train_worker(plan: TrainPlan) -> int:
     if state == "finished":
         print(f"exp3: {plan.last_pt} is a finished training (epoch info {info}): nothing to train")
         return 0
-    captured: dict[str, Any] = {}
+    info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
+    earlier = _read_info(info_path) if state == "partial" else {}
+    walls: list[float] = list(earlier.get("attempt_wall_s", []))  # training time of earlier attempts
+    captured: dict[str, Any] = {key: earlier[key] for key in ("optimizer", "requested", "amp", "device")
+                                if key in earlier}
+    start = time.perf_counter()
+
+    def _write_info(final: bool) -> None:
+        attempt_walls = [*walls, round(time.perf_counter() - start, 2)]
+        atomic_write_json(info_path, {**captured, "attempt_wall_s": attempt_walls,
+                                      "wall_s_total": round(sum(attempt_walls), 2), "attempts": len(attempt_walls),
+                                      "finished": final})
 
     def _on_pretrain_routine_start(trainer: Any) -> None:
         captured["requested"] = {"optimizer": trainer.args.optimizer, "amp": trainer.args.amp}  # before Ultralytics resolves them
@@ -253,15 +258,16 @@ def _train_worker(plan: TrainPlan) -> int:
         captured["amp"] = bool(getattr(trainer, "amp", False))
         captured["device"] = str(trainer.device)
         captured["start_epoch"] = int(trainer.start_epoch)
+        captured["ran"] = {key: getattr(trainer.args, key) for key in RESUME_OVERRIDABLE}
+
+    def _on_fit_epoch_end(trainer: Any) -> None:
+        _write_info(final=False)  # a killed attempt still leaves its training time on record
 
     def _on_train_end(trainer: Any) -> None:
         captured["effective_args"] = {key: (str(value) if isinstance(value, Path) else value)
                                       for key, value in vars(trainer.args).items()}
         captured["epochs_completed"] = int(trainer.epoch) + 1
 
-    if plan.weights_note:
-        print(f"WARNING exp3: {plan.weights_note}")
-    start = time.perf_counter()
     if state == "partial":
         print(f"exp3: resuming {plan.session} from its own {plan.last_pt} ({info})")
         model = model_class(str(plan.last_pt))
@@ -269,18 +275,26 @@ def _train_worker(plan: TrainPlan) -> int:
         model = model_class(plan.source)
     model.add_callback("on_pretrain_routine_start", _on_pretrain_routine_start)
     model.add_callback("on_train_start", _on_train_start)
+    model.add_callback("on_fit_epoch_end", _on_fit_epoch_end)
     model.add_callback("on_train_end", _on_train_end)
     if state == "partial":
-        model.train(resume=True, trainer=trainer_class)
+        # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan:
+        # the config's batch/imgsz/device/workers and an out-of-memory retry's halved batch.
+        model.train(resume=True, trainer=trainer_class,
+                    **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
     else:
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
-    captured.update({"wall_s": round(time.perf_counter() - start, 2), "trainer": trainer_class.__name__,
+    captured.update({"trainer": trainer_class.__name__,
                      "resumed_from": info.get("epoch") if state == "partial" else None})
-    info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
-    earlier = json.loads(info_path.read_text()) if info_path.is_file() and state == "partial" else {}
-    atomic_write_json(info_path, {**captured, "attempts": earlier.get("attempts", 0) + 1,
-                                  "optimizer": captured.get("optimizer") or earlier.get("optimizer")})
+    _write_info(final=True)
     return 0
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:

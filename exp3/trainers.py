@@ -213,7 +213,8 @@ class _AtomicCheckpointMixin:
 
     Ultralytics writes checkpoints in place (`Path.write_bytes`), so a `kill -9` during a save
     leaves a truncated `last.pt` that cannot be resumed. Here `save_model` writes to temporary
-    siblings, fsyncs them and `os.replace`s them over the real names. Nothing else changes.
+    siblings, fsyncs them and `os.replace`s them over the real names; only temp files written by
+    this very save are promoted (a leftover from a killed save is removed first). Nothing else changes.
     """
 
     last: Path
@@ -222,6 +223,10 @@ class _AtomicCheckpointMixin:
     def save_model(self) -> Any:
         final = {"last": self.last, "best": self.best}
         temporary = {name: path.with_name(f".{path.name}.tmp") for name, path in final.items()}
+        for leftover in temporary.values():
+            # A temp file that exists before this save is the torso of a killed save: never promote it
+            # (on a non-improving epoch it would otherwise replace a good best.pt).
+            leftover.unlink(missing_ok=True)
         self.last, self.best = temporary["last"], temporary["best"]
         try:
             result = super().save_model()  # type: ignore[misc]

@@ -7,8 +7,10 @@
     python flows/exp3.py --smoke --rerun-failed  # also run sessions that have a FAILED marker
 
 Crash safety: a session's result is cached under a key built from everything it depends on
-(exp3.grid.session_cache_key) and trusted only while its DONE marker matches its metrics.json;
-anything else runs again, resuming from the session's own last.pt. Run the same command
+(exp3.identity.SessionInputs) and trusted only while its DONE marker matches its metrics.json
+and records that key; a folder made under other inputs is moved aside to <root>/stale/ and the
+session trains again from scratch; an unfinished training of the same inputs resumes from its
+own last.pt. Configured weights that cannot be found stop the flow before any session starts. Run the same command
 after a crash, a reboot or a `kill -9`: finished sessions are skipped, the rest continue.
 The tasks are thin: each calls one library function.
 """
@@ -72,12 +74,14 @@ from prefect.artifacts import update_progress_artifact  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, resolve_output_root, write_resolved_config  # noqa: E402
-from exp3.grid import select_sessions, session_cache_key  # noqa: E402
+from exp3.grid import select_sessions, write_plan  # noqa: E402
+from exp3.identity import session_inputs  # noqa: E402
+from exp3.layout import SessionPaths  # noqa: E402
 from exp3.runner import (  # noqa: E402
     SessionError,
     failure_record,
     is_out_of_memory,
-    oom_retry_overrides,
+    oom_retry_batch,
     run_session_subprocess,
 )
 from exp3.runlock import RootLock  # noqa: E402
@@ -88,7 +92,7 @@ STOP_MARKER = ".stop-requested"
 
 
 def _cache_key_from_parameters(context: Any, parameters: dict[str, Any]) -> str:
-    """The key is computed by the flow (exp3.grid.session_cache_key) and passed in."""
+    """The key is computed by the flow (exp3.identity.SessionInputs.key) and passed in."""
     return parameters["cache_key"]
 
 
@@ -114,6 +118,14 @@ def audit_dataset_task(data_yaml: str, output_root: str) -> dict[str, Any]:
     return {"fingerprint": report["fingerprint"], "counts": report["counts"]}
 
 
+@task(name="resolve-weights")
+def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[str, str | None]:
+    """Each model's weights sha256 (None = from scratch on purpose); fails the flow if any cannot be had."""
+    from exp3.session import resolve_model_weights
+
+    return {model: resolve_model_weights(config, model).sha256 for model in models}
+
+
 @task(name="prepare-data")
 def prepare_data_task(config: ExperimentConfig, output_root: str) -> dict[str, Any]:
     """Embedded dataset (first use), fixed occlusion suite and S2 train set: built once, verified after."""
@@ -124,8 +136,8 @@ def prepare_data_task(config: ExperimentConfig, output_root: str) -> dict[str, A
     return asdict(prepare_data(config, Path(output_root)))
 
 
-def _run_with_progress(config_path: Path, session: Session, root: Path, epochs: int, gpu: int | None,
-                       extra: tuple[str, ...]) -> dict[str, Any]:
+def _run_with_progress(config_path: Path, session: Session, root: Path, cache_key: str, epochs: int,
+                       gpu: int | None, retry_batch: int | None) -> dict[str, Any]:
     """`run_session_subprocess` with a Prefect progress artifact updated every epoch."""
     artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{session.name.lower().replace('_', '-')}",
                                            description=f"{session.name}: epochs done / {epochs}")
@@ -133,25 +145,29 @@ def _run_with_progress(config_path: Path, session: Session, root: Path, epochs: 
     def _progress(done: int, total: int) -> None:
         update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
 
-    run = run_session_subprocess(config_path, session, root, gpu=gpu, extra_overrides=extra, on_progress=_progress,
-                                 epochs_total=epochs)
+    run = run_session_subprocess(config_path, session, root, cache_key, gpu=gpu, retry_batch=retry_batch,
+                                 on_progress=_progress, epochs_total=epochs)
+    if run.moved_aside:
+        get_run_logger().warning(f"{session.name}: results made under other inputs moved aside to "
+                                 f"{run.moved_aside}; trained again from scratch")
     return {"session": run.session, "status": run.status, "ran": run.ran, "wall_s": run.wall_s,
-            "folder": run.folder, "extra_overrides": list(run.extra_overrides)}
+            "folder": run.folder, "retry_batch": run.retry_batch, "moved_aside": run.moved_aside}
 
 
-def _run_via_deployment(deployment: str, config_path: Path, session: Session, extra: tuple[str, ...]) -> dict[str, Any]:
+def _run_via_deployment(deployment: str, config_path: Path, session: Session, cache_key: str,
+                        retry_batch: int | None) -> dict[str, Any]:
     """Run the session as its own flow run of `deployment` (on a GPU work pool) and wait for it."""
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(name=deployment, timeout=None, flow_run_name=session.name,
                               parameters={"config_file": str(config_path), "model": session.model,
                                           "suffix": session.suffix, "seed": session.seed,
-                                          "extra_overrides": list(extra)})
+                                          "cache_key": cache_key, "retry_batch": retry_batch})
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise SessionError(f"{session.name}: flow run {flow_run.name} of {deployment} ended {state}")
     return {"session": session.name, "status": "done", "ran": True, "wall_s": flow_run.total_run_time.total_seconds(),
-            "folder": "", "extra_overrides": list(extra), "flow_run": str(flow_run.id)}
+            "folder": "", "retry_batch": retry_batch, "flow_run": str(flow_run.id)}
 
 
 @task(name="train_and_eval", persist_result=True, result_serializer="json",
@@ -165,19 +181,19 @@ def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, 
 
     root, session = Path(output_root), Session(model, suffix, seed)
     previous = failure_record(session_dir(root, session))
-    if skip_as_failed and previous is not None:
+    if skip_as_failed and SessionPaths.of(root, session).state(cache_key) == "failed":
         raise SessionError(f"{session.name}: failed in an earlier run ({previous.get('error')}); "
                            "not re-run without --rerun-failed")
-    extra: tuple[str, ...] = ()
+    retry_batch: int | None = None
     if task_run.run_count > 1 and oom_halve_batch and is_out_of_memory(previous):
-        extra = oom_retry_overrides(batch)
-        get_run_logger().warning(f"{session.name}: out of memory last attempt, retrying with {extra[0]}")
+        retry_batch = oom_retry_batch(batch)
+        get_run_logger().warning(f"{session.name}: out of memory last attempt, retrying with batch {retry_batch}")
     if (root / STOP_MARKER).exists():
         raise SessionError(f"{session.name}: not run, an earlier session failed and failure.policy is 'stop'")
     try:
         if deployment:
-            return _run_via_deployment(deployment, Path(config_path), session, extra)
-        return _run_with_progress(Path(config_path), session, root, epochs, gpu, extra)
+            return _run_via_deployment(deployment, Path(config_path), session, cache_key, retry_batch)
+        return _run_with_progress(Path(config_path), session, root, cache_key, epochs, gpu, retry_batch)
     except SessionError:
         if stop_on_failure:
             (root / STOP_MARKER).touch()
@@ -238,7 +254,11 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         (root / STOP_MARKER).unlink(missing_ok=True)
         config_path = write_resolved_config(config, root)
         audit_dataset_task(dataset_task(config, str(root)), str(root))
+        weights = resolve_weights_task(config, list(dict.fromkeys(s.model for s in grid)))
         prepared = PreparedData(**prepare_data_task(config, str(root)))
+        keys = {session.name: session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id,
+                                             weights[session.model]).key for session in grid}
+        write_plan(root, keys)
         # Lanes: session i runs on lane i % n after the previous session of its lane, whatever that
         # one's outcome (allow_failure); a lane is a GPU, or the single device, or a fan-out slot.
         lanes: tuple[int | None, ...] = (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,))
@@ -246,10 +266,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         futures = {}
         for index, session in enumerate(grid):
             lane = index % len(lanes)
-            folder = session_dir(root, session)
-            key = session_cache_key(config, session, prepared.dataset_fingerprint, prepared.suite_id)
-            failed_before = failure_record(folder) is not None and not rerun_failed
-            options = {"task_run_name": session.name, "refresh_cache": not is_done(folder),
+            paths, key = SessionPaths.of(root, session), keys[session.name]
+            failed_before = paths.state(key) == "failed" and not rerun_failed
+            options = {"task_run_name": session.name, "refresh_cache": not paths.is_done(key),
                        "retries": 0 if failed_before else config.failure.retries,
                        "retry_condition_fn": _retry_if_transient, "result_storage": root / ".prefect" / "results"}
             if failed_before:
@@ -279,18 +298,20 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
 
 @flow(name="exp3-session", log_prints=True)
 def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | None = None,
-                      extra_overrides: list[str] | None = None) -> dict[str, Any]:
+                      cache_key: str | None = None, retry_batch: int | None = None) -> dict[str, Any]:
     """One session as its own flow run (the per-session deployment the parent flow fans out to).
 
-    The GPU is the worker's: start one worker per GPU with CUDA_VISIBLE_DEVICES set.
+    The GPU is the worker's: start one worker per GPU with CUDA_VISIBLE_DEVICES set. Without
+    `cache_key` (a run started by hand) the key is computed here from the prepared inputs.
     """
     from exp3.config import load_config
+    from exp3.session import session_key
 
     config = load_config(config_file)
     root = resolve_output_root(config)
     session = Session(model, suffix, seed)
-    return _run_with_progress(Path(config_file), session, root, config.models[model].epochs, None,
-                              tuple(extra_overrides or ()))
+    key = cache_key or session_key(config, session, root)
+    return _run_with_progress(Path(config_file), session, root, key, config.models[model].epochs, None, retry_batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,19 +323,22 @@ def _dry_run(config: ExperimentConfig, args: argparse.Namespace) -> int:
     from exp3.grid import grid_status
     from exp3.occlusion import occlusion_suite_name
     from exp3.runlock import root_is_live
+    from exp3.session import resolve_model_weights
 
     root = resolve_output_root(config)
     grid = select_sessions(config, args.models, args.sessions)
+    weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
     data_dir = root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
     data_yaml = Path(config.dataset.data_yaml) if config.dataset.kind == "yaml" else data_dir / "data.yaml"
     ready = data_yaml.is_file()  # the synthetic dataset exists after the first run; a user's always
     fingerprint = dataset_fingerprint(read_data_yaml(data_yaml)) if ready else None
     suite = occlusion_suite_name(data_yaml, config.occlusion) if ready else None
+    keys = {s.name: session_inputs(config, s, fingerprint, suite, weights[s.model]).key for s in grid} if ready else {}
     print(f"exp3 dry run: {len(grid)} sessions under {root}"
           + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
-    for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root))):
-        key = session_cache_key(config, session, fingerprint, suite) if ready else "-"
-        print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  {key}")
+    for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root), keys)):
+        print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
+              f"{keys.get(session.name, '-')}")
     return 0
 
 
@@ -343,20 +367,25 @@ def _sanity(config: ExperimentConfig) -> int:
 
 def main(config: ExperimentConfig, args: argparse.Namespace) -> int:
     """Entry point after the environment is set (see the `__main__` block at the top)."""
-    from exp3.runlock import RootBusy, RootLock, root_is_live
+    from exp3.runlock import RootBusy, check_free
+
+    from exp3.session import resolve_model_weights
+    from exp3.weights import WeightsError
 
     try:
-        select_sessions(config, args.models, args.sessions)  # validate names before anything runs
+        grid = select_sessions(config, args.models, args.sessions)  # validate names before anything runs
+        for model in dict.fromkeys(session.model for session in grid):
+            resolve_model_weights(config, model)  # refuse missing weights before any session starts
         root = resolve_output_root(config)
-        if not args.dry_run and root_is_live(root):
-            RootLock(root).acquire()  # raises RootBusy naming the live run
+        if not args.dry_run:
+            check_free(root)  # raises RootBusy naming the live run
         if args.dry_run:
             return _dry_run(config, args)
         if args.sanity:
             return _sanity(config)
         state = exp3_flow(config=config, models=args.models, sessions=args.sessions,
                           rerun_failed=args.rerun_failed, return_state=True)
-    except (ValueError, RootBusy) as error:
+    except (ValueError, RootBusy, WeightsError) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
     if state.is_failed():

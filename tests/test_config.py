@@ -88,3 +88,8 @@ def test_config_cli_exits_non_zero_on_bad_key(tmp_path: Path) -> None:
     good = subprocess.run([sys.executable, "-m", "exp3.config", "show", "--config", str(REPO / "configs/smoke.yaml")],
                           capture_output=True, text=True, check=True)
     assert yaml.safe_load(good.stdout)["train"]["imgsz"] == 64
+
+
+def test_device_given_as_yaml_int_is_accepted_as_text() -> None:
+    # the flow's GPU lanes pass `--set train.device=0`; YAML reads that as the int 0
+    assert load_config(None, ["train.device=0"]).train.device == "0"

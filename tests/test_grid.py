@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from exp3.config import ExperimentConfig, load_config
-from exp3.grid import select_sessions, session_cache_key, session_status
+from exp3.grid import select_sessions, session_status
+from exp3.identity import session_inputs
 from exp3.sessions import Session, parse_session
 from exp3.train import masking_spec_for, training_overrides
 
@@ -33,7 +34,7 @@ def test_several_seeds_expand_the_grid_and_name_folders() -> None:
     assert training_overrides(config, "yolov8m", grid[0].training_seed(config.seeds)).get("seed") is None
     assert training_overrides(config, "yolov8m", grid[2].training_seed(config.seeds))["seed"] == 2
     assert masking_spec_for(config, grid[1])["seed"] == config.masking.seed + 1
-    keys = {session_cache_key(config, s, "fp", "occ-x") for s in grid}
+    keys = {session_inputs(config, s, "fp", "occ-x", None).key for s in grid}
     assert len(keys) == 3
     single = select_sessions(load_config(REPO / "configs" / "smoke.yaml"), ["yolov8m"], ["S1_clean_train"])
     assert single == [Session("yolov8m", "S1_clean_train")] and single[0].name == "yolov8m__S1_clean_train"
@@ -43,8 +44,9 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     base = ExperimentConfig()
     s1, s2, s5 = Session("yolov8m", "S1_clean_train"), Session("yolov8m", "S2_occ_train"), Session("yolov8m", "S5_mask_neck")
 
-    def key(config: ExperimentConfig, session: Session, fingerprint: str = "fp", suite: str = "occ-a") -> str:
-        return session_cache_key(config, session, fingerprint, suite)
+    def key(config: ExperimentConfig, session: Session, fingerprint: str = "fp", suite: str = "occ-a",
+            weights: str | None = None) -> str:
+        return session_inputs(config, session, fingerprint, suite, weights).key
 
     masked = base.model_copy(update={"masking": base.masking.model_copy(update={"p_channels": 0.2})})
     assert key(masked, s5) != key(base, s5) and key(masked, s1) == key(base, s1)
@@ -56,6 +58,43 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     assert key(epochs, s1) != key(base, s1) and key(epochs, Session("rtdetr-l", "S1_clean_train")) == key(
         base, Session("rtdetr-l", "S1_clean_train"))
     assert key(base, s1, fingerprint="other") != key(base, s1) and key(base, s1, suite="occ-b") != key(base, s1)
+    assert key(base, s1, weights="ab" * 32) != key(base, s1)  # other weights file: another experiment
+    placed = load_config(None, ["train.device=cuda:0", "train.workers=2"])  # where it runs, not what it computes
+    assert key(placed, s1) == key(base, s1)
+    batch = load_config(None, ["train.batch=8"])
+    assert key(batch, s1) != key(base, s1)
+
+
+def _done_folder(folder: Path, key: str) -> None:
+    from exp3.layout import SessionPaths
+
+    paths = SessionPaths(folder)
+    folder.mkdir(parents=True)
+    paths.write_inputs({}, key)
+    paths.metrics.write_text(json.dumps({"training": {"epochs_completed": 3, "wall_s": 1.0}}))
+    paths.write_done(key, {})
+
+
+def test_state_tells_stale_from_done(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "m__S1_clean_train"
+    _done_folder(folder, "k-old")
+    assert session_status(folder, root_live=False, epochs_total=3, key="k-old").state == "done"
+    stale = session_status(folder, root_live=False, epochs_total=3, key="k-new")
+    assert stale.state == "stale" and "k-old" in stale.error
+    assert session_status(folder, root_live=False, epochs_total=3).state == "done"  # key-less view
+
+
+def test_move_aside_keeps_everything(tmp_path: Path) -> None:
+    from exp3.layout import SessionPaths
+
+    folder = tmp_path / "root" / "m" / "m__S1_clean_train"
+    _done_folder(folder, "k-old")
+    (folder / "train" / "weights").mkdir(parents=True)
+    (folder / "train" / "weights" / "last.pt").write_bytes(b"old weights")
+    moved = SessionPaths(folder).move_aside()
+    assert not folder.exists() and moved.parent == tmp_path / "root" / "stale" / "m"
+    assert (moved / "train" / "weights" / "last.pt").read_bytes() == b"old weights"
+    assert SessionPaths(moved).recorded_key() == "k-old"
 
 
 def test_status_from_files(tmp_path: Path) -> None:

@@ -13,17 +13,28 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
+import exp3.occlusion as occlusion
 from exp3.config import OcclusionConfig
+from exp3.dataset import label_path_for
 from exp3.fileio import sha256_file
 from exp3.occlusion import (
     FILLS,
+    MAX_BOX_COVERAGE,
     MEAN_RGB,
+    TEXTURE_BOX_MARGIN,
     OcclusionError,
+    TextureDonor,
+    background_mask,
     build_occluded_train_set,
     build_occlusion_suite,
     covered_fractions,
+    decode_image,
+    fill_texture,
     image_rng,
+    object_rects,
     occlude_image,
+    occlusion_suite_name,
+    random_rects,
     rect_mask,
     verify_occlusion_suite,
     yolo_to_xyxy,
@@ -164,7 +175,7 @@ def test_different_parameters_make_a_new_suite_and_leave_the_old_one(suite: Path
     manifest = _manifest(other)
     for entry in manifest["images"]:
         assert entry["occluded_image"].endswith(".jpg") and entry["fill"] in ("gray", "noise")
-        assert 1 <= len(entry["occluders"]) <= 3
+        assert 1 <= len(entry["occluders"]) + entry["dropped_occluders"] <= 3
         assert all(box["target_coverage"] is None and 0.0 <= box["covered_fraction"] <= 1.0 for box in entry["boxes"])
     # train_fraction only concerns S2: it does not change the test suite
     assert build_occlusion_suite(dataset, suite.parent, OcclusionConfig(train_fraction=0.9), workers=1) == suite
@@ -237,6 +248,192 @@ def test_unknown_fill_lists_the_allowed_names() -> None:
     config = OcclusionConfig().model_copy(update={"fills": ("sparkle",)})  # bypasses validation on purpose
     with pytest.raises(ValueError, match="use one of mean, gray, noise, texture"):
         occlude_image(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4)), config, image_rng(0, 1, "x"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Occluders add no unlabelled objects (texture from background only) and keep labels findable (cap)
+
+
+def _donor_boxes(source_image: Path) -> np.ndarray:
+    """(N, 4) float pixel xyxy of a source image's labels, as the generator computes them."""
+    label = label_path_for(source_image)
+    rows = [[float(v) for v in line.split()[1:5]] for line in label.read_text().splitlines() if line.strip()]
+    with Image.open(source_image) as image:
+        width, height = image.size
+    return yolo_to_xyxy(np.array(rows), width, height)
+
+
+def _check_texture_patches(out_dir: Path) -> int:
+    """Assert every texture patch of a built suite/train set is a background-only donor crop; count them.
+
+    Rectangle level: the recorded crop lies inside the donor and at least TEXTURE_BOX_MARGIN pixels
+    from every donor label box. Pixel level: the occluded image shows exactly that crop (tiled) in
+    the occluder's pixels that no later occluder painted over.
+    """
+    manifest = _manifest(out_dir)
+    sources = {entry["id"]: Path(entry["source_image"]) for entry in manifest["images"]}
+    patches = 0
+    for entry in manifest["images"]:
+        if not entry.get("occluders") or entry["fill"] != "texture":
+            continue
+        occluded = np.array(Image.open(out_dir / entry["occluded_image"]))
+        for index, occluder in enumerate(entry["occluders"]):
+            assert occluder["donor"] in manifest["texture_donors"] and occluder["donor"] != entry["id"]
+            donor_pixels = decode_image(sources[occluder["donor"]].read_bytes())
+            cx0, cy0, cx1, cy1 = occluder["crop_xyxy"]
+            assert 0 <= cx0 < cx1 <= donor_pixels.shape[1] and 0 <= cy0 < cy1 <= donor_pixels.shape[0]
+            for bx0, by0, bx1, by1 in _donor_boxes(sources[occluder["donor"]]):
+                m = TEXTURE_BOX_MARGIN
+                apart = (cx1 <= np.floor(bx0) - m or cx0 >= np.ceil(bx1) + m
+                         or cy1 <= np.floor(by0) - m or cy0 >= np.ceil(by1) + m)
+                assert apart, (entry["id"], occluder, (bx0, by0, bx1, by1))
+            x0, y0, x1, y1 = occluder["xyxy"]
+            crop = donor_pixels[cy0:cy1, cx0:cx1]
+            expected = np.tile(crop, ((y1 - y0) // crop.shape[0] + 1, (x1 - x0) // crop.shape[1] + 1, 1))
+            later = rect_mask([tuple(o["xyxy"]) for o in entry["occluders"][index + 1 :]], entry["width"],
+                              entry["height"])[y0:y1, x0:x1]
+            shown = occluded[y0:y1, x0:x1]
+            assert np.array_equal(shown[~later], expected[: y1 - y0, : x1 - x0][~later])
+            patches += 1
+    return patches
+
+
+@pytest.mark.parametrize("mode", ["object", "random"])
+def test_texture_patches_hold_no_donor_box_pixels(mode: str, tiny_data_yaml: Path, tmp_path: Path) -> None:
+    config = OcclusionConfig(mode=mode, fills=("texture",), train_fraction=1.0)
+    suite_dir = build_occlusion_suite(tiny_data_yaml, tmp_path, config, workers=1)
+    train_dir = build_occluded_train_set(tiny_data_yaml, tmp_path, config, workers=1).parent
+    assert _check_texture_patches(suite_dir) >= 4 and _check_texture_patches(train_dir) >= 8
+
+
+def _write_donor(path: Path, size: int, boxes: tuple[tuple[float, float, float, float], ...]) -> TextureDonor:
+    pixels = np.random.default_rng(7).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return TextureDonor(path.stem, str(path), sha256_file(path), boxes)
+
+
+def test_texture_tiles_a_smaller_background_crop_then_falls_back_to_mean(tmp_path: Path) -> None:
+    # 32 px donor, one box over all but a 10-px strip on the right: free columns 24..31 with margin 2
+    strip = _write_donor(tmp_path / "strip.png", 32, ((11 / 32, 0.5, 22 / 32, 1.0),))
+    full = _write_donor(tmp_path / "full.png", 32, ((0.5, 0.5, 1.0, 1.0),))
+    free = background_mask(yolo_to_xyxy(np.array(strip.boxes), 32, 32), 32, 32)
+    assert free[:, 24:].all() and not free[:, :24].any()
+    for seed in range(6):  # whichever donor the draw starts at, the fully covered one is skipped
+        patch, info = fill_texture(20, 20, np.random.default_rng(seed), (full, strip))
+        again = fill_texture(20, 20, np.random.default_rng(seed), (full, strip))
+        assert np.array_equal(patch, again[0]) and info == again[1]
+        assert info["donor"] == "strip"
+        cx0, cy0, cx1, cy1 = info["crop_xyxy"]
+        assert cx0 >= 24 and (cx1 - cx0, cy1 - cy0) == (5, 5)  # 20x20 and 10x10 do not fit the 8-px strip
+        crop = strip.pixels()[cy0:cy1, cx0:cx1]
+        assert np.array_equal(patch, np.tile(crop, (4, 4, 1)))
+    flat, info = fill_texture(6, 9, np.random.default_rng(0), (full,))
+    assert info == {"donor": None, "crop_xyxy": None} and (flat == MEAN_RGB).all()
+    with pytest.raises(OcclusionError, match="drop texture from occlusion.fills"):
+        fill_texture(4, 4, np.random.default_rng(0), ())
+
+
+def test_random_rects_never_push_a_box_above_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a 3x3 box in the middle of a 40x40 image: most rectangles of 30-60 % of the image would swallow it
+    boxes = np.array([[18.5, 18.5, 21.5, 21.5], [0.0, 0.0, 12.0, 12.0]])
+    config = OcclusionConfig(mode="random", random_rects=(2, 4), random_area=(0.3, 0.6))
+
+    def plan_all() -> tuple[float, int, int]:
+        worst, placed, dropped = 0.0, 0, 0
+        for seed in range(40):
+            rects, targets, lost = random_rects(boxes, config, np.random.default_rng(seed), 40, 40)
+            worst = max(worst, *covered_fractions(rect_mask(rects, 40, 40), boxes))
+            placed, dropped = placed + len(rects), dropped + lost
+            assert targets == [None, None]
+        return worst, placed, dropped
+
+    worst, placed, dropped = plan_all()
+    assert 0.5 < worst <= MAX_BOX_COVERAGE  # capped, not avoided altogether
+    assert placed > 3 * dropped  # re-drawing or shrinking keeps most rectangles
+    monkeypatch.setattr(occlusion, "MAX_BOX_COVERAGE", 1.0)
+    assert plan_all()[0] == 1.0  # without the cap the same draws swallow a box: the check above bites
+
+
+def test_object_rects_cap_a_box_nested_in_another() -> None:
+    # the small box sits inside the big one; the big box's rectangle must not swallow it
+    boxes = np.array([[0.0, 0.0, 40.0, 40.0], [16.0, 16.0, 20.0, 20.0]])
+    config = OcclusionConfig(coverage=(0.6, 0.8))
+    for seed in range(40):
+        rects, targets, _ = object_rects(boxes, config, np.random.default_rng(seed), 40, 40)
+        assert max(covered_fractions(rect_mask(rects, 40, 40), boxes)) <= MAX_BOX_COVERAGE
+        assert len(targets) == 2
+
+
+def _covered(out_dir: Path) -> list[float]:
+    """Every box's recorded covered fraction, after checking it against the recorded occluders."""
+    fractions = []
+    for entry in _manifest(out_dir)["images"]:
+        if not entry.get("occluded", True):
+            continue
+        boxes = np.array([box["xyxy"] for box in entry["boxes"]], dtype=np.float64).reshape(-1, 4)
+        mask = rect_mask([tuple(o["xyxy"]) for o in entry["occluders"]], entry["width"], entry["height"])
+        recorded = [box["covered_fraction"] for box in entry["boxes"]]
+        assert np.allclose(recorded, covered_fractions(mask, boxes), atol=2e-3)  # xyxy is rounded to 3 decimals
+        fractions += recorded
+    return fractions
+
+
+def test_random_mode_caps_coverage_in_suite_and_train_set(
+    tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = OcclusionConfig(mode="random", fills=("gray",), random_rects=(2, 4), random_area=(0.2, 0.5),
+                             train_fraction=1.0)
+    suite_dir = build_occlusion_suite(tiny_data_yaml, tmp_path, config, workers=1)
+    train_dir = build_occluded_train_set(tiny_data_yaml, tmp_path, config, workers=1).parent
+    for fractions in (_covered(suite_dir), _covered(train_dir)):
+        assert len(fractions) >= 10 and 0.5 < max(fractions) <= MAX_BOX_COVERAGE
+    # the same builds without the cap hide boxes (almost) completely: the assertion above is not vacuous
+    monkeypatch.setattr(occlusion, "MAX_BOX_COVERAGE", 1.0)
+    uncapped = build_occlusion_suite(tiny_data_yaml, tmp_path, config, workers=1)
+    assert uncapped != suite_dir and max(_covered(uncapped)) > MAX_BOX_COVERAGE
+
+
+def test_coverage_above_the_cap_is_refused(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(OcclusionError, match=r"exceeds MAX_BOX_COVERAGE 0.9: keep its upper end <= 0.9"):
+        build_occlusion_suite(dataset, tmp_path, OcclusionConfig(coverage=(0.5, 0.95)), workers=1)
+    assert not any(tmp_path.iterdir())
+
+
+def test_suite_identity_covers_generator_version_and_algorithm(
+    suite: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _manifest(suite)
+    assert manifest["generator_version"] == occlusion.GENERATOR_VERSION == "2"
+    assert manifest["algorithm"]["max_box_coverage"] == MAX_BOX_COVERAGE
+    name = occlusion_suite_name(dataset, OcclusionConfig())
+    assert name == suite.name
+    monkeypatch.setattr(occlusion, "GENERATOR_VERSION", "1")
+    assert occlusion_suite_name(dataset, OcclusionConfig()) != name
+    monkeypatch.undo()
+    monkeypatch.setattr(occlusion, "MAX_BOX_COVERAGE", 0.8)  # a tuned constant alone renames the suite
+    assert occlusion_suite_name(dataset, OcclusionConfig()) != name
+    monkeypatch.undo()
+    # a suite of generator version 1 on disk (its manifest had no 'algorithm') still verifies under
+    # its own name, and a new build never reuses it
+    import shutil
+
+    old_manifest = {key: value for key, value in manifest.items() if key != "algorithm"}
+    old_manifest["generator_version"] = "1"
+    old_name = occlusion._suite_name(occlusion._identity(old_manifest))
+    old_dir = tmp_path / old_name
+    shutil.copytree(suite, old_dir)
+    for split in ("test_clean", "test_occ_fixed"):
+        data = yaml.safe_load((old_dir / f"{split}.yaml").read_text())
+        data["path"] = str(old_dir / split)
+        text = yaml.safe_dump(data, sort_keys=False)
+        (old_dir / f"{split}.yaml").write_text(text)
+        old_manifest["files"][f"{split}.yaml"] = sha256_file(old_dir / f"{split}.yaml")
+    (old_dir / "manifest.json").write_text(json.dumps({**old_manifest, "name": old_name}))
+    assert verify_occlusion_suite(old_dir) == []
+    rebuilt = build_occlusion_suite(dataset, tmp_path, OcclusionConfig(), workers=1)
+    assert rebuilt.name == suite.name != old_name and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [old_name, suite.name]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

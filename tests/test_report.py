@@ -5,6 +5,16 @@ The tree: two models x six sessions, 20 test images, 4 classes. Image i has the 
 nothing on the rest, so its micro ingredient F1 is 2h / (N + h) exactly. yolov8m's S4 is FAILED and
 its S5 has no folder; everything else is done. The files go through exp3.metrics.summarize_split
 and exp3.session.robustness, so they are consistent with what a real session writes.
+
+Two twists (SHAPES) make the metrics tell different stories:
+- `misplaced`: the first k hits put their box off the object (IoU 0): the ingredient is still
+  named (ingredient tp) but the box is a detection fp + fn. yolov8m S1 on test_clean misplaces 8
+  (detection F1 0.6, ingredient F1 1.0: S2 vs S1 shows a detection difference only); yolov8m S2 on
+  test_occ_fixed misplaces 4 (detection F1 equal to S1's, ingredient F1 higher).
+- `weak`: the next w images after the hits predict the GT class at conf 0.15, below the primary
+  0.25 but above the val-chosen 0.10: rtdetr-l S1 on test_occ_fixed gets 8 + 7 = 15 hits at its val
+  threshold, as many as S2 (whose val threshold is 0.50), so the S2 - S1 gap closes there.
+Every session records the coming schema's `at_val_threshold` and `thresholds` (VAL_CONF).
 """
 
 from __future__ import annotations
@@ -13,8 +23,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from exp3 import report
 from exp3.config import SESSION_SUFFIXES
@@ -34,16 +46,29 @@ HITS: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 
-def hit_records(n_images: int, hits: int) -> list[ImageRecord]:
-    """Image i: GT {i % C}; the first `hits` images predict the GT class (conf 0.9), the rest nothing."""
+SHAPES: dict[tuple[str, str, str], tuple[int, int]] = {
+    # (model, suffix, split) -> (misplaced boxes among the hits, weak hits after them): module docstring
+    ("yolov8m", "S1_clean_train", "test_clean"): (8, 0),
+    ("yolov8m", "S2_occ_train", "test_occ_fixed"): (4, 0),
+    ("rtdetr-l", "S1_clean_train", "test_occ_fixed"): (0, 7),
+}
+VAL_CONF: dict[tuple[str, str], float] = {("rtdetr-l", "S2_occ_train"): 0.5}
+"""Val-chosen threshold per session; 0.1 when not listed."""
+WEAK_CONF = 0.15
+
+
+def hit_records(n_images: int, hits: int, misplaced: int = 0, weak: int = 0) -> list[ImageRecord]:
+    """Image i: GT {i % C}; the first `hits` images predict the GT class (conf 0.9; the first `misplaced`
+    of them with a box that misses the object), the next `weak` at conf WEAK_CONF, the rest nothing."""
     records = []
     for index in range(n_images):
         cls = index % len(CLASS_NAMES)
-        predicted = index < hits
+        predicted = index < hits + weak
+        box = [60, 60, 100, 100] if index < misplaced else [10, 10, 50, 50]
         records.append(ImageRecord(image_id=f"img_{index:03d}", gt_classes=[cls], gt_boxes=[[10, 10, 50, 50]],
                                    pred_classes=[cls] if predicted else [],
-                                   pred_boxes=[[10, 10, 50, 50]] if predicted else [],
-                                   pred_conf=[0.9] if predicted else []))
+                                   pred_boxes=[box] if predicted else [],
+                                   pred_conf=[0.9 if index < hits else WEAK_CONF] if predicted else []))
     return records
 
 
@@ -54,21 +79,33 @@ def map_value(model: str, suffix: str, split: str) -> float:
 
 
 def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, int], seed: int = 0,
-                       n_images: int = N_IMAGES) -> dict:
-    """A done session folder: predictions_<split>.json, metrics.json (session schema subset), DONE."""
+                       n_images: int = N_IMAGES, val_threshold: bool = True) -> dict:
+    """A done session folder: predictions_<split>.json, metrics.json (session schema subset), DONE.
+
+    val_threshold: write the coming schema's `at_val_threshold` / `thresholds` keys (False: an old file).
+    """
     splits = {}
+    val_conf = VAL_CONF.get((model, suffix), 0.1)
     for split, split_hits in zip(("test_clean", "test_occ_fixed"), hits):
-        records = hit_records(n_images, split_hits)
+        records = hit_records(n_images, split_hits, *SHAPES.get((model, suffix, split), (0, 0)))
         atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 1, "session": f"{model}__{suffix}",
                                                                  "split": split, "images": records_to_json(records)})
         summary = summarize_split(records, num_classes=len(CLASS_NAMES), conf=0.25, class_names=CLASS_NAMES)
         splits[split] = {"map50": map_value(model, suffix, split) + 0.2, "map50_95": map_value(model, suffix, split),
                          "eval_wall_s": 2.5, **summary}
+        if val_threshold:
+            at_val = summarize_split(records, num_classes=len(CLASS_NAMES), conf=val_conf, class_names=CLASS_NAMES)
+            splits[split]["at_val_threshold"] = {"conf": val_conf, "ingredient": at_val["ingredient"],
+                                                 "detection": at_val["detection"]}
     metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model,
                "suffix": suffix, "training": {"wall_s": 100.0 + SESSION_SUFFIXES.index(suffix), "epochs_completed": 3},
                "eval": {"conf": 0.25, "match_iou": 0.5, "wall_s": 5.0}, "splits": splits,
                "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
                "seeds": {"train": seed, "masking": 0, "occlusion": 0, "synthetic": 0}}
+    if val_threshold:
+        metrics["thresholds"] = {"primary": 0.25, "val_chosen": val_conf,
+                                 "criterion": "ingredient micro F1 on the clean val split",
+                                 "val_f1_at_val_chosen": 0.9, "val_f1_at_primary": 0.85}
     path = atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_json(folder / "DONE", {"session": f"{model}__{suffix}", "metrics_sha256": sha256_file(path)})
     return metrics
@@ -134,7 +171,7 @@ def test_summary_csv_has_every_cell_with_status_and_exact_values(built: report.R
 
 
 def test_comparisons_pair_sessions_on_images(built: report.ReportResult) -> None:
-    comparisons = built.comparisons.set_index(["model", "split", "session", "reference"])
+    comparisons = report.primary_f1(built.comparisons).set_index(["model", "split", "session", "reference"])
     same = comparisons.loc[("yolov8m", "test_clean", "S3_mask_backbone_early", "S1_clean_train")]
     assert same["difference"] == 0.0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
     better = comparisons.loc[("rtdetr-l", "test_occ_fixed", "S2_occ_train", "S1_clean_train")]
@@ -228,3 +265,139 @@ def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:
     (folder / "DONE").unlink()                                        # e.g. killed before the marker
     run = report.load_session_run(folder, "yolov8m", "S1_clean_train", None)
     assert run.status == "incomplete" and "no DONE or FAILED marker" in (run.error or "")
+
+
+def test_bh_family_counts_each_unordered_pair_once(built: report.ReportResult) -> None:
+    comparisons = built.comparisons
+    tests = report.bh_tests(comparisons)
+    assert not tests.duplicated(["bh_family", "model", "split", "pair"]).any()
+    # recompute from the rows, de-duplicating on the unordered pair independently of the `pair` column
+    tested = comparisons[comparisons["p_value"].notna()].copy()
+    tested["unordered"] = [tuple(sorted(pair)) for pair in zip(tested["session"], tested["reference"])]
+    for family, rows in tested.groupby(["metric", "threshold"]):
+        distinct = rows.drop_duplicates(["model", "split", "unordered"])
+        expected = dict(zip(zip(distinct["model"], distinct["split"], distinct["unordered"]),
+                            scipy_stats.false_discovery_control(distinct["p_value"].to_numpy(), method="bh")))
+        got = [expected[key] for key in zip(rows["model"], rows["split"], rows["unordered"])]
+        np.testing.assert_allclose(rows["p_bh"].to_numpy(), got, err_msg=str(family))
+        if family == ("ingredient_micro_f1", "primary"):
+            # yolov8m: S1, S2, S3, S6 done -> 6 rows, 5 distinct pairs; rtdetr-l: 10 rows, 9 pairs; x 2 splits
+            assert len(distinct) == (5 + 9) * 2 and len(rows) == (6 + 10) * 2
+    assert set(tests["bh_family"]) == {f"{metric}@{threshold}" for metric in report.PAIRED_METRICS
+                                       for threshold in report.THRESHOLDS}
+
+
+def test_both_readings_of_a_pair_share_one_test(built: report.ReportResult) -> None:
+    rows = built.comparisons.set_index(["model", "split", "metric", "threshold", "session", "reference"])
+    for metric in report.PAIRED_METRICS:
+        forward = rows.loc[("rtdetr-l", "test_occ_fixed", metric, "primary", "S2_occ_train", "S1_clean_train")]
+        backward = rows.loc[("rtdetr-l", "test_occ_fixed", metric, "primary", "S1_clean_train", "S2_occ_train")]
+        assert forward["pair"] == backward["pair"] == "S1_clean_train|S2_occ_train"
+        assert (forward["p_value"], forward["p_bh"]) == (backward["p_value"], backward["p_bh"])
+        assert forward["difference"] == pytest.approx(-backward["difference"]) and forward["difference"] > 0
+        assert (forward["ci_low"], forward["ci_high"]) == pytest.approx((-backward["ci_high"], -backward["ci_low"]))
+
+
+def test_comparisons_csv_layout_has_metric_and_threshold(built: report.ReportResult) -> None:
+    table = pd.read_csv(built.root / "comparisons.csv", keep_default_na=False, na_values=[""])
+    assert list(table.columns) == list(report.COMPARISON_COLUMNS)
+    per_model_split = (len(report.PAIRED_METRICS) + len(report.POINT_METRICS)) * 10 + len(report.PAIRED_METRICS)
+    assert len(table) == len(MODELS) * 2 * per_model_split
+    assert set(table["metric"]) == {*report.PAIRED_METRICS, *report.POINT_METRICS}
+    at_val = table[table["threshold"] == "val"]
+    assert set(zip(at_val["session"], at_val["reference"])) == {("S2_occ_train", "S1_clean_train")}
+    assert set(at_val["metric"]) == set(report.PAIRED_METRICS)
+    maps = table[table["metric"].isin(report.POINT_METRICS)].set_index(["model", "split", "metric", "session",
+                                                                         "reference"])
+    assert maps[["ci_low", "ci_high", "p_value", "p_bh"]].isna().all().all()      # point estimates only
+    assert set(maps["threshold"]) == {"primary"}
+    assert maps.loc[("rtdetr-l", "test_occ_fixed", "map50_95", "S5_mask_neck", "S2_occ_train"), "difference"] == \
+        pytest.approx(map_value("rtdetr-l", "S5_mask_neck", "test_occ_fixed")
+                      - map_value("rtdetr-l", "S2_occ_train", "test_occ_fixed"))
+
+
+def test_detection_and_samples_f1_are_compared_per_image(built: report.ReportResult) -> None:
+    rows = built.comparisons.set_index(["model", "split", "metric", "threshold", "session", "reference"])
+    key = ("yolov8m", "test_clean")
+    detection = rows.loc[(*key, "detection_f1", "primary", "S2_occ_train", "S1_clean_train")]
+    micro = rows.loc[(*key, "ingredient_micro_f1", "primary", "S2_occ_train", "S1_clean_train")]
+    # S1 misplaces 8 of 20 boxes: detection tp 12, fp 8, fn 8 -> F1 0.6; S2 places all 20: F1 1.0
+    assert detection["difference"] == pytest.approx(0.4) and detection["ci_low"] > 0
+    assert (micro["difference"], micro["ci_low"], micro["ci_high"], micro["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    samples = rows.loc[("rtdetr-l", "test_occ_fixed", "ingredient_samples_f1", "primary", "S2_occ_train",
+                        "S1_clean_train")]
+    assert samples["difference"] == pytest.approx((15 - 8) / N_IMAGES)       # mean per-image F1 (0 or 1)
+    summary = built.summary.set_index(["model", "session", "split"])
+    assert summary.loc[("yolov8m", "S1_clean_train", "test_clean"), "detection_f1"] == pytest.approx(0.6)
+
+
+def test_findings_say_when_metrics_disagree(built: report.ReportResult) -> None:
+    text = (built.root / "report.md").read_text()
+    assert ("- **yolov8m**: metrics disagree on S2 vs S1 (test_clean): detection F1 +0.400 [+0.200, +0.600] shows a "
+            "difference; ingredient micro F1 +0.000 [+0.000, +0.000] and ingredient samples F1 +0.000 [+0.000, +0.000] "
+            "do not; mAP50 +0.010, mAP50-95 +0.010 (point estimates, no CI: not decidable).") in text
+    assert "- **yolov8m**: metrics disagree on S2 vs S1 (test_occ_fixed): ingredient micro F1 +0.222 [" in text
+    assert "show a difference; detection F1 +0.000 [" in text
+    assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_occ_fixed): each F1 shows a difference (" in text
+    assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_clean): no F1 shows a difference (" in text
+    assert "**rtdetr-l**: metrics agree on S5 vs S1 (test_occ_fixed)" in text          # best masking vs S1, S2
+    assert "**rtdetr-l**: metrics agree on S5 vs S2 (test_occ_fixed)" in text
+    assert "## S2 vs S1 on every metric" in text and "| point estimate, no CI |" in text
+
+
+def test_val_chosen_threshold_columns_and_comparison(built: report.ReportResult) -> None:
+    summary = built.summary.set_index(["model", "session", "split"])
+    s1 = summary.loc[("rtdetr-l", "S1_clean_train", "test_occ_fixed")]
+    s2 = summary.loc[("rtdetr-l", "S2_occ_train", "test_occ_fixed")]
+    assert (s1["conf_val"], s2["conf_val"]) == (0.1, 0.5)
+    assert s1["ingredient_micro_f1_at_val"] == pytest.approx(expected_f1(8 + 7))          # the weak hits count
+    assert s1["ingredient_samples_f1_at_val"] == pytest.approx(15 / N_IMAGES)
+    assert s1["detection_f1_at_val"] == pytest.approx(expected_f1(15))
+    assert s1["ingredient_micro_f1"] == pytest.approx(expected_f1(8))                    # primary unchanged
+    rows = built.comparisons.set_index(["model", "split", "metric", "threshold", "session", "reference"])
+    at_val = rows.loc[("rtdetr-l", "test_occ_fixed", "ingredient_micro_f1", "val", "S2_occ_train", "S1_clean_train")]
+    assert (at_val["conf"], at_val["reference_conf"]) == (0.5, 0.1)                    # each session's own
+    assert (at_val["difference"], at_val["p_value"]) == (0.0, 1.0)
+    text = (built.root / "report.md").read_text()
+    assert ("**rtdetr-l**: at each session's val-chosen threshold (S2 0.50, S1 0.10), S2 vs S1 on test_occ_fixed: "
+            "ingredient micro F1 +0.000 [+0.000, +0.000]") in text
+    assert "the threshold changes the conclusion" in text
+    assert "### test_occ_fixed at the val-chosen threshold" in text
+
+
+def _strict_loads(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_report_json_is_strict(built: report.ReportResult) -> None:
+    written = [path for path in built.files if path.suffix == ".json"]
+    assert {path.name for path in written} == {"summary_metrics.json", "summary_by_seed.json", "comparisons.json"}
+    for path in written:
+        rows = _strict_loads(path.read_text())
+        assert isinstance(rows, list) and rows, path
+    summary = _strict_loads((built.root / "summary_metrics.json").read_text())
+    missing = next(row for row in summary if row["status"] == "missing")
+    assert missing["ingredient_micro_f1"] is None                                      # NaN -> null
+
+
+def test_old_metrics_without_val_threshold_still_report(tmp_path: Path) -> None:
+    for suffix, hits in (("S1_clean_train", (20, 10)), ("S2_occ_train", (20, 16)), ("S3_mask_backbone_early", (0, 0))):
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits, val_threshold=False)
+    result = report.build_report(tmp_path, n_resamples=50, n_permutations=100, charts=False)
+    done = result.summary[result.summary["status"] == "done"]
+    assert done[list(report.VAL_COLUMNS)].isna().all().all()
+    assert done[done["session"] == "S3_mask_backbone_early"]["rF1_micro"].isna().all()   # clean F1 0: undefined
+    at_val = result.comparisons[result.comparisons["threshold"] == "val"]
+    assert len(at_val) == 3 * 2 and at_val["difference"].isna().all() and at_val["p_bh"].isna().all()
+    text = (tmp_path / "report.md").read_text()
+    assert "n/a: no done session records a val-chosen threshold" in text
+    assert "val-chosen threshold (S2" not in text                                       # no finding without data
+    assert "**yolov8m**: metrics" in text
+    for path in result.files:
+        if path.suffix == ".json":
+            _strict_loads(path.read_text())
+    rows = _strict_loads((tmp_path / "summary_metrics.json").read_text())
+    assert any(row["rF1_micro"] is None for row in rows if row["session"] == "S3_mask_backbone_early")

@@ -1,8 +1,8 @@
-"""Out-of-memory classification and the half-batch retry overrides (no GPU needed)."""
+"""Out-of-memory classification and the half-batch retry (no GPU needed)."""
 
 from __future__ import annotations
 
-from exp3.runner import DEFAULT_BATCH, is_out_of_memory, oom_retry_overrides
+from exp3.runner import DEFAULT_BATCH, is_out_of_memory, oom_retry_batch
 
 
 def test_out_of_memory_is_recognised_from_error_or_log_tail() -> None:
@@ -14,6 +14,6 @@ def test_out_of_memory_is_recognised_from_error_or_log_tail() -> None:
 
 
 def test_half_batch_retry() -> None:
-    assert oom_retry_overrides(None) == (f"train.batch={DEFAULT_BATCH // 2}",)
-    assert oom_retry_overrides(6) == ("train.batch=3",)
-    assert oom_retry_overrides(1) == ("train.batch=1",)
+    assert oom_retry_batch(None) == DEFAULT_BATCH // 2
+    assert oom_retry_batch(6) == 3
+    assert oom_retry_batch(1) == 1

@@ -105,3 +105,41 @@ def test_bad_counts_raise_with_the_fix(bad: np.ndarray) -> None:
 def test_unaligned_pairs_raise() -> None:
     with pytest.raises(ValueError, match="align"):
         stats.compare_paired(np.ones((3, 3)), np.ones((4, 3)))
+
+
+def _scipy_paired_mean_pvalue(a: np.ndarray, b: np.ndarray, **options: object) -> float:
+    """scipy's paired ('samples') permutation test of mean(a) - mean(b)."""
+    return scipy_stats.permutation_test((a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+                                        permutation_type="samples", vectorized=True, **options).pvalue
+
+
+def test_mean_permutation_pvalue_equals_scipy_exact_test() -> None:
+    rng = np.random.default_rng(10)
+    a, b = rng.random(11), rng.random(11)
+    assert stats.paired_mean_permutation_pvalue(a, b) == pytest.approx(_scipy_paired_mean_pvalue(a, b))
+    ties = np.array([1.0, 1.0, 0.5, 0.0, 1.0, 0.5, 1.0, 0.0])          # per-image F1 values tie a lot
+    other = np.array([1.0, 0.5, 0.5, 0.5, 1.0, 0.0, 1.0, 1.0])
+    assert stats.paired_mean_permutation_pvalue(ties, other) == pytest.approx(_scipy_paired_mean_pvalue(ties, other))
+    assert stats.paired_mean_permutation_pvalue(ties, ties.copy()) == 1.0
+
+
+def test_paired_mean_comparison_of_a_constant_shift() -> None:
+    base = np.random.default_rng(11).random(40)
+    result = stats.compare_paired_means(base + 0.1, base)
+    assert (result.difference.estimate, result.difference.low, result.difference.high) == pytest.approx((0.1,) * 3)
+    assert result.p_value < 0.001 and result.n_images == 40
+    with pytest.raises(ValueError, match="align"):
+        stats.compare_paired_means(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="pass"):
+        stats.compare_paired_means(np.array([np.nan]), np.array([1.0]))
+
+
+def test_reversed_comparison_is_the_other_reading_of_one_test() -> None:
+    a, b = _random_counts(30, seed=12), _random_counts(30, seed=13)
+    forward, backward = stats.compare_paired(a, b), stats.compare_paired(b, a)
+    flipped = stats.reversed_comparison(forward)
+    assert flipped.p_value == forward.p_value == pytest.approx(backward.p_value)
+    assert (flipped.difference.estimate, flipped.difference.low, flipped.difference.high) == pytest.approx(
+        (backward.difference.estimate, backward.difference.low, backward.difference.high))
+    same = stats.reversed_comparison(stats.compare_paired(a, a.copy()))
+    assert f"{same.difference.estimate:+.3f}" == "+0.000"          # never "-0.000" in the report

@@ -1,0 +1,178 @@
+"""One session folder: its layout, its markers and its state. The only module that reads markers.
+
+    <output_root>/<model>/<model>__<suffix>[__seed<N>]/
+        inputs.json       SessionInputs + key, written before training starts
+        DONE | FAILED     markers (JSON); DONE holds metrics.json's sha256 and the key
+        metrics.json      ...  (docs/schema.md)
+    <output_root>/<model>/.<folder name>.lock   the session lock (outside the folder, so a
+                                                folder can be moved aside while it is held)
+    <output_root>/stale/<model>/<folder name>__<YYYYmmdd-HHMMSS>/   results moved aside
+
+States, given the key the current inputs produce (`SessionPaths.state(key)`):
+
+    done     DONE matches metrics.json and records this key
+    stale    the folder holds anything made under other (or unknown) inputs: moved aside, kept
+    failed   FAILED marker, same inputs
+    partial  an unfinished training of the same inputs (its last.pt is resumed)
+    pending  nothing yet
+
+Without a key (status views that cannot compute one) only done/failed/partial/pending are told.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from exp3.fileio import atomic_write_json, sha256_file
+from exp3.sessions import Session
+
+SessionState = Literal["done", "stale", "failed", "running", "partial", "pending"]
+DONE_MARKER = "DONE"
+FAILED_MARKER = "FAILED"
+INPUTS_FILENAME = "inputs.json"
+METRICS_FILENAME = "metrics.json"
+STALE_DIRNAME = "stale"
+TRAIN_RUN_NAME = "train"
+"""Ultralytics' run folder inside the session folder: <session>/train/weights/{last,best}.pt."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class SessionPaths:
+    """Paths, markers and state of one session folder."""
+
+    folder: Path
+
+    @classmethod
+    def of(cls, output_root: str | os.PathLike[str], session: Session) -> "SessionPaths":
+        """`<output_root>/<model>/<session name>`."""
+        return cls(Path(output_root) / session.model / session.name)
+
+    @property
+    def output_root(self) -> Path:
+        return self.folder.parent.parent
+
+    @property
+    def done_marker(self) -> Path:
+        return self.folder / DONE_MARKER
+
+    @property
+    def failed_marker(self) -> Path:
+        return self.folder / FAILED_MARKER
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / METRICS_FILENAME
+
+    @property
+    def inputs(self) -> Path:
+        return self.folder / INPUTS_FILENAME
+
+    @property
+    def lock(self) -> Path:
+        return self.folder.parent / f".{self.folder.name}.lock"
+
+    def session_lock(self, command: str) -> Any:
+        """The session's `DirLock` (exp3/runlock.py): one process per session folder at a time."""
+        from exp3.runlock import DirLock
+
+        return DirLock(self.lock.parent, lock_name=self.lock.name, command=command,
+                       what=f"session {self.folder.name}")
+
+    @property
+    def logs(self) -> Path:
+        return self.folder / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / TRAIN_RUN_NAME
+
+    @property
+    def last_pt(self) -> Path:
+        return self.run_dir / "weights" / "last.pt"
+
+    @property
+    def best_pt(self) -> Path:
+        return self.run_dir / "weights" / "best.pt"
+
+    def predictions(self, split: str) -> Path:
+        return self.folder / f"predictions_{split}.json"
+
+    # ------------------------------------------------------------------ markers
+
+    def failure(self) -> dict[str, Any] | None:
+        """The FAILED marker (parsed), or None."""
+        record = _read_json(self.failed_marker)
+        return record if isinstance(record, dict) else ({"error": "unreadable FAILED marker"}
+                                                         if self.failed_marker.exists() else None)
+
+    def recorded_key(self) -> str | None:
+        """The key this folder's content was made under (inputs.json, else DONE), or None if unknown."""
+        for path in (self.inputs, self.done_marker):
+            record = _read_json(path)
+            if isinstance(record, dict) and record.get("key"):
+                return str(record["key"])
+        return None
+
+    def has_valid_done(self) -> bool:
+        """DONE exists and its recorded sha256 matches metrics.json (whatever the inputs)."""
+        marker = _read_json(self.done_marker)
+        if not isinstance(marker, dict) or not self.metrics.is_file():
+            return False
+        return marker.get("metrics_sha256") == sha256_file(self.metrics)
+
+    def is_done(self, key: str | None) -> bool:
+        """A valid DONE made under `key` (None: under any inputs; for key-less views only)."""
+        if not self.has_valid_done():
+            return False
+        return key is None or (_read_json(self.done_marker) or {}).get("key") == key
+
+    def has_content(self) -> bool:
+        """Anything besides an empty logs/ folder."""
+        if not self.folder.is_dir():
+            return False
+        return any(entry.name != "logs" or any(entry.iterdir()) for entry in self.folder.iterdir())
+
+    def state(self, key: str | None) -> SessionState:
+        """done / stale / failed / partial / pending (module docstring)."""
+        if self.is_done(key):
+            return "done"
+        if key is not None and self.has_content() and self.recorded_key() != key:
+            return "stale"
+        if self.failed_marker.exists():
+            return "failed"
+        if self.last_pt.is_file():
+            return "partial"
+        return "pending"
+
+    def write_inputs(self, payload: dict[str, Any], key: str) -> Path:
+        """Record the inputs (and key) this folder's content is made under, before training starts."""
+        return atomic_write_json(self.inputs, {**payload, "key": key})
+
+    def write_done(self, key: str, extra: dict[str, Any]) -> Path:
+        """The DONE marker for the metrics.json on disk (call after metrics.json is written)."""
+        return atomic_write_json(self.done_marker, {**extra, "key": key, "metrics_sha256": sha256_file(self.metrics)})
+
+    def move_aside(self) -> Path:
+        """Move the whole folder to `<root>/stale/<model>/<name>__<time>` (kept, never deleted); return it."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target_dir = self.output_root / STALE_DIRNAME / self.folder.parent.name
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{self.folder.name}__{stamp}"
+        suffix = 1
+        while target.exists():
+            target = target_dir / f"{self.folder.name}__{stamp}-{suffix}"
+            suffix += 1
+        os.replace(self.folder, target)
+        return target

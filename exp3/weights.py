@@ -1,0 +1,108 @@
+"""Which weights a model starts from: honoured exactly as configured, or the run refuses.
+
+`models.<name>.weights` in the config:
+
+    null                  train from the architecture yaml (from scratch), on purpose
+    path/to/file.pt       a local file: used as is (its sha256 is recorded)
+    yolov8m.pt            an Ultralytics asset name, resolved the way Ultralytics resolves it:
+                          the current directory, then Ultralytics' weights directory
+                          (`SETTINGS["weights_dir"]`); downloaded by Ultralytics only when
+                          `download_weights: true` and the machine is online
+
+Anything else is refused *before any session starts* with one line naming the file, where to
+put it, and `weights: null` as the explicit way to train from scratch. A missing file never
+turns into a from-scratch training (that would report a different experiment under the
+configured name).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from exp3.fileio import sha256_file
+
+WeightsOrigin = Literal["scratch", "local", "ultralytics_weights_dir", "downloaded"]
+
+
+class WeightsError(FileNotFoundError):
+    """Configured weights that cannot be had; the message is one line with the fix."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What a model starts from.
+
+    Attributes:
+        source: what `YOLO()` / `RTDETR()` is built from: the `.pt` file or the architecture yaml.
+        sha256: the weights file's sha256, None when training from scratch.
+        origin: how `source` was found (see `WeightsOrigin`).
+        configured: the config's `weights` value as written (None = from scratch).
+    """
+
+    source: str
+    sha256: str | None
+    origin: WeightsOrigin
+    configured: str | None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.sha256 is not None
+
+
+def _is_asset_name(name: str) -> bool:
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    return name in GITHUB_ASSETS_NAMES
+
+
+def _weights_dir() -> Path:
+    from ultralytics.utils import SETTINGS
+
+    return Path(SETTINGS["weights_dir"])
+
+
+def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLike[str] | None,
+                    download: bool = False) -> ResolvedWeights:
+    """Resolve one model's configured weights (module docstring); raise `WeightsError` if they cannot be had.
+
+    Call after `exp3.offline.apply_offline_environment` so Ultralytics reads exp3's settings.
+    """
+    if weights is None:
+        return ResolvedWeights(architecture, None, "scratch", None)
+    configured = str(weights)
+    path = Path(configured).expanduser()
+    if path.is_file():
+        return ResolvedWeights(str(path.absolute()), sha256_file(path), "local", configured)
+    fix = f"or set models.{model_name}.weights: null to train {architecture} from scratch on purpose"
+    if path.name != configured or not _is_asset_name(configured):
+        raise WeightsError(f"weights {configured!r} of model {model_name!r} not found: put the file there {fix}")
+    in_weights_dir = _weights_dir() / configured
+    if in_weights_dir.is_file():
+        return ResolvedWeights(str(in_weights_dir), sha256_file(in_weights_dir), "ultralytics_weights_dir",
+                               configured)
+    if download:
+        downloaded = _download_asset(configured, in_weights_dir)
+        if downloaded is not None:
+            return ResolvedWeights(str(downloaded), sha256_file(downloaded), "downloaded", configured)
+    how = ("the download failed (offline?)" if download else "downloads are off (download_weights: false)")
+    raise WeightsError(f"weights {configured!r} of model {model_name!r} not found and {how}: put {configured} "
+                       f"in {in_weights_dir.parent} (Ultralytics' weights_dir) or give a path to it, {fix}")
+
+
+def _download_asset(name: str, target: Path) -> Path | None:
+    """Let Ultralytics download asset `name` to `target` (network allowed for this call only); None on failure."""
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    offline = os.environ.pop("YOLO_OFFLINE", None)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        found = Path(attempt_download_asset(target))
+    except Exception:  # noqa: BLE001 - any download failure is reported by the caller as one line
+        return None
+    finally:
+        if offline is not None:
+            os.environ["YOLO_OFFLINE"] = offline
+    return found if found.is_file() else None
