@@ -382,15 +382,6 @@ def pool_image_scores(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     return total
 
 
-def pooled_counts(runs: list[SessionRun], split: str) -> pd.DataFrame | None:
-    """Ingredient (tp, fp, fn) of one session at its primary conf, summed over done seeds (None if none)."""
-    pooled = pool_image_scores([frame for frame in (run_image_scores(run, split) for run in runs)
-                                if frame is not None])
-    if pooled is None:
-        return None
-    return pooled[list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])].set_axis(["tp", "fp", "fn"], axis=1)
-
-
 def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     common = a.index.intersection(b.index, sort=False)
     return (a.loc[common].to_numpy(), b.loc[common].to_numpy()) if len(common) else None
@@ -745,7 +736,8 @@ def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> p
             .get("ingredient_micro_f1") if row["session"] == session else None
         rows.append({
             "model": row["model"], "session": row["session_label"], "conf (val)": _fmt(row["conf_val"], 2),
-            "F1 micro": _fmt(row["ingredient_micro_f1_at_val"]), "F1 samples": _fmt(row["ingredient_samples_f1_at_val"]),
+            "F1 micro": _fmt(row["ingredient_micro_f1_at_val"]),
+            "F1 samples": _fmt(row["ingredient_samples_f1_at_val"]),
             "det F1": _fmt(row["detection_f1_at_val"]),
             "F1 micro (primary)": _fmt(row["ingredient_micro_f1"]),
             f"{_short(session)} - {_short(reference)} [95% CI], p_BH": "" if versus is None else

@@ -47,3 +47,44 @@ def test_records_cover_every_test_image_with_ground_truth_in_pixels(evaluation, 
 def test_missing_checkpoint_is_a_clear_error(tiny_data_yaml: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist: train the session first"):
         evaluate_split(tmp_path / "nope.pt", tiny_data_yaml, "detect", tmp_path, tmp_path / "e")
+
+
+# ------------------------------------------------------------------ a model that really detects
+
+def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluation, trained_yolo_checkpoint: Path,
+                                                              trained_data_yaml: Path) -> None:
+    """What the application (model.predict at its default conf 0.25) would list, image by image."""
+    from ultralytics import YOLO
+
+    from exp3.metrics import ingredient_sets, records_from_json
+
+    records = records_from_json(trained_evaluation.records)
+    _, exp3_sets = ingredient_sets(records, num_classes=10, conf=0.25)
+    files = sorted((trained_data_yaml.parent / "images" / "test").glob("*.jpg"))
+    predicted = YOLO(str(trained_yolo_checkpoint)).predict([str(f) for f in files], conf=0.25, device="cpu",
+                                                             verbose=False)
+    assert [r.image_id for r in records] == [f.stem for f in files]
+    for row, (record, result) in enumerate(zip(records, predicted)):
+        expected = set(int(c) for c in result.boxes.cls.tolist())
+        assert set(map(int, exp3_sets[row].nonzero()[0])) == expected, record.image_id
+        kept = record.pred_conf >= 0.25  # the boxes themselves, not only their classes
+        assert sorted(zip(record.pred_classes[kept].tolist(), [round(c, 4) for c in record.pred_conf[kept]])) == \
+            sorted(zip(map(int, result.boxes.cls.tolist()), [round(c, 4) for c in result.boxes.conf.tolist()]))
+    assert exp3_sets.sum() >= 3  # non-zero predictions: the comparison is not empty against empty
+
+
+def test_predictions_keep_one_class_per_box(trained_evaluation) -> None:
+    """predict's NMS (multi_label=False): no box is listed twice with two classes."""
+    for record in trained_evaluation.records:
+        boxes = [tuple(box) for box in record["pred_boxes"]]
+        assert len(boxes) == len(set(boxes)), record["image_id"]
+
+
+def test_trained_map_equals_plain_ultralytics_val(trained_evaluation, trained_yolo_checkpoint: Path,
+                                                  trained_data_yaml: Path, tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    plain = YOLO(str(trained_yolo_checkpoint)).val(data=str(trained_data_yaml), split="test", device="cpu",
+                                                   plots=False, verbose=False, project=str(tmp_path), name="plain")
+    assert trained_evaluation.map50 == pytest.approx(float(plain.box.map50), abs=1e-9) and trained_evaluation.map50 > 0
+    assert trained_evaluation.map50_95 == pytest.approx(float(plain.box.map), abs=1e-9)

@@ -75,10 +75,20 @@ def test_ingredient_hand_computed() -> None:
     np.testing.assert_allclose(per_class["f1"], [1.0, 0.0, 1.0])
 
 
-def test_macro_averages_over_all_classes() -> None:
-    # A 4th class absent from gt and pred everywhere scores 1/1/1 (both empty): macro = (2/3 * 3 + 1) / 4 = 3/4.
+def test_macro_averages_over_present_classes_only() -> None:
+    # A 4th class absent from gt and pred everywhere says nothing about the model: macro stays 2/3
+    # (it was (2/3 * 3 + 1) / 4 = 3/4 when the absent class counted as a perfect 1).
     gt, pred = ingredient_sets(hand_case(), num_classes=4, conf=0.25)
-    assert ingredient_prf(gt, pred)["macro"]["f1"] == pytest.approx(0.75)
+    assert ingredient_prf(gt, pred)["macro"]["f1"] == pytest.approx(2 / 3)
+
+
+def test_a_model_that_predicts_nothing_scores_zero_macro_on_any_class_count() -> None:
+    for num_classes in (10, 80):
+        records = [make_record(f"im{k}", [k % 3], []) for k in range(6)]
+        scores = ingredient_prf(*ingredient_sets(records, num_classes, conf=0.25))
+        assert scores["macro"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    nothing = ingredient_prf(*ingredient_sets([make_record("empty", [], [])], 5, conf=0.25))
+    assert np.isnan(nothing["macro"]["f1"])  # no class present: undefined (null in JSON)
 
 
 def test_empty_set_rule() -> None:
@@ -101,8 +111,8 @@ def test_conf_threshold_is_inclusive_and_filters() -> None:
 
 
 def test_agrees_with_sklearn() -> None:
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    prfs = sklearn_metrics.precision_recall_fscore_support
+    from sklearn.metrics import precision_recall_fscore_support as prfs
+
     rng = np.random.default_rng(0)
     num_images, num_classes = 60, 6
     y_true = rng.random((num_images, num_classes)) < 0.3
@@ -119,8 +129,11 @@ def test_agrees_with_sklearn() -> None:
     np.testing.assert_array_equal(pred, y_pred)
     ours = ingredient_prf(gt, pred)
 
+    present = np.flatnonzero(y_true.any(axis=0) | y_pred.any(axis=0))  # scikit-learn's label set
+
     def sk(true: np.ndarray, predicted: np.ndarray, average: str | None, zero_division: float) -> tuple:
-        return prfs(true, predicted, average=average, zero_division=zero_division)[:3]
+        labels = present if average == "macro" else None
+        return prfs(true, predicted, average=average, zero_division=zero_division, labels=labels)[:3]
 
     # F1 equals zero_division=1 for every average.
     for average in ("micro", "macro", "samples"):
@@ -129,7 +142,8 @@ def test_agrees_with_sklearn() -> None:
     assert ours["micro"]["recall"] == pytest.approx(sk(y_true, y_pred, "micro", 0.0)[1])
     # P and R: zero_division=0 except where both sides are empty (then 1). Per class: columns; per image:
     # the transposed matrices' columns (samples average = macro average of the transpose).
-    for average, true, predicted in (("macro", y_true, y_pred), ("samples", y_true.T, y_pred.T)):
+    for average, true, predicted in (("macro", y_true[:, present], y_pred[:, present]),
+                                     ("samples", y_true.T, y_pred.T)):
         p0, r0, _ = sk(true, predicted, None, 0.0)
         p1, r1, _ = sk(true, predicted, None, 1.0)
         both_empty = ~true.any(axis=0) & ~predicted.any(axis=0)
@@ -220,7 +234,7 @@ def test_summarize_split_is_json_ready() -> None:
     json.dumps(summary, allow_nan=False)
     assert summary["n_images"] == 3 and summary["conf"] == 0.25 and summary["match_iou"] == 0.5
     assert summary["ingredient"]["samples"]["f1"] == pytest.approx(7 / 9)
-    assert summary["per_class"][1] == {"class_id": 1, "name": "egg", "precision": 0.0, "recall": 0.0, "f1": 0.0,
+    assert summary["per_class"][1] == {"class_id": 1, "name": "egg", "present": True, "precision": 0.0, "recall": 0.0, "f1": 0.0,
                                        "support": 1, "predicted": 1, "tp": 0}
     assert summary["per_image"]["image_id"] == ["img0", "img1", "img2"]
     assert summary["per_image"]["f1"] == pytest.approx([2 / 3, 2 / 3, 1.0])
@@ -271,3 +285,23 @@ def test_bad_inputs_raise_value_error(build, message: str) -> None:
         build()
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("conf", [0.25, 0.1])
+def test_trained_model_predictions_agree_with_sklearn(trained_evaluation, conf: float) -> None:
+    """micro / macro / samples P/R/F1 of a trained model's predictions file, recomputed by scikit-learn."""
+    from sklearn.metrics import precision_recall_fscore_support as prfs
+
+    records = records_from_json(json.loads(json.dumps(trained_evaluation.records)))
+    gt, pred = ingredient_sets(records, 10, conf=conf)
+    ours = ingredient_prf(gt, pred)
+    assert ours["micro"]["f1"] > 0 and pred.sum() >= 3  # non-zero predictions
+    present = np.flatnonzero(gt.any(axis=0) | pred.any(axis=0))
+    for average in ("micro", "macro"):
+        labels = present if average == "macro" else None
+        p, r, f, _ = prfs(gt, pred, average=average, labels=labels, zero_division=0.0)
+        assert (ours[average]["precision"], ours[average]["recall"], ours[average]["f1"]) == pytest.approx((p, r, f))
+    # samples: every test image has ingredients (no both-empty rows), so zero_division never matters
+    assert gt.any(axis=1).all()
+    p, r, f, _ = prfs(gt, pred, average="samples", zero_division=0.0)
+    assert (ours["samples"]["precision"], ours["samples"]["recall"], ours["samples"]["f1"]) == pytest.approx((p, r, f))
