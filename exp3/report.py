@@ -135,12 +135,21 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def load_session_run(folder: Path, model: str, suffix: str, seed: int | None) -> SessionRun:
-    """Read one session folder's markers and metrics.json into a `SessionRun`."""
+def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
+                     key: str | None = None) -> SessionRun:
+    """Read one session folder's markers and metrics.json into a `SessionRun`.
+
+    `key`: the cache key the last flow planned for this session (`<root>/plan.json`); a folder
+    made under other inputs is reported as `stale`, never with its old numbers.
+    """
+    from exp3.layout import SessionPaths
     from exp3.session import DONE_MARKER, FAILED_MARKER, is_done
 
     if not folder.is_dir():
         return SessionRun(model, suffix, seed, folder, "missing", "no session folder")
+    if key is not None and SessionPaths(folder).state(key) == "stale":
+        return SessionRun(model, suffix, seed, folder, "stale",
+                          "made under other inputs than the current config: re-run the flow")
     if is_done(folder):
         metrics = _read_json(folder / "metrics.json")
         if isinstance(metrics, dict):
@@ -163,6 +172,9 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None)
         seeds: expected seeds; with several, folders are `<model>__<suffix>__seed<N>` and an absent
             seed is `missing`. None: whatever folders exist (a session without any folder is missing).
     """
+    from exp3.grid import read_plan
+
+    keys = read_plan(root)  # the inputs the last flow planned: older results there are stale, not done
     runs: list[SessionRun] = []
     multi_seed = seeds is not None and len(seeds) > 1
     for model in models:
@@ -182,7 +194,7 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None)
             elif not folders:
                 seed = seeds[0] if seeds else None
                 folders = [(seed, model_dir / f"{model}__{suffix}")]
-            runs.extend(load_session_run(path, model, suffix, seed) for seed, path in folders)
+            runs.extend(load_session_run(path, model, suffix, seed, keys.get(path.name)) for seed, path in folders)
     return runs
 
 
@@ -233,7 +245,7 @@ def _combined_status(statuses: list[str]) -> str:
         return "done"
     if "done" in statuses:
         return "partial"
-    for status in ("failed", "incomplete"):
+    for status in ("failed", "stale", "incomplete"):
         if status in statuses:
             return status
     return "missing"

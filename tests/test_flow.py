@@ -55,6 +55,20 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
     keys = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith("  yolov8m__")]
     assert len(keys) == 2 and all((root / ".prefect" / "results" / key).is_file() for key in keys)
     assert all(" done " in line for line in dry.stdout.splitlines() if line.startswith("  yolov8m__"))
+    changed = _flow(tmp_path, "--sanity", "--dry-run", "--set", "models.yolov8m.architecture=yolov8n.yaml",
+                    "--set", "models.yolov8m.epochs=2", "--models", "yolov8m", "--sessions", "S1_clean_train")
+    assert changed.returncode == 0 and " stale " in changed.stdout, changed.stdout[-2000:]  # other inputs: not done
+    status = subprocess.run([sys.executable, "-m", "exp3.status", "--root", str(root)], capture_output=True,
+                            text=True)
+    assert status.returncode == 0 and "STALE" not in status.stdout and "done=2" in status.stdout
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-strict JSON literal {constant}")
+
+    written = [path for path in root.rglob("*.json") if ".prefect" not in path.parts]
+    assert len(written) > 10
+    for path in written:  # every JSON exp3 wrote parses with a strict parser
+        json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.mark.parametrize("policy", ["continue", "stop"])
@@ -112,6 +126,15 @@ def test_bad_input_and_live_root(tmp_path: Path) -> None:
     config.write_text("train: {batchsize: 3}\n")
     bad = _flow(tmp_path, "--config", str(config))
     assert bad.returncode == 2 and "unknown config key 'train.batchsize'" in bad.stderr
+    missing = _config(tmp_path, {"yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1,
+                                             "weights": str(tmp_path / "nope.pt")}})
+    bad = _flow(tmp_path, "--config", str(missing))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr[-2000:]
+    assert "nope.pt" in bad.stderr and "weights: null" in bad.stderr
+    assert not (tmp_path / "out" / "yolov8n").exists()  # refused before any session started
+    asset = _config(tmp_path, {"yolov8m": {"architecture": "yolov8n.yaml", "epochs": 1, "weights": "yolov8m.pt"}})
+    bad = _flow(tmp_path, "--config", str(asset))
+    assert bad.returncode == 2 and "put yolov8m.pt in" in bad.stderr and "weights_dir" in bad.stderr, bad.stderr
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
                                "from exp3.runlock import RootLock; RootLock(Path(sys.argv[1])).acquire(); "
                                "time.sleep(120)", str(tmp_path / "runs" / "exp3-smoke")])

@@ -267,6 +267,20 @@ def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:
     assert run.status == "incomplete" and "no DONE or FAILED marker" in (run.error or "")
 
 
+def test_results_made_under_other_inputs_are_reported_stale_not_done(tmp_path: Path) -> None:
+    from exp3.grid import write_plan
+
+    for suffix in ("S1_clean_train", "S2_occ_train"):
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, (20, 10))
+    # the flow now plans S1 under new inputs (say, more epochs): its old numbers must not be reported
+    write_plan(tmp_path, {"yolov8m__S1_clean_train": "yolov8m__S1_clean_train-new-inputs"})
+    result = report.build_report(tmp_path, models=["yolov8m"], charts=False, n_resamples=50, n_permutations=50)
+    rows = result.summary.set_index(["session", "split"])
+    assert rows.loc[("S1_clean_train", "test_occ_fixed"), "status"] == "stale"
+    assert math.isnan(rows.loc[("S1_clean_train", "test_occ_fixed"), "ingredient_micro_f1"])
+    assert rows.loc[("S2_occ_train", "test_occ_fixed"), "status"] == "done"  # no key planned: as before
+
+
 def test_bh_family_counts_each_unordered_pair_once(built: report.ReportResult) -> None:
     comparisons = built.comparisons
     tests = report.bh_tests(comparisons)

@@ -15,7 +15,8 @@ import yaml
 
 from exp3.config import load_config
 from exp3.fileio import sha256_file
-from exp3.session import DONE_MARKER, FAILED_MARKER, SessionFailed, run_session, session_dir
+from exp3.layout import SessionPaths
+from exp3.session import DONE_MARKER, FAILED_MARKER, SessionFailed, run_session, session_dir, session_key
 from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +92,8 @@ def test_session_folder_is_complete_and_self_describing(grid) -> None:
     m = metrics["yolov8n__S1_clean_train"]
     assert m["schema_version"] == 1 and m["status"] == "done"
     assert m["training"]["overrides"] == {"epochs": 1, "batch": 4, "imgsz": 64, "device": "cpu", "workers": 0}
-    assert m["training"]["pretrained"] is False and "from scratch" in m["training"]["weights_note"]
+    assert m["training"]["pretrained"] is False and m["training"]["weights"]["sha256"] is None
+    assert m["training"]["weights"]["origin"] == "scratch"
     assert m["training"]["requested"]["optimizer"] == "auto" and m["training"]["optimizer"]["name"] == "AdamW"
     assert m["training"]["effective_args"]["epochs"] == 1 and m["checkpoint"]["which"] == "best.pt"
     assert m["masking"] is None
@@ -161,10 +163,15 @@ def test_killed_session_resumes_from_its_own_last_pt_with_masking(tmp_path: Path
     os.killpg(process.pid, signal.SIGKILL)  # the session and its training subprocess, like a power cut
     process.wait()
     assert not (folder / DONE_MARKER).exists()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run([*command, "--retry-batch", "2"], capture_output=True, text=True)  # as an OOM retry
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["training"]["resumed_from_epoch"] is not None
+    training = metrics["training"]
+    assert training["ran"]["batch"] == 2 == training["effective_args"]["batch"] == training["overrides"]["batch"]
+    assert training["oom_retry_batch"] == 2  # the resume applied the retry's batch, and says so
+    assert len(training["attempt_wall_s"]) == 2 and all(wall > 0 for wall in training["attempt_wall_s"])
+    assert training["wall_s"] == pytest.approx(sum(training["attempt_wall_s"]), abs=0.05)  # the whole training
     assert metrics["training"]["trainer"] == "MaskedDetectionTrainer"
     epochs = [row["epoch"] for row in metrics["masking"]["stats"]["epochs"]]
     assert epochs == [0, 1, 2]  # masking ran in every epoch, before and after the crash
@@ -183,10 +190,12 @@ def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> Non
     failed = json.loads((folder / FAILED_MARKER).read_text())
     assert "training exited" in failed["error"] and failed["train_log_tail"]
     assert not (folder / DONE_MARKER).exists() and not (folder / "metrics.json").exists()
-    fixed = load_config(_write_config(tmp_path / "c2.yaml", output))  # weights removed: trains from the yaml
+    fixed = load_config(_write_config(tmp_path / "c2.yaml", output))  # weights: null: from the yaml, on purpose
     metrics = run_session(fixed, Session("yolov8n", "S1_clean_train"), output)
-    assert "training exited" in metrics["training"]["previous_failure"]["error"]  # the failure stays on record
-    assert not (folder / FAILED_MARKER).exists()
+    assert metrics["training"]["previous_failure"] is None  # that failure belongs to other inputs ...
+    stale = list((output / "stale" / "yolov8n").iterdir())
+    assert len(stale) == 1 and "training exited" in json.loads((stale[0] / FAILED_MARKER).read_text())["error"]
+    assert not (folder / FAILED_MARKER).exists()  # ... and is kept aside, not deleted
 
 
 def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: Path,
@@ -228,8 +237,89 @@ def test_truncated_last_pt_is_quarantined_and_training_recovers(tmp_path: Path) 
     folder = output / "yolov8n" / "yolov8n__S1_clean_train"
     weights = folder / "train" / "weights"
     weights.mkdir(parents=True)
+    key = session_key(config, Session("yolov8n", "S1_clean_train"), output)
+    SessionPaths(folder).write_inputs({}, key)  # the same inputs: resumable, so the corrupt file is met
     (weights / "last.pt").write_bytes(b"PK\x03\x04 truncated by a power cut")
     metrics = run_session(config, Session("yolov8n", "S1_clean_train"), output)
     assert metrics["status"] == "done"
     assert len(list(weights.glob("last.pt.corrupt-*"))) == 1  # kept for inspection, not deleted
     assert "is unreadable" in (folder / "logs" / "train.log").read_text()
+
+
+def test_config_change_after_done_retrains_from_scratch_and_keeps_the_old_result(tmp_path: Path, capsys) -> None:
+    output = tmp_path / "out"
+    session = Session("yolov8n", "S1_clean_train")
+    first = run_session(load_config(_write_config(tmp_path / "c.yaml", output)), session, output)
+    folder = session_dir(output, session)
+    old_metrics = (folder / "metrics.json").read_bytes()
+    changed = load_config(_write_config(tmp_path / "c2.yaml", output, {"models": {"yolov8n": {
+        "architecture": "yolov8n.yaml", "epochs": 2}}}))
+    second = run_session(changed, session, output)
+    assert second["cache_key"] != first["cache_key"] and second["training"]["epochs_completed"] == 2
+    assert second["training"]["resumed_from_epoch"] is None  # trained from scratch, not resumed
+    moved = list((output / "stale" / "yolov8n").iterdir())
+    assert len(moved) == 1 and (moved[0] / "metrics.json").read_bytes() == old_metrics  # kept, byte for byte
+    assert str(moved[0]) in capsys.readouterr().out  # named in the log
+    assert run_session(changed, session, output) == second  # the new result is trusted for its own inputs
+
+
+def test_partial_training_under_other_inputs_is_never_resumed(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output))
+    folder = output / "yolov8n" / "yolov8n__S3_mask_backbone_early"
+    (folder / "train" / "weights").mkdir(parents=True)
+    SessionPaths(folder).write_inputs({}, "yolov8n__S3_mask_backbone_early-made-with-other-masking")
+    (folder / "train" / "weights" / "last.pt").write_bytes(b"an unfinished training of other inputs")
+    metrics = run_session(config, Session("yolov8n", "S3_mask_backbone_early"), output)
+    assert metrics["training"]["resumed_from_epoch"] is None
+    moved = next((output / "stale" / "yolov8n").iterdir())
+    assert (moved / "train" / "weights" / "last.pt").read_bytes() == b"an unfinished training of other inputs"
+
+
+def test_configured_weights_are_used_and_hashed_or_refused(tmp_path: Path, tiny_yolo_checkpoint: Path) -> None:
+    from exp3.weights import WeightsError
+
+    output = tmp_path / "out"
+    missing = load_config(_write_config(tmp_path / "m.yaml", output, {"models": {"yolov8n": {
+        "architecture": "yolov8n.yaml", "weights": str(tmp_path / "nope.pt"), "epochs": 1}}}))
+    with pytest.raises(WeightsError, match="nope.pt.*weights: null"):
+        run_session(missing, Session("yolov8n", "S1_clean_train"), output)
+    assert not (output / "yolov8n").exists()  # refused before anything was written
+    local = load_config(_write_config(tmp_path / "l.yaml", output, {"models": {"yolov8n": {
+        "architecture": "yolov8n.yaml", "weights": str(tiny_yolo_checkpoint), "epochs": 1}}}))
+    metrics = run_session(local, Session("yolov8n", "S1_clean_train"), output)
+    assert metrics["training"]["weights"]["sha256"] == sha256_file(tiny_yolo_checkpoint)
+    assert metrics["training"]["pretrained"] is True and metrics["inputs"]["weights_sha256"] == sha256_file(
+        tiny_yolo_checkpoint)
+
+
+def test_a_session_runs_in_one_process_at_a_time(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    config_path = _write_config(tmp_path / "c.yaml", output)
+    paths = SessionPaths.of(output, Session("yolov8n", "S1_clean_train"))
+    paths.folder.parent.mkdir(parents=True)
+    with paths.session_lock("a test holding the session"):
+        result = subprocess.run([sys.executable, "-m", "exp3.session", "--config", str(config_path), "--model",
+                                 "yolov8n", "--session", "S1_clean_train"], capture_output=True, text=True)
+    assert result.returncode == 2 and "is in use by pid" in result.stderr and result.stderr.count("\n") == 1
+    assert not paths.folder.exists()
+
+
+def test_a_leftover_temp_checkpoint_never_replaces_best(tmp_path: Path) -> None:
+    """A killed save left `.best.pt.tmp`; the next, non-improving epoch writes only last.pt."""
+    from exp3.trainers import _AtomicCheckpointMixin
+
+    class NonImprovingEpoch:
+        def save_model(self) -> None:
+            self.last.write_bytes(b"epoch 7 last")  # Ultralytics writes best only when fitness improves
+
+    class Trainer(_AtomicCheckpointMixin, NonImprovingEpoch):
+        pass
+
+    trainer = Trainer()
+    trainer.last, trainer.best = tmp_path / "last.pt", tmp_path / "best.pt"
+    trainer.best.write_bytes(b"the good best")
+    (tmp_path / ".best.pt.tmp").write_bytes(b"torso of a killed save")
+    trainer.save_model()
+    assert trainer.best.read_bytes() == b"the good best" and trainer.last.read_bytes() == b"epoch 7 last"
+    assert not (tmp_path / ".best.pt.tmp").exists()
