@@ -139,10 +139,10 @@ class SessionPaths:
         return key is None or (_read_json(self.done_marker) or {}).get("key") == key
 
     def has_content(self) -> bool:
-        """Anything besides an empty logs/ folder."""
+        """Anything besides logs/ (the flow opens logs/session.log before the session subprocess starts)."""
         if not self.folder.is_dir():
             return False
-        return any(entry.name != "logs" or any(entry.iterdir()) for entry in self.folder.iterdir())
+        return any(entry.name != "logs" for entry in self.folder.iterdir())
 
     def state(self, key: str | None) -> SessionState:
         """done / stale / failed / partial / pending (module docstring)."""

@@ -259,8 +259,9 @@ def _train_worker(plan: TrainPlan) -> int:
         captured["device"] = str(trainer.device)
         captured["start_epoch"] = int(trainer.start_epoch)
         captured["ran"] = {key: getattr(trainer.args, key) for key in RESUME_OVERRIDABLE}
+        _write_info(final=False)
 
-    def _on_fit_epoch_end(trainer: Any) -> None:
+    def _on_epoch_progress(trainer: Any) -> None:
         _write_info(final=False)  # a killed attempt still leaves its training time on record
 
     def _on_train_end(trainer: Any) -> None:
@@ -275,7 +276,8 @@ def _train_worker(plan: TrainPlan) -> int:
         model = model_class(plan.source)
     model.add_callback("on_pretrain_routine_start", _on_pretrain_routine_start)
     model.add_callback("on_train_start", _on_train_start)
-    model.add_callback("on_fit_epoch_end", _on_fit_epoch_end)
+    model.add_callback("on_train_epoch_end", _on_epoch_progress)  # before validation and the checkpoint save
+    model.add_callback("on_fit_epoch_end", _on_epoch_progress)
     model.add_callback("on_train_end", _on_train_end)
     if state == "partial":
         # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan:

@@ -49,6 +49,7 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
         assert (root / "yolov8m" / session / "DONE").is_file()
         assert _train_attempts(root / "yolov8m" / session) == 1
     assert (root / "summary_metrics.csv").is_file() and list((root / "plots").glob("*.png"))
+    assert not (root / "stale").exists()  # fresh sessions: nothing was made under other inputs
     dry = _flow(tmp_path, "--sanity", "--dry-run", "--set", "models.yolov8m.architecture=yolov8n.yaml",
                 "--models", "yolov8m", "--sessions", "S1_clean_train", "S3_mask_backbone_early")
     assert dry.returncode == 0, dry.stderr[-2000:]

@@ -110,3 +110,10 @@ def test_status_from_files(tmp_path: Path) -> None:
     (folder / "FAILED").write_text(json.dumps({"error": "boom"}))
     failed = session_status(folder, root_live=False, epochs_total=3)
     assert failed.state == "failed" and failed.error == "boom"
+
+
+def test_a_folder_with_only_the_flows_log_is_pending_not_stale(tmp_path: Path) -> None:
+    folder = tmp_path / "m" / "m__S1_clean_train"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "logs" / "session.log").write_text("==== python -m exp3.session ... ====\n")
+    assert session_status(folder, root_live=False, epochs_total=3, key="k").state == "pending"
