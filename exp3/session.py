@@ -181,9 +181,10 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
     """Run (or skip, or resume) one session; return its metrics.json payload.
 
     `retry_batch`: the batch of an out-of-memory retry (what really runs, recorded as such; the
-    session's inputs and key stay those of the config). Raises `SessionFailed` after writing a
-    FAILED marker with the error and the log tail; `WeightsError` / `DatasetError` before
-    anything is written when the configured inputs cannot be had.
+    session's inputs and key stay those of the config). Raises `WeightsError` before anything is
+    written when the configured weights cannot be had, `LockBusy` when another process runs this
+    session, and `SessionFailed` after writing a FAILED marker (error, log tail) for anything else,
+    a dataset failing its audit included.
     """
     from exp3.offline import apply_offline_environment
 
