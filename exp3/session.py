@@ -245,7 +245,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
                        prepared: PreparedData, weights: ResolvedWeights, inputs: SessionInputs,
                        retry_batch: int | None) -> dict[str, Any]:
     from exp3.dataset import read_data_yaml
-    from exp3.metrics import choose_threshold, records_from_json
+    from exp3.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
     from exp3.provenance import collect_provenance
     from exp3.train import checkpoint_state, plan_training, run_training
 
@@ -283,8 +283,6 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         splits[split] = _split_metrics(evaluation, records_from_json(evaluation.records), config, names,
                                        chosen["conf"])
         eval_wall += evaluation.wall_s
-    from exp3.metrics import ingredient_prf, ingredient_sets
-
     val_at_primary = ingredient_prf(*ingredient_sets(val_records, len(names), config.eval.conf))["micro"]["f1"]
     run_dir = Path(plan.run_dir)
     metrics = {

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 from scipy import stats as scipy_stats
 
@@ -158,10 +160,13 @@ def bootstrap_ratio_interval(numerator_counts: np.ndarray, denominator_counts: n
     return Interval(estimate, low, high)
 
 
-def _aligned(counts_a: np.ndarray, counts_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = check_counts(counts_a, "counts_a"), check_counts(counts_b, "counts_b")
+def _aligned(values_a: np.ndarray, values_b: np.ndarray, check: Callable[..., np.ndarray] | None = None,
+             what: str = "counts") -> tuple[np.ndarray, np.ndarray]:
+    """Both sides validated by `check` (default `check_counts`) and of one shape (the same images)."""
+    check = check or check_counts
+    a, b = check(values_a, f"{what}_a"), check(values_b, f"{what}_b")
     if a.shape != b.shape:
-        raise ValueError(f"paired counts differ in shape {a.shape} vs {b.shape}; align both on the same image ids")
+        raise ValueError(f"paired {what} differ in shape {a.shape} vs {b.shape}; align both on the same image ids")
     return a, b
 
 
@@ -241,10 +246,7 @@ def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
 
 
 def _aligned_scores(values_a: np.ndarray, values_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = check_scores(values_a, "values_a"), check_scores(values_b, "values_b")
-    if a.shape != b.shape:
-        raise ValueError(f"paired scores differ in shape {a.shape} vs {b.shape}; align both on the same image ids")
-    return a, b
+    return _aligned(values_a, values_b, check_scores, "scores")
 
 
 def paired_mean_difference_interval(values_a: np.ndarray, values_b: np.ndarray,
