@@ -3,8 +3,9 @@
 Layering (later wins): pydantic defaults -> config file(s) -> CLI overrides (`key.sub=value`).
 A config file may start with `base: other.yaml` (relative to itself) to be a small override
 diff of another file, e.g. `configs/smoke.yaml` over `configs/exp3.yaml`; mappings merge key
-by key. The `models:` a file lists are the models that run; an entry named like a default
-(yolov8m, rtdetr-l) inherits the default's fields it leaves out.
+by key, so an override file adds to its base's `models:`; `<name>: null` removes an inherited model
+(`configs/pilot.yaml` runs only yolov8n that way). An entry named like a default (yolov8m,
+rtdetr-l) inherits the default's fields it leaves out.
 Every model uses `extra="forbid"`: an unknown key is an error that names the key.
 
 The defaults here and `configs/exp3.yaml` must agree; a test checks that they do.
@@ -183,11 +184,12 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _fill_known_models(cls, data: Any) -> Any:
-        """A model named like a default (yolov8m, rtdetr-l) inherits the default's fields it does not set."""
+        """`<name>: null` removes an inherited model; a model named like a default (yolov8m, rtdetr-l)
+        inherits the default's fields it does not set."""
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             defaults = {name: model.model_dump(mode="json") for name, model in _default_models().items()}
             data = {**data, "models": {name: {**defaults[name], **entry} if name in defaults and isinstance(entry, dict)
-                                       else entry for name, entry in data["models"].items()}}
+                                       else entry for name, entry in data["models"].items() if entry is not None}}
         return data
 
     @field_validator("models")

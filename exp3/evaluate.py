@@ -23,6 +23,9 @@ Recorded per image (original-image pixel coordinates, xyxy):
      "gt_classes": [G] int, "gt_boxes": [G][4] float,
      "pred_classes": [P] int, "pred_boxes": [P][4] float, "pred_conf": [P] float}
 
+The validator's per-image matching statistics (what its mAP is computed from) are kept too
+(`SplitEvaluation.map_stats`, exp3.mapstats): they give mAP its bootstrap intervals.
+
 No exp3 code runs inside the model: the checkpoint is loaded with plain Ultralytics and masking
 hooks are never attached here.
 """
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from exp3.mapstats import MapStats
 from exp3.offline import apply_offline_environment
 
 Family = Literal["detect", "rtdetr"]
@@ -50,6 +54,7 @@ def _recording_mixin(base: type) -> type:
         def init_metrics(self, model: Any) -> None:
             super().init_metrics(model)
             self.records: list[dict[str, Any]] = []
+            self.map_images: list[dict[str, Any]] = []
 
         def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
             for index in range(len(preds)):
@@ -68,6 +73,13 @@ def _recording_mixin(base: type) -> type:
                     "gt_boxes": [[round(float(v), 2) for v in box] for box in gt_boxes.tolist()],
                 })
             super().update_metrics(preds, batch)
+            # the validator's own per-image matching stats of this batch (what its mAP is computed from)
+            stats = self.metrics.stats
+            for index, record in enumerate(self.records[-len(preds):] if len(preds) else []):
+                offset = len(preds) - index
+                self.map_images.append({"image_id": record["image_id"],
+                                        **{key: stats[key][-offset] for key in ("tp", "conf", "pred_cls",
+                                                                                "target_cls")}})
 
     Recording.__name__ = f"Recording{base.__name__}"
     Recording.__qualname__ = Recording.__name__
@@ -83,6 +95,7 @@ class SplitEvaluation:
     map50_95: float
     per_class_map50_95: dict[str, float]
     records: list[dict[str, Any]] = field(repr=False)
+    map_stats: MapStats = field(repr=False)
     wall_s: float
     speed_ms_per_image: dict[str, float]
 
@@ -158,6 +171,7 @@ def evaluate_split(
     model.add_callback("on_val_end", _keep_validator)
     start = time.perf_counter()
     metrics = model.val(validator=validator, **overrides)
+    map_stats = MapStats.from_images(captured["validator"].map_images)
     ground_truth = sorted(captured["validator"].records, key=lambda record: record["image_id"])
     predicted = predict_records(model, [record["im_file"] for record in ground_truth], imgsz, batch, device)
     wall_s = time.perf_counter() - start
@@ -173,6 +187,7 @@ def evaluate_split(
         map50_95=float(metrics.box.map),
         per_class_map50_95=per_class,
         records=records,
+        map_stats=map_stats,
         wall_s=round(wall_s, 3),
         speed_ms_per_image={key: round(float(value), 3) for key, value in metrics.speed.items()},
     )

@@ -109,6 +109,10 @@ class SessionPaths:
     def predictions(self, split: str) -> Path:
         return self.folder / f"predictions_{split}.json"
 
+    def map_stats(self, split: str) -> Path:
+        """The validator's per-image matching statistics of `split` (exp3.mapstats): mAP's bootstrap input."""
+        return self.folder / f"map_stats_{split}.npz"
+
     # ------------------------------------------------------------------ markers
 
     def failure(self) -> dict[str, Any] | None:

@@ -65,8 +65,13 @@ THRESHOLDS: tuple[str, ...] = ("primary", "val")
 threshold chosen on the clean val split (`at_val_threshold.conf`)."""
 PAIRED_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "detection_f1")
 """Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.stats)."""
-POINT_METRICS: tuple[str, ...] = ("map50", "map50_95")
-"""Metrics without one (yet): their differences are point estimates, no interval, no p."""
+MAP_METRICS: tuple[str, ...] = ("map50", "map50_95")
+"""The validator's mAP: no per-image score, but a paired bootstrap interval recomputed from the validator's
+per-image matching stats (`map_stats_<split>.npz`, exp3.mapstats); no permutation p (a point estimate only
+when those files are missing, e.g. a session evaluated before they existed)."""
+MAP_RESAMPLES = 1000
+"""Bootstrap draws for mAP intervals: each draw recomputes mAP over every prediction (about 1-3 ms per draw
+at 200 images), so mAP uses the first MAP_RESAMPLES rows of the F1s' index matrix (same seed)."""
 METRIC_LABELS: dict[str, str] = {"ingredient_micro_f1": "ingredient micro F1",
                                  "ingredient_samples_f1": "ingredient samples F1", "detection_f1": "detection F1",
                                  "map50": "mAP50", "map50_95": "mAP50-95"}
@@ -465,6 +470,45 @@ def _mean_of(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+class MapDraws:
+    """Bootstrap mAP draws of each model x session x split (seed mean), computed once per report.
+
+    All sessions of a split are resampled with the same index matrix (`stats.bootstrap_indices`
+    over their sorted image ids), so draw differences are paired like the F1s'.
+    """
+
+    def __init__(self, grouped: dict[tuple[str, str], list[SessionRun]], n_resamples: int, seed: int) -> None:
+        self.grouped, self.n_resamples, self.seed = grouped, n_resamples, seed
+        self._cache: dict[tuple[str, str, str], tuple[tuple[str, ...], np.ndarray] | None] = {}
+
+    def get(self, model: str, suffix: str, split: str) -> tuple[tuple[str, ...], np.ndarray] | None:
+        """(image ids, (B, 2) draws) or None when a done run lacks `map_stats_<split>.npz`."""
+        key = (model, suffix, split)
+        if key not in self._cache:
+            from exp3.layout import SessionPaths
+            from exp3.mapstats import MapStats, common_image_ids, seed_mean_draws
+
+            done = [run for run in self.grouped.get((model, suffix), []) if run.status == "done"]
+            paths = [SessionPaths(run.folder).map_stats(split) for run in done]
+            self._cache[key] = None
+            if done and all(path.is_file() for path in paths):
+                loaded = [MapStats.load(path) for path in paths]
+                ids = common_image_ids(loaded)
+                if ids:
+                    indices = stats.bootstrap_indices(len(ids), self.n_resamples, self.seed)
+                    self._cache[key] = (ids, seed_mean_draws(loaded, ids, indices))
+        return self._cache[key]
+
+
+def map_interval(draws: MapDraws, a: tuple[str, str, str], b: tuple[str, str, str], column: int,
+                 difference: float, confidence: float = stats.DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of mAP(a) - mAP(b) (column 0 = mAP50, 1 = mAP50-95); NaNs when not pairable."""
+    first, second = draws.get(*a), draws.get(*b)
+    if first is None or second is None or first[0] != second[0] or not math.isfinite(difference):
+        return math.nan, math.nan
+    return stats.percentile_interval(first[1][:, column] - second[1][:, column], confidence)
+
+
 def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: int = stats.DEFAULT_RESAMPLES,
                       n_permutations: int = stats.DEFAULT_PERMUTATIONS,
                       seed: int = stats.DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -476,8 +520,9 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
             pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images.
         comparisons: COMPARISON_COLUMNS, one row per model x split x metric x threshold x (session,
             reference) of `comparison_plan`: difference (session - reference), ci_low/high, p_value;
-            PAIRED_METRICS at both thresholds, POINT_METRICS (mAP: difference only, NaN interval and
-            p) at `primary`. `pair` names the unordered pair; both readings of a pair carry one test
+            PAIRED_METRICS at both thresholds, MAP_METRICS (mAP: threshold-free, listed under
+            `primary`; paired bootstrap interval from the validator's per-image stats, `map_interval`,
+            no p) at `primary`. `pair` names the unordered pair; both readings of a pair carry one test
             (negated difference, same p). p_bh: BH within `bh_family` = "<metric>@<threshold>"
             over distinct pairs of every model and split (`bh_tests`). NaN where a side is missing.
     """
@@ -493,7 +538,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
             for split in SPLITS:
                 rows = [split_row(run, split) for run in done]
                 points[(model, suffix, split)] = {column: _mean_of([row[column] for row in rows])
-                                                  for column in (*POINT_METRICS, "n_images")}
+                                                  for column in (*MAP_METRICS, "n_images")}
                 frames: dict[str, list[pd.DataFrame]] = {threshold: [] for threshold in THRESHOLDS}
                 used: dict[str, list[float]] = {threshold: [] for threshold in THRESHOLDS}
                 for run in done:
@@ -506,6 +551,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                 for threshold in THRESHOLDS:
                     scores[(model, suffix, split, threshold)] = pool_image_scores(frames[threshold])
                     confs[(model, suffix, split, threshold)] = _mean_of(used[threshold])
+    map_draws = MapDraws(grouped, min(n_resamples, MAP_RESAMPLES), seed)
     count_columns = list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])
     interval_rows, comparison_rows = [], []
     for model in models:
@@ -527,7 +573,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                     "ci_images": len(own) if own is not None else 0})
         for split in SPLITS:
             for threshold in THRESHOLDS:
-                metrics = PAIRED_METRICS + (POINT_METRICS if threshold == "primary" else ())
+                metrics = PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ())
                 for metric in metrics:
                     done_pairs: dict[str, tuple[str, stats.PairedComparison | None]] = {}
                     for suffix, reference in comparison_plan(threshold):
@@ -537,10 +583,13 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                                "pair": key, "conf": math.nan, "reference_conf": math.nan,
                                "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                                "p_value": math.nan, "bh_family": "", "n_images": 0}
-                        if metric in POINT_METRICS:
+                        if metric in MAP_METRICS:
                             a, b = points[(model, suffix, split)], points[(model, reference, split)]
                             row.update(difference=a[metric] - b[metric],
                                        n_images=0 if math.isnan(a["n_images"]) else int(a["n_images"]))
+                            low, high = map_interval(map_draws, (model, suffix, split), (model, reference, split),
+                                                     MAP_METRICS.index(metric), row["difference"])
+                            row.update(ci_low=low, ci_high=high)
                             comparison_rows.append(row)
                             continue
                         if key in done_pairs:                       # the other reading of a pair: one test
@@ -760,7 +809,7 @@ def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> p
 def _reading(metric: str, row: pd.Series) -> str:
     verdict = _verdict(row)
     if verdict is None:
-        return "point estimate, no CI" if metric in POINT_METRICS else "n/a"
+        return "point estimate, no CI (no map_stats file)" if metric in MAP_METRICS else "n/a"
     return "CI includes 0" if verdict == 0 else "CI excludes 0"
 
 
@@ -772,13 +821,13 @@ def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S
         for split in SPLITS[::-1]:
             for threshold in THRESHOLDS:
                 found = comparison_metrics(comparisons, model, split, session, reference, threshold)
-                for metric in (*PAIRED_METRICS, *POINT_METRICS):
+                for metric in (*PAIRED_METRICS, *MAP_METRICS):
                     if metric not in found:
                         continue
                     row = found[metric]
                     rows.append({"model": model, "split": split,
                                  "threshold": "val-chosen" if threshold == "val" else
-                                 ("n/a (mAP)" if metric in POINT_METRICS else f"conf {_fmt(row['conf'], 2)}"),
+                                 ("n/a (mAP)" if metric in MAP_METRICS else f"conf {_fmt(row['conf'], 2)}"),
                                  "metric": METRIC_LABELS[metric],
                                  f"{_short(session)} - {_short(reference)} [95% CI]":
                                      _ci_text(row, "difference", "ci_low", "ci_high", True),
@@ -824,7 +873,7 @@ def comparison_metrics(comparisons: pd.DataFrame, model: str, split: str, sessio
 
 
 def _metric_text(metric: str, row: pd.Series) -> str:
-    if metric in POINT_METRICS:
+    if metric in MAP_METRICS and _verdict(row) is None:
         return f"{METRIC_LABELS[metric]} {_fmt(row['difference'], signed=True)}"
     return f"{METRIC_LABELS[metric]} {_ci_text(row, 'difference', 'ci_low', 'ci_high', True)}"
 
@@ -840,13 +889,13 @@ def _verb(count: int, singular: str, plural: str) -> str:
 def agreement_finding(model: str, split: str, session: str, reference: str, rows: dict[str, pd.Series]) -> str | None:
     """One sentence: do the metrics agree on `session` vs `reference`?
 
-    A metric with an interval (PAIRED_METRICS, all F1s) shows a difference when its 95% paired
-    interval excludes 0; the metrics agree when all of them give the same answer (same side of 0,
-    or all containing 0). mAP differences are point estimates without an interval: listed, never
-    counted as showing or not showing a difference (noted when they point against the F1s).
+    A metric with an interval (the F1s; mAP when its per-image stats exist) shows a difference
+    when its 95% paired interval excludes 0; the metrics agree when all of them give the same
+    answer (same side of 0, or all containing 0). An mAP difference without an interval is listed
+    as a point estimate, never counted either way (noted when it points against the others).
     `rows`: `comparison_metrics`. None when no metric has an interval.
     """
-    verdicts = {metric: _verdict(rows[metric]) for metric in PAIRED_METRICS if metric in rows}
+    verdicts = {metric: _verdict(rows[metric]) for metric in (*PAIRED_METRICS, *MAP_METRICS) if metric in rows}
     verdicts = {metric: verdict for metric, verdict in verdicts.items() if verdict is not None}
     if not verdicts:
         return None
@@ -857,7 +906,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
     if len(set(verdicts.values())) == 1:
         agreement = "agree"
         listed = ", ".join(text[metric] for metric in verdicts)
-        body = f"{'each' if shown else 'no'} F1 shows a difference ({listed})"
+        body = f"{'each metric' if shown else 'no metric'} shows a difference ({listed})"
     else:
         agreement = "disagree"
         up = [metric for metric in shown if verdicts[metric] > 0]
@@ -870,7 +919,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
         if quiet:
             parts.append(f"{_join([text[m] for m in quiet])} {_verb(len(quiet), 'does', 'do')} not")
         body = "; ".join(parts)
-    maps = [metric for metric in POINT_METRICS if metric in rows]
+    maps = [metric for metric in MAP_METRICS if metric in rows and metric not in verdicts]
     tail = ""
     if maps:
         tail = (f"; {', '.join(text[m] for m in maps)} ({_verb(len(maps), 'point estimate', 'point estimates')}, "
@@ -995,6 +1044,57 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
     return findings
 
 
+POSITIVE_CONTROL: tuple[str, str, str] = ("S2_occ_train", "S1_clean_train", "test_occ_fixed")
+"""The known effect the instrument is calibrated on: training on occluded images (S2) must beat clean training
+(S1) on the occluded test suite. docs/what-metrics-detect.md reads the pilot's numbers."""
+POSITIVE_CONTROL_ROWS: tuple[tuple[str, str], ...] = (
+    ("ingredient_micro_f1", "primary"), ("ingredient_micro_f1", "val"),
+    ("ingredient_samples_f1", "primary"), ("ingredient_samples_f1", "val"),
+    ("detection_f1", "primary"), ("detection_f1", "val"), ("map50", "primary"), ("map50_95", "primary"))
+"""(metric, threshold) of every headline metric at both operating points (mAP has no threshold)."""
+
+
+def _operating_point(metric: str, threshold: str, row: pd.Series) -> str:
+    if metric in MAP_METRICS:
+        return "none (mAP)"
+    if threshold == "val":
+        return f"val-chosen ({_fmt(row['conf'], 2)} / {_fmt(row['reference_conf'], 2)})"
+    return f"conf {_fmt(row['conf'], 2)}"
+
+
+def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
+    """The positive control of one model: S2 - S1 on test_occ_fixed for every headline metric, and a verdict.
+
+    Returns (table, one-line verdict). A metric *detects* the effect when its paired 95% interval
+    lies above 0; "reversed" when below 0; "no" when it contains 0; "undecided" without an interval.
+    """
+    session, reference, split = POSITIVE_CONTROL
+    a, b = _short(session), _short(reference)
+    rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
+    for metric, threshold in POSITIVE_CONTROL_ROWS:
+        row = comparison_metrics(comparisons, model, split, session, reference, threshold).get(metric)
+        if row is None:
+            continue
+        verdict = _verdict(row)
+        group = {1: "detect", 0: "no", -1: "reversed", None: "undecided"}[verdict]
+        label = METRIC_LABELS[metric] + ("" if metric in MAP_METRICS else
+                                         (" @val" if threshold == "val" else f" @{_fmt(row['conf'], 2)}"))
+        groups[group].append(label)
+        rows.append({"metric": METRIC_LABELS[metric], "operating point": _operating_point(metric, threshold, row),
+                     f"{a} - {b} [95% CI]": _ci_text(row, "difference", "ci_low", "ci_high", True),
+                     "detects the effect": {"detect": f"yes ({a} > {b})", "no": "no (CI includes 0)",
+                                            "reversed": f"no, reversed ({a} < {b})",
+                                            "undecided": "undecided (no CI)"}[group]})
+    if not rows:
+        return pd.DataFrame(), (f"**{model}**: positive control not available ({a} and {b} must both be done "
+                                f"on {split}).")
+    parts = [f"detect the effect: {', '.join(groups['detect']) or 'none'}",
+             f"do not: {', '.join(groups['no']) or 'none'}"]
+    parts += [f"show the reverse: {', '.join(groups['reversed'])}"] if groups["reversed"] else []
+    parts += [f"undecided (no CI): {', '.join(groups['undecided'])}"] if groups["undecided"] else []
+    return pd.DataFrame(rows), f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}."
+
+
 def render_markdown(result: "ReportResult") -> str:
     """report.md: status grid, headline findings, per split the table at the primary and at the val-chosen
     threshold, S2 vs S1 on every metric, failures, charts, files."""
@@ -1010,9 +1110,18 @@ def render_markdown(result: "ReportResult") -> str:
              f"over test images ({result.n_resamples} resamples, seed {result.seed}); p_BH: paired permutation test "
              "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
              "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
-             "when its paired 95% interval excludes 0; mAP has no per-image decomposition, so its differences are "
-             "point estimates without an interval. Overlapping intervals do not by themselves mean no difference; "
+             "when its paired 95% interval excludes 0. mAP intervals recompute the validator's mAP on each "
+             f"resample from its per-image matching stats (first {MAP_RESAMPLES} resamples; no p-value). "
+             "Overlapping intervals do not by themselves mean no difference; "
              "the paired difference interval is the one to read.", ""]
+    lines += ["## Positive control: can this run detect a known effect?", "",
+              "Training on occluded images (S2) must beat clean training (S1) on the occluded test images. Each "
+              "headline metric's paired difference S2 - S1 on test_occ_fixed, at conf 0.25 and at each session's "
+              "val-chosen threshold; a metric detects the effect when its 95% interval lies above 0. What each "
+              "metric can and cannot detect, with the pilot's numbers: docs/what-metrics-detect.md.", ""]
+    for model in result.models:
+        table, verdict = positive_control(result.comparisons, model)
+        lines += [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
     for split in SPLITS[::-1]:
         confs = ", ".join(_fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
         lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
@@ -1025,8 +1134,8 @@ def render_markdown(result: "ReportResult") -> str:
     by_metric = metric_table(result.comparisons, result.models)
     if len(by_metric):
         lines += ["## S2 vs S1 on every metric", "",
-                  "Does the occluded-training effect depend on the metric? Paired intervals and p-values for the "
-                  "F1s; mAP as a point estimate.", "", markdown_table(by_metric), ""]
+                  "Does the occluded-training effect depend on the metric? Paired intervals for every metric; "
+                  "p-values for the F1s.", "", markdown_table(by_metric), ""]
     if len(failures):
         lines += ["## Sessions not done", ""]
         lines += [f"- {row['model']} {row['session_label']}: {row['status']}"

@@ -15,6 +15,7 @@ Session folder `<output_root>/<model>/<model>__<session>/`:
     predictions_val.json          per-image records of the clean val split (threshold choice only)
     predictions_test_clean.json   per-image records (see exp3.evaluate)
     predictions_test_occ_fixed.json
+    map_stats_<split>.npz         the validator's per-image matching stats of each test split (mAP's CIs)
     metrics.json                  schema in docs/schema.md
     logs/train.log                the training subprocess's stdout + stderr (all attempts)
     DONE | FAILED                 marker (JSON): DONE holds metrics.json's sha256 and the inputs' key
@@ -280,6 +281,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         atomic_write_json(paths.predictions(split),
                           {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
                            "checkpoint": str(checkpoint), "images": evaluation.records})
+        evaluation.map_stats.save(paths.map_stats(split))
         splits[split] = _split_metrics(evaluation, records_from_json(evaluation.records), config, names,
                                        chosen["conf"])
         eval_wall += evaluation.wall_s

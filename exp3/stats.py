@@ -103,7 +103,7 @@ def bootstrap_indices(n_images: int, n_resamples: int = DEFAULT_RESAMPLES, seed:
     return np.random.default_rng(seed).integers(0, n_images, size=(n_resamples, n_images))
 
 
-def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence}; pass a level in (0, 1) such as 0.95")
     tail = 50.0 * (1.0 - confidence)
@@ -125,7 +125,7 @@ def bootstrap_f1_interval(counts: np.ndarray, confidence: float = DEFAULT_CONFID
     if indices is None:
         indices = bootstrap_indices(len(counts), n_resamples, seed)
     draws = micro_f1(counts[indices])                                   # (B,)
-    low, high = _percentiles(draws, confidence)
+    low, high = percentile_interval(draws, confidence)
     return Interval(float(micro_f1(counts)), low, high)
 
 
@@ -136,7 +136,7 @@ def bootstrap_mean_interval(values: np.ndarray, confidence: float = DEFAULT_CONF
     if array.size == 0 or not np.all(np.isfinite(array)):
         raise ValueError("values must be a non-empty array of finite per-image scores")
     draws = array[bootstrap_indices(array.size, n_resamples, seed)].mean(axis=1)
-    low, high = _percentiles(draws, confidence)
+    low, high = percentile_interval(draws, confidence)
     return Interval(float(array.mean()), low, high)
 
 
@@ -156,7 +156,7 @@ def bootstrap_ratio_interval(numerator_counts: np.ndarray, denominator_counts: n
     estimate = float(micro_f1(numerator)) / full_bottom if full_bottom > 0 else float("nan")
     if not valid.any():
         return Interval(estimate, float("nan"), float("nan"))
-    low, high = _percentiles(top[valid] / bottom[valid], confidence)
+    low, high = percentile_interval(top[valid] / bottom[valid], confidence)
     return Interval(estimate, low, high)
 
 
@@ -177,7 +177,7 @@ def paired_difference_interval(counts_a: np.ndarray, counts_b: np.ndarray,
     a, b = _aligned(counts_a, counts_b)
     indices = bootstrap_indices(len(a), n_resamples, seed)
     draws = micro_f1(a[indices]) - micro_f1(b[indices])
-    low, high = _percentiles(draws, confidence)
+    low, high = percentile_interval(draws, confidence)
     return Interval(float(micro_f1(a) - micro_f1(b)), low, high)
 
 
@@ -260,7 +260,7 @@ def paired_mean_difference_interval(values_a: np.ndarray, values_b: np.ndarray,
     a, b = _aligned_scores(values_a, values_b)
     difference = a - b
     draws = difference[bootstrap_indices(len(a), n_resamples, seed)].mean(axis=1)      # (B,)
-    low, high = _percentiles(draws, confidence)
+    low, high = percentile_interval(draws, confidence)
     return Interval(float(difference.mean()), low, high)
 
 

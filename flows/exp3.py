@@ -4,6 +4,8 @@
     python flows/exp3.py --config configs/exp3.yaml [--models yolov8m] [--sessions S1_clean_train S3_mask_neck]
     python flows/exp3.py --smoke --dry-run       # the grid, each session's cache key and state; trains nothing
     python flows/exp3.py --sanity                # 1 model x 2 sessions twice: the second run must skip both
+    python flows/exp3.py --pilot                 # before the overnight run: all six sessions, short, with the
+                                                 # report's positive control (S2 vs S1 on occluded images)
     python flows/exp3.py --smoke --rerun-failed  # also run sessions that have a FAILED marker
 
 Crash safety: a session's result is cached under a key built from everything it depends on
@@ -31,7 +33,18 @@ if __name__ == "exp3":  # Prefect's loader registers a script under its file ste
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
+PILOT_CONFIG = REPO / "configs" / "pilot.yaml"
+PILOT_GPU_CONFIG = REPO / "configs" / "pilot-gpu.yaml"
 SANITY_SESSIONS = ("S1_clean_train", "S3_mask_backbone_early")
+
+
+def pilot_config_path(cuda_available: bool | None = None) -> Path:
+    """configs/pilot-gpu.yaml where CUDA is available (both real models), else configs/pilot.yaml (yolov8n, CPU)."""
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return PILOT_GPU_CONFIG if cuda_available else PILOT_CONFIG
 
 
 def _cli_config(argv: list[str]) -> tuple[Any, argparse.Namespace]:
@@ -42,15 +55,21 @@ def _cli_config(argv: list[str]) -> tuple[Any, argparse.Namespace]:
     parser.add_argument("--config", type=Path, default=None, help="experiment config (default configs/exp3.yaml)")
     parser.add_argument("--smoke", action="store_true", help="configs/smoke.yaml: 12 sessions x 1 epoch")
     parser.add_argument("--sanity", action="store_true", help="1 model x 2 sessions, run twice; PASS if skipped")
+    parser.add_argument("--pilot", action="store_true", help="before the overnight run: the real pipeline, short "
+                        "(configs/pilot.yaml on CPU, configs/pilot-gpu.yaml where CUDA is available)")
     parser.add_argument("--models", nargs="+", default=None, help="only these models")
     parser.add_argument("--sessions", nargs="+", default=None, help="only these sessions (e.g. S1_clean_train)")
     parser.add_argument("--dry-run", action="store_true", help="print the grid with keys and states; train nothing")
     parser.add_argument("--rerun-failed", action="store_true", help="run sessions with a FAILED marker again")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    if args.config is not None and (args.smoke or args.sanity):
-        parser.error("--config cannot be combined with --smoke/--sanity (they choose configs/smoke.yaml)")
-    path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or REPO / "configs" / "exp3.yaml")
+    if sum((args.config is not None, args.smoke or args.sanity, args.pilot)) > 1:
+        parser.error("--config, --smoke/--sanity and --pilot each choose the config: pass one of them")
+    if args.pilot:
+        path = pilot_config_path()
+        print(f"exp3 pilot: {path.relative_to(REPO)}", file=sys.stderr)
+    else:
+        path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or REPO / "configs" / "exp3.yaml")
     overrides = list(args.overrides)
     if args.sanity:
         overrides.append("output_root=runs/exp3-sanity")
@@ -336,6 +355,8 @@ def _dry_run(config: ExperimentConfig, args: argparse.Namespace) -> int:
     keys = {s.name: session_inputs(config, s, fingerprint, suite, weights[s.model]).key for s in grid} if ready else {}
     print(f"exp3 dry run: {len(grid)} sessions under {root}"
           + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
+    print(f"  models: {', '.join(dict.fromkeys(s.model for s in grid))} "
+          f"(configured: {', '.join(config.models)}; `<name>: null` in a config file removes an inherited one)")
     for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root), keys)):
         print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
               f"{keys.get(session.name, '-')}")

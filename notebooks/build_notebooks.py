@@ -24,14 +24,18 @@ NOTEBOOKS: dict[str, dict[str, str]] = {
         "config": "configs/exp3.yaml",
         "output_root": "runs/exp3",
         "epochs": "None",
-        "note": "Needs a GPU runtime (Runtime > Change runtime type > GPU). Hours per session on a T4.",
+        "run_pilot": "True",
+        "note": "Needs a GPU runtime (Runtime > Change runtime type > GPU). Hours per session on a T4. "
+                "Run the pilot cell first: it tells you, in minutes, whether this run can detect a known effect.",
     },
     "experiment3_smoketest_1epoch.ipynb": {
         "title": "exp3 smoke test: the same pipeline, 12 sessions x 1 epoch on the embedded dataset",
         "config": "configs/smoke.yaml",
         "output_root": "runs/exp3-smoke",
         "epochs": "1",
-        "note": "Runs on CPU or GPU in minutes; checks the wiring, not the science.",
+        "run_pilot": "False",
+        "note": "Runs on CPU or GPU in minutes; checks the wiring, not the science. Before a real run, set "
+                "RUN_PILOT = True (or use the full notebook): the pilot checks the science.",
     },
 }
 
@@ -48,6 +52,7 @@ USE_GPU = True                           # False = train on CPU
 USE_DRIVE = True                         # Colab: keep OUTPUT_ROOT on Google Drive so a reconnect resumes
 REPO_URL = None                          # Colab: git URL of your exp3 copy; None = already inside a checkout
 EXTRA_SETTINGS = os.environ.get("EXP3_NB_SET", "").split()              # extra KEY=VALUE config overrides
+RUN_PILOT = {run_pilot}                      # run this before the overnight run: `flows/exp3.py --pilot` first
 '''
 
 INSTALL_CELL = '''# ---- Install (Colab) or locate the checkout ----------------------------------------------
@@ -76,6 +81,19 @@ if IN_COLAB and USE_DRIVE:
     drive.mount("/content/drive")
     OUTPUT_ROOT = str(Path("/content/drive/MyDrive") / OUTPUT_ROOT)
 print("output root:", OUTPUT_ROOT)
+'''
+
+PILOT_CELL = '''# ---- Pilot: run this before the overnight run (its own output root) ----------------------------
+# The real pipeline, short (configs/pilot-gpu.yaml on a GPU: minutes; configs/pilot.yaml on CPU: ~30 min).
+# Its report's positive control says which metrics detect S2 (occluded training) > S1 on occluded images.
+if RUN_PILOT:
+    PILOT_ROOT = str(Path(OUTPUT_ROOT).parent / "exp3-pilot")
+    pilot = subprocess.run([sys.executable, "flows/exp3.py", "--pilot", "--set", f"output_root={PILOT_ROOT}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print("\\n".join(pilot.stdout.splitlines()[-5:]))
+    report = (Path(PILOT_ROOT) / "report.md").read_text() if (Path(PILOT_ROOT) / "report.md").exists() else ""
+    section = report.split("## Positive control")[-1].split("\\n## ")[0] if report else "no report: see the log above"
+    print("## Positive control" + section)
 '''
 
 RUN_CELL = '''# ---- Run the flow (crash-safe: after a disconnect, run this cell again) ---------------------
@@ -128,6 +146,7 @@ def build(name: str) -> nbformat.NotebookNode:
         nbformat.v4.new_code_cell(CONFIG_CELL.format(**spec)),
         nbformat.v4.new_code_cell(INSTALL_CELL),
         nbformat.v4.new_code_cell(DRIVE_CELL),
+        nbformat.v4.new_code_cell(PILOT_CELL),
         nbformat.v4.new_code_cell(RUN_CELL),
         nbformat.v4.new_code_cell(STATUS_CELL),
         nbformat.v4.new_code_cell(TABLE_CELL),

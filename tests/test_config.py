@@ -93,3 +93,17 @@ def test_config_cli_exits_non_zero_on_bad_key(tmp_path: Path) -> None:
 def test_device_given_as_yaml_int_is_accepted_as_text() -> None:
     # the flow's GPU lanes pass `--set train.device=0`; YAML reads that as the int 0
     assert load_config(None, ["train.device=0"]).train.device == "0"
+
+
+def test_null_removes_an_inherited_model(tmp_path: Path) -> None:
+    """An override file adds to its base's models; `<name>: null` removes one (only these models run)."""
+    (tmp_path / "only.yaml").write_text(f"base: {REPO / 'configs' / 'exp3.yaml'}\n"
+                                        "models:\n  yolov8m: null\n  rtdetr-l: null\n"
+                                        "  yolov8n: {architecture: yolov8n.yaml, weights: null, epochs: 3}\n")
+    assert list(load_config(tmp_path / "only.yaml").models) == ["yolov8n"]
+    (tmp_path / "added.yaml").write_text(f"base: {REPO / 'configs' / 'exp3.yaml'}\n"
+                                         "models:\n  yolov8n: {architecture: yolov8n.yaml, epochs: 3}\n")
+    assert list(load_config(tmp_path / "added.yaml").models) == ["yolov8m", "rtdetr-l", "yolov8n"]
+    assert list(load_config(None, ["models.rtdetr-l=null"]).models) == ["yolov8m"]
+    with pytest.raises(ConfigError, match="at least one model"):
+        load_config(None, ["models.rtdetr-l=null", "models.yolov8m=null"])

@@ -88,3 +88,15 @@ def test_trained_map_equals_plain_ultralytics_val(trained_evaluation, trained_yo
                                                    plots=False, verbose=False, project=str(tmp_path), name="plain")
     assert trained_evaluation.map50 == pytest.approx(float(plain.box.map50), abs=1e-9) and trained_evaluation.map50 > 0
     assert trained_evaluation.map50_95 == pytest.approx(float(plain.box.map), abs=1e-9)
+
+
+def test_map_recomputed_from_the_kept_per_image_stats_equals_the_validator(trained_evaluation, tmp_path: Path) -> None:
+    """The per-image statistics behind mAP's bootstrap reproduce the validator's mAP of a trained model."""
+    from exp3.mapstats import MapStats, mean_ap
+
+    stats = trained_evaluation.map_stats
+    assert sorted(stats.image_ids) == sorted(record["image_id"] for record in trained_evaluation.records)
+    assert len(stats.conf) > 0 and stats.tp.any()
+    map50, map50_95 = mean_ap(MapStats.load(stats.save(tmp_path / "stats.npz")))
+    assert map50 == pytest.approx(trained_evaluation.map50, abs=1e-12) and map50 > 0
+    assert map50_95 == pytest.approx(trained_evaluation.map50_95, abs=1e-12)

@@ -172,3 +172,26 @@ def test_prefect_yaml_deployments_point_at_real_flows() -> None:
     for deployment in spec["deployments"]:
         config_file = deployment.get("parameters", {}).get("config_file")
         assert config_file is None or (REPO / config_file).is_file()
+
+
+def test_pilot_configs_and_cli(tmp_path: Path) -> None:
+    """`--pilot`: configs/pilot.yaml on CPU (only yolov8n, all four masking sites, the full dataset, its own
+    root), configs/pilot-gpu.yaml with CUDA (both real models); the CLI path lists its six sessions."""
+    from exp3.config import load_config
+    from exp3.masking import build_detection_model, resolve_masking_sites
+
+    cpu, gpu = (load_config(REPO / "configs" / name) for name in ("pilot.yaml", "pilot-gpu.yaml"))
+    assert list(cpu.models) == ["yolov8n"] and cpu.models["yolov8n"].weights is None
+    assert set(resolve_masking_sites(build_detection_model(cpu.models["yolov8n"].architecture, nc=8))) == {
+        "backbone_early", "backbone_late", "neck", "head"}
+    assert cpu.dataset.preset == "full" and cpu.sessions == load_config(None).sessions
+    assert list(gpu.models) == ["yolov8m", "rtdetr-l"] and gpu.train.device == "0"
+    assert len({str(c.output_root) for c in (cpu, gpu, load_config(REPO / "configs" / "exp3.yaml"))}) == 3
+    dry = _flow(tmp_path, "--pilot", "--dry-run", timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    gpu_chosen = "exp3 pilot: configs/pilot-gpu.yaml" in dry.stderr           # only where CUDA is available
+    assert gpu_chosen or "exp3 pilot: configs/pilot.yaml" in dry.stderr
+    assert f"exp3 dry run: {12 if gpu_chosen else 6} sessions under {tmp_path / 'runs'}" in dry.stdout
+    assert ("rtdetr-l" if gpu_chosen else "yolov8n") + "__S6_mask_head" in dry.stdout
+    both = _flow(tmp_path, "--pilot", "--smoke", timeout=300)
+    assert both.returncode == 2 and "each choose the config" in both.stderr

@@ -31,6 +31,7 @@ from scipy import stats as scipy_stats
 from exp3 import report
 from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, sha256_file
+from exp3.mapstats import MapStats, mean_ap
 from exp3.metrics import ImageRecord, records_to_json, summarize_split
 from exp3.session import robustness
 
@@ -74,15 +75,25 @@ def hit_records(n_images: int, hits: int, misplaced: int = 0, weak: int = 0) -> 
 
 def map_value(model: str, suffix: str, split: str) -> float:
     """A known, distinct mAP50-95 per cell."""
-    return round(0.1 * (1 + MODELS.index(model)) + 0.01 * SESSION_SUFFIXES.index(suffix)
+    return round(0.1 * (1 + (MODELS + [model]).index(model)) + 0.01 * SESSION_SUFFIXES.index(suffix)
                  + (0.0 if split == "test_clean" else 0.05), 4)
 
 
+def map_stats_of(records: list[ImageRecord]) -> MapStats:
+    """The validator's per-image stats of `records`: a box on the object is a TP at every IoU threshold."""
+    return MapStats.from_images([{
+        "image_id": record.image_id, "conf": np.asarray(record.pred_conf, np.float32),
+        "pred_cls": np.asarray(record.pred_classes, np.float32), "target_cls": np.asarray(record.gt_classes, np.float32),
+        "tp": np.array([[np.allclose(box, [10, 10, 50, 50])] * 10 for box in record.pred_boxes], bool).reshape(-1, 10)}
+        for record in records])
+
+
 def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, int], seed: int = 0,
-                       n_images: int = N_IMAGES, val_threshold: bool = True) -> dict:
+                       n_images: int = N_IMAGES, val_threshold: bool = True, with_map_stats: bool = False) -> dict:
     """A done session folder: predictions_<split>.json, metrics.json (session schema subset), DONE.
 
     val_threshold: write the coming schema's `at_val_threshold` / `thresholds` keys (False: an old file).
+    with_map_stats: also write map_stats_<split>.npz, with metrics.json's mAP computed from it.
     """
     splits = {}
     val_conf = VAL_CONF.get((model, suffix), 0.1)
@@ -93,6 +104,10 @@ def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, i
         summary = summarize_split(records, num_classes=len(CLASS_NAMES), conf=0.25, class_names=CLASS_NAMES)
         splits[split] = {"map50": map_value(model, suffix, split) + 0.2, "map50_95": map_value(model, suffix, split),
                          "eval_wall_s": 2.5, **summary}
+        if with_map_stats:
+            stats = map_stats_of(records)
+            stats.save(folder / f"map_stats_{split}.npz")
+            splits[split]["map50"], splits[split]["map50_95"] = mean_ap(stats)
         if val_threshold:
             at_val = summarize_split(records, num_classes=len(CLASS_NAMES), conf=val_conf, class_names=CLASS_NAMES)
             splits[split]["at_val_threshold"] = {"conf": val_conf, "ingredient": at_val["ingredient"],
@@ -315,15 +330,15 @@ def test_both_readings_of_a_pair_share_one_test(built: report.ReportResult) -> N
 def test_comparisons_csv_layout_has_metric_and_threshold(built: report.ReportResult) -> None:
     table = pd.read_csv(built.root / "comparisons.csv", keep_default_na=False, na_values=[""])
     assert list(table.columns) == list(report.COMPARISON_COLUMNS)
-    per_model_split = (len(report.PAIRED_METRICS) + len(report.POINT_METRICS)) * 10 + len(report.PAIRED_METRICS)
+    per_model_split = (len(report.PAIRED_METRICS) + len(report.MAP_METRICS)) * 10 + len(report.PAIRED_METRICS)
     assert len(table) == len(MODELS) * 2 * per_model_split
-    assert set(table["metric"]) == {*report.PAIRED_METRICS, *report.POINT_METRICS}
+    assert set(table["metric"]) == {*report.PAIRED_METRICS, *report.MAP_METRICS}
     at_val = table[table["threshold"] == "val"]
     assert set(zip(at_val["session"], at_val["reference"])) == {("S2_occ_train", "S1_clean_train")}
     assert set(at_val["metric"]) == set(report.PAIRED_METRICS)
-    maps = table[table["metric"].isin(report.POINT_METRICS)].set_index(["model", "split", "metric", "session",
+    maps = table[table["metric"].isin(report.MAP_METRICS)].set_index(["model", "split", "metric", "session",
                                                                          "reference"])
-    assert maps[["ci_low", "ci_high", "p_value", "p_bh"]].isna().all().all()      # point estimates only
+    assert maps[["ci_low", "ci_high", "p_value", "p_bh"]].isna().all().all()  # no map_stats files: point estimates
     assert set(maps["threshold"]) == {"primary"}
     assert maps.loc[("rtdetr-l", "test_occ_fixed", "map50_95", "S5_mask_neck", "S2_occ_train"), "difference"] == \
         pytest.approx(map_value("rtdetr-l", "S5_mask_neck", "test_occ_fixed")
@@ -352,11 +367,11 @@ def test_findings_say_when_metrics_disagree(built: report.ReportResult) -> None:
             "do not; mAP50 +0.010, mAP50-95 +0.010 (point estimates, no CI: not decidable).") in text
     assert "- **yolov8m**: metrics disagree on S2 vs S1 (test_occ_fixed): ingredient micro F1 +0.222 [" in text
     assert "show a difference; detection F1 +0.000 [" in text
-    assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_occ_fixed): each F1 shows a difference (" in text
-    assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_clean): no F1 shows a difference (" in text
+    assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_occ_fixed): each metric shows a difference (" in text
+    assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_clean): no metric shows a difference (" in text
     assert "**rtdetr-l**: metrics agree on S5 vs S1 (test_occ_fixed)" in text          # best masking vs S1, S2
     assert "**rtdetr-l**: metrics agree on S5 vs S2 (test_occ_fixed)" in text
-    assert "## S2 vs S1 on every metric" in text and "| point estimate, no CI |" in text
+    assert "## S2 vs S1 on every metric" in text and "| point estimate, no CI (no map_stats file) |" in text
 
 
 def test_val_chosen_threshold_columns_and_comparison(built: report.ReportResult) -> None:
@@ -415,3 +430,31 @@ def test_old_metrics_without_val_threshold_still_report(tmp_path: Path) -> None:
             _strict_loads(path.read_text())
     rows = _strict_loads((tmp_path / "summary_metrics.json").read_text())
     assert any(row["rF1_micro"] is None for row in rows if row["session"] == "S3_mask_backbone_early")
+
+
+def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path: Path) -> None:
+    """With map_stats files, mAP differences get bootstrap intervals; the report's positive control says
+    which metrics detect S2 > S1 on test_occ_fixed (here every metric: S2 hits 16 of 20 images, S1 8)."""
+    hits = {"S1_clean_train": (20, 8), "S2_occ_train": (20, 16), "S3_mask_backbone_early": (20, 8)}
+    for suffix, pair in hits.items():
+        write_done_session(tmp_path / "yolov8n" / f"yolov8n__{suffix}", "yolov8n", suffix, pair, with_map_stats=True)
+    built = report.build_report(tmp_path, models=["yolov8n"], n_resamples=300, n_permutations=500, charts=False)
+    rows = built.comparisons.set_index(["split", "metric", "threshold", "session", "reference"])
+    s2 = rows.loc[("test_occ_fixed", "map50", "primary", "S2_occ_train", "S1_clean_train")]
+    # one class per image, one box on the object per hit, no false positives: AP of class c = hit share of c
+    assert s2["difference"] == pytest.approx((16 - 8) / 20) and 0 < s2["ci_low"] < s2["difference"] < s2["ci_high"]
+    assert math.isnan(s2["p_value"]) and s2["bh_family"] == ""
+    same = rows.loc[("test_occ_fixed", "map50_95", "primary", "S3_mask_backbone_early", "S1_clean_train")]
+    assert (same["difference"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)      # identical predictions
+    table, verdict = report.positive_control(built.comparisons, "yolov8n")
+    assert len(table) == len(report.POSITIVE_CONTROL_ROWS)
+    assert verdict.startswith("**yolov8n** positive control (S2 vs S1 on test_occ_fixed): detect the effect: "
+                              "ingredient micro F1 @0.25, ingredient micro F1 @val")
+    assert "mAP50, mAP50-95; do not: none." in verdict
+    text = (tmp_path / "report.md").read_text()
+    assert "## Positive control: can this run detect a known effect?" in text and f"- {verdict}" in text
+    assert "docs/what-metrics-detect.md" in text
+    alone = report.build_report(tmp_path, models=["yolov8n", "yolov8n"], n_resamples=50, n_permutations=50,
+                                charts=False)
+    assert report.positive_control(alone.comparisons, "yolov8m")[1] == (
+        "**yolov8m**: positive control not available (S2 and S1 must both be done on test_occ_fixed).")

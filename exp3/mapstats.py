@@ -1,0 +1,173 @@
+"""Per-image matching statistics of Ultralytics' validator, and mAP recomputed from them.
+
+Ultralytics' mAP is a corpus-level number with no per-image decomposition, so a confidence
+interval for it (or for a paired difference between two sessions) needs the validator's own
+per-image statistics: for every image, each prediction's confidence, class and true-positive flags
+at the ten IoU thresholds 0.50:0.95, and the ground-truth classes. `exp3.evaluate` captures them
+from the validator pass that gives `metrics.json`'s mAP; a session folder keeps them as
+`map_stats_<split>.npz`.
+
+`mean_ap(stats)` recomputes (mAP50, mAP50-95) exactly as `ultralytics.utils.metrics.ap_per_class`
+does (same confidence sort, per-class cumulative TP/FP, sentinels, precision envelope, 101-point
+interpolation, trapezoid), so on all images it equals the validator's `box.map50` / `box.map`
+(tests/test_evaluate.py checks this on a trained model). With `weights` (how often each image is
+drawn in a bootstrap resample) every prediction and target of an image counts that many times:
+the mAP of the resampled image set, computed without materialising it. Copies of one prediction
+are merged into one point of the PR curve; copies share a confidence and a TP flag, so without tied
+confidences the result equals `ap_per_class` on literally duplicated arrays (with ties, Ultralytics'
+own value depends on its sort's tie order).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exp3.fileio import atomic_write_bytes
+
+IOU_THRESHOLDS = 10
+"""Ultralytics' IoU thresholds 0.50, 0.55, ..., 0.95 (columns of `tp`)."""
+AP_X = np.linspace(0, 1, 101)
+"""COCO's 101 recall points (Ultralytics' `_AP_X`)."""
+EPS = 1e-16
+"""Ultralytics' `ap_per_class` eps in recall = tpc / (n_l + eps)."""
+
+
+@dataclass(frozen=True)
+class MapStats:
+    """The validator's per-image statistics of one split, images in the validator's order.
+
+    Predictions: `tp` (P, 10) bool, `conf` (P,), `pred_cls` (P,), `pred_image` (P,) index into
+    `image_ids`. Targets: `target_cls` (G,), `target_image` (G,).
+    """
+
+    image_ids: tuple[str, ...]
+    tp: np.ndarray
+    conf: np.ndarray
+    pred_cls: np.ndarray
+    pred_image: np.ndarray
+    target_cls: np.ndarray
+    target_image: np.ndarray
+
+    @classmethod
+    def from_images(cls, images: list[dict[str, Any]]) -> "MapStats":
+        """From one dict per image: image_id, tp (P, 10), conf (P,), pred_cls (P,), target_cls (G,)."""
+        def cat(key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            parts = [np.asarray(image[key]).reshape(-1, *shape[1:]) for image in images]
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
+        return cls(
+            image_ids=tuple(str(image["image_id"]) for image in images),
+            tp=cat("tp", (0, IOU_THRESHOLDS), bool),
+            conf=cat("conf", (0,), np.float32),
+            pred_cls=cat("pred_cls", (0,), np.float32),
+            pred_image=np.repeat(np.arange(len(images)), [len(image["conf"]) for image in images]),
+            target_cls=cat("target_cls", (0,), np.float32),
+            target_image=np.repeat(np.arange(len(images)), [len(image["target_cls"]) for image in images]),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write as a compressed .npz, atomically."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, image_ids=np.array(self.image_ids, dtype=str), tp=self.tp, conf=self.conf,
+                            pred_cls=self.pred_cls, pred_image=self.pred_image, target_cls=self.target_cls,
+                            target_image=self.target_image)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MapStats":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(image_ids=tuple(str(v) for v in data["image_ids"]), tp=data["tp"], conf=data["conf"],
+                       pred_cls=data["pred_cls"], pred_image=data["pred_image"], target_cls=data["target_cls"],
+                       target_image=data["target_image"])
+
+    def weights_for(self, image_ids: list[str] | tuple[str, ...], counts: np.ndarray) -> np.ndarray:
+        """Per-image weights in this object's order from `counts` given in the order of `image_ids`."""
+        position = {image_id: index for index, image_id in enumerate(image_ids)}
+        missing = [image_id for image_id in self.image_ids if image_id not in position]
+        if missing:
+            raise ValueError(f"image {missing[0]!r} of the mAP statistics is not in the resampled image list; "
+                             "compare sessions evaluated on the same images")
+        return np.asarray(counts)[..., [position[image_id] for image_id in self.image_ids]]
+
+
+class _Sorted:
+    """Predictions in Ultralytics' order (argsort of -conf), grouped by class, ready for weighted AP."""
+
+    def __init__(self, stats: MapStats) -> None:
+        order = np.argsort(-stats.conf)                               # exactly ap_per_class's sort
+        order = order[np.argsort(stats.pred_cls[order], kind="stable")]  # per class, conf order kept
+        self.classes = np.unique(stats.target_cls)
+        self.tp = stats.tp[order].astype(np.float64)
+        self.pred_cls = stats.pred_cls[order]
+        self.pred_image = stats.pred_image[order]
+        self.stats = stats
+        self.bounds = {float(c): (int(np.searchsorted(self.pred_cls, c, "left")),
+                                  int(np.searchsorted(self.pred_cls, c, "right"))) for c in self.classes}
+
+    def mean_ap(self, weights: np.ndarray | None) -> tuple[float, float]:
+        stats = self.stats
+        n_images = len(stats.image_ids)
+        w_image = np.ones(n_images) if weights is None else np.asarray(weights, dtype=np.float64)
+        n_labels = np.bincount(np.searchsorted(self.classes, stats.target_cls), weights=w_image[stats.target_image],
+                               minlength=len(self.classes))
+        aps = []
+        for index, c in enumerate(self.classes):
+            if n_labels[index] == 0:
+                continue                                               # class absent from this resample
+            start, stop = self.bounds[float(c)]
+            w = w_image[self.pred_image[start:stop]]
+            keep = w > 0
+            if not keep.any():
+                aps.append(np.zeros(IOU_THRESHOLDS))
+                continue
+            tp, w = self.tp[start:stop][keep], w[keep][:, None]
+            tpc = np.cumsum(tp * w, axis=0)
+            fpc = np.cumsum((1.0 - tp) * w, axis=0)
+            recall = tpc / (n_labels[index] + EPS)
+            precision = tpc / (tpc + fpc)
+            mrec = np.concatenate([np.zeros((1, IOU_THRESHOLDS)), recall, recall[-1:], np.ones((1, IOU_THRESHOLDS))])
+            mpre = np.concatenate([np.ones((1, IOU_THRESHOLDS)), precision, np.zeros((2, IOU_THRESHOLDS))])
+            mpre = np.flip(np.maximum.accumulate(np.flip(mpre, 0), axis=0), 0)
+            # the ten IoU columns as one monotone curve (column j shifted right by j * step): one interp call
+            offsets = (np.ceil(mrec.max()) + 1.0) * np.arange(IOU_THRESHOLDS)
+            queries = (AP_X[None, :] + offsets[:, None]).ravel()
+            curve = np.interp(queries, (mrec + offsets).T.ravel(), mpre.T.ravel()).reshape(IOU_THRESHOLDS, -1)
+            aps.append(np.trapezoid(curve, AP_X, axis=1))
+        if not aps:
+            return 0.0, 0.0
+        ap = np.vstack(aps)
+        return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def mean_ap(stats: MapStats, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """(mAP50, mAP50-95) of `stats`, each image counted `weights[i]` times (None: once). See module docstring."""
+    return _Sorted(stats).mean_ap(weights)
+
+
+def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indices: np.ndarray) -> np.ndarray:
+    """(B, 2) mAP50 / mAP50-95 of each resample; `indices` (B, N) index `image_ids` (exp3.stats.bootstrap_indices)."""
+    indices = np.asarray(indices)
+    counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
+    np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
+    weights = stats.weights_for(image_ids, counts)
+    prepared = _Sorted(stats)
+    return np.array([prepared.mean_ap(row) for row in weights]).reshape(-1, 2)
+
+
+def seed_mean_draws(runs: list[MapStats], image_ids: list[str] | tuple[str, ...], indices: np.ndarray) -> np.ndarray:
+    """(B, 2) bootstrap mAP50 / mAP50-95 of one session, averaged over its seeds (one MapStats per seed).
+
+    Every session of a comparison gets the same `indices`, so differences of draws are paired.
+    """
+    return np.mean([bootstrap_map(stats, image_ids, indices) for stats in runs], axis=0)
+
+
+def common_image_ids(runs: list[MapStats]) -> tuple[str, ...] | None:
+    """The sorted image ids when every run holds the same images (pairing is possible), else None."""
+    sets = {frozenset(stats.image_ids) for stats in runs}
+    return tuple(sorted(next(iter(sets)))) if len(sets) == 1 and runs else None
