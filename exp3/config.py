@@ -178,6 +178,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     failure: FailureConfig = FailureConfig()
     gpus: tuple[int, ...] = ()
+    parallel_sessions: int = Field(default=1, ge=1)
     seeds: tuple[int, ...] = (0,)
     download_weights: bool = False
 
@@ -201,6 +202,13 @@ class ExperimentConfig(_Strict):
             if "__" in name or "/" in name:
                 raise ValueError(f"model name {name!r} may not contain '__' or '/': rename it")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_parallelise(self) -> "ExperimentConfig":
+        if self.gpus and self.parallel_sessions > 1:
+            raise ValueError(f"parallel_sessions {self.parallel_sessions} with gpus {list(self.gpus)}: with GPUs the "
+                             "lanes are the GPUs (one session each); set parallel_sessions: 1 or gpus: []")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -292,6 +300,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key {location!r}: remove it or check the spelling against configs/exp3.yaml"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:                       # a check across keys: the message names the values
+        return f"{source}: {message}"
     return f"{source}: invalid value for {location!r} ({first.get('input')!r}): {message}"
 
 

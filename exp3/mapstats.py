@@ -37,6 +37,15 @@ EPS = 1e-16
 """Ultralytics' `ap_per_class` eps in recall = tpc / (n_l + eps)."""
 
 
+BOOTSTRAP_RESAMPLES = 1000
+"""Bootstrap draws of mAP per split: each draw recomputes mAP over every prediction (about 5 ms at 200 images
+and 34k validator predictions on 2 CPU cores), so a session computes its draws once, right after its
+evaluation, and keeps them in `map_stats_<split>.npz`; the report only differences them."""
+BOOTSTRAP_SEED = 0
+"""Seed of the index matrix (exp3.stats.bootstrap_indices over the sorted image ids): the report's default
+seed, so every session of a split is resampled identically and the draws pair."""
+
+
 @dataclass(frozen=True)
 class MapStats:
     """The validator's per-image statistics of one split, images in the validator's order.
@@ -52,6 +61,25 @@ class MapStats:
     pred_image: np.ndarray
     target_cls: np.ndarray
     target_image: np.ndarray
+    draws: np.ndarray | None = None
+    """(B, 2) bootstrap mAP50 / mAP50-95 (`with_draws`), or None."""
+    draws_seed: int | None = None
+
+    def with_draws(self, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> "MapStats":
+        """A copy holding the bootstrap draws over the sorted image ids (`stats.bootstrap_indices(N, B, seed)`)."""
+        from dataclasses import replace
+
+        from exp3.stats import bootstrap_indices
+
+        ids = tuple(sorted(self.image_ids))
+        return replace(self, draws=bootstrap_map(self, ids, bootstrap_indices(len(ids), n_resamples, seed)),
+                       draws_seed=seed)
+
+    def stored_draws(self, n_resamples: int, seed: int) -> np.ndarray | None:
+        """The kept draws when they were made with `n_resamples` and `seed`, else None."""
+        if self.draws is None or self.draws_seed != seed or self.draws.shape != (n_resamples, 2):
+            return None
+        return self.draws
 
     @classmethod
     def from_images(cls, images: list[dict[str, Any]]) -> "MapStats":
@@ -73,9 +101,10 @@ class MapStats:
     def save(self, path: str | Path) -> Path:
         """Write as a compressed .npz, atomically."""
         buffer = io.BytesIO()
+        extra = {} if self.draws is None else {"draws": self.draws, "draws_seed": np.array(self.draws_seed)}
         np.savez_compressed(buffer, image_ids=np.array(self.image_ids, dtype=str), tp=self.tp, conf=self.conf,
                             pred_cls=self.pred_cls, pred_image=self.pred_image, target_cls=self.target_cls,
-                            target_image=self.target_image)
+                            target_image=self.target_image, **extra)
         return atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
@@ -83,7 +112,8 @@ class MapStats:
         with np.load(path, allow_pickle=False) as data:
             return cls(image_ids=tuple(str(v) for v in data["image_ids"]), tp=data["tp"], conf=data["conf"],
                        pred_cls=data["pred_cls"], pred_image=data["pred_image"], target_cls=data["target_cls"],
-                       target_image=data["target_image"])
+                       target_image=data["target_image"], draws=data["draws"] if "draws" in data else None,
+                       draws_seed=int(data["draws_seed"]) if "draws_seed" in data else None)
 
     def weights_for(self, image_ids: list[str] | tuple[str, ...], counts: np.ndarray) -> np.ndarray:
         """Per-image weights in this object's order from `counts` given in the order of `image_ids`."""
@@ -159,12 +189,15 @@ def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indic
     return np.array([prepared.mean_ap(row) for row in weights]).reshape(-1, 2)
 
 
-def seed_mean_draws(runs: list[MapStats], image_ids: list[str] | tuple[str, ...], indices: np.ndarray) -> np.ndarray:
+def seed_mean_draws(runs: list[MapStats], n_resamples: int, seed: int) -> np.ndarray:
     """(B, 2) bootstrap mAP50 / mAP50-95 of one session, averaged over its seeds (one MapStats per seed).
 
-    Every session of a comparison gets the same `indices`, so differences of draws are paired.
+    Every session of a split is resampled with `stats.bootstrap_indices(N, n_resamples, seed)` over
+    the sorted image ids, so differences of draws are paired. Draws a session kept are used as they
+    are; the others are computed here.
     """
-    return np.mean([bootstrap_map(stats, image_ids, indices) for stats in runs], axis=0)
+    return np.mean([stats.stored_draws(n_resamples, seed) if stats.stored_draws(n_resamples, seed) is not None
+                    else stats.with_draws(n_resamples, seed).draws for stats in runs], axis=0)
 
 
 def common_image_ids(runs: list[MapStats]) -> tuple[str, ...] | None:

@@ -34,6 +34,7 @@ import pandas as pd
 from exp3 import stats
 from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, atomic_write_text
+from exp3.mapstats import BOOTSTRAP_RESAMPLES
 from exp3.sessions import SESSION_SEPARATOR, parse_session
 from exp3.plots import SESSION_LABELS
 
@@ -69,9 +70,9 @@ MAP_METRICS: tuple[str, ...] = ("map50", "map50_95")
 """The validator's mAP: no per-image score, but a paired bootstrap interval recomputed from the validator's
 per-image matching stats (`map_stats_<split>.npz`, exp3.mapstats); no permutation p (a point estimate only
 when those files are missing, e.g. a session evaluated before they existed)."""
-MAP_RESAMPLES = 1000
-"""Bootstrap draws for mAP intervals: each draw recomputes mAP over every prediction (about 1-3 ms per draw
-at 200 images), so mAP uses the first MAP_RESAMPLES rows of the F1s' index matrix (same seed)."""
+MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
+"""Bootstrap draws for mAP intervals (exp3.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
+draw recomputes mAP over every prediction; sessions keep theirs in `map_stats_<split>.npz`."""
 METRIC_LABELS: dict[str, str] = {"ingredient_micro_f1": "ingredient micro F1",
                                  "ingredient_samples_f1": "ingredient samples F1", "detection_f1": "detection F1",
                                  "map50": "mAP50", "map50_95": "mAP50-95"}
@@ -474,7 +475,8 @@ class MapDraws:
     """Bootstrap mAP draws of each model x session x split (seed mean), computed once per report.
 
     All sessions of a split are resampled with the same index matrix (`stats.bootstrap_indices`
-    over their sorted image ids), so draw differences are paired like the F1s'.
+    over their sorted image ids), so draw differences are paired like the F1s'. A session's kept
+    draws are used when they match (n_resamples, seed); otherwise they are computed here.
     """
 
     def __init__(self, grouped: dict[tuple[str, str], list[SessionRun]], n_resamples: int, seed: int) -> None:
@@ -495,8 +497,7 @@ class MapDraws:
                 loaded = [MapStats.load(path) for path in paths]
                 ids = common_image_ids(loaded)
                 if ids:
-                    indices = stats.bootstrap_indices(len(ids), self.n_resamples, self.seed)
-                    self._cache[key] = (ids, seed_mean_draws(loaded, ids, indices))
+                    self._cache[key] = (ids, seed_mean_draws(loaded, self.n_resamples, self.seed))
         return self._cache[key]
 
 
@@ -1111,7 +1112,7 @@ def render_markdown(result: "ReportResult") -> str:
              "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
              "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
              "when its paired 95% interval excludes 0. mAP intervals recompute the validator's mAP on each "
-             f"resample from its per-image matching stats (first {MAP_RESAMPLES} resamples; no p-value). "
+             f"resample from its per-image matching stats ({MAP_RESAMPLES} resamples; no p-value). "
              "Overlapping intervals do not by themselves mean no difference; "
              "the paired difference interval is the one to read.", ""]
     lines += ["## Positive control: can this run detect a known effect?", "",

@@ -281,7 +281,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         atomic_write_json(paths.predictions(split),
                           {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
                            "checkpoint": str(checkpoint), "images": evaluation.records})
-        evaluation.map_stats.save(paths.map_stats(split))
+        evaluation.map_stats.with_draws().save(paths.map_stats(split))
         splits[split] = _split_metrics(evaluation, records_from_json(evaluation.records), config, names,
                                        chosen["conf"])
         eval_wall += evaluation.wall_s

@@ -222,9 +222,11 @@ def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, 
 @task(name="report")
 def report_task(output_root: str, models: list[str], seeds: list[int]) -> dict[str, Any]:
     """Summary tables, plots and report.md from the session folders (also for a partial grid)."""
-    from exp3.report import build_report
+    from exp3.report import build_report, positive_control
 
     result = build_report(Path(output_root), models=models, seeds=seeds)
+    for model in models:
+        get_run_logger().info(positive_control(result.comparisons, model)[1].replace("**", ""))
     columns = ["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
                "ingredient_samples_f1", "detection_f1", "rF1_micro"]
     rows = json.loads(result.summary[columns].to_json(orient="records"))
@@ -279,8 +281,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
                                              weights[session.model]).key for session in grid}
         write_plan(root, keys)
         # Lanes: session i runs on lane i % n after the previous session of its lane, whatever that
-        # one's outcome (allow_failure); a lane is a GPU, or the single device, or a fan-out slot.
-        lanes: tuple[int | None, ...] = (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,))
+        # one's outcome (allow_failure); a lane is a GPU, a CPU slot (parallel_sessions) or a fan-out slot.
+        lanes: tuple[int | None, ...] = (None,) * fan_out_width if fan_out_deployment else (
+            config.gpus or (None,) * config.parallel_sessions)
         lane_tail: dict[int, Any] = {}
         futures = {}
         for index, session in enumerate(grid):

@@ -58,6 +58,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("{}\n", ["train.batch"], "is not KEY=VALUE"),
         ("occlusion: {coverage: [0.6, 0.2]}\n", [], "occlusion.coverage"),
         ("seeds: [1, 1]\n", [], "distinct seeds"),
+        ("gpus: [0]\nparallel_sessions: 2\n", [], "parallel_sessions 2 with gpus [0]: with GPUs the lanes"),
+        ("parallel_sessions: 0\n", [], "parallel_sessions"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:

@@ -63,3 +63,13 @@ def test_pairing_follows_image_ids_not_file_order(tmp_path) -> None:
     with pytest.raises(ValueError, match="not in the resampled image list"):
         bootstrap_map(forward, ids[1:], indices[:, :11] % 11)
     assert MapStats.load(forward.save(tmp_path / "s.npz")).image_ids == forward.image_ids
+
+
+def test_kept_draws_are_reused_only_for_the_same_resampling(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    stats = MapStats.from_images([_image(rng, i, tied=False) for i in range(15)]).with_draws(40, seed=3)
+    loaded = MapStats.load(stats.save(tmp_path / "s.npz"))
+    ids = sorted(stats.image_ids)
+    np.testing.assert_array_equal(loaded.stored_draws(40, 3), bootstrap_map(stats, ids, bootstrap_indices(15, 40, 3)))
+    assert loaded.stored_draws(40, 0) is None and loaded.stored_draws(50, 3) is None
+    assert MapStats.load(MapStats.from_images([_image(rng, 0, tied=False)]).save(tmp_path / "t.npz")).draws is None
