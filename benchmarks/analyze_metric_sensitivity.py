@@ -10,7 +10,10 @@ threshold):
 - the split's structure: boxes and distinct classes per image, and how many (image, class) pairs
   hold two or more instances (a set-level metric counts such a pair once);
 - per session: instance recall/precision (detection level, Hungarian matching at IoU 0.5) and
-  class recall/precision (ingredient sets), class recall split by the pair's instance count;
+  class recall/precision (ingredient sets), class recall split by the pair's instance count, the
+  share of correctly named classes with no matched box of that class (named from a box off the
+  object: the set metric credits it, detection F1 and mAP do not), and the median of the highest
+  confidence each present class gets (how confident the model is, whatever the threshold);
 - the instance-level gain of `session` over `reference`: ground-truth boxes only `session` finds,
   and how many of them add a class to the image's ingredient list (their class was not named by
   `reference` in that image) versus add nothing at set level (already named: another instance
@@ -61,10 +64,12 @@ def _session_figures(records: list[ImageRecord], conf: float, match_iou: float) 
         boxes_found += int(matched.sum())
         predicted += int((record.pred_conf >= conf).sum())
         named, counts = _named(record, conf), Counter(int(c) for c in record.gt_classes)
+        localized = {int(c) for c in record.gt_classes[matched]}
         for cls, count in counts.items():
             key = "single" if count == 1 else "multi"
             pairs[f"{key}_pairs"] += 1
             pairs[f"{key}_named"] += int(cls in named)
+            pairs["named_without_matched_box"] += int(cls in named and cls not in localized)
         pairs["named_total"] += len(named)
         pairs["named_correct"] += len(named & set(counts))
     return {
@@ -76,6 +81,10 @@ def _session_figures(records: list[ImageRecord], conf: float, match_iou: float) 
         "class_recall_single_instance": pairs["single_named"] / max(pairs["single_pairs"], 1),
         "class_recall_multi_instance": pairs["multi_named"] / max(pairs["multi_pairs"], 1),
         "false_classes_per_image": (pairs["named_total"] - pairs["named_correct"]) / len(records),
+        "correct_classes_named_without_a_matched_box": pairs["named_without_matched_box"] / max(pairs["named_correct"], 1),
+        "median_top_conf_of_present_classes": float(np.median([
+            max(record.pred_conf[record.pred_classes == c], default=0.0) for record in records
+            for c in set(record.gt_classes.tolist())])),
     }
 
 

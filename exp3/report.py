@@ -1103,7 +1103,8 @@ def render_markdown(result: "ReportResult") -> str:
     failures = summary[(summary["split"] == SPLITS[0]) & (summary["status"] != "done")]
     lines = [f"# exp3 report: {root.name}", "",
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
-             "recomputed from them. Columns and methods: docs/report.md.", "",
+             "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
+             "detect: docs/what-metrics-detect.md.", "",
              "## Grid status", "", markdown_table(status_grid(summary, result.models)), "",
              "## Headline findings", "",
              *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)], "",

@@ -41,13 +41,19 @@ def _train_attempts(folder: Path) -> int:
 
 
 def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
-    result = _flow(tmp_path, "--sanity", "--set", "models.yolov8m.architecture=yolov8n.yaml")
+    """Also runs its two sessions side by side (parallel_sessions: 2, two CPU lanes): their runs overlap in time."""
+    result = _flow(tmp_path, "--sanity", "--set", "models.yolov8m.architecture=yolov8n.yaml",
+                   "--set", "parallel_sessions=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sanity PASS" in result.stdout
     root = tmp_path / "runs" / "exp3-sanity"
+    spans = []
     for session in ("yolov8m__S1_clean_train", "yolov8m__S3_mask_backbone_early"):
         assert (root / "yolov8m" / session / "DONE").is_file()
         assert _train_attempts(root / "yolov8m" / session) == 1
+        folder = root / "yolov8m" / session
+        spans.append(((folder / "inputs.json").stat().st_mtime, (folder / "DONE").stat().st_mtime))
+    assert max(start for start, _ in spans) < min(end for _, end in spans), f"sessions did not overlap: {spans}"
     assert (root / "summary_metrics.csv").is_file() and list((root / "plots").glob("*.png"))
     assert not (root / "stale").exists()  # fresh sessions: nothing was made under other inputs
     dry = _flow(tmp_path, "--sanity", "--dry-run", "--set", "models.yolov8m.architecture=yolov8n.yaml",
