@@ -36,7 +36,8 @@ def test_a_bare_suffix_selects_every_model_and_a_prefixed_name_only_its_model() 
     assert [s.name for s in bare] == ["yolov8m__S1_clean_train", "rtdetr-l__S1_clean_train"]
     assert [s.name for s in select_sessions(config, None, ["yolov8m__S1_clean_train"])] == ["yolov8m__S1_clean_train"]
     mixed = select_sessions(config, None, ["rtdetr-l__S2_occ_train", "S1_clean_train"])
-    assert [s.name for s in mixed] == ["yolov8m__S1_clean_train", "rtdetr-l__S1_clean_train", "rtdetr-l__S2_occ_train"]
+    assert [s.name for s in mixed] == ["yolov8m__S1_clean_train", "rtdetr-l__S1_clean_train",
+                                       "rtdetr-l__S2_occ_train"]
     seeded = load_config(None, ["seeds=[0, 1, 2]"])
     picked = select_sessions(seeded, None, ["yolov8m__S3_mask_backbone_early__seed1", "S1_clean_train"])
     assert [s.name for s in picked] == [*(f"yolov8m__S1_clean_train__seed{n}" for n in (0, 1, 2)),
