@@ -374,7 +374,7 @@ def _layer_listing(layers: nn.Sequential) -> str:
 
 
 def resolve_masking_sites(model: Any) -> dict[str, int]:
-    """Layer index of each site, found from the graph (RESEARCH.md section 9), not hard-coded.
+    """Layer index of each site, found from the graph (docs/references.md section 4), not hard-coded.
 
     * backbone_early: the smallest backbone layer a later layer reads explicitly (the P3 skip);
     * backbone_late: the last backbone layer (`len(yaml["backbone"]) - 1`, SPPF/C2PSA/HGBlock);
