@@ -60,7 +60,6 @@ METRIC_COLUMNS: tuple[str, ...] = ("n_images", "conf", "map50", "map50_95", *ING
 SPREAD_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "map50", "map50_95", "rF1_micro",
                                    "rmAP50_95")
 """Headline metrics that get `_std`, `_min`, `_max` columns across seeds in summary_metrics."""
-ID_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "split", "status", "error")
 
 NOT_IN_RUN = "not in run"
 """Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
