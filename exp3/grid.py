@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from exp3.config import ExperimentConfig
+from exp3.config import SESSION_SUFFIXES, ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.layout import SessionPaths, SessionState
-from exp3.sessions import Session, parse_session, session_grid
+from exp3.sessions import Session, parse_session_selector, session_grid
 
 RUNNING_WINDOW_S = 15 * 60
 """A session whose training files changed this recently while its root is held counts as running."""
@@ -39,17 +39,32 @@ def read_plan(output_root: Path) -> dict[str, str]:
 
 
 def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> list[Session]:
-    """The grid restricted by `--models` / `--sessions`; unknown names raise ValueError listing valid ones."""
+    """The grid restricted by `--models` / `--sessions`; unknown names raise ValueError listing valid ones.
+
+    A bare suffix (`S1_clean_train`) selects that session of every chosen model; a prefixed name
+    (`yolov8m__S1_clean_train`) selects only that model's; a `__seed<N>` tail only that seed.
+    `--sessions` replaces the config's `sessions:` list.
+    """
     chosen_models = list(config.models)
     if models:
         unknown = [m for m in models if m not in config.models]
         if unknown:
             raise ValueError(f"unknown model(s) {', '.join(unknown)}: configured models are {', '.join(config.models)}")
         chosen_models = [m for m in config.models if m in models]
-    suffixes = config.sessions
-    if sessions:
-        suffixes = tuple(parse_session(s.split("__")[-1], chosen_models).suffix for s in sessions)
-    return session_grid(chosen_models, suffixes, config.seeds)
+    if not sessions:
+        return session_grid(chosen_models, config.sessions, config.seeds)
+    selectors = [(text, *parse_session_selector(text, list(config.models))) for text in sessions]
+    for text, model, _, seed in selectors:
+        if model is not None and model not in chosen_models:
+            raise ValueError(f"session {text!r} is of model {model}, which --models leaves out: "
+                             f"add {model} to --models or drop the '{model}__' prefix")
+        if seed is not None and seed not in config.seeds:
+            raise ValueError(f"session {text!r} names seed {seed}, not in the config's seeds "
+                             f"{list(config.seeds)}: pick one of them or drop the '__seed{seed}' tail")
+    return [session for session in session_grid(chosen_models, SESSION_SUFFIXES, config.seeds)
+            if any((model is None or model == session.model) and suffix == session.suffix
+                   and (seed is None or seed == session.training_seed(config.seeds))
+                   for _, model, suffix, seed in selectors)]
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -373,7 +374,7 @@ def _layer_listing(layers: nn.Sequential) -> str:
 
 
 def resolve_masking_sites(model: Any) -> dict[str, int]:
-    """Layer index of each site, found from the graph (RESEARCH.md section 9), not hard-coded.
+    """Layer index of each site, found from the graph (docs/references.md section 4), not hard-coded.
 
     * backbone_early: the smallest backbone layer a later layer reads explicitly (the P3 skip);
     * backbone_late: the last backbone layer (`len(yaml["backbone"]) - 1`, SPPF/C2PSA/HGBlock);
@@ -579,10 +580,21 @@ def main(argv: list[str] | None = None) -> int:
     sites.add_argument("--model", required=True, help="architecture yaml, e.g. yolov8m.yaml or rtdetr-l.yaml")
     sites.add_argument("--imgsz", type=int, default=640, help="square input side in pixels for the dummy forward")
     args = parser.parse_args(argv)
-    model = build_detection_model(args.model)
+    fix = "pass e.g. yolov8m.yaml or rtdetr-l.yaml (an Ultralytics architecture name, or a path to one)"
+    try:
+        if not args.model.lower().endswith((".yaml", ".yml")):
+            raise ValueError(f"--model {args.model!r} is not an architecture yaml: {fix}")
+        try:
+            model = build_detection_model(args.model)
+        except FileNotFoundError:
+            raise ValueError(f"--model {args.model!r}: no such file, nor an Ultralytics architecture: {fix}") from None
+        shapes_by_site = site_feature_shapes(model, args.imgsz)
+    except ValueError as error:  # also resolve_masking_sites: a model whose sites cannot be found
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
     print(f"{args.model} at imgsz {args.imgsz}")
     print(f"{'site':<15}{'index':>6}  {'module':<15}feature shape(s) (N, C, H, W)")
-    for site, info in site_feature_shapes(model, args.imgsz).items():
+    for site, info in shapes_by_site.items():
         shapes = ", ".join(str(shape) for shape in info["shapes"])
         print(f"{site:<15}{info['index']:>6}  {info['module']:<15}{shapes}")
     return 0

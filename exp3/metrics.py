@@ -5,7 +5,7 @@ a file or a global RNG. The runner (`exp3/evaluate.py`) writes one `predictions_
 split; `records_from_json` turns it back into `ImageRecord`s and `summarize_split` computes every
 number of one split at once.
 
-Ingredient-list metrics (the core metric; RESEARCH.md section 5). Per image, the *predicted set*
+Ingredient-list metrics (the core metric; docs/references.md section 3). Per image, the *predicted set*
 is the classes with at least one detection of confidence >= `conf`, the *ground-truth set* is the
 classes in the label file. Over an (N images, C classes) pair of boolean matrices:
 

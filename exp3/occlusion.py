@@ -576,11 +576,6 @@ FILLS: dict[str, Fill] = {"mean": fill_mean, "gray": fill_gray, "noise": fill_no
 """Fill type -> fill(height, width, rng, donors) -> (patch (h, w, 3) uint8, manifest info)."""
 
 
-def get_fill_names() -> list[str]:
-    """The fill types `occlusion.fills` may list."""
-    return list(FILLS)
-
-
 def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     if name not in table:
         raise ValueError(f"unknown {what} {name!r}: use one of {', '.join(table)}")

@@ -1,6 +1,6 @@
 """Rebuild the exp3 report from session folders: tables, statistics, charts and report.md.
 
-    python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2]
+    python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2] [--sessions S1_clean_train ...]
 
 The flow's final task calls `build_report(root, models)`; it reads only the session folders
 (`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
@@ -14,6 +14,8 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
 
 A session's status: `done` (valid DONE marker), `failed` (FAILED marker: its error is kept),
 `incomplete` (a folder without DONE or FAILED: running, or killed mid-way) or `missing` (no folder).
+A session outside this run's `sessions` (the config's `sessions:` list) is `not in run` in the status
+grid and left out of every table, finding and chart.
 Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
 summary status is `done` when every seed is, `partial` when some are. Columns: docs/report.md.
 """
@@ -59,7 +61,9 @@ METRIC_COLUMNS: tuple[str, ...] = ("n_images", "conf", "map50", "map50_95", *ING
 SPREAD_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "map50", "map50_95", "rF1_micro",
                                    "rmAP50_95")
 """Headline metrics that get `_std`, `_min`, `_max` columns across seeds in summary_metrics."""
-ID_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "split", "status", "error")
+
+NOT_IN_RUN = "not in run"
+"""Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
 
 THRESHOLDS: tuple[str, ...] = ("primary", "val")
 """Operating points of the comparisons: `primary` = the split's `conf` (0.25), `val` = each session's own
@@ -171,12 +175,14 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
     return SessionRun(model, suffix, seed, folder, "incomplete", detail)
 
 
-def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None) -> list[SessionRun]:
+def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
+                  sessions: Iterable[str] = SESSION_SUFFIXES) -> list[SessionRun]:
     """Every model x session (x seed) of the grid, in model, session, seed order; absent folders as `missing`.
 
     Args:
         seeds: expected seeds; with several, folders are `<model>__<suffix>__seed<N>` and an absent
             seed is `missing`. None: whatever folders exist (a session without any folder is missing).
+        sessions: the suffixes of this run; the others are not scanned (`not in run`, see `status_grid`).
     """
     from exp3.grid import read_plan
 
@@ -191,7 +197,7 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None)
                 parsed = parse_session_folder_name(folder.name) if folder.is_dir() else None
                 if parsed and parsed[0] == model:
                     present[parsed[1]].append((parsed[2], folder))
-        for suffix in SESSION_SUFFIXES:
+        for suffix in (suffix for suffix in SESSION_SUFFIXES if suffix in sessions):
             folders = sorted(present[suffix], key=lambda item: -1 if item[0] is None else item[0])
             if multi_seed:
                 assert seeds is not None
@@ -836,13 +842,16 @@ def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S
     return pd.DataFrame(rows)
 
 
-def status_grid(summary: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """Model x session table of statuses (from the test_clean rows; both splits share a status)."""
+def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str] = SESSION_SUFFIXES) -> pd.DataFrame:
+    """Model x session table of statuses (from the test_clean rows; both splits share a status); all six
+    sessions, those outside this run's `sessions` as NOT_IN_RUN."""
     part = summary[summary["split"] == SPLITS[0]]
-    return pd.DataFrame([{"model": model, **{SESSION_LABELS[suffix]: status for suffix, status in
-                                             zip(part[part["model"] == model]["session"],
-                                                 part[part["model"] == model]["status"])}}
-                         for model in models])
+    rows = []
+    for model in models:
+        status = dict(zip(part[part["model"] == model]["session"], part[part["model"] == model]["status"]))
+        rows.append({"model": model, **{SESSION_LABELS[suffix]: status.get(suffix, "") if suffix in sessions
+                                        else NOT_IN_RUN for suffix in SESSION_SUFFIXES}})
+    return pd.DataFrame(rows)
 
 
 def _ci_text(row: pd.Series, value: str, low: str, high: str, signed: bool = False) -> str:
@@ -1016,8 +1025,9 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                     text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[second_suffix]} "
                              f"(F1 {_fmt(second['ingredient_micro_f1'])}): "
                              "the ranking of masking sites is not established")
-            if len(masking) < 4:
-                text += f" (only {len(masking)} of 4 masking sessions done)"
+            in_run = int(rows.index.isin(SESSION_SUFFIXES[2:]).sum())  # masking sessions of this run
+            if len(masking) < in_run:
+                text += f" (only {len(masking)} of {in_run} masking sessions done)"
             findings.append(text + ".")
             for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
                 if comparisons is not None and row is not None:
@@ -1105,7 +1115,11 @@ def render_markdown(result: "ReportResult") -> str:
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
              "detect: docs/what-metrics-detect.md.", "",
-             "## Grid status", "", markdown_table(status_grid(summary, result.models)), "",
+             "## Grid status", "",
+             *([f"This run's sessions: {', '.join(_short(suffix) for suffix in result.sessions)} (config "
+                f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
+               if result.sessions != SESSION_SUFFIXES else []),
+             markdown_table(status_grid(summary, result.models, result.sessions)), "",
              "## Headline findings", "",
              *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)], "",
              "F1 = micro ingredient F1 at the session's confidence threshold. Intervals: 95% percentile bootstrap "
@@ -1171,6 +1185,8 @@ class ReportResult:
     files: list[Path]
     n_resamples: int
     seed: int
+    sessions: tuple[str, ...] = SESSION_SUFFIXES
+    """The suffixes of this run (the others are `not in run`)."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -1182,9 +1198,22 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records", double_precision=15))
 
 
+def run_sessions(sessions: Iterable[str] | None) -> tuple[str, ...]:
+    """This run's suffixes in S1..S6 order (None: all six); ValueError naming the valid ones otherwise."""
+    if sessions is None:
+        return SESSION_SUFFIXES
+    sessions = list(sessions)
+    unknown = [suffix for suffix in sessions if suffix not in SESSION_SUFFIXES]
+    if unknown or not sessions:
+        problem = f"unknown session {unknown[0]!r}" if unknown else "no session given"
+        raise ValueError(f"{problem}: pass suffixes among {', '.join(SESSION_SUFFIXES)}")
+    return tuple(suffix for suffix in SESSION_SUFFIXES if suffix in sessions)
+
+
 def build_report(root: Path, models: list[str] | None = None, seeds: list[int] | None = None,
                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
-                 seed: int = stats.DEFAULT_SEED, charts: bool = True) -> ReportResult:
+                 seed: int = stats.DEFAULT_SEED, charts: bool = True,
+                 sessions: list[str] | None = None) -> ReportResult:
     """Rebuild every report file under `root` from its session folders (see the module docstring).
 
     Args:
@@ -1193,9 +1222,12 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
             without folders appear with status `missing`.
         seeds: expected training seeds (several: `__seed<N>` folders); None takes what exists.
         charts: False skips the PNG/HTML charts (tables and report.md only).
+        sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
+            `not in run` in the status grid and left out of every table, finding and chart.
 
     Raises:
         FileNotFoundError: `root` is not a directory, or no model is given and none is found.
+        ValueError: `sessions` names an unknown suffix, or none.
     """
     root = Path(root)
     if not root.is_dir():
@@ -1204,9 +1236,12 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     if not models:
         raise FileNotFoundError(f"no session folders under {str(root)!r} (expected <model>/<model>__S1_clean_train/ "
                                 "...): pass --models to report an empty grid, or check --root")
-    runs = scan_sessions(root, models, seeds)
+    in_run = run_sessions(sessions)
+    runs = scan_sessions(root, models, seeds, in_run)
     by_seed = by_seed_table(runs)
     intervals, comparisons = statistics_tables(runs, models, n_resamples, n_permutations, seed)
+    comparisons = comparisons[comparisons["session"].isin(in_run)
+                              & comparisons["reference"].isin(in_run)].reset_index(drop=True)
     summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
     per_class = per_class_table(runs)
     files = []
@@ -1216,18 +1251,20 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
     if charts:
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
-    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed)
+    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run)
     result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m exp3.report --root DIR [--models M ...] [--seeds N ...] [--no-charts]`."""
+    """`python -m exp3.report --root DIR [--models M ...] [--seeds N ...] [--sessions S ...] [--no-charts]`."""
     parser = argparse.ArgumentParser(prog="python -m exp3.report",
                                      description="rebuild the exp3 report from session folders")
     parser.add_argument("--root", type=Path, required=True, help="the experiment's output root, e.g. runs/exp3")
     parser.add_argument("--models", nargs="+", default=None, help="models to report (default: discovered)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="expected training seeds (default: found)")
+    parser.add_argument("--sessions", nargs="+", default=None,
+                        help="this run's sessions (config `sessions:`; default all six); the others: 'not in run'")
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--no-charts", action="store_true", help="tables and report.md only")
     args = parser.parse_args(argv)
@@ -1235,7 +1272,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resamples < 1:
             raise ValueError(f"--resamples {args.resamples}: pass a positive count such as 2000")
         result = build_report(args.root, args.models, args.seeds, n_resamples=args.resamples,
-                              charts=not args.no_charts)
+                              charts=not args.no_charts, sessions=args.sessions)
     except (FileNotFoundError, ValueError, PermissionError) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2

@@ -60,10 +60,10 @@ class Session:
         return TRAIN_IMAGES_OF_SESSION[self.suffix]
 
 
-def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
-    """`yolov8m__S1_clean_train` or a bare suffix `S1_clean_train` (needs one model) -> Session.
+def parse_session_selector(text: str, models: tuple[str, ...] | list[str]) -> tuple[str | None, str, int | None]:
+    """`[<model>__]<suffix>[__seed<N>]` -> (model or None when bare, suffix, seed or None).
 
-    Raises ValueError naming the allowed values.
+    Raises ValueError naming the allowed values (an unknown suffix, or a model not in `models`).
     """
     seed: int | None = None
     head, separator, tail = text.rpartition(SESSION_SEPARATOR)
@@ -75,12 +75,21 @@ def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
     if suffix not in SESSION_SUFFIXES:
         raise ValueError(f"unknown session {text!r}: use one of {', '.join(SESSION_SUFFIXES)} "
                          f"(optionally prefixed '<model>__')")
-    if not model:
+    if model and model not in models:
+        raise ValueError(f"unknown model {model!r} in session {text!r}: configured models are {', '.join(models)}")
+    return model or None, suffix, seed
+
+
+def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
+    """`yolov8m__S1_clean_train` or a bare suffix `S1_clean_train` (needs one model) -> Session.
+
+    Raises ValueError naming the allowed values.
+    """
+    model, suffix, seed = parse_session_selector(text, models)
+    if model is None:
         if len(models) != 1:
             raise ValueError(f"session {text!r} names no model: write <model>__{suffix} with model in {', '.join(models)}")
         model = models[0]
-    if model not in models:
-        raise ValueError(f"unknown model {model!r} in session {text!r}: configured models are {', '.join(models)}")
     return Session(model=model, suffix=suffix, seed=seed)
 
 

@@ -2,7 +2,7 @@
 
 Pure functions over per-image count arrays (numpy + scipy only): nothing here reads a file.
 The unit of pairing is the test image: every session of a model is evaluated on the same images,
-and `test_occ_fixed` holds occluded copies of the `test_clean` images (RESEARCH.md section 4).
+and `test_occ_fixed` holds occluded copies of the `test_clean` images (docs/references.md section 2).
 
 The statistic is the headline metric, the **micro ingredient F1**, recomputed on every resample
 from per-image counts: `counts` is an (N, 3) int array of (tp, fp, fn) per image (ingredient sets

@@ -161,7 +161,7 @@ class TrainOutcome:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def run_training(plan: TrainPlan, logs_dir: Path, env: dict[str, str] | None = None) -> TrainOutcome:
+def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
     """Run the worker for `plan` in a subprocess; append its output to `logs_dir/train.log`."""
     logs_dir.mkdir(parents=True, exist_ok=True)
     plan_path = atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
@@ -171,8 +171,7 @@ def run_training(plan: TrainPlan, logs_dir: Path, env: dict[str, str] | None = N
         log.write(f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
         log.flush()
         result = subprocess.run([sys.executable, "-m", "exp3.train", "--plan", str(plan_path)],
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                preexec_fn=die_with_parent)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     outcome_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     # The worker inspects last.pt (and recovers a corrupt one); its train_info.json says what it resumed from.

@@ -220,11 +220,11 @@ def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, 
 
 
 @task(name="report")
-def report_task(output_root: str, models: list[str], seeds: list[int]) -> dict[str, Any]:
+def report_task(output_root: str, models: list[str], seeds: list[int], sessions: list[str]) -> dict[str, Any]:
     """Summary tables, plots and report.md from the session folders (also for a partial grid)."""
     from exp3.report import build_report, positive_control
 
-    result = build_report(Path(output_root), models=models, seeds=seeds)
+    result = build_report(Path(output_root), models=models, seeds=seeds, sessions=sessions)
     for model in models:
         get_run_logger().info(positive_control(result.comparisons, model)[1].replace("**", ""))
     columns = ["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
@@ -309,7 +309,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
             result = future.result(raise_on_failure=False)
             outcome[name] = {"state": state.name, "ran": result.get("ran") if isinstance(result, dict) else None,
                              "error": None if not state.is_failed() else str(result)}
-        report = report_task(str(root), list(dict.fromkeys(s.model for s in grid)), list(config.seeds))
+        report = report_task(str(root), list(dict.fromkeys(s.model for s in grid)), list(config.seeds),
+                             list(dict.fromkeys(s.suffix for s in grid)))
         _publish_artifacts(report)
     failed = [name for name, entry in outcome.items() if entry["error"]]
     if failed:

@@ -20,10 +20,31 @@ def test_grid_order_and_selection() -> None:
     config = ExperimentConfig()
     names = [s.name for s in select_sessions(config, None, None)]
     assert len(names) == 12 and names[0] == "yolov8m__S1_clean_train" and names[-1] == "rtdetr-l__S6_mask_head"
-    picked = select_sessions(config, ["rtdetr-l"], ["S3_mask_backbone_early", "yolov8m__S1_clean_train"])
+    picked = select_sessions(config, ["rtdetr-l"], ["S3_mask_backbone_early", "rtdetr-l__S1_clean_train"])
     assert [s.name for s in picked] == ["rtdetr-l__S1_clean_train", "rtdetr-l__S3_mask_backbone_early"]
     with pytest.raises(ValueError, match="configured models are yolov8m, rtdetr-l"):
         select_sessions(config, ["yolo9"], None)
+    with pytest.raises(ValueError, match="--models leaves out: add yolov8m to --models or drop"):
+        select_sessions(config, ["rtdetr-l"], ["yolov8m__S1_clean_train"])  # was: silently rtdetr-l's S1
+    with pytest.raises(ValueError, match="unknown model 'yolo9'"):
+        select_sessions(config, None, ["yolo9__S1_clean_train"])
+
+
+def test_a_bare_suffix_selects_every_model_and_a_prefixed_name_only_its_model() -> None:
+    config = ExperimentConfig()
+    bare = select_sessions(config, None, ["S1_clean_train"])
+    assert [s.name for s in bare] == ["yolov8m__S1_clean_train", "rtdetr-l__S1_clean_train"]
+    assert [s.name for s in select_sessions(config, None, ["yolov8m__S1_clean_train"])] == ["yolov8m__S1_clean_train"]
+    mixed = select_sessions(config, None, ["rtdetr-l__S2_occ_train", "S1_clean_train"])
+    assert [s.name for s in mixed] == ["yolov8m__S1_clean_train", "rtdetr-l__S1_clean_train",
+                                       "rtdetr-l__S2_occ_train"]
+    seeded = load_config(None, ["seeds=[0, 1, 2]"])
+    picked = select_sessions(seeded, None, ["yolov8m__S3_mask_backbone_early__seed1", "S1_clean_train"])
+    assert [s.name for s in picked] == [*(f"yolov8m__S1_clean_train__seed{n}" for n in (0, 1, 2)),
+                                        "yolov8m__S3_mask_backbone_early__seed1",
+                                        *(f"rtdetr-l__S1_clean_train__seed{n}" for n in (0, 1, 2))]
+    with pytest.raises(ValueError, match=r"seed 7, not in the config's seeds \[0, 1, 2\]"):
+        select_sessions(seeded, None, ["S1_clean_train__seed7"])
 
 
 def test_several_seeds_expand_the_grid_and_name_folders() -> None:

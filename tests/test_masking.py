@@ -286,6 +286,17 @@ def test_site_feature_shapes_report(yolov8n: nn.Module) -> None:
     assert report["head"]["shapes"] == [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
 
 
+@pytest.mark.parametrize(("model", "problem"), [("nosuch.yaml", "no such file"), ("yolov8m.pt", "not an architecture")])
+def test_sites_cli_bad_model_is_one_error_line(model: str, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from exp3.masking import main
+
+    assert main(["sites", "--model", model]) == 2
+    captured = capsys.readouterr()
+    assert "feature shape" not in captured.out and len(captured.err.strip().splitlines()) == 1  # no traceback
+    assert captured.err.startswith(f"error: --model {model!r}") and problem in captured.err
+    assert "pass e.g. yolov8m.yaml" in captured.err
+
+
 # ---------------------------------------------------------------------------------------------
 # Ultralytics training with MaskedDetectionTrainer / MaskedRTDETRTrainer
 

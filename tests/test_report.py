@@ -458,3 +458,24 @@ def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path:
                                 charts=False)
     assert report.positive_control(alone.comparisons, "yolov8m")[1] == (
         "**yolov8m**: positive control not available (S2 and S1 must both be done on test_occ_fixed).")
+
+
+def test_sessions_outside_the_run_are_not_in_run_not_missing(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run = ["S1_clean_train", "S2_occ_train"]                     # a config with `sessions: [S1, S2]`
+    for suffix, hits in zip(run, ((20, 10), (20, 16))):
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
+    result = report.build_report(tmp_path, models=["yolov8m"], sessions=run, charts=False, n_resamples=50,
+                                 n_permutations=50)
+    assert set(result.summary["session"]) == set(run) and set(result.summary["status"]) == {"done"}
+    assert set(result.by_seed["session"]) == set(run) and set(result.comparisons["session"]) <= set(run)
+    grid = report.status_grid(result.summary, result.models, result.sessions).iloc[0]
+    assert [grid[report.SESSION_LABELS[suffix]] for suffix in SESSION_SUFFIXES] == ["done", "done", *["not in run"] * 4]
+    text = (tmp_path / "report.md").read_text()
+    assert "missing" not in text and "partial grid" not in text and "## Sessions not done" not in text
+    assert "not in run" in text
+    assert report.main(["--root", str(tmp_path), "--models", "yolov8m", "--sessions", *run, "--no-charts",
+                        "--resamples", "50"]) == 0
+    assert capsys.readouterr().out.startswith("report: 1 model(s), sessions 2 done ->")
+    assert report.main(["--root", str(tmp_path), "--sessions", "S9_other"]) == 2
+    assert "unknown session 'S9_other'" in capsys.readouterr().err
