@@ -147,6 +147,7 @@ def format_done_line(session: str, result: SessionResult, wall_s: float) -> str:
 def format_failed_line(session: str, error: str, wall_s: float) -> str:
     """The log line of a session that failed: its one-line error."""
     first = (error.strip().splitlines() or ["unknown error"])[0]
+    first = first.removeprefix(f"{session}: ")  # SessionError messages start with the session's name
     return f"FAILED {session}: {first} (after {_seconds(wall_s)})"
 
 

@@ -84,5 +84,5 @@ def test_result_lines_from_metrics_json(tmp_path: Path) -> None:
         "m__S1: already done under this key (cached), F1 clean 0.812 / occluded 0.640, "
         "mAP50 clean 0.702 / occluded 0.511")
     assert format_failed_line("m__S1", "m__S1: RuntimeError: boom\ntraceback ...", 65.0) == (
-        "FAILED m__S1: m__S1: RuntimeError: boom (after 1m05s)")
+        "FAILED m__S1: RuntimeError: boom (after 1m05s)")
     assert "F1 clean - / occluded -" in format_cached_line("x", read_session_result(SessionPaths(tmp_path / "no")))
