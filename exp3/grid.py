@@ -17,6 +17,7 @@ from pathlib import Path
 from exp3.config import SESSION_SUFFIXES, ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.layout import SessionPaths, SessionState
+from exp3.progress import last_val_map50
 from exp3.sessions import Session, parse_session_selector, session_grid
 
 RUNNING_WINDOW_S = 15 * 60
@@ -78,14 +79,17 @@ class SessionStatus:
     elapsed_s: float | None
     eta_s: float | None
     error: str | None
+    last_val_map50: float | None = None
+    """Val mAP50 of the last epoch in train/results.csv (None before the first)."""
 
 
 def results_rows(folder: Path) -> list[dict[str, str]]:
-    results = folder / "train" / "results.csv"
+    """The rows of the session's `train/results.csv` (header names stripped; [] if none yet)."""
+    results = SessionPaths(folder).results_csv
     if not results.is_file():
         return []
     with results.open(newline="") as handle:
-        return [{key.strip(): value for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [{key.strip(): value for key, value in row.items() if key is not None} for row in csv.DictReader(handle)]
 
 
 def session_status(folder: Path, root_live: bool, epochs_total: int | None = None,
@@ -97,27 +101,29 @@ def session_status(folder: Path, root_live: bool, epochs_total: int | None = Non
     paths = SessionPaths(folder)
     name = folder.name
     state: SessionState = paths.state(key)
+    rows = results_rows(folder)
+    val_map50 = last_val_map50(rows)
     if state == "done":
         metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
         epochs = metrics["training"].get("epochs_completed") or 0
-        return SessionStatus(name, "done", epochs, epochs, metrics["training"].get("wall_s"), 0.0, None)
-    rows = results_rows(folder)
+        return SessionStatus(name, "done", epochs, epochs, metrics["training"].get("wall_s"), 0.0, None, val_map50)
     elapsed = float(rows[-1].get("time", 0) or 0) if rows else None
     eta = None
     if rows and epochs_total and elapsed:
         eta = elapsed / len(rows) * max(epochs_total - len(rows), 0)
     if state == "stale":
         return SessionStatus(name, "stale", len(rows), epochs_total, elapsed, None,
-                             f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch")
+                             f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch",
+                             val_map50)
     if state == "failed":
         return SessionStatus(name, "failed", len(rows), epochs_total, elapsed, None,
-                             (paths.failure() or {}).get("error"))
+                             (paths.failure() or {}).get("error"), val_map50)
     train_dir = paths.run_dir
     recent = train_dir.is_dir() and any(time.time() - p.stat().st_mtime < RUNNING_WINDOW_S
                                         for p in train_dir.rglob("*") if p.is_file())
     if root_live and (recent or (paths.logs / "train.log").is_file() and not rows):
         state = "running"
-    return SessionStatus(name, state, len(rows), epochs_total, elapsed, eta, None)
+    return SessionStatus(name, state, len(rows), epochs_total, elapsed, eta, None, val_map50)
 
 
 def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session], root_live: bool,

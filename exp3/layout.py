@@ -99,6 +99,11 @@ class SessionPaths:
         return self.folder / TRAIN_RUN_NAME
 
     @property
+    def results_csv(self) -> Path:
+        """Ultralytics' per-epoch log: one row per finished epoch (losses, val metrics, cumulative time)."""
+        return self.run_dir / "results.csv"
+
+    @property
     def last_pt(self) -> Path:
         return self.run_dir / "weights" / "last.pt"
 

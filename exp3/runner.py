@@ -18,6 +18,7 @@ from typing import Callable
 from exp3.grid import results_rows
 from exp3.layout import SessionPaths
 from exp3.parallel import die_with_parent
+from exp3.progress import EpochProgress, epoch_progress
 from exp3.sessions import Session
 
 POLL_S = 5.0
@@ -45,6 +46,47 @@ class SessionRun:
     folder: str
     retry_batch: int | None = None
     moved_aside: str | None = None
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """What `on_progress` receives: epochs done of `total`, the epochs new since the last call, all so far."""
+
+    done: int
+    total: int | None
+    new_epochs: tuple[EpochProgress, ...]
+    epochs: tuple[EpochProgress, ...]
+
+
+class _ProgressReader:
+    """Reads `train/results.csv` (a few rows) and calls `on_progress` when it has something new.
+
+    Progress is a view, never a reason to stop training: the first error it raises (a broken
+    CSV, the callback's) ends reporting and is kept in `error` for the session log.
+    """
+
+    def __init__(self, paths: SessionPaths, total: int | None,
+                 on_progress: Callable[[ProgressUpdate], None] | None) -> None:
+        self.paths, self.total, self.on_progress = paths, total, on_progress
+        self.reported_done, self.reported_epochs = -1, 0
+        self.error: str | None = None
+
+    def poll(self, finished: bool = False, replay: bool = True) -> None:
+        """Report new epochs; `finished` (the session is done) reports done = total; `replay=False`
+        passes the epochs already on disk as seen, not new (a session found done)."""
+        if self.on_progress is None:
+            return
+        try:
+            epochs = tuple(epoch_progress(results_rows(self.paths.folder), self.total))
+            done = self.total if finished and self.total else len(epochs)
+            new = epochs[self.reported_epochs:] if replay else ()
+            if done == self.reported_done and not new:
+                return
+            self.on_progress(ProgressUpdate(done, self.total, new, epochs))
+            self.reported_done, self.reported_epochs = done, len(epochs)
+        except Exception as error:  # noqa: BLE001 - see the class docstring
+            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.on_progress = None
 
 
 def failure_record(folder: Path) -> dict | None:
@@ -80,16 +122,20 @@ def run_session_subprocess(
     cache_key: str,
     gpu: int | None = None,
     retry_batch: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[ProgressUpdate], None] | None = None,
     epochs_total: int | None = None,
 ) -> SessionRun:
     """Run the session CLI unless it is done under `cache_key`; raise `SessionError` (transient if out of memory).
 
     A folder made under other inputs is moved aside first (the session then trains from scratch).
+    `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
+    epochs, once more when the session ends, and with done = total for a session found done.
     """
     paths = SessionPaths.of(output_root, session)
     folder = paths.folder
+    progress = _ProgressReader(paths, epochs_total, on_progress)
     if paths.is_done(cache_key):
+        progress.poll(finished=True, replay=False)
         return SessionRun(session.name, "done", False, 0.0, str(folder))
     moved = move_aside_if_stale(paths, cache_key)
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -111,21 +157,19 @@ def run_session_subprocess(
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    preexec_fn=die_with_parent)
-        reported = -1
         while True:
             try:
                 process.wait(timeout=POLL_S)  # returns the moment the session ends
                 break
             except subprocess.TimeoutExpired:
-                done = len(results_rows(folder))
-                if on_progress is not None and epochs_total and done != reported:
-                    on_progress(done, epochs_total)
-                    reported = done
+                progress.poll()
         wall = round(time.perf_counter() - start, 2)
+        finished = process.returncode == 0 and paths.is_done(cache_key)
+        progress.poll(finished=finished)  # the epochs of the last POLL_S seconds
+        if progress.error:
+            log.write(f"==== progress reporting stopped: {progress.error} ====\n".encode())
         log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
-    if process.returncode == 0 and paths.is_done(cache_key):
-        if on_progress is not None and epochs_total:
-            on_progress(epochs_total, epochs_total)
+    if finished:
         return SessionRun(session.name, "done", True, wall, str(folder), retry_batch,
                           None if moved is None else str(moved))
     if process.returncode == 0:

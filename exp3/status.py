@@ -1,4 +1,7 @@
-"""`python -m exp3.status --root runs/exp3`: the grid as a matrix, read from the files on disk.
+"""`python -m exp3.status --root runs/exp3 [--watch [--interval S]]`: the grid as a matrix, from the files on disk.
+
+`--watch` prints the matrix again every S seconds (default 10; the screen is cleared on a
+terminal) while a run holds the root, then prints it once more and exits 0 (Ctrl-C: exits 0).
 
 The grid comes from `<root>/config_resolved.yaml` (written by the flow at start) when present,
 else from the session folders found under the root; `<root>/plan.json` (the flow's cache keys)
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from exp3.config import ConfigError, ExperimentConfig, SESSION_SUFFIXES, load_config
@@ -43,40 +47,72 @@ def discover_grid(root: Path) -> tuple[ExperimentConfig | None, list[Session]]:
 
 
 def format_matrix(rows: list[SessionStatus]) -> str:
-    """A fixed-width table: session, state, epochs, elapsed, ETA, error."""
-    header = f"{'session':<40} {'state':<8} {'epochs':>7} {'elapsed':>8} {'ETA':>8}  error"
+    """A fixed-width table: session, state, epochs, elapsed, ETA, last val mAP50, error."""
+    header = f"{'session':<40} {'state':<8} {'epochs':>7} {'elapsed':>8} {'ETA':>8} {'last val mAP50':>14}  error"
     lines = [header, "-" * len(header)]
     for row in rows:
         epochs = f"{row.epochs_done}/{row.epochs_total if row.epochs_total is not None else '?'}"
+        val_map50 = "-" if row.last_val_map50 is None else f"{row.last_val_map50:.3f}"
         lines.append(f"{row.session:<40} {STATE_SYMBOLS[row.state]:<8} {epochs:>7} "
-                     f"{_format_seconds(row.elapsed_s):>8} {_format_seconds(row.eta_s):>8}  {row.error or ''}")
+                     f"{_format_seconds(row.elapsed_s):>8} {_format_seconds(row.eta_s):>8} {val_map50:>14}  "
+                     f"{row.error or ''}")
     counts = {state: sum(r.state == state for r in rows) for state in STATE_SYMBOLS}
     lines.append(" ".join(f"{state}={count}" for state, count in counts.items() if count))
     return "\n".join(lines)
 
 
+def render(root: Path) -> tuple[str, bool]:
+    """The status block of `root` (title line + matrix) and whether a run holds the root."""
+    config, sessions = discover_grid(root)
+    live = root_is_live(root)
+    if config is not None:
+        rows = grid_status(config, root, sessions, live, read_plan(root))
+    else:
+        from exp3.grid import session_status
+        from exp3.layout import SessionPaths
+
+        rows = [session_status(SessionPaths.of(root, s).folder, live) for s in sessions]
+    title = f"{root} ({'a run holds this root' if live else 'no live run'})"
+    return f"{title}\n{format_matrix(rows)}", live
+
+
+CLEAR_SCREEN = "\033[2J\033[H"
+
+
+def watch(root: Path, interval_s: float, clear: bool) -> None:
+    """Print the block every `interval_s` while a run holds `root`; the last one after it ends."""
+    while True:
+        block, live = render(root)
+        stamp = time.strftime("%H:%M:%S")
+        print(f"{CLEAR_SCREEN if clear else ''}{block}\n"
+              f"[{stamp}] {f'refreshing every {interval_s:g} s (Ctrl-C to stop)' if live else 'final'}\n", flush=True)
+        if not live:
+            return
+        time.sleep(interval_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exp3.status", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("runs/exp3"))
+    parser.add_argument("--watch", action="store_true", help="refresh until no run holds the root")
+    parser.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between refreshes")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"error: output root {str(args.root)!r} does not exist: pass --root of a run", file=sys.stderr)
         return 2
+    if args.interval <= 0:
+        print(f"error: --interval must be positive, got {args.interval:g}", file=sys.stderr)
+        return 2
     try:
-        config, sessions = discover_grid(args.root)
+        if args.watch:
+            watch(args.root, args.interval, clear=sys.stdout.isatty())
+        else:
+            print(render(args.root)[0])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    live = root_is_live(args.root)
-    if config is not None:
-        rows = grid_status(config, args.root, sessions, live, read_plan(args.root))
-    else:
-        from exp3.grid import session_status
-        from exp3.session import session_dir
-
-        rows = [session_status(session_dir(args.root, s), live) for s in sessions]
-    print(f"{args.root} ({'a run holds this root' if live else 'no live run'})")
-    print(format_matrix(rows))
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 

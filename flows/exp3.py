@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,16 @@ from exp3.config import ExperimentConfig, resolve_output_root, write_resolved_co
 from exp3.grid import select_sessions, write_plan  # noqa: E402
 from exp3.identity import session_inputs  # noqa: E402
 from exp3.layout import SessionPaths  # noqa: E402
+from exp3.progress import (  # noqa: E402
+    epoch_table,
+    format_cached_line,
+    format_done_line,
+    format_epoch_line,
+    format_failed_line,
+    read_session_result,
+)
 from exp3.runner import (  # noqa: E402
+    ProgressUpdate,
     SessionError,
     failure_record,
     is_out_of_memory,
@@ -155,20 +165,50 @@ def prepare_data_task(config: ExperimentConfig, output_root: str) -> dict[str, A
     return asdict(prepare_data(config, Path(output_root)))
 
 
+def _artifact_slug(session: Session) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes."""
+    return session.name.lower().replace("_", "-")
+
+
+def _announce_done(root: Path, session: Session, epochs: int) -> None:
+    """A session found done under its key (a cache hit runs no task body): progress at 100 and its result line."""
+    create_progress_artifact(progress=100.0, key=f"progress-{_artifact_slug(session)}",
+                             description=f"{session.name}: epochs done / {epochs} (already done under this key)")
+    get_run_logger().info(format_cached_line(session.name, read_session_result(SessionPaths.of(root, session))))
+
+
 def _run_with_progress(config_path: Path, session: Session, root: Path, cache_key: str, epochs: int,
                        gpu: int | None, retry_batch: int | None) -> dict[str, Any]:
-    """`run_session_subprocess` with a Prefect progress artifact updated every epoch."""
-    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{session.name.lower().replace('_', '-')}",
+    """`run_session_subprocess` with live reporting: one log line per finished epoch, a progress artifact
+    and an epochs table artifact updated every epoch, and one DONE / FAILED line at the end."""
+    logger = get_run_logger()
+    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_artifact_slug(session)}",
                                            description=f"{session.name}: epochs done / {epochs}")
+    tabled = False
 
-    def _progress(done: int, total: int) -> None:
-        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
+    def _progress(update: ProgressUpdate) -> None:
+        nonlocal tabled
+        for epoch in update.new_epochs:
+            logger.info(format_epoch_line(session.name, epoch))
+        if update.epochs and (update.new_epochs or not tabled):
+            create_table_artifact(key=f"epochs-{_artifact_slug(session)}", table=epoch_table(list(update.epochs)),
+                                  description=f"{session.name}: epochs so far ({len(update.epochs)}/{epochs})")
+            tabled = True
+        if update.total:
+            update_progress_artifact(artifact_id=artifact_id, progress=100.0 * update.done / max(update.total, 1))
 
-    run = run_session_subprocess(config_path, session, root, cache_key, gpu=gpu, retry_batch=retry_batch,
-                                 on_progress=_progress, epochs_total=epochs)
+    start = time.perf_counter()
+    try:
+        run = run_session_subprocess(config_path, session, root, cache_key, gpu=gpu, retry_batch=retry_batch,
+                                     on_progress=_progress, epochs_total=epochs)
+    except SessionError as error:
+        logger.error(format_failed_line(session.name, str(error), time.perf_counter() - start))
+        raise
     if run.moved_aside:
-        get_run_logger().warning(f"{session.name}: results made under other inputs moved aside to "
-                                 f"{run.moved_aside}; trained again from scratch")
+        logger.warning(f"{session.name}: results made under other inputs moved aside to "
+                       f"{run.moved_aside}; trained again from scratch")
+    if run.ran:
+        logger.info(format_done_line(session.name, read_session_result(SessionPaths.of(root, session)), run.wall_s))
     return {"session": run.session, "status": run.status, "ran": run.ran, "wall_s": run.wall_s,
             "folder": run.folder, "retry_batch": run.retry_batch, "moved_aside": run.moved_aside}
 
@@ -289,12 +329,14 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         for index, session in enumerate(grid):
             lane = index % len(lanes)
             paths, key = SessionPaths.of(root, session), keys[session.name]
-            failed_before = paths.state(key) == "failed" and not rerun_failed
-            options = {"task_run_name": session.name, "refresh_cache": not paths.is_done(key),
+            failed_before, done = paths.state(key) == "failed" and not rerun_failed, paths.is_done(key)
+            options = {"task_run_name": session.name, "refresh_cache": not done,
                        "retries": 0 if failed_before else config.failure.retries,
                        "retry_condition_fn": _retry_if_transient, "result_storage": root / ".prefect" / "results"}
             if failed_before:
                 logger.warning(f"{session.name} has a FAILED marker: not re-run (use --rerun-failed)")
+            if done:  # a cache hit runs no task body: its progress and result are announced here
+                _announce_done(root, session, config.models[session.model].epochs)
             wait_for = [allow_failure(lane_tail[lane])] if lane in lane_tail else []
             futures[session.name] = lane_tail[lane] = train_and_eval.with_options(**options).submit(
                 config_path=str(config_path), model=session.model, suffix=session.suffix, seed=session.seed,
@@ -334,6 +376,8 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
     root = resolve_output_root(config)
     session = Session(model, suffix, seed)
     key = cache_key or session_key(config, session, root)
+    if SessionPaths.of(root, session).is_done(key):
+        _announce_done(root, session, config.models[model].epochs)
     return _run_with_progress(Path(config_file), session, root, key, config.models[model].epochs, None, retry_batch)
 
 

@@ -2,7 +2,8 @@
 
 Covers: --sanity (second run skips both sessions), failure policies continue/stop with the
 report still written, kill -9 mid-run then re-run (each finished session trained once, the
-interrupted one resumed, no orphans), a live root refused, and bad CLI input.
+interrupted one resumed, no orphans), a live root refused, bad CLI input, and the live view
+(per-epoch log lines and artifacts, read back from the run's Prefect database).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 FLOW = REPO / "flows" / "exp3.py"
 
 
-def _flow(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def _flow(cwd: Path, *args: str, timeout: int = 600,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(FLOW), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def _config(tmp_path: Path, models: dict, **extra: object) -> Path:
@@ -78,6 +81,55 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
     assert len(written) > 10
     for path in written:  # every JSON exp3 wrote parses with a strict parser
         json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _prefect_runs(prefect_home: Path) -> list[dict]:
+    """Each `exp3` flow run (oldest first) with its log messages and artifacts (latest data per key), read
+    from the run's Prefect database (PREFECT_HOME/prefect.db, read-only; no API server to start)."""
+    with sqlite3.connect(f"file:{prefect_home / 'prefect.db'}?mode=ro", uri=True) as db:
+        runs = db.execute("SELECT r.id FROM flow_run r JOIN flow f ON f.id = r.flow_id WHERE f.name = 'exp3' "
+                          "ORDER BY r.created").fetchall()
+        result = []
+        for (run_id,) in runs:
+            logs = [m for (m,) in db.execute("SELECT message FROM log WHERE flow_run_id = ? ORDER BY timestamp",
+                                             (run_id,))]
+            artifacts = {key: (kind, data) for key, kind, data in db.execute(
+                "SELECT key, type, data FROM artifact WHERE flow_run_id = ? ORDER BY created", (run_id,))}
+            result.append({"logs": logs, "artifacts": artifacts})
+    return result
+
+
+def test_live_view_per_epoch_lines_and_artifacts_then_cached(tmp_path: Path) -> None:
+    """Issue 14: one log line per epoch and a DONE line; the second run (a Prefect cache hit) shows the session
+    at 100 % and logs its result as already done."""
+    args = ("--smoke", "--models", "yolov8m", "--sessions", "S1_clean_train",
+            "--set", "models.yolov8m.architecture=yolov8n.yaml", "--set", "models.yolov8m.epochs=2")
+    home = tmp_path / "prefect-home"  # explicit (an inherited PREFECT_HOME would win over <root>/.prefect)
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    first = _flow(tmp_path, *args, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = _flow(tmp_path, *args, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    root = tmp_path / "runs" / "exp3-smoke"
+    assert _train_attempts(root / "yolov8m" / "yolov8m__S1_clean_train") == 1
+    runs = _prefect_runs(home)
+    assert len(runs) == 2
+    name, progress, table = "yolov8m__S1_clean_train", "progress-yolov8m--s1-clean-train", \
+        "epochs-yolov8m--s1-clean-train"
+    logs = "\n".join(runs[0]["logs"])
+    for epoch in (1, 2):
+        assert f"{name}: epoch {epoch}/2 box_loss " in logs and " | val mAP50 " in logs, logs[-3000:]
+    assert sum(line.startswith(f"{name}: epoch ") for line in runs[0]["logs"]) == 2
+    assert f"DONE {name}: F1 clean " in logs and " / occluded " in logs and ", wall " in logs
+    assert runs[0]["artifacts"][progress] == ("progress", 100)
+    kind, data = runs[0]["artifacts"][table]
+    rows = json.loads(data)
+    rows = json.loads(rows) if isinstance(rows, str) else rows  # a table is stored as its JSON text
+    assert kind == "table" and [row["epoch"] for row in rows] == [1, 2] and "mAP50-95" in rows[0]
+    again = "\n".join(runs[1]["logs"])
+    assert f"{name}: already done under this key (cached), F1 clean " in again, again[-3000:]
+    assert f"{name}: epoch " not in again and f"DONE {name}" not in again  # the task body did not run
+    assert runs[1]["artifacts"][progress] == ("progress", 100)
 
 
 @pytest.mark.parametrize("policy", ["continue", "stop"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from exp3.runner import DEFAULT_BATCH, is_out_of_memory, oom_retry_batch
 
 
@@ -17,3 +20,49 @@ def test_half_batch_retry() -> None:
     assert oom_retry_batch(None) == DEFAULT_BATCH // 2
     assert oom_retry_batch(6) == 3
     assert oom_retry_batch(1) == 1
+
+
+def test_progress_reader_reports_new_epochs_once(tmp_path: Path) -> None:
+    """The runner's polling: each epoch is new exactly once; the end reports done = total."""
+    from exp3.layout import SessionPaths
+    from exp3.runner import ProgressUpdate, _ProgressReader
+
+    paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
+    updates: list[ProgressUpdate] = []
+    reader = _ProgressReader(paths, 3, updates.append)
+    reader.poll()
+    assert updates == [ProgressUpdate(0, 3, (), ())]  # nothing yet: 0 %
+    paths.run_dir.mkdir(parents=True)
+    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
+    reader.poll()
+    reader.poll()  # nothing new: no call
+    with paths.results_csv.open("a") as handle:
+        handle.write("2,20,2.0,0.2\n")
+    reader.poll(finished=True)
+    assert [(u.done, [e.epoch for e in u.new_epochs], len(u.epochs)) for u in updates[1:]] == [
+        (1, [1], 1), (3, [2], 2)]
+
+    def broken(update: ProgressUpdate) -> None:
+        raise ConnectionError("API down\nmore")
+
+    failing = _ProgressReader(paths, 3, broken)
+    failing.poll()  # a failing callback never stops the session: reporting stops, the error is kept
+    assert failing.error == "ConnectionError: API down" and failing.on_progress is None
+
+
+def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: Path) -> None:
+    from exp3.layout import SessionPaths
+    from exp3.runner import ProgressUpdate, run_session_subprocess
+    from exp3.sessions import Session
+
+    session = Session("m", "S1_clean_train")
+    paths = SessionPaths.of(tmp_path, session)
+    paths.run_dir.mkdir(parents=True)
+    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n2,20,2.0,0.2\n")
+    paths.metrics.write_text(json.dumps({"splits": {}}))
+    paths.write_done("k", {})
+    updates: list[ProgressUpdate] = []
+    run = run_session_subprocess(tmp_path / "unused.yaml", session, tmp_path, "k", on_progress=updates.append,
+                                 epochs_total=2)
+    assert not run.ran and len(updates) == 1
+    assert (updates[0].done, updates[0].total, updates[0].new_epochs, len(updates[0].epochs)) == (2, 2, (), 2)

@@ -1,0 +1,165 @@
+"""Live view of a session: one `EpochProgress` per row of Ultralytics' `train/results.csv`, and
+the one-line summaries the flow logs (per epoch, per finished session).
+
+Pure functions on rows and metrics dicts (no Prefect): the flow only logs what they return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from exp3.layout import SessionPaths
+
+MAP50_COLUMN = "metrics/mAP50(B)"
+MAP50_95_COLUMN = "metrics/mAP50-95(B)"
+LOSS_PREFIX = "train/"
+CLEAN_SPLIT, OCCLUDED_SPLIT = "test_clean", "test_occ_fixed"
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """One finished epoch as results.csv records it (`epoch` is 1-based, as Ultralytics writes it)."""
+
+    epoch: int
+    epochs_total: int | None
+    losses: dict[str, float]
+    """Every `train/*` column without its prefix: box/cls/dfl_loss (YOLO), giou/cls/l1_loss (RT-DETR)."""
+    map50: float | None
+    map50_95: float | None
+    epoch_s: float | None
+    eta_s: float | None
+    """Mean epoch time so far x epochs left (None without a total)."""
+
+
+def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list[EpochProgress]:
+    """One `EpochProgress` per complete results.csv row (a half-written last line is skipped).
+
+    Epoch time is the difference of the cumulative `time` column; a resumed training restarts
+    that clock, so a row whose time went down counts its own time.
+    """
+    parsed: list[EpochProgress] = []
+    durations: list[float] = []
+    previous: float | None = None
+    for index, row in enumerate(rows):
+        if any(value is None for value in row.values()):
+            continue  # the writer has not finished this line
+        elapsed = _number(row.get("time"))
+        epoch_s = None
+        if elapsed is not None:
+            epoch_s = elapsed - previous if previous is not None and elapsed >= previous else elapsed
+            previous = elapsed
+            durations.append(epoch_s)
+        epoch_number = _number(row.get("epoch"))
+        epoch = int(epoch_number) if epoch_number is not None else index + 1
+        losses = {key[len(LOSS_PREFIX):]: value for key, value in
+                  ((k, _number(v)) for k, v in row.items() if k.startswith(LOSS_PREFIX)) if value is not None}
+        eta = None
+        if epochs_total and durations:
+            eta = sum(durations) / len(durations) * max(epochs_total - epoch, 0)
+        parsed.append(EpochProgress(epoch, epochs_total, losses, _number(row.get(MAP50_COLUMN)),
+                                    _number(row.get(MAP50_95_COLUMN)), epoch_s, eta))
+    return parsed
+
+
+def _seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def _value(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_epoch_line(session: str, progress: EpochProgress) -> str:
+    """One line per epoch, e.g. `yolov8m__S1_clean_train: epoch 3/50 box_loss 1.234 cls_loss 2.100
+    dfl_loss 1.050 | val mAP50 0.412 mAP50-95 0.251 | 41s/epoch, ETA 32m49s`."""
+    total = progress.epochs_total if progress.epochs_total is not None else "?"
+    losses = " ".join(f"{name} {value:.3f}" for name, value in progress.losses.items()) or "no train losses"
+    return (f"{session}: epoch {progress.epoch}/{total} {losses} | val mAP50 {_value(progress.map50)} "
+            f"mAP50-95 {_value(progress.map50_95)} | {_seconds(progress.epoch_s)}/epoch, "
+            f"ETA {_seconds(progress.eta_s)}")
+
+
+def epoch_table(epochs: list[EpochProgress]) -> list[dict[str, Any]]:
+    """Rows of the per-session epochs table artifact: epoch, each loss, mAP50, mAP50-95, epoch s."""
+    return [{"epoch": p.epoch, **{name: round(value, 4) for name, value in p.losses.items()},
+             "mAP50": None if p.map50 is None else round(p.map50, 4),
+             "mAP50-95": None if p.map50_95 is None else round(p.map50_95, 4),
+             "epoch_s": None if p.epoch_s is None else round(p.epoch_s, 1)} for p in epochs]
+
+
+def last_val_map50(rows: list[dict[str, str]]) -> float | None:
+    """Val mAP50 of the last complete results.csv row (None without one)."""
+    epochs = epoch_progress(rows, None)
+    return epochs[-1].map50 if epochs else None
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """The headline numbers of a finished session's metrics.json."""
+
+    f1_clean: float | None
+    f1_occluded: float | None
+    map50_clean: float | None
+    map50_occluded: float | None
+
+
+def session_result(metrics: dict[str, Any]) -> SessionResult:
+    """Ingredient micro F1 and mAP50 of both test splits (None where metrics.json lacks one)."""
+    splits = metrics.get("splits") or {}
+
+    def pick(split: str, *path: str) -> float | None:
+        value: Any = splits.get(split) or {}
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    return SessionResult(pick(CLEAN_SPLIT, "ingredient", "micro", "f1"),
+                         pick(OCCLUDED_SPLIT, "ingredient", "micro", "f1"),
+                         pick(CLEAN_SPLIT, "map50"), pick(OCCLUDED_SPLIT, "map50"))
+
+
+def format_result(result: SessionResult) -> str:
+    """`F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511`."""
+    return (f"F1 clean {_value(result.f1_clean)} / occluded {_value(result.f1_occluded)}, "
+            f"mAP50 clean {_value(result.map50_clean)} / occluded {_value(result.map50_occluded)}")
+
+
+def format_done_line(session: str, result: SessionResult, wall_s: float) -> str:
+    """The log line of a session that ended well."""
+    return f"DONE {session}: {format_result(result)}, wall {_seconds(wall_s)}"
+
+
+def format_failed_line(session: str, error: str, wall_s: float) -> str:
+    """The log line of a session that failed: its one-line error."""
+    first = (error.strip().splitlines() or ["unknown error"])[0]
+    first = first.removeprefix(f"{session}: ")  # SessionError messages start with the session's name
+    return f"FAILED {session}: {first} (after {_seconds(wall_s)})"
+
+
+def format_cached_line(session: str, result: SessionResult) -> str:
+    """The log line of a session found done under the current key (not run again)."""
+    return f"{session}: already done under this key (cached), {format_result(result)}"
+
+
+def read_session_result(paths: SessionPaths) -> SessionResult:
+    """`session_result` of the session's metrics.json (all None if it cannot be read)."""
+    try:
+        metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = {}
+    return session_result(metrics if isinstance(metrics, dict) else {})

@@ -1,0 +1,88 @@
+"""Per-epoch live view: results.csv rows -> EpochProgress -> log lines and table rows; result lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exp3.grid import results_rows
+from exp3.layout import SessionPaths
+from exp3.progress import (
+    EpochProgress,
+    epoch_progress,
+    epoch_table,
+    format_cached_line,
+    format_done_line,
+    format_epoch_line,
+    format_failed_line,
+    last_val_map50,
+    read_session_result,
+    session_result,
+)
+
+YOLO_CSV = """\
+                  epoch,                  time,        train/box_loss,        train/cls_loss,        train/dfl_loss,   metrics/precision(B),      metrics/recall(B),       metrics/mAP50(B),    metrics/mAP50-95(B),          val/box_loss,          val/cls_loss,          val/dfl_loss,                 lr/pg0
+1,20.0,6.27038,7.1187,3.91988,0,0,0,0,7.04,9.91,4.18,0.0002
+2,41.0,5.3047,4.78279,3.34981,0.1,0.2,0.0312,0.0112,7.05,10.46,4.26,0.0004
+3,60.0,4.01279,3.35238,2.22216,0.74,0.05,0.41234,0.25101,3.02,3.03,1.89,0.0006
+"""
+RTDETR_CSV = """\
+epoch,time,train/giou_loss,train/cls_loss,train/l1_loss,metrics/precision(B),metrics/recall(B),metrics/mAP50(B),metrics/mAP50-95(B),val/giou_loss,val/cls_loss,val/l1_loss,lr/pg0
+1,8.0,1.844,5.52549,1.03594,0.00066,0.01429,0.00013,4e-05,1.591,0.86213,0.93895,0.000714
+"""
+
+
+def _session(tmp_path: Path, csv_text: str) -> Path:
+    folder = tmp_path / "m" / "m__S1_clean_train"
+    SessionPaths(folder).run_dir.mkdir(parents=True)
+    SessionPaths(folder).results_csv.write_text(csv_text)
+    return folder
+
+
+def test_yolo_results_csv_gives_one_progress_per_epoch(tmp_path: Path) -> None:
+    epochs = epoch_progress(results_rows(_session(tmp_path, YOLO_CSV)), epochs_total=10)
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert list(epochs[0].losses) == ["box_loss", "cls_loss", "dfl_loss"]  # every train/* column, no val/*
+    assert epochs[2].losses["cls_loss"] == pytest.approx(3.35238)
+    assert (epochs[2].map50, epochs[2].map50_95) == (pytest.approx(0.41234), pytest.approx(0.25101))
+    assert [e.epoch_s for e in epochs] == [pytest.approx(20.0), pytest.approx(21.0), pytest.approx(19.0)]
+    assert epochs[2].eta_s == pytest.approx(20.0 * 7)  # mean epoch time x epochs left
+    line = format_epoch_line("m__S1_clean_train", epochs[2])
+    assert line == ("m__S1_clean_train: epoch 3/10 box_loss 4.013 cls_loss 3.352 dfl_loss 2.222 | "
+                    "val mAP50 0.412 mAP50-95 0.251 | 19s/epoch, ETA 2m20s")
+    table = epoch_table(epochs)
+    assert table[1] == {"epoch": 2, "box_loss": 5.3047, "cls_loss": 4.7828, "dfl_loss": 3.3498, "mAP50": 0.0312,
+                        "mAP50-95": 0.0112, "epoch_s": 21.0}
+    assert last_val_map50(results_rows(_session(tmp_path / "again", YOLO_CSV))) == pytest.approx(0.41234)
+
+
+def test_rtdetr_losses_half_written_line_and_resumed_clock(tmp_path: Path) -> None:
+    text = RTDETR_CSV + "2,5.0,1.7,5.1,1.0,0,0,0.002,0.001,1.5,0.8,0.9,0.0007\n3,12.5,1.6"  # resumed; cut off
+    epochs = epoch_progress(results_rows(_session(tmp_path, text)), epochs_total=3)
+    assert [e.epoch for e in epochs] == [1, 2]  # the half-written third line is not an epoch yet
+    assert list(epochs[0].losses) == ["giou_loss", "cls_loss", "l1_loss"]
+    assert epochs[1].epoch_s == pytest.approx(5.0)  # the clock restarted on resume: its own time
+    assert "epoch 2/3 giou_loss 1.700 cls_loss 5.100 l1_loss 1.000" in format_epoch_line("r", epochs[1])
+    assert epoch_progress([], 3) == [] and last_val_map50([]) is None
+    bare = EpochProgress(1, None, {}, None, None, None, None)
+    assert format_epoch_line("s", bare) == "s: epoch 1/? no train losses | val mAP50 - mAP50-95 - | -/epoch, ETA -"
+
+
+def test_result_lines_from_metrics_json(tmp_path: Path) -> None:
+    metrics = {"splits": {"test_clean": {"map50": 0.7021, "ingredient": {"micro": {"f1": 0.8123}}},
+                          "test_occ_fixed": {"map50": 0.5111, "ingredient": {"micro": {"f1": 0.64}}}}}
+    paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
+    paths.folder.mkdir(parents=True)
+    paths.metrics.write_text(json.dumps(metrics))
+    result = read_session_result(paths)
+    assert result == session_result(metrics)
+    assert format_done_line("m__S1", result, 3725.0) == (
+        "DONE m__S1: F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511, wall 1h02m")
+    assert format_cached_line("m__S1", result) == (
+        "m__S1: already done under this key (cached), F1 clean 0.812 / occluded 0.640, "
+        "mAP50 clean 0.702 / occluded 0.511")
+    assert format_failed_line("m__S1", "m__S1: RuntimeError: boom\ntraceback ...", 65.0) == (
+        "FAILED m__S1: RuntimeError: boom (after 1m05s)")
+    assert "F1 clean - / occluded -" in format_cached_line("x", read_session_result(SessionPaths(tmp_path / "no")))
