@@ -1106,6 +1106,19 @@ def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFram
     return pd.DataFrame(rows), f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}."
 
 
+def dashboard_markdown(result: "ReportResult") -> str:
+    """The morning view for the Prefect UI's markdown artifact: positive control verdicts, headline findings
+    and the test_occ_fixed table with CIs, then where the full report, tables and charts are on disk."""
+    lines = ["# exp3 results", "", f"Full report: `{result.root / 'report.md'}` (charts: `{result.root / 'plots'}`)",
+             "", "## Positive control", ""]
+    lines += [f"- {positive_control(result.comparisons, model)[1]}" for model in result.models]
+    lines += ["", "## Headline findings", ""]
+    lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
+    lines += ["", "## test_occ_fixed at the primary threshold", "",
+              markdown_table(split_table(result.summary, "test_occ_fixed")), ""]
+    return "\n".join(lines)
+
+
 def render_markdown(result: "ReportResult") -> str:
     """report.md: status grid, headline findings, per split the table at the primary and at the val-chosen
     threshold, S2 vs S1 on every metric, failures, charts, files."""

@@ -262,7 +262,7 @@ def train_and_eval(config_path: str, model: str, suffix: str, seed: int | None, 
 @task(name="report")
 def report_task(output_root: str, models: list[str], seeds: list[int], sessions: list[str]) -> dict[str, Any]:
     """Summary tables, plots and report.md from the session folders (also for a partial grid)."""
-    from exp3.report import build_report, positive_control
+    from exp3.report import build_report, dashboard_markdown, positive_control
 
     result = build_report(Path(output_root), models=models, seeds=seeds, sessions=sessions)
     for model in models:
@@ -272,14 +272,16 @@ def report_task(output_root: str, models: list[str], seeds: list[int], sessions:
     rows = json.loads(result.summary[columns].to_json(orient="records"))
     return {"summary_csv": str(Path(output_root) / "summary_metrics.csv"), "rows": rows,
             "plots": [str(p) for p in result.files if p.suffix == ".png"],
-            "report_md": str(Path(output_root) / "report.md")}
+            "report_md": str(Path(output_root) / "report.md"), "dashboard_md": dashboard_markdown(result)}
 
 
 def _publish_artifacts(report: dict[str, Any]) -> None:
     rows = report["rows"]
     create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
+    create_markdown_artifact(key="exp3-results", markdown=report["dashboard_md"],
+                             description="positive control, headline findings and the occluded-split table")
     plots = "\n".join(f"- `{path}`" for path in report["plots"])
-    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 results\n\nReport: `{report['report_md']}`\n\n"
+    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 files\n\nReport: `{report['report_md']}`\n\n"
                                                        f"Summary: `{report['summary_csv']}`\n\nPlots:\n{plots}\n")
 
 

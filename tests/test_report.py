@@ -479,3 +479,14 @@ def test_sessions_outside_the_run_are_not_in_run_not_missing(tmp_path: Path,
     assert capsys.readouterr().out.startswith("report: 1 model(s), sessions 2 done ->")
     assert report.main(["--root", str(tmp_path), "--sessions", "S9_other"]) == 2
     assert "unknown session 'S9_other'" in capsys.readouterr().err
+
+
+def test_dashboard_markdown_carries_the_numbers(built: report.ReportResult) -> None:
+    """The Prefect UI's results artifact: verdicts, findings and the occluded table, with numbers."""
+    text = report.dashboard_markdown(built)
+    assert text.startswith("# exp3 results") and str(built.root / "report.md") in text
+    assert "- **rtdetr-l** positive control (S2 vs S1 on test_occ_fixed): detect the effect:" in text
+    for finding in report.headline_findings(built.summary, built.models, built.comparisons):
+        assert f"- {finding}" in text
+    s2 = built.summary.set_index(["model", "session", "split"]).loc[("rtdetr-l", "S2_occ_train", "test_occ_fixed")]
+    assert f"| {s2['ingredient_micro_f1']:.3f} [" in text
