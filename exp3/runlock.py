@@ -334,8 +334,17 @@ def check_free(root: Path) -> None:
     RootLock(root).check_free()
 
 
+EPHEMERAL_SERVER_MARKS: tuple[bytes, ...] = (b"uvicorn", b"prefect.server.api.server")
+"""What the command line of Prefect's ephemeral API server (the one a flow run starts for itself) holds;
+a server the user started (`prefect server start`, e.g. to watch runs in the UI) does not match."""
+
+
 def reap_orphaned_prefect_servers(prefect_home: Path) -> list[int]:
-    """SIGTERM orphaned (parent = init) Prefect server processes whose PREFECT_HOME is ours; return pids."""
+    """SIGTERM orphaned (parent = init) ephemeral Prefect API servers whose PREFECT_HOME is ours; return pids.
+
+    Only the ephemeral server's command line (EPHEMERAL_SERVER_MARKS) is matched: a UI server the user
+    started with the same PREFECT_HOME, even daemonised (`nohup ... &`), is left alone.
+    """
     reaped: list[int] = []
     wanted = f"PREFECT_HOME={Path(prefect_home).absolute()}".encode()
     for entry in Path("/proc").glob("[0-9]*"):
@@ -346,7 +355,7 @@ def reap_orphaned_prefect_servers(prefect_home: Path) -> list[int]:
             if ppid != 1 or pid == os.getpid():
                 continue
             cmdline = (entry / "cmdline").read_bytes()
-            if b"uvicorn" not in cmdline and b"prefect" not in cmdline:
+            if not all(mark in cmdline for mark in EPHEMERAL_SERVER_MARKS):
                 continue
             if wanted not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
