@@ -33,22 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from exp3.metrics import ImageRecord, box_iou, optimal_matches, records_from_json
+from exp3.metrics import ImageRecord, matched_gt, records_from_json
 
 
 def _load(folder: Path, split: str) -> tuple[list[ImageRecord], dict[str, Any]]:
     payload = json.loads((folder / f"predictions_{split}.json").read_text())
     return records_from_json(payload["images"]), json.loads((folder / "metrics.json").read_text())
-
-
-def _matched_gt(record: ImageRecord, conf: float, match_iou: float) -> np.ndarray:
-    """(G,) bool: ground-truth boxes matched one-to-one by a same-class detection at `conf`."""
-    kept = record.pred_conf >= conf
-    iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
-    same = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
-    found = np.zeros(len(record.gt_classes), bool)
-    found[optimal_matches(iou, same, match_iou)[1]] = True
-    return found
 
 
 def _named(record: ImageRecord, conf: float) -> set[int]:
@@ -59,7 +49,7 @@ def _session_figures(records: list[ImageRecord], conf: float, match_iou: float) 
     boxes_found = boxes = predicted = 0
     pairs = Counter()
     for record in records:
-        matched = _matched_gt(record, conf, match_iou)
+        matched = matched_gt(record, conf, match_iou)
         boxes += len(matched)
         boxes_found += int(matched.sum())
         predicted += int((record.pred_conf >= conf).sum())
@@ -95,7 +85,7 @@ def _gain(session: list[ImageRecord], reference: list[ImageRecord], conf_s: floa
     images = Counter()
     for record in session:
         other = by_id[record.image_id]
-        mine, theirs = _matched_gt(record, conf_s, match_iou), _matched_gt(other, conf_r, match_iou)
+        mine, theirs = matched_gt(record, conf_s, match_iou), matched_gt(other, conf_r, match_iou)
         named_s, named_r = _named(record, conf_s), _named(other, conf_r)
         gt = set(int(c) for c in record.gt_classes)
         for index in np.flatnonzero(mine & ~theirs):

@@ -196,8 +196,9 @@ def seed_mean_draws(runs: list[MapStats], n_resamples: int, seed: int) -> np.nda
     the sorted image ids, so differences of draws are paired. Draws a session kept are used as they
     are; the others are computed here.
     """
-    return np.mean([stats.stored_draws(n_resamples, seed) if stats.stored_draws(n_resamples, seed) is not None
-                    else stats.with_draws(n_resamples, seed).draws for stats in runs], axis=0)
+    draws = [stats.stored_draws(n_resamples, seed) for stats in runs]
+    return np.mean([kept if kept is not None else stats.with_draws(n_resamples, seed).draws
+                    for kept, stats in zip(draws, runs)], axis=0)
 
 
 def common_image_ids(runs: list[MapStats]) -> tuple[str, ...] | None:

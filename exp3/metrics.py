@@ -394,15 +394,21 @@ def optimal_matches(iou: np.ndarray, same_class: np.ndarray,
     return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
 
 
+def matched_gt(record: ImageRecord, conf: float = DEFAULT_CONF, match_iou: float = DEFAULT_MATCH_IOU) -> np.ndarray:
+    """(G,) bool: the image's ground-truth boxes matched one-to-one (`optimal_matches`) by a detection >= `conf`."""
+    kept = record.pred_conf >= conf
+    iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
+    same_class = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
+    found = np.zeros(len(record.gt_classes), dtype=bool)
+    found[optimal_matches(iou, same_class, match_iou)[1]] = True
+    return found
+
+
 def detection_counts(record: ImageRecord, conf: float = DEFAULT_CONF,
                      match_iou: float = DEFAULT_MATCH_IOU) -> tuple[int, int, int]:
     """(tp, fp, fn) of one image: detections with confidence >= `conf`, matched by `optimal_matches`."""
-    kept = record.pred_conf >= conf
-    pred_boxes, pred_classes = record.pred_boxes[kept], record.pred_classes[kept]
-    iou = box_iou(pred_boxes, record.gt_boxes)
-    same_class = pred_classes[:, None] == record.gt_classes[None, :]
-    tp = len(optimal_matches(iou, same_class, match_iou)[0])
-    return tp, len(pred_boxes) - tp, len(record.gt_boxes) - tp
+    tp = int(matched_gt(record, conf, match_iou).sum())
+    return tp, int((record.pred_conf >= conf).sum()) - tp, len(record.gt_boxes) - tp
 
 
 def detection_prf(records: Sequence[ImageRecord], conf: float = DEFAULT_CONF,

@@ -482,7 +482,8 @@ class MapDraws:
 
     All sessions of a split are resampled with the same index matrix (`stats.bootstrap_indices`
     over their sorted image ids), so draw differences are paired like the F1s'. A session's kept
-    draws are used when they match (n_resamples, seed); otherwise they are computed here.
+    draws are used when they match (n_resamples, seed); otherwise they are computed here. Stats
+    that do not reproduce the run's recorded mAP (another evaluation's file) give no interval.
     """
 
     def __init__(self, grouped: dict[tuple[str, str], list[SessionRun]], n_resamples: int, seed: int) -> None:
@@ -501,10 +502,22 @@ class MapDraws:
             self._cache[key] = None
             if done and all(path.is_file() for path in paths):
                 loaded = [MapStats.load(path) for path in paths]
+                if not all(_reproduces_map(stats, run, split) for stats, run in zip(loaded, done)):
+                    return None                      # not the stats behind metrics.json's mAP: no interval
                 ids = common_image_ids(loaded)
                 if ids:
                     self._cache[key] = (ids, seed_mean_draws(loaded, self.n_resamples, self.seed))
         return self._cache[key]
+
+
+def _reproduces_map(stats: Any, run: SessionRun, split: str) -> bool:
+    """True when `stats` give exactly the mAP50 / mAP50-95 that the run's metrics.json reports for `split`."""
+    from exp3.mapstats import mean_ap
+
+    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
+    recorded = (_number(part.get("map50")), _number(part.get("map50_95")))
+    return all(math.isfinite(value) for value in recorded) and np.allclose(mean_ap(stats), recorded, rtol=0,
+                                                                            atol=1e-9)
 
 
 def map_interval(draws: MapDraws, a: tuple[str, str, str], b: tuple[str, str, str], column: int,

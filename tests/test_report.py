@@ -454,8 +454,17 @@ def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path:
     text = (tmp_path / "report.md").read_text()
     assert "## Positive control: can this run detect a known effect?" in text and f"- {verdict}" in text
     assert "docs/what-metrics-detect.md" in text
-    alone = report.build_report(tmp_path, models=["yolov8n", "yolov8n"], n_resamples=50, n_permutations=50,
+    # a map_stats file that is not the one behind metrics.json's mAP (here S2's copied into S3) gives no interval
+    s3 = tmp_path / "yolov8n" / "yolov8n__S3_mask_backbone_early"
+    (s3 / "map_stats_test_occ_fixed.npz").write_bytes(
+        (tmp_path / "yolov8n" / "yolov8n__S2_occ_train" / "map_stats_test_occ_fixed.npz").read_bytes())
+    swapped = report.build_report(tmp_path, models=["yolov8n"], n_resamples=50, n_permutations=50, charts=False)
+    row = swapped.comparisons.set_index(["split", "metric", "threshold", "session", "reference"]).loc[
+        ("test_occ_fixed", "map50", "primary", "S3_mask_backbone_early", "S1_clean_train")]
+    assert row["difference"] == 0.0 and math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+    alone = report.build_report(tmp_path, models=["yolov8n", "yolov8m"], n_resamples=50, n_permutations=50,
                                 charts=False)
+    assert "yolov8m" in set(alone.comparisons["model"])                     # listed, with no session folder
     assert report.positive_control(alone.comparisons, "yolov8m")[1] == (
         "**yolov8m**: positive control not available (S2 and S1 must both be done on test_occ_fixed).")
 
