@@ -502,11 +502,26 @@ def build_synthetic_dataset(
         files = {key: {"image_sha256": image_sha, "label_sha256": label_sha} for key, image_sha, label_sha in rows}
         atomic_write_text(staging / "data.yaml", data_yaml_text(target))
         atomic_write_json(staging / "synth_manifest.json", {"spec": spec, "files": files})
-        if target.exists():
-            target.rmdir()  # empty (checked above)
-        os.replace(staging, target)
+        _publish(staging, target, spec)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target / "data.yaml"
+
+
+def _publish(staging: Path, target: Path, spec: dict[str, object]) -> None:
+    """Rename `staging` into place; if a concurrent build of the same dataset won, keep the winner's.
+
+    Two sessions started by hand at once (or two flows on one root) both generate; the second
+    rename then meets a non-empty `target` (ENOTEMPTY/EEXIST). That is only fine when the
+    winner's manifest carries the same spec; anything else is raised as before.
+    """
+    try:
+        if target.exists():
+            target.rmdir()  # empty (checked by the caller), unless a concurrent build just filled it
+        os.replace(staging, target)
+    except OSError:
+        if not _existing_matches(target, spec):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
 

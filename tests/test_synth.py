@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,49 @@ def test_cli_synth_and_bad_preset(tmp_path: Path) -> None:
                           "--preset", "huge"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown synthetic preset 'huge'" in bad.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_concurrent_build_of_the_same_dataset_reuses_the_winner(tmp_path, monkeypatch):
+    """Two sessions started at once both generate; the one that renames second keeps the first's files.
+
+    Seen on a GPU box: two `python -m exp3.session` runs on a fresh root, one failed with
+    'OSError: [Errno 39] Directory not empty'. Here the other build wins between this build's
+    existence check and its rename.
+    """
+    import exp3.synth as synth
+
+    target = tmp_path / "data"
+    real_replace = synth.os.replace
+    raced = []
+
+    def replace_after_a_concurrent_build(source, destination):
+        if not raced:
+            raced.append(True)
+            monkeypatch.setattr(synth.os, "replace", real_replace)
+            winner = build_synthetic_dataset(target, preset="smoke", seed=1, counts=SMALL)  # the other process
+            raced.append(winner.parent.joinpath("synth_manifest.json").read_bytes())
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(synth.os, "replace", replace_after_a_concurrent_build)
+    data_yaml = build_synthetic_dataset(target, preset="smoke", seed=1, counts=SMALL)
+    assert len(raced) == 2, "the concurrent build did not run"
+    assert data_yaml == target / "data.yaml"
+    assert (target / "synth_manifest.json").read_bytes() == raced[1]  # the winner's files, untouched
+    assert not [entry for entry in tmp_path.iterdir() if entry.name.startswith(".data.")]  # no staging left
+
+
+def test_concurrent_build_of_another_dataset_still_refuses(tmp_path, monkeypatch):
+    import exp3.synth as synth
+
+    target = tmp_path / "data"
+    real_replace = synth.os.replace
+
+    def replace_after_another_build(source, destination):
+        monkeypatch.setattr(synth.os, "replace", real_replace)
+        build_synthetic_dataset(target, preset="smoke", seed=2, counts=SMALL)  # a different dataset won
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(synth.os, "replace", replace_after_another_build)
+    with pytest.raises(OSError):
+        build_synthetic_dataset(target, preset="smoke", seed=1, counts=SMALL)
+    assert json.loads((target / "synth_manifest.json").read_text())["spec"]["seed"] == 2  # nothing overwritten
