@@ -8,6 +8,7 @@ Python so it can be tested and reused without Prefect.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,18 @@ class _ProgressReader:
         except Exception as error:  # noqa: BLE001 - see the class docstring
             self.error = f"{type(error).__name__}: {error}".splitlines()[0]
             self.on_progress = None
+
+
+def exit_reason(returncode: int) -> str:
+    """Why a session process without a FAILED marker ended: a signal means it was stopped, not that it broke."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return (f"session stopped by {name} (a time limit, a pre-emption or Ctrl-C); its training resumes from "
+                "its last epoch when you run the same command again")
+    return f"session exited with code {returncode}"
 
 
 def failure_record(folder: Path) -> dict | None:
@@ -176,5 +189,5 @@ def run_session_subprocess(
         raise SessionError(f"{session.name}: the session finished under another key than {cache_key} "
                            f"(see {folder / 'inputs.json'}): report this as a bug")
     record = failure_record(folder) or {}
-    error = record.get("error") or f"session exited with code {process.returncode}"
+    error = record.get("error") or exit_reason(process.returncode)
     raise SessionError(f"{session.name}: {error} (logs in {paths.logs})", transient=is_out_of_memory(record))

@@ -66,3 +66,13 @@ def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: P
                                  epochs_total=2)
     assert not run.ran and len(updates) == 1
     assert (updates[0].done, updates[0].total, updates[0].new_epochs, len(updates[0].epochs)) == (2, 2, (), 2)
+
+
+def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> None:
+    """The H100 pilot's `timeout` sent SIGTERM: the flow logged 'session exited with code -15'."""
+    from exp3.runner import exit_reason
+
+    assert exit_reason(-15).startswith("session stopped by SIGTERM")
+    assert "resumes from its last epoch" in exit_reason(-9)
+    assert exit_reason(-200).startswith("session stopped by signal 200")
+    assert exit_reason(3) == "session exited with code 3"
