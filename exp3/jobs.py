@@ -1,5 +1,5 @@
 """What crosses the flow's task boundary: a `SessionJob` in, a `SessionResult` out, and the plan
-that turns the grid into jobs on lanes. No Prefect here, and `plan_jobs` reads no files.
+that turns the grid into jobs on lanes. No Prefect here; `plan_jobs` is pure (reads no files).
 
     plan_jobs(config, grid, lanes, keys=..., config_path=...)  -> [SessionJob, ...]
     train_and_eval(job, stop)                                  -> SessionResult (persisted as JSON)
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from exp3.config import ExperimentConfig
 from exp3.layout import SessionPaths
-from exp3.progress import SessionHeadline
+from exp3.progress import SessionHeadline, read_session_headline
 from exp3.session import PreparedData
 from exp3.sessions import Session
 
@@ -114,7 +114,8 @@ def outcome(job: SessionJob, state_name: str, value: Any) -> SessionResult:
         return SessionResult(session=job.name, status=status, cache_key=job.cache_key, folder=str(job.paths.folder),
                              reason=reason)
     result = value if isinstance(value, SessionResult) else SessionResult(
-        session=job.name, status="done", cache_key=job.cache_key, folder=str(job.paths.folder))
+        session=job.name, status="done", cache_key=job.cache_key, folder=str(job.paths.folder),
+        headline=read_session_headline(job.paths))
     return result.model_copy(update={"status": "cached"}) if state_name == "Cached" else result
 
 

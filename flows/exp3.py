@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-# This file shares its name with the `exp3` package and cannot be renamed (users, deployments and
-# notebooks call flows/exp3.py). Python and Prefect's loader put the script's folder first on
-# sys.path, and Prefect registers the script as module `exp3`: undo both so `import exp3` is the library.
+# This file shares its name with the `exp3` package and keeps it (users, prefect.yaml and the notebooks
+# call flows/exp3.py). Python and Prefect's loader put the script's folder first on sys.path (`import exp3`
+# would import this file again), and Prefect's loader registers the script as a package named `exp3`
+# (`exp3.config` would be looked up in flows/): undo both, so `import exp3` is the library.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 if __name__ == "exp3":
     del sys.modules[__name__]
@@ -27,8 +29,6 @@ if __name__ == "__main__":  # parse the command line and set the environment bef
     from exp3.cli import start
 
     CLI = start(sys.argv[1:])
-
-from typing import Any  # noqa: E402
 
 from prefect import allow_failure, flow, get_run_logger, task  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
