@@ -10,14 +10,9 @@ PYTHON="${PYTHON:-python}"
 MAX_ATTEMPTS="${EXP3_MAX_ATTEMPTS:-3}"
 ROOT="$("$PYTHON" - "$@" <<'PY'
 import sys
-sys.argv = ["flows/exp3.py", *sys.argv[1:]]
-from pathlib import Path
-from exp3.config import load_config, resolve_output_root
-args = sys.argv[1:]
-path = "configs/smoke.yaml" if ("--smoke" in args or "--sanity" in args) else (
-    args[args.index("--config") + 1] if "--config" in args else "configs/exp3.yaml")
-sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-print(resolve_output_root(load_config(Path(path), sets)))
+from exp3.cli import config_from_args  # the flow's own choice of config (--smoke, --sanity, --pilot, --set ...)
+from exp3.config import resolve_output_root
+print(resolve_output_root(config_from_args(sys.argv[1:])[0]))
 PY
 )" || { echo "run_experiment3: cannot read the config" >&2; exit 2; }
 mkdir -p "$ROOT/logs"

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from exp3.fileio import atomic_write_json, sha256_bytes, sha256_file
+from exp3.labels import box_in_bounds, parse_label_text
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 REQUIRED_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -139,8 +140,8 @@ BLOCKING_KINDS: dict[str, str] = {
     "missing_split_source": "fix the split's path in data.yaml",
     "empty_split": "put images in the split or point it at the right folder",
     "class_id_out_of_range": "fix the label or add the class to 'names'",
-    "malformed_label_line": "each line must be 'class cx cy w h' with 5 numbers",
-    "box_out_of_bounds": "box centre/size must lie in [0, 1] (normalised xywh) with w, h > 0",
+    "malformed_label_line": "each line must be a box 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...'",
+    "box_out_of_bounds": "box centre/size (or polygon points) must lie in [0, 1] (normalised) with w, h > 0",
     "corrupt_image": "re-export or remove the image",
     "image_id_shared_across_splits": "rename or move the image so each id lives in one split (leakage)",
     "duplicate_image_across_splits": "remove the duplicate: the same picture in two splits leaks test data",
@@ -193,42 +194,6 @@ class AuditReport:
             where = f"{example.split}:{example.file}" if example.file else example.split
             lines.append(f"{severity}: {kind}: {len(found)} (e.g. {where} {example.detail}) -> {fix}")
         return lines
-
-
-def parse_label_text(text: str) -> tuple[list[tuple[int, float, float, float, float]], list[tuple[int, str]]]:
-    """YOLO label text -> (rows (cls, cx, cy, w, h), malformed (line number, reason)).
-
-    Rows are returned as parsed (range checks are the caller's); line numbers start at 1.
-    Segment labels (more than 5 values) are accepted, their box is not checked here.
-    """
-    rows: list[tuple[int, float, float, float, float]] = []
-    malformed: list[tuple[int, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < 5:
-            malformed.append((number, f"{len(fields)} values"))
-            continue
-        try:
-            class_value = float(fields[0])
-            values = [float(value) for value in fields[1:5]]
-        except ValueError:
-            malformed.append((number, f"non-numeric {line.strip()!r}"))
-            continue
-        if class_value != int(class_value):
-            malformed.append((number, f"class {fields[0]!r} is not an integer"))
-            continue
-        rows.append((int(class_value), values[0], values[1], values[2], values[3]))
-    return rows, malformed
-
-
-def _box_in_bounds(cx: float, cy: float, w: float, h: float, tolerance: float = 1e-6) -> bool:
-    low, high = -tolerance, 1.0 + tolerance
-    return (
-        0.0 < w <= high and 0.0 < h <= high and low <= cx - w / 2 and cx + w / 2 <= high
-        and low <= cy - h / 2 and cy + h / 2 <= high
-    )
 
 
 def _image_problem(path: Path) -> str | None:
@@ -289,14 +254,15 @@ def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
             label_relative = os.path.relpath(label, spec.root)
             for number, why in malformed:
                 report.problems.append(Problem("malformed_label_line", split, f"{label_relative}:{number}", why))
-            for number, (class_id, cx, cy, w, h) in enumerate(rows, start=1):
-                if not 0 <= class_id < len(spec.names):
+            for row in rows:
+                if not 0 <= row.class_id < len(spec.names):
                     report.problems.append(Problem("class_id_out_of_range", split, f"{label_relative}",
-                                                   f"class {class_id}, names has {len(spec.names)}"))
-                if not _box_in_bounds(cx, cy, w, h):
+                                                   f"class {row.class_id}, names has {len(spec.names)}"))
+                if not box_in_bounds(row):
+                    what = "polygon with box" if row.is_polygon else "box"
                     report.problems.append(Problem("box_out_of_bounds", split, f"{label_relative}",
-                                                   f"box {cx:g} {cy:g} {w:g} {h:g}"))
-                stats["instances_per_class"][class_id] += 1
+                                                   f"{what} {' '.join(f'{v:g}' for v in row.box)}"))
+                stats["instances_per_class"][row.class_id] += 1
             stats["instances"] += len(rows)
         image_labels = {label_path_for(image) for image in images}
         for source in spec.splits[split]:

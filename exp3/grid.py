@@ -68,6 +68,11 @@ def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions
                    for _, model, suffix, seed in selectors)]
 
 
+def failed_sessions(output_root: Path, sessions: list[Session], keys: dict[str, str]) -> frozenset[str]:
+    """Names of the sessions whose folder holds a FAILED marker made under their current key."""
+    return frozenset(s.name for s in sessions if SessionPaths.of(output_root, s).state(keys[s.name]) == "failed")
+
+
 @dataclass(frozen=True)
 class SessionStatus:
     """What the files on disk say about one session."""

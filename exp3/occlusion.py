@@ -55,6 +55,7 @@ from pydantic import ValidationError
 
 from exp3.config import ConfigError, OcclusionConfig, load_config
 from exp3.dataset import DataSpec, DatasetError, label_path_for, list_split_images, read_data_yaml
+from exp3.labels import parse_label_text
 from exp3.parallel import process_pool_context
 from exp3.fileio import (
     atomic_write_json,
@@ -160,37 +161,23 @@ def _read_spec(data_yaml: Path) -> DataSpec:
 def _parse_yolo_labels(
     text: str, num_classes: int, label_path: Path
 ) -> tuple[tuple[int, float, float, float, float], ...]:
-    """YOLO label text -> ((class_id, cx, cy, w, h), ...) normalised; polygon rows become their box."""
-    rows: list[tuple[int, float, float, float, float]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"label file {str(label_path)!r} line {number}"
-        try:
-            values = [float(part) for part in parts]
-        except ValueError:
-            raise OcclusionError(f"{where} is not numbers ({line.strip()[:40]!r}): write 'class cx cy w h'") from None
-        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
+    """YOLO label text -> ((class_id, cx, cy, w, h), ...) normalised; polygon rows become their box
+    (exp3.labels, the parser the audit uses)."""
+    rows, malformed = parse_label_text(text)
+    if malformed:
+        number, why = malformed[0]
+        raise OcclusionError(f"label file {str(label_path)!r} line {number}: {why}: write 'class cx cy w h' "
+                             "(or a polygon 'class x1 y1 x2 y2 x3 y3 ...')")
+    for row in rows:
+        where = f"label file {str(label_path)!r} line {row.line}"
+        if not 0 <= row.class_id < num_classes:
             raise OcclusionError(
-                f"{where} has {len(values)} values: write 'class cx cy w h' (or 'class x1 y1 x2 y2 ...')"
-            )
-        class_id = values[0]
-        if class_id != int(class_id) or not 0 <= class_id < num_classes:
-            raise OcclusionError(
-                f"{where}: class id {parts[0]} is not in names (0..{num_classes - 1}): "
+                f"{where}: class id {row.class_id} is not in names (0..{num_classes - 1}): "
                 "fix the label or add the class to names"
             )
-        coords = values[1:]
-        if min(coords) < 0.0 or max(coords) > 1.0:
+        if min(row.coords) < 0.0 or max(row.coords) > 1.0:
             raise OcclusionError(f"{where}: coordinates must be normalised to [0, 1]: divide by the image width/height")
-        if len(coords) == 4:
-            cx, cy, w, h = coords
-        else:
-            xs, ys = coords[0::2], coords[1::2]
-            cx, cy, w, h = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
-        rows.append((int(class_id), cx, cy, w, h))
-    return tuple(rows)
+    return tuple((row.class_id, *row.box) for row in rows)
 
 
 def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceImage]]:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from exp3.layout import SessionPaths
 
 MAP50_COLUMN = "metrics/mAP50(B)"
@@ -108,17 +110,18 @@ def last_val_map50(rows: list[dict[str, str]]) -> float | None:
     return epochs[-1].map50 if epochs else None
 
 
-@dataclass(frozen=True)
-class SessionResult:
-    """The headline numbers of a finished session's metrics.json."""
+class SessionHeadline(BaseModel):
+    """The headline numbers of a finished session's metrics.json (part of `exp3.jobs.SessionResult`)."""
 
-    f1_clean: float | None
-    f1_occluded: float | None
-    map50_clean: float | None
-    map50_occluded: float | None
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    f1_clean: float | None = None
+    f1_occluded: float | None = None
+    map50_clean: float | None = None
+    map50_occluded: float | None = None
 
 
-def session_result(metrics: dict[str, Any]) -> SessionResult:
+def session_headline(metrics: dict[str, Any]) -> SessionHeadline:
     """Ingredient micro F1 and mAP50 of both test splits (None where metrics.json lacks one)."""
     splits = metrics.get("splits") or {}
 
@@ -128,18 +131,18 @@ def session_result(metrics: dict[str, Any]) -> SessionResult:
             value = value.get(part) if isinstance(value, dict) else None
         return float(value) if isinstance(value, (int, float)) else None
 
-    return SessionResult(pick(CLEAN_SPLIT, "ingredient", "micro", "f1"),
-                         pick(OCCLUDED_SPLIT, "ingredient", "micro", "f1"),
-                         pick(CLEAN_SPLIT, "map50"), pick(OCCLUDED_SPLIT, "map50"))
+    return SessionHeadline(f1_clean=pick(CLEAN_SPLIT, "ingredient", "micro", "f1"),
+                           f1_occluded=pick(OCCLUDED_SPLIT, "ingredient", "micro", "f1"),
+                           map50_clean=pick(CLEAN_SPLIT, "map50"), map50_occluded=pick(OCCLUDED_SPLIT, "map50"))
 
 
-def format_result(result: SessionResult) -> str:
+def format_result(result: SessionHeadline) -> str:
     """`F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511`."""
     return (f"F1 clean {_value(result.f1_clean)} / occluded {_value(result.f1_occluded)}, "
             f"mAP50 clean {_value(result.map50_clean)} / occluded {_value(result.map50_occluded)}")
 
 
-def format_done_line(session: str, result: SessionResult, wall_s: float) -> str:
+def format_done_line(session: str, result: SessionHeadline, wall_s: float) -> str:
     """The log line of a session that ended well."""
     return f"DONE {session}: {format_result(result)}, wall {_seconds(wall_s)}"
 
@@ -151,15 +154,15 @@ def format_failed_line(session: str, error: str, wall_s: float) -> str:
     return f"FAILED {session}: {first} (after {_seconds(wall_s)})"
 
 
-def format_cached_line(session: str, result: SessionResult) -> str:
+def format_cached_line(session: str, result: SessionHeadline) -> str:
     """The log line of a session found done under the current key (not run again)."""
     return f"{session}: already done under this key (cached), {format_result(result)}"
 
 
-def read_session_result(paths: SessionPaths) -> SessionResult:
-    """`session_result` of the session's metrics.json (all None if it cannot be read)."""
+def read_session_headline(paths: SessionPaths) -> SessionHeadline:
+    """`session_headline` of the session's metrics.json (all None if it cannot be read)."""
     try:
         metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         metrics = {}
-    return session_result(metrics if isinstance(metrics, dict) else {})
+    return session_headline(metrics if isinstance(metrics, dict) else {})

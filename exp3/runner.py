@@ -7,20 +7,21 @@ Python so it can be tested and reused without Prefect.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from exp3.grid import results_rows
+from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionPaths
 from exp3.parallel import die_with_parent
-from exp3.progress import EpochProgress, epoch_progress
-from exp3.sessions import Session
+from exp3.progress import EpochProgress, epoch_progress, read_session_headline
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -36,17 +37,8 @@ class SessionError(RuntimeError):
         self.transient = transient
 
 
-@dataclass(frozen=True)
-class SessionRun:
-    """What one subprocess run did."""
-
-    session: str
-    status: str
-    ran: bool
-    wall_s: float
-    folder: str
-    retry_batch: int | None = None
-    moved_aside: str | None = None
+class SessionSkipped(SessionError):
+    """A session not run at all: failure.policy 'stop' after another failed, or FAILED in an earlier run."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +112,13 @@ def oom_retry_batch(batch: int | None) -> int:
     return max(1, (batch or DEFAULT_BATCH) // 2)
 
 
+def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
+    """The batch of this attempt: halved after an out-of-memory failure (attempt > 1, `oom_halve_batch`), else None."""
+    if attempt > 1 and job.oom_halve_batch and is_out_of_memory(failure_record(job.paths.folder)):
+        return oom_retry_batch(job.batch)
+    return None
+
+
 def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
     """Move a folder made under other inputs to `<root>/stale/` (under the session lock); return where."""
     if paths.state(cache_key) != "stale":
@@ -128,40 +127,43 @@ def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
         return paths.move_aside() if paths.state(cache_key) == "stale" else None
 
 
-def run_session_subprocess(
-    config_path: Path,
-    session: Session,
-    output_root: Path,
-    cache_key: str,
-    gpu: int | None = None,
-    retry_batch: int | None = None,
-    on_progress: Callable[[ProgressUpdate], None] | None = None,
-    epochs_total: int | None = None,
-) -> SessionRun:
-    """Run the session CLI unless it is done under `cache_key`; raise `SessionError` (transient if out of memory).
-
-    A folder made under other inputs is moved aside first (the session then trains from scratch).
-    `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
-    epochs, once more when the session ends, and with done = total for a session found done.
-    """
-    paths = SessionPaths.of(output_root, session)
-    folder = paths.folder
-    progress = _ProgressReader(paths, epochs_total, on_progress)
-    if paths.is_done(cache_key):
-        progress.poll(finished=True, replay=False)
-        return SessionRun(session.name, "done", False, 0.0, str(folder))
-    moved = move_aside_if_stale(paths, cache_key)
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "exp3.session", "--config", str(config_path), "--model", session.model,
+def session_command(job: SessionJob, retry_batch: int | None = None) -> list[str]:
+    """`python -m exp3.session ...` for `job`: its config, session, seed, OOM batch, GPU and prepared data."""
+    session = job.session
+    command = [sys.executable, "-m", "exp3.session", "--config", job.config_path, "--model", session.model,
                "--session", session.suffix]
     if session.seed is not None:
         command += ["--seed", str(session.seed)]
     if retry_batch is not None:
         command += ["--retry-batch", str(retry_batch)]
+    if job.gpu is not None:
+        command += ["--set", "train.device=0"]  # with CUDA_VISIBLE_DEVICES=<gpu>: the one visible GPU
+    if job.prepared is not None:
+        command += ["--prepared", json.dumps(asdict(job.prepared), separators=(",", ":"))]
+    return command
+
+
+def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
+                           on_progress: Callable[[ProgressUpdate], None] | None = None) -> SessionResult:
+    """Run the session CLI unless it is done under `job.cache_key`; raise `SessionError` (transient if out of memory).
+
+    A folder made under other inputs is moved aside first (the session then trains from scratch).
+    `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
+    epochs, once more when the session ends, and with done = total for a session found done.
+    """
+    session, paths, cache_key = job.session, job.paths, job.cache_key
+    folder = paths.folder
+    progress = _ProgressReader(paths, job.epochs, on_progress)
+    if paths.is_done(cache_key):
+        progress.poll(finished=True, replay=False)
+        return SessionResult(session=session.name, status="cached", cache_key=cache_key, folder=str(folder),
+                             headline=read_session_headline(paths))
+    moved = move_aside_if_stale(paths, cache_key)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    command = session_command(job, retry_batch)
     env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        command += ["--set", "train.device=0"]
+    if job.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
     start = time.perf_counter()
     with open(paths.logs / "session.log", "ab") as log:
         if moved is not None:
@@ -183,8 +185,9 @@ def run_session_subprocess(
             log.write(f"==== progress reporting stopped: {progress.error} ====\n".encode())
         log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
     if finished:
-        return SessionRun(session.name, "done", True, wall, str(folder), retry_batch,
-                          None if moved is None else str(moved))
+        return SessionResult(session=session.name, status="done", cache_key=cache_key, wall_s=wall,
+                             folder=str(folder), headline=read_session_headline(paths), retry_batch=retry_batch,
+                             moved_aside=None if moved is None else str(moved))
     if process.returncode == 0:
         raise SessionError(f"{session.name}: the session finished under another key than {cache_key} "
                            f"(see {folder / 'inputs.json'}): report this as a bug")

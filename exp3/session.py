@@ -126,6 +126,29 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
     )
 
 
+def prepared_from_json(text: str) -> PreparedData:
+    """`--prepared` JSON (what the flow prepared) -> PreparedData; ValueError naming the fix if it is not one."""
+    try:
+        return PreparedData(**json.loads(text))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"--prepared is not a PreparedData JSON object ({_one_line(error)}): "
+                         "leave it out and the session prepares its own data") from None
+
+
+def prepared_is_current(prepared: PreparedData) -> bool:
+    """True if the files `prepared` names are still there and both manifests still hash as recorded.
+
+    The cheap check a session makes on data the flow prepared and verified (no pass over the
+    dataset or the suites); anything else and the session prepares and verifies for itself.
+    """
+    suite_manifest = Path(prepared.suite_dir) / "manifest.json"
+    s2_manifest = Path(prepared.s2_data_yaml).parent / "manifest.json"
+    return (Path(prepared.data_yaml).is_file() and Path(prepared.s2_data_yaml).is_file()
+            and suite_manifest.is_file() and s2_manifest.is_file()
+            and sha256_file(suite_manifest) == prepared.suite_manifest_sha256
+            and sha256_file(s2_manifest) == prepared.s2_manifest_sha256)
+
+
 def session_key(config: ExperimentConfig, session: Session, output_root: Path) -> str:
     """The cache key of `session` (prepares and verifies the data, resolves the weights)."""
     from exp3.offline import apply_offline_environment
@@ -178,11 +201,13 @@ def robustness(clean: dict[str, Any], occluded: dict[str, Any]) -> dict[str, flo
 
 
 def run_session(config: ExperimentConfig, session: Session, output_root: Path,
-                retry_batch: int | None = None) -> dict[str, Any]:
+                retry_batch: int | None = None, prepared: PreparedData | None = None) -> dict[str, Any]:
     """Run (or skip, or resume) one session; return its metrics.json payload.
 
     `retry_batch`: the batch of an out-of-memory retry (what really runs, recorded as such; the
-    session's inputs and key stay those of the config). Raises `WeightsError` before anything is
+    session's inputs and key stay those of the config). `prepared`: the data the flow prepared
+    and verified, used as is while `prepared_is_current`; without it (a session run by hand)
+    the session prepares and verifies the data itself. Raises `WeightsError` before anything is
     written when the configured weights cannot be had, `LockBusy` when another process runs this
     session, and `SessionFailed` after writing a FAILED marker (error, log tail) for anything else,
     a dataset failing its audit included.
@@ -195,7 +220,8 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
     paths.folder.parent.mkdir(parents=True, exist_ok=True)
     with paths.session_lock("python -m exp3.session"):
         try:
-            prepared = prepare_data(config, output_root)
+            if prepared is None or not prepared_is_current(prepared):
+                prepared = prepare_data(config, output_root)
         except Exception as error:
             _write_failure(paths, session, error)
             raise SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})") from error
@@ -368,8 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-batch", type=int, default=None, metavar="N",
                         help="out-of-memory retry: train with batch N (recorded; the session's key is unchanged)")
+    parser.add_argument("--prepared", default=None, metavar="JSON",
+                        help="the data the flow prepared (PreparedData as JSON): used as is if its manifests "
+                        "still match; by hand, leave it out and the session prepares and verifies its data")
     args = parser.parse_args(argv)
     try:
+        prepared = None if args.prepared is None else prepared_from_json(args.prepared)
         config = load_config(args.config, args.overrides)
         if args.model not in config.models:
             raise ConfigError(f"unknown model {args.model!r}: configured models are {', '.join(config.models)}")
@@ -382,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(config.seeds) == 1 and session.seed is not None:
             session = Session(session.model, session.suffix)  # single-seed grids have no seed in folder names
         output_root = resolve_output_root(config)
-        metrics = run_session(config, session, output_root, retry_batch=args.retry_batch)
+        metrics = run_session(config, session, output_root, retry_batch=args.retry_batch, prepared=prepared)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, SessionFailed,
             LockBusy) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)

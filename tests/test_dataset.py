@@ -152,3 +152,45 @@ def test_list_file_splits_and_label_paths(dataset: Path) -> None:
     listed = list_split_images(read_data_yaml(dataset), "val")
     assert [p.name for p in listed] == [p.name for p in images]
     assert label_path_for(Path("/d/images/x/images/a.jpg")) == Path("/d/images/x/labels/a.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Polygon (segment) labels: read the way Ultralytics reads them (exp3.labels)
+
+
+def _polygon_label(root: Path, text: str) -> Path:
+    label = _first_label(root)
+    label.write_text(text)
+    return label
+
+
+def test_polygon_label_passes_the_audit(dataset: Path) -> None:
+    """A valid segment row (was flagged box_out_of_bounds: its first four values were read as cx cy w h)."""
+    _polygon_label(dataset.parent, "1 0.1 0.2 0.4 0.2 0.4 0.6 0.1 0.6\n0 0.5 0.5 0.9 0.55 0.7 0.9\n")
+    report = audit_dataset(dataset)
+    assert report.problems == [] and not report.blocking
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("1 0.1 0.2 0.4 0.2 0.4 0.6 0.1\n", "malformed_label_line"),          # odd number of coordinates
+    ("1 0.1 0.2 0.4 0.2 0.4 0.6\n0 0.5 0.5 0.2 0.2\n", "malformed_label_line"),  # box row in a segment file
+    ("1 0.5 0.5 0.2 0.2 0.3\n", "malformed_label_line"),                  # 6 values: Ultralytics drops it
+    ("1 0.1 0.2 1.4 0.2 0.4 0.6\n", "box_out_of_bounds"),                 # a point outside the image
+    ("1 0.1 0.2 0.4 0.2 0.7 0.2\n", "box_out_of_bounds"),                 # zero height
+    ("42 0.1 0.2 0.4 0.2 0.4 0.6\n", "class_id_out_of_range"),
+])
+def test_bad_polygon_rows_stay_blocked(dataset: Path, text: str, kind: str) -> None:
+    _polygon_label(dataset.parent, text)
+    report = audit_dataset(dataset)
+    assert report.blocking and report.counts.get(kind, 0) == 1, report.counts
+
+
+def test_label_parser_boxes_and_byte_order_mark() -> None:
+    from exp3.labels import parse_label_text
+
+    rows, malformed = parse_label_text("\ufeff0 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n\n1 0.3 0.4 0.5 x 0.1 0.1 0.2\n")
+    assert malformed == [(3, "non-numeric '1 0.3 0.4 0.5 x 0.1 0.1 0.2'")]
+    assert [row.class_id for row in rows] == [0] and rows[0].is_polygon
+    assert rows[0].box == pytest.approx((0.3, 0.5, 0.4, 0.6))
+    rows, malformed = parse_label_text("2 0.5 0.5 0.2 0.4\n3 0.5\n")
+    assert rows[0].box == (0.5, 0.5, 0.2, 0.4) and not rows[0].is_polygon and malformed == [(2, "2 values")]

@@ -222,11 +222,14 @@ def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path
     """Workers load `flows/exp3.py:exp3_flow` by path, which registers the script as `exp3`."""
     code = ("from prefect.flows import load_flow_from_entrypoint as load; "
             "a = load('flows/exp3.py:exp3_flow'); b = load('flows/exp3.py:exp3_session_flow'); "
-            "import exp3.config; print(a.name, b.name, exp3.config.__name__)")
+            "import exp3.config; print(a.name, b.name, exp3.config.__name__); "
+            "from exp3.jobs import SessionJob; task = a.fn.__globals__['train_and_eval']; "
+            "job = SessionJob(model='m', suffix='S1_clean_train', cache_key='m__S1_clean_train-0123', "
+            "config_path='c.yaml', output_root='out', epochs=1); print(task.cache_key_fn(None, {'job': job}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "PREFECT_HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-3:] == ["exp3", "exp3-session", "exp3.config"]
+    assert result.stdout.split()[-4:] == ["exp3", "exp3-session", "exp3.config", "m__S1_clean_train-0123"]
 
 
 def test_prefect_yaml_deployments_point_at_real_flows() -> None:

@@ -512,6 +512,20 @@ def test_bad_input_raises_one_line_and_writes_nothing(case: str, expected: str, 
     assert not out.exists()
 
 
+def test_polygon_label_becomes_its_box_and_bad_rows_fail(tmp_path: Path) -> None:
+    """Segment rows are read as Ultralytics reads them: the polygon's bounding box (exp3.labels)."""
+    data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 2})
+    label = sorted((tmp_path / "data" / "labels" / "test").iterdir())[0]
+    label.write_text("1 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n2 0.6 0.6 0.9 0.7 0.7 0.9\n")
+    _, images = occlusion._scan_split(data_yaml, "test")
+    assert [row[0] for row in images[0].labels] == [1, 2]
+    assert images[0].labels[0][1:] == pytest.approx((0.3, 0.5, 0.4, 0.6))
+    assert images[0].labels[1][1:] == pytest.approx((0.75, 0.75, 0.3, 0.3))
+    label.write_text("1 0.1 0.2 0.5 0.2 0.5 0.8 0.1\n")
+    with pytest.raises(OcclusionError, match="line 1: 8 values: a polygon needs an even number"):
+        occlusion._scan_split(data_yaml, "test")
+
+
 def test_undecodable_image_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:
     data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 3})
     next((tmp_path / "data" / "images" / "test").iterdir()).write_bytes(b"not a jpeg")

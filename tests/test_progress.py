@@ -18,8 +18,8 @@ from exp3.progress import (
     format_epoch_line,
     format_failed_line,
     last_val_map50,
-    read_session_result,
-    session_result,
+    read_session_headline,
+    session_headline,
 )
 
 YOLO_CSV = """\
@@ -76,8 +76,8 @@ def test_result_lines_from_metrics_json(tmp_path: Path) -> None:
     paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
     paths.folder.mkdir(parents=True)
     paths.metrics.write_text(json.dumps(metrics))
-    result = read_session_result(paths)
-    assert result == session_result(metrics)
+    result = read_session_headline(paths)
+    assert result == session_headline(metrics)
     assert format_done_line("m__S1", result, 3725.0) == (
         "DONE m__S1: F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511, wall 1h02m")
     assert format_cached_line("m__S1", result) == (
@@ -85,4 +85,4 @@ def test_result_lines_from_metrics_json(tmp_path: Path) -> None:
         "mAP50 clean 0.702 / occluded 0.511")
     assert format_failed_line("m__S1", "m__S1: RuntimeError: boom\ntraceback ...", 65.0) == (
         "FAILED m__S1: RuntimeError: boom (after 1m05s)")
-    assert "F1 clean - / occluded -" in format_cached_line("x", read_session_result(SessionPaths(tmp_path / "no")))
+    assert "F1 clean - / occluded -" in format_cached_line("x", read_session_headline(SessionPaths(tmp_path / "no")))

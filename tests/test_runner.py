@@ -51,6 +51,7 @@ def test_progress_reader_reports_new_epochs_once(tmp_path: Path) -> None:
 
 
 def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: Path) -> None:
+    from exp3.jobs import SessionJob
     from exp3.layout import SessionPaths
     from exp3.runner import ProgressUpdate, run_session_subprocess
     from exp3.sessions import Session
@@ -62,9 +63,10 @@ def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: P
     paths.metrics.write_text(json.dumps({"splits": {}}))
     paths.write_done("k", {})
     updates: list[ProgressUpdate] = []
-    run = run_session_subprocess(tmp_path / "unused.yaml", session, tmp_path, "k", on_progress=updates.append,
-                                 epochs_total=2)
-    assert not run.ran and len(updates) == 1
+    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "unused.yaml"),
+                     output_root=str(tmp_path), epochs=2)
+    run = run_session_subprocess(job, on_progress=updates.append)
+    assert run.status == "cached" and not run.ran and len(updates) == 1
     assert (updates[0].done, updates[0].total, updates[0].new_epochs, len(updates[0].epochs)) == (2, 2, (), 2)
 
 

@@ -220,6 +220,8 @@ def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: P
         (["--model", "yolov8n", "--session", "S7_magic"], "unknown session 'yolov8n__S7_magic'"),
         (["--model", "yolov9z", "--session", "S1_clean_train"], "unknown model 'yolov9z'"),
         (["--model", "yolov8n", "--session", "S1_clean_train", "--set", "train.batchsize=2"], "unknown config key"),
+        (["--model", "yolov8n", "--session", "S1_clean_train", "--prepared", "{not json"],
+         "--prepared is not a PreparedData JSON object"),
     ],
 )
 def test_bad_cli_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], needle: str) -> None:

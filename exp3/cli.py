@@ -1,0 +1,189 @@
+"""The command line of `python flows/exp3.py` (the flow file holds only the recipe).
+
+    python flows/exp3.py --smoke                 # all 12 sessions, 1 epoch, embedded dataset
+    python flows/exp3.py --config configs/exp3.yaml [--models yolov8m] [--sessions S1_clean_train S3_mask_neck]
+    python flows/exp3.py --smoke --dry-run       # the grid, each session's cache key and state; trains nothing
+    python flows/exp3.py --sanity                # 1 model x 2 sessions twice: the second run must skip both
+    python flows/exp3.py --pilot                 # before the overnight run: all six sessions, short, with the
+                                                 # report's positive control (S2 vs S1 on occluded images)
+    python flows/exp3.py --smoke --rerun-failed  # also run sessions that have a FAILED marker
+
+Two steps, because Prefect reads its settings when it is imported:
+
+    cli = start(argv)          # parse, load the config, set the process environment (exp3.flowenv)
+    ... import prefect, define the flows ...
+    cli.run(exp3_flow)         # validate, then --dry-run / --sanity / the flow; returns the exit code
+
+No Prefect import here: the flow is passed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root
+from exp3.sessions import Session
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
+PILOT_CONFIG = REPO / "configs" / "pilot.yaml"
+PILOT_GPU_CONFIG = REPO / "configs" / "pilot-gpu.yaml"
+DEFAULT_CONFIG = REPO / "configs" / "exp3.yaml"
+SANITY_SESSIONS = ("S1_clean_train", "S3_mask_backbone_early")
+SANITY_ROOT = "runs/exp3-sanity"
+
+
+def pilot_config_path(cuda_available: bool | None = None) -> Path:
+    """configs/pilot-gpu.yaml where CUDA is available (both real models), else configs/pilot.yaml (yolov8n, CPU)."""
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return PILOT_GPU_CONFIG if cuda_available else PILOT_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python flows/exp3.py", description="Run the exp3 grid as a Prefect flow.")
+    parser.add_argument("--config", type=Path, default=None, help="experiment config (default configs/exp3.yaml)")
+    parser.add_argument("--smoke", action="store_true", help="configs/smoke.yaml: 12 sessions x 1 epoch")
+    parser.add_argument("--sanity", action="store_true", help="1 model x 2 sessions, run twice; PASS if skipped")
+    parser.add_argument("--pilot", action="store_true", help="before the overnight run: the real pipeline, short "
+                        "(configs/pilot.yaml on CPU, configs/pilot-gpu.yaml where CUDA is available)")
+    parser.add_argument("--models", nargs="+", default=None, help="only these models")
+    parser.add_argument("--sessions", nargs="+", default=None, help="only these sessions (e.g. S1_clean_train)")
+    parser.add_argument("--dry-run", action="store_true", help="print the grid with keys and states; train nothing")
+    parser.add_argument("--rerun-failed", action="store_true", help="run sessions with a FAILED marker again")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
+    """Parse the command line and load the config it names (ConfigError if the config is bad)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if sum((args.config is not None, args.smoke or args.sanity, args.pilot)) > 1:
+        parser.error("--config, --smoke/--sanity and --pilot each choose the config: pass one of them")
+    if args.pilot:
+        path = pilot_config_path()
+        print(f"exp3 pilot: {path.relative_to(REPO)}", file=sys.stderr)
+    else:
+        path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or DEFAULT_CONFIG)
+    overrides = list(args.overrides) + ([f"output_root={SANITY_ROOT}"] if args.sanity else [])
+    return load_config(path, overrides), args
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A parsed command line with its config, the process environment already set for Prefect."""
+
+    config: ExperimentConfig
+    args: argparse.Namespace
+
+    def run(self, flow: Callable[..., Any]) -> int:
+        """Validate, then dry run, sanity check or one run of `flow` (exp3_flow); the exit code."""
+        return run(self.config, self.args, flow)
+
+
+def start(argv: list[str]) -> CommandLine:
+    """Parse `argv`, load the config and set the environment before `import prefect` (exit 2 on a bad config)."""
+    from exp3.flowenv import configure_flow_environment
+
+    try:
+        config, args = config_from_args(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_flow_environment(resolve_output_root(config))
+    return CommandLine(config, args)
+
+
+def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
+    """Refuse unknown names, missing weights and a live root (exit 2), then run; 1 if the flow failed."""
+    from exp3.grid import select_sessions
+    from exp3.runlock import RootBusy, check_free
+    from exp3.session import resolve_model_weights
+    from exp3.weights import WeightsError
+
+    try:
+        grid = select_sessions(config, args.models, args.sessions)  # validate names before anything runs
+        for model in dict.fromkeys(session.model for session in grid):
+            resolve_model_weights(config, model)  # refuse missing weights before any session starts
+        root = resolve_output_root(config)
+        if args.dry_run:
+            return dry_run(config, args.models, args.sessions)
+        check_free(root)  # raises RootBusy naming the live run
+        if args.sanity:
+            return sanity(config, flow)
+        state = flow(config=config, models=args.models, sessions=args.sessions, rerun_failed=args.rerun_failed,
+                     return_state=True)
+    except (ValueError, RootBusy, WeightsError) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    if state.is_failed():
+        print(f"exp3: flow ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(f"exp3: all sessions done; results under {root}")
+    return 0
+
+
+def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> int:
+    """Print the grid with each session's state and cache key (keys once the dataset exists); trains nothing."""
+    from exp3.dataset import dataset_fingerprint, read_data_yaml
+    from exp3.grid import grid_status, select_sessions
+    from exp3.identity import session_inputs
+    from exp3.occlusion import occlusion_suite_name
+    from exp3.runlock import root_is_live
+    from exp3.session import resolve_model_weights
+
+    root = resolve_output_root(config)
+    grid = select_sessions(config, models, sessions)
+    weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
+    data_dir = root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
+    data_yaml = Path(config.dataset.data_yaml) if config.dataset.kind == "yaml" else data_dir / "data.yaml"
+    ready = data_yaml.is_file()  # the synthetic dataset exists after the first run; a user's always
+    fingerprint = dataset_fingerprint(read_data_yaml(data_yaml)) if ready else None
+    suite = occlusion_suite_name(data_yaml, config.occlusion) if ready else None
+    keys = {s.name: session_inputs(config, s, fingerprint, suite, weights[s.model]).key for s in grid} if ready else {}
+    print(f"exp3 dry run: {len(grid)} sessions under {root}"
+          + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
+    print(f"  models: {', '.join(dict.fromkeys(s.model for s in grid))} "
+          f"(configured: {', '.join(config.models)}; `<name>: null` in a config file removes an inherited one)")
+    for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root), keys)):
+        print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
+              f"{keys.get(session.name, '-')}")
+    return 0
+
+
+def train_attempts(root: Path, session: Session) -> int:
+    """How many times the session's training started (headers in its train.log)."""
+    from exp3.layout import SessionPaths
+
+    log = SessionPaths.of(root, session).logs / "train.log"
+    return log.read_text(errors="replace").count("==== exp3 train") if log.is_file() else 0
+
+
+def sanity(config: ExperimentConfig, flow: Callable[..., Any]) -> int:
+    """Run 1 model x 2 sessions twice; PASS (0) if the second run trained and evaluated nothing."""
+    from exp3.layout import SessionPaths
+
+    model = next(iter(config.models))
+    grid = [Session(model, suffix) for suffix in SANITY_SESSIONS]
+    root = resolve_output_root(config)
+    first = flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))
+    attempts_first = {s.name: train_attempts(root, s) for s in grid}
+    second = flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))
+    attempts_second = {s.name: train_attempts(root, s) for s in grid}
+    skipped = all(result.status == "cached" for result in second.values())
+    untouched = attempts_first == attempts_second and all(SessionPaths.of(root, s).is_done(None) for s in grid)
+    verdict = "PASS" if skipped and untouched else "FAIL"
+    print(json.dumps({"first_run": {name: result.model_dump(mode="json") for name, result in first.items()},
+                      "second_run": {name: result.model_dump(mode="json") for name, result in second.items()},
+                      "train_attempts": attempts_second}, indent=2))
+    print(f"sanity {verdict}: second run {'skipped' if skipped else 'did NOT skip'} both sessions; "
+          f"training attempts per session {attempts_second}")
+    return 0 if verdict == "PASS" else 1

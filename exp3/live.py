@@ -1,0 +1,128 @@
+"""The flow's live view and its session runs under Prefect: log lines, progress and table
+artifacts per session, and the results artifacts of the report.
+
+Imported by flows/exp3.py only (it imports Prefect: the environment must be set first, see
+exp3/cli.py). The lines themselves are built by exp3.progress (pure functions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from exp3.jobs import SessionJob, SessionResult
+from exp3.progress import (
+    epoch_table,
+    format_cached_line,
+    format_done_line,
+    format_epoch_line,
+    format_failed_line,
+    read_session_headline,
+)
+from exp3.runner import ProgressUpdate, SessionError, retry_batch_for, run_session_subprocess
+
+if TYPE_CHECKING:
+    from exp3.report import ReportResult
+
+SUMMARY_COLUMNS = ["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
+                   "ingredient_samples_f1", "detection_f1", "rF1_micro"]
+"""Columns of the exp3-summary table artifact."""
+
+
+def _slug(job: SessionJob) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes."""
+    return job.name.lower().replace("_", "-")
+
+
+def announce_done(job: SessionJob) -> None:
+    """A session found done under its key (a cache hit runs no task body): progress at 100 and its result line."""
+    create_progress_artifact(progress=100.0, key=f"progress-{_slug(job)}",
+                             description=f"{job.name}: epochs done / {job.epochs} (already done under this key)")
+    get_run_logger().info(format_cached_line(job.name, read_session_headline(job.paths)))
+
+
+def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -> SessionResult:
+    """Run `job` (a local subprocess, or a flow run of `job.deployment`); attempt > 1 after an out of
+    memory failure trains with half the batch (`retry_batch` overrides)."""
+    if retry_batch is None:
+        retry_batch = retry_batch_for(job, attempt)
+        if retry_batch is not None:
+            get_run_logger().warning(f"{job.name}: out of memory last attempt, retrying with batch {retry_batch}")
+    if job.deployment:
+        return _run_via_deployment(job, retry_batch)
+    return _run_with_progress(job, retry_batch)
+
+
+def _run_with_progress(job: SessionJob, retry_batch: int | None) -> SessionResult:
+    """`run_session_subprocess` with live reporting: one log line per finished epoch, a progress artifact
+    and an epochs table artifact updated every epoch, and one DONE / FAILED line at the end."""
+    logger = get_run_logger()
+    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
+                                           description=f"{job.name}: epochs done / {job.epochs}")
+    tabled = False
+
+    def _progress(update: ProgressUpdate) -> None:
+        nonlocal tabled
+        for epoch in update.new_epochs:
+            logger.info(format_epoch_line(job.name, epoch))
+        if update.epochs and (update.new_epochs or not tabled):
+            create_table_artifact(key=f"epochs-{_slug(job)}", table=epoch_table(list(update.epochs)),
+                                  description=f"{job.name}: epochs so far ({len(update.epochs)}/{job.epochs})")
+            tabled = True
+        if update.total:
+            update_progress_artifact(artifact_id=artifact_id, progress=100.0 * update.done / max(update.total, 1))
+
+    start = time.perf_counter()
+    try:
+        result = run_session_subprocess(job, retry_batch=retry_batch, on_progress=_progress)
+    except SessionError as error:
+        logger.error(format_failed_line(job.name, str(error), time.perf_counter() - start))
+        raise
+    if result.moved_aside:
+        logger.warning(f"{job.name}: results made under other inputs moved aside to "
+                       f"{result.moved_aside}; trained again from scratch")
+    if result.status == "done":
+        logger.info(format_done_line(job.name, read_session_headline(job.paths), result.wall_s))
+    return result
+
+
+def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResult:
+    """Run the session as its own flow run of `job.deployment` (on a GPU work pool) and wait for it."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(name=job.deployment, timeout=None, flow_run_name=job.name,
+                              parameters={"config_file": job.config_path, "model": job.model, "suffix": job.suffix,
+                                          "seed": job.seed, "cache_key": job.cache_key, "retry_batch": retry_batch})
+    if not flow_run.state or not flow_run.state.is_completed():
+        state = flow_run.state.name if flow_run.state else "unknown"
+        raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}")
+    return SessionResult(session=job.name, status="done", cache_key=job.cache_key,
+                         wall_s=flow_run.total_run_time.total_seconds(), folder=str(job.paths.folder),
+                         headline=read_session_headline(job.paths), retry_batch=retry_batch,
+                         flow_run=str(flow_run.id))
+
+
+def publish_report(result: ReportResult, models: list[str]) -> None:
+    """Log each model's positive control; the summary table, results and files artifacts of `build_report`'s result."""
+    from exp3.report import dashboard_markdown, positive_control
+
+    logger = get_run_logger()
+    for model in models:
+        logger.info(positive_control(result.comparisons, model)[1].replace("**", ""))
+    root = result.root
+    rows = json.loads(result.summary[SUMMARY_COLUMNS].to_json(orient="records"))
+    create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
+    create_markdown_artifact(key="exp3-results", markdown=dashboard_markdown(result),
+                             description="positive control, headline findings and the occluded-split table")
+    plots = "\n".join(f"- `{path}`" for path in result.files if path.suffix == ".png")
+    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 files\n\nReport: `{root}/report.md`\n\n"
+                                                       f"Summary: `{root}/summary_metrics.csv`\n\nPlots:\n{plots}\n")
