@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exp3.dataset import label_path_for, parse_label_text
+from exp3.dataset import label_path_for
+from exp3.labels import parse_label_text
 from exp3.evaluate import evaluate_split
 
 
@@ -33,9 +34,9 @@ def test_records_cover_every_test_image_with_ground_truth_in_pixels(evaluation, 
     assert [record["image_id"] for record in evaluation.records] == [p.stem for p in test_images]
     for image, record in zip(test_images, evaluation.records):
         rows, _ = parse_label_text(label_path_for(image).read_text())
-        assert record["gt_classes"] == [row[0] for row in rows]
+        assert record["gt_classes"] == [row.class_id for row in rows]
         size = record["width"]
-        for (_, cx, cy, w, h), box in zip(rows, record["gt_boxes"]):
+        for (cx, cy, w, h), box in zip((row.box for row in rows), record["gt_boxes"]):
             expected = [(cx - w / 2) * size, (cy - h / 2) * size, (cx + w / 2) * size, (cy + h / 2) * size]
             assert box == pytest.approx(expected, abs=1.0)
         assert len(record["pred_boxes"]) == len(record["pred_classes"]) == len(record["pred_conf"])

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from exp3.dataset import parse_label_text
+from exp3.labels import parse_label_text
 from exp3.synth import CLASS_NAMES, SPLITS, build_synthetic_dataset, compose_image
 
 SMALL = {"train": 6, "val": 3, "test": 3}
@@ -51,8 +51,10 @@ def test_layout_labels_and_classes(tmp_path: Path) -> None:
             rows, malformed = parse_label_text((root / "labels" / split / f"{image.stem}.txt").read_text())
             assert not malformed and 1 <= len(rows) <= 8
             counts.append(len(rows))
-            for class_id, cx, cy, w, h in rows:
-                seen_classes.add(class_id)
+            for row in rows:
+                assert not row.is_polygon  # the generator writes boxes
+                cx, cy, w, h = row.box
+                seen_classes.add(row.class_id)
                 assert 0 < w <= 1 and 0 < h <= 1
                 eps = 1e-6  # labels carry 6 decimals
                 assert -eps <= cx - w / 2 and cx + w / 2 <= 1 + eps and -eps <= cy - h / 2 and cy + h / 2 <= 1 + eps
