@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -62,10 +62,10 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
     return _run_with_progress(job, retry_batch)
 
 
-def _run_with_progress(job: SessionJob, retry_batch: int | None) -> SessionResult:
-    """`run_session_subprocess` with live reporting: one log line per finished epoch, a progress artifact
-    and an epochs table artifact updated every epoch, and one DONE / FAILED line at the end."""
-    logger = get_run_logger()
+def epoch_reporter(job: SessionJob, logger: Any) -> Callable[[ProgressUpdate], None]:
+    """The live view of one session (call inside a task run): a progress artifact now, then per update
+    one log line per new epoch, the epochs table artifact and the progress. Runs in the flow's process,
+    never in the training's (benchmarks/bench_live_view.py measures its cost per epoch)."""
     artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
                                            description=f"{job.name}: epochs done / {job.epochs}")
     tabled = False
@@ -81,9 +81,16 @@ def _run_with_progress(job: SessionJob, retry_batch: int | None) -> SessionResul
         if update.total:
             update_progress_artifact(artifact_id=artifact_id, progress=100.0 * update.done / max(update.total, 1))
 
+    return _progress
+
+
+def _run_with_progress(job: SessionJob, retry_batch: int | None) -> SessionResult:
+    """`run_session_subprocess` with live reporting: one log line per finished epoch, a progress artifact
+    and an epochs table artifact updated every epoch, and one DONE / FAILED line at the end."""
+    logger = get_run_logger()
     start = time.perf_counter()
     try:
-        result = run_session_subprocess(job, retry_batch=retry_batch, on_progress=_progress)
+        result = run_session_subprocess(job, retry_batch=retry_batch, on_progress=epoch_reporter(job, logger))
     except SessionError as error:
         logger.error(format_failed_line(job.name, str(error), time.perf_counter() - start))
         raise

@@ -12,9 +12,11 @@ is safe to run while the experiment runs.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 from exp3.config import ConfigError, ExperimentConfig, SESSION_SUFFIXES, load_config
 from exp3.grid import SessionStatus, grid_status, read_plan
@@ -89,6 +91,61 @@ def watch(root: Path, interval_s: float, clear: bool) -> None:
         if not live:
             return
         time.sleep(interval_s)
+
+
+def _block_or_reason(root: Path) -> str:
+    """The status block of `root`, or one line saying why there is none yet."""
+    if not root.is_dir():
+        return f"{root}: not created yet (the flow is starting)"
+    try:
+        return render(root)[0]
+    except (ConfigError, OSError, ValueError) as error:  # a config being written, a folder being moved
+        return f"{root}: status not readable right now ({type(error).__name__}: {error})".splitlines()[0]
+
+
+def _notebook_display() -> Callable[[str], None] | None:
+    """One output area that each call replaces (IPython's display handle), or None outside a notebook."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Pretty, display
+    except ImportError:
+        return None
+    if get_ipython() is None:
+        return None
+    handle = display(Pretty(""), display_id=True)
+    return lambda text: handle.update(Pretty(text))
+
+
+def run_and_watch(command: Sequence[str], root: str | Path, log_path: str | Path, interval_s: float = 30.0,
+                  show: Callable[[str], None] | None = None) -> int:
+    """Run `command` (a flow) with its output appended to `log_path`, show the grid of `root` every
+    `interval_s` seconds while it runs and once more when it ends; return its exit code.
+
+    `show` gets each block (with a time stamp); by default one notebook output updated in place,
+    else print. Interrupting (Ctrl-C, the notebook's stop button) stops the flow, which is
+    crash-safe: running it again resumes.
+    """
+    root, log_path = Path(root), Path(log_path)
+    show = show or _notebook_display() or (lambda text: print(text, flush=True))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                show(f"{_block_or_reason(root)}\n[{time.strftime('%H:%M:%S')}] running; "
+                     f"refreshing every {interval_s:g} s; log: {log_path}")
+                try:
+                    process.wait(timeout=interval_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+    show(f"{_block_or_reason(root)}\n[{time.strftime('%H:%M:%S')}] the flow exited with code "
+         f"{process.returncode}; log: {log_path}")
+    return process.returncode
 
 
 def main(argv: list[str] | None = None) -> int:

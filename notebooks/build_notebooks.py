@@ -53,6 +53,7 @@ USE_DRIVE = True                         # Colab: keep OUTPUT_ROOT on Google Dri
 REPO_URL = None                          # Colab: git URL of your exp3 copy; None = already inside a checkout
 EXTRA_SETTINGS = os.environ.get("EXP3_NB_SET", "").split()              # extra KEY=VALUE config overrides
 RUN_PILOT = {run_pilot}                      # run this before the overnight run: `flows/exp3.py --pilot` first
+STATUS_EVERY_S = float(os.environ.get("EXP3_NB_STATUS_EVERY_S", 60))   # seconds between grid refreshes while a flow runs
 '''
 
 INSTALL_CELL = '''# ---- Install (Colab) or locate the checkout ----------------------------------------------
@@ -71,6 +72,10 @@ else:
     raise FileNotFoundError("no exp3 checkout found: set REPO_URL or start the notebook inside the repository")
 if IN_COLAB:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
+if str(Path.cwd()) not in sys.path:  # the checkout's package, also right after a pip install in this kernel
+    sys.path.insert(0, str(Path.cwd()))
+from exp3.status import run_and_watch  # runs a flow and shows the grid while it trains
+
 print("exp3 checkout:", Path.cwd())
 '''
 
@@ -88,9 +93,10 @@ PILOT_CELL = '''# ---- Pilot: run this before the overnight run (its own output 
 # Its report's positive control says which metrics detect S2 (occluded training) > S1 on occluded images.
 if RUN_PILOT:
     PILOT_ROOT = str(Path(OUTPUT_ROOT).parent / "exp3-pilot")
-    pilot = subprocess.run([sys.executable, "flows/exp3.py", "--pilot", "--set", f"output_root={PILOT_ROOT}"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print("\\n".join(pilot.stdout.splitlines()[-5:]))
+    pilot_log = Path(f"{PILOT_ROOT}.flow.log")
+    code = run_and_watch([sys.executable, "flows/exp3.py", "--pilot", "--set", f"output_root={PILOT_ROOT}"],
+                         PILOT_ROOT, pilot_log, interval_s=STATUS_EVERY_S)
+    print("\\n".join(pilot_log.read_text(errors="replace").splitlines()[-5:]))
     report = (Path(PILOT_ROOT) / "report.md").read_text() if (Path(PILOT_ROOT) / "report.md").exists() else ""
     section = report.split("## Positive control")[-1].split("\\n## ")[0] if report else "no report: see the log above"
     print("## Positive control" + section)
@@ -110,9 +116,10 @@ if not USE_GPU:
 for setting in EXTRA_SETTINGS:
     command += ["--set", setting]
 print(" ".join(command))
-run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-print("\\n".join(run.stdout.splitlines()[-25:]))
-print("flow exit code:", run.returncode, "(0 = every session done; 1 = some failed, see the table)")
+flow_log = Path(f"{OUTPUT_ROOT}.flow.log")  # beside the output root; the table below refreshes while it runs
+code = run_and_watch(command, OUTPUT_ROOT, flow_log, interval_s=STATUS_EVERY_S)
+print("\\n".join(flow_log.read_text(errors="replace").splitlines()[-25:]))
+print("flow exit code:", code, "(0 = every session done; 1 = some failed, see the table)")
 '''
 
 STATUS_CELL = '''# ---- Where the grid stands (safe while a run is going) -------------------------------------

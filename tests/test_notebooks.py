@@ -26,12 +26,18 @@ def test_smoke_notebook_executes_headless(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("EXP3_NB_MODELS", "yolov8m")
     monkeypatch.setenv("EXP3_NB_SESSIONS", "S1_clean_train")
     monkeypatch.setenv("EXP3_NB_SET", "models.yolov8m.architecture=yolov8n.yaml")  # tiny, for CI time
+    monkeypatch.setenv("EXP3_NB_STATUS_EVERY_S", "5")
     notebook = nbformat.read(NOTEBOOKS / "experiment3_smoketest_1epoch.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
     text = "".join(output.get("text", "") for output in outputs)
     assert "flow exit code: 0" in text
+    boards = [o["data"]["text/plain"] for o in outputs if o.get("output_type") == "display_data"
+              and "text/plain" in o.get("data", {}) and "the flow exited with code" in o["data"]["text/plain"]]
+    assert len(boards) == 1, "the run cell shows one grid table, updated in place while the flow runs"
+    assert "yolov8m__S1_clean_train" in boards[0] and "done" in boards[0]
+    assert "the flow exited with code 0" in boards[0]
     assert (output_root / "yolov8m" / "yolov8m__S1_clean_train" / "DONE").is_file()
     tables = [o for o in outputs if o.get("output_type") == "execute_result" and "text/html" in o.get("data", {})]
     assert tables and "S1_clean_train" in tables[0]["data"]["text/html"]

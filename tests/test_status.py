@@ -65,3 +65,19 @@ def test_watch_refreshes_while_live_and_ctrl_c_exits_quietly(tmp_path: Path, mon
     monkeypatch.setattr(status, "root_is_live", interrupted)
     assert status.main(["--root", str(root), "--watch"]) == 0
     assert capsys.readouterr() == ("", "")
+
+
+def test_run_and_watch_shows_the_grid_while_a_command_runs_and_returns_its_code(tmp_path: Path) -> None:
+    """What the notebooks call: the command's output goes to the log, the grid is shown at every
+    interval (here before the root exists) and once at the end with the exit code."""
+    from exp3.status import run_and_watch
+
+    root, log = tmp_path / "root", tmp_path / "flow.log"
+    script = f"import pathlib, sys, time; time.sleep(1.2); pathlib.Path({str(root)!r}).mkdir(); print('hello'); sys.exit(3)"
+    shown: list[str] = []
+    code = run_and_watch([sys.executable, "-c", script], root, log, interval_s=0.3, show=shown.append)
+    assert code == 3
+    assert len(shown) >= 3
+    assert "not created yet" in shown[0] and "running; refreshing every 0.3 s" in shown[0]
+    assert "the flow exited with code 3" in shown[-1] and "no live run" in shown[-1]
+    assert "hello" in log.read_text()
