@@ -77,6 +77,8 @@ def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list
 def _seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"  # a sub-second epoch is not "0s"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")

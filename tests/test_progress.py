@@ -65,6 +65,9 @@ def test_rtdetr_losses_half_written_line_and_resumed_clock(tmp_path: Path) -> No
     assert list(epochs[0].losses) == ["giou_loss", "cls_loss", "l1_loss"]
     assert epochs[1].epoch_s == pytest.approx(5.0)  # the clock restarted on resume: its own time
     assert "epoch 2/3 giou_loss 1.700 cls_loss 5.100 l1_loss 1.000" in format_epoch_line("r", epochs[1])
+    assert format_epoch_line("r", epochs[1]).endswith("| 5.0s/epoch, ETA 6.5s")  # short epochs keep a decimal
+    quick = EpochProgress(1, 40, {}, None, None, 0.42, 16.4)  # the UI showed "0s/epoch" for this
+    assert format_epoch_line("q", quick).endswith("| 0.4s/epoch, ETA 16s")
     assert epoch_progress([], 3) == [] and last_val_map50([]) is None
     bare = EpochProgress(1, None, {}, None, None, None, None)
     assert format_epoch_line("s", bare) == "s: epoch 1/? no train losses | val mAP50 - mAP50-95 - | -/epoch, ETA -"
