@@ -1016,7 +1016,10 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
             sentence = val_threshold_finding(comparisons, model)
             findings += [sentence] if sentence else []
         masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
-        if len(masking):
+        if len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
+            findings.append(f"{prefix}: no masking session names any ingredient on test_occ_fixed (F1 0 for "
+                            f"{', '.join(SESSION_LABELS[suffix] for suffix in masking.index)}): no best masking site.")
+        elif len(masking):
             best_suffix, best = masking.index[0], masking.iloc[0]
             text = (f"{prefix}: best masking site on test_occ_fixed: {SESSION_LABELS[best_suffix]}, F1 "
                     + _ci_text(best, "ingredient_micro_f1", "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))

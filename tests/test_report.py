@@ -499,3 +499,15 @@ def test_dashboard_markdown_carries_the_numbers(built: report.ReportResult) -> N
         assert f"- {finding}" in text
     s2 = built.summary.set_index(["model", "session", "split"]).loc[("rtdetr-l", "S2_occ_train", "test_occ_fixed")]
     assert f"| {s2['ingredient_micro_f1']:.3f} [" in text
+
+
+def test_an_all_zero_grid_names_no_best_masking_site(tmp_path: Path) -> None:
+    """Seen in the Prefect UI after a short smoke: 'best masking site ... F1 0.000 [0.000, 0.000]'."""
+    for suffix in ("S1_clean_train", "S3_mask_backbone_early", "S4_mask_backbone_late"):
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, (0, 0))
+    result = report.build_report(tmp_path, models=["yolov8m"], n_resamples=200, n_permutations=200, charts=False)
+    text = (tmp_path / "report.md").read_text()
+    assert "best masking site on" not in text
+    assert ("no masking session names any ingredient on test_occ_fixed (F1 0 for S3 mask backbone-early, "
+            "S4 mask backbone-late): no best masking site.") in text
+    assert "no best masking site" in report.dashboard_markdown(result)
