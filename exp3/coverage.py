@@ -56,13 +56,15 @@ LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= mat
 OCCLUDED_SPLITS: tuple[str, ...] = ("test_occ_fixed",)
 """The occluded splits whose boxes are binned (severity suites are passed in addition)."""
 REPORT_THRESHOLD = "primary"
-"""The operating point of the chart and the report.md table: the primary threshold, as the report's headline
-detection F1 (`exp3.report.threshold_conf`); the box table has the val-chosen one too."""
+"""The operating point of report.md's tables: the primary threshold, as the report's headline detection F1
+(`exp3.report.threshold_conf`). The chart and the csv files also have each session's val-chosen threshold."""
+THRESHOLD_LABELS: dict[str, str] = {"primary": "primary threshold", "val": "each session's val-chosen threshold"}
 ALIGN_IOU = 0.9
 """IoU a prediction file's ground-truth box needs with its manifest box (same class) to be the same box:
 both are the label converted to pixels, rounded to 0.01 px and 0.001 px."""
-MIN_BOXES_SHOWN = 1
-"""Bins with fewer boxes get no point (empty bins are never drawn as 0)."""
+MIN_BOXES_SHOWN = 10
+"""The chart draws no point for a bin with fewer boxes (a recall of 1 box is 0 or 1, and its bootstrap interval
+says nothing); empty bins are never drawn as 0. The tables and csv files keep every non-empty bin."""
 BOX_COLUMNS: tuple[str, ...] = ("split", "image_id", "box", "class_id", "covered_fraction", "conf",
                                 "found_detection", "found_ingredient")
 """Columns of `BoxTable.frame`: one row per ground-truth box with a covered fraction."""
@@ -117,10 +119,14 @@ class BinRecall:
 
 @dataclass(frozen=True)
 class SessionCurve:
-    """Recall by covered fraction of one model x session (its seeds and occluded splits pooled)."""
+    """Recall by covered fraction of one model x session at one operating point (seeds and occluded splits pooled).
+
+    `threshold`: `primary` | `val` (exp3.report.THRESHOLDS); `conf`: the distinct thresholds of its seeds.
+    """
 
     model: str
     session: str
+    threshold: str
     seeds: tuple[int | None, ...]
     conf: tuple[float, ...]
     bins: tuple[BinRecall, ...]
@@ -137,9 +143,9 @@ class CoverageReport:
     """Every session curve of a report, the per-box table behind it and what could not be computed.
 
     Attributes:
-        boxes: `BOX_COLUMNS` plus model, session, seed, threshold (`primary` | `val`); the curves use
-            `threshold == REPORT_THRESHOLD`.
-        problems: one line per session (or split) left out, with the reason.
+        curves: one per done session and operating point (`primary`, and `val` where recorded).
+        boxes: `BOX_COLUMNS` plus model, session, seed, threshold (`primary` | `val`).
+        problems: (model, session, reason) of each done session left out.
     """
 
     curves: list[SessionCurve]
@@ -149,7 +155,7 @@ class CoverageReport:
     n_resamples: int
     seed: int
     confidence: float
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- manifest and per-box outcomes
@@ -304,12 +310,13 @@ def bin_recalls(frame: pd.DataFrame, level: str, n_bins: int = N_BINS, n_resampl
     return result
 
 
-def session_curve(model: str, session: str, seeds: Sequence[int | None], boxes: pd.DataFrame, excluded: int,
+def session_curve(model: str, session: str, threshold: str, seeds: Sequence[int | None], boxes: pd.DataFrame,
+                  excluded: int,
                   n_bins: int = N_BINS, n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                   confidence: float = stats.DEFAULT_CONFIDENCE) -> SessionCurve:
     """The `SessionCurve` of one session's pooled per-box rows (both levels)."""
     bins = [item for level in LEVELS for item in bin_recalls(boxes, level, n_bins, n_resamples, seed, confidence)]
-    return SessionCurve(model, session, tuple(seeds), tuple(sorted(set(boxes["conf"].tolist()))), tuple(bins),
+    return SessionCurve(model, session, threshold, tuple(seeds), tuple(sorted(set(boxes["conf"].tolist()))), tuple(bins),
                         len(boxes), int(boxes["image_id"].nunique()), excluded)
 
 
@@ -359,7 +366,7 @@ def _session_boxes(run: Any, splits: Sequence[str], manifest_paths: Mapping[str,
                 continue
             table = box_table(records, cache[path], int(part["num_classes"]), conf, match_iou, split)
             frames.append(table.frame.assign(threshold=threshold))
-            excluded += table.excluded_zero_area if threshold == REPORT_THRESHOLD else 0
+            excluded += table.excluded_zero_area if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
 
 
@@ -374,7 +381,7 @@ def coverage_report(runs: Iterable[Any], splits: Sequence[str] = OCCLUDED_SPLITS
         manifest_paths: split -> manifest.json, for splits whose manifest is not the session's suite
             (`data.suite_dir`); default: the suite of each session.
 
-    A session whose predictions and manifest cannot be joined is left out with one line in `problems`.
+    A session whose predictions and manifest cannot be joined is left out, its reason in `problems`.
     """
     splits = tuple(dict.fromkeys(splits))
     if not splits:
@@ -389,14 +396,14 @@ def coverage_report(runs: Iterable[Any], splits: Sequence[str] = OCCLUDED_SPLITS
         try:
             parts = [(run, *_session_boxes(run, splits, manifest_paths, cache)) for run in session_runs]
         except CoverageError as error:
-            problems.append(f"{model} {session}: {error}")
+            problems.append((model, session, str(error)))
             continue
         boxes = pd.concat([frame.assign(model=model, session=session, seed=run.seed) for run, frame, _ in parts],
                           ignore_index=True)
         frames.append(boxes)
-        shown = boxes[boxes["threshold"] == REPORT_THRESHOLD]
-        if len(shown):
-            curves.append(session_curve(model, session, [run.seed for run, _, _ in parts], shown,
+        for threshold in dict.fromkeys(boxes["threshold"]):
+            curves.append(session_curve(model, session, threshold, [run.seed for run, _, _ in parts],
+                                        boxes[boxes["threshold"] == threshold],
                                         sum(excluded for _, _, excluded in parts), n_bins, n_resamples, seed,
                                         confidence))
     columns = ["model", "session", "seed", "threshold", *BOX_COLUMNS]
@@ -408,12 +415,12 @@ def coverage_report(runs: Iterable[Any], splits: Sequence[str] = OCCLUDED_SPLITS
 
 def bins_frame(report: CoverageReport) -> pd.DataFrame:
     """One row per model x session x level x bin (empty bins included): the `recall_by_coverage.csv` table."""
-    rows = [{"model": curve.model, "session": curve.session, "level": item.level, "bin": item.bin,
+    rows = [{"model": curve.model, "session": curve.session, "threshold": curve.threshold, "level": item.level, "bin": item.bin,
              "covered_low": item.low, "covered_high": item.high, "n_boxes": item.n_boxes, "n_found": item.n_found,
              "n_images": item.n_images, "recall": item.recall, "ci_low": item.ci_low, "ci_high": item.ci_high,
              "conf": ";".join(f"{value:g}" for value in curve.conf)}
             for curve in report.curves for item in curve.bins]
-    return pd.DataFrame(rows, columns=["model", "session", "level", "bin", "covered_low", "covered_high", "n_boxes",
+    return pd.DataFrame(rows, columns=["model", "session", "threshold", "level", "bin", "covered_low", "covered_high", "n_boxes",
                                        "n_found", "n_images", "recall", "ci_low", "ci_high", "conf"])
 
 
@@ -426,13 +433,14 @@ def chart_frame(report: CoverageReport, model: str) -> pd.DataFrame:
     table = table[(table["model"] == model) & (table["n_boxes"] >= MIN_BOXES_SHOWN)].copy()
     table["session_label"] = table["session"].map(SESSION_LABELS)
     table["level_label"] = table["level"].map(LEVEL_LABELS)
+    table["threshold_label"] = table["threshold"].map(THRESHOLD_LABELS)
     width = 1.0 / report.n_bins
     rank = table["session_label"].map({label: index for index, label in enumerate(SESSION_ORDER)})
     table["x"] = (table["covered_low"] + table["covered_high"]) / 2 + (rank - (len(SESSION_ORDER) - 1) / 2) * width / 16
     table["bin_text"] = [f"[{low:.1f}, {high:.1f}{']' if high >= 1 else ')'}" for low, high
                          in zip(table["covered_low"], table["covered_high"])]
-    return table[["model", "session_label", "level_label", "bin_text", "x", "recall", "ci_low", "ci_high", "n_boxes",
-                  "n_found"]].reset_index(drop=True)
+    return table[["model", "session_label", "threshold_label", "level_label", "conf", "bin_text", "x", "recall",
+                  "ci_low", "ci_high", "n_boxes", "n_found"]].reset_index(drop=True)
 
 
 def write_coverage_outputs(report: CoverageReport, root: Path, models: Sequence[str], charts: bool = True) -> list[Path]:
@@ -447,11 +455,12 @@ def write_coverage_outputs(report: CoverageReport, root: Path, models: Sequence[
     for model in models:
         frame = chart_frame(report, model)
         if len(frame):
+            subtitle = (f"{', '.join(report.splits)}; one line per session; error bars: {report.confidence:.0%} "
+                        f"bootstrap CI over images; point size: boxes in the bin; bins with < {MIN_BOXES_SHOWN} "
+                        "boxes not drawn (see report.md)")
             files += plots.save_chart(plots.coverage_recall_chart(
-                frame, title=f"Recall by covered fraction of the box: {model}",
-                subtitle=f"{', '.join(report.splits)} at the primary threshold; one line per session; error bars: "
-                         f"{report.confidence:.0%} bootstrap CI over images; point size: boxes in the bin; "
-                         "empty bins not drawn"), root / "plots" / f"recall_by_coverage_{model}")
+                frame, title=f"Recall by covered fraction of the box: {model}", subtitle=subtitle),
+                root / "plots" / f"recall_by_coverage_{model}")
     return files
 
 
@@ -466,7 +475,7 @@ def coverage_table(report: CoverageReport, model: str, level: str) -> pd.DataFra
     """report.md's table of one model and level: one row per non-empty bin, boxes, one column per session."""
     from exp3.plots import SESSION_LABELS
 
-    curves = [curve for curve in report.curves if curve.model == model]
+    curves = [curve for curve in report.curves if curve.model == model and curve.threshold == REPORT_THRESHOLD]
     if not curves:
         return pd.DataFrame()
     rows = []
@@ -497,16 +506,19 @@ def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str
     if not report.curves:
         lines += ["n/a: no done session could be joined to its suite manifest.", ""]
     for model in models:
-        curves = [curve for curve in report.curves if curve.model == model]
+        curves = [curve for curve in report.curves if curve.model == model and curve.threshold == REPORT_THRESHOLD]
         if not curves:
             continue
         excluded = sum(curve.excluded_zero_area for curve in curves)
         lines += [f"### {model}", "", f"{curves[0].n_boxes} boxes in {curves[0].n_images} images per session"
                   + (f"; {excluded} zero-area boxes left out" if excluded else "") + ".", ""]
         for level in LEVELS:
-            lines += [f"{LEVEL_LABELS[level].capitalize()}:", "", markdown_table(coverage_table(report, model, level)),
+            lines += [f"{LEVEL_LABELS[level][0].upper()}{LEVEL_LABELS[level][1:]}:", "", markdown_table(coverage_table(report, model, level)),
                       ""]
     if report.problems:
-        lines += ["Left out (predictions and manifest could not be joined):", ""]
-        lines += [f"- {problem}" for problem in report.problems] + [""]
+        reasons: dict[str, list[str]] = {}
+        for model, session, reason in report.problems:
+            reasons.setdefault(reason, []).append(f"{model} {session.split('_')[0]}")
+        lines += ["Left out (predictions and suite manifest could not be joined):", ""]
+        lines += [f"- {', '.join(sessions)}: {reason}" for reason, sessions in reasons.items()] + [""]
     return lines

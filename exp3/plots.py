@@ -11,7 +11,8 @@ Frame contracts (columns):
     map frame       model, session_label, split, value, status_text
     heatmap frame   session_label, split, class_name, f1, f1_text
     diff frame      model, session_label, reference, difference, ci_low, ci_high, p_bh_text
-    coverage frame  session_label, level_label, bin_text, x, recall, ci_low, ci_high, n_boxes, n_found
+    coverage frame  session_label, threshold_label, level_label, conf, bin_text, x, recall, ci_low, ci_high,
+                    n_boxes, n_found
 `status_text` is "" for a done session and "failed" / "missing" / ... otherwise; `value` is NaN
 for those (no bar drawn, the status is written at the baseline instead).
 """
@@ -224,12 +225,14 @@ SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", 
 
 
 def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
-    """Recall (y) by covered-fraction bin (x), one line per session, CI bars, one panel per level ("found" at
-    detection and at ingredient level), for one model (exp3.coverage.chart_frame).
+    """Recall (y) by covered-fraction bin (x), one line per session, CI bars; one panel per level ("found" at
+    detection and at ingredient level, columns) and operating point (rows), for one model
+    (exp3.coverage.chart_frame).
 
     Args:
-        frame: coverage frame, one row per session x level x non-empty bin: session_label, level_label,
-            bin_text, x (bin centre, nudged per session), recall, ci_low, ci_high, n_boxes, n_found.
+        frame: coverage frame, one row per session x threshold x level x non-empty bin: session_label,
+            threshold_label, level_label, conf, bin_text, x (bin centre, nudged per session), recall,
+            ci_low, ci_high, n_boxes, n_found.
     """
     colour = alt.Color("session_label:N", title="session", sort=SESSION_ORDER,
                        scale=alt.Scale(domain=SESSION_ORDER, range=list(SESSION_PALETTE)),
@@ -238,7 +241,7 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
     x = alt.X("x:Q", title="covered fraction of the box (bin centre)", scale=alt.Scale(domain=[0, 1]),
               axis=alt.Axis(values=[index / 10 for index in range(11)], format=".1f", labelFontSize=_FONT_SIZE,
                             titleFontSize=_FONT_SIZE + 1))
-    tooltip = ["session_label:N", "level_label:N", alt.Tooltip("bin_text:N", title="covered fraction"),
+    tooltip = ["session_label:N", "threshold_label:N", "conf:N", "level_label:N", alt.Tooltip("bin_text:N", title="covered fraction"),
                alt.Tooltip("recall:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"), alt.Tooltip("n_found:Q", title="found"),
                alt.Tooltip("n_boxes:Q", title="boxes")]
@@ -252,5 +255,8 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
     return (alt.layer(lines, errors, points, data=frame)
             .properties(width=380, height=300)
             .facet(column=alt.Column("level_label:N", title=None, sort=list(frame["level_label"].unique()),
-                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
+                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
+                   row=alt.Row("threshold_label:N", title=None, sort=list(frame["threshold_label"].unique()),
+                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
+                                                 labelAnchor="start")))
             .properties(title=_title(title, subtitle)))
