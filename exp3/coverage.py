@@ -333,7 +333,7 @@ def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mappi
     data = metrics.get("data") or {}
     if not data.get("suite_dir"):
         raise CoverageError("metrics.json records no occlusion suite (data.suite_dir): re-run the session with this "
-                            "exp3 version, or pass the suite's manifest")
+                            "exp3 version, or pass the manifest (exp3.coverage.coverage_report(manifest_paths=...))")
     path = Path(data["suite_dir"]) / MANIFEST_NAME
     if not path.is_file():
         raise CoverageError(f"the session's suite manifest {str(path)!r} is missing: restore the suite, or pass "
@@ -501,8 +501,9 @@ def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str
              "primary threshold. Detection: the box is matched by a detection of its class (IoU >= match_iou, "
              "one-to-one); ingredient: its class is in the image's predicted set. Cells: recall "
              f"[{report.confidence:.0%} bootstrap CI, images resampled ({report.n_resamples} resamples, seed "
-             f"{report.seed})]; `boxes`: boxes in the bin (per seed pooled). Per-box table: "
-             "`recall_by_coverage_boxes.csv` (both thresholds); definitions: docs/report.md.", ""]
+             f"{report.seed})]; `boxes`: boxes in the bin (seeds pooled). The chart also shows each session's "
+             "val-chosen threshold; per-box table (both thresholds, to re-bin): `recall_by_coverage_boxes.csv`; "
+             "definitions: docs/report.md.", ""]
     if not report.curves:
         lines += ["n/a: no done session could be joined to its suite manifest.", ""]
     for model in models:
