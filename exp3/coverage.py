@@ -197,8 +197,8 @@ def align_boxes(record: ImageRecord, boxes: Sequence[ManifestBox], split: str) -
     """The covered fraction of each of `record`'s ground-truth boxes, from its manifest boxes.
 
     Returns:
-        ((G,) float covered fraction, NaN for a box the manifest has as zero-area; number of such boxes;
-        number of manifest boxes that duplicate a paired one). Raises `CoverageError` otherwise.
+        ((G,) float covered fraction, NaN for a box the manifest has as zero-area; number of the manifest's
+        zero-area boxes; number of manifest boxes that duplicate a paired one). Raises `CoverageError` otherwise.
     """
     where = f"{split}, image {record.image_id!r}"
     known = [index for index, box in enumerate(boxes) if box.covered_fraction is not None]
@@ -224,7 +224,7 @@ def align_boxes(record: ImageRecord, boxes: Sequence[ManifestBox], split: str) -
         raise CoverageError(f"{where}: manifest box {strays[0]} (class {box.class_id}, {list(box.xyxy)}) is missing "
                             f"from the predictions' ground truth ({len(strays)} such boxes): evaluate the session "
                             "on this suite, or pass the manifest of the suite it was evaluated on")
-    return covered, len(unpaired_gt), len(leftover)
+    return covered, len(boxes) - len(known), len(leftover)
 
 
 def box_table(records: Sequence[ImageRecord], manifest: Mapping[str, list[ManifestBox]], num_classes: int,
