@@ -11,6 +11,8 @@ Frame contracts (columns):
     map frame       model, session_label, split, value, status_text
     heatmap frame   session_label, split, class_name, f1, f1_text
     diff frame      model, session_label, reference, difference, ci_low, ci_high, p_bh_text
+    coverage frame  session_label, threshold_label, level_label, conf, bin_text, x, recall, ci_low, ci_high,
+                    n_boxes, n_found
 `status_text` is "" for a done session and "failed" / "missing" / ... otherwise; `value` is NaN
 for those (no bar drawn, the status is written at the baseline instead).
 """
@@ -216,3 +218,45 @@ def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path
     html = atomic_write_text(path_without_suffix.with_suffix(".html"),
                              vl_convert.vegalite_to_html(spec, bundle=True))
     return [png, html]
+
+
+SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#9D755D")
+"""Colour of each session (S1..S6, `SESSION_ORDER`) where sessions, not models, are the colour."""
+
+
+def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
+    """Recall (y) by covered-fraction bin (x), one line per session, CI bars; one panel per level ("found" at
+    detection and at ingredient level, columns) and operating point (rows), for one model
+    (exp3.coverage.chart_frame).
+
+    Args:
+        frame: coverage frame, one row per session x threshold x level x non-empty bin: session_label,
+            threshold_label, level_label, conf, bin_text, x (bin centre, nudged per session), recall,
+            ci_low, ci_high, n_boxes, n_found.
+    """
+    colour = alt.Color("session_label:N", title="session", sort=SESSION_ORDER,
+                       scale=alt.Scale(domain=SESSION_ORDER, range=list(SESSION_PALETTE)),
+                       legend=alt.Legend(orient="top", columns=3, labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
+                                         labelLimit=220))
+    x = alt.X("x:Q", title="covered fraction of the box (bin centre)", scale=alt.Scale(domain=[0, 1]),
+              axis=alt.Axis(values=[index / 10 for index in range(11)], format=".1f", labelFontSize=_FONT_SIZE,
+                            titleFontSize=_FONT_SIZE + 1))
+    tooltip = ["session_label:N", "threshold_label:N", "conf:N", "level_label:N", alt.Tooltip("bin_text:N", title="covered fraction"),
+               alt.Tooltip("recall:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
+               alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"), alt.Tooltip("n_found:Q", title="found"),
+               alt.Tooltip("n_boxes:Q", title="boxes")]
+    base = alt.Chart().encode(x=x, color=colour)
+    lines = base.mark_line(strokeWidth=2).encode(y=_y("recall", field="recall"), detail="session_label:N")
+    errors = base.mark_rule(strokeWidth=1.5, opacity=0.7).encode(y="ci_low:Q", y2="ci_high:Q")
+    points = base.mark_point(filled=True, opacity=1).encode(
+        y="recall:Q", tooltip=tooltip,
+        size=alt.Size("n_boxes:Q", title="boxes in bin", scale=alt.Scale(range=[15, 200]),
+                      legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE - 1)))
+    return (alt.layer(lines, errors, points, data=frame)
+            .properties(width=380, height=300)
+            .facet(column=alt.Column("level_label:N", title=None, sort=list(frame["level_label"].unique()),
+                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
+                   row=alt.Row("threshold_label:N", title=None, sort=list(frame["threshold_label"].unique()),
+                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
+                                                 labelAnchor="start")))
+            .properties(title=_title(title, subtitle)))

@@ -1188,6 +1188,10 @@ def render_markdown(result: "ReportResult") -> str:
         lines += ["## S2 vs S1 on every metric", "",
                   "Does the occluded-training effect depend on the metric? Paired intervals for every metric; "
                   "p-values for the F1s.", "", markdown_table(by_metric), ""]
+    if result.coverage is not None:
+        from exp3.coverage import coverage_markdown
+
+        lines += coverage_markdown(result.coverage, result.models)
     if len(failures):
         lines += ["## Sessions not done", ""]
         lines += [f"- {row['model']} {row['session_label']}: {row['status']}"
@@ -1202,7 +1206,9 @@ def render_markdown(result: "ReportResult") -> str:
               "- `summary_by_seed.csv` / `.json`: one row per session folder x split",
               "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 per metric and threshold, with CIs "
               "and p-values",
-              "- `per_class_f1.csv`: per-class ingredient F1", ""]
+              "- `per_class_f1.csv`: per-class ingredient F1",
+              "- `recall_by_coverage.csv`: recall per covered-fraction bin, session, level and threshold, with CIs; "
+              "`recall_by_coverage_boxes.csv`: the per-box table behind it", ""]
     return "\n".join(lines)
 
 
@@ -1223,6 +1229,8 @@ class ReportResult:
     seed: int
     sessions: tuple[str, ...] = SESSION_SUFFIXES
     """The suffixes of this run (the others are `not in run`)."""
+    coverage: Any = None
+    """Recall by covered fraction (`exp3.coverage.CoverageReport`), None when not computed."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -1249,7 +1257,7 @@ def run_sessions(sessions: Iterable[str] | None) -> tuple[str, ...]:
 def build_report(root: Path, models: list[str] | None = None, seeds: list[int] | None = None,
                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
                  seed: int = stats.DEFAULT_SEED, charts: bool = True,
-                 sessions: list[str] | None = None) -> ReportResult:
+                 sessions: list[str] | None = None, occluded_splits: tuple[str, ...] | None = None) -> ReportResult:
     """Rebuild every report file under `root` from its session folders (see the module docstring).
 
     Args:
@@ -1260,6 +1268,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         charts: False skips the PNG/HTML charts (tables and report.md only).
         sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
             `not in run` in the status grid and left out of every table, finding and chart.
+        occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.coverage); None:
+            `exp3.coverage.OCCLUDED_SPLITS` (test_occ_fixed).
 
     Raises:
         FileNotFoundError: `root` is not a directory, or no model is given and none is found.
@@ -1287,7 +1297,13 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
     if charts:
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
-    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run)
+    from exp3 import coverage
+
+    by_coverage = coverage.coverage_report(runs, occluded_splits or coverage.OCCLUDED_SPLITS,
+                                           n_resamples=n_resamples, seed=seed)
+    files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
+    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
+                          by_coverage)
     result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
     return result
 

@@ -511,3 +511,46 @@ def test_an_all_zero_grid_names_no_best_masking_site(tmp_path: Path) -> None:
     assert ("no masking session names any ingredient on test_occ_fixed (F1 0 for S3 mask backbone-early, "
             "S4 mask backbone-late): no best masking site.") in text
     assert "no best masking site" in report.dashboard_markdown(result)
+
+
+def add_suite(root: Path) -> Path:
+    """A suite manifest for the fixture tree (images 0-9 covered 0.15, 10-19 covered 0.65) recorded in every done
+    session's metrics.json `data` (DONE rewritten to match), as prepare_data records it."""
+    suite = root / "suites" / "occ-fixture"
+    images = [{"id": f"img_{index:03d}", "boxes": [{"class_id": index % len(CLASS_NAMES), "xyxy": [10, 10, 50, 50],
+                                                    "covered_fraction": 0.15 if index < 10 else 0.65}]}
+              for index in range(N_IMAGES)]
+    manifest = atomic_write_json(suite / "manifest.json", {"kind": "test_suite", "images": images})
+    for done in root.glob("*/*/DONE"):
+        metrics_path = done.parent / "metrics.json"
+        metrics = json.loads(metrics_path.read_text())
+        metrics["data"] = {"suite_dir": str(suite), "suite_manifest_sha256": sha256_file(manifest)}
+        atomic_write_json(metrics_path, metrics)
+        atomic_write_json(done, {**json.loads(done.read_text()), "metrics_sha256": sha256_file(metrics_path)})
+    return suite
+
+
+def test_recall_by_covered_fraction_section_and_chart(tmp_path: Path) -> None:
+    """yolov8m on test_occ_fixed: S1 finds images 0-9 (bin [0.1, 0.2)), S2 images 0-15 but misplaces the boxes of
+    0-3 (named, not detected: detection 6/10, ingredient 10/10 in that bin), S3 0-11, S6 0-9."""
+    root = build_fixture_tree(tmp_path)
+    add_suite(root)
+    result = report.build_report(root, n_resamples=200, n_permutations=200)
+    text = (root / "report.md").read_text()
+    section = text.split("## Recall by covered fraction", 1)[1].split("\n## ", 1)[0]
+    yolo = section.split("### yolov8m", 1)[1].split("### rtdetr-l", 1)[0]
+    detection, ingredient = yolo.split("Ingredient: ", 1)
+    assert "| covered fraction | boxes | S1 clean | S2 occluded-train | S3 mask backbone-early | S6 mask head |" in yolo
+    assert "| [0.1, 0.2) | 10 | 1.00 [1.00, 1.00] | 0.60 [" in detection
+    assert "| [0.1, 0.2) | 10 | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] |" \
+        in ingredient
+    assert "| [0.6, 0.7) | 10 | 0.00 [0.00, 0.00] | 0.60 [" in ingredient
+    assert "Left out" not in section
+    s2 = next(curve for curve in result.coverage.curves if (curve.model, curve.session, curve.threshold)
+              == ("yolov8m", "S2_occ_train", "primary"))
+    assert [(item.n_found, item.n_boxes) for item in s2.level("detection") if item.n_boxes] == [(6, 10), (6, 10)]
+    for model in MODELS:
+        assert (root / "plots" / f"recall_by_coverage_{model}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/recall_by_coverage_{model}.png" in text
+    boxes = pd.read_csv(root / "recall_by_coverage_boxes.csv")
+    assert len(boxes) == N_IMAGES * 2 * 10          # images x thresholds x done sessions
