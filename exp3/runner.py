@@ -115,6 +115,14 @@ def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
         return paths.move_aside() if paths.state(cache_key) == "stale" else None
 
 
+def configured_evaluations(config_path: Path) -> dict[str, str]:
+    """{severity split: spec key} of the config at `config_path` (exp3.splits.evaluation_plan)."""
+    from exp3.config import load_config
+    from exp3.splits import evaluation_plan
+
+    return evaluation_plan(load_config(config_path).occlusion)
+
+
 def run_session_subprocess(
     config_path: Path,
     session: Session,
@@ -125,7 +133,9 @@ def run_session_subprocess(
     on_progress: Callable[[ProgressUpdate], None] | None = None,
     epochs_total: int | None = None,
 ) -> SessionRun:
-    """Run the session CLI unless it is done under `cache_key`; raise `SessionError` (transient if out of memory).
+    """Run the session CLI unless it is done under `cache_key` with the configured severity evaluations;
+    raise `SessionError` (transient if out of memory). A done session lacking some (levels added or
+    changed) runs the CLI too, which evaluates only those from its checkpoint (no training).
 
     A folder made under other inputs is moved aside first (the session then trains from scratch).
     `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
@@ -134,7 +144,7 @@ def run_session_subprocess(
     paths = SessionPaths.of(output_root, session)
     folder = paths.folder
     progress = _ProgressReader(paths, epochs_total, on_progress)
-    if paths.is_done(cache_key):
+    if paths.is_done(cache_key) and paths.evaluations_current(configured_evaluations(config_path)):
         progress.poll(finished=True, replay=False)
         return SessionRun(session.name, "done", False, 0.0, str(folder))
     moved = move_aside_if_stale(paths, cache_key)

@@ -303,6 +303,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     """
     from exp3.config import load_config
     from exp3.offline import apply_offline_environment
+    from exp3.splits import evaluation_plan
 
     logger = get_run_logger()
     if config_file is not None:
@@ -331,7 +332,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         for index, session in enumerate(grid):
             lane = index % len(lanes)
             paths, key = SessionPaths.of(root, session), keys[session.name]
-            failed_before, done = paths.state(key) == "failed" and not rerun_failed, paths.is_done(key)
+            failed_before = paths.state(key) == "failed" and not rerun_failed
+            done = paths.is_done(key) and paths.evaluations_current(evaluation_plan(config.occlusion))
             options = {"task_run_name": session.name, "refresh_cache": not done,
                        "retries": 0 if failed_before else config.failure.retries,
                        "retry_condition_fn": _retry_if_transient, "result_storage": root / ".prefect" / "results"}
