@@ -390,7 +390,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     atomic_write_json(paths.metrics, metrics)
     paths.write_done(inputs.key, {"session": session.name, "exp3_version": __version__,
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return metrics
+    return json.loads(paths.metrics.read_text(encoding="utf-8"))  # as a later run reads it (tuples as lists)
 
 
 def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: ExperimentConfig, output_root: Path,
@@ -471,7 +471,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     metrics = {**metrics, "splits": ordered, "severity": _severity_block(prepared, ordered, evaluations, superseded),
                "data": asdict(prepared)}
     paths.replace_metrics(metrics, {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return metrics
+    return json.loads(paths.metrics.read_text(encoding="utf-8"))
 
 
 def _link_weights(source: Path, target: Path) -> None:
