@@ -24,6 +24,7 @@ no p-value, as in the rest of the report.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -291,3 +292,107 @@ def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_
                               f"{SESSION_LABELS[reference].split()[0]} from {high})" for low, high, sign in swaps)
             found.append(f"{SESSION_LABELS[suffix]} crosses {SESSION_LABELS[reference]} {where}")
     return found
+
+
+# ----------------------------------------------------------------------------- charts and report.md
+
+METRIC_TITLES: dict[str, str] = {"ingredient_micro_f1": "Ingredient F1 (micro)", "map50": "mAP50"}
+
+
+def curve_frame(curves: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
+    """The rows of one model x metric with a `severity_label` ("0 clean", "1 0.1-0.26", ...) for the x axis."""
+    part = curves[(curves["model"] == model) & (curves["metric"] == metric)].copy()
+    part["severity_label"] = [f"{severity} {coverage}" for severity, coverage in zip(part["severity"],
+                                                                                       part["coverage"])]
+    return part.reset_index(drop=True)
+
+
+def write_severity_charts(curves: pd.DataFrame, models: list[str], plots_dir: Path) -> list[Path]:
+    """severity_<metric>_<model>.png|html per model with severity levels: one line per session."""
+    from exp3 import plots
+
+    written: list[Path] = []
+    for model in models:
+        for metric in CURVE_METRICS:
+            frame = curve_frame(curves, model, metric)
+            if not len(frame):
+                continue
+            short = "f1" if metric == "ingredient_micro_f1" else metric
+            written += plots.save_chart(plots.severity_chart(
+                frame, title=f"{METRIC_TITLES[metric]} vs occlusion severity: {model}",
+                y_title=METRIC_TITLES[metric],
+                subtitle="severity 0 = test_clean; k = test_occ_sev<k> (each box covered within the range shown); "
+                         "bands: 95% bootstrap CI over test images"), plots_dir / f"severity_{short}_{model}")
+    return written
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
+def _ci(row: pd.Series, value: str, low: str, high: str, signed: bool = False) -> str:
+    if not math.isfinite(row[value]):
+        return "n/a"
+    return f"{_fmt(row[value], signed)} [{_fmt(row[low], signed)}, {_fmt(row[high], signed)}]"
+
+
+def mpc_table(table: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
+    """The report's mPC / rPC table of one model and metric (strings)."""
+    part = table[(table["model"] == model) & (table["metric"] == metric)]
+    rows = []
+    for _, row in part.iterrows():
+        p = row["p_bh_mPC_vs_S1"]
+        rows.append({"session": row["session_label"], "clean": _fmt(row["clean"]),
+                     "mPC [95% CI]": _ci(row, "mPC", "mPC_ci_low", "mPC_ci_high"),
+                     "rPC [95% CI]": _ci(row, "rPC", "rPC_ci_low", "rPC_ci_high"),
+                     "mPC - S1 [95% CI]": _ci(row, "diff_mPC_vs_S1", "diff_mPC_ci_low", "diff_mPC_ci_high", True),
+                     "rPC - S1 [95% CI]": _ci(row, "diff_rPC_vs_S1", "diff_rPC_ci_low", "diff_rPC_ci_high", True),
+                     "p_BH (mPC vs S1)": "n/a" if not math.isfinite(p) else f"{p:.3g}"})
+    return pd.DataFrame(rows)
+
+
+def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[str]) -> list[str]:
+    """Headline sentences: where curves cross S1's, and the sessions whose mPC differs from S1's."""
+    from exp3.plots import SESSION_LABELS
+
+    findings = []
+    for model in models:
+        for metric in CURVE_METRICS:
+            crossed = crossings(curves, model, metric)
+            if crossed:
+                findings.append(f"{model}, {METRIC_TITLES[metric]} vs severity: " + "; ".join(crossed)
+                                + " (point estimates; intervals in the severity table)")
+        part = table[(table["model"] == model) & (table["metric"] == "ingredient_micro_f1")]
+        shown = [f"{SESSION_LABELS[row['session']]} {_fmt(row['diff_mPC_vs_S1'], True)}"
+                 for _, row in part.iterrows()
+                 if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0)]
+        if len(part) and math.isfinite(part["levels"].max()):
+            levels = int(part["levels"].max())
+            findings.append(f"{model}: mPC (mean F1 over {levels} severity levels) differs from S1's for "
+                            + (", ".join(shown) if shown else "no session") + " (paired 95% interval excludes 0)")
+    return findings
+
+
+def severity_section(curves: pd.DataFrame, table: pd.DataFrame, models: list[str]) -> list[str]:
+    """report.md's severity section (lines)."""
+    from exp3.report import markdown_table as to_markdown
+
+    lines = ["## Occlusion severity", ""]
+    if not len(table):
+        return lines + ["n/a: no done session has severity splits (occlusion.severities is empty, or the sessions "
+                        "have not been run since it was set).", ""]
+    lines += ["Each session evaluated on the severity suites test_occ_sev1..K (object mode, each box covered within "
+              "the level's range; docs/occlusion.md). mPC = mean over the levels, rPC = mPC / clean "
+              "(ImageNet-C / COCO-C). Intervals: 95% bootstrap over test images, resampled jointly across all "
+              "levels; mPC - S1: paired; p_BH: paired permutation test of the mPC difference (an image's results "
+              "swapped on every level at once), BH within the metric over sessions x models. mAP has intervals "
+              "but no p-value. Charts: `plots/severity_f1_<model>.png`, `plots/severity_map50_<model>.png`.", ""]
+    for model in models:
+        for metric in CURVE_METRICS:
+            shown = mpc_table(table, model, metric)
+            if len(shown):
+                frame = curve_frame(curves, model, metric)
+                levels = ", ".join(dict.fromkeys(frame["severity_label"]))
+                lines += [f"### {model}: {METRIC_TITLES[metric]}", "", f"Levels: {levels}.", "",
+                          to_markdown(shown), ""]
+    return lines

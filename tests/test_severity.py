@@ -314,3 +314,62 @@ def test_mpc_permutation_p_matches_brute_force() -> None:
     assert mpc_permutation_pvalue(a, a) == 1.0
     assert math.isfinite(mpc_permutation_pvalue(a, b, n_permutations=20))
 
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory):
+    """yolov8n S1 and S2 (1 epoch) with two severity levels, and the report built from them."""
+    from exp3.report import build_report
+
+    root = tmp_path_factory.mktemp("severity-report")
+    config = load_config(_config(root / "c.yaml", root / "out", [[0.1, 0.26], [0.74, 0.9]]))
+    for suffix in ("S1_clean_train", "S2_occ_train"):
+        run_session(config, Session("yolov8n", suffix), root / "out")
+    return build_report(root / "out", models=["yolov8n"], n_resamples=200, n_permutations=199,
+                        sessions=["S1_clean_train", "S2_occ_train"])
+
+
+def test_report_has_severity_curves_table_and_charts(reported) -> None:
+    from PIL import Image
+
+    result = reported
+    curves, table = result.severity_curves, result.severity_table
+    f1 = curves[curves["metric"] == "ingredient_micro_f1"]
+    assert sorted(f1["severity"].unique()) == [0, 1, 2]
+    assert list(f1[f1["severity"] == 0]["split"].unique()) == ["test_clean"]
+    s1 = f1[f1["session"] == "S1_clean_train"].set_index("split")["value"]
+    metrics = json.loads((result.root / "yolov8n" / "yolov8n__S1_clean_train" / "metrics.json").read_text())
+    for split in ("test_clean", "test_occ_sev1", "test_occ_sev2"):   # the curve is metrics.json's numbers
+        assert s1[split] == pytest.approx(metrics["splits"][split]["ingredient"]["micro"]["f1"], abs=1e-12)
+    mpc = table[(table["metric"] == "ingredient_micro_f1") & (table["session"] == "S1_clean_train")].iloc[0]
+    assert mpc["mPC"] == pytest.approx(metrics["severity"]["summary"]["mPC"]["ingredient_micro_f1"], abs=1e-6)
+    s2 = table[(table["metric"] == "ingredient_micro_f1") & (table["session"] == "S2_occ_train")].iloc[0]
+    assert math.isfinite(s2["diff_mPC_vs_S1"]) and 0 <= s2["p_mPC_vs_S1"] <= 1
+    text = (result.root / "report.md").read_text()
+    assert "## Occlusion severity" in text and "mPC [95% CI]" in text
+    for name in ("severity_f1_yolov8n", "severity_map50_yolov8n"):
+        png = result.root / "plots" / f"{name}.png"
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 300
+        assert (result.root / "plots" / f"{name}.html").is_file()
+    assert (result.root / "severity_curves.csv").is_file() and (result.root / "severity_summary.csv").is_file()
+
+
+def test_severity_chart_data_has_one_line_per_session(reported) -> None:
+    from exp3 import plots
+    from exp3.severity import curve_frame
+
+    frame = curve_frame(reported.severity_curves, "yolov8n", "ingredient_micro_f1")
+    spec = plots.severity_chart(frame, "t", "F1").to_dict()
+    rows = next(iter(spec["datasets"].values()))
+    lines = {}
+    for row in rows:
+        lines.setdefault(row["session_label"], []).append(row["severity"])
+    assert set(lines) == {"S1 clean", "S2 occluded-train"}
+    assert all(sorted(severities) == [0, 1, 2] for severities in lines.values())
+    marks = [layer["mark"]["type"] for layer in spec["layer"]]
+    assert marks == ["area", "line", "point"]
+    assert all(layer["encoding"]["color"]["field"] == "session_label" for layer in spec["layer"])
