@@ -224,7 +224,8 @@ def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str 
     colour = alt.Color("session_label:N", title="session", sort=shown,
                        scale=alt.Scale(domain=shown, range=[SESSION_PALETTE[SESSION_ORDER.index(label)]
                                                             for label in shown]),
-                       legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+                       legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
+                                         symbolOpacity=1.0, symbolType="stroke", symbolStrokeWidth=3))
     order = list(dict.fromkeys(frame.sort_values("severity")["severity_label"]))
     x = alt.X("severity_label:O", title="occlusion severity (covered fraction of each box; 0 = clean)", sort=order,
               axis=alt.Axis(labelAngle=0, labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1))
