@@ -1,6 +1,6 @@
 """Performance under occlusion severity: the curve per session, mPC and rPC, with intervals and tests.
 
-In the manner of ImageNet-C / COCO-C (Hendrycks & Dietterich 2019; Michaelis et al. 2019), over
+In the manner of ImageNet-C / COCO-C (docs/references.md section 1), over
 the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clean):
 
     mPC(M) = mean over levels k = 1..K of M(test_occ_sev<k>)      mean performance under occlusion

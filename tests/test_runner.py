@@ -62,7 +62,31 @@ def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: P
     paths.metrics.write_text(json.dumps({"splits": {}}))
     paths.write_done("k", {})
     updates: list[ProgressUpdate] = []
-    run = run_session_subprocess(tmp_path / "unused.yaml", session, tmp_path, "k", on_progress=updates.append,
-                                 epochs_total=2)
+    config = tmp_path / "config.yaml"   # read for its severity levels: none, so the session is complete
+    config.write_text("occlusion: {severities: []}\n")
+    run = run_session_subprocess(config, session, tmp_path, "k", on_progress=updates.append, epochs_total=2)
     assert not run.ran and len(updates) == 1
     assert (updates[0].done, updates[0].total, updates[0].new_epochs, len(updates[0].epochs)) == (2, 2, (), 2)
+
+
+def test_a_done_session_missing_configured_severity_levels_is_not_skipped(tmp_path: Path) -> None:
+    from exp3.layout import SessionPaths
+    from exp3.runner import configured_evaluations
+    from exp3.sessions import Session
+
+    paths = SessionPaths.of(tmp_path, Session("m", "S1_clean_train"))
+    paths.folder.mkdir(parents=True)
+    paths.metrics.write_text(json.dumps({"splits": {}}))     # finished before severity levels existed
+    paths.write_done("k", {})
+    config = tmp_path / "config.yaml"
+    config.write_text("occlusion: {severities: [[0.1, 0.3]]}\n")
+    plan = configured_evaluations(config)
+    assert list(plan) == ["test_occ_sev1"]
+    assert paths.is_done("k") and not paths.evaluations_current(plan)  # the runner starts the session CLI
+    assert paths.evaluations_current(configured_evaluations(_without_levels(tmp_path)))
+
+
+def _without_levels(tmp_path: Path) -> Path:
+    path = tmp_path / "none.yaml"
+    path.write_text("occlusion: {severities: []}\n")
+    return path

@@ -373,3 +373,29 @@ def test_severity_chart_data_has_one_line_per_session(reported) -> None:
     marks = [layer["mark"]["type"] for layer in spec["layer"]]
     assert marks == ["area", "line", "point"]
     assert all(layer["encoding"]["color"]["field"] == "session_label" for layer in spec["layer"])
+
+
+def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(reported) -> None:
+    """The flow's path: the runner sees the missing level and starts `python -m exp3.session`, which
+    evaluates only that level (runs after the report tests: it changes S1 of their root)."""
+    from exp3.runner import run_session_subprocess
+
+    output = reported.root
+    base = output.parent
+    session = Session("yolov8n", "S1_clean_train")
+    folder = SessionPaths.of(output, session).folder
+    before = json.loads((folder / "metrics.json").read_text())
+    training = _untouched_training(folder)
+    config_path = _config(base / "more.yaml", output, [[0.1, 0.26], [0.74, 0.9], [0.8, 0.9]])
+    run = run_session_subprocess(config_path, session, output, before["cache_key"])
+    assert run.ran and run.status == "done"
+    after = json.loads((folder / "metrics.json").read_text())
+    assert _untouched_training(folder) == training
+    for split in ("test_clean", "test_occ_fixed", "test_occ_sev1", "test_occ_sev2"):
+        assert after["splits"][split] == before["splits"][split]
+    assert after["severity"]["evaluations"]["test_occ_sev3"]["added_after_training"] is True
+    assert after["severity"]["evaluations"]["test_occ_sev1"]["added_after_training"] is False
+    log = (folder / "logs" / "session.log").read_text()
+    assert "evaluating test_occ_sev3" in log and "evaluating test_occ_sev1" not in log
+    again = run_session_subprocess(config_path, session, output, before["cache_key"])
+    assert not again.ran                                            # complete now: skipped without a subprocess
