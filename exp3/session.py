@@ -11,7 +11,8 @@ Session folder `<output_root>/<model>/<model>__<session>/`:
     train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
                                   training plots, train_info.json, masking_stats.json (S3-S6)
     weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
-    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint per split
+    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint (val, test_clean,
+                                  test_occ_fixed; not the severity splits)
     predictions_val.json          per-image records of the clean val split (threshold choice only)
     predictions_test_clean.json   per-image records (see exp3.evaluate)
     predictions_test_occ_fixed.json
@@ -289,11 +290,11 @@ def _write_failure(paths: SessionPaths, session: Session, error: BaseException) 
 
 
 def _evaluate(checkpoint: Path, split_yaml: Path, split: str, family: str, config: ExperimentConfig,
-              output_root: Path, save_dir: Path) -> Any:
+              output_root: Path, save_dir: Path, plots: bool = True) -> Any:
     from exp3.evaluate import evaluate_split
 
     return evaluate_split(checkpoint, split_yaml, family, output_root, save_dir, split=split,
-                          batch=config.train.batch, device=config.train.device)
+                          batch=config.train.batch, device=config.train.device, plots=plots)
 
 
 def _run_session_steps(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
@@ -396,11 +397,16 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
 def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: ExperimentConfig, output_root: Path,
                          paths: SessionPaths, session: Session, prepared: PreparedData, names: list[str],
                          val_conf: float) -> dict[str, Any]:
-    """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics."""
+    """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
+
+    Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed: on a
+    severity split they would cost more than its evaluation (measured in BENCHMARKS.md) and add
+    nothing the severity charts do not show.
+    """
     from exp3.metrics import records_from_json
 
     evaluation = _evaluate(checkpoint, prepared.split_yaml(split), "test", family, config, output_root,
-                           paths.folder / "plots" / split)
+                           paths.folder / "plots" / split, plots=split in SPLITS)
     atomic_write_json(paths.predictions(split),
                       {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
                        "checkpoint": str(checkpoint), "images": evaluation.records})
