@@ -108,16 +108,17 @@ class PreparedData:
                        for suite in self.severity_suites)
         object.__setattr__(self, "severity_suites", suites)
 
-    def _severity(self, split: str) -> SeveritySuite | None:
+    def severity_suite(self, split: str) -> SeveritySuite | None:
+        """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
         return next((suite for suite in self.severity_suites if suite.split == split), None)
 
     def split_yaml(self, split: str) -> Path:
-        suite = self._severity(split)
+        suite = self.severity_suite(split)
         return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
 
     def manifest(self, split: str) -> Path:
         """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
-        suite = self._severity(split)
+        suite = self.severity_suite(split)
         return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
 
     def test_splits(self) -> tuple[str, ...]:
@@ -407,8 +408,10 @@ def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: Expe
 
     evaluation = _evaluate(checkpoint, prepared.split_yaml(split), "test", family, config, output_root,
                            paths.folder / "plots" / split, plots=split in SPLITS)
+    suite = prepared.severity_suite(split)
     atomic_write_json(paths.predictions(split),
                       {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
+                       "suite_id": suite.suite_id if suite else prepared.suite_id,
                        "checkpoint": str(checkpoint), "images": evaluation.records})
     evaluation.map_stats.with_draws().save(paths.map_stats(split))
     return _split_metrics(evaluation, records_from_json(evaluation.records), config, names, val_conf)

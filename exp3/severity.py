@@ -105,7 +105,7 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
     `runs`: the report's `SessionRun`s; seeds of a session are pooled as in the rest of the report.
     """
     from exp3.plots import SESSION_LABELS
-    from exp3.report import MAP_RESAMPLES, MapDraws, pool_image_scores, run_image_scores
+    from exp3.report import MAP_RESAMPLES, MapDraws, pool_image_scores
     from exp3.config import SESSION_SUFFIXES
 
     grouped: dict[tuple[str, str], list[Any]] = {}
@@ -121,12 +121,14 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
             continue
         splits = ["test_clean", *(level["split"] for level in levels)]
         coverage = ["clean", *(f"{level['coverage'][0]:g}-{level['coverage'][1]:g}" for level in levels)]
+        suites = {level["split"]: level["suite_id"] for level in levels}
         scores: dict[str, list[pd.DataFrame | None]] = {}
         for suffix in SESSION_SUFFIXES:
             done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
             if done:
-                scores[suffix] = [pool_image_scores([frame for frame in (run_image_scores(run, split) for run in done)
-                                                     if frame is not None]) for split in splits]
+                scores[suffix] = [pool_image_scores([frame for frame in (
+                    _run_scores(run, split, suites.get(split)) for run in done) if frame is not None])
+                    for split in splits]
         ids = _shared_ids(frames for per_split in scores.values() for frames in per_split)
         indices = stats.bootstrap_indices(len(ids), n_resamples, seed) if ids is not None and len(ids) else None
         f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}   # suffix -> (point (S,), draws (B, S))
@@ -169,6 +171,23 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
     table = pd.DataFrame(table_rows, columns=list(TABLE_COLUMNS))
     table["p_bh_mPC_vs_S1"] = _bh(table)
     return curves, table
+
+
+def _run_scores(run: Any, split: str, suite_id: str | None) -> pd.DataFrame | None:
+    """`run_image_scores` of one run and split, from predictions_<split>.json only when that file was made
+    on `suite_id` (None: no check, test_clean); a file of another suite gives None, never its numbers."""
+    import json
+
+    from exp3.metrics import records_from_json
+    from exp3.report import run_image_scores
+
+    try:
+        payload = json.loads((run.folder / f"predictions_{split}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if suite_id is not None and payload.get("suite_id") != suite_id:
+        return None
+    return run_image_scores(run, split, records=records_from_json(payload.get("images") or []) or None)
 
 
 def _shared_ids(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:

@@ -375,6 +375,24 @@ def test_severity_chart_data_has_one_line_per_session(reported) -> None:
     assert all(layer["encoding"]["color"]["field"] == "session_label" for layer in spec["layer"])
 
 
+def test_predictions_of_another_suite_are_never_used(reported) -> None:
+    from exp3.report import scan_sessions
+    from exp3.severity import severity_tables
+
+    path = reported.root / "yolov8n" / "yolov8n__S2_occ_train" / "predictions_test_occ_sev1.json"
+    original = path.read_text()
+    runs = scan_sessions(reported.root, ["yolov8n"], None, ["S1_clean_train", "S2_occ_train"])
+    try:
+        path.write_text(json.dumps({**json.loads(original), "suite_id": "occsev-000000000000"}))
+        curves, table = severity_tables(runs, ["yolov8n"], n_resamples=50, n_permutations=19)
+    finally:
+        path.write_text(original)
+    f1 = curves[(curves["metric"] == "ingredient_micro_f1") & (curves["session"] == "S2_occ_train")]
+    assert f1["value"].isna().all()
+    s1 = curves[(curves["metric"] == "ingredient_micro_f1") & (curves["session"] == "S1_clean_train")]
+    assert s1["value"].notna().all()
+
+
 def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(reported) -> None:
     """The flow's path: the runner sees the missing level and starts `python -m exp3.session`, which
     evaluates only that level (runs after the report tests: it changes S1 of their root)."""
