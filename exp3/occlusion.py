@@ -2,6 +2,7 @@
 
     python -m exp3.occlusion build --data data.yaml --out DIR [--config FILE] [--set mode=random] [--workers 2]
     python -m exp3.occlusion build-train --data data.yaml --out DIR [...]     # S2's occluded train set
+    python -m exp3.occlusion build-severity --data data.yaml --out DIR [...]  # one suite per severity level
     python -m exp3.occlusion verify DIR                                      # suite or train set
 
 The generator is a handful of pure functions in the imagecorruptions manner:
@@ -1256,6 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "build": "build (or verify) the fixed test suite",
         "build-train": "build (or verify) S2's occluded train set",
+        "build-severity": "build (or verify) one suite per occlusion.severities level",
     }
     for command, help_text in commands.items():
         build = sub.add_parser(command, help=help_text)
@@ -1276,6 +1278,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'FAILED' if problems else 'ok'}: {args.suite}", file=sys.stderr)
             return 1 if problems else 0
         config = _config_from_args(args)
+        if args.command == "build-severity":
+            for suite in build_severity_suites(args.data, args.out, config, workers=args.workers):
+                print(suite)
+            return 0
         builder = build_occlusion_suite if args.command == "build" else build_occluded_train_set
         print(builder(args.data, args.out, config, workers=args.workers))
         return 0

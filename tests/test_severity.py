@@ -417,3 +417,15 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
     assert "evaluating test_occ_sev3" in log and "evaluating test_occ_sev1" not in log
     again = run_session_subprocess(config_path, session, output, before["cache_key"])
     assert not again.ran                                            # complete now: skipped without a subprocess
+
+
+def test_cli_builds_the_severity_suites(tiny_data_yaml: Path, tmp_path: Path, capsys) -> None:
+    from exp3.occlusion import main
+
+    assert main(["build-severity", "--data", str(tiny_data_yaml), "--out", str(tmp_path), "--workers", "1",
+                 "--set", "severities=[[0.2, 0.3]]"]) == 0
+    built = [Path(line) for line in capsys.readouterr().out.split()]
+    assert len(built) == 1 and verify_occlusion_suite(built[0]) == [] and (built[0] / "test_occ_sev1.yaml").is_file()
+    assert main(["build-severity", "--data", str(tiny_data_yaml), "--out", str(tmp_path),
+                 "--set", "severities=[[0.3, 0.2]]"]) == 2
+    assert "occlusion.severities" in capsys.readouterr().err
