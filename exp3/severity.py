@@ -387,8 +387,10 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
                  if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0)]
         if len(part) and math.isfinite(part["levels"].max()):
             levels = int(part["levels"].max())
-            findings.append(f"{model}: mPC (mean F1 over {levels} severity levels) differs from S1's for "
-                            + (", ".join(shown) if shown else "no session") + " (paired 95% interval excludes 0)")
+            what = f"mPC (mean ingredient micro F1 over {levels} severity levels)"
+            findings.append(f"{model}: {what} differs from S1's for {', '.join(shown)} (paired 95% interval "
+                            "excludes 0)" if shown else
+                            f"{model}: no session's {what} differs from S1's (every paired 95% interval includes 0)")
     return findings
 
 

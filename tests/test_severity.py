@@ -429,3 +429,17 @@ def test_cli_builds_the_severity_suites(tiny_data_yaml: Path, tmp_path: Path, ca
     assert main(["build-severity", "--data", str(tiny_data_yaml), "--out", str(tmp_path),
                  "--set", "severities=[[0.3, 0.2]]"]) == 2
     assert "occlusion.severities" in capsys.readouterr().err
+
+
+def test_crossings_name_where_a_session_changes_order_with_s1() -> None:
+    import pandas as pd
+
+    from exp3.severity import crossings
+
+    rows = []
+    for suffix, values in (("S1_clean_train", [0.8, 0.6, 0.3]), ("S2_occ_train", [0.7, 0.6, 0.5]),
+                           ("S3_mask_backbone_early", [0.9, 0.7, 0.4])):
+        rows += [{"model": "m", "metric": "ingredient_micro_f1", "session": suffix, "severity": k, "value": v}
+                 for k, v in enumerate(values)]
+    found = crossings(pd.DataFrame(rows), "m")
+    assert found == ["S2 occluded-train crosses S1 clean between severity 0 and 2 (above S1 from 2)"]
