@@ -325,7 +325,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory):
     from exp3.report import build_report
 
     root = tmp_path_factory.mktemp("severity-report")
-    config = load_config(_config(root / "c.yaml", root / "out", [[0.1, 0.26], [0.74, 0.9]]))
+    config = load_config(_config(root / "c.yaml", root / "out", [[0.1, 0.26], [0.58, 0.74]]))
     for suffix in ("S1_clean_train", "S2_occ_train"):
         run_session(config, Session("yolov8n", suffix), root / "out")
     return build_report(root / "out", models=["yolov8n"], n_resamples=200, n_permutations=199,
@@ -404,7 +404,7 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
     folder = SessionPaths.of(output, session).folder
     before = json.loads((folder / "metrics.json").read_text())
     training = _untouched_training(folder)
-    config_path = _config(base / "more.yaml", output, [[0.1, 0.26], [0.74, 0.9], [0.8, 0.9]])
+    config_path = _config(base / "more.yaml", output, [[0.1, 0.26], [0.58, 0.74], [0.74, 0.9]])
     run = run_session_subprocess(config_path, session, output, before["cache_key"])
     assert run.ran and run.status == "done"
     after = json.loads((folder / "metrics.json").read_text())
