@@ -1,12 +1,16 @@
 """Occlusion-suite build throughput vs the I/O floor (decode + re-encode copy), 640x640 JPEG inputs.
 
     .venv/bin/python benchmarks/bench_occlusion.py [--images 200] [--repeats 3] [--workers 2] [--format png]
+    .venv/bin/python benchmarks/bench_occlusion.py --severities [--repeats 3]     # the K severity suites
 
 Both sides use the same images, output format, encoder settings, worker count and process-pool
 start method (`exp3.parallel.process_pool_context()`):
 - suite: `build_occlusion_suite` end to end (scan + hash, test_clean copies, occlusion, encode,
   manifest, flush to disk, rename), into a fresh output directory each repeat;
 - floor: a process pool that reads each image, decodes it and writes it re-encoded.
+With `--severities`: the suite side is `build_severity_suites` with the default levels (K suites,
+one scan), the floor K decode + re-encode passes (a severity suite writes occluded copies only);
+per-level time = total / K.
 Repeats are interleaved (floor, suite, floor, suite, ...); reported as JSON: median wall time (the
 target), best-of wall time, the per-pair ratios, and CPU time of the process and its workers, which
 stays meaningful when other jobs share the cores (compare `load_average_1min` with `cpu_count`
@@ -37,6 +41,7 @@ from exp3.synth import build_synthetic_dataset  # noqa: E402
 from exp3.occlusion import (  # noqa: E402
     OUTPUT_SUFFIXES,
     build_occlusion_suite,
+    build_severity_suites,
     decode_image,
     encode_image,
 )
@@ -85,12 +90,22 @@ def run_floor(data_yaml: Path, out: Path, output_format: str, workers: int) -> t
     return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
-def run_suite(data_yaml: Path, out: Path, config: OcclusionConfig, workers: int) -> tuple[float, float]:
-    """(wall s, CPU s) for a full `build_occlusion_suite` into the empty directory `out`."""
+def run_suite(data_yaml: Path, out: Path, config: OcclusionConfig, workers: int,
+              severities: bool = False) -> tuple[float, float]:
+    """(wall s, CPU s) for a full `build_occlusion_suite` (or `build_severity_suites`) into the empty `out`."""
     out.mkdir(parents=True)
     start, cpu = time.perf_counter(), _cpu_seconds()
-    build_occlusion_suite(data_yaml, out, config, workers=workers)
+    if severities:
+        build_severity_suites(data_yaml, out, config, workers=workers)
+    else:
+        build_occlusion_suite(data_yaml, out, config, workers=workers)
     return time.perf_counter() - start, _cpu_seconds() - cpu
+
+
+def run_floors(data_yaml: Path, out: Path, output_format: str, workers: int, passes: int) -> tuple[float, float]:
+    """`run_floor` `passes` times (one per severity level); summed (wall s, CPU s)."""
+    runs = [run_floor(data_yaml, out / f"pass{index}", output_format, workers) for index in range(passes)]
+    return sum(run[0] for run in runs), sum(run[1] for run in runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--format", choices=["png", "jpg"], default="png")
+    parser.add_argument("--severities", action="store_true", help="time the default severity suites instead")
     args = parser.parse_args(argv)
     data_yaml = make_dataset(SCRATCH / "dataset", args.images)
     config = OcclusionConfig(output_format=args.format)
+    levels = len(config.severities) if args.severities else 1
     context = process_pool_context()
     if context.get_start_method() == "forkserver":
         forkserver.ensure_running()  # started once, outside the timed runs, for both sides
@@ -109,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         runs = SCRATCH / "runs"
         shutil.rmtree(runs, ignore_errors=True)
-        floor_runs.append(run_floor(data_yaml, runs / f"floor{repeat}", args.format, args.workers))
-        suite_runs.append(run_suite(data_yaml, runs / f"suite{repeat}", config, args.workers))
+        floor_runs.append(run_floors(data_yaml, runs / f"floor{repeat}", args.format, args.workers, levels))
+        suite_runs.append(run_suite(data_yaml, runs / f"suite{repeat}", config, args.workers, args.severities))
         shutil.rmtree(runs, ignore_errors=True)
     wall_ratios = [suite[0] / floor[0] for floor, suite in zip(floor_runs, suite_runs)]
     floor, suite = statistics.median(r[0] for r in floor_runs), statistics.median(r[0] for r in suite_runs)
@@ -122,10 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "pool_start_method": context.get_start_method(),
         "repeats": args.repeats,
+        "suites": "severity" if args.severities else "fixed",
+        "levels": levels,
+        "suite_wall_s_per_level": round(suite / levels, 3),
         "floor_wall_s": [round(r[0], 3) for r in floor_runs],
         "suite_wall_s": [round(r[0], 3) for r in suite_runs],
-        "floor_images_per_s": round(args.images / floor, 2),
-        "suite_images_per_s": round(args.images / suite, 2),
+        "floor_images_per_s": round(levels * args.images / floor, 2),
+        "suite_images_per_s": round(levels * args.images / suite, 2),
         "ratio_suite_over_floor": round(suite / floor, 3),
         "ratio_best_of": round(min(r[0] for r in suite_runs) / min(r[0] for r in floor_runs), 3),
         "ratio_per_pair": [round(r, 3) for r in wall_ratios],

@@ -99,8 +99,20 @@ class TrainConfig(_Strict):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+DEFAULT_SEVERITIES: tuple[tuple[float, float], ...] = ((0.1, 0.26), (0.26, 0.42), (0.42, 0.58), (0.58, 0.74),
+                                                       (0.74, 0.9))
+"""Five equal-width, contiguous coverage bands from 0.1 to the 0.9 cap (docs/occlusion.md, severity suites)."""
+MAX_SEVERITY_COVERAGE = 0.9
+"""Upper end of any severity level: exp3.occlusion.MAX_BOX_COVERAGE (a test keeps the two equal)."""
+MAX_SEVERITY_LEVELS = 10
+
+
 class OcclusionConfig(_Strict):
-    """Parameters of the fixed occluded test suite and of S2's occluded train set."""
+    """Parameters of the fixed occluded test suite, the severity suites and S2's occluded train set.
+
+    `severities` only adds test suites (object mode, one per level): it is not part of any
+    session's cache key, nor of the fixed suite's or S2's identity (exp3/identity.py).
+    """
 
     mode: Literal["object", "random"] = "object"
     coverage: tuple[float, float] = (0.3, 0.5)
@@ -110,6 +122,23 @@ class OcclusionConfig(_Strict):
     output_format: Literal["png", "jpg"] = "png"
     seed: int = Field(default=0, ge=0)
     train_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    severities: tuple[tuple[float, float], ...] = DEFAULT_SEVERITIES
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_levels(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        """Light to heavy: each level a coverage range 0 < low <= high <= MAX_SEVERITY_COVERAGE, strictly
+        increasing (low and high), at most MAX_SEVERITY_LEVELS levels; [] = no severity suites."""
+        if len(value) > MAX_SEVERITY_LEVELS:
+            raise ValueError(f"{len(value)} levels; give at most {MAX_SEVERITY_LEVELS} (e.g. the default five)")
+        for index, (low, high) in enumerate(value):
+            if not 0.0 < low <= high <= MAX_SEVERITY_COVERAGE:
+                raise ValueError(f"level {index + 1} {[low, high]} is not a range 0 < low <= high <= "
+                                 f"{MAX_SEVERITY_COVERAGE} (the per-box coverage cap): fix that level")
+            if index and not (low > value[index - 1][0] and high > value[index - 1][1]):
+                raise ValueError(f"level {index + 1} {[low, high]} is not heavier than level {index} "
+                                 f"{list(value[index - 1])}: list the levels from light to heavy, without repeats")
+        return value
 
     @field_validator("coverage", "random_area")
     @classmethod

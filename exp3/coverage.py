@@ -328,17 +328,24 @@ def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mappi
     from exp3.fileio import sha256_file
     from exp3.occlusion import MANIFEST_NAME
 
+    from exp3.splits import severity_level
+
     if manifest_paths and split in manifest_paths:
         return Path(manifest_paths[split])
     data = metrics.get("data") or {}
     if not data.get("suite_dir"):
         raise CoverageError("metrics.json records no occlusion suite (data.suite_dir): re-run the session with this "
                             "exp3 version, or pass the manifest (exp3.coverage.coverage_report(manifest_paths=...))")
-    path = Path(data["suite_dir"]) / MANIFEST_NAME
+    path, recorded = Path(data["suite_dir"]) / MANIFEST_NAME, data.get("suite_manifest_sha256")
+    if severity_level(split) is not None:  # a severity suite: the one its evaluation record names
+        record = ((metrics.get("severity") or {}).get("evaluations") or {}).get(split)
+        if not record or not record.get("suite_id"):
+            raise CoverageError(f"metrics.json records no evaluation of {split}: run the session again to add it")
+        path = Path(data["suite_dir"]).parent / record["suite_id"] / MANIFEST_NAME  # suites live side by side
+        recorded = record.get("manifest_sha256")
     if not path.is_file():
         raise CoverageError(f"the session's suite manifest {str(path)!r} is missing: restore the suite, or pass "
                             "its manifest")
-    recorded = data.get("suite_manifest_sha256")
     if recorded and sha256_file(path) != recorded:
         raise CoverageError(f"{str(path)!r} is not the manifest the session was evaluated with (sha256 differs): "
                             "restore that suite or re-run the session")
@@ -368,6 +375,19 @@ def _session_boxes(run: Any, splits: Sequence[str], manifest_paths: Mapping[str,
             frames.append(table.frame.assign(threshold=threshold))
             excluded += table.excluded_zero_area if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
+
+
+def default_splits(runs: Iterable[Any]) -> tuple[str, ...]:
+    """test_occ_fixed and the severity splits every done session was evaluated on (light to heavy):
+    together they span the covered fractions from light to heavy."""
+    from exp3.splits import FIXED_SPLIT, severity_level
+
+    common: set[str] | None = None
+    for run in runs:
+        if run.status == "done":
+            present = {split for split in ((run.metrics or {}).get("splits") or {}) if severity_level(split)}
+            common = present if common is None else common & present
+    return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
 
 
 def coverage_report(runs: Iterable[Any], splits: Sequence[str] = OCCLUDED_SPLITS,

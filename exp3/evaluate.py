@@ -146,18 +146,20 @@ def evaluate_split(
     imgsz: int | None = None,
     batch: int | None = None,
     device: str | None = None,
+    plots: bool = True,
 ) -> SplitEvaluation:
     """mAP (validator pass) and predict-equivalent per-image records of `checkpoint` on `split` of `split_yaml`.
 
     `imgsz`/`batch`/`device` None = Ultralytics' defaults (imgsz from the checkpoint's training
-    args, for both passes). Plots and Ultralytics' own files go under `save_dir`.
+    args, for both passes). Plots and Ultralytics' own files go under `save_dir`;
+    `plots=False` skips Ultralytics' validation figures (metrics, records and map stats are the same).
     """
     checkpoint, split_yaml = Path(checkpoint), Path(split_yaml)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist: train the session first")
     apply_offline_environment(output_root)
     model, validator = _model_and_validator(checkpoint, family)
-    overrides: dict[str, Any] = {"data": str(split_yaml), "split": split, "plots": True, "verbose": False,
+    overrides: dict[str, Any] = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
                                  "project": str(Path(save_dir).parent), "name": Path(save_dir).name,
                                  "exist_ok": True}
     for key, value in (("imgsz", imgsz), ("batch", batch), ("device", device)):

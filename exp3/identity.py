@@ -7,7 +7,8 @@ scratch) and the exp3 version. Its `key` is stored in the session's `inputs.json
 training starts), in `DONE` and in `metrics.json`; any difference makes the folder `stale`
 (exp3/layout.py): the old result is moved aside and the session trains again from scratch.
 
-Not part of the key: where and how fast it runs (`train.device`, `train.workers`, GPU lanes,
+Not part of the key: the severity levels (`occlusion.severities`: evaluations added to a
+finished session from its checkpoint, exp3/splits.py), where and how fast it runs (`train.device`, `train.workers`, GPU lanes,
 failure policy, output root) and an out-of-memory retry's halved batch (recorded in
 metrics.json as what really ran, not as a different experiment).
 """
@@ -31,7 +32,7 @@ def session_config_view(config: ExperimentConfig, session: Session) -> dict[str,
         "model": {"architecture": model.architecture, "epochs": model.epochs},
         "train": config.train.model_dump(mode="json", exclude={"workers", "device"}),
         "eval": config.eval.model_dump(mode="json"),
-        "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction"}),
+        "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction", "severities"}),
         "dataset": config.dataset.model_dump(mode="json"),
         "seed": session.training_seed(config.seeds),
     }

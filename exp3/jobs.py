@@ -59,6 +59,9 @@ class SessionJob(BaseModel):
     """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
     prepared: PreparedData | None = None
     """What the flow prepared (data yaml, dataset fingerprint, suite ids and hashes), handed to the session."""
+    evaluations: dict[str, str] = {}
+    """The severity evaluations the config asks for, split -> spec key (`exp3.splits.evaluation_plan`):
+    a done session lacking one runs again, evaluating only those from its checkpoint (no training)."""
 
     @property
     def session(self) -> Session:
@@ -71,6 +74,12 @@ class SessionJob(BaseModel):
     @property
     def paths(self) -> SessionPaths:
         return SessionPaths.of(self.output_root, self.session)
+
+    @property
+    def is_current(self) -> bool:
+        """Done under `cache_key` with every configured evaluation: nothing to run."""
+        paths = self.paths
+        return paths.is_done(self.cache_key) and paths.evaluations_current(self.evaluations)
 
 
 class SessionResult(BaseModel):
@@ -158,6 +167,9 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
     """
     if not lanes:
         raise ValueError("no lanes to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
+    from exp3.splits import evaluation_plan
+
+    evaluations = evaluation_plan(config.occlusion)  # once for the grid
     jobs: list[SessionJob] = []
     tail: dict[int, str] = {}
     for index, session in enumerate(grid):
@@ -169,6 +181,6 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
             epochs=config.models[session.model].epochs, batch=config.train.batch,
             oom_halve_batch=config.failure.oom_halve_batch, stop_on_failure=config.failure.policy == "stop",
             retries=0 if skip else config.failure.retries, skip_as_failed=skip, lane=lane, gpu=lanes[lane],
-            after=tail.get(lane), deployment=deployment, prepared=prepared))
+            after=tail.get(lane), deployment=deployment, prepared=prepared, evaluations=evaluations))
         tail[lane] = session.name
     return jobs

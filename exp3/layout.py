@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from exp3.fileio import atomic_write_json, sha256_file
+from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file
 from exp3.sessions import Session
 
 SessionState = Literal["done", "stale", "failed", "running", "partial", "pending"]
@@ -135,11 +135,24 @@ class SessionPaths:
         return None
 
     def has_valid_done(self) -> bool:
-        """DONE exists and its recorded sha256 matches metrics.json (whatever the inputs)."""
+        """DONE exists and its recorded sha256 matches metrics.json (whatever the inputs).
+
+        While `replace_metrics` updates a done session, DONE also names the metrics.json it replaces
+        (`replacing_metrics_sha256`): a crash between the two writes leaves the session done either way.
+        """
         marker = _read_json(self.done_marker)
         if not isinstance(marker, dict) or not self.metrics.is_file():
             return False
-        return marker.get("metrics_sha256") == sha256_file(self.metrics)
+        actual = sha256_file(self.metrics)
+        return actual in (marker.get("metrics_sha256"), marker.get("replacing_metrics_sha256"))
+
+    def evaluations_current(self, plan: dict[str, str]) -> bool:
+        """True when metrics.json holds exactly the severity evaluations of `plan` ({split: spec key},
+        exp3.splits.evaluation_plan); False means a done session is to be updated (no training)."""
+        from exp3.splits import severity_changes
+
+        metrics = _read_json(self.metrics)
+        return isinstance(metrics, dict) and severity_changes(metrics, plan) == ([], [])
 
     def is_done(self, key: str | None) -> bool:
         """A valid DONE made under `key` (None: under any inputs; for key-less views only)."""
@@ -172,6 +185,23 @@ class SessionPaths:
     def write_done(self, key: str, extra: dict[str, Any]) -> Path:
         """The DONE marker for the metrics.json on disk (call after metrics.json is written)."""
         return atomic_write_json(self.done_marker, {**extra, "key": key, "metrics_sha256": sha256_file(self.metrics)})
+
+    def replace_metrics(self, payload: dict[str, Any], extra: dict[str, Any]) -> Path:
+        """Replace a done session's metrics.json (evaluations added later), keeping it done throughout.
+
+        DONE is first rewritten to accept the old and the new metrics.json, then metrics.json is
+        replaced atomically, then DONE names the new one only. `extra` is merged into DONE.
+        """
+        marker = _read_json(self.done_marker)
+        if not isinstance(marker, dict) or not self.has_valid_done():
+            raise RuntimeError(f"{self.folder} is not done: only a done session's metrics.json is replaced")
+        data = (canonical_json(payload, indent=2) + "\n").encode("utf-8")  # the bytes atomic_write_json writes
+        new_sha, old_sha = sha256_bytes(data), sha256_file(self.metrics)
+        base = {key: value for key, value in marker.items() if key != "replacing_metrics_sha256"}
+        atomic_write_json(self.done_marker, {**base, **extra, "metrics_sha256": new_sha,
+                                             "replacing_metrics_sha256": old_sha})
+        atomic_write_bytes(self.metrics, data)
+        return atomic_write_json(self.done_marker, {**base, **extra, "metrics_sha256": new_sha})
 
     def move_aside(self) -> Path:
         """Move the whole folder to `<root>/stale/<model>/<name>__<time>` (kept, never deleted); return it."""

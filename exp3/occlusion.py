@@ -2,6 +2,7 @@
 
     python -m exp3.occlusion build --data data.yaml --out DIR [--config FILE] [--set mode=random] [--workers 2]
     python -m exp3.occlusion build-train --data data.yaml --out DIR [...]     # S2's occluded train set
+    python -m exp3.occlusion build-severity --data data.yaml --out DIR [...]  # one suite per severity level
     python -m exp3.occlusion verify DIR                                      # suite or train set
 
 The generator is a handful of pure functions in the imagecorruptions manner:
@@ -79,6 +80,9 @@ STREAM_TEST_SUITE = 1
 """RNG stream of the fixed test suite (`test_occ_fixed`)."""
 STREAM_S2_TRAIN = 2
 """RNG stream of S2's occluded train set; disjoint from the test suite's stream."""
+STREAM_SEVERITY_BASE = 100
+"""Severity level k (1-based) draws from stream `STREAM_SEVERITY_BASE + k`: per-image seeds are
+(seed, level, image id), disjoint from the fixed suite's and S2's streams."""
 
 MEAN_RGB: tuple[int, int, int] = (124, 116, 104)
 """The "mean" fill: ImageNet mean RGB (0.485, 0.456, 0.406) x 255, rounded; fixed, not per dataset."""
@@ -121,8 +125,10 @@ IGNORED_FILE_NAMES = frozenset({"labels.cache"})
 
 SUITE_PREFIX = "occ-"
 TRAIN_SET_PREFIX = "occtrain-"
+SEVERITY_PREFIX = "occsev-"
 SUITE_KIND = "test_suite"
 TRAIN_SET_KIND = "s2_train_set"
+SEVERITY_KIND = "severity_suite"
 
 Rect = tuple[int, int, int, int]
 """Integer pixel rectangle (x0, y0, x1, y1), half-open: columns x0..x1-1, rows y0..y1-1."""
@@ -665,11 +671,12 @@ def occlude_image(
 @dataclass(frozen=True)
 class _ImageTask:
     source: _SourceImage
-    kind: str  # SUITE_KIND or TRAIN_SET_KIND
+    kind: str  # SUITE_KIND, SEVERITY_KIND or TRAIN_SET_KIND
     config: OcclusionConfig
     stream: int
     build_dir: str
     donors: tuple[TextureDonor, ...]
+    split: str = ""  # SEVERITY_KIND: the one (occluded) split the suite holds
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -715,17 +722,20 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         "source_label_sha256": source.label_sha256,
         "seed": seed,
     }
+    clean_split: str | None
     if task.kind == SUITE_KIND:
         clean_split, occluded_split, occlude = "test_clean", "test_occ_fixed", True
+    elif task.kind == SEVERITY_KIND:  # the occluded copies only: test_clean lives in the fixed suite
+        clean_split, occluded_split, occlude = None, task.split, True
     else:  # S2 train set: one directory; the stream's first draw decides occluded or clean
         clean_split, occluded_split = "train", "train"
         occlude = bool(rng.random() < config.train_fraction)
         entry["occluded"] = occlude
-    label_splits = {clean_split, occluded_split}
+    label_splits = {split for split in (clean_split, occluded_split) if split is not None}
     if source.label_bytes is not None:
         for split in sorted(label_splits):
             put(f"{split}/labels/{source.image_id}.txt", source.label_bytes, source.label_sha256 or "")
-    if task.kind == SUITE_KIND or not occlude:
+    if clean_split is not None and (task.kind == SUITE_KIND or not occlude):
         entry["clean_image"] = put(f"{clean_split}/images/{source.image_path.name}", data, source.image_sha256)
     if not occlude:
         entry["output_sha256"] = source.image_sha256
@@ -777,13 +787,14 @@ def _run_tasks(tasks: list[_ImageTask], workers: int) -> tuple[list[dict[str, An
 
 
 def suite_parameters(config: OcclusionConfig) -> dict[str, Any]:
-    """The parameters a test suite depends on (all but train_fraction, which only S2 uses)."""
-    return config.model_dump(mode="json", exclude={"train_fraction"})
+    """The parameters a test suite depends on: all but train_fraction (only S2 uses it) and
+    severities (each level is a suite of its own, `severity_config`)."""
+    return config.model_dump(mode="json", exclude={"train_fraction", "severities"})
 
 
 def train_set_parameters(config: OcclusionConfig) -> dict[str, Any]:
-    """The parameters S2's occluded train set depends on (all of them)."""
-    return config.model_dump(mode="json")
+    """The parameters S2's occluded train set depends on (all but the severity levels)."""
+    return config.model_dump(mode="json", exclude={"severities"})
 
 
 def algorithm_constants() -> dict[str, Any]:
@@ -819,7 +830,7 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _suite_name(identity: dict[str, Any]) -> str:
-    prefix = SUITE_PREFIX if identity["kind"] == SUITE_KIND else TRAIN_SET_PREFIX
+    prefix = {SUITE_KIND: SUITE_PREFIX, SEVERITY_KIND: SEVERITY_PREFIX}.get(identity["kind"], TRAIN_SET_PREFIX)
     return prefix + stable_hash(identity)
 
 
@@ -1010,6 +1021,76 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
 
 
+def severity_config(config: OcclusionConfig, level: int) -> OcclusionConfig:
+    """The occlusion parameters of severity level `level` (1-based): object mode, that level's coverage
+    range, every other parameter (fills, format, seed) as configured."""
+    if not 1 <= level <= len(config.severities):
+        raise OcclusionError(f"severity level {level} is not configured (occlusion.severities has "
+                             f"{len(config.severities)} levels): pick 1..{len(config.severities)}")
+    return OcclusionConfig.model_validate({**config.model_dump(mode="json"), "mode": "object",
+                                           "coverage": list(config.severities[level - 1])})
+
+
+def severity_spec(config: OcclusionConfig, level: int) -> dict[str, Any]:
+    """What severity level `level`'s suite is, apart from the images it is made from: generator version,
+    algorithm constants, kind, stream, parameters and split name. Its hash (`severity_spec_key`) tells,
+    from the config alone, whether an evaluation recorded for that split is of this suite."""
+    from exp3.splits import severity_split
+
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "algorithm": algorithm_constants(),
+        "kind": SEVERITY_KIND,
+        "stream": STREAM_SEVERITY_BASE + level,
+        "parameters": {**suite_parameters(severity_config(config, level)), "severity_level": level,
+                       "split": severity_split(level)},
+    }
+
+
+def severity_spec_key(config: OcclusionConfig, level: int) -> str:
+    """12-hex hash of `severity_spec` (recorded with every evaluation of the level's split)."""
+    return stable_hash(severity_spec(config, level))
+
+
+def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> list[Path]:
+    """Build (or verify and reuse) one suite per `config.severities` level; return their dirs, level order.
+
+    Each is a fixed suite like `build_occlusion_suite`'s occluded half: the same test image ids,
+    object mode at the level's coverage range, per-image RNG `(seed, STREAM_SEVERITY_BASE + level,
+    image id)`, content-addressed `occsev-<hash12>`, built atomically, verified on reuse, never
+    overwritten. Layout: `<out_root>/occsev-<hash12>/{manifest.json, <split>.yaml, <split>/{images,labels}}`
+    with `<split>` = `exp3.splits.severity_split(level)`; the manifest has per-box `covered_fraction`.
+    """
+    if not config.severities:
+        return []
+    names, images = _scan_split(Path(data_yaml), "test")
+    donors = _donor_pool(images)
+    return [_build_severity_suite(Path(data_yaml), Path(out_root), config, level, names, images, donors, workers)
+            for level in range(1, len(config.severities) + 1)]
+
+
+def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, level: int, names: list[str],
+                          images: Sequence[_SourceImage], donors: tuple[TextureDonor, ...], workers: int) -> Path:
+    level_config = severity_config(config, level)
+    _check_inputs(level_config, workers, images, "test")
+    spec = severity_spec(config, level)
+    split = spec["parameters"]["split"]
+    identity = {**spec, "source_fingerprint": source_fingerprint(images), "references": None}
+
+    def tasks_for(build_dir: Path) -> list[_ImageTask]:
+        return [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], str(build_dir), donors, split)
+                for image in images]
+
+    def extra_files(final_dir: Path) -> dict[str, str]:
+        return {f"{split}.yaml": _split_yaml(final_dir / split, names)}
+
+    manifest_extra = {**_manifest_extra(level_config, data_yaml, "test", names, images, donors), "split": split,
+                      "severity_level": level, "coverage": list(level_config.coverage),
+                      "spec_key": stable_hash(spec)}
+    subdirs = [f"{split}/images", f"{split}/labels"]
+    return _build(identity, out_root, tasks_for, subdirs, extra_files, manifest_extra, workers)
+
+
 def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names: list[str],
                     images: Sequence[_SourceImage], donors: Sequence[TextureDonor]) -> dict[str, Any]:
     """Manifest fields beyond the identity: seed, source, class names, texture donors."""
@@ -1085,6 +1166,8 @@ def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
     expected = (
         {"data.yaml": suite_dir}
         if manifest.get("kind") == TRAIN_SET_KIND
+        else {f"{manifest.get('split')}.yaml": suite_dir / str(manifest.get("split"))}
+        if manifest.get("kind") == SEVERITY_KIND
         else {f"{split}.yaml": suite_dir / split for split in ("test_clean", "test_occ_fixed")}
     )
     problems = []
@@ -1161,6 +1244,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "build": "build (or verify) the fixed test suite",
         "build-train": "build (or verify) S2's occluded train set",
+        "build-severity": "build (or verify) one suite per occlusion.severities level",
     }
     for command, help_text in commands.items():
         build = sub.add_parser(command, help=help_text)
@@ -1181,6 +1265,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'FAILED' if problems else 'ok'}: {args.suite}", file=sys.stderr)
             return 1 if problems else 0
         config = _config_from_args(args)
+        if args.command == "build-severity":
+            for suite in build_severity_suites(args.data, args.out, config, workers=args.workers):
+                print(suite)
+            return 0
         builder = build_occlusion_suite if args.command == "build" else build_occluded_train_set
         print(builder(args.data, args.out, config, workers=args.workers))
         return 0

@@ -13,6 +13,7 @@ Frame contracts (columns):
     diff frame      model, session_label, reference, difference, ci_low, ci_high, p_bh_text
     coverage frame  session_label, threshold_label, level_label, conf, bin_text, x, recall, ci_low, ci_high,
                     n_boxes, n_found
+    curve frame     session_label, severity, severity_label, value, ci_low, ci_high (one model, one metric)
 `status_text` is "" for a done session and "failed" / "missing" / ... otherwise; `value` is NaN
 for those (no bar drawn, the status is written at the baseline instead).
 """
@@ -206,6 +207,37 @@ def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title
             .properties(width=330, height=alt.Step(16))
             .facet(column=alt.Column("reference:N", title=None, header=alt.Header(labelFontSize=13,
                                                                                   labelFontWeight="bold")))
+            .properties(title=_title(title, subtitle)))
+
+
+SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2")
+"""Line colour of each session (S1..S6) in the severity charts."""
+
+
+def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str | None = None,
+                   y_domain: tuple[float, float] | None = (0.0, 1.0)) -> alt.LayerChart:
+    """One model's metric vs occlusion severity: one line per session, 95% CI band, severity 0 = clean.
+
+    Args:
+        frame: curve frame, one row per session x severity: session_label, severity (0..K),
+            severity_label ("0 clean", "1 0.1-0.26", ...), value, ci_low, ci_high.
+    """
+    shown = [label for label in SESSION_ORDER if label in set(frame["session_label"])]
+    colour = alt.Color("session_label:N", title="session", sort=shown,
+                       scale=alt.Scale(domain=shown, range=[SESSION_PALETTE[SESSION_ORDER.index(label)]
+                                                            for label in shown]),
+                       legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
+                                         symbolOpacity=1.0, symbolType="stroke", symbolStrokeWidth=3))
+    order = list(dict.fromkeys(frame.sort_values("severity")["severity_label"]))
+    x = alt.X("severity_label:O", title="occlusion severity (covered fraction of each box; 0 = clean)", sort=order,
+              axis=alt.Axis(labelAngle=0, labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1))
+    base = alt.Chart().encode(x=x, color=colour)
+    tooltip = ["session_label:N", "severity_label:N", alt.Tooltip("value:Q", format=".3f"),
+               alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")]
+    band = base.mark_area(opacity=0.12).encode(y=alt.Y("ci_low:Q", title=y_title), y2="ci_high:Q")
+    line = base.mark_line(strokeWidth=2).encode(y=_y(y_title, domain=y_domain))
+    points = base.mark_point(filled=True, size=45).encode(y="value:Q", tooltip=tooltip)
+    return (alt.layer(band, line, points, data=frame).properties(width=460, height=300)
             .properties(title=_title(title, subtitle)))
 
 

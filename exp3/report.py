@@ -9,6 +9,8 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
     <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
+    <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.severity)
+    <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
     <root>/plots/*.png|html           charts (exp3.plots)
     <root>/report.md                  tables, charts and headline findings written from the data
 
@@ -33,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from exp3 import stats
+from exp3 import severity, stats
 from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, atomic_write_text
 from exp3.mapstats import BOOTSTRAP_RESAMPLES
@@ -1157,7 +1159,8 @@ def render_markdown(result: "ReportResult") -> str:
                if result.sessions != SESSION_SUFFIXES else []),
              markdown_table(status_grid(summary, result.models, result.sessions)), "",
              "## Headline findings", "",
-             *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)], "",
+             *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)
+               + severity.severity_findings(result.severity_curves, result.severity_table, result.models)], "",
              "F1 = micro ingredient F1 at the session's confidence threshold. Intervals: 95% percentile bootstrap "
              f"over test images ({result.n_resamples} resamples, seed {result.seed}); p_BH: paired permutation test "
              "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
@@ -1188,6 +1191,7 @@ def render_markdown(result: "ReportResult") -> str:
         lines += ["## S2 vs S1 on every metric", "",
                   "Does the occluded-training effect depend on the metric? Paired intervals for every metric; "
                   "p-values for the F1s.", "", markdown_table(by_metric), ""]
+    lines += severity.severity_section(result.severity_curves, result.severity_table, result.models)
     if result.coverage is not None:
         from exp3.coverage import coverage_markdown
 
@@ -1207,6 +1211,8 @@ def render_markdown(result: "ReportResult") -> str:
               "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 per metric and threshold, with CIs "
               "and p-values",
               "- `per_class_f1.csv`: per-class ingredient F1",
+              "- `severity_curves.csv` / `severity_summary.csv`: metric vs severity; mPC / rPC with CIs and tests "
+              "vs S1",
               "- `recall_by_coverage.csv`: recall per covered-fraction bin, session, level and threshold, with CIs; "
               "`recall_by_coverage_boxes.csv`: the per-box table behind it", ""]
     return "\n".join(lines)
@@ -1229,6 +1235,9 @@ class ReportResult:
     seed: int
     sessions: tuple[str, ...] = SESSION_SUFFIXES
     """The suffixes of this run (the others are `not in run`)."""
+    severity_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    severity_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """exp3.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
     coverage: Any = None
     """Recall by covered fraction (`exp3.coverage.CoverageReport`), None when not computed."""
 
@@ -1269,7 +1278,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
             `not in run` in the status grid and left out of every table, finding and chart.
         occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.coverage); None:
-            `exp3.coverage.OCCLUDED_SPLITS` (test_occ_fixed).
+            test_occ_fixed and the severity splits every done session has (`exp3.coverage.default_splits`).
 
     Raises:
         FileNotFoundError: `root` is not a directory, or no model is given and none is found.
@@ -1290,20 +1299,24 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                               & comparisons["reference"].isin(in_run)].reset_index(drop=True)
     summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
     per_class = per_class_table(runs)
+    curves, severity_table = severity.severity_tables(runs, models, n_resamples, n_permutations, seed)
     files = []
     for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons)):
         files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
         files.append(atomic_write_json(root / f"{name}.json", _records(frame)))
     files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
+    files.append(atomic_write_text(root / "severity_curves.csv", curves.to_csv(index=False)))
+    files.append(atomic_write_text(root / "severity_summary.csv", severity_table.to_csv(index=False)))
     if charts:
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
+        files += severity.write_severity_charts(curves, models, root / "plots")
     from exp3 import coverage
 
-    by_coverage = coverage.coverage_report(runs, occluded_splits or coverage.OCCLUDED_SPLITS,
+    by_coverage = coverage.coverage_report(runs, occluded_splits or coverage.default_splits(runs),
                                            n_resamples=n_resamples, seed=seed)
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
-                          by_coverage)
+                          curves, severity_table, by_coverage)
     result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
     return result
 

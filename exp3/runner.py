@@ -145,7 +145,9 @@ def session_command(job: SessionJob, retry_batch: int | None = None) -> list[str
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            on_progress: Callable[[ProgressUpdate], None] | None = None) -> SessionResult:
-    """Run the session CLI unless it is done under `job.cache_key`; raise `SessionError` (transient if out of memory).
+    """Run the session CLI unless `job.is_current` (done under its key with the configured severity
+    evaluations); raise `SessionError` (transient if out of memory). A done session lacking some
+    (levels added or changed) runs the CLI too, which evaluates only those from its checkpoint.
 
     A folder made under other inputs is moved aside first (the session then trains from scratch).
     `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
@@ -154,7 +156,7 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
     session, paths, cache_key = job.session, job.paths, job.cache_key
     folder = paths.folder
     progress = _ProgressReader(paths, job.epochs, on_progress)
-    if paths.is_done(cache_key):
+    if job.is_current:
         progress.poll(finished=True, replay=False)
         return SessionResult(session=session.name, status="cached", cache_key=cache_key, folder=str(folder),
                              headline=read_session_headline(paths))

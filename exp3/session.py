@@ -11,10 +11,12 @@ Session folder `<output_root>/<model>/<model>__<session>/`:
     train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
                                   training plots, train_info.json, masking_stats.json (S3-S6)
     weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
-    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint per split
+    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint (val, test_clean,
+                                  test_occ_fixed; not the severity splits)
     predictions_val.json          per-image records of the clean val split (threshold choice only)
     predictions_test_clean.json   per-image records (see exp3.evaluate)
     predictions_test_occ_fixed.json
+    predictions_test_occ_sev<k>.json  one per severity level (exp3/splits.py), also added to a finished session
     map_stats_<split>.npz         the validator's per-image matching stats of each test split (mAP's CIs)
     metrics.json                  schema in docs/schema.md
     logs/train.log                the training subprocess's stdout + stderr (all attempts)
@@ -27,6 +29,13 @@ resumed. Checkpoint evaluated: `best.pt` (selected on the clean `val` split, the
 six sessions), falling back to `last.pt` only if `best.pt` is missing. Operating points: the
 primary threshold `eval.conf` (predict's 0.25) and each session's own threshold chosen on the
 clean val split (docs/thresholds.md).
+
+Severity splits (`occlusion.severities`) are not inputs of the session: a session evaluates every
+configured level after training, and a done session whose recorded severity evaluations differ
+from the configured ones (levels added, changed or removed) is brought up to date from its own
+checkpoint without training (`update_severity_evaluations`): only the missing levels are evaluated,
+each recorded with its suite, time and wall (`added_after_training: true`); metrics.json is
+replaced atomically and the DONE marker stays valid throughout (`SessionPaths.replace_metrics`).
 """
 
 from __future__ import annotations
@@ -47,10 +56,12 @@ from exp3.identity import SessionInputs, session_inputs
 from exp3.layout import DONE_MARKER, FAILED_MARKER, SessionPaths  # noqa: F401 - markers re-exported
 from exp3.sessions import Session, parse_session
 from exp3.runlock import LockBusy
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 from exp3.weights import ResolvedWeights, resolve_weights
 
 SCHEMA_VERSION = 1
-SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
+SPLITS: tuple[str, ...] = PRIMARY_SPLITS
+"""The splits of a session's inputs; `PreparedData.test_splits()` adds the severity splits."""
 VAL_SPLIT = "val"
 """The clean val split of the dataset: checkpoint selection (Ultralytics) and the val-chosen threshold."""
 TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "epochs_completed", "effective_args",
@@ -65,6 +76,19 @@ class SessionFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SeveritySuite:
+    """One built severity suite (exp3.occlusion.build_severity_suites) and the level it is."""
+
+    level: int
+    split: str
+    coverage: tuple[float, float]
+    spec_key: str
+    suite_dir: str
+    suite_id: str
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """The data every session of a run shares (built once, verified on reuse)."""
 
@@ -75,9 +99,35 @@ class PreparedData:
     suite_manifest_sha256: str
     s2_data_yaml: str
     s2_manifest_sha256: str
+    severity_suites: tuple[SeveritySuite, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Accept the plain dicts `asdict` makes (the flow passes PreparedData between tasks that way)."""
+        suites = tuple(suite if isinstance(suite, SeveritySuite) else
+                       SeveritySuite(**{**suite, "coverage": tuple(suite["coverage"])})
+                       for suite in self.severity_suites)
+        object.__setattr__(self, "severity_suites", suites)
+
+    def severity_suite(self, split: str) -> SeveritySuite | None:
+        """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
+        return next((suite for suite in self.severity_suites if suite.split == split), None)
 
     def split_yaml(self, split: str) -> Path:
-        return Path(self.suite_dir) / f"{split}.yaml"
+        suite = self.severity_suite(split)
+        return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
+
+    def manifest(self, split: str) -> Path:
+        """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
+        suite = self.severity_suite(split)
+        return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
+
+    def test_splits(self) -> tuple[str, ...]:
+        """test_clean, test_occ_fixed, then the severity splits, light to heavy."""
+        return (*PRIMARY_SPLITS, *(suite.split for suite in self.severity_suites))
+
+    def occluded_splits(self) -> tuple[str, ...]:
+        """Every occluded test split of this run (what exp3.splits.occluded_splits names), built."""
+        return self.test_splits()[1:]
 
 
 def session_dir(output_root: Path, session: Session) -> Path:
@@ -109,12 +159,17 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """
     from exp3.dataset import audit_once
-    from exp3.occlusion import build_occluded_train_set, build_occlusion_suite
+    from exp3.occlusion import build_occluded_train_set, build_occlusion_suite, build_severity_suites
+    from exp3.splits import severity_levels
 
     data_yaml = dataset_yaml(config, output_root)
     audit = audit_once(data_yaml, output_root / "audits")
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
+    severity_dirs = build_severity_suites(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
+    severity = tuple(SeveritySuite(level.level, level.split, level.coverage, level.spec_key, str(path), path.name,
+                                   sha256_file(path / "manifest.json"))
+                     for level, path in zip(severity_levels(config.occlusion), severity_dirs))
     return PreparedData(
         data_yaml=str(data_yaml),
         dataset_fingerprint=audit["fingerprint"],  # computed by the audit: no second pass over the files
@@ -123,6 +178,7 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
         suite_manifest_sha256=sha256_file(suite / "manifest.json"),
         s2_data_yaml=str(s2_yaml),
         s2_manifest_sha256=sha256_file(s2_yaml.parent / "manifest.json"),
+        severity_suites=severity,
     )
 
 
@@ -136,7 +192,8 @@ def prepared_from_json(text: str) -> PreparedData:
 
 
 def prepared_is_current(prepared: PreparedData) -> bool:
-    """True if the files `prepared` names are still there and both manifests still hash as recorded.
+    """True if the files `prepared` names are still there and every manifest (fixed suite, S2 set,
+    severity suites) still hashes as recorded.
 
     The cheap check a session makes on data the flow prepared and verified (no pass over the
     dataset or the suites); anything else and the session prepares and verifies for itself.
@@ -146,7 +203,10 @@ def prepared_is_current(prepared: PreparedData) -> bool:
     return (Path(prepared.data_yaml).is_file() and Path(prepared.s2_data_yaml).is_file()
             and suite_manifest.is_file() and s2_manifest.is_file()
             and sha256_file(suite_manifest) == prepared.suite_manifest_sha256
-            and sha256_file(s2_manifest) == prepared.s2_manifest_sha256)
+            and sha256_file(s2_manifest) == prepared.s2_manifest_sha256
+            and all((Path(suite.suite_dir) / "manifest.json").is_file()
+                    and sha256_file(Path(suite.suite_dir) / "manifest.json") == suite.manifest_sha256
+                    for suite in prepared.severity_suites))
 
 
 def session_key(config: ExperimentConfig, session: Session, output_root: Path) -> str:
@@ -227,7 +287,7 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
             raise SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})") from error
         inputs = session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256)
         if paths.is_done(inputs.key):
-            return json.loads(paths.metrics.read_text(encoding="utf-8"))
+            return update_severity_evaluations(config, session, output_root, paths, prepared)
         if paths.state(inputs.key) == "stale":
             moved = paths.move_aside()
             print(f"exp3: {session.name}: results made under other inputs (key {paths_key_text(moved)}) moved "
@@ -261,11 +321,11 @@ def _write_failure(paths: SessionPaths, session: Session, error: BaseException) 
 
 
 def _evaluate(checkpoint: Path, split_yaml: Path, split: str, family: str, config: ExperimentConfig,
-              output_root: Path, save_dir: Path) -> Any:
+              output_root: Path, save_dir: Path, plots: bool = True) -> Any:
     from exp3.evaluate import evaluate_split
 
     return evaluate_split(checkpoint, split_yaml, family, output_root, save_dir, split=split,
-                          batch=config.train.batch, device=config.train.device)
+                          batch=config.train.batch, device=config.train.device, plots=plots)
 
 
 def _run_session_steps(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
@@ -301,16 +361,13 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     val_records = records_from_json(val.records)
     chosen = choose_threshold(val_records, len(names))
     splits: dict[str, Any] = {}
-    for split in SPLITS:
-        evaluation = _evaluate(checkpoint, prepared.split_yaml(split), "test", plan.family, config, output_root,
-                               folder / "plots" / split)
-        atomic_write_json(paths.predictions(split),
-                          {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
-                           "checkpoint": str(checkpoint), "images": evaluation.records})
-        evaluation.map_stats.with_draws().save(paths.map_stats(split))
-        splits[split] = _split_metrics(evaluation, records_from_json(evaluation.records), config, names,
-                                       chosen["conf"])
-        eval_wall += evaluation.wall_s
+    evaluations: dict[str, Any] = {}
+    for split in prepared.test_splits():
+        splits[split] = _evaluate_test_split(checkpoint, split, plan.family, config, output_root, paths, session,
+                                             prepared, names, chosen["conf"])
+        eval_wall += splits[split]["eval_wall_s"]
+        if split not in SPLITS:
+            evaluations[split] = _evaluation_record(prepared, split, checkpoint, splits[split], False)
     val_at_primary = ingredient_prf(*ingredient_sets(val_records, len(names), config.eval.conf))["micro"]["f1"]
     run_dir = Path(plan.run_dir)
     metrics = {
@@ -353,7 +410,8 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
                        "val_f1_at_val_chosen": chosen["val_micro_f1"], "val_f1_at_primary": val_at_primary,
                        "val_map50": val.map50, "val_map50_95": val.map50_95},
         "splits": splits,
-        "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
+        "robustness": robustness(splits[CLEAN_SPLIT], splits[FIXED_SPLIT]),
+        "severity": _severity_block(prepared, splits, evaluations, []),
         "data": asdict(prepared),
         "seeds": {"train": session.training_seed(config.seeds),
                   "masking": None if plan.masking_spec is None else plan.masking_spec["seed"],
@@ -364,7 +422,95 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     atomic_write_json(paths.metrics, metrics)
     paths.write_done(inputs.key, {"session": session.name, "exp3_version": __version__,
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return metrics
+    return json.loads(paths.metrics.read_text(encoding="utf-8"))  # as a later run reads it (tuples as lists)
+
+
+def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: ExperimentConfig, output_root: Path,
+                         paths: SessionPaths, session: Session, prepared: PreparedData, names: list[str],
+                         val_conf: float) -> dict[str, Any]:
+    """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
+
+    Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed: on a
+    severity split they would cost more than its evaluation (measured in BENCHMARKS.md) and add
+    nothing the severity charts do not show.
+    """
+    from exp3.metrics import records_from_json
+
+    evaluation = _evaluate(checkpoint, prepared.split_yaml(split), "test", family, config, output_root,
+                           paths.folder / "plots" / split, plots=split in SPLITS)
+    suite = prepared.severity_suite(split)
+    atomic_write_json(paths.predictions(split),
+                      {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
+                       "suite_id": suite.suite_id if suite else prepared.suite_id,
+                       "checkpoint": str(checkpoint), "images": evaluation.records})
+    evaluation.map_stats.with_draws().save(paths.map_stats(split))
+    return _split_metrics(evaluation, records_from_json(evaluation.records), config, names, val_conf)
+
+
+def _evaluation_record(prepared: PreparedData, split: str, checkpoint: Path, metrics: dict[str, Any],
+                       added_after_training: bool) -> dict[str, Any]:
+    """What a severity split's numbers come from: its suite, the checkpoint, when, how long."""
+    suite = next(suite for suite in prepared.severity_suites if suite.split == split)
+    return {"level": suite.level, "coverage": list(suite.coverage), "spec_key": suite.spec_key,
+            "suite_id": suite.suite_id, "manifest_sha256": suite.manifest_sha256, "checkpoint": str(checkpoint),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added_after_training": added_after_training,
+            "wall_s": metrics["eval_wall_s"], "exp3_version": __version__}
+
+
+def _severity_block(prepared: PreparedData, splits: dict[str, Any], evaluations: dict[str, Any],
+                    superseded: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json's `severity`: the configured levels, each split's evaluation record, mPC / rPC."""
+    from exp3.severity import mpc_summary
+
+    levels = [{"level": suite.level, "split": suite.split, "coverage": list(suite.coverage),
+               "spec_key": suite.spec_key, "suite_id": suite.suite_id} for suite in prepared.severity_suites]
+    return {"levels": levels, "evaluations": evaluations,
+            "summary": mpc_summary(splits, [suite.split for suite in prepared.severity_suites]),
+            "superseded": superseded}
+
+
+def update_severity_evaluations(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
+                                prepared: PreparedData) -> dict[str, Any]:
+    """A done session's metrics.json brought up to the configured severity levels, without training.
+
+    Evaluates only the missing levels from the session's recorded checkpoint (at its recorded
+    val-chosen threshold), moves results of levels no longer configured (or evaluated on another
+    suite) to `severity.superseded`, and replaces metrics.json keeping DONE valid. Returns the
+    metrics (unchanged, nothing written, when nothing differs). Raises `SessionFailed` when the
+    checkpoint is gone (the session stays done with what it has).
+    """
+    from exp3.dataset import read_data_yaml
+
+    from exp3.splits import severity_changes
+
+    metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
+    missing, extra = severity_changes(metrics, {suite.split: suite.spec_key for suite in prepared.severity_suites})
+    if not missing and not extra:
+        return metrics
+    checkpoint = Path(metrics["checkpoint"]["path"])
+    if missing and not checkpoint.is_file():
+        raise SessionFailed(f"{session.name}: cannot add {', '.join(missing)}: its checkpoint {checkpoint} is gone; "
+                            "restore it, or move the session folder away to train it again")
+    block = metrics.get("severity") or {}
+    evaluations = dict(block.get("evaluations") or {})
+    superseded = list(block.get("superseded") or [])
+    splits = dict(metrics["splits"])
+    for split in [*extra, *(split for split in missing if split in evaluations or split in splits)]:
+        superseded.append({"split": split, "evaluation": evaluations.pop(split, None),
+                           "metrics": splits.pop(split, None), "superseded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    names = read_data_yaml(prepared.data_yaml).names
+    family, val_conf = metrics["training"]["family"], metrics["thresholds"]["val_chosen"]
+    for split in missing:
+        print(f"exp3: {session.name}: evaluating {split} from {checkpoint.name} (added to a finished session; "
+              "no training)")
+        splits[split] = _evaluate_test_split(checkpoint, split, family, config, output_root, paths, session, prepared,
+                                             names, val_conf)
+        evaluations[split] = _evaluation_record(prepared, split, checkpoint, splits[split], True)
+    ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
+    metrics = {**metrics, "splits": ordered, "severity": _severity_block(prepared, ordered, evaluations, superseded),
+               "data": asdict(prepared)}
+    paths.replace_metrics(metrics, {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return json.loads(paths.metrics.read_text(encoding="utf-8"))
 
 
 def _link_weights(source: Path, target: Path) -> None:

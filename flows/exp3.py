@@ -145,7 +145,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
                          deployment=fan_out_deployment, prepared=prepared)
         stop, futures = StopSignal(), {}
         for job in jobs:
-            done = job.paths.is_done(job.cache_key)
+            done = job.is_current  # done under its key with every configured severity evaluation
             if job.skip_as_failed:
                 logger.warning(f"{job.name} has a FAILED marker: not re-run (use --rerun-failed)")
             if done:  # a cache hit runs no task body: its progress and result are announced here
@@ -176,13 +176,15 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
     `cache_key` (a run started by hand) the key is computed here from the prepared inputs.
     """
     from exp3.session import session_key
+    from exp3.splits import evaluation_plan
 
     config = load_config(config_file)
     root = resolve_output_root(config)
     session = Session(model, suffix, seed)
     job = SessionJob(model=model, suffix=suffix, seed=seed, config_path=config_file, output_root=str(root),
-                     cache_key=cache_key or session_key(config, session, root), epochs=config.models[model].epochs)
-    if job.paths.is_done(job.cache_key):
+                     cache_key=cache_key or session_key(config, session, root), epochs=config.models[model].epochs,
+                     evaluations=evaluation_plan(config.occlusion))
+    if job.is_current:
         announce_done(job)
     return run_job(job, retry_batch=retry_batch)
 

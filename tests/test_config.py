@@ -25,7 +25,10 @@ def test_smoke_is_a_small_diff_over_exp3() -> None:
     assert {name: model.epochs for name, model in smoke.models.items()} == {"yolov8m": 1, "rtdetr-l": 1}
     assert smoke.models["yolov8m"].architecture == "yolov8m.yaml"  # inherited, not restated
     assert smoke.sessions == full.sessions and len(smoke.sessions) == 6
-    assert smoke.masking == full.masking and smoke.occlusion == full.occlusion
+    assert smoke.masking == full.masking
+    # the smoke keeps at most two severity levels (issue 12: its wall may not grow by more than 15 %)
+    assert 1 <= len(smoke.occlusion.severities) <= 2
+    assert smoke.occlusion.model_copy(update={"severities": full.occlusion.severities}) == full.occlusion
 
 
 def test_cli_overrides_win_over_file() -> None:

@@ -1,0 +1,96 @@
+"""The names of a run's test splits, and which suite each evaluation must come from. One owner.
+
+    test_clean        the clean test images (copies in the fixed suite `occ-<hash12>`)
+    test_occ_fixed    the primary occluded suite (spec: occlusion.coverage), same images
+    test_occ_sev<k>   severity level k = 1..K of `occlusion.severities`, light to heavy
+                      (suite `occsev-<hash12>`, object mode at that level's coverage range)
+
+Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion.py).
+`occluded_splits(config)` lists a run's occluded splits; `evaluated_splits(config)` all its test splits.
+
+test_clean and test_occ_fixed belong to a session's inputs (its cache key names the fixed suite).
+The severity splits do not: they are evaluations added to a session, each recorded with the spec
+key of the suite it was evaluated on (`SeverityLevel.spec_key`), so a changed level is evaluated
+again and never confused with another suite's result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from exp3.config import OcclusionConfig
+
+CLEAN_SPLIT = "test_clean"
+FIXED_SPLIT = "test_occ_fixed"
+PRIMARY_SPLITS: tuple[str, ...] = (CLEAN_SPLIT, FIXED_SPLIT)
+"""The two splits every session is trained-and-evaluated for (part of its inputs)."""
+SEVERITY_PREFIX = "test_occ_sev"
+_SEVERITY_NAME = re.compile(rf"^{SEVERITY_PREFIX}([1-9][0-9]*)$")
+
+
+def severity_split(level: int) -> str:
+    """`test_occ_sev<level>` (level 1-based)."""
+    if level < 1:
+        raise ValueError(f"severity level {level}: levels start at 1")
+    return f"{SEVERITY_PREFIX}{level}"
+
+
+def severity_level(split: str) -> int | None:
+    """The level of a severity split name, None for any other split."""
+    match = _SEVERITY_NAME.match(split)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class SeverityLevel:
+    """One configured severity level: its split, coverage range and the spec key of its suite."""
+
+    level: int
+    split: str
+    coverage: tuple[float, float]
+    spec_key: str
+
+    @property
+    def midpoint(self) -> float:
+        return round((self.coverage[0] + self.coverage[1]) / 2, 6)
+
+
+def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
+    """The configured levels, light to heavy (reads the config only; builds nothing)."""
+    from exp3.occlusion import severity_spec_key
+
+    return tuple(SeverityLevel(level, severity_split(level), tuple(coverage), severity_spec_key(config, level))
+                 for level, coverage in enumerate(config.severities, start=1))
+
+
+def occluded_splits(config: OcclusionConfig) -> tuple[str, ...]:
+    """Every occluded test split of a run: test_occ_fixed, then test_occ_sev1..K."""
+    return (FIXED_SPLIT, *(severity_split(level) for level in range(1, len(config.severities) + 1)))
+
+
+def evaluated_splits(config: OcclusionConfig) -> tuple[str, ...]:
+    """Every test split of a run: test_clean, then `occluded_splits`."""
+    return (CLEAN_SPLIT, *occluded_splits(config))
+
+
+def evaluation_plan(config: OcclusionConfig) -> dict[str, str]:
+    """{severity split: spec key} a finished session must have evaluations for (config only)."""
+    return {level.split: level.spec_key for level in severity_levels(config)}
+
+
+def severity_changes(metrics: dict[str, Any], plan: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics.json.
+
+    `plan`: {severity split: spec key} (`evaluation_plan`). A split is to evaluate when metrics.json
+    has no evaluation of it recorded under that spec key (a new level, or the level's parameters
+    changed); results of another suite are never taken for it.
+    """
+    block = metrics.get("severity") or {}
+    recorded = block.get("evaluations") or {}
+    splits = metrics.get("splits") or {}
+    missing = [split for split, spec_key in plan.items()
+               if (recorded.get(split) or {}).get("spec_key") != spec_key or split not in splits]
+    extra = [split for split in recorded if split not in plan]
+    return missing, extra
