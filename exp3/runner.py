@@ -161,6 +161,8 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         return SessionResult(session=session.name, status="cached", cache_key=cache_key, folder=str(folder),
                              headline=read_session_headline(paths))
     moved = move_aside_if_stale(paths, cache_key)
+    if paths.is_done(cache_key):  # done, some configured evaluations missing: no training, no epochs to replay
+        progress.poll(replay=False)
     paths.logs.mkdir(parents=True, exist_ok=True)
     command = session_command(job, retry_batch)
     env = dict(os.environ)

@@ -78,3 +78,28 @@ def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> No
     assert "resumes from its last epoch" in exit_reason(-9)
     assert exit_reason(-200).startswith("session stopped by signal 200")
     assert exit_reason(3) == "session exited with code 3"
+
+
+def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) -> None:
+    """A done session short of a configured severity level runs the session CLI to evaluate it, without
+    training: the live view must not log its old epochs as if it were training (seen on the pilot)."""
+    import pytest
+
+    from exp3.jobs import SessionJob
+    from exp3.layout import SessionPaths
+    from exp3.runner import ProgressUpdate, SessionError, run_session_subprocess
+    from exp3.sessions import Session
+
+    paths = SessionPaths.of(tmp_path, Session("m", "S1_clean_train"))
+    paths.run_dir.mkdir(parents=True)
+    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n2,20,2.0,0.2\n")
+    paths.metrics.write_text(json.dumps({"splits": {}}))
+    paths.write_done("k", {})
+    updates: list[ProgressUpdate] = []
+    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "missing.yaml"),
+                     output_root=str(tmp_path), epochs=2, evaluations={"test_occ_sev1": "spec"})
+    assert not job.is_current
+    with pytest.raises(SessionError):  # the CLI refuses the missing config: the subprocess did run
+        run_session_subprocess(job, on_progress=updates.append)
+    assert updates and all(update.new_epochs == () for update in updates)
+    assert updates[0].done == 2
