@@ -18,7 +18,8 @@ permutation p-value that swaps an image's results between the two sessions on al
 once; p-values are BH-adjusted over the sessions x models of one metric. mAP has intervals but
 no p-value, as in the rest of the report.
 
-`crossings` names where two sessions' curves change order (point estimates; CIs in the table).
+`crossings` names the sessions below S1 at one severity and above it at another, each side
+established by a paired 95% interval of the per-severity difference (severity_curves.csv: diff_*).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
 """The metrics the report draws and tests (F1-vs-severity and mAP50-vs-severity)."""
 REFERENCE = "S1_clean_train"
 CURVE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric", "severity", "split", "coverage",
-                                  "value", "ci_low", "ci_high", "n_images")
+                                  "value", "ci_low", "ci_high", "diff_vs_S1", "diff_ci_low", "diff_ci_high", "n_images")
+"""`diff_*`: the session minus S1 at that severity, a paired 95% interval (the same image resamples)."""
 TABLE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric", "levels", "clean", "mPC",
                                   "mPC_ci_low", "mPC_ci_high", "rPC", "rPC_ci_low", "rPC_ci_high", "diff_mPC_vs_S1",
                                   "diff_mPC_ci_low", "diff_mPC_ci_high", "diff_rPC_vs_S1", "diff_rPC_ci_low",
@@ -150,18 +152,23 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
             points = _map_points(grouped[(model, suffix)], splits)
             maps[suffix] = None if points is None else (points, np.stack([entry[1][:, 0] for entry in got], axis=1))
         for metric, source in (("ingredient_micro_f1", f1), ("map50", maps)):
+            reference = source.get(REFERENCE)
             for suffix in scores:
                 entry = source.get(suffix)
                 for index, split in enumerate(splits):
-                    value, low, high = (math.nan,) * 3
+                    value, low, high, diff, diff_low, diff_high = (math.nan,) * 6
                     if entry is not None:
                         value = float(entry[0][index])
                         low, high = stats.percentile_interval(entry[1][:, index], stats.DEFAULT_CONFIDENCE)
+                        if reference is not None and suffix != REFERENCE:  # paired: same resamples for both
+                            diff = value - float(reference[0][index])
+                            diff_low, diff_high = stats.percentile_interval(
+                                entry[1][:, index] - reference[1][:, index], stats.DEFAULT_CONFIDENCE)
                     curve_rows.append({"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix],
                                        "metric": metric, "severity": index, "split": split,
                                        "coverage": coverage[index], "value": value, "ci_low": low, "ci_high": high,
+                                       "diff_vs_S1": diff, "diff_ci_low": diff_low, "diff_ci_high": diff_high,
                                        "n_images": 0 if ids is None else len(ids)})
-            reference = source.get(REFERENCE)
             for suffix in scores:
                 table_rows.append(_table_row(model, suffix, metric, source.get(suffix), reference,
                                              counts.get(suffix) if metric == "ingredient_micro_f1" else None,
@@ -296,20 +303,29 @@ def _bh(table: pd.DataFrame) -> np.ndarray:
 
 def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1",
               reference: str = REFERENCE) -> list[str]:
-    """Sentences naming, per session, the severities between which its curve and the reference's swap order."""
+    """Sentences naming the sessions that are below the reference at some severity and above it at another,
+    each side established by the paired 95% interval of the difference at that severity (excluding 0).
+
+    Point estimates that merely swap order inside the noise are not crossings: a session whose
+    difference interval includes 0 at a level is "not distinguishable" there.
+    """
     from exp3.plots import SESSION_LABELS
 
-    part = curves[(curves["model"] == model) & (curves["metric"] == metric)]
-    ref = part[part["session"] == reference].set_index("severity")["value"]
+    part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != reference)]
+    short = SESSION_LABELS[reference].split()[0]
     found = []
-    for suffix, rows in part[part["session"] != reference].groupby("session", sort=False):
-        diff = (rows.set_index("severity")["value"] - ref).dropna()
-        signs = [(severity, np.sign(value)) for severity, value in diff.items() if value != 0]
-        swaps = [(a[0], b[0], b[1]) for a, b in zip(signs, signs[1:]) if a[1] != b[1]]
-        if swaps:
-            where = ", ".join(f"between severity {low} and {high} ({'above' if sign > 0 else 'below'} "
-                              f"{SESSION_LABELS[reference].split()[0]} from {high})" for low, high, sign in swaps)
-            found.append(f"{SESSION_LABELS[suffix]} crosses {SESSION_LABELS[reference]} {where}")
+    for suffix, rows in part.groupby("session", sort=False):
+        rows = rows.sort_values("severity")
+        above = [int(k) for k, low in zip(rows["severity"], rows["diff_ci_low"]) if low > 0]
+        below = [int(k) for k, high in zip(rows["severity"], rows["diff_ci_high"]) if high < 0]
+        if above and below:
+            def levels(found_at: list[int]) -> str:
+                return ("severity " if len(found_at) == 1 else "severities ") + ", ".join(map(str, found_at))
+
+            first, second = (("below", below), ("above", above)) if below[0] < above[0] else \
+                (("above", above), ("below", below))
+            found.append(f"{SESSION_LABELS[suffix]} is {first[0]} {short} at {levels(first[1])} and "
+                         f"{second[0]} it at {levels(second[1])}")
     return found
 
 
@@ -379,8 +395,9 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
         for metric in CURVE_METRICS:
             crossed = crossings(curves, model, metric)
             if crossed:
-                findings.append(f"{model}, {METRIC_TITLES[metric]} vs severity: " + "; ".join(crossed)
-                                + " (point estimates; intervals in the severity table)")
+                findings.append(f"{model}, {METRIC_TITLES[metric]} vs severity: the order changes with the "
+                                "severity: " + "; ".join(crossed) + " (each side: paired 95% interval of the "
+                                "difference at that severity excludes 0; severity 0 = clean)")
         part = table[(table["model"] == model) & (table["metric"] == "ingredient_micro_f1")]
         shown = [f"{SESSION_LABELS[row['session']]} {_fmt(row['diff_mPC_vs_S1'], True)}"
                  for _, row in part.iterrows()

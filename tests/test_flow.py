@@ -34,7 +34,9 @@ def _flow(cwd: Path, *args: str, timeout: int = 600,
 
 def _config(tmp_path: Path, models: dict, **extra: object) -> Path:
     payload = {"base": str(REPO / "configs" / "smoke.yaml"), "output_root": str(tmp_path / "out"),
-               "models": models, "sessions": ["S1_clean_train"], **extra}
+               "models": models, "sessions": ["S1_clean_train"],
+               "parallel_sessions": 1,  # one lane: these tests reason about which session ran before which
+               **extra}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(payload))
     return path

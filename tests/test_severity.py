@@ -441,14 +441,20 @@ def test_cli_builds_the_severity_suites(tiny_data_yaml: Path, tmp_path: Path, ca
 
 
 def test_crossings_name_where_a_session_changes_order_with_s1() -> None:
+    """A crossing needs a paired interval below 0 at one severity and above 0 at another; order swaps of
+    point estimates inside the noise (S3 here) are not crossings."""
     import pandas as pd
 
     from exp3.severity import crossings
 
     rows = []
-    for suffix, values in (("S1_clean_train", [0.8, 0.6, 0.3]), ("S2_occ_train", [0.7, 0.6, 0.5]),
-                           ("S3_mask_backbone_early", [0.9, 0.7, 0.4])):
-        rows += [{"model": "m", "metric": "ingredient_micro_f1", "session": suffix, "severity": k, "value": v}
-                 for k, v in enumerate(values)]
+    for suffix, diffs in (("S2_occ_train", [(-0.1, -0.15, -0.05), (0.0, -0.05, 0.05), (0.2, 0.1, 0.3)]),
+                          ("S3_mask_backbone_early", [(0.1, -0.02, 0.2), (0.1, -0.01, 0.2), (-0.1, -0.2, 0.01)])):
+        rows += [{"model": "m", "metric": "ingredient_micro_f1", "session": suffix, "severity": k, "value": 0.5,
+                  "diff_vs_S1": d, "diff_ci_low": low, "diff_ci_high": high}
+                 for k, (d, low, high) in enumerate(diffs)]
+    rows += [{"model": "m", "metric": "ingredient_micro_f1", "session": "S1_clean_train", "severity": k,
+              "value": 0.5, "diff_vs_S1": float("nan"), "diff_ci_low": float("nan"), "diff_ci_high": float("nan")}
+             for k in range(3)]
     found = crossings(pd.DataFrame(rows), "m")
-    assert found == ["S2 occluded-train crosses S1 clean between severity 0 and 2 (above S1 from 2)"]
+    assert found == ["S2 occluded-train is below S1 at severity 0 and above it at severity 2"]
