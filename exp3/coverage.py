@@ -326,7 +326,7 @@ def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mappi
     """The manifest holding `split`'s covered fractions: `manifest_paths[split]` when given, else the session's
     suite (`metrics.json` `data.suite_dir`), checked against the sha256 the session recorded."""
     from exp3.fileio import sha256_file
-    from exp3.occlusion import MANIFEST_NAME
+    from exp3.occlusion.identity import MANIFEST_NAME
 
     from exp3.splits import severity_level
 

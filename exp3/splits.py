@@ -59,7 +59,7 @@ class SeverityLevel:
 
 def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
     """The configured levels, light to heavy (reads the config only; builds nothing)."""
-    from exp3.occlusion import severity_spec_key
+    from exp3.occlusion.identity import severity_spec_key
 
     return tuple(SeverityLevel(level, severity_split(level), tuple(coverage), severity_spec_key(config, level))
                  for level, coverage in enumerate(config.severities, start=1))
