@@ -5,7 +5,7 @@
     test_occ_sev<k>   severity level k = 1..K of `occlusion.severities`, light to heavy
                       (suite `occsev-<hash12>`, object mode at that level's coverage range)
 
-Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion.py).
+Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion/occlude.py).
 `occluded_splits(config)` lists a run's occluded splits; `evaluated_splits(config)` all its test splits.
 
 test_clean and test_occ_fixed belong to a session's inputs (its cache key names the fixed suite).

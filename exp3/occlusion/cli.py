@@ -23,7 +23,8 @@ def _config_from_args(args: argparse.Namespace) -> OcclusionConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; errors print one `error: ...` line to stderr and return 2."""
-    parser = argparse.ArgumentParser(prog="python -m exp3.occlusion", description=exp3.occlusion.__doc__.splitlines()[0])
+    description = exp3.occlusion.__doc__.splitlines()[0]  # the package's one-line summary, as before the split
+    parser = argparse.ArgumentParser(prog="python -m exp3.occlusion", description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {
         "build": "build (or verify) the fixed test suite",
