@@ -38,13 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exp3.config import OcclusionConfig  # noqa: E402
 from exp3.parallel import process_pool_context  # noqa: E402
 from exp3.synth import build_synthetic_dataset  # noqa: E402
-from exp3.occlusion import (  # noqa: E402
-    OUTPUT_SUFFIXES,
-    build_occlusion_suite,
-    build_severity_suites,
-    decode_image,
-    encode_image,
-)
+from exp3.occlusion.codec import OUTPUT_SUFFIXES, decode_image, encode_image  # noqa: E402
+from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites  # noqa: E402
 
 SCRATCH = Path(__file__).resolve().parent / ".scratch" / "bench_occlusion"
 SIZE = 640

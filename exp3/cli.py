@@ -136,7 +136,7 @@ def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[s
     from exp3.dataset import dataset_fingerprint, read_data_yaml
     from exp3.grid import grid_status, select_sessions
     from exp3.identity import session_inputs
-    from exp3.occlusion import occlusion_suite_name
+    from exp3.occlusion.suites import occlusion_suite_name
     from exp3.runlock import root_is_live
     from exp3.session import resolve_model_weights
 

@@ -103,7 +103,7 @@ DEFAULT_SEVERITIES: tuple[tuple[float, float], ...] = ((0.1, 0.26), (0.26, 0.42)
                                                        (0.74, 0.9))
 """Five equal-width, contiguous coverage bands from 0.1 to the 0.9 cap (docs/occlusion.md, severity suites)."""
 MAX_SEVERITY_COVERAGE = 0.9
-"""Upper end of any severity level: exp3.occlusion.MAX_BOX_COVERAGE (a test keeps the two equal)."""
+"""Upper end of any severity level: exp3.occlusion.planners.MAX_BOX_COVERAGE (a test keeps the two equal)."""
 MAX_SEVERITY_LEVELS = 10
 
 

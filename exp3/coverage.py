@@ -1,7 +1,7 @@
 """Recall by covered fraction: which session still finds an object when most of it is hidden?
 
 Every occluded test suite's manifest records, per ground-truth box, the fraction of it the
-occluders actually cover (`covered_fraction`, exp3/occlusion.py). This module joins those
+occluders actually cover (`covered_fraction`, exp3/occlusion/occlude.py). This module joins those
 fractions to a session's predictions on that suite and asks, box by box, whether the object was
 found, at two levels (docs/report.md, "Recall by covered fraction"):
 
@@ -326,7 +326,7 @@ def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mappi
     """The manifest holding `split`'s covered fractions: `manifest_paths[split]` when given, else the session's
     suite (`metrics.json` `data.suite_dir`), checked against the sha256 the session recorded."""
     from exp3.fileio import sha256_file
-    from exp3.occlusion import MANIFEST_NAME
+    from exp3.occlusion.identity import MANIFEST_NAME
 
     from exp3.splits import severity_level
 

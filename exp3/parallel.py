@@ -8,7 +8,7 @@ import multiprocessing.context
 import signal
 import sys
 
-PRELOADED_MODULES: list[str] = ["exp3.occlusion", "exp3.synth"]
+PRELOADED_MODULES: list[str] = ["exp3.occlusion.worker", "exp3.synth"]
 """Imported once in the fork server, so each worker starts without re-importing numpy/PIL."""
 
 

@@ -159,7 +159,7 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """
     from exp3.dataset import audit_once
-    from exp3.occlusion import build_occluded_train_set, build_occlusion_suite, build_severity_suites
+    from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
     from exp3.splits import severity_levels
 
     data_yaml = dataset_yaml(config, output_root)

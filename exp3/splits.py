@@ -5,7 +5,7 @@
     test_occ_sev<k>   severity level k = 1..K of `occlusion.severities`, light to heavy
                       (suite `occsev-<hash12>`, object mode at that level's coverage range)
 
-Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion.py).
+Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion/occlude.py).
 `occluded_splits(config)` lists a run's occluded splits; `evaluated_splits(config)` all its test splits.
 
 test_clean and test_occ_fixed belong to a session's inputs (its cache key names the fixed suite).
@@ -59,7 +59,7 @@ class SeverityLevel:
 
 def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
     """The configured levels, light to heavy (reads the config only; builds nothing)."""
-    from exp3.occlusion import severity_spec_key
+    from exp3.occlusion.identity import severity_spec_key
 
     return tuple(SeverityLevel(level, severity_split(level), tuple(coverage), severity_spec_key(config, level))
                  for level, coverage in enumerate(config.severities, start=1))

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from exp3.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, sha256_bytes
+from exp3.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, publish_dir, sha256_bytes
 from exp3.parallel import process_pool_context
 
 GENERATOR_VERSION = "synth-1"
@@ -514,14 +514,7 @@ def _publish(staging: Path, target: Path, spec: dict[str, object]) -> None:
 
     Two sessions started by hand at once (or two flows on one root) both generate; the second
     rename then meets a non-empty `target` (ENOTEMPTY/EEXIST). That is only fine when the
-    winner's manifest carries the same spec; anything else is raised as before.
+    winner's manifest carries the same spec; anything else is raised as before. Not `durable`
+    (as before): the images are not fsynced either, so fsyncing the rename alone would promise nothing.
     """
-    try:
-        if target.exists():
-            target.rmdir()  # empty (checked by the caller), unless a concurrent build just filled it
-        os.replace(staging, target)
-    except OSError:
-        if not _existing_matches(target, spec):
-            raise
-        shutil.rmtree(staging, ignore_errors=True)
-
+    publish_dir(staging, target, lambda existing: _existing_matches(existing, spec), durable=False)

@@ -1,4 +1,4 @@
-"""exp3.occlusion on a tiny real YOLO dataset (PIL-drawn JPEGs, no mocks)."""
+"""exp3.occlusion (the generator package) on a tiny real YOLO dataset (PIL-drawn JPEGs, no mocks)."""
 
 from __future__ import annotations
 
@@ -13,32 +13,18 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-import exp3.occlusion as occlusion
 from exp3.config import OcclusionConfig
 from exp3.dataset import label_path_for
 from exp3.fileio import sha256_file
-from exp3.occlusion import (
-    FILLS,
-    MAX_BOX_COVERAGE,
-    MEAN_RGB,
-    TEXTURE_BOX_MARGIN,
-    OcclusionError,
-    TextureDonor,
-    background_mask,
-    build_occluded_train_set,
-    build_occlusion_suite,
-    covered_fractions,
-    decode_image,
-    fill_texture,
-    image_rng,
-    object_rects,
-    occlude_image,
-    occlusion_suite_name,
-    random_rects,
-    rect_mask,
-    verify_occlusion_suite,
-    yolo_to_xyxy,
-)
+from exp3.occlusion import OcclusionError, identity, planners
+from exp3.occlusion.fills import FILLS, MEAN_RGB, TEXTURE_BOX_MARGIN, TextureDonor, background_mask, fill_texture
+from exp3.occlusion.codec import decode_image
+from exp3.occlusion.geometry import covered_fractions, rect_mask, yolo_to_xyxy
+from exp3.occlusion.occlude import image_rng, occlude_image
+from exp3.occlusion.planners import MAX_BOX_COVERAGE, object_rects, random_rects
+from exp3.occlusion.source import _scan_split
+from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, occlusion_suite_name
+from exp3.occlusion.verify import verify_occlusion_suite
 
 SIZE = 96
 NAMES = ["apple", "banana", "carrot"]
@@ -350,7 +336,7 @@ def test_random_rects_never_push_a_box_above_the_cap(monkeypatch: pytest.MonkeyP
     worst, placed, dropped = plan_all()
     assert 0.5 < worst <= MAX_BOX_COVERAGE  # capped, not avoided altogether
     assert placed > 3 * dropped  # re-drawing or shrinking keeps most rectangles
-    monkeypatch.setattr(occlusion, "MAX_BOX_COVERAGE", 1.0)
+    monkeypatch.setattr(planners, "MAX_BOX_COVERAGE", 1.0)
     assert plan_all()[0] == 1.0  # without the cap the same draws swallow a box: the check above bites
 
 
@@ -388,7 +374,7 @@ def test_random_mode_caps_coverage_in_suite_and_train_set(
     for fractions in (_covered(suite_dir), _covered(train_dir)):
         assert len(fractions) >= 10 and 0.5 < max(fractions) <= MAX_BOX_COVERAGE
     # the same builds without the cap hide boxes (almost) completely: the assertion above is not vacuous
-    monkeypatch.setattr(occlusion, "MAX_BOX_COVERAGE", 1.0)
+    monkeypatch.setattr(planners, "MAX_BOX_COVERAGE", 1.0)
     uncapped = build_occlusion_suite(tiny_data_yaml, tmp_path, config, workers=1)
     assert uncapped != suite_dir and max(_covered(uncapped)) > MAX_BOX_COVERAGE
 
@@ -403,14 +389,14 @@ def test_suite_identity_covers_generator_version_and_algorithm(
     suite: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = _manifest(suite)
-    assert manifest["generator_version"] == occlusion.GENERATOR_VERSION == "2"
+    assert manifest["generator_version"] == identity.GENERATOR_VERSION == "2"
     assert manifest["algorithm"]["max_box_coverage"] == MAX_BOX_COVERAGE
     name = occlusion_suite_name(dataset, OcclusionConfig())
     assert name == suite.name
-    monkeypatch.setattr(occlusion, "GENERATOR_VERSION", "1")
+    monkeypatch.setattr(identity, "GENERATOR_VERSION", "1")
     assert occlusion_suite_name(dataset, OcclusionConfig()) != name
     monkeypatch.undo()
-    monkeypatch.setattr(occlusion, "MAX_BOX_COVERAGE", 0.8)  # a tuned constant alone renames the suite
+    monkeypatch.setattr(planners, "MAX_BOX_COVERAGE", 0.8)  # a tuned constant alone renames the suite
     assert occlusion_suite_name(dataset, OcclusionConfig()) != name
     monkeypatch.undo()
     # a suite of generator version 1 on disk (its manifest had no 'algorithm') still verifies under
@@ -419,7 +405,7 @@ def test_suite_identity_covers_generator_version_and_algorithm(
 
     old_manifest = {key: value for key, value in manifest.items() if key != "algorithm"}
     old_manifest["generator_version"] = "1"
-    old_name = occlusion._suite_name(occlusion._identity(old_manifest))
+    old_name = identity._suite_name(identity._identity(old_manifest))
     old_dir = tmp_path / old_name
     shutil.copytree(suite, old_dir)
     for split in ("test_clean", "test_occ_fixed"):
@@ -517,13 +503,13 @@ def test_polygon_label_becomes_its_box_and_bad_rows_fail(tmp_path: Path) -> None
     data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 2})
     label = sorted((tmp_path / "data" / "labels" / "test").iterdir())[0]
     label.write_text("1 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n2 0.6 0.6 0.9 0.7 0.7 0.9\n")
-    _, images = occlusion._scan_split(data_yaml, "test")
+    _, images = _scan_split(data_yaml, "test")
     assert [row[0] for row in images[0].labels] == [1, 2]
     assert images[0].labels[0][1:] == pytest.approx((0.3, 0.5, 0.4, 0.6))
     assert images[0].labels[1][1:] == pytest.approx((0.75, 0.75, 0.3, 0.3))
     label.write_text("1 0.1 0.2 0.5 0.2 0.5 0.8 0.1\n")
     with pytest.raises(OcclusionError, match="line 1: 8 values: a polygon needs an even number"):
-        occlusion._scan_split(data_yaml, "test")
+        _scan_split(data_yaml, "test")
 
 
 def test_undecodable_image_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:

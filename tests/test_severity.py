@@ -15,8 +15,10 @@ from exp3.config import ConfigError, MAX_SEVERITY_COVERAGE, OcclusionConfig, loa
 from exp3.fileio import sha256_file
 from exp3.identity import session_inputs
 from exp3.layout import SessionPaths
-from exp3.occlusion import (MAX_BOX_COVERAGE, PLACEMENT_SHRINK, OcclusionError, build_occlusion_suite, build_severity_suites,
-                            verify_occlusion_suite)
+from exp3.occlusion import OcclusionError
+from exp3.occlusion.planners import MAX_BOX_COVERAGE, PLACEMENT_SHRINK
+from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites
+from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.session import run_session
 from exp3.sessions import Session
 from exp3.splits import evaluation_plan, occluded_splits, severity_changes, severity_level, severity_split
@@ -64,7 +66,7 @@ def test_bad_severities_exit_non_zero_from_the_cli(tmp_path: Path, capsys) -> No
 
 
 def test_severities_change_no_session_key_nor_the_fixed_suite(tiny_data_yaml: Path) -> None:
-    from exp3.occlusion import occlusion_suite_name
+    from exp3.occlusion.suites import occlusion_suite_name
 
     with_levels = load_config(REPO / "configs" / "smoke.yaml")
     without = load_config(REPO / "configs" / "smoke.yaml", ["occlusion.severities=[]"])

@@ -1,0 +1,179 @@
+"""Occluder planners: where the rectangles of one image go (`PLANNERS`, one per occlusion mode).
+
+"object" covers a target fraction of every ground-truth box, "random" places random rectangles
+anywhere. Every planner places its rectangles with `_place` (rejection sampling, then shrinking,
+then dropping), so no box ends up more than `MAX_BOX_COVERAGE` covered in any mode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from exp3.config import OcclusionConfig
+from exp3.occlusion.geometry import Rect, _covered_share, box_coverages
+
+MAX_BOX_COVERAGE = 0.9
+"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders.
+
+One rule for every mode, the test suite and S2's train set alike. Labels are never dropped (the
+clean and occluded test copies keep identical object lists, so results pair image by image), so
+no occluder may hide a box so completely that its label asks for an object nobody can see: an
+occluder placement that would push any box above the cap is re-drawn or shrunk (`PLACEMENT_*`),
+or dropped. A candidate for `occlusion.max_box_coverage` in the config.
+"""
+PLACEMENT_ATTEMPTS = 16
+"""Uniform positions tried per occluder size before the occluder shrinks (rejection sampling)."""
+PLACEMENT_SHRINK = 0.8
+"""Factor applied to an occluder's width and height when no position of its size keeps the cap."""
+PLACEMENT_SIZES = 5
+"""Sizes tried per occluder (sides x 1, 0.8, 0.64, 0.51, 0.41); if none fits, it is dropped."""
+
+ASPECT_RANGE: tuple[float, float] = (1 / 3, 3.0)
+"""Width/height ratio range of an occluder, sampled log-uniformly (widened only if a box forces it)."""
+
+
+def _rect_of_area(
+    area: float, inner_w: int, inner_h: int, aspect_draw: float
+) -> tuple[int, int]:
+    """Integer (w, h) with w*h close to `area` that fits in inner_w x inner_h; aspect from a [0,1) draw."""
+    low = max(ASPECT_RANGE[0], area / inner_h**2)
+    high = min(ASPECT_RANGE[1], inner_w**2 / area)
+    if low > high:  # the box is more elongated than ASPECT_RANGE allows: use every feasible aspect
+        low, high = area / inner_h**2, inner_w**2 / area
+        if low > high:  # area exceeds the inner box: cover all of it
+            return inner_w, inner_h
+    aspect = math.exp(math.log(low) + aspect_draw * (math.log(high) - math.log(low)))
+    width = min(max(round(math.sqrt(area * aspect)), 1), inner_w)
+    height = min(max(round(area / width), 1), inner_h)
+    return width, height
+
+
+def object_rects(
+    boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
+) -> tuple[list[Rect], list[float | None], int]:
+    """One rectangle inside every box covering a target fraction (drawn from `config.coverage`) of it.
+
+    The rectangle lies within the box's whole pixels, so for an isolated box the covered fraction is
+    the target up to one pixel row or column. Where boxes overlap, a box's rectangle is placed (or
+    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Returns (rects,
+    per-box target coverage, number of rectangles dropped by the cap). Per box, always
+    `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS` draws, so a box never shifts the stream of the
+    boxes after it.
+    """
+    low, high = config.coverage
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    mask = np.zeros((height, width), dtype=bool)
+    coverage = box_coverages(mask, boxes)
+    rects: list[Rect] = []
+    targets: list[float | None] = []
+    dropped = 0
+    for x0, y0, x1, y1 in boxes:
+        target = float(rng.uniform(low, high))
+        aspect_draw = float(rng.random())
+        draws = rng.random((PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2))
+        targets.append(target)
+        ix0, iy0, ix1, iy1 = math.ceil(x0), math.ceil(y0), math.floor(x1), math.floor(y1)
+        inner_w, inner_h = ix1 - ix0, iy1 - iy0
+        if inner_w < 1 or inner_h < 1:
+            continue  # box thinner than one whole pixel: nothing to place; its covered fraction says so
+        size = _rect_of_area(target * (x1 - x0) * (y1 - y0), inner_w, inner_h, aspect_draw)
+        rect = _place(size, (ix0, iy0, ix1, iy1), draws, mask, boxes, coverage)
+        if rect is None:
+            dropped += 1
+            continue
+        rects.append(rect)
+        coverage = _paint_and_measure(mask, rect, boxes)
+    return rects, targets, dropped
+
+
+def random_rects(
+    boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
+) -> tuple[list[Rect], list[float | None], int]:
+    """`config.random_rects` rectangles of `config.random_area` x image area each, anywhere in the image.
+
+    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds
+    `MAX_BOX_COVERAGE`. Returns (rects, per-box targets, number dropped by the cap), the targets all
+    None: random mode aims at no box. Draws: the count, then per rectangle always
+    `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS`.
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    count = int(rng.integers(config.random_rects[0], config.random_rects[1] + 1))
+    mask = np.zeros((height, width), dtype=bool)
+    coverage = box_coverages(mask, boxes)
+    rects: list[Rect] = []
+    dropped = 0
+    for _ in range(count):
+        area = float(rng.uniform(*config.random_area)) * width * height
+        aspect_draw = float(rng.random())
+        draws = rng.random((PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2))
+        rect = _place(_rect_of_area(area, width, height, aspect_draw), (0, 0, width, height), draws, mask, boxes,
+                      coverage)
+        if rect is None:
+            dropped += 1
+            continue
+        rects.append(rect)
+        coverage = _paint_and_measure(mask, rect, boxes)
+    return rects, [None] * len(boxes), dropped
+
+
+Planner = Callable[
+    [np.ndarray, OcclusionConfig, np.random.Generator, int, int], tuple[list[Rect], list[float | None], int]
+]
+PLANNERS: dict[str, Planner] = {"object": object_rects, "random": random_rects}
+"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> (rects, per-box targets, dropped).
+
+Every planner places its rectangles with `_place`, so `MAX_BOX_COVERAGE` holds in every mode
+(`occlude_image` checks it again)."""
+
+
+def _keeps_cap(mask: np.ndarray, rect: Rect, boxes: np.ndarray, coverage: np.ndarray) -> bool:
+    """Whether painting `rect` onto `mask` leaves every box's covered fraction <= MAX_BOX_COVERAGE."""
+    x0, y0, x1, y1 = rect
+    touched = np.flatnonzero(
+        (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0) & ~np.isnan(coverage)
+    )
+    return all(
+        coverage[index] + _covered_share(mask, boxes[index], rect, invert=True) <= MAX_BOX_COVERAGE
+        for index in touched
+    )
+
+
+def _place(
+    size: tuple[int, int],
+    region: Rect,
+    draws: np.ndarray,
+    mask: np.ndarray,
+    boxes: np.ndarray,
+    coverage: np.ndarray,
+) -> Rect | None:
+    """Where a (w, h) pixel occluder goes inside `region` without pushing any box above the cap; None = dropped.
+
+    `draws` is a (PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2) block of uniform [0, 1) numbers, consumed
+    in order: size step s scales both sides by PLACEMENT_SHRINK**s (rounded, >= 1 px); attempt (u, v)
+    puts the top-left corner at region + (int(u * (free width + 1)), int(v * (free height + 1))).
+    The first placement after which every box's covered fraction (`coverage` by `mask`, (N,), NaN
+    for zero-area boxes, plus what the rectangle adds) is <= MAX_BOX_COVERAGE wins: a uniform draw
+    conditioned on the cap (rejection sampling). `boxes`: (N, 4) float pixel xyxy.
+    """
+    rx0, ry0, rx1, ry1 = region
+    width, height = size
+    for step in range(PLACEMENT_SIZES):
+        rect_w = min(max(round(width * PLACEMENT_SHRINK**step), 1), rx1 - rx0)
+        rect_h = min(max(round(height * PLACEMENT_SHRINK**step), 1), ry1 - ry0)
+        for u, v in draws[step]:
+            x0 = rx0 + int(u * (rx1 - rx0 - rect_w + 1))
+            y0 = ry0 + int(v * (ry1 - ry0 - rect_h + 1))
+            rect = (x0, y0, x0 + rect_w, y0 + rect_h)
+            if _keeps_cap(mask, rect, boxes, coverage):
+                return rect
+    return None
+
+
+def _paint_and_measure(mask: np.ndarray, rect: Rect, boxes: np.ndarray) -> np.ndarray:
+    """Paint `rect` onto `mask` in place; return the boxes' covered fractions (`box_coverages`) afterwards."""
+    x0, y0, x1, y1 = rect
+    mask[y0:y1, x0:x1] = True
+    return box_coverages(mask, boxes)

@@ -1,0 +1,248 @@
+"""Building suites: the fixed test suite, S2's occluded train set and the severity suites.
+
+A suite is built in a temporary sibling directory, its manifest written last, made durable, then
+renamed into place (exp3.fileio.publish_dir); an existing suite is verified and reused, never
+overwritten. See docs/occlusion.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from exp3.config import OcclusionConfig
+from exp3.fileio import (apply_umask, atomic_write_json, ensure_writable_dir, make_durable, publish_dir, sha256_bytes,
+                         stable_hash, stable_int)
+from exp3.occlusion import OcclusionError, fills, planners
+from exp3.occlusion.fills import TextureDonor
+from exp3.occlusion.identity import (
+    MANIFEST_NAME,
+    SEVERITY_KIND,
+    STREAM_S2_TRAIN,
+    STREAM_TEST_SUITE,
+    SUITE_KIND,
+    TRAIN_SET_KIND,
+    _suite_identity,
+    _suite_name,
+    _train_set_identity,
+    severity_config,
+    severity_spec,
+)
+from exp3.occlusion.source import _SourceImage, _absolute_split, _scan_split, source_fingerprint
+from exp3.occlusion.verify import verify_occlusion_suite
+from exp3.occlusion.worker import _ImageTask, _run_tasks, _write
+
+
+def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
+    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing).
+
+    Hashes GENERATOR_VERSION and `algorithm_constants()` with the parameters and the source
+    fingerprint: a suite built by another generator version never has this name.
+    """
+    _, images = _scan_split(Path(data_yaml), "test")
+    return _suite_name(_suite_identity(config, images))
+
+
+def _donor_pool(images: Sequence[_SourceImage]) -> tuple[TextureDonor, ...]:
+    """The `TEXTURE_DONOR_POOL` images with the smallest stable_int(id): a fixed, content-free choice."""
+    chosen = sorted(images, key=lambda image: (stable_int(image.image_id), image.image_id))[:fills.TEXTURE_DONOR_POOL]
+    return tuple(
+        TextureDonor(image.image_id, str(image.image_path), image.image_sha256, tuple(row[1:] for row in image.labels))
+        for image in chosen
+    )
+
+
+def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_SourceImage], split: str) -> None:
+    if not isinstance(workers, int) or workers < 1:
+        raise OcclusionError(f"workers={workers!r} must be an integer >= 1: pass --workers 2")
+    if "texture" in config.fills and len(images) < 2:
+        raise OcclusionError(f"texture fill needs >= 2 images in the {split} split: drop texture from occlusion.fills")
+    if config.mode == "object" and config.coverage[1] > planners.MAX_BOX_COVERAGE:
+        raise OcclusionError(
+            f"occlusion.coverage {list(config.coverage)} exceeds MAX_BOX_COVERAGE {planners.MAX_BOX_COVERAGE}: "
+            f"keep its upper end <= {planners.MAX_BOX_COVERAGE}"
+        )
+
+
+def _split_yaml(split_dir: Path, names: list[str]) -> str:
+    """An Ultralytics data yaml whose train/val/test all point at one split's images (absolute path)."""
+    payload = {"path": str(split_dir), "train": "images", "val": "images", "test": "images"}
+    payload["names"] = dict(enumerate(names))
+    return yaml.safe_dump(payload, sort_keys=False)
+
+
+def _reusable(final_dir: Path) -> bool:
+    """True if an existing suite verifies; raise if it is damaged (it is never rebuilt in place)."""
+    problems = verify_occlusion_suite(final_dir)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise OcclusionError(
+            f"existing suite {str(final_dir)!r} fails verification: {problems[0]}{more}: "
+            f"delete it (rm -r {final_dir}) and build again"
+        )
+    return True
+
+
+def _build(
+    identity: dict[str, Any],
+    out_root: Path,
+    tasks_for: Callable[[Path], list[_ImageTask]],
+    subdirs: Sequence[str],
+    extra_files: Callable[[Path], dict[str, str]],
+    manifest_extra: dict[str, Any],
+    workers: int,
+) -> Path:
+    """Shared build: reuse an existing suite, else build in a temp sibling, manifest last, rename."""
+    out_root = Path(os.path.abspath(out_root))
+    final_dir = out_root / _suite_name(identity)
+    if final_dir.exists() and _reusable(final_dir):
+        return final_dir
+    missing = [path for path in (out_root, *out_root.parents) if not path.exists()]  # what we create
+    ensure_writable_dir(out_root)
+    build_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=out_root))
+    try:
+        for subdir in subdirs:
+            (build_dir / subdir).mkdir(parents=True)
+        files: dict[str, str] = {}
+        extra = extra_files(final_dir)
+        for name, text in extra.items():
+            _write(build_dir / name, text.encode("utf-8"))
+            files[name] = sha256_bytes(text.encode("utf-8"))
+        entries, written = _run_tasks(tasks_for(build_dir), workers)
+        files.update(written)
+        manifest = {
+            **identity,
+            "name": final_dir.name,
+            **manifest_extra,
+            "environment": {"numpy": np.__version__, "pillow": Image.__version__},
+            "images": entries,
+            "files": dict(sorted(files.items())),
+        }
+        atomic_write_json(build_dir / MANIFEST_NAME, manifest)
+        apply_umask(build_dir, build_dir / MANIFEST_NAME)  # mkdtemp made the directory 0700
+        make_durable(build_dir)
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        for created in missing:  # a failed build leaves the disk as it found it
+            try:
+                created.rmdir()
+            except OSError:
+                break
+        raise
+    publish_dir(build_dir, final_dir, _reusable)  # a concurrent build that won is verified and reused
+    return final_dir
+
+
+def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> Path:
+    """Build (or verify and reuse) the fixed occlusion suite of `data_yaml`'s test split; return its dir.
+
+    Layout: `<out_root>/occ-<hash12>/{manifest.json, test_clean.yaml, test_occ_fixed.yaml,
+    test_clean/{images,labels}, test_occ_fixed/{images,labels}}`.
+    """
+    names, images = _scan_split(Path(data_yaml), "test")
+    _check_inputs(config, workers, images, "test")
+    identity = _suite_identity(config, images)
+    donors = _donor_pool(images)
+
+    def tasks_for(build_dir: Path) -> list[_ImageTask]:
+        return [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, str(build_dir), donors) for image in images]
+
+    def extra_files(final_dir: Path) -> dict[str, str]:
+        return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in ("test_clean", "test_occ_fixed")}
+
+    manifest_extra = _manifest_extra(config, Path(data_yaml), "test", names, images, donors)
+    subdirs = [f"{split}/{part}" for split in ("test_clean", "test_occ_fixed") for part in ("images", "labels")]
+    return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+
+
+def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> list[Path]:
+    """Build (or verify and reuse) one suite per `config.severities` level; return their dirs, level order.
+
+    Each is a fixed suite like `build_occlusion_suite`'s occluded half: the same test image ids,
+    object mode at the level's coverage range, per-image RNG `(seed, STREAM_SEVERITY_BASE + level,
+    image id)`, content-addressed `occsev-<hash12>`, built atomically, verified on reuse, never
+    overwritten. Layout: `<out_root>/occsev-<hash12>/{manifest.json, <split>.yaml, <split>/{images,labels}}`
+    with `<split>` = `exp3.splits.severity_split(level)`; the manifest has per-box `covered_fraction`.
+    """
+    if not config.severities:
+        return []
+    names, images = _scan_split(Path(data_yaml), "test")
+    donors = _donor_pool(images)
+    return [_build_severity_suite(Path(data_yaml), Path(out_root), config, level, names, images, donors, workers)
+            for level in range(1, len(config.severities) + 1)]
+
+
+def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, level: int, names: list[str],
+                          images: Sequence[_SourceImage], donors: tuple[TextureDonor, ...], workers: int) -> Path:
+    level_config = severity_config(config, level)
+    _check_inputs(level_config, workers, images, "test")
+    spec = severity_spec(config, level)
+    split = spec["parameters"]["split"]
+    identity = {**spec, "source_fingerprint": source_fingerprint(images), "references": None}
+
+    def tasks_for(build_dir: Path) -> list[_ImageTask]:
+        return [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], str(build_dir), donors, split)
+                for image in images]
+
+    def extra_files(final_dir: Path) -> dict[str, str]:
+        return {f"{split}.yaml": _split_yaml(final_dir / split, names)}
+
+    manifest_extra = {**_manifest_extra(level_config, data_yaml, "test", names, images, donors), "split": split,
+                      "severity_level": level, "coverage": list(level_config.coverage),
+                      "spec_key": stable_hash(spec)}
+    subdirs = [f"{split}/images", f"{split}/labels"]
+    return _build(identity, out_root, tasks_for, subdirs, extra_files, manifest_extra, workers)
+
+
+def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names: list[str],
+                    images: Sequence[_SourceImage], donors: Sequence[TextureDonor]) -> dict[str, Any]:
+    """Manifest fields beyond the identity: seed, source, class names, texture donors."""
+    return {
+        "global_seed": config.seed,
+        "source": {"data_yaml": str(data_yaml.resolve()), "split": split, "num_images": len(images)},
+        "names": names,
+        "texture_donors": [donor.image_id for donor in donors] if "texture" in config.fills else [],
+    }
+
+
+def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> Path:
+    """Build (or verify and reuse) S2's occluded train set; return the data.yaml S2 trains with.
+
+    A `config.train_fraction` share of train images (decided per image by its own RNG, stream
+    `STREAM_S2_TRAIN`) is occluded, the rest copied byte for byte. The data.yaml's train is this set;
+    val and test are the ORIGINAL clean splits (checkpoint selection on clean val, as all sessions).
+    Layout: `<out_root>/occtrain-<hash12>/{manifest.json, data.yaml, train/{images,labels}}`.
+    """
+    data_yaml = Path(data_yaml)
+    names, images = _scan_split(data_yaml, "train")
+    _check_inputs(config, workers, images, "train")
+    val = _absolute_split(data_yaml, "val")
+    if val is None:
+        raise OcclusionError(
+            f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; add val:"
+        )
+    references = {"val": val, "test": _absolute_split(data_yaml, "test")}
+    identity = _train_set_identity(config, images, references)
+    donors = _donor_pool(images)
+
+    def tasks_for(build_dir: Path) -> list[_ImageTask]:
+        return [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, str(build_dir), donors) for image in images]
+
+    def extra_files(final_dir: Path) -> dict[str, str]:
+        payload: dict[str, Any] = {"path": str(final_dir), "train": "train/images", "val": references["val"]}
+        if references["test"] is not None:
+            payload["test"] = references["test"]
+        payload["names"] = dict(enumerate(names))
+        return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
+
+    manifest_extra = _manifest_extra(config, data_yaml, "train", names, images, donors)
+    subdirs = ["train/images", "train/labels"]
+    suite = _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+    return suite / "data.yaml"

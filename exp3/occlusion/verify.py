@@ -1,0 +1,82 @@
+"""Checking a built suite or S2 train set against its manifest (`verify_occlusion_suite`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exp3.fileio import sha256_file
+from exp3.occlusion.identity import MANIFEST_NAME, SEVERITY_KIND, TRAIN_SET_KIND, _identity, _suite_name
+
+IGNORED_FILE_NAMES = frozenset({"labels.cache"})
+"""Files `verify` tolerates although the manifest does not list them: Ultralytics writes
+`<split>/labels.cache` next to a split's `labels/` directory the first time it evaluates on it."""
+
+
+def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The data yamls must point into this very directory (they hold absolute paths)."""
+    expected = (
+        {"data.yaml": suite_dir}
+        if manifest.get("kind") == TRAIN_SET_KIND
+        else {f"{manifest.get('split')}.yaml": suite_dir / str(manifest.get("split"))}
+        if manifest.get("kind") == SEVERITY_KIND
+        else {f"{split}.yaml": suite_dir / split for split in ("test_clean", "test_occ_fixed")}
+    )
+    problems = []
+    for name, path in expected.items():
+        try:
+            data = yaml.safe_load((suite_dir / name).read_text(encoding="utf-8"))
+            pointed = Path(str(data.get("path")))
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue  # missing/modified files are reported by the hash check
+        if pointed.resolve() != path.resolve():
+            problems.append(
+                f"{name}: path: is {str(pointed)!r}, not this suite ({str(path)!r}): "
+                "the suite was moved; build it again at its new place"
+            )
+    for split, locations in (manifest.get("references") or {}).items():
+        for location in locations or []:
+            if not Path(location).exists():
+                problems.append(
+                    f"data.yaml: the original {split} split {location!r} no longer exists: restore it or build again"
+                )
+    return problems
+
+
+def verify_occlusion_suite(suite_dir: Path) -> list[str]:
+    """Check a suite or S2 train set against its manifest; return the problems (empty = intact).
+
+    Detects missing, extra (except `IGNORED_FILE_NAMES`) and modified files, a manifest that does
+    not match the directory's name, and data yamls that no longer point at the directory.
+    """
+    suite_dir = Path(suite_dir)
+    manifest_path = suite_dir / MANIFEST_NAME
+    if not suite_dir.is_dir():
+        return [f"{str(suite_dir)!r} is not a directory"]
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        expected: dict[str, str] = manifest["files"]
+        name = _suite_name(_identity(manifest))
+    except FileNotFoundError:
+        return [f"{MANIFEST_NAME} is missing"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return [f"{MANIFEST_NAME} is unreadable or incomplete"]
+    problems = []
+    if name != suite_dir.name:
+        problems.append(f"{MANIFEST_NAME} describes suite {name!r}, but the directory is named {suite_dir.name!r}")
+    present = {
+        path.relative_to(suite_dir).as_posix(): path
+        for path in suite_dir.rglob("*")
+        if path.is_file() and path.name not in IGNORED_FILE_NAMES
+    }
+    present.pop(MANIFEST_NAME, None)
+    for rel in sorted(expected):
+        if rel not in present:
+            problems.append(f"missing file {rel}")
+        elif sha256_file(present[rel]) != expected[rel]:
+            problems.append(f"modified file {rel}")
+    problems += [f"extra file {rel}" for rel in sorted(set(present) - set(expected))]
+    return problems + _check_yaml_paths(suite_dir, manifest)
