@@ -39,7 +39,8 @@ from exp3 import severity, stats
 from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, atomic_write_text
 from exp3.mapstats import BOOTSTRAP_RESAMPLES
-from exp3.sessions import SESSION_SEPARATOR, parse_session
+from exp3.layout import SessionPaths
+from exp3.sessions import SESSION_SEPARATOR, Session, parse_session
 from exp3.plots import SESSION_LABELS
 
 SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
@@ -204,10 +205,11 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
             if multi_seed:
                 assert seeds is not None
                 by_seed = {seed: path for seed, path in folders}
-                folders = [(seed, by_seed.get(seed, model_dir / f"{model}__{suffix}__seed{seed}")) for seed in seeds]
+                folders = [(seed, by_seed.get(seed, SessionPaths.of(root, Session(model, suffix, seed)).folder))
+                           for seed in seeds]
             elif not folders:
                 seed = seeds[0] if seeds else None
-                folders = [(seed, model_dir / f"{model}__{suffix}")]
+                folders = [(seed, SessionPaths.of(root, Session(model, suffix)).folder)]  # one seed: no __seed
             runs.extend(load_session_run(path, model, suffix, seed, keys.get(path.name)) for seed, path in folders)
     return runs
 
