@@ -18,7 +18,7 @@ Session folder `<output_root>/<model>/<model>__<session>/`:
     predictions_test_occ_fixed.json
     predictions_test_occ_sev<k>.json  one per severity level (exp3/splits.py), also added to a finished session
     map_stats_<split>.npz         the validator's per-image matching stats of each test split (mAP's CIs)
-    metrics.json                  schema in docs/schema.md
+    metrics.json                  exp3.schema.SessionMetrics, documented in docs/schema.md
     logs/train.log                the training subprocess's stdout + stderr (all attempts)
     DONE | FAILED                 marker (JSON): DONE holds metrics.json's sha256 and the inputs' key
 
