@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from exp3.layout import SessionPaths
+from exp3.schema import MetricsView
 
 MAP50_COLUMN = "metrics/mAP50(B)"
 MAP50_95_COLUMN = "metrics/mAP50-95(B)"
@@ -123,19 +124,12 @@ class SessionHeadline(BaseModel):
     map50_occluded: float | None = None
 
 
-def session_headline(metrics: dict[str, Any]) -> SessionHeadline:
+def session_headline(metrics: dict[str, Any] | MetricsView) -> SessionHeadline:
     """Ingredient micro F1 and mAP50 of both test splits (None where metrics.json lacks one)."""
-    splits = metrics.get("splits") or {}
-
-    def pick(split: str, *path: str) -> float | None:
-        value: Any = splits.get(split) or {}
-        for part in path:
-            value = value.get(part) if isinstance(value, dict) else None
-        return float(value) if isinstance(value, (int, float)) else None
-
-    return SessionHeadline(f1_clean=pick(CLEAN_SPLIT, "ingredient", "micro", "f1"),
-                           f1_occluded=pick(OCCLUDED_SPLIT, "ingredient", "micro", "f1"),
-                           map50_clean=pick(CLEAN_SPLIT, "map50"), map50_occluded=pick(OCCLUDED_SPLIT, "map50"))
+    view = metrics if isinstance(metrics, MetricsView) else MetricsView.of(metrics)
+    clean, occluded = view.split(CLEAN_SPLIT), view.split(OCCLUDED_SPLIT)
+    return SessionHeadline(f1_clean=clean.ingredient.micro.f1, f1_occluded=occluded.ingredient.micro.f1,
+                           map50_clean=clean.map50, map50_occluded=occluded.map50)
 
 
 def format_result(result: SessionHeadline) -> str:
@@ -166,5 +160,5 @@ def read_session_headline(paths: SessionPaths) -> SessionHeadline:
     try:
         metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        metrics = {}
-    return session_headline(metrics if isinstance(metrics, dict) else {})
+        metrics = None
+    return session_headline(MetricsView.of(metrics))

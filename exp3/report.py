@@ -42,6 +42,7 @@ from exp3.mapstats import BOOTSTRAP_RESAMPLES
 from exp3.layout import SessionPaths
 from exp3.sessions import SESSION_SEPARATOR, Session, parse_session
 from exp3.plots import SESSION_LABELS
+from exp3.schema import MetricsView
 
 SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
 REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
@@ -99,7 +100,7 @@ class SessionRun:
     Attributes:
         status: done | failed | incomplete | missing.
         seed: from the `__seed<N>` folder suffix, else metrics.json["seeds"]["train"], else None.
-        metrics: the parsed metrics.json of a done session, else None.
+        metrics: the parsed metrics.json of a done session, else None (`view`: the fields the report reads).
     """
 
     model: str
@@ -109,6 +110,11 @@ class SessionRun:
     status: str
     error: str | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def view(self) -> MetricsView:
+        """The typed, lenient view of `metrics` (exp3.schema; empty when not done)."""
+        return MetricsView.of(self.metrics)
 
 
 def parse_session_folder_name(name: str) -> tuple[str, str, int | None] | None:
@@ -166,8 +172,9 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
     if is_done(folder):
         metrics = _read_json(folder / "metrics.json")
         if isinstance(metrics, dict):
-            if seed is None and isinstance(metrics.get("seeds"), dict) and metrics["seeds"].get("train") is not None:
-                seed = int(metrics["seeds"]["train"])
+            recorded_seed = MetricsView.of(metrics).seeds.train
+            if seed is None and recorded_seed is not None:
+                seed = int(recorded_seed)
             return SessionRun(model, suffix, seed, folder, "done", None, metrics)
     failed = _read_json(folder / FAILED_MARKER)
     if (folder / FAILED_MARKER).is_file():
@@ -224,30 +231,25 @@ def split_row(run: SessionRun, split: str) -> dict[str, Any]:
                            "split": split, "status": run.status, "error": run.error or "",
                            "seed": math.nan if run.seed is None else run.seed, "folder": str(run.folder)}
     row.update({column: math.nan for column in METRIC_COLUMNS})
-    metrics = run.metrics
-    if metrics is None:
+    if run.metrics is None:
         return row
-    part = (metrics.get("splits") or {}).get(split) or {}
-    ingredient = part.get("ingredient") or {}
-    row.update({"n_images": _number(part.get("n_images")), "conf": _number(part.get("conf")),
-                "map50": _number(part.get("map50")), "map50_95": _number(part.get("map50_95")),
-                "eval_wall_s": _number(part.get("eval_wall_s"))})
+    view = run.view
+    part = view.split(split)
+    row.update({"n_images": _number(part.n_images), "conf": _number(part.conf), "map50": _number(part.map50),
+                "map50_95": _number(part.map50_95), "eval_wall_s": _number(part.eval_wall_s)})
     for average in ("micro", "macro", "samples"):
         for score in ("precision", "recall", "f1"):
-            row[f"ingredient_{average}_{score}"] = _number((ingredient.get(average) or {}).get(score))
+            row[f"ingredient_{average}_{score}"] = _number(getattr(getattr(part.ingredient, average), score))
     for score in ("precision", "recall", "f1"):
-        row[f"detection_{score}"] = _number((part.get("detection") or {}).get(score))
-    at_val = part.get("at_val_threshold") or {}
-    row.update({"conf_val": _number(threshold_conf(metrics, split, "val")),
-                "ingredient_micro_f1_at_val": _number(((at_val.get("ingredient") or {}).get("micro") or {}).get("f1")),
-                "ingredient_samples_f1_at_val": _number(((at_val.get("ingredient") or {}).get("samples") or {})
-                                                        .get("f1")),
-                "detection_f1_at_val": _number((at_val.get("detection") or {}).get("f1"))})
-    robustness = metrics.get("robustness") or {}
-    row.update({column: _number(robustness.get(column)) for column in ROBUSTNESS_COLUMNS})
-    training = metrics.get("training") or {}
-    row["train_wall_s"] = _number(training.get("wall_s"))
-    row["epochs_completed"] = _number(training.get("epochs_completed"))
+        row[f"detection_{score}"] = _number(getattr(part.detection, score))
+    at_val = part.at_val_threshold
+    row.update({"conf_val": _number(threshold_conf(run.metrics, split, "val")),
+                "ingredient_micro_f1_at_val": _number(at_val.ingredient.micro.f1),
+                "ingredient_samples_f1_at_val": _number(at_val.ingredient.samples.f1),
+                "detection_f1_at_val": _number(at_val.detection.f1)})
+    row.update({column: _number(getattr(view.robustness, column)) for column in ROBUSTNESS_COLUMNS})
+    row["train_wall_s"] = _number(view.training.wall_s)
+    row["epochs_completed"] = _number(view.training.epochs_completed)
     return row
 
 
@@ -334,13 +336,14 @@ def threshold_conf(metrics: dict[str, Any] | None, split: str, threshold: str = 
     """
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
-    part = ((metrics or {}).get("splits") or {}).get(split) or {}
+    view = MetricsView.of(metrics)
+    part = view.split(split)
     if threshold == "primary":
-        value = part.get("conf", 0.25)
+        value = part.conf if "conf" in part.model_fields_set else 0.25
     else:
-        value = (part.get("at_val_threshold") or {}).get("conf")
+        value = part.at_val_threshold.conf
         if value is None:
-            value = ((metrics or {}).get("thresholds") or {}).get("val_chosen")
+            value = view.thresholds.val_chosen
     number = _number(value)
     return number if math.isfinite(number) else None
 

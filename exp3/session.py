@@ -18,7 +18,7 @@ Session folder `<output_root>/<model>/<model>__<session>/`:
     predictions_test_occ_fixed.json
     predictions_test_occ_sev<k>.json  one per severity level (exp3/splits.py), also added to a finished session
     map_stats_<split>.npz         the validator's per-image matching stats of each test split (mAP's CIs)
-    metrics.json                  schema in docs/schema.md
+    metrics.json                  exp3.schema.SessionMetrics, documented in docs/schema.md
     logs/train.log                the training subprocess's stdout + stderr (all attempts)
     DONE | FAILED                 marker (JSON): DONE holds metrics.json's sha256 and the inputs' key
 
@@ -56,6 +56,25 @@ from exp3.identity import SessionInputs, session_inputs
 from exp3.layout import DONE_MARKER, FAILED_MARKER, SessionPaths  # noqa: F401 - markers re-exported
 from exp3.sessions import Session, parse_session
 from exp3.runlock import LockBusy
+from exp3.schema import (
+    Checkpoint,
+    Data,
+    Eval,
+    Masking,
+    PreviousFailure,
+    Provenance,
+    Robustness,
+    SessionMetrics,
+    Seeds,
+    Severity,
+    SeverityEvaluation,
+    SeverityLevel,
+    SplitMetrics,
+    Superseded,
+    Thresholds,
+    Training,
+    TrainingWeights,
+)
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 from exp3.weights import ResolvedWeights, resolve_weights
 
@@ -77,7 +96,7 @@ class SessionFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class SeveritySuite:
-    """One built severity suite (exp3.occlusion.build_severity_suites) and the level it is."""
+    """One built severity suite (exp3.occlusion.suites.build_severity_suites) and the level it is."""
 
     level: int
     split: str
@@ -229,15 +248,21 @@ def _read_json(path: Path) -> Any:
 
 
 def _split_metrics(evaluation: Any, records: list[Any], config: ExperimentConfig, names: list[str],
-                   val_conf: float) -> dict[str, Any]:
+                   val_conf: float) -> SplitMetrics:
     from exp3.metrics import operating_point, summarize_split
 
     summary = summarize_split(records, num_classes=len(names), conf=config.eval.conf,
                               match_iou=config.eval.match_iou, class_names=names)
-    return {"map50": evaluation.map50, "map50_95": evaluation.map50_95,
-            "per_class_map50_95": evaluation.per_class_map50_95, "eval_wall_s": evaluation.wall_s,
-            "speed_ms_per_image": evaluation.speed_ms_per_image, **summary,
-            "at_val_threshold": operating_point(records, len(names), val_conf, config.eval.match_iou)}
+    return SplitMetrics.model_validate({
+        "map50": evaluation.map50, "map50_95": evaluation.map50_95,
+        "per_class_map50_95": evaluation.per_class_map50_95, "eval_wall_s": evaluation.wall_s,
+        "speed_ms_per_image": evaluation.speed_ms_per_image, **summary,
+        "at_val_threshold": operating_point(records, len(names), val_conf, config.eval.match_iou)})
+
+
+def _splits_json(splits: dict[str, SplitMetrics]) -> dict[str, dict[str, Any]]:
+    """`splits` as plain dicts, for the functions that read metrics.json's split entries (robustness, mPC)."""
+    return {split: metrics.model_dump(mode="json") for split, metrics in splits.items()}
 
 
 def robustness(clean: dict[str, Any], occluded: dict[str, Any]) -> dict[str, float | None]:
@@ -360,66 +385,66 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     eval_wall += val.wall_s
     val_records = records_from_json(val.records)
     chosen = choose_threshold(val_records, len(names))
-    splits: dict[str, Any] = {}
-    evaluations: dict[str, Any] = {}
+    splits: dict[str, SplitMetrics] = {}
+    evaluations: dict[str, SeverityEvaluation] = {}
     for split in prepared.test_splits():
         splits[split] = _evaluate_test_split(checkpoint, split, plan.family, config, output_root, paths, session,
                                              prepared, names, chosen["conf"])
-        eval_wall += splits[split]["eval_wall_s"]
+        eval_wall += splits[split].eval_wall_s
         if split not in SPLITS:
             evaluations[split] = _evaluation_record(prepared, split, checkpoint, splits[split], False)
     val_at_primary = ingredient_prf(*ingredient_sets(val_records, len(names), config.eval.conf))["micro"]["f1"]
     run_dir = Path(plan.run_dir)
-    metrics = {
-        "schema_version": SCHEMA_VERSION,
-        "status": "done",
-        "session": session.name,
-        "model": session.model,
-        "suffix": session.suffix,
-        "experiment": config.name,
-        "cache_key": inputs.key,
-        "inputs": inputs.model_dump(mode="json"),
-        "checkpoint": {"path": str(checkpoint), "which": checkpoint.name, "why": CHECKPOINT_CHOICE},
-        "training": {
+    masking_stats = _read_json(run_dir / "masking_stats.json")
+    splits_json = _splits_json(splits)
+    metrics = SessionMetrics(
+        schema_version=SCHEMA_VERSION,
+        status="done",
+        session=session.name,
+        model=session.model,
+        suffix=session.suffix,
+        experiment=config.name,
+        cache_key=inputs.key,
+        inputs=inputs,
+        checkpoint=Checkpoint(path=str(checkpoint), which=checkpoint.name, why=CHECKPOINT_CHOICE),
+        training=Training.model_validate({
             "family": plan.family,
             "source": plan.source,
             "pretrained": weights.pretrained,
-            "weights": {"configured": weights.configured, "path": weights.source if weights.pretrained else None,
-                        "sha256": weights.sha256, "origin": weights.origin},
+            "weights": TrainingWeights(configured=weights.configured,
+                                       path=weights.source if weights.pretrained else None,
+                                       sha256=weights.sha256, origin=weights.origin),
             "train_images": session.train_images,
             "train_data_yaml": str(train_yaml),
             "overrides": plan.overrides,
             "oom_retry_batch": retry_batch,
             "locations": plan.locations,
             "resumed_from_epoch": outcome.resumed_from_epoch,
-            "previous_failure": None if previous_failure is None else {
-                key: previous_failure.get(key) for key in ("error", "time")},
+            "previous_failure": None if previous_failure is None else PreviousFailure(
+                error=previous_failure.get("error"), time=previous_failure.get("time")),
             "wall_s": outcome.info.get("wall_s_total", outcome.wall_s),
             "ran": outcome.info.get("ran"),
             **{key: outcome.info.get(key) for key in TRAIN_INFO_KEYS},
-        },
-        "masking": None if session.masking_site is None else {
-            "site": session.masking_site,
-            "spec": plan.masking_spec,
-            "stats": _read_json(run_dir / "masking_stats.json"),
-        },
-        "eval": {"conf": config.eval.conf, "match_iou": config.eval.match_iou, "wall_s": round(eval_wall, 3),
-                 "predictions": "model.predict (one class per box, predict's NMS defaults); mAP: model.val"},
-        "thresholds": {"primary": config.eval.conf, "val_chosen": chosen["conf"],
-                       "criterion": "ingredient micro F1 on the clean val split",
-                       "val_f1_at_val_chosen": chosen["val_micro_f1"], "val_f1_at_primary": val_at_primary,
-                       "val_map50": val.map50, "val_map50_95": val.map50_95},
-        "splits": splits,
-        "robustness": robustness(splits[CLEAN_SPLIT], splits[FIXED_SPLIT]),
-        "severity": _severity_block(prepared, splits, evaluations, []),
-        "data": asdict(prepared),
-        "seeds": {"train": session.training_seed(config.seeds),
-                  "masking": None if plan.masking_spec is None else plan.masking_spec["seed"],
-                  "occlusion": config.occlusion.seed, "synthetic": config.dataset.synthetic_seed},
-        "config_fingerprint": config.fingerprint(),
-        "provenance": collect_provenance(config.train.device),
-    }
-    atomic_write_json(paths.metrics, metrics)
+        }),
+        masking=None if session.masking_site is None else Masking.model_validate(
+            {"site": session.masking_site, "spec": plan.masking_spec, "stats": masking_stats}),
+        eval=Eval(conf=config.eval.conf, match_iou=config.eval.match_iou, wall_s=round(eval_wall, 3),
+                  predictions="model.predict (one class per box, predict's NMS defaults); mAP: model.val"),
+        thresholds=Thresholds(primary=config.eval.conf, val_chosen=chosen["conf"],
+                              criterion="ingredient micro F1 on the clean val split",
+                              val_f1_at_val_chosen=chosen["val_micro_f1"], val_f1_at_primary=val_at_primary,
+                              val_map50=val.map50, val_map50_95=val.map50_95),
+        splits=splits,
+        robustness=Robustness(**robustness(splits_json[CLEAN_SPLIT], splits_json[FIXED_SPLIT])),
+        severity=_severity_block(prepared, splits, evaluations, []),
+        data=Data.model_validate(asdict(prepared)),
+        seeds=Seeds(train=session.training_seed(config.seeds),
+                    masking=None if plan.masking_spec is None else plan.masking_spec["seed"],
+                    occlusion=config.occlusion.seed, synthetic=config.dataset.synthetic_seed),
+        config_fingerprint=config.fingerprint(),
+        provenance=Provenance.model_validate(collect_provenance(config.train.device)),
+    )
+    atomic_write_json(paths.metrics, metrics.to_json())
     paths.write_done(inputs.key, {"session": session.name, "exp3_version": __version__,
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return json.loads(paths.metrics.read_text(encoding="utf-8"))  # as a later run reads it (tuples as lists)
@@ -427,7 +452,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
 
 def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: ExperimentConfig, output_root: Path,
                          paths: SessionPaths, session: Session, prepared: PreparedData, names: list[str],
-                         val_conf: float) -> dict[str, Any]:
+                         val_conf: float) -> SplitMetrics:
     """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
 
     Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed: on a
@@ -447,26 +472,42 @@ def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: Expe
     return _split_metrics(evaluation, records_from_json(evaluation.records), config, names, val_conf)
 
 
-def _evaluation_record(prepared: PreparedData, split: str, checkpoint: Path, metrics: dict[str, Any],
-                       added_after_training: bool) -> dict[str, Any]:
+def _evaluation_record(prepared: PreparedData, split: str, checkpoint: Path, metrics: SplitMetrics,
+                       added_after_training: bool) -> SeverityEvaluation:
     """What a severity split's numbers come from: its suite, the checkpoint, when, how long."""
     suite = next(suite for suite in prepared.severity_suites if suite.split == split)
-    return {"level": suite.level, "coverage": list(suite.coverage), "spec_key": suite.spec_key,
-            "suite_id": suite.suite_id, "manifest_sha256": suite.manifest_sha256, "checkpoint": str(checkpoint),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "added_after_training": added_after_training,
-            "wall_s": metrics["eval_wall_s"], "exp3_version": __version__}
+    return SeverityEvaluation(level=suite.level, coverage=suite.coverage, spec_key=suite.spec_key,
+                              suite_id=suite.suite_id, manifest_sha256=suite.manifest_sha256,
+                              checkpoint=str(checkpoint), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              added_after_training=added_after_training, wall_s=metrics.eval_wall_s,
+                              exp3_version=__version__)
 
 
-def _severity_block(prepared: PreparedData, splits: dict[str, Any], evaluations: dict[str, Any],
-                    superseded: list[dict[str, Any]]) -> dict[str, Any]:
+def _severity_block(prepared: PreparedData, splits: dict[str, SplitMetrics],
+                    evaluations: dict[str, SeverityEvaluation], superseded: list[Superseded]) -> Severity:
     """metrics.json's `severity`: the configured levels, each split's evaluation record, mPC / rPC."""
     from exp3.severity import mpc_summary
 
-    levels = [{"level": suite.level, "split": suite.split, "coverage": list(suite.coverage),
-               "spec_key": suite.spec_key, "suite_id": suite.suite_id} for suite in prepared.severity_suites]
-    return {"levels": levels, "evaluations": evaluations,
-            "summary": mpc_summary(splits, [suite.split for suite in prepared.severity_suites]),
-            "superseded": superseded}
+    levels = [SeverityLevel(level=suite.level, split=suite.split, coverage=suite.coverage, spec_key=suite.spec_key,
+                            suite_id=suite.suite_id) for suite in prepared.severity_suites]
+    return Severity.model_validate({
+        "levels": levels, "evaluations": evaluations,
+        "summary": mpc_summary(_splits_json(splits), [suite.split for suite in prepared.severity_suites]),
+        "superseded": superseded})
+
+
+def _read_metrics(paths: SessionPaths, session: Session) -> SessionMetrics:
+    """A done session's metrics.json as `SessionMetrics`; `SessionFailed` naming the file if it is not one."""
+    from pydantic import ValidationError
+
+    from exp3.schema import read_session_metrics
+
+    try:
+        return read_session_metrics(paths.metrics)
+    except ValidationError as error:
+        raise SessionFailed(f"{session.name}: {paths.metrics} does not match the metrics.json schema "
+                            f"(docs/schema.md): {_one_line(error)}; move the session folder away to train it "
+                            "again") from None
 
 
 def update_severity_evaluations(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
@@ -487,19 +528,20 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     missing, extra = severity_changes(metrics, {suite.split: suite.spec_key for suite in prepared.severity_suites})
     if not missing and not extra:
         return metrics
-    checkpoint = Path(metrics["checkpoint"]["path"])
+    current = _read_metrics(paths, session)
+    checkpoint = Path(current.checkpoint.path)
     if missing and not checkpoint.is_file():
         raise SessionFailed(f"{session.name}: cannot add {', '.join(missing)}: its checkpoint {checkpoint} is gone; "
                             "restore it, or move the session folder away to train it again")
-    block = metrics.get("severity") or {}
-    evaluations = dict(block.get("evaluations") or {})
-    superseded = list(block.get("superseded") or [])
-    splits = dict(metrics["splits"])
+    evaluations = dict(current.severity.evaluations) if current.severity else {}
+    superseded = list(current.severity.superseded) if current.severity else []
+    splits = dict(current.splits)
     for split in [*extra, *(split for split in missing if split in evaluations or split in splits)]:
-        superseded.append({"split": split, "evaluation": evaluations.pop(split, None),
-                           "metrics": splits.pop(split, None), "superseded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        superseded.append(Superseded(split=split, evaluation=evaluations.pop(split, None),
+                                     metrics=splits.pop(split, None),
+                                     superseded_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
     names = read_data_yaml(prepared.data_yaml).names
-    family, val_conf = metrics["training"]["family"], metrics["thresholds"]["val_chosen"]
+    family, val_conf = current.training.family, current.thresholds.val_chosen
     for split in missing:
         print(f"exp3: {session.name}: evaluating {split} from {checkpoint.name} (added to a finished session; "
               "no training)")
@@ -507,9 +549,10 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
                                              names, val_conf)
         evaluations[split] = _evaluation_record(prepared, split, checkpoint, splits[split], True)
     ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
-    metrics = {**metrics, "splits": ordered, "severity": _severity_block(prepared, ordered, evaluations, superseded),
-               "data": asdict(prepared)}
-    paths.replace_metrics(metrics, {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    updated = SessionMetrics.model_validate({
+        **dict(current), "splits": ordered, "severity": _severity_block(prepared, ordered, evaluations, superseded),
+        "data": Data.model_validate(asdict(prepared))})
+    paths.replace_metrics(updated.to_json(), {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return json.loads(paths.metrics.read_text(encoding="utf-8"))
 
 

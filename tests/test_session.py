@@ -111,6 +111,19 @@ def test_session_folder_is_complete_and_self_describing(grid) -> None:
     assert "commit" in provenance["git"] and "dirty" in provenance["git"]
 
 
+def test_metrics_json_is_exactly_a_session_metrics(grid) -> None:
+    """What every session wrote validates as exp3.schema.SessionMetrics and dumps back to the same bytes."""
+    from exp3.fileio import canonical_json
+    from exp3.schema import SessionMetrics
+
+    output, metrics = grid
+    for name, payload in metrics.items():
+        text = (output / name.split("__")[0] / name / "metrics.json").read_text(encoding="utf-8")
+        model = SessionMetrics.model_validate(json.loads(text))
+        assert canonical_json(model.to_json(), indent=2) + "\n" == text
+        assert model.to_json() == payload
+
+
 def test_sessions_share_one_suite_and_train_on_their_own_data(grid) -> None:
     _, metrics = grid
     suites = {m["data"]["suite_id"] for m in metrics.values()}

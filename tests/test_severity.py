@@ -19,6 +19,7 @@ from exp3.occlusion import OcclusionError
 from exp3.occlusion.planners import MAX_BOX_COVERAGE, PLACEMENT_SHRINK
 from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
+from exp3.schema import SessionMetrics
 from exp3.session import run_session
 from exp3.sessions import Session
 from exp3.splits import evaluation_plan, occluded_splits, severity_changes, severity_level, severity_split
@@ -255,6 +256,8 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
     assert [entry["split"] for entry in removed["severity"]["superseded"]] == \
         ["test_occ_sev2", "test_occ_sev1", "test_occ_sev2"]
     assert _untouched_training(folder) == training
+    for payload in (old, legacy, new, third, removed):  # every file on the way is exactly a SessionMetrics
+        assert SessionMetrics.model_validate(payload).to_json() == payload
 
 
 def test_crash_while_replacing_metrics_keeps_the_session_done(tmp_path: Path) -> None:

@@ -1,0 +1,524 @@
+"""metrics.json as typed objects: `SessionMetrics` is what `exp3.session` writes, `MetricsView` what readers read.
+
+Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by tests/test_schema.py):
+
+- `SessionMetrics` (strict): the whole file as the session writes it. Every block exp3 shapes
+  forbids unknown keys, so a writer that drifts from the schema fails loudly, before anything is
+  written. The session writes `model_dump(mode="json")`; a file validated and dumped again gives
+  back the same JSON. Fields older files lack are optional and left out of the dump when unset:
+  `severity` and `data.severity_suites` (sessions finished before severity suites existed).
+  Every file written under a cache key (`inputs`, `cache_key`) has all the other fields; files from
+  before keys existed are never done under a current key, so only the report reads them.
+- `MetricsView` (lenient): the fields the report and the flow's log lines read, every one
+  optional, unknown keys ignored, anything that is not a number read as None. The report reads
+  every metrics.json it finds, from any exp3 version and from test fixtures that write a subset;
+  it must not drop a done session's numbers because a field it does not read is missing or has
+  drifted. Every field of the view is a field of `SessionMetrics` (tested).
+
+Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.identity), Ultralytics'
+`training.effective_args` / `.overrides` / `speed_ms_per_image`, the `masking:` config
+(`masking.spec`), `provenance.packages`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from exp3.identity import SessionInputs
+
+
+class _Block(BaseModel):
+    """A block of metrics.json exp3 shapes: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _absent_when_none(value: Any) -> bool:
+    return value is None
+
+
+# ----------------------------------------------------------------------------- splits.<split>
+
+
+class PRF(_Block):
+    """Precision, recall, F1 (null when undefined, e.g. a macro average over no class)."""
+
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+class Ingredient(_Block):
+    """Ingredient-list P/R/F1 with its three averages (exp3.metrics.ingredient_prf)."""
+
+    micro: PRF
+    macro: PRF
+    samples: PRF
+
+
+class Detection(_Block):
+    """Class-aware box matching at IoU >= match_iou (exp3.metrics.detection_prf)."""
+
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    tp: int
+    fp: int
+    fn: int
+
+
+class PerClass(_Block):
+    """One class of `per_class` (ingredient level)."""
+
+    class_id: int
+    name: str
+    present: bool
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    support: int
+    predicted: int
+    tp: int
+
+
+class PerImage(_Block):
+    """Column-oriented per-image ingredient scores (paired statistics join on `image_id`)."""
+
+    image_id: list[str]
+    precision: list[float | None]
+    recall: list[float | None]
+    f1: list[float | None]
+
+
+class F1VsConf(_Block):
+    """Micro and samples F1 over a confidence grid (exp3.metrics.f1_vs_conf)."""
+
+    conf: list[float]
+    micro_f1: list[float | None]
+    samples_f1: list[float | None]
+    best_conf_micro: float
+    best_conf_samples: float
+
+
+class OperatingPoint(_Block):
+    """The metrics at one confidence threshold (exp3.metrics.operating_point)."""
+
+    conf: float
+    ingredient: Ingredient
+    detection: Detection
+
+
+class SplitMetrics(_Block):
+    """`splits.<split>`: one evaluated test split (exp3.metrics.summarize_split plus the validator's mAP)."""
+
+    map50: float | None
+    map50_95: float | None
+    per_class_map50_95: dict[str, float | None]
+    eval_wall_s: float
+    speed_ms_per_image: dict[str, float | None]
+    n_images: int
+    num_classes: int
+    conf: float
+    match_iou: float
+    ingredient: Ingredient
+    per_class: list[PerClass]
+    per_image: PerImage
+    detection: Detection
+    f1_vs_conf: F1VsConf
+    at_val_threshold: OperatingPoint
+
+
+# ----------------------------------------------------------------------------- session blocks
+
+
+class Checkpoint(_Block):
+    path: str
+    which: str
+    why: str
+
+
+class TrainingWeights(_Block):
+    configured: str | None
+    path: str | None
+    sha256: str | None
+    origin: str
+
+
+class TrainingLocations(_Block):
+    """Where (not how) Ultralytics trains: its data, project, name, exist_ok args."""
+
+    data: str
+    project: str
+    name: str
+    exist_ok: bool
+
+
+class PreviousFailure(_Block):
+    error: str | None
+    time: str | None
+
+
+class TrainingRan(_Block):
+    """The resumable args as the last training attempt really ran them."""
+
+    batch: int | None
+    imgsz: int | None
+    device: str | int | None
+    workers: int | None
+
+
+class Optimizer(_Block):
+    """What `optimizer=auto` picked (train_info.json)."""
+
+    name: str | None
+    requested: str | None
+    lr0: float | None
+    momentum: float | None
+
+
+class Requested(_Block):
+    optimizer: str | None
+    amp: bool | None
+
+
+class Training(_Block):
+    family: str
+    source: str
+    pretrained: bool
+    weights: TrainingWeights
+    train_images: str
+    train_data_yaml: str
+    overrides: dict[str, Any]
+    oom_retry_batch: int | None
+    locations: TrainingLocations
+    resumed_from_epoch: int | None
+    previous_failure: PreviousFailure | None
+    wall_s: float | None
+    ran: TrainingRan | None
+    optimizer: Optimizer | None
+    requested: Requested | None
+    amp: bool | None
+    device: str | None
+    epochs_completed: int | None
+    effective_args: dict[str, Any] | None
+    trainer: str | None
+    attempts: int | None
+    attempt_wall_s: list[float] | None
+
+
+class SiteStats(_Block):
+    """One masking site's counters over one epoch (exp3.masking.MaskingHandle.read_stats)."""
+
+    index: int
+    module: str
+    strength: float
+    batches: int
+    masked_batches: int
+    masked_share: float
+    zeroed_share: float
+    zeroed_share_when_masked: float
+    inactive_calls: int
+
+
+class MaskingEpoch(_Block):
+    epoch: int
+    sites: dict[str, SiteStats]
+
+
+class MaskingStats(_Block):
+    """`train/masking_stats.json` (exp3.trainers)."""
+
+    sites: list[str]
+    spec: dict[str, Any]
+    epochs: list[MaskingEpoch]
+
+
+class Masking(_Block):
+    site: str
+    spec: dict[str, Any]
+    stats: MaskingStats | None
+
+
+class Eval(_Block):
+    conf: float
+    match_iou: float
+    wall_s: float
+    predictions: str
+
+
+class Thresholds(_Block):
+    """The two operating points (docs/thresholds.md)."""
+
+    primary: float
+    val_chosen: float
+    criterion: str
+    val_f1_at_val_chosen: float | None
+    val_f1_at_primary: float | None
+    val_map50: float | None
+    val_map50_95: float | None
+
+
+class Robustness(_Block):
+    """Value on test_occ_fixed / value on test_clean (null when clean is 0 or undefined)."""
+
+    rF1_micro: float | None
+    rF1_samples: float | None
+    rF1_macro: float | None
+    rmAP50: float | None
+    rmAP50_95: float | None
+    rF1_detection: float | None
+
+
+class SeverityLevel(_Block):
+    """A configured severity level (`severity.levels`)."""
+
+    level: int
+    split: str
+    coverage: tuple[float, float]
+    spec_key: str
+    suite_id: str
+
+
+class SeverityEvaluation(_Block):
+    """What a severity split's numbers come from (`severity.evaluations.<split>`)."""
+
+    level: int
+    coverage: tuple[float, float]
+    spec_key: str
+    suite_id: str
+    manifest_sha256: str
+    checkpoint: str
+    time: str
+    added_after_training: bool
+    wall_s: float
+    exp3_version: str
+
+
+class SeveritySummary(_Block):
+    """Point mPC / rPC (exp3.severity.mpc_summary); keys of `mPC` / `rPC` are exp3.severity.METRICS."""
+
+    levels: list[str]
+    mPC: dict[str, float | None]
+    rPC: dict[str, float | None]
+    definition: str
+
+
+class Superseded(_Block):
+    """Results of a level since removed or changed (kept, never reused)."""
+
+    split: str
+    evaluation: SeverityEvaluation | None
+    metrics: SplitMetrics | None
+    superseded_at: str
+
+
+class Severity(_Block):
+    levels: list[SeverityLevel]
+    evaluations: dict[str, SeverityEvaluation]
+    summary: SeveritySummary
+    superseded: list[Superseded]
+
+
+class SeveritySuiteRecord(_Block):
+    """One built severity suite (`exp3.session.SeveritySuite`, as `data.severity_suites` holds it)."""
+
+    level: int
+    split: str
+    coverage: tuple[float, float]
+    spec_key: str
+    suite_dir: str
+    suite_id: str
+    manifest_sha256: str
+
+
+class Data(_Block):
+    """The data the session used (`exp3.session.PreparedData`)."""
+
+    data_yaml: str
+    dataset_fingerprint: str
+    suite_dir: str
+    suite_id: str
+    suite_manifest_sha256: str
+    s2_data_yaml: str
+    s2_manifest_sha256: str
+    severity_suites: list[SeveritySuiteRecord] | None = Field(default=None, exclude_if=_absent_when_none)
+    """Absent in sessions finished before severity suites existed."""
+
+
+class Seeds(_Block):
+    train: int | None
+    masking: int | None
+    occlusion: int | None
+    synthetic: int | None
+
+
+class GitState(_Block):
+    commit: str | None
+    dirty: bool | None
+
+
+class Device(_Block):
+    type: str
+    names: list[str]
+    cuda: str | None
+
+
+class Provenance(_Block):
+    """exp3.provenance.collect_provenance."""
+
+    exp3_version: str
+    git: GitState
+    python: str
+    platform: str
+    packages: dict[str, str | None]
+    device: Device
+
+
+class SessionMetrics(_Block):
+    """A session's metrics.json (docs/schema.md), as exp3.session writes it."""
+
+    schema_version: int
+    status: str
+    session: str
+    model: str
+    suffix: str
+    experiment: str
+    cache_key: str
+    inputs: SessionInputs
+    checkpoint: Checkpoint
+    training: Training
+    masking: Masking | None
+    eval: Eval
+    thresholds: Thresholds
+    splits: dict[str, SplitMetrics]
+    robustness: Robustness
+    severity: Severity | None = Field(default=None, exclude_if=_absent_when_none)
+    """Absent in sessions finished before severity suites existed (the first update adds it)."""
+    data: Data
+    seeds: Seeds
+    config_fingerprint: str
+    provenance: Provenance
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object metrics.json holds (what `exp3.fileio.atomic_write_json` is given)."""
+        return self.model_dump(mode="json")
+
+
+def read_session_metrics(path: Path) -> SessionMetrics:
+    """The `SessionMetrics` of a metrics.json file; `pydantic.ValidationError` if it is not one."""
+    return SessionMetrics.model_validate(json.loads(path.read_text(encoding="utf-8")))
+
+
+# ----------------------------------------------------------------------------- lenient view
+
+
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+Number = Annotated[float | None, BeforeValidator(_number_or_none)]
+"""A number as readers take it: anything else (absent, null, a string, a bool) is None."""
+
+
+class _View(BaseModel):
+    """A lenient view: unknown keys ignored, a block that is not an object read as empty."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object_or_empty(cls, value: Any) -> Any:
+        return value if isinstance(value, (dict, BaseModel)) else {}
+
+
+class PRFView(_View):
+    precision: Number = None
+    recall: Number = None
+    f1: Number = None
+
+
+class IngredientView(_View):
+    micro: PRFView = PRFView()
+    macro: PRFView = PRFView()
+    samples: PRFView = PRFView()
+
+
+class DetectionView(_View):
+    precision: Number = None
+    recall: Number = None
+    f1: Number = None
+
+
+class OperatingPointView(_View):
+    conf: Number = None
+    ingredient: IngredientView = IngredientView()
+    detection: DetectionView = DetectionView()
+
+
+class SplitView(_View):
+    """What readers take from `splits.<split>`."""
+
+    n_images: Number = None
+    num_classes: Number = None
+    conf: Number = None
+    match_iou: Number = None
+    map50: Number = None
+    map50_95: Number = None
+    eval_wall_s: Number = None
+    ingredient: IngredientView = IngredientView()
+    detection: DetectionView = DetectionView()
+    at_val_threshold: OperatingPointView = OperatingPointView()
+
+
+class TrainingView(_View):
+    wall_s: Number = None
+    epochs_completed: Number = None
+
+
+class EvalView(_View):
+    match_iou: Number = None
+
+
+class ThresholdsView(_View):
+    val_chosen: Number = None
+
+
+class RobustnessView(_View):
+    rF1_micro: Number = None
+    rF1_samples: Number = None
+    rF1_macro: Number = None
+    rmAP50: Number = None
+    rmAP50_95: Number = None
+    rF1_detection: Number = None
+
+
+class SeedsView(_View):
+    train: Number = None
+
+
+def _splits_or_empty(value: Any) -> Any:
+    return value if isinstance(value, dict) else {}
+
+
+class MetricsView(_View):
+    """The fields of a metrics.json the report and the flow's log lines read, from any exp3 version."""
+
+    splits: Annotated[dict[str, SplitView], BeforeValidator(_splits_or_empty)] = {}
+    training: TrainingView = TrainingView()
+    eval: EvalView = EvalView()
+    thresholds: ThresholdsView = ThresholdsView()
+    robustness: RobustnessView = RobustnessView()
+    seeds: SeedsView = SeedsView()
+
+    @classmethod
+    def of(cls, metrics: Any) -> MetricsView:
+        """The view of a parsed metrics.json (an empty view for None or anything not an object)."""
+        return cls.model_validate(metrics if isinstance(metrics, dict) else {})
+
+    def split(self, name: str) -> SplitView:
+        """`splits.<name>`, or an empty view when the file has no such split."""
+        return self.splits.get(name) or SplitView()
