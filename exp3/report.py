@@ -161,26 +161,24 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
     `key`: the cache key the last flow planned for this session (`<root>/plan.json`); a folder
     made under other inputs is reported as `stale`, never with its old numbers.
     """
-    from exp3.layout import SessionPaths
-    from exp3.session import DONE_MARKER, FAILED_MARKER, is_done
-
+    paths = SessionPaths(folder)
     if not folder.is_dir():
         return SessionRun(model, suffix, seed, folder, "missing", "no session folder")
-    if key is not None and SessionPaths(folder).state(key) == "stale":
+    if key is not None and paths.state(key) == "stale":
         return SessionRun(model, suffix, seed, folder, "stale",
                           "made under other inputs than the current config: re-run the flow")
-    if is_done(folder):
-        metrics = _read_json(folder / "metrics.json")
+    if paths.is_done(None):
+        metrics = _read_json(paths.metrics)
         if isinstance(metrics, dict):
             recorded_seed = MetricsView.of(metrics).seeds.train
             if seed is None and recorded_seed is not None:
                 seed = int(recorded_seed)
             return SessionRun(model, suffix, seed, folder, "done", None, metrics)
-    failed = _read_json(folder / FAILED_MARKER)
-    if (folder / FAILED_MARKER).is_file():
-        error = failed.get("error") if isinstance(failed, dict) else None
-        return SessionRun(model, suffix, seed, folder, "failed", error or "FAILED marker without an error message")
-    detail = "DONE marker does not match metrics.json" if (folder / DONE_MARKER).is_file() else \
+    failure = paths.failure()
+    if failure is not None:
+        return SessionRun(model, suffix, seed, folder, "failed",
+                          failure.get("error") or "FAILED marker without an error message")
+    detail = "DONE marker does not match metrics.json" if paths.done_marker.is_file() else \
         "no DONE or FAILED marker (still running, or killed mid-way)"
     return SessionRun(model, suffix, seed, folder, "incomplete", detail)
 

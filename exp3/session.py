@@ -53,7 +53,7 @@ from exp3 import __version__
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.identity import SessionInputs, session_inputs
-from exp3.layout import DONE_MARKER, FAILED_MARKER, SessionPaths  # noqa: F401 - markers re-exported
+from exp3.layout import SessionPaths
 from exp3.sessions import Session, parse_session
 from exp3.runlock import LockBusy
 from exp3.schema import (

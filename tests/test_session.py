@@ -16,7 +16,8 @@ import yaml
 from exp3.config import load_config
 from exp3.fileio import sha256_file
 from exp3.layout import SessionPaths
-from exp3.session import DONE_MARKER, FAILED_MARKER, SessionFailed, run_session, session_dir, session_key
+from exp3.layout import DONE_MARKER, FAILED_MARKER
+from exp3.session import SessionFailed, run_session, session_dir, session_key
 from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
