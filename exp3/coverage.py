@@ -53,7 +53,6 @@ LEVELS: tuple[str, ...] = ("detection", "ingredient")
 """What "found" means for a box (module docstring)."""
 LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= match_iou)",
                                 "ingredient": "ingredient: class named in the image's set"}
-OCCLUDED_SPLITS: tuple[str, ...] = ("test_occ_fixed",)
 """The occluded splits whose boxes are binned (severity suites are passed in addition)."""
 REPORT_THRESHOLD = "primary"
 """The operating point of report.md's tables: the primary threshold, as the report's headline detection F1
@@ -390,20 +389,22 @@ def default_splits(runs: Iterable[Any]) -> tuple[str, ...]:
     return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
 
 
-def coverage_report(runs: Iterable[Any], splits: Sequence[str] = OCCLUDED_SPLITS,
+def coverage_report(runs: Iterable[Any], splits: Sequence[str] | None = None,
                     manifest_paths: Mapping[str, Path] | None = None, n_bins: int = N_BINS,
                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE) -> CoverageReport:
     """Recall by covered fraction of every done session in `runs` (`exp3.report.SessionRun`s).
 
     Args:
-        splits: the occluded splits to pool (each needs predictions_<split>.json and a manifest).
+        splits: the occluded splits to pool (each needs predictions_<split>.json and a manifest); None:
+            `default_splits(runs)` (test_occ_fixed and the severity splits every done session has).
         manifest_paths: split -> manifest.json, for splits whose manifest is not the session's suite
             (`data.suite_dir`); default: the suite of each session.
 
     A session whose predictions and manifest cannot be joined is left out, its reason in `problems`.
     """
-    splits = tuple(dict.fromkeys(splits))
+    runs = list(runs)
+    splits = tuple(dict.fromkeys(default_splits(runs) if splits is None else splits))
     if not splits:
         raise ValueError("no occluded split given: pass e.g. ('test_occ_fixed',)")
     grouped: dict[tuple[str, str], list[Any]] = {}

@@ -1315,7 +1315,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         files += severity.write_severity_charts(curves, models, root / "plots")
     from exp3 import coverage
 
-    by_coverage = coverage.coverage_report(runs, occluded_splits or coverage.default_splits(runs),
+    by_coverage = coverage.coverage_report(runs, occluded_splits,
                                            n_resamples=n_resamples, seed=seed)
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,

@@ -50,18 +50,23 @@ def test_progress_reader_reports_new_epochs_once(tmp_path: Path) -> None:
     assert failing.error == "ConnectionError: API down" and failing.on_progress is None
 
 
-def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: Path) -> None:
-    from exp3.jobs import SessionJob
+def _done_session_with_two_epochs(root: Path) -> None:
+    """`m__S1_clean_train` under `root`: DONE (key "k") with two epochs in results.csv."""
     from exp3.layout import SessionPaths
-    from exp3.runner import ProgressUpdate, run_session_subprocess
     from exp3.sessions import Session
 
-    session = Session("m", "S1_clean_train")
-    paths = SessionPaths.of(tmp_path, session)
+    paths = SessionPaths.of(root, Session("m", "S1_clean_train"))
     paths.run_dir.mkdir(parents=True)
     paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n2,20,2.0,0.2\n")
     paths.metrics.write_text(json.dumps({"splits": {}}))
     paths.write_done("k", {})
+
+
+def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: Path) -> None:
+    from exp3.jobs import SessionJob
+    from exp3.runner import ProgressUpdate, run_session_subprocess
+
+    _done_session_with_two_epochs(tmp_path)
     updates: list[ProgressUpdate] = []
     job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "unused.yaml"),
                      output_root=str(tmp_path), epochs=2)
@@ -86,15 +91,9 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) 
     import pytest
 
     from exp3.jobs import SessionJob
-    from exp3.layout import SessionPaths
     from exp3.runner import ProgressUpdate, SessionError, run_session_subprocess
-    from exp3.sessions import Session
 
-    paths = SessionPaths.of(tmp_path, Session("m", "S1_clean_train"))
-    paths.run_dir.mkdir(parents=True)
-    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n2,20,2.0,0.2\n")
-    paths.metrics.write_text(json.dumps({"splits": {}}))
-    paths.write_done("k", {})
+    _done_session_with_two_epochs(tmp_path)
     updates: list[ProgressUpdate] = []
     job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "missing.yaml"),
                      output_root=str(tmp_path), epochs=2, evaluations={"test_occ_sev1": "spec"})
