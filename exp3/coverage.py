@@ -56,7 +56,7 @@ LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= mat
 """The occluded splits whose boxes are binned (severity suites are passed in addition)."""
 REPORT_THRESHOLD = "primary"
 """The operating point of report.md's tables: the primary threshold, as the report's headline detection F1
-(`exp3.report.threshold_conf`). The chart and the csv files also have each session's val-chosen threshold."""
+(`exp3.report.runs.threshold_conf`). The chart and the csv files also have each session's val-chosen threshold."""
 THRESHOLD_LABELS: dict[str, str] = {"primary": "primary threshold", "val": "each session's val-chosen threshold"}
 ALIGN_IOU = 0.9
 """IoU a prediction file's ground-truth box needs with its manifest box (same class) to be the same box:
@@ -120,7 +120,7 @@ class BinRecall:
 class SessionCurve:
     """Recall by covered fraction of one model x session at one operating point (seeds and occluded splits pooled).
 
-    `threshold`: `primary` | `val` (exp3.report.THRESHOLDS); `conf`: the distinct thresholds of its seeds.
+    `threshold`: `primary` | `val` (exp3.report.runs.THRESHOLDS); `conf`: the distinct thresholds of its seeds.
     """
 
     model: str
@@ -353,8 +353,8 @@ def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mappi
 
 def _session_boxes(run: Any, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
                    cache: dict[Path, dict[str, list[ManifestBox]]]) -> tuple[pd.DataFrame, int]:
-    """All per-box rows of one done session folder (`exp3.report.SessionRun`) at both thresholds."""
-    from exp3.report import THRESHOLDS, load_records, threshold_conf
+    """All per-box rows of one done session folder (`exp3.report.runs.SessionRun`) at both thresholds."""
+    from exp3.report.runs import THRESHOLDS, load_records, threshold_conf
 
     frames, excluded = [], 0
     for split in splits:
@@ -393,7 +393,7 @@ def coverage_report(runs: Iterable[Any], splits: Sequence[str] | None = None,
                     manifest_paths: Mapping[str, Path] | None = None, n_bins: int = N_BINS,
                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE) -> CoverageReport:
-    """Recall by covered fraction of every done session in `runs` (`exp3.report.SessionRun`s).
+    """Recall by covered fraction of every done session in `runs` (`exp3.report.runs.SessionRun`s).
 
     Args:
         splits: the occluded splits to pool (each needs predictions_<split>.json and a manifest); None:
@@ -514,7 +514,7 @@ def coverage_table(report: CoverageReport, model: str, level: str) -> pd.DataFra
 
 def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str]:
     """The "Recall by covered fraction" section of report.md (lines)."""
-    from exp3.report import markdown_table
+    from exp3.report.text import markdown_table
 
     lines = ["## Recall by covered fraction", "",
              f"Which session still finds an object when most of it is hidden? Every ground-truth box of "

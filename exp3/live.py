@@ -120,7 +120,8 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
 
 def publish_report(result: ReportResult, models: list[str]) -> None:
     """Log each model's positive control; the summary table, results and files artifacts of `build_report`'s result."""
-    from exp3.report import dashboard_markdown, positive_control
+    from exp3.report.findings import positive_control
+    from exp3.report.markdown import dashboard_markdown
 
     logger = get_run_logger()
     for model in models:

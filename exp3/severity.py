@@ -91,7 +91,7 @@ def common_levels(runs: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _counts(frame: pd.DataFrame | None, ids: pd.Index) -> np.ndarray | None:
-    from exp3.report import IMAGE_COUNT_COLUMNS
+    from exp3.report.scores import IMAGE_COUNT_COLUMNS
 
     if frame is None or not ids.isin(frame.index).all():
         return None
@@ -107,7 +107,8 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
     `runs`: the report's `SessionRun`s; seeds of a session are pooled as in the rest of the report.
     """
     from exp3.plots import SESSION_LABELS
-    from exp3.report import MAP_RESAMPLES, MapDraws, pool_image_scores
+    from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
+    from exp3.report.scores import pool_image_scores
     from exp3.config import SESSION_SUFFIXES
 
     grouped: dict[tuple[str, str], list[Any]] = {}
@@ -186,7 +187,7 @@ def _run_scores(run: Any, split: str, suite_id: str | None) -> pd.DataFrame | No
     import json
 
     from exp3.metrics import records_from_json
-    from exp3.report import run_image_scores
+    from exp3.report.scores import run_image_scores
 
     try:
         payload = json.loads((run.folder / f"predictions_{split}.json").read_text(encoding="utf-8"))
@@ -413,7 +414,7 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
 
 def severity_section(curves: pd.DataFrame, table: pd.DataFrame, models: list[str]) -> list[str]:
     """report.md's severity section (lines)."""
-    from exp3.report import markdown_table as to_markdown
+    from exp3.report.text import markdown_table as to_markdown
 
     lines = ["## Occlusion severity", ""]
     if not len(table):

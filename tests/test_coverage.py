@@ -181,7 +181,7 @@ def write_suite(root: Path, images: list[dict]) -> Path:
 
 def write_session(root: Path, suffix: str, records: list[ImageRecord], suite: Path, split: str = "test_occ_fixed",
                   manifest_sha: str | None = None) -> object:
-    from exp3.report import SessionRun
+    from exp3.report.runs import SessionRun
 
     folder = root / "yolov8m" / f"yolov8m__{suffix}"
     atomic_write_json(folder / f"predictions_{split}.json", {"images": records_to_json(records)})

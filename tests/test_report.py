@@ -33,6 +33,13 @@ from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.mapstats import MapStats, mean_ap
 from exp3.metrics import ImageRecord, records_to_json, summarize_split
+from exp3.plots import SESSION_LABELS
+from exp3.report.charts import bar_frame
+from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
+from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
+from exp3.report.markdown import dashboard_markdown, status_grid
+from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
+from exp3.report.tables import VAL_COLUMNS
 from exp3.session import robustness
 
 N_IMAGES = 20
@@ -153,9 +160,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> report.ReportResult:
 
 
 def test_discovery_orders_known_models_and_ignores_other_dirs(built: report.ReportResult) -> None:
-    assert report.discover_models(built.root) == ["yolov8m", "rtdetr-l"]
-    assert report.parse_session_folder_name("rtdetr-l__S2_occ_train__seed3") == ("rtdetr-l", "S2_occ_train", 3)
-    assert report.parse_session_folder_name("rtdetr-l__S9_other") is None
+    assert discover_models(built.root) == ["yolov8m", "rtdetr-l"]
+    assert parse_session_folder_name("rtdetr-l__S2_occ_train__seed3") == ("rtdetr-l", "S2_occ_train", 3)
+    assert parse_session_folder_name("rtdetr-l__S9_other") is None
 
 
 def test_summary_csv_has_every_cell_with_status_and_exact_values(built: report.ReportResult) -> None:
@@ -186,7 +193,7 @@ def test_summary_csv_has_every_cell_with_status_and_exact_values(built: report.R
 
 
 def test_comparisons_pair_sessions_on_images(built: report.ReportResult) -> None:
-    comparisons = report.primary_f1(built.comparisons).set_index(["model", "split", "session", "reference"])
+    comparisons = primary_f1(built.comparisons).set_index(["model", "split", "session", "reference"])
     same = comparisons.loc[("yolov8m", "test_clean", "S3_mask_backbone_early", "S1_clean_train")]
     assert same["difference"] == 0.0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
     better = comparisons.loc[("rtdetr-l", "test_occ_fixed", "S2_occ_train", "S1_clean_train")]
@@ -202,8 +209,8 @@ def test_comparisons_pair_sessions_on_images(built: report.ReportResult) -> None
 def test_twelve_bar_chart_spec_has_twelve_rows(built: report.ReportResult) -> None:
     from exp3.plots import session_bar_chart
 
-    frame = report.bar_frame(built.summary, "test_occ_fixed", "ingredient_micro_f1", MODELS,
-                             ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
+    frame = bar_frame(built.summary, "test_occ_fixed", "ingredient_micro_f1", MODELS,
+                      ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
     spec = session_bar_chart(frame, MODELS, title="t", y_title="y").to_dict()
     datasets = list(spec["datasets"].values())
     assert len(datasets) == 1 and len(datasets[0]) == 12
@@ -278,7 +285,7 @@ def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:
     folder = tmp_path / "yolov8m" / "yolov8m__S1_clean_train"
     write_done_session(folder, "yolov8m", "S1_clean_train", (20, 10))
     (folder / "DONE").unlink()                                        # e.g. killed before the marker
-    run = report.load_session_run(folder, "yolov8m", "S1_clean_train", None)
+    run = load_session_run(folder, "yolov8m", "S1_clean_train", None)
     assert run.status == "incomplete" and "no DONE or FAILED marker" in (run.error or "")
 
 
@@ -298,7 +305,7 @@ def test_results_made_under_other_inputs_are_reported_stale_not_done(tmp_path: P
 
 def test_bh_family_counts_each_unordered_pair_once(built: report.ReportResult) -> None:
     comparisons = built.comparisons
-    tests = report.bh_tests(comparisons)
+    tests = bh_tests(comparisons)
     assert not tests.duplicated(["bh_family", "model", "split", "pair"]).any()
     # recompute from the rows, de-duplicating on the unordered pair independently of the `pair` column
     tested = comparisons[comparisons["p_value"].notna()].copy()
@@ -312,13 +319,12 @@ def test_bh_family_counts_each_unordered_pair_once(built: report.ReportResult) -
         if family == ("ingredient_micro_f1", "primary"):
             # yolov8m: S1, S2, S3, S6 done -> 6 rows, 5 distinct pairs; rtdetr-l: 10 rows, 9 pairs; x 2 splits
             assert len(distinct) == (5 + 9) * 2 and len(rows) == (6 + 10) * 2
-    assert set(tests["bh_family"]) == {f"{metric}@{threshold}" for metric in report.PAIRED_METRICS
-                                       for threshold in report.THRESHOLDS}
+    assert set(tests["bh_family"]) == {f"{metric}@{threshold}" for metric in PAIRED_METRICS for threshold in THRESHOLDS}
 
 
 def test_both_readings_of_a_pair_share_one_test(built: report.ReportResult) -> None:
     rows = built.comparisons.set_index(["model", "split", "metric", "threshold", "session", "reference"])
-    for metric in report.PAIRED_METRICS:
+    for metric in PAIRED_METRICS:
         forward = rows.loc[("rtdetr-l", "test_occ_fixed", metric, "primary", "S2_occ_train", "S1_clean_train")]
         backward = rows.loc[("rtdetr-l", "test_occ_fixed", metric, "primary", "S1_clean_train", "S2_occ_train")]
         assert forward["pair"] == backward["pair"] == "S1_clean_train|S2_occ_train"
@@ -329,15 +335,14 @@ def test_both_readings_of_a_pair_share_one_test(built: report.ReportResult) -> N
 
 def test_comparisons_csv_layout_has_metric_and_threshold(built: report.ReportResult) -> None:
     table = pd.read_csv(built.root / "comparisons.csv", keep_default_na=False, na_values=[""])
-    assert list(table.columns) == list(report.COMPARISON_COLUMNS)
-    per_model_split = (len(report.PAIRED_METRICS) + len(report.MAP_METRICS)) * 10 + len(report.PAIRED_METRICS)
+    assert list(table.columns) == list(COMPARISON_COLUMNS)
+    per_model_split = (len(PAIRED_METRICS) + len(MAP_METRICS)) * 10 + len(PAIRED_METRICS)
     assert len(table) == len(MODELS) * 2 * per_model_split
-    assert set(table["metric"]) == {*report.PAIRED_METRICS, *report.MAP_METRICS}
+    assert set(table["metric"]) == {*PAIRED_METRICS, *MAP_METRICS}
     at_val = table[table["threshold"] == "val"]
     assert set(zip(at_val["session"], at_val["reference"])) == {("S2_occ_train", "S1_clean_train")}
-    assert set(at_val["metric"]) == set(report.PAIRED_METRICS)
-    maps = table[table["metric"].isin(report.MAP_METRICS)].set_index(["model", "split", "metric", "session",
-                                                                         "reference"])
+    assert set(at_val["metric"]) == set(PAIRED_METRICS)
+    maps = table[table["metric"].isin(MAP_METRICS)].set_index(["model", "split", "metric", "session", "reference"])
     assert maps[["ci_low", "ci_high", "p_value", "p_bh"]].isna().all().all()  # no map_stats files: point estimates
     assert set(maps["threshold"]) == {"primary"}
     assert maps.loc[("rtdetr-l", "test_occ_fixed", "map50_95", "S5_mask_neck", "S2_occ_train"), "difference"] == \
@@ -417,7 +422,7 @@ def test_old_metrics_without_val_threshold_still_report(tmp_path: Path) -> None:
         write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits, val_threshold=False)
     result = report.build_report(tmp_path, n_resamples=50, n_permutations=100, charts=False)
     done = result.summary[result.summary["status"] == "done"]
-    assert done[list(report.VAL_COLUMNS)].isna().all().all()
+    assert done[list(VAL_COLUMNS)].isna().all().all()
     assert done[done["session"] == "S3_mask_backbone_early"]["rF1_micro"].isna().all()   # clean F1 0: undefined
     at_val = result.comparisons[result.comparisons["threshold"] == "val"]
     assert len(at_val) == 3 * 2 and at_val["difference"].isna().all() and at_val["p_bh"].isna().all()
@@ -446,8 +451,8 @@ def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path:
     assert math.isnan(s2["p_value"]) and s2["bh_family"] == ""
     same = rows.loc[("test_occ_fixed", "map50_95", "primary", "S3_mask_backbone_early", "S1_clean_train")]
     assert (same["difference"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)      # identical predictions
-    table, verdict = report.positive_control(built.comparisons, "yolov8n")
-    assert len(table) == len(report.POSITIVE_CONTROL_ROWS)
+    table, verdict = positive_control(built.comparisons, "yolov8n")
+    assert len(table) == len(POSITIVE_CONTROL_ROWS)
     assert verdict.startswith("**yolov8n** positive control (S2 vs S1 on test_occ_fixed): detect the effect: "
                               "ingredient micro F1 @0.25, ingredient micro F1 @val")
     assert "mAP50, mAP50-95; do not: none." in verdict
@@ -465,7 +470,7 @@ def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path:
     alone = report.build_report(tmp_path, models=["yolov8n", "yolov8m"], n_resamples=50, n_permutations=50,
                                 charts=False)
     assert "yolov8m" in set(alone.comparisons["model"])                     # listed, with no session folder
-    assert report.positive_control(alone.comparisons, "yolov8m")[1] == (
+    assert positive_control(alone.comparisons, "yolov8m")[1] == (
         "**yolov8m**: positive control not available (S2 and S1 must both be done on test_occ_fixed).")
 
 
@@ -478,8 +483,8 @@ def test_sessions_outside_the_run_are_not_in_run_not_missing(tmp_path: Path,
                                  n_permutations=50)
     assert set(result.summary["session"]) == set(run) and set(result.summary["status"]) == {"done"}
     assert set(result.by_seed["session"]) == set(run) and set(result.comparisons["session"]) <= set(run)
-    grid = report.status_grid(result.summary, result.models, result.sessions).iloc[0]
-    assert [grid[report.SESSION_LABELS[suffix]] for suffix in SESSION_SUFFIXES] == ["done", "done", *["not in run"] * 4]
+    grid = status_grid(result.summary, result.models, result.sessions).iloc[0]
+    assert [grid[SESSION_LABELS[suffix]] for suffix in SESSION_SUFFIXES] == ["done", "done", *["not in run"] * 4]
     text = (tmp_path / "report.md").read_text()
     assert "missing" not in text and "partial grid" not in text and "## Sessions not done" not in text
     assert "not in run" in text
@@ -492,10 +497,10 @@ def test_sessions_outside_the_run_are_not_in_run_not_missing(tmp_path: Path,
 
 def test_dashboard_markdown_carries_the_numbers(built: report.ReportResult) -> None:
     """The Prefect UI's results artifact: verdicts, findings and the occluded table, with numbers."""
-    text = report.dashboard_markdown(built)
+    text = dashboard_markdown(built)
     assert text.startswith("# exp3 results") and str(built.root / "report.md") in text
     assert "- **rtdetr-l** positive control (S2 vs S1 on test_occ_fixed): detect the effect:" in text
-    for finding in report.headline_findings(built.summary, built.models, built.comparisons):
+    for finding in headline_findings(built.summary, built.models, built.comparisons):
         assert f"- {finding}" in text
     s2 = built.summary.set_index(["model", "session", "split"]).loc[("rtdetr-l", "S2_occ_train", "test_occ_fixed")]
     assert f"| {s2['ingredient_micro_f1']:.3f} [" in text
@@ -510,7 +515,7 @@ def test_an_all_zero_grid_names_no_best_masking_site(tmp_path: Path) -> None:
     assert "best masking site on" not in text
     assert ("no masking session names any ingredient on test_occ_fixed (F1 0 for S3 mask backbone-early, "
             "S4 mask backbone-late): no best masking site.") in text
-    assert "no best masking site" in report.dashboard_markdown(result)
+    assert "no best masking site" in dashboard_markdown(result)
 
 
 def add_suite(root: Path) -> Path:

@@ -381,7 +381,7 @@ def test_severity_chart_data_has_one_line_per_session(reported) -> None:
 
 
 def test_predictions_of_another_suite_are_never_used(reported) -> None:
-    from exp3.report import scan_sessions
+    from exp3.report.runs import scan_sessions
     from exp3.severity import severity_tables
 
     path = reported.root / "yolov8n" / "yolov8n__S2_occ_train" / "predictions_test_occ_sev1.json"

@@ -1,0 +1,162 @@
+"""Rebuild the exp3 report from session folders: tables, statistics, charts and report.md.
+
+    python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2] [--sessions S1_clean_train ...]
+
+The flow's final task calls `build_report(root, models)`; it reads only the session folders
+(`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
+
+    <root>/summary_metrics.csv|json   one row per model x session x split (seed mean when several seeds)
+    <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
+    <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
+    <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
+    <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.severity)
+    <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
+    <root>/plots/*.png|html           charts (exp3.plots)
+    <root>/report.md                  tables, charts and headline findings written from the data
+
+A session's status: `done` (valid DONE marker), `failed` (FAILED marker: its error is kept),
+`incomplete` (a folder without DONE or FAILED: running, or killed mid-way) or `missing` (no folder).
+A session outside this run's `sessions` (the config's `sessions:` list) is `not in run` in the status
+grid and left out of every table, finding and chart.
+Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
+summary status is `done` when every seed is, `partial` when some are. Columns: docs/report.md.
+
+Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `scores` the per-image
+scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,
+`findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `text` the
+number formatting and `markdown` report.md and the dashboard markdown; this module runs them in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from exp3 import severity, stats
+from exp3.config import SESSION_SUFFIXES
+from exp3.fileio import atomic_write_json, atomic_write_text
+from exp3.report.charts import write_charts
+from exp3.report.comparisons import attach_statistics, statistics_tables
+from exp3.report.markdown import render_markdown
+from exp3.report.runs import SPLITS, discover_models, run_sessions, scan_sessions
+from exp3.report.tables import by_seed_table, per_class_table, summary_table
+
+
+@dataclass
+class ReportResult:
+    """What `build_report` produced: the tables (also written to disk) and every file written."""
+
+    root: Path
+    models: list[str]
+    summary: pd.DataFrame
+    by_seed: pd.DataFrame
+    comparisons: pd.DataFrame
+    per_class: pd.DataFrame
+    files: list[Path]
+    n_resamples: int
+    seed: int
+    sessions: tuple[str, ...] = SESSION_SUFFIXES
+    """The suffixes of this run (the others are `not in run`)."""
+    severity_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    severity_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """exp3.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
+    coverage: Any = None
+    """Recall by covered fraction (`exp3.coverage.CoverageReport`), None when not computed."""
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Sessions per status (model x session, counted once, not per split)."""
+        return self.summary[self.summary["split"] == SPLITS[0]]["status"].value_counts().to_dict()
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records", double_precision=15))
+
+
+def build_report(root: Path, models: list[str] | None = None, seeds: list[int] | None = None,
+                 n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                 seed: int = stats.DEFAULT_SEED, charts: bool = True,
+                 sessions: list[str] | None = None, occluded_splits: tuple[str, ...] | None = None) -> ReportResult:
+    """Rebuild every report file under `root` from its session folders (see the module docstring).
+
+    Args:
+        root: the experiment's output root (holds `<model>/<model>__<suffix>/` folders).
+        models: models to report, in order; None discovers them (`discover_models`). Listed models
+            without folders appear with status `missing`.
+        seeds: expected training seeds (several: `__seed<N>` folders); None takes what exists.
+        charts: False skips the PNG/HTML charts (tables and report.md only).
+        sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
+            `not in run` in the status grid and left out of every table, finding and chart.
+        occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.coverage); None:
+            test_occ_fixed and the severity splits every done session has (`exp3.coverage.default_splits`).
+
+    Raises:
+        FileNotFoundError: `root` is not a directory, or no model is given and none is found.
+        ValueError: `sessions` names an unknown suffix, or none.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"report root {str(root)!r} is not a directory: pass the experiment's output_root")
+    models = discover_models(root) if models is None else list(dict.fromkeys(models))
+    if not models:
+        raise FileNotFoundError(f"no session folders under {str(root)!r} (expected <model>/<model>__S1_clean_train/ "
+                                "...): pass --models to report an empty grid, or check --root")
+    in_run = run_sessions(sessions)
+    runs = scan_sessions(root, models, seeds, in_run)
+    by_seed = by_seed_table(runs)
+    intervals, comparisons = statistics_tables(runs, models, n_resamples, n_permutations, seed)
+    comparisons = comparisons[comparisons["session"].isin(in_run)
+                              & comparisons["reference"].isin(in_run)].reset_index(drop=True)
+    summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
+    per_class = per_class_table(runs)
+    curves, severity_table = severity.severity_tables(runs, models, n_resamples, n_permutations, seed)
+    files = []
+    for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons)):
+        files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
+        files.append(atomic_write_json(root / f"{name}.json", _records(frame)))
+    files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
+    files.append(atomic_write_text(root / "severity_curves.csv", curves.to_csv(index=False)))
+    files.append(atomic_write_text(root / "severity_summary.csv", severity_table.to_csv(index=False)))
+    if charts:
+        files += write_charts(summary, comparisons, per_class, models, root / "plots")
+        files += severity.write_severity_charts(curves, models, root / "plots")
+    from exp3 import coverage
+
+    by_coverage = coverage.coverage_report(runs, occluded_splits,
+                                           n_resamples=n_resamples, seed=seed)
+    files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
+    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
+                          curves, severity_table, by_coverage)
+    result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m exp3.report --root DIR [--models M ...] [--seeds N ...] [--sessions S ...] [--no-charts]`."""
+    parser = argparse.ArgumentParser(prog="python -m exp3.report",
+                                     description="rebuild the exp3 report from session folders")
+    parser.add_argument("--root", type=Path, required=True, help="the experiment's output root, e.g. runs/exp3")
+    parser.add_argument("--models", nargs="+", default=None, help="models to report (default: discovered)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="expected training seeds (default: found)")
+    parser.add_argument("--sessions", nargs="+", default=None,
+                        help="this run's sessions (config `sessions:`; default all six); the others: 'not in run'")
+    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--no-charts", action="store_true", help="tables and report.md only")
+    args = parser.parse_args(argv)
+    try:
+        if args.resamples < 1:
+            raise ValueError(f"--resamples {args.resamples}: pass a positive count such as 2000")
+        result = build_report(args.root, args.models, args.seeds, n_resamples=args.resamples,
+                              charts=not args.no_charts, sessions=args.sessions)
+    except (FileNotFoundError, ValueError, PermissionError) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(result.status_counts.items()))
+    print(f"report: {len(result.models)} model(s), sessions {counts} -> {result.root / 'report.md'}")
+    return 0

@@ -1,0 +1,107 @@
+"""The report's charts: tidy frames from the tables, drawn and saved by exp3.plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from exp3.plots import SESSION_LABELS
+from exp3.report.comparisons import primary_f1
+
+
+def _status_text(status: str) -> str:
+    return "" if status == "done" else status
+
+
+def bar_frame(summary: pd.DataFrame, split: str, value: str, models: list[str],
+              ci: tuple[str, str] | None = None) -> pd.DataFrame:
+    """One row per model x session (all six, all `models`) for `session_bar_chart`.
+
+    Columns: model, session_label, value, ci_low, ci_high, status_text (value NaN for a not-done session).
+    """
+    part = summary[(summary["split"] == split) & summary["model"].isin(models)]
+    frame = pd.DataFrame({
+        "model": part["model"], "session_label": part["session_label"],
+        "value": part[value].where(part["n_seeds_done"] > 0),
+        "ci_low": part[ci[0]] if ci else math.nan, "ci_high": part[ci[1]] if ci else math.nan,
+        "status_text": part["status"].map(_status_text)})
+    return frame.reset_index(drop=True)
+
+
+def split_frame(summary: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
+    """One row per session x split of one model for `split_bar_chart`."""
+    part = summary[summary["model"] == model]
+    return pd.DataFrame({"model": part["model"], "session_label": part["session_label"], "split": part["split"],
+                         "value": part[value], "status_text": part["status"].map(_status_text)}).reset_index(drop=True)
+
+
+def heatmap_frame(per_class: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One row per session x split x class of one model for `class_heatmap` (classes in class_id order)."""
+    part = per_class[per_class["model"] == model].sort_values(["class_id"], kind="stable")
+    return pd.DataFrame({"session_label": part["session_label"], "split": part["split"],
+                         "class_name": part["class_name"], "f1": part["f1"], "support": part["support"],
+                         "f1_text": part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}"),
+                         }).reset_index(drop=True)
+
+
+def _p_text(p_bh: float) -> str:
+    if pd.isna(p_bh):
+        return ""
+    return "p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}"
+
+
+def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -> pd.DataFrame:
+    """One row per model x session x reference on `split` for `difference_chart` (done pairs only; ingredient
+    micro F1 at the primary threshold, `primary_f1`)."""
+    headline = primary_f1(comparisons)
+    part = headline[(headline["split"] == split) & headline["model"].isin(models) & headline["difference"].notna()]
+    return pd.DataFrame({"model": part["model"], "session_label": part["session_label"],
+                         "reference": "vs " + part["reference"].map(SESSION_LABELS),
+                         "difference": part["difference"], "ci_low": part["ci_low"], "ci_high": part["ci_high"],
+                         "p_bh_text": part["p_bh"].map(_p_text)}).reset_index(drop=True)
+
+
+def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],
+                 plots_dir: Path) -> list[Path]:
+    """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
+    from exp3 import plots
+
+    f1_ci = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high")
+    ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
+    written: list[Path] = []
+    for split, tag in (("test_occ_fixed", "occ"), ("test_clean", "clean")):
+        written += plots.save_chart(plots.session_bar_chart(
+            bar_frame(summary, split, "ingredient_micro_f1", models, f1_ci), models,
+            title=f"Ingredient F1 (micro) on {split}, all models", y_title=f"ingredient F1 (micro), {split}",
+            subtitle=ci_note), plots_dir / f"f1_{tag}_by_model")
+        for model in models:
+            written += plots.save_chart(plots.session_bar_chart(
+                bar_frame(summary, split, "ingredient_micro_f1", [model], f1_ci), models,
+                title=f"Ingredient F1 (micro) on {split}: {model}", y_title=f"ingredient F1 (micro), {split}",
+                subtitle=ci_note), plots_dir / f"f1_{tag}_{model}")
+        written += plots.save_chart(plots.difference_chart(
+            difference_frame(comparisons, split, models), models,
+            title=f"Ingredient F1 (micro) difference vs S1 and vs S2 on {split}",
+            x_title=f"F1 difference (session - reference), {split}",
+            subtitle="points: difference; lines: 95% paired bootstrap CI; text: BH-adjusted permutation p"),
+            plots_dir / f"f1_diff_{tag}")
+    written += plots.save_chart(plots.session_bar_chart(
+        bar_frame(summary, "test_occ_fixed", "rF1_micro", models, ("rF1_micro_ci_low", "rF1_micro_ci_high")), models,
+        title="Robustness rF1 = F1(test_occ_fixed) / F1(test_clean), micro ingredient F1",
+        y_title="rF1 (occluded / clean)", y_domain=(0.0, 1.2), reference_line=1.0,
+        reference_label="1.0 = no loss under occlusion",
+        subtitle="1.0 = occlusion costs nothing; error bars: 95% bootstrap CI, images paired across the splits"),
+        plots_dir / "robustness_rF1")
+    for model in models:
+        written += plots.save_chart(plots.split_bar_chart(
+            split_frame(summary, model, "map50_95"), models, title=f"mAP50-95 on each test split: {model}",
+            y_title="mAP50-95", subtitle="COCO-style mAP from Ultralytics' validator"), plots_dir / f"map50_95_{model}")
+        heat = heatmap_frame(per_class, model)
+        if len(heat):
+            written += plots.save_chart(plots.class_heatmap(
+                heat, title=f"Per-class ingredient F1 by session: {model}",
+                subtitle="one panel per test split; blank column = session not done"),
+                plots_dir / f"per_class_f1_{model}")
+    return written

@@ -1,0 +1,247 @@
+"""Intervals and paired comparisons (comparisons.csv): every session vs S1 and vs S2 per metric and
+threshold, BH-adjusted, and how one comparison reads (its interval's side of 0)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from exp3 import stats
+from exp3.config import SESSION_SUFFIXES
+from exp3.plots import SESSION_LABELS
+from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws, map_interval
+from exp3.report.runs import SPLITS, THRESHOLDS, SessionRun, load_records, threshold_conf
+from exp3.report.scores import IMAGE_COUNT_COLUMNS, IMAGE_MEAN_COLUMNS, pool_image_scores, run_image_scores
+from exp3.report.tables import split_row
+
+REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
+"""Every session is compared with these two: the clean baseline and the occluded-training anchor."""
+PAIRED_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "detection_f1")
+"""Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.stats)."""
+MAP_METRICS: tuple[str, ...] = ("map50", "map50_95")
+"""The validator's mAP: no per-image score, but a paired bootstrap interval recomputed from the validator's
+per-image matching stats (`map_stats_<split>.npz`, exp3.mapstats); no permutation p (a point estimate only
+when those files are missing, e.g. a session evaluated before they existed)."""
+METRIC_LABELS: dict[str, str] = {"ingredient_micro_f1": "ingredient micro F1",
+                                 "ingredient_samples_f1": "ingredient samples F1", "detection_f1": "detection F1",
+                                 "map50": "mAP50", "map50_95": "mAP50-95"}
+VAL_PLAN: tuple[tuple[str, str], ...] = (("S2_occ_train", "S1_clean_train"),)
+"""(session, reference) rows compared at the val-chosen threshold (the primary threshold compares all)."""
+COMPARISON_COLUMNS: tuple[str, ...] = ("model", "split", "metric", "threshold", "session", "session_label",
+                                       "reference", "pair", "conf", "reference_conf", "difference", "ci_low",
+                                       "ci_high", "p_value", "bh_family", "p_bh", "n_images")
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    common = a.index.intersection(b.index, sort=False)
+    return (a.loc[common].to_numpy(), b.loc[common].to_numpy()) if len(common) else None
+
+
+def compare_metric(metric: str, a: pd.DataFrame | None, b: pd.DataFrame | None,
+                   n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                   seed: int = stats.DEFAULT_SEED) -> stats.PairedComparison | None:
+    """Session a minus session b on `metric` (one of PAIRED_METRICS), paired on their common image ids.
+
+    `a`, `b`: `image_scores`-like frames (None: not available -> None). Micro and detection F1:
+    `stats.compare_paired` on the per-image counts; samples F1: `stats.compare_paired_means` on
+    the per-image F1.
+    """
+    if metric not in PAIRED_METRICS:
+        raise ValueError(f"metric {metric!r} has no per-image decomposition; pass one of {', '.join(PAIRED_METRICS)}")
+    if a is None or b is None:
+        return None
+    options = {"n_resamples": n_resamples, "n_permutations": n_permutations, "seed": seed}
+    if metric in IMAGE_MEAN_COLUMNS:
+        column = IMAGE_MEAN_COLUMNS[metric]
+        pair = _paired(a[[column]], b[[column]])
+        return stats.compare_paired_means(pair[0][:, 0], pair[1][:, 0], **options) if pair else None
+    columns = list(IMAGE_COUNT_COLUMNS[metric])
+    pair = _paired(a[columns], b[columns])
+    return stats.compare_paired(*pair, **options) if pair else None
+
+
+def pair_key(session: str, reference: str) -> str:
+    """The unordered pair of two sessions, in S1..S6 order: `S1_clean_train|S2_occ_train` for either reading."""
+    first, second = sorted((session, reference), key=SESSION_SUFFIXES.index)
+    return f"{first}|{second}"
+
+
+def comparison_plan(threshold: str) -> list[tuple[str, str]]:
+    """(session, reference) rows of one model x split: every session vs S1 and vs S2 at the primary
+    threshold (S1 vs S2 and S2 vs S1 both listed, one test), VAL_PLAN at the val-chosen threshold."""
+    if threshold == "val":
+        return list(VAL_PLAN)
+    return [(suffix, reference) for reference in REFERENCES for suffix in SESSION_SUFFIXES if suffix != reference]
+
+
+def bh_tests(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The input of Benjamini-Hochberg: one row per distinct test, i.e. per bh_family x model x split x pair.
+
+    Rows without a p-value (mAP, not-done sessions) are no test. The two readings of one pair
+    (S2 vs S1, S1 vs S2) share a p-value and appear here once.
+    """
+    keys = ["bh_family", "model", "split", "pair"]
+    tested = comparisons[comparisons["p_value"].notna() & (comparisons["bh_family"] != "")]
+    return tested.drop_duplicates(keys)[keys + ["p_value"]].reset_index(drop=True)
+
+
+def adjust_p_values(comparisons: pd.DataFrame) -> np.ndarray:
+    """p_bh of every comparisons row: BH within each bh_family over `bh_tests` (distinct pairs), NaN for no test."""
+    tests = bh_tests(comparisons)
+    adjusted = []
+    for _, family in tests.groupby("bh_family", sort=False):
+        adjusted.append(family.assign(p_bh=stats.benjamini_hochberg(family["p_value"].to_numpy())))
+    keys = ["bh_family", "model", "split", "pair"]
+    if not adjusted:
+        return np.full(len(comparisons), np.nan)
+    lookup = pd.concat(adjusted)[keys + ["p_bh"]]
+    return comparisons[keys].merge(lookup, on=keys, how="left")["p_bh"].to_numpy(dtype=np.float64)
+
+
+def _mean_of(values: list[float]) -> float:
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: int = stats.DEFAULT_RESAMPLES,
+                      n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                      seed: int = stats.DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bootstrap intervals per session and paired comparisons vs S1 / S2 (module docstring of exp3.stats).
+
+    Returns:
+        (intervals, comparisons).
+        intervals: one row per model x session x split: ingredient_micro_f1_ci_low/high (F1 of the
+            pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images.
+        comparisons: COMPARISON_COLUMNS, one row per model x split x metric x threshold x (session,
+            reference) of `comparison_plan`: difference (session - reference), ci_low/high, p_value;
+            PAIRED_METRICS at both thresholds, MAP_METRICS (mAP: threshold-free, listed under
+            `primary`; paired bootstrap interval from the validator's per-image stats, `map_interval`,
+            no p) at `primary`. `pair` names the unordered pair; both readings of a pair carry one test
+            (negated difference, same p). p_bh: BH within `bh_family` = "<metric>@<threshold>"
+            over distinct pairs of every model and split (`bh_tests`). NaN where a side is missing.
+    """
+    grouped: dict[tuple[str, str], list[SessionRun]] = {}
+    for run in runs:
+        grouped.setdefault((run.model, run.suffix), []).append(run)
+    scores: dict[tuple[str, str, str, str], pd.DataFrame | None] = {}
+    confs: dict[tuple[str, str, str, str], float] = {}
+    points: dict[tuple[str, str, str], dict[str, float]] = {}
+    for model in models:
+        for suffix in SESSION_SUFFIXES:
+            done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
+            for split in SPLITS:
+                rows = [split_row(run, split) for run in done]
+                points[(model, suffix, split)] = {column: _mean_of([row[column] for row in rows])
+                                                  for column in (*MAP_METRICS, "n_images")}
+                frames: dict[str, list[pd.DataFrame]] = {threshold: [] for threshold in THRESHOLDS}
+                used: dict[str, list[float]] = {threshold: [] for threshold in THRESHOLDS}
+                for run in done:
+                    records = load_records(run, split)
+                    for threshold in THRESHOLDS if records else ():
+                        frame = run_image_scores(run, split, threshold, records)
+                        if frame is not None:
+                            frames[threshold].append(frame)
+                            used[threshold].append(threshold_conf(run.metrics, split, threshold) or math.nan)
+                for threshold in THRESHOLDS:
+                    scores[(model, suffix, split, threshold)] = pool_image_scores(frames[threshold])
+                    confs[(model, suffix, split, threshold)] = _mean_of(used[threshold])
+    map_draws = MapDraws(grouped, min(n_resamples, MAP_RESAMPLES), seed)
+    count_columns = list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])
+    interval_rows, comparison_rows = [], []
+    for model in models:
+        for suffix in SESSION_SUFFIXES:
+            clean, occluded = (scores[(model, suffix, split, "primary")] for split in ("test_clean", "test_occ_fixed"))
+            robust = _paired(occluded[count_columns], clean[count_columns]) \
+                if clean is not None and occluded is not None else None
+            ratio = stats.bootstrap_ratio_interval(*robust, n_resamples=n_resamples, seed=seed) if robust else None
+            for split in SPLITS:
+                own = scores[(model, suffix, split, "primary")]
+                interval = stats.bootstrap_f1_interval(own[count_columns].to_numpy(), n_resamples=n_resamples,
+                                                       seed=seed) if own is not None else None
+                interval_rows.append({
+                    "model": model, "session": suffix, "split": split,
+                    "ingredient_micro_f1_ci_low": interval.low if interval else math.nan,
+                    "ingredient_micro_f1_ci_high": interval.high if interval else math.nan,
+                    "rF1_micro_ci_low": ratio.low if ratio else math.nan,
+                    "rF1_micro_ci_high": ratio.high if ratio else math.nan,
+                    "ci_images": len(own) if own is not None else 0})
+        for split in SPLITS:
+            for threshold in THRESHOLDS:
+                metrics = PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ())
+                for metric in metrics:
+                    done_pairs: dict[str, tuple[str, stats.PairedComparison | None]] = {}
+                    for suffix, reference in comparison_plan(threshold):
+                        key = pair_key(suffix, reference)
+                        row = {"model": model, "split": split, "metric": metric, "threshold": threshold,
+                               "session": suffix, "session_label": SESSION_LABELS[suffix], "reference": reference,
+                               "pair": key, "conf": math.nan, "reference_conf": math.nan,
+                               "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                               "p_value": math.nan, "bh_family": "", "n_images": 0}
+                        if metric in MAP_METRICS:
+                            a, b = points[(model, suffix, split)], points[(model, reference, split)]
+                            row.update(difference=a[metric] - b[metric],
+                                       n_images=0 if math.isnan(a["n_images"]) else int(a["n_images"]))
+                            low, high = map_interval(map_draws, (model, suffix, split), (model, reference, split),
+                                                     MAP_METRICS.index(metric), row["difference"])
+                            row.update(ci_low=low, ci_high=high)
+                            comparison_rows.append(row)
+                            continue
+                        if key in done_pairs:                       # the other reading of a pair: one test
+                            first, result = done_pairs[key]
+                            result = result if first == suffix or result is None else stats.reversed_comparison(result)
+                        else:
+                            result = compare_metric(metric, scores[(model, suffix, split, threshold)],
+                                                    scores[(model, reference, split, threshold)], n_resamples,
+                                                    n_permutations, seed)
+                            done_pairs[key] = (suffix, result)
+                        row.update(conf=confs[(model, suffix, split, threshold)],
+                                   reference_conf=confs[(model, reference, split, threshold)],
+                                   bh_family=f"{metric}@{threshold}")
+                        if result is not None:
+                            row.update(difference=result.difference.estimate, ci_low=result.difference.low,
+                                       ci_high=result.difference.high, p_value=result.p_value,
+                                       n_images=result.n_images)
+                        comparison_rows.append(row)
+    comparisons = pd.DataFrame(comparison_rows, columns=[c for c in COMPARISON_COLUMNS if c != "p_bh"])
+    comparisons.insert(COMPARISON_COLUMNS.index("p_bh"), "p_bh", adjust_p_values(comparisons))
+    return pd.DataFrame(interval_rows), comparisons
+
+
+def primary_f1(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the headline comparisons: ingredient micro F1 at the primary threshold."""
+    return comparisons[(comparisons["metric"] == "ingredient_micro_f1") & (comparisons["threshold"] == "primary")]
+
+
+def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+    """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R
+    (ingredient micro F1 at the primary threshold; the other metrics are in comparisons)."""
+    keys = ["model", "session", "split"]
+    merged = summary.merge(intervals, on=keys, how="left")
+    headline = primary_f1(comparisons)
+    for reference in REFERENCES:
+        short = reference.split("_")[0]
+        part = headline[headline["reference"] == reference][keys + ["difference", "ci_low", "ci_high",
+                                                                    "p_value", "p_bh"]]
+        part = part.rename(columns={"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
+                                    "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}",
+                                    "p_bh": f"p_bh_vs_{short}"})
+        merged = merged.merge(part, on=keys, how="left")
+    return merged
+
+
+def ci_verdict(row: pd.Series) -> int | None:
+    """+1 / -1 when the difference's 95% interval lies above / below 0, 0 when it contains 0, None without one."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return None
+    return 1 if row["ci_low"] > 0 else (-1 if row["ci_high"] < 0 else 0)
+
+
+def comparison_metrics(comparisons: pd.DataFrame, model: str, split: str, session: str, reference: str,
+                       threshold: str = "primary") -> dict[str, pd.Series]:
+    """metric -> comparisons row of one session vs reference (the rows with a difference only)."""
+    part = comparisons[(comparisons["model"] == model) & (comparisons["split"] == split)
+                       & (comparisons["session"] == session) & (comparisons["reference"] == reference)
+                       & (comparisons["threshold"] == threshold) & comparisons["difference"].notna()]
+    return {row["metric"]: row for _, row in part.iterrows()}

@@ -1,0 +1,245 @@
+"""Findings written from the statistics: headline bullets, whether the metrics agree, the val-chosen
+threshold's reading and the positive control (S2 vs S1 on test_occ_fixed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from exp3.config import SESSION_SUFFIXES
+from exp3.plots import SESSION_LABELS
+from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
+                                     comparison_metrics)
+from exp3.report.runs import SPLITS
+from exp3.report.text import fmt, fmt_ci, fmt_p, short_session
+
+
+def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
+    return bool(row[low] > 0 or row[high] < 0)
+
+
+def _metric_text(metric: str, row: pd.Series) -> str:
+    if metric in MAP_METRICS and ci_verdict(row) is None:
+        return f"{METRIC_LABELS[metric]} {fmt(row['difference'], signed=True)}"
+    return f"{METRIC_LABELS[metric]} {fmt_ci(row, 'difference', 'ci_low', 'ci_high', True)}"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _verb(count: int, singular: str, plural: str) -> str:
+    return singular if count == 1 else plural
+
+
+def agreement_finding(model: str, split: str, session: str, reference: str, rows: dict[str, pd.Series]) -> str | None:
+    """One sentence: do the metrics agree on `session` vs `reference`?
+
+    A metric with an interval (the F1s; mAP when its per-image stats exist) shows a difference
+    when its 95% paired interval excludes 0; the metrics agree when all of them give the same
+    answer (same side of 0, or all containing 0). An mAP difference without an interval is listed
+    as a point estimate, never counted either way (noted when it points against the others).
+    `rows`: `comparison_metrics`. None when no metric has an interval.
+    """
+    verdicts = {metric: ci_verdict(rows[metric]) for metric in (*PAIRED_METRICS, *MAP_METRICS) if metric in rows}
+    verdicts = {metric: verdict for metric, verdict in verdicts.items() if verdict is not None}
+    if not verdicts:
+        return None
+    text = {metric: _metric_text(metric, row) for metric, row in rows.items()}
+    shown = [metric for metric, verdict in verdicts.items() if verdict != 0]
+    quiet = [metric for metric, verdict in verdicts.items() if verdict == 0]
+    a, b = short_session(session), short_session(reference)
+    if len(set(verdicts.values())) == 1:
+        agreement = "agree"
+        listed = ", ".join(text[metric] for metric in verdicts)
+        body = f"{'each metric' if shown else 'no metric'} shows a difference ({listed})"
+    else:
+        agreement = "disagree"
+        up = [metric for metric in shown if verdicts[metric] > 0]
+        down = [metric for metric in shown if verdicts[metric] < 0]
+        if up and down:
+            parts = [f"{_join([text[m] for m in up])} {_verb(len(up), 'shows', 'show')} {a} above {b}",
+                     f"{_join([text[m] for m in down])} {_verb(len(down), 'shows', 'show')} {a} below {b}"]
+        else:
+            parts = [f"{_join([text[m] for m in shown])} {_verb(len(shown), 'shows', 'show')} a difference"]
+        if quiet:
+            parts.append(f"{_join([text[m] for m in quiet])} {_verb(len(quiet), 'does', 'do')} not")
+        body = "; ".join(parts)
+    maps = [metric for metric in MAP_METRICS if metric in rows and metric not in verdicts]
+    tail = ""
+    if maps:
+        tail = (f"; {', '.join(text[m] for m in maps)} ({_verb(len(maps), 'point estimate', 'point estimates')}, "
+                "no CI: not decidable")
+        signs = {verdicts[metric] for metric in shown}
+        if len(signs) == 1:
+            direction = signs.pop()
+            against = [METRIC_LABELS[m] for m in maps if np.sign(rows[m]["difference"]) == -direction]
+            if against:
+                tail += f"; {_join(against)} {_verb(len(against), 'points', 'point')} the other way"
+        tail += ")"
+    return f"**{model}**: metrics {agreement} on {a} vs {b} ({split}): {body}{tail}."
+
+
+def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = "test_occ_fixed") -> str | None:
+    """S2 vs S1 micro F1 at each session's val-chosen threshold next to the primary one (None if not available)."""
+    session, reference = VAL_PLAN[0]
+    at_val = comparison_metrics(comparisons, model, split, session, reference, "val").get("ingredient_micro_f1")
+    primary = comparison_metrics(comparisons, model, split, session, reference).get("ingredient_micro_f1")
+    if at_val is None:
+        return None
+    a, b = short_session(session), short_session(reference)
+    text = (f"**{model}**: at each session's val-chosen threshold ({a} {fmt(at_val['conf'], 2)}, {b} "
+            f"{fmt(at_val['reference_conf'], 2)}), {a} vs {b} on {split}: ingredient micro F1 "
+            f"{fmt_ci(at_val, 'difference', 'ci_low', 'ci_high', True)} (p_BH {fmt_p(at_val['p_bh'])})")
+    if primary is not None:
+        same = ci_verdict(at_val) == ci_verdict(primary)
+        text += (f"; at conf {fmt(primary['conf'], 2)}: {fmt_ci(primary, 'difference', 'ci_low', 'ci_high', True)}"
+                 + ("; same conclusion" if same else "; the threshold changes the conclusion"))
+    return text + "."
+
+
+def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame | None = None) -> list[str]:
+    """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness.
+
+    With `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
+    splits) and on the best masking session vs S1 and vs S2 (test_occ_fixed), and S2 vs S1 at the
+    val-chosen thresholds (`val_threshold_finding`).
+    """
+    occ = summary[summary["split"] == "test_occ_fixed"].set_index(["model", "session"])
+    findings: list[str] = []
+    done_models = []
+    for model in models:
+        rows = occ.loc[model] if model in occ.index.get_level_values(0) else pd.DataFrame()
+        done = rows[rows["n_seeds_done"] > 0] if len(rows) else rows
+        not_done = [f"{SESSION_LABELS[suffix]} ({row['status']})" for suffix, row in rows.iterrows()
+                    if row["n_seeds_done"] == 0]
+        prefix = f"**{model}**"
+        if not len(done):
+            findings.append(f"{prefix}: no session is done yet; nothing to report.")
+            continue
+        done_models.append(model)
+        if not_done:
+            findings.append(f"{prefix}: partial grid, {len(done)} of {len(rows)} sessions done; not done: "
+                            f"{', '.join(not_done)}. Findings below use the done sessions only.")
+        s1 = done.loc["S1_clean_train"] if "S1_clean_train" in done.index else None
+        s2 = done.loc["S2_occ_train"] if "S2_occ_train" in done.index else None
+        if s1 is not None and s2 is not None and not pd.isna(s2["diff_vs_S1"]):
+            supported = _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high")
+            verdict = ("a difference the interval supports" if supported
+                       else "the interval includes 0, so the data do not establish a difference")
+            findings.append(f"{prefix}: training on occluded images (S2) vs clean training (S1) on test_occ_fixed: "
+                            f"F1 {fmt(s2['ingredient_micro_f1'])} vs {fmt(s1['ingredient_micro_f1'])}, difference "
+                            f"{fmt_ci(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
+                            f"(p_BH {fmt_p(s2['p_bh_vs_S1'])}); {verdict}.")
+        if comparisons is not None and s1 is not None and s2 is not None:
+            for split in SPLITS[::-1]:
+                sentence = agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
+                    comparisons, model, split, "S2_occ_train", "S1_clean_train"))
+                findings += [sentence] if sentence else []
+            sentence = val_threshold_finding(comparisons, model)
+            findings += [sentence] if sentence else []
+        masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
+        if len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
+            findings.append(f"{prefix}: no masking session names any ingredient on test_occ_fixed (F1 0 for "
+                            f"{', '.join(SESSION_LABELS[suffix] for suffix in masking.index)}): no best masking site.")
+        elif len(masking):
+            best_suffix, best = masking.index[0], masking.iloc[0]
+            text = (f"{prefix}: best masking site on test_occ_fixed: {SESSION_LABELS[best_suffix]}, F1 "
+                    + fmt_ci(best, "ingredient_micro_f1", "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
+            if s2 is not None and not pd.isna(best["diff_vs_S2"]):
+                text += f"; vs S2 {fmt_ci(best, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}"
+                if _excludes_zero(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
+                    text += " (below S2)" if best["diff_vs_S2"] < 0 else " (above S2)"
+                else:
+                    text += " (the interval includes 0: not distinguishable from S2 on these images)"
+            if s1 is not None and s2 is not None:
+                gap = s2["ingredient_micro_f1"] - s1["ingredient_micro_f1"]
+                if gap > 0 and _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
+                    closed = (best["ingredient_micro_f1"] - s1["ingredient_micro_f1"]) / gap
+                    text += f"; it closes {100 * closed:.0f}% of the S1 -> S2 gap (point estimate)"
+            if len(masking) > 1:
+                second_suffix, second = masking.index[1], masking.iloc[1]
+                overlap = (best["ingredient_micro_f1_ci_low"] <= second["ingredient_micro_f1_ci_high"])
+                if overlap or pd.isna(best["ingredient_micro_f1_ci_low"]):
+                    text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[second_suffix]} "
+                             f"(F1 {fmt(second['ingredient_micro_f1'])}): "
+                             "the ranking of masking sites is not established")
+            in_run = int(rows.index.isin(SESSION_SUFFIXES[2:]).sum())  # masking sessions of this run
+            if len(masking) < in_run:
+                text += f" (only {len(masking)} of {in_run} masking sessions done)"
+            findings.append(text + ".")
+            for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
+                if comparisons is not None and row is not None:
+                    sentence = agreement_finding(model, "test_occ_fixed", best_suffix, reference, comparison_metrics(
+                        comparisons, model, "test_occ_fixed", best_suffix, reference))
+                    findings += [sentence] if sentence else []
+        robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
+        if len(robust):
+            top_suffix, top = robust.index[0], robust.iloc[0]
+            findings.append(f"{prefix}: most robust session (highest rF1 = F1 occluded / F1 clean): "
+                            f"{SESSION_LABELS[top_suffix]}, rF1 "
+                            f"{fmt_ci(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}.")
+        else:
+            findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")
+    if len(done_models) > 1:
+        s1_rows = occ[occ.index.get_level_values(1) == "S1_clean_train"]
+        scores = {model: s1_rows.loc[(model, "S1_clean_train"), "ingredient_micro_f1"] for model in done_models
+                  if (model, "S1_clean_train") in s1_rows.index}
+        scores = {model: score for model, score in scores.items() if not pd.isna(score)}
+        if len(scores) > 1:
+            ranked = sorted(scores.items(), key=lambda item: -item[1])
+            findings.append("Across models, clean-trained (S1) F1 on test_occ_fixed: "
+                            + ", ".join(f"{model} {fmt(score)}" for model, score in ranked)
+                            + " (separate models: see the per-session intervals before reading a ranking).")
+    return findings
+
+
+POSITIVE_CONTROL: tuple[str, str, str] = ("S2_occ_train", "S1_clean_train", "test_occ_fixed")
+"""The known effect the instrument is calibrated on: training on occluded images (S2) must beat clean training
+(S1) on the occluded test suite. docs/what-metrics-detect.md reads the pilot's numbers."""
+POSITIVE_CONTROL_ROWS: tuple[tuple[str, str], ...] = (
+    ("ingredient_micro_f1", "primary"), ("ingredient_micro_f1", "val"),
+    ("ingredient_samples_f1", "primary"), ("ingredient_samples_f1", "val"),
+    ("detection_f1", "primary"), ("detection_f1", "val"), ("map50", "primary"), ("map50_95", "primary"))
+"""(metric, threshold) of every headline metric at both operating points (mAP has no threshold)."""
+
+
+def _operating_point(metric: str, threshold: str, row: pd.Series) -> str:
+    if metric in MAP_METRICS:
+        return "none (mAP)"
+    if threshold == "val":
+        return f"val-chosen ({fmt(row['conf'], 2)} / {fmt(row['reference_conf'], 2)})"
+    return f"conf {fmt(row['conf'], 2)}"
+
+
+def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
+    """The positive control of one model: S2 - S1 on test_occ_fixed for every headline metric, and a verdict.
+
+    Returns (table, one-line verdict). A metric *detects* the effect when its paired 95% interval
+    lies above 0; "reversed" when below 0; "no" when it contains 0; "undecided" without an interval.
+    """
+    session, reference, split = POSITIVE_CONTROL
+    a, b = short_session(session), short_session(reference)
+    rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
+    for metric, threshold in POSITIVE_CONTROL_ROWS:
+        row = comparison_metrics(comparisons, model, split, session, reference, threshold).get(metric)
+        if row is None:
+            continue
+        verdict = ci_verdict(row)
+        group = {1: "detect", 0: "no", -1: "reversed", None: "undecided"}[verdict]
+        label = METRIC_LABELS[metric] + ("" if metric in MAP_METRICS else
+                                         (" @val" if threshold == "val" else f" @{fmt(row['conf'], 2)}"))
+        groups[group].append(label)
+        rows.append({"metric": METRIC_LABELS[metric], "operating point": _operating_point(metric, threshold, row),
+                     f"{a} - {b} [95% CI]": fmt_ci(row, "difference", "ci_low", "ci_high", True),
+                     "detects the effect": {"detect": f"yes ({a} > {b})", "no": "no (CI includes 0)",
+                                            "reversed": f"no, reversed ({a} < {b})",
+                                            "undecided": "undecided (no CI)"}[group]})
+    if not rows:
+        return pd.DataFrame(), (f"**{model}**: positive control not available ({a} and {b} must both be done "
+                                f"on {split}).")
+    parts = [f"detect the effect: {', '.join(groups['detect']) or 'none'}",
+             f"do not: {', '.join(groups['no']) or 'none'}"]
+    parts += [f"show the reverse: {', '.join(groups['reversed'])}"] if groups["reversed"] else []
+    parts += [f"undecided (no CI): {', '.join(groups['undecided'])}"] if groups["undecided"] else []
+    return pd.DataFrame(rows), f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}."

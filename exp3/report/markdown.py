@@ -1,0 +1,203 @@
+"""report.md and the Prefect UI's results markdown: status grid, per-split tables, findings, charts, files."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import pandas as pd
+
+from exp3 import severity
+from exp3.config import SESSION_SUFFIXES
+from exp3.plots import SESSION_LABELS
+from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
+                                     comparison_metrics)
+from exp3.report.findings import headline_findings, positive_control
+from exp3.report.mapdraws import MAP_RESAMPLES
+from exp3.report.runs import SPLITS, THRESHOLDS
+from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
+
+if TYPE_CHECKING:
+    from exp3.report import ReportResult
+
+NOT_IN_RUN = "not in run"
+"""Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
+
+
+def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The report.md table of one split: formatted strings, one row per model x session."""
+    rows = []
+    for _, row in summary[summary["split"] == split].iterrows():
+        seeds = f" (n={row['n_seeds_done']})" if row["n_seeds"] > 1 else ""
+        rows.append({
+            "model": row["model"], "session": row["session_label"], "status": row["status"] + seeds,
+            "F1 micro [95% CI]": fmt(row["ingredient_micro_f1"]) + fmt_interval(row, "ingredient_micro_f1_ci_low",
+                                                                               "ingredient_micro_f1_ci_high"),
+            "F1 samples": fmt(row["ingredient_samples_f1"]), "F1 macro": fmt(row["ingredient_macro_f1"]),
+            "det F1": fmt(row["detection_f1"]), "mAP50": fmt(row["map50"]), "mAP50-95": fmt(row["map50_95"]),
+            "rF1 [95% CI]": fmt(row["rF1_micro"]) + fmt_interval(row, "rF1_micro_ci_low", "rF1_micro_ci_high"),
+            "vs S1 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S1"]) else
+            f"{fmt_ci(row, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)}, "
+            f"{fmt_p(row['p_bh_vs_S1'])}",
+            "vs S2 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S2"]) else
+            f"{fmt_ci(row, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}, "
+            f"{fmt_p(row['p_bh_vs_S2'])}",
+            "train s": fmt(row["train_wall_s"], 0), "eval s": fmt(row["eval_wall_s"], 1)})
+    return pd.DataFrame(rows)
+
+
+def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> pd.DataFrame:
+    """report.md table of one split at each session's val-chosen threshold (done sessions; empty when no
+    session records one): threshold, the three F1s there, and S2 vs S1 micro F1 at those thresholds."""
+    part = summary[(summary["split"] == split) & (summary["n_seeds_done"] > 0)]
+    if part["conf_val"].isna().all():
+        return pd.DataFrame()
+    session, reference = VAL_PLAN[0]
+    rows = []
+    for _, row in part.iterrows():
+        versus = comparison_metrics(comparisons, row["model"], split, session, reference, "val") \
+            .get("ingredient_micro_f1") if row["session"] == session else None
+        rows.append({
+            "model": row["model"], "session": row["session_label"], "conf (val)": fmt(row["conf_val"], 2),
+            "F1 micro": fmt(row["ingredient_micro_f1_at_val"]),
+            "F1 samples": fmt(row["ingredient_samples_f1_at_val"]),
+            "det F1": fmt(row["detection_f1_at_val"]),
+            "F1 micro (primary)": fmt(row["ingredient_micro_f1"]),
+            f"{short_session(session)} - {short_session(reference)} [95% CI], p_BH": "" if versus is None else
+            f"{fmt_ci(versus, 'difference', 'ci_low', 'ci_high', True)}, {fmt_p(versus['p_bh'])}"})
+    return pd.DataFrame(rows)
+
+
+def _reading(metric: str, row: pd.Series) -> str:
+    verdict = ci_verdict(row)
+    if verdict is None:
+        return "point estimate, no CI (no map_stats file)" if metric in MAP_METRICS else "n/a"
+    return "CI includes 0" if verdict == 0 else "CI excludes 0"
+
+
+def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S2_occ_train",
+                 reference: str = "S1_clean_train") -> pd.DataFrame:
+    """report.md table of `session` - `reference` on every metric: one row per model x split x threshold x metric."""
+    rows = []
+    for model in models:
+        for split in SPLITS[::-1]:
+            for threshold in THRESHOLDS:
+                found = comparison_metrics(comparisons, model, split, session, reference, threshold)
+                for metric in (*PAIRED_METRICS, *MAP_METRICS):
+                    if metric not in found:
+                        continue
+                    row = found[metric]
+                    rows.append({"model": model, "split": split,
+                                 "threshold": "val-chosen" if threshold == "val" else
+                                 ("n/a (mAP)" if metric in MAP_METRICS else f"conf {fmt(row['conf'], 2)}"),
+                                 "metric": METRIC_LABELS[metric],
+                                 f"{short_session(session)} - {short_session(reference)} [95% CI]":
+                                     fmt_ci(row, "difference", "ci_low", "ci_high", True),
+                                 "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),
+                                 "reading": _reading(metric, row)})
+    return pd.DataFrame(rows)
+
+
+def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str] = SESSION_SUFFIXES) -> pd.DataFrame:
+    """Model x session table of statuses (from the test_clean rows; both splits share a status); all six
+    sessions, those outside this run's `sessions` as NOT_IN_RUN."""
+    part = summary[summary["split"] == SPLITS[0]]
+    rows = []
+    for model in models:
+        status = dict(zip(part[part["model"] == model]["session"], part[part["model"] == model]["status"]))
+        rows.append({"model": model, **{SESSION_LABELS[suffix]: status.get(suffix, "") if suffix in sessions
+                                        else NOT_IN_RUN for suffix in SESSION_SUFFIXES}})
+    return pd.DataFrame(rows)
+
+
+DASHBOARD_COLUMNS: tuple[str, ...] = ("model", "session", "status", "F1 micro [95% CI]", "det F1", "mAP50",
+                                     "mAP50-95", "rF1 [95% CI]", "vs S1 [95% CI], p_BH")
+"""The columns of report.md's split table that the Prefect UI's results artifact shows (the rest: report.md)."""
+
+
+def dashboard_markdown(result: "ReportResult") -> str:
+    """The morning view for the Prefect UI's markdown artifact: positive control verdicts, headline findings
+    and the test_occ_fixed table with CIs, then where the full report, tables and charts are on disk."""
+    lines = ["# exp3 results", "", f"Full report: `{result.root / 'report.md'}` (charts: `{result.root / 'plots'}`)",
+             "", "## Positive control", ""]
+    lines += [f"- {positive_control(result.comparisons, model)[1]}" for model in result.models]
+    lines += ["", "## Headline findings", ""]
+    lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
+    table = split_table(result.summary, "test_occ_fixed")
+    narrow = [column for column in DASHBOARD_COLUMNS if column in table.columns]  # fits the UI's width
+    lines += ["", "## test_occ_fixed at the primary threshold", "",
+              markdown_table(table[narrow]) if len(table) else "no session rows", ""]
+    return "\n".join(lines)
+
+
+def render_markdown(result: "ReportResult") -> str:
+    """report.md: status grid, headline findings, per split the table at the primary and at the val-chosen
+    threshold, S2 vs S1 on every metric, failures, charts, files."""
+    summary, root = result.summary, result.root
+    failures = summary[(summary["split"] == SPLITS[0]) & (summary["status"] != "done")]
+    lines = [f"# exp3 report: {root.name}", "",
+             f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
+             "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
+             "detect: docs/what-metrics-detect.md.", "",
+             "## Grid status", "",
+             *([f"This run's sessions: {', '.join(short_session(suffix) for suffix in result.sessions)} (config "
+                f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
+               if result.sessions != SESSION_SUFFIXES else []),
+             markdown_table(status_grid(summary, result.models, result.sessions)), "",
+             "## Headline findings", "",
+             *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)
+               + severity.severity_findings(result.severity_curves, result.severity_table, result.models)], "",
+             "F1 = micro ingredient F1 at the session's confidence threshold. Intervals: 95% percentile bootstrap "
+             f"over test images ({result.n_resamples} resamples, seed {result.seed}); p_BH: paired permutation test "
+             "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
+             "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
+             "when its paired 95% interval excludes 0. mAP intervals recompute the validator's mAP on each "
+             f"resample from its per-image matching stats ({MAP_RESAMPLES} resamples; no p-value). "
+             "Overlapping intervals do not by themselves mean no difference; "
+             "the paired difference interval is the one to read.", ""]
+    lines += ["## Positive control: can this run detect a known effect?", "",
+              "Training on occluded images (S2) must beat clean training (S1) on the occluded test images. Each "
+              "headline metric's paired difference S2 - S1 on test_occ_fixed, at conf 0.25 and at each session's "
+              "val-chosen threshold; a metric detects the effect when its 95% interval lies above 0. What each "
+              "metric can and cannot detect, with the pilot's numbers: docs/what-metrics-detect.md.", ""]
+    for model in result.models:
+        table, verdict = positive_control(result.comparisons, model)
+        lines += [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
+    for split in SPLITS[::-1]:
+        confs = ", ".join(fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
+        lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
+                  markdown_table(split_table(summary, split)), "", f"### {split} at the val-chosen threshold", ""]
+        at_val = val_table(summary, result.comparisons, split)
+        lines += ["Each session's own threshold, chosen to maximise ingredient micro F1 on the clean val split "
+                  "(a secondary operating point; S2 - S1 recomputed per image at those thresholds):", "",
+                  markdown_table(at_val), ""] if len(at_val) else \
+            ["n/a: no done session records a val-chosen threshold (metrics.json predates it).", ""]
+    by_metric = metric_table(result.comparisons, result.models)
+    if len(by_metric):
+        lines += ["## S2 vs S1 on every metric", "",
+                  "Does the occluded-training effect depend on the metric? Paired intervals for every metric; "
+                  "p-values for the F1s.", "", markdown_table(by_metric), ""]
+    lines += severity.severity_section(result.severity_curves, result.severity_table, result.models)
+    if result.coverage is not None:
+        from exp3.coverage import coverage_markdown
+
+        lines += coverage_markdown(result.coverage, result.models)
+    if len(failures):
+        lines += ["## Sessions not done", ""]
+        lines += [f"- {row['model']} {row['session_label']}: {row['status']}"
+                  + (f": {row['error']}" if row["error"] else "") for _, row in failures.iterrows()]
+        lines.append("")
+    lines += ["## Charts", ""]
+    for path in result.files:
+        if path.suffix == ".png" and path.parent.name == "plots":
+            lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
+                      f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
+    lines += ["## Files", "", "- `summary_metrics.csv` / `.json`: one row per model x session x split",
+              "- `summary_by_seed.csv` / `.json`: one row per session folder x split",
+              "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 per metric and threshold, with CIs "
+              "and p-values",
+              "- `per_class_f1.csv`: per-class ingredient F1",
+              "- `severity_curves.csv` / `severity_summary.csv`: metric vs severity; mPC / rPC with CIs and tests "
+              "vs S1",
+              "- `recall_by_coverage.csv`: recall per covered-fraction bin, session, level and threshold, with CIs; "
+              "`recall_by_coverage_boxes.csv`: the per-box table behind it", ""]
+    return "\n".join(lines)

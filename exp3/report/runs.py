@@ -1,0 +1,195 @@
+"""Session folders as the report reads them: discovery, each folder's status (done / failed / stale /
+incomplete / missing) and metrics.json, and a done session's operating points and predictions."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from exp3.config import SESSION_SUFFIXES
+from exp3.layout import SessionPaths
+from exp3.schema import MetricsView
+from exp3.sessions import SESSION_SEPARATOR, Session, parse_session
+
+SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
+KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")
+"""Discovered models are listed in this order first, then alphabetically (fixes colours in charts)."""
+THRESHOLDS: tuple[str, ...] = ("primary", "val")
+"""Operating points of the comparisons: `primary` = the split's `conf` (0.25), `val` = each session's own
+threshold chosen on the clean val split (`at_val_threshold.conf`)."""
+
+
+@dataclass(frozen=True)
+class SessionRun:
+    """One session folder (or the absence of one) as read from disk.
+
+    Attributes:
+        status: done | failed | incomplete | missing.
+        seed: from the `__seed<N>` folder suffix, else metrics.json["seeds"]["train"], else None.
+        metrics: the parsed metrics.json of a done session, else None (`view`: the fields the report reads).
+    """
+
+    model: str
+    suffix: str
+    seed: int | None
+    folder: Path
+    status: str
+    error: str | None = None
+    metrics: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def view(self) -> MetricsView:
+        """The typed, lenient view of `metrics` (exp3.schema; empty when not done)."""
+        return MetricsView.of(self.metrics)
+
+
+def parse_session_folder_name(name: str) -> tuple[str, str, int | None] | None:
+    """`<model>__<suffix>[__seed<N>]` -> (model, suffix, seed or None); None if `name` is not a session folder."""
+    if SESSION_SEPARATOR not in name:
+        return None
+    model = name.split(SESSION_SEPARATOR, 1)[0]  # model names never contain the separator (config check)
+    try:
+        session = parse_session(name, [model])
+    except ValueError:
+        return None
+    return session.model, session.suffix, session.seed
+
+
+def order_models(models: Iterable[str]) -> list[str]:
+    """Known models first (KNOWN_MODEL_ORDER), then the rest alphabetically, without duplicates."""
+    unique = set(models)
+    return [model for model in KNOWN_MODEL_ORDER if model in unique] + sorted(unique - set(KNOWN_MODEL_ORDER))
+
+
+def discover_models(root: Path) -> list[str]:
+    """Models under `root`: every directory `<root>/<model>/` holding at least one `<model>__S*` session folder."""
+    found = []
+    for child in sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []:
+        for grandchild in child.iterdir():
+            parsed = parse_session_folder_name(grandchild.name) if grandchild.is_dir() else None
+            if parsed and parsed[0] == child.name:
+                found.append(child.name)
+                break
+    return order_models(found)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
+                     key: str | None = None) -> SessionRun:
+    """Read one session folder's markers and metrics.json into a `SessionRun`.
+
+    `key`: the cache key the last flow planned for this session (`<root>/plan.json`); a folder
+    made under other inputs is reported as `stale`, never with its old numbers.
+    """
+    paths = SessionPaths(folder)
+    if not folder.is_dir():
+        return SessionRun(model, suffix, seed, folder, "missing", "no session folder")
+    if key is not None and paths.state(key) == "stale":
+        return SessionRun(model, suffix, seed, folder, "stale",
+                          "made under other inputs than the current config: re-run the flow")
+    if paths.is_done(None):
+        metrics = _read_json(paths.metrics)
+        if isinstance(metrics, dict):
+            recorded_seed = MetricsView.of(metrics).seeds.train
+            if seed is None and recorded_seed is not None:
+                seed = int(recorded_seed)
+            return SessionRun(model, suffix, seed, folder, "done", None, metrics)
+    failure = paths.failure()
+    if failure is not None:
+        return SessionRun(model, suffix, seed, folder, "failed",
+                          failure.get("error") or "FAILED marker without an error message")
+    detail = "DONE marker does not match metrics.json" if paths.done_marker.is_file() else \
+        "no DONE or FAILED marker (still running, or killed mid-way)"
+    return SessionRun(model, suffix, seed, folder, "incomplete", detail)
+
+
+def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
+                  sessions: Iterable[str] = SESSION_SUFFIXES) -> list[SessionRun]:
+    """Every model x session (x seed) of the grid, in model, session, seed order; absent folders as `missing`.
+
+    Args:
+        seeds: expected seeds; with several, folders are `<model>__<suffix>__seed<N>` and an absent
+            seed is `missing`. None: whatever folders exist (a session without any folder is missing).
+        sessions: the suffixes of this run; the others are not scanned (`not in run`, see `status_grid`).
+    """
+    from exp3.grid import read_plan
+
+    keys = read_plan(root)  # the inputs the last flow planned: older results there are stale, not done
+    runs: list[SessionRun] = []
+    multi_seed = seeds is not None and len(seeds) > 1
+    for model in models:
+        model_dir = root / model
+        present: dict[str, list[tuple[int | None, Path]]] = {suffix: [] for suffix in SESSION_SUFFIXES}
+        if model_dir.is_dir():
+            for folder in sorted(model_dir.iterdir()):
+                parsed = parse_session_folder_name(folder.name) if folder.is_dir() else None
+                if parsed and parsed[0] == model:
+                    present[parsed[1]].append((parsed[2], folder))
+        for suffix in (suffix for suffix in SESSION_SUFFIXES if suffix in sessions):
+            folders = sorted(present[suffix], key=lambda item: -1 if item[0] is None else item[0])
+            if multi_seed:
+                assert seeds is not None
+                by_seed = {seed: path for seed, path in folders}
+                folders = [(seed, by_seed.get(seed, SessionPaths.of(root, Session(model, suffix, seed)).folder))
+                           for seed in seeds]
+            elif not folders:
+                seed = seeds[0] if seeds else None
+                folders = [(seed, SessionPaths.of(root, Session(model, suffix)).folder)]  # one seed: no __seed
+            runs.extend(load_session_run(path, model, suffix, seed, keys.get(path.name)) for seed, path in folders)
+    return runs
+
+
+def as_number(value: Any) -> float:
+    """A JSON number as float; NaN for anything else (None, bool, text)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def threshold_conf(metrics: dict[str, Any] | None, split: str, threshold: str = "primary") -> float | None:
+    """The confidence threshold of one operating point of a session and split, or None when not recorded.
+
+    `primary`: `splits[split]["conf"]` (0.25 when absent, the evaluation default). `val`:
+    `splits[split]["at_val_threshold"]["conf"]`, else `thresholds["val_chosen"]` (absent in old files).
+    """
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
+    view = MetricsView.of(metrics)
+    part = view.split(split)
+    if threshold == "primary":
+        value = part.conf if "conf" in part.model_fields_set else 0.25
+    else:
+        value = part.at_val_threshold.conf
+        if value is None:
+            value = view.thresholds.val_chosen
+    number = as_number(value)
+    return number if math.isfinite(number) else None
+
+
+def load_records(run: SessionRun, split: str) -> list[Any] | None:
+    """The `ImageRecord`s of a done run's predictions_<split>.json, or None when absent or empty."""
+    from exp3.metrics import records_from_json
+
+    payload = _read_json(run.folder / f"predictions_{split}.json") if run.status == "done" else None
+    if not isinstance(payload, dict):
+        return None
+    return records_from_json(payload.get("images") or []) or None
+
+
+def run_sessions(sessions: Iterable[str] | None) -> tuple[str, ...]:
+    """This run's suffixes in S1..S6 order (None: all six); ValueError naming the valid ones otherwise."""
+    if sessions is None:
+        return SESSION_SUFFIXES
+    sessions = list(sessions)
+    unknown = [suffix for suffix in sessions if suffix not in SESSION_SUFFIXES]
+    if unknown or not sessions:
+        problem = f"unknown session {unknown[0]!r}" if unknown else "no session given"
+        raise ValueError(f"{problem}: pass suffixes among {', '.join(SESSION_SUFFIXES)}")
+    return tuple(suffix for suffix in SESSION_SUFFIXES if suffix in sessions)

@@ -1,0 +1,121 @@
+"""The report's tables of numbers: summary_by_seed (one row per session folder x split), summary_metrics
+(seed means and spread per model x session x split) and per_class_f1."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from exp3.plots import SESSION_LABELS
+from exp3.report.runs import SPLITS, SessionRun, as_number, threshold_conf
+
+INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
+                                            for score in ("precision", "recall", "f1"))
+DETECTION_COLUMNS: tuple[str, ...] = ("detection_precision", "detection_recall", "detection_f1")
+VAL_COLUMNS: tuple[str, ...] = ("conf_val", "ingredient_micro_f1_at_val", "ingredient_samples_f1_at_val",
+                                "detection_f1_at_val")
+"""The secondary operating point: each session's threshold chosen on the clean val split and the test metrics
+at it (`splits[split]["at_val_threshold"]`; NaN when metrics.json predates it)."""
+ROBUSTNESS_COLUMNS: tuple[str, ...] = ("rF1_micro", "rF1_samples", "rF1_macro", "rF1_detection", "rmAP50", "rmAP50_95")
+METRIC_COLUMNS: tuple[str, ...] = ("n_images", "conf", "map50", "map50_95", *INGREDIENT_COLUMNS, *DETECTION_COLUMNS,
+                                   *VAL_COLUMNS, *ROBUSTNESS_COLUMNS, "train_wall_s", "eval_wall_s",
+                                   "epochs_completed")
+"""Numeric columns read from metrics.json (per split; the r* columns are per session, repeated on both splits)."""
+SPREAD_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "map50", "map50_95", "rF1_micro",
+                                   "rmAP50_95")
+"""Headline metrics that get `_std`, `_min`, `_max` columns across seeds in summary_metrics."""
+
+
+def split_row(run: SessionRun, split: str) -> dict[str, Any]:
+    """One summary_by_seed row: identifiers, status and every METRIC_COLUMNS value (NaN when not done)."""
+    row: dict[str, Any] = {"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
+                           "split": split, "status": run.status, "error": run.error or "",
+                           "seed": math.nan if run.seed is None else run.seed, "folder": str(run.folder)}
+    row.update({column: math.nan for column in METRIC_COLUMNS})
+    if run.metrics is None:
+        return row
+    view = run.view
+    part = view.split(split)
+    row.update({"n_images": as_number(part.n_images), "conf": as_number(part.conf), "map50": as_number(part.map50),
+                "map50_95": as_number(part.map50_95), "eval_wall_s": as_number(part.eval_wall_s)})
+    for average in ("micro", "macro", "samples"):
+        for score in ("precision", "recall", "f1"):
+            row[f"ingredient_{average}_{score}"] = as_number(getattr(getattr(part.ingredient, average), score))
+    for score in ("precision", "recall", "f1"):
+        row[f"detection_{score}"] = as_number(getattr(part.detection, score))
+    at_val = part.at_val_threshold
+    row.update({"conf_val": as_number(threshold_conf(run.metrics, split, "val")),
+                "ingredient_micro_f1_at_val": as_number(at_val.ingredient.micro.f1),
+                "ingredient_samples_f1_at_val": as_number(at_val.ingredient.samples.f1),
+                "detection_f1_at_val": as_number(at_val.detection.f1)})
+    row.update({column: as_number(getattr(view.robustness, column)) for column in ROBUSTNESS_COLUMNS})
+    row["train_wall_s"] = as_number(view.training.wall_s)
+    row["epochs_completed"] = as_number(view.training.epochs_completed)
+    return row
+
+
+def by_seed_table(runs: list[SessionRun]) -> pd.DataFrame:
+    """summary_by_seed: one row per run x split, in grid order."""
+    return pd.DataFrame([split_row(run, split) for run in runs for split in SPLITS])
+
+
+def _combined_status(statuses: list[str]) -> str:
+    if all(status == "done" for status in statuses):
+        return "done"
+    if "done" in statuses:
+        return "partial"
+    for status in ("failed", "stale", "incomplete"):
+        if status in statuses:
+            return status
+    return "missing"
+
+
+def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
+    """summary_metrics: one row per model x session x split; metrics are the mean over done seeds.
+
+    Adds `n_seeds` (expected or found), `n_seeds_done`, `seeds` ("0;1;2") and, for SPREAD_COLUMNS,
+    `<col>_std` (ddof 1, NaN below 2 done seeds), `<col>_min`, `<col>_max`.
+    """
+    rows = []
+    for (model, session, split), group in by_seed.groupby(["model", "session", "split"], sort=False):
+        done = group[group["status"] == "done"]
+        seeds = [int(seed) for seed in group["seed"] if not pd.isna(seed)]
+        errors = [(f"seed {int(seed)}: {error}" if len(group) > 1 and not pd.isna(seed) else error)
+                  for seed, error, status in zip(group["seed"], group["error"], group["status"])
+                  if status != "done" and error]
+        row: dict[str, Any] = {"model": model, "session": session, "session_label": SESSION_LABELS[session],
+                               "split": split, "status": _combined_status(list(group["status"])),
+                               "error": "; ".join(errors), "n_seeds": len(group), "n_seeds_done": len(done),
+                               "seeds": ";".join(str(seed) for seed in seeds)}
+        for column in METRIC_COLUMNS:
+            row[column] = float(done[column].mean()) if len(done) else math.nan
+        for column in SPREAD_COLUMNS:
+            values = done[column].astype(float)
+            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{column}_min"] = float(values.min()) if len(values) else math.nan
+            row[f"{column}_max"] = float(values.max()) if len(values) else math.nan
+        row["folder"] = ";".join(group["folder"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
+    """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds)."""
+    rows = []
+    for run in runs:
+        for split in SPLITS:
+            part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
+            for entry in part.get("per_class") or []:
+                rows.append({"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
+                             "split": split, "seed": run.seed, "class_id": int(entry["class_id"]),
+                             "class_name": str(entry.get("name", entry["class_id"])), "f1": as_number(entry.get("f1")),
+                             "support": as_number(entry.get("support"))})
+    columns = ["model", "session", "session_label", "split", "class_id", "class_name", "f1", "support", "n_seeds"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(["model", "session", "session_label", "split", "class_id", "class_name"], sort=False)
+    table = grouped.agg(f1=("f1", "mean"), support=("support", "mean"), n_seeds=("f1", "size")).reset_index()
+    return table[columns]

@@ -1,0 +1,46 @@
+"""How numbers read in report.md: values, intervals, p-values, session short names and markdown tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+
+def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """`value` with `digits` decimals (a sign when `signed`); "n/a" for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_interval(row: pd.Series, low: str, high: str, signed: bool = False) -> str:
+    """The text ` [low, high]` of two columns of `row`; empty when either is missing."""
+    if pd.isna(row[low]) or pd.isna(row[high]):
+        return ""
+    return f" [{fmt(row[low], signed=signed)}, {fmt(row[high], signed=signed)}]"
+
+
+def fmt_ci(row: pd.Series, value: str, low: str, high: str, signed: bool = False) -> str:
+    """The text `value [low, high]` of three columns of `row`."""
+    return f"{fmt(row[value], signed=signed)}{fmt_interval(row, low, high, signed)}"
+
+
+def fmt_p(value: float) -> str:
+    """A p-value: "<0.001", three decimals, or "n/a"."""
+    return "n/a" if pd.isna(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def short_session(suffix: str) -> str:
+    """`S2_occ_train` -> `S2`."""
+    return suffix.split("_")[0]
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table of a small frame (strings as given)."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(value).replace("|", "/") for value in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
