@@ -1,6 +1,6 @@
 """Altair charts of the exp3 report: each function takes a tidy DataFrame and returns a chart.
 
-Nothing is computed here: `exp3.report` builds the frames (one row per bar / cell / interval) and
+Nothing is computed here: `exp3.report.charts` builds the frames (one row per bar / cell / interval) and
 these functions only map columns to marks. Every chart uses the same session order
 (`SESSION_LABELS`, S1..S6) and the same model colours (`model_colors(models)`), so a model keeps
 its colour from chart to chart. `save_chart` writes a PNG (vl-convert, offline) and an
