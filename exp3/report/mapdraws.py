@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from exp3 import stats
-from exp3.mapstats import BOOTSTRAP_RESAMPLES
+from exp3.layout import SessionPaths
+from exp3.mapstats import BOOTSTRAP_RESAMPLES, MapStats, common_image_ids, mean_ap, seed_mean_draws
 from exp3.report.runs import SessionRun, as_number
 
 MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
@@ -33,15 +33,12 @@ class MapDraws:
         """(image ids, (B, 2) draws) or None when a done run lacks `map_stats_<split>.npz`."""
         key = (model, suffix, split)
         if key not in self._cache:
-            from exp3.layout import SessionPaths
-            from exp3.mapstats import MapStats, common_image_ids, seed_mean_draws
-
             done = [run for run in self.grouped.get((model, suffix), []) if run.status == "done"]
             paths = [SessionPaths(run.folder).map_stats(split) for run in done]
             self._cache[key] = None
             if done and all(path.is_file() for path in paths):
                 loaded = [MapStats.load(path) for path in paths]
-                if not all(_reproduces_map(stats, run, split) for stats, run in zip(loaded, done)):
+                if not all(_reproduces_map(kept, run, split) for kept, run in zip(loaded, done)):
                     return None                      # not the stats behind metrics.json's mAP: no interval
                 ids = common_image_ids(loaded)
                 if ids:
@@ -49,13 +46,11 @@ class MapDraws:
         return self._cache[key]
 
 
-def _reproduces_map(stats: Any, run: SessionRun, split: str) -> bool:
-    """True when `stats` give exactly the mAP50 / mAP50-95 that the run's metrics.json reports for `split`."""
-    from exp3.mapstats import mean_ap
-
+def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:
+    """True when `map_stats` give exactly the mAP50 / mAP50-95 that the run's metrics.json reports for `split`."""
     part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
     recorded = (as_number(part.get("map50")), as_number(part.get("map50_95")))
-    return all(math.isfinite(value) for value in recorded) and np.allclose(mean_ap(stats), recorded, rtol=0,
+    return all(math.isfinite(value) for value in recorded) and np.allclose(mean_ap(map_stats), recorded, rtol=0,
                                                                             atol=1e-9)
 
 
