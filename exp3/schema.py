@@ -9,6 +9,8 @@ Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by 
   `severity` and `data.severity_suites` (sessions finished before severity suites existed).
   Every file written under a cache key (`inputs`, `cache_key`) has all the other fields; files from
   before keys existed are never done under a current key, so only the report reads them.
+  Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
+  hands it to each session (`--prepared`) and the session records it as it used it.
 - `MetricsView` (lenient): the fields the report and the flow's log lines read, every one
   optional, unknown keys ignored, anything that is not a number read as None. The report reads
   every metrics.json it finds, from any exp3 version and from test fixtures that write a subset;
@@ -26,9 +28,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from exp3.identity import SessionInputs
+from exp3.splits import PRIMARY_SPLITS
 
 
 class _Block(BaseModel):
@@ -323,8 +334,10 @@ class Severity(_Block):
     superseded: list[Superseded]
 
 
-class SeveritySuiteRecord(_Block):
-    """One built severity suite (`exp3.session.SeveritySuite`, as `data.severity_suites` holds it)."""
+class SeveritySuite(_Block):
+    """One built severity suite (exp3.occlusion.suites.build_severity_suites) and the level it is."""
+
+    model_config = ConfigDict(frozen=True)
 
     level: int
     split: str
@@ -335,8 +348,11 @@ class SeveritySuiteRecord(_Block):
     manifest_sha256: str
 
 
-class Data(_Block):
-    """The data the session used (`exp3.session.PreparedData`)."""
+class PreparedData(_Block):
+    """The data every session of a run shares: built once (`exp3.session.prepare_data`), verified on reuse
+    (`exp3.session.prepared_is_current`), handed to each session (`--prepared`), recorded as metrics.json's `data`."""
+
+    model_config = ConfigDict(frozen=True)
 
     data_yaml: str
     dataset_fingerprint: str
@@ -345,8 +361,37 @@ class Data(_Block):
     suite_manifest_sha256: str
     s2_data_yaml: str
     s2_manifest_sha256: str
-    severity_suites: list[SeveritySuiteRecord] | None = Field(default=None, exclude_if=_absent_when_none)
-    """Absent in sessions finished before severity suites existed."""
+    severity_suites: tuple[SeveritySuite, ...] = ()
+    """Absent in sessions finished before severity suites existed: read as none, and left out again when
+    dumped (what was read is what is written)."""
+
+    @model_serializer(mode="wrap")
+    def _severity_suites_as_recorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = handler(self)
+        if "severity_suites" not in self.model_fields_set:
+            dumped.pop("severity_suites", None)
+        return dumped
+
+    def severity_suite(self, split: str) -> SeveritySuite | None:
+        """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
+        return next((suite for suite in self.severity_suites if suite.split == split), None)
+
+    def split_yaml(self, split: str) -> Path:
+        suite = self.severity_suite(split)
+        return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
+
+    def manifest(self, split: str) -> Path:
+        """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
+        suite = self.severity_suite(split)
+        return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
+
+    def test_splits(self) -> tuple[str, ...]:
+        """test_clean, test_occ_fixed, then the severity splits, light to heavy."""
+        return (*PRIMARY_SPLITS, *(suite.split for suite in self.severity_suites))
+
+    def occluded_splits(self) -> tuple[str, ...]:
+        """Every occluded test split of this run (what exp3.splits.occluded_splits names), built."""
+        return self.test_splits()[1:]
 
 
 class Seeds(_Block):
@@ -398,7 +443,7 @@ class SessionMetrics(_Block):
     robustness: Robustness
     severity: Severity | None = Field(default=None, exclude_if=_absent_when_none)
     """Absent in sessions finished before severity suites existed (the first update adds it)."""
-    data: Data
+    data: PreparedData
     seeds: Seeds
     config_fingerprint: str
     provenance: Provenance

@@ -45,7 +45,6 @@ import json
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +57,9 @@ from exp3.sessions import Session, parse_session
 from exp3.runlock import LockBusy
 from exp3.schema import (
     Checkpoint,
-    Data,
     Eval,
     Masking,
+    PreparedData,
     PreviousFailure,
     Provenance,
     Robustness,
@@ -69,6 +68,7 @@ from exp3.schema import (
     Severity,
     SeverityEvaluation,
     SeverityLevel,
+    SeveritySuite,
     SplitMetrics,
     Superseded,
     Thresholds,
@@ -92,61 +92,6 @@ CHECKPOINT_CHOICE = ("best.pt: the epoch with the best fitness (0.1 mAP50 + 0.9 
 
 class SessionFailed(RuntimeError):
     """A session that could not finish; the message is one line, the log tail is in FAILED."""
-
-
-@dataclass(frozen=True)
-class SeveritySuite:
-    """One built severity suite (exp3.occlusion.suites.build_severity_suites) and the level it is."""
-
-    level: int
-    split: str
-    coverage: tuple[float, float]
-    spec_key: str
-    suite_dir: str
-    suite_id: str
-    manifest_sha256: str
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """The data every session of a run shares (built once, verified on reuse)."""
-
-    data_yaml: str
-    dataset_fingerprint: str
-    suite_dir: str
-    suite_id: str
-    suite_manifest_sha256: str
-    s2_data_yaml: str
-    s2_manifest_sha256: str
-    severity_suites: tuple[SeveritySuite, ...] = ()
-
-    def __post_init__(self) -> None:
-        """Accept the plain dicts `asdict` makes (the flow passes PreparedData between tasks that way)."""
-        suites = tuple(suite if isinstance(suite, SeveritySuite) else
-                       SeveritySuite(**{**suite, "coverage": tuple(suite["coverage"])})
-                       for suite in self.severity_suites)
-        object.__setattr__(self, "severity_suites", suites)
-
-    def severity_suite(self, split: str) -> SeveritySuite | None:
-        """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
-        return next((suite for suite in self.severity_suites if suite.split == split), None)
-
-    def split_yaml(self, split: str) -> Path:
-        suite = self.severity_suite(split)
-        return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
-
-    def manifest(self, split: str) -> Path:
-        """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
-        suite = self.severity_suite(split)
-        return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
-
-    def test_splits(self) -> tuple[str, ...]:
-        """test_clean, test_occ_fixed, then the severity splits, light to heavy."""
-        return (*PRIMARY_SPLITS, *(suite.split for suite in self.severity_suites))
-
-    def occluded_splits(self) -> tuple[str, ...]:
-        """Every occluded test split of this run (what exp3.splits.occluded_splits names), built."""
-        return self.test_splits()[1:]
 
 
 def session_dir(output_root: Path, session: Session) -> Path:
@@ -186,8 +131,9 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
     severity_dirs = build_severity_suites(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
-    severity = tuple(SeveritySuite(level.level, level.split, level.coverage, level.spec_key, str(path), path.name,
-                                   sha256_file(path / "manifest.json"))
+    severity = tuple(SeveritySuite(level=level.level, split=level.split, coverage=level.coverage,
+                                   spec_key=level.spec_key, suite_dir=str(path), suite_id=path.name,
+                                   manifest_sha256=sha256_file(path / "manifest.json"))
                      for level, path in zip(severity_levels(config.occlusion), severity_dirs))
     return PreparedData(
         data_yaml=str(data_yaml),
@@ -203,9 +149,11 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
 
 def prepared_from_json(text: str) -> PreparedData:
     """`--prepared` JSON (what the flow prepared) -> PreparedData; ValueError naming the fix if it is not one."""
+    from pydantic import ValidationError
+
     try:
-        return PreparedData(**json.loads(text))
-    except (ValueError, TypeError) as error:
+        return PreparedData.model_validate_json(text)
+    except ValidationError as error:
         raise ValueError(f"--prepared is not a PreparedData JSON object ({_one_line(error)}): "
                          "leave it out and the session prepares its own data") from None
 
@@ -437,7 +385,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         splits=splits,
         robustness=Robustness(**robustness(splits_json[CLEAN_SPLIT], splits_json[FIXED_SPLIT])),
         severity=_severity_block(prepared, splits, evaluations, []),
-        data=Data.model_validate(asdict(prepared)),
+        data=prepared,
         seeds=Seeds(train=session.training_seed(config.seeds),
                     masking=None if plan.masking_spec is None else plan.masking_spec["seed"],
                     occlusion=config.occlusion.seed, synthetic=config.dataset.synthetic_seed),
@@ -551,7 +499,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
     updated = SessionMetrics.model_validate({
         **dict(current), "splits": ordered, "severity": _severity_block(prepared, ordered, evaluations, superseded),
-        "data": Data.model_validate(asdict(prepared))})
+        "data": prepared})
     paths.replace_metrics(updated.to_json(), {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return json.loads(paths.metrics.read_text(encoding="utf-8"))
 

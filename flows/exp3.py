@@ -40,7 +40,7 @@ from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs,
 from exp3.live import announce_done, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
 from exp3.runner import SessionError, SessionSkipped  # noqa: E402
-from exp3.session import PreparedData  # noqa: E402
+from exp3.schema import PreparedData  # noqa: E402
 from exp3.sessions import Session  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16
