@@ -50,6 +50,7 @@ from typing import Any
 
 from exp3 import __version__
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
+from exp3.dataset import AuditedData, audit_once
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.identity import SessionInputs, session_inputs
 from exp3.layout import SessionPaths
@@ -117,17 +118,19 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path) -> Path:
                                    workers=2)
 
 
-def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
+def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedData | None = None) -> PreparedData:
     """Dataset, its audit, fixed occlusion suite and S2's occluded train set (each idempotent, verified).
 
+    `audited`: the flow's audit of this config's dataset (`exp3.dataset.audit_once`), used as is: the
+    dataset is not hashed again. Without it (a session run by hand) the dataset is audited here.
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """
-    from exp3.dataset import audit_once
     from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
     from exp3.splits import severity_levels
 
-    data_yaml = dataset_yaml(config, output_root)
-    audit = audit_once(data_yaml, output_root / "audits")
+    if audited is None:
+        audited = audit_once(dataset_yaml(config, output_root), output_root / "audits")
+    data_yaml = Path(audited.data_yaml)
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
     severity_dirs = build_severity_suites(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
@@ -137,7 +140,7 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
                      for level, path in zip(severity_levels(config.occlusion), severity_dirs))
     return PreparedData(
         data_yaml=str(data_yaml),
-        dataset_fingerprint=audit["fingerprint"],  # computed by the audit: no second pass over the files
+        dataset_fingerprint=audited.fingerprint,  # computed by the audit: no second pass over the files
         suite_dir=str(suite),
         suite_id=suite.name,
         suite_manifest_sha256=sha256_file(suite / "manifest.json"),
