@@ -11,8 +11,9 @@ Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by 
   before keys existed are never done under a current key, so only the report reads them.
   Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
   hands it to each session (`--prepared`) and the session records it as it used it.
-- `MetricsView` (lenient): the fields the report and the flow's log lines read, every one
-  optional, unknown keys ignored, anything that is not a number read as None. The report reads
+- `MetricsView` (lenient): the fields the report (exp3.coverage and exp3.severity included) and the
+  flow's log lines read, every one optional, unknown keys ignored, anything not of its type (a
+  number, a string, a [low, high] pair) read as None. The report reads
   every metrics.json it finds, from any exp3 version and from test fixtures that write a subset;
   it must not drop a done session's numbers because a field it does not read is missing or has
   drifted. Every field of the view is a field of `SessionMetrics` (tested).
@@ -469,6 +470,31 @@ Number = Annotated[float | None, BeforeValidator(_number_or_none)]
 """A number as readers take it: anything else (absent, null, a string, a bool) is None."""
 
 
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+Text = Annotated[str | None, BeforeValidator(_text_or_none)]
+"""A string as readers take it: anything else is None."""
+
+
+def _range_or_none(value: Any) -> tuple[float, float] | None:
+    numbers = [_number_or_none(item) for item in value] if isinstance(value, (list, tuple)) else []
+    return (numbers[0], numbers[1]) if len(numbers) == 2 and None not in numbers else None
+
+
+Range = Annotated[tuple[float, float] | None, BeforeValidator(_range_or_none)]
+"""A [low, high] pair of numbers as readers take it: anything else is None."""
+
+
+def _dict_or_empty(value: Any) -> Any:
+    return value if isinstance(value, dict) else {}
+
+
+def _list_or_empty(value: Any) -> Any:
+    return value if isinstance(value, list) else []
+
+
 class _View(BaseModel):
     """A lenient view: unknown keys ignored, a block that is not an object read as empty."""
 
@@ -545,18 +571,44 @@ class SeedsView(_View):
     train: Number = None
 
 
-def _splits_or_empty(value: Any) -> Any:
-    return value if isinstance(value, dict) else {}
+class SeverityLevelView(_View):
+    """What readers take from one entry of `severity.levels`."""
+
+    level: Number = None
+    split: Text = None
+    coverage: Range = None
+    suite_id: Text = None
+
+
+class SeverityEvaluationView(_View):
+    """What readers take from `severity.evaluations.<split>`: the suite the split was evaluated on."""
+
+    suite_id: Text = None
+    manifest_sha256: Text = None
+
+
+class SeverityView(_View):
+    levels: Annotated[list[SeverityLevelView], BeforeValidator(_list_or_empty)] = []
+    evaluations: Annotated[dict[str, SeverityEvaluationView], BeforeValidator(_dict_or_empty)] = {}
+
+
+class DataView(_View):
+    """What readers take from `data`: the fixed suite a session was evaluated on."""
+
+    suite_dir: Text = None
+    suite_manifest_sha256: Text = None
 
 
 class MetricsView(_View):
     """The fields of a metrics.json the report and the flow's log lines read, from any exp3 version."""
 
-    splits: Annotated[dict[str, SplitView], BeforeValidator(_splits_or_empty)] = {}
+    splits: Annotated[dict[str, SplitView], BeforeValidator(_dict_or_empty)] = {}
     training: TrainingView = TrainingView()
     eval: EvalView = EvalView()
     thresholds: ThresholdsView = ThresholdsView()
     robustness: RobustnessView = RobustnessView()
+    severity: SeverityView = SeverityView()
+    data: DataView = DataView()
     seeds: SeedsView = SeedsView()
 
     @classmethod

@@ -182,12 +182,23 @@ def test_the_view_agrees_with_the_model_and_tolerates_partial_files() -> None:
         assert view.split(split).ingredient.micro.f1 == part.ingredient.micro.f1
         assert view.split(split).at_val_threshold.detection.f1 == part.at_val_threshold.detection.f1
     assert view.thresholds.val_chosen == strict.thresholds.val_chosen and view.seeds.train == strict.seeds.train
+    assert view.data.suite_dir == strict.data.suite_dir and strict.severity is not None
+    assert [(level.split, level.coverage, level.suite_id) for level in view.severity.levels] == [
+        (level.split, level.coverage, level.suite_id) for level in strict.severity.levels]
+    assert {split: record.manifest_sha256 for split, record in view.severity.evaluations.items()} == {
+        split: record.manifest_sha256 for split, record in strict.severity.evaluations.items()}
     partial = MetricsView.of({"splits": {"test_clean": {"map50": 0.5, "ingredient": None}, "x": [1]},
                               "training": "?", "seeds": {"train": True}})
     assert partial.split("test_clean").map50 == 0.5 and partial.split("test_clean").ingredient.micro.f1 is None
     assert partial.split("missing").map50 is None and partial.split("x").conf is None
     assert partial.training.wall_s is None and partial.seeds.train is None
     assert MetricsView.of(None) == MetricsView.of([]) == MetricsView()
+    drifted = MetricsView.of({"severity": {"levels": [{"split": 1, "coverage": [0.1]}, "?", {"coverage": [0, 0.5]}],
+                                           "evaluations": []}, "data": {"suite_dir": 3}})
+    assert [(level.split, level.coverage) for level in drifted.severity.levels] == [(None, None), (None, None),
+                                                                                     (None, (0.0, 0.5))]
+    assert drifted.severity.evaluations == {} and drifted.data.suite_dir is None
+    assert MetricsView.of({"severity": "?"}).severity.levels == []
 
 
 # ----------------------------------------------------------------------------- docs/schema.md
