@@ -46,6 +46,7 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
+from exp3.schema import MetricsView
 
 N_BINS = 10
 """Equal-width covered-fraction bins over [0, 1]."""
@@ -321,7 +322,7 @@ def session_curve(model: str, session: str, threshold: str, seeds: Sequence[int 
 
 # ----------------------------------------------------------------------------- session folders (exp3.report)
 
-def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mapping[str, Path] | None = None) -> Path:
+def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str, Path] | None = None) -> Path:
     """The manifest holding `split`'s covered fractions: `manifest_paths[split]` when given, else the session's
     suite (`metrics.json` `data.suite_dir`), checked against the sha256 the session recorded."""
     from exp3.fileio import sha256_file
@@ -331,17 +332,17 @@ def suite_manifest(metrics: Mapping[str, Any], split: str, manifest_paths: Mappi
 
     if manifest_paths and split in manifest_paths:
         return Path(manifest_paths[split])
-    data = metrics.get("data") or {}
-    if not data.get("suite_dir"):
+    data = metrics.data
+    if not data.suite_dir:
         raise CoverageError("metrics.json records no occlusion suite (data.suite_dir): re-run the session with this "
                             "exp3 version, or pass the manifest (exp3.coverage.coverage_report(manifest_paths=...))")
-    path, recorded = Path(data["suite_dir"]) / MANIFEST_NAME, data.get("suite_manifest_sha256")
+    path, recorded = Path(data.suite_dir) / MANIFEST_NAME, data.suite_manifest_sha256
     if severity_level(split) is not None:  # a severity suite: the one its evaluation record names
-        record = ((metrics.get("severity") or {}).get("evaluations") or {}).get(split)
-        if not record or not record.get("suite_id"):
+        record = metrics.severity.evaluations.get(split)
+        if record is None or not record.suite_id:
             raise CoverageError(f"metrics.json records no evaluation of {split}: run the session again to add it")
-        path = Path(data["suite_dir"]).parent / record["suite_id"] / MANIFEST_NAME  # suites live side by side
-        recorded = record.get("manifest_sha256")
+        path = Path(data.suite_dir).parent / record.suite_id / MANIFEST_NAME  # suites live side by side
+        recorded = record.manifest_sha256
     if not path.is_file():
         raise CoverageError(f"the session's suite manifest {str(path)!r} is missing: restore the suite, or pass "
                             "its manifest")
@@ -356,21 +357,23 @@ def _session_boxes(run: Any, splits: Sequence[str], manifest_paths: Mapping[str,
     """All per-box rows of one done session folder (`exp3.report.runs.SessionRun`) at both thresholds."""
     from exp3.report.runs import THRESHOLDS, load_records, threshold_conf
 
+    view: MetricsView = run.view
     frames, excluded = [], 0
     for split in splits:
-        part = ((run.metrics or {}).get("splits") or {}).get(split)
-        records = load_records(run, split) if part else None
-        if not part or not part.get("num_classes") or not records:
+        part = view.splits.get(split)
+        records = load_records(run, split) if part is not None else None
+        if part is None or not part.num_classes or not records:
             raise CoverageError(f"no predictions_{split}.json or metrics for {split}: evaluate the session on it")
-        path = suite_manifest(run.metrics, split, manifest_paths)
+        path = suite_manifest(view, split, manifest_paths)
         if path not in cache:
             cache[path] = read_manifest_boxes(path)
-        match_iou = float(part.get("match_iou", (run.metrics.get("eval") or {}).get("match_iou", 0.5)))
+        # the split's IoU, else the session's, else the evaluation default
+        match_iou = next((iou for iou in (part.match_iou, view.eval.match_iou) if iou is not None), 0.5)
         for threshold in THRESHOLDS:
             conf = threshold_conf(run.metrics, split, threshold)
             if conf is None:
                 continue
-            table = box_table(records, cache[path], int(part["num_classes"]), conf, match_iou, split)
+            table = box_table(records, cache[path], int(part.num_classes), conf, match_iou, split)
             frames.append(table.frame.assign(threshold=threshold))
             excluded += table.excluded_zero_area if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
@@ -384,7 +387,7 @@ def default_splits(runs: Iterable[Any]) -> tuple[str, ...]:
     common: set[str] | None = None
     for run in runs:
         if run.status == "done":
-            present = {split for split in ((run.metrics or {}).get("splits") or {}) if severity_level(split)}
+            present = {split for split in run.view.splits if severity_level(split)}
             common = present if common is None else common & present
     return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict
 
 from exp3.fileio import atomic_write_json, sha256_bytes, sha256_file
 from exp3.labels import box_in_bounds, parse_label_text
@@ -214,7 +215,12 @@ def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
     Raises `DatasetError` only when the yaml itself cannot be read.
     """
     spec = read_data_yaml(data_yaml)
-    report = AuditReport(data_yaml=str(spec.yaml_path), names=spec.names)
+    return _audit(spec, dataset_fingerprint(spec))
+
+
+def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
+    """The audit of `spec`, whose `dataset_fingerprint` the caller has computed (not hashed again here)."""
+    report = AuditReport(data_yaml=str(spec.yaml_path), names=spec.names, fingerprint=fingerprint)
     split_of_id: dict[str, str] = {}
     split_of_sha: dict[str, str] = {}
     for split in REQUIRED_SPLITS:
@@ -276,7 +282,6 @@ def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
         stats["instances_per_class"] = {spec.names[k] if 0 <= k < len(spec.names) else str(k): v
                                         for k, v in sorted(stats["instances_per_class"].items())}
         report.splits[split] = stats
-    report.fingerprint = dataset_fingerprint(spec)
     return report
 
 
@@ -301,26 +306,40 @@ def dataset_fingerprint(spec: DataSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> dict[str, Any]:
-    """The audit report (JSON form) of the dataset as it is now, computed once per content.
+class AuditedData(BaseModel):
+    """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`).
 
-    Cached as `<cache_dir>/audit-<fingerprint>.json`: any change to an image or label changes
-    the fingerprint and so runs the audit again. Raises `DatasetError` (one line per problem
+    What the flow's audit task hands its prepare task (`exp3.session.prepare_data(audited=...)`),
+    so that a run hashes the dataset once.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_yaml: str
+    fingerprint: str
+
+
+def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedData:
+    """The dataset as it is now, audited once per content; its fingerprint is computed once here.
+
+    The report is cached as `<cache_dir>/audit-<fingerprint>.json`: any change to an image or label
+    changes the fingerprint and so runs the audit again. Raises `DatasetError` (one line per problem
     kind, joined) if the dataset has blocking problems.
     """
     spec = read_data_yaml(data_yaml)
-    cached = Path(cache_dir) / f"audit-{dataset_fingerprint(spec)}.json"
+    fingerprint = dataset_fingerprint(spec)
+    cached = Path(cache_dir) / f"audit-{fingerprint}.json"
     if cached.is_file():
         report = json.loads(cached.read_text(encoding="utf-8"))
     else:
-        audit = audit_dataset(data_yaml)
+        audit = _audit(spec, fingerprint)
         report = {**audit.to_json(), "summary_lines": audit.summary_lines()}
         atomic_write_json(cached, report)
     if report["blocking"]:
         errors = [line for line in report["summary_lines"] if line.startswith("error")]
         raise DatasetError(f"dataset {str(spec.yaml_path)!r} fails the audit: {' | '.join(errors)} "
                            f"(full report: python -m exp3.dataset audit --data {spec.yaml_path})")
-    return report
+    return AuditedData(data_yaml=str(data_yaml), fingerprint=fingerprint)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from exp3.config import ExperimentConfig
 from exp3.layout import SessionPaths
 from exp3.progress import SessionHeadline, read_session_headline
-from exp3.session import PreparedData
+from exp3.schema import PreparedData
 from exp3.sessions import Session
 
 Lane = int | None

@@ -7,13 +7,12 @@ Python so it can be tested and reused without Prefect.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -139,7 +138,7 @@ def session_command(job: SessionJob, retry_batch: int | None = None) -> list[str
     if job.gpu is not None:
         command += ["--set", "train.device=0"]  # with CUDA_VISIBLE_DEVICES=<gpu>: the one visible GPU
     if job.prepared is not None:
-        command += ["--prepared", json.dumps(asdict(job.prepared), separators=(",", ":"))]
+        command += ["--prepared", job.prepared.model_dump_json()]
     return command
 
 

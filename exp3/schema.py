@@ -9,8 +9,11 @@ Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by 
   `severity` and `data.severity_suites` (sessions finished before severity suites existed).
   Every file written under a cache key (`inputs`, `cache_key`) has all the other fields; files from
   before keys existed are never done under a current key, so only the report reads them.
-- `MetricsView` (lenient): the fields the report and the flow's log lines read, every one
-  optional, unknown keys ignored, anything that is not a number read as None. The report reads
+  Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
+  hands it to each session (`--prepared`) and the session records it as it used it.
+- `MetricsView` (lenient): the fields the report (exp3.coverage and exp3.severity included) and the
+  flow's log lines read, every one optional, unknown keys ignored, anything not of its type (a
+  number, a string, a [low, high] pair) read as None. The report reads
   every metrics.json it finds, from any exp3 version and from test fixtures that write a subset;
   it must not drop a done session's numbers because a field it does not read is missing or has
   drifted. Every field of the view is a field of `SessionMetrics` (tested).
@@ -26,9 +29,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from exp3.identity import SessionInputs
+from exp3.splits import PRIMARY_SPLITS
 
 
 class _Block(BaseModel):
@@ -323,8 +335,10 @@ class Severity(_Block):
     superseded: list[Superseded]
 
 
-class SeveritySuiteRecord(_Block):
-    """One built severity suite (`exp3.session.SeveritySuite`, as `data.severity_suites` holds it)."""
+class SeveritySuite(_Block):
+    """One built severity suite (exp3.occlusion.suites.build_severity_suites) and the level it is."""
+
+    model_config = ConfigDict(frozen=True)
 
     level: int
     split: str
@@ -335,8 +349,11 @@ class SeveritySuiteRecord(_Block):
     manifest_sha256: str
 
 
-class Data(_Block):
-    """The data the session used (`exp3.session.PreparedData`)."""
+class PreparedData(_Block):
+    """The data every session of a run shares: built once (`exp3.session.prepare_data`), verified on reuse
+    (`exp3.session.prepared_is_current`), handed to each session (`--prepared`), recorded as metrics.json's `data`."""
+
+    model_config = ConfigDict(frozen=True)
 
     data_yaml: str
     dataset_fingerprint: str
@@ -345,8 +362,37 @@ class Data(_Block):
     suite_manifest_sha256: str
     s2_data_yaml: str
     s2_manifest_sha256: str
-    severity_suites: list[SeveritySuiteRecord] | None = Field(default=None, exclude_if=_absent_when_none)
-    """Absent in sessions finished before severity suites existed."""
+    severity_suites: tuple[SeveritySuite, ...] = ()
+    """Absent in sessions finished before severity suites existed: read as none, and left out again when
+    dumped (what was read is what is written)."""
+
+    @model_serializer(mode="wrap")
+    def _severity_suites_as_recorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = handler(self)
+        if "severity_suites" not in self.model_fields_set:
+            dumped.pop("severity_suites", None)
+        return dumped
+
+    def severity_suite(self, split: str) -> SeveritySuite | None:
+        """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
+        return next((suite for suite in self.severity_suites if suite.split == split), None)
+
+    def split_yaml(self, split: str) -> Path:
+        suite = self.severity_suite(split)
+        return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
+
+    def manifest(self, split: str) -> Path:
+        """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
+        suite = self.severity_suite(split)
+        return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
+
+    def test_splits(self) -> tuple[str, ...]:
+        """test_clean, test_occ_fixed, then the severity splits, light to heavy."""
+        return (*PRIMARY_SPLITS, *(suite.split for suite in self.severity_suites))
+
+    def occluded_splits(self) -> tuple[str, ...]:
+        """Every occluded test split of this run (what exp3.splits.occluded_splits names), built."""
+        return self.test_splits()[1:]
 
 
 class Seeds(_Block):
@@ -398,7 +444,7 @@ class SessionMetrics(_Block):
     robustness: Robustness
     severity: Severity | None = Field(default=None, exclude_if=_absent_when_none)
     """Absent in sessions finished before severity suites existed (the first update adds it)."""
-    data: Data
+    data: PreparedData
     seeds: Seeds
     config_fingerprint: str
     provenance: Provenance
@@ -422,6 +468,31 @@ def _number_or_none(value: Any) -> float | None:
 
 Number = Annotated[float | None, BeforeValidator(_number_or_none)]
 """A number as readers take it: anything else (absent, null, a string, a bool) is None."""
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+Text = Annotated[str | None, BeforeValidator(_text_or_none)]
+"""A string as readers take it: anything else is None."""
+
+
+def _range_or_none(value: Any) -> tuple[float, float] | None:
+    numbers = [_number_or_none(item) for item in value] if isinstance(value, (list, tuple)) else []
+    return (numbers[0], numbers[1]) if len(numbers) == 2 and None not in numbers else None
+
+
+Range = Annotated[tuple[float, float] | None, BeforeValidator(_range_or_none)]
+"""A [low, high] pair of numbers as readers take it: anything else is None."""
+
+
+def _dict_or_empty(value: Any) -> Any:
+    return value if isinstance(value, dict) else {}
+
+
+def _list_or_empty(value: Any) -> Any:
+    return value if isinstance(value, list) else []
 
 
 class _View(BaseModel):
@@ -500,18 +571,44 @@ class SeedsView(_View):
     train: Number = None
 
 
-def _splits_or_empty(value: Any) -> Any:
-    return value if isinstance(value, dict) else {}
+class SeverityLevelView(_View):
+    """What readers take from one entry of `severity.levels`."""
+
+    level: Number = None
+    split: Text = None
+    coverage: Range = None
+    suite_id: Text = None
+
+
+class SeverityEvaluationView(_View):
+    """What readers take from `severity.evaluations.<split>`: the suite the split was evaluated on."""
+
+    suite_id: Text = None
+    manifest_sha256: Text = None
+
+
+class SeverityView(_View):
+    levels: Annotated[list[SeverityLevelView], BeforeValidator(_list_or_empty)] = []
+    evaluations: Annotated[dict[str, SeverityEvaluationView], BeforeValidator(_dict_or_empty)] = {}
+
+
+class DataView(_View):
+    """What readers take from `data`: the fixed suite a session was evaluated on."""
+
+    suite_dir: Text = None
+    suite_manifest_sha256: Text = None
 
 
 class MetricsView(_View):
     """The fields of a metrics.json the report and the flow's log lines read, from any exp3 version."""
 
-    splits: Annotated[dict[str, SplitView], BeforeValidator(_splits_or_empty)] = {}
+    splits: Annotated[dict[str, SplitView], BeforeValidator(_dict_or_empty)] = {}
     training: TrainingView = TrainingView()
     eval: EvalView = EvalView()
     thresholds: ThresholdsView = ThresholdsView()
     robustness: RobustnessView = RobustnessView()
+    severity: SeverityView = SeverityView()
+    data: DataView = DataView()
     seeds: SeedsView = SeedsView()
 
     @classmethod

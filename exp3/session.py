@@ -45,12 +45,12 @@ import json
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from exp3 import __version__
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
+from exp3.dataset import AuditedData, audit_once
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.identity import SessionInputs, session_inputs
 from exp3.layout import SessionPaths
@@ -58,9 +58,9 @@ from exp3.sessions import Session, parse_session
 from exp3.runlock import LockBusy
 from exp3.schema import (
     Checkpoint,
-    Data,
     Eval,
     Masking,
+    PreparedData,
     PreviousFailure,
     Provenance,
     Robustness,
@@ -69,6 +69,7 @@ from exp3.schema import (
     Severity,
     SeverityEvaluation,
     SeverityLevel,
+    SeveritySuite,
     SplitMetrics,
     Superseded,
     Thresholds,
@@ -94,61 +95,6 @@ class SessionFailed(RuntimeError):
     """A session that could not finish; the message is one line, the log tail is in FAILED."""
 
 
-@dataclass(frozen=True)
-class SeveritySuite:
-    """One built severity suite (exp3.occlusion.suites.build_severity_suites) and the level it is."""
-
-    level: int
-    split: str
-    coverage: tuple[float, float]
-    spec_key: str
-    suite_dir: str
-    suite_id: str
-    manifest_sha256: str
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """The data every session of a run shares (built once, verified on reuse)."""
-
-    data_yaml: str
-    dataset_fingerprint: str
-    suite_dir: str
-    suite_id: str
-    suite_manifest_sha256: str
-    s2_data_yaml: str
-    s2_manifest_sha256: str
-    severity_suites: tuple[SeveritySuite, ...] = ()
-
-    def __post_init__(self) -> None:
-        """Accept the plain dicts `asdict` makes (the flow passes PreparedData between tasks that way)."""
-        suites = tuple(suite if isinstance(suite, SeveritySuite) else
-                       SeveritySuite(**{**suite, "coverage": tuple(suite["coverage"])})
-                       for suite in self.severity_suites)
-        object.__setattr__(self, "severity_suites", suites)
-
-    def severity_suite(self, split: str) -> SeveritySuite | None:
-        """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
-        return next((suite for suite in self.severity_suites if suite.split == split), None)
-
-    def split_yaml(self, split: str) -> Path:
-        suite = self.severity_suite(split)
-        return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
-
-    def manifest(self, split: str) -> Path:
-        """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
-        suite = self.severity_suite(split)
-        return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
-
-    def test_splits(self) -> tuple[str, ...]:
-        """test_clean, test_occ_fixed, then the severity splits, light to heavy."""
-        return (*PRIMARY_SPLITS, *(suite.split for suite in self.severity_suites))
-
-    def occluded_splits(self) -> tuple[str, ...]:
-        """Every occluded test split of this run (what exp3.splits.occluded_splits names), built."""
-        return self.test_splits()[1:]
-
-
 def session_dir(output_root: Path, session: Session) -> Path:
     """`<output_root>/<model>/<model>__<suffix>` (SessionPaths owns the layout)."""
     return SessionPaths.of(output_root, session).folder
@@ -172,26 +118,29 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path) -> Path:
                                    workers=2)
 
 
-def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
+def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedData | None = None) -> PreparedData:
     """Dataset, its audit, fixed occlusion suite and S2's occluded train set (each idempotent, verified).
 
+    `audited`: the flow's audit of this config's dataset (`exp3.dataset.audit_once`), used as is: the
+    dataset is not hashed again. Without it (a session run by hand) the dataset is audited here.
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """
-    from exp3.dataset import audit_once
     from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
     from exp3.splits import severity_levels
 
-    data_yaml = dataset_yaml(config, output_root)
-    audit = audit_once(data_yaml, output_root / "audits")
+    if audited is None:
+        audited = audit_once(dataset_yaml(config, output_root), output_root / "audits")
+    data_yaml = Path(audited.data_yaml)
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
     severity_dirs = build_severity_suites(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
-    severity = tuple(SeveritySuite(level.level, level.split, level.coverage, level.spec_key, str(path), path.name,
-                                   sha256_file(path / "manifest.json"))
+    severity = tuple(SeveritySuite(level=level.level, split=level.split, coverage=level.coverage,
+                                   spec_key=level.spec_key, suite_dir=str(path), suite_id=path.name,
+                                   manifest_sha256=sha256_file(path / "manifest.json"))
                      for level, path in zip(severity_levels(config.occlusion), severity_dirs))
     return PreparedData(
         data_yaml=str(data_yaml),
-        dataset_fingerprint=audit["fingerprint"],  # computed by the audit: no second pass over the files
+        dataset_fingerprint=audited.fingerprint,  # computed by the audit: no second pass over the files
         suite_dir=str(suite),
         suite_id=suite.name,
         suite_manifest_sha256=sha256_file(suite / "manifest.json"),
@@ -203,9 +152,11 @@ def prepare_data(config: ExperimentConfig, output_root: Path) -> PreparedData:
 
 def prepared_from_json(text: str) -> PreparedData:
     """`--prepared` JSON (what the flow prepared) -> PreparedData; ValueError naming the fix if it is not one."""
+    from pydantic import ValidationError
+
     try:
-        return PreparedData(**json.loads(text))
-    except (ValueError, TypeError) as error:
+        return PreparedData.model_validate_json(text)
+    except ValidationError as error:
         raise ValueError(f"--prepared is not a PreparedData JSON object ({_one_line(error)}): "
                          "leave it out and the session prepares its own data") from None
 
@@ -437,7 +388,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         splits=splits,
         robustness=Robustness(**robustness(splits_json[CLEAN_SPLIT], splits_json[FIXED_SPLIT])),
         severity=_severity_block(prepared, splits, evaluations, []),
-        data=Data.model_validate(asdict(prepared)),
+        data=prepared,
         seeds=Seeds(train=session.training_seed(config.seeds),
                     masking=None if plan.masking_spec is None else plan.masking_spec["seed"],
                     occlusion=config.occlusion.seed, synthetic=config.dataset.synthetic_seed),
@@ -551,7 +502,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
     updated = SessionMetrics.model_validate({
         **dict(current), "splits": ordered, "severity": _severity_block(prepared, ordered, evaluations, superseded),
-        "data": Data.model_validate(asdict(prepared))})
+        "data": prepared})
     paths.replace_metrics(updated.to_json(), {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return json.loads(paths.metrics.read_text(encoding="utf-8"))
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
+from exp3.schema import MetricsView, SeverityLevelView, SplitView
 
 METRICS: dict[str, tuple[str, ...]] = {
     "ingredient_micro_f1": ("ingredient", "micro", "f1"),
@@ -40,7 +41,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "map50": ("map50",),
     "map50_95": ("map50_95",),
 }
-"""Metric name -> path inside a metrics.json split entry."""
+"""Metric name -> path inside a metrics.json split entry (`exp3.schema.SplitView`)."""
 CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
 """The metrics the report draws and tests (F1-vs-severity and mAP50-vs-severity)."""
 REFERENCE = "S1_clean_train"
@@ -53,22 +54,23 @@ TABLE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric",
                                   "diff_rPC_ci_high", "p_mPC_vs_S1", "p_bh_mPC_vs_S1", "n_images")
 
 
-def split_value(split_metrics: dict[str, Any] | None, metric: str) -> float | None:
+def split_value(split: SplitView, metric: str) -> float | None:
     """The value of `metric` in one metrics.json split entry, None when absent."""
-    value: Any = split_metrics or {}
+    value: Any = split
     for key in METRICS[metric]:
-        value = value.get(key) if isinstance(value, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        value = getattr(value, key)
+    return value
 
 
 def mpc_summary(splits: dict[str, Any], severity_splits: list[str]) -> dict[str, Any]:
     """Point mPC / rPC of every `METRICS` entry from metrics.json's `splits` (None where undefined)."""
+    view = MetricsView.of({"splits": splits})
     mpc: dict[str, float | None] = {}
     rpc: dict[str, float | None] = {}
     for metric in METRICS:
-        values = [split_value(splits.get(split), metric) for split in severity_splits]
+        values = [split_value(view.split(split), metric) for split in severity_splits]
         mean = float(np.mean(values)) if values and all(v is not None for v in values) else None
-        clean = split_value(splits.get("test_clean"), metric)
+        clean = split_value(view.split("test_clean"), metric)
         mpc[metric] = None if mean is None else round(mean, 6)
         rpc[metric] = None if mean is None or not clean else round(mean / clean, 6)
     return {"levels": list(severity_splits), "mPC": mpc, "rPC": rpc,
@@ -78,16 +80,17 @@ def mpc_summary(splits: dict[str, Any], severity_splits: list[str]) -> dict[str,
 # ----------------------------------------------------------------------------- the report's part
 
 
-def common_levels(runs: Iterable[Any]) -> list[dict[str, Any]]:
+def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
     """The severity levels (metrics.json `severity.levels`) every done run of a model recorded on the
-    same suite, light to heavy; a level evaluated on different suites by different runs is left out."""
+    same suite, light to heavy; a level evaluated on different suites by different runs is left out,
+    and so is one recorded without its level, split, coverage or suite."""
     done = [run for run in runs if run.status == "done" and run.metrics]
     if not done:
         return []
-    per_run = [{(level["split"], level["suite_id"]): level
-                for level in ((run.metrics.get("severity") or {}).get("levels") or [])} for run in done]
+    per_run = [{(level.split, level.suite_id): level for level in run.view.severity.levels
+                if None not in (level.level, level.split, level.coverage, level.suite_id)} for run in done]
     shared = set(per_run[0]).intersection(*per_run[1:]) if per_run else set()
-    return sorted((per_run[0][key] for key in shared), key=lambda level: level["level"])
+    return sorted((per_run[0][key] for key in shared), key=lambda level: level.level)
 
 
 def _counts(frame: pd.DataFrame | None, ids: pd.Index) -> np.ndarray | None:
@@ -122,9 +125,9 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
         levels = common_levels(model_runs)
         if not levels:
             continue
-        splits = ["test_clean", *(level["split"] for level in levels)]
-        coverage = ["clean", *(f"{level['coverage'][0]:g}-{level['coverage'][1]:g}" for level in levels)]
-        suites = {level["split"]: level["suite_id"] for level in levels}
+        splits = ["test_clean", *(level.split for level in levels)]
+        coverage = ["clean", *(f"{level.coverage[0]:g}-{level.coverage[1]:g}" for level in levels)]
+        suites = {level.split: level.suite_id for level in levels}
         scores: dict[str, list[pd.DataFrame | None]] = {}
         for suffix in SESSION_SUFFIXES:
             done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
@@ -218,8 +221,7 @@ def _map_points(runs: list[Any], splits: list[str]) -> np.ndarray | None:
     """(S,) recorded mAP50 per split, the seed mean (what metrics.json reports)."""
     values = []
     for split in splits:
-        recorded = [split_value(((run.metrics or {}).get("splits") or {}).get(split), "map50")
-                    for run in runs if run.status == "done"]
+        recorded = [split_value(run.view.split(split), "map50") for run in runs if run.status == "done"]
         if not recorded or any(value is None for value in recorded):
             return None
         values.append(float(np.mean(recorded)))

@@ -8,7 +8,8 @@ and records that key; a folder made under other inputs is moved aside to <root>/
 session trains again from scratch; an unfinished training of the same inputs resumes from its
 own last.pt. Run the same command after a crash, a reboot or a `kill -9`: finished sessions are
 skipped, the rest continue. Each task calls one library function; values cross the task
-boundary as typed objects (exp3.jobs: SessionJob in, SessionResult out).
+boundary as typed objects: the audit's `AuditedData` (the dataset is hashed once) to the prepare
+task, its `PreparedData` to every session, and exp3.jobs' SessionJob in, SessionResult out.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from prefect import allow_failure, flow, get_run_logger, task  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
+from exp3.dataset import AuditedData  # noqa: E402
 from exp3.grid import failed_sessions, select_sessions, write_plan  # noqa: E402
 from exp3.identity import session_inputs  # noqa: E402
 from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs, session_lanes  # noqa: E402
 from exp3.live import announce_done, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
 from exp3.runner import SessionError, SessionSkipped  # noqa: E402
-from exp3.session import PreparedData  # noqa: E402
+from exp3.schema import PreparedData  # noqa: E402
 from exp3.sessions import Session  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16
@@ -48,15 +50,13 @@ MAX_PARALLEL_SESSIONS = 16
 
 
 @task(name="audit-dataset")
-def audit_task(config: ExperimentConfig) -> str:
-    """The data.yaml (the embedded dataset is generated on first use), audited once per content;
-    a dataset with blocking problems fails the flow before anything is built from it."""
+def audit_task(config: ExperimentConfig) -> AuditedData:
+    """The data.yaml (the embedded dataset is generated on first use) and its fingerprint, audited once
+    per content; a dataset with blocking problems fails the flow before anything is built from it."""
     from exp3.dataset import audit_once
     from exp3.session import dataset_yaml
 
-    data_yaml = dataset_yaml(config, config.output_root)
-    audit_once(data_yaml, config.output_root / "audits")
-    return str(data_yaml)
+    return audit_once(dataset_yaml(config, config.output_root), config.output_root / "audits")
 
 
 @task(name="resolve-weights")
@@ -68,11 +68,12 @@ def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[st
 
 
 @task(name="prepare-data")
-def prepare_task(config: ExperimentConfig) -> PreparedData:
-    """Fixed occlusion suite and S2 train set: built once, verified after; handed down to every session."""
+def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData:
+    """Occlusion suites and S2 train set of the audited dataset (not hashed again): built once, verified
+    after; handed down to every session."""
     from exp3.session import prepare_data
 
-    return prepare_data(config, config.output_root)
+    return prepare_data(config, config.output_root, audited=audited)
 
 
 def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -133,9 +134,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         if lock.took_over:
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
         config_path = write_resolved_config(config, root)
-        audit_task(config)
+        audited = audit_task(config)
         weights = resolve_weights_task(config, model_names)
-        prepared = prepare_task(config)
+        prepared = prepare_task(config, audited)
         keys = {s.name: session_inputs(config, s, prepared.dataset_fingerprint, prepared.suite_id,
                                        weights[s.model]).key for s in grid}
         write_plan(root, keys)

@@ -14,11 +14,15 @@ from exp3.grid import select_sessions
 from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs, session_lanes
 from exp3.progress import SessionHeadline
 from exp3.runner import SessionError, SessionSkipped, session_command
-from exp3.session import PreparedData, prepared_from_json, prepared_is_current
+from exp3.schema import PreparedData, SeveritySuite
+from exp3.session import prepared_from_json, prepared_is_current
 
 PREPARED = PreparedData(data_yaml="/d/data.yaml", dataset_fingerprint="f" * 16, suite_dir="/s/occ-1", suite_id="occ-1",
                         suite_manifest_sha256="a" * 64, s2_data_yaml="/s/occtrain-1/data.yaml",
-                        s2_manifest_sha256="b" * 64)
+                        s2_manifest_sha256="b" * 64,
+                        severity_suites=(SeveritySuite(level=1, split="test_occ_sev1", coverage=(0.1, 0.3),
+                                                       spec_key="k" * 16, suite_dir="/s/occ-2", suite_id="occ-2",
+                                                       manifest_sha256="c" * 64),))
 
 
 def _config(**update: object) -> ExperimentConfig:
@@ -129,9 +133,10 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
         (folder / "manifest.json").write_text(json.dumps({"folder": folder.name}))
     (tmp_path / "data.yaml").write_text("names: [a]\n")
     (s2 / "data.yaml").write_text("names: [a]\n")
-    prepared = PreparedData(str(tmp_path / "data.yaml"), "f" * 16, str(suite), suite.name,
-                            sha256_file(suite / "manifest.json"), str(s2 / "data.yaml"),
-                            sha256_file(s2 / "manifest.json"))
+    prepared = PreparedData(data_yaml=str(tmp_path / "data.yaml"), dataset_fingerprint="f" * 16,
+                            suite_dir=str(suite), suite_id=suite.name,
+                            suite_manifest_sha256=sha256_file(suite / "manifest.json"),
+                            s2_data_yaml=str(s2 / "data.yaml"), s2_manifest_sha256=sha256_file(s2 / "manifest.json"))
     assert prepared_is_current(prepared)
     (s2 / "manifest.json").write_text("{}")  # rebuilt or tampered with: the session verifies for itself
     assert not prepared_is_current(prepared)

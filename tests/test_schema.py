@@ -11,7 +11,6 @@ import json
 import os
 import re
 import types
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -19,7 +18,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from exp3.fileio import canonical_json
-from exp3.schema import Data, MetricsView, Robustness, SessionMetrics, SeveritySuiteRecord, TrainingRan
+from exp3.schema import MetricsView, Robustness, SessionMetrics, TrainingRan
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "fixtures" / "metrics_example.json"
@@ -56,9 +55,22 @@ def test_files_from_before_severity_suites_validate_and_stay_without_them() -> N
     legacy.pop("severity")
     legacy["data"].pop("severity_suites")
     metrics = SessionMetrics.model_validate(legacy)
-    assert metrics.severity is None and metrics.data.severity_suites is None
+    assert metrics.severity is None and metrics.data.severity_suites == () and metrics.data.test_splits() == (
+        "test_clean", "test_occ_fixed")
     assert "severity" not in metrics.to_json() and "severity_suites" not in metrics.to_json()["data"]
     assert _round_trips(legacy)
+
+
+def test_the_data_block_is_the_prepared_data_a_session_is_handed() -> None:
+    """metrics.json's `data` is `PreparedData`: what `--prepared` carries is what the session records."""
+    from exp3.session import prepared_from_json
+
+    block = _example()["data"]
+    prepared = SessionMetrics.model_validate(_example()).data
+    assert prepared_from_json(json.dumps(block)) == prepared and prepared.model_dump(mode="json") == block
+    assert prepared.occluded_splits() == ("test_occ_fixed", "test_occ_sev1")
+    assert prepared.split_yaml("test_occ_sev1") == Path(block["severity_suites"][0]["suite_dir"]) / "test_occ_sev1.yaml"
+    assert prepared.manifest("test_occ_fixed") == Path(block["suite_dir"]) / "manifest.json"
 
 
 def test_unmasked_sessions_and_undefined_numbers() -> None:
@@ -104,11 +116,9 @@ def test_real_run_files_validate_and_round_trip() -> None:
 
 
 def test_blocks_mirror_their_owners() -> None:
-    from exp3.session import PreparedData, SeveritySuite, robustness
+    from exp3.session import robustness
     from exp3.train import RESUME_OVERRIDABLE
 
-    assert list(Data.model_fields) == [field.name for field in fields(PreparedData)]
-    assert list(SeveritySuiteRecord.model_fields) == [field.name for field in fields(SeveritySuite)]
     assert set(TrainingRan.model_fields) == set(RESUME_OVERRIDABLE)
     clean = SessionMetrics.model_validate(_example()).splits["test_clean"].model_dump(mode="json")
     assert set(Robustness.model_fields) == set(robustness(clean, clean))
@@ -172,12 +182,23 @@ def test_the_view_agrees_with_the_model_and_tolerates_partial_files() -> None:
         assert view.split(split).ingredient.micro.f1 == part.ingredient.micro.f1
         assert view.split(split).at_val_threshold.detection.f1 == part.at_val_threshold.detection.f1
     assert view.thresholds.val_chosen == strict.thresholds.val_chosen and view.seeds.train == strict.seeds.train
+    assert view.data.suite_dir == strict.data.suite_dir and strict.severity is not None
+    assert [(level.split, level.coverage, level.suite_id) for level in view.severity.levels] == [
+        (level.split, level.coverage, level.suite_id) for level in strict.severity.levels]
+    assert {split: record.manifest_sha256 for split, record in view.severity.evaluations.items()} == {
+        split: record.manifest_sha256 for split, record in strict.severity.evaluations.items()}
     partial = MetricsView.of({"splits": {"test_clean": {"map50": 0.5, "ingredient": None}, "x": [1]},
                               "training": "?", "seeds": {"train": True}})
     assert partial.split("test_clean").map50 == 0.5 and partial.split("test_clean").ingredient.micro.f1 is None
     assert partial.split("missing").map50 is None and partial.split("x").conf is None
     assert partial.training.wall_s is None and partial.seeds.train is None
     assert MetricsView.of(None) == MetricsView.of([]) == MetricsView()
+    drifted = MetricsView.of({"severity": {"levels": [{"split": 1, "coverage": [0.1]}, "?", {"coverage": [0, 0.5]}],
+                                           "evaluations": []}, "data": {"suite_dir": 3}})
+    assert [(level.split, level.coverage) for level in drifted.severity.levels] == [(None, None), (None, None),
+                                                                                     (None, (0.0, 0.5))]
+    assert drifted.severity.evaluations == {} and drifted.data.suite_dir is None
+    assert MetricsView.of({"severity": "?"}).severity.levels == []
 
 
 # ----------------------------------------------------------------------------- docs/schema.md

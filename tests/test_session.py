@@ -228,6 +228,27 @@ def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: P
     assert len(list((output / "audits").glob("audit-*.json"))) == 1
 
 
+def test_the_flow_hashes_the_dataset_once(tmp_path: Path, tiny_data_yaml: Path, monkeypatch) -> None:
+    """The flow's audit task hands its `AuditedData` to the prepare task (`prepare_data(audited=...)`): one
+    fingerprint pass over the dataset per run, a first audit included. A session run by hand audits itself."""
+    import exp3.dataset
+    from exp3.dataset import audit_once
+    from exp3.session import dataset_yaml, prepare_data
+
+    passes: list[Path] = []
+    fingerprint = exp3.dataset.dataset_fingerprint
+    monkeypatch.setattr(exp3.dataset, "dataset_fingerprint", lambda spec: passes.append(spec.yaml_path)
+                        or fingerprint(spec))
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output, {"dataset": {
+        "kind": "yaml", "data_yaml": str(tiny_data_yaml)}}))
+    audited = audit_once(dataset_yaml(config, output), output / "audits")   # the audit task (not cached yet)
+    prepared = prepare_data(config, output, audited=audited)                # the prepare task
+    assert len(passes) == 1 and prepared.dataset_fingerprint == audited.fingerprint
+    assert prepared.data_yaml == audited.data_yaml == str(tiny_data_yaml)
+    assert prepare_data(config, output) == prepared and len(passes) == 2    # by hand: its own (cached) audit
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

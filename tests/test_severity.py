@@ -296,6 +296,24 @@ def test_mpc_and_rpc_point_values() -> None:
     assert mpc_summary(splits, [])["mPC"]["map50"] is None
 
 
+def test_common_levels_are_those_every_done_run_recorded_on_the_same_suite(tmp_path: Path) -> None:
+    from exp3.report import SessionRun
+    from exp3.severity import common_levels
+
+    def run(*levels: object, status: str = "done") -> SessionRun:
+        return SessionRun("m", "S1_clean_train", None, tmp_path, status, None, {"severity": {"levels": list(levels)}})
+
+    def level(k: int, suite: str) -> dict:
+        return {"level": k, "split": f"test_occ_sev{k}", "coverage": [k / 10, k / 5], "spec_key": "x", "suite_id": suite}
+
+    runs = [run(level(2, "b"), level(1, "a"), level(3, "c")), run(level(1, "a"), level(2, "b"), level(3, "other")),
+            run(level(1, "z"), status="failed")]
+    assert [(got.split, got.coverage) for got in common_levels(runs)] == [("test_occ_sev1", (0.1, 0.2)),
+                                                                         ("test_occ_sev2", (0.2, 0.4))]
+    drifted = {**level(2, "b"), "coverage": "?"}  # a level that cannot be drawn is no level
+    assert [got.split for got in common_levels([run(level(1, "a"), drifted)])] == ["test_occ_sev1"]
+
+
 def test_mpc_permutation_p_matches_brute_force() -> None:
     from itertools import product
 
