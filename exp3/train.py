@@ -1,39 +1,42 @@
-"""Training one session under the defaults policy, in its own subprocess.
+"""Training one session under the defaults policy, in the session's own process.
 
 Policy: Ultralytics defaults for everything, except what `training_overrides` returns
 (`epochs`, one constant per model; `batch`/`imgsz`/`device`/`workers`/`seed` only where the config
 sets them) plus the data and output locations. Both are recorded, together with the effective
 args Ultralytics resolved and the optimizer `optimizer=auto` picked.
 
-Each training runs as `python -m exp3.train --plan plan.json` (repeated in-process training leaks
-memory and cross-talks), stdout/stderr captured to the session's `logs/train.log`:
+A session process (`python -m exp3.session`, one per session, started by the runner) trains once,
+in process, then evaluates with the torch and Ultralytics it has already imported: no second
+Python start-up per session. Ultralytics' output (stdout and stderr, at the file-descriptor level)
+goes to the session's `logs/train.log` while it trains:
 
-    plan_training(...)  -> TrainPlan (pure)            parent process
-    run_training(plan)  -> exit code, log              parent process
-    _train_worker(plan) -> weights/, train_info.json   child process (Ultralytics runs here)
+    plan_training(...)  -> TrainPlan (pure), written to train_plan.json
+    run_training(plan)  -> TrainOutcome; weights/, train_info.json, logs/train.log
 
-Resume: if the session's own `train/weights/last.pt` exists and is unfinished, the worker
-resumes from it (never from another session's checkpoint) with the same trainer class, so
-masking is re-attached; a finished `last.pt` counts as trained.
+An out-of-memory error propagates like any other (the session writes FAILED); the runner retries
+the session in a fresh process with half the batch, so no training ever runs twice in one process.
+
+Resume: if the session's own `train/weights/last.pt` exists and is unfinished, training resumes
+from it (never from another session's checkpoint) with the same trainer class, so masking is
+re-attached; a finished `last.pt` counts as trained.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.layout import TRAIN_RUN_NAME
-from exp3.parallel import die_with_parent
 from exp3.sessions import Session
 from exp3.weights import ResolvedWeights
 
@@ -46,7 +49,7 @@ TRAINER_CLASSES: dict[tuple[str, bool], str] = {
     ("rtdetr", False): "exp3.trainers:SafeRTDETRTrainer",
     ("rtdetr", True): "exp3.trainers:MaskedRTDETRTrainer",
 }
-"""(model family, masked?) -> "module:Class" of the trainer the worker uses: Ultralytics' own,
+"""(model family, masked?) -> "module:Class" of the trainer a session trains with: Ultralytics' own,
 with atomic checkpoint writes, plus masking for S3-S6 (exp3/trainers.py)."""
 
 MODEL_CLASSES: dict[str, str] = {"detect": "ultralytics:YOLO", "rtdetr": "ultralytics:RTDETR"}
@@ -57,7 +60,7 @@ RESUME_OVERRIDABLE: tuple[str, ...] = ("batch", "imgsz", "device", "workers")
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """Everything the worker needs, JSON-serialisable."""
+    """Everything a training needs, JSON-serialisable (kept as train_plan.json)."""
 
     session: str
     family: Family
@@ -152,9 +155,8 @@ def checkpoint_state(last_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
 
 @dataclass
 class TrainOutcome:
-    """What the parent learns from one training subprocess."""
+    """What one training did."""
 
-    returncode: int
     wall_s: float
     resumed_from_epoch: int | None
     log_path: str
@@ -162,21 +164,60 @@ class TrainOutcome:
 
 
 def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
-    """Run the worker for `plan` in a subprocess; append its output to `logs_dir/train.log`."""
+    """Train `plan` in this process, Ultralytics' output appended to `logs_dir/train.log`.
+
+    Errors propagate (their traceback is in the log too); the masking settings are attached only
+    for the training and removed after it, and the trainer's memory is released before returning.
+    """
     logs_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
+    atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
     log_path = logs_dir / "train.log"
     start = time.perf_counter()
-    with open(log_path, "ab") as log:
-        log.write(f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
-        log.flush()
-        result = subprocess.run([sys.executable, "-m", "exp3.train", "--plan", str(plan_path)],
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
-    outcome_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    # The worker inspects last.pt (and recovers a corrupt one); its train_info.json says what it resumed from.
-    return TrainOutcome(result.returncode, round(time.perf_counter() - start, 2), outcome_info.get("resumed_from"),
-                        str(log_path), outcome_info)
+    with _output_to(log_path, f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n") as log:
+        try:
+            _train(plan)
+        except BaseException:
+            import traceback
+
+            log.write(traceback.format_exc().encode())  # FAILED's log tail ends with the error
+            raise
+        finally:
+            _release_memory()
+    info = _read_info(Path(plan.run_dir) / TRAIN_INFO_FILENAME)
+    return TrainOutcome(round(time.perf_counter() - start, 2), info.get("resumed_from"), str(log_path), info)
+
+
+@contextmanager
+def _output_to(log_path: Path, header: str) -> Iterator[BinaryIO]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so progress bars and C-level
+    output too) to `log_path` (appended) for the duration, restored afterwards; yields the log
+    (unbuffered, so its own writes keep their place among the redirected ones)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(header.encode())
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _release_memory() -> None:
+    """Free what the finished trainer held (its model, optimizer, dataloaders) before evaluation."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def log_tail(log_path: str | Path, lines: int = 40) -> str:
@@ -190,7 +231,7 @@ def log_tail(log_path: str | Path, lines: int = 40) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Worker side (runs in the subprocess)
+# The training itself
 
 
 def _optimizer_summary(trainer: Any, requested: str | None) -> dict[str, Any]:
@@ -218,16 +259,25 @@ def _recover_from_corrupt_last(plan: TrainPlan, info: dict[str, Any]) -> tuple[C
     return "missing", {}
 
 
-def _train_worker(plan: TrainPlan) -> int:
+def _train(plan: TrainPlan) -> None:
     from exp3.offline import apply_offline_environment
 
     apply_offline_environment(plan.output_root)
-    if plan.masking_site is not None:
-        from exp3.trainers import MASKING_SPEC_ENV, write_masking_settings
+    if plan.masking_site is None:
+        _train_with(plan)
+        return
+    from exp3.trainers import MASKING_SPEC_ENV, write_masking_settings
 
-        settings = write_masking_settings(Path(plan.run_dir).parent / "masking_spec.json", plan.masking_site,
-                                          plan.masking_spec or {})
-        os.environ[MASKING_SPEC_ENV] = str(settings)
+    settings = write_masking_settings(Path(plan.run_dir).parent / "masking_spec.json", plan.masking_site,
+                                      plan.masking_spec or {})
+    os.environ[MASKING_SPEC_ENV] = str(settings)
+    try:
+        _train_with(plan)
+    finally:
+        os.environ.pop(MASKING_SPEC_ENV, None)  # the evaluation that follows in this process never masks
+
+
+def _train_with(plan: TrainPlan) -> None:
     trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
     model_class = _load_symbol(MODEL_CLASSES[plan.family])
     state, info = checkpoint_state(plan.last_pt)
@@ -235,7 +285,7 @@ def _train_worker(plan: TrainPlan) -> int:
         state, info = _recover_from_corrupt_last(plan, info)
     if state == "finished":
         print(f"exp3: {plan.last_pt} is a finished training (epoch info {info}): nothing to train")
-        return 0
+        return
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     earlier = _read_info(info_path) if state == "partial" else {}
     walls: list[float] = list(earlier.get("attempt_wall_s", []))  # training time of earlier attempts
@@ -288,7 +338,6 @@ def _train_worker(plan: TrainPlan) -> int:
     captured.update({"trainer": trainer_class.__name__,
                      "resumed_from": info.get("epoch") if state == "partial" else None})
     _write_info(final=True)
-    return 0
 
 
 def _read_info(path: Path) -> dict[str, Any]:
@@ -296,16 +345,3 @@ def _read_info(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m exp3.train --plan plan.json`: the training subprocess."""
-    parser = argparse.ArgumentParser(prog="python -m exp3.train", description="exp3 training worker")
-    parser.add_argument("--plan", type=Path, required=True)
-    args = parser.parse_args(argv)
-    plan = TrainPlan(**json.loads(args.plan.read_text(encoding="utf-8")))
-    return _train_worker(plan)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

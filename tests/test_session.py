@@ -198,17 +198,18 @@ def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> Non
     broken.write_bytes(b"not a checkpoint")
     config = load_config(_write_config(tmp_path / "c.yaml", output, {"models": {"yolov8n": {
         "architecture": "yolov8n.yaml", "weights": str(broken), "epochs": 1}}}))
-    with pytest.raises(SessionFailed, match="training exited with code"):
+    with pytest.raises(SessionFailed, match="broken.pt is not a loadable checkpoint"):  # the cause, in one line
         run_session(config, Session("yolov8n", "S1_clean_train"), output)
     folder = output / "yolov8n" / "yolov8n__S1_clean_train"
     failed = json.loads((folder / FAILED_MARKER).read_text())
-    assert "training exited" in failed["error"] and failed["train_log_tail"]
+    assert "not a loadable checkpoint" in failed["error"]
+    assert "not a loadable checkpoint" in failed["train_log_tail"]  # the log tail shows the error
     assert not (folder / DONE_MARKER).exists() and not (folder / "metrics.json").exists()
     fixed = load_config(_write_config(tmp_path / "c2.yaml", output))  # weights: null: from the yaml, on purpose
     metrics = run_session(fixed, Session("yolov8n", "S1_clean_train"), output)
     assert metrics["training"]["previous_failure"] is None  # that failure belongs to other inputs ...
     stale = list((output / "stale" / "yolov8n").iterdir())
-    assert len(stale) == 1 and "training exited" in json.loads((stale[0] / FAILED_MARKER).read_text())["error"]
+    assert len(stale) == 1 and "not a loadable" in json.loads((stale[0] / FAILED_MARKER).read_text())["error"]
     assert not (folder / FAILED_MARKER).exists()  # ... and is kept aside, not deleted
 
 
@@ -360,3 +361,38 @@ def test_a_leftover_temp_checkpoint_never_replaces_best(tmp_path: Path) -> None:
     trainer.save_model()
     assert trainer.best.read_bytes() == b"the good best" and trainer.last.read_bytes() == b"epoch 7 last"
     assert not (tmp_path / ".best.pt.tmp").exists()
+
+
+def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
+        tmp_path: Path, tiny_data_yaml: Path, trained_yolo_checkpoint: Path, trained_data_yaml: Path) -> None:
+    """A session trains (with masking) and then evaluates in one process: the training leaves nothing
+    behind that changes an evaluation. Checked on the non-zero predictions of a trained model against
+    the same evaluation in a fresh Python process."""
+    from exp3.config import ExperimentConfig
+    from exp3.evaluate import evaluate_split
+    from exp3.train import TrainPlan, run_training
+    from exp3.trainers import MASKING_SPEC_ENV
+
+    plan = TrainPlan(session="check__S4_mask_backbone_late", family="detect", source="yolov8n.yaml", pretrained=False,
+                     overrides={"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu"},
+                     locations={"data": str(tiny_data_yaml), "project": str(tmp_path / "s"), "name": "train",
+                                "exist_ok": True},
+                     masking_site="backbone_late", masking_spec=ExperimentConfig().masking.model_dump(mode="json"),
+                     output_root=str(tmp_path), run_dir=str(tmp_path / "s" / "train"))
+    outcome = run_training(plan, tmp_path / "logs")
+    assert outcome.info["trainer"] == "MaskedDetectionTrainer" and outcome.info["finished"]
+    assert MASKING_SPEC_ENV not in os.environ  # masking was attached for the training only
+    assert "==== exp3 train" in (tmp_path / "logs" / "train.log").read_text()
+    here = evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", tmp_path, tmp_path / "here",
+                          device="cpu", plots=False)
+    script = ("import json, sys; from exp3.evaluate import evaluate_split; "
+              "e = evaluate_split(sys.argv[1], sys.argv[2], 'detect', sys.argv[3], sys.argv[4], device='cpu', "
+              "plots=False); print(json.dumps({'records': e.records, 'map': [e.map50, e.map50_95]}))")
+    fresh = subprocess.run([sys.executable, "-c", script, str(trained_yolo_checkpoint), str(trained_data_yaml),
+                            str(tmp_path / "fresh-root"), str(tmp_path / "fresh")], capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    other = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert sum(len(record["pred_conf"]) for record in here.records) > 0  # a model that detects, not all-zero
+    assert here.map50 > 0
+    assert here.records == other["records"]
+    assert [here.map50, here.map50_95] == other["map"]

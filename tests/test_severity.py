@@ -297,7 +297,7 @@ def test_mpc_and_rpc_point_values() -> None:
 
 
 def test_common_levels_are_those_every_done_run_recorded_on_the_same_suite(tmp_path: Path) -> None:
-    from exp3.report import SessionRun
+    from exp3.report.runs import SessionRun
     from exp3.severity import common_levels
 
     def run(*levels: object, status: str = "done") -> SessionRun:
