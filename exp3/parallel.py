@@ -31,7 +31,7 @@ _PR_SET_PDEATHSIG = 1
 def die_with_parent() -> None:
     """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux; no-op elsewhere).
 
-    A `kill -9` of the flow then also ends its session and training subprocesses, so a re-run
+    A `kill -9` of the flow then also ends its session subprocesses (each trains in process), so a re-run
     never finds an orphan still writing into the session it is about to resume.
     """
     if sys.platform.startswith("linux"):

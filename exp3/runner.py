@@ -88,8 +88,10 @@ def exit_reason(returncode: int) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        return (f"session stopped by {name} (a time limit, a pre-emption or Ctrl-C); its training resumes from "
-                "its last epoch when you run the same command again")
+        causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
+                  else "a time limit, a pre-emption or Ctrl-C")
+        return (f"session stopped by {name} ({causes}); its training resumes from its last epoch when you run the "
+                "same command again")
     return f"session exited with code {returncode}"
 
 

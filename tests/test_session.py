@@ -159,7 +159,7 @@ def test_done_session_is_skipped_without_work(grid, tmp_path: Path) -> None:
     config = load_config(_write_config(tmp_path / "c.yaml", output))
     again = run_session(config, Session("yolov8n", "S1_clean_train"), output)
     assert again == json.loads((folder / "metrics.json").read_text()) and best.stat().st_mtime_ns == before
-    assert (folder / "logs" / "train.log").read_bytes() == train_log  # no training subprocess was started
+    assert (folder / "logs" / "train.log").read_bytes() == train_log  # no training was started
 
 
 def test_killed_session_resumes_from_its_own_last_pt_with_masking(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_killed_session_resumes_from_its_own_last_pt_with_masking(tmp_path: Path
     while not (folder / "train" / "weights" / "last.pt").exists() and time.time() < deadline:
         assert process.poll() is None, "session ended before its first checkpoint"
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the session and its training subprocess, like a power cut
+    os.killpg(process.pid, signal.SIGKILL)  # the session process (it trains in process), like a power cut
     process.wait()
     assert not (folder / DONE_MARKER).exists()
     result = subprocess.run([*command, "--retry-batch", "2"], capture_output=True, text=True)  # as an OOM retry
