@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -173,13 +173,14 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
     atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
     log_path = logs_dir / "train.log"
     start = time.perf_counter()
-    with _output_to(log_path, f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n") as log:
+    header = f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n"
+    with _output_to(log_path, header) as log:
         try:
             _train(plan)
         except BaseException:
             import traceback
 
-            log.write(traceback.format_exc().encode())  # FAILED's log tail ends with the error
+            log.write(traceback.format_exc().encode())  # FAILED's log tail shows the error
             raise
         finally:
             _release_memory()
@@ -189,18 +190,21 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
 
 @contextmanager
 def _output_to(log_path: Path, header: str) -> Iterator[BinaryIO]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, so progress bars and C-level
-    output too) to `log_path` (appended) for the duration, restored afterwards; yields the log
-    (unbuffered, so its own writes keep their place among the redirected ones)."""
+    """Send this process's output to `log_path` (appended) for the duration, restored afterwards:
+    file descriptors 1 and 2 (progress bars, C-level output, loggers holding the original streams)
+    and `sys.stdout`/`sys.stderr` (exp3's own prints, also where a test harness replaced them).
+    Yields the log, unbuffered, so its own writes keep their place among the others."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
-    with open(log_path, "ab", buffering=0) as log:
+    with open(log_path, "ab", buffering=0) as log, \
+            open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as text:
         log.write(header.encode())
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield log
+            with redirect_stdout(text), redirect_stderr(text):
+                yield log
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
