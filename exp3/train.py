@@ -167,12 +167,13 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
     """Train `plan` in this process, Ultralytics' output appended to `logs_dir/train.log`.
 
     Errors propagate (their traceback is in the log too); the masking settings are attached only
-    for the training and removed after it, and the trainer's memory is released before returning.
+    for the training and removed after it; the process is left as a fresh one would be (`_after_training`).
     """
     logs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
     log_path = logs_dir / "train.log"
     start = time.perf_counter()
+    environment = {key: os.environ.get(key) for key in DETERMINISM_ENV}
     header = f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n"
     with _output_to(log_path, header) as log:
         try:
@@ -183,7 +184,7 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
             log.write(traceback.format_exc().encode())  # FAILED's log tail shows the error
             raise
         finally:
-            _release_memory()
+            _after_training(environment)
     info = _read_info(Path(plan.run_dir) / TRAIN_INFO_FILENAME)
     return TrainOutcome(round(time.perf_counter() - start, 2), info.get("resumed_from"), str(log_path), info)
 
@@ -214,13 +215,28 @@ def _output_to(log_path: Path, header: str) -> Iterator[BinaryIO]:
             os.close(saved[1])
 
 
-def _release_memory() -> None:
-    """Free what the finished trainer held (its model, optimizer, dataloaders) before evaluation."""
+DETERMINISM_ENV: tuple[str, ...] = ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")
+"""Environment variables Ultralytics' `deterministic=True` sets for the training (restored after it)."""
+
+
+def _after_training(environment: dict[str, str | None]) -> None:
+    """Leave the process as a fresh one would be for the evaluation that follows: free what the
+    trainer held (model, optimizer, dataloaders), undo Ultralytics' `deterministic=True` settings
+    (deterministic kernels only, cuDNN deterministic), and put back `environment` (DETERMINISM_ENV
+    as they were before the training)."""
     import gc
 
     gc.collect()
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
+    if torch is None:
+        return
+    from ultralytics.utils.torch_utils import unset_deterministic
+
+    unset_deterministic()
+    for key, value in environment.items():
+        if value is not None:
+            os.environ[key] = value
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 

@@ -379,9 +379,14 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
                                 "exist_ok": True},
                      masking_site="backbone_late", masking_spec=ExperimentConfig().masking.model_dump(mode="json"),
                      output_root=str(tmp_path), run_dir=str(tmp_path / "s" / "train"))
+    cublas_before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     outcome = run_training(plan, tmp_path / "logs")
     assert outcome.info["trainer"] == "MaskedDetectionTrainer" and outcome.info["finished"]
     assert MASKING_SPEC_ENV not in os.environ  # masking was attached for the training only
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()  # Ultralytics' deterministic=True: training only
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == cublas_before  # the environment as it was
     assert "==== exp3 train" in (tmp_path / "logs" / "train.log").read_text()
     here = evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", tmp_path, tmp_path / "here",
                           device="cpu", plots=False)
