@@ -55,6 +55,8 @@ class SessionJob(BaseModel):
     gpu: int | None = None
     after: str | None = None
     """The session before this one on its lane (it waits for that one to end)."""
+    prestart_next: bool = False
+    """A later session runs on this lane: start its process while this one runs (`exp3.standby`)."""
     deployment: str | None = None
     """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
     prepared: PreparedData | None = None
@@ -172,6 +174,7 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
     jobs: list[SessionJob] = []
     tail: dict[int, str] = {}
+    last_to_run = {index % len(lanes): index for index, session in enumerate(grid) if session.name not in failed_before}
     for index, session in enumerate(grid):
         lane = index % len(lanes)
         skip = session.name in failed_before
@@ -181,6 +184,7 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
             epochs=config.models[session.model].epochs, batch=config.train.batch,
             oom_halve_batch=config.failure.oom_halve_batch, stop_on_failure=config.failure.policy == "stop",
             retries=0 if skip else config.failure.retries, skip_as_failed=skip, lane=lane, gpu=lanes[lane],
-            after=tail.get(lane), deployment=deployment, prepared=prepared, evaluations=evaluations))
+            after=tail.get(lane), prestart_next=deployment is None and index < last_to_run.get(lane, -1),
+            deployment=deployment, prepared=prepared, evaluations=evaluations))
         tail[lane] = session.name
     return jobs

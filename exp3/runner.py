@@ -1,5 +1,6 @@
 """Run one session as a subprocess for the flow: `python -m exp3.session ...`, pinned to a GPU,
-its output appended to `<session>/logs/session.log`, with a progress callback per epoch.
+its output appended to `<session>/logs/session.log`, with a progress callback per epoch. The process
+is a fresh one, started ahead of need where the lane has a next session (`exp3.standby`).
 
 The flow's task is a thin wrapper around `run_session_subprocess`; everything here is plain
 Python so it can be tested and reused without Prefect.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,9 @@ from typing import Callable
 from exp3.grid import results_rows
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionPaths
-from exp3.parallel import die_with_parent
+from exp3.offline import ultralytics_environment
 from exp3.progress import EpochProgress, epoch_progress, read_session_headline
+from exp3.standby import STANDBY
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -128,20 +129,28 @@ def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
         return paths.move_aside() if paths.state(cache_key) == "stale" else None
 
 
-def session_command(job: SessionJob, retry_batch: int | None = None) -> list[str]:
-    """`python -m exp3.session ...` for `job`: its config, session, seed, OOM batch, GPU and prepared data."""
+def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[str]:
+    """The `python -m exp3.session` arguments of `job`: its config, session, seed, OOM batch, GPU and prepared data."""
     session = job.session
-    command = [sys.executable, "-m", "exp3.session", "--config", job.config_path, "--model", session.model,
-               "--session", session.suffix]
+    arguments = ["--config", job.config_path, "--model", session.model, "--session", session.suffix]
     if session.seed is not None:
-        command += ["--seed", str(session.seed)]
+        arguments += ["--seed", str(session.seed)]
     if retry_batch is not None:
-        command += ["--retry-batch", str(retry_batch)]
+        arguments += ["--retry-batch", str(retry_batch)]
     if job.gpu is not None:
-        command += ["--set", "train.device=0"]  # with CUDA_VISIBLE_DEVICES=<gpu>: the one visible GPU
+        arguments += ["--set", "train.device=0"]  # with CUDA_VISIBLE_DEVICES=<gpu>: the one visible GPU
     if job.prepared is not None:
-        command += ["--prepared", job.prepared.model_dump_json()]
-    return command
+        arguments += ["--prepared", job.prepared.model_dump_json()]
+    return arguments
+
+
+def session_environment(job: SessionJob) -> dict[str, str]:
+    """The session process's environment: this one's, Ultralytics' offline settings of the job's output
+    root (set before the process imports anything) and `CUDA_VISIBLE_DEVICES` of its GPU."""
+    env = dict(os.environ) | ultralytics_environment(job.output_root)
+    if job.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
+    return env
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
@@ -165,18 +174,15 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
     if paths.is_done(cache_key):  # done, some configured evaluations missing: no training, no epochs to replay
         progress.poll(replay=False)
     paths.logs.mkdir(parents=True, exist_ok=True)
-    command = session_command(job, retry_batch)
-    env = dict(os.environ)
-    if job.gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
+    env = session_environment(job)
     start = time.perf_counter()
     with open(paths.logs / "session.log", "ab") as log:
+        log.write(b"\n")
         if moved is not None:
-            log.write(f"\n==== results made under other inputs moved aside to {moved} ====\n".encode())
-        log.write(f"\n==== {' '.join(command)} ====\n".encode())
-        log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   preexec_fn=die_with_parent)
+            log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
+        process = STANDBY.launch(session_arguments(job, retry_batch), env, log)
+        if job.prestart_next:
+            STANDBY.prestart(env)  # the next session's process imports while this one works
         while True:
             try:
                 process.wait(timeout=POLL_S)  # returns the moment the session ends

@@ -4,6 +4,7 @@ the in-memory stop signal, and the command line that hands prepared data to a se
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from exp3.config import ExperimentConfig
 from exp3.grid import select_sessions
 from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs, session_lanes
 from exp3.progress import SessionHeadline
-from exp3.runner import SessionError, SessionSkipped, session_command
+from exp3.runner import SessionError, SessionSkipped, session_arguments, session_environment
 from exp3.schema import PreparedData, SeveritySuite
 from exp3.session import prepared_from_json, prepared_is_current
 
@@ -54,6 +55,16 @@ def test_plan_jobs_round_robin_each_after_the_previous_of_its_lane() -> None:
     assert first.epochs == config.models["yolov8m"].epochs and first.stop_on_failure and first.retries == 2
     assert first.config_path == "/out/config_resolved.yaml" and first.prepared is None and first.deployment is None
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
+    # a lane's next session process is started ahead while a session runs: not after its last one
+    assert [job.prestart_next for job in jobs] == [True] * 10 + [False, False]
+
+
+def test_no_process_is_started_ahead_for_sessions_that_will_not_run_or_run_elsewhere() -> None:
+    config = _config()
+    failed = frozenset({"rtdetr-l__S5_mask_neck", "rtdetr-l__S6_mask_head"})
+    jobs = _plan(config, (None,), failed_before=failed)
+    assert [job.name for job in jobs if not job.prestart_next] == ["rtdetr-l__S4_mask_backbone_late", *sorted(failed)]
+    assert not any(job.prestart_next for job in _plan(config, (None,), deployment="exp3-session/exp3-session"))
 
 
 def test_plan_jobs_failed_before_prepared_and_one_lane() -> None:
@@ -113,13 +124,16 @@ def test_stop_signal_is_shared_between_threads_and_keeps_the_first_reason() -> N
     assert stop.requested and stop.reason == "first"
 
 
-def test_session_command_hands_down_gpu_batch_and_prepared_data() -> None:
+def test_session_arguments_hand_down_gpu_batch_and_prepared_data() -> None:
     job = _plan(_config(gpus=(3,)), (3,), prepared=PREPARED)[0]
-    command = session_command(job, retry_batch=2)
-    assert command[1:3] == ["-m", "exp3.session"] and "--retry-batch" in command and "train.device=0" in command
-    assert prepared_from_json(command[command.index("--prepared") + 1]) == PREPARED
-    plain = session_command(_plan(_config(), (None,))[0])
-    assert "--prepared" not in plain and "--set" not in plain
+    arguments = session_arguments(job, retry_batch=2)
+    assert "--retry-batch" in arguments and "train.device=0" in arguments
+    assert prepared_from_json(arguments[arguments.index("--prepared") + 1]) == PREPARED
+    assert session_environment(job)["CUDA_VISIBLE_DEVICES"] == "3"
+    assert session_environment(job)["YOLO_CONFIG_DIR"].startswith(job.output_root)  # set before any import
+    plain = _plan(_config(), (None,))[0]
+    assert "--prepared" not in session_arguments(plain) and "--set" not in session_arguments(plain)
+    assert "CUDA_VISIBLE_DEVICES" not in session_environment(plain) or os.environ.get("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ValueError, match="--prepared is not a PreparedData JSON object"):
         prepared_from_json('{"data_yaml": "x"}')
 
