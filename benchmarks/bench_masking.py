@@ -128,7 +128,7 @@ def _summary(plain: list[float], masked: list[float]) -> dict[str, float | bool]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from exp3.config import MASKING_SITES  # pydantic only: Ultralytics is imported under the redirect below
+    from exp3.sessions import MASKING_SITES  # no dependencies: Ultralytics is imported under the redirect below
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolov8m.yaml", help="architecture yaml (yolov8m.yaml, rtdetr-l.yaml)")

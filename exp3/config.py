@@ -21,19 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exp3.fileio import atomic_write_text, stable_hash
-
-SESSION_SUFFIXES: tuple[str, ...] = (
-    "S1_clean_train",
-    "S2_occ_train",
-    "S3_mask_backbone_early",
-    "S4_mask_backbone_late",
-    "S5_mask_neck",
-    "S6_mask_head",
-)
-"""The six sessions, in their fixed order. A session's full name is `<MODEL>__<suffix>`."""
-
-MASKING_SITES: tuple[str, ...] = ("backbone_early", "backbone_late", "neck", "head")
-"""Masking sites in network order; S3..S6 map onto them one to one."""
+from exp3.sessions import SESSION_SUFFIXES
 
 
 class ConfigError(ValueError):

@@ -47,6 +47,7 @@ import pandas as pd
 from exp3 import stats
 from exp3.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
 from exp3.schema import MetricsView
+from exp3.sessions import SESSION_LABELS, SESSION_ORDER
 
 N_BINS = 10
 """Equal-width covered-fraction bins over [0, 1]."""
@@ -451,8 +452,6 @@ def bins_frame(report: CoverageReport) -> pd.DataFrame:
 def chart_frame(report: CoverageReport, model: str) -> pd.DataFrame:
     """The coverage chart's frame of one model (exp3.plots.coverage_recall_chart): non-empty bins only, each
     session's points nudged sideways (`x`) so that the intervals of one bin do not hide each other."""
-    from exp3.plots import SESSION_LABELS, SESSION_ORDER
-
     table = bins_frame(report)
     table = table[(table["model"] == model) & (table["n_boxes"] >= MIN_BOXES_SHOWN)].copy()
     table["session_label"] = table["session"].map(SESSION_LABELS)
@@ -497,8 +496,6 @@ def _cell(item: BinRecall) -> str:
 
 def coverage_table(report: CoverageReport, model: str, level: str) -> pd.DataFrame:
     """report.md's table of one model and level: one row per non-empty bin, boxes, one column per session."""
-    from exp3.plots import SESSION_LABELS
-
     curves = [curve for curve in report.curves if curve.model == model and curve.threshold == REPORT_THRESHOLD]
     if not curves:
         return pd.DataFrame()

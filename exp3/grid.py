@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from exp3.config import SESSION_SUFFIXES, ExperimentConfig
+from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.layout import SessionPaths, SessionState
 from exp3.progress import last_val_map50
-from exp3.sessions import Session, parse_session_selector, session_grid
+from exp3.sessions import SESSION_SUFFIXES, Session, parse_session_selector, session_grid
 
 RUNNING_WINDOW_S = 15 * 60
 """A session whose training files changed this recently while its root is held counts as running."""

@@ -41,8 +41,9 @@ from pydantic import ValidationError
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from exp3.config import MASKING_SITES, MaskingConfig
+from exp3.config import MaskingConfig
 from exp3.fileio import stable_int
+from exp3.sessions import MASKING_SITES
 
 MASKING_MODES: tuple[str, ...] = ("channel", "spatial", "channel+spatial")
 """What a masked batch loses: whole channels, contiguous spatial blocks, or both."""

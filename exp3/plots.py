@@ -2,7 +2,7 @@
 
 Nothing is computed here: `exp3.report.charts` builds the frames (one row per bar / cell / interval) and
 these functions only map columns to marks. Every chart uses the same session order
-(`SESSION_LABELS`, S1..S6) and the same model colours (`model_colors(models)`), so a model keeps
+(`exp3.sessions.SESSION_ORDER`, S1..S6) and the same model colours (`model_colors(models)`), so a model keeps
 its colour from chart to chart. `save_chart` writes a PNG (vl-convert, offline) and an
 interactive HTML file (Vega libraries inlined, so it opens without internet).
 
@@ -25,19 +25,9 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 
-from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_bytes, atomic_write_text
+from exp3.sessions import SESSION_ORDER
 
-SESSION_LABELS: dict[str, str] = {
-    "S1_clean_train": "S1 clean",
-    "S2_occ_train": "S2 occluded-train",
-    "S3_mask_backbone_early": "S3 mask backbone-early",
-    "S4_mask_backbone_late": "S4 mask backbone-late",
-    "S5_mask_neck": "S5 mask neck",
-    "S6_mask_head": "S6 mask head",
-}
-"""Short axis label of each session, in the fixed order of `SESSION_SUFFIXES`."""
-SESSION_ORDER: list[str] = [SESSION_LABELS[suffix] for suffix in SESSION_SUFFIXES]
 SPLIT_LABELS: dict[str, str] = {"test_clean": "test_clean (clean images)",
                                 "test_occ_fixed": "test_occ_fixed (occluded copies)"}
 MODEL_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")

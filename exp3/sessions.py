@@ -7,6 +7,11 @@
     S4_mask_backbone_late     clean           backbone_late
     S5_mask_neck              clean           neck
     S6_mask_head              clean           head
+
+This module owns the session vocabulary: the suffixes and their order, the masking sites, each session's
+short label, the reference sessions of the comparisons, and what each session trains on. Everyone else
+(config's validators included) imports it from here. It imports nothing from exp3, so it is cheap and
+cycle-free to import anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from exp3.config import SESSION_SUFFIXES
+SESSION_SUFFIXES: tuple[str, ...] = (
+    "S1_clean_train",
+    "S2_occ_train",
+    "S3_mask_backbone_early",
+    "S4_mask_backbone_late",
+    "S5_mask_neck",
+    "S6_mask_head",
+)
+"""The six sessions, in their fixed order. A session's full name is `<MODEL>__<suffix>`."""
+
+MASKING_SITES: tuple[str, ...] = ("backbone_early", "backbone_late", "neck", "head")
+"""Masking sites in network order; S3..S6 map onto them one to one."""
 
 SESSION_SEPARATOR = "__"
 
@@ -26,9 +42,26 @@ MASKING_SITE_OF_SESSION: dict[str, str | None] = {
     "S5_mask_neck": "neck",
     "S6_mask_head": "head",
 }
+"""The masking site a session trains with (None: no internal masking), one of `MASKING_SITES`."""
 TRAIN_IMAGES_OF_SESSION: dict[str, Literal["clean", "occluded"]] = {
     suffix: ("occluded" if suffix == "S2_occ_train" else "clean") for suffix in SESSION_SUFFIXES
 }
+"""Which training images a session trains on: only S2 trains on occluded copies."""
+
+SESSION_LABELS: dict[str, str] = {
+    "S1_clean_train": "S1 clean",
+    "S2_occ_train": "S2 occluded-train",
+    "S3_mask_backbone_early": "S3 mask backbone-early",
+    "S4_mask_backbone_late": "S4 mask backbone-late",
+    "S5_mask_neck": "S5 mask neck",
+    "S6_mask_head": "S6 mask head",
+}
+"""Short label of each session (chart axes, tables, report text), in the fixed order of `SESSION_SUFFIXES`."""
+SESSION_ORDER: list[str] = [SESSION_LABELS[suffix] for suffix in SESSION_SUFFIXES]
+"""The session labels in the fixed order of `SESSION_SUFFIXES` (the order of every chart's session axis)."""
+
+REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
+"""Every session is compared with these two: the clean baseline and the occluded-training anchor."""
 
 
 SEED_PREFIX = "seed"

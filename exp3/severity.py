@@ -33,6 +33,7 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.schema import MetricsView, SeverityLevelView, SplitView
+from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 METRICS: dict[str, tuple[str, ...]] = {
     "ingredient_micro_f1": ("ingredient", "micro", "f1"),
@@ -109,10 +110,8 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
 
     `runs`: the report's `SessionRun`s; seeds of a session are pooled as in the rest of the report.
     """
-    from exp3.plots import SESSION_LABELS
     from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
     from exp3.report.scores import pool_image_scores
-    from exp3.config import SESSION_SUFFIXES
 
     grouped: dict[tuple[str, str], list[Any]] = {}
     for run in runs:
@@ -246,8 +245,6 @@ def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np
                reference: tuple[np.ndarray, np.ndarray] | None, counts: np.ndarray | None,
                reference_counts: np.ndarray | None, n_levels: int, n_images: int, n_permutations: int,
                seed: int) -> dict[str, Any]:
-    from exp3.plots import SESSION_LABELS
-
     row: dict[str, Any] = {column: math.nan for column in TABLE_COLUMNS}
     row.update(model=model, session=suffix, session_label=SESSION_LABELS[suffix], metric=metric, levels=n_levels,
                n_images=n_images)
@@ -312,8 +309,6 @@ def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_
     Point estimates that merely swap order inside the noise are not crossings: a session whose
     difference interval includes 0 at a level is "not distinguishable" there.
     """
-    from exp3.plots import SESSION_LABELS
-
     part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != reference)]
     short = SESSION_LABELS[reference].split()[0]
     found = []
@@ -391,8 +386,6 @@ def mpc_table(table: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
 
 def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[str]) -> list[str]:
     """Headline sentences: where curves cross S1's, and the sessions whose mPC differs from S1's."""
-    from exp3.plots import SESSION_LABELS
-
     findings = []
     for model in models:
         for metric in CURVE_METRICS:

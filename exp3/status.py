@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from exp3.config import ConfigError, ExperimentConfig, SESSION_SUFFIXES, load_config
+from exp3.config import ConfigError, ExperimentConfig, load_config
 from exp3.grid import SessionStatus, grid_status, read_plan
 from exp3.runlock import root_is_live
-from exp3.sessions import Session
+from exp3.sessions import SESSION_SUFFIXES, Session
 
 STATE_SYMBOLS: dict[str, str] = {"done": "done", "failed": "FAILED", "stale": "STALE", "running": "running",
                                  "partial": "partial", "pending": "pending"}

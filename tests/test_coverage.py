@@ -225,7 +225,8 @@ def test_sessions_get_one_curve_per_threshold_and_a_box_table(report_of_sessions
 
 def test_chart_has_one_line_per_session_and_renders_a_png(report_of_sessions: coverage.CoverageReport,
                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from exp3.plots import SESSION_LABELS, coverage_recall_chart
+    from exp3.plots import coverage_recall_chart
+    from exp3.sessions import SESSION_LABELS
 
     report = report_of_sessions
     monkeypatch.setattr(coverage, "MIN_BOXES_SHOWN", 1)      # the hand bins hold 1 or 2 boxes

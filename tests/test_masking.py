@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from exp3.config import MASKING_SITES, MaskingConfig
+from exp3.config import MaskingConfig
 from exp3.masking import (
     FeatureMasker,
     HeadInputMasker,
@@ -38,6 +38,7 @@ from exp3.masking import (
     spatial_keep_mask,
     strip_masking_hooks,
 )
+from exp3.sessions import MASKING_SITES
 
 ALWAYS = {"schedule": "constant", "p_apply": 1.0}  # mask every training batch at full strength
 

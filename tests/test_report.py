@@ -29,11 +29,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from exp3 import report
-from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.mapstats import MapStats, mean_ap
 from exp3.metrics import ImageRecord, records_to_json, summarize_split
-from exp3.plots import SESSION_LABELS
 from exp3.report.charts import bar_frame
 from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
@@ -41,6 +39,7 @@ from exp3.report.markdown import dashboard_markdown, status_grid
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
 from exp3.report.tables import VAL_COLUMNS
 from exp3.session import robustness
+from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 N_IMAGES = 20
 CLASS_NAMES = ["tomato", "carrot", "onion", "egg"]

@@ -39,13 +39,13 @@ from typing import Any
 import pandas as pd
 
 from exp3 import severity, stats
-from exp3.config import SESSION_SUFFIXES
 from exp3.fileio import atomic_write_json, atomic_write_text
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.markdown import render_markdown
 from exp3.report.runs import SPLITS, discover_models, run_sessions, scan_sessions
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
+from exp3.sessions import SESSION_SUFFIXES
 
 
 @dataclass

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from exp3.plots import SESSION_LABELS
 from exp3.report.comparisons import primary_f1
+from exp3.sessions import SESSION_LABELS
 
 
 def _status_text(status: str) -> str:

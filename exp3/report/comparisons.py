@@ -9,15 +9,12 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
-from exp3.config import SESSION_SUFFIXES
-from exp3.plots import SESSION_LABELS
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws, map_interval
 from exp3.report.runs import SPLITS, THRESHOLDS, SessionRun, load_records, threshold_conf
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, IMAGE_MEAN_COLUMNS, pool_image_scores, run_image_scores
 from exp3.report.tables import split_row
+from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 
-REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
-"""Every session is compared with these two: the clean baseline and the occluded-training anchor."""
 PAIRED_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "detection_f1")
 """Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.stats)."""
 MAP_METRICS: tuple[str, ...] = ("map50", "map50_95")

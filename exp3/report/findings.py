@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from exp3.config import SESSION_SUFFIXES
-from exp3.plots import SESSION_LABELS
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.runs import SPLITS
 from exp3.report.text import fmt, fmt_ci, fmt_p, short_session
+from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 
 def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:

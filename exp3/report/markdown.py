@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, Iterable
 import pandas as pd
 
 from exp3 import severity
-from exp3.config import SESSION_SUFFIXES
-from exp3.plots import SESSION_LABELS
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.findings import headline_findings, positive_control
 from exp3.report.mapdraws import MAP_RESAMPLES
 from exp3.report.runs import SPLITS, THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
+from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 if TYPE_CHECKING:
     from exp3.report import ReportResult

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from exp3.config import SESSION_SUFFIXES
 from exp3.layout import SessionPaths
 from exp3.schema import MetricsView
-from exp3.sessions import SESSION_SEPARATOR, Session, parse_session
+from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, Session, parse_session
 
 SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
 KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")

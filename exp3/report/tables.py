@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from exp3.plots import SESSION_LABELS
 from exp3.report.runs import SPLITS, SessionRun, as_number, threshold_conf
+from exp3.sessions import SESSION_LABELS
 
 INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
                                             for score in ("precision", "recall", "f1"))
