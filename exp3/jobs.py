@@ -14,6 +14,7 @@ process): the first failed session sets it, sessions that have not started see i
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Literal, Mapping, Sequence
 
@@ -56,7 +57,7 @@ class SessionJob(BaseModel):
     after: str | None = None
     """The session before this one on its lane (it waits for that one to end)."""
     prestart_next: bool = False
-    """A later session runs on this lane: start its process while this one runs (`exp3.standby`)."""
+    """A later session runs on this lane and `prestart_pays`: start its process while this one runs (`exp3.standby`)."""
     deployment: str | None = None
     """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
     prepared: PreparedData | None = None
@@ -159,13 +160,33 @@ def session_lanes(config: ExperimentConfig, fan_out_deployment: str | None = Non
     return config.gpus or (None,) * config.parallel_sessions
 
 
+def cpu_training_threads(cpu_count: int) -> int:
+    """Torch threads of one session training on the CPU: Ultralytics' `NUM_THREADS` (cores - 1, 1 to 8)."""
+    return min(8, max(1, cpu_count - 1))
+
+
+def prestart_pays(lanes: Sequence[Lane], cpu_count: int) -> bool:
+    """Whether starting a lane's next session process ahead (`exp3.standby`) saves wall time.
+
+    Starting ahead moves the new process's imports (~2.5 s of one core) into the time the lane's
+    current session runs; that is saved only on a core the sessions leave idle. Sessions training
+    on GPUs leave most cores idle; sessions training on the CPU use `cpu_training_threads` each, so
+    two of them on a 2-core box use every core, and there the imports would only slow the trainings
+    (measured in BENCHMARKS.md).
+    """
+    cpu_lanes = sum(1 for lane in lanes if lane is None)
+    return cpu_lanes < len(lanes) or cpu_lanes * cpu_training_threads(cpu_count) < cpu_count
+
+
 def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence[Lane], *,
               keys: Mapping[str, str], config_path: str, failed_before: frozenset[str] = frozenset(),
-              deployment: str | None = None, prepared: PreparedData | None = None) -> list[SessionJob]:
+              deployment: str | None = None, prepared: PreparedData | None = None,
+              cpu_count: int | None = None) -> list[SessionJob]:
     """One `SessionJob` per session of `grid`, in grid order, spread over `lanes` round robin.
 
     `config.output_root` must be resolved; `keys`: session name -> cache key; `failed_before`:
-    names of sessions FAILED in an earlier run that must not run again (no retries either).
+    names of sessions FAILED in an earlier run that must not run again (no retries either);
+    `cpu_count`: this machine's cores (default `os.cpu_count()`), for `prestart_pays`.
     """
     if not lanes:
         raise ValueError("no lanes to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
@@ -174,6 +195,7 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
     jobs: list[SessionJob] = []
     tail: dict[int, str] = {}
+    prestart = deployment is None and prestart_pays(lanes, cpu_count or os.cpu_count() or 1)
     last_to_run = {index % len(lanes): index for index, session in enumerate(grid) if session.name not in failed_before}
     for index, session in enumerate(grid):
         lane = index % len(lanes)
@@ -184,7 +206,7 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
             epochs=config.models[session.model].epochs, batch=config.train.batch,
             oom_halve_batch=config.failure.oom_halve_batch, stop_on_failure=config.failure.policy == "stop",
             retries=0 if skip else config.failure.retries, skip_as_failed=skip, lane=lane, gpu=lanes[lane],
-            after=tail.get(lane), prestart_next=deployment is None and index < last_to_run.get(lane, -1),
+            after=tail.get(lane), prestart_next=prestart and index < last_to_run.get(lane, -1),
             deployment=deployment, prepared=prepared, evaluations=evaluations))
         tail[lane] = session.name
     return jobs

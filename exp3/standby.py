@@ -171,4 +171,6 @@ def _move_output_to(log_path: str) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(serve())
+    from exp3.session import without_shutdown_collection
+
+    raise SystemExit(without_shutdown_collection(serve()))

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 DEFAULT_RESAMPLES = 2000
 """Bootstrap draws per interval (percentile intervals are stable to ~0.005 at this count)."""
@@ -303,6 +302,8 @@ def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     """BH-adjusted p-values (same shape); NaN entries stay NaN and are not counted as tests."""
+    from scipy import stats as scipy_stats  # here, not at the top: a session's mAP draws import this module
+
     array = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(array.shape, np.nan)
     finite = np.isfinite(array)

@@ -55,14 +55,26 @@ def test_plan_jobs_round_robin_each_after_the_previous_of_its_lane() -> None:
     assert first.epochs == config.models["yolov8m"].epochs and first.stop_on_failure and first.retries == 2
     assert first.config_path == "/out/config_resolved.yaml" and first.prepared is None and first.deployment is None
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
-    # a lane's next session process is started ahead while a session runs: not after its last one
+    # GPU lanes: a lane's next session process is started ahead while a session runs, not after its last one
     assert [job.prestart_next for job in jobs] == [True] * 10 + [False, False]
+
+
+def test_processes_are_started_ahead_only_where_training_leaves_a_core_idle() -> None:
+    from exp3.jobs import prestart_pays
+
+    assert prestart_pays((0, 1), cpu_count=2)  # GPU lanes
+    assert prestart_pays((None,), cpu_count=2)  # one CPU session trains on 1 of 2 cores
+    assert not prestart_pays((None, None), cpu_count=2)  # the smoke: two CPU sessions use both cores
+    assert not prestart_pays((None, None), cpu_count=16) and prestart_pays((None,), cpu_count=16)
+    config = _config(parallel_sessions=2)
+    assert not any(job.prestart_next for job in _plan(config, (None, None), cpu_count=2))
+    assert sum(job.prestart_next for job in _plan(config, (None, None), cpu_count=32)) == 10
 
 
 def test_no_process_is_started_ahead_for_sessions_that_will_not_run_or_run_elsewhere() -> None:
     config = _config()
     failed = frozenset({"rtdetr-l__S5_mask_neck", "rtdetr-l__S6_mask_head"})
-    jobs = _plan(config, (None,), failed_before=failed)
+    jobs = _plan(config, (None,), failed_before=failed, cpu_count=2)
     assert [job.name for job in jobs if not job.prestart_next] == ["rtdetr-l__S4_mask_backbone_late", *sorted(failed)]
     assert not any(job.prestart_next for job in _plan(config, (None,), deployment="exp3-session/exp3-session"))
 
