@@ -2,6 +2,7 @@
 
     python benchmarks/bench_session_overhead.py ROOT [ROOT ...]          # finished runs: per-session figures
     python benchmarks/bench_session_overhead.py --prepare ROOT --config CFG  # the data step alone, both ways
+    python benchmarks/bench_session_overhead.py --exit-cost                  # a session process's exit, both ways
 
 Per session (from its files): the subprocess wall (`==== exit 0 after X s` in logs/session.log)
 minus the training wall and the evaluation wall of metrics.json = fixed overhead (Python start-ups,
@@ -11,6 +12,10 @@ data preparation, checkpoint checks, mAP bootstrap draws, writing the folder).
 flow has prepared: `prepare_data` (what a session run by hand does: audit fingerprint over every
 image and label, suites and S2 set verified file by file) against `prepared_is_current` (what a
 session handed the flow's PreparedData does: two manifest hashes).
+
+`--exit-cost`: how long a process holding what a session imports (exp3.standby.PRELOADED, Ultralytics,
+a built model) takes from its last line to its end, with CPython's shutdown garbage collection and
+without it (`exp3.session.without_shutdown_collection`, as every session process now ends).
 """
 
 from __future__ import annotations
@@ -53,12 +58,51 @@ def prepare_timings(root: Path, config_path: Path, repeats: int = 3) -> dict[str
     return {"prepare_data_s": round(min(full), 3), "prepared_is_current_s": round(min(cheap), 4)}
 
 
+_EXIT_PROBE = """
+import sys, time
+from importlib import import_module
+from exp3.standby import PRELOADED, PRELOADED_WITH_ULTRALYTICS
+for name in PRELOADED + PRELOADED_WITH_ULTRALYTICS:
+    import_module(name)
+from ultralytics import YOLO
+YOLO("yolov8n.yaml")  # a built model, as after a session
+if sys.argv[1] == "freeze":
+    from exp3.session import without_shutdown_collection
+    without_shutdown_collection(0)
+sys.stderr.write(repr(time.time()))
+sys.stderr.flush()
+"""
+
+
+def exit_cost(repeats: int = 3) -> dict[str, float]:
+    """Seconds from a session-like process's last line to its end: best of `repeats`, both ways."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as config_dir:
+        env = dict(os.environ, YOLO_CONFIG_DIR=config_dir, YOLO_OFFLINE="1")
+        for mode in ("collect", "freeze") * repeats:
+            process = subprocess.Popen([sys.executable, "-c", _EXIT_PROBE, mode], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, env=env)
+            last = process.stderr.read().decode().split()[-1]
+            process.wait()
+            took = time.time() - float(last)
+            best[f"exit_{mode}_s"] = round(min(best.get(f"exit_{mode}_s", took), took), 3)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="*", type=Path)
     parser.add_argument("--prepare", type=Path, default=None, help="a prepared output root")
     parser.add_argument("--config", type=Path, default=None, help="its config (config_resolved.yaml)")
+    parser.add_argument("--exit-cost", action="store_true", help="time a session-like process's exit, both ways")
     args = parser.parse_args()
+    if args.exit_cost:
+        print(json.dumps(exit_cost()))
     if args.prepare is not None:
         print(json.dumps(prepare_timings(args.prepare, args.config or args.prepare / "config_resolved.yaml")))
     for root in args.roots:

@@ -96,7 +96,7 @@ class Standby:
         fresh one. Either way the log says which."""
         while (spare := self.take(env)) is not None:
             try:
-                request = json.dumps({"arguments": arguments, "log": log.name}) + "\n"
+                request = json.dumps({"arguments": arguments, "log": os.path.abspath(log.name)}) + "\n"
                 log.write(f"==== {_command(arguments)} (in standby process {spare.process.pid}, started "
                           f"{time.perf_counter() - spare.started:.1f} s before) ====\n".encode())
                 log.flush()
