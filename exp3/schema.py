@@ -11,7 +11,7 @@ Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by 
   before keys existed are never done under a current key, so only the report reads them.
   Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
   hands it to each session (`--prepared`) and the session records it as it used it.
-- `MetricsView` (lenient): the fields the report (exp3.coverage and exp3.severity included) and the
+- `MetricsView` (lenient): the fields the report (exp3.coverage and exp3.report.severity included) and the
   flow's log lines read, every one optional, unknown keys ignored, anything not of its type (a
   number, a string, a [low, high] pair) read as None. The report reads
   every metrics.json it finds, from any exp3 version and from test fixtures that write a subset;

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -296,9 +299,24 @@ def test_mpc_and_rpc_point_values() -> None:
     assert mpc_summary(splits, [])["mPC"]["map50"] is None
 
 
+def test_the_sessions_part_imports_neither_pandas_nor_the_statistics() -> None:
+    """exp3.severity runs in every session process (metrics.json's mPC / rPC): importing it and computing
+    the point values loads numpy and exp3.schema only, never pandas, scipy.stats or exp3.stats (the
+    report's part, exp3.report.severity, has those)."""
+    code = ("import sys, exp3.severity; "
+            "split = {'map50': 0.5, 'map50_95': 0.3, 'ingredient': {'micro': {'f1': 0.6}, 'samples': {'f1': 0.6}}, "
+            "'detection': {'f1': 0.6}}; "
+            "summary = exp3.severity.mpc_summary({'test_clean': split, 'test_occ_sev1': split}, ['test_occ_sev1']); "
+            "assert summary['rPC']['map50'] == 1.0, summary; "
+            "print(sorted(name for name in ('pandas', 'scipy.stats', 'exp3.stats') if name in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
+    assert loaded == "[]"
+
+
 def test_common_levels_are_those_every_done_run_recorded_on_the_same_suite(tmp_path: Path) -> None:
     from exp3.report.runs import SessionRun
-    from exp3.severity import common_levels
+    from exp3.report.severity import common_levels
 
     def run(*levels: object, status: str = "done") -> SessionRun:
         return SessionRun("m", "S1_clean_train", None, tmp_path, status, None, {"severity": {"levels": list(levels)}})
@@ -318,7 +336,7 @@ def test_mpc_permutation_p_matches_brute_force() -> None:
     from itertools import product
 
     from exp3 import stats
-    from exp3.severity import mpc_permutation_pvalue
+    from exp3.report.severity import mpc_permutation_pvalue
 
     rng = np.random.default_rng(3)
     a, b = rng.integers(0, 5, size=(6, 3, 3)), rng.integers(0, 5, size=(6, 3, 3))
@@ -383,7 +401,7 @@ def test_report_has_severity_curves_table_and_charts(reported) -> None:
 
 def test_severity_chart_data_has_one_line_per_session(reported) -> None:
     from exp3 import plots
-    from exp3.severity import curve_frame
+    from exp3.report.severity import curve_frame
 
     frame = curve_frame(reported.severity_curves, "yolov8n", "ingredient_micro_f1")
     spec = plots.severity_chart(frame, "t", "F1").to_dict()
@@ -400,7 +418,7 @@ def test_severity_chart_data_has_one_line_per_session(reported) -> None:
 
 def test_predictions_of_another_suite_are_never_used(reported) -> None:
     from exp3.report.runs import scan_sessions
-    from exp3.severity import severity_tables
+    from exp3.report.severity import severity_tables
 
     path = reported.root / "yolov8n" / "yolov8n__S2_occ_train" / "predictions_test_occ_sev1.json"
     original = path.read_text()
@@ -468,7 +486,7 @@ def test_crossings_name_where_a_session_changes_order_with_s1() -> None:
     point estimates inside the noise (S3 here) are not crossings."""
     import pandas as pd
 
-    from exp3.severity import crossings
+    from exp3.report.severity import crossings
 
     rows = []
     for suffix, diffs in (("S2_occ_train", [(-0.1, -0.15, -0.05), (0.0, -0.05, 0.05), (0.2, 0.1, 0.3)]),

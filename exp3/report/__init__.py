@@ -9,7 +9,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
     <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
-    <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.severity)
+    <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.report.severity)
     <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
     <root>/plots/*.png|html           charts (exp3.plots)
     <root>/report.md                  tables, charts and headline findings written from the data
@@ -23,8 +23,9 @@ summary status is `done` when every seed is, `partial` when some are. Columns: d
 
 Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `scores` the per-image
 scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,
-`findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `text` the
-number formatting and `markdown` report.md and the dashboard markdown; this module runs them in order.
+`findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `severity` the
+severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `text` the number formatting
+and `markdown` report.md and the dashboard markdown; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from typing import Any
 
 import pandas as pd
 
-from exp3 import severity, stats
+from exp3 import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
+from exp3.report import severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.markdown import render_markdown
@@ -65,7 +67,7 @@ class ReportResult:
     """The suffixes of this run (the others are `not in run`)."""
     severity_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     severity_table: pd.DataFrame = field(default_factory=pd.DataFrame)
-    """exp3.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
+    """exp3.report.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
     coverage: Any = None
     """Recall by covered fraction (`exp3.coverage.CoverageReport`), None when not computed."""
 

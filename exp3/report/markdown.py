@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
-from exp3 import severity
+from exp3.report import severity
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.findings import headline_findings, positive_control
