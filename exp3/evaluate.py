@@ -100,17 +100,35 @@ class SplitEvaluation:
     speed_ms_per_image: dict[str, float]
 
 
-def _model_and_validator(checkpoint: Path, family: Family) -> tuple[Any, type]:
+@dataclass(frozen=True)
+class EvaluationModel:
+    """A checkpoint loaded once for every split a session evaluates (`load_evaluation_model`).
+
+    Each split still gets its own validator and the same `predict` call; the loaded model is what
+    Ultralytics' `val` and `predict` would load from the file again (both fuse it in place once).
+    """
+
+    checkpoint: Path
+    family: Family
+    model: Any = field(repr=False)
+    validator: type = field(repr=False)
+
+
+def load_evaluation_model(checkpoint: str | Path, family: Family) -> EvaluationModel:
+    """The checkpoint as Ultralytics' YOLO / RTDETR model, with the recording validator of its family."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist: train the session first")
     if family == "rtdetr":
         from ultralytics import RTDETR
         from ultralytics.models.rtdetr.val import RTDETRValidator
 
-        return RTDETR(str(checkpoint)), _recording_mixin(RTDETRValidator)
+        return EvaluationModel(checkpoint, family, RTDETR(str(checkpoint)), _recording_mixin(RTDETRValidator))
     if family == "detect":
         from ultralytics import YOLO
         from ultralytics.models.yolo.detect.val import DetectionValidator
 
-        return YOLO(str(checkpoint)), _recording_mixin(DetectionValidator)
+        return EvaluationModel(checkpoint, family, YOLO(str(checkpoint)), _recording_mixin(DetectionValidator))
     raise ValueError(f"unknown model family {family!r}: use 'detect' (YOLO) or 'rtdetr'")
 
 
@@ -137,7 +155,7 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
 
 
 def evaluate_split(
-    checkpoint: str | Path,
+    checkpoint: str | Path | EvaluationModel,
     split_yaml: str | Path,
     family: Family,
     output_root: str | Path,
@@ -153,12 +171,14 @@ def evaluate_split(
     `imgsz`/`batch`/`device` None = Ultralytics' defaults (imgsz from the checkpoint's training
     args, for both passes). Plots and Ultralytics' own files go under `save_dir`;
     `plots=False` skips Ultralytics' validation figures (metrics, records and map stats are the same).
+    `checkpoint` may be an `EvaluationModel` a session loaded once for all its splits (of `family`).
     """
-    checkpoint, split_yaml = Path(checkpoint), Path(split_yaml)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist: train the session first")
+    split_yaml = Path(split_yaml)
     apply_offline_environment(output_root)
-    model, validator = _model_and_validator(checkpoint, family)
+    loaded = checkpoint if isinstance(checkpoint, EvaluationModel) else load_evaluation_model(checkpoint, family)
+    if loaded.family != family:
+        raise ValueError(f"{loaded.checkpoint} was loaded as {loaded.family!r}, not {family!r}: load it as {family!r}")
+    model, validator = loaded.model, loaded.validator
     overrides: dict[str, Any] = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
                                  "project": str(Path(save_dir).parent), "name": Path(save_dir).name,
                                  "exist_ok": True}
@@ -172,7 +192,10 @@ def evaluate_split(
 
     model.add_callback("on_val_end", _keep_validator)
     start = time.perf_counter()
-    metrics = model.val(validator=validator, **overrides)
+    try:
+        metrics = model.val(validator=validator, **overrides)
+    finally:
+        model.callbacks["on_val_end"].remove(_keep_validator)  # the next split's val keeps its own
     map_stats = MapStats.from_images(captured["validator"].map_images)
     ground_truth = sorted(captured["validator"].records, key=lambda record: record["image_id"])
     predicted = predict_records(model, [record["im_file"] for record in ground_truth], imgsz, batch, device)

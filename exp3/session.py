@@ -296,11 +296,12 @@ def _write_failure(paths: SessionPaths, session: Session, error: BaseException) 
     })
 
 
-def _evaluate(checkpoint: Path, split_yaml: Path, split: str, family: str, config: ExperimentConfig,
-              output_root: Path, save_dir: Path, plots: bool = True) -> Any:
+def _evaluate(model: Any, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
+              save_dir: Path, plots: bool = True) -> Any:
+    """One split of the session's `exp3.evaluate.EvaluationModel` (loaded once for all its splits)."""
     from exp3.evaluate import evaluate_split
 
-    return evaluate_split(checkpoint, split_yaml, family, output_root, save_dir, split=split,
+    return evaluate_split(model, split_yaml, model.family, output_root, save_dir, split=split,
                           batch=config.train.batch, device=config.train.device, plots=plots)
 
 
@@ -308,6 +309,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
                        prepared: PreparedData, weights: ResolvedWeights, inputs: SessionInputs,
                        retry_batch: int | None) -> dict[str, Any]:
     from exp3.dataset import read_data_yaml
+    from exp3.evaluate import load_evaluation_model
     from exp3.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
     from exp3.provenance import collect_provenance
     from exp3.train import checkpoint_state, plan_training, run_training
@@ -326,8 +328,8 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     _link_weights(Path(plan.run_dir) / "weights", folder / "weights")
     names = read_data_yaml(prepared.data_yaml).names
     eval_wall = 0.0
-    val = _evaluate(checkpoint, Path(prepared.data_yaml), VAL_SPLIT, plan.family, config, output_root,
-                    folder / "plots" / VAL_SPLIT)
+    model = load_evaluation_model(checkpoint, plan.family)  # once, for val and every test split
+    val = _evaluate(model, Path(prepared.data_yaml), VAL_SPLIT, config, output_root, folder / "plots" / VAL_SPLIT)
     atomic_write_json(paths.predictions(VAL_SPLIT), {"schema_version": SCHEMA_VERSION, "session": session.name,
                                                      "split": VAL_SPLIT, "checkpoint": str(checkpoint),
                                                      "images": val.records})
@@ -337,8 +339,8 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     splits: dict[str, SplitMetrics] = {}
     evaluations: dict[str, SeverityEvaluation] = {}
     for split in prepared.test_splits():
-        splits[split] = _evaluate_test_split(checkpoint, split, plan.family, config, output_root, paths, session,
-                                             prepared, names, chosen["conf"])
+        splits[split] = _evaluate_test_split(model, split, config, output_root, paths, session, prepared, names,
+                                             chosen["conf"])
         eval_wall += splits[split].eval_wall_s
         if split not in SPLITS:
             evaluations[split] = _evaluation_record(prepared, split, checkpoint, splits[split], False)
@@ -399,9 +401,8 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     return json.loads(paths.metrics.read_text(encoding="utf-8"))  # as a later run reads it (tuples as lists)
 
 
-def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: ExperimentConfig, output_root: Path,
-                         paths: SessionPaths, session: Session, prepared: PreparedData, names: list[str],
-                         val_conf: float) -> SplitMetrics:
+def _evaluate_test_split(model: Any, split: str, config: ExperimentConfig, output_root: Path, paths: SessionPaths,
+                         session: Session, prepared: PreparedData, names: list[str], val_conf: float) -> SplitMetrics:
     """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
 
     Its `eval_wall_s` is the whole evaluation of the split: validator and predict passes and mAP's
@@ -413,13 +414,13 @@ def _evaluate_test_split(checkpoint: Path, split: str, family: str, config: Expe
     """
     from exp3.metrics import records_from_json
 
-    evaluation = _evaluate(checkpoint, prepared.split_yaml(split), "test", family, config, output_root,
+    evaluation = _evaluate(model, prepared.split_yaml(split), "test", config, output_root,
                            paths.folder / "plots" / split, plots=split in SPLITS)
     suite = prepared.severity_suite(split)
     atomic_write_json(paths.predictions(split),
                       {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
                        "suite_id": suite.suite_id if suite else prepared.suite_id,
-                       "checkpoint": str(checkpoint), "images": evaluation.records})
+                       "checkpoint": str(model.checkpoint), "images": evaluation.records})
     start = time.perf_counter()
     evaluation.map_stats.with_draws().save(paths.map_stats(split))
     evaluation.wall_s = round(evaluation.wall_s + time.perf_counter() - start, 3)  # the draws are evaluation too
@@ -475,7 +476,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     checkpoint is gone (the session stays done with what it has).
     """
     from exp3.dataset import read_data_yaml
-
+    from exp3.evaluate import load_evaluation_model
     from exp3.splits import severity_changes
 
     metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
@@ -495,12 +496,13 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
                                      metrics=splits.pop(split, None),
                                      superseded_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
     names = read_data_yaml(prepared.data_yaml).names
-    family, val_conf = current.training.family, current.thresholds.val_chosen
+    val_conf = current.thresholds.val_chosen
+    model = load_evaluation_model(checkpoint, current.training.family) if missing else None
     for split in missing:
         print(f"exp3: {session.name}: evaluating {split} from {checkpoint.name} (added to a finished session; "
               "no training)")
-        splits[split] = _evaluate_test_split(checkpoint, split, family, config, output_root, paths, session, prepared,
-                                             names, val_conf)
+        splits[split] = _evaluate_test_split(model, split, config, output_root, paths, session, prepared, names,
+                                             val_conf)
         evaluations[split] = _evaluation_record(prepared, split, checkpoint, splits[split], True)
     ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
     updated = SessionMetrics.model_validate({

@@ -101,3 +101,23 @@ def test_map_recomputed_from_the_kept_per_image_stats_equals_the_validator(train
     map50, map50_95 = mean_ap(MapStats.load(stats.save(tmp_path / "stats.npz")))
     assert map50 == pytest.approx(trained_evaluation.map50, abs=1e-12) and map50 > 0
     assert map50_95 == pytest.approx(trained_evaluation.map50_95, abs=1e-12)
+
+
+def test_one_loaded_model_for_every_split_equals_loading_it_per_split(trained_evaluation, trained_yolo_checkpoint: Path,
+                                                                      trained_data_yaml: Path, tmp_path: Path) -> None:
+    """A session loads its checkpoint once and evaluates val, then each test split: the test split's mAP,
+    records and map stats equal those of a model loaded for that split alone (a trained model: non-zero)."""
+    import numpy as np
+
+    from exp3.evaluate import load_evaluation_model
+
+    model = load_evaluation_model(trained_yolo_checkpoint, "detect")
+    evaluate_split(model, trained_data_yaml, "detect", tmp_path, tmp_path / "val", split="val", device="cpu")
+    shared = evaluate_split(model, trained_data_yaml, "detect", tmp_path, tmp_path / "test", device="cpu")
+    assert trained_evaluation.map50 > 0.1 and shared.map50 == trained_evaluation.map50
+    assert shared.map50_95 == trained_evaluation.map50_95 and shared.records == trained_evaluation.records
+    assert np.array_equal(shared.map_stats.tp, trained_evaluation.map_stats.tp)
+    assert len(model.model.callbacks["on_val_end"]) == len(load_evaluation_model(
+        trained_yolo_checkpoint, "detect").model.callbacks["on_val_end"])  # each split's own callback removed
+    with pytest.raises(ValueError, match="loaded as 'detect', not 'rtdetr'"):
+        evaluate_split(model, trained_data_yaml, "rtdetr", tmp_path, tmp_path / "x")
