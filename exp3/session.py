@@ -46,7 +46,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exp3 import __version__
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
@@ -78,6 +78,9 @@ from exp3.schema import (
 )
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 from exp3.weights import ResolvedWeights, resolve_weights
+
+if TYPE_CHECKING:  # annotations only; exp3.evaluate is imported where a session evaluates
+    from exp3.evaluate import EvaluationModel
 
 SCHEMA_VERSION = 1
 SPLITS: tuple[str, ...] = PRIMARY_SPLITS
@@ -296,7 +299,7 @@ def _write_failure(paths: SessionPaths, session: Session, error: BaseException) 
     })
 
 
-def _evaluate(model: Any, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
+def _evaluate(model: EvaluationModel, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
               save_dir: Path, plots: bool = True) -> Any:
     """One split of the session's `exp3.evaluate.EvaluationModel` (loaded once for all its splits)."""
     from exp3.evaluate import evaluate_split
@@ -401,7 +404,7 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
     return json.loads(paths.metrics.read_text(encoding="utf-8"))  # as a later run reads it (tuples as lists)
 
 
-def _evaluate_test_split(model: Any, split: str, config: ExperimentConfig, output_root: Path, paths: SessionPaths,
+def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentConfig, output_root: Path, paths: SessionPaths,
                          session: Session, prepared: PreparedData, names: list[str], val_conf: float) -> SplitMetrics:
     """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
 
@@ -571,8 +574,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def without_shutdown_collection(code: int) -> int:
     """`code`, after moving every object alive now out of reach of the garbage collection CPython runs
-    when the process exits: with torch and Ultralytics loaded that collection takes 0.6-0.9 s per
-    session process (measured in BENCHMARKS.md) and frees nothing the exit does not free anyway.
+    when the process exits: with torch and Ultralytics loaded that collection took 1.5-1.9 s after a
+    smoke session (0.3 s without; BENCHMARKS.md) and frees nothing the exit does not free anyway.
     Objects are still released by reference counting and `atexit` still runs; every result file is
     already closed and renamed into place."""
     import gc

@@ -4,8 +4,9 @@ Ultralytics already imported.
 Every session runs in a fresh process of its own (crash isolation; an out-of-memory retry gets a
 new one). A fresh process spends ~2.5 s importing torch and Ultralytics before any work. While a
 session runs, the runner starts the process for the next session of its lane
-(`SessionJob.prestart_next`): `python -m exp3.standby` imports what a session needs, initialises
-no CUDA, reads no config and touches no file, then waits on stdin for one request (the session's
+(`SessionJob.prestart_next`): `python -m exp3.standby` imports what a session needs (initialising no
+CUDA, reading no config; Ultralytics writes its settings file in the output root at import, as
+in any session process), then waits on stdin for one request (the session's
 `python -m exp3.session` arguments and its log). It sends its output to that log and runs
 `exp3.session.main` with those arguments, exactly as `python -m exp3.session` would; end of
 input without a request ends it quietly.
