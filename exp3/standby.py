@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -144,8 +145,11 @@ STANDBY = Standby()
 def serve() -> int:
     """The standby process: import, wait for one request, run that session."""
     modules = PRELOADED + (PRELOADED_WITH_ULTRALYTICS if os.environ.get("YOLO_CONFIG_DIR") else ())
-    for module in modules:
-        import_module(module)
+    try:
+        for module in modules:
+            import_module(module)
+    except Exception:  # noqa: BLE001 - the session's own import fails the same way, with this in its log
+        traceback.print_exc()
     line = sys.stdin.readline()
     if not line:
         return 0
