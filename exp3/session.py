@@ -182,6 +182,29 @@ def prepared_is_current(prepared: PreparedData) -> bool:
                     for suite in prepared.severity_suites))
 
 
+def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str | None:
+    """Why `prepared` (data handed to a session) is not what `config` asks for, or None if it is: the
+    fixed suite's and S2 set's occlusion parameters (from their manifests) and the severity levels'
+    spec keys must be the config's. A session never evaluates a config on another config's suites."""
+    from exp3.occlusion.identity import suite_parameters, train_set_parameters
+    from exp3.splits import evaluation_plan
+
+    manifests = {"fixed suite": (Path(prepared.suite_dir) / "manifest.json", suite_parameters(config.occlusion)),
+                 "S2 train set": (Path(prepared.s2_data_yaml).parent / "manifest.json",
+                                  train_set_parameters(config.occlusion))}
+    for name, (manifest, wanted) in manifests.items():
+        try:
+            parameters = json.loads(manifest.read_text(encoding="utf-8")).get("parameters")
+        except (OSError, ValueError, AttributeError):
+            return f"its {name} manifest {manifest} is unreadable"
+        if parameters != wanted:
+            return f"its {name} was built with other occlusion parameters than the config's"
+    plan = evaluation_plan(config.occlusion)
+    if {suite.split: suite.spec_key for suite in prepared.severity_suites} != plan:
+        return f"its severity suites are not the config's levels ({', '.join(plan) or 'none'})"
+    return None
+
+
 def session_key(config: ExperimentConfig, session: Session, output_root: Path) -> str:
     """The cache key of `session` (prepares and verifies the data, resolves the weights)."""
     from exp3.offline import apply_offline_environment
@@ -245,7 +268,8 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
 
     `retry_batch`: the batch of an out-of-memory retry (what really runs, recorded as such; the
     session's inputs and key stay those of the config). `prepared`: the data the flow prepared
-    and verified, used as is while `prepared_is_current`; without it (a session run by hand)
+    and verified, used as is while `prepared_is_current` and it fits `config` (`prepared_mismatch`);
+    without it (a session run by hand)
     the session prepares and verifies the data itself. Raises `WeightsError` before anything is
     written when the configured weights cannot be had, `LockBusy` when another process runs this
     session, and `SessionFailed` after writing a FAILED marker (error, log tail) for anything else,
@@ -258,6 +282,10 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
     weights = resolve_model_weights(config, session.model)  # WeightsError: nothing written, nothing trained
     paths.folder.parent.mkdir(parents=True, exist_ok=True)
     with paths.session_lock("python -m exp3.session"):
+        if prepared is not None and (mismatch := prepared_mismatch(prepared, config)) is not None:
+            print(f"exp3: {session.name}: the data handed to it does not fit its config ({mismatch}): "
+                  "preparing it here")
+            prepared = None
         try:
             if prepared is None or not prepared_is_current(prepared):
                 prepared = prepare_data(config, output_root)

@@ -234,7 +234,9 @@ def _after_training(environment: dict[str, str | None]) -> None:
 
     unset_deterministic()
     for key, value in environment.items():
-        if value is not None:
+        if value is None:
+            os.environ.pop(key, None)  # unset before the training: unset again, as in a fresh process
+        else:
             os.environ[key] = value
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

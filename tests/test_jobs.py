@@ -168,3 +168,29 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
     assert not prepared_is_current(prepared)
     (suite / "manifest.json").unlink()
     assert not prepared_is_current(prepared)
+
+
+def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
+    """A session given another config's prepared data (other occlusion parameters or levels) prepares its own."""
+    from exp3.occlusion.identity import suite_parameters, train_set_parameters
+    from exp3.session import prepared_mismatch
+    from exp3.splits import severity_levels
+
+    config = _config(occlusion={"severities": [[0.1, 0.3]]})
+    suite, s2 = tmp_path / "occ-1", tmp_path / "occtrain-1"
+    for folder, parameters in ((suite, suite_parameters(config.occlusion)), (s2, train_set_parameters(config.occlusion))):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"parameters": parameters}))
+    level = severity_levels(config.occlusion)[0]
+    prepared = PREPARED.model_copy(update={
+        "suite_dir": str(suite), "s2_data_yaml": str(s2 / "data.yaml"),
+        "severity_suites": (PREPARED.severity_suites[0].model_copy(update={"spec_key": level.spec_key}),)})
+    assert prepared_mismatch(prepared, config) is None
+    other_seed = _config(occlusion={"severities": [[0.1, 0.3]], "seed": 7})
+    assert "fixed suite was built with other occlusion parameters" in prepared_mismatch(prepared, other_seed)
+    assert "severity suites are not the config's levels" in prepared_mismatch(
+        prepared, _config(occlusion={"severities": [[0.1, 0.3], [0.5, 0.7]]}))
+    other_fraction = _config(occlusion={"severities": [[0.1, 0.3]], "train_fraction": 0.3})
+    assert "S2 train set was built with other" in prepared_mismatch(prepared, other_fraction)
+    (suite / "manifest.json").unlink()
+    assert "unreadable" in prepared_mismatch(prepared, config)
