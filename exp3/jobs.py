@@ -14,7 +14,6 @@ process): the first failed session sets it, sessions that have not started see i
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Literal, Mapping, Sequence
 
@@ -57,7 +56,9 @@ class SessionJob(BaseModel):
     after: str | None = None
     """The session before this one on its lane (it waits for that one to end)."""
     prestart_next: bool = False
-    """A later session runs on this lane and `prestart_pays`: start its process while this one runs (`exp3.standby`)."""
+    """A GPU lane with a later session: start that session's process while this one runs (`exp3.standby`)."""
+    forked: bool = False
+    """A CPU lane: fork this session's process from the flow's fork server (`exp3.forkserver`)."""
     deployment: str | None = None
     """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
     prepared: PreparedData | None = None
@@ -160,33 +161,29 @@ def session_lanes(config: ExperimentConfig, fan_out_deployment: str | None = Non
     return config.gpus or (None,) * config.parallel_sessions
 
 
-def cpu_training_threads(cpu_count: int) -> int:
-    """Torch threads of one session training on the CPU: Ultralytics' `NUM_THREADS` (cores - 1, 1 to 8)."""
-    return min(8, max(1, cpu_count - 1))
+def process_start(lane: Lane, deployment: str | None) -> Literal["ahead", "forked", "remote"]:
+    """How a session process of `lane` starts without a fresh ~2.5 s torch/Ultralytics import.
 
-
-def prestart_pays(lanes: Sequence[Lane], cpu_count: int) -> bool:
-    """Whether starting a lane's next session process ahead (`exp3.standby`) saves wall time.
-
-    Starting ahead moves the new process's imports (~2.5 s of one core) into the time the lane's
-    current session runs; that is saved only on a core the sessions leave idle. Sessions training
-    on GPUs leave most cores idle; sessions training on the CPU use `cpu_training_threads` each, so
-    two of them on a 2-core box use every core, and there the imports would only slow the trainings
-    (measured in BENCHMARKS.md).
+    - "ahead" (a GPU lane): the lane's next session process starts and imports while the current
+      session trains (`exp3.standby`), on a core the GPU training leaves idle.
+    - "forked" (a CPU lane): CPU training keeps the cores busy, so an import started ahead would only
+      slow the running training (measured in BENCHMARKS.md); instead every session process is forked
+      from one that imported once per flow (`exp3.forkserver`). Not used on GPU lanes: a fork server
+      must never touch CUDA, and no GPU run has shown it yet.
+    - "remote": a flow run of the per-session deployment starts its own process.
     """
-    cpu_lanes = sum(1 for lane in lanes if lane is None)
-    return cpu_lanes < len(lanes) or cpu_lanes * cpu_training_threads(cpu_count) < cpu_count
+    if deployment is not None:
+        return "remote"
+    return "forked" if lane is None else "ahead"
 
 
 def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence[Lane], *,
               keys: Mapping[str, str], config_path: str, failed_before: frozenset[str] = frozenset(),
-              deployment: str | None = None, prepared: PreparedData | None = None,
-              cpu_count: int | None = None) -> list[SessionJob]:
+              deployment: str | None = None, prepared: PreparedData | None = None) -> list[SessionJob]:
     """One `SessionJob` per session of `grid`, in grid order, spread over `lanes` round robin.
 
     `config.output_root` must be resolved; `keys`: session name -> cache key; `failed_before`:
-    names of sessions FAILED in an earlier run that must not run again (no retries either);
-    `cpu_count`: this machine's cores (default `os.cpu_count()`), for `prestart_pays`.
+    names of sessions FAILED in an earlier run that must not run again (no retries either).
     """
     if not lanes:
         raise ValueError("no lanes to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
@@ -195,18 +192,19 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
     jobs: list[SessionJob] = []
     tail: dict[int, str] = {}
-    prestart = deployment is None and prestart_pays(lanes, cpu_count or os.cpu_count() or 1)
     last_to_run = {index % len(lanes): index for index, session in enumerate(grid) if session.name not in failed_before}
     for index, session in enumerate(grid):
         lane = index % len(lanes)
         skip = session.name in failed_before
+        start = process_start(lanes[lane], deployment)
         jobs.append(SessionJob(
             model=session.model, suffix=session.suffix, seed=session.seed, cache_key=keys[session.name],
             config_path=str(config_path), output_root=str(config.output_root),
             epochs=config.models[session.model].epochs, batch=config.train.batch,
             oom_halve_batch=config.failure.oom_halve_batch, stop_on_failure=config.failure.policy == "stop",
             retries=0 if skip else config.failure.retries, skip_as_failed=skip, lane=lane, gpu=lanes[lane],
-            after=tail.get(lane), prestart_next=prestart and index < last_to_run.get(lane, -1),
+            after=tail.get(lane), prestart_next=start == "ahead" and index < last_to_run.get(lane, -1),
+            forked=start == "forked",
             deployment=deployment, prepared=prepared, evaluations=evaluations))
         tail[lane] = session.name
     return jobs

@@ -1,6 +1,7 @@
 """Run one session as a subprocess for the flow: `python -m exp3.session ...`, pinned to a GPU,
 its output appended to `<session>/logs/session.log`, with a progress callback per epoch. The process
-is a fresh one, started ahead of need where the lane has a next session (`exp3.standby`).
+is a new one per session: forked from the flow's fork server on a CPU lane (`exp3.forkserver`),
+started ahead of need on a GPU lane with a next session (`exp3.standby`), else fresh.
 
 The flow's task is a thin wrapper around `run_session_subprocess`; everything here is plain
 Python so it can be tested and reused without Prefect.
@@ -21,6 +22,7 @@ from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionPaths
 from exp3.offline import ultralytics_environment
 from exp3.progress import EpochProgress, epoch_progress, read_session_headline
+from exp3.forkserver import FORKS
 from exp3.standby import STANDBY
 
 POLL_S = 5.0
@@ -180,7 +182,8 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         log.write(b"\n")
         if moved is not None:
             log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
-        process = STANDBY.launch(session_arguments(job, retry_batch), env, log)
+        arguments = session_arguments(job, retry_batch)
+        process = (job.forked and FORKS.launch(arguments, env, log)) or STANDBY.launch(arguments, env, log)
         if job.prestart_next:
             STANDBY.prestart(env)  # the next session's process imports while this one works
         while True:

@@ -57,26 +57,27 @@ def test_plan_jobs_round_robin_each_after_the_previous_of_its_lane() -> None:
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
     # GPU lanes: a lane's next session process is started ahead while a session runs, not after its last one
     assert [job.prestart_next for job in jobs] == [True] * 10 + [False, False]
+    assert not any(job.forked for job in jobs)
 
 
-def test_processes_are_started_ahead_only_where_training_leaves_a_core_idle() -> None:
-    from exp3.jobs import prestart_pays
+def test_gpu_lanes_start_processes_ahead_cpu_lanes_fork_them_deployments_neither() -> None:
+    from exp3.jobs import process_start
 
-    assert prestart_pays((0, 1), cpu_count=2)  # GPU lanes
-    assert prestart_pays((None,), cpu_count=2)  # one CPU session trains on 1 of 2 cores
-    assert not prestart_pays((None, None), cpu_count=2)  # the smoke: two CPU sessions use both cores
-    assert not prestart_pays((None, None), cpu_count=16) and prestart_pays((None,), cpu_count=16)
-    config = _config(parallel_sessions=2)
-    assert not any(job.prestart_next for job in _plan(config, (None, None), cpu_count=2))
-    assert sum(job.prestart_next for job in _plan(config, (None, None), cpu_count=32)) == 10
+    assert process_start(0, None) == "ahead" and process_start(None, None) == "forked"
+    assert process_start(None, "exp3-session/exp3-session") == "remote"
+    cpu = _plan(_config(parallel_sessions=2), (None, None))
+    assert all(job.forked and not job.prestart_next for job in cpu)
+    gpu = _plan(_config(gpus=(0,)), (0,))
+    assert not any(job.forked for job in gpu) and sum(job.prestart_next for job in gpu) == 11
+    remote = _plan(_config(), (None,), deployment="exp3-session/exp3-session")
+    assert not any(job.forked or job.prestart_next for job in remote)
 
 
-def test_no_process_is_started_ahead_for_sessions_that_will_not_run_or_run_elsewhere() -> None:
-    config = _config()
+def test_no_process_is_started_ahead_for_sessions_that_will_not_run() -> None:
+    config = _config(gpus=(0,))
     failed = frozenset({"rtdetr-l__S5_mask_neck", "rtdetr-l__S6_mask_head"})
-    jobs = _plan(config, (None,), failed_before=failed, cpu_count=2)
+    jobs = _plan(config, (0,), failed_before=failed)
     assert [job.name for job in jobs if not job.prestart_next] == ["rtdetr-l__S4_mask_backbone_late", *sorted(failed)]
-    assert not any(job.prestart_next for job in _plan(config, (None,), deployment="exp3-session/exp3-session"))
 
 
 def test_plan_jobs_failed_before_prepared_and_one_lane() -> None:
