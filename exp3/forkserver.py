@@ -8,8 +8,9 @@ core to hide it on, so there the import is paid once per flow instead of once pe
 
     python -m exp3.forkserver      # imports what a session needs, then forks one child per request
 
-The server imports `exp3.standby.PRELOADED` (and Ultralytics where its settings directory is set,
-as under the flow), initialises no CUDA and starts no thread of its own, then reads requests
+Only on Linux machines without a GPU (`fork_is_safe`). The server imports `exp3.standby.PRELOADED`
+(and Ultralytics where its settings directory is set, as under the flow), refuses to serve if a GPU
+driver got loaded meanwhile, starts no thread of its own, then reads requests
 (one JSON line: the session's `python -m exp3.session` arguments and its log) on stdin. For each
 it forks a child that sends its output to that log and runs `exp3.session.main` with those
 arguments, exactly as `python -m exp3.session` would after its imports; the child is a new
@@ -42,8 +43,18 @@ from typing import Any, BinaryIO
 
 from exp3.parallel import die_with_parent
 
+GPU_DEVICE_NODES: tuple[str, ...] = ("/dev/nvidiactl", "/dev/kfd")
+"""NVIDIA's and AMD ROCm's device nodes: a machine with either gets no fork servers (`fork_is_safe`)."""
 READY_TIMEOUT_S = 300.0
 """How long a launch waits for a server's imports (a cold disk, a loaded box) before starting a fresh process."""
+
+
+def fork_is_safe() -> bool:
+    """Whether session processes may be forked on this machine: Linux (macOS frameworks are not
+    fork-safe) without a GPU. A CUDA context does not survive a fork, so the server must never touch
+    CUDA; it checks that, but no GPU run has exercised forked sessions yet, so machines with a GPU
+    start processes ahead instead (`exp3.standby`)."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(node) for node in GPU_DEVICE_NODES)
 
 
 class ForkedSession:
@@ -145,6 +156,8 @@ class _Server:
             return None
         session = ForkedSession()
         with self._lock:
+            if self.error is not None:  # it died since the check above (`_fail` holds this lock)
+                return None
             request_id = next(self._ids)
             self._sessions[request_id] = session
             try:
@@ -231,12 +244,13 @@ def serve() -> int:
             import_module(module)
         import torch
 
-        if torch.cuda.is_initialized():
-            raise RuntimeError("CUDA was initialised at import: a forked child could not use it")
+        if torch.cuda.is_initialized() or _gpu_driver_loaded():
+            raise RuntimeError("a GPU driver was initialised at import: a forked child could not use it")
     except Exception as error:  # noqa: BLE001 - the runner starts fresh processes, which fail with their own log
         traceback.print_exc()
         print(json.dumps({"ready": False, "error": f"{type(error).__name__}: {error}"}), file=answers)
         return 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sessions (same process group), not their server
     print(json.dumps({"ready": True}), file=answers)
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):
@@ -269,6 +283,12 @@ def serve() -> int:
             print(json.dumps({"id": request["id"], "pid": pid}), file=answers)
 
 
+def _gpu_driver_loaded() -> bool:
+    """Whether this process has loaded the CUDA or ROCm driver library (what CUDA's first call does)."""
+    with open("/proc/self/maps") as maps:
+        return any("libcuda.so" in line or "libamdhip64.so" in line for line in maps)
+
+
 def _read_or_empty(fd: int) -> bytes:
     try:
         return os.read(fd, 4096)
@@ -296,6 +316,7 @@ def _child(request: dict[str, Any], closing: tuple[int, ...]) -> None:
         server = os.getppid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any Python process
         die_with_parent()
         if os.getppid() != server:  # the server died before the line above
             os._exit(1)
@@ -315,6 +336,9 @@ def _child(request: dict[str, Any], closing: tuple[int, ...]) -> None:
         code = main(request["arguments"])
     except SystemExit as exit_:
         code = _exit_code(exit_.code)
+    except KeyboardInterrupt:  # as Python: the traceback, then end by SIGINT (the runner says "stopped")
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:  # noqa: BLE001 - as Python prints an uncaught exception before exiting 1
         traceback.print_exc()
         code = 1
@@ -324,6 +348,9 @@ def _child(request: dict[str, Any], closing: tuple[int, ...]) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
+            if code == -signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
             os._exit(code)
 
 

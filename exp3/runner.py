@@ -1,7 +1,8 @@
 """Run one session as a subprocess for the flow: `python -m exp3.session ...`, pinned to a GPU,
 its output appended to `<session>/logs/session.log`, with a progress callback per epoch. The process
-is a new one per session: forked from the flow's fork server on a CPU lane (`exp3.forkserver`),
-started ahead of need on a GPU lane with a next session (`exp3.standby`), else fresh.
+is a new one per session: forked from the flow's fork server on a CPU lane of a machine without a
+GPU (`exp3.forkserver`), started ahead of need on other lanes with a next session (`exp3.standby`),
+else fresh.
 
 The flow's task is a thin wrapper around `run_session_subprocess`; everything here is plain
 Python so it can be tested and reused without Prefect.
@@ -15,14 +16,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from exp3.grid import results_rows
-from exp3.jobs import SessionJob, SessionResult
+from exp3.jobs import Lane, SessionJob, SessionResult, process_start
 from exp3.layout import SessionPaths
 from exp3.offline import ultralytics_environment
 from exp3.progress import EpochProgress, epoch_progress, read_session_headline
-from exp3.forkserver import FORKS
+from exp3.forkserver import FORKS, fork_is_safe
+from exp3.sessions import Session
 from exp3.standby import STANDBY
 
 POLL_S = 5.0
@@ -149,10 +151,27 @@ def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[s
 def session_environment(job: SessionJob) -> dict[str, str]:
     """The session process's environment: this one's, Ultralytics' offline settings of the job's output
     root (set before the process imports anything) and `CUDA_VISIBLE_DEVICES` of its GPU."""
-    env = dict(os.environ) | ultralytics_environment(job.output_root)
-    if job.gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
+    return _process_environment(job.output_root, job.gpu)
+
+
+def _process_environment(output_root: str | Path, gpu: int | None) -> dict[str, str]:
+    env = dict(os.environ) | ultralytics_environment(output_root)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     return env
+
+
+def start_fork_server(output_root: str | Path, lanes: Sequence[Lane], grid: Sequence[Session],
+                      deployment: str | None = None) -> None:
+    """Start the fork server that the sessions of CPU `lanes` will fork from (`exp3.forkserver`), so that
+    its imports overlap the flow's audit and data preparation instead of delaying the first sessions.
+    Not where every session of `grid` has a DONE marker (a re-run of a finished grid, which likely
+    trains nothing): a session that does run after all starts the server then."""
+    if not any(process_start(lane, deployment, fork_is_safe()) == "forked" for lane in lanes):
+        return
+    if all(SessionPaths.of(output_root, session).done_marker.exists() for session in grid):
+        return
+    FORKS.start(_process_environment(output_root, None))
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,

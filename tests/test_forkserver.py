@@ -22,11 +22,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_forked_sessions_run_the_session_cli_in_new_processes_and_die_with_their_server(tmp_path: Path) -> None:
+def test_forked_sessions_run_the_session_cli_in_new_processes(tmp_path: Path) -> None:
     """Each request is a child of the server running `exp3.session.main` with its arguments, all of its
-    output in its log, its exit code reported; another environment gets another server; a child still
-    running when its server is killed dies with it, and a dead server forks nothing more (None: the
-    runner starts a fresh process)."""
+    output in its log, its exit code reported; another environment gets another server; close() ends
+    them."""
     from exp3.forkserver import ForkServers
 
     forks = ForkServers()
@@ -47,39 +46,10 @@ def test_forked_sessions_run_the_session_cli_in_new_processes_and_die_with_their
     with open(tmp_path / "c.log", "ab") as log:
         other = forks.launch(["--help"], other_env, log)
     assert other is not None and other.wait(timeout=120) == 0
-    assert forks._servers[tuple(sorted(other_env.items()))].process.pid != server.pid
-
-    server.kill()
-    server.wait()
-    deadline = time.monotonic() + 10
-    while forks._servers[tuple(sorted(env.items()))].error is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with open(tmp_path / "e.log", "ab") as log:
-        assert forks.launch(["--help"], env, log) is None
+    other_server = forks._servers[tuple(sorted(other_env.items()))].process
+    assert other_server.pid != server.pid
     forks.close()
-    assert forks._servers == {}
-
-
-def test_a_child_dies_with_its_server_and_reports_the_kill(tmp_path: Path) -> None:
-    """kill -9 of the server (as of the flow, which takes its servers along) ends a running child too;
-    the session is reported ended by SIGKILL, which the runner words as 'stopped', not broken."""
-    from exp3.forkserver import ForkServers
-
-    forks = ForkServers()
-    env = dict(os.environ, EXP3_TEST_MARK="kill")
-    script = tmp_path / "sleepy.yaml"  # exp3.session reads its config from a FIFO nobody writes: it blocks
-    os.mkfifo(script)
-    with open(tmp_path / "a.log", "ab") as log:
-        child = forks.launch(["--config", str(script), *MISSING], env, log)
-    assert child is not None and child.returncode is None and _alive(child.pid)
-    server = forks._servers[tuple(sorted(env.items()))].process
-    server.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=30) == -signal.SIGKILL
-    deadline = time.monotonic() + 10
-    while _alive(child.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child.pid)
-    forks.close()
+    assert forks._servers == {} and server.wait(timeout=30) == 0 and other_server.wait(timeout=30) == 0
 
 
 def test_a_forked_session_equals_the_same_session_in_a_fresh_process(tmp_path: Path) -> None:
@@ -127,3 +97,51 @@ def test_a_forked_session_equals_the_same_session_in_a_fresh_process(tmp_path: P
     assert metrics(fresh)["masking"] == metrics(job.paths.folder)["masking"]
     for name in ("predictions_test_clean.json", "predictions_test_occ_fixed.json"):
         assert (fresh / name).read_bytes() == (job.paths.folder / name).read_bytes()
+
+
+def _training(forks, env: dict[str, str], config: Path, suffix: str) -> tuple[object, Path]:
+    """A forked session of `config` (yolov8n, 3 epochs), once its first epoch is saved: mid-training."""
+    folder = config.parent / "out" / "yolov8n" / f"yolov8n__{suffix}"
+    folder.joinpath("logs").mkdir(parents=True)
+    with open(folder / "logs" / "session.log", "ab") as log:
+        child = forks.launch(["--config", str(config), "--model", "yolov8n", "--session", suffix,
+                              "--set", "models.yolov8n.epochs=3"], env, log)
+    assert child is not None
+    deadline = time.monotonic() + 300
+    while not (folder / "train" / "weights" / "last.pt").exists():
+        assert child.poll() is None and time.monotonic() < deadline, (folder / "logs" / "session.log").read_text()
+        time.sleep(0.2)
+    return child, folder
+
+
+def test_ctrl_c_stops_a_session_not_its_server_and_kill_9_of_the_server_ends_its_sessions(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group): the server ignores it, a training child ends by SIGINT as a
+    Python process does (the runner reports it stopped, not broken), the server forks on. kill -9 of
+    the server (as of the flow, which takes its servers along): its training child dies too, reported
+    ended by SIGKILL, and a dead server forks nothing more (None: the runner starts a fresh process)."""
+    from exp3.forkserver import ForkServers
+    from exp3.offline import ultralytics_environment
+    from exp3.runner import exit_reason
+
+    config = _one_model_config(tmp_path)
+    forks = ForkServers()
+    env = dict(os.environ) | ultralytics_environment(tmp_path / "out")
+    first, folder = _training(forks, env, config, "S1_clean_train")
+    server = forks._servers[tuple(sorted(env.items()))].process
+    os.kill(server.pid, signal.SIGINT)
+    os.kill(first.pid, signal.SIGINT)
+    assert first.wait(timeout=60) == -signal.SIGINT and "stopped by SIGINT" in exit_reason(first.returncode)
+    assert "KeyboardInterrupt" in (folder / "logs" / "session.log").read_text()
+    assert server.poll() is None
+
+    second, _ = _training(forks, env, config, "S3_mask_backbone_early")
+    assert second.pid != first.pid and _alive(second.pid)
+    server.send_signal(signal.SIGKILL)
+    assert second.wait(timeout=30) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while _alive(second.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(second.pid), "a forked session outlived its server"
+    with open(tmp_path / "after.log", "ab") as log:
+        assert forks.launch(["--help"], env, log) is None
+    forks.close()
