@@ -42,6 +42,7 @@ from importlib import import_module
 from typing import Any, BinaryIO
 
 from exp3.parallel import die_with_parent
+from exp3.standby import session_command_line
 
 GPU_DEVICE_NODES: tuple[str, ...] = ("/dev/nvidiactl", "/dev/kfd")
 """NVIDIA's and AMD ROCm's device nodes: a machine with either gets no fork servers (`fork_is_safe`)."""
@@ -204,9 +205,12 @@ class ForkServers:
         """Run `exp3.session.main(arguments)` in a child of the server of `env`, its output appended to
         `log` (a file opened for appending; the log says it was forked), or None: no server could."""
         server = self._server(env)
-        if not server.ready.wait(READY_TIMEOUT_S) or server.error is not None:
+        if not server.ready.wait(READY_TIMEOUT_S) or server.error is not None or server.process is None:
+            why = server.error or f"not ready after {READY_TIMEOUT_S:.0f} s"
+            log.write(f"==== no fork server ({why}): a fresh process instead ====\n".encode())
+            log.flush()
             return None
-        log.write(f"==== {_command(arguments)} (forked from fork server {server.process.pid}) ====\n".encode())
+        log.write(f"==== {session_command_line(arguments)} (forked from fork server {server.process.pid}) ====\n".encode())
         log.flush()
         session = server.fork(arguments, os.path.abspath(log.name))
         if session is None:
@@ -220,10 +224,6 @@ class ForkServers:
             servers, self._servers = list(self._servers.values()), {}
         for server in servers:
             server.close()
-
-
-def _command(arguments: list[str]) -> str:
-    return " ".join([sys.executable, "-m", "exp3.session", *arguments])
 
 
 FORKS = ForkServers()

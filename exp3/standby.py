@@ -99,7 +99,7 @@ class Standby:
         while (spare := self.take(env)) is not None:
             try:
                 request = json.dumps({"arguments": arguments, "log": os.path.abspath(log.name)}) + "\n"
-                log.write(f"==== {_command(arguments)} (in standby process {spare.process.pid}, started "
+                log.write(f"==== {session_command_line(arguments)} (in standby process {spare.process.pid}, started "
                           f"{time.perf_counter() - spare.started:.1f} s before) ====\n".encode())
                 log.flush()
                 spare.process.stdin.write(request.encode())
@@ -107,7 +107,7 @@ class Standby:
                 return spare.process
             except OSError:  # it died meanwhile (killed from outside): the next one, or a fresh process
                 _end(spare.process)
-        log.write(f"==== {_command(arguments)} ====\n".encode())
+        log.write(f"==== {session_command_line(arguments)} ====\n".encode())
         log.flush()
         return subprocess.Popen([sys.executable, "-m", "exp3.session", *arguments], stdout=log,
                                 stderr=subprocess.STDOUT, env=dict(env), preexec_fn=die_with_parent)
@@ -121,7 +121,8 @@ class Standby:
             _end(spare.process)
 
 
-def _command(arguments: list[str]) -> str:
+def session_command_line(arguments: list[str]) -> str:
+    """The command line a session with these arguments is logged under (`python -m exp3.session ...`)."""
     return " ".join([sys.executable, "-m", "exp3.session", *arguments])
 
 

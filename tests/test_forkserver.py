@@ -144,4 +144,22 @@ def test_ctrl_c_stops_a_session_not_its_server_and_kill_9_of_the_server_ends_its
     assert not _alive(second.pid), "a forked session outlived its server"
     with open(tmp_path / "after.log", "ab") as log:
         assert forks.launch(["--help"], env, log) is None
+    assert "no fork server (the fork server ended (exit -9)): a fresh process instead" in (tmp_path / "after.log").read_text()
+    forks.close()
+
+
+def test_a_server_whose_imports_fail_forks_nothing_and_says_why(tmp_path: Path) -> None:
+    """A server that cannot import torch answers not-ready: launch returns None (the runner then starts a
+    fresh process, which fails with its own traceback in the session log) and the log says why."""
+    from exp3.forkserver import ForkServers
+
+    broken = tmp_path / "site" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this torch is broken on purpose')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(broken.parent), os.environ.get("PYTHONPATH", "")]))
+    forks = ForkServers()
+    with open(tmp_path / "a.log", "ab") as log:
+        assert forks.launch(["--help"], env, log) is None
+    text = (tmp_path / "a.log").read_text()
+    assert "no fork server (ImportError: this torch is broken on purpose): a fresh process instead" in text
     forks.close()
