@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from exp3.forkserver import FORKS, fork_is_safe
 from exp3.grid import results_rows
 from exp3.jobs import Lane, SessionJob, SessionResult, process_start
 from exp3.layout import SessionPaths
 from exp3.offline import ultralytics_environment
 from exp3.progress import EpochProgress, epoch_progress, read_session_headline
-from exp3.forkserver import FORKS, fork_is_safe
 from exp3.sessions import Session
 from exp3.standby import STANDBY
 

@@ -88,3 +88,18 @@ def trained_evaluation(trained_yolo_checkpoint: Path, trained_data_yaml: Path,
     root = tmp_path_factory.mktemp("eval-trained")
     return evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", output_root=root,
                           save_dir=root / "test", device="cpu")
+
+
+@pytest.fixture()
+def one_model_config(tmp_path: Path) -> Path:
+    """A smoke config of one model (yolov8n from its yaml, 1 epoch, no severity levels), output under
+    `tmp_path / "out"`."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(repo / "configs" / "smoke.yaml"), "output_root": str(tmp_path / "out"),
+        "models": {"yolov8m": None, "rtdetr-l": None, "yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1}},
+        "occlusion": {"severities": []}}))
+    return path

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 
-from tests.test_runner import _one_model_config
 
 MISSING = ["--model", "yolov8n", "--session", "S1_clean_train"]
 
@@ -52,7 +51,7 @@ def test_forked_sessions_run_the_session_cli_in_new_processes(tmp_path: Path) ->
     assert forks._servers == {} and server.wait(timeout=30) == 0 and other_server.wait(timeout=30) == 0
 
 
-def test_a_forked_session_equals_the_same_session_in_a_fresh_process(tmp_path: Path) -> None:
+def test_a_forked_session_equals_the_same_session_in_a_fresh_process(tmp_path: Path, one_model_config: Path) -> None:
     """The same masked 1-epoch session twice: in a fresh process, then, its folder moved away, forked from
     the fork server: same training (losses), same masking, same metrics, byte-identical predictions."""
     import csv
@@ -64,7 +63,7 @@ def test_a_forked_session_equals_the_same_session_in_a_fresh_process(tmp_path: P
     from exp3.session import session_key
     from exp3.sessions import Session
 
-    config_path = _one_model_config(tmp_path)
+    config_path = one_model_config
     config = load_config(config_path)
     root = tmp_path / "out"
     session = Session("yolov8n", "S3_mask_backbone_early")
@@ -114,7 +113,8 @@ def _training(forks, env: dict[str, str], config: Path, suffix: str) -> tuple[ob
     return child, folder
 
 
-def test_ctrl_c_stops_a_session_not_its_server_and_kill_9_of_the_server_ends_its_sessions(tmp_path: Path) -> None:
+def test_ctrl_c_stops_a_session_not_its_server_and_kill_9_of_the_server_ends_its_sessions(tmp_path: Path,
+                                                                                          one_model_config: Path) -> None:
     """Ctrl-C (SIGINT to the process group): the server ignores it, a training child ends by SIGINT as a
     Python process does (the runner reports it stopped, not broken), the server forks on. kill -9 of
     the server (as of the flow, which takes its servers along): its training child dies too, reported
@@ -123,7 +123,7 @@ def test_ctrl_c_stops_a_session_not_its_server_and_kill_9_of_the_server_ends_its
     from exp3.offline import ultralytics_environment
     from exp3.runner import exit_reason
 
-    config = _one_model_config(tmp_path)
+    config = one_model_config
     forks = ForkServers()
     env = dict(os.environ) | ultralytics_environment(tmp_path / "out")
     first, folder = _training(forks, env, config, "S1_clean_train")

@@ -105,18 +105,6 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) 
     assert updates[0].done == 2
 
 
-def _one_model_config(tmp_path: Path) -> Path:
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(repo / "configs" / "smoke.yaml"), "output_root": str(tmp_path / "out"),
-        "models": {"yolov8m": None, "rtdetr-l": None, "yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1}},
-        "occlusion": {"severities": []}}))
-    return path
-
-
 def test_a_standby_process_serves_only_its_environment_and_ends_on_close(tmp_path: Path) -> None:
     """A process started ahead of need runs the session CLI with the request's arguments and sends all of
     its output to that session's log; another environment gets a fresh process; close() ends the rest."""
@@ -145,7 +133,8 @@ def test_a_standby_process_serves_only_its_environment_and_ends_on_close(tmp_pat
     assert leftover.poll() is not None and standby.take(env) is None
 
 
-def test_a_session_in_a_standby_process_equals_the_same_session_in_a_fresh_process(tmp_path: Path) -> None:
+def test_a_session_in_a_standby_process_equals_the_same_session_in_a_fresh_process(tmp_path: Path,
+                                                                                   one_model_config: Path) -> None:
     """The same masked 1-epoch session twice: first in a fresh process (which starts a standby process for
     the next one), then, its folder moved away, in that standby process: same training, same results."""
     import csv
@@ -158,7 +147,7 @@ def test_a_session_in_a_standby_process_equals_the_same_session_in_a_fresh_proce
     from exp3.sessions import Session
     from exp3.standby import STANDBY
 
-    config_path = _one_model_config(tmp_path)
+    config_path = one_model_config
     config = load_config(config_path)
     root = tmp_path / "out"
     session = Session("yolov8n", "S3_mask_backbone_early")
