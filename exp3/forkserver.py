@@ -8,10 +8,10 @@ core to hide it on, so there the import is paid once per flow instead of once pe
 
     python -m exp3.forkserver      # imports what a session needs, then forks one child per request
 
-Only on Linux machines without a GPU (`fork_is_safe`). The server imports `exp3.standby.PRELOADED`
-(and Ultralytics where its settings directory is set, as under the flow), refuses to serve if a GPU
-driver got loaded meanwhile, starts no thread of its own, then reads requests
-(one JSON line: the session's `python -m exp3.session` arguments and its log) on stdin. For each
+Only on Linux machines without a GPU (`fork_is_safe`). The server imports what a standby process
+imports (`exp3.standby.preload`), refuses to serve if a GPU driver got loaded meanwhile, starts
+no thread of its own, then reads requests (one JSON line: the session's `python -m exp3.session`
+arguments and its log) on stdin. For each
 it forks a child that sends its output to that log and runs `exp3.session.main` with those
 arguments, exactly as `python -m exp3.session` would after its imports; the child is a new
 process (its own memory, its own exit, SIGKILLed if the server dies). The server answers on
@@ -38,11 +38,10 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Mapping
-from importlib import import_module
 from typing import Any, BinaryIO
 
 from exp3.parallel import die_with_parent
-from exp3.standby import session_command_line
+from exp3.standby import preload, send_output_to, session_command_line
 
 GPU_DEVICE_NODES: tuple[str, ...] = ("/dev/nvidiactl", "/dev/kfd")
 """NVIDIA's and AMD ROCm's device nodes: a machine with either gets no fork servers (`fork_is_safe`)."""
@@ -152,12 +151,11 @@ class _Server:
             session._end(session.returncode if session.returncode is not None else -signal.SIGKILL)
 
     def fork(self, arguments: list[str], log_path: str) -> ForkedSession | None:
-        """A child running `exp3.session.main(arguments)` with its output in `log_path`, or None."""
-        if not self.ready.wait(READY_TIMEOUT_S) or self.error is not None or self.process is None:
-            return None
+        """A child running `exp3.session.main(arguments)` with its output in `log_path`, or None (call
+        once the server is ready)."""
         session = ForkedSession()
         with self._lock:
-            if self.error is not None:  # it died since the check above (`_fail` holds this lock)
+            if self.error is not None or self.process is None:  # it died meanwhile (`_fail` holds this lock)
                 return None
             request_id = next(self._ids)
             self._sessions[request_id] = session
@@ -235,13 +233,10 @@ FORKS = ForkServers()
 
 def serve() -> int:
     """Import, say ready, then fork one session per request until end of input."""
-    from exp3.standby import PRELOADED, PRELOADED_WITH_ULTRALYTICS
-
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what the imports print goes to the early-output file, not into the answers
     try:
-        for module in PRELOADED + (PRELOADED_WITH_ULTRALYTICS if os.environ.get("YOLO_CONFIG_DIR") else ()):
-            import_module(module)
+        preload()
         import torch
 
         if torch.cuda.is_initialized() or _gpu_driver_loaded():
@@ -325,10 +320,7 @@ def _child(request: dict[str, Any], closing: tuple[int, ...]) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
+        send_output_to(request["log"])
         from exp3.session import __file__ as session_file
         from exp3.session import main
 

@@ -143,12 +143,25 @@ STANDBY = Standby()
 """The one registry of this process's standby processes (used by `exp3.runner`)."""
 
 
+def preload() -> None:
+    """Import what a session needs (`PRELOADED`, and `PRELOADED_WITH_ULTRALYTICS` where Ultralytics'
+    settings directory is set): what a standby process and a fork server hold before any request."""
+    for module in PRELOADED + (PRELOADED_WITH_ULTRALYTICS if os.environ.get("YOLO_CONFIG_DIR") else ()):
+        import_module(module)
+
+
+def send_output_to(log_path: str) -> None:
+    """Point this process's fds 1 and 2 at `log_path` (appending): a session's output goes to its log."""
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def serve() -> int:
     """The standby process: import, wait for one request, run that session."""
-    modules = PRELOADED + (PRELOADED_WITH_ULTRALYTICS if os.environ.get("YOLO_CONFIG_DIR") else ())
     try:
-        for module in modules:
-            import_module(module)
+        preload()
     except Exception:  # noqa: BLE001 - the session's own import fails the same way, with this in its log
         traceback.print_exc()
     line = sys.stdin.readline()
@@ -168,12 +181,10 @@ def _move_output_to(log_path: str) -> None:
     fds 1 and 2 there."""
     status = os.fstat(1)
     early = os.pread(1, status.st_size, 0) if stat.S_ISREG(status.st_mode) and status.st_size else b""
-    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     if early:
-        os.write(log, early)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
+        with open(log_path, "ab") as log:
+            log.write(early)
+    send_output_to(log_path)
 
 
 if __name__ == "__main__":
