@@ -13,7 +13,7 @@ flow has prepared: `prepare_data` (what a session run by hand does: audit finger
 image and label, suites and S2 set verified file by file) against `prepared_is_current` (what a
 session handed the flow's PreparedData does: two manifest hashes).
 
-`--exit-cost`: how long a process holding what a session imports (exp3.standby.PRELOADED, Ultralytics,
+`--exit-cost`: how long a process holding what a session imports (torch, exp3's session modules, Ultralytics,
 a built model) takes from its last line to its end, with CPython's shutdown garbage collection and
 without it (`exp3.session.without_shutdown_collection`, as every session process now ends).
 """
@@ -61,8 +61,8 @@ def prepare_timings(root: Path, config_path: Path, repeats: int = 3) -> dict[str
 _EXIT_PROBE = """
 import sys, time
 from importlib import import_module
-from exp3.standby import PRELOADED, PRELOADED_WITH_ULTRALYTICS
-for name in PRELOADED + PRELOADED_WITH_ULTRALYTICS:
+for name in ("torch", "exp3.session", "exp3.train", "exp3.evaluate", "exp3.metrics", "exp3.severity",
+             "exp3.provenance", "exp3.trainers", "ultralytics"):
     import_module(name)
 from ultralytics import YOLO
 YOLO("yolov8n.yaml")  # a built model, as after a session

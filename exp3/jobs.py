@@ -55,11 +55,6 @@ class SessionJob(BaseModel):
     gpu: int | None = None
     after: str | None = None
     """The session before this one on its lane (it waits for that one to end)."""
-    prestart_next: bool = False
-    """A later session runs on this lane: start its process while this one runs (`exp3.standby`; not forked lanes)."""
-    forked: bool = False
-    """Fork this session's process from the flow's fork server (`exp3.forkserver`; CPU lanes of a machine
-    without a GPU)."""
     deployment: str | None = None
     """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
     prepared: PreparedData | None = None
@@ -162,33 +157,13 @@ def session_lanes(config: ExperimentConfig, fan_out_deployment: str | None = Non
     return config.gpus or (None,) * config.parallel_sessions
 
 
-def process_start(lane: Lane, deployment: str | None, fork_safe: bool) -> Literal["ahead", "forked", "remote"]:
-    """How a session process of `lane` starts without waiting for a fresh ~2.5 s torch/Ultralytics import.
-
-    - "forked" (a CPU lane where `fork_safe`, `exp3.forkserver.fork_is_safe`: Linux, no GPU): CPU
-      training keeps the cores busy, so an import started ahead would only slow the running training
-      (measured in BENCHMARKS.md); instead every session process is forked from one that imported
-      once per flow (`exp3.forkserver`).
-    - "ahead" (a GPU lane, or a CPU lane on a machine with a GPU): the lane's next session process
-      starts and imports while the current session trains (`exp3.standby`), on a core the GPU
-      training leaves idle.
-    - "remote": a flow run of the per-session deployment starts its own process.
-    """
-    if deployment is not None:
-        return "remote"
-    return "forked" if lane is None and fork_safe else "ahead"
-
-
 def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence[Lane], *,
               keys: Mapping[str, str], config_path: str, failed_before: frozenset[str] = frozenset(),
-              deployment: str | None = None, prepared: PreparedData | None = None,
-              fork_safe: bool | None = None) -> list[SessionJob]:
+              deployment: str | None = None, prepared: PreparedData | None = None) -> list[SessionJob]:
     """One `SessionJob` per session of `grid`, in grid order, spread over `lanes` round robin.
 
     `config.output_root` must be resolved; `keys`: session name -> cache key; `failed_before`:
-    names of sessions FAILED in an earlier run that must not run again (no retries either);
-    `fork_safe`: whether CPU lanes fork their session processes (default: this machine's
-    `exp3.forkserver.fork_is_safe()`).
+    names of sessions FAILED in an earlier run that must not run again (no retries either).
     """
     if not lanes:
         raise ValueError("no lanes to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
@@ -197,23 +172,16 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
     jobs: list[SessionJob] = []
     tail: dict[int, str] = {}
-    if fork_safe is None:
-        from exp3.forkserver import fork_is_safe
-
-        fork_safe = fork_is_safe()
-    last_to_run = {index % len(lanes): index for index, session in enumerate(grid) if session.name not in failed_before}
     for index, session in enumerate(grid):
         lane = index % len(lanes)
         skip = session.name in failed_before
-        start = process_start(lanes[lane], deployment, fork_safe)
         jobs.append(SessionJob(
             model=session.model, suffix=session.suffix, seed=session.seed, cache_key=keys[session.name],
             config_path=str(config_path), output_root=str(config.output_root),
             epochs=config.models[session.model].epochs, batch=config.train.batch,
             oom_halve_batch=config.failure.oom_halve_batch, stop_on_failure=config.failure.policy == "stop",
             retries=0 if skip else config.failure.retries, skip_as_failed=skip, lane=lane, gpu=lanes[lane],
-            after=tail.get(lane), prestart_next=start == "ahead" and index < last_to_run.get(lane, -1),
-            forked=start == "forked",
+            after=tail.get(lane),
             deployment=deployment, prepared=prepared, evaluations=evaluations))
         tail[lane] = session.name
     return jobs

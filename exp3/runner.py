@@ -1,8 +1,6 @@
-"""Run one session as a subprocess for the flow: `python -m exp3.session ...`, pinned to a GPU,
-its output appended to `<session>/logs/session.log`, with a progress callback per epoch. The process
-is a new one per session: forked from the flow's fork server on a CPU lane of a machine without a
-GPU (`exp3.forkserver`), started ahead of need on other lanes with a next session (`exp3.standby`),
-else fresh.
+"""Run one session as a subprocess for the flow: a fresh `python -m exp3.session ...` that dies with
+the flow's process, pinned to its slot's GPU, its output appended to `<session>/logs/session.log`,
+with a progress callback per epoch.
 
 The flow's task is a thin wrapper around `run_session_subprocess`; everything here is plain
 Python so it can be tested and reused without Prefect.
@@ -13,19 +11,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable
 
-from exp3.forkserver import FORKS, fork_is_safe
 from exp3.grid import results_rows
-from exp3.jobs import Lane, SessionJob, SessionResult, process_start
+from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionPaths
 from exp3.offline import ultralytics_environment
+from exp3.parallel import die_with_parent
 from exp3.progress import EpochProgress, epoch_progress, read_session_headline
-from exp3.sessions import Session
-from exp3.standby import STANDBY
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -151,27 +148,18 @@ def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[s
 def session_environment(job: SessionJob) -> dict[str, str]:
     """The session process's environment: this one's, Ultralytics' offline settings of the job's output
     root (set before the process imports anything) and `CUDA_VISIBLE_DEVICES` of its GPU."""
-    return _process_environment(job.output_root, job.gpu)
-
-
-def _process_environment(output_root: str | Path, gpu: int | None) -> dict[str, str]:
-    env = dict(os.environ) | ultralytics_environment(output_root)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    env = dict(os.environ) | ultralytics_environment(job.output_root)
+    if job.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
     return env
 
 
-def start_fork_server(output_root: str | Path, lanes: Sequence[Lane], grid: Sequence[Session],
-                      deployment: str | None = None) -> None:
-    """Start the fork server that the sessions of CPU `lanes` will fork from (`exp3.forkserver`), so that
-    its imports overlap the flow's audit and data preparation instead of delaying the first sessions.
-    Not where every session of `grid` has a DONE marker (a re-run of a finished grid, which likely
-    trains nothing): a session that does run after all starts the server then."""
-    if not any(process_start(lane, deployment, fork_is_safe()) == "forked" for lane in lanes):
-        return
-    if all(SessionPaths.of(output_root, session).done_marker.exists() for session in grid):
-        return
-    FORKS.start(_process_environment(output_root, None))
+def start_session_process(arguments: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen:
+    """A fresh `python -m exp3.session <arguments>`, its output appended to `log`, killed if the flow's process dies."""
+    command = [sys.executable, "-m", "exp3.session", *arguments]
+    log.write(f"==== {' '.join(command)} ====\n".encode())
+    log.flush()
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
@@ -201,10 +189,7 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         log.write(b"\n")
         if moved is not None:
             log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
-        arguments = session_arguments(job, retry_batch)
-        process = (job.forked and FORKS.launch(arguments, env, log)) or STANDBY.launch(arguments, env, log)
-        if job.prestart_next:
-            STANDBY.prestart(env)  # the next session's process imports while this one works
+        process = start_session_process(session_arguments(job, retry_batch), env, log)
         while True:
             try:
                 process.wait(timeout=POLL_S)  # returns the moment the session ends

@@ -41,7 +41,7 @@ from exp3.identity import session_inputs  # noqa: E402
 from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs, session_lanes  # noqa: E402
 from exp3.live import announce_done, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
-from exp3.runner import SessionError, SessionSkipped, start_fork_server  # noqa: E402
+from exp3.runner import SessionError, SessionSkipped  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.sessions import Session  # noqa: E402
 
@@ -135,7 +135,6 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
         config_path = write_resolved_config(config, root)
         lanes = session_lanes(config, fan_out_deployment, fan_out_width)
-        start_fork_server(root, lanes, grid, fan_out_deployment)  # session processes of CPU lanes fork from it
         audited = audit_task(config)
         weights = resolve_weights_task(config, model_names)
         prepared = prepare_task(config, audited)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,42 +55,6 @@ def test_plan_jobs_round_robin_each_after_the_previous_of_its_lane() -> None:
     assert first.epochs == config.models["yolov8m"].epochs and first.stop_on_failure and first.retries == 2
     assert first.config_path == "/out/config_resolved.yaml" and first.prepared is None and first.deployment is None
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
-    # GPU lanes: a lane's next session process is started ahead while a session runs, not after its last one
-    assert [job.prestart_next for job in jobs] == [True] * 10 + [False, False]
-    assert not any(job.forked for job in jobs)
-
-
-def test_cpu_lanes_fork_where_safe_other_lanes_start_ahead_deployments_neither() -> None:
-    from exp3.jobs import process_start
-
-    assert process_start(None, None, fork_safe=True) == "forked"
-    assert process_start(None, None, fork_safe=False) == "ahead"  # a machine with a GPU (or not Linux)
-    assert process_start(0, None, fork_safe=True) == "ahead"
-    assert process_start(None, "exp3-session/exp3-session", fork_safe=True) == "remote"
-    cpu = _plan(_config(parallel_sessions=2), (None, None), fork_safe=True)
-    assert all(job.forked and not job.prestart_next for job in cpu)
-    cpu_on_gpu_machine = _plan(_config(parallel_sessions=2), (None, None), fork_safe=False)
-    assert not any(job.forked for job in cpu_on_gpu_machine) and sum(j.prestart_next for j in cpu_on_gpu_machine) == 10
-    gpu = _plan(_config(gpus=(0,)), (0,), fork_safe=True)
-    assert not any(job.forked for job in gpu) and sum(job.prestart_next for job in gpu) == 11
-    remote = _plan(_config(), (None,), deployment="exp3-session/exp3-session", fork_safe=True)
-    assert not any(job.forked or job.prestart_next for job in remote)
-
-
-def test_fork_is_safe_only_on_linux_without_gpu_device_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import exp3.forkserver as forkserver
-
-    monkeypatch.setattr(forkserver, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
-    assert forkserver.fork_is_safe() is sys.platform.startswith("linux")
-    monkeypatch.setattr(forkserver, "GPU_DEVICE_NODES", ("/dev/null",))  # a node that exists stands in for a GPU
-    assert not forkserver.fork_is_safe()
-
-
-def test_no_process_is_started_ahead_for_sessions_that_will_not_run() -> None:
-    config = _config(gpus=(0,))
-    failed = frozenset({"rtdetr-l__S5_mask_neck", "rtdetr-l__S6_mask_head"})
-    jobs = _plan(config, (0,), failed_before=failed)
-    assert [job.name for job in jobs if not job.prestart_next] == ["rtdetr-l__S4_mask_backbone_late", *sorted(failed)]
 
 
 def test_plan_jobs_failed_before_prepared_and_one_lane() -> None:

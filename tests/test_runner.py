@@ -105,79 +105,42 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) 
     assert updates[0].done == 2
 
 
-def test_a_standby_process_serves_only_its_environment_and_ends_on_close(tmp_path: Path) -> None:
-    """A process started ahead of need runs the session CLI with the request's arguments and sends all of
-    its output to that session's log; another environment gets a fresh process; close() ends the rest."""
+def test_a_session_process_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """`kill -9` of the flow's process ends its session processes (die_with_parent): nothing outlives it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = ("import subprocess, sys; from exp3.parallel import die_with_parent; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+              "preexec_fn=die_with_parent); print(child.pid, flush=True); time.sleep(120)")
+    flow = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert flow.stdout is not None
+    child = int(flow.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+    os.kill(flow.pid, signal.SIGKILL)
+    flow.wait()
+    deadline = time.time() + 3
+    while Path(f"/proc/{child}").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    alive = Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] != "Z"
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the session process outlived the killed flow"
+
+
+def test_a_session_process_logs_its_command_line_and_exit(tmp_path: Path) -> None:
+    """A fresh `python -m exp3.session`: its command line first in the session log, then its own output."""
     import os
 
-    from exp3.standby import Standby
+    from exp3.runner import start_session_process
 
-    standby = Standby()
-    env = dict(os.environ, EXP3_TEST_MARK="a")
-    standby.prestart(env)
-    waiting = standby.take(env)
-    assert waiting is not None and standby.take(env) is None
-    standby._waiting[standby._key(env)] = [waiting]  # put it back: launch takes it
     arguments = ["--config", str(tmp_path / "missing.yaml"), "--model", "yolov8n", "--session", "S1_clean_train"]
-    with open(tmp_path / "a.log", "ab") as log:
-        process = standby.launch(arguments, env, log)
-    assert process.pid == waiting.process.pid and process.wait(timeout=120) == 2
-    text = (tmp_path / "a.log").read_text()
-    assert f"(in standby process {process.pid}, started" in text and "error: " in text and "missing.yaml" in text
-    with open(tmp_path / "b.log", "ab") as log:
-        fresh = standby.launch(arguments, dict(env, EXP3_TEST_MARK="b"), log)
-    assert fresh.wait(timeout=120) == 2 and "in standby process" not in (tmp_path / "b.log").read_text()
-    standby.prestart(env)
-    leftover = standby._waiting[standby._key(env)][0].process
-    standby.close()
-    assert leftover.poll() is not None and standby.take(env) is None
-
-
-def test_a_session_in_a_standby_process_equals_the_same_session_in_a_fresh_process(tmp_path: Path,
-                                                                                   one_model_config: Path) -> None:
-    """The same masked 1-epoch session twice: first in a fresh process (which starts a standby process for
-    the next one), then, its folder moved away, in that standby process: same training, same results."""
-    import csv
-    import json
-
-    from exp3.config import load_config
-    from exp3.jobs import SessionJob
-    from exp3.runner import run_session_subprocess, session_environment
-    from exp3.session import session_key
-    from exp3.sessions import Session
-    from exp3.standby import STANDBY
-
-    config_path = one_model_config
-    config = load_config(config_path)
-    root = tmp_path / "out"
-    session = Session("yolov8n", "S3_mask_backbone_early")
-    job = SessionJob(model=session.model, suffix=session.suffix, cache_key=session_key(config, session, root),
-                     config_path=str(config_path), output_root=str(root), epochs=1, prestart_next=True)
-    first = run_session_subprocess(job)
-    fresh = tmp_path / "fresh"
-    job.paths.folder.rename(fresh)
-    second = run_session_subprocess(job.model_copy(update={"prestart_next": False}))
-    assert first.status == second.status == "done"
-    assert "in standby process" not in (fresh / "logs" / "session.log").read_text()
-    assert "in standby process" in (job.paths.logs / "session.log").read_text()
-    assert STANDBY.take(session_environment(job)) is None  # the last session of the lane started none
-
-    def losses(folder: Path) -> list[dict[str, str]]:
-        with open(folder / "train" / "results.csv", newline="") as handle:
-            return [{k.strip(): v for k, v in row.items() if "time" not in k} for row in csv.DictReader(handle)]
-
-    def splits(folder: Path) -> dict:
-        return json.loads((folder / "metrics.json").read_text())["splits"]
-
-    def drop_walls(value):  # wall times and speeds differ between any two runs
-        if isinstance(value, dict):
-            return {k: drop_walls(v) for k, v in value.items() if not k.endswith("wall_s") and k != "speed_ms_per_image"}
-        return [drop_walls(v) for v in value] if isinstance(value, list) else value
-
-    assert losses(fresh) == losses(job.paths.folder)
-    assert drop_walls(splits(fresh)) == drop_walls(splits(job.paths.folder))
-    masking = json.loads((fresh / "metrics.json").read_text())["masking"]  # fired the same, batch by batch
-    assert masking["stats"]["epochs"][0]["sites"]["backbone_early"]["masked_batches"] > 0
-    assert masking == json.loads((job.paths.folder / "metrics.json").read_text())["masking"]
-    for name in ("predictions_test_clean.json", "predictions_test_occ_fixed.json"):
-        assert (fresh / name).read_bytes() == (job.paths.folder / name).read_bytes()
+    with open(tmp_path / "session.log", "ab") as log:
+        process = start_session_process(arguments, dict(os.environ), log)
+        assert process.wait(timeout=120) == 2
+    text = (tmp_path / "session.log").read_text()
+    assert text.startswith("==== ") and "-m exp3.session --config" in text.splitlines()[0]
+    assert "error: " in text and "missing.yaml" in text
