@@ -105,7 +105,7 @@ def start(argv: list[str]) -> CommandLine:
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
     """Refuse unknown names, missing weights and a live root (exit 2), then run; 1 if the flow failed."""
     from exp3.grid import select_sessions
-    from exp3.runlock import RootBusy, check_free
+    from exp3.runlock import LockBusy, RootLock
     from exp3.session import resolve_model_weights
     from exp3.weights import WeightsError
 
@@ -116,12 +116,13 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         root = resolve_output_root(config)
         if args.dry_run:
             return dry_run(config, args.models, args.sessions)
-        check_free(root)  # raises RootBusy naming the live run
+        if (lock := RootLock(root)).is_live():
+            raise lock.busy()  # names the live run
         if args.sanity:
             return sanity(config, flow)
         state = flow(config=config, models=args.models, sessions=args.sessions, rerun_failed=args.rerun_failed,
                      return_state=True)
-    except (ValueError, RootBusy, WeightsError) as error:
+    except (ValueError, LockBusy, WeightsError) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
     if state.is_failed():
@@ -137,8 +138,8 @@ def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[s
     from exp3.grid import grid_status, select_sessions
     from exp3.identity import session_inputs
     from exp3.occlusion.suites import occlusion_suite_name
-    from exp3.runlock import root_is_live
     from exp3.session import resolve_model_weights
+    from exp3.status import root_is_live
 
     root = resolve_output_root(config)
     grid = select_sessions(config, models, sessions)

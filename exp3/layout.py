@@ -84,11 +84,10 @@ class SessionPaths:
         return self.folder.parent / f".{self.folder.name}.lock"
 
     def session_lock(self, command: str) -> Any:
-        """The session's `DirLock` (exp3/runlock.py): one process per session folder at a time."""
-        from exp3.runlock import DirLock
+        """The session's `SessionLock` (exp3/runlock.py): one process per session folder at a time."""
+        from exp3.runlock import SessionLock
 
-        return DirLock(self.lock.parent, lock_name=self.lock.name, command=command,
-                       what=f"session {self.folder.name}")
+        return SessionLock(self.lock, what=f"session {self.folder.name}", command=command)
 
     @property
     def logs(self) -> Path:

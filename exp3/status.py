@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from exp3.config import ConfigError, ExperimentConfig, load_config
 from exp3.grid import SessionStatus, grid_status, read_plan
-from exp3.runlock import root_is_live
+from exp3.runlock import RootLock
 from exp3.sessions import SESSION_SUFFIXES, Session
 
 STATE_SYMBOLS: dict[str, str] = {"done": "done", "failed": "FAILED", "stale": "STALE", "running": "running",
@@ -61,6 +61,11 @@ def format_matrix(rows: list[SessionStatus]) -> str:
     counts = {state: sum(r.state == state for r in rows) for state in STATE_SYMBOLS}
     lines.append(" ".join(f"{state}={count}" for state, count in counts.items() if count))
     return "\n".join(lines)
+
+
+def root_is_live(root: Path) -> bool:
+    """True if a live run (this process included) holds `root`'s lock."""
+    return RootLock(root).is_live()
 
 
 def render(root: Path) -> tuple[str, bool]:

@@ -17,8 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from exp3.runlock import (LOCK_NAME, SESSION_LOCK_NAME, DirLock, LockBusy, RootBusy, RootLock, check_free,
-                          root_is_live)
+from exp3.runlock import LOCK_NAME, LockBusy, RootLock, SessionLock
+
+SESSION_LOCK = ".yolov8m__S1_clean_train.lock"
+
+
+def root_is_live(root: Path) -> bool:
+    return RootLock(root).is_live()
+
+
+def check_free(root: Path) -> None:
+    if (lock := RootLock(root)).is_live():
+        raise lock.busy()
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = r"""
 import sys
 from pathlib import Path
-from exp3.runlock import DirLock, LockBusy, RootLock
+from exp3.runlock import LockBusy, RootLock, SessionLock
 
 kind, directory, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None
 if go is not None:
@@ -36,7 +46,8 @@ if go is not None:
     print("READY", flush=True)
     while not go.exists():
         time.sleep(0.0005)
-lock = RootLock(directory, command="holder") if kind == "root" else DirLock(directory, command="holder")
+lock = (RootLock(directory, command="holder") if kind == "root"
+        else SessionLock(directory / ".yolov8m__S1_clean_train.lock", "session yolov8m__S1_clean_train", "holder"))
 try:
     lock.acquire()
     print("HELD", flush=True)
@@ -76,16 +87,15 @@ def _dead_pid() -> int:
 
 
 def _dead_owner_payload(path: Path) -> dict[str, object]:
-    payload = {"host": socket.gethostname(), "pid": _dead_pid(), "proc_start": "12345", "started": "t",
-               "command": "a run that was killed"}
+    payload = {"host": socket.gethostname(), "pid": _dead_pid(), "command": "a run that was killed"}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
     return payload
 
 
 def test_racers_over_a_dead_owners_lock_exactly_one_wins(tmp_path: Path) -> None:
-    """Six processes released together onto a stale lock file: one holder, five RootBusy, every round."""
-    racers, rounds = 6, 6
+    """Six processes released together onto a dead owner's lock file: one holder, five refused, 30 rounds of 30."""
+    racers, rounds = 6, 30
     for round_ in range(rounds):
         root = tmp_path / f"round{round_}"
         dead = _dead_owner_payload(root / LOCK_NAME)
@@ -114,7 +124,7 @@ def test_kill_9_of_the_holder_frees_the_lock_and_the_next_run_takes_over(tmp_pat
     assert root_is_live(tmp_path)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert (tmp_path / LOCK_NAME).exists() and not root_is_live(tmp_path)  # the file stays, the lock is gone
+    assert (tmp_path / LOCK_NAME).read_text() and not root_is_live(tmp_path)  # the holder's name stays, the lock is gone
     lock = RootLock(tmp_path, command="next run").acquire()
     try:
         assert lock.took_over is not None and lock.took_over["pid"] == child.pid
@@ -122,7 +132,9 @@ def test_kill_9_of_the_holder_frees_the_lock_and_the_next_run_takes_over(tmp_pat
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     finally:
         lock.release()
-    assert not (tmp_path / LOCK_NAME).exists()
+    assert (tmp_path / LOCK_NAME).read_text() == "" and not root_is_live(tmp_path)  # a clean end names nobody
+    with RootLock(tmp_path) as lock:
+        assert lock.took_over is None
 
 
 def test_a_live_holder_is_refused_in_one_line_and_its_file_is_untouched(tmp_path: Path) -> None:
@@ -131,10 +143,10 @@ def test_a_live_holder_is_refused_in_one_line_and_its_file_is_untouched(tmp_path
         path = tmp_path / LOCK_NAME
         before_bytes, before_inode = path.read_bytes(), path.stat().st_ino
         for attempt in (lambda: RootLock(tmp_path).acquire(), lambda: check_free(tmp_path)):
-            with pytest.raises(RootBusy, match=f"is in use by pid {child.pid} on {socket.gethostname()}") as caught:
+            with pytest.raises(LockBusy, match=f"is in use by pid {child.pid} on {socket.gethostname()}") as caught:
                 attempt()
             assert "\n" not in str(caught.value) and "output root" in str(caught.value)
-        with pytest.raises(RootBusy):
+        with pytest.raises(LockBusy):
             with RootLock(tmp_path):
                 pass
         assert path.read_bytes() == before_bytes and path.stat().st_ino == before_inode
@@ -152,7 +164,7 @@ def test_root_is_live_while_held_and_not_after_release_or_death(tmp_path: Path) 
         child.stdin.write("release\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "RELEASED"
-        assert not root_is_live(tmp_path) and not (tmp_path / LOCK_NAME).exists()
+        assert not root_is_live(tmp_path)
         check_free(tmp_path)  # free: no error
     finally:
         _stop(child)
@@ -160,129 +172,70 @@ def test_root_is_live_while_held_and_not_after_release_or_death(tmp_path: Path) 
     _stop(child)  # SIGKILL
     assert not root_is_live(tmp_path)
     with RootLock(tmp_path) as lock:  # this process holding it counts as live too
-        assert root_is_live(tmp_path) and lock.held
+        assert root_is_live(tmp_path) and lock.took_over["pid"] == child.pid
+        with pytest.raises(LockBusy, match=f"in use by pid {os.getpid()} "):  # a second hold, even here
+            RootLock(tmp_path).acquire()
     assert not root_is_live(tmp_path)
+    lock.release()  # a second release does nothing
 
 
 def test_session_lock_is_independent_of_the_root_lock(tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    session = root / "yolov8m" / "yolov8m__S1_clean_train"
+    models = root / "yolov8m"
     child = _holder("root", root)
     try:
-        with DirLock(session, command="python -m exp3.session") as lock:  # root held elsewhere: no matter
-            assert (session / SESSION_LOCK_NAME).is_file() and lock.took_over is None
-            assert DirLock(session).is_live() and root_is_live(root)
+        with SessionLock(models / SESSION_LOCK, "session yolov8m__S1_clean_train") as lock:  # root held elsewhere
+            assert lock.took_over is None and lock.is_live() and root_is_live(root)
     finally:
         _stop(child)
-    child = _holder("session", session)
+    child = _holder("session", models)
     try:
         with RootLock(root) as lock:  # a session held elsewhere does not block the root
-            assert lock.held
-        with pytest.raises(LockBusy, match=f"^session folder '{session}' is in use by pid {child.pid} ") as caught:
-            DirLock(session).acquire()
-        assert not isinstance(caught.value, RootBusy) and "\n" not in str(caught.value)
-        DirLock(session / "..").check_free()  # other folders are free
+            assert root_is_live(root)
+        with pytest.raises(LockBusy, match=f"^session yolov8m__S1_clean_train is in use by pid {child.pid} ") as caught:
+            SessionLock(models / SESSION_LOCK, "session yolov8m__S1_clean_train").acquire()
+        assert "\n" not in str(caught.value) and "output_root" not in str(caught.value)
+        assert not SessionLock(models / ".other.lock", "session other").is_live()  # other sessions are free
     finally:
         _stop(child)
-    with DirLock(session) as lock:
+    with SessionLock(models / SESSION_LOCK, "session yolov8m__S1_clean_train") as lock:
         assert lock.took_over is not None and lock.took_over["pid"] == child.pid
 
 
-def test_same_process_reacquire_is_a_counted_hold(tmp_path: Path) -> None:
-    """The CLI's pre-check then the flow's `with RootLock(...)` in one process: both succeed."""
-    check_free(tmp_path)
-    pre = RootLock(tmp_path).acquire()  # what flows/exp3.py main() does, never released
-    with RootLock(tmp_path, command="exp3 flow") as lock:
-        assert lock.took_over is None and root_is_live(tmp_path)
-        check_free(tmp_path)  # held by this very process: free for us
-    assert root_is_live(tmp_path) and (tmp_path / LOCK_NAME).exists()  # the pre-check's hold remains
-    pre.release()
-    pre.release()  # a second release is a no-op
-    assert not root_is_live(tmp_path) and not (tmp_path / LOCK_NAME).exists()
-    with RootLock(tmp_path, reentrant=False):
-        with pytest.raises(RootBusy, match=f"in use by pid {os.getpid()} "):
-            RootLock(tmp_path, reentrant=False).acquire()
+def test_a_session_folder_lock_from_layout_refuses_a_second_holder(tmp_path: Path) -> None:
+    from exp3.layout import SessionPaths
+    from exp3.sessions import Session
+
+    paths = SessionPaths.of(tmp_path, Session("yolov8m", "S1_clean_train"))
+    with paths.session_lock("exp3 flow"):
+        assert paths.lock.is_file() and not paths.folder.exists()  # outside the folder: it can be moved aside
+        with pytest.raises(LockBusy, match="^session yolov8m__S1_clean_train is in use by pid .* [(]exp3 flow[)]"):
+            paths.session_lock("python -m exp3.session").acquire()
 
 
-def test_a_dropped_lock_object_still_holds_until_the_process_exits(tmp_path: Path) -> None:
-    code = ("import sys; from pathlib import Path; from exp3.runlock import RootLock, root_is_live; "
-            "RootLock(Path(sys.argv[1])).acquire(); import gc; gc.collect(); print(root_is_live(Path(sys.argv[1])))")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
-    assert result.stdout.strip() == "True", result.stderr
-    assert not root_is_live(tmp_path)
-
-
-def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path: Path) -> None:
-    code = ("import os, sys, time; from pathlib import Path; from exp3.runlock import RootLock; "
-            "RootLock(Path(sys.argv[1])).acquire(); pid = os.fork()\n"
+def test_a_lock_lives_until_the_process_exits_not_in_its_children(tmp_path: Path) -> None:
+    """A dropped lock object still holds; a forked child (a dataloader worker) and an exec'd child never keep
+    it after the holder dies."""
+    code = ("import os, subprocess, sys, time; from pathlib import Path; from exp3.runlock import RootLock; "
+            "RootLock(Path(sys.argv[1])).acquire(); import gc; gc.collect(); pid = os.fork()\n"
             "if pid == 0:\n    null = os.open(os.devnull, os.O_RDWR); os.dup2(null, 1); os.dup2(null, 2)\n"
             "    time.sleep(60); os._exit(0)\n"
-            "print(pid, flush=True); os._exit(0)")
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(RootLock(Path(sys.argv[1])).is_live(), pid, child.pid, flush=True); os._exit(0)")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
-    grandchild = int(result.stdout.strip())
+    live, forked, execed = result.stdout.split()
     try:
-        assert Path(f"/proc/{grandchild}").exists()  # the fork lives on ...
+        assert live == "True", result.stderr
+        assert Path(f"/proc/{forked}").exists() and Path(f"/proc/{execed}").exists()  # the children live on ...
         assert not root_is_live(tmp_path)  # ... without the lock
         with RootLock(tmp_path) as lock:
-            assert lock.took_over is not None and lock.took_over["pid"] != grandchild
+            assert lock.took_over is not None
     finally:
-        os.kill(grandchild, signal.SIGKILL)
+        os.kill(int(forked), signal.SIGKILL)
+        os.kill(int(execed), signal.SIGKILL)
 
 
-def test_a_live_process_named_in_an_unlocked_file_is_still_honoured(tmp_path: Path) -> None:
-    """A file left by an exp3 that did not flock, naming a live process, is refused until that process ends."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        start = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": child.pid,
-                                                      "proc_start": start, "started": "t"}))
-        assert root_is_live(tmp_path)
-        with pytest.raises(RootBusy, match=f"in use by pid {child.pid}") as caught:
-            RootLock(tmp_path).acquire()
-        assert "\n" not in str(caught.value)
-    finally:
-        child.kill()
-        child.wait()
-    lock = RootLock(tmp_path).acquire()  # owner dead now: taken over
-    assert lock.took_over is not None and lock.took_over["pid"] == child.pid
-    lock.release()
-    assert not (tmp_path / LOCK_NAME).exists()
-
-
-def test_reused_pid_is_not_mistaken_for_the_owner(tmp_path: Path) -> None:
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                  "proc_start": "not-my-start-time", "started": "t"}))
-    assert not root_is_live(tmp_path)
+def test_a_corrupt_or_empty_lock_file_is_taken_over(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).write_bytes(b"\x00not json")
     with RootLock(tmp_path) as lock:
-        assert lock.took_over is not None
-
-
-def test_reaping_ends_only_orphaned_ephemeral_servers_of_this_home(tmp_path: Path) -> None:
-    """An orphaned ephemeral API server of this PREFECT_HOME is ended; a UI server the user started with the
-    same home (`prefect server start`, daemonised) and an ephemeral server of another home are not."""
-    from exp3.runlock import reap_orphaned_prefect_servers
-
-    home, other = tmp_path / "home", tmp_path / "other"
-    sleeper = f"{sys.executable} -c 'import time; time.sleep(120)'"
-    spawn = {"ephemeral": (home, "-m uvicorn --factory prefect.server.api.server:create_app"),
-             "user_ui": (home, "prefect server start --port 4299"),
-             "other_home": (other, "-m uvicorn --factory prefect.server.api.server:create_app")}
-    pids = {}
-    for name, (prefect_home, args) in spawn.items():
-        # a subshell that exits at once: the sleeper is re-parented (orphaned), like a killed flow's server
-        out = subprocess.run(["bash", "-c", f"PREFECT_HOME={prefect_home} setsid {sleeper} {args} "
-                              "> /dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True)
-        pids[name] = int(out.stdout.strip())
-    try:
-        time.sleep(0.5)
-        parents = {name: int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                                  if line.startswith("PPid:"))) for name, pid in pids.items()}
-        if set(parents.values()) != {1}:
-            pytest.skip(f"orphans are re-parented to a subreaper here ({parents}), not to init")
-        assert reap_orphaned_prefect_servers(home) == [pids["ephemeral"]]
-    finally:
-        for pid in pids.values():
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
+        assert lock.took_over is None and json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
