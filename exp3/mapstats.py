@@ -38,12 +38,17 @@ EPS = 1e-16
 
 
 BOOTSTRAP_RESAMPLES = 1000
-"""Bootstrap draws of mAP per split: each draw recomputes mAP over every prediction (about 5 ms at 200 images
-and 34k validator predictions on 2 CPU cores), so a session computes its draws once, right after its
-evaluation, and keeps them in `map_stats_<split>.npz`; the report only differences them."""
+"""Bootstrap draws of mAP per split. Each draw is the mAP of a resampled image set, so a session computes
+its draws once, right after its evaluation, and keeps them in `map_stats_<split>.npz`; the report only
+differences them (BENCHMARKS.md has the cost per 1,000 draws)."""
 BOOTSTRAP_SEED = 0
 """Seed of the index matrix (exp3.stats.bootstrap_indices over the sorted image ids): the report's default
 seed, so every session of a split is resampled identically and the draws pair."""
+
+_BLOCK_VALUES = 1 << 22
+"""Bound on (draws x curve points) weights held at once by `_Sorted.resampled_maps`."""
+_CHUNK_VALUES = 1 << 16
+"""Bound on (draws x points x 10) values per array in `_class_ap`: cache-sized chunks run faster."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,95 @@ class _Sorted:
         ap = np.vstack(aps)
         return float(ap[:, 0].mean()), float(ap.mean())
 
+    def resampled_maps(self, weights: np.ndarray) -> np.ndarray:
+        """(B, 2) `mean_ap(row)` for each row of `weights` (B, N), many draws per numpy call.
+
+        Same numbers as calling `mean_ap` per row, from a shorter curve holding every point np.interp
+        uses. (1) A run of predictions that are false positives at all ten IoU thresholds (consecutive
+        in a class's order) is one point whose FP weight is the run's total: inside the run recall is
+        constant and precision only falls, so the envelope and np.interp see only its last point (the
+        point before the run has the same recall and a higher precision). Weights are counts, so the
+        sums are exact and that point is bit-identical. A class keeps about two points per TP row
+        instead of thousands of low-confidence FPs. (2) A point of weight 0 in a draw is kept, not
+        dropped: it repeats the previous (recall, precision), a duplicate that changes neither the
+        envelope nor np.interp; leading ones (0/0) get precision 1, a duplicate of the (0, 1) sentinel.
+        (3) The points' weights in all draws are one sparse product (`members` counts each point's
+        predictions per image); each class's curves are then built for a chunk of draws at once.
+        """
+        from scipy import sparse  # here, not at the top: importing exp3.mapstats stays light
+
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        stats = self.stats
+        n_draws, n_images = weights.shape
+        any_tp = self.tp.any(axis=1)
+        new_point = np.ones(len(any_tp), dtype=bool)                   # a TP row and the row after it start points
+        new_point[1:] = any_tp[1:] | any_tp[:-1] | (self.pred_cls[1:] != self.pred_cls[:-1])
+        point = np.cumsum(new_point) - 1
+        n_points = int(new_point.sum())
+        members = sparse.csr_array((np.ones(len(point)), (point, self.pred_image)), shape=(n_points, n_images))
+        point_tp = self.tp[new_point].T                                # (10, L): a TP row, or an all-FP run
+        targets = sparse.csr_array((np.ones(len(stats.target_cls)),
+                                    (np.searchsorted(self.classes, stats.target_cls), stats.target_image)),
+                                   shape=(len(self.classes), n_images))
+        ap = np.zeros((n_draws, len(self.classes), IOU_THRESHOLDS))
+        n_labels = np.zeros((n_draws, len(self.classes)))
+        block = max(1, _BLOCK_VALUES // max(n_points, 1))
+        for first in range(0, n_draws, block):
+            rows = slice(first, first + block)
+            n_labels[rows] = (targets @ weights[rows].T).T             # exact: sums of counts
+            w = np.ascontiguousarray((members @ weights[rows].T).T)   # (b, L) weight of each point per draw
+            for index, c in enumerate(self.classes):
+                start, stop = self.bounds[float(c)]
+                if start < stop:
+                    span = slice(point[start], point[stop - 1] + 1)
+                    ap[rows, index] = _class_ap(w[:, span], np.ascontiguousarray(point_tp[:, span]),
+                                                n_labels[rows, index])
+        present = n_labels > 0                                         # absent classes leave the mean
+        out = np.zeros((n_draws, 2))
+        for row in range(n_draws):
+            if present[row].any():
+                draw = ap[row, present[row]]                           # (C', 10) as mean_ap stacks it
+                out[row] = draw[:, 0].mean(), draw.mean()
+        return out
+
+
+def _class_ap(weights: np.ndarray, point_tp: np.ndarray, n_labels: np.ndarray) -> np.ndarray:
+    """(B, 10) AP of one class per draw: `weights` (B, L) of its points, `point_tp` (10, L), `n_labels` (B,)."""
+    n_points = weights.shape[1]
+    ap = np.zeros((len(weights), IOU_THRESHOLDS))
+    width = n_points + 3                                               # mean_ap's curve: sentinels around the points
+    columns = np.arange(IOU_THRESHOLDS)[:, None]
+    queries: dict[float, np.ndarray] = {}
+    chunk = max(1, _CHUNK_VALUES // (width * IOU_THRESHOLDS))
+    for first in range(0, len(weights), chunk):
+        rows = slice(first, first + chunk)
+        w = weights[rows]
+        b = len(w)
+        seen = np.cumsum(w, axis=1)[:, None, :]                        # tpc + fpc, exactly
+        tpc = np.cumsum(point_tp * w[:, None, :], axis=2)              # (b, 10, L)
+        recall = tpc / (n_labels[rows, None, None] + EPS)
+        precision = tpc / np.where(seen > 0, seen, 1.0) + (seen == 0)  # leading weight 0: (0, 1) again
+        # mean_ap's mrec / mpre (envelope) per IoU column, shifted by j * (ceil(max mrec) + 1)
+        steps = np.ceil(np.maximum(recall[:, :, -1].max(axis=1), 1.0)) + 1.0
+        offsets = steps[:, None, None] * columns
+        xp = np.empty((b, IOU_THRESHOLDS, width))
+        xp[:, :, :1] = offsets
+        xp[:, :, 1:-2] = recall + offsets
+        xp[:, :, -2:-1] = recall[:, :, -1:] + offsets
+        xp[:, :, -1:] = 1.0 + offsets
+        fp = np.zeros((b, IOU_THRESHOLDS, width))
+        fp[:, :, 0] = 1.0
+        fp[:, :, 1:-2] = np.maximum.accumulate(precision[:, :, ::-1], axis=2)[:, :, ::-1]
+        curve = np.empty((b, IOU_THRESHOLDS * len(AP_X)))
+        for row, step in enumerate(steps.tolist()):
+            if step not in queries:
+                queries[step] = (AP_X[None, :] + step * columns).ravel()
+            curve[row] = np.interp(queries[step], xp[row].ravel(), fp[row].ravel())
+        block = np.trapezoid(curve.reshape(b, IOU_THRESHOLDS, -1), AP_X, axis=-1)
+        block[seen[:, 0, -1] == 0] = 0.0                               # no weighted prediction: AP 0
+        ap[rows] = block
+    return ap
+
 
 def mean_ap(stats: MapStats, weights: np.ndarray | None = None) -> tuple[float, float]:
     """(mAP50, mAP50-95) of `stats`, each image counted `weights[i]` times (None: once). See module docstring."""
@@ -185,8 +279,7 @@ def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indic
     counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
     np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
     weights = stats.weights_for(image_ids, counts)
-    prepared = _Sorted(stats)
-    return np.array([prepared.mean_ap(row) for row in weights]).reshape(-1, 2)
+    return _Sorted(stats).resampled_maps(weights.astype(np.float64))
 
 
 def seed_mean_draws(runs: list[MapStats], n_resamples: int, seed: int) -> np.ndarray:
