@@ -1,21 +1,18 @@
-"""What crosses the flow's task boundary: a `SessionJob` in, a `SessionResult` out, and the plan
-that turns the grid into jobs on lanes. No Prefect here; `plan_jobs` is pure (reads no files).
+"""What crosses the flow's task boundary (a `SessionJob` in, a `SessionResult` out) and how jobs get
+the machine: `run_on_slots` starts each job, in grid order, on the first slot that is free.
 
-    plan_jobs(config, grid, lanes, keys=..., config_path=...)  -> [SessionJob, ...]
-    train_and_eval(job, stop)                                  -> SessionResult (persisted as JSON)
+    jobs = plan_jobs(config, grid, keys=..., config_path=...)
+    results = run_on_slots(jobs, session_slots(config), start=submit)   # name -> SessionResult
 
-Lanes: session i runs on lane i % len(lanes), after the previous session of its lane (`after`),
-whatever that one's outcome; a lane is a GPU (`gpus`), a CPU slot (`parallel_sessions`) or a
-fan-out slot (a flow run of the per-session deployment).
-
-`StopSignal` is failure.policy 'stop' between the tasks of one flow run (threads of one
-process): the first failed session sets it, sessions that have not started see it and are skipped.
+A slot is a GPU index (`gpus: [0, 0, 1]`: two sessions on GPU 0, one on GPU 1) or a CPU slot
+(`parallel_sessions`), or a fan-out slot (a flow run of the per-session deployment). A queue of
+slots rather than Prefect's concurrency limits: those count runs but do not say which GPU a run got.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Literal, Mapping, Sequence
+import queue
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,13 +22,13 @@ from exp3.progress import SessionHeadline, read_session_headline
 from exp3.schema import PreparedData
 from exp3.sessions import Session
 
-Lane = int | None
+Slot = int | None
 """A GPU index, or None (a CPU slot or a fan-out slot: no device pinned)."""
 ResultStatus = Literal["done", "cached", "failed", "skipped"]
 
 
 class SessionJob(BaseModel):
-    """Everything one `train_and_eval` task needs. The Prefect cache key is `cache_key`."""
+    """Everything one `train_and_eval` task needs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,14 +44,11 @@ class SessionJob(BaseModel):
     batch: int | None = None
     """The configured batch (an out-of-memory retry halves it when `oom_halve_batch`)."""
     oom_halve_batch: bool = True
-    stop_on_failure: bool = False
     retries: int = 0
     skip_as_failed: bool = False
     """FAILED in an earlier run and not `--rerun-failed`: the task refuses to run it."""
-    lane: int = 0
     gpu: int | None = None
-    after: str | None = None
-    """The session before this one on its lane (it waits for that one to end)."""
+    """The GPU of the slot it got when it started (`run_on_slots`), pinned with CUDA_VISIBLE_DEVICES."""
     deployment: str | None = None
     """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
     prepared: PreparedData | None = None
@@ -79,17 +73,17 @@ class SessionJob(BaseModel):
     def is_current(self) -> bool:
         """Done under `cache_key` with every configured evaluation: nothing to run."""
         paths = self.paths
-        return paths.is_done(self.cache_key) and paths.evaluations_current(self.evaluations)
+        return paths.state(self.cache_key) == "done" and paths.evaluations_current(self.evaluations)
 
 
 class SessionResult(BaseModel):
-    """What one session task ended with (the flow's outcome per session; persisted as JSON)."""
+    """What one session ended with (the flow's outcome per session)."""
 
     model_config = ConfigDict(extra="forbid")
 
     session: str
     status: ResultStatus
-    """done: ran to DONE here; cached: already done under its key, nothing ran;
+    """done: ran to DONE here; cached: already done under its key (`SessionPaths.state`), nothing ran;
     failed: the session failed; skipped: not run (failure.policy 'stop', or FAILED before)."""
     cache_key: str
     wall_s: float = 0.0
@@ -109,79 +103,100 @@ class SessionResult(BaseModel):
         return self.status in ("done", "failed")
 
 
-def outcome(job: SessionJob, state_name: str, value: Any) -> SessionResult:
-    """The `SessionResult` of a finished task from its Prefect state's name and result value.
-
-    A cache hit returns the result persisted by the run that made it (a dict for results of
-    exp3 before `SessionResult`); a failed task's value is its exception.
-    """
-    from exp3.runner import SessionSkipped
-
-    if isinstance(value, BaseException):
-        status: ResultStatus = "skipped" if isinstance(value, SessionSkipped) else "failed"
-        reason = str(value).splitlines()[0] if str(value) else type(value).__name__
-        return SessionResult(session=job.name, status=status, cache_key=job.cache_key, folder=str(job.paths.folder),
-                             reason=reason)
-    result = value if isinstance(value, SessionResult) else SessionResult(
-        session=job.name, status="done", cache_key=job.cache_key, folder=str(job.paths.folder),
-        headline=read_session_headline(job.paths))
-    return result.model_copy(update={"status": "cached"}) if state_name == "Cached" else result
+def outcome(job: SessionJob, value: Any) -> SessionResult:
+    """The `SessionResult` of a finished task from its result value (a failed task's value is its exception)."""
+    if isinstance(value, SessionResult):
+        return value
+    reason = (str(value) or type(value).__name__).splitlines()[0]
+    return SessionResult(session=job.name, status="failed", cache_key=job.cache_key, folder=str(job.paths.folder),
+                         reason=reason)
 
 
-class StopSignal:
-    """failure.policy 'stop' within one flow run: set by the first failed session, read by the rest.
-
-    In memory (a `threading.Event`): the tasks of a flow run are threads of one process. A plain
-    class on purpose: Prefect passes task arguments it cannot visit (not a dataclass or model) as is.
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason: str | None = None
-
-    def request(self, reason: str) -> None:
-        if not self._event.is_set():
-            self.reason = reason
-            self._event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
+def done_result(job: SessionJob) -> SessionResult | None:
+    """The "cached" result of a job already done under its key with every configured evaluation, else None."""
+    if not job.is_current:
+        return None
+    return SessionResult(session=job.name, status="cached", cache_key=job.cache_key, folder=str(job.paths.folder),
+                         headline=read_session_headline(job.paths))
 
 
-def session_lanes(config: ExperimentConfig, fan_out_deployment: str | None = None,
-                  fan_out_width: int = 2) -> tuple[Lane, ...]:
-    """The lanes sessions run on: fan-out slots, else the configured GPUs, else `parallel_sessions` CPU slots."""
+def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = None,
+                  fan_out_width: int = 2) -> tuple[Slot, ...]:
+    """The slots sessions run on: fan-out slots, else the configured GPUs (repeats allowed), else CPU slots."""
     if fan_out_deployment:
         return (None,) * fan_out_width
     return config.gpus or (None,) * config.parallel_sessions
 
 
-def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], lanes: Sequence[Lane], *,
-              keys: Mapping[str, str], config_path: str, failed_before: frozenset[str] = frozenset(),
-              deployment: str | None = None, prepared: PreparedData | None = None) -> list[SessionJob]:
-    """One `SessionJob` per session of `grid`, in grid order, spread over `lanes` round robin.
+def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mapping[str, str], config_path: str,
+              failed_before: frozenset[str] = frozenset(), deployment: str | None = None,
+              prepared: PreparedData | None = None) -> list[SessionJob]:
+    """One `SessionJob` per session of `grid`, in grid order.
 
     `config.output_root` must be resolved; `keys`: session name -> cache key; `failed_before`:
     names of sessions FAILED in an earlier run that must not run again (no retries either).
     """
-    if not lanes:
-        raise ValueError("no lanes to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
     from exp3.splits import evaluation_plan
 
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
-    jobs: list[SessionJob] = []
-    tail: dict[int, str] = {}
-    for index, session in enumerate(grid):
-        lane = index % len(lanes)
-        skip = session.name in failed_before
-        jobs.append(SessionJob(
-            model=session.model, suffix=session.suffix, seed=session.seed, cache_key=keys[session.name],
-            config_path=str(config_path), output_root=str(config.output_root),
-            epochs=config.models[session.model].epochs, batch=config.train.batch,
-            oom_halve_batch=config.failure.oom_halve_batch, stop_on_failure=config.failure.policy == "stop",
-            retries=0 if skip else config.failure.retries, skip_as_failed=skip, lane=lane, gpu=lanes[lane],
-            after=tail.get(lane),
-            deployment=deployment, prepared=prepared, evaluations=evaluations))
-        tail[lane] = session.name
-    return jobs
+    return [SessionJob(model=session.model, suffix=session.suffix, seed=session.seed, cache_key=keys[session.name],
+                       config_path=str(config_path), output_root=str(config.output_root),
+                       epochs=config.models[session.model].epochs, batch=config.train.batch,
+                       oom_halve_batch=config.failure.oom_halve_batch,
+                       retries=0 if session.name in failed_before else config.failure.retries,
+                       skip_as_failed=session.name in failed_before, deployment=deployment, prepared=prepared,
+                       evaluations=evaluations)
+            for session in grid]
+
+
+def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Callable[[SessionJob], Any], *,
+                 stop_on_failure: bool = False,
+                 on_done: Callable[[SessionJob], None] = lambda job: None) -> dict[str, SessionResult]:
+    """Run `jobs` in order, each on the first free slot the moment one frees; return every job's result.
+
+    A job already done (`done_result`) or FAILED before (`skip_as_failed`) takes no slot (`on_done`
+    announces a done one). `start(job)`, `job.gpu` set to its slot's, returns a future with
+    `add_done_callback` and `result(raise_on_failure=False)` (a Prefect future). With `stop_on_failure`
+    (failure.policy 'stop'), once a session has failed the jobs not started yet are skipped.
+    """
+    if not slots:
+        raise ValueError("no slots to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
+    free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
+    for slot in slots:
+        free.put(slot)
+    results: dict[str, SessionResult] = {}
+    failed: list[str] = []
+
+    def release(job: SessionJob, slot: Slot) -> Callable[[Any], None]:
+        def ended(future: Any) -> None:
+            try:
+                results[job.name] = outcome(job, future.result(raise_on_failure=False))
+                if results[job.name].status == "failed":
+                    failed.append(job.name)
+            finally:
+                free.put(slot)  # after the failure is recorded: the next job sees it
+        return ended
+
+    for job in jobs:
+        if (done := done_result(job)) is not None:
+            on_done(job)
+            results[job.name] = done
+            continue
+        if job.skip_as_failed:
+            error = (job.paths.failure() or {}).get("error")
+            results[job.name] = _skipped(job, f"failed in an earlier run ({error}); not re-run without --rerun-failed")
+            continue
+        slot = free.get()  # waits until a running session ends
+        if failed and stop_on_failure:
+            free.put(slot)
+            results[job.name] = _skipped(job, f"not run, {failed[0]} failed and failure.policy is 'stop'")
+            continue
+        start(job.model_copy(update={"gpu": slot})).add_done_callback(release(job, slot))
+    for _ in slots:
+        free.get()  # every slot back: every started job has ended
+    return {job.name: results[job.name] for job in jobs}
+
+
+def _skipped(job: SessionJob, reason: str) -> SessionResult:
+    return SessionResult(session=job.name, status="skipped", cache_key=job.cache_key, folder=str(job.paths.folder),
+                         reason=f"{job.name}: {reason}")

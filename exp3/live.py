@@ -44,7 +44,7 @@ def _slug(job: SessionJob) -> str:
 
 
 def announce_done(job: SessionJob) -> None:
-    """A session found done under its key (a cache hit runs no task body): progress at 100 and its result line."""
+    """A session found done under its key (it takes no slot, no task runs): progress at 100 and its result line."""
     create_progress_artifact(progress=100.0, key=f"progress-{_slug(job)}",
                              description=f"{job.name}: epochs done / {job.epochs} (already done under this key)")
     get_run_logger().info(format_cached_line(job.name, read_session_headline(job.paths)))

@@ -38,10 +38,6 @@ class SessionError(RuntimeError):
         self.transient = transient
 
 
-class SessionSkipped(SessionError):
-    """A session not run at all: failure.policy 'stop' after another failed, or FAILED in an earlier run."""
-
-
 @dataclass(frozen=True)
 class ProgressUpdate:
     """What `on_progress` receives: epochs done of `total`, the epochs new since the last call, all so far."""
@@ -164,21 +160,17 @@ def start_session_process(arguments: list[str], env: dict[str, str], log: Binary
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            on_progress: Callable[[ProgressUpdate], None] | None = None) -> SessionResult:
-    """Run the session CLI unless `job.is_current` (done under its key with the configured severity
-    evaluations); raise `SessionError` (transient if out of memory). A done session lacking some
-    (levels added or changed) runs the CLI too, which evaluates only those from its checkpoint.
+    """Run the session CLI (callers skip a job that is done: `exp3.jobs.done_result`); raise `SessionError`
+    (transient if out of memory). A done session lacking some configured severity evaluations (levels
+    added or changed) runs the CLI too, which evaluates only those from its checkpoint.
 
     A folder made under other inputs is moved aside first (the session then trains from scratch).
     `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
-    epochs, once more when the session ends, and with done = total for a session found done.
+    epochs, and once more when the session ends, after one last read of results.csv.
     """
     session, paths, cache_key = job.session, job.paths, job.cache_key
     folder = paths.folder
     progress = _ProgressReader(paths, job.epochs, on_progress)
-    if job.is_current:
-        progress.poll(finished=True, replay=False)
-        return SessionResult(session=session.name, status="cached", cache_key=cache_key, folder=str(folder),
-                             headline=read_session_headline(paths))
     moved = move_aside_if_stale(paths, cache_key)
     if paths.is_done(cache_key):  # done, some configured evaluations missing: no training, no epochs to replay
         progress.poll(replay=False)

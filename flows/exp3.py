@@ -1,15 +1,11 @@
-"""exp3 as a Prefect flow: audit -> prepare -> for each planned job, train_and_eval -> report.
+"""exp3 as a Prefect flow: audit -> prepare -> each session on the first free slot -> report.
 
     python flows/exp3.py --smoke           # all 12 sessions, 1 epoch; --help and exp3/cli.py for the rest
 
-Crash safety: a session's result is cached under a key built from everything it depends on
-(exp3.identity.SessionInputs) and trusted only while its DONE marker matches its metrics.json
-and records that key; a folder made under other inputs is moved aside to <root>/stale/ and the
-session trains again from scratch; an unfinished training of the same inputs resumes from its
-own last.pt. Run the same command after a crash, a reboot or a `kill -9`: finished sessions are
-skipped, the rest continue. Each task calls one library function; values cross the task
-boundary as typed objects: the audit's `AuditedData` (the dataset is hashed once) to the prepare
-task, its `PreparedData` to every session, and exp3.jobs' SessionJob in, SessionResult out.
+A session is done when its folder says so (`SessionPaths.state(key)`: DONE matches metrics.json and
+records the key of everything it depends on); a done session is skipped before it takes a slot.
+Run the same command after a crash, a reboot or a `kill -9`: finished sessions are skipped, an
+interrupted one resumes from its own last.pt. Each task calls one library function.
 """
 
 from __future__ import annotations
@@ -31,22 +27,22 @@ if __name__ == "__main__":  # parse the command line and set the environment bef
 
     CLI = start(sys.argv[1:])
 
-from prefect import allow_failure, flow, get_run_logger, task  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
 from exp3.dataset import AuditedData  # noqa: E402
 from exp3.grid import failed_sessions, select_sessions, write_plan  # noqa: E402
 from exp3.identity import session_inputs  # noqa: E402
-from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs, session_lanes  # noqa: E402
+from exp3.jobs import SessionJob, SessionResult, done_result, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.live import announce_done, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
-from exp3.runner import SessionError, SessionSkipped  # noqa: E402
+from exp3.runner import SessionError  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.sessions import Session  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16
-"""Thread slots for session tasks; the real limit is the number of lanes (one per GPU, or one)."""
+"""Threads for session tasks; the real limit is the number of slots (`gpus`, `parallel_sessions`)."""
 
 
 @task(name="audit-dataset")
@@ -81,23 +77,12 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.data, SessionError) and state.data.transient
 
 
-@task(name="train_and_eval", persist_result=True, result_serializer="json",
-      cache_key_fn=lambda context, parameters: parameters["job"].cache_key)
-def train_and_eval(job: SessionJob, stop: StopSignal) -> SessionResult:
+@task(name="train_and_eval", retry_condition_fn=_retry_if_transient)
+def train_and_eval(job: SessionJob) -> SessionResult:
     """One session: a subprocess here (`python -m exp3.session`), or a flow run of `job.deployment`."""
     from prefect.runtime import task_run
 
-    if job.skip_as_failed:
-        error = (job.paths.failure() or {}).get("error")
-        raise SessionSkipped(f"{job.name}: failed in an earlier run ({error}); not re-run without --rerun-failed")
-    if stop.requested:
-        raise SessionSkipped(f"{job.name}: not run, {stop.reason} failed and failure.policy is 'stop'")
-    try:
-        return run_job(job, attempt=task_run.run_count)
-    except SessionError:
-        if job.stop_on_failure:
-            stop.request(job.name)
-        raise
+    return run_job(job, attempt=task_run.run_count)
 
 
 @task(name="report")
@@ -113,7 +98,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
               overrides: list[str] | None = None, models: list[str] | None = None,
               sessions: list[str] | None = None, rerun_failed: bool = False,
               fan_out_deployment: str | None = None, fan_out_width: int = 2) -> dict[str, SessionResult]:
-    """Audit, prepare the data once, run the grid on its lanes, then always report.
+    """Audit, prepare the data once, run each session on the first free slot, then always report.
 
     `config_file` (+ `overrides`), when given, replaces `config` (deployments use it).
     `fan_out_deployment` ("exp3-session/exp3-session") runs each session as a flow run of that
@@ -134,7 +119,6 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         if lock.took_over:
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
         config_path = write_resolved_config(config, root)
-        lanes = session_lanes(config, fan_out_deployment, fan_out_width)
         audited = audit_task(config)
         weights = resolve_weights_task(config, model_names)
         prepared = prepare_task(config, audited)
@@ -142,25 +126,15 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
                                        weights[s.model]).key for s in grid}
         write_plan(root, keys)
         failed_before = frozenset() if rerun_failed else failed_sessions(root, grid, keys)
-        jobs = plan_jobs(config, grid, lanes, keys=keys,
-                         config_path=str(config_path), failed_before=failed_before,
+        jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), failed_before=failed_before,
                          deployment=fan_out_deployment, prepared=prepared)
-        stop, futures = StopSignal(), {}
-        for job in jobs:
-            done = job.is_current  # done under its key with every configured severity evaluation
-            if job.skip_as_failed:
-                logger.warning(f"{job.name} has a FAILED marker: not re-run (use --rerun-failed)")
-            if done:  # a cache hit runs no task body: its progress and result are announced here
-                announce_done(job)
-            futures[job.name] = train_and_eval.with_options(
-                task_run_name=job.name, refresh_cache=not done, retries=job.retries,
-                retry_condition_fn=_retry_if_transient, result_storage=root / ".prefect" / "results",
-            ).submit(job, stop, wait_for=[allow_failure(futures[job.after])] if job.after else [])
-        results: dict[str, SessionResult] = {}
-        for job in jobs:  # every session ends (done, cached, failed or skipped) before the report
-            future = futures[job.name]
-            future.wait()
-            results[job.name] = outcome(job, future.state.name, future.result(raise_on_failure=False))
+        results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width),
+                               start=lambda job: train_and_eval.with_options(task_run_name=job.name,
+                                                                            retries=job.retries).submit(job),
+                               stop_on_failure=config.failure.policy == "stop", on_done=announce_done)
+        for result in results.values():
+            if result.status == "skipped":
+                logger.warning(result.reason)
         report_task(root, model_names, list(config.seeds), list(dict.fromkeys(s.suffix for s in grid)))
     failed = [name for name, result in results.items() if result.status in ("failed", "skipped")]
     if failed:
@@ -186,8 +160,9 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
     job = SessionJob(model=model, suffix=suffix, seed=seed, config_path=config_file, output_root=str(root),
                      cache_key=cache_key or session_key(config, session, root), epochs=config.models[model].epochs,
                      evaluations=evaluation_plan(config.occlusion))
-    if job.is_current:
+    if (done := done_result(job)) is not None:
         announce_done(job)
+        return done
     return run_job(job, retry_batch=retry_batch)
 
 

@@ -1,20 +1,22 @@
-"""What crosses the task boundary (exp3.jobs): the plan of jobs on lanes, SessionJob / SessionResult,
-the in-memory stop signal, and the command line that hands prepared data to a session (no training)."""
+"""What crosses the task boundary (exp3.jobs): the plan, SessionJob / SessionResult, the slot pool that
+starts each session on the first free slot (real Prefect flows, real subprocesses), and the command
+line that hands prepared data to a session (no training)."""
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from exp3.config import ExperimentConfig
 from exp3.grid import select_sessions
-from exp3.jobs import SessionJob, SessionResult, StopSignal, outcome, plan_jobs, session_lanes
+from exp3.jobs import SessionJob, SessionResult, done_result, outcome, plan_jobs, session_slots
 from exp3.progress import SessionHeadline
-from exp3.runner import SessionError, SessionSkipped, session_arguments, session_environment
+from exp3.runner import SessionError, session_arguments, session_environment
 from exp3.schema import PreparedData, SeveritySuite
 from exp3.session import prepared_from_json, prepared_is_current
 
@@ -27,101 +29,180 @@ PREPARED = PreparedData(data_yaml="/d/data.yaml", dataset_fingerprint="f" * 16, 
 
 
 def _config(**update: object) -> ExperimentConfig:
-    return ExperimentConfig(output_root=Path("/out"), **update)  # type: ignore[arg-type]
+    return ExperimentConfig(**({"output_root": Path("/out")} | update))  # type: ignore[arg-type]
 
 
-def _plan(config: ExperimentConfig, lanes: tuple[int | None, ...], **kwargs: object) -> list[SessionJob]:
+def _plan(config: ExperimentConfig, **kwargs: object) -> list[SessionJob]:
     grid = select_sessions(config, None, None)
     keys = {s.name: f"{s.name}-key" for s in grid}
-    return plan_jobs(config, grid, lanes, keys=keys, config_path="/out/config_resolved.yaml", **kwargs)  # type: ignore[arg-type]
+    return plan_jobs(config, grid, keys=keys, config_path="/out/config_resolved.yaml", **kwargs)  # type: ignore[arg-type]
 
 
-def test_lanes_gpus_cpu_slots_or_fan_out() -> None:
-    assert session_lanes(_config()) == (None,)
-    assert session_lanes(_config(parallel_sessions=3)) == (None, None, None)
-    assert session_lanes(_config(gpus=(0, 2))) == (0, 2)
-    assert session_lanes(_config(gpus=(0, 2)), "exp3-session/exp3-session", 4) == (None,) * 4
+def test_slots_gpus_with_repeats_cpu_slots_or_fan_out() -> None:
+    assert session_slots(_config()) == (None,)
+    assert session_slots(_config(parallel_sessions=3)) == (None, None, None)
+    assert session_slots(_config(gpus=(0, 2))) == (0, 2)
+    assert session_slots(_config(gpus=(0, 0, 1, 1))) == (0, 0, 1, 1)  # two sessions per GPU
+    assert session_slots(_config(gpus=(0, 2)), "exp3-session/exp3-session", 4) == (None,) * 4
 
 
-def test_plan_jobs_round_robin_each_after_the_previous_of_its_lane() -> None:
+def test_plan_jobs_in_grid_order() -> None:
     config = _config(gpus=(0, 1), failure={"policy": "stop", "retries": 2})
-    jobs = _plan(config, session_lanes(config))
+    jobs = _plan(config)
     assert [job.name for job in jobs] == [s.name for s in select_sessions(config, None, None)]
-    assert [job.lane for job in jobs[:4]] == [0, 1, 0, 1] and [job.gpu for job in jobs[:4]] == [0, 1, 0, 1]
-    assert jobs[0].after is None and jobs[1].after is None
-    assert jobs[2].after == jobs[0].name and jobs[3].after == jobs[1].name and jobs[11].after == jobs[9].name
+    assert all(job.gpu is None for job in jobs)  # a slot is taken when the session starts, not planned
     first = jobs[0]
     assert first.cache_key == "yolov8m__S1_clean_train-key" and first.output_root == "/out"
-    assert first.epochs == config.models["yolov8m"].epochs and first.stop_on_failure and first.retries == 2
+    assert first.epochs == config.models["yolov8m"].epochs and first.retries == 2
     assert first.config_path == "/out/config_resolved.yaml" and first.prepared is None and first.deployment is None
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
 
 
-def test_plan_jobs_failed_before_prepared_and_one_lane() -> None:
+def test_plan_jobs_failed_before_and_prepared() -> None:
     config = _config()
-    jobs = _plan(config, (None,), failed_before=frozenset({"rtdetr-l__S2_occ_train"}), prepared=PREPARED,
+    jobs = _plan(config, failed_before=frozenset({"rtdetr-l__S2_occ_train"}), prepared=PREPARED,
                  deployment="exp3-session/exp3-session")
     skipped = [job for job in jobs if job.skip_as_failed]
     assert [job.name for job in skipped] == ["rtdetr-l__S2_occ_train"] and skipped[0].retries == 0
     assert all(job.retries == config.failure.retries for job in jobs if not job.skip_as_failed)
     assert all(job.prepared == PREPARED and job.deployment == "exp3-session/exp3-session" for job in jobs)
-    assert [job.after for job in jobs[1:]] == [job.name for job in jobs[:-1]]  # one lane: a chain
-    with pytest.raises(ValueError, match="no lanes"):
-        _plan(config, ())
 
 
 def test_plan_jobs_is_pure_and_jobs_are_frozen() -> None:
     config = _config(parallel_sessions=2)
-    assert _plan(config, (None, None)) == _plan(config, (None, None))
+    assert _plan(config) == _plan(config)
     with pytest.raises(ValueError):
-        _plan(config, (None,))[0].model = "other"  # type: ignore[misc]
+        _plan(config)[0].model = "other"  # type: ignore[misc]
 
 
-def test_job_and_result_round_trip_as_json_the_way_prefect_persists_them() -> None:
-    from prefect.serializers import JSONSerializer
-
-    job = _plan(_config(), (None,), prepared=PREPARED)[0]
+def test_job_and_result_round_trip_as_json() -> None:
+    job = _plan(_config(), prepared=PREPARED)[0]
     assert SessionJob.model_validate_json(job.model_dump_json()) == job
     result = SessionResult(session=job.name, status="done", cache_key=job.cache_key, wall_s=12.5,
                            folder=str(job.paths.folder), headline=SessionHeadline(f1_clean=0.8, map50_occluded=0.5))
-    serializer = JSONSerializer()
-    assert serializer.loads(serializer.dumps(result)) == result
+    assert SessionResult.model_validate_json(result.model_dump_json()) == result
     assert result.ran and not result.model_copy(update={"status": "cached"}).ran
 
 
 def test_outcome_of_each_task_ending() -> None:
-    job = _plan(_config(), (None,))[0]
+    job = _plan(_config())[0]
     ran = SessionResult(session=job.name, status="done", cache_key=job.cache_key, wall_s=3.0)
-    assert outcome(job, "Completed", ran) == ran
-    assert outcome(job, "Cached", ran).status == "cached"
-    legacy = outcome(job, "Cached", {"session": job.name, "status": "done", "ran": True})  # persisted before
-    assert legacy.status == "cached" and legacy.cache_key == job.cache_key
-    failed = outcome(job, "Failed", SessionError(f"{job.name}: boom\ntraceback"))
-    assert failed.status == "failed" and failed.reason == f"{job.name}: boom"
-    skipped = outcome(job, "Failed", SessionSkipped(f"{job.name}: not run"))
-    assert skipped.status == "skipped" and not skipped.ran
+    assert outcome(job, ran) == ran
+    failed = outcome(job, SessionError(f"{job.name}: boom\ntraceback"))
+    assert failed.status == "failed" and failed.reason == f"{job.name}: boom" and failed.ran
 
 
-def test_stop_signal_is_shared_between_threads_and_keeps_the_first_reason() -> None:
-    stop = StopSignal()
-    assert not stop.requested
-    threads = [threading.Thread(target=stop.request, args=(f"s{i}",)) for i in range(4)]
-    stop.request("first")
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert stop.requested and stop.reason == "first"
+def _write_done(paths, key: str) -> None:  # type: ignore[no-untyped-def]
+    paths.folder.mkdir(parents=True)
+    paths.metrics.write_text(json.dumps({"splits": {}}))
+    paths.write_done(key, {})
+
+
+def test_done_is_decided_by_the_session_folder_alone(tmp_path: Path) -> None:
+    """`done_result`: DONE matching metrics.json under this key; another key or a broken metrics.json is not done."""
+    job = _plan(_config(output_root=tmp_path))[0].model_copy(update={"evaluations": {}})
+    assert done_result(job) is None
+    _write_done(job.paths, job.cache_key)
+    assert done_result(job).status == "cached"  # type: ignore[union-attr]
+    assert done_result(job.model_copy(update={"cache_key": "other"})) is None
+    assert done_result(job.model_copy(update={"evaluations": {"test_occ_sev1": "spec"}})) is None  # one missing
+    job.paths.metrics.write_text("{}")
+    assert done_result(job) is None
+
+
+# A real Prefect flow (ThreadPoolTaskRunner, like flows/exp3.py) whose task runs a real subprocess per session
+# (`SLEEP_S` seconds; exit 1 for the sessions named in FAIL) and writes its start, end and GPU slot to the
+# session's logs/session.log. Three runs: argv[1] is a JSON list of [jobs, slots, stop_on_failure, FAIL].
+SLOT_FLOW = r"""
+import json, subprocess, sys, time
+from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
+from exp3.jobs import SessionJob, SessionResult, run_on_slots
+from exp3.runner import SessionError
+
+SLEEP_S = 1.5
+
+@task
+def work(job: SessionJob, fail: list[str]) -> SessionResult:
+    start = time.time()
+    code = subprocess.run([sys.executable, "-c", f"import time; time.sleep({SLEEP_S}); raise SystemExit({int(job.name in fail)})"]).returncode
+    job.paths.logs.mkdir(parents=True, exist_ok=True)
+    (job.paths.logs / "session.log").write_text(json.dumps({"start": start, "end": time.time(), "gpu": job.gpu}))
+    if code:
+        raise SessionError(f"{job.name}: session exited with code {code}")
+    return SessionResult(session=job.name, status="done", cache_key=job.cache_key)
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=8))
+def slots_flow(jobs: list[SessionJob], slots: list[int | None], stop: bool, fail: list[str]) -> dict:
+    announced = []
+    results = run_on_slots(jobs, slots, start=lambda job: work.submit(job, fail), stop_on_failure=stop,
+                           on_done=lambda job: announced.append(job.name))
+    return {"results": {name: r.status for name, r in results.items()}, "announced": announced}
+
+for jobs, slots, stop, fail in json.loads(sys.argv[1]):
+    print(json.dumps(slots_flow([SessionJob.model_validate(j) for j in jobs], slots, stop, fail)), flush=True)
+"""
+
+
+def _spans(jobs: list[SessionJob]) -> dict[str, dict]:
+    return {job.name: json.loads((job.paths.logs / "session.log").read_text()) for job in jobs
+            if (job.paths.logs / "session.log").is_file()}
+
+
+def _most_at_once(spans: list[dict]) -> int:
+    """The most sessions running at one moment (the count just after each start)."""
+    return max(sum(other["start"] <= span["start"] < other["end"] for other in spans) for span in spans)
+
+
+def test_sessions_take_the_first_free_slot_when_they_start(tmp_path: Path) -> None:
+    """Issue 24: a resume whose 4 remaining sessions were all on one lane of the old round-robin plan keeps both
+    slots busy; GPU slots with repeats pack sessions; failure.policy 'stop' starts nothing after a failure."""
+    def plan(name: str, count: int) -> list[SessionJob]:
+        return [job.model_copy(update={"evaluations": {}}) for job in _plan(_config(output_root=tmp_path / name))[:count]]
+
+    resume = plan("resume", 8)
+    for job in resume[0::2]:  # lane 0 of the old plan: done before the resume
+        _write_done(job.paths, job.cache_key)
+    remaining = resume[1::2]  # lane 1 of the old plan: the night's second GPU would have idled
+    packed, stopped = plan("packed", 6), plan("stopped", 3)
+    runs = [([job.model_dump(mode="json") for job in resume], [0, 1], False, []),
+            ([job.model_dump(mode="json") for job in packed], [0, 0, 1], False, []),
+            ([job.model_dump(mode="json") for job in stopped], [None], True, [stopped[0].name])]
+    result = subprocess.run([sys.executable, "-c", SLOT_FLOW, json.dumps(runs)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=600,
+                            env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second, third = (json.loads(line) for line in result.stdout.splitlines()[-3:])
+
+    assert first["results"] == {job.name: "cached" if job in resume[0::2] else "done" for job in resume}
+    assert first["announced"] == [job.name for job in resume[0::2]]
+    spans = _spans(resume)
+    assert set(spans) == {job.name for job in remaining}  # done sessions took no slot
+    assert sorted(span["gpu"] for span in spans.values()) == [0, 0, 1, 1]  # both slots, two sessions each
+    assert _most_at_once(list(spans.values())) == 2
+    starts = sorted(span["start"] for span in spans.values())
+    ends = sorted(span["end"] for span in spans.values())
+    assert starts[1] < ends[0] and starts[3] < ends[2] - 0.5  # the second slot was busy from the start
+
+    assert set(second["results"].values()) == {"done"}
+    spans = list(_spans(packed).values())
+    assert {span["gpu"] for span in spans} == {0, 1}
+    for gpu, slots in ((0, 2), (1, 1)):
+        assert _most_at_once([span for span in spans if span["gpu"] == gpu]) <= slots
+    assert _most_at_once(spans) == 3  # all three slots busy at once
+
+    assert list(third["results"].values()) == ["failed", "skipped", "skipped"]
+    assert set(_spans(stopped)) == {stopped[0].name}  # the sessions after the failure never started
 
 
 def test_session_arguments_hand_down_gpu_batch_and_prepared_data() -> None:
-    job = _plan(_config(gpus=(3,)), (3,), prepared=PREPARED)[0]
+    job = _plan(_config(gpus=(3,)), prepared=PREPARED)[0].model_copy(update={"gpu": 3})  # the slot it got
     arguments = session_arguments(job, retry_batch=2)
     assert "--retry-batch" in arguments and "train.device=0" in arguments
     assert prepared_from_json(arguments[arguments.index("--prepared") + 1]) == PREPARED
     assert session_environment(job)["CUDA_VISIBLE_DEVICES"] == "3"
     assert session_environment(job)["YOLO_CONFIG_DIR"].startswith(job.output_root)  # set before any import
-    plain = _plan(_config(), (None,))[0]
+    plain = _plan(_config())[0]
     assert "--prepared" not in session_arguments(plain) and "--set" not in session_arguments(plain)
     assert "CUDA_VISIBLE_DEVICES" not in session_environment(plain) or os.environ.get("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ValueError, match="--prepared is not a PreparedData JSON object"):

@@ -62,19 +62,6 @@ def _done_session_with_two_epochs(root: Path) -> None:
     paths.write_done("k", {})
 
 
-def test_a_done_session_reports_100_percent_without_replaying_epochs(tmp_path: Path) -> None:
-    from exp3.jobs import SessionJob
-    from exp3.runner import ProgressUpdate, run_session_subprocess
-
-    _done_session_with_two_epochs(tmp_path)
-    updates: list[ProgressUpdate] = []
-    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "unused.yaml"),
-                     output_root=str(tmp_path), epochs=2)
-    run = run_session_subprocess(job, on_progress=updates.append)
-    assert run.status == "cached" and not run.ran and len(updates) == 1
-    assert (updates[0].done, updates[0].total, updates[0].new_epochs, len(updates[0].epochs)) == (2, 2, (), 2)
-
-
 def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> None:
     """The H100 pilot's `timeout` sent SIGTERM: the flow logged 'session exited with code -15'."""
     from exp3.runner import exit_reason
