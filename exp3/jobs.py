@@ -151,13 +151,15 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mappin
 
 def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Callable[[SessionJob], Any], *,
                  stop_on_failure: bool = False,
-                 on_done: Callable[[SessionJob], None] = lambda job: None) -> dict[str, SessionResult]:
+                 announce: Callable[[SessionJob, SessionResult], None] = lambda job, result: None
+                 ) -> dict[str, SessionResult]:
     """Run `jobs` in order, each on the first free slot the moment one frees; return every job's result.
 
-    A job already done (`done_result`) or FAILED before (`skip_as_failed`) takes no slot (`on_done`
-    announces a done one). `start(job)`, `job.gpu` set to its slot's, returns a future with
-    `add_done_callback` and `result(raise_on_failure=False)` (a Prefect future). With `stop_on_failure`
-    (failure.policy 'stop'), once a session has failed the jobs not started yet are skipped.
+    `start(job)` (`job.gpu` set to its slot's) returns a future with `add_done_callback` and
+    `result(raise_on_failure=False)`: a Prefect future. A job already done (`done_result`) or FAILED
+    before (`skip_as_failed`) takes no slot; with `stop_on_failure` (failure.policy 'stop'), once a
+    session has failed, the jobs not started yet are skipped. `announce(job, result)` is called for
+    each job that starts no session (cached or skipped).
     """
     if not slots:
         raise ValueError("no slots to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
@@ -177,21 +179,23 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
                 free.put(slot)  # after the failure is recorded: the next job sees it
         return ended
 
+    def not_started(job: SessionJob, result: SessionResult) -> None:
+        results[job.name] = result
+        announce(job, result)
+
     for job in jobs:
         if (done := done_result(job)) is not None:
-            on_done(job)
-            results[job.name] = done
-            continue
-        if job.skip_as_failed:
+            not_started(job, done)
+        elif job.skip_as_failed:
             error = (job.paths.failure() or {}).get("error")
-            results[job.name] = _skipped(job, f"failed in an earlier run ({error}); not re-run without --rerun-failed")
-            continue
-        slot = free.get()  # waits until a running session ends
-        if failed and stop_on_failure:
-            free.put(slot)
-            results[job.name] = _skipped(job, f"not run, {failed[0]} failed and failure.policy is 'stop'")
-            continue
-        start(job.model_copy(update={"gpu": slot})).add_done_callback(release(job, slot))
+            not_started(job, _skipped(job, f"failed in an earlier run ({error}); not re-run without --rerun-failed"))
+        else:
+            slot = free.get()  # waits until a running session ends
+            if failed and stop_on_failure:
+                free.put(slot)
+                not_started(job, _skipped(job, f"not run, {failed[0]} failed and failure.policy is 'stop'"))
+            else:
+                start(job.model_copy(update={"gpu": slot})).add_done_callback(release(job, slot))
     for _ in slots:
         free.get()  # every slot back: every started job has ended
     return {job.name: results[job.name] for job in jobs}

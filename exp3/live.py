@@ -43,8 +43,11 @@ def _slug(job: SessionJob) -> str:
     return job.name.lower().replace("_", "-")
 
 
-def announce_done(job: SessionJob) -> None:
-    """A session found done under its key (it takes no slot, no task runs): progress at 100 and its result line."""
+def announce(job: SessionJob, result: SessionResult) -> None:
+    """A session that takes no slot: done under its key (progress at 100 and its result line) or skipped (why)."""
+    if result.status != "cached":
+        get_run_logger().warning(result.reason)
+        return
     create_progress_artifact(progress=100.0, key=f"progress-{_slug(job)}",
                              description=f"{job.name}: epochs done / {job.epochs} (already done under this key)")
     get_run_logger().info(format_cached_line(job.name, read_session_headline(job.paths)))
@@ -65,21 +68,27 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
 def epoch_reporter(job: SessionJob, logger: Any) -> Callable[[ProgressUpdate], None]:
     """The live view of one session (call inside a task run): a progress artifact now, then per update
     one log line per new epoch, the epochs table artifact and the progress. Runs in the flow's process,
-    never in the training's (benchmarks/bench_live_view.py measures its cost per epoch)."""
+    never in the training's. The log lines come first and an artifact the API refuses is only warned
+    about (once): every epoch of every session reaches the log."""
     artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
                                            description=f"{job.name}: epochs done / {job.epochs}")
-    tabled = False
+    tabled, warned = False, False
 
     def _progress(update: ProgressUpdate) -> None:
-        nonlocal tabled
+        nonlocal tabled, warned
         for epoch in update.new_epochs:
             logger.info(format_epoch_line(job.name, epoch))
-        if update.epochs and (update.new_epochs or not tabled):
-            create_table_artifact(key=f"epochs-{_slug(job)}", table=epoch_table(list(update.epochs)),
-                                  description=f"{job.name}: epochs so far ({len(update.epochs)}/{job.epochs})")
-            tabled = True
-        if update.total:
-            update_progress_artifact(artifact_id=artifact_id, progress=100.0 * update.done / max(update.total, 1))
+        try:
+            if update.epochs and (update.new_epochs or not tabled):
+                create_table_artifact(key=f"epochs-{_slug(job)}", table=epoch_table(list(update.epochs)),
+                                      description=f"{job.name}: epochs so far ({len(update.epochs)}/{job.epochs})")
+                tabled = True
+            if update.total:
+                update_progress_artifact(artifact_id=artifact_id, progress=100.0 * update.done / max(update.total, 1))
+        except Exception as error:  # noqa: BLE001 - artifacts are a view: the next update tries again
+            if not warned:
+                logger.warning(f"{job.name}: progress artifacts not updated ({type(error).__name__}: {error})")
+                warned = True
 
     return _progress
 

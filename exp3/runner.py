@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from exp3.grid import results_rows
 from exp3.jobs import SessionJob, SessionResult
@@ -77,6 +77,11 @@ class _ProgressReader:
         except Exception as error:  # noqa: BLE001 - see the class docstring
             self.error = f"{type(error).__name__}: {error}".splitlines()[0]
             self.on_progress = None
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn` of a session task: retry only errors marked transient (out of memory)."""
+    return isinstance(state.data, SessionError) and state.data.transient
 
 
 def exit_reason(returncode: int) -> str:

@@ -2,22 +2,19 @@
 
     python flows/exp3.py --smoke           # all 12 sessions, 1 epoch; --help and exp3/cli.py for the rest
 
-A session is done when its folder says so (`SessionPaths.state(key)`: DONE matches metrics.json and
-records the key of everything it depends on); a done session is skipped before it takes a slot.
-Run the same command after a crash, a reboot or a `kill -9`: finished sessions are skipped, an
-interrupted one resumes from its own last.pt. Each task calls one library function.
+A session is done when its folder says so (`SessionPaths.state(key)`), and then takes no slot. Run the
+same command after a crash, a reboot or a `kill -9`: finished sessions are skipped, an interrupted one
+resumes from its own last.pt. Each task calls one library function.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-# This file shares its name with the `exp3` package and keeps it (users, prefect.yaml and the notebooks
-# call flows/exp3.py). Python and Prefect's loader put the script's folder first on sys.path (`import exp3`
-# would import this file again), and Prefect's loader registers the script as a package named `exp3`
-# (`exp3.config` would be looked up in flows/): undo both, so `import exp3` is the library.
+# This file shares its name with the `exp3` package (users, prefect.yaml and the notebooks call it). Python and
+# Prefect's loader put flows/ first on sys.path, and Prefect's loader registers the script as a package named
+# `exp3`: undo both, so that `import exp3` is the library.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 if __name__ == "exp3":
     del sys.modules[__name__]
@@ -28,6 +25,7 @@ if __name__ == "__main__":  # parse the command line and set the environment bef
     CLI = start(sys.argv[1:])
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
@@ -35,14 +33,13 @@ from exp3.dataset import AuditedData  # noqa: E402
 from exp3.grid import failed_sessions, select_sessions, write_plan  # noqa: E402
 from exp3.identity import session_inputs  # noqa: E402
 from exp3.jobs import SessionJob, SessionResult, done_result, plan_jobs, run_on_slots, session_slots  # noqa: E402
-from exp3.live import announce_done, publish_report, run_job  # noqa: E402
+from exp3.live import announce, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
-from exp3.runner import SessionError  # noqa: E402
+from exp3.runner import retry_if_transient  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.sessions import Session  # noqa: E402
 
-MAX_PARALLEL_SESSIONS = 16
-"""Threads for session tasks; the real limit is the number of slots (`gpus`, `parallel_sessions`)."""
+MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the slots (`gpus`, `parallel_sessions`)
 
 
 @task(name="audit-dataset")
@@ -72,17 +69,17 @@ def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData
     return prepare_data(config, config.output_root, audited=audited)
 
 
-def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only errors marked transient (CUDA out of memory)."""
-    return isinstance(state.data, SessionError) and state.data.transient
-
-
-@task(name="train_and_eval", retry_condition_fn=_retry_if_transient)
+@task(name="train_and_eval", retry_condition_fn=retry_if_transient)
 def train_and_eval(job: SessionJob) -> SessionResult:
     """One session: a subprocess here (`python -m exp3.session`), or a flow run of `job.deployment`."""
     from prefect.runtime import task_run
 
     return run_job(job, attempt=task_run.run_count)
+
+
+def start_session(job: SessionJob) -> PrefectFuture[SessionResult]:
+    """Submit one session's task run, named after the session, with its out-of-memory retries."""
+    return train_and_eval.with_options(task_run_name=job.name, retries=job.retries).submit(job)
 
 
 @task(name="report")
@@ -128,13 +125,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         failed_before = frozenset() if rerun_failed else failed_sessions(root, grid, keys)
         jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), failed_before=failed_before,
                          deployment=fan_out_deployment, prepared=prepared)
-        results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width),
-                               start=lambda job: train_and_eval.with_options(task_run_name=job.name,
-                                                                            retries=job.retries).submit(job),
-                               stop_on_failure=config.failure.policy == "stop", on_done=announce_done)
-        for result in results.values():
-            if result.status == "skipped":
-                logger.warning(result.reason)
+        results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width), start=start_session,
+                               stop_on_failure=config.failure.policy == "stop", announce=announce)
         report_task(root, model_names, list(config.seeds), list(dict.fromkeys(s.suffix for s in grid)))
     failed = [name for name, result in results.items() if result.status in ("failed", "skipped")]
     if failed:
@@ -152,16 +144,14 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
     `cache_key` (a run started by hand) the key is computed here from the prepared inputs.
     """
     from exp3.session import session_key
-    from exp3.splits import evaluation_plan
 
     config = load_config(config_file)
-    root = resolve_output_root(config)
+    config = config.model_copy(update={"output_root": resolve_output_root(config)})
     session = Session(model, suffix, seed)
-    job = SessionJob(model=model, suffix=suffix, seed=seed, config_path=config_file, output_root=str(root),
-                     cache_key=cache_key or session_key(config, session, root), epochs=config.models[model].epochs,
-                     evaluations=evaluation_plan(config.occlusion))
+    key = cache_key or session_key(config, session, config.output_root)
+    job = plan_jobs(config, [session], keys={session.name: key}, config_path=config_file)[0]
     if (done := done_result(job)) is not None:
-        announce_done(job)
+        announce(job, done)
         return done
     return run_job(job, retry_batch=retry_batch)
 

@@ -50,6 +50,23 @@ def test_progress_reader_reports_new_epochs_once(tmp_path: Path) -> None:
     assert failing.error == "ConnectionError: API down" and failing.on_progress is None
 
 
+def test_a_session_that_ends_between_two_polls_still_reports_its_epoch(tmp_path: Path) -> None:
+    """Issue 24 item 7: a 1-epoch session whose results.csv appears after the last poll: the read at its end
+    reports the epoch, once."""
+    from exp3.layout import SessionPaths
+    from exp3.runner import ProgressUpdate, _ProgressReader
+
+    paths = SessionPaths(tmp_path / "m" / "m__S3_mask_backbone_early")
+    updates: list[ProgressUpdate] = []
+    reader = _ProgressReader(paths, 1, updates.append)
+    reader.poll()  # during the run: nothing on disk yet
+    paths.run_dir.mkdir(parents=True)
+    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
+    reader.poll(finished=True)  # the read when the process has ended
+    reader.poll(finished=True)
+    assert [[e.epoch for e in u.new_epochs] for u in updates] == [[], [1]] and updates[-1].done == 1
+
+
 def _done_session_with_two_epochs(root: Path) -> None:
     """`m__S1_clean_train` under `root`: DONE (key "k") with two epochs in results.csv."""
     from exp3.layout import SessionPaths
