@@ -2,7 +2,7 @@
 
 - `PREFECT_HOME` inside the output root, so the run's database, logs and persisted results
   live with the results they describe (and a Colab/Drive root carries them across reconnects);
-- a generous ephemeral-server start-up timeout (a cold start took ~24 s on 2 cores);
+- a generous ephemeral-server start-up timeout (a cold start is slow on a small, busy machine);
 - Ultralytics offline settings (see exp3.offline);
 - orphaned ephemeral API servers left by a `kill -9` of an earlier run on this root are ended.
 

@@ -98,11 +98,6 @@ def exit_reason(returncode: int) -> str:
     return f"session exited with code {returncode}"
 
 
-def failure_record(folder: Path) -> dict | None:
-    """The session's FAILED marker (parsed), or None."""
-    return SessionPaths(folder).failure()
-
-
 def is_out_of_memory(record: dict | None) -> bool:
     """True if a FAILED marker's error or log tail shows an out-of-memory error."""
     if not record:
@@ -118,7 +113,7 @@ def oom_retry_batch(batch: int | None) -> int:
 
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
     """The batch of this attempt: halved after an out-of-memory failure (attempt > 1, `oom_halve_batch`), else None."""
-    if attempt > 1 and job.oom_halve_batch and is_out_of_memory(failure_record(job.paths.folder)):
+    if attempt > 1 and job.oom_halve_batch and is_out_of_memory(job.paths.failure()):
         return oom_retry_batch(job.batch)
     return None
 
@@ -206,6 +201,6 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
     if process.returncode == 0:
         raise SessionError(f"{session.name}: the session finished under another key than {cache_key} "
                            f"(see {folder / 'inputs.json'}): report this as a bug")
-    record = failure_record(folder) or {}
+    record = paths.failure() or {}
     error = record.get("error") or exit_reason(process.returncode)
     raise SessionError(f"{session.name}: {error} (logs in {paths.logs})", transient=is_out_of_memory(record))
