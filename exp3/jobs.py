@@ -2,7 +2,7 @@
 the machine: `run_on_slots` starts each job, in grid order, on the first slot that is free.
 
     jobs = plan_jobs(config, grid, keys=..., config_path=...)
-    results = run_on_slots(jobs, session_slots(config), start=submit)   # name -> SessionResult
+    results = run_on_slots(jobs, session_slots(config), start=start_session)   # name -> SessionResult
 
 A slot is a GPU index (`gpus: [0, 0, 1]`: two sessions on GPU 0, one on GPU 1) or a CPU slot
 (`parallel_sessions`), or a fan-out slot (a flow run of the per-session deployment). A queue of
@@ -46,7 +46,7 @@ class SessionJob(BaseModel):
     oom_halve_batch: bool = True
     retries: int = 0
     skip_as_failed: bool = False
-    """FAILED in an earlier run and not `--rerun-failed`: the task refuses to run it."""
+    """FAILED in an earlier run and not `--rerun-failed`: `run_on_slots` does not start it."""
     gpu: int | None = None
     """The GPU of the slot it got when it started (`run_on_slots`), pinned with CUDA_VISIBLE_DEVICES."""
     deployment: str | None = None
