@@ -14,6 +14,7 @@ Frame contracts (columns):
     coverage frame  session_label, threshold_label, level_label, conf, bin_text, x, recall, ci_low, ci_high,
                     n_boxes, n_found
     curve frame     session_label, severity, severity_label, value, ci_low, ci_high (one model, one metric)
+    gap frame       model, session_label, value, ci_low, ci_high, verdict, status_text (S3..S6 only)
 `status_text` is "" for a done session and "failed" / "missing" / ... otherwise; `value` is NaN
 for those (no bar drawn, the status is written at the baseline instead).
 """
@@ -115,6 +116,44 @@ def session_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_titl
     return (alt.layer(*layers, data=frame)
             .transform_calculate(label_y="isValid(datum.ci_high) ? datum.ci_high : datum.value")
             .properties(title=_title(title, subtitle), width=width_per_session * len(SESSION_ORDER), height=320))
+
+
+def gap_closed_chart(frame: pd.DataFrame, models: list[str], title: str,
+                     subtitle: str | None = None) -> alt.LayerChart:
+    """Gap closed per masking session (x, S3..S6), one bar per model (xOffset), CI whiskers, rules at 0 and 1.
+
+    Args:
+        frame: gap frame (module docstring); `status_text` ("control failed", "n/a") is written at 0
+            where there is no bar. The y scale covers 0..1 and every interval (never clipped).
+    """
+    shown = _shown_models(frame, models)
+    sessions = [label for label in SESSION_ORDER[2:]]
+    colour = alt.Color("model:N", title="model", scale=model_colors(models, shown),
+                       legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+    finite = pd.concat([frame["ci_low"], frame["ci_high"], frame["value"]]).dropna()
+    low = min(-0.2, float(finite.min()) - 0.1) if len(finite) else -0.2
+    high = max(1.2, float(finite.max()) + 0.1) if len(finite) else 1.2
+    x = alt.X("session_label:N", title="masking session", sort=sessions, scale=alt.Scale(domain=sessions),
+              axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=_FONT_SIZE,
+                            titleFontSize=_FONT_SIZE + 1, labelLimit=200))
+    y = alt.Y("value:Q", title="gap closed (Sx - S1) / (S2 - S1)", scale=alt.Scale(domain=[low, high], nice=False),
+              axis=alt.Axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1, grid=True))
+    offset = alt.XOffset("model:N", sort=shown, scale=alt.Scale(domain=shown))
+    tooltip = ["model:N", alt.Tooltip("session_label:N", title="session"), alt.Tooltip("value:Q", format=".2f"),
+               alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f"), "verdict:N"]
+    base = alt.Chart(frame).encode(x=x, xOffset=offset)
+    bars = base.mark_bar().encode(y=y, color=colour, tooltip=tooltip)
+    errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y="ci_low:Q", y2="ci_high:Q")
+    caps = [base.mark_tick(color="black", thickness=1.5, size=8).encode(y=f"{end}:Q") for end in ("ci_low", "ci_high")]
+    status = base.mark_text(dy=-4, fontSize=10, baseline="bottom", color="#B22222").encode(
+        y=alt.datum(0), text="status_text:N")
+    lines = alt.InlineData(values=[{"y": 0.0, "text": "0 = no effect"}, {"y": 1.0, "text": "1 = as S2"}])
+    rules = alt.Chart(lines).mark_rule(strokeDash=[5, 4], color="gray").encode(y="y:Q")
+    width = max(_SESSION_STEP, 60 + 45 * len(shown)) * len(sessions)
+    labels = alt.Chart(lines).mark_text(align="right", baseline="top", dy=3, fontSize=11, color="dimgray").encode(
+        x=alt.value(width - 4), y="y:Q", text="text:N")                 # below the line: status text sits above 0
+    return (alt.layer(bars, errors, *caps, status, rules, labels)
+            .properties(title=_title(title, subtitle), width=width, height=320))
 
 
 def split_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_title: str,

@@ -310,3 +310,46 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     if finite.any():
         adjusted[finite] = scipy_stats.false_discovery_control(array[finite], method="bh")
     return adjusted
+
+
+@dataclass(frozen=True)
+class GapClosed:
+    """How much of the S1 -> S2 gap a session Sx closes: gap = S2 - S1, gain = Sx - S1, ratio = gain / gap.
+
+    `ratio` is None unless the gap is established (its interval lies above 0): the positive control.
+    """
+
+    gap: Interval
+    gain: Interval
+    ratio: Interval | None
+
+    @property
+    def established(self) -> bool:
+        return self.ratio is not None
+
+
+def gap_closed(reference: float, control: float, treated: float, reference_draws: np.ndarray,
+               control_draws: np.ndarray, treated_draws: np.ndarray,
+               confidence: float = DEFAULT_CONFIDENCE) -> GapClosed:
+    """(treated - reference) / (control - reference) with percentile intervals from paired draws.
+
+    Args:
+        reference, control, treated: the full-sample metric of S1, S2 and Sx.
+        *_draws: (B,) bootstrap draws of the same metric, row b of each drawn on the same resample
+            (the same image indices; with seeds, the same seed draw too), so the differences are paired.
+
+    Draws where the gap is exactly 0 have no ratio and are left out of its interval.
+    """
+    reference_draws, control_draws, treated_draws = (np.asarray(draws, dtype=np.float64).reshape(-1) for draws in
+                                                     (reference_draws, control_draws, treated_draws))
+    if not reference_draws.shape == control_draws.shape == treated_draws.shape or reference_draws.size == 0:
+        raise ValueError(f"draws differ in shape {reference_draws.shape}, {control_draws.shape}, "
+                         f"{treated_draws.shape}; pass (B,) draws made on the same resamples")
+    gap_draws, gain_draws = control_draws - reference_draws, treated_draws - reference_draws
+    gap = Interval(float(control - reference), *percentile_interval(gap_draws, confidence))
+    gain = Interval(float(treated - reference), *percentile_interval(gain_draws, confidence))
+    if not gap.low > 0 or not gap.estimate > 0:
+        return GapClosed(gap, gain, None)
+    usable = gap_draws != 0
+    ratios = gain_draws[usable] / gap_draws[usable]
+    return GapClosed(gap, gain, Interval(gain.estimate / gap.estimate, *percentile_interval(ratios, confidence)))

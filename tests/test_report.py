@@ -222,7 +222,8 @@ def test_twelve_bar_chart_spec_has_twelve_rows(built: report.ReportResult) -> No
 def test_charts_are_valid_non_trivial_pngs(built: report.ReportResult) -> None:
     plots = built.root / "plots"
     expected = {"f1_occ_by_model", "f1_clean_by_model", "robustness_rF1", "f1_diff_occ", "f1_diff_clean",
-                *(f"{kind}_{model}" for kind in ("f1_occ", "f1_clean", "map50_95", "per_class_f1") for model in MODELS)}
+                *(f"{kind}_{model}" for kind in ("f1_occ", "f1_clean", "map50_95", "per_class_f1") for model in MODELS),
+                *(f"gap_closed_{metric}" for metric in ("ingredient_micro_f1", "detection_f1", "map50", "map50_95"))}
     assert {path.stem for path in plots.glob("*.png")} == expected
     for path in plots.glob("*.png"):
         data = path.read_bytes()
@@ -407,7 +408,8 @@ def _strict_loads(text: str) -> object:
 
 def test_every_report_json_is_strict(built: report.ReportResult) -> None:
     written = [path for path in built.files if path.suffix == ".json"]
-    assert {path.name for path in written} == {"summary_metrics.json", "summary_by_seed.json", "comparisons.json"}
+    assert {path.name for path in written} == {"summary_metrics.json", "summary_by_seed.json", "comparisons.json",
+                                               "gap_closed.json"}
     for path in written:
         rows = _strict_loads(path.read_text())
         assert isinstance(rows, list) and rows, path

@@ -11,6 +11,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
     <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.report.severity)
     <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
+    <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
     <root>/plots/*.png|html           charts (exp3.plots)
     <root>/report.md                  tables, charts and headline findings written from the data
 
@@ -25,7 +26,7 @@ Modules: `runs` reads the session folders, `tables` makes the tables of numbers,
 scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,
 `findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `severity` the
 severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `text` the number formatting
-and `markdown` report.md and the dashboard markdown; this module runs them in order.
+and `gap` the headline (gap closed, verdicts per site, exp3.report.gap), `markdown` report.md and the dashboard markdown; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
-from exp3.report import severity
+from exp3.report import gap, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.markdown import render_markdown
@@ -70,6 +71,8 @@ class ReportResult:
     """exp3.report.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
     coverage: Any = None
     """Recall by covered fraction (`exp3.coverage.CoverageReport`), None when not computed."""
+    gap_closed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """exp3.report.gap.gap_table: the headline, gap closed per model x metric x masking session x basis."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -118,14 +121,17 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
     per_class = per_class_table(runs)
     curves, severity_table = severity.severity_tables(runs, models, n_resamples, n_permutations, seed)
+    gap_closed = gap.gap_table(gap.gap_rows(runs, models, comparisons, n_resamples, seed, in_run))
     files = []
-    for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons)):
+    for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons),
+                        ("gap_closed", gap_closed)):
         files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
         files.append(atomic_write_json(root / f"{name}.json", _records(frame)))
     files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
     files.append(atomic_write_text(root / "severity_curves.csv", curves.to_csv(index=False)))
     files.append(atomic_write_text(root / "severity_summary.csv", severity_table.to_csv(index=False)))
     if charts:
+        files += gap.write_gap_charts(gap_closed, models, root / "plots")
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
         files += severity.write_severity_charts(curves, models, root / "plots")
     from exp3 import coverage
@@ -134,7 +140,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                                            n_resamples=n_resamples, seed=seed)
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
-                          curves, severity_table, by_coverage)
+                          curves, severity_table, by_coverage, gap_closed)
     result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
     return result
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
-from exp3.report import severity
+from exp3.report import gap, severity
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.findings import headline_findings, positive_control
@@ -117,7 +117,7 @@ def dashboard_markdown(result: "ReportResult") -> str:
     """The morning view for the Prefect UI's markdown artifact: positive control verdicts, headline findings
     and the test_occ_fixed table with CIs, then where the full report, tables and charts are on disk."""
     lines = ["# exp3 results", "", f"Full report: `{result.root / 'report.md'}` (charts: `{result.root / 'plots'}`)",
-             "", "## Positive control", ""]
+             "", *gap.gap_section(result.gap_closed, result.models, result.n_resamples), "## Positive control", ""]
     lines += [f"- {positive_control(result.comparisons, model)[1]}" for model in result.models]
     lines += ["", "## Headline findings", ""]
     lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
@@ -137,6 +137,7 @@ def render_markdown(result: "ReportResult") -> str:
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
              "detect: docs/what-metrics-detect.md.", "",
+             *gap.gap_section(result.gap_closed, result.models, result.n_resamples),
              "## Grid status", "",
              *([f"This run's sessions: {', '.join(short_session(suffix) for suffix in result.sessions)} (config "
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
@@ -190,7 +191,9 @@ def render_markdown(result: "ReportResult") -> str:
         if path.suffix == ".png" and path.parent.name == "plots":
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
                       f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
-    lines += ["## Files", "", "- `summary_metrics.csv` / `.json`: one row per model x session x split",
+    lines += ["## Files", "", "- `gap_closed.csv` / `.json`: gap closed per model x metric x masking session x basis, "
+              "with the verdicts (docs/report.md, \"Gap closed\")",
+              "- `summary_metrics.csv` / `.json`: one row per model x session x split",
               "- `summary_by_seed.csv` / `.json`: one row per session folder x split",
               "- `comparisons.csv` / `.json`: paired differences vs S1 and S2 per metric and threshold, with CIs "
               "and p-values",

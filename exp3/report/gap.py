@@ -1,0 +1,336 @@
+"""The report's headline: how much of the S1 -> S2 gap each masking session closes, its clean-image cost,
+and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
+
+    gap_closed = (Sx - S1) / (S2 - S1)   on test_occ_fixed and on mPC     clean_cost = Sx - S1 on test_clean
+
+Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the pooled per-image counts
+(`exp3.report.scores`) under one `stats.bootstrap_indices` matrix over the image ids every session shares;
+mAP draws are the report's `MapDraws` (the validator's per-image stats, same index rule). S1, S2 and Sx of
+one model and metric are always drawn on the same resamples, so the ratio's interval is paired
+(`stats.gap_closed`). The clean cost is the paired test_clean difference of `comparisons.csv`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from exp3 import stats
+from exp3.report import severity
+from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
+from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
+from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores
+from exp3.report.text import fmt, markdown_table, short_session
+from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
+from exp3.severity import split_value
+
+GAP_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "detection_f1", "map50", "map50_95")
+"""The metrics of the gap-closed headline (F1s at the primary threshold; mAP is threshold-free)."""
+MASKING_SESSIONS: tuple[str, ...] = SESSION_SUFFIXES[2:]
+"""S3..S6: the sessions whose gap closed is reported."""
+REFERENCE, CONTROL = REFERENCES
+"""S1 (clean training) and S2 (occluded training, the positive control)."""
+HEADLINE_BASIS = "test_occ_fixed"
+BASES: tuple[str, ...] = (HEADLINE_BASIS, "mPC")
+"""What the gap is measured on: the fixed occluded suite, and mPC over the severity levels."""
+FAILED_CONTROL = "positive control failed"
+NO_RESULT = "n/a"
+"""The verdict where S1, S2 or Sx is not done (or lacks its per-image files): no result, not a reading."""
+REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
+                                               "does not help", "cannot tell")
+GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
+                                "gap_ci_high", "gain", "gain_ci_low", "gain_ci_high", "gap_closed",
+                                "gap_closed_ci_low", "gap_closed_ci_high", "clean_cost", "clean_cost_ci_low",
+                                "clean_cost_ci_high", "verdict", "clean_verdict", "n_images", "n_seeds",
+                                "interval_levels")
+
+
+def verdict(result: stats.GapClosed | None) -> str:
+    """The verdict of one gap-closed result: the numbered rules of docs/report.md, in order (None: NO_RESULT)."""
+    if result is None:
+        return NO_RESULT
+    if not result.established:
+        return FAILED_CONTROL
+    low, high = result.ratio.low, result.ratio.high
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return CANNOT_TELL
+    if low > 0.5 and high >= 1.0:
+        return REPLACES
+    if low > 0.0:
+        return PART
+    if high < 0.0:
+        return HURTS
+    if high < 0.5:
+        return NO_HELP
+    return CANNOT_TELL
+
+
+def clean_verdict(cost: stats.Interval | None) -> str:
+    """The clean-image reading of Sx - S1 on test_clean (docs/report.md)."""
+    if cost is None or not (math.isfinite(cost.low) and math.isfinite(cost.high)):
+        return "clean cost unknown"
+    if cost.high < 0:
+        return "costs clean accuracy"
+    if cost.low > 0:
+        return "improves clean accuracy"
+    return "no established clean cost"
+
+
+def site_verdict(verdicts: dict[str, str]) -> str:
+    """One site's verdict from its metrics' verdicts (metric -> verdict): docs/report.md's combination rule."""
+    known = {metric: text for metric, text in verdicts.items() if text != NO_RESULT}
+    held = {metric: text for metric, text in known.items() if text != FAILED_CONTROL}
+    if not known:
+        return NO_RESULT
+    if not held:
+        return FAILED_CONTROL
+    if len(set(held.values())) == 1:
+        return next(iter(held.values()))
+    return "metrics disagree: " + "; ".join(f"{METRIC_LABELS[metric]} {text}" for metric, text in held.items())
+
+
+@dataclass(frozen=True)
+class GapRow:
+    """One model x metric x masking session x basis of the headline."""
+
+    model: str
+    metric: str
+    session: str
+    basis: str
+    result: stats.GapClosed | None
+    clean_cost: stats.Interval | None
+    n_images: int
+    n_seeds: int
+    interval_levels: str = "images"
+
+    def record(self) -> dict[str, Any]:
+        nan3 = (math.nan,) * 3
+        gap = _triple(self.result.gap) if self.result else nan3
+        gain = _triple(self.result.gain) if self.result else nan3
+        ratio = _triple(self.result.ratio) if self.result and self.result.ratio else nan3
+        cost = _triple(self.clean_cost) if self.clean_cost else nan3
+        values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *gap, *gain,
+                  *ratio, *cost, verdict(self.result), clean_verdict(self.clean_cost), self.n_images, self.n_seeds,
+                  self.interval_levels)
+        return dict(zip(GAP_COLUMNS, values))
+
+
+def _triple(interval: stats.Interval) -> tuple[float, float, float]:
+    return interval.estimate, interval.low, interval.high
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """A session's metric on one basis: full-sample value and (B,) draws on the model's shared resamples."""
+
+    point: float
+    draws: np.ndarray
+
+
+def _basis_value(values: np.ndarray, basis: str) -> np.ndarray:
+    """(..., S) per split, test_occ_fixed first then the levels -> the basis value (...)."""
+    return values[..., 0] if basis == HEADLINE_BASIS else values[..., 1:].mean(axis=-1)
+
+
+class _ModelDraws:
+    """Draws of every session of one model on test_occ_fixed and the severity levels, on shared resamples."""
+
+    def __init__(self, model: str, grouped: dict[tuple[str, str], list[Any]], map_draws: MapDraws,
+                 n_resamples: int, seed: int) -> None:
+        self.model, self.grouped, self.map_draws = model, grouped, map_draws
+        model_runs = [run for key, group in grouped.items() if key[0] == model for run in group]
+        levels = severity.common_levels(model_runs)
+        self.suites = {level.split: level.suite_id for level in levels}
+        self.splits = [HEADLINE_BASIS, *self.suites]
+        self.done = {suffix: [run for run in grouped.get((model, suffix), []) if run.status == "done"]
+                     for suffix in SESSION_SUFFIXES}
+        self.scores = {suffix: [pool_image_scores([frame for frame in (
+            severity._run_scores(run, split, self.suites.get(split)) for run in runs) if frame is not None])
+            for split in self.splits] for suffix, runs in self.done.items() if runs}
+        self.ids = severity._shared_ids(frame for frames in self.scores.values() for frame in frames[:1])
+        self.indices = stats.bootstrap_indices(len(self.ids), n_resamples, seed) \
+            if self.ids is not None and len(self.ids) else None
+
+    def n_seeds(self, suffix: str) -> int:
+        return len(self.done.get(suffix, []))
+
+    def get(self, suffix: str, metric: str, basis: str) -> _Draws | None:
+        if basis != HEADLINE_BASIS and len(self.splits) < 2:
+            return None
+        splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
+        if metric in IMAGE_COUNT_COLUMNS:
+            frames = self.scores.get(suffix)
+            if frames is None or self.indices is None:
+                return None
+            columns = list(IMAGE_COUNT_COLUMNS[metric])
+            points, draws = [], []
+            for frame in frames[:len(splits)]:
+                if frame is None or not self.ids.isin(frame.index).all():
+                    return None
+                counts = frame.loc[self.ids, columns].to_numpy()
+                points.append(float(stats.micro_f1(counts)))
+                draws.append(stats.micro_f1(counts[self.indices]))                   # (B,)
+            values, stacked = np.array(points), np.stack(draws, axis=-1)
+        else:
+            got = [self.map_draws.get(self.model, suffix, split) for split in splits]
+            recorded = [[split_value(run.view.split(split), metric) for run in self.done.get(suffix, [])]
+                        for split in splits]
+            if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
+                    or any(not values or None in values for values in recorded):
+                return None
+            column = 0 if metric == "map50" else 1
+            values = np.array([float(np.mean(values)) for values in recorded])
+            stacked = np.stack([entry[1][:, column] for entry in got], axis=-1)
+        return _Draws(float(_basis_value(values, basis)), _basis_value(stacked, basis))
+
+    def ids_of(self, metric: str) -> int:
+        if metric in IMAGE_COUNT_COLUMNS:
+            return 0 if self.ids is None else len(self.ids)
+        entry = self.map_draws.get(self.model, REFERENCE, HEADLINE_BASIS)
+        return 0 if entry is None else len(entry[0])
+
+
+def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
+             n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
+             sessions: tuple[str, ...] = SESSION_SUFFIXES) -> list[GapRow]:
+    """Every model x metric x masking session (of this run) x basis with a result (None where a side is missing)."""
+    grouped: dict[tuple[str, str], list[Any]] = {}
+    for run in runs:
+        grouped.setdefault((run.model, run.suffix), []).append(run)
+    map_draws = MapDraws(grouped, min(n_resamples, MAP_RESAMPLES), seed)
+    rows: list[GapRow] = []
+    for model in models:
+        draws = _ModelDraws(model, grouped, map_draws, n_resamples, seed)
+        for metric in GAP_METRICS:
+            for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
+                cost_row = comparison_metrics(comparisons, model, "test_clean", suffix, REFERENCE).get(metric)
+                cost = None if cost_row is None else stats.Interval(float(cost_row["difference"]),
+                                                                    float(cost_row["ci_low"]),
+                                                                    float(cost_row["ci_high"]))
+                for basis in BASES:
+                    sides = [draws.get(name, metric, basis) for name in (REFERENCE, CONTROL, suffix)]
+                    if basis != HEADLINE_BASIS and all(side is None for side in sides):
+                        continue                                   # no severity levels: no mPC row
+                    result = None if any(side is None for side in sides) else stats.gap_closed(
+                        *(side.point for side in sides), *(side.draws for side in sides))
+                    rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
+                                       min(draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix))))
+    return rows
+
+
+def gap_table(rows: list[GapRow]) -> pd.DataFrame:
+    """gap_closed.csv: GAP_COLUMNS, one row per GapRow."""
+    return pd.DataFrame([row.record() for row in rows], columns=list(GAP_COLUMNS))
+
+
+def _ci(row: pd.Series, name: str, signed: bool = True) -> str:
+    if pd.isna(row[name]):
+        return "n/a"
+    low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+    interval = "" if pd.isna(low) or pd.isna(high) else f" [{fmt(low, signed=signed)}, {fmt(high, signed=signed)}]"
+    return fmt(row[name], signed=signed) + interval
+
+
+def site_verdicts(table: pd.DataFrame, model: str, basis: str = HEADLINE_BASIS) -> dict[str, str]:
+    """session -> the site's verdict on `basis` (site_verdict over the metrics)."""
+    part = table[(table["model"] == model) & (table["basis"] == basis)]
+    return {suffix: site_verdict(dict(zip(group["metric"], group["verdict"])))
+            for suffix, group in part.groupby("session", sort=False)}
+
+
+def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
+    """The plain-words answer: one bullet per model x site (headline basis), with its clean cost on F1."""
+    lines = []
+    for model in models:
+        part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
+        if not len(part):
+            lines.append(f"- **{model}**: no masking session in this run.")
+            continue
+        for suffix, text in site_verdicts(table, model).items():
+            if text == NO_RESULT:
+                lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: no result (S1, S2 or this session is not done).")
+                continue
+            rows = part[part["session"] == suffix]
+            costs: dict[str, list[str]] = {}
+            for _, row in rows.iterrows():
+                if row["clean_verdict"] != "clean cost unknown":
+                    costs.setdefault(row["clean_verdict"], []).append(METRIC_LABELS[row["metric"]])
+            clean = "; ".join(f"{reading} ({', '.join(metrics)})" for reading, metrics in costs.items()) or "unknown"
+            lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: {text} on {HEADLINE_BASIS}. Clean images: "
+                         f"{clean}.")
+    return lines
+
+
+def gap_markdown_table(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """report.md's table of one model: one row per metric x masking session x basis, formatted."""
+    part = table[table["model"] == model]
+    rows = []
+    for _, row in part.iterrows():
+        control = "n/a" if row["verdict"] == NO_RESULT else ("yes" if pd.notna(row["gap_closed"]) else "**no**")
+        rows.append({"metric": METRIC_LABELS[row["metric"]], "session": short_session(row["session"]),
+                     "basis": row["basis"], "S2 - S1 [95% CI]": _ci(row, "gap"), "control holds": control,
+                     "Sx - S1 [95% CI]": _ci(row, "gain"),
+                     "gap closed [95% CI]": _ci(row, "gap_closed", signed=False) if control == "yes" else
+                     ("no ratio" if control == "**no**" else "n/a"),
+                     "verdict": row["verdict"], "clean cost Sx - S1 [95% CI]": _ci(row, "clean_cost")})
+    return pd.DataFrame(rows)
+
+
+def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
+    seeds = int(table["n_seeds"].max()) if len(table) else 0
+    if seeds <= 1:
+        return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {MAP_RESAMPLES}), S1, "
+                "S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
+                "not in these intervals** (docs/what-metrics-detect.md: it can be as large as the smaller effects).")
+    return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples), seeds pooled "
+            f"({seeds} per session); levels resampled: {', '.join(sorted(set(table['interval_levels'])))}.")
+
+
+def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int) -> list[str]:
+    """report.md's first section (lines): the answer per site, the rules' reference and the tables."""
+    lines = ["## The answer: does masking replace occlusion training?", "",
+             "gap closed = (Sx - S1) / (S2 - S1): 1 = the masking session does what occluded training does, 0 = "
+             "nothing. Given only where S2 - S1 is established (its 95 % interval lies above 0); otherwise the "
+             "positive control failed and no ratio is given. Verdicts from the fixed rules of docs/report.md "
+             "(\"Gap closed\"); a site's verdict combines the metrics whose control holds. Charts: "
+             "`plots/gap_closed_<metric>.png`.", "", _interval_note(table, n_resamples), ""]
+    if not len(table):
+        return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
+    lines += answer_lines(table, models) + [""]
+    for model in models:
+        shown = gap_markdown_table(table, model)
+        if len(shown):
+            lines += [f"### {model}", "", markdown_table(shown), ""]
+    return lines
+
+
+def gap_chart_frame(table: pd.DataFrame, metric: str, basis: str = HEADLINE_BASIS) -> pd.DataFrame:
+    """One row per model x masking session of `metric` on `basis` for `plots.gap_closed_chart`: model,
+    session_label, value, ci_low, ci_high, status_text ("" or "control failed" / "n/a": no bar)."""
+    part = table[(table["metric"] == metric) & (table["basis"] == basis)]
+    status = np.where(part["verdict"] == FAILED_CONTROL, "control failed",
+                      np.where(part["gap_closed"].isna(), "n/a", ""))
+    return pd.DataFrame({"model": part["model"], "session_label": part["session_label"], "value": part["gap_closed"],
+                         "ci_low": part["gap_closed_ci_low"], "ci_high": part["gap_closed_ci_high"],
+                         "verdict": part["verdict"], "status_text": status}).reset_index(drop=True)
+
+
+def write_gap_charts(table: pd.DataFrame, models: list[str], plots_dir: Path) -> list[Path]:
+    """plots/gap_closed_<metric>.png (+ .html) for every metric with a row."""
+    from exp3 import plots
+
+    written: list[Path] = []
+    for metric in GAP_METRICS:
+        frame = gap_chart_frame(table, metric)
+        if len(frame):
+            written += plots.save_chart(plots.gap_closed_chart(
+                frame, models, title=f"Gap closed by masking, {METRIC_LABELS[metric]} on {HEADLINE_BASIS}",
+                subtitle="(Sx - S1) / (S2 - S1); whiskers: 95% paired bootstrap CI; 0 = no effect, 1 = as good as "
+                         "occluded training; no bar where the positive control failed"),
+                plots_dir / f"gap_closed_{metric}")
+    return written

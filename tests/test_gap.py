@@ -1,0 +1,186 @@
+"""Gap closed (exp3.stats.gap_closed, exp3.report.gap) on fixtures where the answer is known.
+
+The tree: 100 test images, one ground-truth ingredient each. A session "hits" the first h images (the GT class
+on the GT box) and names a wrong class on the GT box everywhere else, so both micro ingredient F1 and detection
+F1 are exactly h / 100. yolov8m: S1 40, S2 60, S3 50 hits on test_occ_fixed -> S2 - S1 = 0.2, S3 - S1 = 0.1,
+gap closed 0.5; S3 costs 0.1 on test_clean (80 -> 70 hits). yolov8m also has two severity levels with
+S1 40/20, S2 60/40, S3 50/30 hits: mPC 0.3 / 0.5 / 0.4, gap closed 0.5 on mPC as well. rtdetr-l: S2 hits 41 vs S1's 40, a gap whose
+interval includes 0: the positive control fails and no ratio is given.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from exp3 import report, stats
+from exp3.fileio import atomic_write_json, sha256_file
+from exp3.metrics import ImageRecord, records_to_json, summarize_split
+from exp3.mapstats import MapStats, mean_ap
+from exp3.report import gap
+from exp3.session import robustness
+
+N = 100
+CLASSES = ["tomato", "carrot", "onion", "egg"]
+SPLITS = ("test_clean", "test_occ_fixed", "test_occ_sev1", "test_occ_sev2")
+HITS = {  # model -> suffix -> hits on SPLITS (rtdetr-l: no severity levels)
+    "yolov8m": {"S1_clean_train": (80, 40, 40, 20), "S2_occ_train": (80, 60, 60, 40),
+                "S3_mask_backbone_early": (70, 50, 50, 30), "S4_mask_backbone_late": (80, 40, 40, 20)},
+    "rtdetr-l": {"S1_clean_train": (80, 40), "S2_occ_train": (80, 41), "S3_mask_backbone_early": (80, 41)},
+}
+
+
+def records(hits: int) -> list[ImageRecord]:
+    """Image i: GT {i % 4} at one box; i < hits: that class on the box, else the next class on the box."""
+    return [ImageRecord(image_id=f"img_{index:03d}", gt_classes=[index % 4], gt_boxes=[[10, 10, 50, 50]],
+                        pred_classes=[index % 4 if index < hits else (index + 1) % 4],
+                        pred_boxes=[[10, 10, 50, 50]], pred_conf=[0.9]) for index in range(N)]
+
+
+def map_stats_of(split_records: list[ImageRecord]) -> MapStats:
+    """The validator's per-image stats: a prediction of the GT class on the GT box is a TP at every IoU."""
+    return MapStats.from_images([{
+        "image_id": record.image_id, "conf": np.asarray(record.pred_conf, np.float32),
+        "pred_cls": np.asarray(record.pred_classes, np.float32), "target_cls": np.asarray(record.gt_classes, np.float32),
+        "tp": np.array([[cls == record.gt_classes[0]] * 10 for cls in record.pred_classes], bool).reshape(-1, 10)}
+        for record in split_records])
+
+
+def write_session(folder: Path, model: str, suffix: str, hits: tuple[int, int]) -> None:
+    splits = {}
+    for split, count in zip(SPLITS, hits):
+        split_records = records(count)
+        atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 1, "session": f"{model}__{suffix}",
+                                                                 "split": split, "suite_id": f"suite-{split}",
+                                                                 "images": records_to_json(split_records)})
+        map_stats = map_stats_of(split_records)
+        map_stats.save(folder / f"map_stats_{split}.npz")
+        map50, map50_95 = mean_ap(map_stats)
+        splits[split] = {"map50": map50, "map50_95": map50_95, "eval_wall_s": 1.0,
+                         **summarize_split(split_records, num_classes=len(CLASSES), conf=0.25, class_names=CLASSES)}
+    metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model, "suffix": suffix,
+               "training": {"wall_s": 1.0, "epochs_completed": 1}, "eval": {"conf": 0.25, "match_iou": 0.5},
+               "splits": splits, "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
+               "seeds": {"train": 0, "masking": 0, "occlusion": 0, "synthetic": 0},
+               "severity": {"levels": [{"level": level, "split": split, "coverage": [0.2 * level, 0.2 * level + 0.2],
+                                        "suite_id": f"suite-{split}"} for level, split in enumerate(SPLITS[2:len(hits)], 1)]}}
+    path = atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {"session": f"{model}__{suffix}", "metrics_sha256": sha256_file(path)})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> report.ReportResult:
+    root = tmp_path_factory.mktemp("exp3-gap")
+    for model, sessions in HITS.items():
+        for suffix, hits in sessions.items():
+            write_session(root / model / f"{model}__{suffix}", model, suffix, hits)
+    return report.build_report(root, list(HITS), n_resamples=1000, n_permutations=999, charts=True)
+
+
+def row(table: pd.DataFrame, model: str, metric: str, session: str, basis: str = "test_occ_fixed") -> pd.Series:
+    part = table[(table["model"] == model) & (table["metric"] == metric) & (table["session"] == session)
+                 & (table["basis"] == basis)]
+    assert len(part) == 1, part
+    return part.iloc[0]
+
+
+def test_stats_gap_closed_is_the_ratio_with_a_paired_interval() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0.4, 0.02, 4000)
+    control = reference + rng.normal(0.2, 0.02, 4000)
+    treated = reference + rng.normal(0.1, 0.02, 4000)
+    result = stats.gap_closed(0.4, 0.6, 0.5, reference, control, treated)
+    assert result.established and result.ratio.estimate == pytest.approx(0.5, abs=1e-12)
+    expected = np.percentile((treated - reference) / (control - reference), [2.5, 97.5])
+    assert (result.ratio.low, result.ratio.high) == pytest.approx(tuple(expected))
+    assert result.gap.estimate == pytest.approx(0.2) and result.gain.estimate == pytest.approx(0.1)
+    assert 0.2 < result.ratio.low < 0.5 < result.ratio.high < 0.8      # sd of the ratio ~0.11
+
+
+def test_stats_gap_closed_refuses_a_gap_that_may_be_zero() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(0.4, 0.05, 2000)
+    result = stats.gap_closed(0.4, 0.41, 0.45, reference, reference + rng.normal(0.01, 0.05, 2000), reference + 0.05)
+    assert result.gap.low < 0 < result.gap.high
+    assert not result.established and result.ratio is None
+    assert gap.verdict(result) == gap.FAILED_CONTROL
+    with pytest.raises(ValueError, match="same resamples"):
+        stats.gap_closed(0.4, 0.6, 0.5, reference, reference[:10], reference)
+
+
+@pytest.mark.parametrize("metric", ["ingredient_micro_f1", "detection_f1"])
+def test_report_gap_closed_is_one_half_with_an_interval(built: report.ReportResult, metric: str) -> None:
+    found = row(built.gap_closed, "yolov8m", metric, "S3_mask_backbone_early")
+    assert found["gap"] == pytest.approx(0.2, abs=1e-12) and found["gain"] == pytest.approx(0.1, abs=1e-12)
+    assert found["gap_closed"] == pytest.approx(0.5, abs=1e-12)
+    assert 0.2 < found["gap_closed_ci_low"] < 0.5 < found["gap_closed_ci_high"] < 0.8
+    assert found["gap_ci_low"] > 0
+    assert found["clean_cost"] == pytest.approx(-0.1, abs=1e-12) and found["clean_cost_ci_high"] < 0
+    assert found["verdict"] == gap.PART and found["clean_verdict"] == "costs clean accuracy"
+    same = row(built.gap_closed, "yolov8m", metric, "S4_mask_backbone_late")
+    assert same["gap_closed"] == 0.0 and same["verdict"] == gap.NO_HELP
+
+
+def test_report_refuses_the_ratio_when_the_positive_control_fails(built: report.ReportResult) -> None:
+    for metric in ("ingredient_micro_f1", "detection_f1"):
+        found = row(built.gap_closed, "rtdetr-l", metric, "S3_mask_backbone_early")
+        assert found["gap_ci_low"] <= 0 < found["gap"]
+        assert math.isnan(found["gap_closed"]) and found["verdict"] == gap.FAILED_CONTROL
+    text = (built.root / "report.md").read_text()
+    answer = text[text.index("## The answer"):text.index("## Grid status")]
+    assert "**rtdetr-l S3 mask backbone-early**: positive control failed" in answer
+    assert "**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed" in answer
+    assert "0.500 [" in answer and "no ratio" in answer
+    assert "seed-to-seed spread of training is not in these intervals" in answer
+
+
+def test_mean_ap_rows_and_missing_sessions(built: report.ReportResult) -> None:
+    # S2's correct predictions are a superset of S1's: mAP50 goes up, S3 lies between them
+    found = row(built.gap_closed, "yolov8m", "map50", "S3_mask_backbone_early")
+    assert found["gap"] > 0 and math.isfinite(found["gap_closed"]) and found["gap_ci_low"] > 0
+    missing = row(built.gap_closed, "yolov8m", "ingredient_micro_f1", "S5_mask_neck")
+    assert missing["verdict"] == gap.NO_RESULT and math.isnan(missing["gap"])
+    assert not ((built.gap_closed["basis"] == "mPC") & (built.gap_closed["model"] == "rtdetr-l")).any()  # no levels
+
+
+@pytest.mark.parametrize("metric", ["ingredient_micro_f1", "detection_f1", "map50"])
+def test_gap_closed_on_mpc(built: report.ReportResult, metric: str) -> None:
+    found = row(built.gap_closed, "yolov8m", metric, "S3_mask_backbone_early", basis="mPC")
+    if metric != "map50":                       # F1 = hits / 100 on every level: mPC 0.3 / 0.5 / 0.4
+        assert found["gap"] == pytest.approx(0.2, abs=1e-12) and found["gain"] == pytest.approx(0.1, abs=1e-12)
+        assert found["gap_closed"] == pytest.approx(0.5, abs=1e-12)
+    assert found["gap_closed_ci_low"] < found["gap_closed"] < found["gap_closed_ci_high"]
+    assert found["verdict"] == gap.PART
+
+
+def test_site_verdict_combines_metrics() -> None:
+    assert gap.site_verdict({"map50": gap.PART, "map50_95": gap.PART, "ingredient_micro_f1": gap.FAILED_CONTROL}) \
+        == gap.PART
+    assert gap.site_verdict({"map50": gap.FAILED_CONTROL}) == gap.FAILED_CONTROL
+    assert gap.site_verdict({"map50": gap.NO_RESULT}) == gap.NO_RESULT
+    assert gap.site_verdict({"map50": gap.PART, "detection_f1": gap.NO_HELP}).startswith("metrics disagree")
+    interval = stats.Interval
+    assert gap.verdict(stats.GapClosed(interval(0.2, 0.1, 0.3), interval(0.2, 0.1, 0.3), interval(1.0, 0.6, 1.3))) \
+        == gap.REPLACES
+    assert gap.verdict(stats.GapClosed(interval(0.2, 0.1, 0.3), interval(0.0, -0.1, 0.1), interval(0.0, -0.9, 0.9))) \
+        == gap.CANNOT_TELL
+    assert gap.verdict(stats.GapClosed(interval(0.2, 0.1, 0.3), interval(-0.1, -0.2, -0.1),
+                                       interval(-0.5, -0.9, -0.1))) == gap.HURTS
+
+
+def test_gap_chart_and_dashboard(built: report.ReportResult) -> None:
+    plots = built.root / "plots"
+    for metric in gap.GAP_METRICS:
+        data = (plots / f"gap_closed_{metric}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    frame = gap.gap_chart_frame(built.gap_closed, "ingredient_micro_f1")
+    assert set(frame[frame["model"] == "rtdetr-l"]["status_text"]) >= {"control failed"}
+    from exp3.report.markdown import dashboard_markdown
+
+    dashboard = dashboard_markdown(built)
+    assert dashboard.index("## The answer") < dashboard.index("## Positive control")
+    assert "closes part of the gap" in dashboard
