@@ -224,7 +224,8 @@ class ExperimentConfig(_Strict):
     def _one_way_to_parallelise(self) -> "ExperimentConfig":
         if self.gpus and self.parallel_sessions > 1:
             raise ValueError(f"parallel_sessions {self.parallel_sessions} with gpus {list(self.gpus)}: with GPUs the "
-                             "lanes are the GPUs (one session each); set parallel_sessions: 1 or gpus: []")
+                             "slots are the gpus list (repeat a GPU to pack sessions on it, e.g. gpus: [0, 0]); "
+                             "set parallel_sessions: 1 or gpus: []")
         return self
 
     @field_validator("seeds")

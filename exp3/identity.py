@@ -8,7 +8,7 @@ training starts), in `DONE` and in `metrics.json`; any difference makes the fold
 (exp3/layout.py): the old result is moved aside and the session trains again from scratch.
 
 Not part of the key: the severity levels (`occlusion.severities`: evaluations added to a
-finished session from its checkpoint, exp3/splits.py), where and how fast it runs (`train.device`, `train.workers`, GPU lanes,
+finished session from its checkpoint, exp3/splits.py), where and how fast it runs (`train.device`, `train.workers`, GPU slots,
 failure policy, output root) and an out-of-memory retry's halved batch (recorded in
 metrics.json as what really ran, not as a different experiment).
 """

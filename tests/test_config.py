@@ -61,7 +61,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("{}\n", ["train.batch"], "is not KEY=VALUE"),
         ("occlusion: {coverage: [0.6, 0.2]}\n", [], "occlusion.coverage"),
         ("seeds: [1, 1]\n", [], "distinct seeds"),
-        ("gpus: [0]\nparallel_sessions: 2\n", [], "parallel_sessions 2 with gpus [0]: with GPUs the lanes"),
+        ("gpus: [0]\nparallel_sessions: 2\n", [], "parallel_sessions 2 with gpus [0]: with GPUs the slots are the gpus list"),
         ("parallel_sessions: 0\n", [], "parallel_sessions"),
     ],
 )
@@ -96,7 +96,7 @@ def test_config_cli_exits_non_zero_on_bad_key(tmp_path: Path) -> None:
 
 
 def test_device_given_as_yaml_int_is_accepted_as_text() -> None:
-    # the flow's GPU lanes pass `--set train.device=0`; YAML reads that as the int 0
+    # the flow's GPU slots pass `--set train.device=0`; YAML reads that as the int 0
     assert load_config(None, ["train.device=0"]).train.device == "0"
 
 
