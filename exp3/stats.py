@@ -353,3 +353,142 @@ def gap_closed(reference: float, control: float, treated: float, reference_draws
     usable = gap_draws != 0
     ratios = gain_draws[usable] / gap_draws[usable]
     return GapClosed(gap, gain, Interval(gain.estimate / gap.estimate, *percentile_interval(ratios, confidence)))
+
+
+# Two levels: training seeds and test images ------------------------------------------------------------------
+#
+# With K > 1 seeds per session, a session's per-image results form a (K, N) grid (seed x image). An interval that
+# resamples images only treats the K trained models as fixed and leaves the seed-to-seed spread out. The
+# two-level bootstrap draws, on every resample, N images with replacement (one draw shared by every session:
+# the images stay paired) and, for each session separately, K of its seeds with replacement (different seeds
+# of different sessions are different trainings: nothing pairs them). A draw is expressed as multiplicities:
+# `image_weights` (B, N) and `seed_weights` (B, K), and the pooled counts of a draw are
+# einsum("bk,bn,knc->bc"), so nothing loops over draws.
+
+
+def multiplicities(n_items: int, n_resamples: int, rng: np.random.Generator, n_draws: int | None = None) -> np.ndarray:
+    """(B, n_items) float64: how often each item is drawn in each of B draws of `n_draws` (default n_items) items
+    with replacement."""
+    draws = rng.integers(0, n_items, size=(n_resamples, n_items if n_draws is None else n_draws))
+    weights = np.zeros((n_resamples, n_items))
+    np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return weights
+
+
+def image_multiplicities(n_images: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """(B, N) multiplicities of the same draws as `bootstrap_indices(n_images, n_resamples, seed)`."""
+    indices = bootstrap_indices(n_images, n_resamples, seed)
+    weights = np.zeros((n_resamples, n_images))
+    np.add.at(weights, (np.arange(n_resamples)[:, None], indices), 1.0)
+    return weights
+
+
+def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) -> np.ndarray:
+    """(B, K) seed multiplicities of one session (`stream`: the session's index, so sessions draw independently);
+    all ones when K == 1 (one seed: nothing to resample, the seed spread stays out of the interval).
+
+    K - 1 seeds are drawn (with replacement) and their multiplicities scaled by K / (K - 1): the variance of a
+    mean of K - 1 draws from the K seen seeds is s^2 / K with s^2 the unbiased seed variance, where drawing K
+    gives (K - 1) / K of it (an interval too narrow by that factor: 84 % coverage at K = 3 in the simulation of
+    tests/test_stats.py, 94-95 % with K - 1). Draws keep the total weight K.
+    """
+    if n_seeds == 1:
+        return np.ones((n_resamples, 1))
+    drawn = multiplicities(n_seeds, n_resamples, np.random.default_rng([seed, 1_000_003, stream]), n_seeds - 1)
+    return drawn * (n_seeds / (n_seeds - 1))
+
+
+def two_level_f1_draws(counts: np.ndarray, image_weights: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
+    """(B,) micro F1 of per-seed per-image counts (K, N, 3) under each draw's image and seed multiplicities."""
+    totals = np.einsum("bk,bn,knc->bc", seed_weights, image_weights, np.asarray(counts, dtype=np.float64))
+    return micro_f1(totals[:, None, :])
+
+
+def two_level_mean_draws(values: np.ndarray, image_weights: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
+    """(B,) mean of per-seed per-image scores (K, N) under each draw's image and seed multiplicities."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.einsum("bk,bn,kn->b", seed_weights, image_weights, values) / (values.shape[0] * values.shape[1])
+
+
+@dataclass(frozen=True)
+class TwoLevelInterval:
+    """A session difference with its two-level interval, and the spread each level alone gives.
+
+    `image_sd`: sd of the draws with the seeds held fixed (images resampled); `seed_sd`: sd with the images
+    held fixed (seeds resampled); `dominant` names the larger ("images" / "seeds").
+    """
+
+    difference: Interval
+    image_sd: float
+    seed_sd: float
+
+    @property
+    def dominant(self) -> str:
+        return "seeds" if self.seed_sd > self.image_sd else "images"
+
+
+def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str = "mean",
+                         confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
+                         seed: int = DEFAULT_SEED) -> TwoLevelInterval:
+    """Difference a - b (seed-pooled metric) with a two-level bootstrap interval over seeds and images.
+
+    Args:
+        values_a, values_b: (K_a, N) per-seed per-image scores (kind "mean": the metric is their mean) or
+            (K_a, N, 3) per-seed per-image (tp, fp, fn) (kind "micro_f1": F1 of the pooled counts); both on the
+            same N images in the same order; K may differ between a and b.
+    """
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if kind not in ("mean", "micro_f1") or a.ndim != (2 if kind == "mean" else 3) or a.shape[1:] != b.shape[1:] \
+            or b.ndim != a.ndim or a.shape[1] == 0:
+        raise ValueError(f"two-level difference of shapes {a.shape}, {b.shape} and kind {kind!r}: pass (K, N) scores "
+                         "with kind 'mean' or (K, N, 3) counts with kind 'micro_f1', aligned on the same N images")
+    draw = two_level_mean_draws if kind == "mean" else two_level_f1_draws
+    images = image_multiplicities(a.shape[1], n_resamples, seed)
+    seeds_a, seeds_b = (seed_multiplicities(x.shape[0], n_resamples, seed, stream) for stream, x in enumerate((a, b)))
+    fixed_images = np.ones_like(images)
+    fixed_a, fixed_b = np.ones((n_resamples, a.shape[0])), np.ones((n_resamples, b.shape[0]))
+    both = draw(a, images, seeds_a) - draw(b, images, seeds_b)
+    only_images = draw(a, images, fixed_a) - draw(b, images, fixed_b)
+    only_seeds = draw(a, fixed_images, seeds_a) - draw(b, fixed_images, seeds_b)
+    point = float(draw(a, fixed_images[:1], fixed_a[:1])[0] - draw(b, fixed_images[:1], fixed_b[:1])[0])
+    return TwoLevelInterval(Interval(point, *percentile_interval(both, confidence)), float(only_images.std()),
+                            float(only_seeds.std()))
+
+
+def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kind: str = "mean",
+                                 n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
+    """Two-sided p of H0 "the two sessions' training runs are exchangeable" for the seed-pooled difference a - b.
+
+    The permutation respects the paired design: a training run (one seed) keeps all its per-image results, every
+    run is evaluated on the same images, and only the session labels of the K_a + K_b runs are permuted (all
+    C(K_a + K_b, K_a) splits when at most `n_resamples`, else random ones). With few seeds the test is coarse:
+    3 + 3 runs give 20 splits, so p >= 0.1 two-sided; this is the honest resolution of 3 seeds.
+
+    Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1").
+    """
+    from itertools import combinations
+    from math import comb
+
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"runs of shapes {a.shape} and {b.shape}: align both sessions on the same images")
+    runs = np.concatenate([a, b])                                           # (R, N[, 3])
+    k_a, total = len(a), len(a) + len(b)
+    per_run = runs.sum(axis=1)                                              # (R,) or (R, 3)
+    if comb(total, k_a) <= n_resamples:
+        masks = np.zeros((comb(total, k_a), total), dtype=bool)
+        for row, chosen in enumerate(combinations(range(total), k_a)):
+            masks[row, list(chosen)] = True
+        exact = True
+    else:
+        rng = np.random.default_rng([seed, 2_000_003])
+        masks = np.argsort(rng.random((n_resamples, total)), axis=1) < k_a
+        exact = False
+    weight_a, weight_b = masks / k_a, ~masks / (total - k_a)               # seed means of each group
+    if kind == "mean":
+        null = (weight_a - weight_b) @ per_run / a.shape[1]
+        observed = float(a.mean() - b.mean())
+    else:
+        null = micro_f1((weight_a @ per_run)[:, None]) - micro_f1((weight_b @ per_run)[:, None])
+        observed = float(micro_f1(a.sum(axis=0)) - micro_f1(b.sum(axis=0)))
+    return _two_sided_p(null, observed, exact)

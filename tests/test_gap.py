@@ -50,7 +50,7 @@ def map_stats_of(split_records: list[ImageRecord]) -> MapStats:
         for record in split_records])
 
 
-def write_session(folder: Path, model: str, suffix: str, hits: tuple[int, int]) -> None:
+def write_session(folder: Path, model: str, suffix: str, hits: tuple[int, ...], seed: int = 0) -> None:
     splits = {}
     for split, count in zip(SPLITS, hits):
         split_records = records(count)
@@ -65,7 +65,7 @@ def write_session(folder: Path, model: str, suffix: str, hits: tuple[int, int]) 
     metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model, "suffix": suffix,
                "training": {"wall_s": 1.0, "epochs_completed": 1}, "eval": {"conf": 0.25, "match_iou": 0.5},
                "splits": splits, "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
-               "seeds": {"train": 0, "masking": 0, "occlusion": 0, "synthetic": 0},
+               "seeds": {"train": seed, "masking": 0, "occlusion": 0, "synthetic": 0},
                "severity": {"levels": [{"level": level, "split": split, "coverage": [0.2 * level, 0.2 * level + 0.2],
                                         "suite_id": f"suite-{split}"} for level, split in enumerate(SPLITS[2:len(hits)], 1)]}}
     path = atomic_write_json(folder / "metrics.json", metrics)
@@ -184,3 +184,27 @@ def test_gap_chart_and_dashboard(built: report.ReportResult) -> None:
     dashboard = dashboard_markdown(built)
     assert dashboard.index("## The answer") < dashboard.index("## Positive control")
     assert "closes part of the gap" in dashboard
+
+
+def test_several_seeds_resample_seeds_and_say_which_level_dominates(tmp_path: Path) -> None:
+    # two seeds a session, F1 = hits / 100 per seed and the pooled F1 their mean: S1 0.42, S2 0.58, S3 0.50
+    seeds = {"S1_clean_train": ((80, 36), (80, 48)), "S2_occ_train": ((80, 64), (80, 52)),
+             "S3_mask_backbone_early": ((70, 44), (70, 56))}
+    for suffix, per_seed in seeds.items():
+        for seed, hits in enumerate(per_seed):
+            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=400, n_permutations=999, charts=False,
+                                 sessions=list(seeds))
+    found = row(result.gap_closed, "yolov8m", "ingredient_micro_f1", "S3_mask_backbone_early")
+    assert found["gap_closed"] == pytest.approx(0.5, abs=1e-12) and found["interval_levels"] == "seeds+images"
+    assert found["n_seeds"] == 2
+    versus = result.comparisons[(result.comparisons["metric"] == "ingredient_micro_f1")
+                                & (result.comparisons["split"] == "test_occ_fixed")
+                                & (result.comparisons["session"] == "S2_occ_train")
+                                & (result.comparisons["reference"] == "S1_clean_train")
+                                & (result.comparisons["threshold"] == "primary")].iloc[0]
+    assert versus["interval_levels"] == "seeds+images" and versus["seed_sd"] > versus["image_sd"] > 0
+    assert versus["p_value"] >= 1 / 3 - 1e-12             # 2 + 2 runs: 6 label splits, the coarsest honest test
+    text = (tmp_path / "report.md").read_text()
+    assert "two-level bootstrap" in text and "**seeds** dominate" in text
+    assert "seed spread of training is not in these intervals" not in text

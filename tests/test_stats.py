@@ -143,3 +143,63 @@ def test_reversed_comparison_is_the_other_reading_of_one_test() -> None:
         (backward.difference.estimate, backward.difference.low, backward.difference.high))
     same = stats.reversed_comparison(stats.compare_paired(a, a.copy()))
     assert f"{same.difference.estimate:+.3f}" == "+0.000"          # never "-0.000" in the report
+
+
+def _simulated_experiment(rng: np.random.Generator, n_seeds: int, n_images: int, seed_sd: float, noise_sd: float,
+                          effect: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-seed per-image scores of two sessions on the same images: image difficulty (shared), a planted
+    seed effect per training run, per-run-per-image noise; session a is `effect` above b."""
+    image = rng.normal(0.5, 0.2, n_images)
+    a = image + effect + rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, noise_sd, (n_seeds, n_images))
+    b = image + rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, noise_sd, (n_seeds, n_images))
+    return a, b
+
+
+def test_two_level_interval_covers_a_planted_seed_effect_95_percent() -> None:
+    rng, effect, hits, dominant = np.random.default_rng(2027), 0.05, 0, []
+    for experiment in range(240):
+        a, b = _simulated_experiment(rng, n_seeds=5, n_images=100, seed_sd=0.05, noise_sd=0.1, effect=effect)
+        result = stats.two_level_difference(a, b, n_resamples=1000, seed=experiment)
+        hits += result.difference.contains(effect)
+        dominant.append(result.dominant)
+    assert 0.92 <= hits / 240 <= 0.98
+    assert dominant.count("seeds") / 240 > 0.9              # the planted seed effect is the larger level
+
+
+def test_image_only_interval_misses_the_seed_spread() -> None:
+    # the same experiments, intervals over images only (seeds pooled): far below 95% coverage
+    rng, effect, hits = np.random.default_rng(2027), 0.05, 0
+    for experiment in range(100):
+        a, b = _simulated_experiment(rng, n_seeds=5, n_images=100, seed_sd=0.05, noise_sd=0.1, effect=effect)
+        interval = stats.paired_mean_difference_interval(a.mean(axis=0), b.mean(axis=0), n_resamples=1000,
+                                                         seed=experiment)
+        hits += interval.contains(effect)
+    assert hits / 100 < 0.8
+
+
+def test_two_level_f1_of_one_seed_is_the_image_bootstrap() -> None:
+    a, b = _random_counts(60, seed=3), _random_counts(60, seed=4)
+    two = stats.two_level_difference(a[None], b[None], kind="micro_f1", n_resamples=500, seed=7)
+    one = stats.paired_difference_interval(a, b, n_resamples=500, seed=7)
+    assert (two.difference.estimate, two.difference.low, two.difference.high) == pytest.approx(
+        (one.estimate, one.low, one.high))
+    assert two.seed_sd == pytest.approx(0.0, abs=1e-12) and two.dominant == "images"
+    pooled = stats.two_level_difference(np.stack([a, a]), b[None], kind="micro_f1", n_resamples=50)
+    assert pooled.difference.estimate == pytest.approx(float(stats.micro_f1(a) - stats.micro_f1(b)))
+    with pytest.raises(ValueError, match="aligned on the same N images"):
+        stats.two_level_difference(a[None], b[None, :30], kind="micro_f1")
+
+
+def test_two_level_permutation_counts_runs_not_images() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.normal(0.5, 0.2, 200)
+    a = image + 0.3 + rng.normal(0, 0.01, (3, 200))              # a far above b on every run
+    b = image + rng.normal(0, 0.01, (3, 200))
+    p = stats.two_level_permutation_pvalue(a, b)
+    assert p == pytest.approx(0.1)                               # 2 / 20 splits: the best 3 + 3 runs can give
+    assert stats.paired_mean_permutation_pvalue(a.mean(axis=0), b.mean(axis=0)) < 0.001   # images only: tiny
+    same = stats.two_level_permutation_pvalue(a, a.copy())
+    assert same == 1.0
+    counts_a = rng.integers(0, 4, (3, 50, 3))
+    p_f1 = stats.two_level_permutation_pvalue(counts_a, counts_a[::-1].copy(), kind="micro_f1")
+    assert p_f1 == 1.0                                           # the same runs relabelled: no difference

@@ -4,6 +4,7 @@ threshold, BH-adjusted, and how one comparison reads (its interval's side of 0).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -28,12 +29,60 @@ VAL_PLAN: tuple[tuple[str, str], ...] = (("S2_occ_train", "S1_clean_train"),)
 """(session, reference) rows compared at the val-chosen threshold (the primary threshold compares all)."""
 COMPARISON_COLUMNS: tuple[str, ...] = ("model", "split", "metric", "threshold", "session", "session_label",
                                        "reference", "pair", "conf", "reference_conf", "difference", "ci_low",
-                                       "ci_high", "p_value", "bh_family", "p_bh", "n_images")
+                                       "ci_high", "p_value", "bh_family", "p_bh", "n_images", "interval_levels",
+                                       "image_sd", "seed_sd")
+"""`interval_levels`: what the interval and test resample: `images` (one seed a side: the seed spread is not in
+the interval), `seeds+images` (two-level bootstrap and run-label permutation, exp3.stats.two_level_difference);
+`image_sd` / `seed_sd`: the spread of the difference with only that level resampled (NaN with one seed)."""
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     common = a.index.intersection(b.index, sort=False)
     return (a.loc[common].to_numpy(), b.loc[common].to_numpy()) if len(common) else None
+
+
+@dataclass(frozen=True)
+class SessionComparison:
+    """A paired comparison and the levels its interval resampled (see COMPARISON_COLUMNS)."""
+
+    comparison: stats.PairedComparison
+    interval_levels: str = "images"
+    image_sd: float = math.nan
+    seed_sd: float = math.nan
+
+    def reversed(self) -> "SessionComparison":
+        return SessionComparison(stats.reversed_comparison(self.comparison), self.interval_levels, self.image_sd,
+                                 self.seed_sd)
+
+
+def _seed_stack(frames: list[pd.DataFrame], ids: pd.Index, columns: list[str]) -> np.ndarray | None:
+    """(K, N, C) per-seed values on `ids` (None when a seed lacks one of them)."""
+    if not all(ids.isin(frame.index).all() for frame in frames):
+        return None
+    return np.stack([frame.loc[ids, columns].to_numpy(dtype=np.float64) for frame in frames])
+
+
+def compare_seeds(metric: str, a: list[pd.DataFrame], b: list[pd.DataFrame],
+                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                  seed: int = stats.DEFAULT_SEED) -> SessionComparison | None:
+    """Two sessions' per-seed frames (several seeds on a side): two-level bootstrap interval over seeds and images,
+    run-label permutation p (exp3.stats), on the images every seed of both sessions has."""
+    if not a or not b:
+        return None
+    ids = pd.Index(sorted(set.intersection(*(set(frame.index) for frame in (*a, *b)))))
+    if not len(ids):
+        return None
+    kind = "mean" if metric in IMAGE_MEAN_COLUMNS else "micro_f1"
+    columns = [IMAGE_MEAN_COLUMNS[metric]] if kind == "mean" else list(IMAGE_COUNT_COLUMNS[metric])
+    stack_a, stack_b = _seed_stack(a, ids, columns), _seed_stack(b, ids, columns)
+    if stack_a is None or stack_b is None:
+        return None
+    if kind == "mean":
+        stack_a, stack_b = stack_a[..., 0], stack_b[..., 0]
+    two = stats.two_level_difference(stack_a, stack_b, kind, n_resamples=n_resamples, seed=seed)
+    p_value = stats.two_level_permutation_pvalue(stack_a, stack_b, kind, n_permutations, seed)
+    return SessionComparison(stats.PairedComparison(two.difference, p_value, len(ids)), "seeds+images",
+                             two.image_sd, two.seed_sd)
 
 
 def compare_metric(metric: str, a: pd.DataFrame | None, b: pd.DataFrame | None,
@@ -123,6 +172,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
     for run in runs:
         grouped.setdefault((run.model, run.suffix), []).append(run)
     scores: dict[tuple[str, str, str, str], pd.DataFrame | None] = {}
+    seed_scores: dict[tuple[str, str, str, str], list[pd.DataFrame]] = {}
     confs: dict[tuple[str, str, str, str], float] = {}
     points: dict[tuple[str, str, str], dict[str, float]] = {}
     for model in models:
@@ -143,6 +193,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                             used[threshold].append(threshold_conf(run.metrics, split, threshold) or math.nan)
                 for threshold in THRESHOLDS:
                     scores[(model, suffix, split, threshold)] = pool_image_scores(frames[threshold])
+                    seed_scores[(model, suffix, split, threshold)] = frames[threshold]
                     confs[(model, suffix, split, threshold)] = _mean_of(used[threshold])
     map_draws = MapDraws(grouped, min(n_resamples, MAP_RESAMPLES), seed)
     count_columns = list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])
@@ -168,38 +219,47 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
             for threshold in THRESHOLDS:
                 metrics = PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ())
                 for metric in metrics:
-                    done_pairs: dict[str, tuple[str, stats.PairedComparison | None]] = {}
+                    done_pairs: dict[str, tuple[str, SessionComparison | None]] = {}
                     for suffix, reference in comparison_plan(threshold):
                         key = pair_key(suffix, reference)
                         row = {"model": model, "split": split, "metric": metric, "threshold": threshold,
                                "session": suffix, "session_label": SESSION_LABELS[suffix], "reference": reference,
                                "pair": key, "conf": math.nan, "reference_conf": math.nan,
                                "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                               "p_value": math.nan, "bh_family": "", "n_images": 0}
+                               "p_value": math.nan, "bh_family": "", "n_images": 0, "interval_levels": "",
+                               "image_sd": math.nan, "seed_sd": math.nan}
                         if metric in MAP_METRICS:
                             a, b = points[(model, suffix, split)], points[(model, reference, split)]
                             row.update(difference=a[metric] - b[metric],
                                        n_images=0 if math.isnan(a["n_images"]) else int(a["n_images"]))
                             low, high = map_interval(map_draws, (model, suffix, split), (model, reference, split),
                                                      MAP_METRICS.index(metric), row["difference"])
-                            row.update(ci_low=low, ci_high=high)
+                            row.update(ci_low=low, ci_high=high, interval_levels="images" if math.isfinite(low) else "")
                             comparison_rows.append(row)
                             continue
                         if key in done_pairs:                       # the other reading of a pair: one test
                             first, result = done_pairs[key]
-                            result = result if first == suffix or result is None else stats.reversed_comparison(result)
+                            result = result if first == suffix or result is None else result.reversed()
                         else:
-                            result = compare_metric(metric, scores[(model, suffix, split, threshold)],
-                                                    scores[(model, reference, split, threshold)], n_resamples,
-                                                    n_permutations, seed)
+                            seeds_a = seed_scores[(model, suffix, split, threshold)]
+                            seeds_b = seed_scores[(model, reference, split, threshold)]
+                            if max(len(seeds_a), len(seeds_b)) > 1:
+                                result = compare_seeds(metric, seeds_a, seeds_b, n_resamples, n_permutations, seed)
+                            else:
+                                single = compare_metric(metric, scores[(model, suffix, split, threshold)],
+                                                        scores[(model, reference, split, threshold)], n_resamples,
+                                                        n_permutations, seed)
+                                result = None if single is None else SessionComparison(single)
                             done_pairs[key] = (suffix, result)
                         row.update(conf=confs[(model, suffix, split, threshold)],
                                    reference_conf=confs[(model, reference, split, threshold)],
                                    bh_family=f"{metric}@{threshold}")
                         if result is not None:
-                            row.update(difference=result.difference.estimate, ci_low=result.difference.low,
-                                       ci_high=result.difference.high, p_value=result.p_value,
-                                       n_images=result.n_images)
+                            found = result.comparison
+                            row.update(difference=found.difference.estimate, ci_low=found.difference.low,
+                                       ci_high=found.difference.high, p_value=found.p_value,
+                                       n_images=found.n_images, interval_levels=result.interval_levels,
+                                       image_sd=result.image_sd, seed_sd=result.seed_sd)
                         comparison_rows.append(row)
     comparisons = pd.DataFrame(comparison_rows, columns=[c for c in COMPARISON_COLUMNS if c != "p_bh"])
     comparisons.insert(COMPARISON_COLUMNS.index("p_bh"), "p_bh", adjust_p_values(comparisons))

@@ -3,11 +3,12 @@ and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
 
     gap_closed = (Sx - S1) / (S2 - S1)   on test_occ_fixed and on mPC     clean_cost = Sx - S1 on test_clean
 
-Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the pooled per-image counts
-(`exp3.report.scores`) under one `stats.bootstrap_indices` matrix over the image ids every session shares;
-mAP draws are the report's `MapDraws` (the validator's per-image stats, same index rule). S1, S2 and Sx of
-one model and metric are always drawn on the same resamples, so the ratio's interval is paired
-(`stats.gap_closed`). The clean cost is the paired test_clean difference of `comparisons.csv`.
+Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the seed-pooled per-image counts
+(`exp3.report.scores`) under one image draw (`stats.image_multiplicities`, the draws of `stats.bootstrap_indices`)
+over the image ids every session shares; mAP draws are the report's `MapDraws` (the validator's per-image stats,
+same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
+ratio's interval is paired (`stats.gap_closed`). With several seeds, each session's seeds are resampled too
+(two levels, `stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired test_clean difference of `comparisons.csv`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pandas as pd
 from exp3 import stats
 from exp3.report import severity
 from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
+from exp3.layout import SessionPaths
+from exp3.mapstats import MapStats
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores
 from exp3.report.text import fmt, markdown_table, short_session
@@ -149,12 +152,30 @@ class _ModelDraws:
         self.splits = [HEADLINE_BASIS, *self.suites]
         self.done = {suffix: [run for run in grouped.get((model, suffix), []) if run.status == "done"]
                      for suffix in SESSION_SUFFIXES}
-        self.scores = {suffix: [pool_image_scores([frame for frame in (
-            severity._run_scores(run, split, self.suites.get(split)) for run in runs) if frame is not None])
-            for split in self.splits] for suffix, runs in self.done.items() if runs}
+        self.seed_scores = {suffix: [[severity._run_scores(run, split, self.suites.get(split)) for run in runs]
+                                     for split in self.splits] for suffix, runs in self.done.items() if runs}
+        self.scores = {suffix: [pool_image_scores([frame for frame in frames if frame is not None])
+                                for frames in per_split] for suffix, per_split in self.seed_scores.items()}
         self.ids = severity._shared_ids(frame for frames in self.scores.values() for frame in frames[:1])
-        self.indices = stats.bootstrap_indices(len(self.ids), n_resamples, seed) \
+        self.n_resamples, self.seed = n_resamples, seed
+        self.images = stats.image_multiplicities(len(self.ids), n_resamples, seed) \
             if self.ids is not None and len(self.ids) else None
+
+    def seed_weights(self, suffix: str, n_resamples: int) -> np.ndarray:
+        """(B, K) seed multiplicities of one session (its own stream; all ones with one seed)."""
+        return stats.seed_multiplicities(self.n_seeds(suffix), n_resamples, self.seed, SESSION_SUFFIXES.index(suffix))
+
+    def _map_seed_draws(self, suffix: str, split: str, column: int) -> np.ndarray:
+        """(B,) seed-resampled mAP draws of one split (the validator's stats of each seed, MapDraws' images)."""
+        runs = self.done[suffix]
+        per_seed = []
+        for run in runs:
+            kept = MapStats.load(SessionPaths(run.folder).map_stats(split))
+            draws = kept.stored_draws(self.map_draws.n_resamples, self.map_draws.seed)
+            per_seed.append((draws if draws is not None else kept.with_draws(self.map_draws.n_resamples,
+                                                                             self.map_draws.seed).draws)[:, column])
+        weights = self.seed_weights(suffix, self.map_draws.n_resamples)
+        return np.einsum("bk,kb->b", weights, np.stack(per_seed)) / len(runs)
 
     def n_seeds(self, suffix: str) -> int:
         return len(self.done.get(suffix, []))
@@ -164,17 +185,18 @@ class _ModelDraws:
             return None
         splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
         if metric in IMAGE_COUNT_COLUMNS:
-            frames = self.scores.get(suffix)
-            if frames is None or self.indices is None:
+            per_split = self.seed_scores.get(suffix)
+            if per_split is None or self.images is None:
                 return None
             columns = list(IMAGE_COUNT_COLUMNS[metric])
+            seeds = self.seed_weights(suffix, self.n_resamples)
             points, draws = [], []
-            for frame in frames[:len(splits)]:
-                if frame is None or not self.ids.isin(frame.index).all():
+            for frames in per_split[:len(splits)]:
+                if any(frame is None or not self.ids.isin(frame.index).all() for frame in frames):
                     return None
-                counts = frame.loc[self.ids, columns].to_numpy()
-                points.append(float(stats.micro_f1(counts)))
-                draws.append(stats.micro_f1(counts[self.indices]))                   # (B,)
+                counts = np.stack([frame.loc[self.ids, columns].to_numpy() for frame in frames])   # (K, N, 3)
+                points.append(float(stats.micro_f1(counts.sum(axis=0))))
+                draws.append(stats.two_level_f1_draws(counts, self.images, seeds))             # (B,)
             values, stacked = np.array(points), np.stack(draws, axis=-1)
         else:
             got = [self.map_draws.get(self.model, suffix, split) for split in splits]
@@ -185,7 +207,8 @@ class _ModelDraws:
                 return None
             column = 0 if metric == "map50" else 1
             values = np.array([float(np.mean(values)) for values in recorded])
-            stacked = np.stack([entry[1][:, column] for entry in got], axis=-1)
+            stacked = np.stack([entry[1][:, column] if self.n_seeds(suffix) == 1 else
+                                self._map_seed_draws(suffix, split, column) for entry, split in zip(got, splits)], axis=-1)
         return _Draws(float(_basis_value(values, basis)), _basis_value(stacked, basis))
 
     def ids_of(self, metric: str) -> int:
@@ -218,8 +241,9 @@ def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
                         continue                                   # no severity levels: no mPC row
                     result = None if any(side is None for side in sides) else stats.gap_closed(
                         *(side.point for side in sides), *(side.draws for side in sides))
+                    seeds = [draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix)]
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
-                                       min(draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix))))
+                                       min(seeds), "seeds+images" if max(seeds) > 1 else "images"))
     return rows
 
 
@@ -281,17 +305,32 @@ def gap_markdown_table(table: pd.DataFrame, model: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
+    """Per model, which level dominates the S2 - S1 interval on test_occ_fixed (two-level rows of comparisons)."""
+    lines = []
+    for model in models:
+        rows = comparison_metrics(comparisons, model, HEADLINE_BASIS, CONTROL, REFERENCE)
+        for metric, row in rows.items():
+            if row.get("interval_levels") == "seeds+images" and pd.notna(row["seed_sd"]):
+                level = "seeds" if row["seed_sd"] > row["image_sd"] else "images"
+                lines.append(f"- {model}, S2 - S1, {METRIC_LABELS[metric]}: sd {fmt(row['seed_sd'])} from seeds vs "
+                             f"{fmt(row['image_sd'])} from images: **{level}** dominate.")
+    return lines
+
+
 def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
     seeds = int(table["n_seeds"].max()) if len(table) else 0
     if seeds <= 1:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {MAP_RESAMPLES}), S1, "
                 "S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
                 "not in these intervals** (docs/what-metrics-detect.md: it can be as large as the smaller effects).")
-    return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples), seeds pooled "
-            f"({seeds} per session); levels resampled: {', '.join(sorted(set(table['interval_levels'])))}.")
+    return (f"Intervals: 95 % two-level bootstrap ({n_resamples} resamples; mAP {MAP_RESAMPLES}): the test images "
+            f"(the same draw for every session) and each session's training seeds (up to {seeds} per session, "
+            "drawn independently per session); docs/report.md \"Several seeds\". Which level dominates:")
 
 
-def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int) -> list[str]:
+def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
+                comparisons: pd.DataFrame | None = None) -> list[str]:
     """report.md's first section (lines): the answer per site, the rules' reference and the tables."""
     lines = ["## The answer: does masking replace occlusion training?", "",
              "gap closed = (Sx - S1) / (S2 - S1): 1 = the masking session does what occluded training does, 0 = "
@@ -299,6 +338,8 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int) -> lis
              "positive control failed and no ratio is given. Verdicts from the fixed rules of docs/report.md "
              "(\"Gap closed\"); a site's verdict combines the metrics whose control holds. Charts: "
              "`plots/gap_closed_<metric>.png`.", "", _interval_note(table, n_resamples), ""]
+    if len(table) and int(table["n_seeds"].max()) > 1 and comparisons is not None:
+        lines += (dominance_lines(comparisons, models) or ["- n/a (no two-level S2 - S1 interval)"]) + [""]
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
     lines += answer_lines(table, models) + [""]

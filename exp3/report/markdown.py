@@ -117,7 +117,7 @@ def dashboard_markdown(result: "ReportResult") -> str:
     """The morning view for the Prefect UI's markdown artifact: positive control verdicts, headline findings
     and the test_occ_fixed table with CIs, then where the full report, tables and charts are on disk."""
     lines = ["# exp3 results", "", f"Full report: `{result.root / 'report.md'}` (charts: `{result.root / 'plots'}`)",
-             "", *gap.gap_section(result.gap_closed, result.models, result.n_resamples), "## Positive control", ""]
+             "", *gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons), "## Positive control", ""]
     lines += [f"- {positive_control(result.comparisons, model)[1]}" for model in result.models]
     lines += ["", "## Headline findings", ""]
     lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
@@ -137,7 +137,7 @@ def render_markdown(result: "ReportResult") -> str:
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
              "detect: docs/what-metrics-detect.md.", "",
-             *gap.gap_section(result.gap_closed, result.models, result.n_resamples),
+             *gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons),
              "## Grid status", "",
              *([f"This run's sessions: {', '.join(short_session(suffix) for suffix in result.sessions)} (config "
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
@@ -152,6 +152,10 @@ def render_markdown(result: "ReportResult") -> str:
              "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
              "when its paired 95% interval excludes 0. mAP intervals recompute the validator's mAP on each "
              f"resample from its per-image matching stats ({MAP_RESAMPLES} resamples; no p-value). "
+             + ("With several seeds the F1 intervals resample the seeds as well (two levels) and p permutes the "
+                "training runs (docs/report.md, \"Several seeds\"). "
+                if (result.comparisons.get("interval_levels", pd.Series(dtype=str)) == "seeds+images").any() else
+                "One seed per session: the seed-to-seed spread is not in these intervals. ") +
              "Overlapping intervals do not by themselves mean no difference; "
              "the paired difference interval is the one to read.", ""]
     lines += ["## Positive control: can this run detect a known effect?", "",
