@@ -208,3 +208,23 @@ def test_several_seeds_resample_seeds_and_say_which_level_dominates(tmp_path: Pa
     text = (tmp_path / "report.md").read_text()
     assert "two-level bootstrap" in text and "**seeds** dominate" in text
     assert "seed spread of training is not in these intervals" not in text
+
+
+def test_report_html_is_self_contained_with_the_sections_of_report_md(built: report.ReportResult) -> None:
+    import base64
+    import re
+
+    page = (built.root / "report.html").read_text()
+    text = (built.root / "report.md").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    sections = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert re.findall(r"<h2>(.*?)</h2>", page) == [section.replace('"', "&quot;") for section in sections]
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    pictures = [line for line in text.splitlines() if line.startswith("![")]
+    assert len(sources) == len(pictures) >= 4
+    for source in sources:                                   # every chart embedded, none fetched
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
+    assert 'href="plots/' not in page                        # the interactive files are left out of the page
+    assert "<table>" in page and "closes part of the gap" in page

@@ -14,6 +14,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
     <root>/plots/*.png|html           charts (exp3.plots)
     <root>/report.md                  tables, charts and headline findings written from the data
+    <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
 
 A session's status: `done` (valid DONE marker), `failed` (FAILED marker: its error is kept),
 `incomplete` (a folder without DONE or FAILED: running, or killed mid-way) or `missing` (no folder).
@@ -45,6 +46,7 @@ from exp3.fileio import atomic_write_json, atomic_write_text
 from exp3.report import gap, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
+from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
 from exp3.report.runs import SPLITS, discover_models, run_sessions, scan_sessions
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
@@ -141,7 +143,9 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
                           curves, severity_table, by_coverage, gap_closed)
-    result.files.append(atomic_write_text(root / "report.md", render_markdown(result)))
+    text = render_markdown(result)
+    result.files.append(atomic_write_text(root / "report.md", text))
+    result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))
     return result
 
 

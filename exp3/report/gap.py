@@ -330,8 +330,9 @@ def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
 
 
 def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
-                comparisons: pd.DataFrame | None = None) -> list[str]:
-    """report.md's first section (lines): the answer per site, the rules' reference and the tables."""
+                comparisons: pd.DataFrame | None = None, charts: list[str] | None = None) -> list[str]:
+    """report.md's first section (lines): the answer per site, the rules' reference, the charts (`charts`: the
+    gap_closed PNG names written under plots/; None or empty: no image) and the tables."""
     lines = ["## The answer: does masking replace occlusion training?", "",
              "gap closed = (Sx - S1) / (S2 - S1): 1 = the masking session does what occluded training does, 0 = "
              "nothing. Given only where S2 - S1 is established (its 95 % interval lies above 0); otherwise the "
@@ -343,6 +344,8 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
     lines += answer_lines(table, models) + [""]
+    for name in charts or []:
+        lines += [f"![{Path(name).stem}](plots/{name})", ""]
     for model in models:
         shown = gap_markdown_table(table, model)
         if len(shown):

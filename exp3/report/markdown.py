@@ -137,7 +137,9 @@ def render_markdown(result: "ReportResult") -> str:
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
              "detect: docs/what-metrics-detect.md.", "",
-             *gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons),
+             *gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons,
+                              [path.name for path in result.files if path.suffix == ".png"
+                               and path.stem.startswith("gap_closed_")]),
              "## Grid status", "",
              *([f"This run's sessions: {', '.join(short_session(suffix) for suffix in result.sessions)} (config "
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
@@ -192,7 +194,7 @@ def render_markdown(result: "ReportResult") -> str:
         lines.append("")
     lines += ["## Charts", ""]
     for path in result.files:
-        if path.suffix == ".png" and path.parent.name == "plots":
+        if path.suffix == ".png" and path.parent.name == "plots" and not path.stem.startswith("gap_closed_"):
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
                       f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
     lines += ["## Files", "", "- `gap_closed.csv` / `.json`: gap closed per model x metric x masking session x basis, "
