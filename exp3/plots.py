@@ -321,3 +321,80 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
                                header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
                                                  labelAnchor="start")))
             .properties(title=_title(title, subtitle)))
+
+
+GALLERY_CELL = 300
+"""Pixels of the longer side of each gallery image."""
+MATCHED_COLOUR, UNMATCHED_COLOUR, TRUTH_COLOUR = (0, 200, 60), (235, 40, 40), (255, 255, 255)
+
+
+def _font(size: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def _boxed_image(path: Path, boxes, truth, scale_to: int, label_truth: bool = False):  # type: ignore[no-untyped-def]
+    """One gallery cell: the image scaled to `scale_to` px (longer side), ground truth thin white, `boxes` coloured."""
+    from PIL import Image, ImageDraw
+
+    image = Image.open(path).convert("RGB")
+    scale = scale_to / max(image.size)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    draw, font = ImageDraw.Draw(image), _font(11)
+    for box in truth:
+        draw.rectangle([value * scale for value in box.xyxy], outline=TRUTH_COLOUR, width=1 if boxes else 2)
+        if not boxes and label_truth:                         # the ground-truth column names its classes
+            x0, y0 = box.xyxy[0] * scale, box.xyxy[1] * scale
+            draw.text((x0 + 3, y0 + 2), box.label, fill=TRUTH_COLOUR, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    for box in boxes:
+        colour = MATCHED_COLOUR if box.matched else UNMATCHED_COLOUR
+        x0, y0, x1, y1 = (value * scale for value in box.xyxy)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=3)
+        left, top, right, bottom = draw.textbbox((x0, y0), box.label, font=font)
+        label_top = max(0.0, y0 - (bottom - top) - 2)
+        draw.rectangle([x0, label_top, x0 + right - left + 4, label_top + bottom - top + 2], fill=colour)
+        draw.text((x0 + 2, label_top), box.label, fill=(0, 0, 0) if box.matched else (255, 255, 255), font=font)
+    return image
+
+
+def save_gallery(gallery, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Draw `exp3.report.gallery.Gallery` (rows x [ground truth, one column per session]) and write a PNG atomically.
+
+    Nothing is decided here: rows, boxes, colours (matched or not) and the caption come in the gallery.
+    """
+    import io
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    from exp3.sessions import SESSION_LABELS
+
+    columns = 1 + len(gallery.sessions)
+    label_width, header, pad = 170, 46, 8
+    cell = GALLERY_CELL
+    caption = textwrap.wrap(gallery.caption, width=int((label_width + columns * (cell + pad)) / 7.2))
+    height = header + len(gallery.rows) * (cell + pad) + 18 * len(caption) + 16
+    sheet = Image.new("RGB", (label_width + columns * (cell + pad) + pad, height), "white")
+    draw, title_font, font = ImageDraw.Draw(sheet), _font(15), _font(12)
+    titles = ["occluded image + ground truth", *(SESSION_LABELS[suffix] for suffix in gallery.sessions)]
+    draw.text((pad, 6), f"{gallery.model}: test_occ_fixed", fill="black", font=title_font)
+    for index, title in enumerate(titles):
+        draw.text((label_width + index * (cell + pad), 26), title, fill="black", font=font)
+    for number, row in enumerate(gallery.rows):
+        top = header + number * (cell + pad)
+        lines = [row.reason, row.image_id, *(f"{SESSION_LABELS[c.session].split()[0]} F1 {c.ingredient_f1:.2f}"
+                                             for c in row.cells)]
+        draw.multiline_text((pad, top + 4), "\n".join(lines), fill="black", font=font, spacing=4)
+        sheet.paste(_boxed_image(row.image_path, (), row.ground_truth, cell, label_truth=True), (label_width, top))
+        for index, found in enumerate(row.cells, start=1):
+            sheet.paste(_boxed_image(row.image_path, found.boxes, row.ground_truth, cell),
+                        (label_width + index * (cell + pad), top))
+    draw.multiline_text((pad, header + len(gallery.rows) * (cell + pad) + 4), "\n".join(caption), fill="dimgray",
+                        font=font, spacing=4)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())

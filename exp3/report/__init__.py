@@ -12,7 +12,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.report.severity)
     <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
     <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
-    <root>/plots/*.png|html           charts (exp3.plots)
+    <root>/plots/*.png|html           charts (exp3.plots); plots/gallery_<model>.png: images with boxes (exp3.report.gallery)
     <root>/report.md                  tables, charts and headline findings written from the data
     <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
 
@@ -43,7 +43,7 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
-from exp3.report import gap, severity
+from exp3.report import gallery, gap, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.html import render_html
@@ -135,6 +135,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     if charts:
         files += gap.write_gap_charts(gap_closed, models, root / "plots")
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
+        files += gallery.write_galleries(runs, models, summary, root / "plots")
         files += severity.write_severity_charts(curves, models, root / "plots")
     from exp3 import coverage
 

@@ -194,6 +194,11 @@ def render_markdown(result: "ReportResult") -> str:
         lines.append("")
     lines += ["## Charts", ""]
     for path in result.files:
+        if path.suffix == ".png" and path.parent.name == "plots" and path.stem.startswith("gallery_"):
+            from exp3.report.gallery import GALLERY_RULE
+
+            lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name})", "", GALLERY_RULE, ""]
+            continue
         if path.suffix == ".png" and path.parent.name == "plots" and not path.stem.startswith("gap_closed_"):
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
                       f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
