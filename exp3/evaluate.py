@@ -5,10 +5,13 @@ Two consumers, two definitions, each taken from Ultralytics itself:
 - **mAP50 / mAP50-95** come from Ultralytics' validator (`model.val(...)`): its rect batches,
   multi-label NMS at conf 0.001. They equal `YOLO(ckpt).val(split=...)` exactly.
 - **Per-image predictions** (ingredient sets, detection-level P/R/F1) come from `model.predict`
-  over the same image files: the application (a meal planner) calls `predict`, whose NMS keeps
-  one class per box (`multi_label=False`) with its default IoU 0.7 and `max_det` 300, on its own
-  letterbox. Recording the validator's multi-label output instead would let a box's second class
-  add a false ingredient (YOLO), and RT-DETR (no NMS) would not be compared like for like.
+  over the same image files, recorded as `predict` returns them: the application (a meal planner)
+  calls `predict`. For YOLO its NMS keeps one class per box (`multi_label=False`, IoU 0.7,
+  `max_det` 300, its own letterbox); RT-DETR's has no NMS and keeps its head's top 300 over
+  queries x classes, so it can return one box twice with two classes, and exp3 keeps both, as the
+  application would (docs/thresholds.md, "One box, two classes"). Recording the validator's
+  multi-label output instead would let a YOLO box's second class add an ingredient `predict`
+  never lists.
 
 `predict` runs once with `conf=RECORD_CONF` (below every threshold exp3 applies); a threshold
 `t >= RECORD_CONF` applied afterwards keeps exactly the boxes `predict(conf=t)` returns, since
@@ -16,7 +19,8 @@ NMS only ever suppresses a box in favour of a higher-scoring one. Ground truth c
 validator's pass (its labels, scaled back to original pixels), so both halves describe the same
 files. The two passes cost one extra forward pass per image; they cannot be merged without
 giving up one of the two definitions (the validator pads rect batches by half a stride, so its
-inputs differ from `predict`'s).
+inputs differ from `predict`'s). Both passes run at most `batch` images per forward pass;
+`predict` gets lists of one image shape, so each image gets what `predict` gives it alone.
 
 Recorded per image (original-image pixel coordinates, xyxy):
     {"image_id": str, "width": int, "height": int,
@@ -44,6 +48,8 @@ Family = Literal["detect", "rtdetr"]
 RECORD_CONF = 0.01
 """Confidence floor of the recorded predictions: below every threshold exp3 applies (primary 0.25,
 val-chosen thresholds from a 0.01 grid), so any of them can be applied to the file afterwards."""
+MAP_STAT_KEYS = ("tp", "conf", "pred_cls", "target_cls")
+"""The validator's per-image stats kept for mAP's bootstrap (exp3.mapstats.MapStats.from_images)."""
 
 
 def _recording_mixin(base: type) -> type:
@@ -55,8 +61,10 @@ def _recording_mixin(base: type) -> type:
             super().init_metrics(model)
             self.records: list[dict[str, Any]] = []
             self.map_images: list[dict[str, Any]] = []
+            self.recording_s = 0.0
 
         def update_metrics(self, preds: list[dict[str, Any]], batch: dict[str, Any]) -> None:
+            start = time.perf_counter()
             for index in range(len(preds)):
                 pbatch = self._prepare_batch(index, batch)
                 height, width = (int(v) for v in pbatch["ori_shape"])
@@ -72,18 +80,48 @@ def _recording_mixin(base: type) -> type:
                     "gt_classes": [int(c) for c in pbatch["cls"].tolist()],
                     "gt_boxes": [[round(float(v), 2) for v in box] for box in gt_boxes.tolist()],
                 })
-            super().update_metrics(preds, batch)
-            # the validator's own per-image matching stats of this batch (what its mAP is computed from)
             stats = self.metrics.stats
-            for index, record in enumerate(self.records[-len(preds):] if len(preds) else []):
-                offset = len(preds) - index
+            before = {key: len(stats[key]) for key in MAP_STAT_KEYS}
+            self.recording_s += time.perf_counter() - start
+            super().update_metrics(preds, batch)
+            start = time.perf_counter()
+            # the validator's own per-image matching stats of this batch (what its mAP is computed from)
+            appended = {key: len(stats[key]) - before[key] for key in MAP_STAT_KEYS}
+            if set(appended.values()) != {len(preds)}:
+                raise RuntimeError(f"{base.__name__}.update_metrics appended {appended} stats entries for a batch of "
+                                   f"{len(preds)} images; exp3's per-image mAP stats need exactly one per image: "
+                                   "check exp3.evaluate against the installed ultralytics")
+            for index, record in enumerate(self.records[len(self.records) - len(preds):]):
                 self.map_images.append({"image_id": record["image_id"],
-                                        **{key: stats[key][-offset] for key in ("tp", "conf", "pred_cls",
-                                                                                "target_cls")}})
+                                        **{key: stats[key][before[key] + index] for key in MAP_STAT_KEYS}})
+            self.recording_s += time.perf_counter() - start
 
     Recording.__name__ = f"Recording{base.__name__}"
     Recording.__qualname__ = Recording.__name__
     return Recording
+
+
+@dataclass
+class EvaluationStages:
+    """Where one split's evaluation time went (seconds), metrics.json's `splits.<split>.eval_stages_s`.
+
+    The stages do not overlap and add up to the split's `eval_wall_s`: Ultralytics' validator pass
+    and `predict` pass without exp3's recording inside them, exp3's recording (ground truth, mAP
+    stats, `predict` results as records), mAP's bootstrap draws, and writing the split's files.
+    """
+
+    validator_s: float = 0.0
+    predict_s: float = 0.0
+    recording_s: float = 0.0
+    draws_s: float = 0.0
+    writing_s: float = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return round(self.validator_s + self.predict_s + self.recording_s + self.draws_s + self.writing_s, 3)
+
+    def to_json(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in vars(self).items()}
 
 
 @dataclass
@@ -96,8 +134,13 @@ class SplitEvaluation:
     per_class_map50_95: dict[str, float]
     records: list[dict[str, Any]] = field(repr=False)
     map_stats: MapStats = field(repr=False)
-    wall_s: float
     speed_ms_per_image: dict[str, float]
+    stages: EvaluationStages
+
+    @property
+    def wall_s(self) -> float:
+        """The whole evaluation of the split so far (the sum of its stages)."""
+        return self.stages.wall_s
 
 
 @dataclass(frozen=True)
@@ -133,25 +176,56 @@ def load_evaluation_model(checkpoint: str | Path, family: Family) -> EvaluationM
 
 
 def predict_records(model: Any, image_files: list[str], imgsz: int | None = None, batch: int | None = None,
-                    device: str | None = None) -> dict[str, dict[str, list]]:
+                    device: str | None = None, stages: EvaluationStages | None = None) -> dict[str, dict[str, list]]:
     """`model.predict` over `image_files` at conf RECORD_CONF, everything else predict's defaults.
 
+    `predict` takes a list of files as one batch, whatever its `batch` (ultralytics 8.4.190 loads a
+    list with PIL and runs it in one forward pass), and letterboxes a batch of one image shape to
+    the minimal rectangle, as it does a single image, but a mixed batch to the square `imgsz`. So
+    the files go to `predict` in lists of one shape of at most `batch` (None: the validator's 16):
+    each image gets what `predict([file])` alone gives it (a forward pass of another batch size can
+    move a confidence by float32 rounding, ~1e-7, no more), in bounded memory.
     Returns {image id (file stem): {"pred_classes": [P], "pred_boxes": [P][4] (xyxy original pixels),
     "pred_conf": [P]}}; confidences are kept unrounded so a later threshold reproduces `predict`.
+    `stages` (if given) gets the time of the predict pass and of turning its results into records.
     """
+    from PIL import Image
+    from ultralytics.data.utils import exif_size
+
     overrides: dict[str, Any] = {"conf": RECORD_CONF, "verbose": False, "stream": True, "save": False}
-    for key, value in (("imgsz", imgsz), ("batch", batch), ("device", device)):
+    for key, value in (("imgsz", imgsz), ("device", device)):
         if value is not None:
             overrides[key] = value
+    batch = batch or _validator_batch()
+    stages = stages if stages is not None else EvaluationStages()
+    start = time.perf_counter()
+    by_shape: dict[tuple[int, int], list[str]] = {}
+    for file in image_files:
+        with Image.open(file) as image:  # the header only: the size predict's loader will see (EXIF-rotated)
+            by_shape.setdefault(exif_size(image), []).append(str(file))
     found: dict[str, dict[str, list]] = {}
-    for result in model.predict(source=list(image_files), **overrides):
-        boxes = result.boxes
-        found[Path(result.path).stem] = {
-            "pred_classes": [int(c) for c in boxes.cls.tolist()],
-            "pred_boxes": [[round(float(v), 2) for v in box] for box in boxes.xyxy.tolist()],
-            "pred_conf": [float(c) for c in boxes.conf.tolist()],
-        }
+    recording_s = 0.0
+    for files in by_shape.values():
+        for first in range(0, len(files), batch):
+            for result in model.predict(source=files[first:first + batch], **overrides):
+                converting = time.perf_counter()
+                boxes = result.boxes
+                found[Path(result.path).stem] = {
+                    "pred_classes": [int(c) for c in boxes.cls.tolist()],
+                    "pred_boxes": [[round(float(v), 2) for v in box] for box in boxes.xyxy.tolist()],
+                    "pred_conf": [float(c) for c in boxes.conf.tolist()],
+                }
+                recording_s += time.perf_counter() - converting
+    stages.predict_s += time.perf_counter() - start - recording_s
+    stages.recording_s += recording_s
     return found
+
+
+def _validator_batch() -> int:
+    """The batch Ultralytics' `val` uses when none is given (cfg/default.yaml; `predict`'s own default is 1)."""
+    from ultralytics.cfg import DEFAULT_CFG
+
+    return int(DEFAULT_CFG.batch)
 
 
 def evaluate_split(
@@ -165,12 +239,16 @@ def evaluate_split(
     batch: int | None = None,
     device: str | None = None,
     plots: bool = True,
+    workers: int | None = None,
 ) -> SplitEvaluation:
     """mAP (validator pass) and predict-equivalent per-image records of `checkpoint` on `split` of `split_yaml`.
 
-    `imgsz`/`batch`/`device` None = Ultralytics' defaults (imgsz from the checkpoint's training
-    args, for both passes). Plots and Ultralytics' own files go under `save_dir`;
-    `plots=False` skips Ultralytics' validation figures (metrics, records and map stats are the same).
+    `imgsz`/`device`/`workers` None = Ultralytics' defaults (imgsz from the checkpoint's training
+    args, for both passes; `workers` is the validator's DataLoader, which Ultralytics runs without
+    workers on CPU). At most `batch` images per forward pass in both passes, None = the validator's
+    default (16), also for `predict` (given a list, it would run it in one pass, whatever its size;
+    the boxes are the same). Plots and Ultralytics' own files go under `save_dir`; `plots=False` skips
+    Ultralytics' validation figures (metrics, records and map stats are the same).
     `checkpoint` may be an `EvaluationModel` a session loaded once for all its splits (of `family`).
     """
     split_yaml = Path(split_yaml)
@@ -179,10 +257,11 @@ def evaluate_split(
     if loaded.family != family:
         raise ValueError(f"{loaded.checkpoint} was loaded as {loaded.family!r}, not {family!r}: load it as {family!r}")
     model, validator = loaded.model, loaded.validator
+    batch = batch or _validator_batch()
     overrides: dict[str, Any] = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
                                  "project": str(Path(save_dir).parent), "name": Path(save_dir).name,
-                                 "exist_ok": True}
-    for key, value in (("imgsz", imgsz), ("batch", batch), ("device", device)):
+                                 "exist_ok": True, "batch": batch}
+    for key, value in (("imgsz", imgsz), ("device", device), ("workers", workers)):
         if value is not None:
             overrides[key] = value
     captured: dict[str, Any] = {}
@@ -191,19 +270,25 @@ def evaluate_split(
         captured["validator"] = active
 
     model.add_callback("on_val_end", _keep_validator)
+    stages = EvaluationStages()
     start = time.perf_counter()
     try:
         metrics = model.val(validator=validator, **overrides)
     finally:
         model.callbacks["on_val_end"].remove(_keep_validator)  # the next split's val keeps its own
-    map_stats = MapStats.from_images(captured["validator"].map_images)
-    ground_truth = sorted(captured["validator"].records, key=lambda record: record["image_id"])
-    predicted = predict_records(model, [record["im_file"] for record in ground_truth], imgsz, batch, device)
-    wall_s = time.perf_counter() - start
+    finished = captured["validator"]
+    stages.validator_s = time.perf_counter() - start - finished.recording_s
+    start = time.perf_counter()
+    map_stats = MapStats.from_images(finished.map_images)
+    ground_truth = sorted(finished.records, key=lambda record: record["image_id"])
+    stages.recording_s = finished.recording_s + time.perf_counter() - start
+    predicted = predict_records(model, [record["im_file"] for record in ground_truth], imgsz, batch, device, stages)
+    start = time.perf_counter()
     records = []
     for record in ground_truth:
         record.pop("im_file")
         records.append({**record, **predicted[record["image_id"]]})
+    stages.recording_s += time.perf_counter() - start
     names = metrics.names
     per_class = {names[int(c)]: round(float(metrics.box.maps[int(c)]), 6) for c in metrics.box.ap_class_index}
     return SplitEvaluation(
@@ -213,6 +298,26 @@ def evaluate_split(
         per_class_map50_95=per_class,
         records=records,
         map_stats=map_stats,
-        wall_s=round(wall_s, 3),
         speed_ms_per_image={key: round(float(value), 3) for key, value in metrics.speed.items()},
+        stages=stages,
     )
+
+
+def save_split_files(evaluation: SplitEvaluation, predictions_path: Path, header: dict[str, Any],
+                     map_stats_path: Path | None = None) -> None:
+    """The split's `predictions_<split>.json` (`header` plus its records as "images") and, if
+    `map_stats_path`, its map stats with mAP's bootstrap draws; the draws and the writing are timed
+    into `evaluation.stages` (the draws are evaluation too: the report only differences them)."""
+    from exp3.fileio import atomic_write_json
+
+    start = time.perf_counter()
+    atomic_write_json(predictions_path, {**header, "images": evaluation.records})
+    evaluation.stages.writing_s += time.perf_counter() - start
+    if map_stats_path is None:
+        return
+    start = time.perf_counter()
+    drawn = evaluation.map_stats.with_draws()
+    evaluation.stages.draws_s += time.perf_counter() - start
+    start = time.perf_counter()
+    drawn.save(map_stats_path)
+    evaluation.stages.writing_s += time.perf_counter() - start

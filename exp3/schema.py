@@ -124,6 +124,16 @@ class OperatingPoint(_Block):
     detection: Detection
 
 
+class EvalStages(_Block):
+    """Where a split's `eval_wall_s` went, in seconds (exp3.evaluate.EvaluationStages; they add up to it)."""
+
+    validator_s: float
+    predict_s: float
+    recording_s: float
+    draws_s: float
+    writing_s: float
+
+
 class SplitMetrics(_Block):
     """`splits.<split>`: one evaluated test split (exp3.metrics.summarize_split plus the validator's mAP)."""
 
@@ -131,6 +141,8 @@ class SplitMetrics(_Block):
     map50_95: float | None
     per_class_map50_95: dict[str, float | None]
     eval_wall_s: float
+    eval_stages_s: EvalStages | None = Field(default=None, exclude_if=_absent_when_none)
+    """Absent in splits evaluated before stage timings were recorded."""
     speed_ms_per_image: dict[str, float | None]
     n_images: int
     num_classes: int

@@ -233,7 +233,7 @@ def _split_metrics(evaluation: Any, records: list[Any], config: ExperimentConfig
     return SplitMetrics.model_validate({
         "map50": evaluation.map50, "map50_95": evaluation.map50_95,
         "per_class_map50_95": evaluation.per_class_map50_95, "eval_wall_s": evaluation.wall_s,
-        "speed_ms_per_image": evaluation.speed_ms_per_image, **summary,
+        "eval_stages_s": evaluation.stages.to_json(), "speed_ms_per_image": evaluation.speed_ms_per_image, **summary,
         "at_val_threshold": operating_point(records, len(names), val_conf, config.eval.match_iou)})
 
 
@@ -333,7 +333,8 @@ def _evaluate(model: EvaluationModel, split_yaml: Path, split: str, config: Expe
     from exp3.evaluate import evaluate_split
 
     return evaluate_split(model, split_yaml, model.family, output_root, save_dir, split=split,
-                          batch=config.train.batch, device=config.train.device, plots=plots)
+                          batch=config.train.batch, device=config.train.device, plots=plots,
+                          workers=config.train.workers)
 
 
 def _run_session_steps(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
@@ -411,7 +412,8 @@ def _run_session_steps(config: ExperimentConfig, session: Session, output_root: 
         masking=None if session.masking_site is None else Masking.model_validate(
             {"site": session.masking_site, "spec": plan.masking_spec, "stats": masking_stats}),
         eval=Eval(conf=config.eval.conf, match_iou=config.eval.match_iou, wall_s=round(eval_wall, 3),
-                  predictions="model.predict (one class per box, predict's NMS defaults); mAP: model.val"),
+                  predictions="model.predict as returned (YOLO: one class per box, predict's NMS defaults; "
+                              "RT-DETR: top 300 over queries x classes); mAP: model.val"),
         thresholds=Thresholds(primary=config.eval.conf, val_chosen=chosen["conf"],
                               criterion="ingredient micro F1 on the clean val split",
                               val_f1_at_val_chosen=chosen["val_micro_f1"], val_f1_at_primary=val_at_primary,
@@ -436,25 +438,23 @@ def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentC
                          session: Session, prepared: PreparedData, names: list[str], val_conf: float) -> SplitMetrics:
     """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
 
-    Its `eval_wall_s` is the whole evaluation of the split: validator and predict passes and mAP's
-    bootstrap draws (kept in the npz so the report only differences them).
+    Its `eval_wall_s` is the whole evaluation of the split (validator and predict passes, recording,
+    mAP's bootstrap draws kept in the npz, writing), `eval_stages_s` its breakdown.
 
     Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed: on a
     severity split they would cost more than its evaluation (measured in BENCHMARKS.md) and add
     nothing the severity charts do not show.
     """
+    from exp3.evaluate import save_split_files
     from exp3.metrics import records_from_json
 
     evaluation = _evaluate(model, prepared.split_yaml(split), "test", config, output_root,
                            paths.folder / "plots" / split, plots=split in SPLITS)
     suite = prepared.severity_suite(split)
-    atomic_write_json(paths.predictions(split),
-                      {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
-                       "suite_id": suite.suite_id if suite else prepared.suite_id,
-                       "checkpoint": str(model.checkpoint), "images": evaluation.records})
-    start = time.perf_counter()
-    evaluation.map_stats.with_draws().save(paths.map_stats(split))
-    evaluation.wall_s = round(evaluation.wall_s + time.perf_counter() - start, 3)  # the draws are evaluation too
+    save_split_files(evaluation, paths.predictions(split),
+                     {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,
+                      "suite_id": suite.suite_id if suite else prepared.suite_id,
+                      "checkpoint": str(model.checkpoint)}, paths.map_stats(split))
     return _split_metrics(evaluation, records_from_json(evaluation.records), config, names, val_conf)
 
 

@@ -121,3 +121,103 @@ def test_one_loaded_model_for_every_split_equals_loading_it_per_split(trained_ev
         trained_yolo_checkpoint, "detect").model.callbacks["on_val_end"])  # each split's own callback removed
     with pytest.raises(ValueError, match="loaded as 'detect', not 'rtdetr'"):
         evaluate_split(model, trained_data_yaml, "rtdetr", tmp_path, tmp_path / "x")
+
+
+# ------------------------------------------------------------------ issue 25: checks, batching, stage timings
+
+def test_a_validator_that_appends_other_than_one_stats_entry_per_image_is_a_clear_error(
+        tiny_yolo_checkpoint: Path, tiny_data_yaml: Path, tmp_path: Path) -> None:
+    """The per-image mAP stats pair the validator's i-th stats entry with the i-th image: an Ultralytics
+    whose update_metrics appends another count stops the evaluation instead of mispairing them."""
+    from ultralytics import YOLO
+    from ultralytics.models.yolo.detect.val import DetectionValidator
+
+    from exp3.evaluate import EvaluationModel, _recording_mixin
+
+    class TwoEntriesPerImage(DetectionValidator):
+        def update_metrics(self, preds, batch):
+            super().update_metrics(preds, batch)
+            self.metrics.stats["tp"].append(self.metrics.stats["tp"][-1])
+
+    model = EvaluationModel(tiny_yolo_checkpoint, "detect", YOLO(str(tiny_yolo_checkpoint)),
+                            _recording_mixin(TwoEntriesPerImage))
+    with pytest.raises(RuntimeError, match=r"TwoEntriesPerImage.update_metrics appended .*'tp': 5.* batch of 4 "
+                                           r"images; .* exactly one per image"):
+        evaluate_split(model, tiny_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64, batch=4, device="cpu",
+                       plots=False)
+
+
+def test_batched_predict_gives_each_image_what_predict_gives_it_alone(trained_yolo_checkpoint: Path,
+                                                                     trained_data_yaml: Path, tmp_path: Path) -> None:
+    """Images of two shapes, interleaved: `predict_records` runs forward passes of at most `batch` images of
+    one shape and gives each image, box by box, what `predict([file])` gives it alone. The whole list in
+    one `predict` call would not: it is one batch, padded to the square imgsz when shapes mix."""
+    import cv2
+    from ultralytics import YOLO
+
+    from exp3.evaluate import load_evaluation_model, predict_records
+
+    files = []
+    for index, source in enumerate(sorted((trained_data_yaml.parent / "images" / "test").glob("*.jpg"))[:8]):
+        image = cv2.imread(str(source))
+        path = tmp_path / source.name
+        cv2.imwrite(str(path), image[:64] if index % 2 else image)  # 96 x 96 and 96 x 64 (w x h)
+        files.append(str(path))
+    model = load_evaluation_model(trained_yolo_checkpoint, "detect").model
+    batch_sizes: list[int] = []
+    model.add_callback("on_predict_batch_start", lambda predictor: batch_sizes.append(len(predictor.batch[0])))
+    ours = predict_records(model, files, batch=3, device="cpu")
+    assert batch_sizes == [3, 1, 3, 1]  # four images of each shape, at most 3 per forward pass
+    plain = YOLO(str(trained_yolo_checkpoint))
+    alone = [plain.predict([file], conf=0.01, device="cpu", verbose=False)[0] for file in files]
+    whole = plain.predict(files, conf=0.01, device="cpu", verbose=False, batch=3)
+
+    def detections(classes, confs, boxes):
+        """(class, conf, box) sorted; a batch of another size moves a conf by float32 rounding (~1e-7) only."""
+        return sorted((int(c), float(s), [float(v) for v in box]) for c, s, box in zip(classes, confs, boxes))
+
+    def same(ours_image, plain_image, conf_tolerance=1e-5, box_tolerance=0.02):
+        return len(ours_image) == len(plain_image) and all(
+            a[0] == b[0] and abs(a[1] - b[1]) <= conf_tolerance and a[2] == pytest.approx(b[2], abs=box_tolerance)
+            for a, b in zip(ours_image, plain_image))
+
+    def of(result):
+        return detections(result.boxes.cls.tolist(), result.boxes.conf.tolist(), result.boxes.xyxy.tolist())
+
+    assert sum(len(result.boxes) for result in alone) > 8
+    for result in alone:
+        record = ours[Path(result.path).stem]
+        assert same(detections(record["pred_classes"], record["pred_conf"], record["pred_boxes"]), of(result)), \
+            result.path
+    assert not all(same(of(a), of(w), 1e-3, 0.5) for a, w in zip(alone, whole))  # why the lists are of one shape
+
+
+def test_stage_timings_add_up_to_the_wall_and_go_into_the_split_entry(tiny_yolo_checkpoint: Path,
+                                                                      tiny_data_yaml: Path, tmp_path: Path) -> None:
+    import json
+
+    from exp3.config import ExperimentConfig
+    from exp3.evaluate import save_split_files
+    from exp3.mapstats import MapStats
+    from exp3.metrics import records_from_json
+    from exp3.schema import EvalStages, SplitMetrics
+    from exp3.session import _split_metrics
+
+    evaluation = evaluate_split(tiny_yolo_checkpoint, tiny_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
+                                batch=4, device="cpu", plots=False)
+    stages = evaluation.stages
+    assert stages.validator_s > 0 and stages.predict_s > 0 and stages.recording_s > 0
+    assert stages.draws_s == stages.writing_s == 0
+    save_split_files(evaluation, tmp_path / "predictions_test.json", {"split": "test"}, tmp_path / "map_stats.npz")
+    assert stages.draws_s > 0 and stages.writing_s > 0
+    assert json.loads((tmp_path / "predictions_test.json").read_text())["images"] == evaluation.records
+    assert MapStats.load(tmp_path / "map_stats.npz").draws.shape[1] == 2
+    assert evaluation.wall_s == pytest.approx(sum(stages.to_json().values()), abs=0.003)
+    entry = _split_metrics(evaluation, records_from_json(evaluation.records), ExperimentConfig(),
+                           [str(c) for c in range(10)], 0.25)
+    assert entry.eval_wall_s == evaluation.wall_s and isinstance(entry.eval_stages_s, EvalStages)
+    dumped = entry.model_dump(mode="json")
+    assert dumped["eval_stages_s"] == stages.to_json()
+    assert SplitMetrics.model_validate(dumped) == entry
+    with pytest.raises(ValueError, match="nms_s"):
+        SplitMetrics.model_validate({**dumped, "eval_stages_s": {**dumped["eval_stages_s"], "nms_s": 1.0}})
