@@ -145,8 +145,8 @@ def gap_closed_chart(frame: pd.DataFrame, models: list[str], title: str,
     bars = base.mark_bar().encode(y=y, color=colour, tooltip=tooltip)
     errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y="ci_low:Q", y2="ci_high:Q")
     caps = [base.mark_tick(color="black", thickness=1.5, size=8).encode(y=f"{end}:Q") for end in ("ci_low", "ci_high")]
-    status = base.mark_text(dy=-4, fontSize=10, baseline="bottom", color="#B22222").encode(
-        y=alt.datum(0), text="status_text:N")
+    status = base.mark_text(angle=270, align="left", baseline="middle", dx=4, fontSize=10, color="#B22222").encode(
+        y=alt.datum(0), text="status_text:N")                 # upright from 0: side-by-side models never overlap
     lines = alt.InlineData(values=[{"y": 0.0, "text": "0 = no effect"}, {"y": 1.0, "text": "1 = as S2"}])
     rules = alt.Chart(lines).mark_rule(strokeDash=[5, 4], color="gray").encode(y="y:Q")
     width = max(_SESSION_STEP, 60 + 45 * len(shown)) * len(sessions)
