@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import multiprocessing.context
+import os
 import signal
 import sys
 
@@ -28,11 +29,27 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux; no-op elsewhere).
 
     A `kill -9` of the flow then also ends its session subprocesses (each trains in process), so a re-run
-    never finds an orphan still writing into the session it is about to resume.
+    never finds an orphan still writing into the session it is about to resume. With `parent` (the pid
+    that forked this child), a parent that died before the request took effect also ends the child.
     """
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if parent is not None and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_forking = [0]  # pid of the process about to fork, read by the child (any depth of forks)
+
+
+def forked_children_die_with_this_process() -> None:
+    """Every child this process (or its children) forks from now on gets `die_with_parent`.
+
+    A session process calls it once: Ultralytics' DataLoader workers are forked, not started with a
+    `preexec_fn`, and would otherwise outlive a killed session until their own watchdog notices.
+    """
+    os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()),
+                        after_in_child=lambda: die_with_parent(_forking[0]))

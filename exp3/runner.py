@@ -8,6 +8,7 @@ Python so it can be tested and reused without Prefect.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -155,7 +156,7 @@ def start_session_process(arguments: list[str], env: dict[str, str], log: Binary
     command = [sys.executable, "-m", "exp3.session", *arguments]
     log.write(f"==== {' '.join(command)} ====\n".encode())
     log.flush()
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=functools.partial(die_with_parent, os.getpid()))
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,

@@ -613,4 +613,7 @@ def without_shutdown_collection(code: int) -> int:
 
 
 if __name__ == "__main__":
+    from exp3.parallel import forked_children_die_with_this_process
+
+    forked_children_die_with_this_process()  # DataLoader workers end with the session, as it ends with the flow
     raise SystemExit(without_shutdown_collection(main()))

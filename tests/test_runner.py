@@ -135,6 +135,33 @@ def test_a_session_process_dies_with_the_process_that_started_it(tmp_path: Path)
     assert not alive, "the session process outlived the killed flow"
 
 
+def test_children_forked_by_a_session_process_die_with_it(tmp_path: Path) -> None:
+    """DataLoader workers are forked (multiprocessing "fork"), not started with a preexec_fn: they die with it too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    session = ("import multiprocessing, time; from exp3.parallel import forked_children_die_with_this_process; "
+               "forked_children_die_with_this_process(); "
+               "worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(120,)); worker.start(); "
+               "print(worker.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", session], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    assert Path(f"/proc/{worker}").exists()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 3
+    while Path(f"/proc/{worker}").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    alive = Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().split(") ")[1][0] != "Z"
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "a forked worker outlived its killed session process"
+
+
 def test_a_session_process_logs_its_command_line_and_exit(tmp_path: Path) -> None:
     """A fresh `python -m exp3.session`: its command line first in the session log, then its own output."""
     import os
