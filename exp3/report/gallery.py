@@ -150,7 +150,7 @@ def build_gallery(runs: list[Any], model: str, summary: pd.DataFrame, n_random: 
     f1 = [frame.loc[common] for frame in f1]
     first = _largest(f1[1] - f1[0], set())
     second = _largest(f1[2] - f1[0], {first})
-    picked = [(first, f"1: largest S2 - S1"), (second, f"2: largest {SESSION_LABELS[best].split()[0]} - S1")]
+    picked = [(first, "1: largest S2 - S1"), (second, f"2: largest {SESSION_LABELS[best].split()[0]} - S1")]
     rest = [image for image in common if image not in {first, second}]
     drawn = np.random.default_rng(GALLERY_SEED).choice(len(rest), size=min(n_random, len(rest)), replace=False)
     picked += [(rest[index], f"{3 + number}: random draw") for number, index in enumerate(sorted(drawn))]
