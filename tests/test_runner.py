@@ -109,57 +109,45 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) 
     assert updates[0].done == 2
 
 
-def test_a_session_process_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
-    """`kill -9` of the flow's process ends its session processes (die_with_parent): nothing outlives it."""
+def _child_outlives_a_kill_9_of_its_parent(parent_script: str) -> bool:
+    """Run `parent_script` (it starts a child and prints its pid), `kill -9` it: is the child alive 3 s later?"""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    parent = ("import subprocess, sys; from exp3.parallel import die_with_parent; "
-              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
-              "preexec_fn=die_with_parent); print(child.pid, flush=True); time.sleep(120)")
-    flow = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
-    assert flow.stdout is not None
-    child = int(flow.stdout.readline())
+    parent = subprocess.Popen([sys.executable, "-c", parent_script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
     assert Path(f"/proc/{child}").exists()
-    os.kill(flow.pid, signal.SIGKILL)
-    flow.wait()
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
     deadline = time.time() + 3
     while Path(f"/proc/{child}").exists() and time.time() < deadline:
         time.sleep(0.05)
     alive = Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] != "Z"
     if alive:
         os.kill(child, signal.SIGKILL)
-    assert not alive, "the session process outlived the killed flow"
+    return alive
 
 
-def test_children_forked_by_a_session_process_die_with_it(tmp_path: Path) -> None:
+def test_a_session_process_dies_with_the_process_that_started_it() -> None:
+    """`kill -9` of the flow's process ends its session processes (die_with_parent): nothing outlives it."""
+    flow = ("import os, subprocess, sys; from functools import partial; from exp3.parallel import die_with_parent; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+            "preexec_fn=partial(die_with_parent, os.getpid())); print(child.pid, flush=True); "
+            "import time; time.sleep(120)")
+    assert not _child_outlives_a_kill_9_of_its_parent(flow), "the session process outlived the killed flow"
+
+
+def test_children_forked_by_a_session_process_die_with_it() -> None:
     """DataLoader workers are forked (multiprocessing "fork"), not started with a preexec_fn: they die with it too."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     session = ("import multiprocessing, time; from exp3.parallel import forked_children_die_with_this_process; "
                "forked_children_die_with_this_process(); "
                "worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(120,)); worker.start(); "
                "print(worker.pid, flush=True); time.sleep(120)")
-    parent = subprocess.Popen([sys.executable, "-c", session], stdout=subprocess.PIPE, text=True)
-    assert parent.stdout is not None
-    worker = int(parent.stdout.readline())
-    assert Path(f"/proc/{worker}").exists()
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait()
-    deadline = time.time() + 3
-    while Path(f"/proc/{worker}").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    alive = Path(f"/proc/{worker}").exists() and Path(f"/proc/{worker}/stat").read_text().split(") ")[1][0] != "Z"
-    if alive:
-        os.kill(worker, signal.SIGKILL)
-    assert not alive, "a forked worker outlived its killed session process"
+    assert not _child_outlives_a_kill_9_of_its_parent(session), "a forked worker outlived its killed session process"
 
 
 def test_a_session_process_logs_its_command_line_and_exit(tmp_path: Path) -> None:
