@@ -53,7 +53,7 @@ def tiny_yolo_checkpoint(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPath
 
 # The trained test instrument: a model that clearly detects, so metric code is checked against
 # independent implementations on non-zero predictions. It must stay far from these bars on any
-# supported torch / Ultralytics release; `_instrument_quality` refuses a model below them.
+# supported torch / Ultralytics release; `check_instrument` refuses a model below them.
 INSTRUMENT_MIN_MAP50 = 0.5
 INSTRUMENT_MIN_INGREDIENTS = 20
 INSTRUMENT_TRAIN_IMAGES = 384
