@@ -7,16 +7,6 @@
     <output_root>/<model>/.<folder name>.lock   the session lock (outside the folder, so a
                                                 folder can be moved aside while it is held)
     <output_root>/stale/<model>/<folder name>__<YYYYmmdd-HHMMSS>/   results moved aside
-
-States, given the key the current inputs produce (`SessionPaths.state(key)`):
-
-    done     DONE matches metrics.json and records this key
-    stale    the folder holds anything made under other (or unknown) inputs: moved aside, kept
-    failed   FAILED marker, same inputs
-    partial  an unfinished training of the same inputs (its last.pt is resumed)
-    pending  nothing yet
-
-Without a key (status views that cannot compute one) only done/failed/partial/pending are told.
 """
 
 from __future__ import annotations
@@ -25,13 +15,35 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file
 from exp3.sessions import Session
 
-SessionState = Literal["done", "stale", "failed", "running", "partial", "pending"]
+
+class SessionState(StrEnum):
+    """Where a session stands: the one vocabulary of the flow, `exp3.status` and the report.
+
+    A folder is DONE, STALE, FAILED, PARTIAL or PENDING (`SessionPaths.state(key)`). Each view adds
+    only what it alone can tell: RUNNING (exp3.status sees a live run writing), CACHED and SKIPPED
+    (the flow: done before this run, not started in it), INCOMPLETE and MISSING (the report, which
+    does not care whether an unfinished folder resumes). Values are what files, logs and tables show.
+    """
+
+    DONE = "done"  # DONE matches metrics.json and records this key
+    STALE = "stale"  # content made under other (or unknown) inputs: moved aside (kept), trained again
+    FAILED = "failed"  # FAILED marker under the same inputs (the flow: or failed in this run)
+    PARTIAL = "partial"  # an unfinished training of the same inputs: its last.pt is resumed
+    PENDING = "pending"  # nothing yet
+    RUNNING = "running"
+    CACHED = "cached"
+    SKIPPED = "skipped"
+    INCOMPLETE = "incomplete"  # a folder without a valid DONE or FAILED
+    MISSING = "missing"  # no folder
+
+
 DONE_MARKER = "DONE"
 FAILED_MARKER = "FAILED"
 INPUTS_FILENAME = "inputs.json"
@@ -126,24 +138,9 @@ class SessionPaths:
                                                          if self.failed_marker.exists() else None)
 
     def recorded_key(self) -> str | None:
-        """The key this folder's content was made under (inputs.json, else DONE), or None if unknown."""
-        for path in (self.inputs, self.done_marker):
-            record = _read_json(path)
-            if isinstance(record, dict) and record.get("key"):
-                return str(record["key"])
-        return None
-
-    def has_valid_done(self) -> bool:
-        """DONE exists and its recorded sha256 matches metrics.json (whatever the inputs).
-
-        While `replace_metrics` updates a done session, DONE also names the metrics.json it replaces
-        (`replacing_metrics_sha256`): a crash between the two writes leaves the session done either way.
-        """
-        marker = _read_json(self.done_marker)
-        if not isinstance(marker, dict) or not self.metrics.is_file():
-            return False
-        actual = sha256_file(self.metrics)
-        return actual in (marker.get("metrics_sha256"), marker.get("replacing_metrics_sha256"))
+        """The key in inputs.json (None without one: a folder from before keys counts as stale)."""
+        record = _read_json(self.inputs)
+        return str(record["key"]) if isinstance(record, dict) and record.get("key") else None
 
     def evaluations_current(self, plan: dict[str, str]) -> bool:
         """True when metrics.json holds exactly the severity evaluations of `plan` ({split: spec key},
@@ -154,28 +151,30 @@ class SessionPaths:
         return isinstance(metrics, dict) and severity_changes(metrics, plan) == ([], [])
 
     def is_done(self, key: str | None) -> bool:
-        """A valid DONE made under `key` (None: under any inputs; for key-less views only)."""
-        if not self.has_valid_done():
+        """DONE records `key` (None: any key, for key-less views) and the sha256 of the metrics.json on disk.
+
+        While `replace_metrics` updates a done session, DONE also names the metrics.json it replaces
+        (`replacing_metrics_sha256`): a crash between the two writes leaves the session done either way.
+        """
+        marker = _read_json(self.done_marker)
+        if not isinstance(marker, dict) or not self.metrics.is_file() or key not in (None, marker.get("key")):
             return False
-        return key is None or (_read_json(self.done_marker) or {}).get("key") == key
+        return sha256_file(self.metrics) in (marker.get("metrics_sha256"), marker.get("replacing_metrics_sha256"))
 
     def has_content(self) -> bool:
         """Anything besides logs/ (the flow opens logs/session.log before the session subprocess starts)."""
-        if not self.folder.is_dir():
-            return False
-        return any(entry.name != "logs" for entry in self.folder.iterdir())
+        return self.folder.is_dir() and any(entry.name != "logs" for entry in self.folder.iterdir())
 
     def state(self, key: str | None) -> SessionState:
-        """done / stale / failed / partial / pending (module docstring)."""
+        """DONE, STALE, FAILED, PARTIAL or PENDING under `key` (None: a view that cannot compute one
+        never says STALE)."""
         if self.is_done(key):
-            return "done"
+            return SessionState.DONE
         if key is not None and self.has_content() and self.recorded_key() != key:
-            return "stale"
+            return SessionState.STALE
         if self.failed_marker.exists():
-            return "failed"
-        if self.last_pt.is_file():
-            return "partial"
-        return "pending"
+            return SessionState.FAILED
+        return SessionState.PARTIAL if self.last_pt.is_file() else SessionState.PENDING
 
     def write_inputs(self, payload: dict[str, Any], key: str) -> Path:
         """Record the inputs (and key) this folder's content is made under, before training starts."""
@@ -192,7 +191,7 @@ class SessionPaths:
         replaced atomically, then DONE names the new one only. `extra` is merged into DONE.
         """
         marker = _read_json(self.done_marker)
-        if not isinstance(marker, dict) or not self.has_valid_done():
+        if not isinstance(marker, dict) or not self.is_done(None):
             raise RuntimeError(f"{self.folder} is not done: only a done session's metrics.json is replaced")
         data = (canonical_json(payload, indent=2) + "\n").encode("utf-8")  # the bytes atomic_write_json writes
         new_sha, old_sha = sha256_bytes(data), sha256_file(self.metrics)

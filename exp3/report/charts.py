@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from exp3.layout import SessionState
 from exp3.report.comparisons import primary_f1
 from exp3.sessions import SESSION_LABELS
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 
 def _status_text(status: str) -> str:
-    return "" if status == "done" else status
+    """Written at the baseline of a not-done session's bar."""
+    return "" if status == SessionState.DONE else str(status)
 
 
 def bar_frame(summary: pd.DataFrame, split: str, value: str, models: list[str],
@@ -71,7 +74,7 @@ def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd
     f1_ci = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high")
     ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
     written: list[Path] = []
-    for split, tag in (("test_occ_fixed", "occ"), ("test_clean", "clean")):
+    for split, tag in ((FIXED_SPLIT, "occ"), (CLEAN_SPLIT, "clean")):
         written += plots.save_chart(plots.session_bar_chart(
             bar_frame(summary, split, "ingredient_micro_f1", models, f1_ci), models,
             title=f"Ingredient F1 (micro) on {split}, all models", y_title=f"ingredient F1 (micro), {split}",
@@ -88,8 +91,8 @@ def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd
             subtitle="points: difference; lines: 95% paired bootstrap CI; text: BH-adjusted permutation p"),
             plots_dir / f"f1_diff_{tag}")
     written += plots.save_chart(plots.session_bar_chart(
-        bar_frame(summary, "test_occ_fixed", "rF1_micro", models, ("rF1_micro_ci_low", "rF1_micro_ci_high")), models,
-        title="Robustness rF1 = F1(test_occ_fixed) / F1(test_clean), micro ingredient F1",
+        bar_frame(summary, FIXED_SPLIT, "rF1_micro", models, ("rF1_micro_ci_low", "rF1_micro_ci_high")), models,
+        title=f"Robustness rF1 = F1({FIXED_SPLIT}) / F1({CLEAN_SPLIT}), micro ingredient F1",
         y_title="rF1 (occluded / clean)", y_domain=(0.0, 1.2), reference_line=1.0,
         reference_label="1.0 = no loss under occlusion",
         subtitle="1.0 = occlusion costs nothing; error bars: 95% bootstrap CI, images paired across the splits"),

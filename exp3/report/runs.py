@@ -1,5 +1,5 @@
-"""Session folders as the report reads them: discovery, each folder's status (done / failed / stale /
-incomplete / missing) and metrics.json, and a done session's operating points and predictions."""
+"""Session folders as the report reads them: discovery, each folder's state (DONE, FAILED, STALE, INCOMPLETE or
+MISSING, `exp3.layout.SessionState`) and metrics.json, and a done session's operating points and predictions."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from exp3.layout import SessionPaths
+from exp3.layout import SessionPaths, SessionState
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, Session, parse_session
 
-SPLITS: tuple[str, ...] = ("test_clean", "test_occ_fixed")
 KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")
 """Discovered models are listed in this order first, then alphabetically (fixes colours in charts)."""
 THRESHOLDS: tuple[str, ...] = ("primary", "val")
@@ -26,7 +25,7 @@ class SessionRun:
     """One session folder (or the absence of one) as read from disk.
 
     Attributes:
-        status: done | failed | incomplete | missing.
+        status: DONE, FAILED, STALE, INCOMPLETE or MISSING.
         seed: from the `__seed<N>` folder suffix, else metrics.json["seeds"]["train"], else None.
         metrics: the parsed metrics.json of a done session, else None (`view`: the fields the report reads).
     """
@@ -35,7 +34,7 @@ class SessionRun:
     suffix: str
     seed: int | None
     folder: Path
-    status: str
+    status: SessionState
     error: str | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -91,9 +90,9 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
     """
     paths = SessionPaths(folder)
     if not folder.is_dir():
-        return SessionRun(model, suffix, seed, folder, "missing", "no session folder")
-    if key is not None and paths.state(key) == "stale":
-        return SessionRun(model, suffix, seed, folder, "stale",
+        return SessionRun(model, suffix, seed, folder, SessionState.MISSING, "no session folder")
+    if key is not None and paths.state(key) == SessionState.STALE:
+        return SessionRun(model, suffix, seed, folder, SessionState.STALE,
                           "made under other inputs than the current config: re-run the flow")
     if paths.is_done(None):
         metrics = _read_json(paths.metrics)
@@ -101,14 +100,14 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
             recorded_seed = MetricsView.of(metrics).seeds.train
             if seed is None and recorded_seed is not None:
                 seed = int(recorded_seed)
-            return SessionRun(model, suffix, seed, folder, "done", None, metrics)
+            return SessionRun(model, suffix, seed, folder, SessionState.DONE, None, metrics)
     failure = paths.failure()
     if failure is not None:
-        return SessionRun(model, suffix, seed, folder, "failed",
+        return SessionRun(model, suffix, seed, folder, SessionState.FAILED,
                           failure.get("error") or "FAILED marker without an error message")
     detail = "DONE marker does not match metrics.json" if paths.done_marker.is_file() else \
         "no DONE or FAILED marker (still running, or killed mid-way)"
-    return SessionRun(model, suffix, seed, folder, "incomplete", detail)
+    return SessionRun(model, suffix, seed, folder, SessionState.INCOMPLETE, detail)
 
 
 def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
@@ -176,7 +175,7 @@ def load_records(run: SessionRun, split: str) -> list[Any] | None:
     """The `ImageRecord`s of a done run's predictions_<split>.json, or None when absent or empty."""
     from exp3.metrics import records_from_json
 
-    payload = _read_json(run.folder / f"predictions_{split}.json") if run.status == "done" else None
+    payload = _read_json(run.folder / f"predictions_{split}.json") if run.status == SessionState.DONE else None
     if not isinstance(payload, dict):
         return None
     return records_from_json(payload.get("images") or []) or None
