@@ -1,16 +1,9 @@
-"""What a session's result depends on, and the cache key that names it.
+"""What a session's result depends on (`SessionInputs`), and the cache key that names it.
 
-A finished session is trusted only for the inputs that produced it. `SessionInputs` lists them:
-model, session, the part of the resolved config the session depends on, the dataset
-fingerprint, the occlusion-suite id, the sha256 of the weights it starts from (None = from
-scratch) and the exp3 version. Its `key` is stored in the session's `inputs.json` (written before
-training starts), in `DONE` and in `metrics.json`; any difference makes the folder `stale`
-(exp3/layout.py): the old result is moved aside and the session trains again from scratch.
-
-Not part of the key: the severity levels (`occlusion.severities`: evaluations added to a
-finished session from its checkpoint, exp3/splits.py), where and how fast it runs (`train.device`, `train.workers`, GPU slots,
-failure policy, output root) and an out-of-memory retry's halved batch (recorded in
-metrics.json as what really ran, not as a different experiment).
+A finished session is trusted only for the inputs that produced it: the key is stored in `inputs.json`
+(before training), DONE and metrics.json, and any difference makes the folder stale (exp3.layout).
+Not in the key: severity levels (evaluations added later from the checkpoint, exp3.splits), where and
+how fast it runs (device, workers, slots, failure policy, output root) and an out-of-memory retry's batch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Keep Ultralytics offline and its settings inside exp3's output root.
 
-Ultralytics writes `settings.json` under `YOLO_CONFIG_DIR` at import, checks for updates,
-auto-installs packages and downloads a font for its plots. None of that may happen on an
-air-gapped GPU box, so every training/eval process gets `ultralytics_environment(root)`
-*before* `import ultralytics`, and `stage_fonts` puts a local TTF where `check_font` looks first.
+At import Ultralytics writes `settings.json` under `YOLO_CONFIG_DIR`, checks for updates, installs
+packages and fetches a plot font: none of that may happen on an air-gapped GPU box. Every training or
+evaluation process therefore calls `apply_offline_environment(root)` before `import ultralytics`.
 """
 
 from __future__ import annotations
@@ -12,13 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-_PLOT_FONTS: tuple[str, ...] = ("Arial.ttf", "Arial.Unicode.ttf")
-
-
-def ultralytics_config_dir(output_root: str | os.PathLike[str]) -> Path:
-    """Where Ultralytics keeps settings.json and fonts for runs under `output_root`."""
-    return Path(output_root).absolute() / ".ultralytics"
-
 
 def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, str]:
     """Environment variables that make Ultralytics offline-safe and keep its files in the root."""
@@ -26,29 +18,20 @@ def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, st
         "YOLO_OFFLINE": "1",
         "YOLO_AUTOINSTALL": "false",
         "YOLO_VERBOSE": os.environ.get("YOLO_VERBOSE", "true"),
-        "YOLO_CONFIG_DIR": str(ultralytics_config_dir(output_root)),
+        "YOLO_CONFIG_DIR": str(Path(output_root).absolute() / ".ultralytics"),
     }
 
 
-def stage_fonts(output_root: str | os.PathLike[str]) -> Path:
-    """Copy matplotlib's DejaVuSans to the names Ultralytics' `check_font` looks for first.
-
-    Without it, plotting labels sends a request for Arial.ttf (a 3 s time-out offline).
-    Returns the Ultralytics config sub-directory holding the fonts.
-    """
+def apply_offline_environment(output_root: str | os.PathLike[str]) -> None:
+    """Set `ultralytics_environment` in this process, and put matplotlib's DejaVuSans under the names
+    Ultralytics' `check_font` looks for first (else it requests Arial.ttf from the internet)."""
     import matplotlib
 
+    environment = ultralytics_environment(output_root)
+    os.environ.update(environment)
     source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    target_dir = ultralytics_config_dir(output_root) / "Ultralytics"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    for name in _PLOT_FONTS:
-        target = target_dir / name
-        if not target.exists():
-            shutil.copyfile(source, target)
-    return target_dir
-
-
-def apply_offline_environment(output_root: str | os.PathLike[str]) -> None:
-    """Set `ultralytics_environment` in this process and stage fonts (call before importing ultralytics)."""
-    os.environ.update(ultralytics_environment(output_root))
-    stage_fonts(output_root)
+    fonts = Path(environment["YOLO_CONFIG_DIR"]) / "Ultralytics"
+    fonts.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (fonts / name).exists():
+            shutil.copyfile(source, fonts / name)

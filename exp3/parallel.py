@@ -1,4 +1,4 @@
-"""The one way exp3 starts worker processes (dataset generation, occlusion suites)."""
+"""How exp3 starts worker processes, and makes every process it starts die with its parent."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ import signal
 import sys
 
 PRELOADED_MODULES: list[str] = ["exp3.occlusion.worker", "exp3.synth"]
-"""Imported once in the fork server, so each worker starts without re-importing numpy/PIL."""
+"""Imported once in multiprocessing's fork server, so each worker starts without re-importing numpy/PIL."""
 
 
 def process_pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver where available (preloading `PRELOADED_MODULES`), else spawn.
-
-    Not fork: forking a threaded caller (a Prefect flow runs tasks in threads) can deadlock the
-    child. Like any spawn/forkserver pool, a calling script needs an `if __name__ == "__main__":` guard.
-    """
+    """forkserver where available (preloading `PRELOADED_MODULES`), else spawn; not fork, which can deadlock
+    a threaded caller (a Prefect flow runs tasks in threads). Callers need an `if __name__ == "__main__":` guard."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -26,18 +23,15 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def die_with_parent(parent: int | None = None) -> None:
     """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux; no-op elsewhere).
 
-    A `kill -9` of the flow then also ends its session subprocesses (each trains in process), so a re-run
-    never finds an orphan still writing into the session it is about to resume. With `parent` (the pid
-    that forked this child), a parent that died before the request took effect also ends the child.
+    A `kill -9` of the flow then also ends its sessions, so a re-run never finds an orphan still writing
+    into the session it resumes. With `parent` (the pid that forked this child), a parent that died
+    before the request took effect also ends the child.
     """
     if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         if parent is not None and os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -46,10 +40,7 @@ _forking = [0]  # pid of the process about to fork, read by the child (any depth
 
 
 def forked_children_die_with_this_process() -> None:
-    """Every child this process (or its children) forks from now on gets `die_with_parent`.
-
-    A session process calls it once: Ultralytics' DataLoader workers are forked, not started with a
-    `preexec_fn`, and would otherwise outlive a killed session until their own watchdog notices.
-    """
+    """Every child this process (or its children) forks from now on gets `die_with_parent`: Ultralytics'
+    DataLoader workers are forked without a `preexec_fn` and would outlive a killed session."""
     os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()),
                         after_in_child=lambda: die_with_parent(_forking[0]))
