@@ -1,4 +1,4 @@
-"""exp3.coverage: recall by covered fraction, recomputed by hand on a tiny suite.
+"""exp3.report.coverage: recall by covered fraction, recomputed by hand on a tiny suite.
 
 The hand case (conf 0.25, match IoU 0.5, 10 bins):
 
@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import recall_score
 
-from exp3 import coverage
-from exp3.coverage import CoverageError, ManifestBox
+from exp3.report import coverage
+from exp3.report.coverage import CoverageError, ManifestBox
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.metrics import ImageRecord, detection_prf, records_to_json
 

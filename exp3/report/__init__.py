@@ -12,6 +12,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.report.severity)
     <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
     <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
+    <root>/recall_by_coverage.csv     recall per covered-fraction bin with CIs (exp3.report.coverage); _boxes.csv: per box
     <root>/plots/*.png|html           charts (exp3.plots); plots/gallery_<model>.png: images with boxes (exp3.report.gallery)
     <root>/report.md                  tables, charts and headline findings written from the data
     <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
@@ -26,8 +27,9 @@ summary status is `done` when every seed is, `partial` when some are. Columns: d
 Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `scores` the per-image
 scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,
 `findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `severity` the
-severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `text` the number formatting
-and `gap` the headline (gap closed, verdicts per site, exp3.report.gap), `markdown` report.md and the dashboard markdown; this module runs them in order.
+severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `coverage` recall by covered
+fraction, `gap` the headline (gap closed, verdicts per site), `gallery` the picture gallery, `text` the
+number formatting, `markdown` report.md and the dashboard markdown; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -43,14 +45,16 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
-from exp3.report import gallery, gap, severity
+from exp3.report import coverage, gallery, gap, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
+from exp3.report.coverage import CoverageReport
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
-from exp3.report.runs import SPLITS, discover_models, run_sessions, scan_sessions
+from exp3.report.runs import discover_models, run_sessions, scan_sessions
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
 from exp3.sessions import SESSION_SUFFIXES
+from exp3.splits import CLEAN_SPLIT
 
 
 @dataclass
@@ -71,15 +75,15 @@ class ReportResult:
     severity_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     severity_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     """exp3.report.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
-    coverage: Any = None
-    """Recall by covered fraction (`exp3.coverage.CoverageReport`), None when not computed."""
+    coverage: CoverageReport | None = None
+    """Recall by covered fraction (exp3.report.coverage), None when not computed."""
     gap_closed: pd.DataFrame = field(default_factory=pd.DataFrame)
     """exp3.report.gap.gap_table: the headline, gap closed per model x metric x masking session x basis."""
 
     @property
     def status_counts(self) -> dict[str, int]:
         """Sessions per status (model x session, counted once, not per split)."""
-        return self.summary[self.summary["split"] == SPLITS[0]]["status"].value_counts().to_dict()
+        return self.summary[self.summary["split"] == CLEAN_SPLIT]["status"].value_counts().to_dict()
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -100,8 +104,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         charts: False skips the PNG/HTML charts (tables and report.md only).
         sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
             `not in run` in the status grid and left out of every table, finding and chart.
-        occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.coverage); None:
-            test_occ_fixed and the severity splits every done session has (`exp3.coverage.default_splits`).
+        occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.report.coverage); None:
+            test_occ_fixed and the severity splits every done session has (`coverage.default_splits`).
 
     Raises:
         FileNotFoundError: `root` is not a directory, or no model is given and none is found.
@@ -137,10 +141,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
         files += gallery.write_galleries(runs, models, summary, root / "plots")
         files += severity.write_severity_charts(curves, models, root / "plots")
-    from exp3 import coverage
-
-    by_coverage = coverage.coverage_report(runs, occluded_splits,
-                                           n_resamples=n_resamples, seed=seed)
+    by_coverage = coverage.coverage_report(runs, occluded_splits, n_resamples=n_resamples, seed=seed)
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
                           curves, severity_table, by_coverage, gap_closed)

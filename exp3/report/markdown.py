@@ -9,11 +9,14 @@ import pandas as pd
 from exp3.report import gap, severity
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
+from exp3.report.coverage import coverage_markdown
 from exp3.report.findings import headline_findings, positive_control
+from exp3.report.gallery import GALLERY_RULE
 from exp3.report.mapdraws import MAP_RESAMPLES
-from exp3.report.runs import SPLITS, THRESHOLDS
+from exp3.report.runs import THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
 if TYPE_CHECKING:
     from exp3.report import ReportResult
@@ -78,7 +81,7 @@ def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S
     """report.md table of `session` - `reference` on every metric: one row per model x split x threshold x metric."""
     rows = []
     for model in models:
-        for split in SPLITS[::-1]:
+        for split in PRIMARY_SPLITS[::-1]:
             for threshold in THRESHOLDS:
                 found = comparison_metrics(comparisons, model, split, session, reference, threshold)
                 for metric in (*PAIRED_METRICS, *MAP_METRICS):
@@ -99,7 +102,7 @@ def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S
 def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str] = SESSION_SUFFIXES) -> pd.DataFrame:
     """Model x session table of statuses (from the test_clean rows; both splits share a status); all six
     sessions, those outside this run's `sessions` as NOT_IN_RUN."""
-    part = summary[summary["split"] == SPLITS[0]]
+    part = summary[summary["split"] == CLEAN_SPLIT]
     rows = []
     for model in models:
         status = dict(zip(part[part["model"] == model]["session"], part[part["model"] == model]["status"]))
@@ -121,9 +124,9 @@ def dashboard_markdown(result: "ReportResult") -> str:
     lines += [f"- {positive_control(result.comparisons, model)[1]}" for model in result.models]
     lines += ["", "## Headline findings", ""]
     lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
-    table = split_table(result.summary, "test_occ_fixed")
+    table = split_table(result.summary, FIXED_SPLIT)
     narrow = [column for column in DASHBOARD_COLUMNS if column in table.columns]  # fits the UI's width
-    lines += ["", "## test_occ_fixed at the primary threshold", "",
+    lines += ["", f"## {FIXED_SPLIT} at the primary threshold", "",
               markdown_table(table[narrow]) if len(table) else "no session rows", ""]
     return "\n".join(lines)
 
@@ -132,7 +135,7 @@ def render_markdown(result: "ReportResult") -> str:
     """report.md: status grid, headline findings, per split the table at the primary and at the val-chosen
     threshold, S2 vs S1 on every metric, failures, charts, files."""
     summary, root = result.summary, result.root
-    failures = summary[(summary["split"] == SPLITS[0]) & (summary["status"] != "done")]
+    failures = summary[(summary["split"] == CLEAN_SPLIT) & (summary["status"] != "done")]
     lines = [f"# exp3 report: {root.name}", "",
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
@@ -168,7 +171,7 @@ def render_markdown(result: "ReportResult") -> str:
     for model in result.models:
         table, verdict = positive_control(result.comparisons, model)
         lines += [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
-    for split in SPLITS[::-1]:
+    for split in PRIMARY_SPLITS[::-1]:
         confs = ", ".join(fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
         lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
                   markdown_table(split_table(summary, split)), "", f"### {split} at the val-chosen threshold", ""]
@@ -184,8 +187,6 @@ def render_markdown(result: "ReportResult") -> str:
                   "p-values for the F1s.", "", markdown_table(by_metric), ""]
     lines += severity.severity_section(result.severity_curves, result.severity_table, result.models)
     if result.coverage is not None:
-        from exp3.coverage import coverage_markdown
-
         lines += coverage_markdown(result.coverage, result.models)
     if len(failures):
         lines += ["## Sessions not done", ""]
@@ -195,8 +196,6 @@ def render_markdown(result: "ReportResult") -> str:
     lines += ["## Charts", ""]
     for path in result.files:
         if path.suffix == ".png" and path.parent.name == "plots" and path.stem.startswith("gallery_"):
-            from exp3.report.gallery import GALLERY_RULE
-
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name})", "", GALLERY_RULE, ""]
             continue
         if path.suffix == ".png" and path.parent.name == "plots" and not path.stem.startswith("gap_closed_"):

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exp3.report.runs import SessionRun, as_number, load_records, threshold_conf
+from exp3.metrics import DEFAULT_MATCH_IOU
+from exp3.report.runs import SessionRun, load_records, threshold_conf
+from exp3.schema import MetricsView
 
 IMAGE_COUNT_COLUMNS: dict[str, tuple[str, str, str]] = {
     "ingredient_micro_f1": ("ingredient_tp", "ingredient_fp", "ingredient_fn"),
@@ -38,21 +40,30 @@ def image_scores(records: list[Any], num_classes: int, conf: float, match_iou: f
                         index=[record.image_id for record in records])
 
 
+def split_match_iou(view: MetricsView, split: str) -> float:
+    """The IoU a detection needs to match a ground-truth box on `split`: the split's recorded `match_iou`,
+    else the session's (`eval.match_iou`), else exp3.metrics' default."""
+    for value in (view.split(split).match_iou, view.eval.match_iou):
+        if value is not None and math.isfinite(value):
+            return float(value)
+    return DEFAULT_MATCH_IOU
+
+
 def run_image_scores(run: SessionRun, split: str, threshold: str = "primary",
                      records: list[Any] | None = None) -> pd.DataFrame | None:
     """`image_scores` of one done run at one operating point (`threshold_conf`), None when it lacks what is needed.
 
     `records`: the split's records when already loaded (`load_records`), to read the file once.
     """
-    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
+    view = run.view
+    num_classes = view.split(split).num_classes
     conf = threshold_conf(run.metrics, split, threshold)
-    if run.status != "done" or not part.get("num_classes") or conf is None:
+    if run.status != "done" or not num_classes or conf is None:
         return None
     records = load_records(run, split) if records is None else records
     if not records:
         return None
-    match_iou = as_number(part.get("match_iou", ((run.metrics or {}).get("eval") or {}).get("match_iou", 0.5)))
-    return image_scores(records, int(part["num_classes"]), conf, match_iou if math.isfinite(match_iou) else 0.5)
+    return image_scores(records, int(num_classes), conf, split_match_iou(view, split))
 
 
 def pool_image_scores(frames: list[pd.DataFrame]) -> pd.DataFrame | None:

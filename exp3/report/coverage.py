@@ -46,8 +46,11 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
+from exp3.report.runs import THRESHOLDS, SessionRun, load_records, threshold_conf
+from exp3.report.scores import split_match_iou
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_LABELS, SESSION_ORDER
+from exp3.splits import FIXED_SPLIT, severity_level
 
 N_BINS = 10
 """Equal-width covered-fraction bins over [0, 1]."""
@@ -55,11 +58,12 @@ LEVELS: tuple[str, ...] = ("detection", "ingredient")
 """What "found" means for a box (module docstring)."""
 LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= match_iou)",
                                 "ingredient": "ingredient: class named in the image's set"}
-"""The occluded splits whose boxes are binned (severity suites are passed in addition)."""
-REPORT_THRESHOLD = "primary"
+"""How the chart and report.md name each level."""
+REPORT_THRESHOLD = THRESHOLDS[0]
 """The operating point of report.md's tables: the primary threshold, as the report's headline detection F1
 (`exp3.report.runs.threshold_conf`). The chart and the csv files also have each session's val-chosen threshold."""
-THRESHOLD_LABELS: dict[str, str] = {"primary": "primary threshold", "val": "each session's val-chosen threshold"}
+THRESHOLD_LABELS: dict[str, str] = dict(zip(THRESHOLDS, ("primary threshold", "each session's val-chosen threshold")))
+"""How the chart names each operating point (`exp3.report.runs.THRESHOLDS`: primary, val)."""
 ALIGN_IOU = 0.9
 """IoU a prediction file's ground-truth box needs with its manifest box (same class) to be the same box:
 both are the label converted to pixels, rounded to 0.01 px and 0.001 px."""
@@ -329,14 +333,13 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
     from exp3.fileio import sha256_file
     from exp3.occlusion.identity import MANIFEST_NAME
 
-    from exp3.splits import severity_level
-
     if manifest_paths and split in manifest_paths:
         return Path(manifest_paths[split])
     data = metrics.data
     if not data.suite_dir:
         raise CoverageError("metrics.json records no occlusion suite (data.suite_dir): re-run the session with this "
-                            "exp3 version, or pass the manifest (exp3.coverage.coverage_report(manifest_paths=...))")
+                            "exp3 version, or pass the manifest "
+                            "(exp3.report.coverage.coverage_report(manifest_paths=...))")
     path, recorded = Path(data.suite_dir) / MANIFEST_NAME, data.suite_manifest_sha256
     if severity_level(split) is not None:  # a severity suite: the one its evaluation record names
         record = metrics.severity.evaluations.get(split)
@@ -353,11 +356,9 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
     return path
 
 
-def _session_boxes(run: Any, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
+def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
                    cache: dict[Path, dict[str, list[ManifestBox]]]) -> tuple[pd.DataFrame, int]:
-    """All per-box rows of one done session folder (`exp3.report.runs.SessionRun`) at both thresholds."""
-    from exp3.report.runs import THRESHOLDS, load_records, threshold_conf
-
+    """All per-box rows of one done session folder at both thresholds."""
     view: MetricsView = run.view
     frames, excluded = [], 0
     for split in splits:
@@ -368,23 +369,20 @@ def _session_boxes(run: Any, splits: Sequence[str], manifest_paths: Mapping[str,
         path = suite_manifest(view, split, manifest_paths)
         if path not in cache:
             cache[path] = read_manifest_boxes(path)
-        # the split's IoU, else the session's, else the evaluation default
-        match_iou = next((iou for iou in (part.match_iou, view.eval.match_iou) if iou is not None), 0.5)
+        iou_needed = split_match_iou(view, split)
         for threshold in THRESHOLDS:
             conf = threshold_conf(run.metrics, split, threshold)
             if conf is None:
                 continue
-            table = box_table(records, cache[path], int(part.num_classes), conf, match_iou, split)
+            table = box_table(records, cache[path], int(part.num_classes), conf, iou_needed, split)
             frames.append(table.frame.assign(threshold=threshold))
             excluded += table.excluded_zero_area if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
 
 
-def default_splits(runs: Iterable[Any]) -> tuple[str, ...]:
+def default_splits(runs: Iterable[SessionRun]) -> tuple[str, ...]:
     """test_occ_fixed and the severity splits every done session was evaluated on (light to heavy):
     together they span the covered fractions from light to heavy."""
-    from exp3.splits import FIXED_SPLIT, severity_level
-
     common: set[str] | None = None
     for run in runs:
         if run.status == "done":
@@ -393,11 +391,11 @@ def default_splits(runs: Iterable[Any]) -> tuple[str, ...]:
     return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
 
 
-def coverage_report(runs: Iterable[Any], splits: Sequence[str] | None = None,
+def coverage_report(runs: Iterable[SessionRun], splits: Sequence[str] | None = None,
                     manifest_paths: Mapping[str, Path] | None = None, n_bins: int = N_BINS,
                     n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE) -> CoverageReport:
-    """Recall by covered fraction of every done session in `runs` (`exp3.report.runs.SessionRun`s).
+    """Recall by covered fraction of every done session in `runs`.
 
     Args:
         splits: the occluded splits to pool (each needs predictions_<split>.json and a manifest); None:
@@ -410,8 +408,8 @@ def coverage_report(runs: Iterable[Any], splits: Sequence[str] | None = None,
     runs = list(runs)
     splits = tuple(dict.fromkeys(default_splits(runs) if splits is None else splits))
     if not splits:
-        raise ValueError("no occluded split given: pass e.g. ('test_occ_fixed',)")
-    grouped: dict[tuple[str, str], list[Any]] = {}
+        raise ValueError(f"no occluded split given: pass e.g. ({FIXED_SPLIT!r},)")
+    grouped: dict[tuple[str, str], list[SessionRun]] = {}
     for run in runs:
         if run.status == "done":
             grouped.setdefault((run.model, run.suffix), []).append(run)
