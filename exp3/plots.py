@@ -2,8 +2,9 @@
 
 Nothing is computed here: `exp3.report.charts` builds the frames (one row per bar / cell / interval) and
 these functions only map columns to marks. Every chart uses the same session order
-(`exp3.sessions.SESSION_ORDER`, S1..S6) and the same model colours (`model_colors(models)`), so a model keeps
-its colour from chart to chart. `save_chart` writes a PNG (vl-convert, offline) and an
+(`exp3.sessions.SESSION_ORDER`, S1..S6) and one colour scale per thing coloured: `model_colors(models)` where
+models are the colour, `session_colors()` where sessions are, so a model or a session keeps its colour from
+chart to chart. `save_chart` writes a PNG (vl-convert, offline) and an
 interactive HTML file (Vega libraries inlined, so it opens without internet).
 
 Frame contracts (columns):
@@ -28,11 +29,15 @@ import pandas as pd
 
 from exp3.fileio import atomic_write_bytes, atomic_write_text
 from exp3.sessions import SESSION_ORDER
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
-SPLIT_LABELS: dict[str, str] = {"test_clean": "test_clean (clean images)",
-                                "test_occ_fixed": "test_occ_fixed (occluded copies)"}
+SPLIT_LABELS: dict[str, str] = {CLEAN_SPLIT: f"{CLEAN_SPLIT} (clean images)",
+                                FIXED_SPLIT: f"{FIXED_SPLIT} (occluded copies)"}
 MODEL_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")
 """Colours given to models in the order of the report's model list (Tableau-like, colour-blind aware)."""
+SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#9D755D")
+"""Colour of each session (S1..S6, `SESSION_ORDER`) in every chart where sessions, not models, are the colour
+(`session_colors`)."""
 PNG_SCALE = 2
 """vl-convert scale factor: 2 gives crisp PNGs for reports and slides."""
 
@@ -51,6 +56,16 @@ def model_colors(models: list[str], shown: list[str] | None = None) -> alt.Scale
     """
     shown = list(models) if shown is None else [model for model in models if model in shown]
     return alt.Scale(domain=shown, range=[MODEL_PALETTE[models.index(model) % len(MODEL_PALETTE)] for model in shown])
+
+
+def session_colors(shown: list[str] | None = None) -> alt.Scale:
+    """The one session colour scale: SESSION_ORDER[i] -> SESSION_PALETTE[i], whichever sessions a chart shows.
+
+    `shown` (session labels) limits the legend to the sessions a chart draws, in S1..S6 order, while
+    keeping each session's colour; default: all six.
+    """
+    shown = list(SESSION_ORDER) if shown is None else [label for label in SESSION_ORDER if label in shown]
+    return alt.Scale(domain=shown, range=[SESSION_PALETTE[SESSION_ORDER.index(label)] for label in shown])
 
 
 def _shown_models(frame: pd.DataFrame, models: list[str]) -> list[str]:
@@ -239,10 +254,6 @@ def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title
             .properties(title=_title(title, subtitle)))
 
 
-SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2")
-"""Line colour of each session (S1..S6) in the severity charts."""
-
-
 def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str | None = None,
                    y_domain: tuple[float, float] | None = (0.0, 1.0)) -> alt.LayerChart:
     """One model's metric vs occlusion severity: one line per session, 95% CI band, severity 0 = clean.
@@ -251,10 +262,8 @@ def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str 
         frame: curve frame, one row per session x severity: session_label, severity (0..K),
             severity_label ("0 clean", "1 0.1-0.26", ...), value, ci_low, ci_high.
     """
-    shown = [label for label in SESSION_ORDER if label in set(frame["session_label"])]
-    colour = alt.Color("session_label:N", title="session", sort=shown,
-                       scale=alt.Scale(domain=shown, range=[SESSION_PALETTE[SESSION_ORDER.index(label)]
-                                                            for label in shown]),
+    sessions = session_colors(list(frame["session_label"]))
+    colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
                        legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
                                          symbolOpacity=1.0, symbolType="stroke", symbolStrokeWidth=3))
     order = list(dict.fromkeys(frame.sort_values("severity")["severity_label"]))
@@ -281,22 +290,18 @@ def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path
     return [png, html]
 
 
-SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#9D755D")
-"""Colour of each session (S1..S6, `SESSION_ORDER`) where sessions, not models, are the colour."""
-
-
 def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
     """Recall (y) by covered-fraction bin (x), one line per session, CI bars; one panel per level ("found" at
     detection and at ingredient level, columns) and operating point (rows), for one model
-    (exp3.coverage.chart_frame).
+    (exp3.report.coverage.chart_frame).
 
     Args:
         frame: coverage frame, one row per session x threshold x level x non-empty bin: session_label,
             threshold_label, level_label, conf, bin_text, x (bin centre, nudged per session), recall,
             ci_low, ci_high, n_boxes, n_found.
     """
-    colour = alt.Color("session_label:N", title="session", sort=SESSION_ORDER,
-                       scale=alt.Scale(domain=SESSION_ORDER, range=list(SESSION_PALETTE)),
+    sessions = session_colors(list(frame["session_label"]))
+    colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
                        legend=alt.Legend(orient="top", columns=3, labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
                                          labelLimit=220))
     x = alt.X("x:Q", title="covered fraction of the box (bin centre)", scale=alt.Scale(domain=[0, 1]),
@@ -381,7 +386,7 @@ def save_gallery(gallery, path: Path) -> Path:  # type: ignore[no-untyped-def]
     sheet = Image.new("RGB", (label_width + columns * (cell + pad) + pad, height), "white")
     draw, title_font, font = ImageDraw.Draw(sheet), _font(15), _font(12)
     titles = ["occluded image + ground truth", *(SESSION_LABELS[suffix] for suffix in gallery.sessions)]
-    draw.text((pad, 6), f"{gallery.model}: test_occ_fixed", fill="black", font=title_font)
+    draw.text((pad, 6), f"{gallery.model}: {FIXED_SPLIT}", fill="black", font=title_font)
     for index, title in enumerate(titles):
         draw.text((label_width + index * (cell + pad), 26), title, fill="black", font=font)
     for number, row in enumerate(gallery.rows):
