@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict
 
 from exp3.fileio import atomic_write_json, sha256_bytes, sha256_file
 from exp3.labels import box_in_bounds, parse_label_text
+from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-REQUIRED_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 class DatasetError(ValueError):
@@ -85,7 +85,7 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} (from 'path:' in {yaml_path.name}) does not exist: fix 'path:'")
     splits: dict[str, list[Path]] = {}
-    for split in REQUIRED_SPLITS:
+    for split in SOURCE_SPLITS:
         value = data.get(split)
         if value in (None, ""):
             continue
@@ -223,7 +223,7 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
     report = AuditReport(data_yaml=str(spec.yaml_path), names=spec.names, fingerprint=fingerprint)
     split_of_id: dict[str, str] = {}
     split_of_sha: dict[str, str] = {}
-    for split in REQUIRED_SPLITS:
+    for split in SOURCE_SPLITS:
         if split not in spec.splits:
             report.problems.append(Problem("missing_split", split, "", f"no '{split}:' in data.yaml"))
             continue
@@ -292,7 +292,7 @@ def dataset_fingerprint(spec: DataSpec) -> str:
     Splits whose sources are missing are skipped (the audit reports them).
     """
     digest = hashlib.sha256("\n".join(spec.names).encode())
-    for split in REQUIRED_SPLITS:
+    for split in SOURCE_SPLITS:
         if split not in spec.splits:
             continue
         try:
@@ -309,7 +309,7 @@ def dataset_fingerprint(spec: DataSpec) -> str:
 class AuditedData(BaseModel):
     """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`).
 
-    What the flow's audit task hands its prepare task (`exp3.session.prepare_data(audited=...)`),
+    What the flow's audit task hands its prepare task (`exp3.prepare.prepare_data(audited=...)`),
     so that a run hashes the dataset once.
     """
 
@@ -355,7 +355,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             train, val, test = (int(value) for value in args.counts.split(","))
         except ValueError:
             raise ValueError(f"--counts {args.counts!r} is not TRAIN,VAL,TEST: write e.g. --counts 16,8,8") from None
-        counts = {"train": train, "val": val, "test": test}
+        counts = {TRAIN_SPLIT: train, VAL_SPLIT: val, TEST_SPLIT: test}
     data_yaml = build_synthetic_dataset(args.out, preset=args.preset, seed=args.seed, counts=counts,
                                         image_size=args.image_size, workers=args.workers)
     print(data_yaml)

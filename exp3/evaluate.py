@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from exp3.mapstats import MapStats
 from exp3.offline import apply_offline_environment
+from exp3.splits import TEST_SPLIT
 
 Family = Literal["detect", "rtdetr"]
 RECORD_CONF = 0.01
@@ -234,7 +235,7 @@ def evaluate_split(
     family: Family,
     output_root: str | Path,
     save_dir: str | Path,
-    split: str = "test",
+    split: str = TEST_SPLIT,
     imgsz: int | None = None,
     batch: int | None = None,
     device: str | None = None,

@@ -1,5 +1,6 @@
-"""The names of a run's test splits, and which suite each evaluation must come from. One owner.
+"""The names of a run's splits, and which suite each evaluation must come from. One owner.
 
+    train, val, test  the source dataset's splits (data.yaml keys, `SOURCE_SPLITS`)
     test_clean        the clean test images (copies in the fixed suite `occ-<hash12>`)
     test_occ_fixed    the primary occluded suite (spec: occlusion.coverage), same images
     test_occ_sev<k>   severity level k = 1..K of `occlusion.severities`, light to heavy
@@ -22,6 +23,11 @@ from typing import Any
 
 from exp3.config import OcclusionConfig
 
+TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train", "val", "test"
+SOURCE_SPLITS: tuple[str, ...] = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
+"""The source dataset's splits, named as its data.yaml names them (Ultralytics' keys). Sessions train on
+train, select checkpoints and their val-chosen threshold on the clean val split, and every test split
+below holds the images of test."""
 CLEAN_SPLIT = "test_clean"
 FIXED_SPLIT = "test_occ_fixed"
 PRIMARY_SPLITS: tuple[str, ...] = (CLEAN_SPLIT, FIXED_SPLIT)

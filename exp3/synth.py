@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from exp3.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, publish_dir, sha256_bytes
 from exp3.parallel import process_pool_context
+from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 GENERATOR_VERSION = "synth-1"
 
@@ -50,8 +51,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "mushroom",
 )
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-_SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
+_SPLIT_STREAM = {TRAIN_SPLIT: 1, VAL_SPLIT: 2, TEST_SPLIT: 3}
 _MIN_VISIBLE_SHARE = 0.6
 _JPEG_QUALITY = 92
 
@@ -66,9 +66,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # smoke: enough to exercise every code path in seconds (12 one-epoch sessions on 2 CPU cores)
-    "smoke": Preset(image_size=128, counts={"train": 16, "val": 8, "test": 8}),
+    "smoke": Preset(image_size=128, counts={TRAIN_SPLIT: 16, VAL_SPLIT: 8, TEST_SPLIT: 8}),
     # full: the default experiment dataset (640 px like COCO-scale training)
-    "full": Preset(image_size=640, counts={"train": 800, "val": 200, "test": 200}),
+    "full": Preset(image_size=640, counts={TRAIN_SPLIT: 800, VAL_SPLIT: 200, TEST_SPLIT: 200}),
 }
 
 RGB = tuple[int, int, int]
@@ -430,9 +430,7 @@ def data_yaml_text(root: Path) -> str:
     """A data.yaml for the dataset at absolute `root`."""
     payload = {
         "path": str(root),
-        "train": "images/train",
-        "val": "images/val",
-        "test": "images/test",
+        **{split: f"images/{split}" for split in SOURCE_SPLITS},
         "names": {index: name for index, name in enumerate(CLASS_NAMES)},
     }
     return yaml.safe_dump(payload, sort_keys=False)
@@ -443,9 +441,9 @@ def _spec(preset: str, seed: int, counts: dict[str, int] | None, image_size: int
         raise ValueError(f"unknown synthetic preset {preset!r}: use one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
     resolved_counts = dict(chosen.counts if counts is None else counts)
-    unknown = set(resolved_counts) - set(SPLITS)
-    if unknown or any(n < 1 for n in resolved_counts.values()) or set(resolved_counts) != set(SPLITS):
-        raise ValueError(f"counts {resolved_counts} must give >= 1 image for each of {', '.join(SPLITS)}")
+    unknown = set(resolved_counts) - set(SOURCE_SPLITS)
+    if unknown or any(n < 1 for n in resolved_counts.values()) or set(resolved_counts) != set(SOURCE_SPLITS):
+        raise ValueError(f"counts {resolved_counts} must give >= 1 image for each of {', '.join(SOURCE_SPLITS)}")
     size = chosen.image_size if image_size is None else int(image_size)
     if size < 32:
         raise ValueError(f"image_size {size} is too small: use 32 pixels or more")
@@ -489,11 +487,11 @@ def build_synthetic_dataset(
     ensure_writable_dir(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for split in SPLITS:
+        for split in SOURCE_SPLITS:
             (staging / "images" / split).mkdir(parents=True)
             (staging / "labels" / split).mkdir(parents=True)
         tasks = [(staging, spec["seed"], split, index, spec["image_size"])
-                 for split in SPLITS for index in range(spec["counts"][split])]  # type: ignore[index]
+                 for split in SOURCE_SPLITS for index in range(spec["counts"][split])]  # type: ignore[index]
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
                 rows = list(pool.map(_write_sample, tasks, chunksize=8))

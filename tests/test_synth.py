@@ -13,7 +13,8 @@ import yaml
 from PIL import Image
 
 from exp3.labels import parse_label_text
-from exp3.synth import CLASS_NAMES, SPLITS, build_synthetic_dataset, compose_image
+from exp3.splits import SOURCE_SPLITS
+from exp3.synth import CLASS_NAMES, build_synthetic_dataset, compose_image
 
 SMALL = {"train": 6, "val": 3, "test": 3}
 
@@ -41,7 +42,7 @@ def test_layout_labels_and_classes(tmp_path: Path) -> None:
     assert list(spec["names"].values()) == list(CLASS_NAMES) and len(CLASS_NAMES) >= 8
     seen_classes: set[int] = set()
     counts = []
-    for split in SPLITS:
+    for split in SOURCE_SPLITS:
         images = sorted((root / spec[split]).glob("*.jpg"))
         assert len(images) == {"train": 30, "val": 3, "test": 3}[split]
         for image in images:

@@ -38,6 +38,7 @@ from exp3.occlusion.identity import (
 from exp3.occlusion.source import _SourceImage, _absolute_split, _scan_split, source_fingerprint
 from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.occlusion.worker import _ImageTask, _run_tasks, _write
+from exp3.splits import PRIMARY_SPLITS, SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 
 def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
@@ -46,7 +47,7 @@ def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
     Hashes GENERATOR_VERSION and `algorithm_constants()` with the parameters and the source
     fingerprint: a suite built by another generator version never has this name.
     """
-    _, images = _scan_split(Path(data_yaml), "test")
+    _, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     return _suite_name(_suite_identity(config, images))
 
 
@@ -73,7 +74,7 @@ def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_Sourc
 
 def _split_yaml(split_dir: Path, names: list[str]) -> str:
     """An Ultralytics data yaml whose train/val/test all point at one split's images (absolute path)."""
-    payload = {"path": str(split_dir), "train": "images", "val": "images", "test": "images"}
+    payload: dict[str, Any] = {"path": str(split_dir), **{split: "images" for split in SOURCE_SPLITS}}
     payload["names"] = dict(enumerate(names))
     return yaml.safe_dump(payload, sort_keys=False)
 
@@ -146,8 +147,8 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     Layout: `<out_root>/occ-<hash12>/{manifest.json, test_clean.yaml, test_occ_fixed.yaml,
     test_clean/{images,labels}, test_occ_fixed/{images,labels}}`.
     """
-    names, images = _scan_split(Path(data_yaml), "test")
-    _check_inputs(config, workers, images, "test")
+    names, images = _scan_split(Path(data_yaml), TEST_SPLIT)
+    _check_inputs(config, workers, images, TEST_SPLIT)
     identity = _suite_identity(config, images)
     donors = _donor_pool(images)
 
@@ -155,10 +156,10 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
         return [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, str(build_dir), donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
-        return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in ("test_clean", "test_occ_fixed")}
+        return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in PRIMARY_SPLITS}
 
-    manifest_extra = _manifest_extra(config, Path(data_yaml), "test", names, images, donors)
-    subdirs = [f"{split}/{part}" for split in ("test_clean", "test_occ_fixed") for part in ("images", "labels")]
+    manifest_extra = _manifest_extra(config, Path(data_yaml), TEST_SPLIT, names, images, donors)
+    subdirs = [f"{split}/{part}" for split in PRIMARY_SPLITS for part in ("images", "labels")]
     return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
 
 
@@ -173,7 +174,7 @@ def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConf
     """
     if not config.severities:
         return []
-    names, images = _scan_split(Path(data_yaml), "test")
+    names, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     donors = _donor_pool(images)
     return [_build_severity_suite(Path(data_yaml), Path(out_root), config, level, names, images, donors, workers)
             for level in range(1, len(config.severities) + 1)]
@@ -182,7 +183,7 @@ def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConf
 def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, level: int, names: list[str],
                           images: Sequence[_SourceImage], donors: tuple[TextureDonor, ...], workers: int) -> Path:
     level_config = severity_config(config, level)
-    _check_inputs(level_config, workers, images, "test")
+    _check_inputs(level_config, workers, images, TEST_SPLIT)
     spec = severity_spec(config, level)
     split = spec["parameters"]["split"]
     identity = {**spec, "source_fingerprint": source_fingerprint(images), "references": None}
@@ -194,7 +195,7 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     def extra_files(final_dir: Path) -> dict[str, str]:
         return {f"{split}.yaml": _split_yaml(final_dir / split, names)}
 
-    manifest_extra = {**_manifest_extra(level_config, data_yaml, "test", names, images, donors), "split": split,
+    manifest_extra = {**_manifest_extra(level_config, data_yaml, TEST_SPLIT, names, images, donors), "split": split,
                       "severity_level": level, "coverage": list(level_config.coverage),
                       "spec_key": stable_hash(spec)}
     subdirs = [f"{split}/images", f"{split}/labels"]
@@ -221,14 +222,14 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     Layout: `<out_root>/occtrain-<hash12>/{manifest.json, data.yaml, train/{images,labels}}`.
     """
     data_yaml = Path(data_yaml)
-    names, images = _scan_split(data_yaml, "train")
-    _check_inputs(config, workers, images, "train")
-    val = _absolute_split(data_yaml, "val")
+    names, images = _scan_split(data_yaml, TRAIN_SPLIT)
+    _check_inputs(config, workers, images, TRAIN_SPLIT)
+    val = _absolute_split(data_yaml, VAL_SPLIT)
     if val is None:
         raise OcclusionError(
             f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; add val:"
         )
-    references = {"val": val, "test": _absolute_split(data_yaml, "test")}
+    references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(data_yaml, TEST_SPLIT)}
     identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)
 
@@ -236,13 +237,14 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         return [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, str(build_dir), donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
-        payload: dict[str, Any] = {"path": str(final_dir), "train": "train/images", "val": references["val"]}
-        if references["test"] is not None:
-            payload["test"] = references["test"]
+        payload: dict[str, Any] = {"path": str(final_dir), TRAIN_SPLIT: f"{TRAIN_SPLIT}/images",
+                                   VAL_SPLIT: references[VAL_SPLIT]}
+        if references[TEST_SPLIT] is not None:
+            payload[TEST_SPLIT] = references[TEST_SPLIT]
         payload["names"] = dict(enumerate(names))
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
-    manifest_extra = _manifest_extra(config, data_yaml, "train", names, images, donors)
-    subdirs = ["train/images", "train/labels"]
+    manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, names, images, donors)
+    subdirs = [f"{TRAIN_SPLIT}/images", f"{TRAIN_SPLIT}/labels"]
     suite = _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
     return suite / "data.yaml"

@@ -10,6 +10,7 @@ import yaml
 
 from exp3.fileio import sha256_file
 from exp3.occlusion.identity import MANIFEST_NAME, SEVERITY_KIND, TRAIN_SET_KIND, _identity, _suite_name
+from exp3.splits import PRIMARY_SPLITS
 
 IGNORED_FILE_NAMES = frozenset({"labels.cache"})
 """Files `verify` tolerates although the manifest does not list them: Ultralytics writes
@@ -23,7 +24,7 @@ def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
         if manifest.get("kind") == TRAIN_SET_KIND
         else {f"{manifest.get('split')}.yaml": suite_dir / str(manifest.get("split"))}
         if manifest.get("kind") == SEVERITY_KIND
-        else {f"{split}.yaml": suite_dir / split for split in ("test_clean", "test_occ_fixed")}
+        else {f"{split}.yaml": suite_dir / split for split in PRIMARY_SPLITS}
     )
     problems = []
     for name, path in expected.items():

@@ -22,8 +22,9 @@ from exp3.occlusion.fills import TextureDonor
 from exp3.occlusion.geometry import yolo_to_xyxy
 from exp3.occlusion.identity import SEVERITY_KIND, SUITE_KIND
 from exp3.occlusion.occlude import image_rng, image_seed, occlude_image
-from exp3.parallel import process_pool_context
 from exp3.occlusion.source import _SourceImage
+from exp3.parallel import process_pool_context
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, TRAIN_SPLIT
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,11 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
     }
     clean_split: str | None
     if task.kind == SUITE_KIND:
-        clean_split, occluded_split, occlude = "test_clean", "test_occ_fixed", True
+        clean_split, occluded_split, occlude = CLEAN_SPLIT, FIXED_SPLIT, True
     elif task.kind == SEVERITY_KIND:  # the occluded copies only: test_clean lives in the fixed suite
         clean_split, occluded_split, occlude = None, task.split, True
     else:  # S2 train set: one directory; the stream's first draw decides occluded or clean
-        clean_split, occluded_split = "train", "train"
+        clean_split, occluded_split = TRAIN_SPLIT, TRAIN_SPLIT
         occlude = bool(rng.random() < config.train_fraction)
         entry["occluded"] = occlude
     label_splits = {split for split in (clean_split, occluded_split) if split is not None}

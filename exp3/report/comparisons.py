@@ -11,10 +11,11 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws, map_interval
-from exp3.report.runs import SPLITS, THRESHOLDS, SessionRun, load_records, threshold_conf
+from exp3.report.runs import THRESHOLDS, SessionRun, load_records, threshold_conf
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, IMAGE_MEAN_COLUMNS, pool_image_scores, run_image_scores
 from exp3.report.tables import split_row
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
 PAIRED_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1", "detection_f1")
 """Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.stats)."""
@@ -178,7 +179,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
     for model in models:
         for suffix in SESSION_SUFFIXES:
             done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
-            for split in SPLITS:
+            for split in PRIMARY_SPLITS:
                 rows = [split_row(run, split) for run in done]
                 points[(model, suffix, split)] = {column: _mean_of([row[column] for row in rows])
                                                   for column in (*MAP_METRICS, "n_images")}
@@ -200,11 +201,11 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
     interval_rows, comparison_rows = [], []
     for model in models:
         for suffix in SESSION_SUFFIXES:
-            clean, occluded = (scores[(model, suffix, split, "primary")] for split in ("test_clean", "test_occ_fixed"))
+            clean, occluded = (scores[(model, suffix, split, "primary")] for split in (CLEAN_SPLIT, FIXED_SPLIT))
             robust = _paired(occluded[count_columns], clean[count_columns]) \
                 if clean is not None and occluded is not None else None
             ratio = stats.bootstrap_ratio_interval(*robust, n_resamples=n_resamples, seed=seed) if robust else None
-            for split in SPLITS:
+            for split in PRIMARY_SPLITS:
                 own = scores[(model, suffix, split, "primary")]
                 interval = stats.bootstrap_f1_interval(own[count_columns].to_numpy(), n_resamples=n_resamples,
                                                        seed=seed) if own is not None else None
@@ -215,7 +216,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                     "rF1_micro_ci_low": ratio.low if ratio else math.nan,
                     "rF1_micro_ci_high": ratio.high if ratio else math.nan,
                     "ci_images": len(own) if own is not None else 0})
-        for split in SPLITS:
+        for split in PRIMARY_SPLITS:
             for threshold in THRESHOLDS:
                 metrics = PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ())
                 for metric in metrics:

@@ -8,9 +8,9 @@ import pandas as pd
 
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
-from exp3.report.runs import SPLITS
 from exp3.report.text import fmt, fmt_ci, fmt_p, short_session
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
+from exp3.splits import FIXED_SPLIT, PRIMARY_SPLITS
 
 
 def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
@@ -79,7 +79,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
     return f"**{model}**: metrics {agreement} on {a} vs {b} ({split}): {body}{tail}."
 
 
-def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = "test_occ_fixed") -> str | None:
+def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FIXED_SPLIT) -> str | None:
     """S2 vs S1 micro F1 at each session's val-chosen threshold next to the primary one (None if not available)."""
     session, reference = VAL_PLAN[0]
     at_val = comparison_metrics(comparisons, model, split, session, reference, "val").get("ingredient_micro_f1")
@@ -104,7 +104,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
     splits) and on the best masking session vs S1 and vs S2 (test_occ_fixed), and S2 vs S1 at the
     val-chosen thresholds (`val_threshold_finding`).
     """
-    occ = summary[summary["split"] == "test_occ_fixed"].set_index(["model", "session"])
+    occ = summary[summary["split"] == FIXED_SPLIT].set_index(["model", "session"])
     findings: list[str] = []
     done_models = []
     for model in models:
@@ -131,7 +131,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                             f"{fmt_ci(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
                             f"(p_BH {fmt_p(s2['p_bh_vs_S1'])}); {verdict}.")
         if comparisons is not None and s1 is not None and s2 is not None:
-            for split in SPLITS[::-1]:
+            for split in PRIMARY_SPLITS[::-1]:
                 sentence = agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
                     comparisons, model, split, "S2_occ_train", "S1_clean_train"))
                 findings += [sentence] if sentence else []
@@ -169,8 +169,8 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
             findings.append(text + ".")
             for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
                 if comparisons is not None and row is not None:
-                    sentence = agreement_finding(model, "test_occ_fixed", best_suffix, reference, comparison_metrics(
-                        comparisons, model, "test_occ_fixed", best_suffix, reference))
+                    sentence = agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
+                        comparisons, model, FIXED_SPLIT, best_suffix, reference))
                     findings += [sentence] if sentence else []
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
         if len(robust):
@@ -193,7 +193,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
     return findings
 
 
-POSITIVE_CONTROL: tuple[str, str, str] = ("S2_occ_train", "S1_clean_train", "test_occ_fixed")
+POSITIVE_CONTROL: tuple[str, str, str] = ("S2_occ_train", "S1_clean_train", FIXED_SPLIT)
 """The known effect the instrument is calibrated on: training on occluded images (S2) must beat clean training
 (S1) on the occluded test suite. docs/what-metrics-detect.md reads the pilot's numbers."""
 POSITIVE_CONTROL_ROWS: tuple[tuple[str, str], ...] = (

@@ -8,7 +8,8 @@ Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the se
 over the image ids every session shares; mAP draws are the report's `MapDraws` (the validator's per-image stats,
 same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
 ratio's interval is paired (`stats.gap_closed`). With several seeds, each session's seeds are resampled too
-(two levels, `stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired test_clean difference of `comparisons.csv`.
+(two levels, `stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired
+test_clean difference of `comparisons.csv`.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
-from exp3.report import severity
-from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
 from exp3.layout import SessionPaths
 from exp3.mapstats import MapStats
+from exp3.report import severity
+from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores
 from exp3.report.text import fmt, markdown_table, short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 from exp3.severity import split_value
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 GAP_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "detection_f1", "map50", "map50_95")
 """The metrics of the gap-closed headline (F1s at the primary threshold; mAP is threshold-free)."""
@@ -38,7 +40,7 @@ MASKING_SESSIONS: tuple[str, ...] = SESSION_SUFFIXES[2:]
 """S3..S6: the sessions whose gap closed is reported."""
 REFERENCE, CONTROL = REFERENCES
 """S1 (clean training) and S2 (occluded training, the positive control)."""
-HEADLINE_BASIS = "test_occ_fixed"
+HEADLINE_BASIS = FIXED_SPLIT
 BASES: tuple[str, ...] = (HEADLINE_BASIS, "mPC")
 """What the gap is measured on: the fixed occluded suite, and mPC over the severity levels."""
 FAILED_CONTROL = "positive control failed"
@@ -231,7 +233,7 @@ def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
         draws = _ModelDraws(model, grouped, map_draws, n_resamples, seed)
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
-                cost_row = comparison_metrics(comparisons, model, "test_clean", suffix, REFERENCE).get(metric)
+                cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
                 cost = None if cost_row is None else stats.Interval(float(cost_row["difference"]),
                                                                     float(cost_row["ci_low"]),
                                                                     float(cost_row["ci_high"]))

@@ -41,6 +41,7 @@ from exp3.report.text import markdown_table
 from exp3.schema import SeverityLevelView
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 from exp3.severity import split_value
+from exp3.splits import CLEAN_SPLIT
 
 CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
 """The metrics the report draws and tests (F1-vs-severity and mAP50-vs-severity)."""
@@ -93,7 +94,7 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
         levels = common_levels(model_runs)
         if not levels:
             continue
-        splits = ["test_clean", *(level.split for level in levels)]
+        splits = [CLEAN_SPLIT, *(level.split for level in levels)]
         coverage = ["clean", *(f"{level.coverage[0]:g}-{level.coverage[1]:g}" for level in levels)]
         suites = {level.split: level.suite_id for level in levels}
         scores: dict[str, list[pd.DataFrame | None]] = {}

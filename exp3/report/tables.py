@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from exp3.report.runs import SPLITS, SessionRun, as_number, threshold_conf
+from exp3.report.runs import SessionRun, as_number, threshold_conf
 from exp3.sessions import SESSION_LABELS
+from exp3.splits import PRIMARY_SPLITS
 
 INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
                                             for score in ("precision", "recall", "f1"))
@@ -58,7 +59,7 @@ def split_row(run: SessionRun, split: str) -> dict[str, Any]:
 
 def by_seed_table(runs: list[SessionRun]) -> pd.DataFrame:
     """summary_by_seed: one row per run x split, in grid order."""
-    return pd.DataFrame([split_row(run, split) for run in runs for split in SPLITS])
+    return pd.DataFrame([split_row(run, split) for run in runs for split in PRIMARY_SPLITS])
 
 
 def _combined_status(statuses: list[str]) -> str:
@@ -105,7 +106,7 @@ def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
     """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds)."""
     rows = []
     for run in runs:
-        for split in SPLITS:
+        for split in PRIMARY_SPLITS:
             part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
             for entry in part.get("per_class") or []:
                 rows.append({"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
