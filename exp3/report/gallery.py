@@ -16,20 +16,20 @@ red = unmatched; the ground truth in thin white for reference).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from exp3.report.runs import SPLITS, load_records, threshold_conf
-from exp3.report.scores import run_image_scores
+from exp3.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
+from exp3.report.runs import SessionRun, load_records, threshold_conf
+from exp3.report.scores import run_image_scores, split_match_iou
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
+from exp3.splits import FIXED_SPLIT
 
-GALLERY_SPLIT = SPLITS[1]
-"""test_occ_fixed."""
+GALLERY_SPLIT = FIXED_SPLIT
+"""The split the gallery shows: the primary occluded suite."""
 GALLERY_SEED = 0
 GALLERY_RULE = ("Rows (rule fixed in advance): 1 = largest per-image ingredient F1 difference S2 - S1; 2 = largest "
                 "best-masking - S1 among the others (best masking: highest ingredient micro F1 on test_occ_fixed); "
@@ -71,20 +71,23 @@ class Gallery:
     caption: str = GALLERY_RULE
 
 
-def _class_names(run: Any, split: str) -> dict[int, str]:
+def _class_names(run: SessionRun, split: str) -> dict[int, str]:
+    """Class id -> name from metrics.json's `per_class` (a block the typed view does not read)."""
     part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
     entries = part.get("per_class") or []
     return {int(entry["class_id"]): str(entry.get("name", entry["class_id"])) for entry in entries
             if isinstance(entry, dict) and "class_id" in entry}
 
 
-def _image_files(run: Any) -> dict[str, Path]:
+def _image_files(run: SessionRun) -> dict[str, Path]:
     """Image id -> occluded image file of the run's fixed suite (metrics.json data.suite_dir, its manifest)."""
-    suite = ((run.metrics or {}).get("data") or {}).get("suite_dir")
+    from exp3.occlusion.identity import MANIFEST_NAME
+
+    suite = run.view.data.suite_dir
     if not suite:
         return {}
     try:
-        manifest = json.loads((Path(suite) / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((Path(suite) / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return {str(entry["id"]): Path(suite) / str(entry["occluded_image"]) for entry in manifest.get("images") or []
@@ -92,8 +95,6 @@ def _image_files(run: Any) -> dict[str, Path]:
 
 
 def _per_image_f1(frame: pd.DataFrame) -> pd.DataFrame:
-    from exp3.metrics import prf_from_counts
-
     detection = prf_from_counts(frame["detection_tp"].to_numpy(), frame["detection_fp"].to_numpy(),
                                 frame["detection_fn"].to_numpy())[2]
     return pd.DataFrame({"ingredient": frame["ingredient_f1"].to_numpy(), "detection": detection}, index=frame.index)
@@ -109,13 +110,12 @@ def _largest(gain: pd.DataFrame, exclude: set[str]) -> str | None:
     return str(ordered.index[0])
 
 
-def _cell(record: Any, suffix: str, conf: float, match_iou: float, names: dict[int, str], f1: float) -> GalleryCell:
-    from exp3.metrics import box_iou, optimal_matches
-
+def _cell(record: ImageRecord, suffix: str, conf: float, iou_needed: float, names: dict[int, str],
+          f1: float) -> GalleryCell:
     kept = np.flatnonzero(record.pred_conf >= conf)
     iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
     same = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
-    matched = set(optimal_matches(iou, same, match_iou)[0].tolist())
+    matched = set(optimal_matches(iou, same, iou_needed)[0].tolist())
     boxes = tuple(GalleryBox(tuple(float(v) for v in record.pred_boxes[index]),
                              f"{names.get(int(record.pred_classes[index]), record.pred_classes[index])} "
                              f"{record.pred_conf[index]:.2f}", position in matched)
@@ -123,7 +123,7 @@ def _cell(record: Any, suffix: str, conf: float, match_iou: float, names: dict[i
     return GalleryCell(suffix, boxes, f1)
 
 
-def build_gallery(runs: list[Any], model: str, summary: pd.DataFrame, n_random: int = 2) -> Gallery | None:
+def build_gallery(runs: list[SessionRun], model: str, summary: pd.DataFrame, n_random: int = 2) -> Gallery | None:
     """The gallery of one model (module docstring), None when S1, S2, a masking session, the predictions or the
     suite's image files are missing."""
     done = {suffix: sorted((run for run in runs if run.model == model and run.suffix == suffix
@@ -165,15 +165,14 @@ def build_gallery(runs: list[Any], model: str, summary: pd.DataFrame, n_random: 
                              for box, cls in zip(gt_record.gt_boxes, gt_record.gt_classes))
         cells = []
         for run, lookup, frame, suffix in zip(chosen, by_id, f1, sessions):
-            conf = threshold_conf(run.metrics, GALLERY_SPLIT, "primary") or 0.25
-            match_iou = float(((run.metrics or {}).get("eval") or {}).get("match_iou", 0.5))
-            cells.append(_cell(lookup[image_id], suffix, conf, match_iou if math.isfinite(match_iou) else 0.5, names,
+            conf = threshold_conf(run.metrics, GALLERY_SPLIT, "primary") or DEFAULT_CONF
+            cells.append(_cell(lookup[image_id], suffix, conf, split_match_iou(run.view, GALLERY_SPLIT), names,
                                float(frame.loc[image_id, "ingredient"])))
         rows.append(GalleryRow(image_id, files[image_id], reason, ground_truth, tuple(cells)))
     return Gallery(model, sessions, tuple(rows))
 
 
-def write_galleries(runs: list[Any], models: list[str], summary: pd.DataFrame, plots_dir: Path) -> list[Path]:
+def write_galleries(runs: list[SessionRun], models: list[str], summary: pd.DataFrame, plots_dir: Path) -> list[Path]:
     """plots/gallery_<model>.png for every model with a gallery."""
     from exp3 import plots
 

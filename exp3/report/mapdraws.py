@@ -48,8 +48,8 @@ class MapDraws:
 
 def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:
     """True when `map_stats` give exactly the mAP50 / mAP50-95 that the run's metrics.json reports for `split`."""
-    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
-    recorded = (as_number(part.get("map50")), as_number(part.get("map50_95")))
+    part = run.view.split(split)
+    recorded = (as_number(part.map50), as_number(part.map50_95))
     return all(math.isfinite(value) for value in recorded) and np.allclose(mean_ap(map_stats), recorded, rtol=0,
                                                                             atol=1e-9)
 
