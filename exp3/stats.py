@@ -20,8 +20,8 @@ bootstrap the *samples* F1, a different metric).
 - p-values: a paired permutation test of the micro-F1 difference (the null of
   `scipy.stats.permutation_test(permutation_type="samples")`: the two sessions' results are swapped
   image by image), two-sided, exact when 2**N <= n_permutations, vectorised as one matrix product
-  (scipy's generic loop took 0.35 s per test at N = 200; this takes ~10 ms). Tied per-image scores
-  are harmless: identical sessions give p = 1 exactly.
+  (scipy's generic loop calls the statistic once per permutation, too slow for a report of many tests).
+  Tied per-image scores are harmless: identical sessions give p = 1 exactly.
 - Many comparisons: Benjamini-Hochberg via `scipy.stats.false_discovery_control` (NaNs kept).
   Which p-values form one family is the caller's decision (exp3.report: distinct unordered pairs).
 
