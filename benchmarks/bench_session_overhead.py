@@ -43,7 +43,7 @@ def session_rows(root: Path) -> list[dict[str, float | str]]:
 
 def prepare_timings(root: Path, config_path: Path, repeats: int = 3) -> dict[str, float]:
     from exp3.config import load_config
-    from exp3.session import prepare_data, prepared_is_current
+    from exp3.prepare import prepare_data, prepared_is_current
 
     config = load_config(config_path)
     prepared = prepare_data(config, root)  # warm: built and verified once, as the flow does

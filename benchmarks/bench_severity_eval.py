@@ -57,7 +57,8 @@ def live(images: int, imgsz: int, repeats: int) -> dict:
     from exp3.config import load_config
     from exp3.dataset import read_data_yaml
     from exp3.layout import SessionPaths
-    from exp3.session import _evaluate_test_split, prepare_data
+    from exp3.prepare import prepare_data
+    from exp3.session import _evaluate_test_split
     from exp3.sessions import Session
     from exp3.synth import build_synthetic_dataset
 

@@ -1,4 +1,4 @@
-"""metrics.json as typed objects: `SessionMetrics` is what `exp3.session` writes, `MetricsView` what readers read.
+"""metrics.json as typed objects: `SessionMetrics` is what exp3.record writes, `MetricsView` what readers read.
 
 Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by tests/test_schema.py):
 
@@ -25,7 +25,6 @@ Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.ident
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -362,8 +361,8 @@ class SeveritySuite(_Block):
 
 
 class PreparedData(_Block):
-    """The data every session of a run shares: built once (`exp3.session.prepare_data`), verified on reuse
-    (`exp3.session.prepared_is_current`), handed to each session (`--prepared`), recorded as metrics.json's `data`."""
+    """The data every session of a run shares: built once (`exp3.prepare.prepare_data`), verified on reuse
+    (`exp3.prepare.prepared_is_current`), handed to each session (`--prepared`), recorded as metrics.json's `data`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -437,7 +436,7 @@ class Provenance(_Block):
 
 
 class SessionMetrics(_Block):
-    """A session's metrics.json (docs/schema.md), as exp3.session writes it."""
+    """A session's metrics.json (docs/schema.md), as exp3.record assembles and writes it."""
 
     schema_version: int
     status: str
@@ -464,11 +463,6 @@ class SessionMetrics(_Block):
     def to_json(self) -> dict[str, Any]:
         """The JSON object metrics.json holds (what `exp3.fileio.atomic_write_json` is given)."""
         return self.model_dump(mode="json")
-
-
-def read_session_metrics(path: Path) -> SessionMetrics:
-    """The `SessionMetrics` of a metrics.json file; `pydantic.ValidationError` if it is not one."""
-    return SessionMetrics.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
 
 # ----------------------------------------------------------------------------- lenient view

@@ -9,18 +9,20 @@ the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clea
 for the headline metrics M (`METRICS`). test_occ_fixed (the primary suite) is not one of the
 levels: it keeps its own meaning and table.
 
-This module runs in every session process (exp3.session `_severity_block`), so it imports only
+This module runs in every session process (exp3.record `severity_block`), so it imports only
 numpy and exp3.schema: no pandas, no exp3.stats. The curves, the intervals, the paired tests vs S1
 and the crossings are the report's, in exp3/report/severity.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from exp3.schema import MetricsView, SplitView
+from exp3.schema import SeveritySummary, SplitMetrics, SplitView
+from exp3.splits import CLEAN_SPLIT
 
 METRICS: dict[str, tuple[str, ...]] = {
     "ingredient_micro_f1": ("ingredient", "micro", "f1"),
@@ -29,27 +31,30 @@ METRICS: dict[str, tuple[str, ...]] = {
     "map50": ("map50",),
     "map50_95": ("map50_95",),
 }
-"""Metric name -> path inside a metrics.json split entry (`exp3.schema.SplitView`)."""
+"""Metric name -> attribute path inside a split entry (`exp3.schema.SplitMetrics` and `SplitView` alike)."""
 
 
-def split_value(split: SplitView, metric: str) -> float | None:
-    """The value of `metric` in one metrics.json split entry, None when absent."""
+def split_value(split: SplitMetrics | SplitView | None, metric: str) -> float | None:
+    """The value of `metric` in one split entry: the session's `SplitMetrics` or a reader's `SplitView`;
+    None when the split or the value is absent."""
     value: Any = split
     for key in METRICS[metric]:
+        if value is None:
+            return None
         value = getattr(value, key)
     return value
 
 
-def mpc_summary(splits: dict[str, Any], severity_splits: list[str]) -> dict[str, Any]:
-    """Point mPC / rPC of every `METRICS` entry from metrics.json's `splits` (None where undefined)."""
-    view = MetricsView.of({"splits": splits})
+def mpc_summary(splits: Mapping[str, SplitMetrics | SplitView], severity_splits: Sequence[str]) -> SeveritySummary:
+    """Point mPC / rPC of every `METRICS` entry over `splits` (metrics.json's, by split name; None where
+    undefined). A session passes its typed `SplitMetrics`; tests may pass the lenient `SplitView`."""
     mpc: dict[str, float | None] = {}
     rpc: dict[str, float | None] = {}
     for metric in METRICS:
-        values = [split_value(view.split(split), metric) for split in severity_splits]
+        values = [split_value(splits.get(split), metric) for split in severity_splits]
         mean = float(np.mean(values)) if values and all(v is not None for v in values) else None
-        clean = split_value(view.split("test_clean"), metric)
+        clean = split_value(splits.get(CLEAN_SPLIT), metric)
         mpc[metric] = None if mean is None else round(mean, 6)
         rpc[metric] = None if mean is None or not clean else round(mean / clean, 6)
-    return {"levels": list(severity_splits), "mPC": mpc, "rPC": rpc,
-            "definition": "mPC = mean over severity levels; rPC = mPC / test_clean"}
+    return SeveritySummary(levels=list(severity_splits), mPC=mpc, rPC=rpc,
+                           definition="mPC = mean over severity levels; rPC = mPC / test_clean")

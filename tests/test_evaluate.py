@@ -200,8 +200,8 @@ def test_stage_timings_add_up_to_the_wall_and_go_into_the_split_entry(tiny_yolo_
     from exp3.evaluate import save_split_files
     from exp3.mapstats import MapStats
     from exp3.metrics import records_from_json
+    from exp3.record import split_metrics
     from exp3.schema import EvalStages, SplitMetrics
-    from exp3.session import _split_metrics
 
     evaluation = evaluate_split(tiny_yolo_checkpoint, tiny_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
                                 batch=4, device="cpu", plots=False)
@@ -213,8 +213,8 @@ def test_stage_timings_add_up_to_the_wall_and_go_into_the_split_entry(tiny_yolo_
     assert json.loads((tmp_path / "predictions_test.json").read_text())["images"] == evaluation.records
     assert MapStats.load(tmp_path / "map_stats.npz").draws.shape[1] == 2
     assert evaluation.wall_s == pytest.approx(sum(stages.to_json().values()), abs=0.003)
-    entry = _split_metrics(evaluation, records_from_json(evaluation.records), ExperimentConfig(),
-                           [str(c) for c in range(10)], 0.25)
+    entry = split_metrics(evaluation, records_from_json(evaluation.records), ExperimentConfig(),
+                          [str(c) for c in range(10)], 0.25)
     assert entry.eval_wall_s == evaluation.wall_s and isinstance(entry.eval_stages_s, EvalStages)
     dumped = entry.model_dump(mode="json")
     assert dumped["eval_stages_s"] == stages.to_json()

@@ -4,7 +4,7 @@ The tree: two models x six sessions, 20 test images, 4 classes. Image i has the 
 {class i % 4}; a session "hits" the first `h` images (predicts exactly the GT class) and predicts
 nothing on the rest, so its micro ingredient F1 is 2h / (N + h) exactly. yolov8m's S4 is FAILED and
 its S5 has no folder; everything else is done. The files go through exp3.metrics.summarize_split
-and exp3.session.robustness, so they are consistent with what a real session writes.
+and exp3.record.robustness, so they are consistent with what a real session writes.
 
 Two twists (SHAPES) make the metrics tell different stories:
 - `misplaced`: the first k hits put their box off the object (IoU 0): the ingredient is still
@@ -32,13 +32,14 @@ from exp3 import report
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.mapstats import MapStats, mean_ap
 from exp3.metrics import ImageRecord, records_to_json, summarize_split
+from exp3.record import robustness
 from exp3.report.charts import bar_frame
 from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
 from exp3.report.markdown import dashboard_markdown, status_grid
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
 from exp3.report.tables import VAL_COLUMNS
-from exp3.session import robustness
+from exp3.schema import SplitView
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 N_IMAGES = 20
@@ -94,6 +95,12 @@ def map_stats_of(records: list[ImageRecord]) -> MapStats:
         for record in records])
 
 
+def _robustness(splits: dict[str, dict]) -> dict:
+    """metrics.json's `robustness` of these (subset) split entries, computed as a session computes it."""
+    clean, occluded = (SplitView.model_validate(splits[split]) for split in ("test_clean", "test_occ_fixed"))
+    return robustness(clean, occluded).model_dump()
+
+
 def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, int], seed: int = 0,
                        n_images: int = N_IMAGES, val_threshold: bool = True, with_map_stats: bool = False) -> dict:
     """A done session folder: predictions_<split>.json, metrics.json (session schema subset), DONE.
@@ -121,7 +128,7 @@ def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, i
     metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model,
                "suffix": suffix, "training": {"wall_s": 100.0 + SESSION_SUFFIXES.index(suffix), "epochs_completed": 3},
                "eval": {"conf": 0.25, "match_iou": 0.5, "wall_s": 5.0}, "splits": splits,
-               "robustness": robustness(splits["test_clean"], splits["test_occ_fixed"]),
+               "robustness": _robustness(splits),
                "seeds": {"train": seed, "masking": 0, "occlusion": 0, "synthetic": 0}}
     if val_threshold:
         metrics["thresholds"] = {"primary": 0.25, "val_chosen": val_conf,

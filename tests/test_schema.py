@@ -63,7 +63,7 @@ def test_files_from_before_severity_suites_validate_and_stay_without_them() -> N
 
 def test_the_data_block_is_the_prepared_data_a_session_is_handed() -> None:
     """metrics.json's `data` is `PreparedData`: what `--prepared` carries is what the session records."""
-    from exp3.session import prepared_from_json
+    from exp3.prepare import prepared_from_json
 
     block = _example()["data"]
     prepared = SessionMetrics.model_validate(_example()).data
@@ -116,12 +116,12 @@ def test_real_run_files_validate_and_round_trip() -> None:
 
 
 def test_blocks_mirror_their_owners() -> None:
-    from exp3.session import robustness
+    from exp3.record import robustness
     from exp3.train import RESUME_OVERRIDABLE
 
     assert set(TrainingRan.model_fields) == set(RESUME_OVERRIDABLE)
-    clean = SessionMetrics.model_validate(_example()).splits["test_clean"].model_dump(mode="json")
-    assert set(Robustness.model_fields) == set(robustness(clean, clean))
+    clean = SessionMetrics.model_validate(_example()).splits["test_clean"]
+    assert set(Robustness.model_fields) == set(robustness(clean, clean).model_dump())
 
 
 # ----------------------------------------------------------------------------- the lenient view

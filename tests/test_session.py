@@ -17,7 +17,9 @@ from exp3.config import load_config
 from exp3.fileio import sha256_file
 from exp3.layout import SessionPaths
 from exp3.layout import DONE_MARKER, FAILED_MARKER
-from exp3.session import SessionFailed, run_session, session_dir, session_key
+from exp3.prepare import session_key
+from exp3.schema import SessionMetrics
+from exp3.session import SessionFailed, run_session
 from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +34,7 @@ def _write_config(path: Path, root: Path, extra: dict | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, SessionMetrics]]:
     """Runs yolov8n S1, S2, S3 and rtdetr-l S6 once; returns (output root, metrics by session name)."""
     root = tmp_path_factory.mktemp("sessions")
     config = load_config(_write_config(root / "config.yaml", root / "out"))
@@ -71,17 +73,17 @@ def test_metrics_match_plain_ultralytics_val_and_predictions_file(grid, name: st
     m = metrics[name]
     folder = output / name.split("__")[0] / name
     best = folder / "train" / "weights" / "best.pt"
-    model_class = RTDETR if m["training"]["family"] == "rtdetr" else YOLO
+    model_class = RTDETR if m.training.family == "rtdetr" else YOLO
     for split in ("test_clean", "test_occ_fixed"):
-        plain = model_class(str(best)).val(data=str(Path(m["data"]["suite_dir"]) / f"{split}.yaml"), split="test",
+        plain = model_class(str(best)).val(data=str(Path(m.data.suite_dir) / f"{split}.yaml"), split="test",
                                            batch=4, device="cpu", plots=False, verbose=False,
                                            project=str(tmp_path), name=split)
-        assert m["splits"][split]["map50"] == pytest.approx(float(plain.box.map50), abs=1e-9)
-        assert m["splits"][split]["map50_95"] == pytest.approx(float(plain.box.map), abs=1e-9)
+        assert m.splits[split].map50 == pytest.approx(float(plain.box.map50), abs=1e-9)
+        assert m.splits[split].map50_95 == pytest.approx(float(plain.box.map), abs=1e-9)
         records = records_from_json(json.loads((folder / f"predictions_{split}.json").read_text())["images"])
-        again = summarize_split(records, num_classes=10, conf=m["eval"]["conf"], match_iou=m["eval"]["match_iou"])
-        assert again["ingredient"] == m["splits"][split]["ingredient"]
-        assert again["detection"] == m["splits"][split]["detection"]
+        again = summarize_split(records, num_classes=10, conf=m.eval.conf, match_iou=m.eval.match_iou)
+        assert again["ingredient"] == m.splits[split].ingredient.model_dump()
+        assert again["detection"] == m.splits[split].detection.model_dump()
 
 
 def test_session_folder_is_complete_and_self_describing(grid) -> None:
@@ -90,7 +92,7 @@ def test_session_folder_is_complete_and_self_describing(grid) -> None:
     assert (folder / "weights" / "best.pt").stat().st_ino == (folder / "train" / "weights" / "best.pt").stat().st_ino
     done = json.loads((folder / DONE_MARKER).read_text())
     assert done["metrics_sha256"] == sha256_file(folder / "metrics.json")
-    m = metrics["yolov8n__S1_clean_train"]
+    m = metrics["yolov8n__S1_clean_train"].to_json()  # the file as written
     assert m["schema_version"] == 1 and m["status"] == "done"
     assert m["training"]["overrides"] == {"epochs": 1, "batch": 4, "imgsz": 64, "device": "cpu", "workers": 0}
     assert m["training"]["pretrained"] is False and m["training"]["weights"]["sha256"] is None
@@ -116,41 +118,40 @@ def test_session_folder_is_complete_and_self_describing(grid) -> None:
 
 
 def test_metrics_json_is_exactly_a_session_metrics(grid) -> None:
-    """What every session wrote validates as exp3.schema.SessionMetrics and dumps back to the same bytes."""
+    """What every session wrote validates as exp3.schema.SessionMetrics and dumps back to the same bytes,
+    and is what run_session returned."""
     from exp3.fileio import canonical_json
-    from exp3.schema import SessionMetrics
 
     output, metrics = grid
-    for name, payload in metrics.items():
+    for name, returned in metrics.items():
         text = (output / name.split("__")[0] / name / "metrics.json").read_text(encoding="utf-8")
         model = SessionMetrics.model_validate(json.loads(text))
         assert canonical_json(model.to_json(), indent=2) + "\n" == text
-        assert model.to_json() == payload
+        assert model.to_json() == returned.to_json()
 
 
 def test_sessions_share_one_suite_and_train_on_their_own_data(grid) -> None:
     _, metrics = grid
-    suites = {m["data"]["suite_id"] for m in metrics.values()}
+    suites = {m.data.suite_id for m in metrics.values()}
     assert len(suites) == 1
     s1, s2 = metrics["yolov8n__S1_clean_train"], metrics["yolov8n__S2_occ_train"]
-    assert s1["training"]["train_images"] == "clean" and s2["training"]["train_images"] == "occluded"
-    assert "occtrain-" in s2["training"]["train_data_yaml"] and "occtrain-" not in s1["training"]["train_data_yaml"]
-    clean_ids = [r["image_id"] for r in json.loads(Path(
-        session_dir(grid[0], Session("yolov8n", "S1_clean_train")) / "predictions_test_clean.json").read_text())["images"]]
-    occ_ids = [r["image_id"] for r in json.loads(Path(
-        session_dir(grid[0], Session("yolov8n", "S1_clean_train")) / "predictions_test_occ_fixed.json").read_text())["images"]]
+    assert s1.training.train_images == "clean" and s2.training.train_images == "occluded"
+    assert "occtrain-" in s2.training.train_data_yaml and "occtrain-" not in s1.training.train_data_yaml
+    paths = SessionPaths.of(grid[0], Session("yolov8n", "S1_clean_train"))
+    clean_ids = [r["image_id"] for r in json.loads(paths.predictions("test_clean").read_text())["images"]]
+    occ_ids = [r["image_id"] for r in json.loads(paths.predictions("test_occ_fixed").read_text())["images"]]
     assert clean_ids == occ_ids  # the same test images, clean and occluded
 
 
 def test_masked_sessions_record_masking_that_fired(grid) -> None:
     _, metrics = grid
     for name, site in (("yolov8n__S3_mask_backbone_early", "backbone_early"), ("rtdetr-l__S6_mask_head", "head")):
-        masking = metrics[name]["masking"]
-        assert masking["site"] == site
-        epoch0 = masking["stats"]["epochs"][0]["sites"][site]
-        assert epoch0["batches"] == 4  # 16 train images / batch 4: the hook saw every training batch, no more
-        assert metrics[name]["training"]["trainer"].startswith("Masked")
-    assert metrics["rtdetr-l__S6_mask_head"]["training"]["family"] == "rtdetr"
+        masking = metrics[name].masking
+        assert masking is not None and masking.stats is not None and masking.site == site
+        epoch0 = masking.stats.epochs[0].sites[site]
+        assert epoch0.batches == 4  # 16 train images / batch 4: the hook saw every training batch, no more
+        assert metrics[name].training.trainer.startswith("Masked")
+    assert metrics["rtdetr-l__S6_mask_head"].training.family == "rtdetr"
 
 
 def test_done_session_is_skipped_without_work(grid, tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_done_session_is_skipped_without_work(grid, tmp_path: Path) -> None:
     train_log = (folder / "logs" / "train.log").read_bytes()
     config = load_config(_write_config(tmp_path / "c.yaml", output))
     again = run_session(config, Session("yolov8n", "S1_clean_train"), output)
-    assert again == json.loads((folder / "metrics.json").read_text()) and best.stat().st_mtime_ns == before
+    assert again.to_json() == json.loads((folder / "metrics.json").read_text()) and best.stat().st_mtime_ns == before
     assert (folder / "logs" / "train.log").read_bytes() == train_log  # no training was started
 
 
@@ -210,7 +211,7 @@ def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> Non
     assert not (folder / DONE_MARKER).exists() and not (folder / "metrics.json").exists()
     fixed = load_config(_write_config(tmp_path / "c2.yaml", output))  # weights: null: from the yaml, on purpose
     metrics = run_session(fixed, Session("yolov8n", "S1_clean_train"), output)
-    assert metrics["training"]["previous_failure"] is None  # that failure belongs to other inputs ...
+    assert metrics.training.previous_failure is None  # that failure belongs to other inputs ...
     stale = list((output / "stale" / "yolov8n").iterdir())
     assert len(stale) == 1 and "not a loadable" in json.loads((stale[0] / FAILED_MARKER).read_text())["error"]
     assert not (folder / FAILED_MARKER).exists()  # ... and is kept aside, not deleted
@@ -237,7 +238,7 @@ def test_the_flow_hashes_the_dataset_once(tmp_path: Path, tiny_data_yaml: Path, 
     fingerprint pass over the dataset per run, a first audit included. A session run by hand audits itself."""
     import exp3.dataset
     from exp3.dataset import audit_once
-    from exp3.session import dataset_yaml, prepare_data
+    from exp3.prepare import dataset_yaml, prepare_data
 
     passes: list[Path] = []
     fingerprint = exp3.dataset.dataset_fingerprint
@@ -282,7 +283,7 @@ def test_truncated_last_pt_is_quarantined_and_training_recovers(tmp_path: Path) 
     SessionPaths(folder).write_inputs({}, key)  # the same inputs: resumable, so the corrupt file is met
     (weights / "last.pt").write_bytes(b"PK\x03\x04 truncated by a power cut")
     metrics = run_session(config, Session("yolov8n", "S1_clean_train"), output)
-    assert metrics["status"] == "done"
+    assert metrics.status == "done"
     assert len(list(weights.glob("last.pt.corrupt-*"))) == 1  # kept for inspection, not deleted
     assert "is unreadable" in (folder / "logs" / "train.log").read_text()
 
@@ -291,17 +292,18 @@ def test_config_change_after_done_retrains_from_scratch_and_keeps_the_old_result
     output = tmp_path / "out"
     session = Session("yolov8n", "S1_clean_train")
     first = run_session(load_config(_write_config(tmp_path / "c.yaml", output)), session, output)
-    folder = session_dir(output, session)
+    folder = SessionPaths.of(output, session).folder
     old_metrics = (folder / "metrics.json").read_bytes()
     changed = load_config(_write_config(tmp_path / "c2.yaml", output, {"models": {"yolov8n": {
         "architecture": "yolov8n.yaml", "epochs": 2}}}))
     second = run_session(changed, session, output)
-    assert second["cache_key"] != first["cache_key"] and second["training"]["epochs_completed"] == 2
-    assert second["training"]["resumed_from_epoch"] is None  # trained from scratch, not resumed
+    assert second.cache_key != first.cache_key and second.training.epochs_completed == 2
+    assert second.training.resumed_from_epoch is None  # trained from scratch, not resumed
     moved = list((output / "stale" / "yolov8n").iterdir())
     assert len(moved) == 1 and (moved[0] / "metrics.json").read_bytes() == old_metrics  # kept, byte for byte
     assert str(moved[0]) in capsys.readouterr().out  # named in the log
-    assert run_session(changed, session, output) == second  # the new result is trusted for its own inputs
+    again = run_session(changed, session, output)
+    assert again.to_json() == second.to_json()  # the new result is trusted for its own inputs
 
 
 def test_partial_training_under_other_inputs_is_never_resumed(tmp_path: Path) -> None:
@@ -312,7 +314,7 @@ def test_partial_training_under_other_inputs_is_never_resumed(tmp_path: Path) ->
     SessionPaths(folder).write_inputs({}, "yolov8n__S3_mask_backbone_early-made-with-other-masking")
     (folder / "train" / "weights" / "last.pt").write_bytes(b"an unfinished training of other inputs")
     metrics = run_session(config, Session("yolov8n", "S3_mask_backbone_early"), output)
-    assert metrics["training"]["resumed_from_epoch"] is None
+    assert metrics.training.resumed_from_epoch is None
     moved = next((output / "stale" / "yolov8n").iterdir())
     assert (moved / "train" / "weights" / "last.pt").read_bytes() == b"an unfinished training of other inputs"
 
@@ -329,9 +331,8 @@ def test_configured_weights_are_used_and_hashed_or_refused(tmp_path: Path, tiny_
     local = load_config(_write_config(tmp_path / "l.yaml", output, {"models": {"yolov8n": {
         "architecture": "yolov8n.yaml", "weights": str(tiny_yolo_checkpoint), "epochs": 1}}}))
     metrics = run_session(local, Session("yolov8n", "S1_clean_train"), output)
-    assert metrics["training"]["weights"]["sha256"] == sha256_file(tiny_yolo_checkpoint)
-    assert metrics["training"]["pretrained"] is True and metrics["inputs"]["weights_sha256"] == sha256_file(
-        tiny_yolo_checkpoint)
+    assert metrics.training.weights.sha256 == sha256_file(tiny_yolo_checkpoint)
+    assert metrics.training.pretrained is True and metrics.inputs.weights_sha256 == sha256_file(tiny_yolo_checkpoint)
 
 
 def test_a_session_runs_in_one_process_at_a_time(tmp_path: Path) -> None:

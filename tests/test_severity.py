@@ -199,7 +199,7 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
     output = tmp_path / "out"
     session = Session("yolov8n", "S1_clean_train")
     before = load_config(_config(tmp_path / "before.yaml", output, []))
-    old = run_session(before, session, output)
+    old = run_session(before, session, output).to_json()  # each step checked as the file it writes
     folder = SessionPaths.of(output, session).folder
     assert set(old["splits"]) == {"test_clean", "test_occ_fixed"} and old["severity"]["levels"] == []
     # a folder exactly as the code before this change wrote it: no severity block at all
@@ -212,7 +212,7 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
     after = load_config(_config(tmp_path / "after.yaml", output, [[0.1, 0.26], [0.74, 0.9]]))
     paths = SessionPaths.of(output, session)
     assert paths.is_done(old["cache_key"]) and not paths.evaluations_current(evaluation_plan(after.occlusion))
-    new = run_session(after, session, output)
+    new = run_session(after, session, output).to_json()
     assert "evaluating test_occ_sev1" in capsys.readouterr().out
     assert _untouched_training(folder) == training                     # no training ran, nothing retrained
     assert new["cache_key"] == old["cache_key"] and paths.is_done(old["cache_key"])
@@ -241,11 +241,12 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
 
     # run again: nothing to do, nothing written
     stamp = (folder / "metrics.json").stat().st_mtime_ns
-    assert run_session(after, session, output) == new and (folder / "metrics.json").stat().st_mtime_ns == stamp
+    again = run_session(after, session, output)
+    assert again.to_json() == new and (folder / "metrics.json").stat().st_mtime_ns == stamp
 
     # a changed level is evaluated again on its new suite, the other kept; the old result is superseded
     changed = load_config(_config(tmp_path / "changed.yaml", output, [[0.1, 0.26], [0.6, 0.9]]))
-    third = run_session(changed, session, output)
+    third = run_session(changed, session, output).to_json()
     assert _untouched_training(folder) == training
     assert third["severity"]["evaluations"]["test_occ_sev1"] == new["severity"]["evaluations"]["test_occ_sev1"]
     assert third["severity"]["evaluations"]["test_occ_sev2"]["suite_id"] != \
@@ -254,7 +255,7 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
     assert third["severity"]["superseded"][0]["metrics"] == new["splits"]["test_occ_sev2"]
 
     # removing the levels evaluates nothing and keeps the removed results as superseded
-    removed = run_session(before, session, output)
+    removed = run_session(before, session, output).to_json()
     assert list(removed["splits"]) == ["test_clean", "test_occ_fixed"]
     assert [entry["split"] for entry in removed["severity"]["superseded"]] == \
         ["test_occ_sev2", "test_occ_sev1", "test_occ_sev2"]
@@ -283,31 +284,34 @@ def test_crash_while_replacing_metrics_keeps_the_session_done(tmp_path: Path) ->
 
 
 def test_mpc_and_rpc_point_values() -> None:
+    from exp3.schema import SplitView
     from exp3.severity import mpc_summary
 
-    def split(f1: float, map50: float) -> dict:
-        return {"map50": map50, "map50_95": map50 / 2, "ingredient": {"micro": {"f1": f1}, "samples": {"f1": f1}},
-                "detection": {"f1": f1}}
+    def split(f1: float, map50: float) -> SplitView:
+        return SplitView.model_validate({"map50": map50, "map50_95": map50 / 2, "detection": {"f1": f1},
+                                         "ingredient": {"micro": {"f1": f1}, "samples": {"f1": f1}}})
 
     splits = {"test_clean": split(0.8, 0.6), "test_occ_fixed": split(0.1, 0.1), "test_occ_sev1": split(0.6, 0.4),
               "test_occ_sev2": split(0.2, 0.2)}
     summary = mpc_summary(splits, ["test_occ_sev1", "test_occ_sev2"])
-    assert summary["mPC"]["ingredient_micro_f1"] == pytest.approx(0.4)
-    assert summary["rPC"]["ingredient_micro_f1"] == pytest.approx(0.5)
-    assert summary["mPC"]["map50"] == pytest.approx(0.3) and summary["rPC"]["map50"] == pytest.approx(0.5)
-    assert mpc_summary({**splits, "test_clean": split(0.0, 0.0)}, ["test_occ_sev1"])["rPC"]["map50"] is None
-    assert mpc_summary(splits, [])["mPC"]["map50"] is None
+    assert summary.levels == ["test_occ_sev1", "test_occ_sev2"]
+    assert summary.mPC["ingredient_micro_f1"] == pytest.approx(0.4)
+    assert summary.rPC["ingredient_micro_f1"] == pytest.approx(0.5)
+    assert summary.mPC["map50"] == pytest.approx(0.3) and summary.rPC["map50"] == pytest.approx(0.5)
+    assert mpc_summary({**splits, "test_clean": split(0.0, 0.0)}, ["test_occ_sev1"]).rPC["map50"] is None
+    assert mpc_summary(splits, []).mPC["map50"] is None
+    assert mpc_summary(splits, ["test_occ_sev3"]).mPC["map50"] is None  # a level without results: undefined
 
 
 def test_the_sessions_part_imports_neither_pandas_nor_the_statistics() -> None:
     """exp3.severity runs in every session process (metrics.json's mPC / rPC): importing it and computing
     the point values loads numpy and exp3.schema only, never pandas, scipy.stats or exp3.stats (the
     report's part, exp3.report.severity, has those)."""
-    code = ("import sys, exp3.severity; "
-            "split = {'map50': 0.5, 'map50_95': 0.3, 'ingredient': {'micro': {'f1': 0.6}, 'samples': {'f1': 0.6}}, "
-            "'detection': {'f1': 0.6}}; "
+    code = ("import sys, exp3.severity; from exp3.schema import SplitView; "
+            "split = SplitView.model_validate({'map50': 0.5, 'map50_95': 0.3, 'detection': {'f1': 0.6}, "
+            "'ingredient': {'micro': {'f1': 0.6}, 'samples': {'f1': 0.6}}}); "
             "summary = exp3.severity.mpc_summary({'test_clean': split, 'test_occ_sev1': split}, ['test_occ_sev1']); "
-            "assert summary['rPC']['map50'] == 1.0, summary; "
+            "assert summary.rPC['map50'] == 1.0, summary; "
             "print(sorted(name for name in ('pandas', 'scipy.stats', 'exp3.stats') if name in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()

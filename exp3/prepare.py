@@ -1,0 +1,135 @@
+"""What a session starts from: its data (dataset, audit, occlusion suites, S2's train set) and its weights.
+
+The flow prepares the data once per run (`prepare_data`) and hands the resulting `PreparedData`
+to every session (`--prepared`); a session trusts it only while `prepared_is_current` and
+`prepared_mismatch` find nothing wrong, and otherwise prepares the data itself. Every step is
+idempotent and verified, so preparing again costs a check, not a rebuild. `session_key` is the
+key a session's results are filed under, computed from the same data and weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from exp3.config import ExperimentConfig
+from exp3.dataset import AuditedData, audit_once
+from exp3.fileio import sha256_file
+from exp3.identity import session_inputs
+from exp3.schema import PreparedData, SeveritySuite
+from exp3.sessions import Session
+from exp3.weights import ResolvedWeights, resolve_weights
+
+
+def resolve_model_weights(config: ExperimentConfig, model_name: str) -> ResolvedWeights:
+    """The weights `model_name` starts from, or `WeightsError` (exp3/weights.py)."""
+    model = config.models[model_name]
+    return resolve_weights(model_name, model.architecture, model.weights, download=config.download_weights)
+
+
+def dataset_yaml(config: ExperimentConfig, output_root: Path) -> Path:
+    """The data.yaml to use: the embedded synthetic dataset (generated on first use) or the user's."""
+    if config.dataset.kind == "yaml":
+        assert config.dataset.data_yaml is not None  # guaranteed by DatasetConfig's validator
+        return Path(config.dataset.data_yaml).absolute()
+    from exp3.synth import build_synthetic_dataset
+
+    target = output_root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
+    return build_synthetic_dataset(target, preset=config.dataset.preset, seed=config.dataset.synthetic_seed,
+                                   workers=2)
+
+
+def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedData | None = None) -> PreparedData:
+    """Dataset, its audit, fixed occlusion suite, severity suites and S2's occluded train set (each idempotent,
+    verified).
+
+    `audited`: the flow's audit of this config's dataset (`exp3.dataset.audit_once`), used as is: the
+    dataset is not hashed again. Without it (a session run by hand) the dataset is audited here.
+    Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
+    """
+    from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
+    from exp3.splits import severity_levels
+
+    if audited is None:
+        audited = audit_once(dataset_yaml(config, output_root), output_root / "audits")
+    data_yaml = Path(audited.data_yaml)
+    suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
+    severity_dirs = build_severity_suites(data_yaml, output_root / "suites", config.occlusion, workers=2)
+    s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
+    severity = tuple(SeveritySuite(level=level.level, split=level.split, coverage=level.coverage,
+                                   spec_key=level.spec_key, suite_dir=str(path), suite_id=path.name,
+                                   manifest_sha256=sha256_file(path / "manifest.json"))
+                     for level, path in zip(severity_levels(config.occlusion), severity_dirs))
+    return PreparedData(
+        data_yaml=str(data_yaml),
+        dataset_fingerprint=audited.fingerprint,  # computed by the audit: no second pass over the files
+        suite_dir=str(suite),
+        suite_id=suite.name,
+        suite_manifest_sha256=sha256_file(suite / "manifest.json"),
+        s2_data_yaml=str(s2_yaml),
+        s2_manifest_sha256=sha256_file(s2_yaml.parent / "manifest.json"),
+        severity_suites=severity,
+    )
+
+
+def prepared_from_json(text: str) -> PreparedData:
+    """`--prepared` JSON (what the flow prepared) -> PreparedData; ValueError naming the fix if it is not one."""
+    from pydantic import ValidationError
+
+    try:
+        return PreparedData.model_validate_json(text)
+    except ValidationError as error:
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise ValueError(f"--prepared is not a PreparedData JSON object ({reason}): "
+                         "leave it out and the session prepares its own data") from None
+
+
+def prepared_is_current(prepared: PreparedData) -> bool:
+    """True if the files `prepared` names are still there and every manifest (fixed suite, S2 set,
+    severity suites) still hashes as recorded.
+
+    The cheap check a session makes on data the flow prepared and verified (no pass over the
+    dataset or the suites); anything else and the session prepares and verifies for itself.
+    """
+    suite_manifest = Path(prepared.suite_dir) / "manifest.json"
+    s2_manifest = Path(prepared.s2_data_yaml).parent / "manifest.json"
+    return (Path(prepared.data_yaml).is_file() and Path(prepared.s2_data_yaml).is_file()
+            and suite_manifest.is_file() and s2_manifest.is_file()
+            and sha256_file(suite_manifest) == prepared.suite_manifest_sha256
+            and sha256_file(s2_manifest) == prepared.s2_manifest_sha256
+            and all((Path(suite.suite_dir) / "manifest.json").is_file()
+                    and sha256_file(Path(suite.suite_dir) / "manifest.json") == suite.manifest_sha256
+                    for suite in prepared.severity_suites))
+
+
+def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str | None:
+    """Why `prepared` (data handed to a session) is not what `config` asks for, or None if it is: the
+    fixed suite's and S2 set's occlusion parameters (from their manifests) and the severity levels'
+    spec keys must be the config's. A session never evaluates a config on another config's suites."""
+    from exp3.occlusion.identity import suite_parameters, train_set_parameters
+    from exp3.splits import evaluation_plan
+
+    manifests = {"fixed suite": (Path(prepared.suite_dir) / "manifest.json", suite_parameters(config.occlusion)),
+                 "S2 train set": (Path(prepared.s2_data_yaml).parent / "manifest.json",
+                                  train_set_parameters(config.occlusion))}
+    for name, (manifest, wanted) in manifests.items():
+        try:
+            parameters = json.loads(manifest.read_text(encoding="utf-8")).get("parameters")
+        except (OSError, ValueError, AttributeError):
+            return f"its {name} manifest {manifest} is unreadable"
+        if parameters != wanted:
+            return f"its {name} was built with other occlusion parameters than the config's"
+    plan = evaluation_plan(config.occlusion)
+    if {suite.split: suite.spec_key for suite in prepared.severity_suites} != plan:
+        return f"its severity suites are not the config's levels ({', '.join(plan) or 'none'})"
+    return None
+
+
+def session_key(config: ExperimentConfig, session: Session, output_root: Path) -> str:
+    """The cache key of `session` (prepares and verifies the data, resolves the weights)."""
+    from exp3.offline import apply_offline_environment
+
+    apply_offline_environment(output_root)
+    weights = resolve_model_weights(config, session.model)
+    prepared = prepare_data(config, output_root)
+    return session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256).key
