@@ -1,20 +1,11 @@
-"""The command line of `python flows/exp3.py` (the flow file holds only the recipe).
+"""The command line of `python flows/exp3.py`: `--smoke`, `--config`, `--pilot`, `--sanity`, `--dry-run`,
+`--models`, `--sessions`, `--rerun-failed`, `--set KEY=VALUE` (`--help` says each).
 
-    python flows/exp3.py --smoke                 # all 12 sessions, 1 epoch, embedded dataset
-    python flows/exp3.py --config configs/exp3.yaml [--models yolov8m] [--sessions S1_clean_train S3_mask_neck]
-    python flows/exp3.py --smoke --dry-run       # the grid, each session's cache key and state; trains nothing
-    python flows/exp3.py --sanity                # 1 model x 2 sessions twice: the second run must skip both
-    python flows/exp3.py --pilot                 # before the overnight run: all six sessions, short, with the
-                                                 # report's positive control (S2 vs S1 on occluded images)
-    python flows/exp3.py --smoke --rerun-failed  # also run sessions that have a FAILED marker
+Two steps, because Prefect reads its settings when it is imported (no Prefect import here):
 
-Two steps, because Prefect reads its settings when it is imported:
-
-    cli = start(argv)          # parse, load the config, set the process environment (exp3.flowenv)
+    config, args = start(argv)       # parse, load the config, set the process environment (exp3.flowenv)
     ... import prefect, define the flows ...
-    cli.run(exp3_flow)         # validate, then --dry-run / --sanity / the flow; returns the exit code
-
-No Prefect import here: the flow is passed in.
+    run(config, args, exp3_flow)     # validate, then --dry-run / --sanity / the flow; returns the exit code
 """
 
 from __future__ import annotations
@@ -22,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,19 +67,7 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     return load_config(path, overrides), args
 
 
-@dataclass(frozen=True)
-class CommandLine:
-    """A parsed command line with its config, the process environment already set for Prefect."""
-
-    config: ExperimentConfig
-    args: argparse.Namespace
-
-    def run(self, flow: Callable[..., Any]) -> int:
-        """Validate, then dry run, sanity check or one run of `flow` (exp3_flow); the exit code."""
-        return run(self.config, self.args, flow)
-
-
-def start(argv: list[str]) -> CommandLine:
+def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
     """Parse `argv`, load the config and set the environment before `import prefect` (exit 2 on a bad config)."""
     from exp3.flowenv import configure_flow_environment
 
@@ -99,14 +77,15 @@ def start(argv: list[str]) -> CommandLine:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_flow_environment(resolve_output_root(config))
-    return CommandLine(config, args)
+    return config, args
 
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
-    """Refuse unknown names, missing weights and a live root (exit 2), then run; 1 if the flow failed."""
+    """Refuse unknown names, missing weights and a live root (exit 2), then dry run, sanity check or one run
+    of `flow` (exp3_flow); 1 if the flow failed."""
     from exp3.grid import select_sessions
     from exp3.runlock import LockBusy, RootLock
-    from exp3.session import resolve_model_weights
+    from exp3.prepare import resolve_model_weights
     from exp3.weights import WeightsError
 
     try:
@@ -135,11 +114,12 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
 def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> int:
     """Print the grid with each session's state and cache key (keys once the dataset exists); trains nothing."""
     from exp3.dataset import dataset_fingerprint, read_data_yaml
-    from exp3.grid import grid_status, select_sessions
+    from exp3.grid import select_sessions
     from exp3.identity import session_inputs
     from exp3.occlusion.suites import occlusion_suite_name
-    from exp3.session import resolve_model_weights
-    from exp3.status import root_is_live
+    from exp3.prepare import resolve_model_weights
+    from exp3.runlock import RootLock
+    from exp3.status import grid_status
 
     root = resolve_output_root(config)
     grid = select_sessions(config, models, sessions)
@@ -154,7 +134,7 @@ def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[s
           + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
     print(f"  models: {', '.join(dict.fromkeys(s.model for s in grid))} "
           f"(configured: {', '.join(config.models)}; `<name>: null` in a config file removes an inherited one)")
-    for session, status in zip(grid, grid_status(config, root, grid, root_is_live(root), keys)):
+    for session, status in zip(grid, grid_status(config, root, grid, RootLock(root).is_live(), keys)):
         print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
               f"{keys.get(session.name, '-')}")
     return 0
@@ -170,7 +150,7 @@ def train_attempts(root: Path, session: Session) -> int:
 
 def sanity(config: ExperimentConfig, flow: Callable[..., Any]) -> int:
     """Run 1 model x 2 sessions twice; PASS (0) if the second run trained and evaluated nothing."""
-    from exp3.layout import SessionPaths
+    from exp3.layout import SessionPaths, SessionState
 
     model = next(iter(config.models))
     grid = [Session(model, suffix) for suffix in SANITY_SESSIONS]
@@ -179,7 +159,7 @@ def sanity(config: ExperimentConfig, flow: Callable[..., Any]) -> int:
     attempts_first = {s.name: train_attempts(root, s) for s in grid}
     second = flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))
     attempts_second = {s.name: train_attempts(root, s) for s in grid}
-    skipped = all(result.status == "cached" for result in second.values())
+    skipped = all(result.status == SessionState.CACHED for result in second.values())
     untouched = attempts_first == attempts_second and all(SessionPaths.of(root, s).is_done(None) for s in grid)
     verdict = "PASS" if skipped and untouched else "FAIL"
     print(json.dumps({"first_run": {name: result.model_dump(mode="json") for name, result in first.items()},

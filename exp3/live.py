@@ -1,8 +1,7 @@
-"""The flow's live view and its session runs under Prefect: log lines, progress and table
-artifacts per session, and the results artifacts of the report.
+"""The flow's live view under Prefect: per session a log line per epoch, a progress and an epochs table
+artifact, one DONE / FAILED / cached line; after the report, its results artifacts.
 
-Imported by flows/exp3.py only (it imports Prefect: the environment must be set first, see
-exp3/cli.py). The lines themselves are built by exp3.progress (pure functions).
+Imported by flows/exp3.py only: it imports Prefect, whose environment exp3.cli sets first.
 """
 
 from __future__ import annotations
@@ -20,13 +19,13 @@ from prefect.artifacts import (
 )
 
 from exp3.jobs import SessionJob, SessionResult
+from exp3.layout import SessionState
 from exp3.progress import (
     epoch_table,
     format_cached_line,
     format_done_line,
     format_epoch_line,
     format_failed_line,
-    read_session_headline,
 )
 from exp3.runner import ProgressUpdate, SessionError, retry_batch_for, run_session_subprocess
 
@@ -44,32 +43,40 @@ def _slug(job: SessionJob) -> str:
 
 
 def announce(job: SessionJob, result: SessionResult) -> None:
-    """A session that takes no slot: done under its key (progress at 100 and its result line) or skipped (why)."""
-    if result.status != "cached":
+    """A session that takes no slot: cached (progress at 100 and its result line) or skipped (why)."""
+    if result.status != SessionState.CACHED:
         get_run_logger().warning(result.reason)
         return
     create_progress_artifact(progress=100.0, key=f"progress-{_slug(job)}",
                              description=f"{job.name}: epochs done / {job.epochs} (already done under this key)")
-    get_run_logger().info(format_cached_line(job.name, read_session_headline(job.paths)))
+    get_run_logger().info(format_cached_line(job.name, job.paths))
 
 
 def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -> SessionResult:
-    """Run `job` (a local subprocess, or a flow run of `job.deployment`); attempt > 1 after an out of
-    memory failure trains with half the batch (`retry_batch` overrides)."""
-    if retry_batch is None:
-        retry_batch = retry_batch_for(job, attempt)
-        if retry_batch is not None:
-            get_run_logger().warning(f"{job.name}: out of memory last attempt, retrying with batch {retry_batch}")
+    """Run `job` as a local subprocess with its live view, or as a flow run of `job.deployment`; an attempt
+    after an out-of-memory failure trains with half the batch (`retry_batch` overrides)."""
+    logger = get_run_logger()
+    if retry_batch is None and (retry_batch := retry_batch_for(job, attempt)) is not None:
+        logger.warning(f"{job.name}: out of memory last attempt, retrying with batch {retry_batch}")
     if job.deployment:
         return _run_via_deployment(job, retry_batch)
-    return _run_with_progress(job, retry_batch)
+    start = time.perf_counter()
+    try:
+        result = run_session_subprocess(job, retry_batch=retry_batch, on_progress=epoch_reporter(job, logger))
+    except SessionError as error:
+        logger.error(format_failed_line(job.name, str(error), time.perf_counter() - start))
+        raise
+    if result.moved_aside:
+        logger.warning(f"{job.name}: results made under other inputs moved aside to "
+                       f"{result.moved_aside}; trained again from scratch")
+    logger.info(format_done_line(job.name, job.paths, result.wall_s))
+    return result
 
 
 def epoch_reporter(job: SessionJob, logger: Any) -> Callable[[ProgressUpdate], None]:
-    """The live view of one session (call inside a task run): a progress artifact now, then per update
-    one log line per new epoch, the epochs table artifact and the progress. Runs in the flow's process,
-    never in the training's. The log lines come first and an artifact the API refuses is only warned
-    about (once): every epoch of every session reaches the log."""
+    """One session's live view (call inside a task run, in the flow's process): a progress artifact now,
+    then per update a log line per new epoch, the epochs table and the progress. Log lines come first and
+    an artifact the API refuses is only warned about (once): every epoch reaches the log."""
     artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
                                            description=f"{job.name}: epochs done / {job.epochs}")
     tabled, warned = False, False
@@ -93,24 +100,6 @@ def epoch_reporter(job: SessionJob, logger: Any) -> Callable[[ProgressUpdate], N
     return _progress
 
 
-def _run_with_progress(job: SessionJob, retry_batch: int | None) -> SessionResult:
-    """`run_session_subprocess` with live reporting: one log line per finished epoch, a progress artifact
-    and an epochs table artifact updated every epoch, and one DONE / FAILED line at the end."""
-    logger = get_run_logger()
-    start = time.perf_counter()
-    try:
-        result = run_session_subprocess(job, retry_batch=retry_batch, on_progress=epoch_reporter(job, logger))
-    except SessionError as error:
-        logger.error(format_failed_line(job.name, str(error), time.perf_counter() - start))
-        raise
-    if result.moved_aside:
-        logger.warning(f"{job.name}: results made under other inputs moved aside to "
-                       f"{result.moved_aside}; trained again from scratch")
-    if result.status == "done":
-        logger.info(format_done_line(job.name, read_session_headline(job.paths), result.wall_s))
-    return result
-
-
 def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResult:
     """Run the session as its own flow run of `job.deployment` (on a GPU work pool) and wait for it."""
     from prefect.deployments import run_deployment
@@ -121,25 +110,23 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}")
-    return SessionResult(session=job.name, status="done", cache_key=job.cache_key,
-                         wall_s=flow_run.total_run_time.total_seconds(), folder=str(job.paths.folder),
-                         headline=read_session_headline(job.paths), retry_batch=retry_batch,
-                         flow_run=str(flow_run.id))
+    return SessionResult(session=job.name, status=SessionState.DONE, cache_key=job.cache_key,
+                         wall_s=flow_run.total_run_time.total_seconds())
 
 
 def publish_report(result: ReportResult, models: list[str]) -> None:
-    """Log each model's positive control; the summary table, results and files artifacts of `build_report`'s result."""
+    """Log each model's positive control; the summary table, results and files artifacts of the report."""
     from exp3.report.findings import positive_control
     from exp3.report.markdown import dashboard_markdown
 
     logger = get_run_logger()
     for model in models:
         logger.info(positive_control(result.comparisons, model)[1].replace("**", ""))
-    root = result.root
     rows = json.loads(result.summary[SUMMARY_COLUMNS].to_json(orient="records"))
     create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
     create_markdown_artifact(key="exp3-results", markdown=dashboard_markdown(result),
                              description="positive control, headline findings and the occluded-split table")
     plots = "\n".join(f"- `{path}`" for path in result.files if path.suffix == ".png")
-    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 files\n\nReport: `{root}/report.md`\n\n"
-                                                       f"Summary: `{root}/summary_metrics.csv`\n\nPlots:\n{plots}\n")
+    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 files\n\nReport: `{result.root}/report.md`\n\n"
+                                                       f"Summary: `{result.root}/summary_metrics.csv`\n\n"
+                                                       f"Plots:\n{plots}\n")

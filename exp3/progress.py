@@ -1,25 +1,33 @@
-"""Live view of a session: one `EpochProgress` per row of Ultralytics' `train/results.csv`, and
-the one-line summaries the flow logs (per epoch, per finished session).
+"""What the flow and `exp3.status` say about a session: its epochs from Ultralytics' `train/results.csv`,
+and the one-line summaries logged per epoch and per finished session.
 
-Pure functions on rows and metrics dicts (no Prefect): the flow only logs what they return.
+Pure functions on files, rows and metrics (no Prefect): the flow only logs what they return.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 
 from exp3.layout import SessionPaths
 from exp3.schema import MetricsView
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 MAP50_COLUMN = "metrics/mAP50(B)"
 MAP50_95_COLUMN = "metrics/mAP50-95(B)"
 LOSS_PREFIX = "train/"
-CLEAN_SPLIT, OCCLUDED_SPLIT = "test_clean", "test_occ_fixed"
+
+
+def results_rows(paths: SessionPaths) -> list[dict[str, str]]:
+    """The rows of the session's `train/results.csv` (header names stripped; [] if none yet)."""
+    if not paths.results_csv.is_file():
+        return []
+    with paths.results_csv.open(newline="") as handle:
+        return [{key.strip(): value for key, value in row.items() if key is not None} for row in csv.DictReader(handle)]
 
 
 def _number(text: str | None) -> float | None:
@@ -75,17 +83,18 @@ def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list
     return parsed
 
 
-def _seconds(seconds: float | None) -> str:
+def format_seconds(seconds: float | None) -> str:
+    """`4.2s`, `41s`, `5m03s`, `1h02m`; `-` for None (a sub-second epoch is not "0s")."""
     if seconds is None:
         return "-"
     if seconds < 9.95:
-        return f"{seconds:.1f}s"  # a sub-second epoch is not "0s"
+        return f"{seconds:.1f}s"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-def _value(value: float | None, digits: int = 3) -> str:
+def format_value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -94,9 +103,9 @@ def format_epoch_line(session: str, progress: EpochProgress) -> str:
     dfl_loss 1.050 | val mAP50 0.412 mAP50-95 0.251 | 41s/epoch, ETA 32m49s`."""
     total = progress.epochs_total if progress.epochs_total is not None else "?"
     losses = " ".join(f"{name} {value:.3f}" for name, value in progress.losses.items()) or "no train losses"
-    return (f"{session}: epoch {progress.epoch}/{total} {losses} | val mAP50 {_value(progress.map50)} "
-            f"mAP50-95 {_value(progress.map50_95)} | {_seconds(progress.epoch_s)}/epoch, "
-            f"ETA {_seconds(progress.eta_s)}")
+    return (f"{session}: epoch {progress.epoch}/{total} {losses} | val mAP50 {format_value(progress.map50)} "
+            f"mAP50-95 {format_value(progress.map50_95)} | {format_seconds(progress.epoch_s)}/epoch, "
+            f"ETA {format_seconds(progress.eta_s)}")
 
 
 def epoch_table(epochs: list[EpochProgress]) -> list[dict[str, Any]]:
@@ -107,58 +116,27 @@ def epoch_table(epochs: list[EpochProgress]) -> list[dict[str, Any]]:
              "epoch_s": None if p.epoch_s is None else round(p.epoch_s, 1)} for p in epochs]
 
 
-def last_val_map50(rows: list[dict[str, str]]) -> float | None:
-    """Val mAP50 of the last complete results.csv row (None without one)."""
-    epochs = epoch_progress(rows, None)
-    return epochs[-1].map50 if epochs else None
+def format_result(paths: SessionPaths) -> str:
+    """The headline of the session's metrics.json: `F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 /
+    occluded 0.511` (ingredient micro F1; `-` for what it lacks or when it cannot be read)."""
+    try:
+        view = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        view = MetricsView.of(None)
+    clean, occluded = view.split(CLEAN_SPLIT), view.split(FIXED_SPLIT)
+    return (f"F1 clean {format_value(clean.ingredient.micro.f1)} / occluded {format_value(occluded.ingredient.micro.f1)}"
+            f", mAP50 clean {format_value(clean.map50)} / occluded {format_value(occluded.map50)}")
 
 
-class SessionHeadline(BaseModel):
-    """The headline numbers of a finished session's metrics.json (part of `exp3.jobs.SessionResult`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    f1_clean: float | None = None
-    f1_occluded: float | None = None
-    map50_clean: float | None = None
-    map50_occluded: float | None = None
-
-
-def session_headline(metrics: dict[str, Any] | MetricsView) -> SessionHeadline:
-    """Ingredient micro F1 and mAP50 of both test splits (None where metrics.json lacks one)."""
-    view = metrics if isinstance(metrics, MetricsView) else MetricsView.of(metrics)
-    clean, occluded = view.split(CLEAN_SPLIT), view.split(OCCLUDED_SPLIT)
-    return SessionHeadline(f1_clean=clean.ingredient.micro.f1, f1_occluded=occluded.ingredient.micro.f1,
-                           map50_clean=clean.map50, map50_occluded=occluded.map50)
-
-
-def format_result(result: SessionHeadline) -> str:
-    """`F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511`."""
-    return (f"F1 clean {_value(result.f1_clean)} / occluded {_value(result.f1_occluded)}, "
-            f"mAP50 clean {_value(result.map50_clean)} / occluded {_value(result.map50_occluded)}")
-
-
-def format_done_line(session: str, result: SessionHeadline, wall_s: float) -> str:
-    """The log line of a session that ended well."""
-    return f"DONE {session}: {format_result(result)}, wall {_seconds(wall_s)}"
+def format_done_line(session: str, paths: SessionPaths, wall_s: float) -> str:
+    return f"DONE {session}: {format_result(paths)}, wall {format_seconds(wall_s)}"
 
 
 def format_failed_line(session: str, error: str, wall_s: float) -> str:
-    """The log line of a session that failed: its one-line error."""
-    first = (error.strip().splitlines() or ["unknown error"])[0]
-    first = first.removeprefix(f"{session}: ")  # SessionError messages start with the session's name
-    return f"FAILED {session}: {first} (after {_seconds(wall_s)})"
+    """The session's one-line error (SessionError messages start with the session's name: said once)."""
+    first = (error.strip().splitlines() or ["unknown error"])[0].removeprefix(f"{session}: ")
+    return f"FAILED {session}: {first} (after {format_seconds(wall_s)})"
 
 
-def format_cached_line(session: str, result: SessionHeadline) -> str:
-    """The log line of a session found done under the current key (not run again)."""
-    return f"{session}: already done under this key (cached), {format_result(result)}"
-
-
-def read_session_headline(paths: SessionPaths) -> SessionHeadline:
-    """`session_headline` of the session's metrics.json (all None if it cannot be read)."""
-    try:
-        metrics = json.loads(paths.metrics.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        metrics = None
-    return session_headline(MetricsView.of(metrics))
+def format_cached_line(session: str, paths: SessionPaths) -> str:
+    return f"{session}: already done under this key (cached), {format_result(paths)}"

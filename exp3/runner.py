@@ -1,9 +1,6 @@
-"""Run one session as a subprocess for the flow: a fresh `python -m exp3.session ...` that dies with
-the flow's process, pinned to its slot's GPU, its output appended to `<session>/logs/session.log`,
-with a progress callback per epoch.
-
-The flow's task is a thin wrapper around `run_session_subprocess`; everything here is plain
-Python so it can be tested and reused without Prefect.
+"""Run one session for the flow: a fresh `python -m exp3.session` that dies with the flow's process, pinned to
+its slot's GPU, its output appended to `<session>/logs/session.log`, its new epochs reported while it trains.
+Plain Python (no Prefect), so it is tested and reused without a flow; exp3.live adds the Prefect view.
 """
 
 from __future__ import annotations
@@ -18,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from exp3.grid import results_rows
 from exp3.jobs import SessionJob, SessionResult
-from exp3.layout import SessionPaths
+from exp3.layout import SessionPaths, SessionState
 from exp3.offline import ultralytics_environment
 from exp3.parallel import die_with_parent
-from exp3.progress import EpochProgress, epoch_progress, read_session_headline
+from exp3.progress import EpochProgress, epoch_progress, results_rows
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -50,7 +46,7 @@ class ProgressUpdate:
 
 
 class _ProgressReader:
-    """Reads `train/results.csv` (a few rows) and calls `on_progress` when it has something new.
+    """Reads `train/results.csv` and calls `on_progress` when it has something new.
 
     Progress is a view, never a reason to stop training: the first error it raises (a broken
     CSV, the callback's) ends reporting and is kept in `error` for the session log.
@@ -64,11 +60,11 @@ class _ProgressReader:
 
     def poll(self, finished: bool = False, replay: bool = True) -> None:
         """Report new epochs; `finished` (the session is done) reports done = total; `replay=False`
-        passes the epochs already on disk as seen, not new (a session found done)."""
+        passes the epochs already on disk as seen, not new (a done session evaluated again)."""
         if self.on_progress is None:
             return
         try:
-            epochs = tuple(epoch_progress(results_rows(self.paths.folder), self.total))
+            epochs = tuple(epoch_progress(results_rows(self.paths), self.total))
             done = self.total if finished and self.total else len(epochs)
             new = epochs[self.reported_epochs:] if replay else ()
             if done == self.reported_done and not new:
@@ -87,44 +83,38 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def exit_reason(returncode: int) -> str:
     """Why a session process without a FAILED marker ended: a signal means it was stopped, not that it broke."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
-                  else "a time limit, a pre-emption or Ctrl-C")
-        return (f"session stopped by {name} ({causes}); its training resumes from its last epoch when you run the "
-                "same command again")
-    return f"session exited with code {returncode}"
+    if returncode >= 0:
+        return f"session exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
+              else "a time limit, a pre-emption or Ctrl-C")
+    return f"session stopped by {name} ({causes}); its training resumes from its last epoch when you run the " \
+           "same command again"
 
 
 def is_out_of_memory(record: dict | None) -> bool:
     """True if a FAILED marker's error or log tail shows an out-of-memory error."""
-    if not record:
-        return False
-    text = f"{record.get('error', '')}\n{record.get('train_log_tail', '')}"
+    text = f"{record.get('error', '')}\n{record.get('train_log_tail', '')}" if record else ""
     return any(pattern in text for pattern in OOM_PATTERNS)
 
 
-def oom_retry_batch(batch: int | None) -> int:
-    """The batch of an out-of-memory retry: half the configured (or Ultralytics' default) batch, at least 1."""
-    return max(1, (batch or DEFAULT_BATCH) // 2)
-
-
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
-    """The batch of this attempt: halved after an out-of-memory failure (attempt > 1, `oom_halve_batch`), else None."""
+    """Half the configured (or Ultralytics' default) batch, at least 1, on a retry after an out-of-memory
+    failure (`oom_halve_batch`); None otherwise."""
     if attempt > 1 and job.oom_halve_batch and is_out_of_memory(job.paths.failure()):
-        return oom_retry_batch(job.batch)
+        return max(1, (job.batch or DEFAULT_BATCH) // 2)
     return None
 
 
 def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
-    """Move a folder made under other inputs to `<root>/stale/` (under the session lock); return where."""
-    if paths.state(cache_key) != "stale":
+    """Move a folder made under other inputs to `<root>/stale/` before the session log is opened in it."""
+    if paths.state(cache_key) != SessionState.STALE:
         return None
     with paths.session_lock("exp3 flow"):
-        return paths.move_aside() if paths.state(cache_key) == "stale" else None
+        return paths.move_aside() if paths.state(cache_key) == SessionState.STALE else None
 
 
 def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[str]:
@@ -143,8 +133,8 @@ def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[s
 
 
 def session_environment(job: SessionJob) -> dict[str, str]:
-    """The session process's environment: this one's, Ultralytics' offline settings of the job's output
-    root (set before the process imports anything) and `CUDA_VISIBLE_DEVICES` of its GPU."""
+    """This process's environment, Ultralytics' offline settings of the job's root (set before the session
+    imports anything) and `CUDA_VISIBLE_DEVICES` of its GPU."""
     env = dict(os.environ) | ultralytics_environment(job.output_root)
     if job.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
@@ -152,37 +142,35 @@ def session_environment(job: SessionJob) -> dict[str, str]:
 
 
 def start_session_process(arguments: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen:
-    """A fresh `python -m exp3.session <arguments>`, its output appended to `log`, killed if the flow's process dies."""
+    """A fresh `python -m exp3.session <arguments>`, its output appended to `log`, killed if this process dies."""
     command = [sys.executable, "-m", "exp3.session", *arguments]
     log.write(f"==== {' '.join(command)} ====\n".encode())
     log.flush()
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            on_progress: Callable[[ProgressUpdate], None] | None = None) -> SessionResult:
-    """Run the session CLI (callers skip a job that is done: `exp3.jobs.done_result`); raise `SessionError`
-    (transient if out of memory). A done session lacking some configured severity evaluations (levels
-    added or changed) runs the CLI too, which evaluates only those from its checkpoint.
+    """Run the session CLI for a job that is not current (`SessionJob.is_current`); raise `SessionError`
+    (transient if out of memory).
 
-    A folder made under other inputs is moved aside first (the session then trains from scratch).
-    `on_progress` is called from this thread every `POLL_S` seconds that results.csv has new
-    epochs, and once more when the session ends, after one last read of results.csv.
+    A done session lacking configured evaluations only evaluates those (its old epochs are not replayed).
+    `on_progress` is called every `POLL_S` seconds that results.csv has new epochs, and once more after
+    the process ended (a session that ends between two polls still reports its last epoch).
     """
-    session, paths, cache_key = job.session, job.paths, job.cache_key
-    folder = paths.folder
+    paths, cache_key = job.paths, job.cache_key
     progress = _ProgressReader(paths, job.epochs, on_progress)
     moved = move_aside_if_stale(paths, cache_key)
-    if paths.is_done(cache_key):  # done, some configured evaluations missing: no training, no epochs to replay
+    if paths.is_done(cache_key):
         progress.poll(replay=False)
     paths.logs.mkdir(parents=True, exist_ok=True)
-    env = session_environment(job)
     start = time.perf_counter()
     with open(paths.logs / "session.log", "ab") as log:
         log.write(b"\n")
         if moved is not None:
             log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
-        process = start_session_process(session_arguments(job, retry_batch), env, log)
+        process = start_session_process(session_arguments(job, retry_batch), session_environment(job), log)
         while True:
             try:
                 process.wait(timeout=POLL_S)  # returns the moment the session ends
@@ -191,17 +179,16 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                 progress.poll()
         wall = round(time.perf_counter() - start, 2)
         finished = process.returncode == 0 and paths.is_done(cache_key)
-        progress.poll(finished=finished)  # the epochs of the last POLL_S seconds
+        progress.poll(finished=finished)
         if progress.error:
             log.write(f"==== progress reporting stopped: {progress.error} ====\n".encode())
         log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
     if finished:
-        return SessionResult(session=session.name, status="done", cache_key=cache_key, wall_s=wall,
-                             folder=str(folder), headline=read_session_headline(paths), retry_batch=retry_batch,
+        return SessionResult(session=job.name, status=SessionState.DONE, cache_key=cache_key, wall_s=wall,
                              moved_aside=None if moved is None else str(moved))
     if process.returncode == 0:
-        raise SessionError(f"{session.name}: the session finished under another key than {cache_key} "
-                           f"(see {folder / 'inputs.json'}): report this as a bug")
+        raise SessionError(f"{job.name}: the session finished under another key than {cache_key} "
+                           f"(see {paths.inputs}): report this as a bug")
     record = paths.failure() or {}
     error = record.get("error") or exit_reason(process.returncode)
-    raise SessionError(f"{session.name}: {error} (logs in {paths.logs})", transient=is_out_of_memory(record))
+    raise SessionError(f"{job.name}: {error} (logs in {paths.logs})", transient=is_out_of_memory(record))

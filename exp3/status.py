@@ -1,98 +1,122 @@
 """`python -m exp3.status --root runs/exp3 [--watch [--interval S]]`: the grid as a matrix, from the files on disk.
 
-`--watch` prints the matrix again every S seconds (default 10; the screen is cleared on a
-terminal) while a run holds the root, then prints it once more and exits 0 (Ctrl-C: exits 0).
-
-The grid comes from `<root>/config_resolved.yaml` (written by the flow at start) when present,
-else from the session folders found under the root; `<root>/plan.json` (the flow's cache keys)
-tells a folder made under other inputs (`STALE`: it will be moved aside and re-run). Nothing is written, nothing is locked: it
-is safe to run while the experiment runs.
+`--watch` prints it again every S seconds (default 10; the screen is cleared on a terminal) while a
+run holds the root, then once more, and exits 0 (Ctrl-C too). The grid is the root's
+`config_resolved.yaml` (else the session folders found), `plan.json` tells a folder made under other
+inputs (STALE). Nothing is written or locked: safe while the experiment runs. `run_and_watch` is the
+notebooks' live view of a running flow.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from exp3.config import ConfigError, ExperimentConfig, load_config
-from exp3.grid import SessionStatus, grid_status, read_plan
+from exp3.grid import read_plan
+from exp3.layout import SessionPaths, SessionState
+from exp3.progress import epoch_progress, format_seconds, format_value, results_rows
 from exp3.runlock import RootLock
+from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SUFFIXES, Session
 
-STATE_SYMBOLS: dict[str, str] = {"done": "done", "failed": "FAILED", "stale": "STALE", "running": "running",
-                                 "partial": "partial", "pending": "pending"}
+RUNNING_WINDOW_S = 15 * 60
+"""A session whose training files changed this recently while its root is held counts as running."""
+LOUD = (SessionState.FAILED, SessionState.STALE)
+"""States that need the user: shown in capitals."""
+CLEAR_SCREEN = "\033[2J\033[H"
 
 
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+@dataclass(frozen=True)
+class SessionStatus:
+    """What the files on disk say about one session."""
+
+    session: str
+    state: SessionState
+    epochs_done: int
+    epochs_total: int | None
+    elapsed_s: float | None
+    eta_s: float | None
+    error: str | None
+    last_val_map50: float | None = None
 
 
-def discover_grid(root: Path) -> tuple[ExperimentConfig | None, list[Session]]:
-    """The config the flow wrote into `root` (if any) and the sessions to show."""
-    resolved = root / "config_resolved.yaml"
-    if resolved.is_file():
-        config = load_config(resolved)
-        return config, [Session(m, s) for m in config.models for s in config.sessions]
-    sessions = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if any(child.name.startswith(f"{model_dir.name}__") for child in model_dir.iterdir()):
-            sessions += [Session(model_dir.name, suffix) for suffix in SESSION_SUFFIXES]
-    return None, sessions
+def session_status(paths: SessionPaths, root_live: bool, epochs_total: int | None = None,
+                   key: str | None = None) -> SessionStatus:
+    """The folder's state (RUNNING: partial or pending while a live run writes into it), epochs, elapsed
+    time, ETA and last val mAP50; with `key` (the planned cache key) a folder of other inputs is STALE."""
+    state = paths.state(key)
+    epochs = epoch_progress(results_rows(paths), epochs_total)
+    last_map50 = epochs[-1].map50 if epochs else None
+    if state == SessionState.DONE:
+        training = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8"))).training
+        done = int(training.epochs_completed or 0)
+        return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
+    elapsed = sum(epoch.epoch_s or 0.0 for epoch in epochs) if epochs else None
+    eta = epochs[-1].eta_s if epochs and state != SessionState.FAILED else None
+    error = None
+    if state == SessionState.STALE:
+        error, eta = f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch", None
+    elif state == SessionState.FAILED:
+        error = (paths.failure() or {}).get("error")
+    elif root_live and (_written_recently(paths.run_dir) or (paths.logs / "train.log").is_file() and not epochs):
+        state = SessionState.RUNNING
+    return SessionStatus(paths.folder.name, state, len(epochs), epochs_total, elapsed, eta, error, last_map50)
+
+
+def _written_recently(folder: Path) -> bool:
+    return folder.is_dir() and any(time.time() - file.stat().st_mtime < RUNNING_WINDOW_S
+                                   for file in folder.rglob("*") if file.is_file())
+
+
+def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session], root_live: bool,
+                keys: dict[str, str] | None = None) -> list[SessionStatus]:
+    """`session_status` for every session of the grid (`keys`: session name -> cache key, when known)."""
+    keys = keys or {}
+    return [session_status(SessionPaths.of(output_root, s), root_live, config.models[s.model].epochs,
+                           keys.get(s.name)) for s in sessions]
 
 
 def format_matrix(rows: list[SessionStatus]) -> str:
-    """A fixed-width table: session, state, epochs, elapsed, ETA, last val mAP50, error."""
+    """A fixed-width table: session, state, epochs, elapsed, ETA, last val mAP50, error; then the counts."""
     header = f"{'session':<40} {'state':<8} {'epochs':>7} {'elapsed':>8} {'ETA':>8} {'last val mAP50':>14}  error"
     lines = [header, "-" * len(header)]
     for row in rows:
         epochs = f"{row.epochs_done}/{row.epochs_total if row.epochs_total is not None else '?'}"
-        val_map50 = "-" if row.last_val_map50 is None else f"{row.last_val_map50:.3f}"
-        lines.append(f"{row.session:<40} {STATE_SYMBOLS[row.state]:<8} {epochs:>7} "
-                     f"{_format_seconds(row.elapsed_s):>8} {_format_seconds(row.eta_s):>8} {val_map50:>14}  "
-                     f"{row.error or ''}")
-    counts = {state: sum(r.state == state for r in rows) for state in STATE_SYMBOLS}
+        state = row.state.upper() if row.state in LOUD else row.state
+        lines.append(f"{row.session:<40} {state:<8} {epochs:>7} {format_seconds(row.elapsed_s):>8} "
+                     f"{format_seconds(row.eta_s):>8} {format_value(row.last_val_map50):>14}  {row.error or ''}")
+    counts = {state: sum(row.state == state for row in rows) for state in SessionState}
     lines.append(" ".join(f"{state}={count}" for state, count in counts.items() if count))
     return "\n".join(lines)
 
 
-def root_is_live(root: Path) -> bool:
-    """True if a live run (this process included) holds `root`'s lock."""
-    return RootLock(root).is_live()
-
-
 def render(root: Path) -> tuple[str, bool]:
     """The status block of `root` (title line + matrix) and whether a run holds the root."""
-    config, sessions = discover_grid(root)
-    live = root_is_live(root)
-    if config is not None:
+    live = RootLock(root).is_live()
+    if (root / "config_resolved.yaml").is_file():
+        config = load_config(root / "config_resolved.yaml")
+        sessions = [Session(model, suffix) for model in config.models for suffix in config.sessions]
         rows = grid_status(config, root, sessions, live, read_plan(root))
-    else:
-        from exp3.grid import session_status
-        from exp3.layout import SessionPaths
-
-        rows = [session_status(SessionPaths.of(root, s).folder, live) for s in sessions]
+    else:  # sessions run by hand (`python -m exp3.session`): every session of each model folder found
+        models = [d.name for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob(f"{d.name}__*"))]
+        rows = [session_status(SessionPaths.of(root, Session(m, s)), live) for m in models for s in SESSION_SUFFIXES]
     title = f"{root} ({'a run holds this root' if live else 'no live run'})"
     return f"{title}\n{format_matrix(rows)}", live
-
-
-CLEAR_SCREEN = "\033[2J\033[H"
 
 
 def watch(root: Path, interval_s: float, clear: bool) -> None:
     """Print the block every `interval_s` while a run holds `root`; the last one after it ends."""
     while True:
         block, live = render(root)
-        stamp = time.strftime("%H:%M:%S")
-        print(f"{CLEAR_SCREEN if clear else ''}{block}\n"
-              f"[{stamp}] {f'refreshing every {interval_s:g} s (Ctrl-C to stop)' if live else 'final'}\n", flush=True)
+        print(f"{CLEAR_SCREEN if clear else ''}{block}\n[{time.strftime('%H:%M:%S')}] "
+              f"{f'refreshing every {interval_s:g} s (Ctrl-C to stop)' if live else 'final'}\n", flush=True)
         if not live:
             return
         time.sleep(interval_s)
@@ -126,9 +150,8 @@ def run_and_watch(command: Sequence[str], root: str | Path, log_path: str | Path
     """Run `command` (a flow) with its output appended to `log_path`, show the grid of `root` every
     `interval_s` seconds while it runs and once more when it ends; return its exit code.
 
-    `show` gets each block (with a time stamp); by default one notebook output updated in place,
-    else print. Interrupting (Ctrl-C, the notebook's stop button) stops the flow, which is
-    crash-safe: running it again resumes.
+    `show` gets each block; by default one notebook output updated in place, else print. Interrupting
+    (Ctrl-C, the notebook's stop button) stops the flow, which is crash-safe: running it again resumes.
     """
     root, log_path = Path(root), Path(log_path)
     show = show or _notebook_display() or (lambda text: print(text, flush=True))

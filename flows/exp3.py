@@ -20,9 +20,9 @@ if __name__ == "exp3":
     del sys.modules[__name__]
 
 if __name__ == "__main__":  # parse the command line and set the environment before Prefect is imported
-    from exp3.cli import start
+    from exp3.cli import run, start
 
-    CLI = start(sys.argv[1:])
+    CONFIG, ARGS = start(sys.argv[1:])
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.futures import PrefectFuture  # noqa: E402
@@ -30,9 +30,10 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
 from exp3.dataset import AuditedData  # noqa: E402
-from exp3.grid import failed_sessions, select_sessions, write_plan  # noqa: E402
+from exp3.grid import select_sessions, write_plan  # noqa: E402
 from exp3.identity import session_inputs  # noqa: E402
 from exp3.jobs import SessionJob, SessionResult, done_result, plan_jobs, run_on_slots, session_slots  # noqa: E402
+from exp3.layout import SessionState  # noqa: E402
 from exp3.live import announce, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
 from exp3.runner import retry_if_transient  # noqa: E402
@@ -47,7 +48,7 @@ def audit_task(config: ExperimentConfig) -> AuditedData:
     """The data.yaml (the embedded dataset is generated on first use) and its fingerprint, audited once
     per content; a dataset with blocking problems fails the flow before anything is built from it."""
     from exp3.dataset import audit_once
-    from exp3.session import dataset_yaml
+    from exp3.prepare import dataset_yaml
 
     return audit_once(dataset_yaml(config, config.output_root), config.output_root / "audits")
 
@@ -55,7 +56,7 @@ def audit_task(config: ExperimentConfig) -> AuditedData:
 @task(name="resolve-weights")
 def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[str, str | None]:
     """Each model's weights sha256 (None = from scratch on purpose); fails the flow if any cannot be had."""
-    from exp3.session import resolve_model_weights
+    from exp3.prepare import resolve_model_weights
 
     return {model: resolve_model_weights(config, model).sha256 for model in models}
 
@@ -64,7 +65,7 @@ def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[st
 def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData:
     """Occlusion suites and S2 train set of the audited dataset (not hashed again): built once, verified
     after; handed down to every session."""
-    from exp3.session import prepare_data
+    from exp3.prepare import prepare_data
 
     return prepare_data(config, config.output_root, audited=audited)
 
@@ -122,13 +123,12 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         keys = {s.name: session_inputs(config, s, prepared.dataset_fingerprint, prepared.suite_id,
                                        weights[s.model]).key for s in grid}
         write_plan(root, keys)
-        failed_before = frozenset() if rerun_failed else failed_sessions(root, grid, keys)
-        jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), failed_before=failed_before,
+        jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), rerun_failed=rerun_failed,
                          deployment=fan_out_deployment, prepared=prepared)
         results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width), start=start_session,
                                stop_on_failure=config.failure.policy == "stop", announce=announce)
         report_task(root, model_names, list(config.seeds), list(dict.fromkeys(s.suffix for s in grid)))
-    failed = [name for name, result in results.items() if result.status in ("failed", "skipped")]
+    failed = [name for name, result in results.items() if result.status in (SessionState.FAILED, SessionState.SKIPPED)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(results)} sessions failed: {', '.join(failed)} "
                            f"(FAILED markers under {root}; fix and re-run with --rerun-failed)")
@@ -143,7 +143,7 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
     The GPU is the worker's: start one worker per GPU with CUDA_VISIBLE_DEVICES set. Without
     `cache_key` (a run started by hand) the key is computed here from the prepared inputs.
     """
-    from exp3.session import session_key
+    from exp3.prepare import session_key
 
     config = load_config(config_file)
     config = config.model_copy(update={"output_root": resolve_output_root(config)})
@@ -157,4 +157,4 @@ def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | Non
 
 
 if __name__ == "__main__":
-    raise SystemExit(CLI.run(exp3_flow))
+    raise SystemExit(run(CONFIG, ARGS, exp3_flow))

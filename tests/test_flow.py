@@ -35,7 +35,7 @@ def _flow(cwd: Path, *args: str, timeout: int = 600,
 def _config(tmp_path: Path, models: dict, **extra: object) -> Path:
     payload = {"base": str(REPO / "configs" / "smoke.yaml"), "output_root": str(tmp_path / "out"),
                "models": models, "sessions": ["S1_clean_train"],
-               "parallel_sessions": 1,  # one lane: these tests reason about which session ran before which
+               "parallel_sessions": 1,  # one slot: these tests reason about which session ran before which
                **extra}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(payload))
@@ -63,7 +63,7 @@ def _train_attempts(folder: Path) -> int:
 
 
 def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
-    """Also runs its two sessions side by side (parallel_sessions: 2, two CPU lanes): their runs overlap in time."""
+    """Also runs its two sessions side by side (parallel_sessions: 2, two CPU slots): their runs overlap in time."""
     result = _flow(tmp_path, "--sanity", "--set", "models.yolov8m.architecture=yolov8n.yaml",
                    "--set", "parallel_sessions=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

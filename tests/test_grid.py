@@ -1,14 +1,13 @@
-"""Grid selection, seeds, cache keys and on-disk status (no training)."""
+"""Grid selection, seeds and cache keys (no training)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from exp3.config import ExperimentConfig, load_config
-from exp3.grid import select_sessions, session_status
+from exp3.grid import select_sessions
 from exp3.identity import session_inputs
 from exp3.sessions import Session, parse_session
 from exp3.train import masking_spec_for, training_overrides
@@ -84,57 +83,3 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     assert key(placed, s1) == key(base, s1)
     batch = load_config(None, ["train.batch=8"])
     assert key(batch, s1) != key(base, s1)
-
-
-def _done_folder(folder: Path, key: str) -> None:
-    from exp3.layout import SessionPaths
-
-    paths = SessionPaths(folder)
-    folder.mkdir(parents=True)
-    paths.write_inputs({}, key)
-    paths.metrics.write_text(json.dumps({"training": {"epochs_completed": 3, "wall_s": 1.0}}))
-    paths.write_done(key, {})
-
-
-def test_state_tells_stale_from_done(tmp_path: Path) -> None:
-    folder = tmp_path / "m" / "m__S1_clean_train"
-    _done_folder(folder, "k-old")
-    assert session_status(folder, root_live=False, epochs_total=3, key="k-old").state == "done"
-    stale = session_status(folder, root_live=False, epochs_total=3, key="k-new")
-    assert stale.state == "stale" and "k-old" in stale.error
-    assert session_status(folder, root_live=False, epochs_total=3).state == "done"  # key-less view
-
-
-def test_move_aside_keeps_everything(tmp_path: Path) -> None:
-    from exp3.layout import SessionPaths
-
-    folder = tmp_path / "root" / "m" / "m__S1_clean_train"
-    _done_folder(folder, "k-old")
-    (folder / "train" / "weights").mkdir(parents=True)
-    (folder / "train" / "weights" / "last.pt").write_bytes(b"old weights")
-    moved = SessionPaths(folder).move_aside()
-    assert not folder.exists() and moved.parent == tmp_path / "root" / "stale" / "m"
-    assert (moved / "train" / "weights" / "last.pt").read_bytes() == b"old weights"
-    assert SessionPaths(moved).recorded_key() == "k-old"
-
-
-def test_status_from_files(tmp_path: Path) -> None:
-    folder = tmp_path / "m__S1_clean_train"
-    assert session_status(folder, root_live=False, epochs_total=3).state == "pending"
-    (folder / "train").mkdir(parents=True)
-    (folder / "train" / "results.csv").write_text("epoch,time\n1,10.0\n2,20.0\n")
-    (folder / "train" / "weights").mkdir()
-    (folder / "train" / "weights" / "last.pt").write_bytes(b"x")
-    partial = session_status(folder, root_live=False, epochs_total=3)
-    assert partial.state == "partial" and partial.epochs_done == 2 and partial.eta_s == pytest.approx(10.0)
-    assert session_status(folder, root_live=True, epochs_total=3).state == "running"
-    (folder / "FAILED").write_text(json.dumps({"error": "boom"}))
-    failed = session_status(folder, root_live=False, epochs_total=3)
-    assert failed.state == "failed" and failed.error == "boom"
-
-
-def test_a_folder_with_only_the_flows_log_is_pending_not_stale(tmp_path: Path) -> None:
-    folder = tmp_path / "m" / "m__S1_clean_train"
-    (folder / "logs").mkdir(parents=True)
-    (folder / "logs" / "session.log").write_text("==== python -m exp3.session ... ====\n")
-    assert session_status(folder, root_live=False, epochs_total=3, key="k").state == "pending"

@@ -15,10 +15,10 @@ import pytest
 from exp3.config import ExperimentConfig
 from exp3.grid import select_sessions
 from exp3.jobs import SessionJob, SessionResult, done_result, outcome, plan_jobs, session_slots
-from exp3.progress import SessionHeadline
+from exp3.layout import SessionState
 from exp3.runner import SessionError, session_arguments, session_environment
 from exp3.schema import PreparedData, SeveritySuite
-from exp3.session import prepared_from_json, prepared_is_current
+from exp3.prepare import prepared_from_json, prepared_is_current
 
 PREPARED = PreparedData(data_yaml="/d/data.yaml", dataset_fingerprint="f" * 16, suite_dir="/s/occ-1", suite_id="occ-1",
                         suite_manifest_sha256="a" * 64, s2_data_yaml="/s/occtrain-1/data.yaml",
@@ -58,13 +58,11 @@ def test_plan_jobs_in_grid_order() -> None:
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
 
 
-def test_plan_jobs_failed_before_and_prepared() -> None:
+def test_plan_jobs_rerun_failed_and_prepared() -> None:
     config = _config()
-    jobs = _plan(config, failed_before=frozenset({"rtdetr-l__S2_occ_train"}), prepared=PREPARED,
-                 deployment="exp3-session/exp3-session")
-    skipped = [job for job in jobs if job.skip_as_failed]
-    assert [job.name for job in skipped] == ["rtdetr-l__S2_occ_train"] and skipped[0].retries == 0
-    assert all(job.retries == config.failure.retries for job in jobs if not job.skip_as_failed)
+    jobs = _plan(config, rerun_failed=True, prepared=PREPARED, deployment="exp3-session/exp3-session")
+    assert all(job.rerun_failed and job.retries == config.failure.retries for job in jobs)
+    assert not any(job.rerun_failed for job in _plan(config))
     assert all(job.prepared == PREPARED and job.deployment == "exp3-session/exp3-session" for job in jobs)
 
 
@@ -78,9 +76,9 @@ def test_plan_jobs_is_pure_and_jobs_are_frozen() -> None:
 def test_job_and_result_round_trip_as_json() -> None:
     job = _plan(_config(), prepared=PREPARED)[0]
     assert SessionJob.model_validate_json(job.model_dump_json()) == job
-    result = SessionResult(session=job.name, status="done", cache_key=job.cache_key, wall_s=12.5,
-                           folder=str(job.paths.folder), headline=SessionHeadline(f1_clean=0.8, map50_occluded=0.5))
-    assert SessionResult.model_validate_json(result.model_dump_json()) == result
+    result = SessionResult(session=job.name, status="done", cache_key=job.cache_key, wall_s=12.5)
+    assert SessionResult.model_validate_json(result.model_dump_json()) == result and result.status is SessionState.DONE
+    assert json.loads(result.model_dump_json())["status"] == "done"  # the value, as logs and files show it
     assert result.ran and not result.model_copy(update={"status": "cached"}).ran
 
 
@@ -233,7 +231,7 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
 def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
     """A session given another config's prepared data (other occlusion parameters or levels) prepares its own."""
     from exp3.occlusion.identity import suite_parameters, train_set_parameters
-    from exp3.session import prepared_mismatch
+    from exp3.prepare import prepared_mismatch
     from exp3.splits import severity_levels
 
     config = _config(occlusion={"severities": [[0.1, 0.3]]})
@@ -254,3 +252,29 @@ def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
     assert "S2 train set was built with other" in prepared_mismatch(prepared, other_fraction)
     (suite / "manifest.json").unlink()
     assert "unreadable" in prepared_mismatch(prepared, config)
+
+
+def test_a_session_failed_before_takes_no_slot_unless_rerun(tmp_path: Path) -> None:
+    """FAILED under the current key: skipped with its error, no slot taken; `--rerun-failed` starts it."""
+    from exp3.jobs import run_on_slots
+
+    job = _plan(_config(output_root=tmp_path))[0]
+    job.paths.folder.mkdir(parents=True)
+    job.paths.write_inputs({}, job.cache_key)
+    job.paths.failed_marker.write_text(json.dumps({"error": "boom"}))
+
+    class Finished:  # a Prefect future that has already ended
+        def __init__(self, started: SessionJob) -> None:
+            self.started = started
+
+        def add_done_callback(self, callback) -> None:  # type: ignore[no-untyped-def]
+            callback(self)
+
+        def result(self, raise_on_failure: bool) -> SessionResult:
+            return SessionResult(session=self.started.name, status="done", cache_key=self.started.cache_key)
+
+    skipped = run_on_slots([job], [None], start=lambda _: pytest.fail("a session FAILED before was started"))
+    assert skipped[job.name].status == SessionState.SKIPPED and "boom" in (skipped[job.name].reason or "")
+    assert not skipped[job.name].ran
+    rerun = run_on_slots([job.model_copy(update={"rerun_failed": True})], [None], start=Finished)
+    assert rerun[job.name].status == SessionState.DONE

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from exp3.grid import results_rows
 from exp3.layout import SessionPaths
 from exp3.progress import (
     EpochProgress,
@@ -17,9 +16,8 @@ from exp3.progress import (
     format_done_line,
     format_epoch_line,
     format_failed_line,
-    last_val_map50,
-    read_session_headline,
-    session_headline,
+    format_result,
+    results_rows,
 )
 
 YOLO_CSV = """\
@@ -34,11 +32,11 @@ epoch,time,train/giou_loss,train/cls_loss,train/l1_loss,metrics/precision(B),met
 """
 
 
-def _session(tmp_path: Path, csv_text: str) -> Path:
-    folder = tmp_path / "m" / "m__S1_clean_train"
-    SessionPaths(folder).run_dir.mkdir(parents=True)
-    SessionPaths(folder).results_csv.write_text(csv_text)
-    return folder
+def _session(tmp_path: Path, csv_text: str) -> SessionPaths:
+    paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
+    paths.run_dir.mkdir(parents=True)
+    paths.results_csv.write_text(csv_text)
+    return paths
 
 
 def test_yolo_results_csv_gives_one_progress_per_epoch(tmp_path: Path) -> None:
@@ -55,7 +53,6 @@ def test_yolo_results_csv_gives_one_progress_per_epoch(tmp_path: Path) -> None:
     table = epoch_table(epochs)
     assert table[1] == {"epoch": 2, "box_loss": 5.3047, "cls_loss": 4.7828, "dfl_loss": 3.3498, "mAP50": 0.0312,
                         "mAP50-95": 0.0112, "epoch_s": 21.0}
-    assert last_val_map50(results_rows(_session(tmp_path / "again", YOLO_CSV))) == pytest.approx(0.41234)
 
 
 def test_rtdetr_losses_half_written_line_and_resumed_clock(tmp_path: Path) -> None:
@@ -68,7 +65,7 @@ def test_rtdetr_losses_half_written_line_and_resumed_clock(tmp_path: Path) -> No
     assert format_epoch_line("r", epochs[1]).endswith("| 5.0s/epoch, ETA 6.5s")  # short epochs keep a decimal
     quick = EpochProgress(1, 40, {}, None, None, 0.42, 16.4)  # the UI showed "0s/epoch" for this
     assert format_epoch_line("q", quick).endswith("| 0.4s/epoch, ETA 16s")
-    assert epoch_progress([], 3) == [] and last_val_map50([]) is None
+    assert epoch_progress([], 3) == [] and results_rows(SessionPaths(tmp_path / "none")) == []
     bare = EpochProgress(1, None, {}, None, None, None, None)
     assert format_epoch_line("s", bare) == "s: epoch 1/? no train losses | val mAP50 - mAP50-95 - | -/epoch, ETA -"
 
@@ -79,13 +76,12 @@ def test_result_lines_from_metrics_json(tmp_path: Path) -> None:
     paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
     paths.folder.mkdir(parents=True)
     paths.metrics.write_text(json.dumps(metrics))
-    result = read_session_headline(paths)
-    assert result == session_headline(metrics)
-    assert format_done_line("m__S1", result, 3725.0) == (
+    assert format_result(paths) == "F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511"
+    assert format_done_line("m__S1", paths, 3725.0) == (
         "DONE m__S1: F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 / occluded 0.511, wall 1h02m")
-    assert format_cached_line("m__S1", result) == (
+    assert format_cached_line("m__S1", paths) == (
         "m__S1: already done under this key (cached), F1 clean 0.812 / occluded 0.640, "
         "mAP50 clean 0.702 / occluded 0.511")
     assert format_failed_line("m__S1", "m__S1: RuntimeError: boom\ntraceback ...", 65.0) == (
         "FAILED m__S1: RuntimeError: boom (after 1m05s)")
-    assert "F1 clean - / occluded -" in format_cached_line("x", read_session_headline(SessionPaths(tmp_path / "no")))
+    assert "F1 clean - / occluded -" in format_cached_line("x", SessionPaths(tmp_path / "no"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from exp3.runner import DEFAULT_BATCH, is_out_of_memory, oom_retry_batch
+from exp3.jobs import SessionJob
+from exp3.runner import DEFAULT_BATCH, is_out_of_memory, retry_batch_for
 
 
 def test_out_of_memory_is_recognised_from_error_or_log_tail() -> None:
@@ -16,10 +17,17 @@ def test_out_of_memory_is_recognised_from_error_or_log_tail() -> None:
     assert not is_out_of_memory(None)
 
 
-def test_half_batch_retry() -> None:
-    assert oom_retry_batch(None) == DEFAULT_BATCH // 2
-    assert oom_retry_batch(6) == 3
-    assert oom_retry_batch(1) == 1
+def test_half_batch_retry_after_an_out_of_memory_failure(tmp_path: Path) -> None:
+    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path="c", output_root=str(tmp_path),
+                     epochs=1)
+    job.paths.folder.mkdir(parents=True)
+    assert retry_batch_for(job, 2) is None  # no FAILED marker
+    job.paths.failed_marker.write_text(json.dumps({"error": "RuntimeError: CUDA out of memory"}))
+    assert retry_batch_for(job, 1) is None  # the first attempt trains with the configured batch
+    assert retry_batch_for(job, 2) == DEFAULT_BATCH // 2
+    assert retry_batch_for(job.model_copy(update={"batch": 6}), 2) == 3
+    assert retry_batch_for(job.model_copy(update={"batch": 1}), 3) == 1
+    assert retry_batch_for(job.model_copy(update={"oom_halve_batch": False}), 2) is None
 
 
 def test_progress_reader_reports_new_epochs_once(tmp_path: Path) -> None:
@@ -95,7 +103,6 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) 
     training: the live view must not log its old epochs as if it were training (seen on the pilot)."""
     import pytest
 
-    from exp3.jobs import SessionJob
     from exp3.runner import ProgressUpdate, SessionError, run_session_subprocess
 
     _done_session_with_two_epochs(tmp_path)

@@ -1,7 +1,9 @@
-"""`python -m exp3.status`: the last val mAP50 column and `--watch` on a fake root (no real run)."""
+"""What the files on disk say about each session (`session_status`), `python -m exp3.status` and `--watch` on a
+fake root, and `run_and_watch` (no real run)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from exp3 import status
 from exp3.layout import SessionPaths
 from exp3.sessions import Session
+from exp3.status import session_status
 
 
 def _fake_root(tmp_path: Path) -> Path:
@@ -51,7 +54,7 @@ def test_watch_refreshes_while_live_and_ctrl_c_exits_quietly(tmp_path: Path, mon
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     root = _fake_root(tmp_path)
     live = iter([True, True, False])
-    monkeypatch.setattr(status, "root_is_live", lambda _root: next(live))
+    monkeypatch.setattr(status.RootLock, "is_live", lambda _lock: next(live))
     sleeps: list[float] = []
     monkeypatch.setattr(status.time, "sleep", sleeps.append)
     assert status.main(["--root", str(root), "--watch", "--interval", "2.5"]) == 0
@@ -59,10 +62,10 @@ def test_watch_refreshes_while_live_and_ctrl_c_exits_quietly(tmp_path: Path, mon
     assert output.count("last val mAP50") == 3 and sleeps == [2.5, 2.5]
     assert output.count("a run holds this root") == 2 and output.rstrip().endswith("final")
 
-    def interrupted(_root: Path) -> bool:
+    def interrupted(_lock: object) -> bool:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(status, "root_is_live", interrupted)
+    monkeypatch.setattr(status.RootLock, "is_live", interrupted)
     assert status.main(["--root", str(root), "--watch"]) == 0
     assert capsys.readouterr() == ("", "")
 
@@ -81,3 +84,41 @@ def test_run_and_watch_shows_the_grid_while_a_command_runs_and_returns_its_code(
     assert "not created yet" in shown[0] and "running; refreshing every 0.3 s" in shown[0]
     assert "the flow exited with code 3" in shown[-1] and "no live run" in shown[-1]
     assert "hello" in log.read_text()
+
+
+def done_folder(folder: Path, key: str) -> SessionPaths:
+    paths = SessionPaths(folder)
+    folder.mkdir(parents=True)
+    paths.write_inputs({}, key)
+    paths.metrics.write_text(json.dumps({"training": {"epochs_completed": 3, "wall_s": 1.0}}))
+    paths.write_done(key, {})
+    return paths
+
+def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
+    paths = done_folder(tmp_path / "m" / "m__S1_clean_train", "k-old")
+    done = session_status(paths, root_live=False, epochs_total=3, key="k-old")
+    assert (done.state, done.epochs_done, done.elapsed_s) == ("done", 3, 1.0)
+    stale = session_status(paths, root_live=False, epochs_total=3, key="k-new")
+    assert stale.state == "stale" and "k-old" in (stale.error or "")
+    assert session_status(paths, root_live=False, epochs_total=3).state == "done"  # key-less view
+
+
+def test_pending_partial_running_failed_from_files(tmp_path: Path) -> None:
+    paths = SessionPaths(tmp_path / "m__S1_clean_train")
+    assert session_status(paths, root_live=False, epochs_total=3).state == "pending"
+    paths.last_pt.parent.mkdir(parents=True)
+    paths.results_csv.write_text("epoch,time\n1,10.0\n2,20.0\n")
+    paths.last_pt.write_bytes(b"x")
+    partial = session_status(paths, root_live=False, epochs_total=3)
+    assert partial.state == "partial" and partial.epochs_done == 2 and partial.eta_s == pytest.approx(10.0)
+    assert session_status(paths, root_live=True, epochs_total=3).state == "running"
+    paths.failed_marker.write_text(json.dumps({"error": "boom"}))
+    failed = session_status(paths, root_live=False, epochs_total=3)
+    assert failed.state == "failed" and failed.error == "boom"
+
+
+def test_a_folder_with_only_the_flows_log_is_pending_not_stale(tmp_path: Path) -> None:
+    paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
+    paths.logs.mkdir(parents=True)
+    (paths.logs / "session.log").write_text("==== python -m exp3.session ... ====\n")
+    assert session_status(paths, root_live=False, epochs_total=3, key="k").state == "pending"
