@@ -1,5 +1,4 @@
-"""The experiment grid of a run: which sessions (`select_sessions`) and the cache key each was planned
-under (`<output_root>/plan.json`, written by the flow, read by exp3.status and the report)."""
+"""A run's grid: its sessions (`select_sessions`) and the cache key each was planned under (`plan.json`)."""
 
 from __future__ import annotations
 
@@ -27,18 +26,12 @@ def read_plan(output_root: Path) -> dict[str, str]:
 
 
 def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> list[Session]:
-    """The grid restricted by `--models` / `--sessions`; unknown names raise ValueError listing valid ones.
-
-    A bare suffix (`S1_clean_train`) selects that session of every chosen model; a prefixed name
-    (`yolov8m__S1_clean_train`) selects only that model's; a `__seed<N>` tail only that seed.
-    `--sessions` replaces the config's `sessions:` list.
-    """
-    chosen_models = list(config.models)
-    if models:
-        unknown = [m for m in models if m not in config.models]
-        if unknown:
-            raise ValueError(f"unknown model(s) {', '.join(unknown)}: configured models are {', '.join(config.models)}")
-        chosen_models = [m for m in config.models if m in models]
+    """The grid restricted by `--models` and `--sessions` (which replaces the config's `sessions:`): a bare suffix
+    selects that session of every chosen model, a `<model>__` prefix only that model's, a `__seed<N>` tail only that
+    seed. Unknown names raise ValueError listing the valid ones."""
+    if unknown := [m for m in models or [] if m not in config.models]:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}: configured models are {', '.join(config.models)}")
+    chosen_models = [m for m in config.models if not models or m in models]
     if not sessions:
         return session_grid(chosen_models, config.sessions, config.seeds)
     selectors = [(text, *parse_session_selector(text, list(config.models))) for text in sessions]

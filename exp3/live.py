@@ -1,8 +1,6 @@
-"""The flow's live view under Prefect: per session a log line per epoch, a progress and an epochs table
-artifact, one DONE / FAILED / cached line; after the report, its results artifacts.
-
-Imported by flows/exp3.py only: it imports Prefect, whose environment exp3.cli sets first.
-"""
+"""The flow's live view under Prefect: per session a log line per epoch, progress and epochs table artifacts and
+one DONE / FAILED / cached line; after the report, its artifacts. Imported by flows/exp3.py only, after exp3.cli
+has set Prefect's environment."""
 
 from __future__ import annotations
 
@@ -11,35 +9,23 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from prefect import get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
-from exp3.progress import (
-    epoch_table,
-    format_cached_line,
-    format_done_line,
-    format_epoch_line,
-    format_failed_line,
-)
+from exp3.progress import epoch_table, format_cached_line, format_done_line, format_epoch_line, format_failed_line
 from exp3.runner import ProgressUpdate, SessionError, retry_batch_for, run_session_subprocess
 
 if TYPE_CHECKING:
     from exp3.report import ReportResult
 
 SUMMARY_COLUMNS = ["model", "session", "split", "status", "map50", "map50_95", "ingredient_micro_f1",
-                   "ingredient_samples_f1", "detection_f1", "rF1_micro"]
-"""Columns of the exp3-summary table artifact."""
+                   "ingredient_samples_f1", "detection_f1", "rF1_micro"]  # of the exp3-summary table artifact
 
 
 def _slug(job: SessionJob) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes."""
-    return job.name.lower().replace("_", "-")
+    return job.name.lower().replace("_", "-")  # artifact keys allow lowercase letters, digits and dashes
 
 
 def announce(job: SessionJob, result: SessionResult) -> None:
@@ -74,9 +60,8 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
 
 
 def epoch_reporter(job: SessionJob, logger: Any) -> Callable[[ProgressUpdate], None]:
-    """One session's live view (call inside a task run, in the flow's process): a progress artifact now,
-    then per update a log line per new epoch, the epochs table and the progress. Log lines come first and
-    an artifact the API refuses is only warned about (once): every epoch reaches the log."""
+    """One session's live view (inside a task run): a progress artifact now, then per update a log line per new
+    epoch, the epochs table and the progress. Logs come first; a refused artifact is warned about once."""
     artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
                                            description=f"{job.name}: epochs done / {job.epochs}")
     tabled, warned = False, False
@@ -127,6 +112,5 @@ def publish_report(result: ReportResult, models: list[str]) -> None:
     create_markdown_artifact(key="exp3-results", markdown=dashboard_markdown(result),
                              description="positive control, headline findings and the occluded-split table")
     plots = "\n".join(f"- `{path}`" for path in result.files if path.suffix == ".png")
-    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 files\n\nReport: `{result.root}/report.md`\n\n"
-                                                       f"Summary: `{result.root}/summary_metrics.csv`\n\n"
-                                                       f"Plots:\n{plots}\n")
+    files = f"Report: `{result.root}/report.md`\n\nSummary: `{result.root}/summary_metrics.csv`"
+    create_markdown_artifact(key="exp3-plots", markdown=f"# exp3 files\n\n{files}\n\nPlots:\n{plots}\n")

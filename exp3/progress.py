@@ -1,8 +1,5 @@
-"""What the flow and `exp3.status` say about a session: its epochs from Ultralytics' `train/results.csv`,
-and the one-line summaries logged per epoch and per finished session.
-
-Pure functions on files, rows and metrics (no Prefect): the flow only logs what they return.
-"""
+"""A session's epochs from Ultralytics' `train/results.csv`, and the one-line summaries the flow logs per epoch
+and per finished session. Pure functions on files (no Prefect), shared by the flow and `exp3.status`."""
 
 from __future__ import annotations
 
@@ -12,14 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-
 from exp3.layout import SessionPaths
 from exp3.schema import MetricsView
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
-
-MAP50_COLUMN = "metrics/mAP50(B)"
-MAP50_95_COLUMN = "metrics/mAP50-95(B)"
-LOSS_PREFIX = "train/"
 
 
 def results_rows(paths: SessionPaths) -> list[dict[str, str]]:
@@ -31,11 +23,12 @@ def results_rows(paths: SessionPaths) -> list[dict[str, str]]:
 
 
 def _number(text: str | None) -> float | None:
+    """The finite number in `text`, else None (empty, missing, unparseable, nan, inf)."""
     try:
-        value = float(text) if text not in (None, "") else None
+        value = float(text or "nan")
     except ValueError:
         return None
-    return value if value is not None and math.isfinite(value) else None
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -44,42 +37,32 @@ class EpochProgress:
 
     epoch: int
     epochs_total: int | None
-    losses: dict[str, float]
-    """Every `train/*` column without its prefix: box/cls/dfl_loss (YOLO), giou/cls/l1_loss (RT-DETR)."""
+    losses: dict[str, float]  # each `train/*` column unprefixed: box/cls/dfl_loss (YOLO), giou/cls/l1_loss (RT-DETR)
     map50: float | None
     map50_95: float | None
     epoch_s: float | None
-    eta_s: float | None
-    """Mean epoch time so far x epochs left (None without a total)."""
+    eta_s: float | None  # mean epoch time so far x epochs left (None without a total)
 
 
 def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list[EpochProgress]:
-    """One `EpochProgress` per complete results.csv row (a half-written last line is skipped).
-
-    Epoch time is the difference of the cumulative `time` column; a resumed training restarts
-    that clock, so a row whose time went down counts its own time.
-    """
+    """One `EpochProgress` per complete row (a half-written last line is skipped). Epoch time is the step of the
+    cumulative `time` column; a resumed training restarts that clock: a row whose time went down counts its own."""
     parsed: list[EpochProgress] = []
     durations: list[float] = []
-    previous: float | None = None
+    previous = 0.0
     for index, row in enumerate(rows):
-        if any(value is None for value in row.values()):
+        if None in row.values():
             continue  # the writer has not finished this line
-        elapsed = _number(row.get("time"))
-        epoch_s = None
-        if elapsed is not None:
-            epoch_s = elapsed - previous if previous is not None and elapsed >= previous else elapsed
+        if (elapsed := _number(row.get("time"))) is not None:
+            durations.append(elapsed - previous if elapsed >= previous else elapsed)
             previous = elapsed
-            durations.append(epoch_s)
-        epoch_number = _number(row.get("epoch"))
-        epoch = int(epoch_number) if epoch_number is not None else index + 1
-        losses = {key[len(LOSS_PREFIX):]: value for key, value in
-                  ((k, _number(v)) for k, v in row.items() if k.startswith(LOSS_PREFIX)) if value is not None}
-        eta = None
-        if epochs_total and durations:
-            eta = sum(durations) / len(durations) * max(epochs_total - epoch, 0)
-        parsed.append(EpochProgress(epoch, epochs_total, losses, _number(row.get(MAP50_COLUMN)),
-                                    _number(row.get(MAP50_95_COLUMN)), epoch_s, eta))
+        epoch_s = durations[-1] if elapsed is not None else None
+        epoch = int(number) if (number := _number(row.get("epoch"))) is not None else index + 1
+        losses = {key.removeprefix("train/"): value for key, text in row.items()
+                  if key.startswith("train/") and (value := _number(text)) is not None}
+        eta = sum(durations) / len(durations) * max(epochs_total - epoch, 0) if epochs_total and durations else None
+        parsed.append(EpochProgress(epoch, epochs_total, losses, _number(row.get("metrics/mAP50(B)")),
+                                    _number(row.get("metrics/mAP50-95(B)")), epoch_s, eta))
     return parsed
 
 
@@ -99,8 +82,7 @@ def format_value(value: float | None, digits: int = 3) -> str:
 
 
 def format_epoch_line(session: str, progress: EpochProgress) -> str:
-    """One line per epoch, e.g. `yolov8m__S1_clean_train: epoch 3/50 box_loss 1.234 cls_loss 2.100
-    dfl_loss 1.050 | val mAP50 0.412 mAP50-95 0.251 | 41s/epoch, ETA 32m49s`."""
+    """`<session>: epoch 3/50 <each loss> | val mAP50 0.412 mAP50-95 0.251 | 41s/epoch, ETA 32m49s`."""
     total = progress.epochs_total if progress.epochs_total is not None else "?"
     losses = " ".join(f"{name} {value:.3f}" for name, value in progress.losses.items()) or "no train losses"
     return (f"{session}: epoch {progress.epoch}/{total} {losses} | val mAP50 {format_value(progress.map50)} "
@@ -117,15 +99,14 @@ def epoch_table(epochs: list[EpochProgress]) -> list[dict[str, Any]]:
 
 
 def format_result(paths: SessionPaths) -> str:
-    """The headline of the session's metrics.json: `F1 clean 0.812 / occluded 0.640, mAP50 clean 0.702 /
-    occluded 0.511` (ingredient micro F1; `-` for what it lacks or when it cannot be read)."""
+    """The headline of metrics.json: ingredient micro F1 and mAP50, clean / occluded (`-` where unreadable)."""
     try:
         view = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         view = MetricsView.of(None)
-    clean, occluded = view.split(CLEAN_SPLIT), view.split(FIXED_SPLIT)
-    return (f"F1 clean {format_value(clean.ingredient.micro.f1)} / occluded {format_value(occluded.ingredient.micro.f1)}"
-            f", mAP50 clean {format_value(clean.map50)} / occluded {format_value(occluded.map50)}")
+    clean, occ = view.split(CLEAN_SPLIT), view.split(FIXED_SPLIT)
+    return (f"F1 clean {format_value(clean.ingredient.micro.f1)} / occluded {format_value(occ.ingredient.micro.f1)}"
+            f", mAP50 clean {format_value(clean.map50)} / occluded {format_value(occ.map50)}")
 
 
 def format_done_line(session: str, paths: SessionPaths, wall_s: float) -> str:

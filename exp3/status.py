@@ -1,11 +1,6 @@
 """`python -m exp3.status --root runs/exp3 [--watch [--interval S]]`: the grid as a matrix, from the files on disk.
 
-`--watch` prints it again every S seconds (default 10; the screen is cleared on a terminal) while a
-run holds the root, then once more, and exits 0 (Ctrl-C too). The grid is the root's
-`config_resolved.yaml` (else the session folders found), `plan.json` tells a folder made under other
-inputs (STALE). Nothing is written or locked: safe while the experiment runs. `run_and_watch` is the
-notebooks' live view of a running flow.
-"""
+Reads only (no lock, no writes): safe while a run holds the root. `run_and_watch`: the notebooks' live view."""
 
 from __future__ import annotations
 
@@ -14,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,10 +22,7 @@ from exp3.runlock import RootLock
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SUFFIXES, Session
 
-RUNNING_WINDOW_S = 15 * 60
-"""A session whose training files changed this recently while its root is held counts as running."""
-LOUD = (SessionState.FAILED, SessionState.STALE)
-"""States that need the user: shown in capitals."""
+RUNNING_WINDOW_S = 15 * 60  # training files changed this recently while the root is held: RUNNING
 CLEAR_SCREEN = "\033[2J\033[H"
 
 
@@ -49,20 +42,19 @@ class SessionStatus:
 
 def session_status(paths: SessionPaths, root_live: bool, epochs_total: int | None = None,
                    key: str | None = None) -> SessionStatus:
-    """The folder's state (RUNNING: partial or pending while a live run writes into it), epochs, elapsed
-    time, ETA and last val mAP50; with `key` (the planned cache key) a folder of other inputs is STALE."""
-    state = paths.state(key)
-    epochs = epoch_progress(results_rows(paths), epochs_total)
+    """The folder's state (RUNNING: partial or pending while a live run writes into it) and progress;
+    with `key` (the planned cache key) a folder made under other inputs is STALE."""
+    state, epochs = paths.state(key), epoch_progress(results_rows(paths), epochs_total)
     last_map50 = epochs[-1].map50 if epochs else None
     if state == SessionState.DONE:
         training = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8"))).training
         done = int(training.epochs_completed or 0)
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
     elapsed = sum(epoch.epoch_s or 0.0 for epoch in epochs) if epochs else None
-    eta = epochs[-1].eta_s if epochs and state != SessionState.FAILED else None
+    eta = epochs[-1].eta_s if epochs and state not in (SessionState.FAILED, SessionState.STALE) else None
     error = None
     if state == SessionState.STALE:
-        error, eta = f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch", None
+        error = f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch"
     elif state == SessionState.FAILED:
         error = (paths.failure() or {}).get("error")
     elif root_live and (_written_recently(paths.run_dir) or (paths.logs / "train.log").is_file() and not epochs):
@@ -77,42 +69,40 @@ def _written_recently(folder: Path) -> bool:
 
 def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session], root_live: bool,
                 keys: dict[str, str] | None = None) -> list[SessionStatus]:
-    """`session_status` for every session of the grid (`keys`: session name -> cache key, when known)."""
-    keys = keys or {}
+    """`session_status` of each session (`keys`: session name -> planned cache key, when known)."""
     return [session_status(SessionPaths.of(output_root, s), root_live, config.models[s.model].epochs,
-                           keys.get(s.name)) for s in sessions]
+                           (keys or {}).get(s.name)) for s in sessions]
 
 
 def format_matrix(rows: list[SessionStatus]) -> str:
-    """A fixed-width table: session, state, epochs, elapsed, ETA, last val mAP50, error; then the counts."""
+    """A fixed-width table, FAILED and STALE in capitals, then the count of each state."""
     header = f"{'session':<40} {'state':<8} {'epochs':>7} {'elapsed':>8} {'ETA':>8} {'last val mAP50':>14}  error"
     lines = [header, "-" * len(header)]
     for row in rows:
         epochs = f"{row.epochs_done}/{row.epochs_total if row.epochs_total is not None else '?'}"
-        state = row.state.upper() if row.state in LOUD else row.state
+        state = row.state.upper() if row.state in (SessionState.FAILED, SessionState.STALE) else row.state
         lines.append(f"{row.session:<40} {state:<8} {epochs:>7} {format_seconds(row.elapsed_s):>8} "
                      f"{format_seconds(row.eta_s):>8} {format_value(row.last_val_map50):>14}  {row.error or ''}")
     counts = {state: sum(row.state == state for row in rows) for state in SessionState}
-    lines.append(" ".join(f"{state}={count}" for state, count in counts.items() if count))
-    return "\n".join(lines)
+    return "\n".join([*lines, " ".join(f"{state}={count}" for state, count in counts.items() if count)])
 
 
 def render(root: Path) -> tuple[str, bool]:
-    """The status block of `root` (title line + matrix) and whether a run holds the root."""
+    """The status block of `root` (title line + matrix) and whether a run holds the root. The grid is the root's
+    `config_resolved.yaml`, else every session of the model folders found."""
     live = RootLock(root).is_live()
     if (root / "config_resolved.yaml").is_file():
         config = load_config(root / "config_resolved.yaml")
         sessions = [Session(model, suffix) for model in config.models for suffix in config.sessions]
         rows = grid_status(config, root, sessions, live, read_plan(root))
-    else:  # sessions run by hand (`python -m exp3.session`): every session of each model folder found
+    else:  # sessions run by hand (`python -m exp3.session`)
         models = [d.name for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob(f"{d.name}__*"))]
         rows = [session_status(SessionPaths.of(root, Session(m, s)), live) for m in models for s in SESSION_SUFFIXES]
-    title = f"{root} ({'a run holds this root' if live else 'no live run'})"
-    return f"{title}\n{format_matrix(rows)}", live
+    return f"{root} ({'a run holds this root' if live else 'no live run'})\n{format_matrix(rows)}", live
 
 
 def watch(root: Path, interval_s: float, clear: bool) -> None:
-    """Print the block every `interval_s` while a run holds `root`; the last one after it ends."""
+    """Print the block every `interval_s` while a run holds `root`, then a final one."""
     while True:
         block, live = render(root)
         print(f"{CLEAR_SCREEN if clear else ''}{block}\n[{time.strftime('%H:%M:%S')}] "
@@ -122,18 +112,20 @@ def watch(root: Path, interval_s: float, clear: bool) -> None:
         time.sleep(interval_s)
 
 
-def _block_or_reason(root: Path) -> str:
-    """The status block of `root`, or one line saying why there is none yet."""
+def _stamped_block(root: Path, note: str) -> str:
+    """The status block of `root` (or why there is none yet), then the time and `note`."""
     if not root.is_dir():
-        return f"{root}: not created yet (the flow is starting)"
-    try:
-        return render(root)[0]
-    except (ConfigError, OSError, ValueError) as error:  # a config being written, a folder being moved
-        return f"{root}: status not readable right now ({type(error).__name__}: {error})".splitlines()[0]
+        block = f"{root}: not created yet (the flow is starting)"
+    else:
+        try:
+            block = render(root)[0]
+        except (ConfigError, OSError, ValueError) as error:  # a config being written, a folder being moved
+            block = f"{root}: status not readable right now ({type(error).__name__}: {error})".splitlines()[0]
+    return f"{block}\n[{time.strftime('%H:%M:%S')}] {note}"
 
 
 def _notebook_display() -> Callable[[str], None] | None:
-    """One output area that each call replaces (IPython's display handle), or None outside a notebook."""
+    """One notebook output area that each call replaces, or None outside a notebook."""
     try:
         from IPython import get_ipython
         from IPython.display import Pretty, display
@@ -147,32 +139,25 @@ def _notebook_display() -> Callable[[str], None] | None:
 
 def run_and_watch(command: Sequence[str], root: str | Path, log_path: str | Path, interval_s: float = 30.0,
                   show: Callable[[str], None] | None = None) -> int:
-    """Run `command` (a flow) with its output appended to `log_path`, show the grid of `root` every
-    `interval_s` seconds while it runs and once more when it ends; return its exit code.
-
-    `show` gets each block; by default one notebook output updated in place, else print. Interrupting
-    (Ctrl-C, the notebook's stop button) stops the flow, which is crash-safe: running it again resumes.
-    """
+    """Run `command` (a flow) with its output appended to `log_path`; `show` (default: one notebook output
+    updated in place, else print) the grid of `root` every `interval_s` and at the end; return its exit code.
+    Ctrl-C (the notebook's stop button) stops the flow, which is crash-safe: running it again resumes."""
     root, log_path = Path(root), Path(log_path)
     show = show or _notebook_display() or (lambda text: print(text, flush=True))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT)
+        code: int | None = None
         try:
-            while True:
-                show(f"{_block_or_reason(root)}\n[{time.strftime('%H:%M:%S')}] running; "
-                     f"refreshing every {interval_s:g} s; log: {log_path}")
-                try:
-                    process.wait(timeout=interval_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            while code is None:
+                show(_stamped_block(root, f"running; refreshing every {interval_s:g} s; log: {log_path}"))
+                with suppress(subprocess.TimeoutExpired):
+                    code = process.wait(timeout=interval_s)
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
             raise
-    show(f"{_block_or_reason(root)}\n[{time.strftime('%H:%M:%S')}] the flow exited with code "
-         f"{process.returncode}; log: {log_path}")
+    show(_stamped_block(root, f"the flow exited with code {process.returncode}; log: {log_path}"))
     return process.returncode
 
 
@@ -183,21 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between refreshes")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
-        print(f"error: output root {str(args.root)!r} does not exist: pass --root of a run", file=sys.stderr)
-        return 2
+        parser.error(f"output root {str(args.root)!r} does not exist: pass --root of a run")
     if args.interval <= 0:
-        print(f"error: --interval must be positive, got {args.interval:g}", file=sys.stderr)
-        return 2
+        parser.error(f"--interval must be positive, got {args.interval:g}")
     try:
         if args.watch:
             watch(args.root, args.interval, clear=sys.stdout.isatty())
         else:
             print(render(args.root)[0])
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:
-        return 0
+        pass  # Ctrl-C ends --watch: not an error
     return 0
 
 

@@ -76,7 +76,8 @@ def test_run_and_watch_shows_the_grid_while_a_command_runs_and_returns_its_code(
     from exp3.status import run_and_watch
 
     root, log = tmp_path / "root", tmp_path / "flow.log"
-    script = f"import pathlib, sys, time; time.sleep(1.2); pathlib.Path({str(root)!r}).mkdir(); print('hello'); sys.exit(3)"
+    script = (f"import pathlib, sys, time; time.sleep(1.2); pathlib.Path({str(root)!r}).mkdir(); "
+              "print('hello'); sys.exit(3)")
     shown: list[str] = []
     code = run_and_watch([sys.executable, "-c", script], root, log, interval_s=0.3, show=shown.append)
     assert code == 3
@@ -93,6 +94,7 @@ def done_folder(folder: Path, key: str) -> SessionPaths:
     paths.metrics.write_text(json.dumps({"training": {"epochs_completed": 3, "wall_s": 1.0}}))
     paths.write_done(key, {})
     return paths
+
 
 def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
     paths = done_folder(tmp_path / "m" / "m__S1_clean_train", "k-old")
@@ -122,3 +124,11 @@ def test_a_folder_with_only_the_flows_log_is_pending_not_stale(tmp_path: Path) -
     paths.logs.mkdir(parents=True)
     (paths.logs / "session.log").write_text("==== python -m exp3.session ... ====\n")
     assert session_status(paths, root_live=False, epochs_total=3, key="k").state == "pending"
+
+
+def test_a_missing_root_or_a_bad_interval_says_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, fix in ([["--root", str(tmp_path / "none")], "pass --root of a run"],
+                      [["--root", str(tmp_path), "--interval", "0"], "--interval must be positive"]):
+        with pytest.raises(SystemExit) as exit_info:
+            status.main(argv)
+        assert exit_info.value.code == 2 and fix in capsys.readouterr().err
