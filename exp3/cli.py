@@ -1,12 +1,6 @@
-"""The command line of `python flows/exp3.py`: `--smoke`, `--config`, `--pilot`, `--sanity`, `--dry-run`,
-`--models`, `--sessions`, `--rerun-failed`, `--set KEY=VALUE` (`--help` says each).
-
-Two steps, because Prefect reads its settings when it is imported (no Prefect import here):
-
-    config, args = start(argv)       # parse, load the config, set the process environment (exp3.flowenv)
-    ... import prefect, define the flows ...
-    run(config, args, exp3_flow)     # validate, then --dry-run / --sanity / the flow; returns the exit code
-"""
+"""The command line of `python flows/exp3.py` (`--help` says each option), in two steps because Prefect reads its
+settings when imported (no Prefect import here): `start(argv)` parses, loads the config and sets the environment;
+then flows/exp3.py imports Prefect and `run(config, args, exp3_flow)` validates and runs, returning the exit code."""
 
 from __future__ import annotations
 
@@ -17,6 +11,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root
+from exp3.flowenv import configure_flow_environment
+from exp3.grid import select_sessions
+from exp3.layout import SessionPaths, SessionState
+from exp3.runlock import LockBusy, RootLock
 from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,24 +35,18 @@ def pilot_config_path(cuda_available: bool | None = None) -> Path:
     return PILOT_GPU_CONFIG if cuda_available else PILOT_CONFIG
 
 
-def build_parser() -> argparse.ArgumentParser:
+def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
+    """Parse the command line and load the config it names (ConfigError if the config is bad)."""
     parser = argparse.ArgumentParser(prog="python flows/exp3.py", description="Run the exp3 grid as a Prefect flow.")
     parser.add_argument("--config", type=Path, default=None, help="experiment config (default configs/exp3.yaml)")
     parser.add_argument("--smoke", action="store_true", help="configs/smoke.yaml: 12 sessions x 1 epoch")
     parser.add_argument("--sanity", action="store_true", help="1 model x 2 sessions, run twice; PASS if skipped")
-    parser.add_argument("--pilot", action="store_true", help="before the overnight run: the real pipeline, short "
-                        "(configs/pilot.yaml on CPU, configs/pilot-gpu.yaml where CUDA is available)")
+    parser.add_argument("--pilot", action="store_true", help="short real run: configs/pilot[-gpu].yaml")
     parser.add_argument("--models", nargs="+", default=None, help="only these models")
     parser.add_argument("--sessions", nargs="+", default=None, help="only these sessions (e.g. S1_clean_train)")
     parser.add_argument("--dry-run", action="store_true", help="print the grid with keys and states; train nothing")
     parser.add_argument("--rerun-failed", action="store_true", help="run sessions with a FAILED marker again")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    return parser
-
-
-def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
-    """Parse the command line and load the config it names (ConfigError if the config is bad)."""
-    parser = build_parser()
     args = parser.parse_args(argv)
     if sum((args.config is not None, args.smoke or args.sanity, args.pilot)) > 1:
         parser.error("--config, --smoke/--sanity and --pilot each choose the config: pass one of them")
@@ -69,8 +61,6 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
 
 def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
     """Parse `argv`, load the config and set the environment before `import prefect` (exit 2 on a bad config)."""
-    from exp3.flowenv import configure_flow_environment
-
     try:
         config, args = config_from_args(argv)
     except ConfigError as error:
@@ -81,20 +71,16 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
 
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
-    """Refuse unknown names, missing weights and a live root (exit 2), then dry run, sanity check or one run
-    of `flow` (exp3_flow); 1 if the flow failed."""
-    from exp3.grid import select_sessions
-    from exp3.runlock import LockBusy, RootLock
+    """Refuse unknown names, missing weights or a live root (2), then dry run, sanity check or `flow` (1: failed)."""
     from exp3.prepare import resolve_model_weights
     from exp3.weights import WeightsError
 
-    try:
-        grid = select_sessions(config, args.models, args.sessions)  # validate names before anything runs
-        for model in dict.fromkeys(session.model for session in grid):
-            resolve_model_weights(config, model)  # refuse missing weights before any session starts
+    try:  # names and weights before anything runs
+        grid = select_sessions(config, args.models, args.sessions)
+        weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         root = resolve_output_root(config)
         if args.dry_run:
-            return dry_run(config, args.models, args.sessions)
+            return dry_run(config, grid, weights)
         if (lock := RootLock(root)).is_live():
             raise lock.busy()  # names the live run
         if args.sanity:
@@ -111,19 +97,14 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
     return 0
 
 
-def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> int:
-    """Print the grid with each session's state and cache key (keys once the dataset exists); trains nothing."""
+def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, str | None]) -> int:
+    """Print `grid` with each session's state and cache key (once the dataset exists; `weights`: model -> sha256)."""
     from exp3.dataset import dataset_fingerprint, read_data_yaml
-    from exp3.grid import select_sessions
     from exp3.identity import session_inputs
     from exp3.occlusion.suites import occlusion_suite_name
-    from exp3.prepare import resolve_model_weights
-    from exp3.runlock import RootLock
     from exp3.status import grid_status
 
     root = resolve_output_root(config)
-    grid = select_sessions(config, models, sessions)
-    weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
     data_dir = root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
     data_yaml = Path(config.dataset.data_yaml) if config.dataset.kind == "yaml" else data_dir / "data.yaml"
     ready = data_yaml.is_file()  # the synthetic dataset exists after the first run; a user's always
@@ -132,7 +113,7 @@ def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[s
     keys = {s.name: session_inputs(config, s, fingerprint, suite, weights[s.model]).key for s in grid} if ready else {}
     print(f"exp3 dry run: {len(grid)} sessions under {root}"
           + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
-    print(f"  models: {', '.join(dict.fromkeys(s.model for s in grid))} "
+    print(f"  models: {', '.join(weights)} "
           f"(configured: {', '.join(config.models)}; `<name>: null` in a config file removes an inherited one)")
     for session, status in zip(grid, grid_status(config, root, grid, RootLock(root).is_live(), keys)):
         print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
@@ -142,19 +123,14 @@ def dry_run(config: ExperimentConfig, models: list[str] | None, sessions: list[s
 
 def train_attempts(root: Path, session: Session) -> int:
     """How many times the session's training started (headers in its train.log)."""
-    from exp3.layout import SessionPaths
-
     log = SessionPaths.of(root, session).logs / "train.log"
     return log.read_text(errors="replace").count("==== exp3 train") if log.is_file() else 0
 
 
 def sanity(config: ExperimentConfig, flow: Callable[..., Any]) -> int:
     """Run 1 model x 2 sessions twice; PASS (0) if the second run trained and evaluated nothing."""
-    from exp3.layout import SessionPaths, SessionState
-
-    model = next(iter(config.models))
+    model, root = next(iter(config.models)), resolve_output_root(config)
     grid = [Session(model, suffix) for suffix in SANITY_SESSIONS]
-    root = resolve_output_root(config)
     first = flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))
     attempts_first = {s.name: train_attempts(root, s) for s in grid}
     second = flow(config=config, models=[model], sessions=list(SANITY_SESSIONS))

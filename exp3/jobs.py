@@ -1,13 +1,10 @@
-"""What crosses the flow's task boundary (a `SessionJob` in, a `SessionResult` out), and `run_on_slots`,
-which starts each job, in grid order, on the first slot that is free.
-
-A slot is a GPU index (`gpus: [0, 0, 1]`: two sessions on GPU 0, one on GPU 1), a CPU slot
-(`parallel_sessions`) or a fan-out slot (a flow run of the per-session deployment). A queue of
-slots rather than Prefect's concurrency limits: those count runs but do not say which GPU a run got.
-"""
+"""What crosses the flow's task boundary (a `SessionJob` in, a `SessionResult` out), and `run_on_slots`, which starts
+each job, in grid order, on the first free slot: a GPU index (`gpus: [0, 0, 1]`: two sessions on GPU 0), a CPU slot
+or a fan-out slot. A queue of slots, not Prefect's concurrency limits: those do not say which GPU a run got."""
 
 from __future__ import annotations
 
+import functools
 import queue
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,8 +15,7 @@ from exp3.layout import SessionPaths, SessionState
 from exp3.schema import PreparedData
 from exp3.sessions import Session
 
-Slot = int | None
-"""A GPU index, or None (a CPU slot or a fan-out slot: no device pinned)."""
+Slot = int | None  # a GPU index, or None (a CPU or fan-out slot: no device pinned)
 
 
 class SessionJob(BaseModel):
@@ -30,27 +26,18 @@ class SessionJob(BaseModel):
     model: str
     suffix: str
     seed: int | None = None
-    cache_key: str
-    """`exp3.identity.SessionInputs.key` of the session under the prepared data and weights."""
-    config_path: str
-    """The resolved config the flow wrote (`<output_root>/config_resolved.yaml`)."""
+    cache_key: str  # `exp3.identity.SessionInputs.key` of the session under the prepared data and weights
+    config_path: str  # the resolved config the flow wrote (`<output_root>/config_resolved.yaml`)
     output_root: str
     epochs: int
-    batch: int | None = None
-    """The configured batch (an out-of-memory retry halves it when `oom_halve_batch`)."""
+    batch: int | None = None  # the configured batch (an out-of-memory retry halves it when `oom_halve_batch`)
     oom_halve_batch: bool = True
     retries: int = 0
-    rerun_failed: bool = False
-    """Run it even if it FAILED in an earlier run (`--rerun-failed`); else `run_on_slots` skips it."""
-    gpu: int | None = None
-    """The GPU of the slot it got when it started, pinned with CUDA_VISIBLE_DEVICES."""
-    deployment: str | None = None
-    """Run as a flow run of this deployment (fan-out) instead of a local subprocess."""
-    prepared: PreparedData | None = None
-    """What the flow prepared (data yaml, dataset fingerprint, suites), handed to the session."""
-    evaluations: dict[str, str] = {}
-    """The severity evaluations the config asks for, split -> spec key (`exp3.splits.evaluation_plan`):
-    a done session lacking one runs again, evaluating only those from its checkpoint (no training)."""
+    rerun_failed: bool = False  # run it even if it FAILED in an earlier run (`--rerun-failed`)
+    gpu: int | None = None  # the GPU of the slot it got when it started, pinned with CUDA_VISIBLE_DEVICES
+    deployment: str | None = None  # run as a flow run of this deployment (fan-out), not a local subprocess
+    prepared: PreparedData | None = None  # what the flow prepared (data yaml, fingerprint, suites)
+    evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`exp3.splits.evaluation_plan`)
 
     @property
     def session(self) -> Session:
@@ -66,25 +53,23 @@ class SessionJob(BaseModel):
 
     @property
     def is_current(self) -> bool:
-        """Done under `cache_key` with every configured evaluation: nothing to run."""
+        """Done under `cache_key` with every configured evaluation: nothing to run (one missing: evaluate only)."""
         return self.paths.is_done(self.cache_key) and self.paths.evaluations_current(self.evaluations)
 
 
 class SessionResult(BaseModel):
-    """What one session ended with in this flow run."""
+    """What one session ended with in this flow run: DONE (ran to DONE here), CACHED (done before: nothing ran),
+    FAILED (here) or SKIPPED (not started: FAILED in an earlier run, or failure.policy 'stop')."""
 
     model_config = ConfigDict(extra="forbid")
 
     session: str
     status: SessionState
-    """DONE (ran to DONE here), CACHED (done under its key before: nothing ran), FAILED (failed here)
-    or SKIPPED (not started: FAILED in an earlier run, or failure.policy 'stop')."""
     cache_key: str
     wall_s: float = 0.0
-    reason: str | None = None
-    """The one-line error of a failed or skipped session."""
-    moved_aside: str | None = None
-    """Where results made under other inputs were moved before it trained again."""
+    reason: str | None = None  # the one-line error of a failed or skipped session
+    moved_aside: str | None = None  # where results made under other inputs were moved before it trained again
+
     @property
     def ran(self) -> bool:
         return self.status in (SessionState.DONE, SessionState.FAILED)
@@ -109,16 +94,13 @@ def done_result(job: SessionJob) -> SessionResult | None:
 def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = None,
                   fan_out_width: int = 2) -> tuple[Slot, ...]:
     """The slots sessions run on: fan-out slots, else the configured GPUs (repeats allowed), else CPU slots."""
-    if fan_out_deployment:
-        return (None,) * fan_out_width
-    return config.gpus or (None,) * config.parallel_sessions
+    return (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,) * config.parallel_sessions)
 
 
 def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mapping[str, str], config_path: str,
               rerun_failed: bool = False, deployment: str | None = None,
               prepared: PreparedData | None = None) -> list[SessionJob]:
-    """One `SessionJob` per session of `grid`, in grid order (`keys`: session name -> cache key;
-    `config.output_root` resolved). Reads no file."""
+    """One `SessionJob` per session of `grid`, in grid order (`keys`: session name -> cache key). Reads no file."""
     from exp3.splits import evaluation_plan
 
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
@@ -134,13 +116,9 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
                  stop_on_failure: bool = False,
                  announce: Callable[[SessionJob, SessionResult], None] = lambda job, result: None
                  ) -> dict[str, SessionResult]:
-    """Run `jobs` in order, each on the first free slot the moment one frees; return every job's result.
-
-    `start(job)` (`job.gpu` set to its slot's) returns a Prefect future. A job already done
-    (`done_result`) or FAILED before (without `rerun_failed`) takes no slot; with `stop_on_failure`
-    (failure.policy 'stop'), once a session has failed the jobs not started yet are skipped.
-    `announce(job, result)` is called for each job that starts no session.
-    """
+    """Start `jobs` in order, each on the first slot free (`start(job)`, `job.gpu` its slot's, returns a Prefect
+    future); return every job's result. A job done (`done_result`) or FAILED before (without `rerun_failed`) takes
+    no slot; with `stop_on_failure`, once one failed the jobs not started are skipped. `announce` hears those."""
     if not slots:
         raise ValueError("no slots to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
     free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
@@ -149,15 +127,13 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
     results: dict[str, SessionResult] = {}
     failed: list[str] = []
 
-    def release(job: SessionJob, slot: Slot) -> Callable[[Any], None]:
-        def ended(future: Any) -> None:
-            try:
-                results[job.name] = outcome(job, future.result(raise_on_failure=False))
-                if results[job.name].status == SessionState.FAILED:
-                    failed.append(job.name)
-            finally:
-                free.put(slot)  # after the failure is recorded: the next job sees it
-        return ended
+    def ended(job: SessionJob, slot: Slot, future: Any) -> None:
+        try:
+            results[job.name] = outcome(job, future.result(raise_on_failure=False))
+            if results[job.name].status == SessionState.FAILED:
+                failed.append(job.name)
+        finally:
+            free.put(slot)  # after the failure is recorded: the next job sees it
 
     def not_started(job: SessionJob, result: SessionResult) -> None:
         results[job.name] = result
@@ -177,7 +153,7 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
                 not_started(job, _result(job, SessionState.SKIPPED, f"{job.name}: not run, {failed[0]} failed "
                                                                    "and failure.policy is 'stop'"))
             else:
-                start(job.model_copy(update={"gpu": slot})).add_done_callback(release(job, slot))
+                start(job.model_copy(update={"gpu": slot})).add_done_callback(functools.partial(ended, job, slot))
     for _ in slots:
         free.get()  # every slot back: every started job has ended
     return {job.name: results[job.name] for job in jobs}

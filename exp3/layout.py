@@ -1,13 +1,9 @@
-"""One session folder: its layout, its markers and its state. The only module that reads markers.
+"""One session folder: its layout, markers and state. The only module that reads markers.
 
-    <output_root>/<model>/<model>__<suffix>[__seed<N>]/
-        inputs.json       SessionInputs + key, written before training starts
-        DONE | FAILED     markers (JSON); DONE holds metrics.json's sha256 and the key
-        metrics.json      ...  (docs/schema.md)
-    <output_root>/<model>/.<folder name>.lock   the session lock (outside the folder, so a
-                                                folder can be moved aside while it is held)
-    <output_root>/stale/<model>/<folder name>__<YYYYmmdd-HHMMSS>/   results moved aside
-"""
+    <root>/<model>/<model>__<suffix>[__seed<N>]/  inputs.json (inputs + key, written before training),
+        DONE | FAILED (JSON markers; DONE holds metrics.json's sha256 and the key), metrics.json (docs/schema.md)
+    <root>/<model>/.<folder name>.lock  the session lock: outside the folder, which can be moved aside while held
+    <root>/stale/<model>/<folder name>__<YYYYmmdd-HHMMSS>/  results made under other inputs, moved aside"""
 
 from __future__ import annotations
 
@@ -20,37 +16,30 @@ from pathlib import Path
 from typing import Any
 
 from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file
+from exp3.runlock import SessionLock
 from exp3.sessions import Session
+from exp3.splits import severity_changes
 
 
 class SessionState(StrEnum):
-    """Where a session stands: the one vocabulary of the flow, `exp3.status` and the report.
-
-    A folder is DONE, STALE, FAILED, PARTIAL or PENDING (`SessionPaths.state(key)`). Each view adds
-    only what it alone can tell: RUNNING (exp3.status sees a live run writing), CACHED and SKIPPED
-    (the flow: done before this run, not started in it), INCOMPLETE and MISSING (the report, which
-    does not care whether an unfinished folder resumes). Values are what files, logs and tables show.
-    """
+    """The one vocabulary of the flow, `exp3.status` and the report (values as files show). A folder is DONE, STALE,
+    FAILED, PARTIAL or PENDING (`SessionPaths.state`); the other states are what one view alone can tell."""
 
     DONE = "done"  # DONE matches metrics.json and records this key
     STALE = "stale"  # content made under other (or unknown) inputs: moved aside (kept), trained again
     FAILED = "failed"  # FAILED marker under the same inputs (the flow: or failed in this run)
     PARTIAL = "partial"  # an unfinished training of the same inputs: its last.pt is resumed
     PENDING = "pending"  # nothing yet
-    RUNNING = "running"
-    CACHED = "cached"
-    SKIPPED = "skipped"
-    INCOMPLETE = "incomplete"  # a folder without a valid DONE or FAILED
-    MISSING = "missing"  # no folder
+    RUNNING = "running"  # exp3.status: a live run is writing it
+    CACHED = "cached"  # the flow: done before this run, nothing ran
+    SKIPPED = "skipped"  # the flow: not started in this run
+    INCOMPLETE = "incomplete"  # the report: a folder without a valid DONE or FAILED
+    MISSING = "missing"  # the report: no folder
 
 
 DONE_MARKER = "DONE"
 FAILED_MARKER = "FAILED"
-INPUTS_FILENAME = "inputs.json"
-METRICS_FILENAME = "metrics.json"
-STALE_DIRNAME = "stale"
-TRAIN_RUN_NAME = "train"
-"""Ultralytics' run folder inside the session folder: <session>/train/weights/{last,best}.pt."""
+TRAIN_RUN_NAME = "train"  # Ultralytics' run folder in the session folder: <session>/train/weights/{last,best}.pt
 
 
 def _read_json(path: Path) -> Any:
@@ -60,82 +49,55 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+class _InFolder:
+    """A path in the session folder, read like an attribute: `paths.metrics`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, paths: SessionPaths, owner: type | None = None) -> Path:
+        return Path(paths.folder, *self.parts)
+
+
 @dataclass(frozen=True)
 class SessionPaths:
     """Paths, markers and state of one session folder."""
 
     folder: Path
 
+    done_marker = _InFolder(DONE_MARKER)
+    failed_marker = _InFolder(FAILED_MARKER)
+    metrics = _InFolder("metrics.json")
+    inputs = _InFolder("inputs.json")
+    logs = _InFolder("logs")
+    run_dir = _InFolder(TRAIN_RUN_NAME)
+    results_csv = _InFolder(TRAIN_RUN_NAME, "results.csv")  # Ultralytics' per-epoch log: a row per finished epoch
+    last_pt = _InFolder(TRAIN_RUN_NAME, "weights", "last.pt")
+
     @classmethod
     def of(cls, output_root: str | os.PathLike[str], session: Session) -> "SessionPaths":
-        """`<output_root>/<model>/<session name>`."""
         return cls(Path(output_root) / session.model / session.name)
-
-    @property
-    def output_root(self) -> Path:
-        return self.folder.parent.parent
-
-    @property
-    def done_marker(self) -> Path:
-        return self.folder / DONE_MARKER
-
-    @property
-    def failed_marker(self) -> Path:
-        return self.folder / FAILED_MARKER
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / METRICS_FILENAME
-
-    @property
-    def inputs(self) -> Path:
-        return self.folder / INPUTS_FILENAME
 
     @property
     def lock(self) -> Path:
         return self.folder.parent / f".{self.folder.name}.lock"
 
-    def session_lock(self, command: str) -> Any:
-        """The session's `SessionLock` (exp3/runlock.py): one process per session folder at a time."""
-        from exp3.runlock import SessionLock
-
+    def session_lock(self, command: str) -> SessionLock:
+        """One process per session folder at a time."""
         return SessionLock(self.lock, what=f"session {self.folder.name}", command=command)
-
-    @property
-    def logs(self) -> Path:
-        return self.folder / "logs"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.folder / TRAIN_RUN_NAME
-
-    @property
-    def results_csv(self) -> Path:
-        """Ultralytics' per-epoch log: one row per finished epoch (losses, val metrics, cumulative time)."""
-        return self.run_dir / "results.csv"
-
-    @property
-    def last_pt(self) -> Path:
-        return self.run_dir / "weights" / "last.pt"
-
-    @property
-    def best_pt(self) -> Path:
-        return self.run_dir / "weights" / "best.pt"
 
     def predictions(self, split: str) -> Path:
         return self.folder / f"predictions_{split}.json"
 
-    def map_stats(self, split: str) -> Path:
-        """The validator's per-image matching statistics of `split` (exp3.mapstats): mAP's bootstrap input."""
+    def map_stats(self, split: str) -> Path:  # the validator's per-image matching statistics (exp3.mapstats)
         return self.folder / f"map_stats_{split}.npz"
-
-    # ------------------------------------------------------------------ markers
 
     def failure(self) -> dict[str, Any] | None:
         """The FAILED marker (parsed), or None."""
         record = _read_json(self.failed_marker)
-        return record if isinstance(record, dict) else ({"error": "unreadable FAILED marker"}
-                                                         if self.failed_marker.exists() else None)
+        if isinstance(record, dict) or not self.failed_marker.exists():
+            return record
+        return {"error": "unreadable FAILED marker"}
 
     def recorded_key(self) -> str | None:
         """The key in inputs.json (None without one: a folder from before keys counts as stale)."""
@@ -143,34 +105,23 @@ class SessionPaths:
         return str(record["key"]) if isinstance(record, dict) and record.get("key") else None
 
     def evaluations_current(self, plan: dict[str, str]) -> bool:
-        """True when metrics.json holds exactly the severity evaluations of `plan` ({split: spec key},
-        exp3.splits.evaluation_plan); False means a done session is to be updated (no training)."""
-        from exp3.splits import severity_changes
-
+        """metrics.json holds exactly the severity evaluations of `plan` ({split: spec key}); False: update it."""
         metrics = _read_json(self.metrics)
         return isinstance(metrics, dict) and severity_changes(metrics, plan) == ([], [])
 
     def is_done(self, key: str | None) -> bool:
-        """DONE records `key` (None: any key, for key-less views) and the sha256 of the metrics.json on disk.
-
-        While `replace_metrics` updates a done session, DONE also names the metrics.json it replaces
-        (`replacing_metrics_sha256`): a crash between the two writes leaves the session done either way.
-        """
+        """DONE records `key` (None: any) and the metrics.json on disk, or the one `replace_metrics` is replacing."""
         marker = _read_json(self.done_marker)
         if not isinstance(marker, dict) or not self.metrics.is_file() or key not in (None, marker.get("key")):
             return False
         return sha256_file(self.metrics) in (marker.get("metrics_sha256"), marker.get("replacing_metrics_sha256"))
 
-    def has_content(self) -> bool:
-        """Anything besides logs/ (the flow opens logs/session.log before the session subprocess starts)."""
-        return self.folder.is_dir() and any(entry.name != "logs" for entry in self.folder.iterdir())
-
     def state(self, key: str | None) -> SessionState:
-        """DONE, STALE, FAILED, PARTIAL or PENDING under `key` (None: a view that cannot compute one
-        never says STALE)."""
+        """DONE, STALE, FAILED, PARTIAL or PENDING under `key` (None, a view without keys: never STALE)."""
         if self.is_done(key):
             return SessionState.DONE
-        if key is not None and self.has_content() and self.recorded_key() != key:
+        if key is not None and self.recorded_key() != key and self.folder.is_dir() and any(
+                entry.name != "logs" for entry in self.folder.iterdir()):  # besides logs/, which the flow opens first
             return SessionState.STALE
         if self.failed_marker.exists():
             return SessionState.FAILED
@@ -185,11 +136,8 @@ class SessionPaths:
         return atomic_write_json(self.done_marker, {**extra, "key": key, "metrics_sha256": sha256_file(self.metrics)})
 
     def replace_metrics(self, payload: dict[str, Any], extra: dict[str, Any]) -> Path:
-        """Replace a done session's metrics.json (evaluations added later), keeping it done throughout.
-
-        DONE is first rewritten to accept the old and the new metrics.json, then metrics.json is
-        replaced atomically, then DONE names the new one only. `extra` is merged into DONE.
-        """
+        """Replace a done session's metrics.json, done throughout: DONE accepts old and new, metrics.json is
+        replaced, DONE names the new one only. `extra` is merged into DONE."""
         marker = _read_json(self.done_marker)
         if not isinstance(marker, dict) or not self.is_done(None):
             raise RuntimeError(f"{self.folder} is not done: only a done session's metrics.json is replaced")
@@ -203,13 +151,10 @@ class SessionPaths:
 
     def move_aside(self) -> Path:
         """Move the whole folder to `<root>/stale/<model>/<name>__<time>` (kept, never deleted); return it."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target_dir = self.output_root / STALE_DIRNAME / self.folder.parent.name
+        stamp, target_dir = time.strftime("%Y%m%d-%H%M%S"), self.folder.parents[1] / "stale" / self.folder.parent.name
         target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / f"{self.folder.name}__{stamp}"
-        suffix = 1
+        target, suffix = target_dir / f"{self.folder.name}__{stamp}", 1
         while target.exists():
-            target = target_dir / f"{self.folder.name}__{stamp}-{suffix}"
-            suffix += 1
+            target, suffix = target_dir / f"{self.folder.name}__{stamp}-{suffix}", suffix + 1
         os.replace(self.folder, target)
         return target

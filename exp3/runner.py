@@ -1,7 +1,5 @@
-"""Run one session for the flow: a fresh `python -m exp3.session` that dies with the flow's process, pinned to
-its slot's GPU, its output appended to `<session>/logs/session.log`, its new epochs reported while it trains.
-Plain Python (no Prefect), so it is tested and reused without a flow; exp3.live adds the Prefect view.
-"""
+"""Run one session for the flow: a fresh `python -m exp3.session` pinned to its slot's GPU, dying with the flow's
+process, logging to `<session>/logs/session.log`, reporting new epochs. No Prefect: exp3.live adds the view."""
 
 from __future__ import annotations
 
@@ -12,7 +10,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from exp3.jobs import SessionJob, SessionResult
@@ -23,8 +20,7 @@ from exp3.progress import EpochProgress, epoch_progress, results_rows
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
-DEFAULT_BATCH = 16
-"""Ultralytics' default batch, halved on an out-of-memory retry when `train.batch` is unset."""
+DEFAULT_BATCH = 16  # Ultralytics' default batch, halved on an out-of-memory retry when `train.batch` is unset
 
 
 class SessionError(RuntimeError):
@@ -46,11 +42,8 @@ class ProgressUpdate:
 
 
 class _ProgressReader:
-    """Reads `train/results.csv` and calls `on_progress` when it has something new.
-
-    Progress is a view, never a reason to stop training: the first error it raises (a broken
-    CSV, the callback's) ends reporting and is kept in `error` for the session log.
-    """
+    """Calls `on_progress` when `train/results.csv` has something new. A view, never a reason to stop training:
+    its first error (a broken CSV, the callback's) ends reporting and is kept in `error` for the session log."""
 
     def __init__(self, paths: SessionPaths, total: int | None,
                  on_progress: Callable[[ProgressUpdate], None] | None) -> None:
@@ -59,8 +52,7 @@ class _ProgressReader:
         self.error: str | None = None
 
     def poll(self, finished: bool = False, replay: bool = True) -> None:
-        """Report new epochs; `finished` (the session is done) reports done = total; `replay=False`
-        passes the epochs already on disk as seen, not new (a done session evaluated again)."""
+        """Report new epochs; `finished` reports done = total; `replay=False` passes the epochs on disk as seen."""
         if self.on_progress is None:
             return
         try:
@@ -85,10 +77,7 @@ def exit_reason(returncode: int) -> str:
     """Why a session process without a FAILED marker ended: a signal means it was stopped, not that it broke."""
     if returncode >= 0:
         return f"session exited with code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
+    name = next((sig.name for sig in signal.Signals if sig == -returncode), f"signal {-returncode}")
     causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
               else "a time limit, a pre-emption or Ctrl-C")
     return f"session stopped by {name} ({causes}); its training resumes from its last epoch when you run the " \
@@ -102,43 +91,25 @@ def is_out_of_memory(record: dict | None) -> bool:
 
 
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
-    """Half the configured (or Ultralytics' default) batch, at least 1, on a retry after an out-of-memory
-    failure (`oom_halve_batch`); None otherwise."""
+    """On a retry after an out-of-memory failure (`oom_halve_batch`): half the batch, at least 1; else None."""
     if attempt > 1 and job.oom_halve_batch and is_out_of_memory(job.paths.failure()):
         return max(1, (job.batch or DEFAULT_BATCH) // 2)
     return None
 
 
-def move_aside_if_stale(paths: SessionPaths, cache_key: str) -> Path | None:
-    """Move a folder made under other inputs to `<root>/stale/` before the session log is opened in it."""
-    if paths.state(cache_key) != SessionState.STALE:
-        return None
-    with paths.session_lock("exp3 flow"):
-        return paths.move_aside() if paths.state(cache_key) == SessionState.STALE else None
-
-
 def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[str]:
-    """The `python -m exp3.session` arguments of `job`: its config, session, seed, OOM batch, GPU and prepared data."""
-    session = job.session
-    arguments = ["--config", job.config_path, "--model", session.model, "--session", session.suffix]
-    if session.seed is not None:
-        arguments += ["--seed", str(session.seed)]
-    if retry_batch is not None:
-        arguments += ["--retry-batch", str(retry_batch)]
-    if job.gpu is not None:
-        arguments += ["--set", "train.device=0"]  # with CUDA_VISIBLE_DEVICES=<gpu>: the one visible GPU
-    if job.prepared is not None:
-        arguments += ["--prepared", job.prepared.model_dump_json()]
-    return arguments
+    """The `python -m exp3.session` arguments of `job` (on a GPU: the one CUDA_VISIBLE_DEVICES leaves visible)."""
+    return ["--config", job.config_path, "--model", job.model, "--session", job.suffix,
+            *(["--seed", str(job.seed)] if job.seed is not None else []),
+            *(["--retry-batch", str(retry_batch)] if retry_batch is not None else []),
+            *(["--set", "train.device=0"] if job.gpu is not None else []),
+            *(["--prepared", job.prepared.model_dump_json()] if job.prepared is not None else [])]
 
 
 def session_environment(job: SessionJob) -> dict[str, str]:
-    """This process's environment, Ultralytics' offline settings of the job's root (set before the session
-    imports anything) and `CUDA_VISIBLE_DEVICES` of its GPU."""
-    env = dict(os.environ) | ultralytics_environment(job.output_root)
-    if job.gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(job.gpu)
-    return env
+    """This environment, Ultralytics' offline settings (before the session imports anything) and the job's GPU."""
+    gpu = {"CUDA_VISIBLE_DEVICES": str(job.gpu)} if job.gpu is not None else {}
+    return dict(os.environ) | ultralytics_environment(job.output_root) | gpu
 
 
 def start_session_process(arguments: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen:
@@ -152,16 +123,15 @@ def start_session_process(arguments: list[str], env: dict[str, str], log: Binary
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            on_progress: Callable[[ProgressUpdate], None] | None = None) -> SessionResult:
-    """Run the session CLI for a job that is not current (`SessionJob.is_current`); raise `SessionError`
-    (transient if out of memory).
-
-    A done session lacking configured evaluations only evaluates those (its old epochs are not replayed).
-    `on_progress` is called every `POLL_S` seconds that results.csv has new epochs, and once more after
-    the process ended (a session that ends between two polls still reports its last epoch).
-    """
+    """Run the session CLI for a job that is not `is_current`; raise `SessionError` (transient if out of memory).
+    A folder made under other inputs is first moved aside; a done session short of evaluations only evaluates (its
+    epochs are not replayed). `on_progress` hears new epochs every `POLL_S` s and once after the process ends."""
     paths, cache_key = job.paths, job.cache_key
     progress = _ProgressReader(paths, job.epochs, on_progress)
-    moved = move_aside_if_stale(paths, cache_key)
+    moved = None
+    if paths.state(cache_key) == SessionState.STALE:
+        with paths.session_lock("exp3 flow"):
+            moved = paths.move_aside() if paths.state(cache_key) == SessionState.STALE else None
     if paths.is_done(cache_key):
         progress.poll(replay=False)
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -171,10 +141,9 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         if moved is not None:
             log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
         process = start_session_process(session_arguments(job, retry_batch), session_environment(job), log)
-        while True:
+        while process.poll() is None:
             try:
                 process.wait(timeout=POLL_S)  # returns the moment the session ends
-                break
             except subprocess.TimeoutExpired:
                 progress.poll()
         wall = round(time.perf_counter() - start, 2)
