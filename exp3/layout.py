@@ -49,30 +49,44 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-class _InFolder:
-    """A path in the session folder, read like an attribute: `paths.metrics`."""
-
-    def __init__(self, *parts: str) -> None:
-        self.parts = parts
-
-    def __get__(self, paths: SessionPaths, owner: type | None = None) -> Path:
-        return Path(paths.folder, *self.parts)
-
-
 @dataclass(frozen=True)
 class SessionPaths:
     """Paths, markers and state of one session folder."""
 
     folder: Path
 
-    done_marker = _InFolder(DONE_MARKER)
-    failed_marker = _InFolder(FAILED_MARKER)
-    metrics = _InFolder("metrics.json")
-    inputs = _InFolder("inputs.json")
-    logs = _InFolder("logs")
-    run_dir = _InFolder(TRAIN_RUN_NAME)
-    results_csv = _InFolder(TRAIN_RUN_NAME, "results.csv")  # Ultralytics' per-epoch log: a row per finished epoch
-    last_pt = _InFolder(TRAIN_RUN_NAME, "weights", "last.pt")
+    @property
+    def done_marker(self) -> Path:
+        return self.folder / DONE_MARKER
+
+    @property
+    def failed_marker(self) -> Path:
+        return self.folder / FAILED_MARKER
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def inputs(self) -> Path:
+        return self.folder / "inputs.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.folder / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / TRAIN_RUN_NAME
+
+    @property
+    def results_csv(self) -> Path:
+        """Ultralytics' per-epoch log: a row per finished epoch."""
+        return self.folder / TRAIN_RUN_NAME / "results.csv"
+
+    @property
+    def last_pt(self) -> Path:
+        return self.folder / TRAIN_RUN_NAME / "weights" / "last.pt"
 
     @classmethod
     def of(cls, output_root: str | os.PathLike[str], session: Session) -> "SessionPaths":
