@@ -210,11 +210,11 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
         for first in range(0, len(files), batch):
             for result in model.predict(source=files[first:first + batch], **overrides):
                 converting = time.perf_counter()
-                boxes = result.boxes
+                rows = result.boxes.data.cpu().tolist()  # one device sync per image: x1 y1 x2 y2 conf cls
                 found[Path(result.path).stem] = {
-                    "pred_classes": [int(c) for c in boxes.cls.tolist()],
-                    "pred_boxes": [[round(float(v), 2) for v in box] for box in boxes.xyxy.tolist()],
-                    "pred_conf": [float(c) for c in boxes.conf.tolist()],
+                    "pred_classes": [int(row[-1]) for row in rows],
+                    "pred_boxes": [[round(float(v), 2) for v in row[:4]] for row in rows],
+                    "pred_conf": [float(row[-2]) for row in rows],
                 }
                 recording_s += time.perf_counter() - converting
     stages.predict_s += time.perf_counter() - start - recording_s
