@@ -14,6 +14,7 @@ from exp3 import status
 from exp3.layout import SessionPaths
 from exp3.sessions import Session
 from exp3.status import session_status
+from test_layout import done_folder
 
 
 def _fake_root(tmp_path: Path) -> Path:
@@ -85,15 +86,6 @@ def test_run_and_watch_shows_the_grid_while_a_command_runs_and_returns_its_code(
     assert "not created yet" in shown[0] and "running; refreshing every 0.3 s" in shown[0]
     assert "the flow exited with code 3" in shown[-1] and "no live run" in shown[-1]
     assert "hello" in log.read_text()
-
-
-def done_folder(folder: Path, key: str) -> SessionPaths:
-    paths = SessionPaths(folder)
-    folder.mkdir(parents=True)
-    paths.write_inputs({}, key)
-    paths.metrics.write_text(json.dumps({"training": {"epochs_completed": 3, "wall_s": 1.0}}))
-    paths.write_done(key, {})
-    return paths
 
 
 def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
