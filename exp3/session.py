@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs, session_inputs
-from exp3.layout import SessionPaths
+from exp3.layout import SessionPaths, SessionState
 from exp3.prepare import prepare_data, prepared_from_json, prepared_is_current, prepared_mismatch, resolve_model_weights
 from exp3.record import (
     SCHEMA_VERSION,
@@ -65,14 +65,11 @@ from exp3.record import (
 from exp3.runlock import LockBusy
 from exp3.schema import PreparedData, SessionMetrics, SeverityEvaluation, SplitMetrics
 from exp3.sessions import Session, parse_session
-from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
+from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS, VAL_SPLIT
 from exp3.weights import ResolvedWeights
 
 if TYPE_CHECKING:  # annotations only; exp3.evaluate is imported where a session evaluates
     from exp3.evaluate import EvaluationModel, SplitEvaluation
-
-VAL_SPLIT = "val"
-"""The clean val split of the dataset: checkpoint selection (Ultralytics) and the val-chosen threshold."""
 
 
 class SessionFailed(RuntimeError):
@@ -111,7 +108,7 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
         inputs = session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256)
         if paths.is_done(inputs.key):
             return update_severity_evaluations(config, session, output_root, paths, prepared)
-        if paths.state(inputs.key) == "stale":
+        if paths.state(inputs.key) == SessionState.STALE:
             moved = paths.move_aside()
             print(f"exp3: {session.name}: results made under other inputs (key "
                   f"{SessionPaths(moved).recorded_key() or 'unknown'}) moved aside to {moved}; training again "

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
+from exp3.layout import SessionState
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws, map_interval
 from exp3.report.runs import THRESHOLDS, SessionRun, load_records, threshold_conf
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, IMAGE_MEAN_COLUMNS, pool_image_scores, run_image_scores
@@ -178,7 +179,7 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
     points: dict[tuple[str, str, str], dict[str, float]] = {}
     for model in models:
         for suffix in SESSION_SUFFIXES:
-            done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
+            done = [run for run in grouped.get((model, suffix), []) if run.status == SessionState.DONE]
             for split in PRIMARY_SPLITS:
                 rows = [split_row(run, split) for run in done]
                 points[(model, suffix, split)] = {column: _mean_of([row[column] for row in rows])

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
+from exp3.layout import SessionState
 from exp3.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
 from exp3.report.runs import THRESHOLDS, SessionRun, load_records, threshold_conf
 from exp3.report.scores import split_match_iou
@@ -385,7 +386,7 @@ def default_splits(runs: Iterable[SessionRun]) -> tuple[str, ...]:
     together they span the covered fractions from light to heavy."""
     common: set[str] | None = None
     for run in runs:
-        if run.status == "done":
+        if run.status == SessionState.DONE:
             present = {split for split in run.view.splits if severity_level(split)}
             common = present if common is None else common & present
     return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
@@ -411,7 +412,7 @@ def coverage_report(runs: Iterable[SessionRun], splits: Sequence[str] | None = N
         raise ValueError(f"no occluded split given: pass e.g. ({FIXED_SPLIT!r},)")
     grouped: dict[tuple[str, str], list[SessionRun]] = {}
     for run in runs:
-        if run.status == "done":
+        if run.status == SessionState.DONE:
             grouped.setdefault((run.model, run.suffix), []).append(run)
     cache: dict[Path, dict[str, list[ManifestBox]]] = {}
     curves, frames, problems = [], [], []

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from exp3.layout import SessionState
 from exp3.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
 from exp3.report.runs import SessionRun, load_records, threshold_conf
 from exp3.report.scores import run_image_scores, split_match_iou
@@ -127,7 +128,7 @@ def build_gallery(runs: list[SessionRun], model: str, summary: pd.DataFrame, n_r
     """The gallery of one model (module docstring), None when S1, S2, a masking session, the predictions or the
     suite's image files are missing."""
     done = {suffix: sorted((run for run in runs if run.model == model and run.suffix == suffix
-                            and run.status == "done"), key=lambda run: (run.seed is None, run.seed or 0))
+                            and run.status == SessionState.DONE), key=lambda run: (run.seed is None, run.seed or 0))
             for suffix in SESSION_SUFFIXES}
     part = summary[(summary["model"] == model) & (summary["split"] == GALLERY_SPLIT)
                    & summary["session"].isin(SESSION_SUFFIXES[2:]) & summary["ingredient_micro_f1"].notna()]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
-from exp3.layout import SessionPaths
+from exp3.layout import SessionPaths, SessionState
 from exp3.mapstats import MapStats
 from exp3.report import severity
 from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
@@ -152,7 +152,7 @@ class _ModelDraws:
         levels = severity.common_levels(model_runs)
         self.suites = {level.split: level.suite_id for level in levels}
         self.splits = [HEADLINE_BASIS, *self.suites]
-        self.done = {suffix: [run for run in grouped.get((model, suffix), []) if run.status == "done"]
+        self.done = {suffix: [run for run in grouped.get((model, suffix), []) if run.status == SessionState.DONE]
                      for suffix in SESSION_SUFFIXES}
         self.seed_scores = {suffix: [[severity._run_scores(run, split, self.suites.get(split)) for run in runs]
                                      for split in self.splits] for suffix, runs in self.done.items() if runs}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from exp3 import stats
-from exp3.layout import SessionPaths
+from exp3.layout import SessionPaths, SessionState
 from exp3.mapstats import BOOTSTRAP_RESAMPLES, MapStats, common_image_ids, mean_ap, seed_mean_draws
 from exp3.report.runs import SessionRun, as_number
 
@@ -33,7 +33,7 @@ class MapDraws:
         """(image ids, (B, 2) draws) or None when a done run lacks `map_stats_<split>.npz`."""
         key = (model, suffix, split)
         if key not in self._cache:
-            done = [run for run in self.grouped.get((model, suffix), []) if run.status == "done"]
+            done = [run for run in self.grouped.get((model, suffix), []) if run.status == SessionState.DONE]
             paths = [SessionPaths(run.folder).map_stats(split) for run in done]
             self._cache[key] = None
             if done and all(path.is_file() for path in paths):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from exp3.layout import SessionState
 from exp3.metrics import DEFAULT_MATCH_IOU
 from exp3.report.runs import SessionRun, load_records, threshold_conf
 from exp3.schema import MetricsView
@@ -58,7 +59,7 @@ def run_image_scores(run: SessionRun, split: str, threshold: str = "primary",
     view = run.view
     num_classes = view.split(split).num_classes
     conf = threshold_conf(run.metrics, split, threshold)
-    if run.status != "done" or not num_classes or conf is None:
+    if run.status != SessionState.DONE or not num_classes or conf is None:
         return None
     records = load_records(run, split) if records is None else records
     if not records:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from exp3 import stats
+from exp3.layout import SessionState
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores, run_image_scores
 from exp3.report.text import markdown_table
@@ -60,7 +61,7 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
     """The severity levels (metrics.json `severity.levels`) every done run of a model recorded on the
     same suite, light to heavy; a level evaluated on different suites by different runs is left out,
     and so is one recorded without its level, split, coverage or suite."""
-    done = [run for run in runs if run.status == "done" and run.metrics]
+    done = [run for run in runs if run.status == SessionState.DONE and run.metrics]
     if not done:
         return []
     per_run = [{(level.split, level.suite_id): level for level in run.view.severity.levels
@@ -99,7 +100,7 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
         suites = {level.split: level.suite_id for level in levels}
         scores: dict[str, list[pd.DataFrame | None]] = {}
         for suffix in SESSION_SUFFIXES:
-            done = [run for run in grouped.get((model, suffix), []) if run.status == "done"]
+            done = [run for run in grouped.get((model, suffix), []) if run.status == SessionState.DONE]
             if done:
                 scores[suffix] = [pool_image_scores([frame for frame in (
                     _run_scores(run, split, suites.get(split)) for run in done) if frame is not None])
@@ -187,7 +188,7 @@ def _map_points(runs: list[Any], splits: list[str]) -> np.ndarray | None:
     """(S,) recorded mAP50 per split, the seed mean (what metrics.json reports)."""
     values = []
     for split in splits:
-        recorded = [split_value(run.view.split(split), "map50") for run in runs if run.status == "done"]
+        recorded = [split_value(run.view.split(split), "map50") for run in runs if run.status == SessionState.DONE]
         if not recorded or any(value is None for value in recorded):
             return None
         values.append(float(np.mean(recorded)))
