@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from exp3 import __version__
+from exp3 import SCHEMA_VERSION, __version__
 from exp3.config import ExperimentConfig
 from exp3.fileio import stable_hash
 from exp3.sessions import Session
@@ -48,6 +48,7 @@ class SessionInputs(BaseModel):
     suite_id: str
     weights_sha256: str | None
     exp3_version: str = __version__
+    schema_version: int = SCHEMA_VERSION  # of the files the session writes: another format, another key
 
     @property
     def key(self) -> str:

@@ -120,8 +120,14 @@ class SessionPaths:
 
     def evaluations_current(self, plan: dict[str, str]) -> bool:
         """metrics.json holds exactly the severity evaluations of `plan` ({split: spec key}); False: update it."""
-        metrics = _read_json(self.metrics)
-        return isinstance(metrics, dict) and severity_changes(metrics, plan) == ([], [])
+        from pydantic import ValidationError
+
+        from exp3.schema import SessionMetrics
+
+        try:
+            return severity_changes(SessionMetrics.model_validate(_read_json(self.metrics)), plan) == ([], [])
+        except ValidationError:  # not a metrics.json of this format: the session says so when it runs
+            return False
 
     def is_done(self, key: str | None) -> bool:
         """DONE records `key` (None: any) and the metrics.json on disk, or the one `replace_metrics` is replacing."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exp3 import __version__
+from exp3 import SCHEMA_VERSION, __version__
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs
@@ -49,8 +49,6 @@ if TYPE_CHECKING:  # annotations only: exp3.evaluate and exp3.train load Ultraly
     from exp3.metrics import ImageRecord
     from exp3.train import TrainOutcome, TrainPlan
 
-SCHEMA_VERSION = 1
-"""`schema_version` of metrics.json and of the predictions files."""
 TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "epochs_completed", "effective_args",
                                     "trainer", "attempts", "attempt_wall_s")
 """Keys of the training's train_info.json copied into metrics.json's `training` block."""
@@ -207,8 +205,7 @@ def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added:
     `added`: the levels just evaluated from `checkpoint`; `removed`: recorded levels no longer
     configured. A result replaced or removed is kept in `severity.superseded`, never reused.
     """
-    evaluations = dict(current.severity.evaluations) if current.severity else {}
-    superseded = list(current.severity.superseded) if current.severity else []
+    evaluations, superseded = dict(current.severity.evaluations), list(current.severity.superseded)
     splits = dict(current.splits)
     for split in [*removed, *(split for split in added if split in evaluations or split in splits)]:
         superseded.append(Superseded(split=split, evaluation=evaluations.pop(split, None),

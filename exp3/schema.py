@@ -5,18 +5,15 @@ Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by 
 - `SessionMetrics` (strict): the whole file as the session writes it. Every block exp3 shapes
   forbids unknown keys, so a writer that drifts from the schema fails loudly, before anything is
   written. The session writes `model_dump(mode="json")`; a file validated and dumped again gives
-  back the same JSON. Fields older files lack are optional and left out of the dump when unset:
-  `severity` and `data.severity_suites` (sessions finished before severity suites existed).
-  Every file written under a cache key (`inputs`, `cache_key`) has all the other fields; files from
-  before keys existed are never done under a current key, so only the report reads them.
+  back the same JSON. Every field is required: a file of another format was made under another
+  key (`SessionInputs.schema_version`), so its folder is stale, never read as done.
   Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
   hands it to each session (`--prepared`) and the session records it as it used it.
 - `MetricsView` (lenient): the fields the report (exp3.coverage and exp3.report.severity included) and the
   flow's log lines read, every one optional, unknown keys ignored, anything not of its type (a
-  number, a string, a [low, high] pair) read as None. The report reads
-  every metrics.json it finds, from any exp3 version and from test fixtures that write a subset;
-  it must not drop a done session's numbers because a field it does not read is missing or has
-  drifted. Every field of the view is a field of `SessionMetrics` (tested).
+  number, a string, a [low, high] pair) read as None: a reader shows `-` or NaN for a value it cannot
+  read, it does not fail the whole report or a log line. Every field of the view is a field of
+  `SessionMetrics` (tested).
 
 Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.identity), Ultralytics'
 `training.effective_args` / `.overrides` / `speed_ms_per_image`, the `masking:` config
@@ -28,15 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from exp3.identity import SessionInputs
 from exp3.splits import PRIMARY_SPLITS
@@ -46,10 +35,6 @@ class _Block(BaseModel):
     """A block of metrics.json exp3 shapes: unknown keys are an error."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def _absent_when_none(value: Any) -> bool:
-    return value is None
 
 
 # ----------------------------------------------------------------------------- splits.<split>
@@ -140,8 +125,7 @@ class SplitMetrics(_Block):
     map50_95: float | None
     per_class_map50_95: dict[str, float | None]
     eval_wall_s: float
-    eval_stages_s: EvalStages | None = Field(default=None, exclude_if=_absent_when_none)
-    """Absent in splits evaluated before stage timings were recorded."""
+    eval_stages_s: EvalStages
     speed_ms_per_image: dict[str, float | None]
     n_images: int
     num_classes: int
@@ -373,16 +357,7 @@ class PreparedData(_Block):
     suite_manifest_sha256: str
     s2_data_yaml: str
     s2_manifest_sha256: str
-    severity_suites: tuple[SeveritySuite, ...] = ()
-    """Absent in sessions finished before severity suites existed: read as none, and left out again when
-    dumped (what was read is what is written)."""
-
-    @model_serializer(mode="wrap")
-    def _severity_suites_as_recorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        dumped = handler(self)
-        if "severity_suites" not in self.model_fields_set:
-            dumped.pop("severity_suites", None)
-        return dumped
+    severity_suites: tuple[SeveritySuite, ...]
 
     def severity_suite(self, split: str) -> SeveritySuite | None:
         """The severity suite holding `split`, None for test_clean / test_occ_fixed."""
@@ -453,8 +428,7 @@ class SessionMetrics(_Block):
     thresholds: Thresholds
     splits: dict[str, SplitMetrics]
     robustness: Robustness
-    severity: Severity | None = Field(default=None, exclude_if=_absent_when_none)
-    """Absent in sessions finished before severity suites existed (the first update adds it)."""
+    severity: Severity
     data: PreparedData
     seeds: Seeds
     config_fingerprint: str
@@ -606,7 +580,7 @@ class DataView(_View):
 
 
 class MetricsView(_View):
-    """The fields of a metrics.json the report and the flow's log lines read, from any exp3 version."""
+    """The fields of a metrics.json the report and the flow's log lines read (see the module docstring)."""
 
     splits: Annotated[dict[str, SplitView], BeforeValidator(_dict_or_empty)] = {}
     training: TrainingView = TrainingView()

@@ -48,13 +48,13 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exp3 import SCHEMA_VERSION
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs, session_inputs
 from exp3.layout import SessionPaths, SessionState
 from exp3.prepare import prepare_data, prepared_from_json, prepared_is_current, prepared_mismatch, resolve_model_weights
 from exp3.record import (
-    SCHEMA_VERSION,
     session_record,
     severity_evaluation,
     split_metrics,
@@ -246,9 +246,8 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     from exp3.evaluate import load_evaluation_model
     from exp3.splits import severity_changes
 
-    payload = json.loads(paths.metrics.read_text(encoding="utf-8"))
-    missing, extra = severity_changes(payload, {suite.split: suite.spec_key for suite in prepared.severity_suites})
-    current = _read_metrics(payload, paths, session)
+    current = _read_metrics(json.loads(paths.metrics.read_text(encoding="utf-8")), paths, session)
+    missing, extra = severity_changes(current, {suite.split: suite.spec_key for suite in prepared.severity_suites})
     if not missing and not extra:
         return current
     checkpoint = Path(current.checkpoint.path)

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from exp3.config import OcclusionConfig
+
+if TYPE_CHECKING:  # exp3.schema imports this module
+    from exp3.schema import SessionMetrics
 
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train", "val", "test"
 SOURCE_SPLITS: tuple[str, ...] = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
@@ -86,17 +89,14 @@ def evaluation_plan(config: OcclusionConfig) -> dict[str, str]:
     return {level.split: level.spec_key for level in severity_levels(config)}
 
 
-def severity_changes(metrics: dict[str, Any], plan: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics.json.
+def severity_changes(metrics: SessionMetrics, plan: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics.
 
     `plan`: {severity split: spec key} (`evaluation_plan`). A split is to evaluate when metrics.json
     has no evaluation of it recorded under that spec key (a new level, or the level's parameters
     changed); results of another suite are never taken for it.
     """
-    block = metrics.get("severity") or {}
-    recorded = block.get("evaluations") or {}
-    splits = metrics.get("splits") or {}
+    recorded = metrics.severity.evaluations
     missing = [split for split, spec_key in plan.items()
-               if (recorded.get(split) or {}).get("spec_key") != spec_key or split not in splits]
-    extra = [split for split in recorded if split not in plan]
-    return missing, extra
+               if split not in recorded or recorded[split].spec_key != spec_key or split not in metrics.splits]
+    return missing, [split for split in recorded if split not in plan]

@@ -61,7 +61,7 @@ def write_session(folder: Path, model: str, suffix: str, hits: tuple[int, ...], 
     splits = {}
     for split, count in zip(SPLITS, hits):
         split_records = records(count)
-        atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 1, "session": f"{model}__{suffix}",
+        atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 2, "session": f"{model}__{suffix}",
                                                                  "split": split, "suite_id": f"suite-{split}",
                                                                  "images": records_to_json(split_records)})
         map_stats = map_stats_of(split_records)
@@ -69,7 +69,7 @@ def write_session(folder: Path, model: str, suffix: str, hits: tuple[int, ...], 
         map50, map50_95 = mean_ap(map_stats)
         splits[split] = {"map50": map50, "map50_95": map50_95, "eval_wall_s": 1.0,
                          **summarize_split(split_records, num_classes=len(CLASSES), conf=0.25, class_names=CLASSES)}
-    metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model, "suffix": suffix,
+    metrics = {"schema_version": 2, "status": "done", "session": f"{model}__{suffix}", "model": model, "suffix": suffix,
                "training": {"wall_s": 1.0, "epochs_completed": 1}, "eval": {"conf": 0.25, "match_iou": 0.5},
                "splits": splits, "robustness": _robustness(splits),
                "seeds": {"train": seed, "masking": 0, "occlusion": 0, "synthetic": 0},

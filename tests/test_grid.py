@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from exp3 import SCHEMA_VERSION
 from exp3.config import ExperimentConfig, load_config
 from exp3.grid import select_sessions
 from exp3.identity import session_inputs
@@ -83,3 +84,6 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     assert key(placed, s1) == key(base, s1)
     batch = load_config(None, ["train.batch=8"])
     assert key(batch, s1) != key(base, s1)
+    # the format of the files it writes: a folder of format 1 (inputs without schema_version) is stale
+    inputs = session_inputs(base, s1, "fp", "occ-a", None)
+    assert inputs.schema_version == SCHEMA_VERSION and inputs.model_copy(update={"schema_version": 1}).key != inputs.key

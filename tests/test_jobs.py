@@ -90,20 +90,26 @@ def test_outcome_of_each_task_ending() -> None:
     assert failed.status == "failed" and failed.reason == f"{job.name}: boom" and failed.ran
 
 
+EXAMPLE = Path(__file__).resolve().parent / "fixtures" / "metrics_example.json"  # a real metrics.json
+EXAMPLE_PLAN = {split: record["spec_key"]  # the severity evaluations it holds ({split: spec key})
+                for split, record in json.loads(EXAMPLE.read_text())["severity"]["evaluations"].items()}
+
+
 def _write_done(paths, key: str) -> None:  # type: ignore[no-untyped-def]
     paths.folder.mkdir(parents=True)
-    paths.metrics.write_text(json.dumps({"splits": {}}))
+    paths.metrics.write_bytes(EXAMPLE.read_bytes())
     paths.write_done(key, {})
 
 
 def test_done_is_decided_by_the_session_folder_alone(tmp_path: Path) -> None:
     """`done_result`: DONE matching metrics.json under this key; another key or a broken metrics.json is not done."""
-    job = _plan(_config(output_root=tmp_path))[0].model_copy(update={"evaluations": {}})
+    job = _plan(_config(output_root=tmp_path))[0].model_copy(update={"evaluations": EXAMPLE_PLAN})
     assert done_result(job) is None
     _write_done(job.paths, job.cache_key)
     assert done_result(job).status == "cached"  # type: ignore[union-attr]
     assert done_result(job.model_copy(update={"cache_key": "other"})) is None
-    assert done_result(job.model_copy(update={"evaluations": {"test_occ_sev1": "spec"}})) is None  # one missing
+    assert done_result(job.model_copy(update={"evaluations": {**EXAMPLE_PLAN, "test_occ_sev2": "k"}})) is None  # missing
+    assert done_result(job.model_copy(update={"evaluations": {}})) is None  # one recorded that is not configured
     job.paths.metrics.write_text("{}")
     assert done_result(job) is None
 
@@ -156,7 +162,8 @@ def test_sessions_take_the_first_free_slot_when_they_start(tmp_path: Path) -> No
     """Issue 24: a resume whose 4 remaining sessions were all on one lane of the old round-robin plan keeps both
     slots busy; GPU slots with repeats pack sessions; failure.policy 'stop' starts nothing after a failure."""
     def plan(name: str, count: int) -> list[SessionJob]:
-        return [job.model_copy(update={"evaluations": {}}) for job in _plan(_config(output_root=tmp_path / name))[:count]]
+        return [job.model_copy(update={"evaluations": EXAMPLE_PLAN})
+                for job in _plan(_config(output_root=tmp_path / name))[:count]]
 
     resume = plan("resume", 8)
     for job in resume[0::2]:  # lane 0 of the old plan: done before the resume
@@ -220,7 +227,8 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
     prepared = PreparedData(data_yaml=str(tmp_path / "data.yaml"), dataset_fingerprint="f" * 16,
                             suite_dir=str(suite), suite_id=suite.name,
                             suite_manifest_sha256=sha256_file(suite / "manifest.json"),
-                            s2_data_yaml=str(s2 / "data.yaml"), s2_manifest_sha256=sha256_file(s2 / "manifest.json"))
+                            s2_data_yaml=str(s2 / "data.yaml"), s2_manifest_sha256=sha256_file(s2 / "manifest.json"),
+                            severity_suites=())
     assert prepared_is_current(prepared)
     (s2 / "manifest.json").write_text("{}")  # rebuilt or tampered with: the session verifies for itself
     assert not prepared_is_current(prepared)

@@ -14,7 +14,7 @@ Two twists (SHAPES) make the metrics tell different stories:
 - `weak`: the next w images after the hits predict the GT class at conf 0.15, below the primary
   0.25 but above the val-chosen 0.10: rtdetr-l S1 on test_occ_fixed gets 8 + 7 = 15 hits at its val
   threshold, as many as S2 (whose val threshold is 0.50), so the S2 - S1 gap closes there.
-Every session records the coming schema's `at_val_threshold` and `thresholds` (VAL_CONF).
+Every session records `at_val_threshold` and `thresholds` (VAL_CONF).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METR
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
 from exp3.report.markdown import dashboard_markdown, status_grid
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
-from exp3.report.tables import VAL_COLUMNS
 from exp3.schema import SplitView
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
@@ -102,17 +101,16 @@ def _robustness(splits: dict[str, dict]) -> dict:
 
 
 def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, int], seed: int = 0,
-                       n_images: int = N_IMAGES, val_threshold: bool = True, with_map_stats: bool = False) -> dict:
+                       n_images: int = N_IMAGES, with_map_stats: bool = False) -> dict:
     """A done session folder: predictions_<split>.json, metrics.json (session schema subset), DONE.
 
-    val_threshold: write the coming schema's `at_val_threshold` / `thresholds` keys (False: an old file).
     with_map_stats: also write map_stats_<split>.npz, with metrics.json's mAP computed from it.
     """
     splits = {}
     val_conf = VAL_CONF.get((model, suffix), 0.1)
     for split, split_hits in zip(("test_clean", "test_occ_fixed"), hits):
         records = hit_records(n_images, split_hits, *SHAPES.get((model, suffix, split), (0, 0)))
-        atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 1, "session": f"{model}__{suffix}",
+        atomic_write_json(folder / f"predictions_{split}.json", {"schema_version": 2, "session": f"{model}__{suffix}",
                                                                  "split": split, "images": records_to_json(records)})
         summary = summarize_split(records, num_classes=len(CLASS_NAMES), conf=0.25, class_names=CLASS_NAMES)
         splits[split] = {"map50": map_value(model, suffix, split) + 0.2, "map50_95": map_value(model, suffix, split),
@@ -121,19 +119,17 @@ def write_done_session(folder: Path, model: str, suffix: str, hits: tuple[int, i
             stats = map_stats_of(records)
             stats.save(folder / f"map_stats_{split}.npz")
             splits[split]["map50"], splits[split]["map50_95"] = mean_ap(stats)
-        if val_threshold:
-            at_val = summarize_split(records, num_classes=len(CLASS_NAMES), conf=val_conf, class_names=CLASS_NAMES)
-            splits[split]["at_val_threshold"] = {"conf": val_conf, "ingredient": at_val["ingredient"],
-                                                 "detection": at_val["detection"]}
-    metrics = {"schema_version": 1, "status": "done", "session": f"{model}__{suffix}", "model": model,
+        at_val = summarize_split(records, num_classes=len(CLASS_NAMES), conf=val_conf, class_names=CLASS_NAMES)
+        splits[split]["at_val_threshold"] = {"conf": val_conf, "ingredient": at_val["ingredient"],
+                                             "detection": at_val["detection"]}
+    metrics = {"schema_version": 2, "status": "done", "session": f"{model}__{suffix}", "model": model,
                "suffix": suffix, "training": {"wall_s": 100.0 + SESSION_SUFFIXES.index(suffix), "epochs_completed": 3},
                "eval": {"conf": 0.25, "match_iou": 0.5, "wall_s": 5.0}, "splits": splits,
                "robustness": _robustness(splits),
                "seeds": {"train": seed, "masking": 0, "occlusion": 0, "synthetic": 0}}
-    if val_threshold:
-        metrics["thresholds"] = {"primary": 0.25, "val_chosen": val_conf,
-                                 "criterion": "ingredient micro F1 on the clean val split",
-                                 "val_f1_at_val_chosen": 0.9, "val_f1_at_primary": 0.85}
+    metrics["thresholds"] = {"primary": 0.25, "val_chosen": val_conf,
+                             "criterion": "ingredient micro F1 on the clean val split",
+                             "val_f1_at_val_chosen": 0.9, "val_f1_at_primary": 0.85}
     path = atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_json(folder / "DONE", {"session": f"{model}__{suffix}", "metrics_sha256": sha256_file(path)})
     return metrics
@@ -425,19 +421,15 @@ def test_every_report_json_is_strict(built: report.ReportResult) -> None:
     assert missing["ingredient_micro_f1"] is None                                      # NaN -> null
 
 
-def test_old_metrics_without_val_threshold_still_report(tmp_path: Path) -> None:
+def test_an_undefined_robustness_ratio_is_null_not_a_number(tmp_path: Path) -> None:
+    """A session with clean F1 0 has no rF1: NaN in the tables, null in every JSON file, the report still built."""
     for suffix, hits in (("S1_clean_train", (20, 10)), ("S2_occ_train", (20, 16)), ("S3_mask_backbone_early", (0, 0))):
-        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits, val_threshold=False)
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
     result = report.build_report(tmp_path, n_resamples=50, n_permutations=100, charts=False)
     done = result.summary[result.summary["status"] == "done"]
-    assert done[list(VAL_COLUMNS)].isna().all().all()
     assert done[done["session"] == "S3_mask_backbone_early"]["rF1_micro"].isna().all()   # clean F1 0: undefined
-    at_val = result.comparisons[result.comparisons["threshold"] == "val"]
-    assert len(at_val) == 3 * 2 and at_val["difference"].isna().all() and at_val["p_bh"].isna().all()
-    text = (tmp_path / "report.md").read_text()
-    assert "n/a: no done session records a val-chosen threshold" in text
-    assert "val-chosen threshold (S2" not in text                                       # no finding without data
-    assert "**yolov8m**: metrics" in text
+    assert done[done["session"] == "S1_clean_train"]["rF1_micro"].notna().all()
+    assert "**yolov8m**: metrics" in (tmp_path / "report.md").read_text()
     for path in result.files:
         if path.suffix == ".json":
             _strict_loads(path.read_text())

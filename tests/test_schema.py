@@ -22,8 +22,8 @@ from exp3.schema import MetricsView, Robustness, SessionMetrics, TrainingRan
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "fixtures" / "metrics_example.json"
-"""A real metrics.json (a masked pilot session), trimmed: three splits, a few images, one severity level,
-and one superseded result added."""
+"""A real metrics.json (a masked smoke session, yolov8m S3), with its second severity level removed by
+`exp3.record.with_severity_levels`: three splits, one severity level, one superseded result."""
 DOC = REPO / "docs" / "schema.md"
 
 
@@ -50,15 +50,17 @@ def test_example_validates_and_round_trips_byte_for_byte() -> None:
     assert _round_trips(_example())
 
 
-def test_files_from_before_severity_suites_validate_and_stay_without_them() -> None:
-    legacy = _example()
-    legacy.pop("severity")
-    legacy["data"].pop("severity_suites")
-    metrics = SessionMetrics.model_validate(legacy)
-    assert metrics.severity is None and metrics.data.severity_suites == () and metrics.data.test_splits() == (
-        "test_clean", "test_occ_fixed")
-    assert "severity" not in metrics.to_json() and "severity_suites" not in metrics.to_json()["data"]
-    assert _round_trips(legacy)
+@pytest.mark.parametrize("path", ["severity", "data.severity_suites", "splits.test_clean.eval_stages_s"])
+def test_a_file_of_the_first_format_is_refused(path: str) -> None:
+    """Format 1 files could lack these; format 2 requires them (its folders are stale: another key)."""
+    old = _example()
+    *parents, last = path.split(".")
+    block = old
+    for part in parents:
+        block = block[part]
+    block.pop(last)
+    with pytest.raises(ValidationError, match=last):
+        SessionMetrics.model_validate(old)
 
 
 def test_the_data_block_is_the_prepared_data_a_session_is_handed() -> None:

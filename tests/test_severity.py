@@ -28,6 +28,7 @@ from exp3.sessions import Session
 from exp3.splits import evaluation_plan, occluded_splits, severity_changes, severity_level, severity_split
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "tests" / "fixtures" / "metrics_example.json"  # a real metrics.json, one severity level
 LEVELS = ((0.1, 0.26), (0.42, 0.58), (0.74, 0.9))
 
 
@@ -168,12 +169,12 @@ def test_evaluation_plan_names_changed_levels() -> None:
     assert list(plan) == ["test_occ_sev1", "test_occ_sev2", "test_occ_sev3"]
     changed = evaluation_plan(OcclusionConfig(severities=((0.1, 0.26), (0.4, 0.58), (0.74, 0.9))))
     assert changed["test_occ_sev1"] == plan["test_occ_sev1"] and changed["test_occ_sev2"] != plan["test_occ_sev2"]
-    metrics = {"splits": {split: {} for split in plan},
-               "severity": {"evaluations": {split: {"spec_key": key} for split, key in plan.items()}}}
-    assert severity_changes(metrics, plan) == ([], [])
-    assert severity_changes(metrics, changed) == (["test_occ_sev2"], [])
-    assert severity_changes(metrics, {}) == ([], list(plan))
-    assert severity_changes({"splits": {}}, plan) == (list(plan), [])
+    example = SessionMetrics.model_validate(json.loads(EXAMPLE.read_text(encoding="utf-8")))  # sev1 recorded
+    recorded = {split: evaluation.spec_key for split, evaluation in example.severity.evaluations.items()}
+    assert list(recorded) == ["test_occ_sev1"] and severity_changes(example, recorded) == ([], [])
+    assert severity_changes(example, {"test_occ_sev1": "another suite"}) == (["test_occ_sev1"], [])
+    assert severity_changes(example, {}) == ([], ["test_occ_sev1"])
+    assert severity_changes(example, {**recorded, "test_occ_sev2": "k2"}) == (["test_occ_sev2"], [])
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -195,18 +196,13 @@ def _untouched_training(folder: Path) -> dict:
             "inputs": (folder / "inputs.json").read_bytes()}
 
 
-def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Path, capsys) -> None:
+def test_a_done_session_gains_new_levels_without_training(tmp_path: Path, capsys) -> None:
     output = tmp_path / "out"
     session = Session("yolov8n", "S1_clean_train")
     before = load_config(_config(tmp_path / "before.yaml", output, []))
     old = run_session(before, session, output).to_json()  # each step checked as the file it writes
     folder = SessionPaths.of(output, session).folder
     assert set(old["splits"]) == {"test_clean", "test_occ_fixed"} and old["severity"]["levels"] == []
-    # a folder exactly as the code before this change wrote it: no severity block at all
-    legacy = {key: value for key, value in old.items() if key != "severity"}
-    (folder / "metrics.json").write_text(json.dumps(legacy, indent=2))
-    marker = json.loads((folder / "DONE").read_text())
-    (folder / "DONE").write_text(json.dumps({**marker, "metrics_sha256": sha256_file(folder / "metrics.json")}))
     training = _untouched_training(folder)
 
     after = load_config(_config(tmp_path / "after.yaml", output, [[0.1, 0.26], [0.74, 0.9]]))
@@ -219,7 +215,7 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
     assert paths.evaluations_current(evaluation_plan(after.occlusion))
     assert list(new["splits"]) == ["test_clean", "test_occ_fixed", "test_occ_sev1", "test_occ_sev2"]
     for split in ("test_clean", "test_occ_fixed"):
-        assert new["splits"][split] == legacy["splits"][split]        # the old numbers are kept as they were
+        assert new["splits"][split] == old["splits"][split]           # the old numbers are kept as they were
     for level, split in enumerate(("test_occ_sev1", "test_occ_sev2"), start=1):
         record = new["severity"]["evaluations"][split]
         assert record["added_after_training"] is True and record["level"] == level
@@ -260,7 +256,7 @@ def test_done_session_from_before_gains_the_levels_without_training(tmp_path: Pa
     assert [entry["split"] for entry in removed["severity"]["superseded"]] == \
         ["test_occ_sev2", "test_occ_sev1", "test_occ_sev2"]
     assert _untouched_training(folder) == training
-    for payload in (old, legacy, new, third, removed):  # every file on the way is exactly a SessionMetrics
+    for payload in (old, new, third, removed):  # every file on the way is exactly a SessionMetrics
         assert SessionMetrics.model_validate(payload).to_json() == payload
 
 

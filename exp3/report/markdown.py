@@ -179,7 +179,7 @@ def render_markdown(result: "ReportResult") -> str:
         lines += ["Each session's own threshold, chosen to maximise ingredient micro F1 on the clean val split "
                   "(a secondary operating point; S2 - S1 recomputed per image at those thresholds):", "",
                   markdown_table(at_val), ""] if len(at_val) else \
-            ["n/a: no done session records a val-chosen threshold (metrics.json predates it).", ""]
+            ["n/a: no done session.", ""]
     by_metric = metric_table(result.comparisons, result.models)
     if len(by_metric):
         lines += ["## S2 vs S1 on every metric", "",

@@ -154,20 +154,12 @@ def as_number(value: Any) -> float:
 def threshold_conf(metrics: dict[str, Any] | None, split: str, threshold: str = "primary") -> float | None:
     """The confidence threshold of one operating point of a session and split, or None when not recorded.
 
-    `primary`: `splits[split]["conf"]` (0.25 when absent, the evaluation default). `val`:
-    `splits[split]["at_val_threshold"]["conf"]`, else `thresholds["val_chosen"]` (absent in old files).
+    `primary`: `splits[split]["conf"]`; `val`: `splits[split]["at_val_threshold"]["conf"]`.
     """
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
-    view = MetricsView.of(metrics)
-    part = view.split(split)
-    if threshold == "primary":
-        value = part.conf if "conf" in part.model_fields_set else 0.25
-    else:
-        value = part.at_val_threshold.conf
-        if value is None:
-            value = view.thresholds.val_chosen
-    number = as_number(value)
+    part = MetricsView.of(metrics).split(split)
+    number = as_number(part.conf if threshold == "primary" else part.at_val_threshold.conf)
     return number if math.isfinite(number) else None
 
 

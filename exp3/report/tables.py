@@ -18,7 +18,7 @@ DETECTION_COLUMNS: tuple[str, ...] = ("detection_precision", "detection_recall",
 VAL_COLUMNS: tuple[str, ...] = ("conf_val", "ingredient_micro_f1_at_val", "ingredient_samples_f1_at_val",
                                 "detection_f1_at_val")
 """The secondary operating point: each session's threshold chosen on the clean val split and the test metrics
-at it (`splits[split]["at_val_threshold"]`; NaN when metrics.json predates it)."""
+at it (`splits[split]["at_val_threshold"]`)."""
 ROBUSTNESS_COLUMNS: tuple[str, ...] = ("rF1_micro", "rF1_samples", "rF1_macro", "rF1_detection", "rmAP50", "rmAP50_95")
 METRIC_COLUMNS: tuple[str, ...] = ("n_images", "conf", "map50", "map50_95", *INGREDIENT_COLUMNS, *DETECTION_COLUMNS,
                                    *VAL_COLUMNS, *ROBUSTNESS_COLUMNS, "train_wall_s", "eval_wall_s",
