@@ -102,11 +102,11 @@ def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, st
     from exp3.dataset import dataset_fingerprint, read_data_yaml
     from exp3.identity import session_inputs
     from exp3.occlusion.suites import occlusion_suite_name
+    from exp3.prepare import dataset_yaml
     from exp3.status import grid_status
 
     root = resolve_output_root(config)
-    data_dir = root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
-    data_yaml = Path(config.dataset.data_yaml) if config.dataset.kind == "yaml" else data_dir / "data.yaml"
+    data_yaml = dataset_yaml(config, root, build=False)
     ready = data_yaml.is_file()  # the synthetic dataset exists after the first run; a user's always
     fingerprint = dataset_fingerprint(read_data_yaml(data_yaml)) if ready else None
     suite = occlusion_suite_name(data_yaml, config.occlusion) if ready else None
@@ -115,7 +115,7 @@ def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, st
           + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
     print(f"  models: {', '.join(weights)} "
           f"(configured: {', '.join(config.models)}; `<name>: null` in a config file removes an inherited one)")
-    for session, status in zip(grid, grid_status(config, root, grid, RootLock(root).is_live(), keys)):
+    for session, status in zip(grid, grid_status(config, root, grid, keys)):
         print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
               f"{keys.get(session.name, '-')}")
     return 0

@@ -6,13 +6,13 @@ PREFECT_HOME) win. The ephemeral API servers a `kill -9` of an earlier run left 
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 from pathlib import Path
 
 from exp3.offline import apply_offline_environment
 
-EPHEMERAL_SERVER_MARKS: tuple[bytes, ...] = (b"uvicorn", b"prefect.server.api.server")
+EPHEMERAL_SERVER_MARKS: tuple[str, ...] = ("uvicorn", "prefect.server.api.server")
 """In the command line of the API server a flow run starts for itself; not in `prefect server start`'s."""
 
 
@@ -33,21 +33,14 @@ def reap_orphaned_prefect_servers(prefect_home: Path) -> list[int]:
     Prefect starts that server and it does not die with a killed flow. A UI server the user started
     with the same PREFECT_HOME, even daemonised, is left alone.
     """
+    import psutil
+
     reaped: list[int] = []
-    wanted = f"PREFECT_HOME={Path(prefect_home).absolute()}".encode()
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            pid = int(entry.name)
-            status = (entry / "status").read_text()
-            ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-            if ppid != 1 or pid == os.getpid():
-                continue
-            if not all(mark in (entry / "cmdline").read_bytes() for mark in EPHEMERAL_SERVER_MARKS):
-                continue
-            if wanted not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            os.kill(pid, signal.SIGTERM)
-            reaped.append(pid)
-        except (OSError, ValueError, StopIteration):
-            continue
+    for process in psutil.process_iter(["ppid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(process.info["cmdline"] or ())
+            if process.info["ppid"] == 1 and all(mark in command for mark in EPHEMERAL_SERVER_MARKS) and \
+                    process.environ().get("PREFECT_HOME") == str(Path(prefect_home).absolute()):
+                process.terminate()
+                reaped.append(process.pid)
     return reaped

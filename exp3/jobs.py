@@ -70,10 +70,6 @@ class SessionResult(BaseModel):
     reason: str | None = None  # the one-line error of a failed or skipped session
     moved_aside: str | None = None  # where results made under other inputs were moved before it trained again
 
-    @property
-    def ran(self) -> bool:
-        return self.status in (SessionState.DONE, SessionState.FAILED)
-
 
 def _result(job: SessionJob, status: SessionState, reason: str | None = None) -> SessionResult:
     return SessionResult(session=job.name, status=status, cache_key=job.cache_key, reason=reason)

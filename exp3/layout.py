@@ -30,11 +30,12 @@ class SessionState(StrEnum):
     FAILED = "failed"  # FAILED marker under the same inputs (the flow: or failed in this run)
     PARTIAL = "partial"  # an unfinished training of the same inputs: its last.pt is resumed
     PENDING = "pending"  # nothing yet
-    RUNNING = "running"  # exp3.status: a live run is writing it
+    RUNNING = "running"  # exp3.status: a process holds its session lock (a flow's or one run by hand)
     CACHED = "cached"  # the flow: done before this run, nothing ran
     SKIPPED = "skipped"  # the flow: not started in this run
     INCOMPLETE = "incomplete"  # the report: a folder without a valid DONE or FAILED
     MISSING = "missing"  # the report: no folder
+    SOME_SEEDS = "some_seeds"  # the report's summary: some seeds of a several-seed session done, not all
 
 
 DONE_MARKER = "DONE"

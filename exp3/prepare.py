@@ -27,14 +27,17 @@ def resolve_model_weights(config: ExperimentConfig, model_name: str) -> Resolved
     return resolve_weights(model_name, model.architecture, model.weights, download=config.download_weights)
 
 
-def dataset_yaml(config: ExperimentConfig, output_root: Path) -> Path:
-    """The data.yaml to use: the embedded synthetic dataset (generated on first use) or the user's."""
+def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True) -> Path:
+    """The data.yaml to use: the embedded synthetic dataset (generated on first use; `build=False`: its path,
+    which may not exist yet) or the user's."""
     if config.dataset.kind == "yaml":
         assert config.dataset.data_yaml is not None  # guaranteed by DatasetConfig's validator
         return Path(config.dataset.data_yaml).absolute()
     from exp3.synth import build_synthetic_dataset
 
     target = output_root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
+    if not build:
+        return (target / "data.yaml").absolute()
     return build_synthetic_dataset(target, preset=config.dataset.preset, seed=config.dataset.synthetic_seed,
                                    workers=2)
 

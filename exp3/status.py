@@ -22,7 +22,6 @@ from exp3.runlock import RootLock
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SUFFIXES, Session
 
-RUNNING_WINDOW_S = 15 * 60  # training files changed this recently while the root is held: RUNNING
 CLEAR_SCREEN = "\033[2J\033[H"
 
 
@@ -40,9 +39,8 @@ class SessionStatus:
     last_val_map50: float | None = None
 
 
-def session_status(paths: SessionPaths, root_live: bool, epochs_total: int | None = None,
-                   key: str | None = None) -> SessionStatus:
-    """The folder's state (RUNNING: partial or pending while a live run writes into it) and progress;
+def session_status(paths: SessionPaths, epochs_total: int | None = None, key: str | None = None) -> SessionStatus:
+    """The folder's state and progress: RUNNING while a process holds its session lock and it is not done yet;
     with `key` (the planned cache key) a folder made under other inputs is STALE."""
     state, epochs = paths.state(key), epoch_progress(results_rows(paths), epochs_total)
     last_map50 = epochs[-1].map50 if epochs else None
@@ -50,6 +48,9 @@ def session_status(paths: SessionPaths, root_live: bool, epochs_total: int | Non
         training = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8"))).training
         done = int(training.epochs_completed or 0)
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
+    lock = paths.session_lock("")
+    if lock.owner() and lock.is_live():  # probed only when a holder is named: a new holder never meets the probe
+        state = SessionState.RUNNING
     elapsed = sum(epoch.epoch_s or 0.0 for epoch in epochs) if epochs else None
     eta = epochs[-1].eta_s if epochs and state not in (SessionState.FAILED, SessionState.STALE) else None
     error = None
@@ -57,21 +58,14 @@ def session_status(paths: SessionPaths, root_live: bool, epochs_total: int | Non
         error = f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch"
     elif state == SessionState.FAILED:
         error = (paths.failure() or {}).get("error")
-    elif root_live and (_written_recently(paths.run_dir) or (paths.logs / "train.log").is_file() and not epochs):
-        state = SessionState.RUNNING
     return SessionStatus(paths.folder.name, state, len(epochs), epochs_total, elapsed, eta, error, last_map50)
 
 
-def _written_recently(folder: Path) -> bool:
-    return folder.is_dir() and any(time.time() - file.stat().st_mtime < RUNNING_WINDOW_S
-                                   for file in folder.rglob("*") if file.is_file())
-
-
-def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session], root_live: bool,
+def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session],
                 keys: dict[str, str] | None = None) -> list[SessionStatus]:
     """`session_status` of each session (`keys`: session name -> planned cache key, when known)."""
-    return [session_status(SessionPaths.of(output_root, s), root_live, config.models[s.model].epochs,
-                           (keys or {}).get(s.name)) for s in sessions]
+    return [session_status(SessionPaths.of(output_root, s), config.models[s.model].epochs, (keys or {}).get(s.name))
+            for s in sessions]
 
 
 def format_matrix(rows: list[SessionStatus]) -> str:
@@ -87,41 +81,40 @@ def format_matrix(rows: list[SessionStatus]) -> str:
     return "\n".join([*lines, " ".join(f"{state}={count}" for state, count in counts.items() if count)])
 
 
-def render(root: Path) -> tuple[str, bool]:
-    """The status block of `root` (title line + matrix) and whether a run holds the root. The grid is the root's
-    `config_resolved.yaml`, else every session of the model folders found."""
-    live = RootLock(root).is_live()
+def render(root: Path, live: bool) -> str:
+    """The status block of `root` (title line + matrix; `live`: a run holds the root). The grid is the root's `config_resolved.yaml`, else every
+    session of the model folders found."""
     if (root / "config_resolved.yaml").is_file():
         config = load_config(root / "config_resolved.yaml")
         sessions = [Session(model, suffix) for model in config.models for suffix in config.sessions]
-        rows = grid_status(config, root, sessions, live, read_plan(root))
+        rows = grid_status(config, root, sessions, read_plan(root))
     else:  # sessions run by hand (`python -m exp3.session`)
         models = [d.name for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob(f"{d.name}__*"))]
-        rows = [session_status(SessionPaths.of(root, Session(m, s)), live) for m in models for s in SESSION_SUFFIXES]
-    return f"{root} ({'a run holds this root' if live else 'no live run'})\n{format_matrix(rows)}", live
+        rows = [session_status(SessionPaths.of(root, Session(m, s))) for m in models for s in SESSION_SUFFIXES]
+    return f"{root} ({'a run holds this root' if live else 'no live run'})\n{format_matrix(rows)}"
 
 
-def watch(root: Path, interval_s: float, clear: bool) -> None:
-    """Print the block every `interval_s` while a run holds `root`, then a final one."""
-    while True:
-        block, live = render(root)
-        print(f"{CLEAR_SCREEN if clear else ''}{block}\n[{time.strftime('%H:%M:%S')}] "
-              f"{f'refreshing every {interval_s:g} s (Ctrl-C to stop)' if live else 'final'}\n", flush=True)
-        if not live:
-            return
-        time.sleep(interval_s)
-
-
-def _stamped_block(root: Path, note: str) -> str:
+def stamped_block(root: Path, note: str, live: bool) -> str:
     """The status block of `root` (or why there is none yet), then the time and `note`."""
     if not root.is_dir():
         block = f"{root}: not created yet (the flow is starting)"
     else:
         try:
-            block = render(root)[0]
+            block = render(root, live)
         except (ConfigError, OSError, ValueError) as error:  # a config being written, a folder being moved
             block = f"{root}: status not readable right now ({type(error).__name__}: {error})".splitlines()[0]
     return f"{block}\n[{time.strftime('%H:%M:%S')}] {note}"
+
+
+def watch(root: Path, interval_s: float, clear: bool) -> None:
+    """Print the block every `interval_s` while a run holds `root`, then a final one."""
+    while True:
+        live = RootLock(root).is_live()
+        note = f"refreshing every {interval_s:g} s (Ctrl-C to stop)" if live else "final"
+        print(f"{CLEAR_SCREEN if clear else ''}{stamped_block(root, note, live)}\n", flush=True)
+        if not live:
+            return
+        time.sleep(interval_s)
 
 
 def _notebook_display() -> Callable[[str], None] | None:
@@ -150,14 +143,16 @@ def run_and_watch(command: Sequence[str], root: str | Path, log_path: str | Path
         code: int | None = None
         try:
             while code is None:
-                show(_stamped_block(root, f"running; refreshing every {interval_s:g} s; log: {log_path}"))
+                show(stamped_block(root, f"running; refreshing every {interval_s:g} s; log: {log_path}",
+                                   RootLock(root).is_live()))
                 with suppress(subprocess.TimeoutExpired):
                     code = process.wait(timeout=interval_s)
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
             raise
-    show(_stamped_block(root, f"the flow exited with code {process.returncode}; log: {log_path}"))
+    show(stamped_block(root, f"the flow exited with code {process.returncode}; log: {log_path}",
+                       RootLock(root).is_live()))
     return process.returncode
 
 
@@ -175,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.watch:
             watch(args.root, args.interval, clear=sys.stdout.isatty())
         else:
-            print(render(args.root)[0])
+            print(render(args.root, RootLock(args.root).is_live()))
     except ConfigError as error:
         parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:

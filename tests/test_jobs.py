@@ -79,7 +79,6 @@ def test_job_and_result_round_trip_as_json() -> None:
     result = SessionResult(session=job.name, status="done", cache_key=job.cache_key, wall_s=12.5)
     assert SessionResult.model_validate_json(result.model_dump_json()) == result and result.status is SessionState.DONE
     assert json.loads(result.model_dump_json())["status"] == "done"  # the value, as logs and files show it
-    assert result.ran and not result.model_copy(update={"status": "cached"}).ran
 
 
 def test_outcome_of_each_task_ending() -> None:
@@ -87,7 +86,7 @@ def test_outcome_of_each_task_ending() -> None:
     ran = SessionResult(session=job.name, status="done", cache_key=job.cache_key, wall_s=3.0)
     assert outcome(job, ran) == ran
     failed = outcome(job, SessionError(f"{job.name}: boom\ntraceback"))
-    assert failed.status == "failed" and failed.reason == f"{job.name}: boom" and failed.ran
+    assert failed.status == "failed" and failed.reason == f"{job.name}: boom"
 
 
 EXAMPLE = Path(__file__).resolve().parent / "fixtures" / "metrics_example.json"  # a real metrics.json
@@ -283,6 +282,5 @@ def test_a_session_failed_before_takes_no_slot_unless_rerun(tmp_path: Path) -> N
 
     skipped = run_on_slots([job], [None], start=lambda _: pytest.fail("a session FAILED before was started"))
     assert skipped[job.name].status == SessionState.SKIPPED and "boom" in (skipped[job.name].reason or "")
-    assert not skipped[job.name].ran
     rerun = run_on_slots([job.model_copy(update={"rerun_failed": True})], [None], start=Finished)
     assert rerun[job.name].status == SessionState.DONE

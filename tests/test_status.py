@@ -90,32 +90,37 @@ def test_run_and_watch_shows_the_grid_while_a_command_runs_and_returns_its_code(
 
 def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
     paths = done_folder(tmp_path / "m" / "m__S1_clean_train", "k-old")
-    done = session_status(paths, root_live=False, epochs_total=3, key="k-old")
+    done = session_status(paths, epochs_total=3, key="k-old")
     assert (done.state, done.epochs_done, done.elapsed_s) == ("done", 3, 1.0)
-    stale = session_status(paths, root_live=False, epochs_total=3, key="k-new")
+    stale = session_status(paths, epochs_total=3, key="k-new")
     assert stale.state == "stale" and "k-old" in (stale.error or "")
-    assert session_status(paths, root_live=False, epochs_total=3).state == "done"  # key-less view
+    assert session_status(paths, epochs_total=3).state == "done"  # key-less view
 
 
 def test_pending_partial_running_failed_from_files(tmp_path: Path) -> None:
     paths = SessionPaths(tmp_path / "m__S1_clean_train")
-    assert session_status(paths, root_live=False, epochs_total=3).state == "pending"
+    assert session_status(paths, epochs_total=3).state == "pending"
     paths.last_pt.parent.mkdir(parents=True)
     paths.results_csv.write_text("epoch,time\n1,10.0\n2,20.0\n")
     paths.last_pt.write_bytes(b"x")
-    partial = session_status(paths, root_live=False, epochs_total=3)
+    partial = session_status(paths, epochs_total=3)
     assert partial.state == "partial" and partial.epochs_done == 2 and partial.eta_s == pytest.approx(10.0)
-    assert session_status(paths, root_live=True, epochs_total=3).state == "running"
+    with paths.session_lock("python -m exp3.session"):  # a process runs it (the flow's or one started by hand)
+        assert session_status(paths, epochs_total=3).state == "running"
+    paths.lock.write_text(json.dumps({"pid": 1, "host": "h", "command": "killed"}))  # a kill -9 leaves the name
+    assert session_status(paths, epochs_total=3).state == "partial"
     paths.failed_marker.write_text(json.dumps({"error": "boom"}))
-    failed = session_status(paths, root_live=False, epochs_total=3)
+    failed = session_status(paths, epochs_total=3)
     assert failed.state == "failed" and failed.error == "boom"
+    with paths.session_lock("python -m exp3.session"):  # run again (--rerun-failed)
+        assert session_status(paths, epochs_total=3).state == "running"
 
 
 def test_a_folder_with_only_the_flows_log_is_pending_not_stale(tmp_path: Path) -> None:
     paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
     paths.logs.mkdir(parents=True)
     (paths.logs / "session.log").write_text("==== python -m exp3.session ... ====\n")
-    assert session_status(paths, root_live=False, epochs_total=3, key="k").state == "pending"
+    assert session_status(paths, epochs_total=3, key="k").state == "pending"
 
 
 def test_a_missing_root_or_a_bad_interval_says_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

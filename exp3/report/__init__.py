@@ -22,7 +22,7 @@ A session's status: `done` (valid DONE marker), `failed` (FAILED marker: its err
 A session outside this run's `sessions` (the config's `sessions:` list) is `not in run` in the status
 grid and left out of every table, finding and chart.
 Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
-summary status is `done` when every seed is, `partial` when some are. Columns: docs/report.md.
+summary status is `done` when every seed is, `some_seeds` when some are. Columns: docs/report.md.
 
 Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `scores` the per-image
 scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,

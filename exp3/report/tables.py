@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from exp3.layout import SessionState
 from exp3.report.runs import SessionRun, as_number, threshold_conf
 from exp3.sessions import SESSION_LABELS
 from exp3.splits import PRIMARY_SPLITS
@@ -62,15 +63,15 @@ def by_seed_table(runs: list[SessionRun]) -> pd.DataFrame:
     return pd.DataFrame([split_row(run, split) for run in runs for split in PRIMARY_SPLITS])
 
 
-def _combined_status(statuses: list[str]) -> str:
-    if all(status == "done" for status in statuses):
-        return "done"
-    if "done" in statuses:
-        return "partial"
-    for status in ("failed", "stale", "incomplete"):
+def _combined_status(statuses: list[str]) -> SessionState:
+    if all(status == SessionState.DONE for status in statuses):
+        return SessionState.DONE
+    if SessionState.DONE in statuses:
+        return SessionState.SOME_SEEDS
+    for status in (SessionState.FAILED, SessionState.STALE, SessionState.INCOMPLETE):
         if status in statuses:
             return status
-    return "missing"
+    return SessionState.MISSING
 
 
 def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
