@@ -219,7 +219,8 @@ def test_a_lock_lives_until_the_process_exits_not_in_its_children(tmp_path: Path
             "RootLock(Path(sys.argv[1])).acquire(); import gc; gc.collect(); pid = os.fork()\n"
             "if pid == 0:\n    null = os.open(os.devnull, os.O_RDWR); os.dup2(null, 1); os.dup2(null, 2)\n"
             "    time.sleep(60); os._exit(0)\n"
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL)\n"  # not our pipes: `run` returns when this process exits
             "print(RootLock(Path(sys.argv[1])).is_live(), pid, child.pid, flush=True); os._exit(0)")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     live, forked, execed = result.stdout.split()
