@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exp3 import SCHEMA_VERSION
 from exp3.config import load_config
 from exp3.fileio import sha256_file
 from exp3.layout import SessionPaths
@@ -93,7 +94,7 @@ def test_session_folder_is_complete_and_self_describing(grid) -> None:
     done = json.loads((folder / DONE_MARKER).read_text())
     assert done["metrics_sha256"] == sha256_file(folder / "metrics.json")
     m = metrics["yolov8n__S1_clean_train"].to_json()  # the file as written
-    assert m["schema_version"] == 1 and m["status"] == "done"
+    assert m["schema_version"] == SCHEMA_VERSION and m["status"] == "done"
     assert m["training"]["overrides"] == {"epochs": 1, "batch": 4, "imgsz": 64, "device": "cpu", "workers": 0}
     assert m["training"]["pretrained"] is False and m["training"]["weights"]["sha256"] is None
     assert m["training"]["weights"]["origin"] == "scratch"
