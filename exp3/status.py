@@ -48,8 +48,8 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
         training = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8"))).training
         done = int(training.epochs_completed or 0)
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
-    lock = paths.session_lock("")
-    if lock.owner() and lock.is_live():  # probed only when a holder is named: a new holder never meets the probe
+    lock = paths.session_lock("")  # probed (a microsecond's shared hold) only while its file names a holder:
+    if lock.owner() and lock.is_live():  # a clean release empties it, so a session starting then meets no probe
         state = SessionState.RUNNING
     elapsed = sum(epoch.epoch_s or 0.0 for epoch in epochs) if epochs else None
     eta = epochs[-1].eta_s if epochs and state not in (SessionState.FAILED, SessionState.STALE) else None
