@@ -17,6 +17,7 @@ Prints one JSON object (also written to ROOT/../kill9_<seed>.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -31,19 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def processes_of(root: Path) -> dict[str, list[int]]:
     """Live processes whose environment names `root` (set by the flow at start), by kind."""
+    import psutil
+
     found: dict[str, list[int]] = {"exp3": [], "prefect_server": []}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes()
-            environment = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(root).encode() not in environment:
-            continue
-        kind = "exp3" if b"exp3" in command else "prefect_server"  # the flow, a session, its workers; else the server
-        found[kind].append(int(proc.name))
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if process.pid == os.getpid() or not any(str(root) in value for value in process.environ().values()):
+                continue
+            command = " ".join(process.info["cmdline"] or ())  # the flow, a session, its workers; else the server
+            found["exp3" if "exp3" in command else "prefect_server"].append(process.pid)
     return found
 
 

@@ -15,8 +15,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file
 from exp3.runlock import SessionLock
+from exp3.schema import SessionMetrics
 from exp3.sessions import Session
 from exp3.splits import severity_changes
 
@@ -121,10 +124,6 @@ class SessionPaths:
 
     def evaluations_current(self, plan: dict[str, str]) -> bool:
         """metrics.json holds exactly the severity evaluations of `plan` ({split: spec key}); False: update it."""
-        from pydantic import ValidationError
-
-        from exp3.schema import SessionMetrics
-
         try:
             return severity_changes(SessionMetrics.model_validate(_read_json(self.metrics)), plan) == ([], [])
         except ValidationError:  # not a metrics.json of this format: the session says so when it runs
