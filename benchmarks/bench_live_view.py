@@ -2,7 +2,7 @@
 
     python benchmarks/bench_live_view.py [--epochs 50]
 
-The live view (exp3.live.epoch_reporter) runs in the flow's process: every `runner.POLL_S`
+The live view (exp3.live.EpochView) runs in the flow's process: every `runner.POLL_S`
 seconds it reads the session's `train/results.csv`, and for each new epoch it logs one line,
 rewrites the epochs table artifact and updates the progress artifact through the Prefect API.
 The training runs in its own process and never waits for it. This measures, per epoch, the
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect import flow, get_run_logger, task
 
     from exp3.jobs import SessionJob
-    from exp3.live import epoch_reporter
-    from exp3.runner import _ProgressReader
+    from exp3.live import EpochView
 
     header = ["epoch", "time", "train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/precision(B)",
               "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)", "val/box_loss", "val/cls_loss",
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         job = SessionJob(model="yolov8n", suffix="S1_clean_train", seed=None, cache_key="bench",
                          config_path=str(scratch / "config.yaml"), output_root=str(scratch), epochs=args.epochs)
         job.paths.results_csv.parent.mkdir(parents=True, exist_ok=True)
-        reader = _ProgressReader(job.paths, job.epochs, epoch_reporter(job, get_run_logger()))
+        view = EpochView(job, get_run_logger())
         walls, cpus = [], []
         cpus.append(_cpu_seconds())
         for epoch in range(1, args.epochs + 1):
@@ -73,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 writer.writerow([epoch, 20.0 * epoch, 1.5, 1.2, 1.1, 0.5, 0.4, 0.3 + epoch / 1000, 0.2, 1.4, 1.3,
                                  1.2, 0.01, 0.01, 0.01])
             wall = time.perf_counter()
-            reader.poll()
+            view(False)
             walls.append(time.perf_counter() - wall)
-        assert reader.error is None, reader.error
+        assert not view.warned, "the live view warned: see the flow's log"
         return {"wall": walls, "cpu": cpus}
 
     @flow(name="bench-live-view")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
@@ -14,8 +14,9 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
-from exp3.progress import epoch_table, format_cached_line, format_done_line, format_epoch_line, format_failed_line
-from exp3.runner import ProgressUpdate, SessionError, retry_batch_for, run_session_subprocess
+from exp3.progress import (EpochProgress, epoch_progress, epoch_table, format_cached_line, format_done_line,
+                           format_epoch_line, format_failed_line, results_rows)
+from exp3.runner import SessionError, retry_batch_for, run_session_subprocess
 
 if TYPE_CHECKING:
     from exp3.report import ReportResult
@@ -48,7 +49,7 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
         return _run_via_deployment(job, retry_batch)
     start = time.perf_counter()
     try:
-        result = run_session_subprocess(job, retry_batch=retry_batch, on_progress=epoch_reporter(job, logger))
+        result = run_session_subprocess(job, retry_batch=retry_batch, on_poll=EpochView(job, logger))
     except SessionError as error:
         logger.error(format_failed_line(job.name, str(error), time.perf_counter() - start))
         raise
@@ -59,30 +60,40 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
     return result
 
 
-def epoch_reporter(job: SessionJob, logger: Any) -> Callable[[ProgressUpdate], None]:
-    """One session's live view (inside a task run): a progress artifact now, then per update a log line per new
-    epoch, the epochs table and the progress. Logs come first; a refused artifact is warned about once."""
-    artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
-                                           description=f"{job.name}: epochs done / {job.epochs}")
-    tabled, warned = False, False
+class EpochView:
+    """One session's live view in its task run, called by the runner's polls (`finished`: the session ended DONE):
+    a log line per new epoch of `train/results.csv`, the epochs table and the progress artifact. A view, never a
+    reason to stop training: its first error is warned about, and each poll tries again. The epochs a done session
+    already had (evaluations added) are not logged again."""
 
-    def _progress(update: ProgressUpdate) -> None:
-        nonlocal tabled, warned
-        for epoch in update.new_epochs:
-            logger.info(format_epoch_line(job.name, epoch))
+    def __init__(self, job: SessionJob, logger: Any) -> None:
+        self.job, self.logger, self.warned, self.done = job, logger, False, -1
+        self.logged = len(self.epochs()) if job.paths.is_done(job.cache_key) else 0
+        self.artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
+                                                    description=f"{job.name}: epochs done / {job.epochs}")
+
+    def epochs(self) -> list[EpochProgress]:
+        return epoch_progress(results_rows(self.job.paths), self.job.epochs)
+
+    def __call__(self, finished: bool) -> None:
+        job = self.job
         try:
-            if update.epochs and (update.new_epochs or not tabled):
-                create_table_artifact(key=f"epochs-{_slug(job)}", table=epoch_table(list(update.epochs)),
-                                      description=f"{job.name}: epochs so far ({len(update.epochs)}/{job.epochs})")
-                tabled = True
-            if update.total:
-                update_progress_artifact(artifact_id=artifact_id, progress=100.0 * update.done / max(update.total, 1))
-        except Exception as error:  # noqa: BLE001 - artifacts are a view: the next update tries again
-            if not warned:
-                logger.warning(f"{job.name}: progress artifacts not updated ({type(error).__name__}: {error})")
-                warned = True
-
-    return _progress
+            epochs = self.epochs()
+            done, new = job.epochs if finished else len(epochs), epochs[self.logged:]
+            for epoch in new:
+                self.logger.info(format_epoch_line(job.name, epoch))
+            self.logged = len(epochs)
+            if epochs and (new or self.done < 0):
+                create_table_artifact(key=f"epochs-{_slug(job)}", table=epoch_table(epochs),
+                                      description=f"{job.name}: epochs so far ({len(epochs)}/{job.epochs})")
+            if done != self.done:
+                update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * done / max(job.epochs, 1))
+                self.done = done
+        except Exception as error:  # noqa: BLE001 - see the class docstring
+            if not self.warned:
+                self.logger.warning(f"{job.name}: live view not updated ({type(error).__name__}: {error})"
+                                    .splitlines()[0])
+                self.warned = True
 
 
 def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResult:
@@ -90,8 +101,8 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(name=job.deployment, timeout=None, flow_run_name=job.name,
-                              parameters={"config_file": job.config_path, "model": job.model, "suffix": job.suffix,
-                                          "seed": job.seed, "cache_key": job.cache_key, "retry_batch": retry_batch})
+                              parameters={"job": job.model_copy(update={"deployment": None}).model_dump(mode="json"),
+                                          "retry_batch": retry_batch})
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}")

@@ -3,8 +3,7 @@
 The flow prepares the data once per run (`prepare_data`) and hands the resulting `PreparedData`
 to every session (`--prepared`); a session trusts it only while `prepared_is_current` and
 `prepared_mismatch` find nothing wrong, and otherwise prepares the data itself. Every step is
-idempotent and verified, so preparing again costs a check, not a rebuild. `session_key` is the
-key a session's results are filed under, computed from the same data and weights.
+idempotent and verified, so preparing again costs a check, not a rebuild.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from pathlib import Path
 from exp3.config import ExperimentConfig
 from exp3.dataset import AuditedData, audit_once
 from exp3.fileio import sha256_file
-from exp3.identity import session_inputs
 from exp3.schema import PreparedData, SeveritySuite
-from exp3.sessions import Session
 from exp3.weights import ResolvedWeights, resolve_weights
 
 
@@ -127,12 +124,3 @@ def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str |
         return f"its severity suites are not the config's levels ({', '.join(plan) or 'none'})"
     return None
 
-
-def session_key(config: ExperimentConfig, session: Session, output_root: Path) -> str:
-    """The cache key of `session` (prepares and verifies the data, resolves the weights)."""
-    from exp3.offline import apply_offline_environment
-
-    apply_offline_environment(output_root)
-    weights = resolve_model_weights(config, session.model)
-    prepared = prepare_data(config, output_root)
-    return session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256).key

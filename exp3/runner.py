@@ -1,5 +1,5 @@
 """Run one session for the flow: a fresh `python -m exp3.session` pinned to its slot's GPU, dying with the flow's
-process, logging to `<session>/logs/session.log`, reporting new epochs. No Prefect: exp3.live adds the view."""
+process, logging to `<session>/logs/session.log`, polled for progress. No Prefect: exp3.live adds the view."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from exp3.jobs import SessionJob, SessionResult
-from exp3.layout import SessionPaths, SessionState
+from exp3.layout import SessionState
 from exp3.offline import ultralytics_environment
 from exp3.parallel import die_with_parent
-from exp3.progress import EpochProgress, epoch_progress, results_rows
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -29,43 +27,6 @@ class SessionError(RuntimeError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    """What `on_progress` receives: epochs done of `total`, the epochs new since the last call, all so far."""
-
-    done: int
-    total: int | None
-    new_epochs: tuple[EpochProgress, ...]
-    epochs: tuple[EpochProgress, ...]
-
-
-class _ProgressReader:
-    """Calls `on_progress` when `train/results.csv` has something new. A view, never a reason to stop training:
-    its first error (a broken CSV, the callback's) ends reporting and is kept in `error` for the session log."""
-
-    def __init__(self, paths: SessionPaths, total: int | None,
-                 on_progress: Callable[[ProgressUpdate], None] | None) -> None:
-        self.paths, self.total, self.on_progress = paths, total, on_progress
-        self.reported_done, self.reported_epochs = -1, 0
-        self.error: str | None = None
-
-    def poll(self, finished: bool = False, replay: bool = True) -> None:
-        """Report new epochs; `finished` reports done = total; `replay=False` passes the epochs on disk as seen."""
-        if self.on_progress is None:
-            return
-        try:
-            epochs = tuple(epoch_progress(results_rows(self.paths), self.total))
-            done = self.total if finished and self.total else len(epochs)
-            new = epochs[self.reported_epochs:] if replay else ()
-            if done == self.reported_done and not new:
-                return
-            self.on_progress(ProgressUpdate(done, self.total, new, epochs))
-            self.reported_done, self.reported_epochs = done, len(epochs)
-        except Exception as error:  # noqa: BLE001 - see the class docstring
-            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
-            self.on_progress = None
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -122,18 +83,15 @@ def start_session_process(arguments: list[str], env: dict[str, str], log: Binary
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
-                           on_progress: Callable[[ProgressUpdate], None] | None = None) -> SessionResult:
+                           on_poll: Callable[[bool], None] = lambda finished: None) -> SessionResult:
     """Run the session CLI for a job that is not `is_current`; raise `SessionError` (transient if out of memory).
-    A folder made under other inputs is first moved aside; a done session short of evaluations only evaluates (its
-    epochs are not replayed). `on_progress` hears new epochs every `POLL_S` s and once after the process ends."""
+    A folder made under other inputs is first moved aside. `on_poll(finished)` is called every `POLL_S` s while
+    the process runs and once after it ends (`finished`: it ended DONE): it reads the epochs (exp3.live)."""
     paths, cache_key = job.paths, job.cache_key
-    progress = _ProgressReader(paths, job.epochs, on_progress)
     moved = None
     if paths.state(cache_key) == SessionState.STALE:
         with paths.session_lock("exp3 flow"):
             moved = paths.move_aside() if paths.state(cache_key) == SessionState.STALE else None
-    if paths.is_done(cache_key):
-        progress.poll(replay=False)
     paths.logs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(paths.logs / "session.log", "ab") as log:
@@ -145,12 +103,10 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
             try:
                 process.wait(timeout=POLL_S)  # returns the moment the session ends
             except subprocess.TimeoutExpired:
-                progress.poll()
+                on_poll(False)
         wall = round(time.perf_counter() - start, 2)
         finished = process.returncode == 0 and paths.is_done(cache_key)
-        progress.poll(finished=finished)
-        if progress.error:
-            log.write(f"==== progress reporting stopped: {progress.error} ====\n".encode())
+        on_poll(finished)
         log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
     if finished:
         return SessionResult(session=job.name, status=SessionState.DONE, cache_key=cache_key, wall_s=wall,

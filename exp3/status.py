@@ -106,15 +106,19 @@ def stamped_block(root: Path, note: str, live: bool) -> str:
     return f"{block}\n[{time.strftime('%H:%M:%S')}] {note}"
 
 
-def watch(root: Path, interval_s: float, clear: bool) -> None:
-    """Print the block every `interval_s` while a run holds `root`, then a final one."""
+def watch(root: Path, interval_s: float, show: Callable[[str], None], process: subprocess.Popen | None = None) -> None:
+    """`show` the block every `interval_s` while `process` runs (None: while a run holds `root`), then a final one."""
     while True:
         live = RootLock(root).is_live()
-        note = f"refreshing every {interval_s:g} s (Ctrl-C to stop)" if live else "final"
-        print(f"{CLEAR_SCREEN if clear else ''}{stamped_block(root, note, live)}\n", flush=True)
-        if not live:
-            return
-        time.sleep(interval_s)
+        if not (live if process is None else process.poll() is None):
+            ended = "" if process is None else f": the flow exited with code {process.returncode}"
+            return show(stamped_block(root, f"final{ended}", live))
+        show(stamped_block(root, f"refreshing every {interval_s:g} s (Ctrl-C to stop)", live))
+        if process is None:
+            time.sleep(interval_s)
+        else:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=interval_s)
 
 
 def _notebook_display() -> Callable[[str], None] | None:
@@ -132,27 +136,19 @@ def _notebook_display() -> Callable[[str], None] | None:
 
 def run_and_watch(command: Sequence[str], root: str | Path, log_path: str | Path, interval_s: float = 30.0,
                   show: Callable[[str], None] | None = None) -> int:
-    """Run `command` (a flow) with its output appended to `log_path`; `show` (default: one notebook output
-    updated in place, else print) the grid of `root` every `interval_s` and at the end; return its exit code.
-    Ctrl-C (the notebook's stop button) stops the flow, which is crash-safe: running it again resumes."""
-    root, log_path = Path(root), Path(log_path)
-    show = show or _notebook_display() or (lambda text: print(text, flush=True))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    """Run `command` (a flow), its output appended to `log_path`, and `watch` its root (`show`: default one notebook
+    output updated in place, else print); return its exit code. Ctrl-C (the notebook's stop button) stops the
+    flow, which is crash-safe: running it again resumes."""
+    display = show or _notebook_display() or (lambda text: print(text, flush=True))
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT)
-        code: int | None = None
-        try:
-            while code is None:
-                show(stamped_block(root, f"running; refreshing every {interval_s:g} s; log: {log_path}",
-                                   RootLock(root).is_live()))
-                with suppress(subprocess.TimeoutExpired):
-                    code = process.wait(timeout=interval_s)
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            raise
-    show(stamped_block(root, f"the flow exited with code {process.returncode}; log: {log_path}",
-                       RootLock(root).is_live()))
+    try:
+        watch(Path(root), interval_s, lambda text: display(f"{text}; log: {log_path}"), process)
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
     return process.returncode
 
 
@@ -168,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--interval must be positive, got {args.interval:g}")
     try:
         if args.watch:
-            watch(args.root, args.interval, clear=sys.stdout.isatty())
+            clear = CLEAR_SCREEN if sys.stdout.isatty() else ""
+            watch(args.root, args.interval, lambda text: print(f"{clear}{text}\n", flush=True))
         else:
             print(render(args.root, RootLock(args.root).is_live()))
     except ConfigError as error:

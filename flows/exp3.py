@@ -32,13 +32,12 @@ from exp3.config import ExperimentConfig, load_config, resolve_output_root, writ
 from exp3.dataset import AuditedData  # noqa: E402
 from exp3.grid import select_sessions, write_plan  # noqa: E402
 from exp3.identity import session_inputs  # noqa: E402
-from exp3.jobs import SessionJob, SessionResult, done_result, plan_jobs, run_on_slots, session_slots  # noqa: E402
+from exp3.jobs import SessionJob, SessionResult, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.layout import SessionState  # noqa: E402
 from exp3.live import announce, publish_report, run_job  # noqa: E402
 from exp3.runlock import RootLock  # noqa: E402
 from exp3.runner import retry_if_transient  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
-from exp3.sessions import Session  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the slots (`gpus`, `parallel_sessions`)
 
@@ -136,23 +135,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
 
 
 @flow(name="exp3-session", log_prints=True)
-def exp3_session_flow(config_file: str, model: str, suffix: str, seed: int | None = None,
-                      cache_key: str | None = None, retry_batch: int | None = None) -> SessionResult:
-    """One session as its own flow run (the per-session deployment the parent flow fans out to).
-
-    The GPU is the worker's: start one worker per GPU with CUDA_VISIBLE_DEVICES set. Without
-    `cache_key` (a run started by hand) the key is computed here from the prepared inputs.
-    """
-    from exp3.prepare import session_key
-
-    config = load_config(config_file)
-    config = config.model_copy(update={"output_root": resolve_output_root(config)})
-    session = Session(model, suffix, seed)
-    key = cache_key or session_key(config, session, config.output_root)
-    job = plan_jobs(config, [session], keys={session.name: key}, config_path=config_file)[0]
-    if (done := done_result(job)) is not None:
-        announce(job, done)
-        return done
+def exp3_session_flow(job: SessionJob, retry_batch: int | None = None) -> SessionResult:
+    """One session as a flow run of the per-session deployment the parent fans out to, with the `job` it planned.
+    The GPU is the worker's: start one worker per GPU with CUDA_VISIBLE_DEVICES set."""
     return run_job(job, retry_batch=retry_batch)
 
 

@@ -30,49 +30,86 @@ def test_half_batch_retry_after_an_out_of_memory_failure(tmp_path: Path) -> None
     assert retry_batch_for(job.model_copy(update={"oom_halve_batch": False}), 2) is None
 
 
-def test_progress_reader_reports_new_epochs_once(tmp_path: Path) -> None:
-    """The runner's polling: each epoch is new exactly once; the end reports done = total."""
-    from exp3.layout import SessionPaths
-    from exp3.runner import ProgressUpdate, _ProgressReader
+class _Recorder:
+    """A logger and Prefect's artifact calls, recorded (the real ones are checked in test_flow's live view test)."""
 
-    paths = SessionPaths(tmp_path / "m" / "m__S1_clean_train")
-    updates: list[ProgressUpdate] = []
-    reader = _ProgressReader(paths, 3, updates.append)
-    reader.poll()
-    assert updates == [ProgressUpdate(0, 3, (), ())]  # nothing yet: 0 %
-    paths.run_dir.mkdir(parents=True)
-    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
-    reader.poll()
-    reader.poll()  # nothing new: no call
-    with paths.results_csv.open("a") as handle:
+    def __init__(self, monkeypatch, fail_artifacts: bool = False) -> None:
+        import exp3.live
+
+        self.lines: list[tuple[str, str]] = []
+        self.tables: list[list[int]] = []
+        self.progress: list[float] = []
+
+        def table(key: str, table: list, description: str) -> None:
+            if fail_artifacts:
+                raise ConnectionError("API down\nmore")
+            self.tables.append([row["epoch"] for row in table])
+
+        monkeypatch.setattr(exp3.live, "create_progress_artifact", lambda **kwargs: "artifact-id")
+        monkeypatch.setattr(exp3.live, "create_table_artifact", table)
+        monkeypatch.setattr(exp3.live, "update_progress_artifact",
+                            lambda artifact_id, progress: self.progress.append(progress))
+
+    def info(self, line: str) -> None:
+        self.lines.append(("info", line))
+
+    def warning(self, line: str) -> None:
+        self.lines.append(("warning", line))
+
+
+def _job(root: Path, suffix: str = "S1_clean_train", epochs: int = 3) -> SessionJob:
+    return SessionJob(model="m", suffix=suffix, cache_key="k", config_path="c", output_root=str(root), epochs=epochs)
+
+
+def test_the_live_view_logs_each_new_epoch_once(tmp_path: Path, monkeypatch) -> None:
+    """The runner's polls: each epoch is logged exactly once; the end reports 100 %."""
+    from exp3.live import EpochView
+
+    record, job = _Recorder(monkeypatch), _job(tmp_path)
+    view = EpochView(job, record)
+    view(False)
+    assert record.lines == [] and record.tables == [] and record.progress == [0.0]  # nothing yet: 0 %
+    job.paths.run_dir.mkdir(parents=True)
+    job.paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
+    view(False)
+    view(False)  # nothing new: nothing logged or updated
+    with job.paths.results_csv.open("a") as handle:
         handle.write("2,20,2.0,0.2\n")
-    reader.poll(finished=True)
-    assert [(u.done, [e.epoch for e in u.new_epochs], len(u.epochs)) for u in updates[1:]] == [
-        (1, [1], 1), (3, [2], 2)]
-
-    def broken(update: ProgressUpdate) -> None:
-        raise ConnectionError("API down\nmore")
-
-    failing = _ProgressReader(paths, 3, broken)
-    failing.poll()  # a failing callback never stops the session: reporting stops, the error is kept
-    assert failing.error == "ConnectionError: API down" and failing.on_progress is None
+    view(True)
+    assert [line.split(" box_loss")[0] for _, line in record.lines] == ["m__S1_clean_train: epoch 1/3",
+                                                                       "m__S1_clean_train: epoch 2/3"]
+    assert record.tables == [[1], [1, 2]] and record.progress == [0.0, 100 / 3, 100.0]
 
 
-def test_a_session_that_ends_between_two_polls_still_reports_its_epoch(tmp_path: Path) -> None:
+def test_a_failing_artifact_call_is_warned_once_and_never_stops_the_epoch_lines(tmp_path: Path, monkeypatch) -> None:
+    from exp3.live import EpochView
+
+    record, job = _Recorder(monkeypatch, fail_artifacts=True), _job(tmp_path)
+    view = EpochView(job, record)
+    job.paths.run_dir.mkdir(parents=True)
+    job.paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
+    view(False)
+    with job.paths.results_csv.open("a") as handle:
+        handle.write("2,20,2.0,0.2\n")
+    view(False)
+    assert [kind for kind, _ in record.lines] == ["info", "warning", "info"]
+    assert record.lines[1][1] == "m__S1_clean_train: live view not updated (ConnectionError: API down"
+
+
+def test_a_session_that_ends_between_two_polls_still_reports_its_epoch(tmp_path: Path, monkeypatch) -> None:
     """Issue 24 item 7: a 1-epoch session whose results.csv appears after the last poll: the read at its end
-    reports the epoch, once."""
-    from exp3.layout import SessionPaths
-    from exp3.runner import ProgressUpdate, _ProgressReader
+    logs the epoch, once."""
+    from exp3.live import EpochView
 
-    paths = SessionPaths(tmp_path / "m" / "m__S3_mask_backbone_early")
-    updates: list[ProgressUpdate] = []
-    reader = _ProgressReader(paths, 1, updates.append)
-    reader.poll()  # during the run: nothing on disk yet
-    paths.run_dir.mkdir(parents=True)
-    paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
-    reader.poll(finished=True)  # the read when the process has ended
-    reader.poll(finished=True)
-    assert [[e.epoch for e in u.new_epochs] for u in updates] == [[], [1]] and updates[-1].done == 1
+    record, job = _Recorder(monkeypatch), _job(tmp_path, "S3_mask_backbone_early", epochs=1)
+    view = EpochView(job, record)
+    view(False)  # during the run: nothing on disk yet
+    job.paths.run_dir.mkdir(parents=True)
+    job.paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n")
+    view(True)  # the read when the process has ended
+    view(True)
+    assert [line.split(" box_loss")[0] for _, line in record.lines] == ["m__S3_mask_backbone_early: epoch 1/1"]
+    assert record.progress == [0.0, 100.0]
 
 
 def _done_session_with_two_epochs(root: Path) -> None:
@@ -98,22 +135,22 @@ def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> No
     assert exit_reason(3) == "session exited with code 3"
 
 
-def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path) -> None:
+def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path, monkeypatch) -> None:
     """A done session short of a configured severity level runs the session CLI to evaluate it, without
     training: the live view must not log its old epochs as if it were training (seen on the pilot)."""
     import pytest
 
-    from exp3.runner import ProgressUpdate, SessionError, run_session_subprocess
+    from exp3.live import EpochView
+    from exp3.runner import SessionError, run_session_subprocess
 
     _done_session_with_two_epochs(tmp_path)
-    updates: list[ProgressUpdate] = []
+    record = _Recorder(monkeypatch)
     job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "missing.yaml"),
                      output_root=str(tmp_path), epochs=2, evaluations={"test_occ_sev1": "spec"})
     assert not job.is_current
     with pytest.raises(SessionError):  # the CLI refuses the missing config: the subprocess did run
-        run_session_subprocess(job, on_progress=updates.append)
-    assert updates and all(update.new_epochs == () for update in updates)
-    assert updates[0].done == 2
+        run_session_subprocess(job, on_poll=EpochView(job, record))
+    assert record.lines == [] and record.progress == [100.0]  # its 2 epochs: done, none logged again
 
 
 def _child_outlives_a_kill_9_of_its_parent(parent_script: str) -> bool:

@@ -18,7 +18,8 @@ from exp3.config import load_config
 from exp3.fileio import sha256_file
 from exp3.layout import SessionPaths
 from exp3.layout import DONE_MARKER, FAILED_MARKER
-from exp3.prepare import session_key
+from exp3.identity import session_inputs
+from exp3.prepare import prepare_data, resolve_model_weights
 from exp3.schema import SessionMetrics
 from exp3.session import SessionFailed, run_session
 from exp3.sessions import Session
@@ -280,7 +281,9 @@ def test_truncated_last_pt_is_quarantined_and_training_recovers(tmp_path: Path) 
     folder = output / "yolov8n" / "yolov8n__S1_clean_train"
     weights = folder / "train" / "weights"
     weights.mkdir(parents=True)
-    key = session_key(config, Session("yolov8n", "S1_clean_train"), output)
+    prepared = prepare_data(config, output)
+    key = session_inputs(config, Session("yolov8n", "S1_clean_train"), prepared.dataset_fingerprint,
+                         prepared.suite_id, resolve_model_weights(config, "yolov8n").sha256).key
     SessionPaths(folder).write_inputs({}, key)  # the same inputs: resumable, so the corrupt file is met
     (weights / "last.pt").write_bytes(b"PK\x03\x04 truncated by a power cut")
     metrics = run_session(config, Session("yolov8n", "S1_clean_train"), output)

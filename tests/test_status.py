@@ -83,8 +83,8 @@ def test_run_and_watch_shows_the_grid_while_a_command_runs_and_returns_its_code(
     code = run_and_watch([sys.executable, "-c", script], root, log, interval_s=0.3, show=shown.append)
     assert code == 3
     assert len(shown) >= 3
-    assert "not created yet" in shown[0] and "running; refreshing every 0.3 s" in shown[0]
-    assert "the flow exited with code 3" in shown[-1] and "no live run" in shown[-1]
+    assert "not created yet" in shown[0] and "refreshing every 0.3 s" in shown[0] and str(log) in shown[0]
+    assert "final: the flow exited with code 3" in shown[-1] and "no live run" in shown[-1]
     assert "hello" in log.read_text()
 
 
