@@ -23,15 +23,10 @@ PILOT_CONFIG = REPO / "configs" / "pilot.yaml"
 PILOT_GPU_CONFIG = REPO / "configs" / "pilot-gpu.yaml"
 DEFAULT_CONFIG = REPO / "configs" / "exp3.yaml"
 SANITY_SESSIONS = ("S1_clean_train", "S3_mask_backbone_early")
-SANITY_ROOT = "runs/exp3-sanity"
 
 
-def pilot_config_path(cuda_available: bool | None = None) -> Path:
+def pilot_config_path(cuda_available: bool) -> Path:
     """configs/pilot-gpu.yaml where CUDA is available (both real models), else configs/pilot.yaml (yolov8n, CPU)."""
-    if cuda_available is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
     return PILOT_GPU_CONFIG if cuda_available else PILOT_CONFIG
 
 
@@ -51,11 +46,13 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     if sum((args.config is not None, args.smoke or args.sanity, args.pilot)) > 1:
         parser.error("--config, --smoke/--sanity and --pilot each choose the config: pass one of them")
     if args.pilot:
-        path = pilot_config_path()
+        import torch
+
+        path = pilot_config_path(torch.cuda.is_available())
         print(f"exp3 pilot: {path.relative_to(REPO)}", file=sys.stderr)
     else:
         path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or DEFAULT_CONFIG)
-    overrides = list(args.overrides) + ([f"output_root={SANITY_ROOT}"] if args.sanity else [])
+    overrides = list(args.overrides) + (["output_root=runs/exp3-sanity"] if args.sanity else [])
     return load_config(path, overrides), args
 
 
@@ -125,7 +122,7 @@ def sanity(config: ExperimentConfig, flow: Callable[..., Any]) -> int:
     """Run 1 model x 2 sessions twice; PASS (0) if the second run found both done (cached: no task ran)."""
     model = next(iter(config.models))
     runs = [flow(config=config, models=[model], sessions=list(SANITY_SESSIONS)) for _ in range(2)]
-    print(json.dumps([{name: result.model_dump(mode="json") for name, result in run.items()} for run in runs], indent=2))
+    print(json.dumps([{name: res.model_dump(mode="json") for name, res in run.items()} for run in runs], indent=2))
     skipped = all(result.status == SessionState.CACHED for result in runs[1].values())
     print(f"sanity {'PASS' if skipped else 'FAIL'}: the second run {'skipped' if skipped else 'did NOT skip'} "
           f"{', '.join(runs[1])}")

@@ -1,8 +1,6 @@
-"""A flow run's process environment, set before `import prefect` (Prefect reads it at import): PREFECT_HOME in
-the output root (the run's database and logs live with its results), a generous ephemeral-server start-up
-time, no telemetry, Ultralytics offline. Settings already in the environment (a user's PREFECT_API_URL or
-PREFECT_HOME) win. The ephemeral API servers a `kill -9` of an earlier run left behind are ended here.
-"""
+"""A flow run's process environment, set before `import prefect` reads it: PREFECT_HOME in the output root (the
+run's database beside its results), a generous server start-up time, no telemetry, Ultralytics offline; a user's
+own settings win. Also ends the ephemeral API servers a `kill -9` of an earlier run left behind."""
 
 from __future__ import annotations
 
@@ -28,11 +26,8 @@ def configure_flow_environment(output_root: Path) -> list[int]:
 
 
 def reap_orphaned_prefect_servers(prefect_home: Path) -> list[int]:
-    """SIGTERM orphaned (parent = init) ephemeral Prefect API servers whose PREFECT_HOME is ours; return pids.
-
-    Prefect starts that server and it does not die with a killed flow. A UI server the user started
-    with the same PREFECT_HOME, even daemonised, is left alone.
-    """
+    """SIGTERM orphaned (parent = init) ephemeral Prefect API servers whose PREFECT_HOME is ours (they outlive a
+    killed flow); return their pids. A UI server the user started with this PREFECT_HOME is left alone."""
     import psutil
 
     reaped: list[int] = []

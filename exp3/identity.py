@@ -1,10 +1,6 @@
-"""What a session's result depends on (`SessionInputs`), and the cache key that names it.
-
-A finished session is trusted only for the inputs that produced it: the key is stored in `inputs.json`
-(before training), DONE and metrics.json, and any difference makes the folder stale (exp3.layout).
-Not in the key: severity levels (evaluations added later from the checkpoint, exp3.splits), where and
-how fast it runs (device, workers, slots, failure policy, output root) and an out-of-memory retry's batch.
-"""
+"""What a session's result depends on (`SessionInputs`) and its cache key, kept in inputs.json, DONE and metrics.json:
+any difference makes the folder stale. Not in it: severity levels (added later from the checkpoint), where and how
+fast it runs (device, workers, slots, failure policy, output root) and an out-of-memory retry's batch."""
 
 from __future__ import annotations
 

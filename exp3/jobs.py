@@ -32,24 +32,15 @@ class SessionJob(BaseModel):
     epochs: int
     batch: int | None = None  # the configured batch (an out-of-memory retry halves it when `oom_halve_batch`)
     oom_halve_batch: bool = True
-    retries: int = 0
     rerun_failed: bool = False  # run it even if it FAILED in an earlier run (`--rerun-failed`)
     gpu: int | None = None  # the GPU of the slot it got when it started, pinned with CUDA_VISIBLE_DEVICES
     deployment: str | None = None  # run as a flow run of this deployment (fan-out), not a local subprocess
     prepared: PreparedData | None = None  # what the flow prepared (data yaml, fingerprint, suites)
     evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`exp3.splits.evaluation_plan`)
 
-    @property
-    def session(self) -> Session:
-        return Session(self.model, self.suffix, self.seed)
-
-    @property
-    def name(self) -> str:
-        return self.session.name
-
-    @property
-    def paths(self) -> SessionPaths:
-        return SessionPaths.of(self.output_root, self.session)
+    session = property(lambda self: Session(self.model, self.suffix, self.seed))
+    name = property(lambda self: self.session.name)
+    paths = property(lambda self: SessionPaths.of(self.output_root, self.session))
 
     @property
     def is_current(self) -> bool:
@@ -103,7 +94,7 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mappin
     return [SessionJob(model=session.model, suffix=session.suffix, seed=session.seed, cache_key=keys[session.name],
                        config_path=str(config_path), output_root=str(config.output_root),
                        epochs=config.models[session.model].epochs, batch=config.train.batch,
-                       oom_halve_batch=config.failure.oom_halve_batch, retries=config.failure.retries,
+                       oom_halve_batch=config.failure.oom_halve_batch,
                        rerun_failed=rerun_failed, deployment=deployment, prepared=prepared, evaluations=evaluations)
             for session in grid]
 

@@ -59,46 +59,20 @@ class SessionPaths:
 
     folder: Path
 
-    @property
-    def done_marker(self) -> Path:
-        return self.folder / DONE_MARKER
-
-    @property
-    def failed_marker(self) -> Path:
-        return self.folder / FAILED_MARKER
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.json"
-
-    @property
-    def inputs(self) -> Path:
-        return self.folder / "inputs.json"
-
-    @property
-    def logs(self) -> Path:
-        return self.folder / "logs"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.folder / TRAIN_RUN_NAME
-
-    @property
-    def results_csv(self) -> Path:
-        """Ultralytics' per-epoch log: a row per finished epoch."""
-        return self.folder / TRAIN_RUN_NAME / "results.csv"
-
-    @property
-    def last_pt(self) -> Path:
-        return self.folder / TRAIN_RUN_NAME / "weights" / "last.pt"
+    # the folder's files (docs/layout.md); the lock lives outside it: the folder can be moved aside while held
+    done_marker = property(lambda self: self.folder / DONE_MARKER)
+    failed_marker = property(lambda self: self.folder / FAILED_MARKER)
+    metrics = property(lambda self: self.folder / "metrics.json")
+    inputs = property(lambda self: self.folder / "inputs.json")
+    logs = property(lambda self: self.folder / "logs")
+    run_dir = property(lambda self: self.folder / TRAIN_RUN_NAME)
+    results_csv = property(lambda self: self.folder / TRAIN_RUN_NAME / "results.csv")  # a row per finished epoch
+    last_pt = property(lambda self: self.folder / TRAIN_RUN_NAME / "weights" / "last.pt")
+    lock = property(lambda self: self.folder.parent / f".{self.folder.name}.lock")
 
     @classmethod
     def of(cls, output_root: str | os.PathLike[str], session: Session) -> "SessionPaths":
         return cls(Path(output_root) / session.model / session.name)
-
-    @property
-    def lock(self) -> Path:
-        return self.folder.parent / f".{self.folder.name}.lock"
 
     def session_lock(self, command: str) -> SessionLock:
         """One process per session folder at a time."""

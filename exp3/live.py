@@ -14,8 +14,8 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
-from exp3.progress import (EpochProgress, epoch_progress, epoch_table, format_cached_line, format_done_line,
-                           format_epoch_line, format_failed_line, results_rows)
+from exp3.progress import (EpochProgress, epoch_progress, epoch_table, format_epoch_line, format_failed_line,
+                           format_result, format_seconds, results_rows)
 from exp3.runner import SessionError, retry_batch_for, run_session_subprocess
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def announce(job: SessionJob, result: SessionResult) -> None:
         return
     create_progress_artifact(progress=100.0, key=f"progress-{_slug(job)}",
                              description=f"{job.name}: epochs done / {job.epochs} (already done under this key)")
-    get_run_logger().info(format_cached_line(job.name, job.paths))
+    get_run_logger().info(f"{job.name}: already done under this key (cached), {format_result(job.paths)}")
 
 
 def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -> SessionResult:
@@ -56,15 +56,14 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
     if result.moved_aside:
         logger.warning(f"{job.name}: results made under other inputs moved aside to "
                        f"{result.moved_aside}; trained again from scratch")
-    logger.info(format_done_line(job.name, job.paths, result.wall_s))
+    logger.info(f"DONE {job.name}: {format_result(job.paths)}, wall {format_seconds(result.wall_s)}")
     return result
 
 
 class EpochView:
-    """One session's live view in its task run, called by the runner's polls (`finished`: the session ended DONE):
-    a log line per new epoch of `train/results.csv`, the epochs table and the progress artifact. A view, never a
-    reason to stop training: its first error is warned about, and each poll tries again. The epochs a done session
-    already had (evaluations added) are not logged again."""
+    """One session's live view, called by the runner's polls (`finished`: it ended DONE): a log line per new epoch of
+    results.csv (not those a done session had: it only evaluates), the epochs table and the progress artifact. Never
+    a reason to stop training: its first error is warned about, and each poll tries again."""
 
     def __init__(self, job: SessionJob, logger: Any) -> None:
         self.job, self.logger, self.warned, self.done = job, logger, False, -1

@@ -1,9 +1,6 @@
-"""Keep Ultralytics offline and its settings inside exp3's output root.
-
-At import Ultralytics writes `settings.json` under `YOLO_CONFIG_DIR`, checks for updates, installs
-packages and fetches a plot font: none of that may happen on an air-gapped GPU box. Every training or
-evaluation process therefore calls `apply_offline_environment(root)` before `import ultralytics`.
-"""
+"""Keep Ultralytics offline and its settings in exp3's output root: at import it writes settings, checks for
+updates, installs packages and fetches a font, none of which may happen on an air-gapped GPU box. Every training
+or evaluation process calls `apply_offline_environment(root)` before `import ultralytics`."""
 
 from __future__ import annotations
 

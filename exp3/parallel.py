@@ -24,12 +24,8 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
 
 
 def die_with_parent(parent: int | None = None) -> None:
-    """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux; no-op elsewhere).
-
-    A `kill -9` of the flow then also ends its sessions, so a re-run never finds an orphan still writing
-    into the session it resumes. With `parent` (the pid that forked this child), a parent that died
-    before the request took effect also ends the child.
-    """
+    """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux), so a re-run after a `kill -9`
+    never meets an orphan still writing into a session. `parent` (the forking pid): one already dead ends it too."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         if parent is not None and os.getppid() != parent:

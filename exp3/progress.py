@@ -1,5 +1,5 @@
-"""A session's epochs from Ultralytics' `train/results.csv`, and the one-line summaries the flow logs per epoch
-and per finished session. Pure functions on files (no Prefect), shared by the flow and `exp3.status`."""
+"""A session's epochs from Ultralytics' `train/results.csv`, and the one-line summaries the flow logs of an epoch,
+a result and an error. Pure functions on files (no Prefect), shared by the flow and `exp3.status`."""
 
 from __future__ import annotations
 
@@ -109,15 +109,7 @@ def format_result(paths: SessionPaths) -> str:
             f", mAP50 clean {format_value(clean.map50)} / occluded {format_value(occ.map50)}")
 
 
-def format_done_line(session: str, paths: SessionPaths, wall_s: float) -> str:
-    return f"DONE {session}: {format_result(paths)}, wall {format_seconds(wall_s)}"
-
-
 def format_failed_line(session: str, error: str, wall_s: float) -> str:
     """The session's one-line error (SessionError messages start with the session's name: said once)."""
     first = (error.strip().splitlines() or ["unknown error"])[0].removeprefix(f"{session}: ")
     return f"FAILED {session}: {first} (after {format_seconds(wall_s)})"
-
-
-def format_cached_line(session: str, paths: SessionPaths) -> str:
-    return f"{session}: already done under this key (cached), {format_result(paths)}"

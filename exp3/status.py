@@ -22,9 +22,6 @@ from exp3.runlock import RootLock
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SUFFIXES, Session
 
-CLEAR_SCREEN = "\033[2J\033[H"
-
-
 @dataclass(frozen=True)
 class SessionStatus:
     """What the files on disk say about one session."""
@@ -82,8 +79,8 @@ def format_matrix(rows: list[SessionStatus]) -> str:
 
 
 def render(root: Path, live: bool) -> str:
-    """The status block of `root` (title line + matrix; `live`: a run holds the root). The grid is the root's `config_resolved.yaml`, else every
-    session of the model folders found."""
+    """The title line (`live`: a run holds `root`) and the matrix of the grid in `config_resolved.yaml`, else of
+    every session of the model folders found."""
     if (root / "config_resolved.yaml").is_file():
         config = load_config(root / "config_resolved.yaml")
         sessions = [Session(model, suffix) for model in config.models for suffix in config.sessions]
@@ -123,15 +120,14 @@ def watch(root: Path, interval_s: float, show: Callable[[str], None], process: s
 
 def _notebook_display() -> Callable[[str], None] | None:
     """One notebook output area that each call replaces, or None outside a notebook."""
-    try:
+    with suppress(ImportError):
         from IPython import get_ipython
         from IPython.display import Pretty, display
-    except ImportError:
-        return None
-    if get_ipython() is None:
-        return None
-    handle = display(Pretty(""), display_id=True)
-    return lambda text: handle.update(Pretty(text))
+
+        if get_ipython() is not None:
+            handle = display(Pretty(""), display_id=True)
+            return lambda text: handle.update(Pretty(text))
+    return None
 
 
 def run_and_watch(command: Sequence[str], root: str | Path, log_path: str | Path, interval_s: float = 30.0,
@@ -164,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--interval must be positive, got {args.interval:g}")
     try:
         if args.watch:
-            clear = CLEAR_SCREEN if sys.stdout.isatty() else ""
+            clear = "\033[2J\033[H" if sys.stdout.isatty() else ""  # a terminal: clear it, cursor home
             watch(args.root, args.interval, lambda text: print(f"{clear}{text}\n", flush=True))
         else:
             print(render(args.root, RootLock(args.root).is_live()))

@@ -1,11 +1,7 @@
 """exp3 as a Prefect flow: audit -> prepare -> each session on the first free slot -> report.
-
-    python flows/exp3.py --smoke           # all 12 sessions, 1 epoch; --help and exp3/cli.py for the rest
-
-A session is done when its folder says so (`SessionPaths.state(key)`), and then takes no slot. Run the
-same command after a crash, a reboot or a `kill -9`: finished sessions are skipped, an interrupted one
-resumes from its own last.pt. Each task calls one library function.
-"""
+`python flows/exp3.py --smoke` runs all 12 sessions for 1 epoch (`--help`, exp3/cli.py). A session its folder
+calls done (`SessionPaths.state(key)`) takes no slot: after a crash or a `kill -9`, the same command skips the
+finished sessions and resumes an interrupted one from its own last.pt. Each task calls one library function."""
 
 from __future__ import annotations
 
@@ -25,7 +21,6 @@ if __name__ == "__main__":  # parse the command line and set the environment bef
     CONFIG, ARGS = start(sys.argv[1:])
 
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
@@ -44,8 +39,7 @@ MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the s
 
 @task(name="audit-dataset")
 def audit_task(config: ExperimentConfig) -> AuditedData:
-    """The data.yaml (the embedded dataset is generated on first use) and its fingerprint, audited once
-    per content; a dataset with blocking problems fails the flow before anything is built from it."""
+    """The data.yaml and its fingerprint, audited once per content: blocking problems fail the flow here."""
     from exp3.dataset import audit_once
     from exp3.prepare import dataset_yaml
 
@@ -62,24 +56,18 @@ def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[st
 
 @task(name="prepare-data")
 def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData:
-    """Occlusion suites and S2 train set of the audited dataset (not hashed again): built once, verified
-    after; handed down to every session."""
+    """The occlusion suites and S2's train set, built once (verified after), handed down to every session."""
     from exp3.prepare import prepare_data
 
     return prepare_data(config, config.output_root, audited=audited)
 
 
-@task(name="train_and_eval", retry_condition_fn=retry_if_transient)
+@task(name="train_and_eval", task_run_name="{job.name}", retry_condition_fn=retry_if_transient)
 def train_and_eval(job: SessionJob) -> SessionResult:
     """One session: a subprocess here (`python -m exp3.session`), or a flow run of `job.deployment`."""
     from prefect.runtime import task_run
 
     return run_job(job, attempt=task_run.run_count)
-
-
-def start_session(job: SessionJob) -> PrefectFuture[SessionResult]:
-    """Submit one session's task run, named after the session, with its out-of-memory retries."""
-    return train_and_eval.with_options(task_run_name=job.name, retries=job.retries).submit(job)
 
 
 @task(name="report")
@@ -95,13 +83,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
               overrides: list[str] | None = None, models: list[str] | None = None,
               sessions: list[str] | None = None, rerun_failed: bool = False,
               fan_out_deployment: str | None = None, fan_out_width: int = 2) -> dict[str, SessionResult]:
-    """Audit, prepare the data once, run each session on the first free slot, then always report.
-
-    `config_file` (+ `overrides`), when given, replaces `config` (deployments use it).
-    `fan_out_deployment` ("exp3-session/exp3-session") runs each session as a flow run of that
-    deployment on its work pool, at most `fan_out_width` at a time, instead of a local subprocess.
-    Ends Failed (after reporting) if any session failed.
-    """
+    """Audit, prepare the data once, run each session on the first free slot, then always report; Failed (after
+    the report) if any session failed. `config_file` (+ `overrides`) replaces `config` (deployments use it).
+    `fan_out_deployment` ("exp3-session/exp3-session"): each session a flow run of it, `fan_out_width` at a time."""
     from exp3.offline import apply_offline_environment
 
     logger = get_run_logger()
@@ -124,7 +108,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         write_plan(root, keys)
         jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), rerun_failed=rerun_failed,
                          deployment=fan_out_deployment, prepared=prepared)
-        results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width), start=start_session,
+        start = train_and_eval.with_options(retries=config.failure.retries).submit  # retries: out of memory
+        results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width), start=start,
                                stop_on_failure=config.failure.policy == "stop", announce=announce)
         report_task(root, model_names, list(config.seeds), list(dict.fromkeys(s.suffix for s in grid)))
     failed = [name for name, result in results.items() if result.status in (SessionState.FAILED, SessionState.SKIPPED)]

@@ -53,7 +53,7 @@ def test_plan_jobs_in_grid_order() -> None:
     assert all(job.gpu is None for job in jobs)  # a slot is taken when the session starts, not planned
     first = jobs[0]
     assert first.cache_key == "yolov8m__S1_clean_train-key" and first.output_root == "/out"
-    assert first.epochs == config.models["yolov8m"].epochs and first.retries == 2
+    assert first.epochs == config.models["yolov8m"].epochs
     assert first.config_path == "/out/config_resolved.yaml" and first.prepared is None and first.deployment is None
     assert first.paths.folder == Path("/out/yolov8m/yolov8m__S1_clean_train")
 
@@ -61,7 +61,7 @@ def test_plan_jobs_in_grid_order() -> None:
 def test_plan_jobs_rerun_failed_and_prepared() -> None:
     config = _config()
     jobs = _plan(config, rerun_failed=True, prepared=PREPARED, deployment="exp3-session/exp3-session")
-    assert all(job.rerun_failed and job.retries == config.failure.retries for job in jobs)
+    assert all(job.rerun_failed for job in jobs)
     assert not any(job.rerun_failed for job in _plan(config))
     assert all(job.prepared == PREPARED and job.deployment == "exp3-session/exp3-session" for job in jobs)
 
