@@ -69,6 +69,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     command = [sys.executable, str(REPO / "flows" / "exp3.py"), "--smoke", "--set", f"output_root={root}"]
     log = root.parent / f"kill9_{args.seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)  # the log sits beside the root
     events = []
     start_all = time.time()
     with open(log, "ab") as out:
