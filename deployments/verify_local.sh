@@ -12,7 +12,16 @@ export PREFECT_HOME="$WORK/prefect-home" PREFECT_API_URL="http://127.0.0.1:$PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
 export EXP3_REPO="$PWD"
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {  # SIGTERM the server and workers, give them 30 s, then SIGKILL what is left (never hang here)
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 30); do
+    left=(); for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+    [ ${#left[@]} -eq 0 ] && return 0
+    sleep 1
+  done
+  echo "still running 30 s after SIGTERM, killed: $(ps -o pid=,args= -p "$(IFS=,; echo "${left[*]}")" | cut -c1-100)"
+  kill -9 "${left[@]}" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 prefect server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 & pids+=($!)
