@@ -145,8 +145,12 @@ BLOCKING_KINDS: dict[str, str] = {
     "box_out_of_bounds": "box centre/size (or polygon points) must lie in [0, 1] (normalised) with w, h > 0",
     "corrupt_image": "re-export or remove the image",
     "image_id_shared_across_splits": "rename or move the image so each id lives in one split (leakage)",
+    "image_id_repeated_in_split": "rename one (e.g. cam2_0001.jpg): an image's id is its file stem, unique in its "
+                                  "split (predictions, occluded copies and paired statistics are keyed by it)",
     "duplicate_image_across_splits": "remove the duplicate: the same picture in two splits leaks test data",
 }
+AUDIT_RULES = 2
+"""Version of the audit's checks, in its cache file's name: a dataset audited under older rules is audited again."""
 WARNING_KINDS: dict[str, str] = {
     "image_without_label": "fine for background images; otherwise add its label file",
     "label_without_image": "delete the orphan label or restore its image",
@@ -223,6 +227,7 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
     report = AuditReport(data_yaml=str(spec.yaml_path), names=spec.names, fingerprint=fingerprint)
     split_of_id: dict[str, str] = {}
     split_of_sha: dict[str, str] = {}
+    path_of_id: dict[tuple[str, str], str] = {}
     for split in SOURCE_SPLITS:
         if split not in spec.splits:
             report.problems.append(Problem("missing_split", split, "", f"no '{split}:' in data.yaml"))
@@ -243,6 +248,10 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
             if reason is not None:
                 report.problems.append(Problem("corrupt_image", split, relative, reason))
             image_id = image.stem
+            if (split, image_id) in path_of_id:
+                report.problems.append(Problem("image_id_repeated_in_split", split, relative,
+                                               f"id {image_id!r} also at {path_of_id[split, image_id]}"))
+            path_of_id.setdefault((split, image_id), relative)
             if image_id in split_of_id and split_of_id[image_id] != split:
                 report.problems.append(Problem("image_id_shared_across_splits", split, relative,
                                                f"id {image_id!r} also in {split_of_id[image_id]}"))
@@ -322,13 +331,13 @@ class AuditedData(BaseModel):
 def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedData:
     """The dataset as it is now, audited once per content; its fingerprint is computed once here.
 
-    The report is cached as `<cache_dir>/audit-<fingerprint>.json`: any change to an image or label
-    changes the fingerprint and so runs the audit again. Raises `DatasetError` (one line per problem
+    The report is cached as `<cache_dir>/audit-<fingerprint>-rules<AUDIT_RULES>.json`: any change to an
+    image or label (or to the audit's rules) runs the audit again. Raises `DatasetError` (one line per problem
     kind, joined) if the dataset has blocking problems.
     """
     spec = read_data_yaml(data_yaml)
     fingerprint = dataset_fingerprint(spec)
-    cached = Path(cache_dir) / f"audit-{fingerprint}.json"
+    cached = Path(cache_dir) / f"audit-{fingerprint}-rules{AUDIT_RULES}.json"
     if cached.is_file():
         report = json.loads(cached.read_text(encoding="utf-8"))
     else:

@@ -11,6 +11,7 @@ from typing import Callable
 
 import pytest
 import yaml
+from PIL import Image
 
 from exp3.dataset import DatasetError, audit_dataset, label_path_for, list_split_images, read_data_yaml
 
@@ -59,6 +60,16 @@ def _shared_id(root: Path) -> None:
     shutil.copyfile(label_path_for(source), root / "labels" / "train" / f"{source.stem}.txt")
 
 
+def _stem_repeated_in_split(root: Path) -> None:
+    """A second camera's folder in the test split with an image of the same file name (Ultralytics accepts it)."""
+    source = sorted((root / "images" / "test").glob("*.jpg"))[0]
+    (root / "images" / "test" / "cam2").mkdir()
+    (root / "labels" / "test" / "cam2").mkdir()
+    flipped = Image.open(source).transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # another picture, same stem
+    flipped.save(root / "images" / "test" / "cam2" / source.name)
+    shutil.copyfile(label_path_for(source), root / "labels" / "test" / "cam2" / f"{source.stem}.txt")
+
+
 def _missing_test(root: Path) -> None:
     spec = yaml.safe_load((root / "data.yaml").read_text())
     del spec["test"]
@@ -73,6 +84,7 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "box_out_of_bounds": (_out_of_bounds, True),
     "corrupt_image": (_corrupt_image, True),
     "image_id_shared_across_splits": (_shared_id, True),
+    "image_id_repeated_in_split": (_stem_repeated_in_split, True),
     "missing_split": (_missing_test, True),
 }
 
@@ -101,6 +113,21 @@ def test_each_planted_defect_is_caught(dataset: Path, kind: str) -> None:
     assert report.blocking is blocking
     if kind == "image_id_shared_across_splits":
         assert "duplicate_image_across_splits" in report.counts  # identical bytes too
+    if kind == "image_id_repeated_in_split":
+        assert report.counts == {kind: 1}
+        line = next(line for line in report.summary_lines() if kind in line)
+        assert "images/test/cam2/" in line and " also at images/test/" in line and "rename one" in line
+
+
+def test_audit_cached_under_older_rules_is_done_again(dataset: Path, tmp_path: Path) -> None:
+    """A dataset that passed an earlier audit's rules (same content, same fingerprint) meets today's checks."""
+    from exp3.dataset import audit_once
+
+    _stem_repeated_in_split(dataset.parent)
+    fingerprint = audit_dataset(dataset).fingerprint
+    (tmp_path / f"audit-{fingerprint}.json").write_text(json.dumps({"blocking": False, "summary_lines": []}))
+    with pytest.raises(DatasetError, match="image_id_repeated_in_split"):
+        audit_once(dataset, tmp_path)
 
 
 def test_cli_exit_codes_summary_lines_and_json(dataset: Path, tmp_path: Path) -> None:
