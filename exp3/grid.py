@@ -1,4 +1,8 @@
-"""A run's grid: its sessions (`select_sessions`) and the cache key each was planned under (`plan.json`)."""
+"""A run's grid: its sessions (`select_sessions`) and the cache key of every session its config names (`plan.json`).
+
+plan.json holds the key of every session the config can name (each model x all six sessions x its seeds), whatever
+`--models`/`--sessions` ran: a folder whose key differs, or which the config does not name, is stale to every reader.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,26 @@ from pathlib import Path
 
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
+from exp3.identity import session_inputs
 from exp3.sessions import SESSION_SUFFIXES, Session, parse_session_selector, session_grid
 
 PLAN_FILENAME = "plan.json"
+UNPLANNED = "not-planned"
+"""The key a reader checks a folder against when the plan has none for it: no folder holds it, so it is stale."""
+
+
+def planned_keys(config: ExperimentConfig, dataset_fingerprint: str, suite_id: str,
+                 weights: dict[str, str | None]) -> dict[str, str]:
+    """Session name -> cache key of every session `config` names: each model in `weights` (model -> weights
+    sha256, None = from scratch) x all six sessions x the config's seeds. A model whose weights cannot be had
+    now gets no key: its folders cannot be checked, so readers call them stale."""
+    grid = session_grid([model for model in config.models if model in weights], SESSION_SUFFIXES, config.seeds)
+    return {session.name: session_inputs(config, session, dataset_fingerprint, suite_id,
+                                         weights[session.model]).key for session in grid}
 
 
 def write_plan(output_root: Path, keys: dict[str, str]) -> Path:
-    """Record the grid the flow runs: session name -> cache key."""
+    """Record the keys of the config the flow runs (`planned_keys`): session name -> cache key."""
     return atomic_write_json(Path(output_root) / PLAN_FILENAME, {"keys": keys})
 
 
@@ -23,6 +40,12 @@ def read_plan(output_root: Path) -> dict[str, str]:
         return dict(json.loads((Path(output_root) / PLAN_FILENAME).read_text(encoding="utf-8"))["keys"])
     except (OSError, KeyError, ValueError, TypeError):
         return {}
+
+
+def planned_key(plan: dict[str, str], name: str) -> str | None:
+    """The key session `name`'s folder is checked against: the plan's; `UNPLANNED` if the plan does not name it
+    (made under another config: stale); None without a plan (sessions run by hand: no check)."""
+    return plan.get(name, UNPLANNED) if plan else None
 
 
 def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> list[Session]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from exp3.config import ConfigError, ExperimentConfig, load_config
-from exp3.grid import read_plan
+from exp3.grid import planned_key, read_plan
 from exp3.layout import SessionPaths, SessionState
 from exp3.progress import epoch_progress, format_seconds, format_value, results_rows
 from exp3.runlock import RootLock
@@ -60,9 +60,10 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
 
 def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session],
                 keys: dict[str, str] | None = None) -> list[SessionStatus]:
-    """`session_status` of each session (`keys`: session name -> planned cache key, when known)."""
-    return [session_status(SessionPaths.of(output_root, s), config.models[s.model].epochs, (keys or {}).get(s.name))
-            for s in sessions]
+    """`session_status` of each session (`keys`: session name -> planned cache key, when known; a session they
+    leave out is stale, `exp3.grid.planned_key`)."""
+    return [session_status(SessionPaths.of(output_root, s), config.models[s.model].epochs,
+                           planned_key(keys or {}, s.name)) for s in sessions]
 
 
 def format_matrix(rows: list[SessionStatus]) -> str:

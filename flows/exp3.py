@@ -5,6 +5,7 @@ finished sessions and resumes an interrupted one from its own last.pt. Each task
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -25,8 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
 from exp3.dataset import AuditedData  # noqa: E402
-from exp3.grid import select_sessions, write_plan  # noqa: E402
-from exp3.identity import session_inputs  # noqa: E402
+from exp3.grid import planned_keys, select_sessions, write_plan  # noqa: E402
 from exp3.jobs import SessionJob, SessionResult, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.layout import SessionState  # noqa: E402
 from exp3.live import announce, publish_report, run_job  # noqa: E402
@@ -48,10 +48,17 @@ def audit_task(config: ExperimentConfig) -> AuditedData:
 
 @task(name="resolve-weights")
 def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[str, str | None]:
-    """Each model's weights sha256 (None = from scratch on purpose); fails the flow if any cannot be had."""
+    """Each model's weights sha256 (None = from scratch on purpose); fails the flow if one of `models` (this run's)
+    cannot be had. The config's other models are resolved for plan.json only: never downloaded, left out if absent."""
     from exp3.prepare import resolve_model_weights
+    from exp3.weights import WeightsError
 
-    return {model: resolve_model_weights(config, model).sha256 for model in models}
+    weights = {model: resolve_model_weights(config, model).sha256 for model in models}
+    no_download = config.model_copy(update={"download_weights": False})
+    for model in (model for model in config.models if model not in weights):
+        with contextlib.suppress(WeightsError):
+            weights[model] = resolve_model_weights(no_download, model).sha256
+    return weights
 
 
 @task(name="prepare-data")
@@ -103,8 +110,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         audited = audit_task(config)
         weights = resolve_weights_task(config, model_names)
         prepared = prepare_task(config, audited)
-        keys = {s.name: session_inputs(config, s, prepared.dataset_fingerprint, prepared.suite_id,
-                                       weights[s.model]).key for s in grid}
+        keys = planned_keys(config, prepared.dataset_fingerprint, prepared.suite_id, weights)  # the config's grid
         write_plan(root, keys)
         jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), rerun_failed=rerun_failed,
                          deployment=fan_out_deployment, prepared=prepared)

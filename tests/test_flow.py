@@ -78,6 +78,10 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
     assert max(start for start, _ in spans) < min(end for _, end in spans), f"sessions did not overlap: {spans}"
     assert (root / "summary_metrics.csv").is_file() and list((root / "plots").glob("*.png"))
     assert not (root / "stale").exists()  # fresh sessions: nothing was made under other inputs
+    planned = json.loads((root / "plan.json").read_text())["keys"]  # the config's grid, not only the 2 that ran
+    assert len(planned) == 12 and planned["rtdetr-l__S6_mask_head"].startswith("rtdetr-l__S6_mask_head-")
+    assert all(planned[s] == json.loads((root / "yolov8m" / s / "inputs.json").read_text())["key"]
+               for s in ("yolov8m__S1_clean_train", "yolov8m__S3_mask_backbone_early"))
     dry = _flow(tmp_path, "--sanity", "--dry-run", "--set", "models.yolov8m.architecture=yolov8n.yaml",
                 "--models", "yolov8m", "--sessions", "S1_clean_train", "S3_mask_backbone_early")
     assert dry.returncode == 0, dry.stderr[-2000:]

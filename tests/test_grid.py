@@ -87,3 +87,22 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     # the format of the files it writes: a folder of format 1 (inputs without schema_version) is stale
     inputs = session_inputs(base, s1, "fp", "occ-a", None)
     assert inputs.schema_version == SCHEMA_VERSION and inputs.model_copy(update={"schema_version": 1}).key != inputs.key
+
+
+def test_the_plan_names_every_session_of_the_config_whatever_ran(tmp_path: Path) -> None:
+    """Issue 35 item 1: a run narrowed by --models/--sessions still plans every session of its config, so a
+    folder made under another config is stale to every reader (report, status), not done again."""
+    from exp3.grid import UNPLANNED, planned_key, planned_keys, read_plan, write_plan
+
+    config = ExperimentConfig(seeds=(0, 1))
+    keys = planned_keys(config, "f" * 16, "suite", {"yolov8m": None, "rtdetr-l": "ab" * 32})
+    assert len(keys) == 2 * 6 * 2 and "rtdetr-l__S6_mask_head__seed1" in keys
+    assert keys["yolov8m__S3_mask_backbone_early__seed1"] == session_inputs(
+        config, Session("yolov8m", "S3_mask_backbone_early", 1), "f" * 16, "suite", None).key
+    without_rtdetr = planned_keys(config, "f" * 16, "suite", {"yolov8m": None})  # its weights cannot be had now
+    assert set(without_rtdetr) == {name for name in keys if name.startswith("yolov8m__")}
+    write_plan(tmp_path, without_rtdetr)
+    plan = read_plan(tmp_path)
+    assert planned_key(plan, "rtdetr-l__S1_clean_train__seed0") == UNPLANNED  # unplanned: checked, so stale
+    assert planned_key(plan, "yolov8m__S1_clean_train__seed0") == keys["yolov8m__S1_clean_train__seed0"]
+    assert planned_key({}, "yolov8m__S1_clean_train") is None  # no plan (sessions by hand): nothing to check

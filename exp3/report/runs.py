@@ -119,9 +119,9 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
             seed is `missing`. None: whatever folders exist (a session without any folder is missing).
         sessions: the suffixes of this run; the others are not scanned (`not in run`, see `status_grid`).
     """
-    from exp3.grid import read_plan
+    from exp3.grid import planned_key, read_plan
 
-    keys = read_plan(root)  # the inputs the last flow planned: older results there are stale, not done
+    keys = read_plan(root)  # the inputs the last flow's config names: other results there are stale, not done
     runs: list[SessionRun] = []
     multi_seed = seeds is not None and len(seeds) > 1
     for model in models:
@@ -142,7 +142,8 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
             elif not folders:
                 seed = seeds[0] if seeds else None
                 folders = [(seed, SessionPaths.of(root, Session(model, suffix)).folder)]  # one seed: no __seed
-            runs.extend(load_session_run(path, model, suffix, seed, keys.get(path.name)) for seed, path in folders)
+            runs.extend(load_session_run(path, model, suffix, seed, planned_key(keys, path.name))
+                        for seed, path in folders)
     return runs
 
 
