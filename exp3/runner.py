@@ -52,10 +52,16 @@ def is_out_of_memory(record: dict | None) -> bool:
 
 
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
-    """On a retry after an out-of-memory failure (`oom_halve_batch`): half the batch, at least 1; else None."""
+    """On a retry after an out-of-memory failure (`oom_halve_batch`): the batch halved once per earlier attempt
+    (16, 8, 4, ...), at least 1; else None (the configured batch)."""
     if attempt > 1 and job.oom_halve_batch and is_out_of_memory(job.paths.failure()):
-        return max(1, (job.batch or DEFAULT_BATCH) // 2)
+        return max(1, (job.batch or DEFAULT_BATCH) >> (attempt - 1))
     return None
+
+
+def worth_retrying(job: SessionJob, record: dict | None, retry_batch: int | None) -> bool:
+    """An out-of-memory failure is retried while halving can still shrink the batch (or halving is off)."""
+    return is_out_of_memory(record) and (not job.oom_halve_batch or (retry_batch or job.batch or DEFAULT_BATCH) > 1)
 
 
 def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[str]:
@@ -116,4 +122,4 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            f"(see {paths.inputs}): report this as a bug")
     record = paths.failure() or {}
     error = record.get("error") or exit_reason(process.returncode)
-    raise SessionError(f"{job.name}: {error} (logs in {paths.logs})", transient=is_out_of_memory(record))
+    raise SessionError(f"{job.name}: {error} (logs in {paths.logs})", transient=worth_retrying(job, record, retry_batch))

@@ -25,9 +25,22 @@ def test_half_batch_retry_after_an_out_of_memory_failure(tmp_path: Path) -> None
     job.paths.failed_marker.write_text(json.dumps({"error": "RuntimeError: CUDA out of memory"}))
     assert retry_batch_for(job, 1) is None  # the first attempt trains with the configured batch
     assert retry_batch_for(job, 2) == DEFAULT_BATCH // 2
-    assert retry_batch_for(job.model_copy(update={"batch": 6}), 2) == 3
+    assert retry_batch_for(job, 3) == DEFAULT_BATCH // 4  # each retry halves again: never the batch that just failed
+    assert [retry_batch_for(job.model_copy(update={"batch": 6}), attempt) for attempt in (2, 3, 4)] == [3, 1, 1]
     assert retry_batch_for(job.model_copy(update={"batch": 1}), 3) == 1
     assert retry_batch_for(job.model_copy(update={"oom_halve_batch": False}), 2) is None
+
+
+def test_out_of_memory_is_retried_while_the_batch_can_shrink(tmp_path: Path) -> None:
+    from exp3.runner import worth_retrying
+
+    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path="c", output_root=str(tmp_path),
+                     epochs=1, batch=4)
+    oom = {"error": "torch.OutOfMemoryError: CUDA out of memory"}
+    assert worth_retrying(job, oom, None) and worth_retrying(job, oom, 2)
+    assert not worth_retrying(job, oom, 1)  # batch 1 failed: a retry would run the same again
+    assert worth_retrying(job.model_copy(update={"oom_halve_batch": False}), oom, None)  # same batch, on purpose
+    assert not worth_retrying(job, {"error": "FileNotFoundError: x"}, None)
 
 
 class _Recorder:
