@@ -1,6 +1,8 @@
 """One live run per output root (`RootLock`), one process per session folder (`SessionLock`): an exclusive
 `flock(2)`, dropped by the kernel when its holder exits, even on `kill -9`. The file is never deleted (another
-could be locked at its path); it names its holder for messages, emptied on a clean release (`took_over`)."""
+could be locked at its path); it names its holder for messages, emptied on a clean release (`took_over`).
+A watcher's probe (`is_live`) holds the lock shared for microseconds: a start that meets one tries again for up to
+`PROBE_GRACE_S` instead of failing, so `exp3.status --watch` can never fail a session or the flow."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 LOCK_NAME = ".exp3.lock"
+PROBE_GRACE_S = 0.5  # how long a start retries a held lock: far above a probe's hold, far below a real holder's
 _HELD: set[int] = set()  # this process's lock descriptors: a forked child (a dataloader worker) closes its copies
 os.register_at_fork(after_in_child=lambda: [os.close(fd) for fd in _HELD] and _HELD.clear())
 
@@ -21,7 +25,8 @@ class LockBusy(RuntimeError):
 
 
 class SessionLock:
-    """Exclusive hold of the lock file `path` by this process, never waiting; `what` names it in messages."""
+    """Exclusive hold of the lock file `path` by this process, never waiting on a holder (only out a watcher's
+    probe, `PROBE_GRACE_S`); `what` names it in messages."""
 
     fix = "wait for it to finish or stop it"
 
@@ -42,11 +47,16 @@ class SessionLock:
     def acquire(self) -> SessionLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # children never inherit it
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise self.busy() from None
+        deadline = time.monotonic() + PROBE_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise self.busy() from None
+                time.sleep(0.01)
         self.took_over, self._fd = self.owner() or None, fd
         _HELD.add(fd)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command}
