@@ -266,12 +266,48 @@ def test_multi_seed_reports_mean_and_spread(tmp_path: Path) -> None:
     s1 = summary.loc[("S1_clean_train", "test_occ_fixed")]
     values = [expected_f1(10), expected_f1(14)]
     assert s1["status"] == "some_seeds" and s1["n_seeds"] == 3 and s1["n_seeds_done"] == 2 and s1["seeds"] == "0;1;2"
-    assert s1["ingredient_micro_f1"] == pytest.approx(sum(values) / 2)
+    assert s1["ingredient_micro_f1_seed_mean"] == pytest.approx(sum(values) / 2)
+    assert s1["ingredient_micro_f1"] == pytest.approx(expected_f1(10 + 14, 2 * N_IMAGES))   # pooled over the seeds
     assert s1["ingredient_micro_f1_std"] == pytest.approx(pd.Series(values).std())
     assert (s1["ingredient_micro_f1_min"], s1["ingredient_micro_f1_max"]) == pytest.approx(tuple(values))
     s2 = summary.loc[("S2_occ_train", "test_clean")]
     assert s2["status"] == "some_seeds" and "seed 0: boom" in s2["error"] and "seed 2: no session folder" in s2["error"]
     assert summary.loc[("S3_mask_backbone_early", "test_clean"), "status"] == "missing"
+
+
+def test_several_seeds_show_the_pooled_f1_their_interval_and_differences_are_of(tmp_path: Path) -> None:
+    """Two seeds a session whose mean F1 is not their pooled F1: the table shows the pooled F1 (the statistic its
+    interval, diff_vs_S1 and the comparisons are of), and diff_vs_S1 is the difference of the rows shown."""
+    hits = {"S1_clean_train": ((20, 6), (20, 14)), "S2_occ_train": ((20, 12), (20, 20))}
+    for suffix, per_seed in hits.items():
+        for seed, pair in enumerate(per_seed):
+            write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, pair,
+                               seed=seed)
+    result = report.build_report(tmp_path, models=["yolov8m"], seeds=[0, 1], sessions=list(hits), n_resamples=300,
+                                 n_permutations=200, charts=False)
+    rows = result.summary.set_index(["session", "split"])
+    s1, s2 = rows.loc[("S1_clean_train", "test_occ_fixed")], rows.loc[("S2_occ_train", "test_occ_fixed")]
+    pooled_s1, pooled_s2 = expected_f1(6 + 14, 2 * N_IMAGES), expected_f1(12 + 20, 2 * N_IMAGES)   # 0.667, 0.889
+    mean_s1 = (expected_f1(6) + expected_f1(14)) / 2                                                # 0.643
+    assert abs(mean_s1 - pooled_s1) > 0.02                      # the fixture tells the two statistics apart
+    assert s1["ingredient_micro_f1"] == pytest.approx(pooled_s1) and s1["ingredient_micro_f1_seed_mean"] == \
+        pytest.approx(mean_s1)
+    assert s2["ingredient_micro_f1"] == pytest.approx(pooled_s2)
+    for row in (s1, s2):
+        assert row["ingredient_micro_f1_ci_low"] <= row["ingredient_micro_f1"] <= row["ingredient_micro_f1_ci_high"]
+        assert row["rF1_micro_ci_low"] <= row["rF1_micro"] <= row["rF1_micro_ci_high"]
+    assert s1["rF1_micro"] == pytest.approx(pooled_s1)          # clean F1 1.0 for every seed
+    assert s2["diff_vs_S1"] == pytest.approx(s2["ingredient_micro_f1"] - s1["ingredient_micro_f1"], abs=1e-12)
+    assert s1["diff_vs_S2"] == pytest.approx(s1["ingredient_micro_f1"] - s2["ingredient_micro_f1"], abs=1e-12)
+    at_val = result.comparisons.set_index(["split", "metric", "threshold", "session", "reference"]).loc[
+        ("test_occ_fixed", "ingredient_micro_f1", "val", "S2_occ_train", "S1_clean_train")]
+    assert at_val["difference"] == pytest.approx(s2["ingredient_micro_f1_at_val"] - s1["ingredient_micro_f1_at_val"],
+                                                 abs=1e-12)
+    text = (tmp_path / "report.md").read_text()
+    assert f"| yolov8m | S1 clean | done (n=2) | {pooled_s1:.3f} [" in text
+    assert f"| yolov8m | S2 occluded-train | done (n=2) | {pooled_s2:.3f} [" in text
+    assert f"| {pooled_s2 - pooled_s1:+.3f} [" in text and f"F1 {pooled_s2:.3f} vs {pooled_s1:.3f}, difference " \
+        f"{pooled_s2 - pooled_s1:+.3f} [" in text
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

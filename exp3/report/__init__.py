@@ -5,7 +5,7 @@
 The flow's final task calls `build_report(root, models)`; it reads only the session folders
 (`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
 
-    <root>/summary_metrics.csv|json   one row per model x session x split (seed mean when several seeds)
+    <root>/summary_metrics.csv|json   one row per model x session x split (seed means; micro F1 and rF1 pooled over seeds)
     <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
     <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split

@@ -24,6 +24,11 @@ MAP_METRICS: tuple[str, ...] = ("map50", "map50_95")
 """The validator's mAP: no per-image score, but a paired bootstrap interval recomputed from the validator's
 per-image matching stats (`map_stats_<split>.npz`, exp3.mapstats); no permutation p (a point estimate only
 when those files are missing, e.g. a session evaluated before they existed)."""
+POOLED_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_micro_f1_at_val", "rF1_micro")
+"""summary_metrics columns whose interval or paired differences are of the seed-pooled statistic (F1 of the
+per-image counts summed over a session's seeds): `attach_statistics` shows that statistic in them, so a point,
+its interval and its differences are one statistic; the mean over seeds of metrics.json's values stays in
+`<column>_seed_mean` (and is the value where a session has no per-image counts: then no interval either)."""
 METRIC_LABELS: dict[str, str] = {"ingredient_micro_f1": "ingredient micro F1",
                                  "ingredient_samples_f1": "ingredient samples F1", "detection_f1": "detection F1",
                                  "map50": "mAP50", "map50_95": "mAP50-95"}
@@ -161,7 +166,8 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
     Returns:
         (intervals, comparisons).
         intervals: one row per model x session x split: ingredient_micro_f1_ci_low/high (F1 of the
-            pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images.
+            pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images, and the
+            pooled statistics themselves, `<column>_pooled` for POOLED_COLUMNS.
         comparisons: COMPARISON_COLUMNS, one row per model x split x metric x threshold x (session,
             reference) of `comparison_plan`: difference (session - reference), ci_low/high, p_value;
             PAIRED_METRICS at both thresholds, MAP_METRICS (mAP: threshold-free, listed under
@@ -207,13 +213,17 @@ def statistics_tables(runs: list[SessionRun], models: list[str], n_resamples: in
                 if clean is not None and occluded is not None else None
             ratio = stats.bootstrap_ratio_interval(*robust, n_resamples=n_resamples, seed=seed) if robust else None
             for split in PRIMARY_SPLITS:
-                own = scores[(model, suffix, split, "primary")]
+                own, at_val = (scores[(model, suffix, split, threshold)] for threshold in THRESHOLDS)
                 interval = stats.bootstrap_f1_interval(own[count_columns].to_numpy(), n_resamples=n_resamples,
                                                        seed=seed) if own is not None else None
                 interval_rows.append({
                     "model": model, "session": suffix, "split": split,
+                    "ingredient_micro_f1_pooled": interval.estimate if interval else math.nan,
                     "ingredient_micro_f1_ci_low": interval.low if interval else math.nan,
                     "ingredient_micro_f1_ci_high": interval.high if interval else math.nan,
+                    "ingredient_micro_f1_at_val_pooled": math.nan if at_val is None else
+                    float(stats.micro_f1(at_val[count_columns].to_numpy())),
+                    "rF1_micro_pooled": ratio.estimate if ratio else math.nan,
                     "rF1_micro_ci_low": ratio.low if ratio else math.nan,
                     "rF1_micro_ci_high": ratio.high if ratio else math.nan,
                     "ci_images": len(own) if own is not None else 0})
@@ -275,9 +285,18 @@ def primary_f1(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R
-    (ingredient micro F1 at the primary threshold; the other metrics are in comparisons)."""
+    (ingredient micro F1 at the primary threshold; the other metrics are in comparisons).
+
+    POOLED_COLUMNS then hold the seed-pooled statistic their interval and differences are of (`intervals`'
+    `<column>_pooled`), the seed mean moved to `<column>_seed_mean`: with several seeds the mean of the seeds'
+    F1 is not the pooled F1, and a row's point, interval and diff_vs_R must be one statistic.
+    """
     keys = ["model", "session", "split"]
     merged = summary.merge(intervals, on=keys, how="left")
+    for column in POOLED_COLUMNS:
+        pooled = merged.pop(f"{column}_pooled")
+        merged.insert(merged.columns.get_loc(column) + 1, f"{column}_seed_mean", merged[column])
+        merged[column] = pooled.fillna(merged[column])
     headline = primary_f1(comparisons)
     for reference in REFERENCES:
         short = reference.split("_")[0]

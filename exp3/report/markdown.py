@@ -151,14 +151,17 @@ def render_markdown(result: "ReportResult") -> str:
              "## Headline findings", "",
              *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)
                + severity.severity_findings(result.severity_curves, result.severity_table, result.models)], "",
-             "F1 = micro ingredient F1 at the session's confidence threshold. Intervals: 95% percentile bootstrap "
+             "F1 = micro ingredient F1 at the session's confidence threshold (with several seeds: of the per-image "
+             "counts pooled over the seeds, the statistic its interval and differences are of; the seed mean is "
+             "summary_metrics' `_seed_mean` column). Intervals: 95% percentile bootstrap "
              f"over test images ({result.n_resamples} resamples, seed {result.seed}); p_BH: paired permutation test "
              "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
              "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
              "when its paired 95% interval excludes 0. mAP intervals recompute the validator's mAP on each "
              f"resample from its per-image matching stats ({MAP_RESAMPLES} resamples; no p-value). "
-             + ("With several seeds the F1 intervals resample the seeds as well (two levels) and p permutes the "
-                "training runs (docs/report.md, \"Several seeds\"). "
+             + ("With several seeds the intervals of F1 differences resample the seeds as well (two levels) and p "
+                "permutes the training runs; a session's own interval resamples images only (docs/report.md, "
+                "\"Several seeds\"). "
                 if (result.comparisons.get("interval_levels", pd.Series(dtype=str)) == "seeds+images").any() else
                 "One seed per session: the seed-to-seed spread is not in these intervals. ") +
              "Overlapping intervals do not by themselves mean no difference; "
