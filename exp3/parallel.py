@@ -23,13 +23,33 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+PARENT_PID_ENV = "EXP3_PARENT_PID"
+"""The pid of the process that started a session process (`parent_environment`), read by the child itself."""
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None  # loaded once, here:
+# a forked child then calls prctl without a dlopen (whose lock another thread may have held at the fork)
+
+
 def die_with_parent(parent: int | None = None) -> None:
-    """`preexec_fn` for subprocesses: SIGKILL this child when its parent dies (Linux), so a re-run after a `kill -9`
-    never meets an orphan still writing into a session. `parent` (the forking pid): one already dead ends it too."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    """SIGKILL this process when its parent dies (Linux), so a re-run after a `kill -9` never meets an orphan still
+    writing into a session. `parent` (the pid that started it): one already gone ends it too."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         if parent is not None and os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def parent_environment() -> dict[str, str]:
+    """The environment entry a child started with `subprocess` reads to die with this process
+    (`die_with_starting_process`): no `preexec_fn`, which Python documents as unsafe in a threaded process
+    (a Prefect flow runs its tasks in threads)."""
+    return {PARENT_PID_ENV: str(os.getpid())}
+
+
+def die_with_starting_process() -> None:
+    """First thing in a child started with `parent_environment`: die with that process (gone already: die now)."""
+    parent = os.environ.pop(PARENT_PID_ENV, None)  # popped: this process's own children are not its parent's
+    if parent is not None:
+        die_with_parent(int(parent))
 
 
 _forking = [0]  # pid of the process about to fork, read by the child (any depth of forks)

@@ -3,7 +3,6 @@ process, logging to `<session>/logs/session.log`, polled for progress. No Prefec
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any, BinaryIO, Callable
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
 from exp3.offline import ultralytics_environment
-from exp3.parallel import die_with_parent
+from exp3.parallel import parent_environment
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -84,8 +83,7 @@ def start_session_process(arguments: list[str], env: dict[str, str], log: Binary
     command = [sys.executable, "-m", "exp3.session", *arguments]
     log.write(f"==== {' '.join(command)} ====\n".encode())
     log.flush()
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env | parent_environment())
 
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,

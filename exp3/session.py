@@ -337,7 +337,8 @@ def without_shutdown_collection(code: int) -> int:
 
 
 if __name__ == "__main__":
-    from exp3.parallel import forked_children_die_with_this_process
+    from exp3.parallel import die_with_starting_process, forked_children_die_with_this_process
 
-    forked_children_die_with_this_process()  # DataLoader workers end with the session, as it ends with the flow
+    die_with_starting_process()  # the session ends with the flow that started it (exp3.runner)
+    forked_children_die_with_this_process()  # and its DataLoader workers with it
     raise SystemExit(without_shutdown_collection(main()))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from exp3.jobs import SessionJob
@@ -189,13 +193,42 @@ def _child_outlives_a_kill_9_of_its_parent(parent_script: str) -> bool:
     return alive
 
 
+SESSION_START = ("from exp3.parallel import die_with_starting_process; die_with_starting_process(); "
+                 "import time; time.sleep(120)")  # what `python -m exp3.session` does first
+
+
 def test_a_session_process_dies_with_the_process_that_started_it() -> None:
-    """`kill -9` of the flow's process ends its session processes (die_with_parent): nothing outlives it."""
-    flow = ("import os, subprocess, sys; from functools import partial; from exp3.parallel import die_with_parent; "
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
-            "preexec_fn=partial(die_with_parent, os.getpid())); print(child.pid, flush=True); "
-            "import time; time.sleep(120)")
+    """`kill -9` of the flow's process ends its session processes: the child ties itself to the flow at start
+    (`parent_environment`, no `preexec_fn`), and the flow starts it from a task thread, as Prefect does."""
+    flow = ("import os, subprocess, sys, threading, time; from exp3.parallel import parent_environment; "
+            f"start = lambda: print(subprocess.Popen([sys.executable, '-c', {SESSION_START!r}], "
+            "env=os.environ | parent_environment()).pid, flush=True) or time.sleep(120); "
+            "threading.Thread(target=start, daemon=True).start(); time.sleep(120)")
     assert not _child_outlives_a_kill_9_of_its_parent(flow), "the session process outlived the killed flow"
+
+
+def test_a_session_process_whose_flow_died_before_it_started_ends_at_once() -> None:
+    """The flow killed between the child's start and its `die_with_starting_process`: the parent pid it was given is
+    not its parent any more, so it ends instead of training into a folder nobody watches."""
+    from exp3.parallel import PARENT_PID_ENV
+
+    child = subprocess.run([sys.executable, "-c", SESSION_START], env=os.environ | {PARENT_PID_ENV: "1"},
+                           timeout=60)
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_the_runner_starts_a_session_without_preexec_fn(tmp_path: Path, monkeypatch) -> None:
+    """Issue 35 item 8: Python documents `preexec_fn` as unsafe in a threaded process (the flow's): the session
+    process gets the flow's pid in its environment and ties itself to it."""
+    import exp3.runner
+    from exp3.parallel import PARENT_PID_ENV
+
+    seen: list[dict] = []
+    real = subprocess.Popen
+    monkeypatch.setattr(exp3.runner.subprocess, "Popen", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    with open(tmp_path / "session.log", "ab") as log:
+        exp3.runner.start_session_process(["--help"], dict(os.environ), log).wait(timeout=120)
+    assert "preexec_fn" not in seen[0] and seen[0]["env"][PARENT_PID_ENV] == str(os.getpid())
 
 
 def test_children_forked_by_a_session_process_die_with_it() -> None:
