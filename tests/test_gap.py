@@ -10,6 +10,7 @@ interval includes 0: the positive control fails and no ratio is given.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -215,6 +216,36 @@ def test_several_seeds_resample_seeds_and_say_which_level_dominates(tmp_path: Pa
     text = (tmp_path / "report.md").read_text()
     assert "two-level bootstrap" in text and "**seeds** dominate" in text
     assert "seed spread of training is not in these intervals" not in text
+
+
+def test_gap_closed_refuses_map_stats_of_other_images(tmp_path: Path) -> None:
+    """S3's map_stats hold 90 of the 100 images (its mAP reproduced from them): its mAP draws resample other images
+    than S1's and S2's. The comparisons give that pair no interval; gap closed gives no number either, and says why."""
+    sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (70, 50)}
+    for suffix, hits in sessions.items():
+        write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
+    folder = tmp_path / "yolov8m" / "yolov8m__S3_mask_backbone_early"
+    fewer = map_stats_of(records(50)[:90])
+    fewer.save(folder / "map_stats_test_occ_fixed.npz")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["splits"]["test_occ_fixed"]["map50"], metrics["splits"]["test_occ_fixed"]["map50_95"] = mean_ap(fewer)
+    path = atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {"session": "yolov8m__S3_mask_backbone_early", "metrics_sha256": sha256_file(path)})
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=200, n_permutations=199, charts=False,
+                                 sessions=list(sessions))
+    versus = result.comparisons.set_index(["split", "metric", "session", "reference"]).loc[
+        ("test_occ_fixed", "map50", "S3_mask_backbone_early", "S1_clean_train")]
+    assert math.isnan(versus["ci_low"]) and math.isnan(versus["ci_high"])            # the comparisons refuse it
+    for metric in ("map50", "map50_95"):
+        found = row(result.gap_closed, "yolov8m", metric, "S3_mask_backbone_early")
+        assert found["verdict"] == gap.NO_RESULT
+        assert math.isnan(found["gap_closed"]) and math.isnan(found["gain"]) and math.isnan(found["gap_closed_ci_low"])
+        assert "not on the same images" in found["reason"]
+    assert row(result.gap_closed, "yolov8m", "ingredient_micro_f1", "S3_mask_backbone_early")["verdict"] == gap.PART
+    text = (tmp_path / "report.md").read_text()
+    answer = text[text.index("## The answer"):text.index("## Grid status")]
+    assert "**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed" in answer
+    assert "mAP50, mAP50-95: no result (" in answer and "not on the same images" in answer
 
 
 def test_report_html_is_self_contained_with_the_sections_of_report_md(built: report.ReportResult) -> None:

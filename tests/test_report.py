@@ -36,7 +36,7 @@ from exp3.record import robustness
 from exp3.report.charts import bar_frame
 from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
-from exp3.report.markdown import dashboard_markdown, status_grid
+from exp3.report.markdown import NO_MAP_INTERVAL, dashboard_markdown, status_grid
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
 from exp3.schema import SplitView
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
@@ -418,7 +418,7 @@ def test_findings_say_when_metrics_disagree(built: report.ReportResult) -> None:
     assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_clean): no metric shows a difference (" in text
     assert "**rtdetr-l**: metrics agree on S5 vs S1 (test_occ_fixed)" in text          # best masking vs S1, S2
     assert "**rtdetr-l**: metrics agree on S5 vs S2 (test_occ_fixed)" in text
-    assert "## S2 vs S1 on every metric" in text and "| point estimate, no CI (no map_stats file) |" in text
+    assert "## S2 vs S1 on every metric" in text and f"| {NO_MAP_INTERVAL} |" in text
 
 
 def test_val_chosen_threshold_columns_and_comparison(built: report.ReportResult) -> None:

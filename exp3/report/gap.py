@@ -7,7 +7,8 @@ Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the se
 (`exp3.report.scores`) under one image draw (`stats.image_multiplicities`, the draws of `stats.bootstrap_indices`)
 over the image ids every session shares; mAP draws are the report's `MapDraws` (the validator's per-image stats,
 same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
-ratio's interval is paired (`stats.gap_closed`). With several seeds, each session's seeds are resampled too
+ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
+(UNPAIRED), as `mapdraws.map_interval` gives their comparison no interval. With several seeds, each session's seeds are resampled too
 (two levels, `stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired
 test_clean difference of `comparisons.csv`.
 """
@@ -45,13 +46,18 @@ BASES: tuple[str, ...] = (HEADLINE_BASIS, "mPC")
 """What the gap is measured on: the fixed occluded suite, and mPC over the severity levels."""
 FAILED_CONTROL = "positive control failed"
 NO_RESULT = "n/a"
-"""The verdict where S1, S2 or Sx is not done (or lacks its per-image files): no result, not a reading."""
+"""The verdict where S1, S2 or Sx is not done, lacks its per-image files or is not on the others' images: no
+result, not a reading (GapRow.reason says which)."""
+NOT_DONE = "S1, S2 or this session is not done, or lacks its per-image files"
+UNPAIRED = ("S1, S2 and this session are not on the same images (their per-image files hold other image ids): "
+            "no paired draws; evaluate them on one suite")
+"""The reasons of a NO_RESULT row (GapRow.reason): a number from draws of other images would not be paired."""
 REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
                                                "does not help", "cannot tell")
 GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
                                 "gap_ci_high", "gain", "gain_ci_low", "gain_ci_high", "gap_closed",
                                 "gap_closed_ci_low", "gap_closed_ci_high", "clean_cost", "clean_cost_ci_low",
-                                "clean_cost_ci_high", "verdict", "clean_verdict", "n_images", "n_seeds",
+                                "clean_cost_ci_high", "verdict", "reason", "clean_verdict", "n_images", "n_seeds",
                                 "interval_levels")
 
 
@@ -112,6 +118,8 @@ class GapRow:
     n_images: int
     n_seeds: int
     interval_levels: str = "images"
+    reason: str = ""
+    """Why `result` is None (NOT_DONE, UNPAIRED); empty when there is a result."""
 
     def record(self) -> dict[str, Any]:
         nan3 = (math.nan,) * 3
@@ -120,8 +128,8 @@ class GapRow:
         ratio = _triple(self.result.ratio) if self.result and self.result.ratio else nan3
         cost = _triple(self.clean_cost) if self.clean_cost else nan3
         values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *gap, *gain,
-                  *ratio, *cost, verdict(self.result), clean_verdict(self.clean_cost), self.n_images, self.n_seeds,
-                  self.interval_levels)
+                  *ratio, *cost, verdict(self.result), self.reason, clean_verdict(self.clean_cost), self.n_images,
+                  self.n_seeds, self.interval_levels)
         return dict(zip(GAP_COLUMNS, values))
 
 
@@ -131,10 +139,12 @@ def _triple(interval: stats.Interval) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class _Draws:
-    """A session's metric on one basis: full-sample value and (B,) draws on the model's shared resamples."""
+    """A session's metric on one basis: full-sample value and (B,) draws of the resamples of `ids` (the sorted
+    image ids they resample; draws of sessions with other ids are not paired)."""
 
     point: float
     draws: np.ndarray
+    ids: tuple[str, ...]
 
 
 def _basis_value(values: np.ndarray, basis: str) -> np.ndarray:
@@ -199,7 +209,7 @@ class _ModelDraws:
                 counts = np.stack([frame.loc[self.ids, columns].to_numpy() for frame in frames])   # (K, N, 3)
                 points.append(float(stats.micro_f1(counts.sum(axis=0))))
                 draws.append(stats.two_level_f1_draws(counts, self.images, seeds))             # (B,)
-            values, stacked = np.array(points), np.stack(draws, axis=-1)
+            values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(self.ids)
         else:
             got = [self.map_draws.get(self.model, suffix, split) for split in splits]
             recorded = [[split_value(run.view.split(split), metric) for run in self.done.get(suffix, [])]
@@ -211,13 +221,22 @@ class _ModelDraws:
             values = np.array([float(np.mean(values)) for values in recorded])
             stacked = np.stack([entry[1][:, column] if self.n_seeds(suffix) == 1 else
                                 self._map_seed_draws(suffix, split, column) for entry, split in zip(got, splits)], axis=-1)
-        return _Draws(float(_basis_value(values, basis)), _basis_value(stacked, basis))
+            ids = got[0][0]
+        return _Draws(float(_basis_value(values, basis)), _basis_value(stacked, basis), ids)
 
     def ids_of(self, metric: str) -> int:
         if metric in IMAGE_COUNT_COLUMNS:
             return 0 if self.ids is None else len(self.ids)
         entry = self.map_draws.get(self.model, REFERENCE, HEADLINE_BASIS)
         return 0 if entry is None else len(entry[0])
+
+
+def _no_result_reason(sides: list[_Draws | None]) -> str:
+    """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED (like `mapdraws.map_interval`, draws
+    of other image ids are no paired difference); empty when they give one."""
+    if any(side is None for side in sides):
+        return NOT_DONE
+    return UNPAIRED if len({side.ids for side in sides if side is not None}) > 1 else ""
 
 
 def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
@@ -241,11 +260,12 @@ def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
                     sides = [draws.get(name, metric, basis) for name in (REFERENCE, CONTROL, suffix)]
                     if basis != HEADLINE_BASIS and all(side is None for side in sides):
                         continue                                   # no severity levels: no mPC row
-                    result = None if any(side is None for side in sides) else stats.gap_closed(
-                        *(side.point for side in sides), *(side.draws for side in sides))
+                    reason = _no_result_reason(sides)
+                    result = None if reason else stats.gap_closed(*(side.point for side in sides),
+                                                                  *(side.draws for side in sides))
                     seeds = [draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix)]
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
-                                       min(seeds), "seeds+images" if max(seeds) > 1 else "images"))
+                                       min(seeds), "seeds+images" if max(seeds) > 1 else "images", reason))
     return rows
 
 
@@ -269,8 +289,17 @@ def site_verdicts(table: pd.DataFrame, model: str, basis: str = HEADLINE_BASIS) 
             for suffix, group in part.groupby("session", sort=False)}
 
 
+def _reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """reason -> the metric labels of the NO_RESULT rows of one site that give it."""
+    reasons: dict[str, list[str]] = {}
+    for _, row in rows[rows["verdict"] == NO_RESULT].iterrows():
+        reasons.setdefault(row["reason"] or NOT_DONE, []).append(METRIC_LABELS[row["metric"]])
+    return reasons
+
+
 def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
-    """The plain-words answer: one bullet per model x site (headline basis), with its clean cost on F1."""
+    """The plain-words answer: one bullet per model x site (headline basis), with its clean cost on F1 and why a
+    metric gives no result."""
     lines = []
     for model in models:
         part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
@@ -278,17 +307,19 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             lines.append(f"- **{model}**: no masking session in this run.")
             continue
         for suffix, text in site_verdicts(table, model).items():
-            if text == NO_RESULT:
-                lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: no result (S1, S2 or this session is not done).")
-                continue
             rows = part[part["session"] == suffix]
+            reasons = _reasons(rows)
+            if text == NO_RESULT:
+                lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: no result ({'; '.join(reasons)}).")
+                continue
             costs: dict[str, list[str]] = {}
             for _, row in rows.iterrows():
                 if row["clean_verdict"] != "clean cost unknown":
                     costs.setdefault(row["clean_verdict"], []).append(METRIC_LABELS[row["metric"]])
             clean = "; ".join(f"{reading} ({', '.join(metrics)})" for reading, metrics in costs.items()) or "unknown"
+            missing = "".join(f" {', '.join(metrics)}: no result ({reason})." for reason, metrics in reasons.items())
             lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: {text} on {HEADLINE_BASIS}. Clean images: "
-                         f"{clean}.")
+                         f"{clean}.{missing}")
     return lines
 
 
@@ -303,7 +334,8 @@ def gap_markdown_table(table: pd.DataFrame, model: str) -> pd.DataFrame:
                      "Sx - S1 [95% CI]": _ci(row, "gain"),
                      "gap closed [95% CI]": _ci(row, "gap_closed", signed=False) if control == "yes" else
                      ("no ratio" if control == "**no**" else "n/a"),
-                     "verdict": row["verdict"], "clean cost Sx - S1 [95% CI]": _ci(row, "clean_cost")})
+                     "verdict": f"{NO_RESULT}: {row['reason']}" if row["verdict"] == NO_RESULT and row["reason"] else
+                     row["verdict"], "clean cost Sx - S1 [95% CI]": _ci(row, "clean_cost")})
     return pd.DataFrame(rows)
 
 

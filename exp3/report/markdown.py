@@ -21,6 +21,9 @@ from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 if TYPE_CHECKING:
     from exp3.report import ReportResult
 
+NO_MAP_INTERVAL = "point estimate, no CI (map_stats missing, not matching the recorded mAP, or on other images)"
+"""The reading of an mAP difference without an interval: `mapdraws` pairs only stats that reproduce the recorded
+mAP on the same image ids."""
 NOT_IN_RUN = "not in run"
 """Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
 
@@ -72,7 +75,7 @@ def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> p
 def _reading(metric: str, row: pd.Series) -> str:
     verdict = ci_verdict(row)
     if verdict is None:
-        return "point estimate, no CI (no map_stats file)" if metric in MAP_METRICS else "n/a"
+        return NO_MAP_INTERVAL if metric in MAP_METRICS else "n/a"
     return "CI includes 0" if verdict == 0 else "CI excludes 0"
 
 
