@@ -352,8 +352,9 @@ def _train_with(plan: TrainPlan) -> None:
     model.add_callback("on_train_end", _on_train_end)
     if state == "partial":
         # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan:
-        # the config's batch/imgsz/device/workers and an out-of-memory retry's halved batch.
-        model.train(resume=True, trainer=trainer_class,
+        # the config's batch/imgsz/device/workers, an out-of-memory retry's halved batch, and where the data
+        # and the run are now (a root moved or restored from a mirror: never the paths the checkpoint was made at)
+        model.train(resume=True, trainer=trainer_class, data=plan.locations["data"], save_dir=plan.run_dir,
                     **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
     else:
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
