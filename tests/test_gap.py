@@ -230,7 +230,7 @@ def test_gap_closed_refuses_map_stats_of_other_images(tmp_path: Path) -> None:
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics["splits"]["test_occ_fixed"]["map50"], metrics["splits"]["test_occ_fixed"]["map50_95"] = mean_ap(fewer)
     path = atomic_write_json(folder / "metrics.json", metrics)
-    atomic_write_json(folder / "DONE", {"session": "yolov8m__S3_mask_backbone_early", "metrics_sha256": sha256_file(path)})
+    atomic_write_json(folder / "DONE", {"session": folder.name, "metrics_sha256": sha256_file(path)})
     result = report.build_report(tmp_path, ["yolov8m"], n_resamples=200, n_permutations=199, charts=False,
                                  sessions=list(sessions))
     versus = result.comparisons.set_index(["split", "metric", "session", "reference"]).loc[
@@ -246,6 +246,49 @@ def test_gap_closed_refuses_map_stats_of_other_images(tmp_path: Path) -> None:
     answer = text[text.index("## The answer"):text.index("## Grid status")]
     assert "**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed" in answer
     assert "mAP50, mAP50-95: no result (" in answer and "not on the same images" in answer
+
+
+def _record_batch(folder: Path, configured: int | None, retried: int | None) -> None:
+    """Record in `folder`'s metrics.json the configured batch (`inputs.config.train.batch`) and the batch an
+    out-of-memory retry trained at (`training.oom_retry_batch`, also `overrides.batch`), as a session records them."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["inputs"] = {"config": {"train": {"batch": configured, "imgsz": 640}}}
+    ran = retried if retried is not None else configured
+    metrics["training"].update(oom_retry_batch=retried,
+                               overrides={"epochs": 1, **({} if ran is None else {"batch": ran})})
+    path = atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {"session": folder.name, "metrics_sha256": sha256_file(path)})
+
+
+@pytest.mark.parametrize("configured, siblings", [(16, "16"), (None, "Ultralytics' default batch")])
+def test_answer_names_a_session_trained_at_a_halved_batch(tmp_path: Path, configured: int | None,
+                                                          siblings: str) -> None:
+    """S3's out-of-memory retries halved its batch to 4: its verdict says it was not trained like its siblings;
+    S4's (trained like them) does not. A halved S1 or S2 is named on every site's verdict."""
+    sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (70, 50),
+                "S4_mask_backbone_late": (80, 40)}
+    for suffix, hits in sessions.items():
+        folder = tmp_path / "yolov8m" / f"yolov8m__{suffix}"
+        write_session(folder, "yolov8m", suffix, hits)
+        _record_batch(folder, configured, 4 if suffix == "S3_mask_backbone_early" else None)
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=200, n_permutations=199, charts=False,
+                                 sessions=list(sessions))
+    text = (tmp_path / "report.md").read_text()
+    answer = text[text.index("## The answer"):text.index("## Grid status")]
+    note = f"(S3 trained at batch 4 after out-of-memory retries, its siblings at {siblings}: not trained like them)"
+    assert f"**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed {note}" in answer
+    s4 = next(line for line in answer.splitlines() if "**yolov8m S4 mask backbone-late**" in line)
+    assert "out-of-memory" not in s4
+    assert set(result.gap_closed[result.gap_closed["session"] == "S3_mask_backbone_early"]["training_note"]) == \
+        {note[1:-len(": not trained like them)")]}
+    _record_batch(tmp_path / "yolov8m" / "yolov8m__S1_clean_train", configured, 8)
+    report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=99, charts=False,
+                        sessions=list(sessions))
+    text = (tmp_path / "report.md").read_text()
+    answer = text[text.index("## The answer"):text.index("## Grid status")]
+    s4 = next(line for line in answer.splitlines() if "**yolov8m S4 mask backbone-late**" in line)
+    assert f"(S1 trained at batch 8 after out-of-memory retries, its siblings at {siblings}: not trained like them)" \
+        in s4
 
 
 def test_report_html_is_self_contained_with_the_sections_of_report_md(built: report.ReportResult) -> None:

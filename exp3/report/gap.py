@@ -8,10 +8,10 @@ Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the se
 over the image ids every session shares; mAP draws are the report's `MapDraws` (the validator's per-image stats,
 same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
 ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
-(UNPAIRED), as `mapdraws.map_interval` gives their comparison no interval. With several seeds, each session's seeds are resampled too
-(two levels, `stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired
-test_clean difference of `comparisons.csv`.
-"""
+(UNPAIRED), as `mapdraws.map_interval` gives their comparison no interval. With several seeds, each session's
+seeds are resampled too (two levels, `stats.seed_multiplicities`, one independent stream per session). The clean
+cost is the paired test_clean difference of `comparisons.csv`. A session whose out-of-memory retries changed its
+batch is named next to the verdicts it enters (`batch_notes`): it was not trained like its siblings."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from exp3.mapstats import MapStats
 from exp3.report import severity
 from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
 from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
+from exp3.report.runs import SessionRun
 from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores
 from exp3.report.text import fmt, markdown_table, short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
@@ -52,13 +53,16 @@ NOT_DONE = "S1, S2 or this session is not done, or lacks its per-image files"
 UNPAIRED = ("S1, S2 and this session are not on the same images (their per-image files hold other image ids): "
             "no paired draws; evaluate them on one suite")
 """The reasons of a NO_RESULT row (GapRow.reason): a number from draws of other images would not be paired."""
+NOT_ALIKE = "not trained like them"
+"""Said of a session whose out-of-memory retries changed its batch: the seed protocol trains a model's sessions at
+one batch, so its difference to them is not the masking's alone (GapRow.training_note)."""
 REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
                                                "does not help", "cannot tell")
 GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
                                 "gap_ci_high", "gain", "gain_ci_low", "gain_ci_high", "gap_closed",
                                 "gap_closed_ci_low", "gap_closed_ci_high", "clean_cost", "clean_cost_ci_low",
                                 "clean_cost_ci_high", "verdict", "reason", "clean_verdict", "n_images", "n_seeds",
-                                "interval_levels")
+                                "interval_levels", "training_note")
 
 
 def verdict(result: stats.GapClosed | None) -> str:
@@ -120,6 +124,8 @@ class GapRow:
     interval_levels: str = "images"
     reason: str = ""
     """Why `result` is None (NOT_DONE, UNPAIRED); empty when there is a result."""
+    training_note: str = ""
+    """S1, S2 or Sx runs trained at another batch than their siblings (`batch_notes`); empty when none."""
 
     def record(self) -> dict[str, Any]:
         nan3 = (math.nan,) * 3
@@ -129,7 +135,7 @@ class GapRow:
         cost = _triple(self.clean_cost) if self.clean_cost else nan3
         values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *gap, *gain,
                   *ratio, *cost, verdict(self.result), self.reason, clean_verdict(self.clean_cost), self.n_images,
-                  self.n_seeds, self.interval_levels)
+                  self.n_seeds, self.interval_levels, self.training_note)
         return dict(zip(GAP_COLUMNS, values))
 
 
@@ -231,6 +237,33 @@ class _ModelDraws:
         return 0 if entry is None else len(entry[0])
 
 
+def _recorded_int(metrics: Any, *path: str) -> int | None:
+    """The integer at `path` of a parsed metrics.json, None when absent or not an integer."""
+    for key in path:
+        metrics = metrics.get(key) if isinstance(metrics, dict) else None
+    return metrics if isinstance(metrics, int) and not isinstance(metrics, bool) else None
+
+
+def batch_note(run: SessionRun, name: str) -> str:
+    """"<name> trained at batch 4 after out-of-memory retries, its siblings at 16" when `run`'s retries trained it at
+    another batch (`training.oom_retry_batch`) than the configured one (`inputs.config.train.batch`, which every
+    session of the run shares; unset: Ultralytics' default); "" otherwise."""
+    retried = _recorded_int(run.metrics, "training", "oom_retry_batch")
+    configured = _recorded_int(run.metrics, "inputs", "config", "train", "batch")
+    if retried is None or retried == configured:
+        return ""
+    siblings = "Ultralytics' default batch" if configured is None else str(configured)
+    return f"{name} trained at batch {retried} after out-of-memory retries, its siblings at {siblings}"
+
+
+def batch_notes(runs: list[SessionRun]) -> str:
+    """`batch_note` of every done run of one session (several seeds: named with their seed), joined by "; "."""
+    done = [run for run in runs if run.status == SessionState.DONE]
+    names = [short_session(run.suffix) + (f" (seed {run.seed})" if len(done) > 1 and run.seed is not None else "")
+             for run in done]
+    return "; ".join(note for note in map(batch_note, done, names) if note)
+
+
 def _no_result_reason(sides: list[_Draws | None]) -> str:
     """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED (like `mapdraws.map_interval`, draws
     of other image ids are no paired difference); empty when they give one."""
@@ -250,6 +283,7 @@ def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
     rows: list[GapRow] = []
     for model in models:
         draws = _ModelDraws(model, grouped, map_draws, n_resamples, seed)
+        notes = {suffix: batch_notes(grouped.get((model, suffix), [])) for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -264,8 +298,9 @@ def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
                     result = None if reason else stats.gap_closed(*(side.point for side in sides),
                                                                   *(side.draws for side in sides))
                     seeds = [draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix)]
+                    note = "; ".join(notes[name] for name in (REFERENCE, CONTROL, suffix) if notes[name])
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
-                                       min(seeds), "seeds+images" if max(seeds) > 1 else "images", reason))
+                                       min(seeds), "seeds+images" if max(seeds) > 1 else "images", reason, note))
     return rows
 
 
@@ -298,8 +333,8 @@ def _reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
-    """The plain-words answer: one bullet per model x site (headline basis), with its clean cost on F1 and why a
-    metric gives no result."""
+    """The plain-words answer: one bullet per model x site (headline basis), with the sessions not trained like
+    their siblings next to its verdict, its clean cost on F1 and why a metric gives no result."""
     lines = []
     for model in models:
         part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
@@ -308,9 +343,10 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             continue
         for suffix, text in site_verdicts(table, model).items():
             rows = part[part["session"] == suffix]
-            reasons = _reasons(rows)
+            reasons, note = _reasons(rows), rows["training_note"].iloc[0]
+            site, alike = f"- **{model} {SESSION_LABELS[suffix]}**", f" ({note}: {NOT_ALIKE})" if note else ""
             if text == NO_RESULT:
-                lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: no result ({'; '.join(reasons)}).")
+                lines.append(f"{site}: no result ({'; '.join(reasons)}){alike}.")
                 continue
             costs: dict[str, list[str]] = {}
             for _, row in rows.iterrows():
@@ -318,8 +354,7 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
                     costs.setdefault(row["clean_verdict"], []).append(METRIC_LABELS[row["metric"]])
             clean = "; ".join(f"{reading} ({', '.join(metrics)})" for reading, metrics in costs.items()) or "unknown"
             missing = "".join(f" {', '.join(metrics)}: no result ({reason})." for reason, metrics in reasons.items())
-            lines.append(f"- **{model} {SESSION_LABELS[suffix]}**: {text} on {HEADLINE_BASIS}. Clean images: "
-                         f"{clean}.{missing}")
+            lines.append(f"{site}: {text} on {HEADLINE_BASIS}{alike}. Clean images: {clean}.{missing}")
     return lines
 
 

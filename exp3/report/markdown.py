@@ -21,7 +21,7 @@ from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 if TYPE_CHECKING:
     from exp3.report import ReportResult
 
-NO_MAP_INTERVAL = "point estimate, no CI (map_stats missing, not matching the recorded mAP, or on other images)"
+NO_MAP_INTERVAL = "point estimate, no CI (no map_stats file, one not giving the recorded mAP, or one of other images)"
 """The reading of an mAP difference without an interval: `mapdraws` pairs only stats that reproduce the recorded
 mAP on the same image ids."""
 NOT_IN_RUN = "not in run"
