@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,21 +210,104 @@ class _MaskingTrainerMixin:
         return super().save_model()
 
 
+def _temporary(path: Path) -> Path:
+    """The sibling a checkpoint is written to before it replaces `path`."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _promote(temporary: Path, final: Path) -> None:
+    """Make `temporary` durable, then put it in `final`'s place in one step: a kill leaves the old file or the new."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, final)
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """Copy `source` over `target` atomically."""
+    import shutil
+
+    shutil.copyfile(source, _temporary(target))
+    _promote(_temporary(target), target)
+
+
+def _load_or_none(path: Path) -> dict[str, Any] | None:
+    """The checkpoint dict at `path`; None when it is missing or unreadable."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - missing, truncated, not a checkpoint: all unusable here
+        return None
+    return checkpoint if isinstance(checkpoint, dict) else None
+
+
+def _own_fitness(checkpoint: dict[str, Any] | None) -> float | None:
+    """The val fitness of the epoch a checkpoint holds (None if it has none)."""
+    fitness = ((checkpoint or {}).get("train_metrics") or {}).get("fitness")
+    return None if fitness is None else float(fitness)
+
+
+def holds_best(checkpoint: dict[str, Any] | None) -> bool:
+    """Whether an unstripped checkpoint is its run's best epoch: its fitness is the best fitness, so Ultralytics
+    wrote the very same bytes to best.pt (ties go to the later epoch, as in `save_model`). A stripped (final)
+    checkpoint has no best fitness left: False."""
+    fitness = _own_fitness(checkpoint)
+    return fitness is not None and (checkpoint or {}).get("best_fitness") == fitness
+
+
+def _rank(checkpoint: dict[str, Any] | None) -> tuple[float, int]:
+    """(fitness, epoch): the order in which Ultralytics prefers checkpoints for best.pt (ties: the later epoch)."""
+    fitness = _own_fitness(checkpoint)
+    return (float("-inf"), -1) if fitness is None else (fitness, int((checkpoint or {}).get("epoch", -1)))
+
+
+@contextmanager
+def _atomic_strips() -> Iterator[None]:
+    """While it lasts, Ultralytics' `strip_optimizer` (final_eval's in-place rewrite of last.pt and best.pt) writes
+    a temporary sibling and replaces the file atomically."""
+    from ultralytics.engine import trainer as engine
+
+    strip = engine.strip_optimizer
+
+    def atomic_strip(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
+        target = Path(s or f)
+        _temporary(target).unlink(missing_ok=True)  # a killed strip's torso is never promoted
+        result = strip(f, str(_temporary(target)), updates)
+        if _temporary(target).exists():  # Ultralytics writes nothing for a file it cannot read
+            _promote(_temporary(target), target)
+        return result
+
+    engine.strip_optimizer = atomic_strip
+    try:
+        yield
+    finally:
+        engine.strip_optimizer = strip
+
+
 class _AtomicCheckpointMixin:
     """Writes `last.pt` / `best.pt` atomically: a crash mid-save leaves the previous file intact.
 
-    Ultralytics writes checkpoints in place (`Path.write_bytes`), so a `kill -9` during a save
-    leaves a truncated `last.pt` that cannot be resumed. Here `save_model` writes to temporary
-    siblings, fsyncs them and `os.replace`s them over the real names; only temp files written by
-    this very save are promoted (a leftover from a killed save is removed first). Nothing else changes.
+    Ultralytics writes checkpoints in place (`Path.write_bytes`; `strip_optimizer` at the end), so a
+    `kill -9` during a save leaves a truncated file. Here `save_model` writes to temporary siblings,
+    fsyncs them and `os.replace`s them over the real names, best.pt first; only temp files written
+    by this very save are promoted (a leftover from a killed save is removed first). `final_eval`'s
+    strips do the same (`_atomic_strips`).
+
+    Killed between a save's two renames, best.pt may hold a newer epoch than last.pt: on resume,
+    `resume_training` makes the run's best fitness that of best.pt, so only a better epoch replaces
+    it (and when last.pt holds a better epoch than best.pt, the state exp3's older last-first order
+    left, best.pt becomes a copy of it). Nothing else changes.
     """
 
     last: Path
     best: Path
+    best_fitness: Any
+    resume: Any
+    stopper: Any
 
     def save_model(self) -> Any:
-        final = {"last": self.last, "best": self.best}
-        temporary = {name: path.with_name(f".{path.name}.tmp") for name, path in final.items()}
+        final = {"best": self.best, "last": self.last}  # best first: a kill between leaves best.pt ahead, never behind
+        temporary = {name: _temporary(path) for name, path in final.items()}
         for leftover in temporary.values():
             # A temp file that exists before this save is the torso of a killed save: never promote it
             # (on a non-improving epoch it would otherwise replace a good best.pt).
@@ -234,10 +319,34 @@ class _AtomicCheckpointMixin:
             self.last, self.best = final["last"], final["best"]
         for name, tmp in temporary.items():
             if tmp.exists():
-                with open(tmp, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(tmp, final[name])
+                _promote(tmp, final[name])
         return result
+
+    def final_eval(self) -> Any:
+        with _atomic_strips():
+            return super().final_eval()  # type: ignore[misc]
+
+    def resume_training(self, ckpt: dict[str, Any] | None) -> None:
+        super().resume_training(ckpt)  # type: ignore[misc]
+        if ckpt is not None and self.resume:
+            self._reconcile_best(ckpt)
+
+    def _reconcile_best(self, last: dict[str, Any]) -> None:
+        """Bring best.pt and the best fitness restored from last.pt (`last`) back in line after a kill between the
+        two renames of a save (see the class docstring)."""
+        best = _load_or_none(self.best)
+        if holds_best(last) and _rank(last) > _rank(best):
+            if RANK in {-1, 0}:
+                copy_checkpoint(self.last, self.best)
+            LOGGER.warning(f"{self.best} was behind {self.last} (epoch {last.get('epoch')}, fitness "
+                           f"{_own_fitness(last)}): replaced by a copy of it")
+            return
+        fitness = _own_fitness(best)
+        if fitness is not None and (self.best_fitness is None or fitness > self.best_fitness):
+            LOGGER.warning(f"{self.best} (epoch {(best or {}).get('epoch')}) is ahead of {self.last}: best fitness "
+                           f"{self.best_fitness} -> {fitness}, so only a better epoch replaces it")
+            self.best_fitness = fitness
+            self.stopper.__dict__.update((best or {}).get("stopper") or {})
 
 
 class SafeDetectionTrainer(_AtomicCheckpointMixin, DetectionTrainer):
