@@ -54,6 +54,8 @@ TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "
 """Keys of the training's train_info.json copied into metrics.json's `training` block."""
 CHECKPOINT_CHOICE = ("best.pt: the epoch with the best fitness (0.1 mAP50 + 0.9 mAP50-95) on the clean val "
                      "split, chosen the same way for all six sessions; the test splits never influence it")
+LAST_CHECKPOINT = ("last.pt: the final epoch, not selected on val: the training left no best.pt (Ultralytics "
+                   "writes it at every epoch whose val fitness is the best so far)")
 THRESHOLD_CRITERION = "ingredient micro F1 on the clean val split"
 PREDICTIONS = ("model.predict as returned (YOLO: one class per box, predict's NMS defaults; "
                "RT-DETR: top 300 over queries x classes); mAP: model.val")
@@ -155,7 +157,8 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
         experiment=config.name,
         cache_key=inputs.key,
         inputs=inputs,
-        checkpoint=Checkpoint(path=str(checkpoint), which=checkpoint.name, why=CHECKPOINT_CHOICE),
+        checkpoint=Checkpoint(path=str(checkpoint), which=checkpoint.name,
+                              why=CHECKPOINT_CHOICE if checkpoint.name == "best.pt" else LAST_CHECKPOINT),
         training=Training.model_validate({
             "family": plan.family,
             "source": plan.source,

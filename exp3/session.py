@@ -26,7 +26,11 @@ A session with a valid DONE marker made under the same inputs (same key) is skip
 made under other inputs is `stale`: moved aside to `<root>/stale/` (kept, named in the log) and
 the session trains again from scratch. A partial `train/weights/last.pt` of the same inputs is
 resumed. Checkpoint evaluated: `best.pt` (selected on the clean `val` split, the same for all
-six sessions), falling back to `last.pt` only if `best.pt` is missing. Operating points: the
+six sessions), `last.pt` only if no `best.pt` was ever written (metrics.json's `checkpoint.why`
+says so). An unreadable checkpoint is set aside (`<name>.corrupt-<time>`, kept) before training
+(exp3.train `_training_state`): without last.pt a finished best.pt is evaluated as is; without
+best.pt, last.pt stands in only if it holds the same epoch (best.pt is restored from it), else it
+is set aside too (`last.pt.superseded-<time>`) and the session trains again. Operating points: the
 primary threshold `eval.conf` (predict's 0.25) and each session's own threshold chosen on the
 clean val split (docs/thresholds.md).
 
@@ -155,7 +159,7 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
     from exp3.dataset import read_data_yaml
     from exp3.evaluate import load_evaluation_model
     from exp3.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
-    from exp3.train import checkpoint_state, plan_training, run_training
+    from exp3.train import final_checkpoint, plan_training, run_training
 
     folder, logs = paths.folder, paths.logs
     previous_failure = paths.failure()
@@ -164,10 +168,9 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
     train_yaml = Path(prepared.s2_data_yaml if session.train_images == "occluded" else prepared.data_yaml)
     plan = plan_training(config, session, train_yaml, folder, output_root, weights, retry_batch)
     outcome = run_training(plan, logs)
-    state, epoch_info = checkpoint_state(plan.last_pt)
-    if state != "finished":
+    checkpoint, epoch_info = final_checkpoint(plan)
+    if checkpoint is None:
         raise SessionFailed(f"training stopped early ({epoch_info}); run the session again to resume")
-    checkpoint = plan.best_pt if plan.best_pt.is_file() else plan.last_pt
     _link_weights(Path(plan.run_dir) / "weights", folder / "weights")
     names = read_data_yaml(prepared.data_yaml).names
     eval_wall = 0.0
@@ -268,15 +271,16 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
 
 
 def _link_weights(source: Path, target: Path) -> None:
-    """`target/{best,last}.pt` as hard links to the trained files (a copy across file systems)."""
+    """`target/{best,last}.pt` as hard links to the trained files (a copy across file systems); a link to a file
+    since set aside is removed."""
     import os
     import shutil
 
     target.mkdir(parents=True, exist_ok=True)
     for name in ("best.pt", "last.pt"):
+        (target / name).unlink(missing_ok=True)
         if not (source / name).is_file():
             continue
-        (target / name).unlink(missing_ok=True)
         try:
             os.link(source / name, target / name)
         except OSError:

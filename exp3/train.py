@@ -18,7 +18,9 @@ the session in a fresh process with half the batch, so no training ever runs twi
 
 Resume: if the session's own `train/weights/last.pt` exists and is unfinished, training resumes
 from it (never from another session's checkpoint) with the same trainer class, so masking is
-re-attached; a finished `last.pt` counts as trained.
+re-attached; a finished `last.pt` counts as trained. An unreadable checkpoint is set aside first
+(`_training_state`: never one epoch in place of another), and `final_checkpoint` names the one a
+finished training is evaluated from.
 """
 
 from __future__ import annotations
@@ -132,21 +134,37 @@ def masking_spec_for(config: ExperimentConfig, session: Session) -> dict[str, An
     return spec
 
 
-def checkpoint_state(last_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
-    """Whether `last.pt` is missing, unreadable, an unfinished (resumable) or a finished training; plus epoch info."""
-    if not last_pt.is_file():
+def checkpoint_state(checkpoint_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
+    """Whether a checkpoint (last.pt or best.pt) is missing, unreadable, of an unfinished (resumable) or of a
+    finished training; plus epoch info (`holds_best`: it is its run's best epoch, `exp3.trainers.holds_best`)."""
+    if not checkpoint_pt.is_file():
         return "missing", {}
     import torch
 
+    from exp3.trainers import holds_best
+
     try:
-        checkpoint = torch.load(last_pt, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(checkpoint_pt, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file is "corrupt"
         return "corrupt", {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
     epoch = int(checkpoint.get("epoch", -1))
     epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
-    info = {"epoch": epoch, "epochs": epochs}
+    info = {"epoch": epoch, "epochs": epochs, "holds_best": holds_best(checkpoint)}
     finished = epoch < 0 or checkpoint.get("optimizer") is None or epoch + 1 >= epochs
     return ("finished" if finished else "partial"), info
+
+
+def final_checkpoint(plan: TrainPlan) -> tuple[Path | None, dict[str, Any]]:
+    """The checkpoint a finished training is evaluated from: best.pt (selected on val), last.pt only when no best.pt
+    exists; (None, last.pt's epoch info) while the training is unfinished. A finished training whose last.pt was
+    set aside (`_training_state`) is evaluated from its best.pt."""
+    state, info = checkpoint_state(plan.last_pt)
+    best_state, best_info = checkpoint_state(plan.best_pt)
+    if state == "missing" and best_state == "finished":
+        return plan.best_pt, best_info
+    if state != "finished":
+        return None, info
+    return (plan.last_pt if best_state == "missing" else plan.best_pt), info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,20 +282,62 @@ def _optimizer_summary(trainer: Any, requested: str | None) -> dict[str, Any]:
             "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
 
 
-def _recover_from_corrupt_last(plan: TrainPlan, info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
-    """Quarantine an unreadable last.pt (kept as last.pt.corrupt-<time>); resume from the session's own
-    best.pt if that is a readable unfinished checkpoint, else start this session's training afresh."""
-    quarantine = plan.last_pt.with_name(f"last.pt.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(plan.last_pt, quarantine)
-    print(f"WARNING exp3: {plan.last_pt} is unreadable ({info.get('error')}); moved to {quarantine.name}")
-    state, best_info = checkpoint_state(plan.best_pt)
-    if state == "partial":
-        import shutil
+def _set_aside(path: Path, label: str, why: str) -> Path:
+    """Rename `path` to `<name>.<label>-<time>` beside it (kept for inspection, never deleted), saying `why`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, count = path.with_name(f"{path.name}.{label}-{stamp}"), 1
+    while target.exists():  # never over an earlier one set aside in the same second
+        target, count = path.with_name(f"{path.name}.{label}-{stamp}-{count}"), count + 1
+    os.replace(path, target)
+    print(f"WARNING exp3: {path} {why}; moved to {target.name}")
+    return target
 
-        shutil.copyfile(plan.best_pt, plan.last_pt)
-        print(f"WARNING exp3: resuming from this session's best.pt instead ({best_info})")
-        return "partial", best_info
-    print("WARNING exp3: no resumable checkpoint left: training this session from the start")
+
+def _training_state(plan: TrainPlan) -> tuple[CheckpointState, dict[str, Any]]:
+    """What the session's checkpoints leave to train, once what cannot be used is set aside: an unreadable last.pt
+    (`_continue_from_best`), an unreadable best.pt (`_recover_from_corrupt_best`)."""
+    state, info = checkpoint_state(plan.last_pt)
+    if state == "corrupt":
+        _set_aside(plan.last_pt, "corrupt", f"is unreadable ({info.get('error')})")
+        state, info = "missing", {}
+    best_state, best_info = checkpoint_state(plan.best_pt)
+    if best_state == "corrupt":
+        return _recover_from_corrupt_best(plan, state, info, best_info)
+    if state == "missing" and best_state != "missing":
+        return _continue_from_best(plan, best_state, best_info)
+    return state, info
+
+
+def _continue_from_best(plan: TrainPlan, best_state: CheckpointState,
+                        best_info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
+    """last.pt is gone: a finished best.pt is the finished training's own checkpoint (nothing to train); an
+    unfinished one is resumed (copied to last.pt)."""
+    if best_state == "finished":
+        print(f"WARNING exp3: {plan.best_pt} is a finished training's ({best_info}): evaluating it, nothing to train")
+        return "finished", best_info
+    from exp3.trainers import copy_checkpoint
+
+    copy_checkpoint(plan.best_pt, plan.last_pt)
+    print(f"WARNING exp3: resuming from this session's best.pt instead ({best_info})")
+    return "partial", best_info
+
+
+def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: dict[str, Any],
+                               best_info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
+    """Set an unreadable best.pt aside. When last.pt holds the same epoch (its fitness is the run's best) best.pt is
+    restored from it; otherwise the epoch best.pt held is lost, and evaluating another checkpoint would change how
+    this one session's checkpoint is chosen: last.pt is set aside too and the session trains from the start."""
+    from exp3.trainers import copy_checkpoint
+
+    _set_aside(plan.best_pt, "corrupt", f"is unreadable ({best_info.get('error')})")
+    if info.get("holds_best"):
+        copy_checkpoint(plan.last_pt, plan.best_pt)
+        print(f"WARNING exp3: best.pt restored from last.pt, which holds the same epoch ({info})")
+        return state, info
+    if state != "missing":
+        _set_aside(plan.last_pt, "superseded", f"is not known to hold the epoch best.pt held ({info}): it cannot "
+                   "stand in for it")
+    print("WARNING exp3: no checkpoint of the best epoch left: training this session from the start")
     return "missing", {}
 
 
@@ -302,11 +362,9 @@ def _train(plan: TrainPlan) -> None:
 def _train_with(plan: TrainPlan) -> None:
     trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
     model_class = _load_symbol(MODEL_CLASSES[plan.family])
-    state, info = checkpoint_state(plan.last_pt)
-    if state == "corrupt":
-        state, info = _recover_from_corrupt_last(plan, info)
+    state, info = _training_state(plan)
     if state == "finished":
-        print(f"exp3: {plan.last_pt} is a finished training (epoch info {info}): nothing to train")
+        print(f"exp3: {plan.run_dir} holds a finished training (epoch info {info}): nothing to train")
         return
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     earlier = _read_info(info_path) if state == "partial" else {}

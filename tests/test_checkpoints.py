@@ -92,6 +92,24 @@ def test_a_kill_between_the_two_renames_never_leaves_best_pt_behind(
     assert _own_fitness(weights / "best.pt") == max(trainer.seen) == FITNESS[KILL_EPOCH]
 
 
+def _kill_halfway_through_writing(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Kill the first `torch.save` to a file whose name holds `name` halfway through its bytes. Only the final strip
+    saves to a file: the per-epoch saves serialise to memory first."""
+    import torch
+
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(f, (str, os.PathLike)) or name not in Path(f).name:
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        Path(f).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise Killed(f"killed writing {f}")
+
+    monkeypatch.setattr(torch, "save", save)
+
+
 def test_a_kill_during_the_final_strip_leaves_both_checkpoints_readable(
         tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ultralytics rewrites last.pt and best.pt at the end of training (final_eval's strip_optimizer); killed
@@ -99,21 +117,38 @@ def test_a_kill_during_the_final_strip_leaves_both_checkpoints_readable(
     import torch
     from ultralytics import YOLO
 
-    real_save = torch.save
-
-    def killed_halfway_through_best(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        if not isinstance(f, (str, os.PathLike)) or "best" not in Path(f).name:
-            return real_save(obj, f, *args, **kwargs)  # the per-epoch saves serialise to memory first
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        Path(f).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        raise Killed(f"killed writing {f}")
-
     with monkeypatch.context() as patch:
-        patch.setattr(torch, "save", killed_halfway_through_best)
+        _kill_halfway_through_writing(patch, "best")
         with pytest.raises(Killed):
             YOLO("yolov8n.yaml").train(data=str(tiny_data_yaml), epochs=1, trainer=SafeDetectionTrainer,
                                        project=str(tmp_path), name="run", **TRAIN_ARGS)
     weights = tmp_path / "run" / "weights"
     for name in ("last.pt", "best.pt"):
         torch.load(weights / name, map_location="cpu", weights_only=False)  # raises on a truncated file
+
+
+def test_an_unreadable_best_pt_is_restored_from_a_last_pt_of_the_same_epoch(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the final strip of last.pt (both files still whole, not stripped), then best.pt damaged by another
+    cause: last.pt is itself the best epoch (its fitness is the run's best fitness), so Ultralytics wrote the same
+    bytes to best.pt: best.pt is restored from it, the bad file is kept aside, nothing is trained again."""
+    from exp3.train import TrainPlan, final_checkpoint, run_training
+
+    plan = TrainPlan(session="check__S1_clean_train", family="detect", source="yolov8n.yaml", pretrained=False,
+                     overrides={"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu"},
+                     locations={"data": str(tiny_data_yaml), "project": str(tmp_path / "s"), "name": "train",
+                                "exist_ok": True},
+                     masking_site=None, masking_spec=None, output_root=str(tmp_path),
+                     run_dir=str(tmp_path / "s" / "train"))
+    with monkeypatch.context() as patch:
+        _kill_halfway_through_writing(patch, "last")
+        with pytest.raises(Killed):
+            run_training(plan, tmp_path / "logs")
+    last = plan.last_pt.read_bytes()
+    data = plan.best_pt.read_bytes()
+    plan.best_pt.write_bytes(data[: len(data) // 2])
+    run_training(plan, tmp_path / "logs")
+    assert plan.best_pt.read_bytes() == last and plan.last_pt.read_bytes() == last  # restored; nothing trained
+    assert final_checkpoint(plan)[0] == plan.best_pt
+    assert len(list(plan.best_pt.parent.glob("best.pt.corrupt-*"))) == 1
+    assert "best.pt restored from last.pt" in (tmp_path / "logs" / "train.log").read_text()

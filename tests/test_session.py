@@ -409,3 +409,65 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
     assert here.map50 > 0
     assert here.records == other["records"]
     assert [here.map50, here.map50_95] == other["map"]
+
+
+def _trained_but_not_recorded(tmp_path: Path) -> tuple[object, Session, Path, Path]:
+    """A session whose training finished but which was killed before its record (no DONE, no metrics.json):
+    (config, session, output root, its train/weights folder)."""
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output))
+    session = Session("yolov8n", "S1_clean_train")
+    run_session(config, session, output)
+    paths = SessionPaths.of(output, session)
+    paths.done_marker.unlink()
+    paths.metrics.unlink()
+    return config, session, output, paths.folder / "train" / "weights"
+
+
+def _truncate(path: Path) -> None:
+    """What an in-place write killed halfway leaves: the first half of the file."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_best_pt_is_set_aside_and_the_session_trains_again(tmp_path: Path) -> None:
+    """Killed while Ultralytics rewrote best.pt at the end of training: last.pt finished (stripped), best.pt
+    truncated. That epoch cannot be recovered from last.pt, and last.pt in its place would change the rule
+    (val-selected) for this one session: both are set aside and the session trains again."""
+    from exp3.train import checkpoint_state
+
+    config, session, output, weights = _trained_but_not_recorded(tmp_path)
+    _truncate(weights / "best.pt")
+    metrics = run_session(config, session, output)  # before issue 35: SessionFailed, and again on every rerun
+    assert metrics.status == "done" and metrics.checkpoint.which == "best.pt"
+    assert metrics.checkpoint.path == str(weights / "best.pt")
+    assert checkpoint_state(weights / "best.pt")[0] == "finished"
+    assert metrics.training.resumed_from_epoch is None and metrics.training.attempts == 1  # a new training
+    assert len(list(weights.glob("best.pt.corrupt-*"))) == 1  # the bad file, kept for inspection
+    assert len(list(weights.glob("last.pt.superseded-*"))) == 1  # the old training's last epoch, kept
+    log = (SessionPaths.of(output, session).logs / "train.log").read_text()
+    assert "best.pt is unreadable" in log and "training this session from the start" in log
+
+
+def test_a_truncated_last_pt_after_training_evaluates_best_pt_without_training_again(tmp_path: Path) -> None:
+    """last.pt truncated after the training finished: best.pt is the finished training's val-selected checkpoint,
+    which is all the evaluation needs; nothing is trained again."""
+    config, session, output, weights = _trained_but_not_recorded(tmp_path)
+    best = (weights / "best.pt").read_bytes()
+    _truncate(weights / "last.pt")
+    metrics = run_session(config, session, output)
+    assert metrics.status == "done" and metrics.checkpoint.which == "best.pt"
+    assert (weights / "best.pt").read_bytes() == best  # the same file: no second training
+    assert len(list(weights.glob("last.pt.corrupt-*"))) == 1 and not (weights / "last.pt").exists()
+    assert not (SessionPaths.of(output, session).folder / "weights" / "last.pt").exists()  # no link to a bad file
+
+
+def test_a_training_without_best_pt_is_evaluated_from_last_pt_and_says_so(tmp_path: Path) -> None:
+    """No best.pt after a finished training (Ultralytics writes none when no epoch has a finite val fitness): last.pt
+    is evaluated, and metrics.json says which and why: the final epoch, not one selected on val."""
+    config, session, output, weights = _trained_but_not_recorded(tmp_path)
+    (weights / "best.pt").unlink()
+    metrics = run_session(config, session, output)
+    assert metrics.checkpoint.which == "last.pt" and metrics.checkpoint.path == str(weights / "last.pt")
+    assert metrics.checkpoint.why.startswith("last.pt: the final epoch, not selected on val")
+    assert not (SessionPaths.of(output, session).folder / "weights" / "best.pt").exists()
