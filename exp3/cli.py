@@ -14,6 +14,7 @@ from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_outp
 from exp3.flowenv import configure_flow_environment
 from exp3.grid import select_sessions
 from exp3.layout import SessionState
+from exp3.mirror import mirror_for
 from exp3.runlock import LockBusy, RootLock
 from exp3.sessions import Session
 
@@ -76,6 +77,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         grid = select_sessions(config, args.models, args.sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         root = resolve_output_root(config)
+        mirror_for(config.mirror, root)  # a mirror overlapping the root: refused here, in one line
         if args.dry_run:
             return dry_run(config, grid, weights)
         if (lock := RootLock(root)).is_live():

@@ -181,6 +181,13 @@ class FailureConfig(_Strict):
     oom_halve_batch: bool = True
 
 
+class MirrorConfig(_Strict):
+    """A copy of the results on slower, durable storage beside a local `output_root` (exp3/mirror.py)."""
+
+    path: Path | None = None
+    checkpoint_minutes: float = Field(default=30.0, ge=0.0)
+
+
 class ExperimentConfig(_Strict):
     """The whole experiment. `python -m exp3.config show --config FILE` prints it resolved."""
 
@@ -194,6 +201,7 @@ class ExperimentConfig(_Strict):
     masking: MaskingConfig = MaskingConfig()
     eval: EvalConfig = EvalConfig()
     failure: FailureConfig = FailureConfig()
+    mirror: MirrorConfig = MirrorConfig()
     gpus: tuple[int, ...] = ()
     parallel_sessions: int = Field(default=1, ge=1)
     seeds: tuple[int, ...] = (0,)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from exp3.config import ExperimentConfig
+from exp3.config import ExperimentConfig, MirrorConfig
 from exp3.layout import SessionPaths, SessionState
 from exp3.schema import PreparedData
 from exp3.sessions import Session
@@ -37,6 +37,7 @@ class SessionJob(BaseModel):
     deployment: str | None = None  # run as a flow run of this deployment (fan-out), not a local subprocess
     prepared: PreparedData | None = None  # what the flow prepared (data yaml, fingerprint, suites)
     evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`exp3.splits.evaluation_plan`)
+    mirror: MirrorConfig = MirrorConfig()  # where its checkpoints and results are copied (exp3/mirror.py)
 
     session = property(lambda self: Session(self.model, self.suffix, self.seed))
     name = property(lambda self: self.session.name)
@@ -95,7 +96,8 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mappin
                        config_path=str(config_path), output_root=str(config.output_root),
                        epochs=config.models[session.model].epochs, batch=config.train.batch,
                        oom_halve_batch=config.failure.oom_halve_batch,
-                       rerun_failed=rerun_failed, deployment=deployment, prepared=prepared, evaluations=evaluations)
+                       rerun_failed=rerun_failed, deployment=deployment, prepared=prepared, evaluations=evaluations,
+                       mirror=config.mirror)
             for session in grid]
 
 

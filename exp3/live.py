@@ -14,6 +14,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
+from exp3.mirror import mirror_for
 from exp3.progress import (EpochProgress, epoch_progress, epoch_table, format_epoch_line, format_failed_line,
                            format_result, format_seconds, results_rows)
 from exp3.runner import SessionError, retry_batch_for, run_session_subprocess
@@ -48,11 +49,20 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
     if job.deployment:
         return _run_via_deployment(job, retry_batch)
     start = time.perf_counter()
+    view, mirror = EpochView(job, logger), mirror_for(job.mirror, job.output_root)
+
+    def on_poll(finished: bool) -> None:
+        view(finished)
+        if mirror is not None and not finished:
+            mirror.push_checkpoint(job.paths)  # at most every mirror.checkpoint_minutes
+
     try:
-        result = run_session_subprocess(job, retry_batch=retry_batch, on_poll=EpochView(job, logger))
+        result = run_session_subprocess(job, retry_batch=retry_batch, on_poll=on_poll)
     except SessionError as error:
         logger.error(format_failed_line(job.name, str(error), time.perf_counter() - start))
         raise
+    if mirror is not None:
+        mirror.push_done(job.paths)
     if result.moved_aside:
         logger.warning(f"{job.name}: results made under other inputs moved aside to "
                        f"{result.moved_aside}; trained again from scratch")

@@ -69,6 +69,31 @@ def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData
     return prepare_data(config, config.output_root, audited=audited)
 
 
+@task(name="mirror-restore")
+def restore_task(config: ExperimentConfig, keys: dict[str, str]) -> list[str]:
+    """What the mirror holds and the local root lacks, brought back (a done session verified, an unfinished one
+    resumes); then what the mirror lacks of the local root's done sessions, copied up. One line per restored one."""
+    from exp3.mirror import done_sessions, mirror_for
+
+    mirror = mirror_for(config.mirror, config.output_root)
+    restored = mirror.restore(keys)
+    for line in [mirror.summary(), *restored]:
+        get_run_logger().info(line)
+    for paths in done_sessions(config.output_root, keys):
+        mirror.push_done(paths)
+    return restored
+
+
+@task(name="mirror-report")
+def mirror_report_task(config: ExperimentConfig, keys: dict[str, str]) -> None:
+    """The report's files, and any done session a failed copy left out, copied to the mirror."""
+    from exp3.mirror import done_sessions, mirror_for
+
+    mirror = mirror_for(config.mirror, config.output_root)
+    mirror.push_report(done_sessions(config.output_root, keys))
+    get_run_logger().info(f"{mirror.summary()} ({mirror.bytes_written / 1e6:.1f} MB written by this run)")
+
+
 @task(name="train_and_eval", task_run_name="{job.name}", retry_condition_fn=retry_if_transient)
 def train_and_eval(job: SessionJob) -> SessionResult:
     """One session: a subprocess here (`python -m exp3.session`), or a flow run of `job.deployment`."""
@@ -112,12 +137,16 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         prepared = prepare_task(config, audited)
         keys = planned_keys(config, prepared.dataset_fingerprint, prepared.suite_id, weights)  # the config's grid
         write_plan(root, keys)
+        if config.mirror.path is not None:
+            restore_task(config, keys)
         jobs = plan_jobs(config, grid, keys=keys, config_path=str(config_path), rerun_failed=rerun_failed,
                          deployment=fan_out_deployment, prepared=prepared)
         start = train_and_eval.with_options(retries=config.failure.retries).submit  # retries: out of memory
         results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width), start=start,
                                stop_on_failure=config.failure.policy == "stop", announce=announce)
         report_task(root, model_names, list(config.seeds), list(dict.fromkeys(s.suffix for s in grid)))
+        if config.mirror.path is not None:
+            mirror_report_task(config, keys)
     failed = [name for name, result in results.items() if result.status in (SessionState.FAILED, SessionState.SKIPPED)]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(results)} sessions failed: {', '.join(failed)} "

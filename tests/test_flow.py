@@ -208,6 +208,44 @@ def test_kill_9_then_rerun_trains_each_session_once(tmp_path: Path) -> None:
     assert [row["epoch"] for row in metrics["masking"]["stats"]["epochs"]] == [0, 1]
 
 
+def test_losing_the_vm_a_new_root_starts_from_the_mirror(tmp_path: Path) -> None:
+    """Issue 36: Colab's VM recycled mid-run. The flow is killed while S3 trains, after its first mirrored checkpoint,
+    the local root is deleted; the same command on a new, empty local root (another path) and the same mirror
+    restores S1 (done: not trained again), resumes S3 from the mirrored last.pt, and ends with the report."""
+    import shutil
+
+    models = {"yolov8n": {"architecture": "yolov8n.yaml", "epochs": 8}}
+    drive = tmp_path / "drive"
+    config = _config(tmp_path, models, sessions=["S1_clean_train", "S3_mask_backbone_early"],
+                     mirror={"path": str(drive), "checkpoint_minutes": 0})
+    held = drive / "yolov8n" / "yolov8n__S3_mask_backbone_early"
+    process = subprocess.Popen([sys.executable, str(FLOW), "--config", str(config), "--models", "yolov8n"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while not (held / "train" / "weights" / "last.pt").exists() and time.time() < deadline:
+        assert process.poll() is None, "flow ended before the kill"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (drive / "yolov8n" / "yolov8n__S1_clean_train" / "DONE").is_file() and not (held / "DONE").exists()
+    shutil.rmtree(tmp_path / "out")  # the VM is gone, and everything local with it
+    new_root = tmp_path / "new-vm" / "out"
+    rerun = _flow(tmp_path, "--config", str(config), "--models", "yolov8n", "--set", f"output_root={new_root}")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "yolov8n__S1_clean_train: done (DONE verified), not trained again" in rerun.stderr
+    assert "yolov8n__S3_mask_backbone_early: unfinished (" in rerun.stderr
+    first, second = (new_root / "yolov8n" / f"yolov8n__{s}" for s in ("S1_clean_train", "S3_mask_backbone_early"))
+    assert _train_attempts(first) == 1  # its mirrored log: trained once, before the VM went
+    assert _train_attempts(second) == 2  # the attempt before the kill, then the resume
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["training"]["resumed_from_epoch"] is not None
+    assert metrics["checkpoint"]["path"].startswith(str(new_root))  # trained and evaluated where it is now
+    assert (first / "DONE").is_file() and (second / "DONE").is_file() and (new_root / "report.md").is_file()
+    assert not (tmp_path / "out").exists()  # nothing went to the paths the mirrored checkpoint was made at
+    assert (drive / "report.md").is_file() and (held / "DONE").is_file()
+    assert not (held / "train" / "weights" / "last.pt").exists()  # done: its in-progress checkpoint is gone
+
+
 def test_bad_input_and_live_root(tmp_path: Path) -> None:
     bad = _flow(tmp_path, "--smoke", "--models", "yolov9")
     assert bad.returncode == 2 and "unknown model(s) yolov9" in bad.stderr and bad.stderr.count("\n") == 1

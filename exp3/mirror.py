@@ -1,0 +1,226 @@
+"""`mirror.path`: the results copied to slower, durable storage (Google Drive, a network share) beside a local output
+root, and brought back from it when the local root is gone (a recycled Colab VM).
+
+The local root keeps the working set: Prefect's database, the locks, data and suites, the training in progress.
+The mirror gets, each file under a temporary name then renamed (a file it replaces or removes is first truncated to
+0 bytes: Drive keeps a replaced file in its trash, counting against the quota):
+
+    a done session         every file but redundant checkpoints (last.pt unless it was the one evaluated, the
+                           weights/ links), DONE last                                        `push_done`
+    a session in progress  train/weights/{best,last}.pt and the files its resume reads, at most every
+                           `mirror.checkpoint_minutes`, one copy per session                 `push_checkpoint`
+    the report             report.md/.html, the tables and plots/                            `push_report`
+
+`restore` brings back into an empty local root what it lacks: a done session once its DONE marker (metrics.json's
+sha256, the planned key) verifies, an unfinished one with its inputs' key (its last.pt resumes). Data and suites are
+rebuilt from their recipe, never copied. A mirror that fails (read-only, full, disconnected) is warned about once
+per problem and tried again at the next moment; it never fails a session or the flow. Nothing on it needs a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from exp3.config import MirrorConfig
+from exp3.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
+
+TEMP_SUFFIX = ".mirror-tmp"
+CHECKPOINTS = ("best.pt", "last.pt")  # in train/weights/, best first: a copy's best.pt is never older than its last
+REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # the report's files, at the root
+NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
+
+
+def _truncate(path: Path) -> None:
+    """Empty `path` before it is replaced or removed (a no-op if absent)."""
+    try:
+        os.truncate(path, 0)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass
+class Mirror:
+    """The mirror of `root` at `path` (see the module docstring)."""
+
+    path: Path
+    root: Path
+    checkpoint_minutes: float = 30.0
+    bytes_written: int = 0
+    _problems: set[tuple[str, str]] = field(default_factory=set)
+    _started: dict[str, float] = field(default_factory=dict)  # session folder -> when its last checkpoint went
+
+    # ---- files
+
+    def _copy(self, source: Path, target: Path) -> int:
+        """`source` -> `target` under a temporary name, then renamed; skipped when `target` already has its size
+        and mtime. Returns the bytes written."""
+        stat = source.stat()
+        try:
+            held = target.stat()
+            if held.st_size == stat.st_size and int(held.st_mtime) == int(stat.st_mtime):
+                return 0
+        except FileNotFoundError:
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}{TEMP_SUFFIX}")
+        shutil.copyfile(source, temporary)
+        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        _truncate(target)
+        os.replace(temporary, target)
+        return stat.st_size
+
+    def _push(self, source: Path) -> None:
+        self.bytes_written += self._copy(source, self.path / source.relative_to(self.root))
+
+    def _remove(self, local: Path) -> None:
+        """Remove the mirror's copy of `local` (truncated first)."""
+        target = self.path / local.relative_to(self.root)
+        _truncate(target)
+        target.unlink(missing_ok=True)
+
+    def _warn(self, doing: str, error: OSError) -> None:
+        """Once per problem (what failed and why): `WARNING exp3 mirror: ...`; the next moment tries again."""
+        reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        if (doing, reason) not in self._problems:
+            self._problems.add((doing, reason))
+            print(f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); the run "
+                  "goes on locally and tries again at the next session end", flush=True)
+
+    # ---- what goes up
+
+    def push_done(self, paths: SessionPaths) -> None:
+        """A done session: its files but redundant checkpoints, DONE last; then its in-progress copy goes."""
+        try:
+            evaluated = Path(json.loads(paths.metrics.read_text(encoding="utf-8"))["checkpoint"]["path"]).name
+            redundant = [paths.run_dir / "weights" / name for name in CHECKPOINTS if name != evaluated]
+            files = [file for file in _session_files(paths) if file not in redundant]
+            for file in sorted(files, key=lambda file: file.name == DONE_MARKER):
+                self._push(file)
+            for file in redundant:
+                self._remove(file)
+        except OSError as error:
+            self._warn("copying a done session to", error)
+        except (ValueError, KeyError, TypeError):
+            pass  # no readable metrics.json: not done after all, nothing to push
+
+    def push_checkpoint(self, paths: SessionPaths) -> None:
+        """A session in progress: its checkpoints and the files its resume reads, if `checkpoint_minutes` passed
+        since its last copy (its first: since this call first saw it)."""
+        now, folder = time.monotonic(), str(paths.folder)
+        started = self._started.setdefault(folder, now)
+        if now - started < self.checkpoint_minutes * 60 or not paths.last_pt.is_file():
+            return
+        try:
+            files = [file for file in _session_files(paths) if file.name not in (DONE_MARKER, FAILED_MARKER)]
+            checkpoints = [paths.run_dir / "weights" / name for name in CHECKPOINTS]
+            for file in [file for file in files if file not in checkpoints] + checkpoints:
+                if file.is_file():
+                    self._push(file)
+            self._started[folder] = now
+        except OSError as error:
+            self._warn("copying a checkpoint to", error)
+
+    def push_report(self, done: list[SessionPaths]) -> None:
+        """The report's files, and every done session the mirror lacks (a copy that failed earlier)."""
+        for paths in done:
+            self.push_done(paths)
+        try:
+            for pattern in REPORT_GLOBS:
+                for file in sorted(self.root.glob(pattern)):
+                    if file.is_file() and file.name not in NOT_MIRRORED:
+                        self._push(file)
+        except OSError as error:
+            self._warn("copying the report to", error)
+
+    # ---- what comes back
+
+    def restore(self, keys: dict[str, str]) -> list[str]:
+        """Bring back each session of `keys` (name -> planned key) the local root lacks and the mirror holds
+        under that key; returns one line per session restored."""
+        restored: list[str] = []
+        for name, key in keys.items():
+            model = name.split("__", 1)[0]
+            local, held = SessionPaths(self.root / model / name), SessionPaths(self.path / model / name)
+            try:
+                if local.state(key) != SessionState.PENDING or not held.folder.is_dir():
+                    continue
+                if held.is_done(key):
+                    restored.append(self._bring_back_done(held, local, key))
+                elif held.recorded_key() == key and held.last_pt.is_file():
+                    restored.append(self._bring_back_partial(held, local))
+            except OSError as error:
+                self._warn("restoring from", error)
+        return [line for line in restored if line]
+
+    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...] = ()) -> None:
+        files = [file for file in _session_files(held) if file.name not in skip]
+        for file in sorted(files, key=lambda file: file.name == DONE_MARKER):
+            self._copy(file, local.folder / file.relative_to(held.folder))
+
+    def _bring_back_done(self, held: SessionPaths, local: SessionPaths, key: str) -> str:
+        self._bring_back(held, local, skip=(FAILED_MARKER,))
+        if local.is_done(key):
+            return f"{local.folder.name}: done (DONE verified), not trained again"
+        local.done_marker.unlink(missing_ok=True)  # the copy does not verify: the session trains again
+        return ""
+
+    def _bring_back_partial(self, held: SessionPaths, local: SessionPaths) -> str:
+        self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
+        rows = len(local.results_csv.read_text(encoding="utf-8").splitlines()) - 1 if local.results_csv.is_file() \
+            else 0
+        return f"{local.folder.name}: unfinished ({rows} epochs in its mirrored results.csv), resumes from last.pt"
+
+    def summary(self) -> str:
+        return describe(self.path)
+
+
+def describe(path: str | os.PathLike[str]) -> str:
+    """One line: what the mirror at `path` holds (sessions done, unfinished ones with a checkpoint, bytes)."""
+    path = Path(path)
+    done = sum(1 for _ in path.glob(f"*/*__*/{DONE_MARKER}"))
+    unfinished = sum(1 for last in path.glob(f"*/*__*/{TRAIN_RUN_NAME}/weights/last.pt")
+                     if not (last.parents[2] / DONE_MARKER).is_file())
+    size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return f"mirror {path}: {done} sessions done, {unfinished} unfinished with a checkpoint, {size / 1e9:.2f} GB"
+
+
+def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:
+    """The folders under `root` of the sessions of `keys` (name -> key) that are done under their key."""
+    found = {name: SessionPaths(Path(root) / name.split("__", 1)[0] / name) for name in keys}
+    return [paths for name, paths in found.items() if paths.is_done(keys[name])]
+
+
+def _session_files(paths: SessionPaths) -> Iterator[Path]:
+    """The files of a session folder worth mirroring: not the weights/ links (the same bytes as train/weights/),
+    not a quarantined checkpoint, not a temporary file (exp3's and the mirror's start with a dot)."""
+    for file in sorted(paths.folder.rglob("*")):
+        relative = file.relative_to(paths.folder)
+        if file.is_file() and relative.parts[0] != "weights" and not file.name.startswith(".") \
+                and ".corrupt-" not in file.name:
+            yield file
+
+
+def mirror_for(settings: MirrorConfig, root: str | os.PathLike[str]) -> Mirror | None:
+    """The one `Mirror` of this process for `root` under `settings` (its warnings and checkpoint times last the
+    whole run); None without `mirror.path`. ValueError when the mirror and the root overlap."""
+    if settings.path is None:
+        return None
+    return _mirror(str(Path(settings.path).absolute()), str(Path(root).absolute()), settings.checkpoint_minutes)
+
+
+@lru_cache(maxsize=None)
+def _mirror(path: str, root: str, checkpoint_minutes: float) -> Mirror:
+    mirror, local = Path(path), Path(root)
+    if mirror == local or mirror.is_relative_to(local) or local.is_relative_to(mirror):
+        raise ValueError(f"mirror.path {str(mirror)!r} overlaps output_root {str(local)!r}: the mirror must be a "
+                         "folder of its own on other storage (e.g. /content/drive/MyDrive/exp3 beside a local "
+                         "output_root under /content)")
+    return Mirror(mirror, local, checkpoint_minutes)

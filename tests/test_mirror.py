@@ -1,0 +1,149 @@
+"""The mirror (exp3/mirror.py) on real files: what goes up, what comes back (verified), what a failing mirror does.
+The flow-level test (kill -9, the local root deleted, a new root resumes from the mirror) is in test_flow.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from exp3.config import MirrorConfig
+from exp3.layout import SessionPaths, SessionState
+from exp3.mirror import Mirror, describe, mirror_for
+
+KEY = "yolov8n__S1_clean_train-0123456789abcdef"
+
+
+def _session(root: Path, done: bool, key: str = KEY) -> SessionPaths:
+    """A session folder as a session leaves it: inputs, Ultralytics' run (results.csv, checkpoints), the weights/
+    links, logs, and when `done` its metrics.json (naming best.pt, as evaluated) and DONE marker."""
+    paths = SessionPaths(root / "yolov8n" / "yolov8n__S1_clean_train")
+    paths.folder.mkdir(parents=True)
+    paths.write_inputs({"session": paths.folder.name}, key)
+    weights = paths.run_dir / "weights"
+    weights.mkdir(parents=True)
+    (weights / "last.pt").write_bytes(os.urandom(3000))
+    (weights / "best.pt").write_bytes(os.urandom(2000))
+    paths.results_csv.write_text("epoch,metrics/mAP50(B)\n1,0.1\n2,0.2\n")
+    paths.logs.mkdir()
+    (paths.logs / "train.log").write_text("==== exp3 train yolov8n__S1_clean_train ====\n")
+    (paths.run_dir / ".last.pt.tmp").write_bytes(b"torso of a killed save")
+    if done:
+        (paths.folder / "weights").mkdir()
+        os.link(weights / "best.pt", paths.folder / "weights" / "best.pt")
+        paths.metrics.write_text(json.dumps({"checkpoint": {"path": str(weights / "best.pt")}}))
+        paths.write_done(key, {})
+    return paths
+
+
+def _mirror(tmp_path: Path, minutes: float = 0.0) -> Mirror:
+    return Mirror(tmp_path / "mirror", tmp_path / "local", checkpoint_minutes=minutes)
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(file.relative_to(folder)) for file in folder.rglob("*") if file.is_file()}
+
+
+def test_a_done_session_goes_up_without_redundant_checkpoints(tmp_path: Path) -> None:
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    mirror.push_checkpoint(paths)  # while it trained: its checkpoints and what a resume reads
+    held = mirror.path / "yolov8n" / "yolov8n__S1_clean_train"
+    assert _files(held) == {"inputs.json", "train/results.csv", "logs/train.log", "train/weights/last.pt",
+                            "train/weights/best.pt"}
+    in_progress = held / "train" / "weights" / "last.pt"
+    os.link(in_progress, tmp_path / "trash")  # the inode Drive's trash would keep
+    _session(tmp_path / "done-later", done=True)  # the same session, done
+    done = SessionPaths(tmp_path / "done-later" / "yolov8n" / "yolov8n__S1_clean_train")
+    Mirror(mirror.path, tmp_path / "done-later").push_done(done)
+    assert _files(held) == {"inputs.json", "train/results.csv", "logs/train.log", "train/weights/best.pt",
+                            "metrics.json", "DONE"}  # no last.pt, no weights/ links, no temporary files
+    assert (tmp_path / "trash").stat().st_size == 0  # truncated before it was removed
+    assert SessionPaths(held).is_done(KEY)
+    assert describe(mirror.path).startswith(f"mirror {mirror.path}: 1 sessions done, 0 unfinished")
+
+
+def test_a_replaced_file_is_truncated_first_and_an_unchanged_one_is_not_copied_again(tmp_path: Path) -> None:
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    mirror.push_checkpoint(paths)
+    old = tmp_path / "old-last"
+    os.link(mirror.path / paths.last_pt.relative_to(mirror.root), old)
+    written = mirror.bytes_written
+    mirror.push_checkpoint(paths)
+    assert mirror.bytes_written == written and old.stat().st_size == 3000  # nothing changed, nothing written
+    paths.last_pt.write_bytes(os.urandom(3500))  # the next epoch's checkpoint
+    mirror.push_checkpoint(paths)
+    assert mirror.bytes_written == written + 3500 and old.stat().st_size == 0
+    assert (mirror.path / paths.last_pt.relative_to(mirror.root)).read_bytes() == paths.last_pt.read_bytes()
+
+
+def test_checkpoints_go_up_at_most_every_checkpoint_minutes(tmp_path: Path) -> None:
+    mirror = _mirror(tmp_path, minutes=30)
+    paths = _session(mirror.root, done=False)
+    mirror.push_checkpoint(paths)  # its first poll starts the clock: no copy before 30 minutes of training
+    assert not mirror.path.exists() and mirror.bytes_written == 0
+    mirror._started[str(paths.folder)] -= 31 * 60
+    mirror.push_checkpoint(paths)
+    assert (mirror.path / paths.last_pt.relative_to(mirror.root)).is_file()
+
+
+def test_restore_brings_back_a_verified_done_session_and_an_unfinished_one_of_the_same_key(tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier"
+    mirror_path = tmp_path / "mirror"
+    done = _session(earlier / "a", done=True)
+    Mirror(mirror_path, earlier / "a").push_done(done)
+    unfinished_key = "yolov8n__S3_mask_backbone_early-0123456789abcdef"
+    unfinished = _session(earlier / "b", done=False, key=unfinished_key)
+    unfinished.folder.rename(unfinished.folder.with_name("yolov8n__S3_mask_backbone_early"))
+    unfinished = SessionPaths(unfinished.folder.with_name("yolov8n__S3_mask_backbone_early"))
+    Mirror(mirror_path, earlier / "b", checkpoint_minutes=0).push_checkpoint(unfinished)
+
+    fresh = Mirror(mirror_path, tmp_path / "new-root")
+    lines = fresh.restore({"yolov8n__S1_clean_train": KEY, "yolov8n__S3_mask_backbone_early": unfinished_key})
+    assert lines == ["yolov8n__S1_clean_train: done (DONE verified), not trained again",
+                     "yolov8n__S3_mask_backbone_early: unfinished (2 epochs in its mirrored results.csv), "
+                     "resumes from last.pt"]
+    assert SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train").is_done(KEY)
+    resumed = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S3_mask_backbone_early")
+    assert resumed.state(unfinished_key) == SessionState.PARTIAL
+    assert resumed.last_pt.read_bytes() == unfinished.last_pt.read_bytes()
+    assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == []  # the local root has it now: local wins
+
+
+def test_restore_refuses_what_does_not_verify(tmp_path: Path) -> None:
+    mirror_path = tmp_path / "mirror"
+    done = _session(tmp_path / "earlier", done=True)
+    Mirror(mirror_path, tmp_path / "earlier").push_done(done)
+    fresh = Mirror(mirror_path, tmp_path / "new-root")
+    assert fresh.restore({"yolov8n__S1_clean_train": "yolov8n__S1_clean_train-another-config"}) == []
+    assert not (fresh.root / "yolov8n").exists()  # another key: nothing comes back (it trains under its own)
+    held = SessionPaths(mirror_path / "yolov8n" / "yolov8n__S1_clean_train")
+    held.metrics.write_text(held.metrics.read_text()[:-1])  # a half-uploaded metrics.json: DONE does not match
+    assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == []
+    assert not SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train").is_done(None)
+
+
+def test_a_failing_mirror_is_warned_about_once_per_problem_and_never_raises(tmp_path: Path, capsys) -> None:
+    mirror = _mirror(tmp_path)
+    mirror.path.write_text("a file where the mirror folder should be: every write fails (ENOTDIR)")
+    paths = _session(mirror.root, done=True)
+    (mirror.root / "report.md").write_text("# exp3 report\n")
+    for _ in range(3):
+        mirror.push_done(paths)
+        mirror.push_checkpoint(paths)
+    mirror.push_report([paths])
+    assert mirror.restore({"yolov8n__S1_clean_train": KEY}) == []
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING exp3 mirror")]
+    assert len(warnings) == 3, warnings  # a done session, a checkpoint, the report: one line each
+    assert all("ENOTDIR" in line and "tries again" in line for line in warnings)
+
+
+def test_a_mirror_overlapping_the_output_root_is_refused(tmp_path: Path) -> None:
+    assert mirror_for(MirrorConfig(), tmp_path) is None  # no mirror.path: nothing changes
+    with pytest.raises(ValueError, match="overlaps output_root"):
+        mirror_for(MirrorConfig(path=tmp_path / "out" / "mirror"), tmp_path / "out")
+    assert mirror_for(MirrorConfig(path=tmp_path / "m"), tmp_path / "out") is \
+        mirror_for(MirrorConfig(path=tmp_path / "m"), tmp_path / "out")  # one per run: warnings said once
