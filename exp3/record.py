@@ -52,8 +52,9 @@ if TYPE_CHECKING:  # annotations only: exp3.evaluate and exp3.train load Ultraly
 TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "epochs_completed", "effective_args",
                                     "trainer", "attempts", "attempt_wall_s")
 """Keys of the training's train_info.json copied into metrics.json's `training` block."""
-CHECKPOINT_CHOICE = ("best.pt: the epoch with the best fitness (0.1 mAP50 + 0.9 mAP50-95) on the clean val "
-                     "split, chosen the same way for all six sessions; the test splits never influence it")
+CHECKPOINT_CHOICE = ("best.pt: the epoch with the best Ultralytics fitness (mAP50-95 in Ultralytics 8.4, "
+                     "DetMetrics.fitness) on the clean val split, chosen the same way for all six sessions; the test "
+                     "splits never influence it")
 LAST_CHECKPOINT = ("last.pt: the final epoch, not selected on val: the training left no best.pt (Ultralytics "
                    "writes it at every epoch whose val fitness is the best so far)")
 THRESHOLD_CRITERION = "ingredient micro F1 on the clean val split"

@@ -305,3 +305,18 @@ def test_trained_model_predictions_agree_with_sklearn(trained_evaluation, conf: 
     assert gt.any(axis=1).all()
     p, r, f, _ = prfs(gt, pred, average="samples", zero_division=0.0)
     assert (ours["samples"]["precision"], ours["samples"]["recall"], ours["samples"]["f1"]) == pytest.approx((p, r, f))
+
+
+def test_the_recorded_checkpoint_rule_is_what_ultralytics_selects_best_pt_by() -> None:
+    """metrics.json's `checkpoint.why` names the fitness best.pt is chosen by: Ultralytics' own, checked here."""
+    import numpy as np
+    from ultralytics.utils.metrics import Metric
+
+    from exp3.record import CHECKPOINT_CHOICE
+
+    metric = Metric()
+    metric.p, metric.r = np.array([0.8]), np.array([0.6])
+    metric.all_ap, metric.ap_class_index = np.array([[0.5] + [0.3] * 9]), np.array([0])
+    assert metric.map50 == 0.5 and metric.map == pytest.approx(0.32)
+    assert metric.fitness() == pytest.approx(metric.map)  # mAP50-95 alone, not 0.1 mAP50 + 0.9 mAP50-95
+    assert "fitness (mAP50-95 in Ultralytics 8.4" in CHECKPOINT_CHOICE
