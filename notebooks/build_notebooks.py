@@ -3,9 +3,10 @@
     python notebooks/build_notebooks.py            # rewrite notebooks/*.ipynb
     python notebooks/build_notebooks.py --check    # exit 1 if a committed notebook differs
 
-The notebooks hold no logic of their own: they install exp3, optionally put the output root on
-Google Drive (so a reconnect resumes from it), run `flows/exp3.py` exactly as the CLI does,
-and display `summary_metrics.csv` and the plots. Every setting is in the first code cell.
+The notebooks hold no logic of their own: they install exp3, keep the output root on the VM's
+local disk and mirror the results to Google Drive (`mirror.path`: a new VM starts from it), run
+`flows/exp3.py` exactly as the CLI does, and display `summary_metrics.csv` and the plots. Every
+setting is in the first code cell.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ MODELS = os.environ.get("EXP3_NB_MODELS", "yolov8m rtdetr-l").split()   # any of
 SESSIONS = os.environ.get("EXP3_NB_SESSIONS", "").split() or None       # None = all six sessions
 EPOCHS = {epochs}                        # None = the config's epochs; an int overrides it for every model
 USE_GPU = True                           # False = train on CPU
-USE_DRIVE = True                         # Colab: keep OUTPUT_ROOT on Google Drive so a reconnect resumes
+USE_DRIVE = True                         # Colab: train on the VM's disk, mirror the results to Google Drive
+MIRROR = os.environ.get("EXP3_NB_MIRROR")  # the mirror folder (mirror.path); on Colab with USE_DRIVE: on Drive
 REPO_URL = None                          # Colab: git URL of your exp3 copy; None = already inside a checkout
 EXTRA_SETTINGS = os.environ.get("EXP3_NB_SET", "").split()              # extra KEY=VALUE config overrides
 RUN_PILOT = {run_pilot}                      # run this before the overnight run: `flows/exp3.py --pilot` first
@@ -79,13 +81,21 @@ from exp3.status import run_and_watch  # runs a flow and shows the grid while it
 print("exp3 checkout:", Path.cwd())
 '''
 
-DRIVE_CELL = '''# ---- Colab: output root on Google Drive (survives disconnects; re-run the next cell to resume) ----
+DRIVE_CELL = '''# ---- Colab: train on the VM's disk, mirror to Google Drive (a new VM resumes from the mirror) ----
+# Prefect's database, locks and the training in progress need a local disk; Drive gets the done sessions, a
+# checkpoint per running session every mirror.checkpoint_minutes (30) and the report.
 if IN_COLAB and USE_DRIVE:
     from google.colab import drive
 
     drive.mount("/content/drive")
-    OUTPUT_ROOT = str(Path("/content/drive/MyDrive") / OUTPUT_ROOT)
-print("output root:", OUTPUT_ROOT)
+    MIRROR = MIRROR or str(Path("/content/drive/MyDrive") / OUTPUT_ROOT)
+    OUTPUT_ROOT = str(Path("/content") / OUTPUT_ROOT)
+print("output root (local):", OUTPUT_ROOT)
+if MIRROR:
+    from exp3.mirror import describe
+
+    print("Disconnected or a new VM? Run all cells again: the run starts from the mirror.")
+    print(describe(MIRROR))
 '''
 
 PILOT_CELL = '''# ---- Pilot: run this before the overnight run (its own output root) ----------------------------
@@ -94,8 +104,9 @@ PILOT_CELL = '''# ---- Pilot: run this before the overnight run (its own output 
 if RUN_PILOT:
     PILOT_ROOT = str(Path(OUTPUT_ROOT).parent / "exp3-pilot")
     pilot_log = Path(f"{PILOT_ROOT}.flow.log")
-    code = run_and_watch([sys.executable, "flows/exp3.py", "--pilot", "--set", f"output_root={PILOT_ROOT}"],
-                         PILOT_ROOT, pilot_log, interval_s=STATUS_EVERY_S)
+    pilot_mirror = ["--set", f"mirror.path={Path(MIRROR).parent / 'exp3-pilot'}"] if MIRROR else []
+    code = run_and_watch([sys.executable, "flows/exp3.py", "--pilot", "--set", f"output_root={PILOT_ROOT}",
+                          *pilot_mirror], PILOT_ROOT, pilot_log, interval_s=STATUS_EVERY_S)
     print("\\n".join(pilot_log.read_text(errors="replace").splitlines()[-5:]))
     report = (Path(PILOT_ROOT) / "report.md").read_text() if (Path(PILOT_ROOT) / "report.md").exists() else ""
     section = report.split("## Positive control")[-1].split("\\n## ")[0] if report else "no report: see the log above"
@@ -113,6 +124,8 @@ if EPOCHS is not None:
     command += [arg for model in MODELS for arg in ("--set", f"models.{model}.epochs={EPOCHS}")]
 if not USE_GPU:
     command += ["--set", "train.device=cpu"]
+if MIRROR:
+    command += ["--set", f"mirror.path={MIRROR}"]
 for setting in EXTRA_SETTINGS:
     command += ["--set", setting]
 print(" ".join(command))
@@ -120,6 +133,8 @@ flow_log = Path(f"{OUTPUT_ROOT}.flow.log")  # beside the output root; the table 
 code = run_and_watch(command, OUTPUT_ROOT, flow_log, interval_s=STATUS_EVERY_S)
 print("\\n".join(flow_log.read_text(errors="replace").splitlines()[-25:]))
 print("flow exit code:", code, "(0 = every session done; 1 = some failed, see the table)")
+if MIRROR:
+    print(describe(MIRROR))
 '''
 
 STATUS_CELL = '''# ---- Where the grid stands (safe while a run is going) -------------------------------------

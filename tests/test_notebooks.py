@@ -21,8 +21,9 @@ def test_committed_notebooks_match_their_generator() -> None:
 
 
 def test_smoke_notebook_executes_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    output_root = tmp_path / "nb-out"
+    output_root, mirror = tmp_path / "nb-out", tmp_path / "drive" / "nb-out"  # in mirror mode, as on Colab
     monkeypatch.setenv("EXP3_NB_OUTPUT_ROOT", str(output_root))
+    monkeypatch.setenv("EXP3_NB_MIRROR", str(mirror))
     monkeypatch.setenv("EXP3_NB_MODELS", "yolov8m")
     monkeypatch.setenv("EXP3_NB_SESSIONS", "S1_clean_train")
     monkeypatch.setenv("EXP3_NB_SET", "models.yolov8m.architecture=yolov8n.yaml")  # tiny, for CI time
@@ -39,6 +40,9 @@ def test_smoke_notebook_executes_headless(tmp_path: Path, monkeypatch: pytest.Mo
     assert "yolov8m__S1_clean_train" in boards[0] and "done" in boards[0]
     assert "the flow exited with code 0" in boards[0]
     assert (output_root / "yolov8m" / "yolov8m__S1_clean_train" / "DONE").is_file()
+    assert "Run all cells again: the run starts from the mirror." in text
+    assert f"mirror {mirror}: 0 sessions done" in text and f"mirror {mirror}: 1 sessions done" in text
+    assert (mirror / "yolov8m" / "yolov8m__S1_clean_train" / "DONE").is_file() and (mirror / "report.md").is_file()
     tables = [o for o in outputs if o.get("output_type") == "execute_result" and "text/html" in o.get("data", {})]
     assert tables and "S1_clean_train" in tables[0]["data"]["text/html"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
