@@ -84,6 +84,14 @@ class SessionPaths:
     def map_stats(self, split: str) -> Path:  # the validator's per-image matching statistics (exp3.mapstats)
         return self.folder / f"map_stats_{split}.npz"
 
+    def here(self, recorded: str | os.PathLike[str]) -> Path:
+        """A path recorded inside this folder (absolute, where the folder was then) as it is now: a root moved or
+        restored from a mirror keeps its session folders, not their absolute paths."""
+        parts = Path(recorded).parts
+        if self.folder.name not in parts:
+            return Path(recorded)
+        return self.folder.joinpath(*parts[len(parts) - parts[::-1].index(self.folder.name):])
+
     def failure(self) -> dict[str, Any] | None:
         """The FAILED marker (parsed), or None."""
         record = _read_json(self.failed_marker)

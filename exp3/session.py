@@ -253,7 +253,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     missing, extra = severity_changes(current, {suite.split: suite.spec_key for suite in prepared.severity_suites})
     if not missing and not extra:
         return current
-    checkpoint = Path(current.checkpoint.path)
+    checkpoint = paths.here(current.checkpoint.path)  # the folder may have moved since (a mirror's new root)
     if missing and not checkpoint.is_file():
         raise SessionFailed(f"{session.name}: cannot add {', '.join(missing)}: its checkpoint {checkpoint} is gone; "
                             "restore it, or move the session folder away to train it again")

@@ -4,6 +4,7 @@ a session finished before the levels existed gains them from its checkpoint with
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import subprocess
@@ -205,6 +206,9 @@ def test_a_done_session_gains_new_levels_without_training(tmp_path: Path, capsys
     assert set(old["splits"]) == {"test_clean", "test_occ_fixed"} and old["severity"]["levels"] == []
     training = _untouched_training(folder)
 
+    moved = tmp_path / "elsewhere" / "out"  # the session restored from a mirror into a new root (its data rebuilt)
+    shutil.copytree(folder, SessionPaths.of(moved, session).folder)  # before the levels come
+    output, folder = moved, SessionPaths.of(moved, session).folder
     after = load_config(_config(tmp_path / "after.yaml", output, [[0.1, 0.26], [0.74, 0.9]]))
     paths = SessionPaths.of(output, session)
     assert paths.is_done(old["cache_key"]) and not paths.evaluations_current(evaluation_plan(after.occlusion))
@@ -220,7 +224,7 @@ def test_a_done_session_gains_new_levels_without_training(tmp_path: Path, capsys
         record = new["severity"]["evaluations"][split]
         assert record["added_after_training"] is True and record["level"] == level
         assert record["suite_id"].startswith("occsev-") and record["wall_s"] > 0
-        assert record["checkpoint"] == old["checkpoint"]["path"]
+        assert record["checkpoint"] == str(folder / "train" / "weights" / "best.pt")  # where it is now
         assert record["spec_key"] == evaluation_plan(after.occlusion)[split]
         payload = json.loads((folder / f"predictions_{split}.json").read_text())
         assert payload["split"] == split and len(payload["images"]) == 8
