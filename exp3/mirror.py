@@ -29,7 +29,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 from exp3.config import MirrorConfig
+from exp3.dataset import DatasetError, dataset_fingerprint, read_data_yaml
+from exp3.fileio import atomic_write_json, atomic_write_text, stable_hash
 from exp3.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 
 TEMP_SUFFIX = ".mirror-tmp"
@@ -190,6 +194,43 @@ def describe(path: str | os.PathLike[str]) -> str:
                      if not (last.parents[2] / DONE_MARKER).is_file())
     size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
     return f"mirror {path}: {done} sessions done, {unfinished} unfinished with a checkpoint, {size / 1e9:.2f} GB"
+
+
+def on_mirror_storage(path: Path, mirror: Path) -> bool:
+    """True if `path` lives on the file system of `mirror` (the mirror's folder or its nearest existing parent)."""
+    anchor = next((folder for folder in (mirror, *mirror.parents) if folder.exists()), Path("/"))
+    return path.stat().st_dev == anchor.stat().st_dev
+
+
+def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
+    """A copy on the local disk of a user dataset kept on the mirror's storage (training from Drive is slow): its
+    root folder, with a data.yaml naming the copy's root. Made once per source: a copy whose recorded listing
+    (files, sizes, times) still matches the source is used as is; a new one is checked against the source's
+    fingerprint before it is used. `DatasetError` when a split lies outside the dataset's root folder."""
+    spec = read_data_yaml(data_yaml)
+    if outside := [str(source) for sources in spec.splits.values() for source in sources
+                   if not source.is_relative_to(spec.root)]:
+        raise DatasetError(f"dataset {str(data_yaml)!r} is on the mirror's storage but its split {outside[0]!r} lies "
+                           f"outside its root {str(spec.root)!r}: copy the dataset to the local disk yourself and "
+                           "point dataset.data_yaml at the copy")
+    listing = sorted((str(file.relative_to(spec.root)), file.stat().st_size, int(file.stat().st_mtime))
+                     for file in spec.root.rglob("*") if file.is_file())
+    target = data_dir / f"user-{stable_hash([str(data_yaml.absolute()), listing])}"
+    copied = target / "data.yaml"
+    if copied.is_file() and (target / "source.json").is_file():
+        return copied
+    if target.exists():
+        shutil.rmtree(target)  # a copy that never finished
+    shutil.copytree(spec.root, target / "root")
+    text = yaml.safe_dump({**yaml.safe_load(data_yaml.read_text(encoding="utf-8")), "path": str(target / "root")})
+    atomic_write_text(copied, text)
+    source, copy = dataset_fingerprint(spec), dataset_fingerprint(read_data_yaml(copied))
+    if source != copy:
+        shutil.rmtree(target)
+        raise DatasetError(f"the local copy of {str(data_yaml)!r} does not match it (fingerprint {copy} vs {source}): "
+                           "the dataset changed while it was copied; run again")
+    atomic_write_json(target / "source.json", {"data_yaml": str(data_yaml.absolute()), "fingerprint": source})
+    return copied
 
 
 def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:

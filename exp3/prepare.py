@@ -14,6 +14,7 @@ from pathlib import Path
 from exp3.config import ExperimentConfig
 from exp3.dataset import AuditedData, audit_once
 from exp3.fileio import sha256_file
+from exp3.mirror import local_dataset, on_mirror_storage
 from exp3.schema import PreparedData, SeveritySuite
 from exp3.weights import ResolvedWeights, resolve_weights
 
@@ -26,10 +27,15 @@ def resolve_model_weights(config: ExperimentConfig, model_name: str) -> Resolved
 
 def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True) -> Path:
     """The data.yaml to use: the embedded synthetic dataset (generated on first use; `build=False`: its path,
-    which may not exist yet) or the user's."""
+    which may not exist yet) or the user's (copied to `output_root/data/` first when it sits on the mirror's
+    storage, `exp3.mirror.local_dataset`; `build=False`: the user's own, of the same fingerprint)."""
     if config.dataset.kind == "yaml":
         assert config.dataset.data_yaml is not None  # guaranteed by DatasetConfig's validator
-        return Path(config.dataset.data_yaml).absolute()
+        data_yaml = Path(config.dataset.data_yaml).absolute()
+        if build and config.mirror.path is not None and data_yaml.is_file() and \
+                on_mirror_storage(data_yaml, Path(config.mirror.path).absolute()):
+            return local_dataset(data_yaml, output_root / "data")  # its content, on this disk (fingerprint checked)
+        return data_yaml
     from exp3.synth import build_synthetic_dataset
 
     target = output_root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"

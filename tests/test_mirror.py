@@ -147,3 +147,35 @@ def test_a_mirror_overlapping_the_output_root_is_refused(tmp_path: Path) -> None
         mirror_for(MirrorConfig(path=tmp_path / "out" / "mirror"), tmp_path / "out")
     assert mirror_for(MirrorConfig(path=tmp_path / "m"), tmp_path / "out") is \
         mirror_for(MirrorConfig(path=tmp_path / "m"), tmp_path / "out")  # one per run: warnings said once
+
+
+def test_a_user_dataset_on_the_mirrors_storage_is_trained_from_a_local_copy(writable_data_yaml: Path,
+                                                                              tmp_path: Path) -> None:
+    """Training images read from Drive are slow: the flow copies the dataset to the local root once, checks the
+    copy's fingerprint against the source's, and uses it; a changed source is copied again."""
+    from exp3.config import ExperimentConfig
+    from exp3.dataset import DatasetError, dataset_fingerprint, read_data_yaml
+    from exp3.mirror import local_dataset
+    from exp3.prepare import dataset_yaml
+
+    config = ExperimentConfig.model_validate({"dataset": {"kind": "yaml", "data_yaml": str(writable_data_yaml)},
+                                              "mirror": {"path": str(tmp_path / "drive" / "exp3")}})
+    local = tmp_path / "local"
+    copied = dataset_yaml(config, local)
+    assert copied.is_relative_to(local / "data") and read_data_yaml(copied).root.is_relative_to(local)
+    assert dataset_fingerprint(read_data_yaml(copied)) == dataset_fingerprint(read_data_yaml(writable_data_yaml))
+    stamp = copied.stat().st_mtime_ns
+    assert dataset_yaml(config, local) == copied and copied.stat().st_mtime_ns == stamp  # once
+    assert dataset_yaml(config, local, build=False) == writable_data_yaml  # a dry run copies nothing
+    label = sorted((writable_data_yaml.parent / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")  # the dataset on Drive changed
+    again = dataset_yaml(config, local)
+    assert again != copied and dataset_fingerprint(read_data_yaml(again)) == \
+        dataset_fingerprint(read_data_yaml(writable_data_yaml))
+    without_mirror = config.model_copy(update={"mirror": MirrorConfig()})
+    assert dataset_yaml(without_mirror, local) == writable_data_yaml  # no mirror: nothing changes
+    outside = writable_data_yaml.with_name("outside.yaml")
+    outside.write_text(writable_data_yaml.read_text().replace("test: images/test", f"test: {tmp_path}/elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(DatasetError, match="outside its root .*copy the dataset to the local disk yourself"):
+        local_dataset(outside, local / "data")
