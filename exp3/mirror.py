@@ -95,8 +95,8 @@ class Mirror:
         reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
         if (doing, reason) not in self._problems:
             self._problems.add((doing, reason))
-            print(f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); the run "
-                  "goes on locally and tries again at the next session end", flush=True)
+            _warning(f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); the "
+                     "run goes on locally and tries again at the next session end")
 
     # ---- what goes up
 
@@ -184,6 +184,17 @@ class Mirror:
 
     def summary(self) -> str:
         return describe(self.path)
+
+
+def _warning(line: str) -> None:
+    """A warning in the Prefect run's log (the UI shows it as one), else on stdout."""
+    try:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        get_run_logger().warning(line)
+    except (ImportError, MissingContextError):
+        print(line, flush=True)
 
 
 def describe(path: str | os.PathLike[str]) -> str:
