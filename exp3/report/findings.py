@@ -211,6 +211,25 @@ def _operating_point(metric: str, threshold: str, row: pd.Series) -> str:
     return f"conf {fmt(row['conf'], 2)}"
 
 
+def _control_readings(comparisons: pd.DataFrame, model: str) -> list[tuple[str, str, pd.Series, str]]:
+    """(metric, threshold, comparison row, reading) of every POSITIVE_CONTROL_ROWS entry `comparisons` holds; reading:
+    detect, no, reversed or undecided (`positive_control`)."""
+    session, reference, split = POSITIVE_CONTROL
+    readings = []
+    for metric, threshold in POSITIVE_CONTROL_ROWS:
+        row = comparison_metrics(comparisons, model, split, session, reference, threshold).get(metric)
+        if row is not None:
+            readings.append((metric, threshold, row,
+                             {1: "detect", 0: "no", -1: "reversed", None: "undecided"}[ci_verdict(row)]))
+    return readings
+
+
+def positive_control_failed(comparisons: pd.DataFrame, model: str) -> bool:
+    """Whether some headline metric's interval does not show the known effect (reading `no` or `reversed`): then the
+    report says whether training had converged (exp3.report.curves)."""
+    return any(reading in ("no", "reversed") for *_, reading in _control_readings(comparisons, model))
+
+
 def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
     """The positive control of one model: S2 - S1 on test_occ_fixed for every headline metric, and a verdict.
 
@@ -220,12 +239,7 @@ def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFram
     session, reference, split = POSITIVE_CONTROL
     a, b = short_session(session), short_session(reference)
     rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
-    for metric, threshold in POSITIVE_CONTROL_ROWS:
-        row = comparison_metrics(comparisons, model, split, session, reference, threshold).get(metric)
-        if row is None:
-            continue
-        verdict = ci_verdict(row)
-        group = {1: "detect", 0: "no", -1: "reversed", None: "undecided"}[verdict]
+    for metric, threshold, row, group in _control_readings(comparisons, model):
         label = METRIC_LABELS[metric] + ("" if metric in MAP_METRICS else
                                          (" @val" if threshold == "val" else f" @{fmt(row['conf'], 2)}"))
         groups[group].append(label)
