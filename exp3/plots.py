@@ -16,6 +16,8 @@ Frame contracts (columns):
                     n_boxes, n_found
     curve frame     session_label, severity, severity_label, value, ci_low, ci_high (one model, one metric)
     gap frame       model, session_label, value, ci_low, ci_high, verdict, status_text (S3..S6 only)
+    training frame  quantity, mark, session_label, seeds, epoch, value, text (one model;
+                    exp3.report.curves.CURVE_COLUMNS: mark = session | seed | best | ramp)
 `status_text` is "" for a done session and "failed" / "missing" / ... otherwise; `value` is NaN
 for those (no bar drawn, the status is written at the baseline instead).
 """
@@ -86,7 +88,7 @@ def _y(title: str, field: str = "value", domain: tuple[float, float] | None = (0
                  axis=alt.Axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1, grid=True))
 
 
-def _title(text: str, subtitle: str | None = None) -> alt.TitleParams:
+def _title(text: str, subtitle: str | list[str] | None = None) -> alt.TitleParams:
     return alt.TitleParams(text=text, subtitle=subtitle or "", fontSize=15, subtitleFontSize=12, anchor="start")
 
 
@@ -276,6 +278,45 @@ def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str 
     line = base.mark_line(strokeWidth=2).encode(y=_y(y_title, domain=y_domain))
     points = base.mark_point(filled=True, size=45).encode(y="value:Q", tooltip=tooltip)
     return (alt.layer(band, line, points, data=frame).properties(width=460, height=300)
+            .properties(title=_title(title, subtitle)))
+
+
+def training_curve_chart(frame: pd.DataFrame, title: str, subtitle: str | list[str] | None = None) -> alt.FacetChart:
+    """One model's training: one panel per quantity (val mAP50-95, the train loss; independent y) against epoch, one
+    colour per session.
+
+    Args:
+        frame: training frame (module docstring), panels in the order of their first row. `mark` says what a row is:
+            `session` the session's line (thick), `seed` one of several seeds' lines (faint), `best` the epoch best.pt
+            holds (a diamond), `ramp` where the masking ramp reaches full strength (a dashed rule, labelled by `text`).
+    """
+    sessions = session_colors(list(frame["session_label"]))
+    colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
+                       legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
+                                         symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1.0, labelLimit=220))
+    x = alt.X("epoch:Q", title="epoch", scale=alt.Scale(domainMin=1, nice=False),
+              axis=alt.Axis(tickMinStep=1, format="d", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1))
+    y = alt.Y("value:Q", title=None, scale=alt.Scale(zero=False),
+              axis=alt.Axis(labelFontSize=_FONT_SIZE, grid=True))
+    tooltip = [alt.Tooltip("session_label:N", title="session"), alt.Tooltip("seeds:N", title="seed(s)"),
+               "epoch:Q", alt.Tooltip("value:Q", format=".4f")]
+    base = alt.Chart().encode(x=x)
+    ramps = base.transform_filter(alt.datum.mark == "ramp")
+    rules = ramps.mark_rule(strokeDash=[6, 4], color="dimgray", strokeWidth=1.5)
+    labels = ramps.mark_text(align="left", baseline="top", dx=4, dy=4, fontSize=11, color="dimgray").encode(
+        y=alt.value(0), text="text:N")
+    seeds = base.transform_filter(alt.datum.mark == "seed").mark_line(strokeWidth=1, opacity=0.3).encode(
+        y=y, color=colour, detail="seeds:N")
+    lines = base.transform_filter(alt.datum.mark == "session").mark_line(strokeWidth=2.5).encode(
+        y=y, color=colour, tooltip=tooltip)
+    best = base.transform_filter(alt.datum.mark == "best").mark_point(
+        shape="diamond", filled=True, size=120, stroke="black", strokeWidth=1, opacity=1).encode(
+        y=y, color=colour, tooltip=tooltip)
+    panels = list(dict.fromkeys(frame["quantity"]))
+    return (alt.layer(rules, labels, seeds, lines, best, data=frame).properties(width=440, height=300)
+            .facet(column=alt.Column("quantity:N", title=None, sort=panels,
+                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
+            .resolve_scale(y="independent")
             .properties(title=_title(title, subtitle)))
 
 

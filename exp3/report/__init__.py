@@ -13,6 +13,8 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
     <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
     <root>/recall_by_coverage.csv     recall per covered-fraction bin with CIs (exp3.report.coverage); _boxes.csv: per box
+    <root>/training_curves.csv        val mAP50-95 and train loss per model x session x epoch (exp3.report.curves)
+    <root>/training_convergence.csv   per model x session: best.pt epoch, fitted change over the last epochs, reading
     <root>/plots/*.png|html           charts (exp3.plots); plots/gallery_<model>.png: images with boxes (exp3.report.gallery)
     <root>/report.md                  tables, charts and headline findings written from the data
     <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
@@ -28,8 +30,9 @@ Modules: `runs` reads the session folders, `tables` makes the tables of numbers,
 scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,
 `findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `severity` the
 severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `coverage` recall by covered
-fraction, `gap` the headline (gap closed, verdicts per site), `gallery` the picture gallery, `text` the
-number formatting, `markdown` report.md and the dashboard markdown; this module runs them in order.
+fraction, `gap` the headline (gap closed, verdicts per site), `gallery` the picture gallery, `curves` the
+training curves and whether each session had converged, `text` the number formatting, `markdown` report.md and
+the dashboard markdown; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import pandas as pd
 
 from exp3 import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
-from exp3.report import coverage, gallery, gap, severity
+from exp3.report import coverage, curves, gallery, gap, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.coverage import CoverageReport
@@ -79,6 +82,8 @@ class ReportResult:
     """Recall by covered fraction (exp3.report.coverage), None when not computed."""
     gap_closed: pd.DataFrame = field(default_factory=pd.DataFrame)
     """exp3.report.gap.gap_table: the headline, gap closed per model x metric x masking session x basis."""
+    training_curves: curves.TrainingCurves = field(default_factory=curves.TrainingCurves)
+    """exp3.report.curves.training_curves: each done session's epochs, best.pt epoch and convergence reading."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -126,7 +131,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                               & comparisons["reference"].isin(in_run)].reset_index(drop=True)
     summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
     per_class = per_class_table(runs)
-    curves, severity_table = severity.severity_tables(runs, models, n_resamples, n_permutations, seed)
+    severity_curves, severity_table = severity.severity_tables(runs, models, n_resamples, n_permutations, seed)
     gap_closed = gap.gap_table(gap.gap_rows(runs, models, comparisons, n_resamples, seed, in_run))
     files = []
     for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons),
@@ -134,17 +139,19 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
         files.append(atomic_write_json(root / f"{name}.json", _records(frame)))
     files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
-    files.append(atomic_write_text(root / "severity_curves.csv", curves.to_csv(index=False)))
+    files.append(atomic_write_text(root / "severity_curves.csv", severity_curves.to_csv(index=False)))
     files.append(atomic_write_text(root / "severity_summary.csv", severity_table.to_csv(index=False)))
     if charts:
         files += gap.write_gap_charts(gap_closed, models, root / "plots")
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
         files += gallery.write_galleries(runs, models, summary, root / "plots")
-        files += severity.write_severity_charts(curves, models, root / "plots")
+        files += severity.write_severity_charts(severity_curves, models, root / "plots")
     by_coverage = coverage.coverage_report(runs, occluded_splits, n_resamples=n_resamples, seed=seed)
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
+    training = curves.training_curves(runs, models)
+    files += curves.write_curve_outputs(training, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
-                          curves, severity_table, by_coverage, gap_closed)
+                          severity_curves, severity_table, by_coverage, gap_closed, training)
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
     result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))

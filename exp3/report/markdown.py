@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
-from exp3.report import gap, severity
+from exp3.report import curves, gap, severity
 from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.coverage import coverage_markdown
-from exp3.report.findings import headline_findings, positive_control
+from exp3.report.findings import headline_findings, positive_control, positive_control_failed
 from exp3.report.gallery import GALLERY_RULE
 from exp3.report.mapdraws import MAP_RESAMPLES
 from exp3.report.runs import THRESHOLDS
@@ -119,11 +119,26 @@ DASHBOARD_COLUMNS: tuple[str, ...] = ("model", "session", "status", "F1 micro [9
 """The columns of report.md's split table that the Prefect UI's results artifact shows (the rest: report.md)."""
 
 
+def control_failed_models(result: "ReportResult") -> list[str]:
+    """The models whose positive control misses the effect on some metric (`positive_control_failed`) or leaves a
+    gap-closed ratio out (`gap.FAILED_CONTROL`): the answer says whether their training had converged."""
+    gap_failed = set(result.gap_closed.loc[result.gap_closed["verdict"] == gap.FAILED_CONTROL, "model"]) \
+        if len(result.gap_closed) else set()
+    return [model for model in result.models
+            if model in gap_failed or positive_control_failed(result.comparisons, model)]
+
+
+def answer_section(result: "ReportResult", charts: list[str] | None = None) -> list[str]:
+    """The answer (exp3.report.gap) and, where the positive control failed, whether training had converged."""
+    return [*gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons, charts),
+            *curves.convergence_lines(result.training_curves, control_failed_models(result))]
+
+
 def dashboard_markdown(result: "ReportResult") -> str:
     """The morning view for the Prefect UI's markdown artifact: positive control verdicts, headline findings
     and the test_occ_fixed table with CIs, then where the full report, tables and charts are on disk."""
     lines = ["# exp3 results", "", f"Full report: `{result.root / 'report.md'}` (charts: `{result.root / 'plots'}`)",
-             "", *gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons), "## Positive control", ""]
+             "", *answer_section(result), "## Positive control", ""]
     lines += [f"- {positive_control(result.comparisons, model)[1]}" for model in result.models]
     lines += ["", "## Headline findings", ""]
     lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
@@ -143,9 +158,8 @@ def render_markdown(result: "ReportResult") -> str:
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
              "detect: docs/what-metrics-detect.md.", "",
-             *gap.gap_section(result.gap_closed, result.models, result.n_resamples, result.comparisons,
-                              [path.name for path in result.files if path.suffix == ".png"
-                               and path.stem.startswith("gap_closed_")]),
+             *answer_section(result, [path.name for path in result.files if path.suffix == ".png"
+                                      and path.stem.startswith("gap_closed_")]),
              "## Grid status", "",
              *([f"This run's sessions: {', '.join(short_session(suffix) for suffix in result.sessions)} (config "
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
@@ -177,6 +191,8 @@ def render_markdown(result: "ReportResult") -> str:
     for model in result.models:
         table, verdict = positive_control(result.comparisons, model)
         lines += [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
+    lines += curves.curves_section(result.training_curves, result.models,
+                                   [path.name for path in result.files if path.suffix == ".png"])
     for split in PRIMARY_SPLITS[::-1]:
         confs = ", ".join(fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
         lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
@@ -204,7 +220,8 @@ def render_markdown(result: "ReportResult") -> str:
         if path.suffix == ".png" and path.parent.name == "plots" and path.stem.startswith("gallery_"):
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name})", "", GALLERY_RULE, ""]
             continue
-        if path.suffix == ".png" and path.parent.name == "plots" and not path.stem.startswith("gap_closed_"):
+        if path.suffix == ".png" and path.parent.name == "plots" \
+                and not path.stem.startswith(("gap_closed_", "training_curves_")):   # shown in their sections
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
                       f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
     lines += ["## Files", "", "- `gap_closed.csv` / `.json`: gap closed per model x metric x masking session x basis, "
@@ -217,5 +234,7 @@ def render_markdown(result: "ReportResult") -> str:
               "- `severity_curves.csv` / `severity_summary.csv`: metric vs severity; mPC / rPC with CIs and tests "
               "vs S1",
               "- `recall_by_coverage.csv`: recall per covered-fraction bin, session, level and threshold, with CIs; "
-              "`recall_by_coverage_boxes.csv`: the per-box table behind it", ""]
+              "`recall_by_coverage_boxes.csv`: the per-box table behind it",
+              "- `training_curves.csv`: val mAP50-95 and train loss per session (and seed) and epoch, best.pt epochs "
+              "and masking ramp ends; `training_convergence.csv`: each session's reading (\"Training curves\")", ""]
     return "\n".join(lines)

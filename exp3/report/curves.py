@@ -1,0 +1,354 @@
+"""Training curves: had each session converged, and how did masking change the course of its training?
+
+Per done session, val mAP50-95 (the clean val split) and the train loss per epoch, from its `train/results.csv` as
+exp3.progress reads it, with three readings (docs/report.md, "Training curves"):
+
+    best.pt epoch   the last epoch with the highest val mAP50-95. Ultralytics 8.4's fitness is mAP50-95
+                    (DetMetrics.fitness); its trainer raises best_fitness only on a strictly higher fitness, then
+                    writes best.pt whenever the epoch's fitness equals best_fitness, so a tie rewrites best.pt:
+                    ties go to the later epoch.
+    ramp end        masking.spec.ramp_fraction x the epochs trained (training.effective_args.epochs): the masking
+                    strength reaches 1 there (exp3.masking, linear_ramp); a constant schedule has no ramp.
+    still rising    over the curve's last max(MIN_WINDOW, ceil(WINDOW_FRACTION x epochs)) epochs the least-squares
+                    slope of val mAP50-95 is > 0 and the curve's best epoch lies in that window.
+
+The train loss is the sum of the `train/*` losses Ultralytics logs (box + cls + dfl for YOLO, giou + cls + l1 for
+RT-DETR): each is logged after its gain, so the sum is the objective the optimizer minimised. With several seeds a
+session's curve is the mean over its seeds on the epochs every seed has; each seed's line and best.pt epoch are kept.
+A session that is not done, or done without a results.csv, has no curve: `TrainingCurves.missing` names it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from exp3.layout import SessionPaths, SessionState
+from exp3.progress import EpochProgress, epoch_progress, results_rows
+from exp3.report.runs import SessionRun
+from exp3.report.text import fmt, markdown_table, short_session
+from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
+
+MIN_WINDOW = 3
+"""Fewest epochs the "still rising" slope is fitted over: a slope of two points is the last step's noise."""
+WINDOW_FRACTION = 0.2
+"""Share of the epochs the slope is fitted over, so the window grows with the budget (10 of 50, 60 of 300)."""
+STILL_RISING, NOT_RISING, TOO_FEW = "still rising", "not rising", "too few epochs"
+"""The readings of a session's curve (CONVERGENCE_COLUMNS' `reading`)."""
+MAP_QUANTITY = "val mAP50-95"
+"""The panel of the fitness best.pt is chosen by."""
+CURVE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "seeds", "mark", "quantity", "epoch", "value",
+                                  "text")
+"""training_curves.csv and the chart frame. `mark`: `session` (the session's line: its seed, or the mean of its
+seeds), `seed` (one seed's line, several seeds only), `best` (the epoch best.pt holds, per seed), `ramp` (where the
+masking ramp reaches full strength, one row per panel, labelled by `text` on the mAP panel)."""
+CONVERGENCE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "seeds", "n_epochs", "best_epoch",
+                                        "best_value", "last_value", "best_pt_epochs", "window_first", "window_last",
+                                        "slope", "rise", "reading", "ramp_epoch")
+"""training_convergence.csv: one row per model x session with a curve (values: val mAP50-95 of the session's curve;
+`best_pt_epochs`: each seed's, `;`-joined; `rise`: the fitted change over the window)."""
+
+
+def run_epochs(run: SessionRun) -> list[EpochProgress]:
+    """The epochs of a done run's results.csv ([] when not done or without one). A row repeated by a resume (the
+    epoch written just before a kill, trained again) counts once: the later row, the one its checkpoints hold."""
+    if run.status != SessionState.DONE:
+        return []
+    by_epoch = {progress.epoch: progress for progress in epoch_progress(results_rows(SessionPaths(run.folder)), None)}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
+    """The epoch best.pt holds: the last one with the highest value (module docstring); None without a finite value."""
+    finite = [(value, epoch) for epoch, value in zip(epochs, values) if math.isfinite(value)]
+    return max(finite)[1] if finite else None
+
+
+def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
+    """Where a masked session's linear ramp reaches full strength, in epochs trained (None: not masked, a constant
+    schedule, or not recorded). exp3.masking's strength is min(1, progress / ramp_fraction), progress = epochs done
+    / epochs."""
+    masking = (metrics or {}).get("masking")
+    spec = masking.get("spec") if isinstance(masking, dict) else None
+    args = ((metrics or {}).get("training") or {}).get("effective_args") or {}
+    if not isinstance(spec, dict) or spec.get("schedule") != "linear_ramp" or not isinstance(args, dict):
+        return None
+    fraction, epochs = spec.get("ramp_fraction"), args.get("epochs")
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (fraction, epochs)):
+        return None
+    return float(fraction) * float(epochs) if fraction > 0 else None
+
+
+def window_size(n_epochs: int) -> int:
+    """Epochs the "still rising" slope is fitted over (module docstring)."""
+    return max(MIN_WINDOW, math.ceil(WINDOW_FRACTION * n_epochs))
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """The reading of one curve (val mAP50-95 per epoch)."""
+
+    reading: str
+    n_epochs: int
+    best_epoch: int | None
+    window: tuple[int, int] | None = None
+    slope: float = math.nan
+    """Least-squares slope over the window, per epoch."""
+    rise: float = math.nan
+    """The fitted change from the window's first to its last epoch (slope x their distance)."""
+
+
+def convergence(epochs: Sequence[int], values: Sequence[float]) -> Convergence:
+    """STILL_RISING, NOT_RISING or TOO_FEW (fewer than MIN_WINDOW epochs with a value) for one curve."""
+    points = [(epoch, value) for epoch, value in zip(epochs, values) if math.isfinite(value)]
+    best = best_epoch(*zip(*points)) if points else None
+    if len(points) < MIN_WINDOW:
+        return Convergence(TOO_FEW, len(points), best)
+    x, y = (np.array(column, dtype=float) for column in zip(*points[-window_size(len(points)):]))
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    rising = slope > 0 and best is not None and best >= x[0]
+    return Convergence(STILL_RISING if rising else NOT_RISING, len(points), best, (int(x[0]), int(x[-1])), slope,
+                       slope * float(x[-1] - x[0]))
+
+
+def _seed_frame(epochs: list[EpochProgress]) -> pd.DataFrame:
+    """epoch, map50_95, train_loss (the sum of the logged train losses) of one seed."""
+    return pd.DataFrame({"epoch": [progress.epoch for progress in epochs],
+                         "map50_95": [math.nan if progress.map50_95 is None else progress.map50_95
+                                      for progress in epochs],
+                         "train_loss": [sum(progress.losses.values()) if progress.losses else math.nan
+                                        for progress in epochs]})
+
+
+def _mean_curve(seeds: list[pd.DataFrame]) -> pd.DataFrame:
+    """The session's curve: the mean over seeds on the epochs every seed has (one seed: its own curve)."""
+    stacked = pd.concat(seeds)
+    counts = stacked.groupby("epoch")["epoch"].count()
+    shared = counts[counts == len(seeds)].index
+    return stacked[stacked["epoch"].isin(shared)].groupby("epoch", as_index=False).mean()
+
+
+def loss_quantity(epochs: list[EpochProgress]) -> str:
+    """The loss panel's name, from the losses results.csv logs: `train loss (box + cls + dfl)`."""
+    names = dict.fromkeys(name.removesuffix("_loss") for progress in epochs for name in progress.losses)
+    return f"train loss ({' + '.join(names)})" if names else "train loss"
+
+
+def _missing_text(run: SessionRun, several: bool) -> str:
+    reason = "no train/results.csv" if run.status == SessionState.DONE else str(run.status)
+    return f"{short_session(run.suffix)}{f' seed {run.seed}' if several else ''} ({reason})"
+
+
+def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any,
+          text: str = "") -> pd.DataFrame:
+    return pd.DataFrame({"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix], "seeds": seeds,
+                         "mark": mark, "quantity": quantity, "epoch": epochs, "value": values, "text": text})
+
+
+@dataclass(frozen=True)
+class TrainingCurves:
+    """Every model's curves (`frame`, CURVE_COLUMNS), their readings (`table`, CONVERGENCE_COLUMNS) and, per model,
+    the sessions of the run without a curve ("S4 (failed)", "S5 (no train/results.csv)")."""
+
+    frame: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CURVE_COLUMNS)))
+    table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CONVERGENCE_COLUMNS)))
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    def of(self, model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(frame, table) rows of one model."""
+        return (self.frame[self.frame["model"] == model].reset_index(drop=True),
+                self.table[self.table["model"] == model].reset_index(drop=True))
+
+
+def _session_curves(model: str, suffix: str, curves: dict[int | None, pd.DataFrame], ramps: set[float],
+                    loss_name: str) -> tuple[list[pd.DataFrame], dict[str, Any]]:
+    """The frame rows (lines and best.pt marks) and the convergence row of one session: `curves` seed -> its
+    `_seed_frame`, `ramps` its seeds' ramp ends."""
+    seed_text = ";".join("" if seed is None else str(seed) for seed in curves)
+    mean = _mean_curve(list(curves.values()))
+    rows = [_rows(model, suffix, seed_text, "session", MAP_QUANTITY, mean["epoch"], mean["map50_95"]),
+            _rows(model, suffix, seed_text, "session", loss_name, mean["epoch"], mean["train_loss"])]
+    best_pt = []
+    for seed, curve in curves.items():
+        seed_name = "" if seed is None else str(seed)
+        if len(curves) > 1:
+            rows += [_rows(model, suffix, seed_name, "seed", MAP_QUANTITY, curve["epoch"], curve["map50_95"]),
+                     _rows(model, suffix, seed_name, "seed", loss_name, curve["epoch"], curve["train_loss"])]
+        best = best_epoch(list(curve["epoch"]), list(curve["map50_95"]))
+        if best is not None:
+            best_pt.append(str(best))
+            rows.append(_rows(model, suffix, seed_name, "best", MAP_QUANTITY, [best],
+                              curve.loc[curve["epoch"] == best, "map50_95"].to_numpy()))
+    reading = convergence(list(mean["epoch"]), list(mean["map50_95"]))
+    finite = mean["map50_95"].dropna()
+    window = reading.window or (math.nan, math.nan)
+    record = {"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix], "seeds": seed_text,
+              "n_epochs": reading.n_epochs, "best_epoch": reading.best_epoch,
+              "best_value": float(finite.max()) if len(finite) else math.nan,
+              "last_value": float(finite.iloc[-1]) if len(finite) else math.nan,
+              "best_pt_epochs": ";".join(best_pt), "window_first": window[0], "window_last": window[1],
+              "slope": reading.slope, "rise": reading.rise, "reading": reading.reading,
+              "ramp_epoch": min(ramps) if ramps else math.nan}
+    return rows, record
+
+
+def _ramp_rows(model: str, records: list[dict[str, Any]], quantities: list[str]) -> list[pd.DataFrame]:
+    """One dashed rule per distinct ramp end of the model's sessions, named after them (on the mAP panel only)."""
+    by_epoch: dict[float, list[str]] = {}
+    for record in records:
+        if math.isfinite(record["ramp_epoch"]):
+            by_epoch.setdefault(record["ramp_epoch"], []).append(record["session"])
+    rows = []
+    for epoch, suffixes in by_epoch.items():
+        names = ", ".join(short_session(suffix) for suffix in suffixes)
+        for quantity in quantities:
+            text = f"{names}: masking at full strength (epoch {epoch:g})" if quantity == MAP_QUANTITY else ""
+            rows.append(pd.DataFrame({"model": [model], "session": ";".join(suffixes), "session_label": "",
+                                      "seeds": "", "mark": "ramp", "quantity": quantity, "epoch": epoch,
+                                      "value": math.nan, "text": text}))
+    return rows
+
+
+def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves:
+    """The curves, readings and missing sessions of every model (`runs`: exp3.report.runs.scan_sessions)."""
+    epochs = {run.folder: run_epochs(run) for run in runs if run.model in models}
+    frames: list[pd.DataFrame] = []
+    records: list[dict[str, Any]] = []
+    missing: dict[str, list[str]] = {}
+    for model in models:
+        grouped = {suffix: [run for run in runs if run.model == model and run.suffix == suffix]
+                   for suffix in SESSION_SUFFIXES}
+        drawn = {suffix: [run for run in group if epochs[run.folder]] for suffix, group in grouped.items()}
+        loss_name = loss_quantity([progress for group in drawn.values() for run in group[:1]
+                                   for progress in epochs[run.folder]])
+        missing[model] = [_missing_text(run, len(group) > 1) for group in grouped.values() for run in group
+                          if not epochs[run.folder]]
+        model_records = []
+        for suffix, group in ((suffix, group) for suffix, group in drawn.items() if group):
+            rows, record = _session_curves(model, suffix, {run.seed: _seed_frame(epochs[run.folder]) for run in group},
+                                           {ramp for run in group if (ramp := ramp_epoch(run.metrics)) is not None},
+                                           loss_name)
+            frames += rows
+            model_records.append(record)
+        frames += _ramp_rows(model, model_records, [MAP_QUANTITY, loss_name])
+        records += model_records
+    frame = pd.concat(frames, ignore_index=True)[list(CURVE_COLUMNS)] if frames else TrainingCurves().frame
+    return TrainingCurves(frame, pd.DataFrame(records, columns=list(CONVERGENCE_COLUMNS)), missing)
+
+
+def write_curve_outputs(curves: TrainingCurves, root: Path, models: list[str], charts: bool = True) -> list[Path]:
+    """`training_curves.csv`, `training_convergence.csv` and plots/training_curves_<model>.png|html per model with a
+    curve."""
+    from exp3 import plots
+    from exp3.fileio import atomic_write_text
+
+    files = [atomic_write_text(root / "training_curves.csv", curves.frame.to_csv(index=False)),
+             atomic_write_text(root / "training_convergence.csv", curves.table.to_csv(index=False))]
+    if not charts:
+        return files
+    for model in models:
+        frame, table = curves.of(model)
+        if len(table):
+            subtitle = chart_subtitle(table, curves.missing.get(model, []))
+            files += plots.save_chart(plots.training_curve_chart(frame, title=f"Training curves: {model}",
+                                                                 subtitle=subtitle),
+                                      root / "plots" / f"training_curves_{model}")
+    return files
+
+
+def chart_subtitle(table: pd.DataFrame, missing: list[str]) -> list[str]:
+    """The chart's key: what the marks are, the seeds, and the sessions not drawn."""
+    lines = ["val mAP50-95 on the clean val split and the train loss per epoch, one colour per session",
+             "diamond: the epoch best.pt holds (highest val mAP50-95, ties to the later epoch); dashed: masking ramp "
+             "at full strength"]
+    seeds = table["seeds"].str.count(";") + 1
+    if (seeds > 1).any():
+        lines.append(f"thick: the mean over each session's seeds (up to {int(seeds.max())}); faint: each seed")
+    if missing:
+        lines.append(f"not drawn: {', '.join(missing)}")
+    return lines
+
+
+def _reading_text(row: pd.Series) -> str:
+    if row["reading"] == TOO_FEW:
+        return f"{TOO_FEW} ({row['n_epochs']}) to judge"
+    return f"**{row['reading']}**" if row["reading"] == STILL_RISING else row["reading"]
+
+
+def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """report.md's table of one model: one row per session with a curve, formatted."""
+    rows = []
+    for _, row in table.iterrows():
+        window = "" if pd.isna(row["window_first"]) else f"{int(row['window_first'])}-{int(row['window_last'])}"
+        rows.append({"session": row["session_label"], "seeds": row["seeds"] or "-", "epochs": row["n_epochs"],
+                     "best.pt epoch": row["best_pt_epochs"].replace(";", ", ") or "n/a",
+                     "val mAP50-95 best / last": f"{fmt(row['best_value'])} / {fmt(row['last_value'])}",
+                     "fitted change over the last epochs": f"{fmt(row['rise'], signed=True)} ({window})" if window
+                     else "n/a", "reading": _reading_text(row),
+                     "masking full strength at epoch": "" if pd.isna(row["ramp_epoch"]) else f"{row['ramp_epoch']:g}"})
+    shown = pd.DataFrame(rows)
+    return shown.drop(columns="masking full strength at epoch") if table["ramp_epoch"].isna().all() else shown
+
+
+RULE_TEXT = (f"A session is **{STILL_RISING}** when, over the last max({MIN_WINDOW}, {WINDOW_FRACTION:.0%} of its) "
+             "epochs, the least-squares slope of its val mAP50-95 is positive and its best epoch lies among them "
+             "(with several seeds: of the seed mean); a rule fixed before any result was read (docs/report.md, "
+             "\"Training curves\").")
+
+
+def curves_section(curves: TrainingCurves, models: list[str], charts: list[str]) -> list[str]:
+    """report.md's training-curves section (lines); `charts`: the training_curves PNG names written under plots/."""
+    lines = ["## Training curves: had the sessions converged?", "",
+             "Val mAP50-95 on the clean val split (the fitness that picks best.pt) and the train loss (the sum of the "
+             "losses Ultralytics logs) per epoch, from each session's `train/results.csv`. best.pt epoch: the epoch "
+             "with the highest val mAP50-95, ties to the later one (Ultralytics 8.4's rule). " + RULE_TEXT
+             + " Every point: `training_curves.csv`; this table: `training_convergence.csv`.", ""]
+    for model in models:
+        frame, table = curves.of(model)
+        missing = curves.missing.get(model, [])
+        lines += [f"### {model}", ""]
+        if not len(table):
+            lines += [f"n/a: no done session with a train/results.csv ({', '.join(missing) or 'no session'}).", ""]
+            continue
+        name = f"training_curves_{model}.png"
+        lines += [f"![training_curves_{model}](plots/{name})", ""] if name in charts else []
+        lines += ([f"Not drawn: {', '.join(missing)}.", ""] if missing else []) + \
+            [markdown_table(convergence_markdown_table(table)), ""]
+    return lines
+
+
+def convergence_sentence(curves: TrainingCurves, model: str) -> str:
+    """Whether `model`'s sessions had converged, with the figures (for a failed positive control: train longer, or
+    doubt the effect?)."""
+    _, table = curves.of(model)
+    missing = curves.missing.get(model, [])
+    rising = table[table["reading"] == STILL_RISING]
+    flat = table[table["reading"] == NOT_RISING]
+    unjudged = [f"{short_session(row['session'])} ({row['n_epochs']} epochs)"
+                for _, row in table[table["reading"] == TOO_FEW].iterrows()]
+    notes = "".join([f" Too few epochs to judge: {', '.join(unjudged)}." if unjudged else "",
+                     f" No curve: {', '.join(missing)}." if missing else ""])
+    if len(rising):
+        figures = ", ".join(f"{short_session(row['session'])} {fmt(row['rise'], signed=True)} over epochs "
+                            f"{int(row['window_first'])}-{int(row['window_last'])}" for _, row in rising.iterrows())
+        return (f"**{model}**: val mAP50-95 still rising at the end of training: {figures} (least-squares change "
+                f"over the last epochs, best epoch among them): train longer before doubting the effect.{notes}")
+    if len(flat):
+        epochs = ", ".join(f"{short_session(row['session'])} {row['best_pt_epochs'].replace(';', '/')} of "
+                           f"{row['n_epochs']}" for _, row in flat.iterrows())
+        return (f"**{model}**: no session's val mAP50-95 was still rising at the end of training (best.pt epochs: "
+                f"{epochs}): the failed control is not for want of epochs by this rule.{notes}")
+    return f"**{model}**: whether training converged is unknown.{notes}"
+
+
+def convergence_lines(curves: TrainingCurves, models: list[str]) -> list[str]:
+    """The answer section's paragraph for the models whose positive control failed (none: no lines)."""
+    if not models:
+        return []
+    return ["**Had training converged?** Where the positive control misses the effect, could more epochs change "
+            "that? " + RULE_TEXT, "", *(f"- {convergence_sentence(curves, model)}" for model in models), ""]
