@@ -214,6 +214,8 @@ def test_losing_the_vm_a_new_root_starts_from_the_mirror(tmp_path: Path) -> None
     restores S1 (done: not trained again), resumes S3 from the mirrored last.pt, and ends with the report."""
     import shutil
 
+    from exp3.flowenv import reap_orphaned_prefect_servers
+
     models = {"yolov8n": {"architecture": "yolov8n.yaml", "epochs": 8}}
     drive = tmp_path / "drive"
     config = _config(tmp_path, models, sessions=["S1_clean_train", "S3_mask_backbone_early"],
@@ -228,6 +230,7 @@ def test_losing_the_vm_a_new_root_starts_from_the_mirror(tmp_path: Path) -> None
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert (drive / "yolov8n" / "yolov8n__S1_clean_train" / "DONE").is_file() and not (held / "DONE").exists()
+    reap_orphaned_prefect_servers(tmp_path / "out" / ".prefect")  # on Colab it went with the VM; here it would stay
     shutil.rmtree(tmp_path / "out")  # the VM is gone, and everything local with it
     new_root = tmp_path / "new-vm" / "out"
     rerun = _flow(tmp_path, "--config", str(config), "--models", "yolov8n", "--set", f"output_root={new_root}")
