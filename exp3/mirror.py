@@ -60,6 +60,8 @@ class Mirror:
     bytes_written: int = 0
     _problems: set[tuple[str, str]] = field(default_factory=set)
     _started: dict[str, float] = field(default_factory=dict)  # session folder -> when its last checkpoint went
+    _copied: dict[Path, tuple[int, int]] = field(default_factory=dict)  # target -> (size, mtime_ns) of its source
+    # when this run copied it: a mount that keeps no modification times (some network drives) is not copied again
 
     # ---- files
 
@@ -67,9 +69,13 @@ class Mirror:
         """`source` -> `target` under a temporary name, then renamed; skipped when `target` already has its size
         and mtime. Returns the bytes written."""
         stat = source.stat()
+        signature = (stat.st_size, stat.st_mtime_ns)
+        if self._copied.get(target) == signature:  # copied by this run and unchanged since: no stat of the mirror
+            return 0
         try:
             held = target.stat()
             if held.st_size == stat.st_size and int(held.st_mtime) == int(stat.st_mtime):
+                self._copied[target] = signature
                 return 0
         except FileNotFoundError:
             pass
@@ -79,6 +85,7 @@ class Mirror:
         os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         _truncate(target)
         os.replace(temporary, target)
+        self._copied[target] = signature
         return stat.st_size
 
     def _push(self, source: Path) -> None:

@@ -179,3 +179,21 @@ def test_a_user_dataset_on_the_mirrors_storage_is_trained_from_a_local_copy(writ
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(DatasetError, match="outside its root .*copy the dataset to the local disk yourself"):
         local_dataset(outside, local / "data")
+
+
+def test_a_mount_that_keeps_no_modification_times_is_not_copied_twice_by_one_run(tmp_path: Path) -> None:
+    """Some network mounts report their own times: the mirror's stat cannot say a file is there already. What this
+    run copied is remembered (size, mtime of the source), so the report's pass over the done sessions writes
+    nothing new."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=True)
+    mirror.push_done(paths)
+    written = mirror.bytes_written
+    for held in (mirror.path / "yolov8n").rglob("*"):
+        if held.is_file():
+            os.utime(held, (1, 1))  # what such a mount shows
+    mirror.push_report([paths])
+    assert written > 0 and mirror.bytes_written == written
+    paths.metrics.write_text(paths.metrics.read_text() + " ")  # a changed source is still copied
+    mirror.push_done(paths)
+    assert mirror.bytes_written == written + paths.metrics.stat().st_size
