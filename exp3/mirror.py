@@ -259,11 +259,12 @@ def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:
 
 def _session_files(paths: SessionPaths) -> Iterator[Path]:
     """The files of a session folder worth mirroring: not the weights/ links (the same bytes as train/weights/),
-    not a quarantined checkpoint, not a temporary file (exp3's and the mirror's start with a dot)."""
+    not a checkpoint set aside (`.corrupt-`, `.superseded-`: kept locally), not a temporary file (exp3's and the
+    mirror's start with a dot)."""
     for file in sorted(paths.folder.rglob("*")):
         relative = file.relative_to(paths.folder)
         if file.is_file() and relative.parts[0] != "weights" and not file.name.startswith(".") \
-                and ".corrupt-" not in file.name:
+                and not any(mark in file.name for mark in (".corrupt-", ".superseded-")):
             yield file
 
 
