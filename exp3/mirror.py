@@ -207,17 +207,24 @@ def _warning(line: str) -> None:
 def describe(path: str | os.PathLike[str]) -> str:
     """One line: what the mirror at `path` holds (sessions done, unfinished ones with a checkpoint, bytes)."""
     path = Path(path)
-    done = sum(1 for _ in path.glob(f"*/*__*/{DONE_MARKER}"))
-    unfinished = sum(1 for last in path.glob(f"*/*__*/{TRAIN_RUN_NAME}/weights/last.pt")
-                     if not (last.parents[2] / DONE_MARKER).is_file())
-    size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    try:
+        done = sum(1 for _ in path.glob(f"*/*__*/{DONE_MARKER}"))
+        unfinished = sum(1 for last in path.glob(f"*/*__*/{TRAIN_RUN_NAME}/weights/last.pt")
+                         if not (last.parents[2] / DONE_MARKER).is_file())
+        size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    except OSError as error:  # a disconnected mount: said, never fatal
+        return f"mirror {path}: not readable now ({errno.errorcode.get(error.errno or 0, type(error).__name__)})"
     return f"mirror {path}: {done} sessions done, {unfinished} unfinished with a checkpoint, {size / 1e9:.2f} GB"
 
 
 def on_mirror_storage(path: Path, mirror: Path) -> bool:
-    """True if `path` lives on the file system of `mirror` (the mirror's folder or its nearest existing parent)."""
-    anchor = next((folder for folder in (mirror, *mirror.parents) if folder.exists()), Path("/"))
-    return path.stat().st_dev == anchor.stat().st_dev
+    """True if `path` lives on the file system of `mirror` (the mirror's folder or its nearest existing parent);
+    False when that cannot be told (a disconnected mount)."""
+    try:
+        anchor = next((folder for folder in (mirror, *mirror.parents) if folder.exists()), Path("/"))
+        return path.stat().st_dev == anchor.stat().st_dev
+    except OSError:
+        return False
 
 
 def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
