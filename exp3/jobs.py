@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from exp3.config import ExperimentConfig, MirrorConfig
 from exp3.layout import SessionPaths, SessionState
+from exp3.occlusion.identity import evaluation_plan
 from exp3.schema import PreparedData
 from exp3.sessions import Session
 
@@ -36,7 +37,7 @@ class SessionJob(BaseModel):
     gpu: int | None = None  # the GPU of the slot it got when it started, pinned with CUDA_VISIBLE_DEVICES
     deployment: str | None = None  # run as a flow run of this deployment (fan-out), not a local subprocess
     prepared: PreparedData | None = None  # what the flow prepared (data yaml, fingerprint, suites)
-    evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`exp3.splits.evaluation_plan`)
+    evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`evaluation_plan`)
     mirror: MirrorConfig = MirrorConfig()  # where its checkpoints and results are copied (exp3/mirror.py)
 
     session = property(lambda self: Session(self.model, self.suffix, self.seed))
@@ -89,8 +90,6 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mappin
               rerun_failed: bool = False, deployment: str | None = None,
               prepared: PreparedData | None = None) -> list[SessionJob]:
     """One `SessionJob` per session of `grid`, in grid order (`keys`: session name -> cache key). Reads no file."""
-    from exp3.splits import evaluation_plan
-
     evaluations = evaluation_plan(config.occlusion)  # once for the grid
     return [SessionJob(model=session.model, suffix=session.suffix, seed=session.seed, cache_key=keys[session.name],
                        config_path=str(config_path), output_root=str(config.output_root),

@@ -21,7 +21,6 @@ from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, s
 from exp3.runlock import SessionLock
 from exp3.schema import SessionMetrics
 from exp3.sessions import Session
-from exp3.splits import severity_changes
 
 
 class SessionState(StrEnum):
@@ -51,6 +50,19 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def severity_changes(metrics: SessionMetrics, plan: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics.
+
+    `plan`: {severity split: spec key} (`exp3.occlusion.identity.evaluation_plan`). A split is to evaluate
+    when metrics.json has no evaluation of it recorded under that spec key (a new level, or the level's
+    parameters changed); results of another suite are never taken for it.
+    """
+    recorded = metrics.severity.evaluations
+    missing = [split for split, spec_key in plan.items()
+               if split not in recorded or recorded[split].spec_key != spec_key or split not in metrics.splits]
+    return missing, [split for split in recorded if split not in plan]
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from exp3.config import ExperimentConfig
 from exp3.dataset import AuditedData, audit_once
 from exp3.fileio import sha256_file
 from exp3.mirror import local_dataset, on_mirror_storage
+from exp3.occlusion.identity import evaluation_plan, severity_levels, suite_parameters, train_set_parameters
+from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.schema import PreparedData, SeveritySuite
+from exp3.synth import build_synthetic_dataset
 from exp3.weights import ResolvedWeights, resolve_weights
 
 
@@ -36,8 +41,6 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True
                 on_mirror_storage(data_yaml, Path(config.mirror.path).absolute()):
             return local_dataset(data_yaml, output_root / "data")  # its content, on this disk (fingerprint checked)
         return data_yaml
-    from exp3.synth import build_synthetic_dataset
-
     target = output_root / "data" / f"synthetic-{config.dataset.preset}-seed{config.dataset.synthetic_seed}"
     if not build:
         return (target / "data.yaml").absolute()
@@ -53,9 +56,6 @@ def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedDa
     dataset is not hashed again. Without it (a session run by hand) the dataset is audited here.
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """
-    from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
-    from exp3.splits import severity_levels
-
     if audited is None:
         audited = audit_once(dataset_yaml(config, output_root), output_root / "audits")
     data_yaml = Path(audited.data_yaml)
@@ -80,8 +80,6 @@ def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedDa
 
 def prepared_from_json(text: str) -> PreparedData:
     """`--prepared` JSON (what the flow prepared) -> PreparedData; ValueError naming the fix if it is not one."""
-    from pydantic import ValidationError
-
     try:
         return PreparedData.model_validate_json(text)
     except ValidationError as error:
@@ -112,9 +110,6 @@ def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str |
     """Why `prepared` (data handed to a session) is not what `config` asks for, or None if it is: the
     fixed suite's and S2 set's occlusion parameters (from their manifests) and the severity levels'
     spec keys must be the config's. A session never evaluates a config on another config's suites."""
-    from exp3.occlusion.identity import suite_parameters, train_set_parameters
-    from exp3.splits import evaluation_plan
-
     manifests = {"fixed suite": (Path(prepared.suite_dir) / "manifest.json", suite_parameters(config.occlusion)),
                  "S2 train set": (Path(prepared.s2_data_yaml).parent / "manifest.json",
                                   train_set_parameters(config.occlusion))}

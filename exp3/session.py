@@ -45,18 +45,28 @@ replaced atomically and the DONE marker stays valid throughout (`SessionPaths.re
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from pydantic import ValidationError
 
 from exp3 import SCHEMA_VERSION
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
+from exp3.dataset import read_data_yaml
+from exp3.evaluate import EvaluationModel, SplitEvaluation, evaluate_split, load_evaluation_model, save_split_files
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs, session_inputs
-from exp3.layout import SessionPaths, SessionState
+from exp3.integrations import missing_packages, session_integrations
+from exp3.layout import SessionPaths, SessionState, severity_changes
+from exp3.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
+from exp3.offline import apply_offline_environment
 from exp3.prepare import prepare_data, prepared_from_json, prepared_is_current, prepared_mismatch, resolve_model_weights
 from exp3.record import (
     session_record,
@@ -70,10 +80,8 @@ from exp3.runlock import LockBusy
 from exp3.schema import PreparedData, SessionMetrics, SeverityEvaluation, SplitMetrics
 from exp3.sessions import Session, parse_session
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS, VAL_SPLIT
+from exp3.train import final_checkpoint, log_tail, plan_training, run_training
 from exp3.weights import ResolvedWeights
-
-if TYPE_CHECKING:  # annotations only; exp3.evaluate is imported where a session evaluates
-    from exp3.evaluate import EvaluationModel, SplitEvaluation
 
 
 class SessionFailed(RuntimeError):
@@ -92,10 +100,10 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
     when another process runs this session, and `SessionFailed` after writing a FAILED marker
     (error, log tail) for anything else, a dataset failing its audit included.
     """
-    from exp3.offline import apply_offline_environment
-
     paths = SessionPaths.of(output_root, session)
-    apply_offline_environment(output_root)
+    if config.integrations and (missing := missing_packages(config.integrations)) is not None:
+        raise ConfigError(missing)  # nothing written, nothing trained
+    apply_offline_environment(output_root, config.integrations)  # before this process imports Ultralytics
     weights = resolve_model_weights(config, session.model)  # WeightsError: nothing written, nothing trained
     paths.folder.parent.mkdir(parents=True, exist_ok=True)
     with paths.session_lock("python -m exp3.session"):
@@ -120,7 +128,9 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
         paths.folder.mkdir(parents=True, exist_ok=True)
         paths.write_inputs(inputs.model_dump(mode="json"), inputs.key)
         try:
-            metrics = _train_and_evaluate(config, session, output_root, paths, prepared, weights, inputs, retry_batch)
+            with session_integrations(config.integrations, output_root, config.name, session.name):
+                metrics = _train_and_evaluate(config, session, output_root, paths, prepared, weights, inputs,
+                                              retry_batch)
             write_record(paths, metrics)
         except Exception as error:  # noqa: BLE001 - every failure must leave a FAILED marker
             _write_failure(paths, session, error)
@@ -133,8 +143,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def _write_failure(paths: SessionPaths, session: Session, error: BaseException) -> None:
-    from exp3.train import log_tail
-
     paths.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.failed_marker, {
         "session": session.name, "error": _one_line(error), "traceback": traceback.format_exc(),
@@ -145,8 +153,6 @@ def _write_failure(paths: SessionPaths, session: Session, error: BaseException) 
 def _evaluate(model: EvaluationModel, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
               save_dir: Path, plots: bool = True) -> SplitEvaluation:
     """One split of the session's `exp3.evaluate.EvaluationModel` (loaded once for all its splits)."""
-    from exp3.evaluate import evaluate_split
-
     return evaluate_split(model, split_yaml, model.family, output_root, save_dir, split=split,
                           batch=config.train.batch, device=config.train.device, plots=plots,
                           workers=config.train.workers)
@@ -156,11 +162,6 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
                         prepared: PreparedData, weights: ResolvedWeights, inputs: SessionInputs,
                         retry_batch: int | None) -> SessionMetrics:
     """Train (or resume), evaluate the checkpoint on val and every test split; the record, not yet written."""
-    from exp3.dataset import read_data_yaml
-    from exp3.evaluate import load_evaluation_model
-    from exp3.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
-    from exp3.train import final_checkpoint, plan_training, run_training
-
     folder, logs = paths.folder, paths.logs
     previous_failure = paths.failure()
     paths.failed_marker.unlink(missing_ok=True)
@@ -209,9 +210,6 @@ def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentC
     severity split they would cost more than its evaluation (BENCHMARKS.md) and add nothing the
     severity charts do not show.
     """
-    from exp3.evaluate import save_split_files
-    from exp3.metrics import records_from_json
-
     evaluation = _evaluate(model, prepared.split_yaml(split), "test", config, output_root,
                            paths.folder / "plots" / split, plots=split in PRIMARY_SPLITS)
     suite = prepared.severity_suite(split)
@@ -225,8 +223,6 @@ def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentC
 def _read_metrics(payload: Any, paths: SessionPaths, session: Session) -> SessionMetrics:
     """A done session's metrics.json (`payload`, parsed) as `SessionMetrics`; `SessionFailed` naming the
     file if it is not one."""
-    from pydantic import ValidationError
-
     try:
         return SessionMetrics.model_validate(payload)
     except ValidationError as error:
@@ -245,10 +241,6 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     DONE valid. Returns the metrics (unchanged, nothing written, when nothing differs). Raises
     `SessionFailed` when the checkpoint is gone (the session stays done with what it has).
     """
-    from exp3.dataset import read_data_yaml
-    from exp3.evaluate import load_evaluation_model
-    from exp3.splits import severity_changes
-
     current = _read_metrics(json.loads(paths.metrics.read_text(encoding="utf-8")), paths, session)
     missing, extra = severity_changes(current, {suite.split: suite.spec_key for suite in prepared.severity_suites})
     if not missing and not extra:
@@ -273,9 +265,6 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
 def _link_weights(source: Path, target: Path) -> None:
     """`target/{best,last}.pt` as hard links to the trained files (a copy across file systems); a link to a file
     since set aside is removed."""
-    import os
-    import shutil
-
     target.mkdir(parents=True, exist_ok=True)
     for name in ("best.pt", "last.pt"):
         (target / name).unlink(missing_ok=True)
@@ -334,8 +323,6 @@ def without_shutdown_collection(code: int) -> int:
     "no shutdown collection") and frees nothing the exit does not free anyway. Objects are still released
     by reference counting and `atexit` still runs; every result file is already closed and renamed
     into place."""
-    import gc
-
     gc.freeze()
     return code
 

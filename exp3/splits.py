@@ -11,20 +11,18 @@ Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlus
 
 test_clean and test_occ_fixed belong to a session's inputs (its cache key names the fixed suite).
 The severity splits do not: they are evaluations added to a session, each recorded with the spec
-key of the suite it was evaluated on (`SeverityLevel.spec_key`), so a changed level is evaluated
-again and never confused with another suite's result.
+key of the suite it was evaluated on, so a changed level is evaluated again and never confused with
+another suite's result. The spec keys, and so the configured levels and the evaluation plan a
+finished session must have, come from the occlusion identity (`exp3.occlusion.identity.severity_levels`,
+`evaluation_plan`); which evaluations a session's metrics.json lacks is `exp3.layout.severity_changes`.
+This module names splits only and imports nothing from exp3 but the config.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from exp3.config import OcclusionConfig
-
-if TYPE_CHECKING:  # exp3.schema imports this module
-    from exp3.schema import SessionMetrics
 
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train", "val", "test"
 SOURCE_SPLITS: tuple[str, ...] = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
@@ -52,28 +50,6 @@ def severity_level(split: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-@dataclass(frozen=True)
-class SeverityLevel:
-    """One configured severity level: its split, coverage range and the spec key of its suite."""
-
-    level: int
-    split: str
-    coverage: tuple[float, float]
-    spec_key: str
-
-    @property
-    def midpoint(self) -> float:
-        return round((self.coverage[0] + self.coverage[1]) / 2, 6)
-
-
-def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
-    """The configured levels, light to heavy (reads the config only; builds nothing)."""
-    from exp3.occlusion.identity import severity_spec_key
-
-    return tuple(SeverityLevel(level, severity_split(level), tuple(coverage), severity_spec_key(config, level))
-                 for level, coverage in enumerate(config.severities, start=1))
-
-
 def occluded_splits(config: OcclusionConfig) -> tuple[str, ...]:
     """Every occluded test split of a run: test_occ_fixed, then test_occ_sev1..K."""
     return (FIXED_SPLIT, *(severity_split(level) for level in range(1, len(config.severities) + 1)))
@@ -82,21 +58,3 @@ def occluded_splits(config: OcclusionConfig) -> tuple[str, ...]:
 def evaluated_splits(config: OcclusionConfig) -> tuple[str, ...]:
     """Every test split of a run: test_clean, then `occluded_splits`."""
     return (CLEAN_SPLIT, *occluded_splits(config))
-
-
-def evaluation_plan(config: OcclusionConfig) -> dict[str, str]:
-    """{severity split: spec key} a finished session must have evaluations for (config only)."""
-    return {level.split: level.spec_key for level in severity_levels(config)}
-
-
-def severity_changes(metrics: SessionMetrics, plan: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics.
-
-    `plan`: {severity split: spec key} (`evaluation_plan`). A split is to evaluate when metrics.json
-    has no evaluation of it recorded under that spec key (a new level, or the level's parameters
-    changed); results of another suite are never taken for it.
-    """
-    recorded = metrics.severity.evaluations
-    missing = [split for split, spec_key in plan.items()
-               if split not in recorded or recorded[split].spec_key != spec_key or split not in metrics.splits]
-    return missing, [split for split in recorded if split not in plan]

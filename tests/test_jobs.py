@@ -237,9 +237,8 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
 
 def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
     """A session given another config's prepared data (other occlusion parameters or levels) prepares its own."""
-    from exp3.occlusion.identity import suite_parameters, train_set_parameters
+    from exp3.occlusion.identity import severity_levels, suite_parameters, train_set_parameters
     from exp3.prepare import prepared_mismatch
-    from exp3.splits import severity_levels
 
     config = _config(occlusion={"severities": [[0.1, 0.3]]})
     suite, s2 = tmp_path / "occ-1", tmp_path / "occtrain-1"

@@ -18,15 +18,16 @@ import yaml
 from exp3.config import ConfigError, MAX_SEVERITY_COVERAGE, OcclusionConfig, load_config
 from exp3.fileio import sha256_file
 from exp3.identity import session_inputs
-from exp3.layout import SessionPaths
+from exp3.layout import SessionPaths, severity_changes
 from exp3.occlusion import OcclusionError
+from exp3.occlusion.identity import evaluation_plan
 from exp3.occlusion.planners import MAX_BOX_COVERAGE, PLACEMENT_SHRINK
 from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.schema import SessionMetrics
 from exp3.session import run_session
 from exp3.sessions import Session
-from exp3.splits import evaluation_plan, occluded_splits, severity_changes, severity_level, severity_split
+from exp3.splits import occluded_splits, severity_level, severity_split
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "fixtures" / "metrics_example.json"  # a real metrics.json, one severity level
@@ -444,7 +445,6 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
     from exp3.config import load_config
     from exp3.jobs import SessionJob, done_result
     from exp3.runner import run_session_subprocess
-    from exp3.splits import evaluation_plan
 
     output = reported.root
     base = output.parent

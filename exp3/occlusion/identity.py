@@ -8,12 +8,14 @@ so a suite of an older algorithm is never reused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from exp3.config import OcclusionConfig
 from exp3.fileio import stable_hash
 from exp3.occlusion import OcclusionError, codec, fills, planners
 from exp3.occlusion.source import _SourceImage, source_fingerprint
+from exp3.splits import severity_split
 
 GENERATOR_VERSION = "2"
 """Bump whenever a change alters any output byte or manifest field: it is part of the suite hash.
@@ -132,8 +134,6 @@ def severity_spec(config: OcclusionConfig, level: int) -> dict[str, Any]:
     """What severity level `level`'s suite is, apart from the images it is made from: generator version,
     algorithm constants, kind, stream, parameters and split name. Its hash (`severity_spec_key`) tells,
     from the config alone, whether an evaluation recorded for that split is of this suite."""
-    from exp3.splits import severity_split
-
     return {
         "generator_version": GENERATOR_VERSION,
         "algorithm": algorithm_constants(),
@@ -147,3 +147,29 @@ def severity_spec(config: OcclusionConfig, level: int) -> dict[str, Any]:
 def severity_spec_key(config: OcclusionConfig, level: int) -> str:
     """12-hex hash of `severity_spec` (recorded with every evaluation of the level's split)."""
     return stable_hash(severity_spec(config, level))
+
+
+@dataclass(frozen=True)
+class SeverityLevel:
+    """One configured severity level: its split, coverage range and the spec key of its suite."""
+
+    level: int
+    split: str
+    coverage: tuple[float, float]
+    spec_key: str
+
+    @property
+    def midpoint(self) -> float:
+        return round((self.coverage[0] + self.coverage[1]) / 2, 6)
+
+
+def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
+    """The configured levels, light to heavy (reads the config only; builds nothing)."""
+    return tuple(SeverityLevel(level, severity_split(level), tuple(coverage), severity_spec_key(config, level))
+                 for level, coverage in enumerate(config.severities, start=1))
+
+
+def evaluation_plan(config: OcclusionConfig) -> dict[str, str]:
+    """{severity split: spec key} a finished session must have evaluations for (config only; compared with
+    metrics.json by `exp3.layout.severity_changes`)."""
+    return {level.split: level.spec_key for level in severity_levels(config)}
