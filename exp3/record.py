@@ -20,6 +20,8 @@ from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs
 from exp3.layout import SessionPaths
+from exp3.metrics import ImageRecord, operating_point, robustness_ratio, summarize_split
+from exp3.provenance import collect_provenance
 from exp3.schema import (
     Checkpoint,
     Eval,
@@ -41,12 +43,12 @@ from exp3.schema import (
     TrainingWeights,
 )
 from exp3.sessions import Session
+from exp3.severity import mpc_summary
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 from exp3.weights import ResolvedWeights
 
 if TYPE_CHECKING:  # annotations only: exp3.evaluate and exp3.train load Ultralytics
     from exp3.evaluate import SplitEvaluation
-    from exp3.metrics import ImageRecord
     from exp3.train import TrainOutcome, TrainPlan
 
 TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "epochs_completed", "effective_args",
@@ -70,8 +72,6 @@ def split_metrics(evaluation: SplitEvaluation, records: list[ImageRecord], confi
                   names: list[str], val_conf: float) -> SplitMetrics:
     """`splits.<split>`: the validator's mAP and timings of `evaluation`, the metrics of its predictions
     at the primary threshold, and the operating point at the session's val-chosen `val_conf`."""
-    from exp3.metrics import operating_point, summarize_split
-
     summary = summarize_split(records, num_classes=len(names), conf=config.eval.conf,
                               match_iou=config.eval.match_iou, class_names=names)
     return SplitMetrics.model_validate({
@@ -86,8 +86,6 @@ def robustness(clean: SplitMetrics | SplitView, occluded: SplitMetrics | SplitVi
 
     A session passes its `SplitMetrics`; report fixtures, which write a subset of a split entry,
     pass the lenient `SplitView` of it."""
-    from exp3.metrics import robustness_ratio
-
     def ratio(occ: float | None, cln: float | None) -> float | None:
         if occ is None or cln is None:
             return None
@@ -117,8 +115,6 @@ def severity_evaluation(prepared: PreparedData, split: str, checkpoint: Path, me
 def severity_block(prepared: PreparedData, splits: Mapping[str, SplitMetrics],
                    evaluations: dict[str, SeverityEvaluation], superseded: list[Superseded]) -> Severity:
     """metrics.json's `severity`: the configured levels, each split's evaluation record, mPC / rPC."""
-    from exp3.severity import mpc_summary
-
     levels = [SeverityLevel(level=suite.level, split=suite.split, coverage=suite.coverage, spec_key=suite.spec_key,
                             suite_id=suite.suite_id) for suite in prepared.severity_suites]
     return Severity(levels=levels, evaluations=evaluations, superseded=superseded,
@@ -146,8 +142,6 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
     """The metrics.json of a session that has just trained (`plan`, `outcome`; `retry_batch` of an
     out-of-memory retry) and evaluated `checkpoint` on every test split (`splits`; `evaluations` for
     the severity splits), with its provenance. `previous_failure`: the FAILED marker it replaced."""
-    from exp3.provenance import collect_provenance
-
     masking_stats = _read_json(Path(plan.run_dir) / "masking_stats.json")
     return SessionMetrics(
         schema_version=SCHEMA_VERSION,

@@ -25,10 +25,12 @@ finished training is evaluated from.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
@@ -39,6 +41,7 @@ from typing import Any, BinaryIO, Literal
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
 from exp3.layout import TRAIN_RUN_NAME
+from exp3.offline import apply_offline_environment
 from exp3.sessions import Session
 from exp3.weights import ResolvedWeights
 
@@ -139,9 +142,9 @@ def checkpoint_state(checkpoint_pt: Path) -> tuple[CheckpointState, dict[str, An
     finished training; plus epoch info (`holds_best`: it is its run's best epoch, `exp3.trainers.holds_best`)."""
     if not checkpoint_pt.is_file():
         return "missing", {}
-    import torch
+    import torch  # lazy: torch is heavy; a done session never loads it
 
-    from exp3.trainers import holds_best
+    from exp3.trainers import holds_best  # lazy: loads Ultralytics (offline env first)
 
     try:
         checkpoint = torch.load(checkpoint_pt, map_location="cpu", weights_only=False)
@@ -197,8 +200,6 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
         try:
             _train(plan)
         except BaseException:
-            import traceback
-
             log.write(traceback.format_exc().encode())  # FAILED's log tail shows the error
             raise
         finally:
@@ -242,13 +243,11 @@ def _after_training(environment: dict[str, str | None]) -> None:
     trainer held (model, optimizer, dataloaders), undo Ultralytics' `deterministic=True` settings
     (deterministic kernels only, cuDNN deterministic), and put back `environment` (DETERMINISM_ENV
     as they were before the training)."""
-    import gc
-
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    from ultralytics.utils.torch_utils import unset_deterministic
+    from ultralytics.utils.torch_utils import unset_deterministic  # lazy: only after a training
 
     unset_deterministic()
     for key, value in environment.items():
@@ -315,7 +314,7 @@ def _continue_from_best(plan: TrainPlan, best_state: CheckpointState,
     if best_state == "finished":
         print(f"WARNING exp3: {plan.best_pt} is a finished training's ({best_info}): evaluating it, nothing to train")
         return "finished", best_info
-    from exp3.trainers import copy_checkpoint
+    from exp3.trainers import copy_checkpoint  # lazy: loads Ultralytics (offline env first)
 
     copy_checkpoint(plan.best_pt, plan.last_pt)
     print(f"WARNING exp3: resuming from this session's best.pt instead ({best_info})")
@@ -327,7 +326,7 @@ def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: di
     """Set an unreadable best.pt aside. When last.pt holds the same epoch (its fitness is the run's best) best.pt is
     restored from it; otherwise the epoch best.pt held is lost, and evaluating another checkpoint would change how
     this one session's checkpoint is chosen: last.pt is set aside too and the session trains from the start."""
-    from exp3.trainers import copy_checkpoint
+    from exp3.trainers import copy_checkpoint  # lazy: loads Ultralytics (offline env first)
 
     _set_aside(plan.best_pt, "corrupt", f"is unreadable ({best_info.get('error')})")
     if info.get("holds_best"):
@@ -342,13 +341,11 @@ def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: di
 
 
 def _train(plan: TrainPlan) -> None:
-    from exp3.offline import apply_offline_environment
-
     apply_offline_environment(plan.output_root)
     if plan.masking_site is None:
         _train_with(plan)
         return
-    from exp3.trainers import MASKING_SPEC_ENV, write_masking_settings
+    from exp3.trainers import MASKING_SPEC_ENV, write_masking_settings  # lazy: loads Ultralytics (offline env first)
 
     settings = write_masking_settings(Path(plan.run_dir).parent / "masking_spec.json", plan.masking_site,
                                       plan.masking_spec or {})
