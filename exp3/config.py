@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exp3.fileio import atomic_write_text, stable_hash
+from exp3.integrations import check_integrations
 from exp3.sessions import SESSION_SUFFIXES
 
 
@@ -206,6 +207,7 @@ class ExperimentConfig(_Strict):
     parallel_sessions: int = Field(default=1, ge=1)
     seeds: tuple[int, ...] = (0,)
     download_weights: bool = False
+    integrations: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -242,6 +244,18 @@ class ExperimentConfig(_Strict):
         if not value or len(set(value)) != len(value) or min(value) < 0:
             raise ValueError(f"{list(value)} must be a non-empty list of distinct seeds >= 0, e.g. [0, 1, 2]")
         return value
+
+    @field_validator("integrations", mode="before")
+    @classmethod
+    def _one_integration_as_a_list(cls, value: Any) -> Any:
+        """`--set integrations=tensorboard` means the list [tensorboard]."""
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("integrations")
+    @classmethod
+    def _supported_integrations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Ultralytics integrations to switch on (exp3/integrations.py); every other one is off."""
+        return check_integrations(value)
 
     @field_validator("sessions")
     @classmethod

@@ -1,12 +1,16 @@
 """Keep Ultralytics offline and its settings in exp3's output root: at import it writes settings, checks for
 updates, installs packages and fetches a font, none of which may happen on an air-gapped GPU box. Every training
-or evaluation process calls `apply_offline_environment(root)` before `import ultralytics`."""
+or evaluation process calls `apply_offline_environment(root)` before `import ultralytics`; a process that trains
+passes the config's `integrations` (exp3/integrations.py: the settings file switches on exactly those)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+
+from exp3.integrations import write_ultralytics_settings
 
 
 def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, str]:
@@ -19,9 +23,11 @@ def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, st
     }
 
 
-def apply_offline_environment(output_root: str | os.PathLike[str]) -> None:
-    """Set `ultralytics_environment` in this process, and put matplotlib's DejaVuSans under the names
-    Ultralytics' `check_font` looks for first (else it requests Arial.ttf from the internet)."""
+def apply_offline_environment(output_root: str | os.PathLike[str], integrations: Sequence[str] | None = None) -> None:
+    """Set `ultralytics_environment` in this process, write the root's Ultralytics settings file with exactly
+    `integrations` on (None: keep the file there, or all off; `exp3.integrations.write_ultralytics_settings`), and put
+    matplotlib's DejaVuSans under the names Ultralytics' `check_font` looks for first (else it requests Arial.ttf
+    from the internet)."""
     import matplotlib
 
     environment = ultralytics_environment(output_root)
@@ -32,3 +38,4 @@ def apply_offline_environment(output_root: str | os.PathLike[str]) -> None:
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         if not (fonts / name).exists():
             shutil.copyfile(source, fonts / name)
+    write_ultralytics_settings(environment["YOLO_CONFIG_DIR"], integrations)

@@ -18,6 +18,8 @@ import exp3
 TRACKED_PACKAGES: tuple[str, ...] = (
     "ultralytics", "torch", "torchvision", "numpy", "prefect", "pydantic", "scipy", "pandas", "pillow",
     "opencv-python", "altair", "vl-convert-python",
+    "tensorboard", "mlflow-skinny", "mlflow",  # the `integrations:` loggers (installed or not: None); the session's
+                                                # config_resolved.yaml says which were on
 )
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +51,7 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
 
 def device_description(device: str | None = None) -> dict[str, Any]:
     """Name of the compute device a run used: CUDA device name(s) or the CPU."""
-    import torch
+    import torch  # lazy: torch is heavy; only a session that trained records its device
 
     cuda = torch.cuda.is_available() and (device is None or str(device) not in {"cpu", "mps"})
     if cuda:

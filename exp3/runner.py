@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, BinaryIO, Callable
 
+from exp3.config import ConfigError, load_config
+from exp3.integrations import missing_packages, write_ultralytics_settings
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
 from exp3.offline import ultralytics_environment
@@ -78,6 +80,20 @@ def session_environment(job: SessionJob) -> dict[str, str]:
     return dict(os.environ) | ultralytics_environment(job.output_root) | gpu
 
 
+def prepare_integrations(job: SessionJob) -> None:
+    """Before the session process starts: the root's Ultralytics settings file complete, with the config's
+    `integrations` on and every other one off (exp3/integrations.py), so the process imports Ultralytics under
+    them and never writes the file itself; `SessionError` if a configured integration is not installed. A config
+    that cannot be read is left to the session to report."""
+    try:
+        integrations: tuple[str, ...] | None = load_config(job.config_path).integrations
+    except ConfigError:
+        integrations = None
+    if integrations and (missing := missing_packages(integrations)) is not None:
+        raise SessionError(f"{job.name}: {missing}")
+    write_ultralytics_settings(ultralytics_environment(job.output_root)["YOLO_CONFIG_DIR"], integrations)
+
+
 def start_session_process(arguments: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen:
     """A fresh `python -m exp3.session <arguments>`, its output appended to `log`, killed if this process dies."""
     command = [sys.executable, "-m", "exp3.session", *arguments]
@@ -92,6 +108,7 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
     A folder made under other inputs is first moved aside. `on_poll(finished)` is called every `POLL_S` s while
     the process runs and once after it ends (`finished`: it ended DONE): it reads the epochs (exp3.live)."""
     paths, cache_key = job.paths, job.cache_key
+    prepare_integrations(job)
     moved = None
     if paths.state(cache_key) == SessionState.STALE:
         with paths.session_lock("exp3 flow"):

@@ -63,6 +63,9 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("seeds: [1, 1]\n", [], "distinct seeds"),
         ("gpus: [0]\nparallel_sessions: 2\n", [], "parallel_sessions 2 with gpus [0]: with GPUs the slots are the gpus list"),
         ("parallel_sessions: 0\n", [], "parallel_sessions"),
+        ("integrations: [tensorflow]\n", [], "invalid value for 'integrations' (['tensorflow']): unknown integration "
+                                            "'tensorflow': use tensorboard, mlflow"),
+        ("{}\n", ["integrations=[wandb]"], "'wandb' is not supported"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:
