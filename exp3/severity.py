@@ -1,4 +1,5 @@
-"""mPC and rPC: the point values a session writes into its metrics.json (`severity.summary`).
+"""The headline metrics' vocabulary (`METRICS`), and mPC and rPC: the point values a session writes into its
+metrics.json (`severity.summary`).
 
 In the manner of ImageNet-C / COCO-C (docs/references.md section 1), over
 the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clean):
@@ -17,6 +18,7 @@ and the crossings are the report's, in exp3/report/severity.py.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,21 +26,45 @@ import numpy as np
 from exp3.schema import SeveritySummary, SplitMetrics, SplitView
 from exp3.splits import CLEAN_SPLIT
 
-METRICS: dict[str, tuple[str, ...]] = {
-    "ingredient_micro_f1": ("ingredient", "micro", "f1"),
-    "ingredient_samples_f1": ("ingredient", "samples", "f1"),
-    "detection_f1": ("detection", "f1"),
-    "map50": ("map50",),
-    "map50_95": ("map50_95",),
-}
-"""Metric name -> attribute path inside a split entry (`exp3.schema.SplitMetrics` and `SplitView` alike)."""
+
+@dataclass(frozen=True)
+class Metric:
+    """One headline metric, named once: every table, chart and sentence of the report takes it from here.
+
+    `kind`: `count` (micro F1 of per-image (tp, fp, fn) summed over images), `mean` (the mean of a per-image score)
+    or `map` (the validator's mAP: no per-image decomposition; intervals from exp3.mapstats). `path`: its attribute
+    path inside a split entry of metrics.json (`exp3.schema.SplitMetrics`); `columns`: the per-image columns of
+    the report's scores behind it (exp3.report.draws.image_scores); `short`: its header in report.md's split tables.
+    """
+
+    key: str
+    label: str
+    kind: str
+    path: tuple[str, ...]
+    columns: tuple[str, ...] = ()
+    short: str = ""
+    higher_is_better: bool = True
+
+
+METRICS: dict[str, Metric] = {metric.key: metric for metric in (
+    Metric("ingredient_micro_f1", "ingredient micro F1", "count", ("ingredient", "micro", "f1"),
+           ("ingredient_tp", "ingredient_fp", "ingredient_fn"), "F1 micro"),
+    Metric("ingredient_samples_f1", "ingredient samples F1", "mean", ("ingredient", "samples", "f1"),
+           ("ingredient_f1",), "F1 samples"),
+    Metric("detection_f1", "detection F1", "count", ("detection", "f1"),
+           ("detection_tp", "detection_fp", "detection_fn"), "det F1"),
+    Metric("map50", "mAP50", "map", ("map50",), short="mAP50"),
+    Metric("map50_95", "mAP50-95", "map", ("map50_95",), short="mAP50-95"),
+)}
+"""The headline metrics, in the report's order (the keys of metrics.json's `severity.summary.mPC` / `rPC`)."""
+
 
 
 def split_value(split: SplitMetrics | SplitView | None, metric: str) -> float | None:
     """The value of `metric` in one split entry: the session's `SplitMetrics` or a reader's `SplitView`;
     None when the split or the value is absent."""
     value: Any = split
-    for key in METRICS[metric]:
+    for key in METRICS[metric].path:
         if value is None:
             return None
         value = getattr(value, key)

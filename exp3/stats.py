@@ -34,7 +34,9 @@ and the paired (sign-flip) permutation test of it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
+from functools import lru_cache
+from itertools import combinations
+from math import comb
 from typing import Callable
 
 import numpy as np
@@ -110,33 +112,145 @@ def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, fl
     return float(low), float(high)
 
 
-def bootstrap_f1_interval(counts: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
-                          n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                          indices: np.ndarray | None = None) -> Interval:
-    """Percentile bootstrap interval of micro F1 over images.
+# The engine ----------------------------------------------------------------------------------------------------
+#
+# Every statistic of the report is a function of per-image values summed over the images: micro F1 of summed
+# (tp, fp, fn), a mean of per-image scores, rF1 of two splits' summed counts, mPC of per-split counts. A
+# `Statistic` takes those totals (..., *shape) and the number of values summed, and returns the metric (...). A
+# bootstrap draw is a set of image multiplicities (`image_multiplicities`), so its totals are one product; a
+# permutation swaps two sessions' values on a subset of images, so its totals are `sum(a) + mask @ (b - a)`.
 
-    Args:
-        counts: (N, 3) per-image (tp, fp, fn).
-        indices: optional (B, N) resample indices (share them to pair several calls); drawn from
-            `seed` when None.
+Statistic = Callable[[np.ndarray, float], np.ndarray]
+
+
+def f1_statistic(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
+    """Micro F1 of summed (tp, fp, fn) on the last axis (1.0 where all are 0)."""
+    return micro_f1(np.asarray(totals)[..., None, :])
+
+
+def mean_statistic(totals: np.ndarray, n: float) -> np.ndarray:
+    """The mean of per-image scores."""
+    return np.asarray(totals) / n
+
+
+def ratio_f1_statistic(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
+    """F1 of (..., 0, 3) over F1 of (..., 1, 3), e.g. rF1 = occluded / clean; NaN where the denominator is 0."""
+    top, bottom = f1_statistic(np.asarray(totals)[..., 0, :]), f1_statistic(np.asarray(totals)[..., 1, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
+
+
+def weighted_totals(values: np.ndarray, image_weights: np.ndarray, seed_weights: np.ndarray | None = None) -> np.ndarray:
+    """(B, *shape) sums of (N, *shape) `values` under (B, N) image multiplicities; with (B, K) `seed_weights`,
+    of (K, N, *shape) per-seed values under both."""
+    values = np.asarray(values, dtype=np.float64)
+    if seed_weights is None:
+        return np.tensordot(image_weights, values, axes=(1, 0))
+    return np.einsum("bk,bn,kn...->b...", seed_weights, image_weights, values)
+
+
+def finite_interval(draws: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """`percentile_interval` of the finite draws (a draw where the statistic is undefined says nothing)."""
+    finite = np.asarray(draws)[np.isfinite(draws)]
+    return percentile_interval(finite, confidence) if finite.size else (float("nan"), float("nan"))
+
+
+def bootstrap(values: np.ndarray, statistic: Statistic = f1_statistic, confidence: float = DEFAULT_CONFIDENCE,
+              n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+              image_weights: np.ndarray | None = None) -> Interval:
+    """Percentile bootstrap interval of `statistic` over the images of (N, *shape) `values`."""
+    values = np.asarray(values, dtype=np.float64)
+    weights = image_multiplicities(len(values), n_resamples, seed) if image_weights is None else image_weights
+    draws = statistic(weighted_totals(values, weights), len(values))
+    return Interval(float(statistic(values.sum(axis=0), len(values))), *finite_interval(draws, confidence))
+
+
+def paired_difference(values_a: np.ndarray, values_b: np.ndarray, statistic: Statistic = f1_statistic,
+                      confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
+                      seed: int = DEFAULT_SEED, image_weights: np.ndarray | None = None) -> Interval:
+    """statistic(a) - statistic(b) with its paired bootstrap interval (both (N, *shape), aligned on the same
+    images, resampled with the same draws)."""
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    weights = image_multiplicities(len(a), n_resamples, seed) if image_weights is None else image_weights
+    draws = statistic(weighted_totals(a, weights), len(a)) - statistic(weighted_totals(b, weights), len(b))
+    point = statistic(a.sum(axis=0), len(a)) - statistic(b.sum(axis=0), len(b))
+    return Interval(float(point), *finite_interval(draws, confidence))
+
+
+@lru_cache(maxsize=8)
+def swap_masks(n_images: int, n_resamples: int = DEFAULT_PERMUTATIONS,
+               seed: int = DEFAULT_SEED) -> tuple[np.ndarray, bool]:
+    """(P, N) masks (float64 0 / 1) of images whose two results are swapped, and whether they are exhaustive.
+
+    All 2**N masks when 2**N <= n_resamples (an exact test), else `n_resamples` random ones from
+    `numpy.random.default_rng(seed)`. Kept for the next test of the same N (a report runs hundreds): read-only.
     """
-    counts = check_counts(counts)
-    if indices is None:
-        indices = bootstrap_indices(len(counts), n_resamples, seed)
-    draws = micro_f1(counts[indices])                                   # (B,)
-    low, high = percentile_interval(draws, confidence)
-    return Interval(float(micro_f1(counts)), low, high)
+    if n_images < 1:
+        raise ValueError(f"n_images={n_images}; a permutation test needs at least one image")
+    if n_images < 63 and 2 ** n_images <= n_resamples:
+        codes = np.arange(2 ** n_images, dtype=np.int64)[:, None]
+        masks, exact = ((codes >> np.arange(n_images, dtype=np.int64)) & 1).astype(np.float64), True
+    else:
+        masks, exact = (np.random.default_rng(seed).random((n_resamples, n_images)) < 0.5).astype(np.float64), False
+    masks.flags.writeable = False
+    return masks, exact
+
+
+def permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, statistic: Statistic = f1_statistic,
+                       n_permutations: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
+    """Two-sided p of H0 "a and b are exchangeable on every image" for statistic(a) - statistic(b): the null of
+    `scipy.stats.permutation_test(permutation_type="samples")` (tests/test_stats.py checks that both agree),
+    vectorised: a permutation swaps the two sessions' values on a subset of images (`swap_masks`), so its totals
+    are `sum(a) + mask @ (b - a)`: one (P, N) @ (N, *shape) product. p = 2 * min(P(null <= observed),
+    P(null >= observed)), capped at 1; random permutations count the observed data as one of them
+    ((k + 1) / (P + 1)), as scipy does."""
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if np.array_equal(a, b):
+        return 1.0                    # every permutation reproduces the data: the difference is exactly 0
+    masks, exact = swap_masks(len(a), n_permutations, seed)
+    shift = np.tensordot(masks, b - a, axes=(1, 0))                                     # (P, *shape)
+    total_a, total_b = a.sum(axis=0), b.sum(axis=0)
+    null = statistic(total_a + shift, len(a)) - statistic(total_b - shift, len(a))
+    return _two_sided_p(null, float(statistic(total_a, len(a)) - statistic(total_b, len(a))), exact)
+
+
+def _two_sided_p(null: np.ndarray, observed: float, exact: bool) -> float:
+    """2 * min(P(null <= observed), P(null >= observed)), capped at 1; (k + 1) / (P + 1) unless exact."""
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    less, greater = np.sum(null <= observed + tolerance), np.sum(null >= observed - tolerance)
+    if exact:
+        p_less, p_greater = less / len(null), greater / len(null)
+    else:
+        p_less, p_greater = (less + 1) / (len(null) + 1), (greater + 1) / (len(null) + 1)
+    return float(min(1.0, 2.0 * min(p_less, p_greater)))
+
+
+def compare_paired(values_a: np.ndarray, values_b: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
+                   n_resamples: int = DEFAULT_RESAMPLES, n_permutations: int = DEFAULT_PERMUTATIONS,
+                   seed: int = DEFAULT_SEED, statistic: Statistic = f1_statistic,
+                   image_weights: np.ndarray | None = None) -> PairedComparison:
+    """Difference a - b of `statistic` (default: micro F1 of (N, 3) counts) with its paired bootstrap interval and
+    permutation p-value; both sides validated and aligned on the same images."""
+    check = check_counts if statistic is f1_statistic else check_scores
+    what = "counts" if statistic is f1_statistic else "scores"
+    a, b = _aligned(values_a, values_b, check, what)
+    return PairedComparison(paired_difference(a, b, statistic, confidence, n_resamples, seed, image_weights),
+                            permutation_pvalue(a, b, statistic, n_permutations, seed), len(a))
+
+
+# The checked entry points of each statistic ---------------------------------------------------------------------
+
+
+def bootstrap_f1_interval(counts: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
+                          n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> Interval:
+    """Percentile bootstrap interval of micro F1 of (N, 3) per-image (tp, fp, fn) over images."""
+    return bootstrap(check_counts(counts), f1_statistic, confidence, n_resamples, seed)
 
 
 def bootstrap_mean_interval(values: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
                             n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> Interval:
     """Percentile bootstrap interval of a mean over images, e.g. (N,) per-image F1 -> samples F1."""
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size == 0 or not np.all(np.isfinite(array)):
-        raise ValueError("values must be a non-empty array of finite per-image scores")
-    draws = array[bootstrap_indices(array.size, n_resamples, seed)].mean(axis=1)
-    low, high = percentile_interval(draws, confidence)
-    return Interval(float(array.mean()), low, high)
+    return bootstrap(check_scores(values), mean_statistic, confidence, n_resamples, seed)
 
 
 def bootstrap_ratio_interval(numerator_counts: np.ndarray, denominator_counts: np.ndarray,
@@ -148,15 +262,7 @@ def bootstrap_ratio_interval(numerator_counts: np.ndarray, denominator_counts: n
     dropped (the ratio is undefined there); the estimate is NaN when the full-sample denominator is 0.
     """
     numerator, denominator = _aligned(numerator_counts, denominator_counts)
-    indices = bootstrap_indices(len(numerator), n_resamples, seed)
-    top, bottom = micro_f1(numerator[indices]), micro_f1(denominator[indices])
-    valid = bottom > 0
-    full_bottom = float(micro_f1(denominator))
-    estimate = float(micro_f1(numerator)) / full_bottom if full_bottom > 0 else float("nan")
-    if not valid.any():
-        return Interval(estimate, float("nan"), float("nan"))
-    low, high = percentile_interval(top[valid] / bottom[valid], confidence)
-    return Interval(estimate, low, high)
+    return bootstrap(np.stack([numerator, denominator], axis=1), ratio_f1_statistic, confidence, n_resamples, seed)
 
 
 def _aligned(values_a: np.ndarray, values_b: np.ndarray, check: Callable[..., np.ndarray] | None = None,
@@ -173,66 +279,28 @@ def paired_difference_interval(counts_a: np.ndarray, counts_b: np.ndarray,
                                confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
                                seed: int = DEFAULT_SEED) -> Interval:
     """Paired bootstrap interval of micro_f1(a) - micro_f1(b); both (N, 3), aligned on the same images."""
-    a, b = _aligned(counts_a, counts_b)
-    indices = bootstrap_indices(len(a), n_resamples, seed)
-    draws = micro_f1(a[indices]) - micro_f1(b[indices])
-    low, high = percentile_interval(draws, confidence)
-    return Interval(float(micro_f1(a) - micro_f1(b)), low, high)
+    return paired_difference(*_aligned(counts_a, counts_b), f1_statistic, confidence, n_resamples, seed)
 
 
-def swap_masks(n_images: int, n_resamples: int = DEFAULT_PERMUTATIONS,
-               seed: int = DEFAULT_SEED) -> tuple[np.ndarray, bool]:
-    """(P, N) bool masks of images whose two results are swapped, and whether they are exhaustive.
-
-    All 2**N masks when 2**N <= n_resamples (an exact test), else `n_resamples` random ones from
-    `numpy.random.default_rng(seed)`.
-    """
-    if n_images < 1:
-        raise ValueError(f"n_images={n_images}; a permutation test needs at least one image")
-    if n_images < 63 and 2 ** n_images <= n_resamples:
-        codes = np.arange(2 ** n_images, dtype=np.int64)[:, None]
-        return ((codes >> np.arange(n_images, dtype=np.int64)) & 1).astype(bool), True
-    return np.random.default_rng(seed).random((n_resamples, n_images)) < 0.5, False
+def paired_mean_difference_interval(values_a: np.ndarray, values_b: np.ndarray,
+                                    confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
+                                    seed: int = DEFAULT_SEED) -> Interval:
+    """Paired bootstrap interval of mean(a) - mean(b); both (N,) per-image scores (e.g. per-image F1)."""
+    return paired_difference(*_aligned(values_a, values_b, check_scores, "scores"), mean_statistic, confidence,
+                             n_resamples, seed)
 
 
 def paired_permutation_pvalue(counts_a: np.ndarray, counts_b: np.ndarray,
                               n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
-    """Two-sided p-value of H0 "a and b are exchangeable on every image" for the micro-F1 difference.
-
-    The null of `scipy.stats.permutation_test(permutation_type="samples")` (tests/test_stats.py checks
-    that both agree), vectorised: a permutation swaps the two sessions' (tp, fp, fn) on a subset of
-    images, so its summed counts are `sum(a) + mask @ (b - a)`: one (P, N) @ (N, 3) product.
-    p = 2 * min(P(null <= observed), P(null >= observed)), capped at 1; random permutations count
-    the observed data as one of them ((k + 1) / (P + 1)), as scipy does.
-    """
-    a, b = _aligned(counts_a, counts_b)
-    if np.array_equal(a, b):
-        return 1.0                    # every permutation reproduces the data: the difference is exactly 0
-    masks, exact = swap_masks(len(a), n_resamples, seed)
-    shift = masks.astype(np.float64) @ (b - a).astype(np.float64)          # (P, 3)
-    total_a, total_b = a.sum(axis=0).astype(np.float64), b.sum(axis=0).astype(np.float64)
-    null = micro_f1((total_a + shift)[:, None, :]) - micro_f1((total_b - shift)[:, None, :])   # (P,)
-    return _two_sided_p(null, float(micro_f1(a) - micro_f1(b)), exact)
+    """`permutation_pvalue` of the micro-F1 difference of (N, 3) counts."""
+    return permutation_pvalue(*_aligned(counts_a, counts_b), f1_statistic, n_resamples, seed)
 
 
-def _two_sided_p(null: np.ndarray, observed: float, exact: bool) -> float:
-    """2 * min(P(null <= observed), P(null >= observed)), capped at 1; (k + 1) / (P + 1) unless exact."""
-    tolerance = 1e-12 * max(1.0, abs(observed))
-    less, greater = np.sum(null <= observed + tolerance), np.sum(null >= observed - tolerance)
-    if exact:
-        p_less, p_greater = less / len(null), greater / len(null)
-    else:
-        p_less, p_greater = (less + 1) / (len(null) + 1), (greater + 1) / (len(null) + 1)
-    return float(min(1.0, 2.0 * min(p_less, p_greater)))
-
-
-def compare_paired(counts_a: np.ndarray, counts_b: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
-                   n_resamples: int = DEFAULT_RESAMPLES, n_permutations: int = DEFAULT_PERMUTATIONS,
-                   seed: int = DEFAULT_SEED) -> PairedComparison:
-    """Difference a - b of micro F1 with its paired bootstrap interval and permutation p-value."""
-    a, b = _aligned(counts_a, counts_b)
-    return PairedComparison(difference=paired_difference_interval(a, b, confidence, n_resamples, seed),
-                            p_value=paired_permutation_pvalue(a, b, n_permutations, seed), n_images=len(a))
+def paired_mean_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray,
+                                   n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
+    """`permutation_pvalue` of mean(a) - mean(b) of (N,) scores: the sign-flip test of the differences."""
+    return permutation_pvalue(*_aligned(values_a, values_b, check_scores, "scores"), mean_statistic, n_resamples,
+                              seed)
 
 
 def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
@@ -244,49 +312,11 @@ def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
     return array
 
 
-def _aligned_scores(values_a: np.ndarray, values_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _aligned(values_a, values_b, check_scores, "scores")
-
-
-def paired_mean_difference_interval(values_a: np.ndarray, values_b: np.ndarray,
-                                    confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
-                                    seed: int = DEFAULT_SEED) -> Interval:
-    """Paired bootstrap interval of mean(a) - mean(b); both (N,) per-image scores (e.g. per-image F1).
-
-    The same (B, N) indices as `paired_difference_interval` for the same N and seed, so intervals
-    of different metrics of one comparison resample the same images.
-    """
-    a, b = _aligned_scores(values_a, values_b)
-    difference = a - b
-    draws = difference[bootstrap_indices(len(a), n_resamples, seed)].mean(axis=1)      # (B,)
-    low, high = percentile_interval(draws, confidence)
-    return Interval(float(difference.mean()), low, high)
-
-
-def paired_mean_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray,
-                                   n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
-    """Two-sided paired permutation p-value of mean(a) - mean(b) (the sign-flip test of the differences).
-
-    Swapping a and b on an image flips the sign of its difference d = a - b, so a permutation's
-    statistic is (sum(d) - 2 * mask @ d) / N: one (P, N) @ (N,) product, same masks and p rule as
-    `paired_permutation_pvalue` (the null of scipy's `permutation_type="samples"`).
-    """
-    a, b = _aligned_scores(values_a, values_b)
-    difference = a - b
-    if not np.any(difference):
-        return 1.0
-    masks, exact = swap_masks(len(a), n_resamples, seed)
-    null = (difference.sum() - 2.0 * (masks.astype(np.float64) @ difference)) / len(a)      # (P,)
-    return _two_sided_p(null, float(difference.mean()), exact)
-
-
 def compare_paired_means(values_a: np.ndarray, values_b: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
                          n_resamples: int = DEFAULT_RESAMPLES, n_permutations: int = DEFAULT_PERMUTATIONS,
                          seed: int = DEFAULT_SEED) -> PairedComparison:
     """Difference a - b of mean per-image scores (e.g. samples F1) with paired bootstrap interval and p."""
-    a, b = _aligned_scores(values_a, values_b)
-    return PairedComparison(difference=paired_mean_difference_interval(a, b, confidence, n_resamples, seed),
-                            p_value=paired_mean_permutation_pvalue(a, b, n_permutations, seed), n_images=len(a))
+    return compare_paired(values_a, values_b, confidence, n_resamples, n_permutations, seed, mean_statistic)
 
 
 def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
@@ -302,7 +332,7 @@ def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     """BH-adjusted p-values (same shape); NaN entries stay NaN and are not counted as tests."""
-    from scipy import stats as scipy_stats  # here, not at the top: a session's mAP draws import this module
+    from scipy import stats as scipy_stats  # here, not at the top: a session's mAP draws import this module (numpy)
 
     array = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(array.shape, np.nan)
@@ -366,21 +396,22 @@ def gap_closed(reference: float, control: float, treated: float, reference_draws
 # einsum("bk,bn,knc->bc"), so nothing loops over draws.
 
 
+def _counts(draws: np.ndarray, n_items: int) -> np.ndarray:
+    """(B, n_items) float64: how often each item appears in each row of (B, D) `draws`."""
+    rows = draws.shape[0]
+    flat = (np.arange(rows)[:, None] * n_items + draws).reshape(-1)
+    return np.bincount(flat, minlength=rows * n_items).reshape(rows, n_items).astype(np.float64)
+
+
 def multiplicities(n_items: int, n_resamples: int, rng: np.random.Generator, n_draws: int | None = None) -> np.ndarray:
     """(B, n_items) float64: how often each item is drawn in each of B draws of `n_draws` (default n_items) items
     with replacement."""
-    draws = rng.integers(0, n_items, size=(n_resamples, n_items if n_draws is None else n_draws))
-    weights = np.zeros((n_resamples, n_items))
-    np.add.at(weights, (np.arange(n_resamples)[:, None], draws), 1.0)
-    return weights
+    return _counts(rng.integers(0, n_items, size=(n_resamples, n_items if n_draws is None else n_draws)), n_items)
 
 
 def image_multiplicities(n_images: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> np.ndarray:
     """(B, N) multiplicities of the same draws as `bootstrap_indices(n_images, n_resamples, seed)`."""
-    indices = bootstrap_indices(n_images, n_resamples, seed)
-    weights = np.zeros((n_resamples, n_images))
-    np.add.at(weights, (np.arange(n_resamples)[:, None], indices), 1.0)
-    return weights
+    return _counts(bootstrap_indices(n_images, n_resamples, seed), n_images)
 
 
 def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) -> np.ndarray:
@@ -398,16 +429,11 @@ def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) 
     return drawn * (n_seeds / (n_seeds - 1))
 
 
-def two_level_f1_draws(counts: np.ndarray, image_weights: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
-    """(B,) micro F1 of per-seed per-image counts (K, N, 3) under each draw's image and seed multiplicities."""
-    totals = np.einsum("bk,bn,knc->bc", seed_weights, image_weights, np.asarray(counts, dtype=np.float64))
-    return micro_f1(totals[:, None, :])
-
-
-def two_level_mean_draws(values: np.ndarray, image_weights: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
-    """(B,) mean of per-seed per-image scores (K, N) under each draw's image and seed multiplicities."""
+def two_level_draws(values: np.ndarray, statistic: Statistic, image_weights: np.ndarray,
+                    seed_weights: np.ndarray) -> np.ndarray:
+    """(B, ...) `statistic` of (K, N, *shape) per-seed per-image values under each draw's image and seed weights."""
     values = np.asarray(values, dtype=np.float64)
-    return np.einsum("bk,bn,kn->b", seed_weights, image_weights, values) / (values.shape[0] * values.shape[1])
+    return statistic(weighted_totals(values, image_weights, seed_weights), values.shape[0] * values.shape[1])
 
 
 @dataclass(frozen=True)
@@ -427,30 +453,42 @@ class TwoLevelInterval:
         return "seeds" if self.seed_sd > self.image_sd else "images"
 
 
+STATISTICS: dict[str, Statistic] = {"mean": mean_statistic, "micro_f1": f1_statistic}
+"""The `kind` of the two-level functions: (K, N) scores whose mean is the metric, or (K, N, 3) counts."""
+
+
+def _two_level_inputs(values_a: np.ndarray, values_b: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if kind not in STATISTICS or a.ndim != (2 if kind == "mean" else 3) or a.shape[1:] != b.shape[1:] \
+            or b.ndim != a.ndim or a.shape[1] == 0:
+        raise ValueError(f"two-level difference of shapes {a.shape}, {b.shape} and kind {kind!r}: pass (K, N) scores "
+                         "with kind 'mean' or (K, N, 3) counts with kind 'micro_f1', aligned on the same N images")
+    return a, b
+
+
 def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str = "mean",
                          confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
-                         seed: int = DEFAULT_SEED) -> TwoLevelInterval:
+                         seed: int = DEFAULT_SEED, image_weights: np.ndarray | None = None) -> TwoLevelInterval:
     """Difference a - b (seed-pooled metric) with a two-level bootstrap interval over seeds and images.
 
     Args:
         values_a, values_b: (K_a, N) per-seed per-image scores (kind "mean": the metric is their mean) or
             (K_a, N, 3) per-seed per-image (tp, fp, fn) (kind "micro_f1": F1 of the pooled counts); both on the
             same N images in the same order; K may differ between a and b.
+        image_weights: the (B, N) image draws (default: `image_multiplicities(N, n_resamples, seed)`).
     """
-    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
-    if kind not in ("mean", "micro_f1") or a.ndim != (2 if kind == "mean" else 3) or a.shape[1:] != b.shape[1:] \
-            or b.ndim != a.ndim or a.shape[1] == 0:
-        raise ValueError(f"two-level difference of shapes {a.shape}, {b.shape} and kind {kind!r}: pass (K, N) scores "
-                         "with kind 'mean' or (K, N, 3) counts with kind 'micro_f1', aligned on the same N images")
-    draw = two_level_mean_draws if kind == "mean" else two_level_f1_draws
-    images = image_multiplicities(a.shape[1], n_resamples, seed)
+    a, b = _two_level_inputs(values_a, values_b, kind)
+    statistic = STATISTICS[kind]
+
+    def draw(images: np.ndarray, seeds_a: np.ndarray, seeds_b: np.ndarray) -> np.ndarray:
+        return two_level_draws(a, statistic, images, seeds_a) - two_level_draws(b, statistic, images, seeds_b)
+
+    images = image_multiplicities(a.shape[1], n_resamples, seed) if image_weights is None else image_weights
     seeds_a, seeds_b = (seed_multiplicities(x.shape[0], n_resamples, seed, stream) for stream, x in enumerate((a, b)))
-    fixed_images = np.ones_like(images)
     fixed_a, fixed_b = np.ones((n_resamples, a.shape[0])), np.ones((n_resamples, b.shape[0]))
-    both = draw(a, images, seeds_a) - draw(b, images, seeds_b)
-    only_images = draw(a, images, fixed_a) - draw(b, images, fixed_b)
-    only_seeds = draw(a, fixed_images, seeds_a) - draw(b, fixed_images, seeds_b)
-    point = float(draw(a, fixed_images[:1], fixed_a[:1])[0] - draw(b, fixed_images[:1], fixed_b[:1])[0])
+    both, only_images = draw(images, seeds_a, seeds_b), draw(images, fixed_a, fixed_b)
+    only_seeds = draw(np.ones_like(images), seeds_a, seeds_b)
+    point = float(draw(np.ones_like(images[:1]), fixed_a[:1], fixed_b[:1])[0])
     return TwoLevelInterval(Interval(point, *percentile_interval(both, confidence)), float(only_images.std()),
                             float(only_seeds.std()))
 
@@ -466,15 +504,12 @@ def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kin
 
     Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1").
     """
-    from itertools import combinations
-    from math import comb
-
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(f"runs of shapes {a.shape} and {b.shape}: align both sessions on the same images")
-    runs = np.concatenate([a, b])                                           # (R, N[, 3])
+    statistic = STATISTICS[kind]
+    per_run = np.concatenate([a, b]).sum(axis=1)                            # (R, *shape)
     k_a, total = len(a), len(a) + len(b)
-    per_run = runs.sum(axis=1)                                              # (R,) or (R, 3)
     if comb(total, k_a) <= n_resamples:
         masks = np.zeros((comb(total, k_a), total), dtype=bool)
         for row, chosen in enumerate(combinations(range(total), k_a)):
@@ -484,11 +519,9 @@ def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kin
         rng = np.random.default_rng([seed, 2_000_003])
         masks = np.argsort(rng.random((n_resamples, total)), axis=1) < k_a
         exact = False
-    weight_a, weight_b = masks / k_a, ~masks / (total - k_a)               # seed means of each group
-    if kind == "mean":
-        null = (weight_a - weight_b) @ per_run / a.shape[1]
-        observed = float(a.mean() - b.mean())
-    else:
-        null = micro_f1((weight_a @ per_run)[:, None]) - micro_f1((weight_b @ per_run)[:, None])
-        observed = float(micro_f1(a.sum(axis=0)) - micro_f1(b.sum(axis=0)))
+    group_a = np.tensordot(masks / k_a, per_run, axes=(1, 0))              # seed means of each group's totals
+    group_b = np.tensordot(~masks / (total - k_a), per_run, axes=(1, 0))
+    n = a.shape[1]
+    null = statistic(group_a, n) - statistic(group_b, n)
+    observed = float(statistic(per_run[:k_a].mean(axis=0), n) - statistic(per_run[k_a:].mean(axis=0), n))
     return _two_sided_p(null, observed, exact)

@@ -30,6 +30,7 @@ from sklearn.metrics import recall_score
 
 from exp3.report import coverage
 from exp3.report.coverage import CoverageError, ManifestBox
+from exp3.report.draws import ReportData
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.metrics import ImageRecord, detection_prf, records_to_json
 
@@ -207,7 +208,7 @@ def session_records(suffix: str) -> list[ImageRecord]:
 def report_of_sessions(tmp_path: Path) -> coverage.CoverageReport:
     suite = write_suite(tmp_path, hand_manifest_images())
     runs = [write_session(tmp_path, suffix, session_records(suffix), suite) for suffix in SESSIONS]
-    return coverage.coverage_report(runs, n_resamples=200)
+    return coverage.coverage_report(ReportData(runs, n_resamples=200))
 
 
 def test_sessions_get_one_curve_per_threshold_and_a_box_table(report_of_sessions: coverage.CoverageReport) -> None:
@@ -259,7 +260,7 @@ def test_a_session_that_does_not_match_its_manifest_is_left_out_with_the_reason(
     stale = write_session(tmp_path, "S2_occ_train", hand_records(), suite, manifest_sha="0" * 64)
     old = write_session(tmp_path, "S3_mask_backbone_early", hand_records(), suite)
     old.metrics.pop("data")
-    report = coverage.coverage_report([good, stale, old], n_resamples=50)
+    report = coverage.coverage_report(ReportData([good, stale, old], n_resamples=50))
     assert {curve.session for curve in report.curves} == {"S1_clean_train"}
     reasons = {session: reason for _, session, reason in report.problems}
     assert "sha256 differs" in reasons["S2_occ_train"] and "data.suite_dir" in reasons["S3_mask_backbone_early"]
@@ -280,8 +281,8 @@ def test_several_occluded_splits_pool_with_images_as_clusters(tmp_path: Path) ->
     run = write_session(tmp_path, "S1_clean_train", hand_records(), suite)
     atomic_write_json(run.folder / "predictions_test_occ_sev5.json", {"images": records_to_json(hand_records())})
     run.metrics["splits"]["test_occ_sev5"] = run.metrics["splits"]["test_occ_fixed"]
-    report = coverage.coverage_report([run], splits=("test_occ_fixed", "test_occ_sev5"),
-                                      manifest_paths={"test_occ_sev5": severe}, n_resamples=50)
+    report = coverage.coverage_report(ReportData([run], n_resamples=50), splits=("test_occ_fixed", "test_occ_sev5"),
+                                      manifest_paths={"test_occ_sev5": severe})
     curve = next(c for c in report.curves if c.threshold == "primary")
     assert by_bin(curve.level("detection"))[7] == (2, 6) and curve.n_boxes == 12 and curve.n_images == 3
     assert set(report.boxes["split"]) == {"test_occ_fixed", "test_occ_sev5"}

@@ -18,6 +18,7 @@ from PIL import Image
 from exp3 import report
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import gallery
+from exp3.report.draws import ReportData
 from test_gap import HITS, N, write_session
 
 
@@ -52,13 +53,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> report.ReportResult:
 
 def test_rows_follow_the_rule(built: report.ReportResult) -> None:
     runs = report.scan_sessions(built.root, built.models, None, built.sessions)
-    found = gallery.build_gallery(runs, "yolov8m", built.summary)
+    found = gallery.build_gallery(ReportData(runs), "yolov8m", built.summary)
     assert found is not None
     assert found.sessions == ("S1_clean_train", "S2_occ_train", "S3_mask_backbone_early")
     assert [row.image_id for row in found.rows[:2]] == ["img_040", "img_041"]
     randoms = [row.image_id for row in found.rows[2:]]
     assert len(randoms) == 2 and len(set(randoms)) == 2 and not {"img_040", "img_041"} & set(randoms)
-    again = gallery.build_gallery(runs, "yolov8m", built.summary)
+    again = gallery.build_gallery(ReportData(runs), "yolov8m", built.summary)
     assert [row.image_id for row in again.rows] == [row.image_id for row in found.rows]     # seeded: reproducible
     first = found.rows[0]
     s1, s2, s3 = first.cells
@@ -89,4 +90,4 @@ def test_no_gallery_without_the_suite_files(tmp_path: Path) -> None:
         write_session(tmp_path / "rtdetr-l" / f"rtdetr-l__{suffix}", "rtdetr-l", suffix, hits)
     result = report.build_report(tmp_path, ["rtdetr-l"], n_resamples=50, n_permutations=9, charts=False)
     runs = report.scan_sessions(tmp_path, ["rtdetr-l"], None, result.sessions)
-    assert gallery.build_gallery(runs, "rtdetr-l", result.summary) is None      # no data.suite_dir recorded
+    assert gallery.build_gallery(ReportData(runs), "rtdetr-l", result.summary) is None      # no data.suite_dir recorded

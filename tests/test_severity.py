@@ -341,7 +341,10 @@ def test_mpc_permutation_p_matches_brute_force() -> None:
     from itertools import product
 
     from exp3 import stats
-    from exp3.report.severity import mpc_permutation_pvalue
+    from exp3.report.severity import mpc_f1
+
+    def mpc_permutation_pvalue(a: np.ndarray, b: np.ndarray, n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> float:
+        return stats.permutation_pvalue(a, b, mpc_f1, n_permutations)
 
     rng = np.random.default_rng(3)
     a, b = rng.integers(0, 5, size=(6, 3, 3)), rng.integers(0, 5, size=(6, 3, 3))
@@ -422,6 +425,7 @@ def test_severity_chart_data_has_one_line_per_session(reported) -> None:
 
 
 def test_predictions_of_another_suite_are_never_used(reported) -> None:
+    from exp3.report.draws import ReportData
     from exp3.report.runs import scan_sessions
     from exp3.report.severity import severity_tables
 
@@ -430,7 +434,7 @@ def test_predictions_of_another_suite_are_never_used(reported) -> None:
     runs = scan_sessions(reported.root, ["yolov8n"], None, ["S1_clean_train", "S2_occ_train"])
     try:
         path.write_text(json.dumps({**json.loads(original), "suite_id": "occsev-000000000000"}))
-        curves, table = severity_tables(runs, ["yolov8n"], n_resamples=50, n_permutations=19)
+        curves, table = severity_tables(ReportData(runs, n_resamples=50), ["yolov8n"], n_permutations=19)
     finally:
         path.write_text(original)
     f1 = curves[(curves["metric"] == "ingredient_micro_f1") & (curves["session"] == "S2_occ_train")]

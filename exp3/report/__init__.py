@@ -26,8 +26,9 @@ grid and left out of every table, finding and chart.
 Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
 summary status is `done` when every seed is, `some_seeds` when some are. Columns: docs/report.md.
 
-Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `scores` the per-image
-scores, `mapdraws` the mAP bootstrap draws, `comparisons` the intervals and paired comparisons,
+Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `draws` reads every session's
+per-image scores and mAP stats once and holds the draws every interval and test resamples (built once here and
+handed to the others), `comparisons` the intervals and paired comparisons,
 `findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `severity` the
 severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `coverage` recall by covered
 fraction, `gap` the headline (gap closed, verdicts per site), `gallery` the picture gallery, `curves` the
@@ -52,6 +53,7 @@ from exp3.report import coverage, curves, gallery, gap, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.coverage import CoverageReport
+from exp3.report.draws import ReportData
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
 from exp3.report.runs import discover_models, run_sessions, scan_sessions
@@ -125,14 +127,15 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                                 "...): pass --models to report an empty grid, or check --root")
     in_run = run_sessions(sessions)
     runs = scan_sessions(root, models, seeds, in_run)
+    data = ReportData(runs, n_resamples, seed)  # every predictions and map_stats file read once, one set of draws
     by_seed = by_seed_table(runs)
-    intervals, comparisons = statistics_tables(runs, models, n_resamples, n_permutations, seed)
+    intervals, comparisons = statistics_tables(data, models, n_permutations)
     comparisons = comparisons[comparisons["session"].isin(in_run)
                               & comparisons["reference"].isin(in_run)].reset_index(drop=True)
     summary = attach_statistics(summary_table(by_seed), intervals, comparisons)
     per_class = per_class_table(runs)
-    severity_curves, severity_table = severity.severity_tables(runs, models, n_resamples, n_permutations, seed)
-    gap_closed = gap.gap_table(gap.gap_rows(runs, models, comparisons, n_resamples, seed, in_run))
+    severity_curves, severity_table = severity.severity_tables(data, models, n_permutations)
+    gap_closed = gap.gap_table(gap.gap_rows(data, models, comparisons, in_run))
     files = []
     for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons),
                         ("gap_closed", gap_closed)):
@@ -144,9 +147,9 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     if charts:
         files += gap.write_gap_charts(gap_closed, models, root / "plots")
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
-        files += gallery.write_galleries(runs, models, summary, root / "plots")
+        files += gallery.write_galleries(data, models, summary, root / "plots")
         files += severity.write_severity_charts(severity_curves, models, root / "plots")
-    by_coverage = coverage.coverage_report(runs, occluded_splits, n_resamples=n_resamples, seed=seed)
+    by_coverage = coverage.coverage_report(data, occluded_splits)
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     training = curves.training_curves(runs, models)
     files += curves.write_curve_outputs(training, root, models, charts)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from exp3 import plots
 from exp3.layout import SessionState
 from exp3.report.comparisons import primary_f1
 from exp3.sessions import SESSION_LABELS
@@ -69,8 +70,6 @@ def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -
 def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],
                  plots_dir: Path) -> list[Path]:
     """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
-    from exp3 import plots
-
     f1_ci = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high")
     ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
     written: list[Path] = []

@@ -15,7 +15,7 @@ Boxes are then binned by covered fraction into `N_BINS` equal bins over [0, 1] (
 [k/n, (k+1)/n), the last one closed), and per model and session the recall of each bin is the
 found boxes over the boxes in it. Intervals: percentile bootstrap clustered on images (boxes of
 one image are not independent): `n_resamples` draws of the images with replacement
-(`exp3.stats.bootstrap_indices`, seeded), each draw re-summing the found and total boxes of every
+(the report's image draws, exp3.report.draws), each draw re-summing the found and total boxes of every
 bin; a draw in which a bin has no box says nothing about it and is left out of that bin's
 interval. Several seeds of a session and several occluded splits (e.g. severity suites) pool
 their boxes; an image id is one cluster across them (the same source picture).
@@ -44,11 +44,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from exp3 import stats
+from exp3 import plots, stats
+from exp3.fileio import atomic_write_text, sha256_file
 from exp3.layout import SessionState
 from exp3.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
-from exp3.report.runs import THRESHOLDS, SessionRun, load_records, threshold_conf
-from exp3.report.scores import split_match_iou
+from exp3.occlusion.identity import MANIFEST_NAME
+from exp3.report.draws import ReportData, split_match_iou
+from exp3.report.runs import THRESHOLDS, SessionRun, threshold_conf
+from exp3.report.text import fmt_ci, markdown_table
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_LABELS, SESSION_ORDER
 from exp3.splits import FIXED_SPLIT, severity_level
@@ -233,17 +236,27 @@ def align_boxes(record: ImageRecord, boxes: Sequence[ManifestBox], split: str) -
     return covered, len(boxes) - len(known), len(leftover)
 
 
-def box_table(records: Sequence[ImageRecord], manifest: Mapping[str, list[ManifestBox]], num_classes: int,
-              conf: float, match_iou: float, split: str) -> BoxTable:
-    """Per-box covered fraction and whether the box was found at both levels (module docstring), at `conf`."""
+def align_split(records: Sequence[ImageRecord], manifest: Mapping[str, list[ManifestBox]],
+                split: str) -> list[tuple[np.ndarray, int, int]]:
+    """`align_boxes` of every record (the same images in both, else `CoverageError`)."""
     _check_same_images(records, manifest, split)
+    return [align_boxes(record, manifest[record.image_id], split) for record in records]
+
+
+def box_table(records: Sequence[ImageRecord], manifest: Mapping[str, list[ManifestBox]], num_classes: int,
+              conf: float, match_iou: float, split: str, aligned: Sequence[tuple[np.ndarray, int, int]] | None = None,
+              matched: Sequence[np.ndarray] | None = None) -> BoxTable:
+    """Per-box covered fraction and whether the box was found at both levels (module docstring), at `conf`.
+    `aligned`: `align_split` of these records when already made (it does not depend on `conf`); `matched`: each
+    record's `matched_gt` at `conf` and `match_iou`, when already made (exp3.report.draws)."""
+    aligned = align_split(records, manifest, split) if aligned is None else aligned
+    matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
     _, predicted_sets = ingredient_sets(records, num_classes, conf)
     columns: dict[str, list[Any]] = {name: [] for name in BOX_COLUMNS}
     excluded = duplicates = 0
-    for row, record in enumerate(records):
-        covered, zero_area, repeated = align_boxes(record, manifest[record.image_id], split)
+    for row, (record, (covered, zero_area, repeated)) in enumerate(zip(records, aligned)):
         excluded, duplicates = excluded + zero_area, duplicates + repeated
-        detected = matched_gt(record, conf, match_iou)
+        detected = matched[row]
         for index in np.flatnonzero(~np.isnan(covered)):
             class_id = int(record.gt_classes[index])
             for name, value in (("split", split), ("image_id", record.image_id), ("box", int(index)),
@@ -273,20 +286,15 @@ def assign_bins(covered: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     return np.minimum(np.searchsorted(bin_edges(n_bins), values, side="right") - 1, n_bins - 1)
 
 
-def _resample_weights(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(B, M) how often each image is drawn in each bootstrap resample (`stats.bootstrap_indices`)."""
-    indices = stats.bootstrap_indices(n_images, n_resamples, seed)
-    flat = (np.arange(n_resamples)[:, None] * n_images + indices).reshape(-1)
-    return np.bincount(flat, minlength=n_resamples * n_images).reshape(n_resamples, n_images).astype(np.float64)
-
-
 def bin_recalls(frame: pd.DataFrame, level: str, n_bins: int = N_BINS, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                seed: int = stats.DEFAULT_SEED, confidence: float = stats.DEFAULT_CONFIDENCE) -> list[BinRecall]:
+                seed: int = stats.DEFAULT_SEED, confidence: float = stats.DEFAULT_CONFIDENCE,
+                image_weights: np.ndarray | None = None) -> list[BinRecall]:
     """Recall per covered-fraction bin of the boxes in `frame` at `level`, with image-clustered bootstrap intervals.
 
     Args:
         frame: per-box rows with `image_id`, `covered_fraction` and `found_<level>` (a `BoxTable.frame`, or
             several pooled: seeds and splits of one session); the clusters are the distinct image ids.
+        image_weights: the (B, M) draws of the M sorted image ids (default `stats.image_multiplicities(M, B, seed)`).
 
     Returns:
         One `BinRecall` per bin (n_bins), empty bins included (recall NaN).
@@ -301,7 +309,8 @@ def bin_recalls(frame: pd.DataFrame, level: str, n_bins: int = N_BINS, n_resampl
     np.add.at(totals, (cluster, bins), 1.0)
     np.add.at(hits, (cluster, bins), found.astype(np.float64))
     if len(images):
-        weights = _resample_weights(len(images), n_resamples, seed)
+        weights = stats.image_multiplicities(len(images), n_resamples, seed) if image_weights is None \
+            else image_weights
         draw_totals, draw_hits = weights @ totals, weights @ hits        # (B, n_bins)
     result = []
     for index in range(n_bins):
@@ -317,11 +326,12 @@ def bin_recalls(frame: pd.DataFrame, level: str, n_bins: int = N_BINS, n_resampl
 
 
 def session_curve(model: str, session: str, threshold: str, seeds: Sequence[int | None], boxes: pd.DataFrame,
-                  excluded: int,
-                  n_bins: int = N_BINS, n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
+                  excluded: int, data: ReportData, n_bins: int = N_BINS,
                   confidence: float = stats.DEFAULT_CONFIDENCE) -> SessionCurve:
-    """The `SessionCurve` of one session's pooled per-box rows (both levels)."""
-    bins = [item for level in LEVELS for item in bin_recalls(boxes, level, n_bins, n_resamples, seed, confidence)]
+    """The `SessionCurve` of one session's pooled per-box rows (both levels), on the report's image draws."""
+    weights = data.image_weights(int(boxes["image_id"].nunique())) if len(boxes) else None
+    bins = [item for level in LEVELS for item in bin_recalls(boxes, level, n_bins, data.n_resamples, data.seed,
+                                                             confidence, weights)]
     return SessionCurve(model, session, threshold, tuple(seeds), tuple(sorted(set(boxes["conf"].tolist()))), tuple(bins),
                         len(boxes), int(boxes["image_id"].nunique()), excluded)
 
@@ -331,9 +341,6 @@ def session_curve(model: str, session: str, threshold: str, seeds: Sequence[int 
 def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str, Path] | None = None) -> Path:
     """The manifest holding `split`'s covered fractions: `manifest_paths[split]` when given, else the session's
     suite (`metrics.json` `data.suite_dir`), checked against the sha256 the session recorded."""
-    from exp3.fileio import sha256_file
-    from exp3.occlusion.identity import MANIFEST_NAME
-
     if manifest_paths and split in manifest_paths:
         return Path(manifest_paths[split])
     data = metrics.data
@@ -358,24 +365,25 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
 
 
 def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
-                   cache: dict[Path, dict[str, list[ManifestBox]]]) -> tuple[pd.DataFrame, int]:
+                   cache: dict[Path, dict[str, list[ManifestBox]]], data: ReportData) -> tuple[pd.DataFrame, int]:
     """All per-box rows of one done session folder at both thresholds."""
     view: MetricsView = run.view
     frames, excluded = [], 0
     for split in splits:
         part = view.splits.get(split)
-        records = load_records(run, split) if part is not None else None
+        records = data.records(run, split) if part is not None else None
         if part is None or not part.num_classes or not records:
             raise CoverageError(f"no predictions_{split}.json or metrics for {split}: evaluate the session on it")
         path = suite_manifest(view, split, manifest_paths)
         if path not in cache:
             cache[path] = read_manifest_boxes(path)
-        iou_needed = split_match_iou(view, split)
+        iou_needed, aligned = split_match_iou(view, split), align_split(records, cache[path], split)
         for threshold in THRESHOLDS:
             conf = threshold_conf(run.metrics, split, threshold)
             if conf is None:
                 continue
-            table = box_table(records, cache[path], int(part.num_classes), conf, iou_needed, split)
+            table = box_table(records, cache[path], int(part.num_classes), conf, iou_needed, split, aligned,
+                              data.matched(run, split, threshold, conf))
             frames.append(table.frame.assign(threshold=threshold))
             excluded += table.excluded_zero_area if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
@@ -392,11 +400,10 @@ def default_splits(runs: Iterable[SessionRun]) -> tuple[str, ...]:
     return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
 
 
-def coverage_report(runs: Iterable[SessionRun], splits: Sequence[str] | None = None,
+def coverage_report(data: ReportData, splits: Sequence[str] | None = None,
                     manifest_paths: Mapping[str, Path] | None = None, n_bins: int = N_BINS,
-                    n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
                     confidence: float = stats.DEFAULT_CONFIDENCE) -> CoverageReport:
-    """Recall by covered fraction of every done session in `runs`.
+    """Recall by covered fraction of every done session of `data` (the report's runs, predictions and draws).
 
     Args:
         splits: the occluded splits to pool (each needs predictions_<split>.json and a manifest); None:
@@ -406,7 +413,7 @@ def coverage_report(runs: Iterable[SessionRun], splits: Sequence[str] | None = N
 
     A session whose predictions and manifest cannot be joined is left out, its reason in `problems`.
     """
-    runs = list(runs)
+    runs = data.runs
     splits = tuple(dict.fromkeys(default_splits(runs) if splits is None else splits))
     if not splits:
         raise ValueError(f"no occluded split given: pass e.g. ({FIXED_SPLIT!r},)")
@@ -418,7 +425,7 @@ def coverage_report(runs: Iterable[SessionRun], splits: Sequence[str] | None = N
     curves, frames, problems = [], [], []
     for (model, session), session_runs in grouped.items():
         try:
-            parts = [(run, *_session_boxes(run, splits, manifest_paths, cache)) for run in session_runs]
+            parts = [(run, *_session_boxes(run, splits, manifest_paths, cache, data)) for run in session_runs]
         except CoverageError as error:
             problems.append((model, session, str(error)))
             continue
@@ -428,11 +435,10 @@ def coverage_report(runs: Iterable[SessionRun], splits: Sequence[str] | None = N
         for threshold in dict.fromkeys(boxes["threshold"]):
             curves.append(session_curve(model, session, threshold, [run.seed for run, _, _ in parts],
                                         boxes[boxes["threshold"] == threshold],
-                                        sum(excluded for _, _, excluded in parts), n_bins, n_resamples, seed,
-                                        confidence))
+                                        sum(excluded for _, _, excluded in parts), data, n_bins, confidence))
     columns = ["model", "session", "seed", "threshold", *BOX_COLUMNS]
     boxes = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-    return CoverageReport(curves, boxes, splits, n_bins, n_resamples, seed, confidence, problems)
+    return CoverageReport(curves, boxes, splits, n_bins, data.n_resamples, data.seed, confidence, problems)
 
 
 # ----------------------------------------------------------------------------- tables, chart, report.md
@@ -467,9 +473,6 @@ def chart_frame(report: CoverageReport, model: str) -> pd.DataFrame:
 
 def write_coverage_outputs(report: CoverageReport, root: Path, models: Sequence[str], charts: bool = True) -> list[Path]:
     """`recall_by_coverage_boxes.csv`, `recall_by_coverage.csv` and one chart per model with a curve."""
-    from exp3 import plots
-    from exp3.fileio import atomic_write_text
-
     files = [atomic_write_text(root / "recall_by_coverage_boxes.csv", report.boxes.to_csv(index=False)),
              atomic_write_text(root / "recall_by_coverage.csv", bins_frame(report).to_csv(index=False))]
     if not charts:
@@ -487,10 +490,7 @@ def write_coverage_outputs(report: CoverageReport, root: Path, models: Sequence[
 
 
 def _cell(item: BinRecall) -> str:
-    if not item.n_boxes:
-        return ""
-    interval = "" if math.isnan(item.ci_low) else f" [{item.ci_low:.2f}, {item.ci_high:.2f}]"
-    return f"{item.recall:.2f}{interval}"
+    return fmt_ci(vars(item), "recall", "ci_low", "ci_high", digits=2) if item.n_boxes else ""
 
 
 def coverage_table(report: CoverageReport, model: str, level: str) -> pd.DataFrame:
@@ -513,8 +513,6 @@ def coverage_table(report: CoverageReport, model: str, level: str) -> pd.DataFra
 
 def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str]:
     """The "Recall by covered fraction" section of report.md (lines)."""
-    from exp3.report.text import markdown_table
-
     lines = ["## Recall by covered fraction", "",
              f"Which session still finds an object when most of it is hidden? Every ground-truth box of "
              f"{', '.join(report.splits)}, binned by the fraction of it the occluders cover (suite manifest), at the "

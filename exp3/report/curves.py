@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from exp3 import plots
+from exp3.fileio import atomic_write_text
 from exp3.layout import SessionPaths, SessionState
 from exp3.progress import EpochProgress, epoch_progress, results_rows
 from exp3.report.runs import SessionRun
@@ -244,9 +246,6 @@ def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves
 def write_curve_outputs(curves: TrainingCurves, root: Path, models: list[str], charts: bool = True) -> list[Path]:
     """`training_curves.csv`, `training_convergence.csv` and plots/training_curves_<model>.png|html per model with a
     curve."""
-    from exp3 import plots
-    from exp3.fileio import atomic_write_text
-
     files = [atomic_write_text(root / "training_curves.csv", curves.frame.to_csv(index=False)),
              atomic_write_text(root / "training_convergence.csv", curves.table.to_csv(index=False))]
     if not charts:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
+from exp3.report.comparisons import (MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.text import fmt, fmt_ci, fmt_p, short_session
+from exp3.severity import METRICS
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT, PRIMARY_SPLITS
 
@@ -19,8 +20,8 @@ def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
 
 def _metric_text(metric: str, row: pd.Series) -> str:
     if metric in MAP_METRICS and ci_verdict(row) is None:
-        return f"{METRIC_LABELS[metric]} {fmt(row['difference'], signed=True)}"
-    return f"{METRIC_LABELS[metric]} {fmt_ci(row, 'difference', 'ci_low', 'ci_high', True)}"
+        return f"{METRICS[metric].label} {fmt(row['difference'], signed=True)}"
+    return f"{METRICS[metric].label} {fmt_ci(row, 'difference', 'ci_low', 'ci_high', True)}"
 
 
 def _join(items: list[str]) -> str:
@@ -72,7 +73,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
         signs = {verdicts[metric] for metric in shown}
         if len(signs) == 1:
             direction = signs.pop()
-            against = [METRIC_LABELS[m] for m in maps if np.sign(rows[m]["difference"]) == -direction]
+            against = [METRICS[m].label for m in maps if np.sign(rows[m]["difference"]) == -direction]
             if against:
                 tail += f"; {_join(against)} {_verb(len(against), 'points', 'point')} the other way"
         tail += ")"
@@ -240,10 +241,10 @@ def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFram
     a, b = short_session(session), short_session(reference)
     rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
     for metric, threshold, row, group in _control_readings(comparisons, model):
-        label = METRIC_LABELS[metric] + ("" if metric in MAP_METRICS else
+        label = METRICS[metric].label + ("" if metric in MAP_METRICS else
                                          (" @val" if threshold == "val" else f" @{fmt(row['conf'], 2)}"))
         groups[group].append(label)
-        rows.append({"metric": METRIC_LABELS[metric], "operating point": _operating_point(metric, threshold, row),
+        rows.append({"metric": METRICS[metric].label, "operating point": _operating_point(metric, threshold, row),
                      f"{a} - {b} [95% CI]": fmt_ci(row, "difference", "ci_low", "ci_high", True),
                      "detects the effect": {"detect": f"yes ({a} > {b})", "no": "no (CI includes 0)",
                                             "reversed": f"no, reversed ({a} < {b})",

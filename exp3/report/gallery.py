@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from exp3.layout import SessionState
+from exp3 import plots
 from exp3.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
-from exp3.report.runs import SessionRun, load_records, threshold_conf
-from exp3.report.scores import run_image_scores, split_match_iou
+from exp3.occlusion.identity import MANIFEST_NAME
+from exp3.report.draws import ReportData, split_match_iou
+from exp3.report.runs import SessionRun, threshold_conf
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT
 
@@ -82,8 +83,6 @@ def _class_names(run: SessionRun, split: str) -> dict[int, str]:
 
 def _image_files(run: SessionRun) -> dict[str, Path]:
     """Image id -> occluded image file of the run's fixed suite (metrics.json data.suite_dir, its manifest)."""
-    from exp3.occlusion.identity import MANIFEST_NAME
-
     suite = run.view.data.suite_dir
     if not suite:
         return {}
@@ -124,11 +123,10 @@ def _cell(record: ImageRecord, suffix: str, conf: float, iou_needed: float, name
     return GalleryCell(suffix, boxes, f1)
 
 
-def build_gallery(runs: list[SessionRun], model: str, summary: pd.DataFrame, n_random: int = 2) -> Gallery | None:
+def build_gallery(data: ReportData, model: str, summary: pd.DataFrame, n_random: int = 2) -> Gallery | None:
     """The gallery of one model (module docstring), None when S1, S2, a masking session, the predictions or the
     suite's image files are missing."""
-    done = {suffix: sorted((run for run in runs if run.model == model and run.suffix == suffix
-                            and run.status == SessionState.DONE), key=lambda run: (run.seed is None, run.seed or 0))
+    done = {suffix: sorted(data.done(model, suffix), key=lambda run: (run.seed is None, run.seed or 0))
             for suffix in SESSION_SUFFIXES}
     part = summary[(summary["model"] == model) & (summary["split"] == GALLERY_SPLIT)
                    & summary["session"].isin(SESSION_SUFFIXES[2:]) & summary["ingredient_micro_f1"].notna()]
@@ -139,8 +137,8 @@ def build_gallery(runs: list[SessionRun], model: str, summary: pd.DataFrame, n_r
                .sort_values(["ingredient_micro_f1", "order"], ascending=[False, True]).iloc[0]["session"])
     sessions = ("S1_clean_train", "S2_occ_train", best)
     chosen = [done[suffix][0] for suffix in sessions]
-    records = [load_records(run, GALLERY_SPLIT) for run in chosen]
-    scores = [run_image_scores(run, GALLERY_SPLIT) for run in chosen]
+    records = [data.records(run, GALLERY_SPLIT) for run in chosen]
+    scores = [data.scores(run, GALLERY_SPLIT) for run in chosen]
     files = _image_files(chosen[0])
     if any(item is None for item in (*records, *scores)) or not files:
         return None
@@ -173,13 +171,11 @@ def build_gallery(runs: list[SessionRun], model: str, summary: pd.DataFrame, n_r
     return Gallery(model, sessions, tuple(rows))
 
 
-def write_galleries(runs: list[SessionRun], models: list[str], summary: pd.DataFrame, plots_dir: Path) -> list[Path]:
+def write_galleries(data: ReportData, models: list[str], summary: pd.DataFrame, plots_dir: Path) -> list[Path]:
     """plots/gallery_<model>.png for every model with a gallery."""
-    from exp3 import plots
-
     written = []
     for model in models:
-        gallery = build_gallery(runs, model, summary)
+        gallery = build_gallery(data, model, summary)
         if gallery is not None:
             written.append(plots.save_gallery(gallery, plots_dir / f"gallery_{model}.png"))
     return written

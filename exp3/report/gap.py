@@ -3,12 +3,11 @@ and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
 
     gap_closed = (Sx - S1) / (S2 - S1)   on test_occ_fixed and on mPC     clean_cost = Sx - S1 on test_clean
 
-Intervals reuse the report's resampling: F1 draws are `stats.micro_f1` of the seed-pooled per-image counts
-(`exp3.report.scores`) under one image draw (`stats.image_multiplicities`, the draws of `stats.bootstrap_indices`)
-over the image ids every session shares; mAP draws are the report's `MapDraws` (the validator's per-image stats,
-same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
+Intervals reuse the report's resampling (exp3.report.draws): F1 draws are micro F1 of the seed-pooled per-image
+counts under the report's image draws (`ReportData.image_weights`) over the image ids every session shares; mAP
+draws are `ReportData.map_draws` (the validator's per-image stats, same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
 ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
-(UNPAIRED), as `mapdraws.map_interval` gives their comparison no interval. With several seeds, each session's
+(UNPAIRED), as comparisons.csv gives their mAP difference no interval. With several seeds, each session's
 seeds are resampled too (two levels, `stats.seed_multiplicities`, one independent stream per session). The clean
 cost is the paired test_clean difference of `comparisons.csv`. A session whose out-of-memory retries changed its
 batch is named next to the verdicts it enters (`batch_notes`): it was not trained like its siblings."""
@@ -23,20 +22,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exp3 import stats
-from exp3.layout import SessionPaths, SessionState
-from exp3.mapstats import MapStats
-from exp3.report import severity
-from exp3.report.comparisons import METRIC_LABELS, comparison_metrics
-from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
+from exp3 import plots, stats
+from exp3.layout import SessionState
+from exp3.report.comparisons import comparison_metrics
+from exp3.report.draws import MAP_RESAMPLES, ReportData, common_ids, pool_image_scores
 from exp3.report.runs import SessionRun
-from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores
-from exp3.report.text import fmt, markdown_table, short_session
+from exp3.report.severity import common_levels
+from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import split_value
+from exp3.severity import METRICS, split_value
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
-GAP_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "detection_f1", "map50", "map50_95")
+GAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind != "mean")
 """The metrics of the gap-closed headline (F1s at the primary threshold; mAP is threshold-free)."""
 MASKING_SESSIONS: tuple[str, ...] = SESSION_SUFFIXES[2:]
 """S3..S6: the sessions whose gap closed is reported."""
@@ -106,7 +103,7 @@ def site_verdict(verdicts: dict[str, str]) -> str:
         return FAILED_CONTROL
     if len(set(held.values())) == 1:
         return next(iter(held.values()))
-    return "metrics disagree: " + "; ".join(f"{METRIC_LABELS[metric]} {text}" for metric, text in held.items())
+    return "metrics disagree: " + "; ".join(f"{METRICS[metric].label} {text}" for metric, text in held.items())
 
 
 @dataclass(frozen=True)
@@ -161,79 +158,54 @@ def _basis_value(values: np.ndarray, basis: str) -> np.ndarray:
 class _ModelDraws:
     """Draws of every session of one model on test_occ_fixed and the severity levels, on shared resamples."""
 
-    def __init__(self, model: str, grouped: dict[tuple[str, str], list[Any]], map_draws: MapDraws,
-                 n_resamples: int, seed: int) -> None:
-        self.model, self.grouped, self.map_draws = model, grouped, map_draws
-        model_runs = [run for key, group in grouped.items() if key[0] == model for run in group]
-        levels = severity.common_levels(model_runs)
-        self.suites = {level.split: level.suite_id for level in levels}
+    def __init__(self, model: str, data: ReportData) -> None:
+        self.model, self.data = model, data
+        self.suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
         self.splits = [HEADLINE_BASIS, *self.suites]
-        self.done = {suffix: [run for run in grouped.get((model, suffix), []) if run.status == SessionState.DONE]
-                     for suffix in SESSION_SUFFIXES}
-        self.seed_scores = {suffix: [[severity._run_scores(run, split, self.suites.get(split)) for run in runs]
-                                     for split in self.splits] for suffix, runs in self.done.items() if runs}
-        self.scores = {suffix: [pool_image_scores([frame for frame in frames if frame is not None])
-                                for frames in per_split] for suffix, per_split in self.seed_scores.items()}
-        self.ids = severity._shared_ids(frame for frames in self.scores.values() for frame in frames[:1])
-        self.n_resamples, self.seed = n_resamples, seed
-        self.images = stats.image_multiplicities(len(self.ids), n_resamples, seed) \
-            if self.ids is not None and len(self.ids) else None
-
-    def seed_weights(self, suffix: str, n_resamples: int) -> np.ndarray:
-        """(B, K) seed multiplicities of one session (its own stream; all ones with one seed)."""
-        return stats.seed_multiplicities(self.n_seeds(suffix), n_resamples, self.seed, SESSION_SUFFIXES.index(suffix))
-
-    def _map_seed_draws(self, suffix: str, split: str, column: int) -> np.ndarray:
-        """(B,) seed-resampled mAP draws of one split (the validator's stats of each seed, MapDraws' images)."""
-        runs = self.done[suffix]
-        per_seed = []
-        for run in runs:
-            kept = MapStats.load(SessionPaths(run.folder).map_stats(split))
-            draws = kept.stored_draws(self.map_draws.n_resamples, self.map_draws.seed)
-            per_seed.append((draws if draws is not None else kept.with_draws(self.map_draws.n_resamples,
-                                                                             self.map_draws.seed).draws)[:, column])
-        weights = self.seed_weights(suffix, self.map_draws.n_resamples)
-        return np.einsum("bk,kb->b", weights, np.stack(per_seed)) / len(runs)
+        self.seed_scores = {suffix: [data.seed_scores(model, suffix, split, "primary", self.suites.get(split))
+                                     for split in self.splits] for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
+        self.ids = common_ids(pool_image_scores(per_split[0]) for per_split in self.seed_scores.values())
+        self.images = data.image_weights(len(self.ids)) if self.ids is not None and len(self.ids) else None
 
     def n_seeds(self, suffix: str) -> int:
-        return len(self.done.get(suffix, []))
+        return len(self.data.done(self.model, suffix))
 
     def get(self, suffix: str, metric: str, basis: str) -> _Draws | None:
         if basis != HEADLINE_BASIS and len(self.splits) < 2:
             return None
         splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
-        if metric in IMAGE_COUNT_COLUMNS:
+        done = self.data.done(self.model, suffix)
+        if METRICS[metric].kind == "count":
             per_split = self.seed_scores.get(suffix)
             if per_split is None or self.images is None:
                 return None
-            columns = list(IMAGE_COUNT_COLUMNS[metric])
-            seeds = self.seed_weights(suffix, self.n_resamples)
-            points, draws = [], []
+            seeds, points, draws = self.data.seed_weights(self.model, suffix), [], []
             for frames in per_split[:len(splits)]:
                 if any(frame is None or not self.ids.isin(frame.index).all() for frame in frames):
                     return None
-                counts = np.stack([frame.loc[self.ids, columns].to_numpy() for frame in frames])   # (K, N, 3)
-                points.append(float(stats.micro_f1(counts.sum(axis=0))))
-                draws.append(stats.two_level_f1_draws(counts, self.images, seeds))             # (B,)
+                counts = np.stack([frame.loc[self.ids, list(METRICS[metric].columns)].to_numpy() for frame in frames])
+                points.append(float(stats.micro_f1(counts.sum(axis=0))))                           # (K, N, 3)
+                draws.append(stats.two_level_draws(counts, stats.f1_statistic, self.images, seeds))  # (B,)
             values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(self.ids)
         else:
-            got = [self.map_draws.get(self.model, suffix, split) for split in splits]
-            recorded = [[split_value(run.view.split(split), metric) for run in self.done.get(suffix, [])]
-                        for split in splits]
+            got = [self.data.map_draws(self.model, suffix, split) for split in splits]
+            recorded = [[split_value(run.view.split(split), metric) for run in done] for split in splits]
             if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
                     or any(not values or None in values for values in recorded):
                 return None
             column = 0 if metric == "map50" else 1
+            seeds = self.data.seed_weights(self.model, suffix, self.data.map_resamples)
             values = np.array([float(np.mean(values)) for values in recorded])
-            stacked = np.stack([entry[1][:, column] if self.n_seeds(suffix) == 1 else
-                                self._map_seed_draws(suffix, split, column) for entry, split in zip(got, splits)], axis=-1)
+            stacked = np.stack([entry[1][:, column] if len(done) == 1 else np.einsum(
+                "bk,kb->b", seeds, np.stack([self.data.map_run_draws(run, split)[:, column] for run in done]))
+                / len(done) for entry, split in zip(got, splits)], axis=-1)
             ids = got[0][0]
         return _Draws(float(_basis_value(values, basis)), _basis_value(stacked, basis), ids)
 
     def ids_of(self, metric: str) -> int:
-        if metric in IMAGE_COUNT_COLUMNS:
+        if METRICS[metric].kind == "count":
             return 0 if self.ids is None else len(self.ids)
-        entry = self.map_draws.get(self.model, REFERENCE, HEADLINE_BASIS)
+        entry = self.data.map_draws(self.model, REFERENCE, HEADLINE_BASIS)
         return 0 if entry is None else len(entry[0])
 
 
@@ -272,18 +244,13 @@ def _no_result_reason(sides: list[_Draws | None]) -> str:
     return UNPAIRED if len({side.ids for side in sides if side is not None}) > 1 else ""
 
 
-def gap_rows(runs: list[Any], models: list[str], comparisons: pd.DataFrame,
-             n_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED,
+def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
              sessions: tuple[str, ...] = SESSION_SUFFIXES) -> list[GapRow]:
     """Every model x metric x masking session (of this run) x basis with a result (None where a side is missing)."""
-    grouped: dict[tuple[str, str], list[Any]] = {}
-    for run in runs:
-        grouped.setdefault((run.model, run.suffix), []).append(run)
-    map_draws = MapDraws(grouped, min(n_resamples, MAP_RESAMPLES), seed)
     rows: list[GapRow] = []
     for model in models:
-        draws = _ModelDraws(model, grouped, map_draws, n_resamples, seed)
-        notes = {suffix: batch_notes(grouped.get((model, suffix), [])) for suffix in SESSION_SUFFIXES}
+        draws = _ModelDraws(model, data)
+        notes = {suffix: batch_notes(data.grouped.get((model, suffix), [])) for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -309,14 +276,6 @@ def gap_table(rows: list[GapRow]) -> pd.DataFrame:
     return pd.DataFrame([row.record() for row in rows], columns=list(GAP_COLUMNS))
 
 
-def _ci(row: pd.Series, name: str, signed: bool = True) -> str:
-    if pd.isna(row[name]):
-        return "n/a"
-    low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
-    interval = "" if pd.isna(low) or pd.isna(high) else f" [{fmt(low, signed=signed)}, {fmt(high, signed=signed)}]"
-    return fmt(row[name], signed=signed) + interval
-
-
 def site_verdicts(table: pd.DataFrame, model: str, basis: str = HEADLINE_BASIS) -> dict[str, str]:
     """session -> the site's verdict on `basis` (site_verdict over the metrics)."""
     part = table[(table["model"] == model) & (table["basis"] == basis)]
@@ -328,7 +287,7 @@ def _reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
     """reason -> the metric labels of the NO_RESULT rows of one site that give it."""
     reasons: dict[str, list[str]] = {}
     for _, row in rows[rows["verdict"] == NO_RESULT].iterrows():
-        reasons.setdefault(row["reason"] or NOT_DONE, []).append(METRIC_LABELS[row["metric"]])
+        reasons.setdefault(row["reason"] or NOT_DONE, []).append(METRICS[row["metric"]].label)
     return reasons
 
 
@@ -351,7 +310,7 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             costs: dict[str, list[str]] = {}
             for _, row in rows.iterrows():
                 if row["clean_verdict"] != "clean cost unknown":
-                    costs.setdefault(row["clean_verdict"], []).append(METRIC_LABELS[row["metric"]])
+                    costs.setdefault(row["clean_verdict"], []).append(METRICS[row["metric"]].label)
             clean = "; ".join(f"{reading} ({', '.join(metrics)})" for reading, metrics in costs.items()) or "unknown"
             missing = "".join(f" {', '.join(metrics)}: no result ({reason})." for reason, metrics in reasons.items())
             lines.append(f"{site}: {text} on {HEADLINE_BASIS}{alike}. Clean images: {clean}.{missing}")
@@ -364,13 +323,16 @@ def gap_markdown_table(table: pd.DataFrame, model: str) -> pd.DataFrame:
     rows = []
     for _, row in part.iterrows():
         control = "n/a" if row["verdict"] == NO_RESULT else ("yes" if pd.notna(row["gap_closed"]) else "**no**")
-        rows.append({"metric": METRIC_LABELS[row["metric"]], "session": short_session(row["session"]),
-                     "basis": row["basis"], "S2 - S1 [95% CI]": _ci(row, "gap"), "control holds": control,
-                     "Sx - S1 [95% CI]": _ci(row, "gain"),
-                     "gap closed [95% CI]": _ci(row, "gap_closed", signed=False) if control == "yes" else
-                     ("no ratio" if control == "**no**" else "n/a"),
+        rows.append({"metric": METRICS[row["metric"]].label, "session": short_session(row["session"]),
+                     "basis": row["basis"], "S2 - S1 [95% CI]": fmt_ci(row, "gap", "gap_ci_low", "gap_ci_high", True),
+                     "control holds": control,
+                     "Sx - S1 [95% CI]": fmt_ci(row, "gain", "gain_ci_low", "gain_ci_high", True),
+                     "gap closed [95% CI]": fmt_ci(row, "gap_closed", "gap_closed_ci_low", "gap_closed_ci_high")
+                     if control == "yes" else ("no ratio" if control == "**no**" else "n/a"),
                      "verdict": f"{NO_RESULT}: {row['reason']}" if row["verdict"] == NO_RESULT and row["reason"] else
-                     row["verdict"], "clean cost Sx - S1 [95% CI]": _ci(row, "clean_cost")})
+                     row["verdict"],
+                     "clean cost Sx - S1 [95% CI]": fmt_ci(row, "clean_cost", "clean_cost_ci_low", "clean_cost_ci_high",
+                                                           True)})
     return pd.DataFrame(rows)
 
 
@@ -382,7 +344,7 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
         for metric, row in rows.items():
             if row.get("interval_levels") == "seeds+images" and pd.notna(row["seed_sd"]):
                 level = "seeds" if row["seed_sd"] > row["image_sd"] else "images"
-                lines.append(f"- {model}, S2 - S1, {METRIC_LABELS[metric]}: sd {fmt(row['seed_sd'])} from seeds vs "
+                lines.append(f"- {model}, S2 - S1, {METRICS[metric].label}: sd {fmt(row['seed_sd'])} from seeds vs "
                              f"{fmt(row['image_sd'])} from images: **{level}** dominate.")
     return lines
 
@@ -435,14 +397,12 @@ def gap_chart_frame(table: pd.DataFrame, metric: str, basis: str = HEADLINE_BASI
 
 def write_gap_charts(table: pd.DataFrame, models: list[str], plots_dir: Path) -> list[Path]:
     """plots/gap_closed_<metric>.png (+ .html) for every metric with a row."""
-    from exp3 import plots
-
     written: list[Path] = []
     for metric in GAP_METRICS:
         frame = gap_chart_frame(table, metric)
         if len(frame):
             written += plots.save_chart(plots.gap_closed_chart(
-                frame, models, title=f"Gap closed by masking, {METRIC_LABELS[metric]} on {HEADLINE_BASIS}",
+                frame, models, title=f"Gap closed by masking, {METRICS[metric].label} on {HEADLINE_BASIS}",
                 subtitle="(Sx - S1) / (S2 - S1); whiskers: 95% paired bootstrap CI; 0 = no effect, 1 = as good as "
                          "occluded training; no bar where the positive control failed"),
                 plots_dir / f"gap_closed_{metric}")

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Iterable
 import pandas as pd
 
 from exp3.report import curves, gap, severity
-from exp3.report.comparisons import (MAP_METRICS, METRIC_LABELS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
+from exp3.report.comparisons import (MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
                                      comparison_metrics)
 from exp3.report.coverage import coverage_markdown
+from exp3.report.draws import MAP_RESAMPLES
 from exp3.report.findings import headline_findings, positive_control, positive_control_failed
 from exp3.report.gallery import GALLERY_RULE
-from exp3.report.mapdraws import MAP_RESAMPLES
 from exp3.report.runs import THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
+from exp3.severity import METRICS
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
@@ -94,7 +95,7 @@ def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S
                     rows.append({"model": model, "split": split,
                                  "threshold": "val-chosen" if threshold == "val" else
                                  ("n/a (mAP)" if metric in MAP_METRICS else f"conf {fmt(row['conf'], 2)}"),
-                                 "metric": METRIC_LABELS[metric],
+                                 "metric": METRICS[metric].label,
                                  f"{short_session(session)} - {short_session(reference)} [95% CI]":
                                      fmt_ci(row, "difference", "ci_low", "ci_high", True),
                                  "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),

@@ -74,7 +74,8 @@ def discover_models(root: Path) -> list[str]:
     return order_models(found)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The parsed JSON file at `path`, None when it cannot be read or parsed."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -95,7 +96,7 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
         return SessionRun(model, suffix, seed, folder, SessionState.STALE,
                           "made under other inputs than the current config: re-run the flow")
     if paths.is_done(None):
-        metrics = _read_json(paths.metrics)
+        metrics = read_json(paths.metrics)
         if isinstance(metrics, dict):
             recorded_seed = MetricsView.of(metrics).seeds.train
             if seed is None and recorded_seed is not None:
@@ -162,16 +163,6 @@ def threshold_conf(metrics: dict[str, Any] | None, split: str, threshold: str = 
     part = MetricsView.of(metrics).split(split)
     number = as_number(part.conf if threshold == "primary" else part.at_val_threshold.conf)
     return number if math.isfinite(number) else None
-
-
-def load_records(run: SessionRun, split: str) -> list[Any] | None:
-    """The `ImageRecord`s of a done run's predictions_<split>.json, or None when absent or empty."""
-    from exp3.metrics import records_from_json
-
-    payload = _read_json(run.folder / f"predictions_{split}.json") if run.status == SessionState.DONE else None
-    if not isinstance(payload, dict):
-        return None
-    return records_from_json(payload.get("images") or []) or None
 
 
 def run_sessions(sessions: Iterable[str] | None) -> tuple[str, ...]:

@@ -26,7 +26,6 @@ established by a paired 95% interval of the per-severity difference (severity_cu
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,14 +33,14 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from exp3 import stats
+from exp3 import plots, stats
 from exp3.layout import SessionState
-from exp3.report.mapdraws import MAP_RESAMPLES, MapDraws
-from exp3.report.scores import IMAGE_COUNT_COLUMNS, pool_image_scores, run_image_scores
-from exp3.report.text import markdown_table
+from exp3.report.comparisons import adjust_p_values
+from exp3.report.draws import ReportData, common_ids
+from exp3.report.text import fmt, fmt_ci, markdown_table
 from exp3.schema import SeverityLevelView
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import split_value
+from exp3.severity import METRICS, split_value
 from exp3.splits import CLEAN_SPLIT
 
 CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
@@ -70,62 +69,70 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
     return sorted((per_run[0][key] for key in shared), key=lambda level: level.level)
 
 
-def _counts(frame: pd.DataFrame | None, ids: pd.Index) -> np.ndarray | None:
-    if frame is None or not ids.isin(frame.index).all():
-        return None
-    return frame.loc[ids, list(IMAGE_COUNT_COLUMNS["ingredient_micro_f1"])].to_numpy()
+def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
+    """mPC of micro F1 (an exp3.stats statistic): (..., S, 3) counts per split, clean first -> the mean over the
+    levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
+    unit): `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts."""
+    return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
-def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats.DEFAULT_RESAMPLES,
-                    n_permutations: int = stats.DEFAULT_PERMUTATIONS,
-                    seed: int = stats.DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _f1_curves(data: ReportData, model: str, scores: dict[str, list[pd.DataFrame | None]],
+               ids: pd.Index | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
+    """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids`."""
+    f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    counts: dict[str, np.ndarray] = {}
+    columns = list(METRICS["ingredient_micro_f1"].columns)
+    for suffix, per_split in scores.items():
+        if ids is None or not len(ids) or any(frame is None or not ids.isin(frame.index).all() for frame in per_split):
+            f1[suffix] = None
+            continue
+        stacked = np.stack([frame.loc[ids, columns].to_numpy() for frame in per_split], axis=1)      # (N, S, 3)
+        counts[suffix] = stacked
+        f1[suffix] = (stats.micro_f1(stacked, axis=0),
+                      stats.f1_statistic(stats.weighted_totals(stacked, data.image_weights(len(ids)))))
+    return f1, counts
+
+
+def _map_curves(data: ReportData, model: str, suffixes: Iterable[str],
+                splits: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """suffix -> (recorded mAP50 per split, seed mean (S,), draws (B', S)), None where not pairable."""
+    maps: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    for suffix in suffixes:
+        got = [data.map_draws(model, suffix, split) for split in splits]
+        recorded = [[split_value(run.view.split(split), "map50") for run in data.done(model, suffix)]
+                    for split in splits]
+        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
+                or any(not values or None in values for values in recorded):
+            maps[suffix] = None
+            continue
+        maps[suffix] = (np.array([float(np.mean(values)) for values in recorded]),
+                        np.stack([entry[1][:, 0] for entry in got], axis=1))
+    return maps
+
+
+def severity_tables(data: ReportData, models: list[str],
+                    n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, table): one curve row per model x session x metric x severity (0 = clean), one table row per
     model x session x metric with mPC / rPC, their intervals and the paired comparison vs S1.
 
-    `runs`: the report's `SessionRun`s; seeds of a session are pooled as in the rest of the report.
+    `data`: the report's draws (exp3.report.draws); seeds of a session are pooled as in the rest of the report,
+    and a predictions file made on another suite than the level's is never used.
     """
-    grouped: dict[tuple[str, str], list[Any]] = {}
-    for run in runs:
-        grouped.setdefault((run.model, run.suffix), []).append(run)
-    map_draws = MapDraws(grouped, min(n_resamples, MAP_RESAMPLES), seed)
     curve_rows: list[dict[str, Any]] = []
     table_rows: list[dict[str, Any]] = []
     for model in models:
-        model_runs = [run for key, group in grouped.items() if key[0] == model for run in group]
-        levels = common_levels(model_runs)
+        levels = common_levels(data.model_runs(model))
         if not levels:
             continue
         splits = [CLEAN_SPLIT, *(level.split for level in levels)]
         coverage = ["clean", *(f"{level.coverage[0]:g}-{level.coverage[1]:g}" for level in levels)]
         suites = {level.split: level.suite_id for level in levels}
-        scores: dict[str, list[pd.DataFrame | None]] = {}
-        for suffix in SESSION_SUFFIXES:
-            done = [run for run in grouped.get((model, suffix), []) if run.status == SessionState.DONE]
-            if done:
-                scores[suffix] = [pool_image_scores([frame for frame in (
-                    _run_scores(run, split, suites.get(split)) for run in done) if frame is not None])
-                    for split in splits]
-        ids = _shared_ids(frames for per_split in scores.values() for frames in per_split)
-        indices = stats.bootstrap_indices(len(ids), n_resamples, seed) if ids is not None and len(ids) else None
-        f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}   # suffix -> (point (S,), draws (B, S))
-        counts: dict[str, np.ndarray] = {}
-        for suffix, per_split in scores.items():
-            arrays = [_counts(frame, ids) if ids is not None else None for frame in per_split]
-            if indices is None or any(array is None for array in arrays):
-                f1[suffix] = None
-                continue
-            stacked = np.stack(arrays, axis=1)                                    # (N, S, 3)
-            counts[suffix] = stacked
-            f1[suffix] = (stats.micro_f1(stacked, axis=0), _f1_draws(stacked, indices))
-        maps: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-        for suffix in scores:
-            got = [map_draws.get(model, suffix, split) for split in splits]
-            if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1:
-                maps[suffix] = None
-                continue
-            points = _map_points(grouped[(model, suffix)], splits)
-            maps[suffix] = None if points is None else (points, np.stack([entry[1][:, 0] for entry in got], axis=1))
-        for metric, source in (("ingredient_micro_f1", f1), ("map50", maps)):
+        scores = {suffix: [data.pooled(model, suffix, split, "primary", suites.get(split)) for split in splits]
+                  for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
+        ids = common_ids(frame for per_split in scores.values() for frame in per_split)
+        n_images = 0 if ids is None else len(ids)
+        f1, counts = _f1_curves(data, model, scores, ids)
+        for metric, source in (("ingredient_micro_f1", f1), ("map50", _map_curves(data, model, scores, splits))):
             reference = source.get(REFERENCE)
             for suffix in scores:
                 entry = source.get(suffix)
@@ -142,57 +149,14 @@ def severity_tables(runs: list[Any], models: list[str], n_resamples: int = stats
                                        "metric": metric, "severity": index, "split": split,
                                        "coverage": coverage[index], "value": value, "ci_low": low, "ci_high": high,
                                        "diff_vs_S1": diff, "diff_ci_low": diff_low, "diff_ci_high": diff_high,
-                                       "n_images": 0 if ids is None else len(ids)})
-            for suffix in scores:
-                table_rows.append(_table_row(model, suffix, metric, source.get(suffix), reference,
-                                             counts.get(suffix) if metric == "ingredient_micro_f1" else None,
-                                             counts.get(REFERENCE) if metric == "ingredient_micro_f1" else None,
-                                             len(levels), 0 if ids is None else len(ids), n_permutations, seed))
+                                       "n_images": n_images})
+                pair = (counts.get(suffix), counts.get(REFERENCE)) if metric == "ingredient_micro_f1" else (None, None)
+                table_rows.append(_table_row(model, suffix, metric, entry, reference, *pair, len(levels), n_images,
+                                             n_permutations, data.seed))
     curves = pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS))
     table = pd.DataFrame(table_rows, columns=list(TABLE_COLUMNS))
-    table["p_bh_mPC_vs_S1"] = _bh(table)
+    table["p_bh_mPC_vs_S1"] = adjust_p_values(table, "p_mPC_vs_S1", ["metric"], ["model", "session"])
     return curves, table
-
-
-def _run_scores(run: Any, split: str, suite_id: str | None) -> pd.DataFrame | None:
-    """`run_image_scores` of one run and split, from predictions_<split>.json only when that file was made
-    on `suite_id` (None: no check, test_clean); a file of another suite gives None, never its numbers."""
-    from exp3.metrics import records_from_json
-
-    try:
-        payload = json.loads((run.folder / f"predictions_{split}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if suite_id is not None and payload.get("suite_id") != suite_id:
-        return None
-    return run_image_scores(run, split, records=records_from_json(payload.get("images") or []) or None)
-
-
-def _shared_ids(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
-    """Sorted image ids present in every frame (None when there is no frame)."""
-    present = [frame.index for frame in frames if frame is not None]
-    if not present:
-        return None
-    common = present[0]
-    for index in present[1:]:
-        common = common.intersection(index, sort=False)
-    return pd.Index(sorted(common))
-
-
-def _f1_draws(stacked: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """(B, S) micro F1 of each split under each resample (same images for every split)."""
-    return stats.micro_f1(stacked[indices], axis=1)       # (B, N, S, 3) summed over images -> (B, S)
-
-
-def _map_points(runs: list[Any], splits: list[str]) -> np.ndarray | None:
-    """(S,) recorded mAP50 per split, the seed mean (what metrics.json reports)."""
-    values = []
-    for split in splits:
-        recorded = [split_value(run.view.split(split), "map50") for run in runs if run.status == SessionState.DONE]
-        if not recorded or any(value is None for value in recorded):
-            return None
-        values.append(float(np.mean(recorded)))
-    return np.array(values)
 
 
 def _mpc_rpc(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,11 +166,6 @@ def _mpc_rpc(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         rpc = np.where(clean > 0, mpc / np.where(clean > 0, clean, 1.0), np.nan)
     return mpc, rpc
-
-
-def _interval(draws: np.ndarray) -> tuple[float, float]:
-    finite = draws[np.isfinite(draws)]
-    return stats.percentile_interval(finite, stats.DEFAULT_CONFIDENCE) if finite.size else (math.nan, math.nan)
 
 
 def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np.ndarray] | None,
@@ -222,51 +181,21 @@ def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np
     mpc, rpc = _mpc_rpc(point)
     mpc_draws, rpc_draws = _mpc_rpc(draws)
     row.update(clean=float(point[0]), mPC=float(mpc), rPC=float(rpc))
-    row["mPC_ci_low"], row["mPC_ci_high"] = _interval(mpc_draws)
-    row["rPC_ci_low"], row["rPC_ci_high"] = _interval(rpc_draws)
+    row["mPC_ci_low"], row["mPC_ci_high"] = stats.finite_interval(mpc_draws)
+    row["rPC_ci_low"], row["rPC_ci_high"] = stats.finite_interval(rpc_draws)
     if reference is None or suffix == REFERENCE or reference[1].shape != draws.shape:
         return row
     ref_mpc, ref_rpc = _mpc_rpc(reference[0])
     ref_mpc_draws, ref_rpc_draws = _mpc_rpc(reference[1])
     row["diff_mPC_vs_S1"], row["diff_rPC_vs_S1"] = float(mpc - ref_mpc), float(rpc - ref_rpc)
-    row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = _interval(mpc_draws - ref_mpc_draws)
-    row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = _interval(rpc_draws - ref_rpc_draws)
+    row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
+    row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
     if counts is not None and reference_counts is not None:
-        row["p_mPC_vs_S1"] = mpc_permutation_pvalue(counts, reference_counts, n_permutations, seed)
+        if counts.shape != reference_counts.shape:
+            raise ValueError(f"paired counts differ in shape {counts.shape} vs {reference_counts.shape}: align the "
+                             "image ids")
+        row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts, reference_counts, mpc_f1, n_permutations, seed)
     return row
-
-
-def mpc_permutation_pvalue(counts_a: np.ndarray, counts_b: np.ndarray, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
-                           seed: int = stats.DEFAULT_SEED) -> float:
-    """Two-sided p of H0 "a and b are exchangeable on every image" for mPC(micro F1) of a - b.
-
-    `counts_*`: (N, S, 3) per-image (tp, fp, fn) per split, clean first. A permutation swaps an
-    image's results of the two sessions on all splits together (the image is the unit).
-    """
-    if counts_a.shape != counts_b.shape:
-        raise ValueError(f"paired counts differ in shape {counts_a.shape} vs {counts_b.shape}: align the image ids")
-    if np.array_equal(counts_a, counts_b):
-        return 1.0
-    masks, exact = stats.swap_masks(len(counts_a), n_permutations, seed)
-    delta = (counts_b - counts_a).astype(np.float64)                                    # (N, S, 3)
-    shift = np.einsum("pn,nsc->psc", masks.astype(np.float64), delta)                   # (P, S, 3)
-    total_a, total_b = counts_a.sum(axis=0).astype(np.float64), counts_b.sum(axis=0).astype(np.float64)
-    null_a = stats.micro_f1((total_a + shift)[:, None], axis=1)                         # (P, S)
-    null_b = stats.micro_f1((total_b - shift)[:, None], axis=1)
-    null = null_a[:, 1:].mean(axis=1) - null_b[:, 1:].mean(axis=1)
-    observed = float(stats.micro_f1(counts_a, axis=0)[1:].mean() - stats.micro_f1(counts_b, axis=0)[1:].mean())
-    return stats._two_sided_p(null, observed, exact)
-
-
-def _bh(table: pd.DataFrame) -> np.ndarray:
-    """BH-adjusted p_mPC_vs_S1 within each metric over every model x session tested."""
-    adjusted = np.full(len(table), np.nan)
-    for _, part in table.groupby("metric", sort=False):
-        tested = part["p_mPC_vs_S1"].notna()
-        if tested.any():
-            positions = table.index.get_indexer(part.index[tested])
-            adjusted[positions] = stats.benjamini_hochberg(part.loc[tested, "p_mPC_vs_S1"].to_numpy())
-    return adjusted
 
 
 def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1",
@@ -297,9 +226,6 @@ def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_
 
 # ----------------------------------------------------------------------------- charts and report.md
 
-METRIC_TITLES: dict[str, str] = {"ingredient_micro_f1": "Ingredient F1 (micro)", "map50": "mAP50"}
-
-
 def curve_frame(curves: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
     """The rows of one model x metric with a `severity_label` ("0 clean", "1 0.1-0.26", ...) for the x axis."""
     part = curves[(curves["model"] == model) & (curves["metric"] == metric)].copy()
@@ -310,8 +236,6 @@ def curve_frame(curves: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
 
 def write_severity_charts(curves: pd.DataFrame, models: list[str], plots_dir: Path) -> list[Path]:
     """severity_<metric>_<model>.png|html per model with severity levels: one line per session."""
-    from exp3 import plots
-
     written: list[Path] = []
     for model in models:
         for metric in CURVE_METRICS:
@@ -320,21 +244,11 @@ def write_severity_charts(curves: pd.DataFrame, models: list[str], plots_dir: Pa
                 continue
             short = "f1" if metric == "ingredient_micro_f1" else metric
             written += plots.save_chart(plots.severity_chart(
-                frame, title=f"{METRIC_TITLES[metric]} vs occlusion severity: {model}",
-                y_title=METRIC_TITLES[metric],
+                frame, title=f"{METRICS[metric].label} vs occlusion severity: {model}",
+                y_title=METRICS[metric].label,
                 subtitle="severity 0 = test_clean; k = test_occ_sev<k> (each box covered within the range shown); "
                          "bands: 95% bootstrap CI over test images"), plots_dir / f"severity_{short}_{model}")
     return written
-
-
-def _fmt(value: Any, signed: bool = False) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else (f"{value:+.3f}" if signed else f"{value:.3f}")
-
-
-def _ci(row: pd.Series, value: str, low: str, high: str, signed: bool = False) -> str:
-    if not math.isfinite(row[value]):
-        return "n/a"
-    return f"{_fmt(row[value], signed)} [{_fmt(row[low], signed)}, {_fmt(row[high], signed)}]"
 
 
 def mpc_table(table: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
@@ -343,11 +257,11 @@ def mpc_table(table: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
     rows = []
     for _, row in part.iterrows():
         p = row["p_bh_mPC_vs_S1"]
-        rows.append({"session": row["session_label"], "clean": _fmt(row["clean"]),
-                     "mPC [95% CI]": _ci(row, "mPC", "mPC_ci_low", "mPC_ci_high"),
-                     "rPC [95% CI]": _ci(row, "rPC", "rPC_ci_low", "rPC_ci_high"),
-                     "mPC - S1 [95% CI]": _ci(row, "diff_mPC_vs_S1", "diff_mPC_ci_low", "diff_mPC_ci_high", True),
-                     "rPC - S1 [95% CI]": _ci(row, "diff_rPC_vs_S1", "diff_rPC_ci_low", "diff_rPC_ci_high", True),
+        rows.append({"session": row["session_label"], "clean": fmt(row["clean"]),
+                     "mPC [95% CI]": fmt_ci(row, "mPC", "mPC_ci_low", "mPC_ci_high"),
+                     "rPC [95% CI]": fmt_ci(row, "rPC", "rPC_ci_low", "rPC_ci_high"),
+                     "mPC - S1 [95% CI]": fmt_ci(row, "diff_mPC_vs_S1", "diff_mPC_ci_low", "diff_mPC_ci_high", True),
+                     "rPC - S1 [95% CI]": fmt_ci(row, "diff_rPC_vs_S1", "diff_rPC_ci_low", "diff_rPC_ci_high", True),
                      "p_BH (mPC vs S1)": "n/a" if not math.isfinite(p) else f"{p:.3g}"})
     return pd.DataFrame(rows)
 
@@ -359,11 +273,11 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
         for metric in CURVE_METRICS:
             crossed = crossings(curves, model, metric)
             if crossed:
-                findings.append(f"{model}, {METRIC_TITLES[metric]} vs severity: the order changes with the "
+                findings.append(f"{model}, {METRICS[metric].label} vs severity: the order changes with the "
                                 "severity: " + "; ".join(crossed) + " (each side: paired 95% interval of the "
                                 "difference at that severity excludes 0; severity 0 = clean)")
         part = table[(table["model"] == model) & (table["metric"] == "ingredient_micro_f1")]
-        shown = [f"{SESSION_LABELS[row['session']]} {_fmt(row['diff_mPC_vs_S1'], True)}"
+        shown = [f"{SESSION_LABELS[row['session']]} {fmt(row['diff_mPC_vs_S1'], signed=True)}"
                  for _, row in part.iterrows()
                  if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0)]
         if len(part) and math.isfinite(part["levels"].max()):
@@ -393,6 +307,6 @@ def severity_section(curves: pd.DataFrame, table: pd.DataFrame, models: list[str
             if len(shown):
                 frame = curve_frame(curves, model, metric)
                 levels = ", ".join(dict.fromkeys(frame["severity_label"]))
-                lines += [f"### {model}: {METRIC_TITLES[metric]}", "", f"Levels: {levels}.", "",
+                lines += [f"### {model}: {METRICS[metric].label}", "", f"Levels: {levels}.", "",
                           markdown_table(shown), ""]
     return lines

@@ -15,16 +15,19 @@ def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def fmt_interval(row: pd.Series, low: str, high: str, signed: bool = False) -> str:
-    """The text ` [low, high]` of two columns of `row`; empty when either is missing."""
+def fmt_interval(row: Any, low: str, high: str, signed: bool = False, digits: int = 3) -> str:
+    """The text ` [low, high]` of two fields of `row` (a Series or a dict); empty when either is missing."""
     if pd.isna(row[low]) or pd.isna(row[high]):
         return ""
-    return f" [{fmt(row[low], signed=signed)}, {fmt(row[high], signed=signed)}]"
+    return f" [{fmt(row[low], digits, signed)}, {fmt(row[high], digits, signed)}]"
 
 
-def fmt_ci(row: pd.Series, value: str, low: str, high: str, signed: bool = False) -> str:
-    """The text `value [low, high]` of three columns of `row`."""
-    return f"{fmt(row[value], signed=signed)}{fmt_interval(row, low, high, signed)}"
+def fmt_ci(row: Any, value: str, low: str, high: str, signed: bool = False, digits: int = 3) -> str:
+    """The report's one interval text, `value [low, high]` of three fields of `row`: "n/a" without a value, no
+    brackets without an interval."""
+    if pd.isna(row[value]):
+        return "n/a"
+    return f"{fmt(row[value], digits, signed)}{fmt_interval(row, low, high, signed, digits)}"
 
 
 def fmt_p(value: float) -> str:

@@ -1,0 +1,253 @@
+"""The report's one resampling layer: what every interval and test of the report is drawn from, read once.
+
+`ReportData(runs, n_resamples, seed)` is built once by `build_report` and handed to the comparisons, the severity
+curves, gap closed, recall by covered fraction and the gallery. It
+
+- parses each done session's `predictions_<split>.json` once (`records`, with the suite the file was made on) and
+  loads its `map_stats_<split>.npz` once (`map_stats`), whoever asks first;
+- computes a run's per-image scores at an operating point once (`scores`: ingredient and detection (tp, fp, fn)
+  and the per-image ingredient F1 at `threshold_conf`), and pools a session's seeds (`pooled`: counts summed,
+  per-image F1 averaged, on the images every seed has);
+- aligns image ids (`align`): the sorted ids every side holds, or a refusal with its reason: a side is missing
+  (MISSING) or holds other image ids (UNPAIRED; a difference of draws of other images would not be paired);
+- holds the draws: `image_weights(N)` is `stats.image_multiplicities(N, B, seed)` over the sorted ids (the draws
+  of `stats.bootstrap_indices`), one matrix per image count, shared by every statistic; `seed_weights` a
+  session's seed multiplicities; `map_draws` the bootstrap mAP of a session (the validator's per-image stats,
+  min(B, MAP_RESAMPLES) draws by the same rule, kept by the session or computed here, seed mean).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from exp3 import stats
+from exp3.layout import SessionPaths, SessionState
+from exp3.mapstats import BOOTSTRAP_RESAMPLES, MapStats, common_image_ids, mean_ap
+from exp3.metrics import (DEFAULT_MATCH_IOU, ImageRecord, ingredient_sets, matched_gt, prf_from_counts,
+                          records_from_json)
+from exp3.report.runs import SessionRun, as_number, read_json, threshold_conf
+from exp3.schema import MetricsView
+from exp3.sessions import SESSION_SUFFIXES
+
+MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
+"""Bootstrap draws for mAP intervals (exp3.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
+draw recomputes mAP over every prediction; sessions keep theirs in `map_stats_<split>.npz`."""
+MISSING, UNPAIRED = "missing", "unpaired"
+"""`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
+
+
+def image_scores(records: list[ImageRecord], num_classes: int, conf: float, match_iou: float,
+                 matched: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+    """Per-image counts and scores of one split at threshold `conf`, indexed by image_id: ingredient_tp/fp/fn
+    (`exp3.metrics.ingredient_sets`), ingredient_f1 (per image; its mean is the samples F1) and
+    detection_tp/fp/fn (`exp3.metrics.detection_counts` at `conf` and `match_iou`; from `matched`, each record's
+    `exp3.metrics.matched_gt`, when given)."""
+    gt, pred = ingredient_sets(records, num_classes, conf)
+    tp, fp, fn = (gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)
+    matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
+    detection = np.array([(int(found.sum()), int((record.pred_conf >= conf).sum()) - int(found.sum()),
+                           len(record.gt_boxes) - int(found.sum())) for record, found in zip(records, matched)],
+                         dtype=np.int64).reshape(-1, 3)
+    return pd.DataFrame({"ingredient_tp": tp, "ingredient_fp": fp, "ingredient_fn": fn,
+                         "ingredient_f1": prf_from_counts(tp, fp, fn)[2], "detection_tp": detection[:, 0],
+                         "detection_fp": detection[:, 1], "detection_fn": detection[:, 2]},
+                        index=[record.image_id for record in records])
+
+
+def split_match_iou(view: MetricsView, split: str) -> float:
+    """The IoU a detection needs to match a ground-truth box on `split`: the split's recorded `match_iou`,
+    else the session's (`eval.match_iou`), else exp3.metrics' default."""
+    for value in (view.split(split).match_iou, view.eval.match_iou):
+        if value is not None and math.isfinite(value):
+            return float(value)
+    return DEFAULT_MATCH_IOU
+
+
+def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
+    """One session's seeds pooled on the images every seed has: counts summed, per-image F1 averaged (the seed
+    mean of the samples F1 is its mean). None when there is no frame or no common image."""
+    frames = [frame for frame in frames if frame is not None]
+    if not frames:
+        return None
+    common = frames[0].index
+    for frame in frames[1:]:
+        common = common.intersection(frame.index, sort=False)
+    if not len(common):
+        return None
+    total = sum(frame.loc[common] for frame in frames)
+    total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
+    return total
+
+
+def common_ids(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
+    """Sorted image ids present in every frame (None when there is no frame)."""
+    present = [frame.index for frame in frames if frame is not None]
+    if not present:
+        return None
+    common = present[0]
+    for index in present[1:]:
+        common = common.intersection(index, sort=False)
+    return pd.Index(sorted(common))
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """The image ids of a paired statistic: `ids` sorted (empty when refused), `reason` MISSING / UNPAIRED / ""."""
+
+    ids: pd.Index
+    reason: str = ""
+
+
+def align(sides: Sequence[pd.DataFrame | None]) -> Aligned:
+    """The sorted ids every side holds; refused (no ids) when a side is None or the sides hold other image ids."""
+    if not sides or any(side is None for side in sides):
+        return Aligned(pd.Index([]), MISSING)
+    if len({frozenset(side.index) for side in sides}) > 1:
+        return Aligned(pd.Index([]), UNPAIRED)
+    return Aligned(pd.Index(sorted(sides[0].index)))
+
+
+def stack(frames: Sequence[pd.DataFrame], ids: pd.Index, columns: Sequence[str]) -> np.ndarray:
+    """(K, N, C) float64 values of `columns` on `ids`, one layer per frame (seed)."""
+    return np.stack([frame.loc[ids, list(columns)].to_numpy(dtype=np.float64) for frame in frames])
+
+
+class ReportData:
+    """Every session's per-image values and the report's draws, each read or computed once (module docstring)."""
+
+    def __init__(self, runs: Iterable[SessionRun], n_resamples: int = stats.DEFAULT_RESAMPLES,
+                 seed: int = stats.DEFAULT_SEED) -> None:
+        self.runs = list(runs)
+        self.n_resamples, self.seed = n_resamples, seed
+        self.map_resamples = min(n_resamples, MAP_RESAMPLES)
+        self.grouped: dict[tuple[str, str], list[SessionRun]] = {}
+        for run in self.runs:
+            self.grouped.setdefault((run.model, run.suffix), []).append(run)
+        self._records: dict[tuple[Any, str], tuple[list[ImageRecord] | None, Any]] = {}
+        self._scores: dict[tuple[Any, str, str], pd.DataFrame | None] = {}
+        self._matched: dict[tuple[Any, str, str], list[np.ndarray]] = {}
+        self._map_stats: dict[tuple[Any, str], MapStats | None] = {}
+        self._map_run_draws: dict[tuple[Any, str], np.ndarray] = {}
+        self._map_draws: dict[tuple[str, str, str], tuple[tuple[str, ...], np.ndarray] | None] = {}
+        self._weights: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------- sessions and files
+
+    def done(self, model: str, suffix: str) -> list[SessionRun]:
+        """The done runs (seeds) of one session."""
+        return [run for run in self.grouped.get((model, suffix), []) if run.status == SessionState.DONE]
+
+    def model_runs(self, model: str) -> list[SessionRun]:
+        return [run for suffix in SESSION_SUFFIXES for run in self.grouped.get((model, suffix), [])]
+
+    def _predictions(self, run: SessionRun, split: str) -> tuple[list[ImageRecord] | None, Any]:
+        key = (run.folder, split)
+        if key not in self._records:
+            payload = read_json(run.folder / f"predictions_{split}.json") if run.status == SessionState.DONE else None
+            records, suite = None, None
+            if isinstance(payload, dict):
+                try:
+                    records, suite = records_from_json(payload.get("images") or []) or None, payload.get("suite_id")
+                except ValueError:
+                    records = None
+            self._records[key] = (records, suite)
+        return self._records[key]
+
+    def records(self, run: SessionRun, split: str) -> list[ImageRecord] | None:
+        """The `ImageRecord`s of a done run's predictions_<split>.json (parsed once); None when absent or empty."""
+        return self._predictions(run, split)[0]
+
+    def matched(self, run: SessionRun, split: str, threshold: str, conf: float) -> list[np.ndarray]:
+        """Each record's ground-truth boxes matched by a detection at the operating point (`exp3.metrics.matched_gt`
+        at `conf` and the split's match IoU): the Hungarian matching behind detection F1 and coverage, made once."""
+        key = (run.folder, split, threshold)
+        if key not in self._matched:
+            iou = split_match_iou(run.view, split)
+            self._matched[key] = [matched_gt(record, conf, iou) for record in self.records(run, split) or []]
+        return self._matched[key]
+
+    def scores(self, run: SessionRun, split: str, threshold: str = "primary",
+               suite_id: str | None = None) -> pd.DataFrame | None:
+        """`image_scores` of one done run at one operating point (`threshold_conf`); None when it lacks what is
+        needed, or when `suite_id` is given and the predictions file was made on another suite."""
+        records, suite = self._predictions(run, split)
+        if suite_id is not None and suite != suite_id:
+            return None
+        key = (run.folder, split, threshold)
+        if key not in self._scores:
+            view = run.view
+            num_classes, conf = view.split(split).num_classes, threshold_conf(run.metrics, split, threshold)
+            usable = run.status == SessionState.DONE and num_classes and conf is not None and records
+            self._scores[key] = image_scores(records, int(num_classes), conf, split_match_iou(view, split),
+                                             self.matched(run, split, threshold, conf)) if usable else None
+        return self._scores[key]
+
+    def seed_scores(self, model: str, suffix: str, split: str, threshold: str = "primary",
+                    suite_id: str | None = None) -> list[pd.DataFrame | None]:
+        """`scores` of every done run (seed) of one session, None where a run has none."""
+        return [self.scores(run, split, threshold, suite_id) for run in self.done(model, suffix)]
+
+    def pooled(self, model: str, suffix: str, split: str, threshold: str = "primary",
+               suite_id: str | None = None) -> pd.DataFrame | None:
+        """A session's seeds pooled (`pool_image_scores`)."""
+        return pool_image_scores(self.seed_scores(model, suffix, split, threshold, suite_id))
+
+    # ------------------------------------------------------------------------- draws
+
+    def image_weights(self, n_images: int) -> np.ndarray:
+        """(B, N) image multiplicities of the report's draws over N sorted image ids (one matrix per N)."""
+        if n_images not in self._weights:
+            self._weights[n_images] = stats.image_multiplicities(n_images, self.n_resamples, self.seed)
+        return self._weights[n_images]
+
+    def seed_weights(self, model: str, suffix: str, n_resamples: int | None = None) -> np.ndarray:
+        """(B, K) seed multiplicities of one session (its own stream; all ones with one seed)."""
+        return stats.seed_multiplicities(len(self.done(model, suffix)), n_resamples or self.n_resamples, self.seed,
+                                         SESSION_SUFFIXES.index(suffix))
+
+    def map_stats(self, run: SessionRun, split: str) -> MapStats | None:
+        """A done run's map_stats_<split>.npz (loaded once), None when absent."""
+        key = (run.folder, split)
+        if key not in self._map_stats:
+            path = SessionPaths(run.folder).map_stats(split)
+            self._map_stats[key] = MapStats.load(path) if path.is_file() else None
+        return self._map_stats[key]
+
+    def map_run_draws(self, run: SessionRun, split: str) -> np.ndarray:
+        """(B', 2) bootstrap mAP50 / mAP50-95 of one run: its kept draws when made with (B', seed), else computed."""
+        key = (run.folder, split)
+        if key not in self._map_run_draws:
+            kept = self.map_stats(run, split)
+            draws = kept.stored_draws(self.map_resamples, self.seed)
+            self._map_run_draws[key] = draws if draws is not None else \
+                kept.with_draws(self.map_resamples, self.seed).draws
+        return self._map_run_draws[key]
+
+    def map_draws(self, model: str, suffix: str, split: str) -> tuple[tuple[str, ...], np.ndarray] | None:
+        """(sorted image ids, (B', 2) draws, seed mean) of one session, or None when a done run lacks its
+        map_stats, the runs hold other images, or the stats do not reproduce metrics.json's mAP (another
+        evaluation's file: no interval)."""
+        key = (model, suffix, split)
+        if key not in self._map_draws:
+            done = self.done(model, suffix)
+            loaded = [self.map_stats(run, split) for run in done]
+            self._map_draws[key] = None
+            if done and all(kept is not None for kept in loaded) \
+                    and all(_reproduces_map(kept, run, split) for kept, run in zip(loaded, done)):
+                ids = common_image_ids(loaded)
+                if ids:
+                    self._map_draws[key] = (ids, np.mean([self.map_run_draws(run, split) for run in done], axis=0))
+        return self._map_draws[key]
+
+
+def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:
+    """True when `map_stats` give exactly the mAP50 / mAP50-95 that the run's metrics.json reports for `split`."""
+    part = run.view.split(split)
+    recorded = (as_number(part.map50), as_number(part.map50_95))
+    return all(math.isfinite(value) for value in recorded) and np.allclose(mean_ap(map_stats), recorded, rtol=0,
+                                                                            atol=1e-9)

@@ -1,0 +1,105 @@
+"""exp3.report.draws: the report's one resampling layer. Each predictions file is parsed once, the comparisons, the
+severity curves, gap closed and recall by covered fraction resample the very same image draws, and sides that hold
+other image ids are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exp3 import stats
+from exp3.report import coverage, draws, gap, severity
+from exp3.report.comparisons import statistics_tables
+from exp3.report.draws import MISSING, UNPAIRED, ReportData, align
+from exp3.report.runs import scan_sessions
+from test_coverage import hand_records, write_session as write_coverage_session, write_suite, hand_manifest_images
+from test_gap import HITS, N, write_session
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    for suffix, hits in HITS["yolov8m"].items():
+        write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
+    return tmp_path
+
+
+def _spy(data: ReportData, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(N, id of the matrix handed out) of every `image_weights` call."""
+    asked: list[tuple[int, int]] = []
+    original = data.image_weights
+
+    def image_weights(n_images: int) -> np.ndarray:
+        weights = original(n_images)
+        asked.append((n_images, id(weights)))
+        return weights
+
+    monkeypatch.setattr(data, "image_weights", image_weights)
+    return asked
+
+
+def test_every_statistic_resamples_the_same_draws_and_each_file_is_parsed_once(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read = Counter()
+    original = draws.read_json
+    monkeypatch.setattr(draws, "read_json", lambda path: read.update([Path(path).name]) or original(path))
+    runs = scan_sessions(root, ["yolov8m"])
+    data = ReportData(runs, n_resamples=300, seed=4)
+    asked = _spy(data, monkeypatch)
+    _, comparisons = statistics_tables(data, ["yolov8m"], n_permutations=99)
+    from_comparisons = set(asked)
+    asked.clear()
+    curves, _ = severity.severity_tables(data, ["yolov8m"], n_permutations=99)
+    from_severity = set(asked)
+    asked.clear()
+    rows = gap.gap_rows(data, ["yolov8m"], comparisons)
+    from_gap = set(asked)
+    # one image count, one matrix, whoever asks: the draws of stats.image_multiplicities over the sorted ids
+    assert from_comparisons == from_severity == from_gap and {n for n, _ in from_gap} == {N}
+    np.testing.assert_array_equal(data.image_weights(N), stats.image_multiplicities(N, 300, 4))
+    assert comparisons["n_images"].max() == N and set(curves["n_images"]) == {N}
+    assert {row.n_images for row in rows} == {N}
+    # every predictions file of the four sessions x four splits parsed exactly once, by whoever asked first
+    predictions = {name: count for name, count in read.items() if name.startswith("predictions_")}
+    assert len(predictions) == 4 and set(predictions.values()) == {4}   # 4 split files per name (one per session)
+    assert all(data.records(run, "test_clean") is data.records(run, "test_clean") for run in runs)
+
+
+def test_coverage_resamples_the_reports_draws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = write_suite(tmp_path, hand_manifest_images())
+    runs = [write_coverage_session(tmp_path, suffix, hand_records(), suite) for suffix in ("S1_clean_train",
+                                                                                          "S2_occ_train")]
+    data = ReportData(runs, n_resamples=100, seed=2)
+    asked = _spy(data, monkeypatch)
+    report = coverage.coverage_report(data)
+    images = len(hand_records())
+    assert report.problems == [] and {n for n, _ in asked} == {images}
+    assert len({matrix for _, matrix in asked}) == 1                # one matrix for every session and threshold
+    assert report.n_resamples == 100 and report.seed == 2
+
+
+def test_align_refuses_missing_and_unpaired_sides() -> None:
+    import pandas as pd
+
+    a = pd.DataFrame({"x": [1, 2, 3]}, index=["c", "a", "b"])
+    b = pd.DataFrame({"x": [4, 5, 6]}, index=["a", "b", "c"])
+    assert list(align([a, b]).ids) == ["a", "b", "c"] and align([a, b]).reason == ""
+    assert align([a, None]).reason == MISSING and not len(align([a, None]).ids)
+    assert align([a, b.iloc[:2]]).reason == UNPAIRED and not len(align([a, b.iloc[:2]]).ids)
+
+
+def test_comparisons_refuse_sessions_on_other_images(root: Path) -> None:
+    """S3's test_occ_fixed predictions hold 90 of the 100 images: no paired difference to S1, not one on 90."""
+    path = root / "yolov8m" / "yolov8m__S3_mask_backbone_early" / "predictions_test_occ_fixed.json"
+    payload = json.loads(path.read_text())
+    path.write_text(json.dumps({**payload, "images": payload["images"][:90]}))
+    data = ReportData(scan_sessions(root, ["yolov8m"]), n_resamples=200)
+    _, comparisons = statistics_tables(data, ["yolov8m"], n_permutations=99)
+    f1 = comparisons[(comparisons["metric"] == "ingredient_micro_f1") & (comparisons["threshold"] == "primary")
+                     & (comparisons["session"] == "S3_mask_backbone_early")
+                     & (comparisons["reference"] == "S1_clean_train")].set_index("split")
+    assert np.isnan(f1.loc["test_occ_fixed", "difference"]) and np.isnan(f1.loc["test_occ_fixed", "p_value"])
+    assert f1.loc["test_clean", "n_images"] == N                   # its other split still pairs
