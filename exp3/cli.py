@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root
+from exp3.dataset import dataset_fingerprint, read_data_yaml
 from exp3.flowenv import configure_flow_environment
 from exp3.grid import select_sessions
+from exp3.identity import session_inputs
 from exp3.layout import SessionState
 from exp3.mirror import mirror_for
 from exp3.runlock import LockBusy, RootLock
 from exp3.sessions import Session
+from exp3.status import grid_status
+from exp3.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
@@ -47,7 +51,7 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     if sum((args.config is not None, args.smoke or args.sanity, args.pilot)) > 1:
         parser.error("--config, --smoke/--sanity and --pilot each choose the config: pass one of them")
     if args.pilot:
-        import torch
+        import torch  # lazy: torch is heavy, and only --pilot asks it a question
 
         path = pilot_config_path(torch.cuda.is_available())
         print(f"exp3 pilot: {path.relative_to(REPO)}", file=sys.stderr)
@@ -70,8 +74,8 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
     """Refuse unknown names, missing weights or a live root (2), then dry run, sanity check or `flow` (1: failed)."""
+    # lazy: exp3.prepare loads numpy and the occlusion generator; --help and a refused config answer without them
     from exp3.prepare import resolve_model_weights
-    from exp3.weights import WeightsError
 
     try:  # names and weights before anything runs
         grid = select_sessions(config, args.models, args.sessions)
@@ -98,11 +102,9 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
 
 def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, str | None]) -> int:
     """Print `grid` with each session's state and cache key (once the dataset exists; `weights`: model -> sha256)."""
-    from exp3.dataset import dataset_fingerprint, read_data_yaml
-    from exp3.identity import session_inputs
+    # lazy: numpy and the occlusion generator, as in `run`
     from exp3.occlusion.suites import occlusion_suite_name
     from exp3.prepare import dataset_yaml
-    from exp3.status import grid_status
 
     root = resolve_output_root(config)
     data_yaml = dataset_yaml(config, root, build=False)

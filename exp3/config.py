@@ -13,7 +13,9 @@ The defaults here and `configs/exp3.yaml` must agree; a test checks that they do
 
 from __future__ import annotations
 
+import argparse
 import copy
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -378,9 +380,6 @@ def resolve_output_root(config: ExperimentConfig, relative_to: Path | None = Non
 
 
 def _main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="python -m exp3.config", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print the resolved config as YAML")

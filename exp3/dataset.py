@@ -356,7 +356,7 @@ def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedDat
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from exp3.synth import build_synthetic_dataset
+    from exp3.synth import build_synthetic_dataset  # lazy: numpy; exp3.cli imports this module (exp3.mirror)
 
     counts = None
     if args.counts:

@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from PIL import Image
+
+from exp3.fileio import atomic_write_json
 from exp3.mapstats import MapStats
 from exp3.offline import apply_offline_environment
 from exp3.splits import TEST_SPLIT
@@ -55,7 +58,7 @@ MAP_STAT_KEYS = ("tp", "conf", "pred_cls", "target_cls")
 
 def _recording_mixin(base: type) -> type:
     """A subclass of the validator `base` that records every image's file and ground truth (original pixels)."""
-    from ultralytics.utils import ops
+    from ultralytics.utils import ops  # lazy: Ultralytics after apply_offline_environment
 
     class Recording(base):  # type: ignore[misc, valid-type]
         def init_metrics(self, model: Any) -> None:
@@ -164,12 +167,12 @@ def load_evaluation_model(checkpoint: str | Path, family: Family) -> EvaluationM
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist: train the session first")
     if family == "rtdetr":
-        from ultralytics import RTDETR
+        from ultralytics import RTDETR  # lazy: Ultralytics after apply_offline_environment
         from ultralytics.models.rtdetr.val import RTDETRValidator
 
         return EvaluationModel(checkpoint, family, RTDETR(str(checkpoint)), _recording_mixin(RTDETRValidator))
     if family == "detect":
-        from ultralytics import YOLO
+        from ultralytics import YOLO  # lazy: Ultralytics after apply_offline_environment
         from ultralytics.models.yolo.detect.val import DetectionValidator
 
         return EvaluationModel(checkpoint, family, YOLO(str(checkpoint)), _recording_mixin(DetectionValidator))
@@ -190,8 +193,7 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
     "pred_conf": [P]}}; confidences are kept unrounded so a later threshold reproduces `predict`.
     `stages` (if given) gets the time of the predict pass and of turning its results into records.
     """
-    from PIL import Image
-    from ultralytics.data.utils import exif_size
+    from ultralytics.data.utils import exif_size  # lazy: Ultralytics after apply_offline_environment
 
     overrides: dict[str, Any] = {"conf": RECORD_CONF, "verbose": False, "stream": True, "save": False}
     for key, value in (("imgsz", imgsz), ("device", device)):
@@ -224,7 +226,7 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
 
 def _validator_batch() -> int:
     """The batch Ultralytics' `val` uses when none is given (cfg/default.yaml; `predict`'s own default is 1)."""
-    from ultralytics.cfg import DEFAULT_CFG
+    from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment
 
     return int(DEFAULT_CFG.batch)
 
@@ -309,8 +311,6 @@ def save_split_files(evaluation: SplitEvaluation, predictions_path: Path, header
     """The split's `predictions_<split>.json` (`header` plus its records as "images") and, if
     `map_stats_path`, its map stats with mAP's bootstrap draws; the draws and the writing are timed
     into `evaluation.stages` (the draws are evaluation too: the report only differences them)."""
-    from exp3.fileio import atomic_write_json
-
     start = time.perf_counter()
     atomic_write_json(predictions_path, {**header, "images": evaluation.records})
     evaluation.stages.writing_s += time.perf_counter() - start

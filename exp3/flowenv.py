@@ -8,6 +8,8 @@ import contextlib
 import os
 from pathlib import Path
 
+import psutil
+
 from exp3.offline import apply_offline_environment
 
 EPHEMERAL_SERVER_MARKS: tuple[str, ...] = ("uvicorn", "prefect.server.api.server")
@@ -28,8 +30,6 @@ def configure_flow_environment(output_root: Path) -> list[int]:
 def reap_orphaned_prefect_servers(prefect_home: Path) -> list[int]:
     """SIGTERM orphaned (parent = init) ephemeral Prefect API servers whose PREFECT_HOME is ours (they outlive a
     killed flow); return their pids. A UI server the user started with this PREFECT_HOME is left alone."""
-    import psutil
-
     reaped: list[int] = []
     for process in psutil.process_iter(["ppid", "cmdline"]):
         with contextlib.suppress(psutil.Error):

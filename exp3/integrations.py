@@ -22,6 +22,7 @@ The others are refused with one line (`REFUSED`): they log to a service on the n
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -154,7 +155,7 @@ def loaded_settings_mismatch(integrations: Sequence[str]) -> str | None:
     """None when the Ultralytics imported in this process switched on exactly `integrations`; else one line saying
     what it loaded (it reads its settings once, at import: a process that imported it under other settings, or an
     Ultralytics of another settings schema that rewrote the file with its defaults)."""
-    from ultralytics.utils import SETTINGS
+    from ultralytics.utils import SETTINGS  # lazy: Ultralytics after apply_offline_environment
 
     loaded = tuple(name for name in ULTRALYTICS_INTEGRATIONS if SETTINGS.get(name) is True)
     if set(loaded) == set(integrations):
@@ -218,7 +219,7 @@ def session_integrations(integrations: Sequence[str], output_root: str | os.Path
 
 
 def _warn_if_ultralytics_skips_them(integrations: Sequence[str]) -> None:
-    from ultralytics.utils import TESTS_RUNNING
+    from ultralytics.utils import TESTS_RUNNING  # lazy: Ultralytics after apply_offline_environment
 
     if TESTS_RUNNING:
         print(f"WARNING exp3: integrations {list(integrations)} are on, but Ultralytics logs nothing to them while "
@@ -227,9 +228,7 @@ def _warn_if_ultralytics_skips_them(integrations: Sequence[str]) -> None:
 
 def _create_mlflow_experiment(output_root: str | os.PathLike[str], environment: dict[str, str]) -> None:
     """The root's experiment, created by the first session that gets there (Ultralytics' callback then finds it)."""
-    import fcntl
-
-    import mlflow
+    import mlflow  # lazy: optional (the [mlflow] extra), and only a session that logs to it needs it
 
     lock_path = Path(output_root) / ".ultralytics" / "mlflow-experiment.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)

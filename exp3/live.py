@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
+from prefect.deployments import run_deployment
 
 from exp3.jobs import SessionJob, SessionResult
 from exp3.layout import SessionState
@@ -107,8 +108,6 @@ class EpochView:
 
 def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResult:
     """Run the session as its own flow run of `job.deployment` (on a GPU work pool) and wait for it."""
-    from prefect.deployments import run_deployment
-
     flow_run = run_deployment(name=job.deployment, timeout=None, flow_run_name=job.name,
                               parameters={"job": job.model_copy(update={"deployment": None}).model_dump(mode="json"),
                                           "retry_batch": retry_batch})
@@ -121,6 +120,7 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
 
 def publish_report(result: ReportResult, models: list[str]) -> None:
     """Log each model's positive control; the summary table, results and files artifacts of the report."""
+    # lazy: the report (pandas, altair, scipy) loads only in the flow that builds it, not in a session's flow run
     from exp3.report.findings import positive_control
     from exp3.report.markdown import dashboard_markdown
 

@@ -21,13 +21,14 @@ own value depends on its sort's tie order).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from exp3.fileio import atomic_write_bytes
+from exp3.stats import bootstrap_indices
 
 IOU_THRESHOLDS = 10
 """Ultralytics' IoU thresholds 0.50, 0.55, ..., 0.95 (columns of `tp`)."""
@@ -72,10 +73,6 @@ class MapStats:
 
     def with_draws(self, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> "MapStats":
         """A copy holding the bootstrap draws over the sorted image ids (`stats.bootstrap_indices(N, B, seed)`)."""
-        from dataclasses import replace
-
-        from exp3.stats import bootstrap_indices
-
         ids = tuple(sorted(self.image_ids))
         return replace(self, draws=bootstrap_map(self, ids, bootstrap_indices(len(ids), n_resamples, seed)),
                        draws_seed=seed)

@@ -529,6 +529,7 @@ def count_masking_hooks(module: nn.Module) -> int:
 
 def build_detection_model(architecture: str, nc: int | None = None) -> nn.Module:
     """An untrained `DetectionModel` (or `RTDETRDetectionModel` if the name holds "rtdetr") from a yaml."""
+    # lazy: only the inspection CLI builds Ultralytics models; the hooks need torch alone
     from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
 
     model_class = RTDETRDetectionModel if "rtdetr" in architecture.lower() else DetectionModel

@@ -196,6 +196,7 @@ class Mirror:
 def _warning(line: str) -> None:
     """A warning in the Prefect run's log (the UI shows it as one), else on stdout."""
     try:
+        # lazy: exp3.cli imports this module before it sets the environment Prefect reads at import
         from prefect.exceptions import MissingContextError
         from prefect.logging import get_run_logger
 

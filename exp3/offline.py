@@ -28,7 +28,7 @@ def apply_offline_environment(output_root: str | os.PathLike[str], integrations:
     `integrations` on (None: keep the file there, or all off; `exp3.integrations.write_ultralytics_settings`), and put
     matplotlib's DejaVuSans under the names Ultralytics' `check_font` looks for first (else it requests Arial.ttf
     from the internet)."""
-    import matplotlib
+    import matplotlib  # lazy: heavy, and exp3.cli imports this module (exp3.flowenv) for its environment alone
 
     environment = ultralytics_environment(output_root)
     os.environ.update(environment)

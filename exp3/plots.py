@@ -24,13 +24,17 @@ for those (no bar drawn, the status is written at the baseline instead).
 
 from __future__ import annotations
 
+import io
+import textwrap
 from pathlib import Path
 
 import altair as alt
 import pandas as pd
+import vl_convert
+from PIL import Image, ImageDraw, ImageFont
 
 from exp3.fileio import atomic_write_bytes, atomic_write_text
-from exp3.sessions import SESSION_ORDER
+from exp3.sessions import SESSION_LABELS, SESSION_ORDER
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 SPLIT_LABELS: dict[str, str] = {CLEAN_SPLIT: f"{CLEAN_SPLIT} (clean images)",
@@ -322,8 +326,6 @@ def training_curve_chart(frame: pd.DataFrame, title: str, subtitle: str | list[s
 
 def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path]:
     """Write `<path>.png` (vl-convert, scale PNG_SCALE) and `<path>.html` (interactive, inlined), atomically."""
-    import vl_convert
-
     spec = chart.to_dict()
     png = atomic_write_bytes(path_without_suffix.with_suffix(".png"), vl_convert.vegalite_to_png(spec, scale=PNG_SCALE))
     html = atomic_write_text(path_without_suffix.with_suffix(".html"),
@@ -375,8 +377,6 @@ MATCHED_COLOUR, UNMATCHED_COLOUR, TRUTH_COLOUR = (0, 200, 60), (235, 40, 40), (2
 
 
 def _font(size: int):  # type: ignore[no-untyped-def]
-    from PIL import ImageFont
-
     try:
         return ImageFont.truetype("DejaVuSans.ttf", size)
     except OSError:
@@ -385,8 +385,6 @@ def _font(size: int):  # type: ignore[no-untyped-def]
 
 def _boxed_image(path: Path, boxes, truth, scale_to: int, label_truth: bool = False):  # type: ignore[no-untyped-def]
     """One gallery cell: the image scaled to `scale_to` px (longer side), ground truth thin white, `boxes` coloured."""
-    from PIL import Image, ImageDraw
-
     image = Image.open(path).convert("RGB")
     scale = scale_to / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
@@ -412,13 +410,6 @@ def save_gallery(gallery, path: Path) -> Path:  # type: ignore[no-untyped-def]
 
     Nothing is decided here: rows, boxes, colours (matched or not) and the caption come in the gallery.
     """
-    import io
-    import textwrap
-
-    from PIL import Image, ImageDraw
-
-    from exp3.sessions import SESSION_LABELS
-
     columns = 1 + len(gallery.sessions)
     label_width, header, pad = 170, 46, 8
     cell = GALLERY_CELL

@@ -122,7 +122,7 @@ def watch(root: Path, interval_s: float, show: Callable[[str], None], process: s
 def _notebook_display() -> Callable[[str], None] | None:
     """One notebook output area that each call replaces, or None outside a notebook."""
     with suppress(ImportError):
-        from IPython import get_ipython
+        from IPython import get_ipython  # optional: IPython is there in a notebook only
         from IPython.display import Pretty, display
 
         if get_ipython() is not None:

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from ultralytics.engine import trainer as engine
 from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
@@ -224,16 +227,12 @@ def _promote(temporary: Path, final: Path) -> None:
 
 def copy_checkpoint(source: Path, target: Path) -> None:
     """Copy `source` over `target` atomically."""
-    import shutil
-
     shutil.copyfile(source, _temporary(target))
     _promote(_temporary(target), target)
 
 
 def _load_or_none(path: Path) -> dict[str, Any] | None:
     """The checkpoint dict at `path`; None when it is missing or unreadable."""
-    import torch
-
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # noqa: BLE001 - missing, truncated, not a checkpoint: all unusable here
@@ -265,8 +264,6 @@ def _rank(checkpoint: dict[str, Any] | None) -> tuple[float, int]:
 def _atomic_strips() -> Iterator[None]:
     """While it lasts, Ultralytics' `strip_optimizer` (final_eval's in-place rewrite of last.pt and best.pt) writes
     a temporary sibling and replaces the file atomically."""
-    from ultralytics.engine import trainer as engine
-
     strip = engine.strip_optimizer
 
     def atomic_strip(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -53,13 +53,13 @@ class ResolvedWeights:
 
 
 def _is_asset_name(name: str) -> bool:
-    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES  # lazy: Ultralytics after apply_offline_environment
 
     return name in GITHUB_ASSETS_NAMES
 
 
 def _weights_dir() -> Path:
-    from ultralytics.utils import SETTINGS
+    from ultralytics.utils import SETTINGS  # lazy: Ultralytics after apply_offline_environment
 
     return Path(SETTINGS["weights_dir"])
 
@@ -94,7 +94,7 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
 
 def _download_asset(name: str, target: Path) -> Path | None:
     """Let Ultralytics download asset `name` to `target` (network allowed for this call only); None on failure."""
-    from ultralytics.utils.downloads import attempt_download_asset
+    from ultralytics.utils.downloads import attempt_download_asset  # lazy: Ultralytics after apply_offline_environment
 
     offline = os.environ.pop("YOLO_OFFLINE", None)
     try:

@@ -53,6 +53,6 @@ class OcclusionError(ValueError):
 def main(argv: list[str] | None = None) -> int:
     """The `exp3-occlusion` console script: `exp3.occlusion.cli.main` (imported on call, so that importing
     one submodule does not import the whole generator)."""
-    from exp3.occlusion.cli import main as cli_main
+    from exp3.occlusion.cli import main as cli_main  # lazy: see the docstring
 
     return cli_main(argv)
