@@ -61,17 +61,26 @@ def _run_session(base: Path, data_yaml: Path, integrations: list[str], epochs: i
 
 
 @pytest.fixture(scope="module")
-def sessions(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sessions(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """{"on": root of a session with [tensorboard, mlflow], "off": root of one with [], "cwd": the directory both
-    ran from (MLflow's default store would land there)}."""
+    ran from (MLflow's default store would land there), "written": settings file -> (inode, mtime) as the runner
+    left it before the session started}."""
     cwd = tmp_path_factory.mktemp("cwd")
+    written: dict[Path, tuple[int, int]] = {}
+
+    def write_and_note(config_dir: str, integrations: tuple[str, ...] | None) -> Path:
+        path = write_ultralytics_settings(config_dir, integrations)
+        written[path] = (path.stat().st_ino, path.stat().st_mtime_ns)  # as the session process will find it
+        return path
+
     with pytest.MonkeyPatch.context() as patch:
         for name in NOT_IN_TESTS:
             patch.delenv(name, raising=False)
         patch.chdir(cwd)
+        patch.setattr("exp3.runner.write_ultralytics_settings", write_and_note)
         on = _run_session(tmp_path_factory.mktemp("on"), tiny_data_yaml, ["tensorboard", "mlflow"], EPOCHS)
         off = _run_session(tmp_path_factory.mktemp("off"), tiny_data_yaml, [], 1)
-    return {"on": on, "off": off, "cwd": cwd}
+    return {"on": on, "off": off, "cwd": cwd, "written": written}
 
 
 def _results_csv(root: Path) -> list[dict[str, float]]:
@@ -84,7 +93,7 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9)  # results.csv keeps 6 significant digits
 
 
-def test_tensorboard_events_in_the_session_folder_match_its_results_csv(sessions: dict[str, Path]) -> None:
+def test_tensorboard_events_in_the_session_folder_match_its_results_csv(sessions: dict) -> None:
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
     root = sessions["on"]
@@ -108,7 +117,7 @@ def test_tensorboard_events_in_the_session_folder_match_its_results_csv(sessions
     assert compared == len(columns) * EPOCHS >= 2 * 10
 
 
-def test_mlflow_run_named_after_the_session_in_the_roots_local_store(sessions: dict[str, Path],
+def test_mlflow_run_named_after_the_session_in_the_roots_local_store(sessions: dict,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
@@ -128,7 +137,7 @@ def test_mlflow_run_named_after_the_session_in_the_roots_local_store(sessions: d
     assert {"weights", "results.csv"} <= artifacts  # Ultralytics' callback logs the run's files as well
 
 
-def test_no_integration_writes_anything_with_an_empty_list(sessions: dict[str, Path]) -> None:
+def test_no_integration_writes_anything_with_an_empty_list(sessions: dict) -> None:
     root, cwd = sessions["off"], sessions["cwd"]
     assert (root / SESSION.model / SESSION.name / "DONE").is_file()
     assert not list(root.rglob("events.out.tfevents.*"))
@@ -140,16 +149,14 @@ def test_no_integration_writes_anything_with_an_empty_list(sessions: dict[str, P
     assert settings["sync"] is False
 
 
-def test_the_settings_exp3_writes_are_what_ultralytics_keeps(sessions: dict[str, Path]) -> None:
-    """Ultralytics found each root's file complete and did not write it (it would, non-atomically, if it were
-    missing or of another schema): the file is exp3's, byte for byte, and older than the training."""
+def test_the_settings_exp3_writes_are_what_ultralytics_keeps(sessions: dict) -> None:
+    """The runner wrote each root's file before the session process started, and nothing wrote it again: the
+    session found it equal to its own, Ultralytics found it complete (it would rewrite it, non-atomically, if it
+    were missing or of another schema)."""
     for name, integrations in (("on", ("tensorboard", "mlflow")), ("off", ())):
-        root = sessions[name]
-        path = settings_file(root / ".ultralytics")
-        assert json.loads(path.read_text()) == ultralytics_settings(integrations)
+        path = settings_file(sessions[name] / ".ultralytics")
         assert path.read_text() == json.dumps(ultralytics_settings(integrations), indent=2)
-        args = root / SESSION.model / SESSION.name / "train" / "args.yaml"
-        assert path.stat().st_mtime_ns <= args.stat().st_mtime_ns
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == sessions["written"][path]
 
 
 def test_the_settings_mirror_the_installed_ultralytics_defaults() -> None:
