@@ -13,6 +13,18 @@ PRELOADED_MODULES: list[str] = ["exp3.occlusion.worker", "exp3.synth"]
 """Imported once in multiprocessing's fork server, so each worker starts without re-importing numpy/PIL."""
 
 
+MIN_TASKS_PER_WORKER = 64
+"""A worker process is started per this many tasks, no more: each worker runs the calling script's `__main__` again
+(multiprocessing does, for spawn and forkserver alike; the fork server's "__main__" preload is never given the
+path in Python 3.11), and flows/exp3.py imports Prefect: ~2 s of CPU per worker, measured 2.6 s per pool of two.
+A few dozen small images (the smoke: 32) are done inline sooner; a real dataset still gets every worker."""
+
+
+def workers_worth_starting(workers: int, tasks: int) -> int:
+    """At most `workers`, one per MIN_TASKS_PER_WORKER tasks; 1 means inline, no pool."""
+    return max(1, min(workers, tasks // MIN_TASKS_PER_WORKER))
+
+
 def process_pool_context() -> multiprocessing.context.BaseContext:
     """forkserver where available (preloading `PRELOADED_MODULES`), else spawn; not fork, which can deadlock
     a threaded caller (a Prefect flow runs tasks in threads). Callers need an `if __name__ == "__main__":` guard."""

@@ -33,7 +33,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from exp3.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, publish_dir, sha256_bytes
-from exp3.parallel import process_pool_context
+from exp3.parallel import process_pool_context, workers_worth_starting
 from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 GENERATOR_VERSION = "synth-1"
@@ -492,6 +492,7 @@ def build_synthetic_dataset(
             (staging / "labels" / split).mkdir(parents=True)
         tasks = [(staging, spec["seed"], split, index, spec["image_size"])
                  for split in SOURCE_SPLITS for index in range(spec["counts"][split])]  # type: ignore[index]
+        workers = workers_worth_starting(workers, len(tasks))
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
                 rows = list(pool.map(_write_sample, tasks, chunksize=8))

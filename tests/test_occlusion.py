@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
+from exp3 import parallel
 from exp3.config import OcclusionConfig
 from exp3.dataset import label_path_for
 from exp3.fileio import sha256_file
@@ -137,7 +138,9 @@ def test_object_mode_covers_target_fraction_of_isolated_boxes(suite: Path) -> No
     assert len(fractions) >= 6
 
 
-def test_build_twice_writes_nothing_and_workers_do_not_matter(suite: Path, dataset: Path, tmp_path: Path) -> None:
+def test_build_twice_writes_nothing_and_workers_do_not_matter(suite: Path, dataset: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "MIN_TASKS_PER_WORKER", 1)  # a pool of two even for these few images
     before = tree_snapshot(suite.parent)
     assert build_occlusion_suite(dataset, suite.parent, OcclusionConfig(), workers=2) == suite
     assert tree_snapshot(suite.parent) == before  # same files, same bytes, same mtimes
@@ -149,6 +152,13 @@ def test_build_twice_writes_nothing_and_workers_do_not_matter(suite: Path, datas
     assert first == second
     same_bytes = lambda root: {k: v[0] for k, v in tree_snapshot(root).items() if k.count("/") == 2}  # noqa: E731
     assert same_bytes(other) == same_bytes(suite) and len(same_bytes(suite)) == 4 * 6
+
+
+def test_a_pool_is_started_only_for_enough_images() -> None:
+    """Each worker imports the calling script again (the flow's imports Prefect): the smoke's 32 images go inline."""
+    assert parallel.workers_worth_starting(2, 8) == 1 and parallel.workers_worth_starting(2, 32) == 1
+    assert parallel.workers_worth_starting(2, 2 * parallel.MIN_TASKS_PER_WORKER) == 2
+    assert parallel.workers_worth_starting(8, 3 * parallel.MIN_TASKS_PER_WORKER + 1) == 3
 
 
 def test_different_parameters_make_a_new_suite_and_leave_the_old_one(suite: Path, dataset: Path) -> None:
@@ -512,7 +522,8 @@ def test_polygon_label_becomes_its_box_and_bad_rows_fail(tmp_path: Path) -> None
         _scan_split(data_yaml, "test")
 
 
-def test_undecodable_image_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:
+def test_undecodable_image_fails_the_build_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "MIN_TASKS_PER_WORKER", 1)  # the error comes from a pool worker
     data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 3})
     next((tmp_path / "data" / "images" / "test").iterdir()).write_bytes(b"not a jpeg")
     out = tmp_path / "out" / "suites"

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from exp3 import parallel
 from exp3.labels import parse_label_text
 from exp3.splits import SOURCE_SPLITS
 from exp3.synth import CLASS_NAMES, build_synthetic_dataset, compose_image
@@ -23,7 +24,8 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) -> None:
+def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "MIN_TASKS_PER_WORKER", 1)  # `second` is built by a pool of two
     first = build_synthetic_dataset(tmp_path / "a", preset="smoke", seed=3, counts=SMALL).parent
     second = build_synthetic_dataset(tmp_path / "b", preset="smoke", seed=3, counts=SMALL, workers=2).parent
     other = build_synthetic_dataset(tmp_path / "c", preset="smoke", seed=4, counts=SMALL).parent

@@ -23,7 +23,7 @@ from exp3.occlusion.geometry import yolo_to_xyxy
 from exp3.occlusion.identity import SEVERITY_KIND, SUITE_KIND
 from exp3.occlusion.occlude import image_rng, image_seed, occlude_image
 from exp3.occlusion.source import _SourceImage
-from exp3.parallel import process_pool_context
+from exp3.parallel import process_pool_context, workers_worth_starting
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, TRAIN_SPLIT
 
 
@@ -123,7 +123,8 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
 
 def _run_tasks(tasks: list[_ImageTask], workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Run `_process_image` over tasks (inline for 1 worker): entries sorted by id, all files written."""
-    if workers == 1 or len(tasks) <= 1:
+    workers = workers_worth_starting(workers, len(tasks))
+    if workers == 1:
         results = [_process_image(task) for task in tasks]
     else:
         chunksize = max(1, len(tasks) // (workers * 8))
