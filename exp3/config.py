@@ -174,6 +174,7 @@ class EvalConfig(_Strict):
 
     conf: float = Field(default=0.25, ge=0.0, le=1.0)
     match_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+    plots: bool = True  # Ultralytics' validation figures for test_clean and test_occ_fixed; no number depends on them
 
 
 class FailureConfig(_Strict):

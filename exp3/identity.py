@@ -20,7 +20,7 @@ def session_config_view(config: ExperimentConfig, session: Session) -> dict[str,
     view: dict[str, Any] = {
         "model": {"architecture": model.architecture, "epochs": model.epochs},
         "train": config.train.model_dump(mode="json", exclude={"workers", "device"}),
-        "eval": config.eval.model_dump(mode="json"),
+        "eval": config.eval.model_dump(mode="json", exclude={"plots"}),  # figures only: no number changes
         "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction", "severities"}),
         "dataset": config.dataset.model_dump(mode="json"),
         "seed": session.training_seed(config.seeds),

@@ -11,8 +11,8 @@ runs the steps between them. Session folder `<output_root>/<model>/<model>__<ses
     train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
                                   training plots, train_info.json, masking_stats.json (S3-S6)
     weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
-    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint (val, test_clean,
-                                  test_occ_fixed; not the severity splits)
+    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint (test_clean and
+                                  test_occ_fixed, with eval.plots; val's are in train/, its final validation)
     predictions_val.json          per-image records of the clean val split (threshold choice only)
     predictions_test_clean.json   per-image records (see exp3.evaluate)
     predictions_test_occ_fixed.json
@@ -176,7 +176,8 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
     names = read_data_yaml(prepared.data_yaml).names
     eval_wall = 0.0
     model = load_evaluation_model(checkpoint, plan.family)  # once, for val and every test split
-    val = _evaluate(model, Path(prepared.data_yaml), VAL_SPLIT, config, output_root, folder / "plots" / VAL_SPLIT)
+    val = _evaluate(model, Path(prepared.data_yaml), VAL_SPLIT, config, output_root, folder / "plots" / VAL_SPLIT,
+                    plots=False)  # its figures are train/'s: Ultralytics' final validation of the same checkpoint
     atomic_write_json(paths.predictions(VAL_SPLIT), {"schema_version": SCHEMA_VERSION, "session": session.name,
                                                      "split": VAL_SPLIT, "checkpoint": str(checkpoint),
                                                      "images": val.records})
@@ -206,12 +207,12 @@ def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentC
     Its `eval_wall_s` is the whole evaluation of the split (validator and predict passes, recording,
     mAP's bootstrap draws kept in the npz, writing), `eval_stages_s` its breakdown.
 
-    Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed: on a
-    severity split they would cost more than its evaluation (BENCHMARKS.md) and add nothing the
-    severity charts do not show.
+    Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed, and only with
+    `eval.plots`: on a severity split they would cost more than its evaluation (BENCHMARKS.md) and add
+    nothing the severity charts do not show.
     """
     evaluation = _evaluate(model, prepared.split_yaml(split), "test", config, output_root,
-                           paths.folder / "plots" / split, plots=split in PRIMARY_SPLITS)
+                           paths.folder / "plots" / split, plots=config.eval.plots and split in PRIMARY_SPLITS)
     suite = prepared.severity_suite(split)
     save_split_files(evaluation, paths.predictions(split),
                      {"schema_version": SCHEMA_VERSION, "session": session.name, "split": split,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,11 +40,10 @@ def _write_config(path: Path, root: Path, extra: dict | None = None) -> Path:
 def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, SessionMetrics]]:
     """Runs yolov8n S1, S2, S3 and rtdetr-l S6 once; returns (output root, metrics by session name)."""
     root = tmp_path_factory.mktemp("sessions")
-    config = load_config(_write_config(root / "config.yaml", root / "out"))
+    config = load_config(_write_config(root / "config.yaml", root / "out", {"eval": {"plots": True}}))  # smoke: off
     output = root / "out"
     sessions = [Session("yolov8n", "S1_clean_train"), Session("yolov8n", "S2_occ_train"),
-                Session("yolov8n", "S3_mask_backbone_early"), Session("rtdetr-l", "S1_clean_train"),
-                Session("rtdetr-l", "S6_mask_head")]
+                Session("yolov8n", "S3_mask_backbone_early"), Session("rtdetr-l", "S6_mask_head")]
     return output, {s.name: run_session(config, s, output) for s in sessions}
 
 
@@ -54,7 +54,7 @@ SESSION_FILES = ("metrics.json", "predictions_test_clean.json", "predictions_tes
 
 
 @pytest.mark.parametrize("name", ["yolov8n__S1_clean_train", "yolov8n__S3_mask_backbone_early",
-                                  "rtdetr-l__S1_clean_train", "rtdetr-l__S6_mask_head"])
+                                  "rtdetr-l__S6_mask_head"])
 def test_every_file_for_masked_and_unmasked_sessions_of_both_families(grid, name: str) -> None:
     output, _ = grid
     folder = output / name.split("__")[0] / name
@@ -411,14 +411,15 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
     assert [here.map50, here.map50_95] == other["map"]
 
 
-def _trained_but_not_recorded(tmp_path: Path) -> tuple[object, Session, Path, Path]:
-    """A session whose training finished but which was killed before its record (no DONE, no metrics.json):
+def _trained_but_not_recorded(grid, tmp_path: Path) -> tuple[object, Session, Path, Path]:
+    """A session whose training finished but which was killed before its record (no DONE, no metrics.json): the
+    grid's yolov8n S1 folder copied into a new root (its data prepared there again; the key is the same):
     (config, session, output root, its train/weights folder)."""
     output = tmp_path / "out"
     config = load_config(_write_config(tmp_path / "c.yaml", output))
     session = Session("yolov8n", "S1_clean_train")
-    run_session(config, session, output)
     paths = SessionPaths.of(output, session)
+    shutil.copytree(SessionPaths.of(grid[0], session).folder, paths.folder, symlinks=True)
     paths.done_marker.unlink()
     paths.metrics.unlink()
     return config, session, output, paths.folder / "train" / "weights"
@@ -430,13 +431,13 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def test_a_truncated_best_pt_is_set_aside_and_the_session_trains_again(tmp_path: Path) -> None:
+def test_a_truncated_best_pt_is_set_aside_and_the_session_trains_again(grid, tmp_path: Path) -> None:
     """Killed while Ultralytics rewrote best.pt at the end of training: last.pt finished (stripped), best.pt
     truncated. That epoch cannot be recovered from last.pt, and last.pt in its place would change the rule
     (val-selected) for this one session: both are set aside and the session trains again."""
     from exp3.train import checkpoint_state
 
-    config, session, output, weights = _trained_but_not_recorded(tmp_path)
+    config, session, output, weights = _trained_but_not_recorded(grid, tmp_path)
     _truncate(weights / "best.pt")
     metrics = run_session(config, session, output)  # before issue 35: SessionFailed, and again on every rerun
     assert metrics.status == "done" and metrics.checkpoint.which == "best.pt"
@@ -449,10 +450,10 @@ def test_a_truncated_best_pt_is_set_aside_and_the_session_trains_again(tmp_path:
     assert "best.pt is unreadable" in log and "training this session from the start" in log
 
 
-def test_a_truncated_last_pt_after_training_evaluates_best_pt_without_training_again(tmp_path: Path) -> None:
+def test_a_truncated_last_pt_after_training_evaluates_best_pt_without_training_again(grid, tmp_path: Path) -> None:
     """last.pt truncated after the training finished: best.pt is the finished training's val-selected checkpoint,
     which is all the evaluation needs; nothing is trained again."""
-    config, session, output, weights = _trained_but_not_recorded(tmp_path)
+    config, session, output, weights = _trained_but_not_recorded(grid, tmp_path)
     best = (weights / "best.pt").read_bytes()
     _truncate(weights / "last.pt")
     metrics = run_session(config, session, output)
@@ -462,10 +463,10 @@ def test_a_truncated_last_pt_after_training_evaluates_best_pt_without_training_a
     assert not (SessionPaths.of(output, session).folder / "weights" / "last.pt").exists()  # no link to a bad file
 
 
-def test_a_training_without_best_pt_is_evaluated_from_last_pt_and_says_so(tmp_path: Path) -> None:
+def test_a_training_without_best_pt_is_evaluated_from_last_pt_and_says_so(grid, tmp_path: Path) -> None:
     """No best.pt after a finished training (Ultralytics writes none when no epoch has a finite val fitness): last.pt
     is evaluated, and metrics.json says which and why: the final epoch, not one selected on val."""
-    config, session, output, weights = _trained_but_not_recorded(tmp_path)
+    config, session, output, weights = _trained_but_not_recorded(grid, tmp_path)
     (weights / "best.pt").unlink()
     metrics = run_session(config, session, output)
     assert metrics.checkpoint.which == "last.pt" and metrics.checkpoint.path == str(weights / "last.pt")
