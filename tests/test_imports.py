@@ -2,11 +2,13 @@
 
 The rules these tests hold the package to:
 
-- No circle: A -> B for every import of exp3 module B that runs when A is imported, that is every
-  import outside a function (under `if`/`try` included, under `if TYPE_CHECKING:` not: annotations
-  only). `from exp3.x import name` is an edge to `exp3.x.name` when that is a module, else to
-  `exp3.x`; importing a submodule imports its parent packages first, so those are edges too. The
-  graph has no cycle; a failure names one.
+- No circle: A -> B for every import of exp3 module B written in A, wherever it is: at the top,
+  under `if TYPE_CHECKING:`, or inside a function (an import moved into a function still ties the
+  two modules; it only hides the tie). `from exp3.x import name` is an edge to `exp3.x.name` when
+  that is a module, else to `exp3.x`; importing a submodule imports its parent packages first, so
+  those are edges too. The graph, less the few edges of `ALLOWED_EDGES` (each with its reason), has
+  no cycle; a failure names one. So the imports that run when a module is imported (the top ones)
+  have no cycle either.
 - An import inside a function says why it is not at the top: a `#` comment on one of its lines or
   on the line right above it (imports that follow one another share the comment above the first).
   The usual reasons: a heavy dependency a light process must not load (torch, the report's pandas),
@@ -27,8 +29,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "exp3"
 REASONS_PENDING = ("exp3/report/",)
-"""Not yet held to the reasons rule: the report is being reworked (issue 38, items 1-3). Its module-level
-imports are in the graph all the same."""
+"""Not yet held to the reasons rule: the report is being reworked (issue 38, items 1-3). Its imports are in
+the graph all the same."""
+ALLOWED_EDGES = {
+    ("exp3.occlusion", "exp3.occlusion.cli"): "the `exp3-occlusion` console script (pyproject) is "
+    "`exp3.occlusion:main`, which imports the command line when called, so that importing one submodule of "
+    "the generator does not import all of it",
+    ("exp3.report.markdown", "exp3.report"): "an annotation only (`if TYPE_CHECKING:` ReportResult), left to "
+    "the report's rework (issue 38), which may move ReportResult out of the package's __init__",
+}
+"""Edges left out of the cycle check, none of them an import that runs when its module is imported."""
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -41,14 +51,9 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.Module) -> tuple[list[ast.Import | ast.ImportFrom], list[list[ast.Import | ast.ImportFrom]]]:
-    """(imports that run when the module is imported, runs of consecutive imports inside functions)."""
+    """(imports outside functions, `if TYPE_CHECKING:` ones included; runs of consecutive imports inside
+    functions)."""
     top: list[ast.Import | ast.ImportFrom] = []
     runs: list[list[ast.Import | ast.ImportFrom]] = []
 
@@ -62,9 +67,6 @@ def _imports(tree: ast.Module) -> tuple[list[ast.Import | ast.ImportFrom], list[
                 runs.append(run)
                 run = []
             inside = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                visit(node.orelse, inside)
-                continue
             for field in ("body", "orelse", "finalbody"):
                 visit(getattr(node, field, None) or [], inside)
             for handler in getattr(node, "handlers", None) or getattr(node, "cases", None) or ():
@@ -95,17 +97,20 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
         while name not in modules:
             name = name.rpartition(".")[0]
         parts = name.split(".")
-        found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {name for name in found if name != module and not module.startswith(name + ".")}
+        found.add(name)  # and its parents, but not those of `module`: they are imported before it
+        found.update(parent for parent in (".".join(parts[:i]) for i in range(1, len(parts)))
+                     if not module.startswith(parent + "."))
+    return found - {module}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """{module: the exp3 modules importing it imports} (module-level imports; see the module docstring)."""
+    """{module: the exp3 modules it imports, anywhere in it} (see the module docstring)."""
     modules = _modules()
     graph = {}
     for module, (path, is_package) in modules.items():
-        top, _ = _imports(ast.parse(path.read_text(encoding="utf-8")))
-        graph[module] = set().union(*(_targets(node, module, is_package, modules) for node in top))
+        top, runs = _imports(ast.parse(path.read_text(encoding="utf-8")))
+        nodes = top + [node for run in runs for node in run]
+        graph[module] = set().union(*(_targets(node, module, is_package, modules) for node in nodes))
     return graph
 
 
@@ -159,9 +164,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_import_graph_has_no_cycle() -> None:
-    found = cycles(import_graph())
-    assert not found, "import cycles in exp3 (module-level imports): " + "; ".join(" -> ".join(c) for c in found) \
-        + ". Move the name to the module that owns it (docs/layout.md) rather than importing inside a function."
+    graph = import_graph()
+    assert all(target in graph[source] for source, target in ALLOWED_EDGES), "an allowed edge is gone: drop it"
+    found = cycles({module: targets - {target for source, target in ALLOWED_EDGES if source == module}
+                    for module, targets in graph.items()})
+    assert not found, "import cycles in exp3: " + "; ".join(" -> ".join(cycle) for cycle in found) \
+        + ". Move the name to the module that owns it (docs/layout.md); importing inside a function only hides a cycle."
 
 
 def test_the_cycle_finder_finds_one() -> None:
