@@ -207,6 +207,8 @@ def session_integrations(integrations: Sequence[str], output_root: str | os.Path
             raise RuntimeError(mismatch)
         if integrations:
             _warn_if_ultralytics_skips_them(integrations)
+        if "tensorboard" in integrations:
+            keep_training_intact_after_the_tensorboard_graph()
         if "mlflow" in integrations:
             _create_mlflow_experiment(output_root, environment)
         yield
@@ -224,6 +226,31 @@ def _warn_if_ultralytics_skips_them(integrations: Sequence[str]) -> None:
     if TESTS_RUNNING:
         print(f"WARNING exp3: integrations {list(integrations)} are on, but Ultralytics logs nothing to them while "
               "it believes tests run (PYTEST_CURRENT_TEST, or GITHUB_ACTIONS + GITHUB_WORKFLOW + RUNNER_OS set)")
+
+
+def keep_training_intact_after_the_tensorboard_graph() -> None:
+    """Ultralytics' TensorBoard callback traces the model for its graph under `torch.inference_mode`
+    (`_log_tensorboard_graph`, at on_train_start); RT-DETR's decoder keeps the anchors and valid mask it computed
+    then, and the first training step fails ("Inference tensors cannot be saved for backward"). Wrapped here (once
+    per process): after the graph, the decoders forget them and recompute them at the next forward, under autograd.
+    """
+    from ultralytics.nn.modules.head import RTDETRDecoder
+    from ultralytics.utils.callbacks import tensorboard
+
+    original = getattr(tensorboard, "_log_tensorboard_graph", None)
+    if original is None or getattr(original, "exp3_keeps_training_intact", False):
+        return
+
+    def log_graph(trainer: Any) -> None:
+        try:
+            original(trainer)
+        finally:
+            for module in trainer.model.modules():
+                if isinstance(module, RTDETRDecoder):
+                    module.shapes = []  # the cache key: anchors and valid mask are made again
+
+    log_graph.exp3_keeps_training_intact = True  # type: ignore[attr-defined]
+    tensorboard._log_tensorboard_graph = log_graph
 
 
 def _create_mlflow_experiment(output_root: str | os.PathLike[str], environment: dict[str, str]) -> None:

@@ -224,3 +224,36 @@ def test_sessions_get_their_mlflow_names_only_when_mlflow_is_on(tmp_path: Path,
     assert integration_environment(["mlflow"], tmp_path, "exp3", "x")["MLFLOW_TRACKING_URI"] == \
         "sqlite:////elsewhere/mlflow.db"
     assert os.environ.get("MLFLOW_RUN") is None
+
+
+def test_rt_detr_still_trains_after_ultralytics_logs_its_tensorboard_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ultralytics' graph logging runs the model under inference mode; RT-DETR's decoder kept the anchors it made
+    then and its first training step failed (seen in the smoke). exp3's wrapper makes the decoder forget them."""
+    from types import SimpleNamespace
+
+    import torch
+    from ultralytics.nn.modules.head import RTDETRDecoder
+    from ultralytics.utils.callbacks import tensorboard
+
+    from exp3.integrations import keep_training_intact_after_the_tensorboard_graph
+
+    decoder = RTDETRDecoder(nc=2, ch=(8, 8, 8), hd=16, nq=5, ndp=2, nh=2, ndl=1, d_ffn=16)
+    features = [torch.rand(1, 8, size, size) for size in (8, 4, 2)]
+
+    def graph(trainer: SimpleNamespace) -> None:  # what `_log_tensorboard_graph` does to the model
+        with torch.inference_mode():
+            trainer.model.eval()
+            trainer.model(features)
+
+    def step() -> None:  # a forward whose outputs autograd tracks, as in training
+        decoder(features)[0].sum().backward()
+
+    graph(SimpleNamespace(model=decoder))
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+        step()
+    decoder.shapes = []
+    monkeypatch.setattr(tensorboard, "_log_tensorboard_graph", graph)
+    keep_training_intact_after_the_tensorboard_graph()
+    tensorboard._log_tensorboard_graph(SimpleNamespace(model=decoder))
+    step()
+    assert not decoder.valid_mask.is_inference()
