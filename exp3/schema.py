@@ -9,11 +9,10 @@ Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by 
   key (`SessionInputs.schema_version`), so its folder is stale, never read as done.
   Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
   hands it to each session (`--prepared`) and the session records it as it used it.
-- `MetricsView` (lenient): the fields the report (exp3.coverage and exp3.report.severity included) and the
-  flow's log lines read, every one optional, unknown keys ignored, anything not of its type (a
-  number, a string, a [low, high] pair) read as None: a reader shows `-` or NaN for a value it cannot
-  read, it does not fail the whole report or a log line. Every field of the view is a field of
-  `SessionMetrics` (tested).
+- `MetricsView` (lenient): `SessionMetrics` as the report and the flow's log lines read it, derived from it
+  field by field (`lenient`): every field optional, unknown keys ignored, anything not of its type (a
+  number, a string, a bool, a [low, high] pair, a block) read as None or empty: a reader shows `-` or NaN
+  for a value it cannot read, it does not fail the whole report or a log line.
 
 Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.identity), Ultralytics'
 `training.effective_args` / `.overrides` / `speed_ms_per_image`, the `masking:` config
@@ -22,10 +21,12 @@ Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.ident
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model, model_validator
 
 from exp3.identity import SessionInputs
 from exp3.splits import PRIMARY_SPLITS
@@ -475,6 +476,10 @@ def _list_or_empty(value: Any) -> Any:
     return value if isinstance(value, list) else []
 
 
+Flag = Annotated[bool | None, BeforeValidator(lambda value: value if isinstance(value, bool) else None)]
+"""A bool as readers take it: anything else is None."""
+
+
 class _View(BaseModel):
     """A lenient view: unknown keys ignored, a block that is not an object read as empty."""
 
@@ -486,110 +491,40 @@ class _View(BaseModel):
         return value if isinstance(value, (dict, BaseModel)) else {}
 
 
-class PRFView(_View):
-    precision: Number = None
-    recall: Number = None
-    f1: Number = None
+def _lenient_field(annotation: Any) -> tuple[Any, Any]:
+    """(type, default) of one field of a strict block as readers take it (module docstring)."""
+    kinds = [kind for kind in get_args(annotation) if kind is not type(None)] \
+        if get_origin(annotation) in (Union, UnionType) else [annotation]
+    kind, origin, args = kinds[0], get_origin(kinds[0]), get_args(kinds[0])
+    if len(kinds) > 1:
+        return Any, None
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return lenient(kind), lenient(kind)()
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return Annotated[list[lenient(args[0])], BeforeValidator(_list_or_empty)], []
+    if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+        return Annotated[dict[str, lenient(args[1])], BeforeValidator(_dict_or_empty)], {}
+    leaves = {bool: Flag, int: Number, float: Number, str: Text}
+    return (Range if origin is tuple and args == (float, float) else leaves.get(kind, Any)), None
 
 
-class IngredientView(_View):
-    micro: PRFView = PRFView()
-    macro: PRFView = PRFView()
-    samples: PRFView = PRFView()
+@lru_cache(maxsize=None)
+def lenient(block: type[BaseModel]) -> type[_View]:
+    """The lenient view of a strict block, derived field by field: every field optional, a number / string /
+    bool / [low, high] pair that is not of its type read as None, a block or a list or dict of blocks read as
+    empty when it is not one, unknown keys ignored."""
+    fields = {name: _lenient_field(info.annotation) for name, info in block.model_fields.items()}
+    return create_model(f"{block.__name__}View", __base__=_View, **fields)
 
 
-class DetectionView(_View):
-    precision: Number = None
-    recall: Number = None
-    f1: Number = None
+SplitView = lenient(SplitMetrics)
+"""What readers take from `splits.<split>`."""
+SeverityLevelView = lenient(SeverityLevel)
+"""What readers take from one entry of `severity.levels`."""
 
 
-class OperatingPointView(_View):
-    conf: Number = None
-    ingredient: IngredientView = IngredientView()
-    detection: DetectionView = DetectionView()
-
-
-class SplitView(_View):
-    """What readers take from `splits.<split>`."""
-
-    n_images: Number = None
-    num_classes: Number = None
-    conf: Number = None
-    match_iou: Number = None
-    map50: Number = None
-    map50_95: Number = None
-    eval_wall_s: Number = None
-    ingredient: IngredientView = IngredientView()
-    detection: DetectionView = DetectionView()
-    at_val_threshold: OperatingPointView = OperatingPointView()
-
-
-class TrainingView(_View):
-    wall_s: Number = None
-    epochs_completed: Number = None
-
-
-class EvalView(_View):
-    match_iou: Number = None
-
-
-class ThresholdsView(_View):
-    val_chosen: Number = None
-
-
-class RobustnessView(_View):
-    rF1_micro: Number = None
-    rF1_samples: Number = None
-    rF1_macro: Number = None
-    rmAP50: Number = None
-    rmAP50_95: Number = None
-    rF1_detection: Number = None
-
-
-class SeedsView(_View):
-    train: Number = None
-
-
-class SeverityLevelView(_View):
-    """What readers take from one entry of `severity.levels`."""
-
-    level: Number = None
-    split: Text = None
-    coverage: Range = None
-    suite_id: Text = None
-
-
-class SeverityEvaluationView(_View):
-    """What readers take from `severity.evaluations.<split>`: the suite the split was evaluated on."""
-
-    suite_id: Text = None
-    manifest_sha256: Text = None
-
-
-class SeverityView(_View):
-    levels: Annotated[list[SeverityLevelView], BeforeValidator(_list_or_empty)] = []
-    evaluations: Annotated[dict[str, SeverityEvaluationView], BeforeValidator(_dict_or_empty)] = {}
-
-
-class DataView(_View):
-    """What readers take from `data`: the fixed suite a session was evaluated on."""
-
-    suite_dir: Text = None
-    suite_manifest_sha256: Text = None
-
-
-class MetricsView(_View):
-    """The fields of a metrics.json the report and the flow's log lines read (see the module docstring)."""
-
-    splits: Annotated[dict[str, SplitView], BeforeValidator(_dict_or_empty)] = {}
-    training: TrainingView = TrainingView()
-    eval: EvalView = EvalView()
-    thresholds: ThresholdsView = ThresholdsView()
-    robustness: RobustnessView = RobustnessView()
-    severity: SeverityView = SeverityView()
-    data: DataView = DataView()
-    seeds: SeedsView = SeedsView()
+class MetricsView(lenient(SessionMetrics)):  # type: ignore[misc]
+    """metrics.json as readers take it: `SessionMetrics` made lenient (`lenient`), so it cannot drift from it."""
 
     @classmethod
     def of(cls, metrics: Any) -> MetricsView:
