@@ -22,7 +22,7 @@ bootstrap the *samples* F1, a different metric).
   image by image), two-sided, exact when 2**N <= n_permutations, vectorised as one matrix product
   (scipy's generic loop calls the statistic once per permutation, too slow for a report of many tests).
   Tied per-image scores are harmless: identical sessions give p = 1 exactly.
-- Many comparisons: Benjamini-Hochberg via `scipy.stats.false_discovery_control` (NaNs kept).
+- Many comparisons: Benjamini-Hochberg, as `scipy.stats.false_discovery_control` (NaNs kept).
   Which p-values form one family is the caller's decision (exp3.report: distinct unordered pairs).
 
 Other metrics use the same pairing and the same machinery: the pooled *detection* F1 is
@@ -140,7 +140,8 @@ def ratio_f1_statistic(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
         return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
 
 
-def weighted_totals(values: np.ndarray, image_weights: np.ndarray, seed_weights: np.ndarray | None = None) -> np.ndarray:
+def weighted_totals(values: np.ndarray, image_weights: np.ndarray,
+                    seed_weights: np.ndarray | None = None) -> np.ndarray:
     """(B, *shape) sums of (N, *shape) `values` under (B, N) image multiplicities; with (B, K) `seed_weights`,
     of (K, N, *shape) per-seed values under both."""
     values = np.asarray(values, dtype=np.float64)
@@ -331,14 +332,18 @@ def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (same shape); NaN entries stay NaN and are not counted as tests."""
-    from scipy import stats as scipy_stats  # here, not at the top: a session's mAP draws import this module (numpy)
-
+    """BH-adjusted p-values (same shape); NaN entries stay NaN and are not counted as tests. The step-up rule of
+    `scipy.stats.false_discovery_control(method="bh")` (tests/test_stats.py checks that both agree), in numpy: a
+    session process imports this module, and scipy.stats alone takes seconds to import."""
     array = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(array.shape, np.nan)
     finite = np.isfinite(array)
     if finite.any():
-        adjusted[finite] = scipy_stats.false_discovery_control(array[finite], method="bh")
+        order = np.argsort(array[finite])
+        ranked = array[finite][order] * (finite.sum() / np.arange(1, finite.sum() + 1))
+        values = np.empty(len(order))
+        values[order] = np.clip(np.minimum.accumulate(ranked[::-1])[::-1], 0, 1)
+        adjusted[finite] = values
     return adjusted
 
 

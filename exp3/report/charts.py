@@ -11,6 +11,7 @@ from exp3 import plots
 from exp3.layout import SessionState
 from exp3.report.comparisons import primary_f1
 from exp3.sessions import SESSION_LABELS
+from exp3.severity import METRICS
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 
@@ -70,36 +71,37 @@ def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -
 def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],
                  plots_dir: Path) -> list[Path]:
     """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
-    f1_ci = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high")
+    f1_ci, f1 = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"), METRICS["ingredient_micro_f1"].label
     ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
     written: list[Path] = []
     for split, tag in ((FIXED_SPLIT, "occ"), (CLEAN_SPLIT, "clean")):
         written += plots.save_chart(plots.session_bar_chart(
             bar_frame(summary, split, "ingredient_micro_f1", models, f1_ci), models,
-            title=f"Ingredient F1 (micro) on {split}, all models", y_title=f"ingredient F1 (micro), {split}",
+            title=f"{f1} on {split}, all models", y_title=f"{f1}, {split}",
             subtitle=ci_note), plots_dir / f"f1_{tag}_by_model")
         for model in models:
             written += plots.save_chart(plots.session_bar_chart(
                 bar_frame(summary, split, "ingredient_micro_f1", [model], f1_ci), models,
-                title=f"Ingredient F1 (micro) on {split}: {model}", y_title=f"ingredient F1 (micro), {split}",
+                title=f"{f1} on {split}: {model}", y_title=f"{f1}, {split}",
                 subtitle=ci_note), plots_dir / f"f1_{tag}_{model}")
         written += plots.save_chart(plots.difference_chart(
             difference_frame(comparisons, split, models), models,
-            title=f"Ingredient F1 (micro) difference vs S1 and vs S2 on {split}",
+            title=f"{f1} difference vs S1 and vs S2 on {split}",
             x_title=f"F1 difference (session - reference), {split}",
             subtitle="points: difference; lines: 95% paired bootstrap CI; text: BH-adjusted permutation p"),
             plots_dir / f"f1_diff_{tag}")
     written += plots.save_chart(plots.session_bar_chart(
         bar_frame(summary, FIXED_SPLIT, "rF1_micro", models, ("rF1_micro_ci_low", "rF1_micro_ci_high")), models,
-        title=f"Robustness rF1 = F1({FIXED_SPLIT}) / F1({CLEAN_SPLIT}), micro ingredient F1",
+        title=f"Robustness rF1 = F1({FIXED_SPLIT}) / F1({CLEAN_SPLIT}), {f1}",
         y_title="rF1 (occluded / clean)", y_domain=(0.0, 1.2), reference_line=1.0,
         reference_label="1.0 = no loss under occlusion",
         subtitle="1.0 = occlusion costs nothing; error bars: 95% bootstrap CI, images paired across the splits"),
         plots_dir / "robustness_rF1")
+    map_label = METRICS["map50_95"].label
     for model in models:
         written += plots.save_chart(plots.split_bar_chart(
-            split_frame(summary, model, "map50_95"), models, title=f"mAP50-95 on each test split: {model}",
-            y_title="mAP50-95", subtitle="COCO-style mAP from Ultralytics' validator"), plots_dir / f"map50_95_{model}")
+            split_frame(summary, model, "map50_95"), models, title=f"{map_label} on each test split: {model}",
+            y_title=map_label, subtitle="COCO-style mAP from Ultralytics' validator"), plots_dir / f"map50_95_{model}")
         heat = heatmap_frame(per_class, model)
         if len(heat):
             written += plots.save_chart(plots.class_heatmap(

@@ -185,7 +185,7 @@ def statistics_tables(data: ReportData, models: list[str],
     interval_rows = [row for model in models for suffix in SESSION_SUFFIXES for row in _intervals(data, model, suffix)]
     comparison_rows = []
     for model, split, threshold in ((m, s, t) for m in models for s in PRIMARY_SPLITS for t in THRESHOLDS):
-        confs = {suffix: _mean_of([threshold_conf(run.metrics, split, threshold) or math.nan
+        confs = {suffix: _mean_of([threshold_conf(run, split, threshold) or math.nan
                                    for run in data.done(model, suffix)
                                    if data.scores(run, split, threshold) is not None]) for suffix in SESSION_SUFFIXES}
         for metric in PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ()):

@@ -365,8 +365,10 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
 
 
 def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
-                   cache: dict[Path, dict[str, list[ManifestBox]]], data: ReportData) -> tuple[pd.DataFrame, int]:
-    """All per-box rows of one done session folder at both thresholds."""
+                   cache: dict[Path, dict[str, list[ManifestBox]]], data: ReportData,
+                   aligned_cache: dict[tuple[Any, ...], list[tuple[np.ndarray, int, int]]]) -> tuple[pd.DataFrame, int]:
+    """All per-box rows of one done session folder at both thresholds (`cache`: the manifests read, `aligned_cache`:
+    the alignments made, by manifest, split and ground truth)."""
     view: MetricsView = run.view
     frames, excluded = [], 0
     for split in splits:
@@ -377,9 +379,13 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
         path = suite_manifest(view, split, manifest_paths)
         if path not in cache:
             cache[path] = read_manifest_boxes(path)
-        iou_needed, aligned = split_match_iou(view, split), align_split(records, cache[path], split)
+        truth = (path, split, tuple((record.image_id, record.gt_classes.tobytes(), record.gt_boxes.tobytes())
+                                    for record in records))
+        if truth not in aligned_cache:  # sessions evaluated on one suite share its ground truth: aligned once
+            aligned_cache[truth] = align_split(records, cache[path], split)
+        iou_needed, aligned = split_match_iou(view, split), aligned_cache[truth]
         for threshold in THRESHOLDS:
-            conf = threshold_conf(run.metrics, split, threshold)
+            conf = threshold_conf(run, split, threshold)
             if conf is None:
                 continue
             table = box_table(records, cache[path], int(part.num_classes), conf, iou_needed, split, aligned,
@@ -422,10 +428,11 @@ def coverage_report(data: ReportData, splits: Sequence[str] | None = None,
         if run.status == SessionState.DONE:
             grouped.setdefault((run.model, run.suffix), []).append(run)
     cache: dict[Path, dict[str, list[ManifestBox]]] = {}
+    aligned: dict[tuple[Any, ...], list[tuple[np.ndarray, int, int]]] = {}
     curves, frames, problems = [], [], []
     for (model, session), session_runs in grouped.items():
         try:
-            parts = [(run, *_session_boxes(run, splits, manifest_paths, cache, data)) for run in session_runs]
+            parts = [(run, *_session_boxes(run, splits, manifest_paths, cache, data, aligned)) for run in session_runs]
         except CoverageError as error:
             problems.append((model, session, str(error)))
             continue

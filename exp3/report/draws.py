@@ -181,7 +181,7 @@ class ReportData:
         key = (run.folder, split, threshold)
         if key not in self._scores:
             view = run.view
-            num_classes, conf = view.split(split).num_classes, threshold_conf(run.metrics, split, threshold)
+            num_classes, conf = view.split(split).num_classes, threshold_conf(run, split, threshold)
             usable = run.status == SessionState.DONE and num_classes and conf is not None and records
             self._scores[key] = image_scores(records, int(num_classes), conf, split_match_iou(view, split),
                                              self.matched(run, split, threshold, conf)) if usable else None

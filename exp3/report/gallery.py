@@ -164,7 +164,7 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame, n_random:
                              for box, cls in zip(gt_record.gt_boxes, gt_record.gt_classes))
         cells = []
         for run, lookup, frame, suffix in zip(chosen, by_id, f1, sessions):
-            conf = threshold_conf(run.metrics, GALLERY_SPLIT, "primary") or DEFAULT_CONF
+            conf = threshold_conf(run, GALLERY_SPLIT, "primary") or DEFAULT_CONF
             cells.append(_cell(lookup[image_id], suffix, conf, split_match_iou(run.view, GALLERY_SPLIT), names,
                                float(frame.loc[image_id, "ingredient"])))
         rows.append(GalleryRow(image_id, files[image_id], reason, ground_truth, tuple(cells)))

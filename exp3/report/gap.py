@@ -5,8 +5,8 @@ and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
 
 Intervals reuse the report's resampling (exp3.report.draws): F1 draws are micro F1 of the seed-pooled per-image
 counts under the report's image draws (`ReportData.image_weights`) over the image ids every session shares; mAP
-draws are `ReportData.map_draws` (the validator's per-image stats, same index rule). S1, S2 and Sx of one model and metric are always drawn on the same image resamples, so the
-ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
+draws are `ReportData.map_draws` (the validator's per-image stats, same index rule). S1, S2 and Sx of one model
+and metric are always drawn on the same image resamples, so the ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
 (UNPAIRED), as comparisons.csv gives their mAP difference no interval. With several seeds, each session's
 seeds are resampled too (two levels, `stats.seed_multiplicities`, one independent stream per session). The clean
 cost is the paired test_clean difference of `comparisons.csv`. A session whose out-of-memory retries changed its
@@ -163,7 +163,8 @@ class _ModelDraws:
         self.suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
         self.splits = [HEADLINE_BASIS, *self.suites]
         self.seed_scores = {suffix: [data.seed_scores(model, suffix, split, "primary", self.suites.get(split))
-                                     for split in self.splits] for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
+                                     for split in self.splits]
+                            for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
         self.ids = common_ids(pool_image_scores(per_split[0]) for per_split in self.seed_scores.values())
         self.images = data.image_weights(len(self.ids)) if self.ids is not None and len(self.ids) else None
 
@@ -237,7 +238,7 @@ def batch_notes(runs: list[SessionRun]) -> str:
 
 
 def _no_result_reason(sides: list[_Draws | None]) -> str:
-    """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED (like `mapdraws.map_interval`, draws
+    """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED (like comparisons.csv's mAP interval, draws
     of other image ids are no paired difference); empty when they give one."""
     if any(side is None for side in sides):
         return NOT_DONE

@@ -12,6 +12,8 @@ import html
 import re
 from pathlib import Path
 
+from markdown_it import MarkdownIt
+
 _IMAGE = re.compile(r'<img src="(plots/[^"]+\.png)"')
 _INTERACTIVE = re.compile(r" \(\[interactive\]\(plots/[^)]+\.html\)\)")
 """report.md's links to the interactive chart files: left out of the page, which must stand alone."""
@@ -45,8 +47,6 @@ def embed_images(body: str, root: Path) -> str:
 
 def render_html(markdown_text: str, root: Path, title: str) -> str:
     """The whole page of report.md's text; images under `root/plots/` embedded."""
-    from markdown_it import MarkdownIt
-
     body = MarkdownIt("commonmark").enable("table").render(_INTERACTIVE.sub("", markdown_text))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{STYLE}</style>\n</head>\n<body>\n{embed_images(body, root)}</body>\n</html>\n")

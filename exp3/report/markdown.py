@@ -20,11 +20,13 @@ from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
 if TYPE_CHECKING:
-    from exp3.report import ReportResult
+    from exp3.report import ReportResult  # for annotations only: exp3.report imports this module
 
 NO_MAP_INTERVAL = "point estimate, no CI (no map_stats file, one not giving the recorded mAP, or one of other images)"
-"""The reading of an mAP difference without an interval: `mapdraws` pairs only stats that reproduce the recorded
-mAP on the same image ids."""
+"""The reading of an mAP difference without an interval: `draws.ReportData.map_draws` pairs only stats that
+reproduce the recorded mAP on the same image ids."""
+SHORT: dict[str, str] = {key: metric.short for key, metric in METRICS.items()}
+"""Each metric's header in report.md's split tables (exp3.severity.METRICS)."""
 NOT_IN_RUN = "not in run"
 """Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
 
@@ -36,10 +38,11 @@ def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
         seeds = f" (n={row['n_seeds_done']})" if row["n_seeds"] > 1 else ""
         rows.append({
             "model": row["model"], "session": row["session_label"], "status": row["status"] + seeds,
-            "F1 micro [95% CI]": fmt(row["ingredient_micro_f1"]) + fmt_interval(row, "ingredient_micro_f1_ci_low",
-                                                                               "ingredient_micro_f1_ci_high"),
-            "F1 samples": fmt(row["ingredient_samples_f1"]), "F1 macro": fmt(row["ingredient_macro_f1"]),
-            "det F1": fmt(row["detection_f1"]), "mAP50": fmt(row["map50"]), "mAP50-95": fmt(row["map50_95"]),
+            f"{SHORT['ingredient_micro_f1']} [95% CI]": fmt(row["ingredient_micro_f1"])
+            + fmt_interval(row, "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"),
+            SHORT["ingredient_samples_f1"]: fmt(row["ingredient_samples_f1"]),
+            "F1 macro": fmt(row["ingredient_macro_f1"]),
+            **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
             "rF1 [95% CI]": fmt(row["rF1_micro"]) + fmt_interval(row, "rF1_micro_ci_low", "rF1_micro_ci_high"),
             "vs S1 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S1"]) else
             f"{fmt_ci(row, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)}, "
@@ -64,10 +67,8 @@ def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> p
             .get("ingredient_micro_f1") if row["session"] == session else None
         rows.append({
             "model": row["model"], "session": row["session_label"], "conf (val)": fmt(row["conf_val"], 2),
-            "F1 micro": fmt(row["ingredient_micro_f1_at_val"]),
-            "F1 samples": fmt(row["ingredient_samples_f1_at_val"]),
-            "det F1": fmt(row["detection_f1_at_val"]),
-            "F1 micro (primary)": fmt(row["ingredient_micro_f1"]),
+            **{SHORT[key]: fmt(row[f"{key}_at_val"]) for key in PAIRED_METRICS},
+            f"{SHORT['ingredient_micro_f1']} (primary)": fmt(row["ingredient_micro_f1"]),
             f"{short_session(session)} - {short_session(reference)} [95% CI], p_BH": "" if versus is None else
             f"{fmt_ci(versus, 'difference', 'ci_low', 'ci_high', True)}, {fmt_p(versus['p_bh'])}"})
     return pd.DataFrame(rows)
@@ -115,8 +116,9 @@ def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str
     return pd.DataFrame(rows)
 
 
-DASHBOARD_COLUMNS: tuple[str, ...] = ("model", "session", "status", "F1 micro [95% CI]", "det F1", "mAP50",
-                                     "mAP50-95", "rF1 [95% CI]", "vs S1 [95% CI], p_BH")
+DASHBOARD_COLUMNS: tuple[str, ...] = ("model", "session", "status", f"{SHORT['ingredient_micro_f1']} [95% CI]",
+                                     SHORT["detection_f1"], SHORT["map50"], SHORT["map50_95"], "rF1 [95% CI]",
+                                     "vs S1 [95% CI], p_BH")
 """The columns of report.md's split table that the Prefect UI's results artifact shows (the rest: report.md)."""
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from exp3.grid import planned_key, read_plan
 from exp3.layout import SessionPaths, SessionState
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, Session, parse_session
@@ -38,9 +40,9 @@ class SessionRun:
     error: str | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def view(self) -> MetricsView:
-        """The typed, lenient view of `metrics` (exp3.schema; empty when not done)."""
+        """The typed, lenient view of `metrics` (exp3.schema; empty when not done), made once."""
         return MetricsView.of(self.metrics)
 
 
@@ -120,8 +122,6 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
             seed is `missing`. None: whatever folders exist (a session without any folder is missing).
         sessions: the suffixes of this run; the others are not scanned (`not in run`, see `status_grid`).
     """
-    from exp3.grid import planned_key, read_plan
-
     keys = read_plan(root)  # the inputs the last flow's config names: other results there are stale, not done
     runs: list[SessionRun] = []
     multi_seed = seeds is not None and len(seeds) > 1
@@ -153,14 +153,14 @@ def as_number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def threshold_conf(metrics: dict[str, Any] | None, split: str, threshold: str = "primary") -> float | None:
+def threshold_conf(run: SessionRun, split: str, threshold: str = "primary") -> float | None:
     """The confidence threshold of one operating point of a session and split, or None when not recorded.
 
     `primary`: `splits[split]["conf"]`; `val`: `splits[split]["at_val_threshold"]["conf"]`.
     """
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
-    part = MetricsView.of(metrics).split(split)
+    part = run.view.split(split)
     number = as_number(part.conf if threshold == "primary" else part.at_val_threshold.conf)
     return number if math.isfinite(number) else None
 

@@ -11,14 +11,14 @@ over the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test
 draws and tests `CURVE_METRICS` (ingredient micro F1 and mAP50). test_occ_fixed (the primary suite)
 is not one of the levels: it keeps its own meaning and table.
 
-Intervals: every split holds the same test image ids, so one bootstrap index matrix over the
-sorted image ids resamples images jointly across all levels and clean (for F1: pooled per-image
-counts, exp3.stats; for mAP: the validator's per-image stats, exp3.mapstats via the report's
-`MapDraws`, which uses the same indices). Paired tests vs S1: bootstrap interval of the
-difference of mPC (and rPC) with the same indices on both sessions, and for F1 a paired
-permutation p-value that swaps an image's results between the two sessions on all levels at
-once; p-values are BH-adjusted over the sessions x models of one metric. mAP has intervals but
-no p-value, as in the rest of the report.
+Intervals: every split holds the same test image ids, so the report's one set of image draws
+(exp3.report.draws) resamples images jointly across all levels and clean (for F1: pooled per-image
+counts; for mAP: the validator's per-image stats, `ReportData.map_draws`, by the same rule). Paired
+tests vs S1: bootstrap interval of the difference of mPC (and rPC) with the same draws on both
+sessions, and for F1 a paired permutation p-value that swaps an image's results between the two
+sessions on all levels at once (`stats.permutation_pvalue` of the statistic `mpc_f1`); p-values are
+BH-adjusted over the sessions x models of one metric. mAP has intervals but no p-value, as in the
+rest of the report.
 
 `crossings` names the sessions below S1 at one severity and above it at another, each side
 established by a paired 95% interval of the per-severity difference (severity_curves.csv: diff_*).

@@ -48,7 +48,7 @@ def split_row(run: SessionRun, split: str) -> dict[str, Any]:
     for score in ("precision", "recall", "f1"):
         row[f"detection_{score}"] = as_number(getattr(part.detection, score))
     at_val = part.at_val_threshold
-    row.update({"conf_val": as_number(threshold_conf(run.metrics, split, "val")),
+    row.update({"conf_val": as_number(threshold_conf(run, split, "val")),
                 "ingredient_micro_f1_at_val": as_number(at_val.ingredient.micro.f1),
                 "ingredient_samples_f1_at_val": as_number(at_val.ingredient.samples.f1),
                 "detection_f1_at_val": as_number(at_val.detection.f1)})
