@@ -91,8 +91,9 @@ def test_align_refuses_missing_and_unpaired_sides() -> None:
     assert align([a, b.iloc[:2]]).reason == UNPAIRED and not len(align([a, b.iloc[:2]]).ids)
 
 
-def test_comparisons_refuse_sessions_on_other_images(root: Path) -> None:
-    """S3's test_occ_fixed predictions hold 90 of the 100 images: no paired difference to S1, not one on 90."""
+def test_comparisons_and_gap_closed_refuse_sessions_on_other_images(root: Path) -> None:
+    """S3's test_occ_fixed predictions hold 90 of the 100 images: no paired difference to S1 and no gap closed on
+    F1, not one on the 90 they share; the gap-closed rows say why."""
     path = root / "yolov8m" / "yolov8m__S3_mask_backbone_early" / "predictions_test_occ_fixed.json"
     payload = json.loads(path.read_text())
     path.write_text(json.dumps({**payload, "images": payload["images"][:90]}))
@@ -103,3 +104,10 @@ def test_comparisons_refuse_sessions_on_other_images(root: Path) -> None:
                      & (comparisons["reference"] == "S1_clean_train")].set_index("split")
     assert np.isnan(f1.loc["test_occ_fixed", "difference"]) and np.isnan(f1.loc["test_occ_fixed", "p_value"])
     assert f1.loc["test_clean", "n_images"] == N                   # its other split still pairs
+    rows = {(row.metric, row.session, row.basis): row for row in gap.gap_rows(data, ["yolov8m"], comparisons)}
+    for metric in ("ingredient_micro_f1", "detection_f1"):
+        for basis in ("test_occ_fixed", "mPC"):
+            refused = rows[(metric, "S3_mask_backbone_early", basis)]
+            assert refused.result is None and refused.reason == gap.UNPAIRED
+        assert rows[(metric, "S4_mask_backbone_late", "test_occ_fixed")].result is not None
+    assert rows[("map50", "S3_mask_backbone_early", "test_occ_fixed")].result is not None   # its map_stats: all 100

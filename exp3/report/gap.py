@@ -25,7 +25,8 @@ import pandas as pd
 from exp3 import plots, stats
 from exp3.layout import SessionState
 from exp3.report.comparisons import comparison_metrics
-from exp3.report.draws import MAP_RESAMPLES, ReportData, common_ids, pool_image_scores
+from exp3.report.draws import MAP_RESAMPLES, ReportData, align, common_ids, pool_image_scores, stack
+from exp3.report.draws import UNPAIRED as UNALIGNED
 from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
 from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
@@ -166,7 +167,6 @@ class _ModelDraws:
                                      for split in self.splits]
                             for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
         self.ids = common_ids(pool_image_scores(per_split[0]) for per_split in self.seed_scores.values())
-        self.images = data.image_weights(len(self.ids)) if self.ids is not None and len(self.ids) else None
 
     def n_seeds(self, suffix: str) -> int:
         return len(self.data.done(self.model, suffix))
@@ -177,17 +177,18 @@ class _ModelDraws:
         splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
         done = self.data.done(self.model, suffix)
         if METRICS[metric].kind == "count":
-            per_split = self.seed_scores.get(suffix)
-            if per_split is None or self.images is None:
+            own = align([frame for frames in self.seed_scores.get(suffix, [])[:len(splits)] for frame in frames])
+            if own.reason == UNALIGNED:                     # its seeds or splits hold other images: never paired
+                return _Draws(math.nan, np.full(self.data.n_resamples, math.nan), (UNALIGNED, suffix))
+            if own.reason or not len(own.ids):
                 return None
             seeds, points, draws = self.data.seed_weights(self.model, suffix), [], []
-            for frames in per_split[:len(splits)]:
-                if any(frame is None or not self.ids.isin(frame.index).all() for frame in frames):
-                    return None
-                counts = np.stack([frame.loc[self.ids, list(METRICS[metric].columns)].to_numpy() for frame in frames])
-                points.append(float(stats.micro_f1(counts.sum(axis=0))))                           # (K, N, 3)
-                draws.append(stats.two_level_draws(counts, stats.f1_statistic, self.images, seeds))  # (B,)
-            values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(self.ids)
+            images = self.data.image_weights(len(own.ids))
+            for frames in self.seed_scores[suffix][:len(splits)]:
+                counts = stack(frames, own.ids, METRICS[metric].columns)                          # (K, N, 3)
+                points.append(float(stats.micro_f1(counts.sum(axis=0))))
+                draws.append(stats.two_level_draws(counts, stats.f1_statistic, images, seeds))     # (B,)
+            values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(own.ids)
         else:
             got = [self.data.map_draws(self.model, suffix, split) for split in splits]
             recorded = [[split_value(run.view.split(split), metric) for run in done] for split in splits]
