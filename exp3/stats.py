@@ -197,6 +197,12 @@ def swap_masks(n_images: int, n_resamples: int = DEFAULT_PERMUTATIONS,
     return masks, exact
 
 
+@lru_cache(maxsize=8)
+def _swap_masks32(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
+    """`swap_masks` as float32 (0 / 1): half the memory traffic, exact for sums of integer counts below 2**24."""
+    return swap_masks(n_images, n_resamples, seed)[0].astype(np.float32)
+
+
 def permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, statistic: Statistic = f1_statistic,
                        n_permutations: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
     """Two-sided p of H0 "a and b are exchangeable on every image" for statistic(a) - statistic(b): the null of
@@ -209,7 +215,12 @@ def permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, statistic: St
     if np.array_equal(a, b):
         return 1.0                    # every permutation reproduces the data: the difference is exactly 0
     masks, exact = swap_masks(len(a), n_permutations, seed)
-    shift = np.tensordot(masks, b - a, axes=(1, 0))                                     # (P, *shape)
+    delta = b - a
+    if np.array_equal(delta, np.round(delta)) and np.abs(delta).sum() < 2 ** 24:     # counts: exact in float32
+        shift = np.tensordot(_swap_masks32(len(a), n_permutations, seed), delta.astype(np.float32),
+                             axes=(1, 0)).astype(np.float64)
+    else:
+        shift = np.tensordot(masks, delta, axes=(1, 0))                                # (P, *shape)
     total_a, total_b = a.sum(axis=0), b.sum(axis=0)
     null = statistic(total_a + shift, len(a)) - statistic(total_b - shift, len(a))
     return _two_sided_p(null, float(statistic(total_a, len(a)) - statistic(total_b, len(a))), exact)

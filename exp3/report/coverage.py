@@ -252,20 +252,21 @@ def box_table(records: Sequence[ImageRecord], manifest: Mapping[str, list[Manife
     aligned = align_split(records, manifest, split) if aligned is None else aligned
     matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
     _, predicted_sets = ingredient_sets(records, num_classes, conf)
-    columns: dict[str, list[Any]] = {name: [] for name in BOX_COLUMNS}
-    excluded = duplicates = 0
-    for row, (record, (covered, zero_area, repeated)) in enumerate(zip(records, aligned)):
-        excluded, duplicates = excluded + zero_area, duplicates + repeated
-        detected = matched[row]
-        for index in np.flatnonzero(~np.isnan(covered)):
-            class_id = int(record.gt_classes[index])
-            for name, value in (("split", split), ("image_id", record.image_id), ("box", int(index)),
-                                ("class_id", class_id), ("covered_fraction", float(covered[index])), ("conf", conf),
-                                ("found_detection", bool(detected[index])),
-                                ("found_ingredient", bool(predicted_sets[row, class_id]))):
-                columns[name].append(value)
-    frame = pd.DataFrame(columns).astype({"box": "int64", "class_id": "int64", "covered_fraction": "float64",
-                                          "conf": "float64", "found_detection": bool, "found_ingredient": bool})
+    kept = [np.flatnonzero(~np.isnan(covered)) for covered, _, _ in aligned]          # boxes with a covered fraction
+    classes = [record.gt_classes[boxes].astype(np.int64) for record, boxes in zip(records, kept)]
+
+    def joined(values: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(values).astype(dtype) if values else np.zeros(0, dtype)
+
+    frame = pd.DataFrame({
+        "split": [split] * sum(map(len, kept)),
+        "image_id": [record.image_id for record, boxes in zip(records, kept) for _ in boxes],
+        "box": joined(kept, np.int64), "class_id": joined(classes, np.int64),
+        "covered_fraction": joined([covered[boxes] for (covered, _, _), boxes in zip(aligned, kept)], np.float64),
+        "conf": float(conf), "found_detection": joined([found[boxes] for found, boxes in zip(matched, kept)], bool),
+        "found_ingredient": joined([predicted_sets[row, found] for row, found in enumerate(classes)], bool)},
+        columns=list(BOX_COLUMNS))
+    excluded, duplicates = (sum(item[index] for item in aligned) for index in (1, 2))
     return BoxTable(frame, excluded, duplicates)
 
 
