@@ -13,20 +13,41 @@ a fresh process finds it even without the variable::
 Module-level classes plus an environment variable also survive Ultralytics' DDP launcher,
 which imports `type(trainer)` by reference in fresh worker processes that inherit the env.
 
-Lifecycle (what the overrides below do, in order)::
+Every exp3 training hook is an Ultralytics event callback, one `{event: [fn]}` dict per concern as in
+Ultralytics' own `default_callbacks` and integration modules (ultralytics/utils/callbacks/), each registered by
+`add_callbacks`::
 
-    __init__            read settings (env var, else the run's saved copy on resume), register callbacks
-    _setup_train        super() builds model, EMA, optimizer (and loads last.pt on resume)
-                        -> attach masking to unwrap_model(self.model) AFTER the EMA deepcopy
-    on_train_epoch_start   reseed the site streams for this epoch
-    on_train_batch_start   set schedule progress = (epoch + batch / batches) / epochs
-    on_train_epoch_end     read + reset per-site stats, write <save_dir>/masking_stats.json atomically
-    validate / save_model  strip any masking hook from the EMA first (safeguard: NaN recovery
-                           rebuilds the EMA from the hooked training model)
-    _do_train finally   remove the hooks
+    MASKING_CALLBACKS        masking (below); registered by the masked trainers' __init__, so a resume or
+                             a DDP worker, which rebuild the trainer from its class, has them too
+    TrainInfo.callbacks()    train_info.json (exp3/train.py); registered on the model by `_train_with`
+    integrations             Ultralytics' own tensorboard/mlflow callbacks, which its trainer adds from the
+                             settings exp3/integrations.py writes (exp3 registers none; it only wraps
+                             tensorboard's graph logging, `keep_training_intact_after_the_tensorboard_graph`)
+
+(The one other exp3 callback is a validation one: exp3/evaluate.py's on_val_end, added and removed around
+each split's val.)
+
+Masking, in event order (all on the trainer; `__init__` reads the settings: env var, else the run's saved
+copy on resume)::
+
+    on_pretrain_routine_end  attach masking to unwrap_model(self.model): the end of `_setup_train`, after
+                             the EMA deepcopy and the resume, so the EMA never carries a hook
+    on_train_epoch_start     reseed the site streams for this epoch
+    on_train_batch_start     set schedule progress = (epoch + batch / batches) / epochs
+    on_train_epoch_end       read + reset per-site stats, write <save_dir>/masking_stats.json atomically;
+                             strip any masking hook from the EMA, which `validate` then `save_model` use next
+                             (safeguard: NaN recovery rebuilds the EMA from the hooked training model, then
+                             repeats the epoch, so this event comes again before either)
+    teardown                 remove the hooks (`train()`'s finally: after a failed training too)
 
 Validation, prediction and checkpoints use the EMA, which never carries a hook, and the hooks
 themselves only act in training mode with gradients enabled.
+
+The only method overrides left are where no event fires at that point (`_AtomicCheckpointMixin`)::
+
+    save_model       the write itself is what changes; its one event, on_model_save, comes after it
+    final_eval       its strip_optimizer rewrites run before its only event (on_fit_epoch_end)
+    resume_training  needs the checkpoint dict just resumed from, which no event is given
 """
 
 from __future__ import annotations
@@ -34,7 +55,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,20 +122,21 @@ def read_masking_settings(path: str | os.PathLike[str]) -> MaskingSettings:
     return masking_settings(payload["sites"], payload["spec"])
 
 
-def _on_train_epoch_start(trainer: Any) -> None:
-    trainer.masking_epoch_start()
+Callbacks = dict[str, list[Callable[[Any], None]]]
+"""`{event: [fn]}`, Ultralytics' form (`default_callbacks`); each fn is called with the trainer."""
 
 
-def _on_train_batch_start(trainer: Any) -> None:
-    trainer.masking_batch_start()
-
-
-def _on_train_epoch_end(trainer: Any) -> None:
-    trainer.masking_epoch_end()
+def add_callbacks(target: Any, *concerns: Callbacks) -> None:
+    """Register each concern's callbacks on `target` (an Ultralytics model or trainer), after those it has."""
+    for callbacks in concerns:
+        for event, functions in callbacks.items():
+            for function in functions:
+                target.add_callback(event, function)
 
 
 class _MaskingTrainerMixin:
-    """Adds training-only internal masking to an Ultralytics detection trainer (see module docstring).
+    """Adds training-only internal masking to an Ultralytics detection trainer: its settings, its state, and
+    `MASKING_CALLBACKS` (see module docstring).
 
     Mixed in before `DetectionTrainer`/`RTDETRTrainer`, whose attributes (`save_dir`, `resume`,
     `model`, `ema`, `epoch`, `epochs`, `train_loader`, `start_epoch`) it uses.
@@ -130,9 +152,7 @@ class _MaskingTrainerMixin:
         self.masking_handle = None
         self.masking_history = {}
         self._masking_batch = 0
-        self.add_callback("on_train_epoch_start", _on_train_epoch_start)
-        self.add_callback("on_train_batch_start", _on_train_batch_start)
-        self.add_callback("on_train_epoch_end", _on_train_epoch_end)
+        add_callbacks(self, MASKING_CALLBACKS)
 
     def _load_masking_settings(self) -> MaskingSettings:
         saved = Path(self.save_dir) / MASKING_SPEC_FILENAME
@@ -152,8 +172,8 @@ class _MaskingTrainerMixin:
             atomic_write_json(saved, settings.to_json())
         return settings
 
-    def _setup_train(self) -> None:
-        super()._setup_train()
+    def masking_attach(self) -> None:
+        """Attach the hooks to the training model, after `_setup_train` made its EMA (resumed, if resuming)."""
         self.masking_handle = attach_internal_masking(
             unwrap_model(self.model), self.masking_settings.sites, self.masking_settings.spec
         )
@@ -166,12 +186,10 @@ class _MaskingTrainerMixin:
             f"{self.masking_settings.spec.model_dump(mode='json')}"
         )
 
-    def _do_train(self) -> None:
-        try:
-            super()._do_train()
-        finally:
-            if self.masking_handle is not None:
-                self.masking_handle.remove()
+    def masking_detach(self) -> None:
+        """Remove the hooks once the training is over, however it ended."""
+        if self.masking_handle is not None:
+            self.masking_handle.remove()
 
     def masking_epoch_start(self) -> None:
         """Reseed the site streams for this epoch and drop counts from an interrupted attempt."""
@@ -202,15 +220,20 @@ class _MaskingTrainerMixin:
                 },
             )
 
-    def validate(self) -> Any:
+    def masking_strip_ema(self) -> None:
+        """Remove any masking hook from the EMA before `validate` and `save_model` use it (see module docstring)."""
         if self.ema is not None:
             strip_masking_hooks(self.ema.ema)
-        return super().validate()
 
-    def save_model(self) -> Any:
-        if self.ema is not None:
-            strip_masking_hooks(self.ema.ema)
-        return super().save_model()
+
+MASKING_CALLBACKS: Callbacks = {
+    "on_pretrain_routine_end": [_MaskingTrainerMixin.masking_attach],
+    "on_train_epoch_start": [_MaskingTrainerMixin.masking_epoch_start],
+    "on_train_batch_start": [_MaskingTrainerMixin.masking_batch_start],
+    "on_train_epoch_end": [_MaskingTrainerMixin.masking_epoch_end, _MaskingTrainerMixin.masking_strip_ema],
+    "teardown": [_MaskingTrainerMixin.masking_detach],
+}
+"""Masking's hooks, in event order (module docstring); every fn is a `_MaskingTrainerMixin` method."""
 
 
 def _temporary(path: Path) -> Path:

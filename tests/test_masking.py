@@ -449,6 +449,38 @@ def test_rtdetr_training_masks_only_training_batches(rtdetr_run: dict[str, Any])
     _check_fires_in_training_only(rtdetr_run, epochs=1)
 
 
+
+def test_an_ema_rebuilt_from_the_hooked_model_is_stripped_before_validation_and_the_save(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN recovery rebuilds the EMA from the hooked training model, then trains the epoch again: simulated by
+    rebuilding it at the epoch's start, the validation and the checkpoint still see an EMA without a hook."""
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    from exp3.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
+
+    seen: dict[str, list[int]] = {"rebuilt": [], "validated": [], "saved": []}
+    trainers: list[Any] = []
+
+    def rebuild(trainer: Any) -> None:
+        trainers[:] = [trainer]
+        trainer.ema = ModelEMA(trainer.model)
+        seen["rebuilt"].append(count_masking_hooks(trainer.ema.ema))
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", rebuild)
+    model.add_callback("on_val_start", lambda validator: seen["validated"].append(
+        count_masking_hooks(trainers[0].ema.ema)))
+    model.add_callback("on_model_save", lambda trainer: seen["saved"].append(count_masking_hooks(trainer.ema.ema)))
+    monkeypatch.setenv(MASKING_SPEC_ENV, str(_write_settings(tmp_path)))
+    model.train(data=str(tiny_data_yaml), project=str(tmp_path), name="run", trainer=MaskedDetectionTrainer,
+                **TRAIN_ARGS)
+    assert seen["rebuilt"] == [4]  # the simulation really put the hooks on the EMA
+    assert seen["validated"][:1] == [0] and seen["saved"] == [0]
+    with zipfile.ZipFile(tmp_path / "run" / "weights" / "last.pt") as archive:
+        pickled = b"".join(archive.read(name) for name in archive.namelist() if name.endswith(".pkl"))
+    assert b"exp3.masking" not in pickled
+
 _PLAIN_LOAD = """
 import sys
 sys.modules["exp3"] = None  # exp3 is pip-installed editable: block it explicitly
