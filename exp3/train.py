@@ -356,7 +356,62 @@ def _train(plan: TrainPlan) -> None:
         os.environ.pop(MASKING_SPEC_ENV, None)  # the evaluation that follows in this process never masks
 
 
+class TrainInfo:
+    """train_info.json of one training: what Ultralytics resolved (its callbacks, `callbacks()`) and the training
+    time of this attempt and the earlier ones (`earlier`: their train_info.json, resuming), written at train start,
+    after each epoch's training and each fit epoch (a killed attempt still leaves its training time on record),
+    and once the training is over (`finish`)."""
+
+    def __init__(self, path: Path, earlier: dict[str, Any]) -> None:
+        self.path = path
+        self.walls: list[float] = list(earlier.get("attempt_wall_s", []))  # training time of earlier attempts
+        self.captured: dict[str, Any] = {key: earlier[key] for key in ("optimizer", "requested", "amp", "device")
+                                         if key in earlier}
+        self.start = time.perf_counter()
+
+    def callbacks(self) -> dict[str, list[Any]]:
+        """Its hooks, `{event: [fn]}` (every exp3 training hook: exp3/trainers.py's docstring)."""
+        return {"on_pretrain_routine_start": [self._requested],
+                "on_train_start": [self._resolved],
+                "on_train_epoch_end": [self._progress],  # before validation and the checkpoint save
+                "on_fit_epoch_end": [self._progress],
+                "on_train_end": [self._effective_args]}
+
+    def write(self, final: bool) -> None:
+        attempt_walls = [*self.walls, round(time.perf_counter() - self.start, 2)]
+        atomic_write_json(self.path, {**self.captured, "attempt_wall_s": attempt_walls,
+                                      "wall_s_total": round(sum(attempt_walls), 2), "attempts": len(attempt_walls),
+                                      "finished": final})
+
+    def finish(self, **fields: Any) -> None:
+        """The last write, once `model.train` returned, with `fields` added."""
+        self.captured.update(fields)
+        self.write(final=True)
+
+    def _requested(self, trainer: Any) -> None:  # before Ultralytics resolves them
+        self.captured["requested"] = {"optimizer": trainer.args.optimizer, "amp": trainer.args.amp}
+
+    def _resolved(self, trainer: Any) -> None:
+        captured = self.captured
+        captured["optimizer"] = _optimizer_summary(trainer, captured.get("requested", {}).get("optimizer"))
+        captured["amp"] = bool(getattr(trainer, "amp", False))
+        captured["device"] = str(trainer.device)
+        captured["start_epoch"] = int(trainer.start_epoch)
+        captured["ran"] = {key: getattr(trainer.args, key) for key in RESUME_OVERRIDABLE}
+        self.write(final=False)
+
+    def _progress(self, trainer: Any) -> None:
+        self.write(final=False)
+
+    def _effective_args(self, trainer: Any) -> None:
+        self.captured["effective_args"] = {key: (str(value) if isinstance(value, Path) else value)
+                                           for key, value in vars(trainer.args).items()}
+        self.captured["epochs_completed"] = int(trainer.epoch) + 1
+
+
 def _train_with(plan: TrainPlan) -> None:
+    from exp3.trainers import add_callbacks  # lazy: loads Ultralytics (offline env first)
+
     trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
     model_class = _load_symbol(MODEL_CLASSES[plan.family])
     state, info = _training_state(plan)
@@ -364,47 +419,13 @@ def _train_with(plan: TrainPlan) -> None:
         print(f"exp3: {plan.run_dir} holds a finished training (epoch info {info}): nothing to train")
         return
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
-    earlier = _read_info(info_path) if state == "partial" else {}
-    walls: list[float] = list(earlier.get("attempt_wall_s", []))  # training time of earlier attempts
-    captured: dict[str, Any] = {key: earlier[key] for key in ("optimizer", "requested", "amp", "device")
-                                if key in earlier}
-    start = time.perf_counter()
-
-    def _write_info(final: bool) -> None:
-        attempt_walls = [*walls, round(time.perf_counter() - start, 2)]
-        atomic_write_json(info_path, {**captured, "attempt_wall_s": attempt_walls,
-                                      "wall_s_total": round(sum(attempt_walls), 2), "attempts": len(attempt_walls),
-                                      "finished": final})
-
-    def _on_pretrain_routine_start(trainer: Any) -> None:
-        captured["requested"] = {"optimizer": trainer.args.optimizer, "amp": trainer.args.amp}  # before Ultralytics resolves them
-
-    def _on_train_start(trainer: Any) -> None:
-        captured["optimizer"] = _optimizer_summary(trainer, captured.get("requested", {}).get("optimizer"))
-        captured["amp"] = bool(getattr(trainer, "amp", False))
-        captured["device"] = str(trainer.device)
-        captured["start_epoch"] = int(trainer.start_epoch)
-        captured["ran"] = {key: getattr(trainer.args, key) for key in RESUME_OVERRIDABLE}
-        _write_info(final=False)
-
-    def _on_epoch_progress(trainer: Any) -> None:
-        _write_info(final=False)  # a killed attempt still leaves its training time on record
-
-    def _on_train_end(trainer: Any) -> None:
-        captured["effective_args"] = {key: (str(value) if isinstance(value, Path) else value)
-                                      for key, value in vars(trainer.args).items()}
-        captured["epochs_completed"] = int(trainer.epoch) + 1
-
+    train_info = TrainInfo(info_path, _read_info(info_path) if state == "partial" else {})
     if state == "partial":
         print(f"exp3: resuming {plan.session} from its own {plan.last_pt} ({info})")
         model = model_class(str(plan.last_pt))
     else:
         model = model_class(plan.source)
-    model.add_callback("on_pretrain_routine_start", _on_pretrain_routine_start)
-    model.add_callback("on_train_start", _on_train_start)
-    model.add_callback("on_train_epoch_end", _on_epoch_progress)  # before validation and the checkpoint save
-    model.add_callback("on_fit_epoch_end", _on_epoch_progress)
-    model.add_callback("on_train_end", _on_train_end)
+    add_callbacks(model, train_info.callbacks())
     if state == "partial":
         # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan:
         # the config's batch/imgsz/device/workers, an out-of-memory retry's halved batch, and where the data
@@ -413,9 +434,7 @@ def _train_with(plan: TrainPlan) -> None:
                     **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
     else:
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
-    captured.update({"trainer": trainer_class.__name__,
-                     "resumed_from": info.get("epoch") if state == "partial" else None})
-    _write_info(final=True)
+    train_info.finish(trainer=trainer_class.__name__, resumed_from=info.get("epoch") if state == "partial" else None)
 
 
 def _read_info(path: Path) -> dict[str, Any]:
