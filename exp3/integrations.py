@@ -234,6 +234,7 @@ def keep_training_intact_after_the_tensorboard_graph() -> None:
     then, and the first training step fails ("Inference tensors cannot be saved for backward"). Wrapped here (once
     per process): after the graph, the decoders forget them and recompute them at the next forward, under autograd.
     """
+    # lazy: Ultralytics, imported only after the session has written its settings file (module docstring)
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.utils.callbacks import tensorboard
 
