@@ -207,3 +207,14 @@ def test_the_command_line_loads_neither_prefect_nor_ultralytics() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
     assert loaded == "[]"
+
+
+def test_a_session_process_loads_ultralytics_only_after_its_settings() -> None:
+    """`python -m exp3.session` writes the root's Ultralytics settings and environment (exp3.offline,
+    exp3.integrations) before Ultralytics reads them at its import: importing the session's modules must not
+    load Ultralytics nor torch."""
+    code = ("import sys, exp3.session, exp3.train, exp3.evaluate, exp3.record; "
+            "print(sorted(m for m in ('ultralytics', 'torch') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
+    assert loaded == "[]"
