@@ -103,7 +103,7 @@ def trained_yolo_checkpoint(trained_data_yaml: Path, tmp_path_factory: pytest.Te
     mosaic, scale, translate or colour jitter, since the instrument's train and test images come from
     the same generator and augmentation only slows convergence here; more images rather than more
     epochs (384 images x 12 epochs: test mAP50 0.66 and 53 ingredients at 0.25, measured; 20 epochs gave
-    0.70 in 1.7x the time, 256 images x 10 epochs 0.53). Quality is checked before any test uses it
+    0.70 in 1.4x the time beside the same other work, 256 images x 10 epochs 0.53). Quality is checked before any test uses it
     (`check_instrument`).
     """
     from ultralytics import YOLO
