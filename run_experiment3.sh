@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-python}"
 MAX_ATTEMPTS="${EXP3_MAX_ATTEMPTS:-3}"
 ROOT="$("$PYTHON" - "$@" <<'PY'
 import sys
-from exp3.cli import config_from_args  # the flow's own choice of config (--smoke, --sanity, --pilot, --set ...)
+from exp3.grid.cli import config_from_args  # the flow's own choice of config (--smoke, --sanity, --pilot, --set ...)
 from exp3.config import resolve_output_root
 print(resolve_output_root(config_from_args(sys.argv[1:])[0]))
 PY

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from exp3.metrics import ImageRecord, matched_gt, records_from_json
+from exp3.evaluate.metrics import ImageRecord, matched_gt, records_from_json
 
 
 def _load(folder: Path, split: str) -> tuple[list[ImageRecord], dict[str, Any]]:

@@ -27,10 +27,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from exp3.offline import apply_offline_environment
+    from exp3.train.offline import apply_offline_environment
 
     apply_offline_environment(SCRATCH)
-    from exp3.synth import build_synthetic_dataset
+    from exp3.dataset.synth import build_synthetic_dataset
 
     train, val, test = (int(v) for v in args.counts.split(","))
     data_yaml = build_synthetic_dataset(SCRATCH / f"synth-full-{args.counts.replace(',', '-')}-seed{args.seed}",

@@ -3,7 +3,7 @@
     python benchmarks/bench_evaluate.py --family detect --checkpoint yolo.pt --data data.yaml [--repeats 3]
     python benchmarks/bench_evaluate.py --family rtdetr --checkpoint rtdetr.pt --data data.yaml
 
-exp3's arm is what a session does for one test split (exp3.session._evaluate_test_split): load the
+exp3's arm is what a session does for one test split (exp3.session.run._evaluate_test_split): load the
 checkpoint, `evaluate_split` (validator pass, `predict` pass, recording), `save_split_files`
 (predictions JSON, mAP's bootstrap draws, map stats npz) and the split's metrics
 (`summarize_split`, the val-threshold operating point). The plain arm is `YOLO(ckpt).val(split=...)`
@@ -62,15 +62,15 @@ def main() -> None:
     if not args.checkpoint.is_file():
         raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist: train one first")
 
-    from exp3.offline import apply_offline_environment
+    from exp3.train.offline import apply_offline_environment
 
     apply_offline_environment(SCRATCH)
     from ultralytics import RTDETR, YOLO
 
     from exp3.config import ExperimentConfig
-    from exp3.dataset import read_data_yaml
-    from exp3.evaluate import RECORD_CONF, evaluate_split, load_evaluation_model, save_split_files
-    from exp3.metrics import operating_point, records_from_json, summarize_split
+    from exp3.dataset.audit import read_data_yaml
+    from exp3.evaluate.evaluation import RECORD_CONF, evaluate_split, load_evaluation_model, save_split_files
+    from exp3.evaluate.metrics import operating_point, records_from_json, summarize_split
 
     plain_class = RTDETR if args.family == "rtdetr" else YOLO
     out = SCRATCH / "bench_eval"

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_live_view.py [--epochs 50]
 
-The live view (exp3.live.EpochView) runs in the flow's process: every `runner.POLL_S`
+The live view (exp3.grid.live.EpochView) runs in the flow's process: every `runner.POLL_S`
 seconds it reads the session's `train/results.csv`, and for each new epoch it logs one line,
 rewrites the epochs table artifact and updates the progress artifact through the Prefect API.
 The training runs in its own process and never waits for it. This measures, per epoch, the
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect import flow, get_run_logger, task
 
-    from exp3.jobs import SessionJob
-    from exp3.live import EpochView
+    from exp3.grid.jobs import SessionJob
+    from exp3.grid.live import EpochView
 
     header = ["epoch", "time", "train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/precision(B)",
               "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)", "val/box_loss", "val/cls_loss",

@@ -1,4 +1,4 @@
-"""Bootstrap mAP draws: the per-draw loop (mean_ap per row of weights) vs exp3.mapstats.bootstrap_map.
+"""Bootstrap mAP draws: the per-draw loop (mean_ap per row of weights) vs exp3.evaluate.mapstats.bootstrap_map.
 
     python benchmarks/bench_mapdraws.py [--images 200] [--per-image 300] [--draws 1000] [--repeats 3]
 
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from exp3.mapstats import IOU_THRESHOLDS, MapStats, _Sorted, bootstrap_map
-from exp3.stats import bootstrap_indices
+from exp3.evaluate.mapstats import IOU_THRESHOLDS, MapStats, _Sorted, bootstrap_map
+from exp3.evaluate.stats import bootstrap_indices
 
 
 def synthetic_stats(n_images: int, per_image: int, n_classes: int = 10, seed: int = 0) -> MapStats:
@@ -46,11 +46,11 @@ def synthetic_stats(n_images: int, per_image: int, n_classes: int = 10, seed: in
 
 
 def former_bootstrap_map(stats: MapStats, image_ids, indices: np.ndarray) -> np.ndarray:
-    """exp3.mapstats.bootstrap_map before issue 25: one weighted mean_ap per draw (its former loop)."""
+    """exp3.evaluate.mapstats.bootstrap_map before issue 25: one weighted mean_ap per draw (its former loop)."""
     indices = np.asarray(indices)
     counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
     np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
-    prepared = _Sorted(stats)  # the weighted per-draw mean_ap, kept unchanged in exp3.mapstats
+    prepared = _Sorted(stats)  # the weighted per-draw mean_ap, kept unchanged in exp3.evaluate.mapstats
     return np.array([prepared.mean_ap(row) for row in stats.weights_for(image_ids, counts)]).reshape(-1, 2)
 
 

@@ -60,7 +60,7 @@ def run_benchmark(
     from ultralytics.utils import DEFAULT_CFG
 
     from exp3.config import MaskingConfig
-    from exp3.masking import attach_internal_masking, build_detection_model
+    from exp3.train.masking import attach_internal_masking, build_detection_model
 
     device = torch.device(device_name)
     nc = 10

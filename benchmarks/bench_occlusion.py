@@ -32,14 +32,13 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp3.config import OcclusionConfig  # noqa: E402
-from exp3.parallel import process_pool_context  # noqa: E402
-from exp3.synth import build_synthetic_dataset  # noqa: E402
+from exp3.dataset.synth import build_synthetic_dataset  # noqa: E402
 from exp3.occlusion.codec import OUTPUT_SUFFIXES, decode_image, encode_image  # noqa: E402
 from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites  # noqa: E402
+from exp3.parallel import process_pool_context  # noqa: E402
 
 SCRATCH = Path(__file__).resolve().parent / ".scratch" / "bench_occlusion"
 SIZE = 640

@@ -15,7 +15,7 @@ session handed the flow's PreparedData does: two manifest hashes).
 
 `--exit-cost`: how long a process holding what a session imports (torch, exp3's session modules, Ultralytics,
 a built model) takes from its last line to its end, with CPython's shutdown garbage collection and
-without it (`exp3.session.without_shutdown_collection`, as every session process now ends).
+without it (`exp3.session.run.without_shutdown_collection`, as every session process now ends).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def session_rows(root: Path) -> list[dict[str, float | str]]:
 
 def prepare_timings(root: Path, config_path: Path, repeats: int = 3) -> dict[str, float]:
     from exp3.config import load_config
-    from exp3.prepare import prepare_data, prepared_is_current
+    from exp3.session.prepare import prepare_data, prepared_is_current
 
     config = load_config(config_path)
     prepared = prepare_data(config, root)  # warm: built and verified once, as the flow does
@@ -61,13 +61,13 @@ def prepare_timings(root: Path, config_path: Path, repeats: int = 3) -> dict[str
 _EXIT_PROBE = """
 import sys, time
 from importlib import import_module
-for name in ("torch", "exp3.session", "exp3.train", "exp3.evaluate", "exp3.metrics", "exp3.severity",
-             "exp3.provenance", "exp3.trainers", "ultralytics"):
+for name in ("torch", "exp3.session.run", "exp3.train.training", "exp3.evaluate.evaluation", "exp3.evaluate.metrics",
+             "exp3.evaluate.severity", "exp3.session.provenance", "exp3.train.trainers", "ultralytics"):
     import_module(name)
 from ultralytics import YOLO
 YOLO("yolov8n.yaml")  # a built model, as after a session
 if sys.argv[1] == "freeze":
-    from exp3.session import without_shutdown_collection
+    from exp3.session.run import without_shutdown_collection
     without_shutdown_collection(0)
 sys.stderr.write(repr(time.time()))
 sys.stderr.flush()

@@ -6,7 +6,7 @@
 Live mode: the embedded full preset's test split (640 px), the fixed suite and the default K = 5
 severity suites (built once, in benchmarks/.scratch/), and a yolov8n trained 1 epoch on 16 images
 at `--imgsz` (the pilot's size; evaluation time does not depend on accuracy much). Each repeat
-evaluates, exactly as a session does (`exp3.session._evaluate_test_split`: validator pass, predict
+evaluates, exactly as a session does (`exp3.session.run._evaluate_test_split`: validator pass, predict
 pass, predictions and map_stats files, metrics), test_clean + test_occ_fixed ("today") and then
 the K severity splits, interleaved. Target: (today + severity) / today close to 1 + K/2 (each
 split costs one inference pass of the same images), never more.
@@ -49,18 +49,18 @@ def from_root(root: Path) -> dict:
 
 
 def live(images: int, imgsz: int, repeats: int) -> dict:
-    from exp3.offline import apply_offline_environment
+    from exp3.train.offline import apply_offline_environment
 
     apply_offline_environment(SCRATCH)
     from ultralytics import YOLO
 
     from exp3.config import load_config
-    from exp3.dataset import read_data_yaml
-    from exp3.layout import SessionPaths
-    from exp3.prepare import prepare_data
-    from exp3.session import _evaluate_test_split
+    from exp3.dataset.audit import read_data_yaml
+    from exp3.dataset.synth import build_synthetic_dataset
+    from exp3.session.layout import SessionPaths
+    from exp3.session.prepare import prepare_data
+    from exp3.session.run import _evaluate_test_split
     from exp3.sessions import Session
-    from exp3.synth import build_synthetic_dataset
 
     data_yaml = build_synthetic_dataset(SCRATCH / f"synth-{images}", preset="full", seed=0,
                                         counts={"train": 16, "val": 8, "test": images}, workers=2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +24,35 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exp3.fileio import atomic_write_text, stable_hash
-from exp3.integrations import check_integrations
 from exp3.sessions import SESSION_SUFFIXES
+
+SUPPORTED_INTEGRATIONS: dict[str, str] = {
+    "tensorboard": "tensorboard",    # name -> the module its Ultralytics callback imports (installed or not)
+    "mlflow": "mlflow",
+}
+INTEGRATION_EXTRAS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+"""Integration -> the pyproject extra that installs it (`pip install -c requirements.lock -e ".[tensorboard]"`)."""
+REFUSED_INTEGRATIONS: dict[str, str] = {
+    "wandb": "Ultralytics' W&B callback names every exp3 run 'train' and logs to wandb.ai, and exp3 runs offline",
+    "comet": "Comet logs to comet.com, and exp3 runs offline",
+    "clearml": "ClearML logs to a ClearML server, and exp3 runs offline",
+    "dvc": "DVCLive needs a DVC repository around the output root",
+    "raytune": "Ray Tune reports to a hyperparameter search, which exp3 does not run",
+}
+
+
+def _check_integrations(names: Sequence[str]) -> tuple[str, ...]:
+    """`names` as a tuple if each is a supported integration, listed once; else ValueError (one line, the fix)."""
+    for index, name in enumerate(names):
+        if name in REFUSED_INTEGRATIONS:
+            raise ValueError(f"{name!r} is not supported: {REFUSED_INTEGRATIONS[name]}; "
+                             f"use {' or '.join(SUPPORTED_INTEGRATIONS)}")
+        if name not in SUPPORTED_INTEGRATIONS:
+            raise ValueError(f"unknown integration {name!r}: use {', '.join(SUPPORTED_INTEGRATIONS)} "
+                             "(a list, e.g. [tensorboard]; [] = none)")
+        if name in names[:index]:
+            raise ValueError(f"{name!r} is listed twice: list each integration once")
+    return tuple(names)
 
 
 class ConfigError(ValueError):
@@ -51,7 +79,7 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """One detector: its architecture yaml, the weights it starts from (exp3/weights.py), epochs.
+    """One detector: its architecture yaml, the weights it starts from (exp3/train/weights.py), epochs.
 
     `weights`: a local `.pt` path, an Ultralytics asset name (`yolov8m.pt`, resolved like
     Ultralytics does), or None = train the architecture from scratch on purpose. Weights that
@@ -186,7 +214,7 @@ class FailureConfig(_Strict):
 
 
 class MirrorConfig(_Strict):
-    """A copy of the results on slower, durable storage beside a local `output_root` (exp3/mirror.py)."""
+    """A copy of the results on slower, durable storage beside a local `output_root` (exp3/session/mirror.py)."""
 
     path: Path | None = None
     checkpoint_minutes: float = Field(default=30.0, ge=0.0)
@@ -257,8 +285,8 @@ class ExperimentConfig(_Strict):
     @field_validator("integrations")
     @classmethod
     def _supported_integrations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        """Ultralytics integrations to switch on (exp3/integrations.py); every other one is off."""
-        return check_integrations(value)
+        """Ultralytics integrations to switch on (exp3/train/integrations.py); every other one is off."""
+        return _check_integrations(value)
 
     @field_validator("sessions")
     @classmethod

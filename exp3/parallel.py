@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-PRELOADED_MODULES: list[str] = ["exp3.occlusion.worker", "exp3.synth"]
+PRELOADED_MODULES: list[str] = ["exp3.occlusion.worker", "exp3.dataset.synth"]
 """Imported once in multiprocessing's fork server, so each worker starts without re-importing numpy/PIL."""
 
 

@@ -1,4 +1,4 @@
-"""metrics.json as typed objects: `SessionMetrics` is what exp3.record writes, `MetricsView` what readers read.
+"""metrics.json as typed objects: `SessionMetrics` is what exp3.session.record writes, `MetricsView` what readers read.
 
 Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by tests/test_schema.py):
 
@@ -50,7 +50,7 @@ class PRF(_Block):
 
 
 class Ingredient(_Block):
-    """Ingredient-list P/R/F1 with its three averages (exp3.metrics.ingredient_prf)."""
+    """Ingredient-list P/R/F1 with its three averages (exp3.evaluate.metrics.ingredient_prf)."""
 
     micro: PRF
     macro: PRF
@@ -58,7 +58,7 @@ class Ingredient(_Block):
 
 
 class Detection(_Block):
-    """Class-aware box matching at IoU >= match_iou (exp3.metrics.detection_prf)."""
+    """Class-aware box matching at IoU >= match_iou (exp3.evaluate.metrics.detection_prf)."""
 
     precision: float | None
     recall: float | None
@@ -92,7 +92,7 @@ class PerImage(_Block):
 
 
 class F1VsConf(_Block):
-    """Micro and samples F1 over a confidence grid (exp3.metrics.f1_vs_conf)."""
+    """Micro and samples F1 over a confidence grid (exp3.evaluate.metrics.f1_vs_conf)."""
 
     conf: list[float]
     micro_f1: list[float | None]
@@ -102,7 +102,7 @@ class F1VsConf(_Block):
 
 
 class OperatingPoint(_Block):
-    """The metrics at one confidence threshold (exp3.metrics.operating_point)."""
+    """The metrics at one confidence threshold (exp3.evaluate.metrics.operating_point)."""
 
     conf: float
     ingredient: Ingredient
@@ -110,7 +110,7 @@ class OperatingPoint(_Block):
 
 
 class EvalStages(_Block):
-    """Where a split's `eval_wall_s` went, in seconds (exp3.evaluate.EvaluationStages; they add up to it)."""
+    """Where a split's `eval_wall_s` went, in seconds (exp3.evaluate.evaluation.EvaluationStages; they add up to it)."""
 
     validator_s: float
     predict_s: float
@@ -120,7 +120,7 @@ class EvalStages(_Block):
 
 
 class SplitMetrics(_Block):
-    """`splits.<split>`: one evaluated test split (exp3.metrics.summarize_split plus the validator's mAP)."""
+    """`splits.<split>`: one evaluated test split (exp3.evaluate.metrics.summarize_split plus the validator's mAP)."""
 
     map50: float | None
     map50_95: float | None
@@ -219,7 +219,7 @@ class Training(_Block):
 
 
 class SiteStats(_Block):
-    """One masking site's counters over one epoch (exp3.masking.MaskingHandle.read_stats)."""
+    """One masking site's counters over one epoch (exp3.train.masking.MaskingHandle.read_stats)."""
 
     index: int
     module: str
@@ -238,7 +238,7 @@ class MaskingEpoch(_Block):
 
 
 class MaskingStats(_Block):
-    """`train/masking_stats.json` (exp3.trainers)."""
+    """`train/masking_stats.json` (exp3.train.trainers)."""
 
     sites: list[str]
     spec: dict[str, Any]
@@ -307,7 +307,8 @@ class SeverityEvaluation(_Block):
 
 
 class SeveritySummary(_Block):
-    """Point mPC / rPC (exp3.severity.mpc_summary); keys of `mPC` / `rPC` are exp3.severity.METRICS."""
+    """Point mPC / rPC (exp3.evaluate.severity.mpc_summary); keys of `mPC` / `rPC` are
+    exp3.evaluate.severity.METRICS."""
 
     levels: list[str]
     mPC: dict[str, float | None]
@@ -346,8 +347,9 @@ class SeveritySuite(_Block):
 
 
 class PreparedData(_Block):
-    """The data every session of a run shares: built once (`exp3.prepare.prepare_data`), verified on reuse
-    (`exp3.prepare.prepared_is_current`), handed to each session (`--prepared`), recorded as metrics.json's `data`."""
+    """The data every session of a run shares: built once (`exp3.session.prepare.prepare_data`), verified on reuse
+    (`exp3.session.prepare.prepared_is_current`), handed to each session (`--prepared`), recorded as metrics.json's
+    `data`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -401,7 +403,7 @@ class Device(_Block):
 
 
 class Provenance(_Block):
-    """exp3.provenance.collect_provenance."""
+    """exp3.session.provenance.collect_provenance."""
 
     exp3_version: str
     git: GitState
@@ -412,7 +414,7 @@ class Provenance(_Block):
 
 
 class SessionMetrics(_Block):
-    """A session's metrics.json (docs/schema.md), as exp3.record assembles and writes it."""
+    """A session's metrics.json (docs/schema.md), as exp3.session.record assembles and writes it."""
 
     schema_version: int
     status: str

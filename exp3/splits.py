@@ -14,7 +14,7 @@ The severity splits do not: they are evaluations added to a session, each record
 key of the suite it was evaluated on, so a changed level is evaluated again and never confused with
 another suite's result. The spec keys, and so the configured levels and the evaluation plan a
 finished session must have, come from the occlusion identity (`exp3.occlusion.identity.severity_levels`,
-`evaluation_plan`); which evaluations a session's metrics.json lacks is `exp3.layout.severity_changes`.
+`evaluation_plan`); which evaluations a session's metrics.json lacks is `exp3.session.layout.severity_changes`.
 This module names splits only and imports nothing from exp3 but the config.
 """
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from exp3.config import ConfigError, ExperimentConfig, load_config
-from exp3.grid import planned_key, read_plan
-from exp3.layout import SessionPaths, SessionState
-from exp3.progress import epoch_progress, format_seconds, format_value, results_rows
-from exp3.runlock import RootLock
 from exp3.schema import MetricsView
+from exp3.session.layout import SessionPaths, SessionState
+from exp3.session.plan import planned_key, read_plan
+from exp3.session.progress import epoch_progress, format_seconds, format_value, results_rows
+from exp3.session.runlock import RootLock
 from exp3.sessions import SESSION_SUFFIXES, Session
+
 
 @dataclass(frozen=True)
 class SessionStatus:
@@ -61,7 +62,7 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
 def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session],
                 keys: dict[str, str] | None = None) -> list[SessionStatus]:
     """`session_status` of each session (`keys`: session name -> planned cache key, when known; a session they
-    leave out is stale, `exp3.grid.planned_key`)."""
+    leave out is stale, `exp3.session.plan.planned_key`)."""
     return [session_status(SessionPaths.of(output_root, s), config.models[s.model].epochs,
                            planned_key(keys or {}, s.name)) for s in sessions]
 

@@ -1,5 +1,5 @@
 """exp3 as a Prefect flow: audit -> prepare -> each session on the first free slot -> report.
-`python flows/exp3.py --smoke` runs all 12 sessions for 1 epoch (`--help`, exp3/cli.py). A session its folder
+`python flows/exp3.py --smoke` runs all 12 sessions for 1 epoch (`--help`, exp3/grid/cli.py). A session its folder
 calls done (`SessionPaths.state(key)`) takes no slot: after a crash or a `kill -9`, the same command skips the
 finished sessions and resumes an interrupted one from its own last.pt. Each task calls one library function."""
 
@@ -17,7 +17,7 @@ if __name__ == "exp3":
     del sys.modules[__name__]
 
 if __name__ == "__main__":  # parse the command line and set the environment before Prefect is imported
-    from exp3.cli import run, start
+    from exp3.grid.cli import run, start
 
     CONFIG, ARGS = start(sys.argv[1:])
 
@@ -25,14 +25,14 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
-from exp3.dataset import AuditedData  # noqa: E402
-from exp3.grid import planned_keys, select_sessions, write_plan  # noqa: E402
-from exp3.jobs import SessionJob, SessionResult, plan_jobs, run_on_slots, session_slots  # noqa: E402
-from exp3.layout import SessionState  # noqa: E402
-from exp3.live import announce, publish_report, run_job  # noqa: E402
-from exp3.runlock import RootLock  # noqa: E402
-from exp3.runner import retry_if_transient  # noqa: E402
+from exp3.dataset.audit import AuditedData  # noqa: E402
+from exp3.grid.jobs import SessionJob, SessionResult, plan_jobs, run_on_slots, session_slots  # noqa: E402
+from exp3.grid.live import announce, publish_report, run_job  # noqa: E402
+from exp3.grid.runner import retry_if_transient  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
+from exp3.session.layout import SessionState  # noqa: E402
+from exp3.session.plan import planned_keys, select_sessions, write_plan  # noqa: E402
+from exp3.session.runlock import RootLock  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the slots (`gpus`, `parallel_sessions`)
 
@@ -40,8 +40,8 @@ MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the s
 @task(name="audit-dataset")
 def audit_task(config: ExperimentConfig) -> AuditedData:
     """The data.yaml and its fingerprint, audited once per content: blocking problems fail the flow here."""
-    from exp3.dataset import audit_once
-    from exp3.prepare import dataset_yaml
+    from exp3.dataset.audit import audit_once
+    from exp3.session.prepare import dataset_yaml
 
     return audit_once(dataset_yaml(config, config.output_root), config.output_root / "audits")
 
@@ -50,8 +50,8 @@ def audit_task(config: ExperimentConfig) -> AuditedData:
 def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[str, str | None]:
     """Each model's weights sha256 (None = from scratch on purpose); fails the flow if one of `models` (this run's)
     cannot be had. The config's other models are resolved for plan.json only: never downloaded, left out if absent."""
-    from exp3.prepare import resolve_model_weights
-    from exp3.weights import WeightsError
+    from exp3.session.prepare import resolve_model_weights
+    from exp3.train.weights import WeightsError
 
     weights = {model: resolve_model_weights(config, model).sha256 for model in models}
     no_download = config.model_copy(update={"download_weights": False})
@@ -64,7 +64,7 @@ def resolve_weights_task(config: ExperimentConfig, models: list[str]) -> dict[st
 @task(name="prepare-data")
 def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData:
     """The occlusion suites and S2's train set, built once (verified after), handed down to every session."""
-    from exp3.prepare import prepare_data
+    from exp3.session.prepare import prepare_data
 
     return prepare_data(config, config.output_root, audited=audited)
 
@@ -73,7 +73,7 @@ def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData
 def restore_task(config: ExperimentConfig, keys: dict[str, str]) -> list[str]:
     """What the mirror holds and the local root lacks, brought back (a done session verified, an unfinished one
     resumes); then what the mirror lacks of the local root's done sessions, copied up. One line per restored one."""
-    from exp3.mirror import done_sessions, mirror_for
+    from exp3.session.mirror import done_sessions, mirror_for
 
     mirror = mirror_for(config.mirror, config.output_root)
     restored = mirror.restore(keys)
@@ -87,7 +87,7 @@ def restore_task(config: ExperimentConfig, keys: dict[str, str]) -> list[str]:
 @task(name="mirror-report")
 def mirror_report_task(config: ExperimentConfig, keys: dict[str, str]) -> None:
     """The report's files, and any done session a failed copy left out, copied to the mirror."""
-    from exp3.mirror import done_sessions, mirror_for
+    from exp3.session.mirror import done_sessions, mirror_for
 
     mirror = mirror_for(config.mirror, config.output_root)
     mirror.push_report(done_sessions(config.output_root, keys))
@@ -118,7 +118,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     """Audit, prepare the data once, run each session on the first free slot, then always report; Failed (after
     the report) if any session failed. `config_file` (+ `overrides`) replaces `config` (deployments use it).
     `fan_out_deployment` ("exp3-session/exp3-session"): each session a flow run of it, `fan_out_width` at a time."""
-    from exp3.offline import apply_offline_environment
+    from exp3.train.offline import apply_offline_environment
 
     logger = get_run_logger()
     if config_file is not None:

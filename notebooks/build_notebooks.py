@@ -92,7 +92,7 @@ if IN_COLAB and USE_DRIVE:
     OUTPUT_ROOT = str(Path("/content") / OUTPUT_ROOT)
 print("output root (local):", OUTPUT_ROOT)
 if MIRROR:
-    from exp3.mirror import describe
+    from exp3.session.mirror import describe
 
     print("Disconnected or a new VM? Run all cells again: the run starts from the mirror.")
     print(describe(MIRROR))

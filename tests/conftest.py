@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exp3.offline import apply_offline_environment
+from exp3.train.offline import apply_offline_environment
 
 # Before any test imports ultralytics: no network, settings and fonts in a throw-away dir.
 _OFFLINE_ROOT = Path(tempfile.mkdtemp(prefix="exp3-tests-"))
@@ -17,7 +17,7 @@ apply_offline_environment(_OFFLINE_ROOT)
 @pytest.fixture(scope="session")
 def tiny_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke preset at 96 px: 8 train / 4 val / 4 test images, built once per test session."""
-    from exp3.synth import build_synthetic_dataset
+    from exp3.dataset.synth import build_synthetic_dataset
 
     out = tmp_path_factory.mktemp("tiny-data") / "synthetic"
     return build_synthetic_dataset(out, preset="smoke", seed=0, counts={"train": 8, "val": 4, "test": 4},
@@ -62,7 +62,7 @@ INSTRUMENT_TRAIN_IMAGES = 384
 @pytest.fixture(scope="session")
 def trained_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke preset at 96 px with INSTRUMENT_TRAIN_IMAGES train / 16 val / 16 test images."""
-    from exp3.synth import build_synthetic_dataset
+    from exp3.dataset.synth import build_synthetic_dataset
 
     out = tmp_path_factory.mktemp("trained-data") / "synthetic"
     return build_synthetic_dataset(out, preset="smoke", seed=0,
@@ -122,8 +122,8 @@ def trained_yolo_checkpoint(trained_data_yaml: Path, tmp_path_factory: pytest.Te
 @pytest.fixture(scope="session")
 def trained_evaluation(trained_yolo_checkpoint: Path, trained_data_yaml: Path,
                        tmp_path_factory: pytest.TempPathFactory):
-    """`exp3.evaluate.evaluate_split` of the trained checkpoint on its test split (predict-equivalent records)."""
-    from exp3.evaluate import evaluate_split
+    """`exp3.evaluate.evaluation.evaluate_split` of the trained checkpoint on its test split (predict-equivalent records)."""
+    from exp3.evaluate.evaluation import evaluate_split
 
     root = tmp_path_factory.mktemp("eval-trained")
     return evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", output_root=root,

@@ -1,4 +1,4 @@
-"""Checkpoint writes that a kill cannot leave half done, on tiny real trainings (exp3.trainers).
+"""Checkpoint writes that a kill cannot leave half done, on tiny real trainings (exp3.train.trainers).
 
 A kill is simulated at a chosen instant by raising `Killed` from the call that would have been
 interrupted (`os.replace` between the two renames of a save, `torch.save` halfway through the final
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from exp3.trainers import SafeDetectionTrainer
+from exp3.train.trainers import SafeDetectionTrainer
 
 TRAIN_ARGS: dict[str, Any] = {"imgsz": 64, "batch": 4, "device": "cpu", "workers": 0, "amp": False, "plots": False,
                               "verbose": False, "exist_ok": True}
@@ -132,7 +132,7 @@ def test_an_unreadable_best_pt_is_restored_from_a_last_pt_of_the_same_epoch(
     """Killed in the final strip of last.pt (both files still whole, not stripped), then best.pt damaged by another
     cause: last.pt is itself the best epoch (its fitness is the run's best fitness), so Ultralytics wrote the same
     bytes to best.pt: best.pt is restored from it, the bad file is kept aside, nothing is trained again."""
-    from exp3.train import TrainPlan, final_checkpoint, run_training
+    from exp3.train.training import TrainPlan, final_checkpoint, run_training
 
     plan = TrainPlan(session="check__S1_clean_train", family="detect", source="yolov8n.yaml", pretrained=False,
                      overrides={"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu"},

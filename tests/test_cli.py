@@ -1,4 +1,4 @@
-"""The command line of flows/exp3.py (exp3.cli) without running a flow: config choice, errors, dry run."""
+"""The command line of flows/exp3.py (exp3.grid.cli) without running a flow: config choice, errors, dry run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from exp3.cli import PILOT_CONFIG, PILOT_GPU_CONFIG, REPO, SANITY_SESSIONS, config_from_args, pilot_config_path, run
+from exp3.grid.cli import (
+    PILOT_CONFIG,
+    PILOT_GPU_CONFIG,
+    REPO,
+    SANITY_SESSIONS,
+    config_from_args,
+    pilot_config_path,
+    run,
+)
 
 
 def test_each_option_chooses_its_config() -> None:

@@ -28,11 +28,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import recall_score
 
+from exp3.evaluate.metrics import ImageRecord, detection_prf, records_to_json
+from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import coverage
 from exp3.report.coverage import CoverageError, ManifestBox
 from exp3.report.draws import ReportData
-from exp3.fileio import atomic_write_json, sha256_file
-from exp3.metrics import ImageRecord, detection_prf, records_to_json
 
 NUM_CLASSES = 3
 
@@ -105,7 +105,7 @@ def test_crowded_image_detection_is_one_to_one_ingredient_is_per_class() -> None
 
 def test_independent_check_with_sklearn_and_detection_prf() -> None:
     """Random images: per-bin recall equals sklearn's recall_score on the flattened boxes of the bin, and the
-    detection found-rate over all boxes equals exp3.metrics.detection_prf's recall (the same matcher)."""
+    detection found-rate over all boxes equals exp3.evaluate.metrics.detection_prf's recall (the same matcher)."""
     rng = np.random.default_rng(3)
     records, manifest = [], {}
     for index in range(40):
@@ -226,7 +226,7 @@ def test_sessions_get_one_curve_per_threshold_and_a_box_table(report_of_sessions
 
 def test_chart_has_one_line_per_session_and_renders_a_png(report_of_sessions: coverage.CoverageReport,
                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from exp3.plots import coverage_recall_chart
+    from exp3.report.plots import coverage_recall_chart
     from exp3.sessions import SESSION_LABELS
 
     report = report_of_sessions

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from exp3 import plots, report
-from exp3.layout import SessionState
-from exp3.report import curves
-from exp3.report.runs import SessionRun, scan_sessions
 from test_gap import write_session
 from test_plots import colour_scales
+
+from exp3 import report
+from exp3.report import curves, plots
+from exp3.report.runs import SessionRun, scan_sessions
+from exp3.session.layout import SessionState
 
 YOLO_COLUMNS = ("epoch", "time", "train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/precision(B)",
                 "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)", "val/box_loss", "val/cls_loss",
@@ -62,7 +62,7 @@ def done_run(folder: Path, suffix: str = "S1_clean_train", seed: int | None = 0,
 
 
 def csv_frame(path: Path) -> pd.DataFrame:
-    """results.csv read independently of exp3.progress."""
+    """results.csv read independently of exp3.session.progress."""
     return pd.read_csv(path, skipinitialspace=True).rename(columns=str.strip)
 
 

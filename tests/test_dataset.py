@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from exp3.dataset import DatasetError, audit_dataset, label_path_for, list_split_images, read_data_yaml
+from exp3.dataset.audit import DatasetError, audit_dataset, label_path_for, list_split_images, read_data_yaml
 
 
 @pytest.fixture()
@@ -121,7 +121,7 @@ def test_each_planted_defect_is_caught(dataset: Path, kind: str) -> None:
 
 def test_audit_cached_under_older_rules_is_done_again(dataset: Path, tmp_path: Path) -> None:
     """A dataset that passed an earlier audit's rules (same content, same fingerprint) meets today's checks."""
-    from exp3.dataset import audit_once
+    from exp3.dataset.audit import audit_once
 
     _stem_repeated_in_split(dataset.parent)
     fingerprint = audit_dataset(dataset).fingerprint
@@ -182,7 +182,7 @@ def test_list_file_splits_and_label_paths(dataset: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Polygon (segment) labels: read the way Ultralytics reads them (exp3.labels)
+# Polygon (segment) labels: read the way Ultralytics reads them (exp3.dataset.labels)
 
 
 def _polygon_label(root: Path, text: str) -> Path:
@@ -213,7 +213,7 @@ def test_bad_polygon_rows_stay_blocked(dataset: Path, text: str, kind: str) -> N
 
 
 def test_label_parser_boxes_and_byte_order_mark() -> None:
-    from exp3.labels import parse_label_text
+    from exp3.dataset.labels import parse_label_text
 
     rows, malformed = parse_label_text("\ufeff0 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n\n1 0.3 0.4 0.5 x 0.1 0.1 0.2\n")
     assert malformed == [(3, "non-numeric '1 0.3 0.4 0.5 x 0.1 0.1 0.2'")]

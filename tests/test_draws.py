@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_coverage import hand_manifest_images, hand_records, write_suite
+from test_coverage import write_session as write_coverage_session
+from test_gap import HITS, N, write_session
 
-from exp3 import stats
+from exp3.evaluate import stats
 from exp3.report import coverage, draws, gap, severity
 from exp3.report.comparisons import statistics_tables
 from exp3.report.draws import MISSING, UNPAIRED, ReportData, align
 from exp3.report.runs import scan_sessions
-from test_coverage import hand_records, write_session as write_coverage_session, write_suite, hand_manifest_images
-from test_gap import HITS, N, write_session
 
 
 @pytest.fixture()

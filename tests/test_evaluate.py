@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from exp3.dataset import label_path_for
-from exp3.labels import parse_label_text
-from exp3.evaluate import evaluate_split
+from exp3.dataset.audit import label_path_for
+from exp3.dataset.labels import parse_label_text
+from exp3.evaluate.evaluation import evaluate_split
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluatio
     """What the application (model.predict at its default conf 0.25) would list, image by image."""
     from ultralytics import YOLO
 
-    from exp3.metrics import ingredient_sets, records_from_json
+    from exp3.evaluate.metrics import ingredient_sets, records_from_json
 
     records = records_from_json(trained_evaluation.records)
     _, exp3_sets = ingredient_sets(records, num_classes=10, conf=0.25)
@@ -93,7 +93,7 @@ def test_trained_map_equals_plain_ultralytics_val(trained_evaluation, trained_yo
 
 def test_map_recomputed_from_the_kept_per_image_stats_equals_the_validator(trained_evaluation, tmp_path: Path) -> None:
     """The per-image statistics behind mAP's bootstrap reproduce the validator's mAP of a trained model."""
-    from exp3.mapstats import MapStats, mean_ap
+    from exp3.evaluate.mapstats import MapStats, mean_ap
 
     stats = trained_evaluation.map_stats
     assert sorted(stats.image_ids) == sorted(record["image_id"] for record in trained_evaluation.records)
@@ -109,7 +109,7 @@ def test_one_loaded_model_for_every_split_equals_loading_it_per_split(trained_ev
     records and map stats equal those of a model loaded for that split alone (a trained model: non-zero)."""
     import numpy as np
 
-    from exp3.evaluate import load_evaluation_model
+    from exp3.evaluate.evaluation import load_evaluation_model
 
     model = load_evaluation_model(trained_yolo_checkpoint, "detect")
     evaluate_split(model, trained_data_yaml, "detect", tmp_path, tmp_path / "val", split="val", device="cpu")
@@ -132,7 +132,7 @@ def test_a_validator_that_appends_other_than_one_stats_entry_per_image_is_a_clea
     from ultralytics import YOLO
     from ultralytics.models.yolo.detect.val import DetectionValidator
 
-    from exp3.evaluate import EvaluationModel, _recording_mixin
+    from exp3.evaluate.evaluation import EvaluationModel, _recording_mixin
 
     class TwoEntriesPerImage(DetectionValidator):
         def update_metrics(self, preds, batch):
@@ -155,7 +155,7 @@ def test_batched_predict_gives_each_image_what_predict_gives_it_alone(trained_yo
     import cv2
     from ultralytics import YOLO
 
-    from exp3.evaluate import load_evaluation_model, predict_records
+    from exp3.evaluate.evaluation import load_evaluation_model, predict_records
 
     files = []
     for index, source in enumerate(sorted((trained_data_yaml.parent / "images" / "test").glob("*.jpg"))[:8]):
@@ -197,11 +197,11 @@ def test_stage_timings_add_up_to_the_wall_and_go_into_the_split_entry(tiny_yolo_
     import json
 
     from exp3.config import ExperimentConfig
-    from exp3.evaluate import save_split_files
-    from exp3.mapstats import MapStats
-    from exp3.metrics import records_from_json
-    from exp3.record import split_metrics
+    from exp3.evaluate.evaluation import save_split_files
+    from exp3.evaluate.mapstats import MapStats
+    from exp3.evaluate.metrics import records_from_json
     from exp3.schema import EvalStages, SplitMetrics
+    from exp3.session.record import split_metrics
 
     evaluation = evaluate_split(tiny_yolo_checkpoint, tiny_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
                                 batch=4, device="cpu", plots=False)

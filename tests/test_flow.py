@@ -44,7 +44,7 @@ def _config(tmp_path: Path, models: dict, **extra: object) -> Path:
 
 
 def _session_processes_of(root: Path) -> list[int]:
-    """Pids of live `exp3.session` processes started for `root` (its Ultralytics settings directory is in
+    """Pids of live `exp3.session.run` processes started for `root` (its Ultralytics settings directory is in
     their environment from birth)."""
     found = []
     for proc in Path("/proc").iterdir():
@@ -257,7 +257,7 @@ def test_bad_input_and_live_root(tmp_path: Path) -> None:
     bad = _flow(tmp_path, "--config", str(asset))
     assert bad.returncode == 2 and "put yolov8m.pt in" in bad.stderr and "weights_dir" in bad.stderr, bad.stderr
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from exp3.runlock import RootLock; RootLock(Path(sys.argv[1])).acquire(); "
+                               "from exp3.session.runlock import RootLock; RootLock(Path(sys.argv[1])).acquire(); "
                                "time.sleep(120)", str(tmp_path / "runs" / "exp3-smoke")])
     try:
         deadline = time.time() + 30
@@ -300,7 +300,7 @@ def test_pilot_configs_and_cli(tmp_path: Path) -> None:
     """`--pilot`: configs/pilot.yaml on CPU (only yolov8n, all four masking sites, the full dataset, its own
     root), configs/pilot-gpu.yaml with CUDA (both real models); the CLI path lists its six sessions."""
     from exp3.config import load_config
-    from exp3.masking import build_detection_model, resolve_masking_sites
+    from exp3.train.masking import build_detection_model, resolve_masking_sites
 
     cpu, gpu = (load_config(REPO / "configs" / name) for name in ("pilot.yaml", "pilot-gpu.yaml"))
     assert list(cpu.models) == ["yolov8n"] and cpu.models["yolov8n"].weights is None

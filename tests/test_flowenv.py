@@ -14,7 +14,7 @@ import pytest
 def test_reaping_ends_only_orphaned_ephemeral_servers_of_this_home(tmp_path: Path) -> None:
     """An orphaned ephemeral API server of this PREFECT_HOME is ended; a UI server the user started with the
     same home (`prefect server start`, daemonised) and an ephemeral server of another home are not."""
-    from exp3.flowenv import reap_orphaned_prefect_servers
+    from exp3.grid.flowenv import reap_orphaned_prefect_servers
 
     home, other = tmp_path / "home", tmp_path / "other"
     sleeper = f"{sys.executable} -c 'import time; time.sleep(120)'"

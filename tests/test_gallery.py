@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_gap import HITS, N, write_session
 
 from exp3 import report
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import gallery
 from exp3.report.draws import ReportData
-from test_gap import HITS, N, write_session
 
 
 def add_image_suite(root: Path) -> Path:

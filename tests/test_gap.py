@@ -1,4 +1,4 @@
-"""Gap closed (exp3.stats.gap_closed, exp3.report.gap) on fixtures where the answer is known.
+"""Gap closed (exp3.evaluate.stats.gap_closed, exp3.report.gap) on fixtures where the answer is known.
 
 The tree: 100 test images, one ground-truth ingredient each. A session "hits" the first h images (the GT class
 on the GT box) and names a wrong class on the GT box everywhere else, so both micro ingredient F1 and detection
@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exp3 import report, stats
+from exp3 import report
+from exp3.evaluate import stats
+from exp3.evaluate.mapstats import MapStats, mean_ap
+from exp3.evaluate.metrics import ImageRecord, records_to_json, summarize_split
 from exp3.fileio import atomic_write_json, sha256_file
-from exp3.metrics import ImageRecord, records_to_json, summarize_split
-from exp3.mapstats import MapStats, mean_ap
-from exp3.record import robustness
 from exp3.report import gap
 from exp3.schema import SplitView
+from exp3.session.record import robustness
 
 N = 100
 CLASSES = ["tomato", "carrot", "onion", "egg"]

@@ -8,10 +8,10 @@ import pytest
 
 from exp3 import SCHEMA_VERSION
 from exp3.config import ExperimentConfig, load_config
-from exp3.grid import select_sessions
 from exp3.identity import session_inputs
+from exp3.session.plan import select_sessions
 from exp3.sessions import Session, parse_session
-from exp3.train import masking_spec_for, training_overrides
+from exp3.train.training import masking_spec_for, training_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
 def test_the_plan_names_every_session_of_the_config_whatever_ran(tmp_path: Path) -> None:
     """Issue 35 item 1: a run narrowed by --models/--sessions still plans every session of its config, so a
     folder made under another config is stale to every reader (report, status), not done again."""
-    from exp3.grid import UNPLANNED, planned_key, planned_keys, read_plan, write_plan
+    from exp3.session.plan import UNPLANNED, planned_key, planned_keys, read_plan, write_plan
 
     config = ExperimentConfig(seeds=(0, 1))
     keys = planned_keys(config, "f" * 16, "suite", {"yolov8m": None, "rtdetr-l": "ab" * 32})

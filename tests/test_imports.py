@@ -9,11 +9,14 @@ The rules these tests hold the package to:
   those are edges too. The graph, less the few edges of `ALLOWED_EDGES` (each with its reason), has
   no cycle; a failure names one. So the imports that run when a module is imported (the top ones)
   have no cycle either.
+- Layers: the folders of exp3 are layers (`LAYERS`, docs/layout.md), and a module imports only from its own
+  layer and the ones before it: the data never imports training, training never imports a session, nothing
+  below the report imports it, and only the night's machinery (`exp3.grid`) imports everything.
 - An import inside a function says why it is not at the top: a `#` comment on one of its lines or
   on the line right above it (imports that follow one another share the comment above the first).
   The usual reasons: a heavy dependency a light process must not load (torch, the report's pandas),
-  Ultralytics, which must follow `exp3.offline.apply_offline_environment`, and Prefect, which reads
-  its settings when imported (exp3.cli sets them first).
+  Ultralytics, which must follow `exp3.train.offline.apply_offline_environment`, and Prefect, which reads
+  its settings when imported (exp3.grid.cli sets them first).
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ ALLOWED_EDGES = {
     "the report's rework (issue 38), which may move ReportResult out of the package's __init__",
 }
 """Edges left out of the cycle check, none of them an import that runs when its module is imported."""
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("exp3", "exp3.config", "exp3.sessions", "exp3.splits", "exp3.identity", "exp3.schema", "exp3.fileio",
+     "exp3.parallel"),
+    ("exp3.dataset",),
+    ("exp3.occlusion",),
+    ("exp3.train",),
+    ("exp3.evaluate",),
+    ("exp3.session", "exp3.status"),
+    ("exp3.report",),
+    ("exp3.grid",),
+)
+"""exp3's layers, lowest first: the vocabulary every layer shares, then each folder (a module or package named
+here and everything under it)."""
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -172,6 +188,26 @@ def test_the_import_graph_has_no_cycle() -> None:
         + ". Move the name to the module that owns it (docs/layout.md); importing inside a function only hides a cycle."
 
 
+def layer_of(module: str) -> int:
+    """The index in `LAYERS` of the most specific entry naming `module` or a package above it."""
+    found = [(len(name), index) for index, names in enumerate(LAYERS) for name in names
+             if module == name or module.startswith(name + ".")]
+    assert found, f"{module} is in no layer: add it, or its folder, to LAYERS (and to docs/layout.md)"
+    return max(found)[1]
+
+
+def test_no_import_goes_up_a_layer() -> None:
+    upward = [f"{source} -> {target}" for source, targets in sorted(import_graph().items())
+              for target in sorted(targets) if layer_of(target) > layer_of(source)]
+    assert not upward, ("imports from a higher layer (docs/layout.md: move the name down to the layer that owns "
+                        "it, or pass the value in): " + "; ".join(upward))
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    assert layer_of("exp3.train.masking") < layer_of("exp3.session.run") < layer_of("exp3.report.gap")
+    assert layer_of("exp3.config") == 0 and layer_of("exp3.grid.cli") == len(LAYERS) - 1
+
+
 def test_the_cycle_finder_finds_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
@@ -200,9 +236,9 @@ def test_every_import_inside_a_function_says_why() -> None:
 
 
 def test_the_command_line_loads_neither_prefect_nor_ultralytics() -> None:
-    """exp3.cli sets the environment Prefect and Ultralytics read when imported, so importing it (and
+    """exp3.grid.cli sets the environment Prefect and Ultralytics read when imported, so importing it (and
     `python -m exp3.status`) must load neither, nor torch."""
-    code = ("import sys, exp3.cli, exp3.status; "
+    code = ("import sys, exp3.grid.cli, exp3.status; "
             "print(sorted(m for m in ('prefect', 'ultralytics', 'torch') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
@@ -210,10 +246,10 @@ def test_the_command_line_loads_neither_prefect_nor_ultralytics() -> None:
 
 
 def test_a_session_process_loads_ultralytics_only_after_its_settings() -> None:
-    """`python -m exp3.session` writes the root's Ultralytics settings and environment (exp3.offline,
-    exp3.integrations) before Ultralytics reads them at its import: importing the session's modules must not
+    """`python -m exp3.session` writes the root's Ultralytics settings and environment (exp3.train.offline,
+    exp3.train.integrations) before Ultralytics reads them at its import: importing the session's modules must not
     load Ultralytics nor torch."""
-    code = ("import sys, exp3.session, exp3.train, exp3.evaluate, exp3.record; "
+    code = ("import sys, exp3.session.run, exp3.train.training, exp3.evaluate.evaluation, exp3.session.record; "
             "print(sorted(m for m in ('ultralytics', 'torch') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()

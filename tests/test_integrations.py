@@ -17,7 +17,12 @@ import pytest
 import yaml
 
 from exp3.config import ConfigError, load_config
-from exp3.integrations import (
+from exp3.grid.jobs import SessionJob
+from exp3.grid.runner import run_session_subprocess
+from exp3.identity import session_inputs
+from exp3.session.prepare import prepare_data, resolve_model_weights
+from exp3.sessions import Session
+from exp3.train.integrations import (
     MLFLOW_STORE,
     ULTRALYTICS_INTEGRATIONS,
     missing_packages,
@@ -27,11 +32,6 @@ from exp3.integrations import (
     ultralytics_settings,
     write_ultralytics_settings,
 )
-from exp3.jobs import SessionJob
-from exp3.identity import session_inputs
-from exp3.prepare import prepare_data, resolve_model_weights
-from exp3.runner import run_session_subprocess
-from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION = Session("yolov8n", "S1_clean_train")
@@ -77,7 +77,7 @@ def sessions(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         for name in NOT_IN_TESTS:
             patch.delenv(name, raising=False)
         patch.chdir(cwd)
-        patch.setattr("exp3.runner.write_ultralytics_settings", write_and_note)
+        patch.setattr("exp3.grid.runner.write_ultralytics_settings", write_and_note)
         on = _run_session(tmp_path_factory.mktemp("on"), tiny_data_yaml, ["tensorboard", "mlflow"], EPOCHS)
         off = _run_session(tmp_path_factory.mktemp("off"), tiny_data_yaml, [], 1)
     return {"on": on, "off": off, "cwd": cwd, "written": written}
@@ -202,7 +202,7 @@ def test_one_name_is_a_list_of_one_and_the_default_is_none() -> None:
 
 
 def test_an_integration_not_installed_is_named_with_its_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("exp3.integrations.find_spec", lambda name: None)
+    monkeypatch.setattr("exp3.train.integrations.find_spec", lambda name: None)
     message = missing_packages(["tensorboard", "mlflow"])
     assert message is not None and "\n" not in message
     assert "['tensorboard', 'mlflow']" in message and 'pip install -c requirements.lock -e ".[tensorboard,mlflow]"' \
@@ -212,7 +212,7 @@ def test_an_integration_not_installed_is_named_with_its_install_line(monkeypatch
 
 def test_sessions_get_their_mlflow_names_only_when_mlflow_is_on(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from exp3.integrations import integration_environment
+    from exp3.train.integrations import integration_environment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert integration_environment(["tensorboard"], tmp_path, "exp3", "yolov8n__S1_clean_train") == {}
@@ -235,7 +235,7 @@ def test_rt_detr_still_trains_after_ultralytics_logs_its_tensorboard_graph(monke
     from ultralytics.nn.modules.head import RTDETRDecoder
     from ultralytics.utils.callbacks import tensorboard
 
-    from exp3.integrations import keep_training_intact_after_the_tensorboard_graph
+    from exp3.train.integrations import keep_training_intact_after_the_tensorboard_graph
 
     decoder = RTDETRDecoder(nc=2, ch=(8, 8, 8), hd=16, nq=5, ndp=2, nh=2, ndl=1, d_ffn=16)
     features = [torch.rand(1, 8, size, size) for size in (8, 4, 2)]

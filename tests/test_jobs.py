@@ -1,4 +1,4 @@
-"""What crosses the task boundary (exp3.jobs): the plan, SessionJob / SessionResult, the slot pool that
+"""What crosses the task boundary (exp3.grid.jobs): the plan, SessionJob / SessionResult, the slot pool that
 starts each session on the first free slot (real Prefect flows, real subprocesses), and the command
 line that hands prepared data to a session (no training)."""
 
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from exp3.config import ExperimentConfig
-from exp3.grid import select_sessions
-from exp3.jobs import SessionJob, SessionResult, done_result, outcome, plan_jobs, session_slots
-from exp3.layout import SessionState
-from exp3.runner import SessionError, session_arguments, session_environment
+from exp3.grid.jobs import SessionJob, SessionResult, done_result, outcome, plan_jobs, session_slots
+from exp3.grid.runner import SessionError, session_arguments, session_environment
 from exp3.schema import PreparedData, SeveritySuite
-from exp3.prepare import prepared_from_json, prepared_is_current
+from exp3.session.layout import SessionState
+from exp3.session.plan import select_sessions
+from exp3.session.prepare import prepared_from_json, prepared_is_current
 
 PREPARED = PreparedData(data_yaml="/d/data.yaml", dataset_fingerprint="f" * 16, suite_dir="/s/occ-1", suite_id="occ-1",
                         suite_manifest_sha256="a" * 64, s2_data_yaml="/s/occtrain-1/data.yaml",
@@ -120,8 +120,8 @@ SLOT_FLOW = r"""
 import json, subprocess, sys, time
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
-from exp3.jobs import SessionJob, SessionResult, run_on_slots
-from exp3.runner import SessionError
+from exp3.grid.jobs import SessionJob, SessionResult, run_on_slots
+from exp3.grid.runner import SessionError
 
 SLEEP_S = 1.5
 
@@ -175,7 +175,7 @@ def test_sessions_take_the_first_free_slot_when_they_start(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-c", SLOT_FLOW, json.dumps(runs)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], timeout=600,
                             env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
-                                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"})  # as exp3.flowenv
+                                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"})  # as exp3.grid.flowenv
     assert result.returncode == 0, result.stderr[-3000:]
     first, second, third = (json.loads(line) for line in result.stdout.splitlines()[-3:])
 
@@ -238,7 +238,7 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
 def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
     """A session given another config's prepared data (other occlusion parameters or levels) prepares its own."""
     from exp3.occlusion.identity import severity_levels, suite_parameters, train_set_parameters
-    from exp3.prepare import prepared_mismatch
+    from exp3.session.prepare import prepared_mismatch
 
     config = _config(occlusion={"severities": [[0.1, 0.3]]})
     suite, s2 = tmp_path / "occ-1", tmp_path / "occtrain-1"
@@ -262,7 +262,7 @@ def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
 
 def test_a_session_failed_before_takes_no_slot_unless_rerun(tmp_path: Path) -> None:
     """FAILED under the current key: skipped with its error, no slot taken; `--rerun-failed` starts it."""
-    from exp3.jobs import run_on_slots
+    from exp3.grid.jobs import run_on_slots
 
     job = _plan(_config(output_root=tmp_path))[0]
     job.paths.folder.mkdir(parents=True)

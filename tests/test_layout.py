@@ -1,11 +1,11 @@
-"""A session folder's markers and state (exp3.layout), and the one state vocabulary."""
+"""A session folder's markers and state (exp3.session.layout), and the one state vocabulary."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from exp3.layout import SessionPaths, SessionState
+from exp3.session.layout import SessionPaths, SessionState
 
 
 def done_folder(folder: Path, key: str) -> SessionPaths:

@@ -1,4 +1,4 @@
-"""exp3.mapstats: mAP recomputed from per-image stats against Ultralytics' own ap_per_class."""
+"""exp3.evaluate.mapstats: mAP recomputed from per-image stats against Ultralytics' own ap_per_class."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from ultralytics.utils.metrics import ap_per_class
 
-from exp3.mapstats import MapStats, _Sorted, bootstrap_map, mean_ap
-from exp3.stats import bootstrap_indices
+from exp3.evaluate.mapstats import MapStats, _Sorted, bootstrap_map, mean_ap
+from exp3.evaluate.stats import bootstrap_indices
 
 
 def _image(rng: np.random.Generator, index: int, tied: bool) -> dict:
@@ -80,7 +80,7 @@ def _former_bootstrap_map(stats: MapStats, image_ids, indices: np.ndarray) -> np
     indices = np.asarray(indices)
     counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
     np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
-    prepared = _Sorted(stats)  # the weighted per-draw mean_ap, kept unchanged in exp3.mapstats
+    prepared = _Sorted(stats)  # the weighted per-draw mean_ap, kept unchanged in exp3.evaluate.mapstats
     return np.array([prepared.mean_ap(row) for row in stats.weights_for(image_ids, counts)]).reshape(-1, 2)
 
 
@@ -112,7 +112,7 @@ def _detector_image(rng: np.random.Generator, index: int) -> dict:
 @pytest.mark.parametrize("block_values, chunk_values", [(None, None), (1, 1), (3000, 5000)])
 def test_bootstrap_draws_equal_the_former_per_draw_mean_ap(block_values, chunk_values, monkeypatch) -> None:
     """Collapsed FP runs, kept zero-weight points and draws in blocks give the per-draw loop's numbers."""
-    from exp3 import mapstats
+    from exp3.evaluate import mapstats
 
     if block_values is not None:                                      # 1: one draw per block and per chunk
         monkeypatch.setattr(mapstats, "_BLOCK_VALUES", block_values)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from exp3.config import MaskingConfig
-from exp3.masking import (
+from exp3.sessions import MASKING_SITES
+from exp3.train.masking import (
     FeatureMasker,
     HeadInputMasker,
     as_masking_config,
@@ -38,7 +39,6 @@ from exp3.masking import (
     spatial_keep_mask,
     strip_masking_hooks,
 )
-from exp3.sessions import MASKING_SITES
 
 ALWAYS = {"schedule": "constant", "p_apply": 1.0}  # mask every training batch at full strength
 
@@ -289,7 +289,7 @@ def test_site_feature_shapes_report(yolov8n: nn.Module) -> None:
 
 @pytest.mark.parametrize(("model", "problem"), [("nosuch.yaml", "no such file"), ("yolov8m.pt", "not an architecture")])
 def test_sites_cli_bad_model_is_one_error_line(model: str, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from exp3.masking import main
+    from exp3.train.masking import main
 
     assert main(["sites", "--model", model]) == 2
     captured = capsys.readouterr()
@@ -353,7 +353,7 @@ class _MaskingProbe:
 
 
 def _write_settings(directory: Path) -> Path:
-    from exp3.trainers import write_masking_settings
+    from exp3.train.trainers import write_masking_settings
 
     return write_masking_settings(directory / "spec.json", list(MASKING_SITES), {**ALWAYS, "mode": "channel+spatial"})
 
@@ -363,7 +363,7 @@ def yolo_run(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """yolov8n, all sites, 2 epochs: interrupted after epoch 1, resumed in the trainer without the env var."""
     from ultralytics import YOLO
 
-    from exp3.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
+    from exp3.train.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
 
     root = tmp_path_factory.mktemp("masked-yolo")
     first, resumed = _MaskingProbe(interrupt_after_first_epoch=True), _MaskingProbe()
@@ -389,7 +389,7 @@ def rtdetr_run(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -
     """rtdetr-l, all sites, 1 epoch."""
     from ultralytics import RTDETR
 
-    from exp3.trainers import MASKING_SPEC_ENV, MaskedRTDETRTrainer
+    from exp3.train.trainers import MASKING_SPEC_ENV, MaskedRTDETRTrainer
 
     root = tmp_path_factory.mktemp("masked-rtdetr")
     probe = _MaskingProbe()
@@ -408,7 +408,7 @@ def test_yolov8m_default_spec_ramps_in_within_the_first_epoch(tiny_data_yaml: Pa
     """Default MaskingConfig (linear ramp over 30 %): batch 0 runs at strength 0, batch 1 at full strength."""
     from ultralytics import YOLO
 
-    from exp3.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer, write_masking_settings
+    from exp3.train.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer, write_masking_settings
 
     monkeypatch.setenv(MASKING_SPEC_ENV, str(write_masking_settings(tmp_path / "spec.json", "backbone_late", {})))
     YOLO("yolov8m.yaml").train(data=str(tiny_data_yaml), project=str(tmp_path), name="run",
@@ -457,7 +457,7 @@ def test_an_ema_rebuilt_from_the_hooked_model_is_stripped_before_validation_and_
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import ModelEMA
 
-    from exp3.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
+    from exp3.train.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
 
     seen: dict[str, list[int]] = {"rebuilt": [], "validated": [], "saved": []}
     trainers: list[Any] = []
@@ -479,7 +479,7 @@ def test_an_ema_rebuilt_from_the_hooked_model_is_stripped_before_validation_and_
     assert seen["validated"][:1] == [0] and seen["saved"] == [0]
     with zipfile.ZipFile(tmp_path / "run" / "weights" / "last.pt") as archive:
         pickled = b"".join(archive.read(name) for name in archive.namelist() if name.endswith(".pkl"))
-    assert b"exp3.masking" not in pickled
+    assert b"exp3.train.masking" not in pickled
 
 _PLAIN_LOAD = """
 import sys
@@ -499,7 +499,7 @@ def test_checkpoints_hold_no_hook_and_load_without_exp3(yolo_run: dict[str, Any]
     for checkpoint in checkpoints:
         with zipfile.ZipFile(checkpoint) as archive:
             pickled = b"".join(archive.read(name) for name in archive.namelist() if name.endswith(".pkl"))
-        assert b"exp3.masking" not in pickled and b"FeatureMasker" not in pickled
+        assert b"exp3.train.masking" not in pickled and b"FeatureMasker" not in pickled
     assert "rtdetr" in str(checkpoints[1]) and "rtdetr" not in str(checkpoints[0])  # picks the model class below
     result = subprocess.run([sys.executable, "-c", _PLAIN_LOAD, *map(str, checkpoints)], capture_output=True, text=True,
                             cwd=checkpoints[0].parent, timeout=300)
@@ -509,7 +509,7 @@ def test_checkpoints_hold_no_hook_and_load_without_exp3(yolo_run: dict[str, Any]
 
 def test_trainer_without_settings_says_how_to_give_them(tiny_data_yaml: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from exp3.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
+    from exp3.train.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer
 
     monkeypatch.delenv(MASKING_SPEC_ENV, raising=False)
     overrides = {"model": "yolov8n.yaml", "data": str(tiny_data_yaml), "project": str(tmp_path), "name": "run",

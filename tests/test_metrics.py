@@ -1,4 +1,4 @@
-"""exp3.metrics: hand-computed answers, scikit-learn agreement, empty-set rule, matching, round trips, errors."""
+"""exp3.evaluate.metrics: hand-computed answers, scikit-learn agreement, empty-set rule, matching, round trips, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from exp3.metrics import (
+from exp3.evaluate.metrics import (
     DEFAULT_CONF_GRID,
     ImageRecord,
     box_iou,
@@ -312,7 +312,7 @@ def test_the_recorded_checkpoint_rule_is_what_ultralytics_selects_best_pt_by() -
     import numpy as np
     from ultralytics.utils.metrics import Metric
 
-    from exp3.record import CHECKPOINT_CHOICE
+    from exp3.session.record import CHECKPOINT_CHOICE
 
     metric = Metric()
     metric.p, metric.r = np.array([0.8]), np.array([0.6])

@@ -1,4 +1,4 @@
-"""The mirror (exp3/mirror.py) on real files: what goes up, what comes back (verified), what a failing mirror does.
+"""The mirror (exp3/session/mirror.py) on real files: what goes up, what comes back (verified), what a failing mirror does.
 The flow-level test (kill -9, the local root deleted, a new root resumes from the mirror) is in test_flow.py."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from exp3.config import MirrorConfig
-from exp3.layout import SessionPaths, SessionState
-from exp3.mirror import Mirror, describe, mirror_for
+from exp3.session.layout import SessionPaths, SessionState
+from exp3.session.mirror import Mirror, describe, mirror_for
 
 KEY = "yolov8n__S1_clean_train-0123456789abcdef"
 
@@ -155,9 +155,9 @@ def test_a_user_dataset_on_the_mirrors_storage_is_trained_from_a_local_copy(writ
     """Training images read from Drive are slow: the flow copies the dataset to the local root once, checks the
     copy's fingerprint against the source's, and uses it; a changed source is copied again."""
     from exp3.config import ExperimentConfig
-    from exp3.dataset import DatasetError, dataset_fingerprint, read_data_yaml
-    from exp3.mirror import local_dataset
-    from exp3.prepare import dataset_yaml
+    from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
+    from exp3.session.mirror import local_dataset
+    from exp3.session.prepare import dataset_yaml
 
     config = ExperimentConfig.model_validate({"dataset": {"kind": "yaml", "data_yaml": str(writable_data_yaml)},
                                               "mirror": {"path": str(tmp_path / "drive" / "exp3")}})

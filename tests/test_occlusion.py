@@ -15,11 +15,11 @@ from PIL import Image, ImageDraw
 
 from exp3 import parallel
 from exp3.config import OcclusionConfig
-from exp3.dataset import label_path_for
+from exp3.dataset.audit import label_path_for
 from exp3.fileio import sha256_file
 from exp3.occlusion import OcclusionError, identity, planners
-from exp3.occlusion.fills import FILLS, MEAN_RGB, TEXTURE_BOX_MARGIN, TextureDonor, background_mask, fill_texture
 from exp3.occlusion.codec import decode_image
+from exp3.occlusion.fills import FILLS, MEAN_RGB, TEXTURE_BOX_MARGIN, TextureDonor, background_mask, fill_texture
 from exp3.occlusion.geometry import covered_fractions, rect_mask, yolo_to_xyxy
 from exp3.occlusion.occlude import image_rng, occlude_image
 from exp3.occlusion.planners import MAX_BOX_COVERAGE, object_rects, random_rects
@@ -509,7 +509,7 @@ def test_bad_input_raises_one_line_and_writes_nothing(case: str, expected: str, 
 
 
 def test_polygon_label_becomes_its_box_and_bad_rows_fail(tmp_path: Path) -> None:
-    """Segment rows are read as Ultralytics reads them: the polygon's bounding box (exp3.labels)."""
+    """Segment rows are read as Ultralytics reads them: the polygon's bounding box (exp3.dataset.labels)."""
     data_yaml = make_yolo_dataset(tmp_path / "data", {"test": 2})
     label = sorted((tmp_path / "data" / "labels" / "test").iterdir())[0]
     label.write_text("1 0.1 0.2 0.5 0.2 0.5 0.8 0.1 0.8\n2 0.6 0.6 0.9 0.7 0.7 0.9\n")

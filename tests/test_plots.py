@@ -1,4 +1,4 @@
-"""exp3.plots: a session, or a model, has one colour in every chart that colours by it.
+"""exp3.report.plots: a session, or a model, has one colour in every chart that colours by it.
 
 The colours are read back from each chart's Vega-Lite spec (`chart.to_dict()`), the scale the
 renderer uses, so a chart that builds its own scale, or a palette defined twice, shows up here.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from exp3 import plots
+from exp3.report import plots
 from exp3.sessions import SESSION_ORDER
 from exp3.splits import PRIMARY_SPLITS
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from exp3.layout import SessionPaths
-from exp3.progress import (
+from exp3.session.layout import SessionPaths
+from exp3.session.progress import (
     EpochProgress,
     epoch_progress,
     epoch_table,

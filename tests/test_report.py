@@ -3,8 +3,8 @@
 The tree: two models x six sessions, 20 test images, 4 classes. Image i has the ground-truth set
 {class i % 4}; a session "hits" the first `h` images (predicts exactly the GT class) and predicts
 nothing on the rest, so its micro ingredient F1 is 2h / (N + h) exactly. yolov8m's S4 is FAILED and
-its S5 has no folder; everything else is done. The files go through exp3.metrics.summarize_split
-and exp3.record.robustness, so they are consistent with what a real session writes.
+its S5 has no folder; everything else is done. The files go through exp3.evaluate.metrics.summarize_split
+and exp3.session.record.robustness, so they are consistent with what a real session writes.
 
 Two twists (SHAPES) make the metrics tell different stories:
 - `misplaced`: the first k hits put their box off the object (IoU 0): the ingredient is still
@@ -29,16 +29,16 @@ import pytest
 from scipy import stats as scipy_stats
 
 from exp3 import report
+from exp3.evaluate.mapstats import MapStats, mean_ap
+from exp3.evaluate.metrics import ImageRecord, records_to_json, summarize_split
 from exp3.fileio import atomic_write_json, sha256_file
-from exp3.mapstats import MapStats, mean_ap
-from exp3.metrics import ImageRecord, records_to_json, summarize_split
-from exp3.record import robustness
 from exp3.report.charts import bar_frame
 from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
 from exp3.report.markdown import NO_MAP_INTERVAL, dashboard_markdown, status_grid
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
 from exp3.schema import SplitView
+from exp3.session.record import robustness
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 N_IMAGES = 20
@@ -209,7 +209,7 @@ def test_comparisons_pair_sessions_on_images(built: report.ReportResult) -> None
 
 
 def test_twelve_bar_chart_spec_has_twelve_rows(built: report.ReportResult) -> None:
-    from exp3.plots import session_bar_chart
+    from exp3.report.plots import session_bar_chart
 
     frame = bar_frame(built.summary, "test_occ_fixed", "ingredient_micro_f1", MODELS,
                       ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
@@ -329,7 +329,7 @@ def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:
 
 
 def test_results_made_under_other_inputs_are_reported_stale_not_done(tmp_path: Path) -> None:
-    from exp3.grid import write_plan
+    from exp3.session.plan import write_plan
 
     for suffix in ("S1_clean_train", "S2_occ_train"):
         write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, (20, 10))

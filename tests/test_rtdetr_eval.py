@@ -26,7 +26,7 @@ def tiny_rtdetr_checkpoint(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def rtdetr_evaluation(tiny_rtdetr_checkpoint: Path, tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory):
-    from exp3.evaluate import evaluate_split
+    from exp3.evaluate.evaluation import evaluate_split
 
     root = tmp_path_factory.mktemp("eval-rtdetr")
     return evaluate_split(tiny_rtdetr_checkpoint, tiny_data_yaml, "rtdetr", output_root=root, save_dir=root / "test",
@@ -76,7 +76,7 @@ def test_rtdetr_ingredient_sets_equal_those_of_predict_at_a_threshold(rtdetr_eva
     import numpy as np
     from ultralytics import RTDETR
 
-    from exp3.metrics import ingredient_sets, records_from_json
+    from exp3.evaluate.metrics import ingredient_sets, records_from_json
 
     records = records_from_json(rtdetr_evaluation.records)
     confs = np.concatenate([r.pred_conf for r in records])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exp3.runlock import LOCK_NAME, LockBusy, RootLock, SessionLock
+from exp3.session.runlock import LOCK_NAME, LockBusy, RootLock, SessionLock
 
 SESSION_LOCK = ".yolov8m__S1_clean_train.lock"
 
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = r"""
 import sys
 from pathlib import Path
-from exp3.runlock import LockBusy, RootLock, SessionLock
+from exp3.session.runlock import LockBusy, RootLock, SessionLock
 
 kind, directory, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None
 if go is not None:
@@ -202,7 +202,7 @@ def test_session_lock_is_independent_of_the_root_lock(tmp_path: Path) -> None:
 
 
 def test_a_session_folder_lock_from_layout_refuses_a_second_holder(tmp_path: Path) -> None:
-    from exp3.layout import SessionPaths
+    from exp3.session.layout import SessionPaths
     from exp3.sessions import Session
 
     paths = SessionPaths.of(tmp_path, Session("yolov8m", "S1_clean_train"))
@@ -215,7 +215,7 @@ def test_a_session_folder_lock_from_layout_refuses_a_second_holder(tmp_path: Pat
 def test_a_lock_lives_until_the_process_exits_not_in_its_children(tmp_path: Path) -> None:
     """A dropped lock object still holds; a forked child (a dataloader worker) and an exec'd child never keep
     it after the holder dies."""
-    code = ("import os, subprocess, sys, time; from pathlib import Path; from exp3.runlock import RootLock; "
+    code = ("import os, subprocess, sys, time; from pathlib import Path; from exp3.session.runlock import RootLock; "
             "RootLock(Path(sys.argv[1])).acquire(); import gc; gc.collect(); pid = os.fork()\n"
             "if pid == 0:\n    null = os.open(os.devnull, os.O_RDWR); os.dup2(null, 1); os.dup2(null, 2)\n"
             "    time.sleep(60); os._exit(0)\n"

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from exp3.jobs import SessionJob
-from exp3.runner import DEFAULT_BATCH, is_out_of_memory, retry_batch_for
+from exp3.grid.jobs import SessionJob
+from exp3.grid.runner import DEFAULT_BATCH, is_out_of_memory, retry_batch_for
 
 
 def test_out_of_memory_is_recognised_from_error_or_log_tail() -> None:
@@ -36,7 +36,7 @@ def test_half_batch_retry_after_an_out_of_memory_failure(tmp_path: Path) -> None
 
 
 def test_out_of_memory_is_retried_while_the_batch_can_shrink(tmp_path: Path) -> None:
-    from exp3.runner import worth_retrying
+    from exp3.grid.runner import worth_retrying
 
     job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path="c", output_root=str(tmp_path),
                      epochs=1, batch=4)
@@ -51,7 +51,7 @@ class _Recorder:
     """A logger and Prefect's artifact calls, recorded (the real ones are checked in test_flow's live view test)."""
 
     def __init__(self, monkeypatch, fail_artifacts: bool = False) -> None:
-        import exp3.live
+        import exp3.grid.live
 
         self.lines: list[tuple[str, str]] = []
         self.tables: list[list[int]] = []
@@ -62,9 +62,9 @@ class _Recorder:
                 raise ConnectionError("API down\nmore")
             self.tables.append([row["epoch"] for row in table])
 
-        monkeypatch.setattr(exp3.live, "create_progress_artifact", lambda **kwargs: "artifact-id")
-        monkeypatch.setattr(exp3.live, "create_table_artifact", table)
-        monkeypatch.setattr(exp3.live, "update_progress_artifact",
+        monkeypatch.setattr(exp3.grid.live, "create_progress_artifact", lambda **kwargs: "artifact-id")
+        monkeypatch.setattr(exp3.grid.live, "create_table_artifact", table)
+        monkeypatch.setattr(exp3.grid.live, "update_progress_artifact",
                             lambda artifact_id, progress: self.progress.append(progress))
 
     def info(self, line: str) -> None:
@@ -80,7 +80,7 @@ def _job(root: Path, suffix: str = "S1_clean_train", epochs: int = 3) -> Session
 
 def test_the_live_view_logs_each_new_epoch_once(tmp_path: Path, monkeypatch) -> None:
     """The runner's polls: each epoch is logged exactly once; the end reports 100 %."""
-    from exp3.live import EpochView
+    from exp3.grid.live import EpochView
 
     record, job = _Recorder(monkeypatch), _job(tmp_path)
     view = EpochView(job, record)
@@ -99,7 +99,7 @@ def test_the_live_view_logs_each_new_epoch_once(tmp_path: Path, monkeypatch) -> 
 
 
 def test_a_failing_artifact_call_is_warned_once_and_never_stops_the_epoch_lines(tmp_path: Path, monkeypatch) -> None:
-    from exp3.live import EpochView
+    from exp3.grid.live import EpochView
 
     record, job = _Recorder(monkeypatch, fail_artifacts=True), _job(tmp_path)
     view = EpochView(job, record)
@@ -116,7 +116,7 @@ def test_a_failing_artifact_call_is_warned_once_and_never_stops_the_epoch_lines(
 def test_a_session_that_ends_between_two_polls_still_reports_its_epoch(tmp_path: Path, monkeypatch) -> None:
     """Issue 24 item 7: a 1-epoch session whose results.csv appears after the last poll: the read at its end
     logs the epoch, once."""
-    from exp3.live import EpochView
+    from exp3.grid.live import EpochView
 
     record, job = _Recorder(monkeypatch), _job(tmp_path, "S3_mask_backbone_early", epochs=1)
     view = EpochView(job, record)
@@ -131,7 +131,7 @@ def test_a_session_that_ends_between_two_polls_still_reports_its_epoch(tmp_path:
 
 def _done_session_with_two_epochs(root: Path) -> None:
     """`m__S1_clean_train` under `root`: DONE (key "k") with two epochs in results.csv."""
-    from exp3.layout import SessionPaths
+    from exp3.session.layout import SessionPaths
     from exp3.sessions import Session
 
     paths = SessionPaths.of(root, Session("m", "S1_clean_train"))
@@ -143,7 +143,7 @@ def _done_session_with_two_epochs(root: Path) -> None:
 
 def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> None:
     """The H100 pilot's `timeout` sent SIGTERM: the flow logged 'session exited with code -15'."""
-    from exp3.runner import exit_reason
+    from exp3.grid.runner import exit_reason
 
     assert exit_reason(-15).startswith("session stopped by SIGTERM")
     assert "resumes from its last epoch" in exit_reason(-9)
@@ -157,8 +157,8 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path, 
     training: the live view must not log its old epochs as if it were training (seen on the pilot)."""
     import pytest
 
-    from exp3.live import EpochView
-    from exp3.runner import SessionError, run_session_subprocess
+    from exp3.grid.live import EpochView
+    from exp3.grid.runner import SessionError, run_session_subprocess
 
     _done_session_with_two_epochs(tmp_path)
     record = _Recorder(monkeypatch)
@@ -220,14 +220,14 @@ def test_a_session_process_whose_flow_died_before_it_started_ends_at_once() -> N
 def test_the_runner_starts_a_session_without_preexec_fn(tmp_path: Path, monkeypatch) -> None:
     """Issue 35 item 8: Python documents `preexec_fn` as unsafe in a threaded process (the flow's): the session
     process gets the flow's pid in its environment and ties itself to it."""
-    import exp3.runner
+    import exp3.grid.runner
     from exp3.parallel import PARENT_PID_ENV
 
     seen: list[dict] = []
     real = subprocess.Popen
-    monkeypatch.setattr(exp3.runner.subprocess, "Popen", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(exp3.grid.runner.subprocess, "Popen", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     with open(tmp_path / "session.log", "ab") as log:
-        exp3.runner.start_session_process(["--help"], dict(os.environ), log).wait(timeout=120)
+        exp3.grid.runner.start_session_process(["--help"], dict(os.environ), log).wait(timeout=120)
     assert "preexec_fn" not in seen[0] and seen[0]["env"][PARENT_PID_ENV] == str(os.getpid())
 
 
@@ -244,7 +244,7 @@ def test_a_session_process_logs_its_command_line_and_exit(tmp_path: Path) -> Non
     """A fresh `python -m exp3.session`: its command line first in the session log, then its own output."""
     import os
 
-    from exp3.runner import start_session_process
+    from exp3.grid.runner import start_session_process
 
     arguments = ["--config", str(tmp_path / "missing.yaml"), "--model", "yolov8n", "--session", "S1_clean_train"]
     with open(tmp_path / "session.log", "ab") as log:

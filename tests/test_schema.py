@@ -23,7 +23,7 @@ from exp3.schema import MetricsView, Robustness, SessionMetrics, TrainingRan
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "fixtures" / "metrics_example.json"
 """A real metrics.json (a masked smoke session, yolov8m S3), with its second severity level removed by
-`exp3.record.with_severity_levels`: three splits, one severity level, one superseded result."""
+`exp3.session.record.with_severity_levels`: three splits, one severity level, one superseded result."""
 DOC = REPO / "docs" / "schema.md"
 
 
@@ -65,7 +65,7 @@ def test_a_file_of_the_first_format_is_refused(path: str) -> None:
 
 def test_the_data_block_is_the_prepared_data_a_session_is_handed() -> None:
     """metrics.json's `data` is `PreparedData`: what `--prepared` carries is what the session records."""
-    from exp3.prepare import prepared_from_json
+    from exp3.session.prepare import prepared_from_json
 
     block = _example()["data"]
     prepared = SessionMetrics.model_validate(_example()).data
@@ -118,8 +118,8 @@ def test_real_run_files_validate_and_round_trip() -> None:
 
 
 def test_blocks_mirror_their_owners() -> None:
-    from exp3.record import robustness
-    from exp3.train import RESUME_OVERRIDABLE
+    from exp3.session.record import robustness
+    from exp3.train.training import RESUME_OVERRIDABLE
 
     assert set(TrainingRan.model_fields) == set(RESUME_OVERRIDABLE)
     clean = SessionMetrics.model_validate(_example()).splits["test_clean"]

@@ -17,12 +17,11 @@ import yaml
 from exp3 import SCHEMA_VERSION
 from exp3.config import load_config
 from exp3.fileio import sha256_file
-from exp3.layout import SessionPaths
-from exp3.layout import DONE_MARKER, FAILED_MARKER
 from exp3.identity import session_inputs
-from exp3.prepare import prepare_data, resolve_model_weights
 from exp3.schema import SessionMetrics
-from exp3.session import SessionFailed, run_session
+from exp3.session.layout import DONE_MARKER, FAILED_MARKER, SessionPaths
+from exp3.session.prepare import prepare_data, resolve_model_weights
+from exp3.session.run import SessionFailed, run_session
 from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +68,7 @@ def test_every_file_for_masked_and_unmasked_sessions_of_both_families(grid, name
 def test_metrics_match_plain_ultralytics_val_and_predictions_file(grid, name: str, tmp_path: Path) -> None:
     from ultralytics import RTDETR, YOLO
 
-    from exp3.metrics import records_from_json, summarize_split
+    from exp3.evaluate.metrics import records_from_json, summarize_split
 
     output, metrics = grid
     m = metrics[name]
@@ -238,13 +237,13 @@ def test_dataset_failing_the_audit_fails_the_session_before_building(tmp_path: P
 def test_the_flow_hashes_the_dataset_once(tmp_path: Path, tiny_data_yaml: Path, monkeypatch) -> None:
     """The flow's audit task hands its `AuditedData` to the prepare task (`prepare_data(audited=...)`): one
     fingerprint pass over the dataset per run, a first audit included. A session run by hand audits itself."""
-    import exp3.dataset
-    from exp3.dataset import audit_once
-    from exp3.prepare import dataset_yaml, prepare_data
+    import exp3.dataset.audit
+    from exp3.dataset.audit import audit_once
+    from exp3.session.prepare import dataset_yaml, prepare_data
 
     passes: list[Path] = []
-    fingerprint = exp3.dataset.dataset_fingerprint
-    monkeypatch.setattr(exp3.dataset, "dataset_fingerprint", lambda spec: passes.append(spec.yaml_path)
+    fingerprint = exp3.dataset.audit.dataset_fingerprint
+    monkeypatch.setattr(exp3.dataset.audit, "dataset_fingerprint", lambda spec: passes.append(spec.yaml_path)
                         or fingerprint(spec))
     output = tmp_path / "out"
     config = load_config(_write_config(tmp_path / "c.yaml", output, {"dataset": {
@@ -324,7 +323,7 @@ def test_partial_training_under_other_inputs_is_never_resumed(tmp_path: Path) ->
 
 
 def test_configured_weights_are_used_and_hashed_or_refused(tmp_path: Path, tiny_yolo_checkpoint: Path) -> None:
-    from exp3.weights import WeightsError
+    from exp3.train.weights import WeightsError
 
     output = tmp_path / "out"
     missing = load_config(_write_config(tmp_path / "m.yaml", output, {"models": {"yolov8n": {
@@ -353,7 +352,7 @@ def test_a_session_runs_in_one_process_at_a_time(tmp_path: Path) -> None:
 
 def test_a_leftover_temp_checkpoint_never_replaces_best(tmp_path: Path) -> None:
     """A killed save left `.best.pt.tmp`; the next, non-improving epoch writes only last.pt."""
-    from exp3.trainers import _AtomicCheckpointMixin
+    from exp3.train.trainers import _AtomicCheckpointMixin
 
     class NonImprovingEpoch:
         def save_model(self) -> None:
@@ -377,9 +376,9 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
     behind that changes an evaluation. Checked on the non-zero predictions of a trained model against
     the same evaluation in a fresh Python process."""
     from exp3.config import ExperimentConfig
-    from exp3.evaluate import evaluate_split
-    from exp3.train import TrainPlan, run_training
-    from exp3.trainers import MASKING_SPEC_ENV
+    from exp3.evaluate.evaluation import evaluate_split
+    from exp3.train.trainers import MASKING_SPEC_ENV
+    from exp3.train.training import TrainPlan, run_training
 
     plan = TrainPlan(session="check__S4_mask_backbone_late", family="detect", source="yolov8n.yaml", pretrained=False,
                      overrides={"epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "device": "cpu"},
@@ -398,7 +397,7 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
     assert "==== exp3 train" in (tmp_path / "logs" / "train.log").read_text()
     here = evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", tmp_path, tmp_path / "here",
                           device="cpu", plots=False)
-    script = ("import json, sys; from exp3.evaluate import evaluate_split; "
+    script = ("import json, sys; from exp3.evaluate.evaluation import evaluate_split; "
               "e = evaluate_split(sys.argv[1], sys.argv[2], 'detect', sys.argv[3], sys.argv[4], device='cpu', "
               "plots=False); print(json.dumps({'records': e.records, 'map': [e.map50, e.map50_95]}))")
     fresh = subprocess.run([sys.executable, "-c", script, str(trained_yolo_checkpoint), str(trained_data_yaml),
@@ -435,7 +434,7 @@ def test_a_truncated_best_pt_is_set_aside_and_the_session_trains_again(grid, tmp
     """Killed while Ultralytics rewrote best.pt at the end of training: last.pt finished (stripped), best.pt
     truncated. That epoch cannot be recovered from last.pt, and last.pt in its place would change the rule
     (val-selected) for this one session: both are set aside and the session trains again."""
-    from exp3.train import checkpoint_state
+    from exp3.train.training import checkpoint_state
 
     config, session, output, weights = _trained_but_not_recorded(grid, tmp_path)
     _truncate(weights / "best.pt")

@@ -4,9 +4,9 @@ a session finished before the levels existed gains them from its checkpoint with
 from __future__ import annotations
 
 import json
-import shutil
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import yaml
 
-from exp3.config import ConfigError, MAX_SEVERITY_COVERAGE, OcclusionConfig, load_config
+from exp3.config import MAX_SEVERITY_COVERAGE, ConfigError, OcclusionConfig, load_config
 from exp3.fileio import sha256_file
 from exp3.identity import session_inputs
-from exp3.layout import SessionPaths, severity_changes
 from exp3.occlusion import OcclusionError
 from exp3.occlusion.identity import evaluation_plan
 from exp3.occlusion.planners import MAX_BOX_COVERAGE, PLACEMENT_SHRINK
 from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.schema import SessionMetrics
-from exp3.session import run_session
+from exp3.session.layout import SessionPaths, severity_changes
+from exp3.session.run import run_session
 from exp3.sessions import Session
 from exp3.splits import occluded_splits, severity_level, severity_split
 
@@ -285,8 +285,8 @@ def test_crash_while_replacing_metrics_keeps_the_session_done(tmp_path: Path) ->
 
 
 def test_mpc_and_rpc_point_values() -> None:
+    from exp3.evaluate.severity import mpc_summary
     from exp3.schema import SplitView
-    from exp3.severity import mpc_summary
 
     def split(f1: float, map50: float) -> SplitView:
         return SplitView.model_validate({"map50": map50, "map50_95": map50 / 2, "detection": {"f1": f1},
@@ -305,15 +305,15 @@ def test_mpc_and_rpc_point_values() -> None:
 
 
 def test_the_sessions_part_imports_neither_pandas_nor_the_statistics() -> None:
-    """exp3.severity runs in every session process (metrics.json's mPC / rPC): importing it and computing
-    the point values loads numpy and exp3.schema only, never pandas, scipy.stats or exp3.stats (the
+    """exp3.evaluate.severity runs in every session process (metrics.json's mPC / rPC): importing it and computing
+    the point values loads numpy and exp3.schema only, never pandas, scipy.stats or exp3.evaluate.stats (the
     report's part, exp3.report.severity, has those)."""
-    code = ("import sys, exp3.severity; from exp3.schema import SplitView; "
+    code = ("import sys, exp3.evaluate.severity; from exp3.schema import SplitView; "
             "split = SplitView.model_validate({'map50': 0.5, 'map50_95': 0.3, 'detection': {'f1': 0.6}, "
             "'ingredient': {'micro': {'f1': 0.6}, 'samples': {'f1': 0.6}}}); "
-            "summary = exp3.severity.mpc_summary({'test_clean': split, 'test_occ_sev1': split}, ['test_occ_sev1']); "
+            "summary = exp3.evaluate.severity.mpc_summary({'test_clean': split, 'test_occ_sev1': split}, ['test_occ_sev1']); "
             "assert summary.rPC['map50'] == 1.0, summary; "
-            "print(sorted(name for name in ('pandas', 'scipy.stats', 'exp3.stats') if name in sys.modules))")
+            "print(sorted(name for name in ('pandas', 'scipy.stats', 'exp3.evaluate.stats') if name in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
     assert loaded == "[]"
@@ -340,7 +340,7 @@ def test_common_levels_are_those_every_done_run_recorded_on_the_same_suite(tmp_p
 def test_mpc_permutation_p_matches_brute_force() -> None:
     from itertools import product
 
-    from exp3 import stats
+    from exp3.evaluate import stats
     from exp3.report.severity import mpc_f1
 
     def mpc_permutation_pvalue(a: np.ndarray, b: np.ndarray, n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> float:
@@ -408,7 +408,7 @@ def test_report_has_severity_curves_table_and_charts(reported) -> None:
 
 
 def test_severity_chart_data_has_one_line_per_session(reported) -> None:
-    from exp3 import plots
+    from exp3.report import plots
     from exp3.report.severity import curve_frame
 
     frame = curve_frame(reported.severity_curves, "yolov8n", "ingredient_micro_f1")
@@ -447,8 +447,8 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
     """The flow's path: the runner sees the missing level and starts `python -m exp3.session`, which
     evaluates only that level (runs after the report tests: it changes S1 of their root)."""
     from exp3.config import load_config
-    from exp3.jobs import SessionJob, done_result
-    from exp3.runner import run_session_subprocess
+    from exp3.grid.jobs import SessionJob, done_result
+    from exp3.grid.runner import run_session_subprocess
 
     output = reported.root
     base = output.parent

@@ -1,4 +1,4 @@
-"""exp3.stats against cases with known answers (and scipy's own permutation test)."""
+"""exp3.evaluate.stats against cases with known answers (and scipy's own permutation test)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from exp3 import stats
-from exp3.metrics import prf_from_counts
+from exp3.evaluate import stats
+from exp3.evaluate.metrics import prf_from_counts
 
 
 def _random_counts(n_images: int, seed: int) -> np.ndarray:

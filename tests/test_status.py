@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_layout import done_folder
 
 from exp3 import status
-from exp3.layout import SessionPaths
+from exp3.session.layout import SessionPaths
 from exp3.sessions import Session
 from exp3.status import session_status
-from test_layout import done_folder
 
 
 def _fake_root(tmp_path: Path) -> Path:

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from exp3 import parallel
-from exp3.labels import parse_label_text
+from exp3.dataset.labels import parse_label_text
+from exp3.dataset.synth import CLASS_NAMES, build_synthetic_dataset, compose_image
 from exp3.splits import SOURCE_SPLITS
-from exp3.synth import CLASS_NAMES, build_synthetic_dataset, compose_image
 
 SMALL = {"train": 6, "val": 3, "test": 3}
 
@@ -113,7 +113,7 @@ def test_concurrent_build_of_the_same_dataset_reuses_the_winner(tmp_path, monkey
     'OSError: [Errno 39] Directory not empty'. Here the other build wins between this build's
     existence check and its rename.
     """
-    import exp3.synth as synth
+    import exp3.dataset.synth as synth
 
     target = tmp_path / "data"
     real_replace = synth.os.replace
@@ -136,7 +136,7 @@ def test_concurrent_build_of_the_same_dataset_reuses_the_winner(tmp_path, monkey
 
 
 def test_concurrent_build_of_another_dataset_still_refuses(tmp_path, monkeypatch):
-    import exp3.synth as synth
+    import exp3.dataset.synth as synth
 
     target = tmp_path / "data"
     real_replace = synth.os.replace

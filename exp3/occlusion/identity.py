@@ -171,5 +171,5 @@ def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
 
 def evaluation_plan(config: OcclusionConfig) -> dict[str, str]:
     """{severity split: spec key} a finished session must have evaluations for (config only; compared with
-    metrics.json by `exp3.layout.severity_changes`)."""
+    metrics.json by `exp3.session.layout.severity_changes`)."""
     return {level.split: level.spec_key for level in severity_levels(config)}

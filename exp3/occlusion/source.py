@@ -1,6 +1,6 @@
 """Reading a split for the occlusion generator: every image hashed, every label parsed, before anything is written.
 
-The data.yaml itself is read by exp3.dataset, label rows by exp3.labels; this module turns a split
+The data.yaml itself is read by exp3.dataset.audit, label rows by exp3.dataset.labels; this module turns a split
 into `_SourceImage`s sorted by id and their content identity (`source_fingerprint`).
 """
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from exp3.dataset import DataSpec, DatasetError, label_path_for, list_split_images, read_data_yaml
+from exp3.dataset.audit import DatasetError, DataSpec, label_path_for, list_split_images, read_data_yaml
+from exp3.dataset.labels import parse_label_text
 from exp3.fileio import canonical_json, sha256_bytes, sha256_file
-from exp3.labels import parse_label_text
 from exp3.occlusion import OcclusionError
 
 
@@ -31,7 +31,7 @@ class _SourceImage:
 
 
 def _read_spec(data_yaml: Path) -> DataSpec:
-    """`exp3.dataset.read_data_yaml`, its one-line errors re-raised as `OcclusionError`."""
+    """`exp3.dataset.audit.read_data_yaml`, its one-line errors re-raised as `OcclusionError`."""
     try:
         return read_data_yaml(data_yaml)
     except DatasetError as error:
@@ -42,7 +42,7 @@ def _parse_yolo_labels(
     text: str, num_classes: int, label_path: Path
 ) -> tuple[tuple[int, float, float, float, float], ...]:
     """YOLO label text -> ((class_id, cx, cy, w, h), ...) normalised; polygon rows become their box
-    (exp3.labels, the parser the audit uses)."""
+    (exp3.dataset.labels, the parser the audit uses)."""
     rows, malformed = parse_label_text(text)
     if malformed:
         number, why = malformed[0]

@@ -18,8 +18,16 @@ import yaml
 from PIL import Image
 
 from exp3.config import OcclusionConfig
-from exp3.fileio import (apply_umask, atomic_write_json, ensure_writable_dir, make_durable, publish_dir, sha256_bytes,
-                         stable_hash, stable_int)
+from exp3.fileio import (
+    apply_umask,
+    atomic_write_json,
+    ensure_writable_dir,
+    make_durable,
+    publish_dir,
+    sha256_bytes,
+    stable_hash,
+    stable_int,
+)
 from exp3.occlusion import OcclusionError, fills, planners
 from exp3.occlusion.fills import TextureDonor
 from exp3.occlusion.identity import (
@@ -35,7 +43,7 @@ from exp3.occlusion.identity import (
     severity_config,
     severity_spec,
 )
-from exp3.occlusion.source import _SourceImage, _absolute_split, _scan_split, source_fingerprint
+from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage, source_fingerprint
 from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.occlusion.worker import _ImageTask, _run_tasks, _write
 from exp3.splits import PRIMARY_SPLITS, SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT

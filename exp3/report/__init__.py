@@ -5,7 +5,8 @@
 The flow's final task calls `build_report(root, models)`; it reads only the session folders
 (`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
 
-    <root>/summary_metrics.csv|json   one row per model x session x split (seed means; micro F1 and rF1 pooled over seeds)
+    <root>/summary_metrics.csv|json   one row per model x session x split (seed means; micro F1 and rF1 pooled over
+    seeds)
     <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
     <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
@@ -15,7 +16,7 @@ The flow's final task calls `build_report(root, models)`; it reads only the sess
     <root>/recall_by_coverage.csv     recall per covered-fraction bin with CIs (exp3.report.coverage); _boxes.csv: per box
     <root>/training_curves.csv        val mAP50-95 and train loss per model x session x epoch (exp3.report.curves)
     <root>/training_convergence.csv   per model x session: best.pt epoch, fitted change over the last epochs, reading
-    <root>/plots/*.png|html           charts (exp3.plots); plots/gallery_<model>.png: images with boxes (exp3.report.gallery)
+    <root>/plots/*.png|html           charts (exp3.report.plots); plots/gallery_<model>.png: images with boxes (exp3.report.gallery)
     <root>/report.md                  tables, charts and headline findings written from the data
     <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
 
@@ -29,7 +30,7 @@ summary status is `done` when every seed is, `some_seeds` when some are. Columns
 Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `draws` reads every session's
 per-image scores and mAP stats once and holds the draws every interval and test resamples (built once here and
 handed to the others), `comparisons` the intervals and paired comparisons,
-`findings` the sentences written from them, `charts` the charts (drawn by exp3.plots), `severity` the
+`findings` the sentences written from them, `charts` the charts (drawn by exp3.report.plots), `severity` the
 severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `coverage` recall by covered
 fraction, `gap` the headline (gap closed, verdicts per site), `gallery` the picture gallery, `curves` the
 training curves and whether each session had converged, `text` the number formatting, `markdown` report.md and
@@ -47,7 +48,7 @@ from typing import Any
 
 import pandas as pd
 
-from exp3 import stats
+from exp3.evaluate import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
 from exp3.report import coverage, curves, gallery, gap, severity
 from exp3.report.charts import write_charts

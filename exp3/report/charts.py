@@ -1,4 +1,4 @@
-"""The report's charts: tidy frames from the tables, drawn and saved by exp3.plots."""
+"""The report's charts: tidy frames from the tables, drawn and saved by exp3.report.plots."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from exp3 import plots
-from exp3.layout import SessionState
+from exp3.evaluate.severity import METRICS
+from exp3.report import plots
 from exp3.report.comparisons import primary_f1
+from exp3.session.layout import SessionState
 from exp3.sessions import SESSION_LABELS
-from exp3.severity import METRICS
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 
@@ -72,7 +72,7 @@ def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd
                  plots_dir: Path) -> list[Path]:
     """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
     f1_ci, f1 = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"), METRICS["ingredient_micro_f1"].label
-    ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
+    ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.evaluate.stats)"
     written: list[Path] = []
     for split, tag in ((FIXED_SPLIT, "occ"), (CLEAN_SPLIT, "clean")):
         written += plots.save_chart(plots.session_bar_chart(

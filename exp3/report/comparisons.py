@@ -9,18 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from exp3 import stats
+from exp3.evaluate import stats
+from exp3.evaluate.severity import METRICS
 from exp3.report.draws import ReportData, align, stack
 from exp3.report.runs import THRESHOLDS, as_number, threshold_conf
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import METRICS
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
 PAIRED_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind != "map")
-"""Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.stats)."""
+"""Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.evaluate.stats)."""
 MAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind == "map")
 """The validator's mAP: no per-image score, but a paired bootstrap interval recomputed from the validator's
-per-image matching stats (`map_stats_<split>.npz`, exp3.mapstats); no permutation p (a point estimate only
+per-image matching stats (`map_stats_<split>.npz`, exp3.evaluate.mapstats); no permutation p (a point estimate only
 when those files are missing, e.g. a session evaluated before they existed)."""
 POOLED_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_micro_f1_at_val", "rF1_micro")
 """summary_metrics columns whose interval or paired differences are of the seed-pooled statistic (F1 of the
@@ -34,10 +34,10 @@ COMPARISON_COLUMNS: tuple[str, ...] = ("model", "split", "metric", "threshold", 
                                        "ci_high", "p_value", "bh_family", "p_bh", "n_images", "interval_levels",
                                        "image_sd", "seed_sd")
 """`interval_levels`: what the interval and test resample: `images` (one seed a side: the seed spread is not in
-the interval), `seeds+images` (two-level bootstrap and run-label permutation, exp3.stats.two_level_difference);
+the interval), `seeds+images` (two-level bootstrap and run-label permutation, exp3.evaluate.stats.two_level_difference);
 `image_sd` / `seed_sd`: the spread of the difference with only that level resampled (NaN with one seed)."""
 KINDS: dict[str, str] = {"count": "micro_f1", "mean": "mean"}
-"""A metric's kind (exp3.severity.Metric) -> the statistic of exp3.stats that compares it."""
+"""A metric's kind (exp3.evaluate.severity.Metric) -> the statistic of exp3.evaluate.stats that compares it."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataF
     """Session a minus session b on `metric` (one of PAIRED_METRICS) from their per-seed score frames, on the image
     ids every seed of both holds (`draws.align`: None when a side has none or they hold other images). One seed a
     side: the paired bootstrap over images and the image-swap permutation p; several: the two-level bootstrap over
-    seeds and images and the run-label permutation p (exp3.stats)."""
+    seeds and images and the run-label permutation p (exp3.evaluate.stats)."""
     a, b = [frame for frame in a if frame is not None], [frame for frame in b if frame is not None]
     aligned = align([*a, *b])
     if not a or not b or aligned.reason or not len(aligned.ids):
@@ -166,7 +166,7 @@ def _map_row(data: ReportData, model: str, suffix: str, reference: str, split: s
 
 def statistics_tables(data: ReportData, models: list[str],
                       n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bootstrap intervals per session and paired comparisons vs S1 / S2 (module docstring of exp3.stats), all
+    """Bootstrap intervals per session and paired comparisons vs S1 / S2 (module docstring of exp3.evaluate.stats), all
     drawn from `data` (exp3.report.draws: its image draws, seeds pooled, image ids aligned).
 
     Returns:

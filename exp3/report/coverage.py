@@ -6,9 +6,9 @@ fractions to a session's predictions on that suite and asks, box by box, whether
 found, at two levels (docs/report.md, "Recall by covered fraction"):
 
 - detection: the box is matched one-to-one by a detection of its class with confidence >= conf
-  and IoU >= match_iou (`exp3.metrics.matched_gt`, the Hungarian matcher of detection P/R/F1);
+  and IoU >= match_iou (`exp3.evaluate.metrics.matched_gt`, the Hungarian matcher of detection P/R/F1);
 - ingredient: the box's class is in the image's predicted ingredient set at conf
-  (`exp3.metrics.ingredient_sets`). In a crowded image, several boxes of one class share one
+  (`exp3.evaluate.metrics.ingredient_sets`). In a crowded image, several boxes of one class share one
   answer: one detection of the class anywhere "finds" all of them at this level.
 
 Boxes are then binned by covered fraction into `N_BINS` equal bins over [0, 1] (half-open
@@ -23,7 +23,7 @@ their boxes; an image id is one cluster across them (the same source picture).
 Boxes without a covered fraction (zero area in the manifest) are left out and counted. The
 manifest and the predictions must describe the same images and boxes: image ids must agree
 exactly, and every ground-truth box of the predictions is paired with the manifest box of its
-class with IoU >= `ALIGN_IOU` (`exp3.metrics.optimal_matches`); anything else raises
+class with IoU >= `ALIGN_IOU` (`exp3.evaluate.metrics.optimal_matches`); anything else raises
 `CoverageError` naming the split, the image and the fix (a number only comes from the inputs it
 claims). A manifest box left over is accepted only as an exact duplicate of a paired one (the
 validator drops duplicate label rows) and counted.
@@ -44,15 +44,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from exp3 import plots, stats
+from exp3.evaluate import stats
+from exp3.evaluate.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
 from exp3.fileio import atomic_write_text, sha256_file
-from exp3.layout import SessionState
-from exp3.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
 from exp3.occlusion.identity import MANIFEST_NAME
+from exp3.report import plots
 from exp3.report.draws import ReportData, split_match_iou
 from exp3.report.runs import THRESHOLDS, SessionRun, threshold_conf
 from exp3.report.text import fmt_ci, markdown_table
 from exp3.schema import MetricsView
+from exp3.session.layout import SessionState
 from exp3.sessions import SESSION_LABELS, SESSION_ORDER
 from exp3.splits import FIXED_SPLIT, severity_level
 
@@ -463,7 +464,7 @@ def bins_frame(report: CoverageReport) -> pd.DataFrame:
 
 
 def chart_frame(report: CoverageReport, model: str) -> pd.DataFrame:
-    """The coverage chart's frame of one model (exp3.plots.coverage_recall_chart): non-empty bins only, each
+    """The coverage chart's frame of one model (exp3.report.plots.coverage_recall_chart): non-empty bins only, each
     session's points nudged sideways (`x`) so that the intervals of one bin do not hide each other."""
     table = bins_frame(report)
     table = table[(table["model"] == model) & (table["n_boxes"] >= MIN_BOXES_SHOWN)].copy()

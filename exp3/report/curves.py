@@ -1,14 +1,14 @@
 """Training curves: had each session converged, and how did masking change the course of its training?
 
 Per done session, val mAP50-95 (the clean val split) and the train loss per epoch, from its `train/results.csv` as
-exp3.progress reads it, with three readings (docs/report.md, "Training curves"):
+exp3.session.progress reads it, with three readings (docs/report.md, "Training curves"):
 
     best.pt epoch   the last epoch with the highest val mAP50-95. Ultralytics 8.4's fitness is mAP50-95
                     (DetMetrics.fitness); its trainer raises best_fitness only on a strictly higher fitness, then
                     writes best.pt whenever the epoch's fitness equals best_fitness, so a tie rewrites best.pt:
                     ties go to the later epoch.
     ramp end        masking.spec.ramp_fraction x the epochs trained (training.effective_args.epochs): the masking
-                    strength reaches 1 there (exp3.masking, linear_ramp); a constant schedule has no ramp.
+                    strength reaches 1 there (exp3.train.masking, linear_ramp); a constant schedule has no ramp.
     still rising    over the curve's last max(MIN_WINDOW, ceil(WINDOW_FRACTION x epochs)) epochs the least-squares
                     slope of val mAP50-95 is > 0 and the curve's best epoch lies in that window.
 
@@ -28,12 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from exp3 import plots
 from exp3.fileio import atomic_write_text
-from exp3.layout import SessionPaths, SessionState
-from exp3.progress import EpochProgress, epoch_progress, results_rows
+from exp3.report import plots
 from exp3.report.runs import SessionRun
 from exp3.report.text import fmt, markdown_table, short_session
+from exp3.session.layout import SessionPaths, SessionState
+from exp3.session.progress import EpochProgress, epoch_progress, results_rows
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
 MIN_WINDOW = 3
@@ -73,7 +73,8 @@ def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
 
 def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
     """Where a masked session's linear ramp reaches full strength, in epochs trained (None: not masked, a constant
-    schedule, or not recorded). exp3.masking's strength is min(1, progress / ramp_fraction), progress = epochs done
+    schedule, or not recorded). exp3.train.masking's strength is min(1, progress / ramp_fraction), progress = epochs
+    done
     / epochs."""
     masking = (metrics or {}).get("masking")
     spec = masking.get("spec") if isinstance(masking, dict) else None

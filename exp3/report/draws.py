@@ -25,17 +25,23 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from exp3 import stats
-from exp3.layout import SessionPaths, SessionState
-from exp3.mapstats import BOOTSTRAP_RESAMPLES, MapStats, common_image_ids, mean_ap
-from exp3.metrics import (DEFAULT_MATCH_IOU, ImageRecord, ingredient_sets, matched_gt, prf_from_counts,
-                          records_from_json)
+from exp3.evaluate import stats
+from exp3.evaluate.mapstats import BOOTSTRAP_RESAMPLES, MapStats, common_image_ids, mean_ap
+from exp3.evaluate.metrics import (
+    DEFAULT_MATCH_IOU,
+    ImageRecord,
+    ingredient_sets,
+    matched_gt,
+    prf_from_counts,
+    records_from_json,
+)
 from exp3.report.runs import SessionRun, as_number, read_json, threshold_conf
 from exp3.schema import MetricsView
+from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import SESSION_SUFFIXES
 
 MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
-"""Bootstrap draws for mAP intervals (exp3.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
+"""Bootstrap draws for mAP intervals (exp3.evaluate.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
 draw recomputes mAP over every prediction; sessions keep theirs in `map_stats_<split>.npz`."""
 MISSING, UNPAIRED = "missing", "unpaired"
 """`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
@@ -44,9 +50,10 @@ MISSING, UNPAIRED = "missing", "unpaired"
 def image_scores(records: list[ImageRecord], num_classes: int, conf: float, match_iou: float,
                  matched: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
     """Per-image counts and scores of one split at threshold `conf`, indexed by image_id: ingredient_tp/fp/fn
-    (`exp3.metrics.ingredient_sets`), ingredient_f1 (per image; its mean is the samples F1) and
-    detection_tp/fp/fn (`exp3.metrics.detection_counts` at `conf` and `match_iou`; from `matched`, each record's
-    `exp3.metrics.matched_gt`, when given)."""
+    (`exp3.evaluate.metrics.ingredient_sets`), ingredient_f1 (per image; its mean is the samples F1) and
+    detection_tp/fp/fn (`exp3.evaluate.metrics.detection_counts` at `conf` and `match_iou`; from `matched`, each
+    record's
+    `exp3.evaluate.metrics.matched_gt`, when given)."""
     gt, pred = ingredient_sets(records, num_classes, conf)
     tp, fp, fn = (gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)
     matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
@@ -61,7 +68,7 @@ def image_scores(records: list[ImageRecord], num_classes: int, conf: float, matc
 
 def split_match_iou(view: MetricsView, split: str) -> float:
     """The IoU a detection needs to match a ground-truth box on `split`: the split's recorded `match_iou`,
-    else the session's (`eval.match_iou`), else exp3.metrics' default."""
+    else the session's (`eval.match_iou`), else exp3.evaluate.metrics' default."""
     for value in (view.split(split).match_iou, view.eval.match_iou):
         if value is not None and math.isfinite(value):
             return float(value)
@@ -163,7 +170,8 @@ class ReportData:
         return self._predictions(run, split)[0]
 
     def matched(self, run: SessionRun, split: str, threshold: str, conf: float) -> list[np.ndarray]:
-        """Each record's ground-truth boxes matched by a detection at the operating point (`exp3.metrics.matched_gt`
+        """Each record's ground-truth boxes matched by a detection at the operating point
+        (`exp3.evaluate.metrics.matched_gt`
         at `conf` and the split's match IoU): the Hungarian matching behind detection F1 and coverage, made once."""
         key = (run.folder, split, threshold)
         if key not in self._matched:

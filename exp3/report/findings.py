@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from exp3.report.comparisons import (MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
-                                     comparison_metrics)
+from exp3.evaluate.severity import METRICS
+from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.text import fmt, fmt_ci, fmt_p, short_session
-from exp3.severity import METRICS
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT, PRIMARY_SPLITS
 

@@ -9,7 +9,7 @@ Rows, by a rule fixed in advance (GALLERY_RULE, also the figure's caption):
 3-4. two of the remaining images drawn with `numpy.random.default_rng(GALLERY_SEED)` from the sorted ids.
 With several seeds a session is shown by its lowest done seed. Columns: the occluded image with its ground
 truth, then each session's predictions at the primary threshold (class name + confidence; green = matched
-to a ground-truth box one-to-one at IoU >= match_iou with the same class, exp3.metrics.optimal_matches;
+to a ground-truth box one-to-one at IoU >= match_iou with the same class, exp3.evaluate.metrics.optimal_matches;
 red = unmatched; the ground truth in thin white for reference).
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from exp3 import plots
-from exp3.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
+from exp3.evaluate.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
 from exp3.occlusion.identity import MANIFEST_NAME
+from exp3.report import plots
 from exp3.report.draws import ReportData, split_match_iou
 from exp3.report.runs import SessionRun, threshold_conf
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES

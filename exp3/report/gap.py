@@ -22,16 +22,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exp3 import plots, stats
-from exp3.layout import SessionState
+from exp3.evaluate import stats
+from exp3.evaluate.severity import METRICS, split_value
+from exp3.report import plots
 from exp3.report.comparisons import comparison_metrics
 from exp3.report.draws import MAP_RESAMPLES, ReportData, align, common_ids, pool_image_scores, stack
 from exp3.report.draws import UNPAIRED as UNALIGNED
 from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
 from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
+from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import METRICS, split_value
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 GAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind != "mean")

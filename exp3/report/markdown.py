@@ -6,16 +6,15 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
+from exp3.evaluate.severity import METRICS
 from exp3.report import curves, gap, severity
-from exp3.report.comparisons import (MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict,
-                                     comparison_metrics)
+from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.coverage import coverage_markdown
 from exp3.report.draws import MAP_RESAMPLES
 from exp3.report.findings import headline_findings, positive_control, positive_control_failed
 from exp3.report.gallery import GALLERY_RULE
 from exp3.report.runs import THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
-from exp3.severity import METRICS
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
@@ -26,7 +25,7 @@ NO_MAP_INTERVAL = "point estimate, no CI (no map_stats file, one not giving the 
 """The reading of an mAP difference without an interval: `draws.ReportData.map_draws` pairs only stats that
 reproduce the recorded mAP on the same image ids."""
 SHORT: dict[str, str] = {key: metric.short for key, metric in METRICS.items()}
-"""Each metric's header in report.md's split tables (exp3.severity.METRICS)."""
+"""Each metric's header in report.md's split tables (exp3.evaluate.severity.METRICS)."""
 NOT_IN_RUN = "not in run"
 """Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
 

@@ -1,5 +1,5 @@
 """Session folders as the report reads them: discovery, each folder's state (DONE, FAILED, STALE, INCOMPLETE or
-MISSING, `exp3.layout.SessionState`) and metrics.json, and a done session's operating points and predictions."""
+MISSING, `exp3.session.layout.SessionState`) and metrics.json, and a done session's operating points and predictions."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from exp3.grid import planned_key, read_plan
-from exp3.layout import SessionPaths, SessionState
 from exp3.schema import MetricsView
+from exp3.session.layout import SessionPaths, SessionState
+from exp3.session.plan import planned_key, read_plan
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, Session, parse_session
 
 KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")

@@ -1,7 +1,7 @@
 """The report's occlusion severity: the curve per session, mPC and rPC with intervals, paired tests vs S1,
 crossings, the severity charts and report.md's section.
 
-mPC and rPC are defined in exp3/severity.py (`METRICS`, `split_value`, and the point values each
+mPC and rPC are defined in exp3/evaluate/severity.py (`METRICS`, `split_value`, and the point values each
 session writes into metrics.json, `mpc_summary`):
 
     mPC(M) = mean over levels k = 1..K of M(test_occ_sev<k>)      mean performance under occlusion
@@ -33,14 +33,15 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from exp3 import plots, stats
-from exp3.layout import SessionState
+from exp3.evaluate import stats
+from exp3.evaluate.severity import METRICS, split_value
+from exp3.report import plots
 from exp3.report.comparisons import adjust_p_values
 from exp3.report.draws import ReportData, common_ids
 from exp3.report.text import fmt, fmt_ci, markdown_table
 from exp3.schema import SeverityLevelView
+from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import METRICS, split_value
 from exp3.splits import CLEAN_SPLIT
 
 CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
@@ -70,7 +71,8 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
 
 
 def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
-    """mPC of micro F1 (an exp3.stats statistic): (..., S, 3) counts per split, clean first -> the mean over the
+    """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean over
+    the
     levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
     unit): `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts."""
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
@@ -279,7 +281,8 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
         part = table[(table["model"] == model) & (table["metric"] == "ingredient_micro_f1")]
         shown = [f"{SESSION_LABELS[row['session']]} {fmt(row['diff_mPC_vs_S1'], signed=True)}"
                  for _, row in part.iterrows()
-                 if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0)]
+                 if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"]
+                 < 0)]
         if len(part) and math.isfinite(part["levels"].max()):
             levels = int(part["levels"].max())
             what = f"mPC (mean ingredient micro F1 over {levels} severity levels)"

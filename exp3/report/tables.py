@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from exp3.layout import SessionState
 from exp3.report.runs import SessionRun, as_number, threshold_conf
+from exp3.session.layout import SessionState
 from exp3.sessions import SESSION_LABELS
 from exp3.splits import PRIMARY_SPLITS
 

@@ -68,7 +68,7 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
                     download: bool = False) -> ResolvedWeights:
     """Resolve one model's configured weights (module docstring); raise `WeightsError` if they cannot be had.
 
-    Call after `exp3.offline.apply_offline_environment` so Ultralytics reads exp3's settings.
+    Call after `exp3.train.offline.apply_offline_environment` so Ultralytics reads exp3's settings.
     """
     if weights is None:
         return ResolvedWeights(architecture, None, "scratch", None)

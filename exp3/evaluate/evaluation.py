@@ -28,7 +28,7 @@ Recorded per image (original-image pixel coordinates, xyxy):
      "pred_classes": [P] int, "pred_boxes": [P][4] float, "pred_conf": [P] float}
 
 The validator's per-image matching statistics (what its mAP is computed from) are kept too
-(`SplitEvaluation.map_stats`, exp3.mapstats): they give mAP its bootstrap intervals.
+(`SplitEvaluation.map_stats`, exp3.evaluate.mapstats): they give mAP its bootstrap intervals.
 
 No exp3 code runs inside the model: the checkpoint is loaded with plain Ultralytics and masking
 hooks are never attached here.
@@ -43,17 +43,17 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from exp3.evaluate.mapstats import MapStats
 from exp3.fileio import atomic_write_json
-from exp3.mapstats import MapStats
-from exp3.offline import apply_offline_environment
 from exp3.splits import TEST_SPLIT
+from exp3.train.offline import apply_offline_environment
 
 Family = Literal["detect", "rtdetr"]
 RECORD_CONF = 0.01
 """Confidence floor of the recorded predictions: below every threshold exp3 applies (primary 0.25,
 val-chosen thresholds from a 0.01 grid), so any of them can be applied to the file afterwards."""
 MAP_STAT_KEYS = ("tp", "conf", "pred_cls", "target_cls")
-"""The validator's per-image stats kept for mAP's bootstrap (exp3.mapstats.MapStats.from_images)."""
+"""The validator's per-image stats kept for mAP's bootstrap (exp3.evaluate.mapstats.MapStats.from_images)."""
 
 
 def _recording_mixin(base: type) -> type:
@@ -94,7 +94,7 @@ def _recording_mixin(base: type) -> type:
             if set(appended.values()) != {len(preds)}:
                 raise RuntimeError(f"{base.__name__}.update_metrics appended {appended} stats entries for a batch of "
                                    f"{len(preds)} images; exp3's per-image mAP stats need exactly one per image: "
-                                   "check exp3.evaluate against the installed ultralytics")
+                                   "check exp3.evaluate.evaluation against the installed ultralytics")
             for index, record in enumerate(self.records[len(self.records) - len(preds):]):
                 self.map_images.append({"image_id": record["image_id"],
                                         **{key: stats[key][before[key] + index] for key in MAP_STAT_KEYS}})

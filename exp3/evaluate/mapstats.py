@@ -3,7 +3,7 @@
 Ultralytics' mAP is a corpus-level number with no per-image decomposition, so a confidence
 interval for it (or for a paired difference between two sessions) needs the validator's own
 per-image statistics: for every image, each prediction's confidence, class and true-positive flags
-at the ten IoU thresholds 0.50:0.95, and the ground-truth classes. `exp3.evaluate` captures them
+at the ten IoU thresholds 0.50:0.95, and the ground-truth classes. `exp3.evaluate.evaluation` captures them
 from the validator pass that gives `metrics.json`'s mAP; a session folder keeps them as
 `map_stats_<split>.npz`.
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from exp3.evaluate.stats import bootstrap_indices
 from exp3.fileio import atomic_write_bytes
-from exp3.stats import bootstrap_indices
 
 IOU_THRESHOLDS = 10
 """Ultralytics' IoU thresholds 0.50, 0.55, ..., 0.95 (columns of `tp`)."""
@@ -43,7 +43,7 @@ BOOTSTRAP_RESAMPLES = 1000
 its draws once, right after its evaluation, and keeps them in `map_stats_<split>.npz`; the report only
 differences them (BENCHMARKS.md has the cost per 1,000 draws)."""
 BOOTSTRAP_SEED = 0
-"""Seed of the index matrix (exp3.stats.bootstrap_indices over the sorted image ids): the report's default
+"""Seed of the index matrix (exp3.evaluate.stats.bootstrap_indices over the sorted image ids): the report's default
 seed, so every session of a split is resampled identically and the draws pair."""
 
 _BLOCK_VALUES = 1 << 22
@@ -190,7 +190,7 @@ class _Sorted:
         (3) The points' weights in all draws are one sparse product (`members` counts each point's
         predictions per image); each class's curves are then built for a chunk of draws at once.
         """
-        from scipy import sparse  # here, not at the top: importing exp3.mapstats stays light
+        from scipy import sparse  # here, not at the top: importing exp3.evaluate.mapstats stays light
 
         weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         stats = self.stats
@@ -271,7 +271,8 @@ def mean_ap(stats: MapStats, weights: np.ndarray | None = None) -> tuple[float, 
 
 
 def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indices: np.ndarray) -> np.ndarray:
-    """(B, 2) mAP50 / mAP50-95 of each resample; `indices` (B, N) index `image_ids` (exp3.stats.bootstrap_indices)."""
+    """(B, 2) mAP50 / mAP50-95 of each resample; `indices` (B, N) index `image_ids`
+    (exp3.evaluate.stats.bootstrap_indices)."""
     indices = np.asarray(indices)
     counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
     np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)

@@ -1,7 +1,7 @@
 """Metrics over stored predictions: ingredient-list P/R/F1, detection P/R/F1, robustness ratios.
 
 Pure functions over plain arrays and records (numpy + scipy only): nothing here touches a model,
-a file or a global RNG. The runner (`exp3/evaluate.py`) writes one `predictions_<split>.json` per
+a file or a global RNG. The runner (`exp3/evaluate/evaluation.py`) writes one `predictions_<split>.json` per
 split; `records_from_json` turns it back into `ImageRecord`s and `summarize_split` computes every
 number of one split at once.
 

@@ -40,22 +40,21 @@ from typing import Any, BinaryIO, Literal
 
 from exp3.config import ExperimentConfig
 from exp3.fileio import atomic_write_json
-from exp3.layout import TRAIN_RUN_NAME
-from exp3.offline import apply_offline_environment
 from exp3.sessions import Session
-from exp3.weights import ResolvedWeights
+from exp3.train.offline import apply_offline_environment
+from exp3.train.weights import ResolvedWeights
 
 Family = Literal["detect", "rtdetr"]
 CheckpointState = Literal["missing", "partial", "finished", "corrupt"]
 
 TRAINER_CLASSES: dict[tuple[str, bool], str] = {
-    ("detect", False): "exp3.trainers:SafeDetectionTrainer",
-    ("detect", True): "exp3.trainers:MaskedDetectionTrainer",
-    ("rtdetr", False): "exp3.trainers:SafeRTDETRTrainer",
-    ("rtdetr", True): "exp3.trainers:MaskedRTDETRTrainer",
+    ("detect", False): "exp3.train.trainers:SafeDetectionTrainer",
+    ("detect", True): "exp3.train.trainers:MaskedDetectionTrainer",
+    ("rtdetr", False): "exp3.train.trainers:SafeRTDETRTrainer",
+    ("rtdetr", True): "exp3.train.trainers:MaskedRTDETRTrainer",
 }
 """(model family, masked?) -> "module:Class" of the trainer a session trains with: Ultralytics' own,
-with atomic checkpoint writes, plus masking for S3-S6 (exp3/trainers.py)."""
+with atomic checkpoint writes, plus masking for S3-S6 (exp3/train/trainers.py)."""
 
 MODEL_CLASSES: dict[str, str] = {"detect": "ultralytics:YOLO", "rtdetr": "ultralytics:RTDETR"}
 TRAIN_INFO_FILENAME = "train_info.json"
@@ -104,9 +103,10 @@ def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0)
     return overrides
 
 
-def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: Path, session_dir: Path,
+def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: Path, run_dir: Path,
                   output_root: Path, weights: ResolvedWeights, retry_batch: int | None = None) -> TrainPlan:
-    """Pure: the training plan of one session (data = clean or S2 occluded data.yaml).
+    """Pure: the training plan of one session (data = clean or S2 occluded data.yaml), trained into `run_dir`
+    (the session folder's Ultralytics run folder, `SessionPaths.run_dir`).
 
     `retry_batch` (out-of-memory retry) replaces the batch; it is what really runs, so it is what
     the plan, Ultralytics' args and metrics.json's `overrides` say.
@@ -121,12 +121,12 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
         source=weights.source,
         pretrained=weights.pretrained,
         overrides=overrides,
-        locations={"data": str(train_data_yaml), "project": str(session_dir), "name": TRAIN_RUN_NAME,
+        locations={"data": str(train_data_yaml), "project": str(run_dir.parent), "name": run_dir.name,
                    "exist_ok": True},
         masking_site=site,
         masking_spec=masking_spec_for(config, session) if site else None,
         output_root=str(output_root),
-        run_dir=str(session_dir / TRAIN_RUN_NAME),
+        run_dir=str(run_dir),
     )
 
 
@@ -139,12 +139,12 @@ def masking_spec_for(config: ExperimentConfig, session: Session) -> dict[str, An
 
 def checkpoint_state(checkpoint_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
     """Whether a checkpoint (last.pt or best.pt) is missing, unreadable, of an unfinished (resumable) or of a
-    finished training; plus epoch info (`holds_best`: it is its run's best epoch, `exp3.trainers.holds_best`)."""
+    finished training; plus epoch info (`holds_best`: it is its run's best epoch, `exp3.train.trainers.holds_best`)."""
     if not checkpoint_pt.is_file():
         return "missing", {}
     import torch  # lazy: torch is heavy; a done session never loads it
 
-    from exp3.trainers import holds_best  # lazy: loads Ultralytics (offline env first)
+    from exp3.train.trainers import holds_best  # lazy: loads Ultralytics (offline env first)
 
     try:
         checkpoint = torch.load(checkpoint_pt, map_location="cpu", weights_only=False)
@@ -314,7 +314,7 @@ def _continue_from_best(plan: TrainPlan, best_state: CheckpointState,
     if best_state == "finished":
         print(f"WARNING exp3: {plan.best_pt} is a finished training's ({best_info}): evaluating it, nothing to train")
         return "finished", best_info
-    from exp3.trainers import copy_checkpoint  # lazy: loads Ultralytics (offline env first)
+    from exp3.train.trainers import copy_checkpoint  # lazy: loads Ultralytics (offline env first)
 
     copy_checkpoint(plan.best_pt, plan.last_pt)
     print(f"WARNING exp3: resuming from this session's best.pt instead ({best_info})")
@@ -326,7 +326,7 @@ def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: di
     """Set an unreadable best.pt aside. When last.pt holds the same epoch (its fitness is the run's best) best.pt is
     restored from it; otherwise the epoch best.pt held is lost, and evaluating another checkpoint would change how
     this one session's checkpoint is chosen: last.pt is set aside too and the session trains from the start."""
-    from exp3.trainers import copy_checkpoint  # lazy: loads Ultralytics (offline env first)
+    from exp3.train.trainers import copy_checkpoint  # lazy: loads Ultralytics (offline env first)
 
     _set_aside(plan.best_pt, "corrupt", f"is unreadable ({best_info.get('error')})")
     if info.get("holds_best"):
@@ -345,7 +345,10 @@ def _train(plan: TrainPlan) -> None:
     if plan.masking_site is None:
         _train_with(plan)
         return
-    from exp3.trainers import MASKING_SPEC_ENV, write_masking_settings  # lazy: loads Ultralytics (offline env first)
+    from exp3.train.trainers import (  # lazy: loads Ultralytics (offline env first)
+        MASKING_SPEC_ENV,
+        write_masking_settings,
+    )
 
     settings = write_masking_settings(Path(plan.run_dir).parent / "masking_spec.json", plan.masking_site,
                                       plan.masking_spec or {})
@@ -370,7 +373,7 @@ class TrainInfo:
         self.start = time.perf_counter()
 
     def callbacks(self) -> dict[str, list[Any]]:
-        """Its hooks, `{event: [fn]}` (every exp3 training hook: exp3/trainers.py's docstring)."""
+        """Its hooks, `{event: [fn]}` (every exp3 training hook: exp3/train/trainers.py's docstring)."""
         return {"on_pretrain_routine_start": [self._requested],
                 "on_train_start": [self._resolved],
                 "on_train_epoch_end": [self._progress],  # before validation and the checkpoint save
@@ -410,7 +413,7 @@ class TrainInfo:
 
 
 def _train_with(plan: TrainPlan) -> None:
-    from exp3.trainers import add_callbacks  # lazy: loads Ultralytics (offline env first)
+    from exp3.train.trainers import add_callbacks  # lazy: loads Ultralytics (offline env first)
 
     trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
     model_class = _load_symbol(MODEL_CLASSES[plan.family])

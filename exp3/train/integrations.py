@@ -16,8 +16,8 @@ trains): a session process finds it complete, equal to what it would keep, and w
                   MLflow's local file store `<output_root>/mlruns` unless MLFLOW_TRACKING_URI is set in the
                   environment (then that one: the user's choice, which may need the network)
 
-The others are refused with one line (`REFUSED`): they log to a service on the network, or name every exp3 run
-`train`. Whatever the list, Ultralytics' analytics (`sync`) stay off.
+The others are refused with one line (`exp3.config.REFUSED_INTEGRATIONS`): they log to a service on the
+network, or name every exp3 run `train`. Whatever the list, Ultralytics' analytics (`sync`) stay off.
 """
 
 from __future__ import annotations
@@ -33,21 +33,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from exp3.config import INTEGRATION_EXTRAS, SUPPORTED_INTEGRATIONS
 from exp3.fileio import atomic_write_text
 
-SUPPORTED: dict[str, str] = {
-    "tensorboard": "tensorboard",    # name -> the module its Ultralytics callback imports (installed or not)
-    "mlflow": "mlflow",
-}
-EXTRAS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-"""Integration -> the pyproject extra that installs it (`pip install -c requirements.lock -e ".[tensorboard]"`)."""
-REFUSED: dict[str, str] = {
-    "wandb": "Ultralytics' W&B callback names every exp3 run 'train' and logs to wandb.ai, and exp3 runs offline",
-    "comet": "Comet logs to comet.com, and exp3 runs offline",
-    "clearml": "ClearML logs to a ClearML server, and exp3 runs offline",
-    "dvc": "DVCLive needs a DVC repository around the output root",
-    "raytune": "Ray Tune reports to a hyperparameter search, which exp3 does not run",
-}
 ULTRALYTICS_INTEGRATIONS: tuple[str, ...] = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
 """Every integration setting of Ultralytics 8.4 (`add_integration_callbacks`): all written, True only if chosen."""
 SETTINGS_VERSION = "0.0.8"
@@ -56,26 +44,13 @@ MLFLOW_STORE = "mlruns"
 """The default MLflow store, a folder of the output root (MLflow's file store: self-contained, parallel-safe)."""
 
 
-def check_integrations(names: Sequence[str]) -> tuple[str, ...]:
-    """`names` as a tuple if each is a supported integration, listed once; else ValueError (one line, the fix)."""
-    for index, name in enumerate(names):
-        if name in REFUSED:
-            raise ValueError(f"{name!r} is not supported: {REFUSED[name]}; use {' or '.join(SUPPORTED)}")
-        if name not in SUPPORTED:
-            raise ValueError(f"unknown integration {name!r}: use {', '.join(SUPPORTED)} (a list, e.g. [tensorboard]; "
-                             "[] = none)")
-        if name in names[:index]:
-            raise ValueError(f"{name!r} is listed twice: list each integration once")
-    return tuple(names)
-
-
 def missing_packages(integrations: Sequence[str]) -> str | None:
     """One line naming the chosen integrations whose package is not installed (their Ultralytics callback would
     do nothing, silently) and how to install them; None when all are there."""
-    missing = [name for name in integrations if find_spec(SUPPORTED[name]) is None]
+    missing = [name for name in integrations if find_spec(SUPPORTED_INTEGRATIONS[name]) is None]
     if not missing:
         return None
-    extras = ",".join(EXTRAS[name] for name in missing)
+    extras = ",".join(INTEGRATION_EXTRAS[name] for name in missing)
     return (f"integrations {missing} are configured but not installed: pip install -c requirements.lock "
             f"-e \".[{extras}]\" (or remove them from integrations)")
 

@@ -19,12 +19,12 @@ Ultralytics' own `default_callbacks` and integration modules (ultralytics/utils/
 
     MASKING_CALLBACKS        masking (below); registered by the masked trainers' __init__, so a resume or
                              a DDP worker, which rebuild the trainer from its class, has them too
-    TrainInfo.callbacks()    train_info.json (exp3/train.py); registered on the model by `_train_with`
+    TrainInfo.callbacks()    train_info.json (exp3/train/training.py); registered on the model by `_train_with`
     integrations             Ultralytics' own tensorboard/mlflow callbacks, which its trainer adds from the
-                             settings exp3/integrations.py writes (exp3 registers none; it only wraps
+                             settings exp3/train/integrations.py writes (exp3 registers none; it only wraps
                              tensorboard's graph logging, `keep_training_intact_after_the_tensorboard_graph`)
 
-(The one other exp3 callback is a validation one: exp3/evaluate.py's on_val_end, added and removed around
+(The one other exp3 callback is a validation one: exp3/evaluate/evaluation.py's on_val_end, added and removed around
 each split's val.)
 
 Masking, in event order (all on the trainer; `__init__` reads the settings: env var, else the run's saved
@@ -70,7 +70,13 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from exp3.config import MaskingConfig
 from exp3.fileio import atomic_write_json
-from exp3.masking import MaskingHandle, as_masking_config, attach_internal_masking, check_site, strip_masking_hooks
+from exp3.train.masking import (
+    MaskingHandle,
+    as_masking_config,
+    attach_internal_masking,
+    check_site,
+    strip_masking_hooks,
+)
 
 MASKING_SPEC_ENV = "EXP3_MASKING_SPEC"
 """Environment variable holding the path of the masking settings JSON file."""
@@ -114,7 +120,7 @@ def read_masking_settings(path: str | os.PathLike[str]) -> MaskingSettings:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(
-            f"masking settings {str(file)!r} do not exist: write them with exp3.trainers.write_masking_settings"
+            f"masking settings {str(file)!r} do not exist: write them with exp3.train.trainers.write_masking_settings"
         )
     payload = json.loads(file.read_text(encoding="utf-8"))
     if not isinstance(payload, dict) or set(payload) != {"sites", "spec"}:
@@ -166,7 +172,7 @@ class _MaskingTrainerMixin:
         else:
             raise RuntimeError(
                 f"{type(self).__name__} has no masking settings: write them with "
-                f"exp3.trainers.write_masking_settings(path, site, spec) and set {MASKING_SPEC_ENV}=path"
+                f"exp3.train.trainers.write_masking_settings(path, site, spec) and set {MASKING_SPEC_ENV}=path"
             )
         if RANK in {-1, 0}:
             atomic_write_json(saved, settings.to_json())

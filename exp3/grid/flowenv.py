@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from exp3.offline import apply_offline_environment
+from exp3.train.offline import apply_offline_environment
 
 EPHEMERAL_SERVER_MARKS: tuple[str, ...] = ("uvicorn", "prefect.server.api.server")
 """In the command line of the API server a flow run starts for itself; not in `prefect server start`'s."""

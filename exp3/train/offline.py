@@ -1,7 +1,7 @@
 """Keep Ultralytics offline and its settings in exp3's output root: at import it writes settings, checks for
 updates, installs packages and fetches a font, none of which may happen on an air-gapped GPU box. Every training
 or evaluation process calls `apply_offline_environment(root)` before `import ultralytics`; a process that trains
-passes the config's `integrations` (exp3/integrations.py: the settings file switches on exactly those)."""
+passes the config's `integrations` (exp3/train/integrations.py: the settings file switches on exactly those)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from exp3.integrations import write_ultralytics_settings
+from exp3.train.integrations import write_ultralytics_settings
 
 
 def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, str]:
@@ -25,10 +25,11 @@ def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, st
 
 def apply_offline_environment(output_root: str | os.PathLike[str], integrations: Sequence[str] | None = None) -> None:
     """Set `ultralytics_environment` in this process, write the root's Ultralytics settings file with exactly
-    `integrations` on (None: keep the file there, or all off; `exp3.integrations.write_ultralytics_settings`), and put
+    `integrations` on (None: keep the file there, or all off; `exp3.train.integrations.write_ultralytics_settings`),
+    and put
     matplotlib's DejaVuSans under the names Ultralytics' `check_font` looks for first (else it requests Arial.ttf
     from the internet)."""
-    import matplotlib  # lazy: heavy, and exp3.cli imports this module (exp3.flowenv) for its environment alone
+    import matplotlib  # lazy: heavy, and exp3.grid.cli imports this module (exp3.grid.flowenv) for its environment alone
 
     environment = ultralytics_environment(output_root)
     os.environ.update(environment)

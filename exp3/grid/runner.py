@@ -1,5 +1,5 @@
 """Run one session for the flow: a fresh `python -m exp3.session` pinned to its slot's GPU, dying with the flow's
-process, logging to `<session>/logs/session.log`, polled for progress. No Prefect: exp3.live adds the view."""
+process, logging to `<session>/logs/session.log`, polled for progress. No Prefect: exp3.grid.live adds the view."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import time
 from typing import Any, BinaryIO, Callable
 
 from exp3.config import ConfigError, load_config
-from exp3.integrations import missing_packages, write_ultralytics_settings
-from exp3.jobs import SessionJob, SessionResult
-from exp3.layout import SessionState
-from exp3.offline import ultralytics_environment
+from exp3.grid.jobs import SessionJob, SessionResult
 from exp3.parallel import parent_environment
+from exp3.session.layout import SessionState
+from exp3.train.integrations import missing_packages, write_ultralytics_settings
+from exp3.train.offline import ultralytics_environment
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -82,7 +82,7 @@ def session_environment(job: SessionJob) -> dict[str, str]:
 
 def prepare_integrations(job: SessionJob) -> None:
     """Before the session process starts: the root's Ultralytics settings file complete, with the config's
-    `integrations` on and every other one off (exp3/integrations.py), so the process imports Ultralytics under
+    `integrations` on and every other one off (exp3/train/integrations.py), so the process imports Ultralytics under
     them and never writes the file itself; `SessionError` if a configured integration is not installed. A config
     that cannot be read is left to the session to report."""
     try:
@@ -106,7 +106,7 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            on_poll: Callable[[bool], None] = lambda finished: None) -> SessionResult:
     """Run the session CLI for a job that is not `is_current`; raise `SessionError` (transient if out of memory).
     A folder made under other inputs is first moved aside. `on_poll(finished)` is called every `POLL_S` s while
-    the process runs and once after it ends (`finished`: it ended DONE): it reads the epochs (exp3.live)."""
+    the process runs and once after it ends (`finished`: it ended DONE): it reads the epochs (exp3.grid.live)."""
     paths, cache_key = job.paths, job.cache_key
     prepare_integrations(job)
     moved = None

@@ -2,19 +2,19 @@
 
     python -m exp3.session --config configs/smoke.yaml --model yolov8m --session S1_clean_train
 
-Its data and weights come from exp3/prepare.py, its metrics.json from exp3/record.py; this module
+Its data and weights come from exp3/session/prepare.py, its metrics.json from exp3/session/record.py; this module
 runs the steps between them. Session folder `<output_root>/<model>/<model>__<session>/`:
 
     inputs.json                   SessionInputs and their key (exp3/identity.py), written before training
     config_resolved.yaml          the config this session ran with
-    train_plan.json               what the training was asked to do (exp3.train.TrainPlan)
+    train_plan.json               what the training was asked to do (exp3.train.training.TrainPlan)
     train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
                                   training plots, train_info.json, masking_stats.json (S3-S6)
     weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
     plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint (test_clean and
                                   test_occ_fixed, with eval.plots; val's are in train/, its final validation)
     predictions_val.json          per-image records of the clean val split (threshold choice only)
-    predictions_test_clean.json   per-image records (see exp3.evaluate)
+    predictions_test_clean.json   per-image records (see exp3.evaluate.evaluation)
     predictions_test_occ_fixed.json
     predictions_test_occ_sev<k>.json  one per severity level (exp3/splits.py), also added to a finished session
     map_stats_<split>.npz         the validator's per-image matching stats of each test split (mAP's CIs)
@@ -28,7 +28,7 @@ the session trains again from scratch. A partial `train/weights/last.pt` of the 
 resumed. Checkpoint evaluated: `best.pt` (selected on the clean `val` split, the same for all
 six sessions), `last.pt` only if no `best.pt` was ever written (metrics.json's `checkpoint.why`
 says so). An unreadable checkpoint is set aside (`<name>.corrupt-<time>`, kept) before training
-(exp3.train `_training_state`): without last.pt a finished best.pt is evaluated as is; without
+(exp3.train.training `_training_state`): without last.pt a finished best.pt is evaluated as is; without
 best.pt, last.pt stands in only if it holds the same epoch (best.pt is restored from it), else it
 is set aside too (`last.pt.superseded-<time>`) and the session trains again. Operating points: the
 primary threshold `eval.conf` (predict's 0.25) and each session's own threshold chosen on the
@@ -59,16 +59,27 @@ from pydantic import ValidationError
 
 from exp3 import SCHEMA_VERSION
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
-from exp3.dataset import read_data_yaml
-from exp3.evaluate import EvaluationModel, SplitEvaluation, evaluate_split, load_evaluation_model, save_split_files
+from exp3.dataset.audit import read_data_yaml
+from exp3.evaluate.evaluation import (
+    EvaluationModel,
+    SplitEvaluation,
+    evaluate_split,
+    load_evaluation_model,
+    save_split_files,
+)
+from exp3.evaluate.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs, session_inputs
-from exp3.integrations import missing_packages, session_integrations
-from exp3.layout import SessionPaths, SessionState, severity_changes
-from exp3.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
-from exp3.offline import apply_offline_environment
-from exp3.prepare import prepare_data, prepared_from_json, prepared_is_current, prepared_mismatch, resolve_model_weights
-from exp3.record import (
+from exp3.schema import PreparedData, SessionMetrics, SeverityEvaluation, SplitMetrics
+from exp3.session.layout import SessionPaths, SessionState, severity_changes
+from exp3.session.prepare import (
+    prepare_data,
+    prepared_from_json,
+    prepared_is_current,
+    prepared_mismatch,
+    resolve_model_weights,
+)
+from exp3.session.record import (
     session_record,
     severity_evaluation,
     split_metrics,
@@ -76,12 +87,13 @@ from exp3.record import (
     with_severity_levels,
     write_record,
 )
-from exp3.runlock import LockBusy
-from exp3.schema import PreparedData, SessionMetrics, SeverityEvaluation, SplitMetrics
+from exp3.session.runlock import LockBusy
 from exp3.sessions import Session, parse_session
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS, VAL_SPLIT
-from exp3.train import final_checkpoint, log_tail, plan_training, run_training
-from exp3.weights import ResolvedWeights
+from exp3.train.integrations import missing_packages, session_integrations
+from exp3.train.offline import apply_offline_environment
+from exp3.train.training import final_checkpoint, log_tail, plan_training, run_training
+from exp3.train.weights import ResolvedWeights
 
 
 class SessionFailed(RuntimeError):
@@ -152,7 +164,7 @@ def _write_failure(paths: SessionPaths, session: Session, error: BaseException) 
 
 def _evaluate(model: EvaluationModel, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
               save_dir: Path, plots: bool = True) -> SplitEvaluation:
-    """One split of the session's `exp3.evaluate.EvaluationModel` (loaded once for all its splits)."""
+    """One split of the session's `exp3.evaluate.evaluation.EvaluationModel` (loaded once for all its splits)."""
     return evaluate_split(model, split_yaml, model.family, output_root, save_dir, split=split,
                           batch=config.train.batch, device=config.train.device, plots=plots,
                           workers=config.train.workers)
@@ -167,7 +179,7 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
     paths.failed_marker.unlink(missing_ok=True)
     write_resolved_config(config, folder)
     train_yaml = Path(prepared.s2_data_yaml if session.train_images == "occluded" else prepared.data_yaml)
-    plan = plan_training(config, session, train_yaml, folder, output_root, weights, retry_batch)
+    plan = plan_training(config, session, train_yaml, paths.run_dir, output_root, weights, retry_batch)
     outcome = run_training(plan, logs)
     checkpoint, epoch_info = final_checkpoint(plan)
     if checkpoint is None:
@@ -237,7 +249,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     """A done session's metrics.json brought up to the configured severity levels, without training.
 
     Evaluates only the missing levels from the session's recorded checkpoint (at its recorded
-    val-chosen threshold); `exp3.record.with_severity_levels` records them and supersedes results
+    val-chosen threshold); `exp3.session.record.with_severity_levels` records them and supersedes results
     of levels no longer configured (or evaluated on another suite); metrics.json is replaced keeping
     DONE valid. Returns the metrics (unchanged, nothing written, when nothing differs). Raises
     `SessionFailed` when the checkpoint is gone (the session stays done with what it has).
@@ -326,11 +338,3 @@ def without_shutdown_collection(code: int) -> int:
     into place."""
     gc.freeze()
     return code
-
-
-if __name__ == "__main__":
-    from exp3.parallel import die_with_starting_process, forked_children_die_with_this_process
-
-    die_with_starting_process()  # the session ends with the flow that started it (exp3.runner)
-    forked_children_die_with_this_process()  # and its DataLoader workers with it
-    raise SystemExit(without_shutdown_collection(main()))

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file
-from exp3.runlock import SessionLock
 from exp3.schema import SessionMetrics
+from exp3.session.runlock import SessionLock
 from exp3.sessions import Session
 
 
@@ -93,7 +93,7 @@ class SessionPaths:
     def predictions(self, split: str) -> Path:
         return self.folder / f"predictions_{split}.json"
 
-    def map_stats(self, split: str) -> Path:  # the validator's per-image matching statistics (exp3.mapstats)
+    def map_stats(self, split: str) -> Path:  # the validator's per-image matching statistics (exp3.evaluate.mapstats)
         return self.folder / f"map_stats_{split}.npz"
 
     def here(self, recorded: str | os.PathLike[str]) -> Path:

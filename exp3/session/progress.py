@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from exp3.layout import SessionPaths
 from exp3.schema import MetricsView
+from exp3.session.layout import SessionPaths
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 

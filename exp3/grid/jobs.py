@@ -11,9 +11,9 @@ from typing import Any, Callable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict
 
 from exp3.config import ExperimentConfig, MirrorConfig
-from exp3.layout import SessionPaths, SessionState
 from exp3.occlusion.identity import evaluation_plan
 from exp3.schema import PreparedData
+from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import Session
 
 Slot = int | None  # a GPU index, or None (a CPU or fan-out slot: no device pinned)
@@ -38,7 +38,7 @@ class SessionJob(BaseModel):
     deployment: str | None = None  # run as a flow run of this deployment (fan-out), not a local subprocess
     prepared: PreparedData | None = None  # what the flow prepared (data yaml, fingerprint, suites)
     evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`evaluation_plan`)
-    mirror: MirrorConfig = MirrorConfig()  # where its checkpoints and results are copied (exp3/mirror.py)
+    mirror: MirrorConfig = MirrorConfig()  # where its checkpoints and results are copied (exp3/session/mirror.py)
 
     session = property(lambda self: Session(self.model, self.suffix, self.seed))
     name = property(lambda self: self.session.name)

@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root
-from exp3.dataset import dataset_fingerprint, read_data_yaml
-from exp3.flowenv import configure_flow_environment
-from exp3.grid import select_sessions
+from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
+from exp3.grid.flowenv import configure_flow_environment
 from exp3.identity import session_inputs
-from exp3.layout import SessionState
-from exp3.mirror import mirror_for
-from exp3.runlock import LockBusy, RootLock
+from exp3.session.layout import SessionState
+from exp3.session.mirror import mirror_for
+from exp3.session.plan import select_sessions
+from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
 from exp3.status import grid_status
-from exp3.weights import WeightsError
+from exp3.train.weights import WeightsError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
 PILOT_CONFIG = REPO / "configs" / "pilot.yaml"
 PILOT_GPU_CONFIG = REPO / "configs" / "pilot-gpu.yaml"
@@ -74,8 +74,9 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
     """Refuse unknown names, missing weights or a live root (2), then dry run, sanity check or `flow` (1: failed)."""
-    # lazy: exp3.prepare loads numpy and the occlusion generator; --help and a refused config answer without them
-    from exp3.prepare import resolve_model_weights
+    # lazy: exp3.session.prepare loads numpy and the occlusion generator; --help and a refused config answer without
+    # them
+    from exp3.session.prepare import resolve_model_weights
 
     try:  # names and weights before anything runs
         grid = select_sessions(config, args.models, args.sessions)
@@ -104,7 +105,7 @@ def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, st
     """Print `grid` with each session's state and cache key (once the dataset exists; `weights`: model -> sha256)."""
     # lazy: numpy and the occlusion generator, as in `run`
     from exp3.occlusion.suites import occlusion_suite_name
-    from exp3.prepare import dataset_yaml
+    from exp3.session.prepare import dataset_yaml
 
     root = resolve_output_root(config)
     data_yaml = dataset_yaml(config, root, build=False)

@@ -14,18 +14,18 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from exp3.config import ExperimentConfig
-from exp3.dataset import AuditedData, audit_once
+from exp3.dataset.audit import AuditedData, audit_once
+from exp3.dataset.synth import build_synthetic_dataset
 from exp3.fileio import sha256_file
-from exp3.mirror import local_dataset, on_mirror_storage
 from exp3.occlusion.identity import evaluation_plan, severity_levels, suite_parameters, train_set_parameters
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.schema import PreparedData, SeveritySuite
-from exp3.synth import build_synthetic_dataset
-from exp3.weights import ResolvedWeights, resolve_weights
+from exp3.session.mirror import local_dataset, on_mirror_storage
+from exp3.train.weights import ResolvedWeights, resolve_weights
 
 
 def resolve_model_weights(config: ExperimentConfig, model_name: str) -> ResolvedWeights:
-    """The weights `model_name` starts from, or `WeightsError` (exp3/weights.py)."""
+    """The weights `model_name` starts from, or `WeightsError` (exp3/train/weights.py)."""
     model = config.models[model_name]
     return resolve_weights(model_name, model.architecture, model.weights, download=config.download_weights)
 
@@ -33,7 +33,7 @@ def resolve_model_weights(config: ExperimentConfig, model_name: str) -> Resolved
 def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True) -> Path:
     """The data.yaml to use: the embedded synthetic dataset (generated on first use; `build=False`: its path,
     which may not exist yet) or the user's (copied to `output_root/data/` first when it sits on the mirror's
-    storage, `exp3.mirror.local_dataset`; `build=False`: the user's own, of the same fingerprint)."""
+    storage, `exp3.session.mirror.local_dataset`; `build=False`: the user's own, of the same fingerprint)."""
     if config.dataset.kind == "yaml":
         assert config.dataset.data_yaml is not None  # guaranteed by DatasetConfig's validator
         data_yaml = Path(config.dataset.data_yaml).absolute()
@@ -52,7 +52,7 @@ def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedDa
     """Dataset, its audit, fixed occlusion suite, severity suites and S2's occluded train set (each idempotent,
     verified).
 
-    `audited`: the flow's audit of this config's dataset (`exp3.dataset.audit_once`), used as is: the
+    `audited`: the flow's audit of this config's dataset (`exp3.dataset.audit.audit_once`), used as is: the
     dataset is not hashed again. Without it (a session run by hand) the dataset is audited here.
     Raises `DatasetError` if the dataset fails the audit (before anything is built from it).
     """

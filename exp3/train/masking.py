@@ -22,7 +22,7 @@ Call order, as a training loop sees it::
         stats = handle.read_stats(reset=True)         # per site: batches, masked share, zeroed share
     handle.remove()
 
-`python -m exp3.masking sites --model yolov8m.yaml --imgsz 640` prints each site's layer index,
+`python -m exp3.train.masking sites --model yolov8m.yaml --imgsz 640` prints each site's layer index,
 module type and feature shape. The reasoning behind every choice is in docs/masking.md.
 """
 
@@ -575,8 +575,8 @@ def site_feature_shapes(model: Any, imgsz: int = 640) -> dict[str, dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m exp3.masking sites --model yolov8m.yaml [--imgsz 640]`."""
-    parser = argparse.ArgumentParser(prog="python -m exp3.masking", description=__doc__.splitlines()[0])
+    """`python -m exp3.train.masking sites --model yolov8m.yaml [--imgsz 640]`."""
+    parser = argparse.ArgumentParser(prog="python -m exp3.train.masking", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sites = sub.add_parser("sites", help="print each masking site's layer index, module type and feature shape")
     sites.add_argument("--model", required=True, help="architecture yaml, e.g. yolov8m.yaml or rtdetr-l.yaml")

@@ -21,7 +21,7 @@ TRACKED_PACKAGES: tuple[str, ...] = (
     "tensorboard", "mlflow-skinny", "mlflow",  # the `integrations:` loggers (installed or not: None); the session's
                                                 # config_resolved.yaml says which were on
 )
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:

@@ -1,9 +1,9 @@
 """A session's record, metrics.json (`exp3.schema.SessionMetrics`, docs/schema.md): assembled and written.
 
-The session process trains and evaluates (exp3/session.py); this module turns what those steps
+The session process trains and evaluates (exp3/session/run.py); this module turns what those steps
 return into the typed blocks of metrics.json and writes it with its DONE marker. It is the one
 place a block's content is decided: a split's entry (`split_metrics`), the robustness ratios,
-what a severity evaluation came from, mPC / rPC (via exp3.severity), and how a done session's
+what a severity evaluation came from, mPC / rPC (via exp3.evaluate.severity), and how a done session's
 record takes levels added, changed or removed later (`with_severity_levels`).
 """
 
@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from exp3 import SCHEMA_VERSION, __version__
 from exp3.config import ExperimentConfig
+from exp3.evaluate.metrics import ImageRecord, operating_point, robustness_ratio, summarize_split
+from exp3.evaluate.severity import mpc_summary
 from exp3.fileio import atomic_write_json
 from exp3.identity import SessionInputs
-from exp3.layout import SessionPaths
-from exp3.metrics import ImageRecord, operating_point, robustness_ratio, summarize_split
-from exp3.provenance import collect_provenance
 from exp3.schema import (
     Checkpoint,
     Eval,
@@ -30,8 +29,8 @@ from exp3.schema import (
     PreviousFailure,
     Provenance,
     Robustness,
-    SessionMetrics,
     Seeds,
+    SessionMetrics,
     Severity,
     SeverityEvaluation,
     SeverityLevel,
@@ -42,14 +41,15 @@ from exp3.schema import (
     Training,
     TrainingWeights,
 )
+from exp3.session.layout import SessionPaths
+from exp3.session.provenance import collect_provenance
 from exp3.sessions import Session
-from exp3.severity import mpc_summary
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
-from exp3.weights import ResolvedWeights
+from exp3.train.weights import ResolvedWeights
 
-if TYPE_CHECKING:  # annotations only: exp3.evaluate and exp3.train load Ultralytics
-    from exp3.evaluate import SplitEvaluation
-    from exp3.train import TrainOutcome, TrainPlan
+if TYPE_CHECKING:  # annotations only: exp3.evaluate.evaluation and exp3.train.training load Ultralytics
+    from exp3.evaluate.evaluation import SplitEvaluation
+    from exp3.train.training import TrainOutcome, TrainPlan
 
 TRAIN_INFO_KEYS: tuple[str, ...] = ("optimizer", "requested", "amp", "device", "epochs_completed", "effective_args",
                                     "trainer", "attempts", "attempt_wall_s")
@@ -124,7 +124,7 @@ def severity_block(prepared: PreparedData, splits: Mapping[str, SplitMetrics],
 def threshold_block(config: ExperimentConfig, val: SplitEvaluation, chosen: Mapping[str, float],
                     val_f1_at_primary: float | None) -> Thresholds:
     """The two operating points (docs/thresholds.md): `eval.conf`, and `chosen` on the clean val split
-    (`exp3.metrics.choose_threshold`), with val's F1 at each and its mAP."""
+    (`exp3.evaluate.metrics.choose_threshold`), with val's F1 at each and its mAP."""
     return Thresholds(primary=config.eval.conf, val_chosen=chosen["conf"], criterion=THRESHOLD_CRITERION,
                       val_f1_at_val_chosen=chosen["val_micro_f1"], val_f1_at_primary=val_f1_at_primary,
                       val_map50=val.map50, val_map50_95=val.map50_95)

@@ -10,8 +10,8 @@ the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clea
 for the headline metrics M (`METRICS`). test_occ_fixed (the primary suite) is not one of the
 levels: it keeps its own meaning and table.
 
-This module runs in every session process (exp3.record `severity_block`), so it imports only
-numpy and exp3.schema: no pandas, no exp3.stats. The curves, the intervals, the paired tests vs S1
+This module runs in every session process (exp3.session.record `severity_block`), so it imports only
+numpy and exp3.schema: no pandas, no exp3.evaluate.stats. The curves, the intervals, the paired tests vs S1
 and the crossings are the report's, in exp3/report/severity.py.
 """
 
@@ -32,7 +32,8 @@ class Metric:
     """One headline metric, named once: every table, chart and sentence of the report takes it from here.
 
     `kind`: `count` (micro F1 of per-image (tp, fp, fn) summed over images), `mean` (the mean of a per-image score)
-    or `map` (the validator's mAP: no per-image decomposition; intervals from exp3.mapstats). `path`: its attribute
+    or `map` (the validator's mAP: no per-image decomposition; intervals from exp3.evaluate.mapstats). `path`: its
+    attribute
     path inside a split entry of metrics.json (`exp3.schema.SplitMetrics`); `columns`: the per-image columns of
     the report's scores behind it (exp3.report.draws.image_scores); `short`: its header in report.md's split tables.
     """

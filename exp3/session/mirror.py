@@ -32,9 +32,9 @@ from typing import Iterator
 import yaml
 
 from exp3.config import MirrorConfig
-from exp3.dataset import DatasetError, dataset_fingerprint, read_data_yaml
+from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
 from exp3.fileio import atomic_write_json, atomic_write_text, stable_hash
-from exp3.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
+from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 
 TEMP_SUFFIX = ".mirror-tmp"
 CHECKPOINTS = ("best.pt", "last.pt")  # in train/weights/, best first: a copy's best.pt is never older than its last
@@ -196,7 +196,7 @@ class Mirror:
 def _warning(line: str) -> None:
     """A warning in the Prefect run's log (the UI shows it as one), else on stdout."""
     try:
-        # lazy: exp3.cli imports this module before it sets the environment Prefect reads at import
+        # lazy: exp3.grid.cli imports this module before it sets the environment Prefect reads at import
         from prefect.exceptions import MissingContextError
         from prefect.logging import get_run_logger
 

@@ -6,11 +6,11 @@ and `test_occ_fixed` holds occluded copies of the `test_clean` images (docs/refe
 
 The statistic is the headline metric, the **micro ingredient F1**, recomputed on every resample
 from per-image counts: `counts` is an (N, 3) int array of (tp, fp, fn) per image (ingredient sets
-at the session's `conf`, see `exp3.metrics.ingredient_sets`), and
+at the session's `conf`, see `exp3.evaluate.metrics.ingredient_sets`), and
 
     micro_f1(counts) = 2 * sum(tp) / (2 * sum(tp) + sum(fp) + sum(fn))   (1.0 when all are 0)
 
-which is exactly `exp3.metrics.prf_from_counts` on the summed counts. Resampling images and
+which is exactly `exp3.evaluate.metrics.prf_from_counts` on the summed counts. Resampling images and
 re-summing their counts is the correct bootstrap of a ratio of sums (averaging per-image F1 would
 bootstrap the *samples* F1, a different metric).
 
@@ -26,7 +26,7 @@ bootstrap the *samples* F1, a different metric).
   Which p-values form one family is the caller's decision (exp3.report: distinct unordered pairs).
 
 Other metrics use the same pairing and the same machinery: the pooled *detection* F1 is
-`micro_f1` of per-image box counts (`exp3.metrics.detection_counts`), and the *samples* F1 (the
+`micro_f1` of per-image box counts (`exp3.evaluate.metrics.detection_counts`), and the *samples* F1 (the
 mean of per-image F1) is compared with `compare_paired_means`: the bootstrap of a mean difference
 and the paired (sign-flip) permutation test of it.
 """
@@ -88,7 +88,7 @@ def micro_f1(counts: np.ndarray, axis: int = -2) -> np.ndarray:
         counts: (..., N, 3) counts (tp, fp, fn); the image axis is `axis` (default: second to last).
 
     Returns:
-        (...) float64 F1; 1.0 where every summed count is 0 (the empty-set rule of exp3.metrics).
+        (...) float64 F1; 1.0 where every summed count is 0 (the empty-set rule of exp3.evaluate.metrics).
     """
     totals = np.asarray(counts).sum(axis=axis)
     tp, fp, fn = totals[..., 0], totals[..., 1], totals[..., 2]

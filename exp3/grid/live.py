@@ -1,5 +1,5 @@
 """The flow's live view under Prefect: per session a log line per epoch, progress and epochs table artifacts and
-one DONE / FAILED / cached line; after the report, its artifacts. Imported by flows/exp3.py only, after exp3.cli
+one DONE / FAILED / cached line; after the report, its artifacts. Imported by flows/exp3.py only, after exp3.grid.cli
 has set Prefect's environment."""
 
 from __future__ import annotations
@@ -9,16 +9,28 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.deployments import run_deployment
 
-from exp3.jobs import SessionJob, SessionResult
-from exp3.layout import SessionState
-from exp3.mirror import mirror_for
-from exp3.progress import (EpochProgress, epoch_progress, epoch_table, format_epoch_line, format_failed_line,
-                           format_result, format_seconds, results_rows)
-from exp3.runner import SessionError, retry_batch_for, run_session_subprocess
+from exp3.grid.jobs import SessionJob, SessionResult
+from exp3.grid.runner import SessionError, retry_batch_for, run_session_subprocess
+from exp3.session.layout import SessionState
+from exp3.session.mirror import mirror_for
+from exp3.session.progress import (
+    EpochProgress,
+    epoch_progress,
+    epoch_table,
+    format_epoch_line,
+    format_failed_line,
+    format_result,
+    format_seconds,
+    results_rows,
+)
 
 if TYPE_CHECKING:
     from exp3.report import ReportResult

@@ -10,11 +10,9 @@ of either (as in Ultralytics). Labels live beside images with `/images/` replace
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +22,9 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
+from exp3.dataset.labels import box_in_bounds, parse_label_text
 from exp3.fileio import atomic_write_json, sha256_bytes, sha256_file
-from exp3.labels import box_in_bounds, parse_label_text
-from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
+from exp3.splits import SOURCE_SPLITS
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -318,7 +316,7 @@ def dataset_fingerprint(spec: DataSpec) -> str:
 class AuditedData(BaseModel):
     """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`).
 
-    What the flow's audit task hands its prepare task (`exp3.prepare.prepare_data(audited=...)`),
+    What the flow's audit task hands its prepare task (`exp3.session.prepare.prepare_data(audited=...)`),
     so that a run hashes the dataset once.
     """
 
@@ -349,62 +347,3 @@ def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedDat
         raise DatasetError(f"dataset {str(spec.yaml_path)!r} fails the audit: {' | '.join(errors)} "
                            f"(full report: python -m exp3.dataset audit --data {spec.yaml_path})")
     return AuditedData(data_yaml=str(data_yaml), fingerprint=fingerprint)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from exp3.synth import build_synthetic_dataset  # lazy: numpy; exp3.cli imports this module (exp3.mirror)
-
-    counts = None
-    if args.counts:
-        try:
-            train, val, test = (int(value) for value in args.counts.split(","))
-        except ValueError:
-            raise ValueError(f"--counts {args.counts!r} is not TRAIN,VAL,TEST: write e.g. --counts 16,8,8") from None
-        counts = {TRAIN_SPLIT: train, VAL_SPLIT: val, TEST_SPLIT: test}
-    data_yaml = build_synthetic_dataset(args.out, preset=args.preset, seed=args.seed, counts=counts,
-                                        image_size=args.image_size, workers=args.workers)
-    print(data_yaml)
-    return 0
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    report = audit_dataset(args.data)
-    if args.json is not None:
-        atomic_write_json(args.json, report.to_json())
-    for line in report.summary_lines():
-        print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
-    totals = ", ".join(f"{split} {stats['images']} images / {stats['instances']} boxes"
-                       for split, stats in report.splits.items())
-    verdict = "BLOCKED" if report.blocking else "OK"
-    print(f"audit {verdict}: {report.data_yaml} ({totals}); fingerprint {report.fingerprint}")
-    return 1 if report.blocking else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m exp3.dataset`."""
-    parser = argparse.ArgumentParser(prog="python -m exp3.dataset", description="exp3 datasets: synth and audit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    synth = sub.add_parser("synth", help="generate the embedded synthetic ingredient dataset")
-    synth.add_argument("--out", type=Path, required=True, help="new or empty directory")
-    synth.add_argument("--preset", default="smoke", help="smoke (128 px, 16/8/8) or full (640 px, 800/200/200)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--counts", default=None, help="override images per split: TRAIN,VAL,TEST")
-    synth.add_argument("--image-size", type=int, default=None, help="override the preset's image side (px)")
-    synth.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    audit = sub.add_parser("audit", help="check a YOLO data.yaml before any long training")
-    audit.add_argument("--data", type=Path, required=True)
-    audit.add_argument("--json", type=Path, default=None, help="write the full report here")
-    args = parser.parse_args(argv)
-    try:
-        return _cmd_synth(args) if args.command == "synth" else _cmd_audit(args)
-    except (DatasetError, ValueError, FileExistsError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
