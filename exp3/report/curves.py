@@ -141,14 +141,10 @@ def loss_quantity(epochs: list[EpochProgress]) -> str:
     return f"train loss ({' + '.join(names)})" if names else "train loss"
 
 
-def _missing_text(run: SessionRun, several: bool) -> str:
-    reason = "no train/results.csv" if run.status == SessionState.DONE else str(run.status)
-    return f"{short_session(run.suffix)}{f' seed {run.seed}' if several else ''} ({reason})"
-
-
-def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any,
-          text: str = "") -> pd.DataFrame:
-    return pd.DataFrame({"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix], "seeds": seeds,
+def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any, text: str = "",
+          label: str | None = None) -> pd.DataFrame:
+    return pd.DataFrame({"model": model, "session": suffix,
+                         "session_label": SESSION_LABELS[suffix] if label is None else label, "seeds": seeds,
                          "mark": mark, "quantity": quantity, "epoch": epochs, "value": values, "text": text})
 
 
@@ -171,16 +167,17 @@ def _session_curves(model: str, suffix: str, curves: dict[int | None, pd.DataFra
                     loss_name: str) -> tuple[list[pd.DataFrame], dict[str, Any]]:
     """The frame rows (lines and best.pt marks) and the convergence row of one session: `curves` seed -> its
     `_seed_frame`, `ramps` its seeds' ramp ends."""
+
+    def lines(seeds: str, mark: str, curve: pd.DataFrame) -> list[pd.DataFrame]:
+        return [_rows(model, suffix, seeds, mark, quantity, curve["epoch"], curve[column])
+                for column, quantity in (("map50_95", MAP_QUANTITY), ("train_loss", loss_name))]
+
     seed_text = ";".join("" if seed is None else str(seed) for seed in curves)
     mean = _mean_curve(list(curves.values()))
-    rows = [_rows(model, suffix, seed_text, "session", MAP_QUANTITY, mean["epoch"], mean["map50_95"]),
-            _rows(model, suffix, seed_text, "session", loss_name, mean["epoch"], mean["train_loss"])]
-    best_pt = []
+    rows, best_pt = lines(seed_text, "session", mean), []
     for seed, curve in curves.items():
         seed_name = "" if seed is None else str(seed)
-        if len(curves) > 1:
-            rows += [_rows(model, suffix, seed_name, "seed", MAP_QUANTITY, curve["epoch"], curve["map50_95"]),
-                     _rows(model, suffix, seed_name, "seed", loss_name, curve["epoch"], curve["train_loss"])]
+        rows += lines(seed_name, "seed", curve) if len(curves) > 1 else []
         best = best_epoch(list(curve["epoch"]), list(curve["map50_95"]))
         if best is not None:
             best_pt.append(str(best))
@@ -205,15 +202,10 @@ def _ramp_rows(model: str, records: list[dict[str, Any]], quantities: list[str])
     for record in records:
         if math.isfinite(record["ramp_epoch"]):
             by_epoch.setdefault(record["ramp_epoch"], []).append(record["session"])
-    rows = []
-    for epoch, suffixes in by_epoch.items():
-        names = ", ".join(short_session(suffix) for suffix in suffixes)
-        for quantity in quantities:
-            text = f"{names}: masking at full strength (epoch {epoch:g})" if quantity == MAP_QUANTITY else ""
-            rows.append(pd.DataFrame({"model": [model], "session": ";".join(suffixes), "session_label": "",
-                                      "seeds": "", "mark": "ramp", "quantity": quantity, "epoch": epoch,
-                                      "value": math.nan, "text": text}))
-    return rows
+    return [_rows(model, ";".join(suffixes), "", "ramp", quantity, [epoch], math.nan, label="",
+                  text=f"{', '.join(map(short_session, suffixes))}: masking at full strength (epoch {epoch:g})"
+                  if quantity == MAP_QUANTITY else "")
+            for epoch, suffixes in by_epoch.items() for quantity in quantities]
 
 
 def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves:
@@ -228,15 +220,17 @@ def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves
         drawn = {suffix: [run for run in group if epochs[run.folder]] for suffix, group in grouped.items()}
         loss_name = loss_quantity([progress for group in drawn.values() for run in group[:1]
                                    for progress in epochs[run.folder]])
-        missing[model] = [_missing_text(run, len(group) > 1) for group in grouped.values() for run in group
-                          if not epochs[run.folder]]
+        missing[model] = [f"{short_session(run.suffix)}{f' seed {run.seed}' if len(group) > 1 else ''} "
+                          f"({'no train/results.csv' if run.status == SessionState.DONE else run.status})"
+                          for group in grouped.values() for run in group if not epochs[run.folder]]
         model_records = []
-        for suffix, group in ((suffix, group) for suffix, group in drawn.items() if group):
-            rows, record = _session_curves(model, suffix, {run.seed: _seed_frame(epochs[run.folder]) for run in group},
-                                           {ramp for run in group if (ramp := ramp_epoch(run.metrics)) is not None},
-                                           loss_name)
-            frames += rows
-            model_records.append(record)
+        for suffix, group in drawn.items():
+            if group:
+                rows, record = _session_curves(
+                    model, suffix, {run.seed: _seed_frame(epochs[run.folder]) for run in group},
+                    {ramp for run in group if (ramp := ramp_epoch(run.metrics)) is not None}, loss_name)
+                frames += rows
+                model_records.append(record)
         frames += _ramp_rows(model, model_records, [MAP_QUANTITY, loss_name])
         records += model_records
     frame = pd.concat(frames, ignore_index=True)[list(CURVE_COLUMNS)] if frames else TrainingCurves().frame
@@ -253,10 +247,9 @@ def write_curve_outputs(curves: TrainingCurves, root: Path, models: list[str], c
     for model in models:
         frame, table = curves.of(model)
         if len(table):
-            subtitle = chart_subtitle(table, curves.missing.get(model, []))
-            files += plots.save_chart(plots.training_curve_chart(frame, title=f"Training curves: {model}",
-                                                                 subtitle=subtitle),
-                                      root / "plots" / f"training_curves_{model}")
+            chart = plots.training_curve_chart(frame, title=f"Training curves: {model}",
+                                               subtitle=chart_subtitle(table, curves.missing.get(model, [])))
+            files += plots.save_chart(chart, root / "plots" / f"training_curves_{model}")
     return files
 
 
@@ -273,14 +266,9 @@ def chart_subtitle(table: pd.DataFrame, missing: list[str]) -> list[str]:
     return lines
 
 
-def _reading_text(row: pd.Series) -> str:
-    if row["reading"] == TOO_FEW:
-        return f"{TOO_FEW} ({row['n_epochs']}) to judge"
-    return f"**{row['reading']}**" if row["reading"] == STILL_RISING else row["reading"]
-
-
 def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
     """report.md's table of one model: one row per session with a curve, formatted."""
+    readings = {STILL_RISING: f"**{STILL_RISING}**", NOT_RISING: NOT_RISING}
     rows = []
     for _, row in table.iterrows():
         window = "" if pd.isna(row["window_first"]) else f"{int(row['window_first'])}-{int(row['window_last'])}"
@@ -288,7 +276,8 @@ def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
                      "best.pt epoch": row["best_pt_epochs"].replace(";", ", ") or "n/a",
                      "val mAP50-95 best / last": f"{fmt(row['best_value'])} / {fmt(row['last_value'])}",
                      "fitted change over the last epochs": f"{fmt(row['rise'], signed=True)} ({window})" if window
-                     else "n/a", "reading": _reading_text(row),
+                     else "n/a",
+                     "reading": readings.get(row["reading"], f"{TOO_FEW} ({row['n_epochs']}) to judge"),
                      "masking full strength at epoch": "" if pd.isna(row["ramp_epoch"]) else f"{row['ramp_epoch']:g}"})
     shown = pd.DataFrame(rows)
     return shown.drop(columns="masking full strength at epoch") if table["ramp_epoch"].isna().all() else shown
