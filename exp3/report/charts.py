@@ -22,10 +22,7 @@ def _status_text(status: str) -> str:
 
 def bar_frame(summary: pd.DataFrame, split: str, value: str, models: list[str],
               ci: tuple[str, str] | None = None) -> pd.DataFrame:
-    """One row per model x session (all six, all `models`) for `session_bar_chart`.
-
-    Columns: model, session_label, value, ci_low, ci_high, status_text (value NaN for a not-done session).
-    """
+    """One row per model x session (all six, all `models`) for `session_bar_chart` (value NaN when not done)."""
     part = summary[(summary["split"] == split) & summary["model"].isin(models)]
     frame = pd.DataFrame({
         "model": part["model"], "session_label": part["session_label"],
@@ -45,16 +42,12 @@ def split_frame(summary: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
 def heatmap_frame(per_class: pd.DataFrame, model: str) -> pd.DataFrame:
     """One row per session x split x class of one model for `class_heatmap` (classes in class_id order)."""
     part = per_class[per_class["model"] == model].sort_values(["class_id"], kind="stable")
-    return pd.DataFrame({"session_label": part["session_label"], "split": part["split"],
-                         "class_name": part["class_name"], "f1": part["f1"], "support": part["support"],
-                         "f1_text": part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}"),
-                         }).reset_index(drop=True)
+    shown = part[["session_label", "split", "class_name", "f1", "support"]]
+    return shown.assign(f1_text=part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}")).reset_index(drop=True)
 
 
 def _p_text(p_bh: float) -> str:
-    if pd.isna(p_bh):
-        return ""
-    return "p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}"
+    return "" if pd.isna(p_bh) else ("p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}")
 
 
 def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -> pd.DataFrame:
@@ -75,15 +68,12 @@ def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd
     ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.stats)"
     written: list[Path] = []
     for split, tag in ((FIXED_SPLIT, "occ"), (CLEAN_SPLIT, "clean")):
-        written += plots.save_chart(plots.session_bar_chart(
-            bar_frame(summary, split, "ingredient_micro_f1", models, f1_ci), models,
-            title=f"{f1} on {split}, all models", y_title=f"{f1}, {split}",
-            subtitle=ci_note), plots_dir / f"f1_{tag}_by_model")
-        for model in models:
+        per_model = (([model], model, f": {model}") for model in models)
+        for chosen, name, which in ((models, "by_model", ", all models"), *per_model):
             written += plots.save_chart(plots.session_bar_chart(
-                bar_frame(summary, split, "ingredient_micro_f1", [model], f1_ci), models,
-                title=f"{f1} on {split}: {model}", y_title=f"{f1}, {split}",
-                subtitle=ci_note), plots_dir / f"f1_{tag}_{model}")
+                bar_frame(summary, split, "ingredient_micro_f1", chosen, f1_ci), models,
+                title=f"{f1} on {split}{which}", y_title=f"{f1}, {split}", subtitle=ci_note),
+                plots_dir / f"f1_{tag}_{name}")
         written += plots.save_chart(plots.difference_chart(
             difference_frame(comparisons, split, models), models,
             title=f"{f1} difference vs S1 and vs S2 on {split}",
