@@ -62,8 +62,14 @@ def hand_manifest() -> dict[str, list[ManifestBox]]:
                           for entry in image["boxes"]] for image in hand_manifest_images()}
 
 
+def table(records: list[ImageRecord], manifest: dict[str, list[ManifestBox]], num_classes: int = NUM_CLASSES,
+          conf: float = 0.25) -> pd.DataFrame:
+    aligned = coverage.align_split(records, manifest, "test_occ_fixed")
+    return coverage.box_table(records, aligned, num_classes, conf, 0.5, "test_occ_fixed")
+
+
 def hand_table(conf: float = 0.25) -> pd.DataFrame:
-    return coverage.box_table(hand_records(), hand_manifest(), NUM_CLASSES, conf, 0.5, "test_occ_fixed")
+    return table(hand_records(), hand_manifest(), conf=conf)
 
 
 def by_bin(bins: pd.DataFrame) -> dict[int, tuple[int, int]]:
@@ -101,7 +107,7 @@ def test_crowded_image_detection_is_one_to_one_ingredient_is_per_class() -> None
                          pred_classes=[0], pred_boxes=[[0, 0, 10, 10]], pred_conf=[0.9])
     manifest = {"crowd": [ManifestBox(0, (0, 0, 10, 10), 0.1), ManifestBox(0, (0, 0, 10, 10), 0.1),
                           ManifestBox(0, (30, 30, 40, 40), 0.7)]}
-    frame = coverage.box_table([record], manifest, 1, 0.25, 0.5, "s")
+    frame = table([record], manifest, 1)
     assert frame["found_detection"].sum() == 1 and frame["found_ingredient"].all()
 
 
@@ -126,7 +132,7 @@ def test_independent_check_with_sklearn_and_detection_prf() -> None:
                                    rng.uniform(0.05, 1.0, len(pred_boxes))))
         manifest[f"im{index:02d}"] = [ManifestBox(int(c), tuple(b), float(rng.uniform(0, 0.9)))
                                       for c, b in zip(classes, gt.tolist())]
-    frame = coverage.box_table(records, manifest, 4, 0.3, 0.5, "s")
+    frame = table(records, manifest, 4, 0.3)
     assert frame["found_detection"].mean() == pytest.approx(detection_prf(records, 0.3, 0.5)["recall"])
     bins = coverage.assign_bins(frame["covered_fraction"].to_numpy())
     for level in coverage.LEVELS:
@@ -160,15 +166,15 @@ def test_disagreeing_inputs_are_refused_with_one_line() -> None:
     records = hand_records()
     manifest = hand_manifest()
     with pytest.raises(CoverageError, match=r"disagree on image ids \(1 only in the predictions.*'c'"):
-        coverage.box_table(records, {key: manifest[key] for key in ("a", "b")}, NUM_CLASSES, 0.25, 0.5, "x")
+        coverage.align_split(records, {key: manifest[key] for key in ("a", "b")}, "x")
     moved = dict(manifest, c=[ManifestBox(0, (0, 0, 10, 10), 0.3), ManifestBox(0, (100, 100, 110, 110), 0.9)])
     with pytest.raises(CoverageError, match=r"x, image 'c': ground-truth box 1 .* has no box in the suite manifest"):
-        coverage.box_table(records, moved, NUM_CLASSES, 0.25, 0.5, "x")
+        coverage.align_split(records, moved, "x")
     extra = dict(manifest, c=manifest["c"] + [ManifestBox(1, (60, 60, 70, 70), 0.2)])
     with pytest.raises(CoverageError, match=r"manifest box 2 .* is missing from the predictions' ground truth"):
-        coverage.box_table(records, extra, NUM_CLASSES, 0.25, 0.5, "x")
+        coverage.align_split(records, extra, "x")
     duplicated = dict(manifest, c=manifest["c"] + [manifest["c"][0]])      # a label row the validator dropped
-    assert len(coverage.box_table(records, duplicated, NUM_CLASSES, 0.25, 0.5, "x")) == 6
+    assert len(table(records, duplicated)) == 6
 
 
 # ----------------------------------------------------------------------------- session folders, chart, PNG

@@ -1,26 +1,14 @@
 """Recall by covered fraction: which session still finds an object when most of it is hidden?
 
-Every occluded test suite's manifest records, per ground-truth box, the fraction of it the occluders actually cover
-(`covered_fraction`, exp3/occlusion/occlude.py). This module joins those fractions to a session's predictions on
-that suite and asks, box by box, whether the object was found, at two levels (docs/report.md, "Recall by covered
-fraction"):
-
-- detection: the box is matched one-to-one by a detection of its class with confidence >= conf and IoU >= match_iou
-  (`exp3.metrics.matched_gt`, the Hungarian matcher of detection P/R/F1);
-- ingredient: the box's class is in the image's predicted ingredient set at conf (`exp3.metrics.ingredient_sets`).
-  In a crowded image, one detection of a class anywhere "finds" every box of that class at this level.
-
-Boxes are binned by covered fraction into `N_BINS` equal bins over [0, 1] (half-open, the last one closed); a bin's
-recall is its found boxes over its boxes. Intervals: percentile bootstrap clustered on images (boxes of one image are
-not independent), on the report's image draws (exp3.report.draws); a draw in which a bin has no box is left out of
-that bin's interval. Seeds of a session and several occluded splits (e.g. severity suites) pool their boxes; an
-image id is one cluster across them (the same source picture).
-
-Boxes without a covered fraction (zero area in the manifest) are left out and counted. The manifest and the
-predictions must describe the same images and boxes (same image ids; every ground-truth box paired with the manifest
-box of its class at IoU >= `ALIGN_IOU`), else `CoverageError` names the split, the image and the fix: a number only
-comes from the inputs it claims. A manifest box left over is accepted only as an exact duplicate of a paired one
-(the validator drops duplicate label rows).
+Joins each occluded suite manifest's per-box `covered_fraction` (exp3/occlusion/occlude.py) to a session's predictions
+on that suite and asks, box by box, whether the object was found (definitions: docs/report.md, "Recall by covered
+fraction"): at the detection level, matched one-to-one by a detection of its class (`exp3.metrics.matched_gt`); at the
+ingredient level, its class named in the image's predicted set (`exp3.metrics.ingredient_sets`). Boxes are binned into
+`N_BINS` equal bins of covered fraction; intervals are a percentile bootstrap clustered on images (boxes of one image
+are not independent), on the report's image draws. Seeds and several occluded splits pool their boxes; an image id is
+one cluster across them. Boxes without a covered fraction (zero area) are left out and counted. A number only comes
+from the inputs it claims: manifest and predictions that do not describe the same images and boxes raise
+`CoverageError` (`align_split`) naming the split, the image and the fix.
 """
 
 from __future__ import annotations
@@ -144,7 +132,8 @@ def read_manifest_boxes(path: Path) -> dict[str, list[ManifestBox]]:
 
 def align_boxes(record: ImageRecord, boxes: Sequence[ManifestBox], split: str) -> Aligned:
     """The covered fraction of each of `record`'s ground-truth boxes from its manifest boxes (`Aligned`), else
-    `CoverageError`."""
+    `CoverageError`. A manifest box left over is accepted only as an exact duplicate of a paired one (the validator
+    drops duplicate label rows)."""
     where = f"{split}, image {record.image_id!r}"
     known = [index for index, box in enumerate(boxes) if box.covered_fraction is not None]
     manifest_xyxy = np.array([boxes[index].xyxy for index in known], dtype=np.float64).reshape(-1, 4)
@@ -184,13 +173,11 @@ def align_split(records: Sequence[ImageRecord], manifest: Mapping[str, list[Mani
     return [align_boxes(record, manifest[record.image_id], split) for record in records]
 
 
-def box_table(records: Sequence[ImageRecord], manifest: Mapping[str, list[ManifestBox]], num_classes: int,
-              conf: float, match_iou: float, split: str, aligned: Sequence[Aligned] | None = None,
-              matched: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
-    """Per-box covered fraction and whether the box was found at both levels, at `conf` (boxes without a covered
-    fraction left out). `aligned` (`align_split`, independent of `conf`) and `matched` (each record's `matched_gt`):
-    when already made (exp3.report.draws)."""
-    aligned = align_split(records, manifest, split) if aligned is None else aligned
+def box_table(records: Sequence[ImageRecord], aligned: Sequence[Aligned], num_classes: int, conf: float,
+              match_iou: float, split: str, matched: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+    """Per-box covered fraction (`aligned`: `align_split` of the records) and whether the box was found at both
+    levels, at `conf` (boxes without a covered fraction left out). `matched`: each record's `matched_gt`, when already
+    made (exp3.report.draws)."""
     matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
     _, predicted_sets = ingredient_sets(records, num_classes, conf)
     kept = [np.flatnonzero(~np.isnan(covered)) for covered, _ in aligned]          # boxes with a covered fraction
@@ -280,10 +267,9 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
 
 
 def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
-                   data: ReportData, manifests: dict[Path, dict[str, list[ManifestBox]]],
-                   aligned: dict[tuple[Any, ...], list[Aligned]]) -> tuple[pd.DataFrame, int]:
-    """All per-box rows of one done session folder at both thresholds, and its zero-area boxes (`manifests`: those
-    read, by path; `aligned`: the alignments made, by manifest, split and ground truth)."""
+                   data: ReportData, aligned: dict[tuple[Any, ...], list[Aligned]]) -> tuple[pd.DataFrame, int]:
+    """All per-box rows of one done session folder at both thresholds, and its zero-area boxes (`aligned`: the
+    alignments made, by manifest, split and ground truth)."""
     frames, excluded = [], 0
     for split in splits:
         part = run.view.splits.get(split)
@@ -291,18 +277,16 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
         if part is None or not part.num_classes or not records:
             raise CoverageError(f"no predictions_{split}.json or metrics for {split}: evaluate the session on it")
         path = suite_manifest(run.view, split, manifest_paths)
-        if path not in manifests:
-            manifests[path] = read_manifest_boxes(path)
         truth = (path, split, tuple((record.image_id, record.gt_classes.tobytes(), record.gt_boxes.tobytes())
                                     for record in records))
         if truth not in aligned:  # sessions evaluated on one suite share its ground truth: aligned once
-            aligned[truth] = align_split(records, manifests[path], split)
+            aligned[truth] = align_split(records, read_manifest_boxes(path), split)
         for threshold in THRESHOLDS:
             conf = threshold_conf(run, split, threshold)
             if conf is None:
                 continue
-            frame = box_table(records, manifests[path], int(part.num_classes), conf, split_match_iou(run.view, split),
-                              split, aligned[truth], data.matched(run, split, threshold, conf))
+            frame = box_table(records, aligned[truth], int(part.num_classes), conf, split_match_iou(run.view, split),
+                              split, data.matched(run, split, threshold, conf))
             frames.append(frame.assign(threshold=threshold))
             excluded += sum(count for _, count in aligned[truth]) if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
@@ -334,13 +318,12 @@ def coverage_report(data: ReportData, splits: Sequence[str] | None = None,
     splits = tuple(dict.fromkeys(default_splits(data.runs) if splits is None else splits))
     if not splits:
         raise ValueError(f"no occluded split given: pass e.g. ({FIXED_SPLIT!r},)")
-    manifests: dict[Path, dict[str, list[ManifestBox]]] = {}
     aligned: dict[tuple[Any, ...], list[Aligned]] = {}
     curves, frames, problems = [], [], []
     for model, session in data.grouped:
         session_runs = data.done(model, session)
         try:
-            parts = [(run, *_session_boxes(run, splits, manifest_paths, data, manifests, aligned))
+            parts = [(run, *_session_boxes(run, splits, manifest_paths, data, aligned))
                      for run in session_runs]
         except CoverageError as error:
             problems.append((model, session, str(error)))

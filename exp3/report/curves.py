@@ -1,21 +1,13 @@
 """Training curves: had each session converged, and how did masking change the course of its training?
 
-Per done session, val mAP50-95 (the clean val split) and the train loss per epoch, from its `train/results.csv` as
-exp3.progress reads it, with three readings (docs/report.md, "Training curves"):
-
-    best.pt epoch   the last epoch with the highest val mAP50-95. Ultralytics 8.4's fitness is mAP50-95
-                    (DetMetrics.fitness); its trainer raises best_fitness only on a strictly higher fitness, then
-                    writes best.pt whenever the epoch's fitness equals best_fitness, so a tie rewrites best.pt:
-                    ties go to the later epoch.
-    ramp end        masking.spec.ramp_fraction x the epochs trained (training.effective_args.epochs): the masking
-                    strength reaches 1 there (exp3.masking, linear_ramp); a constant schedule has no ramp.
-    still rising    over the curve's last max(MIN_WINDOW, ceil(WINDOW_FRACTION x epochs)) epochs the least-squares
-                    slope of val mAP50-95 is > 0 and the curve's best epoch lies in that window.
-
-The train loss is the sum of the `train/*` losses Ultralytics logs (box + cls + dfl for YOLO, giou + cls + l1 for
-RT-DETR): each is logged after its gain, so the sum is the objective the optimizer minimised. With several seeds a
-session's curve is the mean over its seeds on the epochs every seed has; each seed's line and best.pt epoch are kept.
-A session that is not done, or done without a results.csv, has no curve: `TrainingCurves.missing` names it.
+Per done session, val mAP50-95 (the clean val split) and the train loss per epoch from its `train/results.csv` (as
+exp3.progress reads it), with three readings (rules and reasons: docs/report.md, "Training curves"): the epoch best.pt
+holds (`best_epoch`: Ultralytics 8.4 rewrites best.pt on a tie of its fitness, mAP50-95, so ties go to the later
+epoch), where the masking ramp reaches full strength (`ramp_epoch`) and whether the curve was still rising when
+training stopped (`convergence`). The train loss is the sum of the `train/*` losses Ultralytics logs, each after its
+gain: the objective the optimizer minimised. With several seeds a session's curve is the mean over its seeds on the
+epochs every seed has; each seed's line and best.pt epoch are kept. A session that is not done, or done without a
+results.csv, has no curve: `TrainingCurves.missing` names it.
 """
 
 from __future__ import annotations
@@ -32,7 +24,7 @@ from exp3 import plots
 from exp3.fileio import atomic_write_text
 from exp3.layout import SessionPaths, SessionState
 from exp3.progress import EpochProgress, epoch_progress, results_rows
-from exp3.report.runs import SessionRun
+from exp3.report.runs import SessionRun, as_number
 from exp3.report.text import fmt, markdown_table, short_session
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 
@@ -75,15 +67,13 @@ def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
     """Where a masked session's linear ramp reaches full strength, in epochs trained (None: not masked, a constant
     schedule, or not recorded). exp3.masking's strength is min(1, progress / ramp_fraction), progress = epochs done
     / epochs."""
-    masking = (metrics or {}).get("masking")
+    masking, training = ((metrics or {}).get(key) for key in ("masking", "training"))
     spec = masking.get("spec") if isinstance(masking, dict) else None
-    args = ((metrics or {}).get("training") or {}).get("effective_args") or {}
+    args = training.get("effective_args") if isinstance(training, dict) else None
     if not isinstance(spec, dict) or spec.get("schedule") != "linear_ramp" or not isinstance(args, dict):
         return None
-    fraction, epochs = spec.get("ramp_fraction"), args.get("epochs")
-    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (fraction, epochs)):
-        return None
-    return float(fraction) * float(epochs) if fraction > 0 else None
+    fraction, epochs = as_number(spec.get("ramp_fraction")), as_number(args.get("epochs"))
+    return fraction * epochs if fraction > 0 and not math.isnan(epochs) else None
 
 
 def window_size(n_epochs: int) -> int:
