@@ -24,13 +24,8 @@ threshold chosen on the clean val split (`at_val_threshold.conf`)."""
 
 @dataclass(frozen=True)
 class SessionRun:
-    """One session folder (or the absence of one) as read from disk.
-
-    Attributes:
-        status: DONE, FAILED, STALE, INCOMPLETE or MISSING.
-        seed: from the `__seed<N>` folder suffix, else metrics.json["seeds"]["train"], else None.
-        metrics: the parsed metrics.json of a done session, else None (`view`: the fields the report reads).
-    """
+    """One session folder (or the absence of one) as read from disk: `seed` from the `__seed<N>` folder suffix, else
+    metrics.json["seeds"]["train"], else None; `metrics` the parsed metrics.json of a done session, else None."""
 
     model: str
     suffix: str
@@ -84,10 +79,8 @@ def read_json(path: Path) -> Any:
 
 def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
                      key: str | None = None) -> SessionRun:
-    """Read one session folder's markers and metrics.json into a `SessionRun`.
-
-    `key`: the cache key the last flow planned for this session (`<root>/plan.json`); a folder
-    made under other inputs is reported as `stale`, never with its old numbers.
+    """Read one session folder's markers and metrics.json into a `SessionRun`. `key`: the cache key the last flow
+    planned for this session (`<root>/plan.json`); a folder made under other inputs is `stale`, never its old numbers.
     """
     paths = SessionPaths(folder)
     if not folder.is_dir():
@@ -144,10 +137,8 @@ def as_number(value: Any) -> float:
 
 
 def threshold_conf(run: SessionRun, split: str, threshold: str = "primary") -> float | None:
-    """The confidence threshold of one operating point of a session and split, or None when not recorded.
-
-    `primary`: `splits[split]["conf"]`; `val`: `splits[split]["at_val_threshold"]["conf"]`.
-    """
+    """The confidence threshold of one operating point of a session and split (`primary`: `splits[split].conf`;
+    `val`: `splits[split].at_val_threshold.conf`), or None when not recorded."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
     part = run.view.split(split)
