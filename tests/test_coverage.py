@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -72,8 +73,9 @@ def hand_table(conf: float = 0.25) -> pd.DataFrame:
     return table(hand_records(), hand_manifest(), conf=conf)
 
 
-def by_bin(bins: pd.DataFrame) -> dict[int, tuple[int, int]]:
-    return {item.bin: (item.n_found, item.n_boxes) for item in bins.itertuples() if item.n_boxes}
+def by_bin(bins: Iterable[Any]) -> dict[int, tuple[int, int]]:
+    """Bin -> (found, boxes) of the non-empty bins of `SessionCurve.level` or `bin_recalls(...).itertuples()`."""
+    return {item.bin: (item.n_found, item.n_boxes) for item in bins if item.n_boxes}
 
 
 def test_bins_have_exact_decimal_edges_and_a_closed_last_bin() -> None:
@@ -91,8 +93,8 @@ def test_hand_case_bin_recalls_at_both_levels() -> None:
     assert len(frame) == 6
     detection = coverage.bin_recalls(frame, "detection", n_resamples=200)
     ingredient = coverage.bin_recalls(frame, "ingredient", n_resamples=200)
-    assert by_bin(detection) == {0: (1, 1), 3: (0, 1), 4: (1, 2), 8: (0, 1), 9: (0, 1)}
-    assert by_bin(ingredient) == {0: (1, 1), 3: (0, 1), 4: (2, 2), 8: (0, 1), 9: (0, 1)}
+    assert by_bin(detection.itertuples()) == {0: (1, 1), 3: (0, 1), 4: (1, 2), 8: (0, 1), 9: (0, 1)}
+    assert by_bin(ingredient.itertuples()) == {0: (1, 1), 3: (0, 1), 4: (2, 2), 8: (0, 1), 9: (0, 1)}
     assert detection.loc[4, "recall"] == 0.5 and ingredient.loc[4, "recall"] == 1.0
     assert detection.loc[4, "n_images"] == 2 and detection.loc[4, "ci_low"] <= 0.5 <= detection.loc[4, "ci_high"]
     empty = detection.loc[5]

@@ -89,8 +89,9 @@ class SessionCurve:
     n_images: int
     excluded_zero_area: int
 
-    def level(self, level: str) -> pd.DataFrame:
-        return self.bins[self.bins["level"] == level].reset_index(drop=True)
+    def level(self, level: str) -> list[Any]:
+        """The bins of one level, as rows with the `BIN_COLUMNS` attributes."""
+        return list(self.bins[self.bins["level"] == level].itertuples(index=False))
 
 
 @dataclass
@@ -398,7 +399,7 @@ def write_coverage_outputs(report: CoverageReport, root: Path, models: Sequence[
 def _table(curves: list[SessionCurve], level: str) -> pd.DataFrame:
     """report.md's table of one model and level: one row per non-empty bin, boxes, one column per session."""
     rows = []
-    for items in zip(*(curve.level(level).itertuples() for curve in curves)):
+    for items in zip(*(curve.level(level) for curve in curves)):
         if any(item.n_boxes for item in items):
             rows.append({"covered fraction": _bin_text(items[0].covered_low, items[0].covered_high),
                          "boxes": " / ".join(sorted({str(item.n_boxes) for item in items})),

@@ -119,16 +119,8 @@ def _seed_frame(epochs: list[EpochProgress]) -> pd.DataFrame:
 
 def _mean_curve(seeds: list[pd.DataFrame]) -> pd.DataFrame:
     """The session's curve: the mean over seeds on the epochs every seed has (one seed: its own curve)."""
-    stacked = pd.concat(seeds)
-    counts = stacked.groupby("epoch")["epoch"].count()
-    shared = counts[counts == len(seeds)].index
-    return stacked[stacked["epoch"].isin(shared)].groupby("epoch", as_index=False).mean()
-
-
-def loss_quantity(epochs: list[EpochProgress]) -> str:
-    """The loss panel's name, from the losses results.csv logs: `train loss (box + cls + dfl)`."""
-    names = dict.fromkeys(name.removesuffix("_loss") for progress in epochs for name in progress.losses)
-    return f"train loss ({' + '.join(names)})" if names else "train loss"
+    shared = pd.concat(seeds).groupby("epoch").filter(lambda rows: len(rows) == len(seeds))
+    return shared.groupby("epoch", as_index=False).mean()
 
 
 def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any, text: str = "",
@@ -208,8 +200,9 @@ def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves
         grouped = {suffix: [run for run in runs if run.model == model and run.suffix == suffix]
                    for suffix in SESSION_SUFFIXES}
         drawn = {suffix: [run for run in group if epochs[run.folder]] for suffix, group in grouped.items()}
-        loss_name = loss_quantity([progress for group in drawn.values() for run in group[:1]
-                                   for progress in epochs[run.folder]])
+        losses = dict.fromkeys(name.removesuffix("_loss") for group in drawn.values() for run in group[:1]
+                               for progress in epochs[run.folder] for name in progress.losses)
+        loss_name = f"train loss ({' + '.join(losses)})" if losses else "train loss"  # train loss (box + cls + dfl)
         missing[model] = [f"{short_session(run.suffix)}{f' seed {run.seed}' if len(group) > 1 else ''} "
                           f"({'no train/results.csv' if run.status == SessionState.DONE else run.status})"
                           for group in grouped.values() for run in group if not epochs[run.folder]]

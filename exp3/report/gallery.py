@@ -20,7 +20,7 @@ from exp3 import plots
 from exp3.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
 from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report.draws import ReportData, split_match_iou
-from exp3.report.runs import SessionRun, read_json, threshold_conf
+from exp3.report.runs import SessionRun, class_name, read_json, threshold_conf
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT
 
@@ -65,14 +65,6 @@ class Gallery:
     sessions: tuple[str, ...]
     rows: tuple[GalleryRow, ...]
     caption: str = GALLERY_RULE
-
-
-def _class_names(run: SessionRun, split: str) -> dict[int, str]:
-    """Class id -> name from metrics.json's `per_class` (a block the typed view does not read)."""
-    part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
-    entries = part.get("per_class") or []
-    return {int(entry["class_id"]): str(entry.get("name", entry["class_id"])) for entry in entries
-            if isinstance(entry, dict) and "class_id" in entry}
 
 
 def _image_files(run: SessionRun) -> dict[str, Path]:
@@ -141,7 +133,8 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
     drawn = np.random.default_rng(GALLERY_SEED).choice(len(rest), size=min(2, len(rest)), replace=False)
     picked += [(rest[index], f"{3 + number}: random draw") for number, index in enumerate(sorted(drawn))]
     by_id = [{record.image_id: record for record in session_records} for session_records in records]
-    names = _class_names(chosen[0], GALLERY_SPLIT)
+    names = {int(entry.class_id): class_name(entry) for entry in chosen[0].view.split(GALLERY_SPLIT).per_class
+             if entry.class_id is not None}
     rows = []
     for image_id, reason in picked:
         truth = by_id[0][image_id]
@@ -155,9 +148,6 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
 
 def write_galleries(data: ReportData, models: list[str], summary: pd.DataFrame, plots_dir: Path) -> list[Path]:
     """plots/gallery_<model>.png for every model with a gallery."""
-    written = []
-    for model in models:
-        gallery = build_gallery(data, model, summary)
-        if gallery is not None:
-            written.append(plots.save_gallery(gallery, plots_dir / f"gallery_{model}.png"))
-    return written
+    galleries = {model: build_gallery(data, model, summary) for model in models}
+    return [plots.save_gallery(gallery, plots_dir / f"gallery_{model}.png") for model, gallery in galleries.items()
+            if gallery is not None]

@@ -136,6 +136,11 @@ def as_number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def class_name(entry: Any) -> str:
+    """The name of one `per_class` entry of metrics.json's view (its class id when it has none)."""
+    return str(entry.name if entry.name is not None else int(entry.class_id))
+
+
 def threshold_conf(run: SessionRun, split: str, threshold: str = "primary") -> float | None:
     """The confidence threshold of one operating point of a session and split (`primary`: `splits[split].conf`;
     `val`: `splits[split].at_val_threshold.conf`), or None when not recorded."""

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from exp3.layout import SessionState
-from exp3.report.runs import SessionRun, as_number, threshold_conf
+from exp3.report.runs import SessionRun, as_number, class_name, threshold_conf
 from exp3.sessions import SESSION_LABELS
 from exp3.splits import PRIMARY_SPLITS
 
@@ -93,15 +93,11 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
 
 def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
     """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds)."""
-    rows = []
-    for run in runs:
-        for split in PRIMARY_SPLITS:
-            part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
-            for entry in part.get("per_class") or []:
-                rows.append({"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
-                             "split": split, "seed": run.seed, "class_id": int(entry["class_id"]),
-                             "class_name": str(entry.get("name", entry["class_id"])), "f1": as_number(entry.get("f1")),
-                             "support": as_number(entry.get("support"))})
+    rows = [{"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix], "split": split,
+             "seed": run.seed, "class_id": int(entry.class_id), "class_name": class_name(entry),
+             "f1": as_number(entry.f1), "support": as_number(entry.support)}
+            for run in runs for split in PRIMARY_SPLITS for entry in run.view.split(split).per_class
+            if entry.class_id is not None]
     columns = ["model", "session", "session_label", "split", "class_id", "class_name", "f1", "support", "n_seeds"]
     if not rows:
         return pd.DataFrame(columns=columns)
