@@ -296,12 +296,9 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
 def default_splits(runs: Iterable[SessionRun]) -> tuple[str, ...]:
     """test_occ_fixed and the severity splits every done session was evaluated on (light to heavy):
     together they span the covered fractions from light to heavy."""
-    common: set[str] | None = None
-    for run in runs:
-        if run.status == SessionState.DONE:
-            present = {split for split in run.view.splits if severity_level(split)}
-            common = present if common is None else common & present
-    return (FIXED_SPLIT, *sorted(common or (), key=severity_level))
+    present = [{split for split in run.view.splits if severity_level(split)} for run in runs
+               if run.status == SessionState.DONE]
+    return (FIXED_SPLIT, *sorted(set.intersection(*present) if present else (), key=severity_level))
 
 
 def coverage_report(data: ReportData, splits: Sequence[str] | None = None,

@@ -298,10 +298,8 @@ def convergence_sentence(curves: TrainingCurves, model: str) -> str:
     doubt the effect?)."""
     _, table = curves.of(model)
     missing = curves.missing.get(model, [])
-    rising = table[table["reading"] == STILL_RISING]
-    flat = table[table["reading"] == NOT_RISING]
-    unjudged = [f"{short_session(row['session'])} ({row['n_epochs']} epochs)"
-                for _, row in table[table["reading"] == TOO_FEW].iterrows()]
+    rising, flat, few = (table[table["reading"] == reading] for reading in (STILL_RISING, NOT_RISING, TOO_FEW))
+    unjudged = [f"{short_session(row['session'])} ({row['n_epochs']} epochs)" for _, row in few.iterrows()]
     notes = "".join([f" Too few epochs to judge: {', '.join(unjudged)}." if unjudged else "",
                      f" No curve: {', '.join(missing)}." if missing else ""])
     if len(rising):
