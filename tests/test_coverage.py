@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -62,16 +63,23 @@ def hand_manifest() -> dict[str, list[ManifestBox]]:
                           for entry in image["boxes"]] for image in hand_manifest_images()}
 
 
-def hand_table(conf: float = 0.25) -> coverage.BoxTable:
-    return coverage.box_table(hand_records(), hand_manifest(), NUM_CLASSES, conf, 0.5, "test_occ_fixed")
+def table(records: list[ImageRecord], manifest: dict[str, list[ManifestBox]], num_classes: int = NUM_CLASSES,
+          conf: float = 0.25) -> pd.DataFrame:
+    aligned = coverage.align_split(records, manifest, "test_occ_fixed")
+    return coverage.box_table(records, aligned, num_classes, conf, 0.5, "test_occ_fixed")
 
 
-def by_bin(items: list[coverage.BinRecall]) -> dict[int, tuple[int, int]]:
-    return {item.bin: (item.n_found, item.n_boxes) for item in items if item.n_boxes}
+def hand_table(conf: float = 0.25) -> pd.DataFrame:
+    return table(hand_records(), hand_manifest(), conf=conf)
+
+
+def by_bin(bins: Iterable[Any]) -> dict[int, tuple[int, int]]:
+    """Bin -> (found, boxes) of the non-empty bins of `SessionCurve.level` or `bin_recalls(...).itertuples()`."""
+    return {item.bin: (item.n_found, item.n_boxes) for item in bins if item.n_boxes}
 
 
 def test_bins_have_exact_decimal_edges_and_a_closed_last_bin() -> None:
-    assert coverage.bin_edges(10)[3] == 0.3
+    assert coverage.BIN_EDGES[3] == 0.3
     assert coverage.assign_bins(np.array([0.0, 0.0999, 0.1, 0.3, 0.45, 0.9, 0.95, 1.0])).tolist() == \
         [0, 0, 1, 3, 4, 9, 9, 9]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -79,18 +87,20 @@ def test_bins_have_exact_decimal_edges_and_a_closed_last_bin() -> None:
 
 
 def test_hand_case_bin_recalls_at_both_levels() -> None:
-    table = hand_table()
-    assert table.excluded_zero_area == 1 and table.duplicates == 0
-    assert len(table.frame) == 6
-    detection = coverage.bin_recalls(table.frame, "detection", n_resamples=200)
-    ingredient = coverage.bin_recalls(table.frame, "ingredient", n_resamples=200)
-    assert by_bin(detection) == {0: (1, 1), 3: (0, 1), 4: (1, 2), 8: (0, 1), 9: (0, 1)}
-    assert by_bin(ingredient) == {0: (1, 1), 3: (0, 1), 4: (2, 2), 8: (0, 1), 9: (0, 1)}
-    assert detection[4].recall == 0.5 and ingredient[4].recall == 1.0
-    assert detection[4].n_images == 2 and detection[4].ci_low <= 0.5 <= detection[4].ci_high
-    assert math.isnan(detection[5].recall) and detection[5].n_boxes == 0 and math.isnan(detection[5].ci_low)
+    aligned = coverage.align_split(hand_records(), hand_manifest(), "test_occ_fixed")
+    assert sum(excluded for _, excluded in aligned) == 1
+    frame = hand_table()
+    assert len(frame) == 6
+    detection = coverage.bin_recalls(frame, "detection", n_resamples=200)
+    ingredient = coverage.bin_recalls(frame, "ingredient", n_resamples=200)
+    assert by_bin(detection.itertuples()) == {0: (1, 1), 3: (0, 1), 4: (1, 2), 8: (0, 1), 9: (0, 1)}
+    assert by_bin(ingredient.itertuples()) == {0: (1, 1), 3: (0, 1), 4: (2, 2), 8: (0, 1), 9: (0, 1)}
+    assert detection.loc[4, "recall"] == 0.5 and ingredient.loc[4, "recall"] == 1.0
+    assert detection.loc[4, "n_images"] == 2 and detection.loc[4, "ci_low"] <= 0.5 <= detection.loc[4, "ci_high"]
+    empty = detection.loc[5]
+    assert math.isnan(empty["recall"]) and empty["n_boxes"] == 0 and math.isnan(empty["ci_low"])
     # below the threshold the class-2 detection would name class 2, but class 2's only box has no coverage
-    assert hand_table(conf=0.1).excluded_zero_area == 1
+    assert len(hand_table(conf=0.1)) == 6
 
 
 def test_crowded_image_detection_is_one_to_one_ingredient_is_per_class() -> None:
@@ -99,7 +109,7 @@ def test_crowded_image_detection_is_one_to_one_ingredient_is_per_class() -> None
                          pred_classes=[0], pred_boxes=[[0, 0, 10, 10]], pred_conf=[0.9])
     manifest = {"crowd": [ManifestBox(0, (0, 0, 10, 10), 0.1), ManifestBox(0, (0, 0, 10, 10), 0.1),
                           ManifestBox(0, (30, 30, 40, 40), 0.7)]}
-    frame = coverage.box_table([record], manifest, 1, 0.25, 0.5, "s").frame
+    frame = table([record], manifest, 1)
     assert frame["found_detection"].sum() == 1 and frame["found_ingredient"].all()
 
 
@@ -124,11 +134,11 @@ def test_independent_check_with_sklearn_and_detection_prf() -> None:
                                    rng.uniform(0.05, 1.0, len(pred_boxes))))
         manifest[f"im{index:02d}"] = [ManifestBox(int(c), tuple(b), float(rng.uniform(0, 0.9)))
                                       for c, b in zip(classes, gt.tolist())]
-    frame = coverage.box_table(records, manifest, 4, 0.3, 0.5, "s").frame
+    frame = table(records, manifest, 4, 0.3)
     assert frame["found_detection"].mean() == pytest.approx(detection_prf(records, 0.3, 0.5)["recall"])
     bins = coverage.assign_bins(frame["covered_fraction"].to_numpy())
     for level in coverage.LEVELS:
-        for item in coverage.bin_recalls(frame, level, n_resamples=100):
+        for item in coverage.bin_recalls(frame, level, n_resamples=100).itertuples():
             inside = bins == item.bin
             if not inside.any():
                 assert item.n_boxes == 0
@@ -142,31 +152,31 @@ def test_clustered_bootstrap_contains_the_estimate_is_seeded_and_resamples_image
     rows += [(f"im{index}", 0.15, index % 3 == 0) for index in range(30)]       # 30 images, 1 box each, bin 1
     frame = pd.DataFrame(rows, columns=["image_id", "covered_fraction", "found_detection"])
     def intervals(seed: int) -> list[tuple[float, float]]:
-        return [(item.ci_low, item.ci_high) for item in coverage.bin_recalls(frame, "detection", n_resamples=500,
-                                                                             seed=seed) if item.n_boxes]
+        bins = coverage.bin_recalls(frame, "detection", n_resamples=500, seed=seed)
+        return [(item.ci_low, item.ci_high) for item in bins.itertuples() if item.n_boxes]
 
     first = coverage.bin_recalls(frame, "detection", n_resamples=500, seed=7)
     assert intervals(7) == intervals(7) != intervals(8)
-    for item in (first[1], first[5]):
-        assert item.ci_low <= item.recall <= item.ci_high
+    for item in (first.loc[1], first.loc[5]):
+        assert item["ci_low"] <= item["recall"] <= item["ci_high"]
     # boxes of one image move together: every draw that has bin 5 has all three boxes, recall 2/3 exactly
-    assert first[5].ci_low == first[5].ci_high == pytest.approx(2 / 3)
-    assert first[1].ci_low < first[1].recall < first[1].ci_high
+    assert first.loc[5, "ci_low"] == first.loc[5, "ci_high"] == pytest.approx(2 / 3)
+    assert first.loc[1, "ci_low"] < first.loc[1, "recall"] < first.loc[1, "ci_high"]
 
 
 def test_disagreeing_inputs_are_refused_with_one_line() -> None:
     records = hand_records()
     manifest = hand_manifest()
     with pytest.raises(CoverageError, match=r"disagree on image ids \(1 only in the predictions.*'c'"):
-        coverage.box_table(records, {key: manifest[key] for key in ("a", "b")}, NUM_CLASSES, 0.25, 0.5, "x")
+        coverage.align_split(records, {key: manifest[key] for key in ("a", "b")}, "x")
     moved = dict(manifest, c=[ManifestBox(0, (0, 0, 10, 10), 0.3), ManifestBox(0, (100, 100, 110, 110), 0.9)])
     with pytest.raises(CoverageError, match=r"x, image 'c': ground-truth box 1 .* has no box in the suite manifest"):
-        coverage.box_table(records, moved, NUM_CLASSES, 0.25, 0.5, "x")
+        coverage.align_split(records, moved, "x")
     extra = dict(manifest, c=manifest["c"] + [ManifestBox(1, (60, 60, 70, 70), 0.2)])
     with pytest.raises(CoverageError, match=r"manifest box 2 .* is missing from the predictions' ground truth"):
-        coverage.box_table(records, extra, NUM_CLASSES, 0.25, 0.5, "x")
+        coverage.align_split(records, extra, "x")
     duplicated = dict(manifest, c=manifest["c"] + [manifest["c"][0]])      # a label row the validator dropped
-    assert coverage.box_table(records, duplicated, NUM_CLASSES, 0.25, 0.5, "x").duplicates == 1
+    assert len(table(records, duplicated)) == 6
 
 
 # ----------------------------------------------------------------------------- session folders, chart, PNG

@@ -211,8 +211,7 @@ def test_comparisons_pair_sessions_on_images(built: report.ReportResult) -> None
 def test_twelve_bar_chart_spec_has_twelve_rows(built: report.ReportResult) -> None:
     from exp3.report.plots import session_bar_chart
 
-    frame = bar_frame(built.summary, "test_occ_fixed", "ingredient_micro_f1", MODELS,
-                      ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
+    frame = bar_frame(built.summary, "test_occ_fixed", "ingredient_micro_f1", MODELS)
     spec = session_bar_chart(frame, MODELS, title="t", y_title="y").to_dict()
     datasets = list(spec["datasets"].values())
     assert len(datasets) == 1 and len(datasets[0]) == 12

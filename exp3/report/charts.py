@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -20,19 +19,14 @@ def _status_text(status: str) -> str:
     return "" if status == SessionState.DONE else str(status)
 
 
-def bar_frame(summary: pd.DataFrame, split: str, value: str, models: list[str],
-              ci: tuple[str, str] | None = None) -> pd.DataFrame:
-    """One row per model x session (all six, all `models`) for `session_bar_chart`.
-
-    Columns: model, session_label, value, ci_low, ci_high, status_text (value NaN for a not-done session).
-    """
+def bar_frame(summary: pd.DataFrame, split: str, value: str, models: list[str]) -> pd.DataFrame:
+    """One row per model x session (all six, all `models`) for `session_bar_chart`: `value` (NaN when not done) and
+    its interval (`<value>_ci_low`, `<value>_ci_high`)."""
     part = summary[(summary["split"] == split) & summary["model"].isin(models)]
-    frame = pd.DataFrame({
-        "model": part["model"], "session_label": part["session_label"],
-        "value": part[value].where(part["n_seeds_done"] > 0),
-        "ci_low": part[ci[0]] if ci else math.nan, "ci_high": part[ci[1]] if ci else math.nan,
-        "status_text": part["status"].map(_status_text)})
-    return frame.reset_index(drop=True)
+    return pd.DataFrame({"model": part["model"], "session_label": part["session_label"],
+                         "value": part[value].where(part["n_seeds_done"] > 0), "ci_low": part[f"{value}_ci_low"],
+                         "ci_high": part[f"{value}_ci_high"], "status_text": part["status"].map(_status_text)
+                         }).reset_index(drop=True)
 
 
 def split_frame(summary: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
@@ -45,16 +39,12 @@ def split_frame(summary: pd.DataFrame, model: str, value: str) -> pd.DataFrame:
 def heatmap_frame(per_class: pd.DataFrame, model: str) -> pd.DataFrame:
     """One row per session x split x class of one model for `class_heatmap` (classes in class_id order)."""
     part = per_class[per_class["model"] == model].sort_values(["class_id"], kind="stable")
-    return pd.DataFrame({"session_label": part["session_label"], "split": part["split"],
-                         "class_name": part["class_name"], "f1": part["f1"], "support": part["support"],
-                         "f1_text": part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}"),
-                         }).reset_index(drop=True)
+    shown = part[["session_label", "split", "class_name", "f1", "support"]]
+    return shown.assign(f1_text=part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}")).reset_index(drop=True)
 
 
 def _p_text(p_bh: float) -> str:
-    if pd.isna(p_bh):
-        return ""
-    return "p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}"
+    return "" if pd.isna(p_bh) else ("p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}")
 
 
 def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -> pd.DataFrame:
@@ -71,19 +61,16 @@ def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -
 def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],
                  plots_dir: Path) -> list[Path]:
     """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
-    f1_ci, f1 = ("ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"), METRICS["ingredient_micro_f1"].label
+    f1 = METRICS["ingredient_micro_f1"].label
     ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.evaluate.stats)"
     written: list[Path] = []
     for split, tag in ((FIXED_SPLIT, "occ"), (CLEAN_SPLIT, "clean")):
-        written += plots.save_chart(plots.session_bar_chart(
-            bar_frame(summary, split, "ingredient_micro_f1", models, f1_ci), models,
-            title=f"{f1} on {split}, all models", y_title=f"{f1}, {split}",
-            subtitle=ci_note), plots_dir / f"f1_{tag}_by_model")
-        for model in models:
+        per_model = (([model], model, f": {model}") for model in models)
+        for chosen, name, which in ((models, "by_model", ", all models"), *per_model):
             written += plots.save_chart(plots.session_bar_chart(
-                bar_frame(summary, split, "ingredient_micro_f1", [model], f1_ci), models,
-                title=f"{f1} on {split}: {model}", y_title=f"{f1}, {split}",
-                subtitle=ci_note), plots_dir / f"f1_{tag}_{model}")
+                bar_frame(summary, split, "ingredient_micro_f1", chosen), models,
+                title=f"{f1} on {split}{which}", y_title=f"{f1}, {split}", subtitle=ci_note),
+                plots_dir / f"f1_{tag}_{name}")
         written += plots.save_chart(plots.difference_chart(
             difference_frame(comparisons, split, models), models,
             title=f"{f1} difference vs S1 and vs S2 on {split}",
@@ -91,7 +78,7 @@ def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd
             subtitle="points: difference; lines: 95% paired bootstrap CI; text: BH-adjusted permutation p"),
             plots_dir / f"f1_diff_{tag}")
     written += plots.save_chart(plots.session_bar_chart(
-        bar_frame(summary, FIXED_SPLIT, "rF1_micro", models, ("rF1_micro_ci_low", "rF1_micro_ci_high")), models,
+        bar_frame(summary, FIXED_SPLIT, "rF1_micro", models), models,
         title=f"Robustness rF1 = F1({FIXED_SPLIT}) / F1({CLEAN_SPLIT}), {f1}",
         y_title="rF1 (occluded / clean)", y_domain=(0.0, 1.2), reference_line=1.0,
         reference_label="1.0 = no loss under occlusion",

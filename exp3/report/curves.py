@@ -1,21 +1,13 @@
 """Training curves: had each session converged, and how did masking change the course of its training?
 
-Per done session, val mAP50-95 (the clean val split) and the train loss per epoch, from its `train/results.csv` as
-exp3.session.progress reads it, with three readings (docs/report.md, "Training curves"):
-
-    best.pt epoch   the last epoch with the highest val mAP50-95. Ultralytics 8.4's fitness is mAP50-95
-                    (DetMetrics.fitness); its trainer raises best_fitness only on a strictly higher fitness, then
-                    writes best.pt whenever the epoch's fitness equals best_fitness, so a tie rewrites best.pt:
-                    ties go to the later epoch.
-    ramp end        masking.spec.ramp_fraction x the epochs trained (training.effective_args.epochs): the masking
-                    strength reaches 1 there (exp3.train.masking, linear_ramp); a constant schedule has no ramp.
-    still rising    over the curve's last max(MIN_WINDOW, ceil(WINDOW_FRACTION x epochs)) epochs the least-squares
-                    slope of val mAP50-95 is > 0 and the curve's best epoch lies in that window.
-
-The train loss is the sum of the `train/*` losses Ultralytics logs (box + cls + dfl for YOLO, giou + cls + l1 for
-RT-DETR): each is logged after its gain, so the sum is the objective the optimizer minimised. With several seeds a
-session's curve is the mean over its seeds on the epochs every seed has; each seed's line and best.pt epoch are kept.
-A session that is not done, or done without a results.csv, has no curve: `TrainingCurves.missing` names it.
+Per done session, val mAP50-95 (the clean val split) and the train loss per epoch from its `train/results.csv` (as
+exp3.session.progress reads it), with three readings (rules and reasons: docs/report.md, "Training curves"): the epoch best.pt
+holds (`best_epoch`: Ultralytics 8.4 rewrites best.pt on a tie of its fitness, mAP50-95, so ties go to the later
+epoch), where the masking ramp reaches full strength (`ramp_epoch`) and whether the curve was still rising when
+training stopped (`convergence`). The train loss is the sum of the `train/*` losses Ultralytics logs, each after its
+gain: the objective the optimizer minimised. With several seeds a session's curve is the mean over its seeds on the
+epochs every seed has; each seed's line and best.pt epoch are kept. A session that is not done, or done without a
+results.csv, has no curve: `TrainingCurves.missing` names it.
 """
 
 from __future__ import annotations
@@ -30,7 +22,7 @@ import pandas as pd
 
 from exp3.fileio import atomic_write_text
 from exp3.report import plots
-from exp3.report.runs import SessionRun
+from exp3.report.runs import SessionRun, as_number
 from exp3.report.text import fmt, markdown_table, short_session
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.progress import EpochProgress, epoch_progress, results_rows
@@ -73,18 +65,15 @@ def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
 
 def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
     """Where a masked session's linear ramp reaches full strength, in epochs trained (None: not masked, a constant
-    schedule, or not recorded). exp3.train.masking's strength is min(1, progress / ramp_fraction), progress = epochs
-    done
+    schedule, or not recorded). exp3.train.masking's strength is min(1, progress / ramp_fraction), progress = epochs done
     / epochs."""
-    masking = (metrics or {}).get("masking")
+    masking, training = ((metrics or {}).get(key) for key in ("masking", "training"))
     spec = masking.get("spec") if isinstance(masking, dict) else None
-    args = ((metrics or {}).get("training") or {}).get("effective_args") or {}
+    args = training.get("effective_args") if isinstance(training, dict) else None
     if not isinstance(spec, dict) or spec.get("schedule") != "linear_ramp" or not isinstance(args, dict):
         return None
-    fraction, epochs = spec.get("ramp_fraction"), args.get("epochs")
-    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (fraction, epochs)):
-        return None
-    return float(fraction) * float(epochs) if fraction > 0 else None
+    fraction, epochs = as_number(spec.get("ramp_fraction")), as_number(args.get("epochs"))
+    return fraction * epochs if fraction > 0 and not math.isnan(epochs) else None
 
 
 def window_size(n_epochs: int) -> int:
@@ -130,26 +119,14 @@ def _seed_frame(epochs: list[EpochProgress]) -> pd.DataFrame:
 
 def _mean_curve(seeds: list[pd.DataFrame]) -> pd.DataFrame:
     """The session's curve: the mean over seeds on the epochs every seed has (one seed: its own curve)."""
-    stacked = pd.concat(seeds)
-    counts = stacked.groupby("epoch")["epoch"].count()
-    shared = counts[counts == len(seeds)].index
-    return stacked[stacked["epoch"].isin(shared)].groupby("epoch", as_index=False).mean()
+    shared = pd.concat(seeds).groupby("epoch").filter(lambda rows: len(rows) == len(seeds))
+    return shared.groupby("epoch", as_index=False).mean()
 
 
-def loss_quantity(epochs: list[EpochProgress]) -> str:
-    """The loss panel's name, from the losses results.csv logs: `train loss (box + cls + dfl)`."""
-    names = dict.fromkeys(name.removesuffix("_loss") for progress in epochs for name in progress.losses)
-    return f"train loss ({' + '.join(names)})" if names else "train loss"
-
-
-def _missing_text(run: SessionRun, several: bool) -> str:
-    reason = "no train/results.csv" if run.status == SessionState.DONE else str(run.status)
-    return f"{short_session(run.suffix)}{f' seed {run.seed}' if several else ''} ({reason})"
-
-
-def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any,
-          text: str = "") -> pd.DataFrame:
-    return pd.DataFrame({"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix], "seeds": seeds,
+def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any, text: str = "",
+          label: str | None = None) -> pd.DataFrame:
+    return pd.DataFrame({"model": model, "session": suffix,
+                         "session_label": SESSION_LABELS[suffix] if label is None else label, "seeds": seeds,
                          "mark": mark, "quantity": quantity, "epoch": epochs, "value": values, "text": text})
 
 
@@ -172,16 +149,17 @@ def _session_curves(model: str, suffix: str, curves: dict[int | None, pd.DataFra
                     loss_name: str) -> tuple[list[pd.DataFrame], dict[str, Any]]:
     """The frame rows (lines and best.pt marks) and the convergence row of one session: `curves` seed -> its
     `_seed_frame`, `ramps` its seeds' ramp ends."""
+
+    def lines(seeds: str, mark: str, curve: pd.DataFrame) -> list[pd.DataFrame]:
+        return [_rows(model, suffix, seeds, mark, quantity, curve["epoch"], curve[column])
+                for column, quantity in (("map50_95", MAP_QUANTITY), ("train_loss", loss_name))]
+
     seed_text = ";".join("" if seed is None else str(seed) for seed in curves)
     mean = _mean_curve(list(curves.values()))
-    rows = [_rows(model, suffix, seed_text, "session", MAP_QUANTITY, mean["epoch"], mean["map50_95"]),
-            _rows(model, suffix, seed_text, "session", loss_name, mean["epoch"], mean["train_loss"])]
-    best_pt = []
+    rows, best_pt = lines(seed_text, "session", mean), []
     for seed, curve in curves.items():
         seed_name = "" if seed is None else str(seed)
-        if len(curves) > 1:
-            rows += [_rows(model, suffix, seed_name, "seed", MAP_QUANTITY, curve["epoch"], curve["map50_95"]),
-                     _rows(model, suffix, seed_name, "seed", loss_name, curve["epoch"], curve["train_loss"])]
+        rows += lines(seed_name, "seed", curve) if len(curves) > 1 else []
         best = best_epoch(list(curve["epoch"]), list(curve["map50_95"]))
         if best is not None:
             best_pt.append(str(best))
@@ -206,15 +184,10 @@ def _ramp_rows(model: str, records: list[dict[str, Any]], quantities: list[str])
     for record in records:
         if math.isfinite(record["ramp_epoch"]):
             by_epoch.setdefault(record["ramp_epoch"], []).append(record["session"])
-    rows = []
-    for epoch, suffixes in by_epoch.items():
-        names = ", ".join(short_session(suffix) for suffix in suffixes)
-        for quantity in quantities:
-            text = f"{names}: masking at full strength (epoch {epoch:g})" if quantity == MAP_QUANTITY else ""
-            rows.append(pd.DataFrame({"model": [model], "session": ";".join(suffixes), "session_label": "",
-                                      "seeds": "", "mark": "ramp", "quantity": quantity, "epoch": epoch,
-                                      "value": math.nan, "text": text}))
-    return rows
+    return [_rows(model, ";".join(suffixes), "", "ramp", quantity, [epoch], math.nan, label="",
+                  text=f"{', '.join(map(short_session, suffixes))}: masking at full strength (epoch {epoch:g})"
+                  if quantity == MAP_QUANTITY else "")
+            for epoch, suffixes in by_epoch.items() for quantity in quantities]
 
 
 def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves:
@@ -227,17 +200,20 @@ def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves
         grouped = {suffix: [run for run in runs if run.model == model and run.suffix == suffix]
                    for suffix in SESSION_SUFFIXES}
         drawn = {suffix: [run for run in group if epochs[run.folder]] for suffix, group in grouped.items()}
-        loss_name = loss_quantity([progress for group in drawn.values() for run in group[:1]
-                                   for progress in epochs[run.folder]])
-        missing[model] = [_missing_text(run, len(group) > 1) for group in grouped.values() for run in group
-                          if not epochs[run.folder]]
+        losses = dict.fromkeys(name.removesuffix("_loss") for group in drawn.values() for run in group[:1]
+                               for progress in epochs[run.folder] for name in progress.losses)
+        loss_name = f"train loss ({' + '.join(losses)})" if losses else "train loss"  # train loss (box + cls + dfl)
+        missing[model] = [f"{short_session(run.suffix)}{f' seed {run.seed}' if len(group) > 1 else ''} "
+                          f"({'no train/results.csv' if run.status == SessionState.DONE else run.status})"
+                          for group in grouped.values() for run in group if not epochs[run.folder]]
         model_records = []
-        for suffix, group in ((suffix, group) for suffix, group in drawn.items() if group):
-            rows, record = _session_curves(model, suffix, {run.seed: _seed_frame(epochs[run.folder]) for run in group},
-                                           {ramp for run in group if (ramp := ramp_epoch(run.metrics)) is not None},
-                                           loss_name)
-            frames += rows
-            model_records.append(record)
+        for suffix, group in drawn.items():
+            if group:
+                rows, record = _session_curves(
+                    model, suffix, {run.seed: _seed_frame(epochs[run.folder]) for run in group},
+                    {ramp for run in group if (ramp := ramp_epoch(run.metrics)) is not None}, loss_name)
+                frames += rows
+                model_records.append(record)
         frames += _ramp_rows(model, model_records, [MAP_QUANTITY, loss_name])
         records += model_records
     frame = pd.concat(frames, ignore_index=True)[list(CURVE_COLUMNS)] if frames else TrainingCurves().frame
@@ -254,10 +230,9 @@ def write_curve_outputs(curves: TrainingCurves, root: Path, models: list[str], c
     for model in models:
         frame, table = curves.of(model)
         if len(table):
-            subtitle = chart_subtitle(table, curves.missing.get(model, []))
-            files += plots.save_chart(plots.training_curve_chart(frame, title=f"Training curves: {model}",
-                                                                 subtitle=subtitle),
-                                      root / "plots" / f"training_curves_{model}")
+            chart = plots.training_curve_chart(frame, title=f"Training curves: {model}",
+                                               subtitle=chart_subtitle(table, curves.missing.get(model, [])))
+            files += plots.save_chart(chart, root / "plots" / f"training_curves_{model}")
     return files
 
 
@@ -274,14 +249,9 @@ def chart_subtitle(table: pd.DataFrame, missing: list[str]) -> list[str]:
     return lines
 
 
-def _reading_text(row: pd.Series) -> str:
-    if row["reading"] == TOO_FEW:
-        return f"{TOO_FEW} ({row['n_epochs']}) to judge"
-    return f"**{row['reading']}**" if row["reading"] == STILL_RISING else row["reading"]
-
-
 def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
     """report.md's table of one model: one row per session with a curve, formatted."""
+    readings = {STILL_RISING: f"**{STILL_RISING}**", NOT_RISING: NOT_RISING}
     rows = []
     for _, row in table.iterrows():
         window = "" if pd.isna(row["window_first"]) else f"{int(row['window_first'])}-{int(row['window_last'])}"
@@ -289,7 +259,8 @@ def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
                      "best.pt epoch": row["best_pt_epochs"].replace(";", ", ") or "n/a",
                      "val mAP50-95 best / last": f"{fmt(row['best_value'])} / {fmt(row['last_value'])}",
                      "fitted change over the last epochs": f"{fmt(row['rise'], signed=True)} ({window})" if window
-                     else "n/a", "reading": _reading_text(row),
+                     else "n/a",
+                     "reading": readings.get(row["reading"], f"{TOO_FEW} ({row['n_epochs']}) to judge"),
                      "masking full strength at epoch": "" if pd.isna(row["ramp_epoch"]) else f"{row['ramp_epoch']:g}"})
     shown = pd.DataFrame(rows)
     return shown.drop(columns="masking full strength at epoch") if table["ramp_epoch"].isna().all() else shown
@@ -327,10 +298,8 @@ def convergence_sentence(curves: TrainingCurves, model: str) -> str:
     doubt the effect?)."""
     _, table = curves.of(model)
     missing = curves.missing.get(model, [])
-    rising = table[table["reading"] == STILL_RISING]
-    flat = table[table["reading"] == NOT_RISING]
-    unjudged = [f"{short_session(row['session'])} ({row['n_epochs']} epochs)"
-                for _, row in table[table["reading"] == TOO_FEW].iterrows()]
+    rising, flat, few = (table[table["reading"] == reading] for reading in (STILL_RISING, NOT_RISING, TOO_FEW))
+    unjudged = [f"{short_session(row['session'])} ({row['n_epochs']} epochs)" for _, row in few.iterrows()]
     notes = "".join([f" Too few epochs to judge: {', '.join(unjudged)}." if unjudged else "",
                      f" No curve: {', '.join(missing)}." if missing else ""])
     if len(rising):

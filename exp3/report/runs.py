@@ -24,13 +24,8 @@ threshold chosen on the clean val split (`at_val_threshold.conf`)."""
 
 @dataclass(frozen=True)
 class SessionRun:
-    """One session folder (or the absence of one) as read from disk.
-
-    Attributes:
-        status: DONE, FAILED, STALE, INCOMPLETE or MISSING.
-        seed: from the `__seed<N>` folder suffix, else metrics.json["seeds"]["train"], else None.
-        metrics: the parsed metrics.json of a done session, else None (`view`: the fields the report reads).
-    """
+    """One session folder (or the absence of one) as read from disk: `seed` from the `__seed<N>` folder suffix, else
+    metrics.json["seeds"]["train"], else None; `metrics` the parsed metrics.json of a done session, else None."""
 
     model: str
     suffix: str
@@ -58,22 +53,20 @@ def parse_session_folder_name(name: str) -> tuple[str, str, int | None] | None:
     return session.model, session.suffix, session.seed
 
 
-def order_models(models: Iterable[str]) -> list[str]:
-    """Known models first (KNOWN_MODEL_ORDER), then the rest alphabetically, without duplicates."""
-    unique = set(models)
-    return [model for model in KNOWN_MODEL_ORDER if model in unique] + sorted(unique - set(KNOWN_MODEL_ORDER))
+def _session_folders(model_dir: Path) -> list[tuple[str, int | None, Path]]:
+    """(suffix, seed, folder) of each `<model>__<suffix>[__seed<N>]` folder in `model_dir`, by name."""
+    if not model_dir.is_dir():
+        return []
+    parsed = [(parse_session_folder_name(folder.name), folder) for folder in sorted(model_dir.iterdir())
+              if folder.is_dir()]
+    return [(name[1], name[2], folder) for name, folder in parsed if name and name[0] == model_dir.name]
 
 
 def discover_models(root: Path) -> list[str]:
-    """Models under `root`: every directory `<root>/<model>/` holding at least one `<model>__S*` session folder."""
-    found = []
-    for child in sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []:
-        for grandchild in child.iterdir():
-            parsed = parse_session_folder_name(grandchild.name) if grandchild.is_dir() else None
-            if parsed and parsed[0] == child.name:
-                found.append(child.name)
-                break
-    return order_models(found)
+    """Models under `root`: every directory `<root>/<model>/` holding at least one `<model>__S*` session folder;
+    KNOWN_MODEL_ORDER first, then the rest alphabetically."""
+    found = {child.name for child in root.iterdir() if _session_folders(child)} if root.is_dir() else set()
+    return [model for model in KNOWN_MODEL_ORDER if model in found] + sorted(found - set(KNOWN_MODEL_ORDER))
 
 
 def read_json(path: Path) -> Any:
@@ -86,10 +79,8 @@ def read_json(path: Path) -> Any:
 
 def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
                      key: str | None = None) -> SessionRun:
-    """Read one session folder's markers and metrics.json into a `SessionRun`.
-
-    `key`: the cache key the last flow planned for this session (`<root>/plan.json`); a folder
-    made under other inputs is reported as `stale`, never with its old numbers.
+    """Read one session folder's markers and metrics.json into a `SessionRun`. `key`: the cache key the last flow
+    planned for this session (`<root>/plan.json`); a folder made under other inputs is `stale`, never its old numbers.
     """
     paths = SessionPaths(folder)
     if not folder.is_dir():
@@ -100,9 +91,8 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
     if paths.is_done(None):
         metrics = read_json(paths.metrics)
         if isinstance(metrics, dict):
-            recorded_seed = MetricsView.of(metrics).seeds.train
-            if seed is None and recorded_seed is not None:
-                seed = int(recorded_seed)
+            recorded = MetricsView.of(metrics).seeds.train
+            seed = int(recorded) if seed is None and recorded is not None else seed
             return SessionRun(model, suffix, seed, folder, SessionState.DONE, None, metrics)
     failure = paths.failure()
     if failure is not None:
@@ -124,20 +114,13 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
     """
     keys = read_plan(root)  # the inputs the last flow's config names: other results there are stale, not done
     runs: list[SessionRun] = []
-    multi_seed = seeds is not None and len(seeds) > 1
     for model in models:
-        model_dir = root / model
-        present: dict[str, list[tuple[int | None, Path]]] = {suffix: [] for suffix in SESSION_SUFFIXES}
-        if model_dir.is_dir():
-            for folder in sorted(model_dir.iterdir()):
-                parsed = parse_session_folder_name(folder.name) if folder.is_dir() else None
-                if parsed and parsed[0] == model:
-                    present[parsed[1]].append((parsed[2], folder))
+        present = _session_folders(root / model)
         for suffix in (suffix for suffix in SESSION_SUFFIXES if suffix in sessions):
-            folders = sorted(present[suffix], key=lambda item: -1 if item[0] is None else item[0])
-            if multi_seed:
-                assert seeds is not None
-                by_seed = {seed: path for seed, path in folders}
+            folders = sorted(((seed, folder) for found, seed, folder in present if found == suffix),
+                             key=lambda item: -1 if item[0] is None else item[0])
+            if seeds is not None and len(seeds) > 1:
+                by_seed = dict(folders)
                 folders = [(seed, by_seed.get(seed, SessionPaths.of(root, Session(model, suffix, seed)).folder))
                            for seed in seeds]
             elif not folders:
@@ -153,11 +136,14 @@ def as_number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def threshold_conf(run: SessionRun, split: str, threshold: str = "primary") -> float | None:
-    """The confidence threshold of one operating point of a session and split, or None when not recorded.
+def class_name(entry: Any) -> str:
+    """The name of one `per_class` entry of metrics.json's view (its class id when it has none)."""
+    return str(entry.name if entry.name is not None else int(entry.class_id))
 
-    `primary`: `splits[split]["conf"]`; `val`: `splits[split]["at_val_threshold"]["conf"]`.
-    """
+
+def threshold_conf(run: SessionRun, split: str, threshold: str = "primary") -> float | None:
+    """The confidence threshold of one operating point of a session and split (`primary`: `splits[split].conf`;
+    `val`: `splits[split].at_val_threshold.conf`), or None when not recorded."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
     part = run.view.split(split)

@@ -8,14 +8,14 @@ from typing import Any
 
 import pandas as pd
 
-from exp3.report.runs import SessionRun, as_number, threshold_conf
+from exp3.report.runs import SessionRun, as_number, class_name, threshold_conf
 from exp3.session.layout import SessionState
 from exp3.sessions import SESSION_LABELS
 from exp3.splits import PRIMARY_SPLITS
 
-INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in ("micro", "macro", "samples")
-                                            for score in ("precision", "recall", "f1"))
-DETECTION_COLUMNS: tuple[str, ...] = ("detection_precision", "detection_recall", "detection_f1")
+AVERAGES, SCORES = ("micro", "macro", "samples"), ("precision", "recall", "f1")
+INGREDIENT_COLUMNS: tuple[str, ...] = tuple(f"ingredient_{average}_{score}" for average in AVERAGES for score in SCORES)
+DETECTION_COLUMNS: tuple[str, ...] = tuple(f"detection_{score}" for score in SCORES)
 VAL_COLUMNS: tuple[str, ...] = ("conf_val", "ingredient_micro_f1_at_val", "ingredient_samples_f1_at_val",
                                 "detection_f1_at_val")
 """The secondary operating point: each session's threshold chosen on the clean val split and the test metrics
@@ -31,31 +31,23 @@ SPREAD_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_samples_f1
 
 
 def split_row(run: SessionRun, split: str) -> dict[str, Any]:
-    """One summary_by_seed row: identifiers, status and every METRIC_COLUMNS value (NaN when not done)."""
-    row: dict[str, Any] = {"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
-                           "split": split, "status": run.status, "error": run.error or "",
-                           "seed": math.nan if run.seed is None else run.seed, "folder": str(run.folder)}
-    row.update({column: math.nan for column in METRIC_COLUMNS})
-    if run.metrics is None:
-        return row
+    """One summary_by_seed row: identifiers, status and every METRIC_COLUMNS value (NaN where metrics.json records
+    none, as for a session not done)."""
     view = run.view
     part = view.split(split)
-    row.update({"n_images": as_number(part.n_images), "conf": as_number(part.conf), "map50": as_number(part.map50),
-                "map50_95": as_number(part.map50_95), "eval_wall_s": as_number(part.eval_wall_s)})
-    for average in ("micro", "macro", "samples"):
-        for score in ("precision", "recall", "f1"):
-            row[f"ingredient_{average}_{score}"] = as_number(getattr(getattr(part.ingredient, average), score))
-    for score in ("precision", "recall", "f1"):
-        row[f"detection_{score}"] = as_number(getattr(part.detection, score))
     at_val = part.at_val_threshold
-    row.update({"conf_val": as_number(threshold_conf(run, split, "val")),
-                "ingredient_micro_f1_at_val": as_number(at_val.ingredient.micro.f1),
-                "ingredient_samples_f1_at_val": as_number(at_val.ingredient.samples.f1),
-                "detection_f1_at_val": as_number(at_val.detection.f1)})
-    row.update({column: as_number(getattr(view.robustness, column)) for column in ROBUSTNESS_COLUMNS})
-    row["train_wall_s"] = as_number(view.training.wall_s)
-    row["epochs_completed"] = as_number(view.training.epochs_completed)
-    return row
+    values = {"n_images": part.n_images, "conf": part.conf, "map50": part.map50, "map50_95": part.map50_95,
+              **{f"ingredient_{average}_{score}": getattr(getattr(part.ingredient, average), score)
+                 for average in AVERAGES for score in SCORES},
+              **{f"detection_{score}": getattr(part.detection, score) for score in SCORES},
+              "conf_val": threshold_conf(run, split, "val"), "ingredient_micro_f1_at_val": at_val.ingredient.micro.f1,
+              "ingredient_samples_f1_at_val": at_val.ingredient.samples.f1, "detection_f1_at_val": at_val.detection.f1,
+              **{column: getattr(view.robustness, column) for column in ROBUSTNESS_COLUMNS},
+              "train_wall_s": view.training.wall_s, "eval_wall_s": part.eval_wall_s,
+              "epochs_completed": view.training.epochs_completed}
+    return {"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix], "split": split,
+            "status": run.status, "error": run.error or "", "seed": math.nan if run.seed is None else run.seed,
+            "folder": str(run.folder), **{column: as_number(values[column]) for column in METRIC_COLUMNS}}
 
 
 def by_seed_table(runs: list[SessionRun]) -> pd.DataFrame:
@@ -68,10 +60,8 @@ def _combined_status(statuses: list[str]) -> SessionState:
         return SessionState.DONE
     if SessionState.DONE in statuses:
         return SessionState.SOME_SEEDS
-    for status in (SessionState.FAILED, SessionState.STALE, SessionState.INCOMPLETE):
-        if status in statuses:
-            return status
-    return SessionState.MISSING
+    return next((status for status in (SessionState.FAILED, SessionState.STALE, SessionState.INCOMPLETE)
+                 if status in statuses), SessionState.MISSING)
 
 
 def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
@@ -91,13 +81,11 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
                                "split": split, "status": _combined_status(list(group["status"])),
                                "error": "; ".join(errors), "n_seeds": len(group), "n_seeds_done": len(done),
                                "seeds": ";".join(str(seed) for seed in seeds)}
-        for column in METRIC_COLUMNS:
-            row[column] = float(done[column].mean()) if len(done) else math.nan
-        for column in SPREAD_COLUMNS:
+        row.update({column: float(done[column].mean()) for column in METRIC_COLUMNS})
+        for column in SPREAD_COLUMNS:  # std: ddof 1, NaN below 2 seeds; all three NaN without a done seed
             values = done[column].astype(float)
-            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            row[f"{column}_min"] = float(values.min()) if len(values) else math.nan
-            row[f"{column}_max"] = float(values.max()) if len(values) else math.nan
+            row.update({f"{column}_std": float(values.std(ddof=1)), f"{column}_min": float(values.min()),
+                        f"{column}_max": float(values.max())})
         row["folder"] = ";".join(group["folder"])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -105,15 +93,11 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
 
 def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
     """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds)."""
-    rows = []
-    for run in runs:
-        for split in PRIMARY_SPLITS:
-            part = ((run.metrics or {}).get("splits") or {}).get(split) or {}
-            for entry in part.get("per_class") or []:
-                rows.append({"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix],
-                             "split": split, "seed": run.seed, "class_id": int(entry["class_id"]),
-                             "class_name": str(entry.get("name", entry["class_id"])), "f1": as_number(entry.get("f1")),
-                             "support": as_number(entry.get("support"))})
+    rows = [{"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix], "split": split,
+             "seed": run.seed, "class_id": int(entry.class_id), "class_name": class_name(entry),
+             "f1": as_number(entry.f1), "support": as_number(entry.support)}
+            for run in runs for split in PRIMARY_SPLITS for entry in run.view.split(split).per_class
+            if entry.class_id is not None]
     columns = ["model", "session", "session_label", "split", "class_id", "class_name", "f1", "support", "n_seeds"]
     if not rows:
         return pd.DataFrame(columns=columns)
