@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -68,16 +69,18 @@ def split_match_iou(view: MetricsView, split: str) -> float:
     return DEFAULT_MATCH_IOU
 
 
+def _shared_index(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
+    """The image ids every frame holds, in the first frame's order (None when there is no frame)."""
+    indexes = [frame.index for frame in frames if frame is not None]
+    return reduce(lambda common, index: common.intersection(index, sort=False), indexes) if indexes else None
+
+
 def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
     """One session's seeds pooled on the images every seed has: counts summed, per-image F1 averaged (the seed
     mean of the samples F1 is its mean). None when there is no frame or no common image."""
     frames = [frame for frame in frames if frame is not None]
-    if not frames:
-        return None
-    common = frames[0].index
-    for frame in frames[1:]:
-        common = common.intersection(frame.index, sort=False)
-    if not len(common):
+    common = _shared_index(frames)
+    if common is None or not len(common):
         return None
     total = sum(frame.loc[common] for frame in frames)
     total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
@@ -86,13 +89,8 @@ def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | N
 
 def common_ids(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
     """Sorted image ids present in every frame (None when there is no frame)."""
-    present = [frame.index for frame in frames if frame is not None]
-    if not present:
-        return None
-    common = present[0]
-    for index in present[1:]:
-        common = common.intersection(index, sort=False)
-    return pd.Index(sorted(common))
+    common = _shared_index(frames)
+    return None if common is None else pd.Index(sorted(common))
 
 
 @dataclass(frozen=True)
