@@ -86,6 +86,8 @@ class ReportResult:
     """exp3.report.gap.gap_table: the headline, gap closed per model x metric x masking session x basis."""
     training_curves: curves.TrainingCurves = field(default_factory=curves.TrainingCurves)
     """exp3.report.curves.training_curves: each done session's epochs, best.pt epoch and convergence reading."""
+    warnings: list[str] = field(default_factory=list)
+    """Problems met reading the session folders (`ReportData.warnings`), listed in report.md under the status grid."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -154,7 +156,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     training = curves.training_curves(runs, models)
     files += curves.write_curve_outputs(training, root, models, charts)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
-                          severity_curves, severity_table, by_coverage, gap_closed, training)
+                          severity_curves, severity_table, by_coverage, gap_closed, training, sorted(data.warnings))
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
     result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))

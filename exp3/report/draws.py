@@ -133,6 +133,8 @@ class ReportData:
         self._map_run_draws: dict[tuple[Any, str], np.ndarray] = {}
         self._map_draws: dict[tuple[str, str, str], tuple[tuple[str, ...], np.ndarray] | None] = {}
         self._weights: dict[int, np.ndarray] = {}
+        self.warnings: list[str] = []
+        """Problems met while reading the session files (report.md lists them under the status grid)."""
 
     # ------------------------------------------------------------------------- sessions and files
 
@@ -144,16 +146,23 @@ class ReportData:
         return [run for suffix in SESSION_SUFFIXES for run in self.grouped.get((model, suffix), [])]
 
     def _predictions(self, run: SessionRun, split: str) -> tuple[list[ImageRecord] | None, Any]:
+        """(records, suite id) of a done run's predictions_<split>.json, parsed once; (None, None) when absent. A
+        file that is there but cannot be parsed reads as absent too, and is named in `warnings`."""
         key = (run.folder, split)
         if key not in self._records:
-            payload = read_json(run.folder / f"predictions_{split}.json") if run.status == SessionState.DONE else None
-            records, suite = None, None
-            if isinstance(payload, dict):
+            path = run.folder / f"predictions_{split}.json"
+            self._records[key] = (None, None)
+            if run.status == SessionState.DONE and path.is_file():
+                payload = read_json(path)
                 try:
-                    records, suite = records_from_json(payload.get("images") or []) or None, payload.get("suite_id")
-                except ValueError:
-                    records = None
-            self._records[key] = (records, suite)
+                    if not isinstance(payload, dict):
+                        raise ValueError("not valid JSON" if payload is None else "not a JSON object")
+                    self._records[key] = (records_from_json(payload.get("images") or []) or None,
+                                          payload.get("suite_id"))
+                except (ValueError, TypeError) as error:
+                    self.warnings.append(f"`{path.relative_to(run.folder.parent.parent)}`: a done session's file "
+                                         f"that cannot be parsed ({str(error)[:200]}); its per-image statistics "
+                                         "read as missing in this report")
         return self._records[key]
 
     def records(self, run: SessionRun, split: str) -> list[ImageRecord] | None:

@@ -168,6 +168,7 @@ def render_markdown(result: "ReportResult") -> str:
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
                if result.sessions != SESSION_SUFFIXES else []),
              markdown_table(status_grid(summary, result.models, result.sessions)), "",
+             *(["Warnings:", "", *(f"- {warning}" for warning in result.warnings), ""] if result.warnings else []),
              "## Headline findings", "",
              *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)
                + severity.severity_findings(result.severity_curves, result.severity_table, result.models)], "",
