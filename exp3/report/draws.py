@@ -34,6 +34,7 @@ from exp3.metrics import (DEFAULT_MATCH_IOU, ImageRecord, ingredient_sets, match
 from exp3.report.runs import SessionRun, as_number, read_json, threshold_conf
 from exp3.schema import MetricsView
 from exp3.sessions import SESSION_SUFFIXES
+from exp3.severity import split_value
 
 MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
 """Bootstrap draws for mAP intervals (exp3.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
@@ -250,6 +251,18 @@ class ReportData:
                 if ids:
                     self._map_draws[key] = (ids, np.mean([self.map_run_draws(run, split) for run in done], axis=0))
         return self._map_draws[key]
+
+    def map_splits(self, model: str, suffix: str, splits: Sequence[str],
+                   metric: str) -> tuple[np.ndarray, list[tuple[tuple[str, ...], np.ndarray]]] | None:
+        """A session's `metric` (map50 / map50_95) on `splits`: the seed means of metrics.json's values (S,) and
+        each split's `map_draws`; None when a split has none, they are of other image ids or a run records none."""
+        got = [self.map_draws(model, suffix, split) for split in splits]
+        recorded = [[split_value(run.view.split(split), metric) for run in self.done(model, suffix)]
+                    for split in splits]
+        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
+                or any(not values or None in values for values in recorded):
+            return None
+        return np.array([float(np.mean(values)) for values in recorded]), got
 
 
 def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:

@@ -15,7 +15,7 @@ batch is named next to the verdicts it enters (`batch_notes`): it was not traine
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
 from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import METRICS, split_value
+from exp3.severity import METRICS
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 GAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind != "mean")
@@ -126,19 +126,13 @@ class GapRow:
     """S1, S2 or Sx runs trained at another batch than their siblings (`batch_notes`); empty when none."""
 
     def record(self) -> dict[str, Any]:
-        nan3 = (math.nan,) * 3
-        gap = _triple(self.result.gap) if self.result else nan3
-        gain = _triple(self.result.gain) if self.result else nan3
-        ratio = _triple(self.result.ratio) if self.result and self.result.ratio else nan3
-        cost = _triple(self.clean_cost) if self.clean_cost else nan3
-        values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *gap, *gain,
-                  *ratio, *cost, verdict(self.result), self.reason, clean_verdict(self.clean_cost), self.n_images,
-                  self.n_seeds, self.interval_levels, self.training_note)
+        result = self.result
+        intervals = (result and result.gap, result and result.gain, result and result.ratio, self.clean_cost)
+        triples = [value for interval in intervals for value in (astuple(interval) if interval else (math.nan,) * 3)]
+        values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *triples,
+                  verdict(result), self.reason, clean_verdict(self.clean_cost), self.n_images, self.n_seeds,
+                  self.interval_levels, self.training_note)
         return dict(zip(GAP_COLUMNS, values))
-
-
-def _triple(interval: stats.Interval) -> tuple[float, float, float]:
-    return interval.estimate, interval.low, interval.high
 
 
 @dataclass(frozen=True)
@@ -175,7 +169,6 @@ class _ModelDraws:
         if basis != HEADLINE_BASIS and len(self.splits) < 2:
             return None
         splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
-        done = self.data.done(self.model, suffix)
         if METRICS[metric].kind == "count":
             own = align([frame for frames in self.seed_scores.get(suffix, [])[:len(splits)] for frame in frames])
             if own.reason == UNALIGNED:                     # its seeds or splits hold other images: never paired
@@ -190,14 +183,12 @@ class _ModelDraws:
                 draws.append(stats.two_level_draws(counts, stats.f1_statistic, images, seeds))     # (B,)
             values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(own.ids)
         else:
-            got = [self.data.map_draws(self.model, suffix, split) for split in splits]
-            recorded = [[split_value(run.view.split(split), metric) for run in done] for split in splits]
-            if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
-                    or any(not values or None in values for values in recorded):
+            found = self.data.map_splits(self.model, suffix, splits, metric)
+            if found is None:
                 return None
-            column = 0 if metric == "map50" else 1
+            values, got = found
+            column, done = (0 if metric == "map50" else 1), self.data.done(self.model, suffix)
             seeds = self.data.seed_weights(self.model, suffix, self.data.map_resamples)
-            values = np.array([float(np.mean(values)) for values in recorded])
             stacked = np.stack([entry[1][:, column] if len(done) == 1 else np.einsum(
                 "bk,kb->b", seeds, np.stack([self.data.map_run_draws(run, split)[:, column] for run in done]))
                 / len(done) for entry, split in zip(got, splits)], axis=-1)
@@ -285,12 +276,10 @@ def site_verdicts(table: pd.DataFrame, model: str, basis: str = HEADLINE_BASIS) 
             for suffix, group in part.groupby("session", sort=False)}
 
 
-def _reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
-    """reason -> the metric labels of the NO_RESULT rows of one site that give it."""
-    reasons: dict[str, list[str]] = {}
-    for _, row in rows[rows["verdict"] == NO_RESULT].iterrows():
-        reasons.setdefault(row["reason"] or NOT_DONE, []).append(METRICS[row["metric"]].label)
-    return reasons
+def _labels_by(rows: pd.DataFrame, column: str) -> dict[str, str]:
+    """Value of `column` -> the metric labels of the rows holding it, in order ("ingredient micro F1, mAP50")."""
+    labels = rows["metric"].map(lambda metric: METRICS[metric].label)
+    return labels.groupby(rows[column], sort=False).agg(", ".join).to_dict()
 
 
 def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
@@ -304,17 +293,16 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             continue
         for suffix, text in site_verdicts(table, model).items():
             rows = part[part["session"] == suffix]
-            reasons, note = _reasons(rows), rows["training_note"].iloc[0]
+            unresolved = rows[rows["verdict"] == NO_RESULT]
+            reasons = _labels_by(unresolved.assign(reason=unresolved["reason"].replace("", NOT_DONE)), "reason")
+            note = rows["training_note"].iloc[0]
             site, alike = f"- **{model} {SESSION_LABELS[suffix]}**", f" ({note}: {NOT_ALIKE})" if note else ""
             if text == NO_RESULT:
                 lines.append(f"{site}: no result ({'; '.join(reasons)}){alike}.")
                 continue
-            costs: dict[str, list[str]] = {}
-            for _, row in rows.iterrows():
-                if row["clean_verdict"] != "clean cost unknown":
-                    costs.setdefault(row["clean_verdict"], []).append(METRICS[row["metric"]].label)
-            clean = "; ".join(f"{reading} ({', '.join(metrics)})" for reading, metrics in costs.items()) or "unknown"
-            missing = "".join(f" {', '.join(metrics)}: no result ({reason})." for reason, metrics in reasons.items())
+            costs = _labels_by(rows[rows["clean_verdict"] != "clean cost unknown"], "clean_verdict")
+            clean = "; ".join(f"{reading} ({labels})" for reading, labels in costs.items()) or "unknown"
+            missing = "".join(f" {labels}: no result ({reason})." for reason, labels in reasons.items())
             lines.append(f"{site}: {text} on {HEADLINE_BASIS}{alike}. Clean images: {clean}.{missing}")
     return lines
 

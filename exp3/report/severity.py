@@ -40,7 +40,7 @@ from exp3.report.draws import ReportData, common_ids
 from exp3.report.text import fmt, fmt_ci, markdown_table
 from exp3.schema import SeverityLevelView
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.severity import METRICS, split_value
+from exp3.severity import METRICS
 from exp3.splits import CLEAN_SPLIT
 
 CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
@@ -65,7 +65,7 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
         return []
     per_run = [{(level.split, level.suite_id): level for level in run.view.severity.levels
                 if None not in (level.level, level.split, level.coverage, level.suite_id)} for run in done]
-    shared = set(per_run[0]).intersection(*per_run[1:]) if per_run else set()
+    shared = set(per_run[0]).intersection(*per_run[1:])
     return sorted((per_run[0][key] for key in shared), key=lambda level: level.level)
 
 
@@ -76,8 +76,7 @@ def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
-def _f1_curves(data: ReportData, model: str, scores: dict[str, list[pd.DataFrame | None]],
-               ids: pd.Index | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
+def _f1_curves(data: ReportData, scores: dict[str, list[pd.DataFrame | None]], ids: pd.Index | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
     """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids`."""
     f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     counts: dict[str, np.ndarray] = {}
@@ -98,15 +97,8 @@ def _map_curves(data: ReportData, model: str, suffixes: Iterable[str],
     """suffix -> (recorded mAP50 per split, seed mean (S,), draws (B', S)), None where not pairable."""
     maps: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     for suffix in suffixes:
-        got = [data.map_draws(model, suffix, split) for split in splits]
-        recorded = [[split_value(run.view.split(split), "map50") for run in data.done(model, suffix)]
-                    for split in splits]
-        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
-                or any(not values or None in values for values in recorded):
-            maps[suffix] = None
-            continue
-        maps[suffix] = (np.array([float(np.mean(values)) for values in recorded]),
-                        np.stack([entry[1][:, 0] for entry in got], axis=1))
+        found = data.map_splits(model, suffix, splits, "map50")
+        maps[suffix] = None if found is None else (found[0], np.stack([entry[1][:, 0] for entry in found[1]], axis=1))
     return maps
 
 
@@ -131,7 +123,7 @@ def severity_tables(data: ReportData, models: list[str],
                   for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
         ids = common_ids(frame for per_split in scores.values() for frame in per_split)
         n_images = 0 if ids is None else len(ids)
-        f1, counts = _f1_curves(data, model, scores, ids)
+        f1, counts = _f1_curves(data, scores, ids)
         for metric, source in (("ingredient_micro_f1", f1), ("map50", _map_curves(data, model, scores, splits))):
             reference = source.get(REFERENCE)
             for suffix in scores:
@@ -183,7 +175,7 @@ def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np
     row.update(clean=float(point[0]), mPC=float(mpc), rPC=float(rpc))
     row["mPC_ci_low"], row["mPC_ci_high"] = stats.finite_interval(mpc_draws)
     row["rPC_ci_low"], row["rPC_ci_high"] = stats.finite_interval(rpc_draws)
-    if reference is None or suffix == REFERENCE or reference[1].shape != draws.shape:
+    if reference is None or suffix == REFERENCE:
         return row
     ref_mpc, ref_rpc = _mpc_rpc(reference[0])
     ref_mpc_draws, ref_rpc_draws = _mpc_rpc(reference[1])
@@ -191,9 +183,6 @@ def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np
     row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
     row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
     if counts is not None and reference_counts is not None:
-        if counts.shape != reference_counts.shape:
-            raise ValueError(f"paired counts differ in shape {counts.shape} vs {reference_counts.shape}: align the "
-                             "image ids")
         row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts, reference_counts, mpc_f1, n_permutations, seed)
     return row
 
