@@ -106,7 +106,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
     val-chosen thresholds (`val_threshold_finding`).
     """
     occ = summary[summary["split"] == FIXED_SPLIT].set_index(["model", "session"])
-    findings: list[str] = []
+    findings: list[str | None] = []             # None: a sentence with nothing to say, left out
     done_models = []
     for model in models:
         rows = occ.loc[model] if model in occ.index.get_level_values(0) else pd.DataFrame()
@@ -132,12 +132,9 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                             f"{fmt_ci(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
                             f"(p_BH {fmt_p(s2['p_bh_vs_S1'])}); {verdict}.")
         if comparisons is not None and s1 is not None and s2 is not None:
-            for split in PRIMARY_SPLITS[::-1]:
-                sentence = agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
-                    comparisons, model, split, "S2_occ_train", "S1_clean_train"))
-                findings += [sentence] if sentence else []
-            sentence = val_threshold_finding(comparisons, model)
-            findings += [sentence] if sentence else []
+            findings += [agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
+                comparisons, model, split, "S2_occ_train", "S1_clean_train")) for split in PRIMARY_SPLITS[::-1]]
+            findings.append(val_threshold_finding(comparisons, model))
         masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
         if len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
             findings.append(f"{prefix}: no masking session names any ingredient on test_occ_fixed (F1 0 for "
@@ -170,9 +167,8 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
             findings.append(text + ".")
             for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
                 if comparisons is not None and row is not None:
-                    sentence = agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
-                        comparisons, model, FIXED_SPLIT, best_suffix, reference))
-                    findings += [sentence] if sentence else []
+                    findings.append(agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
+                        comparisons, model, FIXED_SPLIT, best_suffix, reference)))
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
         if len(robust):
             top_suffix, top = robust.index[0], robust.iloc[0]
@@ -181,17 +177,14 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                             f"{fmt_ci(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}.")
         else:
             findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")
-    if len(done_models) > 1:
-        s1_rows = occ[occ.index.get_level_values(1) == "S1_clean_train"]
-        scores = {model: s1_rows.loc[(model, "S1_clean_train"), "ingredient_micro_f1"] for model in done_models
-                  if (model, "S1_clean_train") in s1_rows.index}
-        scores = {model: score for model, score in scores.items() if not pd.isna(score)}
-        if len(scores) > 1:
-            ranked = sorted(scores.items(), key=lambda item: -item[1])
-            findings.append("Across models, clean-trained (S1) F1 on test_occ_fixed: "
-                            + ", ".join(f"{model} {fmt(score)}" for model, score in ranked)
-                            + " (separate models: see the per-session intervals before reading a ranking).")
-    return findings
+    scores = [(model, occ.loc[(model, "S1_clean_train"), "ingredient_micro_f1"]) for model in done_models
+              if (model, "S1_clean_train") in occ.index]
+    ranked = sorted([(model, score) for model, score in scores if not pd.isna(score)], key=lambda item: -item[1])
+    if len(ranked) > 1:
+        findings.append("Across models, clean-trained (S1) F1 on test_occ_fixed: "
+                        + ", ".join(f"{model} {fmt(score)}" for model, score in ranked)
+                        + " (separate models: see the per-session intervals before reading a ranking).")
+    return [finding for finding in findings if finding]
 
 
 POSITIVE_CONTROL: tuple[str, str, str] = ("S2_occ_train", "S1_clean_train", FIXED_SPLIT)
