@@ -44,12 +44,9 @@ def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
             "F1 macro": fmt(row["ingredient_macro_f1"]),
             **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
             "rF1 [95% CI]": fmt(row["rF1_micro"]) + fmt_interval(row, "rF1_micro_ci_low", "rF1_micro_ci_high"),
-            "vs S1 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S1"]) else
-            f"{fmt_ci(row, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)}, "
-            f"{fmt_p(row['p_bh_vs_S1'])}",
-            "vs S2 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S2"]) else
-            f"{fmt_ci(row, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}, "
-            f"{fmt_p(row['p_bh_vs_S2'])}",
+            **{f"vs {ref} [95% CI], p_BH": "" if pd.isna(row[f"diff_vs_{ref}"]) else
+               f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
+               f"{fmt_p(row[f'p_bh_vs_{ref}'])}" for ref in ("S1", "S2")},
             "train s": fmt(row["train_wall_s"], 0), "eval s": fmt(row["eval_wall_s"], 1)})
     return pd.DataFrame(rows)
 
@@ -110,7 +107,7 @@ def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str
     part = summary[summary["split"] == CLEAN_SPLIT]
     rows = []
     for model in models:
-        status = dict(zip(part[part["model"] == model]["session"], part[part["model"] == model]["status"]))
+        status = part[part["model"] == model].set_index("session")["status"]
         rows.append({"model": model, **{SESSION_LABELS[suffix]: status.get(suffix, "") if suffix in sessions
                                         else NOT_IN_RUN for suffix in SESSION_SUFFIXES}})
     return pd.DataFrame(rows)
