@@ -242,11 +242,9 @@ def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparison
     headline = primary_f1(comparisons)
     for reference in REFERENCES:
         short = reference.split("_")[0]
-        part = headline[headline["reference"] == reference][keys + ["difference", "ci_low", "ci_high",
-                                                                    "p_value", "p_bh"]]
-        part = part.rename(columns={"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
-                                    "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}",
-                                    "p_bh": f"p_bh_vs_{short}"})
+        names = {"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
+                 "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}", "p_bh": f"p_bh_vs_{short}"}
+        part = headline.loc[headline["reference"] == reference, keys + list(names)].rename(columns=names)
         merged = merged.merge(part, on=keys, how="left")
     return merged
 
