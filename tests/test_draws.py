@@ -124,7 +124,8 @@ def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root:
     result = report.build_report(root, n_resamples=50, n_permutations=50, charts=False)
     assert len(result.warnings) == 2
     clean, occluded = sorted(result.warnings, key=lambda warning: "test_clean" not in warning)
-    assert "`yolov8m/yolov8m__S3_mask_backbone_early/predictions_test_clean.json`" in clean and "not valid JSON" in clean
+    assert "`yolov8m/yolov8m__S3_mask_backbone_early/predictions_test_clean.json`" in clean
+    assert "not valid JSON" in clean
     assert "predictions_test_occ_fixed.json" in occluded and "unknown keys ['typo_key']" in occluded
     text = (root / "report.md").read_text()
     assert "Warnings:" in text and all(f"- {warning}" in text for warning in result.warnings)

@@ -6,11 +6,12 @@ and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
 Intervals reuse the report's resampling (exp3.report.draws): F1 draws are micro F1 of the seed-pooled per-image
 counts under the report's image draws (`ReportData.image_weights`) over the image ids every session shares; mAP
 draws are `ReportData.map_draws` (the validator's per-image stats, same index rule). S1, S2 and Sx of one model
-and metric are always drawn on the same image resamples, so the ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
-(UNPAIRED), as comparisons.csv gives their mAP difference no interval. With several seeds, each session's
-seeds are resampled too (two levels, `stats.seed_multiplicities`, one independent stream per session). The clean
-cost is the paired test_clean difference of `comparisons.csv`. A session whose out-of-memory retries changed its
-batch is named next to the verdicts it enters (`batch_notes`): it was not trained like its siblings."""
+and metric are always drawn on the same image resamples, so the ratio's interval is paired (`stats.gap_closed`);
+sessions whose draws resample other image ids give no result (UNPAIRED), as comparisons.csv gives their mAP
+difference no interval. With several seeds, each session's seeds are resampled too (two levels,
+`stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired test_clean
+difference of `comparisons.csv`. A session whose out-of-memory retries changed its batch is named next to the
+verdicts it enters (`batch_notes`): it was not trained like its siblings."""
 
 from __future__ import annotations
 

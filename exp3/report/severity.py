@@ -76,13 +76,15 @@ def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
-def _f1_curves(data: ReportData, scores: dict[str, list[pd.DataFrame | None]], ids: pd.Index | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
-    """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids`."""
+def _f1_curves(data: ReportData, scores: dict[str, list[pd.DataFrame | None]], ids: pd.Index | None
+               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
+    """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids` (the
+    ids every frame of `scores` holds)."""
     f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     counts: dict[str, np.ndarray] = {}
     columns = list(METRICS["ingredient_micro_f1"].columns)
     for suffix, per_split in scores.items():
-        if ids is None or not len(ids) or any(frame is None or not ids.isin(frame.index).all() for frame in per_split):
+        if ids is None or not len(ids) or any(frame is None for frame in per_split):
             f1[suffix] = None
             continue
         stacked = np.stack([frame.loc[ids, columns].to_numpy() for frame in per_split], axis=1)      # (N, S, 3)
@@ -267,8 +269,7 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
                                 "difference at that severity excludes 0; severity 0 = clean)")
         part = table[(table["model"] == model) & (table["metric"] == "ingredient_micro_f1")]
         shown = [f"{SESSION_LABELS[row['session']]} {fmt(row['diff_mPC_vs_S1'], signed=True)}"
-                 for _, row in part.iterrows()
-                 if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0)]
+                 for _, row in part.iterrows() if row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0]
         if len(part) and math.isfinite(part["levels"].max()):
             levels = int(part["levels"].max())
             what = f"mPC (mean ingredient micro F1 over {levels} severity levels)"
