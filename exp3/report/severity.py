@@ -127,15 +127,15 @@ def severity_tables(data: ReportData, models: list[str],
         n_images = 0 if ids is None else len(ids)
         f1, counts = _f1_curves(data, scores, ids)
         for metric, source in (("ingredient_micro_f1", f1), ("map50", _map_curves(data, model, scores, splits))):
-            reference = source.get(REFERENCE)
             for suffix in scores:
                 entry = source.get(suffix)
+                reference = None if suffix == REFERENCE else source.get(REFERENCE)     # paired: the same resamples
                 for index, split in enumerate(splits):
                     value, low, high, diff, diff_low, diff_high = (math.nan,) * 6
                     if entry is not None:
                         value = float(entry[0][index])
                         low, high = stats.percentile_interval(entry[1][:, index], stats.DEFAULT_CONFIDENCE)
-                        if reference is not None and suffix != REFERENCE:  # paired: same resamples for both
+                        if reference is not None:
                             diff = value - float(reference[0][index])
                             diff_low, diff_high = stats.percentile_interval(
                                 entry[1][:, index] - reference[1][:, index], stats.DEFAULT_CONFIDENCE)
@@ -144,9 +144,13 @@ def severity_tables(data: ReportData, models: list[str],
                                        "coverage": coverage[index], "value": value, "ci_low": low, "ci_high": high,
                                        "diff_vs_S1": diff, "diff_ci_low": diff_low, "diff_ci_high": diff_high,
                                        "n_images": n_images})
-                pair = (counts.get(suffix), counts.get(REFERENCE)) if metric == "ingredient_micro_f1" else (None, None)
-                table_rows.append(_table_row(model, suffix, metric, entry, reference, *pair, len(levels), n_images,
-                                             n_permutations, data.seed))
+                row = {**dict.fromkeys(TABLE_COLUMNS, math.nan), "model": model, "session": suffix,
+                       "session_label": SESSION_LABELS[suffix], "metric": metric, "levels": len(levels),
+                       "n_images": n_images, **(_mpc_columns(entry, reference) if entry is not None else {})}
+                if entry is not None and reference is not None and metric == "ingredient_micro_f1":
+                    row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts[suffix], counts[REFERENCE], mpc_f1,
+                                                                  n_permutations, data.seed)
+                table_rows.append(row)
     curves = pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS))
     table = pd.DataFrame(table_rows, columns=list(TABLE_COLUMNS))
     table["p_bh_mPC_vs_S1"] = adjust_p_values(table, "p_mPC_vs_S1", ["metric"], ["model", "session"])
@@ -162,43 +166,31 @@ def _mpc_rpc(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mpc, rpc
 
 
-def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np.ndarray] | None,
-               reference: tuple[np.ndarray, np.ndarray] | None, counts: np.ndarray | None,
-               reference_counts: np.ndarray | None, n_levels: int, n_images: int, n_permutations: int,
-               seed: int) -> dict[str, Any]:
-    row: dict[str, Any] = {column: math.nan for column in TABLE_COLUMNS}
-    row.update(model=model, session=suffix, session_label=SESSION_LABELS[suffix], metric=metric, levels=n_levels,
-               n_images=n_images)
-    if entry is None:
-        return row
-    point, draws = entry
-    mpc, rpc = _mpc_rpc(point)
-    mpc_draws, rpc_draws = _mpc_rpc(draws)
-    row.update(clean=float(point[0]), mPC=float(mpc), rPC=float(rpc))
+def _mpc_columns(entry: tuple[np.ndarray, np.ndarray],
+                 reference: tuple[np.ndarray, np.ndarray] | None) -> dict[str, float]:
+    """clean, mPC and rPC of one (point (S,), draws (B, S)) with their intervals; with S1's `reference`, the paired
+    differences to it too."""
+    (mpc, rpc), (mpc_draws, rpc_draws) = _mpc_rpc(entry[0]), _mpc_rpc(entry[1])
+    row = {"clean": float(entry[0][0]), "mPC": float(mpc), "rPC": float(rpc)}
     row["mPC_ci_low"], row["mPC_ci_high"] = stats.finite_interval(mpc_draws)
     row["rPC_ci_low"], row["rPC_ci_high"] = stats.finite_interval(rpc_draws)
-    if reference is None or suffix == REFERENCE:
-        return row
-    ref_mpc, ref_rpc = _mpc_rpc(reference[0])
-    ref_mpc_draws, ref_rpc_draws = _mpc_rpc(reference[1])
-    row["diff_mPC_vs_S1"], row["diff_rPC_vs_S1"] = float(mpc - ref_mpc), float(rpc - ref_rpc)
-    row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
-    row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
-    if counts is not None and reference_counts is not None:
-        row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts, reference_counts, mpc_f1, n_permutations, seed)
+    if reference is not None:
+        (ref_mpc, ref_rpc), (ref_mpc_draws, ref_rpc_draws) = _mpc_rpc(reference[0]), _mpc_rpc(reference[1])
+        row["diff_mPC_vs_S1"], row["diff_rPC_vs_S1"] = float(mpc - ref_mpc), float(rpc - ref_rpc)
+        row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
+        row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
     return row
 
 
-def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1",
-              reference: str = REFERENCE) -> list[str]:
-    """Sentences naming the sessions that are below the reference at some severity and above it at another,
+def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1") -> list[str]:
+    """Sentences naming the sessions that are below S1 at some severity and above it at another,
     each side established by the paired 95% interval of the difference at that severity (excluding 0).
 
     Point estimates that merely swap order inside the noise are not crossings: a session whose
     difference interval includes 0 at a level is "not distinguishable" there.
     """
-    part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != reference)]
-    short = SESSION_LABELS[reference].split()[0]
+    part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != REFERENCE)]
+    short = SESSION_LABELS[REFERENCE].split()[0]
     found = []
     for suffix, rows in part.groupby("session", sort=False):
         rows = rows.sort_values("severity")
