@@ -98,10 +98,10 @@ def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FI
     return text + "."
 
 
-def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame | None = None) -> list[str]:
+def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame) -> list[str]:
     """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness.
 
-    With `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
+    From `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
     splits) and on the best masking session vs S1 and vs S2 (test_occ_fixed), and S2 vs S1 at the
     val-chosen thresholds (`val_threshold_finding`).
     """
@@ -131,7 +131,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                             f"F1 {fmt(s2['ingredient_micro_f1'])} vs {fmt(s1['ingredient_micro_f1'])}, difference "
                             f"{fmt_ci(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
                             f"(p_BH {fmt_p(s2['p_bh_vs_S1'])}); {verdict}.")
-        if comparisons is not None and s1 is not None and s2 is not None:
+        if s1 is not None and s2 is not None:
             findings += [agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
                 comparisons, model, split, "S2_occ_train", "S1_clean_train")) for split in PRIMARY_SPLITS[::-1]]
             findings.append(val_threshold_finding(comparisons, model))
@@ -166,7 +166,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                 text += f" (only {len(masking)} of {in_run} masking sessions done)"
             findings.append(text + ".")
             for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
-                if comparisons is not None and row is not None:
+                if row is not None:
                     findings.append(agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
                         comparisons, model, FIXED_SPLIT, best_suffix, reference)))
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)

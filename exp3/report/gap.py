@@ -163,9 +163,6 @@ class _ModelDraws:
                             for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
         self.ids = common_ids(pool_image_scores(per_split[0]) for per_split in self.seed_scores.values())
 
-    def n_seeds(self, suffix: str) -> int:
-        return len(self.data.done(self.model, suffix))
-
     def get(self, suffix: str, metric: str, basis: str) -> _Draws | None:
         if basis != HEADLINE_BASIS and len(self.splits) < 2:
             return None
@@ -258,7 +255,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     reason = _no_result_reason(sides)
                     result = None if reason else stats.gap_closed(*(side.point for side in sides),
                                                                   *(side.draws for side in sides))
-                    seeds = [draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix)]
+                    seeds = [len(data.done(model, name)) for name in (REFERENCE, CONTROL, suffix)]
                     note = "; ".join(notes[name] for name in (REFERENCE, CONTROL, suffix) if notes[name])
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
                                        min(seeds), "seeds+images" if max(seeds) > 1 else "images", reason, note))
@@ -270,9 +267,9 @@ def gap_table(rows: list[GapRow]) -> pd.DataFrame:
     return pd.DataFrame([row.record() for row in rows], columns=list(GAP_COLUMNS))
 
 
-def site_verdicts(table: pd.DataFrame, model: str, basis: str = HEADLINE_BASIS) -> dict[str, str]:
-    """session -> the site's verdict on `basis` (site_verdict over the metrics)."""
-    part = table[(table["model"] == model) & (table["basis"] == basis)]
+def site_verdicts(table: pd.DataFrame, model: str) -> dict[str, str]:
+    """session -> the site's verdict on the headline basis (site_verdict over the metrics)."""
+    part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
     return {suffix: site_verdict(dict(zip(group["metric"], group["verdict"])))
             for suffix, group in part.groupby("session", sort=False)}
 
@@ -340,8 +337,7 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
     return lines
 
 
-def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
-    seeds = int(table["n_seeds"].max()) if len(table) else 0
+def _interval_note(seeds: int, n_resamples: int) -> str:
     if seeds <= 1:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {MAP_RESAMPLES}), S1, "
                 "S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
@@ -351,17 +347,18 @@ def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
             "drawn independently per session); docs/report.md \"Several seeds\". Which level dominates:")
 
 
-def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
-                comparisons: pd.DataFrame | None = None, charts: list[str] | None = None) -> list[str]:
+def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int, comparisons: pd.DataFrame,
+                charts: list[str] | None = None) -> list[str]:
     """report.md's first section (lines): the answer per site, the rules' reference, the charts (`charts`: the
     gap_closed PNG names written under plots/; None or empty: no image) and the tables."""
+    seeds = int(table["n_seeds"].max()) if len(table) else 0
     lines = ["## The answer: does masking replace occlusion training?", "",
              "gap closed = (Sx - S1) / (S2 - S1): 1 = the masking session does what occluded training does, 0 = "
              "nothing. Given only where S2 - S1 is established (its 95 % interval lies above 0); otherwise the "
              "positive control failed and no ratio is given. Verdicts from the fixed rules of docs/report.md "
              "(\"Gap closed\"); a site's verdict combines the metrics whose control holds. Charts: "
-             "`plots/gap_closed_<metric>.png`.", "", _interval_note(table, n_resamples), ""]
-    if len(table) and int(table["n_seeds"].max()) > 1 and comparisons is not None:
+             "`plots/gap_closed_<metric>.png`.", "", _interval_note(seeds, n_resamples), ""]
+    if seeds > 1:
         lines += (dominance_lines(comparisons, models) or ["- n/a (no two-level S2 - S1 interval)"]) + [""]
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
@@ -375,10 +372,10 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
     return lines
 
 
-def gap_chart_frame(table: pd.DataFrame, metric: str, basis: str = HEADLINE_BASIS) -> pd.DataFrame:
-    """One row per model x masking session of `metric` on `basis` for `plots.gap_closed_chart`: model,
+def gap_chart_frame(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per model x masking session of `metric` on the headline basis for `plots.gap_closed_chart`: model,
     session_label, value, ci_low, ci_high, status_text ("" or "control failed" / "n/a": no bar)."""
-    part = table[(table["metric"] == metric) & (table["basis"] == basis)]
+    part = table[(table["metric"] == metric) & (table["basis"] == HEADLINE_BASIS)]
     status = np.where(part["verdict"] == FAILED_CONTROL, "control failed",
                       np.where(part["gap_closed"].isna(), "n/a", ""))
     return pd.DataFrame({"model": part["model"], "session_label": part["session_label"], "value": part["gap_closed"],

@@ -11,7 +11,7 @@ from exp3.report.comparisons import (MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_v
                                      comparison_metrics)
 from exp3.report.coverage import coverage_markdown
 from exp3.report.draws import MAP_RESAMPLES
-from exp3.report.findings import headline_findings, positive_control, positive_control_failed
+from exp3.report.findings import POSITIVE_CONTROL, headline_findings, positive_control, positive_control_failed
 from exp3.report.gallery import GALLERY_RULE
 from exp3.report.runs import THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
@@ -78,9 +78,9 @@ def _reading(metric: str, row: pd.Series) -> str:
     return "CI includes 0" if verdict == 0 else "CI excludes 0"
 
 
-def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S2_occ_train",
-                 reference: str = "S1_clean_train") -> pd.DataFrame:
-    """report.md table of `session` - `reference` on every metric: one row per model x split x threshold x metric."""
+def metric_table(comparisons: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """report.md table of S2 - S1 on every metric: one row per model x split x threshold x metric."""
+    session, reference, _ = POSITIVE_CONTROL
     rows = []
     for model in models:
         for split in PRIMARY_SPLITS[::-1]:
