@@ -249,11 +249,12 @@ def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparison
     return merged
 
 
-def ci_verdict(row: pd.Series) -> int | None:
-    """+1 / -1 when the difference's 95% interval lies above / below 0, 0 when it contains 0, None without one."""
-    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+def ci_verdict(row: pd.Series, low: str = "ci_low", high: str = "ci_high") -> int | None:
+    """+1 / -1 when the difference's 95% interval (`row[low]`, `row[high]`) lies above / below 0, 0 when it
+    contains 0, None without one."""
+    if pd.isna(row[low]) or pd.isna(row[high]):
         return None
-    return 1 if row["ci_low"] > 0 else (-1 if row["ci_high"] < 0 else 0)
+    return 1 if row[low] > 0 else (-1 if row[high] < 0 else 0)
 
 
 def comparison_metrics(comparisons: pd.DataFrame, model: str, split: str, session: str, reference: str,

@@ -140,7 +140,6 @@ class ReportData:
     # ------------------------------------------------------------------------- sessions and files
 
     def done(self, model: str, suffix: str) -> list[SessionRun]:
-        """The done runs (seeds) of one session."""
         return [run for run in self.grouped.get((model, suffix), []) if run.status == SessionState.DONE]
 
     def model_runs(self, model: str) -> list[SessionRun]:
@@ -190,7 +189,7 @@ class ReportData:
         if key not in self._scores:
             view = run.view
             num_classes, conf = view.split(split).num_classes, threshold_conf(run, split, threshold)
-            usable = run.status == SessionState.DONE and num_classes and conf is not None and records
+            usable = num_classes and conf is not None and records           # records: a done run's only
             self._scores[key] = image_scores(records, int(num_classes), conf, split_match_iou(view, split),
                                              self.matched(run, split, threshold, conf)) if usable else None
         return self._scores[key]
@@ -202,7 +201,6 @@ class ReportData:
 
     def pooled(self, model: str, suffix: str, split: str, threshold: str = "primary",
                suite_id: str | None = None) -> pd.DataFrame | None:
-        """A session's seeds pooled (`pool_image_scores`)."""
         return pool_image_scores(self.seed_scores(model, suffix, split, threshold, suite_id))
 
     # ------------------------------------------------------------------------- draws

@@ -14,10 +14,6 @@ from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT, PRIMARY_SPLITS
 
 
-def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
-    return bool(row[low] > 0 or row[high] < 0)
-
-
 def _metric_text(metric: str, row: pd.Series) -> str:
     if metric in MAP_METRICS and ci_verdict(row) is None:
         return f"{METRICS[metric].label} {fmt(row['difference'], signed=True)}"
@@ -124,8 +120,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
         s1 = done.loc["S1_clean_train"] if "S1_clean_train" in done.index else None
         s2 = done.loc["S2_occ_train"] if "S2_occ_train" in done.index else None
         if s1 is not None and s2 is not None and not pd.isna(s2["diff_vs_S1"]):
-            supported = _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high")
-            verdict = ("a difference the interval supports" if supported
+            verdict = ("a difference the interval supports" if ci_verdict(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high")
                        else "the interval includes 0, so the data do not establish a difference")
             findings.append(f"{prefix}: training on occluded images (S2) vs clean training (S1) on test_occ_fixed: "
                             f"F1 {fmt(s2['ingredient_micro_f1'])} vs {fmt(s1['ingredient_micro_f1'])}, difference "
@@ -145,13 +140,13 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                     + fmt_ci(best, "ingredient_micro_f1", "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
             if s2 is not None and not pd.isna(best["diff_vs_S2"]):
                 text += f"; vs S2 {fmt_ci(best, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}"
-                if _excludes_zero(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
+                if ci_verdict(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
                     text += " (below S2)" if best["diff_vs_S2"] < 0 else " (above S2)"
                 else:
                     text += " (the interval includes 0: not distinguishable from S2 on these images)"
             if s1 is not None and s2 is not None:
                 gap = s2["ingredient_micro_f1"] - s1["ingredient_micro_f1"]
-                if gap > 0 and _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
+                if gap > 0 and ci_verdict(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
                     closed = (best["ingredient_micro_f1"] - s1["ingredient_micro_f1"]) / gap
                     text += f"; it closes {100 * closed:.0f}% of the S1 -> S2 gap (point estimate)"
             if len(masking) > 1:
