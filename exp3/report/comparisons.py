@@ -189,7 +189,7 @@ def statistics_tables(data: ReportData, models: list[str],
                                    for run in data.done(model, suffix)
                                    if data.scores(run, split, threshold) is not None]) for suffix in SESSION_SUFFIXES}
         for metric in PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ()):
-            done_pairs: dict[str, tuple[str, SessionComparison | None]] = {}
+            done_pairs: dict[str, SessionComparison | None] = {}
             for suffix, reference in comparison_plan(threshold):
                 key = pair_key(suffix, reference)
                 row = {**dict.fromkeys(COMPARISON_COLUMNS, math.nan), "model": model, "split": split,
@@ -200,13 +200,11 @@ def statistics_tables(data: ReportData, models: list[str],
                     comparison_rows.append({**row, **_map_row(data, model, suffix, reference, split, metric)})
                     continue
                 if key in done_pairs:                       # the other reading of a pair: one test
-                    first, result = done_pairs[key]
-                    result = result if first == suffix or result is None else result.reversed()
+                    result = done_pairs[key] and done_pairs[key].reversed()
                 else:
-                    result = compare_sessions(metric, data.seed_scores(model, suffix, split, threshold),
-                                              data.seed_scores(model, reference, split, threshold), data,
-                                              n_permutations)
-                    done_pairs[key] = (suffix, result)
+                    result = done_pairs[key] = compare_sessions(
+                        metric, data.seed_scores(model, suffix, split, threshold),
+                        data.seed_scores(model, reference, split, threshold), data, n_permutations)
                 row.update(conf=confs[suffix], reference_conf=confs[reference], bh_family=f"{metric}@{threshold}")
                 if result is not None:
                     found = result.comparison

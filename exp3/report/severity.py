@@ -94,16 +94,6 @@ def _f1_curves(data: ReportData, scores: dict[str, list[pd.DataFrame | None]], i
     return f1, counts
 
 
-def _map_curves(data: ReportData, model: str, suffixes: Iterable[str],
-                splits: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
-    """suffix -> (recorded mAP50 per split, seed mean (S,), draws (B', S)), None where not pairable."""
-    maps: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-    for suffix in suffixes:
-        found = data.map_splits(model, suffix, splits, "map50")
-        maps[suffix] = None if found is None else (found[0], np.stack([entry[1][:, 0] for entry in found[1]], axis=1))
-    return maps
-
-
 def severity_tables(data: ReportData, models: list[str],
                     n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, table): one curve row per model x session x metric x severity (0 = clean), one table row per
@@ -126,7 +116,10 @@ def severity_tables(data: ReportData, models: list[str],
         ids = common_ids(frame for per_split in scores.values() for frame in per_split)
         n_images = 0 if ids is None else len(ids)
         f1, counts = _f1_curves(data, scores, ids)
-        for metric, source in (("ingredient_micro_f1", f1), ("map50", _map_curves(data, model, scores, splits))):
+        found = {suffix: data.map_splits(model, suffix, splits, "map50") for suffix in scores}
+        map50 = {suffix: None if entry is None else (entry[0], np.stack([draws[:, 0] for _, draws in entry[1]], axis=1))
+                 for suffix, entry in found.items()}         # recorded seed mean (S,), draws (B', S); None: unpaired
+        for metric, source in (("ingredient_micro_f1", f1), ("map50", map50)):
             for suffix in scores:
                 entry = source.get(suffix)
                 reference = None if suffix == REFERENCE else source.get(REFERENCE)     # paired: the same resamples
