@@ -14,6 +14,7 @@ from test_coverage import hand_manifest_images, hand_records, write_suite
 from test_coverage import write_session as write_coverage_session
 from test_gap import HITS, N, write_session
 
+from exp3 import report
 from exp3.evaluate import stats
 from exp3.report import coverage, draws, gap, severity
 from exp3.report.comparisons import statistics_tables
@@ -112,3 +113,26 @@ def test_comparisons_and_gap_closed_refuse_sessions_on_other_images(root: Path) 
             assert refused.result is None and refused.reason == gap.UNPAIRED
         assert rows[(metric, "S4_mask_backbone_late", "test_occ_fixed")].result is not None
     assert rows[("map50", "S3_mask_backbone_early", "test_occ_fixed")].result is not None   # its map_stats: all 100
+
+
+def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root: Path) -> None:
+    """A done session's predictions file that does not parse reads as missing, as before, and report.md says which
+    file it was instead of silently showing n/a."""
+    folder = root / "yolov8m" / "yolov8m__S3_mask_backbone_early"
+    (folder / "predictions_test_clean.json").write_text("{not json")
+    payload = json.loads((folder / "predictions_test_occ_fixed.json").read_text())
+    payload["images"][0]["typo_key"] = 1
+    (folder / "predictions_test_occ_fixed.json").write_text(json.dumps(payload))
+    result = report.build_report(root, n_resamples=50, n_permutations=50, charts=False)
+    assert len(result.warnings) == 2
+    clean, occluded = sorted(result.warnings, key=lambda warning: "test_clean" not in warning)
+    assert "`yolov8m/yolov8m__S3_mask_backbone_early/predictions_test_clean.json`" in clean
+    assert "not valid JSON" in clean
+    assert "predictions_test_occ_fixed.json" in occluded and "unknown keys ['typo_key']" in occluded
+    text = (root / "report.md").read_text()
+    assert "Warnings:" in text and all(f"- {warning}" in text for warning in result.warnings)
+    f1 = result.comparisons.set_index(["split", "metric", "threshold", "session", "reference"])
+    assert np.isnan(f1.loc[("test_clean", "ingredient_micro_f1", "primary", "S3_mask_backbone_early",
+                            "S1_clean_train"), "difference"])                       # still read as missing
+    assert report.build_report(root, sessions=["S1_clean_train", "S2_occ_train"], n_resamples=50,
+                               n_permutations=50, charts=False).warnings == []     # S3 not in run: never read

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from exp3.evaluate import stats
+from exp3.evaluate.evaluation import stats
 from exp3.evaluate.metrics import prf_from_counts
 
 
@@ -23,16 +23,16 @@ def test_micro_f1_matches_metrics_prf_on_summed_counts() -> None:
 
 def test_bootstrap_interval_of_a_constant_is_that_constant() -> None:
     counts = np.tile([2, 1, 1], (40, 1))                 # every image F1 = 4 / 6
-    interval = stats.bootstrap_f1_interval(counts)
+    interval = stats.bootstrap(counts)                   # micro F1 of the resampled counts
     assert interval.estimate == pytest.approx(2 / 3)
     assert interval.low == pytest.approx(2 / 3) and interval.high == pytest.approx(2 / 3)
-    mean = stats.bootstrap_mean_interval(np.full(25, 0.4))
+    mean = stats.bootstrap(np.full(25, 0.4), stats.mean_statistic)
     assert (mean.estimate, mean.low, mean.high) == pytest.approx((0.4, 0.4, 0.4))
 
 
 def test_bootstrap_is_reproducible_and_covers_the_estimate() -> None:
     counts = _random_counts(200, seed=2)
-    first, second = stats.bootstrap_f1_interval(counts, seed=7), stats.bootstrap_f1_interval(counts, seed=7)
+    first, second = stats.bootstrap(counts, seed=7), stats.bootstrap(counts, seed=7)
     assert first == second
     assert first.low < first.estimate < first.high
     assert first.high - first.low < 0.2
@@ -44,7 +44,7 @@ def test_identical_sessions_differ_by_zero_with_p_one() -> None:
     assert result.difference.estimate == 0.0
     assert result.difference.contains(0.0)
     assert result.p_value == 1.0
-    assert stats.paired_permutation_pvalue(counts[:8], counts[:8].copy()) == 1.0   # exact path too
+    assert stats.permutation_pvalue(counts[:8], counts[:8].copy()) == 1.0   # exact path too
 
 
 def test_a_session_better_on_every_image_gets_a_tiny_p_and_a_positive_interval() -> None:
@@ -73,13 +73,13 @@ def _scipy_paired_pvalue(a: np.ndarray, b: np.ndarray, **options: object) -> flo
 def test_permutation_pvalue_equals_scipy_exact_test() -> None:
     a, b = _random_counts(10, seed=4), _random_counts(10, seed=5)
     expected = _scipy_paired_pvalue(a, b)
-    assert stats.paired_permutation_pvalue(a, b) == pytest.approx(expected)   # 2**10 <= 9999: both exact
+    assert stats.permutation_pvalue(a, b) == pytest.approx(expected)   # 2**10 <= 9999: both exact
 
 
 def test_permutation_pvalue_close_to_scipy_random_test() -> None:
     a, b = _random_counts(40, seed=6), _random_counts(40, seed=8)
     expected = _scipy_paired_pvalue(a, b, n_resamples=50000, rng=np.random.default_rng(0))
-    assert stats.paired_permutation_pvalue(a, b, n_resamples=50000) == pytest.approx(expected, abs=0.015)
+    assert stats.permutation_pvalue(a, b, n_permutations=50000) == pytest.approx(expected, abs=0.015)
 
 
 def test_benjamini_hochberg_matches_hand_computation_and_keeps_nan() -> None:
@@ -94,16 +94,20 @@ def test_benjamini_hochberg_matches_hand_computation_and_keeps_nan() -> None:
 
 def test_ratio_interval_of_identical_splits_is_one() -> None:
     counts = _random_counts(30, seed=9)
-    interval = stats.bootstrap_ratio_interval(counts, counts.copy())
+
+    def ratio(numerator: np.ndarray, denominator: np.ndarray) -> stats.Interval:
+        return stats.bootstrap(np.stack([numerator, denominator], axis=1), stats.ratio_f1_statistic)
+
+    interval = ratio(counts, counts.copy())
     assert (interval.estimate, interval.low, interval.high) == pytest.approx((1.0, 1.0, 1.0))
     nothing_found = np.tile([0, 0, 2], (30, 1))
-    assert np.isnan(stats.bootstrap_ratio_interval(counts, nothing_found).estimate)
+    assert np.isnan(ratio(counts, nothing_found).estimate)
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 2)), np.zeros((0, 3)), -np.ones((3, 3))])
 def test_bad_counts_raise_with_the_fix(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="pass"):
-        stats.bootstrap_f1_interval(bad)
+        stats.check_counts(bad)
 
 
 def test_unaligned_pairs_raise() -> None:
@@ -120,22 +124,23 @@ def _scipy_paired_mean_pvalue(a: np.ndarray, b: np.ndarray, **options: object) -
 def test_mean_permutation_pvalue_equals_scipy_exact_test() -> None:
     rng = np.random.default_rng(10)
     a, b = rng.random(11), rng.random(11)
-    assert stats.paired_mean_permutation_pvalue(a, b) == pytest.approx(_scipy_paired_mean_pvalue(a, b))
+    assert stats.permutation_pvalue(a, b, stats.mean_statistic) == pytest.approx(_scipy_paired_mean_pvalue(a, b))
     ties = np.array([1.0, 1.0, 0.5, 0.0, 1.0, 0.5, 1.0, 0.0])          # per-image F1 values tie a lot
     other = np.array([1.0, 0.5, 0.5, 0.5, 1.0, 0.0, 1.0, 1.0])
-    assert stats.paired_mean_permutation_pvalue(ties, other) == pytest.approx(_scipy_paired_mean_pvalue(ties, other))
-    assert stats.paired_mean_permutation_pvalue(ties, ties.copy()) == 1.0
+    assert stats.permutation_pvalue(ties, other, stats.mean_statistic) == pytest.approx(
+        _scipy_paired_mean_pvalue(ties, other))
+    assert stats.permutation_pvalue(ties, ties.copy(), stats.mean_statistic) == 1.0
 
 
 def test_paired_mean_comparison_of_a_constant_shift() -> None:
     base = np.random.default_rng(11).random(40)
-    result = stats.compare_paired_means(base + 0.1, base)
+    result = stats.compare_paired(base + 0.1, base, statistic=stats.mean_statistic)
     assert (result.difference.estimate, result.difference.low, result.difference.high) == pytest.approx((0.1,) * 3)
     assert result.p_value < 0.001 and result.n_images == 40
     with pytest.raises(ValueError, match="align"):
-        stats.compare_paired_means(np.ones(3), np.ones(4))
+        stats.compare_paired(np.ones(3), np.ones(4), statistic=stats.mean_statistic)
     with pytest.raises(ValueError, match="pass"):
-        stats.compare_paired_means(np.array([np.nan]), np.array([1.0]))
+        stats.compare_paired(np.array([np.nan]), np.array([1.0]), statistic=stats.mean_statistic)
 
 
 def test_reversed_comparison_is_the_other_reading_of_one_test() -> None:
@@ -175,8 +180,8 @@ def test_image_only_interval_misses_the_seed_spread() -> None:
     rng, effect, hits = np.random.default_rng(2027), 0.05, 0
     for experiment in range(100):
         a, b = _simulated_experiment(rng, n_seeds=5, n_images=100, seed_sd=0.05, noise_sd=0.1, effect=effect)
-        interval = stats.paired_mean_difference_interval(a.mean(axis=0), b.mean(axis=0), n_resamples=1000,
-                                                         seed=experiment)
+        interval = stats.paired_difference(a.mean(axis=0), b.mean(axis=0), stats.mean_statistic, n_resamples=1000,
+                                           seed=experiment)
         hits += interval.contains(effect)
     assert hits / 100 < 0.8
 
@@ -184,7 +189,7 @@ def test_image_only_interval_misses_the_seed_spread() -> None:
 def test_two_level_f1_of_one_seed_is_the_image_bootstrap() -> None:
     a, b = _random_counts(60, seed=3), _random_counts(60, seed=4)
     two = stats.two_level_difference(a[None], b[None], kind="micro_f1", n_resamples=500, seed=7)
-    one = stats.paired_difference_interval(a, b, n_resamples=500, seed=7)
+    one = stats.paired_difference(a, b, n_resamples=500, seed=7)
     assert (two.difference.estimate, two.difference.low, two.difference.high) == pytest.approx(
         (one.estimate, one.low, one.high))
     assert two.seed_sd == pytest.approx(0.0, abs=1e-12) and two.dominant == "images"
@@ -201,7 +206,7 @@ def test_two_level_permutation_counts_runs_not_images() -> None:
     b = image + rng.normal(0, 0.01, (3, 200))
     p = stats.two_level_permutation_pvalue(a, b)
     assert p == pytest.approx(0.1)                               # 2 / 20 splits: the best 3 + 3 runs can give
-    assert stats.paired_mean_permutation_pvalue(a.mean(axis=0), b.mean(axis=0)) < 0.001   # images only: tiny
+    assert stats.permutation_pvalue(a.mean(axis=0), b.mean(axis=0), stats.mean_statistic) < 0.001   # images only
     same = stats.two_level_permutation_pvalue(a, a.copy())
     assert same == 1.0
     counts_a = rng.integers(0, 4, (3, 50, 3))

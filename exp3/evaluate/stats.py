@@ -27,8 +27,8 @@ bootstrap the *samples* F1, a different metric).
 
 Other metrics use the same pairing and the same machinery: the pooled *detection* F1 is
 `micro_f1` of per-image box counts (`exp3.evaluate.metrics.detection_counts`), and the *samples* F1 (the
-mean of per-image F1) is compared with `compare_paired_means`: the bootstrap of a mean difference
-and the paired (sign-flip) permutation test of it.
+mean of per-image F1) is compared with `compare_paired(..., statistic=mean_statistic)`: the bootstrap of a
+mean difference and the paired (sign-flip) permutation test of it.
 """
 
 from __future__ import annotations
@@ -81,20 +81,18 @@ def check_counts(counts: np.ndarray, name: str = "counts") -> np.ndarray:
     return array.astype(np.int64)
 
 
+def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
+    """Return `values` as (N,) float64 per-image scores; raise ValueError naming the fix otherwise."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} has shape {array.shape} or non-finite entries; pass an (N,) array of finite "
+                         "per-image scores, N >= 1")
+    return array
+
+
 def micro_f1(counts: np.ndarray, axis: int = -2) -> np.ndarray:
-    """Micro F1 of per-image counts summed along `axis`.
-
-    Args:
-        counts: (..., N, 3) counts (tp, fp, fn); the image axis is `axis` (default: second to last).
-
-    Returns:
-        (...) float64 F1; 1.0 where every summed count is 0 (the empty-set rule of exp3.evaluate.metrics).
-    """
-    totals = np.asarray(counts).sum(axis=axis)
-    tp, fp, fn = totals[..., 0], totals[..., 1], totals[..., 2]
-    denominator = 2.0 * tp + fp + fn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denominator > 0, 2.0 * tp / denominator, 1.0)
+    """Micro F1 of (..., N, 3) per-image counts (tp, fp, fn) summed along the image axis `axis`."""
+    return f1_statistic(np.asarray(counts).sum(axis=axis))
 
 
 def bootstrap_indices(n_images: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -124,8 +122,11 @@ Statistic = Callable[[np.ndarray, float], np.ndarray]
 
 
 def f1_statistic(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
-    """Micro F1 of summed (tp, fp, fn) on the last axis (1.0 where all are 0)."""
-    return micro_f1(np.asarray(totals)[..., None, :])
+    """Micro F1 of summed (tp, fp, fn) on the last axis; 1.0 where all are 0 (the empty-set rule of exp3.evaluate.metrics)."""
+    tp, fp, fn = np.moveaxis(np.asarray(totals), -1, 0)
+    denominator = 2.0 * tp + fp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, 2.0 * tp / denominator, 1.0)
 
 
 def mean_statistic(totals: np.ndarray, n: float) -> np.ndarray:
@@ -230,105 +231,23 @@ def _two_sided_p(null: np.ndarray, observed: float, exact: bool) -> float:
     """2 * min(P(null <= observed), P(null >= observed)), capped at 1; (k + 1) / (P + 1) unless exact."""
     tolerance = 1e-12 * max(1.0, abs(observed))
     less, greater = np.sum(null <= observed + tolerance), np.sum(null >= observed - tolerance)
-    if exact:
-        p_less, p_greater = less / len(null), greater / len(null)
-    else:
-        p_less, p_greater = (less + 1) / (len(null) + 1), (greater + 1) / (len(null) + 1)
-    return float(min(1.0, 2.0 * min(p_less, p_greater)))
+    observed_too = 0 if exact else 1
+    return float(min(1.0, 2.0 * min(less + observed_too, greater + observed_too) / (len(null) + observed_too)))
 
 
 def compare_paired(values_a: np.ndarray, values_b: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
                    n_resamples: int = DEFAULT_RESAMPLES, n_permutations: int = DEFAULT_PERMUTATIONS,
                    seed: int = DEFAULT_SEED, statistic: Statistic = f1_statistic,
                    image_weights: np.ndarray | None = None) -> PairedComparison:
-    """Difference a - b of `statistic` (default: micro F1 of (N, 3) counts) with its paired bootstrap interval and
-    permutation p-value; both sides validated and aligned on the same images."""
-    check = check_counts if statistic is f1_statistic else check_scores
-    what = "counts" if statistic is f1_statistic else "scores"
-    a, b = _aligned(values_a, values_b, check, what)
-    return PairedComparison(paired_difference(a, b, statistic, confidence, n_resamples, seed, image_weights),
-                            permutation_pvalue(a, b, statistic, n_permutations, seed), len(a))
-
-
-# The checked entry points of each statistic ---------------------------------------------------------------------
-
-
-def bootstrap_f1_interval(counts: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
-                          n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> Interval:
-    """Percentile bootstrap interval of micro F1 of (N, 3) per-image (tp, fp, fn) over images."""
-    return bootstrap(check_counts(counts), f1_statistic, confidence, n_resamples, seed)
-
-
-def bootstrap_mean_interval(values: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
-                            n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> Interval:
-    """Percentile bootstrap interval of a mean over images, e.g. (N,) per-image F1 -> samples F1."""
-    return bootstrap(check_scores(values), mean_statistic, confidence, n_resamples, seed)
-
-
-def bootstrap_ratio_interval(numerator_counts: np.ndarray, denominator_counts: np.ndarray,
-                             confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
-                             seed: int = DEFAULT_SEED) -> Interval:
-    """Paired bootstrap interval of micro_f1(numerator) / micro_f1(denominator), e.g. rF1 = occluded / clean.
-
-    Both (N, 3) arrays must be aligned on the same images. Resamples whose denominator F1 is 0 are
-    dropped (the ratio is undefined there); the estimate is NaN when the full-sample denominator is 0.
-    """
-    numerator, denominator = _aligned(numerator_counts, denominator_counts)
-    return bootstrap(np.stack([numerator, denominator], axis=1), ratio_f1_statistic, confidence, n_resamples, seed)
-
-
-def _aligned(values_a: np.ndarray, values_b: np.ndarray, check: Callable[..., np.ndarray] | None = None,
-             what: str = "counts") -> tuple[np.ndarray, np.ndarray]:
-    """Both sides validated by `check` (default `check_counts`) and of one shape (the same images)."""
-    check = check or check_counts
+    """Difference a - b of `statistic` (default: micro F1 of (N, 3) counts; `mean_statistic`: mean of (N,) scores)
+    with its paired bootstrap interval and permutation p-value; both sides validated and aligned on the same
+    images."""
+    check, what = (check_counts, "counts") if statistic is f1_statistic else (check_scores, "scores")
     a, b = check(values_a, f"{what}_a"), check(values_b, f"{what}_b")
     if a.shape != b.shape:
         raise ValueError(f"paired {what} differ in shape {a.shape} vs {b.shape}; align both on the same image ids")
-    return a, b
-
-
-def paired_difference_interval(counts_a: np.ndarray, counts_b: np.ndarray,
-                               confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
-                               seed: int = DEFAULT_SEED) -> Interval:
-    """Paired bootstrap interval of micro_f1(a) - micro_f1(b); both (N, 3), aligned on the same images."""
-    return paired_difference(*_aligned(counts_a, counts_b), f1_statistic, confidence, n_resamples, seed)
-
-
-def paired_mean_difference_interval(values_a: np.ndarray, values_b: np.ndarray,
-                                    confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
-                                    seed: int = DEFAULT_SEED) -> Interval:
-    """Paired bootstrap interval of mean(a) - mean(b); both (N,) per-image scores (e.g. per-image F1)."""
-    return paired_difference(*_aligned(values_a, values_b, check_scores, "scores"), mean_statistic, confidence,
-                             n_resamples, seed)
-
-
-def paired_permutation_pvalue(counts_a: np.ndarray, counts_b: np.ndarray,
-                              n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
-    """`permutation_pvalue` of the micro-F1 difference of (N, 3) counts."""
-    return permutation_pvalue(*_aligned(counts_a, counts_b), f1_statistic, n_resamples, seed)
-
-
-def paired_mean_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray,
-                                   n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
-    """`permutation_pvalue` of mean(a) - mean(b) of (N,) scores: the sign-flip test of the differences."""
-    return permutation_pvalue(*_aligned(values_a, values_b, check_scores, "scores"), mean_statistic, n_resamples,
-                              seed)
-
-
-def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
-    """Return `values` as (N,) float64 per-image scores; raise ValueError naming the fix otherwise."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} has shape {array.shape} or non-finite entries; pass an (N,) array of finite "
-                         "per-image scores, N >= 1")
-    return array
-
-
-def compare_paired_means(values_a: np.ndarray, values_b: np.ndarray, confidence: float = DEFAULT_CONFIDENCE,
-                         n_resamples: int = DEFAULT_RESAMPLES, n_permutations: int = DEFAULT_PERMUTATIONS,
-                         seed: int = DEFAULT_SEED) -> PairedComparison:
-    """Difference a - b of mean per-image scores (e.g. samples F1) with paired bootstrap interval and p."""
-    return compare_paired(values_a, values_b, confidence, n_resamples, n_permutations, seed, mean_statistic)
+    return PairedComparison(paired_difference(a, b, statistic, confidence, n_resamples, seed, image_weights),
+                            permutation_pvalue(a, b, statistic, n_permutations, seed), len(a))
 
 
 def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
@@ -419,12 +338,6 @@ def _counts(draws: np.ndarray, n_items: int) -> np.ndarray:
     return np.bincount(flat, minlength=rows * n_items).reshape(rows, n_items).astype(np.float64)
 
 
-def multiplicities(n_items: int, n_resamples: int, rng: np.random.Generator, n_draws: int | None = None) -> np.ndarray:
-    """(B, n_items) float64: how often each item is drawn in each of B draws of `n_draws` (default n_items) items
-    with replacement."""
-    return _counts(rng.integers(0, n_items, size=(n_resamples, n_items if n_draws is None else n_draws)), n_items)
-
-
 def image_multiplicities(n_images: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> np.ndarray:
     """(B, N) multiplicities of the same draws as `bootstrap_indices(n_images, n_resamples, seed)`."""
     return _counts(bootstrap_indices(n_images, n_resamples, seed), n_images)
@@ -441,8 +354,8 @@ def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) 
     """
     if n_seeds == 1:
         return np.ones((n_resamples, 1))
-    drawn = multiplicities(n_seeds, n_resamples, np.random.default_rng([seed, 1_000_003, stream]), n_seeds - 1)
-    return drawn * (n_seeds / (n_seeds - 1))
+    drawn = np.random.default_rng([seed, 1_000_003, stream]).integers(0, n_seeds, size=(n_resamples, n_seeds - 1))
+    return _counts(drawn, n_seeds) * (n_seeds / (n_seeds - 1))
 
 
 def two_level_draws(values: np.ndarray, statistic: Statistic, image_weights: np.ndarray,
@@ -520,21 +433,17 @@ def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kin
 
     Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1").
     """
-    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"runs of shapes {a.shape} and {b.shape}: align both sessions on the same images")
+    a, b = _two_level_inputs(values_a, values_b, kind)
     statistic = STATISTICS[kind]
     per_run = np.concatenate([a, b]).sum(axis=1)                            # (R, *shape)
     k_a, total = len(a), len(a) + len(b)
-    if comb(total, k_a) <= n_resamples:
+    exact = comb(total, k_a) <= n_resamples
+    if exact:
         masks = np.zeros((comb(total, k_a), total), dtype=bool)
-        for row, chosen in enumerate(combinations(range(total), k_a)):
-            masks[row, list(chosen)] = True
-        exact = True
+        np.put_along_axis(masks, np.array(list(combinations(range(total), k_a))), True, axis=1)
     else:
         rng = np.random.default_rng([seed, 2_000_003])
         masks = np.argsort(rng.random((n_resamples, total)), axis=1) < k_a
-        exact = False
     group_a = np.tensordot(masks / k_a, per_run, axes=(1, 0))              # seed means of each group's totals
     group_b = np.tensordot(~masks / (total - k_a), per_run, axes=(1, 0))
     n = a.shape[1]

@@ -5,18 +5,17 @@
 The flow's final task calls `build_report(root, models)`; it reads only the session folders
 (`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
 
-    <root>/summary_metrics.csv|json   one row per model x session x split (seed means; micro F1 and rF1 pooled over
-    seeds)
+    <root>/summary_metrics.csv|json   one row per model x session x split (seed means; micro F1, rF1 pooled over seeds)
     <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
     <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
     <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
     <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.report.severity)
     <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
     <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
-    <root>/recall_by_coverage.csv     recall per covered-fraction bin with CIs (exp3.report.coverage); _boxes.csv: per box
+    <root>/recall_by_coverage.csv     recall per covered-fraction bin, CIs (exp3.report.coverage); _boxes.csv: per box
     <root>/training_curves.csv        val mAP50-95 and train loss per model x session x epoch (exp3.report.curves)
     <root>/training_convergence.csv   per model x session: best.pt epoch, fitted change over the last epochs, reading
-    <root>/plots/*.png|html           charts (exp3.report.plots); plots/gallery_<model>.png: images with boxes (exp3.report.gallery)
+    <root>/plots/*.png|html           charts (exp3.report.plots); gallery_<model>.png: images with boxes (exp3.report.gallery)
     <root>/report.md                  tables, charts and headline findings written from the data
     <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
 
@@ -29,12 +28,11 @@ summary status is `done` when every seed is, `some_seeds` when some are. Columns
 
 Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `draws` reads every session's
 per-image scores and mAP stats once and holds the draws every interval and test resamples (built once here and
-handed to the others), `comparisons` the intervals and paired comparisons,
-`findings` the sentences written from them, `charts` the charts (drawn by exp3.report.plots), `severity` the
-severity curves, mPC / rPC with intervals and tests vs S1 and their charts, `coverage` recall by covered
-fraction, `gap` the headline (gap closed, verdicts per site), `gallery` the picture gallery, `curves` the
-training curves and whether each session had converged, `text` the number formatting, `markdown` report.md and
-the dashboard markdown; this module runs them in order.
+handed to the others), `comparisons` the intervals and paired comparisons, `findings` the sentences written from
+them, `charts` the charts (drawn by exp3.report.plots), `severity` the severity curves, mPC / rPC with intervals and tests
+vs S1 and their charts, `coverage` recall by covered fraction, `gap` the headline (gap closed, verdicts per site),
+`gallery` the picture gallery, `curves` the training curves and whether each session had converged, `text` the
+number formatting, `markdown` report.md and the dashboard markdown; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -87,6 +84,8 @@ class ReportResult:
     """exp3.report.gap.gap_table: the headline, gap closed per model x metric x masking session x basis."""
     training_curves: curves.TrainingCurves = field(default_factory=curves.TrainingCurves)
     """exp3.report.curves.training_curves: each done session's epochs, best.pt epoch and convergence reading."""
+    warnings: list[str] = field(default_factory=list)
+    """Problems met reading the session folders (`ReportData.warnings`), listed in report.md under the status grid."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -94,14 +93,10 @@ class ReportResult:
         return self.summary[self.summary["split"] == CLEAN_SPLIT]["status"].value_counts().to_dict()
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return json.loads(frame.to_json(orient="records", double_precision=15))
-
-
 def build_report(root: Path, models: list[str] | None = None, seeds: list[int] | None = None,
                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
-                 seed: int = stats.DEFAULT_SEED, charts: bool = True,
-                 sessions: list[str] | None = None, occluded_splits: tuple[str, ...] | None = None) -> ReportResult:
+                 charts: bool = True, sessions: list[str] | None = None,
+                 occluded_splits: tuple[str, ...] | None = None) -> ReportResult:
     """Rebuild every report file under `root` from its session folders (see the module docstring).
 
     Args:
@@ -128,7 +123,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                                 "...): pass --models to report an empty grid, or check --root")
     in_run = run_sessions(sessions)
     runs = scan_sessions(root, models, seeds, in_run)
-    data = ReportData(runs, n_resamples, seed)  # every predictions and map_stats file read once, one set of draws
+    data = ReportData(runs, n_resamples)  # every predictions and map_stats file read once, one set of draws
     by_seed = by_seed_table(runs)
     intervals, comparisons = statistics_tables(data, models, n_permutations)
     comparisons = comparisons[comparisons["session"].isin(in_run)
@@ -141,10 +136,11 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     for name, frame in (("summary_metrics", summary), ("summary_by_seed", by_seed), ("comparisons", comparisons),
                         ("gap_closed", gap_closed)):
         files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
-        files.append(atomic_write_json(root / f"{name}.json", _records(frame)))
-    files.append(atomic_write_text(root / "per_class_f1.csv", per_class.to_csv(index=False)))
-    files.append(atomic_write_text(root / "severity_curves.csv", severity_curves.to_csv(index=False)))
-    files.append(atomic_write_text(root / "severity_summary.csv", severity_table.to_csv(index=False)))
+        files.append(atomic_write_json(root / f"{name}.json",
+                                       json.loads(frame.to_json(orient="records", double_precision=15))))
+    for name, frame in (("per_class_f1", per_class), ("severity_curves", severity_curves),
+                        ("severity_summary", severity_table)):
+        files.append(atomic_write_text(root / f"{name}.csv", frame.to_csv(index=False)))
     if charts:
         files += gap.write_gap_charts(gap_closed, models, root / "plots")
         files += write_charts(summary, comparisons, per_class, models, root / "plots")
@@ -154,8 +150,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     training = curves.training_curves(runs, models)
     files += curves.write_curve_outputs(training, root, models, charts)
-    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, seed, in_run,
-                          severity_curves, severity_table, by_coverage, gap_closed, training)
+    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed, in_run,
+                          severity_curves, severity_table, by_coverage, gap_closed, training, sorted(data.warnings))
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
     result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))

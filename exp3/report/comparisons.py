@@ -4,7 +4,7 @@ threshold, BH-adjusted, and how one comparison reads (its interval's side of 0).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import pandas as pd
@@ -122,30 +122,30 @@ def _mean_of(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def _interval_columns(name: str, interval: stats.Interval | None) -> dict[str, float]:
+    """`<name>_pooled`, `<name>_ci_low`, `<name>_ci_high` of an interval row (NaN without an interval)."""
+    values = astuple(interval) if interval else (math.nan,) * 3
+    return dict(zip((f"{name}_pooled", f"{name}_ci_low", f"{name}_ci_high"), values))
+
+
 def _intervals(data: ReportData, model: str, suffix: str) -> list[dict[str, object]]:
     """The interval rows of one session (`statistics_tables`), on the report's image draws."""
-    columns = METRICS["ingredient_micro_f1"].columns
+    columns = list(METRICS["ingredient_micro_f1"].columns)
     clean, occluded = (data.pooled(model, suffix, split) for split in (CLEAN_SPLIT, FIXED_SPLIT))
     robust = align([occluded, clean])
     ratio = None if robust.reason else stats.bootstrap(
-        np.stack([occluded.loc[robust.ids, list(columns)], clean.loc[robust.ids, list(columns)]], axis=1),
+        np.stack([occluded.loc[robust.ids, columns], clean.loc[robust.ids, columns]], axis=1),
         stats.ratio_f1_statistic, image_weights=data.image_weights(len(robust.ids)))
     rows = []
     for split in PRIMARY_SPLITS:
         own, at_val = (data.pooled(model, suffix, split, threshold) for threshold in THRESHOLDS)
-        ids = pd.Index(sorted(own.index)) if own is not None else None
-        interval = stats.bootstrap(own.loc[ids, list(columns)].to_numpy(dtype=np.float64), stats.f1_statistic,
-                                   image_weights=data.image_weights(len(ids))) if own is not None else None
+        interval = None if own is None else stats.bootstrap(own.sort_index()[columns].to_numpy(dtype=np.float64),
+                                                            image_weights=data.image_weights(len(own)))
         rows.append({"model": model, "session": suffix, "split": split,
-                     "ingredient_micro_f1_pooled": interval.estimate if interval else math.nan,
-                     "ingredient_micro_f1_ci_low": interval.low if interval else math.nan,
-                     "ingredient_micro_f1_ci_high": interval.high if interval else math.nan,
+                     **_interval_columns("ingredient_micro_f1", interval),
                      "ingredient_micro_f1_at_val_pooled": math.nan if at_val is None else
-                     float(stats.micro_f1(at_val[list(columns)].to_numpy())),
-                     "rF1_micro_pooled": ratio.estimate if ratio else math.nan,
-                     "rF1_micro_ci_low": ratio.low if ratio else math.nan,
-                     "rF1_micro_ci_high": ratio.high if ratio else math.nan,
-                     "ci_images": len(own) if own is not None else 0})
+                     float(stats.micro_f1(at_val[columns].to_numpy())),
+                     **_interval_columns("rF1_micro", ratio), "ci_images": 0 if own is None else len(own)})
     return rows
 
 
@@ -189,25 +189,22 @@ def statistics_tables(data: ReportData, models: list[str],
                                    for run in data.done(model, suffix)
                                    if data.scores(run, split, threshold) is not None]) for suffix in SESSION_SUFFIXES}
         for metric in PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ()):
-            done_pairs: dict[str, tuple[str, SessionComparison | None]] = {}
+            done_pairs: dict[str, SessionComparison | None] = {}
             for suffix, reference in comparison_plan(threshold):
                 key = pair_key(suffix, reference)
-                row = {"model": model, "split": split, "metric": metric, "threshold": threshold, "session": suffix,
+                row = {**dict.fromkeys(COMPARISON_COLUMNS, math.nan), "model": model, "split": split,
+                       "metric": metric, "threshold": threshold, "session": suffix,
                        "session_label": SESSION_LABELS[suffix], "reference": reference, "pair": key,
-                       "conf": math.nan, "reference_conf": math.nan, "difference": math.nan, "ci_low": math.nan,
-                       "ci_high": math.nan, "p_value": math.nan, "bh_family": "", "n_images": 0,
-                       "interval_levels": "", "image_sd": math.nan, "seed_sd": math.nan}
+                       "bh_family": "", "n_images": 0, "interval_levels": ""}
                 if metric in MAP_METRICS:
                     comparison_rows.append({**row, **_map_row(data, model, suffix, reference, split, metric)})
                     continue
                 if key in done_pairs:                       # the other reading of a pair: one test
-                    first, result = done_pairs[key]
-                    result = result if first == suffix or result is None else result.reversed()
+                    result = done_pairs[key] and done_pairs[key].reversed()
                 else:
-                    result = compare_sessions(metric, data.seed_scores(model, suffix, split, threshold),
-                                              data.seed_scores(model, reference, split, threshold), data,
-                                              n_permutations)
-                    done_pairs[key] = (suffix, result)
+                    result = done_pairs[key] = compare_sessions(
+                        metric, data.seed_scores(model, suffix, split, threshold),
+                        data.seed_scores(model, reference, split, threshold), data, n_permutations)
                 row.update(conf=confs[suffix], reference_conf=confs[reference], bh_family=f"{metric}@{threshold}")
                 if result is not None:
                     found = result.comparison
@@ -216,9 +213,8 @@ def statistics_tables(data: ReportData, models: list[str],
                                interval_levels=result.interval_levels, image_sd=result.image_sd,
                                seed_sd=result.seed_sd)
                 comparison_rows.append(row)
-    comparisons = pd.DataFrame(comparison_rows, columns=[c for c in COMPARISON_COLUMNS if c != "p_bh"])
-    comparisons.insert(COMPARISON_COLUMNS.index("p_bh"), "p_bh",
-                       adjust_p_values(comparisons, "p_value", ["bh_family"], ["model", "split", "pair"]))
+    comparisons = pd.DataFrame(comparison_rows, columns=list(COMPARISON_COLUMNS))
+    comparisons["p_bh"] = adjust_p_values(comparisons, "p_value", ["bh_family"], ["model", "split", "pair"])
     return pd.DataFrame(interval_rows), comparisons
 
 
@@ -244,20 +240,19 @@ def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparison
     headline = primary_f1(comparisons)
     for reference in REFERENCES:
         short = reference.split("_")[0]
-        part = headline[headline["reference"] == reference][keys + ["difference", "ci_low", "ci_high",
-                                                                    "p_value", "p_bh"]]
-        part = part.rename(columns={"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
-                                    "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}",
-                                    "p_bh": f"p_bh_vs_{short}"})
+        names = {"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
+                 "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}", "p_bh": f"p_bh_vs_{short}"}
+        part = headline.loc[headline["reference"] == reference, keys + list(names)].rename(columns=names)
         merged = merged.merge(part, on=keys, how="left")
     return merged
 
 
-def ci_verdict(row: pd.Series) -> int | None:
-    """+1 / -1 when the difference's 95% interval lies above / below 0, 0 when it contains 0, None without one."""
-    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+def ci_verdict(row: pd.Series, low: str = "ci_low", high: str = "ci_high") -> int | None:
+    """+1 / -1 when the difference's 95% interval (`row[low]`, `row[high]`) lies above / below 0, 0 when it
+    contains 0, None without one."""
+    if pd.isna(row[low]) or pd.isna(row[high]):
         return None
-    return 1 if row["ci_low"] > 0 else (-1 if row["ci_high"] < 0 else 0)
+    return 1 if row[low] > 0 else (-1 if row[high] < 0 else 0)
 
 
 def comparison_metrics(comparisons: pd.DataFrame, model: str, split: str, session: str, reference: str,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ from exp3.evaluate.metrics import (
     prf_from_counts,
     records_from_json,
 )
+from exp3.evaluate.severity import split_value
 from exp3.report.runs import SessionRun, as_number, read_json, threshold_conf
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
@@ -75,16 +77,18 @@ def split_match_iou(view: MetricsView, split: str) -> float:
     return DEFAULT_MATCH_IOU
 
 
+def _shared_index(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
+    """The image ids every frame holds, in the first frame's order (None when there is no frame)."""
+    indexes = [frame.index for frame in frames if frame is not None]
+    return reduce(lambda common, index: common.intersection(index, sort=False), indexes) if indexes else None
+
+
 def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
     """One session's seeds pooled on the images every seed has: counts summed, per-image F1 averaged (the seed
     mean of the samples F1 is its mean). None when there is no frame or no common image."""
     frames = [frame for frame in frames if frame is not None]
-    if not frames:
-        return None
-    common = frames[0].index
-    for frame in frames[1:]:
-        common = common.intersection(frame.index, sort=False)
-    if not len(common):
+    common = _shared_index(frames)
+    if common is None or not len(common):
         return None
     total = sum(frame.loc[common] for frame in frames)
     total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
@@ -93,13 +97,8 @@ def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | N
 
 def common_ids(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
     """Sorted image ids present in every frame (None when there is no frame)."""
-    present = [frame.index for frame in frames if frame is not None]
-    if not present:
-        return None
-    common = present[0]
-    for index in present[1:]:
-        common = common.intersection(index, sort=False)
-    return pd.Index(sorted(common))
+    common = _shared_index(frames)
+    return None if common is None else pd.Index(sorted(common))
 
 
 @dataclass(frozen=True)
@@ -142,27 +141,35 @@ class ReportData:
         self._map_run_draws: dict[tuple[Any, str], np.ndarray] = {}
         self._map_draws: dict[tuple[str, str, str], tuple[tuple[str, ...], np.ndarray] | None] = {}
         self._weights: dict[int, np.ndarray] = {}
+        self.warnings: list[str] = []
+        """Problems met while reading the session files (report.md lists them under the status grid)."""
 
     # ------------------------------------------------------------------------- sessions and files
 
     def done(self, model: str, suffix: str) -> list[SessionRun]:
-        """The done runs (seeds) of one session."""
         return [run for run in self.grouped.get((model, suffix), []) if run.status == SessionState.DONE]
 
     def model_runs(self, model: str) -> list[SessionRun]:
         return [run for suffix in SESSION_SUFFIXES for run in self.grouped.get((model, suffix), [])]
 
     def _predictions(self, run: SessionRun, split: str) -> tuple[list[ImageRecord] | None, Any]:
+        """(records, suite id) of a done run's predictions_<split>.json, parsed once; (None, None) when absent. A
+        file that is there but cannot be parsed reads as absent too, and is named in `warnings`."""
         key = (run.folder, split)
         if key not in self._records:
-            payload = read_json(run.folder / f"predictions_{split}.json") if run.status == SessionState.DONE else None
-            records, suite = None, None
-            if isinstance(payload, dict):
+            path = run.folder / f"predictions_{split}.json"
+            self._records[key] = (None, None)
+            if run.status == SessionState.DONE and path.is_file():
+                payload = read_json(path)
                 try:
-                    records, suite = records_from_json(payload.get("images") or []) or None, payload.get("suite_id")
-                except ValueError:
-                    records = None
-            self._records[key] = (records, suite)
+                    if not isinstance(payload, dict):
+                        raise ValueError("not valid JSON" if payload is None else "not a JSON object")
+                    self._records[key] = (records_from_json(payload.get("images") or []) or None,
+                                          payload.get("suite_id"))
+                except (ValueError, TypeError) as error:
+                    self.warnings.append(f"`{path.relative_to(run.folder.parent.parent)}`: a done session's file "
+                                         f"that cannot be parsed ({str(error)[:200]}); its per-image statistics "
+                                         "read as missing in this report")
         return self._records[key]
 
     def records(self, run: SessionRun, split: str) -> list[ImageRecord] | None:
@@ -190,7 +197,7 @@ class ReportData:
         if key not in self._scores:
             view = run.view
             num_classes, conf = view.split(split).num_classes, threshold_conf(run, split, threshold)
-            usable = run.status == SessionState.DONE and num_classes and conf is not None and records
+            usable = num_classes and conf is not None and records           # records: a done run's only
             self._scores[key] = image_scores(records, int(num_classes), conf, split_match_iou(view, split),
                                              self.matched(run, split, threshold, conf)) if usable else None
         return self._scores[key]
@@ -202,7 +209,6 @@ class ReportData:
 
     def pooled(self, model: str, suffix: str, split: str, threshold: str = "primary",
                suite_id: str | None = None) -> pd.DataFrame | None:
-        """A session's seeds pooled (`pool_image_scores`)."""
         return pool_image_scores(self.seed_scores(model, suffix, split, threshold, suite_id))
 
     # ------------------------------------------------------------------------- draws
@@ -251,6 +257,18 @@ class ReportData:
                 if ids:
                     self._map_draws[key] = (ids, np.mean([self.map_run_draws(run, split) for run in done], axis=0))
         return self._map_draws[key]
+
+    def map_splits(self, model: str, suffix: str, splits: Sequence[str],
+                   metric: str) -> tuple[np.ndarray, list[tuple[tuple[str, ...], np.ndarray]]] | None:
+        """A session's `metric` (map50 / map50_95) on `splits`: the seed means of metrics.json's values (S,) and
+        each split's `map_draws`; None when a split has none, they are of other image ids or a run records none."""
+        got = [self.map_draws(model, suffix, split) for split in splits]
+        recorded = [[split_value(run.view.split(split), metric) for run in self.done(model, suffix)]
+                    for split in splits]
+        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
+                or any(not values or None in values for values in recorded):
+            return None
+        return np.array([float(np.mean(values)) for values in recorded]), got
 
 
 def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:

@@ -13,10 +13,6 @@ from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT, PRIMARY_SPLITS
 
 
-def _excludes_zero(row: pd.Series, low: str, high: str) -> bool:
-    return bool(row[low] > 0 or row[high] < 0)
-
-
 def _metric_text(metric: str, row: pd.Series) -> str:
     if metric in MAP_METRICS and ci_verdict(row) is None:
         return f"{METRICS[metric].label} {fmt(row['difference'], signed=True)}"
@@ -97,15 +93,15 @@ def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FI
     return text + "."
 
 
-def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame | None = None) -> list[str]:
+def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame) -> list[str]:
     """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness.
 
-    With `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
+    From `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
     splits) and on the best masking session vs S1 and vs S2 (test_occ_fixed), and S2 vs S1 at the
     val-chosen thresholds (`val_threshold_finding`).
     """
     occ = summary[summary["split"] == FIXED_SPLIT].set_index(["model", "session"])
-    findings: list[str] = []
+    findings: list[str | None] = []             # None: a sentence with nothing to say, left out
     done_models = []
     for model in models:
         rows = occ.loc[model] if model in occ.index.get_level_values(0) else pd.DataFrame()
@@ -123,20 +119,16 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
         s1 = done.loc["S1_clean_train"] if "S1_clean_train" in done.index else None
         s2 = done.loc["S2_occ_train"] if "S2_occ_train" in done.index else None
         if s1 is not None and s2 is not None and not pd.isna(s2["diff_vs_S1"]):
-            supported = _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high")
-            verdict = ("a difference the interval supports" if supported
+            verdict = ("a difference the interval supports" if ci_verdict(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high")
                        else "the interval includes 0, so the data do not establish a difference")
             findings.append(f"{prefix}: training on occluded images (S2) vs clean training (S1) on test_occ_fixed: "
                             f"F1 {fmt(s2['ingredient_micro_f1'])} vs {fmt(s1['ingredient_micro_f1'])}, difference "
                             f"{fmt_ci(s2, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)} "
                             f"(p_BH {fmt_p(s2['p_bh_vs_S1'])}); {verdict}.")
-        if comparisons is not None and s1 is not None and s2 is not None:
-            for split in PRIMARY_SPLITS[::-1]:
-                sentence = agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
-                    comparisons, model, split, "S2_occ_train", "S1_clean_train"))
-                findings += [sentence] if sentence else []
-            sentence = val_threshold_finding(comparisons, model)
-            findings += [sentence] if sentence else []
+        if s1 is not None and s2 is not None:
+            findings += [agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
+                comparisons, model, split, "S2_occ_train", "S1_clean_train")) for split in PRIMARY_SPLITS[::-1]]
+            findings.append(val_threshold_finding(comparisons, model))
         masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
         if len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
             findings.append(f"{prefix}: no masking session names any ingredient on test_occ_fixed (F1 0 for "
@@ -147,13 +139,13 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                     + fmt_ci(best, "ingredient_micro_f1", "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
             if s2 is not None and not pd.isna(best["diff_vs_S2"]):
                 text += f"; vs S2 {fmt_ci(best, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}"
-                if _excludes_zero(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
+                if ci_verdict(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
                     text += " (below S2)" if best["diff_vs_S2"] < 0 else " (above S2)"
                 else:
                     text += " (the interval includes 0: not distinguishable from S2 on these images)"
             if s1 is not None and s2 is not None:
                 gap = s2["ingredient_micro_f1"] - s1["ingredient_micro_f1"]
-                if gap > 0 and _excludes_zero(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
+                if gap > 0 and ci_verdict(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
                     closed = (best["ingredient_micro_f1"] - s1["ingredient_micro_f1"]) / gap
                     text += f"; it closes {100 * closed:.0f}% of the S1 -> S2 gap (point estimate)"
             if len(masking) > 1:
@@ -168,10 +160,9 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                 text += f" (only {len(masking)} of {in_run} masking sessions done)"
             findings.append(text + ".")
             for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
-                if comparisons is not None and row is not None:
-                    sentence = agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
-                        comparisons, model, FIXED_SPLIT, best_suffix, reference))
-                    findings += [sentence] if sentence else []
+                if row is not None:
+                    findings.append(agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
+                        comparisons, model, FIXED_SPLIT, best_suffix, reference)))
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
         if len(robust):
             top_suffix, top = robust.index[0], robust.iloc[0]
@@ -180,17 +171,14 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                             f"{fmt_ci(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}.")
         else:
             findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")
-    if len(done_models) > 1:
-        s1_rows = occ[occ.index.get_level_values(1) == "S1_clean_train"]
-        scores = {model: s1_rows.loc[(model, "S1_clean_train"), "ingredient_micro_f1"] for model in done_models
-                  if (model, "S1_clean_train") in s1_rows.index}
-        scores = {model: score for model, score in scores.items() if not pd.isna(score)}
-        if len(scores) > 1:
-            ranked = sorted(scores.items(), key=lambda item: -item[1])
-            findings.append("Across models, clean-trained (S1) F1 on test_occ_fixed: "
-                            + ", ".join(f"{model} {fmt(score)}" for model, score in ranked)
-                            + " (separate models: see the per-session intervals before reading a ranking).")
-    return findings
+    scores = [(model, occ.loc[(model, "S1_clean_train"), "ingredient_micro_f1"]) for model in done_models
+              if (model, "S1_clean_train") in occ.index]
+    ranked = sorted([(model, score) for model, score in scores if not pd.isna(score)], key=lambda item: -item[1])
+    if len(ranked) > 1:
+        findings.append("Across models, clean-trained (S1) F1 on test_occ_fixed: "
+                        + ", ".join(f"{model} {fmt(score)}" for model, score in ranked)
+                        + " (separate models: see the per-session intervals before reading a ranking).")
+    return [finding for finding in findings if finding]
 
 
 POSITIVE_CONTROL: tuple[str, str, str] = ("S2_occ_train", "S1_clean_train", FIXED_SPLIT)

@@ -6,16 +6,17 @@ and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
 Intervals reuse the report's resampling (exp3.report.draws): F1 draws are micro F1 of the seed-pooled per-image
 counts under the report's image draws (`ReportData.image_weights`) over the image ids every session shares; mAP
 draws are `ReportData.map_draws` (the validator's per-image stats, same index rule). S1, S2 and Sx of one model
-and metric are always drawn on the same image resamples, so the ratio's interval is paired (`stats.gap_closed`); sessions whose draws resample other image ids give no result
-(UNPAIRED), as comparisons.csv gives their mAP difference no interval. With several seeds, each session's
-seeds are resampled too (two levels, `stats.seed_multiplicities`, one independent stream per session). The clean
-cost is the paired test_clean difference of `comparisons.csv`. A session whose out-of-memory retries changed its
-batch is named next to the verdicts it enters (`batch_notes`): it was not trained like its siblings."""
+and metric are always drawn on the same image resamples, so the ratio's interval is paired (`stats.gap_closed`);
+sessions whose draws resample other image ids give no result (UNPAIRED), as comparisons.csv gives their mAP
+difference no interval. With several seeds, each session's seeds are resampled too (two levels,
+`stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired test_clean
+difference of `comparisons.csv`. A session whose out-of-memory retries changed its batch is named next to the
+verdicts it enters (`batch_notes`): it was not trained like its siblings."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from exp3.evaluate import stats
-from exp3.evaluate.severity import METRICS, split_value
+from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import comparison_metrics
 from exp3.report.draws import MAP_RESAMPLES, ReportData, align, common_ids, pool_image_scores, stack
@@ -127,19 +128,13 @@ class GapRow:
     """S1, S2 or Sx runs trained at another batch than their siblings (`batch_notes`); empty when none."""
 
     def record(self) -> dict[str, Any]:
-        nan3 = (math.nan,) * 3
-        gap = _triple(self.result.gap) if self.result else nan3
-        gain = _triple(self.result.gain) if self.result else nan3
-        ratio = _triple(self.result.ratio) if self.result and self.result.ratio else nan3
-        cost = _triple(self.clean_cost) if self.clean_cost else nan3
-        values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *gap, *gain,
-                  *ratio, *cost, verdict(self.result), self.reason, clean_verdict(self.clean_cost), self.n_images,
-                  self.n_seeds, self.interval_levels, self.training_note)
+        result = self.result
+        intervals = (result and result.gap, result and result.gain, result and result.ratio, self.clean_cost)
+        triples = [value for interval in intervals for value in (astuple(interval) if interval else (math.nan,) * 3)]
+        values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *triples,
+                  verdict(result), self.reason, clean_verdict(self.clean_cost), self.n_images, self.n_seeds,
+                  self.interval_levels, self.training_note)
         return dict(zip(GAP_COLUMNS, values))
-
-
-def _triple(interval: stats.Interval) -> tuple[float, float, float]:
-    return interval.estimate, interval.low, interval.high
 
 
 @dataclass(frozen=True)
@@ -169,14 +164,10 @@ class _ModelDraws:
                             for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
         self.ids = common_ids(pool_image_scores(per_split[0]) for per_split in self.seed_scores.values())
 
-    def n_seeds(self, suffix: str) -> int:
-        return len(self.data.done(self.model, suffix))
-
     def get(self, suffix: str, metric: str, basis: str) -> _Draws | None:
         if basis != HEADLINE_BASIS and len(self.splits) < 2:
             return None
         splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
-        done = self.data.done(self.model, suffix)
         if METRICS[metric].kind == "count":
             own = align([frame for frames in self.seed_scores.get(suffix, [])[:len(splits)] for frame in frames])
             if own.reason == UNALIGNED:                     # its seeds or splits hold other images: never paired
@@ -191,14 +182,12 @@ class _ModelDraws:
                 draws.append(stats.two_level_draws(counts, stats.f1_statistic, images, seeds))     # (B,)
             values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(own.ids)
         else:
-            got = [self.data.map_draws(self.model, suffix, split) for split in splits]
-            recorded = [[split_value(run.view.split(split), metric) for run in done] for split in splits]
-            if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
-                    or any(not values or None in values for values in recorded):
+            found = self.data.map_splits(self.model, suffix, splits, metric)
+            if found is None:
                 return None
-            column = 0 if metric == "map50" else 1
+            values, got = found
+            column, done = (0 if metric == "map50" else 1), self.data.done(self.model, suffix)
             seeds = self.data.seed_weights(self.model, suffix, self.data.map_resamples)
-            values = np.array([float(np.mean(values)) for values in recorded])
             stacked = np.stack([entry[1][:, column] if len(done) == 1 else np.einsum(
                 "bk,kb->b", seeds, np.stack([self.data.map_run_draws(run, split)[:, column] for run in done]))
                 / len(done) for entry, split in zip(got, splits)], axis=-1)
@@ -267,7 +256,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     reason = _no_result_reason(sides)
                     result = None if reason else stats.gap_closed(*(side.point for side in sides),
                                                                   *(side.draws for side in sides))
-                    seeds = [draws.n_seeds(name) for name in (REFERENCE, CONTROL, suffix)]
+                    seeds = [len(data.done(model, name)) for name in (REFERENCE, CONTROL, suffix)]
                     note = "; ".join(notes[name] for name in (REFERENCE, CONTROL, suffix) if notes[name])
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
                                        min(seeds), "seeds+images" if max(seeds) > 1 else "images", reason, note))
@@ -279,19 +268,17 @@ def gap_table(rows: list[GapRow]) -> pd.DataFrame:
     return pd.DataFrame([row.record() for row in rows], columns=list(GAP_COLUMNS))
 
 
-def site_verdicts(table: pd.DataFrame, model: str, basis: str = HEADLINE_BASIS) -> dict[str, str]:
-    """session -> the site's verdict on `basis` (site_verdict over the metrics)."""
-    part = table[(table["model"] == model) & (table["basis"] == basis)]
+def site_verdicts(table: pd.DataFrame, model: str) -> dict[str, str]:
+    """session -> the site's verdict on the headline basis (site_verdict over the metrics)."""
+    part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
     return {suffix: site_verdict(dict(zip(group["metric"], group["verdict"])))
             for suffix, group in part.groupby("session", sort=False)}
 
 
-def _reasons(rows: pd.DataFrame) -> dict[str, list[str]]:
-    """reason -> the metric labels of the NO_RESULT rows of one site that give it."""
-    reasons: dict[str, list[str]] = {}
-    for _, row in rows[rows["verdict"] == NO_RESULT].iterrows():
-        reasons.setdefault(row["reason"] or NOT_DONE, []).append(METRICS[row["metric"]].label)
-    return reasons
+def _labels_by(rows: pd.DataFrame, column: str) -> dict[str, str]:
+    """Value of `column` -> the metric labels of the rows holding it, in order ("ingredient micro F1, mAP50")."""
+    labels = rows["metric"].map(lambda metric: METRICS[metric].label)
+    return labels.groupby(rows[column], sort=False).agg(", ".join).to_dict()
 
 
 def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
@@ -305,17 +292,16 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             continue
         for suffix, text in site_verdicts(table, model).items():
             rows = part[part["session"] == suffix]
-            reasons, note = _reasons(rows), rows["training_note"].iloc[0]
+            unresolved = rows[rows["verdict"] == NO_RESULT]
+            reasons = _labels_by(unresolved.assign(reason=unresolved["reason"].replace("", NOT_DONE)), "reason")
+            note = rows["training_note"].iloc[0]
             site, alike = f"- **{model} {SESSION_LABELS[suffix]}**", f" ({note}: {NOT_ALIKE})" if note else ""
             if text == NO_RESULT:
                 lines.append(f"{site}: no result ({'; '.join(reasons)}){alike}.")
                 continue
-            costs: dict[str, list[str]] = {}
-            for _, row in rows.iterrows():
-                if row["clean_verdict"] != "clean cost unknown":
-                    costs.setdefault(row["clean_verdict"], []).append(METRICS[row["metric"]].label)
-            clean = "; ".join(f"{reading} ({', '.join(metrics)})" for reading, metrics in costs.items()) or "unknown"
-            missing = "".join(f" {', '.join(metrics)}: no result ({reason})." for reason, metrics in reasons.items())
+            costs = _labels_by(rows[rows["clean_verdict"] != "clean cost unknown"], "clean_verdict")
+            clean = "; ".join(f"{reading} ({labels})" for reading, labels in costs.items()) or "unknown"
+            missing = "".join(f" {labels}: no result ({reason})." for reason, labels in reasons.items())
             lines.append(f"{site}: {text} on {HEADLINE_BASIS}{alike}. Clean images: {clean}.{missing}")
     return lines
 
@@ -352,8 +338,7 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
     return lines
 
 
-def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
-    seeds = int(table["n_seeds"].max()) if len(table) else 0
+def _interval_note(seeds: int, n_resamples: int) -> str:
     if seeds <= 1:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {MAP_RESAMPLES}), S1, "
                 "S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
@@ -363,17 +348,18 @@ def _interval_note(table: pd.DataFrame, n_resamples: int) -> str:
             "drawn independently per session); docs/report.md \"Several seeds\". Which level dominates:")
 
 
-def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
-                comparisons: pd.DataFrame | None = None, charts: list[str] | None = None) -> list[str]:
+def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int, comparisons: pd.DataFrame,
+                charts: list[str] | None = None) -> list[str]:
     """report.md's first section (lines): the answer per site, the rules' reference, the charts (`charts`: the
     gap_closed PNG names written under plots/; None or empty: no image) and the tables."""
+    seeds = int(table["n_seeds"].max()) if len(table) else 0
     lines = ["## The answer: does masking replace occlusion training?", "",
              "gap closed = (Sx - S1) / (S2 - S1): 1 = the masking session does what occluded training does, 0 = "
              "nothing. Given only where S2 - S1 is established (its 95 % interval lies above 0); otherwise the "
              "positive control failed and no ratio is given. Verdicts from the fixed rules of docs/report.md "
              "(\"Gap closed\"); a site's verdict combines the metrics whose control holds. Charts: "
-             "`plots/gap_closed_<metric>.png`.", "", _interval_note(table, n_resamples), ""]
-    if len(table) and int(table["n_seeds"].max()) > 1 and comparisons is not None:
+             "`plots/gap_closed_<metric>.png`.", "", _interval_note(seeds, n_resamples), ""]
+    if seeds > 1:
         lines += (dominance_lines(comparisons, models) or ["- n/a (no two-level S2 - S1 interval)"]) + [""]
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
@@ -387,10 +373,10 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int,
     return lines
 
 
-def gap_chart_frame(table: pd.DataFrame, metric: str, basis: str = HEADLINE_BASIS) -> pd.DataFrame:
-    """One row per model x masking session of `metric` on `basis` for `plots.gap_closed_chart`: model,
+def gap_chart_frame(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per model x masking session of `metric` on the headline basis for `plots.gap_closed_chart`: model,
     session_label, value, ci_low, ci_high, status_text ("" or "control failed" / "n/a": no bar)."""
-    part = table[(table["metric"] == metric) & (table["basis"] == basis)]
+    part = table[(table["metric"] == metric) & (table["basis"] == HEADLINE_BASIS)]
     status = np.where(part["verdict"] == FAILED_CONTROL, "control failed",
                       np.where(part["gap_closed"].isna(), "n/a", ""))
     return pd.DataFrame({"model": part["model"], "session_label": part["session_label"], "value": part["gap_closed"],

@@ -11,7 +11,7 @@ from exp3.report import curves, gap, severity
 from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.coverage import coverage_markdown
 from exp3.report.draws import MAP_RESAMPLES
-from exp3.report.findings import headline_findings, positive_control, positive_control_failed
+from exp3.report.findings import POSITIVE_CONTROL, headline_findings, positive_control, positive_control_failed
 from exp3.report.gallery import GALLERY_RULE
 from exp3.report.runs import THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
@@ -43,12 +43,9 @@ def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
             "F1 macro": fmt(row["ingredient_macro_f1"]),
             **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
             "rF1 [95% CI]": fmt(row["rF1_micro"]) + fmt_interval(row, "rF1_micro_ci_low", "rF1_micro_ci_high"),
-            "vs S1 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S1"]) else
-            f"{fmt_ci(row, 'diff_vs_S1', 'diff_vs_S1_ci_low', 'diff_vs_S1_ci_high', True)}, "
-            f"{fmt_p(row['p_bh_vs_S1'])}",
-            "vs S2 [95% CI], p_BH": "" if pd.isna(row["diff_vs_S2"]) else
-            f"{fmt_ci(row, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}, "
-            f"{fmt_p(row['p_bh_vs_S2'])}",
+            **{f"vs {ref} [95% CI], p_BH": "" if pd.isna(row[f"diff_vs_{ref}"]) else
+               f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
+               f"{fmt_p(row[f'p_bh_vs_{ref}'])}" for ref in ("S1", "S2")},
             "train s": fmt(row["train_wall_s"], 0), "eval s": fmt(row["eval_wall_s"], 1)})
     return pd.DataFrame(rows)
 
@@ -80,9 +77,9 @@ def _reading(metric: str, row: pd.Series) -> str:
     return "CI includes 0" if verdict == 0 else "CI excludes 0"
 
 
-def metric_table(comparisons: pd.DataFrame, models: list[str], session: str = "S2_occ_train",
-                 reference: str = "S1_clean_train") -> pd.DataFrame:
-    """report.md table of `session` - `reference` on every metric: one row per model x split x threshold x metric."""
+def metric_table(comparisons: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """report.md table of S2 - S1 on every metric: one row per model x split x threshold x metric."""
+    session, reference, _ = POSITIVE_CONTROL
     rows = []
     for model in models:
         for split in PRIMARY_SPLITS[::-1]:
@@ -109,7 +106,7 @@ def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str
     part = summary[summary["split"] == CLEAN_SPLIT]
     rows = []
     for model in models:
-        status = dict(zip(part[part["model"] == model]["session"], part[part["model"] == model]["status"]))
+        status = part[part["model"] == model].set_index("session")["status"]
         rows.append({"model": model, **{SESSION_LABELS[suffix]: status.get(suffix, "") if suffix in sessions
                                         else NOT_IN_RUN for suffix in SESSION_SUFFIXES}})
     return pd.DataFrame(rows)
@@ -167,6 +164,7 @@ def render_markdown(result: "ReportResult") -> str:
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
                if result.sessions != SESSION_SUFFIXES else []),
              markdown_table(status_grid(summary, result.models, result.sessions)), "",
+             *(["Warnings:", "", *(f"- {warning}" for warning in result.warnings), ""] if result.warnings else []),
              "## Headline findings", "",
              *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)
                + severity.severity_findings(result.severity_curves, result.severity_table, result.models)], "",

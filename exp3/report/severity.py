@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from exp3.evaluate import stats
-from exp3.evaluate.severity import METRICS, split_value
+from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import adjust_p_values
 from exp3.report.draws import ReportData, common_ids
@@ -66,26 +66,26 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
         return []
     per_run = [{(level.split, level.suite_id): level for level in run.view.severity.levels
                 if None not in (level.level, level.split, level.coverage, level.suite_id)} for run in done]
-    shared = set(per_run[0]).intersection(*per_run[1:]) if per_run else set()
+    shared = set(per_run[0]).intersection(*per_run[1:])
     return sorted((per_run[0][key] for key in shared), key=lambda level: level.level)
 
 
 def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
-    """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean over
-    the
+    """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean over the
     levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
     unit): `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts."""
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
-def _f1_curves(data: ReportData, model: str, scores: dict[str, list[pd.DataFrame | None]],
-               ids: pd.Index | None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
-    """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids`."""
+def _f1_curves(data: ReportData, scores: dict[str, list[pd.DataFrame | None]], ids: pd.Index | None
+               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
+    """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids` (the
+    ids every frame of `scores` holds)."""
     f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
     counts: dict[str, np.ndarray] = {}
     columns = list(METRICS["ingredient_micro_f1"].columns)
     for suffix, per_split in scores.items():
-        if ids is None or not len(ids) or any(frame is None or not ids.isin(frame.index).all() for frame in per_split):
+        if ids is None or not len(ids) or any(frame is None for frame in per_split):
             f1[suffix] = None
             continue
         stacked = np.stack([frame.loc[ids, columns].to_numpy() for frame in per_split], axis=1)      # (N, S, 3)
@@ -93,23 +93,6 @@ def _f1_curves(data: ReportData, model: str, scores: dict[str, list[pd.DataFrame
         f1[suffix] = (stats.micro_f1(stacked, axis=0),
                       stats.f1_statistic(stats.weighted_totals(stacked, data.image_weights(len(ids)))))
     return f1, counts
-
-
-def _map_curves(data: ReportData, model: str, suffixes: Iterable[str],
-                splits: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
-    """suffix -> (recorded mAP50 per split, seed mean (S,), draws (B', S)), None where not pairable."""
-    maps: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-    for suffix in suffixes:
-        got = [data.map_draws(model, suffix, split) for split in splits]
-        recorded = [[split_value(run.view.split(split), "map50") for run in data.done(model, suffix)]
-                    for split in splits]
-        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
-                or any(not values or None in values for values in recorded):
-            maps[suffix] = None
-            continue
-        maps[suffix] = (np.array([float(np.mean(values)) for values in recorded]),
-                        np.stack([entry[1][:, 0] for entry in got], axis=1))
-    return maps
 
 
 def severity_tables(data: ReportData, models: list[str],
@@ -133,17 +116,20 @@ def severity_tables(data: ReportData, models: list[str],
                   for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
         ids = common_ids(frame for per_split in scores.values() for frame in per_split)
         n_images = 0 if ids is None else len(ids)
-        f1, counts = _f1_curves(data, model, scores, ids)
-        for metric, source in (("ingredient_micro_f1", f1), ("map50", _map_curves(data, model, scores, splits))):
-            reference = source.get(REFERENCE)
+        f1, counts = _f1_curves(data, scores, ids)
+        found = {suffix: data.map_splits(model, suffix, splits, "map50") for suffix in scores}
+        map50 = {suffix: None if entry is None else (entry[0], np.stack([draws[:, 0] for _, draws in entry[1]], axis=1))
+                 for suffix, entry in found.items()}         # recorded seed mean (S,), draws (B', S); None: unpaired
+        for metric, source in (("ingredient_micro_f1", f1), ("map50", map50)):
             for suffix in scores:
                 entry = source.get(suffix)
+                reference = None if suffix == REFERENCE else source.get(REFERENCE)     # paired: the same resamples
                 for index, split in enumerate(splits):
                     value, low, high, diff, diff_low, diff_high = (math.nan,) * 6
                     if entry is not None:
                         value = float(entry[0][index])
                         low, high = stats.percentile_interval(entry[1][:, index], stats.DEFAULT_CONFIDENCE)
-                        if reference is not None and suffix != REFERENCE:  # paired: same resamples for both
+                        if reference is not None:
                             diff = value - float(reference[0][index])
                             diff_low, diff_high = stats.percentile_interval(
                                 entry[1][:, index] - reference[1][:, index], stats.DEFAULT_CONFIDENCE)
@@ -152,9 +138,13 @@ def severity_tables(data: ReportData, models: list[str],
                                        "coverage": coverage[index], "value": value, "ci_low": low, "ci_high": high,
                                        "diff_vs_S1": diff, "diff_ci_low": diff_low, "diff_ci_high": diff_high,
                                        "n_images": n_images})
-                pair = (counts.get(suffix), counts.get(REFERENCE)) if metric == "ingredient_micro_f1" else (None, None)
-                table_rows.append(_table_row(model, suffix, metric, entry, reference, *pair, len(levels), n_images,
-                                             n_permutations, data.seed))
+                row = {**dict.fromkeys(TABLE_COLUMNS, math.nan), "model": model, "session": suffix,
+                       "session_label": SESSION_LABELS[suffix], "metric": metric, "levels": len(levels),
+                       "n_images": n_images, **(_mpc_columns(entry, reference) if entry is not None else {})}
+                if entry is not None and reference is not None and metric == "ingredient_micro_f1":
+                    row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts[suffix], counts[REFERENCE], mpc_f1,
+                                                                  n_permutations, data.seed)
+                table_rows.append(row)
     curves = pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS))
     table = pd.DataFrame(table_rows, columns=list(TABLE_COLUMNS))
     table["p_bh_mPC_vs_S1"] = adjust_p_values(table, "p_mPC_vs_S1", ["metric"], ["model", "session"])
@@ -170,46 +160,31 @@ def _mpc_rpc(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mpc, rpc
 
 
-def _table_row(model: str, suffix: str, metric: str, entry: tuple[np.ndarray, np.ndarray] | None,
-               reference: tuple[np.ndarray, np.ndarray] | None, counts: np.ndarray | None,
-               reference_counts: np.ndarray | None, n_levels: int, n_images: int, n_permutations: int,
-               seed: int) -> dict[str, Any]:
-    row: dict[str, Any] = {column: math.nan for column in TABLE_COLUMNS}
-    row.update(model=model, session=suffix, session_label=SESSION_LABELS[suffix], metric=metric, levels=n_levels,
-               n_images=n_images)
-    if entry is None:
-        return row
-    point, draws = entry
-    mpc, rpc = _mpc_rpc(point)
-    mpc_draws, rpc_draws = _mpc_rpc(draws)
-    row.update(clean=float(point[0]), mPC=float(mpc), rPC=float(rpc))
+def _mpc_columns(entry: tuple[np.ndarray, np.ndarray],
+                 reference: tuple[np.ndarray, np.ndarray] | None) -> dict[str, float]:
+    """clean, mPC and rPC of one (point (S,), draws (B, S)) with their intervals; with S1's `reference`, the paired
+    differences to it too."""
+    (mpc, rpc), (mpc_draws, rpc_draws) = _mpc_rpc(entry[0]), _mpc_rpc(entry[1])
+    row = {"clean": float(entry[0][0]), "mPC": float(mpc), "rPC": float(rpc)}
     row["mPC_ci_low"], row["mPC_ci_high"] = stats.finite_interval(mpc_draws)
     row["rPC_ci_low"], row["rPC_ci_high"] = stats.finite_interval(rpc_draws)
-    if reference is None or suffix == REFERENCE or reference[1].shape != draws.shape:
-        return row
-    ref_mpc, ref_rpc = _mpc_rpc(reference[0])
-    ref_mpc_draws, ref_rpc_draws = _mpc_rpc(reference[1])
-    row["diff_mPC_vs_S1"], row["diff_rPC_vs_S1"] = float(mpc - ref_mpc), float(rpc - ref_rpc)
-    row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
-    row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
-    if counts is not None and reference_counts is not None:
-        if counts.shape != reference_counts.shape:
-            raise ValueError(f"paired counts differ in shape {counts.shape} vs {reference_counts.shape}: align the "
-                             "image ids")
-        row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts, reference_counts, mpc_f1, n_permutations, seed)
+    if reference is not None:
+        (ref_mpc, ref_rpc), (ref_mpc_draws, ref_rpc_draws) = _mpc_rpc(reference[0]), _mpc_rpc(reference[1])
+        row["diff_mPC_vs_S1"], row["diff_rPC_vs_S1"] = float(mpc - ref_mpc), float(rpc - ref_rpc)
+        row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
+        row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
     return row
 
 
-def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1",
-              reference: str = REFERENCE) -> list[str]:
-    """Sentences naming the sessions that are below the reference at some severity and above it at another,
+def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1") -> list[str]:
+    """Sentences naming the sessions that are below S1 at some severity and above it at another,
     each side established by the paired 95% interval of the difference at that severity (excluding 0).
 
     Point estimates that merely swap order inside the noise are not crossings: a session whose
     difference interval includes 0 at a level is "not distinguishable" there.
     """
-    part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != reference)]
-    short = SESSION_LABELS[reference].split()[0]
+    part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != REFERENCE)]
+    short = SESSION_LABELS[REFERENCE].split()[0]
     found = []
     for suffix, rows in part.groupby("session", sort=False):
         rows = rows.sort_values("severity")
@@ -280,9 +255,7 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
                                 "difference at that severity excludes 0; severity 0 = clean)")
         part = table[(table["model"] == model) & (table["metric"] == "ingredient_micro_f1")]
         shown = [f"{SESSION_LABELS[row['session']]} {fmt(row['diff_mPC_vs_S1'], signed=True)}"
-                 for _, row in part.iterrows()
-                 if math.isfinite(row["diff_mPC_ci_low"]) and (row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"]
-                 < 0)]
+                 for _, row in part.iterrows() if row["diff_mPC_ci_low"] > 0 or row["diff_mPC_ci_high"] < 0]
         if len(part) and math.isfinite(part["levels"].max()):
             levels = int(part["levels"].max())
             what = f"mPC (mean ingredient micro F1 over {levels} severity levels)"
