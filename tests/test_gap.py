@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from exp3 import report
-from exp3.evaluate.evaluation import stats
+from exp3.evaluate import stats
 from exp3.evaluate.mapstats import MapStats, mean_ap
 from exp3.evaluate.metrics import ImageRecord, records_to_json, summarize_split
 from exp3.fileio import atomic_write_json, sha256_file

@@ -112,7 +112,7 @@ def _detector_image(rng: np.random.Generator, index: int) -> dict:
 @pytest.mark.parametrize("block_values, chunk_values", [(None, None), (1, 1), (3000, 5000)])
 def test_bootstrap_draws_equal_the_former_per_draw_mean_ap(block_values, chunk_values, monkeypatch) -> None:
     """Collapsed FP runs, kept zero-weight points and draws in blocks give the per-draw loop's numbers."""
-    from exp3.evaluate.evaluation import mapstats
+    from exp3.evaluate import mapstats
 
     if block_values is not None:                                      # 1: one draw per block and per chunk
         monkeypatch.setattr(mapstats, "_BLOCK_VALUES", block_values)

@@ -340,7 +340,7 @@ def test_common_levels_are_those_every_done_run_recorded_on_the_same_suite(tmp_p
 def test_mpc_permutation_p_matches_brute_force() -> None:
     from itertools import product
 
-    from exp3.evaluate.evaluation import stats
+    from exp3.evaluate import stats
     from exp3.report.severity import mpc_f1
 
     def mpc_permutation_pvalue(a: np.ndarray, b: np.ndarray, n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from exp3.evaluate.evaluation import stats
+from exp3.evaluate import stats
 from exp3.evaluate.metrics import prf_from_counts
 
 
