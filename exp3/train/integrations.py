@@ -74,18 +74,10 @@ def ultralytics_default_settings() -> dict[str, Any]:
         "weights_dir": str(root / "weights"),
         "runs_dir": str(root / "runs"),
         "uuid": hashlib.sha256(str(uuid.getnode()).encode()).hexdigest(),
-        "sync": True,
-        "api_key": "",
-        "openai_api_key": "",
-        "clearml": True,
-        "comet": True,
-        "dvc": True,
-        "mlflow": True,
-        "raytune": True,
-        "tensorboard": False,
+        "sync": True, "api_key": "", "openai_api_key": "",
+        "clearml": True, "comet": True, "dvc": True, "mlflow": True, "raytune": True, "tensorboard": False,
         "wandb": False,
-        "vscode_msg": True,
-        "openvino_msg": True,
+        "vscode_msg": True, "openvino_msg": True,
     }
 
 
@@ -149,10 +141,9 @@ def mlflow_experiment_name(config_name: str, output_root: str | os.PathLike[str]
     return f"{config_name} {Path(output_root).absolute()}"
 
 
-def mlflow_tracking_uri(output_root: str | os.PathLike[str], environ: dict[str, str] | None = None) -> str:
+def mlflow_tracking_uri(output_root: str | os.PathLike[str]) -> str:
     """MLFLOW_TRACKING_URI when the environment sets it, else the root's local file store."""
-    environ = os.environ if environ is None else environ
-    return environ.get("MLFLOW_TRACKING_URI") or (Path(output_root).absolute() / MLFLOW_STORE).as_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(output_root).absolute() / MLFLOW_STORE).as_uri()
 
 
 def integration_environment(integrations: Sequence[str], output_root: str | os.PathLike[str], config_name: str,
