@@ -113,10 +113,8 @@ def list_split_images(spec: DataSpec, split: str) -> list[Path]:
         if source.is_dir():
             images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif source.is_file() and source.suffix == ".txt":
-            for line in source.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    entry = Path(line.strip())
-                    images.append(entry if entry.is_absolute() else (source.parent / entry).resolve())
+            entries = [Path(line.strip()) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+            images.extend(entry if entry.is_absolute() else (source.parent / entry).resolve() for entry in entries)
         else:
             raise DatasetError(
                 f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
@@ -250,14 +248,12 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
                 report.problems.append(Problem("image_id_repeated_in_split", split, relative,
                                                f"id {image_id!r} also at {path_of_id[split, image_id]}"))
             path_of_id.setdefault((split, image_id), relative)
-            if image_id in split_of_id and split_of_id[image_id] != split:
+            if split_of_id.setdefault(image_id, split) != split:
                 report.problems.append(Problem("image_id_shared_across_splits", split, relative,
                                                f"id {image_id!r} also in {split_of_id[image_id]}"))
-            split_of_id.setdefault(image_id, split)
-            if image_sha in split_of_sha and split_of_sha[image_sha] != split:
+            if split_of_sha.setdefault(image_sha, split) != split:
                 report.problems.append(Problem("duplicate_image_across_splits", split, relative,
                                                f"same bytes as an image in {split_of_sha[image_sha]}"))
-            split_of_sha.setdefault(image_sha, split)
             label = label_path_for(image)
             if not label.is_file():
                 report.problems.append(Problem("image_without_label", split, relative, "no label file"))

@@ -417,7 +417,7 @@ def data_yaml_text(root: Path) -> str:
     payload = {
         "path": str(root),
         **{split: f"images/{split}" for split in SOURCE_SPLITS},
-        "names": {index: name for index, name in enumerate(CLASS_NAMES)},
+        "names": dict(enumerate(CLASS_NAMES)),
     }
     return yaml.safe_dump(payload, sort_keys=False)
 

@@ -93,19 +93,15 @@ def settings_file(config_dir: str | os.PathLike[str]) -> Path:
     return Path(config_dir) / "Ultralytics" / "settings.json"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def write_ultralytics_settings(config_dir: str | os.PathLike[str], integrations: Sequence[str] | None) -> Path:
     """Make `settings_file(config_dir)` hold `ultralytics_settings(integrations)`, atomically, unless it already
     does (then nothing is written). `integrations=None` (a process that does not train: it does not know the
     config's list) keeps a complete file of the same schema as it is, and writes one with everything off otherwise."""
     path = settings_file(config_dir)
-    current = _read_json(path)
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = None
     if integrations is None:
         defaults = ultralytics_default_settings()
         if isinstance(current, dict) and current.keys() == defaults.keys() and \

@@ -328,9 +328,8 @@ def detection_model(model: Any) -> nn.Module:
         if layers is None:
             break
         candidate = layers
-    raise TypeError(
-        f"{type(model).__name__} is not an Ultralytics detection model: pass YOLO(...).model or the trainer's model"
-    )
+    raise TypeError(f"{type(model).__name__} is not an Ultralytics detection model: "
+                    "pass YOLO(...).model or the trainer's model")
 
 
 def resolve_masking_sites(model: Any) -> dict[str, int]:
@@ -455,15 +454,6 @@ def strip_masking_hooks(module: nn.Module) -> int:
                     extra.pop(key, None)
                 removed += 1
     return removed
-
-
-def count_masking_hooks(module: nn.Module) -> int:
-    """Number of masking hooks registered anywhere in `module`."""
-    return sum(
-        isinstance(hook, FeatureMasker)
-        for submodule in module.modules()
-        for hook in (*submodule._forward_hooks.values(), *submodule._forward_pre_hooks.values())
-    )
 
 
 # ---------------------------------------------------------------------------------------------

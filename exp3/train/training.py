@@ -266,14 +266,6 @@ def log_tail(log_path: str | Path, lines: int = 40) -> str:
 # The training itself
 
 
-def _optimizer_summary(trainer: Any, requested: str | None) -> dict[str, Any]:
-    optimizer = trainer.optimizer
-    group = optimizer.param_groups[0] if optimizer is not None and optimizer.param_groups else {}
-    return {"name": type(optimizer).__name__ if optimizer is not None else None, "requested": requested,
-            "lr0": group.get("initial_lr", group.get("lr")),
-            "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
-
-
 def _set_aside(path: Path, label: str, why: str) -> Path:
     """Rename `path` to `<name>.<label>-<time>` beside it (kept for inspection, never deleted), saying `why`."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -385,8 +377,12 @@ class TrainInfo:
         self.captured["requested"] = {"optimizer": trainer.args.optimizer, "amp": trainer.args.amp}
 
     def _resolved(self, trainer: Any) -> None:
-        captured = self.captured
-        captured["optimizer"] = _optimizer_summary(trainer, captured.get("requested", {}).get("optimizer"))
+        captured, optimizer = self.captured, trainer.optimizer
+        group = optimizer.param_groups[0] if optimizer is not None and optimizer.param_groups else {}
+        captured["optimizer"] = {"name": type(optimizer).__name__ if optimizer is not None else None,
+                                 "requested": captured.get("requested", {}).get("optimizer"),
+                                 "lr0": group.get("initial_lr", group.get("lr")),
+                                 "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
         captured["amp"] = bool(getattr(trainer, "amp", False))
         captured["device"] = str(trainer.device)
         captured["start_epoch"] = int(trainer.start_epoch)
