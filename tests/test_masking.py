@@ -32,7 +32,6 @@ from exp3.train.masking import (
     build_detection_model,
     channel_keep_mask,
     check_drop_fraction,
-    count_masking_hooks,
     mask_features,
     resolve_masking_sites,
     site_feature_shapes,
@@ -49,6 +48,12 @@ def _generator(seed: int = 0) -> torch.Generator:
 
 def _zero_share(x: torch.Tensor) -> float:
     return (x == 0).float().mean().item()
+
+
+def count_masking_hooks(module: nn.Module) -> int:
+    """Number of masking hooks registered anywhere in `module`."""
+    return sum(isinstance(hook, FeatureMasker) for submodule in module.modules()
+               for hook in (*submodule._forward_hooks.values(), *submodule._forward_pre_hooks.values()))
 
 
 # ---------------------------------------------------------------------------------------------

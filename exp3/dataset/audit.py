@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,11 @@ def _names_list(names: Any, yaml_path: Path) -> list[str]:
         except (TypeError, ValueError):
             raise DatasetError(f"{str(yaml_path)!r}: 'names' keys must be class indices 0..N-1") from None
         if indices != list(range(len(indices))):
-            raise DatasetError(f"{str(yaml_path)!r}: 'names' indices {indices} must be 0..{len(indices) - 1} with no gaps")
+            raise DatasetError(
+                f"{str(yaml_path)!r}: 'names' indices {indices} must be 0..{len(indices) - 1} with no gaps")
         return [str(names[key]) for key in sorted(names, key=int)]
-    raise DatasetError(f"{str(yaml_path)!r}: 'names' is missing or empty: list the class names, e.g. names: [tomato, egg]")
+    raise DatasetError(
+        f"{str(yaml_path)!r}: 'names' is missing or empty: list the class names, e.g. names: [tomato, egg]")
 
 
 def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
@@ -111,12 +113,11 @@ def list_split_images(spec: DataSpec, split: str) -> list[Path]:
         if source.is_dir():
             images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif source.is_file() and source.suffix == ".txt":
-            for line in source.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    entry = Path(line.strip())
-                    images.append(entry if entry.is_absolute() else (source.parent / entry).resolve())
+            entries = [Path(line.strip()) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+            images.extend(entry if entry.is_absolute() else (source.parent / entry).resolve() for entry in entries)
         else:
-            raise DatasetError(f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
+            raise DatasetError(
+                f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
     return sorted(images)
 
 
@@ -187,15 +188,12 @@ class AuditReport:
     def summary_lines(self) -> list[str]:
         """One line per problem kind: severity, kind, count, an example and the fix."""
         lines = []
-        by_kind: dict[str, list[Problem]] = defaultdict(list)
-        for problem in self.problems:
-            by_kind[problem.kind].append(problem)
-        for kind, found in sorted(by_kind.items(), key=lambda item: (item[0] not in BLOCKING_KINDS, item[0])):
+        for kind, count in sorted(self.counts.items(), key=lambda item: (item[0] not in BLOCKING_KINDS, item[0])):
             severity = "error" if kind in BLOCKING_KINDS else "warning"
             fix = BLOCKING_KINDS.get(kind) or WARNING_KINDS[kind]
-            example = found[0]
+            example = next(problem for problem in self.problems if problem.kind == kind)
             where = f"{example.split}:{example.file}" if example.file else example.split
-            lines.append(f"{severity}: {kind}: {len(found)} (e.g. {where} {example.detail}) -> {fix}")
+            lines.append(f"{severity}: {kind}: {count} (e.g. {where} {example.detail}) -> {fix}")
         return lines
 
 
@@ -250,14 +248,12 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
                 report.problems.append(Problem("image_id_repeated_in_split", split, relative,
                                                f"id {image_id!r} also at {path_of_id[split, image_id]}"))
             path_of_id.setdefault((split, image_id), relative)
-            if image_id in split_of_id and split_of_id[image_id] != split:
+            if split_of_id.setdefault(image_id, split) != split:
                 report.problems.append(Problem("image_id_shared_across_splits", split, relative,
                                                f"id {image_id!r} also in {split_of_id[image_id]}"))
-            split_of_id.setdefault(image_id, split)
-            if image_sha in split_of_sha and split_of_sha[image_sha] != split:
+            if split_of_sha.setdefault(image_sha, split) != split:
                 report.problems.append(Problem("duplicate_image_across_splits", split, relative,
                                                f"same bytes as an image in {split_of_sha[image_sha]}"))
-            split_of_sha.setdefault(image_sha, split)
             label = label_path_for(image)
             if not label.is_file():
                 report.problems.append(Problem("image_without_label", split, relative, "no label file"))

@@ -81,10 +81,10 @@ def parse_label_text(text: str) -> tuple[list[LabelRow], list[tuple[int, str]]]:
     return rows, malformed
 
 
-def box_in_bounds(row: LabelRow, tolerance: float = BOUNDS_TOLERANCE) -> bool:
-    """The row's box lies in the image (normalised [0, 1], `tolerance` slack) with width and height > 0;
+def box_in_bounds(row: LabelRow) -> bool:
+    """The row's box lies in the image (normalised [0, 1], `BOUNDS_TOLERANCE` slack) with width and height > 0;
     a polygon's points must all lie in the image."""
-    low, high = -tolerance, 1.0 + tolerance
+    low, high = -BOUNDS_TOLERANCE, 1.0 + BOUNDS_TOLERANCE
     if row.is_polygon and not all(low <= value <= high for value in row.coords):
         return False
     cx, cy, w, h = row.box

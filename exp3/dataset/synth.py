@@ -39,16 +39,7 @@ from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 GENERATOR_VERSION = "synth-1"
 
 CLASS_NAMES: tuple[str, ...] = (
-    "tomato",
-    "cucumber",
-    "carrot",
-    "egg",
-    "onion",
-    "lemon",
-    "broccoli",
-    "potato",
-    "bell_pepper",
-    "mushroom",
+    "tomato", "cucumber", "carrot", "egg", "onion", "lemon", "broccoli", "potato", "bell_pepper", "mushroom"
 )
 
 _SPLIT_STREAM = {TRAIN_SPLIT: 1, VAL_SPLIT: 2, TEST_SPLIT: 3}
@@ -151,7 +142,8 @@ def draw_carrot(rng: Rng, size: int) -> Image.Image:
     orange = _jitter(rng, (235, 120, 25), 20)
     body_start = size * 0.18
     draw.polygon([(body_start, 0.1 * height), (size - 1, height / 2), (body_start, 0.9 * height)], fill=(*orange, 255))
-    draw.ellipse((body_start - 0.4 * height, 0.1 * height, body_start + 0.4 * height, 0.9 * height), fill=(*orange, 255))
+    draw.ellipse((body_start - 0.4 * height, 0.1 * height, body_start + 0.4 * height, 0.9 * height),
+                 fill=(*orange, 255))
     for k in range(4):
         x = body_start + (size - body_start) * (0.15 + 0.18 * k)
         half = 0.38 * height * (1 - (x - body_start) / (size - body_start))
@@ -202,8 +194,8 @@ def draw_lemon(rng: Rng, size: int) -> Image.Image:
 def draw_broccoli(rng: Rng, size: int) -> Image.Image:
     sprite, draw = _canvas((size, size))
     stem = _jitter(rng, (140, 185, 95), 15)
-    draw.polygon([(size * 0.4, size * 0.45), (size * 0.6, size * 0.45), (size * 0.56, size - 1), (size * 0.44, size - 1)],
-                 fill=(*stem, 255))
+    draw.polygon([(size * 0.4, size * 0.45), (size * 0.6, size * 0.45), (size * 0.56, size - 1),
+                  (size * 0.44, size - 1)], fill=(*stem, 255))
     floret = _jitter(rng, (40, 110, 45), 15)
     for _ in range(9):
         cx, cy = rng.uniform(0.25, 0.75) * size, rng.uniform(0.2, 0.5) * size
@@ -257,15 +249,8 @@ def draw_mushroom(rng: Rng, size: int) -> Image.Image:
 
 
 SPRITES: dict[str, Callable[[Rng, int], Image.Image]] = {
-    "tomato": draw_tomato,
-    "cucumber": draw_cucumber,
-    "carrot": draw_carrot,
-    "egg": draw_egg,
-    "onion": draw_onion,
-    "lemon": draw_lemon,
-    "broccoli": draw_broccoli,
-    "potato": draw_potato,
-    "bell_pepper": draw_bell_pepper,
+    "tomato": draw_tomato, "cucumber": draw_cucumber, "carrot": draw_carrot, "egg": draw_egg, "onion": draw_onion,
+    "lemon": draw_lemon, "broccoli": draw_broccoli, "potato": draw_potato, "bell_pepper": draw_bell_pepper,
     "mushroom": draw_mushroom,
 }
 
@@ -314,7 +299,8 @@ def draw_clutter(rng: Rng, image: Image.Image) -> None:
             grey = _jitter(rng, (235, 235, 240), 10)
             draw.ellipse((x - scale, y - scale, x + scale, y + scale), fill=(*grey, 255), outline=(180, 180, 190, 255),
                          width=max(1, size // 100))
-            draw.ellipse((x - 0.7 * scale, y - 0.7 * scale, x + 0.7 * scale, y + 0.7 * scale), outline=(200, 200, 210, 255))
+            rim = 0.7 * scale
+            draw.ellipse((x - rim, y - rim, x + rim, y + rim), outline=(200, 200, 210, 255))
         elif kind == 1:  # knife
             angle = rng.uniform(0, math.pi)
             dx, dy = math.cos(angle) * scale, math.sin(angle) * scale
@@ -431,7 +417,7 @@ def data_yaml_text(root: Path) -> str:
     payload = {
         "path": str(root),
         **{split: f"images/{split}" for split in SOURCE_SPLITS},
-        "names": {index: name for index, name in enumerate(CLASS_NAMES)},
+        "names": dict(enumerate(CLASS_NAMES)),
     }
     return yaml.safe_dump(payload, sort_keys=False)
 
@@ -441,8 +427,7 @@ def _spec(preset: str, seed: int, counts: dict[str, int] | None, image_size: int
         raise ValueError(f"unknown synthetic preset {preset!r}: use one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
     resolved_counts = dict(chosen.counts if counts is None else counts)
-    unknown = set(resolved_counts) - set(SOURCE_SPLITS)
-    if unknown or any(n < 1 for n in resolved_counts.values()) or set(resolved_counts) != set(SOURCE_SPLITS):
+    if set(resolved_counts) != set(SOURCE_SPLITS) or any(n < 1 for n in resolved_counts.values()):
         raise ValueError(f"counts {resolved_counts} must give >= 1 image for each of {', '.join(SOURCE_SPLITS)}")
     size = chosen.image_size if image_size is None else int(image_size)
     if size < 32:
@@ -452,11 +437,8 @@ def _spec(preset: str, seed: int, counts: dict[str, int] | None, image_size: int
 
 
 def _existing_matches(out_dir: Path, spec: dict[str, object]) -> bool:
-    manifest_path = out_dir / "synth_manifest.json"
-    if not manifest_path.is_file():
-        return False
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return manifest.get("spec") == spec
+    manifest = out_dir / "synth_manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("spec") == spec
 
 
 def build_synthetic_dataset(
@@ -501,19 +483,12 @@ def build_synthetic_dataset(
         files = {key: {"image_sha256": image_sha, "label_sha256": label_sha} for key, image_sha, label_sha in rows}
         atomic_write_text(staging / "data.yaml", data_yaml_text(target))
         atomic_write_json(staging / "synth_manifest.json", {"spec": spec, "files": files})
-        _publish(staging, target, spec)
+        # Two sessions started by hand at once (or two flows on one root) both generate; the second rename then
+        # meets a non-empty `target`: fine only when the winner's manifest carries the same spec (then it is
+        # kept), raised otherwise. Not durable: the images are not fsynced either, so fsyncing the rename alone
+        # would promise nothing.
+        publish_dir(staging, target, lambda existing: _existing_matches(existing, spec), durable=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target / "data.yaml"
-
-
-def _publish(staging: Path, target: Path, spec: dict[str, object]) -> None:
-    """Rename `staging` into place; if a concurrent build of the same dataset won, keep the winner's.
-
-    Two sessions started by hand at once (or two flows on one root) both generate; the second
-    rename then meets a non-empty `target` (ENOTEMPTY/EEXIST). That is only fine when the
-    winner's manifest carries the same spec; anything else is raised as before. Not `durable`
-    (as before): the images are not fsynced either, so fsyncing the rename alone would promise nothing.
-    """
-    publish_dir(staging, target, lambda existing: _existing_matches(existing, spec), durable=False)

@@ -74,18 +74,10 @@ def ultralytics_default_settings() -> dict[str, Any]:
         "weights_dir": str(root / "weights"),
         "runs_dir": str(root / "runs"),
         "uuid": hashlib.sha256(str(uuid.getnode()).encode()).hexdigest(),
-        "sync": True,
-        "api_key": "",
-        "openai_api_key": "",
-        "clearml": True,
-        "comet": True,
-        "dvc": True,
-        "mlflow": True,
-        "raytune": True,
-        "tensorboard": False,
+        "sync": True, "api_key": "", "openai_api_key": "",
+        "clearml": True, "comet": True, "dvc": True, "mlflow": True, "raytune": True, "tensorboard": False,
         "wandb": False,
-        "vscode_msg": True,
-        "openvino_msg": True,
+        "vscode_msg": True, "openvino_msg": True,
     }
 
 
@@ -101,19 +93,15 @@ def settings_file(config_dir: str | os.PathLike[str]) -> Path:
     return Path(config_dir) / "Ultralytics" / "settings.json"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def write_ultralytics_settings(config_dir: str | os.PathLike[str], integrations: Sequence[str] | None) -> Path:
     """Make `settings_file(config_dir)` hold `ultralytics_settings(integrations)`, atomically, unless it already
     does (then nothing is written). `integrations=None` (a process that does not train: it does not know the
     config's list) keeps a complete file of the same schema as it is, and writes one with everything off otherwise."""
     path = settings_file(config_dir)
-    current = _read_json(path)
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = None
     if integrations is None:
         defaults = ultralytics_default_settings()
         if isinstance(current, dict) and current.keys() == defaults.keys() and \
@@ -149,10 +137,9 @@ def mlflow_experiment_name(config_name: str, output_root: str | os.PathLike[str]
     return f"{config_name} {Path(output_root).absolute()}"
 
 
-def mlflow_tracking_uri(output_root: str | os.PathLike[str], environ: dict[str, str] | None = None) -> str:
+def mlflow_tracking_uri(output_root: str | os.PathLike[str]) -> str:
     """MLFLOW_TRACKING_URI when the environment sets it, else the root's local file store."""
-    environ = os.environ if environ is None else environ
-    return environ.get("MLFLOW_TRACKING_URI") or (Path(output_root).absolute() / MLFLOW_STORE).as_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(output_root).absolute() / MLFLOW_STORE).as_uri()
 
 
 def integration_environment(integrations: Sequence[str], output_root: str | os.PathLike[str], config_name: str,

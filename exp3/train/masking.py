@@ -49,17 +49,7 @@ MASKING_MODES: tuple[str, ...] = ("channel", "spatial", "channel+spatial")
 """What a masked batch loses: whole channels, contiguous spatial blocks, or both."""
 
 NECK_BLOCK_TYPES: tuple[str, ...] = (
-    "C2f",
-    "C3k2",
-    "RepC3",
-    "C3",
-    "C3x",
-    "C2fAttn",
-    "C2fCIB",
-    "C2fPSA",
-    "A2C2f",
-    "RepNCSPELAN4",
-    "ELAN1",
+    "C2f", "C3k2", "RepC3", "C3", "C3x", "C2fAttn", "C2fCIB", "C2fPSA", "A2C2f", "RepNCSPELAN4", "ELAN1"
 )
 """Module types that count as the first neck fusion block (YOLOv8/v9/v10/11/12, RT-DETR)."""
 
@@ -100,13 +90,6 @@ def check_site(site: str) -> str:
     return site
 
 
-def check_mode(mode: str) -> str:
-    """Return `mode` if it is a known masking mode, else raise `ValueError` listing them."""
-    if mode not in MASKING_MODES:
-        raise ValueError(f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
-    return mode
-
-
 def check_drop_fraction(name: str, value: float) -> float:
     """Return `value` if it is a drop fraction in [0, 1), else raise `ValueError` naming `name`."""
     if not 0.0 <= value < 1.0:
@@ -130,9 +113,8 @@ def block_size(height: int, width: int, block_fraction: float) -> tuple[int, int
 
 
 @torch.no_grad()
-def channel_keep_mask(
-    batch: int, channels: int, p: float, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
+def channel_keep_mask(batch: int, channels: int, p: float, generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
     """Keep mask (N, C, 1, 1) float32 with exactly `round(p * C)` zeroed channels per sample.
 
     An exact count (not Bernoulli per channel) keeps the dropped share equal to the request
@@ -148,15 +130,8 @@ def channel_keep_mask(
 
 
 @torch.no_grad()
-def spatial_keep_mask(
-    batch: int,
-    height: int,
-    width: int,
-    p: float,
-    block: tuple[int, int],
-    generator: torch.Generator,
-    device: torch.device,
-) -> torch.Tensor:
+def spatial_keep_mask(batch: int, height: int, width: int, p: float, block: tuple[int, int],
+                      generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """DropBlock keep mask (N, 1, H, W) float32, shared by all channels of a sample.
 
     Block seeds are drawn on the map padded by `block - 1` cells, so every cell can be hit by
@@ -179,15 +154,8 @@ def spatial_keep_mask(
     return 1.0 - dropped
 
 
-def mask_features(
-    x: torch.Tensor,
-    mode: str,
-    p_channels: float,
-    p_spatial: float,
-    block_fraction: float,
-    rescale: str,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor | float]:
+def mask_features(x: torch.Tensor, mode: str, p_channels: float, p_spatial: float, block_fraction: float,
+                  rescale: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | float]:
     """Mask a feature map; returns `(masked (N, C, H, W), zeroed share)`.
 
     `x` is (N, C, H, W) and is never modified (Ultralytics caches layer outputs): the result is a
@@ -197,7 +165,8 @@ def mask_features(
     zeroed share (a float, or a () float32 tensor on x's device when spatial masking is involved)
     is the mean over samples of the fraction of (C, H, W) cells set to zero.
     """
-    check_mode(mode)
+    if mode not in MASKING_MODES:
+        raise ValueError(f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
     if rescale not in ("dropout", "none"):
         raise ValueError(f"unknown rescale {rescale!r}: use one of dropout, none")
     if x.ndim != 4:
@@ -311,15 +280,9 @@ class FeatureMasker:
 
     def _mask(self, x: torch.Tensor, rates: tuple[float, float], share_weight: float) -> torch.Tensor:
         p_channels, p_spatial = rates
-        masked, zeroed = mask_features(
-            x,
-            self.spec.mode,
-            p_channels,
-            p_spatial,
-            self.spec.block_fraction,
-            self.spec.rescale,
-            self._generator(x.device),
-        )
+        spec = self.spec
+        masked, zeroed = mask_features(x, spec.mode, p_channels, p_spatial, spec.block_fraction, spec.rescale,
+                                       self._generator(x.device))
         self.stats.zeroed_sum = self.stats.zeroed_sum + zeroed * share_weight
         return masked
 
@@ -365,13 +328,8 @@ def detection_model(model: Any) -> nn.Module:
         if layers is None:
             break
         candidate = layers
-    raise TypeError(
-        f"{type(model).__name__} is not an Ultralytics detection model: pass YOLO(...).model or the trainer's model"
-    )
-
-
-def _layer_listing(layers: nn.Sequential) -> str:
-    return ", ".join(f"{index}:{type(layer).__name__}" for index, layer in enumerate(layers))
+    raise TypeError(f"{type(model).__name__} is not an Ultralytics detection model: "
+                    "pass YOLO(...).model or the trainer's model")
 
 
 def resolve_masking_sites(model: Any) -> dict[str, int]:
@@ -390,9 +348,8 @@ def resolve_masking_sites(model: Any) -> dict[str, int]:
     backbone_length = len(net.yaml.get("backbone", []))
 
     def fail(site: str, reason: str) -> ValueError:
-        return ValueError(
-            f"cannot resolve masking site {site!r} in {type(net).__name__} ({reason}); layers: {_layer_listing(layers)}"
-        )
+        listing = ", ".join(f"{index}:{type(layer).__name__}" for index, layer in enumerate(layers))
+        return ValueError(f"cannot resolve masking site {site!r} in {type(net).__name__} ({reason}); layers: {listing}")
 
     if not 0 < backbone_length < len(layers):
         raise fail("backbone_late", f"yaml backbone has {backbone_length} layers")
@@ -400,25 +357,17 @@ def resolve_masking_sites(model: Any) -> dict[str, int]:
     for index, layer in enumerate(layers):
         sources = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
         referenced.update(index + source if source < 0 else source for source in sources if source != -1)
-    skips = sorted(index for index in referenced if index < backbone_length - 1)
-    if not skips:
+    early = min((index for index in referenced if index < backbone_length - 1), default=None)
+    if early is None:
         raise fail("backbone_early", "no later layer reads a backbone layer before the last one")
-    concats = [index for index in range(backbone_length, len(layers)) if type(layers[index]).__name__ == "Concat"]
-    if not concats:
+    names = [type(layer).__name__ for layer in layers]
+    concat = next((index for index in range(backbone_length, len(layers)) if names[index] == "Concat"), None)
+    if concat is None:
         raise fail("neck", "no Concat after the backbone")
-    fusion = [
-        index
-        for index in range(concats[0] + 1, len(layers))
-        if type(layers[index]).__name__ in NECK_BLOCK_TYPES
-    ]
-    if not fusion:
-        raise fail("neck", f"no {'/'.join(NECK_BLOCK_TYPES)} block after Concat {concats[0]}")
-    return {
-        "backbone_early": skips[0],
-        "backbone_late": backbone_length - 1,
-        "neck": fusion[0],
-        "head": len(layers) - 1,
-    }
+    fusion = next((index for index in range(concat + 1, len(layers)) if names[index] in NECK_BLOCK_TYPES), None)
+    if fusion is None:
+        raise fail("neck", f"no {'/'.join(NECK_BLOCK_TYPES)} block after Concat {concat}")
+    return {"backbone_early": early, "backbone_late": backbone_length - 1, "neck": fusion, "head": len(layers) - 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,11 +377,12 @@ def resolve_masking_sites(model: Any) -> dict[str, int]:
 class MaskingHandle:
     """What `attach_internal_masking` returns: schedule control, statistics, removal."""
 
-    def __init__(self, maskers: dict[str, FeatureMasker], indices: dict[str, int], module_types: dict[str, str]):
+    def __init__(self, maskers: dict[str, FeatureMasker], indices: dict[str, int], module_types: dict[str, str],
+                 hooks: list[RemovableHandle]):
         self.maskers = maskers
         self.indices = indices
         self.module_types = module_types
-        self._hooks: list[RemovableHandle] = []
+        self._hooks = hooks
 
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] for every site's schedule."""
@@ -450,15 +400,13 @@ class MaskingHandle:
         `zeroed_share` is the mean over training batches (unmasked ones count as 0) of the share
         of activations set to zero; `inactive_calls` counts hook calls skipped in eval/no-grad.
         """
-        report: dict[str, dict[str, float | int | str]] = {}
-        for site, masker in self.maskers.items():
-            report[site] = {
-                "index": self.indices[site],
-                "module": self.module_types[site],
-                "strength": masker.strength(),
-                **masker.stats.as_dict(),
-            }
-            if reset:
+        report: dict[str, dict[str, float | int | str]] = {
+            site: {"index": self.indices[site], "module": self.module_types[site], "strength": masker.strength(),
+                   **masker.stats.as_dict()}
+            for site, masker in self.maskers.items()
+        }
+        if reset:
+            for masker in self.maskers.values():
                 masker.stats = SiteStats()
         return report
 
@@ -469,33 +417,27 @@ class MaskingHandle:
         self._hooks.clear()
 
 
-def attach_internal_masking(
-    model: Any, site: str | Sequence[str], spec: MaskingConfig | Mapping[str, Any]
-) -> MaskingHandle:
+def _register(layer: nn.Module, site: str, hook: Any) -> RemovableHandle:
+    """The head is masked on its inputs (a forward pre-hook), every other site on its output (a forward hook)."""
+    return layer.register_forward_pre_hook(hook) if site == "head" else layer.register_forward_hook(hook)
+
+
+def attach_internal_masking(model: Any, site: str | Sequence[str],
+                            spec: MaskingConfig | Mapping[str, Any]) -> MaskingHandle:
     """Register training-only masking at `site` (or several sites) of an Ultralytics detection model.
 
     `model` is a `DetectionModel`/`RTDETRDetectionModel` (or a wrapper of one); attach to the
     model that is trained, after any EMA/deepcopy has been made. Progress starts at 0: with
     `schedule="linear_ramp"` nothing is masked until `handle.set_progress(...)` is called.
     """
-    sites = [site] if isinstance(site, str) else list(site)
-    for name in sites:
-        check_site(name)
+    sites = [check_site(name) for name in ([site] if isinstance(site, str) else site)]
     config = as_masking_config(spec)
     net = detection_model(model)
     indices = resolve_masking_sites(net)
     chosen = {name: indices[name] for name in sites}
-    maskers: dict[str, FeatureMasker] = {}
-    handle = MaskingHandle(maskers, chosen, {name: type(net.model[i]).__name__ for name, i in chosen.items()})
-    for name, index in chosen.items():
-        layer = net.model[index]
-        if name == "head":
-            maskers[name] = HeadInputMasker(name, config)
-            handle._hooks.append(layer.register_forward_pre_hook(maskers[name]))
-        else:
-            maskers[name] = FeatureMasker(name, config)
-            handle._hooks.append(layer.register_forward_hook(maskers[name]))
-    return handle
+    maskers = {name: (HeadInputMasker if name == "head" else FeatureMasker)(name, config) for name in chosen}
+    hooks = [_register(net.model[index], name, maskers[name]) for name, index in chosen.items()]
+    return MaskingHandle(maskers, chosen, {name: type(net.model[i]).__name__ for name, i in chosen.items()}, hooks)
 
 
 def strip_masking_hooks(module: nn.Module) -> int:
@@ -512,15 +454,6 @@ def strip_masking_hooks(module: nn.Module) -> int:
                     extra.pop(key, None)
                 removed += 1
     return removed
-
-
-def count_masking_hooks(module: nn.Module) -> int:
-    """Number of masking hooks registered anywhere in `module`."""
-    return sum(
-        isinstance(hook, FeatureMasker)
-        for submodule in module.modules()
-        for hook in (*submodule._forward_hooks.values(), *submodule._forward_pre_hooks.values())
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,12 +486,7 @@ def site_feature_shapes(model: Any, imgsz: int = 640) -> dict[str, dict[str, Any
     net = detection_model(model)
     indices = resolve_masking_sites(net)
     recorders = {site: _ShapeRecorder() for site in indices}
-    hooks = [
-        net.model[index].register_forward_pre_hook(recorders[site])
-        if site == "head"
-        else net.model[index].register_forward_hook(recorders[site])
-        for site, index in indices.items()
-    ]
+    hooks = [_register(net.model[index], site, recorders[site]) for site, index in indices.items()]
     was_training = net.training
     try:
         net.eval()

@@ -34,7 +34,6 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -48,15 +47,14 @@ Family = Literal["detect", "rtdetr"]
 CheckpointState = Literal["missing", "partial", "finished", "corrupt"]
 
 TRAINER_CLASSES: dict[tuple[str, bool], str] = {
-    ("detect", False): "exp3.train.trainers:SafeDetectionTrainer",
-    ("detect", True): "exp3.train.trainers:MaskedDetectionTrainer",
-    ("rtdetr", False): "exp3.train.trainers:SafeRTDETRTrainer",
-    ("rtdetr", True): "exp3.train.trainers:MaskedRTDETRTrainer",
+    ("detect", False): "SafeDetectionTrainer",
+    ("detect", True): "MaskedDetectionTrainer",
+    ("rtdetr", False): "SafeRTDETRTrainer",
+    ("rtdetr", True): "MaskedRTDETRTrainer",
 }
-"""(model family, masked?) -> "module:Class" of the trainer a session trains with: Ultralytics' own,
-with atomic checkpoint writes, plus masking for S3-S6 (exp3/train/trainers.py)."""
+"""(model family, masked?) -> the exp3/train/trainers.py class a session trains with: Ultralytics' own,
+with atomic checkpoint writes, plus masking for S3-S6."""
 
-MODEL_CLASSES: dict[str, str] = {"detect": "ultralytics:YOLO", "rtdetr": "ultralytics:RTDETR"}
 TRAIN_INFO_FILENAME = "train_info.json"
 RESUME_OVERRIDABLE: tuple[str, ...] = ("batch", "imgsz", "device", "workers")
 """Args a resumed training takes from the plan instead of the checkpoint (Ultralytics allows these)."""
@@ -84,11 +82,6 @@ class TrainPlan:
     @property
     def best_pt(self) -> Path:
         return Path(self.run_dir) / "weights" / "best.pt"
-
-
-def _load_symbol(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(import_module(module), name)
 
 
 def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
@@ -273,14 +266,6 @@ def log_tail(log_path: str | Path, lines: int = 40) -> str:
 # The training itself
 
 
-def _optimizer_summary(trainer: Any, requested: str | None) -> dict[str, Any]:
-    optimizer = trainer.optimizer
-    group = optimizer.param_groups[0] if optimizer is not None and optimizer.param_groups else {}
-    return {"name": type(optimizer).__name__ if optimizer is not None else None, "requested": requested,
-            "lr0": group.get("initial_lr", group.get("lr")),
-            "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
-
-
 def _set_aside(path: Path, label: str, why: str) -> Path:
     """Rename `path` to `<name>.<label>-<time>` beside it (kept for inspection, never deleted), saying `why`."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -345,10 +330,7 @@ def _train(plan: TrainPlan) -> None:
     if plan.masking_site is None:
         _train_with(plan)
         return
-    from exp3.train.trainers import (  # lazy: loads Ultralytics (offline env first)
-        MASKING_SPEC_ENV,
-        write_masking_settings,
-    )
+    from exp3.train.trainers import MASKING_SPEC_ENV, write_masking_settings  # lazy: loads Ultralytics (offline env)
 
     settings = write_masking_settings(Path(plan.run_dir).parent / "masking_spec.json", plan.masking_site,
                                       plan.masking_spec or {})
@@ -395,8 +377,12 @@ class TrainInfo:
         self.captured["requested"] = {"optimizer": trainer.args.optimizer, "amp": trainer.args.amp}
 
     def _resolved(self, trainer: Any) -> None:
-        captured = self.captured
-        captured["optimizer"] = _optimizer_summary(trainer, captured.get("requested", {}).get("optimizer"))
+        captured, optimizer = self.captured, trainer.optimizer
+        group = optimizer.param_groups[0] if optimizer is not None and optimizer.param_groups else {}
+        captured["optimizer"] = {"name": type(optimizer).__name__ if optimizer is not None else None,
+                                 "requested": captured.get("requested", {}).get("optimizer"),
+                                 "lr0": group.get("initial_lr", group.get("lr")),
+                                 "momentum": group.get("momentum", (group.get("betas") or [None])[0])}
         captured["amp"] = bool(getattr(trainer, "amp", False))
         captured["device"] = str(trainer.device)
         captured["start_epoch"] = int(trainer.start_epoch)
@@ -413,23 +399,23 @@ class TrainInfo:
 
 
 def _train_with(plan: TrainPlan) -> None:
-    from exp3.train.trainers import add_callbacks  # lazy: loads Ultralytics (offline env first)
+    from ultralytics import RTDETR, YOLO  # lazy: Ultralytics after apply_offline_environment
 
-    trainer_class = _load_symbol(TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
-    model_class = _load_symbol(MODEL_CLASSES[plan.family])
+    from exp3.train import trainers  # lazy: loads Ultralytics (offline env first)
+
+    trainer_class = getattr(trainers, TRAINER_CLASSES[(plan.family, plan.masking_site is not None)])
     state, info = _training_state(plan)
     if state == "finished":
         print(f"exp3: {plan.run_dir} holds a finished training (epoch info {info}): nothing to train")
         return
+    resuming = state == "partial"
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
-    train_info = TrainInfo(info_path, _read_info(info_path) if state == "partial" else {})
-    if state == "partial":
+    train_info = TrainInfo(info_path, _read_info(info_path) if resuming else {})
+    if resuming:
         print(f"exp3: resuming {plan.session} from its own {plan.last_pt} ({info})")
-        model = model_class(str(plan.last_pt))
-    else:
-        model = model_class(plan.source)
-    add_callbacks(model, train_info.callbacks())
-    if state == "partial":
+    model = (RTDETR if plan.family == "rtdetr" else YOLO)(str(plan.last_pt) if resuming else plan.source)
+    trainers.add_callbacks(model, train_info.callbacks())
+    if resuming:
         # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan:
         # the config's batch/imgsz/device/workers, an out-of-memory retry's halved batch, and where the data
         # and the run are now (a root moved or restored from a mirror: never the paths the checkpoint was made at)
@@ -437,7 +423,7 @@ def _train_with(plan: TrainPlan) -> None:
                     **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
     else:
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
-    train_info.finish(trainer=trainer_class.__name__, resumed_from=info.get("epoch") if state == "partial" else None)
+    train_info.finish(trainer=trainer_class.__name__, resumed_from=info.get("epoch") if resuming else None)
 
 
 def _read_info(path: Path) -> dict[str, Any]:

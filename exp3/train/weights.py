@@ -52,18 +52,6 @@ class ResolvedWeights:
         return self.sha256 is not None
 
 
-def _is_asset_name(name: str) -> bool:
-    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES  # lazy: Ultralytics after apply_offline_environment
-
-    return name in GITHUB_ASSETS_NAMES
-
-
-def _weights_dir() -> Path:
-    from ultralytics.utils import SETTINGS  # lazy: Ultralytics after apply_offline_environment
-
-    return Path(SETTINGS["weights_dir"])
-
-
 def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLike[str] | None,
                     download: bool = False) -> ResolvedWeights:
     """Resolve one model's configured weights (module docstring); raise `WeightsError` if they cannot be had.
@@ -76,15 +64,19 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
     path = Path(configured).expanduser()
     if path.is_file():
         return ResolvedWeights(str(path.absolute()), sha256_file(path), "local", configured)
+    # lazy: Ultralytics after apply_offline_environment, and only for a name that is no file
+    from ultralytics.utils import SETTINGS
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
     fix = f"or set models.{model_name}.weights: null to train {architecture} from scratch on purpose"
-    if path.name != configured or not _is_asset_name(configured):
+    if path.name != configured or configured not in GITHUB_ASSETS_NAMES:
         raise WeightsError(f"weights {configured!r} of model {model_name!r} not found: put the file there {fix}")
-    in_weights_dir = _weights_dir() / configured
+    in_weights_dir = Path(SETTINGS["weights_dir"]) / configured
     if in_weights_dir.is_file():
         return ResolvedWeights(str(in_weights_dir), sha256_file(in_weights_dir), "ultralytics_weights_dir",
                                configured)
     if download:
-        downloaded = _download_asset(configured, in_weights_dir)
+        downloaded = _download_asset(in_weights_dir)
         if downloaded is not None:
             return ResolvedWeights(str(downloaded), sha256_file(downloaded), "downloaded", configured)
     how = ("the download failed (offline?)" if download else "downloads are off (download_weights: false)")
@@ -92,8 +84,8 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
                        f"in {in_weights_dir.parent} (Ultralytics' weights_dir) or give a path to it, {fix}")
 
 
-def _download_asset(name: str, target: Path) -> Path | None:
-    """Let Ultralytics download asset `name` to `target` (network allowed for this call only); None on failure."""
+def _download_asset(target: Path) -> Path | None:
+    """Let Ultralytics download the asset `target.name` to `target` (network for this call only); None on failure."""
     from ultralytics.utils.downloads import attempt_download_asset  # lazy: Ultralytics after apply_offline_environment
 
     offline = os.environ.pop("YOLO_OFFLINE", None)
