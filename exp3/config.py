@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from exp3.fileio import atomic_write_text, stable_hash
+from exp3.fileio import atomic_write_text, read_yaml, stable_hash
 from exp3.sessions import SESSION_SUFFIXES
 
 SUPPORTED_INTEGRATIONS: dict[str, str] = {
@@ -306,14 +306,7 @@ class ExperimentConfig(_Strict):
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist: pass an existing YAML file (see configs/)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from None
+    data = read_yaml(path, "config file", "pass an existing YAML file (see configs/)", ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

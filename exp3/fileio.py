@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import yaml
+
 _CHUNK_BYTES = 1 << 20
 
 
@@ -83,6 +85,21 @@ def json_safe(payload: Any) -> Any:
 def canonical_json(payload: Any, indent: int | None = None) -> str:
     """Strict JSON (`json_safe`: NaN -> null) with sorted keys; `default=str` turns Paths into strings."""
     return json.dumps(json_safe(payload), sort_keys=True, indent=indent, default=str, allow_nan=False)
+
+
+def read_yaml(path: Path, what: str, missing_fix: str, error: type[ValueError] = ValueError) -> Any:
+    """The YAML document at `path`; else `error`, one line naming `what`, the file and the fix (a missing file:
+    `missing_fix`; bad syntax: its line; not UTF-8 text)."""
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist: {missing_fix}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise error(f"{what} {str(path)!r} is not valid YAML{where}: fix its syntax") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {str(path)!r} is not UTF-8 text: pass a YAML file") from None
 
 
 def sha256_bytes(data: bytes) -> str:

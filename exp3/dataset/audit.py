@@ -18,12 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
 from exp3.dataset.labels import box_in_bounds, parse_label_text
-from exp3.fileio import atomic_write_json, sha256_bytes, sha256_file
+from exp3.fileio import atomic_write_json, read_yaml, sha256_bytes, sha256_file
 from exp3.splits import SOURCE_SPLITS
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -66,16 +65,7 @@ def _names_list(names: Any, yaml_path: Path) -> list[str]:
 def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     """Parse a YOLO data.yaml into a `DataSpec`; raise `DatasetError` with the fix if it is bad."""
     yaml_path = Path(path).absolute()
-    if not yaml_path.is_file():
-        raise DatasetError(f"dataset yaml {str(yaml_path)!r} does not exist: pass the path of your data.yaml")
-    try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise DatasetError(f"dataset yaml {str(yaml_path)!r} is not valid YAML{where}: fix its syntax") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"dataset yaml {str(yaml_path)!r} is not UTF-8 text: pass a YOLO data.yaml") from None
+    data = read_yaml(yaml_path, "dataset yaml", "pass the path of your data.yaml", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"dataset yaml {str(yaml_path)!r} must be a mapping with path/train/val/test/names")
     root_value = data.get("path")

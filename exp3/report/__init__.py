@@ -26,13 +26,7 @@ grid and left out of every table, finding and chart.
 Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
 summary status is `done` when every seed is, `some_seeds` when some are. Columns: docs/report.md.
 
-Modules: `runs` reads the session folders, `tables` makes the tables of numbers, `draws` reads every session's
-per-image scores and mAP stats once and holds the draws every interval and test resamples (built once here and
-handed to the others), `comparisons` the intervals and paired comparisons, `findings` the sentences written from
-them, `charts` the charts (drawn by exp3.report.plots), `severity` the severity curves, mPC / rPC with intervals and tests
-vs S1 and their charts, `coverage` recall by covered fraction, `gap` the headline (gap closed, verdicts per site),
-`gallery` the picture gallery, `curves` the training curves and whether each session had converged, `text` the
-number formatting, `markdown` report.md and the dashboard markdown; this module runs them in order.
+Each part's module and what it owns: docs/layout.md, "The report"; this module runs them in order.
 """
 
 from __future__ import annotations
