@@ -385,8 +385,7 @@ def robustness_ratio(occluded: float, clean: float) -> float:
 
 
 def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: float = DEFAULT_CONF,
-                    match_iou: float = DEFAULT_MATCH_IOU, class_names: Sequence[str] | None = None,
-                    conf_grid: Sequence[float] = DEFAULT_CONF_GRID) -> dict[str, Any]:
+                    match_iou: float = DEFAULT_MATCH_IOU, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Every metric of one split's predictions as a JSON-ready dict.
 
     Returns:
@@ -422,7 +421,7 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
         "per_image": {"image_id": [record.image_id for record in records], "precision": image_precision.tolist(),
                       "recall": image_recall.tolist(), "f1": image_f1.tolist()},
         "detection": detection_prf(records, conf, match_iou),
-        "f1_vs_conf": f1_vs_conf(records, num_classes, conf_grid),
+        "f1_vs_conf": f1_vs_conf(records, num_classes),
     }
 
 

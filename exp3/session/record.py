@@ -105,7 +105,7 @@ def robustness(clean: SplitMetrics | SplitView, occluded: SplitMetrics | SplitVi
 def severity_evaluation(prepared: PreparedData, split: str, checkpoint: Path, metrics: SplitMetrics,
                         added_after_training: bool) -> SeverityEvaluation:
     """What a severity split's numbers come from: its suite, the checkpoint, when, how long."""
-    suite = next(suite for suite in prepared.severity_suites if suite.split == split)
+    suite = prepared.severity_suite(split)
     return SeverityEvaluation(level=suite.level, coverage=suite.coverage, spec_key=suite.spec_key,
                               suite_id=suite.suite_id, manifest_sha256=suite.manifest_sha256,
                               checkpoint=str(checkpoint), time=_now(), added_after_training=added_after_training,
@@ -130,10 +130,6 @@ def threshold_block(config: ExperimentConfig, val: SplitEvaluation, chosen: Mapp
                       val_map50=val.map50, val_map50_95=val.map50_95)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def session_record(config: ExperimentConfig, session: Session, inputs: SessionInputs, prepared: PreparedData, *,
                    weights: ResolvedWeights, plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None,
                    previous_failure: dict[str, Any] | None, checkpoint: Path, thresholds: Thresholds,
@@ -142,7 +138,8 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
     """The metrics.json of a session that has just trained (`plan`, `outcome`; `retry_batch` of an
     out-of-memory retry) and evaluated `checkpoint` on every test split (`splits`; `evaluations` for
     the severity splits), with its provenance. `previous_failure`: the FAILED marker it replaced."""
-    masking_stats = _read_json(Path(plan.run_dir) / "masking_stats.json")
+    stats_file = Path(plan.run_dir) / "masking_stats.json"
+    masking_stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
     return SessionMetrics(
         schema_version=SCHEMA_VERSION,
         status="done",
