@@ -406,14 +406,10 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
         raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}; pass the dataset's names")
     gt, pred = ingredient_sets(records, num_classes, conf)
     names = list(class_names) if class_names is not None else [str(class_id) for class_id in range(num_classes)]
-    per_class = per_class_prf(gt, pred)
-    present = present_classes(gt, pred)
+    per_class, present = per_class_prf(gt, pred), present_classes(gt, pred)
     image_precision, image_recall, image_f1 = per_image_prf(gt, pred)
     return {
-        "n_images": len(records),
-        "num_classes": num_classes,
-        "conf": conf,
-        "match_iou": match_iou,
+        "n_images": len(records), "num_classes": num_classes, "conf": conf, "match_iou": match_iou,
         "ingredient": ingredient_prf(gt, pred),
         "per_class": [{"class_id": class_id, "name": names[class_id], "present": bool(present[class_id]),
                        **{key: values[class_id].item() for key, values in per_class.items()}}

@@ -64,7 +64,8 @@ PREDICTIONS = ("model.predict as returned (YOLO: one class per box, predict's NM
                "RT-DETR: top 300 over queries x classes); mAP: model.val")
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Local time with its UTC offset: the `time` of metrics.json's records and of the DONE and FAILED markers."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -108,7 +109,7 @@ def severity_evaluation(prepared: PreparedData, split: str, checkpoint: Path, me
     suite = prepared.severity_suite(split)
     return SeverityEvaluation(level=suite.level, coverage=suite.coverage, spec_key=suite.spec_key,
                               suite_id=suite.suite_id, manifest_sha256=suite.manifest_sha256,
-                              checkpoint=str(checkpoint), time=_now(), added_after_training=added_after_training,
+                              checkpoint=str(checkpoint), time=timestamp(), added_after_training=added_after_training,
                               wall_s=metrics.eval_wall_s, exp3_version=__version__)
 
 
@@ -190,7 +191,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
 def write_record(paths: SessionPaths, metrics: SessionMetrics) -> None:
     """metrics.json written atomically, then the DONE marker that names its sha256 and key."""
     atomic_write_json(paths.metrics, metrics.to_json())
-    paths.write_done(metrics.cache_key, {"session": metrics.session, "exp3_version": __version__, "time": _now()})
+    paths.write_done(metrics.cache_key, {"session": metrics.session, "exp3_version": __version__, "time": timestamp()})
 
 
 def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added: dict[str, SplitMetrics],
@@ -204,7 +205,7 @@ def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added:
     splits = dict(current.splits)
     for split in [*removed, *(split for split in added if split in evaluations or split in splits)]:
         superseded.append(Superseded(split=split, evaluation=evaluations.pop(split, None),
-                                     metrics=splits.pop(split, None), superseded_at=_now()))
+                                     metrics=splits.pop(split, None), superseded_at=timestamp()))
     for split, metrics in added.items():
         splits[split] = metrics
         evaluations[split] = severity_evaluation(prepared, split, checkpoint, metrics, True)

@@ -50,7 +50,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -83,6 +82,7 @@ from exp3.session.record import (
     severity_evaluation,
     split_metrics,
     threshold_block,
+    timestamp,
     with_severity_levels,
     write_record,
 )
@@ -156,7 +156,7 @@ def _failed(paths: SessionPaths, session: Session, error: BaseException) -> Sess
     paths.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.failed_marker, {
         "session": session.name, "error": _one_line(error), "traceback": traceback.format_exc(),
-        "train_log_tail": log_tail(paths.logs / "train.log"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "train_log_tail": log_tail(paths.logs / "train.log"), "time": timestamp(),
     })
     return SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})")
 
@@ -262,7 +262,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
         added[split] = _evaluate_test_split(model, split, config, output_root, paths, session, prepared, names,
                                             current.thresholds.val_chosen)
     updated = with_severity_levels(current, prepared, added, extra, checkpoint)
-    paths.replace_metrics(updated.to_json(), {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    paths.replace_metrics(updated.to_json(), {"severity_updated": timestamp()})
     return updated
 
 
