@@ -195,10 +195,8 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
     """
     from ultralytics.data.utils import exif_size  # lazy: Ultralytics after apply_offline_environment
 
-    overrides: dict[str, Any] = {"conf": RECORD_CONF, "verbose": False, "stream": True, "save": False}
-    for key, value in (("imgsz", imgsz), ("device", device)):
-        if value is not None:
-            overrides[key] = value
+    overrides = {"conf": RECORD_CONF, "verbose": False, "stream": True, "save": False,
+                 **_given(imgsz=imgsz, device=device)}
     batch = batch or _validator_batch()
     stages = stages if stages is not None else EvaluationStages()
     start = time.perf_counter()
@@ -222,6 +220,11 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
     stages.predict_s += time.perf_counter() - start - recording_s
     stages.recording_s += recording_s
     return found
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that are not None: the others are left to Ultralytics' defaults."""
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _validator_batch() -> int:
@@ -261,12 +264,9 @@ def evaluate_split(
         raise ValueError(f"{loaded.checkpoint} was loaded as {loaded.family!r}, not {family!r}: load it as {family!r}")
     model, validator = loaded.model, loaded.validator
     batch = batch or _validator_batch()
-    overrides: dict[str, Any] = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
-                                 "project": str(Path(save_dir).parent), "name": Path(save_dir).name,
-                                 "exist_ok": True, "batch": batch}
-    for key, value in (("imgsz", imgsz), ("device", device), ("workers", workers)):
-        if value is not None:
-            overrides[key] = value
+    overrides = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
+                 "project": str(Path(save_dir).parent), "name": Path(save_dir).name, "exist_ok": True, "batch": batch,
+                 **_given(imgsz=imgsz, device=device, workers=workers)}
     captured: dict[str, Any] = {}
 
     def _keep_validator(active: Any) -> None:
@@ -283,27 +283,19 @@ def evaluate_split(
     stages.validator_s = time.perf_counter() - start - finished.recording_s
     start = time.perf_counter()
     map_stats = MapStats.from_images(finished.map_images)
-    ground_truth = sorted(finished.records, key=lambda record: record["image_id"])
+    records = sorted(finished.records, key=lambda record: record["image_id"])
     stages.recording_s = finished.recording_s + time.perf_counter() - start
-    predicted = predict_records(model, [record["im_file"] for record in ground_truth], imgsz, batch, device, stages)
+    predicted = predict_records(model, [record["im_file"] for record in records], imgsz, batch, device, stages)
     start = time.perf_counter()
-    records = []
-    for record in ground_truth:
-        record.pop("im_file")
-        records.append({**record, **predicted[record["image_id"]]})
+    for record in records:  # the file path was only for `predict`: records hold the image id
+        del record["im_file"]
+        record.update(predicted[record["image_id"]])
     stages.recording_s += time.perf_counter() - start
-    names = metrics.names
-    per_class = {names[int(c)]: round(float(metrics.box.maps[int(c)]), 6) for c in metrics.box.ap_class_index}
-    return SplitEvaluation(
-        split_yaml=str(split_yaml),
-        map50=float(metrics.box.map50),
-        map50_95=float(metrics.box.map),
-        per_class_map50_95=per_class,
-        records=records,
-        map_stats=map_stats,
-        speed_ms_per_image={key: round(float(value), 3) for key, value in metrics.speed.items()},
-        stages=stages,
-    )
+    per_class = {metrics.names[int(c)]: round(float(metrics.box.maps[int(c)]), 6) for c in metrics.box.ap_class_index}
+    return SplitEvaluation(split_yaml=str(split_yaml), map50=float(metrics.box.map50), map50_95=float(metrics.box.map),
+                           per_class_map50_95=per_class, records=records, map_stats=map_stats,
+                           speed_ms_per_image={key: round(float(value), 3) for key, value in metrics.speed.items()},
+                           stages=stages)
 
 
 def save_split_files(evaluation: SplitEvaluation, predictions_path: Path, header: dict[str, Any],

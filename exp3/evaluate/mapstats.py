@@ -280,18 +280,6 @@ def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indic
     return _Sorted(stats).resampled_maps(weights.astype(np.float64))
 
 
-def seed_mean_draws(runs: list[MapStats], n_resamples: int, seed: int) -> np.ndarray:
-    """(B, 2) bootstrap mAP50 / mAP50-95 of one session, averaged over its seeds (one MapStats per seed).
-
-    Every session of a split is resampled with `stats.bootstrap_indices(N, n_resamples, seed)` over
-    the sorted image ids, so differences of draws are paired. Draws a session kept are used as they
-    are; the others are computed here.
-    """
-    draws = [stats.stored_draws(n_resamples, seed) for stats in runs]
-    return np.mean([kept if kept is not None else stats.with_draws(n_resamples, seed).draws
-                    for kept, stats in zip(draws, runs)], axis=0)
-
-
 def common_image_ids(runs: list[MapStats]) -> tuple[str, ...] | None:
     """The sorted image ids when every run holds the same images (pairing is possible), else None."""
     sets = {frozenset(stats.image_ids) for stats in runs}

@@ -49,6 +49,7 @@ confidences and thresholds are in [0, 1]; class ids are integers in [0, num_clas
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -69,9 +70,7 @@ EMPTY_BOTH_SCORE = 1.0
 EMPTY_ONE_SIDE_SCORE = 0.0
 """Score of a 0/0 ratio when the other side is not empty (a miss or a false alarm): a wrong answer."""
 
-JSON_REQUIRED_KEYS: tuple[str, ...] = (
-    "image_id", "gt_classes", "gt_boxes", "pred_classes", "pred_boxes", "pred_conf",
-)
+JSON_REQUIRED_KEYS: tuple[str, ...] = ("image_id", "gt_classes", "gt_boxes", "pred_classes", "pred_boxes", "pred_conf")
 """Keys every image entry of predictions_<split>.json must have."""
 JSON_OPTIONAL_KEYS: tuple[str, ...] = ("width", "height")
 """Keys an image entry may have (original image size in pixels); omitted when unknown."""
@@ -125,11 +124,9 @@ class ImageRecord:
         for name, size in (("width", self.width), ("height", self.height)):
             if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0):
                 raise ValueError(f"{where}: {name}={size!r}; give a positive int in pixels or None")
-        object.__setattr__(self, "gt_classes", gt_classes)
-        object.__setattr__(self, "gt_boxes", gt_boxes)
-        object.__setattr__(self, "pred_classes", pred_classes)
-        object.__setattr__(self, "pred_boxes", pred_boxes)
-        object.__setattr__(self, "pred_conf", pred_conf)
+        coerced = (gt_classes, gt_boxes, pred_classes, pred_boxes, pred_conf)
+        for name, value in zip(JSON_REQUIRED_KEYS[1:], coerced):  # the array fields, in declaration order
+            object.__setattr__(self, name, value)
 
 
 def _as_class_ids(values: Any, where: str) -> np.ndarray:
@@ -171,19 +168,9 @@ def records_from_json(items: Sequence[Mapping[str, Any]]) -> list[ImageRecord]:
 
 def records_to_json(records: Sequence[ImageRecord]) -> list[dict[str, Any]]:
     """Inverse of `records_from_json`: plain lists and numbers, `width`/`height` only when known."""
-    items = []
-    for record in records:
-        item: dict[str, Any] = {
-            "image_id": record.image_id,
-            "gt_classes": record.gt_classes.tolist(),
-            "gt_boxes": record.gt_boxes.tolist(),
-            "pred_classes": record.pred_classes.tolist(),
-            "pred_boxes": record.pred_boxes.tolist(),
-            "pred_conf": record.pred_conf.tolist(),
-        }
-        item.update({key: int(getattr(record, key)) for key in JSON_OPTIONAL_KEYS if getattr(record, key) is not None})
-        items.append(item)
-    return items
+    return [{"image_id": record.image_id, **{key: getattr(record, key).tolist() for key in JSON_REQUIRED_KEYS[1:]},
+             **{key: int(getattr(record, key)) for key in JSON_OPTIONAL_KEYS if getattr(record, key) is not None}}
+            for record in records]
 
 
 def validate_records(records: Sequence[ImageRecord], num_classes: int) -> None:
@@ -192,9 +179,8 @@ def validate_records(records: Sequence[ImageRecord], num_classes: int) -> None:
         raise ValueError(f"num_classes={num_classes!r}; pass the dataset's class count (len(names)) as a positive int")
     if not records:
         raise ValueError("no image records; evaluate at least one image before computing metrics")
-    ids = [record.image_id for record in records]
-    if len(set(ids)) != len(ids):
-        duplicates = sorted({image_id for image_id in ids if ids.count(image_id) > 1})[:5]
+    counts = Counter(record.image_id for record in records)
+    if duplicates := sorted(image_id for image_id, count in counts.items() if count > 1)[:5]:
         raise ValueError(f"duplicate image ids {duplicates}; give every image of a split a unique id")
     for record in records:
         for name in ("gt_classes", "pred_classes"):
@@ -206,20 +192,13 @@ def validate_records(records: Sequence[ImageRecord], num_classes: int) -> None:
 
 
 def _check_unit_interval(name: str, value: float) -> None:
-    """Raise ValueError unless 0 <= value <= 1."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}={value!r} is outside [0, 1]; pass a fraction such as 0.25")
 
 
 def prf_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall and F1 from counts under the module's empty-set rule.
-
-    Args:
-        tp, fp, fn: broadcastable arrays (any shape, e.g. (N,) per image or () for totals) of counts.
-
-    Returns:
-        (precision, recall, f1), float64 arrays of the broadcast shape, each in [0, 1].
-    """
+    """(precision, recall, f1) under the module's empty-set rule from broadcastable count arrays `tp, fp, fn`
+    (any shape, e.g. (N,) per image or () for totals): float64 arrays of the broadcast shape, each in [0, 1]."""
     tp, fp, fn = (np.asarray(count, dtype=np.float64) for count in (tp, fp, fn))
     nothing_wrong = (fp == 0) & (fn == 0)
     empty_score = np.where(nothing_wrong, EMPTY_BOTH_SCORE, EMPTY_ONE_SIDE_SCORE)
@@ -231,12 +210,8 @@ def prf_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.
 
 
 def class_max_confidence(records: Sequence[ImageRecord], num_classes: int) -> np.ndarray:
-    """Highest detection confidence per image and class.
-
-    Returns:
-        (N, C) float64; -1.0 where the image has no detection of that class, so that no
-        threshold in [0, 1] ever puts the class in the predicted set.
-    """
+    """Highest detection confidence per image and class, (N, C) float64; -1.0 where the image has no detection
+    of that class, so that no threshold in [0, 1] ever puts the class in the predicted set."""
     max_conf = np.full((len(records), num_classes), -1.0)
     for row, record in enumerate(records):
         np.maximum.at(max_conf[row], record.pred_classes, record.pred_conf)
@@ -259,13 +234,13 @@ def ingredient_sets(records: Sequence[ImageRecord], num_classes: int,
     return gt_class_sets(records, num_classes), class_max_confidence(records, num_classes) >= conf
 
 
-def _set_counts(gt: np.ndarray, pred: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TP, FP, FN of boolean (N, C) sets summed along `axis` (None: everything)."""
+def _set_counts(gt: np.ndarray, pred: np.ndarray,
+                axis: int | tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TP, FP, FN of boolean (N, C) sets (or broadcastable stacks of them) summed along `axis` (None: everything)."""
     return (gt & pred).sum(axis=axis), (~gt & pred).sum(axis=axis), (gt & ~pred).sum(axis=axis)
 
 
 def _check_sets(gt: np.ndarray, pred: np.ndarray) -> None:
-    """Raise ValueError unless gt and pred are boolean matrices of one (N, C) shape."""
     if gt.dtype != bool or pred.dtype != bool or gt.ndim != 2 or gt.shape != pred.shape:
         raise ValueError(f"expected two bool (N, C) matrices of one shape, got {gt.dtype}{gt.shape} and "
                          f"{pred.dtype}{pred.shape}; build them with ingredient_sets()")
@@ -281,32 +256,23 @@ def per_image_prf(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def per_class_prf(gt: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class ingredient scores from (N, C) bool sets.
-
-    Returns:
-        dict of (C,) arrays: precision, recall, f1 (float64); support (images whose GT has the
-        class), predicted (images whose predicted set has it), tp (images with both) (int64).
-    """
+    """Per-class ingredient scores from (N, C) bool sets: a dict of (C,) arrays, precision, recall, f1 (float64);
+    support (images whose GT has the class), predicted (images whose predicted set has it), tp (images with both)
+    (int64)."""
     _check_sets(gt, pred)
     tp, fp, fn = _set_counts(gt, pred, axis=0)
     precision, recall, f1 = prf_from_counts(tp, fp, fn)
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "support": tp + fn, "predicted": tp + fp, "tp": tp}
+    return {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn, "predicted": tp + fp, "tp": tp}
 
 
 def ingredient_prf(gt: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, float]]:
-    """Ingredient-list P/R/F1 with the three averages from (N, C) bool sets.
-
-    Returns:
-        {"micro" | "macro" | "samples": {"precision", "recall", "f1"}} as floats in [0, 1].
-        macro averages over the columns present in gt or pred (NaN when none is); samples
-        averages over all N rows.
-    """
+    """Ingredient-list P/R/F1 with the three averages from (N, C) bool sets: {"micro" | "macro" | "samples":
+    {"precision", "recall", "f1"}} as floats in [0, 1]. macro averages over the columns present in gt or pred
+    (NaN when none is); samples averages over all N rows."""
     _check_sets(gt, pred)
     micro = prf_from_counts(*_set_counts(gt, pred, axis=None))
-    per_class = per_class_prf(gt, pred)
-    present = present_classes(gt, pred)
-    macro = (per_class["precision"][present], per_class["recall"][present], per_class["f1"][present])
+    per_class, present = per_class_prf(gt, pred), present_classes(gt, pred)
+    macro = tuple(per_class[name][present] for name in ("precision", "recall", "f1"))
     samples = per_image_prf(gt, pred)
     return {name: {"precision": _mean(p), "recall": _mean(r), "f1": _mean(f)}
             for name, (p, r, f) in (("micro", micro), ("macro", macro), ("samples", samples))}
@@ -325,16 +291,11 @@ def _mean(values: np.ndarray) -> float:
 
 def f1_vs_conf(records: Sequence[ImageRecord], num_classes: int,
                conf_grid: Sequence[float] = DEFAULT_CONF_GRID) -> dict[str, Any]:
-    """Ingredient F1 (micro and samples) over a grid of confidence thresholds.
+    """Ingredient F1 (micro and samples) over `conf_grid`, (T,) thresholds in [0, 1].
 
-    Args:
-        conf_grid: (T,) thresholds in [0, 1].
-
-    Returns:
-        {"conf": (T,) list, "micro_f1": (T,) list, "samples_f1": (T,) list,
-         "best_conf_micro": float, "best_conf_samples": float}; a best conf is the lowest grid
-        threshold reaching the highest F1. Choose a threshold on the validation split and apply it
-        to the test split: the best conf of the test split itself is an optimistic estimate.
+    Returns {"conf", "micro_f1", "samples_f1": (T,) lists, "best_conf_micro", "best_conf_samples": float}; a best
+    conf is the lowest grid threshold reaching the highest F1. Choose a threshold on the validation split and apply
+    it to the test split: the best conf of the test split itself is an optimistic estimate.
     """
     grid = np.asarray(conf_grid, dtype=np.float64).reshape(-1)
     if grid.size == 0:
@@ -344,19 +305,16 @@ def f1_vs_conf(records: Sequence[ImageRecord], num_classes: int,
     validate_records(records, num_classes)
     gt = gt_class_sets(records, num_classes)[None]                                   # (1, N, C)
     pred = class_max_confidence(records, num_classes)[None] >= grid[:, None, None]   # (T, N, C)
-    tp, fp, fn = (gt & pred), (~gt & pred), (gt & ~pred)
-    micro_f1 = prf_from_counts(tp.sum(axis=(1, 2)), fp.sum(axis=(1, 2)), fn.sum(axis=(1, 2)))[2]
-    samples_f1 = prf_from_counts(tp.sum(axis=2), fp.sum(axis=2), fn.sum(axis=2))[2].mean(axis=1)
+    micro_f1 = prf_from_counts(*_set_counts(gt, pred, axis=(1, 2)))[2]
+    samples_f1 = prf_from_counts(*_set_counts(gt, pred, axis=2))[2].mean(axis=1)
     return {"conf": grid.tolist(), "micro_f1": micro_f1.tolist(), "samples_f1": samples_f1.tolist(),
             "best_conf_micro": float(grid[np.argmax(micro_f1)]),
             "best_conf_samples": float(grid[np.argmax(samples_f1)])}
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (A, 4) and (B, 4) xyxy boxes (same units): (A, B) float64 in [0, 1].
-
-    A pair whose union has zero area (two degenerate boxes) has IoU 0.
-    """
+    """Pairwise IoU of (A, 4) and (B, 4) xyxy boxes (same units): (A, B) float64 in [0, 1]; a pair whose union
+    has zero area (two degenerate boxes) has IoU 0."""
     top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])        # (A, B, 2)
     bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])    # (A, B, 2)
     intersection = np.clip(bottom_right - top_left, 0.0, None).prod(axis=2)
@@ -369,18 +327,13 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
 
 def optimal_matches(iou: np.ndarray, same_class: np.ndarray,
                     match_iou: float = DEFAULT_MATCH_IOU) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching of predictions to GT boxes by `linear_sum_assignment`.
+    """One-to-one matching of predictions to GT boxes by `linear_sum_assignment`: (pred_index, gt_index), two (M,)
+    int arrays of matched pairs, M = number of true positives. `iou`: (P, G) IoU of predictions vs GT boxes;
+    `same_class`: (P, G) bool, True where the prediction's class equals the GT box's class.
 
     A pair is eligible when `same_class` and IoU >= `match_iou`. Eligible pairs weigh
     1 + IoU / (K + 1), K = min(P, G), others 0: the IoU part of any assignment sums to less than 1,
     so the optimum has the most matches possible and, among those, the largest total IoU.
-
-    Args:
-        iou: (P, G) float IoU of predictions vs GT boxes.
-        same_class: (P, G) bool, True where the prediction's class equals the GT box's class.
-
-    Returns:
-        (pred_index, gt_index): two (M,) int arrays of matched pairs, M = number of true positives.
     """
     _check_unit_interval("match_iou", match_iou)
     if iou.shape != same_class.shape or iou.ndim != 2:
@@ -413,34 +366,26 @@ def detection_counts(record: ImageRecord, conf: float = DEFAULT_CONF,
 
 def detection_prf(records: Sequence[ImageRecord], conf: float = DEFAULT_CONF,
                   match_iou: float = DEFAULT_MATCH_IOU) -> dict[str, float | int]:
-    """Detection-level P/R/F1 with TP/FP/FN summed over images (box counts, not images).
-
-    Returns:
-        {"precision", "recall", "f1": float in [0, 1], "tp", "fp", "fn": int}.
-    """
+    """Detection-level P/R/F1 with TP/FP/FN summed over images (box counts, not images):
+    {"precision", "recall", "f1": float in [0, 1], "tp", "fp", "fn": int}."""
     _check_unit_interval("conf", conf)
     _check_unit_interval("match_iou", match_iou)
     if not records:
         raise ValueError("no image records; evaluate at least one image before computing metrics")
-    counts = np.array([detection_counts(record, conf, match_iou) for record in records],
-                      dtype=np.int64)
+    counts = np.array([detection_counts(record, conf, match_iou) for record in records], dtype=np.int64)
     tp, fp, fn = (int(total) for total in counts.sum(axis=0))
     precision, recall, f1 = prf_from_counts(tp, fp, fn)
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "tp": tp, "fp": fp, "fn": fn}
 
 
 def robustness_ratio(occluded: float, clean: float) -> float:
-    """occluded / clean for one score (rF1 from F1, rmAP from mAP); NaN when `clean` is 0 (NaN propagates).
-
-    1.0 means occlusion costs nothing; the ratio is undefined (NaN) when the clean score is 0,
-    since there is nothing to retain.
-    """
+    """occluded / clean for one score (rF1 from F1, rmAP from mAP): 1.0 means occlusion costs nothing. NaN when
+    `clean` is 0, since there is nothing to retain (a NaN score propagates)."""
     return math.nan if clean == 0 else occluded / clean
 
 
 def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: float = DEFAULT_CONF,
-                    match_iou: float = DEFAULT_MATCH_IOU, class_names: Sequence[str] | None = None,
-                    conf_grid: Sequence[float] = DEFAULT_CONF_GRID) -> dict[str, Any]:
+                    match_iou: float = DEFAULT_MATCH_IOU, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Every metric of one split's predictions as a JSON-ready dict.
 
     Returns:
@@ -461,14 +406,10 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
         raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}; pass the dataset's names")
     gt, pred = ingredient_sets(records, num_classes, conf)
     names = list(class_names) if class_names is not None else [str(class_id) for class_id in range(num_classes)]
-    per_class = per_class_prf(gt, pred)
-    present = present_classes(gt, pred)
+    per_class, present = per_class_prf(gt, pred), present_classes(gt, pred)
     image_precision, image_recall, image_f1 = per_image_prf(gt, pred)
     return {
-        "n_images": len(records),
-        "num_classes": num_classes,
-        "conf": conf,
-        "match_iou": match_iou,
+        "n_images": len(records), "num_classes": num_classes, "conf": conf, "match_iou": match_iou,
         "ingredient": ingredient_prf(gt, pred),
         "per_class": [{"class_id": class_id, "name": names[class_id], "present": bool(present[class_id]),
                        **{key: values[class_id].item() for key, values in per_class.items()}}
@@ -476,17 +417,14 @@ def summarize_split(records: Sequence[ImageRecord], num_classes: int, conf: floa
         "per_image": {"image_id": [record.image_id for record in records], "precision": image_precision.tolist(),
                       "recall": image_recall.tolist(), "f1": image_f1.tolist()},
         "detection": detection_prf(records, conf, match_iou),
-        "f1_vs_conf": f1_vs_conf(records, num_classes, conf_grid),
+        "f1_vs_conf": f1_vs_conf(records, num_classes),
     }
 
 
 def operating_point(records: Sequence[ImageRecord], num_classes: int, conf: float,
                     match_iou: float = DEFAULT_MATCH_IOU) -> dict[str, Any]:
-    """Ingredient and detection metrics of one split at threshold `conf`.
-
-    Returns:
-        {"conf": float, "ingredient": {"micro" | "macro" | "samples": {"precision", "recall", "f1"}},
-         "detection": {"precision", "recall", "f1", "tp", "fp", "fn"}}.
+    """Ingredient and detection metrics of one split at threshold `conf`: {"conf": float, "ingredient": {"micro" |
+    "macro" | "samples": {"precision", "recall", "f1"}}, "detection": {"precision", "recall", "f1", "tp", "fp", "fn"}}.
     """
     return {"conf": conf, "ingredient": ingredient_prf(*ingredient_sets(records, num_classes, conf)),
             "detection": detection_prf(records, conf, match_iou)}
@@ -494,16 +432,14 @@ def operating_point(records: Sequence[ImageRecord], num_classes: int, conf: floa
 
 def choose_threshold(val_records: Sequence[ImageRecord], num_classes: int,
                      grid: Sequence[float] = THRESHOLD_SEARCH_GRID, prefer: float = DEFAULT_CONF) -> dict[str, float]:
-    """The confidence threshold that maximises ingredient micro F1 on the clean *val* split.
+    """The confidence threshold that maximises ingredient micro F1 on the clean *val* split: {"conf": chosen
+    threshold, "val_micro_f1": micro F1 on val at it}.
 
     The secondary operating point of a session (docs/thresholds.md): each session gets its own
     threshold, so a session whose scores are merely shifted (calibration) is not mistaken for a
     more or less robust one. Never call this on a test split. Ties go to the threshold nearest
     `prefer` (the primary threshold): a session moves off the default only where that helps on val,
     and a model that finds nothing keeps the default.
-
-    Returns:
-        {"conf": chosen threshold, "val_micro_f1": micro F1 on val at it}.
     """
     curve = f1_vs_conf(val_records, num_classes, grid)
     f1 = np.asarray(curve["micro_f1"])

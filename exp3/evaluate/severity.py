@@ -33,9 +33,9 @@ class Metric:
 
     `kind`: `count` (micro F1 of per-image (tp, fp, fn) summed over images), `mean` (the mean of a per-image score)
     or `map` (the validator's mAP: no per-image decomposition; intervals from exp3.evaluate.mapstats). `path`: its
-    attribute
-    path inside a split entry of metrics.json (`exp3.schema.SplitMetrics`); `columns`: the per-image columns of
-    the report's scores behind it (exp3.report.draws.image_scores); `short`: its header in report.md's split tables.
+    attribute path inside a split entry of metrics.json (`exp3.schema.SplitMetrics`); `columns`: the per-image
+    columns of the report's scores behind it (exp3.report.draws.image_scores); `short`: its header in report.md's
+    split tables.
     """
 
     key: str
@@ -44,7 +44,6 @@ class Metric:
     path: tuple[str, ...]
     columns: tuple[str, ...] = ()
     short: str = ""
-    higher_is_better: bool = True
 
 
 METRICS: dict[str, Metric] = {metric.key: metric for metric in (
@@ -58,7 +57,6 @@ METRICS: dict[str, Metric] = {metric.key: metric for metric in (
     Metric("map50_95", "mAP50-95", "map", ("map50_95",), short="mAP50-95"),
 )}
 """The headline metrics, in the report's order (the keys of metrics.json's `severity.summary.mPC` / `rPC`)."""
-
 
 
 def split_value(split: SplitMetrics | SplitView | None, metric: str) -> float | None:

@@ -74,8 +74,7 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
     """Refuse unknown names, missing weights or a live root (2), then dry run, sanity check or `flow` (1: failed)."""
-    # lazy: exp3.session.prepare loads numpy and the occlusion generator; --help and a refused config answer without
-    # them
+    # lazy: exp3.session.prepare loads numpy and the occlusion generator, which --help and a refused config never need
     from exp3.session.prepare import resolve_model_weights
 
     try:  # names and weights before anything runs

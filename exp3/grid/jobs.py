@@ -49,6 +49,9 @@ class SessionJob(BaseModel):
         """Done under `cache_key` with every configured evaluation: nothing to run (one missing: evaluate only)."""
         return self.paths.is_done(self.cache_key) and self.paths.evaluations_current(self.evaluations)
 
+    def result(self, status: SessionState, **fields: Any) -> SessionResult:
+        return SessionResult(session=self.name, status=status, cache_key=self.cache_key, **fields)
+
 
 class SessionResult(BaseModel):
     """What one session ended with in this flow run: DONE (ran to DONE here), CACHED (done before: nothing ran),
@@ -64,20 +67,16 @@ class SessionResult(BaseModel):
     moved_aside: str | None = None  # where results made under other inputs were moved before it trained again
 
 
-def _result(job: SessionJob, status: SessionState, reason: str | None = None) -> SessionResult:
-    return SessionResult(session=job.name, status=status, cache_key=job.cache_key, reason=reason)
-
-
 def outcome(job: SessionJob, value: Any) -> SessionResult:
     """The `SessionResult` of a finished task from its result value (a failed task's value is its exception)."""
     if isinstance(value, SessionResult):
         return value
-    return _result(job, SessionState.FAILED, (str(value) or type(value).__name__).splitlines()[0])
+    return job.result(SessionState.FAILED, reason=(str(value) or type(value).__name__).splitlines()[0])
 
 
 def done_result(job: SessionJob) -> SessionResult | None:
     """The CACHED result of a job already done under its key with every configured evaluation, else None."""
-    return _result(job, SessionState.CACHED) if job.is_current else None
+    return job.result(SessionState.CACHED) if job.is_current else None
 
 
 def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = None,
@@ -132,14 +131,14 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
             not_started(job, done)
         elif not job.rerun_failed and job.paths.state(job.cache_key) == SessionState.FAILED:
             error = (job.paths.failure() or {}).get("error")
-            not_started(job, _result(job, SessionState.SKIPPED, f"{job.name}: failed in an earlier run ({error}); "
-                                                               "not re-run without --rerun-failed"))
+            not_started(job, job.result(SessionState.SKIPPED, reason=f"{job.name}: failed in an earlier run ({error}); "
+                                                                      "not re-run without --rerun-failed"))
         else:
             slot = free.get()  # waits until a running session ends
             if failed and stop_on_failure:
                 free.put(slot)
-                not_started(job, _result(job, SessionState.SKIPPED, f"{job.name}: not run, {failed[0]} failed "
-                                                                   "and failure.policy is 'stop'"))
+                not_started(job, job.result(SessionState.SKIPPED, reason=f"{job.name}: not run, {failed[0]} failed "
+                                                                          "and failure.policy is 'stop'"))
             else:
                 start(job.model_copy(update={"gpu": slot})).add_done_callback(functools.partial(ended, job, slot))
     for _ in slots:

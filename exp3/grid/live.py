@@ -126,8 +126,7 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}")
-    return SessionResult(session=job.name, status=SessionState.DONE, cache_key=job.cache_key,
-                         wall_s=flow_run.total_run_time.total_seconds())
+    return job.result(SessionState.DONE, wall_s=flow_run.total_run_time.total_seconds())
 
 
 def publish_report(result: ReportResult, models: list[str]) -> None:

@@ -130,8 +130,7 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         on_poll(finished)
         log.write(f"==== exit {process.returncode} after {wall} s ====\n".encode())
     if finished:
-        return SessionResult(session=job.name, status=SessionState.DONE, cache_key=cache_key, wall_s=wall,
-                             moved_aside=None if moved is None else str(moved))
+        return job.result(SessionState.DONE, wall_s=wall, moved_aside=None if moved is None else str(moved))
     if process.returncode == 0:
         raise SessionError(f"{job.name}: the session finished under another key than {cache_key} "
                            f"(see {paths.inputs}): report this as a bug")

@@ -19,6 +19,7 @@ per problem and tried again at the next moment; it never fails a session or the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -44,10 +45,8 @@ NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten
 
 def _truncate(path: Path) -> None:
     """Empty `path` before it is replaced or removed (a no-op if absent)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.truncate(path, 0)
-    except FileNotFoundError:
-        pass
 
 
 @dataclass
@@ -72,13 +71,11 @@ class Mirror:
         signature = (stat.st_size, stat.st_mtime_ns)
         if self._copied.get(target) == signature:  # copied by this run and unchanged since: no stat of the mirror
             return 0
-        try:
+        with contextlib.suppress(FileNotFoundError):
             held = target.stat()
             if held.st_size == stat.st_size and int(held.st_mtime) == int(stat.st_mtime):
                 self._copied[target] = signature
                 return 0
-        except FileNotFoundError:
-            pass
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}{TEMP_SUFFIX}")
         shutil.copyfile(source, temporary)

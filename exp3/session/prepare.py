@@ -95,15 +95,12 @@ def prepared_is_current(prepared: PreparedData) -> bool:
     The cheap check a session makes on data the flow prepared and verified (no pass over the
     dataset or the suites); anything else and the session prepares and verifies for itself.
     """
-    suite_manifest = Path(prepared.suite_dir) / "manifest.json"
-    s2_manifest = Path(prepared.s2_data_yaml).parent / "manifest.json"
+    manifests = [(Path(prepared.suite_dir), prepared.suite_manifest_sha256),
+                 (Path(prepared.s2_data_yaml).parent, prepared.s2_manifest_sha256),
+                 *((Path(suite.suite_dir), suite.manifest_sha256) for suite in prepared.severity_suites)]
     return (Path(prepared.data_yaml).is_file() and Path(prepared.s2_data_yaml).is_file()
-            and suite_manifest.is_file() and s2_manifest.is_file()
-            and sha256_file(suite_manifest) == prepared.suite_manifest_sha256
-            and sha256_file(s2_manifest) == prepared.s2_manifest_sha256
-            and all((Path(suite.suite_dir) / "manifest.json").is_file()
-                    and sha256_file(Path(suite.suite_dir) / "manifest.json") == suite.manifest_sha256
-                    for suite in prepared.severity_suites))
+            and all((folder / "manifest.json").is_file() and sha256_file(folder / "manifest.json") == sha256
+                    for folder, sha256 in manifests))
 
 
 def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str | None:

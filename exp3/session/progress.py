@@ -77,8 +77,8 @@ def format_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-def format_value(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def format_value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def format_epoch_line(session: str, progress: EpochProgress) -> str:

@@ -64,7 +64,8 @@ PREDICTIONS = ("model.predict as returned (YOLO: one class per box, predict's NM
                "RT-DETR: top 300 over queries x classes); mAP: model.val")
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Local time with its UTC offset: the `time` of metrics.json's records and of the DONE and FAILED markers."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -105,10 +106,10 @@ def robustness(clean: SplitMetrics | SplitView, occluded: SplitMetrics | SplitVi
 def severity_evaluation(prepared: PreparedData, split: str, checkpoint: Path, metrics: SplitMetrics,
                         added_after_training: bool) -> SeverityEvaluation:
     """What a severity split's numbers come from: its suite, the checkpoint, when, how long."""
-    suite = next(suite for suite in prepared.severity_suites if suite.split == split)
+    suite = prepared.severity_suite(split)
     return SeverityEvaluation(level=suite.level, coverage=suite.coverage, spec_key=suite.spec_key,
                               suite_id=suite.suite_id, manifest_sha256=suite.manifest_sha256,
-                              checkpoint=str(checkpoint), time=_now(), added_after_training=added_after_training,
+                              checkpoint=str(checkpoint), time=timestamp(), added_after_training=added_after_training,
                               wall_s=metrics.eval_wall_s, exp3_version=__version__)
 
 
@@ -130,10 +131,6 @@ def threshold_block(config: ExperimentConfig, val: SplitEvaluation, chosen: Mapp
                       val_map50=val.map50, val_map50_95=val.map50_95)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def session_record(config: ExperimentConfig, session: Session, inputs: SessionInputs, prepared: PreparedData, *,
                    weights: ResolvedWeights, plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None,
                    previous_failure: dict[str, Any] | None, checkpoint: Path, thresholds: Thresholds,
@@ -142,7 +139,8 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
     """The metrics.json of a session that has just trained (`plan`, `outcome`; `retry_batch` of an
     out-of-memory retry) and evaluated `checkpoint` on every test split (`splits`; `evaluations` for
     the severity splits), with its provenance. `previous_failure`: the FAILED marker it replaced."""
-    masking_stats = _read_json(Path(plan.run_dir) / "masking_stats.json")
+    stats_file = Path(plan.run_dir) / "masking_stats.json"
+    masking_stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
     return SessionMetrics(
         schema_version=SCHEMA_VERSION,
         status="done",
@@ -193,7 +191,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
 def write_record(paths: SessionPaths, metrics: SessionMetrics) -> None:
     """metrics.json written atomically, then the DONE marker that names its sha256 and key."""
     atomic_write_json(paths.metrics, metrics.to_json())
-    paths.write_done(metrics.cache_key, {"session": metrics.session, "exp3_version": __version__, "time": _now()})
+    paths.write_done(metrics.cache_key, {"session": metrics.session, "exp3_version": __version__, "time": timestamp()})
 
 
 def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added: dict[str, SplitMetrics],
@@ -207,7 +205,7 @@ def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added:
     splits = dict(current.splits)
     for split in [*removed, *(split for split in added if split in evaluations or split in splits)]:
         superseded.append(Superseded(split=split, evaluation=evaluations.pop(split, None),
-                                     metrics=splits.pop(split, None), superseded_at=_now()))
+                                     metrics=splits.pop(split, None), superseded_at=timestamp()))
     for split, metrics in added.items():
         splits[split] = metrics
         evaluations[split] = severity_evaluation(prepared, split, checkpoint, metrics, True)

@@ -50,10 +50,8 @@ import json
 import os
 import shutil
 import sys
-import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -84,6 +82,7 @@ from exp3.session.record import (
     severity_evaluation,
     split_metrics,
     threshold_block,
+    timestamp,
     with_severity_levels,
     write_record,
 )
@@ -127,8 +126,7 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
             if prepared is None or not prepared_is_current(prepared):
                 prepared = prepare_data(config, output_root)
         except Exception as error:
-            _write_failure(paths, session, error)
-            raise SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})") from error
+            raise _failed(paths, session, error) from error
         inputs = session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256)
         if paths.is_done(inputs.key):
             return update_severity_evaluations(config, session, output_root, paths, prepared)
@@ -145,8 +143,7 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
                                               retry_batch)
             write_record(paths, metrics)
         except Exception as error:  # noqa: BLE001 - every failure must leave a FAILED marker
-            _write_failure(paths, session, error)
-            raise SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})") from error
+            raise _failed(paths, session, error) from error
         return metrics
 
 
@@ -154,12 +151,14 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
-def _write_failure(paths: SessionPaths, session: Session, error: BaseException) -> None:
+def _failed(paths: SessionPaths, session: Session, error: BaseException) -> SessionFailed:
+    """Write the FAILED marker of `error` (handled now); the one-line `SessionFailed` to raise."""
     paths.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.failed_marker, {
         "session": session.name, "error": _one_line(error), "traceback": traceback.format_exc(),
-        "train_log_tail": log_tail(paths.logs / "train.log"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "train_log_tail": log_tail(paths.logs / "train.log"), "time": timestamp(),
     })
+    return SessionFailed(f"{session.name} failed: {_one_line(error)} (see {paths.failed_marker})")
 
 
 def _evaluate(model: EvaluationModel, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
@@ -186,14 +185,12 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
         raise SessionFailed(f"training stopped early ({epoch_info}); run the session again to resume")
     _link_weights(Path(plan.run_dir) / "weights", folder / "weights")
     names = read_data_yaml(prepared.data_yaml).names
-    eval_wall = 0.0
     model = load_evaluation_model(checkpoint, plan.family)  # once, for val and every test split
     val = _evaluate(model, Path(prepared.data_yaml), VAL_SPLIT, config, output_root, folder / "plots" / VAL_SPLIT,
                     plots=False)  # its figures are train/'s: Ultralytics' final validation of the same checkpoint
-    atomic_write_json(paths.predictions(VAL_SPLIT), {"schema_version": SCHEMA_VERSION, "session": session.name,
-                                                     "split": VAL_SPLIT, "checkpoint": str(checkpoint),
-                                                     "images": val.records})
-    eval_wall += val.wall_s
+    eval_wall = val.wall_s  # taken before its file is written: val's share of eval.wall_s counts no writing
+    save_split_files(val, paths.predictions(VAL_SPLIT), {"schema_version": SCHEMA_VERSION, "session": session.name,
+                                                         "split": VAL_SPLIT, "checkpoint": str(checkpoint)})
     val_records = records_from_json(val.records)
     chosen = choose_threshold(val_records, len(names))
     splits: dict[str, SplitMetrics] = {}
@@ -233,17 +230,6 @@ def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentC
     return split_metrics(evaluation, records_from_json(evaluation.records), config, names, val_conf)
 
 
-def _read_metrics(payload: Any, paths: SessionPaths, session: Session) -> SessionMetrics:
-    """A done session's metrics.json (`payload`, parsed) as `SessionMetrics`; `SessionFailed` naming the
-    file if it is not one."""
-    try:
-        return SessionMetrics.model_validate(payload)
-    except ValidationError as error:
-        raise SessionFailed(f"{session.name}: {paths.metrics} does not match the metrics.json schema "
-                            f"(docs/schema.md): {_one_line(error)}; move the session folder away to train it "
-                            "again") from None
-
-
 def update_severity_evaluations(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
                                 prepared: PreparedData) -> SessionMetrics:
     """A done session's metrics.json brought up to the configured severity levels, without training.
@@ -254,7 +240,12 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     DONE valid. Returns the metrics (unchanged, nothing written, when nothing differs). Raises
     `SessionFailed` when the checkpoint is gone (the session stays done with what it has).
     """
-    current = _read_metrics(json.loads(paths.metrics.read_text(encoding="utf-8")), paths, session)
+    try:
+        current = SessionMetrics.model_validate(json.loads(paths.metrics.read_text(encoding="utf-8")))
+    except ValidationError as error:
+        raise SessionFailed(f"{session.name}: {paths.metrics} does not match the metrics.json schema "
+                            f"(docs/schema.md): {_one_line(error)}; move the session folder away to train it "
+                            "again") from None
     missing, extra = severity_changes(current, {suite.split: suite.spec_key for suite in prepared.severity_suites})
     if not missing and not extra:
         return current
@@ -271,7 +262,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
         added[split] = _evaluate_test_split(model, split, config, output_root, paths, session, prepared, names,
                                             current.thresholds.val_chosen)
     updated = with_severity_levels(current, prepared, added, extra, checkpoint)
-    paths.replace_metrics(updated.to_json(), {"severity_updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    paths.replace_metrics(updated.to_json(), {"severity_updated": timestamp()})
     return updated
 
 
