@@ -87,6 +87,14 @@ def canonical_json(payload: Any, indent: int | None = None) -> str:
     return json.dumps(json_safe(payload), sort_keys=True, indent=indent, default=str, allow_nan=False)
 
 
+def read_json(path: Path) -> Any:
+    """The parsed JSON file at `path`; None when it cannot be read or parsed (a reader that shows what it can)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def read_yaml(path: Path, what: str, missing_fix: str, error: type[ValueError] = ValueError) -> Any:
     """The YAML document at `path`; else `error`, one line naming `what`, the file and the fix (a missing file:
     `missing_fix`; bad syntax: its line; not UTF-8 text)."""

@@ -37,7 +37,8 @@ from exp3.evaluate.metrics import (
     records_from_json,
 )
 from exp3.evaluate.severity import split_value
-from exp3.report.runs import SessionRun, as_number, read_json, threshold_conf
+from exp3.fileio import read_json
+from exp3.report.runs import SessionRun, as_number, threshold_conf
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import SESSION_SUFFIXES

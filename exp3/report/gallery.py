@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from exp3.evaluate.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
+from exp3.fileio import read_json
 from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report import plots
 from exp3.report.draws import ReportData, split_match_iou
-from exp3.report.runs import SessionRun, class_name, read_json, threshold_conf
+from exp3.report.runs import SessionRun, class_name, threshold_conf
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT
 

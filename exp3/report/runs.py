@@ -3,13 +3,13 @@ MISSING, `exp3.session.layout.SessionState`) and metrics.json, and a done sessio
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+from exp3.fileio import read_json
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.plan import planned_key, read_plan
@@ -67,14 +67,6 @@ def discover_models(root: Path) -> list[str]:
     KNOWN_MODEL_ORDER first, then the rest alphabetically."""
     found = {child.name for child in root.iterdir() if _session_folders(child)} if root.is_dir() else set()
     return [model for model in KNOWN_MODEL_ORDER if model in found] + sorted(found - set(KNOWN_MODEL_ORDER))
-
-
-def read_json(path: Path) -> Any:
-    """The parsed JSON file at `path`, None when it cannot be read or parsed."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, sha256_bytes, sha256_file
+from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, read_json, sha256_bytes, sha256_file
 from exp3.schema import SessionMetrics
 from exp3.session.runlock import SessionLock
 from exp3.sessions import Session
@@ -43,13 +42,6 @@ class SessionState(StrEnum):
 DONE_MARKER = "DONE"
 FAILED_MARKER = "FAILED"
 TRAIN_RUN_NAME = "train"  # Ultralytics' run folder in the session folder: <session>/train/weights/{last,best}.pt
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def severity_changes(metrics: SessionMetrics, plan: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -106,26 +98,26 @@ class SessionPaths:
 
     def failure(self) -> dict[str, Any] | None:
         """The FAILED marker (parsed), or None."""
-        record = _read_json(self.failed_marker)
+        record = read_json(self.failed_marker)
         if isinstance(record, dict) or not self.failed_marker.exists():
             return record
         return {"error": "unreadable FAILED marker"}
 
     def recorded_key(self) -> str | None:
         """The key in inputs.json (None without one: a folder from before keys counts as stale)."""
-        record = _read_json(self.inputs)
+        record = read_json(self.inputs)
         return str(record["key"]) if isinstance(record, dict) and record.get("key") else None
 
     def evaluations_current(self, plan: dict[str, str]) -> bool:
         """metrics.json holds exactly the severity evaluations of `plan` ({split: spec key}); False: update it."""
         try:
-            return severity_changes(SessionMetrics.model_validate(_read_json(self.metrics)), plan) == ([], [])
+            return severity_changes(SessionMetrics.model_validate(read_json(self.metrics)), plan) == ([], [])
         except ValidationError:  # not a metrics.json of this format: the session says so when it runs
             return False
 
     def is_done(self, key: str | None) -> bool:
         """DONE records `key` (None: any) and the metrics.json on disk, or the one `replace_metrics` is replacing."""
-        marker = _read_json(self.done_marker)
+        marker = read_json(self.done_marker)
         if not isinstance(marker, dict) or not self.metrics.is_file() or key not in (None, marker.get("key")):
             return False
         return sha256_file(self.metrics) in (marker.get("metrics_sha256"), marker.get("replacing_metrics_sha256"))
@@ -152,7 +144,7 @@ class SessionPaths:
     def replace_metrics(self, payload: dict[str, Any], extra: dict[str, Any]) -> Path:
         """Replace a done session's metrics.json, done throughout: DONE accepts old and new, metrics.json is
         replaced, DONE names the new one only. `extra` is merged into DONE."""
-        marker = _read_json(self.done_marker)
+        marker = read_json(self.done_marker)
         if not isinstance(marker, dict) or not self.is_done(None):
             raise RuntimeError(f"{self.folder} is not done: only a done session's metrics.json is replaced")
         data = (canonical_json(payload, indent=2) + "\n").encode("utf-8")  # the bytes atomic_write_json writes

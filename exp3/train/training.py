@@ -26,7 +26,6 @@ finished training is evaluated from.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from exp3.config import ExperimentConfig
-from exp3.fileio import atomic_write_json
+from exp3.fileio import atomic_write_json, read_json
 from exp3.sessions import Session
 from exp3.train.offline import apply_offline_environment
 from exp3.train.weights import ResolvedWeights
@@ -197,7 +196,7 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
             raise
         finally:
             _after_training(environment)
-    info = _read_info(Path(plan.run_dir) / TRAIN_INFO_FILENAME)
+    info = read_json(Path(plan.run_dir) / TRAIN_INFO_FILENAME) or {}
     return TrainOutcome(round(time.perf_counter() - start, 2), info.get("resumed_from"), str(log_path), info)
 
 
@@ -410,7 +409,7 @@ def _train_with(plan: TrainPlan) -> None:
         return
     resuming = state == "partial"
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
-    train_info = TrainInfo(info_path, _read_info(info_path) if resuming else {})
+    train_info = TrainInfo(info_path, (read_json(info_path) or {}) if resuming else {})
     if resuming:
         print(f"exp3: resuming {plan.session} from its own {plan.last_pt} ({info})")
     model = (RTDETR if plan.family == "rtdetr" else YOLO)(str(plan.last_pt) if resuming else plan.source)
@@ -424,10 +423,3 @@ def _train_with(plan: TrainPlan) -> None:
     else:
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
     train_info.finish(trainer=trainer_class.__name__, resumed_from=info.get("epoch") if resuming else None)
-
-
-def _read_info(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
