@@ -3,24 +3,8 @@
     python -m exp3.session --config configs/smoke.yaml --model yolov8m --session S1_clean_train
 
 Its data and weights come from exp3/session/prepare.py, its metrics.json from exp3/session/record.py; this module
-runs the steps between them. Session folder `<output_root>/<model>/<model>__<session>/`:
-
-    inputs.json                   SessionInputs and their key (exp3/identity.py), written before training
-    config_resolved.yaml          the config this session ran with
-    train_plan.json               what the training was asked to do (exp3.train.training.TrainPlan)
-    train/                        Ultralytics' run: weights/{best,last}.pt, args.yaml, results.csv,
-                                  training plots, train_info.json, masking_stats.json (S3-S6)
-    weights/{best,last}.pt        hard links to train/weights/ (no extra disk), for convenience
-    plots/<split>/                Ultralytics' validation plots of the evaluated checkpoint (test_clean and
-                                  test_occ_fixed, with eval.plots; val's are in train/, its final validation)
-    predictions_val.json          per-image records of the clean val split (threshold choice only)
-    predictions_test_clean.json   per-image records (see exp3.evaluate.evaluation)
-    predictions_test_occ_fixed.json
-    predictions_test_occ_sev<k>.json  one per severity level (exp3/splits.py), also added to a finished session
-    map_stats_<split>.npz         the validator's per-image matching stats of each test split (mAP's CIs)
-    metrics.json                  exp3.schema.SessionMetrics, documented in docs/schema.md
-    logs/train.log                Ultralytics' output while training (all attempts)
-    DONE | FAILED                 marker (JSON): DONE holds metrics.json's sha256 and the inputs' key
+runs the steps between them. What the session folder `<output_root>/<model>/<model>__<session>/` holds, file by
+file: docs/schema.md.
 
 A session with a valid DONE marker made under the same inputs (same key) is skipped; a folder
 made under other inputs is `stale`: moved aside to `<root>/stale/` (kept, named in the log) and
