@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,23 @@ from exp3.train.offline import apply_offline_environment
 # Before any test imports ultralytics: no network, settings and fonts in a throw-away dir.
 _OFFLINE_ROOT = Path(tempfile.mkdtemp(prefix="exp3-tests-"))
 apply_offline_environment(_OFFLINE_ROOT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def charts_are_validated() -> Iterator[None]:
+    """The report saves its charts without Altair's schema validation (2-3 s of a pilot report's ~20 s); every
+    chart a test's report draws is validated against the Vega-Lite schema here instead, before it is saved."""
+    from exp3.report import plots  # reason: the report's Altair, loaded once per test process, after the settings
+
+    save = plots.save_chart
+
+    def validated_save(chart, path):  # type: ignore[no-untyped-def]
+        chart.to_dict()  # Altair validates by default and raises on a chart the schema does not allow
+        return save(chart, path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "save_chart", validated_save)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import altair as alt
 import pandas as pd
+import pytest
 
 from exp3.report import plots
 from exp3.sessions import SESSION_ORDER
@@ -114,3 +116,12 @@ def test_no_module_level_name_is_defined_twice() -> None:
 def test_split_panels_are_labelled_from_the_split_names() -> None:
     assert list(plots.SPLIT_LABELS) == list(PRIMARY_SPLITS)
     assert all(label.startswith(split) for split, label in plots.SPLIT_LABELS.items())
+
+
+def test_tests_validate_each_chart_the_report_saves(tmp_path: Path) -> None:
+    """conftest's `charts_are_validated`: the report saves unvalidated (`save_chart`), the tests validate; a chart
+    the Vega-Lite schema does not allow fails before anything is written."""
+    bad = alt.Chart(pd.DataFrame({"a": [1.0]})).mark_bar().encode(x=alt.X("a:Q", bin="wide"))
+    with pytest.raises(Exception, match="wide"):
+        plots.save_chart(bad, tmp_path / "bad")
+    assert not list(tmp_path.iterdir())
