@@ -22,12 +22,15 @@ The rules these tests hold the package to:
 from __future__ import annotations
 
 import ast
+import importlib
 import io
 import os
 import subprocess
 import sys
 import tokenize
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "exp3"
@@ -254,3 +257,12 @@ def test_a_session_process_loads_ultralytics_only_after_its_settings() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
     assert loaded == "[]"
+
+
+def test_every_console_script_names_a_function() -> None:
+    """pyproject's [project.scripts] name modules by path; a module that moved folders must move there too."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{name} = {target!r}"
