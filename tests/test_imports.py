@@ -28,9 +28,8 @@ import os
 import subprocess
 import sys
 import tokenize
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "exp3"
