@@ -237,25 +237,26 @@ def test_every_import_inside_a_function_says_why() -> None:
                          "(else move them to the top of the module):\n" + "\n".join(missing))
 
 
+def _loaded_after_importing(modules: list[str], watched: list[str]) -> list[str]:
+    """Which of `watched` a fresh interpreter has in sys.modules after importing `modules`."""
+    code = f"import sys, {', '.join(modules)}; print(repr(sorted(m for m in {watched!r} if m in sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return ast.literal_eval(result.stdout.strip())
+
+
 def test_the_command_line_loads_neither_prefect_nor_ultralytics() -> None:
     """exp3.grid.cli sets the environment Prefect and Ultralytics read when imported, so importing it (and
     `python -m exp3.status`) must load neither, nor torch."""
-    code = ("import sys, exp3.grid.cli, exp3.status; "
-            "print(sorted(m for m in ('prefect', 'ultralytics', 'torch') if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
-    assert loaded == "[]"
+    assert _loaded_after_importing(["exp3.grid.cli", "exp3.status"], ["prefect", "ultralytics", "torch"]) == []
 
 
 def test_a_session_process_loads_ultralytics_only_after_its_settings() -> None:
     """`python -m exp3.session` writes the root's Ultralytics settings and environment (exp3.train.offline,
     exp3.train.integrations) before Ultralytics reads them at its import: importing the session's modules must not
     load Ultralytics nor torch."""
-    code = ("import sys, exp3.session.run, exp3.train.training, exp3.evaluate.evaluation, exp3.session.record; "
-            "print(sorted(m for m in ('ultralytics', 'torch') if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
-    assert loaded == "[]"
+    modules = ["exp3.session.run", "exp3.train.training", "exp3.evaluate.evaluation", "exp3.session.record"]
+    assert _loaded_after_importing(modules, ["ultralytics", "torch"]) == []
 
 
 def test_every_console_script_names_a_function() -> None:

@@ -122,7 +122,8 @@ Statistic = Callable[[np.ndarray, float], np.ndarray]
 
 
 def f1_statistic(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
-    """Micro F1 of summed (tp, fp, fn) on the last axis; 1.0 where all are 0 (the empty-set rule of exp3.evaluate.metrics)."""
+    """Micro F1 of summed (tp, fp, fn) on the last axis; 1.0 where all are 0 (the empty-set rule of
+    exp3.evaluate.metrics)."""
     tp, fp, fn = np.moveaxis(np.asarray(totals), -1, 0)
     denominator = 2.0 * tp + fp + fn
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,14 +1,15 @@
 """Recall by covered fraction: which session still finds an object when most of it is hidden?
 
-Joins each occluded suite manifest's per-box `covered_fraction` (exp3/occlusion/occlude.py) to a session's predictions
-on that suite and asks, box by box, whether the object was found (definitions: docs/report.md, "Recall by covered
-fraction"): at the detection level, matched one-to-one by a detection of its class (`exp3.evaluate.metrics.matched_gt`); at the
-ingredient level, its class named in the image's predicted set (`exp3.evaluate.metrics.ingredient_sets`). Boxes are binned into
-`N_BINS` equal bins of covered fraction; intervals are a percentile bootstrap clustered on images (boxes of one image
-are not independent), on the report's image draws. Seeds and several occluded splits pool their boxes; an image id is
-one cluster across them. Boxes without a covered fraction (zero area) are left out and counted. A number only comes
-from the inputs it claims: manifest and predictions that do not describe the same images and boxes raise
-`CoverageError` (`align_split`) naming the split, the image and the fix.
+Joins each occluded suite manifest's per-box `covered_fraction` (exp3/occlusion/occlude.py) to a session's
+predictions on that suite and asks, box by box, whether the object was found (definitions: docs/report.md, "Recall
+by covered fraction"): at the detection level, matched one-to-one by a detection of its class
+(`exp3.evaluate.metrics.matched_gt`); at the ingredient level, its class named in the image's predicted set
+(`exp3.evaluate.metrics.ingredient_sets`). Boxes are binned into `N_BINS` equal bins of covered fraction; intervals
+are a percentile bootstrap clustered on images (boxes of one image are not independent), on the report's image
+draws. Seeds and several occluded splits pool their boxes; an image id is one cluster across them. Boxes without a
+covered fraction (zero area) are left out and counted. A number only comes from the inputs it claims: manifest and
+predictions that do not describe the same images and boxes raise `CoverageError` (`align_split`) naming the split,
+the image and the fix.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Training curves: had each session converged, and how did masking change the course of its training?
 
 Per done session, val mAP50-95 (the clean val split) and the train loss per epoch from its `train/results.csv` (as
-exp3.session.progress reads it), with three readings (rules and reasons: docs/report.md, "Training curves"): the epoch best.pt
-holds (`best_epoch`: Ultralytics 8.4 rewrites best.pt on a tie of its fitness, mAP50-95, so ties go to the later
-epoch), where the masking ramp reaches full strength (`ramp_epoch`) and whether the curve was still rising when
-training stopped (`convergence`). The train loss is the sum of the `train/*` losses Ultralytics logs, each after its
-gain: the objective the optimizer minimised. With several seeds a session's curve is the mean over its seeds on the
-epochs every seed has; each seed's line and best.pt epoch are kept. A session that is not done, or done without a
-results.csv, has no curve: `TrainingCurves.missing` names it.
+exp3.session.progress reads it), with three readings (rules and reasons: docs/report.md, "Training curves"): the
+epoch best.pt holds (`best_epoch`: Ultralytics 8.4 rewrites best.pt on a tie of its fitness, mAP50-95, so ties go to
+the later epoch), where the masking ramp reaches full strength (`ramp_epoch`) and whether the curve was still rising
+when training stopped (`convergence`). The train loss is the sum of the `train/*` losses Ultralytics logs, each
+after its gain: the objective the optimizer minimised. With several seeds a session's curve is the mean over its
+seeds on the epochs every seed has; each seed's line and best.pt epoch are kept. A session that is not done, or done
+without a results.csv, has no curve: `TrainingCurves.missing` names it.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
 
 def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
     """Where a masked session's linear ramp reaches full strength, in epochs trained (None: not masked, a constant
-    schedule, or not recorded). exp3.train.masking's strength is min(1, progress / ramp_fraction), progress = epochs done
-    / epochs."""
+    schedule, or not recorded). exp3.train.masking's strength is min(1, progress / ramp_fraction), progress =
+    epochs done / epochs."""
     masking, training = ((metrics or {}).get(key) for key in ("masking", "training"))
     spec = masking.get("spec") if isinstance(masking, dict) else None
     args = training.get("effective_args") if isinstance(training, dict) else None

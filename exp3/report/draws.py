@@ -55,8 +55,7 @@ def image_scores(records: list[ImageRecord], num_classes: int, conf: float, matc
     """Per-image counts and scores of one split at threshold `conf`, indexed by image_id: ingredient_tp/fp/fn
     (`exp3.evaluate.metrics.ingredient_sets`), ingredient_f1 (per image; its mean is the samples F1) and
     detection_tp/fp/fn (`exp3.evaluate.metrics.detection_counts` at `conf` and `match_iou`; from `matched`, each
-    record's
-    `exp3.evaluate.metrics.matched_gt`, when given)."""
+    record's `exp3.evaluate.metrics.matched_gt`, when given)."""
     gt, pred = ingredient_sets(records, num_classes, conf)
     tp, fp, fn = (gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)
     matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
@@ -179,8 +178,8 @@ class ReportData:
 
     def matched(self, run: SessionRun, split: str, threshold: str, conf: float) -> list[np.ndarray]:
         """Each record's ground-truth boxes matched by a detection at the operating point
-        (`exp3.evaluate.metrics.matched_gt`
-        at `conf` and the split's match IoU): the Hungarian matching behind detection F1 and coverage, made once."""
+        (`exp3.evaluate.metrics.matched_gt` at `conf` and the split's match IoU): the Hungarian matching behind
+        detection F1 and coverage, made once."""
         key = (run.folder, split, threshold)
         if key not in self._matched:
             iou = split_match_iou(run.view, split)

@@ -5,7 +5,8 @@ images, from the stored `predict` records and the suite's image files (no infere
 Rows follow GALLERY_RULE, a rule fixed in advance and the figure's caption (the random rows: drawn from the sorted ids
 left). With several seeds a session is shown by its lowest done seed. Columns: the occluded image with its ground
 truth (white), then each session's boxes at the primary threshold (class name + confidence): green when matched
-one-to-one to a ground-truth box of its class at IoU >= match_iou (exp3.evaluate.metrics.optimal_matches), red otherwise.
+one-to-one to a ground-truth box of its class at IoU >= match_iou (exp3.evaluate.metrics.optimal_matches), red
+otherwise.
 """
 
 from __future__ import annotations

@@ -350,7 +350,8 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
     x = alt.X("x:Q", title="covered fraction of the box (bin centre)", scale=alt.Scale(domain=[0, 1]),
               axis=alt.Axis(values=[index / 10 for index in range(11)], format=".1f", labelFontSize=_FONT_SIZE,
                             titleFontSize=_FONT_SIZE + 1))
-    tooltip = ["session_label:N", "threshold_label:N", "conf:N", "level_label:N", alt.Tooltip("bin_text:N", title="covered fraction"),
+    tooltip = ["session_label:N", "threshold_label:N", "conf:N", "level_label:N",
+               alt.Tooltip("bin_text:N", title="covered fraction"),
                alt.Tooltip("recall:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"), alt.Tooltip("n_found:Q", title="found"),
                alt.Tooltip("n_boxes:Q", title="boxes")]

@@ -71,8 +71,8 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
 
 
 def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
-    """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean over the
-    levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
+    """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean
+    over the levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
     unit): `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts."""
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
