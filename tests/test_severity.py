@@ -405,6 +405,10 @@ def test_report_has_severity_curves_table_and_charts(reported) -> None:
             assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 300
         assert (result.root / "plots" / f"{name}.html").is_file()
     assert (result.root / "severity_curves.csv").is_file() and (result.root / "severity_summary.csv").is_file()
+    # one model: its own F1 charts, no all-models copy of them (the same bars under another title)
+    assert {path.stem for path in (result.root / "plots").glob("f1_*.png")} == {
+        "f1_occ_yolov8n", "f1_clean_yolov8n", "f1_diff_occ", "f1_diff_clean"}
+    assert "by_model" not in text
 
 
 def test_severity_chart_data_has_one_line_per_session(reported) -> None:

@@ -60,13 +60,15 @@ def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -
 
 def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],
                  plots_dir: Path) -> list[Path]:
-    """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`."""
+    """Build every chart of the report from the tables and save PNG + HTML under `plots_dir`. The all-models bar
+    charts (`f1_<split>_by_model`) are drawn when there are several models: with one they would be its own chart."""
     f1 = METRICS["ingredient_micro_f1"].label
     ci_note = "error bars: 95% percentile bootstrap CI over test images (exp3.evaluate.stats)"
     written: list[Path] = []
     for split, tag in ((FIXED_SPLIT, "occ"), (CLEAN_SPLIT, "clean")):
         per_model = (([model], model, f": {model}") for model in models)
-        for chosen, name, which in ((models, "by_model", ", all models"), *per_model):
+        all_models = [(models, "by_model", ", all models")] if len(models) > 1 else []
+        for chosen, name, which in (*all_models, *per_model):
             written += plots.save_chart(plots.session_bar_chart(
                 bar_frame(summary, split, "ingredient_micro_f1", chosen), models,
                 title=f"{f1} on {split}{which}", y_title=f"{f1}, {split}", subtitle=ci_note),
