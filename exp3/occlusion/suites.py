@@ -45,7 +45,7 @@ from exp3.occlusion.identity import (
 )
 from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage, source_fingerprint
 from exp3.occlusion.verify import verify_occlusion_suite
-from exp3.occlusion.worker import _ImageTask, _run_tasks, _write
+from exp3.occlusion.worker import _ImageTask, _run_tasks
 from exp3.splits import PRIMARY_SPLITS, SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 
@@ -120,9 +120,8 @@ def _build(
         for subdir in subdirs:
             (build_dir / subdir).mkdir(parents=True)
         files: dict[str, str] = {}
-        extra = extra_files(final_dir)
-        for name, text in extra.items():
-            _write(build_dir / name, text.encode("utf-8"))
+        for name, text in extra_files(final_dir).items():
+            (build_dir / name).write_bytes(text.encode("utf-8"))
             files[name] = sha256_bytes(text.encode("utf-8"))
         entries, written = _run_tasks(tasks_for(build_dir), workers)
         files.update(written)

@@ -38,22 +38,6 @@ class _ImageTask:
     split: str = ""  # SEVERITY_KIND: the one (occluded) split the suite holds
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-def _box_entries(source: _SourceImage, boxes_xyxy: np.ndarray, record: dict[str, Any] | None) -> list[dict[str, Any]]:
-    entries = []
-    for index, (label, xyxy) in enumerate(zip(source.labels, boxes_xyxy)):
-        entry: dict[str, Any] = {"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy]}
-        if record is not None:
-            entry["target_coverage"] = record["target_coverage"][index]
-            entry["covered_fraction"] = record["covered_fraction"][index]
-        entries.append(entry)
-    return entries
-
-
 def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
     """Occlude (or copy) one image into the build directory.
 
@@ -70,7 +54,7 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
     files: dict[str, str] = {}
 
     def put(rel: str, payload: bytes, digest: str) -> str:
-        _write(build / rel, payload)
+        (build / rel).write_bytes(payload)
         files[rel] = digest
         return rel
 
@@ -107,6 +91,7 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
     occluded, record = occlude_image(image, boxes_xyxy, config, rng, donors)
     encoded = encode_image(occluded, config.output_format)
     digest = sha256_bytes(encoded)
+    per_box = zip(source.labels, boxes_xyxy, record["target_coverage"], record["covered_fraction"])
     out_rel = put(f"{occluded_split}/images/{source.image_id}{OUTPUT_SUFFIXES[config.output_format]}", encoded, digest)
     entry.update(
         occluded_image=out_rel,
@@ -116,7 +101,8 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         fill=record["fill"],
         occluders=record["occluders"],
         dropped_occluders=record["dropped_occluders"],
-        boxes=_box_entries(source, boxes_xyxy, record),
+        boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,
+                "covered_fraction": covered} for label, xyxy, target, covered in per_box],
     )
     return entry, files
 
@@ -136,7 +122,5 @@ def _run_tasks(tasks: list[_ImageTask], workers: int) -> tuple[list[dict[str, An
                 "a worker process died (out of memory, or a calling script without an "
                 "`if __name__ == '__main__':` guard): add the guard, or use workers=1"
             ) from None
-    files: dict[str, str] = {}
-    for _, written in results:
-        files.update(written)
+    files = {rel: digest for _, written in results for rel, digest in written.items()}
     return sorted((entry for entry, _ in results), key=lambda entry: entry["id"]), files
