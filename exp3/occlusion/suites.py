@@ -40,10 +40,11 @@ from exp3.occlusion.identity import (
     _suite_identity,
     _suite_name,
     _train_set_identity,
+    _with_source,
     severity_config,
     severity_spec,
 )
-from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage, source_fingerprint
+from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage
 from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.occlusion.worker import _ImageTask, _run_tasks
 from exp3.splits import PRIMARY_SPLITS, SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
@@ -193,7 +194,7 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     _check_inputs(level_config, workers, images, TEST_SPLIT)
     spec = severity_spec(config, level)
     split = spec["parameters"]["split"]
-    identity = {**spec, "source_fingerprint": source_fingerprint(images), "references": None}
+    identity = _with_source(spec, images)
 
     def tasks_for(build_dir: Path) -> list[_ImageTask]:
         return [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], str(build_dir), donors, split)
