@@ -51,11 +51,7 @@ from exp3.splits import PRIMARY_SPLITS, SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, 
 
 
 def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
-    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing).
-
-    Hashes GENERATOR_VERSION and `algorithm_constants()` with the parameters and the source
-    fingerprint: a suite built by another generator version never has this name.
-    """
+    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing)."""
     _, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     return _suite_name(_suite_identity(config, images))
 
@@ -83,8 +79,7 @@ def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_Sourc
 
 def _split_yaml(split_dir: Path, names: list[str]) -> str:
     """An Ultralytics data yaml whose train/val/test all point at one split's images (absolute path)."""
-    payload: dict[str, Any] = {"path": str(split_dir), **{split: "images" for split in SOURCE_SPLITS}}
-    payload["names"] = dict(enumerate(names))
+    payload = {"path": str(split_dir), **{split: "images" for split in SOURCE_SPLITS}, "names": dict(enumerate(names))}
     return yaml.safe_dump(payload, sort_keys=False)
 
 
@@ -104,7 +99,7 @@ def _build(
     identity: dict[str, Any],
     out_root: Path,
     tasks_for: Callable[[Path], list[_ImageTask]],
-    subdirs: Sequence[str],
+    splits: Sequence[str],
     extra_files: Callable[[Path], dict[str, str]],
     manifest_extra: dict[str, Any],
     workers: int,
@@ -118,8 +113,9 @@ def _build(
     ensure_writable_dir(out_root)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=out_root))
     try:
-        for subdir in subdirs:
-            (build_dir / subdir).mkdir(parents=True)
+        for split in splits:
+            (build_dir / split / "images").mkdir(parents=True)
+            (build_dir / split / "labels").mkdir(parents=True)
         files: dict[str, str] = {}
         for name, text in extra_files(final_dir).items():
             (build_dir / name).write_bytes(text.encode("utf-8"))
@@ -167,18 +163,14 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
         return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in PRIMARY_SPLITS}
 
     manifest_extra = _manifest_extra(config, Path(data_yaml), TEST_SPLIT, names, images, donors)
-    subdirs = [f"{split}/{part}" for split in PRIMARY_SPLITS for part in ("images", "labels")]
-    return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+    return _build(identity, Path(out_root), tasks_for, PRIMARY_SPLITS, extra_files, manifest_extra, workers)
 
 
 def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> list[Path]:
     """Build (or verify and reuse) one suite per `config.severities` level; return their dirs, level order.
 
-    Each is a fixed suite like `build_occlusion_suite`'s occluded half: the same test image ids,
-    object mode at the level's coverage range, per-image RNG `(seed, STREAM_SEVERITY_BASE + level,
-    image id)`, content-addressed `occsev-<hash12>`, built atomically, verified on reuse, never
-    overwritten. Layout: `<out_root>/occsev-<hash12>/{manifest.json, <split>.yaml, <split>/{images,labels}}`
-    with `<split>` = `exp3.splits.severity_split(level)`; the manifest has per-box `covered_fraction`.
+    Each is a fixed suite like `build_occlusion_suite`'s occluded half, in object mode at the level's
+    coverage range: rules and layout in docs/occlusion.md, "Severity suites".
     """
     if not config.severities:
         return []
@@ -206,8 +198,7 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     manifest_extra = {**_manifest_extra(level_config, data_yaml, TEST_SPLIT, names, images, donors), "split": split,
                       "severity_level": level, "coverage": list(level_config.coverage),
                       "spec_key": stable_hash(spec)}
-    subdirs = [f"{split}/images", f"{split}/labels"]
-    return _build(identity, out_root, tasks_for, subdirs, extra_files, manifest_extra, workers)
+    return _build(identity, out_root, tasks_for, [split], extra_files, manifest_extra, workers)
 
 
 def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names: list[str],
@@ -253,6 +244,5 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
     manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, names, images, donors)
-    subdirs = [f"{TRAIN_SPLIT}/images", f"{TRAIN_SPLIT}/labels"]
-    suite = _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+    suite = _build(identity, Path(out_root), tasks_for, [TRAIN_SPLIT], extra_files, manifest_extra, workers)
     return suite / "data.yaml"
