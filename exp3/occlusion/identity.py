@@ -148,10 +148,6 @@ class SeverityLevel:
     coverage: tuple[float, float]
     spec_key: str
 
-    @property
-    def midpoint(self) -> float:
-        return round((self.coverage[0] + self.coverage[1]) / 2, 6)
-
 
 def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
     """The configured levels, light to heavy (reads the config only; builds nothing)."""
