@@ -98,7 +98,7 @@ def _reusable(final_dir: Path) -> bool:
 def _build(
     identity: dict[str, Any],
     out_root: Path,
-    tasks_for: Callable[[Path], list[_ImageTask]],
+    tasks: list[_ImageTask],
     splits: Sequence[str],
     extra_files: Callable[[Path], dict[str, str]],
     manifest_extra: dict[str, Any],
@@ -120,7 +120,7 @@ def _build(
         for name, text in extra_files(final_dir).items():
             (build_dir / name).write_bytes(text.encode("utf-8"))
             files[name] = sha256_bytes(text.encode("utf-8"))
-        entries, written = _run_tasks(tasks_for(build_dir), workers)
+        entries, written = _run_tasks(tasks, build_dir, workers)
         files.update(written)
         manifest = {
             **identity,
@@ -155,15 +155,13 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     _check_inputs(config, workers, images, TEST_SPLIT)
     identity = _suite_identity(config, images)
     donors = _donor_pool(images)
-
-    def tasks_for(build_dir: Path) -> list[_ImageTask]:
-        return [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, str(build_dir), donors) for image in images]
+    tasks = [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
         return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in PRIMARY_SPLITS}
 
     manifest_extra = _manifest_extra(config, Path(data_yaml), TEST_SPLIT, names, images, donors)
-    return _build(identity, Path(out_root), tasks_for, PRIMARY_SPLITS, extra_files, manifest_extra, workers)
+    return _build(identity, Path(out_root), tasks, PRIMARY_SPLITS, extra_files, manifest_extra, workers)
 
 
 def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> list[Path]:
@@ -187,10 +185,7 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     spec = severity_spec(config, level)
     split = spec["parameters"]["split"]
     identity = _with_source(spec, images)
-
-    def tasks_for(build_dir: Path) -> list[_ImageTask]:
-        return [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], str(build_dir), donors, split)
-                for image in images]
+    tasks = [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], donors, split) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
         return {f"{split}.yaml": _split_yaml(final_dir / split, names)}
@@ -198,7 +193,7 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     manifest_extra = {**_manifest_extra(level_config, data_yaml, TEST_SPLIT, names, images, donors), "split": split,
                       "severity_level": level, "coverage": list(level_config.coverage),
                       "spec_key": stable_hash(spec)}
-    return _build(identity, out_root, tasks_for, [split], extra_files, manifest_extra, workers)
+    return _build(identity, out_root, tasks, [split], extra_files, manifest_extra, workers)
 
 
 def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names: list[str],
@@ -231,9 +226,7 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(data_yaml, TEST_SPLIT)}
     identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)
-
-    def tasks_for(build_dir: Path) -> list[_ImageTask]:
-        return [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, str(build_dir), donors) for image in images]
+    tasks = [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
         payload: dict[str, Any] = {"path": str(final_dir), TRAIN_SPLIT: f"{TRAIN_SPLIT}/images",
@@ -244,5 +237,5 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
     manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, names, images, donors)
-    suite = _build(identity, Path(out_root), tasks_for, [TRAIN_SPLIT], extra_files, manifest_extra, workers)
+    suite = _build(identity, Path(out_root), tasks, [TRAIN_SPLIT], extra_files, manifest_extra, workers)
     return suite / "data.yaml"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,12 @@ class _ImageTask:
     kind: str  # SUITE_KIND, SEVERITY_KIND or TRAIN_SET_KIND
     config: OcclusionConfig
     stream: int
-    build_dir: str
     donors: tuple[TextureDonor, ...]
     split: str = ""  # SEVERITY_KIND: the one (occluded) split the suite holds
 
 
-def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
-    """Occlude (or copy) one image into the build directory.
+def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Occlude (or copy) one image into `build_dir`.
 
     Returns (manifest entry, {relative path: sha256} of the files written), hashes taken from the
     bytes in memory: nothing is read back.
@@ -50,7 +50,7 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         raise OcclusionError(f"image {str(source.image_path)!r} changed during the build: build again")
     seed = image_seed(config.seed, task.stream, source.image_id)
     rng = image_rng(config.seed, task.stream, source.image_id)
-    build = Path(task.build_dir)
+    build = Path(build_dir)
     files: dict[str, str] = {}
 
     def put(rel: str, payload: bytes, digest: str) -> str:
@@ -107,16 +107,16 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
     return entry, files
 
 
-def _run_tasks(tasks: list[_ImageTask], workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Run `_process_image` over tasks (inline for 1 worker): entries sorted by id, all files written."""
+def _run_tasks(tasks: list[_ImageTask], build_dir: Path, workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Run `_process_image` over tasks into `build_dir` (inline for 1 worker): entries sorted by id, files written."""
     workers = workers_worth_starting(workers, len(tasks))
     if workers == 1:
-        results = [_process_image(task) for task in tasks]
+        results = [_process_image(task, str(build_dir)) for task in tasks]
     else:
         chunksize = max(1, len(tasks) // (workers * 8))
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
-                results = list(pool.map(_process_image, tasks, chunksize=chunksize))
+                results = list(pool.map(_process_image, tasks, repeat(str(build_dir)), chunksize=chunksize))
         except BrokenProcessPool:
             raise OcclusionError(
                 "a worker process died (out of memory, or a calling script without an "
