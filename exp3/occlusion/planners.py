@@ -29,6 +29,9 @@ PLACEMENT_SIZES = 5
 ASPECT_RANGE: tuple[float, float] = (1 / 3, 3.0)
 """Width/height ratio range of an occluder, sampled log-uniformly (widened only if a box forces it)."""
 
+Plan = tuple[list[Rect], list[float | None], int]
+"""What a planner returns: (rects, per-box target coverage, number of rectangles dropped by the cap)."""
+
 
 def _rect_of_area(area: float, inner_w: int, inner_h: int, aspect_draw: float) -> tuple[int, int]:
     """Integer (w, h) with w*h close to `area` that fits in inner_w x inner_h; aspect from a [0,1) draw."""
@@ -44,15 +47,13 @@ def _rect_of_area(area: float, inner_w: int, inner_h: int, aspect_draw: float) -
     return width, height
 
 
-def object_rects(
-    boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
-) -> tuple[list[Rect], list[float | None], int]:
+def object_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int,
+                 height: int) -> Plan:
     """One rectangle inside every box covering a target fraction (drawn from `config.coverage`) of it.
 
     The rectangle lies within the box's whole pixels, so for an isolated box the covered fraction is
     the target up to one pixel row or column. Where boxes overlap, a box's rectangle is placed (or
-    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Returns (rects,
-    per-box target coverage, number of rectangles dropped by the cap). Per box, always
+    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Per box, always
     `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS` draws, so a box never shifts the stream of the
     boxes after it.
     """
@@ -75,14 +76,12 @@ def object_rects(
     return rects, targets, dropped
 
 
-def random_rects(
-    boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
-) -> tuple[list[Rect], list[float | None], int]:
+def random_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int,
+                 height: int) -> Plan:
     """`config.random_rects` rectangles of `config.random_area` x image area each, anywhere in the image.
 
-    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds
-    `MAX_BOX_COVERAGE`. Returns (rects, per-box targets, number dropped by the cap), the targets all
-    None: random mode aims at no box. Draws: the count, then per rectangle always
+    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds `MAX_BOX_COVERAGE`;
+    the targets are all None: random mode aims at no box. Draws: the count, then per rectangle always
     `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS`.
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
@@ -97,11 +96,9 @@ def random_rects(
     return rects, [None] * len(boxes), dropped
 
 
-Planner = Callable[
-    [np.ndarray, OcclusionConfig, np.random.Generator, int, int], tuple[list[Rect], list[float | None], int]
-]
+Planner = Callable[[np.ndarray, OcclusionConfig, np.random.Generator, int, int], Plan]
 PLANNERS: dict[str, Planner] = {"object": object_rects, "random": random_rects}
-"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> (rects, per-box targets, dropped)."""
+"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> `Plan`."""
 
 
 def _place_all(
