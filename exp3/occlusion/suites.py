@@ -70,11 +70,10 @@ def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_Sourc
         raise OcclusionError(f"workers={workers!r} must be an integer >= 1: pass --workers 2")
     if "texture" in config.fills and len(images) < 2:
         raise OcclusionError(f"texture fill needs >= 2 images in the {split} split: drop texture from occlusion.fills")
-    if config.mode == "object" and config.coverage[1] > planners.MAX_BOX_COVERAGE:
-        raise OcclusionError(
-            f"occlusion.coverage {list(config.coverage)} exceeds MAX_BOX_COVERAGE {planners.MAX_BOX_COVERAGE}: "
-            f"keep its upper end <= {planners.MAX_BOX_COVERAGE}"
-        )
+    cap = planners.MAX_BOX_COVERAGE
+    if config.mode == "object" and config.coverage[1] > cap:
+        raise OcclusionError(f"occlusion.coverage {list(config.coverage)} exceeds MAX_BOX_COVERAGE {cap}: "
+                             f"keep its upper end <= {cap}")
 
 
 def _split_yaml(split_dir: Path, names: list[str]) -> str:
@@ -95,15 +94,8 @@ def _reusable(final_dir: Path) -> bool:
     return True
 
 
-def _build(
-    identity: dict[str, Any],
-    out_root: Path,
-    tasks: list[_ImageTask],
-    splits: Sequence[str],
-    extra_files: Callable[[Path], dict[str, str]],
-    manifest_extra: dict[str, Any],
-    workers: int,
-) -> Path:
+def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], splits: Sequence[str],
+           extra_files: Callable[[Path], dict[str, str]], manifest_extra: dict[str, Any], workers: int) -> Path:
     """Shared build: reuse an existing suite, else build in a temp sibling, manifest last, rename."""
     out_root = Path(os.path.abspath(out_root))
     final_dir = out_root / _suite_name(identity)
