@@ -74,9 +74,8 @@ def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], di
         clean_split, occluded_split = TRAIN_SPLIT, TRAIN_SPLIT
         occlude = bool(rng.random() < config.train_fraction)
         entry["occluded"] = occlude
-    label_splits = {split for split in (clean_split, occluded_split) if split is not None}
     if source.label_bytes is not None:
-        for split in sorted(label_splits):
+        for split in sorted({split for split in (clean_split, occluded_split) if split is not None}):
             put(f"{split}/labels/{source.image_id}.txt", source.label_bytes, source.label_sha256 or "")
     if clean_split is not None and (task.kind == SUITE_KIND or not occlude):
         entry["clean_image"] = put(f"{clean_split}/images/{source.image_path.name}", data, source.image_sha256)
