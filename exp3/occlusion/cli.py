@@ -9,16 +9,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 import exp3.occlusion
-from exp3.config import ConfigError, OcclusionConfig, load_config
+from exp3.config import ConfigError, load_config
 from exp3.occlusion import OcclusionError
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
-
-
-def _config_from_args(args: argparse.Namespace) -> OcclusionConfig:
-    """`--config FILE` (its occlusion: section) then `--set KEY=VALUE` (occlusion. prefix optional)."""
-    overrides = [item if item.startswith("occlusion.") else f"occlusion.{item}" for item in args.overrides]
-    return load_config(args.config, overrides).occlusion
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(problem)
             print(f"{'FAILED' if problems else 'ok'}: {args.suite}", file=sys.stderr)
             return 1 if problems else 0
-        config = _config_from_args(args)
+        # `--config FILE` (its occlusion: section), then `--set KEY=VALUE` (the occlusion. prefix optional)
+        overrides = [item if item.startswith("occlusion.") else f"occlusion.{item}" for item in args.overrides]
+        config = load_config(args.config, overrides).occlusion
         if args.command == "build-severity":
             for suite in build_severity_suites(args.data, args.out, config, workers=args.workers):
                 print(suite)

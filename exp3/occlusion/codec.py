@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -14,7 +14,7 @@ PNG_COMPRESS_LEVEL = 1
 """zlib level of PNG outputs: lossless at any level; 1 trades a slightly larger file for much less time than
 Pillow's default 6 (suites write thousands of images)."""
 JPEG_QUALITY = 95
-
+OUTPUT_SUFFIXES: dict[str, str] = {"png": ".png", "jpg": ".jpg"}
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -28,25 +28,14 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise OcclusionError(f"image {name!r} cannot be decoded ({error}): replace or remove the file") from None
 
 
-def _encode_png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
-
-
-def _encode_jpg(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {"png": _encode_png, "jpg": _encode_jpg}
-"""Output format -> encoder of an (H, W, 3) uint8 RGB image."""
-OUTPUT_SUFFIXES: dict[str, str] = {"png": ".png", "jpg": ".jpg"}
-
-
 def encode_image(image: np.ndarray, output_format: str) -> bytes:
     """(H, W, 3) uint8 RGB -> PNG (zlib level `PNG_COMPRESS_LEVEL`) or JPEG (quality `JPEG_QUALITY`) bytes."""
-    if output_format not in ENCODERS:
-        raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(ENCODERS)}")
-    return ENCODERS[output_format](image)
+    options: dict[str, dict[str, Any]] = {  # built on call: the constants are read where they are used, never copied
+        "png": {"format": "PNG", "compress_level": PNG_COMPRESS_LEVEL},
+        "jpg": {"format": "JPEG", "quality": JPEG_QUALITY},
+    }
+    if output_format not in options:
+        raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(options)}")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, **options[output_format])
+    return buffer.getvalue()

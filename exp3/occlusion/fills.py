@@ -28,8 +28,9 @@ TEXTURE_BOX_MARGIN = 2
 """Donor pixels (at the donor's resolution) around every donor label box that texture crops also
 avoid, so JPEG ringing and 6-decimal label rounding cannot leak object pixels into a patch."""
 
-_DONOR_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
-_DONOR_CACHE_LIMIT = TEXTURE_DONOR_POOL
+_DONOR_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}  # cleared when it holds a pool's worth
+Patch = tuple[np.ndarray, dict[str, Any]]
+"""What a fill returns: the pixels ((h, w, 3) uint8 RGB) and the occluder's info for the manifest."""
 
 
 def background_mask(boxes_xyxy: np.ndarray, width: int, height: int, margin: int = TEXTURE_BOX_MARGIN) -> np.ndarray:
@@ -44,20 +45,6 @@ def background_mask(boxes_xyxy: np.ndarray, width: int, height: int, margin: int
         rows = slice(max(math.floor(y0) - margin, 0), max(math.ceil(y1) + margin, 0))
         free[rows, cols] = False
     return free
-
-
-def background_windows(occupied_sums: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops free of occupied pixels.
-
-    `occupied_sums`: (H + 1, W + 1) summed-area table of the occupied (non-background) pixels, zero
-    first row and column. Empty (0 rows or columns) when the crop is larger than the image.
-    """
-    total_h, total_w = occupied_sums.shape[0] - 1, occupied_sums.shape[1] - 1
-    if height > total_h or width > total_w:
-        return np.zeros((max(total_h - height + 1, 0), max(total_w - width + 1, 0)), dtype=bool)
-    s = occupied_sums
-    inside = s[height:, width:] - s[:-height, width:] - s[height:, :-width] + s[:-height, :-width]
-    return inside == 0
 
 
 @dataclass(frozen=True)
@@ -77,7 +64,7 @@ class TextureDonor:
         key = (self.path, self.sha256, self.boxes)
         cached = _DONOR_CACHE.get(key)
         if cached is None:
-            if len(_DONOR_CACHE) >= _DONOR_CACHE_LIMIT:
+            if len(_DONOR_CACHE) >= TEXTURE_DONOR_POOL:
                 _DONOR_CACHE.clear()
             pixels = decode_image(Path(self.path).read_bytes(), self.path)
             height, width = pixels.shape[:2]
@@ -92,34 +79,34 @@ class TextureDonor:
         return self._decoded()[0]
 
     def background_windows(self, height: int, width: int) -> np.ndarray:
-        """`background_windows` of this donor: where a height x width crop holds background only."""
-        return background_windows(self._decoded()[1], height, width)
+        """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops of background only.
+
+        Empty (0 rows or columns) when the crop is larger than the image.
+        """
+        sums = self._decoded()[1]  # (H + 1, W + 1) summed-area table of the occupied pixels, zero first row and column
+        total_h, total_w = sums.shape[0] - 1, sums.shape[1] - 1
+        if height > total_h or width > total_w:
+            return np.zeros((max(total_h - height + 1, 0), max(total_w - width + 1, 0)), dtype=bool)
+        inside = sums[height:, width:] - sums[:-height, width:] - sums[height:, :-width] + sums[:-height, :-width]
+        return inside == 0
 
 
-def fill_mean(
-    height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]
-) -> tuple[np.ndarray, dict[str, Any]]:
+def fill_mean(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
     """Flat ImageNet-mean RGB `MEAN_RGB`."""
     return np.full((height, width, 3), MEAN_RGB, dtype=np.uint8), {}
 
 
-def fill_gray(
-    height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]
-) -> tuple[np.ndarray, dict[str, Any]]:
+def fill_gray(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
     """Flat Ultralytics letterbox gray `GRAY_RGB`."""
     return np.full((height, width, 3), GRAY_RGB, dtype=np.uint8), {}
 
 
-def fill_noise(
-    height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]
-) -> tuple[np.ndarray, dict[str, Any]]:
+def fill_noise(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
     """Uniform RGB noise, every channel of every pixel independent in 0..255."""
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), {}
 
 
-def fill_texture(
-    height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]
-) -> tuple[np.ndarray, dict[str, Any]]:
+def fill_texture(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
     """A background-only crop of a donor image: no pixel lies within `TEXTURE_BOX_MARGIN` of a donor box.
 
     Draws a starting donor, then tries the donors in cyclic order from it; the first with any
@@ -150,6 +137,6 @@ def fill_texture(
         tile_h, tile_w = -(-tile_h // 2), -(-tile_w // 2)
 
 
-Fill = Callable[[int, int, np.random.Generator, Sequence[TextureDonor]], tuple[np.ndarray, dict[str, Any]]]
+Fill = Callable[[int, int, np.random.Generator, Sequence[TextureDonor]], Patch]
 FILLS: dict[str, Fill] = {"mean": fill_mean, "gray": fill_gray, "noise": fill_noise, "texture": fill_texture}
 """Fill type -> fill(height, width, rng, donors) -> (patch (h, w, 3) uint8, manifest info)."""

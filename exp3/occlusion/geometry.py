@@ -51,10 +51,7 @@ def _covered_share(mask: np.ndarray, box: np.ndarray, window: Rect, invert: bool
 
 
 def box_coverages(mask: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-    """(N,) float64 share of each box's area (float pixel xyxy) covered by `mask` ((H, W) bool); NaN if zero-area.
-
-    Exact for fractional box edges: every pixel counts with the share of it inside the box.
-    """
+    """(N,) float64 share of each box's area (float pixel xyxy) covered by `mask` ((H, W) bool); NaN if zero-area."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     whole = (0, 0, mask.shape[1], mask.shape[0])
     return np.array(

@@ -93,31 +93,26 @@ def _suite_name(identity: dict[str, Any]) -> str:
     return prefix + stable_hash(identity)
 
 
+def _spec(kind: str, stream: int, parameters: dict[str, Any]) -> dict[str, Any]:
+    """What a suite is, apart from the images it is made from."""
+    return {"generator_version": GENERATOR_VERSION, "algorithm": algorithm_constants(), "kind": kind, "stream": stream,
+            "parameters": parameters}
+
+
+def _with_source(spec: dict[str, Any], images: Sequence[_SourceImage],
+                 references: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
+    """A suite's hashed identity: its spec, the source fingerprint and, for S2's train set, the clean
+    val/test splits its data.yaml points at (`references`)."""
+    return {**spec, "source_fingerprint": source_fingerprint(images), "references": references}
+
+
 def _suite_identity(config: OcclusionConfig, images: Sequence[_SourceImage]) -> dict[str, Any]:
-    return {
-        "generator_version": GENERATOR_VERSION,
-        "algorithm": algorithm_constants(),
-        "kind": SUITE_KIND,
-        "stream": STREAM_TEST_SUITE,
-        "parameters": suite_parameters(config),
-        "source_fingerprint": source_fingerprint(images),
-        "references": None,
-    }
+    return _with_source(_spec(SUITE_KIND, STREAM_TEST_SUITE, suite_parameters(config)), images)
 
 
 def _train_set_identity(config: OcclusionConfig, images: Sequence[_SourceImage],
                         references: dict[str, list[str] | None]) -> dict[str, Any]:
-    """S2's train set: its own kind and stream, every parameter but the severities, and the clean
-    val/test splits its data.yaml points at (`references`)."""
-    return {
-        "generator_version": GENERATOR_VERSION,
-        "algorithm": algorithm_constants(),
-        "kind": TRAIN_SET_KIND,
-        "stream": STREAM_S2_TRAIN,
-        "parameters": train_set_parameters(config),
-        "source_fingerprint": source_fingerprint(images),
-        "references": references,
-    }
+    return _with_source(_spec(TRAIN_SET_KIND, STREAM_S2_TRAIN, train_set_parameters(config)), images, references)
 
 
 def severity_config(config: OcclusionConfig, level: int) -> OcclusionConfig:
@@ -134,14 +129,9 @@ def severity_spec(config: OcclusionConfig, level: int) -> dict[str, Any]:
     """What severity level `level`'s suite is, apart from the images it is made from: generator version,
     algorithm constants, kind, stream, parameters and split name. Its hash (`severity_spec_key`) tells,
     from the config alone, whether an evaluation recorded for that split is of this suite."""
-    return {
-        "generator_version": GENERATOR_VERSION,
-        "algorithm": algorithm_constants(),
-        "kind": SEVERITY_KIND,
-        "stream": STREAM_SEVERITY_BASE + level,
-        "parameters": {**suite_parameters(severity_config(config, level)), "severity_level": level,
-                       "split": severity_split(level)},
-    }
+    parameters = {**suite_parameters(severity_config(config, level)), "severity_level": level,
+                  "split": severity_split(level)}
+    return _spec(SEVERITY_KIND, STREAM_SEVERITY_BASE + level, parameters)
 
 
 def severity_spec_key(config: OcclusionConfig, level: int) -> str:
@@ -157,10 +147,6 @@ class SeverityLevel:
     split: str
     coverage: tuple[float, float]
     spec_key: str
-
-    @property
-    def midpoint(self) -> float:
-        return round((self.coverage[0] + self.coverage[1]) / 2, 6)
 
 
 def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:

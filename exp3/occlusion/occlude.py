@@ -35,13 +35,8 @@ def image_rng(seed: int, stream: int, image_id: str) -> np.random.Generator:
     return np.random.default_rng(image_seed(seed, stream, image_id))
 
 
-def occlude_image(
-    image: np.ndarray,
-    boxes_xyxy: np.ndarray,
-    config: OcclusionConfig,
-    rng: np.random.Generator,
-    donors: Sequence[TextureDonor] = (),
-) -> tuple[np.ndarray, dict[str, Any]]:
+def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator,
+                  donors: Sequence[TextureDonor] = ()) -> tuple[np.ndarray, dict[str, Any]]:
     """Paint occluders on a copy of `image` ((H, W, 3) uint8) given its boxes ((N, 4) float pixel xyxy).
 
     Draw order (part of the format): fill type, then the planner's draws, then each rectangle's fill.

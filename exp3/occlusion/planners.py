@@ -16,14 +16,9 @@ from exp3.config import OcclusionConfig
 from exp3.occlusion.geometry import Rect, _covered_share, box_coverages
 
 MAX_BOX_COVERAGE = 0.9
-"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders.
-
-One rule for every mode, the test suite and S2's train set alike. Labels are never dropped (the
-clean and occluded test copies keep identical object lists, so results pair image by image), so
-no occluder may hide a box so completely that its label asks for an object nobody can see: an
-occluder placement that would push any box above the cap is re-drawn or shrunk (`PLACEMENT_*`),
-or dropped. A candidate for `occlusion.max_box_coverage` in the config.
-"""
+"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders, in every mode,
+test suite and S2's train set alike: an occluder placement that would push any box above it is re-drawn or
+shrunk (`PLACEMENT_*`), or dropped. Why: docs/occlusion.md, "Labels stay findable"."""
 PLACEMENT_ATTEMPTS = 16
 """Uniform positions tried per occluder size before the occluder shrinks (rejection sampling)."""
 PLACEMENT_SHRINK = 0.8
@@ -34,10 +29,11 @@ PLACEMENT_SIZES = 5
 ASPECT_RANGE: tuple[float, float] = (1 / 3, 3.0)
 """Width/height ratio range of an occluder, sampled log-uniformly (widened only if a box forces it)."""
 
+Plan = tuple[list[Rect], list[float | None], int]
+"""What a planner returns: (rects, per-box target coverage, number of rectangles dropped by the cap)."""
 
-def _rect_of_area(
-    area: float, inner_w: int, inner_h: int, aspect_draw: float
-) -> tuple[int, int]:
+
+def _rect_of_area(area: float, inner_w: int, inner_h: int, aspect_draw: float) -> tuple[int, int]:
     """Integer (w, h) with w*h close to `area` that fits in inner_w x inner_h; aspect from a [0,1) draw."""
     low = max(ASPECT_RANGE[0], area / inner_h**2)
     high = min(ASPECT_RANGE[1], inner_w**2 / area)
@@ -51,25 +47,20 @@ def _rect_of_area(
     return width, height
 
 
-def object_rects(
-    boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
-) -> tuple[list[Rect], list[float | None], int]:
+def object_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int,
+                 height: int) -> Plan:
     """One rectangle inside every box covering a target fraction (drawn from `config.coverage`) of it.
 
     The rectangle lies within the box's whole pixels, so for an isolated box the covered fraction is
     the target up to one pixel row or column. Where boxes overlap, a box's rectangle is placed (or
-    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Returns (rects,
-    per-box target coverage, number of rectangles dropped by the cap). Per box, always
+    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Per box, always
     `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS` draws, so a box never shifts the stream of the
     boxes after it.
     """
     low, high = config.coverage
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    mask = np.zeros((height, width), dtype=bool)
-    coverage = box_coverages(mask, boxes)
-    rects: list[Rect] = []
     targets: list[float | None] = []
-    dropped = 0
+    occluders = []
     for x0, y0, x1, y1 in boxes:
         target = float(rng.uniform(low, high))
         aspect_draw = float(rng.random())
@@ -80,53 +71,52 @@ def object_rects(
         if inner_w < 1 or inner_h < 1:
             continue  # box thinner than one whole pixel: nothing to place; its covered fraction says so
         size = _rect_of_area(target * (x1 - x0) * (y1 - y0), inner_w, inner_h, aspect_draw)
-        rect = _place(size, (ix0, iy0, ix1, iy1), draws, mask, boxes, coverage)
-        if rect is None:
-            dropped += 1
-            continue
-        rects.append(rect)
-        coverage = _paint_and_measure(mask, rect, boxes)
+        occluders.append((size, (ix0, iy0, ix1, iy1), draws))
+    rects, dropped = _place_all(occluders, boxes, width, height)
     return rects, targets, dropped
 
 
-def random_rects(
-    boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int, height: int
-) -> tuple[list[Rect], list[float | None], int]:
+def random_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int,
+                 height: int) -> Plan:
     """`config.random_rects` rectangles of `config.random_area` x image area each, anywhere in the image.
 
-    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds
-    `MAX_BOX_COVERAGE`. Returns (rects, per-box targets, number dropped by the cap), the targets all
-    None: random mode aims at no box. Draws: the count, then per rectangle always
+    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds `MAX_BOX_COVERAGE`;
+    the targets are all None: random mode aims at no box. Draws: the count, then per rectangle always
     `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS`.
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     count = int(rng.integers(config.random_rects[0], config.random_rects[1] + 1))
-    mask = np.zeros((height, width), dtype=bool)
-    coverage = box_coverages(mask, boxes)
-    rects: list[Rect] = []
-    dropped = 0
+    occluders = []
     for _ in range(count):
         area = float(rng.uniform(*config.random_area)) * width * height
         aspect_draw = float(rng.random())
         draws = rng.random((PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2))
-        rect = _place(_rect_of_area(area, width, height, aspect_draw), (0, 0, width, height), draws, mask, boxes,
-                      coverage)
-        if rect is None:
-            dropped += 1
-            continue
-        rects.append(rect)
-        coverage = _paint_and_measure(mask, rect, boxes)
+        occluders.append((_rect_of_area(area, width, height, aspect_draw), (0, 0, width, height), draws))
+    rects, dropped = _place_all(occluders, boxes, width, height)
     return rects, [None] * len(boxes), dropped
 
 
-Planner = Callable[
-    [np.ndarray, OcclusionConfig, np.random.Generator, int, int], tuple[list[Rect], list[float | None], int]
-]
+Planner = Callable[[np.ndarray, OcclusionConfig, np.random.Generator, int, int], Plan]
 PLANNERS: dict[str, Planner] = {"object": object_rects, "random": random_rects}
-"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> (rects, per-box targets, dropped).
+"""Occlusion mode -> planner(boxes_xyxy, config, rng, width, height) -> `Plan`."""
 
-Every planner places its rectangles with `_place`, so `MAX_BOX_COVERAGE` holds in every mode
-(`occlude_image` checks it again)."""
+
+def _place_all(
+    occluders: list[tuple[tuple[int, int], Rect, np.ndarray]], boxes: np.ndarray, width: int, height: int
+) -> tuple[list[Rect], int]:
+    """Place each (size, region, draws) occluder in order with `_place`, counting the rectangles already
+    placed; return (placed rects, number dropped by the cap). Consumes no random numbers."""
+    mask = np.zeros((height, width), dtype=bool)
+    coverage = box_coverages(mask, boxes)
+    rects: list[Rect] = []
+    for size, region, draws in occluders:
+        rect = _place(size, region, draws, mask, boxes, coverage)
+        if rect is not None:
+            rects.append(rect)
+            x0, y0, x1, y1 = rect
+            mask[y0:y1, x0:x1] = True
+            coverage = box_coverages(mask, boxes)
+    return rects, len(occluders) - len(rects)
 
 
 def _keeps_cap(mask: np.ndarray, rect: Rect, boxes: np.ndarray, coverage: np.ndarray) -> bool:
@@ -142,12 +132,7 @@ def _keeps_cap(mask: np.ndarray, rect: Rect, boxes: np.ndarray, coverage: np.nda
 
 
 def _place(
-    size: tuple[int, int],
-    region: Rect,
-    draws: np.ndarray,
-    mask: np.ndarray,
-    boxes: np.ndarray,
-    coverage: np.ndarray,
+    size: tuple[int, int], region: Rect, draws: np.ndarray, mask: np.ndarray, boxes: np.ndarray, coverage: np.ndarray
 ) -> Rect | None:
     """Where a (w, h) pixel occluder goes inside `region` without pushing any box above the cap; None = dropped.
 
@@ -170,10 +155,3 @@ def _place(
             if _keeps_cap(mask, rect, boxes, coverage):
                 return rect
     return None
-
-
-def _paint_and_measure(mask: np.ndarray, rect: Rect, boxes: np.ndarray) -> np.ndarray:
-    """Paint `rect` onto `mask` in place; return the boxes' covered fractions (`box_coverages`) afterwards."""
-    x0, y0, x1, y1 = rect
-    mask[y0:y1, x0:x1] = True
-    return box_coverages(mask, boxes)

@@ -22,7 +22,6 @@ class _SourceImage:
 
     image_id: str
     image_path: Path
-    label_path: Path | None
     image_sha256: str
     label_sha256: str | None
     label_bytes: bytes | None
@@ -64,7 +63,6 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
     """Read and validate a split completely (before anything is written): names and images by id."""
     data_yaml = Path(data_yaml)
     spec = _read_spec(data_yaml)
-    names = spec.names
     try:
         image_paths = list_split_images(spec, split)
     except DatasetError as error:
@@ -83,18 +81,15 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
         seen[image_id] = image_path
         if not image_path.is_file():
             raise OcclusionError(f"image {str(image_path)!r} listed in the {split} split does not exist: fix the list")
-        label_path: Path | None = label_path_for(image_path)
-        label_bytes = label_path.read_bytes() if label_path.is_file() else None
-        if label_bytes is None:
-            label_path = None
+        label_path = label_path_for(image_path)
+        label_bytes = label_path.read_bytes() if label_path.is_file() else None  # no label file: no objects
         labels = ()
         if label_bytes is not None:
-            labels = _parse_yolo_labels(label_bytes.decode("utf-8", "replace"), len(names), label_path)
+            labels = _parse_yolo_labels(label_bytes.decode("utf-8", "replace"), len(spec.names), label_path)
         images.append(
             _SourceImage(
                 image_id=image_id,
                 image_path=image_path,
-                label_path=label_path,
                 image_sha256=sha256_file(image_path),
                 label_sha256=None if label_bytes is None else sha256_bytes(label_bytes),
                 label_bytes=label_bytes,
@@ -102,7 +97,7 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
             )
         )
     images.sort(key=lambda image: image.image_id)
-    return names, images
+    return spec.names, images
 
 
 def source_fingerprint(images: Iterable[_SourceImage]) -> str:

@@ -40,21 +40,18 @@ from exp3.occlusion.identity import (
     _suite_identity,
     _suite_name,
     _train_set_identity,
+    _with_source,
     severity_config,
     severity_spec,
 )
-from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage, source_fingerprint
+from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage
 from exp3.occlusion.verify import verify_occlusion_suite
-from exp3.occlusion.worker import _ImageTask, _run_tasks, _write
+from exp3.occlusion.worker import _ImageTask, _run_tasks
 from exp3.splits import PRIMARY_SPLITS, SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 
 def occlusion_suite_name(data_yaml: Path, config: OcclusionConfig) -> str:
-    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing).
-
-    Hashes GENERATOR_VERSION and `algorithm_constants()` with the parameters and the source
-    fingerprint: a suite built by another generator version never has this name.
-    """
+    """The `occ-<hash12>` directory name `build_occlusion_suite` would use (reads, writes nothing)."""
     _, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     return _suite_name(_suite_identity(config, images))
 
@@ -73,17 +70,15 @@ def _check_inputs(config: OcclusionConfig, workers: int, images: Sequence[_Sourc
         raise OcclusionError(f"workers={workers!r} must be an integer >= 1: pass --workers 2")
     if "texture" in config.fills and len(images) < 2:
         raise OcclusionError(f"texture fill needs >= 2 images in the {split} split: drop texture from occlusion.fills")
-    if config.mode == "object" and config.coverage[1] > planners.MAX_BOX_COVERAGE:
-        raise OcclusionError(
-            f"occlusion.coverage {list(config.coverage)} exceeds MAX_BOX_COVERAGE {planners.MAX_BOX_COVERAGE}: "
-            f"keep its upper end <= {planners.MAX_BOX_COVERAGE}"
-        )
+    cap = planners.MAX_BOX_COVERAGE
+    if config.mode == "object" and config.coverage[1] > cap:
+        raise OcclusionError(f"occlusion.coverage {list(config.coverage)} exceeds MAX_BOX_COVERAGE {cap}: "
+                             f"keep its upper end <= {cap}")
 
 
 def _split_yaml(split_dir: Path, names: list[str]) -> str:
     """An Ultralytics data yaml whose train/val/test all point at one split's images (absolute path)."""
-    payload: dict[str, Any] = {"path": str(split_dir), **{split: "images" for split in SOURCE_SPLITS}}
-    payload["names"] = dict(enumerate(names))
+    payload = {"path": str(split_dir), **{split: "images" for split in SOURCE_SPLITS}, "names": dict(enumerate(names))}
     return yaml.safe_dump(payload, sort_keys=False)
 
 
@@ -99,15 +94,8 @@ def _reusable(final_dir: Path) -> bool:
     return True
 
 
-def _build(
-    identity: dict[str, Any],
-    out_root: Path,
-    tasks_for: Callable[[Path], list[_ImageTask]],
-    subdirs: Sequence[str],
-    extra_files: Callable[[Path], dict[str, str]],
-    manifest_extra: dict[str, Any],
-    workers: int,
-) -> Path:
+def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], splits: Sequence[str],
+           extra_files: Callable[[Path], dict[str, str]], manifest_extra: dict[str, Any], workers: int) -> Path:
     """Shared build: reuse an existing suite, else build in a temp sibling, manifest last, rename."""
     out_root = Path(os.path.abspath(out_root))
     final_dir = out_root / _suite_name(identity)
@@ -117,14 +105,14 @@ def _build(
     ensure_writable_dir(out_root)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=out_root))
     try:
-        for subdir in subdirs:
-            (build_dir / subdir).mkdir(parents=True)
+        for split in splits:
+            (build_dir / split / "images").mkdir(parents=True)
+            (build_dir / split / "labels").mkdir(parents=True)
         files: dict[str, str] = {}
-        extra = extra_files(final_dir)
-        for name, text in extra.items():
-            _write(build_dir / name, text.encode("utf-8"))
+        for name, text in extra_files(final_dir).items():
+            (build_dir / name).write_bytes(text.encode("utf-8"))
             files[name] = sha256_bytes(text.encode("utf-8"))
-        entries, written = _run_tasks(tasks_for(build_dir), workers)
+        entries, written = _run_tasks(tasks, build_dir, workers)
         files.update(written)
         manifest = {
             **identity,
@@ -159,26 +147,20 @@ def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     _check_inputs(config, workers, images, TEST_SPLIT)
     identity = _suite_identity(config, images)
     donors = _donor_pool(images)
-
-    def tasks_for(build_dir: Path) -> list[_ImageTask]:
-        return [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, str(build_dir), donors) for image in images]
+    tasks = [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
         return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in PRIMARY_SPLITS}
 
     manifest_extra = _manifest_extra(config, Path(data_yaml), TEST_SPLIT, names, images, donors)
-    subdirs = [f"{split}/{part}" for split in PRIMARY_SPLITS for part in ("images", "labels")]
-    return _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+    return _build(identity, Path(out_root), tasks, PRIMARY_SPLITS, extra_files, manifest_extra, workers)
 
 
 def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> list[Path]:
     """Build (or verify and reuse) one suite per `config.severities` level; return their dirs, level order.
 
-    Each is a fixed suite like `build_occlusion_suite`'s occluded half: the same test image ids,
-    object mode at the level's coverage range, per-image RNG `(seed, STREAM_SEVERITY_BASE + level,
-    image id)`, content-addressed `occsev-<hash12>`, built atomically, verified on reuse, never
-    overwritten. Layout: `<out_root>/occsev-<hash12>/{manifest.json, <split>.yaml, <split>/{images,labels}}`
-    with `<split>` = `exp3.splits.severity_split(level)`; the manifest has per-box `covered_fraction`.
+    Each is a fixed suite like `build_occlusion_suite`'s occluded half, in object mode at the level's
+    coverage range: rules and layout in docs/occlusion.md, "Severity suites".
     """
     if not config.severities:
         return []
@@ -194,11 +176,8 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     _check_inputs(level_config, workers, images, TEST_SPLIT)
     spec = severity_spec(config, level)
     split = spec["parameters"]["split"]
-    identity = {**spec, "source_fingerprint": source_fingerprint(images), "references": None}
-
-    def tasks_for(build_dir: Path) -> list[_ImageTask]:
-        return [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], str(build_dir), donors, split)
-                for image in images]
+    identity = _with_source(spec, images)
+    tasks = [_ImageTask(image, SEVERITY_KIND, level_config, spec["stream"], donors, split) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
         return {f"{split}.yaml": _split_yaml(final_dir / split, names)}
@@ -206,8 +185,7 @@ def _build_severity_suite(data_yaml: Path, out_root: Path, config: OcclusionConf
     manifest_extra = {**_manifest_extra(level_config, data_yaml, TEST_SPLIT, names, images, donors), "split": split,
                       "severity_level": level, "coverage": list(level_config.coverage),
                       "spec_key": stable_hash(spec)}
-    subdirs = [f"{split}/images", f"{split}/labels"]
-    return _build(identity, out_root, tasks_for, subdirs, extra_files, manifest_extra, workers)
+    return _build(identity, out_root, tasks, [split], extra_files, manifest_extra, workers)
 
 
 def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names: list[str],
@@ -240,9 +218,7 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(data_yaml, TEST_SPLIT)}
     identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)
-
-    def tasks_for(build_dir: Path) -> list[_ImageTask]:
-        return [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, str(build_dir), donors) for image in images]
+    tasks = [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
         payload: dict[str, Any] = {"path": str(final_dir), TRAIN_SPLIT: f"{TRAIN_SPLIT}/images",
@@ -253,6 +229,5 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
     manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, names, images, donors)
-    subdirs = [f"{TRAIN_SPLIT}/images", f"{TRAIN_SPLIT}/labels"]
-    suite = _build(identity, Path(out_root), tasks_for, subdirs, extra_files, manifest_extra, workers)
+    suite = _build(identity, Path(out_root), tasks, [TRAIN_SPLIT], extra_files, manifest_extra, workers)
     return suite / "data.yaml"

@@ -54,11 +54,10 @@ def verify_occlusion_suite(suite_dir: Path) -> list[str]:
     not match the directory's name, and data yamls that no longer point at the directory.
     """
     suite_dir = Path(suite_dir)
-    manifest_path = suite_dir / MANIFEST_NAME
     if not suite_dir.is_dir():
         return [f"{str(suite_dir)!r} is not a directory"]
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads((suite_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
         expected: dict[str, str] = manifest["files"]
         name = _suite_name(_identity(manifest))
     except FileNotFoundError:

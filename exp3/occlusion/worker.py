@@ -9,6 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +34,12 @@ class _ImageTask:
     kind: str  # SUITE_KIND, SEVERITY_KIND or TRAIN_SET_KIND
     config: OcclusionConfig
     stream: int
-    build_dir: str
     donors: tuple[TextureDonor, ...]
     split: str = ""  # SEVERITY_KIND: the one (occluded) split the suite holds
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-def _box_entries(source: _SourceImage, boxes_xyxy: np.ndarray, record: dict[str, Any] | None) -> list[dict[str, Any]]:
-    entries = []
-    for index, (label, xyxy) in enumerate(zip(source.labels, boxes_xyxy)):
-        entry: dict[str, Any] = {"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy]}
-        if record is not None:
-            entry["target_coverage"] = record["target_coverage"][index]
-            entry["covered_fraction"] = record["covered_fraction"][index]
-        entries.append(entry)
-    return entries
-
-
-def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
-    """Occlude (or copy) one image into the build directory.
+def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Occlude (or copy) one image into `build_dir`.
 
     Returns (manifest entry, {relative path: sha256} of the files written), hashes taken from the
     bytes in memory: nothing is read back.
@@ -66,11 +50,11 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         raise OcclusionError(f"image {str(source.image_path)!r} changed during the build: build again")
     seed = image_seed(config.seed, task.stream, source.image_id)
     rng = image_rng(config.seed, task.stream, source.image_id)
-    build = Path(task.build_dir)
+    build = Path(build_dir)
     files: dict[str, str] = {}
 
     def put(rel: str, payload: bytes, digest: str) -> str:
-        _write(build / rel, payload)
+        (build / rel).write_bytes(payload)
         files[rel] = digest
         return rel
 
@@ -90,9 +74,8 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         clean_split, occluded_split = TRAIN_SPLIT, TRAIN_SPLIT
         occlude = bool(rng.random() < config.train_fraction)
         entry["occluded"] = occlude
-    label_splits = {split for split in (clean_split, occluded_split) if split is not None}
     if source.label_bytes is not None:
-        for split in sorted(label_splits):
+        for split in sorted({split for split in (clean_split, occluded_split) if split is not None}):
             put(f"{split}/labels/{source.image_id}.txt", source.label_bytes, source.label_sha256 or "")
     if clean_split is not None and (task.kind == SUITE_KIND or not occlude):
         entry["clean_image"] = put(f"{clean_split}/images/{source.image_path.name}", data, source.image_sha256)
@@ -107,6 +90,7 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
     occluded, record = occlude_image(image, boxes_xyxy, config, rng, donors)
     encoded = encode_image(occluded, config.output_format)
     digest = sha256_bytes(encoded)
+    per_box = zip(source.labels, boxes_xyxy, record["target_coverage"], record["covered_fraction"])
     out_rel = put(f"{occluded_split}/images/{source.image_id}{OUTPUT_SUFFIXES[config.output_format]}", encoded, digest)
     entry.update(
         occluded_image=out_rel,
@@ -116,27 +100,26 @@ def _process_image(task: _ImageTask) -> tuple[dict[str, Any], dict[str, str]]:
         fill=record["fill"],
         occluders=record["occluders"],
         dropped_occluders=record["dropped_occluders"],
-        boxes=_box_entries(source, boxes_xyxy, record),
+        boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,
+                "covered_fraction": covered} for label, xyxy, target, covered in per_box],
     )
     return entry, files
 
 
-def _run_tasks(tasks: list[_ImageTask], workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Run `_process_image` over tasks (inline for 1 worker): entries sorted by id, all files written."""
+def _run_tasks(tasks: list[_ImageTask], build_dir: Path, workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Run `_process_image` over tasks into `build_dir` (inline for 1 worker): entries sorted by id, files written."""
     workers = workers_worth_starting(workers, len(tasks))
     if workers == 1:
-        results = [_process_image(task) for task in tasks]
+        results = [_process_image(task, str(build_dir)) for task in tasks]
     else:
         chunksize = max(1, len(tasks) // (workers * 8))
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
-                results = list(pool.map(_process_image, tasks, chunksize=chunksize))
+                results = list(pool.map(_process_image, tasks, repeat(str(build_dir)), chunksize=chunksize))
         except BrokenProcessPool:
             raise OcclusionError(
                 "a worker process died (out of memory, or a calling script without an "
                 "`if __name__ == '__main__':` guard): add the guard, or use workers=1"
             ) from None
-    files: dict[str, str] = {}
-    for _, written in results:
-        files.update(written)
+    files = {rel: digest for _, written in results for rel, digest in written.items()}
     return sorted((entry for entry, _ in results), key=lambda entry: entry["id"]), files
