@@ -24,10 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exp3.fileio import atomic_write_text, read_yaml, stable_hash
 from exp3.sessions import SESSION_SUFFIXES
 
-SUPPORTED_INTEGRATIONS: dict[str, str] = {
-    "tensorboard": "tensorboard",    # name -> the module its Ultralytics callback imports (installed or not)
-    "mlflow": "mlflow",
-}
+SUPPORTED_INTEGRATIONS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+"""Integration -> the module its Ultralytics callback imports (installed or not)."""
 INTEGRATION_EXTRAS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 """Integration -> the pyproject extra that installs it (`pip install -c requirements.lock -e ".[tensorboard]"`)."""
 REFUSED_INTEGRATIONS: dict[str, str] = {
