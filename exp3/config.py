@@ -14,9 +14,7 @@ The defaults here and `configs/exp3.yaml` must agree; a test checks that they do
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exp3.fileio import atomic_write_text, read_yaml, stable_hash
 from exp3.sessions import SESSION_SUFFIXES
 
-SUPPORTED_INTEGRATIONS: dict[str, str] = {
-    "tensorboard": "tensorboard",    # name -> the module its Ultralytics callback imports (installed or not)
-    "mlflow": "mlflow",
-}
+SUPPORTED_INTEGRATIONS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+"""Integration -> the module its Ultralytics callback imports (installed or not)."""
 INTEGRATION_EXTRAS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 """Integration -> the pyproject extra that installs it (`pip install -c requirements.lock -e ".[tensorboard]"`)."""
 REFUSED_INTEGRATIONS: dict[str, str] = {
@@ -39,20 +35,6 @@ REFUSED_INTEGRATIONS: dict[str, str] = {
     "dvc": "DVCLive needs a DVC repository around the output root",
     "raytune": "Ray Tune reports to a hyperparameter search, which exp3 does not run",
 }
-
-
-def _check_integrations(names: Sequence[str]) -> tuple[str, ...]:
-    """`names` as a tuple if each is a supported integration, listed once; else ValueError (one line, the fix)."""
-    for index, name in enumerate(names):
-        if name in REFUSED_INTEGRATIONS:
-            raise ValueError(f"{name!r} is not supported: {REFUSED_INTEGRATIONS[name]}; "
-                             f"use {' or '.join(SUPPORTED_INTEGRATIONS)}")
-        if name not in SUPPORTED_INTEGRATIONS:
-            raise ValueError(f"unknown integration {name!r}: use {', '.join(SUPPORTED_INTEGRATIONS)} "
-                             "(a list, e.g. [tensorboard]; [] = none)")
-        if name in names[:index]:
-            raise ValueError(f"{name!r} is listed twice: list each integration once")
-    return tuple(names)
 
 
 class ConfigError(ValueError):
@@ -286,7 +268,16 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _supported_integrations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         """Ultralytics integrations to switch on (exp3/train/integrations.py); every other one is off."""
-        return _check_integrations(value)
+        for index, name in enumerate(value):
+            if name in REFUSED_INTEGRATIONS:
+                raise ValueError(f"{name!r} is not supported: {REFUSED_INTEGRATIONS[name]}; "
+                                 f"use {' or '.join(SUPPORTED_INTEGRATIONS)}")
+            if name not in SUPPORTED_INTEGRATIONS:
+                raise ValueError(f"unknown integration {name!r}: use {', '.join(SUPPORTED_INTEGRATIONS)} "
+                                 "(a list, e.g. [tensorboard]; [] = none)")
+            if name in value[:index]:
+                raise ValueError(f"{name!r} is listed twice: list each integration once")
+        return value
 
     @field_validator("sessions")
     @classmethod
@@ -305,23 +296,12 @@ class ExperimentConfig(_Strict):
 # Loading and layering
 
 
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    data = read_yaml(path, "config file", "pass an existing YAML file (see configs/)", ConfigError)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: mappings merge key by key, anything else replaces."""
-    merged = copy.deepcopy(base)
+    merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if both_mappings else value
     return merged
 
 
@@ -330,7 +310,11 @@ def read_config_layers(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"config file {str(path)!r} inherits from itself through 'base:': break the cycle")
-    data = _read_yaml_mapping(path)
+    data = read_yaml(path, "config file", "pass an existing YAML file (see configs/)", ConfigError)
+    if data is None:  # an empty file
+        data = {}
+    elif not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
     base_name = data.pop("base", None)
     if base_name is None:
         return data
@@ -349,13 +333,9 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError:
         value = raw_value
-    nested: dict[str, Any] = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return nested
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -369,20 +349,16 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return f"{source}: invalid value for {location!r} ({first.get('input')!r}): {message}"
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a raw mapping into an `ExperimentConfig`; raise `ConfigError` (one line) if bad."""
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Defaults -> file at `path` (following `base:`) -> `overrides` (`key.sub=value` strings)."""
+    """Defaults -> file at `path` (following `base:`) -> `overrides` (`key.sub=value` strings); `ConfigError`
+    (one line) if bad."""
     raw: dict[str, Any] = ExperimentConfig().model_dump(mode="json") if path is None else read_config_layers(Path(path))
     for override in overrides or []:
         raw = _deep_merge(raw, parse_override(override))
-    return build_config(raw, source=str(path) if path is not None else "config")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, "config" if path is None else str(path))) from None
 
 
 def config_to_yaml(config: ExperimentConfig) -> str:
@@ -395,10 +371,9 @@ def write_resolved_config(config: ExperimentConfig, directory: str | Path) -> Pa
     return atomic_write_text(Path(directory) / "config_resolved.yaml", config_to_yaml(config))
 
 
-def resolve_output_root(config: ExperimentConfig, relative_to: Path | None = None) -> Path:
-    """Absolute output root (relative roots are taken from `relative_to`, default the cwd)."""
-    root = config.output_root
-    return root if root.is_absolute() else (relative_to or Path.cwd()) / root
+def resolve_output_root(config: ExperimentConfig) -> Path:
+    """Absolute output root (a relative root is taken from the cwd)."""
+    return config.output_root if config.output_root.is_absolute() else Path.cwd() / config.output_root
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,6 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-_CHUNK_BYTES = 1 << 20
-
 
 def _current_umask() -> int:
     mask = os.umask(0o022)
@@ -119,7 +117,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -139,8 +137,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=target, prefix=".write-probe-", delete=True)
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=target, prefix=".write-probe-", delete=True).close()
     except OSError as error:
         raise PermissionError(
             f"output directory {str(target)!r} is not writable ({error.strerror}): "
@@ -151,8 +148,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
 
 def apply_umask(directory: Path, *files: Path) -> None:
     """Give `directory` and `files` the usual umask permissions (mkdtemp/mkstemp create 0700/0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     os.chmod(directory, 0o777 & ~umask)
     for path in files:
         os.chmod(path, 0o666 & ~umask)

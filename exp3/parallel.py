@@ -41,12 +41,12 @@ _LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("lin
 # a forked child then calls prctl without a dlopen (whose lock another thread may have held at the fork)
 
 
-def die_with_parent(parent: int | None = None) -> None:
+def die_with_parent(parent: int) -> None:
     """SIGKILL this process when its parent dies (Linux), so a re-run after a `kill -9` never meets an orphan still
     writing into a session. `parent` (the pid that started it): one already gone ends it too."""
     if _LIBC is not None:
         _LIBC.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        if parent is not None and os.getppid() != parent:
+        if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -1,18 +1,14 @@
 """metrics.json as typed objects: `SessionMetrics` is what exp3.session.record writes, `MetricsView` what readers read.
 
-Two models, one vocabulary (docs/schema.md, checked against `SessionMetrics` by tests/test_schema.py):
+docs/schema.md documents both, field by field (tests/test_schema.py checks it against `SessionMetrics`):
 
-- `SessionMetrics` (strict): the whole file as the session writes it. Every block exp3 shapes
-  forbids unknown keys, so a writer that drifts from the schema fails loudly, before anything is
-  written. The session writes `model_dump(mode="json")`; a file validated and dumped again gives
-  back the same JSON. Every field is required: a file of another format was made under another
-  key (`SessionInputs.schema_version`), so its folder is stale, never read as done.
-  Its `data` block is `PreparedData`, the one record of the data a run prepared: the flow
-  hands it to each session (`--prepared`) and the session records it as it used it.
-- `MetricsView` (lenient): `SessionMetrics` as the report and the flow's log lines read it, derived from it
-  field by field (`lenient`): every field optional, unknown keys ignored, anything not of its type (a
-  number, a string, a bool, a [low, high] pair, a block) read as None or empty: a reader shows `-` or NaN
-  for a value it cannot read, it does not fail the whole report or a log line.
+- `SessionMetrics` (strict): the whole file as the session writes it (`model_dump(mode="json")`; validated and
+  dumped again, a file gives back the same JSON). Every block exp3 shapes forbids unknown keys and every field is
+  required, so a writer that drifts fails before anything is written. Its `data` block is `PreparedData`, the one
+  record of the data a run prepared: the flow hands it to each session (`--prepared`), the session records it.
+- `MetricsView` (lenient): `SessionMetrics` derived field by field (`lenient`): every field optional, unknown keys
+  ignored, anything not of its type (a number, a string, a bool, a [low, high] pair, a block) read as None or
+  empty: a reader shows `-` or NaN for a value it cannot read, it does not fail the whole report or a log line.
 
 Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.identity), Ultralytics'
 `training.effective_args` / `.overrides` / `speed_ms_per_image`, the `masking:` config
@@ -57,12 +53,9 @@ class Ingredient(_Block):
     samples: PRF
 
 
-class Detection(_Block):
+class Detection(PRF):
     """Class-aware box matching at IoU >= match_iou (exp3.evaluate.metrics.detection_prf)."""
 
-    precision: float | None
-    recall: float | None
-    f1: float | None
     tp: int
     fp: int
     fn: int
@@ -370,18 +363,9 @@ class PreparedData(_Block):
         suite = self.severity_suite(split)
         return Path(suite.suite_dir if suite else self.suite_dir) / f"{split}.yaml"
 
-    def manifest(self, split: str) -> Path:
-        """The manifest of the suite holding `split` (per-box covered_fraction for occluded splits)."""
-        suite = self.severity_suite(split)
-        return Path(suite.suite_dir if suite else self.suite_dir) / "manifest.json"
-
     def test_splits(self) -> tuple[str, ...]:
         """test_clean, test_occ_fixed, then the severity splits, light to heavy."""
         return (*PRIMARY_SPLITS, *(suite.split for suite in self.severity_suites))
-
-    def occluded_splits(self) -> tuple[str, ...]:
-        """Every occluded test split of this run (what exp3.splits.occluded_splits names), built."""
-        return self.test_splits()[1:]
 
 
 class Seeds(_Block):
@@ -445,41 +429,31 @@ class SessionMetrics(_Block):
 # ----------------------------------------------------------------------------- lenient view
 
 
-def _number_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """`value` is of one of `kinds`; a bool is a bool only, never the number it also is."""
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
 
 
-Number = Annotated[float | None, BeforeValidator(_number_or_none)]
+def _read(kinds: tuple[type, ...], otherwise: Any = None) -> BeforeValidator:
+    """A value of `kinds` goes on to be validated; anything else (absent, null, another type) reads as `otherwise`."""
+    return BeforeValidator(lambda value: value if _is(value, kinds) else otherwise)
+
+
+Number = Annotated[float | None, _read((int, float))]
 """A number as readers take it: anything else (absent, null, a string, a bool) is None."""
-
-
-def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-Text = Annotated[str | None, BeforeValidator(_text_or_none)]
+Text = Annotated[str | None, _read((str,))]
 """A string as readers take it: anything else is None."""
+Flag = Annotated[bool | None, _read((bool,))]
+"""A bool as readers take it: anything else is None."""
 
 
-def _range_or_none(value: Any) -> tuple[float, float] | None:
-    numbers = [_number_or_none(item) for item in value] if isinstance(value, (list, tuple)) else []
-    return (numbers[0], numbers[1]) if len(numbers) == 2 and None not in numbers else None
+def _range_or_none(value: Any) -> Any:
+    pair = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is(item, (int, float)) for item in value)
+    return value if pair else None
 
 
 Range = Annotated[tuple[float, float] | None, BeforeValidator(_range_or_none)]
 """A [low, high] pair of numbers as readers take it: anything else is None."""
-
-
-def _dict_or_empty(value: Any) -> Any:
-    return value if isinstance(value, dict) else {}
-
-
-def _list_or_empty(value: Any) -> Any:
-    return value if isinstance(value, list) else []
-
-
-Flag = Annotated[bool | None, BeforeValidator(lambda value: value if isinstance(value, bool) else None)]
-"""A bool as readers take it: anything else is None."""
 
 
 class _View(BaseModel):
@@ -493,19 +467,23 @@ class _View(BaseModel):
         return value if isinstance(value, (dict, BaseModel)) else {}
 
 
+def _block(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
+
+
 def _lenient_field(annotation: Any) -> tuple[Any, Any]:
     """(type, default) of one field of a strict block as readers take it (module docstring)."""
     kinds = [kind for kind in get_args(annotation) if kind is not type(None)] \
         if get_origin(annotation) in (Union, UnionType) else [annotation]
-    kind, origin, args = kinds[0], get_origin(kinds[0]), get_args(kinds[0])
     if len(kinds) > 1:
         return Any, None
-    if isinstance(kind, type) and issubclass(kind, BaseModel):
+    kind, origin, args = kinds[0], get_origin(kinds[0]), get_args(kinds[0])
+    if _block(kind):
         return lenient(kind), lenient(kind)()
-    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
-        return Annotated[list[lenient(args[0])], BeforeValidator(_list_or_empty)], []
-    if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
-        return Annotated[dict[str, lenient(args[1])], BeforeValidator(_dict_or_empty)], {}
+    if origin is list and _block(args[0]):
+        return Annotated[list[lenient(args[0])], _read((list,), [])], []
+    if origin is dict and _block(args[1]):
+        return Annotated[dict[str, lenient(args[1])], _read((dict,), {})], {}
     leaves = {bool: Flag, int: Number, float: Number, str: Text}
     return (Range if origin is tuple and args == (float, float) else leaves.get(kind, Any)), None
 

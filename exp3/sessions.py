@@ -34,15 +34,8 @@ MASKING_SITES: tuple[str, ...] = ("backbone_early", "backbone_late", "neck", "he
 
 SESSION_SEPARATOR = "__"
 
-MASKING_SITE_OF_SESSION: dict[str, str | None] = {
-    "S1_clean_train": None,
-    "S2_occ_train": None,
-    "S3_mask_backbone_early": "backbone_early",
-    "S4_mask_backbone_late": "backbone_late",
-    "S5_mask_neck": "neck",
-    "S6_mask_head": "head",
-}
-"""The masking site a session trains with (None: no internal masking), one of `MASKING_SITES`."""
+MASKING_SITE_OF_SESSION: dict[str, str | None] = dict(zip(SESSION_SUFFIXES, (None, None, *MASKING_SITES)))
+"""The masking site a session trains with (None: no internal masking, S1 and S2), one of `MASKING_SITES`."""
 TRAIN_IMAGES_OF_SESSION: dict[str, Literal["clean", "occluded"]] = {
     suffix: ("occluded" if suffix == "S2_occ_train" else "clean") for suffix in SESSION_SUFFIXES
 }
@@ -121,13 +114,14 @@ def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
     model, suffix, seed = parse_session_selector(text, models)
     if model is None:
         if len(models) != 1:
-            raise ValueError(f"session {text!r} names no model: write <model>__{suffix} with model in {', '.join(models)}")
+            raise ValueError(f"session {text!r} names no model: write <model>__{suffix} with model in "
+                             f"{', '.join(models)}")
         model = models[0]
     return Session(model=model, suffix=suffix, seed=seed)
 
 
-def session_grid(models: list[str] | tuple[str, ...], suffixes: tuple[str, ...] = SESSION_SUFFIXES,
-                 seeds: tuple[int, ...] = (0,)) -> list[Session]:
+def session_grid(models: list[str] | tuple[str, ...], suffixes: tuple[str, ...],
+                 seeds: tuple[int, ...]) -> list[Session]:
     """Model x session (x seed) in the fixed order: all sessions of the first model, then the next.
 
     With one seed, sessions carry `seed=None` (folder names without a seed part).

@@ -7,7 +7,7 @@
                       (suite `occsev-<hash12>`, object mode at that level's coverage range)
 
 Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion/occlude.py).
-`occluded_splits(config)` lists a run's occluded splits; `evaluated_splits(config)` all its test splits.
+`occluded_splits(config)` lists a run's occluded splits.
 
 test_clean and test_occ_fixed belong to a session's inputs (its cache key names the fixed suite).
 The severity splits do not: they are evaluations added to a session, each recorded with the spec
@@ -53,8 +53,3 @@ def severity_level(split: str) -> int | None:
 def occluded_splits(config: OcclusionConfig) -> tuple[str, ...]:
     """Every occluded test split of a run: test_occ_fixed, then test_occ_sev1..K."""
     return (FIXED_SPLIT, *(severity_split(level) for level in range(1, len(config.severities) + 1)))
-
-
-def evaluated_splits(config: OcclusionConfig) -> tuple[str, ...]:
-    """Every test split of a run: test_clean, then `occluded_splits`."""
-    return (CLEAN_SPLIT, *occluded_splits(config))

@@ -60,11 +60,11 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
 
 
 def grid_status(config: ExperimentConfig, output_root: Path, sessions: list[Session],
-                keys: dict[str, str] | None = None) -> list[SessionStatus]:
-    """`session_status` of each session (`keys`: session name -> planned cache key, when known; a session they
-    leave out is stale, `exp3.session.plan.planned_key`)."""
-    return [session_status(SessionPaths.of(output_root, s), config.models[s.model].epochs,
-                           planned_key(keys or {}, s.name)) for s in sessions]
+                keys: dict[str, str]) -> list[SessionStatus]:
+    """`session_status` of each session (`keys`: session name -> planned cache key, {} when unknown; a session
+    they leave out is stale, `exp3.session.plan.planned_key`)."""
+    return [session_status(SessionPaths.of(output_root, s), config.models[s.model].epochs, planned_key(keys, s.name))
+            for s in sessions]
 
 
 def format_matrix(rows: list[SessionStatus]) -> str:

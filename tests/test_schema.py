@@ -70,9 +70,8 @@ def test_the_data_block_is_the_prepared_data_a_session_is_handed() -> None:
     block = _example()["data"]
     prepared = SessionMetrics.model_validate(_example()).data
     assert prepared_from_json(json.dumps(block)) == prepared and prepared.model_dump(mode="json") == block
-    assert prepared.occluded_splits() == ("test_occ_fixed", "test_occ_sev1")
+    assert prepared.test_splits() == ("test_clean", "test_occ_fixed", "test_occ_sev1")
     assert prepared.split_yaml("test_occ_sev1") == Path(block["severity_suites"][0]["suite_dir"]) / "test_occ_sev1.yaml"
-    assert prepared.manifest("test_occ_fixed") == Path(block["suite_dir"]) / "manifest.json"
 
 
 def test_unmasked_sessions_and_undefined_numbers() -> None:
