@@ -6,13 +6,15 @@
 Each pair copies `--root` afresh to one temporary path (the same path for both sides, so the report's own paths
 are equal) and runs the old checkout's report, then this checkout's, each in its own process with
 PYTHONPATH set to its checkout; pairs alternate which side goes first, so a slow spell of a shared machine falls on
-both. Prints each wall, the medians and their ratio (after / before). `--root` is never written to.
+both. Prints each wall and CPU time (user + system of the report process: steadier than the wall where the
+machine is shared), the medians and their ratios (after / before). `--root` is never written to.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,14 +26,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
-def report_wall(checkout: Path, source: Path, copy: Path, no_charts: bool) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def report_times(checkout: Path, source: Path, copy: Path, no_charts: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of one report build on a fresh copy of `source`."""
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(source, copy)
     command = [sys.executable, "-m", "exp3.report", "--root", str(copy)] + (["--no-charts"] if no_charts else [])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     subprocess.run(command, cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)}, check=True,
                    stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _children_cpu() - cpu
 
 
 def main() -> int:
@@ -41,16 +49,18 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--no-charts", action="store_true")
     args = parser.parse_args()
-    walls: dict[str, list[float]] = {"before": [], "after": []}
+    times: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         copy = Path(tmp) / args.root.name
         for pair in range(args.pairs):
             sides = [("before", args.before), ("after", HERE)]
             for side, checkout in sides if pair % 2 == 0 else sides[::-1]:
-                walls[side].append(report_wall(checkout.resolve(), args.root, copy, args.no_charts))
-                print(f"pair {pair + 1} {side}: {walls[side][-1]:.2f} s", flush=True)
-    before, after = statistics.median(walls["before"]), statistics.median(walls["after"])
-    print(f"median before {before:.2f} s, after {after:.2f} s: after / before = x{after / before:.2f}")
+                times[side].append(report_times(checkout.resolve(), args.root, copy, args.no_charts))
+                wall, cpu = times[side][-1]
+                print(f"pair {pair + 1} {side}: wall {wall:.2f} s, CPU {cpu:.2f} s", flush=True)
+    for index, what in enumerate(("wall", "CPU")):
+        before, after = (statistics.median(sample[index] for sample in times[side]) for side in ("before", "after"))
+        print(f"median {what} before {before:.2f} s, after {after:.2f} s: after / before = x{after / before:.2f}")
     return 0
 
 
