@@ -243,6 +243,21 @@ def test_report_md_names_failures_and_findings(built: report.ReportResult) -> No
     assert "## Headline findings" in text
 
 
+def test_a_rebuild_removes_the_charts_it_no_longer_draws(tmp_path: Path) -> None:
+    for suffix in ("S1_clean_train", "S2_occ_train"):
+        write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, HITS["yolov8m"][suffix])
+    first = report.build_report(tmp_path, n_resamples=50, n_permutations=50)
+    drawn = sorted(path.name for path in first.files if path.parent.name == "plots")
+    assert "f1_occ_yolov8m.png" in drawn and "f1_occ_yolov8m.html" in drawn
+    earlier = ("f1_occ_by_model.png", "f1_occ_by_model.html", "gap_closed_map50.png")  # e.g. of a two-model run
+    for name in (*earlier, "notes.txt"):
+        (tmp_path / "plots" / name).write_text("an earlier build's")
+    report.build_report(tmp_path, n_resamples=50, n_permutations=50)
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted([*drawn, "notes.txt"])
+    report.build_report(tmp_path, n_resamples=50, n_permutations=50, charts=False)    # no charts: plots/ untouched
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted([*drawn, "notes.txt"])
+
+
 def test_explicit_models_show_unknown_model_as_missing(tmp_path: Path) -> None:
     root = build_fixture_tree(tmp_path)
     result = report.build_report(root, models=["yolov8m", "yolov8n"], n_resamples=50, n_permutations=100,

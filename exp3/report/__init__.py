@@ -41,7 +41,7 @@ import pandas as pd
 
 from exp3.evaluate import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
-from exp3.report import coverage, curves, gallery, gap, severity
+from exp3.report import coverage, curves, gallery, gap, plots, severity
 from exp3.report.charts import write_charts
 from exp3.report.comparisons import attach_statistics, statistics_tables
 from exp3.report.coverage import CoverageReport
@@ -98,7 +98,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         models: models to report, in order; None discovers them (`discover_models`). Listed models
             without folders appear with status `missing`.
         seeds: expected training seeds (several: `__seed<N>` folders); None takes what exists.
-        charts: False skips the PNG/HTML charts (tables and report.md only).
+        charts: False skips the PNG/HTML charts (tables and report.md only) and leaves `plots/` as it is; True
+            also removes the charts there that this build did not draw (`plots.remove_stale_charts`).
         sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
             `not in run` in the status grid and left out of every table, finding and chart.
         occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.report.coverage); None:
@@ -144,6 +145,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     files += coverage.write_coverage_outputs(by_coverage, root, models, charts)
     training = curves.training_curves(runs, models)
     files += curves.write_curve_outputs(training, root, models, charts)
+    if charts:
+        plots.remove_stale_charts(root / "plots", files)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed, in_run,
                           severity_curves, severity_table, by_coverage, gap_closed, training, sorted(data.warnings))
     text = render_markdown(result)

@@ -333,6 +333,17 @@ def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path
     return [png, html]
 
 
+def remove_stale_charts(plots_dir: Path, written: list[Path]) -> list[Path]:
+    """Delete the chart files (`.png`, `.html`) in `plots_dir` that this build did not write, and return them: an
+    earlier build's chart of a model, session or metric no longer reported would sit beside the new ones with its
+    old numbers. Other files are left as they are."""
+    kept = set(written)
+    stale = [path for path in plots_dir.glob("*") if path.suffix in (".png", ".html") and path not in kept]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
     """Recall (y) by covered-fraction bin (x), one line per session, CI bars; one panel per level ("found" at
     detection and at ingredient level, columns) and operating point (rows), for one model
