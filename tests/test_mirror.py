@@ -81,6 +81,27 @@ def test_a_replaced_file_is_truncated_first_and_an_unchanged_one_is_not_copied_a
     assert (mirror.path / paths.last_pt.relative_to(mirror.root)).read_bytes() == paths.last_pt.read_bytes()
 
 
+def test_the_report_goes_up_and_a_chart_it_no_longer_draws_goes_from_the_mirror(tmp_path: Path) -> None:
+    mirror = _mirror(tmp_path)
+    plots = mirror.root / "plots"
+    plots.mkdir(parents=True)
+    for name in ("f1_occ_yolov8n.png", "f1_occ_yolov8n.html", "f1_occ_by_model.png", "f1_occ_by_model.html"):
+        (plots / name).write_bytes(os.urandom(500))
+    (mirror.root / "report.md").write_text("# exp3 report\n")
+    (mirror.root / "plan.json").write_text("{}")
+    mirror.push_report([])
+    assert _files(mirror.path) == {"report.md", "plots/f1_occ_yolov8n.png", "plots/f1_occ_yolov8n.html",
+                                   "plots/f1_occ_by_model.png", "plots/f1_occ_by_model.html"}  # no plan.json
+    (mirror.path / "plots" / "notes.txt").write_text("the user's")
+    os.link(mirror.path / "plots" / "f1_occ_by_model.png", tmp_path / "trash")
+    for name in ("f1_occ_by_model.png", "f1_occ_by_model.html"):  # the next build did not draw them
+        (plots / name).unlink()
+    mirror.push_report([])
+    assert _files(mirror.path) == {"report.md", "plots/f1_occ_yolov8n.png", "plots/f1_occ_yolov8n.html",
+                                   "plots/notes.txt"}
+    assert (tmp_path / "trash").stat().st_size == 0  # truncated before it was removed
+
+
 def test_checkpoints_go_up_at_most_every_checkpoint_minutes(tmp_path: Path) -> None:
     mirror = _mirror(tmp_path, minutes=30)
     paths = _session(mirror.root, done=False)

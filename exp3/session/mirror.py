@@ -9,7 +9,8 @@ The mirror gets, each file under a temporary name then renamed (a file it replac
                            weights/ links), DONE last                                        `push_done`
     a session in progress  train/weights/{best,last}.pt and the files its resume reads, at most every
                            `mirror.checkpoint_minutes`, one copy per session                 `push_checkpoint`
-    the report             report.md/.html, the tables and plots/                            `push_report`
+    the report             report.md/.html, the tables and plots/ (a chart the report no     `push_report`
+                           longer draws goes from the mirror too)
 
 `restore` brings back into an empty local root what it lacks: a done session once its DONE marker (metrics.json's
 sha256, the planned key) verifies, an unfinished one with its inputs' key (its last.pt resumes). Data and suites are
@@ -137,7 +138,9 @@ class Mirror:
             self._warn("copying a checkpoint to", error)
 
     def push_report(self, done: list[SessionPaths]) -> None:
-        """The report's files, and every done session the mirror lacks (a copy that failed earlier)."""
+        """The report's files, and every done session the mirror lacks (a copy that failed earlier). A chart the
+        mirror holds and the local plots/ no longer does (a build removes those it did not draw,
+        `exp3.report.plots.remove_stale_charts`) is removed: its old numbers would stand beside the new ones."""
         for paths in done:
             self.push_done(paths)
         try:
@@ -145,6 +148,10 @@ class Mirror:
                 for file in sorted(self.root.glob(pattern)):
                     if file.is_file() and file.name not in NOT_MIRRORED:
                         self._push(file)
+            for held in sorted((self.path / "plots").glob("*")):
+                local = self.root / "plots" / held.name
+                if held.suffix in (".png", ".html") and not local.exists():
+                    self._remove(local)
         except OSError as error:
             self._warn("copying the report to", error)
 
