@@ -1,27 +1,9 @@
 """The report's occlusion severity: the curve per session, mPC and rPC with intervals, paired tests vs S1,
 crossings, the severity charts and report.md's section.
 
-mPC and rPC are defined in exp3/evaluate/severity.py (`METRICS`, `split_value`, and the point values each
-session writes into metrics.json, `mpc_summary`):
-
-    mPC(M) = mean over levels k = 1..K of M(test_occ_sev<k>)      mean performance under occlusion
-    rPC(M) = mPC(M) / M(test_clean)                               relative performance under occlusion
-
-over the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clean); the report
-draws and tests `CURVE_METRICS` (ingredient micro F1 and mAP50). test_occ_fixed (the primary suite)
-is not one of the levels: it keeps its own meaning and table.
-
-Intervals: every split holds the same test image ids, so the report's one set of image draws
-(exp3.report.draws) resamples images jointly across all levels and clean (for F1: pooled per-image
-counts; for mAP: the validator's per-image stats, `ReportData.map_draws`, by the same rule). Paired
-tests vs S1: bootstrap interval of the difference of mPC (and rPC) with the same draws on both
-sessions, and for F1 a paired permutation p-value that swaps an image's results between the two
-sessions on all levels at once (`stats.permutation_pvalue` of the statistic `mpc_f1`); p-values are
-BH-adjusted over the sessions x models of one metric. mAP has intervals but no p-value, as in the
-rest of the report.
-
-`crossings` names the sessions below S1 at one severity and above it at another, each side
-established by a paired 95% interval of the per-severity difference (severity_curves.csv: diff_*).
+mPC and rPC are defined in exp3/evaluate/severity.py (`METRICS`, `split_value`, `mpc_summary`); test_occ_fixed is
+not one of the levels. Intervals, tests and crossings: docs/report.md, "Occlusion severity"; the draws are
+exp3.report.draws', resampling images jointly across clean and every level.
 """
 
 from __future__ import annotations
@@ -177,12 +159,8 @@ def _mpc_columns(entry: tuple[np.ndarray, np.ndarray],
 
 
 def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1") -> list[str]:
-    """Sentences naming the sessions that are below S1 at some severity and above it at another,
-    each side established by the paired 95% interval of the difference at that severity (excluding 0).
-
-    Point estimates that merely swap order inside the noise are not crossings: a session whose
-    difference interval includes 0 at a level is "not distinguishable" there.
-    """
+    """Sentences naming the sessions that are below S1 at some severity and above it at another, each side
+    established by the paired 95% interval of the difference at that severity excluding 0."""
     part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != REFERENCE)]
     short = SESSION_LABELS[REFERENCE].split()[0]
     found = []
