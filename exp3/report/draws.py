@@ -34,8 +34,7 @@ from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import SESSION_SUFFIXES
 
 MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
-"""Bootstrap draws for mAP intervals (exp3.evaluate.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
-draw recomputes mAP over every prediction; sessions keep theirs in `map_stats_<split>.npz`."""
+"""Bootstrap draws for mAP intervals, fewer than the F1s' (docs/report.md, "Intervals and p-values")."""
 MISSING, UNPAIRED = "missing", "unpaired"
 """`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
 

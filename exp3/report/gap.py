@@ -47,7 +47,7 @@ UNPAIRED = ("S1, S2 and this session are not on the same images (their per-image
             "no paired draws; evaluate them on one suite")
 """The reasons of a NO_RESULT row (GapRow.reason)."""
 NOT_ALIKE = "not trained like them"
-"""Said of a session whose out-of-memory retries changed its batch (docs/report.md, "Not trained alike")."""
+"""Said of a session whose out-of-memory retries changed its batch (docs/report.md, "Gap closed")."""
 REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
                                                "does not help", "cannot tell")
 GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
@@ -202,7 +202,7 @@ def _recorded_int(metrics: Any, *path: str) -> int | None:
 
 def batch_note(run: SessionRun, name: str) -> str:
     """"<name> trained at batch 4 after out-of-memory retries, its siblings at 16" when `run`'s retries trained it at
-    another batch than the configured one (docs/report.md, "Not trained alike"); "" otherwise."""
+    another batch than the configured one (docs/report.md, "Gap closed"); "" otherwise."""
     retried = _recorded_int(run.metrics, "training", "oom_retry_batch")
     configured = _recorded_int(run.metrics, "inputs", "config", "train", "batch")
     if retried is None or retried == configured:
