@@ -14,6 +14,7 @@ from exp3.evaluate import stats
 from exp3.evaluate.severity import METRICS
 from exp3.report.draws import ReportData, align, stack
 from exp3.report.runs import THRESHOLDS, as_number, threshold_conf
+from exp3.report.text import short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
@@ -22,7 +23,7 @@ PAIRED_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() i
 MAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind == "map")
 """The validator's mAP: a paired bootstrap interval from `map_stats_<split>.npz`, no permutation p."""
 POOLED_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_micro_f1_at_val", "rF1_micro")
-"""summary_metrics columns that hold the seed-pooled statistic (docs/report.md, "One statistic per row")."""
+"""summary_metrics columns that hold the seed-pooled statistic (docs/report.md, "Several seeds")."""
 VAL_PLAN: tuple[tuple[str, str], ...] = (("S2_occ_train", "S1_clean_train"),)
 """(session, reference) rows compared at the val-chosen threshold (the primary threshold compares all)."""
 COMPARISON_COLUMNS: tuple[str, ...] = ("model", "split", "metric", "threshold", "session", "session_label",
@@ -50,9 +51,8 @@ class SessionComparison:
 def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataFrame | None], data: ReportData,
                      n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> SessionComparison | None:
     """Session a minus session b on `metric` (one of PAIRED_METRICS) from their per-seed score frames, on the image
-    ids every seed of both holds (`draws.align`: None when a side has none or they hold other images). One seed a
-    side: the paired bootstrap over images and the image-swap permutation p; several: the two-level bootstrap over
-    seeds and images and the run-label permutation p (exp3.evaluate.stats)."""
+    ids every seed of both holds (`draws.align`: None when a side has none or they hold other images); with several
+    seeds a side, over seeds and images (docs/report.md, "Several seeds")."""
     a, b = [frame for frame in a if frame is not None], [frame for frame in b if frame is not None]
     aligned = align([*a, *b])
     if not a or not b or aligned.reason or not len(aligned.ids):
@@ -207,8 +207,7 @@ def primary_f1(comparisons: pd.DataFrame) -> pd.DataFrame:
 def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R
     (ingredient micro F1 at the primary threshold; the other metrics are in comparisons). POOLED_COLUMNS then hold
-    the seed-pooled statistic, the seed mean moved to `<column>_seed_mean` (docs/report.md, "One statistic per
-    row")."""
+    the seed-pooled statistic, the seed mean moved to `<column>_seed_mean` (docs/report.md, "Several seeds")."""
     keys = ["model", "session", "split"]
     merged = summary.merge(intervals, on=keys, how="left")
     for column in POOLED_COLUMNS:
@@ -217,7 +216,7 @@ def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparison
         merged[column] = pooled.fillna(merged[column])
     headline = primary_f1(comparisons)
     for reference in REFERENCES:
-        short = reference.split("_")[0]
+        short = short_session(reference)
         names = {"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
                  "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}", "p_bh": f"p_bh_vs_{short}"}
         part = headline.loc[headline["reference"] == reference, keys + list(names)].rename(columns=names)

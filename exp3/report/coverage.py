@@ -22,7 +22,7 @@ from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report import plots
 from exp3.report.draws import ReportData, split_match_iou
 from exp3.report.runs import THRESHOLDS, SessionRun, threshold_conf
-from exp3.report.text import fmt_ci, markdown_table
+from exp3.report.text import fmt_ci, markdown_table, short_session
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionState
 from exp3.sessions import SESSION_LABELS, SESSION_ORDER
@@ -35,13 +35,13 @@ LEVELS: tuple[str, ...] = ("detection", "ingredient")
 LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= match_iou)",
                                 "ingredient": "ingredient: class named in the image's set"}
 REPORT_THRESHOLD = THRESHOLDS[0]
-"""The operating point of report.md's tables (docs/report.md, "Threshold")."""
+"""The operating point of report.md's tables (docs/report.md, "Recall by covered fraction", Threshold)."""
 THRESHOLD_LABELS: dict[str, str] = dict(zip(THRESHOLDS, ("primary threshold", "each session's val-chosen threshold")))
 ALIGN_IOU = 0.9
 """IoU a prediction file's ground-truth box needs with its manifest box (same class) to be the same box:
 both are the label converted to pixels, rounded to 0.01 px and 0.001 px."""
 MIN_BOXES_SHOWN = 10
-"""The chart draws no point for a bin with fewer boxes (docs/report.md, "Bins")."""
+"""The chart draws no point for a bin with fewer boxes (docs/report.md, "Recall by covered fraction", Bins)."""
 BOX_COLUMNS: tuple[str, ...] = ("split", "image_id", "box", "class_id", "covered_fraction", "conf",
                                 "found_detection", "found_ingredient")
 """Columns of `box_table`: one row per ground-truth box with a covered fraction."""
@@ -425,7 +425,7 @@ def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str
     if report.problems:
         reasons: dict[str, list[str]] = {}
         for model, session, reason in report.problems:
-            reasons.setdefault(reason, []).append(f"{model} {session.split('_')[0]}")
+            reasons.setdefault(reason, []).append(f"{model} {short_session(session)}")
         lines += ["Left out (predictions and suite manifest could not be joined):", ""]
         lines += [f"- {', '.join(sessions)}: {reason}" for reason, sessions in reasons.items()] + [""]
     return lines

@@ -2,8 +2,8 @@
 crossings, the severity charts and report.md's section.
 
 mPC and rPC are defined in exp3/evaluate/severity.py (`METRICS`, `split_value`, `mpc_summary`); test_occ_fixed is
-not one of the levels. Intervals, tests and crossings: docs/report.md, "Occlusion severity"; the draws are
-exp3.report.draws', resampling images jointly across clean and every level.
+not one of the levels. Intervals, tests and crossings: docs/report.md, "Occlusion severity" (one set of image draws,
+exp3.report.draws, across clean and every level).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import adjust_p_values
 from exp3.report.draws import ReportData, common_ids
-from exp3.report.text import fmt, fmt_ci, markdown_table
+from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
 from exp3.schema import SeverityLevelView
 from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
@@ -32,7 +32,6 @@ REFERENCE: str = REFERENCES[0]
 """The session every other is compared with: S1_clean_train (exp3.sessions owns the name)."""
 CURVE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric", "severity", "split", "coverage",
                                   "value", "ci_low", "ci_high", "diff_vs_S1", "diff_ci_low", "diff_ci_high", "n_images")
-"""`diff_*`: the session minus S1 at that severity, a paired 95% interval (the same image resamples)."""
 TABLE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric", "levels", "clean", "mPC",
                                   "mPC_ci_low", "mPC_ci_high", "rPC", "rPC_ci_low", "rPC_ci_high", "diff_mPC_vs_S1",
                                   "diff_mPC_ci_low", "diff_mPC_ci_high", "diff_rPC_vs_S1", "diff_rPC_ci_low",
@@ -54,8 +53,8 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
 
 def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
     """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean
-    over the levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
-    unit): `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts."""
+    over the levels of their F1; `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts swaps an image's
+    results on every split at once."""
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
@@ -162,7 +161,7 @@ def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_
     """Sentences naming the sessions that are below S1 at some severity and above it at another, each side
     established by the paired 95% interval of the difference at that severity excluding 0."""
     part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != REFERENCE)]
-    short = SESSION_LABELS[REFERENCE].split()[0]
+    short = short_session(REFERENCE)
     found = []
     for suffix, rows in part.groupby("session", sort=False):
         rows = rows.sort_values("severity")
