@@ -1,5 +1,6 @@
 """Intervals and paired comparisons (comparisons.csv): every session vs S1 and vs S2 per metric and
-threshold, BH-adjusted, and how one comparison reads (its interval's side of 0)."""
+threshold, BH-adjusted, and how one comparison reads (its interval's side of 0). Columns and rules:
+docs/report.md, "comparisons.csv", "Intervals and p-values" and "Several seeds"."""
 
 from __future__ import annotations
 
@@ -13,29 +14,22 @@ from exp3.evaluate import stats
 from exp3.evaluate.severity import METRICS
 from exp3.report.draws import ReportData, align, stack
 from exp3.report.runs import THRESHOLDS, as_number, threshold_conf
+from exp3.report.text import short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
 PAIRED_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind != "map")
 """Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.evaluate.stats)."""
 MAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind == "map")
-"""The validator's mAP: no per-image score, but a paired bootstrap interval recomputed from the validator's
-per-image matching stats (`map_stats_<split>.npz`, exp3.evaluate.mapstats); no permutation p (a point estimate only
-when those files are missing, e.g. a session evaluated before they existed)."""
+"""The validator's mAP: a paired bootstrap interval from `map_stats_<split>.npz`, no permutation p."""
 POOLED_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_micro_f1_at_val", "rF1_micro")
-"""summary_metrics columns whose interval or paired differences are of the seed-pooled statistic (F1 of the
-per-image counts summed over a session's seeds): `attach_statistics` shows that statistic in them, so a point,
-its interval and its differences are one statistic; the mean over seeds of metrics.json's values stays in
-`<column>_seed_mean` (and is the value where a session has no per-image counts: then no interval either)."""
+"""summary_metrics columns that hold the seed-pooled statistic (docs/report.md, "Several seeds")."""
 VAL_PLAN: tuple[tuple[str, str], ...] = (("S2_occ_train", "S1_clean_train"),)
 """(session, reference) rows compared at the val-chosen threshold (the primary threshold compares all)."""
 COMPARISON_COLUMNS: tuple[str, ...] = ("model", "split", "metric", "threshold", "session", "session_label",
                                        "reference", "pair", "conf", "reference_conf", "difference", "ci_low",
                                        "ci_high", "p_value", "bh_family", "p_bh", "n_images", "interval_levels",
                                        "image_sd", "seed_sd")
-"""`interval_levels`: what the interval and test resample: `images` (one seed a side: the seed spread is not in
-the interval), `seeds+images` (two-level bootstrap and run-label permutation, exp3.evaluate.stats.two_level_difference);
-`image_sd` / `seed_sd`: the spread of the difference with only that level resampled (NaN with one seed)."""
 KINDS: dict[str, str] = {"count": "micro_f1", "mean": "mean"}
 """A metric's kind (exp3.evaluate.severity.Metric) -> the statistic of exp3.evaluate.stats that compares it."""
 
@@ -57,9 +51,8 @@ class SessionComparison:
 def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataFrame | None], data: ReportData,
                      n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> SessionComparison | None:
     """Session a minus session b on `metric` (one of PAIRED_METRICS) from their per-seed score frames, on the image
-    ids every seed of both holds (`draws.align`: None when a side has none or they hold other images). One seed a
-    side: the paired bootstrap over images and the image-swap permutation p; several: the two-level bootstrap over
-    seeds and images and the run-label permutation p (exp3.evaluate.stats)."""
+    ids every seed of both holds (`draws.align`: None when a side has none or they hold other images); with several
+    seeds a side, over seeds and images (docs/report.md, "Several seeds")."""
     a, b = [frame for frame in a if frame is not None], [frame for frame in b if frame is not None]
     aligned = align([*a, *b])
     if not a or not b or aligned.reason or not len(aligned.ids):
@@ -94,11 +87,8 @@ def comparison_plan(threshold: str) -> list[tuple[str, str]]:
 
 
 def bh_tests(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The input of Benjamini-Hochberg: one row per distinct test, i.e. per bh_family x model x split x pair.
-
-    Rows without a p-value (mAP, not-done sessions) are no test. The two readings of one pair
-    (S2 vs S1, S1 vs S2) share a p-value and appear here once.
-    """
+    """The input of Benjamini-Hochberg: one row per distinct test, i.e. per bh_family x model x split x pair (rows
+    without a p-value are no test; both readings of a pair appear once)."""
     keys = ["bh_family", "model", "split", "pair"]
     tested = comparisons[comparisons["p_value"].notna() & (comparisons["bh_family"] != "")]
     return tested.drop_duplicates(keys)[keys + ["p_value"]].reset_index(drop=True)
@@ -166,21 +156,12 @@ def _map_row(data: ReportData, model: str, suffix: str, reference: str, split: s
 
 def statistics_tables(data: ReportData, models: list[str],
                       n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bootstrap intervals per session and paired comparisons vs S1 / S2 (module docstring of exp3.evaluate.stats), all
-    drawn from `data` (exp3.report.draws: its image draws, seeds pooled, image ids aligned).
+    """(intervals, comparisons), all drawn from `data` (exp3.report.draws: its image draws, seeds pooled, image ids
+    aligned).
 
-    Returns:
-        (intervals, comparisons).
-        intervals: one row per model x session x split: ingredient_micro_f1_ci_low/high (F1 of the
-            pooled counts), rF1_micro_ci_low/high (occluded / clean, paired on image ids), ci_images, and the
-            pooled statistics themselves, `<column>_pooled` for POOLED_COLUMNS.
-        comparisons: COMPARISON_COLUMNS, one row per model x split x metric x threshold x (session,
-            reference) of `comparison_plan`: difference (session - reference), ci_low/high, p_value;
-            PAIRED_METRICS at both thresholds, MAP_METRICS (mAP: threshold-free, listed under
-            `primary`; paired bootstrap interval from the validator's per-image stats, no p) at `primary`.
-            `pair` names the unordered pair; both readings of a pair carry one test (negated difference,
-            same p). p_bh: BH within `bh_family` = "<metric>@<threshold>" over distinct pairs of every model
-            and split (`bh_tests`). NaN where a side is missing or the sides hold other image ids.
+    intervals: one row per model x session x split: ingredient_micro_f1_ci_low/high, rF1_micro_ci_low/high,
+    ci_images, and `<column>_pooled` for POOLED_COLUMNS. comparisons: COMPARISON_COLUMNS, one row per model x split
+    x metric x threshold x (session, reference) of `comparison_plan` (docs/report.md, "comparisons.csv").
     """
     interval_rows = [row for model in models for suffix in SESSION_SUFFIXES for row in _intervals(data, model, suffix)]
     comparison_rows = []
@@ -225,12 +206,8 @@ def primary_f1(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """summary + CI columns + per reference R in (S1, S2): diff_vs_R, diff_vs_R_ci_low/high, p_vs_R, p_bh_vs_R
-    (ingredient micro F1 at the primary threshold; the other metrics are in comparisons).
-
-    POOLED_COLUMNS then hold the seed-pooled statistic their interval and differences are of (`intervals`'
-    `<column>_pooled`), the seed mean moved to `<column>_seed_mean`: with several seeds the mean of the seeds'
-    F1 is not the pooled F1, and a row's point, interval and diff_vs_R must be one statistic.
-    """
+    (ingredient micro F1 at the primary threshold; the other metrics are in comparisons). POOLED_COLUMNS then hold
+    the seed-pooled statistic, the seed mean moved to `<column>_seed_mean` (docs/report.md, "Several seeds")."""
     keys = ["model", "session", "split"]
     merged = summary.merge(intervals, on=keys, how="left")
     for column in POOLED_COLUMNS:
@@ -239,7 +216,7 @@ def attach_statistics(summary: pd.DataFrame, intervals: pd.DataFrame, comparison
         merged[column] = pooled.fillna(merged[column])
     headline = primary_f1(comparisons)
     for reference in REFERENCES:
-        short = reference.split("_")[0]
+        short = short_session(reference)
         names = {"difference": f"diff_vs_{short}", "ci_low": f"diff_vs_{short}_ci_low",
                  "ci_high": f"diff_vs_{short}_ci_high", "p_value": f"p_vs_{short}", "p_bh": f"p_bh_vs_{short}"}
         part = headline.loc[headline["reference"] == reference, keys + list(names)].rename(columns=names)

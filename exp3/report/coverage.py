@@ -1,15 +1,8 @@
 """Recall by covered fraction: which session still finds an object when most of it is hidden?
 
-Joins each occluded suite manifest's per-box `covered_fraction` (exp3/occlusion/occlude.py) to a session's
-predictions on that suite and asks, box by box, whether the object was found (definitions: docs/report.md, "Recall
-by covered fraction"): at the detection level, matched one-to-one by a detection of its class
-(`exp3.evaluate.metrics.matched_gt`); at the ingredient level, its class named in the image's predicted set
-(`exp3.evaluate.metrics.ingredient_sets`). Boxes are binned into `N_BINS` equal bins of covered fraction; intervals
-are a percentile bootstrap clustered on images (boxes of one image are not independent), on the report's image
-draws. Seeds and several occluded splits pool their boxes; an image id is one cluster across them. Boxes without a
-covered fraction (zero area) are left out and counted. A number only comes from the inputs it claims: manifest and
-predictions that do not describe the same images and boxes raise `CoverageError` (`align_split`) naming the split,
-the image and the fix.
+Joins each occluded suite manifest's per-box `covered_fraction` to a session's predictions and asks, box by box,
+whether the object was found at the detection and at the ingredient level. Levels, bins, image-clustered intervals,
+pooling and refusals (`CoverageError`): docs/report.md, "Recall by covered fraction".
 """
 
 from __future__ import annotations
@@ -29,7 +22,7 @@ from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report import plots
 from exp3.report.draws import ReportData, split_match_iou
 from exp3.report.runs import THRESHOLDS, SessionRun, threshold_conf
-from exp3.report.text import fmt_ci, markdown_table
+from exp3.report.text import fmt_ci, markdown_table, short_session
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionState
 from exp3.sessions import SESSION_LABELS, SESSION_ORDER
@@ -42,15 +35,13 @@ LEVELS: tuple[str, ...] = ("detection", "ingredient")
 LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= match_iou)",
                                 "ingredient": "ingredient: class named in the image's set"}
 REPORT_THRESHOLD = THRESHOLDS[0]
-"""The operating point of report.md's tables: the primary threshold, as the report's headline detection F1
-(`exp3.report.runs.threshold_conf`). The chart and the csv files also have each session's val-chosen threshold."""
+"""The operating point of report.md's tables (docs/report.md, "Recall by covered fraction", Threshold)."""
 THRESHOLD_LABELS: dict[str, str] = dict(zip(THRESHOLDS, ("primary threshold", "each session's val-chosen threshold")))
 ALIGN_IOU = 0.9
 """IoU a prediction file's ground-truth box needs with its manifest box (same class) to be the same box:
 both are the label converted to pixels, rounded to 0.01 px and 0.001 px."""
 MIN_BOXES_SHOWN = 10
-"""The chart draws no point for a bin with fewer boxes (a recall of 1 box is 0 or 1, and its bootstrap interval
-says nothing); empty bins are never drawn as 0. The tables and csv files keep every non-empty bin."""
+"""The chart draws no point for a bin with fewer boxes (docs/report.md, "Recall by covered fraction", Bins)."""
 BOX_COLUMNS: tuple[str, ...] = ("split", "image_id", "box", "class_id", "covered_fraction", "conf",
                                 "found_detection", "found_ingredient")
 """Columns of `box_table`: one row per ground-truth box with a covered fraction."""
@@ -434,7 +425,7 @@ def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str
     if report.problems:
         reasons: dict[str, list[str]] = {}
         for model, session, reason in report.problems:
-            reasons.setdefault(reason, []).append(f"{model} {session.split('_')[0]}")
+            reasons.setdefault(reason, []).append(f"{model} {short_session(session)}")
         lines += ["Left out (predictions and suite manifest could not be joined):", ""]
         lines += [f"- {', '.join(sessions)}: {reason}" for reason, sessions in reasons.items()] + [""]
     return lines

@@ -1,19 +1,9 @@
 """The report's one resampling layer: what every interval and test of the report is drawn from, read once.
 
 `ReportData(runs, n_resamples, seed)` is built once by `build_report` and handed to the comparisons, the severity
-curves, gap closed, recall by covered fraction and the gallery. It
-
-- parses each done session's `predictions_<split>.json` once (`records`, with the suite the file was made on) and
-  loads its `map_stats_<split>.npz` once (`map_stats`), whoever asks first;
-- computes a run's per-image scores at an operating point once (`scores`: ingredient and detection (tp, fp, fn)
-  and the per-image ingredient F1 at `threshold_conf`), and pools a session's seeds (`pooled`: counts summed,
-  per-image F1 averaged, on the images every seed has);
-- aligns image ids (`align`): the sorted ids every side holds, or a refusal with its reason: a side is missing
-  (MISSING) or holds other image ids (UNPAIRED; a difference of draws of other images would not be paired);
-- holds the draws: `image_weights(N)` is `stats.image_multiplicities(N, B, seed)` over the sorted ids (the draws
-  of `stats.bootstrap_indices`), one matrix per image count, shared by every statistic; `seed_weights` a
-  session's seed multiplicities; `map_draws` the bootstrap mAP of a session (the validator's per-image stats,
-  min(B, MAP_RESAMPLES) draws by the same rule, kept by the session or computed here, seed mean).
+curves, gap closed, recall by covered fraction and the gallery: each predictions and map_stats file is parsed once,
+each run's per-image scores computed once, and every statistic resamples its one set of image draws
+(docs/report.md, "Intervals and p-values"; docs/layout.md, `exp3/report/`).
 """
 
 from __future__ import annotations
@@ -44,8 +34,7 @@ from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import SESSION_SUFFIXES
 
 MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
-"""Bootstrap draws for mAP intervals (exp3.evaluate.mapstats.BOOTSTRAP_RESAMPLES): fewer than the F1s' because each
-draw recomputes mAP over every prediction; sessions keep theirs in `map_stats_<split>.npz`."""
+"""Bootstrap draws for mAP intervals, fewer than the F1s' (docs/report.md, "Intervals and p-values")."""
 MISSING, UNPAIRED = "missing", "unpaired"
 """`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
 
@@ -124,7 +113,7 @@ def stack(frames: Sequence[pd.DataFrame], ids: pd.Index, columns: Sequence[str])
 
 
 class ReportData:
-    """Every session's per-image values and the report's draws, each read or computed once (module docstring)."""
+    """Every session's per-image values and the report's draws, each read or computed once."""
 
     def __init__(self, runs: Iterable[SessionRun], n_resamples: int = stats.DEFAULT_RESAMPLES,
                  seed: int = stats.DEFAULT_SEED) -> None:
@@ -243,9 +232,9 @@ class ReportData:
         return self._map_run_draws[key]
 
     def map_draws(self, model: str, suffix: str, split: str) -> tuple[tuple[str, ...], np.ndarray] | None:
-        """(sorted image ids, (B', 2) draws, seed mean) of one session, or None when a done run lacks its
-        map_stats, the runs hold other images, or the stats do not reproduce metrics.json's mAP (another
-        evaluation's file: no interval)."""
+        """(sorted image ids, (B', 2) bootstrap mAP50 / mAP50-95 averaged over seeds) of one session, or None when a
+        done run lacks its map_stats, the runs hold other images, or the stats do not reproduce metrics.json's mAP
+        (another evaluation's file: no interval)."""
         key = (model, suffix, split)
         if key not in self._map_draws:
             done = self.done(model, suffix)

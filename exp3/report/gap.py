@@ -1,17 +1,11 @@
 """The report's headline: how much of the S1 -> S2 gap each masking session closes, its clean-image cost,
-and a verdict per site from the fixed rules of docs/report.md ("Gap closed").
+and a verdict per site.
 
     gap_closed = (Sx - S1) / (S2 - S1)   on test_occ_fixed and on mPC     clean_cost = Sx - S1 on test_clean
 
-Intervals reuse the report's resampling (exp3.report.draws): F1 draws are micro F1 of the seed-pooled per-image
-counts under the report's image draws (`ReportData.image_weights`) over the image ids every session shares; mAP
-draws are `ReportData.map_draws` (the validator's per-image stats, same index rule). S1, S2 and Sx of one model
-and metric are always drawn on the same image resamples, so the ratio's interval is paired (`stats.gap_closed`);
-sessions whose draws resample other image ids give no result (UNPAIRED), as comparisons.csv gives their mAP
-difference no interval. With several seeds, each session's seeds are resampled too (two levels,
-`stats.seed_multiplicities`, one independent stream per session). The clean cost is the paired test_clean
-difference of `comparisons.csv`. A session whose out-of-memory retries changed its batch is named next to the
-verdicts it enters (`batch_notes`): it was not trained like its siblings."""
+Rules, intervals and columns: docs/report.md, "Gap closed" and "Several seeds". S1, S2 and Sx of one model and
+metric are drawn on the same image resamples of exp3.report.draws, so the ratio's interval is paired
+(`stats.gap_closed`)."""
 
 from __future__ import annotations
 
@@ -47,15 +41,13 @@ BASES: tuple[str, ...] = (HEADLINE_BASIS, "mPC")
 """What the gap is measured on: the fixed occluded suite, and mPC over the severity levels."""
 FAILED_CONTROL = "positive control failed"
 NO_RESULT = "n/a"
-"""The verdict where S1, S2 or Sx is not done, lacks its per-image files or is not on the others' images: no
-result, not a reading (GapRow.reason says which)."""
+"""The verdict where S1, S2 or Sx give no result (GapRow.reason says why)."""
 NOT_DONE = "S1, S2 or this session is not done, or lacks its per-image files"
 UNPAIRED = ("S1, S2 and this session are not on the same images (their per-image files hold other image ids): "
             "no paired draws; evaluate them on one suite")
-"""The reasons of a NO_RESULT row (GapRow.reason): a number from draws of other images would not be paired."""
+"""The reasons of a NO_RESULT row (GapRow.reason)."""
 NOT_ALIKE = "not trained like them"
-"""Said of a session whose out-of-memory retries changed its batch: the seed protocol trains a model's sessions at
-one batch, so its difference to them is not the masking's alone (GapRow.training_note)."""
+"""Said of a session whose out-of-memory retries changed its batch (docs/report.md, "Gap closed")."""
 REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
                                                "does not help", "cannot tell")
 GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
@@ -210,8 +202,7 @@ def _recorded_int(metrics: Any, *path: str) -> int | None:
 
 def batch_note(run: SessionRun, name: str) -> str:
     """"<name> trained at batch 4 after out-of-memory retries, its siblings at 16" when `run`'s retries trained it at
-    another batch (`training.oom_retry_batch`) than the configured one (`inputs.config.train.batch`, which every
-    session of the run shares; unset: Ultralytics' default); "" otherwise."""
+    another batch than the configured one (docs/report.md, "Gap closed"); "" otherwise."""
     retried = _recorded_int(run.metrics, "training", "oom_retry_batch")
     configured = _recorded_int(run.metrics, "inputs", "config", "train", "batch")
     if retried is None or retried == configured:
@@ -229,8 +220,7 @@ def batch_notes(runs: list[SessionRun]) -> str:
 
 
 def _no_result_reason(sides: list[_Draws | None]) -> str:
-    """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED (like comparisons.csv's mAP interval, draws
-    of other image ids are no paired difference); empty when they give one."""
+    """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED; empty when they give one."""
     if any(side is None for side in sides):
         return NOT_DONE
     return UNPAIRED if len({side.ids for side in sides if side is not None}) > 1 else ""

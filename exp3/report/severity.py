@@ -1,27 +1,9 @@
 """The report's occlusion severity: the curve per session, mPC and rPC with intervals, paired tests vs S1,
 crossings, the severity charts and report.md's section.
 
-mPC and rPC are defined in exp3/evaluate/severity.py (`METRICS`, `split_value`, and the point values each
-session writes into metrics.json, `mpc_summary`):
-
-    mPC(M) = mean over levels k = 1..K of M(test_occ_sev<k>)      mean performance under occlusion
-    rPC(M) = mPC(M) / M(test_clean)                               relative performance under occlusion
-
-over the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clean); the report
-draws and tests `CURVE_METRICS` (ingredient micro F1 and mAP50). test_occ_fixed (the primary suite)
-is not one of the levels: it keeps its own meaning and table.
-
-Intervals: every split holds the same test image ids, so the report's one set of image draws
-(exp3.report.draws) resamples images jointly across all levels and clean (for F1: pooled per-image
-counts; for mAP: the validator's per-image stats, `ReportData.map_draws`, by the same rule). Paired
-tests vs S1: bootstrap interval of the difference of mPC (and rPC) with the same draws on both
-sessions, and for F1 a paired permutation p-value that swaps an image's results between the two
-sessions on all levels at once (`stats.permutation_pvalue` of the statistic `mpc_f1`); p-values are
-BH-adjusted over the sessions x models of one metric. mAP has intervals but no p-value, as in the
-rest of the report.
-
-`crossings` names the sessions below S1 at one severity and above it at another, each side
-established by a paired 95% interval of the per-severity difference (severity_curves.csv: diff_*).
+mPC and rPC are defined in exp3/evaluate/severity.py (`METRICS`, `split_value`, `mpc_summary`); test_occ_fixed is
+not one of the levels. Intervals, tests and crossings: docs/report.md, "Occlusion severity" (one set of image draws,
+exp3.report.draws, across clean and every level).
 """
 
 from __future__ import annotations
@@ -38,7 +20,7 @@ from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import adjust_p_values
 from exp3.report.draws import ReportData, common_ids
-from exp3.report.text import fmt, fmt_ci, markdown_table
+from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
 from exp3.schema import SeverityLevelView
 from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
@@ -50,7 +32,6 @@ REFERENCE: str = REFERENCES[0]
 """The session every other is compared with: S1_clean_train (exp3.sessions owns the name)."""
 CURVE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric", "severity", "split", "coverage",
                                   "value", "ci_low", "ci_high", "diff_vs_S1", "diff_ci_low", "diff_ci_high", "n_images")
-"""`diff_*`: the session minus S1 at that severity, a paired 95% interval (the same image resamples)."""
 TABLE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "metric", "levels", "clean", "mPC",
                                   "mPC_ci_low", "mPC_ci_high", "rPC", "rPC_ci_low", "rPC_ci_high", "diff_mPC_vs_S1",
                                   "diff_mPC_ci_low", "diff_mPC_ci_high", "diff_rPC_vs_S1", "diff_rPC_ci_low",
@@ -72,8 +53,8 @@ def common_levels(runs: Iterable[Any]) -> list[SeverityLevelView]:
 
 def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
     """mPC of micro F1 (an exp3.evaluate.stats statistic): (..., S, 3) counts per split, clean first -> the mean
-    over the levels of their F1. Its permutation test swaps an image's results on every split at once (the image is the
-    unit): `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts."""
+    over the levels of their F1; `stats.permutation_pvalue(a, b, mpc_f1)` of (N, S, 3) counts swaps an image's
+    results on every split at once."""
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
@@ -177,14 +158,10 @@ def _mpc_columns(entry: tuple[np.ndarray, np.ndarray],
 
 
 def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_f1") -> list[str]:
-    """Sentences naming the sessions that are below S1 at some severity and above it at another,
-    each side established by the paired 95% interval of the difference at that severity (excluding 0).
-
-    Point estimates that merely swap order inside the noise are not crossings: a session whose
-    difference interval includes 0 at a level is "not distinguishable" there.
-    """
+    """Sentences naming the sessions that are below S1 at some severity and above it at another, each side
+    established by the paired 95% interval of the difference at that severity excluding 0."""
     part = curves[(curves["model"] == model) & (curves["metric"] == metric) & (curves["session"] != REFERENCE)]
-    short = SESSION_LABELS[REFERENCE].split()[0]
+    short = short_session(REFERENCE)
     found = []
     for suffix, rows in part.groupby("session", sort=False):
         rows = rows.sort_values("severity")
