@@ -1,18 +1,13 @@
 """metrics.json as typed objects: `SessionMetrics` is what exp3.session.record writes, `MetricsView` what readers read.
 
-docs/schema.md documents both, field by field (tests/test_schema.py checks it against `SessionMetrics`):
-
-- `SessionMetrics` (strict): the whole file as the session writes it (`model_dump(mode="json")`; validated and
-  dumped again, a file gives back the same JSON). Every block exp3 shapes forbids unknown keys and every field is
-  required, so a writer that drifts fails before anything is written. Its `data` block is `PreparedData`, the one
-  record of the data a run prepared: the flow hands it to each session (`--prepared`), the session records it.
-- `MetricsView` (lenient): `SessionMetrics` derived field by field (`lenient`): every field optional, unknown keys
-  ignored, anything not of its type (a number, a string, a bool, a [low, high] pair, a block) read as None or
-  empty: a reader shows `-` or NaN for a value it cannot read, it does not fail the whole report or a log line.
+docs/schema.md documents both, field by field (tests/test_schema.py checks it against `SessionMetrics`).
+`SessionMetrics` is strict and round-trips (validated and dumped again, a file gives back the same JSON); its `data`
+block is `PreparedData`, the one record of the data a run prepared. `MetricsView` is `SessionMetrics` made lenient
+field by field (`lenient`), so a reader shows `-` or NaN for a value it cannot read instead of failing.
 
 Blocks whose keys belong to someone else stay dicts: `inputs.config` (exp3.identity), Ultralytics'
-`training.effective_args` / `.overrides` / `speed_ms_per_image`, the `masking:` config
-(`masking.spec`), `provenance.packages`.
+`training.effective_args` / `.overrides` / `speed_ms_per_image`, the `masking:` config (`masking.spec`),
+`provenance.packages`.
 """
 
 from __future__ import annotations
@@ -439,12 +434,10 @@ def _read(kinds: tuple[type, ...], otherwise: Any = None) -> BeforeValidator:
     return BeforeValidator(lambda value: value if _is(value, kinds) else otherwise)
 
 
+# A leaf as readers take it: anything not of its type (absent, null, another type; a bool is no number) is None.
 Number = Annotated[float | None, _read((int, float))]
-"""A number as readers take it: anything else (absent, null, a string, a bool) is None."""
 Text = Annotated[str | None, _read((str,))]
-"""A string as readers take it: anything else is None."""
 Flag = Annotated[bool | None, _read((bool,))]
-"""A bool as readers take it: anything else is None."""
 
 
 def _range_or_none(value: Any) -> Any:
@@ -472,7 +465,7 @@ def _block(kind: Any) -> bool:
 
 
 def _lenient_field(annotation: Any) -> tuple[Any, Any]:
-    """(type, default) of one field of a strict block as readers take it (module docstring)."""
+    """(type, default) of one field of a strict block as readers take it (`lenient`)."""
     kinds = [kind for kind in get_args(annotation) if kind is not type(None)] \
         if get_origin(annotation) in (Union, UnionType) else [annotation]
     if len(kinds) > 1:

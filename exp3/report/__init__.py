@@ -1,32 +1,10 @@
-"""Rebuild the exp3 report from session folders: tables, statistics, charts and report.md.
+"""Rebuild the exp3 report from session folders: tables, statistics, charts, report.md and report.html.
 
     python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2] [--sessions S1_clean_train ...]
 
-The flow's final task calls `build_report(root, models)`; it reads only the session folders
-(`<root>/<model>/<model>__<suffix>[__seed<N>]/`) and writes, atomically:
-
-    <root>/summary_metrics.csv|json   one row per model x session x split (seed means; micro F1, rF1 pooled over seeds)
-    <root>/summary_by_seed.csv|json   one row per model x session x seed x split (every folder)
-    <root>/comparisons.csv|json       one row per model x split x metric x threshold x session x reference
-    <root>/per_class_f1.csv           per-class ingredient F1 per model x session x split
-    <root>/severity_curves.csv        metric per model x session x severity (0 = clean), with CIs (exp3.report.severity)
-    <root>/severity_summary.csv       mPC / rPC per model x session x metric, CIs, paired tests vs S1
-    <root>/gap_closed.csv|json        gap closed (Sx - S1) / (S2 - S1) per model x metric x masking session x basis
-    <root>/recall_by_coverage.csv     recall per covered-fraction bin, CIs (exp3.report.coverage); _boxes.csv: per box
-    <root>/training_curves.csv        val mAP50-95 and train loss per model x session x epoch (exp3.report.curves)
-    <root>/training_convergence.csv   per model x session: best.pt epoch, fitted change over the last epochs, reading
-    <root>/plots/*.png|html           charts (exp3.report.plots); gallery_<model>.png: images with boxes (exp3.report.gallery)
-    <root>/report.md                  tables, charts and headline findings written from the data
-    <root>/report.html                report.md as one self-contained page (charts embedded, offline; exp3.report.html)
-
-A session's status: `done` (valid DONE marker), `failed` (FAILED marker: its error is kept),
-`incomplete` (a folder without DONE or FAILED: running, or killed mid-way) or `missing` (no folder).
-A session outside this run's `sessions` (the config's `sessions:` list) is `not in run` in the status
-grid and left out of every table, finding and chart.
-Nothing is dropped: a not-done session keeps its rows, with NaN metrics. With several seeds the
-summary status is `done` when every seed is, `some_seeds` when some are. Columns: docs/report.md.
-
-Each part's module and what it owns: docs/layout.md, "The report"; this module runs them in order.
+The flow's final task calls `build_report(root, models)`; it reads only the session folders and writes every file
+atomically. The files, their columns and the session statuses: docs/report.md; each part's module and what it owns:
+docs/layout.md, "The report"; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -91,7 +69,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
                  charts: bool = True, sessions: list[str] | None = None,
                  occluded_splits: tuple[str, ...] | None = None) -> ReportResult:
-    """Rebuild every report file under `root` from its session folders (see the module docstring).
+    """Rebuild every report file under `root` from its session folders (the files: docs/report.md).
 
     Args:
         root: the experiment's output root (holds `<model>/<model>__<suffix>/` folders).

@@ -1,13 +1,8 @@
 """Training curves: had each session converged, and how did masking change the course of its training?
 
-Per done session, val mAP50-95 (the clean val split) and the train loss per epoch from its `train/results.csv` (as
-exp3.session.progress reads it), with three readings (rules and reasons: docs/report.md, "Training curves"): the
-epoch best.pt holds (`best_epoch`: Ultralytics 8.4 rewrites best.pt on a tie of its fitness, mAP50-95, so ties go to
-the later epoch), where the masking ramp reaches full strength (`ramp_epoch`) and whether the curve was still rising
-when training stopped (`convergence`). The train loss is the sum of the `train/*` losses Ultralytics logs, each
-after its gain: the objective the optimizer minimised. With several seeds a session's curve is the mean over its
-seeds on the epochs every seed has; each seed's line and best.pt epoch are kept. A session that is not done, or done
-without a results.csv, has no curve: `TrainingCurves.missing` names it.
+Per done session, val mAP50-95 and the train loss per epoch from its `train/results.csv` (as exp3.session.progress
+reads it), the epoch best.pt holds, where the masking ramp reaches full strength and whether the curve was still
+rising when training stopped. Rules and reasons: docs/report.md, "Training curves".
 """
 
 from __future__ import annotations
@@ -58,7 +53,8 @@ def run_epochs(run: SessionRun) -> list[EpochProgress]:
 
 
 def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
-    """The epoch best.pt holds: the last one with the highest value (module docstring); None without a finite value."""
+    """The epoch best.pt holds: the last one with the highest value (Ultralytics rewrites best.pt on a tie of its
+    fitness); None without a finite value."""
     finite = [(value, epoch) for epoch, value in zip(epochs, values) if math.isfinite(value)]
     return max(finite)[1] if finite else None
 
@@ -77,7 +73,7 @@ def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
 
 
 def window_size(n_epochs: int) -> int:
-    """Epochs the "still rising" slope is fitted over (module docstring)."""
+    """Epochs the "still rising" slope is fitted over (docs/report.md, "Training curves")."""
     return max(MIN_WINDOW, math.ceil(WINDOW_FRACTION * n_epochs))
 
 

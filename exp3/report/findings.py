@@ -28,12 +28,8 @@ def _verb(count: int, singular: str, plural: str) -> str:
 
 
 def agreement_finding(model: str, split: str, session: str, reference: str, rows: dict[str, pd.Series]) -> str | None:
-    """One sentence: do the metrics agree on `session` vs `reference`?
+    """One sentence: do the metrics agree on `session` vs `reference`? (rule: docs/report.md, "Headline findings").
 
-    A metric with an interval (the F1s; mAP when its per-image stats exist) shows a difference
-    when its 95% paired interval excludes 0; the metrics agree when all of them give the same
-    answer (same side of 0, or all containing 0). An mAP difference without an interval is listed
-    as a point estimate, never counted either way (noted when it points against the others).
     `rows`: `comparison_metrics`. None when no metric has an interval.
     """
     verdicts = {metric: ci_verdict(rows[metric]) for metric in (*PAIRED_METRICS, *MAP_METRICS) if metric in rows}
@@ -94,12 +90,8 @@ def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FI
 
 
 def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame) -> list[str]:
-    """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness.
-
-    From `comparisons`, also whether the metrics agree (`agreement_finding`) on S2 vs S1 (both
-    splits) and on the best masking session vs S1 and vs S2 (test_occ_fixed), and S2 vs S1 at the
-    val-chosen thresholds (`val_threshold_finding`).
-    """
+    """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness, and from
+    `comparisons` whether the metrics agree (`agreement_finding`) and S2 vs S1 at the val-chosen thresholds."""
     occ = summary[summary["split"] == FIXED_SPLIT].set_index(["model", "session"])
     findings: list[str | None] = []             # None: a sentence with nothing to say, left out
     done_models = []
@@ -219,11 +211,8 @@ def positive_control_failed(comparisons: pd.DataFrame, model: str) -> bool:
 
 
 def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
-    """The positive control of one model: S2 - S1 on test_occ_fixed for every headline metric, and a verdict.
-
-    Returns (table, one-line verdict). A metric *detects* the effect when its paired 95% interval
-    lies above 0; "reversed" when below 0; "no" when it contains 0; "undecided" without an interval.
-    """
+    """The positive control of one model: (table of S2 - S1 on test_occ_fixed for every headline metric, one-line
+    verdict); the readings: docs/report.md, "Positive control"."""
     session, reference, split = POSITIVE_CONTROL
     a, b = short_session(session), short_session(reference)
     rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}

@@ -1,12 +1,6 @@
-"""The picture gallery `plots/gallery_<model>.png`: what S1, S2 and the best masking session (the done one of S3-S6
-with the highest ingredient micro F1 on test_occ_fixed, ties to the earlier session) see on a few test_occ_fixed
-images, from the stored `predict` records and the suite's image files (no inference).
-
-Rows follow GALLERY_RULE, a rule fixed in advance and the figure's caption (the random rows: drawn from the sorted ids
-left). With several seeds a session is shown by its lowest done seed. Columns: the occluded image with its ground
-truth (white), then each session's boxes at the primary threshold (class name + confidence): green when matched
-one-to-one to a ground-truth box of its class at IoU >= match_iou (exp3.evaluate.metrics.optimal_matches), red
-otherwise.
+"""The picture gallery `plots/gallery_<model>.png`: what S1, S2 and the best masking session (ties to the earlier
+session) see on a few test_occ_fixed images, from the stored `predict` records and the suite's image files (no
+inference). Rows, columns and colours: GALLERY_RULE (the figure's caption) and docs/report.md, "Charts".
 """
 
 from __future__ import annotations
@@ -92,7 +86,7 @@ def _largest(gain: pd.DataFrame) -> str | None:
 
 
 def _cell(record: ImageRecord, run: SessionRun, names: dict[int, str], f1: float) -> GalleryCell:
-    """One session's boxes on one image at the primary threshold, each matched or not (module docstring)."""
+    """One session's boxes on one image at the primary threshold, each matched or not (`optimal_matches`)."""
     kept = np.flatnonzero(record.pred_conf >= (threshold_conf(run, GALLERY_SPLIT, "primary") or DEFAULT_CONF))
     iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
     same = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
@@ -105,7 +99,7 @@ def _cell(record: ImageRecord, run: SessionRun, names: dict[int, str], f1: float
 
 
 def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Gallery | None:
-    """The gallery of one model (module docstring), None when S1, S2, a masking session, the predictions or the
+    """The gallery of one model, None when S1, S2, a masking session, the predictions or the
     suite's image files are missing."""
     done = {suffix: sorted(data.done(model, suffix), key=lambda run: (run.seed is None, run.seed or 0))
             for suffix in SESSION_SUFFIXES}

@@ -1,8 +1,5 @@
-"""report.html: report.md as one self-contained page (charts embedded as base64 PNG, inline CSS, no script, no
-network), readable in a browser and in a notebook's output (`IPython.display.HTML(path.read_text())`).
-
-The sections are report.md's: the page is rendered from the same markdown (markdown-it-py, CommonMark plus
-tables), so the two files cannot drift apart.
+"""report.html: report.md as one self-contained page, rendered from the same markdown (markdown-it-py, CommonMark plus
+tables) so the two files cannot drift apart; what the page holds: docs/report.md.
 """
 
 from __future__ import annotations

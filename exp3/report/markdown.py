@@ -153,12 +153,12 @@ def render_markdown(result: "ReportResult") -> str:
     threshold, S2 vs S1 on every metric, failures, charts, files."""
     summary, root = result.summary, result.root
     failures = summary[(summary["split"] == CLEAN_SPLIT) & (summary["status"] != "done")]
+    pngs = [path for path in result.files if path.suffix == ".png"]
     lines = [f"# exp3 report: {root.name}", "",
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
              "detect: docs/what-metrics-detect.md.", "",
-             *answer_section(result, [path.name for path in result.files if path.suffix == ".png"
-                                      and path.stem.startswith("gap_closed_")]),
+             *answer_section(result, [path.name for path in pngs if path.stem.startswith("gap_closed_")]),
              "## Grid status", "",
              *([f"This run's sessions: {', '.join(short_session(suffix) for suffix in result.sessions)} (config "
                 f"`sessions:`); the others are `{NOT_IN_RUN}`, left out of every table, finding and chart.", ""]
@@ -191,8 +191,7 @@ def render_markdown(result: "ReportResult") -> str:
     for model in result.models:
         table, verdict = positive_control(result.comparisons, model)
         lines += [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
-    lines += curves.curves_section(result.training_curves, result.models,
-                                   [path.name for path in result.files if path.suffix == ".png"])
+    lines += curves.curves_section(result.training_curves, result.models, [path.name for path in pngs])
     for split in PRIMARY_SPLITS[::-1]:
         confs = ", ".join(fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
         lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
@@ -216,12 +215,12 @@ def render_markdown(result: "ReportResult") -> str:
                   + (f": {row['error']}" if row["error"] else "") for _, row in failures.iterrows()]
         lines.append("")
     lines += ["## Charts", ""]
-    for path in result.files:
-        if path.suffix == ".png" and path.parent.name == "plots" and path.stem.startswith("gallery_"):
+    for path in pngs:
+        if path.parent.name != "plots" or path.stem.startswith(("gap_closed_", "training_curves_")):
+            continue  # shown in their sections
+        if path.stem.startswith("gallery_"):
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name})", "", GALLERY_RULE, ""]
-            continue
-        if path.suffix == ".png" and path.parent.name == "plots" \
-                and not path.stem.startswith(("gap_closed_", "training_curves_")):   # shown in their sections
+        else:
             lines += [f"### {path.stem}", "", f"![{path.stem}](plots/{path.name}) "
                       f"([interactive](plots/{path.with_suffix('.html').name}))", ""]
     lines += ["## Files", "", "- `gap_closed.csv` / `.json`: gap closed per model x metric x masking session x basis, "

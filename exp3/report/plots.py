@@ -55,21 +55,15 @@ _SESSION_STEP = 130
 
 
 def model_colors(models: list[str], shown: list[str] | None = None) -> alt.Scale:
-    """The one colour scale of all charts: models[i] -> MODEL_PALETTE[i % len].
-
-    `shown` (a subset of `models`) limits the legend to the models a chart draws while keeping
-    each model's colour; default: all `models`.
-    """
+    """The one colour scale of all charts: models[i] -> MODEL_PALETTE[i % len]; `shown` (default: all `models`) limits
+    the legend to the models a chart draws, each keeping its colour."""
     shown = list(models) if shown is None else [model for model in models if model in shown]
     return alt.Scale(domain=shown, range=[MODEL_PALETTE[models.index(model) % len(MODEL_PALETTE)] for model in shown])
 
 
 def session_colors(shown: list[str] | None = None) -> alt.Scale:
-    """The one session colour scale: SESSION_ORDER[i] -> SESSION_PALETTE[i], whichever sessions a chart shows.
-
-    `shown` (session labels) limits the legend to the sessions a chart draws, in S1..S6 order, while
-    keeping each session's colour; default: all six.
-    """
+    """The one session colour scale: SESSION_ORDER[i] -> SESSION_PALETTE[i]; `shown` (session labels, default: all
+    six) limits the legend to the sessions a chart draws, in S1..S6 order, each keeping its colour."""
     shown = list(SESSION_ORDER) if shown is None else [label for label in SESSION_ORDER if label in shown]
     return alt.Scale(domain=shown, range=[SESSION_PALETTE[SESSION_ORDER.index(label)] for label in shown])
 
@@ -80,8 +74,13 @@ def _shown_models(frame: pd.DataFrame, models: list[str]) -> list[str]:
     return [model for model in models if model in present] or list(models)
 
 
-def _session_x(title: str = "session") -> alt.X:
-    return alt.X("session_label:N", title=title, sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
+def _model_colour(models: list[str], shown: list[str] | None = None) -> alt.Color:
+    return alt.Color("model:N", title="model", scale=model_colors(models, shown),
+                     legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+
+
+def _session_x(title: str = "session", sessions: list[str] = SESSION_ORDER) -> alt.X:
+    return alt.X("session_label:N", title=title, sort=sessions, scale=alt.Scale(domain=sessions),
                  axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=_FONT_SIZE,
                                titleFontSize=_FONT_SIZE + 1, labelLimit=200))
 
@@ -109,23 +108,21 @@ def session_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_titl
             `reference_label` at the right end.
     """
     shown = _shown_models(frame, models)
-    colour = alt.Color("model:N", title="model", scale=model_colors(models, shown),
-                       legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
     offset = alt.XOffset("model:N", sort=shown, scale=alt.Scale(domain=shown))
     tooltip = [alt.Tooltip("model:N"), alt.Tooltip("session_label:N", title="session"),
                alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
                alt.Tooltip("ci_high:Q", format=".3f", title="95% CI high"),
                alt.Tooltip("status_text:N", title="status")]
     base = alt.Chart(frame).encode(x=_session_x(), xOffset=offset)
-    bars = base.mark_bar(clip=True).encode(y=_y(y_title, domain=y_domain), color=colour, tooltip=tooltip)
+    bars = base.mark_bar(clip=True).encode(y=_y(y_title, domain=y_domain), color=_model_colour(models, shown),
+                                           tooltip=tooltip)
     errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y="ci_low:Q", y2="ci_high:Q")
-    caps_low = base.mark_tick(color="black", thickness=1.5, size=8).encode(y="ci_low:Q")
-    caps_high = base.mark_tick(color="black", thickness=1.5, size=8).encode(y="ci_high:Q")
+    caps = [base.mark_tick(color="black", thickness=1.5, size=8).encode(y=f"{end}:Q") for end in ("ci_low", "ci_high")]
     values = base.mark_text(dy=-8, fontSize=10, baseline="bottom").encode(
         y=alt.Y("label_y:Q"), text=alt.Text("value:Q", format=".2f"))
     status = base.mark_text(dy=-4, fontSize=11, baseline="bottom", angle=0, color="#B22222").encode(
         y=alt.datum(0), text="status_text:N")
-    layers: list[alt.Chart] = [bars, errors, caps_low, caps_high, values, status]
+    layers: list[alt.Chart] = [bars, errors, *caps, values, status]
     width_per_session = max(_SESSION_STEP, 60 + 45 * len(shown))
     if reference_line is not None:
         one_row = alt.InlineData(values=[{"reference": reference_line}])   # drawn once, not once per bar
@@ -148,22 +145,17 @@ def gap_closed_chart(frame: pd.DataFrame, models: list[str], title: str,
             where there is no bar. The y scale covers 0..1 and every interval (never clipped).
     """
     shown = _shown_models(frame, models)
-    sessions = [label for label in SESSION_ORDER[2:]]
-    colour = alt.Color("model:N", title="model", scale=model_colors(models, shown),
-                       legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+    sessions = SESSION_ORDER[2:]
     finite = pd.concat([frame["ci_low"], frame["ci_high"], frame["value"]]).dropna()
     low = min(-0.2, float(finite.min()) - 0.1) if len(finite) else -0.2
     high = max(1.2, float(finite.max()) + 0.1) if len(finite) else 1.2
-    x = alt.X("session_label:N", title="masking session", sort=sessions, scale=alt.Scale(domain=sessions),
-              axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=_FONT_SIZE,
-                            titleFontSize=_FONT_SIZE + 1, labelLimit=200))
     y = alt.Y("value:Q", title="gap closed (Sx - S1) / (S2 - S1)", scale=alt.Scale(domain=[low, high], nice=False),
               axis=alt.Axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1, grid=True))
     offset = alt.XOffset("model:N", sort=shown, scale=alt.Scale(domain=shown))
     tooltip = ["model:N", alt.Tooltip("session_label:N", title="session"), alt.Tooltip("value:Q", format=".2f"),
                alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f"), "verdict:N"]
-    base = alt.Chart(frame).encode(x=x, xOffset=offset)
-    bars = base.mark_bar().encode(y=y, color=colour, tooltip=tooltip)
+    base = alt.Chart(frame).encode(x=_session_x("masking session", sessions), xOffset=offset)
+    bars = base.mark_bar().encode(y=y, color=_model_colour(models, shown), tooltip=tooltip)
     errors = base.mark_rule(color="black", strokeWidth=1.5).encode(y="ci_low:Q", y2="ci_high:Q")
     caps = [base.mark_tick(color="black", thickness=1.5, size=8).encode(y=f"{end}:Q") for end in ("ci_low", "ci_high")]
     status = base.mark_text(angle=270, align="left", baseline="middle", dx=4, fontSize=10, color="#B22222").encode(
@@ -194,15 +186,16 @@ def split_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_title:
         y=alt.datum(0), text="status_text:N")
     return (alt.layer(bars, values, status, data=frame)
             .properties(width=_SESSION_STEP * len(SESSION_ORDER), height=240)
-            .facet(row=alt.Row("split:N", title=None, sort=list(SPLIT_LABELS),
-                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
-                                                 labelAnchor="start", labelExpr=_split_label_expr())))
+            .facet(row=_split_rows())
             .properties(title=_title(title, subtitle)))
 
 
-def _split_label_expr() -> str:
+def _split_rows() -> alt.Row:
+    """One facet row per split, in SPLIT_LABELS order, headed by its label there."""
     cases = " : ".join(f"datum.label == '{split}' ? '{label}'" for split, label in SPLIT_LABELS.items())
-    return f"{cases} : datum.label"
+    return alt.Row("split:N", title=None, sort=list(SPLIT_LABELS),
+                   header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top", labelAnchor="start",
+                                     labelExpr=f"{cases} : datum.label"))
 
 
 def class_heatmap(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
@@ -223,9 +216,7 @@ def class_heatmap(frame: pd.DataFrame, title: str, subtitle: str | None = None) 
         text="f1_text:N", color=alt.condition("datum.f1 > 0.6", alt.value("black"), alt.value("white")))
     return (alt.layer(cells, text, data=frame)
             .properties(width=_SESSION_STEP * len(SESSION_ORDER), height=alt.Step(22))
-            .facet(row=alt.Row("split:N", title=None, sort=list(SPLIT_LABELS),
-                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
-                                                 labelAnchor="start", labelExpr=_split_label_expr())))
+            .facet(row=_split_rows())
             .properties(title=_title(title, subtitle)))
 
 
@@ -236,12 +227,10 @@ def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title
     Args:
         frame: diff frame (module docstring), one row per model x session x reference.
     """
-    colour = alt.Color("model:N", title="model", scale=model_colors(models),
-                       legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
     y = alt.Y("session_label:N", title=None, sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
               axis=alt.Axis(labelFontSize=_FONT_SIZE, labelLimit=220))
     offset = alt.YOffset("model:N", sort=list(models), scale=alt.Scale(domain=list(models)))
-    base = alt.Chart().encode(y=y, yOffset=offset, color=colour)
+    base = alt.Chart().encode(y=y, yOffset=offset, color=_model_colour(models))
     tooltip = ["model:N", "session_label:N", "reference:N", alt.Tooltip("difference:Q", format="+.3f"),
                alt.Tooltip("ci_low:Q", format="+.3f"), alt.Tooltip("ci_high:Q", format="+.3f"), "p_bh_text:N"]
     intervals = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title=x_title), x2="ci_high:Q")
@@ -265,8 +254,8 @@ def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str 
     """One model's metric vs occlusion severity: one line per session, 95% CI band, severity 0 = clean.
 
     Args:
-        frame: curve frame, one row per session x severity: session_label, severity (0..K),
-            severity_label ("0 clean", "1 0.1-0.26", ...), value, ci_low, ci_high.
+        frame: curve frame (module docstring), one row per session x severity; severity_label e.g. "0 clean",
+            "1 0.1-0.26".
     """
     sessions = session_colors(list(frame["session_label"]))
     colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
@@ -290,9 +279,8 @@ def training_curve_chart(frame: pd.DataFrame, title: str, subtitle: str | list[s
     colour per session.
 
     Args:
-        frame: training frame (module docstring), panels in the order of their first row. `mark` says what a row is:
-            `session` the session's line (thick), `seed` one of several seeds' lines (faint), `best` the epoch best.pt
-            holds (a diamond), `ramp` where the masking ramp reaches full strength (a dashed rule, labelled by `text`).
+        frame: training frame (module docstring), panels in the order of their first row: `session` rows a thick
+            line, `seed` rows a faint one, `best` a diamond, `ramp` a dashed rule labelled by `text`.
     """
     sessions = session_colors(list(frame["session_label"]))
     colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
@@ -350,9 +338,8 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
     (exp3.report.coverage.chart_frame).
 
     Args:
-        frame: coverage frame, one row per session x threshold x level x non-empty bin: session_label,
-            threshold_label, level_label, conf, bin_text, x (bin centre, nudged per session), recall,
-            ci_low, ci_high, n_boxes, n_found.
+        frame: coverage frame (module docstring), one row per session x threshold x level x non-empty bin; `x`: the
+            bin centre, nudged per session.
     """
     sessions = session_colors(list(frame["session_label"]))
     colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,

@@ -65,11 +65,8 @@ def _combined_status(statuses: list[str]) -> SessionState:
 
 
 def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
-    """summary_metrics: one row per model x session x split; metrics are the mean over done seeds.
-
-    Adds `n_seeds` (expected or found), `n_seeds_done`, `seeds` ("0;1;2") and, for SPREAD_COLUMNS,
-    `<col>_std` (ddof 1, NaN below 2 done seeds), `<col>_min`, `<col>_max`.
-    """
+    """summary_metrics: one row per model x session x split; metrics are the mean over done seeds (the columns:
+    docs/report.md, "Columns of summary_metrics")."""
     rows = []
     for (model, session, split), group in by_seed.groupby(["model", "session", "split"], sort=False):
         done = group[group["status"] == "done"]
