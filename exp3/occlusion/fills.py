@@ -109,12 +109,8 @@ def fill_noise(height: int, width: int, rng: np.random.Generator, donors: Sequen
 def fill_texture(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
     """A background-only crop of a donor image: no pixel lies within `TEXTURE_BOX_MARGIN` of a donor box.
 
-    Draws a starting donor, then tries the donors in cyclic order from it; the first with any
-    height x width window free of boxes gives the crop, its top-left corner drawn uniformly among
-    all free windows. If no donor has one, the tile halves (both sides, rounded up) and the search
-    repeats; the patch is then that smaller background crop tiled to height x width. Only if no
-    donor has a single background pixel is the patch flat `MEAN_RGB`. Manifest info:
-    `{donor: id, crop_xyxy: [x0, y0, x1, y1]}` (half-open donor pixels), both None for the mean fallback.
+    Donor order, tiling and the flat `MEAN_RGB` fallback: docs/occlusion.md, "Occluders add no objects".
+    Manifest info: `{donor: id, crop_xyxy: [x0, y0, x1, y1]}` (half-open donor pixels), both None for the fallback.
     """
     if not donors:
         raise OcclusionError(

@@ -1,8 +1,6 @@
 """One image: its own RNG (`image_rng`) and `occlude_image` (fill, plan, paint, measure).
 
-Every random draw comes from a per-image generator `np.random.default_rng([seed, stream,
-stable_int(image_id)])`; nothing touches a global RNG, so the output does not depend on the
-worker count or on the order images are processed in.
+Why every draw comes from the image's own generator: docs/occlusion.md, "Seeds and determinism".
 """
 
 from __future__ import annotations
