@@ -1,11 +1,6 @@
-"""Datasets: read any Ultralytics YOLO `data.yaml`, audit it, fingerprint it, and the CLI.
+"""Datasets: read any Ultralytics YOLO `data.yaml`, audit it, fingerprint it.
 
-    python -m exp3.dataset synth --out DIR [--preset smoke|full] [--seed N]
-    python -m exp3.dataset audit --data X.yaml [--json report.json]
-
-A split in `data.yaml` may be a directory of images, a `.txt` file listing images, or a list
-of either (as in Ultralytics). Labels live beside images with `/images/` replaced by
-`/labels/` and the suffix replaced by `.txt` (Ultralytics' `img2label_paths` rule).
+What a split and its labels may be (Ultralytics' rules): docs/occlusion.md, "Input".
 """
 
 from __future__ import annotations
@@ -255,11 +250,11 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
                 report.problems.append(Problem("malformed_label_line", split, f"{label_relative}:{number}", why))
             for row in rows:
                 if not 0 <= row.class_id < len(spec.names):
-                    report.problems.append(Problem("class_id_out_of_range", split, f"{label_relative}",
+                    report.problems.append(Problem("class_id_out_of_range", split, label_relative,
                                                    f"class {row.class_id}, names has {len(spec.names)}"))
                 if not box_in_bounds(row):
                     what = "polygon with box" if row.is_polygon else "box"
-                    report.problems.append(Problem("box_out_of_bounds", split, f"{label_relative}",
+                    report.problems.append(Problem("box_out_of_bounds", split, label_relative,
                                                    f"{what} {' '.join(f'{v:g}' for v in row.box)}"))
                 stats["instances_per_class"][row.class_id] += 1
             stats["instances"] += len(rows)
@@ -282,15 +277,12 @@ def dataset_fingerprint(spec: DataSpec) -> str:
     """16-hex content hash of a dataset: class names + every split's (path, image sha256, label sha256).
 
     Any changed, added or removed image or label changes it; moving the dataset does not.
-    Splits whose sources are missing are skipped (the audit reports them).
     """
     digest = hashlib.sha256("\n".join(spec.names).encode())
     for split in SOURCE_SPLITS:
-        if split not in spec.splits:
-            continue
         try:
             images = list_split_images(spec, split)
-        except DatasetError:
+        except DatasetError:  # a missing split or source: the audit reports it
             continue
         for image in images:
             label = label_path_for(image)
