@@ -132,10 +132,8 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         tempfile.NamedTemporaryFile(dir=target, prefix=".write-probe-", delete=True).close()
     except OSError as error:
-        raise PermissionError(
-            f"output directory {str(target)!r} is not writable ({error.strerror}): "
-            "choose another --out / output_root or fix its permissions"
-        ) from None
+        raise PermissionError(f"output directory {str(target)!r} is not writable ({error.strerror}): "
+                              "choose another --out / output_root or fix its permissions") from None
     return target
 
 

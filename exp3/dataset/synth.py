@@ -461,10 +461,8 @@ def build_synthetic_dataset(
         if _existing_matches(target, spec):
             return target / "data.yaml"
         if any(target.iterdir()):
-            raise FileExistsError(
-                f"{str(target)!r} exists and is not this synthetic dataset ({preset}, seed {seed}): "
-                "choose an empty or new --out directory"
-            )
+            raise FileExistsError(f"{str(target)!r} exists and is not this synthetic dataset ({preset}, seed {seed}): "
+                                  "choose an empty or new --out directory")
     ensure_writable_dir(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

@@ -113,9 +113,8 @@ def fill_texture(height: int, width: int, rng: np.random.Generator, donors: Sequ
     Manifest info: `{donor: id, crop_xyxy: [x0, y0, x1, y1]}` (half-open donor pixels), both None for the fallback.
     """
     if not donors:
-        raise OcclusionError(
-            "texture fill has no donor image (a split needs >= 2 images): drop texture from occlusion.fills"
-        )
+        raise OcclusionError("texture fill has no donor image (a split needs >= 2 images): drop texture from "
+                             "occlusion.fills")
     start = int(rng.integers(len(donors)))
     order = [*donors[start:], *donors[:start]]
     tile_h, tile_w = height, width

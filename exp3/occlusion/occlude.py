@@ -51,10 +51,8 @@ def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionCo
     cap = planners.MAX_BOX_COVERAGE
     over = [value for value in box_coverages(mask, boxes_xyxy) if value > cap + 1e-9]  # float noise
     if over:
-        raise OcclusionError(
-            f"planner {config.mode!r} covered a box to {max(over):.4f} > MAX_BOX_COVERAGE {cap}: "
-            "place its rectangles with _place"
-        )
+        raise OcclusionError(f"planner {config.mode!r} covered a box to {max(over):.4f} > MAX_BOX_COVERAGE {cap}: "
+                             "place its rectangles with _place")
     occluded = image.copy()
     occluders: list[dict[str, Any]] = []
     for x0, y0, x1, y1 in rects:

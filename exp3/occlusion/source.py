@@ -50,10 +50,8 @@ def _parse_yolo_labels(
     for row in rows:
         where = f"label file {str(label_path)!r} line {row.line}"
         if not 0 <= row.class_id < num_classes:
-            raise OcclusionError(
-                f"{where}: class id {row.class_id} is not in names (0..{num_classes - 1}): "
-                "fix the label or add the class to names"
-            )
+            raise OcclusionError(f"{where}: class id {row.class_id} is not in names (0..{num_classes - 1}): "
+                                 "fix the label or add the class to names")
         if min(row.coords) < 0.0 or max(row.coords) > 1.0:
             raise OcclusionError(f"{where}: coordinates must be normalised to [0, 1]: divide by the image width/height")
     return tuple((row.class_id, *row.box) for row in rows)
@@ -74,10 +72,8 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
     for image_path in image_paths:
         image_id = image_path.stem
         if image_id in seen:
-            raise OcclusionError(
-                f"{split} split has two images with id {image_id!r} ({str(seen[image_id])!r}, {str(image_path)!r}): "
-                "image file stems must be unique; rename one"
-            )
+            raise OcclusionError(f"{split} split has two images with id {image_id!r} ({str(seen[image_id])!r}, "
+                                 f"{str(image_path)!r}): image file stems must be unique; rename one")
         seen[image_id] = image_path
         if not image_path.is_file():
             raise OcclusionError(f"image {str(image_path)!r} listed in the {split} split does not exist: fix the list")
@@ -86,16 +82,8 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
         labels = ()
         if label_bytes is not None:
             labels = _parse_yolo_labels(label_bytes.decode("utf-8", "replace"), len(spec.names), label_path)
-        images.append(
-            _SourceImage(
-                image_id=image_id,
-                image_path=image_path,
-                image_sha256=sha256_file(image_path),
-                label_sha256=None if label_bytes is None else sha256_bytes(label_bytes),
-                label_bytes=label_bytes,
-                labels=labels,
-            )
-        )
+        label_sha256 = None if label_bytes is None else sha256_bytes(label_bytes)
+        images.append(_SourceImage(image_id, image_path, sha256_file(image_path), label_sha256, label_bytes, labels))
     images.sort(key=lambda image: image.image_id)
     return spec.names, images
 
@@ -114,8 +102,7 @@ def _absolute_split(data_yaml: Path, split: str) -> list[str] | None:
     resolved = []
     for location in spec.splits[split]:
         if not location.exists():
-            raise OcclusionError(
-                f"{split} split {str(location)!r} (from {str(data_yaml)!r}) does not exist: fix {split}: in the yaml"
-            )
+            raise OcclusionError(f"{split} split {str(location)!r} (from {str(data_yaml)!r}) does not exist: "
+                                 f"fix {split}: in the yaml")
         resolved.append(str(location.resolve()))
     return resolved

@@ -86,10 +86,8 @@ def _reusable(final_dir: Path) -> bool:
     problems = verify_occlusion_suite(final_dir)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise OcclusionError(
-            f"existing suite {str(final_dir)!r} fails verification: {problems[0]}{more}: "
-            f"delete it (rm -r {final_dir}) and build again"
-        )
+        raise OcclusionError(f"existing suite {str(final_dir)!r} fails verification: {problems[0]}{more}: "
+                             f"delete it (rm -r {final_dir}) and build again")
     return True
 
 
@@ -209,9 +207,8 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     _check_inputs(config, workers, images, TRAIN_SPLIT)
     val = _absolute_split(data_yaml, VAL_SPLIT)
     if val is None:
-        raise OcclusionError(
-            f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; add val:"
-        )
+        raise OcclusionError(f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; "
+                             "add val:")
     references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(data_yaml, TEST_SPLIT)}
     identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)

@@ -91,17 +91,10 @@ def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], di
     digest = sha256_bytes(encoded)
     per_box = zip(source.labels, boxes_xyxy, record["target_coverage"], record["covered_fraction"])
     out_rel = put(f"{occluded_split}/images/{source.image_id}{OUTPUT_SUFFIXES[config.output_format]}", encoded, digest)
-    entry.update(
-        occluded_image=out_rel,
-        output_sha256=digest,
-        width=width,
-        height=height,
-        fill=record["fill"],
-        occluders=record["occluders"],
-        dropped_occluders=record["dropped_occluders"],
-        boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,
-                "covered_fraction": covered} for label, xyxy, target, covered in per_box],
-    )
+    entry.update(occluded_image=out_rel, output_sha256=digest, width=width, height=height, fill=record["fill"],
+                 occluders=record["occluders"], dropped_occluders=record["dropped_occluders"],
+                 boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,
+                         "covered_fraction": covered} for label, xyxy, target, covered in per_box])
     return entry, files
 
 
