@@ -61,9 +61,8 @@ class DatasetConfig(_Strict):
 class ModelConfig(_Strict):
     """One detector: its architecture yaml, the weights it starts from (exp3/train/weights.py), epochs.
 
-    `weights`: a local `.pt` path, an Ultralytics asset name (`yolov8m.pt`, resolved like
-    Ultralytics does), or None = train the architecture from scratch on purpose. Weights that
-    cannot be found stop the run before any session starts; they never become a from-scratch run.
+    `weights`: a local `.pt` path, an Ultralytics asset name (`yolov8m.pt`), or None = from scratch on purpose;
+    weights that cannot be found stop the run (README, "Quickstart").
     """
 
     architecture: str
@@ -108,9 +107,7 @@ MAX_SEVERITY_LEVELS = 10
 
 class OcclusionConfig(_Strict):
     """Parameters of the fixed occluded test suite, the severity suites and S2's occluded train set.
-
-    `severities` only adds test suites: docs/occlusion.md, "Not a session input".
-    """
+    `severities` only adds test suites: docs/occlusion.md, "Not a session input"."""
 
     mode: Literal["object", "random"] = "object"
     coverage: tuple[float, float] = (0.3, 0.5)
