@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from exp3.dataset.audit import DatasetError, DataSpec, label_path_for, list_split_images, read_data_yaml
+from exp3.dataset.audit import DatasetError, label_path_for, list_split_images, read_data_yaml
 from exp3.dataset.labels import parse_label_text
 from exp3.fileio import canonical_json, sha256_bytes, sha256_file
 from exp3.occlusion import OcclusionError
@@ -27,14 +27,6 @@ class _SourceImage:
     label_bytes: bytes | None
     labels: tuple[tuple[int, float, float, float, float], ...]
     """(class_id, cx, cy, w, h), normalised to [0, 1] of the image width/height."""
-
-
-def _read_spec(data_yaml: Path) -> DataSpec:
-    """`exp3.dataset.audit.read_data_yaml`, its one-line errors re-raised as `OcclusionError`."""
-    try:
-        return read_data_yaml(data_yaml)
-    except DatasetError as error:
-        raise OcclusionError(str(error)) from None
 
 
 def _parse_yolo_labels(
@@ -60,8 +52,8 @@ def _parse_yolo_labels(
 def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceImage]]:
     """Read and validate a split completely (before anything is written): names and images by id."""
     data_yaml = Path(data_yaml)
-    spec = _read_spec(data_yaml)
     try:
+        spec = read_data_yaml(data_yaml)
         image_paths = list_split_images(spec, split)
     except DatasetError as error:
         raise OcclusionError(str(error)) from None
@@ -96,7 +88,10 @@ def source_fingerprint(images: Iterable[_SourceImage]) -> str:
 
 def _absolute_split(data_yaml: Path, split: str) -> list[str] | None:
     """The resolved absolute location(s) of a split of the original data yaml, None if it has none."""
-    spec = _read_spec(data_yaml)
+    try:
+        spec = read_data_yaml(data_yaml)
+    except DatasetError as error:
+        raise OcclusionError(str(error)) from None
     if split not in spec.splits:
         return None
     resolved = []
