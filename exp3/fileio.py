@@ -58,10 +58,8 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 def json_safe(payload: Any) -> Any:
-    """`payload` with every non-finite float (NaN, +-Infinity) replaced by None, recursively.
-
-    exp3 writes strict JSON only (docs/schema.md): Python's json module would otherwise write `NaN`/`Infinity`.
-    """
+    """`payload` with every non-finite float (NaN, +-Infinity) replaced by None, recursively: exp3 writes strict
+    JSON only (docs/schema.md), where Python's json module would write `NaN`/`Infinity`."""
     if isinstance(payload, float):
         return payload if math.isfinite(payload) else None
     if isinstance(payload, dict):

@@ -78,9 +78,7 @@ class Session:
 
 def parse_session_selector(text: str, models: tuple[str, ...] | list[str]) -> tuple[str | None, str, int | None]:
     """`[<model>__]<suffix>[__seed<N>]` -> (model or None when bare, suffix, seed or None).
-
-    Raises ValueError naming the allowed values (an unknown suffix, or a model not in `models`).
-    """
+    Raises ValueError naming the allowed values (an unknown suffix, or a model not in `models`)."""
     seed: int | None = None
     head, separator, tail = text.rpartition(SESSION_SEPARATOR)
     if separator and tail.startswith(SEED_PREFIX) and tail[len(SEED_PREFIX):].isdigit():
@@ -98,9 +96,7 @@ def parse_session_selector(text: str, models: tuple[str, ...] | list[str]) -> tu
 
 def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
     """`yolov8m__S1_clean_train` or a bare suffix `S1_clean_train` (needs one model) -> Session.
-
-    Raises ValueError naming the allowed values.
-    """
+    Raises ValueError naming the allowed values."""
     model, suffix, seed = parse_session_selector(text, models)
     if model is None:
         if len(models) != 1:

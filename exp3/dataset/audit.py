@@ -195,10 +195,7 @@ def _image_problem(path: Path) -> str | None:
 
 
 def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
-    """Audit a YOLO dataset; never raises for data problems (they go into the report).
-
-    Raises `DatasetError` only when the yaml itself cannot be read.
-    """
+    """Audit a YOLO dataset: data problems go into the report; `DatasetError` only when the yaml cannot be read."""
     spec = read_data_yaml(data_yaml)
     return _audit(spec, dataset_fingerprint(spec))
 
@@ -275,9 +272,7 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
 
 def dataset_fingerprint(spec: DataSpec) -> str:
     """16-hex content hash of a dataset: class names + every split's (path, image sha256, label sha256).
-
-    Any changed, added or removed image or label changes it; moving the dataset does not.
-    """
+    Any changed, added or removed image or label changes it; moving the dataset does not."""
     digest = hashlib.sha256("\n".join(spec.names).encode())
     for split in SOURCE_SPLITS:
         try:
@@ -292,11 +287,8 @@ def dataset_fingerprint(spec: DataSpec) -> str:
 
 
 class AuditedData(BaseModel):
-    """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`).
-
-    What the flow's audit task hands its prepare task (`exp3.session.prepare.prepare_data(audited=...)`),
-    so that a run hashes the dataset once.
-    """
+    """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`), handed
+    from the flow's audit task to `exp3.session.prepare.prepare_data(audited=...)` so a run hashes it once."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

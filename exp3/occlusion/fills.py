@@ -50,9 +50,7 @@ def background_mask(boxes_xyxy: np.ndarray, width: int, height: int, margin: int
 @dataclass(frozen=True)
 class TextureDonor:
     """An image texture patches are cut from: its background only, never a labelled object.
-
-    Its pixels and the summed-area table of its box pixels are computed once per process and cached.
-    """
+    Its pixels and the summed-area table of its box pixels are computed once per process and cached."""
 
     image_id: str
     path: str
@@ -79,10 +77,8 @@ class TextureDonor:
         return self._decoded()[0]
 
     def background_windows(self, height: int, width: int) -> np.ndarray:
-        """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops of background only.
-
-        Empty (0 rows or columns) when the crop is larger than the image.
-        """
+        """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops of background only;
+        empty (0 rows or columns) when the crop is larger than the image."""
         sums = self._decoded()[1]  # (H + 1, W + 1) summed-area table of the occupied pixels, zero first row and column
         total_h, total_w = sums.shape[0] - 1, sums.shape[1] - 1
         if height > total_h or width > total_w:

@@ -50,11 +50,8 @@ def train_set_parameters(config: OcclusionConfig) -> dict[str, Any]:
 
 
 def algorithm_constants() -> dict[str, Any]:
-    """The module constants that shape a suite's bytes, hashed into its identity next to GENERATOR_VERSION.
-
-    A tuned constant therefore makes a new suite name even if nobody bumps the version. Each is read
-    from the module that uses it (planners, fills, codec) when called, never copied.
-    """
+    """The module constants that shape a suite's bytes, hashed into its identity next to GENERATOR_VERSION
+    (a tuned constant makes a new suite name); each read from the module that uses it when called, never copied."""
     return {
         "aspect_range": list(planners.ASPECT_RANGE),
         "gray_rgb": list(fills.GRAY_RGB),

@@ -130,12 +130,9 @@ def _place(
 ) -> Rect | None:
     """Where a (w, h) pixel occluder goes inside `region` without pushing any box above the cap; None = dropped.
 
-    `draws` is a (PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2) block of uniform [0, 1) numbers, consumed
-    in order: size step s scales both sides by PLACEMENT_SHRINK**s (rounded, >= 1 px); attempt (u, v)
-    puts the top-left corner at region + (int(u * (free width + 1)), int(v * (free height + 1))).
-    The first placement after which every box's covered fraction (`coverage` by `mask`, (N,), NaN
-    for zero-area boxes, plus what the rectangle adds) is <= MAX_BOX_COVERAGE wins: a uniform draw
-    conditioned on the cap (rejection sampling). `boxes`: (N, 4) float pixel xyxy.
+    `draws`: a (PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2) block of uniform [0, 1) positions, consumed in order, size
+    step by size step; the first that keeps the cap wins (rejection sampling). `boxes`: (N, 4) float pixel xyxy;
+    `coverage`: their (N,) covered fractions by `mask` so far, NaN for zero-area boxes.
     """
     rx0, ry0, rx1, ry1 = region
     width, height = size

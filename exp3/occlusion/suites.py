@@ -136,9 +136,7 @@ def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], sp
 
 def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> Path:
     """Build (or verify and reuse) the fixed occlusion suite of `data_yaml`'s test split; return its dir.
-
-    Layout: docs/occlusion.md, "Suite layout".
-    """
+    Layout: docs/occlusion.md, "Suite layout"."""
     names, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     _check_inputs(config, workers, images, TEST_SPLIT)
     identity = _suite_identity(config, images)

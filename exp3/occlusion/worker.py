@@ -38,11 +38,8 @@ class _ImageTask:
 
 
 def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """Occlude (or copy) one image into `build_dir`.
-
-    Returns (manifest entry, {relative path: sha256} of the files written), hashes taken from the
-    bytes in memory: nothing is read back.
-    """
+    """Occlude (or copy) one image into `build_dir`: (manifest entry, {relative path: sha256} of the files
+    written), hashes taken from the bytes in memory: nothing is read back."""
     source, config = task.source, task.config
     data = source.image_path.read_bytes()
     if sha256_bytes(data) != source.image_sha256:
