@@ -3,10 +3,8 @@
 Layering (later wins): pydantic defaults -> config file(s) -> CLI overrides (`key.sub=value`).
 A config file may start with `base: other.yaml` (relative to itself) to be a small override
 diff of another file, e.g. `configs/smoke.yaml` over `configs/exp3.yaml`; mappings merge key
-by key, so an override file adds to its base's `models:`; `<name>: null` removes an inherited model
-(`configs/pilot.yaml` runs only yolov8n that way). An entry named like a default (yolov8m,
-rtdetr-l) inherits the default's fields it leaves out.
-Every model uses `extra="forbid"`: an unknown key is an error that names the key.
+by key, so an override file adds to its base's `models:` (removing or completing a model:
+`ExperimentConfig._fill_known_models`). Every model uses `extra="forbid"`: an unknown key is an error.
 
 The defaults here and `configs/exp3.yaml` must agree; a test checks that they do.
 """
@@ -63,9 +61,8 @@ class DatasetConfig(_Strict):
 class ModelConfig(_Strict):
     """One detector: its architecture yaml, the weights it starts from (exp3/train/weights.py), epochs.
 
-    `weights`: a local `.pt` path, an Ultralytics asset name (`yolov8m.pt`, resolved like
-    Ultralytics does), or None = train the architecture from scratch on purpose. Weights that
-    cannot be found stop the run before any session starts; they never become a from-scratch run.
+    `weights`: a local `.pt` path, an Ultralytics asset name (`yolov8m.pt`), or None = from scratch on purpose;
+    weights that cannot be found stop the run (README, "Quickstart").
     """
 
     architecture: str
@@ -110,10 +107,7 @@ MAX_SEVERITY_LEVELS = 10
 
 class OcclusionConfig(_Strict):
     """Parameters of the fixed occluded test suite, the severity suites and S2's occluded train set.
-
-    `severities` only adds test suites (object mode, one per level): it is not part of any
-    session's cache key, nor of the fixed suite's or S2's identity (exp3/identity.py).
-    """
+    `severities` only adds test suites: docs/occlusion.md, "Not a session input"."""
 
     mode: Literal["object", "random"] = "object"
     coverage: tuple[float, float] = (0.3, 0.5)
@@ -225,8 +219,8 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _fill_known_models(cls, data: Any) -> Any:
-        """`<name>: null` removes an inherited model; a model named like a default (yolov8m, rtdetr-l)
-        inherits the default's fields it does not set."""
+        """`<name>: null` removes an inherited model (`configs/pilot.yaml` runs only yolov8n that way); a model
+        named like a default (yolov8m, rtdetr-l) inherits the default's fields it does not set."""
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             defaults = {name: model.model_dump(mode="json") for name, model in _default_models().items()}
             data = {**data, "models": {name: {**defaults[name], **entry} if name in defaults and isinstance(entry, dict)

@@ -1,12 +1,7 @@
 """Small file helpers every exp3 module shares: atomic writes, durable directories, hashing, stable ids.
 
-All result writes go through `atomic_write_*`: the data is written to a temporary file in
-the same directory, flushed and fsynced, then `os.replace`d over the target, so a reader
-(or a crash) sees either the old file or the new one, never half of one.
-
-Whole directories (occlusion suites, synthetic datasets) are published the same way: built in a
-temporary sibling, optionally made durable (`make_durable`), then renamed into place
-(`publish_dir`), which also settles a race with a concurrent build of the same directory.
+All result writes go through `atomic_write_*`, so a reader (or a crash) sees the old file or the new one, never
+half of one; whole directories (occlusion suites, synthetic datasets) are published alike by `publish_dir`.
 """
 
 from __future__ import annotations
@@ -63,12 +58,8 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 
 
 def json_safe(payload: Any) -> Any:
-    """`payload` with every non-finite float (NaN, +-Infinity) replaced by None, recursively.
-
-    exp3's JSON files hold strict JSON only: an undefined number is `null` (docs/schema.md),
-    never the `NaN`/`Infinity` literals that Python's json module would otherwise write and that
-    strict parsers (JavaScript, jq, `json.loads(..., parse_constant=...)`) reject.
-    """
+    """`payload` with every non-finite float (NaN, +-Infinity) replaced by None, recursively: exp3 writes strict
+    JSON only (docs/schema.md), where Python's json module would write `NaN`/`Infinity`."""
     if isinstance(payload, float):
         return payload if math.isfinite(payload) else None
     if isinstance(payload, dict):
@@ -139,10 +130,8 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         tempfile.NamedTemporaryFile(dir=target, prefix=".write-probe-", delete=True).close()
     except OSError as error:
-        raise PermissionError(
-            f"output directory {str(target)!r} is not writable ({error.strerror}): "
-            "choose another --out / output_root or fix its permissions"
-        ) from None
+        raise PermissionError(f"output directory {str(target)!r} is not writable ({error.strerror}): "
+                              "choose another --out / output_root or fix its permissions") from None
     return target
 
 
@@ -180,8 +169,8 @@ def _syncfs(path: Path) -> bool:
 def make_durable(root: Path) -> None:
     """Everything under `root` on disk before the rename publishes it.
 
-    One syncfs(2) (a single journal commit) instead of an fsync per file, which costs a commit
-    each: measured 0.12 s vs 3.0 s for 800 files here. Falls back to fsyncing every path.
+    One syncfs(2) (a single journal commit) instead of an fsync per file, which costs a commit each
+    (docs/occlusion.md, "Performance"). Falls back to fsyncing every path.
     """
     if not _syncfs(root):
         fsync_paths([*sorted(root.rglob("*"), reverse=True), root])

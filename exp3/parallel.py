@@ -8,15 +8,16 @@ import multiprocessing.context
 import os
 import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable
 
 PRELOADED_MODULES: list[str] = ["exp3.occlusion.worker", "exp3.dataset.synth"]
 """Imported once in multiprocessing's fork server, so each worker starts without re-importing numpy/PIL."""
 
 
 MIN_TASKS_PER_WORKER = 64
-"""A worker process is started per this many tasks, no more: each worker runs the calling script's `__main__` again
-(multiprocessing does, for spawn and forkserver alike; the fork server's "__main__" preload is never given the
-path in Python 3.11), and flows/exp3.py imports Prefect: ~2 s of CPU per worker, measured 2.6 s per pool of two.
+"""A worker process is started per this many tasks, no more: each worker runs the calling script's `__main__` again,
+and flows/exp3.py imports Prefect (seconds a pool: BENCHMARKS.md, "Where CI's and the smoke's fixed seconds went").
 A few dozen small images (the smoke: 32) are done inline sooner; a real dataset still gets every worker."""
 
 
@@ -33,6 +34,16 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOADED_MODULES)  # takes effect if the server is not running yet
     return context
+
+
+def map_tasks(function: Callable[[Any], Any], tasks: list[Any], workers: int) -> list[Any]:
+    """`[function(task) for task in tasks]`, in order: inline unless `workers_worth_starting` gives more than one
+    worker, else in a `process_pool_context()` pool (about eight chunks a worker). `function` must pickle."""
+    workers = workers_worth_starting(workers, len(tasks))
+    if workers == 1:
+        return [function(task) for task in tasks]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
+        return list(pool.map(function, tasks, chunksize=max(1, len(tasks) // (workers * 8))))
 
 
 PARENT_PID_ENV = "EXP3_PARENT_PID"

@@ -1,16 +1,6 @@
-"""Session names and what each session means. A session's name is `<MODEL>__<SUFFIX>`.
+"""Session names and what each session means (the table: README). A session's name is `<MODEL>__<SUFFIX>`.
 
-    SUFFIX                    train images    masking site
-    S1_clean_train            clean           -
-    S2_occ_train              occluded        -
-    S3_mask_backbone_early    clean           backbone_early
-    S4_mask_backbone_late     clean           backbone_late
-    S5_mask_neck              clean           neck
-    S6_mask_head              clean           head
-
-This module owns the session vocabulary: the suffixes and their order, the masking sites, each session's
-short label, the reference sessions of the comparisons, and what each session trains on. Everyone else
-(config's validators included) imports it from here. It imports nothing from exp3, so it is cheap and
+The one owner of the session vocabulary (docs/layout.md). It imports nothing from exp3, so it is cheap and
 cycle-free to import anywhere.
 """
 
@@ -88,9 +78,7 @@ class Session:
 
 def parse_session_selector(text: str, models: tuple[str, ...] | list[str]) -> tuple[str | None, str, int | None]:
     """`[<model>__]<suffix>[__seed<N>]` -> (model or None when bare, suffix, seed or None).
-
-    Raises ValueError naming the allowed values (an unknown suffix, or a model not in `models`).
-    """
+    Raises ValueError naming the allowed values (an unknown suffix, or a model not in `models`)."""
     seed: int | None = None
     head, separator, tail = text.rpartition(SESSION_SEPARATOR)
     if separator and tail.startswith(SEED_PREFIX) and tail[len(SEED_PREFIX):].isdigit():
@@ -108,9 +96,7 @@ def parse_session_selector(text: str, models: tuple[str, ...] | list[str]) -> tu
 
 def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
     """`yolov8m__S1_clean_train` or a bare suffix `S1_clean_train` (needs one model) -> Session.
-
-    Raises ValueError naming the allowed values.
-    """
+    Raises ValueError naming the allowed values."""
     model, suffix, seed = parse_session_selector(text, models)
     if model is None:
         if len(models) != 1:

@@ -6,16 +6,9 @@
     test_occ_sev<k>   severity level k = 1..K of `occlusion.severities`, light to heavy
                       (suite `occsev-<hash12>`, object mode at that level's coverage range)
 
-Every occluded split has a manifest with per-box `covered_fraction` (exp3/occlusion/occlude.py).
-`occluded_splits(config)` lists a run's occluded splits.
-
-test_clean and test_occ_fixed belong to a session's inputs (its cache key names the fixed suite).
-The severity splits do not: they are evaluations added to a session, each recorded with the spec
-key of the suite it was evaluated on, so a changed level is evaluated again and never confused with
-another suite's result. The spec keys, and so the configured levels and the evaluation plan a
-finished session must have, come from the occlusion identity (`exp3.occlusion.identity.severity_levels`,
-`evaluation_plan`); which evaluations a session's metrics.json lacks is `exp3.session.layout.severity_changes`.
-This module names splits only and imports nothing from exp3 but the config.
+test_clean and test_occ_fixed belong to a session's inputs; the severity splits do not (docs/occlusion.md,
+"Not a session input"): their spec keys are `exp3.occlusion.identity`'s. This module names splits only and
+imports nothing from exp3 but the config.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Datasets: read any Ultralytics YOLO `data.yaml`, audit it, fingerprint it, and the CLI.
+"""Datasets: read any Ultralytics YOLO `data.yaml`, audit it, fingerprint it.
 
-    python -m exp3.dataset synth --out DIR [--preset smoke|full] [--seed N]
-    python -m exp3.dataset audit --data X.yaml [--json report.json]
-
-A split in `data.yaml` may be a directory of images, a `.txt` file listing images, or a list
-of either (as in Ultralytics). Labels live beside images with `/images/` replaced by
-`/labels/` and the suffix replaced by `.txt` (Ultralytics' `img2label_paths` rule).
+What a split and its labels may be (Ultralytics' rules): docs/occlusion.md, "Input".
 """
 
 from __future__ import annotations
@@ -200,10 +195,7 @@ def _image_problem(path: Path) -> str | None:
 
 
 def audit_dataset(data_yaml: str | os.PathLike[str]) -> AuditReport:
-    """Audit a YOLO dataset; never raises for data problems (they go into the report).
-
-    Raises `DatasetError` only when the yaml itself cannot be read.
-    """
+    """Audit a YOLO dataset: data problems go into the report; `DatasetError` only when the yaml cannot be read."""
     spec = read_data_yaml(data_yaml)
     return _audit(spec, dataset_fingerprint(spec))
 
@@ -255,11 +247,11 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
                 report.problems.append(Problem("malformed_label_line", split, f"{label_relative}:{number}", why))
             for row in rows:
                 if not 0 <= row.class_id < len(spec.names):
-                    report.problems.append(Problem("class_id_out_of_range", split, f"{label_relative}",
+                    report.problems.append(Problem("class_id_out_of_range", split, label_relative,
                                                    f"class {row.class_id}, names has {len(spec.names)}"))
                 if not box_in_bounds(row):
                     what = "polygon with box" if row.is_polygon else "box"
-                    report.problems.append(Problem("box_out_of_bounds", split, f"{label_relative}",
+                    report.problems.append(Problem("box_out_of_bounds", split, label_relative,
                                                    f"{what} {' '.join(f'{v:g}' for v in row.box)}"))
                 stats["instances_per_class"][row.class_id] += 1
             stats["instances"] += len(rows)
@@ -280,17 +272,12 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
 
 def dataset_fingerprint(spec: DataSpec) -> str:
     """16-hex content hash of a dataset: class names + every split's (path, image sha256, label sha256).
-
-    Any changed, added or removed image or label changes it; moving the dataset does not.
-    Splits whose sources are missing are skipped (the audit reports them).
-    """
+    Any changed, added or removed image or label changes it; moving the dataset does not."""
     digest = hashlib.sha256("\n".join(spec.names).encode())
     for split in SOURCE_SPLITS:
-        if split not in spec.splits:
-            continue
         try:
             images = list_split_images(spec, split)
-        except DatasetError:
+        except DatasetError:  # a missing split or source: the audit reports it
             continue
         for image in images:
             label = label_path_for(image)
@@ -300,11 +287,8 @@ def dataset_fingerprint(spec: DataSpec) -> str:
 
 
 class AuditedData(BaseModel):
-    """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`).
-
-    What the flow's audit task hands its prepare task (`exp3.session.prepare.prepare_data(audited=...)`),
-    so that a run hashes the dataset once.
-    """
+    """A dataset that passed its audit: its data.yaml and content fingerprint (`dataset_fingerprint`), handed
+    from the flow's audit task to `exp3.session.prepare.prepare_data(audited=...)` so a run hashes it once."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,7 +32,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from exp3.fileio import atomic_write_json, atomic_write_text, ensure_writable_dir, publish_dir, sha256_bytes
-from exp3.parallel import process_pool_context, workers_worth_starting
+from exp3.parallel import map_tasks
 from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 GENERATOR_VERSION = "synth-1"
@@ -462,10 +461,8 @@ def build_synthetic_dataset(
         if _existing_matches(target, spec):
             return target / "data.yaml"
         if any(target.iterdir()):
-            raise FileExistsError(
-                f"{str(target)!r} exists and is not this synthetic dataset ({preset}, seed {seed}): "
-                "choose an empty or new --out directory"
-            )
+            raise FileExistsError(f"{str(target)!r} exists and is not this synthetic dataset ({preset}, seed {seed}): "
+                                  "choose an empty or new --out directory")
     ensure_writable_dir(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -474,12 +471,7 @@ def build_synthetic_dataset(
             (staging / "labels" / split).mkdir(parents=True)
         tasks = [(staging, spec["seed"], split, index, spec["image_size"])
                  for split in SOURCE_SPLITS for index in range(spec["counts"][split])]  # type: ignore[index]
-        workers = workers_worth_starting(workers, len(tasks))
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
-                rows = list(pool.map(_write_sample, tasks, chunksize=8))
-        else:
-            rows = [_write_sample(task) for task in tasks]
+        rows = map_tasks(_write_sample, tasks, workers)
         files = {key: {"image_sha256": image_sha, "label_sha256": label_sha} for key, image_sha, label_sha in rows}
         atomic_write_text(staging / "data.yaml", data_yaml_text(target))
         atomic_write_json(staging / "synth_manifest.json", {"spec": spec, "files": files})

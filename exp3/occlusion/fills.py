@@ -50,9 +50,7 @@ def background_mask(boxes_xyxy: np.ndarray, width: int, height: int, margin: int
 @dataclass(frozen=True)
 class TextureDonor:
     """An image texture patches are cut from: its background only, never a labelled object.
-
-    Its pixels and the summed-area table of its box pixels are computed once per process and cached.
-    """
+    Its pixels and the summed-area table of its box pixels are computed once per process and cached."""
 
     image_id: str
     path: str
@@ -79,10 +77,8 @@ class TextureDonor:
         return self._decoded()[0]
 
     def background_windows(self, height: int, width: int) -> np.ndarray:
-        """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops of background only.
-
-        Empty (0 rows or columns) when the crop is larger than the image.
-        """
+        """(H - height + 1, W - width + 1) bool: top-left corners of height x width crops of background only;
+        empty (0 rows or columns) when the crop is larger than the image."""
         sums = self._decoded()[1]  # (H + 1, W + 1) summed-area table of the occupied pixels, zero first row and column
         total_h, total_w = sums.shape[0] - 1, sums.shape[1] - 1
         if height > total_h or width > total_w:
@@ -109,17 +105,12 @@ def fill_noise(height: int, width: int, rng: np.random.Generator, donors: Sequen
 def fill_texture(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
     """A background-only crop of a donor image: no pixel lies within `TEXTURE_BOX_MARGIN` of a donor box.
 
-    Draws a starting donor, then tries the donors in cyclic order from it; the first with any
-    height x width window free of boxes gives the crop, its top-left corner drawn uniformly among
-    all free windows. If no donor has one, the tile halves (both sides, rounded up) and the search
-    repeats; the patch is then that smaller background crop tiled to height x width. Only if no
-    donor has a single background pixel is the patch flat `MEAN_RGB`. Manifest info:
-    `{donor: id, crop_xyxy: [x0, y0, x1, y1]}` (half-open donor pixels), both None for the mean fallback.
+    Donor order, tiling and the flat `MEAN_RGB` fallback: docs/occlusion.md, "Occluders add no objects".
+    Manifest info: `{donor: id, crop_xyxy: [x0, y0, x1, y1]}` (half-open donor pixels), both None for the fallback.
     """
     if not donors:
-        raise OcclusionError(
-            "texture fill has no donor image (a split needs >= 2 images): drop texture from occlusion.fills"
-        )
+        raise OcclusionError("texture fill has no donor image (a split needs >= 2 images): drop texture from "
+                             "occlusion.fills")
     start = int(rng.integers(len(donors)))
     order = [*donors[start:], *donors[:start]]
     tile_h, tile_w = height, width

@@ -1,7 +1,6 @@
 """Pixel geometry of occlusion: label boxes in pixels, rectangles, and how much of each box a mask covers.
 
-Rectangles are integer pixel `Rect`s (x0, y0, x1, y1), half-open; boxes are float pixel xyxy.
-`box_coverages` is exact for fractional box edges (each pixel counts with its share inside the box).
+Rectangles are integer pixel `Rect`s; boxes are float pixel xyxy, measured exactly (docs/occlusion.md).
 """
 
 from __future__ import annotations

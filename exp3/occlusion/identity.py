@@ -1,9 +1,7 @@
 """What a suite is and what it is called: generator version, RNG streams, kinds, the hashed identity.
 
-Suites are content-addressed: `occ-<hash12>` (test suite), `occtrain-<hash12>` (S2's train set),
-`occsev-<hash12>` (a severity level), the hash covering the generator version, the algorithm
-constants (`algorithm_constants`), the kind, the stream, the parameters and the source fingerprint,
-so a suite of an older algorithm is never reused.
+Suites are content-addressed (`occ-`, `occtrain-`, `occsev-<hash12>`); what the hash covers: docs/occlusion.md,
+"Suite layout".
 """
 
 from __future__ import annotations
@@ -19,11 +17,7 @@ from exp3.splits import severity_split
 
 GENERATOR_VERSION = "2"
 """Bump whenever a change alters any output byte or manifest field: it is part of the suite hash.
-
-History: "1" cut texture anywhere in a donor (ingredient pieces included) and let random
-rectangles hide a box completely; "2" cuts texture from donor background only and caps every
-box's covered fraction at `MAX_BOX_COVERAGE`. Suites of different versions never share a name.
-"""
+What version 1 did differently: docs/occlusion.md, "Occluders add no objects" and "Labels stay findable"."""
 
 STREAM_TEST_SUITE = 1
 """RNG stream of the fixed test suite (`test_occ_fixed`)."""
@@ -56,11 +50,8 @@ def train_set_parameters(config: OcclusionConfig) -> dict[str, Any]:
 
 
 def algorithm_constants() -> dict[str, Any]:
-    """The module constants that shape a suite's bytes, hashed into its identity next to GENERATOR_VERSION.
-
-    A tuned constant therefore makes a new suite name even if nobody bumps the version. Each is read
-    from the module that uses it (planners, fills, codec) when called, never copied.
-    """
+    """The module constants that shape a suite's bytes, hashed into its identity next to GENERATOR_VERSION
+    (a tuned constant makes a new suite name); each read from the module that uses it when called, never copied."""
     return {
         "aspect_range": list(planners.ASPECT_RANGE),
         "gray_rgb": list(fills.GRAY_RGB),

@@ -1,8 +1,6 @@
 """One image: its own RNG (`image_rng`) and `occlude_image` (fill, plan, paint, measure).
 
-Every random draw comes from a per-image generator `np.random.default_rng([seed, stream,
-stable_int(image_id)])`; nothing touches a global RNG, so the output does not depend on the
-worker count or on the order images are processed in.
+Why every draw comes from the image's own generator: docs/occlusion.md, "Seeds and determinism".
 """
 
 from __future__ import annotations
@@ -53,10 +51,8 @@ def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionCo
     cap = planners.MAX_BOX_COVERAGE
     over = [value for value in box_coverages(mask, boxes_xyxy) if value > cap + 1e-9]  # float noise
     if over:
-        raise OcclusionError(
-            f"planner {config.mode!r} covered a box to {max(over):.4f} > MAX_BOX_COVERAGE {cap}: "
-            "place its rectangles with _place"
-        )
+        raise OcclusionError(f"planner {config.mode!r} covered a box to {max(over):.4f} > MAX_BOX_COVERAGE {cap}: "
+                             "place its rectangles with _place")
     occluded = image.copy()
     occluders: list[dict[str, Any]] = []
     for x0, y0, x1, y1 in rects:

@@ -1,8 +1,7 @@
 """Occluder planners: where the rectangles of one image go (`PLANNERS`, one per occlusion mode).
 
-"object" covers a target fraction of every ground-truth box, "random" places random rectangles
-anywhere. Every planner places its rectangles with `_place` (rejection sampling, then shrinking,
-then dropping), so no box ends up more than `MAX_BOX_COVERAGE` covered in any mode.
+Every planner places its rectangles with `_place`, so no box ends up more than `MAX_BOX_COVERAGE` covered;
+the rules: docs/occlusion.md, "What an occlusion is" and "Labels stay findable".
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ from exp3.config import OcclusionConfig
 from exp3.occlusion.geometry import Rect, _covered_share, box_coverages
 
 MAX_BOX_COVERAGE = 0.9
-"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders, in every mode,
-test suite and S2's train set alike: an occluder placement that would push any box above it is re-drawn or
-shrunk (`PLACEMENT_*`), or dropped. Why: docs/occlusion.md, "Labels stay findable"."""
+"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders, in every mode and
+suite. Rule and why: docs/occlusion.md, "Labels stay findable"."""
 PLACEMENT_ATTEMPTS = 16
 """Uniform positions tried per occluder size before the occluder shrinks (rejection sampling)."""
 PLACEMENT_SHRINK = 0.8
@@ -49,12 +47,9 @@ def _rect_of_area(area: float, inner_w: int, inner_h: int, aspect_draw: float) -
 
 def object_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int,
                  height: int) -> Plan:
-    """One rectangle inside every box covering a target fraction (drawn from `config.coverage`) of it.
+    """One rectangle inside every box's whole pixels covering a target fraction (drawn from `config.coverage`) of it.
 
-    The rectangle lies within the box's whole pixels, so for an isolated box the covered fraction is
-    the target up to one pixel row or column. Where boxes overlap, a box's rectangle is placed (or
-    shrunk, or dropped) by `_place` so that no box exceeds `MAX_BOX_COVERAGE`. Per box, always
-    `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS` draws, so a box never shifts the stream of the
+    Per box, always `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS` draws, so a box never shifts the stream of the
     boxes after it.
     """
     low, high = config.coverage
@@ -80,8 +75,7 @@ def random_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random
                  height: int) -> Plan:
     """`config.random_rects` rectangles of `config.random_area` x image area each, anywhere in the image.
 
-    Each is placed by `_place` (re-drawn, shrunk or dropped) so that no box exceeds `MAX_BOX_COVERAGE`;
-    the targets are all None: random mode aims at no box. Draws: the count, then per rectangle always
+    The targets are all None: random mode aims at no box. Draws: the count, then per rectangle always
     `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS`.
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
@@ -136,12 +130,9 @@ def _place(
 ) -> Rect | None:
     """Where a (w, h) pixel occluder goes inside `region` without pushing any box above the cap; None = dropped.
 
-    `draws` is a (PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2) block of uniform [0, 1) numbers, consumed
-    in order: size step s scales both sides by PLACEMENT_SHRINK**s (rounded, >= 1 px); attempt (u, v)
-    puts the top-left corner at region + (int(u * (free width + 1)), int(v * (free height + 1))).
-    The first placement after which every box's covered fraction (`coverage` by `mask`, (N,), NaN
-    for zero-area boxes, plus what the rectangle adds) is <= MAX_BOX_COVERAGE wins: a uniform draw
-    conditioned on the cap (rejection sampling). `boxes`: (N, 4) float pixel xyxy.
+    `draws`: a (PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2) block of uniform [0, 1) positions, consumed in order, size
+    step by size step; the first that keeps the cap wins (rejection sampling). `boxes`: (N, 4) float pixel xyxy;
+    `coverage`: their (N,) covered fractions by `mask` so far, NaN for zero-area boxes.
     """
     rx0, ry0, rx1, ry1 = region
     width, height = size

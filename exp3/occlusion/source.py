@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from exp3.dataset.audit import DatasetError, DataSpec, label_path_for, list_split_images, read_data_yaml
+from exp3.dataset.audit import DatasetError, label_path_for, list_split_images, read_data_yaml
 from exp3.dataset.labels import parse_label_text
 from exp3.fileio import canonical_json, sha256_bytes, sha256_file
 from exp3.occlusion import OcclusionError
@@ -29,14 +29,6 @@ class _SourceImage:
     """(class_id, cx, cy, w, h), normalised to [0, 1] of the image width/height."""
 
 
-def _read_spec(data_yaml: Path) -> DataSpec:
-    """`exp3.dataset.audit.read_data_yaml`, its one-line errors re-raised as `OcclusionError`."""
-    try:
-        return read_data_yaml(data_yaml)
-    except DatasetError as error:
-        raise OcclusionError(str(error)) from None
-
-
 def _parse_yolo_labels(
     text: str, num_classes: int, label_path: Path
 ) -> tuple[tuple[int, float, float, float, float], ...]:
@@ -50,10 +42,8 @@ def _parse_yolo_labels(
     for row in rows:
         where = f"label file {str(label_path)!r} line {row.line}"
         if not 0 <= row.class_id < num_classes:
-            raise OcclusionError(
-                f"{where}: class id {row.class_id} is not in names (0..{num_classes - 1}): "
-                "fix the label or add the class to names"
-            )
+            raise OcclusionError(f"{where}: class id {row.class_id} is not in names (0..{num_classes - 1}): "
+                                 "fix the label or add the class to names")
         if min(row.coords) < 0.0 or max(row.coords) > 1.0:
             raise OcclusionError(f"{where}: coordinates must be normalised to [0, 1]: divide by the image width/height")
     return tuple((row.class_id, *row.box) for row in rows)
@@ -62,8 +52,8 @@ def _parse_yolo_labels(
 def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceImage]]:
     """Read and validate a split completely (before anything is written): names and images by id."""
     data_yaml = Path(data_yaml)
-    spec = _read_spec(data_yaml)
     try:
+        spec = read_data_yaml(data_yaml)
         image_paths = list_split_images(spec, split)
     except DatasetError as error:
         raise OcclusionError(str(error)) from None
@@ -74,10 +64,8 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
     for image_path in image_paths:
         image_id = image_path.stem
         if image_id in seen:
-            raise OcclusionError(
-                f"{split} split has two images with id {image_id!r} ({str(seen[image_id])!r}, {str(image_path)!r}): "
-                "image file stems must be unique; rename one"
-            )
+            raise OcclusionError(f"{split} split has two images with id {image_id!r} ({str(seen[image_id])!r}, "
+                                 f"{str(image_path)!r}): image file stems must be unique; rename one")
         seen[image_id] = image_path
         if not image_path.is_file():
             raise OcclusionError(f"image {str(image_path)!r} listed in the {split} split does not exist: fix the list")
@@ -86,16 +74,8 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
         labels = ()
         if label_bytes is not None:
             labels = _parse_yolo_labels(label_bytes.decode("utf-8", "replace"), len(spec.names), label_path)
-        images.append(
-            _SourceImage(
-                image_id=image_id,
-                image_path=image_path,
-                image_sha256=sha256_file(image_path),
-                label_sha256=None if label_bytes is None else sha256_bytes(label_bytes),
-                label_bytes=label_bytes,
-                labels=labels,
-            )
-        )
+        label_sha256 = None if label_bytes is None else sha256_bytes(label_bytes)
+        images.append(_SourceImage(image_id, image_path, sha256_file(image_path), label_sha256, label_bytes, labels))
     images.sort(key=lambda image: image.image_id)
     return spec.names, images
 
@@ -108,14 +88,16 @@ def source_fingerprint(images: Iterable[_SourceImage]) -> str:
 
 def _absolute_split(data_yaml: Path, split: str) -> list[str] | None:
     """The resolved absolute location(s) of a split of the original data yaml, None if it has none."""
-    spec = _read_spec(data_yaml)
+    try:
+        spec = read_data_yaml(data_yaml)
+    except DatasetError as error:
+        raise OcclusionError(str(error)) from None
     if split not in spec.splits:
         return None
     resolved = []
     for location in spec.splits[split]:
         if not location.exists():
-            raise OcclusionError(
-                f"{split} split {str(location)!r} (from {str(data_yaml)!r}) does not exist: fix {split}: in the yaml"
-            )
+            raise OcclusionError(f"{split} split {str(location)!r} (from {str(data_yaml)!r}) does not exist: "
+                                 f"fix {split}: in the yaml")
         resolved.append(str(location.resolve()))
     return resolved

@@ -1,8 +1,7 @@
 """Building suites: the fixed test suite, S2's occluded train set and the severity suites.
 
-A suite is built in a temporary sibling directory, its manifest written last, made durable, then
-renamed into place (exp3.fileio.publish_dir); an existing suite is verified and reused, never
-overwritten. See docs/occlusion.md.
+Built aside, manifest last, renamed into place; an existing suite is verified and reused, never overwritten
+(docs/occlusion.md, "Build, reuse, verify").
 """
 
 from __future__ import annotations
@@ -87,10 +86,8 @@ def _reusable(final_dir: Path) -> bool:
     problems = verify_occlusion_suite(final_dir)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise OcclusionError(
-            f"existing suite {str(final_dir)!r} fails verification: {problems[0]}{more}: "
-            f"delete it (rm -r {final_dir}) and build again"
-        )
+        raise OcclusionError(f"existing suite {str(final_dir)!r} fails verification: {problems[0]}{more}: "
+                             f"delete it (rm -r {final_dir}) and build again")
     return True
 
 
@@ -139,10 +136,7 @@ def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], sp
 
 def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> Path:
     """Build (or verify and reuse) the fixed occlusion suite of `data_yaml`'s test split; return its dir.
-
-    Layout: `<out_root>/occ-<hash12>/{manifest.json, test_clean.yaml, test_occ_fixed.yaml,
-    test_clean/{images,labels}, test_occ_fixed/{images,labels}}`.
-    """
+    Layout: docs/occlusion.md, "Suite layout"."""
     names, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     _check_inputs(config, workers, images, TEST_SPLIT)
     identity = _suite_identity(config, images)
@@ -202,19 +196,17 @@ def _manifest_extra(config: OcclusionConfig, data_yaml: Path, split: str, names:
 def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> Path:
     """Build (or verify and reuse) S2's occluded train set; return the data.yaml S2 trains with.
 
-    A `config.train_fraction` share of train images (decided per image by its own RNG, stream
-    `STREAM_S2_TRAIN`) is occluded, the rest copied byte for byte. The data.yaml's train is this set;
-    val and test are the ORIGINAL clean splits (checkpoint selection on clean val, as all sessions).
-    Layout: `<out_root>/occtrain-<hash12>/{manifest.json, data.yaml, train/{images,labels}}`.
+    A `config.train_fraction` share of train images (decided per image by its own RNG) is occluded, the rest
+    copied byte for byte; val and test stay the ORIGINAL clean splits. Layout and why: docs/occlusion.md,
+    "Suite layout" and "Which validation split selects checkpoints".
     """
     data_yaml = Path(data_yaml)
     names, images = _scan_split(data_yaml, TRAIN_SPLIT)
     _check_inputs(config, workers, images, TRAIN_SPLIT)
     val = _absolute_split(data_yaml, VAL_SPLIT)
     if val is None:
-        raise OcclusionError(
-            f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; add val:"
-        )
+        raise OcclusionError(f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; "
+                             "add val:")
     references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(data_yaml, TEST_SPLIT)}
     identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)

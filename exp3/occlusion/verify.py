@@ -34,16 +34,13 @@ def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
         except (OSError, yaml.YAMLError, AttributeError):
             continue  # missing/modified files are reported by the hash check
         if pointed.resolve() != path.resolve():
-            problems.append(
-                f"{name}: path: is {str(pointed)!r}, not this suite ({str(path)!r}): "
-                "the suite was moved; build it again at its new place"
-            )
+            problems.append(f"{name}: path: is {str(pointed)!r}, not this suite ({str(path)!r}): "
+                            "the suite was moved; build it again at its new place")
     for split, locations in (manifest.get("references") or {}).items():
         for location in locations or []:
             if not Path(location).exists():
-                problems.append(
-                    f"data.yaml: the original {split} split {location!r} no longer exists: restore it or build again"
-                )
+                problems.append(f"data.yaml: the original {split} split {location!r} no longer exists: "
+                                "restore it or build again")
     return problems
 
 

@@ -6,10 +6,9 @@ preloaded in the fork server (exp3.parallel.PRELOADED_MODULES).
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from itertools import repeat
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from exp3.occlusion.geometry import yolo_to_xyxy
 from exp3.occlusion.identity import SEVERITY_KIND, SUITE_KIND
 from exp3.occlusion.occlude import image_rng, image_seed, occlude_image
 from exp3.occlusion.source import _SourceImage
-from exp3.parallel import process_pool_context, workers_worth_starting
+from exp3.parallel import map_tasks
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, TRAIN_SPLIT
 
 
@@ -39,11 +38,8 @@ class _ImageTask:
 
 
 def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """Occlude (or copy) one image into `build_dir`.
-
-    Returns (manifest entry, {relative path: sha256} of the files written), hashes taken from the
-    bytes in memory: nothing is read back.
-    """
+    """Occlude (or copy) one image into `build_dir`: (manifest entry, {relative path: sha256} of the files
+    written), hashes taken from the bytes in memory: nothing is read back."""
     source, config = task.source, task.config
     data = source.image_path.read_bytes()
     if sha256_bytes(data) != source.image_sha256:
@@ -92,34 +88,21 @@ def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], di
     digest = sha256_bytes(encoded)
     per_box = zip(source.labels, boxes_xyxy, record["target_coverage"], record["covered_fraction"])
     out_rel = put(f"{occluded_split}/images/{source.image_id}{OUTPUT_SUFFIXES[config.output_format]}", encoded, digest)
-    entry.update(
-        occluded_image=out_rel,
-        output_sha256=digest,
-        width=width,
-        height=height,
-        fill=record["fill"],
-        occluders=record["occluders"],
-        dropped_occluders=record["dropped_occluders"],
-        boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,
-                "covered_fraction": covered} for label, xyxy, target, covered in per_box],
-    )
+    entry.update(occluded_image=out_rel, output_sha256=digest, width=width, height=height, fill=record["fill"],
+                 occluders=record["occluders"], dropped_occluders=record["dropped_occluders"],
+                 boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,
+                         "covered_fraction": covered} for label, xyxy, target, covered in per_box])
     return entry, files
 
 
 def _run_tasks(tasks: list[_ImageTask], build_dir: Path, workers: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Run `_process_image` over tasks into `build_dir` (inline for 1 worker): entries sorted by id, files written."""
-    workers = workers_worth_starting(workers, len(tasks))
-    if workers == 1:
-        results = [_process_image(task, str(build_dir)) for task in tasks]
-    else:
-        chunksize = max(1, len(tasks) // (workers * 8))
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:
-                results = list(pool.map(_process_image, tasks, repeat(str(build_dir)), chunksize=chunksize))
-        except BrokenProcessPool:
-            raise OcclusionError(
-                "a worker process died (out of memory, or a calling script without an "
-                "`if __name__ == '__main__':` guard): add the guard, or use workers=1"
-            ) from None
+    try:
+        results = map_tasks(partial(_process_image, build_dir=str(build_dir)), tasks, workers)
+    except BrokenProcessPool:
+        raise OcclusionError(
+            "a worker process died (out of memory, or a calling script without an "
+            "`if __name__ == '__main__':` guard): add the guard, or use workers=1"
+        ) from None
     files = {rel: digest for _, written in results for rel, digest in written.items()}
     return sorted((entry for entry, _ in results), key=lambda entry: entry["id"]), files
