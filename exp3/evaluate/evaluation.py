@@ -1,34 +1,11 @@
 """Evaluate a checkpoint on one split: Ultralytics' mAP and the detections `predict` would give.
 
-Two consumers, two definitions, each taken from Ultralytics itself:
-
-- **mAP50 / mAP50-95** come from Ultralytics' validator (`model.val(...)`): its rect batches,
-  multi-label NMS at conf 0.001. They equal `YOLO(ckpt).val(split=...)` exactly.
-- **Per-image predictions** (ingredient sets, detection-level P/R/F1) come from `model.predict`
-  over the same image files, recorded as `predict` returns them: the application (a meal planner)
-  calls `predict`. For YOLO its NMS keeps one class per box (`multi_label=False`, IoU 0.7,
-  `max_det` 300, its own letterbox); RT-DETR's has no NMS and keeps its head's top 300 over
-  queries x classes, so it can return one box twice with two classes, and exp3 keeps both, as the
-  application would (docs/thresholds.md, "One box, two classes"). Recording the validator's
-  multi-label output instead would let a YOLO box's second class add an ingredient `predict`
-  never lists.
-
-`predict` runs once with `conf=RECORD_CONF` (below every threshold exp3 applies); a threshold
-`t >= RECORD_CONF` applied afterwards keeps exactly the boxes `predict(conf=t)` returns, since
-NMS only ever suppresses a box in favour of a higher-scoring one. Ground truth comes from the
-validator's pass (its labels, scaled back to original pixels), so both halves describe the same
-files. The two passes cost one extra forward pass per image; they cannot be merged without
-giving up one of the two definitions (the validator pads rect batches by half a stride, so its
-inputs differ from `predict`'s). Both passes run at most `batch` images per forward pass;
-`predict` gets lists of one image shape, so each image gets what `predict` gives it alone.
-
-Recorded per image (original-image pixel coordinates, xyxy):
-    {"image_id": str, "width": int, "height": int,
-     "gt_classes": [G] int, "gt_boxes": [G][4] float,
-     "pred_classes": [P] int, "pred_boxes": [P][4] float, "pred_conf": [P] float}
-
-The validator's per-image matching statistics (what its mAP is computed from) are kept too
-(`SplitEvaluation.map_stats`, exp3.evaluate.mapstats): they give mAP its bootstrap intervals.
+mAP50 / mAP50-95 are Ultralytics' validator's (`model.val`); the per-image predictions are `model.predict`'s at
+`conf=RECORD_CONF`, recorded as it returns them (docs/thresholds.md, "Primary" and "One box, two classes"; the
+record format: docs/schema.md, `predictions_<split>.json`). Ground truth (scaled back to original pixels) and the
+per-image mAP statistics (`SplitEvaluation.map_stats`, exp3.evaluate.mapstats) come from the validator's pass,
+so both halves describe the same files. The two passes cannot be merged without giving up one definition: the
+validator pads rect batches by half a stride, so its inputs differ from `predict`'s.
 
 No exp3 code runs inside the model: the checkpoint is loaded with plain Ultralytics and masking
 hooks are never attached here.
@@ -107,12 +84,8 @@ def _recording_mixin(base: type) -> type:
 
 @dataclass
 class EvaluationStages:
-    """Where one split's evaluation time went (seconds), metrics.json's `splits.<split>.eval_stages_s`.
-
-    The stages do not overlap and add up to the split's `eval_wall_s`: Ultralytics' validator pass
-    and `predict` pass without exp3's recording inside them, exp3's recording (ground truth, mAP
-    stats, `predict` results as records), mAP's bootstrap draws, and writing the split's files.
-    """
+    """Where one split's evaluation time went (seconds), metrics.json's `splits.<split>.eval_stages_s`: stages that
+    do not overlap and add up to the split's `eval_wall_s` (docs/schema.md, `splits.<split>`)."""
 
     validator_s: float = 0.0
     predict_s: float = 0.0
@@ -249,12 +222,11 @@ def evaluate_split(
 ) -> SplitEvaluation:
     """mAP (validator pass) and predict-equivalent per-image records of `checkpoint` on `split` of `split_yaml`.
 
-    `imgsz`/`device`/`workers` None = Ultralytics' defaults (imgsz from the checkpoint's training
-    args, for both passes; `workers` is the validator's DataLoader, which Ultralytics runs without
-    workers on CPU). At most `batch` images per forward pass in both passes, None = the validator's
-    default (16), also for `predict` (given a list, it would run it in one pass, whatever its size;
-    the boxes are the same). Plots and Ultralytics' own files go under `save_dir`; `plots=False` skips
-    Ultralytics' validation figures (metrics, records and map stats are the same).
+    `imgsz`/`device`/`workers` None = Ultralytics' defaults (imgsz from the checkpoint's training args, for both
+    passes; `workers` is the validator's DataLoader, which Ultralytics runs without workers on CPU). At most
+    `batch` images per forward pass in both passes (`predict_records`), None = the validator's default (16).
+    Plots and Ultralytics' own files go under `save_dir`; `plots=False` skips Ultralytics' validation figures
+    (metrics, records and map stats are the same).
     `checkpoint` may be an `EvaluationModel` a session loaded once for all its splits (of `family`).
     """
     split_yaml = Path(split_yaml)

@@ -1,21 +1,16 @@
 """Per-image matching statistics of Ultralytics' validator, and mAP recomputed from them.
 
-Ultralytics' mAP is a corpus-level number with no per-image decomposition, so a confidence
-interval for it (or for a paired difference between two sessions) needs the validator's own
-per-image statistics: for every image, each prediction's confidence, class and true-positive flags
-at the ten IoU thresholds 0.50:0.95, and the ground-truth classes. `exp3.evaluate.evaluation` captures them
-from the validator pass that gives `metrics.json`'s mAP; a session folder keeps them as
-`map_stats_<split>.npz`.
+mAP has no per-image decomposition, so its bootstrap intervals need the validator's own per-image statistics
+(each prediction's confidence, class and TP flags at IoU 0.50:0.95, each image's ground-truth classes), captured
+by exp3.evaluate.evaluation and kept as `map_stats_<split>.npz` (docs/report.md, "Intervals and p-values").
 
-`mean_ap(stats)` recomputes (mAP50, mAP50-95) exactly as `ultralytics.utils.metrics.ap_per_class`
-does (same confidence sort, per-class cumulative TP/FP, sentinels, precision envelope, 101-point
-interpolation, trapezoid), so on all images it equals the validator's `box.map50` / `box.map`
-(tests/test_evaluate.py checks this on a trained model). With `weights` (how often each image is
-drawn in a bootstrap resample) every prediction and target of an image counts that many times:
-the mAP of the resampled image set, computed without materialising it. Copies of one prediction
-are merged into one point of the PR curve; copies share a confidence and a TP flag, so without tied
-confidences the result equals `ap_per_class` on literally duplicated arrays (with ties, Ultralytics'
-own value depends on its sort's tie order).
+`mean_ap(stats)` recomputes (mAP50, mAP50-95) exactly as `ultralytics.utils.metrics.ap_per_class` does (same
+confidence sort, per-class cumulative TP/FP, sentinels, precision envelope, 101-point interpolation, trapezoid).
+With `weights` (how often each image is drawn in a bootstrap resample) every prediction and target of an image
+counts that many times: the mAP of the resampled image set, computed without materialising it. Copies of one
+prediction are merged into one point of the PR curve; copies share a confidence and a TP flag, so without tied
+confidences the result equals `ap_per_class` on literally duplicated arrays (with ties, Ultralytics' own value
+depends on its sort's tie order).
 """
 
 from __future__ import annotations

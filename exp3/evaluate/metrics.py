@@ -1,49 +1,18 @@
 """Metrics over stored predictions: ingredient-list P/R/F1, detection P/R/F1, robustness ratios.
 
-Pure functions over plain arrays and records (numpy + scipy only): nothing here touches a model,
-a file or a global RNG. The runner (`exp3/evaluate/evaluation.py`) writes one `predictions_<split>.json` per
-split; `records_from_json` turns it back into `ImageRecord`s and `summarize_split` computes every
-number of one split at once.
+Pure functions over plain arrays and records (numpy + scipy only): nothing here touches a model, a file or a
+global RNG. `records_from_json` reads a `predictions_<split>.json`'s images back into `ImageRecord`s and
+`summarize_split` computes every number of one split at once. Definitions (micro / macro / samples averages,
+Hungarian detection matching): docs/references.md section 3. Macro averages only the classes present in the
+split's ground truth or predictions: a class nobody has and nobody predicts says nothing about the model.
 
-Ingredient-list metrics (the core metric; docs/references.md section 3). Per image, the *predicted set*
-is the classes with at least one detection of confidence >= `conf`, the *ground-truth set* is the
-classes in the label file. Over an (N images, C classes) pair of boolean matrices:
-
-- micro:   P = sum|pred & gt| / sum|pred|, R = sum|pred & gt| / sum|gt| over all images;
-- macro:   per-class P/R/F1, then the unweighted mean over the classes *present* in the split's
-           ground truth or predictions (scikit-learn's `labels=` the classes seen in y_true or
-           y_pred). A class nobody has and nobody predicts says nothing about the model; counting
-           it as a perfect 1.0 (the empty-set rule) gave a model that predicts nothing a macro F1
-           of 0.10 on a 10-class smoke split and 0.25 on an 80-class dataset. No class present:
-           macro is undefined (None in JSON);
-- samples: per-image P/R/F1, then the mean over images (mean of per-image F1, not F1 of means).
-
-These are scikit-learn's multilabel `precision_recall_fscore_support` averages, with one fixed
-empty-set rule in place of its `zero_division` argument:
-
-    EMPTY-SET RULE. A ratio whose denominator is zero (0/0) scores EMPTY_BOTH_SCORE = 1.0 when
-    there is nothing wrong to report (tp = fp = fn = 0: nothing to find and nothing claimed, a
-    perfect answer), and EMPTY_ONE_SIDE_SCORE = 0.0 otherwise (no prediction while something was
-    there, or nothing there while something was predicted).
-
-So an image with an empty GT set and an empty predicted set scores P = R = F1 = 1; an image with
-objects but no prediction scores P = R = F1 = 0; an image without objects but with a prediction
-scores P = R = F1 = 0. F1 = 2 tp / (2 tp + fp + fn) is always the harmonic mean of P and R.
-Against scikit-learn: every F1 equals `zero_division=1.0`; P and R equal `zero_division=0.0`
-except on the both-empty cases, where they equal `zero_division=1.0`. The same rule applies to
-the micro totals, to every class of the macro average and to detection-level P/R/F1.
-
-Detection-level P/R/F1: detections with confidence >= `conf` are matched one-to-one to GT boxes
-of the same class with IoU >= `match_iou` by `scipy.optimize.linear_sum_assignment`; the
-assignment maximises the number of matches first and their total IoU second (`optimal_matches`).
-TP/FP/FN are summed over images before the ratios. Matching is Hungarian only here: COCO-style AP
-matches greedily by confidence and is computed elsewhere (Ultralytics' validator).
-
-Robustness ratios: `robustness_ratio(occluded, clean)` = occluded / clean (rF1, rmAP), NaN when
-the clean score is 0.
-
-Units: boxes are (x0, y0, x1, y1) in pixels of the original image, x1 >= x0, y1 >= y0;
-confidences and thresholds are in [0, 1]; class ids are integers in [0, num_classes).
+EMPTY-SET RULE, in place of scikit-learn's `zero_division` argument. A ratio whose denominator is zero (0/0)
+scores EMPTY_BOTH_SCORE = 1.0 when there is nothing wrong to report (tp = fp = fn = 0: nothing to find and
+nothing claimed, a perfect answer), and EMPTY_ONE_SIDE_SCORE = 0.0 otherwise (a miss or a false alarm). So
+F1 = 2 tp / (2 tp + fp + fn) is always the harmonic mean of P and R. Against scikit-learn: every F1 equals
+`zero_division=1.0`; P and R equal `zero_division=0.0` except on the both-empty cases, where they equal
+`zero_division=1.0`. The rule applies to the micro totals, to every class of the macro average and to
+detection-level P/R/F1.
 """
 
 from __future__ import annotations
@@ -247,10 +216,7 @@ def _check_sets(gt: np.ndarray, pred: np.ndarray) -> None:
 
 
 def per_image_prf(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image ingredient (precision, recall, f1), each (N,) float64, from (N, C) bool sets.
-
-    The F1 vector is the paired unit of the session comparisons (bootstrap, Wilcoxon).
-    """
+    """Per-image ingredient (precision, recall, f1), each (N,) float64, from (N, C) bool sets."""
     _check_sets(gt, pred)
     return prf_from_counts(*_set_counts(gt, pred, axis=1))
 
@@ -435,11 +401,8 @@ def choose_threshold(val_records: Sequence[ImageRecord], num_classes: int,
     """The confidence threshold that maximises ingredient micro F1 on the clean *val* split: {"conf": chosen
     threshold, "val_micro_f1": micro F1 on val at it}.
 
-    The secondary operating point of a session (docs/thresholds.md): each session gets its own
-    threshold, so a session whose scores are merely shifted (calibration) is not mistaken for a
-    more or less robust one. Never call this on a test split. Ties go to the threshold nearest
-    `prefer` (the primary threshold): a session moves off the default only where that helps on val,
-    and a model that finds nothing keeps the default.
+    A session's secondary operating point (docs/thresholds.md, "Secondary"): never call this on a test split.
+    Ties go to the threshold nearest `prefer` (the primary threshold), so a model that finds nothing keeps it.
     """
     curve = f1_vs_conf(val_records, num_classes, grid)
     f1 = np.asarray(curve["micro_f1"])

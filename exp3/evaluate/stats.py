@@ -1,34 +1,9 @@
-"""Paired statistics over test images: bootstrap intervals, paired permutation tests, BH correction.
+"""Paired statistics over test images: bootstrap intervals, permutation tests, Benjamini-Hochberg.
 
-Pure functions over per-image count arrays (numpy + scipy only): nothing here reads a file.
-The unit of pairing is the test image: every session of a model is evaluated on the same images,
-and `test_occ_fixed` holds occluded copies of the `test_clean` images (docs/references.md section 2).
-
-The statistic is the headline metric, the **micro ingredient F1**, recomputed on every resample
-from per-image counts: `counts` is an (N, 3) int array of (tp, fp, fn) per image (ingredient sets
-at the session's `conf`, see `exp3.evaluate.metrics.ingredient_sets`), and
-
-    micro_f1(counts) = 2 * sum(tp) / (2 * sum(tp) + sum(fp) + sum(fn))   (1.0 when all are 0)
-
-which is exactly `exp3.evaluate.metrics.prf_from_counts` on the summed counts. Resampling images and
-re-summing their counts is the correct bootstrap of a ratio of sums (averaging per-image F1 would
-bootstrap the *samples* F1, a different metric).
-
-- Intervals: percentile bootstrap, `n_resamples` (default 2000) draws of N images with
-  replacement from `numpy.random.default_rng(seed)` (default seed 0: a reproducible report). The
-  same (B, N) index matrix is used for every session of a comparison, so differences are paired.
-- p-values: a paired permutation test of the micro-F1 difference (the null of
-  `scipy.stats.permutation_test(permutation_type="samples")`: the two sessions' results are swapped
-  image by image), two-sided, exact when 2**N <= n_permutations, vectorised as one matrix product
-  (scipy's generic loop calls the statistic once per permutation, too slow for a report of many tests).
-  Tied per-image scores are harmless: identical sessions give p = 1 exactly.
-- Many comparisons: Benjamini-Hochberg, as `scipy.stats.false_discovery_control` (NaNs kept).
-  Which p-values form one family is the caller's decision (exp3.report: distinct unordered pairs).
-
-Other metrics use the same pairing and the same machinery: the pooled *detection* F1 is
-`micro_f1` of per-image box counts (`exp3.evaluate.metrics.detection_counts`), and the *samples* F1 (the
-mean of per-image F1) is compared with `compare_paired(..., statistic=mean_statistic)`: the bootstrap of a
-mean difference and the paired (sign-flip) permutation test of it.
+Pure functions over per-image arrays (numpy only): nothing here reads a file. One engine takes the statistic as
+an argument (micro F1 of summed per-image (tp, fp, fn), a mean of per-image scores, rF1, mPC). The unit of
+pairing is the test image. The rules (statistic, resamples, seeds, pairing, p-values, BH families):
+docs/report.md, "Intervals and p-values" and "Intervals and tests over seeds and images".
 """
 
 from __future__ import annotations
@@ -112,11 +87,10 @@ def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, fl
 
 # The engine ----------------------------------------------------------------------------------------------------
 #
-# Every statistic of the report is a function of per-image values summed over the images: micro F1 of summed
-# (tp, fp, fn), a mean of per-image scores, rF1 of two splits' summed counts, mPC of per-split counts. A
-# `Statistic` takes those totals (..., *shape) and the number of values summed, and returns the metric (...). A
-# bootstrap draw is a set of image multiplicities (`image_multiplicities`), so its totals are one product; a
-# permutation swaps two sessions' values on a subset of images, so its totals are `sum(a) + mask @ (b - a)`.
+# A `Statistic` takes totals (..., *shape) of per-image values summed over images, and the number of values
+# summed, and returns the metric (...). A bootstrap draw is a set of image multiplicities (`image_multiplicities`),
+# so its totals are one product; a permutation swaps two sessions' values on a subset of images, so its totals
+# are `sum(a) + mask @ (b - a)`.
 
 Statistic = Callable[[np.ndarray, float], np.ndarray]
 
@@ -208,11 +182,8 @@ def _swap_masks32(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
 def permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, statistic: Statistic = f1_statistic,
                        n_permutations: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
     """Two-sided p of H0 "a and b are exchangeable on every image" for statistic(a) - statistic(b): the null of
-    `scipy.stats.permutation_test(permutation_type="samples")` (tests/test_stats.py checks that both agree),
-    vectorised: a permutation swaps the two sessions' values on a subset of images (`swap_masks`), so its totals
-    are `sum(a) + mask @ (b - a)`: one (P, N) @ (N, *shape) product. p = 2 * min(P(null <= observed),
-    P(null >= observed)), capped at 1; random permutations count the observed data as one of them
-    ((k + 1) / (P + 1)), as scipy does."""
+    `scipy.stats.permutation_test(permutation_type="samples")` (tests/test_stats.py checks that both agree) as one
+    (P, N) @ (N, *shape) product over the `swap_masks`; p as `_two_sided_p`."""
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     if np.array_equal(a, b):
         return 1.0                    # every permutation reproduces the data: the difference is exactly 0
@@ -323,13 +294,9 @@ def gap_closed(reference: float, control: float, treated: float, reference_draws
 
 # Two levels: training seeds and test images ------------------------------------------------------------------
 #
-# With K > 1 seeds per session, a session's per-image results form a (K, N) grid (seed x image). An interval that
-# resamples images only treats the K trained models as fixed and leaves the seed-to-seed spread out. The
-# two-level bootstrap draws, on every resample, N images with replacement (one draw shared by every session:
-# the images stay paired) and, for each session separately, K of its seeds with replacement (different seeds
-# of different sessions are different trainings: nothing pairs them). A draw is expressed as multiplicities:
-# `image_weights` (B, N) and `seed_weights` (B, K), and the pooled counts of a draw are
-# einsum("bk,bn,knc->bc"), so nothing loops over draws.
+# A session's per-image results with K seeds form a (K, N) grid (docs/report.md, "Intervals and tests over seeds
+# and images"). A draw is expressed as multiplicities, `image_weights` (B, N) shared by every session and
+# `seed_weights` (B, K) per session, and its pooled counts are einsum("bk,bn,knc->bc"): nothing loops over draws.
 
 
 def _counts(draws: np.ndarray, n_items: int) -> np.ndarray:
@@ -348,10 +315,8 @@ def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) 
     """(B, K) seed multiplicities of one session (`stream`: the session's index, so sessions draw independently);
     all ones when K == 1 (one seed: nothing to resample, the seed spread stays out of the interval).
 
-    K - 1 seeds are drawn (with replacement) and their multiplicities scaled by K / (K - 1): the variance of a
-    mean of K - 1 draws from the K seen seeds is s^2 / K with s^2 the unbiased seed variance, where drawing K
-    gives (K - 1) / K of it (an interval too narrow by that factor: 84 % coverage at K = 3 in the simulation of
-    tests/test_stats.py, 94-95 % with K - 1). Draws keep the total weight K.
+    K - 1 seeds are drawn (with replacement) and their multiplicities scaled by K / (K - 1), so draws keep the
+    total weight K and the seed variance is unbiased (docs/report.md, "Intervals and tests over seeds and images").
     """
     if n_seeds == 1:
         return np.ones((n_resamples, 1))
@@ -427,12 +392,9 @@ def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kin
                                  n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
     """Two-sided p of H0 "the two sessions' training runs are exchangeable" for the seed-pooled difference a - b.
 
-    The permutation respects the paired design: a training run (one seed) keeps all its per-image results, every
-    run is evaluated on the same images, and only the session labels of the K_a + K_b runs are permuted (all
-    C(K_a + K_b, K_a) splits when at most `n_resamples`, else random ones). With few seeds the test is coarse:
-    3 + 3 runs give 20 splits, so p >= 0.1 two-sided; this is the honest resolution of 3 seeds.
-
-    Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1").
+    Only the session labels of the K_a + K_b runs are permuted, each run keeping its per-image results (all
+    C(K_a + K_b, K_a) splits when at most `n_resamples`, else random ones; docs/report.md says what few seeds
+    can tell). Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1").
     """
     a, b = _two_level_inputs(values_a, values_b, kind)
     statistic = STATISTICS[kind]
