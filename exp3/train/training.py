@@ -46,7 +46,8 @@ with atomic checkpoint writes, plus masking for S3-S6."""
 
 TRAIN_INFO_FILENAME = "train_info.json"
 RESUME_OVERRIDABLE: tuple[str, ...] = ("batch", "imgsz", "device", "workers")
-"""Args a resumed training takes from the plan instead of the checkpoint (Ultralytics allows these)."""
+"""The `train:` args the config may set; a resumed training takes them from the plan instead of the checkpoint
+(Ultralytics allows these)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class TrainPlan:
 def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
     """The Ultralytics args exp3 changes from their defaults for `model_name` at training `seed`."""
     overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs}
-    for key in ("batch", "imgsz", "device", "workers"):
+    for key in RESUME_OVERRIDABLE:
         value = getattr(config.train, key)
         if value is not None:
             overrides[key] = value
@@ -153,7 +154,7 @@ def final_checkpoint(plan: TrainPlan) -> tuple[Path | None, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parent side
+# Running one training in this process
 
 
 @dataclass
@@ -331,10 +332,9 @@ def _train(plan: TrainPlan) -> None:
 
 
 class TrainInfo:
-    """train_info.json of one training: what Ultralytics resolved (its callbacks, `callbacks()`) and the training
-    time of this attempt and the earlier ones (`earlier`: their train_info.json, resuming), written at train start,
-    after each epoch's training and each fit epoch (a killed attempt still leaves its training time on record),
-    and once the training is over (`finish`)."""
+    """train_info.json of one training: what Ultralytics resolved and the training time of this attempt and the
+    earlier ones (`earlier`: their train_info.json, resuming), rewritten at each of its `callbacks()` (a killed
+    attempt still leaves its training time on record) and once the training is over (`finish`)."""
 
     def __init__(self, path: Path, earlier: dict[str, Any]) -> None:
         self.path = path
