@@ -96,12 +96,11 @@ Callbacks = dict[str, list[Callable[[Any], None]]]
 """`{event: [fn]}`, Ultralytics' form (`default_callbacks`); each fn is called with the trainer."""
 
 
-def add_callbacks(target: Any, *concerns: Callbacks) -> None:
-    """Register each concern's callbacks on `target` (an Ultralytics model or trainer), after those it has."""
-    for callbacks in concerns:
-        for event, functions in callbacks.items():
-            for function in functions:
-                target.add_callback(event, function)
+def add_callbacks(target: Any, callbacks: Callbacks) -> None:
+    """Register one concern's callbacks on `target` (an Ultralytics model or trainer), after those it has."""
+    for event, functions in callbacks.items():
+        for function in functions:
+            target.add_callback(event, function)
 
 
 class _MaskingTrainerMixin:
