@@ -1,4 +1,5 @@
-"""Ultralytics' own logging integrations, switched on by `integrations:` in the config, every other one off.
+"""Ultralytics' own logging integrations, switched on by `integrations:` in the config, every other one off (what
+each logs where, and which are refused: README, "Trackers: `integrations:`").
 
 Ultralytics reads its settings once, at `import ultralytics` (`SETTINGS = SettingsManager()` in
 ultralytics/utils/__init__.py), from `$YOLO_CONFIG_DIR/Ultralytics/settings.json`, and each trainer adds the
@@ -8,16 +9,6 @@ whenever their package happens to be installed. `SettingsManager` writes the fil
 missing or not of its schema, so exp3 writes the whole file itself, atomically, before any process that trains
 imports Ultralytics (`write_ultralytics_settings`: the runner before it starts a session, the session before it
 trains): a session process finds it complete, equal to what it would keep, and writes nothing.
-
-    tensorboard   Ultralytics' callback writes the events into the session's `train/` folder (its save_dir):
-                  `tensorboard --logdir <output_root>` shows every session side by side, named by its folder
-    mlflow        one experiment per output root (`mlflow_experiment_name`), one run per session named after the
-                  session (MLFLOW_EXPERIMENT_NAME / MLFLOW_RUN, read by Ultralytics' callback); the store is
-                  MLflow's local file store `<output_root>/mlruns` unless MLFLOW_TRACKING_URI is set in the
-                  environment (then that one: the user's choice, which may need the network)
-
-The others are refused with one line (`exp3.config.REFUSED_INTEGRATIONS`): they log to a service on the
-network, or name every exp3 run `train`. Whatever the list, Ultralytics' analytics (`sync`) stay off.
 """
 
 from __future__ import annotations
@@ -137,18 +128,15 @@ def mlflow_experiment_name(config_name: str, output_root: str | os.PathLike[str]
     return f"{config_name} {Path(output_root).absolute()}"
 
 
-def mlflow_tracking_uri(output_root: str | os.PathLike[str]) -> str:
-    """MLFLOW_TRACKING_URI when the environment sets it, else the root's local file store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(output_root).absolute() / MLFLOW_STORE).as_uri()
-
-
 def integration_environment(integrations: Sequence[str], output_root: str | os.PathLike[str], config_name: str,
                             session_name: str) -> dict[str, str]:
     """The environment Ultralytics' callbacks read for one session (nothing for TensorBoard: its folder is the
     session's own `train/`)."""
     if "mlflow" not in integrations:
         return {}
-    return {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(output_root),
+    # an MLFLOW_TRACKING_URI the environment sets wins; else the root's local file store
+    store = os.environ.get("MLFLOW_TRACKING_URI") or (Path(output_root).absolute() / MLFLOW_STORE).as_uri()
+    return {"MLFLOW_TRACKING_URI": store,
             "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3 refuses its file store without it ("maintenance mode")
             "MLFLOW_EXPERIMENT_NAME": mlflow_experiment_name(config_name, output_root),
             "MLFLOW_RUN": session_name}
@@ -167,8 +155,12 @@ def session_integrations(integrations: Sequence[str], output_root: str | os.Path
         mismatch = loaded_settings_mismatch(integrations)
         if mismatch is not None:
             raise RuntimeError(mismatch)
-        if integrations:
-            _warn_if_ultralytics_skips_them(integrations)
+        from ultralytics.utils import TESTS_RUNNING  # lazy: Ultralytics after apply_offline_environment
+
+        if integrations and TESTS_RUNNING:
+            print(f"WARNING exp3: integrations {list(integrations)} are on, but Ultralytics logs nothing to them "
+                  "while it believes tests run (PYTEST_CURRENT_TEST, or GITHUB_ACTIONS + GITHUB_WORKFLOW + "
+                  "RUNNER_OS set)")
         if "tensorboard" in integrations:
             keep_training_intact_after_the_tensorboard_graph()
         if "mlflow" in integrations:
@@ -180,14 +172,6 @@ def session_integrations(integrations: Sequence[str], output_root: str | os.Path
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def _warn_if_ultralytics_skips_them(integrations: Sequence[str]) -> None:
-    from ultralytics.utils import TESTS_RUNNING  # lazy: Ultralytics after apply_offline_environment
-
-    if TESTS_RUNNING:
-        print(f"WARNING exp3: integrations {list(integrations)} are on, but Ultralytics logs nothing to them while "
-              "it believes tests run (PYTEST_CURRENT_TEST, or GITHUB_ACTIONS + GITHUB_WORKFLOW + RUNNER_OS set)")
 
 
 def keep_training_intact_after_the_tensorboard_graph() -> None:

@@ -1,29 +1,11 @@
 """Training-only internal masking: zero channels or DropBlock-style regions of one network site.
 
-Three layers, after timm's `drop.py`:
-
-* pure functions build and apply masks: `channel_keep_mask`, `spatial_keep_mask`,
-  `mask_features` (masks are built under `torch.no_grad()` from an explicit `torch.Generator`);
-* `FeatureMasker` / `HeadInputMasker` are thin, picklable hook objects: they store the
-  hyperparameters, gate themselves (`module.training and torch.is_grad_enabled()`), follow
-  the schedule and count what they did;
-* `attach_internal_masking(model, site, spec)` resolves the site on an Ultralytics detection
-  model (`resolve_masking_sites`) and registers the hook; the returned `MaskingHandle` sets
-  the schedule progress, reads per-site statistics and removes the hooks.
-
-Call order, as a training loop sees it::
-
-    handle = attach_internal_masking(model, "neck", MaskingConfig())
-    for epoch in range(epochs):
-        handle.reseed(epoch)                          # per-epoch streams: a resumed run redraws the same masks
-        for i, batch in enumerate(loader):
-            handle.set_progress((epoch + i / len(loader)) / epochs)   # drives the linear ramp
-            loss = model(batch); loss.backward(); ...
-        stats = handle.read_stats(reset=True)         # per site: batches, masked share, zeroed share
-    handle.remove()
-
-`python -m exp3.train.masking sites --model yolov8m.yaml --imgsz 640` prints each site's layer index,
-module type and feature shape. The reasoning behind every choice is in docs/masking.md.
+Three layers, after timm's `drop.py`: pure functions build and apply masks (`mask_features`); `FeatureMasker` /
+`HeadInputMasker` are thin, picklable hook objects that gate themselves, follow the schedule and count what they
+did; `attach_internal_masking` resolves the site on an Ultralytics detection model and registers the hook, and its
+`MaskingHandle` sets the schedule progress, reseeds, reads per-site statistics and removes the hooks.
+`python -m exp3.train.masking sites --model yolov8m.yaml` prints each site's layer, module and feature shape.
+Every rule and the reasoning behind it: docs/masking.md.
 """
 
 from __future__ import annotations
@@ -98,11 +80,8 @@ def check_drop_fraction(name: str, value: float) -> float:
 
 
 def block_size(height: int, width: int, block_fraction: float) -> tuple[int, int]:
-    """Block side in cells for an `height` x `width` map: `round(block_fraction * side)`, at least 1.
-
-    The same fraction gives a 12 x 12 block on an 80 x 80 map (P3 at imgsz 640) and 3 x 3 on
-    20 x 20 (P5), so a site masks the same share of the image at every resolution.
-    """
+    """Block side in cells for an `height` x `width` map: `round(block_fraction * side)`, at least 1 (the same share
+    of the image at every site and resolution: docs/masking.md section 2)."""
     if not 0.0 < block_fraction <= 1.0:
         raise ValueError(f"block_fraction={block_fraction!r} cannot fit the feature map: use a value in (0, 1]")
     return max(1, round(block_fraction * height)), max(1, round(block_fraction * width))
@@ -115,11 +94,8 @@ def block_size(height: int, width: int, block_fraction: float) -> tuple[int, int
 @torch.no_grad()
 def channel_keep_mask(batch: int, channels: int, p: float, generator: torch.Generator,
                       device: torch.device) -> torch.Tensor:
-    """Keep mask (N, C, 1, 1) float32 with exactly `round(p * C)` zeroed channels per sample.
-
-    An exact count (not Bernoulli per channel) keeps the dropped share equal to the request
-    on every sample, even for 48-channel maps where Bernoulli noise would be +-5 points.
-    """
+    """Keep mask (N, C, 1, 1) float32 with exactly `round(p * C)` zeroed channels per sample (an exact count, not
+    Bernoulli per channel, whose noise on a 48-channel map would be +-5 points)."""
     check_drop_fraction("p_channels", p)
     dropped = round(p * channels)
     if dropped == 0:
@@ -132,14 +108,9 @@ def channel_keep_mask(batch: int, channels: int, p: float, generator: torch.Gene
 @torch.no_grad()
 def spatial_keep_mask(batch: int, height: int, width: int, p: float, block: tuple[int, int],
                       generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """DropBlock keep mask (N, 1, H, W) float32, shared by all channels of a sample.
-
-    Block seeds are drawn on the map padded by `block - 1` cells, so every cell can be hit by
-    exactly `bh * bw` seed positions and blocks may be clipped at the border (as occluders are).
-    The seed rate `gamma = 1 - (1 - p) ** (1 / (bh * bw))` then makes every cell dropped with
-    probability exactly `p`, overlaps included (torchvision's and timm's gamma overshoot-correct
-    only for non-overlapping blocks and fall short of `p` as it grows).
-    """
+    """DropBlock keep mask (N, 1, H, W) float32, shared by all channels of a sample, in which every cell is dropped
+    with probability exactly `p`, overlaps included (seeds on the map padded by `block - 1` cells at rate
+    `gamma`: docs/masking.md section 2)."""
     check_drop_fraction("p_spatial", p)
     block_h, block_w = block
     if not (1 <= block_h <= height and 1 <= block_w <= width):
@@ -158,12 +129,10 @@ def mask_features(x: torch.Tensor, mode: str, p_channels: float, p_spatial: floa
                   rescale: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | float]:
     """Mask a feature map; returns `(masked (N, C, H, W), zeroed share)`.
 
-    `x` is (N, C, H, W) and is never modified (Ultralytics caches layer outputs): the result is a
-    new tensor, or `x` itself when the rates round to nothing. `rescale="dropout"` multiplies kept
-    activations by `1 / ((1 - p_channels_realised) * (1 - p_spatial))` so their expectation is
-    unchanged and BatchNorm statistics match eval mode; `"none"` leaves them as they are. The
-    zeroed share (a float, or a () float32 tensor on x's device when spatial masking is involved)
-    is the mean over samples of the fraction of (C, H, W) cells set to zero.
+    `x` is (N, C, H, W) and is never modified (Ultralytics caches layer outputs): the result is a new tensor, or `x`
+    itself when the rates round to nothing. `rescale`: docs/masking.md section 3. The zeroed share (a float, or a
+    () float32 tensor on x's device when spatial masking is involved) is the mean over samples of the fraction of
+    (C, H, W) cells set to zero.
     """
     if mode not in MASKING_MODES:
         raise ValueError(f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
@@ -333,16 +302,8 @@ def detection_model(model: Any) -> nn.Module:
 
 
 def resolve_masking_sites(model: Any) -> dict[str, int]:
-    """Layer index of each site, found from the graph (docs/references.md section 4), not hard-coded.
-
-    * backbone_early: the smallest backbone layer a later layer reads explicitly (the P3 skip);
-    * backbone_late: the last backbone layer (`len(yaml["backbone"]) - 1`, SPPF/C2PSA/HGBlock);
-    * neck: the first fusion block (`NECK_BLOCK_TYPES`) after the first Concat past the backbone;
-    * head: the last layer (Detect / RTDETRDecoder), masked on its inputs by a pre-hook.
-
-    yolov8m gives 4/9/12/22, yolo11n 4/10/13/23, rtdetr-l 3/9/16/28. Raises `ValueError`
-    listing the model's layers when a rule finds nothing.
-    """
+    """Layer index of each site, found from the graph, not hard-coded (the rules and what they give per model:
+    docs/masking.md section 4). Raises `ValueError` listing the model's layers when a rule finds nothing."""
     net = detection_model(model)
     layers = net.model
     backbone_length = len(net.yaml.get("backbone", []))
@@ -395,11 +356,7 @@ class MaskingHandle:
             masker.reseed(epoch)
 
     def read_stats(self, reset: bool = True) -> dict[str, dict[str, float | int | str]]:
-        """Per site: index, module, batches, masked_batches, masked_share, zeroed_share(_when_masked), ...
-
-        `zeroed_share` is the mean over training batches (unmasked ones count as 0) of the share
-        of activations set to zero; `inactive_calls` counts hook calls skipped in eval/no-grad.
-        """
+        """Per site: index, module, strength and `SiteStats.as_dict` (the fields: docs/masking.md section 7)."""
         report: dict[str, dict[str, float | int | str]] = {
             site: {"index": self.indices[site], "module": self.module_types[site], "strength": masker.strength(),
                    **masker.stats.as_dict()}

@@ -1,53 +1,17 @@
-"""Ultralytics trainers that train with internal masking: `MaskedDetectionTrainer`, `MaskedRTDETRTrainer`.
+"""Ultralytics trainers with atomic checkpoint writes (`Safe*Trainer`) and, for S3-S6, training-only internal masking
+(`Masked*Trainer`). Usage and guarantees: docs/masking.md sections 6-7.
 
-The masking settings (sites + `MaskingConfig`) never go through `train(**kwargs)` (Ultralytics
-validates those). They live in a small JSON file whose path is in the environment variable
-`EXP3_MASKING_SPEC`; the trainer copies it into `<save_dir>/masking_spec.json`, so a resume in
-a fresh process finds it even without the variable::
+The masking settings never go through `train(**kwargs)` (Ultralytics validates those): they are a JSON file named by
+`EXP3_MASKING_SPEC`, copied into `<save_dir>/masking_spec.json` so that a resume in a fresh process finds them. A
+module-level class plus an environment variable also survive Ultralytics' DDP launcher, which imports
+`type(trainer)` by reference in fresh worker processes that inherit the environment.
 
-    path = write_masking_settings(run_dir / "masking_spec.json", "neck", MaskingConfig())
-    os.environ[MASKING_SPEC_ENV] = str(path)
-    YOLO("yolov8m.yaml").train(data=..., trainer=MaskedDetectionTrainer, amp=False)
-    YOLO(last_pt).train(resume=True, trainer=MaskedDetectionTrainer)   # keeps masking
-
-Module-level classes plus an environment variable also survive Ultralytics' DDP launcher,
-which imports `type(trainer)` by reference in fresh worker processes that inherit the env.
-
-Every exp3 training hook is an Ultralytics event callback, one `{event: [fn]}` dict per concern as in
-Ultralytics' own `default_callbacks` and integration modules (ultralytics/utils/callbacks/), each registered by
-`add_callbacks`::
-
-    MASKING_CALLBACKS        masking (below); registered by the masked trainers' __init__, so a resume or
-                             a DDP worker, which rebuild the trainer from its class, has them too
-    TrainInfo.callbacks()    train_info.json (exp3/train/training.py); registered on the model by `_train_with`
-    integrations             Ultralytics' own tensorboard/mlflow callbacks, which its trainer adds from the
-                             settings exp3/train/integrations.py writes (exp3 registers none; it only wraps
-                             tensorboard's graph logging, `keep_training_intact_after_the_tensorboard_graph`)
-
-(The one other exp3 callback is a validation one: exp3/evaluate/evaluation.py's on_val_end, added and removed around
-each split's val.)
-
-Masking, in event order (all on the trainer; `__init__` reads the settings: env var, else the run's saved
-copy on resume)::
-
-    on_pretrain_routine_end  attach masking to unwrap_model(self.model): the end of `_setup_train`, after
-                             the EMA deepcopy and the resume, so the EMA never carries a hook
-    on_train_epoch_start     reseed the site streams for this epoch
-    on_train_batch_start     set schedule progress = (epoch + batch / batches) / epochs
-    on_train_epoch_end       read + reset per-site stats, write <save_dir>/masking_stats.json atomically;
-                             strip any masking hook from the EMA, which `validate` then `save_model` use next
-                             (safeguard: NaN recovery rebuilds the EMA from the hooked training model, then
-                             repeats the epoch, so this event comes again before either)
-    teardown                 remove the hooks (`train()`'s finally: after a failed training too)
-
-Validation, prediction and checkpoints use the EMA, which never carries a hook, and the hooks
-themselves only act in training mode with gradients enabled.
-
-The only method overrides left are where no event fires at that point (`_AtomicCheckpointMixin`)::
-
-    save_model       the write itself is what changes; its one event, on_model_save, comes after it
-    final_eval       its strip_optimizer rewrites run before its only event (on_fit_epoch_end)
-    resume_training  needs the checkpoint dict just resumed from, which no event is given
+Every exp3 training hook is an Ultralytics event callback, one `{event: [fn]}` dict per concern (Ultralytics' own
+form, `default_callbacks`), each registered by `add_callbacks`: `MASKING_CALLBACKS`, by the masked trainers'
+`__init__` (so a resume or a DDP worker, which rebuild the trainer from its class, has them too), and
+`TrainInfo.callbacks()` (train_info.json, exp3/train/training.py), on the model by `_train_with`. The integrations'
+callbacks are Ultralytics' own (exp3/train/integrations.py). The one other exp3 callback is a validation one,
+exp3/evaluate/evaluation.py's on_val_end.
 """
 
 from __future__ import annotations
@@ -132,17 +96,16 @@ Callbacks = dict[str, list[Callable[[Any], None]]]
 """`{event: [fn]}`, Ultralytics' form (`default_callbacks`); each fn is called with the trainer."""
 
 
-def add_callbacks(target: Any, *concerns: Callbacks) -> None:
-    """Register each concern's callbacks on `target` (an Ultralytics model or trainer), after those it has."""
-    for callbacks in concerns:
-        for event, functions in callbacks.items():
-            for function in functions:
-                target.add_callback(event, function)
+def add_callbacks(target: Any, callbacks: Callbacks) -> None:
+    """Register one concern's callbacks on `target` (an Ultralytics model or trainer), after those it has."""
+    for event, functions in callbacks.items():
+        for function in functions:
+            target.add_callback(event, function)
 
 
 class _MaskingTrainerMixin:
-    """Adds training-only internal masking to an Ultralytics detection trainer: its settings, its state, and
-    `MASKING_CALLBACKS` (see module docstring).
+    """Adds training-only internal masking to an Ultralytics detection trainer: its settings (`__init__`: the env
+    var, else the resumed run's saved copy), its state and `MASKING_CALLBACKS`.
 
     Mixed in before `DetectionTrainer`/`RTDETRTrainer`, whose attributes (`save_dir`, `resume`,
     `model`, `ema`, `epoch`, `epochs`, `train_loader`, `start_epoch`) it uses.
@@ -179,7 +142,8 @@ class _MaskingTrainerMixin:
         return settings
 
     def masking_attach(self) -> None:
-        """Attach the hooks to the training model, after `_setup_train` made its EMA (resumed, if resuming)."""
+        """Attach the hooks to the training model at the end of `_setup_train`, after its EMA deepcopy and the resume,
+        so the EMA never carries a hook."""
         self.masking_handle = attach_internal_masking(
             unwrap_model(self.model), self.masking_settings.sites, self.masking_settings.spec
         )
@@ -193,7 +157,7 @@ class _MaskingTrainerMixin:
         )
 
     def masking_detach(self) -> None:
-        """Remove the hooks once the training is over, however it ended."""
+        """Remove the hooks once the training is over, however it ended (`train()`'s finally)."""
         if self.masking_handle is not None:
             self.masking_handle.remove()
 
@@ -227,7 +191,8 @@ class _MaskingTrainerMixin:
             )
 
     def masking_strip_ema(self) -> None:
-        """Remove any masking hook from the EMA before `validate` and `save_model` use it (see module docstring)."""
+        """Remove any masking hook from the EMA before `validate` and `save_model` use it. A safeguard: NaN recovery
+        rebuilds the EMA from the hooked training model, then repeats the epoch, so this comes again before either."""
         if self.ema is not None:
             strip_masking_hooks(self.ema.ema)
 
@@ -239,7 +204,7 @@ MASKING_CALLBACKS: Callbacks = {
     "on_train_epoch_end": [_MaskingTrainerMixin.masking_epoch_end, _MaskingTrainerMixin.masking_strip_ema],
     "teardown": [_MaskingTrainerMixin.masking_detach],
 }
-"""Masking's hooks, in event order (module docstring); every fn is a `_MaskingTrainerMixin` method."""
+"""Masking's hooks, in event order; every fn is a `_MaskingTrainerMixin` method."""
 
 
 def _temporary(path: Path) -> Path:
@@ -317,7 +282,9 @@ class _AtomicCheckpointMixin:
     `kill -9` during a save leaves a truncated file. Here `save_model` writes to temporary siblings,
     fsyncs them and `os.replace`s them over the real names, best.pt first; only temp files written
     by this very save are promoted (a leftover from a killed save is removed first). `final_eval`'s
-    strips do the same (`_atomic_strips`).
+    strips do the same (`_atomic_strips`). These are method overrides, not callbacks: `save_model`'s one event comes
+    after the write, `final_eval`'s strips run before its only event, and `resume_training` needs the checkpoint
+    dict, which no event is given.
 
     Killed between a save's two renames, best.pt may hold a newer epoch than last.pt: on resume,
     `resume_training` makes the run's best fitness that of best.pt, so only a better epoch replaces
@@ -353,19 +320,17 @@ class _AtomicCheckpointMixin:
             return super().final_eval()  # type: ignore[misc]
 
     def resume_training(self, ckpt: dict[str, Any] | None) -> None:
+        """Resume, then bring best.pt and the best fitness restored from last.pt (`ckpt`) back in line after a kill
+        between the two renames of a save (see the class docstring)."""
         super().resume_training(ckpt)  # type: ignore[misc]
-        if ckpt is not None and self.resume:
-            self._reconcile_best(ckpt)
-
-    def _reconcile_best(self, last: dict[str, Any]) -> None:
-        """Bring best.pt and the best fitness restored from last.pt (`last`) back in line after a kill between the
-        two renames of a save (see the class docstring)."""
+        if ckpt is None or not self.resume:
+            return
         best = _load_or_none(self.best)
-        if holds_best(last) and _rank(last) > _rank(best):
+        if holds_best(ckpt) and _rank(ckpt) > _rank(best):
             if RANK in {-1, 0}:
                 copy_checkpoint(self.last, self.best)
-            LOGGER.warning(f"{self.best} was behind {self.last} (epoch {last.get('epoch')}, fitness "
-                           f"{_own_fitness(last)}): replaced by a copy of it")
+            LOGGER.warning(f"{self.best} was behind {self.last} (epoch {ckpt.get('epoch')}, fitness "
+                           f"{_own_fitness(ckpt)}): replaced by a copy of it")
             return
         fitness = _own_fitness(best)
         if fitness is not None and (self.best_fitness is None or fitness > self.best_fitness):

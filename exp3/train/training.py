@@ -1,26 +1,16 @@
-"""Training one session under the defaults policy, in the session's own process.
-
-Policy: Ultralytics defaults for everything, except what `training_overrides` returns
-(`epochs`, one constant per model; `batch`/`imgsz`/`device`/`workers`/`seed` only where the config
-sets them) plus the data and output locations. Both are recorded, together with the effective
-args Ultralytics resolved and the optimizer `optimizer=auto` picked.
-
-A session process (`python -m exp3.session`, one per session, started by the runner) trains once,
-in process, then evaluates with the torch and Ultralytics it has already imported: no second
-Python start-up per session. Ultralytics' output (stdout and stderr, at the file-descriptor level)
-goes to the session's `logs/train.log` while it trains:
+"""Training one session, in the session's own process, under the defaults policy: Ultralytics' defaults for
+everything except `training_overrides` and the data and output locations, all recorded with the effective args
+Ultralytics resolved and the optimizer `optimizer=auto` picked (train_info.json; docs/schema.md, `training.*`).
 
     plan_training(...)  -> TrainPlan (pure), written to train_plan.json
-    run_training(plan)  -> TrainOutcome; weights/, train_info.json, logs/train.log
+    run_training(plan)  -> TrainOutcome; weights/, train_info.json, logs/train.log (Ultralytics' output)
 
-An out-of-memory error propagates like any other (the session writes FAILED); the runner retries
-the session in a fresh process with half the batch, so no training ever runs twice in one process.
-
-Resume: if the session's own `train/weights/last.pt` exists and is unfinished, training resumes
-from it (never from another session's checkpoint) with the same trainer class, so masking is
-re-attached; a finished `last.pt` counts as trained. An unreadable checkpoint is set aside first
-(`_training_state`: never one epoch in place of another), and `final_checkpoint` names the one a
-finished training is evaluated from.
+Training in process lets the evaluation that follows reuse the torch and Ultralytics already imported. An
+out-of-memory error propagates like any other (the session writes FAILED); the runner retries the session in a fresh
+process with half the batch, so no training ever runs twice in one process. Resume is from the session's own
+unfinished `train/weights/last.pt` only, with the same trainer class (so masking is re-attached); what cannot be used
+is set aside first (`_training_state`), and `final_checkpoint` names the checkpoint a finished training is evaluated
+from.
 """
 
 from __future__ import annotations
@@ -56,7 +46,8 @@ with atomic checkpoint writes, plus masking for S3-S6."""
 
 TRAIN_INFO_FILENAME = "train_info.json"
 RESUME_OVERRIDABLE: tuple[str, ...] = ("batch", "imgsz", "device", "workers")
-"""Args a resumed training takes from the plan instead of the checkpoint (Ultralytics allows these)."""
+"""The `train:` args the config may set; a resumed training takes them from the plan instead of the checkpoint
+(Ultralytics allows these)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ class TrainPlan:
 def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
     """The Ultralytics args exp3 changes from their defaults for `model_name` at training `seed`."""
     overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs}
-    for key in ("batch", "imgsz", "device", "workers"):
+    for key in RESUME_OVERRIDABLE:
         value = getattr(config.train, key)
         if value is not None:
             overrides[key] = value
@@ -163,7 +154,7 @@ def final_checkpoint(plan: TrainPlan) -> tuple[Path | None, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parent side
+# Running one training in this process
 
 
 @dataclass
@@ -341,10 +332,9 @@ def _train(plan: TrainPlan) -> None:
 
 
 class TrainInfo:
-    """train_info.json of one training: what Ultralytics resolved (its callbacks, `callbacks()`) and the training
-    time of this attempt and the earlier ones (`earlier`: their train_info.json, resuming), written at train start,
-    after each epoch's training and each fit epoch (a killed attempt still leaves its training time on record),
-    and once the training is over (`finish`)."""
+    """train_info.json of one training: what Ultralytics resolved and the training time of this attempt and the
+    earlier ones (`earlier`: their train_info.json, resuming), rewritten at each of its `callbacks()` (a killed
+    attempt still leaves its training time on record) and once the training is over (`finish`)."""
 
     def __init__(self, path: Path, earlier: dict[str, Any]) -> None:
         self.path = path

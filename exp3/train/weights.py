@@ -1,18 +1,10 @@
-"""Which weights a model starts from: honoured exactly as configured, or the run refuses.
+"""Which weights a model starts from (`models.<name>.weights`): honoured exactly as configured, or the run refuses.
 
-`models.<name>.weights` in the config:
-
-    null                  train from the architecture yaml (from scratch), on purpose
-    path/to/file.pt       a local file: used as is (its sha256 is recorded)
-    yolov8m.pt            an Ultralytics asset name, resolved the way Ultralytics resolves it:
-                          the current directory, then Ultralytics' weights directory
-                          (`SETTINGS["weights_dir"]`); downloaded by Ultralytics only when
-                          `download_weights: true` and the machine is online
-
-Anything else is refused *before any session starts* with one line naming the file, where to
-put it, and `weights: null` as the explicit way to train from scratch. A missing file never
-turns into a from-scratch training (that would report a different experiment under the
-configured name).
+`null` trains from the architecture yaml on purpose; a path is used as is; an Ultralytics asset name is looked up
+as Ultralytics does (the current directory, then `SETTINGS["weights_dir"]`) and downloaded only with
+`download_weights: true`. Anything else is refused before any session starts, with one line saying where to put the
+file; a missing file never turns into a from-scratch training (that would report another experiment under the
+configured name). The user's view: README (first section) and docs/schema.md, `training.weights`.
 """
 
 from __future__ import annotations
