@@ -136,4 +136,5 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            f"(see {paths.inputs}): report this as a bug")
     record = paths.failure() or {}
     error = record.get("error") or exit_reason(process.returncode)
-    raise SessionError(f"{job.name}: {error} (logs in {paths.logs})", transient=worth_retrying(job, record, retry_batch))
+    raise SessionError(f"{job.name}: {error} (logs in {paths.logs})",
+                       transient=worth_retrying(job, record, retry_batch))

@@ -1,9 +1,6 @@
-"""One session folder: its layout, markers and state. The only module that reads markers.
-
-    <root>/<model>/<model>__<suffix>[__seed<N>]/  inputs.json (inputs + key, written before training),
-        DONE | FAILED (JSON markers; DONE holds metrics.json's sha256 and the key), metrics.json (docs/schema.md)
-    <root>/<model>/.<folder name>.lock  the session lock: outside the folder, which can be moved aside while held
-    <root>/stale/<model>/<folder name>__<YYYYmmdd-HHMMSS>/  results made under other inputs, moved aside"""
+"""One session folder, `<root>/<model>/<model>__<suffix>[__seed<N>]/`: its paths, markers and state (what it holds:
+docs/schema.md). The only module that reads markers. Beside it: its lock (`SessionPaths.lock`), and
+`<root>/stale/`, where a folder made under other inputs is moved aside (`SessionPaths.move_aside`)."""
 
 from __future__ import annotations
 
@@ -63,7 +60,7 @@ class SessionPaths:
 
     folder: Path
 
-    # the folder's files (docs/layout.md); the lock lives outside it: the folder can be moved aside while held
+    # the folder's files (docs/schema.md); the lock lives outside it: the folder can be moved aside while held
     done_marker = property(lambda self: self.folder / DONE_MARKER)
     failed_marker = property(lambda self: self.folder / FAILED_MARKER)
     metrics = property(lambda self: self.folder / "metrics.json")

@@ -1,21 +1,11 @@
 """`mirror.path`: the results copied to slower, durable storage (Google Drive, a network share) beside a local output
 root, and brought back from it when the local root is gone (a recycled Colab VM).
 
-The local root keeps the working set: Prefect's database, the locks, data and suites, the training in progress.
-The mirror gets, each file under a temporary name then renamed (a file it replaces or removes is first truncated to
-0 bytes: Drive keeps a replaced file in its trash, counting against the quota):
-
-    a done session         every file but redundant checkpoints (last.pt unless it was the one evaluated, the
-                           weights/ links), DONE last                                        `push_done`
-    a session in progress  train/weights/{best,last}.pt and the files its resume reads, at most every
-                           `mirror.checkpoint_minutes`, one copy per session                 `push_checkpoint`
-    the report             report.md/.html, the tables and plots/ (a chart the report no     `push_report`
-                           longer draws goes from the mirror too)
-
-`restore` brings back into an empty local root what it lacks: a done session once its DONE marker (metrics.json's
-sha256, the planned key) verifies, an unfinished one with its inputs' key (its last.pt resumes). Data and suites are
-rebuilt from their recipe, never copied. A mirror that fails (read-only, full, disconnected) is warned about once
-per problem and tried again at the next moment; it never fails a session or the flow. Nothing on it needs a lock.
+What goes up and when, what comes back, and a mirror that fails: README.md, "A mirror on slower, durable storage"
+(`push_done`, `push_checkpoint`, `push_report`, `restore`). Each file goes under a temporary name, then is renamed;
+a file it replaces or removes is first truncated to 0 bytes (Drive keeps a replaced file in its trash, counting
+against the quota). The local root keeps the working set (Prefect's database, the locks, data and suites, the
+training in progress); nothing on the mirror needs a lock.
 """
 
 from __future__ import annotations
@@ -168,30 +158,25 @@ class Mirror:
                 if local.state(key) != SessionState.PENDING or not held.folder.is_dir():
                     continue
                 if held.is_done(key):
-                    restored.append(self._bring_back_done(held, local, key))
+                    self._bring_back(held, local, skip=(FAILED_MARKER,))
+                    if local.is_done(key):
+                        restored.append(f"{name}: done (DONE verified), not trained again")
+                    else:
+                        local.done_marker.unlink(missing_ok=True)  # the copy does not verify: the session trains again
                 elif held.recorded_key() == key and held.last_pt.is_file():
-                    restored.append(self._bring_back_partial(held, local))
+                    self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
+                    rows = len(local.results_csv.read_text(encoding="utf-8").splitlines()) - 1 \
+                        if local.results_csv.is_file() else 0
+                    restored.append(f"{name}: unfinished ({rows} epochs in its mirrored results.csv), resumes from "
+                                    "last.pt")
             except OSError as error:
                 self._warn("restoring from", error)
-        return [line for line in restored if line]
+        return restored
 
-    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...] = ()) -> None:
+    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...]) -> None:
         files = [file for file in _session_files(held) if file.name not in skip]
         for file in sorted(files, key=lambda file: file.name == DONE_MARKER):
             self._copy(file, local.folder / file.relative_to(held.folder))
-
-    def _bring_back_done(self, held: SessionPaths, local: SessionPaths, key: str) -> str:
-        self._bring_back(held, local, skip=(FAILED_MARKER,))
-        if local.is_done(key):
-            return f"{local.folder.name}: done (DONE verified), not trained again"
-        local.done_marker.unlink(missing_ok=True)  # the copy does not verify: the session trains again
-        return ""
-
-    def _bring_back_partial(self, held: SessionPaths, local: SessionPaths) -> str:
-        self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
-        rows = len(local.results_csv.read_text(encoding="utf-8").splitlines()) - 1 if local.results_csv.is_file() \
-            else 0
-        return f"{local.folder.name}: unfinished ({rows} epochs in its mirrored results.csv), resumes from last.pt"
 
     def summary(self) -> str:
         return describe(self.path)

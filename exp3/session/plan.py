@@ -1,8 +1,5 @@
-"""A run's grid: its sessions (`select_sessions`) and the cache key of every session its config names (`plan.json`).
-
-plan.json holds the key of every session the config can name (each model x all six sessions x its seeds), whatever
-`--models`/`--sessions` ran: a folder whose key differs, or which the config does not name, is stale to every reader.
-"""
+"""A run's grid: its sessions (`select_sessions`) and the cache key of every session its config names (`plan.json`,
+whatever `--models`/`--sessions` ran: why, docs/layout.md)."""
 
 from __future__ import annotations
 

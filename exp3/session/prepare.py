@@ -1,9 +1,8 @@
 """What a session starts from: its data (dataset, audit, occlusion suites, S2's train set) and its weights.
 
-The flow prepares the data once per run (`prepare_data`) and hands the resulting `PreparedData`
-to every session (`--prepared`); a session trusts it only while `prepared_is_current` and
-`prepared_mismatch` find nothing wrong, and otherwise prepares the data itself. Every step is
-idempotent and verified, so preparing again costs a check, not a rebuild.
+The flow prepares the data once per run (`prepare_data`) and hands it to every session (`--prepared`); a session
+trusts it only while `prepared_is_current` and `prepared_mismatch` find nothing wrong, else prepares it itself
+(each step idempotent and verified: preparing again costs a check, not a rebuild).
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True
 
 
 def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedData | None = None) -> PreparedData:
-    """Dataset, its audit, fixed occlusion suite, severity suites and S2's occluded train set (each idempotent,
-    verified).
+    """Dataset, its audit, fixed occlusion suite, severity suites and S2's occluded train set.
 
     `audited`: the flow's audit of this config's dataset (`exp3.dataset.audit.audit_once`), used as is: the
     dataset is not hashed again. Without it (a session run by hand) the dataset is audited here.
@@ -89,12 +87,8 @@ def prepared_from_json(text: str) -> PreparedData:
 
 
 def prepared_is_current(prepared: PreparedData) -> bool:
-    """True if the files `prepared` names are still there and every manifest (fixed suite, S2 set,
-    severity suites) still hashes as recorded.
-
-    The cheap check a session makes on data the flow prepared and verified (no pass over the
-    dataset or the suites); anything else and the session prepares and verifies for itself.
-    """
+    """True if the files `prepared` names are still there and every manifest (fixed suite, S2 set, severity suites)
+    still hashes as recorded: a cheap check, no pass over the dataset or the suites."""
     manifests = [(Path(prepared.suite_dir), prepared.suite_manifest_sha256),
                  (Path(prepared.s2_data_yaml).parent, prepared.s2_manifest_sha256),
                  *((Path(suite.suite_dir), suite.manifest_sha256) for suite in prepared.severity_suites)]

@@ -1,10 +1,8 @@
 """A session's record, metrics.json (`exp3.schema.SessionMetrics`, docs/schema.md): assembled and written.
 
-The session process trains and evaluates (exp3/session/run.py); this module turns what those steps
-return into the typed blocks of metrics.json and writes it with its DONE marker. It is the one
-place a block's content is decided: a split's entry (`split_metrics`), the robustness ratios,
-what a severity evaluation came from, mPC / rPC (via exp3.evaluate.severity), and how a done session's
-record takes levels added, changed or removed later (`with_severity_levels`).
+The one place a block's content is decided: a split's entry (`split_metrics`), the robustness ratios, what a severity
+evaluation came from, mPC / rPC (via exp3.evaluate.severity), and a done session's record brought up to new severity
+levels (`with_severity_levels`). The steps that produce the numbers are exp3/session/run.py's.
 """
 
 from __future__ import annotations

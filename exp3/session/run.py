@@ -2,28 +2,12 @@
 
     python -m exp3.session --config configs/smoke.yaml --model yolov8m --session S1_clean_train
 
-Its data and weights come from exp3/session/prepare.py, its metrics.json from exp3/session/record.py; this module
-runs the steps between them. What the session folder `<output_root>/<model>/<model>__<session>/` holds, file by
-file: docs/schema.md.
-
-A session with a valid DONE marker made under the same inputs (same key) is skipped; a folder
-made under other inputs is `stale`: moved aside to `<root>/stale/` (kept, named in the log) and
-the session trains again from scratch. A partial `train/weights/last.pt` of the same inputs is
-resumed. Checkpoint evaluated: `best.pt` (selected on the clean `val` split, the same for all
-six sessions), `last.pt` only if no `best.pt` was ever written (metrics.json's `checkpoint.why`
-says so). An unreadable checkpoint is set aside (`<name>.corrupt-<time>`, kept) before training
-(exp3.train.training `_training_state`): without last.pt a finished best.pt is evaluated as is; without
-best.pt, last.pt stands in only if it holds the same epoch (best.pt is restored from it), else it
-is set aside too (`last.pt.superseded-<time>`) and the session trains again. Operating points: the
-primary threshold `eval.conf` (predict's 0.25) and each session's own threshold chosen on the
-clean val split (docs/thresholds.md).
-
-Severity splits (`occlusion.severities`) are not inputs of the session: a session evaluates every
-configured level after training, and a done session whose recorded severity evaluations differ
-from the configured ones (levels added, changed or removed) is brought up to date from its own
-checkpoint without training (`update_severity_evaluations`): only the missing levels are evaluated,
-each recorded with its suite, time and wall (`added_after_training: true`); metrics.json is
-replaced atomically and the DONE marker stays valid throughout (`SessionPaths.replace_metrics`).
+Data and weights come from exp3/session/prepare.py, metrics.json from exp3/session/record.py; this module runs
+the steps between them. The rules live in the docs: skip, stale (moved aside) and resume in README.md, "Crash
+safety"; the session folder and which checkpoint is evaluated in docs/schema.md (checkpoints set aside:
+exp3.train.training `_training_state`); the two operating points in docs/thresholds.md; severity levels
+added to a done session from its checkpoint (`update_severity_evaluations`) in docs/schema.md, "Severity splits
+of a finished session".
 """
 
 from __future__ import annotations
@@ -195,14 +179,11 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
 def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentConfig, output_root: Path,
                          paths: SessionPaths, session: Session, prepared: PreparedData, names: list[str],
                          val_conf: float) -> SplitMetrics:
-    """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics.
+    """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics (its
+    `eval_wall_s`: the whole evaluation of the split, writing included; `eval_stages_s`: its breakdown).
 
-    Its `eval_wall_s` is the whole evaluation of the split (validator and predict passes, recording,
-    mAP's bootstrap draws kept in the npz, writing), `eval_stages_s` its breakdown.
-
-    Ultralytics' validation figures (plots/<split>/) only for test_clean and test_occ_fixed, and only with
-    `eval.plots`: on a severity split they would cost more than its evaluation (BENCHMARKS.md) and add
-    nothing the severity charts do not show.
+    Ultralytics' figures (plots/<split>/) only for the primary splits, with `eval.plots`: on a severity split they
+    would cost more than its evaluation and show nothing the severity charts do not.
     """
     evaluation = _evaluate(model, prepared.split_yaml(split), "test", config, output_root,
                            paths.folder / "plots" / split, plots=config.eval.plots and split in PRIMARY_SPLITS)
@@ -216,13 +197,9 @@ def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentC
 
 def update_severity_evaluations(config: ExperimentConfig, session: Session, output_root: Path, paths: SessionPaths,
                                 prepared: PreparedData) -> SessionMetrics:
-    """A done session's metrics.json brought up to the configured severity levels, without training.
-
-    Evaluates only the missing levels from the session's recorded checkpoint (at its recorded
-    val-chosen threshold); `exp3.session.record.with_severity_levels` records them and supersedes results
-    of levels no longer configured (or evaluated on another suite); metrics.json is replaced keeping
-    DONE valid. Returns the metrics (unchanged, nothing written, when nothing differs). Raises
-    `SessionFailed` when the checkpoint is gone (the session stays done with what it has).
+    """A done session's metrics.json brought up to the configured severity levels, without training (rules:
+    docs/schema.md, "Severity splits of a finished session"). Returns the metrics (unchanged, nothing written, when
+    nothing differs); `SessionFailed` when metrics.json does not validate or a missing level's checkpoint is gone.
     """
     try:
         current = SessionMetrics.model_validate(json.loads(paths.metrics.read_text(encoding="utf-8")))
@@ -289,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None:
             session = Session(session.model, session.suffix, args.seed)
         if session.seed is not None and session.seed not in config.seeds:
-            raise ConfigError(f"seed {session.seed} is not in the config's seeds {list(config.seeds)}: add it or pick one")
+            raise ConfigError(f"seed {session.seed} is not in the config's seeds {list(config.seeds)}: "
+                              "add it or pick one")
         if len(config.seeds) == 1 and session.seed is not None:
             session = Session(session.model, session.suffix)  # single-seed grids have no seed in folder names
         output_root = resolve_output_root(config)
@@ -306,10 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def without_shutdown_collection(code: int) -> int:
-    """`code`, after moving every object alive now out of reach of the garbage collection CPython runs
-    when the process exits: with torch and Ultralytics loaded that collection is slow (BENCHMARKS.md,
-    "no shutdown collection") and frees nothing the exit does not free anyway. Objects are still released
-    by reference counting and `atexit` still runs; every result file is already closed and renamed
-    into place."""
+    """`code`, after moving every object alive now out of reach of the collection CPython runs at exit: with torch
+    and Ultralytics loaded it is slow and frees nothing the exit does not (BENCHMARKS.md, "no shutdown collection").
+    Reference counting and `atexit` still run; every result file is already closed and renamed into place."""
     gc.freeze()
     return code
