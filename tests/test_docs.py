@@ -23,11 +23,16 @@ def test_nothing_cites_notes_outside_the_repository() -> None:
     assert not hits, f"cite docs/references.md instead: {hits}"
 
 
-def test_cited_reference_sections_exist() -> None:
-    headings = set(re.findall(r"^## (\d+)\. ", (REPO / "docs" / "references.md").read_text(), flags=re.M))
-    cited = {(path.relative_to(REPO), number) for path in _text_files()
-             for number in re.findall(r"docs/references\.md section (\d+)", path.read_text(errors="replace"))}
-    assert cited and not {(path, number) for path, number in cited if number not in headings}
+def test_cited_numbered_sections_exist() -> None:
+    """`docs/references.md section 3`, `docs/masking.md sections 6-7`: each number is a `## N.` heading there."""
+    cited = {(path.relative_to(REPO), doc, number) for path in _text_files()
+             for doc, first, last in re.findall(r"docs/([\w-]+)\.md,? sections? (\d+)(?:-(\d+))?",
+                                                path.read_text(errors="replace"))
+             for number in (first, last) if number}
+    headings = {doc: set(re.findall(r"^## (\d+)\. ", (REPO / "docs" / f"{doc}.md").read_text(), flags=re.M))
+                for doc in {doc for _, doc, _ in cited}}
+    assert {"references", "masking"} <= set(headings)
+    assert not {(path, doc, number) for path, doc, number in cited if number not in headings[doc]}
 
 
 POINTER = re.compile(r'(docs/[\w-]+\.md|README(?:\.md)?),?\s+(?:section\s+)?"(\w[^"]*)"')
