@@ -186,7 +186,7 @@ def test_kill_9_then_a_rerun_here_or_on_a_new_vm_trains_each_session_once(tmp_pa
     what the kill left) trains nothing finished again and resumes S3 from its own last.pt. (2) Issue 36: Colab's
     VM recycled: the local root is gone, and the same command on a new, empty root (another path) and the mirror
     restores S1 (done: not trained again), resumes S3 from the mirrored last.pt, and ends with the report."""
-    from exp3.train.training import checkpoint_state
+    from exp3.train.training import checkpoint_state  # here: the other tests drive the flow only as a process
 
     drive, root = tmp_path / "drive", tmp_path / "out"
     first, second = (root / "yolov8n" / f"yolov8n__{s}" for s in ("S1_clean_train", "S3_mask_backbone_early"))
