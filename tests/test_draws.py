@@ -115,6 +115,55 @@ def test_comparisons_and_gap_closed_refuse_sessions_on_other_images(root: Path) 
     assert rows[("map50", "S3_mask_backbone_early", "test_occ_fixed")].result is not None   # its map_stats: all 100
 
 
+def test_severity_never_moves_other_sessions_to_the_images_one_session_lacks(root: Path) -> None:
+    """S3's test_occ_sev1 predictions hold 90 of the 100 images. S1's severity curve stays metrics.json's numbers on
+    all 100 images (it was once recomputed on the 90 every session shared, silently); S3's F1 curve is refused and
+    report.md says why; its mAP (map_stats of all 100) still pairs."""
+    path = root / "yolov8m" / "yolov8m__S3_mask_backbone_early" / "predictions_test_occ_sev1.json"
+    payload = json.loads(path.read_text())
+    path.write_text(json.dumps({**payload, "images": payload["images"][:90]}))
+    result = report.build_report(root, ["yolov8m"], n_resamples=200, n_permutations=99, charts=False)
+    curves, table = result.severity_curves, result.severity_table
+    f1 = curves[curves["metric"] == "ingredient_micro_f1"].set_index(["session", "split"])
+    hits = dict(zip(("test_clean", "test_occ_sev1", "test_occ_sev2"), np.array(HITS["yolov8m"]["S1_clean_train"])[
+        [0, 2, 3]]))
+    for split, count in hits.items():
+        assert f1.loc[("S1_clean_train", split), "value"] == pytest.approx(count / N, abs=1e-12)
+        assert f1.loc[("S1_clean_train", split), "n_images"] == N
+        assert np.isnan(f1.loc[("S3_mask_backbone_early", split), "value"])
+    assert f1.loc[("S2_occ_train", "test_occ_sev1"), "diff_vs_S1"] == pytest.approx(0.2, abs=1e-12)
+    mpc = table.set_index(["metric", "session"])
+    assert np.isnan(mpc.loc[("ingredient_micro_f1", "S3_mask_backbone_early"), "p_mPC_vs_S1"])
+    assert mpc.loc[("map50", "S3_mask_backbone_early"), "diff_mPC_vs_S1"] == pytest.approx(0.1, abs=1e-9)
+    assert any("severity, yolov8m S3, ingredient micro F1" in warning and "other image ids" in warning
+               for warning in result.warnings)
+    assert "severity, yolov8m S3, ingredient micro F1" in (root / "report.md").read_text()
+
+
+def test_severity_and_gap_closed_draw_mpc_alike_with_several_seeds(tmp_path: Path) -> None:
+    """Two seeds a session: the severity table's mPC difference vs S1 and gap closed's gain on mPC are one quantity,
+    drawn once (seeds and images): the same interval in both tables, and the mPC p permutes training runs."""
+    seeds = {"S1_clean_train": ((80, 36, 36, 16), (80, 48, 48, 28)), "S2_occ_train": ((80, 64, 64, 40),
+                                                                                    (80, 52, 52, 36)),
+             "S3_mask_backbone_early": ((70, 44, 44, 24), (70, 56, 56, 36))}
+    for suffix, per_seed in seeds.items():
+        for seed, hits in enumerate(per_seed):
+            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=300, n_permutations=999, charts=False,
+                                 sessions=list(seeds))
+    table = result.severity_table.set_index(["metric", "session"])
+    gap_rows = result.gap_closed.set_index(["metric", "session", "basis"])
+    for metric in ("ingredient_micro_f1", "map50"):
+        severity_row = table.loc[(metric, "S3_mask_backbone_early")]
+        gain = gap_rows.loc[(metric, "S3_mask_backbone_early", "mPC")]
+        assert severity_row["diff_mPC_vs_S1"] == pytest.approx(gain["gain"], abs=1e-12)
+        assert (severity_row["diff_mPC_ci_low"], severity_row["diff_mPC_ci_high"]) == pytest.approx(
+            (gain["gain_ci_low"], gain["gain_ci_high"]), abs=1e-12)
+        assert gain["interval_levels"] == "seeds+images"
+    p = table.loc[("ingredient_micro_f1", "S2_occ_train"), "p_mPC_vs_S1"]
+    assert p >= 1 / 3 - 1e-12                                # 2 + 2 runs: 6 label splits, the coarsest honest test
+
+
 def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root: Path) -> None:
     """A done session's predictions file that does not parse reads as missing, as before, and report.md says which
     file it was instead of silently showing n/a."""

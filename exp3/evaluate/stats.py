@@ -352,13 +352,15 @@ STATISTICS: dict[str, Statistic] = {"mean": mean_statistic, "micro_f1": f1_stati
 """The `kind` of the two-level functions: (K, N) scores whose mean is the metric, or (K, N, 3) counts."""
 
 
-def _two_level_inputs(values_a: np.ndarray, values_b: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _two_level_inputs(values_a: np.ndarray, values_b: np.ndarray,
+                      kind: str | Statistic) -> tuple[np.ndarray, np.ndarray, Statistic]:
+    """The two sides as float64 and the statistic of `kind` (a STATISTICS key, or a statistic of (K, N, ...))."""
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
-    if kind not in STATISTICS or a.ndim != (2 if kind == "mean" else 3) or a.shape[1:] != b.shape[1:] \
-            or b.ndim != a.ndim or a.shape[1] == 0:
+    ndim = a.ndim if callable(kind) else {"mean": 2, "micro_f1": 3}.get(kind)
+    if a.ndim != ndim or a.ndim < 2 or a.shape[1:] != b.shape[1:] or b.ndim != a.ndim or a.shape[1] == 0:
         raise ValueError(f"two-level difference of shapes {a.shape}, {b.shape} and kind {kind!r}: pass (K, N) scores "
                          "with kind 'mean' or (K, N, 3) counts with kind 'micro_f1', aligned on the same N images")
-    return a, b
+    return a, b, kind if callable(kind) else STATISTICS[kind]
 
 
 def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str = "mean",
@@ -372,8 +374,7 @@ def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str =
             same N images in the same order; K may differ between a and b.
         image_weights: the (B, N) image draws (default: `image_multiplicities(N, n_resamples, seed)`).
     """
-    a, b = _two_level_inputs(values_a, values_b, kind)
-    statistic = STATISTICS[kind]
+    a, b, statistic = _two_level_inputs(values_a, values_b, kind)
 
     def draw(images: np.ndarray, seeds_a: np.ndarray, seeds_b: np.ndarray) -> np.ndarray:
         return two_level_draws(a, statistic, images, seeds_a) - two_level_draws(b, statistic, images, seeds_b)
@@ -388,16 +389,16 @@ def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str =
                             float(only_seeds.std()))
 
 
-def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kind: str = "mean",
+def two_level_permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, kind: str | Statistic = "mean",
                                  n_resamples: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED) -> float:
     """Two-sided p of H0 "the two sessions' training runs are exchangeable" for the seed-pooled difference a - b.
 
     Only the session labels of the K_a + K_b runs are permuted, each run keeping its per-image results (all
     C(K_a + K_b, K_a) splits when at most `n_resamples`, else random ones; docs/report.md says what few seeds
-    can tell). Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1").
+    can tell). Args: as `two_level_difference` ((K, N) scores for "mean", (K, N, 3) counts for "micro_f1"), or a
+    statistic of (K, N, ...) values (the report's mPC: (K, N, S, 3) counts).
     """
-    a, b = _two_level_inputs(values_a, values_b, kind)
-    statistic = STATISTICS[kind]
+    a, b, statistic = _two_level_inputs(values_a, values_b, kind)
     per_run = np.concatenate([a, b]).sum(axis=1)                            # (R, *shape)
     k_a, total = len(a), len(a) + len(b)
     exact = comb(total, k_a) <= n_resamples

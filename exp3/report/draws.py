@@ -26,7 +26,7 @@ from exp3.evaluate.metrics import (
     prf_from_counts,
     records_from_json,
 )
-from exp3.evaluate.severity import split_value
+from exp3.evaluate.severity import METRICS, split_value
 from exp3.fileio import read_json
 from exp3.report.runs import SessionRun, as_number, threshold_conf
 from exp3.schema import MetricsView
@@ -66,28 +66,17 @@ def split_match_iou(view: MetricsView, split: str) -> float:
     return DEFAULT_MATCH_IOU
 
 
-def _shared_index(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
-    """The image ids every frame holds, in the first frame's order (None when there is no frame)."""
-    indexes = [frame.index for frame in frames if frame is not None]
-    return reduce(lambda common, index: common.intersection(index, sort=False), indexes) if indexes else None
-
-
 def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
     """One session's seeds pooled on the images every seed has: counts summed, per-image F1 averaged (the seed
     mean of the samples F1 is its mean). None when there is no frame or no common image."""
     frames = [frame for frame in frames if frame is not None]
-    common = _shared_index(frames)
-    if common is None or not len(common):
+    common = reduce(lambda ids, frame: ids.intersection(frame.index, sort=False), frames[1:], frames[0].index) \
+        if frames else pd.Index([])
+    if not len(common):
         return None
     total = sum(frame.loc[common] for frame in frames)
     total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
     return total
-
-
-def common_ids(frames: Iterable[pd.DataFrame | None]) -> pd.Index | None:
-    """Sorted image ids present in every frame (None when there is no frame)."""
-    common = _shared_index(frames)
-    return None if common is None else pd.Index(sorted(common))
 
 
 @dataclass(frozen=True)
@@ -110,6 +99,23 @@ def align(sides: Sequence[pd.DataFrame | None]) -> Aligned:
 def stack(frames: Sequence[pd.DataFrame], ids: pd.Index, columns: Sequence[str]) -> np.ndarray:
     """(K, N, C) float64 values of `columns` on `ids`, one layer per frame (seed)."""
     return np.stack([frame.loc[ids, list(columns)].to_numpy(dtype=np.float64) for frame in frames])
+
+
+@dataclass(frozen=True)
+class SplitDraws:
+    """One session's metric on S splits at the primary threshold: full-sample `points` (S,), `draws` (B, S) on the
+    report's resamples, the sorted image `ids` they resample (sessions with other ids are not paired) and, for an
+    F1, the per-seed `counts` (K, N, S, 3) behind it."""
+
+    points: np.ndarray
+    draws: np.ndarray
+    ids: tuple[str, ...]
+    counts: np.ndarray | None = None
+
+    @property
+    def unpaired(self) -> bool:
+        """Its seeds or splits hold other image ids: NaN values, never paired (`ReportData.split_draws`)."""
+        return self.ids[:1] == (UNPAIRED,)
 
 
 class ReportData:
@@ -258,6 +264,36 @@ class ReportData:
                 or any(not values or None in values for values in recorded):
             return None
         return np.array([float(np.mean(values)) for values in recorded]), got
+
+
+    def split_draws(self, model: str, suffix: str, splits: Sequence[str], metric: str,
+                    suites: dict[str, str] | None = None) -> SplitDraws | None:
+        """`metric` (a count F1 or an mAP of METRICS) of one session on `splits`, each predictions file made on the
+        suite `suites` names for its split: the seeds and images drawn as every comparison draws them (docs/report.md,
+        "Several seeds"). None when a done run lacks what it needs; `unpaired` when its seeds or splits hold other
+        image ids."""
+        if METRICS[metric].kind == "count":
+            frames = [self.seed_scores(model, suffix, split, "primary", (suites or {}).get(split)) for split in splits]
+            own = align([frame for per_split in frames for frame in per_split])
+            if own.reason == UNPAIRED:
+                return SplitDraws(np.full(len(splits), math.nan), np.full((self.n_resamples, len(splits)), math.nan),
+                                  (UNPAIRED, suffix))
+            if own.reason or not len(own.ids):
+                return None
+            counts = np.stack([stack(per_split, own.ids, METRICS[metric].columns) for per_split in frames], axis=2)
+            draws = stats.two_level_draws(counts, stats.f1_statistic, self.image_weights(len(own.ids)),
+                                          self.seed_weights(model, suffix))
+            return SplitDraws(stats.micro_f1(counts.sum(axis=0), axis=0), draws, tuple(own.ids), counts)
+        found = self.map_splits(model, suffix, splits, metric)
+        if found is None:
+            return None
+        points, got = found
+        column, done = (0 if metric == "map50" else 1), self.done(model, suffix)
+        seeds = self.seed_weights(model, suffix, self.map_resamples)
+        draws = np.stack([entry[1][:, column] if len(done) == 1 else np.einsum(
+            "bk,kb->b", seeds, np.stack([self.map_run_draws(run, split)[:, column] for run in done])) / len(done)
+            for entry, split in zip(got, splits)], axis=-1)
+        return SplitDraws(points, draws, got[0][0])
 
 
 def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:

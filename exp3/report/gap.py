@@ -21,8 +21,7 @@ from exp3.evaluate import stats
 from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import comparison_metrics
-from exp3.report.draws import MAP_RESAMPLES, ReportData, align, common_ids, pool_image_scores, stack
-from exp3.report.draws import UNPAIRED as UNALIGNED
+from exp3.report.draws import MAP_RESAMPLES, ReportData, SplitDraws
 from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
 from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
@@ -129,68 +128,20 @@ class GapRow:
         return dict(zip(GAP_COLUMNS, values))
 
 
-@dataclass(frozen=True)
-class _Draws:
-    """A session's metric on one basis: full-sample value and (B,) draws of the resamples of `ids` (the sorted
-    image ids they resample; draws of sessions with other ids are not paired)."""
-
-    point: float
-    draws: np.ndarray
-    ids: tuple[str, ...]
-
-
 def _basis_value(values: np.ndarray, basis: str) -> np.ndarray:
     """(..., S) per split, test_occ_fixed first then the levels -> the basis value (...)."""
     return values[..., 0] if basis == HEADLINE_BASIS else values[..., 1:].mean(axis=-1)
 
 
-class _ModelDraws:
-    """Draws of every session of one model on test_occ_fixed and the severity levels, on shared resamples."""
-
-    def __init__(self, model: str, data: ReportData) -> None:
-        self.model, self.data = model, data
-        self.suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
-        self.splits = [HEADLINE_BASIS, *self.suites]
-        self.seed_scores = {suffix: [data.seed_scores(model, suffix, split, "primary", self.suites.get(split))
-                                     for split in self.splits]
-                            for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
-        self.ids = common_ids(pool_image_scores(per_split[0]) for per_split in self.seed_scores.values())
-
-    def get(self, suffix: str, metric: str, basis: str) -> _Draws | None:
-        if basis != HEADLINE_BASIS and len(self.splits) < 2:
-            return None
-        splits = self.splits if basis != HEADLINE_BASIS else self.splits[:1]
-        if METRICS[metric].kind == "count":
-            own = align([frame for frames in self.seed_scores.get(suffix, [])[:len(splits)] for frame in frames])
-            if own.reason == UNALIGNED:                     # its seeds or splits hold other images: never paired
-                return _Draws(math.nan, np.full(self.data.n_resamples, math.nan), (UNALIGNED, suffix))
-            if own.reason or not len(own.ids):
-                return None
-            seeds, points, draws = self.data.seed_weights(self.model, suffix), [], []
-            images = self.data.image_weights(len(own.ids))
-            for frames in self.seed_scores[suffix][:len(splits)]:
-                counts = stack(frames, own.ids, METRICS[metric].columns)                          # (K, N, 3)
-                points.append(float(stats.micro_f1(counts.sum(axis=0))))
-                draws.append(stats.two_level_draws(counts, stats.f1_statistic, images, seeds))     # (B,)
-            values, stacked, ids = np.array(points), np.stack(draws, axis=-1), tuple(own.ids)
-        else:
-            found = self.data.map_splits(self.model, suffix, splits, metric)
-            if found is None:
-                return None
-            values, got = found
-            column, done = (0 if metric == "map50" else 1), self.data.done(self.model, suffix)
-            seeds = self.data.seed_weights(self.model, suffix, self.data.map_resamples)
-            stacked = np.stack([entry[1][:, column] if len(done) == 1 else np.einsum(
-                "bk,kb->b", seeds, np.stack([self.data.map_run_draws(run, split)[:, column] for run in done]))
-                / len(done) for entry, split in zip(got, splits)], axis=-1)
-            ids = got[0][0]
-        return _Draws(float(_basis_value(values, basis)), _basis_value(stacked, basis), ids)
-
-    def ids_of(self, metric: str) -> int:
-        if METRICS[metric].kind == "count":
-            return 0 if self.ids is None else len(self.ids)
-        entry = self.data.map_draws(self.model, REFERENCE, HEADLINE_BASIS)
-        return 0 if entry is None else len(entry[0])
+def _side(data: ReportData, model: str, suffix: str, metric: str, basis: str,
+          suites: dict[str, str]) -> SplitDraws | None:
+    """A session's `metric` on one basis (`suites`: the model's severity levels, split -> suite id): its value and
+    (B,) draws on the report's resamples (exp3.report.draws)."""
+    if basis != HEADLINE_BASIS and not suites:
+        return None
+    found = data.split_draws(model, suffix, [HEADLINE_BASIS, *suites] if basis != HEADLINE_BASIS else [HEADLINE_BASIS],
+                             metric, suites)
+    return found and SplitDraws(_basis_value(found.points, basis), _basis_value(found.draws, basis), found.ids)
 
 
 def _recorded_int(metrics: Any, *path: str) -> int | None:
@@ -219,7 +170,7 @@ def batch_notes(runs: list[SessionRun]) -> str:
     return "; ".join(note for note in map(batch_note, done, names) if note)
 
 
-def _no_result_reason(sides: list[_Draws | None]) -> str:
+def _no_result_reason(sides: list[SplitDraws | None]) -> str:
     """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED; empty when they give one."""
     if any(side is None for side in sides):
         return NOT_DONE
@@ -231,7 +182,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
     """Every model x metric x masking session (of this run) x basis with a result (None where a side is missing)."""
     rows: list[GapRow] = []
     for model in models:
-        draws = _ModelDraws(model, data)
+        suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
         notes = {suffix: batch_notes(data.grouped.get((model, suffix), [])) for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
@@ -240,16 +191,17 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                                                                     float(cost_row["ci_low"]),
                                                                     float(cost_row["ci_high"]))
                 for basis in BASES:
-                    sides = [draws.get(name, metric, basis) for name in (REFERENCE, CONTROL, suffix)]
+                    sides = [_side(data, model, name, metric, basis, suites) for name in (REFERENCE, CONTROL, suffix)]
                     if basis != HEADLINE_BASIS and all(side is None for side in sides):
                         continue                                   # no severity levels: no mPC row
                     reason = _no_result_reason(sides)
-                    result = None if reason else stats.gap_closed(*(side.point for side in sides),
+                    result = None if reason else stats.gap_closed(*(float(side.points) for side in sides),
                                                                   *(side.draws for side in sides))
                     seeds = [len(data.done(model, name)) for name in (REFERENCE, CONTROL, suffix)]
                     note = "; ".join(notes[name] for name in (REFERENCE, CONTROL, suffix) if notes[name])
-                    rows.append(GapRow(model, metric, suffix, basis, result, cost, draws.ids_of(metric),
-                                       min(seeds), "seeds+images" if max(seeds) > 1 else "images", reason, note))
+                    n_images = 0 if sides[0] is None or sides[0].unpaired else len(sides[0].ids)
+                    rows.append(GapRow(model, metric, suffix, basis, result, cost, n_images, min(seeds),
+                                       "seeds+images" if max(seeds) > 1 else "images", reason, note))
     return rows
 
 

@@ -19,7 +19,7 @@ from exp3.evaluate import stats
 from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import adjust_p_values
-from exp3.report.draws import ReportData, common_ids
+from exp3.report.draws import ReportData, SplitDraws
 from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
 from exp3.schema import SeverityLevelView
 from exp3.session.layout import SessionState
@@ -58,31 +58,14 @@ def mpc_f1(totals: np.ndarray, n: float = 1.0) -> np.ndarray:
     return stats.f1_statistic(totals)[..., 1:].mean(axis=-1)
 
 
-def _f1_curves(data: ReportData, scores: dict[str, list[pd.DataFrame | None]], ids: pd.Index | None
-               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray] | None], dict[str, np.ndarray]]:
-    """suffix -> (point (S,), draws (B, S)) of micro F1 per split, and suffix -> (N, S, 3) counts on `ids` (the
-    ids every frame of `scores` holds)."""
-    f1: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
-    counts: dict[str, np.ndarray] = {}
-    columns = list(METRICS["ingredient_micro_f1"].columns)
-    for suffix, per_split in scores.items():
-        if ids is None or not len(ids) or any(frame is None for frame in per_split):
-            f1[suffix] = None
-            continue
-        stacked = np.stack([frame.loc[ids, columns].to_numpy() for frame in per_split], axis=1)      # (N, S, 3)
-        counts[suffix] = stacked
-        f1[suffix] = (stats.micro_f1(stacked, axis=0),
-                      stats.f1_statistic(stats.weighted_totals(stacked, data.image_weights(len(ids)))))
-    return f1, counts
-
-
 def severity_tables(data: ReportData, models: list[str],
                     n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curves, table): one curve row per model x session x metric x severity (0 = clean), one table row per
     model x session x metric with mPC / rPC, their intervals and the paired comparison vs S1.
 
-    `data`: the report's draws (exp3.report.draws); seeds of a session are pooled as in the rest of the report,
-    and a predictions file made on another suite than the level's is never used.
+    `data`: the report's draws (`ReportData.split_draws`, as gap closed takes them): seeds and images drawn as in
+    every comparison; a predictions file made on another suite than the level's is never used, and a session on
+    other images than S1's is not paired with it (named in `data.warnings`).
     """
     curve_rows: list[dict[str, Any]] = []
     table_rows: list[dict[str, Any]] = []
@@ -93,27 +76,31 @@ def severity_tables(data: ReportData, models: list[str],
         splits = [CLEAN_SPLIT, *(level.split for level in levels)]
         coverage = ["clean", *(f"{level.coverage[0]:g}-{level.coverage[1]:g}" for level in levels)]
         suites = {level.split: level.suite_id for level in levels}
-        scores = {suffix: [data.pooled(model, suffix, split, "primary", suites.get(split)) for split in splits]
-                  for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
-        ids = common_ids(frame for per_split in scores.values() for frame in per_split)
-        n_images = 0 if ids is None else len(ids)
-        f1, counts = _f1_curves(data, scores, ids)
-        found = {suffix: data.map_splits(model, suffix, splits, "map50") for suffix in scores}
-        map50 = {suffix: None if entry is None else (entry[0], np.stack([draws[:, 0] for _, draws in entry[1]], axis=1))
-                 for suffix, entry in found.items()}         # recorded seed mean (S,), draws (B', S); None: unpaired
-        for metric, source in (("ingredient_micro_f1", f1), ("map50", map50)):
-            for suffix in scores:
-                entry = source.get(suffix)
-                reference = None if suffix == REFERENCE else source.get(REFERENCE)     # paired: the same resamples
+        for metric in CURVE_METRICS:
+            found = {suffix: data.split_draws(model, suffix, splits, metric, suites)
+                     for suffix in SESSION_SUFFIXES if data.done(model, suffix)}
+            base = found.get(REFERENCE)
+            for suffix, entry in found.items():
+                paired = entry is not None and base is not None and entry.ids == base.ids and suffix != REFERENCE
+                where = f"severity, {model} {short_session(suffix)}, {METRICS[metric].label}"
+                if entry is not None and entry.unpaired:
+                    data.warnings.append(f"{where}: its predictions on {', '.join(splits)} (or of its seeds) hold "
+                                         "other image ids: no values; evaluate the session on the levels' suites")
+                elif suffix != REFERENCE and entry is not None and base is not None and not base.unpaired \
+                        and not paired:
+                    data.warnings.append(f"{where}: other image ids than {short_session(REFERENCE)}'s: no paired "
+                                         "difference; evaluate every session on the same suites")
+                reference = base if paired else None
+                n_images = 0 if entry is None or entry.unpaired else len(entry.ids)
                 for index, split in enumerate(splits):
                     value, low, high, diff, diff_low, diff_high = (math.nan,) * 6
                     if entry is not None:
-                        value = float(entry[0][index])
-                        low, high = stats.percentile_interval(entry[1][:, index], stats.DEFAULT_CONFIDENCE)
+                        value = float(entry.points[index])
+                        low, high = stats.finite_interval(entry.draws[:, index])
                         if reference is not None:
-                            diff = value - float(reference[0][index])
-                            diff_low, diff_high = stats.percentile_interval(
-                                entry[1][:, index] - reference[1][:, index], stats.DEFAULT_CONFIDENCE)
+                            diff = value - float(reference.points[index])
+                            diff_low, diff_high = stats.finite_interval(entry.draws[:, index]
+                                                                        - reference.draws[:, index])
                     curve_rows.append({"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix],
                                        "metric": metric, "severity": index, "split": split,
                                        "coverage": coverage[index], "value": value, "ci_low": low, "ci_high": high,
@@ -122,14 +109,21 @@ def severity_tables(data: ReportData, models: list[str],
                 row = {**dict.fromkeys(TABLE_COLUMNS, math.nan), "model": model, "session": suffix,
                        "session_label": SESSION_LABELS[suffix], "metric": metric, "levels": len(levels),
                        "n_images": n_images, **(_mpc_columns(entry, reference) if entry is not None else {})}
-                if entry is not None and reference is not None and metric == "ingredient_micro_f1":
-                    row["p_mPC_vs_S1"] = stats.permutation_pvalue(counts[suffix], counts[REFERENCE], mpc_f1,
-                                                                  n_permutations, data.seed)
+                if reference is not None and entry.counts is not None:
+                    row["p_mPC_vs_S1"] = _mpc_pvalue(entry.counts, reference.counts, n_permutations, data.seed)
                 table_rows.append(row)
     curves = pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS))
     table = pd.DataFrame(table_rows, columns=list(TABLE_COLUMNS))
     table["p_bh_mPC_vs_S1"] = adjust_p_values(table, "p_mPC_vs_S1", ["metric"], ["model", "session"])
     return curves, table
+
+
+def _mpc_pvalue(counts_a: np.ndarray, counts_b: np.ndarray, n_permutations: int, seed: int) -> float:
+    """p of the mPC difference from (K, N, S, 3) per-seed counts: one seed a side, an image's results swapped on
+    every split at once; several, the training runs permuted (as every F1 comparison, docs/report.md)."""
+    if len(counts_a) == len(counts_b) == 1:
+        return stats.permutation_pvalue(counts_a[0], counts_b[0], mpc_f1, n_permutations, seed)
+    return stats.two_level_permutation_pvalue(counts_a, counts_b, mpc_f1, n_permutations, seed)
 
 
 def _mpc_rpc(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,16 +135,15 @@ def _mpc_rpc(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mpc, rpc
 
 
-def _mpc_columns(entry: tuple[np.ndarray, np.ndarray],
-                 reference: tuple[np.ndarray, np.ndarray] | None) -> dict[str, float]:
-    """clean, mPC and rPC of one (point (S,), draws (B, S)) with their intervals; with S1's `reference`, the paired
+def _mpc_columns(entry: SplitDraws, reference: SplitDraws | None) -> dict[str, float]:
+    """clean, mPC and rPC of one session's draws with their intervals; with S1's `reference`, the paired
     differences to it too."""
-    (mpc, rpc), (mpc_draws, rpc_draws) = _mpc_rpc(entry[0]), _mpc_rpc(entry[1])
-    row = {"clean": float(entry[0][0]), "mPC": float(mpc), "rPC": float(rpc)}
+    (mpc, rpc), (mpc_draws, rpc_draws) = _mpc_rpc(entry.points), _mpc_rpc(entry.draws)
+    row = {"clean": float(entry.points[0]), "mPC": float(mpc), "rPC": float(rpc)}
     row["mPC_ci_low"], row["mPC_ci_high"] = stats.finite_interval(mpc_draws)
     row["rPC_ci_low"], row["rPC_ci_high"] = stats.finite_interval(rpc_draws)
     if reference is not None:
-        (ref_mpc, ref_rpc), (ref_mpc_draws, ref_rpc_draws) = _mpc_rpc(reference[0]), _mpc_rpc(reference[1])
+        (ref_mpc, ref_rpc), (ref_mpc_draws, ref_rpc_draws) = _mpc_rpc(reference.points), _mpc_rpc(reference.draws)
         row["diff_mPC_vs_S1"], row["diff_rPC_vs_S1"] = float(mpc - ref_mpc), float(rpc - ref_rpc)
         row["diff_mPC_ci_low"], row["diff_mPC_ci_high"] = stats.finite_interval(mpc_draws - ref_mpc_draws)
         row["diff_rPC_ci_low"], row["diff_rPC_ci_high"] = stats.finite_interval(rpc_draws - ref_rpc_draws)
@@ -251,8 +244,9 @@ def severity_section(curves: pd.DataFrame, table: pd.DataFrame, models: list[str
     lines += ["Each session evaluated on the severity suites test_occ_sev1..K (object mode, each box covered within "
               "the level's range; docs/occlusion.md). mPC = mean over the levels, rPC = mPC / clean "
               "(ImageNet-C / COCO-C). Intervals: 95% bootstrap over test images, resampled jointly across all "
-              "levels; mPC - S1: paired; p_BH: paired permutation test of the mPC difference (an image's results "
-              "swapped on every level at once), BH within the metric over sessions x models. mAP has intervals "
+              "levels (with several seeds: seeds and images, p permuting the training runs, as for gap closed); mPC - "
+              "S1: paired; p_BH: paired permutation test of the mPC difference (an image's results swapped on every "
+              "level at once), BH within the metric over sessions x models. mAP has intervals "
               "but no p-value. Charts: `plots/severity_f1_<model>.png`, `plots/severity_map50_<model>.png`.", ""]
     for model in models:
         for metric in CURVE_METRICS:
