@@ -164,6 +164,37 @@ def test_severity_and_gap_closed_draw_mpc_alike_with_several_seeds(tmp_path: Pat
     assert p >= 1 / 3 - 1e-12                                # 2 + 2 runs: 6 label splits, the coarsest honest test
 
 
+@pytest.mark.parametrize("damage", ["fewer images", "no file"])
+def test_seeds_are_pooled_all_on_the_same_images_or_not_at_all(tmp_path: Path, damage: str) -> None:
+    """S2's seed 1 has test_occ_fixed predictions of 90 of the 100 images, or none: S2's pooled F1 there is not
+    one over the 90 images or over seed 0 alone. summary_metrics shows the seed mean with no interval, the
+    comparisons give no difference on that split (the other split still pairs), and report.md says why."""
+    sessions = {"S1_clean_train": ((80, 40), (80, 44)), "S2_occ_train": ((80, 60), (80, 64))}
+    for suffix, per_seed in sessions.items():
+        for seed, hits in enumerate(per_seed):
+            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+    path = tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1" / "predictions_test_occ_fixed.json"
+    if damage == "no file":
+        path.unlink()
+    else:
+        payload = json.loads(path.read_text())
+        path.write_text(json.dumps({**payload, "images": payload["images"][:90]}))
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=200, n_permutations=99, charts=False,
+                                 sessions=list(sessions))
+    s2 = result.summary.set_index(["session", "split"]).loc[("S2_occ_train", "test_occ_fixed")]
+    assert s2["ingredient_micro_f1"] == pytest.approx((0.60 + 0.64) / 2, abs=1e-12)     # the seed mean, as labelled
+    assert np.isnan(s2["ingredient_micro_f1_ci_low"]) and np.isnan(s2["diff_vs_S1"])
+    versus = result.comparisons[(result.comparisons["metric"] == "ingredient_micro_f1")
+                                & (result.comparisons["threshold"] == "primary")
+                                & (result.comparisons["session"] == "S2_occ_train")
+                                & (result.comparisons["reference"] == "S1_clean_train")].set_index("split")
+    assert np.isnan(versus.loc["test_occ_fixed", "difference"]) and versus.loc["test_clean", "n_images"] == N
+    problem = "1 of its 2 done seeds have per-image values" if damage == "no file" else "its seeds hold other image ids"
+    assert any(warning.startswith("yolov8m S2_occ_train, test_occ_fixed at the primary threshold: " + problem)
+               for warning in result.warnings)
+    assert problem in (tmp_path / "report.md").read_text()
+
+
 def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root: Path) -> None:
     """A done session's predictions file that does not parse reads as missing, as before, and report.md says which
     file it was instead of silently showing n/a."""

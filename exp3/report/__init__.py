@@ -126,7 +126,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     if charts:
         plots.remove_stale_charts(root / "plots", files)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed, in_run,
-                          severity_curves, severity_table, by_coverage, gap_closed, training, sorted(data.warnings))
+                          severity_curves, severity_table, by_coverage, gap_closed, training,
+                          sorted(set(data.warnings)))
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
     result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))

@@ -51,9 +51,8 @@ class SessionComparison:
 def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataFrame | None], data: ReportData,
                      n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> SessionComparison | None:
     """Session a minus session b on `metric` (one of PAIRED_METRICS) from their per-seed score frames, on the image
-    ids every seed of both holds (`draws.align`: None when a side has none or they hold other images); with several
+    ids every seed of both holds (`draws.align`: None when a seed has none or they hold other images); with several
     seeds a side, over seeds and images (docs/report.md, "Several seeds")."""
-    a, b = [frame for frame in a if frame is not None], [frame for frame in b if frame is not None]
     aligned = align([*a, *b])
     if not a or not b or aligned.reason or not len(aligned.ids):
         return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import reduce
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -55,6 +54,15 @@ def image_scores(records: list[ImageRecord], num_classes: int, conf: float, matc
                          "ingredient_f1": prf_from_counts(tp, fp, fn)[2], "detection_tp": detection[:, 0],
                          "detection_fp": detection[:, 1], "detection_fn": detection[:, 2]},
                         index=[record.image_id for record in records])
+
+
+def split_match_iou(view: MetricsView, split: str) -> float:
+    """The IoU a detection needs to match a ground-truth box on `split`: the split's recorded `match_iou`,
+    else the session's (`eval.match_iou`), else exp3.evaluate.metrics' default."""
+    for value in (view.split(split).match_iou, view.eval.match_iou):
+        if value is not None and math.isfinite(value):
+            return float(value)
+    return DEFAULT_MATCH_IOU
 
 
 def split_match_iou(view: MetricsView, split: str) -> float:
@@ -202,9 +210,23 @@ class ReportData:
         """`scores` of every done run (seed) of one session, None where a run has none."""
         return [self.scores(run, split, threshold, suite_id) for run in self.done(model, suffix)]
 
-    def pooled(self, model: str, suffix: str, split: str, threshold: str = "primary",
-               suite_id: str | None = None) -> pd.DataFrame | None:
-        return pool_image_scores(self.seed_scores(model, suffix, split, threshold, suite_id))
+    def pooled(self, model: str, suffix: str, split: str, threshold: str = "primary") -> pd.DataFrame | None:
+        """One session's seeds pooled on their images: counts summed, per-image F1 averaged (the seed mean of the
+        samples F1 is its mean). None when a seed has no values or the seeds hold other image ids, never a subset
+        of the seeds or images (named in `warnings` when some seed has values)."""
+        frames = self.seed_scores(model, suffix, split, threshold)
+        aligned = align(frames)
+        if aligned.reason:
+            if any(frame is not None for frame in frames):
+                problem = (f"{sum(frame is not None for frame in frames)} of its {len(frames)} done seeds have "
+                           "per-image values" if aligned.reason == MISSING else "its seeds hold other image ids")
+                self.warnings.append(f"{model} {suffix}, {split} at the {threshold} threshold: {problem}: no pooled "
+                                     "statistic, interval or comparison (summary_metrics shows the seed mean); "
+                                     "evaluate every seed on the same suite")
+            return None
+        total = sum(frame.loc[aligned.ids] for frame in frames)
+        total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
+        return total
 
     # ------------------------------------------------------------------------- draws
 
