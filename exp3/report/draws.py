@@ -65,28 +65,6 @@ def split_match_iou(view: MetricsView, split: str) -> float:
     return DEFAULT_MATCH_IOU
 
 
-def split_match_iou(view: MetricsView, split: str) -> float:
-    """The IoU a detection needs to match a ground-truth box on `split`: the split's recorded `match_iou`,
-    else the session's (`eval.match_iou`), else exp3.evaluate.metrics' default."""
-    for value in (view.split(split).match_iou, view.eval.match_iou):
-        if value is not None and math.isfinite(value):
-            return float(value)
-    return DEFAULT_MATCH_IOU
-
-
-def pool_image_scores(frames: Sequence[pd.DataFrame | None]) -> pd.DataFrame | None:
-    """One session's seeds pooled on the images every seed has: counts summed, per-image F1 averaged (the seed
-    mean of the samples F1 is its mean). None when there is no frame or no common image."""
-    frames = [frame for frame in frames if frame is not None]
-    common = reduce(lambda ids, frame: ids.intersection(frame.index, sort=False), frames[1:], frames[0].index) \
-        if frames else pd.Index([])
-    if not len(common):
-        return None
-    total = sum(frame.loc[common] for frame in frames)
-    total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
-    return total
-
-
 @dataclass(frozen=True)
 class Aligned:
     """The image ids of a paired statistic: `ids` sorted (empty when refused), `reason` MISSING / UNPAIRED / ""."""
