@@ -37,6 +37,7 @@ from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METR
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
 from exp3.report.markdown import NO_MAP_INTERVAL, dashboard_markdown, status_grid
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
+from exp3.report.text import fmt_p
 from exp3.schema import SplitView
 from exp3.session.record import robustness
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
@@ -432,7 +433,7 @@ def test_findings_say_when_metrics_disagree(built: report.ReportResult) -> None:
     assert "- **rtdetr-l**: metrics agree on S2 vs S1 (test_clean): no metric shows a difference (" in text
     assert "**rtdetr-l**: metrics agree on S5 vs S1 (test_occ_fixed)" in text          # best masking vs S1, S2
     assert "**rtdetr-l**: metrics agree on S5 vs S2 (test_occ_fixed)" in text
-    assert "## S2 vs S1 on every metric" in text and f"| {NO_MAP_INTERVAL} |" in text
+    assert "## S2 vs S1 on test_clean, every metric" in text and f"| {NO_MAP_INTERVAL} |" in text
 
 
 def test_val_chosen_threshold_columns_and_comparison(built: report.ReportResult) -> None:
@@ -506,6 +507,8 @@ def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path:
     assert (same["difference"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)      # identical predictions
     table, verdict = positive_control(built.comparisons, "yolov8n")
     assert len(table) == len(POSITIVE_CONTROL_ROWS)
+    f1 = rows.loc[("test_occ_fixed", "ingredient_micro_f1", "primary", "S2_occ_train", "S1_clean_train")]
+    assert table.loc[0, "p_BH"] == fmt_p(f1["p_bh"]) != "n/a" and table.loc[len(table) - 1, "p_BH"] == "n/a"  # mAP
     assert verdict.startswith("**yolov8n** positive control (S2 vs S1 on test_occ_fixed): detect the effect: "
                               "ingredient micro F1 @0.25, ingredient micro F1 @val")
     assert "mAP50, mAP50-95; do not: none." in verdict

@@ -78,25 +78,24 @@ def _reading(metric: str, row: pd.Series) -> str:
 
 
 def metric_table(comparisons: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """report.md table of S2 - S1 on every metric: one row per model x split x threshold x metric."""
+    """report.md table of S2 - S1 on test_clean, every metric: one row per model x threshold x metric (the
+    test_occ_fixed rows are the positive control's table)."""
     session, reference, _ = POSITIVE_CONTROL
     rows = []
     for model in models:
-        for split in PRIMARY_SPLITS[::-1]:
-            for threshold in THRESHOLDS:
-                found = comparison_metrics(comparisons, model, split, session, reference, threshold)
-                for metric in (*PAIRED_METRICS, *MAP_METRICS):
-                    if metric not in found:
-                        continue
-                    row = found[metric]
-                    rows.append({"model": model, "split": split,
-                                 "threshold": "val-chosen" if threshold == "val" else
-                                 ("n/a (mAP)" if metric in MAP_METRICS else f"conf {fmt(row['conf'], 2)}"),
-                                 "metric": METRICS[metric].label,
-                                 f"{short_session(session)} - {short_session(reference)} [95% CI]":
-                                     fmt_ci(row, "difference", "ci_low", "ci_high", True),
-                                 "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),
-                                 "reading": _reading(metric, row)})
+        for threshold in THRESHOLDS:
+            found = comparison_metrics(comparisons, model, CLEAN_SPLIT, session, reference, threshold)
+            for metric in (*PAIRED_METRICS, *MAP_METRICS):
+                if metric not in found:
+                    continue
+                row = found[metric]
+                rows.append({"model": model, "threshold": "val-chosen" if threshold == "val" else
+                             ("n/a (mAP)" if metric in MAP_METRICS else f"conf {fmt(row['conf'], 2)}"),
+                             "metric": METRICS[metric].label,
+                             f"{short_session(session)} - {short_session(reference)} [95% CI]":
+                                 fmt_ci(row, "difference", "ci_low", "ci_high", True),
+                             "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),
+                             "reading": _reading(metric, row)})
     return pd.DataFrame(rows)
 
 
@@ -186,7 +185,8 @@ def render_markdown(result: "ReportResult") -> str:
     lines += ["## Positive control: can this run detect a known effect?", "",
               "Training on occluded images (S2) must beat clean training (S1) on the occluded test images. Each "
               "headline metric's paired difference S2 - S1 on test_occ_fixed, at conf 0.25 and at each session's "
-              "val-chosen threshold; a metric detects the effect when its 95% interval lies above 0. What each "
+              "val-chosen threshold, with p and p_BH as in the comparisons; a metric detects the effect when its 95% "
+              "interval lies above 0. What each "
               "metric can and cannot detect, with the pilot's numbers: docs/what-metrics-detect.md.", ""]
     for model in result.models:
         table, verdict = positive_control(result.comparisons, model)
@@ -203,9 +203,10 @@ def render_markdown(result: "ReportResult") -> str:
             ["n/a: no done session.", ""]
     by_metric = metric_table(result.comparisons, result.models)
     if len(by_metric):
-        lines += ["## S2 vs S1 on every metric", "",
-                  "Does the occluded-training effect depend on the metric? Paired intervals for every metric; "
-                  "p-values for the F1s.", "", markdown_table(by_metric), ""]
+        lines += [f"## S2 vs S1 on {CLEAN_SPLIT}, every metric", "",
+                  "What occluded training does on clean images, by metric (its test_occ_fixed rows are the positive "
+                  "control's table). Paired intervals for every metric; p-values for the F1s.", "",
+                  markdown_table(by_metric), ""]
     lines += severity.severity_section(result.severity_curves, result.severity_table, result.models)
     if result.coverage is not None:
         lines += coverage_markdown(result.coverage, result.models)
