@@ -54,6 +54,18 @@ def _corrupt_image(root: Path) -> None:
     image.write_bytes(image.read_bytes()[:200])
 
 
+def _gif_named_jpg(root: Path) -> None:
+    """A GIF under a .jpg name (PIL decodes it; Ultralytics skips it as 'Invalid image format GIF')."""
+    image = sorted((root / "images" / "test").glob("*.jpg"))[0]
+    Image.open(image).convert("P").save(image, format="GIF")
+
+
+def _jpeg_with_trailer(root: Path) -> None:
+    """A phone-style JPEG with bytes after its end marker (Ultralytics re-saves such a file in place)."""
+    image = sorted((root / "images" / "train").glob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes() + b"trailer")
+
+
 def _shared_id(root: Path) -> None:
     source = sorted((root / "images" / "val").glob("*.jpg"))[0]
     shutil.copyfile(source, root / "images" / "train" / source.name)
@@ -83,6 +95,8 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "malformed_label_line": (_malformed, True),
     "box_out_of_bounds": (_out_of_bounds, True),
     "corrupt_image": (_corrupt_image, True),
+    "image_skipped_by_ultralytics": (_gif_named_jpg, True),
+    "jpeg_rewritten_by_ultralytics": (_jpeg_with_trailer, True),
     "image_id_shared_across_splits": (_shared_id, True),
     "image_id_repeated_in_split": (_stem_repeated_in_split, True),
     "missing_split": (_missing_test, True),
@@ -117,6 +131,27 @@ def test_each_planted_defect_is_caught(dataset: Path, kind: str) -> None:
         assert report.counts == {kind: 1}
         line = next(line for line in report.summary_lines() if kind in line)
         assert "images/test/cam2/" in line and " also at images/test/" in line and "rename one" in line
+
+
+def test_images_ultralytics_would_skip_or_rewrite_are_those_its_check_image_refuses(dataset: Path) -> None:
+    """The audit's rules are Ultralytics' (`check_image`, which also rewrites a JPEG without its end marker): a 9 px
+    image is refused by both; the formats are its own list."""
+    from ultralytics.data.utils import IMG_FORMATS, check_image
+
+    from exp3.dataset.audit import MIN_IMAGE_SIDE, READABLE_FORMATS
+
+    assert READABLE_FORMATS == IMG_FORMATS | {"jpeg2000"}
+    image = sorted((dataset.parent / "images" / "test").glob("*.jpg"))[0]
+    Image.open(image).resize((MIN_IMAGE_SIDE - 1, 40)).save(image)
+    with pytest.raises(AssertionError, match="<10 pixels"):
+        check_image(str(image))
+    report = audit_dataset(dataset)
+    assert report.counts == {"image_skipped_by_ultralytics": 1} and report.blocking
+    assert "JPEG, 9 x 40 px" in report.problems[0].detail
+    trailer = sorted((dataset.parent / "images" / "val").glob("*.jpg"))[0]
+    trailer.write_bytes(trailer.read_bytes() + b"trailer")
+    before = trailer.read_bytes()
+    assert "corrupt JPEG restored" in check_image(str(trailer))[0] and trailer.read_bytes() != before  # in place
 
 
 def test_audit_cached_under_older_rules_is_done_again(dataset: Path, tmp_path: Path) -> None:

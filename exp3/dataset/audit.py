@@ -21,6 +21,12 @@ from exp3.fileio import atomic_write_json, read_yaml, sha256_bytes, sha256_file
 from exp3.splits import SOURCE_SPLITS
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+READABLE_FORMATS: frozenset[str] = frozenset({"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg",
+                                              "mpo", "png", "tif", "tiff", "webp"})
+"""Image formats (PIL's name, lower case) Ultralytics reads: `ultralytics.data.utils.IMG_FORMATS` and jpeg2000, as
+its `check_image` (tests/test_dataset.py keeps them equal; importing Ultralytics here would precede its offline
+setup); it skips an image of any other format, or one with a side under MIN_IMAGE_SIDE px."""
+MIN_IMAGE_SIDE = 10
 
 
 class DatasetError(ValueError):
@@ -128,12 +134,16 @@ BLOCKING_KINDS: dict[str, str] = {
     "malformed_label_line": "each line must be a box 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...'",
     "box_out_of_bounds": "box centre/size (or polygon points) must lie in [0, 1] (normalised) with w, h > 0",
     "corrupt_image": "re-export or remove the image",
+    "image_skipped_by_ultralytics": "re-save it as JPEG or PNG of at least 10 x 10 px, or remove it: Ultralytics "
+                                    "skips it, so training and evaluation would run on fewer images than the split",
+    "jpeg_rewritten_by_ultralytics": "re-save it (e.g. PIL: Image.open(p).save(p)): Ultralytics rewrites a JPEG that "
+                                     "lacks its end marker in place, changing the dataset under a running grid",
     "image_id_shared_across_splits": "rename or move the image so each id lives in one split (leakage)",
     "image_id_repeated_in_split": "rename one (e.g. cam2_0001.jpg): an image's id is its file stem, unique in its "
                                   "split (predictions, occluded copies and paired statistics are keyed by it)",
     "duplicate_image_across_splits": "remove the duplicate: the same picture in two splits leaks test data",
 }
-AUDIT_RULES = 2
+AUDIT_RULES = 3
 """Version of the audit's checks, in its cache file's name: a dataset audited under older rules is audited again."""
 WARNING_KINDS: dict[str, str] = {
     "image_without_label": "fine for background images; otherwise add its label file",
@@ -182,15 +192,21 @@ class AuditReport:
         return lines
 
 
-def _image_problem(path: Path) -> str | None:
-    """None if the image decodes fully, else the reason."""
+def _image_problem(path: Path, data: bytes) -> tuple[str, str] | None:
+    """(kind, reason) when Ultralytics would not read the image (`data`: its bytes) as it is, by the rules of its
+    `ultralytics.data.utils.check_image` (which skips the image, or repairs a JPEG in place); None when it would."""
     try:
         with Image.open(path) as image:
             image.verify()
+            kind, (width, height) = (image.format or "").lower(), image.size
         with Image.open(path) as image:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return str(error).splitlines()[0][:120] or type(error).__name__
+        return "corrupt_image", str(error).splitlines()[0][:120] or type(error).__name__
+    if kind not in READABLE_FORMATS or min(width, height) < MIN_IMAGE_SIDE:
+        return "image_skipped_by_ultralytics", f"{kind.upper() or 'unknown format'}, {width} x {height} px"
+    if kind in ("jpeg", "jpg") and data[-2:] != b"\xff\xd9":
+        return "jpeg_rewritten_by_ultralytics", "the JPEG does not end with its end marker (FF D9)"
     return None
 
 
@@ -222,9 +238,9 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
             relative = os.path.relpath(image, spec.root)
             image_bytes = image.read_bytes()
             image_sha = sha256_bytes(image_bytes)
-            reason = _image_problem(image)
-            if reason is not None:
-                report.problems.append(Problem("corrupt_image", split, relative, reason))
+            problem = _image_problem(image, image_bytes)
+            if problem is not None:
+                report.problems.append(Problem(problem[0], split, relative, problem[1]))
             image_id = image.stem
             if (split, image_id) in path_of_id:
                 report.problems.append(Problem("image_id_repeated_in_split", split, relative,
