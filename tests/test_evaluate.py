@@ -50,6 +50,20 @@ def test_missing_checkpoint_is_a_clear_error(tiny_data_yaml: Path, tmp_path: Pat
         evaluate_split(tmp_path / "nope.pt", tiny_data_yaml, "detect", tmp_path, tmp_path / "e")
 
 
+def test_an_image_the_validator_skips_is_a_clear_error_not_a_smaller_split(tiny_yolo_checkpoint: Path,
+                                                                         writable_data_yaml: Path,
+                                                                         tmp_path: Path) -> None:
+    """A GIF under a .jpg name decodes in PIL, but Ultralytics' loader drops it with one log line and evaluates the
+    rest: the split's metrics would be of fewer images than it lists."""
+    from PIL import Image
+
+    image = sorted((writable_data_yaml.parent / "images" / "test").glob("*.jpg"))[0]
+    Image.open(image).convert("P").save(image, format="GIF")
+    with pytest.raises(ValueError, match=rf"skipped 1 of the \d+ images of test .*{image.stem!r}.*re-save"):
+        evaluate_split(tiny_yolo_checkpoint, writable_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
+                       batch=4, device="cpu", plots=False)
+
+
 # ------------------------------------------------------------------ a model that really detects
 
 def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluation, trained_yolo_checkpoint: Path,

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from exp3.dataset.audit import list_split_images, read_data_yaml
 from exp3.evaluate.mapstats import MapStats
 from exp3.fileio import atomic_write_json
 from exp3.splits import TEST_SPLIT
@@ -253,6 +254,12 @@ def evaluate_split(
         model.callbacks["on_val_end"].remove(_keep_validator)  # the next split's val keeps its own
     finished = captured["validator"]
     stages.validator_s = time.perf_counter() - start - finished.recording_s
+    listed = {image.stem for image in list_split_images(read_data_yaml(split_yaml), split)}
+    skipped = sorted(listed - {record["image_id"] for record in finished.records})
+    if skipped:                 # Ultralytics' loader drops an image it cannot read with one log line, and goes on
+        raise ValueError(f"Ultralytics' validator skipped {len(skipped)} of the {len(listed)} images of {split} in "
+                         f"{split_yaml} (e.g. {skipped[0]!r}; its log says why): re-save them as JPEG or PNG of at "
+                         "least 10 x 10 px, or remove them (python -m exp3.dataset audit --data <data.yaml> lists them)")
     start = time.perf_counter()
     map_stats = MapStats.from_images(finished.map_images)
     records = sorted(finished.records, key=lambda record: record["image_id"])
