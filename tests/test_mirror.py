@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exp3.config import MirrorConfig
 from exp3.session.layout import SessionPaths, SessionState
@@ -194,6 +195,19 @@ def test_a_user_dataset_on_the_mirrors_storage_is_trained_from_a_local_copy(writ
     again = dataset_yaml(config, local)
     assert again != copied and dataset_fingerprint(read_data_yaml(again)) == \
         dataset_fingerprint(read_data_yaml(writable_data_yaml))
+    kept_outside = tmp_path / "cfg" / "foods.yaml"                   # a yaml kept outside the dataset's folder,
+    kept_outside.parent.mkdir()                                      # edited: val and test swapped, a class renamed
+    spec = yaml.safe_load(writable_data_yaml.read_text())
+    kept_outside.write_text(yaml.safe_dump({**spec, "path": str(writable_data_yaml.parent)}))
+    first = local_dataset(kept_outside, local / "data")
+    names = spec["names"] if isinstance(spec["names"], list) else [spec["names"][key] for key in sorted(spec["names"])]
+    edited = {**spec, "path": str(writable_data_yaml.parent), "val": spec["test"], "test": spec["val"],
+              "names": ["renamed", *names[1:]]}
+    kept_outside.write_text(yaml.safe_dump(edited))
+    second = local_dataset(kept_outside, local / "data")
+    assert second != first and yaml.safe_load(first.read_text())["val"] == spec["val"]    # the old copy kept as it was
+    assert yaml.safe_load(second.read_text())["val"] == spec["test"]
+    assert yaml.safe_load(second.read_text())["names"][0] == "renamed"
     without_mirror = config.model_copy(update={"mirror": MirrorConfig()})
     assert dataset_yaml(without_mirror, local) == writable_data_yaml  # no mirror: nothing changes
     outside = writable_data_yaml.with_name("outside.yaml")

@@ -220,7 +220,7 @@ def on_mirror_storage(path: Path, mirror: Path) -> bool:
 def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
     """A copy on the local disk of a user dataset kept on the mirror's storage (training from Drive is slow): its
     root folder, with a data.yaml naming the copy's root. Made once per source: a copy whose recorded listing
-    (files, sizes, times) still matches the source is used as is; a new one is checked against the source's
+    (files, sizes, times) and data.yaml text still match the source's is used as is; a new one is checked against the source's
     fingerprint before it is used. `DatasetError` when a split lies outside the dataset's root folder."""
     spec = read_data_yaml(data_yaml)
     if outside := [str(source) for sources in spec.splits.values() for source in sources
@@ -230,15 +230,15 @@ def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
                            "point dataset.data_yaml at the copy")
     listing = sorted((str(file.relative_to(spec.root)), file.stat().st_size, int(file.stat().st_mtime))
                      for file in spec.root.rglob("*") if file.is_file())
-    target = data_dir / f"user-{stable_hash([str(data_yaml.absolute()), listing])}"
+    text = data_yaml.read_text(encoding="utf-8")  # kept outside the root, an edited yaml changes no listing
+    target = data_dir / f"user-{stable_hash([str(data_yaml.absolute()), text, listing])}"
     copied = target / "data.yaml"
     if copied.is_file() and (target / "source.json").is_file():
         return copied
     if target.exists():
         shutil.rmtree(target)  # a copy that never finished
     shutil.copytree(spec.root, target / "root")
-    text = yaml.safe_dump({**yaml.safe_load(data_yaml.read_text(encoding="utf-8")), "path": str(target / "root")})
-    atomic_write_text(copied, text)
+    atomic_write_text(copied, yaml.safe_dump({**yaml.safe_load(text), "path": str(target / "root")}))
     source, copy = dataset_fingerprint(spec), dataset_fingerprint(read_data_yaml(copied))
     if source != copy:
         shutil.rmtree(target)
