@@ -154,6 +154,24 @@ def test_images_ultralytics_would_skip_or_rewrite_are_those_its_check_image_refu
     assert "corrupt JPEG restored" in check_image(str(trailer))[0] and trailer.read_bytes() != before  # in place
 
 
+def test_a_split_lists_the_images_ultralytics_loads(dataset: Path) -> None:
+    """Ultralytics' own listing (`BaseDataset.get_img_files`) and exp3's agree: a phone's .mpo is an image of the
+    split, macOS's `._x.jpg` and a hidden folder's files are not (exp3 once listed the second and missed the first)."""
+    from types import SimpleNamespace
+
+    from ultralytics.data.base import BaseDataset
+
+    train = dataset.parent / "images" / "train"
+    source = sorted(train.glob("*.jpg"))[0]
+    shutil.copyfile(source, train / "phone_0001.mpo")
+    (train / f"._{source.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (train / ".thumbnails").mkdir()
+    shutil.copyfile(source, train / ".thumbnails" / source.name)
+    ours = [str(path) for path in list_split_images(read_data_yaml(dataset), "train")]
+    assert ours == BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), str(train))
+    assert str(train / "phone_0001.mpo") in ours and len(ours) == 9
+
+
 def test_audit_cached_under_older_rules_is_done_again(dataset: Path, tmp_path: Path) -> None:
     """A dataset that passed an earlier audit's rules (same content, same fingerprint) meets today's checks."""
     from exp3.dataset.audit import audit_once

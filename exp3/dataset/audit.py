@@ -20,12 +20,14 @@ from exp3.dataset.labels import box_in_bounds, parse_label_text
 from exp3.fileio import atomic_write_json, read_yaml, sha256_bytes, sha256_file
 from exp3.splits import SOURCE_SPLITS
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 READABLE_FORMATS: frozenset[str] = frozenset({"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpeg2000", "jpg",
                                               "mpo", "png", "tif", "tiff", "webp"})
 """Image formats (PIL's name, lower case) Ultralytics reads: `ultralytics.data.utils.IMG_FORMATS` and jpeg2000, as
 its `check_image` (tests/test_dataset.py keeps them equal; importing Ultralytics here would precede its offline
 setup); it skips an image of any other format, or one with a side under MIN_IMAGE_SIDE px."""
+IMAGE_SUFFIXES: frozenset[str] = frozenset(f".{kind}" for kind in READABLE_FORMATS - {"jpeg2000"})
+"""The file suffixes a split's images have: those Ultralytics' loader takes (`IMG_FORMATS`), so that both see the
+same images."""
 MIN_IMAGE_SIDE = 10
 
 
@@ -96,16 +98,19 @@ def label_path_for(image_path: Path) -> Path:
 
 
 def list_split_images(spec: DataSpec, split: str) -> list[Path]:
-    """Sorted image paths of `split`; raise `DatasetError` if a source does not exist."""
+    """Sorted image paths of `split`, the images Ultralytics' loader takes (`BaseDataset.get_img_files`: IMAGE_SUFFIXES,
+    no hidden file or folder, such as macOS's `._x.jpg`); raise `DatasetError` if a source does not exist."""
     if split not in spec.splits:
         raise DatasetError(f"{str(spec.yaml_path)!r} has no '{split}:' split: add it (exp3 needs train, val and test)")
     images: list[Path] = []
     for source in spec.splits[split]:
         if source.is_dir():
-            images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                          and not any(part.startswith(".") for part in p.relative_to(source).parts))
         elif source.is_file() and source.suffix == ".txt":
             entries = [Path(line.strip()) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-            images.extend(entry if entry.is_absolute() else (source.parent / entry).resolve() for entry in entries)
+            images.extend(entry if entry.is_absolute() else (source.parent / entry).resolve() for entry in entries
+                          if entry.suffix.lower() in IMAGE_SUFFIXES)
         else:
             raise DatasetError(
                 f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
