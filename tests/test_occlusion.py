@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,29 @@ def test_damaged_existing_suite_is_reported_not_rebuilt(dataset: Path, tmp_path:
         build_occlusion_suite(dataset, tmp_path, config, workers=1)
     assert victim.read_bytes() == b"broken"
     assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no temp dirs left behind
+
+
+def test_a_suite_built_under_other_class_names_is_refused_not_reused(dataset: Path, tmp_path: Path) -> None:
+    """Renaming a class changes no image or label, so no suite id: the suite's yamls (S2 trains on its data.yaml)
+    would carry the old names. Refused with the fix; after it, the rebuilt suite holds the same images."""
+    config = OcclusionConfig(fills=("gray",))
+    built = build_occlusion_suite(dataset, tmp_path / "suites", config, workers=1)
+    s2 = build_occluded_train_set(dataset, tmp_path / "suites", config, workers=1)
+    renamed = dataset.parent / "renamed.yaml"
+    spec = yaml.safe_load(dataset.read_text())
+    renamed.write_text(yaml.safe_dump({**spec, "names": ["fixed_typo", *spec["names"][1:]]}))
+    before = tree_snapshot(tmp_path / "suites")
+    for build in (build_occlusion_suite, build_occluded_train_set):
+        with pytest.raises(OcclusionError, match=r"built under other class names .*rm -r .*/suites/occ\*"):
+            build(renamed, tmp_path / "suites", config, workers=1)
+    assert tree_snapshot(tmp_path / "suites") == before                      # nothing touched
+    shutil.rmtree(built)
+    shutil.rmtree(s2.parent)
+    assert build_occlusion_suite(renamed, tmp_path / "suites", config, workers=1) == built
+    assert yaml.safe_load((built / "test_occ_fixed.yaml").read_text())["names"][0] == "fixed_typo"
+    images = {name: digest for name, (digest, _) in tree_snapshot(built).items() if "/images/" in name}
+    assert len(images) > 4 and images == {name.removeprefix(f"{built.name}/"): digest for name, (digest, _)
+                                          in before.items() if name.startswith(f"{built.name}/") and "/images/" in name}
 
 
 # ---------------------------------------------------------------------------------------------

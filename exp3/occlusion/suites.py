@@ -97,6 +97,11 @@ def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], sp
     out_root = Path(os.path.abspath(out_root))
     final_dir = out_root / _suite_name(identity)
     if final_dir.exists() and _reusable(final_dir):
+        for name, text in extra_files(final_dir).items():  # the yamls: class names are no part of the identity
+            if (final_dir / name).read_text(encoding="utf-8") != text:
+                raise OcclusionError(f"existing suite {str(final_dir)!r} was built under other class names than the "
+                                     f"dataset's now ({name}): delete the suites built under the old names (rm -r "
+                                     f"{out_root}/occ*) and run again; their images are rebuilt the same")
         return final_dir
     missing = [path for path in (out_root, *out_root.parents) if not path.exists()]  # what we create
     ensure_writable_dir(out_root)
