@@ -411,5 +411,8 @@ def _train_with(plan: TrainPlan) -> None:
         model.train(resume=True, trainer=trainer_class, data=plan.locations["data"], save_dir=plan.run_dir,
                     **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
     else:
+        # a .pt keeps its own training's imgsz, data, task and single_cls as the base of `train`'s args (Ultralytics'
+        # `Model._reset_ckpt_args`): a fresh training takes its weights only, and Ultralytics' defaults and the plan
+        model.overrides = {key: model.overrides[key] for key in ("model", "task")}
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
     train_info.finish(trainer=trainer_class.__name__, resumed_from=info.get("epoch") if resuming else None)
