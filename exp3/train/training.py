@@ -8,9 +8,9 @@ Ultralytics resolved and the optimizer `optimizer=auto` picked (train_info.json;
 Training in process lets the evaluation that follows reuse the torch and Ultralytics already imported. An
 out-of-memory error propagates like any other (the session writes FAILED); the runner retries the session in a fresh
 process with half the batch, so no training ever runs twice in one process. Resume is from the session's own
-unfinished `train/weights/last.pt` only, with the same trainer class (so masking is re-attached); what cannot be used
-is set aside first (`_training_state`), and `final_checkpoint` names the checkpoint a finished training is evaluated
-from.
+unfinished `train/weights/last.pt` only, at its own batch and with the same trainer class (so masking is re-attached);
+what cannot be used is set aside first (`_training_state`), and `final_checkpoint` names the checkpoint a finished
+training is evaluated from.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
     (the session folder's Ultralytics run folder, `SessionPaths.run_dir`).
 
     `retry_batch` (out-of-memory retry) replaces the batch; it is what really runs, so it is what
-    the plan, Ultralytics' args and metrics.json's `overrides` say.
+    the plan, Ultralytics' args and metrics.json's `overrides` say (the failed attempt's checkpoints, of the other
+    batch, are set aside: the retry trains from the start, `_restart_at_plan_batch`).
     """
     site = session.masking_site
     overrides = training_overrides(config, session.model, session.training_seed(config.seeds))
@@ -122,7 +123,8 @@ def masking_spec_for(config: ExperimentConfig, session: Session) -> dict[str, An
 
 def checkpoint_state(checkpoint_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
     """Whether a checkpoint (last.pt or best.pt) is missing, unreadable, of an unfinished (resumable) or of a
-    finished training; plus epoch info (`holds_best`: it is its run's best epoch, `exp3.train.trainers.holds_best`)."""
+    finished training; plus epoch info (`batch`: the batch it was trained at; `holds_best`: it is its run's best
+    epoch, `exp3.train.trainers.holds_best`)."""
     if not checkpoint_pt.is_file():
         return "missing", {}
     import torch  # lazy: torch is heavy; a done session never loads it
@@ -134,8 +136,9 @@ def checkpoint_state(checkpoint_pt: Path) -> tuple[CheckpointState, dict[str, An
     except Exception as error:  # noqa: BLE001 - any unreadable file is "corrupt"
         return "corrupt", {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
     epoch = int(checkpoint.get("epoch", -1))
-    epochs = int((checkpoint.get("train_args") or {}).get("epochs", 0))
-    info = {"epoch": epoch, "epochs": epochs, "holds_best": holds_best(checkpoint)}
+    train_args = checkpoint.get("train_args") or {}
+    epochs = int(train_args.get("epochs", 0))
+    info = {"epoch": epoch, "epochs": epochs, "batch": train_args.get("batch"), "holds_best": holds_best(checkpoint)}
     finished = epoch < 0 or checkpoint.get("optimizer") is None or epoch + 1 >= epochs
     return ("finished" if finished else "partial"), info
 
@@ -269,17 +272,18 @@ def _set_aside(path: Path, label: str, why: str) -> Path:
 
 def _training_state(plan: TrainPlan) -> tuple[CheckpointState, dict[str, Any]]:
     """What the session's checkpoints leave to train, once what cannot be used is set aside: an unreadable last.pt
-    (`_continue_from_best`), an unreadable best.pt (`_recover_from_corrupt_best`)."""
+    (`_continue_from_best`), an unreadable best.pt (`_recover_from_corrupt_best`), an unfinished training at
+    another batch than the plan's (`_restart_at_plan_batch`)."""
     state, info = checkpoint_state(plan.last_pt)
     if state == "corrupt":
         _set_aside(plan.last_pt, "corrupt", f"is unreadable ({info.get('error')})")
         state, info = "missing", {}
     best_state, best_info = checkpoint_state(plan.best_pt)
     if best_state == "corrupt":
-        return _recover_from_corrupt_best(plan, state, info, best_info)
-    if state == "missing" and best_state != "missing":
-        return _continue_from_best(plan, best_state, best_info)
-    return state, info
+        state, info = _recover_from_corrupt_best(plan, state, info, best_info)
+    elif state == "missing" and best_state != "missing":
+        state, info = _continue_from_best(plan, best_state, best_info)
+    return _restart_at_plan_batch(plan, info) if state == "partial" else (state, info)
 
 
 def _continue_from_best(plan: TrainPlan, best_state: CheckpointState,
@@ -312,6 +316,23 @@ def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: di
         _set_aside(plan.last_pt, "superseded", f"is not known to hold the epoch best.pt held ({info}): it cannot "
                    "stand in for it")
     print("WARNING exp3: no checkpoint of the best epoch left: training this session from the start")
+    return "missing", {}
+
+
+def _restart_at_plan_batch(plan: TrainPlan, info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
+    """An unfinished training is resumed only at its own batch: resumed at another (an out-of-memory retry's), its
+    first epochs and the rest would run at different batches, which no record of one batch describes. Its last.pt and
+    best.pt are set aside and the session trains from the start at the plan's batch."""
+    from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment
+
+    batch = plan.overrides.get("batch", DEFAULT_CFG.batch)
+    if info.get("batch") == batch:
+        return "partial", info
+    for checkpoint in (plan.last_pt, plan.best_pt):
+        if checkpoint.is_file():
+            _set_aside(checkpoint, "other-batch", f"was trained at batch {info.get('batch')}, this training's is "
+                       f"{batch} (resumed, one training would run at both)")
+    print(f"WARNING exp3: training this session from the start at batch {batch}")
     return "missing", {}
 
 
@@ -405,11 +426,14 @@ def _train_with(plan: TrainPlan) -> None:
     model = (RTDETR if plan.family == "rtdetr" else YOLO)(str(plan.last_pt) if resuming else plan.source)
     trainers.add_callbacks(model, train_info.callbacks())
     if resuming:
-        # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan:
-        # the config's batch/imgsz/device/workers, an out-of-memory retry's halved batch, and where the data
-        # and the run are now (a root moved or restored from a mirror: never the paths the checkpoint was made at)
+        # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan: the config's
+        # batch (the checkpoint's own, `_restart_at_plan_batch`)/imgsz/device/workers, and where the data and the run
+        # are now (a root moved or restored from a mirror: never the paths the checkpoint was made at)
         model.train(resume=True, trainer=trainer_class, data=plan.locations["data"], save_dir=plan.run_dir,
                     **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
     else:
+        # a .pt keeps its own training's imgsz, data, task and single_cls as the base of `train`'s args (Ultralytics'
+        # `Model._reset_ckpt_args`): a fresh training takes its weights only, and Ultralytics' defaults and the plan
+        model.overrides = {key: model.overrides[key] for key in ("model", "task")}
         model.train(trainer=trainer_class, **plan.locations, **plan.overrides)
     train_info.finish(trainer=trainer_class.__name__, resumed_from=info.get("epoch") if resuming else None)

@@ -1,0 +1,69 @@
+"""What a training really runs with, on tiny real trainings (exp3.train.training): a user's own `.pt` gives its
+weights only, and an out-of-memory retry at another batch never resumes a checkpoint trained at the first one."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exp3.train.training import TrainPlan, run_training
+
+TRAIN_OVERRIDES: dict[str, Any] = {"epochs": 1, "batch": 4, "workers": 0, "device": "cpu"}
+
+
+def _plan(data_yaml: Path, tmp_path: Path, source: str, overrides: dict[str, Any]) -> TrainPlan:
+    return TrainPlan(session="check__S1_clean_train", family="detect", source=source,
+                     pretrained=source.endswith(".pt"), overrides=overrides,
+                     locations={"data": str(data_yaml), "project": str(tmp_path / "s"), "name": "train",
+                                "exist_ok": True},
+                     masking_site=None, masking_spec=None, output_root=str(tmp_path),
+                     run_dir=str(tmp_path / "s" / "train"))
+
+
+def test_a_fresh_training_from_a_users_pt_takes_its_weights_not_its_training_args(
+        tiny_data_yaml: Path, tmp_path: Path) -> None:
+    """A `.pt` trained single_cls at imgsz 32: a session from it that sets neither trains at Ultralytics' defaults,
+    as its `overrides` (the plan's) say, not at the `.pt`'s."""
+    from ultralytics import YOLO
+    from ultralytics.cfg import DEFAULT_CFG
+
+    YOLO("yolov8n.yaml").train(data=str(tiny_data_yaml), epochs=1, imgsz=32, batch=4, single_cls=True, device="cpu",
+                               amp=False, workers=0, plots=False, project=str(tmp_path / "user"), name="run",
+                               exist_ok=True, verbose=False)
+    users_pt = tmp_path / "user" / "run" / "weights" / "last.pt"
+    outcome = run_training(_plan(tiny_data_yaml, tmp_path, str(users_pt), TRAIN_OVERRIDES), tmp_path / "logs")
+    effective = outcome.info["effective_args"]
+    assert (effective["imgsz"], effective["single_cls"]) == (DEFAULT_CFG.imgsz, DEFAULT_CFG.single_cls) == (640, False)
+    assert effective["model"] == str(users_pt) and effective["pretrained"] is True  # its weights, still
+
+
+def test_an_out_of_memory_retry_at_another_batch_trains_from_the_start(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory after epoch 0's checkpoint at batch 4: the retry at batch 2 does not resume that checkpoint (its
+    epochs would have run at batch 4 and the rest at 2, recorded as batch 2); it is set aside, and every epoch runs at
+    batch 2."""
+    import torch
+
+    from exp3.train import trainers
+
+    def out_of_memory(trainer: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
+        real_add_callbacks(target, {**callbacks, "on_model_save": [out_of_memory]})
+
+    real_add_callbacks = trainers.add_callbacks
+    plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
+    with monkeypatch.context() as patch:
+        patch.setattr(trainers, "add_callbacks", add_callbacks)
+        with pytest.raises(torch.OutOfMemoryError):
+            run_training(plan, tmp_path / "logs")
+    retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})  # as plan_training(retry_batch=2)
+    outcome = run_training(retry, tmp_path / "logs")
+    assert outcome.resumed_from_epoch is None and outcome.info["start_epoch"] == 0
+    assert outcome.info["ran"]["batch"] == 2 and outcome.info["epochs_completed"] == 2
+    (aside,) = plan.last_pt.parent.glob("last.pt.other-batch-*")
+    assert torch.load(aside, map_location="cpu", weights_only=False)["train_args"]["batch"] == 4  # kept, not resumed
