@@ -4,15 +4,19 @@
 as Ultralytics does (the current directory, then `SETTINGS["weights_dir"]`) and downloaded only with
 `download_weights: true`. Anything else is refused before any session starts, with one line saying where to put the
 file; a missing file never turns into a from-scratch training (that would report another experiment under the
-configured name). The user's view: README (first section) and docs/schema.md, `training.weights`.
+configured name). Weights found are checked against the configured architecture (`check_architecture`): Ultralytics
+trains the architecture stored in the checkpoint, so a checkpoint of another one (a yolov8n `last.pt` under
+`architecture: yolov8s.yaml`) is refused too, rather than trained and recorded under the configured name.
+The user's view: README (first section) and docs/schema.md, `training.weights`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from exp3.fileio import sha256_file
 
@@ -20,7 +24,7 @@ WeightsOrigin = Literal["scratch", "local", "ultralytics_weights_dir", "download
 
 
 class WeightsError(FileNotFoundError):
-    """Configured weights that cannot be had; the message is one line with the fix."""
+    """Configured weights that cannot be had, or that are of another architecture; one line with the fix."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
     configured = str(weights)
     path = Path(configured).expanduser()
     if path.is_file():
-        return ResolvedWeights(str(path.absolute()), sha256_file(path), "local", configured)
+        return _checked(model_name, architecture, ResolvedWeights(str(path.absolute()), sha256_file(path), "local",
+                                                                  configured))
     # lazy: Ultralytics after apply_offline_environment, and only for a name that is no file
     from ultralytics.utils import SETTINGS
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
@@ -65,15 +70,90 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
         raise WeightsError(f"weights {configured!r} of model {model_name!r} not found: put the file there {fix}")
     in_weights_dir = Path(SETTINGS["weights_dir"]) / configured
     if in_weights_dir.is_file():
-        return ResolvedWeights(str(in_weights_dir), sha256_file(in_weights_dir), "ultralytics_weights_dir",
-                               configured)
+        return _checked(model_name, architecture, ResolvedWeights(
+            str(in_weights_dir), sha256_file(in_weights_dir), "ultralytics_weights_dir", configured))
     if download:
         downloaded = _download_asset(in_weights_dir)
         if downloaded is not None:
-            return ResolvedWeights(str(downloaded), sha256_file(downloaded), "downloaded", configured)
+            return _checked(model_name, architecture, ResolvedWeights(str(downloaded), sha256_file(downloaded),
+                                                                      "downloaded", configured))
     how = ("the download failed (offline?)" if download else "downloads are off (download_weights: false)")
     raise WeightsError(f"weights {configured!r} of model {model_name!r} not found and {how}: put {configured} "
                        f"in {in_weights_dir.parent} (Ultralytics' weights_dir) or give a path to it, {fix}")
+
+
+_SET_BY_ULTRALYTICS = ("nc", "channels", "ch", "yaml_file")
+"""Model-yaml keys that do not make the architecture: the class count and input channels (the dataset's: Ultralytics
+writes them when it builds the model) and the file the yaml was read from (same content, another path is fine)."""
+
+_CHECKED: set[tuple[str, str]] = set()
+"""(weights sha256, architecture) pairs found to agree in this process: a checkpoint is loaded once to check it."""
+
+
+def _checked(model_name: str, architecture: str, weights: ResolvedWeights) -> ResolvedWeights:
+    """`weights`, once `check_architecture` finds it of `architecture` (checked once per process and content)."""
+    assert weights.sha256 is not None
+    if (weights.sha256, architecture) not in _CHECKED:
+        check_architecture(model_name, architecture, weights)
+        _CHECKED.add((weights.sha256, architecture))
+    return weights
+
+
+def architecture_spec(model_yaml: dict[str, Any]) -> dict[str, Any]:
+    """What a model yaml builds, as Ultralytics' `parse_model` reads it: the yaml without `_SET_BY_ULTRALYTICS`,
+    its scale resolved (`scale`: the letter Ultralytics guessed from the yaml's file name, e.g. `s` for
+    `yolov8s.yaml`, or the first of `scales` where none was; `multipliers`: that scale's depth, width and
+    max_channels, or the yaml's own `depth_multiple` / `width_multiple`), in JSON types."""
+    spec = {key: value for key, value in model_yaml.items() if key not in _SET_BY_ULTRALYTICS}
+    scales, scale = spec.pop("scales", None), spec.pop("scale", None) or ""
+    depth, width = spec.pop("depth_multiple", 1.0), spec.pop("width_multiple", 1.0)
+    if scales:
+        scale = scale or next(iter(scales))
+        spec["multipliers"] = list(scales[scale]) if scale in scales else None
+    else:
+        spec["multipliers"] = [depth, width, None]
+    spec["scale"] = scale
+    if spec.get("backbone") and spec["backbone"][0][2] == "Silence":  # Ultralytics renames it when it builds
+        spec["backbone"] = [[*spec["backbone"][0][:2], "nn.Identity", *spec["backbone"][0][3:]], *spec["backbone"][1:]]
+    return json.loads(json.dumps(spec, default=str))
+
+
+def check_architecture(model_name: str, architecture: str, weights: ResolvedWeights) -> None:
+    """Raise `WeightsError` unless the checkpoint `weights.source` builds what `architecture` builds
+    (`architecture_spec` of the checkpoint's own model yaml vs. the yaml Ultralytics resolves for `architecture`).
+
+    A file Ultralytics cannot load as a checkpoint is not judged here: building the model from it fails the
+    session with Ultralytics' own message, as it always did.
+    """
+    # lazy: Ultralytics after apply_offline_environment, and only where weights are given
+    from ultralytics.nn.tasks import torch_safe_load, yaml_model_load
+
+    try:
+        checkpoint, _ = torch_safe_load(weights.source)
+        stored = (checkpoint.get("ema") or checkpoint.get("model")).yaml  # what Ultralytics trains from it
+    except Exception:  # noqa: BLE001 - unreadable: the session fails on it when it builds the model (docstring)
+        return
+    if not isinstance(stored, dict):
+        return
+    try:
+        wanted = yaml_model_load(architecture)
+    except Exception as error:  # noqa: BLE001 - any unreadable yaml is refused in one line
+        raise WeightsError(f"architecture {architecture!r} of model {model_name!r} cannot be read "
+                           f"({type(error).__name__}): give an Ultralytics model yaml (e.g. yolov8m.yaml, "
+                           "rtdetr-l.yaml) or a path to one") from None
+    if Path(str(stored.get("yaml_file", ""))).name == Path(architecture).name:
+        return  # the yaml it was made from: a published checkpoint holds that yaml as it was then
+    have, want = architecture_spec(stored), architecture_spec(wanted)
+    if have == want:
+        return  # another file of the same architecture
+    differs = [key for key in dict.fromkeys(["scale", *want, *have]) if have.get(key) != want.get(key)]
+    named = stored.get("yaml_file") or "an unnamed yaml"
+    detail = ", ".join(f"{key} {have.get(key)!r} vs {want.get(key)!r}" if key in ("scale", "multipliers") else key
+                       for key in differs)
+    raise WeightsError(f"weights {weights.configured!r} of model {model_name!r} are a {named} model, not its "
+                       f"architecture {architecture} (differs in: {detail}): set models.{model_name}.architecture "
+                       f"to {named} to train these weights, or point models.{model_name}.weights at a checkpoint "
+                       f"of {architecture} (null = from scratch on purpose)")
 
 
 def _download_asset(target: Path) -> Path | None:

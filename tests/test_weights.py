@@ -1,0 +1,83 @@
+"""`models.<m>.weights` against `models.<m>.architecture`: a checkpoint of another architecture is refused, in one
+line, before anything is written (Ultralytics trains the architecture stored in the checkpoint, not the configured
+one: a yolov8n `last.pt` under `architecture: yolov8s.yaml` would train a yolov8n recorded as yolov8s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exp3.config import load_config
+from exp3.fileio import sha256_file
+from exp3.sessions import Session
+from exp3.train.weights import WeightsError, resolve_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(path: Path, root: Path, models: dict) -> Path:
+    path.write_text(yaml.safe_dump({"base": str(REPO / "configs" / "smoke.yaml"), "output_root": str(root),
+                                    "models": models, "sessions": ["S1_clean_train"]}))
+    return path
+
+
+def test_a_checkpoint_of_another_scale_or_family_is_refused_naming_both(tiny_yolo_checkpoint: Path) -> None:
+    """The tiny checkpoint is a yolov8n (yolov8n.yaml, trained on a 3-class dataset)."""
+    with pytest.raises(WeightsError) as refused:
+        resolve_weights("yolov8s", "yolov8s.yaml", tiny_yolo_checkpoint)
+    message = str(refused.value)
+    assert "\n" not in message and str(tiny_yolo_checkpoint) in message
+    assert "yolov8n.yaml" in message and "yolov8s.yaml" in message and "scale 'n' vs 's'" in message
+    assert "set models.yolov8s.architecture to yolov8n.yaml" in message and "models.yolov8s.weights" in message
+    with pytest.raises(WeightsError, match="yolov8n.yaml model, not its architecture rtdetr-l.yaml"):
+        resolve_weights("rtdetr-l", "rtdetr-l.yaml", tiny_yolo_checkpoint)
+    with pytest.raises(WeightsError, match="architecture 'nosuch.yaml' of model 'x' cannot be read"):
+        resolve_weights("x", "nosuch.yaml", tiny_yolo_checkpoint)
+
+
+def test_a_checkpoint_of_the_configured_architecture_is_accepted(tiny_yolo_checkpoint: Path) -> None:
+    """The class count (3, the dataset's, vs the yaml's 80) and the yaml's file name are no part of the architecture;
+    yolov8.yaml without a scale letter is built at its first scale (n), as Ultralytics does."""
+    for architecture in ("yolov8n.yaml", "yolov8.yaml"):
+        weights = resolve_weights("yolov8n", architecture, tiny_yolo_checkpoint)
+        assert weights.origin == "local" and weights.sha256 == sha256_file(tiny_yolo_checkpoint)
+
+
+def test_an_asset_name_found_in_the_cwd_is_checked_too(tiny_yolo_checkpoint: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`weights: yolov8m.pt` found in the current directory (as Ultralytics looks it up) that is not a yolov8m."""
+    shutil.copyfile(tiny_yolo_checkpoint, tmp_path / "yolov8m.pt")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["models.rtdetr-l=null"])  # the default yolov8m: yolov8m.yaml from yolov8m.pt
+    with pytest.raises(WeightsError, match="'yolov8m.pt' of model 'yolov8m' are a yolov8n.yaml model, not its "
+                                           "architecture yolov8m.yaml"):
+        resolve_weights("yolov8m", config.models["yolov8m"].architecture, config.models["yolov8m"].weights)
+
+
+def test_a_session_with_mismatched_weights_is_refused_before_anything_is_written(tiny_yolo_checkpoint: Path,
+                                                                                 tmp_path: Path) -> None:
+    from exp3.session.run import run_session
+
+    output = tmp_path / "out"
+    config = load_config(_config(tmp_path / "c.yaml", output, {"yolov8s": {
+        "architecture": "yolov8s.yaml", "weights": str(tiny_yolo_checkpoint), "epochs": 1}}))
+    with pytest.raises(WeightsError, match="yolov8n.yaml model, not its architecture yolov8s.yaml"):
+        run_session(config, Session("yolov8s", "S1_clean_train"), output)
+    assert not (output / "yolov8s").exists()
+
+
+def test_the_command_line_refuses_mismatched_weights_in_one_line(tiny_yolo_checkpoint: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path / "c.yaml", tmp_path / "out", {"yolov8m": {
+        "architecture": "yolov8m.yaml", "weights": str(tiny_yolo_checkpoint), "epochs": 1}})
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    result = subprocess.run([sys.executable, str(REPO / "flows" / "exp3.py"), "--config", str(config), "--dry-run",
+                             "--models", "yolov8m"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "yolov8n.yaml model, not its architecture yolov8m.yaml" in result.stderr
+    assert not (tmp_path / "out" / "yolov8m").exists()
