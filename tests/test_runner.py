@@ -35,26 +35,6 @@ def test_half_batch_retry_after_an_out_of_memory_failure(tmp_path: Path) -> None
     assert retry_batch_for(job.model_copy(update={"oom_halve_batch": False}), 2) is None
 
 
-def test_a_training_left_at_a_retrys_batch_is_resumed_at_it(tmp_path: Path) -> None:
-    """A flow run again after a kill (a recycled VM) finds a session's unfinished training at an earlier run's retry
-    batch: its first attempt resumes there (exp3.train.training would set a checkpoint of another batch aside and
-    train again from the start), recorded as the retry's batch. Not for a stale folder, a larger batch or a done one."""
-    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path="c", output_root=str(tmp_path),
-                     epochs=1)
-    job.paths.last_pt.parent.mkdir(parents=True)
-    job.paths.last_pt.write_bytes(b"checkpoint")
-    job.paths.write_inputs({}, "k")
-    (job.paths.run_dir / "args.yaml").write_text("epochs: 1\nbatch: 8\n")       # what Ultralytics writes
-    assert retry_batch_for(job, 1) == 8
-    assert retry_batch_for(job.model_copy(update={"batch": 8}), 1) is None         # the configured batch
-    assert retry_batch_for(job.model_copy(update={"cache_key": "other"}), 1) is None       # stale: another config
-    (job.paths.run_dir / "args.yaml").write_text("epochs: 1\nbatch: 32\n")
-    assert retry_batch_for(job, 1) is None
-    (job.paths.run_dir / "args.yaml").write_text("epochs: 1\nbatch: 8\n")
-    job.paths.last_pt.unlink()
-    assert retry_batch_for(job, 1) is None                                        # nothing left to resume
-
-
 def test_out_of_memory_is_retried_while_the_batch_can_shrink(tmp_path: Path) -> None:
     from exp3.grid.runner import worth_retrying
 

@@ -58,8 +58,7 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
     after an out-of-memory failure trains with half the batch (`retry_batch` overrides)."""
     logger = get_run_logger()
     if retry_batch is None and (retry_batch := retry_batch_for(job, attempt)) is not None:
-        logger.warning(f"{job.name}: batch {retry_batch}, an out-of-memory retry's (this run's, or the one its "
-                       "unfinished training was left at)")
+        logger.warning(f"{job.name}: out of memory last attempt, retrying with batch {retry_batch}")
     if job.deployment:
         return _run_via_deployment(job, retry_batch)
     start = time.perf_counter()

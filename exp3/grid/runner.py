@@ -10,8 +10,6 @@ import sys
 import time
 from typing import Any, BinaryIO, Callable
 
-import yaml
-
 from exp3.config import ConfigError, load_config
 from exp3.grid.jobs import SessionJob, SessionResult
 from exp3.parallel import parent_environment
@@ -56,18 +54,10 @@ def is_out_of_memory(record: dict | None) -> bool:
 
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
     """On a retry after an out-of-memory failure (`oom_halve_batch`): the batch halved once per earlier attempt
-    (16, 8, 4, ...), at least 1. Else the batch of the session's unfinished training when an earlier run's retry
-    left it below the configured one (a flow run again after a kill resumes it there: exp3.train.training resumes a
-    checkpoint only at its own batch and would train it again from the start); else None (the configured batch)."""
+    (16, 8, 4, ...), at least 1; else None (the configured batch)."""
     if attempt > 1 and job.oom_halve_batch and is_out_of_memory(job.paths.failure()):
         return max(1, (job.batch or DEFAULT_BATCH) >> (attempt - 1))
-    try:
-        ran = yaml.safe_load((job.paths.run_dir / "args.yaml").read_text(encoding="utf-8"))["batch"]  # Ultralytics'
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return None
-    unfinished = job.paths.state(job.cache_key) in (SessionState.PARTIAL, SessionState.FAILED) \
-        and job.paths.last_pt.is_file()                    # under this key: a stale folder's batch is another config's
-    return ran if unfinished and isinstance(ran, int) and 0 < ran < (job.batch or DEFAULT_BATCH) else None
+    return None
 
 
 def worth_retrying(job: SessionJob, record: dict | None, retry_batch: int | None) -> bool:
