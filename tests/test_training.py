@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from exp3.train.training import TrainPlan, run_training
+from exp3.session.record import ran_batch
+from exp3.train.training import TrainOutcome, TrainPlan, run_training
 
 TRAIN_OVERRIDES: dict[str, Any] = {"epochs": 1, "batch": 4, "workers": 0, "device": "cpu"}
 
@@ -67,3 +68,35 @@ def test_an_out_of_memory_retry_at_another_batch_trains_from_the_start(
     assert outcome.info["ran"]["batch"] == 2 and outcome.info["epochs_completed"] == 2
     (aside,) = plan.last_pt.parent.glob("last.pt.other-batch-*")
     assert torch.load(aside, map_location="cpu", weights_only=False)["train_args"]["batch"] == 4  # kept, not resumed
+
+
+def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow is run again after a kill while a retry at batch 2 was training (or Ultralytics' own first-epoch
+    halving left the checkpoint at 2): the first attempt, planned at the configured 4, resumes it at 2 (setting it
+    aside would lose the retry's epochs), and the record says batch 2 ran."""
+    import torch
+
+    from exp3.train import trainers
+
+    def killed(trainer: Any) -> None:
+        raise KeyboardInterrupt("killed after epoch 0's checkpoint (simulated)")
+
+    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
+        real_add_callbacks(target, {**callbacks, "on_model_save": [killed]})
+
+    real_add_callbacks = trainers.add_callbacks
+    plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
+    retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})
+    with monkeypatch.context() as patch:
+        patch.setattr(trainers, "add_callbacks", add_callbacks)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(retry, tmp_path / "logs")
+    outcome = run_training(plan, tmp_path / "logs")                              # planned at batch 4 again
+    assert outcome.resumed_from_epoch == 0 and outcome.info["ran"]["batch"] == 2
+    assert outcome.info["epochs_completed"] == 2 and not list(plan.last_pt.parent.glob("*.other-batch-*"))
+    assert torch.load(plan.last_pt, map_location="cpu", weights_only=False)["train_args"]["batch"] == 2
+    assert ran_batch(plan, outcome, None) == ({**plan.overrides, "batch": 2}, 2)   # metrics.json: batch 2 ran
+    as_planned = TrainOutcome(1.0, None, "", {"ran": {**outcome.info["ran"], "batch": 4}})
+    assert ran_batch(plan, as_planned, None) == (plan.overrides, None)
+    assert ran_batch(retry, outcome, 2) == (retry.overrides, 2)                     # a retry's, as planned

@@ -129,6 +129,18 @@ def threshold_block(config: ExperimentConfig, val: SplitEvaluation, chosen: Mapp
                       val_map50=val.map50, val_map50_95=val.map50_95)
 
 
+def ran_batch(plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None) -> tuple[dict[str, Any], int | None]:
+    """(overrides, oom_retry_batch) as the training ran: a checkpoint is trained at one batch (exp3.train.training
+    `_restart_at_plan_batch`), below the plan's when an earlier attempt's retry or Ultralytics' own first-epoch
+    out-of-memory halving left it there (`training.ran`); else the plan's and the retry's."""
+    from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment (loaded by now)
+
+    ran = (outcome.info.get("ran") or {}).get("batch")
+    if isinstance(ran, int) and ran < plan.overrides.get("batch", DEFAULT_CFG.batch):
+        return {**plan.overrides, "batch": ran}, ran
+    return plan.overrides, retry_batch
+
+
 def session_record(config: ExperimentConfig, session: Session, inputs: SessionInputs, prepared: PreparedData, *,
                    weights: ResolvedWeights, plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None,
                    previous_failure: dict[str, Any] | None, checkpoint: Path, thresholds: Thresholds,
@@ -139,6 +151,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
     the severity splits), with its provenance. `previous_failure`: the FAILED marker it replaced."""
     stats_file = Path(plan.run_dir) / "masking_stats.json"
     masking_stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
+    overrides, oom_retry_batch = ran_batch(plan, outcome, retry_batch)
     return SessionMetrics(
         schema_version=SCHEMA_VERSION,
         status="done",
@@ -159,8 +172,8 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
                                        sha256=weights.sha256, origin=weights.origin),
             "train_images": session.train_images,
             "train_data_yaml": plan.locations["data"],
-            "overrides": plan.overrides,
-            "oom_retry_batch": retry_batch,
+            "overrides": overrides,
+            "oom_retry_batch": oom_retry_batch,
             "locations": plan.locations,
             "resumed_from_epoch": outcome.resumed_from_epoch,
             "previous_failure": None if previous_failure is None else PreviousFailure(

@@ -92,7 +92,7 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
     (the session folder's Ultralytics run folder, `SessionPaths.run_dir`).
 
     `retry_batch` (out-of-memory retry) replaces the batch; it is what really runs, so it is what
-    the plan, Ultralytics' args and metrics.json's `overrides` say (the failed attempt's checkpoints, of the other
+    the plan, Ultralytics' args and metrics.json's `overrides` say (the failed attempt's checkpoints, of a larger
     batch, are set aside: the retry trains from the start, `_restart_at_plan_batch`).
     """
     site = session.masking_site
@@ -320,17 +320,18 @@ def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: di
 
 
 def _restart_at_plan_batch(plan: TrainPlan, info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
-    """An unfinished training is resumed only at its own batch: resumed at another (an out-of-memory retry's), its
-    first epochs and the rest would run at different batches, which no record of one batch describes. Its last.pt and
-    best.pt are set aside and the session trains from the start at the plan's batch."""
+    """An unfinished training is resumed only at its own batch, so that every epoch runs at one batch. Above the
+    plan's (the plan is an out-of-memory retry's, smaller), its last.pt and best.pt are set aside and the session
+    trains from the start at the plan's batch. Below it (an earlier retry's, left by a kill, or Ultralytics' own
+    first-epoch halving), it is resumed at that batch (`_train_with`), which the record names (`training.ran`)."""
     from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment
 
     batch = plan.overrides.get("batch", DEFAULT_CFG.batch)
-    if info.get("batch") == batch:
+    if not isinstance(info.get("batch"), int) or info["batch"] <= batch:
         return "partial", info
     for checkpoint in (plan.last_pt, plan.best_pt):
         if checkpoint.is_file():
-            _set_aside(checkpoint, "other-batch", f"was trained at batch {info.get('batch')}, this training's is "
+            _set_aside(checkpoint, "other-batch", f"was trained at batch {info['batch']}, this training's is "
                        f"{batch} (resumed, one training would run at both)")
     print(f"WARNING exp3: training this session from the start at batch {batch}")
     return "missing", {}
@@ -427,10 +428,12 @@ def _train_with(plan: TrainPlan) -> None:
     trainers.add_callbacks(model, train_info.callbacks())
     if resuming:
         # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan: the config's
-        # batch (the checkpoint's own, `_restart_at_plan_batch`)/imgsz/device/workers, and where the data and the run
-        # are now (a root moved or restored from a mirror: never the paths the checkpoint was made at)
-        model.train(resume=True, trainer=trainer_class, data=plan.locations["data"], save_dir=plan.run_dir,
-                    **{key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE})
+        # imgsz/device/workers, and where the data and the run are now (a root moved or restored from a mirror: never
+        # the paths the checkpoint was made at). The batch is the checkpoint's own (`_restart_at_plan_batch`)
+        resumed = {key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE}
+        if isinstance(info.get("batch"), int):
+            resumed["batch"] = info["batch"]
+        model.train(resume=True, trainer=trainer_class, data=plan.locations["data"], save_dir=plan.run_dir, **resumed)
     else:
         # a .pt keeps its own training's imgsz, data, task and single_cls as the base of `train`'s args (Ultralytics'
         # `Model._reset_ckpt_args`): a fresh training takes its weights only, and Ultralytics' defaults and the plan
