@@ -265,7 +265,6 @@ class ReportData:
             return None
         return np.array([float(np.mean(values)) for values in recorded]), got
 
-
     def split_draws(self, model: str, suffix: str, splits: Sequence[str], metric: str,
                     suites: dict[str, str] | None = None) -> SplitDraws | None:
         """`metric` (a count F1 or an mAP of METRICS) of one session on `splits`, each predictions file made on the
