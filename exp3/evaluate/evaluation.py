@@ -259,7 +259,8 @@ def evaluate_split(
     if skipped:                 # Ultralytics' loader drops an image it cannot read with one log line, and goes on
         raise ValueError(f"Ultralytics' validator skipped {len(skipped)} of the {len(listed)} images of {split} in "
                          f"{split_yaml} (e.g. {skipped[0]!r}; its log says why): re-save them as JPEG or PNG of at "
-                         "least 10 x 10 px, or remove them (python -m exp3.dataset audit --data <data.yaml> lists them)")
+                         "least 10 x 10 px, or remove them (python -m exp3.dataset audit --data <data.yaml> lists "
+                         "them)")
     start = time.perf_counter()
     map_stats = MapStats.from_images(finished.map_images)
     records = sorted(finished.records, key=lambda record: record["image_id"])

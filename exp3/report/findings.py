@@ -222,7 +222,8 @@ def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFram
         groups[group].append(label)
         rows.append({"metric": METRICS[metric].label, "operating point": _operating_point(metric, threshold, row),
                      f"{a} - {b} [95% CI]": fmt_ci(row, "difference", "ci_low", "ci_high", True),
-                     "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]), "detects the effect": {"detect": f"yes ({a} > {b})", "no": "no (CI includes 0)",
+                     "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),
+                     "detects the effect": {"detect": f"yes ({a} > {b})", "no": "no (CI includes 0)",
                                             "reversed": f"no, reversed ({a} < {b})",
                                             "undecided": "undecided (no CI)"}[group]})
     if not rows:

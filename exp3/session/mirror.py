@@ -220,8 +220,8 @@ def on_mirror_storage(path: Path, mirror: Path) -> bool:
 def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
     """A copy on the local disk of a user dataset kept on the mirror's storage (training from Drive is slow): its
     root folder, with a data.yaml naming the copy's root. Made once per source: a copy whose recorded listing
-    (files, sizes, times) and data.yaml text still match the source's is used as is; a new one is checked against the source's
-    fingerprint before it is used. `DatasetError` when a split lies outside the dataset's root folder."""
+    (files, sizes, times) and data.yaml text still match the source's is used as is; a new one is checked against
+    the source's fingerprint before it is used. `DatasetError` when a split lies outside the dataset's root folder."""
     spec = read_data_yaml(data_yaml)
     if outside := [str(source) for sources in spec.splits.values() for source in sources
                    if not source.is_relative_to(spec.root)]:

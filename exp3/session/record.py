@@ -131,7 +131,7 @@ def threshold_block(config: ExperimentConfig, val: SplitEvaluation, chosen: Mapp
 
 def ran_batch(plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None) -> tuple[dict[str, Any], int | None]:
     """(overrides, oom_retry_batch) as the training ran: a checkpoint is trained at one batch (exp3.train.training
-    `_restart_at_plan_batch`), below the plan's when an earlier attempt's retry or Ultralytics' own first-epoch
+    `_resume_at_own_batch`), below the plan's when an earlier attempt's retry or Ultralytics' own first-epoch
     out-of-memory halving left it there (`training.ran`); else the plan's and the retry's."""
     from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment (loaded by now)
 

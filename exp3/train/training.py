@@ -93,7 +93,7 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
 
     `retry_batch` (out-of-memory retry) replaces the batch; it is what really runs, so it is what
     the plan, Ultralytics' args and metrics.json's `overrides` say (the failed attempt's checkpoints, of a larger
-    batch, are set aside: the retry trains from the start, `_restart_at_plan_batch`).
+    batch, are set aside: the retry trains from the start, `_resume_at_own_batch`).
     """
     site = session.masking_site
     overrides = training_overrides(config, session.model, session.training_seed(config.seeds))
@@ -272,8 +272,8 @@ def _set_aside(path: Path, label: str, why: str) -> Path:
 
 def _training_state(plan: TrainPlan) -> tuple[CheckpointState, dict[str, Any]]:
     """What the session's checkpoints leave to train, once what cannot be used is set aside: an unreadable last.pt
-    (`_continue_from_best`), an unreadable best.pt (`_recover_from_corrupt_best`), an unfinished training at
-    another batch than the plan's (`_restart_at_plan_batch`)."""
+    (`_continue_from_best`), an unreadable best.pt (`_recover_from_corrupt_best`), an unfinished training at a
+    larger batch than the plan's (`_resume_at_own_batch`)."""
     state, info = checkpoint_state(plan.last_pt)
     if state == "corrupt":
         _set_aside(plan.last_pt, "corrupt", f"is unreadable ({info.get('error')})")
@@ -283,7 +283,7 @@ def _training_state(plan: TrainPlan) -> tuple[CheckpointState, dict[str, Any]]:
         state, info = _recover_from_corrupt_best(plan, state, info, best_info)
     elif state == "missing" and best_state != "missing":
         state, info = _continue_from_best(plan, best_state, best_info)
-    return _restart_at_plan_batch(plan, info) if state == "partial" else (state, info)
+    return _resume_at_own_batch(plan, info) if state == "partial" else (state, info)
 
 
 def _continue_from_best(plan: TrainPlan, best_state: CheckpointState,
@@ -319,7 +319,7 @@ def _recover_from_corrupt_best(plan: TrainPlan, state: CheckpointState, info: di
     return "missing", {}
 
 
-def _restart_at_plan_batch(plan: TrainPlan, info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
+def _resume_at_own_batch(plan: TrainPlan, info: dict[str, Any]) -> tuple[CheckpointState, dict[str, Any]]:
     """An unfinished training is resumed only at its own batch, so that every epoch runs at one batch. Above the
     plan's (the plan is an out-of-memory retry's, smaller), its last.pt and best.pt are set aside and the session
     trains from the start at the plan's batch. Below it (an earlier retry's, left by a kill, or Ultralytics' own
@@ -429,7 +429,7 @@ def _train_with(plan: TrainPlan) -> None:
     if resuming:
         # Ultralytics restores the checkpoint's args on resume; these may (and must) follow the plan: the config's
         # imgsz/device/workers, and where the data and the run are now (a root moved or restored from a mirror: never
-        # the paths the checkpoint was made at). The batch is the checkpoint's own (`_restart_at_plan_batch`)
+        # the paths the checkpoint was made at). The batch is the checkpoint's own (`_resume_at_own_batch`)
         resumed = {key: value for key, value in plan.overrides.items() if key in RESUME_OVERRIDABLE}
         if isinstance(info.get("batch"), int):
             resumed["batch"] = info["batch"]
