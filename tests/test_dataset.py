@@ -222,6 +222,28 @@ def test_bad_data_yaml_is_one_line_error(tmp_path: Path, text: str | None, needl
     assert result.returncode == 2 and result.stderr.startswith("error:") and needle in result.stderr
 
 
+def test_a_relative_path_that_ultralytics_reads_elsewhere_is_refused(dataset: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`path: foods` in cfg/foods.yaml: exp3 reads cfg/foods, Ultralytics (`check_det_dataset`, which trains S1 from
+    this yaml) the working directory's foods, here an older copy. Refused in one line; from the yaml's folder, both
+    read the same."""
+    from ultralytics.data.utils import check_det_dataset
+
+    spec = yaml.safe_load(dataset.read_text())
+    (tmp_path / "cfg").mkdir()
+    shutil.copytree(dataset.parent, tmp_path / "cfg" / "foods")
+    shutil.copytree(dataset.parent, tmp_path / "work" / "foods")
+    relative = tmp_path / "cfg" / "foods.yaml"
+    relative.write_text(yaml.safe_dump({**spec, "path": "foods"}))
+    monkeypatch.chdir(tmp_path / "work")
+    assert Path(check_det_dataset(str(relative))["train"]).is_relative_to(tmp_path / "work" / "foods")  # its reading
+    with pytest.raises(DatasetError, match=r"'path: foods' is relative: exp3 reads it from the yaml's folder .*cfg/"
+                                           r"foods\), Ultralytics from the working directory .*work/foods\)"):
+        read_data_yaml(relative)
+    monkeypatch.chdir(tmp_path / "cfg")
+    assert read_data_yaml(relative).root == tmp_path / "cfg" / "foods"
+
+
 def test_list_file_splits_and_label_paths(dataset: Path) -> None:
     root = dataset.parent
     images = sorted((root / "images" / "val").glob("*.jpg"))

@@ -74,7 +74,11 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     root_value = data.get("path")
     root = Path(str(root_value)) if root_value else yaml_path.parent
     if not root.is_absolute():
-        root = (yaml_path.parent / root).resolve()
+        root, theirs = (yaml_path.parent / root).resolve(), root.resolve()
+        if theirs != root:  # Ultralytics reads a relative `path:` from the working directory: other images
+            raise DatasetError(f"{str(yaml_path)!r}: 'path: {root_value}' is relative: exp3 reads it from the yaml's "
+                               f"folder ({root}), Ultralytics from the working directory ({theirs}): write it as an "
+                               "absolute path, or run from the yaml's folder")
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} (from 'path:' in {yaml_path.name}) does not exist: fix 'path:'")
     splits: dict[str, list[Path]] = {}
