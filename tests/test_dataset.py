@@ -154,7 +154,7 @@ def test_images_ultralytics_would_skip_or_rewrite_are_those_its_check_image_refu
     assert "corrupt JPEG restored" in check_image(str(trailer))[0] and trailer.read_bytes() != before  # in place
 
 
-def test_a_split_lists_the_images_ultralytics_loads(dataset: Path) -> None:
+def test_a_split_lists_the_images_ultralytics_loads(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ultralytics' own listing (`BaseDataset.get_img_files`) and exp3's agree: a phone's .mpo is an image of the
     split, macOS's `._x.jpg` and a hidden folder's files are not (exp3 once listed the second and missed the first)."""
     from types import SimpleNamespace
@@ -168,8 +168,20 @@ def test_a_split_lists_the_images_ultralytics_loads(dataset: Path) -> None:
     (train / ".thumbnails").mkdir()
     shutil.copyfile(source, train / ".thumbnails" / source.name)
     ours = [str(path) for path in list_split_images(read_data_yaml(dataset), "train")]
-    assert ours == BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), str(train))
+    loader = SimpleNamespace(prefix="", fraction=1.0)
+    assert ours == BaseDataset.get_img_files(loader, str(train))
     assert str(train / "phone_0001.mpo") in ours and len(ours) == 9
+    listed = dataset.parent / "lists" / "train.txt"                   # a list: `./x` from its folder, `x` from the cwd
+    listed.parent.mkdir()
+    (listed.parent / "images").symlink_to(train)
+    other = sorted(train.glob("train_*.jpg"))[1]
+    listed.write_text(f"./images/{source.name}\nimages/train/{other.name}\nimages/notes.txt\n")
+    spec = yaml.safe_load(dataset.read_text())
+    dataset.write_text(yaml.safe_dump({**spec, "train": str(listed)}))
+    monkeypatch.chdir(dataset.parent)
+    theirs = sorted(str(Path(path).resolve()) for path in BaseDataset.get_img_files(loader, str(listed)))
+    assert [str(path) for path in list_split_images(read_data_yaml(dataset), "train")] == theirs
+    assert len(theirs) == 2 and theirs[0] != theirs[1]
 
 
 def test_audit_cached_under_older_rules_is_done_again(dataset: Path, tmp_path: Path) -> None:

@@ -112,9 +112,12 @@ def list_split_images(spec: DataSpec, split: str) -> list[Path]:
             images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                           and not any(part.startswith(".") for part in p.relative_to(source).parts))
         elif source.is_file() and source.suffix == ".txt":
-            entries = [Path(line.strip()) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-            images.extend(entry if entry.is_absolute() else (source.parent / entry).resolve() for entry in entries
-                          if entry.suffix.lower() in IMAGE_SUFFIXES)
+            # read as Ultralytics reads a list: `./x` from the list's folder, another relative entry from the
+            # working directory
+            lines = [line.strip() for line in source.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            entries = [Path(line) if Path(line).is_absolute() else
+                       (source.parent / line[2:] if line.startswith("./") else Path(line)).resolve() for line in lines]
+            images.extend(entry for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES)
         else:
             raise DatasetError(
                 f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
