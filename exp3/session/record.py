@@ -133,10 +133,8 @@ def ran_batch(plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None) -
     """(overrides, oom_retry_batch) as the training ran: a checkpoint is trained at one batch (exp3.train.training
     `_resume_at_own_batch`), below the plan's when an earlier attempt's retry or Ultralytics' own first-epoch
     out-of-memory halving left it there (`training.ran`); else the plan's and the retry's."""
-    from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment (loaded by now)
-
     ran = (outcome.info.get("ran") or {}).get("batch")
-    if isinstance(ran, int) and ran < plan.overrides.get("batch", DEFAULT_CFG.batch):
+    if isinstance(ran, int) and ran < plan.batch:
         return {**plan.overrides, "batch": ran}, ran
     return plan.overrides, retry_batch
 

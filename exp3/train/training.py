@@ -73,6 +73,13 @@ class TrainPlan:
     def best_pt(self) -> Path:
         return Path(self.run_dir) / "weights" / "best.pt"
 
+    @property
+    def batch(self) -> int:
+        """The batch this plan trains at: its override, else Ultralytics' default."""
+        from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment
+
+        return int(self.overrides.get("batch", DEFAULT_CFG.batch))
+
 
 def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
     """The Ultralytics args exp3 changes from their defaults for `model_name` at training `seed`."""
@@ -324,9 +331,7 @@ def _resume_at_own_batch(plan: TrainPlan, info: dict[str, Any]) -> tuple[Checkpo
     plan's (the plan is an out-of-memory retry's, smaller), its last.pt and best.pt are set aside and the session
     trains from the start at the plan's batch. Below it (an earlier retry's, left by a kill, or Ultralytics' own
     first-epoch halving), it is resumed at that batch (`_train_with`), which the record names (`training.ran`)."""
-    from ultralytics.cfg import DEFAULT_CFG  # lazy: Ultralytics after apply_offline_environment
-
-    batch = plan.overrides.get("batch", DEFAULT_CFG.batch)
+    batch = plan.batch
     if not isinstance(info.get("batch"), int) or info["batch"] <= batch:
         return "partial", info
     for checkpoint in (plan.last_pt, plan.best_pt):

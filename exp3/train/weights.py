@@ -133,16 +133,14 @@ def check_architecture(model_name: str, architecture: str, weights: ResolvedWeig
         stored = (checkpoint.get("ema") or checkpoint.get("model")).yaml  # what Ultralytics trains from it
     except Exception:  # noqa: BLE001 - unreadable: the session fails on it when it builds the model (docstring)
         return
-    if not isinstance(stored, dict):
-        return
+    if not isinstance(stored, dict) or Path(str(stored.get("yaml_file", ""))).name == Path(architecture).name:
+        return  # the yaml it was made from: a published checkpoint holds that yaml as it was then
     try:
         wanted = yaml_model_load(architecture)
     except Exception as error:  # noqa: BLE001 - any unreadable yaml is refused in one line
         raise WeightsError(f"architecture {architecture!r} of model {model_name!r} cannot be read "
                            f"({type(error).__name__}): give an Ultralytics model yaml (e.g. yolov8m.yaml, "
                            "rtdetr-l.yaml) or a path to one") from None
-    if Path(str(stored.get("yaml_file", ""))).name == Path(architecture).name:
-        return  # the yaml it was made from: a published checkpoint holds that yaml as it was then
     have, want = architecture_spec(stored), architecture_spec(wanted)
     if have == want:
         return  # another file of the same architecture
