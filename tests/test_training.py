@@ -100,3 +100,66 @@ def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
     as_planned = TrainOutcome(1.0, None, "", {"ran": {**outcome.info["ran"], "batch": 4}})
     assert ran_batch(plan, as_planned, None) == (plan.overrides, None)
     assert ran_batch(retry, outcome, 2) == (retry.overrides, 2)                     # a retry's, as planned
+
+
+def _out_of_memory_once(trainer: Any) -> None:
+    """The next forward pass runs out of memory once, as a GPU's can: Ultralytics halves the batch and restarts the
+    epoch (`BaseTrainer._do_train`, first epoch of a run on one device)."""
+    def out_of_memory(batch: Any) -> Any:
+        del trainer.preprocess_batch
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    if "preprocess_batch" not in vars(trainer) and not getattr(trainer, "_simulated_oom", False):
+        trainer._simulated_oom = True
+        trainer.preprocess_batch = out_of_memory
+
+
+def test_ultralytics_halving_the_batch_in_the_first_epoch_is_recorded(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory in the first epoch of a fresh training at batch 4: Ultralytics halves the batch to 2 and goes on
+    without failing, so every epoch runs at 2; train_info.json and the record say batch 2, not the planned 4."""
+    from exp3.train import trainers
+
+    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
+        real_add_callbacks(target, {**callbacks, "on_train_batch_start": [_out_of_memory_once]})
+
+    real_add_callbacks = trainers.add_callbacks
+    plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
+    with monkeypatch.context() as patch:
+        patch.setattr(trainers, "add_callbacks", add_callbacks)
+        outcome = run_training(plan, tmp_path / "logs")
+    assert outcome.info["effective_args"]["batch"] == 2 and outcome.info["epochs_completed"] == 2  # Ultralytics halved
+    assert outcome.info["ran"]["batch"] == 2
+    assert ran_batch(plan, outcome, None) == ({**plan.overrides, "batch": 2}, 2)    # metrics.json: batch 2 ran
+
+
+def test_ultralytics_halving_the_batch_after_a_resume_is_an_out_of_memory_failure(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after epoch 0 at batch 4, then out of memory in the first epoch after the resume: Ultralytics would halve
+    the batch and run epoch 1 at 2 after epoch 0 at 4. The training fails as out of memory instead (the runner's
+    retry at batch 2 then trains from the start, every epoch at one batch), before any epoch runs at 2."""
+    import torch
+
+    from exp3.train import trainers
+
+    def killed(trainer: Any) -> None:
+        raise KeyboardInterrupt("killed after epoch 0's checkpoint (simulated)")
+
+    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
+        real_add_callbacks(target, {**callbacks, **extra})
+
+    real_add_callbacks = trainers.add_callbacks
+    plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
+    with monkeypatch.context() as patch:
+        patch.setattr(trainers, "add_callbacks", add_callbacks)
+        extra = {"on_model_save": [killed]}
+        with pytest.raises(KeyboardInterrupt):
+            run_training(plan, tmp_path / "logs")
+        extra = {"on_train_batch_start": [_out_of_memory_once]}
+        with pytest.raises(torch.OutOfMemoryError, match="after a resume at batch 4"):
+            run_training(plan, tmp_path / "logs")
+    assert torch.load(plan.last_pt, map_location="cpu", weights_only=False)["epoch"] == 0   # no epoch ran at 2
+    retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})
+    outcome = run_training(retry, tmp_path / "logs")
+    assert outcome.resumed_from_epoch is None and outcome.info["ran"]["batch"] == 2
+    assert list(plan.last_pt.parent.glob("last.pt.other-batch-*"))                  # epoch 0 at batch 4: set aside

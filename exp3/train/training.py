@@ -374,6 +374,7 @@ class TrainInfo:
         """Its hooks, `{event: [fn]}` (every exp3 training hook: exp3/train/trainers.py's docstring)."""
         return {"on_pretrain_routine_start": [self._requested],
                 "on_train_start": [self._resolved],
+                "on_train_epoch_start": [self._one_batch],
                 "on_train_epoch_end": [self._progress],  # before validation and the checkpoint save
                 "on_fit_epoch_end": [self._progress],
                 "on_train_end": [self._effective_args]}
@@ -403,6 +404,24 @@ class TrainInfo:
         captured["device"] = str(trainer.device)
         captured["start_epoch"] = int(trainer.start_epoch)
         captured["ran"] = {key: getattr(trainer.args, key) for key in RESUME_OVERRIDABLE}
+        self.write(final=False)
+
+    def _one_batch(self, trainer: Any) -> None:
+        """Ultralytics halves the batch when a run's first epoch runs out of memory, and goes on
+        (`BaseTrainer._do_train`). A fresh training then runs at the smaller batch: `ran` says it. A resumed one would
+        run its earlier epochs at the larger: it fails as out of memory instead, and the runner's retry trains from
+        the start at a smaller batch (`_resume_at_own_batch`), so every epoch of a training runs at one batch."""
+        ran = self.captured["ran"]
+        if trainer.batch_size == ran["batch"]:
+            return
+        if trainer.start_epoch > 0:
+            import torch  # loaded with Ultralytics already
+
+            raise torch.OutOfMemoryError(
+                f"out of memory in epoch {trainer.start_epoch + 1}, the first after a resume at batch {ran['batch']}: "
+                f"Ultralytics halved the batch to {trainer.batch_size}, but epochs 1-{trainer.start_epoch} ran at "
+                f"{ran['batch']}; the out-of-memory retry trains this session from the start at a smaller batch")
+        ran["batch"] = trainer.batch_size
         self.write(final=False)
 
     def _progress(self, trainer: Any) -> None:
