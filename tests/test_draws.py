@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,25 @@ def test_seeds_are_pooled_all_on_the_same_images_or_not_at_all(tmp_path: Path, d
     assert any(warning.startswith("yolov8m S2_occ_train, test_occ_fixed at the primary threshold: " + problem)
                for warning in result.warnings)
     assert problem in (tmp_path / "report.md").read_text()
+
+
+def test_a_split_no_threshold_can_pool_is_named_once(tmp_path: Path) -> None:
+    """S2's seed 1 has no test_occ_fixed predictions, so neither the primary nor the val-chosen threshold pools
+    there: report.md names that split once, with both thresholds, not once per threshold or per call."""
+    for seed, hits in enumerate(((80, 60), (80, 64))):
+        write_session(tmp_path / "yolov8m" / f"yolov8m__S2_occ_train__seed{seed}", "yolov8m", "S2_occ_train", hits,
+                      seed)
+    (tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1" / "predictions_test_occ_fixed.json").unlink()
+    runs = [replace(run, metrics={**run.metrics, "splits": {split: {**part, "at_val_threshold": {"conf": 0.3}}
+                                                            for split, part in run.metrics["splits"].items()}})
+            for run in scan_sessions(tmp_path, ["yolov8m"], [0, 1], ["S2_occ_train"])]
+    data = ReportData(runs, n_resamples=50)
+    for threshold in ("primary", "val", "primary", "val"):
+        assert data.pooled("yolov8m", "S2_occ_train", "test_occ_fixed", threshold) is None
+    assert data.pooled("yolov8m", "S2_occ_train", "test_clean", "val") is not None
+    assert data.warnings == ["yolov8m S2_occ_train, test_occ_fixed at the primary and val thresholds: 1 of its 2 done "
+                             "seeds have per-image values: no pooled statistic, interval or comparison "
+                             "(summary_metrics shows the seed mean); evaluate every seed on the same suite"]
 
 
 def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root: Path) -> None:
