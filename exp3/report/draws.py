@@ -38,15 +38,14 @@ MISSING, UNPAIRED = "missing", "unpaired"
 """`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
 
 
-def image_scores(records: list[ImageRecord], num_classes: int, conf: float, match_iou: float,
-                 matched: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+def image_scores(records: list[ImageRecord], num_classes: int, conf: float,
+                 matched: Sequence[np.ndarray]) -> pd.DataFrame:
     """Per-image counts and scores of one split at threshold `conf`, indexed by image_id: ingredient_tp/fp/fn
     (`exp3.evaluate.metrics.ingredient_sets`), ingredient_f1 (per image; its mean is the samples F1) and
-    detection_tp/fp/fn (`exp3.evaluate.metrics.detection_counts` at `conf` and `match_iou`; from `matched`, each
-    record's `exp3.evaluate.metrics.matched_gt`, when given)."""
+    detection_tp/fp/fn (`exp3.evaluate.metrics.detection_counts` at `conf`, from `matched`: each record's
+    `exp3.evaluate.metrics.matched_gt`, `ReportData.matched`)."""
     gt, pred = ingredient_sets(records, num_classes, conf)
     tp, fp, fn = (gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)
-    matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
     detection = np.array([(int(found.sum()), int((record.pred_conf >= conf).sum()) - int(found.sum()),
                            len(record.gt_boxes) - int(found.sum())) for record, found in zip(records, matched)],
                          dtype=np.int64).reshape(-1, 3)
@@ -181,7 +180,7 @@ class ReportData:
             view = run.view
             num_classes, conf = view.split(split).num_classes, threshold_conf(run, split, threshold)
             usable = num_classes and conf is not None and records           # records: a done run's only
-            self._scores[key] = image_scores(records, int(num_classes), conf, split_match_iou(view, split),
+            self._scores[key] = image_scores(records, int(num_classes), conf,
                                              self.matched(run, split, threshold, conf)) if usable else None
         return self._scores[key]
 
@@ -263,18 +262,6 @@ class ReportData:
                     self._map_draws[key] = (ids, np.mean([self.map_run_draws(run, split) for run in done], axis=0))
         return self._map_draws[key]
 
-    def map_splits(self, model: str, suffix: str, splits: Sequence[str],
-                   metric: str) -> tuple[np.ndarray, list[tuple[tuple[str, ...], np.ndarray]]] | None:
-        """A session's `metric` (map50 / map50_95) on `splits`: the seed means of metrics.json's values (S,) and
-        each split's `map_draws`; None when a split has none, they are of other image ids or a run records none."""
-        got = [self.map_draws(model, suffix, split) for split in splits]
-        recorded = [[split_value(run.view.split(split), metric) for run in self.done(model, suffix)]
-                    for split in splits]
-        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
-                or any(not values or None in values for values in recorded):
-            return None
-        return np.array([float(np.mean(values)) for values in recorded]), got
-
     def split_draws(self, model: str, suffix: str, splits: Sequence[str], metric: str,
                     suites: dict[str, str] | None = None) -> SplitDraws | None:
         """`metric` (a count F1 or an mAP of METRICS) of one session on `splits`, each predictions file made on the
@@ -293,16 +280,19 @@ class ReportData:
             draws = stats.two_level_draws(counts, stats.f1_statistic, self.image_weights(len(own.ids)),
                                           self.seed_weights(model, suffix))
             return SplitDraws(stats.micro_f1(counts.sum(axis=0), axis=0), draws, tuple(own.ids), counts)
-        found = self.map_splits(model, suffix, splits, metric)
-        if found is None:
+        # mAP: the seed means of metrics.json's values, drawn from each split's `map_draws`; None when a split has
+        # none, they are of other image ids or a run records none
+        done, got = self.done(model, suffix), [self.map_draws(model, suffix, split) for split in splits]
+        recorded = [[split_value(run.view.split(split), metric) for run in done] for split in splits]
+        if any(entry is None for entry in got) or len({entry[0] for entry in got}) != 1 \
+                or any(not values or None in values for values in recorded):
             return None
-        points, got = found
-        column, done = (0 if metric == "map50" else 1), self.done(model, suffix)
+        column = 0 if metric == "map50" else 1
         seeds = self.seed_weights(model, suffix, self.map_resamples)
         draws = np.stack([entry[1][:, column] if len(done) == 1 else np.einsum(
             "bk,kb->b", seeds, np.stack([self.map_run_draws(run, split)[:, column] for run in done])) / len(done)
             for entry, split in zip(got, splits)], axis=-1)
-        return SplitDraws(points, draws, got[0][0])
+        return SplitDraws(np.array([float(np.mean(values)) for values in recorded]), draws, got[0][0])
 
 
 def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:
