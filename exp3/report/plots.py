@@ -249,8 +249,7 @@ def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title
             .properties(title=_title(title, subtitle)))
 
 
-def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str | None = None,
-                   y_domain: tuple[float, float] | None = (0.0, 1.0)) -> alt.LayerChart:
+def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str | None = None) -> alt.LayerChart:
     """One model's metric vs occlusion severity: one line per session, 95% CI band, severity 0 = clean.
 
     Args:
@@ -268,7 +267,7 @@ def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str 
     tooltip = ["session_label:N", "severity_label:N", alt.Tooltip("value:Q", format=".3f"),
                alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")]
     band = base.mark_area(opacity=0.12).encode(y=alt.Y("ci_low:Q", title=y_title), y2="ci_high:Q")
-    line = base.mark_line(strokeWidth=2).encode(y=_y(y_title, domain=y_domain))
+    line = base.mark_line(strokeWidth=2).encode(y=_y(y_title))
     points = base.mark_point(filled=True, size=45).encode(y="value:Q", tooltip=tooltip)
     return (alt.layer(band, line, points, data=frame).properties(width=460, height=300)
             .properties(title=_title(title, subtitle)))
