@@ -25,7 +25,6 @@ from exp3.report.draws import MAP_RESAMPLES, ReportData, SplitDraws
 from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
 from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
-from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
@@ -162,9 +161,8 @@ def batch_note(run: SessionRun, name: str) -> str:
     return f"{name} trained at batch {retried} after out-of-memory retries, its siblings at {siblings}"
 
 
-def batch_notes(runs: list[SessionRun]) -> str:
-    """`batch_note` of every done run of one session (several seeds: named with their seed), joined by "; "."""
-    done = [run for run in runs if run.status == SessionState.DONE]
+def batch_notes(done: list[SessionRun]) -> str:
+    """`batch_note` of each of one session's done runs (several seeds: named with their seed), joined by "; "."""
     names = [short_session(run.suffix) + (f" (seed {run.seed})" if len(done) > 1 and run.seed is not None else "")
              for run in done]
     return "; ".join(note for note in map(batch_note, done, names) if note)
@@ -183,7 +181,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
     rows: list[GapRow] = []
     for model in models:
         suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
-        notes = {suffix: batch_notes(data.grouped.get((model, suffix), [])) for suffix in SESSION_SUFFIXES}
+        notes = {suffix: batch_notes(data.done(model, suffix)) for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -210,13 +208,6 @@ def gap_table(rows: list[GapRow]) -> pd.DataFrame:
     return pd.DataFrame([row.record() for row in rows], columns=list(GAP_COLUMNS))
 
 
-def site_verdicts(table: pd.DataFrame, model: str) -> dict[str, str]:
-    """session -> the site's verdict on the headline basis (site_verdict over the metrics)."""
-    part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
-    return {suffix: site_verdict(dict(zip(group["metric"], group["verdict"])))
-            for suffix, group in part.groupby("session", sort=False)}
-
-
 def _labels_by(rows: pd.DataFrame, column: str) -> dict[str, str]:
     """Value of `column` -> the metric labels of the rows holding it, in order ("ingredient micro F1, mAP50")."""
     labels = rows["metric"].map(lambda metric: METRICS[metric].label)
@@ -232,8 +223,8 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
         if not len(part):
             lines.append(f"- **{model}**: no masking session in this run.")
             continue
-        for suffix, text in site_verdicts(table, model).items():
-            rows = part[part["session"] == suffix]
+        for suffix, rows in part.groupby("session", sort=False):
+            text = site_verdict(dict(zip(rows["metric"], rows["verdict"])))
             unresolved = rows[rows["verdict"] == NO_RESULT]
             reasons = _labels_by(unresolved.assign(reason=unresolved["reason"].replace("", NOT_DONE)), "reason")
             note = rows["training_note"].iloc[0]
