@@ -191,14 +191,14 @@ def test_seeds_are_pooled_all_on_the_same_images_or_not_at_all(tmp_path: Path, d
                                 & (result.comparisons["reference"] == "S1_clean_train")].set_index("split")
     assert np.isnan(versus.loc["test_occ_fixed", "difference"]) and versus.loc["test_clean", "n_images"] == N
     problem = "1 of its 2 done seeds have per-image values" if damage == "no file" else "its seeds hold other image ids"
-    assert any(warning.startswith("yolov8m S2_occ_train, test_occ_fixed at the primary threshold: " + problem)
+    assert any(warning.startswith("yolov8m S2_occ_train, test_occ_fixed: " + problem)
                for warning in result.warnings)
     assert problem in (tmp_path / "report.md").read_text()
 
 
 def test_a_split_no_threshold_can_pool_is_named_once(tmp_path: Path) -> None:
     """S2's seed 1 has no test_occ_fixed predictions, so neither the primary nor the val-chosen threshold pools
-    there: report.md names that split once, with both thresholds, not once per threshold or per call."""
+    there: report.md names that split once, not once per threshold or per call."""
     for seed, hits in enumerate(((80, 60), (80, 64))):
         write_session(tmp_path / "yolov8m" / f"yolov8m__S2_occ_train__seed{seed}", "yolov8m", "S2_occ_train", hits,
                       seed)
@@ -210,9 +210,9 @@ def test_a_split_no_threshold_can_pool_is_named_once(tmp_path: Path) -> None:
     for threshold in ("primary", "val", "primary", "val"):
         assert data.pooled("yolov8m", "S2_occ_train", "test_occ_fixed", threshold) is None
     assert data.pooled("yolov8m", "S2_occ_train", "test_clean", "val") is not None
-    assert data.warnings == ["yolov8m S2_occ_train, test_occ_fixed at the primary and val thresholds: 1 of its 2 done "
-                             "seeds have per-image values: no pooled statistic, interval or comparison "
-                             "(summary_metrics shows the seed mean); evaluate every seed on the same suite"]
+    assert data.warnings == ["yolov8m S2_occ_train, test_occ_fixed: 1 of its 2 done seeds have per-image values: no "
+                             "pooled statistic, interval or comparison (summary_metrics shows the seed mean); evaluate "
+                             "every seed on the same suite"]
 
 
 def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root: Path) -> None:

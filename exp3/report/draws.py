@@ -123,8 +123,6 @@ class ReportData:
         self._weights: dict[int, np.ndarray] = {}
         self.warnings: list[str] = []
         """Problems met while reading the session files (report.md lists them under the status grid)."""
-        self._unpooled: dict[tuple[str, str, str, str], tuple[int, list[str]]] = {}
-        """(model, suffix, split, problem) -> (its entry in `warnings`, the thresholds it holds at): one per split."""
 
     # ------------------------------------------------------------------------- sessions and files
 
@@ -199,17 +197,10 @@ class ReportData:
             if any(frame is not None for frame in frames):
                 problem = (f"{sum(frame is not None for frame in frames)} of its {len(frames)} done seeds have "
                            "per-image values" if aligned.reason == MISSING else "its seeds hold other image ids")
-                key = (model, suffix, split, problem)
-                if key not in self._unpooled:
-                    self._unpooled[key] = (len(self.warnings), [])
-                    self.warnings.append("")
-                index, thresholds = self._unpooled[key]
-                if threshold not in thresholds:
-                    thresholds.append(threshold)
-                at = f"the {' and '.join(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}"
-                self.warnings[index] = (f"{model} {suffix}, {split} at {at}: {problem}: no pooled statistic, interval "
-                                        "or comparison (summary_metrics shows the seed mean); evaluate every seed on "
-                                        "the same suite")
+                warning = (f"{model} {suffix}, {split}: {problem}: no pooled statistic, interval or comparison "
+                           "(summary_metrics shows the seed mean); evaluate every seed on the same suite")
+                if warning not in self.warnings:  # asked at both thresholds: named once
+                    self.warnings.append(warning)
             return None
         total = sum(frame.loc[aligned.ids] for frame in frames)
         total["ingredient_f1"] = total["ingredient_f1"] / len(frames)
