@@ -37,10 +37,6 @@ from exp3.splits import SOURCE_SPLITS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 GENERATOR_VERSION = "synth-1"
 
-CLASS_NAMES: tuple[str, ...] = (
-    "tomato", "cucumber", "carrot", "egg", "onion", "lemon", "broccoli", "potato", "bell_pepper", "mushroom"
-)
-
 _SPLIT_STREAM = {TRAIN_SPLIT: 1, VAL_SPLIT: 2, TEST_SPLIT: 3}
 _MIN_VISIBLE_SHARE = 0.6
 _JPEG_QUALITY = 92
@@ -252,6 +248,8 @@ SPRITES: dict[str, Callable[[Rng, int], Image.Image]] = {
     "lemon": draw_lemon, "broccoli": draw_broccoli, "potato": draw_potato, "bell_pepper": draw_bell_pepper,
     "mushroom": draw_mushroom,
 }
+CLASS_NAMES: tuple[str, ...] = tuple(SPRITES)
+"""The class names, index = class id: `SPRITES`' order."""
 
 
 # ---------------------------------------------------------------------------------------------
