@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from exp3.evaluate.stats import bootstrap_indices
+from exp3.evaluate.stats import bootstrap_indices, multiplicities
 from exp3.fileio import atomic_write_bytes
 
 IOU_THRESHOLDS = 10
@@ -268,11 +268,8 @@ def mean_ap(stats: MapStats, weights: np.ndarray | None = None) -> tuple[float, 
 def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indices: np.ndarray) -> np.ndarray:
     """(B, 2) mAP50 / mAP50-95 of each resample; `indices` (B, N) index `image_ids`
     (exp3.evaluate.stats.bootstrap_indices)."""
-    indices = np.asarray(indices)
-    counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
-    np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
-    weights = stats.weights_for(image_ids, counts)
-    return _Sorted(stats).resampled_maps(weights.astype(np.float64))
+    weights = stats.weights_for(image_ids, multiplicities(np.asarray(indices), len(image_ids)))
+    return _Sorted(stats).resampled_maps(weights)
 
 
 def common_image_ids(runs: list[MapStats]) -> tuple[str, ...] | None:

@@ -299,7 +299,7 @@ def gap_closed(reference: float, control: float, treated: float, reference_draws
 # `seed_weights` (B, K) per session, and its pooled counts are einsum("bk,bn,knc->bc"): nothing loops over draws.
 
 
-def _counts(draws: np.ndarray, n_items: int) -> np.ndarray:
+def multiplicities(draws: np.ndarray, n_items: int) -> np.ndarray:
     """(B, n_items) float64: how often each item appears in each row of (B, D) `draws`."""
     rows = draws.shape[0]
     flat = (np.arange(rows)[:, None] * n_items + draws).reshape(-1)
@@ -308,7 +308,7 @@ def _counts(draws: np.ndarray, n_items: int) -> np.ndarray:
 
 def image_multiplicities(n_images: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> np.ndarray:
     """(B, N) multiplicities of the same draws as `bootstrap_indices(n_images, n_resamples, seed)`."""
-    return _counts(bootstrap_indices(n_images, n_resamples, seed), n_images)
+    return multiplicities(bootstrap_indices(n_images, n_resamples, seed), n_images)
 
 
 def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) -> np.ndarray:
@@ -321,7 +321,7 @@ def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) 
     if n_seeds == 1:
         return np.ones((n_resamples, 1))
     drawn = np.random.default_rng([seed, 1_000_003, stream]).integers(0, n_seeds, size=(n_resamples, n_seeds - 1))
-    return _counts(drawn, n_seeds) * (n_seeds / (n_seeds - 1))
+    return multiplicities(drawn, n_seeds) * (n_seeds / (n_seeds - 1))
 
 
 def two_level_draws(values: np.ndarray, statistic: Statistic, image_weights: np.ndarray,
