@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from exp3.dataset.audit import DatasetError, label_path_for, list_split_images, read_data_yaml
+from exp3.dataset.audit import DatasetError, DataSpec, label_path_for, list_split_images, read_data_yaml
 from exp3.dataset.labels import parse_label_text
 from exp3.fileio import canonical_json, sha256_bytes, sha256_file
 from exp3.occlusion import OcclusionError
@@ -49,8 +49,8 @@ def _parse_yolo_labels(
     return tuple((row.class_id, *row.box) for row in rows)
 
 
-def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceImage]]:
-    """Read and validate a split completely (before anything is written): names and images by id."""
+def _scan_split(data_yaml: Path, split: str) -> tuple[DataSpec, list[_SourceImage]]:
+    """Read and validate a split completely (before anything is written): the parsed yaml and images by id."""
     data_yaml = Path(data_yaml)
     try:
         spec = read_data_yaml(data_yaml)
@@ -77,7 +77,7 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[list[str], list[_SourceIma
         label_sha256 = None if label_bytes is None else sha256_bytes(label_bytes)
         images.append(_SourceImage(image_id, image_path, sha256_file(image_path), label_sha256, label_bytes, labels))
     images.sort(key=lambda image: image.image_id)
-    return spec.names, images
+    return spec, images
 
 
 def source_fingerprint(images: Iterable[_SourceImage]) -> str:
@@ -86,12 +86,9 @@ def source_fingerprint(images: Iterable[_SourceImage]) -> str:
     return sha256_bytes(canonical_json(rows).encode("utf-8"))
 
 
-def _absolute_split(data_yaml: Path, split: str) -> list[str] | None:
-    """The resolved absolute location(s) of a split of the original data yaml, None if it has none."""
-    try:
-        spec = read_data_yaml(data_yaml)
-    except DatasetError as error:
-        raise OcclusionError(str(error)) from None
+def _absolute_split(spec: DataSpec, data_yaml: Path, split: str) -> list[str] | None:
+    """The resolved absolute location(s) of a split of the original data yaml (`spec`, read from `data_yaml`
+    by `_scan_split`), None if it has none."""
     if split not in spec.splits:
         return None
     resolved = []

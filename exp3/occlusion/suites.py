@@ -142,16 +142,16 @@ def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], sp
 def build_occlusion_suite(data_yaml: Path, out_root: Path, config: OcclusionConfig, workers: int = 2) -> Path:
     """Build (or verify and reuse) the fixed occlusion suite of `data_yaml`'s test split; return its dir.
     Layout: docs/occlusion.md, "Suite layout"."""
-    names, images = _scan_split(Path(data_yaml), TEST_SPLIT)
+    spec, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     _check_inputs(config, workers, images, TEST_SPLIT)
     identity = _suite_identity(config, images)
     donors = _donor_pool(images)
     tasks = [_ImageTask(image, SUITE_KIND, config, STREAM_TEST_SUITE, donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
-        return {f"{split}.yaml": _split_yaml(final_dir / split, names) for split in PRIMARY_SPLITS}
+        return {f"{split}.yaml": _split_yaml(final_dir / split, spec.names) for split in PRIMARY_SPLITS}
 
-    manifest_extra = _manifest_extra(config, Path(data_yaml), TEST_SPLIT, names, images, donors)
+    manifest_extra = _manifest_extra(config, Path(data_yaml), TEST_SPLIT, spec.names, images, donors)
     return _build(identity, Path(out_root), tasks, PRIMARY_SPLITS, extra_files, manifest_extra, workers)
 
 
@@ -163,9 +163,9 @@ def build_severity_suites(data_yaml: Path, out_root: Path, config: OcclusionConf
     """
     if not config.severities:
         return []
-    names, images = _scan_split(Path(data_yaml), TEST_SPLIT)
+    spec, images = _scan_split(Path(data_yaml), TEST_SPLIT)
     donors = _donor_pool(images)
-    return [_build_severity_suite(Path(data_yaml), Path(out_root), config, level, names, images, donors, workers)
+    return [_build_severity_suite(Path(data_yaml), Path(out_root), config, level, spec.names, images, donors, workers)
             for level in range(1, len(config.severities) + 1)]
 
 
@@ -206,13 +206,13 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     "Suite layout" and "Which validation split selects checkpoints".
     """
     data_yaml = Path(data_yaml)
-    names, images = _scan_split(data_yaml, TRAIN_SPLIT)
+    spec, images = _scan_split(data_yaml, TRAIN_SPLIT)
     _check_inputs(config, workers, images, TRAIN_SPLIT)
-    val = _absolute_split(data_yaml, VAL_SPLIT)
+    val = _absolute_split(spec, data_yaml, VAL_SPLIT)
     if val is None:
         raise OcclusionError(f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; "
                              "add val:")
-    references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(data_yaml, TEST_SPLIT)}
+    references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(spec, data_yaml, TEST_SPLIT)}
     identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)
     tasks = [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, donors) for image in images]
@@ -222,9 +222,9 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
                                    VAL_SPLIT: references[VAL_SPLIT]}
         if references[TEST_SPLIT] is not None:
             payload[TEST_SPLIT] = references[TEST_SPLIT]
-        payload["names"] = dict(enumerate(names))
+        payload["names"] = dict(enumerate(spec.names))
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
-    manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, names, images, donors)
+    manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, spec.names, images, donors)
     suite = _build(identity, Path(out_root), tasks, [TRAIN_SPLIT], extra_files, manifest_extra, workers)
     return suite / "data.yaml"
