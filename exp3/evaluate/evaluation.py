@@ -140,17 +140,14 @@ def load_evaluation_model(checkpoint: str | Path, family: Family) -> EvaluationM
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist: train the session first")
-    if family == "rtdetr":
-        from ultralytics import RTDETR  # lazy: Ultralytics after apply_offline_environment
-        from ultralytics.models.rtdetr.val import RTDETRValidator
+    if family not in ("detect", "rtdetr"):
+        raise ValueError(f"unknown model family {family!r}: use 'detect' (YOLO) or 'rtdetr'")
+    from ultralytics import RTDETR, YOLO  # lazy: Ultralytics after apply_offline_environment
+    from ultralytics.models.rtdetr.val import RTDETRValidator
+    from ultralytics.models.yolo.detect.val import DetectionValidator
 
-        return EvaluationModel(checkpoint, family, RTDETR(str(checkpoint)), _recording_mixin(RTDETRValidator))
-    if family == "detect":
-        from ultralytics import YOLO  # lazy: Ultralytics after apply_offline_environment
-        from ultralytics.models.yolo.detect.val import DetectionValidator
-
-        return EvaluationModel(checkpoint, family, YOLO(str(checkpoint)), _recording_mixin(DetectionValidator))
-    raise ValueError(f"unknown model family {family!r}: use 'detect' (YOLO) or 'rtdetr'")
+    model_class, validator = (RTDETR, RTDETRValidator) if family == "rtdetr" else (YOLO, DetectionValidator)
+    return EvaluationModel(checkpoint, family, model_class(str(checkpoint)), _recording_mixin(validator))
 
 
 def predict_records(model: Any, image_files: list[str], imgsz: int | None = None, batch: int | None = None,
