@@ -27,6 +27,7 @@ from exp3.config import MirrorConfig
 from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
 from exp3.fileio import atomic_write_json, atomic_write_text, stable_hash
 from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
+from exp3.session.progress import results_rows
 
 TEMP_SUFFIX = ".mirror-tmp"
 CHECKPOINTS = ("best.pt", "last.pt")  # in train/weights/, best first: a copy's best.pt is never older than its last
@@ -86,12 +87,22 @@ class Mirror:
         target.unlink(missing_ok=True)
 
     def _warn(self, doing: str, error: OSError) -> None:
-        """Once per problem (what failed and why): `WARNING exp3 mirror: ...`; the next moment tries again."""
+        """Once per problem (what failed and why): `WARNING exp3 mirror: ...` in the Prefect run's log (the UI shows it
+        as one), else on stdout; the next moment tries again."""
         reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
-        if (doing, reason) not in self._problems:
-            self._problems.add((doing, reason))
-            _warning(f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); the "
-                     "run goes on locally and tries again at the next session end")
+        if (doing, reason) in self._problems:
+            return
+        self._problems.add((doing, reason))
+        line = (f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); the run goes "
+                "on locally and tries again at the next session end")
+        try:
+            # lazy: exp3.grid.cli imports this module before it sets the environment Prefect reads at import
+            from prefect.exceptions import MissingContextError
+            from prefect.logging import get_run_logger
+
+            get_run_logger().warning(line)
+        except (ImportError, MissingContextError):
+            print(line, flush=True)
 
     # ---- what goes up
 
@@ -100,8 +111,7 @@ class Mirror:
         try:
             evaluated = Path(json.loads(paths.metrics.read_text(encoding="utf-8"))["checkpoint"]["path"]).name
             redundant = [paths.run_dir / "weights" / name for name in CHECKPOINTS if name != evaluated]
-            files = [file for file in _session_files(paths) if file not in redundant]
-            for file in sorted(files, key=lambda file: file.name == DONE_MARKER):
+            for file in [file for file in _session_files(paths) if file not in redundant]:
                 self._push(file)
             for file in redundant:
                 self._remove(file)
@@ -165,8 +175,7 @@ class Mirror:
                         local.done_marker.unlink(missing_ok=True)  # the copy does not verify: the session trains again
                 elif held.recorded_key() == key and held.last_pt.is_file():
                     self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
-                    rows = len(local.results_csv.read_text(encoding="utf-8").splitlines()) - 1 \
-                        if local.results_csv.is_file() else 0
+                    rows = len(results_rows(local))
                     restored.append(f"{name}: unfinished ({rows} epochs in its mirrored results.csv), resumes from "
                                     "last.pt")
             except OSError as error:
@@ -174,24 +183,11 @@ class Mirror:
         return restored
 
     def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...]) -> None:
-        files = [file for file in _session_files(held) if file.name not in skip]
-        for file in sorted(files, key=lambda file: file.name == DONE_MARKER):
+        for file in [file for file in _session_files(held) if file.name not in skip]:
             self._copy(file, local.folder / file.relative_to(held.folder))
 
     def summary(self) -> str:
         return describe(self.path)
-
-
-def _warning(line: str) -> None:
-    """A warning in the Prefect run's log (the UI shows it as one), else on stdout."""
-    try:
-        # lazy: exp3.grid.cli imports this module before it sets the environment Prefect reads at import
-        from prefect.exceptions import MissingContextError
-        from prefect.logging import get_run_logger
-
-        get_run_logger().warning(line)
-    except (ImportError, MissingContextError):
-        print(line, flush=True)
 
 
 def describe(path: str | os.PathLike[str]) -> str:
@@ -255,10 +251,10 @@ def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:
 
 
 def _session_files(paths: SessionPaths) -> Iterator[Path]:
-    """The files of a session folder worth mirroring: not the weights/ links (the same bytes as train/weights/),
-    not a checkpoint set aside (`.corrupt-`, `.superseded-`: kept locally), not a temporary file (exp3's and the
-    mirror's start with a dot)."""
-    for file in sorted(paths.folder.rglob("*")):
+    """The files of a session folder worth mirroring, DONE last (a copy is done only once the rest arrived): not the
+    weights/ links (the same bytes as train/weights/), not a checkpoint set aside (`.corrupt-`, `.superseded-`: kept
+    locally), not a temporary file (exp3's and the mirror's start with a dot)."""
+    for file in sorted(paths.folder.rglob("*"), key=lambda file: (file.name == DONE_MARKER, file)):
         relative = file.relative_to(paths.folder)
         if file.is_file() and relative.parts[0] != "weights" and not file.name.startswith(".") \
                 and not any(mark in file.name for mark in (".corrupt-", ".superseded-")):
