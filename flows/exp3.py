@@ -73,11 +73,11 @@ def prepare_task(config: ExperimentConfig, audited: AuditedData) -> PreparedData
 def restore_task(config: ExperimentConfig, keys: dict[str, str]) -> list[str]:
     """What the mirror holds and the local root lacks, brought back (a done session verified, an unfinished one
     resumes); then what the mirror lacks of the local root's done sessions, copied up. One line per restored one."""
-    from exp3.session.mirror import done_sessions, mirror_for
+    from exp3.session.mirror import describe, done_sessions, mirror_for
 
     mirror = mirror_for(config.mirror, config.output_root)
     restored = mirror.restore(keys)
-    for line in [mirror.summary(), *restored]:
+    for line in [describe(mirror.path), *restored]:
         get_run_logger().info(line)
     for paths in done_sessions(config.output_root, keys):
         mirror.push_done(paths)
@@ -87,11 +87,11 @@ def restore_task(config: ExperimentConfig, keys: dict[str, str]) -> list[str]:
 @task(name="mirror-report")
 def mirror_report_task(config: ExperimentConfig, keys: dict[str, str]) -> None:
     """The report's files, and any done session a failed copy left out, copied to the mirror."""
-    from exp3.session.mirror import done_sessions, mirror_for
+    from exp3.session.mirror import describe, done_sessions, mirror_for
 
     mirror = mirror_for(config.mirror, config.output_root)
     mirror.push_report(done_sessions(config.output_root, keys))
-    get_run_logger().info(f"{mirror.summary()} ({mirror.bytes_written / 1e6:.1f} MB written by this run)")
+    get_run_logger().info(f"{describe(mirror.path)} ({mirror.bytes_written / 1e6:.1f} MB written by this run)")
 
 
 @task(name="train_and_eval", task_run_name="{job.name}", retry_condition_fn=retry_if_transient)

@@ -186,9 +186,6 @@ class Mirror:
         for file in [file for file in _session_files(held) if file.name not in skip]:
             self._copy(file, local.folder / file.relative_to(held.folder))
 
-    def summary(self) -> str:
-        return describe(self.path)
-
 
 def describe(path: str | os.PathLike[str]) -> str:
     """One line: what the mirror at `path` holds (sessions done, unfinished ones with a checkpoint, bytes)."""
