@@ -14,24 +14,6 @@ from exp3.fileio import stable_hash
 from exp3.sessions import Session
 
 
-def session_config_view(config: ExperimentConfig, session: Session) -> dict[str, Any]:
-    """The config values `session`'s result depends on (JSON-ready)."""
-    model = config.models[session.model]
-    view: dict[str, Any] = {
-        "model": {"architecture": model.architecture, "epochs": model.epochs},
-        "train": config.train.model_dump(mode="json", exclude={"workers", "device"}),
-        "eval": config.eval.model_dump(mode="json", exclude={"plots"}),  # figures only: no number changes
-        "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction", "severities"}),
-        "dataset": config.dataset.model_dump(mode="json"),
-        "seed": session.training_seed(config.seeds),
-    }
-    if session.masking_site is not None:
-        view["masking"] = config.masking.model_dump(mode="json")
-    if session.train_images == "occluded":
-        view["train_fraction"] = config.occlusion.train_fraction
-    return view
-
-
 class SessionInputs(BaseModel):
     """Everything a session's result depends on; `key` names it."""
 
@@ -54,6 +36,20 @@ class SessionInputs(BaseModel):
 
 def session_inputs(config: ExperimentConfig, session: Session, dataset_fingerprint: str, suite_id: str,
                    weights_sha256: str | None) -> SessionInputs:
-    """The inputs of `session` under `config` with the prepared data and resolved weights."""
-    return SessionInputs(model=session.model, session=session.name, config=session_config_view(config, session),
+    """The inputs of `session` under `config` with the prepared data and resolved weights: of the config, only the
+    values its result depends on."""
+    model = config.models[session.model]
+    view: dict[str, Any] = {
+        "model": {"architecture": model.architecture, "epochs": model.epochs},
+        "train": config.train.model_dump(mode="json", exclude={"workers", "device"}),
+        "eval": config.eval.model_dump(mode="json", exclude={"plots"}),  # figures only: no number changes
+        "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction", "severities"}),
+        "dataset": config.dataset.model_dump(mode="json"),
+        "seed": session.training_seed(config.seeds),
+    }
+    if session.masking_site is not None:
+        view["masking"] = config.masking.model_dump(mode="json")
+    if session.train_images == "occluded":
+        view["train_fraction"] = config.occlusion.train_fraction
+    return SessionInputs(model=session.model, session=session.name, config=view,
                          dataset_fingerprint=dataset_fingerprint, suite_id=suite_id, weights_sha256=weights_sha256)
