@@ -4,11 +4,11 @@ a result and an error. Pure functions on files (no Prefect), shared by the flow 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from exp3.fileio import read_json
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
@@ -100,10 +100,7 @@ def epoch_table(epochs: list[EpochProgress]) -> list[dict[str, Any]]:
 
 def format_result(paths: SessionPaths) -> str:
     """The headline of metrics.json: ingredient micro F1 and mAP50, clean / occluded (`-` where unreadable)."""
-    try:
-        view = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        view = MetricsView.of(None)
+    view = MetricsView.of(read_json(paths.metrics))
     clean, occ = view.split(CLEAN_SPLIT), view.split(FIXED_SPLIT)
     return (f"F1 clean {format_value(clean.ingredient.micro.f1)} / occluded {format_value(occ.ingredient.micro.f1)}"
             f", mAP50 clean {format_value(clean.map50)} / occluded {format_value(occ.map50)}")
