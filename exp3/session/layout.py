@@ -42,12 +42,9 @@ TRAIN_RUN_NAME = "train"  # Ultralytics' run folder in the session folder: <sess
 
 
 def severity_changes(metrics: SessionMetrics, plan: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics.
-
-    `plan`: {severity split: spec key} (`exp3.occlusion.identity.evaluation_plan`). A split is to evaluate
-    when metrics.json has no evaluation of it recorded under that spec key (a new level, or the level's
-    parameters changed); results of another suite are never taken for it.
-    """
+    """(splits to evaluate, recorded severity splits not in `plan`) of a done session's metrics, `plan` being
+    {severity split: spec key} (`exp3.occlusion.identity.evaluation_plan`): a split without an evaluation recorded
+    under its spec key is evaluated (docs/schema.md, "Severity splits of a finished session")."""
     recorded = metrics.severity.evaluations
     missing = [split for split, spec_key in plan.items()
                if split not in recorded or recorded[split].spec_key != spec_key or split not in metrics.splits]
