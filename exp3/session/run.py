@@ -84,7 +84,6 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
         raise ConfigError(missing)  # nothing written, nothing trained
     apply_offline_environment(output_root, config.integrations)  # before this process imports Ultralytics
     weights = resolve_model_weights(config, session.model)  # WeightsError: nothing written, nothing trained
-    paths.folder.parent.mkdir(parents=True, exist_ok=True)
     with paths.session_lock("python -m exp3.session"):
         if prepared is not None and (mismatch := prepared_mismatch(prepared, config)) is not None:
             print(f"exp3: {session.name}: the data handed to it does not fit its config ({mismatch}): "
@@ -103,7 +102,6 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
             print(f"exp3: {session.name}: results made under other inputs (key "
                   f"{SessionPaths(moved).recorded_key() or 'unknown'}) moved aside to {moved}; training again "
                   f"from scratch under key {inputs.key}")
-        paths.folder.mkdir(parents=True, exist_ok=True)
         paths.write_inputs(inputs.model_dump(mode="json"), inputs.key)
         try:
             with session_integrations(config.integrations, output_root, config.name, session.name):
@@ -121,7 +119,6 @@ def _one_line(error: BaseException) -> str:
 
 def _failed(paths: SessionPaths, session: Session, error: BaseException) -> SessionFailed:
     """Write the FAILED marker of `error` (handled now); the one-line `SessionFailed` to raise."""
-    paths.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.failed_marker, {
         "session": session.name, "error": _one_line(error), "traceback": traceback.format_exc(),
         "train_log_tail": log_tail(paths.logs / "train.log"), "time": timestamp(),
