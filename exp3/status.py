@@ -20,7 +20,7 @@ from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.plan import planned_key, read_plan
 from exp3.session.progress import epoch_progress, format_seconds, format_value, results_rows
 from exp3.session.runlock import RootLock
-from exp3.sessions import SESSION_SUFFIXES, Session
+from exp3.sessions import SESSION_SUFFIXES, Session, parse_session_selector, session_grid
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,30 @@ def format_matrix(rows: list[SessionStatus]) -> str:
     return "\n".join([*lines, " ".join(f"{state}={count}" for state, count in counts.items() if count)])
 
 
+def _session_of(folder: Path) -> Session | None:
+    """The session of a folder named as one of the model folder it is in; None for anything else (a file, a folder
+    set aside)."""
+    try:
+        model, suffix, seed = parse_session_selector(folder.name, [folder.parent.name])
+    except ValueError:
+        return None
+    return Session(model, suffix, seed) if folder.is_dir() and model == folder.parent.name else None
+
+
 def render(root: Path, live: bool) -> str:
     """The title line (`live`: a run holds `root`) and the matrix of the grid in `config_resolved.yaml`, else of
     every session of the model folders found."""
     if (root / "config_resolved.yaml").is_file():
         config = load_config(root / "config_resolved.yaml")
-        sessions = [Session(model, suffix) for model in config.models for suffix in config.sessions]
+        sessions = session_grid(list(config.models), config.sessions, config.seeds)
         rows = grid_status(config, root, sessions, read_plan(root))
-    else:  # sessions run by hand (`python -m exp3.session`)
-        models = [d.name for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob(f"{d.name}__*"))]
-        rows = [session_status(SessionPaths.of(root, Session(m, s))) for m in models for s in SESSION_SUFFIXES]
+    else:  # sessions run by hand (`python -m exp3.session`): all six of each model and seed found
+        seeds: dict[str, set[int | None]] = {}
+        for session in filter(None, map(_session_of, sorted(root.glob("*/*__*")))):
+            seeds.setdefault(session.model, set()).add(session.seed)
+        rows = [session_status(SessionPaths.of(root, Session(model, suffix, seed)))
+                for model, found in seeds.items() for suffix in SESSION_SUFFIXES
+                for seed in sorted(found, key=lambda seed: -1 if seed is None else seed)]
     return f"{root} ({'a run holds this root' if live else 'no live run'})\n{format_matrix(rows)}"
 
 

@@ -13,8 +13,10 @@ from test_layout import done_folder
 
 from exp3 import status
 from exp3.session.layout import SessionPaths
-from exp3.sessions import Session
+from exp3.sessions import SESSION_SUFFIXES, Session
 from exp3.status import session_status
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _fake_root(tmp_path: Path) -> Path:
@@ -129,3 +131,26 @@ def test_a_missing_root_or_a_bad_interval_says_the_fix(tmp_path: Path, capsys: p
         with pytest.raises(SystemExit) as exit_info:
             status.main(argv)
         assert exit_info.value.code == 2 and fix in capsys.readouterr().err
+
+
+def test_a_grid_of_several_seeds_is_shown_seed_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two seeds: every session is listed once per seed, under the folder names the flow writes (`__seed0`,
+    `__seed1`), from the run's config_resolved.yaml and, for sessions run by hand, from the folders found."""
+    from exp3.config import load_config, write_resolved_config
+
+    root = tmp_path / "root"
+    config = load_config(REPO / "configs" / "smoke.yaml", ["seeds=[0, 1]"])
+    for seed in (0, 1):
+        paths = SessionPaths.of(root, Session("yolov8m", "S1_clean_train", seed))
+        paths.run_dir.mkdir(parents=True)
+        paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B),metrics/mAP50-95(B)\n"
+                                     f"1,10,2.5,0.{seed + 1},0.05\n")
+    expected = {f"{model}__{suffix}__seed{seed}" for model in ("yolov8m", "rtdetr-l") for suffix in SESSION_SUFFIXES
+                for seed in (0, 1)}
+    by_hand = status.render(root, live=False)
+    write_resolved_config(config, root)
+    from_config = status.render(root, live=False)
+    for output, models in ((by_hand, ("yolov8m",)), (from_config, ("yolov8m", "rtdetr-l"))):
+        rows = {line.split()[0]: line.split() for line in output.splitlines()[3:-1]}
+        assert set(rows) == {name for name in expected if name.split("__")[0] in models}
+        assert rows["yolov8m__S1_clean_train__seed1"][-1] == "0.200"                 # its own results.csv
