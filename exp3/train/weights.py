@@ -59,8 +59,7 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
     configured = str(weights)
     path = Path(configured).expanduser()
     if path.is_file():
-        return _checked(model_name, architecture, ResolvedWeights(str(path.absolute()), sha256_file(path), "local",
-                                                                  configured))
+        return _checked(model_name, architecture, configured, path.absolute(), "local")
     # lazy: Ultralytics after apply_offline_environment, and only for a name that is no file
     from ultralytics.utils import SETTINGS
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
@@ -70,13 +69,11 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
         raise WeightsError(f"weights {configured!r} of model {model_name!r} not found: put the file there {fix}")
     in_weights_dir = Path(SETTINGS["weights_dir"]) / configured
     if in_weights_dir.is_file():
-        return _checked(model_name, architecture, ResolvedWeights(
-            str(in_weights_dir), sha256_file(in_weights_dir), "ultralytics_weights_dir", configured))
+        return _checked(model_name, architecture, configured, in_weights_dir, "ultralytics_weights_dir")
     if download:
         downloaded = _download_asset(in_weights_dir)
         if downloaded is not None:
-            return _checked(model_name, architecture, ResolvedWeights(str(downloaded), sha256_file(downloaded),
-                                                                      "downloaded", configured))
+            return _checked(model_name, architecture, configured, downloaded, "downloaded")
     how = ("the download failed (offline?)" if download else "downloads are off (download_weights: false)")
     raise WeightsError(f"weights {configured!r} of model {model_name!r} not found and {how}: put {configured} "
                        f"in {in_weights_dir.parent} (Ultralytics' weights_dir) or give a path to it, {fix}")
@@ -90,9 +87,9 @@ _CHECKED: set[tuple[str, str]] = set()
 """(weights sha256, architecture) pairs found to agree in this process: a checkpoint is loaded once to check it."""
 
 
-def _checked(model_name: str, architecture: str, weights: ResolvedWeights) -> ResolvedWeights:
-    """`weights`, once `check_architecture` finds it of `architecture` (checked once per process and content)."""
-    assert weights.sha256 is not None
+def _checked(model_name: str, architecture: str, configured: str, file: Path, origin: WeightsOrigin) -> ResolvedWeights:
+    """The weights in `file`, once `check_architecture` finds them of `architecture` (once per process and content)."""
+    weights = ResolvedWeights(str(file), sha256_file(file), origin, configured)
     if (weights.sha256, architecture) not in _CHECKED:
         check_architecture(model_name, architecture, weights)
         _CHECKED.add((weights.sha256, architecture))
