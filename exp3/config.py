@@ -22,10 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exp3.fileio import atomic_write_text, read_yaml, stable_hash
 from exp3.sessions import SESSION_SUFFIXES
 
-SUPPORTED_INTEGRATIONS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-"""Integration -> the module its Ultralytics callback imports (installed or not)."""
-INTEGRATION_EXTRAS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-"""Integration -> the pyproject extra that installs it (`pip install -c requirements.lock -e ".[tensorboard]"`)."""
+SUPPORTED_INTEGRATIONS: tuple[str, ...] = ("tensorboard", "mlflow")
+"""Integrations `integrations:` accepts; each name is also the module its Ultralytics callback imports and the
+pyproject extra that installs it (`pip install -c requirements.lock -e ".[tensorboard]"`)."""
 REFUSED_INTEGRATIONS: dict[str, str] = {
     "wandb": "Ultralytics' W&B callback names every exp3 run 'train' and logs to wandb.ai, and exp3 runs offline",
     "comet": "Comet logs to comet.com, and exp3 runs offline",

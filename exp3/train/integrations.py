@@ -24,7 +24,6 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from exp3.config import INTEGRATION_EXTRAS, SUPPORTED_INTEGRATIONS
 from exp3.fileio import atomic_write_text
 
 ULTRALYTICS_INTEGRATIONS: tuple[str, ...] = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
@@ -38,10 +37,10 @@ MLFLOW_STORE = "mlruns"
 def missing_packages(integrations: Sequence[str]) -> str | None:
     """One line naming the chosen integrations whose package is not installed (their Ultralytics callback would
     do nothing, silently) and how to install them; None when all are there."""
-    missing = [name for name in integrations if find_spec(SUPPORTED_INTEGRATIONS[name]) is None]
+    missing = [name for name in integrations if find_spec(name) is None]
     if not missing:
         return None
-    extras = ",".join(INTEGRATION_EXTRAS[name] for name in missing)
+    extras = ",".join(missing)
     return (f"integrations {missing} are configured but not installed: pip install -c requirements.lock "
             f"-e \".[{extras}]\" (or remove them from integrations)")
 
