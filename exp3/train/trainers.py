@@ -1,10 +1,7 @@
 """Ultralytics trainers with atomic checkpoint writes (`Safe*Trainer`) and, for S3-S6, training-only internal masking
-(`Masked*Trainer`). Usage and guarantees: docs/masking.md sections 6-7.
-
-The masking settings never go through `train(**kwargs)` (Ultralytics validates those): they are a JSON file named by
-`EXP3_MASKING_SPEC`, copied into `<save_dir>/masking_spec.json` so that a resume in a fresh process finds them. A
-module-level class plus an environment variable also survive Ultralytics' DDP launcher, which imports
-`type(trainer)` by reference in fresh worker processes that inherit the environment.
+(`Masked*Trainer`), whose settings are the JSON file named by `EXP3_MASKING_SPEC`, copied into
+`<save_dir>/masking_spec.json` for a resume. Usage, guarantees, and why the settings travel that way (not through
+`train(**kwargs)`, which Ultralytics validates; through DDP's worker processes): docs/masking.md sections 6-7.
 
 Every exp3 training hook is an Ultralytics event callback, one `{event: [fn]}` dict per concern (Ultralytics' own
 form, `default_callbacks`), each registered by `add_callbacks`: `MASKING_CALLBACKS`, by the masked trainers'
@@ -117,13 +114,6 @@ class _MaskingTrainerMixin:
 
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
         super().__init__(cfg, overrides, _callbacks)
-        self.masking_settings = self._load_masking_settings()
-        self.masking_handle = None
-        self.masking_history = {}
-        self._masking_batch = 0
-        add_callbacks(self, MASKING_CALLBACKS)
-
-    def _load_masking_settings(self) -> MaskingSettings:
         saved = Path(self.save_dir) / MASKING_SPEC_FILENAME
         env_path = os.environ.get(MASKING_SPEC_ENV)
         if env_path:
@@ -139,7 +129,11 @@ class _MaskingTrainerMixin:
             )
         if RANK in {-1, 0}:
             atomic_write_json(saved, settings.to_json())
-        return settings
+        self.masking_settings = settings
+        self.masking_handle = None
+        self.masking_history = {}
+        self._masking_batch = 0
+        add_callbacks(self, MASKING_CALLBACKS)
 
     def masking_attach(self) -> None:
         """Attach the hooks to the training model at the end of `_setup_train`, after its EMA deepcopy and the resume,
