@@ -56,15 +56,12 @@ class Detection(PRF):
     fn: int
 
 
-class PerClass(_Block):
+class PerClass(PRF):
     """One class of `per_class` (ingredient level)."""
 
     class_id: int
     name: str
     present: bool
-    precision: float | None
-    recall: float | None
-    f1: float | None
     support: int
     predicted: int
     tp: int
@@ -320,17 +317,12 @@ class Severity(_Block):
     superseded: list[Superseded]
 
 
-class SeveritySuite(_Block):
+class SeveritySuite(SeverityLevel):
     """One built severity suite (exp3.occlusion.suites.build_severity_suites) and the level it is."""
 
     model_config = ConfigDict(frozen=True)
 
-    level: int
-    split: str
-    coverage: tuple[float, float]
-    spec_key: str
     suite_dir: str
-    suite_id: str
     manifest_sha256: str
 
 
