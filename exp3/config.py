@@ -366,7 +366,7 @@ def write_resolved_config(config: ExperimentConfig, directory: str | Path) -> Pa
 
 def resolve_output_root(config: ExperimentConfig) -> Path:
     """Absolute output root (a relative root is taken from the cwd)."""
-    return config.output_root if config.output_root.is_absolute() else Path.cwd() / config.output_root
+    return config.output_root.absolute()
 
 
 def _main(argv: list[str] | None = None) -> int:
