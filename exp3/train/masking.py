@@ -143,17 +143,16 @@ def mask_features(x: torch.Tensor, mode: str, p_channels: float, p_spatial: floa
     check_drop_fraction("p_channels", p_channels)
     check_drop_fraction("p_spatial", p_spatial)
     batch, channels, height, width = x.shape
-    parts = mode.split("+")
     with torch.no_grad():
         mask: torch.Tensor | None = None
         kept_channels, scale = 1.0, 1.0
-        dropped_channels = round(p_channels * channels) if "channel" in parts else 0
+        dropped_channels = round(p_channels * channels) if "channel" in mode else 0
         if dropped_channels:
             mask = channel_keep_mask(batch, channels, p_channels, generator, x.device)
             kept_channels = 1.0 - dropped_channels / channels  # exact on every sample
             scale /= kept_channels
         kept: torch.Tensor | float = kept_channels
-        if "spatial" in parts and p_spatial > 0.0:
+        if "spatial" in mode and p_spatial > 0.0:
             block = block_size(height, width, block_fraction)
             cells = spatial_keep_mask(batch, height, width, p_spatial, block, generator, x.device)
             kept = kept_channels * cells.mean(dim=(1, 2, 3)).mean()  # channel and cell masks are independent
