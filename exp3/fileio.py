@@ -80,7 +80,7 @@ def read_json(path: Path) -> Any:
     """The parsed JSON file at `path`; None when it cannot be read or parsed (a reader that shows what it can)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON (json.JSONDecodeError), not UTF-8 (UnicodeDecodeError)
         return None
 
 
