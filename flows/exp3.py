@@ -104,7 +104,8 @@ def train_and_eval(job: SessionJob) -> SessionResult:
 
 @task(name="report")
 def report_task(output_root: Path, models: list[str], seeds: list[int], sessions: list[str]) -> None:
-    """Summary tables, plots and report.md from the session folders (also for a partial grid); UI artifacts."""
+    """Summary tables, plots and report.md from the session folders of the config's grid (also when only some are
+    done); UI artifacts."""
     from exp3.report import build_report
 
     publish_report(build_report(output_root, models=models, seeds=seeds, sessions=sessions), models)
@@ -144,7 +145,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         start = train_and_eval.with_options(retries=config.failure.retries).submit  # retries: out of memory
         results = run_on_slots(jobs, session_slots(config, fan_out_deployment, fan_out_width), start=start,
                                stop_on_failure=config.failure.policy == "stop", announce=announce)
-        report_task(root, model_names, list(config.seeds), list(dict.fromkeys(s.suffix for s in grid)))
+        # the config's grid, not this run's selection: a run of one session never replaces the report of the others
+        report_task(root, [model for model in config.models if model in weights], list(config.seeds),
+                    list(config.sessions))
         if config.mirror.path is not None:
             mirror_report_task(config, keys)
     failed = [name for name, result in results.items() if result.status in (SessionState.FAILED, SessionState.SKIPPED)]

@@ -95,6 +95,11 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
     status = subprocess.run([sys.executable, "-m", "exp3.status", "--root", str(root)], capture_output=True,
                             text=True)
     assert status.returncode == 0 and "STALE" not in status.stdout and "done=2" in status.stdout
+    one = _flow(tmp_path, "--smoke", "--set", "output_root=runs/exp3-sanity", "--set",
+                "models.yolov8m.architecture=yolov8n.yaml", "--models", "yolov8m", "--sessions", "S3_mask_backbone_early")
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    summary = (root / "summary_metrics.csv").read_text()   # the report of the config's grid, not of the one session
+    assert "S1_clean_train" in summary and "S3_mask_backbone_early" in summary
 
     def refuse(constant: str) -> None:
         raise ValueError(f"non-strict JSON literal {constant}")
