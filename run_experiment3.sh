@@ -25,7 +25,8 @@ for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
   echo "run_experiment3: attempt $attempt exited $status"
   [ "$status" -eq 0 ] && break
   [ "$status" -eq 2 ] && { tail -n 1 "$log" >&2; exit 2; }          # bad input: retrying cannot help
-  if "$PYTHON" -m exp3.status --root "$ROOT" | tail -n 1 | grep -qvE 'pending|partial|running'; then
+  # work is left while a session is pending, partial, running or stale (made under other inputs: it trains again)
+  if "$PYTHON" -m exp3.status --root "$ROOT" | tail -n 1 | grep -qvE 'pending|partial|running|stale'; then
     echo "run_experiment3: every session is DONE or FAILED; not retrying"
     break
   fi
