@@ -290,6 +290,12 @@ def test_answer_names_a_session_trained_at_a_halved_batch(tmp_path: Path, config
     s4 = next(line for line in answer.splitlines() if "**yolov8m S4 mask backbone-late**" in line)
     assert f"(S1 trained at batch 8 after out-of-memory retries, its siblings at {siblings}: not trained like them)" \
         in s4
+    for suffix in sessions:                  # every session halved alike (the usual case: one GPU too small for all)
+        _record_batch(tmp_path / "yolov8m" / f"yolov8m__{suffix}", configured, 8)
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=99, charts=False,
+                                 sessions=list(sessions))
+    text = (tmp_path / "report.md").read_text()
+    assert "not trained like them" not in text and set(result.gap_closed["training_note"].fillna("")) == {""}
 
 
 def test_report_html_is_self_contained_with_the_sections_of_report_md(built: report.ReportResult) -> None:

@@ -150,12 +150,18 @@ def _recorded_int(metrics: Any, *path: str) -> int | None:
     return metrics if isinstance(metrics, int) and not isinstance(metrics, bool) else None
 
 
+def ran_batch(run: SessionRun) -> int | None:
+    """The batch `run` trained at: its out-of-memory retries', else the configured one (None: Ultralytics' default)."""
+    retried = _recorded_int(run.metrics, "training", "oom_retry_batch")
+    return _recorded_int(run.metrics, "inputs", "config", "train", "batch") if retried is None else retried
+
+
 def batch_note(run: SessionRun, name: str) -> str:
     """"<name> trained at batch 4 after out-of-memory retries, its siblings at 16" when `run`'s retries trained it at
     another batch than the configured one (docs/report.md, "Gap closed"); "" otherwise."""
-    retried = _recorded_int(run.metrics, "training", "oom_retry_batch")
     configured = _recorded_int(run.metrics, "inputs", "config", "train", "batch")
-    if retried is None or retried == configured:
+    retried = ran_batch(run)
+    if retried == configured:
         return ""
     siblings = "Ultralytics' default batch" if configured is None else str(configured)
     return f"{name} trained at batch {retried} after out-of-memory retries, its siblings at {siblings}"
@@ -182,6 +188,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
     for model in models:
         suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
         notes = {suffix: batch_notes(data.done(model, suffix)) for suffix in SESSION_SUFFIXES}
+        batches = {suffix: {ran_batch(run) for run in data.done(model, suffix)} for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -196,7 +203,9 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     result = None if reason else stats.gap_closed(*(float(side.points) for side in sides),
                                                                   *(side.draws for side in sides))
                     seeds = [len(data.done(model, name)) for name in (REFERENCE, CONTROL, suffix)]
-                    note = "; ".join(notes[name] for name in (REFERENCE, CONTROL, suffix) if notes[name])
+                    trio = (REFERENCE, CONTROL, suffix)               # all at one batch: trained alike, no note
+                    alike = len(set().union(*(batches[name] for name in trio))) <= 1
+                    note = "" if alike else "; ".join(notes[name] for name in trio if notes[name])
                     n_images = 0 if sides[0] is None or sides[0].unpaired else len(sides[0].ids)
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, n_images, min(seeds),
                                        "seeds+images" if max(seeds) > 1 else "images", reason, note))
