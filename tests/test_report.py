@@ -615,3 +615,21 @@ def test_recall_by_covered_fraction_section_and_chart(tmp_path: Path) -> None:
         assert f"plots/recall_by_coverage_{model}.png" in text
     boxes = pd.read_csv(root / "recall_by_coverage_boxes.csv")
     assert len(boxes) == N_IMAGES * 2 * 10          # images x thresholds x done sessions
+
+
+def test_a_class_absent_from_a_split_has_no_per_class_f1(tmp_path: Path) -> None:
+    """A class with no box in the split and never predicted there: metrics.json keeps its empty-set F1 of 1 with
+    `present: false` (left out of the macro average); per_class_f1.csv and the heatmap show no F1 for it, not a
+    perfect 1.00 beside another session's 0.00 for one false alarm."""
+    from exp3.report.tables import per_class_table
+
+    folder = tmp_path / "yolov8m" / "yolov8m__S1_clean_train"
+    metrics = write_done_session(folder, "yolov8m", "S1_clean_train", (20, 10))
+    absent = metrics["splits"]["test_clean"]["per_class"][3]
+    absent.update(present=False, support=0, predicted=0, tp=0, precision=1.0, recall=1.0, f1=1.0)
+    path = atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {"session": folder.name, "metrics_sha256": sha256_file(path)})
+    table = per_class_table([load_session_run(folder, "yolov8m", "S1_clean_train", None)])
+    clean = table[table["split"] == "test_clean"].set_index("class_id")["f1"]
+    assert math.isnan(clean[3]) and clean[0] == pytest.approx(1.0)          # class 0: found in all its images
+    assert not table[table["split"] == "test_occ_fixed"]["f1"].isna().any()

@@ -89,10 +89,12 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
-    """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds)."""
+    """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds); NaN for a class
+    neither in the split's labels nor predicted (`present: false`), whose empty-set F1 of 1 measures nothing."""
     rows = [{"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix], "split": split,
              "seed": run.seed, "class_id": int(entry.class_id), "class_name": class_name(entry),
-             "f1": as_number(entry.f1), "support": as_number(entry.support)}
+             "f1": as_number(entry.f1) if entry.present is not False else math.nan,
+             "support": as_number(entry.support)}
             for run in runs for split in PRIMARY_SPLITS for entry in run.view.split(split).per_class
             if entry.class_id is not None]
     columns = ["model", "session", "session_label", "split", "class_id", "class_name", "f1", "support", "n_seeds"]
