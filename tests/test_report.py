@@ -633,3 +633,21 @@ def test_a_class_absent_from_a_split_has_no_per_class_f1(tmp_path: Path) -> None
     clean = table[table["split"] == "test_clean"].set_index("class_id")["f1"]
     assert math.isnan(clean[3]) and clean[0] == pytest.approx(1.0)          # class 0: found in all its images
     assert not table[table["split"] == "test_occ_fixed"]["f1"].isna().any()
+
+
+def test_the_most_robust_session_is_named_as_a_ranking_only_when_the_intervals_separate(
+        built: report.ReportResult) -> None:
+    """docs/report.md: overlapping per-session intervals are 'ranking not established'. The rF1 finding says so when
+    the top session's interval reaches the runner-up's, as the best-masking-site finding does."""
+    occ = built.summary[built.summary["split"] == "test_occ_fixed"]
+    findings = headline_findings(built.summary, built.models, built.comparisons)
+    overlapping = []
+    for model in built.models:
+        ranked = occ[occ["model"] == model].dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
+        top, second = ranked.iloc[0], ranked.iloc[1]
+        overlaps = top["rF1_micro_ci_low"] <= second["rF1_micro_ci_high"]
+        overlapping.append(overlaps)
+        (finding,) = [text for text in findings if text.startswith(f"**{model}**: most robust session")]
+        assert ("the ranking is not established" in finding) == overlaps, finding
+        assert not overlaps or SESSION_LABELS[second["session"]] in finding
+    assert any(overlapping)                                      # the fixture holds the case this test is about

@@ -89,6 +89,12 @@ def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FI
     return text + "."
 
 
+def _overlaps(first: pd.Series, second: pd.Series, metric: str) -> bool:
+    """`first`'s interval of `metric` reaches `second`'s, or one is missing: their ranking is not established."""
+    low, high = first[f"{metric}_ci_low"], second[f"{metric}_ci_high"]
+    return bool(pd.isna(low) or pd.isna(high) or low <= high)
+
+
 def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.DataFrame) -> list[str]:
     """Bullet points written from the data: gap S1 -> S2, best masking site and its interval, robustness, and from
     `comparisons` whether the metrics agree (`agreement_finding`) and S2 vs S1 at the val-chosen thresholds."""
@@ -140,13 +146,10 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                 if gap > 0 and ci_verdict(s2, "diff_vs_S1_ci_low", "diff_vs_S1_ci_high"):
                     closed = (best["ingredient_micro_f1"] - s1["ingredient_micro_f1"]) / gap
                     text += f"; it closes {100 * closed:.0f}% of the S1 -> S2 gap (point estimate)"
-            if len(masking) > 1:
-                second_suffix, second = masking.index[1], masking.iloc[1]
-                overlap = (best["ingredient_micro_f1_ci_low"] <= second["ingredient_micro_f1_ci_high"])
-                if overlap or pd.isna(best["ingredient_micro_f1_ci_low"]):
-                    text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[second_suffix]} "
-                             f"(F1 {fmt(second['ingredient_micro_f1'])}): "
-                             "the ranking of masking sites is not established")
+            if len(masking) > 1 and _overlaps(best, masking.iloc[1], "ingredient_micro_f1"):
+                text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[masking.index[1]]} "
+                         f"(F1 {fmt(masking.iloc[1]['ingredient_micro_f1'])}): "
+                         "the ranking of masking sites is not established")
             in_run = int(rows.index.isin(SESSION_SUFFIXES[2:]).sum())  # masking sessions of this run
             if len(masking) < in_run:
                 text += f" (only {len(masking)} of {in_run} masking sessions done)"
@@ -158,9 +161,13 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
         if len(robust):
             top_suffix, top = robust.index[0], robust.iloc[0]
-            findings.append(f"{prefix}: most robust session (highest rF1 = F1 occluded / F1 clean): "
-                            f"{SESSION_LABELS[top_suffix]}, rF1 "
-                            f"{fmt_ci(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}.")
+            text = (f"{prefix}: most robust session (highest rF1 = F1 occluded / F1 clean): "
+                    f"{SESSION_LABELS[top_suffix]}, rF1 "
+                    f"{fmt_ci(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}")
+            if len(robust) > 1 and _overlaps(top, robust.iloc[1], "rF1_micro"):
+                text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[robust.index[1]]} "
+                         f"(rF1 {fmt(robust.iloc[1]['rF1_micro'])}): the ranking is not established")
+            findings.append(text + ".")
         else:
             findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")
     scores = [(model, occ.loc[(model, "S1_clean_train"), "ingredient_micro_f1"]) for model in done_models
