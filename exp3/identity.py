@@ -1,6 +1,7 @@
 """What a session's result depends on (`SessionInputs`) and its cache key, kept in inputs.json, DONE and metrics.json:
 any difference makes the folder stale. Not in it: severity levels (added later from the checkpoint), where and how
-fast it runs (device, workers, slots, failure policy, output root) and an out-of-memory retry's batch."""
+fast it runs (device, workers, slots, failure policy, output root), where the dataset lies (its content is
+`dataset_fingerprint`) and an out-of-memory retry's batch."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def session_inputs(config: ExperimentConfig, session: Session, dataset_fingerpri
         "train": config.train.model_dump(mode="json", exclude={"workers", "device"}),
         "eval": config.eval.model_dump(mode="json", exclude={"plots"}),  # figures only: no number changes
         "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction", "severities"}),
-        "dataset": config.dataset.model_dump(mode="json"),
+        "dataset": config.dataset.model_dump(mode="json", exclude={"data_yaml"}),  # its content: the fingerprint
         "seed": session.training_seed(config.seeds),
     }
     if session.masking_site is not None:

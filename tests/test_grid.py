@@ -84,6 +84,10 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     assert key(placed, s1) == key(base, s1)
     batch = load_config(None, ["train.batch=8"])
     assert key(batch, s1) != key(base, s1)
+    here, moved = (load_config(None, ["dataset.kind=yaml", f"dataset.data_yaml={path}"])
+                   for path in ("/data/food/data.yaml", "/content/drive/MyDrive/food/data.yaml"))
+    assert key(here, s1) == key(moved, s1)  # where the data lie: what they hold is the fingerprint
+    assert key(here, s1, fingerprint="other") != key(here, s1)
     # the format of the files it writes: a folder of format 1 (inputs without schema_version) is stale
     inputs = session_inputs(base, s1, "fp", "occ-a", None)
     assert inputs.schema_version == SCHEMA_VERSION and inputs.model_copy(update={"schema_version": 1}).key != inputs.key
