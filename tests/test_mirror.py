@@ -233,3 +233,23 @@ def test_a_mount_that_keeps_no_modification_times_is_not_copied_twice_by_one_run
     paths.metrics.write_text(paths.metrics.read_text() + " ")  # a changed source is still copied
     mirror.push_done(paths)
     assert mirror.bytes_written == written + paths.metrics.stat().st_size
+
+
+def test_a_mirror_copy_made_under_other_inputs_is_set_aside_before_the_session_trains_again(tmp_path: Path) -> None:
+    """A config edit between two nights: the mirror holds the session done under the old key. Before the session
+    trains again under the new key, its mirror copy goes to the mirror's stale/ (kept), so the new checkpoints never
+    land beside the old DONE, metrics and predictions, and a restore never mixes the two. A copy of this key stays."""
+    mirror = _mirror(tmp_path)
+    Mirror(mirror.path, tmp_path / "old").push_done(_session(tmp_path / "old", done=True, key=KEY))
+    held = mirror.path / "yolov8n" / "yolov8n__S1_clean_train"
+    new_key = "yolov8n__S1_clean_train-fedcba9876543210"
+    paths = SessionPaths(mirror.root / "yolov8n" / "yolov8n__S1_clean_train")
+    mirror.set_aside_stale(paths, KEY)
+    assert SessionPaths(held).is_done(KEY)                                       # same key: kept where it is
+    mirror.set_aside_stale(paths, new_key)
+    (aside,) = (mirror.path / "stale" / "yolov8n").iterdir()
+    assert not held.exists() and SessionPaths(aside).is_done(KEY)               # kept, never deleted
+    mirror.push_checkpoint(_session(mirror.root, done=False, key=new_key))
+    assert SessionPaths(held).recorded_key() == new_key and not SessionPaths(held).done_marker.exists()
+    assert Mirror(mirror.path, tmp_path / "new-vm").restore({"yolov8n__S1_clean_train": new_key}) == [
+        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv), resumes from last.pt"]

@@ -69,6 +69,8 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
         if mirror is not None and not finished:
             mirror.push_checkpoint(job.paths)  # at most every mirror.checkpoint_minutes
 
+    if mirror is not None:
+        mirror.set_aside_stale(job.paths, job.cache_key)
     try:
         result = run_session_subprocess(job, retry_batch=retry_batch, on_poll=on_poll)
     except SessionError as error:

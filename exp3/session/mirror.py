@@ -106,6 +106,16 @@ class Mirror:
 
     # ---- what goes up
 
+    def set_aside_stale(self, paths: SessionPaths, key: str) -> None:
+        """Before a session trains under `key`: its mirror copy made under other inputs goes to the mirror's
+        stale/ (kept, as `SessionPaths.move_aside` keeps the local one), so this key's files never land beside it."""
+        held = SessionPaths(self.path / paths.folder.relative_to(self.root))
+        try:
+            if held.folder.is_dir() and held.state(key) == SessionState.STALE:
+                held.move_aside()
+        except OSError as error:
+            self._warn("setting aside a stale session in", error)
+
     def push_done(self, paths: SessionPaths) -> None:
         """A done session: its files but redundant checkpoints, DONE last; then its in-progress copy goes."""
         try:
