@@ -316,3 +316,28 @@ def test_report_html_is_self_contained_with_the_sections_of_report_md(built: rep
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
     assert 'href="plots/' not in page                        # the interactive files are left out of the page
     assert "<table>" in page and "closes part of the gap" in page
+
+
+def test_a_verdict_from_part_of_a_sessions_seeds_says_so(tmp_path: Path) -> None:
+    """Two seeds, S2's seed 1 failed: S3's verdict stands on S2's one done seed (with the seed level resampled where
+    a side has several), and the answer and gap_closed.csv say so; with every seed done they say nothing."""
+    sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (80, 50)}
+    for suffix, hits in sessions.items():
+        for seed in (0, 1):
+            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+    failed = tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1"
+    (failed / "DONE").unlink()
+    atomic_write_json(failed / "FAILED", {"session": failed.name, "error": "CUDA out of memory"})
+    result = report.build_report(tmp_path, ["yolov8m"], seeds=[0, 1], n_resamples=200, n_permutations=199,
+                                 charts=False, sessions=list(sessions))
+    text = (tmp_path / "report.md").read_text()
+    answer = text[text.index("## The answer"):text.index("## Grid status")]
+    assert "**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed (S2: 1 of 2 seeds done)" \
+        in answer
+    assert set(result.gap_closed["seeds_note"]) == {"S2: 1 of 2 seeds done"}
+    (failed / "FAILED").unlink()
+    write_session(failed, "yolov8m", "S2_occ_train", sessions["S2_occ_train"], 1)
+    result = report.build_report(tmp_path, ["yolov8m"], seeds=[0, 1], n_resamples=50, n_permutations=99,
+                                 charts=False, sessions=list(sessions))
+    assert set(result.gap_closed["seeds_note"].fillna("")) == {""} and "seeds done" not in \
+        (tmp_path / "report.md").read_text()

@@ -52,7 +52,7 @@ GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "
                                 "gap_ci_high", "gain", "gain_ci_low", "gain_ci_high", "gap_closed",
                                 "gap_closed_ci_low", "gap_closed_ci_high", "clean_cost", "clean_cost_ci_low",
                                 "clean_cost_ci_high", "verdict", "reason", "clean_verdict", "n_images", "n_seeds",
-                                "interval_levels", "training_note")
+                                "interval_levels", "training_note", "seeds_note")
 
 
 def verdict(result: stats.GapClosed | None) -> str:
@@ -116,6 +116,8 @@ class GapRow:
     """Why `result` is None (NOT_DONE, UNPAIRED); empty when there is a result."""
     training_note: str = ""
     """S1, S2 or Sx runs trained at another batch than their siblings (`batch_notes`); empty when none."""
+    seeds_note: str = ""
+    """S1, S2 or Sx with only some of their seeds done ("S2: 1 of 2 seeds done"); empty when none."""
 
     def record(self) -> dict[str, Any]:
         result = self.result
@@ -123,7 +125,7 @@ class GapRow:
         triples = [value for interval in intervals for value in (astuple(interval) if interval else (math.nan,) * 3)]
         values = (self.model, self.metric, self.session, SESSION_LABELS[self.session], self.basis, *triples,
                   verdict(result), self.reason, clean_verdict(self.clean_cost), self.n_images, self.n_seeds,
-                  self.interval_levels, self.training_note)
+                  self.interval_levels, self.training_note, self.seeds_note)
         return dict(zip(GAP_COLUMNS, values))
 
 
@@ -202,13 +204,16 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     reason = _no_result_reason(sides)
                     result = None if reason else stats.gap_closed(*(float(side.points) for side in sides),
                                                                   *(side.draws for side in sides))
-                    seeds = [len(data.done(model, name)) for name in (REFERENCE, CONTROL, suffix)]
-                    trio = (REFERENCE, CONTROL, suffix)               # all at one batch: trained alike, no note
-                    alike = len(set().union(*(batches[name] for name in trio))) <= 1
+                    trio = (REFERENCE, CONTROL, suffix)
+                    seeds = [len(data.done(model, name)) for name in trio]
+                    planned = [len(data.grouped.get((model, name), [])) for name in trio]
+                    alike = len(set().union(*(batches[name] for name in trio))) <= 1  # one batch: no note
                     note = "" if alike else "; ".join(notes[name] for name in trio if notes[name])
+                    partial = "; ".join(f"{short_session(name)}: {done} of {expected} seeds done"
+                                        for name, done, expected in zip(trio, seeds, planned) if 0 < done < expected)
                     n_images = 0 if sides[0] is None or sides[0].unpaired else len(sides[0].ids)
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, n_images, min(seeds),
-                                       "seeds+images" if max(seeds) > 1 else "images", reason, note))
+                                       "seeds+images" if max(seeds) > 1 else "images", reason, note, partial))
     return rows
 
 
@@ -225,7 +230,8 @@ def _labels_by(rows: pd.DataFrame, column: str) -> dict[str, str]:
 
 def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
     """The plain-words answer: one bullet per model x site (headline basis), with the sessions not trained like
-    their siblings next to its verdict, its clean cost on F1 and why a metric gives no result."""
+    their siblings and those with only some seeds done next to its verdict, its clean cost on F1 and why a metric
+    gives no result."""
     lines = []
     for model in models:
         part = table[(table["model"] == model) & (table["basis"] == HEADLINE_BASIS)]
@@ -236,8 +242,9 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             text = site_verdict(dict(zip(rows["metric"], rows["verdict"])))
             unresolved = rows[rows["verdict"] == NO_RESULT]
             reasons = _labels_by(unresolved.assign(reason=unresolved["reason"].replace("", NOT_DONE)), "reason")
-            note = rows["training_note"].iloc[0]
-            site, alike = f"- **{model} {SESSION_LABELS[suffix]}**", f" ({note}: {NOT_ALIKE})" if note else ""
+            note, partial = rows["training_note"].iloc[0], rows["seeds_note"].iloc[0]
+            site = f"- **{model} {SESSION_LABELS[suffix]}**"
+            alike = (f" ({note}: {NOT_ALIKE})" if note else "") + (f" ({partial})" if partial else "")
             if text == NO_RESULT:
                 lines.append(f"{site}: no result ({'; '.join(reasons)}){alike}.")
                 continue
