@@ -176,6 +176,9 @@ def test_linear_ramp_schedule() -> None:
     masker.set_progress(0.0)
     layer(torch.ones(1, 3, 2, 2))
     assert masker.stats.batches == 1 and masker.stats.masked_batches == 0  # nothing masked at the ramp's start
+    masker.set_progress(0.03)         # strength 0.1: p_channels 0.015 of 32 channels rounds to none dropped
+    assert layer(torch.ones(1, 3, 2, 2)).equal(layer(torch.ones(1, 3, 2, 2)))
+    assert masker.stats.batches == 3 and masker.stats.masked_batches == 0  # counted masked only when it was
 
 
 def test_head_pre_hook_masks_every_input_and_passes_other_args_through() -> None:

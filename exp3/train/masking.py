@@ -236,14 +236,14 @@ class FeatureMasker:
         return False
 
     def _draw(self) -> tuple[float, float] | None:
-        """Count a training batch; return this batch's (p_channels, p_spatial) or None if unmasked."""
+        """Count a training batch; return this batch's (p_channels, p_spatial) or None if unmasked (the caller counts
+        it masked when a mask was applied: rates that round to no channel mask nothing)."""
         self.stats.batches += 1
         strength = self.strength()
         p_channels = self.spec.p_channels * strength if "channel" in self.spec.mode else 0.0
         p_spatial = self.spec.p_spatial * strength if "spatial" in self.spec.mode else 0.0
         if self._coin.random() >= self.spec.p_apply or (p_channels == 0.0 and p_spatial == 0.0):
             return None
-        self.stats.masked_batches += 1
         return p_channels, p_spatial
 
     def _mask(self, x: torch.Tensor, rates: tuple[float, float], share_weight: float) -> torch.Tensor:
@@ -258,7 +258,11 @@ class FeatureMasker:
         if not self._active(module):
             return None
         rates = self._draw()
-        return None if rates is None else self._mask(output, rates, 1.0)
+        if rates is None:
+            return None
+        masked = self._mask(output, rates, 1.0)
+        self.stats.masked_batches += masked is not output  # `mask_features` returns its input when nothing is masked
+        return masked
 
 
 class HeadInputMasker(FeatureMasker):
@@ -276,8 +280,9 @@ class HeadInputMasker(FeatureMasker):
         if rates is None:
             return None
         features = list(args[0])
-        weight = 1.0 / len(features)
-        return ([self._mask(level, rates, weight) for level in features], *args[1:])
+        masked = [self._mask(level, rates, 1.0 / len(features)) for level in features]
+        self.stats.masked_batches += any(new is not level for new, level in zip(masked, features))
+        return (masked, *args[1:])
 
 
 # ---------------------------------------------------------------------------------------------
