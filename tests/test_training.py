@@ -4,6 +4,8 @@ weights only, and an out-of-memory retry at another batch never resumes a checkp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,21 @@ def _plan(data_yaml: Path, tmp_path: Path, source: str, overrides: dict[str, Any
                                 "exist_ok": True},
                      masking_site=None, masking_spec=None, output_root=str(tmp_path),
                      run_dir=str(tmp_path / "s" / "train"))
+
+
+@contextmanager
+def _extra_callbacks(monkeypatch: pytest.MonkeyPatch, extra: dict[str, list[Any]]) -> Iterator[None]:
+    """Every training in the block also runs `extra` ({event: [fn]}), beside exp3's own callbacks."""
+    from exp3.train import trainers
+
+    real = trainers.add_callbacks
+    with monkeypatch.context() as patch:
+        patch.setattr(trainers, "add_callbacks", lambda target, callbacks: real(target, {**callbacks, **extra}))
+        yield
+
+
+def _killed(trainer: Any) -> None:
+    raise KeyboardInterrupt("killed after epoch 0's checkpoint (simulated)")
 
 
 def test_a_fresh_training_from_a_users_pt_takes_its_weights_not_its_training_args(
@@ -48,20 +65,12 @@ def test_an_out_of_memory_retry_at_another_batch_trains_from_the_start(
     batch 2."""
     import torch
 
-    from exp3.train import trainers
-
     def out_of_memory(trainer: Any) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
 
-    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
-        real_add_callbacks(target, {**callbacks, "on_model_save": [out_of_memory]})
-
-    real_add_callbacks = trainers.add_callbacks
     plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
-    with monkeypatch.context() as patch:
-        patch.setattr(trainers, "add_callbacks", add_callbacks)
-        with pytest.raises(torch.OutOfMemoryError):
-            run_training(plan, tmp_path / "logs")
+    with _extra_callbacks(monkeypatch, {"on_model_save": [out_of_memory]}), pytest.raises(torch.OutOfMemoryError):
+        run_training(plan, tmp_path / "logs")
     retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})  # as plan_training(retry_batch=2)
     outcome = run_training(retry, tmp_path / "logs")
     assert outcome.resumed_from_epoch is None and outcome.info["start_epoch"] == 0
@@ -77,21 +86,10 @@ def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
     aside would lose the retry's epochs), and the record says batch 2 ran."""
     import torch
 
-    from exp3.train import trainers
-
-    def killed(trainer: Any) -> None:
-        raise KeyboardInterrupt("killed after epoch 0's checkpoint (simulated)")
-
-    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
-        real_add_callbacks(target, {**callbacks, "on_model_save": [killed]})
-
-    real_add_callbacks = trainers.add_callbacks
     plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
     retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})
-    with monkeypatch.context() as patch:
-        patch.setattr(trainers, "add_callbacks", add_callbacks)
-        with pytest.raises(KeyboardInterrupt):
-            run_training(retry, tmp_path / "logs")
+    with _extra_callbacks(monkeypatch, {"on_model_save": [_killed]}), pytest.raises(KeyboardInterrupt):
+        run_training(retry, tmp_path / "logs")
     outcome = run_training(plan, tmp_path / "logs")                              # planned at batch 4 again
     assert outcome.resumed_from_epoch == 0 and outcome.info["ran"]["batch"] == 2
     assert outcome.info["epochs_completed"] == 2 and not list(plan.last_pt.parent.glob("*.other-batch-*"))
@@ -118,15 +116,8 @@ def test_ultralytics_halving_the_batch_in_the_first_epoch_is_recorded(
         tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of memory in the first epoch of a fresh training at batch 4: Ultralytics halves the batch to 2 and goes on
     without failing, so every epoch runs at 2; train_info.json and the record say batch 2, not the planned 4."""
-    from exp3.train import trainers
-
-    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
-        real_add_callbacks(target, {**callbacks, "on_train_batch_start": [_out_of_memory_once]})
-
-    real_add_callbacks = trainers.add_callbacks
     plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
-    with monkeypatch.context() as patch:
-        patch.setattr(trainers, "add_callbacks", add_callbacks)
+    with _extra_callbacks(monkeypatch, {"on_train_batch_start": [_out_of_memory_once]}):
         outcome = run_training(plan, tmp_path / "logs")
     assert outcome.info["effective_args"]["batch"] == 2 and outcome.info["epochs_completed"] == 2  # Ultralytics halved
     assert outcome.info["ran"]["batch"] == 2
@@ -140,24 +131,12 @@ def test_ultralytics_halving_the_batch_after_a_resume_is_an_out_of_memory_failur
     retry at batch 2 then trains from the start, every epoch at one batch), before any epoch runs at 2."""
     import torch
 
-    from exp3.train import trainers
-
-    def killed(trainer: Any) -> None:
-        raise KeyboardInterrupt("killed after epoch 0's checkpoint (simulated)")
-
-    def add_callbacks(target: Any, callbacks: dict[str, list[Any]]) -> None:
-        real_add_callbacks(target, {**callbacks, **extra})
-
-    real_add_callbacks = trainers.add_callbacks
     plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
-    with monkeypatch.context() as patch:
-        patch.setattr(trainers, "add_callbacks", add_callbacks)
-        extra = {"on_model_save": [killed]}
-        with pytest.raises(KeyboardInterrupt):
-            run_training(plan, tmp_path / "logs")
-        extra = {"on_train_batch_start": [_out_of_memory_once]}
-        with pytest.raises(torch.OutOfMemoryError, match="after a resume at batch 4"):
-            run_training(plan, tmp_path / "logs")
+    with _extra_callbacks(monkeypatch, {"on_model_save": [_killed]}), pytest.raises(KeyboardInterrupt):
+        run_training(plan, tmp_path / "logs")
+    with _extra_callbacks(monkeypatch, {"on_train_batch_start": [_out_of_memory_once]}), \
+            pytest.raises(torch.OutOfMemoryError, match="after a resume at batch 4"):
+        run_training(plan, tmp_path / "logs")
     assert torch.load(plan.last_pt, map_location="cpu", weights_only=False)["epoch"] == 0   # no epoch ran at 2
     retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})
     outcome = run_training(retry, tmp_path / "logs")
