@@ -60,6 +60,17 @@ def _gif_named_jpg(root: Path) -> None:
     Image.open(image).convert("P").save(image, format="GIF")
 
 
+def _sixteen_bit_png(root: Path) -> None:
+    """A thermal camera's 16-bit grayscale PNG in test (Ultralytics' cv2 scales it to 8 bits; Pillow's RGB conversion,
+    which the occluded copies were made with, clipped it to white)."""
+    import numpy as np
+
+    image = sorted((root / "images" / "test").glob("*.jpg"))[0]
+    gray = np.asarray(Image.open(image).convert("L"), dtype=np.uint16) * 257
+    image.unlink()
+    Image.fromarray(gray).save(image.with_suffix(".png"))
+
+
 def _jpeg_with_trailer(root: Path) -> None:
     """A phone-style JPEG with bytes after its end marker (Ultralytics re-saves such a file in place)."""
     image = sorted((root / "images" / "train").glob("*.jpg"))[0]
@@ -97,6 +108,7 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "corrupt_image": (_corrupt_image, True),
     "image_skipped_by_ultralytics": (_gif_named_jpg, True),
     "jpeg_rewritten_by_ultralytics": (_jpeg_with_trailer, True),
+    "image_not_8_bit": (_sixteen_bit_png, True),
     "image_id_shared_across_splits": (_shared_id, True),
     "image_id_repeated_in_split": (_stem_repeated_in_split, True),
     "missing_split": (_missing_test, True),

@@ -577,3 +577,15 @@ def test_cli_build_and_verify_round_trip(dataset: Path, tmp_path: Path) -> None:
     assert failed.returncode == 1 and "extra file extra.txt" in failed.stdout
     bad = _cli("build", "--data", str(dataset), "--out", str(tmp_path), "--set", "coverage=[0.6,0.2]")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "coverage" in bad.stderr
+
+
+def test_an_image_of_more_than_8_bits_is_refused_not_whitened(tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG: Ultralytics scales it to 8 bits; Pillow's RGB conversion clipped it to white, so its
+    occluded copy was a white image. The decoder refuses it, naming the fix (the audit refuses it first in a run)."""
+    import cv2
+
+    path = tmp_path / "thermal.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(path)
+    assert cv2.imread(str(path)).mean() == pytest.approx(127.5, abs=1)       # what the model sees: mid-grey
+    with pytest.raises(OcclusionError, match="I;16 pixels, not 8 bits: convert it"):
+        decode_image(path.read_bytes(), path.name)

@@ -150,12 +150,14 @@ BLOCKING_KINDS: dict[str, str] = {
                                     "skips it, so training and evaluation would run on fewer images than the split",
     "jpeg_rewritten_by_ultralytics": "re-save it (e.g. PIL: Image.open(p).save(p)): Ultralytics rewrites a JPEG that "
                                      "lacks its end marker in place, changing the dataset under a running grid",
+    "image_not_8_bit": "convert it to 8 bits per channel as Ultralytics reads it (e.g. cv2.imwrite(p, cv2.imread(p))): "
+                       "Ultralytics scales a 16-bit or float image to 8 bits, while the occluded copies would clip it",
     "image_id_shared_across_splits": "rename or move the image so each id lives in one split (leakage)",
     "image_id_repeated_in_split": "rename one (e.g. cam2_0001.jpg): an image's id is its file stem, unique in its "
                                   "split (predictions, occluded copies and paired statistics are keyed by it)",
     "duplicate_image_across_splits": "remove the duplicate: the same picture in two splits leaks test data",
 }
-AUDIT_RULES = 3
+AUDIT_RULES = 4
 """Version of the audit's checks, in its cache file's name: a dataset audited under older rules is audited again."""
 WARNING_KINDS: dict[str, str] = {
     "image_without_label": "fine for background images; otherwise add its label file",
@@ -210,7 +212,7 @@ def _image_problem(path: Path, data: bytes) -> tuple[str, str] | None:
     try:
         with Image.open(path) as image:
             image.verify()
-            kind, (width, height) = (image.format or "").lower(), image.size
+            kind, (width, height), mode = (image.format or "").lower(), image.size, image.mode
         with Image.open(path) as image:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -219,6 +221,8 @@ def _image_problem(path: Path, data: bytes) -> tuple[str, str] | None:
         return "image_skipped_by_ultralytics", f"{kind.upper() or 'unknown format'}, {width} x {height} px"
     if kind in ("jpeg", "jpg") and data[-2:] != b"\xff\xd9":
         return "jpeg_rewritten_by_ultralytics", "the JPEG does not end with its end marker (FF D9)"
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float pixels (PIL modes I;16, I, F)
+        return "image_not_8_bit", f"{kind.upper()} of PIL mode {mode}"
     return None
 
 

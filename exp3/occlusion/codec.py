@@ -21,6 +21,9 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Encoded image bytes -> (H, W, 3) uint8 RGB, EXIF orientation applied (as cv2.imread does)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.mode.startswith("I") or image.mode == "F":  # Pillow's RGB conversion would clip it to white
+                raise OcclusionError(f"image {name!r} has {image.mode} pixels, not 8 bits: convert it to 8 bits as "
+                                     "Ultralytics reads it (e.g. cv2.imwrite(p, cv2.imread(p)))")
             if image.getexif().get(0x0112, 1) != 1:
                 image = ImageOps.exif_transpose(image)
             return np.array(image.convert("RGB"))
