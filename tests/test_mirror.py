@@ -12,7 +12,7 @@ import yaml
 
 from exp3.config import MirrorConfig
 from exp3.session.layout import SessionPaths, SessionState
-from exp3.session.mirror import Mirror, describe, mirror_for
+from exp3.session.mirror import TEMP_SUFFIX, Mirror, describe, mirror_for
 
 KEY = "yolov8n__S1_clean_train-0123456789abcdef"
 
@@ -253,3 +253,26 @@ def test_a_mirror_copy_made_under_other_inputs_is_set_aside_before_the_session_t
     assert SessionPaths(held).recorded_key() == new_key and not SessionPaths(held).done_marker.exists()
     assert Mirror(mirror.path, tmp_path / "new-vm").restore({"yolov8n__S1_clean_train": new_key}) == [
         "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv), resumes from last.pt"]
+
+
+def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys) -> None:
+    """The drive fills up while a checkpoint is copied: the half-written temporary file is removed (left there it
+    kept the drive full, and every later copy, the done sessions and the report included, failed too)."""
+    import errno
+    import shutil
+
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    real_copyfile = shutil.copyfile
+
+    def full_drive(source: Path, target: Path) -> None:
+        if Path(source).name == "last.pt":
+            Path(target).write_bytes(Path(source).read_bytes()[:1000])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_copyfile(source, target)
+
+    monkeypatch.setattr(shutil, "copyfile", full_drive)
+    mirror.push_checkpoint(paths)
+    assert "WARNING exp3 mirror: copying a checkpoint to" in capsys.readouterr().out
+    assert not list(mirror.path.rglob(f"*{TEMP_SUFFIX}"))

@@ -70,10 +70,15 @@ class Mirror:
                 return 0
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}{TEMP_SUFFIX}")
-        shutil.copyfile(source, temporary)
-        os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        _truncate(target)
-        os.replace(temporary, target)
+        try:
+            shutil.copyfile(source, temporary)
+            os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            _truncate(target)
+            os.replace(temporary, target)
+        except BaseException:  # a full or lost drive: a half copy left there would fill it for every later copy
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise
         self._copied[target] = signature
         return stat.st_size
 
