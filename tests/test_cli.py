@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -62,3 +63,38 @@ def test_a_failed_flow_state_exits_1(capsys: pytest.CaptureFixture[str], tmp_pat
     assert run(config, args, lambda **kwargs: calls.append(kwargs) or state) == 1
     assert calls[0]["sessions"] == ["S1_clean_train"] and calls[0]["return_state"] is True
     assert "exp3: flow ended Failed: 1 of 2 sessions failed" in capsys.readouterr().err
+
+
+def test_an_output_root_that_cannot_hold_prefects_database_is_refused_in_one_line(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """output_root on Google Drive: SQLite's WAL mode fails there ('disk I/O error', as on a FUSE passthrough mount,
+    BENCHMARKS.md), and Prefect's server retried for 3 minutes and ended in ~8,000 lines of traceback. The probe
+    refuses it at once, naming the fix; a local folder passes."""
+    import sqlite3
+
+    from exp3.grid.cli import start
+    from exp3.grid.flowenv import database_problem
+
+    assert database_problem(tmp_path) is None and list(tmp_path.iterdir()) == []   # the probe leaves nothing
+
+    def no_shared_memory(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite3, "connect", no_shared_memory)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # start() sets the flow's environment: this test's only
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    with pytest.raises(SystemExit) as exit_info:
+        start(["--smoke", "--set", f"output_root={tmp_path / 'drive' / 'MyDrive' / 'exp3'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "cannot hold the run's Prefect database (disk I/O error" in err and "set mirror.path" in err
+
+
+def test_a_mirror_on_the_output_roots_own_disk_is_warned_about(capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    """Drive not mounted: /content/drive/MyDrive/... is then a plain folder of the VM's disk, and a recycled VM
+    loses the mirror with the root. Said in one line before the run."""
+    config, args = config_from_args(["--smoke", "--dry-run", "--set", f"output_root={tmp_path / 'root'}",
+                                     "--set", f"mirror.path={tmp_path / 'drive' / 'MyDrive' / 'exp3'}"])
+    assert run(config, args, lambda **_: pytest.fail("no flow on a dry run")) == 0
+    assert "WARNING exp3: mirror.path" in capsys.readouterr().out.splitlines()[0]

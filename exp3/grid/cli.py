@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root
 from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
-from exp3.grid.flowenv import configure_flow_environment
+from exp3.grid.flowenv import configure_flow_environment, database_problem
 from exp3.identity import session_inputs
 from exp3.session.layout import SessionState
-from exp3.session.mirror import mirror_for
+from exp3.session.mirror import mirror_for, on_mirror_storage
 from exp3.session.plan import select_sessions
 from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
@@ -68,7 +69,13 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_flow_environment(resolve_output_root(config))
+    root = resolve_output_root(config)
+    configure_flow_environment(root)
+    if (problem := database_problem(Path(os.environ["PREFECT_HOME"]))) is not None:
+        print(f"error: output_root {str(root)!r} cannot hold the run's Prefect database ({problem}: a Google Drive or "
+              "network mount?): keep output_root on a local disk and set mirror.path to the drive folder",
+              file=sys.stderr)
+        raise SystemExit(2)
     return config, args
 
 
@@ -81,7 +88,10 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         grid = select_sessions(config, args.models, args.sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         root = resolve_output_root(config)
-        mirror_for(config.mirror, root)  # a mirror overlapping the root: refused here, in one line
+        mirror = mirror_for(config.mirror, root)  # a mirror overlapping the root: refused here, in one line
+        if mirror is not None and on_mirror_storage(next(p for p in (root, *root.parents) if p.exists()), mirror.path):
+            print(f"WARNING exp3: mirror.path {mirror.path} is on the same disk as output_root {root} (is its drive "
+                  "mounted?): a lost machine loses both copies", flush=True)
         if args.dry_run:
             return dry_run(config, grid, weights)
         if (lock := RootLock(root)).is_live():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import psutil
@@ -25,6 +26,26 @@ def configure_flow_environment(output_root: Path) -> list[int]:
     apply_offline_environment(output_root)
     home.mkdir(parents=True, exist_ok=True)
     return reap_orphaned_prefect_servers(home)
+
+
+def database_problem(prefect_home: Path) -> str | None:
+    """Why Prefect's SQLite database cannot live in `prefect_home`, None when it can: a few rows written in WAL mode,
+    as Prefect's server writes them. A network or cloud mount (Google Drive, SMB) without shared memory maps fails
+    here at once, where Prefect's server retries for minutes and ends in thousands of lines of traceback."""
+    probe = Path(prefect_home) / ".exp3-database-probe.db"
+    try:
+        with contextlib.closing(sqlite3.connect(probe, timeout=5)) as database:
+            database.execute("PRAGMA journal_mode=WAL")
+            database.execute("CREATE TABLE IF NOT EXISTS probe (x)")
+            database.execute("INSERT INTO probe VALUES (1)")
+            database.commit()
+    except sqlite3.Error as error:
+        return str(error)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                Path(f"{probe}{suffix}").unlink(missing_ok=True)
+    return None
 
 
 def reap_orphaned_prefect_servers(prefect_home: Path) -> list[int]:
