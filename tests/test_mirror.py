@@ -12,7 +12,7 @@ import yaml
 
 from exp3.config import MirrorConfig
 from exp3.session.layout import SessionPaths, SessionState
-from exp3.session.mirror import TEMP_SUFFIX, Mirror, describe, mirror_for
+from exp3.session.mirror import REPORT_FILES, TEMP_SUFFIX, Mirror, describe, mirror_for
 
 KEY = "yolov8n__S1_clean_train-0123456789abcdef"
 
@@ -83,7 +83,11 @@ def test_a_replaced_file_is_truncated_first_and_an_unchanged_one_is_not_copied_a
 
 
 def test_the_report_goes_up_and_a_chart_it_no_longer_draws_goes_from_the_mirror(tmp_path: Path) -> None:
+    """Only what exp3 put there goes: a mirror.path set to a folder that already held the user's own charts (a
+    thesis figure in plots/) keeps them (they were emptied and deleted, beyond Drive's trash)."""
     mirror = _mirror(tmp_path)
+    (mirror.path / "plots").mkdir(parents=True)
+    (mirror.path / "plots" / "thesis_fig3.png").write_bytes(b"the user's figure")
     plots = mirror.root / "plots"
     plots.mkdir(parents=True)
     for name in ("f1_occ_yolov8n.png", "f1_occ_yolov8n.html", "f1_occ_by_model.png", "f1_occ_by_model.html"):
@@ -92,14 +96,16 @@ def test_the_report_goes_up_and_a_chart_it_no_longer_draws_goes_from_the_mirror(
     (mirror.root / "plan.json").write_text("{}")
     mirror.push_report([])
     assert _files(mirror.path) == {"report.md", "plots/f1_occ_yolov8n.png", "plots/f1_occ_yolov8n.html",
-                                   "plots/f1_occ_by_model.png", "plots/f1_occ_by_model.html"}  # no plan.json
+                                   "plots/f1_occ_by_model.png", "plots/f1_occ_by_model.html",  # no plan.json
+                                   "plots/thesis_fig3.png", REPORT_FILES}
     (mirror.path / "plots" / "notes.txt").write_text("the user's")
     os.link(mirror.path / "plots" / "f1_occ_by_model.png", tmp_path / "trash")
     for name in ("f1_occ_by_model.png", "f1_occ_by_model.html"):  # the next build did not draw them
         (plots / name).unlink()
     mirror.push_report([])
     assert _files(mirror.path) == {"report.md", "plots/f1_occ_yolov8n.png", "plots/f1_occ_yolov8n.html",
-                                   "plots/notes.txt"}
+                                   "plots/notes.txt", "plots/thesis_fig3.png", REPORT_FILES}
+    assert (mirror.path / "plots" / "thesis_fig3.png").read_bytes() == b"the user's figure"
     assert (tmp_path / "trash").stat().st_size == 0  # truncated before it was removed
 
 

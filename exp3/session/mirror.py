@@ -25,7 +25,7 @@ import yaml
 
 from exp3.config import MirrorConfig
 from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
-from exp3.fileio import atomic_write_json, atomic_write_text, stable_hash
+from exp3.fileio import atomic_write_json, atomic_write_text, read_json, stable_hash
 from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 from exp3.session.progress import results_rows
 
@@ -33,6 +33,8 @@ TEMP_SUFFIX = ".mirror-tmp"
 CHECKPOINTS = ("best.pt", "last.pt")  # in train/weights/, best first: a copy's best.pt is never older than its last
 REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # the report's files, at the root
 NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
+REPORT_FILES = ".exp3-report-files.json"
+"""In the mirror: the report files exp3 put there (paths from the root), the only ones it ever removes there."""
 
 
 def _truncate(path: Path) -> None:
@@ -153,20 +155,22 @@ class Mirror:
             self._warn("copying a checkpoint to", error)
 
     def push_report(self, done: list[SessionPaths]) -> None:
-        """The report's files, and every done session the mirror lacks (a copy that failed earlier). A chart the
-        mirror holds and the local plots/ no longer does (a build removes those it did not draw,
-        `exp3.report.plots.remove_stale_charts`) is removed: its old numbers would stand beside the new ones."""
+        """The report's files, and every done session the mirror lacks (a copy that failed earlier). A report file an
+        earlier push put there and the local root no longer holds (a chart a build did not draw again,
+        `exp3.report.plots.remove_stale_charts`) is removed: its old numbers would stand beside the new ones. Files
+        exp3 did not put there (`REPORT_FILES` lists those it did) are never touched."""
         for paths in done:
             self.push_done(paths)
         try:
-            for pattern in REPORT_GLOBS:
-                for file in sorted(self.root.glob(pattern)):
-                    if file.is_file() and file.name not in NOT_MIRRORED:
-                        self._push(file)
-            for held in sorted((self.path / "plots").glob("*")):
-                local = self.root / "plots" / held.name
-                if held.suffix in (".png", ".html") and not local.exists():
-                    self._remove(local)
+            pushed = [file for pattern in REPORT_GLOBS for file in sorted(self.root.glob(pattern))
+                      if file.is_file() and file.name not in NOT_MIRRORED]
+            for file in pushed:
+                self._push(file)
+            names = [str(file.relative_to(self.root)) for file in pushed]
+            for name in read_json(self.path / REPORT_FILES) or []:
+                if name not in names and not (self.root / name).exists():
+                    self._remove(self.root / name)
+            atomic_write_json(self.path / REPORT_FILES, names)
         except OSError as error:
             self._warn("copying the report to", error)
 
