@@ -15,9 +15,10 @@ from exp3.occlusion import OcclusionError, codec, fills, planners
 from exp3.occlusion.source import _SourceImage, source_fingerprint
 from exp3.splits import severity_split
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 """Bump whenever a change alters any output byte or manifest field: it is part of the suite hash.
-What version 1 did differently: docs/occlusion.md, "Occluders add no objects" and "Labels stay findable"."""
+What versions 1 and 2 did differently: docs/occlusion.md, "Occluders add no objects", "Labels stay findable" and
+"Severity suites" (measured coverage)."""
 
 STREAM_TEST_SUITE = 1
 """RNG stream of the fixed test suite (`test_occ_fixed`)."""

@@ -45,6 +45,16 @@ def _rect_of_area(area: float, inner_w: int, inner_h: int, aspect_draw: float) -
     return width, height
 
 
+def _within_cap(size: tuple[int, int], box_area: float) -> tuple[int, int]:
+    """`size` with its longer side cut a pixel at a time until it covers at most MAX_BOX_COVERAGE of `box_area`: a
+    target near the cap, rounded to whole pixels, would exceed it at every position inside the box, and `_place`
+    would shrink both sides by PLACEMENT_SHRINK (0.64 of the area: level 5 landing in level 3's band)."""
+    width, height = size
+    while width * height > MAX_BOX_COVERAGE * box_area and max(width, height) > 1:
+        width, height = (width - 1, height) if width >= height else (width, height - 1)
+    return width, height
+
+
 def object_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator, width: int,
                  height: int) -> Plan:
     """One rectangle inside every box's whole pixels covering a target fraction (drawn from `config.coverage`) of it.
@@ -66,7 +76,7 @@ def object_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random
         if inner_w < 1 or inner_h < 1:
             continue  # box thinner than one whole pixel: nothing to place; its covered fraction says so
         size = _rect_of_area(target * (x1 - x0) * (y1 - y0), inner_w, inner_h, aspect_draw)
-        occluders.append((size, (ix0, iy0, ix1, iy1), draws))
+        occluders.append((_within_cap(size, (x1 - x0) * (y1 - y0)), (ix0, iy0, ix1, iy1), draws))
     rects, dropped = _place_all(occluders, boxes, width, height)
     return rects, targets, dropped
 
