@@ -13,6 +13,7 @@ from exp3.grid.cli import (
     PILOT_GPU_CONFIG,
     REPO,
     SANITY_SESSIONS,
+    SERVER_SETTINGS,
     config_from_args,
     pilot_config_path,
     run,
@@ -83,11 +84,16 @@ def test_an_output_root_that_cannot_hold_prefects_database_is_refused_in_one_lin
     monkeypatch.setattr(sqlite3, "connect", no_shared_memory)
     monkeypatch.setattr(os, "environ", os.environ.copy())  # start() sets the flow's environment: this test's only
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    for name in SERVER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    drive = ["--smoke", "--set", f"output_root={tmp_path / 'drive' / 'MyDrive' / 'exp3'}"]
     with pytest.raises(SystemExit) as exit_info:
-        start(["--smoke", "--set", f"output_root={tmp_path / 'drive' / 'MyDrive' / 'exp3'}"])
+        start(drive)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert "cannot hold the run's Prefect database (disk I/O error" in err and "set mirror.path" in err
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.lab:4200/api")  # a Prefect server keeps the database
+    start(drive)
 
 
 def test_a_mirror_on_the_output_roots_own_disk_is_warned_about(capsys: pytest.CaptureFixture[str],

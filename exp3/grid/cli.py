@@ -62,6 +62,11 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     return load_config(path, overrides), args
 
 
+SERVER_SETTINGS: tuple[str, ...] = ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
+                                    "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+"""Prefect settings that keep a run's database off PREFECT_HOME (a Prefect server, or another database)."""
+
+
 def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
     """Parse `argv`, load the config and set the environment before `import prefect` (exit 2 on a bad config)."""
     try:
@@ -71,7 +76,8 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
         raise SystemExit(2) from None
     root = resolve_output_root(config)
     configure_flow_environment(root)
-    if (problem := database_problem(Path(os.environ["PREFECT_HOME"]))) is not None:
+    own_database = not any(os.environ.get(name) for name in SERVER_SETTINGS)
+    if own_database and (problem := database_problem(Path(os.environ["PREFECT_HOME"]))) is not None:
         print(f"error: output_root {str(root)!r} cannot hold the run's Prefect database ({problem}: a Google Drive or "
               "network mount?): keep output_root on a local disk and set mirror.path to the drive folder",
               file=sys.stderr)
