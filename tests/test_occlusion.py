@@ -400,7 +400,7 @@ def test_an_isolated_box_of_the_heaviest_level_is_covered_to_its_target_not_shru
                                                  128, 128)
         (covered,) = covered_fractions(rect_mask(rects, 128, 128), boxes)
         assert dropped == 0 and covered <= MAX_BOX_COVERAGE
-        shortfalls.append((target - covered) * min(w, h) / 1.0)   # in pixel rows / columns of the box
+        shortfalls.append((target - covered) * min(w, h))   # in pixel rows / columns of the box
     assert max(shortfalls) <= 1.5, sorted(shortfalls)[-5:]
 
 

@@ -95,7 +95,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         root = resolve_output_root(config)
         mirror = mirror_for(config.mirror, root)  # a mirror overlapping the root: refused here, in one line
-        if mirror is not None and on_mirror_storage(next(p for p in (root, *root.parents) if p.exists()), mirror.path):
+        if mirror is not None and on_mirror_storage(root, mirror.path):
             print(f"WARNING exp3: mirror.path {mirror.path} is on the same disk as output_root {root} (is its drive "
                   "mounted?): a lost machine loses both copies", flush=True)
         if args.dry_run:

@@ -220,11 +220,12 @@ def describe(path: str | os.PathLike[str]) -> str:
 
 
 def on_mirror_storage(path: Path, mirror: Path) -> bool:
-    """True if `path` lives on the file system of `mirror` (the mirror's folder or its nearest existing parent);
-    False when that cannot be told (a disconnected mount)."""
+    """True if `path` lives on the file system of `mirror` (each: itself or its nearest existing parent, so a root
+    or mirror not made yet is judged by where it will be); False when that cannot be told (a disconnected mount)."""
     try:
-        anchor = next((folder for folder in (mirror, *mirror.parents) if folder.exists()), Path("/"))
-        return path.stat().st_dev == anchor.stat().st_dev
+        path_anchor, mirror_anchor = (next((folder for folder in (where, *where.parents) if folder.exists()), Path("/"))
+                                      for where in (Path(path).absolute(), Path(mirror).absolute()))
+        return path_anchor.stat().st_dev == mirror_anchor.stat().st_dev
     except OSError:
         return False
 
