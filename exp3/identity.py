@@ -46,7 +46,7 @@ def session_inputs(config: ExperimentConfig, session: Session, dataset_fingerpri
         "eval": config.eval.model_dump(mode="json", exclude={"plots"}),  # figures only: no number changes
         "occlusion": config.occlusion.model_dump(mode="json", exclude={"train_fraction", "severities"}),
         "dataset": config.dataset.model_dump(mode="json", exclude={"data_yaml"}),  # its content: the fingerprint
-        "seed": session.training_seed(config.seeds),
+        "seed": session.training_seed,
     }
     if session.masking_site is not None:
         view["masking"] = config.masking.model_dump(mode="json")

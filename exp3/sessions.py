@@ -48,24 +48,32 @@ REFERENCES: tuple[str, ...] = ("S1_clean_train", "S2_occ_train")
 
 
 SEED_PREFIX = "seed"
+UNNAMED_SEED = 0
+"""The training seed (the default `seeds: [0]`) whose session names have no seed part; every other seed's end in
+`__seed<N>`. So seeds added to a finished grid keep its folders and keys: nothing trains again."""
 
 
 @dataclass(frozen=True)
 class Session:
-    """One cell of the grid. `seed` is None in a single-seed grid (the name then has no seed part)."""
+    """One cell of the grid, trained with seed `seed`; None and UNNAMED_SEED are one session (stored as None)."""
 
     model: str
     suffix: str
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed == UNNAMED_SEED:
+            object.__setattr__(self, "seed", None)
 
     @property
     def name(self) -> str:
         base = f"{self.model}{SESSION_SEPARATOR}{self.suffix}"
         return base if self.seed is None else f"{base}{SESSION_SEPARATOR}{SEED_PREFIX}{self.seed}"
 
-    def training_seed(self, seeds: tuple[int, ...]) -> int:
-        """The Ultralytics seed this session trains with (the only seed of a single-seed grid)."""
-        return seeds[0] if self.seed is None else self.seed
+    @property
+    def training_seed(self) -> int:
+        """The Ultralytics seed this session trains with."""
+        return UNNAMED_SEED if self.seed is None else self.seed
 
     @property
     def masking_site(self) -> str | None:
@@ -106,12 +114,18 @@ def parse_session(text: str, models: tuple[str, ...] | list[str]) -> Session:
     return Session(model=model, suffix=suffix, seed=seed)
 
 
+def folder_session(name: str) -> Session | None:
+    """The session a folder named `name` holds: `<model>__<suffix>[__seed<N>]` as `Session.name` writes it (not an
+    older exp3's `__seed0`); None for any other name."""
+    try:
+        session = parse_session(name, [name.split(SESSION_SEPARATOR, 1)[0]])  # model names hold no separator
+    except ValueError:
+        return None
+    return session if session.name == name else None
+
+
 def session_grid(models: list[str] | tuple[str, ...], suffixes: tuple[str, ...],
                  seeds: tuple[int, ...]) -> list[Session]:
-    """Model x session (x seed) in the fixed order: all sessions of the first model, then the next.
-
-    With one seed, sessions carry `seed=None` (folder names without a seed part).
-    """
-    per_seed: tuple[int | None, ...] = (None,) if len(seeds) == 1 else tuple(seeds)
+    """Model x session x seed in the fixed order: all sessions of the first model, then the next."""
     return [Session(model, suffix, seed) for model in models for suffix in SESSION_SUFFIXES if suffix in suffixes
-            for seed in per_seed]
+            for seed in seeds]

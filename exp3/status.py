@@ -20,7 +20,7 @@ from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.plan import planned_key, read_plan
 from exp3.session.progress import epoch_progress, format_seconds, format_value, results_rows
 from exp3.session.runlock import RootLock
-from exp3.sessions import SESSION_SUFFIXES, Session, parse_session_selector, session_grid
+from exp3.sessions import SESSION_SUFFIXES, Session, folder_session, session_grid
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,8 @@ def format_matrix(rows: list[SessionStatus]) -> str:
 def _session_of(folder: Path) -> Session | None:
     """The session of a folder named as one of the model folder it is in; None for anything else (a file, a folder
     set aside)."""
-    try:
-        model, suffix, seed = parse_session_selector(folder.name, [folder.parent.name])
-    except ValueError:
-        return None
-    return Session(model, suffix, seed) if folder.is_dir() and model == folder.parent.name else None
+    session = folder_session(folder.name)
+    return session if session and folder.is_dir() and session.model == folder.parent.name else None
 
 
 def render(root: Path, live: bool) -> str:

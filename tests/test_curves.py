@@ -24,6 +24,7 @@ from exp3 import report
 from exp3.report import curves, plots
 from exp3.report.runs import SessionRun, scan_sessions
 from exp3.session.layout import SessionState
+from exp3.sessions import Session
 
 YOLO_COLUMNS = ("epoch", "time", "train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/precision(B)",
                 "metrics/recall(B)", "metrics/mAP50(B)", "metrics/mAP50-95(B)", "val/box_loss", "val/cls_loss",
@@ -151,7 +152,7 @@ def test_several_seeds_give_a_mean_line_faint_seeds_and_each_seeds_best_epoch(tm
     shapes = {0: RISING, 1: LEVELLED, 2: [value / 2 for value in RISING]}
     runs = []
     for seed, shape in shapes.items():
-        folder = tmp_path / "yolov8n" / f"yolov8n__S3_mask_backbone_early__seed{seed}"
+        folder = tmp_path / "yolov8n" / Session("yolov8n", "S3_mask_backbone_early", seed).name
         write_results_csv(folder, shape)
         runs.append(done_run(folder, "S3_mask_backbone_early", seed, masked_metrics(ramp_fraction=0.3, epochs=10)))
     found = curves.training_curves(runs, ["yolov8n"])

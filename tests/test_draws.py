@@ -21,6 +21,7 @@ from exp3.report import coverage, draws, gap, severity
 from exp3.report.comparisons import statistics_tables
 from exp3.report.draws import MISSING, UNPAIRED, ReportData, align
 from exp3.report.runs import scan_sessions
+from exp3.sessions import Session
 
 
 @pytest.fixture()
@@ -149,7 +150,7 @@ def test_severity_and_gap_closed_draw_mpc_alike_with_several_seeds(tmp_path: Pat
              "S3_mask_backbone_early": ((70, 44, 44, 24), (70, 56, 56, 36))}
     for suffix, per_seed in seeds.items():
         for seed, hits in enumerate(per_seed):
-            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+            write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
     result = report.build_report(tmp_path, ["yolov8m"], n_resamples=300, n_permutations=999, charts=False,
                                  sessions=list(seeds))
     table = result.severity_table.set_index(["metric", "session"])
@@ -173,7 +174,7 @@ def test_seeds_are_pooled_all_on_the_same_images_or_not_at_all(tmp_path: Path, d
     sessions = {"S1_clean_train": ((80, 40), (80, 44)), "S2_occ_train": ((80, 60), (80, 64))}
     for suffix, per_seed in sessions.items():
         for seed, hits in enumerate(per_seed):
-            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+            write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
     path = tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1" / "predictions_test_occ_fixed.json"
     if damage == "no file":
         path.unlink()
@@ -200,7 +201,7 @@ def test_a_split_no_threshold_can_pool_is_named_once(tmp_path: Path) -> None:
     """S2's seed 1 has no test_occ_fixed predictions, so neither the primary nor the val-chosen threshold pools
     there: report.md names that split once, not once per threshold or per call."""
     for seed, hits in enumerate(((80, 60), (80, 64))):
-        write_session(tmp_path / "yolov8m" / f"yolov8m__S2_occ_train__seed{seed}", "yolov8m", "S2_occ_train", hits,
+        write_session(tmp_path / "yolov8m" / Session("yolov8m", "S2_occ_train", seed).name, "yolov8m", "S2_occ_train", hits,
                       seed)
     (tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1" / "predictions_test_occ_fixed.json").unlink()
     runs = [replace(run, metrics={**run.metrics, "splits": {split: {**part, "at_val_threshold": {"conf": 0.3}}

@@ -26,6 +26,7 @@ from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import gap
 from exp3.schema import SplitView
 from exp3.session.record import robustness
+from exp3.sessions import Session
 
 N = 100
 CLASSES = ["tomato", "carrot", "onion", "egg"]
@@ -201,7 +202,7 @@ def test_several_seeds_resample_seeds_and_say_which_level_dominates(tmp_path: Pa
              "S3_mask_backbone_early": ((70, 44), (70, 56))}
     for suffix, per_seed in seeds.items():
         for seed, hits in enumerate(per_seed):
-            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+            write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
     result = report.build_report(tmp_path, ["yolov8m"], n_resamples=400, n_permutations=999, charts=False,
                                  sessions=list(seeds))
     found = row(result.gap_closed, "yolov8m", "ingredient_micro_f1", "S3_mask_backbone_early")
@@ -324,7 +325,7 @@ def test_a_verdict_from_part_of_a_sessions_seeds_says_so(tmp_path: Path) -> None
     sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (80, 50)}
     for suffix, hits in sessions.items():
         for seed in (0, 1):
-            write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, hits, seed)
+            write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
     failed = tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1"
     (failed / "DONE").unlink()
     atomic_write_json(failed / "FAILED", {"session": failed.name, "error": "CUDA out of memory"})

@@ -40,9 +40,11 @@ def test_a_bare_suffix_selects_every_model_and_a_prefixed_name_only_its_model() 
                                        "rtdetr-l__S2_occ_train"]
     seeded = load_config(None, ["seeds=[0, 1, 2]"])
     picked = select_sessions(seeded, None, ["yolov8m__S3_mask_backbone_early__seed1", "S1_clean_train"])
-    assert [s.name for s in picked] == [*(f"yolov8m__S1_clean_train__seed{n}" for n in (0, 1, 2)),
-                                        "yolov8m__S3_mask_backbone_early__seed1",
-                                        *(f"rtdetr-l__S1_clean_train__seed{n}" for n in (0, 1, 2))]
+    assert [s.name for s in picked] == ["yolov8m__S1_clean_train", "yolov8m__S1_clean_train__seed1",
+                                        "yolov8m__S1_clean_train__seed2", "yolov8m__S3_mask_backbone_early__seed1",
+                                        "rtdetr-l__S1_clean_train", "rtdetr-l__S1_clean_train__seed1",
+                                        "rtdetr-l__S1_clean_train__seed2"]
+    assert select_sessions(seeded, None, ["yolov8m__S1_clean_train__seed0"]) == [Session("yolov8m", "S1_clean_train")]
     with pytest.raises(ValueError, match=r"seed 7, not in the config's seeds \[0, 1, 2\]"):
         select_sessions(seeded, None, ["S1_clean_train__seed7"])
 
@@ -50,15 +52,22 @@ def test_a_bare_suffix_selects_every_model_and_a_prefixed_name_only_its_model() 
 def test_several_seeds_expand_the_grid_and_name_folders() -> None:
     config = load_config(REPO / "configs" / "smoke.yaml", ["seeds=[0, 1, 2]"])
     grid = select_sessions(config, ["yolov8m"], ["S3_mask_backbone_early"])
-    assert [s.name for s in grid] == [f"yolov8m__S3_mask_backbone_early__seed{n}" for n in (0, 1, 2)]
+    assert [s.name for s in grid] == ["yolov8m__S3_mask_backbone_early", "yolov8m__S3_mask_backbone_early__seed1",
+                                      "yolov8m__S3_mask_backbone_early__seed2"]  # seed 0's: those of seeds: [0]
     assert parse_session(grid[1].name, ["yolov8m"]) == grid[1]
-    assert training_overrides(config, "yolov8m", grid[0].training_seed(config.seeds)).get("seed") is None
-    assert training_overrides(config, "yolov8m", grid[2].training_seed(config.seeds))["seed"] == 2
+    assert training_overrides(config, "yolov8m", grid[0].training_seed).get("seed") is None
+    assert training_overrides(config, "yolov8m", grid[2].training_seed)["seed"] == 2
     assert masking_spec_for(config, grid[1])["seed"] == config.masking.seed + 1
     keys = {session_inputs(config, s, "fp", "occ-x", None).key for s in grid}
     assert len(keys) == 3
-    single = select_sessions(load_config(REPO / "configs" / "smoke.yaml"), ["yolov8m"], ["S1_clean_train"])
+    one_seed = load_config(REPO / "configs" / "smoke.yaml")
+    single = select_sessions(one_seed, ["yolov8m"], ["S1_clean_train"])
     assert single == [Session("yolov8m", "S1_clean_train")] and single[0].name == "yolov8m__S1_clean_train"
+    # seeds added to a finished one-seed grid: seed 0's sessions keep their key, nothing trains again
+    assert session_inputs(config, grid[0], "fp", "occ-x", None).key == session_inputs(
+        one_seed, select_sessions(one_seed, ["yolov8m"], ["S3_mask_backbone_early"])[0], "fp", "occ-x", None).key
+    other = select_sessions(load_config(None, ["seeds=[5]"]), ["yolov8m"], ["S1_clean_train"])
+    assert [s.name for s in other] == ["yolov8m__S1_clean_train__seed5"] and other[0].training_seed == 5
 
 
 def test_cache_key_depends_on_what_the_session_depends_on() -> None:
@@ -107,6 +116,6 @@ def test_the_plan_names_every_session_of_the_config_whatever_ran(tmp_path: Path)
     assert set(without_rtdetr) == {name for name in keys if name.startswith("yolov8m__")}
     write_plan(tmp_path, without_rtdetr)
     plan = read_plan(tmp_path)
-    assert planned_key(plan, "rtdetr-l__S1_clean_train__seed0") == UNPLANNED  # unplanned: checked, so stale
-    assert planned_key(plan, "yolov8m__S1_clean_train__seed0") == keys["yolov8m__S1_clean_train__seed0"]
+    assert planned_key(plan, "rtdetr-l__S1_clean_train") == UNPLANNED  # unplanned: checked, so stale
+    assert planned_key(plan, "yolov8m__S1_clean_train") == keys["yolov8m__S1_clean_train"]
     assert planned_key({}, "yolov8m__S1_clean_train") is None  # no plan (sessions by hand): nothing to check

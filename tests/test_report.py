@@ -36,11 +36,11 @@ from exp3.report.charts import bar_frame
 from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
 from exp3.report.markdown import NO_MAP_INTERVAL, dashboard_markdown, status_grid
-from exp3.report.runs import THRESHOLDS, discover_models, load_session_run, parse_session_folder_name
+from exp3.report.runs import THRESHOLDS, discover_models, load_session_run
 from exp3.report.text import fmt_p
 from exp3.schema import SplitView
 from exp3.session.record import robustness
-from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
+from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES, Session, folder_session
 
 N_IMAGES = 20
 CLASS_NAMES = ["tomato", "carrot", "onion", "egg"]
@@ -164,8 +164,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> report.ReportResult:
 
 def test_discovery_orders_known_models_and_ignores_other_dirs(built: report.ReportResult) -> None:
     assert discover_models(built.root) == ["yolov8m", "rtdetr-l"]
-    assert parse_session_folder_name("rtdetr-l__S2_occ_train__seed3") == ("rtdetr-l", "S2_occ_train", 3)
-    assert parse_session_folder_name("rtdetr-l__S9_other") is None
+    assert folder_session("rtdetr-l__S2_occ_train__seed3") == Session("rtdetr-l", "S2_occ_train", 3)
+    assert folder_session("rtdetr-l__S9_other") is None and folder_session("rtdetr-l__S2_occ_train__seed0") is None
+    assert folder_session("rtdetr-l__S2_occ_train") == Session("rtdetr-l", "S2_occ_train", 0)
 
 
 def test_summary_csv_has_every_cell_with_status_and_exact_values(built: report.ReportResult) -> None:
@@ -270,9 +271,9 @@ def test_explicit_models_show_unknown_model_as_missing(tmp_path: Path) -> None:
 
 def test_multi_seed_reports_mean_and_spread(tmp_path: Path) -> None:
     for seed, hits in ((0, (20, 10)), (1, (20, 14))):
-        write_done_session(tmp_path / "yolov8m" / f"yolov8m__S1_clean_train__seed{seed}", "yolov8m",
+        write_done_session(tmp_path / "yolov8m" / Session("yolov8m", "S1_clean_train", seed).name, "yolov8m",
                            "S1_clean_train", hits, seed=seed)
-    write_failed_session(tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed0", "yolov8m", "S2_occ_train", "boom")
+    write_failed_session(tmp_path / "yolov8m" / "yolov8m__S2_occ_train", "yolov8m", "S2_occ_train", "boom")
     write_done_session(tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1", "yolov8m", "S2_occ_train", (20, 16),
                        seed=1)
     result = report.build_report(tmp_path, seeds=[0, 1, 2], n_resamples=50, n_permutations=100, charts=False)
@@ -296,7 +297,7 @@ def test_several_seeds_show_the_pooled_f1_their_interval_and_differences_are_of(
     hits = {"S1_clean_train": ((20, 6), (20, 14)), "S2_occ_train": ((20, 12), (20, 20))}
     for suffix, per_seed in hits.items():
         for seed, pair in enumerate(per_seed):
-            write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}__seed{seed}", "yolov8m", suffix, pair,
+            write_done_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, pair,
                                seed=seed)
     result = report.build_report(tmp_path, models=["yolov8m"], seeds=[0, 1], sessions=list(hits), n_resamples=300,
                                  n_permutations=200, charts=False)

@@ -134,8 +134,8 @@ def test_a_missing_root_or_a_bad_interval_says_the_fix(tmp_path: Path, capsys: p
 
 
 def test_a_grid_of_several_seeds_is_shown_seed_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Two seeds: every session is listed once per seed, under the folder names the flow writes (`__seed0`,
-    `__seed1`), from the run's config_resolved.yaml and, for sessions run by hand, from the folders found."""
+    """Two seeds: every session is listed once per seed, under the folder names the flow writes (seed 0's without a
+    seed part, `__seed1`), from the run's config_resolved.yaml and, for sessions run by hand, from the folders found."""
     from exp3.config import load_config, write_resolved_config
 
     root = tmp_path / "root"
@@ -145,8 +145,9 @@ def test_a_grid_of_several_seeds_is_shown_seed_by_seed(tmp_path: Path, capsys: p
         paths.run_dir.mkdir(parents=True)
         paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B),metrics/mAP50-95(B)\n"
                                      f"1,10,2.5,0.{seed + 1},0.05\n")
-    expected = {f"{model}__{suffix}__seed{seed}" for model in ("yolov8m", "rtdetr-l") for suffix in SESSION_SUFFIXES
+    expected = {Session(model, suffix, seed).name for model in ("yolov8m", "rtdetr-l") for suffix in SESSION_SUFFIXES
                 for seed in (0, 1)}
+    assert "yolov8m__S1_clean_train" in expected and "yolov8m__S1_clean_train__seed1" in expected
     by_hand = status.render(root, live=False)
     write_resolved_config(config, root)
     from_config = status.render(root, live=False)

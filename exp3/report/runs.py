@@ -13,7 +13,7 @@ from exp3.fileio import read_json
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.plan import planned_key, read_plan
-from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, Session, parse_session
+from exp3.sessions import SESSION_SUFFIXES, Session, folder_session
 
 KNOWN_MODEL_ORDER: tuple[str, ...] = ("yolov8m", "rtdetr-l")
 """Discovered models are listed in this order first, then alphabetically (fixes colours in charts)."""
@@ -41,25 +41,13 @@ class SessionRun:
         return MetricsView.of(self.metrics)
 
 
-def parse_session_folder_name(name: str) -> tuple[str, str, int | None] | None:
-    """`<model>__<suffix>[__seed<N>]` -> (model, suffix, seed or None); None if `name` is not a session folder."""
-    if SESSION_SEPARATOR not in name:
-        return None
-    model = name.split(SESSION_SEPARATOR, 1)[0]  # model names never contain the separator (config check)
-    try:
-        session = parse_session(name, [model])
-    except ValueError:
-        return None
-    return session.model, session.suffix, session.seed
-
-
 def _session_folders(model_dir: Path) -> list[tuple[str, int | None, Path]]:
     """(suffix, seed, folder) of each `<model>__<suffix>[__seed<N>]` folder in `model_dir`, by name."""
     if not model_dir.is_dir():
         return []
-    parsed = [(parse_session_folder_name(folder.name), folder) for folder in sorted(model_dir.iterdir())
-              if folder.is_dir()]
-    return [(name[1], name[2], folder) for name, folder in parsed if name and name[0] == model_dir.name]
+    parsed = [(folder_session(folder.name), folder) for folder in sorted(model_dir.iterdir()) if folder.is_dir()]
+    return [(session.suffix, session.seed, folder) for session, folder in parsed
+            if session and session.model == model_dir.name]
 
 
 def discover_models(root: Path) -> list[str]:
@@ -100,8 +88,8 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
     """Every model x session (x seed) of the grid, in model, session, seed order; absent folders as `missing`.
 
     Args:
-        seeds: expected seeds; with several, folders are `<model>__<suffix>__seed<N>` and an absent
-            seed is `missing`. None: whatever folders exist (a session without any folder is missing).
+        seeds: expected seeds (folders: `exp3.sessions.UNNAMED_SEED`), an absent one `missing`. None: whatever
+            folders exist (a session without any folder is missing).
         sessions: the suffixes of this run; the others are not scanned (`not in run`, see `status_grid`).
     """
     keys = read_plan(root)  # the inputs the last flow's config names: other results there are stale, not done
@@ -111,13 +99,10 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
         for suffix in (suffix for suffix in SESSION_SUFFIXES if suffix in sessions):
             folders = sorted(((seed, folder) for found, seed, folder in present if found == suffix),
                              key=lambda item: -1 if item[0] is None else item[0])
-            if seeds is not None and len(seeds) > 1:
-                by_seed = dict(folders)
-                folders = [(seed, by_seed.get(seed, SessionPaths.of(root, Session(model, suffix, seed)).folder))
-                           for seed in seeds]
+            if seeds:
+                folders = [(seed, SessionPaths.of(root, Session(model, suffix, seed)).folder) for seed in seeds]
             elif not folders:
-                seed = seeds[0] if seeds else None
-                folders = [(seed, SessionPaths.of(root, Session(model, suffix)).folder)]  # one seed: no __seed
+                folders = [(None, SessionPaths.of(root, Session(model, suffix)).folder)]
             runs.extend(load_session_run(path, model, suffix, seed, planned_key(keys, path.name))
                         for seed, path in folders)
     return runs

@@ -64,5 +64,5 @@ def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions
                              f"{list(config.seeds)}: pick one of them or drop the '__seed{seed}' tail")
     return [session for session in session_grid(chosen_models, SESSION_SUFFIXES, config.seeds)
             if any((model is None or model == session.model) and suffix == session.suffix
-                   and (seed is None or seed == session.training_seed(config.seeds))
+                   and (seed is None or seed == session.training_seed)
                    for _, model, suffix, seed in selectors)]

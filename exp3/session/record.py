@@ -189,7 +189,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
         robustness=robustness(splits[CLEAN_SPLIT], splits[FIXED_SPLIT]),
         severity=severity_block(prepared, splits, evaluations, []),
         data=prepared,
-        seeds=Seeds(train=session.training_seed(config.seeds),
+        seeds=Seeds(train=session.training_seed,
                     masking=None if plan.masking_spec is None else plan.masking_spec["seed"],
                     occlusion=config.occlusion.seed, synthetic=config.dataset.synthetic_seed),
         config_fingerprint=config.fingerprint(),

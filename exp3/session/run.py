@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a model name from the config, e.g. yolov8m")
     parser.add_argument("--session", required=True, help="S1_clean_train ... S6_mask_head, or <model>__<session>")
     parser.add_argument("--seed", type=int, default=None, help="training seed (one of the config's seeds; "
-                        "with several seeds the folder gets __seed<N>)")
+                        "default: the only one, else 0; folders of seeds other than 0 end in __seed<N>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-batch", type=int, default=None, metavar="N",
                         help="out-of-memory retry: train with batch N (recorded; the session's key is unchanged)")
@@ -260,13 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown model {args.model!r}: configured models are {', '.join(config.models)}")
         session = parse_session(args.session if "__" in args.session else f"{args.model}__{args.session}",
                                 [args.model])
-        if args.seed is not None:
-            session = Session(session.model, session.suffix, args.seed)
-        if session.seed is not None and session.seed not in config.seeds:
-            raise ConfigError(f"seed {session.seed} is not in the config's seeds {list(config.seeds)}: "
+        if args.seed is not None or len(config.seeds) == 1:  # one seed: `--session S1_clean_train` is of it
+            session = Session(session.model, session.suffix, config.seeds[0] if args.seed is None else args.seed)
+        if session.training_seed not in config.seeds:
+            raise ConfigError(f"seed {session.training_seed} is not in the config's seeds {list(config.seeds)}: "
                               "add it or pick one")
-        if len(config.seeds) == 1 and session.seed is not None:
-            session = Session(session.model, session.suffix)  # single-seed grids have no seed in folder names
         output_root = resolve_output_root(config)
         metrics = run_session(config, session, output_root, retry_batch=args.retry_batch, prepared=prepared)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, SessionFailed,

@@ -103,7 +103,7 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
     batch, are set aside: the retry trains from the start, `_resume_at_own_batch`).
     """
     site = session.masking_site
-    overrides = training_overrides(config, session.model, session.training_seed(config.seeds))
+    overrides = training_overrides(config, session.model, session.training_seed)
     if retry_batch is not None:
         overrides["batch"] = retry_batch
     return TrainPlan(
@@ -124,7 +124,7 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
 def masking_spec_for(config: ExperimentConfig, session: Session) -> dict[str, Any]:
     """The session's masking spec: the config's, with its generator seed offset by the training seed."""
     spec = config.masking.model_dump(mode="json")
-    spec["seed"] = config.masking.seed + session.training_seed(config.seeds)
+    spec["seed"] = config.masking.seed + session.training_seed
     return spec
 
 
