@@ -147,9 +147,15 @@ def dashboard_markdown(result: "ReportResult") -> str:
     return "\n".join(lines)
 
 
+def _control_lines(result: "ReportResult", model: str) -> list[str]:
+    """report.md's positive control of one model: its verdict, then its table."""
+    table, verdict = positive_control(result.comparisons, model)
+    return [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
+
+
 def render_markdown(result: "ReportResult") -> str:
-    """report.md: status grid, headline findings, per split the table at the primary and at the val-chosen
-    threshold, S2 vs S1 on every metric, failures, charts, files."""
+    """report.md: the answer, status grid, positive control, headline findings, training curves, per split the table
+    at the primary and at the val-chosen threshold, S2 vs S1 on every metric, failures, charts, files."""
     summary, root = result.summary, result.root
     failures = summary[(summary["split"] == CLEAN_SPLIT) & (summary["status"] != "done")]
     pngs = [path for path in result.files if path.suffix == ".png"]
@@ -164,6 +170,13 @@ def render_markdown(result: "ReportResult") -> str:
                if result.sessions != SESSION_SUFFIXES else []),
              markdown_table(status_grid(summary, result.models, result.sessions)), "",
              *(["Warnings:", "", *(f"- {warning}" for warning in result.warnings), ""] if result.warnings else []),
+             "## Positive control: can this run detect a known effect?", "",
+             "Training on occluded images (S2) must beat clean training (S1) on the occluded test images. Each "
+             "headline metric's paired difference S2 - S1 on test_occ_fixed, at conf 0.25 and at each session's "
+             "val-chosen threshold, with p and p_BH as in the comparisons; a metric detects the effect when its 95% "
+             "interval lies above 0. What each metric can and cannot detect, with the pilot's numbers: "
+             "docs/what-metrics-detect.md.", "",
+             *[line for model in result.models for line in _control_lines(result, model)],
              "## Headline findings", "",
              *[f"- {finding}" for finding in headline_findings(summary, result.models, result.comparisons)
                + severity.severity_findings(result.severity_curves, result.severity_table, result.models)], "",
@@ -182,15 +195,6 @@ def render_markdown(result: "ReportResult") -> str:
                 "One seed per session: the seed-to-seed spread is not in these intervals. ") +
              "Overlapping intervals do not by themselves mean no difference; "
              "the paired difference interval is the one to read.", ""]
-    lines += ["## Positive control: can this run detect a known effect?", "",
-              "Training on occluded images (S2) must beat clean training (S1) on the occluded test images. Each "
-              "headline metric's paired difference S2 - S1 on test_occ_fixed, at conf 0.25 and at each session's "
-              "val-chosen threshold, with p and p_BH as in the comparisons; a metric detects the effect when its 95% "
-              "interval lies above 0. What each "
-              "metric can and cannot detect, with the pilot's numbers: docs/what-metrics-detect.md.", ""]
-    for model in result.models:
-        table, verdict = positive_control(result.comparisons, model)
-        lines += [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
     lines += curves.curves_section(result.training_curves, result.models, [path.name for path in pngs])
     for split in PRIMARY_SPLITS[::-1]:
         confs = ", ".join(fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
