@@ -277,6 +277,30 @@ def test_bad_cli_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list
     assert not output.exists()
 
 
+def test_out_of_memory_after_training_records_the_batch_it_trained_at(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory in the evaluation, after the training finished at the configured batch 4: the runner's retry
+    at batch 2 trains nothing, and metrics.json says batch 4 trained, with no out-of-memory retry batch (the report's
+    answer would otherwise say "trained at batch 2 after out-of-memory retries")."""
+    import torch
+
+    import exp3.session.run as run
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (simulated)")
+
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output))
+    session = Session("yolov8n", "S1_clean_train")
+    with monkeypatch.context() as patch:
+        patch.setattr(run, "evaluate_split", out_of_memory)
+        with pytest.raises(SessionFailed, match="OutOfMemoryError"):
+            run_session(config, session, output)
+    metrics = run_session(config, session, output, retry_batch=config.train.batch // 2)
+    assert config.train.batch == 4 and metrics.training.ran is not None and metrics.training.ran.batch == 4
+    assert metrics.training.overrides["batch"] == 4 and metrics.training.oom_retry_batch is None
+
+
 def test_truncated_last_pt_is_quarantined_and_training_recovers(tmp_path: Path) -> None:
     output = tmp_path / "out"
     config = load_config(_write_config(tmp_path / "c.yaml", output))

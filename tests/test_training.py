@@ -94,10 +94,16 @@ def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
     assert outcome.resumed_from_epoch == 0 and outcome.info["ran"]["batch"] == 2
     assert outcome.info["epochs_completed"] == 2 and not list(plan.last_pt.parent.glob("*.other-batch-*"))
     assert torch.load(plan.last_pt, map_location="cpu", weights_only=False)["train_args"]["batch"] == 2
-    assert ran_batch(plan, outcome, None) == ({**plan.overrides, "batch": 2}, 2)   # metrics.json: batch 2 ran
+    assert ran_batch(plan, outcome, None, 4) == ({**plan.overrides, "batch": 2}, 2)   # metrics.json: batch 2 ran
     as_planned = TrainOutcome(1.0, None, "", {"ran": {**outcome.info["ran"], "batch": 4}})
-    assert ran_batch(plan, as_planned, None) == (plan.overrides, None)
-    assert ran_batch(retry, outcome, 2) == (retry.overrides, 2)                     # a retry's, as planned
+    assert ran_batch(plan, as_planned, None, 4) == (plan.overrides, None)
+    assert ran_batch(retry, outcome, 2, 4) == (retry.overrides, 2)                     # a retry's, as planned
+    # out of memory in the evaluation, after the training had finished at 4: the retry at 2 trained nothing
+    assert ran_batch(retry, as_planned, 2, 4) == (plan.overrides, None)
+    unset = {key: value for key, value in plan.overrides.items() if key != "batch"}
+    default = dataclasses.replace(plan, overrides=unset).batch                         # Ultralytics' 16
+    at_default = TrainOutcome(1.0, None, "", {"ran": {"batch": default}})
+    assert ran_batch(dataclasses.replace(plan, overrides={**unset, "batch": 8}), at_default, 8, None) == (unset, None)
 
 
 def _out_of_memory_once(trainer: Any) -> None:
@@ -121,7 +127,7 @@ def test_ultralytics_halving_the_batch_in_the_first_epoch_is_recorded(
         outcome = run_training(plan, tmp_path / "logs")
     assert outcome.info["effective_args"]["batch"] == 2 and outcome.info["epochs_completed"] == 2  # Ultralytics halved
     assert outcome.info["ran"]["batch"] == 2
-    assert ran_batch(plan, outcome, None) == ({**plan.overrides, "batch": 2}, 2)    # metrics.json: batch 2 ran
+    assert ran_batch(plan, outcome, None, 4) == ({**plan.overrides, "batch": 2}, 2)    # metrics.json: batch 2 ran
 
 
 def test_ultralytics_halving_the_batch_after_a_resume_is_an_out_of_memory_failure(

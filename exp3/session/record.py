@@ -7,6 +7,7 @@ levels (`with_severity_levels`). The steps that produce the numbers are exp3/ses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -129,14 +130,21 @@ def threshold_block(config: ExperimentConfig, val: SplitEvaluation, chosen: Mapp
                       val_map50=val.map50, val_map50_95=val.map50_95)
 
 
-def ran_batch(plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None) -> tuple[dict[str, Any], int | None]:
-    """(overrides, oom_retry_batch) as the training ran: a checkpoint is trained at one batch (exp3.train.training
-    `_resume_at_own_batch`), below the plan's when an earlier attempt's retry or Ultralytics' own first-epoch
-    out-of-memory halving left it there (`training.ran`); else the plan's and the retry's."""
+def ran_batch(plan: TrainPlan, outcome: TrainOutcome, retry_batch: int | None,
+              configured_batch: int | None) -> tuple[dict[str, Any], int | None]:
+    """(overrides, oom_retry_batch) as the training ran. A checkpoint is trained at one batch (`training.ran`,
+    exp3.train.training `_resume_at_own_batch`): not the plan's when an earlier attempt's retry or Ultralytics' own
+    first-epoch out-of-memory halving left it below, or when it had finished before an out-of-memory retry (the error
+    came in the evaluation: nothing trained at the retry's batch). `configured_batch`: the config's (`train.batch`)."""
     ran = (outcome.info.get("ran") or {}).get("batch")
-    if isinstance(ran, int) and ran < plan.batch:
-        return {**plan.overrides, "batch": ran}, ran
-    return plan.overrides, retry_batch
+    if not isinstance(ran, int) or ran == plan.batch:
+        return plan.overrides, retry_batch
+    configured = {key: value for key, value in plan.overrides.items() if key != "batch"}
+    configured.update({} if configured_batch is None else {"batch": configured_batch})
+    full = dataclasses.replace(plan, overrides=configured).batch
+    if ran == full:
+        return configured, None
+    return {**plan.overrides, "batch": ran}, ran if ran < full else None
 
 
 def session_record(config: ExperimentConfig, session: Session, inputs: SessionInputs, prepared: PreparedData, *,
@@ -149,7 +157,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
     the severity splits), with its provenance. `previous_failure`: the FAILED marker it replaced."""
     stats_file = Path(plan.run_dir) / "masking_stats.json"
     masking_stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
-    overrides, oom_retry_batch = ran_batch(plan, outcome, retry_batch)
+    overrides, oom_retry_batch = ran_batch(plan, outcome, retry_batch, config.train.batch)
     return SessionMetrics(
         schema_version=SCHEMA_VERSION,
         status="done",
