@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from exp3.fileio import read_json
 from exp3.session.record import ran_batch
-from exp3.train.training import TrainOutcome, TrainPlan, run_training
+from exp3.train.training import TRAIN_INFO_FILENAME, TrainOutcome, TrainPlan, run_training
 
 TRAIN_OVERRIDES: dict[str, Any] = {"epochs": 1, "batch": 4, "workers": 0, "device": "cpu"}
 
@@ -104,6 +105,23 @@ def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
     default = dataclasses.replace(plan, overrides=unset).batch                         # Ultralytics' 16
     at_default = TrainOutcome(1.0, None, "", {"ran": {"batch": default}})
     assert ran_batch(dataclasses.replace(plan, overrides={**unset, "batch": 8}), at_default, 8, None) == (unset, None)
+
+
+def test_a_kill_after_the_last_checkpoint_leaves_a_complete_record(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the last epoch's checkpoint, before the training's end (Ultralytics' final validation): the next
+    run trains nothing, and train_info.json (so metrics.json's `training`) still has the resolved args, the epochs
+    and the trainer, as after an uninterrupted training."""
+    plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "imgsz": 64})   # one epoch
+    with _extra_callbacks(monkeypatch, {"on_model_save": [_killed]}), pytest.raises(KeyboardInterrupt):
+        run_training(plan, tmp_path / "logs")
+    assert (read_json(Path(plan.run_dir) / TRAIN_INFO_FILENAME) or {}).get("effective_args") is None
+    outcome = run_training(plan, tmp_path / "logs")
+    assert "holds a finished training" in Path(outcome.log_path).read_text()
+    info = outcome.info
+    assert info["finished"] and info["epochs_completed"] == 1 and info["trainer"] == "SafeDetectionTrainer"
+    assert (info["effective_args"]["batch"], info["effective_args"]["imgsz"]) == (4, 64)
+    assert info["ran"]["batch"] == 4                                        # what the killed attempt recorded, kept
 
 
 def _out_of_memory_once(trainer: Any) -> None:

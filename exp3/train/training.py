@@ -433,6 +433,22 @@ class TrainInfo:
         self.captured["epochs_completed"] = int(trainer.epoch) + 1
 
 
+def _finish_record(plan: TrainPlan, info: dict[str, Any], trainer: str) -> None:
+    """A kill after the last epoch's checkpoint, before the training's end, leaves train_info.json unfinished: the
+    checkpoint's own args (what Ultralytics resolved, as `TrainInfo` records them at the end) finish it."""
+    path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
+    recorded = read_json(path)
+    if not isinstance(recorded, dict) or recorded.get("finished") or info.get("epoch", -1) < 0:
+        return
+    import torch  # loaded with Ultralytics already
+
+    checkpoint = plan.last_pt if plan.last_pt.is_file() else plan.best_pt
+    args = torch.load(checkpoint, map_location="cpu", weights_only=False).get("train_args") or {}
+    atomic_write_json(path, {**recorded, "finished": True, "trainer": trainer, "epochs_completed": info["epoch"] + 1,
+                             "effective_args": {key: str(value) if isinstance(value, Path) else value
+                                                for key, value in args.items()}})
+
+
 def _train_with(plan: TrainPlan) -> None:
     from ultralytics import RTDETR, YOLO  # lazy: Ultralytics after apply_offline_environment
 
@@ -442,6 +458,7 @@ def _train_with(plan: TrainPlan) -> None:
     state, info = _training_state(plan)
     if state == "finished":
         print(f"exp3: {plan.run_dir} holds a finished training (epoch info {info}): nothing to train")
+        _finish_record(plan, info, trainer_class.__name__)
         return
     resuming = state == "partial"
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
