@@ -49,6 +49,25 @@ def test_a_checkpoint_of_the_configured_architecture_is_accepted(tiny_yolo_check
         assert weights.origin == "local" and weights.sha256 == sha256_file(tiny_yolo_checkpoint)
 
 
+def test_a_checkpoint_of_a_users_yaml_named_as_ultralytics_own_is_compared(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's edited copy named yolov8n.yaml (width 1.0, not 0.25) is no yolov8n: its checkpoint is compared, not
+    waved through by the file name."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    monkeypatch.chdir(tmp_path)
+    spec = yaml_model_load("yolov8n.yaml")
+    spec.pop("yaml_file")
+    spec["scales"]["n"] = [0.33, 1.0, 1024]
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "custom" / "yolov8n.yaml").write_text(yaml.safe_dump(spec))
+    torch.save({"model": DetectionModel("custom/yolov8n.yaml", nc=3, verbose=False), "epoch": -1}, "wide.pt")
+    with pytest.raises(WeightsError, match=r"a custom/yolov8n.yaml model, not its architecture yolov8n.yaml \(differs "
+                                           r"in: multipliers \[0.33, 1.0, 1024\] vs \[0.33, 0.25, 1024\]\)"):
+        resolve_weights("yolov8n", "yolov8n.yaml", tmp_path / "wide.pt")
+
+
 def test_an_asset_name_found_in_the_cwd_is_checked_too(tiny_yolo_checkpoint: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`weights: yolov8m.pt` found in the current directory (as Ultralytics looks it up) that is not a yolov8m."""

@@ -130,8 +130,8 @@ def check_architecture(model_name: str, architecture: str, weights: ResolvedWeig
         stored = (checkpoint.get("ema") or checkpoint.get("model")).yaml  # what Ultralytics trains from it
     except Exception:  # noqa: BLE001 - unreadable: the session fails on it when it builds the model (docstring)
         return
-    if not isinstance(stored, dict) or Path(str(stored.get("yaml_file", ""))).name == Path(architecture).name:
-        return  # the yaml it was made from: a published checkpoint holds that yaml as it was then
+    if not isinstance(stored, dict) or stored.get("yaml_file") == architecture == Path(architecture).name:
+        return  # built from Ultralytics' own yaml of that name: a published checkpoint holds it as it was then
     try:
         wanted = yaml_model_load(architecture)
     except Exception as error:  # noqa: BLE001 - any unreadable yaml is refused in one line
