@@ -27,7 +27,8 @@ NOTEBOOKS: dict[str, dict[str, str]] = {
         "epochs": "None",
         "run_pilot": "True",
         "note": "Needs a GPU runtime (Runtime > Change runtime type > GPU). Hours per session on a T4. "
-                "Run the pilot cell first: it tells you, in minutes, whether this run can detect a known effect.",
+                "Run the pilot cell first: it tells you, in about an hour on a GPU, whether this run can detect a "
+                "known effect.",
     },
     "experiment3_smoketest_1epoch.ipynb": {
         "title": "exp3 smoke test: the same pipeline, 12 sessions x 1 epoch on the embedded dataset",
@@ -45,11 +46,11 @@ import os
 
 CONFIG = "{config}"                      # experiment config (see configs/)
 DATA_YAML = None                         # your YOLO data.yaml (train/val/test); None = embedded synthetic dataset
-OUTPUT_ROOT = os.environ.get("EXP3_NB_OUTPUT_ROOT", "{output_root}")  # moved to Google Drive below on Colab
+OUTPUT_ROOT = os.environ.get("EXP3_NB_OUTPUT_ROOT", "{output_root}")  # Colab: under /content, mirrored to Drive
 MODELS = os.environ.get("EXP3_NB_MODELS", "yolov8m rtdetr-l").split()   # any of the config's models
 SESSIONS = os.environ.get("EXP3_NB_SESSIONS", "").split() or None       # None = all six sessions
 EPOCHS = {epochs}                        # None = the config's epochs; an int overrides it for every model
-USE_GPU = True                           # False = train on CPU
+USE_GPU = True                           # False = train on CPU; True = the config's train.device
 USE_DRIVE = True                         # Colab: train on the VM's disk, mirror the results to Google Drive
 MIRROR = os.environ.get("EXP3_NB_MIRROR")  # the mirror folder (mirror.path); on Colab with USE_DRIVE: on Drive
 REPO_URL = None                          # Colab: git URL of your exp3 copy; None = already inside a checkout
@@ -64,14 +65,15 @@ import sys
 from pathlib import Path
 
 IN_COLAB = "google.colab" in sys.modules  # Colab imports it before any cell runs
-if IN_COLAB and REPO_URL and not Path("exp3/flows/exp3.py").exists():
+# the checkout: here (also when this cell runs again: it moved here), its parent, or ./exp3; cloned only if none
+CHECKOUT = next((folder for folder in (Path.cwd(), Path.cwd().parent, Path("exp3"))
+                 if (folder / "flows" / "exp3.py").exists()), None)
+if CHECKOUT is None and IN_COLAB and REPO_URL:
     subprocess.run(["git", "clone", REPO_URL, "exp3"], check=True)
-for candidate in (Path.cwd(), Path.cwd().parent, Path("exp3")):
-    if (candidate / "flows" / "exp3.py").exists():
-        os.chdir(candidate.resolve())
-        break
-else:
+    CHECKOUT = Path("exp3")
+if CHECKOUT is None:
     raise FileNotFoundError("no exp3 checkout found: set REPO_URL or start the notebook inside the repository")
+os.chdir(CHECKOUT.resolve())
 if IN_COLAB:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
 if str(Path.cwd()) not in sys.path:  # the checkout's package, also right after a pip install in this kernel
@@ -99,7 +101,7 @@ if MIRROR:
 '''
 
 PILOT_CELL = '''# ---- Pilot: run this before the overnight run (its own output root) ----------------------------
-# The real pipeline, short (configs/pilot-gpu.yaml on a GPU: minutes; configs/pilot.yaml on CPU: ~30 min).
+# The real pipeline, short (configs/pilot-gpu.yaml on a GPU: about an hour; configs/pilot.yaml on CPU: ~30 min).
 # Its report's positive control says which metrics detect S2 (occluded training) > S1 on occluded images.
 if RUN_PILOT:
     PILOT_ROOT = str(Path(OUTPUT_ROOT).parent / "exp3-pilot")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -47,3 +50,28 @@ def test_smoke_notebook_executes_headless(tmp_path: Path, monkeypatch: pytest.Mo
     assert tables and "S1_clean_train" in tables[0]["data"]["text/html"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the summary charts, shown inline
+
+
+def test_the_install_cell_run_again_in_its_kernel_clones_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) \
+        -> None:
+    """Colab, "run all cells again" in a live kernel (README): the first run cloned the repository into ./exp3 and
+    moved there; the second finds that checkout where it stands and clones nothing (a second clone went into the
+    checkout's own exp3/ package folder and failed)."""
+    notebook = nbformat.read(NOTEBOOKS / "experiment3_full.ipynb", as_version=4)
+    cell = next(cell.source for cell in notebook.cells if cell.source.startswith("# ---- Install"))
+    commands: list[list[str]] = []
+
+    def run(command: list[str], check: bool) -> None:
+        commands.append(command)
+        if command[:2] == ["git", "clone"]:  # a checkout stand-in: what the cell looks for
+            shutil.copytree(REPO / "flows", Path(command[-1]) / "flows")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    namespace = {"os": os, "REPO_URL": "https://example.org/exp3.git"}
+    for _ in range(2):
+        exec(cell, namespace)
+    assert [command[:2] for command in commands].count(["git", "clone"]) == 1
+    assert Path.cwd() == (tmp_path / "exp3").resolve() and len(commands) == 3  # one clone, two pip installs
