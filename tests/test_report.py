@@ -36,6 +36,7 @@ from exp3.report.charts import bar_frame
 from exp3.report.comparisons import COMPARISON_COLUMNS, MAP_METRICS, PAIRED_METRICS, bh_tests, primary_f1
 from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, positive_control
 from exp3.report.markdown import NO_MAP_INTERVAL, dashboard_markdown, status_grid
+from exp3.report.plots import CHARTS_LIST
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run
 from exp3.report.text import fmt_p
 from exp3.schema import SplitView
@@ -245,19 +246,28 @@ def test_report_md_names_failures_and_findings(built: report.ReportResult) -> No
     assert "## Headline findings" in text
 
 
-def test_a_rebuild_removes_the_charts_it_no_longer_draws(tmp_path: Path) -> None:
+def test_a_rebuild_removes_the_charts_it_no_longer_draws_and_never_the_users(tmp_path: Path) -> None:
+    """Only charts an earlier build listed (plots/.exp3-charts.json) go: the user's own figures in plots/ stay, also
+    in a plots/ without the list (they were deleted by suffix alone)."""
     for suffix in ("S1_clean_train", "S2_occ_train"):
         write_done_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, HITS["yolov8m"][suffix])
-    first = report.build_report(tmp_path, n_resamples=50, n_permutations=50)
+    users = {"my_paper_figure1.png": b"the user's figure", "interactive.html": b"<html>the user's</html>",
+             "notes.txt": b"the user's notes"}
+    (tmp_path / "plots").mkdir()
+    for name, content in users.items():
+        (tmp_path / "plots" / name).write_bytes(content)
+    first = report.build_report(tmp_path, models=["yolov8m", "yolov8n"], n_resamples=50, n_permutations=50)
     drawn = sorted(path.name for path in first.files if path.parent.name == "plots")
-    assert "f1_occ_yolov8m.png" in drawn and "f1_occ_yolov8m.html" in drawn
-    earlier = ("f1_occ_by_model.png", "f1_occ_by_model.html", "gap_closed_map50.png")  # e.g. of a two-model run
-    for name in (*earlier, "notes.txt"):
-        (tmp_path / "plots" / name).write_text("an earlier build's")
-    report.build_report(tmp_path, n_resamples=50, n_permutations=50)
-    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted([*drawn, "notes.txt"])
+    assert "f1_occ_yolov8n.png" in drawn and "f1_occ_by_model.html" in drawn      # yolov8n: missing, still drawn
+    assert {name: (tmp_path / "plots" / name).read_bytes() for name in users} == users      # no list yet
+    assert json.loads((tmp_path / "plots" / CHARTS_LIST).read_text()) == drawn
+    second = report.build_report(tmp_path, n_resamples=50, n_permutations=50)    # yolov8m alone: fewer charts
+    again = sorted(path.name for path in second.files if path.parent.name == "plots")
+    assert "f1_occ_yolov8m.png" in again and "f1_occ_yolov8n.png" not in again
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted([*again, CHARTS_LIST, *users])
     report.build_report(tmp_path, n_resamples=50, n_permutations=50, charts=False)    # no charts: plots/ untouched
-    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted([*drawn, "notes.txt"])
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted([*again, CHARTS_LIST, *users])
+    assert {name: (tmp_path / "plots" / name).read_bytes() for name in users} == users
 
 
 def test_explicit_models_show_unknown_model_as_missing(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ import pandas as pd
 import vl_convert
 from PIL import Image, ImageDraw, ImageFont
 
-from exp3.fileio import atomic_write_bytes, atomic_write_text
+from exp3.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from exp3.sessions import SESSION_LABELS, SESSION_ORDER
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
@@ -46,6 +46,8 @@ SESSION_PALETTE: tuple[str, ...] = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", 
 (`session_colors`)."""
 PNG_SCALE = 2
 """vl-convert scale factor: 2 gives crisp PNGs for reports and slides."""
+CHARTS_LIST = ".exp3-charts.json"
+"""In plots/: the chart files the last build wrote (names), the only ones a later build removes there."""
 
 # Two-line session labels: "S3" on the first line, "mask backbone-early" on the second.
 _SESSION_LABEL_EXPR = "[substring(datum.label, 0, 2), substring(datum.label, 3)]"
@@ -321,13 +323,18 @@ def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path
 
 
 def remove_stale_charts(plots_dir: Path, written: list[Path]) -> list[Path]:
-    """Delete the chart files (`.png`, `.html`) in `plots_dir` that this build did not write, and return them: an
+    """Delete the chart files in `plots_dir` that an earlier build wrote and this one did not, and return them: an
     earlier build's chart of a model, session or metric no longer reported would sit beside the new ones with its
-    old numbers. Other files are left as they are."""
-    kept = set(written)
-    stale = [path for path in plots_dir.glob("*") if path.suffix in (".png", ".html") and path not in kept]
+    old numbers. Only names in `CHARTS_LIST` (the charts of the last build, rewritten here) are ever deleted: the
+    folder may hold the user's own figures. A plots folder without the list (none written there yet, or by an exp3
+    that kept none) loses nothing."""
+    names = sorted(path.name for path in written if path.parent == plots_dir)
+    earlier = read_json(plots_dir / CHARTS_LIST)
+    stale = [plots_dir / name for name in (earlier if isinstance(earlier, list) else [])
+             if isinstance(name, str) and name not in names and Path(name).name == name]  # a name, never a path
     for path in stale:
-        path.unlink()
+        path.unlink(missing_ok=True)
+    atomic_write_json(plots_dir / CHARTS_LIST, names)
     return stale
 
 
