@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,8 @@ from exp3.report.text import fmt_p
 from exp3.schema import SplitView
 from exp3.session.record import robustness
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES, Session, folder_session
+
+REPO = Path(__file__).resolve().parents[1]
 
 N_IMAGES = 20
 CLASS_NAMES = ["tomato", "carrot", "onion", "egg"]
@@ -339,11 +343,35 @@ def test_several_seeds_show_the_pooled_f1_their_interval_and_differences_are_of(
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report.main(["--root", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("error: report root")
-    assert report.main(["--root", str(tmp_path)]) == 2                     # empty root: no models
-    assert "--models" in capsys.readouterr().err
+    assert report.main(["--root", str(tmp_path)]) == 2                     # empty root: no exp3 run
+    assert "holds no exp3 run" in capsys.readouterr().err
     build_fixture_tree(tmp_path)
     assert report.main(["--root", str(tmp_path), "--no-charts", "--resamples", "50"]) == 0
     assert "10 done" in capsys.readouterr().out
+
+
+def _report_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m exp3.report ARGS` in a fresh process, run from the repository (its exp3 package)."""
+    return subprocess.run([sys.executable, "-m", "exp3.report", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_folder_without_an_exp3_run_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    """--root at a folder of the user's (no plan.json, no config_resolved.yaml, no session folder): one line naming it
+    and the fix, exit 2, every file as it was (the build replaced report.md and deleted the charts in plots/)."""
+    files = {"report.md": b"# my notes\n", "plots/my_paper_figure1.png": b"the user's figure",
+             "plots/interactive.html": b"<html>the user's</html>"}
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    refused = _report_cli("--root", str(tmp_path), "--models", "yolov8m")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"report root {str(tmp_path)!r} holds no exp3 run" in refused.stderr
+    assert "pass the experiment's output_root" in refused.stderr
+    assert {str(path.relative_to(tmp_path)): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} \
+        == files
+    with pytest.raises(FileNotFoundError, match="holds no exp3 run"):
+        report.build_report(tmp_path, models=["yolov8m"], charts=False)
 
 
 def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:

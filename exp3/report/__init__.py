@@ -28,6 +28,7 @@ from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
 from exp3.report.runs import discover_models, run_sessions, scan_sessions
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
+from exp3.session.plan import PLAN_FILENAME
 from exp3.sessions import SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT
 
@@ -65,6 +66,18 @@ class ReportResult:
         return self.summary[self.summary["split"] == CLEAN_SPLIT]["status"].value_counts().to_dict()
 
 
+def require_run(root: Path) -> None:
+    """FileNotFoundError, one line naming `root` and the fix, unless it holds an exp3 run: its plan.json,
+    config_resolved.yaml or a session folder. A build replaces report.md, the tables and the charts there: a wrong
+    --root (a folder of notes, a typo) must lose nothing."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"report root {str(root)!r} is not a directory: pass the experiment's output_root")
+    if not ((root / PLAN_FILENAME).is_file() or (root / "config_resolved.yaml").is_file() or discover_models(root)):
+        raise FileNotFoundError(f"report root {str(root)!r} holds no exp3 run (no {PLAN_FILENAME}, no "
+                                "config_resolved.yaml, no <model>/<model>__S1_clean_train/ ... folder): pass the "
+                                "experiment's output_root")
+
+
 def build_report(root: Path, models: list[str] | None = None, seeds: list[int] | None = None,
                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
                  charts: bool = True, sessions: list[str] | None = None,
@@ -84,12 +97,12 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
             test_occ_fixed and the severity splits every done session has (`coverage.default_splits`).
 
     Raises:
-        FileNotFoundError: `root` is not a directory, or no model is given and none is found.
+        FileNotFoundError: `root` is not a directory or holds no exp3 run (`require_run`), or no model is given
+            and none is found.
         ValueError: `sessions` names an unknown suffix, or none.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"report root {str(root)!r} is not a directory: pass the experiment's output_root")
+    require_run(root)
     models = discover_models(root) if models is None else list(dict.fromkeys(models))
     if not models:
         raise FileNotFoundError(f"no session folders under {str(root)!r} (expected <model>/<model>__S1_clean_train/ "
