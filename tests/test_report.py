@@ -374,6 +374,72 @@ def test_a_folder_without_an_exp3_run_is_refused_and_loses_nothing(tmp_path: Pat
         report.build_report(tmp_path, models=["yolov8m"], charts=False)
 
 
+def test_a_bare_cli_rebuilds_the_flows_report(tmp_path: Path) -> None:
+    """`python -m exp3.report --root R` without flags reports the grid the flow's report task does (flows/exp3.py:
+    the config's models whose weights resolved, its seeds and sessions, from config_resolved.yaml and plan.json): a
+    configured model without folders stays `missing`, a session outside `sessions:` stays out (it was `missing`), a
+    configured seed without folders is not dropped (the CLI discovered all three from the folders instead)."""
+    from exp3.config import load_config, write_resolved_config
+    from exp3.session.layout import SessionPaths
+    from exp3.session.plan import write_plan
+    from exp3.sessions import session_grid
+
+    config = load_config(REPO / "configs" / "smoke.yaml", [
+        f"output_root={tmp_path}", "seeds=[0, 1]", "sessions=[S1_clean_train, S2_occ_train, S3_mask_backbone_early]",
+        "models.yolov8n={architecture: yolov8n.yaml, epochs: 1, weights: /nowhere/yolov8n.pt}"])
+    write_resolved_config(config, tmp_path)
+    weights = ["yolov8m", "rtdetr-l"]                     # yolov8n's cannot be had: the plan names none of its sessions
+    keys = {session.name: f"{session.name}-key" for session in session_grid(weights, SESSION_SUFFIXES, config.seeds)}
+    write_plan(tmp_path, keys)
+    for session in (Session("yolov8m", "S1_clean_train"), Session("yolov8m", "S1_clean_train", 1),
+                    Session("yolov8m", "S2_occ_train"), Session("yolov8m", "S5_mask_neck")):   # S5: not in the run
+        paths = SessionPaths(tmp_path / "yolov8m" / session.name)
+        write_done_session(paths.folder, "yolov8m", session.suffix, HITS["yolov8m"].get(session.suffix, (20, 12)),
+                           seed=session.training_seed)
+        paths.write_inputs({}, keys[session.name])
+        atomic_write_json(paths.done_marker, {**json.loads(paths.done_marker.read_text()), "key": keys[session.name]})
+    # the flow's report task, with the arguments flows/exp3.py gives it
+    flows = report.build_report(tmp_path, [model for model in config.models if model in weights], list(config.seeds),
+                                n_resamples=50, charts=False, sessions=list(config.sessions))
+    summary = (tmp_path / "summary_metrics.csv").read_text()
+    rows = flows.summary[flows.summary["split"] == "test_clean"].set_index(["model", "session"])["status"]
+    assert rows.to_dict() == {("yolov8m", "S1_clean_train"): "done", ("yolov8m", "S2_occ_train"): "some_seeds",
+                              ("yolov8m", "S3_mask_backbone_early"): "missing",
+                              **{("rtdetr-l", suffix): "missing" for suffix in config.sessions}}
+    (tmp_path / "summary_metrics.csv").unlink()
+    bare = _report_cli("--root", str(tmp_path), "--resamples", "50", "--no-charts")
+    assert bare.returncode == 0, bare.stderr
+    assert (tmp_path / "summary_metrics.csv").read_text() == summary
+    assert bare.stdout.startswith("report: 2 model(s), sessions 1 done, 4 missing, 1 some_seeds ->")
+    assert "yolov8m | S5 mask neck" not in (tmp_path / "report.md").read_text()
+
+
+def test_cli_refuses_models_and_seeds_the_root_knows_nothing_of(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in --models or --seeds (no session folder, not in config_resolved.yaml) is refused in one line naming
+    it and what was found, the report on disk kept (it was replaced by an empty grid's, exit 0)."""
+    from exp3.config import load_config, write_resolved_config
+
+    build_fixture_tree(tmp_path)
+    assert report.main(["--root", str(tmp_path), "--no-charts", "--resamples", "50"]) == 0
+    capsys.readouterr()
+    written = {path: path.read_bytes() for path in tmp_path.glob("*.*")}
+    for flags, named in ((["--models", "yolov8x"], "--models yolov8x: no session folder of it under"),
+                         (["--models", "yolov8m", "yolov8x"], "pass models found there (yolov8m, rtdetr-l)"),
+                         (["--seeds", "7"], "--seeds 7: no session folder of that seed under"),
+                         (["--seeds", "1"], "pass seeds found there (0)")):
+        assert report.main(["--root", str(tmp_path), "--no-charts", *flags]) == 2
+        error = capsys.readouterr().err
+        assert named in error and error.count("\n") == 1, error
+    assert {path: path.read_bytes() for path in tmp_path.glob("*.*")} == written
+    # the names of the run's config are known, folders or not: configured, so reported (as missing)
+    write_resolved_config(load_config(REPO / "configs" / "smoke.yaml", [
+        "models.yolov8n={architecture: yolov8n.yaml, epochs: 1}", "seeds=[0, 1]"]), tmp_path)
+    assert report.main(["--root", str(tmp_path), "--no-charts", "--resamples", "50", "--models", "yolov8n",
+                        "--seeds", "1"]) == 0
+    assert capsys.readouterr().out.startswith("report: 1 model(s), sessions 6 missing ->")
+
+
 def test_folder_without_markers_is_incomplete(tmp_path: Path) -> None:
     folder = tmp_path / "yolov8m" / "yolov8m__S1_clean_train"
     write_done_session(folder, "yolov8m", "S1_clean_train", (20, 10))

@@ -2,9 +2,11 @@
 
     python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2] [--sessions S1_clean_train ...]
 
-The flow's final task calls `build_report(root, models)`; it reads only the session folders and writes every file
-atomically. The files, their columns and the session statuses: docs/report.md; each part's module and what it owns:
-docs/layout.md, "The report"; this module runs them in order.
+The flow's final task calls `build_report(root, models, seeds, sessions)` with its config's grid; the command line
+takes the same grid from `<root>/config_resolved.yaml` (`run_grid`; flags given win), so it rebuilds the flow's
+report. It reads only the session folders and writes every file atomically. The files, their columns and the session
+statuses: docs/report.md; each part's module and what it owns: docs/layout.md, "The report"; this module runs them
+in order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from exp3.config import load_config
 from exp3.evaluate import stats
 from exp3.fileio import atomic_write_json, atomic_write_text
 from exp3.report import coverage, curves, gallery, gap, plots, severity
@@ -26,10 +29,10 @@ from exp3.report.coverage import CoverageReport
 from exp3.report.draws import ReportData
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
-from exp3.report.runs import discover_models, run_sessions, scan_sessions
+from exp3.report.runs import _session_folders, discover_models, run_sessions, scan_sessions
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
-from exp3.session.plan import PLAN_FILENAME
-from exp3.sessions import SESSION_SUFFIXES
+from exp3.session.plan import PLAN_FILENAME, read_plan
+from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, UNNAMED_SEED
 from exp3.splits import CLEAN_SPLIT
 
 
@@ -147,23 +150,57 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     return result
 
 
+def run_grid(root: Path, models: list[str] | None, seeds: list[int] | None,
+             sessions: list[str] | None) -> tuple[list[str] | None, list[int] | None, list[str] | None]:
+    """The models, seeds and sessions `main` reports: each one given wins; the others come from
+    `<root>/config_resolved.yaml` as the flow's report task passes them (flows/exp3.py: the config's models but one
+    whose weights it could not resolve, which plan.json then names no session of; its seeds; its sessions), so a bare
+    `python -m exp3.report --root R` rebuilds the flow's report. Without that file: None (`build_report` discovers).
+
+    Raises ValueError (one line) for a `models` or `seeds` value with no session folder under `root` that the
+    config does not name either: a typo would replace a good report with an empty grid's."""
+    require_run(root)
+    config = load_config(root / "config_resolved.yaml") if (root / "config_resolved.yaml").is_file() else None
+    found = discover_models(root)
+    known_models = list(dict.fromkeys([*(config.models if config else []), *found]))
+    if unknown := [model for model in models or [] if model not in known_models]:
+        raise ValueError(f"--models {unknown[0]}: no session folder of it under {str(root)!r} and not a model of its "
+                         f"config_resolved.yaml: pass models found there ({', '.join(known_models) or 'none'})")
+    known_seeds = sorted({*(config.seeds if config else ()),
+                          *(UNNAMED_SEED if seed is None else seed
+                            for model in found for _, seed, _ in _session_folders(root / model))})
+    if unknown_seeds := [seed for seed in seeds or [] if seed not in known_seeds]:
+        raise ValueError(f"--seeds {unknown_seeds[0]}: no session folder of that seed under {str(root)!r} and not a "
+                         f"seed of its config_resolved.yaml: pass seeds found there "
+                         f"({', '.join(map(str, known_seeds)) or 'none'})")
+    if config is None:
+        return models, seeds, sessions
+    planned = {name.split(SESSION_SEPARATOR, 1)[0] for name in read_plan(root)}
+    return (models or [model for model in config.models if not planned or model in planned],
+            seeds or list(config.seeds), sessions or list(config.sessions))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m exp3.report --root DIR [--models M ...] [--seeds N ...] [--sessions S ...] [--no-charts]`."""
     parser = argparse.ArgumentParser(prog="python -m exp3.report",
                                      description="rebuild the exp3 report from session folders")
     parser.add_argument("--root", type=Path, required=True, help="the experiment's output root, e.g. runs/exp3")
-    parser.add_argument("--models", nargs="+", default=None, help="models to report (default: discovered)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="expected training seeds (default: found)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="models to report (default: the run's config_resolved.yaml, else discovered)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="expected training seeds (default: the run's config_resolved.yaml, else found)")
     parser.add_argument("--sessions", nargs="+", default=None,
-                        help="this run's sessions (config `sessions:`; default all six); the others: 'not in run'")
+                        help="this run's sessions (default: config_resolved.yaml's `sessions:`, else all six); the "
+                        "others: 'not in run'")
     parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--no-charts", action="store_true", help="tables and report.md only")
     args = parser.parse_args(argv)
     try:
         if args.resamples < 1:
             raise ValueError(f"--resamples {args.resamples}: pass a positive count such as 2000")
-        result = build_report(args.root, args.models, args.seeds, n_resamples=args.resamples,
-                              charts=not args.no_charts, sessions=args.sessions)
+        models, seeds, sessions = run_grid(args.root, args.models, args.seeds, args.sessions)
+        result = build_report(args.root, models, seeds, n_resamples=args.resamples, charts=not args.no_charts,
+                              sessions=sessions)
     except (FileNotFoundError, ValueError, PermissionError) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
