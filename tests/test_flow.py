@@ -287,6 +287,25 @@ def test_bad_input_and_live_root(tmp_path: Path) -> None:
         holder.wait()
 
 
+def test_a_mirror_path_at_a_folder_of_the_users_is_refused_before_the_run(tmp_path: Path) -> None:
+    """mirror.path at an existing folder of the user's: its report.md became the run's (emptied first). Refused in one
+    line before anything runs, the file as it was; a mirror exp3 filled is taken (a dry run: nothing trains)."""
+    mirror, root = tmp_path / "mirrorU", tmp_path / "out"
+    mirror.mkdir()
+    (mirror / "report.md").write_text("# my thesis notes, only copy\n")
+    args = ("--smoke", "--models", "yolov8m", "--sessions", "S1_clean_train", "--set", f"output_root={root}",
+            "--set", f"mirror.path={mirror}")
+    refused = _flow(tmp_path, *args)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert f"mirror.path {str(mirror)!r} holds files exp3 did not put there (e.g. 'report.md')" in refused.stderr
+    assert "point mirror.path at an empty or new folder" in refused.stderr
+    assert (mirror / "report.md").read_text() == "# my thesis notes, only copy\n"
+    assert not (root / "yolov8m").exists()
+    (mirror / "yolov8m" / "yolov8m__S1_clean_train").mkdir(parents=True)   # a mirror exp3 filled (its report.md)
+    dry = _flow(tmp_path, *args, "--dry-run")
+    assert dry.returncode == 0 and "yolov8m__S1_clean_train" in dry.stdout, dry.stderr[-2000:]
+
+
 def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path) -> None:
     """Workers load `flows/exp3.py:exp3_flow` by path, which registers the script as `exp3`."""
     code = ("from prefect.flows import load_flow_from_entrypoint as load; "

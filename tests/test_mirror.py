@@ -12,7 +12,7 @@ import yaml
 
 from exp3.config import MirrorConfig
 from exp3.session.layout import SessionPaths, SessionState
-from exp3.session.mirror import REPORT_FILES, TEMP_SUFFIX, Mirror, describe, mirror_for
+from exp3.session.mirror import REPORT_FILES, TEMP_SUFFIX, Mirror, describe, foreign_mirror, mirror_for
 
 KEY = "yolov8n__S1_clean_train-0123456789abcdef"
 
@@ -176,6 +176,32 @@ def test_a_mirror_overlapping_the_output_root_is_refused(tmp_path: Path) -> None
         mirror_for(MirrorConfig(path=tmp_path / "out" / "mirror"), tmp_path / "out")
     assert mirror_for(MirrorConfig(path=tmp_path / "m"), tmp_path / "out") is \
         mirror_for(MirrorConfig(path=tmp_path / "m"), tmp_path / "out")  # one per run: warnings said once
+
+
+def test_a_mirror_path_holding_the_users_own_files_is_refused_and_an_exp3_mirror_is_not(tmp_path: Path) -> None:
+    """mirror.path at a folder of the user's would overwrite its same-named files (report.md, emptied first): refused
+    in one line naming the folder, a file in it and the fix. A new or empty folder, and every mirror exp3 filled (a
+    report, a session done or in progress, one set aside), are taken."""
+    user = tmp_path / "mirrorU"
+    user.mkdir()
+    assert foreign_mirror(tmp_path / "new") is None and foreign_mirror(user) is None
+    (user / "report.md").write_text("# my thesis notes, only copy\n")
+    (user / "yolov8m").mkdir()                                         # a folder of a model's name is not enough
+    problem = foreign_mirror(user)
+    assert problem == (f"mirror.path {str(user)!r} holds files exp3 did not put there (e.g. 'report.md'), which the "
+                       "mirror would overwrite: point mirror.path at an empty or new folder")
+    assert "is a file" in (foreign_mirror(user / "report.md") or "")
+    reported = _mirror(tmp_path / "reported")
+    (reported.root / "report.md").parent.mkdir(parents=True)
+    (reported.root / "report.md").write_text("# exp3 report\n")
+    reported.push_report([])
+    done, running = _mirror(tmp_path / "done"), _mirror(tmp_path / "running")
+    done.push_done(_session(done.root, done=True))
+    running.push_checkpoint(_session(running.root, done=False))
+    set_aside = tmp_path / "set-aside" / "mirror"
+    (set_aside / "stale" / "yolov8n" / "yolov8n__S1_clean_train__20260101-000000").mkdir(parents=True)
+    for mirror in (reported.path, done.path, running.path, set_aside):
+        assert any(mirror.iterdir()) and foreign_mirror(mirror) is None, mirror
 
 
 def test_a_user_dataset_on_the_mirrors_storage_is_trained_from_a_local_copy(writable_data_yaml: Path,

@@ -28,6 +28,7 @@ from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
 from exp3.fileio import atomic_write_json, atomic_write_text, read_json, stable_hash
 from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 from exp3.session.progress import results_rows
+from exp3.sessions import folder_session
 
 TEMP_SUFFIX = ".mirror-tmp"
 CHECKPOINTS = ("best.pt", "last.pt")  # in train/weights/, best first: a copy's best.pt is never older than its last
@@ -276,6 +277,29 @@ def _session_files(paths: SessionPaths) -> Iterator[Path]:
         if file.is_file() and relative.parts[0] != "weights" and not file.name.startswith(".") \
                 and not any(mark in file.name for mark in (".corrupt-", ".superseded-")):
             yield file
+
+
+def foreign_mirror(path: str | os.PathLike[str]) -> str | None:
+    """The one-line refusal of a `mirror.path` that exists, is not empty and holds nothing exp3 put there (no
+    `REPORT_FILES`, no `<model>/<model>__S...` session folder, none set aside in its `stale/`): the mirror replaces
+    same-named files (report.md, the tables, the charts), and on Colab it is the durable copy. None for a new or empty
+    folder, an exp3 mirror, or one not readable now (the copies warn about that later)."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            return None
+        if not path.is_dir():
+            return f"mirror.path {str(path)!r} is a file: point mirror.path at an empty or new folder"
+        found = sorted(path.iterdir())
+        sessions = [folder for folder in path.glob("*/*__S*")
+                    if folder.name.startswith(f"{folder.parent.name}__") and folder_session(folder.name)]
+        set_aside = list(path.glob("stale/*/*__S*"))  # SessionPaths.move_aside: <name>__<time>
+        if not found or (path / REPORT_FILES).is_file() or sessions or set_aside:
+            return None
+    except OSError:
+        return None
+    return (f"mirror.path {str(path)!r} holds files exp3 did not put there (e.g. {found[0].name!r}), which the mirror "
+            "would overwrite: point mirror.path at an empty or new folder")
 
 
 def mirror_for(settings: MirrorConfig, root: str | os.PathLike[str]) -> Mirror | None:
