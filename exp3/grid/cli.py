@@ -16,7 +16,7 @@ from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
 from exp3.grid.flowenv import configure_flow_environment, database_problem
 from exp3.identity import session_inputs
 from exp3.session.layout import SessionState
-from exp3.session.mirror import foreign_mirror, mirror_for, on_mirror_storage
+from exp3.session.mirror import mirror_for, on_mirror_storage
 from exp3.session.plan import select_sessions
 from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
@@ -94,9 +94,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         grid = select_sessions(config, args.models, args.sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         root = resolve_output_root(config)
-        mirror = mirror_for(config.mirror, root)  # a mirror overlapping the root: refused here, in one line
-        if mirror is not None and (problem := foreign_mirror(mirror.path)) is not None:
-            raise ValueError(problem)  # a folder of the user's: its same-named files would be overwritten
+        mirror = mirror_for(config.mirror, root)  # overlapping the root, or a folder of the user's: refused here
         if mirror is not None and on_mirror_storage(root, mirror.path):
             print(f"WARNING exp3: mirror.path {mirror.path} is on the same disk as output_root {root} (is its drive "
                   "mounted?): a lost machine loses both copies", flush=True)

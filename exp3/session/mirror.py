@@ -304,7 +304,8 @@ def foreign_mirror(path: str | os.PathLike[str]) -> str | None:
 
 def mirror_for(settings: MirrorConfig, root: str | os.PathLike[str]) -> Mirror | None:
     """The one `Mirror` of this process for `root` under `settings` (its warnings and checkpoint times last the
-    whole run); None without `mirror.path`. ValueError when the mirror and the root overlap."""
+    whole run); None without `mirror.path`. ValueError when the mirror and the root overlap, or the mirror is a
+    folder of the user's (`foreign_mirror`): the command line, the UI's and a deployment's runs alike."""
     if settings.path is None:
         return None
     return _mirror(str(Path(settings.path).absolute()), str(Path(root).absolute()), settings.checkpoint_minutes)
@@ -317,4 +318,6 @@ def _mirror(path: str, root: str, checkpoint_minutes: float) -> Mirror:
         raise ValueError(f"mirror.path {str(mirror)!r} overlaps output_root {str(local)!r}: the mirror must be a "
                          "folder of its own on other storage (e.g. /content/drive/MyDrive/exp3 beside a local "
                          "output_root under /content)")
+    if (problem := foreign_mirror(mirror)) is not None:
+        raise ValueError(problem)
     return Mirror(mirror, local, checkpoint_minutes)
