@@ -316,12 +316,15 @@ def read_config_layers(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """`a.b=value` -> {"a": {"b": value}}; the value is parsed as YAML (`1`, `[a, b]`, `null`)."""
+    """`a.b=value` -> {"a": {"b": value}}; the value is parsed as YAML (`1`, `[a, b]`, `null`); an empty value is
+    refused (null is written `null`)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not KEY=VALUE: write e.g. train.batch=8")
     key, raw_value = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key: write e.g. train.batch=8")
+    if not raw_value.strip():  # YAML reads '' as null: an unset shell variable ($W) would silently mean null
+        raise ConfigError(f"override {text!r} has no value: write {key}=null for null")
     try:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError:

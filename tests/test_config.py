@@ -98,6 +98,18 @@ def test_config_cli_exits_non_zero_on_bad_key(tmp_path: Path) -> None:
     assert yaml.safe_load(good.stdout)["train"]["imgsz"] == 64
 
 
+def test_empty_override_value_is_refused_not_null() -> None:
+    """`--set models.yolov8m.weights=$W` with W unset must not train from scratch: '' is no value, `null` is null."""
+    command = [sys.executable, "-m", "exp3.config", "show", "--config", str(REPO / "configs/exp3.yaml")]
+    empty = subprocess.run([*command, "--set", "models.yolov8m.weights="], capture_output=True, text=True)
+    assert empty.returncode == 2 and empty.stdout == ""
+    assert empty.stderr.strip() == ("error: override 'models.yolov8m.weights=' has no value: "
+                                    "write models.yolov8m.weights=null for null")
+    null = subprocess.run([*command, "--set", "models.yolov8m.weights=null"], capture_output=True, text=True,
+                          check=True)
+    assert yaml.safe_load(null.stdout)["models"]["yolov8m"]["weights"] is None
+
+
 def test_device_given_as_yaml_int_is_accepted_as_text() -> None:
     # the flow's GPU slots pass `--set train.device=0`; YAML reads that as the int 0
     assert load_config(None, ["train.device=0"]).train.device == "0"
