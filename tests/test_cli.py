@@ -104,3 +104,29 @@ def test_a_mirror_on_the_output_roots_own_disk_is_warned_about(capsys: pytest.Ca
                                      "--set", f"mirror.path={tmp_path / 'drive' / 'MyDrive' / 'exp3'}"])
     assert run(config, args, lambda **_: pytest.fail("no flow on a dry run")) == 0
     assert "WARNING exp3: mirror.path" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_sanity_runs_and_dry_runs_what_the_user_chose(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`--set output_root` wins over the sanity default, `--models` chooses the model; the dry run lists the grid
+    the sanity check runs (it listed rtdetr-l's 6 sessions while the run took yolov8m's 2 under runs/exp3-sanity)."""
+    from exp3.grid.jobs import SessionResult
+    from exp3.session.layout import SessionState
+
+    root = tmp_path / "san"
+    chosen = ["--sanity", "--set", f"output_root={root}", "--models", "rtdetr-l"]
+    config, args = config_from_args([*chosen, "--dry-run"])
+    assert run(config, args, lambda **_: pytest.fail("no flow on a dry run")) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and "__" in line]
+    assert f"exp3 dry run: 2 sessions under {root}" in out
+    assert listed == [f"rtdetr-l__{session}" for session in SANITY_SESSIONS]
+    calls: list[dict] = []
+
+    def flow(**kwargs: object) -> dict[str, SessionResult]:
+        calls.append(kwargs)
+        return {name: SessionResult(session=name, status=SessionState.CACHED, cache_key="k") for name in listed}
+
+    config, args = config_from_args(chosen)
+    assert run(config, args, flow) == 0 and "sanity PASS" in capsys.readouterr().out
+    assert [(call["models"], call["sessions"]) for call in calls] == [(["rtdetr-l"], list(SANITY_SESSIONS))] * 2
+    assert all(call["config"].output_root == root for call in calls)

@@ -41,7 +41,10 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     parser = argparse.ArgumentParser(prog="python flows/exp3.py", description="Run the exp3 grid as a Prefect flow.")
     parser.add_argument("--config", type=Path, default=None, help="experiment config (default configs/exp3.yaml)")
     parser.add_argument("--smoke", action="store_true", help="configs/smoke.yaml: 12 sessions x 1 epoch")
-    parser.add_argument("--sanity", action="store_true", help="1 model x 2 sessions, run twice; PASS if skipped")
+    parser.add_argument("--sanity", action="store_true",
+                        help="configs/smoke.yaml under runs/exp3-sanity: run the grid twice, PASS if the second run "
+                        "skipped it all; its grid: --models (default the first model) x --sessions (default "
+                        f"{' '.join(SANITY_SESSIONS)}), also in a --dry-run")
     parser.add_argument("--pilot", action="store_true", help="short real run: configs/pilot[-gpu].yaml")
     parser.add_argument("--models", nargs="+", default=None, help="only these models")
     parser.add_argument("--sessions", nargs="+", default=None, help="only these sessions (e.g. S1_clean_train)")
@@ -58,7 +61,7 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
         print(f"exp3 pilot: {path.relative_to(REPO)}", file=sys.stderr)
     else:
         path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or DEFAULT_CONFIG)
-    overrides = list(args.overrides) + (["output_root=runs/exp3-sanity"] if args.sanity else [])
+    overrides = (["output_root=runs/exp3-sanity"] if args.sanity else []) + list(args.overrides)  # the user's win
     return load_config(path, overrides), args
 
 
@@ -90,8 +93,11 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
     # lazy: exp3.session.prepare loads numpy and the occlusion generator, which --help and a refused config never need
     from exp3.session.prepare import resolve_model_weights
 
+    models, sessions = args.models, args.sessions
+    if args.sanity:  # the grid the sanity check runs twice, and its dry run shows
+        models, sessions = models or list(config.models)[:1], sessions or list(SANITY_SESSIONS)
     try:  # names and weights before anything runs
-        grid = select_sessions(config, args.models, args.sessions)
+        grid = select_sessions(config, models, sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         root = resolve_output_root(config)
         mirror = mirror_for(config.mirror, root)  # overlapping the root, or a folder of the user's: refused here
@@ -103,7 +109,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         if (lock := RootLock(root)).is_live():
             raise lock.busy()  # names the live run
         if args.sanity:
-            return sanity(config, flow)
+            return sanity(config, flow, models, sessions)
         state = flow(config=config, models=args.models, sessions=args.sessions, rerun_failed=args.rerun_failed,
                      return_state=True)
     except (ValueError, LockBusy, WeightsError) as error:
@@ -138,10 +144,10 @@ def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, st
     return 0
 
 
-def sanity(config: ExperimentConfig, flow: Callable[..., Any]) -> int:
-    """Run 1 model x 2 sessions twice; PASS (0) if the second run found both done (cached: no task ran)."""
-    model = next(iter(config.models))
-    runs = [flow(config=config, models=[model], sessions=list(SANITY_SESSIONS)) for _ in range(2)]
+def sanity(config: ExperimentConfig, flow: Callable[..., Any], models: list[str], sessions: list[str]) -> int:
+    """Run the grid of `models` x `sessions` twice; PASS (0) if the second run found it all done (cached: no task
+    ran)."""
+    runs = [flow(config=config, models=models, sessions=sessions) for _ in range(2)]
     print(json.dumps([{name: res.model_dump(mode="json") for name, res in run.items()} for run in runs], indent=2))
     skipped = all(result.status == SessionState.CACHED for result in runs[1].values())
     print(f"sanity {'PASS' if skipped else 'FAIL'}: the second run {'skipped' if skipped else 'did NOT skip'} "
