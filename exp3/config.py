@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -370,6 +371,24 @@ def write_resolved_config(config: ExperimentConfig, directory: str | Path) -> Pa
 def resolve_output_root(config: ExperimentConfig) -> Path:
     """Absolute output root (a relative root is taken from the cwd)."""
     return config.output_root.absolute()
+
+
+def writable_output_root(config: ExperimentConfig) -> Path:
+    """`resolve_output_root`, created if missing; ConfigError (one line) if it is not a directory this process can
+    write in (a file, a path under a file, /proc/...). A probe file, gone at once, tests the writing."""
+    root = resolve_output_root(config)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file is there" if isinstance(error, FileExistsError) else f"cannot create it: {error.strerror}"
+        raise ConfigError(f"output_root {str(root)!r} is not a writable directory ({reason}): choose another") from None
+    try:
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output_root {str(root)!r} is not a writable directory (cannot write in it: "
+                          f"{error.strerror}): choose another") from None
+    return root
 
 
 def _main(argv: list[str] | None = None) -> int:

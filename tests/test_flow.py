@@ -306,6 +306,19 @@ def test_a_mirror_path_at_a_folder_of_the_users_is_refused_before_the_run(tmp_pa
     assert dry.returncode == 0 and "yolov8m__S1_clean_train" in dry.stdout, dry.stderr[-2000:]
 
 
+def test_an_output_root_that_is_not_a_writable_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A file, a path under a file, or /proc: one line naming it, exit 2, the file untouched (was a traceback)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for root, reason in ((notes, "a file is there"), (notes / "exp3", "Not a directory"),
+                         (Path("/proc/exp3out"), "cannot create it")):
+        bad = _flow(tmp_path, "--smoke", "--dry-run", "--set", f"output_root={root}")
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr[-2000:]
+        assert bad.stderr.startswith(f"error: output_root '{root}' is not a writable directory (")
+        assert reason in bad.stderr and bad.stderr.rstrip().endswith("): choose another")
+    assert notes.read_text() == "my notes\n" and list(tmp_path.iterdir()) == [notes]
+
+
 def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path) -> None:
     """Workers load `flows/exp3.py:exp3_flow` by path, which registers the script as `exp3`."""
     code = ("from prefect.flows import load_flow_from_entrypoint as load; "

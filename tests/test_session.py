@@ -277,6 +277,21 @@ def test_bad_cli_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list
     assert not output.exists()
 
 
+def test_an_output_root_that_is_not_a_writable_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A file or /proc as output_root: one line naming it, exit 2, the file untouched (was a traceback)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    config_path = _write_config(tmp_path / "c.yaml", tmp_path / "out")
+    for root in (notes, Path("/proc/exp3out")):
+        result = subprocess.run([sys.executable, "-m", "exp3.session", "--config", str(config_path), "--model",
+                                 "yolov8n", "--session", "S1_clean_train", "--set", f"output_root={root}"],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+        assert f"output_root '{root}' is not a writable directory (" in result.stderr
+        assert result.stderr.rstrip().endswith("): choose another")
+    assert notes.read_text() == "my notes\n" and sorted(tmp_path.iterdir()) == [tmp_path / "c.yaml", notes]
+
+
 def test_out_of_memory_after_training_records_the_batch_it_trained_at(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of memory in the evaluation, after the training finished at the configured batch 4: the runner's retry

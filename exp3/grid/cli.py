@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root
+from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, writable_output_root
 from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
 from exp3.grid.flowenv import configure_flow_environment, database_problem
 from exp3.identity import session_inputs
@@ -74,10 +74,10 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
     """Parse `argv`, load the config and set the environment before `import prefect` (exit 2 on a bad config)."""
     try:
         config, args = config_from_args(argv)
+        root = writable_output_root(config)  # a file, or a read-only place, refused before anything is set there
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    root = resolve_output_root(config)
     configure_flow_environment(root)
     own_database = not any(os.environ.get(name) for name in SERVER_SETTINGS)
     if own_database and (problem := database_problem(Path(os.environ["PREFECT_HOME"]))) is not None:

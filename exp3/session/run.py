@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from exp3 import SCHEMA_VERSION
-from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, write_resolved_config
+from exp3.config import ConfigError, ExperimentConfig, load_config, writable_output_root, write_resolved_config
 from exp3.dataset.audit import read_data_yaml
 from exp3.evaluate.evaluation import (
     EvaluationModel,
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if session.training_seed not in config.seeds:
             raise ConfigError(f"seed {session.training_seed} is not in the config's seeds {list(config.seeds)}: "
                               "add it or pick one")
-        output_root = resolve_output_root(config)
+        output_root = writable_output_root(config)
         metrics = run_session(config, session, output_root, retry_batch=args.retry_batch, prepared=prepared)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, PermissionError, SessionFailed,
             LockBusy) as error:
