@@ -319,6 +319,21 @@ def test_an_output_root_that_is_not_a_writable_directory_is_refused_in_one_line(
     assert notes.read_text() == "my notes\n" and list(tmp_path.iterdir()) == [notes]
 
 
+def test_a_user_data_yaml_that_cannot_be_read_is_refused_before_the_flow(tmp_path: Path) -> None:
+    """A missing data.yaml (or one without names) is refused in one line naming it, exit 2, before the flow starts:
+    run_experiment3.sh retries a run that exits 1 (it ended in a ~79-line traceback), and the dry run said nothing."""
+    root = tmp_path / "out"
+    yaml_set = ["--smoke", "--set", f"output_root={root}", "--set", "dataset.kind=yaml", "--set"]
+    bad = _flow(tmp_path, *yaml_set, f"dataset.data_yaml={tmp_path / 'nope.yaml'}")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stdout[-2000:] + bad.stderr[-3000:]
+    assert f"dataset yaml '{tmp_path / 'nope.yaml'}' does not exist" in bad.stderr
+    assert not (root / "audits").exists() and not (root / "config_resolved.yaml").exists()  # no flow ran
+    (tmp_path / "nameless.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\ntest: images\n")
+    bad = _flow(tmp_path, *yaml_set, f"dataset.data_yaml={tmp_path / 'nameless.yaml'}", "--dry-run")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == "", bad.stderr[-3000:]
+    assert f"'{tmp_path / 'nameless.yaml'}': 'names' is missing or empty" in bad.stderr
+
+
 def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path) -> None:
     """Workers load `flows/exp3.py:exp3_flow` by path, which registers the script as `exp3`."""
     code = ("from prefect.flows import load_flow_from_entrypoint as load; "

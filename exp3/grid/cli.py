@@ -89,16 +89,19 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
 
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
-    """Refuse unknown names, missing weights or a live root (2), then dry run, sanity check or `flow` (1: failed)."""
+    """Refuse unknown names, missing weights, an unreadable data.yaml or a live root (2), then dry run, sanity check
+    or `flow` (1: failed)."""
     # lazy: exp3.session.prepare loads numpy and the occlusion generator, which --help and a refused config never need
     from exp3.session.prepare import resolve_model_weights
 
     models, sessions = args.models, args.sessions
     if args.sanity:  # the grid the sanity check runs twice, and its dry run shows
         models, sessions = models or list(config.models)[:1], sessions or list(SANITY_SESSIONS)
-    try:  # names and weights before anything runs
+    try:  # names, weights and the user's data.yaml before anything runs
         grid = select_sessions(config, models, sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
+        if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
+            read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
         root = resolve_output_root(config)
         mirror = mirror_for(config.mirror, root)  # overlapping the root, or a folder of the user's: refused here
         if mirror is not None and on_mirror_storage(root, mirror.path):
