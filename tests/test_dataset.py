@@ -246,6 +246,25 @@ def test_bad_data_yaml_is_one_line_error(tmp_path: Path, text: str | None, needl
     assert result.returncode == 2 and result.stderr.startswith("error:") and needle in result.stderr
 
 
+def test_nc_that_disagrees_with_names_is_refused_as_ultralytics_refuses_it(dataset: Path) -> None:
+    """nc: 12 with 10 names passed the audit ("audit OK"), then every session failed inside Ultralytics after the
+    occlusion suites were built. Now refused in one line (exit 2); an nc that matches, or none, passes."""
+    from ultralytics.data.utils import check_det_dataset
+
+    spec = yaml.safe_load(dataset.read_text())
+    assert len(spec["names"]) == 10 and "nc" not in spec
+    dataset.write_text(yaml.safe_dump({**spec, "nc": 12}))
+    with pytest.raises(SyntaxError, match="'names' length 10 and 'nc: 12' must match"):
+        check_det_dataset(str(dataset))
+    bad = subprocess.run([sys.executable, "-m", "exp3.dataset", "audit", "--data", str(dataset)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1, bad.stdout + bad.stderr
+    assert bad.stderr.strip() == (f"error: {str(dataset)!r}: 'nc: 12' but 'names' lists 10 classes: set nc: 10 "
+                                  "or remove 'nc:'")
+    dataset.write_text(yaml.safe_dump({**spec, "nc": 10}))
+    assert not audit_dataset(dataset).blocking and len(read_data_yaml(dataset).names) == 10
+
+
 def test_a_relative_path_that_ultralytics_reads_elsewhere_is_refused(dataset: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`path: foods` in cfg/foods.yaml: exp3 reads cfg/foods, Ultralytics (`check_det_dataset`, which trains S1 from

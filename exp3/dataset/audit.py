@@ -66,7 +66,8 @@ def _names_list(names: Any, yaml_path: Path) -> list[str]:
 
 
 def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
-    """Parse a YOLO data.yaml into a `DataSpec`; raise `DatasetError` with the fix if it is bad."""
+    """Parse a YOLO data.yaml into a `DataSpec`; raise `DatasetError` with the fix if it is bad (an `nc:` that is
+    not the number of `names` included: Ultralytics refuses that yaml)."""
     yaml_path = Path(path).absolute()
     data = read_yaml(yaml_path, "dataset yaml", "pass the path of your data.yaml", DatasetError)
     if not isinstance(data, dict):
@@ -88,7 +89,11 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
             continue
         entries = value if isinstance(value, list) else [value]
         splits[split] = [Path(str(entry)) if Path(str(entry)).is_absolute() else root / str(entry) for entry in entries]
-    return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=_names_list(data.get("names"), yaml_path))
+    names = _names_list(data.get("names"), yaml_path)
+    if "nc" in data and data["nc"] != len(names):  # Ultralytics refuses it in every session, after the suites are built
+        raise DatasetError(f"{str(yaml_path)!r}: 'nc: {data['nc']}' but 'names' lists {len(names)} classes: "
+                           f"set nc: {len(names)} or remove 'nc:'")
+    return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=names)
 
 
 def label_path_for(image_path: Path) -> Path:
