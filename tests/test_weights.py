@@ -100,3 +100,21 @@ def test_the_command_line_refuses_mismatched_weights_in_one_line(tiny_yolo_check
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stderr.count("\n") == 1 and "yolov8n.yaml model, not its architecture yolov8m.yaml" in result.stderr
     assert not (tmp_path / "out" / "yolov8m").exists()
+
+
+def test_an_unreadable_architecture_is_refused_in_one_line_without_weights_too(tmp_path: Path) -> None:
+    """`weights: null` with an architecture typo passed the dry run, then each session wrote a FAILED marker; now
+    both command lines refuse it as they refuse it with weights, before anything is written."""
+    typo = ["--set", "models.yolov8m.architecture=yolov8q.yaml", "--set", f"output_root={tmp_path / 'out'}"]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    needle = "architecture 'yolov8q.yaml' of model 'yolov8m' cannot be read"
+    flow = subprocess.run([sys.executable, str(REPO / "flows" / "exp3.py"), "--smoke", "--dry-run", *typo],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    session = subprocess.run([sys.executable, "-m", "exp3.session", "--config", str(REPO / "configs" / "smoke.yaml"),
+                              "--model", "yolov8m", "--session", "S1_clean_train", *typo],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    for result in (flow, session):
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        assert result.stderr.count("\n") == 1 and needle in result.stderr
+    assert load_config(REPO / "configs" / "smoke.yaml").models["yolov8m"].weights is None  # from scratch
+    assert not (tmp_path / "out" / "yolov8m").exists() and not (tmp_path / "out" / "data").exists()

@@ -6,7 +6,8 @@ as Ultralytics does (the current directory, then `SETTINGS["weights_dir"]`) and 
 file; a missing file never turns into a from-scratch training (that would report another experiment under the
 configured name). Weights found are checked against the configured architecture (`check_architecture`): Ultralytics
 trains the architecture stored in the checkpoint, so a checkpoint of another one (a yolov8n `last.pt` under
-`architecture: yolov8s.yaml`) is refused too, rather than trained and recorded under the configured name.
+`architecture: yolov8s.yaml`) is refused too, rather than trained and recorded under the configured name. An
+architecture yaml that cannot be read (`read_architecture`) is refused the same way, with or without weights.
 The user's view: README (first section) and docs/schema.md, `training.weights`.
 """
 
@@ -54,7 +55,8 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
 
     Call after `exp3.train.offline.apply_offline_environment` so Ultralytics reads exp3's settings.
     """
-    if weights is None:
+    if weights is None:  # from scratch: the session builds the model from the yaml, so it must be readable now
+        read_architecture(model_name, architecture)
         return ResolvedWeights(architecture, None, "scratch", None)
     configured = str(weights)
     path = Path(configured).expanduser()
@@ -115,6 +117,19 @@ def architecture_spec(model_yaml: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(spec, default=str))
 
 
+def read_architecture(model_name: str, architecture: str) -> dict[str, Any]:
+    """The model yaml Ultralytics resolves for `architecture` (`yaml_model_load`); `WeightsError` in one line if it
+    cannot be read (a typo such as yolov8q.yaml)."""
+    from ultralytics.nn.tasks import yaml_model_load  # lazy: Ultralytics after apply_offline_environment
+
+    try:
+        return yaml_model_load(architecture)
+    except Exception as error:  # noqa: BLE001 - any unreadable yaml is refused in one line
+        raise WeightsError(f"architecture {architecture!r} of model {model_name!r} cannot be read "
+                           f"({type(error).__name__}): give an Ultralytics model yaml (e.g. yolov8m.yaml, "
+                           "rtdetr-l.yaml) or a path to one") from None
+
+
 def check_architecture(model_name: str, architecture: str, weights: ResolvedWeights) -> None:
     """Raise `WeightsError` unless the checkpoint `weights.source` builds what `architecture` builds
     (`architecture_spec` of the checkpoint's own model yaml vs. the yaml Ultralytics resolves for `architecture`).
@@ -123,7 +138,7 @@ def check_architecture(model_name: str, architecture: str, weights: ResolvedWeig
     session with Ultralytics' own message, as it always did.
     """
     # lazy: Ultralytics after apply_offline_environment, and only where weights are given
-    from ultralytics.nn.tasks import torch_safe_load, yaml_model_load
+    from ultralytics.nn.tasks import torch_safe_load
 
     try:
         checkpoint, _ = torch_safe_load(weights.source)
@@ -132,13 +147,7 @@ def check_architecture(model_name: str, architecture: str, weights: ResolvedWeig
         return
     if not isinstance(stored, dict) or stored.get("yaml_file") == architecture == Path(architecture).name:
         return  # built from Ultralytics' own yaml of that name: a published checkpoint holds it as it was then
-    try:
-        wanted = yaml_model_load(architecture)
-    except Exception as error:  # noqa: BLE001 - any unreadable yaml is refused in one line
-        raise WeightsError(f"architecture {architecture!r} of model {model_name!r} cannot be read "
-                           f"({type(error).__name__}): give an Ultralytics model yaml (e.g. yolov8m.yaml, "
-                           "rtdetr-l.yaml) or a path to one") from None
-    have, want = architecture_spec(stored), architecture_spec(wanted)
+    have, want = architecture_spec(stored), architecture_spec(read_architecture(model_name, architecture))
     if have == want:
         return  # another file of the same architecture
     differs = [key for key in dict.fromkeys(["scale", *want, *have]) if have.get(key) != want.get(key)]
