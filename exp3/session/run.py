@@ -248,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                         "default: the only one, else 0; folders of seeds other than 0 end in __seed<N>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retry-batch", type=int, default=None, metavar="N",
-                        help="out-of-memory retry: train with batch N (recorded; the session's key is unchanged)")
+                        help="out-of-memory retry: train with batch N >= 1 (recorded; the session's key is unchanged)")
     parser.add_argument("--prepared", default=None, metavar="JSON",
                         help="the data the flow prepared (PreparedData as JSON): used as is if its manifests "
                         "still match; by hand, leave it out and the session prepares and verifies its data")
     args = parser.parse_args(argv)
     try:
+        if args.retry_batch is not None and args.retry_batch < 1:  # 0 or -1: Ultralytics' AutoBatch, recorded as N
+            raise ConfigError(f"--retry-batch {args.retry_batch} is no batch size: give N >= 1 (e.g. half of "
+                              "train.batch), or leave it out for the configured batch")
         prepared = None if args.prepared is None else prepared_from_json(args.prepared)
         config = load_config(args.config, args.overrides)
         if args.model not in config.models:
