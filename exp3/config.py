@@ -340,6 +340,9 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     location = ".".join(str(part) for part in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key {location!r}: remove it or check the spelling against configs/exp3.yaml"
+    if first["type"] == "missing" and first["loc"][:1] == ("models",) and first["loc"][2:] == ("architecture",):
+        return (f"{source}: model {first['loc'][1]!r} has no architecture: check the model's name (a typo makes a "
+                f"new model), or give a new one models.{first['loc'][1]}.architecture (e.g. yolov8s.yaml)")
     message = first["msg"].removeprefix("Value error, ")
     if not first["loc"]:                       # a check across keys: the message names the values
         return f"{source}: {message}"

@@ -88,7 +88,7 @@ def read_yaml(path: Path, what: str, missing_fix: str, error: type[ValueError] =
     """The YAML document at `path`; else `error`, one line naming `what`, the file and the fix (a missing file:
     `missing_fix`; bad syntax: its line; not UTF-8 text)."""
     if not path.is_file():
-        raise error(f"{what} {str(path)!r} does not exist: {missing_fix}")
+        raise error(f"{what} {str(path)!r} {'is a directory' if path.is_dir() else 'does not exist'}: {missing_fix}")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as problem:

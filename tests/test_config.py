@@ -80,6 +80,10 @@ def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, overrides: l
 def test_missing_file_and_base_cycle(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=f"config file {str(tmp_path)!r} is a directory: pass an existing YAML"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="model 'yolov8M' has no architecture: check the model's name"):
+        load_config(None, ["models.yolov8M.epochs=5"])  # a typo of yolov8m (was "Field required")
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="inherits from itself"):

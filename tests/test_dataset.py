@@ -225,6 +225,21 @@ def test_cli_exit_codes_summary_lines_and_json(dataset: Path, tmp_path: Path) ->
     assert report["blocking"] is True and report["counts"]["class_id_out_of_range"] == 1
 
 
+def test_cli_paths_that_are_files_are_refused_in_one_line(dataset: Path, tmp_path: Path) -> None:
+    """`synth --out` a file, `audit --json` under a file: one line naming the flag and the fix, exit 2 (tracebacks
+    before), the file as it was."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    for args, needle in ((["synth", "--out", str(notes)], f"--out {str(notes)!r} is a file: pass a new or empty"),
+                         (["audit", "--data", str(dataset), "--json", str(notes / "report.json")],
+                          f"--json {str(notes / 'report.json')!r} cannot be written (")):
+        result = subprocess.run([sys.executable, "-m", "exp3.dataset", *args], capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+        assert result.returncode == 2 and errors == [errors[0]] and needle in errors[0], result.stderr[-1500:]
+        assert "Traceback" not in result.stderr
+    assert notes.read_text() == "mine\n"
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

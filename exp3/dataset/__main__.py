@@ -14,6 +14,8 @@ from exp3.splits import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file: pass a new or empty directory")
     counts = None
     if args.counts:
         try:
@@ -30,7 +32,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     report = audit_dataset(args.data)
     if args.json is not None:
-        atomic_write_json(args.json, report.to_json())
+        try:
+            atomic_write_json(args.json, report.to_json())
+        except OSError as error:
+            raise ValueError(f"--json {str(args.json)!r} cannot be written ({error.strerror}): pass a file path in a "
+                             "writable folder") from None
     for line in report.summary_lines():
         print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
     totals = ", ".join(f"{split} {stats['images']} images / {stats['instances']} boxes"
