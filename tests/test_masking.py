@@ -204,6 +204,23 @@ def test_same_seed_and_epoch_give_same_masks() -> None:
     assert not torch.equal(draw(0, 3), draw(1, 3))
 
 
+def test_each_ddp_process_draws_its_own_masks_under_one_coin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several GPUs training one session (DDP): rank 1 masks its images apart from rank 0's (they drew the same
+    masks), while the coin, shared, masks a global batch or not as a whole; one process draws as rank 0."""
+    def draws(rank: int | None) -> tuple[list[bool], torch.Tensor]:
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+        else:
+            monkeypatch.setenv("RANK", str(rank))
+        masker = FeatureMasker("neck", MaskingConfig(schedule="constant", p_apply=0.5, p_channels=0.5))
+        outputs = [masker(_Conv().train(), (), torch.ones(4, 32, 4, 4)) for _ in range(20)]
+        return [output is not None for output in outputs], torch.stack([o for o in outputs if o is not None])
+
+    (coin0, masks0), (coin1, masks1), (coin_one, masks_one) = draws(0), draws(1), draws(None)
+    assert coin0 == coin1 == coin_one and 0 < sum(coin0) < 20
+    assert not torch.equal(masks0, masks1) and torch.equal(masks0, masks_one)
+
+
 def test_channel_keep_mask_on_generator_device() -> None:
     keep = channel_keep_mask(3, 10, 0.3, _generator(), torch.device("cpu"))
     assert keep.shape == (3, 10, 1, 1) and torch.all(keep.sum(dim=1) == 7)

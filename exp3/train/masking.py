@@ -11,6 +11,7 @@ Every rule and the reasoning behind it: docs/masking.md.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from collections.abc import Mapping, Sequence
@@ -208,9 +209,13 @@ class FeatureMasker:
         self.reseed(0)
 
     def reseed(self, epoch: int) -> None:
-        """Restart this site's random streams at a seed derived from (spec.seed, site, epoch)."""
+        """Restart this site's random streams at a seed derived from (spec.seed, site, epoch). Each DDP process
+        (Ultralytics' `RANK` above 0) draws its own masks, so the images of one global batch are masked apart; the
+        coin is shared, so a global batch is masked, or not, as a whole."""
         self._stream_seed = stable_int(f"{self.spec.seed}:{self.site}:{epoch}")
         self._coin = random.Random(self._stream_seed)
+        rank = int(os.environ.get("RANK", -1))  # -1: one process, 0..N-1: the DDP workers
+        self._mask_seed = self._stream_seed if rank <= 0 else stable_int(f"{self._stream_seed}:rank{rank}")
         self._generators: dict[str, torch.Generator] = {}
 
     def set_progress(self, progress: float) -> None:
@@ -226,7 +231,7 @@ class FeatureMasker:
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
         if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self._stream_seed)
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._mask_seed)
         return self._generators[key]
 
     def _active(self, module: nn.Module) -> bool:
