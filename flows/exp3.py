@@ -121,7 +121,14 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     `fan_out_deployment` ("exp3-session/exp3-session"): each session a flow run of it, `fan_out_width` at a time."""
     from exp3.train.offline import apply_offline_environment
 
+    from exp3.session.mirror import mirror_for
+
     logger = get_run_logger()
+    if config_file is not None and config != ExperimentConfig():  # the UI's form beside a deployment's file
+        raise ValueError(f"both config_file {config_file!r} and a config were given: edit the file's values with "
+                         "overrides (KEY=VALUE), or leave config_file empty to run the config given")
+    if overrides and config_file is None:
+        raise ValueError(f"overrides {overrides} need config_file: they apply to a config file's values")
     if config_file is not None:
         config = load_config(config_file, overrides)
     root = resolve_output_root(config)
@@ -129,13 +136,16 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     config = config.model_copy(update={"output_root": root})
     grid = select_sessions(config, models, sessions)
     model_names = list(dict.fromkeys(s.model for s in grid))
+    mirror_for(config.mirror, root)  # a mirror overlapping the root, or a folder of the user's: refused first
     with RootLock(root, command="exp3 flow") as lock:
         if lock.took_over:
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
-        config_path = write_resolved_config(config, root)
-        audited = audit_task(config)
+        # every refusal (weights, data) before config_resolved.yaml and plan.json are rewritten: a refused run
+        # leaves a finished root's record as it was
         weights = resolve_weights_task(config, model_names)
+        audited = audit_task(config)
         prepared = prepare_task(config, audited)
+        config_path = write_resolved_config(config, root)
         keys = planned_keys(config, prepared.dataset_fingerprint, prepared.suite_id, weights)  # the config's grid
         write_plan(root, keys)
         if config.mirror.path is not None:

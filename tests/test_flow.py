@@ -334,6 +334,42 @@ def test_a_user_data_yaml_that_cannot_be_read_is_refused_before_the_flow(tmp_pat
     assert f"'{tmp_path / 'nameless.yaml'}': 'names' is missing or empty" in bad.stderr
 
 
+def test_a_ui_or_deployment_run_refused_late_leaves_the_roots_record_as_it_was(tmp_path: Path) -> None:
+    """The flow called as a deployment or the UI calls it (no command line): missing weights, a mirror at a folder of
+    the user's, or a UI config beside a config_file are refused before config_resolved.yaml and plan.json of a
+    finished root are rewritten (they were, so status and the report called its done sessions stale)."""
+    root, mine = tmp_path / "out", tmp_path / "userfolder"
+    root.mkdir()
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("mine\n")
+    record = {"config_resolved.yaml": "output_root: kept\n", "plan.json": '{"keys": {}}\n'}
+    for name, text in record.items():
+        (root / name).write_text(text)
+    code = f"""
+import importlib.util
+from exp3.config import ExperimentConfig
+spec = importlib.util.spec_from_file_location("flow_module", {str(FLOW)!r})
+flows = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(flows)
+common = dict(config_file={str(REPO / "configs" / "smoke.yaml")!r}, models=["yolov8m"], sessions=["S1_clean_train"],
+              return_state=True)
+base = ["output_root={root}", "models.yolov8m.architecture=yolov8n.yaml"]
+for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={tmp_path / 'nope.pt'}"])),
+                   ("mirror", dict(overrides=[*base, "mirror.path={mine}"])),
+                   ("both", dict(overrides=base, config=ExperimentConfig(output_root="{tmp_path / 'ui'}")))):
+    state = flows.exp3_flow(**common, **call)
+    print("STATE", name, state.name, (state.message or "").replace(chr(10), " ")[:300])
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    states = [line for line in result.stdout.splitlines() if line.startswith("STATE")]
+    assert len(states) == 3 and all(" Failed " in line for line in states), result.stdout[-3000:] + result.stderr[-3000:]
+    assert "nope.pt" in states[0] and "holds files exp3 did not put there" in states[1]
+    assert "both config_file" in states[2]
+    assert {name: (root / name).read_text() for name in record} == record
+    assert (mine / "thesis.txt").read_text() == "mine\n" and not (tmp_path / "ui").exists()
+
+
 def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path) -> None:
     """Workers load `flows/exp3.py:exp3_flow` by path, which registers the script as `exp3`."""
     code = ("from prefect.flows import load_flow_from_entrypoint as load; "
