@@ -119,9 +119,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     """Audit, prepare the data once, run each session on the first free slot, then always report; Failed (after
     the report) if any session failed. `config_file` (+ `overrides`) replaces `config` (deployments use it).
     `fan_out_deployment` ("exp3-session/exp3-session"): each session a flow run of it, `fan_out_width` at a time."""
-    from exp3.train.offline import apply_offline_environment
-
     from exp3.session.mirror import mirror_for
+    from exp3.train.offline import apply_offline_environment
 
     logger = get_run_logger()
     if config_file is not None and config != ExperimentConfig():  # the UI's form beside a deployment's file
