@@ -159,10 +159,16 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
                     list(config.sessions))
         if config.mirror.path is not None:
             mirror_report_task(config, keys)
-    failed = [name for name, result in results.items() if result.status in (SessionState.FAILED, SessionState.SKIPPED)]
+    failed, not_run = ([name for name, result in results.items() if result.status == state]
+                       for state in (SessionState.FAILED, SessionState.SKIPPED))
+    problems = []
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(results)} sessions failed: {', '.join(failed)} "
-                           f"(FAILED markers under {root}; fix and re-run with --rerun-failed)")
+        problems.append(f"{len(failed)} of {len(results)} sessions failed: {', '.join(failed)}")
+    if not_run:
+        problems.append(f"{len(not_run)} not run (failed before, or after a failure with failure.policy 'stop'): "
+                        f"{', '.join(not_run)}")
+    if problems:
+        raise RuntimeError(f"{'; '.join(problems)} (FAILED markers under {root}; fix and re-run with --rerun-failed)")
     return results
 
 

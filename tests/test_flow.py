@@ -179,6 +179,9 @@ def test_failure_policy(tmp_path: Path, policy: str) -> None:
     assert (root / "broken" / "broken__S1_clean_train" / "FAILED").is_file()
     good_done = (root / "yolov8n" / "yolov8n__S1_clean_train" / "DONE").is_file()
     assert good_done is (policy == "continue")
+    assert "1 of 2 sessions failed: broken__S1_clean_train" in result.stderr  # with 'stop' too, not "2 of 2"
+    assert ("1 not run (failed before, or after a failure with failure.policy 'stop'): yolov8n__S1_clean_train"
+            in result.stderr) is (policy == "stop")
     summary = (root / "summary_metrics.csv").read_text()  # the report runs in both cases
     assert "broken" in summary and "failed" in summary
     status = {(row["model"], row["session"]): row["status"] for row in csv.DictReader(io.StringIO(summary))}

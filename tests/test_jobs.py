@@ -283,3 +283,29 @@ def test_a_session_failed_before_takes_no_slot_unless_rerun(tmp_path: Path) -> N
     assert skipped[job.name].status == SessionState.SKIPPED and "boom" in (skipped[job.name].reason or "")
     rerun = run_on_slots([job.model_copy(update={"rerun_failed": True})], [None], start=Finished)
     assert rerun[job.name].status == SessionState.DONE
+    # failure.policy 'stop' holds on a re-run too (run_experiment3.sh makes them): nothing starts after it
+    later = _plan(_config(output_root=tmp_path))[1]
+    stopped = run_on_slots([job, later], [None], start=lambda _: pytest.fail("started after a failure"),
+                           stop_on_failure=True)
+    assert stopped[later.name].status == SessionState.SKIPPED and "failure.policy is 'stop'" in stopped[later.name].reason
+    assert run_on_slots([job, later], [None], start=Finished)[later.name].status == SessionState.DONE  # 'continue'
+
+
+def test_a_fanned_out_session_out_of_memory_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session run as a flow run of the per-session deployment fails out of memory: the parent's task is retried
+    (at half the batch) as on one machine; another failure is not."""
+    from types import SimpleNamespace
+
+    from exp3.grid import live
+    from exp3.grid.runner import SessionError
+
+    job = _plan(_config(output_root=tmp_path), deployment="exp3-session/exp3-session")[0]
+    job.paths.folder.mkdir(parents=True)
+    ended = SimpleNamespace(name="x", state=SimpleNamespace(name="Failed", is_completed=lambda: False))
+    monkeypatch.setattr(live, "run_deployment", lambda **kwargs: ended)
+    for error, transient in (("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB", True),
+                             ("ValueError: boom", False)):
+        job.paths.failed_marker.write_text(json.dumps({"error": error}))
+        with pytest.raises(SessionError) as failed:
+            live._run_via_deployment(job, None)
+        assert failed.value.transient is transient

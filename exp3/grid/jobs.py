@@ -130,6 +130,7 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
         if (done := done_result(job)) is not None:
             not_started(job, done)
         elif not job.rerun_failed and job.paths.state(job.cache_key) == SessionState.FAILED:
+            failed.append(job.name)  # with failure.policy 'stop', a re-run starts nothing after it either
             error = (job.paths.failure() or {}).get("error")
             not_started(job, job.result(SessionState.SKIPPED, reason=f"{job.name}: failed in an earlier run ({error}); "
                                                                       "not re-run without --rerun-failed"))
