@@ -50,7 +50,7 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
     if lock.owner() and lock.is_live():  # a clean release empties it, so a session starting then meets no probe
         state = SessionState.RUNNING
     elapsed = sum(epoch.epoch_s or 0.0 for epoch in epochs) if epochs else None
-    eta = epochs[-1].eta_s if epochs and state not in (SessionState.FAILED, SessionState.STALE) else None
+    eta = epochs[-1].eta_s if epochs and state == SessionState.RUNNING else None  # nothing runs a partial one
     error = None
     if state == SessionState.STALE:
         error = f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch"

@@ -18,7 +18,7 @@ from prefect.artifacts import (
 from prefect.deployments import run_deployment
 
 from exp3.grid.jobs import SessionJob, SessionResult
-from exp3.grid.runner import SessionError, retry_batch_for, run_session_subprocess
+from exp3.grid.runner import SessionError, retry_batch_for, run_session_subprocess, worth_retrying
 from exp3.session.layout import SessionState
 from exp3.session.mirror import mirror_for
 from exp3.session.progress import (
@@ -127,7 +127,8 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
                                           "retry_batch": retry_batch})
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
-        raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}")
+        raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}",
+                           transient=worth_retrying(job, job.paths.failure(), retry_batch))  # out of memory
     return job.result(SessionState.DONE, wall_s=flow_run.total_run_time.total_seconds())
 
 
