@@ -25,8 +25,10 @@ for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
   echo "run_experiment3: attempt $attempt exited $status"
   [ "$status" -eq 0 ] && break
   [ "$status" -eq 2 ] && { tail -n 1 "$log" >&2; exit 2; }          # bad input: retrying cannot help
-  # work is left while a session is pending, partial, running or stale (made under other inputs: it trains again)
-  if "$PYTHON" -m exp3.status --root "$ROOT" | tail -n 1 | grep -qvE 'pending|partial|running|stale'; then
+  # done only when the status's counts are all done or failed: a pending, partial, running or stale session (made
+  # under other inputs: it trains again), or no count at all (a crash before any session), is work left
+  counts="$("$PYTHON" -m exp3.status --root "$ROOT" | tail -n 1)"
+  if echo "$counts" | grep -qE '^(done|failed)=[0-9]+( (done|failed)=[0-9]+)*$'; then
     echo "run_experiment3: every session is DONE or FAILED; not retrying"
     break
   fi

@@ -39,3 +39,17 @@ def test_the_wrapper_tries_again_while_a_session_is_stale(tmp_path: Path) -> Non
                                  "PREFECT_HOME": str(tmp_path / "prefect")})
     assert "attempt 2/2" in result.stdout, result.stdout + result.stderr[-2000:]
     assert "STALE" in result.stdout and "not retrying" not in result.stdout
+
+
+def test_the_wrapper_tries_again_after_a_crash_before_any_session(tmp_path: Path) -> None:
+    """The flow crashes before it wrote anything (Prefect's server did not start): nothing is done or failed, so the
+    wrapper tries again (it said "every session is DONE or FAILED" and gave up the night)."""
+    root = tmp_path / "root"
+    shim = tmp_path / "python"
+    shim.write_text(f'#!/bin/sh\n[ "$1" = flows/exp3.py ] && exit 1\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    result = subprocess.run(["bash", str(REPO / "run_experiment3.sh"), "--smoke", f"--set=output_root={root}"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": str(shim), "EXP3_MAX_ATTEMPTS": "2",
+                                 "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert "attempt 2/2" in result.stdout and "not retrying" not in result.stdout, result.stdout + result.stderr
