@@ -5,6 +5,7 @@
 #   bash deployments/start_workers.sh cpu        # no GPU: one CPU worker (testing)
 set -euo pipefail
 cd "$(dirname "$0")"
+export EXP3_REPO="${EXP3_REPO:-$(cd .. && pwd)}"  # prefect.yaml's pull step: the checkout the workers run
 mkdir -p logs
 for gpu in "$@"; do
   if [ "$gpu" = cpu ]; then env_gpu=(env CUDA_VISIBLE_DEVICES=); else env_gpu=(env CUDA_VISIBLE_DEVICES="$gpu"); fi
