@@ -366,7 +366,8 @@ for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={t
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
     states = [line for line in result.stdout.splitlines() if line.startswith("STATE")]
-    assert len(states) == 3 and all(" Failed " in line for line in states), result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(states) == 3 and all(" Failed " in line for line in states), \
+        result.stdout[-3000:] + result.stderr[-3000:]
     assert "nope.pt" in states[0] and "holds files exp3 did not put there" in states[1]
     assert "both config_file" in states[2]
     assert {name: (root / name).read_text() for name in record} == record
