@@ -322,6 +322,23 @@ def test_an_output_root_that_is_not_a_writable_directory_is_refused_in_one_line(
     assert notes.read_text() == "my notes\n" and list(tmp_path.iterdir()) == [notes]
 
 
+def test_a_moved_output_root_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A root copied elsewhere holds its suites' absolute paths: refused in one line, exit 2, before the flow (it
+    stopped in prepare-data with a traceback, exit 1, which run_experiment3.sh retried); at home it runs."""
+    from exp3.occlusion.verify import moved_root
+
+    old, root = tmp_path / "old", tmp_path / "new"
+    suite = root / "suites" / "occ-x"
+    suite.mkdir(parents=True)
+    (suite / "test_clean.yaml").write_text(f"path: {old / 'suites' / 'occ-x' / 'test_clean'}\ntest: images\n")
+    bad = _flow(tmp_path, "--smoke", "--dry-run", "--set", f"output_root={root}")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr[-2000:]
+    assert f"output_root '{root}' was moved or copied from another place: suites/occ-x/test_clean.yaml points at " \
+           f"'{old / 'suites' / 'occ-x' / 'test_clean'}'" in bad.stderr
+    (suite / "test_clean.yaml").write_text(f"path: {suite / 'test_clean'}\ntest: images\n")
+    assert moved_root(root) is None
+
+
 def test_a_user_data_yaml_that_cannot_be_read_is_refused_before_the_flow(tmp_path: Path) -> None:
     """A missing data.yaml (or one without names) is refused in one line naming it, exit 2, before the flow starts:
     run_experiment3.sh retries a run that exits 1 (it ended in a ~79-line traceback), and the dry run said nothing."""

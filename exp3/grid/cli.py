@@ -92,6 +92,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
     """Refuse unknown names, missing weights, an unreadable data.yaml or a live root (2), then dry run, sanity check
     or `flow` (1: failed)."""
     # lazy: exp3.session.prepare loads numpy and the occlusion generator, which --help and a refused config never need
+    from exp3.occlusion.verify import moved_root
     from exp3.session.prepare import resolve_model_weights
 
     models, sessions = args.models, args.sessions
@@ -103,6 +104,8 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
             read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
         root = resolve_output_root(config)
+        if (moved := moved_root(root)) is not None:
+            raise ValueError(moved)
         mirror = mirror_for(config.mirror, root)  # overlapping the root, or a folder of the user's: refused here
         if mirror is not None and on_mirror_storage(root, mirror.path):
             print(f"WARNING exp3: mirror.path {mirror.path} is on the same disk as output_root {root} (is its drive "

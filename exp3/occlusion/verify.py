@@ -44,6 +44,22 @@ def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
+def moved_root(root: Path) -> str | None:
+    """One line when `root` (an output root) holds a suite or the embedded dataset whose yaml points outside it:
+    the root was moved or copied, and its yamls, manifests and session records hold the old absolute paths (the
+    flow would stop at the first suite, with a traceback). None otherwise."""
+    for path in sorted([*root.glob("suites/*/*.yaml"), *root.glob("data/*/data.yaml")]):
+        try:
+            pointed = Path(str(yaml.safe_load(path.read_text(encoding="utf-8"))["path"]))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+            continue  # not one of exp3's yamls: nothing to say
+        if pointed.is_absolute() and not pointed.resolve().is_relative_to(root.resolve()):
+            return (f"output_root {str(root)!r} was moved or copied from another place: {path.relative_to(root)} "
+                    f"points at {str(pointed)!r} (exp3 roots hold absolute paths): run at the old place, or start a "
+                    "new output_root")
+    return None
+
+
 def verify_occlusion_suite(suite_dir: Path) -> list[str]:
     """Check a suite or S2 train set against its manifest; return the problems (empty = intact).
 
