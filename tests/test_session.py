@@ -266,6 +266,9 @@ def test_the_flow_hashes_the_dataset_once(tmp_path: Path, tiny_data_yaml: Path, 
         (["--model", "yolov8n", "--session", "S1_clean_train", "--seed", "7"], "seed 7 is not in the config's seeds"),
         (["--model", "yolov8n", "--session", "S1_clean_train", "--set", "seeds=[1, 2]"],  # none given: seed 0
          "seed 0 is not in the config's seeds [1, 2]: add it or pick one"),
+        (["--model", "yolov8n", "--session", "S1_clean_train__seed3"], "seed 3 is not in the config's seeds [0]"),
+        (["--model", "yolov8n", "--session", "S1_clean_train__seed0", "--set", "seeds=[5]"],
+         "seed 0 is not in the config's seeds [5]"),
         (["--model", "yolov8n", "--session", "S1_clean_train", "--retry-batch", "0"],  # was AutoBatch, recorded as 0
          "--retry-batch 0 is no batch size: give N >= 1"),
         (["--model", "yolov8n", "--session", "S1_clean_train", "--retry-batch", "-1"], "--retry-batch -1 is no batch"),

@@ -55,7 +55,7 @@ from exp3.session.record import (
     write_record,
 )
 from exp3.session.runlock import LockBusy
-from exp3.sessions import Session, parse_session
+from exp3.sessions import UNNAMED_SEED, Session, parse_session, parse_session_selector
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS, VAL_SPLIT
 from exp3.train.integrations import missing_packages, session_integrations
 from exp3.train.offline import apply_offline_environment
@@ -261,10 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         if args.model not in config.models:
             raise ConfigError(f"unknown model {args.model!r}: configured models are {', '.join(config.models)}")
-        session = parse_session(args.session if "__" in args.session else f"{args.model}__{args.session}",
-                                [args.model])
-        if args.seed is not None or len(config.seeds) == 1:  # one seed: `--session S1_clean_train` is of it
-            session = Session(session.model, session.suffix, config.seeds[0] if args.seed is None else args.seed)
+        name = args.session if "__" in args.session else f"{args.model}__{args.session}"
+        session = parse_session(name, [args.model])
+        named = parse_session_selector(name, [args.model])[2]  # a `__seed<N>` tail as written (0 included)
+        seed = args.seed if args.seed is not None else named
+        if seed is None:  # none given: a one-seed config's seed, else seed 0
+            seed = config.seeds[0] if len(config.seeds) == 1 else UNNAMED_SEED
+        session = Session(session.model, session.suffix, seed)
         if session.training_seed not in config.seeds:
             raise ConfigError(f"seed {session.training_seed} is not in the config's seeds {list(config.seeds)}: "
                               "add it or pick one")
