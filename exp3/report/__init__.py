@@ -29,7 +29,7 @@ from exp3.report.coverage import CoverageReport
 from exp3.report.draws import ReportData
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
-from exp3.report.runs import _session_folders, discover_models, run_sessions, scan_sessions
+from exp3.report.runs import discover_models, run_sessions, scan_sessions, session_folders
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
 from exp3.session.plan import PLAN_FILENAME, read_plan
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, UNNAMED_SEED
@@ -168,7 +168,7 @@ def run_grid(root: Path, models: list[str] | None, seeds: list[int] | None,
                          f"config_resolved.yaml: pass models found there ({', '.join(known_models) or 'none'})")
     known_seeds = sorted({*(config.seeds if config else ()),
                           *(UNNAMED_SEED if seed is None else seed
-                            for model in found for _, seed, _ in _session_folders(root / model))})
+                            for model in found for _, seed, _ in session_folders(root / model))})
     if unknown_seeds := [seed for seed in seeds or [] if seed not in known_seeds]:
         raise ValueError(f"--seeds {unknown_seeds[0]}: no session folder of that seed under {str(root)!r} and not a "
                          f"seed of its config_resolved.yaml: pass seeds found there "

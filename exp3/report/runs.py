@@ -41,7 +41,7 @@ class SessionRun:
         return MetricsView.of(self.metrics)
 
 
-def _session_folders(model_dir: Path) -> list[tuple[str, int | None, Path]]:
+def session_folders(model_dir: Path) -> list[tuple[str, int | None, Path]]:
     """(suffix, seed, folder) of each `<model>__<suffix>[__seed<N>]` folder in `model_dir`, by name."""
     if not model_dir.is_dir():
         return []
@@ -53,7 +53,7 @@ def _session_folders(model_dir: Path) -> list[tuple[str, int | None, Path]]:
 def discover_models(root: Path) -> list[str]:
     """Models under `root`: every directory `<root>/<model>/` holding at least one `<model>__S*` session folder;
     KNOWN_MODEL_ORDER first, then the rest alphabetically."""
-    found = {child.name for child in root.iterdir() if _session_folders(child)} if root.is_dir() else set()
+    found = {child.name for child in root.iterdir() if session_folders(child)} if root.is_dir() else set()
     return [model for model in KNOWN_MODEL_ORDER if model in found] + sorted(found - set(KNOWN_MODEL_ORDER))
 
 
@@ -95,7 +95,7 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
     keys = read_plan(root)  # the inputs the last flow's config names: other results there are stale, not done
     runs: list[SessionRun] = []
     for model in models:
-        present = _session_folders(root / model)
+        present = session_folders(root / model)
         for suffix in (suffix for suffix in SESSION_SUFFIXES if suffix in sessions):
             folders = sorted(((seed, folder) for found, seed, folder in present if found == suffix),
                              key=lambda item: -1 if item[0] is None else item[0])
