@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"output root {str(args.root)!r} does not exist: pass --root of a run")
     if args.interval <= 0:
         parser.error(f"--interval must be positive, got {args.interval:g}")
+    if not (args.watch or RootLock(args.root).is_live() or (args.root / "config_resolved.yaml").is_file()
+            or any(map(_session_of, args.root.glob("*/*__*")))):  # --watch: a starting flow has made nothing yet
+        parser.error(f"{str(args.root)!r} holds no exp3 run (no config_resolved.yaml, no "
+                     "<model>/<model>__S1_clean_train/ ... folder): pass the output_root of a run")
     try:
         if args.watch:
             clear = "\033[2J\033[H" if sys.stdout.isatty() else ""  # a terminal: clear it, cursor home

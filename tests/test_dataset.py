@@ -93,6 +93,10 @@ def _stem_repeated_in_split(root: Path) -> None:
     shutil.copyfile(label_path_for(source), root / "labels" / "test" / "cam2" / f"{source.stem}.txt")
 
 
+def _test_without_labels(root: Path) -> None:
+    shutil.rmtree(root / "labels" / "test")
+
+
 def _missing_test(root: Path) -> None:
     spec = yaml.safe_load((root / "data.yaml").read_text())
     del spec["test"]
@@ -112,6 +116,7 @@ DEFECTS: dict[str, tuple[Callable[[Path], None], bool]] = {
     "image_id_shared_across_splits": (_shared_id, True),
     "image_id_repeated_in_split": (_stem_repeated_in_split, True),
     "missing_split": (_missing_test, True),
+    "no_boxes_in_split": (_test_without_labels, True),
 }
 
 
@@ -191,9 +196,69 @@ def test_a_split_lists_the_images_ultralytics_loads(dataset: Path, monkeypatch: 
     spec = yaml.safe_load(dataset.read_text())
     dataset.write_text(yaml.safe_dump({**spec, "train": str(listed)}))
     monkeypatch.chdir(dataset.parent)
-    theirs = sorted(str(Path(path).resolve()) for path in BaseDataset.get_img_files(loader, str(listed)))
+    theirs = sorted(str(Path(path).absolute()) for path in BaseDataset.get_img_files(loader, str(listed)))
     assert [str(path) for path in list_split_images(read_data_yaml(dataset), "train")] == theirs
     assert len(theirs) == 2 and theirs[0] != theirs[1]
+
+
+def test_symlinked_splits_and_folders_are_read_where_ultralytics_reads_them(dataset: Path, tmp_path: Path) -> None:
+    """Ultralytics resolves a split's path (symlinks too), looks for labels beside the resolved images and follows
+    symlinked folders inside a split. exp3 read a symlinked split's labels from the link's side (audit OK, then
+    S1 failed on "No labels found" and S2 chose its thresholds on a val split without boxes) and missed a symlinked
+    folder's images (S1 trained on 16 images, S2 on the 8 exp3 had listed)."""
+    from types import SimpleNamespace
+
+    from ultralytics.data.base import BaseDataset
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+    root = dataset.parent
+    store = tmp_path / "store"
+    shutil.move(root / "images" / "val", store / "images" / "val")         # the images elsewhere, labels left behind
+    (root / "images" / "val").symlink_to(store / "images" / "val")
+    extra = tmp_path / "more"
+    extra.mkdir()
+    for image in sorted((root / "images" / "test").glob("*.jpg"))[:2]:     # a symlinked folder inside train
+        shutil.copyfile(image, extra / f"more_{image.name}")
+    (root / "images" / "train" / "more").symlink_to(extra)
+    spec, theirs = read_data_yaml(dataset), check_det_dataset(str(dataset))
+    loader = SimpleNamespace(prefix="", fraction=1.0)
+    for split in ("train", "val"):
+        ours = [str(path) for path in list_split_images(spec, split)]
+        listed = BaseDataset.get_img_files(loader, theirs[split])
+        assert ours == listed and [str(label_path_for(Path(path))) for path in ours] == img2label_paths(listed)
+    assert sum("/more/" in path for path in listed) == 0 and len(list_split_images(spec, "train")) == 10
+    report = audit_dataset(dataset)
+    assert report.splits["val"]["instances"] == 0 and report.counts["no_boxes_in_split"] == 1 and report.blocking
+    assert report.splits["train"]["images"] == 10
+
+
+@pytest.mark.parametrize(("lines", "needle"), [
+    (["./images/test/{0}", "./images/test/missing.jpg"], "line 2 ('./images/test/missing.jpg') names no file"),
+    (["./images/test/{0}", "", "./images/test/{0}"], "line 3 ('./images/test/{0}') repeats line 1"),
+])
+def test_a_list_naming_a_missing_or_repeated_image_is_one_line(dataset: Path, lines: list[str], needle: str) -> None:
+    """A missing entry crashed the audit with a traceback (sha256 of no file); a repeated one was scored twice."""
+    first = sorted((dataset.parent / "images" / "test").glob("*.jpg"))[0].name
+    listed = dataset.parent / "test.list"                               # any file is a list to Ultralytics
+    listed.write_text("\n".join(line.format(first) for line in lines) + "\n")
+    dataset.write_text(yaml.safe_dump({**yaml.safe_load(dataset.read_text()), "test": "test.list"}))
+    with pytest.raises(DatasetError, match=f"list '{listed}' {needle.format(first)}".replace("(", r"\(")
+                       .replace(")", r"\)").replace("'", "'").replace(".", r"\.")):
+        list_split_images(read_data_yaml(dataset), "test")
+    report = audit_dataset(dataset)
+    assert report.blocking and report.counts == {"missing_split_source": 1}
+    listed.write_text(f"./images/test/{first}\n")
+    assert [path.name for path in list_split_images(read_data_yaml(dataset), "test")] == [first]
+
+
+def test_the_audits_warnings_reach_the_flow(dataset: Path, tmp_path: Path) -> None:
+    """They were in audits/audit-*.json only: the flow logs `AuditedData.warnings` (flows/exp3.py, audit-dataset)."""
+    from exp3.dataset.audit import audit_once
+
+    _delete_label(dataset.parent)
+    audited = audit_once(dataset, tmp_path)
+    assert len(audited.warnings) == 1 and audited.warnings[0].startswith("warning: image_without_label: 1 (e.g. ")
+    assert audit_once(dataset, tmp_path).warnings == audited.warnings  # the cached audit says the same
 
 
 def test_audit_cached_under_older_rules_is_done_again(dataset: Path, tmp_path: Path) -> None:

@@ -64,6 +64,20 @@ def test_an_image_the_validator_skips_is_a_clear_error_not_a_smaller_split(tiny_
                        batch=4, device="cpu", plots=False)
 
 
+def test_an_image_scored_that_exp3_does_not_list_is_a_clear_error(tiny_yolo_checkpoint: Path, writable_data_yaml: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other direction: a split whose listing differs from Ultralytics' (a symlinked folder exp3 once missed)
+    scored images the audit never saw; now the evaluation stops instead."""
+    from exp3.evaluate import evaluation
+
+    listed = evaluation.list_split_images
+    monkeypatch.setattr(evaluation, "list_split_images", lambda spec, split: listed(spec, split)[1:])
+    with pytest.raises(ValueError, match=r"scored 1 images of test that exp3 does not list"):
+        evaluate_split(tiny_yolo_checkpoint, writable_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
+                       batch=4, device="cpu", plots=False)
+
+
 # ------------------------------------------------------------------ a model that really detects
 
 def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluation, trained_yolo_checkpoint: Path,

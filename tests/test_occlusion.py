@@ -564,6 +564,11 @@ def test_polygon_label_becomes_its_box_and_bad_rows_fail(tmp_path: Path) -> None
     label.write_text("1 0.1 0.2 0.5 0.2 0.5 0.8 0.1\n")
     with pytest.raises(OcclusionError, match="line 1: 8 values: a polygon needs an even number"):
         _scan_split(data_yaml, "test")
+    label.write_text("1 -0.0000005 0.2 0.5 0.2 0.5 0.8\n")  # the audit's (and Ultralytics') rounding slack
+    assert _scan_split(data_yaml, "test")[1][0].labels[0][0] == 1
+    label.write_text("1 -0.05 0.2 0.5 0.2 0.5 0.8\n")
+    with pytest.raises(OcclusionError, match="line 1: coordinates must be normalised"):
+        _scan_split(data_yaml, "test")
 
 
 def test_undecodable_image_fails_the_build_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -134,6 +134,19 @@ def test_a_missing_root_or_a_bad_interval_says_the_fix(tmp_path: Path, capsys: p
         assert exit_info.value.code == 2 and fix in capsys.readouterr().err
 
 
+def test_a_folder_that_holds_no_run_is_refused_not_shown_as_an_empty_grid(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped --root (the parent `runs/`, a model folder) read as "nothing ran"; now one line, exit 2."""
+    (tmp_path / "runs" / "yolov8m").mkdir(parents=True)
+    (tmp_path / "runs" / "notes.md").write_text("mine\n")
+    for root in (tmp_path / "runs", tmp_path / "runs" / "yolov8m"):
+        with pytest.raises(SystemExit) as exit_info:
+            status.main(["--root", str(root)])
+        assert exit_info.value.code == 2 and "holds no exp3 run" in capsys.readouterr().err
+    status.main(["--root", str(tmp_path / "runs"), "--watch", "--interval", "0.01"])  # a starting flow: shown
+    assert "no live run" in capsys.readouterr().out
+
+
 def test_a_grid_of_several_seeds_is_shown_seed_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two seeds: every session is listed once per seed, under the folder names the flow writes (seed 0's without a
     seed part, `__seed1`), from the run's config_resolved.yaml and, for sessions run by hand, from the folders found."""

@@ -5,6 +5,7 @@ What a split and its labels may be (Ultralytics' rules): docs/occlusion.md, "Inp
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -82,18 +83,27 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
                                "absolute path, or run from the yaml's folder")
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} (from 'path:' in {yaml_path.name}) does not exist: fix 'path:'")
+    root = root.resolve()
     splits: dict[str, list[Path]] = {}
     for split in SOURCE_SPLITS:
         value = data.get(split)
         if value in (None, ""):
             continue
         entries = value if isinstance(value, list) else [value]
-        splits[split] = [Path(str(entry)) if Path(str(entry)).is_absolute() else root / str(entry) for entry in entries]
+        splits[split] = [_split_source(root, str(entry), alone=not isinstance(value, list)) for entry in entries]
     names = _names_list(data.get("names"), yaml_path)
     if "nc" in data and data["nc"] != len(names):  # Ultralytics refuses it in every session, after the suites are built
         raise DatasetError(f"{str(yaml_path)!r}: 'nc: {data['nc']}' but 'names' lists {len(names)} classes: "
                            f"set nc: {len(names)} or remove 'nc:'")
     return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=names)
+
+
+def _split_source(root: Path, entry: str, alone: bool) -> Path:
+    """A split's folder or list as Ultralytics' `check_det_dataset` makes it, so that both read the same images and
+    labels: joined to the root and resolved, symlinks too (labels are looked for beside the resolved images); a lone
+    `../x` that does not exist is read as `x`."""
+    source = (root / entry).resolve()
+    return (root / entry[3:]).resolve() if alone and not source.exists() and entry.startswith("../") else source
 
 
 def label_path_for(image_path: Path) -> Path:
@@ -113,20 +123,40 @@ def list_split_images(spec: DataSpec, split: str) -> list[Path]:
         raise DatasetError(f"{str(spec.yaml_path)!r} has no '{split}:' split: add it (exp3 needs train, val and test)")
     images: list[Path] = []
     for source in spec.splits[split]:
-        if source.is_dir():
-            images.extend(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                          and not any(part.startswith(".") for part in p.relative_to(source).parts))
-        elif source.is_file() and source.suffix == ".txt":
-            # read as Ultralytics reads a list: `./x` from the list's folder, another relative entry from the
-            # working directory
-            lines = [line.strip() for line in source.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-            entries = [Path(line) if Path(line).is_absolute() else
-                       (source.parent / line[2:] if line.startswith("./") else Path(line)).resolve() for line in lines]
-            images.extend(entry for entry in entries if entry.suffix.lower() in IMAGE_SUFFIXES)
+        if source.is_dir():  # Ultralytics' glob: symlinked folders followed, hidden files and folders left out
+            images.extend(Path(p) for p in glob.glob(str(Path(glob.escape(source)) / "**" / "*.*"), recursive=True)
+                          if Path(p).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(p))
+        elif source.is_file():
+            images.extend(_listed_images(source, split))
         else:
             raise DatasetError(
                 f"split '{split}' source {str(source)!r} does not exist: fix '{split}:' in {spec.yaml_path.name}")
     return sorted(images)
+
+
+def _listed_images(source: Path, split: str) -> list[Path]:
+    """The images of a list file, read as Ultralytics reads one (`./x` from the list's folder, another relative
+    entry from the working directory); `DatasetError` for a file that is no text, a line naming no file, or one
+    named twice (Ultralytics would skip the first as corrupt and score the second twice)."""
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as error:
+        raise DatasetError(f"split '{split}' source {str(source)!r} is neither a folder nor a list of image paths "
+                           f"({type(error).__name__}): point '{split}:' at a folder of images or a text file of paths")
+    first_line: dict[Path, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not (line := line.strip()):
+            continue
+        entry = (source.parent / line[2:] if line.startswith("./") else Path(line)).absolute()
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        where = f"split '{split}' list {str(source)!r} line {number} ({line!r})"
+        if not entry.is_file():
+            raise DatasetError(f"{where} names no file: restore the image or remove the line")
+        if entry in first_line:
+            raise DatasetError(f"{where} repeats line {first_line[entry]}: remove the repeated line")
+        first_line[entry] = number
+    return list(first_line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +175,7 @@ class Problem:
 
 BLOCKING_KINDS: dict[str, str] = {
     "missing_split": "add the split to data.yaml (exp3 evaluates on test and selects checkpoints on val)",
-    "missing_split_source": "fix the split's path in data.yaml",
+    "missing_split_source": "fix the split's entry in data.yaml, or the list file it names",
     "empty_split": "put images in the split or point it at the right folder",
     "class_id_out_of_range": "fix the label or add the class to 'names'",
     "malformed_label_line": "each line must be a box 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...'",
@@ -157,12 +187,15 @@ BLOCKING_KINDS: dict[str, str] = {
                                      "lacks its end marker in place, changing the dataset under a running grid",
     "image_not_8_bit": "convert it to 8 bits per channel as Ultralytics reads it (e.g. cv2.imwrite(p, cv2.imread(p))): "
                        "Ultralytics scales a 16-bit or float image to 8 bits, while the occluded copies would clip it",
-    "image_id_shared_across_splits": "rename or move the image so each id lives in one split (leakage)",
+    "no_boxes_in_split": "label the split's images (a labels/ folder beside images/, see docs/occlusion.md): with no "
+                         "box, every session would score a perfect F1 on nothing",
+    "image_id_shared_across_splits": "rename the image so each id (file stem) lives in one split: the occluded copies "
+                                     "and the predictions are keyed by it",
     "image_id_repeated_in_split": "rename one (e.g. cam2_0001.jpg): an image's id is its file stem, unique in its "
                                   "split (predictions, occluded copies and paired statistics are keyed by it)",
     "duplicate_image_across_splits": "remove the duplicate: the same picture in two splits leaks test data",
 }
-AUDIT_RULES = 4
+AUDIT_RULES = 5
 """Version of the audit's checks, in its cache file's name: a dataset audited under older rules is audited again."""
 WARNING_KINDS: dict[str, str] = {
     "image_without_label": "fine for background images; otherwise add its label file",
@@ -301,6 +334,9 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
                 if label not in image_labels:
                     report.problems.append(Problem("label_without_image", split,
                                                    os.path.relpath(label, spec.root), "no image with this stem"))
+        if images and not stats["instances"]:
+            report.problems.append(Problem("no_boxes_in_split", split, "",
+                                           f"{len(images)} images, {stats['labelled_images']} label files, no box"))
         stats["instances_per_class"] = {spec.names[k] if 0 <= k < len(spec.names) else str(k): v
                                         for k, v in sorted(stats["instances_per_class"].items())}
         report.splits[split] = stats
@@ -331,6 +367,8 @@ class AuditedData(BaseModel):
 
     data_yaml: str
     fingerprint: str
+    warnings: tuple[str, ...] = ()
+    """The audit's warning lines (`AuditReport.summary_lines`): the flow logs them."""
 
 
 def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedData:
@@ -353,4 +391,5 @@ def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedDat
         errors = [line for line in report["summary_lines"] if line.startswith("error")]
         raise DatasetError(f"dataset {str(spec.yaml_path)!r} fails the audit: {' | '.join(errors)} "
                            f"(full report: python -m exp3.dataset audit --data {spec.yaml_path})")
-    return AuditedData(data_yaml=str(data_yaml), fingerprint=fingerprint)
+    return AuditedData(data_yaml=str(data_yaml), fingerprint=fingerprint,
+                       warnings=tuple(line for line in report["summary_lines"] if line.startswith("warning")))

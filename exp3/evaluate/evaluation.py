@@ -252,7 +252,12 @@ def evaluate_split(
     finished = captured["validator"]
     stages.validator_s = time.perf_counter() - start - finished.recording_s
     listed = {image.stem for image in list_split_images(read_data_yaml(split_yaml), split)}
-    skipped = sorted(listed - {record["image_id"] for record in finished.records})
+    scored = {record["image_id"] for record in finished.records}
+    skipped, unlisted = sorted(listed - scored), sorted(scored - listed)
+    if unlisted:
+        raise ValueError(f"Ultralytics' validator scored {len(unlisted)} images of {split} that exp3 does not list in "
+                         f"{split_yaml} (e.g. {unlisted[0]!r}): the numbers would not be of the audited images; "
+                         "report this as a bug with the split's layout")
     if skipped:                 # Ultralytics' loader drops an image it cannot read with one log line, and goes on
         raise ValueError(f"Ultralytics' validator skipped {len(skipped)} of the {len(listed)} images of {split} in "
                          f"{split_yaml} (e.g. {skipped[0]!r}; its log says why): re-save them as JPEG or PNG of at "

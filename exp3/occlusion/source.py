@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from exp3.dataset.audit import DatasetError, DataSpec, label_path_for, list_split_images, read_data_yaml
-from exp3.dataset.labels import parse_label_text
+from exp3.dataset.labels import box_in_bounds, parse_label_text
 from exp3.fileio import canonical_json, sha256_bytes, sha256_file
 from exp3.occlusion import OcclusionError
 
@@ -44,8 +44,9 @@ def _parse_yolo_labels(
         if not 0 <= row.class_id < num_classes:
             raise OcclusionError(f"{where}: class id {row.class_id} is not in names (0..{num_classes - 1}): "
                                  "fix the label or add the class to names")
-        if min(row.coords) < 0.0 or max(row.coords) > 1.0:
-            raise OcclusionError(f"{where}: coordinates must be normalised to [0, 1]: divide by the image width/height")
+        if not box_in_bounds(row):  # the audit's rule, with its slack for rounding
+            raise OcclusionError(f"{where}: coordinates must be normalised to [0, 1] with width and height > 0: "
+                                 "divide by the image width/height")
     return tuple((row.class_id, *row.box) for row in rows)
 
 
