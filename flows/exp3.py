@@ -33,6 +33,7 @@ from exp3.schema import PreparedData  # noqa: E402
 from exp3.session.layout import SessionState  # noqa: E402
 from exp3.session.plan import planned_keys, select_sessions, write_plan  # noqa: E402
 from exp3.session.runlock import RootLock  # noqa: E402
+from exp3.train.integrations import missing_packages  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the slots (`gpus`, `parallel_sessions`)
 
@@ -43,7 +44,10 @@ def audit_task(config: ExperimentConfig) -> AuditedData:
     from exp3.dataset.audit import audit_once
     from exp3.session.prepare import dataset_yaml
 
-    return audit_once(dataset_yaml(config, config.output_root), config.output_root / "audits")
+    audited = audit_once(dataset_yaml(config, config.output_root), config.output_root / "audits")
+    for line in audited.warnings:
+        get_run_logger().warning(f"dataset audit: {line}")
+    return audited
 
 
 @task(name="resolve-weights")
@@ -136,6 +140,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     grid = select_sessions(config, models, sessions)
     model_names = list(dict.fromkeys(s.model for s in grid))
     mirror_for(config.mirror, root)  # a mirror overlapping the root, or a folder of the user's: refused first
+    if config.integrations and not fan_out_deployment and (missing := missing_packages(config.integrations)):
+        raise ValueError(missing)  # sessions run here: each would fail alike, after the data is prepared
     with RootLock(root, command="exp3 flow") as lock:
         if lock.took_over:
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
@@ -168,7 +174,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         problems.append(f"{len(not_run)} not run (failed before, or after a failure with failure.policy 'stop'): "
                         f"{', '.join(not_run)}")
     if problems:
-        raise RuntimeError(f"{'; '.join(problems)} (FAILED markers under {root}; fix and re-run with --rerun-failed)")
+        raise RuntimeError(f"{'; '.join(problems)} (each FAILED line above says why; fix and re-run with "
+                           "--rerun-failed)")
     return results
 
 

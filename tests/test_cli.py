@@ -106,6 +106,28 @@ def test_a_mirror_on_the_output_roots_own_disk_is_warned_about(capsys: pytest.Ca
     assert "WARNING exp3: mirror.path" in capsys.readouterr().out.splitlines()[0]
 
 
+def test_an_integration_not_installed_is_refused_before_any_flow(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was found per session, after the data was prepared: every session failed alike, and the run rewrote the
+    root's config_resolved.yaml and plan.json and built an empty report."""
+    monkeypatch.setattr("exp3.train.integrations.find_spec", lambda name: None)
+    config, args = config_from_args(["--smoke", "--set", f"output_root={tmp_path}", "--set", "integrations=[mlflow]"])
+    assert run(config, args, lambda **_: pytest.fail("the flow must not start")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: integrations ['mlflow'] are configured but not installed") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_mlflow_beside_a_mirror_warns_that_its_store_stays_local(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config, args = config_from_args(["--smoke", "--dry-run", "--set", f"output_root={tmp_path / 'root'}",
+                                     "--set", f"mirror.path={tmp_path / 'mirror'}", "--set", "integrations=[mlflow]"])
+    assert run(config, args, lambda **_: pytest.fail("no flow on a dry run")) == 0
+    assert f"WARNING exp3: MLflow's store {tmp_path / 'root' / 'mlruns'} stays on this machine" in \
+        capsys.readouterr().out
+
+
 def test_sanity_runs_and_dry_runs_what_the_user_chose(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """`--set output_root` wins over the sanity default, `--models` chooses the model; the dry run lists the grid
     the sanity check runs (it listed rtdetr-l's 6 sessions while the run took yolov8m's 2 under runs/exp3-sanity)."""

@@ -11,6 +11,7 @@ metric), rtdetr-l's fails (S2 - S1 = 0.01).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from test_gap import write_session
 from test_plots import colour_scales
 
 from exp3 import report
+from exp3.fileio import sha256_file
 from exp3.report import curves, plots
 from exp3.report.runs import SessionRun, scan_sessions
 from exp3.session.layout import SessionState
@@ -47,6 +49,12 @@ def write_results_csv(folder: Path, map50_95: list[float], columns: tuple[str, .
                                        value + 0.2, value, 2.0, 1.0, 1.0, 0.001, 0.001, 0.001)).rstrip(",")
             for epoch, value in enumerate(map50_95, start=1)]
     path.write_text(",".join(columns) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    if (metrics_path := folder / "metrics.json").is_file():  # a done session's record says as many epochs trained
+        metrics = json.loads(metrics_path.read_text())
+        metrics["training"]["epochs_completed"] = len(map50_95)
+        metrics_path.write_text(json.dumps(metrics))
+        done = json.loads((folder / "DONE").read_text())
+        (folder / "DONE").write_text(json.dumps({**done, "metrics_sha256": sha256_file(metrics_path)}))
     return path
 
 
@@ -186,6 +194,40 @@ def test_a_partial_grid_draws_what_exists_and_names_the_rest(tmp_path: Path) -> 
     spec = plots.training_curve_chart(found.of("yolov8n")[0], "t").to_dict()     # S1 and S3 keep their colours
     assert colour_scales(spec, "session_label") == [{"S1 clean": plots.SESSION_PALETTE[0],
                                                      "S3 mask backbone-early": plots.SESSION_PALETTE[2]}] * 3
+
+
+def test_a_results_csv_short_of_the_epochs_trained_is_named_not_drawn(tmp_path: Path) -> None:
+    """A row lost (a mirror copy of results.csv older than its last.pt) or cut: the curve was drawn and judged as
+    if whole ("too few epochs (1)", best epoch 2 of 1); now it is not drawn, and the section says why."""
+    root = tmp_path / "root"
+    for suffix in ("S1_clean_train", "S2_occ_train"):
+        write_session(root / "yolov8n" / f"yolov8n__{suffix}", "yolov8n", suffix, (80, 40))
+        write_results_csv(root / "yolov8n" / f"yolov8n__{suffix}", RISING)
+    cut = root / "yolov8n" / "yolov8n__S2_occ_train" / "train" / "results.csv"
+    lines = cut.read_text().splitlines(keepends=True)
+    cut.write_text("".join(lines[:4] + lines[5:]))                                      # epoch 4's row lost
+    found = curves.training_curves(scan_sessions(root, ["yolov8n"]), ["yolov8n"])
+    assert set(found.frame["session"]) == {"S1_clean_train"}
+    assert found.missing["yolov8n"][0] == "S2 (train/results.csv holds 9 complete epoch rows, 10 were trained)"
+
+
+def test_a_curve_flat_at_zero_learned_nothing_and_is_never_called_converged(tmp_path: Path) -> None:
+    """A 3-epoch smoke run read "not for want of epochs" of models that detected nothing at any epoch."""
+    assert curves.convergence([1, 2, 3], [0.0, 0.0, 0.0]).reading == curves.NOTHING_LEARNED
+    assert curves.convergence([1, 2, 3], [0.0, 0.0004, 0.0002]).reading == curves.NOTHING_LEARNED
+    assert curves.convergence([1, 2, 3, 4], [0.0, 0.002, 0.001, 0.001]).reading == curves.NOT_RISING
+    root = tmp_path / "root"
+    for suffix in ("S1_clean_train", "S2_occ_train"):
+        write_session(root / "yolov8n" / f"yolov8n__{suffix}", "yolov8n", suffix, (80, 40))
+        write_results_csv(root / "yolov8n" / f"yolov8n__{suffix}", [0.0, 0.0, 0.0])
+    found = curves.training_curves(scan_sessions(root, ["yolov8n"]), ["yolov8n"])
+    sentence = curves.convergence_sentence(found, "yolov8n")
+    assert "not for want of epochs" not in sentence and "learned nothing" in sentence
+    assert "Nothing learned (val mAP50-95 < 0.001 at every epoch): S1, S2: train longer" in sentence
+    assert list(curves.convergence_markdown_table(found.table)["reading"]) == ["**nothing learned** (< 0.001 "
+                                                                              "throughout)"] * 2
+    axis = plots.training_curve_chart(found.of("yolov8n")[0], "t").to_dict()["spec"]["layer"][0]["encoding"]["x"]
+    assert axis["axis"]["values"] == [1, 2, 3]                     # not ticks at 1.5 and 2.5 labelled "2" and "3"
 
 
 # ----------------------------------------------------------------------------- the report

@@ -63,9 +63,9 @@ def _run_session(base: Path, data_yaml: Path, integrations: list[str], epochs: i
 @pytest.fixture(scope="module")
 def sessions(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """{"on": root of a session with [tensorboard, mlflow], "off": root of one with [], "cwd": the directory both
-    ran from (MLflow's default store would land there), "written": settings file -> (inode, mtime) as the runner
+    ran from (MLflow's default store would land there), "home": their $HOME, "written": settings file -> (inode, mtime) as the runner
     left it before the session started}."""
-    cwd = tmp_path_factory.mktemp("cwd")
+    cwd, home = tmp_path_factory.mktemp("cwd"), tmp_path_factory.mktemp("home")
     written: dict[Path, tuple[int, int]] = {}
 
     def write_and_note(config_dir: str, integrations: tuple[str, ...] | None) -> Path:
@@ -77,10 +77,11 @@ def sessions(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         for name in NOT_IN_TESTS:
             patch.delenv(name, raising=False)
         patch.chdir(cwd)
+        patch.setenv("HOME", str(home))
         patch.setattr("exp3.grid.runner.write_ultralytics_settings", write_and_note)
         on = _run_session(tmp_path_factory.mktemp("on"), tiny_data_yaml, ["tensorboard", "mlflow"], EPOCHS)
         off = _run_session(tmp_path_factory.mktemp("off"), tiny_data_yaml, [], 1)
-    return {"on": on, "off": off, "cwd": cwd, "written": written}
+    return {"on": on, "off": off, "cwd": cwd, "home": home, "written": written}
 
 
 def _results_csv(root: Path) -> list[dict[str, float]]:
@@ -135,6 +136,13 @@ def test_mlflow_run_named_after_the_session_in_the_roots_local_store(sessions: d
         assert _close(by_step[int(row["epoch"]) - 1], row["metrics/mAP50-95(B)"]), (by_step, row)
     artifacts = {entry.path for entry in client.list_artifacts(runs[0].info.run_id)}
     assert {"weights", "results.csv"} <= artifacts  # Ultralytics' callback logs the run's files as well
+
+
+def test_mlflow_telemetry_stays_off(sessions: dict) -> None:
+    """MLflow 3 calls home (config.mlflow-telemetry.io) from every process that logs, unless told not to, and notes
+    its installation in $HOME: exp3's sessions run with MLFLOW_DISABLE_TELEMETRY and DO_NOT_TRACK."""
+    assert (sessions["on"] / MLFLOW_STORE).is_dir()  # MLflow did log
+    assert not (sessions["home"] / ".config" / "mlflow").exists()
 
 
 def test_no_integration_writes_anything_with_an_empty_list(sessions: dict) -> None:

@@ -32,6 +32,7 @@ def _session(root: Path, done: bool, key: str = KEY) -> SessionPaths:
     (paths.logs / "train.log").write_text("==== exp3 train yolov8n__S1_clean_train ====\n")
     (paths.run_dir / ".last.pt.tmp").write_bytes(b"torso of a killed save")
     (weights / "last.pt.superseded-20261206-050000").write_bytes(os.urandom(1000))  # set aside: stays local
+    (weights / "last.pt.other-batch-20261206-050000").write_bytes(os.urandom(1000))  # an OOM retry's: stays local
     if done:
         (paths.folder / "weights").mkdir()
         os.link(weights / "best.pt", paths.folder / "weights" / "best.pt")
@@ -65,6 +66,18 @@ def test_a_done_session_goes_up_without_redundant_checkpoints(tmp_path: Path) ->
     assert (tmp_path / "trash").stat().st_size == 0  # truncated before it was removed
     assert SessionPaths(held).is_done(KEY)
     assert describe(mirror.path).startswith(f"mirror {mirror.path}: 1 sessions done, 0 unfinished")
+
+
+def test_the_checkpoints_go_up_before_the_results_csv_a_resume_reads(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """results.csv first, then an epoch ends, then last.pt: the restored last.pt would hold an epoch the restored
+    results.csv lacks, a row lost for good after the resume (the report then drew no curve for the session)."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    pushed: list[str] = []
+    monkeypatch.setattr(Mirror, "_push", lambda self, file: pushed.append(file.name))
+    mirror.push_checkpoint(paths)
+    assert pushed[:2] == ["best.pt", "last.pt"] and "results.csv" in pushed[2:]
 
 
 def test_a_replaced_file_is_truncated_first_and_an_unchanged_one_is_not_copied_again(tmp_path: Path) -> None:

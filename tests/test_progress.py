@@ -68,6 +68,18 @@ def test_rtdetr_losses_half_written_line_and_resumed_clock(tmp_path: Path) -> No
     assert format_epoch_line("s", bare) == "s: epoch 1/? no train losses | val mAP50 - mAP50-95 - | -/epoch, ETA -"
 
 
+def test_an_epoch_repeated_by_a_resume_counts_once_and_a_file_of_no_text_gives_no_epochs(tmp_path: Path) -> None:
+    """After kill -9 and a resume, results.csv holds epoch 2 twice: the live view logged it twice and its progress
+    read 125 %; a results.csv that is no UTF-8 text stopped the report and `exp3.status` with a traceback."""
+    resumed = YOLO_CSV.replace("\n3,", "\n2,", 1) + YOLO_CSV.splitlines()[-1] + "\n"  # 1, 2, 2 (resumed), 3
+    epochs = epoch_progress(results_rows(_session(tmp_path / "a", resumed)), epochs_total=3)
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert epochs[1].map50_95 == pytest.approx(0.25101)  # the later row of epoch 2: the one the checkpoints hold
+    garbled = _session(tmp_path / "b", "")
+    garbled.results_csv.write_bytes(b"\xff\xfe\x00garbage")
+    assert results_rows(garbled) == []
+
+
 def test_result_lines_from_metrics_json(tmp_path: Path) -> None:
     metrics = {"splits": {"test_clean": {"map50": 0.7021, "ingredient": {"micro": {"f1": 0.8123}}},
                           "test_occ_fixed": {"map50": 0.5111, "ingredient": {"micro": {"f1": 0.64}}}}}

@@ -73,8 +73,12 @@ def test_an_out_of_memory_retry_at_another_batch_trains_from_the_start(
     with _extra_callbacks(monkeypatch, {"on_model_save": [out_of_memory]}), pytest.raises(torch.OutOfMemoryError):
         run_training(plan, tmp_path / "logs")
     retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})  # as plan_training(retry_batch=2)
+    events = Path(plan.run_dir) / "events.out.tfevents.1765000000.host.1.0"  # as TensorBoard's callback names it
+    events.write_bytes(b"the first attempt's epochs")
     outcome = run_training(retry, tmp_path / "logs")
     assert outcome.resumed_from_epoch is None and outcome.info["start_epoch"] == 0
+    (superseded,) = Path(plan.run_dir).glob("tensorboard.superseded-*/events.out.tfevents.*")  # not merged with these
+    assert superseded.read_bytes() == b"the first attempt's epochs" and not events.exists()
     assert outcome.info["ran"]["batch"] == 2 and outcome.info["epochs_completed"] == 2
     (aside,) = plan.last_pt.parent.glob("last.pt.other-batch-*")
     assert torch.load(aside, map_location="cpu", weights_only=False)["train_args"]["batch"] == 4  # kept, not resumed

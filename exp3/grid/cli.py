@@ -21,6 +21,7 @@ from exp3.session.plan import select_sessions
 from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
 from exp3.status import grid_status
+from exp3.train.integrations import MLFLOW_STORE, missing_packages
 from exp3.train.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,12 +102,18 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
     try:  # names, weights and the user's data.yaml before anything runs
         grid = select_sessions(config, models, sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
+        if config.integrations and (missing := missing_packages(config.integrations)) is not None:
+            raise ValueError(missing)  # else every session fails alike, after the data is prepared
         if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
             read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
         root = resolve_output_root(config)
         if (moved := moved_root(root)) is not None:
             raise ValueError(moved)
         mirror = mirror_for(config.mirror, root)  # overlapping the root, or a folder of the user's: refused here
+        if mirror is not None and "mlflow" in config.integrations and not os.environ.get("MLFLOW_TRACKING_URI"):
+            print(f"WARNING exp3: MLflow's store {root / MLFLOW_STORE} stays on this machine: mirror.path does not "
+                  "copy it, and sessions brought back from the mirror do not log again (set MLFLOW_TRACKING_URI to a "
+                  "server to keep the runs)", flush=True)
         if mirror is not None and on_mirror_storage(root, mirror.path):
             print(f"WARNING exp3: mirror.path {mirror.path} is on the same disk as output_root {root} (is its drive "
                   "mounted?): a lost machine loses both copies", flush=True)

@@ -27,8 +27,11 @@ MIN_WINDOW = 3
 """Fewest epochs the "still rising" slope is fitted over: a slope of two points is the last step's noise."""
 WINDOW_FRACTION = 0.2
 """Share of the epochs the slope is fitted over, so the window grows with the budget (10 of 50, 60 of 300)."""
-STILL_RISING, NOT_RISING, TOO_FEW = "still rising", "not rising", "too few epochs"
+STILL_RISING, NOT_RISING, TOO_FEW, NOTHING_LEARNED = "still rising", "not rising", "too few epochs", "nothing learned"
 """The readings of a session's curve (CONVERGENCE_COLUMNS' `reading`)."""
+LEARNED_FLOOR = 0.001
+"""A curve whose val mAP50-95 stays below this at every epoch learned nothing the report can show (it prints 0.000):
+it is NOTHING_LEARNED, never "not rising"."""
 MAP_QUANTITY = "val mAP50-95"
 """The panel of the fitness best.pt is chosen by."""
 CURVE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "seeds", "mark", "quantity", "epoch", "value",
@@ -44,12 +47,25 @@ CONVERGENCE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "se
 
 
 def run_epochs(run: SessionRun) -> list[EpochProgress]:
-    """The epochs of a done run's results.csv ([] when not done or without one). A row repeated by a resume (the
-    epoch written just before a kill, trained again) counts once: the later row, the one its checkpoints hold."""
+    """The epochs of a done run's results.csv: [] when not done, or when they are not the epochs 1..N its
+    metrics.json says were trained (a row lost or cut, a file that is no text: `why_not_drawn` names it)."""
     if run.status != SessionState.DONE:
         return []
-    by_epoch = {progress.epoch: progress for progress in epoch_progress(results_rows(SessionPaths(run.folder)), None)}
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    epochs = epoch_progress(results_rows(SessionPaths(run.folder)), None)
+    trained = ((run.metrics or {}).get("training") or {}).get("epochs_completed")
+    complete = not isinstance(trained, int) or [epoch.epoch for epoch in epochs] == list(range(1, trained + 1))
+    return epochs if complete else []
+
+
+def why_not_drawn(run: SessionRun) -> str:
+    """Why a run has no curve (`run_epochs` gave none)."""
+    if run.status != SessionState.DONE:
+        return str(run.status)
+    if not SessionPaths(run.folder).results_csv.is_file():
+        return "no train/results.csv"
+    read = len(epoch_progress(results_rows(SessionPaths(run.folder)), None))
+    trained = ((run.metrics or {}).get("training") or {}).get("epochs_completed")
+    return f"train/results.csv holds {read} complete epoch rows, {trained} were trained"
 
 
 def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
@@ -92,11 +108,14 @@ class Convergence:
 
 
 def convergence(epochs: Sequence[int], values: Sequence[float]) -> Convergence:
-    """STILL_RISING, NOT_RISING or TOO_FEW (fewer than MIN_WINDOW epochs with a value) for one curve."""
+    """STILL_RISING, NOT_RISING, NOTHING_LEARNED (below LEARNED_FLOOR throughout) or TOO_FEW (fewer than MIN_WINDOW
+    epochs with a value) for one curve."""
     points = [(epoch, value) for epoch, value in zip(epochs, values) if math.isfinite(value)]
     best = best_epoch(*zip(*points)) if points else None
     if len(points) < MIN_WINDOW:
         return Convergence(TOO_FEW, len(points), best)
+    if max(value for _, value in points) < LEARNED_FLOOR:
+        return Convergence(NOTHING_LEARNED, len(points), best)
     x, y = (np.array(column, dtype=float) for column in zip(*points[-window_size(len(points)):]))
     slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
     rising = slope > 0 and best is not None and best >= x[0]
@@ -200,8 +219,8 @@ def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves
                                for progress in epochs[run.folder] for name in progress.losses)
         loss_name = f"train loss ({' + '.join(losses)})" if losses else "train loss"  # train loss (box + cls + dfl)
         missing[model] = [f"{short_session(run.suffix)}{f' seed {run.seed}' if len(group) > 1 else ''} "
-                          f"({'no train/results.csv' if run.status == SessionState.DONE else run.status})"
-                          for group in grouped.values() for run in group if not epochs[run.folder]]
+                          f"({why_not_drawn(run)})" for group in grouped.values() for run in group
+                          if not epochs[run.folder]]
         model_records = []
         for suffix, group in drawn.items():
             if group:
@@ -247,7 +266,8 @@ def chart_subtitle(table: pd.DataFrame, missing: list[str]) -> list[str]:
 
 def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
     """report.md's table of one model: one row per session with a curve, formatted."""
-    readings = {STILL_RISING: f"**{STILL_RISING}**", NOT_RISING: NOT_RISING}
+    readings = {STILL_RISING: f"**{STILL_RISING}**", NOT_RISING: NOT_RISING,
+                NOTHING_LEARNED: f"**{NOTHING_LEARNED}** (< {LEARNED_FLOOR:g} throughout)"}
     rows = []
     for _, row in table.iterrows():
         window = "" if pd.isna(row["window_first"]) else f"{int(row['window_first'])}-{int(row['window_last'])}"
@@ -264,7 +284,8 @@ def convergence_markdown_table(table: pd.DataFrame) -> pd.DataFrame:
 
 RULE_TEXT = (f"A session is **{STILL_RISING}** when, over the last max({MIN_WINDOW}, {WINDOW_FRACTION:.0%} of its) "
              "epochs, the least-squares slope of its val mAP50-95 is positive and its best epoch lies among them "
-             "(with several seeds: of the seed mean); a rule fixed before any result was read (docs/report.md, "
+             f"(with several seeds: of the seed mean), and **{NOTHING_LEARNED}** when that stays below "
+             f"{LEARNED_FLOOR:g} at every epoch; rules fixed before any result was read (docs/report.md, "
              "\"Training curves\").")
 
 
@@ -294,9 +315,13 @@ def convergence_sentence(curves: TrainingCurves, model: str) -> str:
     doubt the effect?)."""
     _, table = curves.of(model)
     missing = curves.missing.get(model, [])
-    rising, flat, few = (table[table["reading"] == reading] for reading in (STILL_RISING, NOT_RISING, TOO_FEW))
+    rising, flat, few, nothing = (table[table["reading"] == reading]
+                                  for reading in (STILL_RISING, NOT_RISING, TOO_FEW, NOTHING_LEARNED))
     unjudged = [f"{short_session(row['session'])} ({row['n_epochs']} epochs)" for _, row in few.iterrows()]
-    notes = "".join([f" Too few epochs to judge: {', '.join(unjudged)}." if unjudged else "",
+    notes = "".join([f" Nothing learned (val mAP50-95 < {LEARNED_FLOOR:g} at every epoch): "
+                     f"{', '.join(map(short_session, nothing['session']))}: train longer, or check the data, before "
+                     "doubting the effect." if len(nothing) else "",
+                     f" Too few epochs to judge: {', '.join(unjudged)}." if unjudged else "",
                      f" No curve: {', '.join(missing)}." if missing else ""])
     if len(rising):
         figures = ", ".join(f"{short_session(row['session'])} {fmt(row['rise'], signed=True)} over epochs "
@@ -306,8 +331,12 @@ def convergence_sentence(curves: TrainingCurves, model: str) -> str:
     if len(flat):
         epochs = ", ".join(f"{short_session(row['session'])} {row['best_pt_epochs'].replace(';', '/')} of "
                            f"{row['n_epochs']}" for _, row in flat.iterrows())
+        verdict = "the failed control is not for want of epochs by this rule" if not len(nothing) else \
+            "those sessions' part of the failed control is not for want of epochs by this rule"
         return (f"**{model}**: no session's val mAP50-95 was still rising at the end of training (best.pt epochs: "
-                f"{epochs}): the failed control is not for want of epochs by this rule.{notes}")
+                f"{epochs}): {verdict}.{notes}")
+    if len(nothing):
+        return f"**{model}**: training learned nothing the report can show.{notes}"
     return f"**{model}**: whether training converged is unknown.{notes}"
 
 

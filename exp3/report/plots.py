@@ -287,8 +287,11 @@ def training_curve_chart(frame: pd.DataFrame, title: str, subtitle: str | list[s
     colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
                        legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
                                          symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1.0, labelLimit=220))
+    last = int(frame["epoch"].max()) if len(frame) else 1
+    ticks = {"values": list(range(1, last + 1))} if last <= 12 else {}  # few epochs: Vega-Lite put ticks at 1.5, ...
     x = alt.X("epoch:Q", title="epoch", scale=alt.Scale(domainMin=1, nice=False),
-              axis=alt.Axis(tickMinStep=1, format="d", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1))
+              axis=alt.Axis(tickMinStep=1, format="d", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1,
+                            **ticks))
     y = alt.Y("value:Q", title=None, scale=alt.Scale(zero=False),
               axis=alt.Axis(labelFontSize=_FONT_SIZE, grid=True))
     tooltip = [alt.Tooltip("session_label:N", title="session"), alt.Tooltip("seeds:N", title="seed(s)"),

@@ -148,7 +148,9 @@ class Mirror:
         try:
             files = [file for file in _session_files(paths) if file.name not in (DONE_MARKER, FAILED_MARKER)]
             checkpoints = [paths.run_dir / "weights" / name for name in CHECKPOINTS]
-            for file in [file for file in files if file not in checkpoints] + checkpoints:
+            # the checkpoints first: a results.csv copied after them holds every epoch they hold (an epoch that ends
+            # in between is a row the resume writes again, read once), never one fewer (a row lost for good)
+            for file in checkpoints + [file for file in files if file not in checkpoints]:
                 if file.is_file():
                     self._push(file)
             self._started[folder] = now
@@ -270,12 +272,12 @@ def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:
 
 def _session_files(paths: SessionPaths) -> Iterator[Path]:
     """The files of a session folder worth mirroring, DONE last (a copy is done only once the rest arrived): not the
-    weights/ links (the same bytes as train/weights/), not a checkpoint set aside (`.corrupt-`, `.superseded-`: kept
-    locally), not a temporary file (exp3's and the mirror's start with a dot)."""
+    weights/ links (the same bytes as train/weights/), not a checkpoint set aside (`.corrupt-`, `.superseded-`,
+    `.other-batch-`: kept locally), not a temporary file (exp3's and the mirror's start with a dot)."""
     for file in sorted(paths.folder.rglob("*"), key=lambda file: (file.name == DONE_MARKER, file)):
         relative = file.relative_to(paths.folder)
         if file.is_file() and relative.parts[0] != "weights" and not file.name.startswith(".") \
-                and not any(mark in file.name for mark in (".corrupt-", ".superseded-")):
+                and not any(mark in file.name for mark in (".corrupt-", ".superseded-", ".other-batch-")):
             yield file
 
 

@@ -15,11 +15,16 @@ from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 
 def results_rows(paths: SessionPaths) -> list[dict[str, str]]:
-    """The rows of the session's `train/results.csv` (header names stripped; [] if none yet)."""
+    """The rows of the session's `train/results.csv` (header names stripped; [] if none yet, or if it is no text:
+    its readers, the live view, the status and the report's curves, then show no epochs rather than stop)."""
     if not paths.results_csv.is_file():
         return []
-    with paths.results_csv.open(newline="") as handle:
-        return [{key.strip(): value for key, value in row.items() if key is not None} for row in csv.DictReader(handle)]
+    try:
+        with paths.results_csv.open(newline="", encoding="utf-8") as handle:
+            return [{key.strip(): value for key, value in row.items() if key is not None}
+                    for row in csv.DictReader(handle)]
+    except (UnicodeDecodeError, csv.Error):
+        return []
 
 
 def _number(text: str | None) -> float | None:
@@ -45,8 +50,10 @@ class EpochProgress:
 
 
 def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list[EpochProgress]:
-    """One `EpochProgress` per complete row (a half-written last line is skipped). Epoch time is the step of the
-    cumulative `time` column; a resumed training restarts that clock: a row whose time went down counts its own."""
+    """One `EpochProgress` per epoch of the complete rows (a half-written last line is skipped), in epoch order. A row
+    repeated by a resume (the epoch written just before a kill, trained again) counts once: the later row, the one
+    the checkpoints hold. Epoch time is the step of the cumulative `time` column; a resumed training restarts that
+    clock: a row whose time went down counts its own."""
     parsed: list[EpochProgress] = []
     durations: list[float] = []
     previous = 0.0
@@ -63,7 +70,8 @@ def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list
         eta = sum(durations) / len(durations) * max(epochs_total - epoch, 0) if epochs_total and durations else None
         parsed.append(EpochProgress(epoch, epochs_total, losses, _number(row.get("metrics/mAP50(B)")),
                                     _number(row.get("metrics/mAP50-95(B)")), epoch_s, eta))
-    return parsed
+    by_epoch = {progress.epoch: progress for progress in parsed}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -14,12 +14,15 @@ from exp3.train.integrations import write_ultralytics_settings
 
 
 def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, str]:
-    """Environment variables that make Ultralytics offline-safe and keep its files in the root."""
+    """Environment variables that make Ultralytics offline-safe and keep its files in the root; and MLflow's
+    telemetry off (on by default, it calls home from every session that logs to MLflow and writes into $HOME)."""
     return {
         "YOLO_OFFLINE": "1",
         "YOLO_AUTOINSTALL": "false",
         "YOLO_VERBOSE": os.environ.get("YOLO_VERBOSE", "true"),
         "YOLO_CONFIG_DIR": str(Path(output_root).absolute() / ".ultralytics"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
     }
 
 

@@ -277,6 +277,20 @@ def _set_aside(path: Path, label: str, why: str) -> Path:
     return target
 
 
+def _set_aside_events(run_dir: Path) -> None:
+    """Before a training from the start: TensorBoard merges every events file of a folder into one run, so an earlier
+    attempt's (its checkpoints set aside, or killed before its first) would show epochs this training does not hold
+    beside its own. They move to `tensorboard.superseded-<time>/`, a run of its own."""
+    events = sorted(run_dir.glob("events.out.tfevents.*"))
+    if events:
+        target = run_dir / f"tensorboard.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.mkdir(exist_ok=True)
+        for event in events:
+            os.replace(event, target / event.name)
+        print(f"WARNING exp3: training {run_dir} from the start: an earlier attempt's TensorBoard events moved to "
+              f"{target.name}")
+
+
 def _training_state(plan: TrainPlan) -> tuple[CheckpointState, dict[str, Any]]:
     """What the session's checkpoints leave to train, once what cannot be used is set aside: an unreadable last.pt
     (`_continue_from_best`), an unreadable best.pt (`_recover_from_corrupt_best`), an unfinished training at a
@@ -476,6 +490,7 @@ def _train_with(plan: TrainPlan) -> None:
             resumed["batch"] = info["batch"]
         model.train(resume=True, trainer=trainer_class, data=plan.locations["data"], save_dir=plan.run_dir, **resumed)
     else:
+        _set_aside_events(Path(plan.run_dir))
         # a .pt keeps its own training's imgsz, data, task and single_cls as the base of `train`'s args (Ultralytics'
         # `Model._reset_ckpt_args`): a fresh training takes its weights only, and Ultralytics' defaults and the plan
         model.overrides = {key: model.overrides[key] for key in ("model", "task")}
