@@ -69,6 +69,20 @@ def test_rows_follow_the_rule(built: report.ReportResult) -> None:
     assert "largest per-image ingredient F1 difference S2 - S1" in found.caption
 
 
+def test_no_best_masking_session_when_none_names_anything(built: report.ReportResult) -> None:
+    """The smoke's F1 is 0 everywhere: the findings said "no best masking site" while the gallery showed S3 (first
+    of a tie at 0) as the best and a row "2: largest S3 - S1"."""
+    runs = report.scan_sessions(built.root, built.models, None, built.sessions)
+    summary = built.summary.copy()
+    masking = summary["session"].isin(["S3_mask_backbone_early", "S4_mask_backbone_late"])
+    summary.loc[masking, "ingredient_micro_f1"] = 0.0
+    found = gallery.build_gallery(ReportData(runs), "yolov8m", summary)
+    assert found is not None and found.sessions[2] == "S3_mask_backbone_early"
+    assert [row.reason.split(":")[0] for row in found.rows] == ["1", "3", "4"]
+    assert found.caption.endswith("there is no best masking session; the third column is S3 mask backbone-early, "
+                                  "the first in session order, and row 2 is left out.")
+
+
 def test_gallery_png_shows_matched_green_and_unmatched_red(built: report.ReportResult) -> None:
     path = built.root / "plots" / "gallery_yolov8m.png"
     image = np.asarray(Image.open(path).convert("RGB")).astype(int)

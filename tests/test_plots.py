@@ -99,6 +99,25 @@ def test_each_model_has_one_colour_in_every_chart_that_colours_by_model() -> Non
     assert {model: colours.pop() for model, colours in seen.items()} == dict(zip(MODELS, plots.MODEL_PALETTE))
 
 
+def test_a_bar_chart_shows_every_bar_whisker_and_value_label_above_its_fixed_scale() -> None:
+    """rF1 above the chart's 0..1.2 was drawn cut at 1.2 with its whiskers over the title; and its value labels
+    were missing (computed by a chart-level transform the reference line's own data did not get)."""
+    bars = pd.DataFrame([{"model": MODELS[0], "session_label": label, "value": value, "ci_low": value / 2,
+                          "ci_high": value * 1.5, "status_text": ""}
+                         for label, value in zip(SESSION_ORDER, (0.8, 1.6, 0.9, 1.0, 0.7, 2.4))])
+    spec = plots.session_bar_chart(bars, MODELS, "t", "rF1", y_domain=(0.0, 1.2), reference_line=1.0).to_dict()
+    (domain,) = [layer["encoding"]["y"]["scale"]["domain"] for layer in spec["layer"]
+                 if "scale" in layer["encoding"].get("y", {})]
+    assert domain[0] == 0.0 and domain[1] >= 3.6                                  # 2.4 x 1.5, the highest whisker
+    (labels,) = [layer for layer in spec["layer"] if layer["encoding"].get("text", {}).get("field") == "value"]
+    assert labels["encoding"]["y"]["field"] == "label_y" and "transform" not in spec
+    (rows,) = [values for name, values in spec["datasets"].items() if len(values) == len(bars)]
+    assert [row["label_y"] for row in rows] == pytest.approx(list(bars["ci_high"]))
+    fitting = plots.session_bar_chart(bars.assign(value=0.5, ci_high=0.6), MODELS, "t", "F1").to_dict()
+    assert [layer["encoding"]["y"]["scale"]["domain"] for layer in fitting["layer"]
+            if "scale" in layer["encoding"].get("y", {})] == [[0.0, 1.0]]       # F1 keeps its 0..1
+
+
 def test_no_module_level_name_is_defined_twice() -> None:
     """A second definition silently replaces the first (as a second SESSION_PALETTE once did)."""
     tree = ast.parse(Path(plots.__file__).read_text(encoding="utf-8"))

@@ -40,7 +40,7 @@ from exp3.report.findings import POSITIVE_CONTROL_ROWS, headline_findings, posit
 from exp3.report.markdown import NO_MAP_INTERVAL, dashboard_markdown, status_grid
 from exp3.report.plots import CHARTS_LIST
 from exp3.report.runs import THRESHOLDS, discover_models, load_session_run
-from exp3.report.text import fmt_p
+from exp3.report.text import fmt, fmt_p
 from exp3.schema import SplitView
 from exp3.session.record import robustness
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES, Session, folder_session
@@ -756,3 +756,9 @@ def test_the_most_robust_session_is_named_as_a_ranking_only_when_the_intervals_s
         assert ("the ranking is not established" in finding) == overlaps, finding
         assert not overlaps or SESSION_LABELS[second["session"]] in finding
     assert any(overlapping)                                      # the fixture holds the case this test is about
+
+
+def test_a_value_that_rounds_to_zero_is_never_negative_zero() -> None:
+    """The pilot's positive-control table read "-0.000 [-0.030, +0.030]"."""
+    assert fmt(-0.0, signed=True) == fmt(-0.0004, signed=True) == "+0.000" and fmt(-0.0004) == "0.000"
+    assert fmt(-0.0006, signed=True) == "-0.001" and fmt(0.12345) == "0.123" and fmt(float("nan")) == "n/a"

@@ -397,6 +397,12 @@ def test_report_has_severity_curves_table_and_charts(reported) -> None:
     assert mpc["mPC"] == pytest.approx(metrics["severity"]["summary"]["mPC"]["ingredient_micro_f1"], abs=1e-6)
     s2 = table[(table["metric"] == "ingredient_micro_f1") & (table["session"] == "S2_occ_train")].iloc[0]
     assert math.isfinite(s2["diff_mPC_vs_S1"]) and 0 <= s2["p_mPC_vs_S1"] <= 1
+    from exp3.report.severity import mpc_table
+    from exp3.report.text import fmt_p
+
+    shown = mpc_table(table, "yolov8n", "ingredient_micro_f1")                   # p as every other table writes it
+    assert list(shown["p_BH (mPC vs S1)"]) == [fmt_p(p) for p in table[(table["model"] == "yolov8n") & (
+        table["metric"] == "ingredient_micro_f1")]["p_bh_mPC_vs_S1"]]
     text = (result.root / "report.md").read_text()
     assert "## Occlusion severity" in text and "mPC [95% CI]" in text
     for name in ("severity_f1_yolov8n", "severity_map50_yolov8n"):

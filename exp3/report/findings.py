@@ -89,6 +89,10 @@ def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FI
     return text + "."
 
 
+NOT_RANKED = ("the ranking is not established (separate intervals, not a test: sessions are tested against S1 and "
+              "S2 only, not against each other; nor does the overlap show them equal)")
+
+
 def _overlaps(first: pd.Series, second: pd.Series, metric: str) -> bool:
     """`first`'s interval of `metric` reaches `second`'s, or one is missing: their ranking is not established."""
     low, high = first[f"{metric}_ci_low"], second[f"{metric}_ci_high"]
@@ -137,8 +141,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                     text += " (the interval includes 0: not distinguishable from S2 on these images)"
             if len(masking) > 1 and _overlaps(best, masking.iloc[1], "ingredient_micro_f1"):
                 text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[masking.index[1]]} "
-                         f"(F1 {fmt(masking.iloc[1]['ingredient_micro_f1'])}): "
-                         "the ranking of masking sites is not established")
+                         f"(F1 {fmt(masking.iloc[1]['ingredient_micro_f1'])}): {NOT_RANKED}")
             in_run = int(rows.index.isin(SESSION_SUFFIXES[2:]).sum())  # masking sessions of this run
             if len(masking) < in_run:
                 text += f" (only {len(masking)} of {in_run} masking sessions done)"
@@ -155,7 +158,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                     f"{fmt_ci(top, 'rF1_micro', 'rF1_micro_ci_low', 'rF1_micro_ci_high')}")
             if len(robust) > 1 and _overlaps(top, robust.iloc[1], "rF1_micro"):
                 text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[robust.index[1]]} "
-                         f"(rF1 {fmt(robust.iloc[1]['rF1_micro'])}): the ranking is not established")
+                         f"(rF1 {fmt(robust.iloc[1]['rF1_micro'])}): {NOT_RANKED}")
             findings.append(text + ".")
         else:
             findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")

@@ -29,6 +29,9 @@ GALLERY_RULE = ("Rows (rule fixed in advance): 1 = largest per-image ingredient 
                 "then smaller image id. Boxes at the primary threshold: green = matched to a ground-truth box (same "
                 "class, IoU >= 0.5), red = unmatched; white = ground truth.")
 
+NOTHING_NAMED = (" No masking session names any ingredient on test_occ_fixed (F1 0): there is no best masking "
+                 "session; the third column is {}, the first in session order, and row 2 is left out.")
+
 
 @dataclass(frozen=True)
 class GalleryBox:
@@ -110,6 +113,7 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
         return None
     best = str(part.assign(order=part["session"].map(SESSION_SUFFIXES.index))
                .sort_values(["ingredient_micro_f1", "order"], ascending=[False, True]).iloc[0]["session"])
+    named = bool(part["ingredient_micro_f1"].max() > 0)  # else no best masking session: row 2 is left out
     chosen = [done[suffix][0] for suffix in ("S1_clean_train", "S2_occ_train", best)]
     records = [data.records(run, GALLERY_SPLIT) for run in chosen]
     scores = [data.scores(run, GALLERY_SPLIT) for run in chosen]
@@ -122,7 +126,7 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
         return None
     f1 = [frame.loc[common] for frame in f1]
     first = _largest(f1[1] - f1[0])
-    second = _largest((f1[2] - f1[0]).drop(index=first))
+    second = _largest((f1[2] - f1[0]).drop(index=first)) if named else None
     picked = [(first, "1: largest S2 - S1")]
     picked += [(second, f"2: largest {SESSION_LABELS[best].split()[0]} - S1")] if second is not None else []
     rest = [image for image in common if image not in {first, second}]
@@ -139,7 +143,8 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
         cells = tuple(_cell(lookup[image_id], run, names, float(frame.loc[image_id, "ingredient"]))
                       for run, lookup, frame in zip(chosen, by_id, f1))
         rows.append(GalleryRow(image_id, files[image_id], reason, ground_truth, cells))
-    return Gallery(model, tuple(run.suffix for run in chosen), tuple(rows))
+    caption = GALLERY_RULE if named else GALLERY_RULE + NOTHING_NAMED.format(SESSION_LABELS[best])
+    return Gallery(model, tuple(run.suffix for run in chosen), tuple(rows), caption)
 
 
 def write_galleries(data: ReportData, models: list[str], summary: pd.DataFrame, plots_dir: Path) -> list[Path]:

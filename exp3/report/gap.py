@@ -228,6 +228,19 @@ def _labels_by(rows: pd.DataFrame, column: str) -> dict[str, str]:
     return labels.groupby(rows[column], sort=False).agg(", ".join).to_dict()
 
 
+def _rests_on(rows: pd.DataFrame, text: str) -> str:
+    """` (on <metrics>; positive control failed on <metrics>)` when some of a site's metrics give no verdict because
+    S2 - S1 is not established (or reversed) on them: the site's verdict rests on the others only."""
+    failed = rows[rows["verdict"] == FAILED_CONTROL]
+    if not len(failed) or text == FAILED_CONTROL:
+        return ""
+    held = [METRICS[metric].label for metric, verdict_text in zip(rows["metric"], rows["verdict"])
+            if verdict_text not in (FAILED_CONTROL, NO_RESULT)]
+    why = [f"{METRICS[row['metric']].label} ({'S2 - S1 reversed' if row['gap_ci_high'] < 0 else 'not established'})"
+           for _, row in failed.iterrows()]
+    return f" (on {', '.join(held)}; positive control failed on {', '.join(why)})"
+
+
 def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
     """The plain-words answer: one bullet per model x site (headline basis), with the sessions not trained like
     their siblings and those with only some seeds done next to its verdict, its clean cost on F1 and why a metric
@@ -251,7 +264,8 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             costs = _labels_by(rows[rows["clean_verdict"] != "clean cost unknown"], "clean_verdict")
             clean = "; ".join(f"{reading} ({labels})" for reading, labels in costs.items()) or "unknown"
             missing = "".join(f" {labels}: no result ({reason})." for reason, labels in reasons.items())
-            lines.append(f"{site}: {text} on {HEADLINE_BASIS}{alike}. Clean images: {clean}.{missing}")
+            lines.append(f"{site}: {text} on {HEADLINE_BASIS}{_rests_on(rows, text)}{alike}. Clean images: "
+                         f"{clean}.{missing}")
     return lines
 
 

@@ -110,6 +110,10 @@ def session_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_titl
             `reference_label` at the right end.
     """
     shown = _shown_models(frame, models)
+    frame = frame.assign(label_y=frame["ci_high"].where(frame["ci_high"].notna(), frame["value"]))
+    highest = frame["label_y"].max()
+    if y_domain is not None and highest > y_domain[1]:  # rF1 above 1.2: the bars and whiskers were cut off
+        y_domain = (y_domain[0], float(highest) * 1.08)
     offset = alt.XOffset("model:N", sort=shown, scale=alt.Scale(domain=shown))
     tooltip = [alt.Tooltip("model:N"), alt.Tooltip("session_label:N", title="session"),
                alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
@@ -134,7 +138,6 @@ def session_bar_chart(frame: pd.DataFrame, models: list[str], title: str, y_titl
                       .encode(x=alt.value(width_per_session * len(SESSION_ORDER) - 4), y="reference:Q",
                               text=alt.value(reference_label or f"{reference_line:g}")))
     return (alt.layer(*layers, data=frame)
-            .transform_calculate(label_y="isValid(datum.ci_high) ? datum.ci_high : datum.value")
             .properties(title=_title(title, subtitle), width=width_per_session * len(SESSION_ORDER), height=320))
 
 

@@ -20,7 +20,7 @@ from exp3.evaluate.severity import METRICS
 from exp3.report import plots
 from exp3.report.comparisons import adjust_p_values
 from exp3.report.draws import ReportData, SplitDraws
-from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
+from exp3.report.text import fmt, fmt_ci, fmt_p, markdown_table, short_session
 from exp3.schema import SeverityLevelView
 from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
@@ -209,7 +209,7 @@ def mpc_table(table: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
                      "rPC [95% CI]": fmt_ci(row, "rPC", "rPC_ci_low", "rPC_ci_high"),
                      "mPC - S1 [95% CI]": fmt_ci(row, "diff_mPC_vs_S1", "diff_mPC_ci_low", "diff_mPC_ci_high", True),
                      "rPC - S1 [95% CI]": fmt_ci(row, "diff_rPC_vs_S1", "diff_rPC_ci_low", "diff_rPC_ci_high", True),
-                     "p_BH (mPC vs S1)": "n/a" if not math.isfinite(p) else f"{p:.3g}"})
+                     "p_BH (mPC vs S1)": fmt_p(p)})
     return pd.DataFrame(rows)
 
 
