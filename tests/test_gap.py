@@ -187,9 +187,10 @@ def test_the_answer_says_which_metrics_a_verdict_rests_on_when_the_control_fails
     the answer read "hurts on test_occ_fixed", as if the instrument worked on every metric."""
     rows = [("ingredient_micro_f1", gap.FAILED_CONTROL, -0.004), ("detection_f1", gap.FAILED_CONTROL, 0.02),
             ("map50", gap.HURTS, 0.05), ("map50_95", gap.HURTS, 0.04)]
-    table = pd.DataFrame([{**dict.fromkeys(gap.GAP_COLUMNS, ""), "model": "yolov8n", "session": "S3_mask_backbone_early",
-                           "basis": gap.HEADLINE_BASIS, "metric": metric, "verdict": verdict, "gap_ci_high": high,
-                           "clean_verdict": "clean cost unknown"} for metric, verdict, high in rows])
+    table = pd.DataFrame([{**dict.fromkeys(gap.GAP_COLUMNS, ""), "model": "yolov8n",
+                           "session": "S3_mask_backbone_early", "basis": gap.HEADLINE_BASIS, "metric": metric,
+                           "verdict": verdict, "gap_ci_high": high, "clean_verdict": "clean cost unknown"}
+                          for metric, verdict, high in rows])
     (line,) = gap.answer_lines(table, ["yolov8n"])
     assert line.startswith("- **yolov8n S3 mask backbone-early**: hurts on test_occ_fixed (on mAP50, mAP50-95; "
                            "positive control failed on ingredient micro F1 (S2 - S1 reversed), detection F1 (not "
