@@ -15,7 +15,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -93,8 +93,14 @@ class TrainConfig(_Strict):
     @field_validator("device", mode="before")
     @classmethod
     def _device_as_text(cls, value: Any) -> Any:
-        """`device: 0` (YAML int) or `0,1` mean the same to Ultralytics as the string: accept both."""
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        """`device: 0` (YAML int) means the same to Ultralytics as the string. Several devices (`0,1`: one session
+        trained on several GPUs, Ultralytics' DDP) are refused: its launcher registers exp3's masking hooks twice and
+        deletes the run folder, and the record's training callbacks run in its worker processes only."""
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(value, str) and "," in value:
+            raise ValueError(f"train.device {value!r} would train each session on several GPUs (DDP), which exp3 does "
+                             f"not support: set gpus: [{value}] to run one session per GPU")
+        return value
 
 
 DEFAULT_SEVERITIES: tuple[tuple[float, float], ...] = ((0.1, 0.26), (0.26, 0.42), (0.42, 0.58), (0.58, 0.74),
@@ -210,7 +216,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     failure: FailureConfig = FailureConfig()
     mirror: MirrorConfig = MirrorConfig()
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[Annotated[int, Field(ge=0)], ...] = ()
     parallel_sessions: int = Field(default=1, ge=1)
     seeds: tuple[int, ...] = (0,)
     download_weights: bool = False
@@ -239,6 +245,9 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_way_to_parallelise(self) -> "ExperimentConfig":
+        if self.gpus and str(self.train.device).lower() in ("cpu", "mps"):  # each slot's session runs on its GPU
+            raise ValueError(f"gpus {list(self.gpus)} with train.device {self.train.device!r}: the gpus list runs "
+                             "each session on a GPU; set gpus: [] to train on the CPU, or train.device: null")
         if self.gpus and self.parallel_sessions > 1:
             raise ValueError(f"parallel_sessions {self.parallel_sessions} with gpus {list(self.gpus)}: with GPUs the "
                              "slots are the gpus list (repeat a GPU to pack sessions on it, e.g. gpus: [0, 0]); "

@@ -116,6 +116,10 @@ if RUN_PILOT:
 '''
 
 RUN_CELL = '''# ---- Run the flow (crash-safe: after a disconnect, run this cell again) ---------------------
+import torch
+
+from exp3.config import load_config
+
 command = [sys.executable, "flows/exp3.py", "--config", CONFIG, "--set", f"output_root={OUTPUT_ROOT}",
            "--models", *MODELS]
 if SESSIONS:
@@ -126,6 +130,9 @@ if EPOCHS is not None:
     command += [arg for model in MODELS for arg in ("--set", f"models.{model}.epochs={EPOCHS}")]
 if not USE_GPU:
     command += ["--set", "train.device=cpu"]
+elif load_config(CONFIG).train.device != "cpu" and not torch.cuda.is_available():  # else days on the CPU, unsaid
+    raise SystemExit("USE_GPU = True, but this runtime has no GPU: Runtime > Change runtime type > a GPU, then run "
+                     "all cells again (or set USE_GPU = False to train on the CPU)")
 if MIRROR:
     command += ["--set", f"mirror.path={MIRROR}"]
 for setting in EXTRA_SETTINGS:

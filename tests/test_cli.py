@@ -118,6 +118,21 @@ def test_an_integration_not_installed_is_refused_before_any_flow(capsys: pytest.
     assert not any(tmp_path.iterdir())
 
 
+def test_a_gpu_this_machine_does_not_show_is_refused_before_any_flow(capsys: pytest.CaptureFixture[str],
+                                                                     tmp_path: Path) -> None:
+    """`gpus: [0]` on a CPU machine (a Colab CPU runtime): every session failed alike after the data was prepared
+    ("Invalid CUDA 'device=0' requested"), and the run asked for --rerun-failed."""
+    import torch
+
+    count = torch.cuda.device_count()
+    config, args = config_from_args(["--smoke", "--set", f"output_root={tmp_path}", "--set", f"gpus=[{count}]",
+                                     "--set", "train.device=null", "--set", "parallel_sessions=1"])
+    assert run(config, args, lambda **_: pytest.fail("the flow must not start")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: gpus [{count}] / train.device None name GPU {count}, but this machine shows "
+                          f"{count} GPU(s)") and err.count("\n") == 1 and not any(tmp_path.iterdir())
+
+
 def test_mlflow_beside_a_mirror_warns_that_its_store_stays_local(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -66,6 +66,11 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("integrations: [tensorflow]\n", [], "invalid value for 'integrations' (['tensorflow']): unknown integration "
                                             "'tensorflow': use tensorboard, mlflow"),
         ("{}\n", ["integrations=[wandb]"], "'wandb' is not supported"),
+        ("train: {device: '0,1'}\n", [], "train.device '0,1' would train each session on several GPUs (DDP), which "
+                                         "exp3 does not support: set gpus: [0,1]"),
+        ("gpus: [-1]\n", [], "gpus.0"),
+        ("gpus: [0]\ntrain: {device: cpu}\n", [], "gpus [0] with train.device 'cpu': the gpus list runs each session "
+                                                   "on a GPU"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:

@@ -541,3 +541,23 @@ def test_trainer_without_settings_says_how_to_give_them(tiny_data_yaml: Path, tm
                  **TRAIN_ARGS}
     with pytest.raises(RuntimeError, match=f"write_masking_settings.*{MASKING_SPEC_ENV}"):
         MaskedDetectionTrainer(overrides=overrides)
+
+
+def test_a_trainer_rebuilt_with_its_parents_callbacks_masks_once(tiny_data_yaml: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ultralytics' DDP worker rebuilds the trainer from its class with the parent's callbacks (utils/dist.py,
+    through cloudpickle): the masking callbacks were added a second time, so the hooks attached twice and the
+    statistics read zero. exp3's config refuses DDP; the trainer classes, used directly, register them once."""
+    import cloudpickle
+
+    from exp3.train.trainers import MASKING_CALLBACKS, MASKING_SPEC_ENV, MaskedDetectionTrainer, write_masking_settings
+
+    monkeypatch.setenv(MASKING_SPEC_ENV, str(write_masking_settings(tmp_path / "spec.json", "neck", MaskingConfig())))
+    overrides = {"model": "yolov8n.yaml", "data": str(tiny_data_yaml), "project": str(tmp_path), "name": "run",
+                 **TRAIN_ARGS}
+    parent = MaskedDetectionTrainer(overrides=overrides)
+    state = cloudpickle.loads(cloudpickle.dumps({"args": vars(parent.args), "callbacks": parent.callbacks}))
+    child = MaskedDetectionTrainer(overrides=state["args"], _callbacks=state["callbacks"])
+    for event, functions in MASKING_CALLBACKS.items():
+        for function in functions:
+            assert child.callbacks[event].count(function) == 1 == parent.callbacks[event].count(function), event

@@ -75,3 +75,24 @@ def test_the_install_cell_run_again_in_its_kernel_clones_nothing(tmp_path: Path,
         exec(cell, namespace)
     assert [command[:2] for command in commands].count(["git", "clone"]) == 1
     assert Path.cwd() == (tmp_path / "exp3").resolve() and len(commands) == 3  # one clone, two pip installs
+
+
+def test_the_full_notebook_on_a_runtime_without_a_gpu_stops_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Colab CPU runtime with USE_GPU = True: configs/exp3.yaml's `device: null` let Ultralytics train the 640 px
+    grid on the CPU, unsaid, for days. The run cell now stops first, saying the fix."""
+    import torch
+
+    notebook = nbformat.read(NOTEBOOKS / "experiment3_full.ipynb", as_version=4)
+    settings, run_cell = (next(cell.source for cell in notebook.cells if cell.source.startswith(start))
+                          for start in ("# ---- Settings", "# ---- Run the flow"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(REPO)
+    started: list[object] = []
+    namespace = {"sys": sys, "Path": Path, "run_and_watch": lambda *args, **kwargs: started.append(args)}
+    exec(settings, namespace)
+    with pytest.raises(SystemExit, match="USE_GPU = True, but this runtime has no GPU: Runtime > Change runtime type"):
+        exec(run_cell, namespace)
+    assert not started
+    namespace["USE_GPU"] = False                                    # the CPU, on purpose: the run starts
+    exec(run_cell.split("flow_log = ")[0], namespace)
+    assert "train.device=cpu" in namespace["command"]

@@ -35,6 +35,42 @@ def test_half_batch_retry_after_an_out_of_memory_failure(tmp_path: Path) -> None
     assert retry_batch_for(job.model_copy(update={"oom_halve_batch": False}), 2) is None
 
 
+def test_a_retry_halves_the_batch_that_ran_not_the_configured_one(tmp_path: Path) -> None:
+    """`batch: null` (16): Ultralytics halved it to 8 in the first epoch, then epoch 31 ran out of memory. The
+    retry at 16 // 2 = 8 resumed at the batch that had just failed; now it trains at 4 (from the start, as
+    `_resume_at_own_batch` sets a larger batch's checkpoint aside)."""
+    job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path="c", output_root=str(tmp_path),
+                     epochs=100)
+    job.paths.run_dir.mkdir(parents=True)
+    job.paths.failed_marker.write_text(json.dumps({"error": "RuntimeError: CUDA error: out of memory"}))
+    (job.paths.run_dir / "train_info.json").write_text(json.dumps({"ran": {"batch": 8}}))
+    assert retry_batch_for(job, 2) == 4 and retry_batch_for(job, 3) == 4   # attempt 3: planned at 8, ran at 8
+    (job.paths.run_dir / "train_info.json").write_text(json.dumps({"ran": {"batch": 16}}))  # an earlier attempt's
+    assert retry_batch_for(job, 3) == 4                   # the failed attempt was planned at 8: never above that
+    from exp3.grid.runner import worth_retrying
+
+    (job.paths.run_dir / "train_info.json").write_text(json.dumps({"ran": {"batch": 1}}))
+    assert not worth_retrying(job, {"error": "CUDA out of memory"}, 2)     # batch 1 ran: nothing left to halve
+
+
+def test_every_out_of_memory_error_ultralytics_knows_is_one() -> None:
+    for error in ("RuntimeError: CUDA error: out of memory", "RuntimeError: CUDNN_STATUS_INTERNAL_ERROR",
+                  "RuntimeError: Unable to find a valid cuDNN algorithm to run convolution",
+                  "RuntimeError: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"):
+        assert is_out_of_memory({"error": error}), error
+
+
+def test_a_gpu_slot_is_counted_within_the_gpus_this_process_was_given(monkeypatch) -> None:
+    """A worker started with CUDA_VISIBLE_DEVICES=1 (deployments/start_workers.sh) and `gpus: [0, 0]` put both
+    sessions on physical GPU 0, beside another worker's."""
+    from exp3.grid.runner import visible_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert [visible_gpu(slot) for slot in (0, 1, 0)] == ["2", "3", "2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpu(1) == "1"
+
+
 def test_out_of_memory_is_retried_while_the_batch_can_shrink(tmp_path: Path) -> None:
     from exp3.grid.runner import worth_retrying
 

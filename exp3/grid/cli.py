@@ -14,6 +14,7 @@ from typing import Any, Callable
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, writable_output_root
 from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
 from exp3.grid.flowenv import configure_flow_environment, database_problem
+from exp3.grid.jobs import gpu_problem
 from exp3.identity import session_inputs
 from exp3.session.layout import SessionState
 from exp3.session.mirror import mirror_for, on_mirror_storage
@@ -102,8 +103,9 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
     try:  # names, weights and the user's data.yaml before anything runs
         grid = select_sessions(config, models, sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
-        if config.integrations and (missing := missing_packages(config.integrations)) is not None:
-            raise ValueError(missing)  # else every session fails alike, after the data is prepared
+        for problem in (missing_packages(config.integrations), gpu_problem(config)):
+            if problem is not None:  # else every session fails alike, after the data is prepared
+                raise ValueError(problem)
         if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
             read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
         root = resolve_output_root(config)

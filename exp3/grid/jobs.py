@@ -5,6 +5,7 @@ or a fan-out slot. A queue of slots, not Prefect's concurrency limits: those do 
 from __future__ import annotations
 
 import functools
+import os
 import queue
 from typing import Any, Callable, Mapping, Sequence
 
@@ -83,6 +84,26 @@ def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = Non
                   fan_out_width: int = 2) -> tuple[Slot, ...]:
     """The slots sessions run on: fan-out slots, else the configured GPUs (repeats allowed), else CPU slots."""
     return (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,) * config.parallel_sessions)
+
+
+def gpu_problem(config: ExperimentConfig) -> str | None:
+    """One line when `gpus` or a CUDA `train.device` names a GPU this machine does not show (no CUDA, or an index
+    beyond the GPUs CUDA_VISIBLE_DEVICES leaves): every session would fail alike, after the data is prepared."""
+    device = str(config.train.device or "").lower().removeprefix("cuda:")
+    wanted = [*config.gpus, *([int(device)] if device.isdigit() else [])]
+    if not wanted:
+        return None
+    import torch  # lazy: a CPU config never needs it here
+
+    count = torch.cuda.device_count()
+    if max(wanted) < count:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    fix = f"name GPUs 0..{count - 1}" if count else ("set gpus: [] and train.device: cpu (or null), or run on a "
+                                                    "machine with a GPU")
+    return (f"gpus {list(config.gpus)} / train.device {config.train.device!r} name GPU {max(wanted)}, but this "
+            f"machine shows {count} GPU(s){where}: {fix}")
 
 
 def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mapping[str, str], config_path: str,

@@ -11,14 +11,20 @@ import time
 from typing import Any, BinaryIO, Callable
 
 from exp3.config import ConfigError, load_config
+from exp3.fileio import read_json
 from exp3.grid.jobs import SessionJob, SessionResult
 from exp3.parallel import parent_environment
 from exp3.session.layout import SessionState
 from exp3.train.integrations import missing_packages, write_ultralytics_settings
 from exp3.train.offline import ultralytics_environment
+from exp3.train.training import TRAIN_INFO_FILENAME
 
 POLL_S = 5.0
-OOM_PATTERNS: tuple[str, ...] = ("CUDA out of memory", "OutOfMemoryError", "CUBLAS_STATUS_ALLOC_FAILED")
+OOM_PATTERNS: tuple[str, ...] = ("out of memory", "outofmemoryerror", "cublas_status_alloc_failed",
+                                 "cudnn_status_internal_error", "unable to find an engine",
+                                 "unable to find a valid cudnn algorithm")
+"""Lower case: the errors Ultralytics itself treats as out of memory (`BaseTrainer._do_train`), and cuDNN's when it
+finds no memory for a convolution."""
 DEFAULT_BATCH = 16  # Ultralytics' default batch, halved on an out-of-memory retry when `train.batch` is unset
 
 
@@ -48,21 +54,30 @@ def exit_reason(returncode: int) -> str:
 
 def is_out_of_memory(record: dict | None) -> bool:
     """True if a FAILED marker's error or log tail shows an out-of-memory error."""
-    text = f"{record.get('error', '')}\n{record.get('train_log_tail', '')}" if record else ""
+    text = f"{record.get('error', '')}\n{record.get('train_log_tail', '')}".lower() if record else ""
     return any(pattern in text for pattern in OOM_PATTERNS)
 
 
+def failed_batch(job: SessionJob, planned: int) -> int:
+    """The batch the last attempt ran at: its train_info.json's (Ultralytics may have halved the planned batch in
+    the first epoch), never above the batch it was planned at (`planned`: the file may be an earlier attempt's)."""
+    ran = ((read_json(job.paths.run_dir / TRAIN_INFO_FILENAME) or {}).get("ran") or {}).get("batch")
+    return min(ran, planned) if isinstance(ran, int) and ran > 0 else planned
+
+
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:
-    """On a retry after an out-of-memory failure (`oom_halve_batch`): the batch halved once per earlier attempt
-    (16, 8, 4, ...), at least 1; else None (the configured batch)."""
+    """On a retry after an out-of-memory failure (`oom_halve_batch`): half the batch the failed attempt ran at
+    (`failed_batch`; planned at the configured batch halved once per earlier retry), at least 1; else None (the
+    configured batch)."""
     if attempt > 1 and job.oom_halve_batch and is_out_of_memory(job.paths.failure()):
-        return max(1, (job.batch or DEFAULT_BATCH) >> (attempt - 1))
+        return max(1, failed_batch(job, max(1, (job.batch or DEFAULT_BATCH) >> (attempt - 2))) >> 1)
     return None
 
 
 def worth_retrying(job: SessionJob, record: dict | None, retry_batch: int | None) -> bool:
     """An out-of-memory failure is retried while halving can still shrink the batch (or halving is off)."""
-    return is_out_of_memory(record) and (not job.oom_halve_batch or (retry_batch or job.batch or DEFAULT_BATCH) > 1)
+    return is_out_of_memory(record) and (not job.oom_halve_batch
+                                         or failed_batch(job, retry_batch or job.batch or DEFAULT_BATCH) > 1)
 
 
 def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[str]:
@@ -74,9 +89,16 @@ def session_arguments(job: SessionJob, retry_batch: int | None = None) -> list[s
             *(["--prepared", job.prepared.model_dump_json()] if job.prepared is not None else [])]
 
 
+def visible_gpu(slot: int) -> str:
+    """The GPU a `gpus` entry names: the slot-th of the CUDA_VISIBLE_DEVICES this process was started with (a
+    worker's, a scheduler's allocation), as CUDA numbers them; the GPU of that number when it is unset."""
+    inherited = [gpu.strip() for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    return inherited[slot] if inherited else str(slot)
+
+
 def session_environment(job: SessionJob) -> dict[str, str]:
     """This environment, Ultralytics' offline settings (before the session imports anything) and the job's GPU."""
-    gpu = {"CUDA_VISIBLE_DEVICES": str(job.gpu)} if job.gpu is not None else {}
+    gpu = {"CUDA_VISIBLE_DEVICES": visible_gpu(job.gpu)} if job.gpu is not None else {}
     return dict(os.environ) | ultralytics_environment(job.output_root) | gpu
 
 

@@ -94,10 +94,13 @@ Callbacks = dict[str, list[Callable[[Any], None]]]
 
 
 def add_callbacks(target: Any, callbacks: Callbacks) -> None:
-    """Register one concern's callbacks on `target` (an Ultralytics model or trainer), after those it has."""
+    """Register one concern's callbacks on `target` (an Ultralytics model or trainer), after those it has; one it
+    has already is not added again (Ultralytics' DDP worker builds its trainer with the parent's callbacks, and
+    the masking hooks attached twice)."""
     for event, functions in callbacks.items():
         for function in functions:
-            target.add_callback(event, function)
+            if function not in target.callbacks.get(event, []):
+                target.add_callback(event, function)
 
 
 class _MaskingTrainerMixin:
