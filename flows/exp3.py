@@ -166,17 +166,21 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
                     list(config.sessions))
         if config.mirror.path is not None:
             mirror_report_task(config, keys)
-    failed, not_run = ([name for name, result in results.items() if result.status == state]
+    failed, not_run = ([job for job in jobs if job.name in results and results[job.name].status == state]
                        for state in (SessionState.FAILED, SessionState.SKIPPED))
+    stopped = [job.name for job in failed if not job.paths.failed_marker.is_file()]  # a signal: no error to fix
     problems = []
-    if failed:
-        problems.append(f"{len(failed)} of {len(results)} sessions failed: {', '.join(failed)}")
+    if broken := [job.name for job in failed if job.name not in stopped]:
+        problems.append(f"{len(broken)} of {len(results)} sessions failed: {', '.join(broken)} (each FAILED line "
+                        "above says why; fix and re-run with --rerun-failed)")
+    if stopped:
+        problems.append(f"{len(stopped)} stopped by a signal before they ended: {', '.join(stopped)} (run the same "
+                        "command again: they go on from their last saved epoch, if any)")
     if not_run:
         problems.append(f"{len(not_run)} not run (failed before, or after a failure with failure.policy 'stop'): "
-                        f"{', '.join(not_run)}")
+                        f"{', '.join(job.name for job in not_run)} (--rerun-failed runs them)")
     if problems:
-        raise RuntimeError(f"{'; '.join(problems)} (each FAILED line above says why; fix and re-run with "
-                           "--rerun-failed)")
+        raise RuntimeError("; ".join(problems))
     return results
 
 

@@ -436,3 +436,22 @@ def test_pilot_configs_and_cli(tmp_path: Path) -> None:
     assert ("rtdetr-l" if gpu_chosen else "yolov8n") + "__S6_mask_head" in dry.stdout
     both = _flow(tmp_path, "--pilot", "--smoke", timeout=300)
     assert both.returncode == 2 and "each choose the config" in both.stderr
+
+
+def test_a_session_stopped_by_a_signal_is_named_as_such_not_as_a_failure_to_fix(tmp_path: Path) -> None:
+    """A session process killed (kill -9, the kernel's OOM killer) leaves no FAILED marker: the closing line said
+    "fix and re-run with --rerun-failed", though nothing was broken and a plain re-run goes on."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(  # the session of model `killed` dies at its start, as by kill -9
+        "import os, signal, sys\n"
+        "if 'exp3.session' in sys.orig_argv and 'killed' in sys.orig_argv:\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    config = _config(tmp_path, {"killed": {"architecture": "yolov8n.yaml", "epochs": 1}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    result = _flow(tmp_path, "--config", str(config), env=env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert not (tmp_path / "out" / "killed" / "killed__S1_clean_train" / "FAILED").exists()
+    assert ("1 stopped by a signal before they ended: killed__S1_clean_train (run the same command again: they go "
+            "on from their last saved epoch, if any)") in result.stderr
+    assert "sessions failed" not in result.stderr and "--rerun-failed" not in result.stderr

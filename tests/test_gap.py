@@ -236,6 +236,22 @@ def test_several_seeds_resample_seeds_and_say_which_level_dominates(tmp_path: Pa
     text = (tmp_path / "report.md").read_text()
     assert "two-level bootstrap" in text and "**seeds** dominate" in text
     assert "seed spread of training is not in these intervals" not in text
+    # one set of draws: each S2 - S1 interval of comparisons.csv (the positive control, the clean cost) is the one
+    # gap closed stands on, seeds drawn for mAP too (its interval resampled images only, narrower than gap closed's)
+    s2_vs_s1 = result.comparisons[(result.comparisons["split"] == "test_occ_fixed")
+                                  & (result.comparisons["session"] == "S2_occ_train")
+                                  & (result.comparisons["reference"] == "S1_clean_train")
+                                  & (result.comparisons["threshold"] == "primary")].set_index("metric")
+    for metric in ("ingredient_micro_f1", "map50", "map50_95"):
+        gap_row = row(result.gap_closed, "yolov8m", metric, "S3_mask_backbone_early")
+        assert s2_vs_s1.loc[metric, "interval_levels"] == "seeds+images", metric
+        assert (s2_vs_s1.loc[metric, "ci_low"], s2_vs_s1.loc[metric, "ci_high"]) == pytest.approx(
+            (gap_row["gap_ci_low"], gap_row["gap_ci_high"]), abs=1e-12), metric
+    # detection F1 is the seeds' pooled statistic in summary_metrics, as its differences are
+    occluded = result.summary[(result.summary["split"] == "test_occ_fixed")].set_index("session")
+    assert {"detection_f1_seed_mean", "detection_f1_at_val_seed_mean"} <= set(result.summary.columns)
+    assert occluded.loc["S2_occ_train", "detection_f1"] - occluded.loc["S1_clean_train", "detection_f1"] == \
+        pytest.approx(s2_vs_s1.loc["detection_f1", "difference"], abs=1e-12)
 
 
 def test_gap_closed_refuses_map_stats_of_other_images(tmp_path: Path) -> None:
@@ -354,6 +370,10 @@ def test_a_verdict_from_part_of_a_sessions_seeds_says_so(tmp_path: Path) -> None
     assert "**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed (S2: 1 of 2 seeds done)" \
         in answer
     assert set(result.gap_closed["seeds_note"]) == {"S2: 1 of 2 seeds done"}
+    assert "One seed per session" not in answer and "two-level bootstrap" in answer   # S1 and S3 have two
+    assert "(S2: 1 of 2 seeds done)." in text[text.index("## Positive control"):]     # the control names it too
+    assert "- **yolov8m**: only some seeds done (S2: 1 of 2 seeds done): the findings below use the done seeds." \
+        in text
     (failed / "FAILED").unlink()
     write_session(failed, "yolov8m", "S2_occ_train", sessions["S2_occ_train"], 1)
     result = report.build_report(tmp_path, ["yolov8m"], seeds=[0, 1], n_resamples=50, n_permutations=99,

@@ -182,7 +182,7 @@ def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> No
     from exp3.grid.runner import exit_reason
 
     assert exit_reason(-15).startswith("session stopped by SIGTERM")
-    assert "resumes from its last epoch" in exit_reason(-9)
+    assert "goes on from its last saved epoch, if any" in exit_reason(-9)
     assert "out-of-memory killer" in exit_reason(-9)  # host RAM: the training runs in the session process
     assert exit_reason(-200).startswith("session stopped by signal 200")
     assert exit_reason(3) == "session exited with code 3"

@@ -13,7 +13,7 @@ import pytest
 
 from exp3.fileio import read_json
 from exp3.session.record import ran_batch
-from exp3.train.training import TRAIN_INFO_FILENAME, TrainOutcome, TrainPlan, run_training
+from exp3.train.training import TRAIN_INFO_FILENAME, TrainOutcome, TrainPlan, checkpoint_state, run_training
 
 TRAIN_OVERRIDES: dict[str, Any] = {"epochs": 1, "batch": 4, "workers": 0, "device": "cpu"}
 
@@ -82,6 +82,32 @@ def test_an_out_of_memory_retry_at_another_batch_trains_from_the_start(
     assert outcome.info["ran"]["batch"] == 2 and outcome.info["epochs_completed"] == 2
     (aside,) = plan.last_pt.parent.glob("last.pt.other-batch-*")
     assert torch.load(aside, map_location="cpu", weights_only=False)["train_args"]["batch"] == 4  # kept, not resumed
+
+
+def test_a_kill_in_the_final_validation_of_a_resumed_training_leaves_a_complete_record(
+        tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed during Ultralytics' final validation, after it stripped the checkpoints (epoch -1): the record kept
+    no epochs, effective args or resume (a kill -9 review hit this window in 3 of 6 random kills); now the next run
+    finishes it from the checkpoint, and the resume is on record from the resumed attempt's first write."""
+    plan = _plan(tiny_data_yaml, tmp_path, "yolov8n.yaml", {**TRAIN_OVERRIDES, "epochs": 2, "imgsz": 64})
+    with _extra_callbacks(monkeypatch, {"on_model_save": [_killed]}), pytest.raises(KeyboardInterrupt):
+        run_training(plan, tmp_path / "logs")                                    # killed after epoch 1's save
+    validations: list[Any] = []
+
+    def killed_in_the_final_validation(validator: Any) -> None:
+        validations.append(validator)
+        if len(validations) == 2:                                               # epoch 2's, then the final one
+            raise KeyboardInterrupt("killed in the final validation (simulated)")
+
+    with _extra_callbacks(monkeypatch, {"on_val_start": [killed_in_the_final_validation]}), \
+            pytest.raises(KeyboardInterrupt):
+        run_training(plan, tmp_path / "logs")
+    assert checkpoint_state(plan.last_pt)[1]["epoch"] == -1                    # stripped: a finished training's
+    outcome = run_training(plan, tmp_path / "logs")
+    assert "holds a finished training" in Path(outcome.log_path).read_text().split("==== exp3 train")[-1]
+    info = outcome.info
+    assert info["finished"] and info["epochs_completed"] == 2 and info["effective_args"]["epochs"] == 2
+    assert outcome.resumed_from_epoch == 0 and info["attempts"] == 2
 
 
 def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(

@@ -318,8 +318,8 @@ def seed_multiplicities(n_seeds: int, n_resamples: int, seed: int, stream: int) 
     K - 1 seeds are drawn (with replacement) and their multiplicities scaled by K / (K - 1), so draws keep the
     total weight K and the seed variance is unbiased (docs/report.md, "Intervals and tests over seeds and images").
     """
-    if n_seeds == 1:
-        return np.ones((n_resamples, 1))
+    if n_seeds <= 1:  # no seed done: no weights
+        return np.ones((n_resamples, n_seeds))
     drawn = np.random.default_rng([seed, 1_000_003, stream]).integers(0, n_seeds, size=(n_resamples, n_seeds - 1))
     return multiplicities(drawn, n_seeds) * (n_seeds / (n_seeds - 1))
 
@@ -365,7 +365,8 @@ def _two_level_inputs(values_a: np.ndarray, values_b: np.ndarray,
 
 def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str = "mean",
                          confidence: float = DEFAULT_CONFIDENCE, n_resamples: int = DEFAULT_RESAMPLES,
-                         seed: int = DEFAULT_SEED, image_weights: np.ndarray | None = None) -> TwoLevelInterval:
+                         seed: int = DEFAULT_SEED, image_weights: np.ndarray | None = None,
+                         seed_weights: tuple[np.ndarray, np.ndarray] | None = None) -> TwoLevelInterval:
     """Difference a - b (seed-pooled metric) with a two-level bootstrap interval over seeds and images.
 
     Args:
@@ -373,6 +374,7 @@ def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str =
             (K_a, N, 3) per-seed per-image (tp, fp, fn) (kind "micro_f1": F1 of the pooled counts); both on the
             same N images in the same order; K may differ between a and b.
         image_weights: the (B, N) image draws (default: `image_multiplicities(N, n_resamples, seed)`).
+        seed_weights: the (B, K_a) and (B, K_b) seed draws (default: `seed_multiplicities` of streams 0 and 1).
     """
     a, b, statistic = _two_level_inputs(values_a, values_b, kind)
 
@@ -380,7 +382,8 @@ def two_level_difference(values_a: np.ndarray, values_b: np.ndarray, kind: str =
         return two_level_draws(a, statistic, images, seeds_a) - two_level_draws(b, statistic, images, seeds_b)
 
     images = image_multiplicities(a.shape[1], n_resamples, seed) if image_weights is None else image_weights
-    seeds_a, seeds_b = (seed_multiplicities(x.shape[0], n_resamples, seed, stream) for stream, x in enumerate((a, b)))
+    seeds_a, seeds_b = seed_weights or (seed_multiplicities(x.shape[0], n_resamples, seed, stream)
+                                        for stream, x in enumerate((a, b)))
     fixed_a, fixed_b = np.ones((n_resamples, a.shape[0])), np.ones((n_resamples, b.shape[0]))
     both, only_images = draw(images, seeds_a, seeds_b), draw(images, fixed_a, fixed_b)
     only_seeds = draw(np.ones_like(images), seeds_a, seeds_b)

@@ -140,7 +140,7 @@ def publish_report(result: ReportResult, models: list[str]) -> None:
 
     logger = get_run_logger()
     for model in models:
-        logger.info(positive_control(result.comparisons, model)[1].replace("**", ""))
+        logger.info(positive_control(result.comparisons, model, result.summary)[1].replace("**", ""))
     rows = json.loads(result.summary[SUMMARY_COLUMNS].to_json(orient="records"))
     create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
     create_markdown_artifact(key="exp3-results", markdown=dashboard_markdown(result),

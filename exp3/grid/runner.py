@@ -48,8 +48,8 @@ def exit_reason(returncode: int) -> str:
     name = next((sig.name for sig in signal.Signals if sig == -returncode), f"signal {-returncode}")
     causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
               else "a time limit, a pre-emption or Ctrl-C")
-    return f"session stopped by {name} ({causes}); its training resumes from its last epoch when you run the " \
-           "same command again"
+    return f"session stopped by {name} ({causes}); its training goes on from its last saved epoch, if any, when " \
+           "you run the same command again"
 
 
 def is_out_of_memory(record: dict | None) -> bool:

@@ -22,7 +22,8 @@ PAIRED_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() i
 """Metrics with a per-image decomposition: paired bootstrap interval and permutation p (exp3.evaluate.stats)."""
 MAP_METRICS: tuple[str, ...] = tuple(key for key, metric in METRICS.items() if metric.kind == "map")
 """The validator's mAP: a paired bootstrap interval from `map_stats_<split>.npz`, no permutation p."""
-POOLED_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_micro_f1_at_val", "rF1_micro")
+POOLED_COLUMNS: tuple[str, ...] = ("ingredient_micro_f1", "ingredient_micro_f1_at_val", "rF1_micro", "detection_f1",
+                                   "detection_f1_at_val")
 """summary_metrics columns that hold the seed-pooled statistic (docs/report.md, "Several seeds")."""
 VAL_PLAN: tuple[tuple[str, str], ...] = (("S2_occ_train", "S1_clean_train"),)
 """(session, reference) rows compared at the val-chosen threshold (the primary threshold compares all)."""
@@ -49,10 +50,12 @@ class SessionComparison:
 
 
 def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataFrame | None], data: ReportData,
-                     n_permutations: int = stats.DEFAULT_PERMUTATIONS) -> SessionComparison | None:
+                     n_permutations: int = stats.DEFAULT_PERMUTATIONS,
+                     seed_weights: tuple[np.ndarray, np.ndarray] | None = None) -> SessionComparison | None:
     """Session a minus session b on `metric` (one of PAIRED_METRICS) from their per-seed score frames, on the image
     ids every seed of both holds (`draws.align`: None when a seed has none or they hold other images); with several
-    seeds a side, over seeds and images (docs/report.md, "Several seeds")."""
+    seeds a side, over seeds and images (docs/report.md, "Several seeds"), each side's seeds drawn as `seed_weights`
+    (`ReportData.seed_weights`: the draws of gap closed and severity too)."""
     aligned = align([*a, *b])
     if not a or not b or aligned.reason or not len(aligned.ids):
         return None
@@ -65,7 +68,7 @@ def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataF
                                                       n_permutations=n_permutations, seed=data.seed,
                                                       statistic=stats.STATISTICS[kind], image_weights=weights))
     two = stats.two_level_difference(values_a, values_b, kind, n_resamples=data.n_resamples, seed=data.seed,
-                                     image_weights=weights)
+                                     image_weights=weights, seed_weights=seed_weights)
     p_value = stats.two_level_permutation_pvalue(values_a, values_b, kind, n_permutations, data.seed)
     return SessionComparison(stats.PairedComparison(two.difference, p_value, len(ids)), "seeds+images",
                              two.image_sd, two.seed_sd)
@@ -119,7 +122,7 @@ def _interval_columns(name: str, interval: stats.Interval | None) -> dict[str, f
 
 def _intervals(data: ReportData, model: str, suffix: str) -> list[dict[str, object]]:
     """The interval rows of one session (`statistics_tables`), on the report's image draws."""
-    columns = list(METRICS["ingredient_micro_f1"].columns)
+    columns, detection = list(METRICS["ingredient_micro_f1"].columns), list(METRICS["detection_f1"].columns)
     clean, occluded = (data.pooled(model, suffix, split) for split in (CLEAN_SPLIT, FIXED_SPLIT))
     robust = align([occluded, clean])
     ratio = None if robust.reason else stats.bootstrap(
@@ -134,7 +137,10 @@ def _intervals(data: ReportData, model: str, suffix: str) -> list[dict[str, obje
                      **_interval_columns("ingredient_micro_f1", interval),
                      "ingredient_micro_f1_at_val_pooled": math.nan if at_val is None else
                      float(stats.micro_f1(at_val[columns].to_numpy())),
-                     **_interval_columns("rF1_micro", ratio), "ci_images": 0 if own is None else len(own)})
+                     **_interval_columns("rF1_micro", ratio), "ci_images": 0 if own is None else len(own),
+                     **{f"detection_f1{name}_pooled": math.nan if frame is None else
+                        float(stats.micro_f1(frame[detection].to_numpy())) for name, frame in (("", own),
+                                                                                              ("_at_val", at_val))}})
     return rows
 
 
@@ -144,13 +150,14 @@ def _map_row(data: ReportData, model: str, suffix: str, reference: str, split: s
               for name in (suffix, reference)]
     n_images = _mean_of([as_number(run.view.split(split).n_images) for run in data.done(model, suffix)])
     difference = _mean_of(points[0]) - _mean_of(points[1])
-    first, second = data.map_draws(model, suffix, split), data.map_draws(model, reference, split)
+    first, second = (data.split_draws(model, name, [split], metric) for name in (suffix, reference))
     low = high = math.nan
-    if first is not None and second is not None and first[0] == second[0] and math.isfinite(difference):
-        column = MAP_METRICS.index(metric)
-        low, high = stats.percentile_interval(first[1][:, column] - second[1][:, column], stats.DEFAULT_CONFIDENCE)
+    if first is not None and second is not None and first.ids == second.ids and math.isfinite(difference):
+        low, high = stats.percentile_interval(first.draws[:, 0] - second.draws[:, 0], stats.DEFAULT_CONFIDENCE)
+    seeds = max(len(data.done(model, name)) for name in (suffix, reference))  # several: seeds drawn too
+    levels = ("seeds+images" if seeds > 1 else "images") if math.isfinite(low) else ""
     return {"difference": difference, "n_images": 0 if math.isnan(n_images) else int(n_images), "ci_low": low,
-            "ci_high": high, "interval_levels": "images" if math.isfinite(low) else ""}
+            "ci_high": high, "interval_levels": levels}
 
 
 def statistics_tables(data: ReportData, models: list[str],
@@ -184,7 +191,8 @@ def statistics_tables(data: ReportData, models: list[str],
                 else:
                     result = done_pairs[key] = compare_sessions(
                         metric, data.seed_scores(model, suffix, split, threshold),
-                        data.seed_scores(model, reference, split, threshold), data, n_permutations)
+                        data.seed_scores(model, reference, split, threshold), data, n_permutations,
+                        (data.seed_weights(model, suffix), data.seed_weights(model, reference)))
                 row.update(conf=confs[suffix], reference_conf=confs[reference], bh_family=f"{metric}@{threshold}")
                 if result is not None:
                     found = result.comparison

@@ -119,6 +119,8 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
         if not_done:
             findings.append(f"{prefix}: partial grid, {len(done)} of {len(rows)} sessions done; not done: "
                             f"{', '.join(not_done)}. Findings below use the done sessions only.")
+        if partial := seeds_done_note(summary, model):
+            findings.append(f"{prefix}: only some seeds done ({partial}): the findings below use the done seeds.")
         s1 = done.loc["S1_clean_train"] if "S1_clean_train" in done.index else None
         s2 = done.loc["S2_occ_train"] if "S2_occ_train" in done.index else None
         if s1 is not None and s2 is not None:
@@ -209,9 +211,18 @@ def positive_control_failed(comparisons: pd.DataFrame, model: str) -> bool:
     return any(reading in ("no", "reversed") for *_, reading in _control_readings(comparisons, model))
 
 
-def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFrame, str]:
+def seeds_done_note(summary: pd.DataFrame, model: str, suffixes: tuple[str, ...] = SESSION_SUFFIXES) -> str:
+    """"S2: 1 of 2 seeds done, ..." for the sessions of `suffixes` with only some of their seeds done ("" if none)."""
+    rows = summary[(summary["model"] == model) & (summary["split"] == FIXED_SPLIT) & summary["session"].isin(suffixes)]
+    return ", ".join(f"{short_session(row['session'])}: {int(row['n_seeds_done'])} of {int(row['n_seeds'])} seeds done"
+                     for _, row in rows.iterrows() if 0 < row["n_seeds_done"] < row["n_seeds"])
+
+
+def positive_control(comparisons: pd.DataFrame, model: str,
+                     summary: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
     """The positive control of one model: (table of S2 - S1 on test_occ_fixed for every headline metric, one-line
-    verdict); the readings: docs/report.md, "Positive control"."""
+    verdict, which names S1 or S2 with only some seeds done when `summary` is given); the readings: docs/report.md,
+    "Positive control"."""
     session, reference, split = POSITIVE_CONTROL
     a, b = short_session(session), short_session(reference)
     rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
@@ -232,4 +243,6 @@ def positive_control(comparisons: pd.DataFrame, model: str) -> tuple[pd.DataFram
              f"do not: {', '.join(groups['no']) or 'none'}"]
     parts += [f"show the reverse: {', '.join(groups['reversed'])}"] if groups["reversed"] else []
     parts += [f"undecided (no CI): {', '.join(groups['undecided'])}"] if groups["undecided"] else []
-    return pd.DataFrame(rows), f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}."
+    partial = "" if summary is None else seeds_done_note(summary, model, (session, reference))
+    return pd.DataFrame(rows), (f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}"
+                                + (f" ({partial})" if partial else "") + ".")

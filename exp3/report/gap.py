@@ -301,28 +301,29 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
     return lines
 
 
-def _interval_note(seeds: int, n_resamples: int) -> str:
-    if seeds <= 1:
+def _interval_note(two_level: bool, n_resamples: int) -> str:
+    if not two_level:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {MAP_RESAMPLES}), S1, "
                 "S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
                 "not in these intervals** (docs/what-metrics-detect.md: it can be as large as the smaller effects).")
     return (f"Intervals: 95 % two-level bootstrap ({n_resamples} resamples; mAP {MAP_RESAMPLES}): the test images "
-            f"(the same draw for every session) and each session's training seeds (up to {seeds} per session, "
-            "drawn independently per session); docs/report.md \"Several seeds\". Which level dominates:")
+            "(the same draw for every session) and the training seeds of each session with several (drawn "
+            "independently per session); docs/report.md \"Several seeds\". Which level dominates:")
 
 
 def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int, comparisons: pd.DataFrame,
                 charts: list[str] | None = None) -> list[str]:
     """report.md's first section (lines): the answer per site, the rules' reference, the charts (`charts`: the
     gap_closed PNG names written under plots/; None or empty: no image) and the tables."""
-    seeds = int(table["n_seeds"].max()) if len(table) else 0
+    two_level = any((frame["interval_levels"] == "seeds+images").any() for frame in (table, comparisons)
+                    if "interval_levels" in frame)  # some session with several done seeds
     lines = ["## The answer: does masking replace occlusion training?", "",
              "gap closed = (Sx - S1) / (S2 - S1): 1 = the masking session does what occluded training does, 0 = "
              "nothing. Given only where S2 - S1 is established (its 95 % interval lies above 0); otherwise the "
              "positive control failed and no ratio is given. Verdicts from the fixed rules of docs/report.md "
              "(\"Gap closed\"); a site's verdict combines the metrics whose control holds. Charts: "
-             "`plots/gap_closed_<metric>.png`.", "", _interval_note(seeds, n_resamples), ""]
-    if seeds > 1:
+             "`plots/gap_closed_<metric>.png`.", "", _interval_note(two_level, n_resamples), ""]
+    if two_level:
         lines += (dominance_lines(comparisons, models) or ["- n/a (no two-level S2 - S1 interval)"]) + [""]
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]

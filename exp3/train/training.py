@@ -448,17 +448,21 @@ class TrainInfo:
 
 
 def _finish_record(plan: TrainPlan, info: dict[str, Any], trainer: str) -> None:
-    """A kill after the last epoch's checkpoint, before the training's end, leaves train_info.json unfinished: the
-    checkpoint's own args (what Ultralytics resolved, as `TrainInfo` records them at the end) finish it."""
+    """A kill after the last epoch's checkpoint, before the training's end (in Ultralytics' final validation, after
+    it stripped the checkpoints: epoch -1), leaves train_info.json unfinished: the checkpoint's own args (what
+    Ultralytics resolved, as `TrainInfo` records them at the end) and epochs finish it."""
     path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     recorded = read_json(path)
-    if not isinstance(recorded, dict) or recorded.get("finished") or info.get("epoch", -1) < 0:
+    if not isinstance(recorded, dict) or recorded.get("finished"):
         return
     import torch  # loaded with Ultralytics already
 
-    checkpoint = plan.last_pt if plan.last_pt.is_file() else plan.best_pt
-    args = torch.load(checkpoint, map_location="cpu", weights_only=False).get("train_args") or {}
-    atomic_write_json(path, {**recorded, "finished": True, "trainer": trainer, "epochs_completed": info["epoch"] + 1,
+    checkpoint = torch.load(plan.last_pt if plan.last_pt.is_file() else plan.best_pt, map_location="cpu",
+                            weights_only=False)
+    args = checkpoint.get("train_args") or {}
+    epoch = info.get("epoch", -1)  # stripped: its results' epochs (early stopping may end before `epochs`)
+    epochs = epoch + 1 if epoch >= 0 else len(set((checkpoint.get("train_results") or {}).get("epoch") or [])) or None
+    atomic_write_json(path, {**recorded, "finished": True, "trainer": trainer, "epochs_completed": epochs,
                              "effective_args": {key: str(value) if isinstance(value, Path) else value
                                                 for key, value in args.items()}})
 
@@ -478,6 +482,7 @@ def _train_with(plan: TrainPlan) -> None:
     info_path = Path(plan.run_dir) / TRAIN_INFO_FILENAME
     train_info = TrainInfo(info_path, (read_json(info_path) or {}) if resuming else {})
     if resuming:
+        train_info.captured["resumed_from"] = info.get("epoch")  # on record from its first write: a kill may follow
         print(f"exp3: resuming {plan.session} from its own {plan.last_pt} ({info})")
     model = (RTDETR if plan.family == "rtdetr" else YOLO)(str(plan.last_pt) if resuming else plan.source)
     trainers.add_callbacks(model, train_info.callbacks())
