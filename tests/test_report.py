@@ -758,7 +758,7 @@ def test_the_most_robust_session_is_named_as_a_ranking_only_when_the_intervals_s
     assert any(overlapping)                                      # the fixture holds the case this test is about
 
 
-def test_a_value_that_rounds_to_zero_is_never_negative_zero() -> None:
-    """The pilot's positive-control table read "-0.000 [-0.030, +0.030]"."""
-    assert fmt(-0.0, signed=True) == fmt(-0.0004, signed=True) == "+0.000" and fmt(-0.0004) == "0.000"
+def test_zero_is_never_negative_and_a_tiny_value_keeps_its_side() -> None:
+    """-0.0 printed "-0.000"; an interval's bound of -0.0002 keeps its sign ("-0.016, -0.000": it lies below 0)."""
+    assert fmt(-0.0, signed=True) == "+0.000" and fmt(-0.0) == "0.000" and fmt(-0.0002, signed=True) == "-0.000"
     assert fmt(-0.0006, signed=True) == "-0.001" and fmt(0.12345) == "0.123" and fmt(float("nan")) == "n/a"

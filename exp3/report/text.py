@@ -12,7 +12,7 @@ def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
     """`value` with `digits` decimals (a sign when `signed`); "n/a" for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    value = value if round(value, digits) != 0 else 0.0  # never "-0.000"
+    value = value if value != 0 else 0.0  # -0.0 is 0; a tiny negative keeps its sign ("-0.000": below 0)
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
