@@ -131,6 +131,9 @@ def test_a_gpu_this_machine_does_not_show_is_refused_before_any_flow(capsys: pyt
     err = capsys.readouterr().err
     assert err.startswith(f"error: gpus [{count}] / train.device None name GPU {count}, but this machine shows "
                           f"{count} GPU(s)") and err.count("\n") == 1 and not any(tmp_path.iterdir())
+    config, args = config_from_args(["--smoke", "--dry-run", "--set", f"output_root={tmp_path}", "--set",
+                                     f"gpus=[{count}]", "--set", "train.device=null", "--set", "parallel_sessions=1"])
+    assert run(config, args, lambda **_: pytest.fail("no flow on a dry run")) == 0  # a GPU grid, looked at anywhere
 
 
 def test_mlflow_beside_a_mirror_warns_that_its_store_stays_local(capsys: pytest.CaptureFixture[str], tmp_path: Path,

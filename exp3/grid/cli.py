@@ -103,9 +103,6 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
     try:  # names, weights and the user's data.yaml before anything runs
         grid = select_sessions(config, models, sessions)
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
-        for problem in (missing_packages(config.integrations), gpu_problem(config)):
-            if problem is not None:  # else every session fails alike, after the data is prepared
-                raise ValueError(problem)
         if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
             read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
         root = resolve_output_root(config)
@@ -119,8 +116,11 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         if mirror is not None and on_mirror_storage(root, mirror.path):
             print(f"WARNING exp3: mirror.path {mirror.path} is on the same disk as output_root {root} (is its drive "
                   "mounted?): a lost machine loses both copies", flush=True)
-        if args.dry_run:
+        if args.dry_run:  # a GPU config's grid can be looked at on a laptop
             return dry_run(config, grid, weights)
+        for problem in (missing_packages(config.integrations), gpu_problem(config)):
+            if problem is not None:  # else every session fails alike, after the data is prepared
+                raise ValueError(problem)
         if (lock := RootLock(root)).is_live():
             raise lock.busy()  # names the live run
         if args.sanity:
