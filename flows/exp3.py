@@ -26,14 +26,13 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
 from exp3.dataset.audit import AuditedData  # noqa: E402
-from exp3.grid.jobs import SessionJob, SessionResult, gpu_problem, plan_jobs, run_on_slots, session_slots  # noqa: E402
+from exp3.grid.jobs import SessionJob, SessionResult, machine_problem, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.grid.live import announce, publish_report, run_job  # noqa: E402
 from exp3.grid.runner import retry_if_transient  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.session.layout import SessionState  # noqa: E402
 from exp3.session.plan import planned_keys, select_sessions, write_plan  # noqa: E402
 from exp3.session.runlock import RootLock  # noqa: E402
-from exp3.train.integrations import missing_packages  # noqa: E402
 
 MAX_PARALLEL_SESSIONS = 16  # threads for session tasks; the real limit is the slots (`gpus`, `parallel_sessions`)
 
@@ -140,9 +139,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     grid = select_sessions(config, models, sessions)
     model_names = list(dict.fromkeys(s.model for s in grid))
     mirror_for(config.mirror, root)  # a mirror overlapping the root, or a folder of the user's: refused first
-    for problem in (() if fan_out_deployment else (missing_packages(config.integrations), gpu_problem(config))):
-        if problem is not None:  # sessions run here: each would fail alike, after the data is prepared
-            raise ValueError(problem)
+    if not fan_out_deployment and (problem := machine_problem(config)) is not None:  # sessions run on this machine
+        raise ValueError(problem)
     with RootLock(root, command="exp3 flow") as lock:
         if lock.took_over:
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")

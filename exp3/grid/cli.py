@@ -14,7 +14,7 @@ from typing import Any, Callable
 from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, writable_output_root
 from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
 from exp3.grid.flowenv import configure_flow_environment, database_problem
-from exp3.grid.jobs import gpu_problem
+from exp3.grid.jobs import machine_problem
 from exp3.identity import session_inputs
 from exp3.session.layout import SessionState
 from exp3.session.mirror import mirror_for, on_mirror_storage
@@ -22,7 +22,7 @@ from exp3.session.plan import select_sessions
 from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
 from exp3.status import grid_status
-from exp3.train.integrations import MLFLOW_STORE, missing_packages
+from exp3.train.integrations import MLFLOW_STORE
 from exp3.train.weights import WeightsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,9 +118,8 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
                   "mounted?): a lost machine loses both copies", flush=True)
         if args.dry_run:  # a GPU config's grid can be looked at on a laptop
             return dry_run(config, grid, weights)
-        for problem in (missing_packages(config.integrations), gpu_problem(config)):
-            if problem is not None:  # else every session fails alike, after the data is prepared
-                raise ValueError(problem)
+        if (problem := machine_problem(config)) is not None:
+            raise ValueError(problem)
         if (lock := RootLock(root)).is_live():
             raise lock.busy()  # names the live run
         if args.sanity:

@@ -16,6 +16,7 @@ from exp3.occlusion.identity import evaluation_plan
 from exp3.schema import PreparedData
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import Session
+from exp3.train.integrations import missing_packages
 
 Slot = int | None  # a GPU index, or None (a CPU or fan-out slot: no device pinned)
 
@@ -84,6 +85,12 @@ def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = Non
                   fan_out_width: int = 2) -> tuple[Slot, ...]:
     """The slots sessions run on: fan-out slots, else the configured GPUs (repeats allowed), else CPU slots."""
     return (None,) * fan_out_width if fan_out_deployment else (config.gpus or (None,) * config.parallel_sessions)
+
+
+def machine_problem(config: ExperimentConfig) -> str | None:
+    """One line when this machine cannot run the config's sessions (an integration not installed, a GPU it does
+    not show): every session would fail alike, after the data is prepared."""
+    return missing_packages(config.integrations) or gpu_problem(config)
 
 
 def gpu_problem(config: ExperimentConfig) -> str | None:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from exp3.evaluate.severity import METRICS
 from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
-from exp3.report.text import fmt, fmt_ci, fmt_p, short_session
+from exp3.report.text import fmt, fmt_ci, fmt_p, seeds_done, short_session
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT, PRIMARY_SPLITS
 
@@ -214,7 +214,7 @@ def positive_control_failed(comparisons: pd.DataFrame, model: str) -> bool:
 def seeds_done_note(summary: pd.DataFrame, model: str, suffixes: tuple[str, ...] = SESSION_SUFFIXES) -> str:
     """"S2: 1 of 2 seeds done, ..." for the sessions of `suffixes` with only some of their seeds done ("" if none)."""
     rows = summary[(summary["model"] == model) & (summary["split"] == FIXED_SPLIT) & summary["session"].isin(suffixes)]
-    return ", ".join(f"{short_session(row['session'])}: {int(row['n_seeds_done'])} of {int(row['n_seeds'])} seeds done"
+    return ", ".join(seeds_done(row["session"], int(row["n_seeds_done"]), int(row["n_seeds"]))
                      for _, row in rows.iterrows() if 0 < row["n_seeds_done"] < row["n_seeds"])
 
 

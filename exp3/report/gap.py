@@ -24,7 +24,7 @@ from exp3.report.comparisons import comparison_metrics
 from exp3.report.draws import MAP_RESAMPLES, ReportData, SplitDraws
 from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
-from exp3.report.text import fmt, fmt_ci, markdown_table, short_session
+from exp3.report.text import fmt, fmt_ci, markdown_table, seeds_done, short_session
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
@@ -209,7 +209,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     planned = [len(data.grouped.get((model, name), [])) for name in trio]
                     alike = len(set().union(*(batches[name] for name in trio))) <= 1  # one batch: no note
                     note = "" if alike else "; ".join(notes[name] for name in trio if notes[name])
-                    partial = "; ".join(f"{short_session(name)}: {done} of {expected} seeds done"
+                    partial = "; ".join(seeds_done(name, done, expected)
                                         for name, done, expected in zip(trio, seeds, planned) if 0 < done < expected)
                     n_images = 0 if sides[0] is None or sides[0].unpaired else len(sides[0].ids)
                     rows.append(GapRow(model, metric, suffix, basis, result, cost, n_images, min(seeds),

@@ -36,6 +36,11 @@ def fmt_p(value: float) -> str:
     return "n/a" if pd.isna(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
+def seeds_done(suffix: str, done: int, planned: int) -> str:
+    """`S2: 1 of 2 seeds done`: a session with only some of its seeds done."""
+    return f"{short_session(suffix)}: {done} of {planned} seeds done"
+
+
 def short_session(suffix: str) -> str:
     """`S2_occ_train` -> `S2`."""
     return suffix.split("_")[0]
