@@ -559,6 +559,18 @@ def test_val_chosen_threshold_columns_and_comparison(built: report.ReportResult)
             "ingredient micro F1 +0.000 [+0.000, +0.000]") in text
     assert "the threshold changes the conclusion" in text
     assert "### test_occ_fixed at the val-chosen threshold" in text
+    assert "the recording floor" not in text                                              # 0.10 and 0.50: above it
+
+
+def test_val_chosen_threshold_at_the_search_floor_is_named() -> None:
+    """A val-chosen threshold at the lowest candidate (0.01, below which nothing is recorded) is an upper bound on
+    the best one: the sentence names the sessions there (every seed's threshold), and only those."""
+    from exp3.report.findings import floor_note
+
+    assert floor_note([("yolov8n S1", 0.1), ("yolov8n S2", 0.5), ("yolov8n S3", float("nan"))]) == ""
+    note = floor_note([("yolov8n S1", 0.01), ("yolov8n S2", 0.02), ("yolov8n S3", 0.01 + 1e-12)])
+    assert note.startswith("yolov8n S1 and yolov8n S3: val F1 is highest at the lowest candidate threshold (0.01")
+    assert "yolov8n S2" not in note
 
 
 def _strict_loads(text: str) -> object:

@@ -3,9 +3,12 @@ threshold's reading and the positive control (S2 vs S1 on test_occ_fixed)."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
 
+from exp3.evaluate.metrics import THRESHOLD_SEARCH_GRID
 from exp3.evaluate.severity import METRICS
 from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.text import fmt, fmt_ci, fmt_p, seeds_done, short_session
@@ -71,6 +74,18 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
     return f"**{model}**: metrics {agreement} on {a} vs {b} ({split}): {body}{tail}."
 
 
+SEARCH_FLOOR = min(THRESHOLD_SEARCH_GRID)
+"""The lowest val-chosen threshold exp3 searches (predictions are recorded down to it): val F1 may peak below it."""
+
+
+def floor_note(labelled_confs: Iterable[tuple[str, float]]) -> str:
+    """A sentence naming the sessions whose val-chosen threshold (every seed's) is `SEARCH_FLOOR`, else ""."""
+    named = [label for label, conf in labelled_confs if pd.notna(conf) and round(float(conf), 9) <= SEARCH_FLOOR]
+    return "" if not named else (
+        f"{_join(named)}: val F1 is highest at the lowest candidate threshold ({fmt(SEARCH_FLOOR, 2)}, the "
+        "recording floor), so the val-chosen threshold may lie below what exp3 records; read it as a floor.")
+
+
 def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FIXED_SPLIT) -> str | None:
     """S2 vs S1 micro F1 at each session's val-chosen threshold next to the primary one (None if not available)."""
     session, reference = VAL_PLAN[0]
@@ -86,7 +101,8 @@ def val_threshold_finding(comparisons: pd.DataFrame, model: str, split: str = FI
         same = ci_verdict(at_val) == ci_verdict(primary)
         text += (f"; at conf {fmt(primary['conf'], 2)}: {fmt_ci(primary, 'difference', 'ci_low', 'ci_high', True)}"
                  + ("; same conclusion" if same else "; the threshold changes the conclusion"))
-    return text + "."
+    floor = floor_note([(a, at_val["conf"]), (b, at_val["reference_conf"])])
+    return text + "." + (f" {floor}" if floor else "")
 
 
 NOT_RANKED = ("the ranking is not established (separate intervals, not a test: sessions are tested against S1 and "

@@ -11,7 +11,13 @@ from exp3.report import curves, gap, severity
 from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.coverage import coverage_markdown
 from exp3.report.draws import MAP_RESAMPLES
-from exp3.report.findings import POSITIVE_CONTROL, headline_findings, positive_control, positive_control_failed
+from exp3.report.findings import (
+    POSITIVE_CONTROL,
+    floor_note,
+    headline_findings,
+    positive_control,
+    positive_control_failed,
+)
 from exp3.report.gallery import GALLERY_RULE
 from exp3.report.runs import THRESHOLDS
 from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
@@ -196,6 +202,9 @@ def render_markdown(result: "ReportResult") -> str:
              "Overlapping intervals do not by themselves mean no difference; "
              "the paired difference interval is the one to read.", ""]
     lines += curves.curves_section(result.training_curves, result.models, [path.name for path in pngs])
+    done = summary[summary["n_seeds_done"] > 0].drop_duplicates(["model", "session"])
+    floor = floor_note((f"{row['model']} {short_session(row['session'])}", row["conf_val"])
+                       for _, row in done.iterrows())
     for split in PRIMARY_SPLITS[::-1]:
         confs = ", ".join(fmt(conf, 2) for conf in sorted(summary["conf"].dropna().unique())) or "n/a"
         lines += [f"## {split}", "", f"At the primary threshold (conf {confs}):", "",
@@ -203,7 +212,8 @@ def render_markdown(result: "ReportResult") -> str:
         at_val = val_table(summary, result.comparisons, split)
         lines += ["Each session's own threshold, chosen to maximise ingredient micro F1 on the clean val split "
                   "(a secondary operating point; S2 - S1 recomputed per image at those thresholds):", "",
-                  markdown_table(at_val), ""] if len(at_val) else \
+                  markdown_table(at_val), "", *([floor, ""] if floor and split == FIXED_SPLIT else [])] \
+            if len(at_val) else \
             ["n/a: no done session.", ""]
     by_metric = metric_table(result.comparisons, result.models)
     if len(by_metric):
