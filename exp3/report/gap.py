@@ -211,9 +211,10 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     note = "" if alike else "; ".join(notes[name] for name in trio if notes[name])
                     partial = "; ".join(seeds_done(name, done, expected)
                                         for name, done, expected in zip(trio, seeds, planned) if 0 < done < expected)
-                    n_images = 0 if sides[0] is None or sides[0].unpaired else len(sides[0].ids)
-                    rows.append(GapRow(model, metric, suffix, basis, result, cost, n_images, min(seeds),
-                                       "seeds+images" if max(seeds) > 1 else "images", reason, note, partial))
+                    n_images = 0 if result is None else len(sides[0].ids)       # no result: no interval either
+                    levels = "" if result is None else "seeds+images" if max(seeds) > 1 else "images"
+                    rows.append(GapRow(model, metric, suffix, basis, result, cost, n_images, min(seeds), levels,
+                                       reason, note, partial))
     return rows
 
 
