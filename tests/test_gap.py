@@ -30,6 +30,7 @@ from exp3.sessions import Session
 
 N = 100
 CLASSES = ["tomato", "carrot", "onion", "egg"]
+EXAMPLE_INPUTS = json.loads((Path(__file__).parent / "fixtures" / "metrics_example.json").read_text())["inputs"]
 SPLITS = ("test_clean", "test_occ_fixed", "test_occ_sev1", "test_occ_sev2")
 HITS = {  # model -> suffix -> hits on SPLITS (rtdetr-l: no severity levels)
     "yolov8m": {"S1_clean_train": (80, 40, 40, 20), "S2_occ_train": (80, 60, 60, 40),
@@ -154,6 +155,7 @@ def test_mean_ap_rows_and_missing_sessions(built: report.ReportResult) -> None:
     assert found["gap"] > 0 and math.isfinite(found["gap_closed"]) and found["gap_ci_low"] > 0
     missing = row(built.gap_closed, "yolov8m", "ingredient_micro_f1", "S5_mask_neck")
     assert missing["verdict"] == gap.NO_RESULT and math.isnan(missing["gap"])
+    assert (missing["n_images"], missing["interval_levels"]) == (0, "")   # no result: no images, no interval
     assert not ((built.gap_closed["basis"] == "mPC") & (built.gap_closed["model"] == "rtdetr-l")).any()  # no levels
 
 
@@ -380,3 +382,53 @@ def test_a_verdict_from_part_of_a_sessions_seeds_says_so(tmp_path: Path) -> None
                                  charts=False, sessions=list(sessions))
     assert set(result.gap_closed["seeds_note"].fillna("")) == {""} and "seeds done" not in \
         (tmp_path / "report.md").read_text()
+
+
+def test_sessions_run_by_hand_under_other_inputs_are_not_compared(tmp_path: Path) -> None:
+    """No plan.json (sessions run with `python -m exp3.session`): S1 trained 1 epoch and S2 trained 2 were compared
+    as the positive control. Now the session whose shared inputs differ from most of its model's sessions (a tie: the
+    first in grid order) is stale, naming what differs; a masking session's own masking block differs by design."""
+    from exp3.report.runs import scan_sessions
+
+    def write(suffix: str, epochs: int) -> None:
+        folder = tmp_path / "yolov8m" / f"yolov8m__{suffix}"
+        write_session(folder, "yolov8m", suffix, HITS["yolov8m"][suffix])
+        metrics = json.loads((folder / "metrics.json").read_text())
+        inputs = json.loads(json.dumps(EXAMPLE_INPUTS))
+        inputs["config"]["model"]["epochs"] = epochs
+        if suffix == "S3_mask_backbone_early":
+            inputs["config"]["masking"] = {**inputs["config"]["masking"], "p_channels": 0.3}
+        path = atomic_write_json(folder / "metrics.json", {**metrics, "inputs": {**inputs, "session": suffix}})
+        atomic_write_json(folder / "DONE", {"session": f"yolov8m__{suffix}", "metrics_sha256": sha256_file(path)})
+
+    write("S1_clean_train", 1)
+    write("S2_occ_train", 2)
+    states = {run.suffix: run for run in scan_sessions(tmp_path, ["yolov8m"]) if run.status != "missing"}
+    assert (states["S1_clean_train"].status, states["S2_occ_train"].status) == ("done", "stale")   # a tie: S1's
+    assert states["S2_occ_train"].error.startswith("made under other inputs than most yolov8m sessions (differs in: "
+                                                   "config.model; no plan.json")
+    write("S3_mask_backbone_early", 2)                                   # two of three trained 2 epochs
+    states = {run.suffix: run.status for run in scan_sessions(tmp_path, ["yolov8m"]) if run.status != "missing"}
+    assert states == {"S1_clean_train": "stale", "S2_occ_train": "done", "S3_mask_backbone_early": "done"}
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=49, charts=False)
+    assert set(result.summary.set_index("session").loc["S1_clean_train", "status"]) == {"stale"}
+    versus = result.comparisons.set_index("reference")["difference"]
+    assert versus.loc["S1_clean_train"].isna().all() and versus.loc["S2_occ_train"].notna().any()  # no control
+
+
+def test_the_report_names_a_session_whose_training_resumed(tmp_path: Path) -> None:
+    """A resumed training is not an uninterrupted one (Ultralytics' random streams restart): report.md's warnings say
+    which sessions resumed, after how many epochs; the others are not named."""
+    for suffix, resumed in (("S1_clean_train", None), ("S2_occ_train", 11)):
+        folder = tmp_path / "yolov8m" / f"yolov8m__{suffix}"
+        write_session(folder, "yolov8m", suffix, HITS["yolov8m"][suffix])
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["training"]["resumed_from_epoch"] = resumed
+        path = atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_json(folder / "DONE", {"session": f"yolov8m__{suffix}", "metrics_sha256": sha256_file(path)})
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=49, charts=False)
+    text = (tmp_path / "report.md").read_text()
+    assert result.warnings == ["`yolov8m__S2_occ_train` resumed its training after 12 epochs (an interruption): not "
+                               "bit-identical to an uninterrupted training, as Ultralytics restarts its data-order and "
+                               "augmentation random streams at a resume; its numbers are its own checkpoint's"]
+    assert f"- {result.warnings[0]}" in text and "yolov8m__S1_clean_train` resumed" not in text

@@ -102,6 +102,33 @@ def test_cache_key_depends_on_what_the_session_depends_on() -> None:
     assert inputs.schema_version == SCHEMA_VERSION and inputs.model_copy(update={"schema_version": 1}).key != inputs.key
 
 
+def test_cache_key_holds_what_the_architecture_yaml_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edited architecture yaml, or another yolov8m.yaml that Ultralytics finds first in the working directory,
+    builds another network under the same name: its sessions get another key (before, S1 of a 3.0M-parameter network
+    was compared with S2 of an 11.1M one under one model name)."""
+    import yaml
+    from ultralytics.nn.tasks import yaml_model_load
+
+    s1 = Session("mine", "S1_clean_train")
+    custom = tmp_path / "mine.yaml"
+    custom.write_text(yaml.safe_dump({**yaml_model_load("yolov8n.yaml"), "yaml_file": None}))
+    config = load_config(None, [f"models.mine.architecture={custom}", "models.mine.epochs=1"])
+    first = session_inputs(config, s1, "fp", "occ-a", None).key
+    assert session_inputs(config, s1, "fp", "occ-a", None).key == first          # same content: same key
+    edited = yaml.safe_load(custom.read_text())
+    for scale in edited["scales"].values():                                        # twice the width
+        scale[1] *= 2
+    custom.write_text(yaml.safe_dump(edited))
+    assert session_inputs(config, s1, "fp", "occ-a", None).key != first
+    base, v8m = ExperimentConfig(), Session("yolov8m", "S1_clean_train")
+    shipped = session_inputs(base, v8m, "fp", "occ-a", None).key
+    monkeypatch.chdir(tmp_path)
+    found_first = yaml_model_load("yolov8m.yaml")
+    found_first["scales"]["m"][1] = 0.25                                           # an "m" of yolov8n's width
+    (tmp_path / "yolov8m.yaml").write_text(yaml.safe_dump(found_first))
+    assert session_inputs(base, v8m, "fp", "occ-a", None).key != shipped
+
+
 def test_the_plan_names_every_session_of_the_config_whatever_ran(tmp_path: Path) -> None:
     """Issue 35 item 1: a run narrowed by --models/--sessions still plans every session of its config, so a
     folder made under another config is stale to every reader (report, status), not done again."""

@@ -29,7 +29,7 @@ from exp3.report.coverage import CoverageReport
 from exp3.report.draws import ReportData
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
-from exp3.report.runs import discover_models, run_sessions, scan_sessions, session_folders
+from exp3.report.runs import discover_models, resumed_notes, run_sessions, scan_sessions, session_folders
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
 from exp3.session.plan import PLAN_FILENAME, read_plan
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, UNNAMED_SEED
@@ -143,7 +143,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         plots.remove_stale_charts(root / "plots", files)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed, in_run,
                           severity_curves, severity_table, by_coverage, gap_closed, training,
-                          sorted(set(data.warnings)))
+                          sorted(set(data.warnings)) + resumed_notes(runs))
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
     result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))

@@ -4,12 +4,13 @@ MISSING, `exp3.session.layout.SessionState`) and metrics.json, and a done sessio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
 from exp3.fileio import read_json
+from exp3.identity import shared_differences
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.plan import planned_key, read_plan
@@ -105,7 +106,35 @@ def scan_sessions(root: Path, models: list[str], seeds: list[int] | None = None,
                 folders = [(None, SessionPaths.of(root, Session(model, suffix)).folder)]
             runs.extend(load_session_run(path, model, suffix, seed, planned_key(keys, path.name))
                         for seed, path in folders)
-    return runs
+    return runs if keys else unplanned_mixes(runs)
+
+
+def unplanned_mixes(runs: list[SessionRun]) -> list[SessionRun]:
+    """Without a plan (sessions run by hand: no key to check against), a done session whose shared inputs
+    (`exp3.identity.shared_differences`) differ from those most of its model's done sessions share (a tie: the first
+    in grid order) is stale, naming what differs: S1 trained 1 epoch is no control for S2 trained 2."""
+    stale: dict[int, list[str]] = {}
+    for model in dict.fromkeys(run.model for run in runs):
+        held = [(id(run), run.metrics["inputs"]) for run in runs if run.model == model and run.status ==
+                SessionState.DONE and isinstance(run.metrics, dict) and isinstance(run.metrics.get("inputs"), dict)]
+        if held:
+            reference = max((inputs for _, inputs in held),
+                            key=lambda inputs: sum(not shared_differences(inputs, other) for _, other in held))
+            stale |= {key: differs for key, inputs in held if (differs := shared_differences(inputs, reference))}
+    return [replace(run, status=SessionState.STALE, metrics=None,
+                    error=f"made under other inputs than most {run.model} sessions (differs in: "
+                          f"{', '.join(stale[id(run)])}; no plan.json to check them against): run it again with "
+                          "their config") if id(run) in stale else run for run in runs]
+
+
+def resumed_notes(runs: Iterable[SessionRun]) -> list[str]:
+    """One line per done run whose training resumed after an interruption (`training.resumed_from_epoch`: the
+    0-based epoch of the checkpoint it resumed from)."""
+    resumed = [(run.folder.name, int(epoch)) for run in runs if run.status == SessionState.DONE
+               and math.isfinite(epoch := as_number(run.view.training.resumed_from_epoch))]
+    return [f"`{name}` resumed its training after {epoch + 1} epoch{'s' * (epoch > 0)} (an interruption): not "
+            "bit-identical to an uninterrupted training, as Ultralytics restarts its data-order and augmentation "
+            "random streams at a resume; its numbers are its own checkpoint's" for name, epoch in resumed]
 
 
 def as_number(value: Any) -> float:

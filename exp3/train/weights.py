@@ -13,13 +13,13 @@ The user's view: README (first section) and docs/schema.md, `training.weights`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from exp3.fileio import sha256_file
+from exp3.identity import architecture_spec
 
 WeightsOrigin = Literal["scratch", "local", "ultralytics_weights_dir", "downloaded"]
 
@@ -81,10 +81,6 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
                        f"in {in_weights_dir.parent} (Ultralytics' weights_dir) or give a path to it, {fix}")
 
 
-_SET_BY_ULTRALYTICS = ("nc", "channels", "ch", "yaml_file")
-"""Model-yaml keys that do not make the architecture: the class count and input channels (the dataset's: Ultralytics
-writes them when it builds the model) and the file the yaml was read from (same content, another path is fine)."""
-
 _CHECKED: set[tuple[str, str]] = set()
 """(weights sha256, architecture) pairs found to agree in this process: a checkpoint is loaded once to check it."""
 
@@ -96,25 +92,6 @@ def _checked(model_name: str, architecture: str, configured: str, file: Path, or
         check_architecture(model_name, architecture, weights)
         _CHECKED.add((weights.sha256, architecture))
     return weights
-
-
-def architecture_spec(model_yaml: dict[str, Any]) -> dict[str, Any]:
-    """What a model yaml builds, as Ultralytics' `parse_model` reads it: the yaml without `_SET_BY_ULTRALYTICS`,
-    its scale resolved (`scale`: the letter Ultralytics guessed from the yaml's file name, e.g. `s` for
-    `yolov8s.yaml`, or the first of `scales` where none was; `multipliers`: that scale's depth, width and
-    max_channels, or the yaml's own `depth_multiple` / `width_multiple`), in JSON types."""
-    spec = {key: value for key, value in model_yaml.items() if key not in _SET_BY_ULTRALYTICS}
-    scales, scale = spec.pop("scales", None), spec.pop("scale", None) or ""
-    depth, width = spec.pop("depth_multiple", 1.0), spec.pop("width_multiple", 1.0)
-    if scales:
-        scale = scale or next(iter(scales))
-        spec["multipliers"] = list(scales[scale]) if scale in scales else None
-    else:
-        spec["multipliers"] = [depth, width, None]
-    spec["scale"] = scale
-    if spec.get("backbone") and spec["backbone"][0][2] == "Silence":  # Ultralytics renames it when it builds
-        spec["backbone"] = [[*spec["backbone"][0][:2], "nn.Identity", *spec["backbone"][0][3:]], *spec["backbone"][1:]]
-    return json.loads(json.dumps(spec, default=str))
 
 
 def read_architecture(model_name: str, architecture: str) -> dict[str, Any]:
