@@ -67,7 +67,7 @@ class ModelConfig(_Strict):
 
     architecture: str
     weights: str | None = None
-    epochs: int = Field(gt=0)
+    epochs: int = Field(gt=0, strict=True)  # strict: `epochs: on` is not 1
 
     @property
     def family(self) -> Literal["detect", "rtdetr"]:
@@ -85,10 +85,10 @@ def _default_models() -> dict[str, ModelConfig]:
 class TrainConfig(_Strict):
     """The only training args exp3 may set; `None` leaves Ultralytics' default in force."""
 
-    batch: int | None = Field(default=None, gt=0)
-    imgsz: int | None = Field(default=None, ge=32)
+    batch: int | None = Field(default=None, gt=0, strict=True)  # strict: a YAML `true` or `off` is not 1 or 0
+    imgsz: int | None = Field(default=None, ge=32, multiple_of=32, strict=True)  # Ultralytics rounds others up
     device: str | None = None
-    workers: int | None = Field(default=None, ge=0)
+    workers: int | None = Field(default=None, ge=0, strict=True)
 
     @field_validator("device", mode="before")
     @classmethod

@@ -345,6 +345,18 @@ def test_nc_that_disagrees_with_names_is_refused_as_ultralytics_refuses_it(datas
     assert not audit_dataset(dataset).blocking and len(read_data_yaml(dataset).names) == 10
 
 
+def test_a_data_yaml_of_other_channels_is_refused(dataset: Path) -> None:
+    """`channels: 1` passed the audit; S1 trained a 1-channel model from the user's yaml, S2 a 3-channel one from
+    exp3's (which drops the key), and both failed at evaluation after their whole training. Now refused first."""
+    spec = yaml.safe_load(dataset.read_text())
+    dataset.write_text(yaml.safe_dump({**spec, "channels": 1}))
+    with pytest.raises(DatasetError, match=r"'channels: 1': exp3 trains, occludes and evaluates 3-channel images: "
+                                           r"remove 'channels:' \(or set it to 3\)$"):
+        read_data_yaml(dataset)
+    dataset.write_text(yaml.safe_dump({**spec, "channels": 3}))
+    assert len(read_data_yaml(dataset).names) == 10
+
+
 def test_a_relative_path_that_ultralytics_reads_elsewhere_is_refused(dataset: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`path: foods` in cfg/foods.yaml: exp3 reads cfg/foods, Ultralytics (`check_det_dataset`, which trains S1 from

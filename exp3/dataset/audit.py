@@ -95,6 +95,9 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     if "nc" in data and data["nc"] != len(names):  # Ultralytics refuses it in every session, after the suites are built
         raise DatasetError(f"{str(yaml_path)!r}: 'nc: {data['nc']}' but 'names' lists {len(names)} classes: "
                            f"set nc: {len(names)} or remove 'nc:'")
+    if data.get("channels", 3) != 3:  # Ultralytics builds S1's model for it, but S2's and the suites' yamls are 3
+        raise DatasetError(f"{str(yaml_path)!r}: 'channels: {data['channels']}': exp3 trains, occludes and evaluates "
+                           "3-channel images: remove 'channels:' (or set it to 3)")
     return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=names)
 
 
