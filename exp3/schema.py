@@ -132,6 +132,7 @@ class Checkpoint(_Block):
     path: str
     which: str
     why: str
+    sha256: str
 
 
 class TrainingWeights(_Block):

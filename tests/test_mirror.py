@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from exp3.config import MirrorConfig
+from exp3.fileio import sha256_file
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.mirror import REPORT_FILES, TEMP_SUFFIX, Mirror, describe, foreign_mirror, mirror_for
 
@@ -36,7 +37,8 @@ def _session(root: Path, done: bool, key: str = KEY) -> SessionPaths:
     if done:
         (paths.folder / "weights").mkdir()
         os.link(weights / "best.pt", paths.folder / "weights" / "best.pt")
-        paths.metrics.write_text(json.dumps({"checkpoint": {"path": str(weights / "best.pt")}}))
+        paths.metrics.write_text(json.dumps({"checkpoint": {"path": str(weights / "best.pt"),
+                                                            "sha256": sha256_file(weights / "best.pt")}}))
         paths.write_done(key, {})
     return paths
 
@@ -146,8 +148,8 @@ def test_restore_brings_back_a_verified_done_session_and_an_unfinished_one_of_th
     fresh = Mirror(mirror_path, tmp_path / "new-root")
     lines = fresh.restore({"yolov8n__S1_clean_train": KEY, "yolov8n__S3_mask_backbone_early": unfinished_key})
     assert lines == ["yolov8n__S1_clean_train: done (DONE verified), not trained again",
-                     "yolov8n__S3_mask_backbone_early: unfinished (2 epochs in its mirrored results.csv), "
-                     "resumes from last.pt"]
+                     "yolov8n__S3_mask_backbone_early: unfinished (2 epochs in its mirrored results.csv; its last.pt may "
+                     "hold one fewer), resumes from last.pt"]
     assert SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train").is_done(KEY)
     resumed = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S3_mask_backbone_early")
     assert resumed.state(unfinished_key) == SessionState.PARTIAL
@@ -166,6 +168,26 @@ def test_restore_refuses_what_does_not_verify(tmp_path: Path) -> None:
     held.metrics.write_text(held.metrics.read_text()[:-1])  # a half-uploaded metrics.json: DONE does not match
     assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == []
     assert not SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train").is_done(None)
+
+
+def test_restore_refuses_a_done_session_whose_checkpoint_is_not_the_evaluated_one(tmp_path: Path) -> None:
+    """On Drive a small DONE uploads long before a large best.pt: a VM recycled in between leaves the mirror with the
+    new DONE and metrics.json but the best.pt of an earlier checkpoint push. Restored as done, a severity level added
+    later was evaluated from that other best.pt; now nothing of the session comes back and it trains again."""
+    mirror_path = tmp_path / "mirror"
+    done = _session(tmp_path / "earlier", done=True)
+    Mirror(mirror_path, tmp_path / "earlier").push_done(done)
+    held = SessionPaths(mirror_path / "yolov8n" / "yolov8n__S1_clean_train")
+    (held.run_dir / "weights" / "best.pt").write_bytes(os.urandom(2000))        # an earlier epoch's best.pt
+    fresh = Mirror(mirror_path, tmp_path / "new-root")
+    local = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train")
+    assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
+        f"yolov8n__S1_clean_train: not restored from the mirror, its checkpoint {local.run_dir / 'weights' / 'best.pt'}"
+        " is not the one its metrics were made from (sha256 differs) (an upload cut short?): trained again"]
+    assert local.state(KEY) == SessionState.PENDING and not [file for file in local.folder.rglob("*") if file.is_file()]
+    (held.run_dir / "weights" / "best.pt").write_bytes((done.run_dir / "weights" / "best.pt").read_bytes())
+    assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
+        "yolov8n__S1_clean_train: done (DONE verified), not trained again"]
 
 
 def test_a_failing_mirror_is_warned_about_once_per_problem_and_never_raises(tmp_path: Path, capsys) -> None:
@@ -297,7 +319,8 @@ def test_a_mirror_copy_made_under_other_inputs_is_set_aside_before_the_session_t
     mirror.push_checkpoint(_session(mirror.root, done=False, key=new_key))
     assert SessionPaths(held).recorded_key() == new_key and not SessionPaths(held).done_marker.exists()
     assert Mirror(mirror.path, tmp_path / "new-vm").restore({"yolov8n__S1_clean_train": new_key}) == [
-        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv), resumes from last.pt"]
+        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
+        "resumes from last.pt"]
 
 
 def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -321,3 +344,41 @@ def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkey
     mirror.push_checkpoint(paths)
     assert "WARNING exp3 mirror: copying a checkpoint to" in capsys.readouterr().out
     assert not list(mirror.path.rglob(f"*{TEMP_SUFFIX}"))
+
+
+def test_bytes_written_counts_every_push_of_sessions_pushing_at_once(tmp_path: Path) -> None:
+    """Two sessions' pushes overlap (the flow polls each in its own thread): `self.bytes_written += self._copy(...)`
+    read the total before a copy of seconds, so one push overwrote the other's (1224 MB logged, 2313 MB written)."""
+    import threading
+
+    mirror = _mirror(tmp_path)
+    files = [mirror.root / f"big{index}.bin" for index in range(4)]
+    mirror.root.mkdir(parents=True)
+    for file in files:
+        file.write_bytes(os.urandom(8_000_000))
+    threads = [threading.Thread(target=mirror._push, args=(file,)) for file in files]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mirror.bytes_written == 4 * 8_000_000 == sum(file.stat().st_size for file in mirror.path.glob("big*.bin"))
+
+
+def test_a_killed_pushs_partial_copy_is_dropped_not_filed_as_another_configs_session(tmp_path: Path) -> None:
+    """kill -9 while a checkpoint was being copied left `.best.pt.mirror-tmp` (19 MB) on Drive for good; the next run
+    took the folder holding only it for another config's session and moved it to the mirror's stale/ silently."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    held = mirror.path / paths.folder.relative_to(mirror.root)
+    torso = held / "train" / "weights" / f".best.pt{TEMP_SUFFIX}"
+    torso.parent.mkdir(parents=True)
+    torso.write_bytes(os.urandom(5000))
+    os.link(torso, tmp_path / "trash")
+    mirror.set_aside_stale(paths, KEY)
+    assert not any(held.rglob("*")) and not (mirror.path / "stale").exists()  # nothing left, nothing set aside
+    assert (tmp_path / "trash").stat().st_size == 0                          # truncated before it was removed
+    done = _session(tmp_path / "other", done=True)
+    leftover = mirror.path / "yolov8n" / "yolov8n__S1_clean_train" / f".last.pt{TEMP_SUFFIX}"
+    leftover.write_bytes(b"torso")                                           # the folder is there, emptied
+    Mirror(mirror.path, tmp_path / "other").push_done(done)
+    assert not leftover.exists() and (leftover.parent / "DONE").is_file()

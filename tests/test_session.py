@@ -519,3 +519,26 @@ def test_a_training_without_best_pt_is_evaluated_from_last_pt_and_says_so(grid, 
     assert metrics.checkpoint.which == "last.pt" and metrics.checkpoint.path == str(weights / "last.pt")
     assert metrics.checkpoint.why.startswith("last.pt: the final epoch, not selected on val")
     assert not (SessionPaths.of(output, session).folder / "weights" / "best.pt").exists()
+
+
+def test_a_severity_level_is_never_added_from_another_checkpoint(grid, tmp_path: Path) -> None:
+    """A done session restored from a mirror whose best.pt upload was cut short holds another best.pt: a severity
+    level added later was evaluated from it, silently. Now the session fails in one line (its FAILED marker says why:
+    before, no marker, and the flow called it "stopped by a signal"); with its own best.pt back, the level is added
+    and the marker goes."""
+    output = tmp_path / "out"
+    session = Session("yolov8n", "S1_clean_train")
+    paths = SessionPaths.of(output, session)
+    shutil.copytree(SessionPaths.of(grid[0], session).folder, paths.folder, symlinks=True)
+    best = paths.folder / "train" / "weights" / "best.pt"
+    own = best.read_bytes()
+    best.write_bytes(own + b"\0")                                     # other bytes than the evaluated checkpoint
+    levels = {"occlusion": {"severities": [[0.10, 0.26], [0.42, 0.58], [0.74, 0.90]]}}
+    config = load_config(_write_config(tmp_path / "c.yaml", output, levels))
+    with pytest.raises(SessionFailed, match=r"cannot add test_occ_sev2.*: its checkpoint .+best.pt is not the one its "
+                                            r"metrics were made from \(sha256 differs\)"):
+        run_session(config, session, output)
+    assert "sha256 differs" in json.loads(paths.failed_marker.read_text())["error"] and paths.is_done(None)
+    best.write_bytes(own)
+    metrics = run_session(config, session, output)
+    assert "test_occ_sev2" in metrics.splits and not paths.failed_marker.exists()

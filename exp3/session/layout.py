@@ -90,6 +90,17 @@ class SessionPaths:
             return Path(recorded)
         return self.folder.joinpath(*parts[len(parts) - parts[::-1].index(self.folder.name):])
 
+    def checkpoint_differs(self) -> str | None:
+        """Why the checkpoint metrics.json was evaluated from is not the one in this folder now (gone, or other bytes:
+        a mirror's upload cut short, a file replaced), else None."""
+        recorded = ((read_json(self.metrics) or {}).get("checkpoint") or {})
+        file = self.here(str(recorded.get("path")))
+        if not file.is_file():
+            return f"its checkpoint {file} is gone"
+        if sha256_file(file) != recorded.get("sha256"):
+            return f"its checkpoint {file} is not the one its metrics were made from (sha256 differs)"
+        return None
+
     def failure(self) -> dict[str, Any] | None:
         """The FAILED marker (parsed), or None."""
         record = read_json(self.failed_marker)

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,6 +55,7 @@ class Mirror:
     bytes_written: int = 0
     _problems: set[tuple[str, str]] = field(default_factory=set)
     _started: dict[str, float] = field(default_factory=dict)  # session folder -> when its last checkpoint went
+    _counting: threading.Lock = field(default_factory=threading.Lock)  # `bytes_written` of concurrent pushes
     _copied: dict[Path, tuple[int, int]] = field(default_factory=dict)  # target -> (size, mtime_ns) of its source
     # when this run copied it: a mount that keeps no modification times (some network drives) is not copied again
 
@@ -86,7 +88,9 @@ class Mirror:
         return stat.st_size
 
     def _push(self, source: Path) -> None:
-        self.bytes_written += self._copy(source, self.path / source.relative_to(self.root))
+        written = self._copy(source, self.path / source.relative_to(self.root))  # seconds: sessions push at once
+        with self._counting:
+            self.bytes_written += written
 
     def _remove(self, local: Path) -> None:
         """Remove the mirror's copy of `local` (truncated first)."""
@@ -119,6 +123,7 @@ class Mirror:
         stale/ (kept, as `SessionPaths.move_aside` keeps the local one), so this key's files never land beside it."""
         held = SessionPaths(self.path / paths.folder.relative_to(self.root))
         try:
+            _drop_torsos(held.folder)  # a killed push's: not another config's session
             if held.folder.is_dir() and held.state(key) == SessionState.STALE:
                 held.move_aside()
         except OSError as error:
@@ -133,6 +138,7 @@ class Mirror:
                 self._push(file)
             for file in redundant:
                 self._remove(file)
+            _drop_torsos(self.path / paths.folder.relative_to(self.root))
         except OSError as error:
             self._warn("copying a done session to", error)
         except (ValueError, KeyError, TypeError):
@@ -151,7 +157,7 @@ class Mirror:
             # the checkpoints first: a results.csv copied after them holds every epoch they hold (an epoch that ends
             # in between is a row the resume writes again, read once), never one fewer (a row lost for good)
             for file in checkpoints + [file for file in files if file not in checkpoints]:
-                if file.is_file():
+                with contextlib.suppress(FileNotFoundError):  # replaced by the session meanwhile: the next push
                     self._push(file)
             self._started[folder] = now
         except OSError as error:
@@ -190,23 +196,32 @@ class Mirror:
                 if local.state(key) != SessionState.PENDING or not held.folder.is_dir():
                     continue
                 if held.is_done(key):
-                    self._bring_back(held, local, skip=(FAILED_MARKER,))
-                    if local.is_done(key):
+                    copied = self._bring_back(held, local, skip=(FAILED_MARKER,))
+                    problem = None if local.is_done(key) else "its copy does not verify"
+                    if (problem := problem or local.checkpoint_differs()) is None:
                         restored.append(f"{name}: done (DONE verified), not trained again")
-                    else:
-                        local.done_marker.unlink(missing_ok=True)  # the copy does not verify: the session trains again
+                    else:  # nothing of it stays: a best.pt left alone would be evaluated as a finished training
+                        for file in copied:
+                            file.unlink(missing_ok=True)
+                            self._copied.pop(file, None)
+                        _prune_empty(local.folder)
+                        restored.append(f"{name}: not restored from the mirror, {problem} (an upload cut short?): "
+                                        "trained again")
                 elif held.recorded_key() == key and held.last_pt.is_file():
                     self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
                     rows = len(results_rows(local))
-                    restored.append(f"{name}: unfinished ({rows} epochs in its mirrored results.csv), resumes from "
-                                    "last.pt")
+                    restored.append(f"{name}: unfinished ({rows} epochs in its mirrored results.csv; its last.pt may "
+                                    "hold one fewer), resumes from last.pt")
             except OSError as error:
                 self._warn("restoring from", error)
         return restored
 
-    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...]) -> None:
-        for file in [file for file in _session_files(held) if file.name not in skip]:
-            self._copy(file, local.folder / file.relative_to(held.folder))
+    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...]) -> list[Path]:
+        pairs = [(file, local.folder / file.relative_to(held.folder)) for file in _session_files(held)
+                 if file.name not in skip]
+        for file, copy in pairs:
+            self._copy(file, copy)
+        return [copy for _, copy in pairs]
 
 
 def describe(path: str | os.PathLike[str]) -> str:
@@ -219,7 +234,8 @@ def describe(path: str | os.PathLike[str]) -> str:
         size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
     except OSError as error:  # a disconnected mount: said, never fatal
         return f"mirror {path}: not readable now ({errno.errorcode.get(error.errno or 0, type(error).__name__)})"
-    return f"mirror {path}: {done} sessions done, {unfinished} unfinished with a checkpoint, {size / 1e9:.2f} GB"
+    return (f"mirror {path}: {done} sessions done, {unfinished} unfinished with a checkpoint (under any config: a "
+            f"changed config trains them again), {size / 1e9:.2f} GB")
 
 
 def on_mirror_storage(path: Path, mirror: Path) -> bool:
@@ -268,6 +284,24 @@ def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:
     """The folders under `root` of the sessions of `keys` (name -> key) that are done under their key."""
     found = {name: SessionPaths(Path(root) / name.split("__", 1)[0] / name) for name in keys}
     return [paths for name, paths in found.items() if paths.is_done(keys[name])]
+
+
+def _prune_empty(folder: Path) -> None:
+    """Remove the empty folders under `folder` (deepest first); a file is never removed."""
+    for path in sorted(folder.rglob("*"), key=lambda path: -len(path.parts)):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def _drop_torsos(folder: Path) -> None:
+    """A mirror folder without the partial copies a killed push left there (`TEMP_SUFFIX`: never read, only counted
+    against the quota; truncated first) and without the folders they leave empty."""
+    torsos = list(folder.rglob(f"*{TEMP_SUFFIX}")) if folder.is_dir() else []
+    for torso in torsos:
+        _truncate(torso)
+        torso.unlink(missing_ok=True)
+    if torsos:
+        _prune_empty(folder)
 
 
 def _session_files(paths: SessionPaths) -> Iterator[Path]:

@@ -18,7 +18,7 @@ from exp3 import SCHEMA_VERSION, __version__
 from exp3.config import ExperimentConfig
 from exp3.evaluate.metrics import ImageRecord, operating_point, robustness_ratio, summarize_split
 from exp3.evaluate.severity import mpc_summary
-from exp3.fileio import atomic_write_json
+from exp3.fileio import atomic_write_json, sha256_file
 from exp3.identity import SessionInputs
 from exp3.schema import (
     Checkpoint,
@@ -167,7 +167,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
         experiment=config.name,
         cache_key=inputs.key,
         inputs=inputs,
-        checkpoint=Checkpoint(path=str(checkpoint), which=checkpoint.name,
+        checkpoint=Checkpoint(path=str(checkpoint), which=checkpoint.name, sha256=sha256_file(checkpoint),
                               why=CHECKPOINT_CHOICE if checkpoint.name == "best.pt" else LAST_CHECKPOINT),
         training=Training.model_validate({
             "family": plan.family,

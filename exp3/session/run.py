@@ -96,7 +96,12 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
             raise _failed(paths, session, error) from error
         inputs = session_inputs(config, session, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256)
         if paths.is_done(inputs.key):
-            return update_severity_evaluations(config, session, output_root, paths, prepared)
+            try:
+                metrics = update_severity_evaluations(config, session, output_root, paths, prepared)
+            except Exception as error:  # noqa: BLE001 - a done session's update failing leaves a FAILED marker too
+                raise _failed(paths, session, error) from error
+            paths.failed_marker.unlink(missing_ok=True)
+            return metrics
         if paths.state(inputs.key) == SessionState.STALE:
             moved = paths.move_aside()
             print(f"exp3: {session.name}: results made under other inputs (key "
@@ -208,9 +213,9 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     if not missing and not extra:
         return current
     checkpoint = paths.here(current.checkpoint.path)  # the folder may have moved since (a mirror's new root)
-    if missing and not checkpoint.is_file():
-        raise SessionFailed(f"{session.name}: cannot add {', '.join(missing)}: its checkpoint {checkpoint} is gone; "
-                            "restore it, or move the session folder away to train it again")
+    if missing and (problem := paths.checkpoint_differs()) is not None:
+        raise SessionFailed(f"{session.name}: cannot add {', '.join(missing)}: {problem}; restore it, or move the "
+                            "session folder away to train it again")
     names = read_data_yaml(prepared.data_yaml).names
     model = load_evaluation_model(checkpoint, current.training.family) if missing else None
     added: dict[str, SplitMetrics] = {}
