@@ -255,3 +255,20 @@ def test_a_start_meeting_a_watchers_probe_takes_the_lock(tmp_path: Path) -> None
     threading.Timer(0.1, probe.close).start()
     with SessionLock(path, "session yolov8m__S1_clean_train", "exp3 flow") as lock:
         assert lock.owner()["pid"] == os.getpid()
+
+
+def test_a_file_system_without_locks_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An output root on Google Drive's mount (flock: EOPNOTSUPP) raised a traceback from `flock`, and `exp3.status`
+    one from its probe. Now the root is refused with the fix (keep it local, mirror to Drive); the probe reads it
+    as not held."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(LockBusy, match=r"^output root '.+' cannot be locked there \(Operation not supported\): keep "
+                                       r"the output root on a local disk, and set mirror.path"):
+        RootLock(tmp_path).acquire()
+    assert RootLock(tmp_path).is_live() is False

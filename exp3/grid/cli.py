@@ -120,8 +120,9 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
             return dry_run(config, grid, weights)
         if (problem := machine_problem(config)) is not None:
             raise ValueError(problem)
-        if (lock := RootLock(root)).is_live():
-            raise lock.busy()  # names the live run
+        with RootLock(root, command="exp3 start") as probe:  # a live run (named), or a root that takes no locks
+            if probe.took_over:
+                print(f"exp3: took over a stale lock from a dead run: {probe.took_over}", flush=True)
         if args.sanity:
             return sanity(config, flow, models, sessions)
         state = flow(config=config, models=args.models, sessions=args.sessions, rerun_failed=args.rerun_failed,

@@ -57,6 +57,11 @@ class SessionLock:
                     os.close(fd)
                     raise self.busy() from None
                 time.sleep(0.01)
+            except OSError as error:  # a file system without locks (Google Drive's mount, some network shares)
+                os.close(fd)
+                raise LockBusy(f"{self.what} cannot be locked there ({os.strerror(error.errno or 0)}): keep the output "
+                               "root on a local disk, and set mirror.path to copy the results to that folder "
+                               "(README, \"A mirror on slower, durable storage\")") from None
         self.took_over, self._fd = self.owner() or None, fd
         _HELD.add(fd)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command}
@@ -72,9 +77,12 @@ class SessionLock:
 
     def is_live(self) -> bool:  # this process holding it counts; the probe's shared hold lasts microseconds
         with contextlib.suppress(FileNotFoundError), open(self.path, "rb") as probe:
-            with contextlib.suppress(BlockingIOError):
+            try:
                 return fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB) is not None  # returns None: free
-            return True
+            except BlockingIOError:
+                return True
+            except OSError:  # a file system without locks: nothing can hold one there (`acquire` refuses it)
+                return False
         return False
 
     __enter__ = acquire
