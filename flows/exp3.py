@@ -28,7 +28,7 @@ from exp3.config import ExperimentConfig, load_config, resolve_output_root, writ
 from exp3.dataset.audit import AuditedData  # noqa: E402
 from exp3.grid.jobs import SessionJob, SessionResult, machine_problem, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.grid.live import announce, publish_report, run_job  # noqa: E402
-from exp3.grid.runner import retry_if_transient  # noqa: E402
+from exp3.grid.runner import retry_if_transient, sessions_end_first  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.session.layout import SessionState  # noqa: E402
 from exp3.session.plan import planned_keys, select_sessions, write_plan  # noqa: E402
@@ -141,7 +141,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     mirror_for(config.mirror, root)  # a mirror overlapping the root, or a folder of the user's: refused first
     if not fan_out_deployment and (problem := machine_problem(config)) is not None:  # sessions run on this machine
         raise ValueError(problem)
-    with RootLock(root, command="exp3 flow") as lock:
+    with RootLock(root, command="exp3 flow") as lock, sessions_end_first():  # a signal: sessions end, then the lock
         if lock.took_over:
             logger.warning(f"took over a stale lock from a dead run: {lock.took_over}")
         # every refusal (weights, data) before config_resolved.yaml and plan.json are rewritten: a refused run

@@ -3,12 +3,13 @@ process, logging to `<session>/logs/session.log`, polled for progress. No Prefec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from exp3.config import ConfigError, load_config
 from exp3.fileio import read_json
@@ -26,6 +27,8 @@ OOM_PATTERNS: tuple[str, ...] = ("out of memory", "outofmemoryerror", "cublas_st
 """Lower case: the errors Ultralytics itself treats as out of memory (`BaseTrainer._do_train`), and cuDNN's when it
 finds no memory for a convolution."""
 DEFAULT_BATCH = 16  # Ultralytics' default batch, halved on an out-of-memory retry when `train.batch` is unset
+STOP_WAIT_S = 30.0  # how long `sessions_end_first` waits for a terminated session before it kills it
+_RUNNING: set[subprocess.Popen] = set()  # the session processes this process started that have not ended
 
 
 class SessionError(RuntimeError):
@@ -116,6 +119,25 @@ def prepare_integrations(job: SessionJob) -> None:
     write_ultralytics_settings(ultralytics_environment(job.output_root)["YOLO_CONFIG_DIR"], integrations)
 
 
+@contextlib.contextmanager
+def sessions_end_first() -> Iterator[None]:
+    """Left with an exception (Prefect's SIGTERM, Ctrl-C), end the session processes this process started, and wait
+    for them, before going on: inside the root lock, so that it is never released while a session of this run still
+    trains (a second run would take it and rewrite plan.json under that session)."""
+    try:
+        yield
+    except BaseException:
+        for process in list(_RUNNING):
+            process.terminate()
+        for process in list(_RUNNING):
+            try:
+                process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        raise
+
+
 def start_session_process(arguments: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen:
     """A fresh `python -m exp3.session <arguments>`, its output appended to `log`, killed if this process dies."""
     command = [sys.executable, "-m", "exp3.session", *arguments]
@@ -142,11 +164,15 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         if moved is not None:
             log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
         process = start_session_process(session_arguments(job, retry_batch), session_environment(job), log)
-        while process.poll() is None:
-            try:
-                process.wait(timeout=POLL_S)  # returns the moment the session ends
-            except subprocess.TimeoutExpired:
-                on_poll(False)
+        _RUNNING.add(process)
+        try:
+            while process.poll() is None:
+                try:
+                    process.wait(timeout=POLL_S)  # returns the moment the session ends
+                except subprocess.TimeoutExpired:
+                    on_poll(False)
+        finally:
+            _RUNNING.discard(process)
         wall = round(time.perf_counter() - start, 2)
         finished = process.returncode == 0 and paths.is_done(cache_key)
         on_poll(finished)
