@@ -286,7 +286,7 @@ def save_split_files(evaluation: SplitEvaluation, predictions_path: Path, header
     `map_stats_path`, its map stats with mAP's bootstrap draws; the draws and the writing are timed
     into `evaluation.stages` (the draws are evaluation too: the report only differences them)."""
     start = time.perf_counter()
-    atomic_write_json(predictions_path, {**header, "images": evaluation.records})
+    atomic_write_json(predictions_path, {**header, "images": evaluation.records}, indent=None)
     evaluation.stages.writing_s += time.perf_counter() - start
     if map_stats_path is None:
         return
