@@ -90,8 +90,10 @@ if IN_COLAB and USE_DRIVE:
     from google.colab import drive
 
     drive.mount("/content/drive")
-    MIRROR = MIRROR or str(Path("/content/drive/MyDrive") / OUTPUT_ROOT)
-    OUTPUT_ROOT = str(Path("/content") / OUTPUT_ROOT)
+    local = Path("/content") / OUTPUT_ROOT  # an absolute OUTPUT_ROOT is kept as it is
+    inside = local.relative_to("/content") if local.is_relative_to("/content") else Path(local.name)
+    MIRROR = MIRROR or str(Path("/content/drive/MyDrive") / inside)
+    OUTPUT_ROOT = str(local)
 print("output root (local):", OUTPUT_ROOT)
 if MIRROR:
     from exp3.session.mirror import describe
