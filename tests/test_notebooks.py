@@ -96,3 +96,20 @@ def test_the_full_notebook_on_a_runtime_without_a_gpu_stops_before_the_run(monke
     namespace["USE_GPU"] = False                                    # the CPU, on purpose: the run starts
     exec(run_cell.split("flow_log = ")[0], namespace)
     assert "train.device=cpu" in namespace["command"]
+
+
+@pytest.mark.parametrize(("output_root", "local", "mirror"), [
+    ("runs/exp3", "/content/runs/exp3", "/content/drive/MyDrive/runs/exp3"),
+    ("/content/exp3", "/content/exp3", "/content/drive/MyDrive/exp3"),   # was: the mirror == the root, refused
+    ("/data/exp3", "/data/exp3", "/content/drive/MyDrive/exp3"),
+])
+def test_the_drive_cell_keeps_the_root_local_and_mirrors_it_to_drive(monkeypatch: pytest.MonkeyPatch,
+                                                                     output_root: str, local: str, mirror: str) -> None:
+    notebook = nbformat.read(NOTEBOOKS / "experiment3_full.ipynb", as_version=4)
+    cell = next(cell.source for cell in notebook.cells if cell.source.startswith("# ---- Colab"))
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=lambda path: None)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    namespace = {"Path": Path, "IN_COLAB": True, "USE_DRIVE": True, "OUTPUT_ROOT": output_root, "MIRROR": None}
+    exec(cell.split("if MIRROR:")[0], namespace)
+    assert (namespace["OUTPUT_ROOT"], namespace["MIRROR"]) == (local, mirror)
