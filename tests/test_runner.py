@@ -289,3 +289,26 @@ def test_a_session_process_logs_its_command_line_and_exit(tmp_path: Path) -> Non
     text = (tmp_path / "session.log").read_text()
     assert text.startswith("==== ") and "-m exp3.session --config" in text.splitlines()[0]
     assert "error: " in text and "missing.yaml" in text
+
+
+def test_a_signal_ends_the_sessions_before_the_root_lock_goes(tmp_path: Path) -> None:
+    """Prefect turns SIGTERM into an exception in the flow's thread: `with RootLock(...)` released the lock at once
+    while the session process trained on to its end, so a second run took the root under it. Now the session
+    processes this process started are ended (and waited for) first, inside the lock."""
+    import pytest
+
+    from exp3.grid import runner
+    from exp3.session.runlock import RootLock
+
+    session = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    runner._RUNNING.add(session)
+    seen: list[object] = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with RootLock(tmp_path, command="exp3 flow"), runner.sessions_end_first():
+                raise KeyboardInterrupt  # what the signal raises in the flow's thread
+        seen.append(session.poll())
+    finally:
+        session.kill()
+        runner._RUNNING.discard(session)
+    assert seen == [-signal.SIGTERM] and not RootLock(tmp_path).is_live()
