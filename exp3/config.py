@@ -363,7 +363,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     (one line) if bad."""
     raw: dict[str, Any] = ExperimentConfig().model_dump(mode="json") if path is None else read_config_layers(Path(path))
     for override in overrides or []:
-        raw = _deep_merge(raw, parse_override(override))
+        parsed = parse_override(override)
+        removed = [name for name, value in (parsed.get("models") or {}).items()
+                   if value is not None and (raw.get("models") or {}).get(name, ...) is None]
+        if removed:  # it would come back with the built-in defaults (pretrained weights) for every key not set
+            raise ConfigError(f"override {override!r}: model {removed[0]!r} is removed by {path} ({removed[0]}: null): "
+                              "add it to a config file whole (architecture, weights, epochs) to run it")
+        raw = _deep_merge(raw, parsed)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:

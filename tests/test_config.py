@@ -69,6 +69,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ("train: {device: '0,1'}\n", [], "train.device '0,1' would train each session on several GPUs (DDP), which "
                                          "exp3 does not support: set gpus: [0,1]"),
         ("gpus: [-1]\n", [], "gpus.0"),
+        ("models: {yolov8m: null}\n", ["models.yolov8m.epochs=3"], "model 'yolov8m' is removed by "),  # not back
         ("{}\n", ["train.imgsz=65"], "invalid value for 'train.imgsz' (65): Input should be a multiple of 32"),
         ("{}\n", ["train.batch=true"], "invalid value for 'train.batch' (True): Input should be a valid integer"),
         ("train: {workers: off}\n", [], "invalid value for 'train.workers' (False)"),
