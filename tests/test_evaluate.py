@@ -85,7 +85,7 @@ def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluatio
     """What the application (model.predict at its default conf 0.25) would list, image by image."""
     from ultralytics import YOLO
 
-    from exp3.evaluate.metrics import ingredient_sets, records_from_json
+    from exp3.evaluate.metrics import above, ingredient_sets, records_from_json
 
     records = records_from_json(trained_evaluation.records)
     _, exp3_sets = ingredient_sets(records, num_classes=10, conf=0.25)
@@ -96,7 +96,7 @@ def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluatio
     for row, (record, result) in enumerate(zip(records, predicted)):
         expected = set(int(c) for c in result.boxes.cls.tolist())
         assert set(map(int, exp3_sets[row].nonzero()[0])) == expected, record.image_id
-        kept = record.pred_conf >= 0.25  # the boxes themselves, not only their classes
+        kept = above(record.pred_conf, 0.25)  # the boxes themselves, not only their classes
         assert sorted(zip(record.pred_classes[kept].tolist(), [round(c, 4) for c in record.pred_conf[kept]])) == \
             sorted(zip(map(int, result.boxes.cls.tolist()), [round(c, 4) for c in result.boxes.conf.tolist()]))
     assert exp3_sets.sum() >= 3  # non-zero predictions: the comparison is not empty against empty

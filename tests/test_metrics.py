@@ -102,12 +102,20 @@ def test_empty_set_rule() -> None:
     np.testing.assert_array_equal(per_image_prf(gt, pred)[2], [1.0, 0.0, 0.0])
 
 
-def test_conf_threshold_is_inclusive_and_filters() -> None:
-    records = [make_record("a", [0], [(0, 0.2)])]
-    assert ingredient_prf(*ingredient_sets(records, 1, conf=0.2))["micro"]["f1"] == 1.0
-    assert ingredient_prf(*ingredient_sets(records, 1, conf=0.25))["micro"]["f1"] == 0.0
-    assert detection_prf(records, conf=0.2)["tp"] == 1
-    assert detection_prf(records, conf=0.25) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 1}
+def test_conf_threshold_counts_what_predict_keeps_and_filters() -> None:
+    """A box counts at threshold t when predict(conf=t) keeps it: its float32 confidence > float32(t) (YOLO's NMS and
+    RT-DETR's postprocess compare so). A confidence of exactly float32(0.87) (found once in 80,755 recorded boxes)
+    counted at 0.87 before, which predict drops."""
+    import torch
+
+    tie = float(np.float32(0.87))                      # 0.8700000047683716, as a predictions file holds it
+    records = [make_record("a", [0], [(0, tie)])]
+    for conf, kept in ((0.869, True), (0.87, False)):
+        assert bool(torch.tensor([tie], dtype=torch.float32) > conf) is kept          # what predict's NMS compares
+        assert ingredient_prf(*ingredient_sets(records, 1, conf=conf))["micro"]["f1"] == float(kept)
+        assert detection_prf(records, conf=conf)["tp"] == int(kept)
+    assert detection_prf(records, conf=0.9) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 1}
+    assert f1_vs_conf(records, 1, (0.869, 0.87))["micro_f1"] == [1.0, 0.0]
 
 
 def test_agrees_with_sklearn() -> None:
@@ -221,8 +229,8 @@ def test_f1_vs_conf_monotone_when_all_predictions_correct() -> None:
 
 
 def test_f1_vs_conf_best_conf_drops_false_alarms() -> None:
-    # Correct class at 0.6, false alarm at 0.12: F1 = 2/3 up to 0.10, 1 from 0.15 to 0.60, 0 above.
-    records = [make_record("a", [0], [(0, 0.6), (1, 0.12)])]
+    # Correct class at 0.62, false alarm at 0.12: F1 = 2/3 up to 0.10, 1 from 0.15 to 0.60, 0 above.
+    records = [make_record("a", [0], [(0, 0.62), (1, 0.12)])]
     curve = f1_vs_conf(records, num_classes=2)
     f1 = dict(zip(curve["conf"], curve["micro_f1"]))
     assert f1[0.1] == pytest.approx(2 / 3) and f1[0.15] == 1.0 and f1[0.6] == 1.0 and f1[0.65] == 0.0

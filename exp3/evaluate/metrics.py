@@ -195,12 +195,19 @@ def gt_class_sets(records: Sequence[ImageRecord], num_classes: int) -> np.ndarra
     return gt
 
 
+def above(confidences: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """Which confidences count at `threshold`, as Ultralytics' `predict` counts them: `conf > threshold` in float32
+    (YOLO's NMS and RT-DETR's postprocess compare float32 scores with the threshold), so a box whose confidence
+    equals float32(threshold) is left out, as `predict(conf=threshold)` leaves it out."""
+    return np.asarray(confidences, dtype=np.float32) > np.asarray(threshold, dtype=np.float32)
+
+
 def ingredient_sets(records: Sequence[ImageRecord], num_classes: int,
                     conf: float = DEFAULT_CONF) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth and predicted ingredient sets at threshold `conf`: two (N, C) bool matrices."""
     _check_unit_interval("conf", conf)
     validate_records(records, num_classes)
-    return gt_class_sets(records, num_classes), class_max_confidence(records, num_classes) >= conf
+    return gt_class_sets(records, num_classes), above(class_max_confidence(records, num_classes), conf)
 
 
 def _set_counts(gt: np.ndarray, pred: np.ndarray,
@@ -270,7 +277,7 @@ def f1_vs_conf(records: Sequence[ImageRecord], num_classes: int,
         _check_unit_interval("conf_grid value", float(value))
     validate_records(records, num_classes)
     gt = gt_class_sets(records, num_classes)[None]                                   # (1, N, C)
-    pred = class_max_confidence(records, num_classes)[None] >= grid[:, None, None]   # (T, N, C)
+    pred = above(class_max_confidence(records, num_classes)[None], grid[:, None, None])   # (T, N, C)
     micro_f1 = prf_from_counts(*_set_counts(gt, pred, axis=(1, 2)))[2]
     samples_f1 = prf_from_counts(*_set_counts(gt, pred, axis=2))[2].mean(axis=1)
     return {"conf": grid.tolist(), "micro_f1": micro_f1.tolist(), "samples_f1": samples_f1.tolist(),
@@ -314,8 +321,9 @@ def optimal_matches(iou: np.ndarray, same_class: np.ndarray,
 
 
 def matched_gt(record: ImageRecord, conf: float = DEFAULT_CONF, match_iou: float = DEFAULT_MATCH_IOU) -> np.ndarray:
-    """(G,) bool: the image's ground-truth boxes matched one-to-one (`optimal_matches`) by a detection >= `conf`."""
-    kept = record.pred_conf >= conf
+    """(G,) bool: the image's ground-truth boxes matched one-to-one (`optimal_matches`) by a detection `above`
+    `conf`."""
+    kept = above(record.pred_conf, conf)
     iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
     same_class = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
     found = np.zeros(len(record.gt_classes), dtype=bool)
@@ -325,9 +333,9 @@ def matched_gt(record: ImageRecord, conf: float = DEFAULT_CONF, match_iou: float
 
 def detection_counts(record: ImageRecord, conf: float = DEFAULT_CONF,
                      match_iou: float = DEFAULT_MATCH_IOU) -> tuple[int, int, int]:
-    """(tp, fp, fn) of one image: detections with confidence >= `conf`, matched by `optimal_matches`."""
+    """(tp, fp, fn) of one image: detections `above` `conf`, matched by `optimal_matches`."""
     tp = int(matched_gt(record, conf, match_iou).sum())
-    return tp, int((record.pred_conf >= conf).sum()) - tp, len(record.gt_boxes) - tp
+    return tp, int(above(record.pred_conf, conf).sum()) - tp, len(record.gt_boxes) - tp
 
 
 def detection_prf(records: Sequence[ImageRecord], conf: float = DEFAULT_CONF,

@@ -20,6 +20,7 @@ from exp3.evaluate.mapstats import BOOTSTRAP_RESAMPLES, MapStats, common_image_i
 from exp3.evaluate.metrics import (
     DEFAULT_MATCH_IOU,
     ImageRecord,
+    above,
     ingredient_sets,
     matched_gt,
     prf_from_counts,
@@ -46,7 +47,7 @@ def image_scores(records: list[ImageRecord], num_classes: int, conf: float,
     `exp3.evaluate.metrics.matched_gt`, `ReportData.matched`)."""
     gt, pred = ingredient_sets(records, num_classes, conf)
     tp, fp, fn = (gt & pred).sum(axis=1), (~gt & pred).sum(axis=1), (gt & ~pred).sum(axis=1)
-    detection = np.array([(int(found.sum()), int((record.pred_conf >= conf).sum()) - int(found.sum()),
+    detection = np.array([(int(found.sum()), int(above(record.pred_conf, conf).sum()) - int(found.sum()),
                            len(record.gt_boxes) - int(found.sum())) for record, found in zip(records, matched)],
                          dtype=np.int64).reshape(-1, 3)
     return pd.DataFrame({"ingredient_tp": tp, "ingredient_fp": fp, "ingredient_fn": fn,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from exp3.evaluate.metrics import DEFAULT_CONF, ImageRecord, box_iou, optimal_matches, prf_from_counts
+from exp3.evaluate.metrics import DEFAULT_CONF, ImageRecord, above, box_iou, optimal_matches, prf_from_counts
 from exp3.fileio import read_json
 from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report import plots
@@ -90,7 +90,7 @@ def _largest(gain: pd.DataFrame) -> str | None:
 
 def _cell(record: ImageRecord, run: SessionRun, names: dict[int, str], f1: float) -> GalleryCell:
     """One session's boxes on one image at the primary threshold, each matched or not (`optimal_matches`)."""
-    kept = np.flatnonzero(record.pred_conf >= (threshold_conf(run, GALLERY_SPLIT, "primary") or DEFAULT_CONF))
+    kept = np.flatnonzero(above(record.pred_conf, threshold_conf(run, GALLERY_SPLIT, "primary") or DEFAULT_CONF))
     iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
     same = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
     matched = set(optimal_matches(iou, same, split_match_iou(run.view, GALLERY_SPLIT))[0].tolist())
