@@ -28,7 +28,7 @@ from exp3.config import ExperimentConfig, load_config, resolve_output_root, writ
 from exp3.dataset.audit import AuditedData  # noqa: E402
 from exp3.grid.jobs import SessionJob, SessionResult, machine_problem, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.grid.live import announce, publish_report, run_job  # noqa: E402
-from exp3.grid.runner import retry_if_transient, sessions_end_first  # noqa: E402
+from exp3.grid.runner import STOPPED, retry_if_transient, sessions_end_first  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.session.layout import SessionState  # noqa: E402
 from exp3.session.plan import planned_keys, select_sessions, write_plan  # noqa: E402
@@ -166,7 +166,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
             mirror_report_task(config, keys)
     failed, not_run = ([job for job in jobs if job.name in results and results[job.name].status == state]
                        for state in (SessionState.FAILED, SessionState.SKIPPED))
-    stopped = [job.name for job in failed if not job.paths.failed_marker.is_file()]  # a signal: no error to fix
+    stopped = [job.name for job in failed if (results[job.name].reason or "").startswith(f"{job.name}: {STOPPED}")]
     problems = []
     if broken := [job.name for job in failed if job.name not in stopped]:
         problems.append(f"{len(broken)} of {len(results)} sessions failed: {', '.join(broken)} (each FAILED line "

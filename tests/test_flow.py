@@ -443,15 +443,21 @@ def test_a_session_stopped_by_a_signal_is_named_as_such_not_as_a_failure_to_fix(
     "fix and re-run with --rerun-failed", though nothing was broken and a plain re-run goes on."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(  # the session of model `killed` dies at its start, as by kill -9
-        "import os, signal, sys\n"
+    (site / "sitecustomize.py").write_text(  # the session of model `killed` dies at its start, as by kill -9;
+        "import os, signal, sys\n"          # `busy`'s is refused as one another process holds (exit 2, no FAILED)
         "if 'exp3.session' in sys.orig_argv and 'killed' in sys.orig_argv:\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    config = _config(tmp_path, {"killed": {"architecture": "yolov8n.yaml", "epochs": 1}})
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if 'exp3.session' in sys.orig_argv and 'busy' in sys.orig_argv:\n"
+        "    print('error: session busy__S1_clean_train is in use by pid 1 on elsewhere', file=sys.stderr)\n"
+        "    sys.exit(2)\n")
+    config = _config(tmp_path, {"killed": {"architecture": "yolov8n.yaml", "epochs": 1},
+                                "busy": {"architecture": "yolov8n.yaml", "epochs": 1}})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     result = _flow(tmp_path, "--config", str(config), env=env)
     assert result.returncode == 1, result.stderr[-3000:]
     assert not (tmp_path / "out" / "killed" / "killed__S1_clean_train" / "FAILED").exists()
     assert ("1 stopped by a signal before they ended: killed__S1_clean_train (run the same command again: they go "
             "on from their last saved epoch, if any)") in result.stderr
-    assert "sessions failed" not in result.stderr and "--rerun-failed" not in result.stderr
+    assert "sessions failed: busy__S1_clean_train (each FAILED" in result.stderr      # a refusal is no signal
+    assert "FAILED busy__S1_clean_train: session busy__S1_clean_train is in use by pid 1 on elsewhere" in \
+        result.stdout + result.stderr                                                # its own line, not "code 2"

@@ -188,6 +188,19 @@ def test_a_session_stopped_by_a_signal_is_reported_as_stopped_not_broken() -> No
     assert exit_reason(3) == "session exited with code 3"
 
 
+def test_a_session_refused_without_a_failed_marker_says_its_own_line(tmp_path: Path) -> None:
+    """Exit 2 without a FAILED marker (its session held by another process): the flow said "stopped by a signal ...
+    run the same command again"; now the session's own `error:` line, and a failure."""
+    from exp3.grid.runner import STOPPED, exit_reason
+
+    log = tmp_path / "session.log"
+    log.write_text("==== python -m exp3.session ... ====\nerror: session a__S1_clean_train is in use by pid 7 on h "
+                   "(python -m exp3.session): wait for it to finish or stop it\n==== exit 2 after 3.1 s ====\n")
+    assert exit_reason(2, log) == ("session a__S1_clean_train is in use by pid 7 on h (python -m exp3.session): wait "
+                                   "for it to finish or stop it")
+    assert not exit_reason(2, log).startswith(STOPPED) and exit_reason(-15, log).startswith(STOPPED)
+
+
 def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path, monkeypatch) -> None:
     """A done session short of a configured severity level runs the session CLI to evaluate it, without
     training: the live view must not log its old epochs as if it were training (seen on the pilot)."""

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from exp3.config import ConfigError, load_config
@@ -44,15 +45,23 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.data, SessionError) and state.data.transient
 
 
-def exit_reason(returncode: int) -> str:
-    """Why a session process without a FAILED marker ended: a signal means it was stopped, not that it broke."""
+STOPPED = "session stopped by "
+"""How `exit_reason` begins for a session a signal ended (the flow tells those apart from failures by it)."""
+
+
+def exit_reason(returncode: int, log: Path | None = None) -> str:
+    """Why a session process without a FAILED marker ended: a signal means it was stopped, not that it broke; a
+    refusal (exit 2: its session busy in another process, a config it cannot read) is the last `error:` line it
+    printed to `log`."""
     if returncode >= 0:
-        return f"session exited with code {returncode}"
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log and log.is_file() else []
+        refusal = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), None)
+        return refusal or f"session exited with code {returncode}"
     name = next((sig.name for sig in signal.Signals if sig == -returncode), f"signal {-returncode}")
     causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
               else "a time limit, a pre-emption or Ctrl-C")
-    return f"session stopped by {name} ({causes}); its training goes on from its last saved epoch, if any, when " \
-           "you run the same command again"
+    return f"{STOPPED}{name} ({causes}); its training goes on from its last saved epoch, if any, when you run the " \
+           "same command again"
 
 
 def is_out_of_memory(record: dict | None) -> bool:
@@ -183,6 +192,6 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         raise SessionError(f"{job.name}: the session finished under another key than {cache_key} "
                            f"(see {paths.inputs}): report this as a bug")
     record = paths.failure() or {}
-    error = record.get("error") or exit_reason(process.returncode)
+    error = record.get("error") or exit_reason(process.returncode, paths.logs / "session.log")
     raise SessionError(f"{job.name}: {error} (logs in {paths.logs})",
                        transient=worth_retrying(job, record, retry_batch))
