@@ -17,8 +17,8 @@ from exp3.splits import severity_split
 
 GENERATOR_VERSION = "3"
 """Bump whenever a change alters any output byte or manifest field: it is part of the suite hash.
-What versions 1 and 2 did differently: docs/occlusion.md, "Occluders add no objects", "Labels stay findable" and
-"Severity suites" (measured coverage)."""
+What versions 1 and 2 did differently: docs/occlusion.md, "Occluders add no objects", "Part of every box stays
+visible" and "Severity suites" (measured coverage)."""
 
 STREAM_TEST_SUITE = 1
 """RNG stream of the fixed test suite (`test_occ_fixed`)."""

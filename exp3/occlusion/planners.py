@@ -1,7 +1,7 @@
 """Occluder planners: where the rectangles of one image go (`PLANNERS`, one per occlusion mode).
 
 Every planner places its rectangles with `_place`, so no box ends up more than `MAX_BOX_COVERAGE` covered;
-the rules: docs/occlusion.md, "What an occlusion is" and "Labels stay findable".
+the rules: docs/occlusion.md, "What an occlusion is" and "Part of every box stays visible".
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from exp3.occlusion.geometry import Rect, _covered_share, box_coverages
 
 MAX_BOX_COVERAGE = 0.9
 """Cap on the fraction of any ground-truth box covered by the union of an image's occluders, in every mode and
-suite. Rule and why: docs/occlusion.md, "Labels stay findable"."""
+suite. Rule and why: docs/occlusion.md, "Part of every box stays visible"."""
 PLACEMENT_ATTEMPTS = 16
 """Uniform positions tried per occluder size before the occluder shrinks (rejection sampling)."""
 PLACEMENT_SHRINK = 0.8

@@ -193,8 +193,9 @@ def write_severity_charts(curves: pd.DataFrame, models: list[str], plots_dir: Pa
             written += plots.save_chart(plots.severity_chart(
                 frame, title=f"{METRICS[metric].label} vs occlusion severity: {model}",
                 y_title=METRICS[metric].label,
-                subtitle="severity 0 = test_clean; k = test_occ_sev<k> (each box covered within the range shown); "
-                         "bands: 95% bootstrap CI over test images"), plots_dir / f"severity_{short}_{model}")
+                subtitle="severity 0 = test_clean; k = test_occ_sev<k> (each box's own occluder drawn in the range "
+                         "shown; overlapping boxes more or less); bands: 95% bootstrap CI over test images"),
+                plots_dir / f"severity_{short}_{model}")
     return written
 
 
@@ -241,8 +242,11 @@ def severity_section(curves: pd.DataFrame, table: pd.DataFrame, models: list[str
     if not len(table):
         return lines + ["n/a: no done session has severity splits (occlusion.severities is empty, or the sessions "
                         "have not been run since it was set).", ""]
-    lines += ["Each session evaluated on the severity suites test_occ_sev1..K (object mode, each box covered within "
-              "the level's range; docs/occlusion.md). mPC = mean over the levels, rPC = mPC / clean "
+    lines += ["Each session evaluated on the severity suites test_occ_sev1..K (object mode: each box's own occluder "
+              "covers a fraction of the box drawn in the level's range, but a neighbour's occluder adds to an "
+              "overlapping box, so some boxes lie outside it: the manifests record each box's covered fraction, and "
+              "\"Recall by covered fraction\" bins by it; the occluders are drawn anew at each level, not nested; "
+              "docs/occlusion.md). mPC = mean over the levels, rPC = mPC / clean "
               "(ImageNet-C / COCO-C). Intervals: 95% bootstrap over test images, resampled jointly across all "
               "levels (with several seeds: seeds and images, p permuting the training runs, as for gap closed); mPC - "
               "S1: paired; p_BH: paired permutation test of the mPC difference (an image's results swapped on every "
