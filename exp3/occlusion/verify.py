@@ -14,7 +14,8 @@ from exp3.splits import PRIMARY_SPLITS
 
 IGNORED_FILE_NAMES = frozenset({"labels.cache"})
 """Files `verify` tolerates although the manifest does not list them: Ultralytics writes
-`<split>/labels.cache` next to a split's `labels/` directory the first time it evaluates on it."""
+`<split>/labels.cache` next to a split's `labels/` directory the first time it evaluates on it. Hidden files
+(`.DS_Store`, a file manager's) are tolerated too: Ultralytics' listing (`glob` of `*.*`) never reads them."""
 
 
 def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
@@ -84,6 +85,7 @@ def verify_occlusion_suite(suite_dir: Path) -> list[str]:
         path.relative_to(suite_dir).as_posix(): path
         for path in suite_dir.rglob("*")
         if path.is_file() and path.name not in IGNORED_FILE_NAMES
+        and not any(part.startswith(".") for part in path.relative_to(suite_dir).parts)
     }
     present.pop(MANIFEST_NAME, None)
     for rel in sorted(expected):
