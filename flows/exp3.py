@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
 from exp3.dataset.audit import AuditedData  # noqa: E402
 from exp3.grid.jobs import SessionJob, SessionResult, machine_problem, plan_jobs, run_on_slots, session_slots  # noqa: E402
-from exp3.grid.live import announce, publish_report, run_job  # noqa: E402
+from exp3.grid.live import announce, fan_out_problem, publish_report, run_job  # noqa: E402
 from exp3.grid.runner import STOPPED, retry_if_transient, sessions_end_first  # noqa: E402
 from exp3.schema import PreparedData  # noqa: E402
 from exp3.session.layout import SessionState  # noqa: E402
@@ -131,6 +131,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
                          "overrides (KEY=VALUE), or leave config_file empty to run the config given")
     if overrides and config_file is None:
         raise ValueError(f"overrides {overrides} need config_file: they apply to a config file's values")
+    if fan_out_deployment and (problem := fan_out_problem(fan_out_deployment, fan_out_width)) is not None:
+        raise ValueError(problem)
     if config_file is not None:
         config = load_config(config_file, overrides)
     root = resolve_output_root(config)

@@ -356,8 +356,9 @@ def test_a_user_data_yaml_that_cannot_be_read_is_refused_before_the_flow(tmp_pat
 
 def test_a_ui_or_deployment_run_refused_late_leaves_the_roots_record_as_it_was(tmp_path: Path) -> None:
     """The flow called as a deployment or the UI calls it (no command line): missing weights, a mirror at a folder of
-    the user's, or a UI config beside a config_file are refused before config_resolved.yaml and plan.json of a
-    finished root are rewritten (they were, so status and the report called its done sessions stale)."""
+    the user's, a UI config beside a config_file, a fan-out width under 1 or a deployment name that cannot be run are
+    refused before config_resolved.yaml and plan.json of a finished root are rewritten (they were, so status and the
+    report called its done sessions stale)."""
     root, mine = tmp_path / "out", tmp_path / "userfolder"
     root.mkdir()
     mine.mkdir()
@@ -376,17 +377,21 @@ common = dict(config_file={str(REPO / "configs" / "smoke.yaml")!r}, models=["yol
 base = ["output_root={root}", "models.yolov8m.architecture=yolov8n.yaml"]
 for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={tmp_path / 'nope.pt'}"])),
                    ("mirror", dict(overrides=[*base, "mirror.path={mine}"])),
-                   ("both", dict(overrides=base, config=ExperimentConfig(output_root="{tmp_path / 'ui'}")))):
+                   ("both", dict(overrides=base, config=ExperimentConfig(output_root="{tmp_path / 'ui'}"))),
+                   ("width", dict(overrides=base, fan_out_deployment="exp3-session/exp3-session", fan_out_width=0)),
+                   ("deployment", dict(overrides=base, fan_out_deployment="exp3-session"))):
     state = flows.exp3_flow(**common, **call)
     print("STATE", name, state.name, (state.message or "").replace(chr(10), " ")[:300])
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
     states = [line for line in result.stdout.splitlines() if line.startswith("STATE")]
-    assert len(states) == 3 and all(" Failed " in line for line in states), \
+    assert len(states) == 5 and all(" Failed " in line for line in states), \
         result.stdout[-3000:] + result.stderr[-3000:]
     assert "nope.pt" in states[0] and "holds files exp3 did not put there" in states[1]
     assert "both config_file" in states[2]
+    assert "fan_out_width 0: give the number of sessions to run at once" in states[3]   # was: after the data,
+    assert "fan_out_deployment 'exp3-session' cannot be run (ValueError" in states[4]   # records rewritten / per session
     assert {name: (root / name).read_text() for name in record} == record
     assert (mine / "thesis.txt").read_text() == "mine\n" and not (tmp_path / "ui").exists()
 

@@ -8,7 +8,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from prefect import get_run_logger
+from prefect import get_client, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -118,6 +118,22 @@ class EpochView:
                 self.logger.warning(f"{job.name}: live view not updated ({type(error).__name__}: {error})"
                                     .splitlines()[0])
                 self.warned = True
+
+
+def fan_out_problem(deployment: str, width: int) -> str | None:
+    """One line when the flow cannot fan its sessions out to `deployment`, `width` at a time (a width under 1; a
+    name that is not `<flow>/<deployment>` of a deployment on the Prefect API in use), else None: said before the
+    run's records are rewritten, not once per session after the data are prepared."""
+    if width < 1:
+        return f"fan_out_width {width}: give the number of sessions to run at once, 1 or more (one per GPU worker)"
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(deployment)
+    except Exception as error:  # noqa: BLE001 - a bad name (ValueError), an unknown one (ObjectNotFound), no API
+        return (f"fan_out_deployment {deployment!r} cannot be run ({type(error).__name__}: {str(error).splitlines()[0]}"
+                "): give <flow name>/<deployment name> of a deployment on this Prefect API, e.g. "
+                "exp3-session/exp3-session (`prefect deployment ls`)")
+    return None
 
 
 def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResult:
