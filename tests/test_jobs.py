@@ -310,3 +310,10 @@ def test_a_fanned_out_session_out_of_memory_is_retried(tmp_path: Path, monkeypat
         with pytest.raises(SessionError) as failed:
             live._run_via_deployment(job, None)
         assert failed.value.transient is transient
+    # its worker's machine lost: Prefect's heartbeat automation (deployments/crash_lost_runs.py) marks it Crashed;
+    # no FAILED marker: stopped, resumable, not a failure to fix with --rerun-failed
+    job.paths.failed_marker.unlink()
+    ended.state = SimpleNamespace(name="Crashed", is_completed=lambda: False)
+    with pytest.raises(SessionError, match=rf"^{job.name}: session stopped by its flow run x ending Crashed") as lost:
+        live._run_via_deployment(job, None)
+    assert lost.value.transient is False

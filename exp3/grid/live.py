@@ -18,7 +18,7 @@ from prefect.artifacts import (
 from prefect.deployments import run_deployment
 
 from exp3.grid.jobs import SessionJob, SessionResult
-from exp3.grid.runner import SessionError, retry_batch_for, run_session_subprocess, worth_retrying
+from exp3.grid.runner import STOPPED, SessionError, retry_batch_for, run_session_subprocess, worth_retrying
 from exp3.session.layout import SessionState
 from exp3.session.mirror import mirror_for
 from exp3.session.progress import (
@@ -143,6 +143,10 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
                                           "retry_batch": retry_batch})
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
+        if state in ("Crashed", "Cancelled") and not job.paths.failed_marker.is_file():  # no error of its own
+            raise SessionError(f"{job.name}: {STOPPED}its flow run {flow_run.name} ending {state} (its worker's "
+                               "machine lost, or a cancel); its training goes on from its last saved epoch, if any, "
+                               "when you run the same command again")
         raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}",
                            transient=worth_retrying(job, job.paths.failure(), retry_batch))  # out of memory
     return job.result(SessionState.DONE, wall_s=flow_run.total_run_time.total_seconds())
