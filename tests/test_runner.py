@@ -134,6 +134,24 @@ def test_the_live_view_logs_each_new_epoch_once(tmp_path: Path, monkeypatch) -> 
     assert record.tables == [[1], [1, 2]] and record.progress == [0.0, 100 / 3, 100.0]
 
 
+def test_a_resumed_session_logs_only_the_epochs_it_trains_now(tmp_path: Path, monkeypatch) -> None:
+    """A session resumed after 6 of 8 epochs logged epochs 1-6 again in one burst, with their old ETAs; a training
+    that starts over (an out-of-memory retry from the start) logs its epochs from 1."""
+    from exp3.grid.live import EpochView
+
+    record, job = _Recorder(monkeypatch), _job(tmp_path, epochs=4)
+    job.paths.run_dir.mkdir(parents=True)
+    job.paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,10,2.5,0.1\n2,20,2.0,0.2\n")
+    view = EpochView(job, record)                                      # the earlier run trained epochs 1 and 2
+    with job.paths.results_csv.open("a") as handle:
+        handle.write("3,30,1.8,0.3\n")
+    view(False)
+    job.paths.results_csv.write_text("epoch,time,train/box_loss,metrics/mAP50(B)\n1,11,2.6,0.1\n")  # started over
+    view(False)
+    assert [line.split(" box_loss")[0] for _, line in record.lines] == ["m__S1_clean_train: epoch 3/4",
+                                                                       "m__S1_clean_train: epoch 1/4"]
+
+
 def test_a_failing_artifact_call_is_warned_once_and_never_stops_the_epoch_lines(tmp_path: Path, monkeypatch) -> None:
     from exp3.grid.live import EpochView
 

@@ -87,12 +87,13 @@ def run_job(job: SessionJob, attempt: int = 1, retry_batch: int | None = None) -
 
 class EpochView:
     """One session's live view, called by the runner's polls (`finished`: it ended DONE): a log line per new epoch of
-    results.csv (not those a done session had: it only evaluates), the epochs table and the progress artifact. Never
-    a reason to stop training: its first error is warned about, and each poll tries again."""
+    results.csv (not those on disk when this run began: a done session's, or the epochs a resumed one trained in an
+    earlier run, logged then; a training that starts over logs its epochs again), the epochs table and the progress
+    artifact. Never a reason to stop training: its first error is warned about, and each poll tries again."""
 
     def __init__(self, job: SessionJob, logger: Any) -> None:
         self.job, self.logger, self.warned, self.done = job, logger, False, -1
-        self.logged = len(self.epochs()) if job.paths.is_done(job.cache_key) else 0
+        self.logged = len(self.epochs())
         self.artifact_id = create_progress_artifact(progress=0.0, key=f"progress-{_slug(job)}",
                                                     description=f"{job.name}: epochs done / {job.epochs}")
 
@@ -103,6 +104,7 @@ class EpochView:
         job = self.job
         try:
             epochs = self.epochs()
+            self.logged = self.logged if len(epochs) >= self.logged else 0  # fewer rows: a training started over
             done, new = job.epochs if finished else len(epochs), epochs[self.logged:]
             for epoch in new:
                 self.logger.info(format_epoch_line(job.name, epoch))
