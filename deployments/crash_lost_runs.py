@@ -19,6 +19,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
 NAME = "exp3: crash flow runs whose heartbeats stopped"
 
@@ -27,12 +28,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--within-s", type=int, default=540, help="seconds without a heartbeat (3 x the default 180)")
     args = parser.parse_args()
+    heartbeat = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() or 180  # this machine's; set the workers' alike
+    if args.within_s < 2 * heartbeat:  # a healthy run between two heartbeats would be Crashed
+        raise SystemExit(f"error: --within-s {args.within_s} is under twice the heartbeat interval ({heartbeat} s, "
+                         f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY): give {3 * heartbeat} or more, or heartbeat more often")
     try:
-        Automation.read(name=NAME)
-        print(f"automation {NAME!r} exists")
-        return
+        within = Automation.read(name=NAME).trigger.within.total_seconds()
     except ValueError:  # none of that name yet
-        pass
+        within = None
+    if within is not None:
+        if within != args.within_s:
+            raise SystemExit(f"error: automation {NAME!r} exists with {within:g} s, not {args.within_s}: delete it "
+                             "(prefect automation delete) and run this again")
+        print(f"automation {NAME!r} exists ({within:g} s)")
+        return
     Automation(
         name=NAME,
         trigger=EventTrigger(

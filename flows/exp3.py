@@ -174,8 +174,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         problems.append(f"{len(broken)} of {len(results)} sessions failed: {', '.join(broken)} (each FAILED line "
                         "above says why; fix and re-run with --rerun-failed)")
     if stopped:
-        problems.append(f"{len(stopped)} stopped by a signal before they ended: {', '.join(stopped)} (run the same "
-                        "command again: they go on from their last saved epoch, if any)")
+        problems.append(f"{len(stopped)} stopped before they ended (a signal, or a lost worker): {', '.join(stopped)} "
+                        "(run the same command again: they go on from their last saved epoch, if any)")
     if not_run:
         problems.append(f"{len(not_run)} not run (failed before, or after a failure with failure.policy 'stop'): "
                         f"{', '.join(job.name for job in not_run)} (--rerun-failed runs them)")

@@ -390,8 +390,8 @@ for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={t
         result.stdout[-3000:] + result.stderr[-3000:]
     assert "nope.pt" in states[0] and "holds files exp3 did not put there" in states[1]
     assert "both config_file" in states[2]
-    assert "fan_out_width 0: give the number of sessions to run at once" in states[3]   # was: after the data,
-    assert "fan_out_deployment 'exp3-session' cannot be run (ValueError" in states[4]   # records rewritten / per session
+    assert "fan_out_width 0: give the number of sessions to run at once" in states[3]  # were: after the data,
+    assert "fan_out_deployment 'exp3-session' cannot be run (ValueError" in states[4]  # records rewritten; per session
     assert {name: (root / name).read_text() for name in record} == record
     assert (mine / "thesis.txt").read_text() == "mine\n" and not (tmp_path / "ui").exists()
 
@@ -461,8 +461,8 @@ def test_a_session_stopped_by_a_signal_is_named_as_such_not_as_a_failure_to_fix(
     result = _flow(tmp_path, "--config", str(config), env=env)
     assert result.returncode == 1, result.stderr[-3000:]
     assert not (tmp_path / "out" / "killed" / "killed__S1_clean_train" / "FAILED").exists()
-    assert ("1 stopped by a signal before they ended: killed__S1_clean_train (run the same command again: they go "
-            "on from their last saved epoch, if any)") in result.stderr
+    assert ("1 stopped before they ended (a signal, or a lost worker): killed__S1_clean_train (run the same command "
+            "again: they go on from their last saved epoch, if any)") in result.stderr
     assert "sessions failed: busy__S1_clean_train (each FAILED" in result.stderr      # a refusal is no signal
     assert "FAILED busy__S1_clean_train: session busy__S1_clean_train is in use by pid 1 on elsewhere" in \
         result.stdout + result.stderr                                                # its own line, not "code 2"
