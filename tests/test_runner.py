@@ -217,6 +217,9 @@ def test_a_session_refused_without_a_failed_marker_says_its_own_line(tmp_path: P
     assert exit_reason(2, log) == ("session a__S1_clean_train is in use by pid 7 on h (python -m exp3.session): wait "
                                    "for it to finish or stop it")
     assert not exit_reason(2, log).startswith(STOPPED) and exit_reason(-15, log).startswith(STOPPED)
+    with log.open("a") as handle:  # a later attempt that printed no error line: not the earlier attempt's
+        handle.write("==== /usr/bin/python -m exp3.session --config c ====\n==== exit 3 after 1.0 s ====\n")
+    assert exit_reason(3, log) == "session exited with code 3"
 
 
 def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path, monkeypatch) -> None:

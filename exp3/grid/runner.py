@@ -55,7 +55,10 @@ def exit_reason(returncode: int, log: Path | None = None) -> str:
     printed to `log`."""
     if returncode >= 0:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log and log.is_file() else []
-        refusal = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), None)
+        started = max((index for index, line in enumerate(lines) if line.startswith("==== ") and " exp3.session " in
+                       line), default=-1)  # this attempt's lines only: the log keeps every attempt's
+        refusal = next((line.removeprefix("error: ") for line in reversed(lines[started + 1:])
+                        if line.startswith("error: ")), None)
         return refusal or f"session exited with code {returncode}"
     name = next((sig.name for sig in signal.Signals if sig == -returncode), f"signal {-returncode}")
     causes = ("kill -9, a pre-emption, or the kernel's out-of-memory killer: see `dmesg`" if name == "SIGKILL"
