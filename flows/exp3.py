@@ -120,8 +120,19 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
               sessions: list[str] | None = None, rerun_failed: bool = False,
               fan_out_deployment: str | None = None, fan_out_width: int = 2) -> dict[str, SessionResult]:
     """Audit, prepare the data once, run each session on the first free slot, then always report; Failed (after
-    the report) if any session failed. `config_file` (+ `overrides`) replaces `config` (deployments use it).
-    `fan_out_deployment` ("exp3-session/exp3-session"): each session a flow run of it, `fan_out_width` at a time."""
+    the report) if any session failed.
+
+    Args:
+        config: the experiment, used when config_file is empty; with a config_file (the shipped deployments) this
+            form's values are not used, and a changed one is refused: change the file's values in overrides.
+        config_file: a config file (configs/*.yaml) that replaces config.
+        overrides: KEY=VALUE changes to config_file's values (e.g. models.yolov8m.epochs=50).
+        models: run only these models (default: all in the config).
+        sessions: run only these sessions (e.g. S1_clean_train, or yolov8m__S2_occ_train).
+        rerun_failed: run sessions that FAILED in an earlier run again.
+        fan_out_deployment: "<flow>/<deployment>" (exp3-session/exp3-session): each session a flow run of it.
+        fan_out_width: sessions in flight at once when fanned out (the number of GPU workers).
+    """
     from exp3.session.mirror import mirror_for
     from exp3.train.offline import apply_offline_environment
 
