@@ -11,8 +11,7 @@ MAX_ATTEMPTS="${EXP3_MAX_ATTEMPTS:-3}"
 ROOT="$("$PYTHON" - "$@" <<'PY'
 import sys
 from exp3.grid.cli import config_from_args  # the flow's own choice of config (--smoke, --sanity, --pilot, --set ...)
-from exp3.config import resolve_output_root
-print(resolve_output_root(config_from_args(sys.argv[1:])[0]))
+print(config_from_args(sys.argv[1:])[0].output_root.absolute())
 PY
 )" || { echo "run_experiment3: cannot read the config" >&2; exit 2; }
 mkdir -p "$ROOT/logs"

@@ -94,8 +94,8 @@ def main() -> None:
         start = time.perf_counter()
         model = load_evaluation_model(args.checkpoint, args.family)
         loaded = time.perf_counter()
-        evaluation = evaluate_split(model, args.data, args.family, SCRATCH, out / "ours", split=args.split,
-                                    device=args.device, plots=True)
+        evaluation = evaluate_split(model, args.data, SCRATCH, out / "ours", split=args.split, device=args.device,
+                                    plots=True)
         save_split_files(evaluation, out / "predictions_test.json", {"split": args.split}, out / "map_stats.npz")
         summarized = time.perf_counter()
         records = records_from_json(evaluation.records)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from exp3.evaluate.mapstats import IOU_THRESHOLDS, MapStats, _Sorted, bootstrap_map
+from exp3.evaluate.mapstats import AP_X, EPS, IOU_THRESHOLDS, MapStats, _Sorted, bootstrap_map
 from exp3.evaluate.stats import bootstrap_indices
 
 
@@ -45,13 +45,47 @@ def synthetic_stats(n_images: int, per_image: int, n_classes: int = 10, seed: in
     return MapStats.from_images(images)
 
 
+def former_mean_ap(prepared: _Sorted, w_image: np.ndarray) -> tuple[float, float]:
+    """The former weighted mean_ap of one draw (a copy of tests/test_mapstats.py's reference)."""
+    stats, classes = prepared.stats, prepared.classes
+    n_labels = np.bincount(np.searchsorted(classes, stats.target_cls), weights=w_image[stats.target_image],
+                           minlength=len(classes))
+    aps = []
+    for index, c in enumerate(classes):
+        if n_labels[index] == 0:
+            continue
+        start, stop = prepared.bounds[float(c)]
+        w = w_image[prepared.pred_image[start:stop]]
+        keep = w > 0
+        if not keep.any():
+            aps.append(np.zeros(IOU_THRESHOLDS))
+            continue
+        tp, w = prepared.tp[start:stop][keep], w[keep][:, None]
+        tpc = np.cumsum(tp * w, axis=0)
+        fpc = np.cumsum((1.0 - tp) * w, axis=0)
+        recall = tpc / (n_labels[index] + EPS)
+        precision = tpc / (tpc + fpc)
+        mrec = np.concatenate([np.zeros((1, IOU_THRESHOLDS)), recall, recall[-1:], np.ones((1, IOU_THRESHOLDS))])
+        mpre = np.concatenate([np.ones((1, IOU_THRESHOLDS)), precision, np.zeros((2, IOU_THRESHOLDS))])
+        mpre = np.flip(np.maximum.accumulate(np.flip(mpre, 0), axis=0), 0)
+        offsets = (np.ceil(mrec.max()) + 1.0) * np.arange(IOU_THRESHOLDS)
+        queries = (AP_X[None, :] + offsets[:, None]).ravel()
+        curve = np.interp(queries, (mrec + offsets).T.ravel(), mpre.T.ravel()).reshape(IOU_THRESHOLDS, -1)
+        aps.append(np.trapezoid(curve, AP_X, axis=1))
+    if not aps:
+        return 0.0, 0.0
+    ap = np.vstack(aps)
+    return float(ap[:, 0].mean()), float(ap.mean())
+
+
 def former_bootstrap_map(stats: MapStats, image_ids, indices: np.ndarray) -> np.ndarray:
     """exp3.evaluate.mapstats.bootstrap_map before issue 25: one weighted mean_ap per draw (its former loop)."""
     indices = np.asarray(indices)
     counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
     np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
-    prepared = _Sorted(stats)  # the weighted per-draw mean_ap, kept unchanged in exp3.evaluate.mapstats
-    return np.array([prepared.mean_ap(row) for row in stats.weights_for(image_ids, counts)]).reshape(-1, 2)
+    prepared = _Sorted(stats)
+    weights = stats.weights_for(image_ids, counts).astype(np.float64)
+    return np.array([former_mean_ap(prepared, row) for row in weights]).reshape(-1, 2)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp3.config import OcclusionConfig  # noqa: E402
 from exp3.dataset.synth import build_synthetic_dataset  # noqa: E402
-from exp3.occlusion.codec import OUTPUT_SUFFIXES, decode_image, encode_image  # noqa: E402
+from exp3.occlusion.codec import decode_image, encode_image  # noqa: E402
 from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites  # noqa: E402
 from exp3.parallel import process_pool_context  # noqa: E402
 
@@ -77,7 +77,7 @@ def run_floor(data_yaml: Path, out: Path, output_format: str, workers: int) -> t
     """(wall s, CPU s) to decode + re-encode every test image into `out` with a pool of `workers`."""
     sources = sorted((data_yaml.parent / "images" / "test").glob("*.jpg"))
     out.mkdir(parents=True)
-    jobs = [(str(p), str(out / f"{p.stem}{OUTPUT_SUFFIXES[output_format]}"), output_format) for p in sources]
+    jobs = [(str(p), str(out / f"{p.stem}.{output_format}"), output_format) for p in sources]
     start, cpu = time.perf_counter(), _cpu_seconds()
     with ProcessPoolExecutor(max_workers=workers, mp_context=process_pool_context()) as pool:  # the suite's pool kind
         list(pool.map(_copy_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))

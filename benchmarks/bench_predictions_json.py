@@ -24,7 +24,7 @@ from exp3.fileio import atomic_write_json  # noqa: E402
 
 
 def record(index: int, boxes: int, rng: random.Random) -> dict:
-    """One image's record, shaped as `exp3.evaluate.metrics.records_to_json` writes it."""
+    """One image's record, as a predictions file's "images" hold it (`exp3.evaluate.metrics.records_from_json`)."""
     return {"image_id": f"img_{index:05d}", "im_file": f"/data/test/img_{index:05d}.jpg", "width": 640, "height": 640,
             "gt_boxes": [[round(rng.uniform(0, 600), 2) for _ in range(4)] for _ in range(5)],
             "gt_classes": [1, 2, 3, 4, 5],

@@ -15,7 +15,7 @@ session handed the flow's PreparedData does: two manifest hashes).
 
 `--exit-cost`: how long a process holding what a session imports (torch, exp3's session modules, Ultralytics,
 a built model) takes from its last line to its end, with CPython's shutdown garbage collection and
-without it (`exp3.session.run.without_shutdown_collection`, as every session process now ends).
+without it (`gc.freeze()` before exit, as every session process now ends: exp3/session/__main__.py).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ for name in ("torch", "exp3.session.run", "exp3.train.training", "exp3.evaluate.
 from ultralytics import YOLO
 YOLO("yolov8n.yaml")  # a built model, as after a session
 if sys.argv[1] == "freeze":
-    from exp3.session.run import without_shutdown_collection
-    without_shutdown_collection(0)
+    import gc
+    gc.freeze()
 sys.stderr.write(repr(time.time()))
 sys.stderr.flush()
 """

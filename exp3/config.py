@@ -106,8 +106,9 @@ class TrainConfig(_Strict):
 DEFAULT_SEVERITIES: tuple[tuple[float, float], ...] = ((0.1, 0.26), (0.26, 0.42), (0.42, 0.58), (0.58, 0.74),
                                                        (0.74, 0.9))
 """Five equal-width, contiguous coverage bands from 0.1 to the 0.9 cap (docs/occlusion.md, severity suites)."""
-MAX_SEVERITY_COVERAGE = 0.9
-"""Upper end of any severity level: exp3.occlusion.planners.MAX_BOX_COVERAGE (a test keeps the two equal)."""
+MAX_BOX_COVERAGE = 0.9
+"""Cap on the covered fraction of any box, in every mode and suite (exp3.occlusion.planners), so also the top of any
+severity level. Rule and why: docs/occlusion.md, "Part of every box stays visible"."""
 MAX_SEVERITY_LEVELS = 10
 
 
@@ -128,14 +129,14 @@ class OcclusionConfig(_Strict):
     @field_validator("severities")
     @classmethod
     def _severity_levels(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        """Light to heavy: each level a coverage range 0 < low <= high <= MAX_SEVERITY_COVERAGE, strictly
+        """Light to heavy: each level a coverage range 0 < low <= high <= MAX_BOX_COVERAGE, strictly
         increasing (low and high), at most MAX_SEVERITY_LEVELS levels; [] = no severity suites."""
         if len(value) > MAX_SEVERITY_LEVELS:
             raise ValueError(f"{len(value)} levels; give at most {MAX_SEVERITY_LEVELS} (e.g. the default five)")
         for index, (low, high) in enumerate(value):
-            if not 0.0 < low <= high <= MAX_SEVERITY_COVERAGE:
+            if not 0.0 < low <= high <= MAX_BOX_COVERAGE:
                 raise ValueError(f"level {index + 1} {[low, high]} is not a range 0 < low <= high <= "
-                                 f"{MAX_SEVERITY_COVERAGE} (the per-box coverage cap): fix that level")
+                                 f"{MAX_BOX_COVERAGE} (the per-box coverage cap): fix that level")
             if index and not (low > value[index - 1][0] and high > value[index - 1][1]):
                 raise ValueError(f"level {index + 1} {[low, high]} is not heavier than level {index} "
                                  f"{list(value[index - 1])}: list the levels from light to heavy, without repeats")
@@ -386,15 +387,10 @@ def write_resolved_config(config: ExperimentConfig, directory: str | Path) -> Pa
     return atomic_write_text(Path(directory) / "config_resolved.yaml", config_to_yaml(config))
 
 
-def resolve_output_root(config: ExperimentConfig) -> Path:
-    """Absolute output root (a relative root is taken from the cwd)."""
-    return config.output_root.absolute()
-
-
 def writable_output_root(config: ExperimentConfig) -> Path:
-    """`resolve_output_root`, created if missing; ConfigError (one line) if it is not a directory this process can
-    write in (a file, a path under a file, /proc/...). A probe file, gone at once, tests the writing."""
-    root = resolve_output_root(config)
+    """The absolute output root (a relative one from the cwd), created if missing; ConfigError (one line) if it is
+    not a directory this process can write in (a file, a path under a file, /proc/...): a probe file tests it."""
+    root = config.output_root.absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:

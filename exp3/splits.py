@@ -8,14 +8,12 @@
 
 test_clean and test_occ_fixed belong to a session's inputs; the severity splits do not (docs/occlusion.md,
 "Not a session input"): their spec keys are `exp3.occlusion.identity`'s. This module names splits only and
-imports nothing from exp3 but the config.
+imports nothing from exp3.
 """
 
 from __future__ import annotations
 
 import re
-
-from exp3.config import OcclusionConfig
 
 TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train", "val", "test"
 SOURCE_SPLITS: tuple[str, ...] = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
@@ -32,8 +30,6 @@ _SEVERITY_NAME = re.compile(rf"^{SEVERITY_PREFIX}([1-9][0-9]*)$")
 
 def severity_split(level: int) -> str:
     """`test_occ_sev<level>` (level 1-based)."""
-    if level < 1:
-        raise ValueError(f"severity level {level}: levels start at 1")
     return f"{SEVERITY_PREFIX}{level}"
 
 
@@ -42,7 +38,3 @@ def severity_level(split: str) -> int | None:
     match = _SEVERITY_NAME.match(split)
     return int(match.group(1)) if match else None
 
-
-def occluded_splits(config: OcclusionConfig) -> tuple[str, ...]:
-    """Every occluded test split of a run: test_occ_fixed, then test_occ_sev1..K."""
-    return (FIXED_SPLIT, *(severity_split(level) for level in range(1, len(config.severities) + 1)))

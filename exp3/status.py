@@ -5,7 +5,6 @@ Reads only (no lock, no writes): safe while a run holds the root. `run_and_watch
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from exp3.config import ConfigError, ExperimentConfig, load_config
+from exp3.fileio import read_json
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.plan import planned_key, read_plan
@@ -43,7 +43,7 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
     state, epochs = paths.state(key), epoch_progress(results_rows(paths), epochs_total)
     last_map50 = epochs[-1].map50 if epochs else None
     if state == SessionState.DONE:
-        training = MetricsView.of(json.loads(paths.metrics.read_text(encoding="utf-8"))).training
+        training = MetricsView.of(read_json(paths.metrics)).training
         done = int(training.epochs_completed or 0)
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
     lock = paths.session_lock("")  # probed (a microsecond's shared hold) only while its file names a holder:

@@ -24,7 +24,7 @@ if __name__ == "__main__":  # parse the command line and set the environment bef
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from exp3.config import ExperimentConfig, load_config, resolve_output_root, write_resolved_config  # noqa: E402
+from exp3.config import ExperimentConfig, load_config, write_resolved_config  # noqa: E402
 from exp3.dataset.audit import AuditedData  # noqa: E402
 from exp3.grid.jobs import SessionJob, SessionResult, machine_problem, plan_jobs, run_on_slots, session_slots  # noqa: E402
 from exp3.grid.live import announce, fan_out_problem, publish_report, run_job  # noqa: E402
@@ -146,7 +146,7 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         raise ValueError(problem)
     if config_file is not None:
         config = load_config(config_file, overrides)
-    root = resolve_output_root(config)
+    root = config.output_root.absolute()
     apply_offline_environment(root)
     config = config.model_copy(update={"output_root": root})
     grid = select_sessions(config, models, sessions)

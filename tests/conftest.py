@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,16 @@ from exp3.train.offline import apply_offline_environment
 # Before any test imports ultralytics: no network, settings and fonts in a throw-away dir.
 _OFFLINE_ROOT = Path(tempfile.mkdtemp(prefix="exp3-tests-"))
 apply_offline_environment(_OFFLINE_ROOT)
+
+
+def records_to_json(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """`ImageRecord`s as a predictions file's "images" (the inverse of `exp3.evaluate.metrics.records_from_json`):
+    plain lists and numbers, `width`/`height` only when known. Tests import it: `from conftest import ...`."""
+    from exp3.evaluate.metrics import JSON_OPTIONAL_KEYS, JSON_REQUIRED_KEYS
+
+    return [{"image_id": record.image_id, **{key: getattr(record, key).tolist() for key in JSON_REQUIRED_KEYS[1:]},
+             **{key: int(getattr(record, key)) for key in JSON_OPTIONAL_KEYS if getattr(record, key) is not None}}
+            for record in records]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -141,10 +152,10 @@ def trained_yolo_checkpoint(trained_data_yaml: Path, tmp_path_factory: pytest.Te
 def trained_evaluation(trained_yolo_checkpoint: Path, trained_data_yaml: Path,
                        tmp_path_factory: pytest.TempPathFactory):
     """`exp3.evaluate.evaluation.evaluate_split` of the trained checkpoint on its test split (predict-equivalent records)."""
-    from exp3.evaluate.evaluation import evaluate_split
+    from exp3.evaluate.evaluation import evaluate_split, load_evaluation_model
 
     root = tmp_path_factory.mktemp("eval-trained")
-    return evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", output_root=root,
+    return evaluate_split(load_evaluation_model(trained_yolo_checkpoint, "detect"), trained_data_yaml, output_root=root,
                           save_dir=root / "test", device="cpu")
 
 

@@ -8,16 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from exp3.grid.cli import (
-    PILOT_CONFIG,
-    PILOT_GPU_CONFIG,
-    REPO,
-    SANITY_SESSIONS,
-    SERVER_SETTINGS,
-    config_from_args,
-    pilot_config_path,
-    run,
-)
+from exp3.grid.cli import PILOT_CONFIG, PILOT_GPU_CONFIG, REPO, SANITY_SESSIONS, SERVER_SETTINGS, config_from_args, run
 
 
 def test_each_option_chooses_its_config() -> None:
@@ -27,8 +18,19 @@ def test_each_option_chooses_its_config() -> None:
     assert str(sanity.output_root) == "runs/exp3-sanity" and args.sanity
     default, _ = config_from_args([])
     assert default.output_root != smoke.output_root and list(default.models) == ["yolov8m", "rtdetr-l"]
-    assert pilot_config_path(True) == PILOT_GPU_CONFIG and pilot_config_path(False) == PILOT_CONFIG
     assert (REPO / "flows" / "exp3.py").is_file() and len(SANITY_SESSIONS) == 2
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_pilot_picks_the_gpu_config_with_cuda_and_the_cpu_config_without(cuda: bool, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config, _ = config_from_args(["--pilot"])
+    path = PILOT_GPU_CONFIG if cuda else PILOT_CONFIG
+    assert capsys.readouterr().err == f"exp3 pilot: {path.relative_to(REPO)}\n"
+    assert config.fingerprint() == config_from_args(["--config", str(path)])[0].fingerprint()
 
 
 def test_two_config_choices_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

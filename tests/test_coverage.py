@@ -27,9 +27,11 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import records_to_json
 from sklearn.metrics import recall_score
 
-from exp3.evaluate.metrics import ImageRecord, detection_prf, records_to_json
+from exp3.evaluate import stats
+from exp3.evaluate.metrics import ImageRecord, detection_prf, matched_gt
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import coverage
 from exp3.report.coverage import CoverageError, ManifestBox
@@ -66,7 +68,13 @@ def hand_manifest() -> dict[str, list[ManifestBox]]:
 def table(records: list[ImageRecord], manifest: dict[str, list[ManifestBox]], num_classes: int = NUM_CLASSES,
           conf: float = 0.25) -> pd.DataFrame:
     aligned = coverage.align_split(records, manifest, "test_occ_fixed")
-    return coverage.box_table(records, aligned, num_classes, conf, 0.5, "test_occ_fixed")
+    return coverage.box_table(records, aligned, num_classes, conf, "test_occ_fixed",
+                              [matched_gt(record, conf, 0.5) for record in records])
+
+
+def weights(frame: pd.DataFrame, n_resamples: int, seed: int = stats.DEFAULT_SEED) -> np.ndarray:
+    """The report's draws over `frame`'s images (`ReportData.image_weights`)."""
+    return stats.image_multiplicities(frame["image_id"].nunique(), n_resamples, seed)
 
 
 def hand_table(conf: float = 0.25) -> pd.DataFrame:
@@ -91,8 +99,8 @@ def test_hand_case_bin_recalls_at_both_levels() -> None:
     assert sum(excluded for _, excluded in aligned) == 1
     frame = hand_table()
     assert len(frame) == 6
-    detection = coverage.bin_recalls(frame, "detection", n_resamples=200)
-    ingredient = coverage.bin_recalls(frame, "ingredient", n_resamples=200)
+    detection = coverage.bin_recalls(frame, "detection", weights(frame, 200))
+    ingredient = coverage.bin_recalls(frame, "ingredient", weights(frame, 200))
     assert by_bin(detection.itertuples()) == {0: (1, 1), 3: (0, 1), 4: (1, 2), 8: (0, 1), 9: (0, 1)}
     assert by_bin(ingredient.itertuples()) == {0: (1, 1), 3: (0, 1), 4: (2, 2), 8: (0, 1), 9: (0, 1)}
     assert detection.loc[4, "recall"] == 0.5 and ingredient.loc[4, "recall"] == 1.0
@@ -138,7 +146,7 @@ def test_independent_check_with_sklearn_and_detection_prf() -> None:
     assert frame["found_detection"].mean() == pytest.approx(detection_prf(records, 0.3, 0.5)["recall"])
     bins = coverage.assign_bins(frame["covered_fraction"].to_numpy())
     for level in coverage.LEVELS:
-        for item in coverage.bin_recalls(frame, level, n_resamples=100).itertuples():
+        for item in coverage.bin_recalls(frame, level, weights(frame, 100)).itertuples():
             inside = bins == item.bin
             if not inside.any():
                 assert item.n_boxes == 0
@@ -152,10 +160,10 @@ def test_clustered_bootstrap_contains_the_estimate_is_seeded_and_resamples_image
     rows += [(f"im{index}", 0.15, index % 3 == 0) for index in range(30)]       # 30 images, 1 box each, bin 1
     frame = pd.DataFrame(rows, columns=["image_id", "covered_fraction", "found_detection"])
     def intervals(seed: int) -> list[tuple[float, float]]:
-        bins = coverage.bin_recalls(frame, "detection", n_resamples=500, seed=seed)
+        bins = coverage.bin_recalls(frame, "detection", weights(frame, 500, seed))
         return [(item.ci_low, item.ci_high) for item in bins.itertuples() if item.n_boxes]
 
-    first = coverage.bin_recalls(frame, "detection", n_resamples=500, seed=7)
+    first = coverage.bin_recalls(frame, "detection", weights(frame, 500, 7))
     assert intervals(7) == intervals(7) != intervals(8)
     for item in (first.loc[1], first.loc[5]):
         assert item["ci_low"] <= item["recall"] <= item["ci_high"]

@@ -25,6 +25,7 @@ from exp3 import report
 from exp3.fileio import sha256_file
 from exp3.report import curves, plots
 from exp3.report.runs import SessionRun, scan_sessions
+from exp3.schema import MetricsView
 from exp3.session.layout import SessionState
 from exp3.sessions import Session
 
@@ -109,10 +110,11 @@ def test_still_rising_needs_a_positive_slope_and_the_best_epoch_in_the_window() 
 
 
 def test_ramp_end_is_ramp_fraction_of_the_epochs_trained() -> None:
-    assert curves.ramp_epoch(masked_metrics(ramp_fraction=0.3, epochs=16)) == pytest.approx(4.8)
-    assert curves.ramp_epoch(masked_metrics(schedule="constant")) is None
-    assert curves.ramp_epoch(masked_metrics(ramp_fraction=0.0)) is None
-    assert curves.ramp_epoch({"masking": None}) is None and curves.ramp_epoch(None) is None
+    assert curves.ramp_epoch(MetricsView.of(masked_metrics(ramp_fraction=0.3, epochs=16))) == pytest.approx(4.8)
+    assert curves.ramp_epoch(MetricsView.of(masked_metrics(schedule="constant"))) is None
+    assert curves.ramp_epoch(MetricsView.of(masked_metrics(ramp_fraction=0.0))) is None
+    assert curves.ramp_epoch(MetricsView.of({"masking": None})) is None
+    assert curves.ramp_epoch(MetricsView.of(None)) is None
 
 
 # ----------------------------------------------------------------------------- a real Ultralytics training

@@ -8,13 +8,13 @@ import pytest
 
 from exp3.dataset.audit import label_path_for
 from exp3.dataset.labels import parse_label_text
-from exp3.evaluate.evaluation import evaluate_split
+from exp3.evaluate.evaluation import evaluate_split, load_evaluation_model
 
 
 @pytest.fixture(scope="module")
 def evaluation(tiny_yolo_checkpoint: Path, tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("eval")
-    return evaluate_split(tiny_yolo_checkpoint, tiny_data_yaml, "detect", output_root=root,
+    return evaluate_split(load_evaluation_model(tiny_yolo_checkpoint, "detect"), tiny_data_yaml, output_root=root,
                           save_dir=root / "test_clean", imgsz=64, batch=4, device="cpu")
 
 
@@ -47,7 +47,7 @@ def test_records_cover_every_test_image_with_ground_truth_in_pixels(evaluation, 
 
 def test_missing_checkpoint_is_a_clear_error(tiny_data_yaml: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist: train the session first"):
-        evaluate_split(tmp_path / "nope.pt", tiny_data_yaml, "detect", tmp_path, tmp_path / "e")
+        load_evaluation_model(tmp_path / "nope.pt", "detect")
 
 
 def test_an_image_the_validator_skips_is_a_clear_error_not_a_smaller_split(tiny_yolo_checkpoint: Path,
@@ -60,8 +60,8 @@ def test_an_image_the_validator_skips_is_a_clear_error_not_a_smaller_split(tiny_
     image = sorted((writable_data_yaml.parent / "images" / "test").glob("*.jpg"))[0]
     Image.open(image).convert("P").save(image, format="GIF")
     with pytest.raises(ValueError, match=rf"skipped 1 of the \d+ images of test .*{image.stem!r}.*re-save"):
-        evaluate_split(tiny_yolo_checkpoint, writable_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
-                       batch=4, device="cpu", plots=False)
+        evaluate_split(load_evaluation_model(tiny_yolo_checkpoint, "detect"), writable_data_yaml, tmp_path,
+                       tmp_path / "e", imgsz=64, batch=4, device="cpu", plots=False)
 
 
 def test_an_image_scored_that_exp3_does_not_list_is_a_clear_error(tiny_yolo_checkpoint: Path, writable_data_yaml: Path,
@@ -74,8 +74,8 @@ def test_an_image_scored_that_exp3_does_not_list_is_a_clear_error(tiny_yolo_chec
     listed = evaluation.list_split_images
     monkeypatch.setattr(evaluation, "list_split_images", lambda spec, split: listed(spec, split)[1:])
     with pytest.raises(ValueError, match=r"scored 1 images of test that exp3 does not list"):
-        evaluate_split(tiny_yolo_checkpoint, writable_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
-                       batch=4, device="cpu", plots=False)
+        evaluate_split(load_evaluation_model(tiny_yolo_checkpoint, "detect"), writable_data_yaml, tmp_path,
+                       tmp_path / "e", imgsz=64, batch=4, device="cpu", plots=False)
 
 
 # ------------------------------------------------------------------ a model that really detects
@@ -137,18 +137,14 @@ def test_one_loaded_model_for_every_split_equals_loading_it_per_split(trained_ev
     records and map stats equal those of a model loaded for that split alone (a trained model: non-zero)."""
     import numpy as np
 
-    from exp3.evaluate.evaluation import load_evaluation_model
-
     model = load_evaluation_model(trained_yolo_checkpoint, "detect")
-    evaluate_split(model, trained_data_yaml, "detect", tmp_path, tmp_path / "val", split="val", device="cpu")
-    shared = evaluate_split(model, trained_data_yaml, "detect", tmp_path, tmp_path / "test", device="cpu")
+    evaluate_split(model, trained_data_yaml, tmp_path, tmp_path / "val", split="val", device="cpu")
+    shared = evaluate_split(model, trained_data_yaml, tmp_path, tmp_path / "test", device="cpu")
     assert trained_evaluation.map50 > 0.1 and shared.map50 == trained_evaluation.map50
     assert shared.map50_95 == trained_evaluation.map50_95 and shared.records == trained_evaluation.records
     assert np.array_equal(shared.map_stats.tp, trained_evaluation.map_stats.tp)
     assert len(model.model.callbacks["on_val_end"]) == len(load_evaluation_model(
         trained_yolo_checkpoint, "detect").model.callbacks["on_val_end"])  # each split's own callback removed
-    with pytest.raises(ValueError, match="loaded as 'detect', not 'rtdetr'"):
-        evaluate_split(model, trained_data_yaml, "rtdetr", tmp_path, tmp_path / "x")
 
 
 # ------------------------------------------------------------------ issue 25: checks, batching, stage timings
@@ -171,8 +167,7 @@ def test_a_validator_that_appends_other_than_one_stats_entry_per_image_is_a_clea
                             _recording_mixin(TwoEntriesPerImage))
     with pytest.raises(RuntimeError, match=r"TwoEntriesPerImage.update_metrics appended .*'tp': 5.* batch of 4 "
                                            r"images; .* exactly one per image"):
-        evaluate_split(model, tiny_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64, batch=4, device="cpu",
-                       plots=False)
+        evaluate_split(model, tiny_data_yaml, tmp_path, tmp_path / "e", imgsz=64, batch=4, device="cpu", plots=False)
 
 
 def test_batched_predict_gives_each_image_what_predict_gives_it_alone(trained_yolo_checkpoint: Path,
@@ -183,7 +178,7 @@ def test_batched_predict_gives_each_image_what_predict_gives_it_alone(trained_yo
     import cv2
     from ultralytics import YOLO
 
-    from exp3.evaluate.evaluation import load_evaluation_model, predict_records
+    from exp3.evaluate.evaluation import EvaluationStages, predict_records
 
     files = []
     for index, source in enumerate(sorted((trained_data_yaml.parent / "images" / "test").glob("*.jpg"))[:8]):
@@ -194,7 +189,7 @@ def test_batched_predict_gives_each_image_what_predict_gives_it_alone(trained_yo
     model = load_evaluation_model(trained_yolo_checkpoint, "detect").model
     batch_sizes: list[int] = []
     model.add_callback("on_predict_batch_start", lambda predictor: batch_sizes.append(len(predictor.batch[0])))
-    ours = predict_records(model, files, batch=3, device="cpu")
+    ours = predict_records(model, files, EvaluationStages(), batch=3, device="cpu")
     assert batch_sizes == [3, 1, 3, 1]  # four images of each shape, at most 3 per forward pass
     plain = YOLO(str(trained_yolo_checkpoint))
     alone = [plain.predict([file], conf=0.01, device="cpu", verbose=False)[0] for file in files]
@@ -231,8 +226,8 @@ def test_stage_timings_add_up_to_the_wall_and_go_into_the_split_entry(tiny_yolo_
     from exp3.schema import EvalStages, SplitMetrics
     from exp3.session.record import split_metrics
 
-    evaluation = evaluate_split(tiny_yolo_checkpoint, tiny_data_yaml, "detect", tmp_path, tmp_path / "e", imgsz=64,
-                                batch=4, device="cpu", plots=False)
+    evaluation = evaluate_split(load_evaluation_model(tiny_yolo_checkpoint, "detect"), tiny_data_yaml, tmp_path,
+                                tmp_path / "e", imgsz=64, batch=4, device="cpu", plots=False)
     stages = evaluation.stages
     assert stages.validator_s > 0 and stages.predict_s > 0 and stages.recording_s > 0
     assert stages.draws_s == stages.writing_s == 0

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import records_to_json
 
 from exp3 import report
 from exp3.evaluate import stats
 from exp3.evaluate.mapstats import MapStats, mean_ap
-from exp3.evaluate.metrics import ImageRecord, records_to_json, summarize_split
+from exp3.evaluate.metrics import ImageRecord, summarize_split
 from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import gap
 from exp3.schema import SplitView

@@ -55,7 +55,7 @@ def _run_session(base: Path, data_yaml: Path, integrations: list[str], epochs: i
     weights = resolve_model_weights(config, SESSION.model)
     key = session_inputs(config, SESSION, prepared.dataset_fingerprint, prepared.suite_id, weights.sha256).key
     job = SessionJob(model=SESSION.model, suffix=SESSION.suffix, cache_key=key, config_path=str(config_path),
-                     output_root=str(root), epochs=epochs, prepared=prepared)
+                     output_root=str(root), epochs=epochs, prepared=prepared, integrations=tuple(integrations))
     run_session_subprocess(job)
     return root
 

@@ -237,7 +237,7 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
 
 def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
     """A session given another config's prepared data (other occlusion parameters or levels) prepares its own."""
-    from exp3.occlusion.identity import severity_levels, suite_parameters, train_set_parameters
+    from exp3.occlusion.identity import severity_spec_key, suite_parameters, train_set_parameters
     from exp3.session.prepare import prepared_mismatch
 
     config = _config(occlusion={"severities": [[0.1, 0.3]]})
@@ -245,10 +245,10 @@ def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
     for folder, parameters in ((suite, suite_parameters(config.occlusion)), (s2, train_set_parameters(config.occlusion))):
         folder.mkdir()
         (folder / "manifest.json").write_text(json.dumps({"parameters": parameters}))
-    level = severity_levels(config.occlusion)[0]
+    spec_key = severity_spec_key(config.occlusion, 1)
     prepared = PREPARED.model_copy(update={
         "suite_dir": str(suite), "s2_data_yaml": str(s2 / "data.yaml"),
-        "severity_suites": (PREPARED.severity_suites[0].model_copy(update={"spec_key": level.spec_key}),)})
+        "severity_suites": (PREPARED.severity_suites[0].model_copy(update={"spec_key": spec_key}),)})
     assert prepared_mismatch(prepared, config) is None
     other_seed = _config(occlusion={"severities": [[0.1, 0.3]], "seed": 7})
     assert "fixed suite was built with other occlusion parameters" in prepared_mismatch(prepared, other_seed)

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from exp3.config import MaskingConfig
@@ -31,7 +33,6 @@ from exp3.train.masking import (
     block_size,
     build_detection_model,
     channel_keep_mask,
-    check_drop_fraction,
     mask_features,
     resolve_masking_sites,
     site_feature_shapes,
@@ -106,13 +107,7 @@ def test_block_size_is_a_fraction_of_the_map() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: block_size(20, 20, 1.5), "use a value in (0, 1]"),
-        (lambda: spatial_keep_mask(1, 4, 4, 0.1, (5, 5), _generator(), torch.device("cpu")), "cannot fit"),
-        (lambda: check_drop_fraction("p_channels", 1.0), "outside [0, 1)"),
-        (lambda: mask_features(torch.ones(1, 2, 3, 3), "pixel", 0.1, 0.1, 0.1, "dropout", _generator()), "spatial"),
-        (lambda: as_masking_config({"mode": "pixel"}), "channel, spatial, channel+spatial"),
-        (lambda: as_masking_config({"p_channels": 1.0}), "[0, 1)"),
-        (lambda: as_masking_config({"p_apply": -0.1}), "[0, 1]"),
+        (lambda: mask_features(torch.ones(2, 3, 3), "channel", 0.1, 0.1, 0.1, "dropout", _generator()), "(N, C, H, W)"),
         (lambda: FeatureMasker("tail", MaskingConfig()), "backbone_early, backbone_late, neck, head"),
     ],
 )
@@ -120,6 +115,23 @@ def test_bad_input_raises_one_line_value_error(call: Any, message: str) -> None:
     with pytest.raises(ValueError) as error:
         call()
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"mode": "pixel"}, "'channel', 'spatial' or 'channel+spatial'"),
+        ({"p_channels": 1.0}, "less than 1"),
+        ({"p_apply": -0.1}, "greater than or equal to 0"),
+        ({"block_fraction": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_standalone_api_refuses_a_bad_spec(spec: dict[str, Any], message: str) -> None:
+    """A spec outside exp3's config reaches `MaskingConfig`'s validation (the config's own bounds)."""
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        as_masking_config(spec)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        attach_internal_masking(nn.Identity(), "neck", spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,23 +214,6 @@ def test_same_seed_and_epoch_give_same_masks() -> None:
     assert torch.equal(draw(0, 3), draw(0, 3))
     assert not torch.equal(draw(0, 3), draw(0, 4))
     assert not torch.equal(draw(0, 3), draw(1, 3))
-
-
-def test_each_ddp_process_draws_its_own_masks_under_one_coin(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Several GPUs training one session (DDP): rank 1 masks its images apart from rank 0's (they drew the same
-    masks), while the coin, shared, masks a global batch or not as a whole; one process draws as rank 0."""
-    def draws(rank: int | None) -> tuple[list[bool], torch.Tensor]:
-        if rank is None:
-            monkeypatch.delenv("RANK", raising=False)
-        else:
-            monkeypatch.setenv("RANK", str(rank))
-        masker = FeatureMasker("neck", MaskingConfig(schedule="constant", p_apply=0.5, p_channels=0.5))
-        outputs = [masker(_Conv().train(), (), torch.ones(4, 32, 4, 4)) for _ in range(20)]
-        return [output is not None for output in outputs], torch.stack([o for o in outputs if o is not None])
-
-    (coin0, masks0), (coin1, masks1), (coin_one, masks_one) = draws(0), draws(1), draws(None)
-    assert coin0 == coin1 == coin_one and 0 < sum(coin0) < 20
-    assert not torch.equal(masks0, masks1) and torch.equal(masks0, masks_one)
 
 
 def test_channel_keep_mask_on_generator_device() -> None:

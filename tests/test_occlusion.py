@@ -15,7 +15,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from exp3 import parallel
-from exp3.config import OcclusionConfig
+from exp3.config import ConfigError, OcclusionConfig, load_config
 from exp3.dataset.audit import label_path_for
 from exp3.fileio import sha256_file
 from exp3.occlusion import OcclusionError, identity, planners
@@ -267,9 +267,10 @@ def test_occlude_image_is_deterministic_per_seed_and_stream() -> None:
 
 
 def test_unknown_fill_lists_the_allowed_names() -> None:
-    config = OcclusionConfig().model_copy(update={"fills": ("sparkle",)})  # bypasses validation on purpose
-    with pytest.raises(ValueError, match="use one of mean, gray, noise, texture"):
-        occlude_image(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4)), config, image_rng(0, 1, "x"))
+    with pytest.raises(ConfigError, match="'sparkle'\\): Input should be 'mean', 'gray', 'noise' or 'texture'$"):
+        load_config(None, ["occlusion.fills=[sparkle]"])
+    with pytest.raises(ValueError, match="Input should be 'mean', 'gray', 'noise' or 'texture'"):
+        OcclusionConfig().fills = ("sparkle",)  # assignment is validated too: no config reaches FILLS unchecked
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ def tiny_rtdetr_checkpoint(tiny_data_yaml: Path, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="module")
 def rtdetr_evaluation(tiny_rtdetr_checkpoint: Path, tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory):
-    from exp3.evaluate.evaluation import evaluate_split
+    from exp3.evaluate.evaluation import evaluate_split, load_evaluation_model
 
     root = tmp_path_factory.mktemp("eval-rtdetr")
-    return evaluate_split(tiny_rtdetr_checkpoint, tiny_data_yaml, "rtdetr", output_root=root, save_dir=root / "test",
-                          imgsz=64, device="cpu", plots=False)
+    return evaluate_split(load_evaluation_model(tiny_rtdetr_checkpoint, "rtdetr"), tiny_data_yaml, output_root=root,
+                          save_dir=root / "test", imgsz=64, device="cpu", plots=False)
 
 
 def _boxes(classes: list[int], confs: list[float], boxes: list[list[float]]) -> Counter:

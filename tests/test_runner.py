@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from exp3.grid.jobs import SessionJob
+from exp3.grid.jobs import SessionJob, done_result
 from exp3.grid.runner import DEFAULT_BATCH, is_out_of_memory, retry_batch_for
 
 
@@ -234,7 +234,7 @@ def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path, 
     record = _Recorder(monkeypatch)
     job = SessionJob(model="m", suffix="S1_clean_train", cache_key="k", config_path=str(tmp_path / "missing.yaml"),
                      output_root=str(tmp_path), epochs=2, evaluations={"test_occ_sev1": "spec"})
-    assert not job.is_current
+    assert done_result(job) is None
     with pytest.raises(SessionError):  # the CLI refuses the missing config: the subprocess did run
         run_session_subprocess(job, on_poll=EpochView(job, record))
     assert record.lines == [] and record.progress == [100.0]  # its 2 epochs: done, none logged again

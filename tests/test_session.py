@@ -424,7 +424,7 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
     behind that changes an evaluation. Checked on the non-zero predictions of a trained model against
     the same evaluation in a fresh Python process."""
     from exp3.config import ExperimentConfig
-    from exp3.evaluate.evaluation import evaluate_split
+    from exp3.evaluate.evaluation import evaluate_split, load_evaluation_model
     from exp3.train.trainers import MASKING_SPEC_ENV
     from exp3.train.training import TrainPlan, run_training
 
@@ -443,11 +443,12 @@ def test_evaluation_after_training_in_the_same_process_equals_a_fresh_process(
     assert not torch.are_deterministic_algorithms_enabled()  # Ultralytics' deterministic=True: training only
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == cublas_before  # the environment as it was
     assert "==== exp3 train" in (tmp_path / "logs" / "train.log").read_text()
-    here = evaluate_split(trained_yolo_checkpoint, trained_data_yaml, "detect", tmp_path, tmp_path / "here",
-                          device="cpu", plots=False)
-    script = ("import json, sys; from exp3.evaluate.evaluation import evaluate_split; "
-              "e = evaluate_split(sys.argv[1], sys.argv[2], 'detect', sys.argv[3], sys.argv[4], device='cpu', "
-              "plots=False); print(json.dumps({'records': e.records, 'map': [e.map50, e.map50_95]}))")
+    here = evaluate_split(load_evaluation_model(trained_yolo_checkpoint, "detect"), trained_data_yaml, tmp_path,
+                          tmp_path / "here", device="cpu", plots=False)
+    script = ("import json, sys; from exp3.evaluate.evaluation import evaluate_split, load_evaluation_model; "
+              "from exp3.train.offline import apply_offline_environment; apply_offline_environment(sys.argv[3]); "
+              "e = evaluate_split(load_evaluation_model(sys.argv[1], 'detect'), sys.argv[2], sys.argv[3], sys.argv[4], "
+              "device='cpu', plots=False); print(json.dumps({'records': e.records, 'map': [e.map50, e.map50_95]}))")
     fresh = subprocess.run([sys.executable, "-c", script, str(trained_yolo_checkpoint), str(trained_data_yaml),
                             str(tmp_path / "fresh-root"), str(tmp_path / "fresh")], capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-2000:]

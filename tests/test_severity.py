@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from exp3.config import MAX_SEVERITY_COVERAGE, ConfigError, OcclusionConfig, load_config
+from exp3.config import ConfigError, OcclusionConfig, load_config
 from exp3.fileio import sha256_file
 from exp3.identity import session_inputs
 from exp3.occlusion import OcclusionError
@@ -27,7 +27,7 @@ from exp3.schema import SessionMetrics
 from exp3.session.layout import SessionPaths, severity_changes
 from exp3.session.run import run_session
 from exp3.sessions import Session
-from exp3.splits import occluded_splits, severity_level, severity_split
+from exp3.splits import severity_level, severity_split
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "tests" / "fixtures" / "metrics_example.json"  # a real metrics.json, one severity level
@@ -39,16 +39,12 @@ def _tree_bytes(directory: Path) -> dict[str, bytes]:
             for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
-def test_cap_constant_is_the_occluders_cap() -> None:
-    assert MAX_SEVERITY_COVERAGE == MAX_BOX_COVERAGE
-
-
 def test_split_names_are_stable_and_listed_in_one_place() -> None:
     config = OcclusionConfig(severities=LEVELS)
-    assert occluded_splits(config) == ("test_occ_fixed", "test_occ_sev1", "test_occ_sev2", "test_occ_sev3")
+    assert list(evaluation_plan(config)) == ["test_occ_sev1", "test_occ_sev2", "test_occ_sev3"]  # light to heavy
     assert [severity_level(name) for name in ("test_occ_sev3", "test_occ_fixed", "test_occ_sev0")] == [3, None, None]
     assert severity_split(2) == "test_occ_sev2"
-    assert occluded_splits(OcclusionConfig(severities=())) == ("test_occ_fixed",)
+    assert evaluation_plan(OcclusionConfig(severities=())) == {}
 
 
 @pytest.mark.parametrize("value, needle", [
@@ -474,7 +470,7 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
     job = SessionJob(model=session.model, suffix=session.suffix, cache_key=before["cache_key"],
                      config_path=str(config_path), output_root=str(output), epochs=config.models["yolov8n"].epochs,
                      evaluations=evaluation_plan(config.occlusion))
-    assert not job.is_current                                       # done, but one level short
+    assert done_result(job) is None                                 # done, but one level short
     run = run_session_subprocess(job)
     assert run.status == "done"
     after = json.loads((folder / "metrics.json").read_text())
@@ -485,7 +481,6 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
     assert after["severity"]["evaluations"]["test_occ_sev1"]["added_after_training"] is False
     log = (folder / "logs" / "session.log").read_text()
     assert "evaluating test_occ_sev3" in log and "evaluating test_occ_sev1" not in log
-    assert job.is_current
     again = done_result(job)                                       # complete now: the flow skips it, no subprocess
     assert again is not None and again.status == "cached"
 

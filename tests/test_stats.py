@@ -42,7 +42,7 @@ def test_identical_sessions_differ_by_zero_with_p_one() -> None:
     counts = _random_counts(60, seed=3)
     result = stats.compare_paired(counts, counts.copy())
     assert result.difference.estimate == 0.0
-    assert result.difference.contains(0.0)
+    assert result.difference.low <= 0.0 <= result.difference.high
     assert result.p_value == 1.0
     assert stats.permutation_pvalue(counts[:8], counts[:8].copy()) == 1.0   # exact path too
 
@@ -104,17 +104,6 @@ def test_ratio_interval_of_identical_splits_is_one() -> None:
     assert np.isnan(ratio(counts, nothing_found).estimate)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((4, 2)), np.zeros((0, 3)), -np.ones((3, 3))])
-def test_bad_counts_raise_with_the_fix(bad: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="pass"):
-        stats.check_counts(bad)
-
-
-def test_unaligned_pairs_raise() -> None:
-    with pytest.raises(ValueError, match="align"):
-        stats.compare_paired(np.ones((3, 3)), np.ones((4, 3)))
-
-
 def _scipy_paired_mean_pvalue(a: np.ndarray, b: np.ndarray, **options: object) -> float:
     """scipy's paired ('samples') permutation test of mean(a) - mean(b)."""
     return scipy_stats.permutation_test((a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
@@ -137,10 +126,6 @@ def test_paired_mean_comparison_of_a_constant_shift() -> None:
     result = stats.compare_paired(base + 0.1, base, statistic=stats.mean_statistic)
     assert (result.difference.estimate, result.difference.low, result.difference.high) == pytest.approx((0.1,) * 3)
     assert result.p_value < 0.001 and result.n_images == 40
-    with pytest.raises(ValueError, match="align"):
-        stats.compare_paired(np.ones(3), np.ones(4), statistic=stats.mean_statistic)
-    with pytest.raises(ValueError, match="pass"):
-        stats.compare_paired(np.array([np.nan]), np.array([1.0]), statistic=stats.mean_statistic)
 
 
 def test_reversed_comparison_is_the_other_reading_of_one_test() -> None:
@@ -169,8 +154,8 @@ def test_two_level_interval_covers_a_planted_seed_effect_95_percent() -> None:
     for experiment in range(240):
         a, b = _simulated_experiment(rng, n_seeds=5, n_images=100, seed_sd=0.05, noise_sd=0.1, effect=effect)
         result = stats.two_level_difference(a, b, n_resamples=1000, seed=experiment)
-        hits += result.difference.contains(effect)
-        dominant.append(result.dominant)
+        hits += result.difference.low <= effect <= result.difference.high
+        dominant.append("seeds" if result.seed_sd > result.image_sd else "images")
     assert 0.92 <= hits / 240 <= 0.98
     assert dominant.count("seeds") / 240 > 0.9              # the planted seed effect is the larger level
 
@@ -182,7 +167,7 @@ def test_image_only_interval_misses_the_seed_spread() -> None:
         a, b = _simulated_experiment(rng, n_seeds=5, n_images=100, seed_sd=0.05, noise_sd=0.1, effect=effect)
         interval = stats.paired_difference(a.mean(axis=0), b.mean(axis=0), stats.mean_statistic, n_resamples=1000,
                                            seed=experiment)
-        hits += interval.contains(effect)
+        hits += interval.low <= effect <= interval.high
     assert hits / 100 < 0.8
 
 
@@ -192,7 +177,7 @@ def test_two_level_f1_of_one_seed_is_the_image_bootstrap() -> None:
     one = stats.paired_difference(a, b, n_resamples=500, seed=7)
     assert (two.difference.estimate, two.difference.low, two.difference.high) == pytest.approx(
         (one.estimate, one.low, one.high))
-    assert two.seed_sd == pytest.approx(0.0, abs=1e-12) and two.dominant == "images"
+    assert two.seed_sd == pytest.approx(0.0, abs=1e-12) and two.seed_sd <= two.image_sd
     pooled = stats.two_level_difference(np.stack([a, a]), b[None], kind="micro_f1", n_resamples=50)
     assert pooled.difference.estimate == pytest.approx(float(stats.micro_f1(a) - stats.micro_f1(b)))
     with pytest.raises(ValueError, match="aligned on the same N images"):

@@ -76,7 +76,7 @@ def test_an_out_of_memory_retry_at_another_batch_trains_from_the_start(
     events = Path(plan.run_dir) / "events.out.tfevents.1765000000.host.1.0"  # as TensorBoard's callback names it
     events.write_bytes(b"the first attempt's epochs")
     outcome = run_training(retry, tmp_path / "logs")
-    assert outcome.resumed_from_epoch is None and outcome.info["start_epoch"] == 0
+    assert outcome.info.get("resumed_from") is None and outcome.info["start_epoch"] == 0
     (superseded,) = Path(plan.run_dir).glob("tensorboard.superseded-*/events.out.tfevents.*")  # not merged with these
     assert superseded.read_bytes() == b"the first attempt's epochs" and not events.exists()
     assert outcome.info["ran"]["batch"] == 2 and outcome.info["epochs_completed"] == 2
@@ -104,10 +104,10 @@ def test_a_kill_in_the_final_validation_of_a_resumed_training_leaves_a_complete_
         run_training(plan, tmp_path / "logs")
     assert checkpoint_state(plan.last_pt)[1]["epoch"] == -1                    # stripped: a finished training's
     outcome = run_training(plan, tmp_path / "logs")
-    assert "holds a finished training" in Path(outcome.log_path).read_text().split("==== exp3 train")[-1]
+    assert "holds a finished training" in (tmp_path / "logs" / "train.log").read_text().split("==== exp3 train")[-1]
     info = outcome.info
     assert info["finished"] and info["epochs_completed"] == 2 and info["effective_args"]["epochs"] == 2
-    assert outcome.resumed_from_epoch == 0 and info["attempts"] == 2
+    assert outcome.info.get("resumed_from") == 0 and info["attempts"] == 2
 
 
 def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
@@ -122,18 +122,18 @@ def test_a_training_left_at_a_smaller_batch_is_resumed_at_it(
     with _extra_callbacks(monkeypatch, {"on_model_save": [_killed]}), pytest.raises(KeyboardInterrupt):
         run_training(retry, tmp_path / "logs")
     outcome = run_training(plan, tmp_path / "logs")                              # planned at batch 4 again
-    assert outcome.resumed_from_epoch == 0 and outcome.info["ran"]["batch"] == 2
+    assert outcome.info.get("resumed_from") == 0 and outcome.info["ran"]["batch"] == 2
     assert outcome.info["epochs_completed"] == 2 and not list(plan.last_pt.parent.glob("*.other-batch-*"))
     assert torch.load(plan.last_pt, map_location="cpu", weights_only=False)["train_args"]["batch"] == 2
     assert ran_batch(plan, outcome, None, 4) == ({**plan.overrides, "batch": 2}, 2)   # metrics.json: batch 2 ran
-    as_planned = TrainOutcome(1.0, None, "", {"ran": {**outcome.info["ran"], "batch": 4}})
+    as_planned = TrainOutcome(1.0, {"ran": {**outcome.info["ran"], "batch": 4}})
     assert ran_batch(plan, as_planned, None, 4) == (plan.overrides, None)
     assert ran_batch(retry, outcome, 2, 4) == (retry.overrides, 2)                     # a retry's, as planned
     # out of memory in the evaluation, after the training had finished at 4: the retry at 2 trained nothing
     assert ran_batch(retry, as_planned, 2, 4) == (plan.overrides, None)
     unset = {key: value for key, value in plan.overrides.items() if key != "batch"}
     default = dataclasses.replace(plan, overrides=unset).batch                         # Ultralytics' 16
-    at_default = TrainOutcome(1.0, None, "", {"ran": {"batch": default}})
+    at_default = TrainOutcome(1.0, {"ran": {"batch": default}})
     assert ran_batch(dataclasses.replace(plan, overrides={**unset, "batch": 8}), at_default, 8, None) == (unset, None)
 
 
@@ -147,7 +147,7 @@ def test_a_kill_after_the_last_checkpoint_leaves_a_complete_record(
         run_training(plan, tmp_path / "logs")
     assert (read_json(Path(plan.run_dir) / TRAIN_INFO_FILENAME) or {}).get("effective_args") is None
     outcome = run_training(plan, tmp_path / "logs")
-    assert "holds a finished training" in Path(outcome.log_path).read_text()
+    assert "holds a finished training" in (tmp_path / "logs" / "train.log").read_text()
     info = outcome.info
     assert info["finished"] and info["epochs_completed"] == 1 and info["trainer"] == "SafeDetectionTrainer"
     assert (info["effective_args"]["batch"], info["effective_args"]["imgsz"]) == (4, 64)
@@ -194,5 +194,5 @@ def test_ultralytics_halving_the_batch_after_a_resume_is_an_out_of_memory_failur
     assert torch.load(plan.last_pt, map_location="cpu", weights_only=False)["epoch"] == 0   # no epoch ran at 2
     retry = dataclasses.replace(plan, overrides={**plan.overrides, "batch": 2})
     outcome = run_training(retry, tmp_path / "logs")
-    assert outcome.resumed_from_epoch is None and outcome.info["ran"]["batch"] == 2
+    assert outcome.info.get("resumed_from") is None and outcome.info["ran"]["batch"] == 2
     assert list(plan.last_pt.parent.glob("last.pt.other-batch-*"))                  # epoch 0 at batch 4: set aside

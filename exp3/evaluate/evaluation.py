@@ -150,8 +150,8 @@ def load_evaluation_model(checkpoint: str | Path, family: Family) -> EvaluationM
     return EvaluationModel(checkpoint, family, model_class(str(checkpoint)), _recording_mixin(validator))
 
 
-def predict_records(model: Any, image_files: list[str], imgsz: int | None = None, batch: int | None = None,
-                    device: str | None = None, stages: EvaluationStages | None = None) -> dict[str, dict[str, list]]:
+def predict_records(model: Any, image_files: list[str], stages: EvaluationStages, imgsz: int | None = None,
+                    batch: int | None = None, device: str | None = None) -> dict[str, dict[str, list]]:
     """`model.predict` over `image_files` at conf RECORD_CONF, everything else predict's defaults.
 
     `predict` takes a list of files as one batch, whatever its `batch` (ultralytics 8.4.190 loads a
@@ -162,14 +162,13 @@ def predict_records(model: Any, image_files: list[str], imgsz: int | None = None
     move a confidence by float32 rounding, ~1e-7, no more), in bounded memory.
     Returns {image id (file stem): {"pred_classes": [P], "pred_boxes": [P][4] (xyxy original pixels),
     "pred_conf": [P]}}; confidences are kept unrounded so a later threshold reproduces `predict`.
-    `stages` (if given) gets the time of the predict pass and of turning its results into records.
+    `stages` gets the time of the predict pass and of turning its results into records.
     """
     from ultralytics.data.utils import exif_size  # lazy: Ultralytics after apply_offline_environment
 
     overrides = {"conf": RECORD_CONF, "verbose": False, "stream": True, "save": False,
                  **_given(imgsz=imgsz, device=device)}
     batch = batch or _validator_batch()
-    stages = stages if stages is not None else EvaluationStages()
     start = time.perf_counter()
     by_shape: dict[tuple[int, int], list[str]] = {}
     for file in image_files:
@@ -206,9 +205,8 @@ def _validator_batch() -> int:
 
 
 def evaluate_split(
-    checkpoint: str | Path | EvaluationModel,
+    loaded: EvaluationModel,
     split_yaml: str | Path,
-    family: Family,
     output_root: str | Path,
     save_dir: str | Path,
     split: str = TEST_SPLIT,
@@ -218,20 +216,17 @@ def evaluate_split(
     plots: bool = True,
     workers: int | None = None,
 ) -> SplitEvaluation:
-    """mAP (validator pass) and predict-equivalent per-image records of `checkpoint` on `split` of `split_yaml`.
+    """mAP (validator pass) and predict-equivalent per-image records of a checkpoint on `split` of `split_yaml`.
 
     `imgsz`/`device`/`workers` None = Ultralytics' defaults (imgsz from the checkpoint's training args, for both
     passes; `workers` is the validator's DataLoader, which Ultralytics runs without workers on CPU). At most
     `batch` images per forward pass in both passes (`predict_records`), None = the validator's default (16).
     Plots and Ultralytics' own files go under `save_dir`; `plots=False` skips Ultralytics' validation figures
     (metrics, records and map stats are the same).
-    `checkpoint` may be an `EvaluationModel` a session loaded once for all its splits (of `family`).
+    `loaded`: the checkpoint as `load_evaluation_model` loads it, once for all the splits a session evaluates.
     """
     split_yaml = Path(split_yaml)
     apply_offline_environment(output_root)
-    loaded = checkpoint if isinstance(checkpoint, EvaluationModel) else load_evaluation_model(checkpoint, family)
-    if loaded.family != family:
-        raise ValueError(f"{loaded.checkpoint} was loaded as {loaded.family!r}, not {family!r}: load it as {family!r}")
     model, validator = loaded.model, loaded.validator
     batch = batch or _validator_batch()
     overrides = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
@@ -267,7 +262,7 @@ def evaluate_split(
     map_stats = MapStats.from_images(finished.map_images)
     records = sorted(finished.records, key=lambda record: record["image_id"])
     stages.recording_s = finished.recording_s + time.perf_counter() - start
-    predicted = predict_records(model, [record["im_file"] for record in records], imgsz, batch, device, stages)
+    predicted = predict_records(model, [record["im_file"] for record in records], stages, imgsz, batch, device)
     start = time.perf_counter()
     for record in records:  # the file path was only for `predict`: records hold the image id
         del record["im_file"]

@@ -6,8 +6,8 @@ by exp3.evaluate.evaluation and kept as `map_stats_<split>.npz` (docs/report.md,
 
 `mean_ap(stats)` recomputes (mAP50, mAP50-95) exactly as `ultralytics.utils.metrics.ap_per_class` does (same
 confidence sort, per-class cumulative TP/FP, sentinels, precision envelope, 101-point interpolation, trapezoid).
-With `weights` (how often each image is drawn in a bootstrap resample) every prediction and target of an image
-counts that many times: the mAP of the resampled image set, computed without materialising it. Copies of one
+`bootstrap_map` weights each image by how often a bootstrap resample draws it: every prediction and target of an
+image counts that many times, the mAP of the resampled image set, computed without materialising it. Copies of one
 prediction are merged into one point of the PR curve; copies share a confidence and a TP flag, so without tied
 confidences the result equals `ap_per_class` on literally duplicated arrays (with ties, Ultralytics' own value
 depends on its sort's tie order).
@@ -115,10 +115,6 @@ class MapStats:
     def weights_for(self, image_ids: list[str] | tuple[str, ...], counts: np.ndarray) -> np.ndarray:
         """Per-image weights in this object's order from `counts` given in the order of `image_ids`."""
         position = {image_id: index for index, image_id in enumerate(image_ids)}
-        missing = [image_id for image_id in self.image_ids if image_id not in position]
-        if missing:
-            raise ValueError(f"image {missing[0]!r} of the mAP statistics is not in the resampled image list; "
-                             "compare sessions evaluated on the same images")
         return np.asarray(counts)[..., [position[image_id] for image_id in self.image_ids]]
 
 
@@ -136,44 +132,10 @@ class _Sorted:
         self.bounds = {float(c): (int(np.searchsorted(self.pred_cls, c, "left")),
                                   int(np.searchsorted(self.pred_cls, c, "right"))) for c in self.classes}
 
-    def mean_ap(self, weights: np.ndarray | None) -> tuple[float, float]:
-        stats = self.stats
-        n_images = len(stats.image_ids)
-        w_image = np.ones(n_images) if weights is None else np.asarray(weights, dtype=np.float64)
-        n_labels = np.bincount(np.searchsorted(self.classes, stats.target_cls), weights=w_image[stats.target_image],
-                               minlength=len(self.classes))
-        aps = []
-        for index, c in enumerate(self.classes):
-            if n_labels[index] == 0:
-                continue                                               # class absent from this resample
-            start, stop = self.bounds[float(c)]
-            w = w_image[self.pred_image[start:stop]]
-            keep = w > 0
-            if not keep.any():
-                aps.append(np.zeros(IOU_THRESHOLDS))
-                continue
-            tp, w = self.tp[start:stop][keep], w[keep][:, None]
-            tpc = np.cumsum(tp * w, axis=0)
-            fpc = np.cumsum((1.0 - tp) * w, axis=0)
-            recall = tpc / (n_labels[index] + EPS)
-            precision = tpc / (tpc + fpc)
-            mrec = np.concatenate([np.zeros((1, IOU_THRESHOLDS)), recall, recall[-1:], np.ones((1, IOU_THRESHOLDS))])
-            mpre = np.concatenate([np.ones((1, IOU_THRESHOLDS)), precision, np.zeros((2, IOU_THRESHOLDS))])
-            mpre = np.flip(np.maximum.accumulate(np.flip(mpre, 0), axis=0), 0)
-            # the ten IoU columns as one monotone curve (column j shifted right by j * step): one interp call
-            offsets = (np.ceil(mrec.max()) + 1.0) * np.arange(IOU_THRESHOLDS)
-            queries = (AP_X[None, :] + offsets[:, None]).ravel()
-            curve = np.interp(queries, (mrec + offsets).T.ravel(), mpre.T.ravel()).reshape(IOU_THRESHOLDS, -1)
-            aps.append(np.trapezoid(curve, AP_X, axis=1))
-        if not aps:
-            return 0.0, 0.0
-        ap = np.vstack(aps)
-        return float(ap[:, 0].mean()), float(ap.mean())
-
     def resampled_maps(self, weights: np.ndarray) -> np.ndarray:
-        """(B, 2) `mean_ap(row)` for each row of `weights` (B, N), many draws per numpy call.
+        """(B, 2) mAP50 / mAP50-95 of each row of `weights` (B, N), many draws per numpy call.
 
-        Same numbers as calling `mean_ap` per row, from a shorter curve holding every point np.interp
+        Same numbers as a weighted AP per row (the tests' loop), from a shorter curve holding every point np.interp
         uses. (1) A run of predictions that are false positives at all ten IoU thresholds (consecutive
         in a class's order) is one point whose FP weight is the run's total: inside the run recall is
         constant and precision only falls, so the envelope and np.interp see only its last point (the
@@ -260,9 +222,9 @@ def _class_ap(weights: np.ndarray, point_tp: np.ndarray, n_labels: np.ndarray) -
     return ap
 
 
-def mean_ap(stats: MapStats, weights: np.ndarray | None = None) -> tuple[float, float]:
-    """(mAP50, mAP50-95) of `stats`, each image counted `weights[i]` times (None: once). See module docstring."""
-    return _Sorted(stats).mean_ap(weights)
+def mean_ap(stats: MapStats) -> tuple[float, float]:
+    """(mAP50, mAP50-95) of `stats`, each image counted once: the one draw of weight 1. See module docstring."""
+    return tuple(float(v) for v in _Sorted(stats).resampled_maps(np.ones((1, len(stats.image_ids))))[0])
 
 
 def bootstrap_map(stats: MapStats, image_ids: list[str] | tuple[str, ...], indices: np.ndarray) -> np.ndarray:

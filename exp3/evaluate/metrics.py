@@ -135,13 +135,6 @@ def records_from_json(items: Sequence[Mapping[str, Any]]) -> list[ImageRecord]:
     return records
 
 
-def records_to_json(records: Sequence[ImageRecord]) -> list[dict[str, Any]]:
-    """Inverse of `records_from_json`: plain lists and numbers, `width`/`height` only when known."""
-    return [{"image_id": record.image_id, **{key: getattr(record, key).tolist() for key in JSON_REQUIRED_KEYS[1:]},
-             **{key: int(getattr(record, key)) for key in JSON_OPTIONAL_KEYS if getattr(record, key) is not None}}
-            for record in records]
-
-
 def validate_records(records: Sequence[ImageRecord], num_classes: int) -> None:
     """Raise ValueError unless `records` is non-empty, ids are unique and every class id is in [0, num_classes)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
@@ -216,15 +209,8 @@ def _set_counts(gt: np.ndarray, pred: np.ndarray,
     return (gt & pred).sum(axis=axis), (~gt & pred).sum(axis=axis), (gt & ~pred).sum(axis=axis)
 
 
-def _check_sets(gt: np.ndarray, pred: np.ndarray) -> None:
-    if gt.dtype != bool or pred.dtype != bool or gt.ndim != 2 or gt.shape != pred.shape:
-        raise ValueError(f"expected two bool (N, C) matrices of one shape, got {gt.dtype}{gt.shape} and "
-                         f"{pred.dtype}{pred.shape}; build them with ingredient_sets()")
-
-
 def per_image_prf(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image ingredient (precision, recall, f1), each (N,) float64, from (N, C) bool sets."""
-    _check_sets(gt, pred)
     return prf_from_counts(*_set_counts(gt, pred, axis=1))
 
 
@@ -232,7 +218,6 @@ def per_class_prf(gt: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     """Per-class ingredient scores from (N, C) bool sets: a dict of (C,) arrays, precision, recall, f1 (float64);
     support (images whose GT has the class), predicted (images whose predicted set has it), tp (images with both)
     (int64)."""
-    _check_sets(gt, pred)
     tp, fp, fn = _set_counts(gt, pred, axis=0)
     precision, recall, f1 = prf_from_counts(tp, fp, fn)
     return {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn, "predicted": tp + fp, "tp": tp}
@@ -242,7 +227,6 @@ def ingredient_prf(gt: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, floa
     """Ingredient-list P/R/F1 with the three averages from (N, C) bool sets: {"micro" | "macro" | "samples":
     {"precision", "recall", "f1"}} as floats in [0, 1]. macro averages over the columns present in gt or pred
     (NaN when none is); samples averages over all N rows."""
-    _check_sets(gt, pred)
     micro = prf_from_counts(*_set_counts(gt, pred, axis=None))
     per_class, present = per_class_prf(gt, pred), present_classes(gt, pred)
     macro = tuple(per_class[name][present] for name in ("precision", "recall", "f1"))
@@ -253,7 +237,6 @@ def ingredient_prf(gt: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, floa
 
 def present_classes(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(C,) bool: classes in some image's ground truth or predicted set (the macro average's label set)."""
-    _check_sets(gt, pred)
     return gt.any(axis=0) | pred.any(axis=0)
 
 

@@ -33,9 +33,6 @@ class Interval:
     low: float
     high: float
 
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
 
 @dataclass(frozen=True)
 class PairedComparison:
@@ -44,25 +41,6 @@ class PairedComparison:
     difference: Interval
     p_value: float
     n_images: int
-
-
-def check_counts(counts: np.ndarray, name: str = "counts") -> np.ndarray:
-    """Return `counts` as (N, 3) int64 (tp, fp, fn per image); raise ValueError naming the fix otherwise."""
-    array = np.asarray(counts)
-    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
-        raise ValueError(f"{name} has shape {array.shape}; pass an (N, 3) array of per-image (tp, fp, fn), N >= 1")
-    if not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise ValueError(f"{name} holds negative or non-finite counts; pass non-negative integers")
-    return array.astype(np.int64)
-
-
-def check_scores(values: np.ndarray, name: str = "values") -> np.ndarray:
-    """Return `values` as (N,) float64 per-image scores; raise ValueError naming the fix otherwise."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} has shape {array.shape} or non-finite entries; pass an (N,) array of finite "
-                         "per-image scores, N >= 1")
-    return array
 
 
 def micro_f1(counts: np.ndarray, axis: int = -2) -> np.ndarray:
@@ -212,14 +190,11 @@ def compare_paired(values_a: np.ndarray, values_b: np.ndarray, confidence: float
                    seed: int = DEFAULT_SEED, statistic: Statistic = f1_statistic,
                    image_weights: np.ndarray | None = None) -> PairedComparison:
     """Difference a - b of `statistic` (default: micro F1 of (N, 3) counts; `mean_statistic`: mean of (N,) scores)
-    with its paired bootstrap interval and permutation p-value; both sides validated and aligned on the same
-    images."""
-    check, what = (check_counts, "counts") if statistic is f1_statistic else (check_scores, "scores")
-    a, b = check(values_a, f"{what}_a"), check(values_b, f"{what}_b")
-    if a.shape != b.shape:
-        raise ValueError(f"paired {what} differ in shape {a.shape} vs {b.shape}; align both on the same image ids")
-    return PairedComparison(paired_difference(a, b, statistic, confidence, n_resamples, seed, image_weights),
-                            permutation_pvalue(a, b, statistic, n_permutations, seed), len(a))
+    with its paired bootstrap interval and permutation p-value; both sides aligned on the same N >= 1 images (the
+    report's caller, exp3.report.comparisons.compare_sessions, aligns them on unique image ids)."""
+    return PairedComparison(paired_difference(values_a, values_b, statistic, confidence, n_resamples, seed,
+                                              image_weights),
+                            permutation_pvalue(values_a, values_b, statistic, n_permutations, seed), len(values_a))
 
 
 def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
@@ -234,18 +209,15 @@ def reversed_comparison(comparison: PairedComparison) -> PairedComparison:
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
-    """BH-adjusted p-values (same shape); NaN entries stay NaN and are not counted as tests. The step-up rule of
-    `scipy.stats.false_discovery_control(method="bh")` (tests/test_stats.py checks that both agree), in numpy: a
-    session process imports this module, and scipy.stats alone takes seconds to import."""
+    """BH-adjusted p-values (same shape): `scipy.stats.false_discovery_control(method="bh")` of the finite entries;
+    NaN entries stay NaN and are not counted as tests."""
+    from scipy.stats import false_discovery_control  # lazy: a session process imports this module, scipy.stats is slow
+
     array = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(array.shape, np.nan)
     finite = np.isfinite(array)
     if finite.any():
-        order = np.argsort(array[finite])
-        ranked = array[finite][order] * (finite.sum() / np.arange(1, finite.sum() + 1))
-        values = np.empty(len(order))
-        values[order] = np.clip(np.minimum.accumulate(ranked[::-1])[::-1], 0, 1)
-        adjusted[finite] = values
+        adjusted[finite] = false_discovery_control(array[finite], method="bh")
     return adjusted
 
 
@@ -336,16 +308,12 @@ class TwoLevelInterval:
     """A session difference with its two-level interval, and the spread each level alone gives.
 
     `image_sd`: sd of the draws with the seeds held fixed (images resampled); `seed_sd`: sd with the images
-    held fixed (seeds resampled); `dominant` names the larger ("images" / "seeds").
+    held fixed (seeds resampled).
     """
 
     difference: Interval
     image_sd: float
     seed_sd: float
-
-    @property
-    def dominant(self) -> str:
-        return "seeds" if self.seed_sd > self.image_sd else "images"
 
 
 STATISTICS: dict[str, Statistic] = {"mean": mean_statistic, "micro_f1": f1_statistic}

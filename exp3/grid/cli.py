@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from exp3.config import ConfigError, ExperimentConfig, load_config, resolve_output_root, writable_output_root
+from exp3.config import ConfigError, ExperimentConfig, load_config, writable_output_root
 from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
 from exp3.grid.flowenv import configure_flow_environment, database_problem
 from exp3.grid.jobs import machine_problem
-from exp3.identity import session_inputs
 from exp3.session.layout import SessionState
 from exp3.session.mirror import mirror_for, on_mirror_storage
-from exp3.session.plan import select_sessions
+from exp3.session.plan import planned_keys, select_sessions
 from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
 from exp3.status import grid_status
@@ -31,11 +30,6 @@ PILOT_CONFIG = REPO / "configs" / "pilot.yaml"
 PILOT_GPU_CONFIG = REPO / "configs" / "pilot-gpu.yaml"
 DEFAULT_CONFIG = REPO / "configs" / "exp3.yaml"
 SANITY_SESSIONS = ("S1_clean_train", "S3_mask_backbone_early")
-
-
-def pilot_config_path(cuda_available: bool) -> Path:
-    """configs/pilot-gpu.yaml where CUDA is available (both real models), else configs/pilot.yaml (yolov8n, CPU)."""
-    return PILOT_GPU_CONFIG if cuda_available else PILOT_CONFIG
 
 
 def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
@@ -59,7 +53,7 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     if args.pilot:
         import torch  # lazy: torch is heavy, and only --pilot asks it a question
 
-        path = pilot_config_path(torch.cuda.is_available())
+        path = PILOT_GPU_CONFIG if torch.cuda.is_available() else PILOT_CONFIG  # both real models, or yolov8n on CPU
         print(f"exp3 pilot: {path.relative_to(REPO)}", file=sys.stderr)
     else:
         path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or DEFAULT_CONFIG)
@@ -105,7 +99,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
             read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
-        root = resolve_output_root(config)
+        root = config.output_root.absolute()
         if (moved := moved_root(root)) is not None:
             raise ValueError(moved)
         mirror = mirror_for(config.mirror, root)  # overlapping the root, or a folder of the user's: refused here
@@ -143,12 +137,12 @@ def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, st
     from exp3.occlusion.suites import occlusion_suite_name
     from exp3.session.prepare import dataset_yaml
 
-    root = resolve_output_root(config)
+    root = config.output_root.absolute()
     data_yaml = dataset_yaml(config, root, build=False)
     ready = data_yaml.is_file()  # the synthetic dataset exists after the first run; a user's always
     fingerprint = dataset_fingerprint(read_data_yaml(data_yaml)) if ready else None
     suite = occlusion_suite_name(data_yaml, config.occlusion) if ready else None
-    keys = {s.name: session_inputs(config, s, fingerprint, suite, weights[s.model]).key for s in grid} if ready else {}
+    keys = planned_keys(config, fingerprint, suite, weights) if ready else {}  # every session of `grid` among them
     print(f"exp3 dry run: {len(grid)} sessions under {root}"
           + (f" (suite {suite})" if ready else " (dataset not generated yet: keys appear after the first run)"))
     print(f"  models: {', '.join(weights)} "

@@ -41,15 +41,11 @@ class SessionJob(BaseModel):
     prepared: PreparedData | None = None  # what the flow prepared (data yaml, fingerprint, suites)
     evaluations: dict[str, str] = {}  # split -> spec key the config asks for (`evaluation_plan`)
     mirror: MirrorConfig = MirrorConfig()  # where its checkpoints and results are copied (exp3/session/mirror.py)
+    integrations: tuple[str, ...] = ()  # the config's `integrations`: the settings file the runner writes for it
 
     session = property(lambda self: Session(self.model, self.suffix, self.seed))
     name = property(lambda self: self.session.name)
     paths = property(lambda self: SessionPaths.of(self.output_root, self.session))
-
-    @property
-    def is_current(self) -> bool:
-        """Done under `cache_key` with every configured evaluation: nothing to run (one missing: evaluate only)."""
-        return self.paths.is_done(self.cache_key) and self.paths.evaluations_current(self.evaluations)
 
     def result(self, status: SessionState, **fields: Any) -> SessionResult:
         return SessionResult(session=self.name, status=status, cache_key=self.cache_key, **fields)
@@ -77,8 +73,10 @@ def outcome(job: SessionJob, value: Any) -> SessionResult:
 
 
 def done_result(job: SessionJob) -> SessionResult | None:
-    """The CACHED result of a job already done under its key with every configured evaluation, else None."""
-    return job.result(SessionState.CACHED) if job.is_current else None
+    """The CACHED result of a job already done under its key with every configured evaluation (nothing to run; one
+    missing: evaluate only), else None."""
+    current = job.paths.is_done(job.cache_key) and job.paths.evaluations_current(job.evaluations)
+    return job.result(SessionState.CACHED) if current else None
 
 
 def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = None,
@@ -123,7 +121,7 @@ def plan_jobs(config: ExperimentConfig, grid: Sequence[Session], *, keys: Mappin
                        epochs=config.models[session.model].epochs, batch=config.train.batch,
                        oom_halve_batch=config.failure.oom_halve_batch,
                        rerun_failed=rerun_failed, deployment=deployment, prepared=prepared, evaluations=evaluations,
-                       mirror=config.mirror)
+                       mirror=config.mirror, integrations=config.integrations)
             for session in grid]
 
 
@@ -134,8 +132,6 @@ def run_on_slots(jobs: Sequence[SessionJob], slots: Sequence[Slot], start: Calla
     """Start `jobs` in order, each on the first slot free (`start(job)`, `job.gpu` its slot's, returns a Prefect
     future); return every job's result. A job done (`done_result`) or FAILED before (without `rerun_failed`) takes
     no slot; with `stop_on_failure`, once one failed the jobs not started are skipped. `announce` hears those."""
-    if not slots:
-        raise ValueError("no slots to run sessions on: set gpus, or parallel_sessions >= 1, or fan_out_width >= 1")
     free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
     for slot in slots:
         free.put(slot)

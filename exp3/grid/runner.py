@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from exp3.config import ConfigError, load_config
 from exp3.fileio import read_json
 from exp3.grid.jobs import SessionJob, SessionResult
 from exp3.parallel import parent_environment
 from exp3.session.layout import SessionState
-from exp3.train.integrations import missing_packages, write_ultralytics_settings
+from exp3.train.integrations import write_ultralytics_settings
 from exp3.train.offline import ultralytics_environment
 from exp3.train.training import TRAIN_INFO_FILENAME
 
@@ -118,17 +117,10 @@ def session_environment(job: SessionJob) -> dict[str, str]:
 
 
 def prepare_integrations(job: SessionJob) -> None:
-    """Before the session process starts: the root's Ultralytics settings file complete, with the config's
+    """Before the session process starts: the root's Ultralytics settings file complete, with the job's
     `integrations` on and every other one off (exp3/train/integrations.py), so the process imports Ultralytics under
-    them and never writes the file itself; `SessionError` if a configured integration is not installed. A config
-    that cannot be read is left to the session to report."""
-    try:
-        integrations: tuple[str, ...] | None = load_config(job.config_path).integrations
-    except ConfigError:
-        integrations = None
-    if integrations and (missing := missing_packages(integrations)) is not None:
-        raise SessionError(f"{job.name}: {missing}")
-    write_ultralytics_settings(ultralytics_environment(job.output_root)["YOLO_CONFIG_DIR"], integrations)
+    them and never writes the file itself. A configured integration not installed is the session's refusal."""
+    write_ultralytics_settings(ultralytics_environment(job.output_root)["YOLO_CONFIG_DIR"], job.integrations)
 
 
 @contextlib.contextmanager
@@ -160,7 +152,7 @@ def start_session_process(arguments: list[str], env: dict[str, str], log: Binary
 
 def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
                            on_poll: Callable[[bool], None] = lambda finished: None) -> SessionResult:
-    """Run the session CLI for a job that is not `is_current`; raise `SessionError` (transient if out of memory).
+    """Run the session CLI for a job without a `done_result`; raise `SessionError` (transient if out of memory).
     A folder made under other inputs is first moved aside. `on_poll(finished)` is called every `POLL_S` s while
     the process runs and once after it ends (`finished`: it ended DONE): it reads the epochs (exp3.grid.live)."""
     paths, cache_key = job.paths, job.cache_key

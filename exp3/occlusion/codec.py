@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -14,7 +13,6 @@ PNG_COMPRESS_LEVEL = 1
 """zlib level of PNG outputs: lossless at any level; 1 trades a slightly larger file for much less time than
 Pillow's default 6 (suites write thousands of images)."""
 JPEG_QUALITY = 95
-OUTPUT_SUFFIXES: dict[str, str] = {"png": ".png", "jpg": ".jpg"}
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -33,12 +31,9 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 def encode_image(image: np.ndarray, output_format: str) -> bytes:
     """(H, W, 3) uint8 RGB -> PNG (zlib level `PNG_COMPRESS_LEVEL`) or JPEG (quality `JPEG_QUALITY`) bytes."""
-    options: dict[str, dict[str, Any]] = {  # built on call: the constants are read where they are used, never copied
-        "png": {"format": "PNG", "compress_level": PNG_COMPRESS_LEVEL},
-        "jpg": {"format": "JPEG", "quality": JPEG_QUALITY},
-    }
-    if output_format not in options:
-        raise ValueError(f"unknown output format {output_format!r}: use one of {', '.join(options)}")
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, **options[output_format])
+    if output_format == "png":  # else "jpg": OcclusionConfig.output_format is Literal["png", "jpg"]
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()

@@ -6,6 +6,7 @@ within `TEXTURE_BOX_MARGIN` px of a labelled box, so an occluder never adds an u
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,6 @@ TEXTURE_BOX_MARGIN = 2
 """Donor pixels (at the donor's resolution) around every donor label box that texture crops also
 avoid, so JPEG ringing and 6-decimal label rounding cannot leak object pixels into a patch."""
 
-_DONOR_CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}  # cleared when it holds a pool's worth
 Patch = tuple[np.ndarray, dict[str, Any]]
 """What a fill returns: the pixels ((h, w, 3) uint8 RGB) and the occluder's info for the manifest."""
 
@@ -58,19 +58,14 @@ class TextureDonor:
     boxes: tuple[tuple[float, float, float, float], ...]
     """The donor's label boxes, normalised (cx, cy, w, h) to [0, 1] of its width/height."""
 
+    @functools.lru_cache(maxsize=TEXTURE_DONOR_POOL)  # keyed on the frozen (hashable) donor itself
     def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
-        key = (self.path, self.sha256, self.boxes)
-        cached = _DONOR_CACHE.get(key)
-        if cached is None:
-            if len(_DONOR_CACHE) >= TEXTURE_DONOR_POOL:
-                _DONOR_CACHE.clear()
-            pixels = decode_image(Path(self.path).read_bytes(), self.path)
-            height, width = pixels.shape[:2]
-            occupied = ~background_mask(yolo_to_xyxy(np.array(self.boxes), width, height), width, height)
-            sums = np.zeros((height + 1, width + 1), dtype=np.int32 if height * width < 2**31 else np.int64)
-            sums[1:, 1:] = occupied.cumsum(axis=0).cumsum(axis=1)
-            cached = _DONOR_CACHE[key] = (pixels, sums)
-        return cached
+        pixels = decode_image(Path(self.path).read_bytes(), self.path)
+        height, width = pixels.shape[:2]
+        occupied = ~background_mask(yolo_to_xyxy(np.array(self.boxes), width, height), width, height)
+        sums = np.zeros((height + 1, width + 1), dtype=np.int32 if height * width < 2**31 else np.int64)
+        sums[1:, 1:] = occupied.cumsum(axis=0).cumsum(axis=1)
+        return pixels, sums
 
     def pixels(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB, as `decode_image` returns it."""
@@ -87,14 +82,9 @@ class TextureDonor:
         return inside == 0
 
 
-def fill_mean(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
-    """Flat ImageNet-mean RGB `MEAN_RGB`."""
-    return np.full((height, width, 3), MEAN_RGB, dtype=np.uint8), {}
-
-
-def fill_gray(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
-    """Flat Ultralytics letterbox gray `GRAY_RGB`."""
-    return np.full((height, width, 3), GRAY_RGB, dtype=np.uint8), {}
+def _flat(rgb: tuple[int, int, int], height: int, width: int, *_: Any) -> Patch:
+    """One flat colour: "mean" (`MEAN_RGB`) and "gray" (`GRAY_RGB`)."""
+    return np.full((height, width, 3), rgb, dtype=np.uint8), {}
 
 
 def fill_noise(height: int, width: int, rng: np.random.Generator, donors: Sequence[TextureDonor]) -> Patch:
@@ -129,5 +119,6 @@ def fill_texture(height: int, width: int, rng: np.random.Generator, donors: Sequ
 
 
 Fill = Callable[[int, int, np.random.Generator, Sequence[TextureDonor]], Patch]
-FILLS: dict[str, Fill] = {"mean": fill_mean, "gray": fill_gray, "noise": fill_noise, "texture": fill_texture}
+FILLS: dict[str, Fill] = {"mean": functools.partial(_flat, MEAN_RGB), "gray": functools.partial(_flat, GRAY_RGB),
+                          "noise": fill_noise, "texture": fill_texture}
 """Fill type -> fill(height, width, rng, donors) -> (patch (h, w, 3) uint8, manifest info)."""

@@ -6,12 +6,11 @@ Suites are content-addressed (`occ-`, `occtrain-`, `occsev-<hash12>`); what the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from exp3.config import OcclusionConfig
 from exp3.fileio import stable_hash
-from exp3.occlusion import OcclusionError, codec, fills, planners
+from exp3.occlusion import codec, fills, planners
 from exp3.occlusion.source import _SourceImage, source_fingerprint
 from exp3.splits import severity_split
 
@@ -102,17 +101,9 @@ def _suite_identity(config: OcclusionConfig, images: Sequence[_SourceImage]) -> 
     return _with_source(_spec(SUITE_KIND, STREAM_TEST_SUITE, suite_parameters(config)), images)
 
 
-def _train_set_identity(config: OcclusionConfig, images: Sequence[_SourceImage],
-                        references: dict[str, list[str] | None]) -> dict[str, Any]:
-    return _with_source(_spec(TRAIN_SET_KIND, STREAM_S2_TRAIN, train_set_parameters(config)), images, references)
-
-
 def severity_config(config: OcclusionConfig, level: int) -> OcclusionConfig:
     """The occlusion parameters of severity level `level` (1-based): object mode, that level's coverage
     range, every other parameter (fills, format, seed) as configured."""
-    if not 1 <= level <= len(config.severities):
-        raise OcclusionError(f"severity level {level} is not configured (occlusion.severities has "
-                             f"{len(config.severities)} levels): pick 1..{len(config.severities)}")
     return OcclusionConfig.model_validate({**config.model_dump(mode="json"), "mode": "object",
                                            "coverage": list(config.severities[level - 1])})
 
@@ -131,23 +122,7 @@ def severity_spec_key(config: OcclusionConfig, level: int) -> str:
     return stable_hash(severity_spec(config, level))
 
 
-@dataclass(frozen=True)
-class SeverityLevel:
-    """One configured severity level: its split, coverage range and the spec key of its suite."""
-
-    level: int
-    split: str
-    coverage: tuple[float, float]
-    spec_key: str
-
-
-def severity_levels(config: OcclusionConfig) -> tuple[SeverityLevel, ...]:
-    """The configured levels, light to heavy (reads the config only; builds nothing)."""
-    return tuple(SeverityLevel(level, severity_split(level), tuple(coverage), severity_spec_key(config, level))
-                 for level, coverage in enumerate(config.severities, start=1))
-
-
 def evaluation_plan(config: OcclusionConfig) -> dict[str, str]:
-    """{severity split: spec key} a finished session must have evaluations for (config only; compared with
-    metrics.json by `exp3.session.layout.severity_changes`)."""
-    return {level.split: level.spec_key for level in severity_levels(config)}
+    """{severity split: spec key} a finished session must have evaluations for, levels light to heavy (config only;
+    compared with metrics.json by `exp3.session.layout.severity_changes`)."""
+    return {severity_split(level): severity_spec_key(config, level) for level in range(1, len(config.severities) + 1)}

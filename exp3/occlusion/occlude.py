@@ -17,12 +17,6 @@ from exp3.occlusion.geometry import box_coverages, covered_fractions, rect_mask
 from exp3.occlusion.planners import PLANNERS
 
 
-def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
-    if name not in table:
-        raise ValueError(f"unknown {what} {name!r}: use one of {', '.join(table)}")
-    return table[name]
-
-
 def image_seed(seed: int, stream: int, image_id: str) -> list[int]:
     """The per-image seed `[global seed, stream, stable_int(image id)]` (recorded in the manifest)."""
     return [seed, stream, stable_int(image_id)]
@@ -44,9 +38,8 @@ def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionCo
     """
     height, width = image.shape[:2]
     fill_name = config.fills[int(rng.integers(len(config.fills)))]
-    fill = _lookup(FILLS, fill_name, "fill")
-    planner = _lookup(PLANNERS, config.mode, "occlusion mode")
-    rects, targets, dropped = planner(boxes_xyxy, config, rng, width, height)
+    fill = FILLS[fill_name]  # config.fills and config.mode are Literals of these tables' keys
+    rects, targets, dropped = PLANNERS[config.mode](boxes_xyxy, config, rng, width, height)
     mask = rect_mask(rects, width, height)
     cap = planners.MAX_BOX_COVERAGE
     over = [value for value in box_coverages(mask, boxes_xyxy) if value > cap + 1e-9]  # float noise

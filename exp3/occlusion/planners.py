@@ -11,12 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from exp3.config import OcclusionConfig
+from exp3.config import MAX_BOX_COVERAGE, OcclusionConfig
 from exp3.occlusion.geometry import Rect, _covered_share, box_coverages
 
-MAX_BOX_COVERAGE = 0.9
-"""Cap on the fraction of any ground-truth box covered by the union of an image's occluders, in every mode and
-suite. Rule and why: docs/occlusion.md, "Part of every box stays visible"."""
 PLACEMENT_ATTEMPTS = 16
 """Uniform positions tried per occluder size before the occluder shrinks (rejection sampling)."""
 PLACEMENT_SHRINK = 0.8

@@ -68,8 +68,6 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[DataSpec, list[_SourceImag
             raise OcclusionError(f"{split} split has two images with id {image_id!r} ({str(seen[image_id])!r}, "
                                  f"{str(image_path)!r}): image file stems must be unique; rename one")
         seen[image_id] = image_path
-        if not image_path.is_file():
-            raise OcclusionError(f"image {str(image_path)!r} listed in the {split} split does not exist: fix the list")
         label_path = label_path_for(image_path)
         label_bytes = label_path.read_bytes() if label_path.is_file() else None  # no label file: no objects
         labels = ()

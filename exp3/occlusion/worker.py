@@ -17,7 +17,7 @@ import numpy as np
 from exp3.config import OcclusionConfig
 from exp3.fileio import sha256_bytes
 from exp3.occlusion import OcclusionError
-from exp3.occlusion.codec import OUTPUT_SUFFIXES, decode_image, encode_image
+from exp3.occlusion.codec import decode_image, encode_image
 from exp3.occlusion.fills import TextureDonor
 from exp3.occlusion.geometry import yolo_to_xyxy
 from exp3.occlusion.identity import SEVERITY_KIND, SUITE_KIND
@@ -87,7 +87,7 @@ def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], di
     encoded = encode_image(occluded, config.output_format)
     digest = sha256_bytes(encoded)
     per_box = zip(source.labels, boxes_xyxy, record["target_coverage"], record["covered_fraction"])
-    out_rel = put(f"{occluded_split}/images/{source.image_id}{OUTPUT_SUFFIXES[config.output_format]}", encoded, digest)
+    out_rel = put(f"{occluded_split}/images/{source.image_id}.{config.output_format}", encoded, digest)
     entry.update(occluded_image=out_rel, output_sha256=digest, width=width, height=height, fill=record["fill"],
                  occluders=record["occluders"], dropped_occluders=record["dropped_occluders"],
                  boxes=[{"class_id": label[0], "xyxy": [round(float(v), 3) for v in xyxy], "target_coverage": target,

@@ -49,13 +49,13 @@ class ReportResult:
     files: list[Path]
     n_resamples: int
     seed: int
+    coverage: CoverageReport
+    """Recall by covered fraction (exp3.report.coverage)."""
     sessions: tuple[str, ...] = SESSION_SUFFIXES
     """The suffixes of this run (the others are `not in run`)."""
     severity_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     severity_table: pd.DataFrame = field(default_factory=pd.DataFrame)
     """exp3.report.severity.severity_tables: the curves and the mPC / rPC table (empty without severity splits)."""
-    coverage: CoverageReport | None = None
-    """Recall by covered fraction (exp3.report.coverage), None when not computed."""
     gap_closed: pd.DataFrame = field(default_factory=pd.DataFrame)
     """exp3.report.gap.gap_table: the headline, gap closed per model x metric x masking session x basis."""
     training_curves: curves.TrainingCurves = field(default_factory=curves.TrainingCurves)
@@ -141,8 +141,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
     files += curves.write_curve_outputs(training, root, models, charts)
     if charts:
         plots.remove_stale_charts(root / "plots", files)
-    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed, in_run,
-                          severity_curves, severity_table, by_coverage, gap_closed, training,
+    result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed,
+                          by_coverage, in_run, severity_curves, severity_table, gap_closed, training,
                           sorted(set(data.warnings)) + resumed_notes(runs))
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))

@@ -88,14 +88,6 @@ def comparison_plan(threshold: str) -> list[tuple[str, str]]:
     return [(suffix, reference) for reference in REFERENCES for suffix in SESSION_SUFFIXES if suffix != reference]
 
 
-def bh_tests(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The input of Benjamini-Hochberg: one row per distinct test, i.e. per bh_family x model x split x pair (rows
-    without a p-value are no test; both readings of a pair appear once)."""
-    keys = ["bh_family", "model", "split", "pair"]
-    tested = comparisons[comparisons["p_value"].notna() & (comparisons["bh_family"] != "")]
-    return tested.drop_duplicates(keys)[keys + ["p_value"]].reset_index(drop=True)
-
-
 def adjust_p_values(table: pd.DataFrame, p_column: str, family: list[str], test: list[str]) -> np.ndarray:
     """Benjamini-Hochberg adjusted `p_column` of every row of `table`: one family per value of the `family`
     columns, one test per distinct `family + test` key (rows sharing a key share its p); NaN where untested."""

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from exp3.evaluate import stats
-from exp3.evaluate.metrics import ImageRecord, box_iou, ingredient_sets, matched_gt, optimal_matches
+from exp3.evaluate.metrics import ImageRecord, box_iou, ingredient_sets, optimal_matches
 from exp3.fileio import atomic_write_text, sha256_file
 from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report import plots
-from exp3.report.draws import ReportData, split_match_iou
+from exp3.report.draws import ReportData
 from exp3.report.runs import THRESHOLDS, SessionRun, threshold_conf
 from exp3.report.text import fmt_ci, markdown_table, short_session
 from exp3.schema import MetricsView
@@ -34,8 +34,6 @@ BIN_EDGES = np.arange(N_BINS + 1) / N_BINS
 LEVELS: tuple[str, ...] = ("detection", "ingredient")
 LEVEL_LABELS: dict[str, str] = {"detection": "detection: box matched (IoU >= match_iou)",
                                 "ingredient": "ingredient: class named in the image's set"}
-REPORT_THRESHOLD = THRESHOLDS[0]
-"""The operating point of report.md's tables (docs/report.md, "Recall by covered fraction", Threshold)."""
 THRESHOLD_LABELS: dict[str, str] = dict(zip(THRESHOLDS, ("primary threshold", "each session's val-chosen threshold")))
 ALIGN_IOU = 0.9
 """IoU a prediction file's ground-truth box needs with its manifest box (same class) to be the same box:
@@ -167,12 +165,11 @@ def align_split(records: Sequence[ImageRecord], manifest: Mapping[str, list[Mani
     return [align_boxes(record, manifest[record.image_id], split) for record in records]
 
 
-def box_table(records: Sequence[ImageRecord], aligned: Sequence[Aligned], num_classes: int, conf: float,
-              match_iou: float, split: str, matched: Sequence[np.ndarray] | None = None) -> pd.DataFrame:
+def box_table(records: Sequence[ImageRecord], aligned: Sequence[Aligned], num_classes: int, conf: float, split: str,
+              matched: Sequence[np.ndarray]) -> pd.DataFrame:
     """Per-box covered fraction (`aligned`: `align_split` of the records) and whether the box was found at both
-    levels, at `conf` (boxes without a covered fraction left out). `matched`: each record's `matched_gt`, when already
-    made (exp3.report.draws)."""
-    matched = [matched_gt(record, conf, match_iou) for record in records] if matched is None else matched
+    levels, at `conf` (boxes without a covered fraction left out). `matched`: each record's `matched_gt` at `conf`
+    (`ReportData.matched`)."""
     _, predicted_sets = ingredient_sets(records, num_classes, conf)
     kept = [np.flatnonzero(~np.isnan(covered)) for covered, _ in aligned]          # boxes with a covered fraction
     classes = [record.gt_classes[boxes].astype(np.int64) for record, boxes in zip(records, kept)]
@@ -200,15 +197,14 @@ def assign_bins(covered: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(BIN_EDGES, values, side="right") - 1, N_BINS - 1)
 
 
-def bin_recalls(frame: pd.DataFrame, level: str, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                seed: int = stats.DEFAULT_SEED, image_weights: np.ndarray | None = None) -> pd.DataFrame:
+def bin_recalls(frame: pd.DataFrame, level: str, image_weights: np.ndarray) -> pd.DataFrame:
     """Recall per covered-fraction bin (`BIN_COLUMNS`, empty bins included) of the boxes in `frame` at `level`, with
     image-clustered bootstrap intervals.
 
     Args:
         frame: per-box rows with `image_id`, `covered_fraction` and `found_<level>` (a `box_table`, or
             several pooled: seeds and splits of one session); the clusters are the distinct image ids.
-        image_weights: the (B, M) draws of the M sorted image ids (default `stats.image_multiplicities(M, B, seed)`).
+        image_weights: the (B, M) draws of the M sorted image ids (`ReportData.image_weights`).
     """
     images, cluster = np.unique(frame["image_id"].to_numpy(dtype=str), return_inverse=True)
     bins = assign_bins(frame["covered_fraction"].to_numpy())
@@ -218,9 +214,7 @@ def bin_recalls(frame: pd.DataFrame, level: str, n_resamples: int = stats.DEFAUL
     n_boxes, n_found = totals.sum(axis=0).astype(np.int64), hits.sum(axis=0).astype(np.int64)
     interval = np.full((N_BINS, 2), np.nan)
     if len(images):
-        weights = stats.image_multiplicities(len(images), n_resamples, seed) if image_weights is None \
-            else image_weights
-        draw_totals, draw_hits = weights @ totals, weights @ hits        # (B, N_BINS)
+        draw_totals, draw_hits = image_weights @ totals, image_weights @ hits        # (B, N_BINS)
         for index in np.flatnonzero(n_boxes):
             valid = draw_totals[:, index] > 0
             interval[index] = stats.percentile_interval(draw_hits[valid, index] / draw_totals[valid, index],
@@ -279,8 +273,8 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
             conf = threshold_conf(run, split, threshold)
             if conf is None:
                 continue
-            frame = box_table(records, aligned[truth], int(part.num_classes), conf, split_match_iou(run.view, split),
-                              split, data.matched(run, split, threshold, conf))
+            frame = box_table(records, aligned[truth], int(part.num_classes), conf, split,
+                              data.matched(run, split, threshold, conf))
             frames.append(frame.assign(threshold=threshold))
             excluded += sum(count for _, count in aligned[truth]) if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
@@ -327,8 +321,7 @@ def coverage_report(data: ReportData, splits: Sequence[str] | None = None,
         for threshold in dict.fromkeys(boxes["threshold"]):
             part = boxes[boxes["threshold"] == threshold]
             n_images = int(part["image_id"].nunique())
-            bins = [bin_recalls(part, level, data.n_resamples, data.seed, data.image_weights(n_images))
-                    for level in LEVELS]
+            bins = [bin_recalls(part, level, data.image_weights(n_images)) for level in LEVELS]
             curves.append(SessionCurve(model, session, threshold, tuple(sorted(set(part["conf"].tolist()))),
                                        pd.concat(bins, ignore_index=True), len(part), n_images,
                                        sum(excluded for _, _, excluded in parts)))
@@ -413,7 +406,7 @@ def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str
     if not report.curves:
         lines += ["n/a: no done session could be joined to its suite manifest.", ""]
     for model in models:
-        curves = [curve for curve in report.curves if curve.model == model and curve.threshold == REPORT_THRESHOLD]
+        curves = [curve for curve in report.curves if curve.model == model and curve.threshold == THRESHOLDS[0]]
         if not curves:
             continue
         excluded = sum(curve.excluded_zero_area for curve in curves)

@@ -19,6 +19,7 @@ from exp3.fileio import atomic_write_text
 from exp3.report import plots
 from exp3.report.runs import SessionRun, as_number
 from exp3.report.text import fmt, markdown_table, short_session
+from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.session.progress import EpochProgress, epoch_progress, results_rows
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
@@ -46,15 +47,20 @@ CONVERGENCE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "se
 `best_pt_epochs`: each seed's, `;`-joined; `rise`: the fitted change over the window)."""
 
 
+def _recorded_epochs(run: SessionRun) -> tuple[list[EpochProgress], int | None]:
+    """A run's results.csv epochs and the epochs its metrics.json says were trained (None: not recorded)."""
+    trained = run.view.training.epochs_completed
+    return (epoch_progress(results_rows(SessionPaths(run.folder)), None),
+            int(trained) if trained is not None and math.isfinite(trained) else None)
+
+
 def run_epochs(run: SessionRun) -> list[EpochProgress]:
     """The epochs of a done run's results.csv: [] when not done, or when they are not the epochs 1..N its
     metrics.json says were trained (a row lost or cut, a file that is no text: `why_not_drawn` names it)."""
     if run.status != SessionState.DONE:
         return []
-    epochs = epoch_progress(results_rows(SessionPaths(run.folder)), None)
-    trained = ((run.metrics or {}).get("training") or {}).get("epochs_completed")
-    complete = not isinstance(trained, int) or [epoch.epoch for epoch in epochs] == list(range(1, trained + 1))
-    return epochs if complete else []
+    epochs, trained = _recorded_epochs(run)
+    return epochs if trained is None or [epoch.epoch for epoch in epochs] == list(range(1, trained + 1)) else []
 
 
 def why_not_drawn(run: SessionRun) -> str:
@@ -63,9 +69,8 @@ def why_not_drawn(run: SessionRun) -> str:
         return str(run.status)
     if not SessionPaths(run.folder).results_csv.is_file():
         return "no train/results.csv"
-    read = len(epoch_progress(results_rows(SessionPaths(run.folder)), None))
-    trained = ((run.metrics or {}).get("training") or {}).get("epochs_completed")
-    return f"train/results.csv holds {read} complete epoch rows, {trained} were trained"
+    epochs, trained = _recorded_epochs(run)
+    return f"train/results.csv holds {len(epochs)} complete epoch rows, {trained} were trained"
 
 
 def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
@@ -75,13 +80,11 @@ def best_epoch(epochs: Sequence[int], values: Sequence[float]) -> int | None:
     return max(finite)[1] if finite else None
 
 
-def ramp_epoch(metrics: dict[str, Any] | None) -> float | None:
+def ramp_epoch(view: MetricsView) -> float | None:
     """Where a masked session's linear ramp reaches full strength, in epochs trained (None: not masked, a constant
     schedule, or not recorded). exp3.train.masking's strength is min(1, progress / ramp_fraction), progress =
     epochs done / epochs."""
-    masking, training = ((metrics or {}).get(key) for key in ("masking", "training"))
-    spec = masking.get("spec") if isinstance(masking, dict) else None
-    args = training.get("effective_args") if isinstance(training, dict) else None
+    spec, args = view.masking.spec, view.training.effective_args
     if not isinstance(spec, dict) or spec.get("schedule") != "linear_ramp" or not isinstance(args, dict):
         return None
     fraction, epochs = as_number(spec.get("ramp_fraction")), as_number(args.get("epochs"))
@@ -226,7 +229,7 @@ def training_curves(runs: list[SessionRun], models: list[str]) -> TrainingCurves
             if group:
                 rows, record = _session_curves(
                     model, suffix, {run.seed: _seed_frame(epochs[run.folder]) for run in group},
-                    {ramp for run in group if (ramp := ramp_epoch(run.metrics)) is not None}, loss_name)
+                    {ramp for run in group if (ramp := ramp_epoch(run.view)) is not None}, loss_name)
                 frames += rows
                 model_records.append(record)
         frames += _ramp_rows(model, model_records, [MAP_QUANTITY, loss_name])

@@ -33,8 +33,6 @@ from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import SESSION_SUFFIXES
 
-MAP_RESAMPLES = BOOTSTRAP_RESAMPLES
-"""Bootstrap draws for mAP intervals, fewer than the F1s' (docs/report.md, "Intervals and p-values")."""
 MISSING, UNPAIRED = "missing", "unpaired"
 """`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
 
@@ -111,7 +109,7 @@ class ReportData:
                  seed: int = stats.DEFAULT_SEED) -> None:
         self.runs = list(runs)
         self.n_resamples, self.seed = n_resamples, seed
-        self.map_resamples = min(n_resamples, MAP_RESAMPLES)
+        self.map_resamples = min(n_resamples, BOOTSTRAP_RESAMPLES)
         self.grouped: dict[tuple[str, str], list[SessionRun]] = {}
         for run in self.runs:
             self.grouped.setdefault((run.model, run.suffix), []).append(run)

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from exp3.evaluate import stats
+from exp3.evaluate.mapstats import BOOTSTRAP_RESAMPLES
 from exp3.evaluate.severity import METRICS
 from exp3.report import plots
-from exp3.report.comparisons import comparison_metrics
-from exp3.report.draws import MAP_RESAMPLES, ReportData, SplitDraws
+from exp3.report.comparisons import ci_verdict, comparison_metrics
+from exp3.report.draws import ReportData, SplitDraws
 from exp3.report.runs import SessionRun
 from exp3.report.severity import common_levels
 from exp3.report.text import fmt, fmt_ci, markdown_table, seeds_done, short_session
@@ -79,11 +80,8 @@ def clean_verdict(cost: stats.Interval | None) -> str:
     """The clean-image reading of Sx - S1 on test_clean (docs/report.md)."""
     if cost is None or not (math.isfinite(cost.low) and math.isfinite(cost.high)):
         return "clean cost unknown"
-    if cost.high < 0:
-        return "costs clean accuracy"
-    if cost.low > 0:
-        return "improves clean accuracy"
-    return "no established clean cost"
+    return {1: "improves clean accuracy", -1: "costs clean accuracy",
+            0: "no established clean cost"}[ci_verdict({"ci_low": cost.low, "ci_high": cost.high})]
 
 
 def site_verdict(verdicts: dict[str, str]) -> str:
@@ -145,24 +143,20 @@ def _side(data: ReportData, model: str, suffix: str, metric: str, basis: str,
     return found and SplitDraws(_basis_value(found.points, basis), _basis_value(found.draws, basis), found.ids)
 
 
-def _recorded_int(metrics: Any, *path: str) -> int | None:
-    """The integer at `path` of a parsed metrics.json, None when absent or not an integer."""
-    for key in path:
-        metrics = metrics.get(key) if isinstance(metrics, dict) else None
-    return metrics if isinstance(metrics, int) and not isinstance(metrics, bool) else None
-
-
-def ran_batch(run: SessionRun) -> int | None:
-    """The batch `run` trained at: its out-of-memory retries', else the configured one (None: Ultralytics' default)."""
-    retried = _recorded_int(run.metrics, "training", "oom_retry_batch")
-    return _recorded_int(run.metrics, "inputs", "config", "train", "batch") if retried is None else retried
+def batch_of(run: SessionRun) -> tuple[int | None, int | None]:
+    """(configured, ran) batch of `run`: the config's, and its out-of-memory retries' else the configured one (None:
+    Ultralytics' default)."""
+    config, retried = run.view.inputs.config, run.view.training.oom_retry_batch
+    train = config.get("train") if isinstance(config, dict) else None
+    batch = train.get("batch") if isinstance(train, dict) else None
+    configured = batch if isinstance(batch, int) and not isinstance(batch, bool) else None
+    return configured, int(retried) if retried is not None and math.isfinite(retried) else configured
 
 
 def batch_note(run: SessionRun, name: str) -> str:
     """"<name> trained at batch 4 after out-of-memory retries, its siblings at 16" when `run`'s retries trained it at
     another batch than the configured one (docs/report.md, "Gap closed"); "" otherwise."""
-    configured = _recorded_int(run.metrics, "inputs", "config", "train", "batch")
-    retried = ran_batch(run)
+    configured, retried = batch_of(run)
     if retried == configured:
         return ""
     siblings = "Ultralytics' default batch" if configured is None else str(configured)
@@ -190,7 +184,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
     for model in models:
         suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
         notes = {suffix: batch_notes(data.done(model, suffix)) for suffix in SESSION_SUFFIXES}
-        batches = {suffix: {ran_batch(run) for run in data.done(model, suffix)} for suffix in SESSION_SUFFIXES}
+        batches = {suffix: {batch_of(run)[1] for run in data.done(model, suffix)} for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -304,11 +298,11 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
 
 def _interval_note(two_level: bool, n_resamples: int) -> str:
     if not two_level:
-        return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {MAP_RESAMPLES}), S1, "
-                "S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
+        return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}), "
+                "S1, S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
                 "not in these intervals** (docs/what-metrics-detect.md: it can be as large as the smaller effects).")
-    return (f"Intervals: 95 % two-level bootstrap ({n_resamples} resamples; mAP {MAP_RESAMPLES}): the test images "
-            "(the same draw for every session) and the training seeds of each session with several (drawn "
+    return (f"Intervals: 95 % two-level bootstrap ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}): the test "
+            "images (the same draw for every session) and the training seeds of each session with several (drawn "
             "independently per session); docs/report.md \"Several seeds\". Which level dominates:")
 
 

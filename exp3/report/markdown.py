@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
+from exp3.evaluate.mapstats import BOOTSTRAP_RESAMPLES
 from exp3.evaluate.severity import METRICS
 from exp3.report import curves, gap, severity
 from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.coverage import coverage_markdown
-from exp3.report.draws import MAP_RESAMPLES
 from exp3.report.findings import (
     POSITIVE_CONTROL,
     floor_note,
@@ -20,7 +20,7 @@ from exp3.report.findings import (
 )
 from exp3.report.gallery import GALLERY_RULE
 from exp3.report.runs import THRESHOLDS
-from exp3.report.text import fmt, fmt_ci, fmt_interval, fmt_p, markdown_table, short_session
+from exp3.report.text import fmt, fmt_ci, fmt_p, markdown_table, short_session
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS
 
@@ -43,12 +43,12 @@ def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
         seeds = f" (n={row['n_seeds_done']})" if row["n_seeds"] > 1 else ""
         rows.append({
             "model": row["model"], "session": row["session_label"], "status": row["status"] + seeds,
-            f"{SHORT['ingredient_micro_f1']} [95% CI]": fmt(row["ingredient_micro_f1"])
-            + fmt_interval(row, "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"),
+            f"{SHORT['ingredient_micro_f1']} [95% CI]": fmt_ci(row, "ingredient_micro_f1", "ingredient_micro_f1_ci_low",
+                                                                "ingredient_micro_f1_ci_high"),
             SHORT["ingredient_samples_f1"]: fmt(row["ingredient_samples_f1"]),
             "F1 macro": fmt(row["ingredient_macro_f1"]),
             **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
-            "rF1 [95% CI]": fmt(row["rF1_micro"]) + fmt_interval(row, "rF1_micro_ci_low", "rF1_micro_ci_high"),
+            "rF1 [95% CI]": fmt_ci(row, "rF1_micro", "rF1_micro_ci_low", "rF1_micro_ci_high"),
             **{f"vs {ref} [95% CI], p_BH": "" if pd.isna(row[f"diff_vs_{ref}"]) else
                f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
                f"{fmt_p(row[f'p_bh_vs_{ref}'])}" for ref in ("S1", "S2")},
@@ -193,7 +193,7 @@ def render_markdown(result: "ReportResult") -> str:
              "of the difference, Benjamini-Hochberg within each metric and threshold over the distinct session "
              "pairs of all models and splits (S2 vs S1 and S1 vs S2 are one test). A metric shows a difference "
              "when its paired 95% interval excludes 0. mAP intervals recompute the validator's mAP on each "
-             f"resample from its per-image matching stats ({MAP_RESAMPLES} resamples; no p-value). "
+             f"resample from its per-image matching stats ({BOOTSTRAP_RESAMPLES} resamples; no p-value). "
              + ("With several seeds the intervals of F1 differences resample the seeds as well (two levels) and p "
                 "permutes the training runs; a session's own interval resamples images only (docs/report.md, "
                 "\"Several seeds\"). "
@@ -222,8 +222,7 @@ def render_markdown(result: "ReportResult") -> str:
                   "control's table). Paired intervals for every metric; p-values for the F1s.", "",
                   markdown_table(by_metric), ""]
     lines += severity.severity_section(result.severity_curves, result.severity_table, result.models)
-    if result.coverage is not None:
-        lines += coverage_markdown(result.coverage, result.models)
+    lines += coverage_markdown(result.coverage, result.models)
     if len(failures):
         lines += ["## Sessions not done", ""]
         lines += [f"- {row['model']} {row['session_label']}: {row['status']}"

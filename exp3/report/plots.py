@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -52,6 +53,11 @@ CHARTS_LIST = ".exp3-charts.json"
 # Two-line session labels: "S3" on the first line, "mask backbone-early" on the second.
 _SESSION_LABEL_EXPR = "[substring(datum.label, 0, 2), substring(datum.label, 3)]"
 _FONT_SIZE = 12
+"""Of every axis's labels (its title: one more) and legend, set once in `save_chart`; the exceptions say so."""
+_SMALL_FONTS = {"labelFontSize": 11, "titleFontSize": 11}
+"""The heatmap's axes (a row per class, little room) and the coverage chart's size legend."""
+_VEGA_FONTS = {"labelFontSize": 10, "titleFontSize": 11}
+"""Vega-Lite's own sizes, where a chart keeps them (the heatmap's legend, the forest plot's x axis)."""
 _SESSION_STEP = 130
 """Pixels per session on x: the widest label line ("mask backbone-early") needs ~125 px at 12 px."""
 
@@ -77,20 +83,24 @@ def _shown_models(frame: pd.DataFrame, models: list[str]) -> list[str]:
 
 
 def _model_colour(models: list[str], shown: list[str] | None = None) -> alt.Color:
-    return alt.Color("model:N", title="model", scale=model_colors(models, shown),
-                     legend=alt.Legend(orient="top", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE))
+    return alt.Color("model:N", title="model", scale=model_colors(models, shown), legend=alt.Legend(orient="top"))
+
+
+def _session_colour(frame: pd.DataFrame, **legend: Any) -> alt.Color:
+    """Colour by session (`session_colors` of the sessions `frame` draws), with this legend."""
+    sessions = session_colors(list(frame["session_label"]))
+    return alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
+                     legend=alt.Legend(**legend))
 
 
 def _session_x(title: str = "session", sessions: list[str] = SESSION_ORDER) -> alt.X:
     return alt.X("session_label:N", title=title, sort=sessions, scale=alt.Scale(domain=sessions),
-                 axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=_FONT_SIZE,
-                               titleFontSize=_FONT_SIZE + 1, labelLimit=200))
+                 axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelLimit=200))
 
 
 def _y(title: str, field: str = "value", domain: tuple[float, float] | None = (0.0, 1.0)) -> alt.Y:
     scale = alt.Scale(domain=list(domain)) if domain else alt.Scale(zero=True)
-    return alt.Y(f"{field}:Q", title=title, scale=scale,
-                 axis=alt.Axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1, grid=True))
+    return alt.Y(f"{field}:Q", title=title, scale=scale, axis=alt.Axis(grid=True))
 
 
 def _title(text: str, subtitle: str | list[str] | None = None) -> alt.TitleParams:
@@ -155,7 +165,7 @@ def gap_closed_chart(frame: pd.DataFrame, models: list[str], title: str,
     low = min(-0.2, float(finite.min()) - 0.1) if len(finite) else -0.2
     high = max(1.2, float(finite.max()) + 0.1) if len(finite) else 1.2
     y = alt.Y("value:Q", title="gap closed (Sx - S1) / (S2 - S1)", scale=alt.Scale(domain=[low, high], nice=False),
-              axis=alt.Axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1, grid=True))
+              axis=alt.Axis(grid=True))
     offset = alt.XOffset("model:N", sort=shown, scale=alt.Scale(domain=shown))
     tooltip = ["model:N", alt.Tooltip("session_label:N", title="session"), alt.Tooltip("value:Q", format=".2f"),
                alt.Tooltip("ci_low:Q", format=".2f"), alt.Tooltip("ci_high:Q", format=".2f"), "verdict:N"]
@@ -199,8 +209,7 @@ def _split_rows() -> alt.Row:
     """One facet row per split, in SPLIT_LABELS order, headed by its label there."""
     cases = " : ".join(f"datum.label == '{split}' ? '{label}'" for split, label in SPLIT_LABELS.items())
     return alt.Row("split:N", title=None, sort=list(SPLIT_LABELS),
-                   header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top", labelAnchor="start",
-                                     labelExpr=f"{cases} : datum.label"))
+                   header=alt.Header(labelOrient="top", labelAnchor="start", labelExpr=f"{cases} : datum.label"))
 
 
 def class_heatmap(frame: pd.DataFrame, title: str, subtitle: str | None = None) -> alt.FacetChart:
@@ -211,11 +220,11 @@ def class_heatmap(frame: pd.DataFrame, title: str, subtitle: str | None = None) 
     """
     base = alt.Chart().encode(
         x=alt.X("session_label:N", title="session", sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
-                axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, labelFontSize=11, orient="bottom")),
-        y=alt.Y("class_name:N", title="class", sort=None, axis=alt.Axis(labelFontSize=11)))
+                axis=alt.Axis(labelAngle=0, labelExpr=_SESSION_LABEL_EXPR, orient="bottom", **_SMALL_FONTS)),
+        y=alt.Y("class_name:N", title="class", sort=None, axis=alt.Axis(**_SMALL_FONTS)))
     cells = base.mark_rect(stroke="white", strokeWidth=1).encode(
         color=alt.Color("f1:Q", title="ingredient F1", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
-                        legend=alt.Legend(orient="right", gradientLength=200)),
+                        legend=alt.Legend(orient="right", gradientLength=200, **_VEGA_FONTS)),
         tooltip=["class_name:N", "session_label:N", "split:N", alt.Tooltip("f1:Q", format=".3f"), "support:Q"])
     text = base.mark_text(fontSize=10).encode(
         text="f1_text:N", color=alt.condition("datum.f1 > 0.6", alt.value("black"), alt.value("white")))
@@ -233,12 +242,13 @@ def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title
         frame: diff frame (module docstring), one row per model x session x reference.
     """
     y = alt.Y("session_label:N", title=None, sort=SESSION_ORDER, scale=alt.Scale(domain=SESSION_ORDER),
-              axis=alt.Axis(labelFontSize=_FONT_SIZE, labelLimit=220))
+              axis=alt.Axis(labelLimit=220))
     offset = alt.YOffset("model:N", sort=list(models), scale=alt.Scale(domain=list(models)))
     base = alt.Chart().encode(y=y, yOffset=offset, color=_model_colour(models))
     tooltip = ["model:N", "session_label:N", "reference:N", alt.Tooltip("difference:Q", format="+.3f"),
                alt.Tooltip("ci_low:Q", format="+.3f"), alt.Tooltip("ci_high:Q", format="+.3f"), "p_bh_text:N"]
-    intervals = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", title=x_title), x2="ci_high:Q")
+    x = alt.X("ci_low:Q", title=x_title, axis=alt.Axis(**_VEGA_FONTS))
+    intervals = base.mark_rule(strokeWidth=2).encode(x=x, x2="ci_high:Q")
     points = base.mark_point(filled=True, size=60).encode(x="difference:Q", tooltip=tooltip)
     # p text on the far side of the interval from zero, so it never crosses the zero line
     labels_right = base.mark_text(align="left", dx=6, fontSize=10).encode(
@@ -249,8 +259,7 @@ def difference_chart(frame: pd.DataFrame, models: list[str], title: str, x_title
         x="zero:Q")
     return (alt.layer(zero, intervals, points, labels_right, labels_left, data=frame)
             .properties(width=330, height=alt.Step(16))
-            .facet(column=alt.Column("reference:N", title=None, header=alt.Header(labelFontSize=13,
-                                                                                  labelFontWeight="bold")))
+            .facet(column=alt.Column("reference:N", title=None))
             .properties(title=_title(title, subtitle)))
 
 
@@ -261,13 +270,10 @@ def severity_chart(frame: pd.DataFrame, title: str, y_title: str, subtitle: str 
         frame: curve frame (module docstring), one row per session x severity; severity_label e.g. "0 clean",
             "1 0.1-0.26".
     """
-    sessions = session_colors(list(frame["session_label"]))
-    colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
-                       legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
-                                         symbolOpacity=1.0, symbolType="stroke", symbolStrokeWidth=3))
+    colour = _session_colour(frame, orient="right", symbolOpacity=1.0, symbolType="stroke", symbolStrokeWidth=3)
     order = list(dict.fromkeys(frame.sort_values("severity")["severity_label"]))
     x = alt.X("severity_label:O", title="occlusion severity (covered fraction of each box; 0 = clean)", sort=order,
-              axis=alt.Axis(labelAngle=0, labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1))
+              axis=alt.Axis(labelAngle=0))
     base = alt.Chart().encode(x=x, color=colour)
     tooltip = ["session_label:N", "severity_label:N", alt.Tooltip("value:Q", format=".3f"),
                alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")]
@@ -286,17 +292,13 @@ def training_curve_chart(frame: pd.DataFrame, title: str, subtitle: str | list[s
         frame: training frame (module docstring), panels in the order of their first row: `session` rows a thick
             line, `seed` rows a faint one, `best` a diamond, `ramp` a dashed rule labelled by `text`.
     """
-    sessions = session_colors(list(frame["session_label"]))
-    colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
-                       legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
-                                         symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1.0, labelLimit=220))
+    colour = _session_colour(frame, orient="right", symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1.0,
+                             labelLimit=220)
     last = int(frame["epoch"].max()) if len(frame) else 1
     ticks = {"values": list(range(1, last + 1))} if last <= 12 else {}  # few epochs: Vega-Lite put ticks at 1.5, ...
     x = alt.X("epoch:Q", title="epoch", scale=alt.Scale(domainMin=1, nice=False),
-              axis=alt.Axis(tickMinStep=1, format="d", labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1,
-                            **ticks))
-    y = alt.Y("value:Q", title=None, scale=alt.Scale(zero=False),
-              axis=alt.Axis(labelFontSize=_FONT_SIZE, grid=True))
+              axis=alt.Axis(tickMinStep=1, format="d", **ticks))
+    y = alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(grid=True))
     tooltip = [alt.Tooltip("session_label:N", title="session"), alt.Tooltip("seeds:N", title="seed(s)"),
                "epoch:Q", alt.Tooltip("value:Q", format=".4f")]
     base = alt.Chart().encode(x=x)
@@ -313,15 +315,18 @@ def training_curve_chart(frame: pd.DataFrame, title: str, subtitle: str | list[s
         y=y, color=colour, tooltip=tooltip)
     panels = list(dict.fromkeys(frame["quantity"]))
     return (alt.layer(rules, labels, seeds, lines, best, data=frame).properties(width=440, height=300)
-            .facet(column=alt.Column("quantity:N", title=None, sort=panels,
-                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")))
+            .facet(column=alt.Column("quantity:N", title=None, sort=panels))
             .resolve_scale(y="independent")
             .properties(title=_title(title, subtitle)))
 
 
 def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path]:
-    """Write `<path>.png` (vl-convert, scale PNG_SCALE) and `<path>.html` (interactive, inlined), atomically."""
-    spec = chart.to_dict(validate=False)  # tests validate every chart the report draws (test_report)
+    """Write `<path>.png` (vl-convert, scale PNG_SCALE) and `<path>.html` (interactive, inlined), atomically, in the
+    report's fonts (`_FONT_SIZE`)."""
+    spec = (chart.configure_axis(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE + 1)
+            .configure_legend(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE)
+            .configure_header(labelFontSize=13, labelFontWeight="bold")
+            .to_dict(validate=False))  # tests validate every chart the report draws (test_report)
     png = atomic_write_bytes(path_without_suffix.with_suffix(".png"), vl_convert.vegalite_to_png(spec, scale=PNG_SCALE))
     html = atomic_write_text(path_without_suffix.with_suffix(".html"),
                              vl_convert.vegalite_to_html(spec, bundle=True))
@@ -353,13 +358,9 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
         frame: coverage frame (module docstring), one row per session x threshold x level x non-empty bin; `x`: the
             bin centre, nudged per session.
     """
-    sessions = session_colors(list(frame["session_label"]))
-    colour = alt.Color("session_label:N", title="session", sort=sessions.domain, scale=sessions,
-                       legend=alt.Legend(orient="top", columns=3, labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE,
-                                         labelLimit=220))
+    colour = _session_colour(frame, orient="top", columns=3, labelLimit=220)
     x = alt.X("x:Q", title="covered fraction of the box (bin centre)", scale=alt.Scale(domain=[0, 1]),
-              axis=alt.Axis(values=[index / 10 for index in range(11)], format=".1f", labelFontSize=_FONT_SIZE,
-                            titleFontSize=_FONT_SIZE + 1))
+              axis=alt.Axis(values=[index / 10 for index in range(11)], format=".1f"))
     tooltip = ["session_label:N", "threshold_label:N", "conf:N", "level_label:N",
                alt.Tooltip("bin_text:N", title="covered fraction"),
                alt.Tooltip("recall:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f", title="95% CI low"),
@@ -371,14 +372,12 @@ def coverage_recall_chart(frame: pd.DataFrame, title: str, subtitle: str | None 
     points = base.mark_point(filled=True, opacity=1).encode(
         y="recall:Q", tooltip=tooltip,
         size=alt.Size("n_boxes:Q", title="boxes in bin", scale=alt.Scale(range=[15, 200]),
-                      legend=alt.Legend(orient="right", labelFontSize=_FONT_SIZE - 1)))
+                      legend=alt.Legend(orient="right", **_SMALL_FONTS)))
     return (alt.layer(lines, errors, points, data=frame)
             .properties(width=380, height=300)
-            .facet(column=alt.Column("level_label:N", title=None, sort=list(frame["level_label"].unique()),
-                                     header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
+            .facet(column=alt.Column("level_label:N", title=None, sort=list(frame["level_label"].unique())),
                    row=alt.Row("threshold_label:N", title=None, sort=list(frame["threshold_label"].unique()),
-                               header=alt.Header(labelFontSize=13, labelFontWeight="bold", labelOrient="top",
-                                                 labelAnchor="start")))
+                               header=alt.Header(labelOrient="top", labelAnchor="start")))
             .properties(title=_title(title, subtitle)))
 
 

@@ -150,8 +150,6 @@ def class_name(entry: Any) -> str:
 def threshold_conf(run: SessionRun, split: str, threshold: str = "primary") -> float | None:
     """The confidence threshold of one operating point of a session and split (`primary`: `splits[split].conf`;
     `val`: `splits[split].at_val_threshold.conf`), or None when not recorded."""
-    if threshold not in THRESHOLDS:
-        raise ValueError(f"threshold {threshold!r}; pass one of {', '.join(THRESHOLDS)}")
     part = run.view.split(split)
     number = as_number(part.conf if threshold == "primary" else part.at_val_threshold.conf)
     return number if math.isfinite(number) else None

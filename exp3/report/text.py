@@ -16,19 +16,14 @@ def fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def fmt_interval(row: Any, low: str, high: str, signed: bool = False, digits: int = 3) -> str:
-    """The text ` [low, high]` of two fields of `row` (a Series or a dict); empty when either is missing."""
-    if pd.isna(row[low]) or pd.isna(row[high]):
-        return ""
-    return f" [{fmt(row[low], digits, signed)}, {fmt(row[high], digits, signed)}]"
-
-
 def fmt_ci(row: Any, value: str, low: str, high: str, signed: bool = False, digits: int = 3) -> str:
-    """The report's one interval text, `value [low, high]` of three fields of `row`: "n/a" without a value, no
-    brackets without an interval."""
+    """The report's one interval text, `value [low, high]` of three fields of `row` (a Series or a dict): "n/a"
+    without a value, no brackets without an interval."""
     if pd.isna(row[value]):
         return "n/a"
-    return f"{fmt(row[value], digits, signed)}{fmt_interval(row, low, high, signed, digits)}"
+    if pd.isna(row[low]) or pd.isna(row[high]):
+        return fmt(row[value], digits, signed)
+    return f"{fmt(row[value], digits, signed)} [{fmt(row[low], digits, signed)}, {fmt(row[high], digits, signed)}]"
 
 
 def fmt_p(value: float) -> str:

@@ -3,11 +3,10 @@ whatever `--models`/`--sessions` ran: why, docs/layout.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from exp3.config import ExperimentConfig
-from exp3.fileio import atomic_write_json
+from exp3.fileio import atomic_write_json, read_json
 from exp3.identity import session_inputs
 from exp3.sessions import SESSION_SUFFIXES, Session, parse_session_selector, session_grid
 
@@ -33,10 +32,9 @@ def write_plan(output_root: Path, keys: dict[str, str]) -> Path:
 
 def read_plan(output_root: Path) -> dict[str, str]:
     """The keys of the last flow started on `output_root` ({} if none)."""
-    try:
-        return dict(json.loads((Path(output_root) / PLAN_FILENAME).read_text(encoding="utf-8"))["keys"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return {}
+    plan = read_json(Path(output_root) / PLAN_FILENAME)
+    keys = plan.get("keys") if isinstance(plan, dict) else None
+    return dict(keys) if isinstance(keys, dict) else {}
 
 
 def planned_key(plan: dict[str, str], name: str) -> str | None:

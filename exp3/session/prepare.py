@@ -16,7 +16,7 @@ from exp3.config import ExperimentConfig
 from exp3.dataset.audit import AuditedData, audit_once
 from exp3.dataset.synth import build_synthetic_dataset
 from exp3.fileio import sha256_file
-from exp3.occlusion.identity import evaluation_plan, severity_levels, suite_parameters, train_set_parameters
+from exp3.occlusion.identity import evaluation_plan, suite_parameters, train_set_parameters
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.schema import PreparedData, SeveritySuite
 from exp3.session.mirror import local_dataset, on_mirror_storage
@@ -60,10 +60,11 @@ def prepare_data(config: ExperimentConfig, output_root: Path, audited: AuditedDa
     suite = build_occlusion_suite(data_yaml, output_root / "suites", config.occlusion, workers=2)
     severity_dirs = build_severity_suites(data_yaml, output_root / "suites", config.occlusion, workers=2)
     s2_yaml = build_occluded_train_set(data_yaml, output_root / "suites", config.occlusion, workers=2)
-    severity = tuple(SeveritySuite(level=level.level, split=level.split, coverage=level.coverage,
-                                   spec_key=level.spec_key, suite_dir=str(path), suite_id=path.name,
+    plan = evaluation_plan(config.occlusion).items()  # levels 1..K in order, as build_severity_suites returns them
+    severity = tuple(SeveritySuite(level=level, split=split, coverage=config.occlusion.severities[level - 1],
+                                   spec_key=spec_key, suite_dir=str(path), suite_id=path.name,
                                    manifest_sha256=sha256_file(path / "manifest.json"))
-                     for level, path in zip(severity_levels(config.occlusion), severity_dirs))
+                     for level, ((split, spec_key), path) in enumerate(zip(plan, severity_dirs), 1))
     return PreparedData(
         data_yaml=str(data_yaml),
         dataset_fingerprint=audited.fingerprint,  # computed by the audit: no second pass over the files

@@ -57,16 +57,9 @@ def device_description(device: str | None = None) -> dict[str, Any]:
     if cuda:
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return {"type": "cuda", "names": names, "cuda": torch.version.cuda}
-    return {"type": "cpu", "names": [_cpu_model_name()], "cuda": None}
+    from ultralytics.utils.torch_utils import get_cpu_info  # lazy: recorded after training imported Ultralytics
 
-
-def _cpu_model_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return {"type": "cpu", "names": [get_cpu_info()], "cuda": None}
 
 
 def collect_provenance(device: str | None = None) -> dict[str, Any]:

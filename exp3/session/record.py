@@ -87,9 +87,7 @@ def robustness(clean: SplitMetrics | SplitView, occluded: SplitMetrics | SplitVi
     A session passes its `SplitMetrics`; report fixtures, which write a subset of a split entry,
     pass the lenient `SplitView` of it."""
     def ratio(occ: float | None, cln: float | None) -> float | None:
-        if occ is None or cln is None:
-            return None
-        value = robustness_ratio(occ, cln)
+        value = None if occ is None or cln is None else robustness_ratio(occ, cln)
         return None if value != value else value  # NaN -> None (undefined)
 
     return Robustness(
@@ -181,7 +179,7 @@ def session_record(config: ExperimentConfig, session: Session, inputs: SessionIn
             "overrides": overrides,
             "oom_retry_batch": oom_retry_batch,
             "locations": plan.locations,
-            "resumed_from_epoch": outcome.resumed_from_epoch,
+            "resumed_from_epoch": outcome.info.get("resumed_from"),
             "previous_failure": None if previous_failure is None else PreviousFailure(
                 error=previous_failure.get("error"), time=previous_failure.get("time")),
             "wall_s": outcome.info.get("wall_s_total", outcome.wall_s),

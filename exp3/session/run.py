@@ -13,7 +13,6 @@ of a finished session".
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -55,7 +54,7 @@ from exp3.session.record import (
     write_record,
 )
 from exp3.session.runlock import LockBusy
-from exp3.sessions import UNNAMED_SEED, Session, parse_session, parse_session_selector
+from exp3.sessions import UNNAMED_SEED, Session, parse_session_selector
 from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT, PRIMARY_SPLITS, VAL_SPLIT
 from exp3.train.integrations import missing_packages, session_integrations
 from exp3.train.offline import apply_offline_environment
@@ -134,7 +133,7 @@ def _failed(paths: SessionPaths, session: Session, error: BaseException) -> Sess
 def _evaluate(model: EvaluationModel, split_yaml: Path, split: str, config: ExperimentConfig, output_root: Path,
               save_dir: Path, plots: bool = True) -> SplitEvaluation:
     """One split of the session's `exp3.evaluate.evaluation.EvaluationModel` (loaded once for all its splits)."""
-    return evaluate_split(model, split_yaml, model.family, output_root, save_dir, split=split,
+    return evaluate_split(model, split_yaml, output_root, save_dir, split=split,
                           batch=config.train.batch, device=config.train.device, plots=plots,
                           workers=config.train.workers)
 
@@ -267,12 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.model not in config.models:
             raise ConfigError(f"unknown model {args.model!r}: configured models are {', '.join(config.models)}")
         name = args.session if "__" in args.session else f"{args.model}__{args.session}"
-        session = parse_session(name, [args.model])
-        named = parse_session_selector(name, [args.model])[2]  # a `__seed<N>` tail as written (0 included)
+        _, suffix, named = parse_session_selector(name, [args.model])  # a `__seed<N>` tail as written (0 included)
         seed = args.seed if args.seed is not None else named
         if seed is None:  # none given: a one-seed config's seed, else seed 0
             seed = config.seeds[0] if len(config.seeds) == 1 else UNNAMED_SEED
-        session = Session(session.model, session.suffix, seed)
+        session = Session(args.model, suffix, seed)
         if session.training_seed not in config.seeds:
             raise ConfigError(f"seed {session.training_seed} is not in the config's seeds {list(config.seeds)}: "
                               "add it or pick one")
@@ -287,11 +285,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{occluded.ingredient.micro.f1:.3f}; mAP50-95 clean {clean.map50_95:.3f} / occluded "
           f"{occluded.map50_95:.3f} -> {SessionPaths.of(output_root, session).folder}")
     return 0
-
-
-def without_shutdown_collection(code: int) -> int:
-    """`code`, after moving every object alive now out of reach of the collection CPython runs at exit: with torch
-    and Ultralytics loaded it is slow and frees nothing the exit does not (BENCHMARKS.md, "no shutdown collection").
-    Reference counting and `atexit` still run; every result file is already closed and renamed into place."""
-    gc.freeze()
-    return code

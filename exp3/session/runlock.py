@@ -14,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+from exp3.fileio import read_json
+
 LOCK_NAME = ".exp3.lock"
 PROBE_GRACE_S = 0.5  # how long a start retries a held lock: far above a probe's hold, far below a real holder's
 _HELD: set[int] = set()  # this process's lock descriptors: a forked child (a dataloader worker) closes its copies
@@ -34,9 +36,7 @@ class SessionLock:
         self.path, self.what, self.command, self._fd, self.took_over = Path(path), what, command, None, None
 
     def owner(self) -> dict:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        return {}
+        return read_json(self.path) or {}
 
     def busy(self) -> LockBusy:
         owner = self.owner()

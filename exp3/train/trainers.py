@@ -26,7 +26,7 @@ import torch
 from ultralytics.engine import trainer as engine
 from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
 
 from exp3.config import MaskingConfig
@@ -62,7 +62,7 @@ class MaskingSettings:
 
 
 def masking_settings(site: str | list[str] | tuple[str, ...], spec: MaskingConfig | dict[str, Any]) -> MaskingSettings:
-    """Validated settings; a bad site or spec field raises a one-line `ValueError`."""
+    """Validated settings; a bad site raises a one-line `ValueError`, a bad spec field pydantic's `ValidationError`."""
     sites = (site,) if isinstance(site, str) else tuple(site)
     if not sites:
         raise ValueError("no masking site given: pass one of backbone_early, backbone_late, neck, head")
@@ -130,8 +130,7 @@ class _MaskingTrainerMixin:
                 f"{type(self).__name__} has no masking settings: write them with "
                 f"exp3.train.trainers.write_masking_settings(path, site, spec) and set {MASKING_SPEC_ENV}=path"
             )
-        if RANK in {-1, 0}:
-            atomic_write_json(saved, settings.to_json())
+        atomic_write_json(saved, settings.to_json())
         self.masking_settings = settings
         self.masking_handle = None
         self.masking_history = {}
@@ -174,18 +173,17 @@ class _MaskingTrainerMixin:
         self._masking_batch += 1
 
     def masking_epoch_end(self) -> None:
-        """Record this epoch's per-site statistics and write `masking_stats.json` (rank 0)."""
+        """Record this epoch's per-site statistics and write `masking_stats.json`."""
         if self.masking_handle is None:
             return
         self.masking_history[self.epoch] = {"epoch": self.epoch, "sites": self.masking_handle.read_stats(reset=True)}
-        if RANK in {-1, 0}:
-            atomic_write_json(
-                Path(self.save_dir) / MASKING_STATS_FILENAME,
-                {
-                    **self.masking_settings.to_json(),
-                    "epochs": [self.masking_history[epoch] for epoch in sorted(self.masking_history)],
-                },
-            )
+        atomic_write_json(
+            Path(self.save_dir) / MASKING_STATS_FILENAME,
+            {
+                **self.masking_settings.to_json(),
+                "epochs": [self.masking_history[epoch] for epoch in sorted(self.masking_history)],
+            },
+        )
 
     def masking_strip_ema(self) -> None:
         """Remove any masking hook from the EMA before `validate` and `save_model` use it. A safeguard: NaN recovery
@@ -324,8 +322,7 @@ class _AtomicCheckpointMixin:
             return
         best = _load_or_none(self.best)
         if holds_best(ckpt) and _rank(ckpt) > _rank(best):
-            if RANK in {-1, 0}:
-                copy_checkpoint(self.last, self.best)
+            copy_checkpoint(self.last, self.best)
             LOGGER.warning(f"{self.best} was behind {self.last} (epoch {ckpt.get('epoch')}, fitness "
                            f"{_own_fitness(ckpt)}): replaced by a copy of it")
             return

@@ -172,9 +172,8 @@ class TrainOutcome:
     """What one training did."""
 
     wall_s: float
-    resumed_from_epoch: int | None
-    log_path: str
     info: dict[str, Any] = field(default_factory=dict)
+    """train_info.json as the training left it (`resumed_from`: the epoch a resume started from, or None)."""
 
 
 def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
@@ -198,7 +197,7 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
         finally:
             _after_training(environment)
     info = read_json(Path(plan.run_dir) / TRAIN_INFO_FILENAME) or {}
-    return TrainOutcome(round(time.perf_counter() - start, 2), info.get("resumed_from"), str(log_path), info)
+    return TrainOutcome(round(time.perf_counter() - start, 2), info)
 
 
 @contextmanager
