@@ -1,8 +1,5 @@
-"""Small file helpers every exp3 module shares: atomic writes, durable directories, hashing, stable ids.
-
-All result writes go through `atomic_write_*`, so a reader (or a crash) sees the old file or the new one, never
-half of one; whole directories (occlusion suites, synthetic datasets) are published alike by `publish_dir`.
-"""
+"""File helpers every exp3 module shares: atomic writes (every result write: a reader, or a crash, sees the old file or
+the new one, never half of one), durable directories (`publish_dir`), hashing, stable ids."""
 
 from __future__ import annotations
 

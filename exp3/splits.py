@@ -1,15 +1,7 @@
-"""The names of a run's splits, and which suite each evaluation must come from. One owner.
-
-    train, val, test  the source dataset's splits (data.yaml keys, `SOURCE_SPLITS`)
-    test_clean        the clean test images (copies in the fixed suite `occ-<hash12>`)
-    test_occ_fixed    the primary occluded suite (spec: occlusion.coverage), same images
-    test_occ_sev<k>   severity level k = 1..K of `occlusion.severities`, light to heavy
-                      (suite `occsev-<hash12>`, object mode at that level's coverage range)
-
-test_clean and test_occ_fixed belong to a session's inputs; the severity splits do not (docs/occlusion.md,
-"Not a session input"): their spec keys are `exp3.occlusion.identity`'s. This module names splits only and
-imports nothing from exp3.
-"""
+"""The names of a run's splits, one owner, importing nothing from exp3: the source data's (`SOURCE_SPLITS`), the fixed
+suite's test_clean and test_occ_fixed (docs/occlusion.md, "Suite layout") and the severity levels `test_occ_sev<k>`,
+light to heavy, which are no session input (docs/occlusion.md, "Not a session input"; their spec keys:
+`exp3.occlusion.identity`)."""
 
 from __future__ import annotations
 

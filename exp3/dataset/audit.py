@@ -102,9 +102,8 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
 
 
 def _split_source(root: Path, entry: str, alone: bool) -> Path:
-    """A split's folder or list as Ultralytics' `check_det_dataset` makes it, so that both read the same images and
-    labels: joined to the root and resolved, symlinks too (labels are looked for beside the resolved images); a lone
-    `../x` that does not exist is read as `x`."""
+    """A split's folder or list as Ultralytics' `check_det_dataset` makes it (docs/occlusion.md, "Input"), so both read
+    the same images and labels; a lone `../x` that does not exist is read as `x`."""
     source = (root / entry).resolve()
     return (root / entry[3:]).resolve() if alone and not source.exists() and entry.startswith("../") else source
 

@@ -1,14 +1,9 @@
 """Evaluate a checkpoint on one split: Ultralytics' mAP and the detections `predict` would give.
 
-mAP50 / mAP50-95 are Ultralytics' validator's (`model.val`); the per-image predictions are `model.predict`'s at
-`conf=RECORD_CONF`, recorded as it returns them (docs/thresholds.md, "Primary" and "One box, two classes"; the
-record format: docs/schema.md, `predictions_<split>.json`). Ground truth (scaled back to original pixels) and the
-per-image mAP statistics (`SplitEvaluation.map_stats`, exp3.evaluate.mapstats) come from the validator's pass,
-so both halves describe the same files. The two passes cannot be merged without giving up one definition: the
-validator pads rect batches by half a stride, so its inputs differ from `predict`'s.
-
-No exp3 code runs inside the model: the checkpoint is loaded with plain Ultralytics and masking
-hooks are never attached here.
+Which numbers and detections: docs/thresholds.md, "Primary" and "One box, two classes"; their files: docs/schema.md.
+Ground truth and the per-image mAP statistics come from the validator's pass, so both halves describe the same files.
+The two passes cannot be merged without giving up one definition: the validator pads rect batches by half a stride, so
+its inputs differ from `predict`'s. The checkpoint is loaded with plain Ultralytics: no masking hook runs here.
 """
 
 from __future__ import annotations

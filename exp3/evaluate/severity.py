@@ -1,18 +1,8 @@
 """The headline metrics' vocabulary (`METRICS`), and mPC and rPC: the point values a session writes into its
-metrics.json (`severity.summary`).
+metrics.json (`severity.summary`), defined in docs/report.md, "Occlusion severity" (docs/references.md section 1).
 
-In the manner of ImageNet-C / COCO-C (docs/references.md section 1), over
-the severity suites `test_occ_sev1..K` of exp3/splits.py (severity 0 = test_clean):
-
-    mPC(M) = mean over levels k = 1..K of M(test_occ_sev<k>)      mean performance under occlusion
-    rPC(M) = mPC(M) / M(test_clean)                               relative performance under occlusion
-
-for the headline metrics M (`METRICS`). test_occ_fixed (the primary suite) is not one of the
-levels: it keeps its own meaning and table.
-
-This module runs in every session process (exp3.session.record `severity_block`), so it imports only
-numpy and exp3.schema: no pandas, no exp3.evaluate.stats. The curves, the intervals, the paired tests vs S1
-and the crossings are the report's, in exp3/report/severity.py.
+It runs in every session process (exp3.session.record `severity_block`), so it imports only numpy and exp3.schema;
+the curves, the intervals, the paired tests vs S1 and the crossings are exp3/report/severity.py's.
 """
 
 from __future__ import annotations

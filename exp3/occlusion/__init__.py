@@ -1,8 +1,6 @@
 """The fixed occlusion suite (test split) and S2's occluded train set.
 
-One module per job; docs/occlusion.md says which owns what ("Code layout"), how every draw comes from a
-per-image RNG, and how a suite is named by content, built aside and never overwritten. This module holds only
-`OcclusionError` and the `exp3-occlusion` console script's `main`; import everything else from its owner.
+Holds only `OcclusionError` and the console script's `main`; everything else: docs/occlusion.md, "Code layout".
 """
 
 from __future__ import annotations

@@ -2,11 +2,8 @@
 
     python -m exp3.report --root runs/exp3 [--models yolov8m rtdetr-l] [--seeds 0 1 2] [--sessions S1_clean_train ...]
 
-The flow's final task calls `build_report(root, models, seeds, sessions)` with its config's grid; the command line
-takes the same grid from `<root>/config_resolved.yaml` (`run_grid`; flags given win), so it rebuilds the flow's
-report. It reads only the session folders and writes every file atomically. The files, their columns and the session
-statuses: docs/report.md; each part's module and what it owns: docs/layout.md, "The report"; this module runs them
-in order.
+The grid (the command line's: `run_grid`), the files, their columns and the session statuses: docs/report.md; each
+part's module and what it owns: docs/layout.md, "The report"; this module runs them in order.
 """
 
 from __future__ import annotations
@@ -85,17 +82,14 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
                  n_resamples: int = stats.DEFAULT_RESAMPLES, n_permutations: int = stats.DEFAULT_PERMUTATIONS,
                  charts: bool = True, sessions: list[str] | None = None,
                  occluded_splits: tuple[str, ...] | None = None) -> ReportResult:
-    """Rebuild every report file under `root` from its session folders (the files: docs/report.md).
+    """Rebuild every report file under `root` from its session folders (the files and options: docs/report.md).
 
     Args:
         root: the experiment's output root (holds `<model>/<model>__<suffix>/` folders).
-        models: models to report, in order; None discovers them (`discover_models`). Listed models
-            without folders appear with status `missing`.
+        models: models to report, in order; None discovers them (`discover_models`); one without folders is `missing`.
         seeds: expected training seeds (several: `__seed<N>` folders); None takes what exists.
-        charts: False skips the PNG/HTML charts (tables and report.md only) and leaves `plots/` as it is; True
-            also removes the charts there that this build did not draw (`plots.remove_stale_charts`).
-        sessions: the suffixes of this run (the config's `sessions:`); None: all six. The others are
-            `not in run` in the status grid and left out of every table, finding and chart.
+        charts: False skips the PNG/HTML charts and leaves `plots/` as it is (docs/report.md, "Charts").
+        sessions: the suffixes of this run; None: all six (docs/report.md, "Status of a session").
         occluded_splits: the occluded splits of "Recall by covered fraction" (exp3.report.coverage); None:
             test_occ_fixed and the severity splits every done session has (`coverage.default_splits`).
 

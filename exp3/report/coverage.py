@@ -1,9 +1,6 @@
-"""Recall by covered fraction: which session still finds an object when most of it is hidden?
-
-Joins each occluded suite manifest's per-box `covered_fraction` to a session's predictions and asks, box by box,
-whether the object was found at the detection and at the ingredient level. Levels, bins, image-clustered intervals,
-pooling and refusals (`CoverageError`): docs/report.md, "Recall by covered fraction".
-"""
+"""Recall by covered fraction: which session still finds an object when most of it is hidden? What is joined, the
+levels, bins, image-clustered intervals, pooling and refusals (`CoverageError`): docs/report.md, "Recall by covered
+fraction"."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Training curves: had each session converged, and how did masking change the course of its training?
-
-Per done session, val mAP50-95 and the train loss per epoch from its `train/results.csv` (as exp3.session.progress
-reads it), the epoch best.pt holds, where the masking ramp reaches full strength and whether the curve was still
-rising when training stopped. Rules and reasons: docs/report.md, "Training curves".
-"""
+"""Training curves: had each session converged, and how did masking change the course of its training? What is
+drawn, the still-rising rule and its reasons: docs/report.md, "Training curves"."""
 
 from __future__ import annotations
 
@@ -37,14 +33,11 @@ MAP_QUANTITY = "val mAP50-95"
 """The panel of the fitness best.pt is chosen by."""
 CURVE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "seeds", "mark", "quantity", "epoch", "value",
                                   "text")
-"""training_curves.csv and the chart frame. `mark`: `session` (the session's line: its seed, or the mean of its
-seeds), `seed` (one seed's line, several seeds only), `best` (the epoch best.pt holds, per seed), `ramp` (where the
-masking ramp reaches full strength, one row per panel, labelled by `text` on the mAP panel)."""
+"""training_curves.csv (its `mark` values: docs/report.md's table of files) and the chart frame."""
 CONVERGENCE_COLUMNS: tuple[str, ...] = ("model", "session", "session_label", "seeds", "n_epochs", "best_epoch",
                                         "best_value", "last_value", "best_pt_epochs", "window_first", "window_last",
                                         "slope", "rise", "reading", "ramp_epoch")
-"""training_convergence.csv: one row per model x session with a curve (values: val mAP50-95 of the session's curve;
-`best_pt_epochs`: each seed's, `;`-joined; `rise`: the fitted change over the window)."""
+"""training_convergence.csv: one row per model x session with a curve (docs/report.md's table of files)."""
 
 
 def _recorded_epochs(run: SessionRun) -> tuple[list[EpochProgress], int | None]:

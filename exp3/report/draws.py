@@ -1,10 +1,5 @@
-"""The report's one resampling layer: what every interval and test of the report is drawn from, read once.
-
-`ReportData(runs, n_resamples, seed)` is built once by `build_report` and handed to the comparisons, the severity
-curves, gap closed, recall by covered fraction and the gallery: each predictions and map_stats file is parsed once,
-each run's per-image scores computed once, and every statistic resamples its one set of image draws
-(docs/report.md, "Intervals and p-values"; docs/layout.md, `exp3/report/`).
-"""
+"""The report's one resampling layer (`ReportData`): what every interval and test of the report is drawn from, read
+once (docs/layout.md, `exp3/report/`; docs/report.md, "Intervals and p-values")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The report's headline: how much of the S1 -> S2 gap each masking session closes, its clean-image cost,
-and a verdict per site.
-
-    gap_closed = (Sx - S1) / (S2 - S1)   on test_occ_fixed and on mPC     clean_cost = Sx - S1 on test_clean
-
-Rules, intervals and columns: docs/report.md, "Gap closed" and "Several seeds". S1, S2 and Sx of one model and
-metric are drawn on the same image resamples of exp3.report.draws, so the ratio's interval is paired
-(`stats.gap_closed`)."""
+"""The report's headline: how much of the S1 -> S2 gap each masking session closes, its clean-image cost, and a verdict
+per site. Definitions, rules, intervals and columns: docs/report.md, "Gap closed" and "Several seeds" (one model's S1,
+S2 and Sx drawn on the same image resamples of exp3.report.draws, so the ratio's interval is paired)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""`mirror.path`: the results copied to slower, durable storage (Google Drive, a network share) beside a local output
-root, and brought back from it when the local root is gone (a recycled Colab VM).
-
-What goes up and when, what comes back, and a mirror that fails: README.md, "A mirror on slower, durable storage"
-(`push_done`, `push_checkpoint`, `push_report`, `restore`). Each file goes under a temporary name, then is renamed;
-a file it replaces or removes is first truncated to 0 bytes (Drive keeps a replaced file in its trash, counting
-against the quota). The local root keeps the working set (Prefect's database, the locks, data and suites, the
-training in progress); nothing on the mirror needs a lock.
-"""
+"""`mirror.path`: the results copied to slower, durable storage beside a local output root, and brought back from it
+when the local root is gone: README.md, "A mirror on slower, durable storage" (`push_done`, `push_checkpoint`,
+`push_report`, `restore`). The local root keeps the working set (Prefect's database, the locks, data and suites, the
+training in progress); nothing on the mirror needs a lock."""
 
 from __future__ import annotations
 
@@ -164,10 +159,8 @@ class Mirror:
             self._warn("copying a checkpoint to", error)
 
     def push_report(self, done: list[SessionPaths]) -> None:
-        """The report's files, and every done session the mirror lacks (a copy that failed earlier). A report file an
-        earlier push put there and the local root no longer holds (a chart a build did not draw again,
-        `exp3.report.plots.remove_stale_charts`) is removed: its old numbers would stand beside the new ones. Files
-        exp3 did not put there (`REPORT_FILES` lists those it did) are never touched."""
+        """The report's files (one an earlier push put there and the local root no longer holds removed, no other one
+        touched: `REPORT_FILES`), and every done session the mirror lacks (a copy that failed earlier)."""
         for paths in done:
             self.push_done(paths)
         try:
@@ -316,10 +309,9 @@ def _session_files(paths: SessionPaths) -> Iterator[Path]:
 
 
 def foreign_mirror(path: str | os.PathLike[str]) -> str | None:
-    """The one-line refusal of a `mirror.path` that exists, is not empty and holds nothing exp3 put there (no
-    `REPORT_FILES`, no `<model>/<model>__S...` session folder, none set aside in its `stale/`): the mirror replaces
-    same-named files (report.md, the tables, the charts), and on Colab it is the durable copy. None for a new or empty
-    folder, an exp3 mirror, or one not readable now (the copies warn about that later)."""
+    """The one-line refusal of a `mirror.path` that holds nothing exp3 put there (README, "A mirror on slower, durable
+    storage"; sessions set aside in its `stale/` are exp3's). None for a new or empty folder, an exp3 mirror, or one
+    not readable now (the copies warn about that later)."""
     path = Path(path)
     try:
         if not path.exists():

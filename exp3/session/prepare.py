@@ -1,9 +1,6 @@
-"""What a session starts from: its data (dataset, audit, occlusion suites, S2's train set) and its weights.
-
-The flow prepares the data once per run (`prepare_data`) and hands it to every session (`--prepared`); a session
-trusts it only while `prepared_is_current` and `prepared_mismatch` find nothing wrong, else prepares it itself
-(each step idempotent and verified: preparing again costs a check, not a rebuild).
-"""
+"""What a session starts from: its data and its weights (docs/layout.md). A session trusts the data the flow handed it
+only while `prepared_is_current` and `prepared_mismatch` find nothing wrong, else prepares it itself (each step
+idempotent and verified: preparing again costs a check, not a rebuild)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Provenance for every result: exp3 version, git commit and dirty flag, package versions, device.
-
-Pure reads of the environment; nothing here changes state. Missing tools (no git, no CUDA)
-give `None` fields, never an exception: provenance must not stop a run.
-"""
+"""metrics.json's `provenance` (docs/schema.md): pure reads of the environment; a missing tool (no git, no CUDA) gives
+`None` fields, never an exception: provenance must not stop a run."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""A session's record, metrics.json (`exp3.schema.SessionMetrics`, docs/schema.md): assembled and written.
-
-The one place a block's content is decided: a split's entry (`split_metrics`), the robustness ratios, what a severity
-evaluation came from, mPC / rPC (via exp3.evaluate.severity), and a done session's record brought up to new severity
-levels (`with_severity_levels`). The steps that produce the numbers are exp3/session/run.py's.
-"""
+"""A session's record, metrics.json (`exp3.schema.SessionMetrics`, docs/schema.md): each block's content decided
+here, and written with its DONE marker; the steps that produce the numbers are exp3/session/run.py's."""
 
 from __future__ import annotations
 

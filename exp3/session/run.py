@@ -2,12 +2,10 @@
 
     python -m exp3.session --config configs/smoke.yaml --model yolov8m --session S1_clean_train
 
-Data and weights come from exp3/session/prepare.py, metrics.json from exp3/session/record.py; this module runs
-the steps between them. The rules live in the docs: skip, stale (moved aside) and resume in README.md, "Crash
-safety"; the session folder and which checkpoint is evaluated in docs/schema.md (checkpoints set aside:
-exp3.train.training `_training_state`); the two operating points in docs/thresholds.md; severity levels
-added to a done session from its checkpoint (`update_severity_evaluations`) in docs/schema.md, "Severity splits
-of a finished session".
+Data and weights come from exp3/session/prepare.py, metrics.json from exp3/session/record.py. The rules: skip, stale
+and resume in README.md, "Crash safety"; the folder and its checkpoint in docs/schema.md (set aside: exp3.train.training
+`_training_state`); the operating points in docs/thresholds.md; severity levels added later in docs/schema.md,
+"Severity splits of a finished session".
 """
 
 from __future__ import annotations
@@ -180,12 +178,8 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
 def _evaluate_test_split(model: EvaluationModel, split: str, config: ExperimentConfig, output_root: Path,
                          paths: SessionPaths, session: Session, prepared: PreparedData, names: list[str],
                          val_conf: float) -> SplitMetrics:
-    """One inference pass on `split`: predictions_<split>.json, map_stats_<split>.npz; returns its metrics (its
-    `eval_wall_s`: the whole evaluation of the split, writing included; `eval_stages_s`: its breakdown).
-
-    Ultralytics' figures (plots/<split>/) only for the primary splits, with `eval.plots`: on a severity split they
-    would cost more than its evaluation and show nothing the severity charts do not.
-    """
+    """One inference pass on `split`: its files and metrics (docs/schema.md, `splits.<split>`). Ultralytics' figures
+    not on a severity split: they would cost more than its evaluation and show nothing the severity charts do not."""
     evaluation = _evaluate(model, prepared.split_yaml(split), "test", config, output_root,
                            paths.folder / "plots" / split, plots=config.eval.plots and split in PRIMARY_SPLITS)
     suite = prepared.severity_suite(split)

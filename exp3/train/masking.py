@@ -147,13 +147,10 @@ class SiteStats:
 
 
 class FeatureMasker:
-    """Forward hook that masks a layer's output (N, C, H, W) during training only.
+    """Forward hook that masks a layer's output (N, C, H, W) during training only (docs/masking.md section 6).
 
-    Picklable (no lambdas, generators pickle); a no-op returning `None` (output unchanged)
-    when the module is in eval mode, gradients are disabled, the batch's `p_apply` coin says
-    no, or the scheduled drop rates are zero. Masks come from this object's own generators
-    (one per device) and its own `random.Random` coin, never from the global RNGs.
-    """
+    Picklable; a no-op returning `None` when the module is in eval mode, gradients are disabled, the batch's `p_apply`
+    coin says no, or the scheduled drop rates are zero. Its own generators (one per device) and coin draw the masks."""
 
     def __init__(self, site: str, spec: MaskingConfig) -> None:
         self.site = check_site(site)

@@ -1,14 +1,8 @@
 """Which weights a model starts from (`models.<name>.weights`): honoured exactly as configured, or the run refuses.
 
-`null` trains from the architecture yaml on purpose; a path is used as is; an Ultralytics asset name is looked up
-as Ultralytics does (the current directory, then `SETTINGS["weights_dir"]`) and downloaded only with
-`download_weights: true`. Anything else is refused before any session starts, with one line saying where to put the
-file; a missing file never turns into a from-scratch training (that would report another experiment under the
-configured name). Weights found are checked against the configured architecture (`check_architecture`): Ultralytics
-trains the architecture stored in the checkpoint, so a checkpoint of another one (a yolov8n `last.pt` under
-`architecture: yolov8s.yaml`) is refused too, rather than trained and recorded under the configured name. An
-architecture yaml that cannot be read (`read_architecture`) is refused the same way, with or without weights.
-The user's view: README (first section) and docs/schema.md, `training.weights`.
+The rules: README, "Quickstart", and docs/schema.md, `training.weights`. An asset name is looked up as Ultralytics does
+(the current directory, then `SETTINGS["weights_dir"]`); weights of another architecture (`check_architecture`) and an
+architecture yaml that cannot be read (`read_architecture`) are refused.
 """
 
 from __future__ import annotations
