@@ -46,7 +46,8 @@ def synthetic_stats(n_images: int, per_image: int, n_classes: int = 10, seed: in
 
 
 def former_mean_ap(prepared: _Sorted, w_image: np.ndarray) -> tuple[float, float]:
-    """The former weighted mean_ap of one draw (a copy of tests/test_mapstats.py's reference)."""
+    """The former weighted mean_ap of one draw: `ap_per_class`'s curve, each image counted `w_image[i]` times
+    (also tests/test_mapstats.py's reference)."""
     stats, classes = prepared.stats, prepared.classes
     n_labels = np.bincount(np.searchsorted(classes, stats.target_cls), weights=w_image[stats.target_image],
                            minlength=len(classes))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ultralytics.utils.metrics import ap_per_class
@@ -9,6 +12,9 @@ from ultralytics.utils.metrics import ap_per_class
 from exp3.evaluate import mapstats
 from exp3.evaluate.mapstats import MapStats, _Sorted, bootstrap_map, mean_ap
 from exp3.evaluate.stats import bootstrap_indices
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_mapdraws import former_bootstrap_map, former_mean_ap  # noqa: E402  the reference: the former per-draw loop
 
 
 def _image(rng: np.random.Generator, index: int, tied: bool) -> dict:
@@ -36,7 +42,7 @@ def test_mean_ap_equals_ultralytics_ap_per_class(tied: bool) -> None:
     rng = np.random.default_rng(1)
     for _ in range(60):
         stats = MapStats.from_images([_image(rng, i, tied) for i in range(int(rng.integers(1, 50)))])
-        assert mean_ap(stats) == _weighted_mean_ap(_Sorted(stats), np.ones(len(stats.image_ids)))  # bit-identical
+        assert mean_ap(stats) == former_mean_ap(_Sorted(stats), np.ones(len(stats.image_ids)))  # bit-identical
         if len(stats.target_cls):
             assert mean_ap(stats) == pytest.approx(_ultralytics_map(stats), abs=1e-12)
 
@@ -73,49 +79,6 @@ def test_kept_draws_are_reused_only_for_the_same_resampling(tmp_path) -> None:
     np.testing.assert_array_equal(loaded.stored_draws(40, 3), bootstrap_map(stats, ids, bootstrap_indices(15, 40, 3)))
     assert loaded.stored_draws(40, 0) is None and loaded.stored_draws(50, 3) is None
     assert MapStats.load(MapStats.from_images([_image(rng, 0, tied=False)]).save(tmp_path / "t.npz")).draws is None
-
-
-def _weighted_mean_ap(prepared: _Sorted, w_image: np.ndarray) -> tuple[float, float]:
-    """The former weighted mean_ap of one draw: `ap_per_class`'s curve with each image counted `w_image[i]` times."""
-    stats, classes, n_iou = prepared.stats, prepared.classes, mapstats.IOU_THRESHOLDS
-    n_labels = np.bincount(np.searchsorted(classes, stats.target_cls), weights=w_image[stats.target_image],
-                           minlength=len(classes))
-    aps = []
-    for index, c in enumerate(classes):
-        if n_labels[index] == 0:
-            continue                                                   # class absent from this resample
-        start, stop = prepared.bounds[float(c)]
-        w = w_image[prepared.pred_image[start:stop]]
-        keep = w > 0
-        if not keep.any():
-            aps.append(np.zeros(n_iou))
-            continue
-        tp, w = prepared.tp[start:stop][keep], w[keep][:, None]
-        tpc = np.cumsum(tp * w, axis=0)
-        fpc = np.cumsum((1.0 - tp) * w, axis=0)
-        recall = tpc / (n_labels[index] + mapstats.EPS)
-        precision = tpc / (tpc + fpc)
-        mrec = np.concatenate([np.zeros((1, n_iou)), recall, recall[-1:], np.ones((1, n_iou))])
-        mpre = np.concatenate([np.ones((1, n_iou)), precision, np.zeros((2, n_iou))])
-        mpre = np.flip(np.maximum.accumulate(np.flip(mpre, 0), axis=0), 0)
-        offsets = (np.ceil(mrec.max()) + 1.0) * np.arange(n_iou)       # the ten columns as one monotone curve
-        queries = (mapstats.AP_X[None, :] + offsets[:, None]).ravel()
-        curve = np.interp(queries, (mrec + offsets).T.ravel(), mpre.T.ravel()).reshape(n_iou, -1)
-        aps.append(np.trapezoid(curve, mapstats.AP_X, axis=1))
-    if not aps:
-        return 0.0, 0.0
-    ap = np.vstack(aps)
-    return float(ap[:, 0].mean()), float(ap.mean())
-
-
-def _former_bootstrap_map(stats: MapStats, image_ids, indices: np.ndarray) -> np.ndarray:
-    """Reference: bootstrap_map before issue 25, one weighted mean_ap per draw (its former loop)."""
-    indices = np.asarray(indices)
-    counts = np.zeros((indices.shape[0], len(image_ids)), dtype=np.int64)
-    np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1)
-    prepared = _Sorted(stats)
-    weights = stats.weights_for(image_ids, counts).astype(np.float64)
-    return np.array([_weighted_mean_ap(prepared, row) for row in weights]).reshape(-1, 2)
 
 
 RARE, PREDICTED_ELSEWHERE, NEVER_PREDICTED, NEVER_A_TARGET = 4.0, 5.0, 6.0, 7.0
@@ -172,7 +135,7 @@ def test_bootstrap_draws_equal_the_former_per_draw_mean_ap(block_values, chunk_v
         assert (labelled & ~predicted).any() and (labelled & predicted).any()
         assert NEVER_PREDICTED not in stats.pred_cls and NEVER_A_TARGET not in stats.target_cls
 
-        expected = _former_bootstrap_map(stats, ids, indices)
+        expected = former_bootstrap_map(stats, ids, indices)
         draws = bootstrap_map(stats, ids, indices)
         np.testing.assert_allclose(draws, expected, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(bootstrap_map(stats, ids, indices), draws)  # same seed, same numbers
@@ -196,5 +159,5 @@ def test_bootstrap_draws_edge_cases_equal_the_former_per_draw_mean_ap() -> None:
             assert any((weights[:, stats.pred_image[(stats.pred_cls == c) & stats.tp[:, 0]]].sum(axis=1) >
                         weights[:, stats.target_image[stats.target_cls == c]].sum(axis=1)).any()
                        for c in np.unique(stats.target_cls))
-        np.testing.assert_allclose(bootstrap_map(stats, ids, indices), _former_bootstrap_map(stats, ids, indices),
+        np.testing.assert_allclose(bootstrap_map(stats, ids, indices), former_bootstrap_map(stats, ids, indices),
                                    rtol=0, atol=1e-12)
