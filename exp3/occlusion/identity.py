@@ -101,6 +101,11 @@ def _suite_identity(config: OcclusionConfig, images: Sequence[_SourceImage]) -> 
     return _with_source(_spec(SUITE_KIND, STREAM_TEST_SUITE, suite_parameters(config)), images)
 
 
+def _train_set_identity(config: OcclusionConfig, images: Sequence[_SourceImage],
+                        references: dict[str, list[str] | None]) -> dict[str, Any]:
+    return _with_source(_spec(TRAIN_SET_KIND, STREAM_S2_TRAIN, train_set_parameters(config)), images, references)
+
+
 def severity_config(config: OcclusionConfig, level: int) -> OcclusionConfig:
     """The occlusion parameters of severity level `level` (1-based): object mode, that level's coverage
     range, every other parameter (fills, format, seed) as configured."""

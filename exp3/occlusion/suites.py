@@ -36,13 +36,12 @@ from exp3.occlusion.identity import (
     STREAM_TEST_SUITE,
     SUITE_KIND,
     TRAIN_SET_KIND,
-    _spec,
     _suite_identity,
     _suite_name,
+    _train_set_identity,
     _with_source,
     severity_config,
     severity_spec,
-    train_set_parameters,
 )
 from exp3.occlusion.source import _absolute_split, _scan_split, _SourceImage
 from exp3.occlusion.verify import verify_occlusion_suite
@@ -214,7 +213,7 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         raise OcclusionError(f"data yaml {str(data_yaml)!r} has no 'val' split: S2 selects checkpoints on clean val; "
                              "add val:")
     references = {VAL_SPLIT: val, TEST_SPLIT: _absolute_split(spec, data_yaml, TEST_SPLIT)}
-    identity = _with_source(_spec(TRAIN_SET_KIND, STREAM_S2_TRAIN, train_set_parameters(config)), images, references)
+    identity = _train_set_identity(config, images, references)
     donors = _donor_pool(images)
     tasks = [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, donors) for image in images]
 
