@@ -116,13 +116,6 @@ def session_environment(job: SessionJob) -> dict[str, str]:
     return dict(os.environ) | ultralytics_environment(job.output_root) | gpu
 
 
-def prepare_integrations(job: SessionJob) -> None:
-    """Before the session process starts: the root's Ultralytics settings file complete, with the job's
-    `integrations` on and every other one off (exp3/train/integrations.py), so the process imports Ultralytics under
-    them and never writes the file itself. A configured integration not installed is the session's refusal."""
-    write_ultralytics_settings(ultralytics_environment(job.output_root)["YOLO_CONFIG_DIR"], job.integrations)
-
-
 @contextlib.contextmanager
 def sessions_end_first() -> Iterator[None]:
     """Left with an exception (Prefect's SIGTERM, Ctrl-C), end the session processes this process started, and wait
@@ -156,7 +149,9 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
     A folder made under other inputs is first moved aside. `on_poll(finished)` is called every `POLL_S` s while
     the process runs and once after it ends (`finished`: it ended DONE): it reads the epochs (exp3.grid.live)."""
     paths, cache_key = job.paths, job.cache_key
-    prepare_integrations(job)
+    # the root's Ultralytics settings file complete (the job's `integrations` on, every other off) before the session
+    # imports Ultralytics, which then never writes it itself; an integration not installed is the session's refusal
+    write_ultralytics_settings(ultralytics_environment(job.output_root)["YOLO_CONFIG_DIR"], job.integrations)
     moved = None
     if paths.state(cache_key) == SessionState.STALE:
         with paths.session_lock("exp3 flow"):

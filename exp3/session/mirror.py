@@ -202,9 +202,8 @@ class Mirror:
                                         "trained again")
                 elif held.recorded_key() == key and held.last_pt.is_file():
                     self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
-                    rows = len(results_rows(local))
-                    restored.append(f"{name}: unfinished ({rows} epochs in its mirrored results.csv; its last.pt may "
-                                    "hold one fewer), resumes from last.pt")
+                    restored.append(f"{name}: unfinished ({len(results_rows(local))} epochs in its mirrored "
+                                    "results.csv; its last.pt may hold one fewer), resumes from last.pt")
             except OSError as error:
                 self._warn("restoring from", error)
         return restored
@@ -302,8 +301,7 @@ def _session_files(paths: SessionPaths) -> Iterator[Path]:
     weights/ links (the same bytes as train/weights/), not a checkpoint set aside (`.corrupt-`, `.superseded-`,
     `.other-batch-`: kept locally), not a temporary file (exp3's and the mirror's start with a dot)."""
     for file in sorted(paths.folder.rglob("*"), key=lambda file: (file.name == DONE_MARKER, file)):
-        relative = file.relative_to(paths.folder)
-        if file.is_file() and relative.parts[0] != "weights" and not file.name.startswith(".") \
+        if file.is_file() and file.relative_to(paths.folder).parts[0] != "weights" and not file.name.startswith(".") \
                 and not any(mark in file.name for mark in (".corrupt-", ".superseded-", ".other-batch-")):
             yield file
 
@@ -321,8 +319,7 @@ def foreign_mirror(path: str | os.PathLike[str]) -> str | None:
         found = sorted(path.iterdir())
         sessions = [folder for folder in path.glob("*/*__S*")
                     if folder.name.startswith(f"{folder.parent.name}__") and folder_session(folder.name)]
-        set_aside = list(path.glob("stale/*/*__S*"))  # SessionPaths.move_aside: <name>__<time>
-        if not found or (path / REPORT_FILES).is_file() or sessions or set_aside:
+        if not found or (path / REPORT_FILES).is_file() or sessions or any(path.glob("stale/*/*__S*")):  # set aside
             return None
     except OSError:
         return None

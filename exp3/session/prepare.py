@@ -4,7 +4,6 @@ idempotent and verified: preparing again costs a check, not a rebuild)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from exp3.config import ExperimentConfig
 from exp3.dataset.audit import AuditedData, audit_once
 from exp3.dataset.synth import build_synthetic_dataset
-from exp3.fileio import sha256_file
+from exp3.fileio import read_json, sha256_file
 from exp3.occlusion.identity import evaluation_plan, suite_parameters, train_set_parameters
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.schema import PreparedData, SeveritySuite
@@ -31,7 +30,6 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True
     which may not exist yet) or the user's (copied to `output_root/data/` first when it sits on the mirror's
     storage, `exp3.session.mirror.local_dataset`; `build=False`: the user's own, of the same fingerprint)."""
     if config.dataset.kind == "yaml":
-        assert config.dataset.data_yaml is not None  # guaranteed by DatasetConfig's validator
         data_yaml = Path(config.dataset.data_yaml).absolute()
         if build and config.mirror.path is not None and data_yaml.is_file() and \
                 on_mirror_storage(data_yaml, Path(config.mirror.path).absolute()):
@@ -103,11 +101,9 @@ def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str |
                  "S2 train set": (Path(prepared.s2_data_yaml).parent / "manifest.json",
                                   train_set_parameters(config.occlusion))}
     for name, (manifest, wanted) in manifests.items():
-        try:
-            parameters = json.loads(manifest.read_text(encoding="utf-8")).get("parameters")
-        except (OSError, ValueError, AttributeError):
+        if not isinstance(record := read_json(manifest), dict):
             return f"its {name} manifest {manifest} is unreadable"
-        if parameters != wanted:
+        if record.get("parameters") != wanted:
             return f"its {name} was built with other occlusion parameters than the config's"
     plan = evaluation_plan(config.occlusion)
     if {suite.split: suite.spec_key for suite in prepared.severity_suites} != plan:

@@ -70,8 +70,7 @@ def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list
         eta = sum(durations) / len(durations) * max(epochs_total - epoch, 0) if epochs_total and durations else None
         parsed.append(EpochProgress(epoch, epochs_total, losses, _number(row.get("metrics/mAP50(B)")),
                                     _number(row.get("metrics/mAP50-95(B)")), epoch_s, eta))
-    by_epoch = {progress.epoch: progress for progress in parsed}
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    return sorted({progress.epoch: progress for progress in parsed}.values(), key=lambda progress: progress.epoch)
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -50,8 +50,7 @@ def device_description(device: str | None = None) -> dict[str, Any]:
     """Name of the compute device a run used: CUDA device name(s) or the CPU."""
     import torch  # lazy: torch is heavy; only a session that trained records its device
 
-    cuda = torch.cuda.is_available() and (device is None or str(device) not in {"cpu", "mps"})
-    if cuda:
+    if torch.cuda.is_available() and (device is None or str(device) not in {"cpu", "mps"}):
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return {"type": "cuda", "names": names, "cuda": torch.version.cuda}
     from ultralytics.utils.torch_utils import get_cpu_info  # lazy: recorded after training imported Ultralytics

@@ -68,13 +68,11 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
                 retry_batch: int | None = None, prepared: PreparedData | None = None) -> SessionMetrics:
     """Run (or skip, or resume) one session; return its metrics.json as `SessionMetrics`.
 
-    `retry_batch`: the batch of an out-of-memory retry (what really runs, recorded as such; the
-    session's inputs and key stay those of the config). `prepared`: the data the flow prepared
-    and verified, used as is while `prepared_is_current` and it fits `config` (`prepared_mismatch`);
-    without it (a session run by hand) the session prepares and verifies the data itself. Raises
-    `WeightsError` before anything is written when the configured weights cannot be had, `LockBusy`
-    when another process runs this session, and `SessionFailed` after writing a FAILED marker
-    (error, log tail) for anything else, a dataset failing its audit included.
+    `retry_batch`: the batch of an out-of-memory retry (what really runs, recorded as such; the session's inputs and
+    key stay the config's). `prepared`: the data the flow prepared, used while it still fits (exp3/session/prepare.py),
+    else prepared here. Raises `WeightsError` before anything is written when the configured weights cannot be had,
+    `LockBusy` when another process runs this session, and `SessionFailed` after writing a FAILED marker (error, log
+    tail) for anything else, a dataset failing its audit included.
     """
     paths = SessionPaths.of(output_root, session)
     if config.integrations and (missing := missing_packages(config.integrations)) is not None:
