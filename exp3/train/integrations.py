@@ -40,9 +40,8 @@ def missing_packages(integrations: Sequence[str]) -> str | None:
     missing = [name for name in integrations if find_spec(name) is None]
     if not missing:
         return None
-    extras = ",".join(missing)
     return (f"integrations {missing} are configured but not installed: pip install -c requirements.lock "
-            f"-e \".[{extras}]\" (or remove them from integrations)")
+            f"-e \".[{','.join(missing)}]\" (or remove them from integrations)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +92,7 @@ def write_ultralytics_settings(config_dir: str | os.PathLike[str], integrations:
     except (OSError, ValueError):
         current = None
     if integrations is None:
-        defaults = ultralytics_default_settings()
-        if isinstance(current, dict) and current.keys() == defaults.keys() and \
+        if isinstance(current, dict) and current.keys() == ultralytics_default_settings().keys() and \
                 current.get("settings_version") == SETTINGS_VERSION:
             return path
         integrations = ()

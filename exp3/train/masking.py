@@ -182,15 +182,12 @@ class FeatureMasker:
             self._generators[key] = torch.Generator(device=device).manual_seed(self._stream_seed)
         return self._generators[key]
 
-    def _active(self, module: nn.Module) -> bool:
-        if module.training and torch.is_grad_enabled():
-            return True
-        self.stats.inactive_calls += 1
-        return False
-
-    def _draw(self) -> tuple[float, float] | None:
-        """Count a training batch; return this batch's (p_channels, p_spatial) or None if unmasked (the caller counts
-        it masked when a mask was applied: rates that round to no channel mask nothing)."""
+    def _draw(self, module: nn.Module) -> tuple[float, float] | None:
+        """Count an inactive call (eval mode, no gradients) or a training batch; return its (p_channels, p_spatial),
+        None if inactive or unmasked (the caller counts it masked if a mask was applied: rates may round to none)."""
+        if not (module.training and torch.is_grad_enabled()):
+            self.stats.inactive_calls += 1
+            return None
         self.stats.batches += 1
         strength = self.strength()
         p_channels = self.spec.p_channels * strength if "channel" in self.spec.mode else 0.0
@@ -200,18 +197,14 @@ class FeatureMasker:
         return p_channels, p_spatial
 
     def _mask(self, x: torch.Tensor, rates: tuple[float, float], share_weight: float) -> torch.Tensor:
-        p_channels, p_spatial = rates
         spec = self.spec
-        masked, zeroed = mask_features(x, spec.mode, p_channels, p_spatial, spec.block_fraction, spec.rescale,
+        masked, zeroed = mask_features(x, spec.mode, *rates, spec.block_fraction, spec.rescale,
                                        self._generator(x.device))
         self.stats.zeroed_sum = self.stats.zeroed_sum + zeroed * share_weight
         return masked
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-        if not self._active(module):
-            return None
-        rates = self._draw()
-        if rates is None:
+        if (rates := self._draw(module)) is None:
             return None
         masked = self._mask(output, rates, 1.0)
         self.stats.masked_batches += masked is not output  # `mask_features` returns its input when nothing is masked
@@ -227,10 +220,7 @@ class HeadInputMasker(FeatureMasker):
     """
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:  # type: ignore[override]
-        if not self._active(module):
-            return None
-        rates = self._draw()
-        if rates is None:
+        if (rates := self._draw(module)) is None:
             return None
         features = list(args[0])
         masked = [self._mask(level, rates, 1.0 / len(features)) for level in features]
@@ -439,8 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} at imgsz {args.imgsz}")
     print(f"{'site':<15}{'index':>6}  {'module':<15}feature shape(s) (N, C, H, W)")
     for site, info in shapes_by_site.items():
-        shapes = ", ".join(str(shape) for shape in info["shapes"])
-        print(f"{site:<15}{info['index']:>6}  {info['module']:<15}{shapes}")
+        print(f"{site:<15}{info['index']:>6}  {info['module']:<15}{', '.join(map(str, info['shapes']))}")
     return 0
 
 

@@ -83,11 +83,9 @@ class TrainPlan:
 
 def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
     """The Ultralytics args exp3 changes from their defaults for `model_name` at training `seed`."""
-    overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs}
-    for key in RESUME_OVERRIDABLE:
-        value = getattr(config.train, key)
-        if value is not None:
-            overrides[key] = value
+    overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs,
+                                 **{key: value for key in RESUME_OVERRIDABLE
+                                    if (value := getattr(config.train, key)) is not None}}
     if seed != 0:  # Ultralytics' default seed is 0
         overrides["seed"] = seed
     return overrides
@@ -102,7 +100,6 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
     the plan, Ultralytics' args and metrics.json's `overrides` say (the failed attempt's checkpoints, of a larger
     batch, are set aside: the retry trains from the start, `_resume_at_own_batch`).
     """
-    site = session.masking_site
     overrides = training_overrides(config, session.model, session.training_seed)
     if retry_batch is not None:
         overrides["batch"] = retry_batch
@@ -114,8 +111,8 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
         overrides=overrides,
         locations={"data": str(train_data_yaml), "project": str(run_dir.parent), "name": run_dir.name,
                    "exist_ok": True},
-        masking_site=site,
-        masking_spec=masking_spec_for(config, session) if site else None,
+        masking_site=session.masking_site,
+        masking_spec=masking_spec_for(config, session) if session.masking_site else None,
         output_root=str(output_root),
         run_dir=str(run_dir),
     )
@@ -123,9 +120,7 @@ def plan_training(config: ExperimentConfig, session: Session, train_data_yaml: P
 
 def masking_spec_for(config: ExperimentConfig, session: Session) -> dict[str, Any]:
     """The session's masking spec: the config's, with its generator seed offset by the training seed."""
-    spec = config.masking.model_dump(mode="json")
-    spec["seed"] = config.masking.seed + session.training_seed
-    return spec
+    return {**config.masking.model_dump(mode="json"), "seed": config.masking.seed + session.training_seed}
 
 
 def checkpoint_state(checkpoint_pt: Path) -> tuple[CheckpointState, dict[str, Any]]:
@@ -220,10 +215,9 @@ def _output_to(log_path: Path, header: str) -> Iterator[BinaryIO]:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 DETERMINISM_ENV: tuple[str, ...] = ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")
