@@ -43,10 +43,6 @@ def heatmap_frame(per_class: pd.DataFrame, model: str) -> pd.DataFrame:
     return shown.assign(f1_text=part["f1"].map(lambda f1: "" if pd.isna(f1) else f"{f1:.2f}")).reset_index(drop=True)
 
 
-def _p_text(p_bh: float) -> str:
-    return "" if pd.isna(p_bh) else ("p_BH<0.001" if p_bh < 0.001 else f"p_BH={p_bh:.3f}")
-
-
 def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -> pd.DataFrame:
     """One row per model x session x reference on `split` for `difference_chart` (done pairs only; ingredient
     micro F1 at the primary threshold, `primary_f1`)."""
@@ -55,7 +51,8 @@ def difference_frame(comparisons: pd.DataFrame, split: str, models: list[str]) -
     return pd.DataFrame({"model": part["model"], "session_label": part["session_label"],
                          "reference": "vs " + part["reference"].map(SESSION_LABELS),
                          "difference": part["difference"], "ci_low": part["ci_low"], "ci_high": part["ci_high"],
-                         "p_bh_text": part["p_bh"].map(_p_text)}).reset_index(drop=True)
+                         "p_bh_text": part["p_bh"].map(lambda p: "" if pd.isna(p) else "p_BH<0.001" if p < 0.001
+                                                       else f"p_BH={p:.3f}")}).reset_index(drop=True)
 
 
 def write_charts(summary: pd.DataFrame, comparisons: pd.DataFrame, per_class: pd.DataFrame, models: list[str],

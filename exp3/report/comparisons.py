@@ -5,7 +5,7 @@ docs/report.md, "comparisons.csv", "Intervals and p-values" and "Several seeds".
 from __future__ import annotations
 
 import math
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -45,8 +45,7 @@ class SessionComparison:
     seed_sd: float = math.nan
 
     def reversed(self) -> "SessionComparison":
-        return SessionComparison(stats.reversed_comparison(self.comparison), self.interval_levels, self.image_sd,
-                                 self.seed_sd)
+        return replace(self, comparison=stats.reversed_comparison(self.comparison))
 
 
 def compare_sessions(metric: str, a: list[pd.DataFrame | None], b: list[pd.DataFrame | None], data: ReportData,

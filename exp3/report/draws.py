@@ -169,8 +169,7 @@ class ReportData:
             return None
         key = (run.folder, split, threshold)
         if key not in self._scores:
-            view = run.view
-            num_classes, conf = view.split(split).num_classes, threshold_conf(run, split, threshold)
+            num_classes, conf = run.view.split(split).num_classes, threshold_conf(run, split, threshold)
             usable = num_classes and conf is not None and records           # records: a done run's only
             self._scores[key] = image_scores(records, int(num_classes), conf,
                                              self.matched(run, split, threshold, conf)) if usable else None

@@ -44,12 +44,10 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
     shown = [metric for metric, verdict in verdicts.items() if verdict != 0]
     quiet = [metric for metric, verdict in verdicts.items() if verdict == 0]
     a, b = short_session(session), short_session(reference)
-    if len(set(verdicts.values())) == 1:
-        agreement = "agree"
-        listed = ", ".join(text[metric] for metric in verdicts)
-        body = f"{'each metric' if shown else 'no metric'} shows a difference ({listed})"
+    agree = len(set(verdicts.values())) == 1
+    if agree:
+        body = f"{'each metric' if shown else 'no metric'} shows a difference ({', '.join(text[m] for m in verdicts)})"
     else:
-        agreement = "disagree"
         up = [metric for metric in shown if verdicts[metric] > 0]
         down = [metric for metric in shown if verdicts[metric] < 0]
         if up and down:
@@ -72,7 +70,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
             if against:
                 tail += f"; {_join(against)} {_verb(len(against), 'points', 'point')} the other way"
         tail += ")"
-    return f"**{model}**: metrics {agreement} on {a} vs {b} ({split}): {body}{tail}."
+    return f"**{model}**: metrics {'agree' if agree else 'disagree'} on {a} vs {b} ({split}): {body}{tail}."
 
 
 SEARCH_FLOOR = min(THRESHOLD_SEARCH_GRID)

@@ -183,9 +183,8 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
-                cost = None if cost_row is None else stats.Interval(float(cost_row["difference"]),
-                                                                    float(cost_row["ci_low"]),
-                                                                    float(cost_row["ci_high"]))
+                cost = None if cost_row is None else stats.Interval(
+                    *map(float, cost_row[["difference", "ci_low", "ci_high"]]))
                 for basis in BASES:
                     sides = [_side(data, model, name, metric, basis, suites) for name in (REFERENCE, CONTROL, suffix)]
                     if basis != HEADLINE_BASIS and all(side is None for side in sides):

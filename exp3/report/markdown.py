@@ -38,22 +38,20 @@ NOT_IN_RUN = "not in run"
 
 def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
     """The report.md table of one split: formatted strings, one row per model x session."""
-    rows = []
-    for _, row in summary[summary["split"] == split].iterrows():
-        seeds = f" (n={row['n_seeds_done']})" if row["n_seeds"] > 1 else ""
-        rows.append({
-            "model": row["model"], "session": row["session_label"], "status": row["status"] + seeds,
-            f"{SHORT['ingredient_micro_f1']} [95% CI]": fmt_ci(row, "ingredient_micro_f1", "ingredient_micro_f1_ci_low",
-                                                                "ingredient_micro_f1_ci_high"),
-            SHORT["ingredient_samples_f1"]: fmt(row["ingredient_samples_f1"]),
-            "F1 macro": fmt(row["ingredient_macro_f1"]),
-            **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
-            "rF1 [95% CI]": fmt_ci(row, "rF1_micro", "rF1_micro_ci_low", "rF1_micro_ci_high"),
-            **{f"vs {ref} [95% CI], p_BH": "" if pd.isna(row[f"diff_vs_{ref}"]) else
-               f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
-               f"{fmt_p(row[f'p_bh_vs_{ref}'])}" for ref in ("S1", "S2")},
-            "train s": fmt(row["train_wall_s"], 0), "eval s": fmt(row["eval_wall_s"], 1)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{
+        "model": row["model"], "session": row["session_label"],
+        "status": row["status"] + (f" (n={row['n_seeds_done']})" if row["n_seeds"] > 1 else ""),
+        f"{SHORT['ingredient_micro_f1']} [95% CI]": fmt_ci(row, "ingredient_micro_f1", "ingredient_micro_f1_ci_low",
+                                                            "ingredient_micro_f1_ci_high"),
+        SHORT["ingredient_samples_f1"]: fmt(row["ingredient_samples_f1"]),
+        "F1 macro": fmt(row["ingredient_macro_f1"]),
+        **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
+        "rF1 [95% CI]": fmt_ci(row, "rF1_micro", "rF1_micro_ci_low", "rF1_micro_ci_high"),
+        **{f"vs {ref} [95% CI], p_BH": "" if pd.isna(row[f"diff_vs_{ref}"]) else
+           f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
+           f"{fmt_p(row[f'p_bh_vs_{ref}'])}" for ref in ("S1", "S2")},
+        "train s": fmt(row["train_wall_s"], 0), "eval s": fmt(row["eval_wall_s"], 1)}
+        for _, row in summary[summary["split"] == split].iterrows()])
 
 
 def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -109,12 +107,10 @@ def status_grid(summary: pd.DataFrame, models: list[str], sessions: Iterable[str
     """Model x session table of statuses (from the test_clean rows; both splits share a status); all six
     sessions, those outside this run's `sessions` as NOT_IN_RUN."""
     part = summary[summary["split"] == CLEAN_SPLIT]
-    rows = []
-    for model in models:
-        status = part[part["model"] == model].set_index("session")["status"]
-        rows.append({"model": model, **{SESSION_LABELS[suffix]: status.get(suffix, "") if suffix in sessions
-                                        else NOT_IN_RUN for suffix in SESSION_SUFFIXES}})
-    return pd.DataFrame(rows)
+    status = dict(zip(zip(part["model"], part["session"]), part["status"]))
+    return pd.DataFrame([{"model": model, **{SESSION_LABELS[suffix]: status.get((model, suffix), "") if suffix in
+                                             sessions else NOT_IN_RUN for suffix in SESSION_SUFFIXES}}
+                         for model in models])
 
 
 DASHBOARD_COLUMNS: tuple[str, ...] = ("model", "session", "status", f"{SHORT['ingredient_micro_f1']} [95% CI]",

@@ -202,16 +202,13 @@ def write_severity_charts(curves: pd.DataFrame, models: list[str], plots_dir: Pa
 def mpc_table(table: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
     """The report's mPC / rPC table of one model and metric (strings)."""
     part = table[(table["model"] == model) & (table["metric"] == metric)]
-    rows = []
-    for _, row in part.iterrows():
-        p = row["p_bh_mPC_vs_S1"]
-        rows.append({"session": row["session_label"], "clean": fmt(row["clean"]),
-                     "mPC [95% CI]": fmt_ci(row, "mPC", "mPC_ci_low", "mPC_ci_high"),
-                     "rPC [95% CI]": fmt_ci(row, "rPC", "rPC_ci_low", "rPC_ci_high"),
-                     "mPC - S1 [95% CI]": fmt_ci(row, "diff_mPC_vs_S1", "diff_mPC_ci_low", "diff_mPC_ci_high", True),
-                     "rPC - S1 [95% CI]": fmt_ci(row, "diff_rPC_vs_S1", "diff_rPC_ci_low", "diff_rPC_ci_high", True),
-                     "p_BH (mPC vs S1)": fmt_p(p)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{
+        "session": row["session_label"], "clean": fmt(row["clean"]),
+        "mPC [95% CI]": fmt_ci(row, "mPC", "mPC_ci_low", "mPC_ci_high"),
+        "rPC [95% CI]": fmt_ci(row, "rPC", "rPC_ci_low", "rPC_ci_high"),
+        "mPC - S1 [95% CI]": fmt_ci(row, "diff_mPC_vs_S1", "diff_mPC_ci_low", "diff_mPC_ci_high", True),
+        "rPC - S1 [95% CI]": fmt_ci(row, "diff_rPC_vs_S1", "diff_rPC_ci_low", "diff_rPC_ci_high", True),
+        "p_BH (mPC vs S1)": fmt_p(row["p_bh_mPC_vs_S1"])} for _, row in part.iterrows()])
 
 
 def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[str]) -> list[str]:

@@ -77,8 +77,8 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"model": model, "session": session, "session_label": SESSION_LABELS[session],
                                "split": split, "status": _combined_status(list(group["status"])),
                                "error": "; ".join(errors), "n_seeds": len(group), "n_seeds_done": len(done),
-                               "seeds": ";".join(str(seed) for seed in seeds)}
-        row.update({column: float(done[column].mean()) for column in METRIC_COLUMNS})
+                               "seeds": ";".join(str(seed) for seed in seeds),
+                               **{column: float(done[column].mean()) for column in METRIC_COLUMNS}}
         for column in SPREAD_COLUMNS:  # std: ddof 1, NaN below 2 seeds; all three NaN without a done seed
             values = done[column].astype(float)
             row.update({f"{column}_std": float(values.std(ddof=1)), f"{column}_min": float(values.min()),
@@ -100,7 +100,5 @@ def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
     columns = ["model", "session", "session_label", "split", "class_id", "class_name", "f1", "support", "n_seeds"]
     if not rows:
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame(rows)
-    grouped = frame.groupby(["model", "session", "session_label", "split", "class_id", "class_name"], sort=False)
-    table = grouped.agg(f1=("f1", "mean"), support=("support", "mean"), n_seeds=("f1", "size")).reset_index()
-    return table[columns]
+    grouped = pd.DataFrame(rows).groupby(columns[:6], sort=False)  # the class's keys; the values: its seeds' mean
+    return grouped.agg(f1=("f1", "mean"), support=("support", "mean"), n_seeds=("f1", "size")).reset_index()[columns]
