@@ -322,8 +322,7 @@ def read_config_layers(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     base_name = data.pop("base", None)
     if base_name is None:
         return data
-    base_path = (path.parent / str(base_name)).resolve()
-    return _deep_merge(read_config_layers(base_path, (*_seen, path)), data)
+    return _deep_merge(read_config_layers(path.parent / str(base_name), (*_seen, path)), data)  # resolved there
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -397,8 +396,7 @@ def writable_output_root(config: ExperimentConfig) -> Path:
         reason = "a file is there" if isinstance(error, FileExistsError) else f"cannot create it: {error.strerror}"
         raise ConfigError(f"output_root {str(root)!r} is not a writable directory ({reason}): choose another") from None
     try:
-        with tempfile.TemporaryFile(dir=root):
-            pass
+        tempfile.TemporaryFile(dir=root).close()
     except OSError as error:
         raise ConfigError(f"output_root {str(root)!r} is not a writable directory (cannot write in it: "
                           f"{error.strerror}): choose another") from None

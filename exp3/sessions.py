@@ -91,9 +91,7 @@ def parse_session_selector(text: str, models: tuple[str, ...] | list[str]) -> tu
     head, separator, tail = text.rpartition(SESSION_SEPARATOR)
     if separator and tail.startswith(SEED_PREFIX) and tail[len(SEED_PREFIX):].isdigit():
         text, seed = head, int(tail[len(SEED_PREFIX):])
-    model, separator, suffix = text.rpartition(SESSION_SEPARATOR)
-    if not separator:
-        model, suffix = "", text
+    model, _, suffix = text.rpartition(SESSION_SEPARATOR)  # model "" when bare
     if suffix not in SESSION_SUFFIXES:
         raise ValueError(f"unknown session {text!r}: use one of {', '.join(SESSION_SUFFIXES)} "
                          f"(optionally prefixed '<model>__')")

@@ -10,7 +10,7 @@ from pathlib import Path
 from exp3.dataset.audit import DatasetError, audit_dataset
 from exp3.dataset.synth import build_synthetic_dataset
 from exp3.fileio import atomic_write_json
-from exp3.splits import TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT
+from exp3.splits import SOURCE_SPLITS
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -19,10 +19,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     counts = None
     if args.counts:
         try:
-            train, val, test = (int(value) for value in args.counts.split(","))
+            counts = dict(zip(SOURCE_SPLITS, map(int, args.counts.split(",")), strict=True))
         except ValueError:
             raise ValueError(f"--counts {args.counts!r} is not TRAIN,VAL,TEST: write e.g. --counts 16,8,8") from None
-        counts = {TRAIN_SPLIT: train, VAL_SPLIT: val, TEST_SPLIT: test}
     data_yaml = build_synthetic_dataset(args.out, preset=args.preset, seed=args.seed, counts=counts,
                                         image_size=args.image_size, workers=args.workers)
     print(data_yaml)

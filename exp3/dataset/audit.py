@@ -84,13 +84,9 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} (from 'path:' in {yaml_path.name}) does not exist: fix 'path:'")
     root = root.resolve()
-    splits: dict[str, list[Path]] = {}
-    for split in SOURCE_SPLITS:
-        value = data.get(split)
-        if value in (None, ""):
-            continue
-        entries = value if isinstance(value, list) else [value]
-        splits[split] = [_split_source(root, str(entry), alone=not isinstance(value, list)) for entry in entries]
+    splits = {split: [_split_source(root, str(entry), alone=not isinstance(value, list))
+                      for entry in (value if isinstance(value, list) else [value])]
+              for split in SOURCE_SPLITS if (value := data.get(split)) not in (None, "")}
     names = _names_list(data.get("names"), yaml_path)
     if "nc" in data and data["nc"] != len(names):  # Ultralytics refuses it in every session, after the suites are built
         raise DatasetError(f"{str(yaml_path)!r}: 'nc: {data['nc']}' but 'names' lists {len(names)} classes: "
@@ -294,8 +290,7 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
             relative = os.path.relpath(image, spec.root)
             image_bytes = image.read_bytes()
             image_sha = sha256_bytes(image_bytes)
-            problem = _image_problem(image, image_bytes)
-            if problem is not None:
+            if (problem := _image_problem(image, image_bytes)) is not None:
                 report.problems.append(Problem(problem[0], split, relative, problem[1]))
             image_id = image.stem
             if (split, image_id) in path_of_id:
@@ -328,14 +323,11 @@ def _audit(spec: DataSpec, fingerprint: str) -> AuditReport:
                 stats["instances_per_class"][row.class_id] += 1
             stats["instances"] += len(rows)
         image_labels = {label_path_for(image) for image in images}
-        for source in spec.splits[split]:
-            label_dir = label_path_for(source / "x.jpg").parent if source.is_dir() else None
-            if label_dir is None or not label_dir.is_dir():
-                continue
-            for label in sorted(label_dir.rglob("*.txt")):
-                if label not in image_labels:
-                    report.problems.append(Problem("label_without_image", split,
-                                                   os.path.relpath(label, spec.root), "no image with this stem"))
+        label_dirs = [label_path_for(source / "x.jpg").parent for source in spec.splits[split] if source.is_dir()]
+        orphans = [label for label_dir in label_dirs if label_dir.is_dir() for label in sorted(label_dir.rglob("*.txt"))
+                   if label not in image_labels]
+        report.problems.extend(Problem("label_without_image", split, os.path.relpath(label, spec.root),
+                                       "no image with this stem") for label in orphans)
         if images and not stats["instances"]:
             report.problems.append(Problem("no_boxes_in_split", split, "",
                                            f"{len(images)} images, {stats['labelled_images']} label files, no box"))

@@ -40,8 +40,7 @@ class LabelRow:
     def box(self) -> tuple[float, float, float, float]:
         """Normalised `(cx, cy, w, h)`; a polygon's bounding box (Ultralytics' `segments2boxes`)."""
         if not self.is_polygon:
-            cx, cy, w, h = self.coords
-            return cx, cy, w, h
+            return self.coords  # type: ignore[return-value]  # (cx, cy, w, h)
         xs, ys = self.coords[0::2], self.coords[1::2]
         return (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
 
@@ -70,8 +69,7 @@ def parse_label_text(text: str) -> tuple[list[LabelRow], list[tuple[int, str]]]:
         except ValueError:
             malformed.append((number, f"non-numeric {' '.join(fields)[:40]!r}"))
             continue
-        problem = _count_problem(len(values), segment_file)
-        if problem is not None:
+        if (problem := _count_problem(len(values), segment_file)) is not None:
             malformed.append((number, problem))
             continue
         if values[0] != int(values[0]):

@@ -207,13 +207,11 @@ def draw_broccoli(rng: Rng, size: int) -> Image.Image:
 def draw_potato(rng: Rng, size: int) -> Image.Image:
     sprite, draw = _canvas((size, size))
     brown = _jitter(rng, (175, 135, 85), 18)
-    points = []
     stretch = rng.uniform(0.7, 1.0)
-    for k in range(14):
-        angle = 2 * math.pi * k / 14
-        radius = 0.5 * size * rng.uniform(0.82, 1.0)
-        points.append((size / 2 + radius * math.cos(angle) * 0.98, size / 2 + radius * math.sin(angle) * stretch))
-    draw.polygon(points, fill=(*brown, 255))
+    radii = [0.5 * size * rng.uniform(0.82, 1.0) for _ in range(14)]
+    angles = [2 * math.pi * k / 14 for k in range(14)]
+    draw.polygon([(size / 2 + radius * math.cos(angle) * 0.98, size / 2 + radius * math.sin(angle) * stretch)
+                  for radius, angle in zip(radii, angles)], fill=(*brown, 255))
     for _ in range(4):
         x, y = rng.uniform(0.25, 0.75) * size, rng.uniform(0.3, 0.7) * size
         r = max(1, size // 22)
@@ -328,26 +326,18 @@ class SynthObject:
     box: tuple[int, int, int, int]
 
 
-def _sprite(rng: Rng, class_id: int, image_size: int) -> Image.Image:
-    size = max(8, int(rng.uniform(0.1, 0.26) * image_size))
-    sprite = SPRITES[CLASS_NAMES[class_id]](rng, size)
-    return sprite.rotate(float(rng.uniform(0, 360)), resample=Image.BICUBIC, expand=True)
-
-
 def compose_image(rng: Rng, image_size: int) -> tuple[Image.Image, list[SynthObject]]:
-    """Draw one scene: background, clutter, 1-8 objects with partial overlaps.
-
-    Returns the RGB image (image_size x image_size) and its objects with tight visible boxes.
-    """
+    """One scene (background, clutter, 1-8 objects with partial overlaps): the RGB image (image_size square) and its
+    objects with tight visible boxes."""
     image = draw_background(rng, image_size)
     draw_clutter(rng, image)
     instance = np.zeros((image_size, image_size), np.int16)  # 0 = background, k = object k
     full_area: list[int] = []
     classes: list[int] = []
-    wanted = int(rng.integers(1, 9))
-    for _ in range(wanted):
+    for _ in range(int(rng.integers(1, 9))):
         class_id = int(rng.integers(0, len(CLASS_NAMES)))
-        sprite = _sprite(rng, class_id, image_size)
+        sprite = SPRITES[CLASS_NAMES[class_id]](rng, max(8, int(rng.uniform(0.1, 0.26) * image_size)))
+        sprite = sprite.rotate(float(rng.uniform(0, 360)), resample=Image.BICUBIC, expand=True)
         alpha = np.asarray(sprite)[..., 3] > 127
         if alpha.sum() < 12:
             continue
@@ -361,8 +351,7 @@ def compose_image(rng: Rng, image_size: int) -> tuple[Image.Image, list[SynthObj
             if crop.sum() < 0.7 * alpha.sum():
                 continue  # mostly outside the frame
             trial[ys0:ys1, xs0:xs1][crop] = len(classes) + 1
-            visible_ok = all((trial == k + 1).sum() >= _MIN_VISIBLE_SHARE * full_area[k] for k in range(len(classes)))
-            if visible_ok:
+            if all((trial == k + 1).sum() >= _MIN_VISIBLE_SHARE * full_area[k] for k in range(len(classes))):
                 instance = trial
                 full_area.append(int(crop.sum()))
                 classes.append(class_id)
@@ -370,11 +359,9 @@ def compose_image(rng: Rng, image_size: int) -> tuple[Image.Image, list[SynthObj
                 break
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
-    objects = []
-    for k, class_id in enumerate(classes):
-        ys, xs = np.nonzero(instance == k + 1)
-        objects.append(SynthObject(class_id, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
-    return image, objects
+    pixels = [np.nonzero(instance == k + 1) for k in range(len(classes))]  # (ys, xs) of each object
+    return image, [SynthObject(class_id, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+                   for class_id, (ys, xs) in zip(classes, pixels)]
 
 
 def yolo_label_text(objects: list[SynthObject], image_size: int) -> str:

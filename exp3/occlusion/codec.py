@@ -31,9 +31,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 def encode_image(image: np.ndarray, output_format: str) -> bytes:
     """(H, W, 3) uint8 RGB -> PNG (zlib level `PNG_COMPRESS_LEVEL`) or JPEG (quality `JPEG_QUALITY`) bytes."""
-    buffer = io.BytesIO()
-    if output_format == "png":  # else "jpg": OcclusionConfig.output_format is Literal["png", "jpg"]
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    else:
-        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    buffer = io.BytesIO()  # output_format is "png" or "jpg": OcclusionConfig.output_format is Literal["png", "jpg"]
+    options = {"compress_level": PNG_COMPRESS_LEVEL} if output_format == "png" else {"quality": JPEG_QUALITY}
+    Image.fromarray(image).save(buffer, format="PNG" if output_format == "png" else "JPEG", **options)
     return buffer.getvalue()

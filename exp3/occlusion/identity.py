@@ -71,11 +71,8 @@ _IDENTITY_KEYS = ("generator_version", "algorithm", "kind", "stream", "parameter
 
 
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The hashed identity of a suite, as stored in its manifest.
-
-    Generator version 1 manifests have no `algorithm`; it is left out (not hashed as null) so
-    that such an old suite still verifies under its own name, which no new build produces.
-    """
+    """The hashed identity of a suite, as stored in its manifest; a version 1 manifest's missing `algorithm` is left
+    out, not hashed as null (docs/occlusion.md, "Suite layout")."""
     return {key: manifest.get(key) for key in _IDENTITY_KEYS if key != "algorithm" or key in manifest}
 
 

@@ -29,13 +29,9 @@ def image_rng(seed: int, stream: int, image_id: str) -> np.random.Generator:
 
 def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random.Generator,
                   donors: Sequence[TextureDonor] = ()) -> tuple[np.ndarray, dict[str, Any]]:
-    """Paint occluders on a copy of `image` ((H, W, 3) uint8) given its boxes ((N, 4) float pixel xyxy).
-
-    Draw order (part of the format): fill type, then the planner's draws, then each rectangle's fill.
-    Returns (occluded image, record) with record = {fill, occluders: [{xyxy, ...fill info}],
-    dropped_occluders: how many the `MAX_BOX_COVERAGE` cap removed, target_coverage: [per box],
-    covered_fraction: [per box, by the union of all occluders, never above `MAX_BOX_COVERAGE`]}.
-    """
+    """Paint occluders on a copy of `image` ((H, W, 3) uint8) given its boxes ((N, 4) float pixel xyxy): (occluded
+    image, record: the manifest's fill, occluders, dropped_occluders and per-box target_coverage, covered_fraction).
+    Draw order (part of the format) and fields: docs/occlusion.md, "What an occlusion is" and "manifest.json"."""
     height, width = image.shape[:2]
     fill_name = config.fills[int(rng.integers(len(config.fills)))]
     fill = FILLS[fill_name]  # config.fills and config.mode are Literals of these tables' keys
@@ -52,11 +48,10 @@ def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionCo
         patch, info = fill(y1 - y0, x1 - x0, rng, donors)
         occluded[y0:y1, x0:x1] = patch
         occluders.append({"xyxy": [x0, y0, x1, y1], **info})
-    record = {
+    return occluded, {
         "fill": fill_name,
         "occluders": occluders,
         "dropped_occluders": dropped,
         "target_coverage": [None if t is None else round(t, 6) for t in targets],
         "covered_fraction": covered_fractions(mask, boxes_xyxy),
     }
-    return occluded, record

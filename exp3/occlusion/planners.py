@@ -111,8 +111,7 @@ def _place_all(
     coverage = box_coverages(mask, boxes)
     rects: list[Rect] = []
     for size, region, draws in occluders:
-        rect = _place(size, region, draws, mask, boxes, coverage)
-        if rect is not None:
+        if (rect := _place(size, region, draws, mask, boxes, coverage)) is not None:
             rects.append(rect)
             x0, y0, x1, y1 = rect
             mask[y0:y1, x0:x1] = True

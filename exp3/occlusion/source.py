@@ -52,7 +52,6 @@ def _parse_yolo_labels(
 
 def _scan_split(data_yaml: Path, split: str) -> tuple[DataSpec, list[_SourceImage]]:
     """Read and validate a split completely (before anything is written): the parsed yaml and images by id."""
-    data_yaml = Path(data_yaml)
     try:
         spec = read_data_yaml(data_yaml)
         image_paths = list_split_images(spec, split)
@@ -70,9 +69,8 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[DataSpec, list[_SourceImag
         seen[image_id] = image_path
         label_path = label_path_for(image_path)
         label_bytes = label_path.read_bytes() if label_path.is_file() else None  # no label file: no objects
-        labels = ()
-        if label_bytes is not None:
-            labels = _parse_yolo_labels(label_bytes.decode("utf-8", "replace"), len(spec.names), label_path)
+        labels = () if label_bytes is None else _parse_yolo_labels(label_bytes.decode("utf-8", "replace"),
+                                                                   len(spec.names), label_path)
         label_sha256 = None if label_bytes is None else sha256_bytes(label_bytes)
         images.append(_SourceImage(image_id, image_path, sha256_file(image_path), label_sha256, label_bytes, labels))
     images.sort(key=lambda image: image.image_id)

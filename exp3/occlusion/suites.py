@@ -218,11 +218,9 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
     tasks = [_ImageTask(image, TRAIN_SET_KIND, config, STREAM_S2_TRAIN, donors) for image in images]
 
     def extra_files(final_dir: Path) -> dict[str, str]:
-        payload: dict[str, Any] = {"path": str(final_dir), TRAIN_SPLIT: f"{TRAIN_SPLIT}/images",
-                                   VAL_SPLIT: references[VAL_SPLIT]}
-        if references[TEST_SPLIT] is not None:
-            payload[TEST_SPLIT] = references[TEST_SPLIT]
-        payload["names"] = dict(enumerate(spec.names))
+        tests = {} if references[TEST_SPLIT] is None else {TEST_SPLIT: references[TEST_SPLIT]}
+        payload = {"path": str(final_dir), TRAIN_SPLIT: f"{TRAIN_SPLIT}/images", VAL_SPLIT: references[VAL_SPLIT],
+                   **tests, "names": dict(enumerate(spec.names))}
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
     manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, spec.names, images, donors)

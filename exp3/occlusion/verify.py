@@ -37,12 +37,9 @@ def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
         if pointed.resolve() != path.resolve():
             problems.append(f"{name}: path: is {str(pointed)!r}, not this suite ({str(path)!r}): "
                             "the suite was moved; build it again at its new place")
-    for split, locations in (manifest.get("references") or {}).items():
-        for location in locations or []:
-            if not Path(location).exists():
-                problems.append(f"data.yaml: the original {split} split {location!r} no longer exists: "
-                                "restore it or build again")
-    return problems
+    return problems + [f"data.yaml: the original {split} split {location!r} no longer exists: restore it or build again"
+                       for split, locations in (manifest.get("references") or {}).items()
+                       for location in locations or [] if not Path(location).exists()]
 
 
 def moved_root(root: Path) -> str | None:
@@ -62,11 +59,8 @@ def moved_root(root: Path) -> str | None:
 
 
 def verify_occlusion_suite(suite_dir: Path) -> list[str]:
-    """Check a suite or S2 train set against its manifest; return the problems (empty = intact).
-
-    Detects missing, extra (except `IGNORED_FILE_NAMES`) and modified files, a manifest that does
-    not match the directory's name, and data yamls that no longer point at the directory.
-    """
+    """Check a suite or S2 train set against its manifest; return the problems (empty = intact). What it checks:
+    docs/occlusion.md, "Build, reuse, verify"."""
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
         return [f"{str(suite_dir)!r} is not a directory"]
