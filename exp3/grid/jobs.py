@@ -86,14 +86,11 @@ def session_slots(config: ExperimentConfig, fan_out_deployment: str | None = Non
 
 
 def machine_problem(config: ExperimentConfig) -> str | None:
-    """One line when this machine cannot run the config's sessions (an integration not installed, a GPU it does
-    not show): every session would fail alike, after the data is prepared."""
-    return missing_packages(config.integrations) or gpu_problem(config)
-
-
-def gpu_problem(config: ExperimentConfig) -> str | None:
-    """One line when `gpus` or a CUDA `train.device` names a GPU this machine does not show (no CUDA, or an index
-    beyond the GPUs CUDA_VISIBLE_DEVICES leaves): every session would fail alike, after the data is prepared."""
+    """One line when this machine cannot run the config's sessions (an integration not installed; `gpus` or a CUDA
+    `train.device` naming a GPU it does not show: no CUDA, or an index beyond the GPUs CUDA_VISIBLE_DEVICES leaves):
+    every session would fail alike, after the data is prepared."""
+    if (missing := missing_packages(config.integrations)) is not None:
+        return missing
     device = str(config.train.device or "").lower().removeprefix("cuda:")
     wanted = [*config.gpus, *([int(device)] if device.isdigit() else [])]
     if not wanted:

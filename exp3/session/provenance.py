@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import sys
@@ -23,12 +24,10 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
     """Installed version of each package (None if not installed)."""
-    versions: dict[str, str | None] = {}
+    versions: dict[str, str | None] = dict.fromkeys(names)
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
     return versions
 
 
@@ -41,9 +40,8 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
             return None
         return result.stdout.strip() if result.returncode == 0 else None
 
-    commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
 def device_description(device: str | None = None) -> dict[str, Any]:
