@@ -145,16 +145,14 @@ class OcclusionConfig(_Strict):
     @field_validator("coverage", "random_area")
     @classmethod
     def _fraction_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0.0 < low <= high < 1.0:
+        if not 0.0 < value[0] <= value[1] < 1.0:
             raise ValueError(f"{list(value)} is not a range 0 < low <= high < 1")
         return value
 
     @field_validator("random_rects")
     @classmethod
     def _count_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        low, high = value
-        if not 1 <= low <= high:
+        if not 1 <= value[0] <= value[1]:
             raise ValueError(f"{list(value)} is not a range 1 <= low <= high")
         return value
 

@@ -22,9 +22,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             counts = dict(zip(SOURCE_SPLITS, map(int, args.counts.split(",")), strict=True))
         except ValueError:
             raise ValueError(f"--counts {args.counts!r} is not TRAIN,VAL,TEST: write e.g. --counts 16,8,8") from None
-    data_yaml = build_synthetic_dataset(args.out, preset=args.preset, seed=args.seed, counts=counts,
-                                        image_size=args.image_size, workers=args.workers)
-    print(data_yaml)
+    print(build_synthetic_dataset(args.out, preset=args.preset, seed=args.seed, counts=counts,
+                                  image_size=args.image_size, workers=args.workers))
     return 0
 
 

@@ -67,8 +67,7 @@ Rng = np.random.Generator
 
 def _jitter(rng: Rng, colour: RGB, amount: int) -> RGB:
     """`colour` with each channel moved by a uniform integer in [-amount, amount], clipped."""
-    shifted = np.clip(np.array(colour) + rng.integers(-amount, amount + 1, size=3), 0, 255)
-    return (int(shifted[0]), int(shifted[1]), int(shifted[2]))
+    return tuple(map(int, np.clip(np.array(colour) + rng.integers(-amount, amount + 1, size=3), 0, 255)))
 
 
 def _texture(rng: Rng, sprite: Image.Image, strength: float) -> Image.Image:
@@ -398,12 +397,11 @@ def _write_sample(task: tuple[Path, int, str, int, int]) -> tuple[str, str, str]
 
 def data_yaml_text(root: Path) -> str:
     """A data.yaml for the dataset at absolute `root`."""
-    payload = {
+    return yaml.safe_dump({
         "path": str(root),
         **{split: f"images/{split}" for split in SOURCE_SPLITS},
         "names": dict(enumerate(CLASS_NAMES)),
-    }
-    return yaml.safe_dump(payload, sort_keys=False)
+    }, sort_keys=False)
 
 
 def _spec(preset: str, seed: int, counts: dict[str, int] | None, image_size: int | None) -> dict[str, object]:

@@ -38,8 +38,7 @@ def occlude_image(image: np.ndarray, boxes_xyxy: np.ndarray, config: OcclusionCo
     rects, targets, dropped = PLANNERS[config.mode](boxes_xyxy, config, rng, width, height)
     mask = rect_mask(rects, width, height)
     cap = planners.MAX_BOX_COVERAGE
-    over = [value for value in box_coverages(mask, boxes_xyxy) if value > cap + 1e-9]  # float noise
-    if over:
+    if over := [value for value in box_coverages(mask, boxes_xyxy) if value > cap + 1e-9]:  # float noise
         raise OcclusionError(f"planner {config.mode!r} covered a box to {max(over):.4f} > MAX_BOX_COVERAGE {cap}: "
                              "place its rectangles with _place")
     occluded = image.copy()

@@ -86,9 +86,8 @@ def random_rects(boxes_xyxy: np.ndarray, config: OcclusionConfig, rng: np.random
     `2 + 2 * PLACEMENT_SIZES * PLACEMENT_ATTEMPTS`.
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    count = int(rng.integers(config.random_rects[0], config.random_rects[1] + 1))
     occluders = []
-    for _ in range(count):
+    for _ in range(int(rng.integers(config.random_rects[0], config.random_rects[1] + 1))):
         area = float(rng.uniform(*config.random_area)) * width * height
         aspect_draw = float(rng.random())
         draws = rng.random((PLACEMENT_SIZES, PLACEMENT_ATTEMPTS, 2))

@@ -73,8 +73,7 @@ def _scan_split(data_yaml: Path, split: str) -> tuple[DataSpec, list[_SourceImag
                                                                    len(spec.names), label_path)
         label_sha256 = None if label_bytes is None else sha256_bytes(label_bytes)
         images.append(_SourceImage(image_id, image_path, sha256_file(image_path), label_sha256, label_bytes, labels))
-    images.sort(key=lambda image: image.image_id)
-    return spec, images
+    return spec, sorted(images, key=lambda image: image.image_id)
 
 
 def source_fingerprint(images: Iterable[_SourceImage]) -> str:

@@ -83,8 +83,7 @@ def _split_yaml(split_dir: Path, names: list[str]) -> str:
 
 def _reusable(final_dir: Path) -> bool:
     """True if an existing suite verifies; raise if it is damaged (it is never rebuilt in place)."""
-    problems = verify_occlusion_suite(final_dir)
-    if problems:
+    if problems := verify_occlusion_suite(final_dir):
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise OcclusionError(f"existing suite {str(final_dir)!r} fails verification: {problems[0]}{more}: "
                              f"delete it (rm -r {final_dir}) and build again")
@@ -115,16 +114,14 @@ def _build(identity: dict[str, Any], out_root: Path, tasks: list[_ImageTask], sp
             (build_dir / name).write_bytes(text.encode("utf-8"))
             files[name] = sha256_bytes(text.encode("utf-8"))
         entries, written = _run_tasks(tasks, build_dir, workers)
-        files.update(written)
-        manifest = {
+        atomic_write_json(build_dir / MANIFEST_NAME, {
             **identity,
             "name": final_dir.name,
             **manifest_extra,
             "environment": {"numpy": np.__version__, "pillow": Image.__version__},
             "images": entries,
-            "files": dict(sorted(files.items())),
-        }
-        atomic_write_json(build_dir / MANIFEST_NAME, manifest)
+            "files": dict(sorted({**files, **written}.items())),
+        })
         apply_umask(build_dir, build_dir / MANIFEST_NAME)  # mkdtemp made the directory 0700
         make_durable(build_dir)
     except BaseException:
@@ -224,5 +221,4 @@ def build_occluded_train_set(data_yaml: Path, out_root: Path, config: OcclusionC
         return {"data.yaml": yaml.safe_dump(payload, sort_keys=False)}
 
     manifest_extra = _manifest_extra(config, data_yaml, TRAIN_SPLIT, spec.names, images, donors)
-    suite = _build(identity, Path(out_root), tasks, [TRAIN_SPLIT], extra_files, manifest_extra, workers)
-    return suite / "data.yaml"
+    return _build(identity, Path(out_root), tasks, [TRAIN_SPLIT], extra_files, manifest_extra, workers) / "data.yaml"

@@ -44,13 +44,11 @@ def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], di
     data = source.image_path.read_bytes()
     if sha256_bytes(data) != source.image_sha256:
         raise OcclusionError(f"image {str(source.image_path)!r} changed during the build: build again")
-    seed = image_seed(config.seed, task.stream, source.image_id)
     rng = image_rng(config.seed, task.stream, source.image_id)
-    build = Path(build_dir)
     files: dict[str, str] = {}
 
     def put(rel: str, payload: bytes, digest: str) -> str:
-        (build / rel).write_bytes(payload)
+        (Path(build_dir) / rel).write_bytes(payload)
         files[rel] = digest
         return rel
 
@@ -59,7 +57,7 @@ def _process_image(task: _ImageTask, build_dir: str) -> tuple[dict[str, Any], di
         "source_image": str(source.image_path),
         "source_sha256": source.image_sha256,
         "source_label_sha256": source.label_sha256,
-        "seed": seed,
+        "seed": image_seed(config.seed, task.stream, source.image_id),
     }
     clean_split: str | None
     if task.kind == SUITE_KIND:
