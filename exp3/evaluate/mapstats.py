@@ -186,9 +186,8 @@ class _Sorted:
 
 def _class_ap(weights: np.ndarray, point_tp: np.ndarray, n_labels: np.ndarray) -> np.ndarray:
     """(B, 10) AP of one class per draw: `weights` (B, L) of its points, `point_tp` (10, L), `n_labels` (B,)."""
-    n_points = weights.shape[1]
     ap = np.zeros((len(weights), IOU_THRESHOLDS))
-    width = n_points + 3                                               # mean_ap's curve: sentinels around the points
+    width = weights.shape[1] + 3                                       # mean_ap's curve: sentinels around the points
     columns = np.arange(IOU_THRESHOLDS)[:, None]
     queries: dict[float, np.ndarray] = {}
     chunk = max(1, _CHUNK_VALUES // (width * IOU_THRESHOLDS))

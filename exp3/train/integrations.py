@@ -24,7 +24,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from exp3.fileio import atomic_write_text
+from exp3.fileio import atomic_write_text, read_json
 
 ULTRALYTICS_INTEGRATIONS: tuple[str, ...] = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
 """Every integration setting of Ultralytics 8.4 (`add_integration_callbacks`): all written, True only if chosen."""
@@ -87,10 +87,7 @@ def write_ultralytics_settings(config_dir: str | os.PathLike[str], integrations:
     does (then nothing is written). `integrations=None` (a process that does not train: it does not know the
     config's list) keeps a complete file of the same schema as it is, and writes one with everything off otherwise."""
     path = settings_file(config_dir)
-    try:
-        current = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        current = None
+    current = read_json(path)
     if integrations is None:
         if isinstance(current, dict) and current.keys() == ultralytics_default_settings().keys() and \
                 current.get("settings_version") == SETTINGS_VERSION:
@@ -149,8 +146,7 @@ def session_integrations(integrations: Sequence[str], output_root: str | os.Path
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     try:
-        mismatch = loaded_settings_mismatch(integrations)
-        if mismatch is not None:
+        if (mismatch := loaded_settings_mismatch(integrations)) is not None:
             raise RuntimeError(mismatch)
         from ultralytics.utils import TESTS_RUNNING  # lazy: Ultralytics after apply_offline_environment
 

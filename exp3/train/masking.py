@@ -82,8 +82,7 @@ def spatial_keep_mask(batch: int, height: int, width: int, p: float, block: tupl
         return torch.ones((batch, 1, height, width), device=device)
     seed_rate = 1.0 - (1.0 - p) ** (1.0 / (block_h * block_w))
     noise = torch.rand((batch, 1, height + block_h - 1, width + block_w - 1), generator=generator, device=device)
-    dropped = F.max_pool2d((noise < seed_rate).float(), kernel_size=(block_h, block_w), stride=1)
-    return 1.0 - dropped
+    return 1.0 - F.max_pool2d((noise < seed_rate).float(), kernel_size=(block_h, block_w), stride=1)
 
 
 def mask_features(x: torch.Tensor, mode: str, p_channels: float, p_spatial: float, block_fraction: float,
@@ -261,10 +260,8 @@ def resolve_masking_sites(model: Any) -> dict[str, int]:
 
     if not 0 < backbone_length < len(layers):
         raise fail("backbone_late", f"yaml backbone has {backbone_length} layers")
-    referenced = set()
-    for index, layer in enumerate(layers):
-        sources = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
-        referenced.update(index + source if source < 0 else source for source in sources if source != -1)
+    referenced = {index + source if source < 0 else source for index, layer in enumerate(layers)
+                  for source in (layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]) if source != -1}
     early = min((index for index in referenced if index < backbone_length - 1), default=None)
     if early is None:
         raise fail("backbone_early", "no later layer reads a backbone layer before the last one")
@@ -282,15 +279,14 @@ def resolve_masking_sites(model: Any) -> dict[str, int]:
 # Attaching
 
 
+@dataclass(eq=False)
 class MaskingHandle:
     """What `attach_internal_masking` returns: schedule control, statistics, removal."""
 
-    def __init__(self, maskers: dict[str, FeatureMasker], indices: dict[str, int], module_types: dict[str, str],
-                 hooks: list[RemovableHandle]):
-        self.maskers = maskers
-        self.indices = indices
-        self.module_types = module_types
-        self._hooks = hooks
+    maskers: dict[str, FeatureMasker]
+    indices: dict[str, int]
+    module_types: dict[str, str]
+    _hooks: list[RemovableHandle]
 
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] for every site's schedule."""

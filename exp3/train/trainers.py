@@ -118,8 +118,7 @@ class _MaskingTrainerMixin:
     def __init__(self, cfg: Any = DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
         super().__init__(cfg, overrides, _callbacks)
         saved = Path(self.save_dir) / MASKING_SPEC_FILENAME
-        env_path = os.environ.get(MASKING_SPEC_ENV)
-        if env_path:
+        if env_path := os.environ.get(MASKING_SPEC_ENV):
             settings = read_masking_settings(env_path)
             if self.resume and saved.is_file() and read_masking_settings(saved) != settings:
                 LOGGER.warning(f"{MASKING_SPEC_ENV} settings differ from the resumed run's {saved}: using {env_path}")

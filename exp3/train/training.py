@@ -179,11 +179,10 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
     """
     logs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
-    log_path = logs_dir / "train.log"
     start = time.perf_counter()
     environment = {key: os.environ.get(key) for key in DETERMINISM_ENV}
     header = f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n"
-    with _output_to(log_path, header) as log:
+    with _output_to(logs_dir / "train.log", header) as log:
         try:
             _train(plan)
         except BaseException:
@@ -230,8 +229,7 @@ def _after_training(environment: dict[str, str | None]) -> None:
     (deterministic kernels only, cuDNN deterministic), and put back `environment` (DETERMINISM_ENV
     as they were before the training)."""
     gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is None:
+    if (torch := sys.modules.get("torch")) is None:
         return
     from ultralytics.utils.torch_utils import unset_deterministic  # lazy: only after a training
 
@@ -251,8 +249,7 @@ def log_tail(log_path: str | Path, lines: int = 40) -> str:
     if not path.is_file():
         return ""
     text = path.read_bytes()[-200_000:].decode("utf-8", errors="replace").replace("\r", "\n")
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,8 +271,7 @@ def _set_aside_events(run_dir: Path) -> None:
     """Before a training from the start: TensorBoard merges every events file of a folder into one run, so an earlier
     attempt's (its checkpoints set aside, or killed before its first) would show epochs this training does not hold
     beside its own. They move to `tensorboard.superseded-<time>/`, a run of its own."""
-    events = sorted(run_dir.glob("events.out.tfevents.*"))
-    if events:
+    if events := sorted(run_dir.glob("events.out.tfevents.*")):
         target = run_dir / f"tensorboard.superseded-{time.strftime('%Y%m%d-%H%M%S')}"
         target.mkdir(exist_ok=True)
         for event in events:
@@ -452,12 +448,11 @@ def _finish_record(plan: TrainPlan, info: dict[str, Any], trainer: str) -> None:
 
     checkpoint = torch.load(plan.last_pt if plan.last_pt.is_file() else plan.best_pt, map_location="cpu",
                             weights_only=False)
-    args = checkpoint.get("train_args") or {}
     epoch = info.get("epoch", -1)  # stripped: its results' epochs (early stopping may end before `epochs`)
     epochs = epoch + 1 if epoch >= 0 else len(set((checkpoint.get("train_results") or {}).get("epoch") or [])) or None
     atomic_write_json(path, {**recorded, "finished": True, "trainer": trainer, "epochs_completed": epochs,
                              "effective_args": {key: str(value) if isinstance(value, Path) else value
-                                                for key, value in args.items()}})
+                                                for key, value in (checkpoint.get("train_args") or {}).items()}})
 
 
 def _train_with(plan: TrainPlan) -> None:

@@ -66,10 +66,8 @@ def resolve_weights(model_name: str, architecture: str, weights: str | os.PathLi
     in_weights_dir = Path(SETTINGS["weights_dir"]) / configured
     if in_weights_dir.is_file():
         return _checked(model_name, architecture, configured, in_weights_dir, "ultralytics_weights_dir")
-    if download:
-        downloaded = _download_asset(in_weights_dir)
-        if downloaded is not None:
-            return _checked(model_name, architecture, configured, downloaded, "downloaded")
+    if download and (downloaded := _download_asset(in_weights_dir)) is not None:
+        return _checked(model_name, architecture, configured, downloaded, "downloaded")
     how = ("the download failed (offline?)" if download else "downloads are off (download_weights: false)")
     raise WeightsError(f"weights {configured!r} of model {model_name!r} not found and {how}: put {configured} "
                        f"in {in_weights_dir.parent} (Ultralytics' weights_dir) or give a path to it, {fix}")
