@@ -270,9 +270,8 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
             conf = threshold_conf(run, split, threshold)
             if conf is None:
                 continue
-            frame = box_table(records, aligned[truth], int(part.num_classes), conf, split,
-                              data.matched(run, split, threshold, conf))
-            frames.append(frame.assign(threshold=threshold))
+            frames.append(box_table(records, aligned[truth], int(part.num_classes), conf, split,
+                                    data.matched(run, split, threshold, conf)).assign(threshold=threshold))
             excluded += sum(count for _, count in aligned[truth]) if threshold == THRESHOLDS[0] else 0
     return pd.concat(frames, ignore_index=True), excluded
 
@@ -303,10 +302,9 @@ def coverage_report(data: ReportData, splits: Sequence[str] | None = None,
     aligned: dict[tuple[Any, ...], list[Aligned]] = {}
     curves, frames, problems = [], [], []
     for model, session in data.grouped:
-        session_runs = data.done(model, session)
         try:
             parts = [(run, *_session_boxes(run, splits, manifest_paths, data, aligned))
-                     for run in session_runs]
+                     for run in data.done(model, session)]
         except CoverageError as error:
             problems.append((model, session, str(error)))
             continue
@@ -378,15 +376,13 @@ def write_coverage_outputs(report: CoverageReport, root: Path, models: Sequence[
 
 def _table(curves: list[SessionCurve], level: str) -> pd.DataFrame:
     """report.md's table of one model and level: one row per non-empty bin, boxes, one column per session."""
-    rows = []
-    for items in zip(*(curve.level(level) for curve in curves)):
-        if any(item.n_boxes for item in items):
-            rows.append({"covered fraction": _bin_text(items[0].covered_low, items[0].covered_high),
-                         "boxes": " / ".join(sorted({str(item.n_boxes) for item in items})),
-                         **{SESSION_LABELS.get(curve.session, curve.session):
-                            fmt_ci(item._asdict(), "recall", "ci_low", "ci_high", digits=2) if item.n_boxes else ""
-                            for curve, item in zip(curves, items)}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"covered fraction": _bin_text(items[0].covered_low, items[0].covered_high),
+                          "boxes": " / ".join(sorted({str(item.n_boxes) for item in items})),
+                          **{SESSION_LABELS.get(curve.session, curve.session):
+                             fmt_ci(item._asdict(), "recall", "ci_low", "ci_high", digits=2) if item.n_boxes else ""
+                             for curve, item in zip(curves, items)}}
+                         for items in zip(*(curve.level(level) for curve in curves))
+                         if any(item.n_boxes for item in items)])
 
 
 def coverage_markdown(report: CoverageReport, models: Sequence[str]) -> list[str]:

@@ -171,8 +171,7 @@ def _session_curves(model: str, suffix: str, curves: dict[int | None, pd.DataFra
     for seed, curve in curves.items():
         seed_name = "" if seed is None else str(seed)
         rows += lines(seed_name, "seed", curve) if len(curves) > 1 else []
-        best = best_epoch(list(curve["epoch"]), list(curve["map50_95"]))
-        if best is not None:
+        if (best := best_epoch(list(curve["epoch"]), list(curve["map50_95"]))) is not None:
             best_pt.append(str(best))
             rows.append(_rows(model, suffix, seed_name, "best", MAP_QUANTITY, [best],
                               curve.loc[curve["epoch"] == best, "map50_95"].to_numpy()))

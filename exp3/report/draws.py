@@ -241,8 +241,7 @@ class ReportData:
             self._map_draws[key] = None
             if done and all(kept is not None for kept in loaded) \
                     and all(_reproduces_map(kept, run, split) for kept, run in zip(loaded, done)):
-                ids = common_image_ids(loaded)
-                if ids:
+                if ids := common_image_ids(loaded):
                     self._map_draws[key] = (ids, np.mean([self.map_run_draws(run, split) for run in done], axis=0))
         return self._map_draws[key]
 

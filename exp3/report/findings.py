@@ -66,8 +66,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
         signs = {verdicts[metric] for metric in shown}
         if len(signs) == 1:
             direction = signs.pop()
-            against = [METRICS[m].label for m in maps if np.sign(rows[m]["difference"]) == -direction]
-            if against:
+            if against := [METRICS[m].label for m in maps if np.sign(rows[m]["difference"]) == -direction]:
                 tail += f"; {_join(against)} {_verb(len(against), 'points', 'point')} the other way"
         tail += ")"
     return f"**{model}**: metrics {'agree' if agree else 'disagree'} on {a} vs {b} ({split}): {body}{tail}."

@@ -281,8 +281,7 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
     """Per model, which level dominates the S2 - S1 interval on test_occ_fixed (two-level rows of comparisons)."""
     lines = []
     for model in models:
-        rows = comparison_metrics(comparisons, model, HEADLINE_BASIS, CONTROL, REFERENCE)
-        for metric, row in rows.items():
+        for metric, row in comparison_metrics(comparisons, model, HEADLINE_BASIS, CONTROL, REFERENCE).items():
             if row.get("interval_levels") == "seeds+images" and pd.notna(row["seed_sd"]):
                 level = "seeds" if row["seed_sd"] > row["image_sd"] else "images"
                 lines.append(f"- {model}, S2 - S1, {METRICS[metric].label}: sd {fmt(row['seed_sd'])} from seeds vs "

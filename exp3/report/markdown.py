@@ -89,9 +89,7 @@ def metric_table(comparisons: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     for model in models:
         for threshold in THRESHOLDS:
             found = comparison_metrics(comparisons, model, CLEAN_SPLIT, session, reference, threshold)
-            for metric in (*PAIRED_METRICS, *MAP_METRICS):
-                if metric not in found:
-                    continue
+            for metric in (metric for metric in (*PAIRED_METRICS, *MAP_METRICS) if metric in found):
                 row = found[metric]
                 rows.append({"model": model, "threshold": "val-chosen" if threshold == "val" else
                              ("n/a (mAP)" if metric in MAP_METRICS else f"conf {fmt(row['conf'], 2)}"),
@@ -222,8 +220,7 @@ def render_markdown(result: "ReportResult") -> str:
     if len(failures):
         lines += ["## Sessions not done", ""]
         lines += [f"- {row['model']} {row['session_label']}: {row['status']}"
-                  + (f": {row['error']}" if row["error"] else "") for _, row in failures.iterrows()]
-        lines.append("")
+                  + (f": {row['error']}" if row["error"] else "") for _, row in failures.iterrows()] + [""]
     lines += ["## Charts", ""]
     for path in pngs:
         if path.parent.name != "plots" or path.stem.startswith(("gap_closed_", "training_curves_")):

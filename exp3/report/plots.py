@@ -327,10 +327,9 @@ def save_chart(chart: alt.TopLevelMixin, path_without_suffix: Path) -> list[Path
             .configure_legend(labelFontSize=_FONT_SIZE, titleFontSize=_FONT_SIZE)
             .configure_header(labelFontSize=13, labelFontWeight="bold")
             .to_dict(validate=False))  # tests validate every chart the report draws (test_report)
-    png = atomic_write_bytes(path_without_suffix.with_suffix(".png"), vl_convert.vegalite_to_png(spec, scale=PNG_SCALE))
-    html = atomic_write_text(path_without_suffix.with_suffix(".html"),
-                             vl_convert.vegalite_to_html(spec, bundle=True))
-    return [png, html]
+    return [atomic_write_bytes(path_without_suffix.with_suffix(".png"),
+                               vl_convert.vegalite_to_png(spec, scale=PNG_SCALE)),
+            atomic_write_text(path_without_suffix.with_suffix(".html"), vl_convert.vegalite_to_html(spec, bundle=True))]
 
 
 def remove_stale_charts(plots_dir: Path, written: list[Path]) -> list[Path]:

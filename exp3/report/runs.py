@@ -75,8 +75,7 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
             recorded = MetricsView.of(metrics).seeds.train
             seed = int(recorded) if seed is None and recorded is not None else seed
             return SessionRun(model, suffix, seed, folder, SessionState.DONE, None, metrics)
-    failure = paths.failure()
-    if failure is not None:
+    if (failure := paths.failure()) is not None:
         return SessionRun(model, suffix, seed, folder, SessionState.FAILED,
                           failure.get("error") or "FAILED marker without an error message")
     detail = "DONE marker does not match metrics.json" if paths.done_marker.is_file() else \

@@ -112,10 +112,9 @@ def severity_tables(data: ReportData, models: list[str],
                 if reference is not None and entry.counts is not None:
                     row["p_mPC_vs_S1"] = _mpc_pvalue(entry.counts, reference.counts, n_permutations, data.seed)
                 table_rows.append(row)
-    curves = pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS))
     table = pd.DataFrame(table_rows, columns=list(TABLE_COLUMNS))
     table["p_bh_mPC_vs_S1"] = adjust_p_values(table, "p_mPC_vs_S1", ["metric"], ["model", "session"])
-    return curves, table
+    return pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS)), table
 
 
 def _mpc_pvalue(counts_a: np.ndarray, counts_b: np.ndarray, n_permutations: int, seed: int) -> float:
@@ -175,10 +174,8 @@ def crossings(curves: pd.DataFrame, model: str, metric: str = "ingredient_micro_
 
 def curve_frame(curves: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
     """The rows of one model x metric with a `severity_label` ("0 clean", "1 0.1-0.26", ...) for the x axis."""
-    part = curves[(curves["model"] == model) & (curves["metric"] == metric)].copy()
-    part["severity_label"] = [f"{severity} {coverage}" for severity, coverage in zip(part["severity"],
-                                                                                       part["coverage"])]
-    return part.reset_index(drop=True)
+    part = curves[(curves["model"] == model) & (curves["metric"] == metric)]
+    return part.assign(severity_label=part["severity"].astype(str) + " " + part["coverage"]).reset_index(drop=True)
 
 
 def write_severity_charts(curves: pd.DataFrame, models: list[str], plots_dir: Path) -> list[Path]:
@@ -216,8 +213,7 @@ def severity_findings(curves: pd.DataFrame, table: pd.DataFrame, models: list[st
     findings = []
     for model in models:
         for metric in CURVE_METRICS:
-            crossed = crossings(curves, model, metric)
-            if crossed:
+            if crossed := crossings(curves, model, metric):
                 findings.append(f"{model}, {METRICS[metric].label} vs severity: the order changes with the "
                                 "severity: " + "; ".join(crossed) + " (each side: paired 95% interval of the "
                                 "difference at that severity excludes 0; severity 0 = clean)")
