@@ -84,9 +84,13 @@ def read_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} (from 'path:' in {yaml_path.name}) does not exist: fix 'path:'")
     root = root.resolve()
-    splits = {split: [_split_source(root, str(entry), alone=not isinstance(value, list))
-                      for entry in (value if isinstance(value, list) else [value])]
-              for split in SOURCE_SPLITS if (value := data.get(split)) not in (None, "")}
+    splits: dict[str, list[Path]] = {}
+    for split in SOURCE_SPLITS:
+        value = data.get(split)
+        if value in (None, ""):
+            continue
+        entries = value if isinstance(value, list) else [value]
+        splits[split] = [_split_source(root, str(entry), alone=not isinstance(value, list)) for entry in entries]
     names = _names_list(data.get("names"), yaml_path)
     if "nc" in data and data["nc"] != len(names):  # Ultralytics refuses it in every session, after the suites are built
         raise DatasetError(f"{str(yaml_path)!r}: 'nc: {data['nc']}' but 'names' lists {len(names)} classes: "

@@ -40,7 +40,8 @@ class LabelRow:
     def box(self) -> tuple[float, float, float, float]:
         """Normalised `(cx, cy, w, h)`; a polygon's bounding box (Ultralytics' `segments2boxes`)."""
         if not self.is_polygon:
-            return self.coords  # type: ignore[return-value]  # (cx, cy, w, h)
+            cx, cy, w, h = self.coords
+            return cx, cy, w, h
         xs, ys = self.coords[0::2], self.coords[1::2]
         return (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
 

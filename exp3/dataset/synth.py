@@ -325,9 +325,17 @@ class SynthObject:
     box: tuple[int, int, int, int]
 
 
+def _sprite(rng: Rng, class_id: int, image_size: int) -> Image.Image:
+    size = max(8, int(rng.uniform(0.1, 0.26) * image_size))
+    sprite = SPRITES[CLASS_NAMES[class_id]](rng, size)
+    return sprite.rotate(float(rng.uniform(0, 360)), resample=Image.BICUBIC, expand=True)
+
+
 def compose_image(rng: Rng, image_size: int) -> tuple[Image.Image, list[SynthObject]]:
-    """One scene (background, clutter, 1-8 objects with partial overlaps): the RGB image (image_size square) and its
-    objects with tight visible boxes."""
+    """Draw one scene: background, clutter, 1-8 objects with partial overlaps.
+
+    Returns the RGB image (image_size x image_size) and its objects with tight visible boxes.
+    """
     image = draw_background(rng, image_size)
     draw_clutter(rng, image)
     instance = np.zeros((image_size, image_size), np.int16)  # 0 = background, k = object k
@@ -335,8 +343,7 @@ def compose_image(rng: Rng, image_size: int) -> tuple[Image.Image, list[SynthObj
     classes: list[int] = []
     for _ in range(int(rng.integers(1, 9))):
         class_id = int(rng.integers(0, len(CLASS_NAMES)))
-        sprite = SPRITES[CLASS_NAMES[class_id]](rng, max(8, int(rng.uniform(0.1, 0.26) * image_size)))
-        sprite = sprite.rotate(float(rng.uniform(0, 360)), resample=Image.BICUBIC, expand=True)
+        sprite = _sprite(rng, class_id, image_size)
         alpha = np.asarray(sprite)[..., 3] > 127
         if alpha.sum() < 12:
             continue

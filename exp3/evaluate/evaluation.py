@@ -227,15 +227,19 @@ def evaluate_split(
     overrides = {"data": str(split_yaml), "split": split, "plots": plots, "verbose": False,
                  "project": str(Path(save_dir).parent), "name": Path(save_dir).name, "exist_ok": True, "batch": batch,
                  **_given(imgsz=imgsz, device=device, workers=workers)}
-    validators: list[Any] = []  # the validator `val` ran, with what it recorded
-    model.add_callback("on_val_end", validators.append)
+    captured: dict[str, Any] = {}
+
+    def _keep_validator(active: Any) -> None:
+        captured["validator"] = active
+
+    model.add_callback("on_val_end", _keep_validator)
     stages = EvaluationStages()
     start = time.perf_counter()
     try:
         metrics = model.val(validator=validator, **overrides)
     finally:
-        model.callbacks["on_val_end"].remove(validators.append)  # the next split's val keeps its own
-    finished = validators[-1]
+        model.callbacks["on_val_end"].remove(_keep_validator)  # the next split's val keeps its own
+    finished = captured["validator"]
     stages.validator_s = time.perf_counter() - start - finished.recording_s
     listed = {image.stem for image in list_split_images(read_data_yaml(split_yaml), split)}
     scored = {record["image_id"] for record in finished.records}

@@ -30,6 +30,7 @@ def dataset_yaml(config: ExperimentConfig, output_root: Path, build: bool = True
     which may not exist yet) or the user's (copied to `output_root/data/` first when it sits on the mirror's
     storage, `exp3.session.mirror.local_dataset`; `build=False`: the user's own, of the same fingerprint)."""
     if config.dataset.kind == "yaml":
+        assert config.dataset.data_yaml is not None  # guaranteed by DatasetConfig's validator
         data_yaml = Path(config.dataset.data_yaml).absolute()
         if build and config.mirror.path is not None and data_yaml.is_file() and \
                 on_mirror_storage(data_yaml, Path(config.mirror.path).absolute()):

@@ -40,8 +40,9 @@ def git_state(repo: Path = _REPO) -> dict[str, Any]:
             return None
         return result.stdout.strip() if result.returncode == 0 else None
 
+    commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 def device_description(device: str | None = None) -> dict[str, Any]:

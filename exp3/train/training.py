@@ -83,9 +83,11 @@ class TrainPlan:
 
 def training_overrides(config: ExperimentConfig, model_name: str, seed: int = 0) -> dict[str, Any]:
     """The Ultralytics args exp3 changes from their defaults for `model_name` at training `seed`."""
-    overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs,
-                                 **{key: value for key in RESUME_OVERRIDABLE
-                                    if (value := getattr(config.train, key)) is not None}}
+    overrides: dict[str, Any] = {"epochs": config.models[model_name].epochs}
+    for key in RESUME_OVERRIDABLE:
+        value = getattr(config.train, key)
+        if value is not None:
+            overrides[key] = value
     if seed != 0:  # Ultralytics' default seed is 0
         overrides["seed"] = seed
     return overrides
@@ -214,9 +216,10 @@ def _output_to(log_path: Path, header: str) -> Iterator[BinaryIO]:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            for fd, copy in zip((1, 2), saved):
-                os.dup2(copy, fd)
-                os.close(copy)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 DETERMINISM_ENV: tuple[str, ...] = ("CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")
