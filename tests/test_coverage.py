@@ -288,19 +288,29 @@ def test_a_session_that_does_not_match_its_manifest_is_left_out_with_the_reason(
 
 
 def test_several_occluded_splits_pool_with_images_as_clusters(tmp_path: Path) -> None:
-    """A severity split with its own manifest (manifest_paths): both splits' boxes in one curve."""
+    """A severity split read from the suite its evaluation record names: both splits' boxes in one curve. The same
+    manifest moved elsewhere (manifest_paths) gives the same boxes; a manifest of other content is refused."""
     suite = write_suite(tmp_path, hand_manifest_images())
     severe_images = json.loads(json.dumps(hand_manifest_images()))
     for image in severe_images:
         for box in image["boxes"]:
             box["covered_fraction"] = None if box["covered_fraction"] is None else 0.75
-    severe = tmp_path / "severe" / "manifest.json"
+    severe = suite.parent / "occ-severe" / "manifest.json"
     atomic_write_json(severe, {"images": severe_images})
     run = write_session(tmp_path, "S1_clean_train", hand_records(), suite)
     atomic_write_json(run.folder / "predictions_test_occ_sev5.json", {"images": records_to_json(hand_records())})
     run.metrics["splits"]["test_occ_sev5"] = run.metrics["splits"]["test_occ_fixed"]
-    report = coverage.coverage_report(ReportData([run], n_resamples=50), splits=("test_occ_fixed", "test_occ_sev5"),
-                                      manifest_paths={"test_occ_sev5": severe})
+    run.metrics["severity"] = {"evaluations": {"test_occ_sev5": {"suite_id": "occ-severe",
+                                                                 "manifest_sha256": sha256_file(severe)}}}
+    splits = ("test_occ_fixed", "test_occ_sev5")
+    report = coverage.coverage_report(ReportData([run], n_resamples=50), splits=splits)
     curve = next(c for c in report.curves if c.threshold == "primary")
     assert by_bin(curve.level("detection"))[7] == (2, 6) and curve.n_boxes == 12 and curve.n_images == 3
     assert set(report.boxes["split"]) == {"test_occ_fixed", "test_occ_sev5"}
+    moved, other = tmp_path / "moved" / "manifest.json", tmp_path / "other" / "manifest.json"
+    atomic_write_json(moved, {"images": severe_images})
+    atomic_write_json(other, {"images": hand_manifest_images()})
+    again = coverage.coverage_report(ReportData([run], n_resamples=50), splits, {"test_occ_sev5": moved})
+    pd.testing.assert_frame_equal(again.boxes, report.boxes)
+    refused = coverage.coverage_report(ReportData([run], n_resamples=50), splits, {"test_occ_sev5": other})
+    assert not refused.curves and "(sha256 differs)" in refused.problems[0][2] and str(other) in refused.problems[0][2]

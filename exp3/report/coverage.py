@@ -226,15 +226,12 @@ def bin_recalls(frame: pd.DataFrame, level: str, image_weights: np.ndarray) -> p
 # ----------------------------------------------------------------------------- session folders (exp3.report)
 
 def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str, Path] | None = None) -> Path:
-    """The manifest holding `split`'s covered fractions: `manifest_paths[split]` when given, else the session's
-    suite (`metrics.json` `data.suite_dir`), checked against the sha256 the session recorded."""
-    if manifest_paths and split in manifest_paths:
-        return Path(manifest_paths[split])
+    """The manifest holding `split`'s covered fractions: the session's suite (`metrics.json` `data.suite_dir`), or
+    `manifest_paths[split]` when given (the suite moved since), checked against the sha256 the session recorded."""
     data = metrics.data
     if not data.suite_dir:
         raise CoverageError("metrics.json records no occlusion suite (data.suite_dir): re-run the session with this "
-                            "exp3 version, or pass the manifest "
-                            "(exp3.report.coverage.coverage_report(manifest_paths=...))")
+                            "exp3 version")
     path, recorded = Path(data.suite_dir) / MANIFEST_NAME, data.suite_manifest_sha256
     if severity_level(split) is not None:  # a severity suite: the one its evaluation record names
         record = metrics.severity.evaluations.get(split)
@@ -242,10 +239,12 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
             raise CoverageError(f"metrics.json records no evaluation of {split}: run the session again to add it")
         path = Path(data.suite_dir).parent / record.suite_id / MANIFEST_NAME  # suites live side by side
         recorded = record.manifest_sha256
+    if manifest_paths and split in manifest_paths:
+        path = Path(manifest_paths[split])
     if not path.is_file():
         raise CoverageError(f"the session's suite manifest {str(path)!r} is missing: restore the suite, or pass "
                             "its manifest")
-    if recorded and sha256_file(path) != recorded:
+    if sha256_file(path) != recorded:
         raise CoverageError(f"{str(path)!r} is not the manifest the session was evaluated with (sha256 differs): "
                             "restore that suite or re-run the session")
     return path
