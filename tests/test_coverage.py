@@ -203,11 +203,12 @@ def write_session(root: Path, suffix: str, records: list[ImageRecord], suite: Pa
     from exp3.report.runs import SessionRun
 
     folder = root / "yolov8m" / f"yolov8m__{suffix}"
-    atomic_write_json(folder / f"predictions_{split}.json", {"images": records_to_json(records)})
+    atomic_write_json(folder / f"predictions_{split}.json",
+                      {"suite_id": suite.name, "images": records_to_json(records)})
     metrics = {"eval": {"conf": 0.25, "match_iou": 0.5},
                "splits": {split: {"conf": 0.25, "match_iou": 0.5, "num_classes": NUM_CLASSES,
                                   "at_val_threshold": {"conf": 0.1}}},
-               "data": {"suite_dir": str(suite),
+               "data": {"suite_dir": str(suite), "suite_id": suite.name,
                         "suite_manifest_sha256": manifest_sha or sha256_file(suite / "manifest.json")}}
     return SessionRun("yolov8m", suffix, None, folder, "done", None, metrics)
 
@@ -289,7 +290,8 @@ def test_a_session_that_does_not_match_its_manifest_is_left_out_with_the_reason(
 
 def test_several_occluded_splits_pool_with_images_as_clusters(tmp_path: Path) -> None:
     """A severity split read from the suite its evaluation record names: both splits' boxes in one curve. The same
-    manifest moved elsewhere (manifest_paths) gives the same boxes; a manifest of other content is refused."""
+    manifest moved elsewhere (manifest_paths) gives the same boxes; a manifest of other content, or predictions made
+    on another suite than the evaluation record names, are refused."""
     suite = write_suite(tmp_path, hand_manifest_images())
     severe_images = json.loads(json.dumps(hand_manifest_images()))
     for image in severe_images:
@@ -298,7 +300,8 @@ def test_several_occluded_splits_pool_with_images_as_clusters(tmp_path: Path) ->
     severe = suite.parent / "occ-severe" / "manifest.json"
     atomic_write_json(severe, {"images": severe_images})
     run = write_session(tmp_path, "S1_clean_train", hand_records(), suite)
-    atomic_write_json(run.folder / "predictions_test_occ_sev5.json", {"images": records_to_json(hand_records())})
+    atomic_write_json(run.folder / "predictions_test_occ_sev5.json", {"suite_id": "occ-severe",
+                                                                      "images": records_to_json(hand_records())})
     run.metrics["splits"]["test_occ_sev5"] = run.metrics["splits"]["test_occ_fixed"]
     run.metrics["severity"] = {"evaluations": {"test_occ_sev5": {"suite_id": "occ-severe",
                                                                  "manifest_sha256": sha256_file(severe)}}}
@@ -314,3 +317,8 @@ def test_several_occluded_splits_pool_with_images_as_clusters(tmp_path: Path) ->
     pd.testing.assert_frame_equal(again.boxes, report.boxes)
     refused = coverage.coverage_report(ReportData([run], n_resamples=50), splits, {"test_occ_sev5": other})
     assert not refused.curves and "(sha256 differs)" in refused.problems[0][2] and str(other) in refused.problems[0][2]
+    # the level re-evaluated on a new suite, metrics.json not yet rewritten (a kill mid-update): not joined
+    atomic_write_json(run.folder / "predictions_test_occ_sev5.json", {"suite_id": "occ-newer",
+                                                                      "images": records_to_json(hand_records())})
+    newer = coverage.coverage_report(ReportData([run], n_resamples=50), splits)
+    assert not newer.curves and "no predictions_test_occ_sev5.json of suite occ-severe" in newer.problems[0][2]

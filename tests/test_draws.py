@@ -17,6 +17,7 @@ from test_gap import HITS, N, write_session
 
 from exp3 import report
 from exp3.evaluate import stats
+from exp3.fileio import atomic_write_json, sha256_file
 from exp3.report import coverage, draws, gap, severity
 from exp3.report.comparisons import statistics_tables
 from exp3.report.draws import MISSING, UNPAIRED, ReportData, align
@@ -96,8 +97,9 @@ def test_align_refuses_missing_and_unpaired_sides() -> None:
 
 
 def test_comparisons_and_gap_closed_refuse_sessions_on_other_images(root: Path) -> None:
-    """S3's test_occ_fixed predictions hold 90 of the 100 images: no paired difference to S1 and no gap closed on
-    F1, not one on the 90 they share; the gap-closed rows say why."""
+    """S3's test_occ_fixed predictions hold 90 of the 100 images, not the counts its metrics.json records: the file
+    is refused (named in the warnings), so no paired difference to S1 and no gap closed on F1, not one on the 90
+    they share; the gap-closed rows say why."""
     path = root / "yolov8m" / "yolov8m__S3_mask_backbone_early" / "predictions_test_occ_fixed.json"
     payload = json.loads(path.read_text())
     path.write_text(json.dumps({**payload, "images": payload["images"][:90]}))
@@ -112,15 +114,19 @@ def test_comparisons_and_gap_closed_refuse_sessions_on_other_images(root: Path) 
     for metric in ("ingredient_micro_f1", "detection_f1"):
         for basis in ("test_occ_fixed", "mPC"):
             refused = rows[(metric, "S3_mask_backbone_early", basis)]
-            assert refused.result is None and refused.reason == gap.UNPAIRED
+            assert refused.result is None and refused.reason == gap.NOT_DONE
         assert rows[(metric, "S4_mask_backbone_late", "test_occ_fixed")].result is not None
     assert rows[("map50", "S3_mask_backbone_early", "test_occ_fixed")].result is not None   # its map_stats: all 100
+    assert data.warnings == ["`yolov8m/yolov8m__S3_mask_backbone_early/predictions_test_occ_fixed.json`: its counts at "
+                             "the primary threshold are not the ones its metrics.json records (evaluate the session "
+                             "again); its per-image statistics read as missing in this report"]
 
 
 def test_severity_never_moves_other_sessions_to_the_images_one_session_lacks(root: Path) -> None:
     """S3's test_occ_sev1 predictions hold 90 of the 100 images. S1's severity curve stays metrics.json's numbers on
     all 100 images (it was once recomputed on the 90 every session shared, silently); S3's F1 curve is refused and
-    report.md says why; its mAP (map_stats of all 100) still pairs."""
+    report.md says why (the file is not the one its metrics.json was computed from); its mAP (map_stats of all 100)
+    still pairs."""
     path = root / "yolov8m" / "yolov8m__S3_mask_backbone_early" / "predictions_test_occ_sev1.json"
     payload = json.loads(path.read_text())
     path.write_text(json.dumps({**payload, "images": payload["images"][:90]}))
@@ -137,9 +143,9 @@ def test_severity_never_moves_other_sessions_to_the_images_one_session_lacks(roo
     mpc = table.set_index(["metric", "session"])
     assert np.isnan(mpc.loc[("ingredient_micro_f1", "S3_mask_backbone_early"), "p_mPC_vs_S1"])
     assert mpc.loc[("map50", "S3_mask_backbone_early"), "diff_mPC_vs_S1"] == pytest.approx(0.1, abs=1e-9)
-    assert any("severity, yolov8m S3, ingredient micro F1" in warning and "other image ids" in warning
-               for warning in result.warnings)
-    assert "severity, yolov8m S3, ingredient micro F1" in (root / "report.md").read_text()
+    named = "`yolov8m/yolov8m__S3_mask_backbone_early/predictions_test_occ_sev1.json`: its counts at the primary"
+    assert any(warning.startswith(named) for warning in result.warnings)
+    assert named in (root / "report.md").read_text()
 
 
 def test_severity_and_gap_closed_draw_mpc_alike_with_several_seeds(tmp_path: Path) -> None:
@@ -191,7 +197,7 @@ def test_seeds_are_pooled_all_on_the_same_images_or_not_at_all(tmp_path: Path, d
                                 & (result.comparisons["session"] == "S2_occ_train")
                                 & (result.comparisons["reference"] == "S1_clean_train")].set_index("split")
     assert np.isnan(versus.loc["test_occ_fixed", "difference"]) and versus.loc["test_clean", "n_images"] == N
-    problem = "1 of its 2 done seeds have per-image values" if damage == "no file" else "its seeds hold other image ids"
+    problem = "1 of its 2 done seeds have per-image values"  # a file of fewer images: refused, its counts are others
     assert any(warning.startswith("yolov8m S2_occ_train, test_occ_fixed: " + problem)
                for warning in result.warnings)
     assert problem in (tmp_path / "report.md").read_text()
@@ -237,3 +243,56 @@ def test_a_done_sessions_malformed_predictions_file_is_named_in_the_report(root:
                             "S1_clean_train"), "difference"])                       # still read as missing
     assert report.build_report(root, sessions=["S1_clean_train", "S2_occ_train"], n_resamples=50,
                                n_permutations=50, charts=False).warnings == []     # S3 not in run: never read
+
+
+def test_a_predictions_file_its_metrics_json_was_not_computed_from_is_refused(root: Path) -> None:
+    """S3's test_occ_fixed file replaced by S2's (the same images, other detections: 60 hits, not its 50) and its
+    test_clean file made on another suite than metrics.json records: neither is used, so no paired F1 difference and
+    no gap closed on F1 (it once showed S2's 60 as S3's, gap closed 1.0); the summary keeps metrics.json's numbers
+    with no interval, and the warnings name both files."""
+    folder = root / "yolov8m" / "yolov8m__S3_mask_backbone_early"
+    stray = json.loads((root / "yolov8m" / "yolov8m__S2_occ_train" / "predictions_test_occ_fixed.json").read_text())
+    atomic_write_json(folder / "predictions_test_occ_fixed.json", {**stray, "session": folder.name})
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["data"] = {"suite_id": "suite-test_occ_fixed"}      # test_clean's file names suite-test_clean
+    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {**json.loads((folder / "DONE").read_text()),
+                                        "metrics_sha256": sha256_file(folder / "metrics.json")})
+    result = report.build_report(root, ["yolov8m"], n_resamples=200, n_permutations=99, charts=False)
+    s3 = result.summary.set_index(["session", "split"])
+    assert s3.loc[("S3_mask_backbone_early", "test_occ_fixed"), "ingredient_micro_f1"] == pytest.approx(0.5)
+    assert np.isnan(s3.loc[("S3_mask_backbone_early", "test_occ_fixed"), "ingredient_micro_f1_ci_low"])
+    f1 = result.comparisons[(result.comparisons["metric"] == "ingredient_micro_f1")
+                            & (result.comparisons["session"] == "S3_mask_backbone_early")]
+    assert len(f1) and f1[f1["split"].isin(["test_clean", "test_occ_fixed"])]["difference"].isna().all()
+    gap_row = result.gap_closed.set_index(["metric", "session", "basis"]).loc[
+        ("ingredient_micro_f1", "S3_mask_backbone_early", "test_occ_fixed")]
+    assert np.isnan(gap_row["gap_closed"]) and gap_row["reason"] == gap.NOT_DONE
+    files = "`yolov8m/yolov8m__S3_mask_backbone_early/predictions_"
+    assert f"{files}test_clean.json`: made on suite 'suite-test_clean', its metrics.json on 'suite-test_occ_fixed'" \
+        in "\n".join(result.warnings)
+    assert f"{files}test_occ_fixed.json`: its counts at the primary threshold are not the ones" in "\n".join(
+        result.warnings)
+
+
+def test_a_done_seed_without_a_value_makes_the_seed_mean_missing_not_the_others_mean(tmp_path: Path) -> None:
+    """S2's seed 1 records no mAP50 on test_occ_fixed: summary_metrics' seed mean and comparisons' mAP50 difference
+    are NaN there (they were seed 0's alone, labelled as both seeds'); test_clean, recorded by both, keeps them."""
+    write_session(tmp_path / "yolov8m" / "yolov8m__S1_clean_train", "yolov8m", "S1_clean_train", (80, 40))
+    for seed, hits in enumerate(((80, 60), (80, 90))):
+        write_session(tmp_path / "yolov8m" / Session("yolov8m", "S2_occ_train", seed).name, "yolov8m",
+                      "S2_occ_train", hits, seed)
+    folder = tmp_path / "yolov8m" / "yolov8m__S2_occ_train__seed1"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["splits"]["test_occ_fixed"]["map50"] = None
+    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {**json.loads((folder / "DONE").read_text()),
+                                        "metrics_sha256": sha256_file(folder / "metrics.json")})
+    result = report.build_report(tmp_path, ["yolov8m"], seeds=[0, 1], n_resamples=100, n_permutations=99,
+                                 charts=False, sessions=["S1_clean_train", "S2_occ_train"])
+    s2 = result.summary.set_index(["session", "split"]).loc["S2_occ_train"]
+    assert s2.loc["test_occ_fixed", ["map50", "map50_min", "map50_max"]].isna().all()
+    assert s2.loc["test_clean", ["map50", "map50_min", "map50_max"]].notna().all()
+    map50 = result.comparisons[(result.comparisons["metric"] == "map50") & (result.comparisons["session"] ==
+                                                                           "S2_occ_train")].set_index("split")
+    assert np.isnan(map50.loc["test_occ_fixed", "difference"]) and np.isfinite(map50.loc["test_clean", "difference"])

@@ -35,7 +35,11 @@ def add_image_suite(root: Path) -> Path:
     for done in root.glob("*/*/DONE"):
         metrics_path = done.parent / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
-        metrics["data"] = {"suite_dir": str(suite), "suite_manifest_sha256": sha256_file(manifest)}
+        metrics["data"] = {"suite_dir": str(suite), "suite_id": suite.name,
+                           "suite_manifest_sha256": sha256_file(manifest)}
+        for split in ("test_clean", "test_occ_fixed"):  # the files of a run name its fixed suite
+            predictions = done.parent / f"predictions_{split}.json"
+            atomic_write_json(predictions, {**json.loads(predictions.read_text()), "suite_id": suite.name})
         atomic_write_json(metrics_path, metrics)
         atomic_write_json(done, {**json.loads(done.read_text()), "metrics_sha256": sha256_file(metrics_path)})
     return suite
@@ -105,3 +109,28 @@ def test_no_gallery_without_the_suite_files(tmp_path: Path) -> None:
     result = report.build_report(tmp_path, ["rtdetr-l"], n_resamples=50, n_permutations=9, charts=False)
     runs = report.scan_sessions(tmp_path, ["rtdetr-l"], None, result.sessions)
     assert gallery.build_gallery(ReportData(runs), "rtdetr-l", result.summary) is None      # no data.suite_dir recorded
+
+
+@pytest.mark.parametrize("damage", ["manifest", "predictions"])
+def test_no_gallery_from_files_the_sessions_were_not_evaluated_on(tmp_path: Path, damage: str) -> None:
+    """The suite's manifest changed since the sessions recorded its sha256 (other images under each id), or S2's
+    test_occ_fixed file holds 55 of the 100 images: no gallery (never images or rows from other inputs), and
+    report.md's warnings say why."""
+    for suffix, hits in HITS["yolov8m"].items():
+        write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
+    suite = add_image_suite(tmp_path)
+    if damage == "manifest":
+        manifest = json.loads((suite / "manifest.json").read_text())
+        images = [entry["occluded_image"] for entry in manifest["images"]]
+        atomic_write_json(suite / "manifest.json", {**manifest, "images": [
+            {**entry, "occluded_image": image} for entry, image in zip(manifest["images"], images[::-1])]})
+    else:
+        path = tmp_path / "yolov8m" / "yolov8m__S2_occ_train" / "predictions_test_occ_fixed.json"
+        payload = json.loads(path.read_text())
+        atomic_write_json(path, {**payload, "images": payload["images"][:55]})
+    result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=9, charts=False)
+    runs = report.scan_sessions(tmp_path, ["yolov8m"], None, result.sessions)
+    data = ReportData(runs)
+    assert gallery.build_gallery(data, "yolov8m", result.summary) is None
+    reason = "(sha256 differs)" if damage == "manifest" else "S1, S2, S3 need per-image predictions on test_occ_fixed"
+    assert any(warning.startswith("yolov8m: no picture gallery: ") and reason in warning for warning in data.warnings)

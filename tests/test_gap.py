@@ -259,7 +259,8 @@ def test_several_seeds_resample_seeds_and_say_which_level_dominates(tmp_path: Pa
 
 def test_gap_closed_refuses_map_stats_of_other_images(tmp_path: Path) -> None:
     """S3's map_stats hold 90 of the 100 images (its mAP reproduced from them): its mAP draws resample other images
-    than S1's and S2's. The comparisons give that pair no interval; gap closed gives no number either, and says why."""
+    than S1's and S2's. The comparisons give that pair no difference; gap closed gives no number either, and says
+    why."""
     sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (70, 50)}
     for suffix, hits in sessions.items():
         write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
@@ -275,6 +276,7 @@ def test_gap_closed_refuses_map_stats_of_other_images(tmp_path: Path) -> None:
     versus = result.comparisons.set_index(["split", "metric", "session", "reference"]).loc[
         ("test_occ_fixed", "map50", "S3_mask_backbone_early", "S1_clean_train")]
     assert math.isnan(versus["ci_low"]) and math.isnan(versus["ci_high"])            # the comparisons refuse it
+    assert math.isnan(versus["difference"])                     # not even a point difference between two image sets
     for metric in ("map50", "map50_95"):
         found = row(result.gap_closed, "yolov8m", metric, "S3_mask_backbone_early")
         assert found["verdict"] == gap.NO_RESULT

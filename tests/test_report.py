@@ -706,7 +706,10 @@ def add_suite(root: Path) -> Path:
     for done in root.glob("*/*/DONE"):
         metrics_path = done.parent / "metrics.json"
         metrics = json.loads(metrics_path.read_text())
-        metrics["data"] = {"suite_dir": str(suite), "suite_manifest_sha256": sha256_file(manifest)}
+        metrics["data"] = {"suite_dir": str(suite), "suite_id": suite.name,
+                           "suite_manifest_sha256": sha256_file(manifest)}
+        for predictions in done.parent.glob("predictions_*.json"):
+            atomic_write_json(predictions, {**json.loads(predictions.read_text()), "suite_id": suite.name})
         atomic_write_json(metrics_path, metrics)
         atomic_write_json(done, {**json.loads(done.read_text()), "metrics_sha256": sha256_file(metrics_path)})
     return suite

@@ -101,8 +101,8 @@ def adjust_p_values(table: pd.DataFrame, p_column: str, family: list[str], test:
 
 
 def _mean_of(values: list[float]) -> float:
-    finite = [value for value in values if value is not None and math.isfinite(value)]
-    return float(np.mean(finite)) if finite else math.nan
+    """The mean over the seeds; NaN when a seed's value is missing (never the mean of some of them) or none is done."""
+    return float(np.mean(values)) if values else math.nan
 
 
 def _interval_columns(name: str, interval: stats.Interval | None) -> dict[str, float]:
@@ -142,8 +142,11 @@ def _map_row(data: ReportData, model: str, suffix: str, reference: str, split: s
     n_images = _mean_of([as_number(run.view.split(split).n_images) for run in data.done(model, suffix)])
     difference = _mean_of(points[0]) - _mean_of(points[1])
     first, second = (data.split_draws(model, name, [split], metric) for name in (suffix, reference))
+    paired = first is not None and second is not None
+    if paired and first.ids != second.ids:
+        difference = math.nan  # the two were evaluated on other images: no difference, as for F1
     low = high = math.nan
-    if first is not None and second is not None and first.ids == second.ids and math.isfinite(difference):
+    if paired and math.isfinite(difference):
         low, high = stats.percentile_interval(first.draws[:, 0] - second.draws[:, 0], stats.DEFAULT_CONFIDENCE)
     seeds = max(len(data.done(model, name)) for name in (suffix, reference))  # several: seeds drawn too
     levels = ("seeds+images" if seeds > 1 else "images") if math.isfinite(low) else ""
@@ -163,8 +166,7 @@ def statistics_tables(data: ReportData, models: list[str],
     interval_rows = [row for model in models for suffix in SESSION_SUFFIXES for row in _intervals(data, model, suffix)]
     comparison_rows = []
     for model, split, threshold in ((m, s, t) for m in models for s in PRIMARY_SPLITS for t in THRESHOLDS):
-        confs = {suffix: _mean_of([threshold_conf(run, split, threshold) or math.nan
-                                   for run in data.done(model, suffix)
+        confs = {suffix: _mean_of([threshold_conf(run, split, threshold) for run in data.done(model, suffix)
                                    if data.scores(run, split, threshold) is not None]) for suffix in SESSION_SUFFIXES}
         for metric in PAIRED_METRICS + (MAP_METRICS if threshold == "primary" else ()):
             done_pairs: dict[str, SessionComparison | None] = {}

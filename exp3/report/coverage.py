@@ -225,20 +225,22 @@ def bin_recalls(frame: pd.DataFrame, level: str, image_weights: np.ndarray) -> p
 
 # ----------------------------------------------------------------------------- session folders (exp3.report)
 
-def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str, Path] | None = None) -> Path:
-    """The manifest holding `split`'s covered fractions: the session's suite (`metrics.json` `data.suite_dir`), or
-    `manifest_paths[split]` when given (the suite moved since), checked against the sha256 the session recorded."""
+def suite_manifest(metrics: MetricsView, split: str,
+                   manifest_paths: Mapping[str, Path] | None = None) -> tuple[Path, str]:
+    """The manifest holding `split`'s covered fractions and the id of its suite: the session's suite (`metrics.json`
+    `data.suite_dir`), or `manifest_paths[split]` when given (the suite moved since), checked against the sha256 the
+    session recorded."""
     data = metrics.data
-    if not data.suite_dir:
-        raise CoverageError("metrics.json records no occlusion suite (data.suite_dir): re-run the session with this "
-                            "exp3 version")
-    path, recorded = Path(data.suite_dir) / MANIFEST_NAME, data.suite_manifest_sha256
+    if not data.suite_dir or not data.suite_id:
+        raise CoverageError("metrics.json records no occlusion suite (data.suite_dir, data.suite_id): re-run the "
+                            "session with this exp3 version")
+    path, suite_id, recorded = Path(data.suite_dir) / MANIFEST_NAME, data.suite_id, data.suite_manifest_sha256
     if severity_level(split) is not None:  # a severity suite: the one its evaluation record names
         record = metrics.severity.evaluations.get(split)
         if record is None or not record.suite_id:
             raise CoverageError(f"metrics.json records no evaluation of {split}: run the session again to add it")
         path = Path(data.suite_dir).parent / record.suite_id / MANIFEST_NAME  # suites live side by side
-        recorded = record.manifest_sha256
+        suite_id, recorded = record.suite_id, record.manifest_sha256
     if manifest_paths and split in manifest_paths:
         path = Path(manifest_paths[split])
     if not path.is_file():
@@ -247,7 +249,7 @@ def suite_manifest(metrics: MetricsView, split: str, manifest_paths: Mapping[str
     if sha256_file(path) != recorded:
         raise CoverageError(f"{str(path)!r} is not the manifest the session was evaluated with (sha256 differs): "
                             "restore that suite or re-run the session")
-    return path
+    return path, suite_id
 
 
 def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mapping[str, Path] | None,
@@ -257,10 +259,11 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
     frames, excluded = [], 0
     for split in splits:
         part = run.view.splits.get(split)
-        records = data.records(run, split) if part is not None else None
+        path, suite_id = suite_manifest(run.view, split, manifest_paths)
+        records = data.records(run, split, suite_id) if part is not None else None
         if part is None or not part.num_classes or not records:
-            raise CoverageError(f"no predictions_{split}.json or metrics for {split}: evaluate the session on it")
-        path = suite_manifest(run.view, split, manifest_paths)
+            raise CoverageError(f"no predictions_{split}.json of suite {suite_id} or no metrics for {split}: evaluate "
+                                "the session on it")
         truth = (path, split, tuple((record.image_id, record.gt_classes.tobytes(), record.gt_boxes.tobytes())
                                     for record in records))
         if truth not in aligned:  # sessions evaluated on one suite share its ground truth: aligned once

@@ -27,6 +27,7 @@ from exp3.report.runs import SessionRun, as_number, threshold_conf
 from exp3.schema import MetricsView
 from exp3.session.layout import SessionPaths, SessionState
 from exp3.sessions import SESSION_SUFFIXES
+from exp3.splits import severity_level
 
 MISSING, UNPAIRED = "missing", "unpaired"
 """`Aligned.reason` of a refusal: a side has no per-image values / the sides hold other image ids."""
@@ -128,7 +129,8 @@ class ReportData:
 
     def _predictions(self, run: SessionRun, split: str) -> tuple[list[ImageRecord] | None, Any]:
         """(records, suite id) of a done run's predictions_<split>.json, parsed once; (None, None) when absent. A
-        file that is there but cannot be parsed reads as absent too, and is named in `warnings`."""
+        file that is there but cannot be parsed, or was made on another suite than metrics.json records, reads as
+        absent too, and is named in `warnings`."""
         key = (run.folder, split)
         if key not in self._records:
             path = run.folder / f"predictions_{split}.json"
@@ -138,17 +140,27 @@ class ReportData:
                 try:
                     if not isinstance(payload, dict):
                         raise ValueError("not valid JSON" if payload is None else "not a JSON object")
-                    self._records[key] = (records_from_json(payload.get("images") or []) or None,
-                                          payload.get("suite_id"))
+                    records = records_from_json(payload.get("images") or []) or None
                 except (ValueError, TypeError) as error:
-                    self.warnings.append(f"`{path.relative_to(run.folder.parent.parent)}`: a done session's file "
-                                         f"that cannot be parsed ({str(error)[:200]}); its per-image statistics "
-                                         "read as missing in this report")
+                    self._warn(run, split, f"a done session's file that cannot be parsed ({str(error)[:200]})")
+                    return self._records[key]
+                recorded = _evaluated_suite(run.view, split)
+                if recorded and payload.get("suite_id") != recorded:
+                    self._warn(run, split, f"made on suite {payload.get('suite_id')!r}, its metrics.json on "
+                                           f"{recorded!r} (evaluate the session again)")
+                else:
+                    self._records[key] = (records, payload.get("suite_id"))
         return self._records[key]
 
-    def records(self, run: SessionRun, split: str) -> list[ImageRecord] | None:
-        """The `ImageRecord`s of a done run's predictions_<split>.json (parsed once); None when absent or empty."""
-        return self._predictions(run, split)[0]
+    def _warn(self, run: SessionRun, split: str, problem: str) -> None:
+        self.warnings.append(f"`{run.folder.relative_to(run.folder.parent.parent) / f'predictions_{split}.json'}`: "
+                             f"{problem}; its per-image statistics read as missing in this report")
+
+    def records(self, run: SessionRun, split: str, suite_id: str | None = None) -> list[ImageRecord] | None:
+        """The `ImageRecord`s of a done run's predictions_<split>.json (parsed once); None when absent or empty, or
+        when `suite_id` is given and the file was made on another suite."""
+        records, suite = self._predictions(run, split)
+        return None if suite_id is not None and suite != suite_id else records
 
     def matched(self, run: SessionRun, split: str, threshold: str, conf: float) -> list[np.ndarray]:
         """Each record's ground-truth boxes matched by a detection at the operating point
@@ -164,15 +176,20 @@ class ReportData:
                suite_id: str | None = None) -> pd.DataFrame | None:
         """`image_scores` of one done run at one operating point (`threshold_conf`); None when it lacks what is
         needed, or when `suite_id` is given and the predictions file was made on another suite."""
-        records, suite = self._predictions(run, split)
-        if suite_id is not None and suite != suite_id:
+        records = self.records(run, split, suite_id)
+        if records is None:
             return None
         key = (run.folder, split, threshold)
         if key not in self._scores:
             num_classes, conf = run.view.split(split).num_classes, threshold_conf(run, split, threshold)
-            usable = num_classes and conf is not None and records           # records: a done run's only
-            self._scores[key] = image_scores(records, int(num_classes), conf,
-                                             self.matched(run, split, threshold, conf)) if usable else None
+            usable = num_classes and conf is not None
+            frame = image_scores(records, int(num_classes), conf,
+                                 self.matched(run, split, threshold, conf)) if usable else None
+            if frame is not None and not _reproduces_counts(frame, run.view, split, threshold):
+                self._warn(run, split, f"its counts at the {threshold} threshold are not the ones its metrics.json "
+                                       "records (evaluate the session again)")
+                frame = None
+            self._scores[key] = frame
         return self._scores[key]
 
     def seed_scores(self, model: str, suffix: str, split: str, threshold: str = "primary",
@@ -276,6 +293,28 @@ class ReportData:
             "bk,kb->b", seeds, np.stack([self.map_run_draws(run, split)[:, column] for run in done])) / len(done)
             for entry, split in zip(got, splits)], axis=-1)
         return SplitDraws(np.array([float(np.mean(values)) for values in recorded]), draws, got[0][0])
+
+
+def _evaluated_suite(view: MetricsView, split: str) -> str | None:
+    """The suite id metrics.json records for `split`'s predictions (a severity split's evaluation record, else
+    `data.suite_id`: test_clean's file names the run's fixed suite too), None when it records none."""
+    if severity_level(split) is None:
+        return view.data.suite_id
+    record = view.severity.evaluations.get(split)
+    return record.suite_id if record is not None else None
+
+
+def _reproduces_counts(frame: pd.DataFrame, view: MetricsView, split: str, threshold: str) -> bool:
+    """False when `frame` (`image_scores` at one operating point) contradicts what metrics.json records there: its
+    detection tp / fp / fn or its ingredient micro F1 (a value metrics.json lacks contradicts nothing)."""
+    part = view.split(split)
+    point = part if threshold == "primary" else part.at_val_threshold
+    totals = frame.sum()
+    found = [*(totals[f"detection_{name}"] for name in ("tp", "fp", "fn")),
+             prf_from_counts(totals["ingredient_tp"], totals["ingredient_fp"], totals["ingredient_fn"])[2]]
+    recorded = [*(as_number(getattr(point.detection, name)) for name in ("tp", "fp", "fn")),
+                as_number(point.ingredient.micro.f1)]
+    return all(math.isnan(want) or math.isclose(float(got), want, abs_tol=1e-9) for got, want in zip(found, recorded))
 
 
 def _reproduces_map(map_stats: MapStats, run: SessionRun, split: str) -> bool:

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from exp3.evaluate.metrics import DEFAULT_CONF, ImageRecord, above, box_iou, optimal_matches, prf_from_counts
+from exp3.evaluate.metrics import ImageRecord, above, box_iou, optimal_matches, prf_from_counts
 from exp3.fileio import read_json
-from exp3.occlusion.identity import MANIFEST_NAME
 from exp3.report import plots
-from exp3.report.draws import ReportData, split_match_iou
+from exp3.report.coverage import CoverageError, suite_manifest
+from exp3.report.draws import ReportData, align, split_match_iou
 from exp3.report.runs import SessionRun, class_name, threshold_conf
+from exp3.report.text import short_session
 from exp3.sessions import SESSION_LABELS, SESSION_SUFFIXES
 from exp3.splits import FIXED_SPLIT
 
@@ -66,12 +67,11 @@ class Gallery:
     caption: str = GALLERY_RULE
 
 
-def _image_files(run: SessionRun) -> dict[str, Path]:
-    """Image id -> occluded image file of the run's fixed suite (metrics.json data.suite_dir, its manifest)."""
-    suite = run.view.data.suite_dir
-    manifest = read_json(Path(suite) / MANIFEST_NAME) if suite else None
+def _image_files(manifest_path: Path) -> dict[str, Path]:
+    """Image id -> occluded image file of a suite (its manifest.json)."""
+    manifest = read_json(manifest_path)
     images = manifest.get("images") if isinstance(manifest, dict) else None
-    return {str(entry["id"]): Path(suite) / str(entry["occluded_image"]) for entry in images or []
+    return {str(entry["id"]): manifest_path.parent / str(entry["occluded_image"]) for entry in images or []
             if isinstance(entry, dict) and entry.get("occluded_image") and "id" in entry}
 
 
@@ -90,7 +90,7 @@ def _largest(gain: pd.DataFrame) -> str | None:
 
 def _cell(record: ImageRecord, run: SessionRun, names: dict[int, str], f1: float) -> GalleryCell:
     """One session's boxes on one image at the primary threshold, each matched or not (`optimal_matches`)."""
-    kept = np.flatnonzero(above(record.pred_conf, threshold_conf(run, GALLERY_SPLIT, "primary") or DEFAULT_CONF))
+    kept = np.flatnonzero(above(record.pred_conf, threshold_conf(run, GALLERY_SPLIT, "primary")))
     iou = box_iou(record.pred_boxes[kept], record.gt_boxes)
     same = record.pred_classes[kept][:, None] == record.gt_classes[None, :]
     matched = set(optimal_matches(iou, same, split_match_iou(run.view, GALLERY_SPLIT))[0].tolist())
@@ -102,8 +102,8 @@ def _cell(record: ImageRecord, run: SessionRun, names: dict[int, str], f1: float
 
 
 def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Gallery | None:
-    """The gallery of one model, None when S1, S2, a masking session, the predictions or the
-    suite's image files are missing."""
+    """The gallery of one model, None when S1, S2 or a masking session is not done, or (a line in `data.warnings`)
+    when their predictions or the suite's manifest cannot be shown together."""
     done = {suffix: sorted(data.done(model, suffix), key=lambda run: (run.seed is None, run.seed or 0))
             for suffix in SESSION_SUFFIXES}
     part = summary[(summary["model"] == model) & (summary["split"] == GALLERY_SPLIT)
@@ -114,17 +114,23 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
     best = str(part.assign(order=part["session"].map(SESSION_SUFFIXES.index))
                .sort_values(["ingredient_micro_f1", "order"], ascending=[False, True]).iloc[0]["session"])
     named = bool(part["ingredient_micro_f1"].max() > 0)  # else no best masking session: row 2 is left out
-    chosen = [done[suffix][0] for suffix in ("S1_clean_train", "S2_occ_train", best)]
-    records = [data.records(run, GALLERY_SPLIT) for run in chosen]
-    scores = [data.scores(run, GALLERY_SPLIT) for run in chosen]
-    files = _image_files(chosen[0])
-    if any(item is None for item in (*records, *scores)) or not files:
+    suffixes = ("S1_clean_train", "S2_occ_train", best)
+    chosen = [done[suffix][0] for suffix in suffixes]
+    try:  # the fixed suite S1 was evaluated on, its manifest checked as coverage reads it
+        manifest, suite_id = suite_manifest(chosen[0].view, GALLERY_SPLIT)
+    except CoverageError as error:
+        data.warnings.append(f"{model}: no picture gallery: {error}")
         return None
-    f1 = [_per_image_f1(frame) for frame in scores]
-    common = sorted(set(f1[0].index) & set(f1[1].index) & set(f1[2].index) & set(files))
-    if not common:
+    files = _image_files(manifest)
+    scores = [data.scores(run, GALLERY_SPLIT, suite_id=suite_id) for run in chosen]
+    aligned = align(scores)
+    if aligned.reason or not set(aligned.ids) <= set(files):
+        data.warnings.append(f"{model}: no picture gallery: {', '.join(map(short_session, suffixes))} need "
+                             f"per-image predictions on {GALLERY_SPLIT} of suite {suite_id}, of the same images as "
+                             "its manifest: evaluate them on that suite")
         return None
-    f1 = [frame.loc[common] for frame in f1]
+    common = list(aligned.ids)
+    f1 = [_per_image_f1(frame).loc[common] for frame in scores]
     first = _largest(f1[1] - f1[0])
     second = _largest((f1[2] - f1[0]).drop(index=first)) if named else None
     picked = [(first, "1: largest S2 - S1")]
@@ -132,7 +138,7 @@ def build_gallery(data: ReportData, model: str, summary: pd.DataFrame) -> Galler
     rest = [image for image in common if image not in {first, second}]
     drawn = np.random.default_rng(GALLERY_SEED).choice(len(rest), size=min(2, len(rest)), replace=False)
     picked += [(rest[index], f"{3 + number}: random draw") for number, index in enumerate(sorted(drawn))]
-    by_id = [{record.image_id: record for record in session_records} for session_records in records]
+    by_id = [{record.image_id: record for record in data.records(run, GALLERY_SPLIT)} for run in chosen]
     names = {int(entry.class_id): class_name(entry) for entry in chosen[0].view.split(GALLERY_SPLIT).per_class
              if entry.class_id is not None}
     rows = []

@@ -65,8 +65,9 @@ def _combined_status(statuses: list[str]) -> SessionState:
 
 
 def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
-    """summary_metrics: one row per model x session x split; metrics are the mean over done seeds (the columns:
-    docs/report.md, "Columns of summary_metrics")."""
+    """summary_metrics: one row per model x session x split; metrics are the mean over done seeds, NaN when a done
+    seed lacks the value (never the mean of some of them; the columns: docs/report.md, "Columns of
+    summary_metrics")."""
     rows = []
     for (model, session, split), group in by_seed.groupby(["model", "session", "split"], sort=False):
         done = group[group["status"] == "done"]
@@ -78,11 +79,12 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
                                "split": split, "status": _combined_status(list(group["status"])),
                                "error": "; ".join(errors), "n_seeds": len(group), "n_seeds_done": len(done),
                                "seeds": ";".join(str(seed) for seed in seeds),
-                               **{column: float(done[column].mean()) for column in METRIC_COLUMNS}}
+                               **{column: float(done[column].mean(skipna=False)) for column in METRIC_COLUMNS}}
         for column in SPREAD_COLUMNS:  # std: ddof 1, NaN below 2 seeds; all three NaN without a done seed
             values = done[column].astype(float)
-            row.update({f"{column}_std": float(values.std(ddof=1)), f"{column}_min": float(values.min()),
-                        f"{column}_max": float(values.max())})
+            row.update({f"{column}_std": float(values.std(ddof=1, skipna=False)),
+                        f"{column}_min": float(values.min(skipna=False)),
+                        f"{column}_max": float(values.max(skipna=False))})
         row["folder"] = ";".join(group["folder"])
         rows.append(row)
     return pd.DataFrame(rows)
