@@ -29,7 +29,7 @@ class SessionStatus:
 
     session: str
     state: SessionState
-    epochs_done: int
+    epochs_done: int | None  # None: a done session whose metrics.json does not say
     epochs_total: int | None
     elapsed_s: float | None
     eta_s: float | None
@@ -44,12 +44,13 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
     last_map50 = epochs[-1].map50 if epochs else None
     if state == SessionState.DONE:
         training = MetricsView.of(read_json(paths.metrics)).training
-        done = int(training.epochs_completed or 0)
+        done = training.epochs_completed
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
     lock = paths.session_lock("")  # probed (a microsecond's shared hold) only while its file names a holder:
     if lock.owner() and lock.is_live():  # a clean release empties it, so a session starting then meets no probe
         state = SessionState.RUNNING
-    elapsed = sum(epoch.epoch_s or 0.0 for epoch in epochs) if epochs else None
+    times = [epoch.epoch_s for epoch in epochs if epoch.epoch_s is not None]
+    elapsed = sum(times) if epochs and len(times) == len(epochs) else None  # an epoch without its time: not known
     eta = epochs[-1].eta_s if epochs and state == SessionState.RUNNING else None  # nothing runs a partial one
     error = None
     if state == SessionState.STALE:
@@ -72,7 +73,8 @@ def format_matrix(rows: list[SessionStatus]) -> str:
     header = f"{'session':<40} {'state':<8} {'epochs':>7} {'elapsed':>8} {'ETA':>8} {'last val mAP50':>14}  error"
     lines = [header, "-" * len(header)]
     for row in rows:
-        epochs = f"{row.epochs_done}/{row.epochs_total if row.epochs_total is not None else '?'}"
+        done = row.epochs_done if row.epochs_done is not None else "?"
+        epochs = f"{done}/{row.epochs_total if row.epochs_total is not None else '?'}"
         state = row.state.upper() if row.state in (SessionState.FAILED, SessionState.STALE) else row.state
         lines.append(f"{row.session:<40} {state:<8} {epochs:>7} {format_seconds(row.elapsed_s):>8} "
                      f"{format_seconds(row.eta_s):>8} {format_value(row.last_val_map50):>14}  {row.error or ''}")

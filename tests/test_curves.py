@@ -213,6 +213,19 @@ def test_a_results_csv_short_of_the_epochs_trained_is_named_not_drawn(tmp_path: 
     assert found.missing["yolov8n"][0] == "S2 (train/results.csv holds 9 complete epoch rows, 10 were trained)"
 
 
+def test_a_diverged_epochs_loss_sums_to_nan_not_to_a_lower_number(tmp_path: Path) -> None:
+    """Epoch 2 logged cls_loss nan: its train loss was drawn as box + dfl alone, a drop that never happened."""
+    folder = tmp_path / "yolov8n" / "yolov8n__S1_clean_train"
+    path = write_results_csv(folder, RISING[:3])
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[YOLO_COLUMNS.index("train/cls_loss")] = "nan"  # epoch 2
+    path.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    found = curves.training_curves([done_run(folder)], ["yolov8n"])
+    loss = panel(found.frame, "session", "train loss (box + cls + dfl)").set_index("epoch")["value"]
+    assert math.isnan(loss[2]) and loss[1] == pytest.approx(3 + 2 + 1.5) and loss[3] == pytest.approx(6.5 / 3)
+
+
 def test_a_curve_flat_at_zero_learned_nothing_and_is_never_called_converged(tmp_path: Path) -> None:
     """A 3-epoch smoke run read "not for want of epochs" of models that detected nothing at any epoch."""
     assert curves.convergence([1, 2, 3], [0.0, 0.0, 0.0]).reading == curves.NOTHING_LEARNED

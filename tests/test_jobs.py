@@ -236,9 +236,10 @@ def test_prepared_data_is_trusted_only_while_its_manifests_match(tmp_path: Path)
 
 
 def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
-    """A session given another config's prepared data (other occlusion parameters or levels) prepares its own."""
+    """A session given another config's prepared data (another dataset, other occlusion parameters or levels)
+    prepares its own."""
     from exp3.occlusion.identity import severity_spec_key, suite_parameters, train_set_parameters
-    from exp3.session.prepare import prepared_mismatch
+    from exp3.session.prepare import dataset_yaml, prepared_mismatch
 
     config = _config(occlusion={"severities": [[0.1, 0.3]]})
     suite, s2 = tmp_path / "occ-1", tmp_path / "occtrain-1"
@@ -247,17 +248,26 @@ def test_handed_down_data_must_fit_the_sessions_config(tmp_path: Path) -> None:
         (folder / "manifest.json").write_text(json.dumps({"parameters": parameters}))
     spec_key = severity_spec_key(config.occlusion, 1)
     prepared = PREPARED.model_copy(update={
+        "data_yaml": str(dataset_yaml(config, tmp_path, build=False)),
         "suite_dir": str(suite), "s2_data_yaml": str(s2 / "data.yaml"),
         "severity_suites": (PREPARED.severity_suites[0].model_copy(update={"spec_key": spec_key}),)})
-    assert prepared_mismatch(prepared, config) is None
+    assert prepared_mismatch(prepared, config, tmp_path) is None
+    other_dataset = _config(occlusion={"severities": [[0.1, 0.3]]}, dataset={"kind": "synthetic", "preset": "smoke"})
+    assert "prepared for the dataset" in prepared_mismatch(prepared, other_dataset, tmp_path)  # trained on A as B
+    users = _config(occlusion={"severities": [[0.1, 0.3]]}, dataset={"kind": "yaml", "data_yaml": "/drive/data.yaml"})
+    copy = tmp_path / "data" / "user-0123" / "data.yaml"  # `local_dataset`'s copy of a dataset on the mirror's storage
+    copy.parent.mkdir(parents=True)
+    (copy.parent / "source.json").write_text(json.dumps({"data_yaml": "/drive/data.yaml"}))
+    assert prepared_mismatch(prepared.model_copy(update={"data_yaml": str(copy)}), users, tmp_path) is None
+    assert "prepared for the dataset" in prepared_mismatch(prepared, users, tmp_path)
     other_seed = _config(occlusion={"severities": [[0.1, 0.3]], "seed": 7})
-    assert "fixed suite was built with other occlusion parameters" in prepared_mismatch(prepared, other_seed)
+    assert "fixed suite was built with other occlusion parameters" in prepared_mismatch(prepared, other_seed, tmp_path)
     assert "severity suites are not the config's levels" in prepared_mismatch(
-        prepared, _config(occlusion={"severities": [[0.1, 0.3], [0.5, 0.7]]}))
+        prepared, _config(occlusion={"severities": [[0.1, 0.3], [0.5, 0.7]]}), tmp_path)
     other_fraction = _config(occlusion={"severities": [[0.1, 0.3]], "train_fraction": 0.3})
-    assert "S2 train set was built with other" in prepared_mismatch(prepared, other_fraction)
+    assert "S2 train set was built with other" in prepared_mismatch(prepared, other_fraction, tmp_path)
     (suite / "manifest.json").unlink()
-    assert "unreadable" in prepared_mismatch(prepared, config)
+    assert "unreadable" in prepared_mismatch(prepared, config, tmp_path)
 
 
 def test_a_session_failed_before_takes_no_slot_unless_rerun(tmp_path: Path) -> None:

@@ -73,13 +73,15 @@ def test_a_done_session_goes_up_without_redundant_checkpoints(tmp_path: Path) ->
 def test_the_checkpoints_go_up_before_the_results_csv_a_resume_reads(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """results.csv first, then an epoch ends, then last.pt: the restored last.pt would hold an epoch the restored
-    results.csv lacks, a row lost for good after the resume (the report then drew no curve for the session)."""
+    results.csv lacks, a row lost for good after the resume (the report then drew no curve for the session).
+    last.pt before best.pt: best.pt first, then a new best epoch ends, would leave a best.pt behind the best epoch
+    the restored last.pt knows of, which the resume does not repair (one ahead of it, it does)."""
     mirror = _mirror(tmp_path)
     paths = _session(mirror.root, done=False)
     pushed: list[str] = []
     monkeypatch.setattr(Mirror, "_push", lambda self, file: pushed.append(file.name))
     mirror.push_checkpoint(paths)
-    assert pushed[:2] == ["best.pt", "last.pt"] and "results.csv" in pushed[2:]
+    assert pushed[:2] == ["last.pt", "best.pt"] and "results.csv" in pushed[2:]
 
 
 def test_a_replaced_file_is_truncated_first_and_an_unchanged_one_is_not_copied_again(tmp_path: Path) -> None:

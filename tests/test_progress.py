@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,15 @@ def test_yolo_results_csv_gives_one_progress_per_epoch(tmp_path: Path) -> None:
     table = epoch_table(epochs)
     assert table[1] == {"epoch": 2, "box_loss": 5.3047, "cls_loss": 4.7828, "dfl_loss": 3.3498, "mAP50": 0.0312,
                         "mAP50-95": 0.0112, "epoch_s": 21.0}
+
+
+def test_a_diverged_epochs_nan_loss_is_kept_as_nan_not_dropped(tmp_path: Path) -> None:
+    """Dropped, the epoch's summed loss (the report's curve) came out lower than the losses it logged."""
+    diverged = YOLO_CSV.replace("2,41.0,5.3047,4.78279,", "2,41.0,5.3047,nan,")
+    epochs = epoch_progress(results_rows(_session(tmp_path, diverged)), epochs_total=10)
+    assert list(epochs[1].losses) == ["box_loss", "cls_loss", "dfl_loss"] and math.isnan(epochs[1].losses["cls_loss"])
+    assert "box_loss 5.305 cls_loss nan dfl_loss 3.350 |" in format_epoch_line("m", epochs[1])
+    assert epoch_table(epochs)[1]["cls_loss"] is None  # as a missing mAP: the table artifact holds no NaN
 
 
 def test_rtdetr_losses_half_written_line_and_resumed_clock(tmp_path: Path) -> None:

@@ -99,6 +99,21 @@ def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
     assert session_status(paths, epochs_total=3).state == "done"  # key-less view
 
 
+def test_what_the_files_do_not_say_is_shown_missing_not_as_zero(tmp_path: Path) -> None:
+    """A done session whose metrics.json lacks epochs_completed, epochs logged without a `time` column: `?`, `-`."""
+    done = done_folder(tmp_path / "m" / "m__S1_clean_train", "k")
+    done.metrics.write_text(json.dumps({"training": {"wall_s": 1.0}}))
+    done.write_done("k", {})
+    partial = SessionPaths(tmp_path / "m" / "m__S2_occ_train")
+    partial.last_pt.parent.mkdir(parents=True)
+    partial.results_csv.write_text("epoch,metrics/mAP50(B)\n1,0.1\n2,0.2\n")
+    partial.last_pt.write_bytes(b"x")
+    rows = [session_status(done, epochs_total=3, key="k"), session_status(partial, epochs_total=3)]
+    assert (rows[0].state, rows[0].epochs_done, rows[1].elapsed_s) == ("done", None, None)
+    matrix = {line.split()[0]: line.split() for line in status.format_matrix(rows).splitlines()[2:4]}
+    assert matrix["m__S1_clean_train"][2] == "?/?" and matrix["m__S2_occ_train"][2:4] == ["2/3", "-"]
+
+
 def test_pending_partial_running_failed_from_files(tmp_path: Path) -> None:
     paths = SessionPaths(tmp_path / "m__S1_clean_train")
     assert session_status(paths, epochs_total=3).state == "pending"

@@ -120,7 +120,7 @@ def convergence(epochs: Sequence[int], values: Sequence[float]) -> Convergence:
 
 
 def _seed_frame(epochs: list[EpochProgress]) -> pd.DataFrame:
-    """epoch, map50_95, train_loss (the sum of the logged train losses) of one seed."""
+    """epoch, map50_95, train_loss (the sum of the logged train losses: nan if one is nan) of one seed."""
     return pd.DataFrame({"epoch": [progress.epoch for progress in epochs],
                          "map50_95": [math.nan if progress.map50_95 is None else progress.map50_95
                                       for progress in epochs],

@@ -27,7 +27,9 @@ from exp3.session.progress import results_rows
 from exp3.sessions import folder_session
 
 TEMP_SUFFIX = ".mirror-tmp"
-CHECKPOINTS = ("best.pt", "last.pt")  # in train/weights/, best first: a copy's best.pt is never older than its last
+# in train/weights/, last first: the best.pt copied after it is never behind the best epoch that last.pt knows of
+# (an epoch that ends in between leaves it ahead, which the resume handles: exp3/train/trainers.py)
+CHECKPOINTS = ("last.pt", "best.pt")
 REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # the report's files, at the root
 NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
 REPORT_FILES = ".exp3-report-files.json"

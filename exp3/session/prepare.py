@@ -94,10 +94,17 @@ def prepared_is_current(prepared: PreparedData) -> bool:
                     for folder, sha256 in manifests))
 
 
-def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig) -> str | None:
-    """Why `prepared` (data handed to a session) is not what `config` asks for, or None if it is: the
-    fixed suite's and S2 set's occlusion parameters (from their manifests) and the severity levels'
-    spec keys must be the config's. A session never evaluates a config on another config's suites."""
+def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig, output_root: Path) -> str | None:
+    """Why `prepared` (data handed to a session) is not what `config` asks for, or None if it is: its data.yaml
+    must be the config's dataset under `output_root` (or `local_dataset`'s copy of it), the fixed suite's and S2
+    set's occlusion parameters (from their manifests) and the severity levels' spec keys the config's. A session
+    never trains or evaluates a config on another config's dataset or suites."""
+    held, wanted = Path(prepared.data_yaml).absolute(), dataset_yaml(config, output_root, build=False).absolute()
+    if held.parent.parent == (output_root / "data").absolute():  # a local copy of a user dataset: the one it copied
+        copied = read_json(held.parent / "source.json")
+        held = Path(copied["data_yaml"]) if isinstance(copied, dict) and "data_yaml" in copied else held
+    if held != wanted:
+        return f"it was prepared for the dataset {held}, not the config's {wanted}"
     manifests = {"fixed suite": (Path(prepared.suite_dir) / "manifest.json", suite_parameters(config.occlusion)),
                  "S2 train set": (Path(prepared.s2_data_yaml).parent / "manifest.json",
                                   train_set_parameters(config.occlusion))}

@@ -42,7 +42,8 @@ class EpochProgress:
 
     epoch: int
     epochs_total: int | None
-    losses: dict[str, float]  # each `train/*` column unprefixed: box/cls/dfl_loss (YOLO), giou/cls/l1_loss (RT-DETR)
+    losses: dict[str, float]  # each `train/*` column unprefixed: box/cls/dfl_loss (YOLO), giou/cls/l1_loss (RT-DETR);
+    # nan where the row holds no finite number (a diverged epoch), so their sum is nan too, never a lower number
     map50: float | None
     map50_95: float | None
     epoch_s: float | None
@@ -65,8 +66,8 @@ def epoch_progress(rows: list[dict[str, str]], epochs_total: int | None) -> list
             previous = elapsed
         epoch_s = durations[-1] if elapsed is not None else None
         epoch = int(number) if (number := _number(row.get("epoch"))) is not None else index + 1
-        losses = {key.removeprefix("train/"): value for key, text in row.items()
-                  if key.startswith("train/") and (value := _number(text)) is not None}
+        losses = {key.removeprefix("train/"): math.nan if (value := _number(text)) is None else value
+                  for key, text in row.items() if key.startswith("train/")}
         eta = sum(durations) / len(durations) * max(epochs_total - epoch, 0) if epochs_total and durations else None
         parsed.append(EpochProgress(epoch, epochs_total, losses, _number(row.get("metrics/mAP50(B)")),
                                     _number(row.get("metrics/mAP50-95(B)")), epoch_s, eta))
@@ -99,7 +100,8 @@ def format_epoch_line(session: str, progress: EpochProgress) -> str:
 
 def epoch_table(epochs: list[EpochProgress]) -> list[dict[str, Any]]:
     """Rows of the per-session epochs table artifact: epoch, each loss, mAP50, mAP50-95, epoch s."""
-    return [{"epoch": p.epoch, **{name: round(value, 4) for name, value in p.losses.items()},
+    return [{"epoch": p.epoch,
+             **{name: None if math.isnan(value) else round(value, 4) for name, value in p.losses.items()},
              "mAP50": None if p.map50 is None else round(p.map50, 4),
              "mAP50-95": None if p.map50_95 is None else round(p.map50_95, 4),
              "epoch_s": None if p.epoch_s is None else round(p.epoch_s, 1)} for p in epochs]

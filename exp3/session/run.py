@@ -80,7 +80,7 @@ def run_session(config: ExperimentConfig, session: Session, output_root: Path,
     apply_offline_environment(output_root, config.integrations)  # before this process imports Ultralytics
     weights = resolve_model_weights(config, session.model)  # WeightsError: nothing written, nothing trained
     with paths.session_lock("python -m exp3.session"):
-        if prepared is not None and (mismatch := prepared_mismatch(prepared, config)) is not None:
+        if prepared is not None and (mismatch := prepared_mismatch(prepared, config, output_root)) is not None:
             print(f"exp3: {session.name}: the data handed to it does not fit its config ({mismatch}): "
                   "preparing it here")
             prepared = None
