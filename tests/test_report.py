@@ -695,6 +695,19 @@ def test_an_all_zero_grid_names_no_best_masking_site(tmp_path: Path) -> None:
     assert "no best masking site" in dashboard_markdown(result)
 
 
+def test_missing_f1s_are_said_missing_not_0() -> None:
+    """Masking sessions with no F1 on test_occ_fixed (NaN) read 'F1 0 for S3, S4', and no rF1 'clean F1 is 0'."""
+    rows = [{"model": "yolov8m", "session": suffix, "split": "test_occ_fixed", "status": "done", "n_seeds_done": 1,
+             "n_seeds": 1, "ingredient_micro_f1": f1, "rF1_micro": math.nan, "diff_vs_S2": math.nan}
+            for suffix, f1 in (("S1_clean_train", 0.4), ("S3_mask_backbone_early", math.nan),
+                               ("S4_mask_backbone_late", math.nan))]
+    findings = headline_findings(pd.DataFrame(rows), ["yolov8m"], pd.DataFrame(
+        columns=["model", "split", "session", "reference", "threshold", "difference", "metric"]))
+    assert "**yolov8m**: no masking session has an F1 on test_occ_fixed (missing): no best masking site." in findings
+    assert "**yolov8m**: rF1 is undefined for every done session (clean F1 is 0 or missing)." in findings
+    assert not any("F1 0 for" in finding for finding in findings)
+
+
 def add_suite(root: Path) -> Path:
     """A suite manifest for the fixture tree (images 0-9 covered 0.15, 10-19 covered 0.65) recorded in every done
     session's metrics.json `data` (DONE rewritten to match), as prepare_data records it."""

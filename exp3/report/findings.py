@@ -141,8 +141,12 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
             findings += [agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
                 comparisons, model, split, "S2_occ_train", "S1_clean_train")) for split in PRIMARY_SPLITS[::-1]]
             findings.append(val_threshold_finding(comparisons, model))
-        masking = done[done.index.isin(SESSION_SUFFIXES[2:])].sort_values("ingredient_micro_f1", ascending=False)
-        if len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
+        scored = done[done.index.isin(SESSION_SUFFIXES[2:])]
+        masking = scored.dropna(subset=["ingredient_micro_f1"]).sort_values("ingredient_micro_f1", ascending=False)
+        if len(scored) and not len(masking):
+            findings.append(f"{prefix}: no masking session has an F1 on test_occ_fixed (missing): no best masking "
+                            "site.")
+        elif len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
             findings.append(f"{prefix}: no masking session names any ingredient on test_occ_fixed (F1 0 for "
                             f"{', '.join(SESSION_LABELS[suffix] for suffix in masking.index)}): no best masking site.")
         elif len(masking):
@@ -177,7 +181,7 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                          f"(rF1 {fmt(robust.iloc[1]['rF1_micro'])}): {NOT_RANKED}")
             findings.append(text + ".")
         else:
-            findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0).")
+            findings.append(f"{prefix}: rF1 is undefined for every done session (clean F1 is 0 or missing).")
     scores = [(model, occ.loc[(model, "S1_clean_train"), "ingredient_micro_f1"]) for model in done_models
               if (model, "S1_clean_train") in occ.index]
     ranked = sorted([(model, score) for model, score in scores if not pd.isna(score)], key=lambda item: -item[1])
