@@ -244,3 +244,32 @@ def test_stage_timings_add_up_to_the_wall_and_go_into_the_split_entry(tiny_yolo_
     assert SplitMetrics.model_validate(dumped) == entry
     with pytest.raises(ValueError, match="nms_s"):
         SplitMetrics.model_validate({**dumped, "eval_stages_s": {**dumped["eval_stages_s"], "nms_s": 1.0}})
+
+
+def test_the_reports_per_image_counts_reproduce_what_a_session_records(trained_evaluation) -> None:
+    """The report trusts a predictions file only if its counts give what metrics.json records (exp3.report.draws):
+    on a trained model's non-zero predictions, a session's own `splits.<split>` entry (split_metrics) passes at both
+    operating points, and the same entry with one detection moved to another class does not."""
+    from dataclasses import replace
+
+    from exp3.config import ExperimentConfig
+    from exp3.evaluate.metrics import matched_gt, records_from_json
+    from exp3.report.draws import _reproduces_counts, image_scores
+    from exp3.schema import MetricsView
+    from exp3.session.record import split_metrics
+
+    records = records_from_json(trained_evaluation.records)
+    config, names = ExperimentConfig(), [str(index) for index in range(10)]
+    entry = split_metrics(trained_evaluation, records, config, names, val_conf=0.1).model_dump()
+    view = MetricsView.of({"splits": {"test": entry}})
+
+    def scores(of: list, conf: float):
+        return image_scores(of, len(names), conf, [matched_gt(record, conf, config.eval.match_iou) for record in of])
+
+    assert entry["detection"]["tp"] >= 3 and entry["at_val_threshold"]["detection"]["tp"] >= 3   # non-zero
+    assert _reproduces_counts(scores(records, config.eval.conf), view, "test", "primary")
+    assert _reproduces_counts(scores(records, 0.1), view, "test", "val")
+    row = next(index for index, record in enumerate(records) if (record.pred_conf >= 0.25).any())
+    moved = replace(records[row], pred_classes=(records[row].pred_classes + 1) % len(names))
+    other = records[:row] + [moved] + records[row + 1:]
+    assert not _reproduces_counts(scores(other, config.eval.conf), view, "test", "primary")
