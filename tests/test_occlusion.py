@@ -356,6 +356,14 @@ def test_texture_tiles_a_smaller_background_crop_then_falls_back_to_mean(tmp_pat
         fill_texture(4, 4, np.random.default_rng(0), ())
 
 
+def test_a_texture_donor_changed_since_the_scan_is_refused(tmp_path: Path) -> None:
+    """Its pixels would go into a suite whose name (content identity) says the scanned ones."""
+    donor = _write_donor(tmp_path / "donor.png", 32, ())
+    Image.new("RGB", (32, 32), (250, 250, 250)).save(donor.path)
+    with pytest.raises(OcclusionError, match="texture donor .*donor.png' changed during the build: build again"):
+        donor.pixels()
+
+
 def test_random_rects_never_push_a_box_above_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     # a 3x3 box in the middle of a 40x40 image: most rectangles of 30-60 % of the image would swallow it
     boxes = np.array([[18.5, 18.5, 21.5, 21.5], [0.0, 0.0, 12.0, 12.0]])

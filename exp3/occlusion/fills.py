@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from exp3.fileio import sha256_bytes
 from exp3.occlusion import OcclusionError
 from exp3.occlusion.codec import decode_image
 from exp3.occlusion.geometry import yolo_to_xyxy
@@ -60,7 +61,10 @@ class TextureDonor:
 
     @functools.lru_cache(maxsize=TEXTURE_DONOR_POOL)  # keyed on the frozen (hashable) donor itself
     def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
-        pixels = decode_image(Path(self.path).read_bytes(), self.path)
+        data = Path(self.path).read_bytes()
+        if sha256_bytes(data) != self.sha256:  # the suite's name says the pixels of the scan: never others
+            raise OcclusionError(f"texture donor {self.path!r} changed during the build: build again")
+        pixels = decode_image(data, self.path)
         height, width = pixels.shape[:2]
         occupied = ~background_mask(yolo_to_xyxy(np.array(self.boxes), width, height), width, height)
         sums = np.zeros((height + 1, width + 1), dtype=np.int32 if height * width < 2**31 else np.int64)
