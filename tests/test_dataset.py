@@ -235,9 +235,12 @@ def test_symlinked_splits_and_folders_are_read_where_ultralytics_reads_them(data
 @pytest.mark.parametrize(("lines", "needle"), [
     (["./images/test/{0}", "./images/test/missing.jpg"], "line 2 ('./images/test/missing.jpg') names no file"),
     (["./images/test/{0}", "", "./images/test/{0}"], "line 3 ('./images/test/{0}') repeats line 1"),
+    (["./images/test/{0} "], "line 1 ('./images/test/{0} ') has spaces or a byte-order mark around the path"),
+    (["\ufeff./images/test/{0}"], "line 1 ('\\\\ufeff./images/test/{0}') has spaces or a byte-order mark"),
 ])
 def test_a_list_naming_a_missing_or_repeated_image_is_one_line(dataset: Path, lines: list[str], needle: str) -> None:
-    """A missing entry crashed the audit with a traceback (sha256 of no file); a repeated one was scored twice."""
+    """A missing entry crashed the audit with a traceback (sha256 of no file); a repeated one was scored twice; one
+    with a trailing space, or a byte-order mark, was counted by the audit and skipped by Ultralytics."""
     first = sorted((dataset.parent / "images" / "test").glob("*.jpg"))[0].name
     listed = dataset.parent / "test.list"                               # any file is a list to Ultralytics
     listed.write_text("\n".join(line.format(first) for line in lines) + "\n")

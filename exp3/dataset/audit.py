@@ -138,21 +138,25 @@ def list_split_images(spec: DataSpec, split: str) -> list[Path]:
 
 def _listed_images(source: Path, split: str) -> list[Path]:
     """The images of a list file, read as Ultralytics reads one (`./x` from the list's folder, another relative
-    entry from the working directory); `DatasetError` for a file that is no text, a line naming no file, or one
-    named twice (Ultralytics would skip the first as corrupt and score the second twice)."""
+    entry from the working directory); `DatasetError` for a file that is no text, a line naming no file, one with
+    spaces or a byte-order mark around its path (Ultralytics would skip that image), or one named twice (Ultralytics
+    would skip the first as corrupt and score the second twice)."""
     try:
-        text = source.read_text(encoding="utf-8-sig")
+        text = source.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as error:
         raise DatasetError(f"split '{split}' source {str(source)!r} is neither a folder nor a list of image paths "
                            f"({type(error).__name__}): point '{split}:' at a folder of images or a text file of paths")
     first_line: dict[Path, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        if not (line := line.strip()):
+        if not line.strip():
             continue
+        where = f"split '{split}' list {str(source)!r} line {number} ({line!r})"
+        if line != line.strip() or line.startswith("\ufeff"):
+            raise DatasetError(f"{where} has spaces or a byte-order mark around the path: Ultralytics would skip "
+                               "that image; remove them")
         entry = (source.parent / line[2:] if line.startswith("./") else Path(line)).absolute()
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        where = f"split '{split}' list {str(source)!r} line {number} ({line!r})"
         if not entry.is_file():
             raise DatasetError(f"{where} names no file: restore the image or remove the line")
         if entry in first_line:
