@@ -279,10 +279,13 @@ def test_a_session_that_does_not_match_its_manifest_is_left_out_with_the_reason(
     stale = write_session(tmp_path, "S2_occ_train", hand_records(), suite, manifest_sha="0" * 64)
     old = write_session(tmp_path, "S3_mask_backbone_early", hand_records(), suite)
     old.metrics.pop("data")
-    report = coverage.coverage_report(ReportData([good, stale, old], n_resamples=50))
+    other = write_session(tmp_path, "S4_mask_backbone_late", hand_records(), suite)
+    other.metrics["splits"]["test_occ_fixed"]["detection"] = {"tp": 999, "fp": 0, "fn": 0}  # not its file's counts
+    report = coverage.coverage_report(ReportData([good, stale, old, other], n_resamples=50))
     assert {curve.session for curve in report.curves} == {"S1_clean_train"}
     reasons = {session: reason for _, session, reason in report.problems}
     assert "sha256 differs" in reasons["S2_occ_train"] and "data.suite_dir" in reasons["S3_mask_backbone_early"]
+    assert "is not the file its metrics.json was computed from" in reasons["S4_mask_backbone_late"]
     text = "\n".join(coverage.coverage_markdown(report, ["yolov8m"]))
     assert "## Recall by covered fraction" in text and "yolov8m S2: " in text
     assert "| [0.4, 0.5) | 2 | 0.50 [" in text                 # detection, bin 4: 1 of 2

@@ -272,6 +272,9 @@ def _session_boxes(run: SessionRun, splits: Sequence[str], manifest_paths: Mappi
             conf = threshold_conf(run, split, threshold)
             if conf is None:
                 continue
+            if data.scores(run, split, threshold, suite_id) is None:
+                raise CoverageError(f"predictions_{split}.json is not the file its metrics.json was computed from "
+                                    "(report.md's warnings say why): evaluate the session again")
             frames.append(box_table(records, aligned[truth], int(part.num_classes), conf, split,
                                     data.matched(run, split, threshold, conf)).assign(threshold=threshold))
             excluded += sum(count for _, count in aligned[truth]) if threshold == THRESHOLDS[0] else 0
