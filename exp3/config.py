@@ -320,7 +320,14 @@ def read_config_layers(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     base_name = data.pop("base", None)
     if base_name is None:
         return data
-    return _deep_merge(read_config_layers(path.parent / str(base_name), (*_seen, path)), data)  # resolved there
+    base = read_config_layers(path.parent / str(base_name), (*_seen, path))  # resolved there
+    back = [name for name, entry in (data.get("models") or {}).items()  # defaults for the rest: pretrained weights
+            if isinstance(entry, dict) and "weights" not in entry and (base.get("models") or {}).get(name, ...) is None]
+    if back:
+        raise ConfigError(f"config file {str(path)!r}: model {back[0]!r} is removed by its base {base_name} "
+                          f"({back[0]}: null) and named again without weights: set models.{back[0]}.weights "
+                          "(null = from scratch, or the checkpoint to start from)")
+    return _deep_merge(base, data)
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -141,3 +141,19 @@ def test_null_removes_an_inherited_model(tmp_path: Path) -> None:
     assert list(load_config(None, ["models.rtdetr-l=null"]).models) == ["yolov8m"]
     with pytest.raises(ConfigError, match="at least one model"):
         load_config(None, ["models.rtdetr-l=null", "models.yolov8m=null"])
+
+
+def test_a_model_removed_by_a_base_comes_back_only_with_its_weights_said(tmp_path: Path) -> None:
+    """A file naming again a model its base removes (`yolov8m: null`) with some fields came back with the built-in
+    defaults for the rest: `yolov8m.pt`, pretrained, in a run meant to train from scratch (the --set form was already
+    refused). Saying `weights` (configs/pilot-gpu.yaml: null, from scratch) brings it back."""
+    (tmp_path / "base.yaml").write_text("models: {yolov8m: null}\n")
+    (tmp_path / "partial.yaml").write_text("base: base.yaml\nmodels: {yolov8m: {epochs: 16}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "partial.yaml")
+    assert str(caught.value) == (f"config file {str(tmp_path / 'partial.yaml')!r}: model 'yolov8m' is removed by its "
+                                 "base base.yaml (yolov8m: null) and named again without weights: set "
+                                 "models.yolov8m.weights (null = from scratch, or the checkpoint to start from)")
+    (tmp_path / "said.yaml").write_text("base: base.yaml\nmodels: {yolov8m: {weights: null, epochs: 16}}\n")
+    assert load_config(tmp_path / "said.yaml").models["yolov8m"].weights is None
+    assert load_config(REPO / "configs" / "pilot-gpu.yaml").models["yolov8m"].weights is None
