@@ -296,3 +296,21 @@ def test_a_done_seed_without_a_value_makes_the_seed_mean_missing_not_the_others_
     map50 = result.comparisons[(result.comparisons["metric"] == "map50") & (result.comparisons["session"] ==
                                                                            "S2_occ_train")].set_index("split")
     assert np.isnan(map50.loc["test_occ_fixed", "difference"]) and np.isfinite(map50.loc["test_clean", "difference"])
+
+
+def test_a_level_one_session_lacks_is_left_out_with_a_warning_and_the_others_keep_their_numbers(root: Path) -> None:
+    """S3 records no test_occ_sev1 (an update that did not finish): the curves hold test_occ_sev2 alone, numbered 2
+    (it was numbered 1 by its position, and report.md's crossings said 'severity 1'), and report.md says why."""
+    folder = root / "yolov8m" / "yolov8m__S3_mask_backbone_early"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["severity"]["levels"] = [level for level in metrics["severity"]["levels"]
+                                     if level["split"] != "test_occ_sev1"]
+    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {**json.loads((folder / "DONE").read_text()),
+                                        "metrics_sha256": sha256_file(folder / "metrics.json")})
+    result = report.build_report(root, ["yolov8m"], n_resamples=100, n_permutations=99, charts=False)
+    curves = result.severity_curves
+    assert sorted(set(zip(curves["severity"], curves["split"]))) == [(0, "test_clean"), (2, "test_occ_sev2")]
+    assert "severity, yolov8m: test_occ_sev1 left out (not recorded on one suite by every done session: mPC is " \
+           "over the others); run the sessions again to add it" in result.warnings
+    assert set(result.severity_table["levels"]) == {1}

@@ -24,7 +24,7 @@ from exp3.report.text import fmt, fmt_ci, fmt_p, markdown_table, short_session
 from exp3.schema import SeverityLevelView
 from exp3.session.layout import SessionState
 from exp3.sessions import REFERENCES, SESSION_LABELS, SESSION_SUFFIXES
-from exp3.splits import CLEAN_SPLIT
+from exp3.splits import CLEAN_SPLIT, severity_level
 
 CURVE_METRICS: tuple[str, ...] = ("ingredient_micro_f1", "map50")
 """The metrics the report draws and tests (F1-vs-severity and mAP50-vs-severity)."""
@@ -71,9 +71,15 @@ def severity_tables(data: ReportData, models: list[str],
     table_rows: list[dict[str, Any]] = []
     for model in models:
         levels = common_levels(data.model_runs(model))
+        recorded = {level.split for run in data.model_runs(model) if run.status == SessionState.DONE
+                    for level in run.view.severity.levels if level.split}
+        if left_out := sorted(recorded - {level.split for level in levels}, key=severity_level):
+            data.warnings.append(f"severity, {model}: {', '.join(left_out)} left out (not recorded on one suite by "
+                                 "every done session: mPC is over the others); run the sessions again to add it")
         if not levels:
             continue
         splits = [CLEAN_SPLIT, *(level.split for level in levels)]
+        severities = [0, *(int(level.level) for level in levels)]
         coverage = ["clean", *(f"{level.coverage[0]:g}-{level.coverage[1]:g}" for level in levels)]
         suites = {level.split: level.suite_id for level in levels}
         for metric in CURVE_METRICS:
@@ -102,7 +108,7 @@ def severity_tables(data: ReportData, models: list[str],
                             diff_low, diff_high = stats.finite_interval(entry.draws[:, index]
                                                                         - reference.draws[:, index])
                     curve_rows.append({"model": model, "session": suffix, "session_label": SESSION_LABELS[suffix],
-                                       "metric": metric, "severity": index, "split": split,
+                                       "metric": metric, "severity": severities[index], "split": split,
                                        "coverage": coverage[index], "value": value, "ci_low": low, "ci_high": high,
                                        "diff_vs_S1": diff, "diff_ci_low": diff_low, "diff_ci_high": diff_high,
                                        "n_images": n_images})
