@@ -197,6 +197,16 @@ def test_killed_session_resumes_from_its_own_last_pt_with_masking(tmp_path: Path
     assert all(row["sites"]["backbone_late"]["batches"] > 0 for row in metrics["masking"]["stats"]["epochs"])
 
 
+def test_the_val_chosen_threshold_ties_to_the_configured_primary_threshold(tmp_path: Path) -> None:
+    """eval.conf 0.3 and a one-epoch model whose val F1 is the same at every candidate: the tie went to a hard-coded
+    0.25, not to the primary threshold docs/thresholds.md names (a model that finds nothing keeps it)."""
+    output = tmp_path / "out"
+    config = load_config(_write_config(tmp_path / "c.yaml", output, {"eval": {"conf": 0.3}}))
+    metrics = run_session(config, Session("yolov8n", "S1_clean_train"), output)
+    assert metrics.thresholds.val_f1_at_val_chosen == metrics.thresholds.val_f1_at_primary  # a tie on val
+    assert metrics.thresholds.primary == 0.3 and metrics.thresholds.val_chosen == 0.3
+
+
 def test_failed_training_leaves_failed_marker_and_no_done(tmp_path: Path) -> None:
     output = tmp_path / "out"
     broken = tmp_path / "broken.pt"

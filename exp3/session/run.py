@@ -157,7 +157,7 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
     save_split_files(val, paths.predictions(VAL_SPLIT), {"schema_version": SCHEMA_VERSION, "session": session.name,
                                                          "split": VAL_SPLIT, "checkpoint": str(checkpoint)})
     val_records = records_from_json(val.records)
-    chosen = choose_threshold(val_records, len(names))
+    chosen = choose_threshold(val_records, len(names), prefer=config.eval.conf)  # ties: to the primary threshold
     splits: dict[str, SplitMetrics] = {}
     evaluations: dict[str, SeverityEvaluation] = {}
     for split in prepared.test_splits():
