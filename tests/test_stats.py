@@ -82,6 +82,16 @@ def test_permutation_pvalue_close_to_scipy_random_test() -> None:
     assert stats.permutation_pvalue(a, b, n_permutations=50000) == pytest.approx(expected, abs=0.015)
 
 
+def test_a_nan_score_gives_no_p_value_not_the_smallest_one() -> None:
+    """NaN compares false both ways: p came out 2 / (P + 1) (0 for an exact test), and BH counted it as a test."""
+    scores = np.random.default_rng(3).random(12)
+    with_nan = scores.copy()
+    with_nan[4] = np.nan
+    assert np.isnan(stats.permutation_pvalue(with_nan, scores, stats.mean_statistic))
+    assert np.isnan(stats.two_level_permutation_pvalue(with_nan[None, :], scores[None, :]))
+    assert np.isfinite(stats.permutation_pvalue(scores[::-1], scores, stats.mean_statistic))
+
+
 def test_benjamini_hochberg_matches_hand_computation_and_keeps_nan() -> None:
     # sorted 0.01, 0.03, 0.04, 0.20 -> raw 0.04, 0.06, 0.0533, 0.20 -> running min from the top
     adjusted = stats.benjamini_hochberg(np.array([0.01, 0.04, np.nan, 0.03, 0.20]))

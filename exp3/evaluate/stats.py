@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
-from math import comb
+from math import comb, isfinite
 from typing import Callable
 
 import numpy as np
@@ -178,7 +178,10 @@ def permutation_pvalue(values_a: np.ndarray, values_b: np.ndarray, statistic: St
 
 
 def _two_sided_p(null: np.ndarray, observed: float, exact: bool) -> float:
-    """2 * min(P(null <= observed), P(null >= observed)), capped at 1; (k + 1) / (P + 1) unless exact."""
+    """2 * min(P(null <= observed), P(null >= observed)), capped at 1; (k + 1) / (P + 1) unless exact. NaN when a
+    value is not finite (a NaN compares false both ways: it read as the smallest p there is)."""
+    if not (isfinite(observed) and np.isfinite(null).all()):
+        return float("nan")
     tolerance = 1e-12 * max(1.0, abs(observed))
     less, greater = np.sum(null <= observed + tolerance), np.sum(null >= observed - tolerance)
     observed_too = 0 if exact else 1
