@@ -313,13 +313,25 @@ def test_a_fanned_out_session_out_of_memory_is_retried(tmp_path: Path, monkeypat
     job = _plan(_config(output_root=tmp_path), deployment="exp3-session/exp3-session")[0]
     job.paths.folder.mkdir(parents=True)
     ended = SimpleNamespace(name="x", state=SimpleNamespace(name="Failed", is_completed=lambda: False))
-    monkeypatch.setattr(live, "run_deployment", lambda **kwargs: ended)
+    written: list[str] = []  # the marker the session's flow run writes (an earlier one is not its reason)
+
+    def run_deployment(**kwargs: object) -> SimpleNamespace:
+        if written:
+            job.paths.failed_marker.write_text(json.dumps({"error": written[-1]}))
+        return ended
+
+    monkeypatch.setattr(live, "run_deployment", run_deployment)
     for error, transient in (("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB", True),
                              ("ValueError: boom", False)):
-        job.paths.failed_marker.write_text(json.dumps({"error": error}))
+        written.append(error)
         with pytest.raises(SessionError) as failed:
             live._run_via_deployment(job, None)
         assert failed.value.transient is transient
+    written.clear()  # an earlier run's out-of-memory marker, none written now: neither retried nor named
+    job.paths.failed_marker.write_text(json.dumps({"error": "torch.OutOfMemoryError: CUDA out of memory."}))
+    with pytest.raises(SessionError) as failed:
+        live._run_via_deployment(job, None)
+    assert failed.value.transient is False
     # its worker's machine lost: Prefect's heartbeat automation (deployments/crash_lost_runs.py) marks it Crashed;
     # no FAILED marker: stopped, resumable, not a failure to fix with --rerun-failed
     job.paths.failed_marker.unlink()

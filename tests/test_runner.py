@@ -222,6 +222,28 @@ def test_a_session_refused_without_a_failed_marker_says_its_own_line(tmp_path: P
     assert exit_reason(3, log) == "session exited with code 3"
 
 
+def test_an_earlier_runs_failed_marker_is_not_this_attempts_reason(tmp_path: Path) -> None:
+    """--rerun-failed on a session whose FAILED marker says out of memory, refused this time (held by a run by hand):
+    the flow gave the old out-of-memory error as this attempt's reason, and retried it at half batch."""
+    import pytest
+
+    from exp3.config import load_config, write_resolved_config
+    from exp3.fileio import atomic_write_json
+    from exp3.grid.runner import SessionError, run_session_subprocess
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "smoke.yaml", [f"output_root={tmp_path}"])
+    job = SessionJob(model="yolov8m", suffix="S1_clean_train", cache_key="k", output_root=str(tmp_path),
+                     config_path=str(write_resolved_config(config, tmp_path)), epochs=1, batch=4, rerun_failed=True)
+    job.paths.folder.mkdir(parents=True)
+    job.paths.write_inputs({}, "k")
+    atomic_write_json(job.paths.failed_marker, {"session": job.name, "time": "yesterday",
+                                                "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate"})
+    with job.paths.session_lock("python -m exp3.session (by hand)"), pytest.raises(SessionError) as caught:
+        run_session_subprocess(job)
+    assert "is in use by pid" in str(caught.value) and "out of memory" not in str(caught.value)
+    assert not caught.value.transient                            # no retry at half batch: nothing ran out of memory
+
+
 def test_adding_evaluations_to_a_done_session_replays_no_epochs(tmp_path: Path, monkeypatch) -> None:
     """A done session short of a configured severity level runs the session CLI to evaluate it, without
     training: the live view must not log its old epochs as if it were training (seen on the pilot)."""

@@ -140,17 +140,21 @@ def fan_out_problem(deployment: str, width: int) -> str | None:
 
 def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResult:
     """Run the session as its own flow run of `job.deployment` (on a GPU work pool) and wait for it."""
+    earlier = job.paths.failure()  # an earlier run's marker (--rerun-failed): never this run's reason
     flow_run = run_deployment(name=job.deployment, timeout=None, flow_run_name=job.name,
                               parameters={"job": job.model_copy(update={"deployment": None}).model_dump(mode="json"),
                                           "retry_batch": retry_batch})
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
-        if state in ("Crashed", "Cancelled") and not job.paths.failed_marker.is_file():  # no error of its own
+        record = job.paths.failure()
+        if record == earlier:  # the session wrote no marker: the earlier one is not this run's reason
+            record = None
+        if state in ("Crashed", "Cancelled") and record is None:  # no error of its own
             raise SessionError(f"{job.name}: {STOPPED}its flow run {flow_run.name} ending {state} (its worker's "
                                "machine lost, or a cancel); its training goes on from its last saved epoch, if any, "
                                "when you run the same command again")
         raise SessionError(f"{job.name}: flow run {flow_run.name} of {job.deployment} ended {state}",
-                           transient=worth_retrying(job, job.paths.failure(), retry_batch))  # out of memory
+                           transient=worth_retrying(job, record, retry_batch))  # out of memory
     return job.result(SessionState.DONE, wall_s=flow_run.total_run_time.total_seconds())
 
 

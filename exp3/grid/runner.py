@@ -157,6 +157,7 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         with paths.session_lock("exp3 flow"):
             moved = paths.move_aside() if paths.state(cache_key) == SessionState.STALE else None
     paths.logs.mkdir(parents=True, exist_ok=True)
+    earlier = paths.failure()  # an earlier run's marker (--rerun-failed): never this attempt's reason
     start = time.perf_counter()
     with open(paths.logs / "session.log", "ab") as log:
         log.write(b"\n")
@@ -181,7 +182,9 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
     if process.returncode == 0:
         raise SessionError(f"{job.name}: the session finished under another key than {cache_key} "
                            f"(see {paths.inputs}): report this as a bug")
-    record = paths.failure() or {}
-    error = record.get("error") or exit_reason(process.returncode, paths.logs / "session.log")
+    record = paths.failure()
+    if record == earlier:  # the session wrote no marker (refused, stopped): the earlier one is not its reason
+        record = None
+    error = (record or {}).get("error") or exit_reason(process.returncode, paths.logs / "session.log")
     raise SessionError(f"{job.name}: {error} (logs in {paths.logs})",
                        transient=worth_retrying(job, record, retry_batch))
