@@ -40,3 +40,22 @@ def test_reaping_ends_only_orphaned_ephemeral_servers_of_this_home(tmp_path: Pat
                 os.kill(pid, 9)
             except OSError:
                 pass
+
+
+def test_no_server_is_reaped_while_a_run_holds_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a container the flow is PID 1, so its live API server's parent is "init": a second command on the root
+    (even --dry-run) ended it, and the running flow lost its API (ConnectError)."""
+    from exp3.grid import flowenv
+    from exp3.session.runlock import RootLock
+
+    asked: list[Path] = []
+    monkeypatch.setattr(flowenv, "reap_orphaned_prefect_servers", lambda home: asked.append(home) or [])
+    monkeypatch.setattr(flowenv, "apply_offline_environment", lambda root: None)
+    for name, value in {"PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
+        monkeypatch.setenv(name, value)                          # as the flow sets them; restored after the test
+    with RootLock(tmp_path, command="exp3 flow"):
+        assert flowenv.configure_flow_environment(tmp_path) == [] and asked == []
+    flowenv.configure_flow_environment(tmp_path)
+    assert asked == [tmp_path / ".prefect"]                      # no run holds it: a killed run's orphans are ended

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 
+from exp3.session.runlock import RootLock
 from exp3.train.offline import apply_offline_environment
 
 EPHEMERAL_SERVER_MARKS: tuple[str, ...] = ("uvicorn", "prefect.server.api.server")
@@ -18,13 +19,16 @@ EPHEMERAL_SERVER_MARKS: tuple[str, ...] = ("uvicorn", "prefect.server.api.server
 
 
 def configure_flow_environment(output_root: Path) -> list[int]:
-    """Set the variables above for this process and its children; return the pids of reaped orphans."""
+    """Set the variables above for this process and its children; return the pids of reaped orphans (none while a
+    run holds the root's lock)."""
     home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(output_root).absolute() / ".prefect")))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     apply_offline_environment(output_root)
     home.mkdir(parents=True, exist_ok=True)
+    if RootLock(output_root).is_live():  # a run of this root is alive, and its server with it (its parent looks like
+        return []                        # init where the flow is PID 1, in a container)
     return reap_orphaned_prefect_servers(home)
 
 
