@@ -350,7 +350,8 @@ def test_a_session_process_logs_its_command_line_and_exit(tmp_path: Path) -> Non
 def test_a_signal_ends_the_sessions_before_the_root_lock_goes(tmp_path: Path) -> None:
     """Prefect turns SIGTERM into an exception in the flow's thread: `with RootLock(...)` released the lock at once
     while the session process trained on to its end, so a second run took the root under it. Now the session
-    processes this process started are ended (and waited for) first, inside the lock."""
+    processes this process started are ended (and waited for) first, inside the lock, and a session task that was
+    still starting up starts none after that (it did, and trained to its end with the lock free)."""
     import pytest
 
     from exp3.grid import runner
@@ -364,7 +365,12 @@ def test_a_signal_ends_the_sessions_before_the_root_lock_goes(tmp_path: Path) ->
             with RootLock(tmp_path, command="exp3 flow"), runner.sessions_end_first():
                 raise KeyboardInterrupt  # what the signal raises in the flow's thread
         seen.append(session.poll())
+        job = _job(tmp_path)  # its task past its start-up as the signal came: it starts no session after the sweep
+        with pytest.raises(runner.SessionError, match=rf"^{job.name}: {runner.STOPPED}the flow's stop before it"):
+            runner.run_session_subprocess(job)
+        seen.append("==== " in (job.paths.logs / "session.log").read_text())
     finally:
         session.kill()
         runner._RUNNING.discard(session)
-    assert seen == [-signal.SIGTERM] and not RootLock(tmp_path).is_live()
+        runner._STOPPING.clear()
+    assert seen == [-signal.SIGTERM, False] and not RootLock(tmp_path).is_live()

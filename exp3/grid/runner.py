@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -29,6 +30,8 @@ finds no memory for a convolution."""
 DEFAULT_BATCH = 16  # Ultralytics' default batch, halved on an out-of-memory retry when `train.batch` is unset
 STOP_WAIT_S = 30.0  # how long `sessions_end_first` waits for a terminated session before it kills it
 _RUNNING: set[subprocess.Popen] = set()  # the session processes this process started that have not ended
+_STOPPING = threading.Event()  # set by `sessions_end_first`'s sweep: no session starts after it
+_STARTING = threading.Lock()  # a session's start and the sweep, never both at once
 
 
 class SessionError(RuntimeError):
@@ -121,9 +124,12 @@ def sessions_end_first() -> Iterator[None]:
     """Left with an exception (Prefect's SIGTERM, Ctrl-C), end the session processes this process started, and wait
     for them, before going on: inside the root lock, so that it is never released while a session of this run still
     trains (a second run would take it and rewrite plan.json under that session)."""
+    _STOPPING.clear()
     try:
         yield
     except BaseException:
+        with _STARTING:  # a session task past its start-up but not yet started: it starts none now
+            _STOPPING.set()
         for process in list(_RUNNING):
             process.terminate()
         for process in list(_RUNNING):
@@ -163,8 +169,12 @@ def run_session_subprocess(job: SessionJob, retry_batch: int | None = None,
         log.write(b"\n")
         if moved is not None:
             log.write(f"==== results made under other inputs moved aside to {moved} ====\n".encode())
-        process = start_session_process(session_arguments(job, retry_batch), session_environment(job), log)
-        _RUNNING.add(process)
+        with _STARTING:
+            if _STOPPING.is_set():
+                raise SessionError(f"{job.name}: {STOPPED}the flow's stop before it started; it starts when you run "
+                                   "the same command again")
+            process = start_session_process(session_arguments(job, retry_batch), session_environment(job), log)
+            _RUNNING.add(process)
         try:
             while process.poll() is None:
                 try:
