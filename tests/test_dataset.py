@@ -173,10 +173,12 @@ def test_images_ultralytics_would_skip_or_rewrite_are_those_its_check_image_refu
 
 def test_a_split_lists_the_images_ultralytics_loads(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ultralytics' own listing (`BaseDataset.get_img_files`) and exp3's agree: a phone's .mpo is an image of the
-    split, macOS's `._x.jpg` and a hidden folder's files are not (exp3 once listed the second and missed the first)."""
+    split, macOS's `._x.jpg` and a hidden folder's files are not (exp3 once listed the second and missed the first);
+    so do the labels of a list's entries (`img2label_paths`)."""
     from types import SimpleNamespace
 
     from ultralytics.data.base import BaseDataset
+    from ultralytics.data.utils import img2label_paths
 
     train = dataset.parent / "images" / "train"
     source = sorted(train.glob("*.jpg"))[0]
@@ -192,12 +194,21 @@ def test_a_split_lists_the_images_ultralytics_loads(dataset: Path, monkeypatch: 
     listed.parent.mkdir()
     (listed.parent / "images").symlink_to(train)
     other = sorted(train.glob("train_*.jpg"))[1]
-    listed.write_text(f"./images/{source.name}\nimages/train/{other.name}\nimages/notes.txt\n")
+    listed.write_text(f"./images/{source.name}\n{dataset.parent.name}/images/train/{other.name}\nimages/notes.txt\n")
     spec = yaml.safe_load(dataset.read_text())
     dataset.write_text(yaml.safe_dump({**spec, "train": str(listed)}))
-    monkeypatch.chdir(dataset.parent)
+    monkeypatch.chdir(dataset.parent.parent)
     theirs = sorted(str(Path(path).absolute()) for path in BaseDataset.get_img_files(loader, str(listed)))
-    assert [str(path) for path in list_split_images(read_data_yaml(dataset), "train")] == theirs
+    ours = list_split_images(read_data_yaml(dataset), "train")
+    assert [str(path) for path in ours] == theirs
+    assert [label_path_for(path) for path in ours] == [Path(path).absolute() for path in img2label_paths(
+        sorted(BaseDataset.get_img_files(loader, str(listed)), key=lambda path: str(Path(path).absolute())))]
+    # from the dataset's folder, `images/train/x.jpg` has no '/images/' in its text: Ultralytics looks for its label
+    # beside the image (none there: "No labels found") while the audit read labels/train/x.txt: refused
+    monkeypatch.chdir(dataset.parent)
+    listed.write_text(f"images/train/{other.name}\n")
+    with pytest.raises(DatasetError, match="is relative to the working directory with no '/images/' in it"):
+        list_split_images(read_data_yaml(dataset), "train")
     assert len(theirs) == 2 and theirs[0] != theirs[1]
 
 

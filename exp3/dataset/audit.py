@@ -139,8 +139,9 @@ def list_split_images(spec: DataSpec, split: str) -> list[Path]:
 def _listed_images(source: Path, split: str) -> list[Path]:
     """The images of a list file, read as Ultralytics reads one (`./x` from the list's folder, another relative
     entry from the working directory); `DatasetError` for a file that is no text, a line naming no file, one with
-    spaces or a byte-order mark around its path (Ultralytics would skip that image), or one named twice (Ultralytics
-    would skip the first as corrupt and score the second twice)."""
+    spaces or a byte-order mark around its path (Ultralytics would skip that image), a relative one whose label
+    Ultralytics would look for elsewhere than exp3, or one named twice (Ultralytics would skip the first as corrupt
+    and score the second twice)."""
     try:
         text = source.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as error:
@@ -159,6 +160,11 @@ def _listed_images(source: Path, split: str) -> list[Path]:
             continue
         if not entry.is_file():
             raise DatasetError(f"{where} names no file: restore the image or remove the line")
+        if not line.startswith("./") and not Path(line).is_absolute() and f"{os.sep}images{os.sep}" not in line \
+                and label_path_for(entry).parent != entry.parent:  # Ultralytics' img2label_paths on the line's text
+            raise DatasetError(f"{where} is relative to the working directory with no '/images/' in it: Ultralytics "
+                               "then looks for its label beside the image, not under labels/; write the line as "
+                               "./<path from the list's folder> or as an absolute path")
         if entry in first_line:
             raise DatasetError(f"{where} repeats line {first_line[entry]}: remove the repeated line")
         first_line[entry] = number
