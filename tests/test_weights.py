@@ -79,6 +79,24 @@ def test_an_asset_name_found_in_the_cwd_is_checked_too(tiny_yolo_checkpoint: Pat
         resolve_weights("yolov8m", config.models["yolov8m"].architecture, config.models["yolov8m"].weights)
 
 
+def test_a_file_ultralytics_would_swap_for_its_yolov5u_name_is_refused(tiny_yolo_checkpoint: Path) -> None:
+    """`/content/drive/MyDrive/yolov5n.pt` (a path with no letter u): Ultralytics loads yolov5nu.pt beside it, while
+    the record and the key held the sha256 of the file configured."""
+    folder = Path("/tmp") / f"exp3-w5-{os.getpid()}"           # Ultralytics renames only paths with no 'u' in them
+    try:
+        folder.mkdir()
+        for name in ("yolov5n.pt", "yolov5nu.pt"):
+            shutil.copyfile(tiny_yolo_checkpoint, folder / name)
+        with pytest.raises(WeightsError, match=rf"Ultralytics loads '{folder}/yolov5nu.pt' in place of a file of that "
+                                               "name .* rename the file, e.g. to yolov5n-weights.pt"):
+            resolve_weights("yolov5n", "yolov8n.yaml", folder / "yolov5n.pt")
+        shutil.move(folder / "yolov5n.pt", folder / "yolov5n-weights.pt")
+        assert resolve_weights("yolov5n", "yolov8n.yaml", folder / "yolov5n-weights.pt").sha256 == \
+            sha256_file(folder / "yolov5n-weights.pt")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_a_session_with_mismatched_weights_is_refused_before_anything_is_written(tiny_yolo_checkpoint: Path,
                                                                                  tmp_path: Path) -> None:
     from exp3.session.run import run_session

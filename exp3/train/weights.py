@@ -79,6 +79,12 @@ _CHECKED: set[tuple[str, str]] = set()
 
 def _checked(model_name: str, architecture: str, configured: str, file: Path, origin: WeightsOrigin) -> ResolvedWeights:
     """The weights in `file`, once `check_architecture` finds them of `architecture` (once per process and content)."""
+    from ultralytics.utils.checks import check_yolov5u_filename  # lazy: Ultralytics after apply_offline_environment
+
+    if (loaded := check_yolov5u_filename(str(file), verbose=False)) != str(file):  # it loads that file, or downloads it
+        raise WeightsError(f"weights {configured!r} of model {model_name!r}: Ultralytics loads {loaded!r} in place of "
+                           f"a file of that name (its YOLOv5u rename): rename the file, e.g. to "
+                           f"{file.stem}-weights.pt, so that the weights recorded are the weights trained")
     weights = ResolvedWeights(str(file), sha256_file(file), origin, configured)
     if (weights.sha256, architecture) not in _CHECKED:
         check_architecture(model_name, architecture, weights)
