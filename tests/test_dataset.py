@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -44,9 +45,9 @@ def _malformed(root: Path) -> None:
         handle.write("3 0.5 0.5\n")
 
 
-def _out_of_bounds(root: Path) -> None:
+def _out_of_bounds(root: Path, cx: float = 0.95) -> None:
     with _first_label(root).open("a") as handle:
-        handle.write("1 0.95 0.5 0.2 0.1\n")
+        handle.write(f"1 {cx} 0.5 0.2 0.1\n")
 
 
 def _corrupt_image(root: Path) -> None:
@@ -292,7 +293,7 @@ def test_cli_exit_codes_summary_lines_and_json(dataset: Path, tmp_path: Path) ->
     assert ok.returncode == 0 and "audit OK" in ok.stdout
     _bad_class(dataset.parent)
     _out_of_bounds(dataset.parent)
-    _out_of_bounds(dataset.parent)
+    _out_of_bounds(dataset.parent, cx=0.96)  # another row: the same one twice is one box, as Ultralytics reads it
     report_path = tmp_path / "report.json"
     bad = subprocess.run([sys.executable, "-m", "exp3.dataset", "audit", "--data", str(dataset),
                           "--json", str(report_path)], capture_output=True, text=True)
@@ -445,3 +446,19 @@ def test_label_parser_boxes_and_byte_order_mark() -> None:
     assert rows[0].box == pytest.approx((0.3, 0.5, 0.4, 0.6))
     rows, malformed = parse_label_text("2 0.5 0.5 0.2 0.4\n3 0.5\n")
     assert rows[0].box == (0.5, 0.5, 0.2, 0.4) and not rows[0].is_polygon and malformed == [(2, "2 values")]
+
+
+def test_duplicate_label_rows_are_dropped_as_ultralytics_drops_them(dataset: Path) -> None:
+    """Ultralytics scores one box of a row written twice (or twice up to float32); exp3 kept both: the audit counted
+    two instances, and the occluder drew two rectangles over the one box (covered 0.52 for targets 0.46 and 0.34)."""
+    from ultralytics.data.utils import verify_image_label
+
+    from exp3.dataset.labels import parse_label_text
+
+    image = sorted((dataset.parent / "images" / "train").glob("*.jpg"))[0]
+    label = label_path_for(image)
+    label.write_text("1 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n1 0.50000001 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n")
+    rows, malformed = parse_label_text(label.read_text())
+    theirs = verify_image_label((str(image), str(label), "", False, 10, 0, 0, False))[1]
+    assert [(row.line, row.class_id) for row in rows] == [(1, 1), (4, 2)] and malformed == []
+    np.testing.assert_allclose(sorted((row.class_id, *row.box) for row in rows), theirs, atol=1e-7)

@@ -8,6 +8,8 @@ Ultralytics (`ultralytics/data/utils.py::verify_image_label`, `utils/ops.py::seg
 - a file is a segment file when any row has more than six values; a box row in it makes
   Ultralytics drop the whole image ("labels mix segment and detection rows"), so it is malformed;
 - any other count (fewer than 5, 6, or an even count above 6) is malformed: Ultralytics drops the image;
+- a row whose class and box equal an earlier row's in float32 is a duplicate: Ultralytics drops it, and so does
+  `parse_label_text` (the audit counts, and the occluder covers, the boxes Ultralytics scores);
 - a leading UTF-8 byte-order mark is ignored.
 
 Range checks (class ids, coordinates) belong to the caller: `parse_label_text` only parses.
@@ -16,6 +18,8 @@ Range checks (class ids, coordinates) belong to the caller: `parse_label_text` o
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 BOX_VALUES = 5
 MIN_POLYGON_VALUES = 7
@@ -64,6 +68,7 @@ def parse_label_text(text: str) -> tuple[list[LabelRow], list[tuple[int, str]]]:
     segment_file = any(len(fields) > BOX_VALUES + 1 for _, fields in lines)
     rows: list[LabelRow] = []
     malformed: list[tuple[int, str]] = []
+    seen: set[tuple[float, ...]] = set()  # class and box in float32, as Ultralytics' np.unique compares them
     for number, fields in lines:
         try:
             values = [float(value) for value in fields]
@@ -76,7 +81,10 @@ def parse_label_text(text: str) -> tuple[list[LabelRow], list[tuple[int, str]]]:
         if values[0] != int(values[0]):
             malformed.append((number, f"class {fields[0]!r} is not an integer"))
             continue
-        rows.append(LabelRow(number, int(values[0]), tuple(values[1:])))
+        row = LabelRow(number, int(values[0]), tuple(values[1:]))
+        if (key := tuple(np.float32([row.class_id, *row.box]).tolist())) not in seen:
+            seen.add(key)
+            rows.append(row)
     return rows, malformed
 
 
