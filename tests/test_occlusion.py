@@ -625,3 +625,31 @@ def test_an_image_of_more_than_8_bits_is_refused_not_whitened(tmp_path: Path) ->
     assert cv2.imread(str(path)).mean() == pytest.approx(127.5, abs=1)       # what the model sees: mid-grey
     with pytest.raises(OcclusionError, match="I;16 pixels, not 8 bits: convert it"):
         decode_image(path.read_bytes(), path.name)
+
+
+def test_images_decode_as_ultralytics_reads_them_orientation_included(tmp_path: Path) -> None:
+    """EXIF orientation 6 in a JPEG, PNG, WebP or TIFF turns the image for cv2 and for exp3 alike; one Pillow reads
+    from XMP or from a PNG's "Raw profile type exif" text (ImageMagick's) turned exp3's copy only: the occluded image
+    was written rotated, its boxes drawn in the rotated frame, under the clean image's labels."""
+    from PIL import PngImagePlugin
+    from ultralytics.utils.patches import imread
+
+    from exp3.occlusion.codec import decode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    profile, in_xmp = PngImagePlugin.PngInfo(), PngImagePlugin.PngInfo()
+    profile.add_text("Raw profile type exif", "\nexif\n%8d\n%s\n" % (len(raw), raw.hex()), zip=True)
+    in_xmp.add_itxt("XML:com.adobe.xmp", xmp)
+    for name, options in {"exif.jpg": {"exif": raw, "quality": 95}, "exif.png": {"exif": raw},
+                          "exif.webp": {"exif": raw, "lossless": True}, "exif.tif": {"exif": raw},
+                          "profile.png": {"pnginfo": profile}, "xmp.png": {"pnginfo": in_xmp},
+                          "xmp.jpg": {"xmp": xmp.encode(), "quality": 95}}.items():
+        Image.fromarray(pixels).save(tmp_path / name, **options)
+        ours, theirs = decode_image((tmp_path / name).read_bytes(), name), imread(str(tmp_path / name))[..., ::-1]
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), name
+        assert ours.shape[:2] == ((60, 40) if name.startswith("exif") else (40, 60)), name

@@ -13,6 +13,19 @@ PNG_COMPRESS_LEVEL = 1
 """zlib level of PNG outputs: lossless at any level; 1 trades a slightly larger file for much less time than
 Pillow's default 6 (suites write thousands of images)."""
 JPEG_QUALITY = 95
+ORIENTATION = 0x0112
+"""The EXIF orientation tag."""
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The orientation cv2.imread applies: its EXIF block's (a TIFF's own tags), never one Pillow's `getexif` takes
+    from XMP or from a PNG's "Raw profile type exif" text (ImageMagick's), which cv2 ignores."""
+    if image.format == "TIFF":
+        return image.getexif().get(ORIENTATION, 1)
+    exif = Image.Exif()
+    if raw := image.info.get("exif"):
+        exif.load(raw)
+    return exif.get(ORIENTATION, 1)
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -22,7 +35,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
             if image.mode.startswith("I") or image.mode == "F":  # Pillow's RGB conversion would clip it to white
                 raise OcclusionError(f"image {name!r} has {image.mode} pixels, not 8 bits: convert it to 8 bits as "
                                      "Ultralytics reads it (e.g. cv2.imwrite(p, cv2.imread(p)))")
-            if image.getexif().get(0x0112, 1) != 1:
+            if _exif_orientation(image) != 1:
                 image = ImageOps.exif_transpose(image)
             return np.array(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
