@@ -72,7 +72,7 @@ def severity_tables(data: ReportData, models: list[str],
     for model in models:
         levels = common_levels(data.model_runs(model))
         recorded = {level.split for run in data.model_runs(model) if run.status == SessionState.DONE
-                    for level in run.view.severity.levels if level.split}
+                    for level in run.view.severity.levels if severity_level(level.split or "")}
         if left_out := sorted(recorded - {level.split for level in levels}, key=severity_level):
             data.warnings.append(f"severity, {model}: {', '.join(left_out)} left out (not recorded on one suite by "
                                  "every done session: mPC is over the others); run the sessions again to add it")
