@@ -200,13 +200,16 @@ def test_verify_detects_flipped_byte_missing_and_extra_files(suite: Path, tmp_pa
     missing = next((copy / "test_clean" / "labels").iterdir())
     missing.unlink()
     (copy / "test_clean" / "images" / "stray.jpg").write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (copy / "test_clean" / "images" / "more").symlink_to(tmp_path / "elsewhere")  # Ultralytics' glob follows it
     (copy / "test_clean" / "labels.cache").write_bytes(b"ultralytics cache")  # tolerated
     (copy / "test_occ_fixed" / "images" / ".DS_Store").write_bytes(b"a file manager's")  # tolerated: Ultralytics'
     # listing (glob of *.*) never reads a hidden file; it blocked the run, "delete the suite and build again"
     problems = [p for p in verify_occlusion_suite(copy) if "moved" not in p]
     rel = lambda p: p.relative_to(copy).as_posix()  # noqa: E731
     assert sorted(problems) == sorted(
-        [f"modified file {rel(target)}", f"missing file {rel(missing)}", "extra file test_clean/images/stray.jpg"]
+        [f"modified file {rel(target)}", f"missing file {rel(missing)}", "extra file test_clean/images/stray.jpg",
+         "link test_clean/images/more (a suite holds files only: Ultralytics would read what it points to)"]
     )
 
 

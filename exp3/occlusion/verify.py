@@ -88,4 +88,6 @@ def verify_occlusion_suite(suite_dir: Path) -> list[str]:
         elif sha256_file(present[rel]) != expected[rel]:
             problems.append(f"modified file {rel}")
     problems += [f"extra file {rel}" for rel in sorted(set(present) - set(expected))]
+    problems += [f"link {path.relative_to(suite_dir).as_posix()} (a suite holds files only: Ultralytics would read "
+                 "what it points to)" for path in sorted(suite_dir.rglob("*")) if path.is_symlink()]
     return problems + _check_yaml_paths(suite_dir, manifest)
