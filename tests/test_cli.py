@@ -57,6 +57,17 @@ def test_dry_run_lists_the_grid_without_a_flow(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert f"exp3 dry run: 2 sessions under {tmp_path}" in out and "rtdetr-l__S1_clean_train" in out
     assert "pending" in out and not (tmp_path / "yolov8m").exists()
+    # a done folder before this config's dataset exists (another synthetic seed made it?): not known, never "done"
+    from exp3.session.layout import SessionPaths
+    from exp3.sessions import Session
+
+    paths = SessionPaths.of(tmp_path, Session("yolov8m", "S1_clean_train"))
+    paths.folder.mkdir(parents=True)
+    paths.metrics.write_text("{}")
+    paths.write_done("k", {})
+    assert run(config, args, lambda **_: pytest.fail("no flow on a dry run")) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "yolov8m__S1_clean_train" in line)
+    assert line.split()[1:3] == ["unknown", "?/?"]
 
 
 def test_a_failed_flow_state_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

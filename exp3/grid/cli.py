@@ -148,8 +148,10 @@ def dry_run(config: ExperimentConfig, grid: list[Session], weights: dict[str, st
     print(f"  models: {', '.join(weights)} "
           f"(configured: {', '.join(config.models)}; `<name>: null` in a config file removes an inherited one)")
     for session, status in zip(grid, grid_status(config, root, grid, keys)):
-        print(f"  {session.name:<40} {status.state:<8} {status.epochs_done}/{status.epochs_total}  "
-              f"{keys.get(session.name, '-')}")
+        # without keys a folder's state is not known: made under this dataset, or under another one?
+        state = status.state if ready or status.state == SessionState.PENDING else "unknown"
+        epochs = "/".join("?" if count is None else str(count) for count in (status.epochs_done, status.epochs_total))
+        print(f"  {session.name:<40} {state:<8} {epochs}  {keys.get(session.name, '-')}")
     return 0
 
 
