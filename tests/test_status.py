@@ -139,6 +139,9 @@ def test_a_folder_with_only_the_flows_log_is_pending_not_stale(tmp_path: Path) -
     paths.logs.mkdir(parents=True)
     (paths.logs / "session.log").write_text("==== python -m exp3.session ... ====\n")
     assert session_status(paths, epochs_total=3, key="k").state == "pending"
+    # a failure before the session wrote its inputs.json (preparing its data): failed, not "made under other inputs"
+    (paths.folder / "FAILED").write_text(json.dumps({"error": "DatasetError: ..."}))
+    assert session_status(paths, epochs_total=3, key="k").state == "failed" and paths.state("k") == "failed"
 
 
 def test_a_missing_root_or_a_bad_interval_says_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,8 +132,8 @@ class SessionPaths:
         if self.is_done(key):
             return SessionState.DONE
         if key is not None and self.recorded_key() != key and self.folder.is_dir() and any(
-                entry.name != "logs" for entry in self.folder.iterdir()):  # besides logs/, which the flow opens first
-            return SessionState.STALE
+                entry.name not in ("logs", FAILED_MARKER) for entry in self.folder.iterdir()):
+            return SessionState.STALE  # logs/, which the flow opens first, or a failure before inputs.json: not made
         if self.failed_marker.exists():
             return SessionState.FAILED
         return SessionState.PARTIAL if self.last_pt.is_file() else SessionState.PENDING
