@@ -33,6 +33,8 @@ CHECKPOINTS = ("last.pt", "best.pt")
 REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # the report's files, at the root
 NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
 REPORT_FILES = ".exp3-report-files.json"
+COPY_SOURCE = "source.json"
+"""Beside a `local_dataset` copy's data.yaml: the dataset it copied and its fingerprint (written once it matched)."""
 """In the mirror: the report files exp3 put there (paths from the root), the only ones it ever removes there."""
 
 
@@ -259,7 +261,7 @@ def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
     text = data_yaml.read_text(encoding="utf-8")  # kept outside the root, an edited yaml changes no listing
     target = data_dir / f"user-{stable_hash([str(data_yaml.absolute()), text, listing])}"
     copied = target / "data.yaml"
-    if copied.is_file() and (target / "source.json").is_file():
+    if copied.is_file() and (target / COPY_SOURCE).is_file():
         return copied
     if target.exists():
         shutil.rmtree(target)  # a copy that never finished
@@ -270,8 +272,14 @@ def local_dataset(data_yaml: Path, data_dir: Path) -> Path:
         shutil.rmtree(target)
         raise DatasetError(f"the local copy of {str(data_yaml)!r} does not match it (fingerprint {copy} vs {source}): "
                            "the dataset changed while it was copied; run again")
-    atomic_write_json(target / "source.json", {"data_yaml": str(data_yaml.absolute()), "fingerprint": source})
+    atomic_write_json(target / COPY_SOURCE, {"data_yaml": str(data_yaml.absolute()), "fingerprint": source})
     return copied
+
+
+def copied_from(data_yaml: Path) -> Path | None:
+    """The data.yaml a `local_dataset` copy was made from; None for any other data.yaml."""
+    record = read_json(Path(data_yaml).parent / COPY_SOURCE)
+    return Path(record["data_yaml"]) if isinstance(record, dict) and "data_yaml" in record else None
 
 
 def done_sessions(root: Path, keys: dict[str, str]) -> list[SessionPaths]:

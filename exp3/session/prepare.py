@@ -15,7 +15,7 @@ from exp3.fileio import read_json, sha256_file
 from exp3.occlusion.identity import evaluation_plan, suite_parameters, train_set_parameters
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.schema import PreparedData, SeveritySuite
-from exp3.session.mirror import local_dataset, on_mirror_storage
+from exp3.session.mirror import copied_from, local_dataset, on_mirror_storage
 from exp3.train.weights import ResolvedWeights, resolve_weights
 
 
@@ -101,8 +101,7 @@ def prepared_mismatch(prepared: PreparedData, config: ExperimentConfig, output_r
     never trains or evaluates a config on another config's dataset or suites."""
     held, wanted = Path(prepared.data_yaml).absolute(), dataset_yaml(config, output_root, build=False).absolute()
     if held.parent.parent == (output_root / "data").absolute():  # a local copy of a user dataset: the one it copied
-        copied = read_json(held.parent / "source.json")
-        held = Path(copied["data_yaml"]) if isinstance(copied, dict) and "data_yaml" in copied else held
+        held = copied_from(held) or held
     if held != wanted:
         return f"it was prepared for the dataset {held}, not the config's {wanted}"
     manifests = {"fixed suite": (Path(prepared.suite_dir) / "manifest.json", suite_parameters(config.occlusion)),
