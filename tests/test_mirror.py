@@ -81,7 +81,33 @@ def test_the_checkpoints_go_up_before_the_results_csv_a_resume_reads(tmp_path: P
     pushed: list[str] = []
     monkeypatch.setattr(Mirror, "_push", lambda self, file: pushed.append(file.name))
     mirror.push_checkpoint(paths)
-    assert pushed[:2] == ["last.pt", "best.pt"] and "results.csv" in pushed[2:]
+    assert pushed[:3] == ["inputs.json", "last.pt", "best.pt"] and "results.csv" in pushed[3:]
+
+
+def test_a_vm_recycled_right_after_the_first_last_pt_went_up_still_resumes_from_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first checkpoint push of a session dies (the VM is recycled) just after last.pt is in the mirror: the new
+    VM resumes from it. Before, inputs.json went up after the checkpoints, so the mirror held a last.pt without its
+    key, and the session trained again from scratch (seen as a flaky tests/test_flow.py kill -9 test)."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    real_push = Mirror._push
+
+    def recycled_after_last_pt(self: Mirror, file: Path) -> None:
+        real_push(self, file)
+        if file.name == "last.pt":
+            raise SystemExit("the VM is gone")
+
+    monkeypatch.setattr(Mirror, "_push", recycled_after_last_pt)
+    with pytest.raises(SystemExit):
+        mirror.push_checkpoint(paths)
+    monkeypatch.undo()
+    fresh = Mirror(mirror.path, tmp_path / "new-vm")
+    assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
+        "yolov8n__S1_clean_train: unfinished (0 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
+        "resumes from last.pt"]
+    resumed = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train")
+    assert resumed.state(KEY) == SessionState.PARTIAL and resumed.last_pt.read_bytes() == paths.last_pt.read_bytes()
 
 
 def test_a_replaced_file_is_truncated_first_and_an_unchanged_one_is_not_copied_again(tmp_path: Path) -> None:

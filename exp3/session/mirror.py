@@ -152,10 +152,12 @@ class Mirror:
             return
         try:
             files = [file for file in _session_files(paths) if file.name not in (DONE_MARKER, FAILED_MARKER)]
-            checkpoints = [paths.run_dir / "weights" / name for name in CHECKPOINTS]
-            # the checkpoints first: a results.csv copied after them holds every epoch they hold (an epoch that ends
-            # in between is a row the resume writes again, read once), never one fewer (a row lost for good)
-            for file in checkpoints + [file for file in files if file not in checkpoints]:
+            # inputs.json first: a last.pt is restored only beside the key it was trained under (a VM recycled just
+            # after the first last.pt went up left it keyless, and the session trained again from scratch); then the
+            # checkpoints: a results.csv copied after them holds every epoch they hold (an epoch that ends in between
+            # is a row the resume writes again, read once), never one fewer (a row lost for good)
+            first = [paths.inputs, *(paths.run_dir / "weights" / name for name in CHECKPOINTS)]
+            for file in first + [file for file in files if file not in first]:
                 with contextlib.suppress(FileNotFoundError):  # replaced by the session meanwhile: the next push
                     self._push(file)
             self._started[folder] = now
