@@ -226,6 +226,55 @@ def test_a_diverged_epochs_loss_sums_to_nan_not_to_a_lower_number(tmp_path: Path
     assert math.isnan(loss[2]) and loss[1] == pytest.approx(3 + 2 + 1.5) and loss[3] == pytest.approx(6.5 / 3)
 
 
+def test_a_seed_that_logged_nan_makes_the_session_mean_nan_there(tmp_path: Path) -> None:
+    """Seed 1 logged cls_loss and mAP50-95 nan at epoch 3: the session line showed seed 0's values there, as if
+    they were the mean of both seeds."""
+    runs = []
+    for seed in (0, 1):
+        folder = tmp_path / "yolov8n" / Session("yolov8n", "S1_clean_train", seed).name
+        path = write_results_csv(folder, RISING[:4])
+        if seed == 1:
+            lines = path.read_text().splitlines()
+            cells = lines[3].split(",")
+            for column in ("train/cls_loss", "metrics/mAP50-95(B)"):
+                cells[YOLO_COLUMNS.index(column)] = "nan"
+            path.write_text("\n".join([*lines[:3], ",".join(cells), *lines[4:]]) + "\n")
+        runs.append(done_run(folder, seed=seed))
+    found = curves.training_curves(runs, ["yolov8n"])
+    for quantity in (curves.MAP_QUANTITY, "train loss (box + cls + dfl)"):
+        mean = panel(found.frame, "session", quantity).set_index("epoch")["value"]
+        seeds = panel(found.frame, "seed", quantity)
+        assert math.isnan(mean[3]) and not seeds[seeds["epoch"] == 3]["value"].isna().all()
+        assert mean[2] == pytest.approx(seeds[seeds["epoch"] == 2]["value"].mean())
+
+
+def test_a_cut_line_that_a_resume_appended_to_is_not_read_as_an_epoch(tmp_path: Path) -> None:
+    """Epoch 3's line was cut (a kill mid-append); the resume appended epoch 3 again to it. The joined line has more
+    fields than the header: it was read as epoch 3 with shifted values (mAP50-95 0.5 where 0.3 was logged)."""
+    folder = tmp_path / "yolov8n" / "yolov8n__S1_clean_train"
+    lines = write_results_csv(folder, [0.1, 0.2, 0.3, 0.4, 0.5]).read_text().splitlines()
+    (folder / "train" / "results.csv").write_text("\n".join(lines[:3]) + "\n" + lines[3][:len(lines[3]) // 3]
+                                                  + "\n".join(lines[3:]) + "\n")
+    found = curves.training_curves([done_run(folder, metrics={"training": {"epochs_completed": 5}})], ["yolov8n"])
+    assert not len(found.frame)
+    assert found.missing["yolov8n"] == ["S1 (train/results.csv holds 4 complete epoch rows, 5 were trained)"]
+
+
+def test_without_a_recorded_epoch_count_a_curve_with_a_hole_is_not_drawn(tmp_path: Path) -> None:
+    """metrics.json without epochs_completed, results.csv without epoch 4: drawn with a hole, said nowhere."""
+    folder = tmp_path / "yolov8n" / "yolov8n__S1_clean_train"
+    lines = write_results_csv(folder, RISING).read_text().splitlines(keepends=True)
+    (folder / "train" / "results.csv").write_text("".join(lines[:4] + lines[5:]))
+    found = curves.training_curves([done_run(folder, metrics={"training": {"epochs_completed": None}})], ["yolov8n"])
+    assert not len(found.frame)
+    assert found.missing["yolov8n"] == ["S1 (train/results.csv's 9 complete epoch rows are not epochs 1..9, and "
+                                        "metrics.json records no epochs_completed)"]
+    whole = tmp_path / "whole" / "yolov8n" / "yolov8n__S1_clean_train"
+    write_results_csv(whole, RISING)
+    drawn = curves.training_curves([done_run(whole, metrics={"training": {"epochs_completed": None}})], ["yolov8n"])
+    assert sorted(set(drawn.frame["epoch"])) == list(range(1, 11))
+
+
 def test_a_curve_flat_at_zero_learned_nothing_and_is_never_called_converged(tmp_path: Path) -> None:
     """A 3-epoch smoke run read "not for want of epochs" of models that detected nothing at any epoch."""
     assert curves.convergence([1, 2, 3], [0.0, 0.0, 0.0]).reading == curves.NOTHING_LEARNED

@@ -49,11 +49,12 @@ def _recorded_epochs(run: SessionRun) -> tuple[list[EpochProgress], int | None]:
 
 def run_epochs(run: SessionRun) -> list[EpochProgress]:
     """The epochs of a done run's results.csv: [] when not done, or when they are not the epochs 1..N its
-    metrics.json says were trained (a row lost or cut, a file that is no text: `why_not_drawn` names it)."""
+    metrics.json says were trained (without that record: 1..N, N its rows) (a row lost or cut, a file that is no text: `why_not_drawn` names it)."""
     if run.status != SessionState.DONE:
         return []
     epochs, trained = _recorded_epochs(run)
-    return epochs if trained is None or [epoch.epoch for epoch in epochs] == list(range(1, trained + 1)) else []
+    expected = len(epochs) if trained is None else trained
+    return epochs if [epoch.epoch for epoch in epochs] == list(range(1, expected + 1)) else []
 
 
 def why_not_drawn(run: SessionRun) -> str:
@@ -63,6 +64,9 @@ def why_not_drawn(run: SessionRun) -> str:
     if not SessionPaths(run.folder).results_csv.is_file():
         return "no train/results.csv"
     epochs, trained = _recorded_epochs(run)
+    if trained is None:
+        return (f"train/results.csv's {len(epochs)} complete epoch rows are not epochs 1..{len(epochs)}, and "
+                "metrics.json records no epochs_completed")
     return f"train/results.csv holds {len(epochs)} complete epoch rows, {trained} were trained"
 
 
@@ -131,7 +135,7 @@ def _seed_frame(epochs: list[EpochProgress]) -> pd.DataFrame:
 def _mean_curve(seeds: list[pd.DataFrame]) -> pd.DataFrame:
     """The session's curve: the mean over seeds on the epochs every seed has (one seed: its own curve)."""
     shared = pd.concat(seeds).groupby("epoch").filter(lambda rows: len(rows) == len(seeds))
-    return shared.groupby("epoch", as_index=False).mean()
+    return shared.groupby("epoch", as_index=False).agg(lambda values: values.mean(skipna=False))  # a nan seed: nan
 
 
 def _rows(model: str, suffix: str, seeds: str, mark: str, quantity: str, epochs: Any, values: Any, text: str = "",

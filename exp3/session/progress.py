@@ -16,13 +16,15 @@ from exp3.splits import CLEAN_SPLIT, FIXED_SPLIT
 
 def results_rows(paths: SessionPaths) -> list[dict[str, str]]:
     """The rows of the session's `train/results.csv` (header names stripped; [] if none yet, or if it is no text:
-    its readers, the live view, the status and the report's curves, then show no epochs rather than stop)."""
+    its readers, the live view, the status and the report's curves, then show no epochs rather than stop). A row
+    with more fields than the header is left out: a half-written line that a resume's next row was appended to,
+    its values shifted."""
     if not paths.results_csv.is_file():
         return []
     try:
         with paths.results_csv.open(newline="", encoding="utf-8") as handle:
-            return [{key.strip(): value for key, value in row.items() if key is not None}
-                    for row in csv.DictReader(handle)]
+            return [{key.strip(): value for key, value in row.items()}
+                    for row in csv.DictReader(handle) if None not in row]
     except (UnicodeDecodeError, csv.Error):
         return []
 
