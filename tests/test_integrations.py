@@ -265,3 +265,25 @@ def test_rt_detr_still_trains_after_ultralytics_logs_its_tensorboard_graph(monke
     tensorboard._log_tensorboard_graph(SimpleNamespace(model=decoder))
     step()
     assert not decoder.valid_mask.is_inference()
+
+
+def test_an_ultralytics_api_key_in_the_environment_never_switches_platform_tracking_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ultralytics Platform's callbacks sit on every trainer whatever its settings say; with ULTRALYTICS_API_KEY set
+    (a user's key for something else) they streamed the training's args, metrics and checkpoints to the network,
+    with `integrations: []` and the record saying nothing was on."""
+    import types
+
+    from ultralytics.utils.callbacks import platform
+
+    from exp3.train.offline import apply_offline_environment, ultralytics_environment
+
+    for name in ultralytics_environment(tmp_path):  # restored after the test: the other tests keep theirs
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setenv("ULTRALYTICS_API_KEY", "a-key-for-something-else")
+    monkeypatch.setattr(platform, "TESTS_RUNNING", False)  # else the callback returns at once under pytest
+    monkeypatch.setattr(platform, "SETTINGS", {"api_key": ""})  # the key exp3's settings file holds
+    apply_offline_environment(tmp_path, [])
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(project=str(tmp_path / "yolov8n"), name="train"))
+    platform.on_pretrain_routine_start(trainer)
+    assert "ULTRALYTICS_API_KEY" not in os.environ and not hasattr(trainer, "platform")

@@ -27,7 +27,7 @@ def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, st
 
 
 def apply_offline_environment(output_root: str | os.PathLike[str], integrations: Sequence[str] | None = None) -> None:
-    """Set `ultralytics_environment` in this process, write the root's Ultralytics settings file with exactly
+    """Set `ultralytics_environment` in this process (and drop ULTRALYTICS_API_KEY), write the root's Ultralytics settings file with exactly
     `integrations` on (None: keep the file there, or all off; `exp3.train.integrations.write_ultralytics_settings`),
     and put matplotlib's DejaVuSans under the names Ultralytics' `check_font` looks for first (else it requests
     Arial.ttf from the internet)."""
@@ -35,6 +35,9 @@ def apply_offline_environment(output_root: str | os.PathLike[str], integrations:
 
     environment = ultralytics_environment(output_root)
     os.environ.update(environment)
+    # Ultralytics Platform's callbacks are on every trainer, not a setting: with this key in the environment they
+    # post the training's args, metrics and checkpoints over the network, whatever `integrations:` says
+    os.environ.pop("ULTRALYTICS_API_KEY", None)
     source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     fonts = Path(environment["YOLO_CONFIG_DIR"]) / "Ultralytics"
     fonts.mkdir(parents=True, exist_ok=True)
