@@ -435,3 +435,100 @@ def test_the_report_names_a_session_whose_training_resumed(tmp_path: Path) -> No
                                "bit-identical to an uninterrupted training, as Ultralytics restarts its data-order and "
                                "augmentation random streams at a resume; its numbers are its own checkpoint's"]
     assert f"- {result.warnings[0]}" in text and "yolov8m__S1_clean_train` resumed" not in text
+
+
+# ----------------------------------------------------------------------------- what report.md says where a result is missing
+
+def _report_text(root: Path, sessions: dict[str, tuple[int, ...]], models: tuple[str, ...] = ("yolov8m",)
+                 ) -> tuple[report.ReportResult, str]:
+    result = report.build_report(root, list(models), n_resamples=300, n_permutations=199, charts=False,
+                                 sessions=list(sessions))
+    return result, (root / "report.md").read_text()
+
+
+def _rewrite_split(folder: Path, split: str, split_records: list[ImageRecord], predictions: bool) -> None:
+    """`split` of a written session evaluated on `split_records` (its map stats and, if `predictions`, its
+    predictions file and F1s too), metrics.json and DONE agreeing with them."""
+    map_stats = map_stats_of(split_records)
+    map_stats.save(folder / f"map_stats_{split}.npz")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    part = metrics["splits"][split]
+    part["map50"], part["map50_95"] = mean_ap(map_stats)
+    if predictions:
+        atomic_write_json(folder / f"predictions_{split}.json", {
+            "schema_version": 2, "session": metrics["session"], "split": split, "suite_id": f"suite-{split}",
+            "images": records_to_json(split_records)})
+        part.update(summarize_split(split_records, num_classes=len(CLASSES), conf=0.25, class_names=CLASSES))
+        metrics["robustness"] = _robustness(metrics["splits"])
+    path = atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / "DONE", {"session": metrics["session"], "metrics_sha256": sha256_file(path)})
+
+
+def test_a_metric_without_a_paired_result_is_named_where_the_metrics_are_said_to_agree(tmp_path: Path) -> None:
+    """S2's map stats of 90 of the 100 images: comparisons.csv refuses S2 - S1 on mAP (NaN), but the positive control
+    listed only the F1s ("do not: none") and the findings said "metrics agree ... each metric shows a difference",
+    mAP never named."""
+    sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (70, 50)}
+    for suffix, hits in sessions.items():
+        write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
+    _rewrite_split(tmp_path / "yolov8m" / "yolov8m__S2_occ_train", "test_occ_fixed", records(60)[:90], False)
+    _, text = _report_text(tmp_path, sessions)
+    missing = "no result (no paired result: a side lacks per-image values, or the two hold other images): mAP50, mAP50-95"
+    assert missing in text.split("## Positive control")[1].split("## Headline findings")[0]
+    agree = next(line for line in text.splitlines() if line.startswith("- **yolov8m**: metrics agree on S2 vs S1 "
+                                                                      "(test_occ_fixed)"))
+    assert agree.endswith("; no result: mAP50, mAP50-95 (no paired result: a side lacks per-image values, or the two "
+                          "hold other images).")
+    assert "no result (a session records no val-chosen threshold): ingredient micro F1 @val" in text
+
+
+def test_sessions_on_other_images_are_not_ranked_as_the_best_masking_site(tmp_path: Path) -> None:
+    """S3 scored on 90 of the 100 images (0.556) was named the best site above S4 (0.520 on all 100), although the
+    comparisons refuse it; its "vs S1" / "vs S2" cells were blank, like S1's own."""
+    sessions = {"S1_clean_train": (80, 40), "S2_occ_train": (80, 60), "S3_mask_backbone_early": (80, 50),
+                "S4_mask_backbone_late": (80, 52)}
+    for suffix, hits in sessions.items():
+        write_session(tmp_path / "yolov8m" / f"yolov8m__{suffix}", "yolov8m", suffix, hits)
+    _rewrite_split(tmp_path / "yolov8m" / "yolov8m__S3_mask_backbone_early", "test_occ_fixed", records(50)[:90], True)
+    result, text = _report_text(tmp_path, sessions)
+    s3 = result.summary.set_index(["session", "split"]).loc[("S3_mask_backbone_early", "test_occ_fixed")]
+    assert s3["ingredient_micro_f1"] == pytest.approx(50 / 90) and math.isnan(s3["diff_vs_S1"])
+    best = next(line for line in text.splitlines() if "best masking site" in line)
+    assert best.startswith("- **yolov8m**: best masking site on test_occ_fixed: S4 mask backbone-late, F1 0.520")
+    assert best.endswith("(not ranked: S3 mask backbone-early, no paired comparison with S1: other images, or "
+                         "per-image values missing).")
+    table = text.split("## test_occ_fixed")[1]
+    s3_row = next(line for line in table.splitlines() if line.startswith("| yolov8m | S3 mask backbone-early |"))
+    s1_row = next(line for line in table.splitlines() if line.startswith("| yolov8m | S1 clean |"))
+    assert "| n/a | n/a |" in s3_row and "|  | -0.200" in s1_row  # missing vs not applicable
+
+
+def test_a_one_seed_model_beside_a_several_seed_one_is_said_to_lack_the_seed_spread(tmp_path: Path) -> None:
+    """yolov8m with two seeds a session, rtdetr-l with one: the report said only that intervals resample the seeds,
+    and rtdetr-l's read as seed-aware."""
+    sessions = {"S1_clean_train": ((80, 36), (80, 48)), "S2_occ_train": ((80, 64), (80, 52)),
+                "S3_mask_backbone_early": ((70, 44), (70, 56))}
+    for suffix, per_seed in sessions.items():
+        for seed, hits in enumerate(per_seed):
+            write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
+        write_session(tmp_path / "rtdetr-l" / f"rtdetr-l__{suffix}", "rtdetr-l", suffix, HITS["rtdetr-l"][suffix])
+    _, text = _report_text(tmp_path, sessions, ("yolov8m", "rtdetr-l"))
+    note = "One seed per session for rtdetr-l: **the seed-to-seed spread of training is not in its intervals**."
+    answer = text.split("## Grid status")[0]
+    assert note in answer and "two-level bootstrap" in answer
+    assert "One seed per session for rtdetr-l" in text.split("## Headline findings")[1]
+
+
+@pytest.mark.parametrize(("low", "high", "printed", "rule"), [
+    (0.6, 0.99951, "0.800 [0.600, 0.9995]", gap.PART),             # 1.000 read as rule 2's `high >= 1`
+    (0.50004, 1.2, "0.800 [0.50004, 1.200]", gap.REPLACES),        # 0.500 read as failing rule 2's `low > 0.5`
+    (-0.0002, 0.4, "0.800 [-0.0002, 0.400]", gap.NO_HELP),         # -0.000 kept its sign already; now its digits
+])
+def test_a_gap_closed_interval_is_printed_on_the_side_of_the_rule_it_lies_on(low: float, high: float, printed: str,
+                                                                            rule: str) -> None:
+    interval = stats.Interval
+    found = gap.GapRow("yolov8m", "ingredient_micro_f1", "S3_mask_backbone_early", "test_occ_fixed",
+                       stats.GapClosed(interval(0.2, 0.1, 0.3), interval(0.16, 0.1, 0.2), interval(0.8, low, high)),
+                       None, 100, 1)
+    shown = gap.gap_markdown_table(gap.gap_table([found]), "yolov8m").iloc[0]
+    assert (shown["gap closed [95% CI]"], shown["verdict"]) == (printed, rule)

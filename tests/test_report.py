@@ -648,7 +648,8 @@ def test_map_gets_a_paired_interval_and_the_positive_control_a_verdict(tmp_path:
                                 charts=False)
     assert "yolov8m" in set(alone.comparisons["model"])                     # listed, with no session folder
     assert positive_control(alone.comparisons, "yolov8m")[1] == (
-        "**yolov8m**: positive control not available (S2 and S1 must both be done on test_occ_fixed).")
+        "**yolov8m**: positive control not available (S2 and S1 must both be done on test_occ_fixed, with per-image "
+        "values of the same images).")
 
 
 def test_sessions_outside_the_run_are_not_in_run_not_missing(tmp_path: Path,
@@ -698,7 +699,8 @@ def test_an_all_zero_grid_names_no_best_masking_site(tmp_path: Path) -> None:
 def test_missing_f1s_are_said_missing_not_0() -> None:
     """Masking sessions with no F1 on test_occ_fixed (NaN) read 'F1 0 for S3, S4', and no rF1 'clean F1 is 0'."""
     rows = [{"model": "yolov8m", "session": suffix, "split": "test_occ_fixed", "status": "done", "n_seeds_done": 1,
-             "n_seeds": 1, "ingredient_micro_f1": f1, "rF1_micro": math.nan, "diff_vs_S2": math.nan}
+             "n_seeds": 1, "ingredient_micro_f1": f1, "rF1_micro": math.nan, "diff_vs_S1": math.nan,
+             "diff_vs_S2": math.nan}
             for suffix, f1 in (("S1_clean_train", 0.4), ("S3_mask_backbone_early", math.nan),
                                ("S4_mask_backbone_late", math.nan))]
     findings = headline_findings(pd.DataFrame(rows), ["yolov8m"], pd.DataFrame(

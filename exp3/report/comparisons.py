@@ -233,9 +233,11 @@ def ci_verdict(row: pd.Series, low: str = "ci_low", high: str = "ci_high") -> in
 
 
 def comparison_metrics(comparisons: pd.DataFrame, model: str, split: str, session: str, reference: str,
-                       threshold: str = "primary") -> dict[str, pd.Series]:
-    """metric -> comparisons row of one session vs reference (the rows with a difference only)."""
+                       threshold: str = "primary", with_difference: bool = True) -> dict[str, pd.Series]:
+    """metric -> comparisons row of one session vs reference (`with_difference`: the rows with a difference only;
+    else every metric compared, a NaN difference where the two had no paired values)."""
     part = comparisons[(comparisons["model"] == model) & (comparisons["split"] == split)
                        & (comparisons["session"] == session) & (comparisons["reference"] == reference)
-                       & (comparisons["threshold"] == threshold) & comparisons["difference"].notna()]
+                       & (comparisons["threshold"] == threshold)
+                       & (comparisons["difference"].notna() if with_difference else True)]
     return {row["metric"]: row for _, row in part.iterrows()}

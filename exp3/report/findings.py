@@ -31,11 +31,26 @@ def _verb(count: int, singular: str, plural: str) -> str:
     return singular if count == 1 else plural
 
 
-def agreement_finding(model: str, split: str, session: str, reference: str, rows: dict[str, pd.Series]) -> str | None:
-    """One sentence: do the metrics agree on `session` vs `reference`? (rule: docs/report.md, "Headline findings").
+NO_PAIRED_RESULT = "no paired result: a side lacks per-image values, or the two hold other images"
+NO_VAL_THRESHOLD = "a session records no val-chosen threshold"
+"""Why a compared metric has no difference (comparisons.csv: NaN)."""
 
-    `rows`: `comparison_metrics`. None when no metric has an interval.
+
+def no_result(comparisons: pd.DataFrame, model: str, split: str, session: str, reference: str) -> str:
+    """`; no result: <metrics> (why)` for the metrics of `session` vs `reference` at the primary threshold whose
+    difference is missing, "" when every one has one."""
+    missing = [METRICS[metric].label for metric, row in comparison_metrics(
+        comparisons, model, split, session, reference, with_difference=False).items() if pd.isna(row["difference"])]
+    return f"; no result: {', '.join(missing)} ({NO_PAIRED_RESULT})" if missing else ""
+
+
+def agreement_finding(model: str, split: str, session: str, reference: str, comparisons: pd.DataFrame) -> str | None:
+    """One sentence: do the metrics agree on `session` vs `reference`? (rule: docs/report.md, "Headline findings"),
+    naming the metrics without a result (`no_result`): the agreement is among the others only.
+
+    None when no metric has an interval.
     """
+    rows = comparison_metrics(comparisons, model, split, session, reference)
     verdicts = {metric: ci_verdict(rows[metric]) for metric in (*PAIRED_METRICS, *MAP_METRICS) if metric in rows}
     verdicts = {metric: verdict for metric, verdict in verdicts.items() if verdict is not None}
     if not verdicts:
@@ -69,6 +84,7 @@ def agreement_finding(model: str, split: str, session: str, reference: str, rows
             if against := [METRICS[m].label for m in maps if np.sign(rows[m]["difference"]) == -direction]:
                 tail += f"; {_join(against)} {_verb(len(against), 'points', 'point')} the other way"
         tail += ")"
+    tail += no_result(comparisons, model, split, session, reference)
     return f"**{model}**: metrics {'agree' if agree else 'disagree'} on {a} vs {b} ({split}): {body}{tail}."
 
 
@@ -138,14 +154,20 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
         s1 = done.loc["S1_clean_train"] if "S1_clean_train" in done.index else None
         s2 = done.loc["S2_occ_train"] if "S2_occ_train" in done.index else None
         if s1 is not None and s2 is not None:
-            findings += [agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparison_metrics(
-                comparisons, model, split, "S2_occ_train", "S1_clean_train")) for split in PRIMARY_SPLITS[::-1]]
+            findings += [agreement_finding(model, split, "S2_occ_train", "S1_clean_train", comparisons)
+                         for split in PRIMARY_SPLITS[::-1]]
             findings.append(val_threshold_finding(comparisons, model))
         scored = done[done.index.isin(SESSION_SUFFIXES[2:])]
-        masking = scored.dropna(subset=["ingredient_micro_f1"]).sort_values("ingredient_micro_f1", ascending=False)
-        if len(scored) and not len(masking):
+        with_f1 = scored.dropna(subset=["ingredient_micro_f1"]).sort_values("ingredient_micro_f1", ascending=False)
+        unpaired = with_f1.index[with_f1["diff_vs_S1"].isna()] if s1 is not None else with_f1.index[:0]
+        masking = with_f1.drop(unpaired)  # F1s of other images do not rank: only those paired with S1's images
+        not_ranked = ", ".join(SESSION_LABELS[suffix] for suffix in unpaired)
+        if len(scored) and not len(with_f1):
             findings.append(f"{prefix}: no masking session has an F1 on test_occ_fixed (missing): no best masking "
                             "site.")
+        elif len(with_f1) and not len(masking):
+            findings.append(f"{prefix}: no masking session's F1 on test_occ_fixed is paired with S1's ({not_ranked}: "
+                            "other images, or per-image values missing): no best masking site.")
         elif len(masking) and not masking["ingredient_micro_f1"].iloc[0] > 0:  # nothing named: nothing to rank
             findings.append(f"{prefix}: no masking session names any ingredient on test_occ_fixed (F1 0 for "
                             f"{', '.join(SESSION_LABELS[suffix] for suffix in masking.index)}): no best masking site.")
@@ -153,7 +175,9 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
             best_suffix, best = masking.index[0], masking.iloc[0]
             text = (f"{prefix}: best masking site on test_occ_fixed: {SESSION_LABELS[best_suffix]}, F1 "
                     + fmt_ci(best, "ingredient_micro_f1", "ingredient_micro_f1_ci_low", "ingredient_micro_f1_ci_high"))
-            if s2 is not None and not pd.isna(best["diff_vs_S2"]):
+            if s2 is not None and pd.isna(best["diff_vs_S2"]):
+                text += f"; vs S2 n/a ({NO_PAIRED_RESULT})"
+            elif s2 is not None:
                 text += f"; vs S2 {fmt_ci(best, 'diff_vs_S2', 'diff_vs_S2_ci_low', 'diff_vs_S2_ci_high', True)}"
                 if ci_verdict(best, "diff_vs_S2_ci_low", "diff_vs_S2_ci_high"):
                     text += " (below S2)" if best["diff_vs_S2"] < 0 else " (above S2)"
@@ -163,13 +187,15 @@ def headline_findings(summary: pd.DataFrame, models: list[str], comparisons: pd.
                 text += (f". Its interval overlaps that of the runner-up {SESSION_LABELS[masking.index[1]]} "
                          f"(F1 {fmt(masking.iloc[1]['ingredient_micro_f1'])}): {NOT_RANKED}")
             in_run = int(rows.index.isin(SESSION_SUFFIXES[2:]).sum())  # masking sessions of this run
-            if len(masking) < in_run:
-                text += f" (only {len(masking)} of {in_run} masking sessions done)"
+            if len(masking) + len(unpaired) < in_run:
+                text += f" (only {len(masking) + len(unpaired)} of {in_run} masking sessions done)"
+            if len(unpaired):
+                text += (f" (not ranked: {not_ranked}, no paired comparison with S1: other images, or per-image "
+                         "values missing)")
             findings.append(text + ".")
             for reference, row in (("S1_clean_train", s1), ("S2_occ_train", s2)):
                 if row is not None:
-                    findings.append(agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparison_metrics(
-                        comparisons, model, FIXED_SPLIT, best_suffix, reference)))
+                    findings.append(agreement_finding(model, FIXED_SPLIT, best_suffix, reference, comparisons))
         robust = done.dropna(subset=["rF1_micro"]).sort_values("rF1_micro", ascending=False)
         if len(robust):
             top_suffix, top = robust.index[0], robust.iloc[0]
@@ -211,15 +237,16 @@ def _operating_point(metric: str, threshold: str, row: pd.Series) -> str:
 
 def _control_readings(comparisons: pd.DataFrame, model: str) -> list[tuple[str, str, pd.Series, str]]:
     """(metric, threshold, comparison row, reading) of every POSITIVE_CONTROL_ROWS entry `comparisons` holds; reading:
-    detect, no, reversed or undecided (`positive_control`)."""
+    detect, no, reversed, undecided, or none (no difference: `NO_PAIRED_RESULT`) (`positive_control`). Empty when
+    no entry has a difference (the control is not available)."""
     session, reference, split = POSITIVE_CONTROL
     readings = []
     for metric, threshold in POSITIVE_CONTROL_ROWS:
-        row = comparison_metrics(comparisons, model, split, session, reference, threshold).get(metric)
+        row = comparison_metrics(comparisons, model, split, session, reference, threshold, False).get(metric)
         if row is not None:
-            readings.append((metric, threshold, row,
+            readings.append((metric, threshold, row, "none" if pd.isna(row["difference"]) else
                              {1: "detect", 0: "no", -1: "reversed", None: "undecided"}[ci_verdict(row)]))
-    return readings
+    return readings if any(reading != "none" for *_, reading in readings) else []
 
 
 def positive_control_failed(comparisons: pd.DataFrame, model: str) -> bool:
@@ -242,24 +269,29 @@ def positive_control(comparisons: pd.DataFrame, model: str,
     "Positive control"."""
     session, reference, split = POSITIVE_CONTROL
     a, b = short_session(session), short_session(reference)
-    rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
+    rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": [], "none": []}
     for metric, threshold, row, group in _control_readings(comparisons, model):
         label = METRICS[metric].label + ("" if metric in MAP_METRICS else
                                          (" @val" if threshold == "val" else f" @{fmt(row['conf'], 2)}"))
-        groups[group].append(label)
+        groups[group].append((label, row) if group == "none" else label)
         rows.append({"metric": METRICS[metric].label, "operating point": _operating_point(metric, threshold, row),
                      f"{a} - {b} [95% CI]": fmt_ci(row, "difference", "ci_low", "ci_high", True),
                      "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),
                      "detects the effect": {"detect": f"yes ({a} > {b})", "no": "no (CI includes 0)",
                                             "reversed": f"no, reversed ({a} < {b})",
-                                            "undecided": "undecided (no CI)"}[group]})
+                                            "undecided": "undecided (no CI)", "none": "no result"}[group]})
     if not rows:
         return pd.DataFrame(), (f"**{model}**: positive control not available ({a} and {b} must both be done "
-                                f"on {split}).")
+                                f"on {split}, with per-image values of the same images).")
     parts = [f"detect the effect: {', '.join(groups['detect']) or 'none'}",
              f"do not: {', '.join(groups['no']) or 'none'}"]
     parts += [f"show the reverse: {', '.join(groups['reversed'])}"] if groups["reversed"] else []
     parts += [f"undecided (no CI): {', '.join(groups['undecided'])}"] if groups["undecided"] else []
+    reasons: dict[str, list[str]] = {}
+    for label, row in groups["none"]:
+        unchosen = label.endswith("@val") and (pd.isna(row["conf"]) or pd.isna(row["reference_conf"]))
+        reasons.setdefault(NO_VAL_THRESHOLD if unchosen else NO_PAIRED_RESULT, []).append(label)
+    parts += [f"no result ({reason}): {', '.join(labels)}" for reason, labels in reasons.items()]
     partial = "" if summary is None else seeds_done_note(summary, model, (session, reference))
     return pd.DataFrame(rows), (f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}"
                                 + (f" ({partial})" if partial else "") + ".")

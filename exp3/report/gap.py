@@ -51,6 +51,10 @@ GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "
                                 "interval_levels", "training_note", "seeds_note")
 
 
+RULE_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0)
+"""The bounds `verdict`'s rules compare a gap-closed interval with: report.md prints it on their right side."""
+
+
 def verdict(result: stats.GapClosed | None) -> str:
     """The verdict of one gap-closed result: the numbered rules of docs/report.md, in order (None: NO_RESULT)."""
     if result is None:
@@ -268,7 +272,8 @@ def gap_markdown_table(table: pd.DataFrame, model: str) -> pd.DataFrame:
                      "basis": row["basis"], "S2 - S1 [95% CI]": fmt_ci(row, "gap", "gap_ci_low", "gap_ci_high", True),
                      "control holds": control,
                      "Sx - S1 [95% CI]": fmt_ci(row, "gain", "gain_ci_low", "gain_ci_high", True),
-                     "gap closed [95% CI]": fmt_ci(row, "gap_closed", "gap_closed_ci_low", "gap_closed_ci_high")
+                     "gap closed [95% CI]": fmt_ci(row, "gap_closed", "gap_closed_ci_low", "gap_closed_ci_high",
+                                                   sides_of=RULE_EDGES)
                      if control == "yes" else ("no ratio" if control == "**no**" else "n/a"),
                      "verdict": f"{NO_RESULT}: {row['reason']}" if row["verdict"] == NO_RESULT and row["reason"] else
                      row["verdict"],
@@ -289,6 +294,21 @@ def dominance_lines(comparisons: pd.DataFrame, models: list[str]) -> list[str]:
     return lines
 
 
+def one_seed_models(*frames: pd.DataFrame) -> list[str]:
+    """The models whose intervals in `frames` (rows with `interval_levels`) all resample the images alone: one seed
+    per session, while another model's resample its seeds too."""
+    rows = [frame[["model", "interval_levels"]] for frame in frames if "interval_levels" in frame]
+    drawn = pd.concat(rows).query("interval_levels != ''") if rows else pd.DataFrame(columns=["model"])
+    return list(dict.fromkeys(model for model in drawn["model"]
+                              if not (drawn.loc[drawn["model"] == model, "interval_levels"] == "seeds+images").any()))
+
+
+def one_seed_note(models: list[str]) -> str:
+    """The sentence naming `one_seed_models` beside others with several seeds."""
+    return (f"One seed per session for {', '.join(models)}: **the seed-to-seed spread of training is not in "
+            f"{'its' if len(models) == 1 else 'their'} intervals**.")
+
+
 def _interval_note(two_level: bool, n_resamples: int) -> str:
     if not two_level:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}), "
@@ -303,6 +323,7 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int, compar
                 charts: list[str] | None = None) -> list[str]:
     """report.md's first section (lines): the answer per site, the rules' reference, the charts (`charts`: the
     gap_closed PNG names written under plots/; None or empty: no image) and the tables."""
+    one_seed = one_seed_models(table, comparisons)
     two_level = any((frame["interval_levels"] == "seeds+images").any() for frame in (table, comparisons)
                     if "interval_levels" in frame)  # some session with several done seeds
     lines = ["## The answer: does masking replace occlusion training?", "",
@@ -313,6 +334,7 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int, compar
              "`plots/gap_closed_<metric>.png`.", "", _interval_note(two_level, n_resamples), ""]
     if two_level:
         lines += (dominance_lines(comparisons, models) or ["- n/a (no two-level S2 - S1 interval)"]) + [""]
+        lines += [one_seed_note(one_seed), ""] if one_seed else []
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
     lines += answer_lines(table, models) + [""]

@@ -12,6 +12,7 @@ from exp3.report import curves, gap, severity
 from exp3.report.comparisons import MAP_METRICS, PAIRED_METRICS, VAL_PLAN, ci_verdict, comparison_metrics
 from exp3.report.coverage import coverage_markdown
 from exp3.report.findings import (
+    NO_PAIRED_RESULT,
     POSITIVE_CONTROL,
     floor_note,
     headline_findings,
@@ -36,6 +37,15 @@ NOT_IN_RUN = "not in run"
 """Status-grid cell of a session outside this run's `sessions` (the config's `sessions:` list)."""
 
 
+def _versus(row: pd.Series, ref: str) -> str:
+    """A split table's `vs S1` / `vs S2` cell: blank for the reference itself and a session not done, n/a for a done
+    session without a paired difference (other images, or per-image values missing)."""
+    if pd.notna(row[f"diff_vs_{ref}"]):
+        return (f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
+                f"{fmt_p(row[f'p_bh_vs_{ref}'])}")
+    return "" if short_session(row["session"]) == ref or not row["n_seeds_done"] else "n/a"
+
+
 def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
     """The report.md table of one split: formatted strings, one row per model x session."""
     return pd.DataFrame([{
@@ -47,9 +57,7 @@ def split_table(summary: pd.DataFrame, split: str) -> pd.DataFrame:
         "F1 macro": fmt(row["ingredient_macro_f1"]),
         **{SHORT[key]: fmt(row[key]) for key in ("detection_f1", "map50", "map50_95")},
         "rF1 [95% CI]": fmt_ci(row, "rF1_micro", "rF1_micro_ci_low", "rF1_micro_ci_high"),
-        **{f"vs {ref} [95% CI], p_BH": "" if pd.isna(row[f"diff_vs_{ref}"]) else
-           f"{fmt_ci(row, f'diff_vs_{ref}', f'diff_vs_{ref}_ci_low', f'diff_vs_{ref}_ci_high', True)}, "
-           f"{fmt_p(row[f'p_bh_vs_{ref}'])}" for ref in ("S1", "S2")},
+        **{f"vs {ref} [95% CI], p_BH": _versus(row, ref) for ref in ("S1", "S2")},
         "train s": fmt(row["train_wall_s"], 0), "eval s": fmt(row["eval_wall_s"], 1)}
         for _, row in summary[summary["split"] == split].iterrows()])
 
@@ -75,6 +83,8 @@ def val_table(summary: pd.DataFrame, comparisons: pd.DataFrame, split: str) -> p
 
 
 def _reading(metric: str, row: pd.Series) -> str:
+    if pd.isna(row["difference"]):
+        return f"no result ({NO_PAIRED_RESULT})"
     verdict = ci_verdict(row)
     if verdict is None:
         return NO_MAP_INTERVAL if metric in MAP_METRICS else "n/a"
@@ -88,7 +98,9 @@ def metric_table(comparisons: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     rows = []
     for model in models:
         for threshold in THRESHOLDS:
-            found = comparison_metrics(comparisons, model, CLEAN_SPLIT, session, reference, threshold)
+            found = comparison_metrics(comparisons, model, CLEAN_SPLIT, session, reference, threshold, False)
+            if all(pd.isna(row["difference"]) for row in found.values()):
+                continue  # S2 or S1 not done: nothing compared
             for metric in (metric for metric in (*PAIRED_METRICS, *MAP_METRICS) if metric in found):
                 row = found[metric]
                 rows.append({"model": model, "threshold": "val-chosen" if threshold == "val" else
@@ -159,6 +171,7 @@ def render_markdown(result: "ReportResult") -> str:
     summary, root = result.summary, result.root
     failures = summary[(summary["split"] == CLEAN_SPLIT) & (summary["status"] != "done")]
     pngs = [path for path in result.files if path.suffix == ".png"]
+    one_seed = gap.one_seed_models(result.comparisons)
     lines = [f"# exp3 report: {root.name}", "",
              f"Built by `python -m exp3.report --root {root}` from the session folders; every number below is "
              "recomputed from them. Columns and methods: docs/report.md; what each metric can and cannot "
@@ -190,7 +203,7 @@ def render_markdown(result: "ReportResult") -> str:
              f"resample from its per-image matching stats ({BOOTSTRAP_RESAMPLES} resamples; no p-value). "
              + ("With several seeds the intervals of F1 differences resample the seeds as well (two levels) and p "
                 "permutes the training runs; a session's own interval resamples images only (docs/report.md, "
-                "\"Several seeds\"). "
+                "\"Several seeds\"). " + (f"{gap.one_seed_note(one_seed)} " if one_seed else "")
                 if (result.comparisons.get("interval_levels", pd.Series(dtype=str)) == "seeds+images").any() else
                 "One seed per session: the seed-to-seed spread is not in these intervals. ") +
              "Overlapping intervals do not by themselves mean no difference; "
