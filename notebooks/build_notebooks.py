@@ -112,6 +112,8 @@ if RUN_PILOT:
     code = run_and_watch([sys.executable, "flows/exp3.py", "--pilot", "--set", f"output_root={PILOT_ROOT}",
                           *pilot_mirror], PILOT_ROOT, pilot_log, interval_s=STATUS_EVERY_S)
     print("\\n".join(pilot_log.read_text(errors="replace").splitlines()[-5:]))
+    if code not in (0, 1):  # refused or stopped: an earlier pilot's report.md is not this one's
+        raise SystemExit(f"pilot exit code {code}: no report of this pilot; the log above says why ({pilot_log})")
     report = (Path(PILOT_ROOT) / "report.md").read_text() if (Path(PILOT_ROOT) / "report.md").exists() else ""
     section = report.split("## Positive control")[-1].split("\\n## ")[0] if report else "no report: see the log above"
     print("## Positive control" + section)
@@ -122,23 +124,27 @@ import torch
 
 from exp3.config import load_config
 
-command = [sys.executable, "flows/exp3.py", "--config", CONFIG, "--set", f"output_root={OUTPUT_ROOT}",
-           "--models", *MODELS]
-if SESSIONS:
-    command += ["--sessions", *SESSIONS]
+# what this notebook sets (key -> value, the settings-cell variable it comes from): the cells below read those
+own = {"output_root": (OUTPUT_ROOT, "OUTPUT_ROOT")}
 if DATA_YAML:
-    command += ["--set", "dataset.kind=yaml", "--set", f"dataset.data_yaml={DATA_YAML}"]
+    own |= {"dataset.kind": ("yaml", "DATA_YAML"), "dataset.data_yaml": (DATA_YAML, "DATA_YAML")}
 if EPOCHS is not None:
-    command += [arg for model in MODELS for arg in ("--set", f"models.{model}.epochs={EPOCHS}")]
+    own |= {f"models.{model}.epochs": (EPOCHS, "EPOCHS") for model in MODELS}
 if not USE_GPU:
-    command += ["--set", "train.device=cpu"]
+    own["train.device"] = ("cpu", "USE_GPU")
 elif load_config(CONFIG).train.device != "cpu" and not torch.cuda.is_available():  # else days on the CPU, unsaid
     raise SystemExit("USE_GPU = True, but this runtime has no GPU: Runtime > Change runtime type > a GPU, then run "
                      "all cells again (or set USE_GPU = False to train on the CPU)")
 if MIRROR:
-    command += ["--set", f"mirror.path={MIRROR}"]
+    own["mirror.path"] = (MIRROR, "MIRROR")
 for setting in EXTRA_SETTINGS:
-    command += ["--set", setting]
+    if (key := setting.split("=", 1)[0].strip()) in own:  # the later --set would win, unseen by the cells below
+        raise SystemExit(f"EXTRA_SETTINGS {setting!r}: this notebook sets {key} from {own[key][1]}; set "
+                         f"{own[key][1]} in the settings cell instead")
+command = [sys.executable, "flows/exp3.py", "--config", CONFIG, "--models", *MODELS,
+           *(["--sessions", *SESSIONS] if SESSIONS else []),
+           *(arg for key, (value, _) in own.items() for arg in ("--set", f"{key}={value}")),
+           *(arg for setting in EXTRA_SETTINGS for arg in ("--set", setting))]
 print(" ".join(command))
 flow_log = Path(f"{OUTPUT_ROOT}.flow.log")  # beside the output root; the table below refreshes while it runs
 code = run_and_watch(command, OUTPUT_ROOT, flow_log, interval_s=STATUS_EVERY_S)
@@ -146,11 +152,14 @@ print("\\n".join(flow_log.read_text(errors="replace").splitlines()[-25:]))
 print("flow exit code:", code, "(0 = every session done; 1 = some failed, see the table)")
 if MIRROR:
     print(describe(MIRROR))
+if code not in (0, 1):  # refused or stopped: the table and plots below would be an earlier run's
+    raise SystemExit(f"flow exit code {code}: the cells below would show an earlier run's results; the log above "
+                     f"says why ({flow_log})")
 '''
 
 STATUS_CELL = '''# ---- Where the grid stands (safe while a run is going) -------------------------------------
-print(subprocess.run([sys.executable, "-m", "exp3.status", "--root", OUTPUT_ROOT], capture_output=True,
-                     text=True).stdout)
+status = subprocess.run([sys.executable, "-m", "exp3.status", "--root", OUTPUT_ROOT], capture_output=True, text=True)
+print(status.stdout + status.stderr)  # a status that cannot read the root says why on stderr
 '''
 
 TABLE_CELL = '''# ---- Summary table --------------------------------------------------------------------------

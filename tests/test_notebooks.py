@@ -98,6 +98,47 @@ def test_the_full_notebook_on_a_runtime_without_a_gpu_stops_before_the_run(monke
     assert "train.device=cpu" in namespace["command"]
 
 
+def _run_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, **settings: object) -> dict:
+    """The smoke notebook's settings and run cells, `run_and_watch` standing in for the flow (it exits `code`)."""
+    notebook = nbformat.read(NOTEBOOKS / "experiment3_smoketest_1epoch.ipynb", as_version=4)
+    settings_cell, run_cell = (next(cell.source for cell in notebook.cells if cell.source.startswith(start))
+                               for start in ("# ---- Settings", "# ---- Run the flow"))
+    monkeypatch.chdir(REPO)
+
+    def flow(command: list[str], root: str, log: Path, interval_s: float) -> int:
+        log.write_text("error: dataset yaml 'my_data.yaml' does not exist\n")
+        return code
+
+    namespace = {"sys": sys, "Path": Path, "run_and_watch": flow}
+    exec(settings_cell, namespace)
+    namespace.update(OUTPUT_ROOT=str(tmp_path / "out"), MIRROR=None, **settings)
+    exec(run_cell, namespace)
+    return namespace
+
+
+def test_a_refused_run_stops_before_the_cells_that_show_an_earlier_runs_results(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run refused in one line (exit 2) went on to the table and plots cells, which showed the last run's
+    summary_metrics.csv and charts as if they were this run's."""
+    assert _run_cell(tmp_path, monkeypatch, 1)["code"] == 1  # some session failed: the table shows which
+    with pytest.raises(SystemExit, match=r"flow exit code 2: the cells below would show an earlier run's results"):
+        _run_cell(tmp_path, monkeypatch, 2)
+
+
+@pytest.mark.parametrize(("setting", "variable"), [("output_root=/elsewhere", "OUTPUT_ROOT"),
+                                                   ("models.yolov8m.epochs=7", "EPOCHS"),
+                                                   ("train.device=0", "USE_GPU")])
+def test_extra_settings_may_not_replace_what_the_notebook_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               setting: str, variable: str) -> None:
+    """EXTRA_SETTINGS came after the notebook's own --set, so it won: the flow wrote another root, or trained other
+    epochs, while the status, table and plots cells read OUTPUT_ROOT."""
+    with pytest.raises(SystemExit, match=f"EXTRA_SETTINGS '{setting}': this notebook sets .* from {variable}; set "
+                                         f"{variable} in the settings cell instead"):
+        _run_cell(tmp_path, monkeypatch, 0, EXTRA_SETTINGS=[setting], MODELS=["yolov8m"], USE_GPU=False)
+    kept = _run_cell(tmp_path, monkeypatch, 0, EXTRA_SETTINGS=["eval.conf=0.3"], MODELS=["yolov8m"], USE_GPU=False)
+    assert kept["command"][-4:] == ["--set", "train.device=cpu", "--set", "eval.conf=0.3"]
+
+
 @pytest.mark.parametrize(("output_root", "local", "mirror"), [
     ("runs/exp3", "/content/runs/exp3", "/content/drive/MyDrive/runs/exp3"),
     ("/content/exp3", "/content/exp3", "/content/drive/MyDrive/exp3"),   # was: the mirror == the root, refused
