@@ -133,7 +133,8 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
         fan_out_deployment: "<flow>/<deployment>" (exp3-session/exp3-session): each session a flow run of it.
         fan_out_width: sessions in flight at once when fanned out (the number of GPU workers).
     """
-    from exp3.session.mirror import mirror_for
+    from exp3.occlusion.verify import moved_root
+    from exp3.session.mirror import foreign_folder, mirror_for
     from exp3.train.offline import apply_offline_environment
 
     logger = get_run_logger()
@@ -147,6 +148,9 @@ def exp3_flow(config: ExperimentConfig = ExperimentConfig(), config_file: str | 
     if config_file is not None:
         config = load_config(config_file, overrides)
     root = config.output_root.absolute()
+    # the UI's and a deployment's runs meet the command line's refusals here, before anything is written there
+    if (problem := foreign_folder(root, "output_root") or moved_root(root)) is not None:
+        raise ValueError(problem)
     apply_offline_environment(root)
     config = config.model_copy(update={"output_root": root})
     grid = select_sessions(config, models, sessions)

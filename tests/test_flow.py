@@ -307,6 +307,16 @@ def test_a_mirror_path_at_a_folder_of_the_users_is_refused_before_the_run(tmp_pa
     (mirror / "yolov8m" / "yolov8m__S1_clean_train").mkdir(parents=True)   # a mirror exp3 filled (its report.md)
     dry = _flow(tmp_path, *args, "--dry-run")
     assert dry.returncode == 0 and "yolov8m__S1_clean_train" in dry.stdout, dry.stderr[-2000:]
+    # output_root at a folder of the user's: its report.md and summary_metrics.csv would be the run's; even a dry
+    # run wrote .prefect/ and .ultralytics/ there
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "summary_metrics.csv").write_text("my,table\n")
+    refused = _flow(tmp_path, "--smoke", "--dry-run", "--set", f"output_root={mine}")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+    assert f"output_root {str(mine)!r} holds files exp3 did not put there (e.g. 'summary_metrics.csv')" in \
+        refused.stderr
+    assert sorted(path.name for path in mine.iterdir()) == ["summary_metrics.csv"]
 
 
 def test_an_output_root_that_is_not_a_writable_directory_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -359,13 +369,17 @@ def test_a_ui_or_deployment_run_refused_late_leaves_the_roots_record_as_it_was(t
     the user's, a UI config beside a config_file, a fan-out width under 1 or a deployment name that cannot be run are
     refused before config_resolved.yaml and plan.json of a finished root are rewritten (they were, so status and the
     report called its done sessions stale)."""
-    root, mine = tmp_path / "out", tmp_path / "userfolder"
+    root, mine, moved = tmp_path / "out", tmp_path / "userfolder", tmp_path / "copied"
     root.mkdir()
     mine.mkdir()
     (mine / "thesis.txt").write_text("mine\n")
     record = {"config_resolved.yaml": "output_root: kept\n", "plan.json": '{"keys": {}}\n'}
     for name, text in record.items():
         (root / name).write_text(text)
+        (moved / name).parent.mkdir(parents=True, exist_ok=True)
+        (moved / name).write_text(text)
+    (moved / "suites" / "occ-1").mkdir(parents=True)  # a root copied from another place: its yamls point there
+    (moved / "suites" / "occ-1" / "data.yaml").write_text(f"path: {root / 'suites' / 'occ-1'}\n")
     code = f"""
 import importlib.util
 from exp3.config import ExperimentConfig
@@ -379,21 +393,25 @@ for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={t
                    ("mirror", dict(overrides=[*base, "mirror.path={mine}"])),
                    ("both", dict(overrides=base, config=ExperimentConfig(output_root="{tmp_path / 'ui'}"))),
                    ("width", dict(overrides=base, fan_out_deployment="exp3-session/exp3-session", fan_out_width=0)),
-                   ("deployment", dict(overrides=base, fan_out_deployment="exp3-session"))):
+                   ("deployment", dict(overrides=base, fan_out_deployment="exp3-session")),
+                   ("root", dict(overrides=["output_root={mine}", *base[1:]])),
+                   ("moved", dict(overrides=["output_root={moved}", *base[1:]]))):
     state = flows.exp3_flow(**common, **call)
     print("STATE", name, state.name, (state.message or "").replace(chr(10), " ")[:300])
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
     states = [line for line in result.stdout.splitlines() if line.startswith("STATE")]
-    assert len(states) == 5 and all(" Failed " in line for line in states), \
+    assert len(states) == 7 and all(" Failed " in line for line in states), \
         result.stdout[-3000:] + result.stderr[-3000:]
     assert "nope.pt" in states[0] and "holds files exp3 did not put there" in states[1]
     assert "both config_file" in states[2]
     assert "fan_out_width 0: give the number of sessions to run at once" in states[3]  # were: after the data,
     assert "fan_out_deployment 'exp3-session' cannot be run (ValueError" in states[4]  # records rewritten; per session
-    assert {name: (root / name).read_text() for name in record} == record
-    assert (mine / "thesis.txt").read_text() == "mine\n" and not (tmp_path / "ui").exists()
+    assert f"output_root {str(mine)!r} holds files exp3 did not put there (e.g. 'thesis.txt')" in states[5]
+    assert f"output_root {str(moved)!r} was moved or copied from another place" in states[6]  # was: told to delete
+    assert {name: (root / name).read_text() for name in record} == record  # its suites, which then read the old root
+    assert sorted(path.name for path in mine.iterdir()) == ["thesis.txt"] and not (tmp_path / "ui").exists()
 
 
 def test_prefect_loads_the_flows_by_entrypoint_in_a_fresh_process(tmp_path: Path) -> None:

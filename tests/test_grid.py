@@ -28,6 +28,9 @@ def test_grid_order_and_selection() -> None:
         select_sessions(config, ["rtdetr-l"], ["yolov8m__S1_clean_train"])  # was: silently rtdetr-l's S1
     with pytest.raises(ValueError, match="unknown model 'yolo9'"):
         select_sessions(config, None, ["yolo9__S1_clean_train"])
+    for models, sessions, name in (([], None, "models"), (None, [], "sessions")):  # the UI's empty list ran all 12
+        with pytest.raises(ValueError, match=f"{name} is an empty list: name at least one, or leave {name} unset"):
+            select_sessions(config, models, sessions)
 
 
 def test_a_bare_suffix_selects_every_model_and_a_prefixed_name_only_its_model() -> None:

@@ -13,7 +13,7 @@ import yaml
 from exp3.config import MirrorConfig
 from exp3.fileio import sha256_file
 from exp3.session.layout import SessionPaths, SessionState
-from exp3.session.mirror import REPORT_FILES, TEMP_SUFFIX, Mirror, describe, foreign_mirror, mirror_for
+from exp3.session.mirror import REPORT_FILES, TEMP_SUFFIX, Mirror, describe, foreign_folder, mirror_for
 
 KEY = "yolov8n__S1_clean_train-0123456789abcdef"
 
@@ -247,13 +247,13 @@ def test_a_mirror_path_holding_the_users_own_files_is_refused_and_an_exp3_mirror
     report, a session done or in progress, one set aside), are taken."""
     user = tmp_path / "mirrorU"
     user.mkdir()
-    assert foreign_mirror(tmp_path / "new") is None and foreign_mirror(user) is None
+    assert foreign_folder(tmp_path / "new", "mirror.path") is None and foreign_folder(user, "mirror.path") is None
     (user / "report.md").write_text("# my thesis notes, only copy\n")
     (user / "yolov8m").mkdir()                                         # a folder of a model's name is not enough
-    problem = foreign_mirror(user)
-    assert problem == (f"mirror.path {str(user)!r} holds files exp3 did not put there (e.g. 'report.md'), which the "
-                       "mirror would overwrite: point mirror.path at an empty or new folder")
-    assert "is a file" in (foreign_mirror(user / "report.md") or "")
+    problem = foreign_folder(user, "mirror.path")
+    assert problem == (f"mirror.path {str(user)!r} holds files exp3 did not put there (e.g. 'report.md'), which a run "
+                       "would overwrite: point mirror.path at an empty or new folder")
+    assert "is a file" in (foreign_folder(user / "report.md", "mirror.path") or "")
     reported = _mirror(tmp_path / "reported")
     (reported.root / "report.md").parent.mkdir(parents=True)
     (reported.root / "report.md").write_text("# exp3 report\n")
@@ -264,7 +264,7 @@ def test_a_mirror_path_holding_the_users_own_files_is_refused_and_an_exp3_mirror
     set_aside = tmp_path / "set-aside" / "mirror"
     (set_aside / "stale" / "yolov8n" / "yolov8n__S1_clean_train__20260101-000000").mkdir(parents=True)
     for mirror in (reported.path, done.path, running.path, set_aside):
-        assert any(mirror.iterdir()) and foreign_mirror(mirror) is None, mirror
+        assert any(mirror.iterdir()) and foreign_folder(mirror, "mirror.path") is None, mirror
 
 
 def test_a_user_dataset_on_the_mirrors_storage_is_trained_from_a_local_copy(writable_data_yaml: Path,

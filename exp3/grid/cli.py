@@ -16,7 +16,7 @@ from exp3.dataset.audit import dataset_fingerprint, read_data_yaml
 from exp3.grid.flowenv import configure_flow_environment, database_problem
 from exp3.grid.jobs import machine_problem
 from exp3.session.layout import SessionState
-from exp3.session.mirror import mirror_for, on_mirror_storage
+from exp3.session.mirror import foreign_folder, mirror_for, on_mirror_storage
 from exp3.session.plan import planned_keys, select_sessions
 from exp3.session.runlock import LockBusy, RootLock
 from exp3.sessions import Session
@@ -71,6 +71,8 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
     try:
         config, args = config_from_args(argv)
         root = writable_output_root(config)  # a file, or a read-only place, refused before anything is set there
+        if (problem := foreign_folder(root, "output_root")) is not None:  # a folder of the user's: nothing written
+            raise ConfigError(problem)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

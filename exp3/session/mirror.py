@@ -24,6 +24,7 @@ from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
 from exp3.fileio import atomic_write_json, atomic_write_text, read_json, stable_hash
 from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 from exp3.session.progress import results_rows
+from exp3.session.runlock import LOCK_NAME
 from exp3.sessions import folder_session
 
 TEMP_SUFFIX = ".mirror-tmp"
@@ -33,9 +34,11 @@ CHECKPOINTS = ("last.pt", "best.pt")
 REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # the report's files, at the root
 NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
 REPORT_FILES = ".exp3-report-files.json"
+"""In the mirror: the report files exp3 put there (paths from the root), the only ones it ever removes there."""
+EXP3_MARKS = (REPORT_FILES, *NOT_MIRRORED, LOCK_NAME, ".prefect", ".ultralytics")
+"""What exp3 writes at the top of a root or mirror first (with session folders): a folder holding one is exp3's."""
 COPY_SOURCE = "source.json"
 """Beside a `local_dataset` copy's data.yaml: the dataset it copied and its fingerprint (written once it matched)."""
-"""In the mirror: the report files exp3 put there (paths from the root), the only ones it ever removes there."""
 
 
 def _truncate(path: Path) -> None:
@@ -318,31 +321,33 @@ def _session_files(paths: SessionPaths) -> Iterator[Path]:
             yield file
 
 
-def foreign_mirror(path: str | os.PathLike[str]) -> str | None:
-    """The one-line refusal of a `mirror.path` that holds nothing exp3 put there (README, "A mirror on slower, durable
-    storage"; sessions set aside in its `stale/` are exp3's). None for a new or empty folder, an exp3 mirror, or one
-    not readable now (the copies warn about that later)."""
+def foreign_folder(path: str | os.PathLike[str], setting: str) -> str | None:
+    """The one-line refusal of a `setting` folder (`output_root`, `mirror.path`) that holds files exp3 did not put
+    there, which a run would overwrite (report.md, summary_metrics.csv, ...; README.md, "A mirror on slower, durable
+    storage"). None for a new or empty folder, one exp3 wrote to (its marks, a session folder, sessions set aside in
+    `stale/`), or one not readable now (the run says so later)."""
     path = Path(path)
     try:
         if not path.exists():
             return None
         if not path.is_dir():
-            return f"mirror.path {str(path)!r} is a file: point mirror.path at an empty or new folder"
+            return f"{setting} {str(path)!r} is a file: point {setting} at an empty or new folder"
         found = sorted(path.iterdir())
         sessions = [folder for folder in path.glob("*/*__S*")
                     if folder.name.startswith(f"{folder.parent.name}__") and folder_session(folder.name)]
-        if not found or (path / REPORT_FILES).is_file() or sessions or any(path.glob("stale/*/*__S*")):  # set aside
+        if not found or any((path / mark).exists() for mark in EXP3_MARKS) or sessions \
+                or any(path.glob("stale/*/*__S*")):
             return None
     except OSError:
         return None
-    return (f"mirror.path {str(path)!r} holds files exp3 did not put there (e.g. {found[0].name!r}), which the mirror "
-            "would overwrite: point mirror.path at an empty or new folder")
+    return (f"{setting} {str(path)!r} holds files exp3 did not put there (e.g. {found[0].name!r}), which a run would "
+            f"overwrite: point {setting} at an empty or new folder")
 
 
 def mirror_for(settings: MirrorConfig, root: str | os.PathLike[str]) -> Mirror | None:
     """The one `Mirror` of this process for `root` under `settings` (its warnings and checkpoint times last the
     whole run); None without `mirror.path`. ValueError when the mirror and the root overlap, or the mirror is a
-    folder of the user's (`foreign_mirror`): the command line, the UI's and a deployment's runs alike."""
+    folder of the user's (`foreign_folder`): the command line, the UI's and a deployment's runs alike."""
     if settings.path is None:
         return None
     return _mirror(str(Path(settings.path).absolute()), str(Path(root).absolute()), settings.checkpoint_minutes)
@@ -355,6 +360,6 @@ def _mirror(path: str, root: str, checkpoint_minutes: float) -> Mirror:
         raise ValueError(f"mirror.path {str(mirror)!r} overlaps output_root {str(local)!r}: the mirror must be a "
                          "folder of its own on other storage (e.g. /content/drive/MyDrive/exp3 beside a local "
                          "output_root under /content)")
-    if (problem := foreign_mirror(mirror)) is not None:
+    if (problem := foreign_folder(mirror, "mirror.path")) is not None:
         raise ValueError(problem)
     return Mirror(mirror, local, checkpoint_minutes)

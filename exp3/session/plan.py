@@ -46,7 +46,11 @@ def planned_key(plan: dict[str, str], name: str) -> str | None:
 def select_sessions(config: ExperimentConfig, models: list[str] | None, sessions: list[str] | None) -> list[Session]:
     """The grid restricted by `--models` and `--sessions` (which replaces the config's `sessions:`): a bare suffix
     selects that session of every chosen model, a `<model>__` prefix only that model's, a `__seed<N>` tail only that
-    seed. Unknown names raise ValueError listing the valid ones."""
+    seed. Unknown names raise ValueError listing the valid ones; so does an empty list (the UI's, an API call's: the
+    command line refuses `--models` without a name), which is not "all"."""
+    for name, given in (("models", models), ("sessions", sessions)):
+        if given is not None and not given:
+            raise ValueError(f"{name} is an empty list: name at least one, or leave {name} unset (null) for all")
     if unknown := [m for m in models or [] if m not in config.models]:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}: configured models are {', '.join(config.models)}")
     chosen_models = [m for m in config.models if not models or m in models]
