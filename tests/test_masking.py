@@ -527,6 +527,28 @@ def test_checkpoints_hold_no_hook_and_load_without_exp3(yolo_run: dict[str, Any]
     assert "loaded 2" in result.stdout
 
 
+def test_a_resume_under_other_masking_settings_is_refused_and_the_runs_own_copy_kept(
+        yolo_run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EXP3_MASKING_SPEC with other settings than the resumed run's masking_spec.json was only warned about: the
+    trainer overwrote that copy, the one record of what the earlier epochs ran with, and masking_stats.json put
+    the new site over their rows."""
+    from exp3.train.trainers import (
+        MASKING_SPEC_ENV,
+        MASKING_SPEC_FILENAME,
+        MaskedDetectionTrainer,
+        write_masking_settings,
+    )
+
+    saved = yolo_run["dir"] / MASKING_SPEC_FILENAME
+    before = saved.read_text()
+    monkeypatch.setenv(MASKING_SPEC_ENV, str(write_masking_settings(tmp_path / "other.json", ["neck"], ALWAYS)))
+    with pytest.raises(ValueError, match="holds other masking settings than the resumed run's .*: resume with those"):
+        MaskedDetectionTrainer(overrides={"resume": str(yolo_run["dir"] / "weights" / "last.pt")})
+    assert saved.read_text() == before
+    monkeypatch.setenv(MASKING_SPEC_ENV, str(saved))  # the same settings: taken
+    assert MaskedDetectionTrainer(overrides={"resume": str(yolo_run["dir"] / "weights" / "last.pt")}).masking_settings
+
+
 def test_trainer_without_settings_says_how_to_give_them(tiny_data_yaml: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from exp3.train.trainers import MASKING_SPEC_ENV, MaskedDetectionTrainer

@@ -120,8 +120,10 @@ class _MaskingTrainerMixin:
         saved = Path(self.save_dir) / MASKING_SPEC_FILENAME
         if env_path := os.environ.get(MASKING_SPEC_ENV):
             settings = read_masking_settings(env_path)
-            if self.resume and saved.is_file() and read_masking_settings(saved) != settings:
-                LOGGER.warning(f"{MASKING_SPEC_ENV} settings differ from the resumed run's {saved}: using {env_path}")
+            if self.resume and saved.is_file() and read_masking_settings(saved) != settings:  # the earlier epochs'
+                raise ValueError(f"{MASKING_SPEC_ENV} {env_path} holds other masking settings than the resumed run's "
+                                 f"{saved}: resume with those (or unset {MASKING_SPEC_ENV}), or train again from "
+                                 "scratch (its masking_stats.json would put the new settings over the earlier epochs)")
         elif self.resume and saved.is_file():
             settings = read_masking_settings(saved)
         else:
