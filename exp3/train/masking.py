@@ -215,14 +215,16 @@ class HeadInputMasker(FeatureMasker):
 
     Works for `Detect(x: list)` and `RTDETRDecoder(x: list, batch)`: returns
     `(new_list, *args[1:])`, so targets for RT-DETR denoising pass through untouched. One
-    `p_apply` coin per forward covers all levels; the zeroed share is their average.
+    `p_apply` coin per forward covers all levels; the zeroed share is of all their activations (each level
+    weighted by its size; the unweighted mean of the levels read 0.151 where 0.153 were zeroed).
     """
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:  # type: ignore[override]
         if (rates := self._draw(module)) is None:
             return None
         features = list(args[0])
-        masked = [self._mask(level, rates, 1.0 / len(features)) for level in features]
+        total = sum(level.numel() for level in features)
+        masked = [self._mask(level, rates, level.numel() / total) for level in features]
         self.stats.masked_batches += any(new is not level for new, level in zip(masked, features))
         return (masked, *args[1:])
 
