@@ -618,6 +618,21 @@ def test_cli_build_and_verify_round_trip(dataset: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "coverage" in bad.stderr
 
 
+def test_the_cli_refuses_a_dataset_the_flows_audit_refuses(writable_data_yaml: Path, tmp_path: Path) -> None:
+    """`train: images` (recursive) holds the test and val images: `build-train` occluded them into S2's train set, exit
+    0, where the flow's audit refuses the dataset. Now the CLI refuses it the same way, writing nothing."""
+    import yaml
+
+    spec = yaml.safe_load(writable_data_yaml.read_text())
+    writable_data_yaml.write_text(yaml.safe_dump({**spec, "train": "images"}))
+    for command in ("build-train", "build"):
+        result = _cli(command, "--data", str(writable_data_yaml), "--out", str(tmp_path / "suites"), "--workers", "1")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"error: dataset {str(writable_data_yaml)!r} fails the audit: error: "
+                                        "duplicate_image_across_splits")
+    assert not (tmp_path / "suites").exists()
+
+
 def test_an_image_of_more_than_8_bits_is_refused_not_whitened(tmp_path: Path) -> None:
     """A 16-bit grayscale PNG: Ultralytics scales it to 8 bits; Pillow's RGB conversion clipped it to white, so its
     occluded copy was a white image. The decoder refuses it, naming the fix (the audit refuses it first in a run)."""

@@ -379,6 +379,13 @@ class AuditedData(BaseModel):
     """The audit's warning lines (`AuditReport.summary_lines`): the flow logs them."""
 
 
+def audit_failure(data_yaml: str | os.PathLike[str], summary_lines: list[str]) -> DatasetError:
+    """The one-line refusal of a dataset whose audit found blocking problems (`AuditReport.summary_lines`)."""
+    errors = [line for line in summary_lines if line.startswith("error")]
+    return DatasetError(f"dataset {str(data_yaml)!r} fails the audit: {' | '.join(errors)} "
+                        f"(full report: python -m exp3.dataset audit --data {data_yaml})")
+
+
 def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedData:
     """The dataset as it is now, audited once per content; its fingerprint is computed once here.
 
@@ -396,8 +403,6 @@ def audit_once(data_yaml: str | os.PathLike[str], cache_dir: Path) -> AuditedDat
         report = {**audit.to_json(), "summary_lines": audit.summary_lines()}
         atomic_write_json(cached, report)
     if report["blocking"]:
-        errors = [line for line in report["summary_lines"] if line.startswith("error")]
-        raise DatasetError(f"dataset {str(spec.yaml_path)!r} fails the audit: {' | '.join(errors)} "
-                           f"(full report: python -m exp3.dataset audit --data {spec.yaml_path})")
+        raise audit_failure(spec.yaml_path, report["summary_lines"])
     return AuditedData(data_yaml=str(data_yaml), fingerprint=fingerprint,
                        warnings=tuple(line for line in report["summary_lines"] if line.startswith("warning")))

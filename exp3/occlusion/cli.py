@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 import exp3.occlusion
 from exp3.config import ConfigError, load_config
+from exp3.dataset.audit import DatasetError, audit_dataset, audit_failure
 from exp3.occlusion import OcclusionError
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         # `--config FILE` (its occlusion: section), then `--set KEY=VALUE` (the occlusion. prefix optional)
         overrides = [item if item.startswith("occlusion.") else f"occlusion.{item}" for item in args.overrides]
         config = load_config(args.config, overrides).occlusion
+        if (audit := audit_dataset(args.data)).blocking:  # as the flow does: e.g. test images inside train: would
+            raise audit_failure(audit.data_yaml, audit.summary_lines())  # be occluded into S2's train set
         if args.command == "build-severity":
             for suite in build_severity_suites(args.data, args.out, config, workers=args.workers):
                 print(suite)
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         builder = build_occlusion_suite if args.command == "build" else build_occluded_train_set
         print(builder(args.data, args.out, config, workers=args.workers))
         return 0
-    except (OcclusionError, ConfigError, PermissionError, ValidationError) as error:
+    except (OcclusionError, ConfigError, DatasetError, PermissionError, ValidationError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
 
