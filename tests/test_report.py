@@ -772,6 +772,17 @@ def test_a_class_absent_from_a_split_has_no_per_class_f1(tmp_path: Path) -> None
     clean = table[table["split"] == "test_clean"].set_index("class_id")["f1"]
     assert math.isnan(clean[3]) and clean[0] == pytest.approx(1.0)          # class 0: found in all its images
     assert not table[table["split"] == "test_occ_fixed"]["f1"].isna().any()
+    seeded = tmp_path / "seeds" / "yolov8m"            # a second seed that predicted class 3 once: F1 0 there
+    runs = []
+    for seed, present in ((0, False), (1, True)):
+        folder = seeded / Session("yolov8m", "S1_clean_train", seed).name
+        metrics = write_done_session(folder, "yolov8m", "S1_clean_train", (20, 10))
+        metrics["splits"]["test_clean"]["per_class"][3].update(present=present, support=0, f1=0.0 if present else 1.0)
+        path = atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_json(folder / "DONE", {"session": folder.name, "metrics_sha256": sha256_file(path)})
+        runs.append(load_session_run(folder, "yolov8m", "S1_clean_train", seed))
+    pooled = per_class_table(runs).set_index(["split", "class_id"]).loc[("test_clean", 3)]
+    assert math.isnan(pooled["f1"]) and pooled["n_seeds"] == 2       # was 0.0: seed 1's F1 as the two seeds' mean
 
 
 def test_the_most_robust_session_is_named_as_a_ranking_only_when_the_intervals_separate(

@@ -91,8 +91,9 @@ def summary_table(by_seed: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
-    """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds); NaN for a class
-    neither in the split's labels nor predicted (`present: false`), whose empty-set F1 of 1 measures nothing."""
+    """Per-class ingredient F1: one row per model x session x split x class (mean over done seeds: NaN when a seed
+    has none, never the mean of the others); NaN for a class neither in the split's labels nor predicted
+    (`present: false`), whose empty-set F1 of 1 measures nothing."""
     rows = [{"model": run.model, "session": run.suffix, "session_label": SESSION_LABELS[run.suffix], "split": split,
              "seed": run.seed, "class_id": int(entry.class_id), "class_name": class_name(entry),
              "f1": as_number(entry.f1) if entry.present is not False else math.nan,
@@ -103,4 +104,5 @@ def per_class_table(runs: list[SessionRun]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=columns)
     grouped = pd.DataFrame(rows).groupby(columns[:6], sort=False)  # the class's keys; the values: its seeds' mean
-    return grouped.agg(f1=("f1", "mean"), support=("support", "mean"), n_seeds=("f1", "size")).reset_index()[columns]
+    mean = lambda values: values.mean(skipna=False)  # noqa: E731 - pandas' own mean skips NaN: the other seeds'
+    return grouped.agg(f1=("f1", mean), support=("support", mean), n_seeds=("f1", "size")).reset_index()[columns]
