@@ -55,6 +55,7 @@ USE_DRIVE = True                         # Colab: train on the VM's disk, mirror
 MIRROR = os.environ.get("EXP3_NB_MIRROR")  # the mirror folder (mirror.path); on Colab with USE_DRIVE: on Drive
 REPO_URL = None                          # Colab: git URL of your exp3 copy; None = already inside a checkout
 EXTRA_SETTINGS = os.environ.get("EXP3_NB_SET", "").split()              # extra KEY=VALUE config overrides
+RERUN_FAILED = False                     # True = run sessions that FAILED in an earlier run again (else skipped)
 RUN_PILOT = {run_pilot}                      # run this before the overnight run: `flows/exp3.py --pilot` first
 STATUS_EVERY_S = float(os.environ.get("EXP3_NB_STATUS_EVERY_S", 60))   # seconds between grid refreshes while a flow runs
 '''
@@ -142,7 +143,7 @@ for setting in EXTRA_SETTINGS:
         raise SystemExit(f"EXTRA_SETTINGS {setting!r}: this notebook sets {key} from {own[key][1]}; set "
                          f"{own[key][1]} in the settings cell instead")
 command = [sys.executable, "flows/exp3.py", "--config", CONFIG, "--models", *MODELS,
-           *(["--sessions", *SESSIONS] if SESSIONS else []),
+           *(["--sessions", *SESSIONS] if SESSIONS else []), *(["--rerun-failed"] if RERUN_FAILED else []),
            *(arg for key, (value, _) in own.items() for arg in ("--set", f"{key}={value}")),
            *(arg for setting in EXTRA_SETTINGS for arg in ("--set", setting))]
 print(" ".join(command))

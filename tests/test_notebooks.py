@@ -137,6 +137,8 @@ def test_extra_settings_may_not_replace_what_the_notebook_sets(tmp_path: Path, m
         _run_cell(tmp_path, monkeypatch, 0, EXTRA_SETTINGS=[setting], MODELS=["yolov8m"], USE_GPU=False)
     kept = _run_cell(tmp_path, monkeypatch, 0, EXTRA_SETTINGS=["eval.conf=0.3"], MODELS=["yolov8m"], USE_GPU=False)
     assert kept["command"][-4:] == ["--set", "train.device=cpu", "--set", "eval.conf=0.3"]
+    assert "--rerun-failed" not in kept["command"]  # a FAILED session stays skipped unless RERUN_FAILED is set
+    assert "--rerun-failed" in _run_cell(tmp_path, monkeypatch, 0, RERUN_FAILED=True)["command"]
 
 
 @pytest.mark.parametrize(("output_root", "local", "mirror"), [
