@@ -211,7 +211,10 @@ def test_kill_9_then_a_rerun_here_or_on_a_new_vm_trains_each_session_once(tmp_pa
         process = subprocess.Popen([sys.executable, str(FLOW), "--config", str(config), "--models", "yolov8n"],
                                    cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 400
-        while not (held / "train" / "weights" / "last.pt").exists() and process.poll() is None:
+        # last.pt and the train.log pushed after it (the log's attempt count is asserted below; a kill between the
+        # two is tests/test_mirror.py's: the resume is from last.pt all the same)
+        while not all((held / name).exists() for name in ("train/weights/last.pt", "logs/train.log")) \
+                and process.poll() is None:
             assert time.time() < deadline, "no mirrored checkpoint of S3 after 400 s"
             time.sleep(0.2)
         if process.poll() is None:

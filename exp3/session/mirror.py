@@ -35,7 +35,7 @@ REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # 
 NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
 REPORT_FILES = ".exp3-report-files.json"
 """In the mirror: the report files exp3 put there (paths from the root), the only ones it ever removes there."""
-EXP3_MARKS = (REPORT_FILES, *NOT_MIRRORED, LOCK_NAME, ".prefect", ".ultralytics")
+EXP3_MARKS = (REPORT_FILES, *NOT_MIRRORED, LOCK_NAME, ".prefect", ".ultralytics", "suites")
 """What exp3 writes at the top of a root or mirror first (with session folders): a folder holding one is exp3's."""
 COPY_SOURCE = "source.json"
 """Beside a `local_dataset` copy's data.yaml: the dataset it copied and its fingerprint (written once it matched)."""
