@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +89,28 @@ INSTRUMENT_MIN_INGREDIENTS = 20
 INSTRUMENT_TRAIN_IMAGES = 384
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+               build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` run once per test run, not once per pytest-xdist worker: the first worker to ask builds it
+    under the run's shared temp dir while holding a lock; the others wait on the lock and take its result."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # workers' basetemps are popen-gw<N> of one run's dir
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = shared / f"{name}.built"
+        if not built.is_file():  # a worker whose build failed left no record: the next one builds afresh
+            built.write_text(str(build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)))))
+        return Path(built.read_text())
+
+
 @pytest.fixture(scope="session")
-def trained_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke preset at 96 px with INSTRUMENT_TRAIN_IMAGES train / 16 val / 16 test images."""
+def trained_data_yaml(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The smoke preset at 96 px with INSTRUMENT_TRAIN_IMAGES train / 16 val / 16 test images (one per test run)."""
     from exp3.dataset.synth import build_synthetic_dataset
 
-    out = tmp_path_factory.mktemp("trained-data") / "synthetic"
-    return build_synthetic_dataset(out, preset="smoke", seed=0,
-                                   counts={"train": INSTRUMENT_TRAIN_IMAGES, "val": 16, "test": 16}, image_size=96)
+    return built_once(tmp_path_factory, worker_id, "trained-data", lambda out: build_synthetic_dataset(
+        out / "synthetic", preset="smoke", seed=0, counts={"train": INSTRUMENT_TRAIN_IMAGES, "val": 16, "test": 16},
+        image_size=96))
 
 
 def _instrument_quality(checkpoint: Path, data_yaml: Path, project: Path) -> tuple[float, int]:
@@ -122,7 +137,7 @@ def check_instrument():
 
 
 @pytest.fixture(scope="session")
-def trained_yolo_checkpoint(trained_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory,
+def trained_yolo_checkpoint(trained_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str,
                             check_instrument) -> Path:
     """`last.pt` of yolov8n.yaml trained from scratch to clear detection (a test instrument, not an exp3 session).
 
@@ -133,19 +148,21 @@ def trained_yolo_checkpoint(trained_data_yaml: Path, tmp_path_factory: pytest.Te
     the same generator and augmentation only slows convergence here; more images rather than more
     epochs (384 images x 12 epochs: test mAP50 0.66 and 53 ingredients at 0.25, measured; 20 epochs gave
     0.70 in 1.4x the time beside the same other work, 256 images x 10 epochs 0.53). Quality is checked before any test uses it
-    (`check_instrument`).
+    (`check_instrument`). Trained once per test run (`built_once`): the test processes share it.
     """
     from ultralytics import YOLO
 
-    project = tmp_path_factory.mktemp("trained")
-    YOLO("yolov8n.yaml").train(data=str(trained_data_yaml), epochs=12, imgsz=96, batch=8, nbs=8,
-                               device="cpu", amp=False, workers=0, plots=False, project=str(project), name="run",
-                               exist_ok=True, verbose=False, val=False, optimizer="AdamW", lr0=0.002,
-                               warmup_epochs=1, mosaic=0.0, scale=0.0, translate=0.0, hsv_h=0.0, hsv_s=0.0,
-                               hsv_v=0.0)
-    checkpoint = project / "run" / "weights" / "last.pt"
-    check_instrument(checkpoint, trained_data_yaml, project)
-    return checkpoint
+    def train(project: Path) -> Path:
+        YOLO("yolov8n.yaml").train(data=str(trained_data_yaml), epochs=12, imgsz=96, batch=8, nbs=8,
+                                   device="cpu", amp=False, workers=0, plots=False, project=str(project), name="run",
+                                   exist_ok=True, verbose=False, val=False, optimizer="AdamW", lr0=0.002,
+                                   warmup_epochs=1, mosaic=0.0, scale=0.0, translate=0.0, hsv_h=0.0, hsv_s=0.0,
+                                   hsv_v=0.0)
+        checkpoint = project / "run" / "weights" / "last.pt"
+        check_instrument(checkpoint, trained_data_yaml, project)
+        return checkpoint
+
+    return built_once(tmp_path_factory, worker_id, "trained", train)
 
 
 @pytest.fixture(scope="session")
