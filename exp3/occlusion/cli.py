@@ -15,7 +15,6 @@ from exp3.occlusion import OcclusionError
 from exp3.occlusion.suites import build_occluded_train_set, build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
 
-
 SPLITS_READ: dict[str, tuple[str, ...]] = {"build": ("test",), "build-severity": ("test",),
                                            "build-train": ("train", "val", "test")}
 """The splits each build command reads (S2's train set names the clean val and test splits beside it)."""

@@ -49,7 +49,8 @@ def _recorded_epochs(run: SessionRun) -> tuple[list[EpochProgress], int | None]:
 
 def run_epochs(run: SessionRun) -> list[EpochProgress]:
     """The epochs of a done run's results.csv: [] when not done, or when they are not the epochs 1..N its
-    metrics.json says were trained (without that record: 1..N, N its rows) (a row lost or cut, a file that is no text: `why_not_drawn` names it)."""
+    metrics.json says were trained (without that record: 1..N, N its rows) (a row lost or cut, a file that is no
+    text: `why_not_drawn` names it)."""
     if run.status != SessionState.DONE:
         return []
     epochs, trained = _recorded_epochs(run)

@@ -27,10 +27,10 @@ def ultralytics_environment(output_root: str | os.PathLike[str]) -> dict[str, st
 
 
 def apply_offline_environment(output_root: str | os.PathLike[str], integrations: Sequence[str] | None = None) -> None:
-    """Set `ultralytics_environment` in this process (and drop ULTRALYTICS_API_KEY), write the root's Ultralytics settings file with exactly
-    `integrations` on (None: keep the file there, or all off; `exp3.train.integrations.write_ultralytics_settings`),
-    and put matplotlib's DejaVuSans under the names Ultralytics' `check_font` looks for first (else it requests
-    Arial.ttf from the internet)."""
+    """Set `ultralytics_environment` in this process (and drop ULTRALYTICS_API_KEY), write the root's Ultralytics
+    settings file with exactly `integrations` on (None: keep the file there, or all off;
+    `exp3.train.integrations.write_ultralytics_settings`), and put matplotlib's DejaVuSans under the names
+    Ultralytics' `check_font` looks for first (else it requests Arial.ttf from the internet)."""
     import matplotlib  # lazy: heavy; exp3.grid.cli imports this module (exp3.grid.flowenv) for its environment alone
 
     environment = ultralytics_environment(output_root)
