@@ -369,9 +369,11 @@ def test_a_user_data_yaml_that_cannot_be_read_is_refused_before_the_flow(tmp_pat
 
 def test_a_ui_or_deployment_run_refused_late_leaves_the_roots_record_as_it_was(tmp_path: Path) -> None:
     """The flow called as a deployment or the UI calls it (no command line): missing weights, a mirror at a folder of
-    the user's, a UI config beside a config_file, a fan-out width under 1 or a deployment name that cannot be run are
-    refused before config_resolved.yaml and plan.json of a finished root are rewritten (they were, so status and the
-    report called its done sessions stale)."""
+    the user's, a UI config beside a config_file, a fan-out width under 1, a deployment name that cannot be run, an
+    output_root at a folder of the user's or a moved root are refused before config_resolved.yaml and plan.json of a
+    finished root are rewritten (they were, so status and the report called its done sessions stale)."""
+    from exp3.grid.flowenv import PREFECT_SETTINGS  # the settings a flow process gets (no telemetry writer)
+
     root, mine, moved = tmp_path / "out", tmp_path / "userfolder", tmp_path / "copied"
     root.mkdir()
     mine.mkdir()
@@ -403,7 +405,7 @@ for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={t
     print("STATE", name, state.name, (state.message or "").replace(chr(10), " ")[:300])
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+                            env={**os.environ, **PREFECT_SETTINGS, "PREFECT_HOME": str(tmp_path / "prefect-home")})
     states = [line for line in result.stdout.splitlines() if line.startswith("STATE")]
     assert len(states) == 7 and all(" Failed " in line for line in states), \
         result.stdout[-3000:] + result.stderr[-3000:]

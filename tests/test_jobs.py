@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exp3.config import ExperimentConfig
+from exp3.grid.flowenv import PREFECT_SETTINGS
 from exp3.grid.jobs import SessionJob, SessionResult, done_result, outcome, plan_jobs, session_slots
 from exp3.grid.runner import SessionError, session_arguments, session_environment
 from exp3.schema import PreparedData, SeveritySuite
@@ -174,8 +175,7 @@ def test_sessions_take_the_first_free_slot_when_they_start(tmp_path: Path) -> No
             ([job.model_dump(mode="json") for job in stopped], [None], True, [stopped[0].name])]
     result = subprocess.run([sys.executable, "-c", SLOT_FLOW, json.dumps(runs)], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1], timeout=600,
-                            env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
-                                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"})  # as exp3.grid.flowenv
+                            env={**os.environ, **PREFECT_SETTINGS, "PREFECT_HOME": str(tmp_path / "prefect")})
     assert result.returncode == 0, result.stderr[-3000:]
     first, second, third = (json.loads(line) for line in result.stdout.splitlines()[-3:])
 

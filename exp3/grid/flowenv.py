@@ -18,13 +18,20 @@ EPHEMERAL_SERVER_MARKS: tuple[str, ...] = ("uvicorn", "prefect.server.api.server
 """In the command line of the API server a flow run starts for itself; not in `prefect server start`'s."""
 
 
+PREFECT_SETTINGS: dict[str, str] = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                                    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+                                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+"""A flow run's Prefect settings, unless set already: a slow box's temporary server given time to start; no result
+files; no telemetry writer beside the run's own in the temporary server's SQLite (a busy 2-core box saw it end a
+run's start with "database is locked")."""
+
+
 def configure_flow_environment(output_root: Path) -> list[int]:
     """Set the variables above for this process and its children; return the pids of reaped orphans (none while a
     run holds the root's lock)."""
     home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(output_root).absolute() / ".prefect")))
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name, value in PREFECT_SETTINGS.items():
+        os.environ.setdefault(name, value)
     apply_offline_environment(output_root)
     home.mkdir(parents=True, exist_ok=True)
     if RootLock(output_root).is_live():  # a run of this root is alive, and its server with it (its parent looks like
