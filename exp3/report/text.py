@@ -10,11 +10,11 @@ import pandas as pd
 
 def fmt(value: Any, digits: int = 3, signed: bool = False, sides_of: tuple[float, ...] = ()) -> str:
     """`value` with `digits` decimals (a sign when `signed`); "n/a" for None or NaN. With `sides_of` (a rule's
-    thresholds), more decimals where fewer would put the printed value on another side of one, or on it."""
+    thresholds), more decimals (up to 6) where fewer would put the printed value on another side of one, or on it."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     value = value if value != 0 else 0.0  # -0.0 is 0; a tiny negative keeps its sign ("-0.000": below 0)
-    while digits < 9 and any(_side(round(value, digits), edge) != _side(value, edge) for edge in sides_of):
+    while digits < 6 and any(_side(round(value, digits), edge) != _side(value, edge) for edge in sides_of):
         digits += 1
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
