@@ -269,11 +269,17 @@ def positive_control(comparisons: pd.DataFrame, model: str,
     "Positive control"."""
     session, reference, split = POSITIVE_CONTROL
     a, b = short_session(session), short_session(reference)
-    rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": [], "none": []}
+    rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
+    reasons: dict[str, list[str]] = {}  # the "none" readings: why there is no result
     for metric, threshold, row, group in _control_readings(comparisons, model):
         label = METRICS[metric].label + ("" if metric in MAP_METRICS else
                                          (" @val" if threshold == "val" else f" @{fmt(row['conf'], 2)}"))
-        groups[group].append((label, row) if group == "none" else label)
+        if group != "none":
+            groups[group].append(label)
+        elif threshold == "val" and (pd.isna(row["conf"]) or pd.isna(row["reference_conf"])):
+            reasons.setdefault(NO_VAL_THRESHOLD, []).append(label)
+        else:
+            reasons.setdefault(NO_PAIRED_RESULT, []).append(label)
         rows.append({"metric": METRICS[metric].label, "operating point": _operating_point(metric, threshold, row),
                      f"{a} - {b} [95% CI]": fmt_ci(row, "difference", "ci_low", "ci_high", True),
                      "p": fmt_p(row["p_value"]), "p_BH": fmt_p(row["p_bh"]),
@@ -287,10 +293,6 @@ def positive_control(comparisons: pd.DataFrame, model: str,
              f"do not: {', '.join(groups['no']) or 'none'}"]
     parts += [f"show the reverse: {', '.join(groups['reversed'])}"] if groups["reversed"] else []
     parts += [f"undecided (no CI): {', '.join(groups['undecided'])}"] if groups["undecided"] else []
-    reasons: dict[str, list[str]] = {}
-    for label, row in groups["none"]:
-        unchosen = label.endswith("@val") and (pd.isna(row["conf"]) or pd.isna(row["reference_conf"]))
-        reasons.setdefault(NO_VAL_THRESHOLD if unchosen else NO_PAIRED_RESULT, []).append(label)
     parts += [f"no result ({reason}): {', '.join(labels)}" for reason, labels in reasons.items()]
     partial = "" if summary is None else seeds_done_note(summary, model, (session, reference))
     return pd.DataFrame(rows), (f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}"
