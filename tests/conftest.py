@@ -17,6 +17,19 @@ _OFFLINE_ROOT = Path(tempfile.mkdtemp(prefix="exp3-tests-"))
 apply_offline_environment(_OFFLINE_ROOT)
 
 
+SLOWEST_FIRST: tuple[str, ...] = ("test_flow.py", "test_session.py", "test_metrics.py", "test_training.py",
+                                  "test_notebooks.py", "test_severity.py")
+"""Test files by their share of the suite's time on 2 cores, longest first (`pytest --durations=0`, BENCHMARKS.md)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest files first, the rest in their order: pytest-xdist hands each worker a whole file at a time, in
+    collection order (`--no-loadscope-reorder`); its default, the files with most tests first, started the longest,
+    test_flow.py (~760 s), 15th, and one worker was busy with it long after the other had finished."""
+    rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort: ties keep collection order
+
+
 def records_to_json(records: Sequence[Any]) -> list[dict[str, Any]]:
     """`ImageRecord`s as a predictions file's "images" (the inverse of `exp3.evaluate.metrics.records_from_json`):
     plain lists and numbers, `width`/`height` only when known. Tests import it: `from conftest import ...`."""
@@ -42,6 +55,29 @@ def charts_are_validated() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(plots, "save_chart", validated_save)
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of a flow process that runs against one Prefect API server per test process (PREFECT_API_URL,
+    as a deployment on a work pool runs): it skips the temporary server a plain `python flows/exp3.py` starts for its
+    own database at <root>/.prefect (20-45 s of a tiny test flow's wall on 2 cores, migrations included). Tests of
+    that database, of a kill -9 in its server's life and of the notebooks keep their own."""
+    import os
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from exp3.grid.flowenv import PREFECT_SETTINGS
+
+    with pytest.MonkeyPatch.context() as patch:  # the server's database in the test run's temp dir, its settings
+        for name, value in {**PREFECT_SETTINGS, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-api"))}.items():
+            patch.setenv(name, value)
+        server = SubprocessASGIServer()
+        server.start(timeout=int(PREFECT_SETTINGS["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    try:
+        yield {**os.environ, "PREFECT_API_URL": server.api_url}
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ def _config(tmp_path: Path, models: dict, **extra: object) -> Path:
     payload = {"base": str(REPO / "configs" / "smoke.yaml"), "output_root": str(tmp_path / "out"),
                "models": models, "sessions": ["S1_clean_train"],
                "parallel_sessions": 1,  # one slot: these tests reason about which session ran before which
+               "occlusion": {"severities": []},  # test_clean and test_occ_fixed: the levels are test_severity's
                **extra}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(payload))
@@ -63,10 +64,10 @@ def _train_attempts(folder: Path) -> int:
     return log.read_text(errors="replace").count("==== exp3 train") if log.is_file() else 0
 
 
-def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
+def test_sanity_passes_and_second_run_skips(tmp_path: Path, prefect_api: dict[str, str]) -> None:
     """Also runs its two sessions side by side (parallel_sessions: 2, two CPU slots): their runs overlap in time."""
     result = _flow(tmp_path, "--sanity", "--set", "models.yolov8m.architecture=yolov8n.yaml",
-                   "--set", "parallel_sessions=2")
+                   "--set", "parallel_sessions=2", env=prefect_api)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sanity PASS" in result.stdout
     root = tmp_path / "runs" / "exp3-sanity"
@@ -96,7 +97,8 @@ def test_sanity_passes_and_second_run_skips(tmp_path: Path) -> None:
                             text=True)
     assert status.returncode == 0 and "STALE" not in status.stdout and "done=2" in status.stdout
     one = _flow(tmp_path, "--smoke", "--set", "output_root=runs/exp3-sanity", "--set",
-                "models.yolov8m.architecture=yolov8n.yaml", "--models", "yolov8m", "--sessions", "S3_mask_backbone_early")
+                "models.yolov8m.architecture=yolov8n.yaml", "--models", "yolov8m",
+                "--sessions", "S3_mask_backbone_early", env=prefect_api)
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
     summary = (root / "summary_metrics.csv").read_text()   # the report of the config's grid, not of the one session
     assert "S1_clean_train" in summary and "S3_mask_backbone_early" in summary
@@ -167,13 +169,13 @@ def test_live_view_per_epoch_lines_and_artifacts_then_cached(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("policy", ["continue", "stop"])
-def test_failure_policy(tmp_path: Path, policy: str) -> None:
+def test_failure_policy(tmp_path: Path, policy: str, prefect_api: dict[str, str]) -> None:
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"garbage, not a checkpoint")
     models = {"broken": {"architecture": "yolov8n.yaml", "weights": str(broken), "epochs": 1},
               "yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1}}
     config = _config(tmp_path, models, failure={"policy": policy})
-    result = _flow(tmp_path, "--config", str(config), "--models", "broken", "yolov8n")
+    result = _flow(tmp_path, "--config", str(config), "--models", "broken", "yolov8n", env=prefect_api)
     assert result.returncode == 1, result.stderr[-3000:]
     root = tmp_path / "out"
     assert (root / "broken" / "broken__S1_clean_train" / "FAILED").is_file()
@@ -189,7 +191,8 @@ def test_failure_policy(tmp_path: Path, policy: str) -> None:
         assert status[("yolov8n", "S1_clean_train")] == "done", summary
 
 
-def test_kill_9_then_a_rerun_here_or_on_a_new_vm_trains_each_session_once(tmp_path: Path) -> None:
+def test_kill_9_then_a_rerun_here_or_on_a_new_vm_trains_each_session_once(tmp_path: Path,
+                                                                          prefect_api: dict[str, str]) -> None:
     """One killed run, two ways back. The flow is killed (-9) while S3 trains, after its first mirrored checkpoint:
     its session process dies with it. (1) The same command on the same root (the mirror left out, so it keeps
     what the kill left) trains nothing finished again and resumes S3 from its own last.pt. (2) Issue 36: Colab's
@@ -243,7 +246,8 @@ def test_kill_9_then_a_rerun_here_or_on_a_new_vm_trains_each_session_once(tmp_pa
 
     shutil.rmtree(root)  # the VM is gone, and everything local with it
     new_root = tmp_path / "new-vm" / "out"
-    rerun = _flow(tmp_path, "--config", str(config), "--models", "yolov8n", "--set", f"output_root={new_root}")
+    rerun = _flow(tmp_path, "--config", str(config), "--models", "yolov8n", "--set", f"output_root={new_root}",
+                  env=prefect_api)  # the killed run and the rerun here: each with its server, at the root's database
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "yolov8n__S1_clean_train: done (DONE verified), not trained again" in rerun.stderr
     assert "yolov8n__S3_mask_backbone_early: unfinished (" in rerun.stderr
@@ -367,7 +371,8 @@ def test_a_user_data_yaml_that_cannot_be_read_is_refused_before_the_flow(tmp_pat
     assert f"'{tmp_path / 'nameless.yaml'}': 'names' is missing or empty" in bad.stderr
 
 
-def test_a_ui_or_deployment_run_refused_late_leaves_the_roots_record_as_it_was(tmp_path: Path) -> None:
+def test_a_ui_or_deployment_run_refused_late_leaves_the_roots_record_as_it_was(tmp_path: Path,
+                                                                               prefect_api: dict[str, str]) -> None:
     """The flow called as a deployment or the UI calls it (no command line): missing weights, a mirror at a folder of
     the user's, a UI config beside a config_file, a fan-out width under 1, a deployment name that cannot be run, an
     output_root at a folder of the user's or a moved root are refused before config_resolved.yaml and plan.json of a
@@ -405,7 +410,7 @@ for name, call in (("weights", dict(overrides=[*base, "models.yolov8m.weights={t
     print("STATE", name, state.name, (state.message or "").replace(chr(10), " ")[:300])
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **PREFECT_SETTINGS, "PREFECT_HOME": str(tmp_path / "prefect-home")})
+                            env={**prefect_api, **PREFECT_SETTINGS, "PREFECT_HOME": str(tmp_path / "prefect-home")})
     states = [line for line in result.stdout.splitlines() if line.startswith("STATE")]
     assert len(states) == 7 and all(" Failed " in line for line in states), \
         result.stdout[-3000:] + result.stderr[-3000:]
@@ -466,7 +471,8 @@ def test_pilot_configs_and_cli(tmp_path: Path) -> None:
     assert both.returncode == 2 and "each choose the config" in both.stderr
 
 
-def test_a_session_stopped_by_a_signal_is_named_as_such_not_as_a_failure_to_fix(tmp_path: Path) -> None:
+def test_a_session_stopped_by_a_signal_is_named_as_such_not_as_a_failure_to_fix(tmp_path: Path,
+                                                                                 prefect_api: dict[str, str]) -> None:
     """A session process killed (kill -9, the kernel's OOM killer) leaves no FAILED marker: the closing line said
     "fix and re-run with --rerun-failed", though nothing was broken and a plain re-run goes on."""
     site = tmp_path / "site"
@@ -480,8 +486,8 @@ def test_a_session_stopped_by_a_signal_is_named_as_such_not_as_a_failure_to_fix(
         "    sys.exit(2)\n")
     config = _config(tmp_path, {"killed": {"architecture": "yolov8n.yaml", "epochs": 1},
                                 "busy": {"architecture": "yolov8n.yaml", "epochs": 1}})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    result = _flow(tmp_path, "--config", str(config), env=env)
+    env = {**prefect_api, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    result = _flow(tmp_path, "--config", str(config), "--models", "killed", "busy", env=env)  # not smoke's two too
     assert result.returncode == 1, result.stderr[-3000:]
     assert not (tmp_path / "out" / "killed" / "killed__S1_clean_train" / "FAILED").exists()
     assert ("1 stopped before they ended (a signal, or a lost worker): killed__S1_clean_train (run the same command "

@@ -26,7 +26,8 @@ from exp3.sessions import Session
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {"models": {"yolov8n": {"architecture": "yolov8n.yaml", "epochs": 1},
-                             "rtdetr-l": {"architecture": "rtdetr-l.yaml", "epochs": 1}}}
+                             "rtdetr-l": {"architecture": "rtdetr-l.yaml", "epochs": 1}},
+                  "occlusion": {"severities": []}}  # test_clean and test_occ_fixed only: levels are test_severity's
 
 
 def _write_config(path: Path, root: Path, extra: dict | None = None) -> Path:
@@ -546,7 +547,7 @@ def test_a_severity_level_is_never_added_from_another_checkpoint(grid, tmp_path:
     best.write_bytes(own + b"\0")                                     # other bytes than the evaluated checkpoint
     levels = {"occlusion": {"severities": [[0.10, 0.26], [0.42, 0.58], [0.74, 0.90]]}}
     config = load_config(_write_config(tmp_path / "c.yaml", output, levels))
-    with pytest.raises(SessionFailed, match=r"cannot add test_occ_sev2.*: its checkpoint .+best.pt is not the one its "
+    with pytest.raises(SessionFailed, match=r"cannot add test_occ_sev1.*: its checkpoint .+best.pt is not the one its "
                                             r"metrics were made from \(sha256 differs\)"):
         run_session(config, session, output)
     assert "sha256 differs" in json.loads(paths.failed_marker.read_text())["error"] and paths.is_done(None)
