@@ -19,7 +19,8 @@ apply_offline_environment(_OFFLINE_ROOT)
 
 SLOWEST_FIRST: tuple[str, ...] = ("test_flow.py", "test_session.py", "test_metrics.py", "test_training.py",
                                   "test_notebooks.py", "test_severity.py")
-"""Test files by their share of the suite's time on 2 cores, longest first (`pytest --durations=0`, BENCHMARKS.md)."""
+"""Test files by their share of the suite's time on 2 cores, longest first (sums of `pytest --durations=60`,
+BENCHMARKS.md "Test time"; test_session or test_metrics, whichever asks first, trains the instrument)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
