@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,6 +16,7 @@ from exp3.train.offline import apply_offline_environment
 
 # Before any test imports ultralytics: no network, settings and fonts in a throw-away dir.
 _OFFLINE_ROOT = Path(tempfile.mkdtemp(prefix="exp3-tests-"))
+atexit.register(shutil.rmtree, _OFFLINE_ROOT, ignore_errors=True)  # one per test process: gone when it ends
 apply_offline_environment(_OFFLINE_ROOT)
 
 
@@ -94,8 +97,6 @@ def tiny_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def writable_data_yaml(tiny_data_yaml: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny dataset that a test may damage; returns its data.yaml."""
-    import shutil
-
     import yaml
 
     root = tmp_path / "data-copy"
