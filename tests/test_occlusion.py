@@ -178,6 +178,31 @@ def test_different_parameters_make_a_new_suite_and_leave_the_old_one(suite: Path
     assert build_occlusion_suite(dataset, suite.parent, OcclusionConfig(train_fraction=0.9), workers=1) == suite
 
 
+def test_verify_checks_each_image_record_against_its_file_and_occluders(suite: Path, tmp_path: Path) -> None:
+    """A manifest whose per-image records were changed after the build (a covered fraction, which coverage bins by;
+    an output hash) fails verify, naming the image; the files' hashes alone passed it."""
+    import shutil
+
+    copy = tmp_path / suite.name
+    shutil.copytree(suite, copy)
+    manifest = _manifest(copy)
+    first, second = manifest["images"][:2]
+    box = next(box for box in first["boxes"] if box["covered_fraction"] is not None)
+    recorded = box["covered_fraction"]
+    box["covered_fraction"] = round(recorded + 0.2 if recorded < 0.5 else recorded - 0.2, 6)
+    second["output_sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems = [problem for problem in verify_occlusion_suite(copy) if "moved" not in problem]
+    index = first["boxes"].index(box)
+    assert problems == [f"manifest image {first['id']!r}: box {index} records covered_fraction "
+                        f"{box['covered_fraction']}, its occluders cover {recorded} of it (the manifest was edited)",
+                        f"manifest image {second['id']!r}: output_sha256 is not its file's "
+                        f"({second['occluded_image']})"]
+    first["occluders"] = "not a list of rectangles"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "manifest.json has image records that cannot be read" in verify_occlusion_suite(copy)
+
+
 def test_verify_detects_flipped_byte_missing_and_extra_files(suite: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from exp3.fileio import sha256_file
+from exp3.occlusion.geometry import covered_fractions, rect_mask
 from exp3.occlusion.identity import MANIFEST_NAME, SEVERITY_KIND, TRAIN_SET_KIND, _identity, _suite_name
 from exp3.splits import PRIMARY_SPLITS
 
@@ -40,6 +42,30 @@ def _check_yaml_paths(suite_dir: Path, manifest: dict[str, Any]) -> list[str]:
     return problems + [f"data.yaml: the original {split} split {location!r} no longer exists: restore it or build again"
                        for split, locations in (manifest.get("references") or {}).items()
                        for location in locations or [] if not Path(location).exists()]
+
+
+def _check_images(manifest: dict[str, Any]) -> list[str]:
+    """Each occluded image's record against the rest of the manifest: its `output_sha256` is its file's, and each
+    box's `covered_fraction` is what the recorded occluders cover of it (what coverage bins it by). A box's xyxy is
+    rounded to 0.001 px: its fraction may move by 0.002 (w + h) / (w h), never more."""
+    problems = []
+    for image in manifest.get("images") or []:
+        where = f"manifest image {image.get('id')!r}"
+        if "occluded_image" in image and manifest["files"].get(image["occluded_image"]) != image.get("output_sha256"):
+            problems.append(f"{where}: output_sha256 is not its file's ({image['occluded_image']})")
+        boxes = [box for box in image.get("boxes") or [] if "covered_fraction" in box]
+        if not boxes or "occluders" not in image:
+            continue  # S2's train set: no fraction recorded
+        xyxy = np.array([box["xyxy"] for box in boxes], dtype=np.float64).reshape(-1, 4)
+        mask = rect_mask([tuple(occluder["xyxy"]) for occluder in image["occluders"]], image["width"], image["height"])
+        sides = xyxy[:, 2:] - xyxy[:, :2]
+        slack = 0.002 * sides.sum(axis=1) / np.maximum(sides.prod(axis=1), 1e-12) + 1e-6
+        for index, (box, measured, allowed) in enumerate(zip(boxes, covered_fractions(mask, xyxy), slack)):
+            recorded = box["covered_fraction"]  # None: zero-area (measured None too, or a box rounded to none)
+            if measured is not None and (recorded is None or abs(recorded - measured) > allowed):
+                problems.append(f"{where}: box {index} records covered_fraction {recorded}, its occluders cover "
+                                f"{measured} of it (the manifest was edited)")
+    return problems
 
 
 def moved_root(root: Path) -> str | None:
@@ -90,4 +116,8 @@ def verify_occlusion_suite(suite_dir: Path) -> list[str]:
     problems += [f"extra file {rel}" for rel in sorted(set(present) - set(expected))]
     problems += [f"link {path.relative_to(suite_dir).as_posix()} (a suite holds files only: Ultralytics would read "
                  "what it points to)" for path in sorted(suite_dir.rglob("*")) if path.is_symlink()]
+    try:
+        problems += _check_images(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        problems.append(f"{MANIFEST_NAME} has image records that cannot be read")
     return problems + _check_yaml_paths(suite_dir, manifest)
