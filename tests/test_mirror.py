@@ -81,16 +81,14 @@ def test_the_checkpoints_go_up_before_the_results_csv_a_resume_reads(tmp_path: P
     pushed: list[str] = []
     monkeypatch.setattr(Mirror, "_push", lambda self, file: pushed.append(file.name))
     mirror.push_checkpoint(paths)
-    assert pushed[:3] == ["inputs.json", "last.pt", "best.pt"] and "results.csv" in pushed[3:]
+    checkpoints = pushed.index("last.pt")
+    assert pushed[0] == "inputs.json" and pushed[checkpoints:checkpoints + 2] == ["last.pt", "best.pt"]
+    assert "results.csv" in pushed[checkpoints + 2:]
 
 
-def test_a_vm_recycled_right_after_the_first_last_pt_went_up_still_resumes_from_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first checkpoint push of a session dies (the VM is recycled) just after last.pt is in the mirror: the new
-    VM resumes from it. Before, inputs.json went up after the checkpoints, so the mirror held a last.pt without its
-    key, and the session trained again from scratch (seen as a flaky tests/test_flow.py kill -9 test)."""
-    mirror = _mirror(tmp_path)
-    paths = _session(mirror.root, done=False)
+def _cut_after_last_pt(mirror: Mirror, paths: SessionPaths, monkeypatch: pytest.MonkeyPatch) -> Mirror:
+    """A checkpoint push of `paths` that dies (the VM recycled) just after last.pt is in the mirror; returns the new
+    VM's mirror (its local root empty)."""
     real_push = Mirror._push
 
     def recycled_after_last_pt(self: Mirror, file: Path) -> None:
@@ -102,10 +100,42 @@ def test_a_vm_recycled_right_after_the_first_last_pt_went_up_still_resumes_from_
     with pytest.raises(SystemExit):
         mirror.push_checkpoint(paths)
     monkeypatch.undo()
-    fresh = Mirror(mirror.path, tmp_path / "new-vm")
+    return Mirror(mirror.path, mirror.root.parent / "new-vm")
+
+
+def test_a_push_cut_short_after_last_pt_leaves_the_rows_of_the_epochs_it_holds(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second checkpoint push dies just after last.pt went up: the new VM's results.csv and masking_stats.json
+    must hold the epochs that last.pt holds. Copied only after the checkpoints, they were the first push's (epochs 1-2
+    of 4): the resume went on from epoch 4, and the rows of epochs 3-4 were lost for good (no masking row, silently)."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    stats = paths.run_dir / "masking_stats.json"
+    stats.write_text(json.dumps({"epochs": [{"epoch": 0}, {"epoch": 1}]}))
+    mirror.push_checkpoint(paths)  # epochs 1-2
+    paths.results_csv.write_text("epoch,metrics/mAP50(B)\n1,0.1\n2,0.2\n3,0.3\n4,0.4\n")  # two more epochs
+    stats.write_text(json.dumps({"epochs": [{"epoch": epoch} for epoch in range(4)]}))
+    paths.last_pt.write_bytes(os.urandom(3100))
+    fresh = _cut_after_last_pt(mirror, paths, monkeypatch)
     assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
-        "yolov8n__S1_clean_train: unfinished (0 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
+        "yolov8n__S1_clean_train: unfinished (4 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
         "resumes from last.pt"]
+    restored = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train")
+    assert restored.last_pt.read_bytes() == paths.last_pt.read_bytes()
+    assert (restored.run_dir / "masking_stats.json").read_text() == stats.read_text()
+
+
+def test_a_vm_recycled_right_after_the_first_last_pt_went_up_still_resumes_from_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first checkpoint push of a session dies (the VM is recycled) just after last.pt is in the mirror: the new
+    VM resumes from it. Before, inputs.json went up after the checkpoints, so the mirror held a last.pt without its
+    key, and the session trained again from scratch (seen as a flaky tests/test_flow.py kill -9 test)."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    fresh = _cut_after_last_pt(mirror, paths, monkeypatch)
+    assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
+        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
+        "resumes from last.pt"]  # results.csv went up before last.pt (and goes again after the checkpoints)
     resumed = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train")
     assert resumed.state(KEY) == SessionState.PARTIAL and resumed.last_pt.read_bytes() == paths.last_pt.read_bytes()
 

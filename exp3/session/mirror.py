@@ -156,11 +156,14 @@ class Mirror:
         try:
             files = [file for file in _session_files(paths) if file.name not in (DONE_MARKER, FAILED_MARKER)]
             # inputs.json first: a last.pt is restored only beside the key it was trained under (a VM recycled just
-            # after the first last.pt went up left it keyless, and the session trained again from scratch); then the
-            # checkpoints: a results.csv copied after them holds every epoch they hold (an epoch that ends in between
-            # is a row the resume writes again, read once), never one fewer (a row lost for good)
-            first = [paths.inputs, *(paths.run_dir / "weights" / name for name in CHECKPOINTS)]
-            for file in first + [file for file in files if file not in first]:
+            # after the first last.pt went up left it keyless, and the session trained again from scratch); the rest
+            # (results.csv, masking_stats.json, the logs) before the checkpoints and again after them: copied after
+            # them, it holds every epoch they hold (an epoch that ends in between is a row the resume writes again,
+            # read once), never one fewer (a row lost for good), and a push cut short after last.pt leaves it at
+            # most the epoch that ended meanwhile behind, not all those since the previous push
+            checkpoints = [paths.run_dir / "weights" / name for name in CHECKPOINTS]
+            rest = [file for file in files if file not in (paths.inputs, *checkpoints)]
+            for file in [paths.inputs, *rest, *checkpoints, *rest]:  # unchanged files are not copied twice
                 with contextlib.suppress(FileNotFoundError):  # replaced by the session meanwhile: the next push
                     self._push(file)
             self._started[folder] = now
