@@ -195,7 +195,7 @@ def test_verify_checks_each_image_record_against_its_file_and_occluders(suite: P
     problems = [problem for problem in verify_occlusion_suite(copy) if "moved" not in problem]
     index = first["boxes"].index(box)
     assert problems == [f"manifest image {first['id']!r}: box {index} records covered_fraction "
-                        f"{box['covered_fraction']}, its occluders cover {recorded} of it (the manifest was edited)",
+                        f"{box['covered_fraction']}, its occluders cover {recorded} of it (changed since the build)",
                         f"manifest image {second['id']!r}: output_sha256 is not its file's "
                         f"({second['occluded_image']})"]
     first["occluders"] = "not a list of rectangles"

@@ -64,7 +64,7 @@ def _check_images(manifest: dict[str, Any]) -> list[str]:
             recorded = box["covered_fraction"]  # None: zero-area (measured None too, or a box rounded to none)
             if measured is not None and (recorded is None or abs(recorded - measured) > allowed):
                 problems.append(f"{where}: box {index} records covered_fraction {recorded}, its occluders cover "
-                                f"{measured} of it (the manifest was edited)")
+                                f"{measured} of it (changed since the build)")
     return problems
 
 
