@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -67,8 +68,6 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     as a deployment on a work pool runs): it skips the temporary server a plain `python flows/exp3.py` starts for its
     own database at <root>/.prefect (20-45 s of a tiny test flow's wall on 2 cores, migrations included). Tests of
     that database, of a kill -9 in its server's life and of the notebooks keep their own."""
-    import os
-
     from prefect.server.api.server import SubprocessASGIServer
 
     from exp3.grid.flowenv import PREFECT_SETTINGS
