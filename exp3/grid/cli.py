@@ -33,7 +33,8 @@ SANITY_SESSIONS = ("S1_clean_train", "S3_mask_backbone_early")
 
 
 def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
-    """Parse the command line and load the config it names (ConfigError if the config is bad)."""
+    """Parse the command line, load the config it names and select the grid of its --models and --sessions
+    (`args.grid`); ConfigError if the config is bad or a name unknown."""
     parser = argparse.ArgumentParser(prog="python flows/exp3.py", description="Run the exp3 grid as a Prefect flow.")
     parser.add_argument("--config", type=Path, default=None, help="experiment config (default configs/exp3.yaml)")
     parser.add_argument("--smoke", action="store_true", help="configs/smoke.yaml: 12 sessions x 1 epoch")
@@ -58,7 +59,14 @@ def config_from_args(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namesp
     else:
         path = SMOKE_CONFIG if (args.smoke or args.sanity) else (args.config or DEFAULT_CONFIG)
     overrides = (["output_root=runs/exp3-sanity"] if args.sanity else []) + list(args.overrides)  # the user's win
-    return load_config(path, overrides), args
+    config = load_config(path, overrides)
+    if args.sanity:  # the grid the sanity check runs twice, and its dry run shows
+        args.models, args.sessions = args.models or list(config.models)[:1], args.sessions or list(SANITY_SESSIONS)
+    try:  # the names, before output_root and the environment are made: a typo writes nothing
+        args.grid = select_sessions(config, args.models, args.sessions)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return config, args
 
 
 SERVER_SETTINGS: tuple[str, ...] = ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
@@ -87,17 +95,14 @@ def start(argv: list[str]) -> tuple[ExperimentConfig, argparse.Namespace]:
 
 
 def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., Any]) -> int:
-    """Refuse unknown names, missing weights, an unreadable data.yaml or a live root (2), then dry run, sanity check
-    or `flow` (1: failed)."""
+    """Refuse missing weights, an unreadable data.yaml or a live root (2), then dry run, sanity check or `flow`
+    (1: failed). `config` and `args`: `config_from_args`'s."""
     # lazy: exp3.session.prepare loads numpy and the occlusion generator, which --help and a refused config never need
     from exp3.occlusion.verify import moved_root
     from exp3.session.prepare import resolve_model_weights
 
-    models, sessions = args.models, args.sessions
-    if args.sanity:  # the grid the sanity check runs twice, and its dry run shows
-        models, sessions = models or list(config.models)[:1], sessions or list(SANITY_SESSIONS)
-    try:  # names, weights and the user's data.yaml before anything runs
-        grid = select_sessions(config, models, sessions)
+    grid = args.grid  # its names checked by `config_from_args`
+    try:  # weights and the user's data.yaml before anything runs
         weights = {model: resolve_model_weights(config, model).sha256 for model in dict.fromkeys(s.model for s in grid)}
         if config.dataset.kind == "yaml" and config.dataset.data_yaml is not None:  # read only: the flow audits it
             read_data_yaml(config.dataset.data_yaml)  # DatasetError (a ValueError) naming the path
@@ -120,7 +125,7 @@ def run(config: ExperimentConfig, args: argparse.Namespace, flow: Callable[..., 
             if probe.took_over:
                 print(f"exp3: took over a stale lock from a dead run: {probe.took_over}", flush=True)
         if args.sanity:
-            return sanity(config, flow, models, sessions)
+            return sanity(config, flow, args.models, args.sessions)
         state = flow(config=config, models=args.models, sessions=args.sessions, rerun_failed=args.rerun_failed,
                      return_state=True)
     except (ValueError, LockBusy, WeightsError) as error:
