@@ -73,16 +73,17 @@ def test_a_done_session_goes_up_without_redundant_checkpoints(tmp_path: Path) ->
 def test_the_checkpoints_go_up_before_the_results_csv_a_resume_reads(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """results.csv first, then an epoch ends, then last.pt: the restored last.pt would hold an epoch the restored
-    results.csv lacks, a row lost for good after the resume (the report then drew no curve for the session).
-    last.pt before best.pt: best.pt first, then a new best epoch ends, would leave a best.pt behind the best epoch
-    the restored last.pt knows of, which the resume does not repair (one ahead of it, it does)."""
+    results.csv lacks, a row lost for good after the resume (the report then drew no curve for the session): it goes
+    again after the checkpoints. best.pt before last.pt (the two pinned as they were:
+    `test_epochs_that_end_while_the_checkpoints_go_up_leave_the_pair_as_it_was`): a push cut between them leaves
+    best.pt ahead of last.pt, which the resume mends, never behind it (`test_a_push_cut_short_after_last_pt_...`)."""
     mirror = _mirror(tmp_path)
     paths = _session(mirror.root, done=False)
     pushed: list[str] = []
-    monkeypatch.setattr(Mirror, "_push", lambda self, file: pushed.append(file.name))
+    monkeypatch.setattr(Mirror, "_push", lambda self, file, local=None: pushed.append((local or file).name))
     mirror.push_checkpoint(paths)
-    checkpoints = pushed.index("last.pt")
-    assert pushed[0] == "inputs.json" and pushed[checkpoints:checkpoints + 2] == ["last.pt", "best.pt"]
+    checkpoints = pushed.index("best.pt")
+    assert pushed[0] == "inputs.json" and pushed[checkpoints:checkpoints + 2] == ["best.pt", "last.pt"]
     assert "results.csv" in pushed[checkpoints + 2:]
 
 
@@ -91,9 +92,9 @@ def _cut_after_last_pt(mirror: Mirror, paths: SessionPaths, monkeypatch: pytest.
     VM's mirror (its local root empty)."""
     real_push = Mirror._push
 
-    def recycled_after_last_pt(self: Mirror, file: Path) -> None:
-        real_push(self, file)
-        if file.name == "last.pt":
+    def recycled_after_last_pt(self: Mirror, file: Path, local: Path | None = None) -> None:
+        real_push(self, file, local)
+        if (local or file).name == "last.pt":
             raise SystemExit("the VM is gone")
 
     monkeypatch.setattr(Mirror, "_push", recycled_after_last_pt)
@@ -118,11 +119,69 @@ def test_a_push_cut_short_after_last_pt_leaves_the_rows_of_the_epochs_it_holds(t
     paths.last_pt.write_bytes(os.urandom(3100))
     fresh = _cut_after_last_pt(mirror, paths, monkeypatch)
     assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
-        "yolov8n__S1_clean_train: unfinished (4 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
-        "resumes from last.pt"]
+        "yolov8n__S1_clean_train: unfinished (4 epochs in its mirrored results.csv; its last.pt may hold fewer: "
+        "those after it train again), resumes from last.pt"]
     restored = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train")
     assert restored.last_pt.read_bytes() == paths.last_pt.read_bytes()
     assert (restored.run_dir / "masking_stats.json").read_text() == stats.read_text()
+
+
+def _save(checkpoint: Path) -> bytes:
+    """A checkpoint save as the trainer makes it (exp3/train/trainers.py): new bytes renamed in over the old."""
+    data, when = os.urandom(3000), checkpoint.stat().st_mtime + 60  # an epoch later: same size, another time
+    temporary = checkpoint.with_name(f".{checkpoint.name}.tmp")
+    temporary.write_bytes(data)
+    os.utime(temporary, (when, when))
+    os.replace(temporary, checkpoint)
+    return data
+
+
+def test_a_push_cut_short_after_last_pt_leaves_the_best_pt_of_the_epoch_it_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 3 became the best, epoch 4 did not, and the second push died just after last.pt (epoch 4's) went up.
+    With last.pt copied first, the mirror's best.pt was still the first push's (epoch 2's): the resume (last.pt does
+    not hold the best epoch) kept it, and unless a later epoch beat epoch 3 the session was evaluated from epoch 2's
+    weights. best.pt goes up first now."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    mirror.push_checkpoint(paths)  # epochs 1-2
+    best = _save(paths.run_dir / "weights" / "best.pt")  # epoch 3, the best
+    _save(paths.last_pt)  # epoch 3
+    last = _save(paths.last_pt)  # epoch 4
+    fresh = _cut_after_last_pt(mirror, paths, monkeypatch)
+    fresh.restore({"yolov8n__S1_clean_train": KEY})
+    restored = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train").run_dir / "weights"
+    assert (restored / "last.pt").read_bytes() == last and (restored / "best.pt").read_bytes() == best
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_epochs_that_end_while_the_checkpoints_go_up_leave_the_pair_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool) -> None:
+    """Two epochs end while best.pt is copied to a slow drive: epoch 5 the best, epoch 6 not. Copied as they were
+    then, the mirror paired the old best.pt with epoch 6's last.pt, which knows of epoch 5's fitness: a resume from
+    it kept the old best.pt (last.pt does not hold the best epoch), and epoch 5's weights were lost. The push sends
+    the pair as it was when it began (pinned by hard links, or by copies on a disk without them)."""
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    weights = paths.run_dir / "weights"
+    before = {name: (weights / name).read_bytes() for name in ("best.pt", "last.pt")}
+    real_copy = Mirror._copy
+
+    def slow_drive(self: Mirror, source: Path, target: Path) -> int:
+        written = real_copy(self, source, target)
+        if target.name == "best.pt":
+            _save(weights / "best.pt"), _save(paths.last_pt), _save(paths.last_pt)  # epochs 5 and 6
+        return written
+
+    monkeypatch.setattr(Mirror, "_copy", slow_drive)
+    if not links:
+        monkeypatch.setattr(os, "link", lambda *_: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+    mirror.push_checkpoint(paths)
+    held = mirror.path / weights.relative_to(mirror.root)
+    assert {name: (held / name).read_bytes() for name in before} == before
+    assert (weights / "last.pt").read_bytes() != before["last.pt"]  # the session went on
+    assert not list(weights.glob(".*")) and _files(held.parent.parent) == {
+        "inputs.json", "train/results.csv", "logs/train.log", "train/weights/last.pt", "train/weights/best.pt"}
 
 
 def test_a_vm_recycled_right_after_the_first_last_pt_went_up_still_resumes_from_it(
@@ -134,8 +193,8 @@ def test_a_vm_recycled_right_after_the_first_last_pt_went_up_still_resumes_from_
     paths = _session(mirror.root, done=False)
     fresh = _cut_after_last_pt(mirror, paths, monkeypatch)
     assert fresh.restore({"yolov8n__S1_clean_train": KEY}) == [
-        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
-        "resumes from last.pt"]  # results.csv went up before last.pt (and goes again after the checkpoints)
+        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold fewer: "
+        "those after it train again), resumes from last.pt"]  # results.csv went up before last.pt (and after it)
     resumed = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train")
     assert resumed.state(KEY) == SessionState.PARTIAL and resumed.last_pt.read_bytes() == paths.last_pt.read_bytes()
 
@@ -207,7 +266,7 @@ def test_restore_brings_back_a_verified_done_session_and_an_unfinished_one_of_th
     lines = fresh.restore({"yolov8n__S1_clean_train": KEY, "yolov8n__S3_mask_backbone_early": unfinished_key})
     assert lines == ["yolov8n__S1_clean_train: done (DONE verified), not trained again",
                      "yolov8n__S3_mask_backbone_early: unfinished (2 epochs in its mirrored results.csv; its last.pt may "
-                     "hold one fewer), resumes from last.pt"]
+                     "hold fewer: those after it train again), resumes from last.pt"]
     assert SessionPaths(fresh.root / "yolov8n" / "yolov8n__S1_clean_train").is_done(KEY)
     resumed = SessionPaths(fresh.root / "yolov8n" / "yolov8n__S3_mask_backbone_early")
     assert resumed.state(unfinished_key) == SessionState.PARTIAL
@@ -377,8 +436,8 @@ def test_a_mirror_copy_made_under_other_inputs_is_set_aside_before_the_session_t
     mirror.push_checkpoint(_session(mirror.root, done=False, key=new_key))
     assert SessionPaths(held).recorded_key() == new_key and not SessionPaths(held).done_marker.exists()
     assert Mirror(mirror.path, tmp_path / "new-vm").restore({"yolov8n__S1_clean_train": new_key}) == [
-        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold one fewer), "
-        "resumes from last.pt"]
+        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold fewer: "
+        "those after it train again), resumes from last.pt"]
 
 
 def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -393,7 +452,7 @@ def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkey
     real_copyfile = shutil.copyfile
 
     def full_drive(source: Path, target: Path) -> None:
-        if Path(source).name == "last.pt":
+        if Path(source).name == ".last.pt.mirror-pin":
             Path(target).write_bytes(Path(source).read_bytes()[:1000])
             raise OSError(errno.ENOSPC, "No space left on device")
         real_copyfile(source, target)

@@ -28,9 +28,11 @@ from exp3.session.runlock import LOCK_NAME
 from exp3.sessions import folder_session
 
 TEMP_SUFFIX = ".mirror-tmp"
-# in train/weights/, last first: the best.pt copied after it is never behind the best epoch that last.pt knows of
-# (an epoch that ends in between leaves it ahead, which the resume handles: exp3/train/trainers.py)
-CHECKPOINTS = ("last.pt", "best.pt")
+PIN_SUFFIX = ".mirror-pin"
+"""Beside a checkpoint: a hard link that holds it as it was when a push began copying the checkpoints."""
+# in train/weights/, best first, both as one save left them (`_pinned`): a push cut between the two leaves best.pt
+# ahead of last.pt, which the resume handles (exp3/train/trainers.py), never behind the best epoch last.pt knows of
+CHECKPOINTS = ("best.pt", "last.pt")
 REPORT_GLOBS = ("report.md", "report.html", "*.csv", "*.json", "plots/**/*")  # the report's files, at the root
 NOT_MIRRORED = ("plan.json", "config_resolved.yaml")  # the run's own, rewritten at its start
 REPORT_FILES = ".exp3-report-files.json"
@@ -89,8 +91,9 @@ class Mirror:
         self._copied[target] = signature
         return stat.st_size
 
-    def _push(self, source: Path) -> None:
-        written = self._copy(source, self.path / source.relative_to(self.root))  # seconds: sessions push at once
+    def _push(self, source: Path, local: Path | None = None) -> None:
+        """`source` to the mirror's copy of `local` (default: of `source`)."""
+        written = self._copy(source, self.path / (local or source).relative_to(self.root))  # sessions push at once
         with self._counting:
             self.bytes_written += written
 
@@ -140,6 +143,8 @@ class Mirror:
                 self._push(file)
             for file in redundant:
                 self._remove(file)
+            for pin in (paths.run_dir / "weights").glob(f".*{PIN_SUFFIX}"):  # a killed push's: old bytes held locally
+                pin.unlink(missing_ok=True)
             _drop_torsos(self.path / paths.folder.relative_to(self.root))
         except OSError as error:
             self._warn("copying a done session to", error)
@@ -160,11 +165,17 @@ class Mirror:
             # (results.csv, masking_stats.json, the logs) before the checkpoints and again after them: copied after
             # them, it holds every epoch they hold (an epoch that ends in between is a row the resume writes again,
             # read once), never one fewer (a row lost for good), and a push cut short after last.pt leaves it at
-            # most the epoch that ended meanwhile behind, not all those since the previous push
+            # most the epochs that ended meanwhile behind, not all those since the previous push
             checkpoints = [paths.run_dir / "weights" / name for name in CHECKPOINTS]
             rest = [file for file in files if file not in (paths.inputs, *checkpoints)]
-            for file in [paths.inputs, *rest, *checkpoints, *rest]:  # unchanged files are not copied twice
+            for file in [paths.inputs, *rest]:
                 with contextlib.suppress(FileNotFoundError):  # replaced by the session meanwhile: the next push
+                    self._push(file)
+            with _pinned(checkpoints) as pinned:
+                for file, pin in pinned:
+                    self._push(pin, file)
+            for file in rest:  # unchanged files are not copied twice
+                with contextlib.suppress(FileNotFoundError):
                     self._push(file)
             self._started[folder] = now
         except OSError as error:
@@ -215,7 +226,8 @@ class Mirror:
                 elif held.recorded_key() == key and held.last_pt.is_file():
                     self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
                     restored.append(f"{name}: unfinished ({len(results_rows(local))} epochs in its mirrored "
-                                    "results.csv; its last.pt may hold one fewer), resumes from last.pt")
+                                    "results.csv; its last.pt may hold fewer: those after it train again), resumes "
+                                    "from last.pt")
             except OSError as error:
                 self._warn("restoring from", error)
         return restored
@@ -312,6 +324,31 @@ def _drop_torsos(folder: Path) -> None:
         torso.unlink(missing_ok=True)
     if torsos:
         _prune_empty(folder)
+
+
+@contextlib.contextmanager
+def _pinned(checkpoints: list[Path]) -> Iterator[list[tuple[Path, Path]]]:
+    """(checkpoint, pin) of each of `checkpoints` there, the pins hard links taken one after the other (a copy where
+    the disk has none), removed after. A save renames new files in over the old (exp3/train/trainers.py), so the pins
+    hold the pair as it was at one moment, however many epochs end while they are copied: copied unpinned, a last.pt
+    two epochs newer than best.pt could know of a best epoch the mirror's best.pt lacks, which the resume cannot
+    mend (a save between the two links leaves best.pt ahead, or last.pt holding the best epoch: both mended)."""
+    pins = [(file, file.with_name(f".{file.name}{PIN_SUFFIX}")) for file in checkpoints]
+    pinned = []
+    try:
+        for file, pin in pins:
+            pin.unlink(missing_ok=True)  # a killed push's
+            try:
+                os.link(file, pin)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                shutil.copy2(file, pin)  # its modification time too: the mirror's copy is compared by it
+            pinned.append((file, pin))
+        yield pinned
+    finally:
+        for _, pin in pins:
+            pin.unlink(missing_ok=True)
 
 
 def _session_files(paths: SessionPaths) -> Iterator[Path]:
