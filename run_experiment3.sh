@@ -8,12 +8,14 @@ set -uo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
 MAX_ATTEMPTS="${EXP3_MAX_ATTEMPTS:-3}"
+# the flow's own start: its config (--smoke, --sanity, --pilot, --set ...) and output_root checked, refused in one
+# line (exit 2), and the root made exp3's before logs/ goes there (a folder holding only logs/ is not exp3's)
 ROOT="$("$PYTHON" - "$@" <<'PY'
 import sys
-from exp3.grid.cli import config_from_args  # the flow's own choice of config (--smoke, --sanity, --pilot, --set ...)
-print(config_from_args(sys.argv[1:])[0].output_root.absolute())
+from exp3.grid.cli import start
+print(start(sys.argv[1:])[0].output_root.absolute())
 PY
-)" || { echo "run_experiment3: cannot read the config" >&2; exit 2; }
+)" || exit 2
 mkdir -p "$ROOT/logs"
 status=1
 for attempt in $(seq 1 "$MAX_ATTEMPTS"); do

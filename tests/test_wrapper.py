@@ -53,3 +53,25 @@ def test_the_wrapper_tries_again_after_a_crash_before_any_session(tmp_path: Path
                             env={**os.environ, "PYTHON": str(shim), "EXP3_MAX_ATTEMPTS": "2",
                                  "PREFECT_HOME": str(tmp_path / "prefect")})
     assert "attempt 2/2" in result.stdout and "not retrying" not in result.stdout, result.stdout + result.stderr
+
+
+def test_the_wrapper_starts_the_real_flow_on_a_new_root_and_refuses_a_folder_of_yours(tmp_path: Path) -> None:
+    """It made `<root>/logs/` for its attempt logs before the flow's first start, and the flow then refused the root
+    as a folder of the user's (holding files exp3 did not put there: 'logs'): the documented overnight command
+    failed on every new root. A folder of yours is refused in one line, as by the flow, with nothing written."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    root = tmp_path / "new-root"
+    result = subprocess.run(["bash", str(REPO / "run_experiment3.sh"), "--smoke", "--dry-run", "--sessions",
+                             "S1_clean_train", f"--set=output_root={root}"], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert "run_experiment3: attempt 1 exited 0" in result.stdout, result.stdout + result.stderr[-2000:]
+    (log,) = (root / "logs").glob("flow-attempt-*-1.log")
+    assert "exp3 dry run: 2 sessions under" in log.read_text()
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    result = subprocess.run(["bash", str(REPO / "run_experiment3.sh"), "--smoke", f"--set=output_root={mine}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert f"output_root {str(mine)!r} holds files exp3 did not put there (e.g. 'report.md')" in result.stderr
+    assert [path.name for path in mine.iterdir()] == ["report.md"]
