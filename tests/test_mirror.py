@@ -428,8 +428,8 @@ def test_a_mirror_copy_made_under_other_inputs_is_set_aside_before_the_session_t
     held = mirror.path / "yolov8n" / "yolov8n__S1_clean_train"
     new_key = "yolov8n__S1_clean_train-fedcba9876543210"
     paths = SessionPaths(mirror.root / "yolov8n" / "yolov8n__S1_clean_train")
-    mirror.set_aside_stale(paths, KEY)
-    assert SessionPaths(held).is_done(KEY)                                       # same key: kept where it is
+    Mirror(mirror.path, tmp_path / "same").set_aside_stale(_session(tmp_path / "same", done=True, key=KEY), KEY)
+    assert SessionPaths(held).is_done(KEY)                                       # same key, done here: kept
     mirror.set_aside_stale(paths, new_key)
     (aside,) = (mirror.path / "stale" / "yolov8n").iterdir()
     assert not held.exists() and SessionPaths(aside).is_done(KEY)               # kept, never deleted
@@ -438,6 +438,80 @@ def test_a_mirror_copy_made_under_other_inputs_is_set_aside_before_the_session_t
     assert Mirror(mirror.path, tmp_path / "new-vm").restore({"yolov8n__S1_clean_train": new_key}) == [
         "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold fewer: "
         "those after it train again), resumes from last.pt"]
+
+
+def test_a_done_copy_that_could_not_be_read_back_is_kept_aside_while_the_session_trains_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The new VM's restore of a done session fails half way (Drive: EIO). What it had copied stayed (a finished
+    best.pt without DONE, evaluated as the training's own), and the session's new checkpoints went up over the done
+    copy's best.pt: the copy was lost, and a later VM refused it ('does not verify') without resuming the new
+    training. Now nothing of the half restore stays, and the done copy goes to the mirror's stale/ (kept) before the
+    session trains here."""
+    import errno
+
+    mirror = _mirror(tmp_path)
+    Mirror(mirror.path, tmp_path / "old").push_done(_session(tmp_path / "old", done=True))
+    real_copy = Mirror._copy
+
+    def drive_error(self: Mirror, source: Path, target: Path) -> int:
+        if source.name == "DONE":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_copy(self, source, target)
+
+    monkeypatch.setattr(Mirror, "_copy", drive_error)
+    assert mirror.restore({"yolov8n__S1_clean_train": KEY}) == []
+    monkeypatch.undo()
+    assert "restoring from" in capsys.readouterr().out and _files(mirror.root) == set()
+    paths = SessionPaths(mirror.root / "yolov8n" / "yolov8n__S1_clean_train")
+    mirror.set_aside_stale(paths, KEY)  # the session trains here
+    (aside,) = (mirror.path / "stale" / "yolov8n").iterdir()
+    assert SessionPaths(aside).is_done(KEY) and not SessionPaths(aside).checkpoint_differs()
+    mirror.push_checkpoint(_session(mirror.root, done=False))
+    assert Mirror(mirror.path, tmp_path / "vm3").restore({"yolov8n__S1_clean_train": KEY}) == [
+        "yolov8n__S1_clean_train: unfinished (2 epochs in its mirrored results.csv; its last.pt may hold fewer: "
+        "those after it train again), resumes from last.pt"]
+
+
+def test_a_done_session_goes_up_beside_nothing_of_other_inputs_and_stays_done_while_it_is_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two gaps of `push_done`. (1) The mirror holds the session done under an old key (Drive was away while it
+    trained again here): its files were overwritten one by one, the two configs' files mixed; now that copy goes to
+    stale/ first. (2) A done session gains a severity level (metrics.json replaced): a push cut between metrics.json
+    and DONE left the old DONE beside the new metrics.json, a copy that no longer verified (trained again from
+    scratch on a new VM); the mirror's DONE now accepts both meanwhile, as `SessionPaths.replace_metrics` does."""
+    mirror = _mirror(tmp_path)
+    Mirror(mirror.path, tmp_path / "old").push_done(_session(tmp_path / "old", done=True))
+    new_key = "yolov8n__S1_clean_train-fedcba9876543210"
+    paths = _session(mirror.root, done=True, key=new_key)
+    mirror.push_done(paths)
+    held = SessionPaths(mirror.path / "yolov8n" / "yolov8n__S1_clean_train")
+    (aside,) = (mirror.path / "stale" / "yolov8n").iterdir()
+    assert SessionPaths(aside).is_done(KEY) and held.is_done(new_key)
+    payload = json.loads(paths.metrics.read_text())
+    paths.replace_metrics({**payload, "severity": "a level added"}, {})
+    real_push = Mirror._push
+
+    def cut_after_metrics(self: Mirror, file: Path, local: Path | None = None) -> None:
+        real_push(self, file, local)
+        if file.name == "metrics.json":
+            raise SystemExit("the VM is gone")
+
+    monkeypatch.setattr(Mirror, "_push", cut_after_metrics)
+    with pytest.raises(SystemExit):
+        mirror.push_done(paths)
+    monkeypatch.undo()
+    assert held.metrics.read_bytes() == paths.metrics.read_bytes() and held.is_done(new_key)
+    mirror.push_done(paths)
+    assert held.done_marker.read_bytes() == paths.done_marker.read_bytes() and held.is_done(new_key)
+
+
+def test_a_mirror_path_that_links_to_the_output_root_is_refused(tmp_path: Path) -> None:
+    """A link is not another folder: its pushes truncated and removed the root's own files."""
+    root, link = tmp_path / "root", tmp_path / "drive-link"
+    root.mkdir()
+    link.symlink_to(root)
+    with pytest.raises(ValueError, match="overlaps output_root"):
+        mirror_for(MirrorConfig(path=str(link)), root)
 
 
 def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

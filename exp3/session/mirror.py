@@ -21,7 +21,7 @@ import yaml
 
 from exp3.config import MirrorConfig
 from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
-from exp3.fileio import atomic_write_json, atomic_write_text, read_json, stable_hash
+from exp3.fileio import atomic_write_json, atomic_write_text, read_json, sha256_file, stable_hash
 from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 from exp3.session.progress import results_rows
 from exp3.session.runlock import LOCK_NAME
@@ -103,15 +103,15 @@ class Mirror:
         _truncate(target)
         target.unlink(missing_ok=True)
 
-    def _warn(self, doing: str, error: OSError) -> None:
+    def _warn(self, doing: str, error: OSError,
+              then: str = "the run goes on locally and tries again at the next session end") -> None:
         """Once per problem (what failed and why): `WARNING exp3 mirror: ...` in the Prefect run's log (the UI shows it
-        as one), else on stdout; the next moment tries again."""
+        as one), else on stdout; `then`: what follows."""
         reason = errno.errorcode.get(error.errno or 0, type(error).__name__)
         if (doing, reason) in self._problems:
             return
         self._problems.add((doing, reason))
-        line = (f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); the run goes "
-                "on locally and tries again at the next session end")
+        line = f"WARNING exp3 mirror: {doing} {self.path} failed ({reason}: {error.strerror or error}); {then}"
         try:
             # lazy: exp3.grid.cli imports this module before it sets the environment Prefect reads at import
             from prefect.exceptions import MissingContextError
@@ -123,22 +123,33 @@ class Mirror:
 
     # ---- what goes up
 
-    def set_aside_stale(self, paths: SessionPaths, key: str) -> None:
-        """Before a session trains under `key`: its mirror copy made under other inputs goes to the mirror's
-        stale/ (kept, as `SessionPaths.move_aside` keeps the local one), so this key's files never land beside it."""
+    def set_aside_stale(self, paths: SessionPaths, key: str | None) -> None:
+        """Before a session trains under `key`, or goes up done: its mirror copy made under other inputs, or a done
+        copy that did not come back (`restore`: unreadable, or refused) while the session trains again here, goes to
+        the mirror's stale/ (kept, as `SessionPaths.move_aside` keeps the local one), so this run's files never land
+        beside it (its checkpoints over a done copy's best.pt: the copy lost, and a later VM resumed nothing)."""
         held = SessionPaths(self.path / paths.folder.relative_to(self.root))
         try:
             _drop_torsos(held.folder)  # a killed push's: not another config's session
-            if held.folder.is_dir() and held.state(key) == SessionState.STALE:
+            if held.folder.is_dir() and (held.state(key) == SessionState.STALE
+                                         or held.done_marker.exists() and not paths.is_done(key)):
                 held.move_aside()
         except OSError as error:
             self._warn("setting aside a stale session in", error)
 
     def push_done(self, paths: SessionPaths) -> None:
-        """A done session: its files but redundant checkpoints, DONE last; then its in-progress copy goes."""
+        """A done session: its files but redundant checkpoints, DONE last; then its in-progress copy goes. A copy made
+        under other inputs is set aside first; one done under these whose metrics.json this run replaced (a severity
+        level added) stays done throughout, as `SessionPaths.replace_metrics` keeps the local one."""
+        held, key = SessionPaths(self.path / paths.folder.relative_to(self.root)), paths.recorded_key()
         try:
             evaluated = Path(json.loads(paths.metrics.read_text(encoding="utf-8"))["checkpoint"]["path"]).name
             redundant = [paths.run_dir / "weights" / name for name in CHECKPOINTS if name != evaluated]
+            if held.recorded_key() not in (None, key):
+                self.set_aside_stale(paths, key)
+            marker = read_json(paths.done_marker)
+            if read_json(held.done_marker) != marker and held.is_done(key):  # DONE accepts old and new meanwhile
+                atomic_write_json(held.done_marker, {**marker, "replacing_metrics_sha256": sha256_file(held.metrics)})
             for file in [file for file in _session_files(paths) if file not in redundant]:
                 self._push(file)
             for file in redundant:
@@ -203,41 +214,50 @@ class Mirror:
 
     def restore(self, keys: dict[str, str]) -> list[str]:
         """Bring back each session of `keys` (name -> planned key) the local root lacks and the mirror holds
-        under that key; returns one line per session restored."""
+        under that key; returns one line per session restored. Of one that cannot be read back, or does not verify,
+        nothing stays (a best.pt left alone would be evaluated as a finished training): it trains here."""
         restored: list[str] = []
         for name, key in keys.items():
             model = name.split("__", 1)[0]
             local, held = SessionPaths(self.root / model / name), SessionPaths(self.path / model / name)
+            copied: list[Path] = []
             try:
                 if local.state(key) != SessionState.PENDING or not held.folder.is_dir():
                     continue
                 if held.is_done(key):
-                    copied = self._bring_back(held, local, skip=(FAILED_MARKER,))
+                    self._bring_back(held, local, (FAILED_MARKER,), copied)
                     problem = None if local.is_done(key) else "its copy does not verify"
                     if (problem := problem or local.checkpoint_differs()) is None:
                         restored.append(f"{name}: done (DONE verified), not trained again")
-                    else:  # nothing of it stays: a best.pt left alone would be evaluated as a finished training
-                        for file in copied:
-                            file.unlink(missing_ok=True)
-                            self._copied.pop(file, None)
-                        _prune_empty(local.folder)
+                    else:
+                        self._drop(copied, local)
                         restored.append(f"{name}: not restored from the mirror, {problem} (an upload cut short?): "
                                         "trained again")
                 elif held.recorded_key() == key and held.last_pt.is_file():
-                    self._bring_back(held, local, skip=(DONE_MARKER, FAILED_MARKER))
+                    self._bring_back(held, local, (DONE_MARKER, FAILED_MARKER), copied)
                     restored.append(f"{name}: unfinished ({len(results_rows(local))} epochs in its mirrored "
                                     "results.csv; its last.pt may hold fewer: those after it train again), resumes "
                                     "from last.pt")
             except OSError as error:
-                self._warn("restoring from", error)
+                self._drop(copied, local)
+                self._warn("restoring from", error, then="the sessions it could not bring back train here (a done "
+                                                         "copy is kept in the mirror's stale/)")
         return restored
 
-    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...]) -> list[Path]:
-        pairs = [(file, local.folder / file.relative_to(held.folder)) for file in _session_files(held)
-                 if file.name not in skip]
-        for file, copy in pairs:
-            self._copy(file, copy)
-        return [copy for _, copy in pairs]
+    def _bring_back(self, held: SessionPaths, local: SessionPaths, skip: tuple[str, ...], copied: list[Path]) -> None:
+        """`held`'s files but `skip` to `local`, each one appended to `copied` once it is there."""
+        for file in [file for file in _session_files(held) if file.name not in skip]:
+            self._copy(file, copy := local.folder / file.relative_to(held.folder))
+            copied.append(copy)
+
+    def _drop(self, copied: list[Path], local: SessionPaths) -> None:
+        """Remove what a restore `copied` to `local` (and the folders it leaves empty, `local`'s own too)."""
+        for file in copied:
+            file.unlink(missing_ok=True)
+            self._copied.pop(file, None)
+        _prune_empty(local.folder)
+        with contextlib.suppress(OSError):
+            local.folder.rmdir()
 
 
 def describe(path: str | os.PathLike[str]) -> str:
@@ -396,7 +416,8 @@ def mirror_for(settings: MirrorConfig, root: str | os.PathLike[str]) -> Mirror |
 @lru_cache(maxsize=None)
 def _mirror(path: str, root: str, checkpoint_minutes: float) -> Mirror:
     mirror, local = Path(path), Path(root)
-    if mirror == local or mirror.is_relative_to(local) or local.is_relative_to(mirror):
+    real_mirror, real_local = mirror.resolve(), local.resolve()  # a link to the root is the root
+    if real_mirror == real_local or real_mirror.is_relative_to(real_local) or real_local.is_relative_to(real_mirror):
         raise ValueError(f"mirror.path {str(mirror)!r} overlaps output_root {str(local)!r}: the mirror must be a "
                          "folder of its own on other storage (e.g. /content/drive/MyDrive/exp3 beside a local "
                          "output_root under /content)")
