@@ -573,3 +573,22 @@ def test_a_killed_pushs_partial_copy_is_dropped_not_filed_as_another_configs_ses
     leftover.write_bytes(b"torso")                                           # the folder is there, emptied
     Mirror(mirror.path, tmp_path / "other").push_done(done)
     assert not leftover.exists() and (leftover.parent / "DONE").is_file()
+
+
+def test_a_done_session_that_cannot_be_read_names_its_mirror_copy_to_move_away_too(tmp_path: Path) -> None:
+    """A metrics.json of another format (an older exp3's) fails the session with "move the session folder away to
+    train it again": with a mirror, the next run restored the same folder from it, and the session failed alike every
+    run. The line names the mirror's copy too."""
+    from exp3.config import load_config
+    from exp3.session.run import SessionFailed, update_severity_evaluations
+    from exp3.sessions import Session
+
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=True)  # its metrics.json: a checkpoint block only
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+                         [f"output_root={mirror.root}", f"mirror.path={mirror.path}"])
+    with pytest.raises(SessionFailed, match="does not match the metrics.json schema") as failed:
+        update_severity_evaluations(config, Session("yolov8n", "S1_clean_train"), mirror.root, paths, None)
+    held = mirror.path / "yolov8n" / "yolov8n__S1_clean_train"
+    assert f"move the session folder and its copy {held} (restored otherwise) away to train it again" in \
+        str(failed.value)

@@ -197,8 +197,10 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
     try:
         current = SessionMetrics.model_validate(json.loads(paths.metrics.read_text(encoding="utf-8")))
     except ValidationError as error:
+        held = "" if config.mirror.path is None else \
+            f" and its copy {Path(config.mirror.path) / paths.folder.relative_to(output_root)} (restored otherwise)"
         raise SessionFailed(f"{session.name}: {paths.metrics} does not match the metrics.json schema "
-                            f"(docs/schema.md): {_one_line(error)}; move the session folder away to train it "
+                            f"(docs/schema.md): {_one_line(error)}; move the session folder{held} away to train it "
                             "again") from None
     missing, extra = severity_changes(current, {suite.split: suite.spec_key for suite in prepared.severity_suites})
     if not missing and not extra:
