@@ -25,6 +25,7 @@ from exp3.occlusion.suites import build_occlusion_suite, build_severity_suites
 from exp3.occlusion.verify import verify_occlusion_suite
 from exp3.schema import SessionMetrics
 from exp3.session.layout import SessionPaths, severity_changes
+from exp3.session.record import with_severity_levels
 from exp3.session.run import run_session
 from exp3.sessions import Session
 from exp3.splits import severity_level, severity_split
@@ -235,6 +236,16 @@ def test_a_done_session_gains_new_levels_without_training(tmp_path: Path, capsys
     done = json.loads((folder / "DONE").read_text())
     assert done["metrics_sha256"] == sha256_file(folder / "metrics.json") and "replacing_metrics_sha256" not in done
     assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(new))
+
+    assert new["data"]["suite_dir"].startswith(str(moved)) and new["data"]["suite_dir"] != old["data"]["suite_dir"]
+    # the fixed suite and S2's set rebuilt under their ids with other bytes (another numpy): the record keeps the
+    # bytes the session was tested and trained on (it took the rebuilt ones, so the report's manifest check passed)
+    rebuilt = SessionMetrics.model_validate(new).data.model_copy(
+        update={"suite_manifest_sha256": "1" * 64, "s2_manifest_sha256": "2" * 64})
+    kept = with_severity_levels(SessionMetrics.model_validate(new), rebuilt, {}, ["test_occ_sev2"],
+                                folder / "train" / "weights" / "best.pt").data
+    assert (kept.suite_manifest_sha256, kept.s2_manifest_sha256) == (old["data"]["suite_manifest_sha256"],
+                                                                     old["data"]["s2_manifest_sha256"])
 
     # run again: nothing to do, nothing written
     stamp = (folder / "metrics.json").stat().st_mtime_ns

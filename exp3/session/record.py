@@ -221,6 +221,11 @@ def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added:
         splits[split] = metrics
         evaluations[split] = severity_evaluation(prepared, split, checkpoint, metrics, True)
     ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
+    # `data`: where the data is now (a root restored from a mirror: its paths), with the bytes the session was trained
+    # and tested on (a suite rebuilt under its id with other bytes, another numpy, must fail the report's manifest
+    # check, not pass it as the record's)
+    data = prepared.model_copy(update={"suite_manifest_sha256": current.data.suite_manifest_sha256,
+                                       "s2_manifest_sha256": current.data.s2_manifest_sha256})
     return SessionMetrics.model_validate({
         **dict(current), "splits": ordered, "severity": severity_block(prepared, ordered, evaluations, superseded),
-        "data": prepared})
+        "data": data})
