@@ -170,12 +170,16 @@ def test_epochs_that_end_while_the_checkpoints_go_up_leave_the_pair_as_it_was(
     def slow_drive(self: Mirror, source: Path, target: Path) -> int:
         written = real_copy(self, source, target)
         if target.name == "best.pt":
-            _save(weights / "best.pt"), _save(paths.last_pt), _save(paths.last_pt)  # epochs 5 and 6
+            for checkpoint in (weights / "best.pt", paths.last_pt, paths.last_pt):  # epochs 5 (the best) and 6
+                _save(checkpoint)
         return written
+
+    def no_hard_links(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(Mirror, "_copy", slow_drive)
     if not links:
-        monkeypatch.setattr(os, "link", lambda *_: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+        monkeypatch.setattr(os, "link", no_hard_links)
     mirror.push_checkpoint(paths)
     held = mirror.path / weights.relative_to(mirror.root)
     assert {name: (held / name).read_bytes() for name in before} == before
