@@ -319,7 +319,7 @@ def test_answer_names_a_session_trained_at_a_halved_batch(tmp_path: Path, config
     note = f"(S3 trained at batch 4 after out-of-memory retries, its siblings at {siblings}: not trained like them)"
     assert f"**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed {note}" in answer
     s4 = next(line for line in answer.splitlines() if "**yolov8m S4 mask backbone-late**" in line)
-    assert "out-of-memory" not in s4
+    assert "out-of-memory" not in s4 and "not trained alike" not in text  # S1 and S2 at one batch
     assert set(result.gap_closed[result.gap_closed["session"] == "S3_mask_backbone_early"]["training_note"]) == \
         {note[1:-len(": not trained like them)")]}
     _record_batch(tmp_path / "yolov8m" / "yolov8m__S1_clean_train", configured, 8)
@@ -330,12 +330,16 @@ def test_answer_names_a_session_trained_at_a_halved_batch(tmp_path: Path, config
     s4 = next(line for line in answer.splitlines() if "**yolov8m S4 mask backbone-late**" in line)
     assert f"(S1 trained at batch 8 after out-of-memory retries, its siblings at {siblings}: not trained like them)" \
         in s4
+    control = next(line for line in text.splitlines() if line.startswith("- **yolov8m** positive control"))
+    assert control.endswith(f" (S1 trained at batch 8 after out-of-memory retries, its siblings at {siblings}: not "
+                            "trained alike).")  # S2 - S1, the run's go/no-go, compared sessions of two batches
     for suffix in sessions:                  # every session halved alike (the usual case: one GPU too small for all)
         _record_batch(tmp_path / "yolov8m" / f"yolov8m__{suffix}", configured, 8)
     result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=99, charts=False,
                                  sessions=list(sessions))
     text = (tmp_path / "report.md").read_text()
     assert "not trained like them" not in text and set(result.gap_closed["training_note"].fillna("")) == {""}
+    assert "not trained alike" not in text
 
 
 def test_report_html_is_self_contained_with_the_sections_of_report_md(built: report.ReportResult) -> None:

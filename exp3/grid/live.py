@@ -161,12 +161,11 @@ def _run_via_deployment(job: SessionJob, retry_batch: int | None) -> SessionResu
 def publish_report(result: ReportResult, models: list[str]) -> None:
     """Log each model's positive control; the summary table, results and files artifacts of the report."""
     # lazy: the report (pandas, altair, scipy) loads only in the flow that builds it, not in a session's flow run
-    from exp3.report.findings import positive_control
-    from exp3.report.markdown import dashboard_markdown
+    from exp3.report.markdown import control_verdict, dashboard_markdown
 
     logger = get_run_logger()
     for model in models:
-        logger.info(positive_control(result.comparisons, model, result.summary)[1].replace("**", ""))
+        logger.info(control_verdict(result, model)[1].replace("**", ""))
     rows = json.loads(result.summary[SUMMARY_COLUMNS].to_json(orient="records"))
     create_table_artifact(key="exp3-summary", table=rows, description="exp3 summary metrics (one row per split)")
     create_markdown_artifact(key="exp3-results", markdown=dashboard_markdown(result),

@@ -59,6 +59,8 @@ class ReportResult:
     """exp3.report.curves.training_curves: each done session's epochs, best.pt epoch and convergence reading."""
     warnings: list[str] = field(default_factory=list)
     """Problems met reading the session folders (`ReportData.warnings`), listed in report.md under the status grid."""
+    control_notes: dict[str, str] = field(default_factory=dict)
+    """Per model, S2 and S1 not trained at one batch (exp3.report.gap.training_note), on the positive control's line."""
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -137,7 +139,8 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         plots.remove_stale_charts(root / "plots", files)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed,
                           by_coverage, in_run, severity_curves, severity_table, gap_closed, training,
-                          sorted(set(data.warnings)) + resumed_notes(runs))
+                          sorted(set(data.warnings)) + resumed_notes(runs),
+                          {model: gap.training_note(data, model, (gap.CONTROL, gap.REFERENCE)) for model in models})
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
     result.files.append(atomic_write_text(root / "report.html", render_html(text, root, f"exp3 report: {root.name}")))

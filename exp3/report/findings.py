@@ -262,11 +262,11 @@ def seeds_done_note(summary: pd.DataFrame, model: str, suffixes: tuple[str, ...]
                      for _, row in rows.iterrows() if 0 < row["n_seeds_done"] < row["n_seeds"])
 
 
-def positive_control(comparisons: pd.DataFrame, model: str,
-                     summary: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+def positive_control(comparisons: pd.DataFrame, model: str, summary: pd.DataFrame | None = None,
+                     note: str = "") -> tuple[pd.DataFrame, str]:
     """The positive control of one model: (table of S2 - S1 on test_occ_fixed for every headline metric, one-line
-    verdict, which names S1 or S2 with only some seeds done when `summary` is given); the readings: docs/report.md,
-    "Positive control"."""
+    verdict, which names S1 or S2 with only some seeds done when `summary` is given, and `note`: S1 and S2 not
+    trained at one batch, `exp3.report.gap.training_note`); the readings: docs/report.md, "Positive control"."""
     session, reference, split = POSITIVE_CONTROL
     a, b = short_session(session), short_session(reference)
     rows, groups = [], {"detect": [], "no": [], "reversed": [], "undecided": []}
@@ -296,4 +296,5 @@ def positive_control(comparisons: pd.DataFrame, model: str,
     parts += [f"no result ({reason}): {', '.join(labels)}" for reason, labels in reasons.items()]
     partial = "" if summary is None else seeds_done_note(summary, model, (session, reference))
     return pd.DataFrame(rows), (f"**{model}** positive control ({a} vs {b} on {split}): {'; '.join(parts)}"
-                                + (f" ({partial})" if partial else "") + ".")
+                                + (f" ({partial})" if partial else "") + (f" ({note}: not trained alike)" if note
+                                                                          else "") + ".")

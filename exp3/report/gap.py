@@ -169,6 +169,14 @@ def batch_notes(done: list[SessionRun]) -> str:
     return "; ".join(note for note in map(batch_note, done, names) if note)
 
 
+def training_note(data: ReportData, model: str, names: tuple[str, ...]) -> str:
+    """`batch_notes` of the sessions `names` when their done runs did not all train at one batch ("" when they did:
+    halved alike, one GPU too small for all, they are compared as trained alike)."""
+    if len({batch_of(run)[1] for name in names for run in data.done(model, name)}) <= 1:
+        return ""
+    return "; ".join(note for name in names if (note := batch_notes(data.done(model, name))))
+
+
 def _no_result_reason(sides: list[SplitDraws | None]) -> str:
     """Why S1, S2 and Sx (`sides`) give no gap closed: NOT_DONE, UNPAIRED; empty when they give one."""
     if any(side is None for side in sides):
@@ -182,8 +190,6 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
     rows: list[GapRow] = []
     for model in models:
         suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
-        notes = {suffix: batch_notes(data.done(model, suffix)) for suffix in SESSION_SUFFIXES}
-        batches = {suffix: {batch_of(run)[1] for run in data.done(model, suffix)} for suffix in SESSION_SUFFIXES}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -199,8 +205,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     trio = (REFERENCE, CONTROL, suffix)
                     seeds = [len(data.done(model, name)) for name in trio]
                     planned = [len(data.grouped.get((model, name), [])) for name in trio]
-                    alike = len(set().union(*(batches[name] for name in trio))) <= 1  # one batch: no note
-                    note = "" if alike else "; ".join(notes[name] for name in trio if notes[name])
+                    note = training_note(data, model, trio)
                     partial = "; ".join(seeds_done(name, done, expected)
                                         for name, done, expected in zip(trio, seeds, planned) if 0 < done < expected)
                     n_images = 0 if result is None else len(sides[0].ids)       # no result: no interval either

@@ -149,7 +149,7 @@ def dashboard_markdown(result: "ReportResult") -> str:
     and the test_occ_fixed table with CIs, then where the full report, tables and charts are on disk."""
     lines = ["# exp3 results", "", f"Full report: `{result.root / 'report.md'}` (charts: `{result.root / 'plots'}`)",
              "", *answer_section(result), "## Positive control", ""]
-    lines += [f"- {positive_control(result.comparisons, model, result.summary)[1]}" for model in result.models]
+    lines += [f"- {control_verdict(result, model)[1]}" for model in result.models]
     lines += ["", "## Headline findings", ""]
     lines += [f"- {finding}" for finding in headline_findings(result.summary, result.models, result.comparisons)]
     table = split_table(result.summary, FIXED_SPLIT)
@@ -159,9 +159,14 @@ def dashboard_markdown(result: "ReportResult") -> str:
     return "\n".join(lines)
 
 
+def control_verdict(result: "ReportResult", model: str) -> tuple[pd.DataFrame, str]:
+    """`positive_control` of one model in `result` (its table, its verdict)."""
+    return positive_control(result.comparisons, model, result.summary, result.control_notes.get(model, ""))
+
+
 def _control_lines(result: "ReportResult", model: str) -> list[str]:
     """report.md's positive control of one model: its verdict, then its table."""
-    table, verdict = positive_control(result.comparisons, model, result.summary)
+    table, verdict = control_verdict(result, model)
     return [f"- {verdict}", ""] + ([markdown_table(table), ""] if len(table) else [])
 
 
