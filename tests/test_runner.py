@@ -45,6 +45,9 @@ def test_a_retry_halves_the_batch_that_ran_not_the_configured_one(tmp_path: Path
     job.paths.failed_marker.write_text(json.dumps({"error": "RuntimeError: CUDA error: out of memory"}))
     (job.paths.run_dir / "train_info.json").write_text(json.dumps({"ran": {"batch": 8}}))
     assert retry_batch_for(job, 2) == 4 and retry_batch_for(job, 3) == 4   # attempt 3: planned at 8, ran at 8
+    (job.paths.folder / "train_plan.json").write_text(json.dumps({"overrides": {"batch": 4}}))
+    assert retry_batch_for(job, 3) == 2  # attempt 2 (at 4) ran out of memory before its train_info.json: was 4 again
+    (job.paths.folder / "train_plan.json").unlink()
     (job.paths.run_dir / "train_info.json").write_text(json.dumps({"ran": {"batch": 16}}))  # an earlier attempt's
     assert retry_batch_for(job, 3) == 4                   # the failed attempt was planned at 8: never above that
     from exp3.grid.runner import worth_retrying

@@ -19,7 +19,7 @@ from exp3.parallel import parent_environment
 from exp3.session.layout import SessionState
 from exp3.train.integrations import write_ultralytics_settings
 from exp3.train.offline import ultralytics_environment
-from exp3.train.training import TRAIN_INFO_FILENAME
+from exp3.train.training import TRAIN_INFO_FILENAME, TRAIN_PLAN_FILENAME
 
 POLL_S = 5.0
 OOM_PATTERNS: tuple[str, ...] = ("out of memory", "outofmemoryerror", "cublas_status_alloc_failed",
@@ -77,9 +77,11 @@ def is_out_of_memory(record: dict | None) -> bool:
 
 def failed_batch(job: SessionJob, planned: int) -> int:
     """The batch the last attempt ran at: its train_info.json's (Ultralytics may have halved the planned batch in
-    the first epoch), never above the batch it was planned at (`planned`: the file may be an earlier attempt's)."""
+    the first epoch), never above the batch it was planned at: `planned`, or its train_plan.json's (an attempt that
+    ran out of memory before train_info.json was written left an earlier attempt's there)."""
     ran = ((read_json(job.paths.run_dir / TRAIN_INFO_FILENAME) or {}).get("ran") or {}).get("batch")
-    return min(ran, planned) if isinstance(ran, int) and ran > 0 else planned
+    plan = ((read_json(job.paths.folder / TRAIN_PLAN_FILENAME) or {}).get("overrides") or {}).get("batch")
+    return min([planned, *(batch for batch in (ran, plan) if isinstance(batch, int) and batch > 0)])
 
 
 def retry_batch_for(job: SessionJob, attempt: int) -> int | None:

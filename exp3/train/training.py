@@ -45,6 +45,7 @@ TRAINER_CLASSES: dict[tuple[str, bool], str] = {
 with atomic checkpoint writes, plus masking for S3-S6."""
 
 TRAIN_INFO_FILENAME = "train_info.json"
+TRAIN_PLAN_FILENAME = "train_plan.json"  # beside train/: the plan of the last attempt, written as it starts
 RESUME_OVERRIDABLE: tuple[str, ...] = ("batch", "imgsz", "device", "workers")
 """The `train:` args the config may set; a resumed training takes them from the plan instead of the checkpoint
 (Ultralytics allows these)."""
@@ -180,7 +181,7 @@ def run_training(plan: TrainPlan, logs_dir: Path) -> TrainOutcome:
     for the training and removed after it; the process is left as a fresh one would be (`_after_training`).
     """
     logs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(plan.run_dir).parent / "train_plan.json", asdict(plan))
+    atomic_write_json(Path(plan.run_dir).parent / TRAIN_PLAN_FILENAME, asdict(plan))
     start = time.perf_counter()
     environment = {key: os.environ.get(key) for key in DETERMINISM_ENV}
     header = f"\n==== exp3 train {plan.session} at {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n"
