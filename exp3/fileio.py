@@ -118,6 +118,18 @@ def stable_int(text: str) -> int:
     return int(sha256_bytes(text.encode("utf-8"))[:16], 16) & ((1 << 63) - 1)
 
 
+def link_or_copy(source: Path, target: Path) -> Path:
+    """`target` as a hard link to `source`, or a copy with its modification time where the file system has none
+    (FileNotFoundError when `source` is gone)."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     """Create `path` if needed and check it is writable; raise a one-line error naming it."""
     target = Path(path)

@@ -190,6 +190,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
     rows: list[GapRow] = []
     for model in models:
         suites = {level.split: level.suite_id for level in common_levels(data.model_runs(model))}
+        notes = {suffix: training_note(data, model, (REFERENCE, CONTROL, suffix)) for suffix in MASKING_SESSIONS}
         for metric in GAP_METRICS:
             for suffix in (suffix for suffix in MASKING_SESSIONS if suffix in sessions):
                 cost_row = comparison_metrics(comparisons, model, CLEAN_SPLIT, suffix, REFERENCE).get(metric)
@@ -205,7 +206,7 @@ def gap_rows(data: ReportData, models: list[str], comparisons: pd.DataFrame,
                     trio = (REFERENCE, CONTROL, suffix)
                     seeds = [len(data.done(model, name)) for name in trio]
                     planned = [len(data.grouped.get((model, name), [])) for name in trio]
-                    note = training_note(data, model, trio)
+                    note = notes[suffix]
                     partial = "; ".join(seeds_done(name, done, expected)
                                         for name, done, expected in zip(trio, seeds, planned) if 0 < done < expected)
                     n_images = 0 if result is None else len(sides[0].ids)       # no result: no interval either

@@ -21,7 +21,7 @@ import yaml
 
 from exp3.config import MirrorConfig
 from exp3.dataset.audit import DatasetError, dataset_fingerprint, read_data_yaml
-from exp3.fileio import atomic_write_json, atomic_write_text, read_json, sha256_file, stable_hash
+from exp3.fileio import atomic_write_json, atomic_write_text, link_or_copy, read_json, sha256_file, stable_hash
 from exp3.session.layout import DONE_MARKER, FAILED_MARKER, TRAIN_RUN_NAME, SessionPaths, SessionState
 from exp3.session.progress import results_rows
 from exp3.session.runlock import LOCK_NAME
@@ -358,13 +358,8 @@ def _pinned(checkpoints: list[Path]) -> Iterator[list[tuple[Path, Path]]]:
     try:
         for file, pin in pins:
             pin.unlink(missing_ok=True)  # a killed push's
-            try:
-                os.link(file, pin)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                shutil.copy2(file, pin)  # its modification time too: the mirror's copy is compared by it
-            pinned.append((file, pin))
+            with contextlib.suppress(FileNotFoundError):  # no best.pt yet
+                pinned.append((file, link_or_copy(file, pin)))
         yield pinned
     finally:
         for _, pin in pins:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -31,7 +29,7 @@ from exp3.evaluate.evaluation import (
     save_split_files,
 )
 from exp3.evaluate.metrics import choose_threshold, ingredient_prf, ingredient_sets, records_from_json
-from exp3.fileio import atomic_write_json
+from exp3.fileio import atomic_write_json, link_or_copy
 from exp3.identity import SessionInputs, session_inputs
 from exp3.schema import PreparedData, SessionMetrics, SeverityEvaluation, SplitMetrics
 from exp3.session.layout import SessionPaths, SessionState, severity_changes
@@ -230,10 +228,7 @@ def _link_weights(source: Path, target: Path) -> None:
         (target / name).unlink(missing_ok=True)
         if not (source / name).is_file():
             continue
-        try:
-            os.link(source / name, target / name)
-        except OSError:
-            shutil.copy2(source / name, target / name)
+        link_or_copy(source / name, target / name)
 
 
 def main(argv: list[str] | None = None) -> int:
