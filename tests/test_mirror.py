@@ -541,6 +541,31 @@ def test_a_copy_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, monkey
     assert not list(mirror.path.rglob(f"*{TEMP_SUFFIX}"))
 
 
+def test_a_rename_that_fails_after_the_truncation_leaves_the_new_bytes_not_an_empty_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The mount refuses the rename over the copy it has just emptied (Drive's FUSE can fail one with EIO): the new
+    bytes are written in place. Before, the mirror kept an empty last.pt, which a new VM could not resume from."""
+    import errno
+
+    mirror = _mirror(tmp_path)
+    paths = _session(mirror.root, done=False)
+    mirror.push_checkpoint(paths)
+    paths.last_pt.write_bytes(os.urandom(3500))  # the next epoch's checkpoint
+    real_replace = os.replace
+
+    def failing_rename(source: Path, target: Path) -> None:
+        if Path(target).name == "last.pt" and Path(target).is_relative_to(mirror.path):
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_rename)
+    mirror.push_checkpoint(paths)
+    copy = mirror.path / paths.last_pt.relative_to(mirror.root)
+    assert copy.read_bytes() == paths.last_pt.read_bytes()
+    assert int(copy.stat().st_mtime) == int(paths.last_pt.stat().st_mtime)  # the next push skips it
+    assert not list(mirror.path.rglob(f"*{TEMP_SUFFIX}")) and "WARNING" not in capsys.readouterr().out
+
+
 def test_bytes_written_counts_every_push_of_sessions_pushing_at_once(tmp_path: Path) -> None:
     """Two sessions' pushes overlap (the flow polls each in its own thread): `self.bytes_written += self._copy(...)`
     read the total before a copy of seconds, so one push overwrote the other's (1224 MB logged, 2313 MB written)."""

@@ -83,7 +83,12 @@ class Mirror:
             shutil.copyfile(source, temporary)
             os.utime(temporary, ns=(stat.st_atime_ns, stat.st_mtime_ns))
             _truncate(target)
-            os.replace(temporary, target)
+            try:
+                os.replace(temporary, target)
+            except OSError:  # after the truncation: the bytes written in place, not an empty file left there
+                shutil.copyfile(temporary, target)
+                os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+                temporary.unlink()
         except BaseException:  # a full or lost drive: a half copy left there would fill it for every later copy
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
