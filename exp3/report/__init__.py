@@ -26,7 +26,8 @@ from exp3.report.coverage import CoverageReport
 from exp3.report.draws import ReportData
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
-from exp3.report.runs import discover_models, resumed_notes, run_sessions, scan_sessions, session_folders
+from exp3.report.runs import (discover_models, resumed_notes, run_sessions, scan_sessions, session_folders,
+                              software_notes)
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
 from exp3.session.plan import PLAN_FILENAME, read_plan
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, UNNAMED_SEED
@@ -139,7 +140,7 @@ def build_report(root: Path, models: list[str] | None = None, seeds: list[int] |
         plots.remove_stale_charts(root / "plots", files)
     result = ReportResult(root, models, summary, by_seed, comparisons, per_class, files, n_resamples, data.seed,
                           by_coverage, in_run, severity_curves, severity_table, gap_closed, training,
-                          sorted(set(data.warnings)) + resumed_notes(runs),
+                          sorted(set(data.warnings)) + resumed_notes(runs) + software_notes(runs),
                           {model: gap.training_note(data, model, (gap.CONTROL, gap.REFERENCE)) for model in models})
     text = render_markdown(result)
     result.files.append(atomic_write_text(root / "report.md", text))
