@@ -17,8 +17,15 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, SerializerFunctionWrapHandler, create_model,
-                      model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 from exp3.identity import SessionInputs
 from exp3.splits import PRIMARY_SPLITS

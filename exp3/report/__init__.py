@@ -26,8 +26,14 @@ from exp3.report.coverage import CoverageReport
 from exp3.report.draws import ReportData
 from exp3.report.html import render_html
 from exp3.report.markdown import render_markdown
-from exp3.report.runs import (discover_models, resumed_notes, run_sessions, scan_sessions, session_folders,
-                              software_notes)
+from exp3.report.runs import (
+    discover_models,
+    resumed_notes,
+    run_sessions,
+    scan_sessions,
+    session_folders,
+    software_notes,
+)
 from exp3.report.tables import by_seed_table, per_class_table, summary_table
 from exp3.session.plan import PLAN_FILENAME, read_plan
 from exp3.sessions import SESSION_SEPARATOR, SESSION_SUFFIXES, UNNAMED_SEED
