@@ -145,9 +145,10 @@ def test_report_refuses_the_ratio_when_the_positive_control_fails(built: report.
     text = (built.root / "report.md").read_text()
     answer = text[text.index("## The answer"):text.index("## Grid status")]
     assert "**rtdetr-l S3 mask backbone-early**: positive control failed" in answer
-    assert "**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed" in answer
+    assert f"**yolov8m S3 mask backbone-early**: closes part of the gap on test_occ_fixed ({gap.ONE_SEED})" in answer
     assert "0.500 [" in answer and "no ratio" in answer
     assert "seed-to-seed spread of training is not in these intervals" in answer
+    assert f"positive control failed ({gap.ONE_SEED})" not in answer  # no claim, nothing to call provisional
 
 
 def test_mean_ap_rows_and_missing_sessions(built: report.ReportResult) -> None:
@@ -553,9 +554,12 @@ def test_a_one_seed_model_beside_a_several_seed_one_is_said_to_lack_the_seed_spr
             write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
         write_session(tmp_path / "rtdetr-l" / f"rtdetr-l__{suffix}", "rtdetr-l", suffix, HITS["rtdetr-l"][suffix])
     _, text = _report_text(tmp_path, sessions, ("yolov8m", "rtdetr-l"))
-    note = "One seed per session for rtdetr-l: **the seed-to-seed spread of training is not in its intervals**."
+    note = ("One seed per session for rtdetr-l: **the seed-to-seed spread of training is not in its intervals**, so "
+            "its verdicts are provisional.")
     answer = text.split("## Grid status")[0]
     assert note in answer and "two-level bootstrap" in answer
+    bullets = {line.split("**")[1]: line for line in answer.splitlines() if line.startswith("- **")}
+    assert gap.ONE_SEED not in bullets["yolov8m S3 mask backbone-early"]  # its intervals draw the seeds too
     assert "One seed per session for rtdetr-l" in text.split("## Headline findings")[1]
 
 

@@ -42,6 +42,9 @@ UNPAIRED = ("S1, S2 and this session are not on the same images (their per-image
 """The reasons of a NO_RESULT row (GapRow.reason)."""
 NOT_ALIKE = "not trained like them"
 """Said of a session whose out-of-memory retries changed its batch (docs/report.md, "Gap closed")."""
+ONE_SEED = "one seed per session: provisional"
+"""Said beside a verdict whose intervals resample the test images alone: two training runs of one recipe differ by
+more than those intervals allow (docs/report.md, "Gap closed"; benchmarks/known_answer_verdicts.py)."""
 REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
                                                "does not help", "cannot tell")
 GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
@@ -257,6 +260,9 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             note, partial = rows["training_note"].iloc[0], rows["seeds_note"].iloc[0]
             site = f"- **{model} {SESSION_LABELS[suffix]}**"
             alike = (f" ({note}: {NOT_ALIKE})" if note else "") + (f" ({partial})" if partial else "")
+            drawn = rows.loc[rows["interval_levels"] != "", "interval_levels"]
+            if len(drawn) and (drawn == "images").all() and text not in (FAILED_CONTROL, CANNOT_TELL):
+                alike += f" ({ONE_SEED})"
             if text == NO_RESULT:
                 lines.append(f"{site}: no result ({'; '.join(reasons)}){alike}.")
                 continue
@@ -312,14 +318,18 @@ def one_seed_models(*frames: pd.DataFrame) -> list[str]:
 def one_seed_note(models: list[str]) -> str:
     """The sentence naming `one_seed_models` beside others with several seeds."""
     return (f"One seed per session for {', '.join(models)}: **the seed-to-seed spread of training is not in "
-            f"{'its' if len(models) == 1 else 'their'} intervals**.")
+            f"{'its' if len(models) == 1 else 'their'} intervals**, so {'its' if len(models) == 1 else 'their'} "
+            "verdicts are provisional.")
 
 
 def _interval_note(two_level: bool, n_resamples: int) -> str:
     if not two_level:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}), "
                 "S1, S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
-                "not in these intervals** (docs/what-metrics-detect.md: it can be as large as the smaller effects).")
+                f"not in these intervals**, so every verdict below is provisional ({ONE_SEED}): two training runs of "
+                "one recipe can differ by more than these intervals allow, and a masking session that does nothing "
+                "can then read as helpful (docs/report.md, \"Gap closed\", says how often). Set `seeds: [0, 1, 2]` "
+                "for verdicts that count that spread.")
     return (f"Intervals: 95 % two-level bootstrap ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}): the test "
             "images (the same draw for every session) and the training seeds of each session with several (drawn "
             "independently per session); docs/report.md \"Several seeds\". Which level dominates:")
