@@ -54,7 +54,8 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
     eta = epochs[-1].eta_s if epochs and state == SessionState.RUNNING else None  # nothing runs a partial one
     error = None
     if state == SessionState.STALE:
-        error = f"made under other inputs (key {paths.recorded_key() or 'unknown'}): re-runs from scratch"
+        made = paths.other_exp3() or f"made under other inputs (key {paths.recorded_key() or 'unknown'})"
+        error = f"{made}: re-runs from scratch"
     elif state == SessionState.FAILED:
         error = (paths.failure() or {}).get("error")
     return SessionStatus(paths.folder.name, state, len(epochs), epochs_total, elapsed, eta, error, last_map50)

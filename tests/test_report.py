@@ -466,6 +466,30 @@ def test_results_made_under_other_inputs_are_reported_stale_not_done(tmp_path: P
     assert math.isnan(rows.loc[("S2_occ_train", "test_occ_fixed"), "ingredient_micro_f1"])
 
 
+def test_results_made_by_another_exp3_are_reported_stale_under_its_own_plan(tmp_path: Path) -> None:
+    """A root reported again after a `git pull` that changed the file schema, before the flow ran: its plan.json is
+    the old code's and its folders match it, but the schema in inputs.json (part of every key) says the flow will
+    train them again. Before, the report showed their old numbers as done."""
+    import exp3
+    from exp3.session.plan import write_plan
+
+    keys = {}
+    for suffix, schema in (("S1_clean_train", exp3.SCHEMA_VERSION - 1), ("S2_occ_train", exp3.SCHEMA_VERSION)):
+        folder = tmp_path / "yolov8m" / f"yolov8m__{suffix}"
+        write_done_session(folder, "yolov8m", suffix, (20, 10))
+        keys[folder.name] = f"{folder.name}-old-code"
+        atomic_write_json(folder / "inputs.json", {"exp3_version": exp3.__version__, "schema_version": schema,
+                                                   "key": keys[folder.name]})
+        atomic_write_json(folder / "DONE", {**json.loads((folder / "DONE").read_text()), "key": keys[folder.name]})
+    write_plan(tmp_path, keys)                                        # the old code's plan, its keys matched
+    result = report.build_report(tmp_path, models=["yolov8m"], charts=False, n_resamples=50, n_permutations=50)
+    rows = result.summary.set_index(["session", "split"])
+    assert rows.loc[("S1_clean_train", "test_occ_fixed"), "status"] == "stale"
+    assert math.isnan(rows.loc[("S1_clean_train", "test_occ_fixed"), "ingredient_micro_f1"])
+    assert rows.loc[("S2_occ_train", "test_occ_fixed"), "status"] == "done"  # this exp3's schema: as before
+    assert f"(schema {exp3.SCHEMA_VERSION - 1}), not this exp3" in (tmp_path / "report.md").read_text()
+
+
 def test_bh_family_counts_each_unordered_pair_once(built: report.ReportResult) -> None:
     comparisons = built.comparisons
     # the input of Benjamini-Hochberg: one row per distinct test (bh_family x model x split x pair with a p-value)

@@ -99,6 +99,23 @@ def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
     assert session_status(paths, epochs_total=3).state == "done"  # key-less view
 
 
+def test_a_folder_made_by_another_exp3_is_stale_with_or_without_a_plan(tmp_path: Path) -> None:
+    """A root run again after a `git pull` that changed the file schema: its plan.json is the old code's, whose keys
+    its folders match, so only the versions inputs.json records (both in every key) can tell. Before, status and the
+    report showed such a session done, with numbers, while the flow called it stale and trained it again."""
+    import exp3
+
+    paths = done_folder(tmp_path / "m" / "m__S1_clean_train", "k-old")
+    paths.write_inputs({"exp3_version": exp3.__version__, "schema_version": exp3.SCHEMA_VERSION}, "k-old")
+    assert session_status(paths, epochs_total=3, key="k-old").state == "done"  # this exp3's: as before
+    paths.write_inputs({"exp3_version": exp3.__version__, "schema_version": exp3.SCHEMA_VERSION - 1}, "k-old")
+    for key in ("k-old", None):                                     # the old plan's key, or no plan
+        stale = session_status(paths, epochs_total=3, key=key)
+        assert stale.state == "stale" and stale.error == (
+            f"made by exp3 {exp3.__version__} (schema {exp3.SCHEMA_VERSION - 1}), not this exp3 ({exp3.__version__}, "
+            f"schema {exp3.SCHEMA_VERSION}): re-runs from scratch")
+
+
 def test_what_the_files_do_not_say_is_shown_missing_not_as_zero(tmp_path: Path) -> None:
     """A done session whose metrics.json lacks epochs_completed, epochs logged without a `time` column: `?`, `-`."""
     done = done_folder(tmp_path / "m" / "m__S1_clean_train", "k")

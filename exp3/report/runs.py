@@ -66,9 +66,9 @@ def load_session_run(folder: Path, model: str, suffix: str, seed: int | None,
     paths = SessionPaths(folder)
     if not folder.is_dir():
         return SessionRun(model, suffix, seed, folder, SessionState.MISSING, "no session folder")
-    if key is not None and paths.state(key) == SessionState.STALE:
+    if paths.state(key) == SessionState.STALE:
         return SessionRun(model, suffix, seed, folder, SessionState.STALE,
-                          "made under other inputs than the current config: re-run the flow")
+                          f"{paths.other_exp3() or 'made under other inputs than the current config'}: re-run the flow")
     if paths.is_done(None):
         metrics = read_json(paths.metrics)
         if isinstance(metrics, dict):

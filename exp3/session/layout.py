@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from exp3 import SCHEMA_VERSION, __version__
 from exp3.fileio import atomic_write_bytes, atomic_write_json, canonical_json, read_json, sha256_bytes, sha256_file
 from exp3.schema import SessionMetrics
 from exp3.session.runlock import SessionLock
@@ -113,6 +114,16 @@ class SessionPaths:
         record = read_json(self.inputs)
         return str(record["key"]) if isinstance(record, dict) and record.get("key") else None
 
+    def other_exp3(self) -> str | None:
+        """"made by exp3 0.1.0 (schema 1), not this exp3 (0.2.0, schema 2)" when inputs.json records another exp3
+        version or file schema than this one's: both are in every key, so the folder is stale under any config, plan
+        or none (a root run again after a `git pull`); None when it records this one's, or neither."""
+        record = read_json(self.inputs)
+        made = (record.get("exp3_version"), record.get("schema_version")) if isinstance(record, dict) else (None,) * 2
+        if made == (None, None) or made == (__version__, SCHEMA_VERSION):
+            return None
+        return f"made by exp3 {made[0]} (schema {made[1]}), not this exp3 ({__version__}, schema {SCHEMA_VERSION})"
+
     def evaluations_current(self, plan: dict[str, str]) -> bool:
         """metrics.json holds exactly the severity evaluations of `plan` ({split: spec key}); False: update it."""
         try:
@@ -128,10 +139,12 @@ class SessionPaths:
         return sha256_file(self.metrics) in (marker.get("metrics_sha256"), marker.get("replacing_metrics_sha256"))
 
     def state(self, key: str | None) -> SessionState:
-        """DONE, STALE, FAILED, PARTIAL or PENDING under `key` (None, a view without keys: never STALE)."""
-        if self.is_done(key):
+        """DONE, STALE, FAILED, PARTIAL or PENDING under `key` (None, a view without keys: STALE only when made by
+        another exp3, `other_exp3`)."""
+        other = self.other_exp3()
+        if other is None and self.is_done(key):
             return SessionState.DONE
-        if key is not None and self.recorded_key() != key and self.folder.is_dir() and any(
+        if (other or key is not None and self.recorded_key() != key) and self.folder.is_dir() and any(
                 entry.name not in ("logs", FAILED_MARKER) for entry in self.folder.iterdir()):
             return SessionState.STALE  # logs/, which the flow opens first, or a failure before inputs.json: not made
         if self.failed_marker.exists():
