@@ -44,7 +44,7 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
     last_map50 = epochs[-1].map50 if epochs else None
     if state == SessionState.DONE:
         training = MetricsView.of(read_json(paths.metrics)).training
-        done = training.epochs_completed
+        done = None if training.epochs_completed is None else int(training.epochs_completed)  # the view reads floats
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
     lock = paths.session_lock("")  # probed (a microsecond's shared hold) only while its file names a holder:
     if lock.owner() and lock.is_live():  # a clean release empties it, so a session starting then meets no probe

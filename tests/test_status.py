@@ -94,6 +94,7 @@ def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
     paths = done_folder(tmp_path / "m" / "m__S1_clean_train", "k-old")
     done = session_status(paths, epochs_total=3, key="k-old")
     assert (done.state, done.epochs_done, done.elapsed_s) == ("done", 3, 1.0)
+    assert type(done.epochs_done) is int  # printed "3/3", not "3.0/3.0"
     stale = session_status(paths, epochs_total=3, key="k-new")
     assert stale.state == "stale" and "k-old" in (stale.error or "")
     assert session_status(paths, epochs_total=3).state == "done"  # key-less view
