@@ -121,6 +121,18 @@ def test_crowded_image_detection_is_one_to_one_ingredient_is_per_class() -> None
     assert frame["found_detection"].sum() == 1 and frame["found_ingredient"].all()
 
 
+def test_a_class_named_only_below_the_threshold_leaves_its_boxes_unfound() -> None:
+    """A box's class counts as named at the table's `conf` only: a class-0 detection away from the box (no match) at
+    conf 0.2 names class 0 at conf 0.1, not at 0.25; the detection level finds the box at neither."""
+    record = ImageRecord("x", [0, 1], [[0, 0, 10, 10], [40, 40, 50, 50]],
+                         pred_classes=[0, 1], pred_boxes=[[80, 80, 90, 90], [40, 40, 50, 50]], pred_conf=[0.2, 0.9])
+    manifest = {"x": [ManifestBox(0, (0, 0, 10, 10), 0.5), ManifestBox(1, (40, 40, 50, 50), 0.3)]}
+    for conf, named in ((0.25, [False, True]), (0.1, [True, True]), (0.2, [False, True])):
+        frame = table([record], manifest, 2, conf)
+        assert frame["found_ingredient"].tolist() == named, conf
+        assert frame["found_detection"].tolist() == [False, True] and (frame["conf"] == conf).all()
+
+
 def test_independent_check_with_sklearn_and_detection_prf() -> None:
     """Random images: per-bin recall equals sklearn's recall_score on the flattened boxes of the bin, and the
     detection found-rate over all boxes equals exp3.evaluate.metrics.detection_prf's recall (the same matcher)."""
@@ -144,6 +156,10 @@ def test_independent_check_with_sklearn_and_detection_prf() -> None:
                                       for c, b in zip(classes, gt.tolist())]
     frame = table(records, manifest, 4, 0.3)
     assert frame["found_detection"].mean() == pytest.approx(detection_prf(records, 0.3, 0.5)["recall"])
+    by_id = {record.image_id: record for record in records}
+    named = [bool(((by_id[row.image_id].pred_classes == row.class_id) & (by_id[row.image_id].pred_conf > 0.3)).any())
+             for row in frame.itertuples()]
+    assert frame["found_ingredient"].tolist() == named and 0 < sum(named) < len(named)
     bins = coverage.assign_bins(frame["covered_fraction"].to_numpy())
     for level in coverage.LEVELS:
         for item in coverage.bin_recalls(frame, level, weights(frame, 100)).itertuples():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from exp3.dataset.audit import label_path_for
@@ -82,7 +83,8 @@ def test_an_image_scored_that_exp3_does_not_list_is_a_clear_error(tiny_yolo_chec
 
 def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluation, trained_yolo_checkpoint: Path,
                                                               trained_data_yaml: Path) -> None:
-    """What the application (model.predict at its default conf 0.25) would list, image by image."""
+    """What the application (model.predict at its default conf 0.25) would list, image by image: its classes, and
+    the boxes themselves (class, confidence and pixel xyxy, which the predictions file holds to 2 decimals)."""
     from ultralytics import YOLO
 
     from exp3.evaluate.metrics import above, ingredient_sets, records_from_json
@@ -96,9 +98,14 @@ def test_ingredient_sets_equal_those_of_predict_image_by_image(trained_evaluatio
     for row, (record, result) in enumerate(zip(records, predicted)):
         expected = set(int(c) for c in result.boxes.cls.tolist())
         assert set(map(int, exp3_sets[row].nonzero()[0])) == expected, record.image_id
-        kept = above(record.pred_conf, 0.25)  # the boxes themselves, not only their classes
-        assert sorted(zip(record.pred_classes[kept].tolist(), [round(c, 4) for c in record.pred_conf[kept]])) == \
-            sorted(zip(map(int, result.boxes.cls.tolist()), [round(c, 4) for c in result.boxes.conf.tolist()]))
+        kept = above(record.pred_conf, 0.25)
+        ours = sorted(zip(record.pred_classes[kept].tolist(), [round(c, 4) for c in record.pred_conf[kept]],
+                          record.pred_boxes[kept].tolist()))
+        theirs = sorted(zip(map(int, result.boxes.cls.tolist()), [round(c, 4) for c in result.boxes.conf.tolist()],
+                            result.boxes.xyxy.tolist()))
+        assert [(cls, conf) for cls, conf, _ in ours] == [(cls, conf) for cls, conf, _ in theirs], record.image_id
+        np.testing.assert_allclose([box for *_, box in ours], [box for *_, box in theirs], rtol=0, atol=0.01,
+                                   err_msg=record.image_id)
     assert exp3_sets.sum() >= 3  # non-zero predictions: the comparison is not empty against empty
 
 

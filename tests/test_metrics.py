@@ -14,6 +14,7 @@ from exp3.evaluate.metrics import (
     DEFAULT_CONF_GRID,
     ImageRecord,
     box_iou,
+    choose_threshold,
     detection_prf,
     f1_vs_conf,
     ingredient_prf,
@@ -80,6 +81,17 @@ def test_macro_averages_over_present_classes_only() -> None:
     # (it was (2/3 * 3 + 1) / 4 = 3/4 when the absent class counted as a perfect 1).
     gt, pred = ingredient_sets(hand_case(), num_classes=4, conf=0.25)
     assert ingredient_prf(gt, pred)["macro"]["f1"] == pytest.approx(2 / 3)
+
+
+def test_macro_averages_over_classes_predicted_but_absent_from_the_ground_truth() -> None:
+    """A class only predicted (a false alarm on an image without it) is in macro's label set, as in scikit-learn's
+    labels = gt or pred: class 3 at 0.9 on img2 of the hand case scores F1 0, so macro F1 is (1 + 0 + 1 + 0) / 4 = 1/2,
+    not the 2/3 of the ground-truth classes alone."""
+    records = hand_case()
+    records[2] = make_record("img2", [], [(3, 0.9)])
+    gt, pred = ingredient_sets(records, num_classes=4, conf=0.25)
+    assert ingredient_prf(gt, pred)["macro"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
+    np.testing.assert_allclose(per_class_prf(gt, pred)["f1"], [1.0, 0.0, 1.0, 0.0])
 
 
 def test_a_model_that_predicts_nothing_scores_zero_macro_on_any_class_count() -> None:
@@ -235,6 +247,19 @@ def test_f1_vs_conf_best_conf_drops_false_alarms() -> None:
     f1 = dict(zip(curve["conf"], curve["micro_f1"]))
     assert f1[0.1] == pytest.approx(2 / 3) and f1[0.15] == 1.0 and f1[0.6] == 1.0 and f1[0.65] == 0.0
     assert curve["best_conf_micro"] == curve["best_conf_samples"] == 0.15
+
+
+def test_choose_threshold_takes_the_best_val_f1_and_breaks_ties_towards_prefer() -> None:
+    """Correct class at 0.62, false alarm at exactly 0.40: micro F1 2/3 below 0.40, 1 from 0.40 (the alarm is not
+    above it) to 0.61, 0 from 0.62. The best plateau's threshold nearest `prefer` wins; the default 0.25 itself,
+    where F1 is 2/3, is not chosen. A model that finds nothing ties everywhere and keeps `prefer`."""
+    records = [ImageRecord("a", [0], [UNIT_BOX], [0, 1], [UNIT_BOX, UNIT_BOX], [0.62, 0.40])]
+    assert choose_threshold(records, 2) == {"conf": 0.4, "val_micro_f1": 1.0}
+    assert choose_threshold(records, 2, prefer=0.5) == {"conf": 0.5, "val_micro_f1": 1.0}
+    assert choose_threshold(records, 2, prefer=0.9) == {"conf": 0.61, "val_micro_f1": 1.0}
+    assert choose_threshold(records, 2, grid=(0.1, 0.3, 0.7)) == {"conf": 0.3, "val_micro_f1": pytest.approx(2 / 3)}
+    nothing = [make_record("a", [0], [])]
+    assert choose_threshold(nothing, 2) == {"conf": 0.25, "val_micro_f1": 0.0}
 
 
 def test_summarize_split_is_json_ready() -> None:

@@ -20,7 +20,15 @@ from exp3.dataset.audit import label_path_for
 from exp3.fileio import sha256_file
 from exp3.occlusion import OcclusionError, identity, planners
 from exp3.occlusion.codec import decode_image
-from exp3.occlusion.fills import FILLS, MEAN_RGB, TEXTURE_BOX_MARGIN, TextureDonor, background_mask, fill_texture
+from exp3.occlusion.fills import (
+    FILLS,
+    GRAY_RGB,
+    MEAN_RGB,
+    TEXTURE_BOX_MARGIN,
+    TextureDonor,
+    background_mask,
+    fill_texture,
+)
 from exp3.occlusion.geometry import covered_fractions, rect_mask, yolo_to_xyxy
 from exp3.occlusion.occlude import image_rng, occlude_image
 from exp3.occlusion.planners import MAX_BOX_COVERAGE, object_rects, random_rects
@@ -292,6 +300,24 @@ def test_occlude_image_is_deterministic_per_seed_and_stream() -> None:
     other_stream = occlude_image(image, boxes, config, image_rng(0, 2, "a"))
     assert np.array_equal(first[0], again[0]) and first[1] == again[1]
     assert first[1]["occluders"] != other_stream[1]["occluders"]
+
+
+@pytest.mark.parametrize("fill", sorted(FILLS))
+def test_every_fill_paints_its_occluders(fill: str, tmp_path: Path) -> None:
+    """The pixels under the recorded occluders are the fill's, not the clean image's: on a flat image unlike every
+    flat fill, nearly every occluded pixel changes (noise and a noise donor's texture repeat a pixel by chance only),
+    and nothing outside the occluders does."""
+    image = np.full((64, 64, 3), (30, 60, 90), dtype=np.uint8)
+    donor = _write_donor(tmp_path / "donor.png", 48, ())
+    occluded, record = occlude_image(image, np.array([[8.0, 8.0, 40.0, 40.0]]), OcclusionConfig(fills=(fill,)),
+                                     image_rng(0, 1, "a"), (donor,))
+    assert record["fill"] == fill and record["occluders"]
+    mask = rect_mask([tuple(o["xyxy"]) for o in record["occluders"]], 64, 64)
+    assert mask.sum() >= 100
+    assert np.array_equal(occluded[~mask], image[~mask])
+    assert (occluded[mask] != image[mask]).any(axis=-1).mean() > 0.95
+    if fill in ("mean", "gray"):
+        assert (occluded[mask] == (MEAN_RGB if fill == "mean" else GRAY_RGB)).all()
 
 
 def test_unknown_fill_lists_the_allowed_names() -> None:

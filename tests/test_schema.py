@@ -125,6 +125,32 @@ def test_blocks_mirror_their_owners() -> None:
     assert set(Robustness.model_fields) == set(robustness(clean, clean).model_dump())
 
 
+def test_robustness_divides_each_occluded_score_by_its_clean_one() -> None:
+    """Every ratio is its own metric on test_occ_fixed over the same metric on test_clean; the scores and ratios
+    are all distinct, so a ratio of the wrong split or of the wrong metric shows. Both owners' inputs: a session's
+    `SplitMetrics` and a report's `SplitView`."""
+    from exp3.session.record import robustness
+
+    scores = {"rF1_micro": (("ingredient", "micro", "f1"), 0.8, 0.6),
+              "rF1_samples": (("ingredient", "samples", "f1"), 0.7, 0.35),
+              "rF1_macro": (("ingredient", "macro", "f1"), 0.6, 0.54),
+              "rmAP50": (("map50",), 0.5, 0.3), "rmAP50_95": (("map50_95",), 0.4, 0.1),
+              "rF1_detection": (("detection", "f1"), 0.9, 0.72)}
+    payload = _example()
+    for path, clean_value, occluded_value in scores.values():
+        for split, value in (("test_clean", clean_value), ("test_occ_fixed", occluded_value)):
+            block = payload["splits"][split]
+            for key in path[:-1]:
+                block = block[key]
+            block[path[-1]] = value
+    expected = {name: occluded / clean for name, (_, clean, occluded) in scores.items()}
+    assert len(set(expected.values())) == len(expected)
+    strict, view = SessionMetrics.model_validate(payload), MetricsView.of(payload)
+    for clean, occluded in ((strict.splits["test_clean"], strict.splits["test_occ_fixed"]),
+                            (view.split("test_clean"), view.split("test_occ_fixed"))):
+        assert robustness(clean, occluded).model_dump() == pytest.approx(expected)
+
+
 # ----------------------------------------------------------------------------- the lenient view
 
 

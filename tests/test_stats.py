@@ -38,11 +38,35 @@ def test_bootstrap_is_reproducible_and_covers_the_estimate() -> None:
     assert first.high - first.low < 0.2
 
 
+def test_percentile_interval_cuts_half_the_missing_confidence_from_each_tail() -> None:
+    """A 95 % interval is numpy's (linear) 2.5th and 97.5th percentiles of the draws, a 90 % one the 5th and 95th."""
+    draws = np.random.default_rng(15).normal(size=1001)
+    for confidence, tails in ((0.95, [2.5, 97.5]), (0.9, [5.0, 95.0]), (0.5, [25.0, 75.0])):
+        assert stats.percentile_interval(draws, confidence) == pytest.approx(tuple(np.percentile(draws, tails)))
+    assert stats.percentile_interval(np.arange(101.0), 0.95) == pytest.approx((2.5, 97.5))
+    with pytest.raises(ValueError, match="pass a level in"):
+        stats.percentile_interval(draws, 95)
+
+
+def test_seed_multiplicities_draw_k_minus_one_seeds_weighted_to_a_total_of_k() -> None:
+    """Each draw takes K - 1 of the K seeds with replacement and weighs them K / (K - 1) (docs/report.md,
+    "Intervals and tests over seeds and images"): every row sums to K, in steps of K / (K - 1); one seed: ones."""
+    for n_seeds in (2, 3, 5):
+        weights = stats.seed_multiplicities(n_seeds, 400, seed=0, stream=1)
+        assert weights.shape == (400, n_seeds)
+        np.testing.assert_allclose(weights.sum(axis=1), n_seeds)
+        counts = weights * (n_seeds - 1) / n_seeds
+        np.testing.assert_allclose(counts, counts.round(), atol=1e-12)
+        assert (counts.round().sum(axis=1) == n_seeds - 1).all()
+    assert (stats.seed_multiplicities(1, 50, seed=0, stream=0) == 1.0).all()
+    assert not np.array_equal(stats.seed_multiplicities(5, 100, 0, 0), stats.seed_multiplicities(5, 100, 0, 1))
+
+
 def test_identical_sessions_differ_by_zero_with_p_one() -> None:
     counts = _random_counts(60, seed=3)
     result = stats.compare_paired(counts, counts.copy())
     assert result.difference.estimate == 0.0
-    assert result.difference.low <= 0.0 <= result.difference.high
+    assert result.difference.low == result.difference.high == 0.0   # both resampled with the same draws
     assert result.p_value == 1.0
     assert stats.permutation_pvalue(counts[:8], counts[:8].copy()) == 1.0   # exact path too
 
