@@ -326,10 +326,10 @@ def _interval_note(two_level: bool, n_resamples: int) -> str:
     if not two_level:
         return (f"Intervals: 95 % bootstrap over test images ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}), "
                 "S1, S2 and Sx on the same resamples. One seed per session: **the seed-to-seed spread of training is "
-                f"not in these intervals**, so every verdict below is provisional ({ONE_SEED}): two training runs of "
-                "one recipe can differ by more than these intervals allow, and a masking session that does nothing "
-                "can then read as helpful (docs/report.md, \"Gap closed\", says how often). Set `seeds: [0, 1, 2]` "
-                "for verdicts that count that spread.")
+                "not in these intervals**: two training runs of one recipe can differ by more than they allow, so a "
+                "masking session that does nothing can read as helpful (docs/report.md, \"Gap closed\", says how "
+                f"often). A verdict that claims something is marked \"({ONE_SEED})\"; set `seeds: [0, 1, 2]` for "
+                "verdicts that count that spread.")
     return (f"Intervals: 95 % two-level bootstrap ({n_resamples} resamples; mAP {BOOTSTRAP_RESAMPLES}): the test "
             "images (the same draw for every session) and the training seeds of each session with several (drawn "
             "independently per session); docs/report.md \"Several seeds\". Which level dominates:")
