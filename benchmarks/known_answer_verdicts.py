@@ -1,7 +1,7 @@
 """Known-answer check of the report's gap-closed verdicts (BENCHMARKS.md, docs/report.md "Gap closed").
 
     python benchmarks/known_answer_verdicts.py                      # the table of BENCHMARKS.md (about 6 min)
-    python benchmarks/known_answer_verdicts.py --images 1000 --seeds 1 --seed-sd 0.1 --reps 100
+    python benchmarks/known_answer_verdicts.py --images 1000 --seeds 3 --masking-seeds 1 --seed-sd 0.1 --reps 100
 
 Simulated experiments with a known answer go through the report's own code: `ReportData.split_draws` (its image
 and seed draws), `gap._side`, `stats.gap_closed` and `gap.verdict`; only the per-image counts are made up (a
@@ -33,8 +33,10 @@ MODEL = "sim"
 TRUTHS = {"S3_mask_backbone_early": 0.0, "S6_mask_head": 1.0}
 """Masking session -> its true gap closed: it trains like S1 (0) or like S2 (1)."""
 THETA = {"S1_clean_train": 0.0, "S2_occ_train": 0.3}
-SETTINGS = ((150, 1, 0.0), (1000, 1, 0.0), (1000, 1, 0.1), (1000, 3, 0.1), (150, 1, 0.1), (150, 3, 0.1))
-"""(test images, seeds per session, seed_sd on the logit scale): 0.1 is an F1 spread of about 0.02 between runs."""
+SETTINGS = ((150, 1, 1, 0.0), (1000, 1, 1, 0.0), (1000, 1, 1, 0.1), (1000, 2, 2, 0.1), (1000, 3, 3, 0.1),
+            (1000, 3, 1, 0.1), (150, 1, 1, 0.1), (150, 3, 3, 0.1))
+"""(test images, seeds of S1 and S2, seeds of the masking sessions, seed_sd on the logit scale): 0.1 is an F1 sd
+of about 0.017 between runs of one recipe."""
 
 
 class Simulated(ReportData):
@@ -70,8 +72,8 @@ def runs(rng: np.random.Generator, theta: float, labels: np.ndarray, difficulty:
     return frames
 
 
-def simulate(images: int, seeds: int, seed_sd: float, reps: int, seed: int = 0) -> dict[str, float]:
-    rng = np.random.default_rng([images, seeds, int(seed_sd * 1000), seed])
+def simulate(images: int, seeds: int, masking_seeds: int, seed_sd: float, reps: int, seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng([images, seeds, masking_seeds, int(seed_sd * 1000), seed])
     f1 = {name: true_f1(theta, seed_sd) for name, theta in THETA.items()}
     verdicts = {suffix: Counter() for suffix in TRUTHS}
     covered = {suffix: [0, 0] for suffix in TRUTHS}
@@ -80,8 +82,8 @@ def simulate(images: int, seeds: int, seed_sd: float, reps: int, seed: int = 0) 
         labels, difficulty = rng.poisson(2, images) + 1, rng.normal(0, 1, images)
         thetas = {**THETA, **{suffix: THETA["S1_clean_train" if truth == 0 else "S2_occ_train"]
                               for suffix, truth in TRUTHS.items()}}
-        data = Simulated({name: runs(rng, theta, labels, difficulty, seeds, seed_sd) for name, theta in thetas.items()},
-                         weights)
+        data = Simulated({name: runs(rng, theta, labels, difficulty, masking_seeds if name in TRUTHS else seeds,
+                                     seed_sd) for name, theta in thetas.items()}, weights)
         sides = {name: gap._side(data, MODEL, name, "ingredient_micro_f1", gap.HEADLINE_BASIS, {}) for name in thetas}
         for suffix, truth in TRUTHS.items():
             trio = [sides[name] for name in (gap.REFERENCE, gap.CONTROL, suffix)]
@@ -104,19 +106,23 @@ def simulate(images: int, seeds: int, seed_sd: float, reps: int, seed: int = 0) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, help="test images (default: each of SETTINGS)")
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds per session")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds of S1 and S2")
+    parser.add_argument("--masking-seeds", type=int, help="training seeds of the masking sessions (default: --seeds)")
     parser.add_argument("--seed-sd", type=float, default=0.1, help="run-to-run spread of skill (logit)")
     parser.add_argument("--reps", type=int, default=200, help="simulated experiments per setting")
     args = parser.parse_args()
-    settings = SETTINGS if args.images is None else ((args.images, args.seeds, args.seed_sd),)
-    print("| images | seeds | seed_sd | S2 - S1 | control holds | claims an effect (truth 0) | says hurts (truth 0) | "
-          "says does not help (truth 1) | says replaces (truth 1) | interval holds 0 | interval holds 1 | s |")
+    settings = SETTINGS if args.images is None else \
+        ((args.images, args.seeds, args.masking_seeds or args.seeds, args.seed_sd),)
+    print("| images | seeds S1, S2 / Sx | seed_sd | S2 - S1 | control holds | claims an effect (truth 0) | "
+          "says hurts (truth 0) | says does not help (truth 1) | says replaces (truth 1) | interval holds 0 | "
+          "interval holds 1 | s |")
     print("|" + "---|" * 12)
-    for images, seeds, seed_sd in settings:
+    for images, seeds, masking_seeds, seed_sd in settings:
         start = time.perf_counter()
-        row = simulate(images, seeds, seed_sd, args.reps)
-        print(f"| {images} | {seeds} | {seed_sd:g} | " + " | ".join(f"{value:.3f}" for value in row.values())
-              + f" | {time.perf_counter() - start:.0f} |", flush=True)
+        row = simulate(images, seeds, masking_seeds, seed_sd, args.reps)
+        print(f"| {images} | {seeds} / {masking_seeds} | {seed_sd:g} | "
+              + " | ".join(f"{value:.3f}" for value in row.values()) + f" | {time.perf_counter() - start:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -563,6 +563,21 @@ def test_a_one_seed_model_beside_a_several_seed_one_is_said_to_lack_the_seed_spr
     assert "One seed per session for rtdetr-l" in text.split("## Headline findings")[1]
 
 
+def test_a_verdict_resting_on_one_seed_of_the_masking_session_is_provisional(tmp_path: Path) -> None:
+    """S1 and S2 with two seeds, S3 with one: S3's training spread is in no interval (docs/report.md, "Gap closed":
+    80 % coverage, 10 % false claims), though the rows draw seeds; its verdict was not marked, as if seed-aware."""
+    sessions = {"S1_clean_train": ((80, 36), (80, 44)), "S2_occ_train": ((80, 64), (80, 56)),
+                "S3_mask_backbone_early": ((70, 50),)}
+    for suffix, per_seed in sessions.items():
+        for seed, hits in enumerate(per_seed):
+            write_session(tmp_path / "yolov8m" / Session("yolov8m", suffix, seed).name, "yolov8m", suffix, hits, seed)
+    result, text = _report_text(tmp_path, sessions)
+    rows = result.gap_closed[result.gap_closed["basis"] == "test_occ_fixed"]
+    assert set(rows["interval_levels"]) == {"seeds+images"} and set(rows["n_seeds"]) == {1}
+    (s3,) = [line for line in text.splitlines() if line.startswith("- **yolov8m S3 mask backbone-early**")]
+    assert gap.CANNOT_TELL not in s3 and gap.FAILED_CONTROL not in s3 and f"({gap.ONE_SEED})" in s3
+
+
 @pytest.mark.parametrize(("low", "high", "printed", "rule"), [
     (0.6, 0.99951, "0.800 [0.600, 0.9995]", gap.PART),             # 1.000 read as rule 2's `high >= 1`
     (0.50004, 1.2, "0.800 [0.50004, 1.200]", gap.REPLACES),        # 0.500 read as failing rule 2's `low > 0.5`

@@ -42,9 +42,10 @@ UNPAIRED = ("S1, S2 and this session are not on the same images (their per-image
 """The reasons of a NO_RESULT row (GapRow.reason)."""
 NOT_ALIKE = "not trained like them"
 """Said of a session whose out-of-memory retries changed its batch (docs/report.md, "Gap closed")."""
-ONE_SEED = "one seed per session: provisional"
-"""Said beside a verdict whose intervals resample the test images alone: two training runs of one recipe differ by
-more than those intervals allow (docs/report.md, "Gap closed"; benchmarks/known_answer_verdicts.py)."""
+ONE_SEED = "one seed: provisional"
+"""Said beside a verdict where S1, S2 or Sx has one done seed: that session's training spread is in none of its
+intervals, and two runs of one recipe differ by more than they allow (docs/report.md, "Gap closed";
+benchmarks/known_answer_verdicts.py)."""
 REPLACES, PART, HURTS, NO_HELP, CANNOT_TELL = ("replaces occlusion training", "closes part of the gap", "hurts",
                                                "does not help", "cannot tell")
 GAP_COLUMNS: tuple[str, ...] = ("model", "metric", "session", "session_label", "basis", "gap", "gap_ci_low",
@@ -260,8 +261,8 @@ def answer_lines(table: pd.DataFrame, models: list[str]) -> list[str]:
             note, partial = rows["training_note"].iloc[0], rows["seeds_note"].iloc[0]
             site = f"- **{model} {SESSION_LABELS[suffix]}**"
             alike = (f" ({note}: {NOT_ALIKE})" if note else "") + (f" ({partial})" if partial else "")
-            drawn = rows.loc[rows["interval_levels"] != "", "interval_levels"]
-            if len(drawn) and (drawn == "images").all() and text not in (FAILED_CONTROL, CANNOT_TELL):
+            if (rows.loc[rows["interval_levels"] != "", "n_seeds"] == 1).any() and \
+                    text not in (FAILED_CONTROL, CANNOT_TELL):  # S1, S2 or Sx: one run, its spread not drawn
                 alike += f" ({ONE_SEED})"
             if text == NO_RESULT:
                 lines.append(f"{site}: no result ({'; '.join(reasons)}){alike}.")
