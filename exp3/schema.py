@@ -17,15 +17,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    SerializerFunctionWrapHandler,
-    create_model,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model, model_validator
 
 from exp3.identity import SessionInputs
 from exp3.splits import PRIMARY_SPLITS
@@ -285,28 +277,6 @@ class SeverityLevel(_Block):
     suite_id: str
 
 
-class GitState(_Block):
-    commit: str | None
-    dirty: bool | None
-
-
-class Device(_Block):
-    type: str
-    names: list[str]
-    cuda: str | None
-
-
-class Provenance(_Block):
-    """exp3.session.provenance.collect_provenance."""
-
-    exp3_version: str
-    git: GitState
-    python: str
-    platform: str
-    packages: dict[str, str | None]
-    device: Device
-
-
 class SeverityEvaluation(_Block):
     """What a severity split's numbers come from (`severity.evaluations.<split>`)."""
 
@@ -320,16 +290,6 @@ class SeverityEvaluation(_Block):
     added_after_training: bool
     wall_s: float
     exp3_version: str
-    provenance: Provenance | None = None
-    """What evaluated a level added after training (its code, packages, device); None: the session's own
-    `provenance`. Left out of the JSON when None, so that records written before it round-trip byte for byte."""
-
-    @model_serializer(mode="wrap")
-    def _without_absent_provenance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        dumped = handler(self)
-        if self.provenance is None:
-            dumped.pop("provenance", None)
-        return dumped
 
 
 class SeveritySummary(_Block):
@@ -401,6 +361,28 @@ class Seeds(_Block):
     masking: int | None
     occlusion: int | None
     synthetic: int | None
+
+
+class GitState(_Block):
+    commit: str | None
+    dirty: bool | None
+
+
+class Device(_Block):
+    type: str
+    names: list[str]
+    cuda: str | None
+
+
+class Provenance(_Block):
+    """exp3.session.provenance.collect_provenance."""
+
+    exp3_version: str
+    git: GitState
+    python: str
+    platform: str
+    packages: dict[str, str | None]
+    device: Device
 
 
 class SessionMetrics(_Block):

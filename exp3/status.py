@@ -5,6 +5,7 @@ Reads only (no lock, no writes): safe while a run holds the root. `run_and_watch
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -44,7 +45,8 @@ def session_status(paths: SessionPaths, epochs_total: int | None = None, key: st
     last_map50 = epochs[-1].map50 if epochs else None
     if state == SessionState.DONE:
         training = MetricsView.of(read_json(paths.metrics)).training
-        done = None if training.epochs_completed is None else int(training.epochs_completed)  # the view reads floats
+        done = training.epochs_completed  # the view reads numbers as floats: 3 prints 3/3, not 3.0/3.0
+        done = int(done) if done is not None and math.isfinite(done) and float(done).is_integer() else done
         return SessionStatus(paths.folder.name, state, done, done, training.wall_s, None, None, last_map50)
     lock = paths.session_lock("")  # probed (a microsecond's shared hold) only while its file names a holder:
     if lock.owner() and lock.is_live():  # a clean release empties it, so a session starting then meets no probe

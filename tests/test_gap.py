@@ -443,38 +443,35 @@ def test_the_report_names_a_session_whose_training_resumed(tmp_path: Path) -> No
 
 
 def test_the_report_names_sessions_computed_with_other_software(tmp_path: Path) -> None:
-    """A grid run over several VMs (Colab brings its own torch and card): report.md's warnings say which sessions, and
-    which levels added after training, ran with other Ultralytics / torch / torchvision versions or devices."""
-    def provenance(torch: str, device: str) -> dict:
+    """A grid run over several VMs (Colab brings its own torch and card): report.md's warnings say which sessions ran
+    with other Ultralytics / torch / torchvision versions or devices; two cards of one kind are that kind."""
+    def provenance(torch: str, *devices: str) -> dict:
         return {"packages": {"ultralytics": "8.4.190", "torch": torch, "torchvision": "0.29.1", "numpy": "2.3.0"},
-                "device": {"type": "cuda", "names": [device], "cuda": "12.6"}}
+                "device": {"type": "cuda", "names": list(devices), "cuda": "12.6"}}
 
-    def write(suffix: str, trained: dict, added: dict | None = None) -> None:
+    def write(suffix: str, trained: dict) -> None:
         folder = tmp_path / "yolov8m" / f"yolov8m__{suffix}"
         write_session(folder, "yolov8m", suffix, HITS["yolov8m"][suffix])
         metrics = json.loads((folder / "metrics.json").read_text())
-        metrics["provenance"] = trained
-        metrics["severity"] = {"evaluations": {"test_occ_sev1": {"added_after_training": False},
-                                               **({"test_occ_sev2": {"added_after_training": True,
-                                                                     "provenance": added}} if added else {})}}
-        path = atomic_write_json(folder / "metrics.json", metrics)
+        path = atomic_write_json(folder / "metrics.json", {**metrics, "provenance": trained})
         atomic_write_json(folder / "DONE", {"session": f"yolov8m__{suffix}", "metrics_sha256": sha256_file(path)})
 
     t4 = provenance("2.14.1+cu126", "Tesla T4")
     write("S1_clean_train", t4)
-    write("S2_occ_train", {**t4, "packages": {**t4["packages"], "numpy": "2.4.0"}})  # numpy: not compared
+    write("S2_occ_train", {**provenance("2.14.1+cu126", "Tesla T4", "Tesla T4"), "packages": {
+        **t4["packages"], "numpy": "2.4.0"}})                         # numpy is not compared; two T4s are a T4
+    write("S3_mask_backbone_early", {"packages": {}, "device": {"names": [None]}})  # records none: not compared
     result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=49, charts=False)
     assert result.warnings == []                                     # one software: nothing to say
-    write("S2_occ_train", t4, added=provenance("2.15.0+cu128", "NVIDIA A100-SXM4-40GB"))
+    write("S2_occ_train", provenance("2.15.0+cu128", "NVIDIA A100-SXM4-40GB"))
     write("S3_mask_backbone_early", provenance("2.14.1+cu126", "NVIDIA A100-SXM4-40GB"))
     result = report.build_report(tmp_path, ["yolov8m"], n_resamples=50, n_permutations=49, charts=False)
     assert result.warnings == [
         "yolov8m: its numbers were computed with different software or devices (ultralytics 8.4.190, torch "
-        "2.14.1+cu126, torchvision 0.29.1 on Tesla T4: `yolov8m__S1_clean_train`, `yolov8m__S2_occ_train`; "
-        "ultralytics 8.4.190, torch 2.15.0+cu128, torchvision 0.29.1 on NVIDIA A100-SXM4-40GB: "
-        "`yolov8m__S2_occ_train`'s test_occ_sev2 (added after training); ultralytics 8.4.190, torch 2.14.1+cu126, "
-        "torchvision 0.29.1 on NVIDIA A100-SXM4-40GB: `yolov8m__S3_mask_backbone_early`): a difference between "
-        "these sessions may be partly the software's or the device's"]
+        "2.14.1+cu126, torchvision 0.29.1 on Tesla T4: `yolov8m__S1_clean_train`; ultralytics 8.4.190, torch "
+        "2.15.0+cu128, torchvision 0.29.1 on NVIDIA A100-SXM4-40GB: `yolov8m__S2_occ_train`; ultralytics 8.4.190, "
+        "torch 2.14.1+cu126, torchvision 0.29.1 on NVIDIA A100-SXM4-40GB: `yolov8m__S3_mask_backbone_early`): a "
+        "difference between these sessions may be partly the software's or the device's"]
     assert f"- {result.warnings[0]}" in (tmp_path / "report.md").read_text()
 
 
@@ -576,6 +573,7 @@ def test_a_verdict_resting_on_one_seed_of_the_masking_session_is_provisional(tmp
     assert set(rows["interval_levels"]) == {"seeds+images"} and set(rows["n_seeds"]) == {1}
     (s3,) = [line for line in text.splitlines() if line.startswith("- **yolov8m S3 mask backbone-early**")]
     assert gap.CANNOT_TELL not in s3 and gap.FAILED_CONTROL not in s3 and f"({gap.ONE_SEED})" in s3
+    assert f"A verdict marked \"({gap.ONE_SEED})\" rests on a session with one done seed" in text  # what it means
 
 
 @pytest.mark.parametrize(("low", "high", "printed", "rule"), [

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -225,9 +224,6 @@ def test_a_done_session_gains_new_levels_without_training(tmp_path: Path, capsys
         assert record["suite_id"].startswith("occsev-") and record["wall_s"] > 0
         assert record["checkpoint"] == str(folder / "train" / "weights" / "best.pt")  # where it is now
         assert record["spec_key"] == evaluation_plan(after.occlusion)[split]
-        evaluated_by = record["provenance"]  # what evaluated the added level, beside the training's own
-        assert evaluated_by["packages"]["ultralytics"] == metadata.version("ultralytics")
-        assert evaluated_by["device"]["type"] == "cpu" and evaluated_by["git"].keys() == {"commit", "dirty"}
         payload = json.loads((folder / f"predictions_{split}.json").read_text())
         assert payload["split"] == split and len(payload["images"]) == 8
         assert (folder / f"map_stats_{split}.npz").is_file()
@@ -494,8 +490,6 @@ def test_runner_brings_a_done_session_up_to_new_levels_through_the_session_cli(r
         assert after["splits"][split] == before["splits"][split]
     assert after["severity"]["evaluations"]["test_occ_sev3"]["added_after_training"] is True
     assert after["severity"]["evaluations"]["test_occ_sev1"]["added_after_training"] is False
-    assert "provenance" in after["severity"]["evaluations"]["test_occ_sev3"]  # what evaluated it; the levels
-    assert "provenance" not in after["severity"]["evaluations"]["test_occ_sev1"]  # trained with: the session's
     log = (folder / "logs" / "session.log").read_text()
     assert "evaluating test_occ_sev3" in log and "evaluating test_occ_sev1" not in log
     again = done_result(job)                                       # complete now: the flow skips it, no subprocess

@@ -4,6 +4,7 @@ fake root, and `run_and_watch` (no real run)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_done_or_stale_under_the_planned_key(tmp_path: Path) -> None:
     done = session_status(paths, epochs_total=3, key="k-old")
     assert (done.state, done.epochs_done, done.elapsed_s) == ("done", 3, 1.0)
     assert type(done.epochs_done) is int  # printed "3/3", not "3.0/3.0"
+    for value, shown in ((2.5, 2.5), (float("nan"), None), (float("inf"), None)):  # a hand-edited file: shown, no crash
+        paths.metrics.write_text(json.dumps({"training": {"epochs_completed": value, "wall_s": 1.0}}))
+        paths.write_done("k-old", {})
+        epochs = session_status(paths, epochs_total=3, key="k-old").epochs_done
+        assert epochs == shown or (shown is None and not math.isfinite(epochs))
     stale = session_status(paths, epochs_total=3, key="k-new")
     assert stale.state == "stale" and "k-old" in (stale.error or "")
     assert session_status(paths, epochs_total=3).state == "done"  # key-less view
@@ -115,6 +121,10 @@ def test_a_folder_made_by_another_exp3_is_stale_with_or_without_a_plan(tmp_path:
         assert stale.state == "stale" and stale.error == (
             f"made by exp3 {exp3.__version__} (schema {exp3.SCHEMA_VERSION - 1}), not this exp3 ({exp3.__version__}, "
             f"schema {exp3.SCHEMA_VERSION}): re-runs from scratch")
+    paths.write_inputs({"exp3_version": exp3.__version__}, "k-old")  # before schema 2 (e.g. cb9bd3c): no such field
+    assert session_status(paths, epochs_total=3, key="k-old").error == (
+        f"made by exp3 {exp3.__version__} (no schema_version: before 2), not this exp3 ({exp3.__version__}, schema "
+        f"{exp3.SCHEMA_VERSION}): re-runs from scratch")
 
 
 def test_what_the_files_do_not_say_is_shown_missing_not_as_zero(tmp_path: Path) -> None:

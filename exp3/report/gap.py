@@ -352,6 +352,9 @@ def gap_section(table: pd.DataFrame, models: list[str], n_resamples: int, compar
     if two_level:
         lines += (dominance_lines(comparisons, models) or ["- n/a (no two-level S2 - S1 interval)"]) + [""]
         lines += [one_seed_note(one_seed), ""] if one_seed else []
+        if (table.loc[table["interval_levels"] == "seeds+images", "n_seeds"] == 1).any():
+            lines += [f"A verdict marked \"({ONE_SEED})\" rests on a session with one done seed: its training spread "
+                      "is in none of the intervals (docs/report.md, \"Gap closed\").", ""]
     if not len(table):
         return lines + ["n/a: no masking session (S3-S6) in this run.", ""]
     lines += answer_lines(table, models) + [""]

@@ -141,26 +141,23 @@ SOFTWARE: tuple[str, ...] = ("ultralytics", "torch", "torchvision")
 
 
 def _software(provenance: Any) -> str | None:
-    """`provenance`'s SOFTWARE versions and device names, as one text; None where it records no packages."""
+    """`provenance`'s SOFTWARE versions and device (each distinct card or CPU name once: two T4s are a T4), as one
+    text; None where it records none of SOFTWARE."""
     packages, names = provenance.packages, provenance.device.names
-    if not isinstance(packages, dict):
+    if not isinstance(packages, dict) or not any(packages.get(name) for name in SOFTWARE):
         return None
-    return ", ".join(f"{name} {packages.get(name)}" for name in SOFTWARE) + \
-        f" on {' + '.join(map(str, names)) if isinstance(names, list) else 'an unrecorded device'}"
+    device = " + ".join(sorted({str(name) for name in names})) if isinstance(names, list) and names else "?"
+    return ", ".join(f"{name} {packages.get(name)}" for name in SOFTWARE) + f" on {device}"
 
 
 def software_notes(runs: Iterable[SessionRun]) -> list[str]:
-    """One line per model whose done sessions were trained, or had a severity level added, with other SOFTWARE
-    versions or on other devices (a grid run over several VMs): where, so that a difference is not read as the
-    training's alone."""
+    """One line per model whose done sessions were trained and tested with other SOFTWARE versions or on other
+    devices (a grid run over several VMs): which, so that a difference is not read as the training's alone."""
     found: dict[str, dict[str, list[str]]] = {}
     for run in (run for run in runs if run.status == SessionState.DONE):
         where = found.setdefault(run.model, {})
         if (software := _software(run.view.provenance)) is not None:
             where.setdefault(software, []).append(f"`{run.folder.name}`")
-        for split, evaluation in run.view.severity.evaluations.items():
-            if evaluation.added_after_training and (software := _software(evaluation.provenance)) is not None:
-                where.setdefault(software, []).append(f"`{run.folder.name}`'s {split} (added after training)")
     return [f"{model}: its numbers were computed with different software or devices ("
             + "; ".join(f"{software}: {', '.join(names)}" for software, names in where.items())
             + "): a difference between these sessions may be partly the software's or the device's"

@@ -122,7 +122,8 @@ class SessionPaths:
         made = (record.get("exp3_version"), record.get("schema_version")) if isinstance(record, dict) else (None,) * 2
         if made == (None, None) or made == (__version__, SCHEMA_VERSION):
             return None
-        return f"made by exp3 {made[0]} (schema {made[1]}), not this exp3 ({__version__}, schema {SCHEMA_VERSION})"
+        schema = "no schema_version: before 2" if made[1] is None else f"schema {made[1]}"
+        return f"made by exp3 {made[0]} ({schema}), not this exp3 ({__version__}, schema {SCHEMA_VERSION})"
 
     def evaluations_current(self, plan: dict[str, str]) -> bool:
         """metrics.json holds exactly the severity evaluations of `plan` ({split: spec key}); False: update it."""

@@ -97,15 +97,13 @@ def robustness(clean: SplitMetrics | SplitView, occluded: SplitMetrics | SplitVi
 
 
 def severity_evaluation(prepared: PreparedData, split: str, checkpoint: Path, metrics: SplitMetrics,
-                        added_after: Provenance | None = None) -> SeverityEvaluation:
-    """What a severity split's numbers come from: its suite, the checkpoint, when, how long; `added_after`: what
-    evaluated it, for a level added to a done session (None: evaluated with the training, under its provenance)."""
+                        added_after_training: bool) -> SeverityEvaluation:
+    """What a severity split's numbers come from: its suite, the checkpoint, when, how long."""
     suite = prepared.severity_suite(split)
     return SeverityEvaluation(level=suite.level, coverage=suite.coverage, spec_key=suite.spec_key,
                               suite_id=suite.suite_id, manifest_sha256=suite.manifest_sha256,
-                              checkpoint=str(checkpoint), time=timestamp(), wall_s=metrics.eval_wall_s,
-                              added_after_training=added_after is not None, exp3_version=__version__,
-                              provenance=added_after)
+                              checkpoint=str(checkpoint), time=timestamp(), added_after_training=added_after_training,
+                              wall_s=metrics.eval_wall_s, exp3_version=__version__)
 
 
 def severity_block(prepared: PreparedData, splits: Mapping[str, SplitMetrics],
@@ -208,14 +206,12 @@ def write_record(paths: SessionPaths, metrics: SessionMetrics) -> None:
 
 
 def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added: dict[str, SplitMetrics],
-                         removed: list[str], checkpoint: Path, device: str | None = None) -> SessionMetrics:
+                         removed: list[str], checkpoint: Path) -> SessionMetrics:
     """`current` (a done session's record) brought up to `prepared`'s severity levels, without training.
 
-    `added`: the levels just evaluated from `checkpoint` on `device` (the config's `train.device`), each recorded
-    with the provenance of this process; `removed`: recorded levels no longer configured. A result replaced or
-    removed is kept in `severity.superseded`, never reused.
+    `added`: the levels just evaluated from `checkpoint`; `removed`: recorded levels no longer
+    configured. A result replaced or removed is kept in `severity.superseded`, never reused.
     """
-    evaluated_by = Provenance.model_validate(collect_provenance(device)) if added else None
     evaluations, superseded = dict(current.severity.evaluations), list(current.severity.superseded)
     splits = dict(current.splits)
     for split in [*removed, *(split for split in added if split in evaluations or split in splits)]:
@@ -223,7 +219,7 @@ def with_severity_levels(current: SessionMetrics, prepared: PreparedData, added:
                                      metrics=splits.pop(split, None), superseded_at=timestamp()))
     for split, metrics in added.items():
         splits[split] = metrics
-        evaluations[split] = severity_evaluation(prepared, split, checkpoint, metrics, evaluated_by)
+        evaluations[split] = severity_evaluation(prepared, split, checkpoint, metrics, True)
     ordered = {split: splits[split] for split in (*prepared.test_splits(), *splits) if split in splits}
     # `data`: where the data is now (a root restored from a mirror: its paths), with the bytes the session was trained
     # and tested on (a suite rebuilt under its id with other bytes, another numpy, must fail the report's manifest

@@ -163,7 +163,7 @@ def _train_and_evaluate(config: ExperimentConfig, session: Session, output_root:
                                              chosen["conf"])
         eval_wall += splits[split].eval_wall_s
         if split not in PRIMARY_SPLITS:
-            evaluations[split] = severity_evaluation(prepared, split, checkpoint, splits[split])
+            evaluations[split] = severity_evaluation(prepared, split, checkpoint, splits[split], False)
     val_at_primary = ingredient_prf(*ingredient_sets(val_records, len(names), config.eval.conf))["micro"]["f1"]
     return session_record(config, session, inputs, prepared, weights=weights, plan=plan, outcome=outcome,
                           retry_batch=retry_batch, previous_failure=previous_failure, checkpoint=checkpoint,
@@ -215,7 +215,7 @@ def update_severity_evaluations(config: ExperimentConfig, session: Session, outp
               "no training)")
         added[split] = _evaluate_test_split(model, split, config, output_root, paths, session, prepared, names,
                                             current.thresholds.val_chosen)
-    updated = with_severity_levels(current, prepared, added, extra, checkpoint, config.train.device)
+    updated = with_severity_levels(current, prepared, added, extra, checkpoint)
     paths.replace_metrics(updated.to_json(), {"severity_updated": timestamp()})
     return updated
 
