@@ -11,7 +11,8 @@ theta + u, u ~ N(0, seed_sd) drawn per run (the seed-to-seed spread of training)
 probability expit(theta + u + d), false positives are Poisson(0.6). S1 has theta 0, S2 theta 0.3 (S2 - S1 about
 0.05 in micro F1); one masking session has S1's theta (true gap closed 0), another S2's (true gap closed 1).
 Printed per setting: how often the verdict claims an effect where there is none, how often it says "does not
-help" where masking does all occluded training does, and how often the gap-closed interval holds the truth.
+help" where masking does all occluded training does, and how often the gap-closed interval holds the truth (of the
+experiments whose positive control held).
 """
 
 from __future__ import annotations
